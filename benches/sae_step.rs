@@ -1,0 +1,77 @@
+//! Benchmark: block-diagonal SAE training steps/s (forward, loss, backward, clipped Adam)
+//! for the seed's gpt2 config `B=4096, H=12, d_head=64, m=2048` and a smaller one, on the
+//! CPU backend and on wgpu when an adapter exists. Compare with `benches/torch_sae_step.py`
+//! (PyTorch bmm and the seed's dense `torch.block_diag` method).
+//!
+//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S]`
+
+use std::time::Instant;
+
+use attn_saes::device::{DeviceChoice, select};
+use attn_saes::rng::Rng;
+use attn_saes::sae::{Architecture, BlockDiagSae, SaeConfig};
+use attn_saes::train::SaeOptimizer;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() -> anyhow::Result<()> {
+    let which = arg("--device").unwrap_or_else(|| "all".into());
+    let quick = std::env::args().any(|a| a == "--quick");
+    let seconds: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let mut configs = vec![(1024usize, 12usize, 64usize, 512usize)];
+    if !quick {
+        configs.push((4096, 12, 64, 2048));
+    }
+    let mut devices = Vec::new();
+    if which == "cpu" || which == "all" {
+        devices.push(("cpu", select(DeviceChoice::Cpu)?));
+    }
+    if which == "wgpu" || which == "all" {
+        match select(DeviceChoice::Wgpu) {
+            Ok(d) => devices.push(("wgpu", d)),
+            Err(e) => println!("skipping wgpu: {e}"),
+        }
+    }
+    for (name, selected) in &devices {
+        println!("{}", selected.description);
+        let device = &selected.device;
+        for &(b, h, d, m) in &configs {
+            let config = SaeConfig {
+                n_heads: h,
+                d_head: d,
+                features_per_head: m,
+                architecture: Architecture::Relu,
+            };
+            let mut sae = BlockDiagSae::init(config, &mut Rng::new(0), device);
+            let mut opt = SaeOptimizer::new(&sae);
+            let x = Tensor::<3>::random([h, b, d], Distribution::Normal(0.0, 1.0), device);
+            let mut step = || {
+                let out = opt.step(&mut sae, x.clone(), 1.0, 1e-4, (0.9, 0.999), 1.0);
+                // Read the loss back so the step is finished before the clock stops.
+                out.total.into_scalar::<f32>()
+            };
+            step();
+            step();
+            let start = Instant::now();
+            let mut n = 0;
+            while n < 3 || start.elapsed().as_secs_f64() < seconds {
+                step();
+                n += 1;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "burn_sae_step device={name} B={b} H={h} d={d} m={m} steps_per_s={:.3} ms_per_step={:.1}",
+                n as f64 / secs,
+                secs * 1e3 / n as f64
+            );
+        }
+    }
+    Ok(())
+}

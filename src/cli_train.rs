@@ -1,0 +1,300 @@
+//! CLI edge of training: flags that override a TOML config, and the headless progress
+//! display (an indicatif bar with live loss/L0, a final metrics table).
+
+use std::path::PathBuf;
+
+use crate::device::DeviceChoice;
+use crate::lm::ZConvention;
+use crate::sae::Normalization;
+use crate::train::config::{ArchitectureKind, BDecInit, LrSchedule};
+use crate::train::{EvalMetrics, StepMetrics, TrainConfig, TrainEvent};
+
+/// Training flags. Each overrides the same key of `--config FILE` (or the default).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct TrainArgs {
+    /// TOML file with training settings (keys as in `TrainConfig`); flags win over it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue a run: a run directory (uses checkpoints/LATEST) or a checkpoint directory.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Stop (with a checkpoint) after this many steps in total.
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// Model: directory, .gguf file, hub id (ORG/NAME) or alias (gpt2, gelu-2l).
+    /// Default: the offline demo SmolLM2-135M GGUF.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Corpus: text file, directory of text files, .jsonl or .parquet.
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    #[arg(long)]
+    pub text_column: Option<String>,
+    /// Train from an activation cache written by `harvest`.
+    #[arg(long)]
+    pub activation_cache: Option<PathBuf>,
+    #[arg(long)]
+    pub hook_layer: Option<usize>,
+    #[arg(long, value_enum)]
+    pub z_convention: Option<ZConventionArg>,
+    #[arg(long)]
+    pub expansion_factor: Option<usize>,
+    #[arg(long)]
+    pub d_sae: Option<usize>,
+    /// One dense SAE over all heads (Kissane et al.'s setup) instead of one per head.
+    #[arg(long)]
+    pub dense: bool,
+    #[arg(long, value_enum)]
+    pub architecture: Option<ArchitectureKind>,
+    #[arg(long)]
+    pub k: Option<usize>,
+    #[arg(long)]
+    pub l1_coefficient: Option<f64>,
+    #[arg(long)]
+    pub l1_warmup_steps: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, value_enum)]
+    pub lr_schedule: Option<LrSchedule>,
+    #[arg(long)]
+    pub lr_warmup_steps: Option<usize>,
+    #[arg(long)]
+    pub lr_decay_steps: Option<usize>,
+    #[arg(long)]
+    pub adam_beta1: Option<f64>,
+    #[arg(long)]
+    pub adam_beta2: Option<f64>,
+    #[arg(long)]
+    pub grad_clip_norm: Option<f64>,
+    #[arg(long)]
+    pub total_training_steps: Option<usize>,
+    /// Tokens per training batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub context_size: Option<usize>,
+    #[arg(long)]
+    pub n_batches_in_buffer: Option<usize>,
+    #[arg(long)]
+    pub windows_per_forward: Option<usize>,
+    #[arg(long, value_enum)]
+    pub normalization: Option<Normalization>,
+    #[arg(long, value_enum)]
+    pub b_dec_init: Option<BDecInit>,
+    /// Keep BOS positions in the training data.
+    #[arg(long)]
+    pub keep_bos: bool,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub log_every: Option<usize>,
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    #[arg(long)]
+    pub eval_windows: Option<usize>,
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    #[arg(long)]
+    pub dead_window_steps: Option<usize>,
+    #[arg(long)]
+    pub dead_threshold: Option<f64>,
+    /// Run directory: checkpoints, metrics.jsonl, the final SAE and its SAELens export.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ZConventionArg {
+    /// TransformerLens' processed hook_z (value biases folded out), as SAELens expects.
+    TransformerLens,
+    /// The checkpoint's raw attention-weighted values.
+    Raw,
+}
+
+impl TrainArgs {
+    /// The config: defaults, then `--config FILE`, then flags.
+    pub fn resolve(&self, device: DeviceChoice) -> anyhow::Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(path) => TrainConfig::from_toml(path)?,
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(v) = &self.$field { c.$field = v.clone(); }
+            )*};
+        }
+        set!(
+            model, dataset, hook_layer, expansion_factor, architecture, k, l1_coefficient, lr,
+            lr_schedule, lr_warmup_steps, lr_decay_steps, adam_beta1, adam_beta2,
+            grad_clip_norm, total_training_steps, batch_size, context_size,
+            n_batches_in_buffer, windows_per_forward, normalization, b_dec_init, seed,
+            log_every, eval_every, eval_windows, checkpoint_every, dead_window_steps,
+            dead_threshold, out_dir
+        );
+        if self.text_column.is_some() {
+            c.text_column = self.text_column.clone();
+        }
+        if self.activation_cache.is_some() {
+            c.activation_cache = self.activation_cache.clone();
+        }
+        if self.d_sae.is_some() {
+            c.d_sae = self.d_sae;
+        }
+        if self.l1_warmup_steps.is_some() {
+            c.l1_warmup_steps = self.l1_warmup_steps;
+        }
+        if let Some(z) = self.z_convention {
+            c.z_convention = match z {
+                ZConventionArg::TransformerLens => ZConvention::TransformerLens,
+                ZConventionArg::Raw => ZConvention::Raw,
+            };
+        }
+        if self.dense {
+            c.dense = true;
+        }
+        if self.keep_bos {
+            c.drop_bos = false;
+        }
+        c.device = device;
+        Ok(c)
+    }
+}
+
+fn fmt_heads(v: &[f64], prec: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.prec$}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Prints the final metrics table.
+pub fn print_summary(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>) {
+    println!();
+    println!("{:-<72}", "final metrics ");
+    if let Some(m) = last {
+        println!("{:<28} {}", "step", m.step);
+        println!("{:<28} {}", "tokens", m.tokens);
+        println!("{:<28} {:.5}", "MSE (SAE input space)", m.mse);
+        println!("{:<28} {:.4}", "explained variance", m.explained_variance);
+        println!(
+            "{:<28} {}",
+            "  per head",
+            fmt_heads(&m.explained_variance_per_head, 3)
+        );
+        println!("{:<28} {:.2}", "L0 total", m.l0);
+        println!("{:<28} {}", "  per head", fmt_heads(&m.l0_per_head, 1));
+        println!("{:<28} {:.4}", "L2 ratio", m.l2_ratio);
+        let dead: Vec<String> = m.dead_per_head.iter().map(|d| d.to_string()).collect();
+        println!("{:<28} {}", "dead features", m.dead_features);
+        println!("{:<28} {}", "  per head", dead.join(" "));
+    }
+    if let Some(e) = eval {
+        println!("{:<28} {:.4}", "CE loss clean", e.ce_clean);
+        println!("{:<28} {:.4}", "CE loss with SAE", e.ce_sae);
+        println!("{:<28} {:.4}", "CE loss zero-ablated", e.ce_zero);
+        println!("{:<28} {:.4}", "CE loss score", e.ce_score);
+        let per: Vec<f64> = e.per_head.iter().map(|h| h.ce_score).collect();
+        println!("{:<28} {}", "  per head", fmt_heads(&per, 3));
+    }
+    println!("{:-<72}", "");
+}
+
+/// Renders training events in the terminal until the channel closes.
+pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let spinner = ProgressBar::new_spinner();
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let mut bar: Option<ProgressBar> = None;
+    for event in rx {
+        match event {
+            TrainEvent::Status(s) => {
+                if let Some(b) = &bar {
+                    b.set_message(s);
+                } else {
+                    spinner.set_message(s);
+                }
+            }
+            TrainEvent::Started {
+                config,
+                model,
+                sae,
+                device,
+                start_step,
+            } => {
+                spinner.finish_and_clear();
+                eprintln!(
+                    "training {} SAE on {} layer {} hook_z: {} heads x {} features (d_head {}), \
+                     {} params, {device}",
+                    if sae.n_heads > 1 { "block-diagonal" } else { "dense" },
+                    model.name,
+                    config.hook_layer,
+                    sae.n_heads,
+                    sae.features_per_head,
+                    sae.d_head,
+                    sae.n_params(),
+                );
+                let b = ProgressBar::new(config.total_training_steps as u64);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{bar:30.cyan/blue} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                b.set_position(start_step as u64);
+                bar = Some(b);
+            }
+            TrainEvent::Step(m) => {
+                if let Some(b) = &bar {
+                    b.set_position(m.step as u64);
+                    b.set_message(format!(
+                        "loss {:.4} mse {:.4} L0 {:.1} EV {:.3} dead {} | {:.1} steps/s",
+                        m.loss, m.mse, m.l0, m.explained_variance, m.dead_features, m.steps_per_s
+                    ));
+                }
+            }
+            TrainEvent::Eval(e) => {
+                let line = format!(
+                    "eval @ {}: CE clean {:.4} sae {:.4} zero {:.4} score {:.3}",
+                    e.step, e.ce_clean, e.ce_sae, e.ce_zero, e.ce_score
+                );
+                match &bar {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
+            TrainEvent::Checkpoint { step, path } => {
+                let line = format!("checkpoint @ {step}: {}", path.display());
+                match &bar {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
+            TrainEvent::Density { .. } => {}
+            TrainEvent::Finished(s) => {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                print_summary(s.last.as_ref(), s.eval.as_ref());
+                println!(
+                    "{} steps, {} tokens in {:.1} s ({:.0} tokens/s){}",
+                    s.steps,
+                    s.tokens,
+                    s.seconds,
+                    s.tokens as f64 / s.seconds.max(1e-9),
+                    if s.stopped_early { " (stopped early)" } else { "" }
+                );
+                println!("SAE: {}", s.sae_dir.display());
+                if let Some(c) = &s.checkpoint {
+                    println!("checkpoint: {}", c.display());
+                }
+            }
+            TrainEvent::Failed(msg) => {
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+                spinner.finish_and_clear();
+                eprintln!("training failed: {msg}");
+            }
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! Activation store: streams context windows through the LM (stopping at the hooked layer),
+//! keeps a shuffle buffer of hook_z rows refilled at half (old and new mixed, as SAELens
+//! does), and serves `[batch_tokens, n_heads, d_head]` batches. Can also read from, and
+//! write, an on-disk activation cache of safetensors shards.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail, ensure};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use super::corpus::Corpus;
+use super::windows::{ContextWindows, WindowsPosition};
+use crate::files::{NamedArray, read_json, write_json, write_safetensors};
+use crate::lm::weights::WeightFile;
+use crate::lm::{HookRequest, Transformer, ZConvention};
+use crate::rng::Rng;
+
+/// What the store harvests and how it batches.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoreConfig {
+    pub hook_layer: usize,
+    pub context_size: usize,
+    /// Tokens per training batch.
+    pub batch_tokens: usize,
+    /// Shuffle buffer size, in training batches.
+    pub n_batches_in_buffer: usize,
+    /// Context windows per LM forward pass.
+    pub windows_per_forward: usize,
+    /// Leave the BOS position out of the training data.
+    pub drop_bos: bool,
+    pub z_convention: ZConvention,
+}
+
+/// Where rows come from.
+enum Source<'a> {
+    Lm {
+        model: &'a Transformer,
+        corpus: &'a Corpus,
+        tokenizer: &'a tokenizers::Tokenizer,
+        windows: ContextWindows<&'a tokenizers::Tokenizer>,
+    },
+    Cache(CacheReader),
+}
+
+/// Everything needed to resume the store exactly: buffer contents, RNG and stream position.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StoreState {
+    pub rng: Rng,
+    pub position: StreamPosition,
+    pub tokens_harvested: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum StreamPosition {
+    #[default]
+    Start,
+    Windows(WindowsPosition),
+    /// Shard index and row offset within it.
+    Cache { shard: usize, row: usize, epoch: u64 },
+}
+
+pub struct ActivationStore<'a> {
+    config: StoreConfig,
+    source: Source<'a>,
+    n_heads: usize,
+    d_head: usize,
+    /// Rows of `n_heads * d_head` values.
+    buffer: Vec<f32>,
+    rng: Rng,
+    position: StreamPosition,
+    tokens_harvested: u64,
+    device: Device,
+}
+
+impl<'a> ActivationStore<'a> {
+    /// A store that harvests from `model` over `corpus` windows, from `start` on.
+    pub fn from_lm(
+        config: StoreConfig,
+        model: &'a Transformer,
+        corpus: &'a Corpus,
+        tokenizer: &'a tokenizers::Tokenizer,
+        start: WindowsPosition,
+        seed: u64,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let mc = &model.config;
+        ensure!(
+            config.hook_layer < mc.n_layers,
+            "--hook-layer {} does not exist: {} has layers 0..{}",
+            config.hook_layer,
+            mc.name,
+            mc.n_layers
+        );
+        ensure!(
+            config.context_size >= 2 && config.context_size <= mc.n_ctx,
+            "--context-size {} must be between 2 and the model's context ({})",
+            config.context_size,
+            mc.n_ctx
+        );
+        let windows = ContextWindows::new(
+            corpus,
+            tokenizer,
+            config.context_size,
+            mc.bos_token_id,
+            start,
+            true,
+        )?;
+        Ok(Self {
+            n_heads: mc.n_heads,
+            d_head: mc.d_head,
+            source: Source::Lm {
+                model,
+                corpus,
+                tokenizer,
+                windows,
+            },
+            buffer: Vec::new(),
+            rng: Rng::new(seed),
+            position: StreamPosition::Start,
+            tokens_harvested: 0,
+            device: device.clone(),
+            config,
+        })
+    }
+
+    /// A store that reads a cache written by [`write_cache`].
+    pub fn from_cache(config: StoreConfig, dir: &Path, seed: u64, device: &Device) -> anyhow::Result<Self> {
+        let reader = CacheReader::open(dir)?;
+        let meta = &reader.meta;
+        ensure!(
+            meta.hook_layer == config.hook_layer && meta.z_convention == config.z_convention,
+            "{}: cache holds layer {} ({:?}), but training asks for layer {} ({:?})",
+            dir.display(),
+            meta.hook_layer,
+            meta.z_convention,
+            config.hook_layer,
+            config.z_convention
+        );
+        Ok(Self {
+            n_heads: meta.n_heads,
+            d_head: meta.d_head,
+            source: Source::Cache(reader),
+            buffer: Vec::new(),
+            rng: Rng::new(seed),
+            position: StreamPosition::Cache { shard: 0, row: 0, epoch: 0 },
+            tokens_harvested: 0,
+            device: device.clone(),
+            config,
+        })
+    }
+
+    pub fn row_len(&self) -> usize {
+        self.n_heads * self.d_head
+    }
+
+    fn rows(&self) -> usize {
+        self.buffer.len() / self.row_len()
+    }
+
+    fn capacity_rows(&self) -> usize {
+        self.config.batch_tokens * self.config.n_batches_in_buffer.max(1)
+    }
+
+    pub fn tokens_harvested(&self) -> u64 {
+        self.tokens_harvested
+    }
+
+    /// Harvests one chunk of rows from the source, appended to `out`.
+    fn harvest_chunk(&mut self, out: &mut Vec<f32>) -> anyhow::Result<usize> {
+        let row_len = self.row_len();
+        match &mut self.source {
+            Source::Lm { model, windows, .. } => {
+                let mut batch = Vec::with_capacity(self.config.windows_per_forward);
+                for _ in 0..self.config.windows_per_forward {
+                    match windows.next() {
+                        Some(item) => {
+                            let (window, pos) = item?;
+                            batch.push(window);
+                            self.position = StreamPosition::Windows(pos);
+                        }
+                        None => break,
+                    }
+                }
+                if batch.is_empty() {
+                    bail!("the corpus gave no context windows (is it empty?)");
+                }
+                let hooks = HookRequest {
+                    hook_z: vec![self.config.hook_layer],
+                    z_convention: self.config.z_convention,
+                    ..Default::default()
+                };
+                let tokens = model.tokens(&batch)?;
+                let mut cache = model.run(tokens, &hooks, None)?;
+                let z = cache
+                    .hook_z
+                    .remove(&self.config.hook_layer)
+                    .context("hook_z missing")?;
+                let [n, t, h, d] = z.dims();
+                let first = usize::from(self.config.drop_bos);
+                let z = z.slice([0..n, first..t, 0..h, 0..d]);
+                let values = crate::files::host_vec(z)?;
+                let rows = values.len() / row_len;
+                out.extend(values);
+                self.tokens_harvested += rows as u64;
+                Ok(rows)
+            }
+            Source::Cache(reader) => {
+                let StreamPosition::Cache { shard, row, epoch } = &mut self.position else {
+                    bail!("cache store has a non-cache position");
+                };
+                let (values, next) = reader.read_from(*shard, *row, self.config.batch_tokens)?;
+                let rows = values.len() / row_len;
+                out.extend(values);
+                if let Some((s, r)) = next {
+                    *shard = s;
+                    *row = r;
+                } else {
+                    *shard = 0;
+                    *row = 0;
+                    *epoch += 1;
+                }
+                self.tokens_harvested += rows as u64;
+                Ok(rows)
+            }
+        }
+    }
+
+    /// Fills the buffer to capacity and shuffles it (old and new rows mixed).
+    fn refill(&mut self) -> anyhow::Result<()> {
+        let row_len = self.row_len();
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let target = self.capacity_rows();
+        while buffer.len() / row_len < target {
+            if self.harvest_chunk(&mut buffer)? == 0 {
+                bail!("the activation source gave no rows");
+            }
+        }
+        shuffle_rows(&mut buffer, row_len, &mut self.rng);
+        self.buffer = buffer;
+        Ok(())
+    }
+
+    /// The next host batch, `batch_tokens` rows of `n_heads * d_head`.
+    pub fn next_rows(&mut self) -> anyhow::Result<Vec<f32>> {
+        if self.rows() < self.capacity_rows() / 2 || self.rows() < self.config.batch_tokens {
+            self.refill()?;
+        }
+        let take = self.config.batch_tokens * self.row_len();
+        let split = self.buffer.len() - take;
+        Ok(self.buffer.split_off(split))
+    }
+
+    /// The next batch on the device, `[batch_tokens, n_heads, d_head]`.
+    pub fn next_batch(&mut self) -> anyhow::Result<Tensor<3>> {
+        let rows = self.next_rows()?;
+        Ok(Tensor::from_data(
+            TensorData::new(rows, [self.config.batch_tokens, self.n_heads, self.d_head]),
+            &self.device,
+        ))
+    }
+
+    /// Mean of `||z||` over the whole row and per head, over `n_batches` batches; used for
+    /// input normalisation. Consumes the batches.
+    pub fn mean_norms(&mut self, n_batches: usize) -> anyhow::Result<(f64, Vec<f64>)> {
+        let (h, d) = (self.n_heads, self.d_head);
+        let (mut total, mut per_head, mut count) = (0f64, vec![0f64; h], 0usize);
+        for _ in 0..n_batches {
+            let rows = self.next_rows()?;
+            for row in rows.chunks_exact(h * d) {
+                let mut sq = 0f64;
+                for (head, part) in row.chunks_exact(d).enumerate() {
+                    let s: f64 = part.iter().map(|&v| (v as f64) * (v as f64)).sum();
+                    per_head[head] += s.sqrt();
+                    sq += s;
+                }
+                total += sq.sqrt();
+                count += 1;
+            }
+        }
+        let n = count.max(1) as f64;
+        Ok((total / n, per_head.into_iter().map(|s| s / n).collect()))
+    }
+
+    /// Saves the buffer and stream state into `dir` (for exact resume).
+    pub fn save_state(&self, dir: &Path) -> anyhow::Result<()> {
+        write_safetensors(
+            &dir.join("store_buffer.safetensors"),
+            &[NamedArray::new(
+                "rows",
+                vec![self.rows(), self.row_len()],
+                self.buffer.clone(),
+            )],
+            None,
+        )?;
+        write_json(
+            &dir.join("store_state.json"),
+            &StoreState {
+                rng: self.rng,
+                position: self.position.clone(),
+                tokens_harvested: self.tokens_harvested,
+            },
+        )
+    }
+
+    /// Restores what [`save_state`](Self::save_state) wrote.
+    pub fn restore_state(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let state: StoreState = read_json(&dir.join("store_state.json"))?;
+        let file = WeightFile::open(&dir.join("store_buffer.safetensors"))?;
+        let rows = file.read("rows")?;
+        ensure!(
+            rows.shape.len() == 2 && rows.shape[1] == self.row_len(),
+            "{}: buffer rows have shape {:?}, expected [_, {}]",
+            dir.display(),
+            rows.shape,
+            self.row_len()
+        );
+        self.buffer = rows.data;
+        self.rng = state.rng;
+        self.tokens_harvested = state.tokens_harvested;
+        match (&mut self.source, &state.position) {
+            (
+                Source::Lm {
+                    model,
+                    corpus,
+                    tokenizer,
+                    windows,
+                },
+                StreamPosition::Windows(pos),
+            ) => {
+                *windows = ContextWindows::new(
+                    corpus,
+                    *tokenizer,
+                    self.config.context_size,
+                    model.config.bos_token_id,
+                    *pos,
+                    true,
+                )?;
+            }
+            (Source::Lm { .. }, StreamPosition::Start) => {}
+            (Source::Cache(_), StreamPosition::Cache { .. }) => {}
+            _ => bail!("{}: saved data position does not match the data source", dir.display()),
+        }
+        self.position = state.position;
+        Ok(())
+    }
+}
+
+/// Fisher-Yates over rows of `row_len` values.
+fn shuffle_rows(buffer: &mut [f32], row_len: usize, rng: &mut Rng) {
+    let rows = buffer.len() / row_len;
+    let mut tmp = vec![0f32; row_len];
+    for i in (1..rows).rev() {
+        let j = rng.below(i + 1);
+        if i != j {
+            tmp.copy_from_slice(&buffer[i * row_len..(i + 1) * row_len]);
+            buffer.copy_within(j * row_len..(j + 1) * row_len, i * row_len);
+            buffer[j * row_len..(j + 1) * row_len].copy_from_slice(&tmp);
+        }
+    }
+}
+
+/// Describes an activation cache directory.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CacheMeta {
+    pub model_name: String,
+    pub hook_layer: usize,
+    pub z_convention: ZConvention,
+    pub n_heads: usize,
+    pub d_head: usize,
+    pub context_size: usize,
+    pub drop_bos: bool,
+    pub dataset: String,
+    pub shard_rows: Vec<usize>,
+}
+
+pub const CACHE_META: &str = "activations.json";
+
+fn shard_path(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("shard_{i:05}.safetensors"))
+}
+
+struct CacheReader {
+    dir: PathBuf,
+    meta: CacheMeta,
+    loaded: Option<(usize, Vec<f32>)>,
+}
+
+impl CacheReader {
+    fn open(dir: &Path) -> anyhow::Result<Self> {
+        let meta: CacheMeta = read_json(&dir.join(CACHE_META)).with_context(|| {
+            format!("{} is not an activation cache (run `attn-saes harvest`)", dir.display())
+        })?;
+        ensure!(!meta.shard_rows.is_empty(), "{}: the cache has no shards", dir.display());
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            meta,
+            loaded: None,
+        })
+    }
+
+    /// Up to `max_rows` rows from (shard, row); returns the values and the next position
+    /// (`None` at the end of the cache).
+    fn read_from(
+        &mut self,
+        shard: usize,
+        row: usize,
+        max_rows: usize,
+    ) -> anyhow::Result<(Vec<f32>, Option<(usize, usize)>)> {
+        let row_len = self.meta.n_heads * self.meta.d_head;
+        if self.loaded.as_ref().map(|(i, _)| *i) != Some(shard) {
+            let path = shard_path(&self.dir, shard);
+            let file = WeightFile::open(&path)?;
+            let rows = file.read_shaped("hook_z", &[self.meta.shard_rows[shard], self.meta.n_heads, self.meta.d_head])?;
+            self.loaded = Some((shard, rows.data));
+        }
+        let data = &self.loaded.as_ref().map(|(_, d)| d).context("shard not loaded")?;
+        let total = self.meta.shard_rows[shard];
+        let end = (row + max_rows).min(total);
+        let values = data[row * row_len..end * row_len].to_vec();
+        let next = if end < total {
+            Some((shard, end))
+        } else if shard + 1 < self.meta.shard_rows.len() {
+            Some((shard + 1, 0))
+        } else {
+            None
+        };
+        Ok((values, next))
+    }
+}
+
+/// Harvests `total_tokens` hook_z rows from the LM into `dir` as safetensors shards of
+/// `shard_tokens` rows each (unshuffled, in corpus order). `on_progress` gets rows written.
+pub fn write_cache(
+    store: &mut ActivationStore,
+    meta_base: CacheMeta,
+    dir: &Path,
+    total_tokens: usize,
+    shard_tokens: usize,
+    mut on_progress: impl FnMut(usize),
+) -> anyhow::Result<CacheMeta> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let row_len = store.row_len();
+    let mut meta = meta_base;
+    meta.shard_rows.clear();
+    let mut written = 0usize;
+    let mut pending: Vec<f32> = Vec::new();
+    while written < total_tokens {
+        while pending.len() / row_len < shard_tokens.min(total_tokens - written) {
+            store.harvest_chunk(&mut pending)?;
+        }
+        let rows = shard_tokens.min(total_tokens - written);
+        let rest = pending.split_off(rows * row_len);
+        let shard = std::mem::replace(&mut pending, rest);
+        let i = meta.shard_rows.len();
+        write_safetensors(
+            &shard_path(dir, i),
+            &[NamedArray::new("hook_z", vec![rows, meta.n_heads, meta.d_head], shard)],
+            None,
+        )?;
+        meta.shard_rows.push(rows);
+        written += rows;
+        on_progress(written);
+    }
+    // The metadata file marks the cache complete; it is written last.
+    write_json(&dir.join(CACHE_META), &meta)?;
+    Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffle_keeps_every_row() {
+        let mut buf: Vec<f32> = (0..300).map(|i| i as f32).collect();
+        let mut rng = Rng::new(3);
+        shuffle_rows(&mut buf, 3, &mut rng);
+        let mut firsts: Vec<i32> = buf.chunks(3).map(|r| r[0] as i32).collect();
+        for r in buf.chunks(3) {
+            assert_eq!(r[1], r[0] + 1.0);
+            assert_eq!(r[2], r[0] + 2.0);
+        }
+        assert_ne!(firsts, (0..100).map(|i| i * 3).collect::<Vec<_>>());
+        firsts.sort();
+        assert_eq!(firsts, (0..100).map(|i| i * 3).collect::<Vec<_>>());
+    }
+}

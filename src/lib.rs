@@ -1,0 +1,13 @@
+//! attn-saes: block-diagonal sparse autoencoders on per-head attention outputs (`hook_z`).
+//!
+//! Pipeline: corpus -> tokens -> LM forward with hooks -> activation store -> SAE trainer
+//! -> checkpoints + metrics -> dashboards -> viewer.
+
+pub mod cli_train;
+pub mod data;
+pub mod device;
+pub mod files;
+pub mod lm;
+pub mod rng;
+pub mod sae;
+pub mod train;

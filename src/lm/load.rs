@@ -1,0 +1,734 @@
+//! LM weights: builds a [`Transformer`] from HF GPT-2 safetensors, TransformerLens `.pth`
+//! checkpoints (gelu-Nl), and Llama-family GGUF / HF safetensors files.
+
+use std::path::Path;
+
+use burn::prelude::*;
+
+use super::transformer::{
+    Activation, Attention, Block, Family, Mlp, Norm, Positions, Transformer, TransformerConfig,
+};
+use super::weights::{HostArray, LoadError, WeightFile, read_json_config};
+
+type Json = std::collections::BTreeMap<String, serde_json::Value>;
+
+fn cfg_usize(cfg: &Json, path: &Path, keys: &[&str]) -> Result<usize, LoadError> {
+    for key in keys {
+        if let Some(v) = cfg.get(*key) {
+            return v.as_u64().map(|v| v as usize).ok_or_else(|| LoadError::Config {
+                path: path.to_path_buf(),
+                message: format!("'{key}' should be a non-negative integer, found {v}"),
+            });
+        }
+    }
+    Err(LoadError::Config {
+        path: path.to_path_buf(),
+        message: format!("missing '{}'", keys.join("' or '")),
+    })
+}
+
+fn cfg_f64(cfg: &Json, key: &str, default: f64) -> f64 {
+    cfg.get(key).and_then(|v| v.as_f64()).unwrap_or(default)
+}
+
+fn cfg_str<'a>(cfg: &'a Json, key: &str) -> Option<&'a str> {
+    cfg.get(key).and_then(|v| v.as_str())
+}
+
+/// `ln1.b @ W_V + b_V` per head: the constant TransformerLens folds out of hook_z.
+/// `w_v`: [d_model, n_heads d_head]; returns [n_heads, d_head].
+fn z_fold(
+    ln_b: Option<&Tensor<1>>,
+    w_v: Tensor<2>,
+    b_v: Option<Tensor<1>>,
+    n_heads: usize,
+    d_head: usize,
+    device: &Device,
+) -> Tensor<2> {
+    let mut fold = Tensor::<1>::zeros([n_heads * d_head], device);
+    if let Some(b) = ln_b {
+        fold = fold + b.clone().unsqueeze::<2>().matmul(w_v).reshape([n_heads * d_head]);
+    }
+    if let Some(b_v) = b_v {
+        fold = fold + b_v;
+    }
+    fold.reshape([n_heads, d_head])
+}
+
+/// GPT-2 family from a Hugging Face directory: `config.json` + `model.safetensors`.
+/// Accepts the hub layout (no prefix, `attn.bias` buffers) and `save_pretrained`'s
+/// (`transformer.` prefix, no buffers).
+pub fn gpt2_from_hf(
+    dir: &Path,
+    name: &str,
+    device: &Device,
+) -> Result<Transformer, LoadError> {
+    let cfg_path = dir.join("config.json");
+    let cfg = read_json_config(&cfg_path)?;
+    let n_layers = cfg_usize(&cfg, &cfg_path, &["n_layer", "num_hidden_layers"])?;
+    let n_heads = cfg_usize(&cfg, &cfg_path, &["n_head", "num_attention_heads"])?;
+    let d_model = cfg_usize(&cfg, &cfg_path, &["n_embd", "hidden_size"])?;
+    let n_ctx = cfg_usize(&cfg, &cfg_path, &["n_positions", "n_ctx"])?;
+    let d_vocab = cfg_usize(&cfg, &cfg_path, &["vocab_size"])?;
+    let d_mlp = match cfg.get("n_inner").and_then(|v| v.as_u64()) {
+        Some(n) => n as usize,
+        None => 4 * d_model,
+    };
+    if n_heads == 0 || d_model % n_heads != 0 {
+        return Err(LoadError::Config {
+            path: cfg_path,
+            message: format!("n_embd {d_model} is not divisible by n_head {n_heads}"),
+        });
+    }
+    let activation = match cfg_str(&cfg, "activation_function").unwrap_or("gelu_new") {
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluNew,
+        "gelu" => Activation::Gelu,
+        other => {
+            return Err(LoadError::Config {
+                path: cfg_path,
+                message: format!("activation_function '{other}' is not supported"),
+            });
+        }
+    };
+    let d_head = d_model / n_heads;
+    let config = TransformerConfig {
+        name: name.to_string(),
+        family: Family::Gpt2,
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads: n_heads,
+        d_head,
+        d_mlp,
+        d_vocab,
+        n_ctx,
+        norm_eps: cfg_f64(&cfg, "layer_norm_epsilon", 1e-5),
+        activation,
+        rope_theta: None,
+        bos_token_id: Some(
+            cfg.get("bos_token_id")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(50256) as u32,
+        ),
+    };
+
+    let weights_path = dir.join("model.safetensors");
+    if !weights_path.exists() {
+        return Err(LoadError::NoWeights {
+            dir: dir.to_path_buf(),
+            looked_for: "model.safetensors".into(),
+        });
+    }
+    let file = WeightFile::open(&weights_path)?;
+    let prefix = if file.contains("transformer.wte.weight") {
+        "transformer."
+    } else {
+        ""
+    };
+    let t1 = |n: &str, s: usize| file.tensor::<1>(&format!("{prefix}{n}"), [s], device);
+    let t2 = |n: &str, s: [usize; 2]| file.tensor::<2>(&format!("{prefix}{n}"), s, device);
+    let eps = config.norm_eps;
+    let approximate = activation == Activation::GeluNew;
+
+    let mut blocks = Vec::with_capacity(n_layers);
+    for i in 0..n_layers {
+        let p = format!("h.{i}.");
+        let ln1_b = t1(&format!("{p}ln_1.bias"), d_model)?;
+        let w_qkv = t2(&format!("{p}attn.c_attn.weight"), [d_model, 3 * d_model])?;
+        let b_qkv = t1(&format!("{p}attn.c_attn.bias"), 3 * d_model)?;
+        let fold = z_fold(
+            Some(&ln1_b),
+            w_qkv.clone().slice([0..d_model, 2 * d_model..3 * d_model]),
+            Some(b_qkv.clone().slice([2 * d_model..3 * d_model])),
+            n_heads,
+            d_head,
+            device,
+        );
+        blocks.push(Block {
+            norm1: Norm::Layer {
+                w: t1(&format!("{p}ln_1.weight"), d_model)?,
+                b: ln1_b,
+                eps,
+            },
+            attn: Attention {
+                w_qkv,
+                b_qkv: Some(b_qkv),
+                w_o: t2(&format!("{p}attn.c_proj.weight"), [d_model, d_model])?,
+                b_o: Some(t1(&format!("{p}attn.c_proj.bias"), d_model)?),
+                z_fold: Some(fold),
+            },
+            norm2: Norm::Layer {
+                w: t1(&format!("{p}ln_2.weight"), d_model)?,
+                b: t1(&format!("{p}ln_2.bias"), d_model)?,
+                eps,
+            },
+            mlp: Mlp::Gelu {
+                w_in: t2(&format!("{p}mlp.c_fc.weight"), [d_model, d_mlp])?,
+                b_in: t1(&format!("{p}mlp.c_fc.bias"), d_mlp)?,
+                w_out: t2(&format!("{p}mlp.c_proj.weight"), [d_mlp, d_model])?,
+                b_out: t1(&format!("{p}mlp.c_proj.bias"), d_model)?,
+                approximate,
+            },
+        });
+    }
+    let w_e = t2("wte.weight", [d_vocab, d_model])?;
+    let tied = cfg
+        .get("tie_word_embeddings")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
+    let w_u = if !tied && file.contains("lm_head.weight") {
+        file.tensor::<2>("lm_head.weight", [d_vocab, d_model], device)?
+            .transpose()
+    } else {
+        w_e.clone().transpose()
+    };
+    Ok(Transformer {
+        positions: Positions::Learned(t2("wpe.weight", [n_ctx, d_model])?),
+        norm_final: Norm::Layer {
+            w: t1("ln_f.weight", d_model)?,
+            b: t1("ln_f.bias", d_model)?,
+            eps,
+        },
+        w_e,
+        blocks,
+        w_u,
+        b_u: None,
+        device: device.clone(),
+        config,
+    })
+}
+
+/// A TransformerLens-format checkpoint (`config.json` with HookedTransformerConfig keys and a
+/// pickled state dict, e.g. `NeelNanda/GELU_2L512W_C4_Code`'s `model_final.pth`).
+pub fn tl_from_pth(
+    cfg_path: &Path,
+    weights_path: &Path,
+    name: &str,
+    device: &Device,
+) -> Result<Transformer, LoadError> {
+    let cfg = read_json_config(cfg_path)?;
+    let n_layers = cfg_usize(&cfg, cfg_path, &["n_layers"])?;
+    let d_model = cfg_usize(&cfg, cfg_path, &["d_model"])?;
+    let n_heads = cfg_usize(&cfg, cfg_path, &["n_heads"])?;
+    let d_head = cfg_usize(&cfg, cfg_path, &["d_head"])?;
+    let d_mlp = cfg_usize(&cfg, cfg_path, &["d_mlp"])?;
+    let d_vocab = cfg_usize(&cfg, cfg_path, &["d_vocab"])?;
+    let n_ctx = cfg_usize(&cfg, cfg_path, &["n_ctx"])?;
+    let bad = |message: String| LoadError::Config {
+        path: cfg_path.to_path_buf(),
+        message,
+    };
+    let activation = match cfg_str(&cfg, "act_fn").unwrap_or("gelu") {
+        "gelu" => Activation::Gelu,
+        "gelu_new" => Activation::GeluNew,
+        other => return Err(bad(format!("act_fn '{other}' is not supported (gelu, gelu_new)"))),
+    };
+    // TransformerLens configs say `normalization_type`, Neel's training configs `normalization`.
+    match cfg_str(&cfg, "normalization_type").or_else(|| cfg_str(&cfg, "normalization")) {
+        None | Some("LN") => {}
+        Some(other) => {
+            return Err(bad(format!(
+                "normalization_type '{other}' is not supported (LN)"
+            )));
+        }
+    }
+    if cfg.get("attn_only").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(bad("attention-only models are not supported".into()));
+    }
+    if cfg.get("shortformer_pos").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(bad("shortformer positional embeddings are not supported".into()));
+    }
+    let config = TransformerConfig {
+        name: name.to_string(),
+        family: Family::Gpt2,
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads: n_heads,
+        d_head,
+        d_mlp,
+        d_vocab,
+        n_ctx,
+        norm_eps: cfg
+            .get("eps")
+            .or_else(|| cfg.get("ln_eps"))
+            .and_then(|v| v.as_f64())
+            .unwrap_or(1e-5),
+        activation,
+        rope_theta: None,
+        bos_token_id: None,
+    };
+    let file = WeightFile::open(weights_path)?;
+    let t1 = |n: &str, s: usize| file.tensor::<1>(n, [s], device);
+    let t2 = |n: &str, s: [usize; 2]| file.tensor::<2>(n, s, device);
+    let hd = n_heads * d_head;
+    // [H, d_model, d_head] -> [d_model, H d_head]
+    let w_in_heads = |n: &str| -> Result<Tensor<2>, LoadError> {
+        Ok(file
+            .tensor::<3>(n, [n_heads, d_model, d_head], device)?
+            .swap_dims(0, 1)
+            .reshape([d_model, hd]))
+    };
+    let b_heads = |n: &str| -> Result<Tensor<1>, LoadError> {
+        Ok(file.tensor::<2>(n, [n_heads, d_head], device)?.reshape([hd]))
+    };
+    let eps = config.norm_eps;
+    let mut blocks = Vec::with_capacity(n_layers);
+    for l in 0..n_layers {
+        let p = format!("blocks.{l}.");
+        let ln1_b = t1(&format!("{p}ln1.b"), d_model)?;
+        let w_v = w_in_heads(&format!("{p}attn.W_V"))?;
+        let b_v = b_heads(&format!("{p}attn.b_V"))?;
+        let fold = z_fold(
+            Some(&ln1_b),
+            w_v.clone(),
+            Some(b_v.clone()),
+            n_heads,
+            d_head,
+            device,
+        );
+        let w_qkv = Tensor::cat(
+            vec![
+                w_in_heads(&format!("{p}attn.W_Q"))?,
+                w_in_heads(&format!("{p}attn.W_K"))?,
+                w_v,
+            ],
+            1,
+        );
+        let b_qkv = Tensor::cat(
+            vec![
+                b_heads(&format!("{p}attn.b_Q"))?,
+                b_heads(&format!("{p}attn.b_K"))?,
+                b_v,
+            ],
+            0,
+        );
+        blocks.push(Block {
+            norm1: Norm::Layer {
+                w: t1(&format!("{p}ln1.w"), d_model)?,
+                b: ln1_b,
+                eps,
+            },
+            attn: Attention {
+                w_qkv,
+                b_qkv: Some(b_qkv),
+                w_o: file
+                    .tensor::<3>(&format!("{p}attn.W_O"), [n_heads, d_head, d_model], device)?
+                    .reshape([hd, d_model]),
+                b_o: Some(t1(&format!("{p}attn.b_O"), d_model)?),
+                z_fold: Some(fold),
+            },
+            norm2: Norm::Layer {
+                w: t1(&format!("{p}ln2.w"), d_model)?,
+                b: t1(&format!("{p}ln2.b"), d_model)?,
+                eps,
+            },
+            mlp: Mlp::Gelu {
+                w_in: t2(&format!("{p}mlp.W_in"), [d_model, d_mlp])?,
+                b_in: t1(&format!("{p}mlp.b_in"), d_mlp)?,
+                w_out: t2(&format!("{p}mlp.W_out"), [d_mlp, d_model])?,
+                b_out: t1(&format!("{p}mlp.b_out"), d_model)?,
+                approximate: activation == Activation::GeluNew,
+            },
+        });
+    }
+    Ok(Transformer {
+        w_e: t2("embed.W_E", [d_vocab, d_model])?,
+        positions: Positions::Learned(t2("pos_embed.W_pos", [n_ctx, d_model])?),
+        blocks,
+        norm_final: Norm::Layer {
+            w: t1("ln_final.w", d_model)?,
+            b: t1("ln_final.b", d_model)?,
+            eps,
+        },
+        w_u: t2("unembed.W_U", [d_model, d_vocab])?,
+        b_u: Some(t1("unembed.b_U", d_vocab)?),
+        device: device.clone(),
+        config,
+    })
+}
+
+/// Transposes a row-major `[rows, cols]` host array.
+pub(crate) fn transpose(a: &HostArray) -> HostArray {
+    let (rows, cols) = (a.shape[0], a.shape[1]);
+    let mut out = vec![0.0; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = a.data[r * cols + c];
+        }
+    }
+    HostArray::new(vec![cols, rows], out)
+}
+
+/// Llama-family weights in Hugging Face naming and layout (`[out, in]` matrices,
+/// half-split rotary q/k), whatever file they came from.
+struct LlamaSource<'a> {
+    get: Box<dyn Fn(&str, &[usize]) -> Result<HostArray, LoadError> + 'a>,
+}
+
+fn build_llama(
+    config: TransformerConfig,
+    src: &LlamaSource,
+    tied: bool,
+    device: &Device,
+) -> Result<Transformer, LoadError> {
+    let (d, h, hkv, dh, d_mlp, v) = (
+        config.d_model,
+        config.n_heads,
+        config.n_kv_heads,
+        config.d_head,
+        config.d_mlp,
+        config.d_vocab,
+    );
+    let eps = config.norm_eps;
+    let vec1 = |name: &str, n: usize| -> Result<Tensor<1>, LoadError> {
+        Ok((src.get)(name, &[n])?.into_tensor(device))
+    };
+    // HF `[out, in]` -> our `[in, out]`.
+    let mat = |name: &str, out: usize, inp: usize| -> Result<Tensor<2>, LoadError> {
+        Ok(transpose(&(src.get)(name, &[out, inp])?).into_tensor(device))
+    };
+    let mut blocks = Vec::with_capacity(config.n_layers);
+    for i in 0..config.n_layers {
+        let p = format!("model.layers.{i}.");
+        let w_qkv = Tensor::cat(
+            vec![
+                mat(&format!("{p}self_attn.q_proj.weight"), h * dh, d)?,
+                mat(&format!("{p}self_attn.k_proj.weight"), hkv * dh, d)?,
+                mat(&format!("{p}self_attn.v_proj.weight"), hkv * dh, d)?,
+            ],
+            1,
+        );
+        let w_gate_up = Tensor::cat(
+            vec![
+                mat(&format!("{p}mlp.gate_proj.weight"), d_mlp, d)?,
+                mat(&format!("{p}mlp.up_proj.weight"), d_mlp, d)?,
+            ],
+            1,
+        );
+        blocks.push(Block {
+            norm1: Norm::Rms {
+                w: vec1(&format!("{p}input_layernorm.weight"), d)?,
+                eps,
+            },
+            attn: Attention {
+                w_qkv,
+                b_qkv: None,
+                w_o: mat(&format!("{p}self_attn.o_proj.weight"), d, h * dh)?,
+                b_o: None,
+                z_fold: None,
+            },
+            norm2: Norm::Rms {
+                w: vec1(&format!("{p}post_attention_layernorm.weight"), d)?,
+                eps,
+            },
+            mlp: Mlp::SwiGlu {
+                w_gate_up,
+                w_down: mat(&format!("{p}mlp.down_proj.weight"), d, d_mlp)?,
+            },
+        });
+    }
+    let w_e: Tensor<2> = (src.get)("model.embed_tokens.weight", &[v, d])?.into_tensor(device);
+    let w_u = if tied {
+        w_e.clone().transpose()
+    } else {
+        mat("lm_head.weight", v, d)?
+    };
+    let positions = super::transformer::rotary_tables(
+        config.n_ctx,
+        dh,
+        config.rope_theta.unwrap_or(10000.0),
+        device,
+    );
+    Ok(Transformer {
+        w_e,
+        positions,
+        blocks,
+        norm_final: Norm::Rms {
+            w: vec1("model.norm.weight", d)?,
+            eps,
+        },
+        w_u,
+        b_u: None,
+        device: device.clone(),
+        config,
+    })
+}
+
+/// Undoes llama.cpp's q/k row permutation (`convert_hf_to_gguf.py`'s `permute`), turning
+/// GGUF's adjacent-pair rotary layout into the half-split (HF) one. `a`: `[heads d_head, in]`.
+fn unpermute_rotary(a: &HostArray, heads: usize) -> HostArray {
+    let (rows, cols) = (a.shape[0], a.shape[1]);
+    let dh = rows / heads;
+    let half = dh / 2;
+    let mut out = vec![0.0; rows * cols];
+    for head in 0..heads {
+        for s in 0..2 {
+            for i in 0..half {
+                let hf_row = head * dh + s * half + i;
+                let gguf_row = head * dh + 2 * i + s;
+                out[hf_row * cols..(hf_row + 1) * cols]
+                    .copy_from_slice(&a.data[gguf_row * cols..(gguf_row + 1) * cols]);
+            }
+        }
+    }
+    HostArray::new(a.shape.clone(), out)
+}
+
+/// GGUF tensor name for an HF Llama weight name.
+fn gguf_name(hf: &str) -> String {
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        let (layer, leaf) = rest.split_once('.').unwrap_or((rest, ""));
+        let leaf = match leaf {
+            "input_layernorm.weight" => "attn_norm.weight",
+            "self_attn.q_proj.weight" => "attn_q.weight",
+            "self_attn.k_proj.weight" => "attn_k.weight",
+            "self_attn.v_proj.weight" => "attn_v.weight",
+            "self_attn.o_proj.weight" => "attn_output.weight",
+            "post_attention_layernorm.weight" => "ffn_norm.weight",
+            "mlp.gate_proj.weight" => "ffn_gate.weight",
+            "mlp.up_proj.weight" => "ffn_up.weight",
+            "mlp.down_proj.weight" => "ffn_down.weight",
+            other => other,
+        };
+        return format!("blk.{layer}.{leaf}");
+    }
+    match hf {
+        "model.embed_tokens.weight" => "token_embd.weight",
+        "model.norm.weight" => "output_norm.weight",
+        "lm_head.weight" => "output.weight",
+        other => other,
+    }
+    .to_string()
+}
+
+/// A Llama-architecture GGUF file (e.g. SmolLM2), with the tokenizer stored in it.
+pub fn llama_from_gguf(
+    path: &Path,
+    name: &str,
+    device: &Device,
+) -> Result<super::LoadedModel, LoadError> {
+    let file = WeightFile::open(path)?;
+    let gguf = file.gguf().ok_or_else(|| LoadError::Format {
+        path: path.to_path_buf(),
+        format: "GGUF",
+        message: "not a GGUF file".into(),
+    })?;
+    let arch = gguf.get_str("general.architecture")?.to_string();
+    if arch != "llama" {
+        return Err(LoadError::Config {
+            path: path.to_path_buf(),
+            message: format!("architecture '{arch}' is not supported (llama)"),
+        });
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let d_model = gguf.get_u64(&key("embedding_length"))? as usize;
+    let n_heads = gguf.get_u64(&key("attention.head_count"))? as usize;
+    let n_kv_heads = gguf
+        .get_u64(&key("attention.head_count_kv"))
+        .map(|v| v as usize)
+        .unwrap_or(n_heads);
+    let d_head = gguf
+        .get_u64(&key("attention.key_length"))
+        .map(|v| v as usize)
+        .unwrap_or(d_model / n_heads.max(1));
+    let tokenizer = gguf.tokenizer()?;
+    let d_vocab = gguf
+        .tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .map(|t| t.shape()[0])
+        .ok_or_else(|| LoadError::MissingTensor {
+            path: path.to_path_buf(),
+            tensor: "token_embd.weight".into(),
+        })?;
+    let config = TransformerConfig {
+        name: name.to_string(),
+        family: Family::Llama,
+        n_layers: gguf.get_u64(&key("block_count"))? as usize,
+        d_model,
+        n_heads,
+        n_kv_heads,
+        d_head,
+        d_mlp: gguf.get_u64(&key("feed_forward_length"))? as usize,
+        d_vocab,
+        n_ctx: gguf.get_u64(&key("context_length"))? as usize,
+        norm_eps: gguf
+            .get_f64(&key("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5),
+        activation: Activation::Silu,
+        rope_theta: Some(gguf.get_f64(&key("rope.freq_base")).unwrap_or(10000.0)),
+        bos_token_id: gguf.bos_token_id(),
+    };
+    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || d_head % 2 != 0 {
+        return Err(LoadError::Config {
+            path: path.to_path_buf(),
+            message: format!(
+                "bad head counts: {n_heads} query heads, {n_kv_heads} key/value heads, d_head {d_head}"
+            ),
+        });
+    }
+    let tied = !file.contains("output.weight");
+    let src = LlamaSource {
+        get: Box::new(|hf_name: &str, shape: &[usize]| {
+            let array = file.read_shaped(&gguf_name(hf_name), shape)?;
+            Ok(if hf_name.ends_with("q_proj.weight") {
+                unpermute_rotary(&array, n_heads)
+            } else if hf_name.ends_with("k_proj.weight") {
+                unpermute_rotary(&array, n_kv_heads)
+            } else {
+                array
+            })
+        }),
+    };
+    let transformer = build_llama(config, &src, tied, device)?;
+    Ok(super::LoadedModel {
+        transformer,
+        tokenizer,
+        source: path.to_path_buf(),
+    })
+}
+
+/// A Llama-family Hugging Face directory: `config.json` + `model.safetensors`.
+pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transformer, LoadError> {
+    let cfg_path = dir.join("config.json");
+    let cfg = read_json_config(&cfg_path)?;
+    let d_model = cfg_usize(&cfg, &cfg_path, &["hidden_size"])?;
+    let n_heads = cfg_usize(&cfg, &cfg_path, &["num_attention_heads"])?;
+    let n_kv_heads = cfg_usize(&cfg, &cfg_path, &["num_key_value_heads", "num_attention_heads"])?;
+    let d_head = cfg_usize(&cfg, &cfg_path, &["head_dim"]).unwrap_or(d_model / n_heads.max(1));
+    if cfg.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+        return Err(LoadError::Config {
+            path: cfg_path,
+            message: "rope_scaling is not supported".into(),
+        });
+    }
+    let config = TransformerConfig {
+        name: name.to_string(),
+        family: Family::Llama,
+        n_layers: cfg_usize(&cfg, &cfg_path, &["num_hidden_layers"])?,
+        d_model,
+        n_heads,
+        n_kv_heads,
+        d_head,
+        d_mlp: cfg_usize(&cfg, &cfg_path, &["intermediate_size"])?,
+        d_vocab: cfg_usize(&cfg, &cfg_path, &["vocab_size"])?,
+        n_ctx: cfg_usize(&cfg, &cfg_path, &["max_position_embeddings"])?,
+        norm_eps: cfg_f64(&cfg, "rms_norm_eps", 1e-5),
+        activation: Activation::Silu,
+        rope_theta: Some(cfg_f64(&cfg, "rope_theta", 10000.0)),
+        bos_token_id: cfg.get("bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
+    };
+    let tied = cfg
+        .get("tie_word_embeddings")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let weights_path = dir.join("model.safetensors");
+    if !weights_path.exists() {
+        return Err(LoadError::NoWeights {
+            dir: dir.to_path_buf(),
+            looked_for: "model.safetensors".into(),
+        });
+    }
+    let file = WeightFile::open(&weights_path)?;
+    let src = LlamaSource {
+        get: Box::new(|n: &str, shape: &[usize]| file.read_shaped(n, shape)),
+    };
+    build_llama(config, &src, tied, device)
+}
+
+/// A model with random weights (normal, std 0.02; norms at 1) of the given sizes, for
+/// benchmarks and tests that need no checkpoint.
+pub fn random(config: TransformerConfig, seed: u64, device: &Device) -> Transformer {
+    let mut rng = crate::rng::Rng::new(seed);
+    let mut normal = |shape: &[usize]| -> HostArray {
+        let n = shape.iter().product();
+        HostArray::new(shape.to_vec(), (0..n).map(|_| (rng.normal() * 0.02) as f32).collect())
+    };
+    let (d, h, hkv, dh, d_mlp, v) = (
+        config.d_model,
+        config.n_heads,
+        config.n_kv_heads,
+        config.d_head,
+        config.d_mlp,
+        config.d_vocab,
+    );
+    let ones = |n: usize| Tensor::<1>::ones([n], device);
+    let zeros = |n: usize| Tensor::<1>::zeros([n], device);
+    let eps = config.norm_eps;
+    let llama = config.family == Family::Llama;
+    let norm = |n: usize| {
+        if llama {
+            Norm::Rms { w: ones(n), eps }
+        } else {
+            Norm::Layer {
+                w: ones(n),
+                b: zeros(n),
+                eps,
+            }
+        }
+    };
+    let blocks = (0..config.n_layers)
+        .map(|_| Block {
+            norm1: norm(d),
+            attn: Attention {
+                w_qkv: normal(&[d, (h + 2 * hkv) * dh]).into_tensor(device),
+                b_qkv: (!llama).then(|| zeros((h + 2 * hkv) * dh)),
+                w_o: normal(&[h * dh, d]).into_tensor(device),
+                b_o: (!llama).then(|| zeros(d)),
+                z_fold: None,
+            },
+            norm2: norm(d),
+            mlp: if llama {
+                Mlp::SwiGlu {
+                    w_gate_up: normal(&[d, 2 * d_mlp]).into_tensor(device),
+                    w_down: normal(&[d_mlp, d]).into_tensor(device),
+                }
+            } else {
+                Mlp::Gelu {
+                    w_in: normal(&[d, d_mlp]).into_tensor(device),
+                    b_in: zeros(d_mlp),
+                    w_out: normal(&[d_mlp, d]).into_tensor(device),
+                    b_out: zeros(d),
+                    approximate: config.activation == Activation::GeluNew,
+                }
+            },
+        })
+        .collect();
+    let w_e: Tensor<2> = normal(&[v, d]).into_tensor(device);
+    let positions = if llama {
+        super::transformer::rotary_tables(config.n_ctx, dh, config.rope_theta.unwrap_or(1e4), device)
+    } else {
+        Positions::Learned(normal(&[config.n_ctx, d]).into_tensor(device))
+    };
+    Transformer {
+        w_u: w_e.clone().transpose(),
+        w_e,
+        positions,
+        blocks,
+        norm_final: norm(d),
+        b_u: None,
+        device: device.clone(),
+        config,
+    }
+}
+
+/// gpt2-small's sizes (12 layers, 12 heads x 64, d_model 768, vocab 50257).
+pub fn gpt2_small_config() -> TransformerConfig {
+    TransformerConfig {
+        name: "gpt2-small (random weights)".into(),
+        family: Family::Gpt2,
+        n_layers: 12,
+        d_model: 768,
+        n_heads: 12,
+        n_kv_heads: 12,
+        d_head: 64,
+        d_mlp: 3072,
+        d_vocab: 50257,
+        n_ctx: 1024,
+        norm_eps: 1e-5,
+        activation: Activation::GeluNew,
+        rope_theta: None,
+        bos_token_id: Some(50256),
+    }
+}

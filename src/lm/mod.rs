@@ -1,0 +1,131 @@
+//! LM stage: transformer language models in burn with hook points, and their loaders.
+
+pub mod gguf;
+pub mod hub;
+pub mod load;
+pub mod transformer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use tokenizers::Tokenizer;
+
+pub use transformer::{
+    Activation, Family, HeadSelection, HookCache, HookRequest, Splice, Transformer,
+    TransformerConfig, ZConvention, per_token_ce,
+};
+pub use weights::LoadError;
+
+/// A transformer with its tokenizer and where it came from.
+pub struct LoadedModel {
+    pub transformer: Transformer,
+    pub tokenizer: Tokenizer,
+    pub source: PathBuf,
+}
+
+fn load_tokenizer(path: &Path) -> Result<Tokenizer, LoadError> {
+    Tokenizer::from_file(path).map_err(|e| LoadError::Tokenizer {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn find_file(dir: &Path, pred: impl Fn(&str) -> bool) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&pred))
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+/// Loads a model from a reference: a directory or file, a hub id such as
+/// `openai-community/gpt2`, or an alias (`gpt2`, `gelu-2l`). See [`hub::resolve`].
+pub fn load_model(reference: &str, device: &Device) -> Result<LoadedModel, LoadError> {
+    let path = hub::resolve(reference)?;
+    let name = hub::expand_alias(reference).to_string();
+    load_from_path(&path, &name, device)
+}
+
+/// Loads a model from a local file (`.gguf`) or directory.
+pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<LoadedModel, LoadError> {
+    if path.is_file() {
+        if path.extension().is_some_and(|e| e == "gguf") {
+            return load::llama_from_gguf(path, name, device);
+        }
+        return Err(LoadError::Format {
+            path: path.to_path_buf(),
+            format: "model",
+            message: "a model file must be .gguf; pass a directory for other formats".into(),
+        });
+    }
+    if let Some(gguf) = find_file(path, |n| n.ends_with(".gguf")) {
+        return load::llama_from_gguf(&gguf, name, device);
+    }
+    let cfg_path = path.join("config.json");
+    if !cfg_path.exists() {
+        return Err(LoadError::NoWeights {
+            dir: path.to_path_buf(),
+            looked_for: "config.json with model.safetensors or *.pth, or a .gguf file".into(),
+        });
+    }
+    let cfg = weights::read_json_config(&cfg_path)?;
+    let local_tokenizer = path.join("tokenizer.json");
+    if cfg.contains_key("n_layers") {
+        // TransformerLens checkpoint.
+        let weights = find_file(path, |n| n.ends_with("final.pth"))
+            .or_else(|| find_file(path, |n| n.ends_with(".pth")))
+            .ok_or_else(|| LoadError::NoWeights {
+                dir: path.to_path_buf(),
+                looked_for: "*final.pth (TransformerLens checkpoint named by config.json)".into(),
+            })?;
+        let mut transformer = load::tl_from_pth(&cfg_path, &weights, name, device)?;
+        let tok_path = if local_tokenizer.exists() {
+            local_tokenizer
+        } else {
+            let tok_ref = cfg
+                .get("tokenizer_name")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| LoadError::NoWeights {
+                    dir: path.to_path_buf(),
+                    looked_for: "tokenizer.json (config.json names no tokenizer_name)".into(),
+                })?;
+            hub::resolve_tokenizer(tok_ref)?
+        };
+        let tokenizer = load_tokenizer(&tok_path)?;
+        transformer.config.bos_token_id = bos_of(&tokenizer);
+        return Ok(LoadedModel {
+            transformer,
+            tokenizer,
+            source: weights,
+        });
+    }
+    let model_type = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+    let transformer = match model_type {
+        "gpt2" | "" => load::gpt2_from_hf(path, name, device)?,
+        "llama" | "mistral" | "qwen2" => load::llama_from_hf(path, name, device)?,
+        other => {
+            return Err(LoadError::Config {
+                path: cfg_path,
+                message: format!("model_type '{other}' is not supported (gpt2, llama)"),
+            });
+        }
+    };
+    let tokenizer = load_tokenizer(&local_tokenizer)?;
+    Ok(LoadedModel {
+        transformer,
+        tokenizer,
+        source: path.join("model.safetensors"),
+    })
+}
+
+/// The BOS token of a tokenizer: `<|BOS|>`, `<|endoftext|>`, `<s>` or `<|im_start|>`
+/// absent an explicit id.
+fn bos_of(tokenizer: &Tokenizer) -> Option<u32> {
+    ["<|BOS|>", "<|endoftext|>", "<s>"]
+        .iter()
+        .find_map(|t| tokenizer.token_to_id(t))
+}

@@ -1,0 +1,540 @@
+//! LM forward: one decoder-only transformer covering the GPT-2 and Llama families, with
+//! TransformerLens-style hook points (`hook_z`, attention pattern, residual stream), early
+//! stopping after the last hooked layer, and a splice point on `hook_z`.
+
+use std::collections::BTreeMap;
+
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, log_softmax, silu, softmax};
+use burn::tensor::{Bool, Int, TensorData};
+
+/// Sizes and conventions of a loaded transformer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TransformerConfig {
+    /// Human-readable name (e.g. "gpt2", "NeelNanda/GELU_2L512W_C4_Code").
+    pub name: String,
+    pub family: Family,
+    pub n_layers: usize,
+    pub d_model: usize,
+    /// Number of query heads (the heads `hook_z` has).
+    pub n_heads: usize,
+    /// Number of key/value heads (`n_heads` unless grouped-query attention).
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub d_vocab: usize,
+    /// Longest context the model supports.
+    pub n_ctx: usize,
+    pub norm_eps: f64,
+    pub activation: Activation,
+    /// Rotary base (Llama family only).
+    pub rope_theta: Option<f64>,
+    /// Token prepended to every context window, if any.
+    pub bos_token_id: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Family {
+    /// LayerNorm, learned positions, biased attention and GELU MLP (gpt2, gelu-Nl).
+    Gpt2,
+    /// RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP.
+    Llama,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Activation {
+    /// Exact GELU (erf).
+    Gelu,
+    /// GPT-2's tanh approximation.
+    GeluNew,
+    /// SiLU gate of a SwiGLU MLP.
+    Silu,
+}
+
+/// Which convention `hook_z` is reported (and spliced) in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum ZConvention {
+    /// TransformerLens' processed model: the value bias (and LayerNorm bias through `W_V`) is
+    /// folded into `b_O`, so `z_TL = z_raw - (ln1.b W_V + b_V)`. What SAELens and published
+    /// hook_z SAEs expect.
+    #[default]
+    TransformerLens,
+    /// Attention-weighted sum of value vectors as the checkpoint computes it.
+    Raw,
+}
+
+pub(crate) enum Norm {
+    Layer { w: Tensor<1>, b: Tensor<1>, eps: f64 },
+    Rms { w: Tensor<1>, eps: f64 },
+}
+
+impl Norm {
+    /// # Shapes
+    /// `x`: [batch, pos, d_model] -> [batch, pos, d_model]
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            Norm::Layer { w, b, eps } => {
+                let centered = x.clone() - x.mean_dim(2);
+                let var = centered.clone().square().mean_dim(2);
+                let normed = centered / var.add_scalar(*eps).sqrt();
+                normed * w.clone().unsqueeze::<3>() + b.clone().unsqueeze::<3>()
+            }
+            Norm::Rms { w, eps } => {
+                let ms = x.clone().square().mean_dim(2);
+                x / ms.add_scalar(*eps).sqrt() * w.clone().unsqueeze::<3>()
+            }
+        }
+    }
+}
+
+pub(crate) struct Attention {
+    /// [d_model, (n_heads + 2 n_kv_heads) d_head]: queries, keys, values, head-major.
+    pub w_qkv: Tensor<2>,
+    pub b_qkv: Option<Tensor<1>>,
+    /// [n_heads d_head, d_model]
+    pub w_o: Tensor<2>,
+    pub b_o: Option<Tensor<1>>,
+    /// [n_heads, d_head]: `ln1.b W_V + b_V`, subtracted to give TransformerLens' hook_z.
+    pub z_fold: Option<Tensor<2>>,
+}
+
+pub(crate) enum Mlp {
+    Gelu {
+        w_in: Tensor<2>,
+        b_in: Tensor<1>,
+        w_out: Tensor<2>,
+        b_out: Tensor<1>,
+        approximate: bool,
+    },
+    /// `down(silu(gate x) * up x)`, gate and up fused: [d_model, 2 d_mlp].
+    SwiGlu { w_gate_up: Tensor<2>, w_down: Tensor<2> },
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            Mlp::Gelu {
+                w_in,
+                b_in,
+                w_out,
+                b_out,
+                approximate,
+            } => {
+                let h = matmul_bias(x, w_in, Some(b_in));
+                let h = if *approximate { gelu_new(h) } else { gelu(h) };
+                matmul_bias(h, w_out, Some(b_out))
+            }
+            Mlp::SwiGlu { w_gate_up, w_down } => {
+                let [b, t, _] = x.dims();
+                let d_mlp = w_down.dims()[0];
+                let gu = matmul_bias(x, w_gate_up, None);
+                let gate = gu.clone().slice([0..b, 0..t, 0..d_mlp]);
+                let up = gu.slice([0..b, 0..t, d_mlp..2 * d_mlp]);
+                matmul_bias(silu(gate) * up, w_down, None)
+            }
+        }
+    }
+}
+
+pub(crate) struct Block {
+    pub norm1: Norm,
+    pub attn: Attention,
+    pub norm2: Norm,
+    pub mlp: Mlp,
+}
+
+pub(crate) enum Positions {
+    /// [n_ctx, d_model]
+    Learned(Tensor<2>),
+    /// cos and sin tables, [n_ctx, d_head], half-split (HF) layout.
+    Rotary { cos: Tensor<2>, sin: Tensor<2> },
+}
+
+/// A decoder-only transformer with hook points.
+pub struct Transformer {
+    pub config: TransformerConfig,
+    pub(crate) w_e: Tensor<2>,
+    pub(crate) positions: Positions,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) norm_final: Norm,
+    /// [d_model, d_vocab]
+    pub(crate) w_u: Tensor<2>,
+    pub(crate) b_u: Option<Tensor<1>>,
+    pub(crate) device: Device,
+}
+
+/// Which activations a forward pass should capture.
+#[derive(Debug, Clone, Default)]
+pub struct HookRequest {
+    /// Layers whose `hook_z` to capture, `[batch, pos, n_heads, d_head]`.
+    pub hook_z: Vec<usize>,
+    /// Layers whose attention pattern to capture, `[batch, n_heads, dest, src]`.
+    pub pattern: Vec<usize>,
+    /// Layers whose residual stream after the block to capture, `[batch, pos, d_model]`.
+    pub resid_post: Vec<usize>,
+    /// Whether to run to the end and return logits.
+    pub logits: bool,
+    pub z_convention: ZConvention,
+}
+
+impl HookRequest {
+    pub fn hook_z(layers: &[usize]) -> Self {
+        Self {
+            hook_z: layers.to_vec(),
+            ..Self::default()
+        }
+    }
+
+    pub fn logits() -> Self {
+        Self {
+            logits: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// Which heads a splice replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadSelection {
+    All,
+    One(usize),
+}
+
+/// Replaces `hook_z` of one layer by a function of it during the forward pass.
+/// The function sees and returns `[batch, pos, n_heads, d_head]` in the request's convention;
+/// with `HeadSelection::One(h)` only head `h` of its output is used.
+pub struct Splice<'a> {
+    pub layer: usize,
+    pub heads: HeadSelection,
+    pub replace: &'a dyn Fn(Tensor<4>) -> Tensor<4>,
+}
+
+impl<'a> Splice<'a> {
+    /// Zero-ablates `hook_z` of `layer` (in the request's convention).
+    pub fn zero_ablate(layer: usize, heads: HeadSelection) -> Self {
+        Self {
+            layer,
+            heads,
+            replace: &|z: Tensor<4>| z.zeros_like(),
+        }
+    }
+}
+
+/// Activations captured by a forward pass.
+#[derive(Default)]
+pub struct HookCache {
+    pub hook_z: BTreeMap<usize, Tensor<4>>,
+    pub pattern: BTreeMap<usize, Tensor<4>>,
+    pub resid_post: BTreeMap<usize, Tensor<3>>,
+    /// `[batch, pos, d_vocab]`
+    pub logits: Option<Tensor<3>>,
+}
+
+/// Errors from invalid forward requests (caller input, not weights).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ForwardError {
+    #[error("layer {layer} does not exist: the model has {n_layers} layers (0..{n_layers})")]
+    Layer { layer: usize, n_layers: usize },
+    #[error("head {head} does not exist: the model has {n_heads} heads")]
+    Head { head: usize, n_heads: usize },
+    #[error("sequence of {len} tokens exceeds the model's context of {n_ctx}")]
+    TooLong { len: usize, n_ctx: usize },
+    #[error("token id {token} is outside the vocabulary of {d_vocab}")]
+    Token { token: i64, d_vocab: usize },
+}
+
+impl Transformer {
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Checks a request against the model's sizes before running it.
+    pub fn check(
+        &self,
+        seq_len: usize,
+        hooks: &HookRequest,
+        splice: Option<&Splice>,
+    ) -> Result<(), ForwardError> {
+        let n_layers = self.config.n_layers;
+        let layers = hooks
+            .hook_z
+            .iter()
+            .chain(&hooks.pattern)
+            .chain(&hooks.resid_post)
+            .chain(splice.map(|s| &s.layer));
+        for &layer in layers {
+            if layer >= n_layers {
+                return Err(ForwardError::Layer { layer, n_layers });
+            }
+        }
+        if let Some(Splice {
+            heads: HeadSelection::One(head),
+            ..
+        }) = splice
+            && *head >= self.config.n_heads
+        {
+            return Err(ForwardError::Head {
+                head: *head,
+                n_heads: self.config.n_heads,
+            });
+        }
+        if seq_len > self.config.n_ctx {
+            return Err(ForwardError::TooLong {
+                len: seq_len,
+                n_ctx: self.config.n_ctx,
+            });
+        }
+        Ok(())
+    }
+
+    /// Builds a `[batch, pos]` token tensor on the model's device, checking ids.
+    pub fn tokens(&self, batch: &[Vec<u32>]) -> Result<Tensor<2, Int>, ForwardError> {
+        let pos = batch.first().map_or(0, Vec::len);
+        let mut flat = Vec::with_capacity(batch.len() * pos);
+        for seq in batch {
+            assert_eq!(seq.len(), pos, "all sequences in a batch must have one length");
+            for &t in seq {
+                if t as usize >= self.config.d_vocab {
+                    return Err(ForwardError::Token {
+                        token: t as i64,
+                        d_vocab: self.config.d_vocab,
+                    });
+                }
+                flat.push(t as i64);
+            }
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(flat, [batch.len(), pos]),
+            &self.device,
+        ))
+    }
+
+    /// Runs the model on `tokens` `[batch, pos]`, capturing what `hooks` asks for and
+    /// applying `splice` if given. Stops after the last layer needed when no logits are asked.
+    pub fn run(
+        &self,
+        tokens: Tensor<2, Int>,
+        hooks: &HookRequest,
+        splice: Option<&Splice>,
+    ) -> Result<HookCache, ForwardError> {
+        let [batch, pos] = tokens.dims();
+        self.check(pos, hooks, splice)?;
+        let cfg = &self.config;
+        let last_layer = if hooks.logits {
+            cfg.n_layers.saturating_sub(1)
+        } else {
+            hooks
+                .hook_z
+                .iter()
+                .chain(&hooks.pattern)
+                .chain(&hooks.resid_post)
+                .chain(splice.map(|s| &s.layer))
+                .copied()
+                .max()
+                .unwrap_or(0)
+        };
+
+        // [batch, pos, d_model]
+        let mut x = self
+            .w_e
+            .clone()
+            .select(0, tokens.clone().reshape([batch * pos]))
+            .reshape([batch, pos, cfg.d_model]);
+        if let Positions::Learned(w_pos) = &self.positions {
+            x = x + w_pos.clone().slice([0..pos, 0..cfg.d_model]).unsqueeze::<3>();
+        }
+        // [pos, pos]: true above the diagonal (future positions).
+        let future: Tensor<2, Bool> = Tensor::<2>::ones([pos, pos], &self.device)
+            .triu(1)
+            .bool();
+
+        let mut cache = HookCache::default();
+        for (layer, block) in self.blocks.iter().enumerate().take(last_layer + 1) {
+            let normed = block.norm1.forward(x.clone());
+            let (pattern, z) = self.attention(&block.attn, normed, &future);
+            if hooks.pattern.contains(&layer) {
+                cache.pattern.insert(layer, pattern);
+            }
+            // z: [batch, pos, n_heads, d_head], raw convention.
+            let fold = match hooks.z_convention {
+                ZConvention::TransformerLens => block
+                    .attn
+                    .z_fold
+                    .clone()
+                    .map(|f| f.unsqueeze::<4>()),
+                ZConvention::Raw => None,
+            };
+            let hooked = match &fold {
+                Some(f) => z.clone() - f.clone(),
+                None => z.clone(),
+            };
+            if hooks.hook_z.contains(&layer) {
+                cache.hook_z.insert(layer, hooked.clone());
+            }
+            let z = match splice {
+                Some(s) if s.layer == layer => {
+                    let replaced = (s.replace)(hooked.clone());
+                    let replaced = match s.heads {
+                        HeadSelection::All => replaced,
+                        HeadSelection::One(h) => {
+                            let mask = head_mask(cfg.n_heads, h, &self.device)
+                                .reshape([1, 1, cfg.n_heads, 1])
+                                .expand([batch, pos, cfg.n_heads, cfg.d_head]);
+                            hooked.mask_where(mask, replaced)
+                        }
+                    };
+                    match &fold {
+                        Some(f) => replaced + f.clone(),
+                        None => replaced,
+                    }
+                }
+                _ => z,
+            };
+            let attn_out = matmul_bias(
+                z.reshape([batch, pos, cfg.n_heads * cfg.d_head]),
+                &block.attn.w_o,
+                block.attn.b_o.as_ref(),
+            );
+            x = x + attn_out;
+            let mlp_out = block.mlp.forward(block.norm2.forward(x.clone()));
+            x = x + mlp_out;
+            if hooks.resid_post.contains(&layer) {
+                cache.resid_post.insert(layer, x.clone());
+            }
+        }
+        if hooks.logits {
+            let normed = self.norm_final.forward(x);
+            cache.logits = Some(matmul_bias(normed, &self.w_u, self.b_u.as_ref()));
+        }
+        Ok(cache)
+    }
+
+    /// Causal self-attention. Returns the pattern `[batch, n_heads, dest, src]` and raw
+    /// `z` `[batch, pos, n_heads, d_head]`.
+    fn attention(
+        &self,
+        attn: &Attention,
+        x: Tensor<3>,
+        future: &Tensor<2, Bool>,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let cfg = &self.config;
+        let [batch, pos, _] = x.dims();
+        let (h, hkv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+        // [batch, pos, (h + 2 hkv) dh]
+        let qkv = matmul_bias(x, &attn.w_qkv, attn.b_qkv.as_ref());
+        let q = qkv
+            .clone()
+            .slice([0..batch, 0..pos, 0..h * dh])
+            .reshape([batch, pos, h, dh])
+            .swap_dims(1, 2); // [batch, h, pos, dh]
+        let k = qkv
+            .clone()
+            .slice([0..batch, 0..pos, h * dh..(h + hkv) * dh])
+            .reshape([batch, pos, hkv, dh])
+            .swap_dims(1, 2); // [batch, hkv, pos, dh]
+        let v = qkv
+            .slice([0..batch, 0..pos, (h + hkv) * dh..(h + 2 * hkv) * dh])
+            .reshape([batch, pos, hkv, dh])
+            .swap_dims(1, 2); // [batch, hkv, pos, dh]
+        let (q, k) = match &self.positions {
+            Positions::Rotary { cos, sin } => {
+                let cos = cos.clone().slice([0..pos, 0..dh]).unsqueeze::<4>();
+                let sin = sin.clone().slice([0..pos, 0..dh]).unsqueeze::<4>();
+                (
+                    rotate(q, cos.clone(), sin.clone()),
+                    rotate(k, cos, sin),
+                )
+            }
+            Positions::Learned(_) => (q, k),
+        };
+        let (k, v) = if hkv == h {
+            (k, v)
+        } else {
+            (repeat_kv(k, h / hkv), repeat_kv(v, h / hkv))
+        };
+        // [batch, h, dest, src]
+        let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
+        let mask = future
+            .clone()
+            .unsqueeze::<4>()
+            .expand([batch, h, pos, pos]);
+        let pattern = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+        // [batch, h, pos, dh] -> [batch, pos, h, dh]
+        let z = pattern.clone().matmul(v).swap_dims(1, 2);
+        (pattern, z)
+    }
+}
+
+/// Per-token next-token cross-entropy, `[batch, pos - 1]`, from logits `[batch, pos, vocab]`.
+pub fn per_token_ce(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<2> {
+    let [batch, pos, vocab] = logits.dims();
+    let logp = log_softmax(logits.slice([0..batch, 0..pos - 1, 0..vocab]), 2);
+    let targets = tokens
+        .slice([0..batch, 1..pos])
+        .reshape([batch, pos - 1, 1]);
+    logp.gather(2, targets).reshape([batch, pos - 1]).neg()
+}
+
+/// `x @ w + b` over the last dimension of a `[batch, pos, d_in]` tensor.
+fn matmul_bias(x: Tensor<3>, w: &Tensor<2>, b: Option<&Tensor<1>>) -> Tensor<3> {
+    let [batch, pos, d_in] = x.dims();
+    let d_out = w.dims()[1];
+    let y = x.reshape([batch * pos, d_in]).matmul(w.clone());
+    let y = match b {
+        Some(b) => y + b.clone().unsqueeze::<2>(),
+        None => y,
+    };
+    y.reshape([batch, pos, d_out])
+}
+
+/// GPT-2's `gelu_new`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+fn gelu_new<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * c;
+    x * (inner.tanh() + 1.0) * 0.5
+}
+
+/// Rotary embedding in the half-split layout: `x cos + rotate_half(x) sin`.
+/// `x`: [batch, heads, pos, d_head]; `cos`, `sin`: [1, 1, pos, d_head].
+fn rotate(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    let [b, h, t, d] = x.dims();
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..t, d / 2..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos + rotated * sin
+}
+
+/// Grouped-query attention: `[batch, hkv, pos, dh]` -> `[batch, hkv * group, pos, dh]`,
+/// query head `i` reading key/value head `i / group`.
+fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
+    let [b, hkv, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, hkv, group, t, d])
+        .reshape([b, hkv * group, t, d])
+}
+
+fn head_mask(n_heads: usize, head: usize, device: &Device) -> Tensor<1, Bool> {
+    let mut mask = vec![false; n_heads];
+    mask[head] = true;
+    Tensor::from_data(TensorData::new(mask, [n_heads]), device)
+}
+
+/// Rotary tables `[n_ctx, d_head]` (half-split layout) for base `theta`.
+pub(crate) fn rotary_tables(n_ctx: usize, d_head: usize, theta: f64, device: &Device) -> Positions {
+    let half = d_head / 2;
+    let mut cos = Vec::with_capacity(n_ctx * d_head);
+    let mut sin = Vec::with_capacity(n_ctx * d_head);
+    for p in 0..n_ctx {
+        for j in 0..d_head {
+            let i = j % half;
+            let freq = theta.powf(-2.0 * i as f64 / d_head as f64);
+            let angle = p as f64 * freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    Positions::Rotary {
+        cos: Tensor::from_data(TensorData::new(cos, [n_ctx, d_head]), device),
+        sin: Tensor::from_data(TensorData::new(sin, [n_ctx, d_head]), device),
+    }
+}

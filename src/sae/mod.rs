@@ -1,0 +1,232 @@
+//! SAE stage: the block-diagonal sparse autoencoder (one small SAE per attention head),
+//! its losses, initialisation, input normalisation, folding and file formats.
+
+pub mod io;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::relu;
+
+use crate::rng::Rng;
+
+/// How features are made sparse, per head.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Architecture {
+    /// ReLU with a decoder-norm-weighted L1 penalty (the seed's loss).
+    Relu,
+    /// Keep the `k` largest pre-activations of each head for each token.
+    TopK { k: usize },
+    /// Keep the `k * batch` largest pre-activations of each head across the batch.
+    BatchTopK { k: usize },
+}
+
+impl Architecture {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Architecture::Relu => "standard",
+            Architecture::TopK { .. } => "topk",
+            Architecture::BatchTopK { .. } => "batchtopk",
+        }
+    }
+}
+
+/// How inputs are scaled before the SAE sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalization {
+    /// Raw hook_z.
+    None,
+    /// One factor `sqrt(d_in) / E||z||` for all heads (the seed's, SAELens'
+    /// `expected_average_only_in`).
+    #[default]
+    Global,
+    /// One factor `sqrt(d_head) / E||z^h||` per head.
+    PerHead,
+}
+
+/// Sizes and kind of a block-diagonal SAE. `n_heads = 1` over the concatenated hook_z is a
+/// dense SAE.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SaeConfig {
+    pub n_heads: usize,
+    pub d_head: usize,
+    pub features_per_head: usize,
+    pub architecture: Architecture,
+}
+
+impl SaeConfig {
+    pub fn d_in(&self) -> usize {
+        self.n_heads * self.d_head
+    }
+    pub fn d_sae(&self) -> usize {
+        self.n_heads * self.features_per_head
+    }
+    pub fn n_params(&self) -> usize {
+        self.n_heads * (2 * self.d_head * self.features_per_head + self.features_per_head + self.d_head)
+    }
+}
+
+/// A block-diagonal SAE: stacked per-head weights run as batched matmuls.
+/// The dense block-diagonal matrix is never built.
+#[derive(Clone)]
+pub struct BlockDiagSae {
+    pub config: SaeConfig,
+    /// [H, d_head, m]
+    pub w_enc: Tensor<3>,
+    /// [H, m]
+    pub b_enc: Tensor<2>,
+    /// [H, m, d_head]
+    pub w_dec: Tensor<3>,
+    /// [H, d_head]
+    pub b_dec: Tensor<2>,
+    /// Input scale per head, [H] (x = scale * z); all ones when trained without
+    /// normalisation or after [`BlockDiagSae::fold`].
+    pub input_scale: Vec<f32>,
+}
+
+/// What a forward pass gives.
+pub struct SaeOutput {
+    /// Pre-activations [H, B, m].
+    pub pre: Tensor<3>,
+    /// Feature activations [H, B, m].
+    pub feats: Tensor<3>,
+    /// Reconstruction [H, B, d_head].
+    pub recon: Tensor<3>,
+}
+
+impl BlockDiagSae {
+    /// April-update initialisation: decoder rows are random directions of norm 0.1,
+    /// `W_enc = W_dec^T`, zero biases.
+    pub fn init(config: SaeConfig, rng: &mut Rng, device: &Device) -> Self {
+        let (h, d, m) = (config.n_heads, config.d_head, config.features_per_head);
+        let mut w_dec = vec![0f32; h * m * d];
+        for row in w_dec.chunks_exact_mut(d) {
+            for v in row.iter_mut() {
+                *v = rng.normal() as f32;
+            }
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            for v in row.iter_mut() {
+                *v *= 0.1 / norm;
+            }
+        }
+        let w_dec = Tensor::<3>::from_data(TensorData::new(w_dec, [h, m, d]), device);
+        Self {
+            w_enc: w_dec.clone().swap_dims(1, 2),
+            b_enc: Tensor::zeros([h, m], device),
+            w_dec,
+            b_dec: Tensor::zeros([h, d], device),
+            input_scale: vec![1.0; h],
+            config,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.w_enc.device()
+    }
+
+    /// Encodes and decodes a batch already scaled to the SAE's input space.
+    ///
+    /// # Shapes
+    /// `x`: [H, B, d_head]
+    pub fn forward(&self, x: Tensor<3>) -> SaeOutput {
+        let pre = x.matmul(self.w_enc.clone()) + self.b_enc.clone().unsqueeze_dim::<3>(1);
+        let feats = activate(pre.clone(), self.config.architecture);
+        let recon = feats.clone().matmul(self.w_dec.clone()) + self.b_dec.clone().unsqueeze_dim::<3>(1);
+        SaeOutput { pre, feats, recon }
+    }
+
+    /// `||W_dec[h][i,:]||`, [H, m].
+    pub fn decoder_norms(&self) -> Tensor<2> {
+        self.w_dec.clone().square().sum_dim(2).sqrt().squeeze_dim::<2>(2)
+    }
+
+    /// Loss terms for a batch `x` [H, B, d_head] in the SAE's input space.
+    /// `mse` = mean over batch of the summed squared error; `sparsity` = mean over batch of
+    /// `sum_h sum_i f_i ||W_dec[h][i]||` (zero weight for TopK/BatchTopK).
+    pub fn loss(&self, x: Tensor<3>, l1_coefficient: f64) -> (SaeOutput, LossTerms) {
+        let batch = x.dims()[1] as f64;
+        let out = self.forward(x.clone());
+        let mse = (out.recon.clone() - x).square().sum() / batch;
+        let sparsity = (out.feats.clone() * self.decoder_norms().unsqueeze_dim::<3>(1)).sum() / batch;
+        let total = match self.config.architecture {
+            Architecture::Relu => mse.clone() + sparsity.clone() * l1_coefficient,
+            _ => mse.clone(),
+        };
+        (
+            out,
+            LossTerms {
+                total,
+                mse,
+                sparsity,
+            },
+        )
+    }
+
+    /// Folds decoder norms into the encoder (unit-norm decoder rows, same reconstructions)
+    /// and the input scale into the weights (the SAE then takes raw hook_z).
+    pub fn fold(&self) -> Self {
+        let h = self.config.n_heads;
+        let device = self.device();
+        let norms = self.decoder_norms().clamp_min(1e-12); // [H, m]
+        let scale = Tensor::<1>::from_data(TensorData::new(self.input_scale.clone(), [h]), &device);
+        let w_enc = self.w_enc.clone() * norms.clone().unsqueeze_dim::<3>(1)
+            * scale.clone().reshape([h, 1, 1]);
+        let b_enc = self.b_enc.clone() * norms.clone();
+        let w_dec = self.w_dec.clone() / norms.unsqueeze_dim::<3>(2) / scale.clone().reshape([h, 1, 1]);
+        let b_dec = self.b_dec.clone() / scale.reshape([h, 1]);
+        Self {
+            config: self.config.clone(),
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+            input_scale: vec![1.0; h],
+        }
+    }
+
+    /// Scales raw hook_z `[B, H, d_head]` into the SAE's input space, `[H, B, d_head]`.
+    pub fn scale_input(&self, z: Tensor<3>) -> Tensor<3> {
+        let h = self.config.n_heads;
+        let scale = Tensor::<1>::from_data(TensorData::new(self.input_scale.clone(), [h]), &z.device());
+        z.swap_dims(0, 1) * scale.reshape([h, 1, 1])
+    }
+
+    /// Reconstructs raw hook_z `[B, H, d_head]` (for splicing into the LM).
+    pub fn reconstruct_raw(&self, z: Tensor<3>) -> Tensor<3> {
+        let h = self.config.n_heads;
+        let scale = Tensor::<1>::from_data(TensorData::new(self.input_scale.clone(), [h]), &z.device());
+        let out = self.forward(self.scale_input(z));
+        (out.recon / scale.reshape([h, 1, 1])).swap_dims(0, 1)
+    }
+}
+
+/// The three loss tensors of a batch (scalars, shape [1]).
+pub struct LossTerms {
+    pub total: Tensor<1>,
+    pub mse: Tensor<1>,
+    pub sparsity: Tensor<1>,
+}
+
+/// Applies the architecture's activation to pre-activations [H, B, m].
+pub fn activate(pre: Tensor<3>, arch: Architecture) -> Tensor<3> {
+    match arch {
+        Architecture::Relu => relu(pre),
+        Architecture::TopK { k } => {
+            let [h, b, m] = pre.dims();
+            let k = k.min(m);
+            // k-th largest per (head, token); keep values at or above it.
+            let kth = pre.clone().topk(k, 2).slice([0..h, 0..b, k - 1..k]);
+            let keep = pre.clone().greater_equal(kth.expand([h, b, m]));
+            relu(pre.clone().mask_fill(keep.bool_not(), 0.0))
+        }
+        Architecture::BatchTopK { k } => {
+            let [h, b, m] = pre.dims();
+            let n = (k * b).min(b * m);
+            let flat = pre.clone().reshape([h, b * m]);
+            let kth = flat.topk(n, 1).slice([0..h, n - 1..n]).reshape([h, 1, 1]);
+            let keep = pre.clone().greater_equal(kth.expand([h, b, m]));
+            relu(pre.clone().mask_fill(keep.bool_not(), 0.0))
+        }
+    }
+}

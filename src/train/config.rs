@@ -1,0 +1,299 @@
+//! Trainer: every hyperparameter of a training run in one config, read from TOML and
+//! overridden by CLI flags, saved beside every checkpoint.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, ensure};
+
+use crate::device::DeviceChoice;
+use crate::lm::ZConvention;
+use crate::sae::Normalization;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchitectureKind {
+    /// ReLU + decoder-norm-weighted L1 (the seed's).
+    #[default]
+    Relu,
+    /// Exactly k active features per head per token.
+    Topk,
+    /// k per head per token on average over the batch.
+    BatchTopk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    #[default]
+    Constant,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BDecInit {
+    #[default]
+    Zeros,
+    /// Geometric median of a sample of the training data, per head.
+    GeometricMedian,
+}
+
+/// A training run's full configuration. Field names are the TOML keys; CLI flags use the
+/// same names in kebab case.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model reference (directory, .gguf, hub id or alias).
+    pub model: String,
+    /// Corpus: text file, directory, .jsonl or .parquet.
+    pub dataset: PathBuf,
+    /// Text column for JSONL/Parquet datasets (default `text`).
+    pub text_column: Option<String>,
+    /// Read activations from this cache (written by `harvest`) instead of running the LM.
+    pub activation_cache: Option<PathBuf>,
+    pub hook_layer: usize,
+    pub z_convention: ZConvention,
+    /// Features per head = expansion_factor * d_head (so d_sae = expansion_factor * d_in).
+    pub expansion_factor: usize,
+    /// Overrides the total number of features; must be a multiple of the number of heads.
+    pub d_sae: Option<usize>,
+    /// One dense SAE over the concatenated heads instead of one per head.
+    pub dense: bool,
+    pub architecture: ArchitectureKind,
+    /// Active features per head (TopK / BatchTopK).
+    pub k: usize,
+    pub l1_coefficient: f64,
+    /// Steps over which the L1 coefficient ramps up (default: 5% of training).
+    pub l1_warmup_steps: Option<usize>,
+    pub lr: f64,
+    pub lr_schedule: LrSchedule,
+    pub lr_warmup_steps: usize,
+    /// Steps at the end over which the learning rate decays to zero (constant schedule).
+    pub lr_decay_steps: usize,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    pub grad_clip_norm: f64,
+    pub total_training_steps: usize,
+    /// Tokens per training batch.
+    pub batch_size: usize,
+    pub context_size: usize,
+    pub n_batches_in_buffer: usize,
+    /// Context windows per LM forward pass while harvesting.
+    pub windows_per_forward: usize,
+    pub normalization: Normalization,
+    /// Batches used to estimate the normalisation factor.
+    pub normalization_batches: usize,
+    pub b_dec_init: BDecInit,
+    /// Leave BOS positions out of training and metrics.
+    pub drop_bos: bool,
+    pub seed: u64,
+    pub log_every: usize,
+    pub eval_every: usize,
+    /// Context windows used for each CE-loss evaluation.
+    pub eval_windows: usize,
+    pub checkpoint_every: usize,
+    /// Window (in steps) over which feature firing is counted for dead features.
+    pub dead_window_steps: usize,
+    /// A feature firing on fewer than this fraction of tokens in the window is dead.
+    pub dead_threshold: f64,
+    pub out_dir: PathBuf,
+    pub device: DeviceChoice,
+}
+
+/// The offline demo model's file name, inside the asset cache.
+pub const DEMO_MODEL_FILE: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The offline demo corpus directory, inside the asset cache.
+pub const DEMO_CORPUS_DIR: &str = "corpus/shakespeare";
+
+/// `$ATTN_SAES_CACHE` or `~/.cache/attn-saes`: where the demo assets live.
+pub fn asset_cache() -> PathBuf {
+    std::env::var_os("ATTN_SAES_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|d| d.join("attn-saes")))
+        .unwrap_or_else(|| PathBuf::from(".cache/attn-saes"))
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        let cache = asset_cache();
+        Self {
+            model: cache.join(DEMO_MODEL_FILE).display().to_string(),
+            dataset: cache.join(DEMO_CORPUS_DIR),
+            text_column: None,
+            activation_cache: None,
+            hook_layer: 15,
+            z_convention: ZConvention::TransformerLens,
+            expansion_factor: 8,
+            d_sae: None,
+            dense: false,
+            architecture: ArchitectureKind::Relu,
+            k: 8,
+            l1_coefficient: 2.0,
+            l1_warmup_steps: None,
+            lr: 4e-4,
+            lr_schedule: LrSchedule::Constant,
+            lr_warmup_steps: 0,
+            lr_decay_steps: 0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            grad_clip_norm: 1.0,
+            total_training_steps: 1000,
+            batch_size: 1024,
+            context_size: 128,
+            n_batches_in_buffer: 16,
+            windows_per_forward: 8,
+            normalization: Normalization::Global,
+            normalization_batches: 8,
+            b_dec_init: BDecInit::Zeros,
+            drop_bos: true,
+            seed: 42,
+            log_every: 10,
+            eval_every: 250,
+            eval_windows: 8,
+            checkpoint_every: 500,
+            dead_window_steps: 250,
+            dead_threshold: 1e-4,
+            out_dir: PathBuf::from("runs/latest"),
+            device: DeviceChoice::Auto,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML config; unknown keys are errors.
+    pub fn from_toml(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn l1_warmup(&self) -> usize {
+        self.l1_warmup_steps
+            .unwrap_or(self.total_training_steps / 20)
+            .max(1)
+    }
+
+    /// Sparsity coefficient at `step`: linear warmup to `l1_coefficient`.
+    pub fn l1_at(&self, step: usize) -> f64 {
+        self.l1_coefficient * ((step + 1) as f64 / self.l1_warmup() as f64).min(1.0)
+    }
+
+    /// Learning rate at `step`: linear warmup, then constant (with optional linear decay at
+    /// the end) or cosine to zero.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let warm = self.lr_warmup_steps;
+        if step < warm {
+            return self.lr * (step + 1) as f64 / warm as f64;
+        }
+        let total = self.total_training_steps.max(1);
+        match self.lr_schedule {
+            LrSchedule::Constant => {
+                let decay_start = total.saturating_sub(self.lr_decay_steps);
+                if self.lr_decay_steps > 0 && step >= decay_start {
+                    self.lr * (total - step) as f64 / self.lr_decay_steps as f64
+                } else {
+                    self.lr
+                }
+            }
+            LrSchedule::Cosine => {
+                let span = (total - warm.min(total)).max(1) as f64;
+                let t = (step - warm) as f64 / span;
+                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+            }
+        }
+    }
+
+    /// Checks values that do not depend on the model.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        ensure!(self.total_training_steps > 0, "--total-training-steps must be positive");
+        ensure!(self.batch_size > 0, "--batch-size must be positive");
+        ensure!(self.expansion_factor > 0, "--expansion-factor must be positive");
+        ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be positive");
+        ensure!(self.l1_coefficient >= 0.0, "--l1-coefficient must be non-negative");
+        ensure!(
+            (0.0..1.0).contains(&self.adam_beta1) && (0.0..1.0).contains(&self.adam_beta2),
+            "Adam betas must be in [0, 1)"
+        );
+        ensure!(self.context_size >= 2, "--context-size must be at least 2");
+        ensure!(self.log_every > 0, "--log-every must be positive");
+        if matches!(self.architecture, ArchitectureKind::Topk | ArchitectureKind::BatchTopk) {
+            ensure!(self.k > 0, "--k must be positive for TopK architectures");
+        }
+        Ok(())
+    }
+
+    /// Heads and features per head for a model with `n_heads` x `d_head`.
+    pub fn sae_shape(&self, n_heads: usize, d_head: usize) -> anyhow::Result<(usize, usize, usize)> {
+        let (h, d) = if self.dense {
+            (1, n_heads * d_head)
+        } else {
+            (n_heads, d_head)
+        };
+        let d_sae = self.d_sae.unwrap_or(self.expansion_factor * n_heads * d_head);
+        if d_sae % h != 0 {
+            bail!(
+                "--d-sae {d_sae} is not divisible by the {h} heads of a block-diagonal SAE; \
+                 use a multiple of {h}"
+            );
+        }
+        let m = d_sae / h;
+        if let ArchitectureKind::Topk | ArchitectureKind::BatchTopk = self.architecture {
+            ensure!(self.k <= m, "--k {} exceeds the {m} features per head", self.k);
+        }
+        Ok((h, d, m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        let cfg = TrainConfig {
+            total_training_steps: 100,
+            lr: 1.0,
+            lr_warmup_steps: 10,
+            lr_decay_steps: 20,
+            l1_coefficient: 2.0,
+            l1_warmup_steps: Some(4),
+            ..TrainConfig::default()
+        };
+        assert_eq!(cfg.lr_at(0), 0.1);
+        assert_eq!(cfg.lr_at(9), 1.0);
+        assert_eq!(cfg.lr_at(50), 1.0);
+        assert_eq!(cfg.lr_at(90), 0.5);
+        assert_eq!(cfg.l1_at(0), 0.5);
+        assert_eq!(cfg.l1_at(3), 2.0);
+        assert_eq!(cfg.l1_at(50), 2.0);
+        let cos = TrainConfig {
+            lr_schedule: LrSchedule::Cosine,
+            ..cfg
+        };
+        assert!((cos.lr_at(55) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn toml_round_trip_and_unknown_keys() {
+        let cfg = TrainConfig::default();
+        let text = toml::to_string(&cfg).unwrap();
+        let back: TrainConfig = toml::from_str(&text).unwrap();
+        assert_eq!(cfg, back);
+        assert!(toml::from_str::<TrainConfig>("hook_layr = 3").is_err());
+        let partial: TrainConfig = toml::from_str("hook_layer = 3\nlr = 0.001").unwrap();
+        assert_eq!(partial.hook_layer, 3);
+        assert_eq!(partial.batch_size, TrainConfig::default().batch_size);
+    }
+
+    #[test]
+    fn d_sae_must_divide() {
+        let cfg = TrainConfig {
+            d_sae: Some(100),
+            ..TrainConfig::default()
+        };
+        let err = cfg.sae_shape(12, 64).unwrap_err().to_string();
+        assert!(err.contains("not divisible"), "{err}");
+        assert_eq!(cfg.sae_shape(4, 64).unwrap(), (4, 64, 25));
+    }
+}

@@ -1,0 +1,624 @@
+//! Trainer: trains a block-diagonal SAE on hook_z of one layer. Adam with gradient-norm
+//! clipping, learning-rate and sparsity-coefficient schedules, metrics every `log_every`
+//! steps, CE-loss evaluations, atomic checkpoints and exact resume. Progress is published
+//! as [`TrainEvent`]s on a channel (the CLI and the app both consume them).
+
+pub mod checkpoint;
+pub mod config;
+pub mod eval;
+pub mod metrics;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+pub use config::TrainConfig;
+use config::{ArchitectureKind, BDecInit};
+pub use eval::EvalMetrics;
+pub use metrics::StepMetrics;
+
+use crate::data::corpus::Corpus;
+use crate::data::store::{ActivationStore, StoreConfig};
+use crate::data::windows::ContextWindows;
+use crate::files::{NamedArray, read_json, write_json, write_safetensors};
+use crate::lm::weights::WeightFile;
+use crate::lm::{LoadedModel, TransformerConfig};
+use crate::rng::Rng;
+use crate::sae::io::HookInfo;
+use crate::sae::{Architecture, BlockDiagSae, Normalization, SaeConfig};
+use checkpoint::TrainerState;
+use metrics::DeadFeatureTracker;
+
+/// What training publishes, in order: `Started`, then `Status`/`Step`/`Eval`/`Checkpoint`
+/// as they happen, then `Finished` or `Failed`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum TrainEvent {
+    Started {
+        config: Box<TrainConfig>,
+        model: Box<TransformerConfig>,
+        sae: SaeConfig,
+        device: String,
+        start_step: usize,
+    },
+    /// A phase that has no step count yet (loading, harvesting the first buffer...).
+    Status(String),
+    Step(Box<StepMetrics>),
+    Eval(Box<EvalMetrics>),
+    /// Feature density histogram `(log10 density bin centre, count)` at a window's end.
+    Density { step: usize, histogram: Vec<(f64, usize)> },
+    Checkpoint { step: usize, path: PathBuf },
+    Finished(Box<TrainSummary>),
+    Failed(String),
+}
+
+/// The end of a run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub tokens: u64,
+    pub seconds: f64,
+    pub last: Option<StepMetrics>,
+    pub eval: Option<EvalMetrics>,
+    pub sae_dir: PathBuf,
+    pub checkpoint: Option<PathBuf>,
+    /// True when stopped early (stop flag or `stop_after`).
+    pub stopped_early: bool,
+}
+
+/// Run-time controls that are not part of the configuration.
+#[derive(Clone, Default)]
+pub struct RunControl {
+    /// Set to stop after the current step (a checkpoint is written).
+    pub stop: Arc<AtomicBool>,
+    /// Stop (with a checkpoint) once this step is reached.
+    pub stop_after: Option<usize>,
+}
+
+fn send(events: &Sender<TrainEvent>, e: TrainEvent) {
+    // The receiver going away (a closed window) must not stop training.
+    let _ = events.send(e);
+}
+
+/// Adam moments for one parameter.
+struct Moments<const D: usize> {
+    m: Tensor<D>,
+    v: Tensor<D>,
+}
+
+impl<const D: usize> Moments<D> {
+    fn zeros(like: &Tensor<D>) -> Self {
+        Self {
+            m: like.zeros_like(),
+            v: like.zeros_like(),
+        }
+    }
+}
+
+/// One Adam update (PyTorch semantics, eps 1e-8) on plain tensors.
+fn adam_update<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    mom: &mut Moments<D>,
+    lr: f64,
+    betas: (f64, f64),
+    t: usize,
+) -> Tensor<D> {
+    let (b1, b2) = betas;
+    mom.m = mom.m.clone() * b1 + grad.clone() * (1.0 - b1);
+    mom.v = mom.v.clone() * b2 + grad.square() * (1.0 - b2);
+    let bc1 = 1.0 - b1.powi(t as i32);
+    let bc2 = 1.0 - b2.powi(t as i32);
+    let denom = (mom.v.clone() / bc2).sqrt() + 1e-8;
+    param - (mom.m.clone() / bc1) / denom * lr
+}
+
+/// The optimizer over the SAE's four parameters.
+pub struct SaeOptimizer {
+    w_enc: Moments<3>,
+    b_enc: Moments<2>,
+    w_dec: Moments<3>,
+    b_dec: Moments<2>,
+    pub t: usize,
+}
+
+/// The result of one training step.
+pub struct StepOutput {
+    pub loss: f64,
+    pub mse: Tensor<1>,
+    pub sparsity: Tensor<1>,
+    pub total: Tensor<1>,
+    pub feats: Tensor<3>,
+    pub recon: Tensor<3>,
+    pub pre: Tensor<3>,
+}
+
+impl SaeOptimizer {
+    pub fn new(sae: &BlockDiagSae) -> Self {
+        Self {
+            w_enc: Moments::zeros(&sae.w_enc),
+            b_enc: Moments::zeros(&sae.b_enc),
+            w_dec: Moments::zeros(&sae.w_dec),
+            b_dec: Moments::zeros(&sae.b_dec),
+            t: 0,
+        }
+    }
+
+    /// One optimisation step on `x` [H, B, d] (SAE input space). Returns the loss terms
+    /// (on the device; nothing is read back).
+    pub fn step(
+        &mut self,
+        sae: &mut BlockDiagSae,
+        x: Tensor<3>,
+        l1: f64,
+        lr: f64,
+        betas: (f64, f64),
+        clip: f64,
+    ) -> StepOutput {
+        let tracked = BlockDiagSae {
+            config: sae.config.clone(),
+            w_enc: sae.w_enc.clone().autodiff().require_grad(),
+            b_enc: sae.b_enc.clone().autodiff().require_grad(),
+            w_dec: sae.w_dec.clone().autodiff().require_grad(),
+            b_dec: sae.b_dec.clone().autodiff().require_grad(),
+            input_scale: sae.input_scale.clone(),
+        };
+        let (out, terms) = tracked.loss(x.autodiff(), l1);
+        let grads = terms.total.backward();
+        let g = |t: &Tensor<3>| t.grad(&grads).expect("parameter has a gradient");
+        let g2 = |t: &Tensor<2>| t.grad(&grads).expect("parameter has a gradient");
+        let (mut gwe, mut gbe, mut gwd, mut gbd) = (
+            g(&tracked.w_enc),
+            g2(&tracked.b_enc),
+            g(&tracked.w_dec),
+            g2(&tracked.b_dec),
+        );
+        if clip > 0.0 {
+            // torch.nn.utils.clip_grad_norm_: coef = min(1, max_norm / (norm + 1e-6)).
+            let norm = (gwe.clone().square().sum()
+                + gbe.clone().square().sum()
+                + gwd.clone().square().sum()
+                + gbd.clone().square().sum())
+            .sqrt();
+            let coef = (norm + 1e-6).recip().mul_scalar(clip).clamp_max(1.0);
+            gwe = gwe * coef.clone().reshape([1, 1, 1]);
+            gbe = gbe * coef.clone().reshape([1, 1]);
+            gwd = gwd * coef.clone().reshape([1, 1, 1]);
+            gbd = gbd * coef.reshape([1, 1]);
+        }
+        self.t += 1;
+        let t = self.t;
+        sae.w_enc = adam_update(sae.w_enc.clone(), gwe, &mut self.w_enc, lr, betas, t);
+        sae.b_enc = adam_update(sae.b_enc.clone(), gbe, &mut self.b_enc, lr, betas, t);
+        sae.w_dec = adam_update(sae.w_dec.clone(), gwd, &mut self.w_dec, lr, betas, t);
+        sae.b_dec = adam_update(sae.b_dec.clone(), gbd, &mut self.b_dec, lr, betas, t);
+        StepOutput {
+            loss: f64::NAN,
+            mse: terms.mse.inner(),
+            sparsity: terms.sparsity.inner(),
+            total: terms.total.inner(),
+            feats: out.feats.inner(),
+            recon: out.recon.inner(),
+            pre: out.pre.inner(),
+        }
+    }
+
+    fn to_arrays(&self) -> anyhow::Result<Vec<NamedArray>> {
+        Ok(vec![
+            NamedArray::from_tensor("m.W_enc", self.w_enc.m.clone())?,
+            NamedArray::from_tensor("v.W_enc", self.w_enc.v.clone())?,
+            NamedArray::from_tensor("m.b_enc", self.b_enc.m.clone())?,
+            NamedArray::from_tensor("v.b_enc", self.b_enc.v.clone())?,
+            NamedArray::from_tensor("m.W_dec", self.w_dec.m.clone())?,
+            NamedArray::from_tensor("v.W_dec", self.w_dec.v.clone())?,
+            NamedArray::from_tensor("m.b_dec", self.b_dec.m.clone())?,
+            NamedArray::from_tensor("v.b_dec", self.b_dec.v.clone())?,
+        ])
+    }
+
+    fn load(sae: &BlockDiagSae, path: &Path, t: usize, device: &Device) -> anyhow::Result<Self> {
+        let file = WeightFile::open(path)?;
+        let (h, d, m) = (
+            sae.config.n_heads,
+            sae.config.d_head,
+            sae.config.features_per_head,
+        );
+        let t3 = |n: &str, s: [usize; 3]| -> anyhow::Result<Tensor<3>> {
+            Ok(file.read_shaped(n, &s)?.into_tensor(device))
+        };
+        let t2 = |n: &str, s: [usize; 2]| -> anyhow::Result<Tensor<2>> {
+            Ok(file.read_shaped(n, &s)?.into_tensor(device))
+        };
+        Ok(Self {
+            w_enc: Moments {
+                m: t3("m.W_enc", [h, d, m])?,
+                v: t3("v.W_enc", [h, d, m])?,
+            },
+            b_enc: Moments {
+                m: t2("m.b_enc", [h, m])?,
+                v: t2("v.b_enc", [h, m])?,
+            },
+            w_dec: Moments {
+                m: t3("m.W_dec", [h, m, d])?,
+                v: t3("v.W_dec", [h, m, d])?,
+            },
+            b_dec: Moments {
+                m: t2("m.b_dec", [h, d])?,
+                v: t2("v.b_dec", [h, d])?,
+            },
+            t,
+        })
+    }
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    crate::files::host_vec(t)
+        .ok()
+        .and_then(|v| v.first().copied())
+        .map_or(f64::NAN, f64::from)
+}
+
+/// Per-head geometric median (Weiszfeld) of rows `[n, H, d]`, for `b_dec` initialisation.
+pub fn geometric_median(rows: &[f32], n_heads: usize, d: usize, iters: usize) -> Vec<f32> {
+    let n = rows.len() / (n_heads * d);
+    let mut out = Vec::with_capacity(n_heads * d);
+    for h in 0..n_heads {
+        let point = |i: usize| &rows[(i * n_heads + h) * d..(i * n_heads + h + 1) * d];
+        let mut y: Vec<f64> = vec![0.0; d];
+        for i in 0..n {
+            for (a, &b) in y.iter_mut().zip(point(i)) {
+                *a += b as f64 / n as f64;
+            }
+        }
+        for _ in 0..iters {
+            let mut num = vec![0f64; d];
+            let mut den = 0f64;
+            for i in 0..n {
+                let p = point(i);
+                let dist = p
+                    .iter()
+                    .zip(&y)
+                    .map(|(&a, b)| (a as f64 - b).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+                    .max(1e-8);
+                for (acc, &a) in num.iter_mut().zip(p) {
+                    *acc += a as f64 / dist;
+                }
+                den += 1.0 / dist;
+            }
+            y = num.into_iter().map(|v| v / den).collect();
+        }
+        out.extend(y.into_iter().map(|v| v as f32));
+    }
+    out
+}
+
+/// Trains an SAE as `config` says, publishing events. `resume` is a checkpoint directory.
+pub fn train(
+    config: TrainConfig,
+    loaded: &LoadedModel,
+    resume: Option<&Path>,
+    device: &Device,
+    device_name: &str,
+    events: &Sender<TrainEvent>,
+    control: &RunControl,
+) -> anyhow::Result<TrainSummary> {
+    let result = train_inner(config, loaded, resume, device, device_name, events, control);
+    if let Err(e) = &result {
+        send(events, TrainEvent::Failed(format!("{e:#}")));
+    }
+    result
+}
+
+fn train_inner(
+    config: TrainConfig,
+    loaded: &LoadedModel,
+    resume: Option<&Path>,
+    device: &Device,
+    device_name: &str,
+    events: &Sender<TrainEvent>,
+    control: &RunControl,
+) -> anyhow::Result<TrainSummary> {
+    config.validate()?;
+    let model = &loaded.transformer;
+    let mc = model.config.clone();
+    if config.hook_layer >= mc.n_layers {
+        bail!(
+            "--hook-layer {} does not exist: {} has layers 0..{}",
+            config.hook_layer,
+            mc.name,
+            mc.n_layers
+        );
+    }
+    let (h, d, m) = config.sae_shape(mc.n_heads, mc.d_head)?;
+    let architecture = match config.architecture {
+        ArchitectureKind::Relu => Architecture::Relu,
+        ArchitectureKind::Topk => Architecture::TopK { k: config.k },
+        ArchitectureKind::BatchTopk => Architecture::BatchTopK { k: config.k },
+    };
+    let sae_config = SaeConfig {
+        n_heads: h,
+        d_head: d,
+        features_per_head: m,
+        architecture,
+    };
+    std::fs::create_dir_all(&config.out_dir)
+        .with_context(|| format!("creating {}", config.out_dir.display()))?;
+
+    // Held-out evaluation windows come first in the corpus; training starts after them.
+    let corpus = if config.activation_cache.is_none() || config.eval_every > 0 {
+        Some(Corpus::open(&config.dataset, config.text_column.as_deref())?)
+    } else {
+        None
+    };
+    let mut eval_windows: Vec<Vec<u32>> = Vec::new();
+    let mut train_start = Default::default();
+    if let Some(corpus) = &corpus {
+        let mut windows = ContextWindows::new(
+            corpus,
+            &loaded.tokenizer,
+            config.context_size,
+            mc.bos_token_id,
+            Default::default(),
+            false,
+        )?;
+        for _ in 0..config.eval_windows {
+            match windows.next() {
+                Some(item) => {
+                    let (w, pos) = item?;
+                    eval_windows.push(w);
+                    train_start = pos;
+                }
+                None => break,
+            }
+        }
+    }
+    let store_config = StoreConfig {
+        hook_layer: config.hook_layer,
+        context_size: config.context_size,
+        batch_tokens: config.batch_size,
+        n_batches_in_buffer: config.n_batches_in_buffer,
+        windows_per_forward: config.windows_per_forward,
+        drop_bos: config.drop_bos,
+        z_convention: config.z_convention,
+    };
+    let mut store = match (&config.activation_cache, &corpus) {
+        (Some(dir), _) => ActivationStore::from_cache(store_config, dir, config.seed, device)?,
+        (None, Some(corpus)) => ActivationStore::from_lm(
+            store_config,
+            model,
+            corpus,
+            &loaded.tokenizer,
+            train_start,
+            config.seed,
+            device,
+        )?,
+        (None, None) => unreachable!("a corpus is opened whenever there is no cache"),
+    };
+
+    let mut rng = Rng::new(config.seed);
+    let (mut sae, mut opt, mut state) = match resume {
+        Some(dir) => {
+            send(events, TrainEvent::Status(format!("resuming from {}", dir.display())));
+            let sae = BlockDiagSae::load(&dir.join("sae"), device)?;
+            if sae.config != sae_config {
+                bail!(
+                    "{}: the checkpoint's SAE ({:?}) does not match the config ({:?})",
+                    dir.display(),
+                    sae.config,
+                    sae_config
+                );
+            }
+            let state: TrainerState = read_json(&dir.join(checkpoint::STATE_FILE))?;
+            let opt = SaeOptimizer::load(&sae, &dir.join("optimizer.safetensors"), state.adam_t, device)?;
+            store.restore_state(dir)?;
+            (sae, opt, state)
+        }
+        None => {
+            send(events, TrainEvent::Status("harvesting activations and estimating their norm".into()));
+            let mut sae = BlockDiagSae::init(sae_config.clone(), &mut rng, device);
+            let (mean_norm, per_head) = store.mean_norms(config.normalization_batches.max(1))?;
+            sae.input_scale = match config.normalization {
+                Normalization::None => vec![1.0; h],
+                Normalization::Global => {
+                    vec![((mc.n_heads * mc.d_head) as f64).sqrt() as f32 / mean_norm.max(1e-12) as f32; h]
+                }
+                Normalization::PerHead if h == mc.n_heads => per_head
+                    .iter()
+                    .map(|n| (d as f64).sqrt() as f32 / n.max(1e-12) as f32)
+                    .collect(),
+                Normalization::PerHead => {
+                    bail!("--normalization per-head needs a block-diagonal SAE (not --dense)")
+                }
+            };
+            if config.b_dec_init == BDecInit::GeometricMedian {
+                // Rows are [B, H, d]; scale each head's part into the SAE input space.
+                let rows = store.next_rows()?;
+                let scale = &sae.input_scale;
+                let scaled: Vec<f32> = rows
+                    .chunks_exact(d)
+                    .enumerate()
+                    .flat_map(|(i, part)| part.iter().map(move |v| v * scale[i % h]))
+                    .collect();
+                let median = geometric_median(&scaled, h, d, 30);
+                sae.b_dec = Tensor::from_data(TensorData::new(median, [h, d]), device);
+            }
+            let opt = SaeOptimizer::new(&sae);
+            (
+                sae,
+                opt,
+                TrainerState {
+                    step: 0,
+                    tokens: 0,
+                    adam_t: 0,
+                },
+            )
+        }
+    };
+
+    send(
+        events,
+        TrainEvent::Started {
+            config: Box::new(config.clone()),
+            model: Box::new(mc.clone()),
+            sae: sae_config.clone(),
+            device: device_name.to_string(),
+            start_step: state.step,
+        },
+    );
+    let hook = HookInfo {
+        model_name: mc.name.clone(),
+        hook_layer: config.hook_layer,
+        context_size: config.context_size,
+        prepend_bos: mc.bos_token_id.is_some(),
+        dataset_path: config.dataset.display().to_string(),
+    };
+    let eval_tokens = if eval_windows.is_empty() {
+        None
+    } else {
+        Some(model.tokens(&eval_windows)?)
+    };
+    let metrics_path = config.out_dir.join("metrics.jsonl");
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    let mut dead = DeadFeatureTracker::new(h, m, config.dead_window_steps, config.dead_threshold);
+    let betas = (config.adam_beta1, config.adam_beta2);
+    let started = Instant::now();
+    let mut window_start = (Instant::now(), state.step);
+    let mut last_metrics: Option<StepMetrics> = None;
+    let mut last_eval: Option<EvalMetrics> = None;
+    let mut last_checkpoint: Option<PathBuf> = None;
+    let mut stopped_early = false;
+    let total = config.total_training_steps;
+    let save = |sae: &BlockDiagSae,
+                opt: &SaeOptimizer,
+                state: &TrainerState,
+                store: &ActivationStore|
+     -> anyhow::Result<PathBuf> {
+        checkpoint::write_checkpoint(&config.out_dir, state.step, &config, |dir| {
+            sae.save(&dir.join("sae"))?;
+            write_safetensors(&dir.join("optimizer.safetensors"), &opt.to_arrays()?, None)?;
+            write_json(&dir.join(checkpoint::STATE_FILE), state)?;
+            store.save_state(dir)
+        })
+    };
+
+    while state.step < total {
+        let step = state.step;
+        let z = store.next_batch()?; // [B, n_heads, d_head]
+        let [b, _, _] = z.dims();
+        let x = sae.scale_input(z.reshape([b, h, d]));
+        let lr = config.lr_at(step);
+        let l1 = config.l1_at(step);
+        let out = opt.step(&mut sae, x.clone(), l1, lr, betas, config.grad_clip_norm);
+        dead.observe(out.feats.clone());
+        state.step += 1;
+        state.tokens += b as u64;
+        state.adam_t = opt.t;
+        let done = state.step;
+
+        let is_last = done == total;
+        if done % config.log_every == 0 || is_last {
+            let loss = scalar(out.total.clone());
+            if !loss.is_finite() {
+                bail!(
+                    "loss became {loss} at step {done}; training stopped. The last good checkpoint \
+                     is {}. Try a lower --lr or --l1-coefficient.",
+                    last_checkpoint
+                        .as_ref()
+                        .map_or("none (none was written yet)".to_string(), |p| p.display().to_string())
+                );
+            }
+            let so = crate::sae::SaeOutput {
+                pre: out.pre.clone(),
+                feats: out.feats.clone(),
+                recon: out.recon.clone(),
+            };
+            let stats = metrics::batch_stats(x, &so);
+            let (dead_total, dead_per_head) = dead.dead();
+            let elapsed = window_start.0.elapsed().as_secs_f64();
+            let steps_per_s = (done - window_start.1) as f64 / elapsed.max(1e-9);
+            window_start = (Instant::now(), done);
+            let m = StepMetrics {
+                step: done,
+                tokens: state.tokens,
+                loss,
+                mse: scalar(out.mse.clone()),
+                sparsity_loss: scalar(out.sparsity.clone()),
+                l0: stats.l0_per_head.iter().sum(),
+                l0_per_head: stats.l0_per_head,
+                explained_variance: stats.explained_variance,
+                explained_variance_per_head: stats.explained_variance_per_head,
+                l2_ratio: stats.l2_ratio,
+                dead_features: dead_total,
+                dead_per_head,
+                lr,
+                l1_coefficient: l1,
+                steps_per_s,
+            };
+            writeln!(metrics_file, "{}", serde_json::to_string(&serde_json::json!({"type": "step", "data": &m}))?)?;
+            send(events, TrainEvent::Step(Box::new(m.clone())));
+            last_metrics = Some(m);
+        }
+        if done % config.dead_window_steps.max(1) == 0
+            && let Some(density) = &dead.last_density
+        {
+            send(
+                events,
+                TrainEvent::Density {
+                    step: done,
+                    histogram: metrics::density_histogram(density, 40),
+                },
+            );
+        }
+        if let Some(tokens) = &eval_tokens
+            && ((config.eval_every > 0 && done % config.eval_every == 0) || is_last)
+        {
+            let e = eval::evaluate(model, &sae, tokens.clone(), config.hook_layer, config.z_convention, config.drop_bos, done)?;
+            writeln!(metrics_file, "{}", serde_json::to_string(&serde_json::json!({"type": "eval", "data": &e}))?)?;
+            send(events, TrainEvent::Eval(Box::new(e.clone())));
+            last_eval = Some(e);
+        }
+        let stop_now = control.stop.load(Ordering::Relaxed) || control.stop_after == Some(done);
+        if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) || is_last || stop_now {
+            let path = save(&sae, &opt, &state, &store)?;
+            send(events, TrainEvent::Checkpoint { step: done, path: path.clone() });
+            last_checkpoint = Some(path);
+        }
+        if stop_now && !is_last {
+            stopped_early = true;
+            break;
+        }
+    }
+    metrics_file.flush()?;
+
+    let sae_dir = config.out_dir.join("sae");
+    sae.save(&sae_dir)?;
+    let density = dead.density();
+    let log_density: Option<Vec<f32>> =
+        density.map(|d| d.iter().map(|v| (v + 1e-10).log10() as f32).collect());
+    sae.export_saelens(&config.out_dir.join("saelens"), &hook, log_density.as_deref())?;
+    let summary = TrainSummary {
+        steps: state.step,
+        tokens: state.tokens,
+        seconds: started.elapsed().as_secs_f64(),
+        last: last_metrics,
+        eval: last_eval,
+        sae_dir,
+        checkpoint: last_checkpoint,
+        stopped_early,
+    };
+    write_json(&config.out_dir.join("summary.json"), &summary)?;
+    send(events, TrainEvent::Finished(Box::new(summary.clone())));
+    Ok(summary)
+}

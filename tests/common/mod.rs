@@ -1,0 +1,120 @@
+//! Shared helpers for integration tests: fixtures, reference tensors, devices.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use burn::prelude::*;
+
+/// A fixture path. `ATTN_SAES_ROOT` overrides the checkout root baked in at build time (for
+/// running a test binary built elsewhere).
+pub fn fixture(rel: &str) -> PathBuf {
+    let root = std::env::var_os("ATTN_SAES_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    root.join("tests/fixtures").join(rel)
+}
+
+/// A reference tensor from a fixture: row-major shape and values as f64.
+pub struct RefTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+pub struct Reference(HashMap<String, RefTensor>);
+
+impl Reference {
+    pub fn load(rel: &str) -> Self {
+        let path = fixture(rel);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut map = HashMap::new();
+        for (name, view) in st.tensors() {
+            let data: Vec<f64> = match view.dtype() {
+                safetensors::Dtype::F32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                safetensors::Dtype::F64 => view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::I64 => view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                safetensors::Dtype::I32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            };
+            map.insert(
+                name.to_string(),
+                RefTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
+        }
+        Self(map)
+    }
+
+    pub fn get(&self, name: &str) -> &RefTensor {
+        self.0
+            .get(name)
+            .unwrap_or_else(|| panic!("reference tensor '{name}' missing"))
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    pub fn tokens(&self, name: &str) -> Vec<u32> {
+        self.get(name).data.iter().map(|&t| t as u32).collect()
+    }
+}
+
+/// Reads a tensor back as f64 values.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.try_into_vec_as::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// Max absolute difference, after checking lengths match.
+pub fn max_abs_diff(ours: &[f64], reference: &[f64]) -> f64 {
+    assert_eq!(ours.len(), reference.len(), "length mismatch");
+    ours.iter()
+        .zip(reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Asserts closeness and prints the max error.
+pub fn assert_close(what: &str, ours: &[f64], reference: &[f64], tol: f64) -> f64 {
+    let err = max_abs_diff(ours, reference);
+    println!("{what}: max abs error {err:.3e}");
+    assert!(err <= tol, "{what}: max abs error {err:.3e} > {tol:.1e}");
+    err
+}
+
+/// Devices to run parity tests on: the CPU backend always, and wgpu when an adapter
+/// exists (lavapipe in CI). `ATTN_SAES_TEST_WGPU=0` skips wgpu.
+pub fn test_devices() -> Vec<(&'static str, Device)> {
+    let mut devices = vec![("cpu", Device::flex())];
+    if std::env::var("ATTN_SAES_TEST_WGPU").as_deref() == Ok("0") {
+        return devices;
+    }
+    match attn_saes::device::select(attn_saes::device::DeviceChoice::Wgpu) {
+        Ok(sel) => devices.push(("wgpu", sel.device)),
+        Err(e) => println!("skipping wgpu: {e}"),
+    }
+    devices
+}

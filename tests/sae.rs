@@ -1,0 +1,269 @@
+//! BlockDiagSae against a PyTorch reference (tests/fixtures/sae_reference), a naive dense
+//! zero-padded SAE, folding identities and format round trips.
+
+mod common;
+
+use attn_saes::sae::{Architecture, BlockDiagSae, SaeConfig, activate};
+use attn_saes::train::SaeOptimizer;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use common::*;
+
+const TOL: f64 = 1e-5;
+
+fn t<const D: usize>(r: &RefTensor, device: &Device) -> Tensor<D> {
+    let data: Vec<f32> = r.data.iter().map(|&v| v as f32).collect();
+    let shape: [usize; D] = r.shape.clone().try_into().unwrap();
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+struct Fixture {
+    reference: Reference,
+    sae: BlockDiagSae,
+    /// [H, B, d]
+    x: Tensor<3>,
+}
+
+fn fixture(arch: Architecture) -> Fixture {
+    let device = Device::flex();
+    let reference = Reference::load("sae_reference/reference.safetensors");
+    let w_enc: Tensor<3> = t(reference.get("W_enc"), &device);
+    let [h, d, m] = w_enc.dims();
+    let sae = BlockDiagSae {
+        config: SaeConfig {
+            n_heads: h,
+            d_head: d,
+            features_per_head: m,
+            architecture: arch,
+        },
+        w_enc,
+        b_enc: t(reference.get("b_enc"), &device),
+        w_dec: t(reference.get("W_dec"), &device),
+        b_dec: t(reference.get("b_dec"), &device),
+        input_scale: vec![1.0; h],
+    };
+    let x = t::<3>(reference.get("x"), &device).swap_dims(0, 1);
+    Fixture { reference, sae, x }
+}
+
+#[test]
+fn relu_loss_and_gradients_match_pytorch() {
+    let f = fixture(Architecture::Relu);
+    let r = &f.reference;
+    let (out, terms) = f.sae.loss(f.x.clone(), 0.7);
+    assert_close("relu.loss", &values(terms.total), &r.get("relu.loss").data, TOL);
+    assert_close("relu.mse", &values(terms.mse), &r.get("relu.mse").data, TOL);
+    assert_close("relu.sparsity", &values(terms.sparsity), &r.get("relu.sparsity").data, TOL);
+    assert_close("relu.feats", &values(out.feats), &r.get("relu.feats").data, TOL);
+    assert_close("relu.recon", &values(out.recon), &r.get("relu.recon").data, TOL);
+
+    // Gradients through autodiff, including the decoder-norm term.
+    let tracked = BlockDiagSae {
+        w_enc: f.sae.w_enc.clone().autodiff().require_grad(),
+        b_enc: f.sae.b_enc.clone().autodiff().require_grad(),
+        w_dec: f.sae.w_dec.clone().autodiff().require_grad(),
+        b_dec: f.sae.b_dec.clone().autodiff().require_grad(),
+        ..f.sae.clone()
+    };
+    let (_, terms) = tracked.loss(f.x.clone().autodiff(), 0.7);
+    let grads = terms.total.backward();
+    for (name, g) in [
+        ("W_enc", values(tracked.w_enc.grad(&grads).unwrap())),
+        ("W_dec", values(tracked.w_dec.grad(&grads).unwrap())),
+    ] {
+        assert_close(&format!("grad {name}"), &g, &r.get(&format!("relu.grad.{name}")).data, TOL);
+    }
+    for (name, g) in [
+        ("b_enc", values(tracked.b_enc.grad(&grads).unwrap())),
+        ("b_dec", values(tracked.b_dec.grad(&grads).unwrap())),
+    ] {
+        assert_close(&format!("grad {name}"), &g, &r.get(&format!("relu.grad.{name}")).data, TOL);
+    }
+}
+
+#[test]
+fn two_clipped_adam_steps_match_pytorch() {
+    let f = fixture(Architecture::Relu);
+    let r = &f.reference;
+    let mut sae = f.sae.clone();
+    let mut opt = SaeOptimizer::new(&sae);
+    for step in ["step1", "step2"] {
+        opt.step(&mut sae, f.x.clone(), 0.7, 1e-2, (0.9, 0.999), 0.5);
+        for (name, got) in [
+            ("W_enc", values(sae.w_enc.clone())),
+            ("b_enc", values(sae.b_enc.clone())),
+            ("W_dec", values(sae.w_dec.clone())),
+            ("b_dec", values(sae.b_dec.clone())),
+        ] {
+            let key = format!("relu.{step}.{name}");
+            assert_close(&key, &got, &r.get(&key).data, TOL);
+        }
+    }
+}
+
+#[test]
+fn topk_and_batchtopk_match_pytorch_and_keep_k() {
+    for (arch, key) in [
+        (Architecture::TopK { k: 2 }, "topk"),
+        (Architecture::BatchTopK { k: 2 }, "batchtopk"),
+    ] {
+        let f = fixture(arch);
+        let out = f.sae.forward(f.x.clone());
+        let r = &f.reference;
+        assert_close(&format!("{key}.feats"), &values(out.feats.clone()), &r.get(&format!("{key}.feats")).data, TOL);
+        assert_close(&format!("{key}.recon"), &values(out.recon), &r.get(&format!("{key}.recon")).data, TOL);
+        let [h, b, _] = out.feats.dims();
+        let nonzero = values(out.feats.greater_elem(0.0).float().sum_dim(2));
+        if key == "topk" {
+            assert!(nonzero.iter().all(|&n| n <= 2.0), "at most k per head per token");
+        } else {
+            // BatchTopK: at most k * B per head over the batch.
+            let per_head: Vec<f64> = nonzero.chunks(b).map(|c| c.iter().sum()).collect();
+            assert_eq!(per_head.len(), h);
+            assert!(per_head.iter().all(|&n| n <= 2.0 * b as f64));
+        }
+    }
+    // With all pre-activations positive TopK keeps exactly k.
+    let device = Device::flex();
+    let pre = Tensor::<3>::random([3, 5, 9], burn::tensor::Distribution::Uniform(0.1, 1.0), &device);
+    let feats = activate(pre, Architecture::TopK { k: 4 });
+    let counts = values(feats.greater_elem(0.0).float().sum_dim(2));
+    assert!(counts.iter().all(|&n| n == 4.0), "{counts:?}");
+}
+
+#[test]
+fn block_diagonal_equals_dense_zero_padded_sae() {
+    let f = fixture(Architecture::Relu);
+    let device = Device::flex();
+    let (h, d, m) = (f.sae.config.n_heads, f.sae.config.d_head, f.sae.config.features_per_head);
+    // Build the dense [h*d, h*m] / [h*m, h*d] matrices naively.
+    let we = values(f.sae.w_enc.clone());
+    let wd = values(f.sae.w_dec.clone());
+    let mut enc = vec![0f32; h * d * h * m];
+    let mut dec = vec![0f32; h * m * h * d];
+    for head in 0..h {
+        for j in 0..d {
+            for i in 0..m {
+                enc[(head * d + j) * h * m + head * m + i] = we[(head * d + j) * m + i] as f32;
+                dec[(head * m + i) * h * d + head * d + j] = wd[(head * m + i) * d + j] as f32;
+            }
+        }
+    }
+    let dense = BlockDiagSae {
+        config: SaeConfig {
+            n_heads: 1,
+            d_head: h * d,
+            features_per_head: h * m,
+            architecture: Architecture::Relu,
+        },
+        w_enc: Tensor::from_data(TensorData::new(enc, [1, h * d, h * m]), &device),
+        b_enc: f.sae.b_enc.clone().reshape([1, h * m]),
+        w_dec: Tensor::from_data(TensorData::new(dec, [1, h * m, h * d]), &device),
+        b_dec: f.sae.b_dec.clone().reshape([1, h * d]),
+        input_scale: vec![1.0],
+    };
+    let b = f.x.dims()[1];
+    let x_dense = f.x.clone().swap_dims(0, 1).reshape([b, 1, h * d]).swap_dims(0, 1);
+    let (_, block_terms) = f.sae.loss(f.x.clone(), 0.7);
+    let (out_dense, dense_terms) = dense.loss(x_dense, 0.7);
+    assert_close("dense loss", &values(dense_terms.total), &values(block_terms.total), TOL);
+    let recon_block = values(f.sae.forward(f.x.clone()).recon.swap_dims(0, 1));
+    assert_close("dense recon", &values(out_dense.recon.swap_dims(0, 1)), &recon_block, TOL);
+    assert_eq!(f.sae.config.n_params(), h * (2 * d * m + m + d));
+}
+
+#[test]
+fn folding_keeps_reconstructions() {
+    let mut f = fixture(Architecture::Relu);
+    f.sae.input_scale = vec![0.5, 2.0, 3.0];
+    let z = f.x.clone().swap_dims(0, 1); // raw hook_z [B, H, d]
+    let before = values(f.sae.reconstruct_raw(z.clone()));
+    let folded = f.sae.fold();
+    assert_eq!(folded.input_scale, vec![1.0; 3]);
+    let after = values(folded.reconstruct_raw(z));
+    assert_close("folded reconstruction", &after, &before, 1e-4);
+    let norms = values(folded.decoder_norms());
+    assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5), "unit decoder rows");
+}
+
+#[test]
+fn saelens_export_import_round_trips_bit_exactly() {
+    let f = fixture(Architecture::TopK { k: 2 });
+    let dir = std::env::temp_dir().join(format!("attn-saes-saelens-{}", std::process::id()));
+    let hook = attn_saes::sae::io::HookInfo {
+        model_name: "tiny".into(),
+        hook_layer: 1,
+        context_size: 16,
+        prepend_bos: true,
+        dataset_path: "x".into(),
+    };
+    let density: Vec<f32> = (0..f.sae.config.d_sae()).map(|i| -(i as f32) / 10.0).collect();
+    f.sae.export_saelens(&dir, &hook, Some(&density)).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(cfg["reshape_activations"], "hook_z");
+    assert_eq!(cfg["hook_name"], "blocks.1.attn.hook_z");
+    assert_eq!(cfg["d_in"], 12);
+    let device = Device::flex();
+    let imported = BlockDiagSae::import_saelens(&dir, 3, &device).unwrap();
+    let folded = f.sae.fold();
+    assert_eq!(imported.config.n_heads, 3, "recognised as block-diagonal");
+    assert_eq!(imported.config.architecture, Architecture::TopK { k: 2 });
+    assert_eq!(values(imported.w_enc), values(folded.w_enc.clone()));
+    assert_eq!(values(imported.b_enc), values(folded.b_enc.clone()));
+    assert_eq!(values(imported.w_dec), values(folded.w_dec.clone()));
+    assert_eq!(values(imported.b_dec), values(folded.b_dec.clone()));
+    // A model with 2 heads does not tile 3 blocks: imported as one dense SAE.
+    let dense = BlockDiagSae::import_saelens(&dir, 2, &device).unwrap();
+    assert_eq!(dense.config.n_heads, 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn our_format_and_seed_format_round_trip() {
+    let f = fixture(Architecture::Relu);
+    let device = Device::flex();
+    let dir = std::env::temp_dir().join(format!("attn-saes-ours-{}", std::process::id()));
+    f.sae.save(&dir).unwrap();
+    let back = BlockDiagSae::load(&dir, &device).unwrap();
+    assert_eq!(values(back.w_dec), values(f.sae.w_dec.clone()));
+    assert_eq!(back.config, f.sae.config);
+
+    // Seed fork format: nn.Linear weights [out, in].
+    let (h, d, m) = (3, 4, 6);
+    let we = values(f.sae.w_enc.clone());
+    let wd = values(f.sae.w_dec.clone());
+    let be = values(f.sae.b_enc.clone());
+    let bd = values(f.sae.b_dec.clone());
+    let mut arrays = Vec::new();
+    for head in 0..h {
+        let enc_w: Vec<f32> = (0..m)
+            .flat_map(|i| (0..d).map(move |j| (i, j)))
+            .map(|(i, j)| we[(head * d + j) * m + i] as f32)
+            .collect();
+        let dec_w: Vec<f32> = (0..d)
+            .flat_map(|j| (0..m).map(move |i| (i, j)))
+            .map(|(i, j)| wd[(head * m + i) * d + j] as f32)
+            .collect();
+        use attn_saes::files::NamedArray;
+        arrays.push(NamedArray::new(format!("enc_blocks.{head}.weight"), vec![m, d], enc_w));
+        arrays.push(NamedArray::new(
+            format!("enc_blocks.{head}.bias"),
+            vec![m],
+            be[head * m..(head + 1) * m].iter().map(|&v| v as f32).collect(),
+        ));
+        arrays.push(NamedArray::new(format!("dec_blocks.{head}.weight"), vec![d, m], dec_w));
+        arrays.push(NamedArray::new(
+            format!("dec_blocks.{head}.bias"),
+            vec![d],
+            bd[head * d..(head + 1) * d].iter().map(|&v| v as f32).collect(),
+        ));
+    }
+    let seed_file = dir.join("seed.safetensors");
+    attn_saes::files::write_safetensors(&seed_file, &arrays, None).unwrap();
+    let seed = BlockDiagSae::import_seed(&seed_file, &device).unwrap();
+    assert_eq!(values(seed.w_enc), values(f.sae.w_enc.clone()));
+    assert_eq!(values(seed.w_dec), values(f.sae.w_dec.clone()));
+    assert_eq!(values(seed.b_enc), values(f.sae.b_enc.clone()));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,0 +1,195 @@
+//! End to end on the tiny GPT-2 fixture: training lowers MSE and L0, metrics and CE scores
+//! are finite, resume equals an uninterrupted run, and bad input gives clear errors with
+//! nothing partial left behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use attn_saes::device::DeviceChoice;
+use attn_saes::lm;
+use attn_saes::train::{RunControl, TrainConfig, TrainEvent, checkpoint, train};
+use burn::prelude::*;
+use common::*;
+
+const TEXT: &str = "The quick brown fox jumps over the lazy dog. A journey of a thousand miles \
+begins with a single step. To be or not to be, that is the question. All that glitters is not \
+gold. The early bird catches the worm, but the second mouse gets the cheese. Where there is a \
+will, there is a way. Actions speak louder than words. Knowledge is power, and power corrupts. \
+Time flies like an arrow; fruit flies like a banana. Hello world! ";
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("attn-saes-e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn corpus(dir: &Path) -> PathBuf {
+    let path = dir.join("corpus.txt");
+    let mut text = String::new();
+    for i in 0..40 {
+        text.push_str(&format!("Paragraph {i}. {TEXT}\n\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn config(dir: &Path, steps: usize) -> TrainConfig {
+    TrainConfig {
+        model: fixture("gpt2_tiny").display().to_string(),
+        dataset: corpus(dir),
+        hook_layer: 1,
+        expansion_factor: 2,
+        l1_coefficient: 0.3,
+        lr: 3e-3,
+        total_training_steps: steps,
+        batch_size: 64,
+        context_size: 16,
+        n_batches_in_buffer: 4,
+        windows_per_forward: 4,
+        normalization_batches: 2,
+        log_every: 5,
+        eval_every: 30,
+        eval_windows: 2,
+        checkpoint_every: 10,
+        dead_window_steps: 20,
+        out_dir: dir.join("run"),
+        device: DeviceChoice::Cpu,
+        ..TrainConfig::default()
+    }
+}
+
+fn run(
+    cfg: TrainConfig,
+    resume: Option<&Path>,
+    control: RunControl,
+) -> (anyhow::Result<attn_saes::train::TrainSummary>, Vec<TrainEvent>) {
+    let device = Device::flex();
+    let loaded = lm::load_model(&cfg.model, &device).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let result = train(cfg, &loaded, resume, &device, "cpu", &tx, &control);
+    drop(tx);
+    (result, rx.into_iter().collect())
+}
+
+#[test]
+fn short_run_lowers_mse_and_l0_with_finite_metrics() {
+    let dir = temp_dir("short");
+    let (result, events) = run(config(&dir, 60), None, RunControl::default());
+    let summary = result.unwrap();
+    let steps: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step(m) => Some(m.as_ref().clone()),
+            _ => None,
+        })
+        .collect();
+    let (first, last) = (steps.first().unwrap(), steps.last().unwrap());
+    println!(
+        "first: mse {:.4} L0 {:.2} EV {:.3}; last: mse {:.4} L0 {:.2} EV {:.3}",
+        first.mse, first.l0, first.explained_variance, last.mse, last.l0, last.explained_variance
+    );
+    assert!(last.mse < first.mse, "MSE fell");
+    assert!(last.l0 < first.l0, "L0 fell");
+    assert_eq!(last.l0_per_head.len(), 4);
+    assert!(last.explained_variance <= 1.0 && last.explained_variance > -1.0);
+    assert!(last.l2_ratio.is_finite() && last.l2_ratio > 0.0);
+    assert!(last.dead_per_head.iter().all(|&d| d <= 32));
+    let eval = summary.eval.expect("final eval");
+    for v in [eval.ce_clean, eval.ce_sae, eval.ce_zero, eval.ce_score] {
+        assert!(v.is_finite(), "{eval:?}");
+    }
+    assert_eq!(eval.per_head.len(), 4);
+    assert!(eval.per_head.iter().all(|h| h.ce_score.is_finite()));
+    // Outputs: metrics.jsonl lines, final SAE, SAELens export, checkpoints.
+    let run_dir = dir.join("run");
+    let lines = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().filter(|l| l.contains("\"step\"")).count(), steps.len() + 2);
+    assert!(run_dir.join("sae/sae.safetensors").exists());
+    assert!(run_dir.join("saelens/cfg.json").exists());
+    assert!(run_dir.join("saelens/sparsity.safetensors").exists());
+    assert_eq!(checkpoint::resolve_resume(&run_dir).unwrap(), run_dir.join("checkpoints/step_00000060"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn resume_equals_an_uninterrupted_run() {
+    let dir_a = temp_dir("full");
+    let (a, _) = run(config(&dir_a, 40), None, RunControl::default());
+    a.unwrap();
+    let dir_b = temp_dir("resumed");
+    let stop = RunControl {
+        stop_after: Some(23),
+        ..Default::default()
+    };
+    let (b1, _) = run(config(&dir_b, 40), None, stop);
+    let b1 = b1.unwrap();
+    assert!(b1.stopped_early);
+    assert_eq!(b1.steps, 23);
+    let ckpt = checkpoint::resolve_resume(&dir_b.join("run")).unwrap();
+    let saved = checkpoint::read_config(&ckpt).unwrap();
+    let (b2, events) = run(saved, Some(&ckpt), RunControl::default());
+    assert_eq!(b2.unwrap().steps, 40);
+    assert!(events.iter().any(|e| matches!(e, TrainEvent::Started { start_step: 23, .. })));
+    let wa = std::fs::read(dir_a.join("run/sae/sae.safetensors")).unwrap();
+    let wb = std::fs::read(dir_b.join("run/sae/sae.safetensors")).unwrap();
+    assert!(wa == wb, "resumed weights differ from the uninterrupted run");
+    std::fs::remove_dir_all(dir_a).unwrap();
+    std::fs::remove_dir_all(dir_b).unwrap();
+}
+
+#[test]
+fn bad_input_gives_clear_errors_and_no_partial_files() {
+    let dir = temp_dir("bad");
+    let err = |cfg: TrainConfig, resume: Option<&Path>| {
+        let (r, events) = run(cfg, resume, RunControl::default());
+        let msg = format!("{:#}", r.err().expect("should fail"));
+        assert!(events.iter().any(|e| matches!(e, TrainEvent::Failed(_))));
+        msg
+    };
+    let msg = err(TrainConfig { hook_layer: 9, ..config(&dir, 5) }, None);
+    assert!(msg.contains("--hook-layer 9 does not exist"), "{msg}");
+    let msg = err(TrainConfig { d_sae: Some(30), ..config(&dir, 5) }, None);
+    assert!(msg.contains("not divisible"), "{msg}");
+    let msg = err(
+        TrainConfig { dataset: dir.join("missing.jsonl"), ..config(&dir, 5) },
+        None,
+    );
+    assert!(msg.contains("missing.jsonl"), "{msg}");
+    let bad_jsonl = dir.join("bad.jsonl");
+    std::fs::write(&bad_jsonl, "{\"text\": \"ok\"}\nnot json\n").unwrap();
+    let msg = err(TrainConfig { dataset: bad_jsonl, ..config(&dir, 5) }, None);
+    assert!(msg.contains("bad.jsonl"), "{msg}");
+    // A corrupt checkpoint: truncated weights.
+    let (ok, _) = run(config(&dir, 10), None, RunControl::default());
+    ok.unwrap();
+    let ckpt = checkpoint::resolve_resume(&dir.join("run")).unwrap();
+    let weights = ckpt.join("sae/sae.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = err(config(&dir, 20), Some(&ckpt));
+    assert!(msg.contains("sae.safetensors"), "{msg}");
+    // Nothing half-written anywhere in the run directory.
+    let leftovers: Vec<_> = walk(&dir.join("run"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
