@@ -182,8 +182,12 @@ fn folding_keeps_reconstructions() {
     assert_eq!(folded.input_scale, vec![1.0; 3]);
     let after = values(folded.reconstruct_raw(z));
     assert_close("folded reconstruction", &after, &before, 1e-4);
+    // Decoder rows had unit norm before the input scale was undone: now 1 / scale[h].
     let norms = values(folded.decoder_norms());
-    assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5), "unit decoder rows");
+    for (i, n) in norms.iter().enumerate() {
+        let want = 1.0 / f.sae.input_scale[i / 6] as f64;
+        assert!((n - want).abs() < 1e-5, "row {i}: norm {n}, want {want}");
+    }
 }
 
 #[test]

@@ -42,7 +42,7 @@ fn config(dir: &Path, steps: usize) -> TrainConfig {
         dataset: corpus(dir),
         hook_layer: 1,
         expansion_factor: 2,
-        l1_coefficient: 0.3,
+        l1_coefficient: 2.0,
         lr: 3e-3,
         total_training_steps: steps,
         batch_size: 64,
@@ -50,7 +50,7 @@ fn config(dir: &Path, steps: usize) -> TrainConfig {
         n_batches_in_buffer: 4,
         windows_per_forward: 4,
         normalization_batches: 2,
-        log_every: 5,
+        log_every: 1,
         eval_every: 30,
         eval_windows: 2,
         checkpoint_every: 10,
@@ -77,7 +77,7 @@ fn run(
 #[test]
 fn short_run_lowers_mse_and_l0_with_finite_metrics() {
     let dir = temp_dir("short");
-    let (result, events) = run(config(&dir, 60), None, RunControl::default());
+    let (result, events) = run(config(&dir, 200), None, RunControl::default());
     let summary = result.unwrap();
     let steps: Vec<_> = events
         .iter()
@@ -106,11 +106,14 @@ fn short_run_lowers_mse_and_l0_with_finite_metrics() {
     // Outputs: metrics.jsonl lines, final SAE, SAELens export, checkpoints.
     let run_dir = dir.join("run");
     let lines = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
-    assert_eq!(lines.lines().filter(|l| l.contains("\"step\"")).count(), steps.len() + 2);
+    let evals = events.iter().filter(|e| matches!(e, TrainEvent::Eval(_))).count();
+    assert_eq!(evals, 200 / 30 + 1, "every eval_every steps and at the end");
+    assert_eq!(lines.lines().filter(|l| l.contains("\"type\":\"step\"")).count(), steps.len());
+    assert_eq!(lines.lines().filter(|l| l.contains("\"type\":\"eval\"")).count(), evals);
     assert!(run_dir.join("sae/sae.safetensors").exists());
     assert!(run_dir.join("saelens/cfg.json").exists());
     assert!(run_dir.join("saelens/sparsity.safetensors").exists());
-    assert_eq!(checkpoint::resolve_resume(&run_dir).unwrap(), run_dir.join("checkpoints/step_00000060"));
+    assert_eq!(checkpoint::resolve_resume(&run_dir).unwrap(), run_dir.join("checkpoints/step_00000200"));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
