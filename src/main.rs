@@ -99,7 +99,25 @@ enum Command {
     },
 }
 
+/// On a Linux machine without a desktop session, wgpu's adapter probe reaches Mesa's EGL,
+/// which prints "XDG_RUNTIME_DIR is invalid or not set" for every probe. Point it at a
+/// private directory when unset. Called first in `main`, before any thread exists.
+fn set_runtime_dir_if_missing() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join("attn-saes-xdg-runtime");
+        if std::fs::create_dir_all(&dir).is_ok()
+            && std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok()
+        {
+            // SAFETY: no other thread exists yet (first statement of main).
+            unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    set_runtime_dir_if_missing();
     let cli = Cli::parse();
     match cli.command {
         Command::Info { model } => {

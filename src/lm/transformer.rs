@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, log_softmax, silu, softmax};
+use burn::tensor::activation::{gelu, log_softmax, softmax};
 use burn::tensor::{Bool, Int, TensorData};
 
 /// Sizes and conventions of a loaded transformer.
@@ -130,7 +130,7 @@ impl Mlp {
                 let gu = matmul_bias(x, w_gate_up, None);
                 let gate = gu.clone().slice([0..b, 0..t, 0..d_mlp]);
                 let up = gu.slice([0..b, 0..t, d_mlp..2 * d_mlp]);
-                matmul_bias(silu(gate) * up, w_down, None)
+                matmul_bias(silu_exp(gate) * up, w_down, None)
             }
         }
     }
@@ -487,11 +487,24 @@ fn matmul_bias(x: Tensor<3>, w: &Tensor<2>, b: Option<&Tensor<1>>) -> Tensor<3> 
     y.reshape([batch, pos, d_out])
 }
 
-/// GPT-2's `gelu_new`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+/// GPT-2's `gelu_new`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, computed as
+/// `x * sigmoid(2u)` (the same function) with `exp`, which the CPU backend runs ~10x faster
+/// than `tanh` or `powi`.
 fn gelu_new<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let c = (2.0f64 / std::f64::consts::PI).sqrt();
-    let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * c;
-    x * (inner.tanh() + 1.0) * 0.5
+    let cube = x.clone() * x.clone() * x.clone();
+    let two_u = (x.clone() + cube * 0.044715) * (2.0 * c);
+    x * sigmoid_exp(two_u)
+}
+
+/// `1 / (1 + exp(-x))`.
+fn sigmoid_exp<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    (x.neg().exp() + 1.0).recip()
+}
+
+/// SiLU `x * sigmoid(x)`.
+fn silu_exp<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() * sigmoid_exp(x)
 }
 
 /// Rotary embedding in the half-split layout: `x cos + rotate_half(x) sin`.
