@@ -9,7 +9,6 @@ use std::time::Instant;
 use attn_saes::device::{DeviceChoice, select};
 use attn_saes::lm::HookRequest;
 use attn_saes::lm::load::{gpt2_small_config, random};
-use burn::prelude::*;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -37,7 +36,11 @@ fn main() -> anyhow::Result<()> {
         let device = selected.device;
         let model = random(gpt2_small_config(), 0, &device);
         let ids: Vec<Vec<u32>> = (0..batch)
-            .map(|b| (0..pos).map(|p| ((b * 7919 + p * 104_729) % 50257) as u32).collect())
+            .map(|b| {
+                (0..pos)
+                    .map(|p| ((b * 7919 + p * 104_729) % 50257) as u32)
+                    .collect()
+            })
             .collect();
         let tokens = model.tokens(&ids)?;
         for (label, hooks) in [

@@ -124,12 +124,35 @@ impl TrainArgs {
             )*};
         }
         set!(
-            model, dataset, hook_layer, expansion_factor, architecture, k, l1_coefficient, lr,
-            lr_schedule, lr_warmup_steps, lr_decay_steps, adam_beta1, adam_beta2,
-            grad_clip_norm, total_training_steps, batch_size, context_size,
-            n_batches_in_buffer, windows_per_forward, normalization, b_dec_init, seed,
-            log_every, eval_every, eval_windows, checkpoint_every, dead_window_steps,
-            dead_threshold, out_dir
+            model,
+            dataset,
+            hook_layer,
+            expansion_factor,
+            architecture,
+            k,
+            l1_coefficient,
+            lr,
+            lr_schedule,
+            lr_warmup_steps,
+            lr_decay_steps,
+            adam_beta1,
+            adam_beta2,
+            grad_clip_norm,
+            total_training_steps,
+            batch_size,
+            context_size,
+            n_batches_in_buffer,
+            windows_per_forward,
+            normalization,
+            b_dec_init,
+            seed,
+            log_every,
+            eval_every,
+            eval_windows,
+            checkpoint_every,
+            dead_window_steps,
+            dead_threshold,
+            out_dir
         );
         if self.text_column.is_some() {
             c.text_column = self.text_column.clone();
@@ -225,7 +248,11 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                 eprintln!(
                     "training {} SAE on {} layer {} hook_z: {} heads x {} features (d_head {}), \
                      {} params, {device}",
-                    if sae.n_heads > 1 { "block-diagonal" } else { "dense" },
+                    if sae.n_heads > 1 {
+                        "block-diagonal"
+                    } else {
+                        "dense"
+                    },
                     model.name,
                     config.hook_layer,
                     sae.n_heads,
@@ -281,7 +308,11 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                     s.tokens,
                     s.seconds,
                     s.tokens as f64 / s.seconds.max(1e-9),
-                    if s.stopped_early { " (stopped early)" } else { "" }
+                    if s.stopped_early {
+                        " (stopped early)"
+                    } else {
+                        ""
+                    }
                 );
                 println!("SAE: {}", s.sae_dir.display());
                 if let Some(c) = &s.checkpoint {

@@ -2,7 +2,17 @@
 
 use burn::prelude::*;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum DeviceChoice {
     /// A hardware GPU through wgpu if one is found, else the CPU.
     #[default]

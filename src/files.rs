@@ -16,7 +16,11 @@ pub struct NamedArray {
 impl NamedArray {
     pub fn new(name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Self {
         let name = name.into();
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "{name}: shape/data mismatch");
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "{name}: shape/data mismatch"
+        );
         Self { name, shape, data }
     }
 

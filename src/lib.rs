@@ -7,6 +7,7 @@ pub mod cli_train;
 pub mod data;
 pub mod device;
 pub mod files;
+pub mod inspect;
 pub mod lm;
 pub mod rng;
 pub mod sae;

@@ -11,7 +11,11 @@ use attn_saes::sae::io::HookInfo;
 use attn_saes::train::{self, RunControl, checkpoint};
 
 #[derive(Parser)]
-#[command(name = "attn-saes", version, about = "Block-diagonal sparse autoencoders on attention head outputs (hook_z)")]
+#[command(
+    name = "attn-saes",
+    version,
+    about = "Block-diagonal sparse autoencoders on attention head outputs (hook_z)"
+)]
 struct Cli {
     /// Compute device: auto = a hardware GPU through wgpu if found, else the CPU.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, global = true)]
@@ -89,6 +93,25 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Show, for each head, the features with the strongest activations and the tokens they
+    /// fire on (a quick look before dashboards).
+    Features {
+        /// A run directory (with sae/ and config.toml).
+        #[arg(long)]
+        run: std::path::PathBuf,
+        /// Context windows to scan.
+        #[arg(long, default_value_t = 64)]
+        windows: usize,
+        /// Features shown per head.
+        #[arg(long, default_value_t = 3)]
+        per_head: usize,
+        /// Examples per feature.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Write the report as JSON here too.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Evaluate an SAE (our format) on a model: CE loss clean / with SAE / zero-ablated.
     Evaluate {
         /// SAE directory (our format; see `import`).
@@ -125,7 +148,10 @@ fn main() -> anyhow::Result<()> {
             let loaded = lm::load_model(&model, &selected.device)
                 .with_context(|| format!("loading model '{model}'"))?;
             println!("source: {}", loaded.source.display());
-            println!("{}", serde_json::to_string_pretty(&loaded.transformer.config)?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&loaded.transformer.config)?
+            );
         }
         Command::Forward {
             model,
@@ -168,9 +194,11 @@ fn main() -> anyhow::Result<()> {
             }
             let mean = ce.iter().sum::<f32>() / ce.len() as f32;
             println!("mean CE: {mean:.4}");
-            let last = attn_saes::files::host_vec(
-                logits.slice([0..1, ids.len() - 1..ids.len(), 0..cfg.d_vocab]),
-            )?;
+            let last = attn_saes::files::host_vec(logits.slice([
+                0..1,
+                ids.len() - 1..ids.len(),
+                0..cfg.d_vocab,
+            ]))?;
             let mut order: Vec<usize> = (0..last.len()).collect();
             order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
             println!("top next tokens:");
@@ -198,7 +226,11 @@ fn main() -> anyhow::Result<()> {
             out,
         } => run_harvest(args, cli.device, tokens, shard_tokens, &out)?,
         Command::Export { run, out } => {
-            let sae_dir = if run.join("sae").is_dir() { run.join("sae") } else { run.clone() };
+            let sae_dir = if run.join("sae").is_dir() {
+                run.join("sae")
+            } else {
+                run.clone()
+            };
             let selected = device::select(DeviceChoice::Cpu)?;
             let sae = BlockDiagSae::load(&sae_dir, &selected.device)?;
             let hook = match train::TrainConfig::from_toml(&run.join("config.toml")) {
@@ -230,6 +262,64 @@ fn main() -> anyhow::Result<()> {
                 out.display()
             );
         }
+        Command::Features {
+            run,
+            windows,
+            per_head,
+            top,
+            json,
+        } => {
+            let config = train::TrainConfig::from_toml(
+                &run.join("checkpoints")
+                    .join(
+                        std::fs::read_to_string(run.join("checkpoints/LATEST"))
+                            .with_context(|| {
+                                format!("{} has no checkpoints/LATEST", run.display())
+                            })?
+                            .trim(),
+                    )
+                    .join("config.toml"),
+            )?;
+            let selected = device::select(cli.device)?;
+            eprintln!("{}", selected.description);
+            let sae = BlockDiagSae::load(&run.join("sae"), &selected.device)?;
+            let loaded = lm::load_model(&config.model, &selected.device)
+                .with_context(|| format!("loading model '{}'", config.model))?;
+            let corpus = attn_saes::data::corpus::Corpus::open(
+                &config.dataset,
+                config.text_column.as_deref(),
+            )?;
+            let reports = attn_saes::inspect::top_features(
+                &loaded,
+                &sae,
+                &corpus,
+                config.hook_layer,
+                config.z_convention,
+                config.context_size,
+                windows,
+                per_head,
+                top,
+            )?;
+            let m = sae.config.features_per_head;
+            for r in &reports {
+                println!(
+                    "head {} feature {} (global {}), density {:.4}",
+                    r.head,
+                    r.feature,
+                    r.head * m + r.feature,
+                    r.density
+                );
+                for e in &r.examples {
+                    println!(
+                        "    {:>7.3}  {:?} [[{:?}]] {:?}",
+                        e.activation, e.before, e.token, e.after
+                    );
+                }
+            }
+            if let Some(path) = json {
+                attn_saes::files::write_json(&path, &reports)?;
+            }
+        }
         Command::Evaluate { sae, args } => {
             let config = args.resolve(cli.device)?;
             let selected = device::select(cli.device)?;
@@ -237,7 +327,10 @@ fn main() -> anyhow::Result<()> {
             let sae = BlockDiagSae::load(&sae, &selected.device)?;
             let loaded = lm::load_model(&config.model, &selected.device)
                 .with_context(|| format!("loading model '{}'", config.model))?;
-            let corpus = attn_saes::data::corpus::Corpus::open(&config.dataset, config.text_column.as_deref())?;
+            let corpus = attn_saes::data::corpus::Corpus::open(
+                &config.dataset,
+                config.text_column.as_deref(),
+            )?;
             let windows: Vec<Vec<u32>> = attn_saes::data::windows::ContextWindows::new(
                 &corpus,
                 &loaded.tokenizer,
@@ -301,7 +394,11 @@ fn check_demo_assets(config: &train::TrainConfig) -> anyhow::Result<()> {
 }
 
 fn run_train(args: TrainArgs, choice: DeviceChoice) -> anyhow::Result<()> {
-    let resume_dir = args.resume.as_deref().map(checkpoint::resolve_resume).transpose()?;
+    let resume_dir = args
+        .resume
+        .as_deref()
+        .map(checkpoint::resolve_resume)
+        .transpose()?;
     let mut config = match &resume_dir {
         Some(dir) => {
             let mut c = checkpoint::read_config(dir)?;
@@ -354,7 +451,8 @@ fn run_harvest(
     eprintln!("{}", selected.description);
     let loaded = lm::load_model(&config.model, &selected.device)
         .with_context(|| format!("loading model '{}'", config.model))?;
-    let corpus = attn_saes::data::corpus::Corpus::open(&config.dataset, config.text_column.as_deref())?;
+    let corpus =
+        attn_saes::data::corpus::Corpus::open(&config.dataset, config.text_column.as_deref())?;
     let mc = &loaded.transformer.config;
     let store_config = StoreConfig {
         hook_layer: config.hook_layer,
@@ -392,7 +490,9 @@ fn run_harvest(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let meta = write_cache(&mut store, meta, out, tokens, shard_tokens, |n| bar.set_position(n as u64))?;
+    let meta = write_cache(&mut store, meta, out, tokens, shard_tokens, |n| {
+        bar.set_position(n as u64)
+    })?;
     bar.finish_and_clear();
     println!(
         "wrote {} tokens of layer {} hook_z in {} shards to {}",

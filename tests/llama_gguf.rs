@@ -17,7 +17,10 @@ fn model_path() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        println!("SKIPPED: {} is absent (run scripts/fetch-demo-assets.sh)", p.display());
+        println!(
+            "SKIPPED: {} is absent (run scripts/fetch-demo-assets.sh)",
+            p.display()
+        );
         None
     }
 }
@@ -28,11 +31,19 @@ fn reference() -> serde_json::Value {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn load(device: &Device) -> Option<LoadedModel> {
@@ -43,7 +54,12 @@ fn load(device: &Device) -> Option<LoadedModel> {
 /// `ln p(ids[i+1] | ids[..=i])`.
 fn token_logprobs(model: &LoadedModel, ids: &[u32]) -> Vec<f64> {
     let t = model.transformer.tokens(&[ids.to_vec()]).unwrap();
-    let logits = model.transformer.run(t.clone(), &HookRequest::logits(), None).unwrap().logits.unwrap();
+    let logits = model
+        .transformer
+        .run(t.clone(), &HookRequest::logits(), None)
+        .unwrap()
+        .logits
+        .unwrap();
     values(per_token_ce(logits, t).neg())
 }
 
@@ -53,20 +69,44 @@ fn smollm2_logprobs_hook_z_and_perplexity_match_transformers() {
     let Some(model) = load(&device) else { return };
     let r = reference();
     let cfg = &model.transformer.config;
-    assert_eq!((cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head), (30, 576, 9, 3, 64));
+    assert_eq!(
+        (
+            cfg.n_layers,
+            cfg.d_model,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.d_head
+        ),
+        (30, 576, 9, 3, 64)
+    );
     assert_eq!(cfg.bos_token_id, Some(1));
     // Tolerance: same dequantised weights, fp32 through 30 layers.
     const TOL: f64 = 2e-3;
     for s in r["sentences"].as_array().unwrap() {
         let text = s["text"].as_str().unwrap();
         let want = ids(&s["ids"]);
-        let got = model.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        let got = model
+            .tokenizer
+            .encode(text, false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         assert_eq!(got, want, "token ids of {text:?}");
         let lp = token_logprobs(&model, &want);
-        assert_close(&format!("logprobs {text:?}"), &lp, &floats(&s["token_logprobs"]), TOL);
+        assert_close(
+            &format!("logprobs {text:?}"),
+            &lp,
+            &floats(&s["token_logprobs"]),
+            TOL,
+        );
         let with_bos = ids(&s["with_bos"]["ids"]);
         let lp = token_logprobs(&model, &with_bos);
-        assert_close(&format!("logprobs with BOS {text:?}"), &lp, &floats(&s["with_bos"]["token_logprobs"]), TOL);
+        assert_close(
+            &format!("logprobs with BOS {text:?}"),
+            &lp,
+            &floats(&s["with_bos"]["token_logprobs"]),
+            TOL,
+        );
     }
     // hook_z at layer 15 and the logits of the first sentence.
     let first = ids(&r["sentences"][0]["ids"]);
@@ -78,14 +118,29 @@ fn smollm2_logprobs_hook_z_and_perplexity_match_transformers() {
     };
     let cache = model.transformer.run(t, &hooks, None).unwrap();
     let z_ref = Reference::load("smollm2/hook_z_L15.safetensors");
-    assert_close("hook_z L15", &values(cache.hook_z[&15].clone()), &z_ref.get("hook_z").data, TOL);
+    assert_close(
+        "hook_z L15",
+        &values(cache.hook_z[&15].clone()),
+        &z_ref.get("hook_z").data,
+        TOL,
+    );
     let l_ref = Reference::load("smollm2/logits_first_sentence.safetensors");
-    assert_close("logits", &values(cache.logits.unwrap()), &l_ref.get("logits").data, 5e-3);
+    assert_close(
+        "logits",
+        &values(cache.logits.unwrap()),
+        &l_ref.get("logits").data,
+        5e-3,
+    );
 
     // Perplexity of a held-out Shakespeare paragraph.
     let p = &r["perplexity"];
     let lp = token_logprobs(&model, &ids(&p["ids"]));
-    assert_close("paragraph logprobs", &lp, &floats(&p["token_logprobs"]), TOL);
+    assert_close(
+        "paragraph logprobs",
+        &lp,
+        &floats(&p["token_logprobs"]),
+        TOL,
+    );
     let ppl = (-lp.iter().sum::<f64>() / lp.len() as f64).exp();
     let want = p["perplexity"].as_f64().unwrap();
     println!("perplexity: ours {ppl:.4}, transformers {want:.4}");
@@ -96,9 +151,22 @@ fn smollm2_logprobs_hook_z_and_perplexity_match_transformers() {
 fn capital_of_france_is_paris() {
     let device = Device::flex();
     let Some(model) = load(&device) else { return };
-    let ids = model.tokenizer.encode("The capital of France is", false).unwrap().get_ids().to_vec();
-    let t = model.transformer.tokens(&[ids.clone()]).unwrap();
-    let logits = model.transformer.run(t, &HookRequest::logits(), None).unwrap().logits.unwrap();
+    let ids = model
+        .tokenizer
+        .encode("The capital of France is", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let t = model
+        .transformer
+        .tokens(std::slice::from_ref(&ids))
+        .unwrap();
+    let logits = model
+        .transformer
+        .run(t, &HookRequest::logits(), None)
+        .unwrap()
+        .logits
+        .unwrap();
     let v = model.transformer.config.d_vocab;
     let last = log_softmax(logits.slice([0..1, ids.len() - 1..ids.len(), 0..v]), 2);
     let top = last.argmax(2).try_into_vec_as::<i64>().unwrap()[0];
@@ -113,7 +181,12 @@ fn tricky_tokenization_matches_reference() {
     let Some(model) = load(&device) else { return };
     for c in reference()["tokenization_checks"].as_array().unwrap() {
         let text = c["text"].as_str().unwrap();
-        let got = model.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        let got = model
+            .tokenizer
+            .encode(text, false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         assert_eq!(got, ids(&c["ids"]), "{text:?}");
     }
 }

@@ -24,7 +24,9 @@ const GELU2L: Case = Case {
 };
 
 fn n_seqs(r: &Reference) -> usize {
-    (0..).take_while(|s| r.has(&format!("seq{s}.tokens"))).count()
+    (0..)
+        .take_while(|s| r.has(&format!("seq{s}.tokens")))
+        .count()
 }
 
 fn check_model(case: &Case, model_dir: &str, device_name: &str, device: &Device) {
@@ -159,10 +161,18 @@ fn batched_forward_equals_single_sequences() {
     let a = ids[..half].to_vec();
     let b = ids[half..2 * half].to_vec();
     let both = model.tokens(&[a.clone(), b.clone()]).unwrap();
-    let z_both = model.run(both, &HookRequest::hook_z(&[1]), None).unwrap().hook_z[&1].clone();
+    let z_both = model
+        .run(both, &HookRequest::hook_z(&[1]), None)
+        .unwrap()
+        .hook_z[&1]
+        .clone();
     for (i, seq) in [a, b].into_iter().enumerate() {
         let t = model.tokens(&[seq]).unwrap();
-        let z = model.run(t, &HookRequest::hook_z(&[1]), None).unwrap().hook_z[&1].clone();
+        let z = model
+            .run(t, &HookRequest::hook_z(&[1]), None)
+            .unwrap()
+            .hook_z[&1]
+            .clone();
         let [_, pos, h, d] = z.dims();
         let row = z_both.clone().slice([i..i + 1, 0..pos, 0..h, 0..d]);
         assert_close(&format!("batch row {i}"), &values(row), &values(z), 1e-5);

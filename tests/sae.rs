@@ -51,11 +51,31 @@ fn relu_loss_and_gradients_match_pytorch() {
     let f = fixture(Architecture::Relu);
     let r = &f.reference;
     let (out, terms) = f.sae.loss(f.x.clone(), 0.7);
-    assert_close("relu.loss", &values(terms.total), &r.get("relu.loss").data, TOL);
+    assert_close(
+        "relu.loss",
+        &values(terms.total),
+        &r.get("relu.loss").data,
+        TOL,
+    );
     assert_close("relu.mse", &values(terms.mse), &r.get("relu.mse").data, TOL);
-    assert_close("relu.sparsity", &values(terms.sparsity), &r.get("relu.sparsity").data, TOL);
-    assert_close("relu.feats", &values(out.feats), &r.get("relu.feats").data, TOL);
-    assert_close("relu.recon", &values(out.recon), &r.get("relu.recon").data, TOL);
+    assert_close(
+        "relu.sparsity",
+        &values(terms.sparsity),
+        &r.get("relu.sparsity").data,
+        TOL,
+    );
+    assert_close(
+        "relu.feats",
+        &values(out.feats),
+        &r.get("relu.feats").data,
+        TOL,
+    );
+    assert_close(
+        "relu.recon",
+        &values(out.recon),
+        &r.get("relu.recon").data,
+        TOL,
+    );
 
     // Gradients through autodiff, including the decoder-norm term.
     let tracked = BlockDiagSae {
@@ -71,13 +91,23 @@ fn relu_loss_and_gradients_match_pytorch() {
         ("W_enc", values(tracked.w_enc.grad(&grads).unwrap())),
         ("W_dec", values(tracked.w_dec.grad(&grads).unwrap())),
     ] {
-        assert_close(&format!("grad {name}"), &g, &r.get(&format!("relu.grad.{name}")).data, TOL);
+        assert_close(
+            &format!("grad {name}"),
+            &g,
+            &r.get(&format!("relu.grad.{name}")).data,
+            TOL,
+        );
     }
     for (name, g) in [
         ("b_enc", values(tracked.b_enc.grad(&grads).unwrap())),
         ("b_dec", values(tracked.b_dec.grad(&grads).unwrap())),
     ] {
-        assert_close(&format!("grad {name}"), &g, &r.get(&format!("relu.grad.{name}")).data, TOL);
+        assert_close(
+            &format!("grad {name}"),
+            &g,
+            &r.get(&format!("relu.grad.{name}")).data,
+            TOL,
+        );
     }
 }
 
@@ -110,12 +140,25 @@ fn topk_and_batchtopk_match_pytorch_and_keep_k() {
         let f = fixture(arch);
         let out = f.sae.forward(f.x.clone());
         let r = &f.reference;
-        assert_close(&format!("{key}.feats"), &values(out.feats.clone()), &r.get(&format!("{key}.feats")).data, TOL);
-        assert_close(&format!("{key}.recon"), &values(out.recon), &r.get(&format!("{key}.recon")).data, TOL);
+        assert_close(
+            &format!("{key}.feats"),
+            &values(out.feats.clone()),
+            &r.get(&format!("{key}.feats")).data,
+            TOL,
+        );
+        assert_close(
+            &format!("{key}.recon"),
+            &values(out.recon),
+            &r.get(&format!("{key}.recon")).data,
+            TOL,
+        );
         let [h, b, _] = out.feats.dims();
         let nonzero = values(out.feats.greater_elem(0.0).float().sum_dim(2));
         if key == "topk" {
-            assert!(nonzero.iter().all(|&n| n <= 2.0), "at most k per head per token");
+            assert!(
+                nonzero.iter().all(|&n| n <= 2.0),
+                "at most k per head per token"
+            );
         } else {
             // BatchTopK: at most k * B per head over the batch.
             let per_head: Vec<f64> = nonzero.chunks(b).map(|c| c.iter().sum()).collect();
@@ -125,7 +168,11 @@ fn topk_and_batchtopk_match_pytorch_and_keep_k() {
     }
     // With all pre-activations positive TopK keeps exactly k.
     let device = Device::flex();
-    let pre = Tensor::<3>::random([3, 5, 9], burn::tensor::Distribution::Uniform(0.1, 1.0), &device);
+    let pre = Tensor::<3>::random(
+        [3, 5, 9],
+        burn::tensor::Distribution::Uniform(0.1, 1.0),
+        &device,
+    );
     let feats = activate(pre, Architecture::TopK { k: 4 });
     let counts = values(feats.greater_elem(0.0).float().sum_dim(2));
     assert!(counts.iter().all(|&n| n == 4.0), "{counts:?}");
@@ -135,7 +182,11 @@ fn topk_and_batchtopk_match_pytorch_and_keep_k() {
 fn block_diagonal_equals_dense_zero_padded_sae() {
     let f = fixture(Architecture::Relu);
     let device = Device::flex();
-    let (h, d, m) = (f.sae.config.n_heads, f.sae.config.d_head, f.sae.config.features_per_head);
+    let (h, d, m) = (
+        f.sae.config.n_heads,
+        f.sae.config.d_head,
+        f.sae.config.features_per_head,
+    );
     // Build the dense [h*d, h*m] / [h*m, h*d] matrices naively.
     let we = values(f.sae.w_enc.clone());
     let wd = values(f.sae.w_dec.clone());
@@ -163,12 +214,26 @@ fn block_diagonal_equals_dense_zero_padded_sae() {
         input_scale: vec![1.0],
     };
     let b = f.x.dims()[1];
-    let x_dense = f.x.clone().swap_dims(0, 1).reshape([b, 1, h * d]).swap_dims(0, 1);
+    let x_dense =
+        f.x.clone()
+            .swap_dims(0, 1)
+            .reshape([b, 1, h * d])
+            .swap_dims(0, 1);
     let (_, block_terms) = f.sae.loss(f.x.clone(), 0.7);
     let (out_dense, dense_terms) = dense.loss(x_dense, 0.7);
-    assert_close("dense loss", &values(dense_terms.total), &values(block_terms.total), TOL);
+    assert_close(
+        "dense loss",
+        &values(dense_terms.total),
+        &values(block_terms.total),
+        TOL,
+    );
     let recon_block = values(f.sae.forward(f.x.clone()).recon.swap_dims(0, 1));
-    assert_close("dense recon", &values(out_dense.recon.swap_dims(0, 1)), &recon_block, TOL);
+    assert_close(
+        "dense recon",
+        &values(out_dense.recon.swap_dims(0, 1)),
+        &recon_block,
+        TOL,
+    );
     assert_eq!(f.sae.config.n_params(), h * (2 * d * m + m + d));
 }
 
@@ -201,7 +266,9 @@ fn saelens_export_import_round_trips_bit_exactly() {
         prepend_bos: true,
         dataset_path: "x".into(),
     };
-    let density: Vec<f32> = (0..f.sae.config.d_sae()).map(|i| -(i as f32) / 10.0).collect();
+    let density: Vec<f32> = (0..f.sae.config.d_sae())
+        .map(|i| -(i as f32) / 10.0)
+        .collect();
     f.sae.export_saelens(&dir, &hook, Some(&density)).unwrap();
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("cfg.json")).unwrap()).unwrap();
@@ -250,17 +317,31 @@ fn our_format_and_seed_format_round_trip() {
             .map(|(i, j)| wd[(head * m + i) * d + j] as f32)
             .collect();
         use attn_saes::files::NamedArray;
-        arrays.push(NamedArray::new(format!("enc_blocks.{head}.weight"), vec![m, d], enc_w));
+        arrays.push(NamedArray::new(
+            format!("enc_blocks.{head}.weight"),
+            vec![m, d],
+            enc_w,
+        ));
         arrays.push(NamedArray::new(
             format!("enc_blocks.{head}.bias"),
             vec![m],
-            be[head * m..(head + 1) * m].iter().map(|&v| v as f32).collect(),
+            be[head * m..(head + 1) * m]
+                .iter()
+                .map(|&v| v as f32)
+                .collect(),
         ));
-        arrays.push(NamedArray::new(format!("dec_blocks.{head}.weight"), vec![d, m], dec_w));
+        arrays.push(NamedArray::new(
+            format!("dec_blocks.{head}.weight"),
+            vec![d, m],
+            dec_w,
+        ));
         arrays.push(NamedArray::new(
             format!("dec_blocks.{head}.bias"),
             vec![d],
-            bd[head * d..(head + 1) * d].iter().map(|&v| v as f32).collect(),
+            bd[head * d..(head + 1) * d]
+                .iter()
+                .map(|&v| v as f32)
+                .collect(),
         ));
     }
     let seed_file = dir.join("seed.safetensors");

@@ -65,7 +65,10 @@ fn run(
     cfg: TrainConfig,
     resume: Option<&Path>,
     control: RunControl,
-) -> (anyhow::Result<attn_saes::train::TrainSummary>, Vec<TrainEvent>) {
+) -> (
+    anyhow::Result<attn_saes::train::TrainSummary>,
+    Vec<TrainEvent>,
+) {
     let device = Device::flex();
     let loaded = lm::load_model(&cfg.model, &device).unwrap();
     let (tx, rx) = mpsc::channel();
@@ -106,14 +109,32 @@ fn short_run_lowers_mse_and_l0_with_finite_metrics() {
     // Outputs: metrics.jsonl lines, final SAE, SAELens export, checkpoints.
     let run_dir = dir.join("run");
     let lines = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
-    let evals = events.iter().filter(|e| matches!(e, TrainEvent::Eval(_))).count();
+    let evals = events
+        .iter()
+        .filter(|e| matches!(e, TrainEvent::Eval(_)))
+        .count();
     assert_eq!(evals, 200 / 30 + 1, "every eval_every steps and at the end");
-    assert_eq!(lines.lines().filter(|l| l.contains("\"type\":\"step\"")).count(), steps.len());
-    assert_eq!(lines.lines().filter(|l| l.contains("\"type\":\"eval\"")).count(), evals);
+    assert_eq!(
+        lines
+            .lines()
+            .filter(|l| l.contains("\"type\":\"step\""))
+            .count(),
+        steps.len()
+    );
+    assert_eq!(
+        lines
+            .lines()
+            .filter(|l| l.contains("\"type\":\"eval\""))
+            .count(),
+        evals
+    );
     assert!(run_dir.join("sae/sae.safetensors").exists());
     assert!(run_dir.join("saelens/cfg.json").exists());
     assert!(run_dir.join("saelens/sparsity.safetensors").exists());
-    assert_eq!(checkpoint::resolve_resume(&run_dir).unwrap(), run_dir.join("checkpoints/step_00000200"));
+    assert_eq!(
+        checkpoint::resolve_resume(&run_dir).unwrap(),
+        run_dir.join("checkpoints/step_00000200")
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -135,10 +156,17 @@ fn resume_equals_an_uninterrupted_run() {
     let saved = checkpoint::read_config(&ckpt).unwrap();
     let (b2, events) = run(saved, Some(&ckpt), RunControl::default());
     assert_eq!(b2.unwrap().steps, 40);
-    assert!(events.iter().any(|e| matches!(e, TrainEvent::Started { start_step: 23, .. })));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, TrainEvent::Started { start_step: 23, .. }))
+    );
     let wa = std::fs::read(dir_a.join("run/sae/sae.safetensors")).unwrap();
     let wb = std::fs::read(dir_b.join("run/sae/sae.safetensors")).unwrap();
-    assert!(wa == wb, "resumed weights differ from the uninterrupted run");
+    assert!(
+        wa == wb,
+        "resumed weights differ from the uninterrupted run"
+    );
     std::fs::remove_dir_all(dir_a).unwrap();
     std::fs::remove_dir_all(dir_b).unwrap();
 }
@@ -148,22 +176,43 @@ fn bad_input_gives_clear_errors_and_no_partial_files() {
     let dir = temp_dir("bad");
     let err = |cfg: TrainConfig, resume: Option<&Path>| {
         let (r, events) = run(cfg, resume, RunControl::default());
-        let msg = format!("{:#}", r.err().expect("should fail"));
+        let msg = format!("{:#}", r.expect_err("should fail"));
         assert!(events.iter().any(|e| matches!(e, TrainEvent::Failed(_))));
         msg
     };
-    let msg = err(TrainConfig { hook_layer: 9, ..config(&dir, 5) }, None);
+    let msg = err(
+        TrainConfig {
+            hook_layer: 9,
+            ..config(&dir, 5)
+        },
+        None,
+    );
     assert!(msg.contains("--hook-layer 9 does not exist"), "{msg}");
-    let msg = err(TrainConfig { d_sae: Some(30), ..config(&dir, 5) }, None);
+    let msg = err(
+        TrainConfig {
+            d_sae: Some(30),
+            ..config(&dir, 5)
+        },
+        None,
+    );
     assert!(msg.contains("not divisible"), "{msg}");
     let msg = err(
-        TrainConfig { dataset: dir.join("missing.jsonl"), ..config(&dir, 5) },
+        TrainConfig {
+            dataset: dir.join("missing.jsonl"),
+            ..config(&dir, 5)
+        },
         None,
     );
     assert!(msg.contains("missing.jsonl"), "{msg}");
     let bad_jsonl = dir.join("bad.jsonl");
     std::fs::write(&bad_jsonl, "{\"text\": \"ok\"}\nnot json\n").unwrap();
-    let msg = err(TrainConfig { dataset: bad_jsonl, ..config(&dir, 5) }, None);
+    let msg = err(
+        TrainConfig {
+            dataset: bad_jsonl,
+            ..config(&dir, 5)
+        },
+        None,
+    );
     assert!(msg.contains("bad.jsonl"), "{msg}");
     // A corrupt checkpoint: truncated weights.
     let (ok, _) = run(config(&dir, 10), None, RunControl::default());
@@ -195,4 +244,119 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint() {
+    let dir = temp_dir("nan");
+    let stop = RunControl {
+        stop_after: Some(10),
+        ..Default::default()
+    };
+    let (first, _) = run(config(&dir, 40), None, stop);
+    first.unwrap();
+    let ckpt = checkpoint::resolve_resume(&dir.join("run")).unwrap();
+    assert!(ckpt.ends_with("step_00000010"));
+    // Resume with an absurd learning rate: the weights blow up and the loss stops being finite.
+    let bad = TrainConfig {
+        lr: 1e30,
+        ..config(&dir, 40)
+    };
+    let (result, events) = run(bad, Some(&ckpt), RunControl::default());
+    let msg = format!("{:#}", result.expect_err("training must stop"));
+    assert!(
+        msg.contains("loss became") && msg.contains("step_00000010"),
+        "{msg}"
+    );
+    assert!(events.iter().any(|e| matches!(e, TrainEvent::Failed(_))));
+    // The last good checkpoint is still the one LATEST names, and it loads.
+    assert_eq!(checkpoint::resolve_resume(&dir.join("run")).unwrap(), ckpt);
+    attn_saes::sae::BlockDiagSae::load(&ckpt.join("sae"), &Device::flex()).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn training_from_an_activation_cache() {
+    use attn_saes::data::corpus::Corpus;
+    use attn_saes::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
+    let dir = temp_dir("cache");
+    let cfg = config(&dir, 40);
+    let device = Device::flex();
+    let loaded = lm::load_model(&cfg.model, &device).unwrap();
+    let corpus = Corpus::open(&cfg.dataset, None).unwrap();
+    let store_cfg = StoreConfig {
+        hook_layer: 1,
+        context_size: 16,
+        batch_tokens: 64,
+        n_batches_in_buffer: 1,
+        windows_per_forward: 4,
+        drop_bos: true,
+        z_convention: Default::default(),
+    };
+    let mut store = ActivationStore::from_lm(
+        store_cfg.clone(),
+        &loaded.transformer,
+        &corpus,
+        &loaded.tokenizer,
+        Default::default(),
+        0,
+        &device,
+    )
+    .unwrap();
+    let meta = CacheMeta {
+        model_name: "tiny".into(),
+        hook_layer: 1,
+        z_convention: Default::default(),
+        n_heads: 4,
+        d_head: 16,
+        context_size: 16,
+        drop_bos: true,
+        dataset: "corpus".into(),
+        shard_rows: vec![],
+    };
+    let cache_dir = dir.join("acts");
+    let mut progress = Vec::new();
+    let meta = write_cache(&mut store, meta, &cache_dir, 1000, 300, |n| {
+        progress.push(n)
+    })
+    .unwrap();
+    assert_eq!(meta.shard_rows, vec![300, 300, 300, 100]);
+    assert_eq!(progress, vec![300, 600, 900, 1000]);
+    // The first cached rows are the LM's hook_z of the first window (BOS dropped).
+    let shard =
+        attn_saes::lm::weights::WeightFile::open(&cache_dir.join("shard_00000.safetensors"))
+            .unwrap();
+    let rows = shard.read("hook_z").unwrap();
+    assert_eq!(rows.shape, vec![300, 4, 16]);
+
+    let (result, events) = run(
+        TrainConfig {
+            activation_cache: Some(cache_dir.clone()),
+            ..cfg.clone()
+        },
+        None,
+        RunControl::default(),
+    );
+    result.unwrap();
+    let mses: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step(m) => Some(m.mse),
+            _ => None,
+        })
+        .collect();
+    assert!(mses.last().unwrap() < mses.first().unwrap());
+    // A cache of another layer is refused.
+    let (wrong, _) = run(
+        TrainConfig {
+            activation_cache: Some(cache_dir),
+            hook_layer: 0,
+            ..cfg
+        },
+        None,
+        RunControl::default(),
+    );
+    let msg = format!("{:#}", wrong.err().unwrap());
+    assert!(msg.contains("cache holds layer 1"), "{msg}");
+    std::fs::remove_dir_all(dir).unwrap();
 }

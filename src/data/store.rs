@@ -32,7 +32,8 @@ pub struct StoreConfig {
     pub z_convention: ZConvention,
 }
 
-/// Where rows come from.
+/// Where rows come from. (One per store: the size difference between variants is moot.)
+#[allow(clippy::large_enum_variant)]
 enum Source<'a> {
     Lm {
         model: &'a Transformer,
@@ -57,7 +58,11 @@ pub enum StreamPosition {
     Start,
     Windows(WindowsPosition),
     /// Shard index and row offset within it.
-    Cache { shard: usize, row: usize, epoch: u64 },
+    Cache {
+        shard: usize,
+        row: usize,
+        epoch: u64,
+    },
 }
 
 pub struct ActivationStore<'a> {
@@ -125,7 +130,12 @@ impl<'a> ActivationStore<'a> {
     }
 
     /// A store that reads a cache written by [`write_cache`].
-    pub fn from_cache(config: StoreConfig, dir: &Path, seed: u64, device: &Device) -> anyhow::Result<Self> {
+    pub fn from_cache(
+        config: StoreConfig,
+        dir: &Path,
+        seed: u64,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
         let reader = CacheReader::open(dir)?;
         let meta = &reader.meta;
         ensure!(
@@ -143,7 +153,11 @@ impl<'a> ActivationStore<'a> {
             source: Source::Cache(reader),
             buffer: Vec::new(),
             rng: Rng::new(seed),
-            position: StreamPosition::Cache { shard: 0, row: 0, epoch: 0 },
+            position: StreamPosition::Cache {
+                shard: 0,
+                row: 0,
+                epoch: 0,
+            },
             tokens_harvested: 0,
             device: device.clone(),
             config,
@@ -339,7 +353,10 @@ impl<'a> ActivationStore<'a> {
             }
             (Source::Lm { .. }, StreamPosition::Start) => {}
             (Source::Cache(_), StreamPosition::Cache { .. }) => {}
-            _ => bail!("{}: saved data position does not match the data source", dir.display()),
+            _ => bail!(
+                "{}: saved data position does not match the data source",
+                dir.display()
+            ),
         }
         self.position = state.position;
         Ok(())
@@ -380,6 +397,9 @@ fn shard_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("shard_{i:05}.safetensors"))
 }
 
+/// (shard index, row within it).
+type ShardRow = (usize, usize);
+
 struct CacheReader {
     dir: PathBuf,
     meta: CacheMeta,
@@ -389,9 +409,16 @@ struct CacheReader {
 impl CacheReader {
     fn open(dir: &Path) -> anyhow::Result<Self> {
         let meta: CacheMeta = read_json(&dir.join(CACHE_META)).with_context(|| {
-            format!("{} is not an activation cache (run `attn-saes harvest`)", dir.display())
+            format!(
+                "{} is not an activation cache (run `attn-saes harvest`)",
+                dir.display()
+            )
         })?;
-        ensure!(!meta.shard_rows.is_empty(), "{}: the cache has no shards", dir.display());
+        ensure!(
+            !meta.shard_rows.is_empty(),
+            "{}: the cache has no shards",
+            dir.display()
+        );
         Ok(Self {
             dir: dir.to_path_buf(),
             meta,
@@ -406,15 +433,26 @@ impl CacheReader {
         shard: usize,
         row: usize,
         max_rows: usize,
-    ) -> anyhow::Result<(Vec<f32>, Option<(usize, usize)>)> {
+    ) -> anyhow::Result<(Vec<f32>, Option<ShardRow>)> {
         let row_len = self.meta.n_heads * self.meta.d_head;
         if self.loaded.as_ref().map(|(i, _)| *i) != Some(shard) {
             let path = shard_path(&self.dir, shard);
             let file = WeightFile::open(&path)?;
-            let rows = file.read_shaped("hook_z", &[self.meta.shard_rows[shard], self.meta.n_heads, self.meta.d_head])?;
+            let rows = file.read_shaped(
+                "hook_z",
+                &[
+                    self.meta.shard_rows[shard],
+                    self.meta.n_heads,
+                    self.meta.d_head,
+                ],
+            )?;
             self.loaded = Some((shard, rows.data));
         }
-        let data = &self.loaded.as_ref().map(|(_, d)| d).context("shard not loaded")?;
+        let data = &self
+            .loaded
+            .as_ref()
+            .map(|(_, d)| d)
+            .context("shard not loaded")?;
         let total = self.meta.shard_rows[shard];
         let end = (row + max_rows).min(total);
         let values = data[row * row_len..end * row_len].to_vec();
@@ -455,7 +493,11 @@ pub fn write_cache(
         let i = meta.shard_rows.len();
         write_safetensors(
             &shard_path(dir, i),
-            &[NamedArray::new("hook_z", vec![rows, meta.n_heads, meta.d_head], shard)],
+            &[NamedArray::new(
+                "hook_z",
+                vec![rows, meta.n_heads, meta.d_head],
+                shard,
+            )],
             None,
         )?;
         meta.shard_rows.push(rows);

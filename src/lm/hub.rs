@@ -91,7 +91,10 @@ pub fn resolve(reference: &str) -> Result<PathBuf, LoadError> {
         return Ok(dir);
     }
     if offline() {
-        return Err(not_found(repo, "HF_HUB_OFFLINE is set and it is not in the cache"));
+        return Err(not_found(
+            repo,
+            "HF_HUB_OFFLINE is set and it is not in the cache",
+        ));
     }
     download(repo)
 }
@@ -151,11 +154,17 @@ pub fn resolve_tokenizer(reference: &str) -> Result<PathBuf, LoadError> {
             })
         };
     }
-    if let Some(p) = hf_cache().model(reference.to_string()).get("tokenizer.json") {
+    if let Some(p) = hf_cache()
+        .model(reference.to_string())
+        .get("tokenizer.json")
+    {
         return Ok(p);
     }
     if offline() {
-        return Err(not_found(reference, "HF_HUB_OFFLINE is set and it is not in the cache"));
+        return Err(not_found(
+            reference,
+            "HF_HUB_OFFLINE is set and it is not in the cache",
+        ));
     }
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
@@ -212,7 +221,11 @@ mod tests {
         assert_eq!(cached_snapshot(&cache, "org/tiny"), Some(snap.clone()));
         assert_eq!(cached_snapshot(&cache, "org/other"), None);
         std::fs::remove_file(snap.join("model.safetensors")).unwrap();
-        assert_eq!(cached_snapshot(&cache, "org/tiny"), None, "config without weights");
+        assert_eq!(
+            cached_snapshot(&cache, "org/tiny"),
+            None,
+            "config without weights"
+        );
         std::fs::remove_dir_all(root).unwrap();
     }
 }

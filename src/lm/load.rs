@@ -15,10 +15,13 @@ type Json = std::collections::BTreeMap<String, serde_json::Value>;
 fn cfg_usize(cfg: &Json, path: &Path, keys: &[&str]) -> Result<usize, LoadError> {
     for key in keys {
         if let Some(v) = cfg.get(*key) {
-            return v.as_u64().map(|v| v as usize).ok_or_else(|| LoadError::Config {
-                path: path.to_path_buf(),
-                message: format!("'{key}' should be a non-negative integer, found {v}"),
-            });
+            return v
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| LoadError::Config {
+                    path: path.to_path_buf(),
+                    message: format!("'{key}' should be a non-negative integer, found {v}"),
+                });
         }
     }
     Err(LoadError::Config {
@@ -47,7 +50,11 @@ fn z_fold(
 ) -> Tensor<2> {
     let mut fold = Tensor::<1>::zeros([n_heads * d_head], device);
     if let Some(b) = ln_b {
-        fold = fold + b.clone().unsqueeze::<2>().matmul(w_v).reshape([n_heads * d_head]);
+        fold = fold
+            + b.clone()
+                .unsqueeze::<2>()
+                .matmul(w_v)
+                .reshape([n_heads * d_head]);
     }
     if let Some(b_v) = b_v {
         fold = fold + b_v;
@@ -58,11 +65,7 @@ fn z_fold(
 /// GPT-2 family from a Hugging Face directory: `config.json` + `model.safetensors`.
 /// Accepts the hub layout (no prefix, `attn.bias` buffers) and `save_pretrained`'s
 /// (`transformer.` prefix, no buffers).
-pub fn gpt2_from_hf(
-    dir: &Path,
-    name: &str,
-    device: &Device,
-) -> Result<Transformer, LoadError> {
+pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transformer, LoadError> {
     let cfg_path = dir.join("config.json");
     let cfg = read_json_config(&cfg_path)?;
     let n_layers = cfg_usize(&cfg, &cfg_path, &["n_layer", "num_hidden_layers"])?;
@@ -139,7 +142,7 @@ pub fn gpt2_from_hf(
         let fold = z_fold(
             Some(&ln1_b),
             w_qkv.clone().slice([0..d_model, 2 * d_model..3 * d_model]),
-            Some(b_qkv.clone().slice([2 * d_model..3 * d_model])),
+            Some(b_qkv.clone().slice(2 * d_model..3 * d_model)),
             n_heads,
             d_head,
             device,
@@ -221,7 +224,11 @@ pub fn tl_from_pth(
     let activation = match cfg_str(&cfg, "act_fn").unwrap_or("gelu") {
         "gelu" => Activation::Gelu,
         "gelu_new" => Activation::GeluNew,
-        other => return Err(bad(format!("act_fn '{other}' is not supported (gelu, gelu_new)"))),
+        other => {
+            return Err(bad(format!(
+                "act_fn '{other}' is not supported (gelu, gelu_new)"
+            )));
+        }
     };
     // TransformerLens configs say `normalization_type`, Neel's training configs `normalization`.
     match cfg_str(&cfg, "normalization_type").or_else(|| cfg_str(&cfg, "normalization")) {
@@ -236,7 +243,9 @@ pub fn tl_from_pth(
         return Err(bad("attention-only models are not supported".into()));
     }
     if cfg.get("shortformer_pos").and_then(|v| v.as_bool()) == Some(true) {
-        return Err(bad("shortformer positional embeddings are not supported".into()));
+        return Err(bad(
+            "shortformer positional embeddings are not supported".into()
+        ));
     }
     let config = TransformerConfig {
         name: name.to_string(),
@@ -270,7 +279,9 @@ pub fn tl_from_pth(
             .reshape([d_model, hd]))
     };
     let b_heads = |n: &str| -> Result<Tensor<1>, LoadError> {
-        Ok(file.tensor::<2>(n, [n_heads, d_head], device)?.reshape([hd]))
+        Ok(file
+            .tensor::<2>(n, [n_heads, d_head], device)?
+            .reshape([hd]))
     };
     let eps = config.norm_eps;
     let mut blocks = Vec::with_capacity(n_layers);
@@ -362,8 +373,10 @@ pub(crate) fn transpose(a: &HostArray) -> HostArray {
 
 /// Llama-family weights in Hugging Face naming and layout (`[out, in]` matrices,
 /// half-split rotary q/k), whatever file they came from.
+type ReadWeight<'a> = Box<dyn Fn(&str, &[usize]) -> Result<HostArray, LoadError> + 'a>;
+
 struct LlamaSource<'a> {
-    get: Box<dyn Fn(&str, &[usize]) -> Result<HostArray, LoadError> + 'a>,
+    get: ReadWeight<'a>,
 }
 
 fn build_llama(
@@ -560,7 +573,11 @@ pub fn llama_from_gguf(
         rope_theta: Some(gguf.get_f64(&key("rope.freq_base")).unwrap_or(10000.0)),
         bos_token_id: gguf.bos_token_id(),
     };
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || d_head % 2 != 0 {
+    if n_heads == 0
+        || n_kv_heads == 0
+        || !n_heads.is_multiple_of(n_kv_heads)
+        || !d_head.is_multiple_of(2)
+    {
         return Err(LoadError::Config {
             path: path.to_path_buf(),
             message: format!(
@@ -595,7 +612,11 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
     let cfg = read_json_config(&cfg_path)?;
     let d_model = cfg_usize(&cfg, &cfg_path, &["hidden_size"])?;
     let n_heads = cfg_usize(&cfg, &cfg_path, &["num_attention_heads"])?;
-    let n_kv_heads = cfg_usize(&cfg, &cfg_path, &["num_key_value_heads", "num_attention_heads"])?;
+    let n_kv_heads = cfg_usize(
+        &cfg,
+        &cfg_path,
+        &["num_key_value_heads", "num_attention_heads"],
+    )?;
     let d_head = cfg_usize(&cfg, &cfg_path, &["head_dim"]).unwrap_or(d_model / n_heads.max(1));
     if cfg.get("rope_scaling").is_some_and(|v| !v.is_null()) {
         return Err(LoadError::Config {
@@ -617,7 +638,10 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
         norm_eps: cfg_f64(&cfg, "rms_norm_eps", 1e-5),
         activation: Activation::Silu,
         rope_theta: Some(cfg_f64(&cfg, "rope_theta", 10000.0)),
-        bos_token_id: cfg.get("bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
+        bos_token_id: cfg
+            .get("bos_token_id")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as u32),
     };
     let tied = cfg
         .get("tie_word_embeddings")
@@ -643,7 +667,10 @@ pub fn random(config: TransformerConfig, seed: u64, device: &Device) -> Transfor
     let mut rng = crate::rng::Rng::new(seed);
     let mut normal = |shape: &[usize]| -> HostArray {
         let n = shape.iter().product();
-        HostArray::new(shape.to_vec(), (0..n).map(|_| (rng.normal() * 0.02) as f32).collect())
+        HostArray::new(
+            shape.to_vec(),
+            (0..n).map(|_| (rng.normal() * 0.02) as f32).collect(),
+        )
     };
     let (d, h, hkv, dh, d_mlp, v) = (
         config.d_model,
@@ -697,7 +724,12 @@ pub fn random(config: TransformerConfig, seed: u64, device: &Device) -> Transfor
         .collect();
     let w_e: Tensor<2> = normal(&[v, d]).into_tensor(device);
     let positions = if llama {
-        super::transformer::rotary_tables(config.n_ctx, dh, config.rope_theta.unwrap_or(1e4), device)
+        super::transformer::rotary_tables(
+            config.n_ctx,
+            dh,
+            config.rope_theta.unwrap_or(1e4),
+            device,
+        )
     } else {
         Positions::Learned(normal(&[config.n_ctx, d]).into_tensor(device))
     };

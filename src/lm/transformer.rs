@@ -63,9 +63,17 @@ pub enum ZConvention {
     Raw,
 }
 
+#[allow(clippy::large_enum_variant)] // held once per layer
 pub(crate) enum Norm {
-    Layer { w: Tensor<1>, b: Tensor<1>, eps: f64 },
-    Rms { w: Tensor<1>, eps: f64 },
+    Layer {
+        w: Tensor<1>,
+        b: Tensor<1>,
+        eps: f64,
+    },
+    Rms {
+        w: Tensor<1>,
+        eps: f64,
+    },
 }
 
 impl Norm {
@@ -98,6 +106,7 @@ pub(crate) struct Attention {
     pub z_fold: Option<Tensor<2>>,
 }
 
+#[allow(clippy::large_enum_variant)] // held once per layer
 pub(crate) enum Mlp {
     Gelu {
         w_in: Tensor<2>,
@@ -107,7 +116,10 @@ pub(crate) enum Mlp {
         approximate: bool,
     },
     /// `down(silu(gate x) * up x)`, gate and up fused: [d_model, 2 d_mlp].
-    SwiGlu { w_gate_up: Tensor<2>, w_down: Tensor<2> },
+    SwiGlu {
+        w_gate_up: Tensor<2>,
+        w_down: Tensor<2>,
+    },
 }
 
 impl Mlp {
@@ -143,6 +155,7 @@ pub(crate) struct Block {
     pub mlp: Mlp,
 }
 
+#[allow(clippy::large_enum_variant)] // held once per layer
 pub(crate) enum Positions {
     /// [n_ctx, d_model]
     Learned(Tensor<2>),
@@ -292,7 +305,11 @@ impl Transformer {
         let pos = batch.first().map_or(0, Vec::len);
         let mut flat = Vec::with_capacity(batch.len() * pos);
         for seq in batch {
-            assert_eq!(seq.len(), pos, "all sequences in a batch must have one length");
+            assert_eq!(
+                seq.len(),
+                pos,
+                "all sequences in a batch must have one length"
+            );
             for &t in seq {
                 if t as usize >= self.config.d_vocab {
                     return Err(ForwardError::Token {
@@ -341,12 +358,13 @@ impl Transformer {
             .select(0, tokens.clone().reshape([batch * pos]))
             .reshape([batch, pos, cfg.d_model]);
         if let Positions::Learned(w_pos) = &self.positions {
-            x = x + w_pos.clone().slice([0..pos, 0..cfg.d_model]).unsqueeze::<3>();
+            x = x + w_pos
+                .clone()
+                .slice([0..pos, 0..cfg.d_model])
+                .unsqueeze::<3>();
         }
         // [pos, pos]: true above the diagonal (future positions).
-        let future: Tensor<2, Bool> = Tensor::<2>::ones([pos, pos], &self.device)
-            .triu(1)
-            .bool();
+        let future: Tensor<2, Bool> = Tensor::<2>::ones([pos, pos], &self.device).triu(1).bool();
 
         let mut cache = HookCache::default();
         for (layer, block) in self.blocks.iter().enumerate().take(last_layer + 1) {
@@ -357,11 +375,9 @@ impl Transformer {
             }
             // z: [batch, pos, n_heads, d_head], raw convention.
             let fold = match hooks.z_convention {
-                ZConvention::TransformerLens => block
-                    .attn
-                    .z_fold
-                    .clone()
-                    .map(|f| f.unsqueeze::<4>()),
+                ZConvention::TransformerLens => {
+                    block.attn.z_fold.clone().map(|f| f.unsqueeze::<4>())
+                }
                 ZConvention::Raw => None,
             };
             let hooked = match &fold {
@@ -440,10 +456,7 @@ impl Transformer {
             Positions::Rotary { cos, sin } => {
                 let cos = cos.clone().slice([0..pos, 0..dh]).unsqueeze::<4>();
                 let sin = sin.clone().slice([0..pos, 0..dh]).unsqueeze::<4>();
-                (
-                    rotate(q, cos.clone(), sin.clone()),
-                    rotate(k, cos, sin),
-                )
+                (rotate(q, cos.clone(), sin.clone()), rotate(k, cos, sin))
             }
             Positions::Learned(_) => (q, k),
         };
@@ -454,10 +467,7 @@ impl Transformer {
         };
         // [batch, h, dest, src]
         let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
-        let mask = future
-            .clone()
-            .unsqueeze::<4>()
-            .expand([batch, h, pos, pos]);
+        let mask = future.clone().unsqueeze::<4>().expand([batch, h, pos, pos]);
         let pattern = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
         // [batch, h, pos, dh] -> [batch, pos, h, dh]
         let z = pattern.clone().matmul(v).swap_dims(1, 2);
@@ -549,5 +559,45 @@ pub(crate) fn rotary_tables(n_ctx: usize, d_head: usize, theta: f64, device: &De
     Positions::Rotary {
         cos: Tensor::from_data(TensorData::new(cos, [n_ctx, d_head]), device),
         sin: Tensor::from_data(TensorData::new(sin, [n_ctx, d_head]), device),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Harvesting an early layer must not run later layers: poison block 1 with NaNs and
+    /// check that hook_z of layer 0 stays finite and unchanged, while logits turn NaN.
+    #[test]
+    fn stops_after_the_last_hooked_layer() {
+        let device = Device::flex();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2_tiny");
+        let mut model = crate::lm::load_from_path(&dir, "t", &device)
+            .unwrap()
+            .transformer;
+        let tokens = model.tokens(&[vec![399, 5, 17, 42, 7]]).unwrap();
+        let clean = model
+            .run(tokens.clone(), &HookRequest::hook_z(&[0]), None)
+            .unwrap()
+            .hook_z[&0]
+            .clone();
+        let block = &mut model.blocks[1];
+        block.attn.w_qkv = block.attn.w_qkv.clone().mul_scalar(f32::NAN);
+        let z = model
+            .run(tokens.clone(), &HookRequest::hook_z(&[0]), None)
+            .unwrap()
+            .hook_z[&0]
+            .clone();
+        let diff: f32 = (z - clean).abs().max().into_scalar();
+        assert_eq!(diff, 0.0, "layer 0 hook_z unchanged and finite");
+        let logits = model
+            .run(tokens, &HookRequest::logits(), None)
+            .unwrap()
+            .logits
+            .unwrap();
+        assert!(
+            logits.is_nan().any().into_scalar::<bool>(),
+            "the full forward does reach block 1"
+        );
     }
 }

@@ -33,7 +33,9 @@ pub enum LoadError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    #[error("{path}: tensor '{tensor}' has dtype {dtype}, which is not supported (use F32, F16 or BF16)")]
+    #[error(
+        "{path}: tensor '{tensor}' has dtype {dtype}, which is not supported (use F32, F16 or BF16)"
+    )]
     Dtype {
         path: PathBuf,
         tensor: String,

@@ -25,7 +25,6 @@ pub struct HookInfo {
     pub dataset_path: String,
 }
 
-
 fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(data, shape), device)
 }
@@ -117,7 +116,11 @@ impl BlockDiagSae {
             None,
         )?;
         if let Some(density) = log10_density {
-            ensure!(density.len() == d_sae, "sparsity has {} entries, expected {d_sae}", density.len());
+            ensure!(
+                density.len() == d_sae,
+                "sparsity has {} entries, expected {d_sae}",
+                density.len()
+            );
             write_safetensors(
                 &dir.join("sparsity.safetensors"),
                 &[NamedArray::new("sparsity", vec![d_sae], density.to_vec())],
@@ -195,11 +198,14 @@ impl BlockDiagSae {
                 cfg_path.display()
             );
         }
-        let arch_name = cfg.get("architecture").and_then(|v| v.as_str()).unwrap_or("standard");
-        let k = cfg
-            .get("k")
-            .and_then(|v| v.as_u64())
-            .or_else(|| cfg.pointer("/activation_fn_kwargs/k").and_then(|v| v.as_u64()));
+        let arch_name = cfg
+            .get("architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or("standard");
+        let k = cfg.get("k").and_then(|v| v.as_u64()).or_else(|| {
+            cfg.pointer("/activation_fn_kwargs/k")
+                .and_then(|v| v.as_u64())
+        });
         let architecture = match (arch_name, k) {
             ("standard", _) => Architecture::Relu,
             ("topk", Some(k)) | ("batchtopk", Some(k)) => Architecture::TopK { k: k as usize },
@@ -273,17 +279,27 @@ impl BlockDiagSae {
             "{}: no 'enc_blocks.0.weight' tensor: not a seed-format SAE",
             path.display()
         );
-        let first = file.read(&"enc_blocks.0.weight".to_string())?;
-        ensure!(first.shape.len() == 2, "{}: enc_blocks.0.weight is not a matrix", path.display());
+        let first = file.read("enc_blocks.0.weight")?;
+        ensure!(
+            first.shape.len() == 2,
+            "{}: enc_blocks.0.weight is not a matrix",
+            path.display()
+        );
         let (m, d) = (first.shape[0], first.shape[1]);
         let (mut enc, mut b_enc, mut dec, mut b_dec) = (vec![], vec![], vec![], vec![]);
         for h in 0..n_heads {
             let we = file.read_shaped(&format!("enc_blocks.{h}.weight"), &[m, d])?;
             enc.extend(crate::lm::load::transpose(&we).data); // [d, m]
-            b_enc.extend(file.read_shaped(&format!("enc_blocks.{h}.bias"), &[m])?.data);
+            b_enc.extend(
+                file.read_shaped(&format!("enc_blocks.{h}.bias"), &[m])?
+                    .data,
+            );
             let wd = file.read_shaped(&format!("dec_blocks.{h}.weight"), &[d, m])?;
             dec.extend(crate::lm::load::transpose(&wd).data); // [m, d]
-            b_dec.extend(file.read_shaped(&format!("dec_blocks.{h}.bias"), &[d])?.data);
+            b_dec.extend(
+                file.read_shaped(&format!("dec_blocks.{h}.bias"), &[d])?
+                    .data,
+            );
         }
         Ok(Self {
             config: SaeConfig {
@@ -302,7 +318,13 @@ impl BlockDiagSae {
 }
 
 /// True when every entry outside the `n_heads` diagonal blocks is zero.
-fn is_block_diagonal(w_enc: &[f32], w_dec: &[f32], d_in: usize, d_sae: usize, n_heads: usize) -> bool {
+fn is_block_diagonal(
+    w_enc: &[f32],
+    w_dec: &[f32],
+    d_in: usize,
+    d_sae: usize,
+    n_heads: usize,
+) -> bool {
     let (d, m) = (d_in / n_heads, d_sae / n_heads);
     let enc_ok = (0..d_in).all(|r| {
         let head = r / d;

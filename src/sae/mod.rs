@@ -32,7 +32,17 @@ impl Architecture {
 }
 
 /// How inputs are scaled before the SAE sees them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Normalization {
     /// Raw hook_z.
@@ -63,7 +73,8 @@ impl SaeConfig {
         self.n_heads * self.features_per_head
     }
     pub fn n_params(&self) -> usize {
-        self.n_heads * (2 * self.d_head * self.features_per_head + self.features_per_head + self.d_head)
+        self.n_heads
+            * (2 * self.d_head * self.features_per_head + self.features_per_head + self.d_head)
     }
 }
 
@@ -132,13 +143,19 @@ impl BlockDiagSae {
     pub fn forward(&self, x: Tensor<3>) -> SaeOutput {
         let pre = x.matmul(self.w_enc.clone()) + self.b_enc.clone().unsqueeze_dim::<3>(1);
         let feats = activate(pre.clone(), self.config.architecture);
-        let recon = feats.clone().matmul(self.w_dec.clone()) + self.b_dec.clone().unsqueeze_dim::<3>(1);
+        let recon =
+            feats.clone().matmul(self.w_dec.clone()) + self.b_dec.clone().unsqueeze_dim::<3>(1);
         SaeOutput { pre, feats, recon }
     }
 
     /// `||W_dec[h][i,:]||`, [H, m].
     pub fn decoder_norms(&self) -> Tensor<2> {
-        self.w_dec.clone().square().sum_dim(2).sqrt().squeeze_dim::<2>(2)
+        self.w_dec
+            .clone()
+            .square()
+            .sum_dim(2)
+            .sqrt()
+            .squeeze_dim::<2>(2)
     }
 
     /// Loss terms for a batch `x` [H, B, d_head] in the SAE's input space.
@@ -148,7 +165,8 @@ impl BlockDiagSae {
         let batch = x.dims()[1] as f64;
         let out = self.forward(x.clone());
         let mse = (out.recon.clone() - x).square().sum() / batch;
-        let sparsity = (out.feats.clone() * self.decoder_norms().unsqueeze_dim::<3>(1)).sum() / batch;
+        let sparsity =
+            (out.feats.clone() * self.decoder_norms().unsqueeze_dim::<3>(1)).sum() / batch;
         let total = match self.config.architecture {
             Architecture::Relu => mse.clone() + sparsity.clone() * l1_coefficient,
             _ => mse.clone(),
@@ -170,10 +188,12 @@ impl BlockDiagSae {
         let device = self.device();
         let norms = self.decoder_norms().clamp_min(1e-12); // [H, m]
         let scale = Tensor::<1>::from_data(TensorData::new(self.input_scale.clone(), [h]), &device);
-        let w_enc = self.w_enc.clone() * norms.clone().unsqueeze_dim::<3>(1)
+        let w_enc = self.w_enc.clone()
+            * norms.clone().unsqueeze_dim::<3>(1)
             * scale.clone().reshape([h, 1, 1]);
         let b_enc = self.b_enc.clone() * norms.clone();
-        let w_dec = self.w_dec.clone() / norms.unsqueeze_dim::<3>(2) / scale.clone().reshape([h, 1, 1]);
+        let w_dec =
+            self.w_dec.clone() / norms.unsqueeze_dim::<3>(2) / scale.clone().reshape([h, 1, 1]);
         let b_dec = self.b_dec.clone() / scale.reshape([h, 1]);
         Self {
             config: self.config.clone(),
@@ -188,14 +208,16 @@ impl BlockDiagSae {
     /// Scales raw hook_z `[B, H, d_head]` into the SAE's input space, `[H, B, d_head]`.
     pub fn scale_input(&self, z: Tensor<3>) -> Tensor<3> {
         let h = self.config.n_heads;
-        let scale = Tensor::<1>::from_data(TensorData::new(self.input_scale.clone(), [h]), &z.device());
+        let scale =
+            Tensor::<1>::from_data(TensorData::new(self.input_scale.clone(), [h]), &z.device());
         z.swap_dims(0, 1) * scale.reshape([h, 1, 1])
     }
 
     /// Reconstructs raw hook_z `[B, H, d_head]` (for splicing into the LM).
     pub fn reconstruct_raw(&self, z: Tensor<3>) -> Tensor<3> {
         let h = self.config.n_heads;
-        let scale = Tensor::<1>::from_data(TensorData::new(self.input_scale.clone(), [h]), &z.device());
+        let scale =
+            Tensor::<1>::from_data(TensorData::new(self.input_scale.clone(), [h]), &z.device());
         let out = self.forward(self.scale_input(z));
         (out.recon / scale.reshape([h, 1, 1])).swap_dims(0, 1)
     }

@@ -76,7 +76,11 @@ pub fn resolve_resume(path: &Path) -> anyhow::Result<PathBuf> {
         if dir.join(STATE_FILE).exists() {
             return Ok(dir);
         }
-        bail!("{} names {}, which is not a complete checkpoint", latest.display(), dir.display());
+        bail!(
+            "{} names {}, which is not a complete checkpoint",
+            latest.display(),
+            dir.display()
+        );
     }
     bail!(
         "{} is neither a checkpoint directory (with {STATE_FILE}) nor a run directory with \

@@ -9,7 +9,17 @@ use crate::device::DeviceChoice;
 use crate::lm::ZConvention;
 use crate::sae::Normalization;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ArchitectureKind {
     /// ReLU + decoder-norm-weighted L1 (the seed's).
@@ -21,7 +31,17 @@ pub enum ArchitectureKind {
     BatchTopk,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LrSchedule {
     #[default]
@@ -29,7 +49,17 @@ pub enum LrSchedule {
     Cosine,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BDecInit {
     #[default]
@@ -114,6 +144,9 @@ pub fn asset_cache() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".cache/attn-saes"))
 }
 
+/// The defaults are the offline demo: SmolLM2-135M layer 15 on Shakespeare, sized to train
+/// in a few minutes on a laptop CPU (400 steps of 512 tokens, a high learning rate).
+/// Long runs want the seed's settings (see README).
 impl Default for TrainConfig {
     fn default() -> Self {
         let cache = asset_cache();
@@ -131,15 +164,15 @@ impl Default for TrainConfig {
             k: 8,
             l1_coefficient: 2.0,
             l1_warmup_steps: None,
-            lr: 4e-4,
+            lr: 4e-3,
             lr_schedule: LrSchedule::Constant,
             lr_warmup_steps: 0,
             lr_decay_steps: 0,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             grad_clip_norm: 1.0,
-            total_training_steps: 1000,
-            batch_size: 1024,
+            total_training_steps: 400,
+            batch_size: 512,
             context_size: 128,
             n_batches_in_buffer: 16,
             windows_per_forward: 8,
@@ -149,10 +182,10 @@ impl Default for TrainConfig {
             drop_bos: true,
             seed: 42,
             log_every: 10,
-            eval_every: 250,
-            eval_windows: 8,
-            checkpoint_every: 500,
-            dead_window_steps: 250,
+            eval_every: 200,
+            eval_windows: 4,
+            checkpoint_every: 200,
+            dead_window_steps: 200,
             dead_threshold: 1e-4,
             out_dir: PathBuf::from("runs/latest"),
             device: DeviceChoice::Auto,
@@ -206,32 +239,53 @@ impl TrainConfig {
 
     /// Checks values that do not depend on the model.
     pub fn validate(&self) -> anyhow::Result<()> {
-        ensure!(self.total_training_steps > 0, "--total-training-steps must be positive");
+        ensure!(
+            self.total_training_steps > 0,
+            "--total-training-steps must be positive"
+        );
         ensure!(self.batch_size > 0, "--batch-size must be positive");
-        ensure!(self.expansion_factor > 0, "--expansion-factor must be positive");
-        ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be positive");
-        ensure!(self.l1_coefficient >= 0.0, "--l1-coefficient must be non-negative");
+        ensure!(
+            self.expansion_factor > 0,
+            "--expansion-factor must be positive"
+        );
+        ensure!(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "--lr must be positive"
+        );
+        ensure!(
+            self.l1_coefficient >= 0.0,
+            "--l1-coefficient must be non-negative"
+        );
         ensure!(
             (0.0..1.0).contains(&self.adam_beta1) && (0.0..1.0).contains(&self.adam_beta2),
             "Adam betas must be in [0, 1)"
         );
         ensure!(self.context_size >= 2, "--context-size must be at least 2");
         ensure!(self.log_every > 0, "--log-every must be positive");
-        if matches!(self.architecture, ArchitectureKind::Topk | ArchitectureKind::BatchTopk) {
+        if matches!(
+            self.architecture,
+            ArchitectureKind::Topk | ArchitectureKind::BatchTopk
+        ) {
             ensure!(self.k > 0, "--k must be positive for TopK architectures");
         }
         Ok(())
     }
 
     /// Heads and features per head for a model with `n_heads` x `d_head`.
-    pub fn sae_shape(&self, n_heads: usize, d_head: usize) -> anyhow::Result<(usize, usize, usize)> {
+    pub fn sae_shape(
+        &self,
+        n_heads: usize,
+        d_head: usize,
+    ) -> anyhow::Result<(usize, usize, usize)> {
         let (h, d) = if self.dense {
             (1, n_heads * d_head)
         } else {
             (n_heads, d_head)
         };
-        let d_sae = self.d_sae.unwrap_or(self.expansion_factor * n_heads * d_head);
-        if d_sae % h != 0 {
+        let d_sae = self
+            .d_sae
+            .unwrap_or(self.expansion_factor * n_heads * d_head);
+        if !d_sae.is_multiple_of(h) {
             bail!(
                 "--d-sae {d_sae} is not divisible by the {h} heads of a block-diagonal SAE; \
                  use a multiple of {h}"
@@ -239,7 +293,11 @@ impl TrainConfig {
         }
         let m = d_sae / h;
         if let ArchitectureKind::Topk | ArchitectureKind::BatchTopk = self.architecture {
-            ensure!(self.k <= m, "--k {} exceeds the {m} features per head", self.k);
+            ensure!(
+                self.k <= m,
+                "--k {} exceeds the {m} features per head",
+                self.k
+            );
         }
         Ok((h, d, m))
     }

@@ -48,9 +48,21 @@ fn host(t: Tensor<1>) -> Vec<f64> {
 /// `x`: [H, B, d_head] in the SAE's input space.
 pub fn batch_stats(x: Tensor<3>, out: &SaeOutput) -> BatchStats {
     let [h, b, _] = x.dims();
-    let l0 = out.feats.clone().greater_elem(0.0).float().sum_dim(2).mean_dim(1); // [H,1,1]
-    let resid = (x.clone() - out.recon.clone()).square().sum_dim(2).sum_dim(1); // [H,1,1]
-    let centered = (x.clone() - x.clone().mean_dim(1)).square().sum_dim(2).sum_dim(1);
+    let l0 = out
+        .feats
+        .clone()
+        .greater_elem(0.0)
+        .float()
+        .sum_dim(2)
+        .mean_dim(1); // [H,1,1]
+    let resid = (x.clone() - out.recon.clone())
+        .square()
+        .sum_dim(2)
+        .sum_dim(1); // [H,1,1]
+    let centered = (x.clone() - x.clone().mean_dim(1))
+        .square()
+        .sum_dim(2)
+        .sum_dim(1);
     let resid = host(resid.reshape([h]));
     let centered = host(centered.reshape([h]));
     let ev_head = resid
@@ -93,7 +105,12 @@ pub struct DeadFeatureTracker {
 }
 
 impl DeadFeatureTracker {
-    pub fn new(n_heads: usize, features_per_head: usize, window_steps: usize, threshold: f64) -> Self {
+    pub fn new(
+        n_heads: usize,
+        features_per_head: usize,
+        window_steps: usize,
+        threshold: f64,
+    ) -> Self {
         Self {
             n_heads,
             features_per_head,

@@ -52,8 +52,14 @@ pub enum TrainEvent {
     Step(Box<StepMetrics>),
     Eval(Box<EvalMetrics>),
     /// Feature density histogram `(log10 density bin centre, count)` at a window's end.
-    Density { step: usize, histogram: Vec<(f64, usize)> },
-    Checkpoint { step: usize, path: PathBuf },
+    Density {
+        step: usize,
+        histogram: Vec<(f64, usize)>,
+    },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
     Finished(Box<TrainSummary>),
     Failed(String),
 }
@@ -354,7 +360,10 @@ fn train_inner(
 
     // Held-out evaluation windows come first in the corpus; training starts after them.
     let corpus = if config.activation_cache.is_none() || config.eval_every > 0 {
-        Some(Corpus::open(&config.dataset, config.text_column.as_deref())?)
+        Some(Corpus::open(
+            &config.dataset,
+            config.text_column.as_deref(),
+        )?)
     } else {
         None
     };
@@ -406,7 +415,10 @@ fn train_inner(
     let mut rng = Rng::new(config.seed);
     let (mut sae, mut opt, mut state) = match resume {
         Some(dir) => {
-            send(events, TrainEvent::Status(format!("resuming from {}", dir.display())));
+            send(
+                events,
+                TrainEvent::Status(format!("resuming from {}", dir.display())),
+            );
             let sae = BlockDiagSae::load(&dir.join("sae"), device)?;
             if sae.config != sae_config {
                 bail!(
@@ -417,18 +429,30 @@ fn train_inner(
                 );
             }
             let state: TrainerState = read_json(&dir.join(checkpoint::STATE_FILE))?;
-            let opt = SaeOptimizer::load(&sae, &dir.join("optimizer.safetensors"), state.adam_t, device)?;
+            let opt = SaeOptimizer::load(
+                &sae,
+                &dir.join("optimizer.safetensors"),
+                state.adam_t,
+                device,
+            )?;
             store.restore_state(dir)?;
             (sae, opt, state)
         }
         None => {
-            send(events, TrainEvent::Status("harvesting activations and estimating their norm".into()));
+            send(
+                events,
+                TrainEvent::Status("harvesting activations and estimating their norm".into()),
+            );
             let mut sae = BlockDiagSae::init(sae_config.clone(), &mut rng, device);
             let (mean_norm, per_head) = store.mean_norms(config.normalization_batches.max(1))?;
             sae.input_scale = match config.normalization {
                 Normalization::None => vec![1.0; h],
                 Normalization::Global => {
-                    vec![((mc.n_heads * mc.d_head) as f64).sqrt() as f32 / mean_norm.max(1e-12) as f32; h]
+                    vec![
+                        ((mc.n_heads * mc.d_head) as f64).sqrt() as f32
+                            / mean_norm.max(1e-12) as f32;
+                        h
+                    ]
                 }
                 Normalization::PerHead if h == mc.n_heads => per_head
                     .iter()
@@ -497,7 +521,7 @@ fn train_inner(
     let mut window_start = (Instant::now(), state.step);
     let mut last_metrics: Option<StepMetrics> = None;
     let mut last_eval: Option<EvalMetrics> = None;
-    let mut last_checkpoint: Option<PathBuf> = None;
+    let mut last_checkpoint: Option<PathBuf> = resume.map(Path::to_path_buf);
     let mut stopped_early = false;
     let total = config.total_training_steps;
     let save = |sae: &BlockDiagSae,
@@ -536,7 +560,9 @@ fn train_inner(
                      is {}. Try a lower --lr or --l1-coefficient.",
                     last_checkpoint
                         .as_ref()
-                        .map_or("none (none was written yet)".to_string(), |p| p.display().to_string())
+                        .map_or("none (none was written yet)".to_string(), |p| p
+                            .display()
+                            .to_string())
                 );
             }
             let so = crate::sae::SaeOutput {
@@ -566,7 +592,11 @@ fn train_inner(
                 l1_coefficient: l1,
                 steps_per_s,
             };
-            writeln!(metrics_file, "{}", serde_json::to_string(&serde_json::json!({"type": "step", "data": &m}))?)?;
+            writeln!(
+                metrics_file,
+                "{}",
+                serde_json::to_string(&serde_json::json!({"type": "step", "data": &m}))?
+            )?;
             send(events, TrainEvent::Step(Box::new(m.clone())));
             last_metrics = Some(m);
         }
@@ -584,15 +614,36 @@ fn train_inner(
         if let Some(tokens) = &eval_tokens
             && ((config.eval_every > 0 && done % config.eval_every == 0) || is_last)
         {
-            let e = eval::evaluate(model, &sae, tokens.clone(), config.hook_layer, config.z_convention, config.drop_bos, done)?;
-            writeln!(metrics_file, "{}", serde_json::to_string(&serde_json::json!({"type": "eval", "data": &e}))?)?;
+            let e = eval::evaluate(
+                model,
+                &sae,
+                tokens.clone(),
+                config.hook_layer,
+                config.z_convention,
+                config.drop_bos,
+                done,
+            )?;
+            writeln!(
+                metrics_file,
+                "{}",
+                serde_json::to_string(&serde_json::json!({"type": "eval", "data": &e}))?
+            )?;
             send(events, TrainEvent::Eval(Box::new(e.clone())));
             last_eval = Some(e);
         }
         let stop_now = control.stop.load(Ordering::Relaxed) || control.stop_after == Some(done);
-        if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) || is_last || stop_now {
+        if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0)
+            || is_last
+            || stop_now
+        {
             let path = save(&sae, &opt, &state, &store)?;
-            send(events, TrainEvent::Checkpoint { step: done, path: path.clone() });
+            send(
+                events,
+                TrainEvent::Checkpoint {
+                    step: done,
+                    path: path.clone(),
+                },
+            );
             last_checkpoint = Some(path);
         }
         if stop_now && !is_last {
@@ -607,7 +658,11 @@ fn train_inner(
     let density = dead.density();
     let log_density: Option<Vec<f32>> =
         density.map(|d| d.iter().map(|v| (v + 1e-10).log10() as f32).collect());
-    sae.export_saelens(&config.out_dir.join("saelens"), &hook, log_density.as_deref())?;
+    sae.export_saelens(
+        &config.out_dir.join("saelens"),
+        &hook,
+        log_density.as_deref(),
+    )?;
     let summary = TrainSummary {
         steps: state.step,
         tokens: state.tokens,
@@ -621,4 +676,33 @@ fn train_inner(
     write_json(&config.out_dir.join("summary.json"), &summary)?;
     send(events, TrainEvent::Finished(Box::new(summary.clone())));
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometric_median_resists_outliers() {
+        // Head 0: four points around (1, 1) and one far outlier; head 1: a symmetric cross.
+        let pts: [[f32; 4]; 5] = [
+            [0.9, 1.0, 1.0, 0.0],
+            [1.1, 1.0, -1.0, 0.0],
+            [1.0, 0.9, 0.0, 1.0],
+            [1.0, 1.1, 0.0, -1.0],
+            [100.0, 100.0, 0.0, 0.0],
+        ];
+        let rows: Vec<f32> = pts.iter().flatten().copied().collect();
+        let median = geometric_median(&rows, 2, 2, 200);
+        assert!(
+            (median[0] - 1.0).abs() < 0.05 && (median[1] - 1.0).abs() < 0.05,
+            "{median:?}"
+        );
+        assert!(
+            median[2].abs() < 1e-3 && median[3].abs() < 1e-3,
+            "{median:?}"
+        );
+        let mean0 = pts.iter().map(|p| p[0]).sum::<f32>() / 5.0;
+        assert!(mean0 > 20.0, "the mean is pulled away, the median is not");
+    }
 }

@@ -1,0 +1,162 @@
+//! Bad model files give clear errors that name the file (and tensor), never a panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use attn_saes::files::{NamedArray, write_safetensors};
+use attn_saes::lm::{self, LoadError};
+use burn::prelude::*;
+use common::*;
+
+fn temp_copy(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("attn-saes-loader-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("gpt2_tiny").join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    match lm::load_from_path(dir, "t", &Device::flex()) {
+        Ok(_) => panic!("{} should not load", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Rewrites the fixture's weights with `edit` applied to its arrays.
+fn rewrite(dir: &Path, edit: impl Fn(&mut Vec<NamedArray>)) {
+    let file = attn_saes::lm::weights::WeightFile::open(&dir.join("model.safetensors")).unwrap();
+    let mut arrays: Vec<NamedArray> = file
+        .names()
+        .into_iter()
+        .map(|n| {
+            let a = file.read(&n).unwrap();
+            NamedArray::new(n, a.shape, a.data)
+        })
+        .collect();
+    edit(&mut arrays);
+    write_safetensors(&dir.join("model.safetensors"), &arrays, None).unwrap();
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = temp_copy("trunc");
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+    let msg = load_err(&dir);
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("not a valid safetensors"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn wrong_shape_names_the_tensor() {
+    let dir = temp_copy("shape");
+    rewrite(&dir, |arrays| {
+        let a = arrays
+            .iter_mut()
+            .find(|a| a.name == "h.1.mlp.c_fc.weight")
+            .unwrap();
+        a.shape = vec![a.shape[1], a.shape[0]];
+    });
+    let msg = load_err(&dir);
+    assert!(
+        msg.contains("'h.1.mlp.c_fc.weight' has shape [256, 64], expected [64, 256]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = temp_copy("missing");
+    rewrite(&dir, |arrays| arrays.retain(|a| a.name != "ln_f.bias"));
+    let msg = load_err(&dir);
+    assert!(msg.contains("tensor 'ln_f.bias' is missing"), "{msg}");
+}
+
+#[test]
+fn wrong_dtype_is_named() {
+    let dir = temp_copy("dtype");
+    // Rewrite one tensor as I32 by hand.
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let dtype = if n == "wpe.weight" {
+                safetensors::Dtype::I32
+            } else {
+                v.dtype()
+            };
+            (n.to_string(), dtype, v.shape().to_vec(), v.data().to_vec())
+        })
+        .collect();
+    owned.sort_by(|a, b| a.0.cmp(&b.0));
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("'wpe.weight' has dtype I32"), "{msg}");
+}
+
+#[test]
+fn directory_without_weights() {
+    let dir = temp_copy("noweights");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let msg = load_err(&dir);
+    assert!(
+        msg.contains("no model weights found") && msg.contains("model.safetensors"),
+        "{msg}"
+    );
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let msg = load_err(&empty);
+    assert!(msg.contains("no model weights found"), "{msg}");
+}
+
+#[test]
+fn truncated_pth_and_gguf() {
+    let dir = std::env::temp_dir().join(format!("attn-saes-loader-pth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model_final.pth", "tokenizer.json"] {
+        std::fs::copy(fixture("gelu2l_tiny").join(f), dir.join(f)).unwrap();
+    }
+    let pth = dir.join("model_final.pth");
+    let bytes = std::fs::read(&pth).unwrap();
+    std::fs::write(&pth, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = load_err(&dir);
+    assert!(msg.contains("model_final.pth"), "{msg}");
+
+    let gguf = dir.join("model.gguf");
+    let bytes = std::fs::read(fixture("gguf/types.gguf")).unwrap();
+    std::fs::write(&gguf, &bytes[..100]).unwrap();
+    let msg = load_err(&gguf);
+    assert!(msg.contains("model.gguf"), "{msg}");
+}
+
+#[test]
+fn unknown_reference_says_what_to_do() {
+    let err = lm::load_model("/nonexistent/model/dir", &Device::flex())
+        .err()
+        .unwrap();
+    assert!(matches!(err, LoadError::NotFound { .. }));
+    assert!(
+        err.to_string().contains("neither an existing path"),
+        "{err}"
+    );
+}
