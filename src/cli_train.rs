@@ -222,6 +222,15 @@ pub fn print_summary(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>) {
     println!("{:-<72}", "");
 }
 
+/// Prints a line above the bar, or plainly when the bar is hidden (output not a terminal,
+/// where indicatif's `println` prints nothing).
+fn say(bar: &Option<indicatif::ProgressBar>, line: String) {
+    match bar {
+        Some(b) if !b.is_hidden() => b.println(line),
+        _ => eprintln!("{line}"),
+    }
+}
+
 /// Renders training events in the terminal until the channel closes.
 pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
     use indicatif::{ProgressBar, ProgressStyle};
@@ -241,13 +250,13 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                 config,
                 model,
                 sae,
-                device,
                 start_step,
+                ..
             } => {
                 spinner.finish_and_clear();
                 eprintln!(
                     "training {} SAE on {} layer {} hook_z: {} heads x {} features (d_head {}), \
-                     {} params, {device}",
+                     {} params",
                     if sae.n_heads > 1 {
                         "block-diagonal"
                     } else {
@@ -280,21 +289,16 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                 }
             }
             TrainEvent::Eval(e) => {
-                let line = format!(
-                    "eval @ {}: CE clean {:.4} sae {:.4} zero {:.4} score {:.3}",
-                    e.step, e.ce_clean, e.ce_sae, e.ce_zero, e.ce_score
+                say(
+                    &bar,
+                    format!(
+                        "eval @ {}: CE clean {:.4} sae {:.4} zero {:.4} score {:.3}",
+                        e.step, e.ce_clean, e.ce_sae, e.ce_zero, e.ce_score
+                    ),
                 );
-                match &bar {
-                    Some(b) => b.println(line),
-                    None => eprintln!("{line}"),
-                }
             }
             TrainEvent::Checkpoint { step, path } => {
-                let line = format!("checkpoint @ {step}: {}", path.display());
-                match &bar {
-                    Some(b) => b.println(line),
-                    None => eprintln!("{line}"),
-                }
+                say(&bar, format!("checkpoint @ {step}: {}", path.display()));
             }
             TrainEvent::Density { .. } => {}
             TrainEvent::Finished(s) => {

@@ -102,7 +102,6 @@ fn edited_copy(
 /// config.json has no top-level `rope_theta`); older versions write top-level `rope_theta`.
 /// Both must be read, not defaulted to 10000 (SmolLM2 uses 1e5, Llama 3 5e5).
 #[test]
-#[ignore = "llama_from_hf reads only top-level rope_theta (defaults to 10000); see report"]
 fn rope_theta_is_read_from_rope_parameters() {
     let dir = edited_copy("rope-params", |cfg| {
         cfg["rope_parameters"]["rope_theta"] = serde_json::json!(500000.0);
@@ -132,7 +131,6 @@ fn legacy_top_level_rope_theta_is_read() {
 /// A rotary scaling the loader does not implement (here transformers 5's spelling of Llama
 /// 3.1's) must be refused rather than silently ignored.
 #[test]
-#[ignore = "llama_from_hf checks only legacy rope_scaling, not rope_parameters.rope_type; see report"]
 fn unsupported_rope_type_is_refused() {
     let dir = edited_copy("rope-type", |cfg| {
         cfg["rope_parameters"] = serde_json::json!({

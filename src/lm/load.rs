@@ -618,12 +618,35 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
         &["num_key_value_heads", "num_attention_heads"],
     )?;
     let d_head = cfg_usize(&cfg, &cfg_path, &["head_dim"]).unwrap_or(d_model / n_heads.max(1));
-    if cfg.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+    // transformers < 5 writes `rope_theta` / `rope_scaling` at the top level; 5.x nests them
+    // in `rope_parameters` (`rope_type: "default"` for plain rotary).
+    let rope = cfg.get("rope_parameters");
+    let rope_type = rope
+        .and_then(|r| r.get("rope_type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    if cfg.get("rope_scaling").is_some_and(|v| !v.is_null()) || rope_type != "default" {
         return Err(LoadError::Config {
             path: cfg_path,
-            message: "rope_scaling is not supported".into(),
+            message: format!(
+                "rope scaling is not supported (rope_scaling set, or rope_parameters.rope_type \
+                 '{rope_type}'); only plain rotary"
+            ),
         });
     }
+    for key in ["attention_bias", "mlp_bias"] {
+        if cfg.get(key).and_then(|v| v.as_bool()) == Some(true) {
+            return Err(LoadError::Config {
+                path: cfg_path,
+                message: format!("{key} = true is not supported (Llama without biases only)"),
+            });
+        }
+    }
+    let rope_theta = cfg
+        .get("rope_theta")
+        .or_else(|| rope.and_then(|r| r.get("rope_theta")))
+        .and_then(|v| v.as_f64())
+        .unwrap_or(10000.0);
     let config = TransformerConfig {
         name: name.to_string(),
         family: Family::Llama,
@@ -637,7 +660,7 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
         n_ctx: cfg_usize(&cfg, &cfg_path, &["max_position_embeddings"])?,
         norm_eps: cfg_f64(&cfg, "rms_norm_eps", 1e-5),
         activation: Activation::Silu,
-        rope_theta: Some(cfg_f64(&cfg, "rope_theta", 10000.0)),
+        rope_theta: Some(rope_theta),
         bos_token_id: cfg
             .get("bos_token_id")
             .and_then(|v| v.as_u64())
