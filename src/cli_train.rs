@@ -323,12 +323,12 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                     println!("checkpoint: {}", c.display());
                 }
             }
-            TrainEvent::Failed(msg) => {
+            TrainEvent::Failed(_) => {
+                // The error itself is printed once, by the caller that receives it.
                 if let Some(b) = &bar {
                     b.abandon();
                 }
                 spinner.finish_and_clear();
-                eprintln!("training failed: {msg}");
             }
         }
     }

@@ -43,17 +43,13 @@ pub fn top_features(
 ) -> anyhow::Result<Vec<FeatureReport>> {
     let model = &loaded.transformer;
     let mc = &model.config;
-    let ws: Vec<Vec<u32>> = ContextWindows::new(
+    let (ws, _) = ContextWindows::first(
         corpus,
         &loaded.tokenizer,
         context_size,
         mc.bos_token_id,
-        Default::default(),
-        false,
-    )?
-    .take(windows)
-    .map(|w| w.map(|(w, _)| w))
-    .collect::<Result<_, _>>()?;
+        windows,
+    )?;
     anyhow::ensure!(!ws.is_empty(), "the dataset gave no context windows");
     let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
     let t = ws[0].len();

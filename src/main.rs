@@ -159,10 +159,7 @@ fn main() -> anyhow::Result<()> {
             layer,
             no_bos,
         } => {
-            let selected = device::select(cli.device)?;
-            eprintln!("{}", selected.description);
-            let loaded = lm::load_model(&model, &selected.device)
-                .with_context(|| format!("loading model '{model}'"))?;
+            let (_, loaded) = open_model(cli.device, &model)?;
             let cfg = &loaded.transformer.config;
             let enc = loaded
                 .tokenizer
@@ -280,11 +277,8 @@ fn main() -> anyhow::Result<()> {
                     )
                     .join("config.toml"),
             )?;
-            let selected = device::select(cli.device)?;
-            eprintln!("{}", selected.description);
+            let (selected, loaded) = open_model(cli.device, &config.model)?;
             let sae = BlockDiagSae::load(&run.join("sae"), &selected.device)?;
-            let loaded = lm::load_model(&config.model, &selected.device)
-                .with_context(|| format!("loading model '{}'", config.model))?;
             let corpus = attn_saes::data::corpus::Corpus::open(
                 &config.dataset,
                 config.text_column.as_deref(),
@@ -322,26 +316,19 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Evaluate { sae, args } => {
             let config = args.resolve(cli.device)?;
-            let selected = device::select(cli.device)?;
-            eprintln!("{}", selected.description);
+            let (selected, loaded) = open_model(cli.device, &config.model)?;
             let sae = BlockDiagSae::load(&sae, &selected.device)?;
-            let loaded = lm::load_model(&config.model, &selected.device)
-                .with_context(|| format!("loading model '{}'", config.model))?;
             let corpus = attn_saes::data::corpus::Corpus::open(
                 &config.dataset,
                 config.text_column.as_deref(),
             )?;
-            let windows: Vec<Vec<u32>> = attn_saes::data::windows::ContextWindows::new(
+            let (windows, _) = attn_saes::data::windows::ContextWindows::first(
                 &corpus,
                 &loaded.tokenizer,
                 config.context_size,
                 loaded.transformer.config.bos_token_id,
-                Default::default(),
-                false,
-            )?
-            .take(config.eval_windows)
-            .map(|w| w.map(|(w, _)| w))
-            .collect::<Result<_, _>>()?;
+                config.eval_windows,
+            )?;
             anyhow::ensure!(!windows.is_empty(), "the dataset gave no context windows");
             let tokens = loaded.transformer.tokens(&windows)?;
             let e = train::eval::evaluate(
@@ -357,6 +344,18 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Selects the device (saying which) and loads a model on it.
+fn open_model(
+    choice: DeviceChoice,
+    model: &str,
+) -> anyhow::Result<(device::SelectedDevice, lm::LoadedModel)> {
+    let selected = device::select(choice)?;
+    eprintln!("{}", selected.description);
+    let loaded = lm::load_model(model, &selected.device)
+        .with_context(|| format!("loading model '{model}'"))?;
+    Ok((selected, loaded))
 }
 
 fn hook_info(cfg: &train::TrainConfig) -> HookInfo {
@@ -412,11 +411,8 @@ fn run_train(args: TrainArgs, choice: DeviceChoice) -> anyhow::Result<()> {
     config.device = choice;
     config.validate()?;
     check_demo_assets(&config)?;
-    let selected = device::select(choice)?;
-    eprintln!("{}", selected.description);
     eprintln!("loading model {}", config.model);
-    let loaded = lm::load_model(&config.model, &selected.device)
-        .with_context(|| format!("loading model '{}'", config.model))?;
+    let (selected, loaded) = open_model(choice, &config.model)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let renderer = std::thread::spawn(move || render_headless(rx));
     let control = RunControl {
@@ -447,10 +443,7 @@ fn run_harvest(
     use attn_saes::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
     let config = args.resolve(choice)?;
     check_demo_assets(&config)?;
-    let selected = device::select(choice)?;
-    eprintln!("{}", selected.description);
-    let loaded = lm::load_model(&config.model, &selected.device)
-        .with_context(|| format!("loading model '{}'", config.model))?;
+    let (selected, loaded) = open_model(choice, &config.model)?;
     let corpus =
         attn_saes::data::corpus::Corpus::open(&config.dataset, config.text_column.as_deref())?;
     let mc = &loaded.transformer.config;

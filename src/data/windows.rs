@@ -173,6 +173,25 @@ impl<E: TextEncoder> ContextWindows<E> {
         })
     }
 
+    /// The first `n` windows of `corpus` (fewer if it is shorter) and the position after
+    /// them: held-out evaluation windows, or a sample to inspect.
+    pub fn first(
+        corpus: &Corpus,
+        encoder: E,
+        context_size: usize,
+        bos: Option<u32>,
+        n: usize,
+    ) -> Result<(Vec<Vec<u32>>, WindowsPosition), WindowsError> {
+        let mut windows = Vec::with_capacity(n);
+        let mut end = WindowsPosition::default();
+        for item in Self::new(corpus, encoder, context_size, bos, end, false)?.take(n) {
+            let (window, pos) = item?;
+            windows.push(window);
+            end = pos;
+        }
+        Ok((windows, end))
+    }
+
     /// The position to resume from to continue after the last yielded window.
     pub fn resume_position(&self) -> WindowsPosition {
         if self.offset >= self.tokens.len() {

@@ -367,28 +367,16 @@ fn train_inner(
     } else {
         None
     };
-    let mut eval_windows: Vec<Vec<u32>> = Vec::new();
-    let mut train_start = Default::default();
-    if let Some(corpus) = &corpus {
-        let mut windows = ContextWindows::new(
+    let (eval_windows, train_start) = match &corpus {
+        Some(corpus) => ContextWindows::first(
             corpus,
             &loaded.tokenizer,
             config.context_size,
             mc.bos_token_id,
-            Default::default(),
-            false,
-        )?;
-        for _ in 0..config.eval_windows {
-            match windows.next() {
-                Some(item) => {
-                    let (w, pos) = item?;
-                    eval_windows.push(w);
-                    train_start = pos;
-                }
-                None => break,
-            }
-        }
-    }
+            config.eval_windows,
+        )?,
+        None => Default::default(),
+    };
     let store_config = StoreConfig {
         hook_layer: config.hook_layer,
         context_size: config.context_size,
