@@ -48,8 +48,11 @@ pub struct TrainArgs {
     pub architecture: Option<ArchitectureKind>,
     #[arg(long)]
     pub k: Option<usize>,
+    /// Sparsity coefficient (L1 for relu, L0 for jumprelu).
     #[arg(long)]
     pub l1_coefficient: Option<f64>,
+    #[arg(long)]
+    pub jumprelu_bandwidth: Option<f64>,
     #[arg(long)]
     pub l1_warmup_steps: Option<usize>,
     #[arg(long)]
@@ -131,6 +134,7 @@ impl TrainArgs {
             architecture,
             k,
             l1_coefficient,
+            jumprelu_bandwidth,
             lr,
             lr_schedule,
             lr_warmup_steps,

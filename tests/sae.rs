@@ -41,6 +41,7 @@ fn fixture(arch: Architecture) -> Fixture {
         w_dec: t(reference.get("W_dec"), &device),
         b_dec: t(reference.get("b_dec"), &device),
         input_scale: vec![1.0; h],
+        log_threshold: None,
     };
     let x = t::<3>(reference.get("x"), &device).swap_dims(0, 1);
     Fixture { reference, sae, x }
@@ -212,6 +213,7 @@ fn block_diagonal_equals_dense_zero_padded_sae() {
         w_dec: Tensor::from_data(TensorData::new(dec, [1, h * m, h * d]), &device),
         b_dec: f.sae.b_dec.clone().reshape([1, h * d]),
         input_scale: vec![1.0],
+        log_threshold: None,
     };
     let b = f.x.dims()[1];
     let x_dense =
@@ -350,5 +352,119 @@ fn our_format_and_seed_format_round_trip() {
     assert_eq!(values(seed.w_enc), values(f.sae.w_enc.clone()));
     assert_eq!(values(seed.w_dec), values(f.sae.w_dec.clone()));
     assert_eq!(values(seed.b_enc), values(f.sae.b_enc.clone()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn jumprelu_loss_and_straight_through_gradients_match_pytorch() {
+    let bandwidth = 0.1;
+    let mut f = fixture(Architecture::JumpRelu { bandwidth });
+    let device = Device::flex();
+    let r = &f.reference;
+    f.sae.log_threshold = Some(t(r.get("jumprelu.log_threshold"), &device));
+    let (out, terms) = f.sae.loss(f.x.clone(), 0.3);
+    assert_close(
+        "jumprelu.loss",
+        &values(terms.total),
+        &r.get("jumprelu.loss").data,
+        TOL,
+    );
+    assert_close(
+        "jumprelu.mse",
+        &values(terms.mse),
+        &r.get("jumprelu.mse").data,
+        TOL,
+    );
+    assert_close(
+        "jumprelu.l0",
+        &values(terms.sparsity),
+        &r.get("jumprelu.l0").data,
+        TOL,
+    );
+    assert_close(
+        "jumprelu.feats",
+        &values(out.feats),
+        &r.get("jumprelu.feats").data,
+        TOL,
+    );
+    assert_close(
+        "jumprelu.recon",
+        &values(out.recon),
+        &r.get("jumprelu.recon").data,
+        TOL,
+    );
+    let tracked = BlockDiagSae {
+        w_enc: f.sae.w_enc.clone().autodiff().require_grad(),
+        b_enc: f.sae.b_enc.clone().autodiff().require_grad(),
+        w_dec: f.sae.w_dec.clone().autodiff().require_grad(),
+        b_dec: f.sae.b_dec.clone().autodiff().require_grad(),
+        log_threshold: f
+            .sae
+            .log_threshold
+            .clone()
+            .map(|t| t.autodiff().require_grad()),
+        ..f.sae.clone()
+    };
+    let (_, terms) = tracked.loss(f.x.clone().autodiff(), 0.3);
+    let grads = terms.total.backward();
+    let lt = tracked.log_threshold.as_ref().unwrap();
+    let g_lt = values(lt.grad(&grads).unwrap());
+    assert!(
+        g_lt.iter().filter(|g| g.abs() > 1e-6).count() >= 10,
+        "thresholds get gradients"
+    );
+    assert_close(
+        "grad log_threshold",
+        &g_lt,
+        &r.get("jumprelu.grad.log_threshold").data,
+        TOL,
+    );
+    for (name, g) in [
+        ("W_enc", values(tracked.w_enc.grad(&grads).unwrap())),
+        ("W_dec", values(tracked.w_dec.grad(&grads).unwrap())),
+    ] {
+        assert_close(
+            &format!("jumprelu grad {name}"),
+            &g,
+            &r.get(&format!("jumprelu.grad.{name}")).data,
+            TOL,
+        );
+    }
+    for (name, g) in [
+        ("b_enc", values(tracked.b_enc.grad(&grads).unwrap())),
+        ("b_dec", values(tracked.b_dec.grad(&grads).unwrap())),
+    ] {
+        assert_close(
+            &format!("jumprelu grad {name}"),
+            &g,
+            &r.get(&format!("jumprelu.grad.{name}")).data,
+            TOL,
+        );
+    }
+    // Folding scales thresholds with the decoder norms: same features, same reconstruction.
+    let folded = f.sae.fold();
+    let z = f.x.clone().swap_dims(0, 1);
+    assert_close(
+        "folded jumprelu reconstruction",
+        &values(folded.reconstruct_raw(z.clone())),
+        &values(f.sae.reconstruct_raw(z)),
+        1e-4,
+    );
+    // SAELens export carries the (folded) threshold and imports back exactly.
+    let dir = std::env::temp_dir().join(format!("attn-saes-jumprelu-{}", std::process::id()));
+    f.sae
+        .export_saelens(&dir, &attn_saes::sae::io::HookInfo::default(), None)
+        .unwrap();
+    let imported = BlockDiagSae::import_saelens(&dir, 3, &device).unwrap();
+    assert!(matches!(
+        imported.config.architecture,
+        Architecture::JumpRelu { .. }
+    ));
+    assert_close(
+        "imported threshold",
+        &values(imported.log_threshold.unwrap().exp()),
+        &values(folded.log_threshold.unwrap().exp()),
+        1e-6,
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

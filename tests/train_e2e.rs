@@ -138,17 +138,18 @@ fn short_run_lowers_mse_and_l0_with_finite_metrics() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-#[test]
-fn resume_equals_an_uninterrupted_run() {
-    let dir_a = temp_dir("full");
-    let (a, _) = run(config(&dir_a, 40), None, RunControl::default());
+/// Runs `base` for 40 steps straight, and again stopped at step 23 and resumed; the final
+/// weights must be byte-identical.
+fn check_resume(tag: &str, base: impl Fn(&Path) -> TrainConfig) {
+    let dir_a = temp_dir(&format!("{tag}-full"));
+    let (a, _) = run(base(&dir_a), None, RunControl::default());
     a.unwrap();
-    let dir_b = temp_dir("resumed");
+    let dir_b = temp_dir(&format!("{tag}-resumed"));
     let stop = RunControl {
         stop_after: Some(23),
         ..Default::default()
     };
-    let (b1, _) = run(config(&dir_b, 40), None, stop);
+    let (b1, _) = run(base(&dir_b), None, stop);
     let b1 = b1.unwrap();
     assert!(b1.stopped_early);
     assert_eq!(b1.steps, 23);
@@ -169,6 +170,39 @@ fn resume_equals_an_uninterrupted_run() {
     );
     std::fs::remove_dir_all(dir_a).unwrap();
     std::fs::remove_dir_all(dir_b).unwrap();
+}
+
+#[test]
+fn resume_equals_an_uninterrupted_run() {
+    check_resume("relu", |dir| config(dir, 40));
+}
+
+#[test]
+fn jumprelu_trains_and_resumes_exactly() {
+    use attn_saes::train::config::ArchitectureKind;
+    let jumprelu = |dir: &Path| TrainConfig {
+        architecture: ArchitectureKind::Jumprelu,
+        jumprelu_bandwidth: 0.05,
+        l1_coefficient: 0.05,
+        ..config(dir, 40)
+    };
+    check_resume("jumprelu", jumprelu);
+    let dir = temp_dir("jumprelu-metrics");
+    let (result, _) = run(jumprelu(&dir), None, RunControl::default());
+    let last = result.unwrap().last.unwrap();
+    println!(
+        "jumprelu: mse {:.3} L0 {:.2} EV {:.3}",
+        last.mse, last.l0, last.explained_variance
+    );
+    assert!(last.explained_variance > 0.0 && last.l0 > 0.0);
+    let sae = attn_saes::sae::BlockDiagSae::load(&dir.join("run/sae"), &Device::flex()).unwrap();
+    let lt = values(sae.log_threshold.unwrap());
+    let init = attn_saes::sae::JUMPRELU_INIT_THRESHOLD.ln();
+    assert!(
+        lt.iter().any(|v| (v - init).abs() > 1e-3),
+        "thresholds were trained"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -33,13 +33,17 @@ impl BlockDiagSae {
     /// The SAE's tensors as host arrays, in our stacked layout.
     pub fn to_arrays(&self) -> anyhow::Result<Vec<NamedArray>> {
         let h = self.config.n_heads;
-        Ok(vec![
+        let mut arrays = vec![
             NamedArray::from_tensor("W_enc", self.w_enc.clone())?,
             NamedArray::from_tensor("b_enc", self.b_enc.clone())?,
             NamedArray::from_tensor("W_dec", self.w_dec.clone())?,
             NamedArray::from_tensor("b_dec", self.b_dec.clone())?,
             NamedArray::new("input_scale", vec![h], self.input_scale.clone()),
-        ])
+        ];
+        if let Some(lt) = &self.log_threshold {
+            arrays.push(NamedArray::from_tensor("log_threshold", lt.clone())?);
+        }
+        Ok(arrays)
     }
 
     /// Builds an SAE from stacked host arrays (checked against `config`).
@@ -58,6 +62,12 @@ impl BlockDiagSae {
             w_dec: get("W_dec", &[h, m, d])?.into_tensor(device),
             b_dec: get("b_dec", &[h, d])?.into_tensor(device),
             input_scale: get("input_scale", &[h])?.data,
+            log_threshold: match config.architecture {
+                Architecture::JumpRelu { .. } => {
+                    Some(get("log_threshold", &[h, m])?.into_tensor(device))
+                }
+                _ => None,
+            },
             config,
         })
     }
@@ -105,16 +115,17 @@ impl BlockDiagSae {
             }
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        write_safetensors(
-            &dir.join("sae_weights.safetensors"),
-            &[
-                NamedArray::new("W_enc", vec![d_in, d_sae], dense_enc),
-                NamedArray::new("b_enc", vec![d_sae], host(folded.b_enc.clone())?),
-                NamedArray::new("W_dec", vec![d_sae, d_in], dense_dec),
-                NamedArray::new("b_dec", vec![d_in], host(folded.b_dec.clone())?),
-            ],
-            None,
-        )?;
+        let mut arrays = vec![
+            NamedArray::new("W_enc", vec![d_in, d_sae], dense_enc),
+            NamedArray::new("b_enc", vec![d_sae], host(folded.b_enc.clone())?),
+            NamedArray::new("W_dec", vec![d_sae, d_in], dense_dec),
+            NamedArray::new("b_dec", vec![d_in], host(folded.b_dec.clone())?),
+        ];
+        if let Some(lt) = &folded.log_threshold {
+            let threshold = host(lt.clone().exp())?;
+            arrays.push(NamedArray::new("threshold", vec![d_sae], threshold));
+        }
+        write_safetensors(&dir.join("sae_weights.safetensors"), &arrays, None)?;
         if let Some(density) = log10_density {
             ensure!(
                 density.len() == d_sae,
@@ -130,11 +141,12 @@ impl BlockDiagSae {
         let hook_name = format!("blocks.{}.attn.hook_z", hook.hook_layer);
         let k = match cfg.architecture {
             Architecture::TopK { k } | Architecture::BatchTopK { k } => Some(k),
-            Architecture::Relu => None,
+            Architecture::Relu | Architecture::JumpRelu { .. } => None,
         };
         let cfg_json = serde_json::json!({
             "architecture": match cfg.architecture {
                 Architecture::Relu => "standard",
+                Architecture::JumpRelu { .. } => "jumprelu",
                 // SAELens runs a BatchTopK SAE at inference as TopK (or JumpReLU).
                 _ => "topk",
             },
@@ -209,6 +221,12 @@ impl BlockDiagSae {
         let architecture = match (arch_name, k) {
             ("standard", _) => Architecture::Relu,
             ("topk", Some(k)) | ("batchtopk", Some(k)) => Architecture::TopK { k: k as usize },
+            ("jumprelu", _) => Architecture::JumpRelu {
+                bandwidth: cfg
+                    .get("jumprelu_bandwidth")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.001),
+            },
             (other, _) => bail!(
                 "{}: architecture '{other}' is not supported (standard, topk)",
                 cfg_path.display()
@@ -223,6 +241,10 @@ impl BlockDiagSae {
         let mut b_enc = file.read_shaped("b_enc", &[d_sae])?.data;
         let w_dec = file.read_shaped("W_dec", &[d_sae, d_in])?.data;
         let b_dec = file.read_shaped("b_dec", &[d_in])?.data;
+        let threshold = match architecture {
+            Architecture::JumpRelu { .. } => Some(file.read_shaped("threshold", &[d_sae])?.data),
+            _ => None,
+        };
         if apply_b_dec {
             // f = act((x - b_dec) W_enc + b_enc) = act(x W_enc + (b_enc - b_dec W_enc))
             for (j, &bd) in b_dec.iter().enumerate() {
@@ -262,6 +284,13 @@ impl BlockDiagSae {
             w_dec: tensor(dec, [h, m, d], device),
             b_dec: tensor(b_dec, [h, d], device),
             input_scale: vec![1.0; h],
+            log_threshold: threshold.map(|t| {
+                tensor(
+                    t.iter().map(|v| v.max(1e-30).ln()).collect(),
+                    [h, m],
+                    device,
+                )
+            }),
         })
     }
 
@@ -313,6 +342,7 @@ impl BlockDiagSae {
             w_dec: tensor(dec, [n_heads, m, d], device),
             b_dec: tensor(b_dec, [n_heads, d], device),
             input_scale: vec![1.0; n_heads],
+            log_threshold: None,
         })
     }
 }

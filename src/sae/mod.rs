@@ -19,6 +19,10 @@ pub enum Architecture {
     TopK { k: usize },
     /// Keep the `k * batch` largest pre-activations of each head across the batch.
     BatchTopK { k: usize },
+    /// `pre * (pre > threshold)` with a learned threshold per feature and an L0 penalty,
+    /// trained with straight-through gradients through a rectangle kernel of this width
+    /// (Rajamanoharan et al. 2024, as SAELens does).
+    JumpRelu { bandwidth: f64 },
 }
 
 impl Architecture {
@@ -27,6 +31,7 @@ impl Architecture {
             Architecture::Relu => "standard",
             Architecture::TopK { .. } => "topk",
             Architecture::BatchTopK { .. } => "batchtopk",
+            Architecture::JumpRelu { .. } => "jumprelu",
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct BlockDiagSae {
     /// Input scale per head, [H] (x = scale * z); all ones when trained without
     /// normalisation or after [`BlockDiagSae::fold`].
     pub input_scale: Vec<f32>,
+    /// JumpReLU only: log of the threshold per feature, [H, m].
+    pub log_threshold: Option<Tensor<2>>,
 }
 
 /// What a forward pass gives.
@@ -109,6 +116,7 @@ pub struct SaeOutput {
 impl BlockDiagSae {
     /// April-update initialisation: decoder rows are random directions of norm 0.1,
     /// `W_enc = W_dec^T`, zero biases.
+    /// JumpReLU thresholds start at `JUMPRELU_INIT_THRESHOLD` (SAELens' default).
     pub fn init(config: SaeConfig, rng: &mut Rng, device: &Device) -> Self {
         let (h, d, m) = (config.n_heads, config.d_head, config.features_per_head);
         let mut w_dec = vec![0f32; h * m * d];
@@ -128,6 +136,8 @@ impl BlockDiagSae {
             w_dec,
             b_dec: Tensor::zeros([h, d], device),
             input_scale: vec![1.0; h],
+            log_threshold: matches!(config.architecture, Architecture::JumpRelu { .. })
+                .then(|| Tensor::full([h, m], JUMPRELU_INIT_THRESHOLD.ln(), device)),
             config,
         }
     }
@@ -142,7 +152,12 @@ impl BlockDiagSae {
     /// `x`: [H, B, d_head]
     pub fn forward(&self, x: Tensor<3>) -> SaeOutput {
         let pre = x.matmul(self.w_enc.clone()) + self.b_enc.clone().unsqueeze_dim::<3>(1);
-        let feats = activate(pre.clone(), self.config.architecture);
+        let feats = match (self.config.architecture, &self.log_threshold) {
+            (Architecture::JumpRelu { bandwidth }, Some(lt)) => {
+                jumprelu(pre.clone(), lt.clone(), bandwidth).0
+            }
+            (arch, _) => activate(pre.clone(), arch),
+        };
         let recon =
             feats.clone().matmul(self.w_dec.clone()) + self.b_dec.clone().unsqueeze_dim::<3>(1);
         SaeOutput { pre, feats, recon }
@@ -167,9 +182,19 @@ impl BlockDiagSae {
         let mse = (out.recon.clone() - x).square().sum() / batch;
         let sparsity =
             (out.feats.clone() * self.decoder_norms().unsqueeze_dim::<3>(1)).sum() / batch;
-        let total = match self.config.architecture {
-            Architecture::Relu => mse.clone() + sparsity.clone() * l1_coefficient,
-            _ => mse.clone(),
+        let (sparsity, total) = match (self.config.architecture, &self.log_threshold) {
+            (Architecture::Relu, _) => {
+                let total = mse.clone() + sparsity.clone() * l1_coefficient;
+                (sparsity, total)
+            }
+            // JumpReLU: the penalty is L0 (mean over the batch), with straight-through
+            // gradients for the thresholds.
+            (Architecture::JumpRelu { bandwidth }, Some(lt)) => {
+                let l0 = jumprelu(out.pre.clone(), lt.clone(), bandwidth).1.sum() / batch;
+                let total = mse.clone() + l0.clone() * l1_coefficient;
+                (l0, total)
+            }
+            _ => (sparsity, mse.clone()),
         };
         (
             out,
@@ -195,6 +220,11 @@ impl BlockDiagSae {
         let w_dec =
             self.w_dec.clone() / norms.unsqueeze_dim::<3>(2) / scale.clone().reshape([h, 1, 1]);
         let b_dec = self.b_dec.clone() / scale.reshape([h, 1]);
+        // Pre-activations grow by n_i, and so do the thresholds.
+        let log_threshold = self
+            .log_threshold
+            .clone()
+            .map(|lt| lt + self.decoder_norms().clamp_min(1e-12).log());
         Self {
             config: self.config.clone(),
             w_enc,
@@ -202,6 +232,7 @@ impl BlockDiagSae {
             w_dec,
             b_dec,
             input_scale: vec![1.0; h],
+            log_threshold,
         }
     }
 
@@ -223,6 +254,38 @@ impl BlockDiagSae {
     }
 }
 
+/// Initial JumpReLU threshold (SAELens' `jumprelu_init_threshold`).
+pub const JUMPRELU_INIT_THRESHOLD: f64 = 0.001;
+
+/// JumpReLU with straight-through gradients (rectangle kernel `K(u) = 1[|u| < 1/2]`,
+/// `eps = bandwidth`). Returns the features `pre * H(pre - theta)` and the step
+/// `H(pre - theta)` (for L0), both [H, B, m], with gradients
+/// `d feats / d pre = H`, `d feats / d theta = -(theta / eps) K((pre - theta) / eps)`,
+/// `d step / d pre = 0`, `d step / d theta = -(1 / eps) K((pre - theta) / eps)`,
+/// and `theta = exp(log_threshold)` [H, m].
+pub fn jumprelu(
+    pre: Tensor<3>,
+    log_threshold: Tensor<2>,
+    bandwidth: f64,
+) -> (Tensor<3>, Tensor<3>) {
+    let theta = log_threshold.exp().unsqueeze_dim::<3>(1); // [H, 1, m]
+    let [h, b, m] = pre.dims();
+    let pre_c = pre.clone().detach();
+    let theta_c = theta.clone().detach().expand([h, b, m]);
+    let gate = pre_c.clone().greater(theta_c.clone()).float();
+    let kernel = ((pre_c - theta_c.clone()) / bandwidth)
+        .abs()
+        .lower_elem(0.5)
+        .float();
+    let theta = theta.expand([h, b, m]);
+    // `s - s.detach()` is zero in value and carries the gradient of `s`.
+    let ste = |s: Tensor<3>| s.clone() - s.detach();
+    let feats =
+        pre * gate.clone() + ste(theta.clone() * (theta_c * kernel.clone()).neg() / bandwidth);
+    let step = gate + ste(theta * kernel.neg() / bandwidth);
+    (feats, step)
+}
+
 /// The three loss tensors of a batch (scalars, shape [1]).
 pub struct LossTerms {
     pub total: Tensor<1>,
@@ -242,6 +305,8 @@ pub fn activate(pre: Tensor<3>, arch: Architecture) -> Tensor<3> {
             let keep = pre.clone().greater_equal(kth.expand([h, b, m]));
             relu(pre.clone().mask_fill(keep.bool_not(), 0.0))
         }
+        // Without its thresholds (see `BlockDiagSae::forward`), JumpReLU at zero threshold.
+        Architecture::JumpRelu { .. } => relu(pre),
         Architecture::BatchTopK { k } => {
             let [h, b, m] = pre.dims();
             let n = (k * b).min(b * m);

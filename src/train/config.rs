@@ -29,6 +29,8 @@ pub enum ArchitectureKind {
     Topk,
     /// k per head per token on average over the batch.
     BatchTopk,
+    /// Learned threshold per feature, L0 penalty (coefficient: `l1_coefficient`).
+    Jumprelu,
 }
 
 #[derive(
@@ -92,7 +94,10 @@ pub struct TrainConfig {
     pub architecture: ArchitectureKind,
     /// Active features per head (TopK / BatchTopK).
     pub k: usize,
+    /// Sparsity coefficient: of the L1 penalty (ReLU) or the L0 penalty (JumpReLU).
     pub l1_coefficient: f64,
+    /// Width of the straight-through rectangle kernel (JumpReLU).
+    pub jumprelu_bandwidth: f64,
     /// Steps over which the L1 coefficient ramps up (default: 5% of training).
     pub l1_warmup_steps: Option<usize>,
     pub lr: f64,
@@ -163,6 +168,7 @@ impl Default for TrainConfig {
             architecture: ArchitectureKind::Relu,
             k: 8,
             l1_coefficient: 2.0,
+            jumprelu_bandwidth: 0.001,
             l1_warmup_steps: None,
             lr: 4e-3,
             lr_schedule: LrSchedule::Constant,
@@ -262,6 +268,12 @@ impl TrainConfig {
         );
         ensure!(self.context_size >= 2, "--context-size must be at least 2");
         ensure!(self.log_every > 0, "--log-every must be positive");
+        if self.architecture == ArchitectureKind::Jumprelu {
+            ensure!(
+                self.jumprelu_bandwidth > 0.0,
+                "--jumprelu-bandwidth must be positive"
+            );
+        }
         if matches!(
             self.architecture,
             ArchitectureKind::Topk | ArchitectureKind::BatchTopk

@@ -131,6 +131,7 @@ pub struct SaeOptimizer {
     b_enc: Moments<2>,
     w_dec: Moments<3>,
     b_dec: Moments<2>,
+    log_threshold: Option<Moments<2>>,
     pub t: usize,
 }
 
@@ -152,6 +153,7 @@ impl SaeOptimizer {
             b_enc: Moments::zeros(&sae.b_enc),
             w_dec: Moments::zeros(&sae.w_dec),
             b_dec: Moments::zeros(&sae.b_dec),
+            log_threshold: sae.log_threshold.as_ref().map(Moments::zeros),
             t: 0,
         }
     }
@@ -174,6 +176,10 @@ impl SaeOptimizer {
             w_dec: sae.w_dec.clone().autodiff().require_grad(),
             b_dec: sae.b_dec.clone().autodiff().require_grad(),
             input_scale: sae.input_scale.clone(),
+            log_threshold: sae
+                .log_threshold
+                .clone()
+                .map(|t| t.autodiff().require_grad()),
         };
         let (out, terms) = tracked.loss(x.autodiff(), l1);
         let grads = terms.total.backward();
@@ -185,17 +191,21 @@ impl SaeOptimizer {
             g(&tracked.w_dec),
             g2(&tracked.b_dec),
         );
+        let mut glt = tracked.log_threshold.as_ref().map(g2);
         if clip > 0.0 {
             // torch.nn.utils.clip_grad_norm_: coef = min(1, max_norm / (norm + 1e-6)).
-            let norm = (gwe.clone().square().sum()
+            let mut sq = gwe.clone().square().sum()
                 + gbe.clone().square().sum()
                 + gwd.clone().square().sum()
-                + gbd.clone().square().sum())
-            .sqrt();
-            let coef = (norm + 1e-6).recip().mul_scalar(clip).clamp_max(1.0);
+                + gbd.clone().square().sum();
+            if let Some(g) = &glt {
+                sq = sq + g.clone().square().sum();
+            }
+            let coef = (sq.sqrt() + 1e-6).recip().mul_scalar(clip).clamp_max(1.0);
             gwe = gwe * coef.clone().reshape([1, 1, 1]);
             gbe = gbe * coef.clone().reshape([1, 1]);
             gwd = gwd * coef.clone().reshape([1, 1, 1]);
+            glt = glt.map(|g| g * coef.clone().reshape([1, 1]));
             gbd = gbd * coef.reshape([1, 1]);
         }
         self.t += 1;
@@ -204,6 +214,11 @@ impl SaeOptimizer {
         sae.b_enc = adam_update(sae.b_enc.clone(), gbe, &mut self.b_enc, lr, betas, t);
         sae.w_dec = adam_update(sae.w_dec.clone(), gwd, &mut self.w_dec, lr, betas, t);
         sae.b_dec = adam_update(sae.b_dec.clone(), gbd, &mut self.b_dec, lr, betas, t);
+        if let (Some(lt), Some(g), Some(mom)) =
+            (sae.log_threshold.clone(), glt, self.log_threshold.as_mut())
+        {
+            sae.log_threshold = Some(adam_update(lt, g, mom, lr, betas, t));
+        }
         StepOutput {
             loss: f64::NAN,
             mse: terms.mse.inner(),
@@ -216,7 +231,7 @@ impl SaeOptimizer {
     }
 
     fn to_arrays(&self) -> anyhow::Result<Vec<NamedArray>> {
-        Ok(vec![
+        let mut arrays = vec![
             NamedArray::from_tensor("m.W_enc", self.w_enc.m.clone())?,
             NamedArray::from_tensor("v.W_enc", self.w_enc.v.clone())?,
             NamedArray::from_tensor("m.b_enc", self.b_enc.m.clone())?,
@@ -225,7 +240,12 @@ impl SaeOptimizer {
             NamedArray::from_tensor("v.W_dec", self.w_dec.v.clone())?,
             NamedArray::from_tensor("m.b_dec", self.b_dec.m.clone())?,
             NamedArray::from_tensor("v.b_dec", self.b_dec.v.clone())?,
-        ])
+        ];
+        if let Some(mom) = &self.log_threshold {
+            arrays.push(NamedArray::from_tensor("m.log_threshold", mom.m.clone())?);
+            arrays.push(NamedArray::from_tensor("v.log_threshold", mom.v.clone())?);
+        }
+        Ok(arrays)
     }
 
     fn load(sae: &BlockDiagSae, path: &Path, t: usize, device: &Device) -> anyhow::Result<Self> {
@@ -257,6 +277,13 @@ impl SaeOptimizer {
             b_dec: Moments {
                 m: t2("m.b_dec", [h, d])?,
                 v: t2("v.b_dec", [h, d])?,
+            },
+            log_threshold: match sae.log_threshold {
+                Some(_) => Some(Moments {
+                    m: t2("m.log_threshold", [h, m])?,
+                    v: t2("v.log_threshold", [h, m])?,
+                }),
+                None => None,
             },
             t,
         })
@@ -348,6 +375,9 @@ fn train_inner(
         ArchitectureKind::Relu => Architecture::Relu,
         ArchitectureKind::Topk => Architecture::TopK { k: config.k },
         ArchitectureKind::BatchTopk => Architecture::BatchTopK { k: config.k },
+        ArchitectureKind::Jumprelu => Architecture::JumpRelu {
+            bandwidth: config.jumprelu_bandwidth,
+        },
     };
     let sae_config = SaeConfig {
         n_heads: h,
