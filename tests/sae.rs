@@ -79,36 +79,43 @@ fn relu_loss_and_gradients_match_pytorch() {
     );
 
     // Gradients through autodiff, including the decoder-norm term.
+    check_gradients(&f.sae, f.x.clone(), 0.7, r, "relu");
+}
+
+/// Loss gradients of every parameter (`log_threshold` too, when present) against the
+/// reference tensors `{prefix}.grad.{name}`.
+fn check_gradients(
+    sae: &BlockDiagSae,
+    x: Tensor<3>,
+    coefficient: f64,
+    r: &Reference,
+    prefix: &str,
+) {
     let tracked = BlockDiagSae {
-        w_enc: f.sae.w_enc.clone().autodiff().require_grad(),
-        b_enc: f.sae.b_enc.clone().autodiff().require_grad(),
-        w_dec: f.sae.w_dec.clone().autodiff().require_grad(),
-        b_dec: f.sae.b_dec.clone().autodiff().require_grad(),
-        ..f.sae.clone()
+        w_enc: sae.w_enc.clone().autodiff().require_grad(),
+        b_enc: sae.b_enc.clone().autodiff().require_grad(),
+        w_dec: sae.w_dec.clone().autodiff().require_grad(),
+        b_dec: sae.b_dec.clone().autodiff().require_grad(),
+        log_threshold: sae
+            .log_threshold
+            .clone()
+            .map(|t| t.autodiff().require_grad()),
+        ..sae.clone()
     };
-    let (_, terms) = tracked.loss(f.x.clone().autodiff(), 0.7);
+    let (_, terms) = tracked.loss(x.autodiff(), coefficient);
     let grads = terms.total.backward();
-    for (name, g) in [
+    let mut got = vec![
         ("W_enc", values(tracked.w_enc.grad(&grads).unwrap())),
-        ("W_dec", values(tracked.w_dec.grad(&grads).unwrap())),
-    ] {
-        assert_close(
-            &format!("grad {name}"),
-            &g,
-            &r.get(&format!("relu.grad.{name}")).data,
-            TOL,
-        );
-    }
-    for (name, g) in [
         ("b_enc", values(tracked.b_enc.grad(&grads).unwrap())),
+        ("W_dec", values(tracked.w_dec.grad(&grads).unwrap())),
         ("b_dec", values(tracked.b_dec.grad(&grads).unwrap())),
-    ] {
-        assert_close(
-            &format!("grad {name}"),
-            &g,
-            &r.get(&format!("relu.grad.{name}")).data,
-            TOL,
-        );
+    ];
+    if let Some(lt) = &tracked.log_threshold {
+        got.push(("log_threshold", values(lt.grad(&grads).unwrap())));
+    }
+    for (name, g) in got {
+        let key = format!("{prefix}.grad.{name}");
+        assert_close(&key, &g, &r.get(&key).data, TOL);
     }
 }
 
@@ -393,54 +400,12 @@ fn jumprelu_loss_and_straight_through_gradients_match_pytorch() {
         &r.get("jumprelu.recon").data,
         TOL,
     );
-    let tracked = BlockDiagSae {
-        w_enc: f.sae.w_enc.clone().autodiff().require_grad(),
-        b_enc: f.sae.b_enc.clone().autodiff().require_grad(),
-        w_dec: f.sae.w_dec.clone().autodiff().require_grad(),
-        b_dec: f.sae.b_dec.clone().autodiff().require_grad(),
-        log_threshold: f
-            .sae
-            .log_threshold
-            .clone()
-            .map(|t| t.autodiff().require_grad()),
-        ..f.sae.clone()
-    };
-    let (_, terms) = tracked.loss(f.x.clone().autodiff(), 0.3);
-    let grads = terms.total.backward();
-    let lt = tracked.log_threshold.as_ref().unwrap();
-    let g_lt = values(lt.grad(&grads).unwrap());
+    let g_lt = &r.get("jumprelu.grad.log_threshold").data;
     assert!(
         g_lt.iter().filter(|g| g.abs() > 1e-6).count() >= 10,
         "thresholds get gradients"
     );
-    assert_close(
-        "grad log_threshold",
-        &g_lt,
-        &r.get("jumprelu.grad.log_threshold").data,
-        TOL,
-    );
-    for (name, g) in [
-        ("W_enc", values(tracked.w_enc.grad(&grads).unwrap())),
-        ("W_dec", values(tracked.w_dec.grad(&grads).unwrap())),
-    ] {
-        assert_close(
-            &format!("jumprelu grad {name}"),
-            &g,
-            &r.get(&format!("jumprelu.grad.{name}")).data,
-            TOL,
-        );
-    }
-    for (name, g) in [
-        ("b_enc", values(tracked.b_enc.grad(&grads).unwrap())),
-        ("b_dec", values(tracked.b_dec.grad(&grads).unwrap())),
-    ] {
-        assert_close(
-            &format!("jumprelu grad {name}"),
-            &g,
-            &r.get(&format!("jumprelu.grad.{name}")).data,
-            TOL,
-        );
-    }
+    check_gradients(&f.sae, f.x.clone(), 0.3, r, "jumprelu");
     // Folding scales thresholds with the decoder norms: same features, same reconstruction.
     let folded = f.sae.fold();
     let z = f.x.clone().swap_dims(0, 1);
