@@ -129,9 +129,19 @@ impl BlockDiagSae {
                 *v *= 0.1 / norm;
             }
         }
+        // W_enc = W_dec^T per head, built as its own contiguous array: a transposed view
+        // makes every encoder matmul on the CPU backend ~8x slower.
+        let mut w_enc = vec![0f32; h * d * m];
+        for head in 0..h {
+            for i in 0..m {
+                for j in 0..d {
+                    w_enc[(head * d + j) * m + i] = w_dec[(head * m + i) * d + j];
+                }
+            }
+        }
         let w_dec = Tensor::<3>::from_data(TensorData::new(w_dec, [h, m, d]), device);
         Self {
-            w_enc: w_dec.clone().swap_dims(1, 2),
+            w_enc: Tensor::from_data(TensorData::new(w_enc, [h, d, m]), device),
             b_enc: Tensor::zeros([h, m], device),
             w_dec,
             b_dec: Tensor::zeros([h, d], device),
@@ -180,8 +190,12 @@ impl BlockDiagSae {
         let batch = x.dims()[1] as f64;
         let out = self.forward(x.clone());
         let mse = (out.recon.clone() - x).square().sum() / batch;
-        let sparsity =
-            (out.feats.clone() * self.decoder_norms().unsqueeze_dim::<3>(1)).sum() / batch;
+        // sum_{h,b,i} f[h,b,i] n[h,i] = sum_{h,i} n[h,i] sum_b f[h,b,i]: summing over the batch
+        // first saves a full pass over the [H, B, m] activations (and its backward).
+        let [h, _, m] = out.feats.dims();
+        let sparsity = (out.feats.clone().sum_dim(1).reshape([h, m]) * self.decoder_norms())
+            .sum()
+            / batch;
         let (sparsity, total) = match (self.config.architecture, &self.log_threshold) {
             (Architecture::Relu, _) => {
                 let total = mse.clone() + sparsity.clone() * l1_coefficient;
