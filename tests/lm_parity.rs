@@ -198,4 +198,6 @@ fn bad_requests_are_errors() {
     assert!(err.to_string().contains("head 99"), "{err}");
     let err = model.tokens(&[vec![1, 100_000]]).err().unwrap();
     assert!(err.to_string().contains("100000"), "{err}");
+    let err = model.tokens(&[vec![1, 2], vec![3]]).err().unwrap();
+    assert!(err.to_string().contains("one length"), "{err}");
 }

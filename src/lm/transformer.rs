@@ -254,6 +254,8 @@ pub enum ForwardError {
     TooLong { len: usize, n_ctx: usize },
     #[error("token id {token} is outside the vocabulary of {d_vocab}")]
     Token { token: i64, d_vocab: usize },
+    #[error("sequences in a batch must have one length: {first} and {other} tokens")]
+    Ragged { first: usize, other: usize },
 }
 
 impl Transformer {
@@ -305,11 +307,12 @@ impl Transformer {
         let pos = batch.first().map_or(0, Vec::len);
         let mut flat = Vec::with_capacity(batch.len() * pos);
         for seq in batch {
-            assert_eq!(
-                seq.len(),
-                pos,
-                "all sequences in a batch must have one length"
-            );
+            if seq.len() != pos {
+                return Err(ForwardError::Ragged {
+                    first: pos,
+                    other: seq.len(),
+                });
+            }
             for &t in seq {
                 if t as usize >= self.config.d_vocab {
                     return Err(ForwardError::Token {

@@ -193,9 +193,8 @@ impl BlockDiagSae {
         // sum_{h,b,i} f[h,b,i] n[h,i] = sum_{h,i} n[h,i] sum_b f[h,b,i]: summing over the batch
         // first saves a full pass over the [H, B, m] activations (and its backward).
         let [h, _, m] = out.feats.dims();
-        let sparsity = (out.feats.clone().sum_dim(1).reshape([h, m]) * self.decoder_norms())
-            .sum()
-            / batch;
+        let sparsity =
+            (out.feats.clone().sum_dim(1).reshape([h, m]) * self.decoder_norms()).sum() / batch;
         let (sparsity, total) = match (self.config.architecture, &self.log_threshold) {
             (Architecture::Relu, _) => {
                 let total = mse.clone() + sparsity.clone() * l1_coefficient;
