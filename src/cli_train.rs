@@ -33,6 +33,7 @@ pub struct TrainArgs {
     /// Train from an activation cache written by `harvest`.
     #[arg(long)]
     pub activation_cache: Option<PathBuf>,
+    /// Layer to hook (default: the middle layer).
     #[arg(long)]
     pub hook_layer: Option<usize>,
     #[arg(long, value_enum)]
@@ -129,7 +130,6 @@ impl TrainArgs {
         set!(
             model,
             dataset,
-            hook_layer,
             expansion_factor,
             architecture,
             k,
@@ -158,6 +158,9 @@ impl TrainArgs {
             dead_threshold,
             out_dir
         );
+        if self.hook_layer.is_some() {
+            c.hook_layer = self.hook_layer;
+        }
         if self.text_column.is_some() {
             c.text_column = self.text_column.clone();
         }
@@ -267,7 +270,7 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                         "dense"
                     },
                     model.name,
-                    config.hook_layer,
+                    config.hook_layer.unwrap_or_default(),
                     sae.n_heads,
                     sae.features_per_head,
                     sae.d_head,

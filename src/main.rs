@@ -287,7 +287,7 @@ fn main() -> anyhow::Result<()> {
                 &loaded,
                 &sae,
                 &corpus,
-                config.hook_layer,
+                config.layer(loaded.transformer.config.n_layers),
                 config.z_convention,
                 config.context_size,
                 windows,
@@ -335,7 +335,7 @@ fn main() -> anyhow::Result<()> {
                 &loaded.transformer,
                 &sae,
                 tokens,
-                config.hook_layer,
+                config.layer(loaded.transformer.config.n_layers),
                 config.z_convention,
                 config.drop_bos,
                 0,
@@ -361,7 +361,7 @@ fn open_model(
 fn hook_info(cfg: &train::TrainConfig) -> HookInfo {
     HookInfo {
         model_name: cfg.model.clone(),
-        hook_layer: cfg.hook_layer,
+        hook_layer: cfg.hook_layer.unwrap_or_default(),
         context_size: cfg.context_size,
         prepend_bos: true,
         dataset_path: cfg.dataset.display().to_string(),
@@ -447,8 +447,9 @@ fn run_harvest(
     let corpus =
         attn_saes::data::corpus::Corpus::open(&config.dataset, config.text_column.as_deref())?;
     let mc = &loaded.transformer.config;
+    let layer = config.layer(mc.n_layers);
     let store_config = StoreConfig {
-        hook_layer: config.hook_layer,
+        hook_layer: layer,
         context_size: config.context_size,
         batch_tokens: config.batch_size,
         n_batches_in_buffer: 1,
@@ -467,7 +468,7 @@ fn run_harvest(
     )?;
     let meta = CacheMeta {
         model_name: mc.name.clone(),
-        hook_layer: config.hook_layer,
+        hook_layer: layer,
         z_convention: config.z_convention,
         n_heads: mc.n_heads,
         d_head: mc.d_head,

@@ -40,7 +40,7 @@ fn config(dir: &Path, steps: usize) -> TrainConfig {
     TrainConfig {
         model: fixture("gpt2_tiny").display().to_string(),
         dataset: corpus(dir),
-        hook_layer: 1,
+        hook_layer: Some(1),
         expansion_factor: 2,
         l1_coefficient: 2.0,
         lr: 3e-3,
@@ -216,7 +216,7 @@ fn bad_input_gives_clear_errors_and_no_partial_files() {
     };
     let msg = err(
         TrainConfig {
-            hook_layer: 9,
+            hook_layer: Some(9),
             ..config(&dir, 5)
         },
         None,
@@ -384,7 +384,7 @@ fn training_from_an_activation_cache() {
     let (wrong, _) = run(
         TrainConfig {
             activation_cache: Some(cache_dir),
-            hook_layer: 0,
+            hook_layer: Some(0),
             ..cfg
         },
         None,
@@ -392,5 +392,19 @@ fn training_from_an_activation_cache() {
     );
     let msg = format!("{:#}", wrong.err().unwrap());
     assert!(msg.contains("cache holds layer 1"), "{msg}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unset_hook_layer_means_the_middle_layer_and_is_recorded() {
+    let dir = temp_dir("middle");
+    let cfg = TrainConfig {
+        hook_layer: None,
+        ..config(&dir, 5)
+    };
+    let (result, _) = run(cfg, None, RunControl::default());
+    let ckpt = result.unwrap().checkpoint.unwrap();
+    // gpt2-tiny has 2 layers: the middle one is 1, and the saved config says so.
+    assert_eq!(checkpoint::read_config(&ckpt).unwrap().hook_layer, Some(1));
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -83,7 +83,8 @@ pub struct TrainConfig {
     pub text_column: Option<String>,
     /// Read activations from this cache (written by `harvest`) instead of running the LM.
     pub activation_cache: Option<PathBuf>,
-    pub hook_layer: usize,
+    /// Layer whose hook_z is trained on; unset means the middle layer (`n_layers / 2`).
+    pub hook_layer: Option<usize>,
     pub z_convention: ZConvention,
     /// Features per head = expansion_factor * d_head (so d_sae = expansion_factor * d_in).
     pub expansion_factor: usize,
@@ -160,7 +161,7 @@ impl Default for TrainConfig {
             dataset: cache.join(DEMO_CORPUS_DIR),
             text_column: None,
             activation_cache: None,
-            hook_layer: 15,
+            hook_layer: None,
             z_convention: ZConvention::TransformerLens,
             expansion_factor: 8,
             d_sae: None,
@@ -205,6 +206,11 @@ impl TrainConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// The hooked layer for a model with `n_layers` layers.
+    pub fn layer(&self, n_layers: usize) -> usize {
+        self.hook_layer.unwrap_or(n_layers / 2)
     }
 
     pub fn l1_warmup(&self) -> usize {
@@ -352,7 +358,7 @@ mod tests {
         assert_eq!(cfg, back);
         assert!(toml::from_str::<TrainConfig>("hook_layr = 3").is_err());
         let partial: TrainConfig = toml::from_str("hook_layer = 3\nlr = 0.001").unwrap();
-        assert_eq!(partial.hook_layer, 3);
+        assert_eq!(partial.hook_layer, Some(3));
         assert_eq!(partial.batch_size, TrainConfig::default().batch_size);
     }
 

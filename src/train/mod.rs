@@ -351,7 +351,7 @@ pub fn train(
 }
 
 fn train_inner(
-    config: TrainConfig,
+    mut config: TrainConfig,
     loaded: &LoadedModel,
     resume: Option<&Path>,
     device: &Device,
@@ -362,14 +362,16 @@ fn train_inner(
     config.validate()?;
     let model = &loaded.transformer;
     let mc = model.config.clone();
-    if config.hook_layer >= mc.n_layers {
+    let layer = config.layer(mc.n_layers);
+    if layer >= mc.n_layers {
         bail!(
-            "--hook-layer {} does not exist: {} has layers 0..{}",
-            config.hook_layer,
+            "--hook-layer {layer} does not exist: {} has layers 0..{}",
             mc.name,
             mc.n_layers
         );
     }
+    // Saved with every checkpoint: record the layer actually used.
+    config.hook_layer = Some(layer);
     let (h, d, m) = config.sae_shape(mc.n_heads, mc.d_head)?;
     let architecture = match config.architecture {
         ArchitectureKind::Relu => Architecture::Relu,
@@ -408,7 +410,7 @@ fn train_inner(
         None => Default::default(),
     };
     let store_config = StoreConfig {
-        hook_layer: config.hook_layer,
+        hook_layer: layer,
         context_size: config.context_size,
         batch_tokens: config.batch_size,
         n_batches_in_buffer: config.n_batches_in_buffer,
@@ -517,7 +519,7 @@ fn train_inner(
     );
     let hook = HookInfo {
         model_name: mc.name.clone(),
-        hook_layer: config.hook_layer,
+        hook_layer: layer,
         context_size: config.context_size,
         prepend_bos: mc.bos_token_id.is_some(),
         dataset_path: config.dataset.display().to_string(),
@@ -636,7 +638,7 @@ fn train_inner(
                 model,
                 &sae,
                 tokens.clone(),
-                config.hook_layer,
+                layer,
                 config.z_convention,
                 config.drop_bos,
                 done,
