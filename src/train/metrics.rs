@@ -47,7 +47,7 @@ fn host(t: Tensor<1>) -> Vec<f64> {
 /// # Shapes
 /// `x`: [H, B, d_head] in the SAE's input space.
 pub fn batch_stats(x: Tensor<3>, out: &SaeOutput) -> BatchStats {
-    let [h, b, _] = x.dims();
+    let h = x.dims()[0];
     let l0 = out
         .feats
         .clone()
@@ -79,13 +79,6 @@ pub fn batch_stats(x: Tensor<3>, out: &SaeOutput) -> BatchStats {
         explained_variance: ev,
         explained_variance_per_head: ev_head,
         l2_ratio: host(ratio)[0],
-    }
-    .with_batch(b)
-}
-
-impl BatchStats {
-    fn with_batch(self, _b: usize) -> Self {
-        self
     }
 }
 

@@ -137,7 +137,6 @@ pub struct SaeOptimizer {
 
 /// The result of one training step.
 pub struct StepOutput {
-    pub loss: f64,
     pub mse: Tensor<1>,
     pub sparsity: Tensor<1>,
     pub total: Tensor<1>,
@@ -220,7 +219,6 @@ impl SaeOptimizer {
             sae.log_threshold = Some(adam_update(lt, g, mom, lr, betas, t));
         }
         StepOutput {
-            loss: f64::NAN,
             mse: terms.mse.inner(),
             sparsity: terms.sparsity.inner(),
             total: terms.total.inner(),
@@ -391,7 +389,8 @@ fn train_inner(
         .with_context(|| format!("creating {}", config.out_dir.display()))?;
 
     // Held-out evaluation windows come first in the corpus; training starts after them.
-    let corpus = if config.activation_cache.is_none() || config.eval_every > 0 {
+    // The corpus gives the held-out evaluation windows (and the data, unless a cache does).
+    let corpus = if config.activation_cache.is_none() || config.eval_windows > 0 {
         Some(Corpus::open(
             &config.dataset,
             config.text_column.as_deref(),
