@@ -40,6 +40,11 @@ fn is_software_adapter(name: &str) -> bool {
 /// Opens the first wgpu adapter, returning its name, or `None` if there is none.
 /// Adapter discovery panics inside wgpu on some systems without drivers, so it is caught.
 fn probe_wgpu() -> Option<(Device, String)> {
+    // Listing adapters does not open a device: with none, stop here rather than let the
+    // device thread panic (and print) on the way to the same answer.
+    if Device::enumerate(burn::tensor::DeviceType::Wgpu).is_empty() {
+        return None;
+    }
     std::panic::catch_unwind(|| {
         let device = Device::wgpu(Default::default());
         let name = device.identity().map(|id| id.name.clone())?;
