@@ -408,3 +408,45 @@ fn unset_hook_layer_means_the_middle_layer_and_is_recorded() {
     assert_eq!(checkpoint::read_config(&ckpt).unwrap().hook_layer, Some(1));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn features_report_lists_live_features_with_sorted_examples() {
+    use attn_saes::data::corpus::Corpus;
+    let dir = temp_dir("features");
+    let cfg = config(&dir, 30);
+    let (result, _) = run(cfg.clone(), None, RunControl::default());
+    let summary = result.unwrap();
+    let device = Device::flex();
+    let loaded = lm::load_model(&cfg.model, &device).unwrap();
+    let sae = attn_saes::sae::BlockDiagSae::load(&summary.sae_dir, &device).unwrap();
+    let corpus = Corpus::open(&cfg.dataset, None).unwrap();
+    let reports = attn_saes::inspect::top_features(
+        &loaded,
+        &sae,
+        &corpus,
+        1,
+        Default::default(),
+        16,
+        8,
+        2,
+        3,
+    )
+    .unwrap();
+    assert_eq!(reports.len(), 4 * 2, "two features for each of the 4 heads");
+    for r in &reports {
+        assert!(r.head < 4 && r.feature < 32);
+        assert!(r.density > 0.0 && r.density <= 1.0);
+        assert!(!r.examples.is_empty() && r.examples.len() <= 3);
+        assert!(
+            r.examples
+                .windows(2)
+                .all(|w| w[0].activation >= w[1].activation)
+        );
+        assert!(
+            r.examples
+                .iter()
+                .all(|e| e.activation > 0.0 && !e.token.is_empty())
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
