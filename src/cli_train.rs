@@ -81,6 +81,10 @@ pub struct TrainArgs {
     pub n_batches_in_buffer: Option<usize>,
     #[arg(long)]
     pub windows_per_forward: Option<usize>,
+    /// Harvest on a background thread while training: true or false (default: true on a
+    /// GPU, false on the CPU backend).
+    #[arg(long)]
+    pub harvest_in_background: Option<bool>,
     #[arg(long, value_enum)]
     pub normalization: Option<Normalization>,
     #[arg(long, value_enum)]
@@ -160,6 +164,9 @@ impl TrainArgs {
         );
         if self.hook_layer.is_some() {
             c.hook_layer = self.hook_layer;
+        }
+        if self.harvest_in_background.is_some() {
+            c.harvest_in_background = self.harvest_in_background;
         }
         if self.text_column.is_some() {
             c.text_column = self.text_column.clone();

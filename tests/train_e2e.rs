@@ -450,3 +450,30 @@ fn features_report_lists_live_features_with_sorted_examples() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn background_harvesting_trains_the_same_sae_and_resumes_exactly() {
+    let background = |dir: &Path| TrainConfig {
+        harvest_in_background: Some(true),
+        ..config(dir, 40)
+    };
+    check_resume("background", background);
+    let dir_bg = temp_dir("bg-vs-inline-bg");
+    let dir_in = temp_dir("bg-vs-inline-in");
+    run(background(&dir_bg), None, RunControl::default())
+        .0
+        .unwrap();
+    let inline = TrainConfig {
+        harvest_in_background: Some(false),
+        ..config(&dir_in, 40)
+    };
+    run(inline, None, RunControl::default()).0.unwrap();
+    let a = std::fs::read(dir_bg.join("run/sae/sae.safetensors")).unwrap();
+    let b = std::fs::read(dir_in.join("run/sae/sae.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "background and inline harvesting must give the same SAE"
+    );
+    std::fs::remove_dir_all(dir_bg).unwrap();
+    std::fs::remove_dir_all(dir_in).unwrap();
+}

@@ -42,6 +42,9 @@ enum Source<'a> {
         windows: ContextWindows<&'a tokenizers::Tokenizer>,
     },
     Cache(CacheReader),
+    /// Chunks harvested ahead by a thread (see [`ActivationStore::from_lm_background`]), in
+    /// the same order the inline harvester would produce them.
+    Background(std::sync::mpsc::Receiver<anyhow::Result<(Vec<f32>, WindowsPosition)>>),
 }
 
 /// Everything needed to resume the store exactly: buffer contents, RNG and stream position.
@@ -129,6 +132,52 @@ impl<'a> ActivationStore<'a> {
         })
     }
 
+    /// Like [`from_lm`](Self::from_lm), but the LM runs on a thread of `scope`, harvesting up
+    /// to `ahead` forward passes ahead while the caller trains, so harvesting and training
+    /// overlap. The data, and so the trained SAE, are the same as inline harvesting.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_lm_background<'scope>(
+        scope: &'scope std::thread::Scope<'scope, 'a>,
+        config: StoreConfig,
+        model: &'a Transformer,
+        corpus: &'a Corpus,
+        tokenizer: &'a tokenizers::Tokenizer,
+        start: WindowsPosition,
+        ahead: usize,
+        seed: u64,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let mut store = Self::from_lm(
+            config.clone(),
+            model,
+            corpus,
+            tokenizer,
+            start,
+            seed,
+            device,
+        )?;
+        let Source::Lm { mut windows, .. } = std::mem::replace(
+            &mut store.source,
+            Source::Background(std::sync::mpsc::channel().1),
+        ) else {
+            unreachable!("from_lm builds an LM source");
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(ahead.max(1));
+        scope.spawn(move || {
+            loop {
+                let chunk = harvest_windows(model, &mut windows, &config);
+                let failed = chunk.is_err();
+                // The store going away closes the channel: stop.
+                if tx.send(chunk).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        store.source = Source::Background(rx);
+        store.position = StreamPosition::Windows(start);
+        Ok(store)
+    }
+
     /// A store that reads a cache written by [`write_cache`].
     pub fn from_cache(
         config: StoreConfig,
@@ -185,35 +234,18 @@ impl<'a> ActivationStore<'a> {
         let row_len = self.row_len();
         match &mut self.source {
             Source::Lm { model, windows, .. } => {
-                let mut batch = Vec::with_capacity(self.config.windows_per_forward);
-                for _ in 0..self.config.windows_per_forward {
-                    match windows.next() {
-                        Some(item) => {
-                            let (window, pos) = item?;
-                            batch.push(window);
-                            self.position = StreamPosition::Windows(pos);
-                        }
-                        None => break,
-                    }
-                }
-                if batch.is_empty() {
-                    bail!("the corpus gave no context windows (is it empty?)");
-                }
-                let hooks = HookRequest {
-                    hook_z: vec![self.config.hook_layer],
-                    z_convention: self.config.z_convention,
-                    ..Default::default()
-                };
-                let tokens = model.tokens(&batch)?;
-                let mut cache = model.run(tokens, &hooks, None)?;
-                let z = cache
-                    .hook_z
-                    .remove(&self.config.hook_layer)
-                    .context("hook_z missing")?;
-                let [n, t, h, d] = z.dims();
-                let first = usize::from(self.config.drop_bos);
-                let z = z.slice([0..n, first..t, 0..h, 0..d]);
-                let values = crate::files::host_vec(z)?;
+                let (values, pos) = harvest_windows(model, windows, &self.config)?;
+                self.position = StreamPosition::Windows(pos);
+                let rows = values.len() / row_len;
+                out.extend(values);
+                self.tokens_harvested += rows as u64;
+                Ok(rows)
+            }
+            Source::Background(rx) => {
+                let (values, pos) = rx
+                    .recv()
+                    .map_err(|_| anyhow::anyhow!("the background harvester stopped"))??;
+                self.position = StreamPosition::Windows(pos);
                 let rows = values.len() / row_len;
                 out.extend(values);
                 self.tokens_harvested += rows as u64;
@@ -317,6 +349,11 @@ impl<'a> ActivationStore<'a> {
         )
     }
 
+    /// The data position a checkpoint directory's store state was saved at.
+    pub fn saved_position(dir: &Path) -> anyhow::Result<StreamPosition> {
+        Ok(read_json::<StoreState>(&dir.join("store_state.json"))?.position)
+    }
+
     /// Restores what [`save_state`](Self::save_state) wrote.
     pub fn restore_state(&mut self, dir: &Path) -> anyhow::Result<()> {
         let state: StoreState = read_json(&dir.join("store_state.json"))?;
@@ -352,6 +389,10 @@ impl<'a> ActivationStore<'a> {
                 )?;
             }
             (Source::Lm { .. }, StreamPosition::Start) => {}
+            // The background harvester cannot be moved: it must have been started where the
+            // checkpoint left off.
+            (Source::Background(_), StreamPosition::Windows(pos))
+                if self.position == StreamPosition::Windows(*pos) => {}
             (Source::Cache(_), StreamPosition::Cache { .. }) => {}
             _ => bail!(
                 "{}: saved data position does not match the data source",
@@ -361,6 +402,40 @@ impl<'a> ActivationStore<'a> {
         self.position = state.position;
         Ok(())
     }
+}
+
+/// One LM forward over the next `windows_per_forward` windows: hook_z rows (BOS dropped if
+/// configured) and the stream position after the last window used.
+fn harvest_windows(
+    model: &Transformer,
+    windows: &mut ContextWindows<&tokenizers::Tokenizer>,
+    config: &StoreConfig,
+) -> anyhow::Result<(Vec<f32>, WindowsPosition)> {
+    let mut batch = Vec::with_capacity(config.windows_per_forward);
+    let mut end = None;
+    for item in windows.by_ref().take(config.windows_per_forward) {
+        let (window, pos) = item?;
+        batch.push(window);
+        end = Some(pos);
+    }
+    let Some(end) = end else {
+        bail!("the corpus gave no context windows (is it empty?)");
+    };
+    let hooks = HookRequest {
+        hook_z: vec![config.hook_layer],
+        z_convention: config.z_convention,
+        ..Default::default()
+    };
+    let tokens = model.tokens(&batch)?;
+    let mut cache = model.run(tokens, &hooks, None)?;
+    let z = cache
+        .hook_z
+        .remove(&config.hook_layer)
+        .context("hook_z missing")?;
+    let [n, t, h, d] = z.dims();
+    let first = usize::from(config.drop_bos);
+    let z = z.slice([0..n, first..t, 0..h, 0..d]);
+    Ok((crate::files::host_vec(z)?, end))
 }
 
 /// Fisher-Yates over rows of `row_len` values.

@@ -117,6 +117,9 @@ pub struct TrainConfig {
     pub n_batches_in_buffer: usize,
     /// Context windows per LM forward pass while harvesting.
     pub windows_per_forward: usize,
+    /// Harvest activations on a background thread while training (default: on for GPUs,
+    /// off for the CPU backend, where both share the same cores). Same data either way.
+    pub harvest_in_background: Option<bool>,
     pub normalization: Normalization,
     /// Batches used to estimate the normalisation factor.
     pub normalization_batches: usize,
@@ -183,6 +186,7 @@ impl Default for TrainConfig {
             context_size: 128,
             n_batches_in_buffer: 16,
             windows_per_forward: 8,
+            harvest_in_background: None,
             normalization: Normalization::Global,
             normalization_batches: 8,
             b_dec_init: BDecInit::Zeros,

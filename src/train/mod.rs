@@ -25,7 +25,7 @@ pub use eval::EvalMetrics;
 pub use metrics::StepMetrics;
 
 use crate::data::corpus::Corpus;
-use crate::data::store::{ActivationStore, StoreConfig};
+use crate::data::store::{ActivationStore, StoreConfig, StreamPosition};
 use crate::data::windows::ContextWindows;
 use crate::files::{NamedArray, read_json, write_json, write_safetensors};
 use crate::lm::weights::WeightFile;
@@ -417,284 +417,311 @@ fn train_inner(
         drop_bos: config.drop_bos,
         z_convention: config.z_convention,
     };
-    let mut store = match (&config.activation_cache, &corpus) {
-        (Some(dir), _) => ActivationStore::from_cache(store_config, dir, config.seed, device)?,
-        (None, Some(corpus)) => ActivationStore::from_lm(
-            store_config,
-            model,
-            corpus,
-            &loaded.tokenizer,
-            train_start,
-            config.seed,
-            device,
-        )?,
-        (None, None) => unreachable!("a corpus is opened whenever there is no cache"),
-    };
-
-    let mut rng = Rng::new(config.seed);
-    let (mut sae, mut opt, mut state) = match resume {
-        Some(dir) => {
-            send(
-                events,
-                TrainEvent::Status(format!("resuming from {}", dir.display())),
-            );
-            let sae = BlockDiagSae::load(&dir.join("sae"), device)?;
-            if sae.config != sae_config {
-                bail!(
-                    "{}: the checkpoint's SAE ({:?}) does not match the config ({:?})",
-                    dir.display(),
-                    sae.config,
-                    sae_config
-                );
-            }
-            let state: TrainerState = read_json(&dir.join(checkpoint::STATE_FILE))?;
-            let opt = SaeOptimizer::load(
-                &sae,
-                &dir.join("optimizer.safetensors"),
-                state.adam_t,
-                device,
-            )?;
-            store.restore_state(dir)?;
-            (sae, opt, state)
-        }
-        None => {
-            send(
-                events,
-                TrainEvent::Status("harvesting activations and estimating their norm".into()),
-            );
-            let mut sae = BlockDiagSae::init(sae_config.clone(), &mut rng, device);
-            let (mean_norm, per_head) = store.mean_norms(config.normalization_batches.max(1))?;
-            sae.input_scale = match config.normalization {
-                Normalization::None => vec![1.0; h],
-                Normalization::Global => {
-                    vec![
-                        ((mc.n_heads * mc.d_head) as f64).sqrt() as f32
-                            / mean_norm.max(1e-12) as f32;
-                        h
-                    ]
-                }
-                Normalization::PerHead if h == mc.n_heads => per_head
-                    .iter()
-                    .map(|n| (d as f64).sqrt() as f32 / n.max(1e-12) as f32)
-                    .collect(),
-                Normalization::PerHead => {
-                    bail!("--normalization per-head needs a block-diagonal SAE (not --dense)")
-                }
-            };
-            if config.b_dec_init == BDecInit::GeometricMedian {
-                // Rows are [B, H, d]; scale each head's part into the SAE input space.
-                let rows = store.next_rows()?;
-                let scale = &sae.input_scale;
-                let scaled: Vec<f32> = rows
-                    .chunks_exact(d)
-                    .enumerate()
-                    .flat_map(|(i, part)| part.iter().map(move |v| v * scale[i % h]))
-                    .collect();
-                let median = geometric_median(&scaled, h, d, 30);
-                sae.b_dec = Tensor::from_data(TensorData::new(median, [h, d]), device);
-            }
-            let opt = SaeOptimizer::new(&sae);
-            (
-                sae,
-                opt,
-                TrainerState {
-                    step: 0,
-                    tokens: 0,
-                    adam_t: 0,
-                },
-            )
-        }
-    };
-
-    send(
-        events,
-        TrainEvent::Started {
-            config: Box::new(config.clone()),
-            model: Box::new(mc.clone()),
-            sae: sae_config.clone(),
-            device: device_name.to_string(),
-            start_step: state.step,
-        },
-    );
-    let hook = HookInfo {
-        model_name: mc.name.clone(),
-        hook_layer: layer,
-        context_size: config.context_size,
-        prepend_bos: mc.bos_token_id.is_some(),
-        dataset_path: config.dataset.display().to_string(),
-    };
-    let eval_tokens = if eval_windows.is_empty() {
-        None
-    } else {
-        Some(model.tokens(&eval_windows)?)
-    };
-    let metrics_path = config.out_dir.join("metrics.jsonl");
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
-    let mut dead = DeadFeatureTracker::new(h, m, config.dead_window_steps, config.dead_threshold);
-    let betas = (config.adam_beta1, config.adam_beta2);
-    let started = Instant::now();
-    let mut window_start = (Instant::now(), state.step);
-    let mut last_metrics: Option<StepMetrics> = None;
-    let mut last_eval: Option<EvalMetrics> = None;
-    let mut last_checkpoint: Option<PathBuf> = resume.map(Path::to_path_buf);
-    let mut stopped_early = false;
-    let total = config.total_training_steps;
-    let save = |sae: &BlockDiagSae,
-                opt: &SaeOptimizer,
-                state: &TrainerState,
-                store: &ActivationStore|
-     -> anyhow::Result<PathBuf> {
-        checkpoint::write_checkpoint(&config.out_dir, state.step, &config, |dir| {
-            sae.save(&dir.join("sae"))?;
-            write_safetensors(&dir.join("optimizer.safetensors"), &opt.to_arrays()?, None)?;
-            write_json(&dir.join(checkpoint::STATE_FILE), state)?;
-            store.save_state(dir)
-        })
-    };
-
-    while state.step < total {
-        let step = state.step;
-        let z = store.next_batch()?; // [B, n_heads, d_head]
-        let [b, _, _] = z.dims();
-        let x = sae.scale_input(z.reshape([b, h, d]));
-        let lr = config.lr_at(step);
-        let l1 = config.l1_at(step);
-        let out = opt.step(&mut sae, x.clone(), l1, lr, betas, config.grad_clip_norm);
-        dead.observe(out.feats.clone());
-        state.step += 1;
-        state.tokens += b as u64;
-        state.adam_t = opt.t;
-        let done = state.step;
-
-        let is_last = done == total;
-        if done % config.log_every == 0 || is_last {
-            let loss = scalar(out.total.clone());
-            if !loss.is_finite() {
-                bail!(
-                    "loss became {loss} at step {done}; training stopped. The last good checkpoint \
-                     is {}. Try a lower --lr or --l1-coefficient.",
-                    last_checkpoint
-                        .as_ref()
-                        .map_or("none (none was written yet)".to_string(), |p| p
-                            .display()
-                            .to_string())
-                );
-            }
-            let so = crate::sae::SaeOutput {
-                pre: out.pre.clone(),
-                feats: out.feats.clone(),
-                recon: out.recon.clone(),
-            };
-            let stats = metrics::batch_stats(x, &so);
-            let (dead_total, dead_per_head) = dead.dead();
-            let elapsed = window_start.0.elapsed().as_secs_f64();
-            let steps_per_s = (done - window_start.1) as f64 / elapsed.max(1e-9);
-            window_start = (Instant::now(), done);
-            let m = StepMetrics {
-                step: done,
-                tokens: state.tokens,
-                loss,
-                mse: scalar(out.mse.clone()),
-                sparsity_loss: scalar(out.sparsity.clone()),
-                l0: stats.l0_per_head.iter().sum(),
-                l0_per_head: stats.l0_per_head,
-                explained_variance: stats.explained_variance,
-                explained_variance_per_head: stats.explained_variance_per_head,
-                l2_ratio: stats.l2_ratio,
-                dead_features: dead_total,
-                dead_per_head,
-                lr,
-                l1_coefficient: l1,
-                steps_per_s,
-            };
-            writeln!(
-                metrics_file,
-                "{}",
-                serde_json::to_string(&serde_json::json!({"type": "step", "data": &m}))?
-            )?;
-            send(events, TrainEvent::Step(Box::new(m.clone())));
-            last_metrics = Some(m);
-        }
-        if done % config.dead_window_steps.max(1) == 0
-            && let Some(density) = &dead.last_density
-        {
-            send(
-                events,
-                TrainEvent::Density {
-                    step: done,
-                    histogram: metrics::density_histogram(density, 40),
-                },
-            );
-        }
-        if let Some(tokens) = &eval_tokens
-            && ((config.eval_every > 0 && done % config.eval_every == 0) || is_last)
-        {
-            let e = eval::evaluate(
+    let corpus = &corpus;
+    let eval_windows = &eval_windows;
+    std::thread::scope(|scope| -> anyhow::Result<TrainSummary> {
+        // On resume the stream continues where the checkpoint left it.
+        let start = match resume.map(ActivationStore::saved_position).transpose()? {
+            Some(StreamPosition::Windows(pos)) => pos,
+            _ => train_start,
+        };
+        // Harvest on a background thread (overlapping the LM with SAE steps) unless told not
+        // to; by default only off the CPU backend, where both would share the same cores.
+        let background = config
+            .harvest_in_background
+            .unwrap_or(*device != Device::flex());
+        let mut store = match (&config.activation_cache, &corpus) {
+            (Some(dir), _) => ActivationStore::from_cache(store_config, dir, config.seed, device)?,
+            (None, Some(corpus)) if background => ActivationStore::from_lm_background(
+                scope,
+                store_config,
                 model,
-                &sae,
-                tokens.clone(),
-                layer,
-                config.z_convention,
-                config.drop_bos,
-                done,
-            )?;
-            writeln!(
-                metrics_file,
-                "{}",
-                serde_json::to_string(&serde_json::json!({"type": "eval", "data": &e}))?
-            )?;
-            send(events, TrainEvent::Eval(Box::new(e.clone())));
-            last_eval = Some(e);
-        }
-        let stop_now = control.stop.load(Ordering::Relaxed) || control.stop_after == Some(done);
-        if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0)
-            || is_last
-            || stop_now
-        {
-            let path = save(&sae, &opt, &state, &store)?;
-            send(
-                events,
-                TrainEvent::Checkpoint {
-                    step: done,
-                    path: path.clone(),
-                },
-            );
-            last_checkpoint = Some(path);
-        }
-        if stop_now && !is_last {
-            stopped_early = true;
-            break;
-        }
-    }
-    metrics_file.flush()?;
+                corpus,
+                &loaded.tokenizer,
+                start,
+                2,
+                config.seed,
+                device,
+            )?,
+            (None, Some(corpus)) => ActivationStore::from_lm(
+                store_config,
+                model,
+                corpus,
+                &loaded.tokenizer,
+                start,
+                config.seed,
+                device,
+            )?,
+            (None, None) => unreachable!("a corpus is opened whenever there is no cache"),
+        };
 
-    let sae_dir = config.out_dir.join("sae");
-    sae.save(&sae_dir)?;
-    let density = dead.density();
-    let log_density: Option<Vec<f32>> =
-        density.map(|d| d.iter().map(|v| (v + 1e-10).log10() as f32).collect());
-    sae.export_saelens(
-        &config.out_dir.join("saelens"),
-        &hook,
-        log_density.as_deref(),
-    )?;
-    let summary = TrainSummary {
-        steps: state.step,
-        tokens: state.tokens,
-        seconds: started.elapsed().as_secs_f64(),
-        last: last_metrics,
-        eval: last_eval,
-        sae_dir,
-        checkpoint: last_checkpoint,
-        stopped_early,
-    };
-    write_json(&config.out_dir.join("summary.json"), &summary)?;
-    send(events, TrainEvent::Finished(Box::new(summary.clone())));
-    Ok(summary)
+        let mut rng = Rng::new(config.seed);
+        let (mut sae, mut opt, mut state) = match resume {
+            Some(dir) => {
+                send(
+                    events,
+                    TrainEvent::Status(format!("resuming from {}", dir.display())),
+                );
+                let sae = BlockDiagSae::load(&dir.join("sae"), device)?;
+                if sae.config != sae_config {
+                    bail!(
+                        "{}: the checkpoint's SAE ({:?}) does not match the config ({:?})",
+                        dir.display(),
+                        sae.config,
+                        sae_config
+                    );
+                }
+                let state: TrainerState = read_json(&dir.join(checkpoint::STATE_FILE))?;
+                let opt = SaeOptimizer::load(
+                    &sae,
+                    &dir.join("optimizer.safetensors"),
+                    state.adam_t,
+                    device,
+                )?;
+                store.restore_state(dir)?;
+                (sae, opt, state)
+            }
+            None => {
+                send(
+                    events,
+                    TrainEvent::Status("harvesting activations and estimating their norm".into()),
+                );
+                let mut sae = BlockDiagSae::init(sae_config.clone(), &mut rng, device);
+                let (mean_norm, per_head) =
+                    store.mean_norms(config.normalization_batches.max(1))?;
+                sae.input_scale = match config.normalization {
+                    Normalization::None => vec![1.0; h],
+                    Normalization::Global => {
+                        vec![
+                            ((mc.n_heads * mc.d_head) as f64).sqrt() as f32
+                                / mean_norm.max(1e-12) as f32;
+                            h
+                        ]
+                    }
+                    Normalization::PerHead if h == mc.n_heads => per_head
+                        .iter()
+                        .map(|n| (d as f64).sqrt() as f32 / n.max(1e-12) as f32)
+                        .collect(),
+                    Normalization::PerHead => {
+                        bail!("--normalization per-head needs a block-diagonal SAE (not --dense)")
+                    }
+                };
+                if config.b_dec_init == BDecInit::GeometricMedian {
+                    // Rows are [B, H, d]; scale each head's part into the SAE input space.
+                    let rows = store.next_rows()?;
+                    let scale = &sae.input_scale;
+                    let scaled: Vec<f32> = rows
+                        .chunks_exact(d)
+                        .enumerate()
+                        .flat_map(|(i, part)| part.iter().map(move |v| v * scale[i % h]))
+                        .collect();
+                    let median = geometric_median(&scaled, h, d, 30);
+                    sae.b_dec = Tensor::from_data(TensorData::new(median, [h, d]), device);
+                }
+                let opt = SaeOptimizer::new(&sae);
+                (
+                    sae,
+                    opt,
+                    TrainerState {
+                        step: 0,
+                        tokens: 0,
+                        adam_t: 0,
+                    },
+                )
+            }
+        };
+
+        send(
+            events,
+            TrainEvent::Started {
+                config: Box::new(config.clone()),
+                model: Box::new(mc.clone()),
+                sae: sae_config.clone(),
+                device: device_name.to_string(),
+                start_step: state.step,
+            },
+        );
+        let hook = HookInfo {
+            model_name: mc.name.clone(),
+            hook_layer: layer,
+            context_size: config.context_size,
+            prepend_bos: mc.bos_token_id.is_some(),
+            dataset_path: config.dataset.display().to_string(),
+        };
+        let eval_tokens = if eval_windows.is_empty() {
+            None
+        } else {
+            Some(model.tokens(eval_windows)?)
+        };
+        let metrics_path = config.out_dir.join("metrics.jsonl");
+        let mut metrics_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .with_context(|| format!("opening {}", metrics_path.display()))?;
+        let mut dead =
+            DeadFeatureTracker::new(h, m, config.dead_window_steps, config.dead_threshold);
+        let betas = (config.adam_beta1, config.adam_beta2);
+        let started = Instant::now();
+        let mut window_start = (Instant::now(), state.step);
+        let mut last_metrics: Option<StepMetrics> = None;
+        let mut last_eval: Option<EvalMetrics> = None;
+        let mut last_checkpoint: Option<PathBuf> = resume.map(Path::to_path_buf);
+        let mut stopped_early = false;
+        let total = config.total_training_steps;
+        let save = |sae: &BlockDiagSae,
+                    opt: &SaeOptimizer,
+                    state: &TrainerState,
+                    store: &ActivationStore|
+         -> anyhow::Result<PathBuf> {
+            checkpoint::write_checkpoint(&config.out_dir, state.step, &config, |dir| {
+                sae.save(&dir.join("sae"))?;
+                write_safetensors(&dir.join("optimizer.safetensors"), &opt.to_arrays()?, None)?;
+                write_json(&dir.join(checkpoint::STATE_FILE), state)?;
+                store.save_state(dir)
+            })
+        };
+
+        while state.step < total {
+            let step = state.step;
+            let z = store.next_batch()?; // [B, n_heads, d_head]
+            let [b, _, _] = z.dims();
+            let x = sae.scale_input(z.reshape([b, h, d]));
+            let lr = config.lr_at(step);
+            let l1 = config.l1_at(step);
+            let out = opt.step(&mut sae, x.clone(), l1, lr, betas, config.grad_clip_norm);
+            dead.observe(out.feats.clone());
+            state.step += 1;
+            state.tokens += b as u64;
+            state.adam_t = opt.t;
+            let done = state.step;
+
+            let is_last = done == total;
+            if done % config.log_every == 0 || is_last {
+                let loss = scalar(out.total.clone());
+                if !loss.is_finite() {
+                    bail!(
+                        "loss became {loss} at step {done}; training stopped. The last good checkpoint \
+                         is {}. Try a lower --lr or --l1-coefficient.",
+                        last_checkpoint
+                            .as_ref()
+                            .map_or("none (none was written yet)".to_string(), |p| p
+                                .display()
+                                .to_string())
+                    );
+                }
+                let so = crate::sae::SaeOutput {
+                    pre: out.pre.clone(),
+                    feats: out.feats.clone(),
+                    recon: out.recon.clone(),
+                };
+                let stats = metrics::batch_stats(x, &so);
+                let (dead_total, dead_per_head) = dead.dead();
+                let elapsed = window_start.0.elapsed().as_secs_f64();
+                let steps_per_s = (done - window_start.1) as f64 / elapsed.max(1e-9);
+                window_start = (Instant::now(), done);
+                let m = StepMetrics {
+                    step: done,
+                    tokens: state.tokens,
+                    loss,
+                    mse: scalar(out.mse.clone()),
+                    sparsity_loss: scalar(out.sparsity.clone()),
+                    l0: stats.l0_per_head.iter().sum(),
+                    l0_per_head: stats.l0_per_head,
+                    explained_variance: stats.explained_variance,
+                    explained_variance_per_head: stats.explained_variance_per_head,
+                    l2_ratio: stats.l2_ratio,
+                    dead_features: dead_total,
+                    dead_per_head,
+                    lr,
+                    l1_coefficient: l1,
+                    steps_per_s,
+                };
+                writeln!(
+                    metrics_file,
+                    "{}",
+                    serde_json::to_string(&serde_json::json!({"type": "step", "data": &m}))?
+                )?;
+                send(events, TrainEvent::Step(Box::new(m.clone())));
+                last_metrics = Some(m);
+            }
+            if done % config.dead_window_steps.max(1) == 0
+                && let Some(density) = &dead.last_density
+            {
+                send(
+                    events,
+                    TrainEvent::Density {
+                        step: done,
+                        histogram: metrics::density_histogram(density, 40),
+                    },
+                );
+            }
+            if let Some(tokens) = &eval_tokens
+                && ((config.eval_every > 0 && done % config.eval_every == 0) || is_last)
+            {
+                let e = eval::evaluate(
+                    model,
+                    &sae,
+                    tokens.clone(),
+                    layer,
+                    config.z_convention,
+                    config.drop_bos,
+                    done,
+                )?;
+                writeln!(
+                    metrics_file,
+                    "{}",
+                    serde_json::to_string(&serde_json::json!({"type": "eval", "data": &e}))?
+                )?;
+                send(events, TrainEvent::Eval(Box::new(e.clone())));
+                last_eval = Some(e);
+            }
+            let stop_now = control.stop.load(Ordering::Relaxed) || control.stop_after == Some(done);
+            if (config.checkpoint_every > 0 && done % config.checkpoint_every == 0)
+                || is_last
+                || stop_now
+            {
+                let path = save(&sae, &opt, &state, &store)?;
+                send(
+                    events,
+                    TrainEvent::Checkpoint {
+                        step: done,
+                        path: path.clone(),
+                    },
+                );
+                last_checkpoint = Some(path);
+            }
+            if stop_now && !is_last {
+                stopped_early = true;
+                break;
+            }
+        }
+        metrics_file.flush()?;
+
+        let sae_dir = config.out_dir.join("sae");
+        sae.save(&sae_dir)?;
+        let density = dead.density();
+        let log_density: Option<Vec<f32>> =
+            density.map(|d| d.iter().map(|v| (v + 1e-10).log10() as f32).collect());
+        sae.export_saelens(
+            &config.out_dir.join("saelens"),
+            &hook,
+            log_density.as_deref(),
+        )?;
+        let summary = TrainSummary {
+            steps: state.step,
+            tokens: state.tokens,
+            seconds: started.elapsed().as_secs_f64(),
+            last: last_metrics,
+            eval: last_eval,
+            sae_dir,
+            checkpoint: last_checkpoint,
+            stopped_early,
+        };
+        write_json(&config.out_dir.join("summary.json"), &summary)?;
+        send(events, TrainEvent::Finished(Box::new(summary.clone())));
+        Ok(summary)
+    })
 }
 
 #[cfg(test)]
