@@ -125,44 +125,32 @@ impl<'a> ActivationStore<'a> {
             },
             buffer: Vec::new(),
             rng: Rng::new(seed),
-            position: StreamPosition::Start,
+            position: StreamPosition::Windows(start),
             tokens_harvested: 0,
             device: device.clone(),
             config,
         })
     }
 
-    /// Like [`from_lm`](Self::from_lm), but the LM runs on a thread of `scope`, harvesting up
-    /// to `ahead` forward passes ahead while the caller trains, so harvesting and training
-    /// overlap. The data, and so the trained SAE, are the same as inline harvesting.
-    #[allow(clippy::too_many_arguments)]
-    pub fn from_lm_background<'scope>(
+    /// Moves an LM store's harvesting onto a thread of `scope`, which runs up to `ahead`
+    /// forward passes ahead while the caller trains, so harvesting and training overlap.
+    /// The chunks arrive in the inline order: the data, and so the SAE, are the same.
+    /// A cache store is returned unchanged.
+    pub fn in_background<'scope>(
+        mut self,
         scope: &'scope std::thread::Scope<'scope, 'a>,
-        config: StoreConfig,
-        model: &'a Transformer,
-        corpus: &'a Corpus,
-        tokenizer: &'a tokenizers::Tokenizer,
-        start: WindowsPosition,
         ahead: usize,
-        seed: u64,
-        device: &Device,
-    ) -> anyhow::Result<Self> {
-        let mut store = Self::from_lm(
-            config.clone(),
-            model,
-            corpus,
-            tokenizer,
-            start,
-            seed,
-            device,
-        )?;
-        let Source::Lm { mut windows, .. } = std::mem::replace(
-            &mut store.source,
-            Source::Background(std::sync::mpsc::channel().1),
-        ) else {
-            unreachable!("from_lm builds an LM source");
-        };
+    ) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(ahead.max(1));
+        let source = std::mem::replace(&mut self.source, Source::Background(rx));
+        let Source::Lm {
+            model, mut windows, ..
+        } = source
+        else {
+            self.source = source;
+            return self;
+        };
+        let config = self.config.clone();
         scope.spawn(move || {
             loop {
                 let chunk = harvest_windows(model, &mut windows, &config);
@@ -173,9 +161,7 @@ impl<'a> ActivationStore<'a> {
                 }
             }
         });
-        store.source = Source::Background(rx);
-        store.position = StreamPosition::Windows(start);
-        Ok(store)
+        self
     }
 
     /// A store that reads a cache written by [`write_cache`].

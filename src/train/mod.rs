@@ -432,26 +432,22 @@ fn train_inner(
             .unwrap_or(*device != Device::flex());
         let mut store = match (&config.activation_cache, &corpus) {
             (Some(dir), _) => ActivationStore::from_cache(store_config, dir, config.seed, device)?,
-            (None, Some(corpus)) if background => ActivationStore::from_lm_background(
-                scope,
-                store_config,
-                model,
-                corpus,
-                &loaded.tokenizer,
-                start,
-                2,
-                config.seed,
-                device,
-            )?,
-            (None, Some(corpus)) => ActivationStore::from_lm(
-                store_config,
-                model,
-                corpus,
-                &loaded.tokenizer,
-                start,
-                config.seed,
-                device,
-            )?,
+            (None, Some(corpus)) => {
+                let store = ActivationStore::from_lm(
+                    store_config,
+                    model,
+                    corpus,
+                    &loaded.tokenizer,
+                    start,
+                    config.seed,
+                    device,
+                )?;
+                if background {
+                    store.in_background(scope, 2)
+                } else {
+                    store
+                }
+            }
             (None, None) => unreachable!("a corpus is opened whenever there is no cache"),
         };
 
