@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use attn_saes::lm::{self, Family, HookRequest, per_token_ce};
+use attn_saes::lm::{self, Family, HookRequest};
 use burn::prelude::*;
 use common::*;
 
@@ -55,18 +55,7 @@ fn llama_hf_safetensors_matches_transformers() {
             };
             let mut cache = model.run(tokens.clone(), &hooks, None).unwrap();
             let logits = cache.logits.take().unwrap();
-            assert_close(
-                &tag(&format!("seq{s} logits")),
-                &values(logits.clone()),
-                &reference.get(&format!("seq{s}.logits")).data,
-                TOL,
-            );
-            assert_close(
-                &tag(&format!("seq{s} ce")),
-                &values(per_token_ce(logits, tokens)),
-                &reference.get(&format!("seq{s}.ce")).data,
-                TOL,
-            );
+            check_logits_and_ce(&tag, s, logits, tokens, &reference, TOL);
             for l in 0..cfg.n_layers {
                 let name = format!("seq{s}.hook_z.L{l}");
                 let z = cache.hook_z[&l].clone();

@@ -49,18 +49,7 @@ fn check_model(case: &Case, model_dir: &str, device_name: &str, device: &Device)
         };
         let mut cache = model.run(tokens.clone(), &hooks, None).unwrap();
         let logits = cache.logits.take().unwrap();
-        assert_close(
-            &tag(&format!("seq{s} logits")),
-            &values(logits.clone()),
-            &reference.get(&format!("seq{s}.logits")).data,
-            TOL,
-        );
-        assert_close(
-            &tag(&format!("seq{s} ce")),
-            &values(per_token_ce(logits, tokens.clone())),
-            &reference.get(&format!("seq{s}.ce")).data,
-            TOL,
-        );
+        check_logits_and_ce(&tag, s, logits, tokens.clone(), &reference, TOL);
         let raw = model
             .run(
                 tokens.clone(),

@@ -417,8 +417,6 @@ fn train_inner(
         drop_bos: config.drop_bos,
         z_convention: config.z_convention,
     };
-    let corpus = &corpus;
-    let eval_windows = &eval_windows;
     std::thread::scope(|scope| -> anyhow::Result<TrainSummary> {
         // On resume the stream continues where the checkpoint left it.
         let start = match resume.map(ActivationStore::saved_position).transpose()? {
@@ -547,7 +545,7 @@ fn train_inner(
         let eval_tokens = if eval_windows.is_empty() {
             None
         } else {
-            Some(model.tokens(eval_windows)?)
+            Some(model.tokens(&eval_windows)?)
         };
         let metrics_path = config.out_dir.join("metrics.jsonl");
         let mut metrics_file = std::fs::OpenOptions::new()

@@ -118,3 +118,27 @@ pub fn test_devices() -> Vec<(&'static str, Device)> {
     }
     devices
 }
+
+/// Compares one sequence's logits `[1, pos, vocab]` and per-token CE with the reference
+/// tensors `seq{s}.logits` and `seq{s}.ce`.
+pub fn check_logits_and_ce(
+    tag: &dyn Fn(&str) -> String,
+    s: usize,
+    logits: Tensor<3>,
+    tokens: Tensor<2, burn::tensor::Int>,
+    reference: &Reference,
+    tol: f64,
+) {
+    assert_close(
+        &tag(&format!("seq{s} logits")),
+        &values(logits.clone()),
+        &reference.get(&format!("seq{s}.logits")).data,
+        tol,
+    );
+    assert_close(
+        &tag(&format!("seq{s} ce")),
+        &values(attn_saes::lm::per_token_ce(logits, tokens)),
+        &reference.get(&format!("seq{s}.ce")).data,
+        tol,
+    );
+}
