@@ -3,7 +3,11 @@
 //! CPU backend and on wgpu when an adapter exists. Compare with `benches/torch_sae_step.py`
 //! (PyTorch bmm and the seed's dense `torch.block_diag` method).
 //!
-//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S]`
+//! On the CPU the fused step (`src/train/fused_cpu.rs`, the trainer's default there) and
+//! burn's autodiff are both timed. `--b-enc V` starts every encoder bias at `V`: 0 fires
+//! about half the features (a fresh SAE); -0.2 fires about 2% (a trained one).
+//!
+//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V]`
 
 use std::time::Instant;
 
@@ -25,6 +29,7 @@ fn main() -> anyhow::Result<()> {
     let which = arg("--device").unwrap_or_else(|| "all".into());
     let quick = std::env::args().any(|a| a == "--quick");
     let seconds: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let b_enc: f32 = arg("--b-enc").and_then(|s| s.parse().ok()).unwrap_or(0.0);
     let mut configs = vec![(1024usize, 12usize, 64usize, 512usize)];
     if !quick {
         configs.push((4096, 12, 64, 2048));
@@ -49,28 +54,44 @@ fn main() -> anyhow::Result<()> {
                 features_per_head: m,
                 architecture: Architecture::Relu,
             };
-            let mut sae = BlockDiagSae::init(config, &mut Rng::new(0), device);
-            let mut opt = SaeOptimizer::new(&sae);
-            let x = Tensor::<3>::random([h, b, d], Distribution::Normal(0.0, 1.0), device);
-            let mut step = || {
-                let out = opt.step(&mut sae, x.clone(), 1.0, 1e-4, (0.9, 0.999), 1.0);
-                // Read the loss back so the step is finished before the clock stops.
-                out.total.into_scalar::<f32>()
-            };
-            step();
-            step();
-            let start = Instant::now();
-            let mut n = 0;
-            while n < 3 || start.elapsed().as_secs_f64() < seconds {
-                step();
-                n += 1;
+            let mut paths = vec![("autodiff", false)];
+            if *name == "cpu" {
+                paths.insert(0, ("fused", true));
             }
-            let secs = start.elapsed().as_secs_f64();
-            println!(
-                "burn_sae_step device={name} B={b} H={h} d={d} m={m} steps_per_s={:.3} ms_per_step={:.1}",
-                n as f64 / secs,
-                secs * 1e3 / n as f64
-            );
+            for (path, fused) in paths {
+                let mut sae = BlockDiagSae::init(config.clone(), &mut Rng::new(0), device);
+                sae.b_enc = sae.b_enc.clone().add_scalar(b_enc);
+                let mut opt = if fused {
+                    SaeOptimizer::new(&sae)
+                } else {
+                    SaeOptimizer::with_autodiff(&sae)
+                };
+                assert_eq!(opt.is_fused(), fused);
+                let x = Tensor::<3>::random([h, b, d], Distribution::Normal(0.0, 1.0), device);
+                let mut density = 0.0;
+                let mut step = || {
+                    // The seed's loss and settings, as in benches/torch_sae_step.py.
+                    let out = opt.step(&mut sae, x.clone(), 2.0, 5e-5, (0.9, 0.999), 1.0);
+                    density = out.fired.sum().into_scalar::<f32>() as f64 / (b * h * m) as f64;
+                    // Reading the loss back finishes the step before the clock stops.
+                    out.total.into_scalar::<f32>()
+                };
+                step();
+                step();
+                let start = Instant::now();
+                let mut n = 0;
+                while n < 3 || start.elapsed().as_secs_f64() < seconds {
+                    step();
+                    n += 1;
+                }
+                let secs = start.elapsed().as_secs_f64();
+                println!(
+                    "burn_sae_step device={name} path={path} B={b} H={h} d={d} m={m} b_enc={b_enc} \
+                     density={density:.3} steps_per_s={:.3} ms_per_step={:.1}",
+                    n as f64 / secs,
+                    secs * 1e3 / n as f64
+                );
+            }
         }
     }
     Ok(())

@@ -14,7 +14,10 @@ Two implementations:
 
 Configs: gpt2 seed config B=4096 H=12 d=64 m=2048, and a smaller B=1024 H=12 d=64 m=512.
 
-    python benches/torch_sae_step.py [--quick] [--threads N] [--seconds S]
+    python benches/torch_sae_step.py [--quick] [--threads N] [--seconds S] [--b-enc V]
+
+--b-enc V starts every encoder bias at V (0: about half the features fire, as in a fresh
+SAE; -0.2: about 2% fire, as in a trained one), as `cargo bench --bench sae_step` does.
 
 --quick runs only the small config. Output lines look like
     torch_sae_step impl=bmm B=4096 H=12 d=64 m=2048 steps_per_s=1.234
@@ -41,11 +44,18 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def april_init(H, m, d, g):
+    """Decoder rows of norm 0.1 in random directions (attn-saes' init), [H, m, d]."""
+    W_dec = torch.randn(H, m, d, generator=g)
+    return W_dec / W_dec.norm(dim=2, keepdim=True) * 0.1
+
+
 class BmmSAE:
-    def __init__(self, H, d, m, g, dev="cpu"):
-        self.W_enc = (torch.randn(H, d, m, generator=g) * 0.1).to(dev).requires_grad_(True)
-        self.b_enc = torch.zeros(H, m, device=dev, requires_grad=True)
-        self.W_dec = (torch.randn(H, m, d, generator=g) * 0.1).to(dev).requires_grad_(True)
+    def __init__(self, H, d, m, g, dev="cpu", b_enc=0.0):
+        W_dec = april_init(H, m, d, g)
+        self.W_enc = W_dec.transpose(1, 2).contiguous().to(dev).requires_grad_(True)
+        self.b_enc = torch.full((H, m), b_enc, device=dev, requires_grad=True)
+        self.W_dec = W_dec.to(dev).requires_grad_(True)
         self.b_dec = torch.zeros(H, d, device=dev, requires_grad=True)
         self.params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
 
@@ -62,10 +72,11 @@ class BmmSAE:
 class BlockDiagSAE:
     """Seed fork layout: nn.Linear-style blocks, dense block_diag assembled per step."""
 
-    def __init__(self, H, d, m, g, dev="cpu"):
-        self.enc_w = [(torch.randn(m, d, generator=g) * 0.1).to(dev).requires_grad_(True) for _ in range(H)]
-        self.enc_b = [torch.zeros(m, device=dev, requires_grad=True) for _ in range(H)]
-        self.dec_w = [(torch.randn(d, m, generator=g) * 0.1).to(dev).requires_grad_(True) for _ in range(H)]
+    def __init__(self, H, d, m, g, dev="cpu", b_enc=0.0):
+        W_dec = april_init(H, m, d, g)
+        self.enc_w = [W_dec[h].clone().to(dev).requires_grad_(True) for h in range(H)]
+        self.enc_b = [torch.full((m,), b_enc, device=dev, requires_grad=True) for _ in range(H)]
+        self.dec_w = [W_dec[h].t().contiguous().to(dev).requires_grad_(True) for h in range(H)]
         self.dec_b = [torch.zeros(d, device=dev, requires_grad=True) for _ in range(H)]
         self.params = self.enc_w + self.enc_b + self.dec_w + self.dec_b
 
@@ -83,9 +94,9 @@ class BlockDiagSAE:
         return mse + LAMBDA * l1
 
 
-def bench(impl, B, H, d, m, seconds, warmup=2, min_steps=3, dev="cpu"):
+def bench(impl, B, H, d, m, seconds, warmup=2, min_steps=3, dev="cpu", b_enc=0.0):
     g = torch.Generator().manual_seed(0)
-    sae = {"bmm": BmmSAE, "block_diag": BlockDiagSAE}[impl](H, d, m, g, dev)
+    sae = {"bmm": BmmSAE, "block_diag": BlockDiagSAE}[impl](H, d, m, g, dev, b_enc)
     opt = torch.optim.Adam(sae.params, lr=LR, betas=(0.9, 0.999), eps=1e-8)
     x = torch.randn(B, H, d, generator=g).to(dev)
 
@@ -116,6 +127,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
     ap.add_argument("--seconds", type=float, default=5.0, help="target time per measurement")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--b-enc", type=float, default=0.0, help="initial encoder bias")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,9 +140,10 @@ def main():
         configs.append((4096, 12, 64, 2048))
     for B, H, d, m in configs:
         for impl in ("bmm", "block_diag"):
-            sps, n, dt = bench(impl, B, H, d, m, args.seconds, dev=args.device)
+            sps, n, dt = bench(impl, B, H, d, m, args.seconds, dev=args.device, b_enc=args.b_enc)
             print(
-                f"torch_sae_step device={args.device} impl={impl} B={B} H={H} d={d} m={m} steps_per_s={sps:.3f}"
+                f"torch_sae_step device={args.device} impl={impl} B={B} H={H} d={d} m={m} b_enc={args.b_enc}"
+                f" steps_per_s={sps:.3f}"
                 f"  ({n} steps in {dt:.1f}s)",
                 flush=True,
             )

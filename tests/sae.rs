@@ -119,14 +119,35 @@ fn check_gradients(
     }
 }
 
+/// Both training paths: the fused CPU step (what `SaeOptimizer::new` picks for a ReLU SAE
+/// on the CPU) and burn's autodiff.
 #[test]
 fn two_clipped_adam_steps_match_pytorch() {
-    let f = fixture(Architecture::Relu);
+    for fused in [true, false] {
+        let f = fixture(Architecture::Relu);
+        let mut sae = f.sae.clone();
+        let mut opt = if fused {
+            SaeOptimizer::new(&sae)
+        } else {
+            SaeOptimizer::with_autodiff(&sae)
+        };
+        assert_eq!(opt.is_fused(), fused);
+        adam_steps_match(&f, &mut sae, &mut opt);
+    }
+}
+
+fn adam_steps_match(f: &Fixture, sae: &mut BlockDiagSae, opt: &mut SaeOptimizer) {
     let r = &f.reference;
-    let mut sae = f.sae.clone();
-    let mut opt = SaeOptimizer::new(&sae);
     for step in ["step1", "step2"] {
-        opt.step(&mut sae, f.x.clone(), 0.7, 1e-2, (0.9, 0.999), 0.5);
+        let out = opt.step(sae, f.x.clone(), 0.7, 1e-2, (0.9, 0.999), 0.5);
+        if step == "step1" {
+            assert_close(
+                "relu.loss (from the step)",
+                &values(out.total),
+                &r.get("relu.loss").data,
+                TOL,
+            );
+        }
         for (name, got) in [
             ("W_enc", values(sae.w_enc.clone())),
             ("b_enc", values(sae.b_enc.clone())),

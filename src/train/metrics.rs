@@ -4,6 +4,7 @@
 use burn::prelude::*;
 
 use crate::sae::SaeOutput;
+use crate::train::StepOutput;
 
 /// Metrics published every `log_every` steps.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -41,29 +42,43 @@ fn host(t: Tensor<1>) -> Vec<f64> {
         .collect()
 }
 
-/// Explained variance `1 - sum||x - x_hat||^2 / sum||x - mean(x)||^2` (mean over the batch,
-/// per dimension), L0 per head and the mean L2 norm ratio `||x_hat|| / ||x||`.
+/// The per-batch sums metrics need, from a forward pass: firings per feature [H, m],
+/// summed squared error per head [H] and squared reconstruction norms [H, B].
 ///
 /// # Shapes
 /// `x`: [H, B, d_head] in the SAE's input space.
-pub fn batch_stats(x: Tensor<3>, out: &SaeOutput) -> BatchStats {
-    let h = x.dims()[0];
-    let l0 = out
+pub fn step_sums(x: Tensor<3>, out: &SaeOutput) -> (Tensor<2>, Tensor<1>, Tensor<2>) {
+    let [h, b, m] = out.feats.dims();
+    let fired = out
         .feats
         .clone()
         .greater_elem(0.0)
         .float()
-        .sum_dim(2)
-        .mean_dim(1); // [H,1,1]
-    let resid = (x.clone() - out.recon.clone())
+        .sum_dim(1)
+        .reshape([h, m]);
+    let resid = (x - out.recon.clone())
         .square()
         .sum_dim(2)
-        .sum_dim(1); // [H,1,1]
+        .sum_dim(1)
+        .reshape([h]);
+    let recon_sq = out.recon.clone().square().sum_dim(2).reshape([h, b]);
+    (fired, resid, recon_sq)
+}
+
+/// Explained variance `1 - sum||x - x_hat||^2 / sum||x - mean(x)||^2` (mean over the batch,
+/// per dimension), L0 per head and the mean L2 norm ratio `||x_hat|| / ||x||`, from a
+/// training step's sums.
+///
+/// # Shapes
+/// `x`: [H, B, d_head] in the SAE's input space.
+pub fn batch_stats(x: Tensor<3>, out: &StepOutput) -> BatchStats {
+    let [h, b, _] = x.dims();
+    let l0 = out.fired.clone().sum_dim(1).reshape([h]) / b as f64;
     let centered = (x.clone() - x.clone().mean_dim(1))
         .square()
         .sum_dim(2)
         .sum_dim(1);
-    let resid = host(resid.reshape([h]));
+    let resid = host(out.resid_sq.clone());
     let centered = host(centered.reshape([h]));
     let ev_head = resid
         .iter()
@@ -71,11 +86,11 @@ pub fn batch_stats(x: Tensor<3>, out: &SaeOutput) -> BatchStats {
         .map(|(r, c)| 1.0 - r / c.max(1e-30))
         .collect();
     let ev = 1.0 - resid.iter().sum::<f64>() / centered.iter().sum::<f64>().max(1e-30);
-    let x_norm = x.square().sum_dim(2).sum_dim(0).sqrt(); // [1,B,1]
-    let r_norm = out.recon.clone().square().sum_dim(2).sum_dim(0).sqrt();
+    let x_norm = x.square().sum_dim(2).sum_dim(0).reshape([b]).sqrt();
+    let r_norm = out.recon_sq.clone().sum_dim(0).reshape([b]).sqrt();
     let ratio = (r_norm / x_norm.clamp_min(1e-12)).mean();
     BatchStats {
-        l0_per_head: host(l0.reshape([h])),
+        l0_per_head: host(l0),
         explained_variance: ev,
         explained_variance_per_head: ev_head,
         l2_ratio: host(ratio)[0],
@@ -116,10 +131,8 @@ impl DeadFeatureTracker {
         }
     }
 
-    /// Adds a batch's feature activations [H, B, m].
-    pub fn observe(&mut self, feats: Tensor<3>) {
-        let [h, b, m] = feats.dims();
-        let fired = feats.greater_elem(0.0).float().sum_dim(1).reshape([h, m]);
+    /// Adds a batch's firings per feature [H, m] over `b` tokens.
+    pub fn observe(&mut self, fired: Tensor<2>, b: usize) {
         self.counts = Some(match self.counts.take() {
             Some(c) => c + fired,
             None => fired,
@@ -207,7 +220,44 @@ mod tests {
         let x = Tensor::<3>::from_data(TensorData::new(xs.clone(), [2, 5, 3]), &device);
         let out = sae.forward(x.clone());
         let recon: Vec<f32> = crate::files::host_vec(out.recon.clone()).unwrap();
-        let stats = batch_stats(x, &out);
+        let (fired, resid_sq, recon_sq) = step_sums(x.clone(), &out);
+        let zero = Tensor::<1>::zeros([1], &device);
+        let step = StepOutput {
+            mse: zero.clone(),
+            sparsity: zero.clone(),
+            total: zero,
+            fired,
+            resid_sq,
+            recon_sq,
+        };
+        let stats = batch_stats(x, &step);
+        // L2 ratio and L0, naively.
+        let feats: Vec<f32> = crate::files::host_vec(out.feats.clone()).unwrap();
+        let mut ratio = 0f64;
+        for b in 0..5 {
+            let (mut xn, mut rn) = (0f64, 0f64);
+            for h in 0..2 {
+                for j in 0..3 {
+                    let i = (h * 5 + b) * 3 + j;
+                    xn += (xs[i] as f64).powi(2);
+                    rn += (recon[i] as f64).powi(2);
+                }
+            }
+            ratio += rn.sqrt() / xn.sqrt() / 5.0;
+        }
+        assert!(
+            (stats.l2_ratio - ratio).abs() < 1e-5,
+            "{} vs {ratio}",
+            stats.l2_ratio
+        );
+        for h in 0..2 {
+            let l0 = feats[h * 20..(h + 1) * 20]
+                .iter()
+                .filter(|&&f| f > 0.0)
+                .count() as f64
+                / 5.0;
+            assert!((stats.l0_per_head[h] - l0).abs() < 1e-6);
+        }
         // Naive: over the concatenated 6-dim vector per token.
         let (mut num, mut den) = (0f64, 0f64);
         for h in 0..2 {

@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod eval;
+pub mod fused_cpu;
 pub mod metrics;
 
 use std::io::Write;
@@ -32,8 +33,9 @@ use crate::lm::weights::WeightFile;
 use crate::lm::{LoadedModel, TransformerConfig};
 use crate::rng::Rng;
 use crate::sae::io::HookInfo;
-use crate::sae::{Architecture, BlockDiagSae, Normalization, SaeConfig};
+use crate::sae::{Architecture, BlockDiagSae, Normalization, SaeConfig, SaeOutput};
 use checkpoint::TrainerState;
+use fused_cpu::{HostAdam, HostParams};
 use metrics::DeadFeatureTracker;
 
 /// What training publishes, in order: `Started`, then `Status`/`Step`/`Eval`/`Checkpoint`
@@ -125,40 +127,93 @@ fn adam_update<const D: usize>(
     param - (mom.m.clone() / bc1) / denom * lr
 }
 
-/// The optimizer over the SAE's four parameters.
+/// The optimizer over the SAE's parameters.
+///
+/// On the CPU backend a ReLU SAE trains through the fused step in [`fused_cpu`], which keeps
+/// the parameters and Adam moments on the host and writes the parameters back into the
+/// `BlockDiagSae` after every step. Everything else goes through burn's autodiff.
 pub struct SaeOptimizer {
-    w_enc: Moments<3>,
-    b_enc: Moments<2>,
-    w_dec: Moments<3>,
-    b_dec: Moments<2>,
-    log_threshold: Option<Moments<2>>,
+    state: OptState,
     pub t: usize,
 }
 
-/// The result of one training step.
+// One per training run, never moved in a loop: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum OptState {
+    Autodiff {
+        w_enc: Moments<3>,
+        b_enc: Moments<2>,
+        w_dec: Moments<3>,
+        b_dec: Moments<2>,
+        log_threshold: Option<Moments<2>>,
+    },
+    Fused {
+        params: HostParams,
+        adam: HostAdam,
+        grads: HostParams,
+    },
+}
+
+/// The result of one training step: loss terms and the batch sums metrics are made of.
 pub struct StepOutput {
     pub mse: Tensor<1>,
     pub sparsity: Tensor<1>,
     pub total: Tensor<1>,
-    pub feats: Tensor<3>,
-    pub recon: Tensor<3>,
-    pub pre: Tensor<3>,
+    /// Firings per feature in this batch, [H, m].
+    pub fired: Tensor<2>,
+    /// Summed squared reconstruction error per head, [H].
+    pub resid_sq: Tensor<1>,
+    /// Squared norm of each token's reconstruction per head, [H, B].
+    pub recon_sq: Tensor<2>,
 }
 
+/// The parameter names of the optimizer file, in the order of `HostParams::arrays`.
+const PARAM_NAMES: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
+
 impl SaeOptimizer {
+    /// The fused CPU step where it applies (CPU backend, ReLU), else autodiff.
     pub fn new(sae: &BlockDiagSae) -> Self {
+        if fused_applies(sae) {
+            Self::fused(sae, None)
+        } else {
+            Self::with_autodiff(sae)
+        }
+    }
+
+    /// Always burn's autodiff, on any device.
+    pub fn with_autodiff(sae: &BlockDiagSae) -> Self {
         Self {
-            w_enc: Moments::zeros(&sae.w_enc),
-            b_enc: Moments::zeros(&sae.b_enc),
-            w_dec: Moments::zeros(&sae.w_dec),
-            b_dec: Moments::zeros(&sae.b_dec),
-            log_threshold: sae.log_threshold.as_ref().map(Moments::zeros),
+            state: OptState::Autodiff {
+                w_enc: Moments::zeros(&sae.w_enc),
+                b_enc: Moments::zeros(&sae.b_enc),
+                w_dec: Moments::zeros(&sae.w_dec),
+                b_dec: Moments::zeros(&sae.b_dec),
+                log_threshold: sae.log_threshold.as_ref().map(Moments::zeros),
+            },
             t: 0,
         }
     }
 
+    fn fused(sae: &BlockDiagSae, adam: Option<HostAdam>) -> Self {
+        let params = host_params(sae);
+        let adam = adam.unwrap_or_else(|| HostAdam::zeros(&params));
+        Self {
+            state: OptState::Fused {
+                grads: params.clone(),
+                params,
+                adam,
+            },
+            t: 0,
+        }
+    }
+
+    /// True when steps run through the fused CPU path.
+    pub fn is_fused(&self) -> bool {
+        matches!(self.state, OptState::Fused { .. })
+    }
+
     /// One optimisation step on `x` [H, B, d] (SAE input space). Returns the loss terms
-    /// (on the device; nothing is read back).
+    /// and batch sums (on the device; nothing is read back on the autodiff path).
     pub fn step(
         &mut self,
         sae: &mut BlockDiagSae,
@@ -168,82 +223,152 @@ impl SaeOptimizer {
         betas: (f64, f64),
         clip: f64,
     ) -> StepOutput {
-        let tracked = BlockDiagSae {
-            config: sae.config.clone(),
-            w_enc: sae.w_enc.clone().autodiff().require_grad(),
-            b_enc: sae.b_enc.clone().autodiff().require_grad(),
-            w_dec: sae.w_dec.clone().autodiff().require_grad(),
-            b_dec: sae.b_dec.clone().autodiff().require_grad(),
-            input_scale: sae.input_scale.clone(),
-            log_threshold: sae
-                .log_threshold
-                .clone()
-                .map(|t| t.autodiff().require_grad()),
-        };
-        let (out, terms) = tracked.loss(x.autodiff(), l1);
-        let grads = terms.total.backward();
-        let g = |t: &Tensor<3>| t.grad(&grads).expect("parameter has a gradient");
-        let g2 = |t: &Tensor<2>| t.grad(&grads).expect("parameter has a gradient");
-        let (mut gwe, mut gbe, mut gwd, mut gbd) = (
-            g(&tracked.w_enc),
-            g2(&tracked.b_enc),
-            g(&tracked.w_dec),
-            g2(&tracked.b_dec),
-        );
-        let mut glt = tracked.log_threshold.as_ref().map(g2);
-        if clip > 0.0 {
-            // torch.nn.utils.clip_grad_norm_: coef = min(1, max_norm / (norm + 1e-6)).
-            let mut sq = gwe.clone().square().sum()
-                + gbe.clone().square().sum()
-                + gwd.clone().square().sum()
-                + gbd.clone().square().sum();
-            if let Some(g) = &glt {
-                sq = sq + g.clone().square().sum();
-            }
-            let coef = (sq.sqrt() + 1e-6).recip().mul_scalar(clip).clamp_max(1.0);
-            gwe = gwe * coef.clone().reshape([1, 1, 1]);
-            gbe = gbe * coef.clone().reshape([1, 1]);
-            gwd = gwd * coef.clone().reshape([1, 1, 1]);
-            glt = glt.map(|g| g * coef.clone().reshape([1, 1]));
-            gbd = gbd * coef.reshape([1, 1]);
-        }
         self.t += 1;
         let t = self.t;
-        sae.w_enc = adam_update(sae.w_enc.clone(), gwe, &mut self.w_enc, lr, betas, t);
-        sae.b_enc = adam_update(sae.b_enc.clone(), gbe, &mut self.b_enc, lr, betas, t);
-        sae.w_dec = adam_update(sae.w_dec.clone(), gwd, &mut self.w_dec, lr, betas, t);
-        sae.b_dec = adam_update(sae.b_dec.clone(), gbd, &mut self.b_dec, lr, betas, t);
-        if let (Some(lt), Some(g), Some(mom)) =
-            (sae.log_threshold.clone(), glt, self.log_threshold.as_mut())
-        {
-            sae.log_threshold = Some(adam_update(lt, g, mom, lr, betas, t));
-        }
-        StepOutput {
-            mse: terms.mse.inner(),
-            sparsity: terms.sparsity.inner(),
-            total: terms.total.inner(),
-            feats: out.feats.inner(),
-            recon: out.recon.inner(),
-            pre: out.pre.inner(),
+        match &mut self.state {
+            OptState::Fused {
+                params,
+                adam,
+                grads,
+            } => {
+                let device = x.device();
+                let [h, b, d] = x.dims();
+                let m = params.m;
+                let xs = crate::files::host_vec(x).expect("reading a CPU tensor");
+                let sums = fused_cpu::relu_loss_and_grads(params, &xs, b, l1, grads);
+                fused_cpu::clip_and_adam(params, grads, adam, lr, betas, t, clip);
+                sae.w_enc = host_tensor(&params.w_enc, [h, d, m], &device);
+                sae.b_enc = host_tensor(&params.b_enc, [h, m], &device);
+                sae.w_dec = host_tensor(&params.w_dec, [h, m, d], &device);
+                sae.b_dec = host_tensor(&params.b_dec, [h, d], &device);
+                let total = sums.mse + l1 * sums.sparsity;
+                let scalar = |v: f64| Tensor::<1>::from_floats([v as f32], &device);
+                let resid: Vec<f32> = sums.resid_sq.iter().map(|&v| v as f32).collect();
+                StepOutput {
+                    mse: scalar(sums.mse),
+                    sparsity: scalar(sums.sparsity),
+                    total: scalar(total),
+                    fired: host_tensor(&sums.fired, [h, m], &device),
+                    resid_sq: host_tensor(&resid, [h], &device),
+                    recon_sq: host_tensor(&sums.recon_sq, [h, b], &device),
+                }
+            }
+            OptState::Autodiff {
+                w_enc,
+                b_enc,
+                w_dec,
+                b_dec,
+                log_threshold,
+            } => {
+                let tracked = BlockDiagSae {
+                    config: sae.config.clone(),
+                    w_enc: sae.w_enc.clone().autodiff().require_grad(),
+                    b_enc: sae.b_enc.clone().autodiff().require_grad(),
+                    w_dec: sae.w_dec.clone().autodiff().require_grad(),
+                    b_dec: sae.b_dec.clone().autodiff().require_grad(),
+                    input_scale: sae.input_scale.clone(),
+                    log_threshold: sae
+                        .log_threshold
+                        .clone()
+                        .map(|t| t.autodiff().require_grad()),
+                };
+                let (out, terms) = tracked.loss(x.clone().autodiff(), l1);
+                let grads = terms.total.backward();
+                let g = |t: &Tensor<3>| t.grad(&grads).expect("parameter has a gradient");
+                let g2 = |t: &Tensor<2>| t.grad(&grads).expect("parameter has a gradient");
+                let (mut gwe, mut gbe, mut gwd, mut gbd) = (
+                    g(&tracked.w_enc),
+                    g2(&tracked.b_enc),
+                    g(&tracked.w_dec),
+                    g2(&tracked.b_dec),
+                );
+                let mut glt = tracked.log_threshold.as_ref().map(g2);
+                if clip > 0.0 {
+                    // torch.nn.utils.clip_grad_norm_: coef = min(1, max_norm / (norm + 1e-6)).
+                    let mut sq = gwe.clone().square().sum()
+                        + gbe.clone().square().sum()
+                        + gwd.clone().square().sum()
+                        + gbd.clone().square().sum();
+                    if let Some(g) = &glt {
+                        sq = sq + g.clone().square().sum();
+                    }
+                    let coef = (sq.sqrt() + 1e-6).recip().mul_scalar(clip).clamp_max(1.0);
+                    gwe = gwe * coef.clone().reshape([1, 1, 1]);
+                    gbe = gbe * coef.clone().reshape([1, 1]);
+                    gwd = gwd * coef.clone().reshape([1, 1, 1]);
+                    glt = glt.map(|g| g * coef.clone().reshape([1, 1]));
+                    gbd = gbd * coef.reshape([1, 1]);
+                }
+                sae.w_enc = adam_update(sae.w_enc.clone(), gwe, w_enc, lr, betas, t);
+                sae.b_enc = adam_update(sae.b_enc.clone(), gbe, b_enc, lr, betas, t);
+                sae.w_dec = adam_update(sae.w_dec.clone(), gwd, w_dec, lr, betas, t);
+                sae.b_dec = adam_update(sae.b_dec.clone(), gbd, b_dec, lr, betas, t);
+                if let (Some(lt), Some(g), Some(mom)) =
+                    (sae.log_threshold.clone(), glt, log_threshold.as_mut())
+                {
+                    sae.log_threshold = Some(adam_update(lt, g, mom, lr, betas, t));
+                }
+                let out = SaeOutput {
+                    pre: out.pre.inner(),
+                    feats: out.feats.inner(),
+                    recon: out.recon.inner(),
+                };
+                let (fired, resid_sq, recon_sq) = metrics::step_sums(x, &out);
+                StepOutput {
+                    mse: terms.mse.inner(),
+                    sparsity: terms.sparsity.inner(),
+                    total: terms.total.inner(),
+                    fired,
+                    resid_sq,
+                    recon_sq,
+                }
+            }
         }
     }
 
     fn to_arrays(&self) -> anyhow::Result<Vec<NamedArray>> {
-        let mut arrays = vec![
-            NamedArray::from_tensor("m.W_enc", self.w_enc.m.clone())?,
-            NamedArray::from_tensor("v.W_enc", self.w_enc.v.clone())?,
-            NamedArray::from_tensor("m.b_enc", self.b_enc.m.clone())?,
-            NamedArray::from_tensor("v.b_enc", self.b_enc.v.clone())?,
-            NamedArray::from_tensor("m.W_dec", self.w_dec.m.clone())?,
-            NamedArray::from_tensor("v.W_dec", self.w_dec.v.clone())?,
-            NamedArray::from_tensor("m.b_dec", self.b_dec.m.clone())?,
-            NamedArray::from_tensor("v.b_dec", self.b_dec.v.clone())?,
-        ];
-        if let Some(mom) = &self.log_threshold {
-            arrays.push(NamedArray::from_tensor("m.log_threshold", mom.m.clone())?);
-            arrays.push(NamedArray::from_tensor("v.log_threshold", mom.v.clone())?);
+        match &self.state {
+            OptState::Fused { params, adam, .. } => {
+                let shapes = param_shapes(params);
+                let mut arrays = Vec::new();
+                for (i, (name, shape)) in PARAM_NAMES.iter().zip(shapes).enumerate() {
+                    arrays.push(NamedArray::new(
+                        format!("m.{name}"),
+                        shape.clone(),
+                        adam.m.arrays()[i].clone(),
+                    ));
+                    arrays.push(NamedArray::new(
+                        format!("v.{name}"),
+                        shape,
+                        adam.v.arrays()[i].clone(),
+                    ));
+                }
+                Ok(arrays)
+            }
+            OptState::Autodiff {
+                w_enc,
+                b_enc,
+                w_dec,
+                b_dec,
+                log_threshold,
+            } => {
+                let mut arrays = vec![
+                    NamedArray::from_tensor("m.W_enc", w_enc.m.clone())?,
+                    NamedArray::from_tensor("v.W_enc", w_enc.v.clone())?,
+                    NamedArray::from_tensor("m.b_enc", b_enc.m.clone())?,
+                    NamedArray::from_tensor("v.b_enc", b_enc.v.clone())?,
+                    NamedArray::from_tensor("m.W_dec", w_dec.m.clone())?,
+                    NamedArray::from_tensor("v.W_dec", w_dec.v.clone())?,
+                    NamedArray::from_tensor("m.b_dec", b_dec.m.clone())?,
+                    NamedArray::from_tensor("v.b_dec", b_dec.v.clone())?,
+                ];
+                if let Some(mom) = log_threshold {
+                    arrays.push(NamedArray::from_tensor("m.log_threshold", mom.m.clone())?);
+                    arrays.push(NamedArray::from_tensor("v.log_threshold", mom.v.clone())?);
+                }
+                Ok(arrays)
+            }
         }
-        Ok(arrays)
     }
 
     fn load(sae: &BlockDiagSae, path: &Path, t: usize, device: &Device) -> anyhow::Result<Self> {
@@ -253,6 +378,18 @@ impl SaeOptimizer {
             sae.config.d_head,
             sae.config.features_per_head,
         );
+        if fused_applies(sae) {
+            let params = host_params(sae);
+            let mut adam = HostAdam::zeros(&params);
+            let shapes = param_shapes(&params);
+            for (i, (name, shape)) in PARAM_NAMES.iter().zip(shapes).enumerate() {
+                *adam.m.arrays_mut()[i] = file.read_shaped(&format!("m.{name}"), &shape)?.data;
+                *adam.v.arrays_mut()[i] = file.read_shaped(&format!("v.{name}"), &shape)?.data;
+            }
+            let mut opt = Self::fused(sae, Some(adam));
+            opt.t = t;
+            return Ok(opt);
+        }
         let t3 = |n: &str, s: [usize; 3]| -> anyhow::Result<Tensor<3>> {
             Ok(file.read_shaped(n, &s)?.into_tensor(device))
         };
@@ -260,32 +397,64 @@ impl SaeOptimizer {
             Ok(file.read_shaped(n, &s)?.into_tensor(device))
         };
         Ok(Self {
-            w_enc: Moments {
-                m: t3("m.W_enc", [h, d, m])?,
-                v: t3("v.W_enc", [h, d, m])?,
-            },
-            b_enc: Moments {
-                m: t2("m.b_enc", [h, m])?,
-                v: t2("v.b_enc", [h, m])?,
-            },
-            w_dec: Moments {
-                m: t3("m.W_dec", [h, m, d])?,
-                v: t3("v.W_dec", [h, m, d])?,
-            },
-            b_dec: Moments {
-                m: t2("m.b_dec", [h, d])?,
-                v: t2("v.b_dec", [h, d])?,
-            },
-            log_threshold: match sae.log_threshold {
-                Some(_) => Some(Moments {
-                    m: t2("m.log_threshold", [h, m])?,
-                    v: t2("v.log_threshold", [h, m])?,
-                }),
-                None => None,
+            state: OptState::Autodiff {
+                w_enc: Moments {
+                    m: t3("m.W_enc", [h, d, m])?,
+                    v: t3("v.W_enc", [h, d, m])?,
+                },
+                b_enc: Moments {
+                    m: t2("m.b_enc", [h, m])?,
+                    v: t2("v.b_enc", [h, m])?,
+                },
+                w_dec: Moments {
+                    m: t3("m.W_dec", [h, m, d])?,
+                    v: t3("v.W_dec", [h, m, d])?,
+                },
+                b_dec: Moments {
+                    m: t2("m.b_dec", [h, d])?,
+                    v: t2("v.b_dec", [h, d])?,
+                },
+                log_threshold: match sae.log_threshold {
+                    Some(_) => Some(Moments {
+                        m: t2("m.log_threshold", [h, m])?,
+                        v: t2("v.log_threshold", [h, m])?,
+                    }),
+                    None => None,
+                },
             },
             t,
         })
     }
+}
+
+/// The fused CPU step covers ReLU SAEs on the CPU backend.
+fn fused_applies(sae: &BlockDiagSae) -> bool {
+    sae.config.architecture == Architecture::Relu
+        && sae.log_threshold.is_none()
+        && sae.device() == Device::flex()
+}
+
+fn host_params(sae: &BlockDiagSae) -> HostParams {
+    let c = &sae.config;
+    let host = |t: Tensor<1>| crate::files::host_vec(t).expect("reading a CPU tensor");
+    HostParams {
+        n_heads: c.n_heads,
+        d_head: c.d_head,
+        m: c.features_per_head,
+        w_enc: host(sae.w_enc.clone().flatten(0, 2)),
+        b_enc: host(sae.b_enc.clone().flatten(0, 1)),
+        w_dec: host(sae.w_dec.clone().flatten(0, 2)),
+        b_dec: host(sae.b_dec.clone().flatten(0, 1)),
+    }
+}
+
+fn param_shapes(p: &HostParams) -> [Vec<usize>; 4] {
+    let (h, d, m) = (p.n_heads, p.d_head, p.m);
+    [vec![h, d, m], vec![h, m], vec![h, m, d], vec![h, d]]
+}
+
+fn host_tensor<const D: usize>(data: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(data.to_vec(), shape), device)
 }
 
 fn scalar(t: Tensor<1>) -> f64 {
@@ -584,7 +753,7 @@ fn train_inner(
             let lr = config.lr_at(step);
             let l1 = config.l1_at(step);
             let out = opt.step(&mut sae, x.clone(), l1, lr, betas, config.grad_clip_norm);
-            dead.observe(out.feats.clone());
+            dead.observe(out.fired.clone(), b);
             state.step += 1;
             state.tokens += b as u64;
             state.adam_t = opt.t;
@@ -604,12 +773,7 @@ fn train_inner(
                                 .to_string())
                     );
                 }
-                let so = crate::sae::SaeOutput {
-                    pre: out.pre.clone(),
-                    feats: out.feats.clone(),
-                    recon: out.recon.clone(),
-                };
-                let stats = metrics::batch_stats(x, &so);
+                let stats = metrics::batch_stats(x, &out);
                 let (dead_total, dead_per_head) = dead.dead();
                 let elapsed = window_start.0.elapsed().as_secs_f64();
                 let steps_per_s = (done - window_start.1) as f64 / elapsed.max(1e-9);
