@@ -7,7 +7,9 @@
 //! burn's autodiff are both timed. `--b-enc V` starts every encoder bias at `V`: 0 fires
 //! about half the features (a fresh SAE); -0.2 fires about 2% (a trained one).
 //!
-//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V]`
+//! Training moves the density (on this fixed random batch it rises); `--lr 0` holds it.
+//!
+//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR]`
 
 use std::time::Instant;
 
@@ -30,6 +32,8 @@ fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let seconds: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let b_enc: f32 = arg("--b-enc").and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    // `--lr 0` keeps the SAE (and so its density) fixed while every step still runs.
+    let lr: f64 = arg("--lr").and_then(|s| s.parse().ok()).unwrap_or(5e-5);
     let mut configs = vec![(1024usize, 12usize, 64usize, 512usize)];
     if !quick {
         configs.push((4096, 12, 64, 2048));
@@ -71,7 +75,7 @@ fn main() -> anyhow::Result<()> {
                 let mut density = 0.0;
                 let mut step = || {
                     // The seed's loss and settings, as in benches/torch_sae_step.py.
-                    let out = opt.step(&mut sae, x.clone(), 2.0, 5e-5, (0.9, 0.999), 1.0);
+                    let out = opt.step(&mut sae, x.clone(), 2.0, lr, (0.9, 0.999), 1.0);
                     density = out.fired.sum().into_scalar::<f32>() as f64 / (b * h * m) as f64;
                     // Reading the loss back finishes the step before the clock stops.
                     out.total.into_scalar::<f32>()
@@ -86,7 +90,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 let secs = start.elapsed().as_secs_f64();
                 println!(
-                    "burn_sae_step device={name} path={path} B={b} H={h} d={d} m={m} b_enc={b_enc} \
+                    "burn_sae_step device={name} path={path} B={b} H={h} d={d} m={m} b_enc={b_enc} lr={lr} \
                      density={density:.3} steps_per_s={:.3} ms_per_step={:.1}",
                     n as f64 / secs,
                     secs * 1e3 / n as f64

@@ -14,8 +14,9 @@ Two implementations:
 
 Configs: gpt2 seed config B=4096 H=12 d=64 m=2048, and a smaller B=1024 H=12 d=64 m=512.
 
-    python benches/torch_sae_step.py [--quick] [--threads N] [--seconds S] [--b-enc V]
+    python benches/torch_sae_step.py [--quick] [--threads N] [--seconds S] [--b-enc V] [--lr LR]
 
+--lr 0 holds the SAE (and its density) fixed while every step still runs.
 --b-enc V starts every encoder bias at V (0: about half the features fire, as in a fresh
 SAE; -0.2: about 2% fire, as in a trained one), as `cargo bench --bench sae_step` does.
 
@@ -94,10 +95,10 @@ class BlockDiagSAE:
         return mse + LAMBDA * l1
 
 
-def bench(impl, B, H, d, m, seconds, warmup=2, min_steps=3, dev="cpu", b_enc=0.0):
+def bench(impl, B, H, d, m, seconds, warmup=2, min_steps=3, dev="cpu", b_enc=0.0, lr=LR):
     g = torch.Generator().manual_seed(0)
     sae = {"bmm": BmmSAE, "block_diag": BlockDiagSAE}[impl](H, d, m, g, dev, b_enc)
-    opt = torch.optim.Adam(sae.params, lr=LR, betas=(0.9, 0.999), eps=1e-8)
+    opt = torch.optim.Adam(sae.params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
     x = torch.randn(B, H, d, generator=g).to(dev)
 
     def step():
@@ -128,6 +129,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=5.0, help="target time per measurement")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--b-enc", type=float, default=0.0, help="initial encoder bias")
+    ap.add_argument("--lr", type=float, default=LR, help="Adam learning rate (0 holds the SAE fixed)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,9 +142,9 @@ def main():
         configs.append((4096, 12, 64, 2048))
     for B, H, d, m in configs:
         for impl in ("bmm", "block_diag"):
-            sps, n, dt = bench(impl, B, H, d, m, args.seconds, dev=args.device, b_enc=args.b_enc)
+            sps, n, dt = bench(impl, B, H, d, m, args.seconds, dev=args.device, b_enc=args.b_enc, lr=args.lr)
             print(
-                f"torch_sae_step device={args.device} impl={impl} B={B} H={H} d={d} m={m} b_enc={args.b_enc}"
+                f"torch_sae_step device={args.device} impl={impl} B={B} H={H} d={d} m={m} b_enc={args.b_enc} lr={args.lr}"
                 f" steps_per_s={sps:.3f}"
                 f"  ({n} steps in {dt:.1f}s)",
                 flush=True,
