@@ -110,10 +110,14 @@ pub fn relu_loss_and_grads(
     l1: f64,
     grads: &mut HostParams,
 ) -> BatchSums {
-    loss_and_grads(p, x, batch, l1, grads, SPARSE_BELOW)
+    // Jobs: every head, split into chunks of the batch when there are fewer heads than
+    // threads.
+    let chunks = rayon::current_num_threads().div_ceil(p.n_heads.max(1));
+    loss_and_grads(p, x, batch, l1, grads, SPARSE_BELOW, chunks)
 }
 
-/// [`relu_loss_and_grads`] with the density below which tiles take the sparse path.
+/// [`relu_loss_and_grads`] with the density below which tiles take the sparse path and the
+/// number of batch chunks per head.
 fn loss_and_grads(
     p: &HostParams,
     x: &[f32],
@@ -121,6 +125,7 @@ fn loss_and_grads(
     l1: f64,
     grads: &mut HostParams,
     sparse_below: f64,
+    chunks: usize,
 ) -> BatchSums {
     let (h, d, m) = (p.n_heads, p.d_head, p.m);
     assert_eq!(x.len(), h * batch * d, "x must be [H, B, d]");
@@ -129,10 +134,7 @@ fn loss_and_grads(
         .chunks_exact(d)
         .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
         .collect();
-    // Jobs: every head, split into chunks when there are fewer heads than threads.
-    let chunks = rayon::current_num_threads()
-        .div_ceil(h)
-        .clamp(1, batch.max(1));
+    let chunks = chunks.clamp(1, batch.max(1));
     let chunk_rows = batch.div_ceil(chunks);
     let mut jobs: Vec<Job> = (0..h)
         .flat_map(|head| (0..chunks).map(move |c| (head, c)))
@@ -940,12 +942,19 @@ mod tests {
     fn dense_and_sparse_tiles_match_burn_autodiff() {
         // d = 64 and 128 take the AVX-512 kernels where the CPU has them, 16 the portable
         // loops; 150 rows make two full tiles and a partial one.
-        for (d, bias) in [(16, 0.0f32), (16, -0.25), (64, -0.12), (128, -0.12)] {
-            check_against_autodiff(3, d, 48, 150, bias);
+        // One head split into 3 chunks of the batch exercises the chunk reduction.
+        for (h, d, bias, chunks) in [
+            (3, 16, 0.0f32, 1),
+            (3, 16, -0.25, 1),
+            (3, 64, -0.12, 1),
+            (2, 128, -0.12, 1),
+            (1, 64, -0.12, 3),
+        ] {
+            check_against_autodiff(h, d, 48, 150, bias, chunks);
         }
     }
 
-    fn check_against_autodiff(h: usize, d: usize, m: usize, b: usize, bias: f32) {
+    fn check_against_autodiff(h: usize, d: usize, m: usize, b: usize, bias: f32, chunks: usize) {
         {
             let (sae, x) = setup(h, d, m, b, bias);
             let device = Device::flex();
@@ -974,8 +983,11 @@ mod tests {
             let p = to_host(&sae);
             for sparse_below in [0.0, 2.0] {
                 let mut g = p.zeros_like();
-                let sums = loss_and_grads(&p, &x, b, l1, &mut g, sparse_below);
-                let tag = format!("bias {bias} density {density:.2} sparse_below {sparse_below}");
+                let sums = loss_and_grads(&p, &x, b, l1, &mut g, sparse_below, chunks);
+                let tag = format!(
+                    "h {h} d {d} chunks {chunks} bias {bias} density {density:.2} \
+                     sparse_below {sparse_below}"
+                );
                 close(&format!("{tag} W_enc"), &g.w_enc, &want.w_enc, 2e-5);
                 close(&format!("{tag} b_enc"), &g.b_enc, &want.b_enc, 2e-5);
                 close(&format!("{tag} W_dec"), &g.w_dec, &want.w_dec, 2e-5);
