@@ -9,7 +9,7 @@
 //!
 //! Training moves the density (on this fixed random batch it rises); `--lr 0` holds it.
 //!
-//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR]`
+//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m]`
 
 use std::time::Instant;
 
@@ -37,6 +37,15 @@ fn main() -> anyhow::Result<()> {
     let mut configs = vec![(1024usize, 12usize, 64usize, 512usize)];
     if !quick {
         configs.push((4096, 12, 64, 2048));
+    }
+    // `--shape B,H,d,m` times that shape only (e.g. a dense SAE: `4096,1,768,24576`).
+    if let Some(shape) = arg("--shape") {
+        let v: Vec<usize> = shape
+            .split(',')
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()?;
+        anyhow::ensure!(v.len() == 4, "--shape wants B,H,d,m");
+        configs = vec![(v[0], v[1], v[2], v[3])];
     }
     let mut devices = Vec::new();
     if which == "cpu" || which == "all" {
