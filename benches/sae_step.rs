@@ -9,7 +9,7 @@
 //!
 //! Training moves the density (on this fixed random batch it rises); `--lr 0` holds it.
 //!
-//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m]`
+//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m] [--topk K]`
 
 use std::time::Instant;
 
@@ -38,6 +38,11 @@ fn main() -> anyhow::Result<()> {
     if !quick {
         configs.push((4096, 12, 64, 2048));
     }
+    // `--topk K` times a TopK SAE (MSE loss, K features per head and token) instead.
+    let architecture = match arg("--topk") {
+        Some(k) => Architecture::TopK { k: k.parse()? },
+        None => Architecture::Relu,
+    };
     // `--shape B,H,d,m` times that shape only (e.g. a dense SAE: `4096,1,768,24576`).
     if let Some(shape) = arg("--shape") {
         let v: Vec<usize> = shape
@@ -65,7 +70,7 @@ fn main() -> anyhow::Result<()> {
                 n_heads: h,
                 d_head: d,
                 features_per_head: m,
-                architecture: Architecture::Relu,
+                architecture,
             };
             let mut paths = vec![("autodiff", false)];
             if *name == "cpu" {
@@ -99,8 +104,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 let secs = start.elapsed().as_secs_f64();
                 println!(
-                    "burn_sae_step device={name} path={path} B={b} H={h} d={d} m={m} b_enc={b_enc} lr={lr} \
+                    "burn_sae_step device={name} path={path} arch={} B={b} H={h} d={d} m={m} b_enc={b_enc} lr={lr} \
                      density={density:.3} steps_per_s={:.3} ms_per_step={:.1}",
+                    architecture.name(),
                     n as f64 / secs,
                     secs * 1e3 / n as f64
                 );

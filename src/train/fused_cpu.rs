@@ -101,28 +101,38 @@ struct Job {
     recon_sq: Vec<f32>,
 }
 
-/// Loss, gradients and batch sums of a ReLU SAE on `x` [H, B, d] (SAE input space), with
-/// the decoder-norm-weighted L1 penalty times `l1`. Gradients are written into `grads`.
-pub fn relu_loss_and_grads(
+/// The activations the fused step covers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    /// ReLU with the decoder-norm-weighted L1 penalty times `l1` in the loss.
+    Relu { l1: f64 },
+    /// ReLU of the pre-activations at or above each token's `k`-th largest (per head), with
+    /// MSE alone as the loss (the L1 value is still reported).
+    TopK { k: usize },
+}
+
+/// Loss, gradients and batch sums of an SAE on `x` [H, B, d] (SAE input space).
+/// Gradients are written into `grads`.
+pub fn loss_and_grads(
     p: &HostParams,
     x: &[f32],
     batch: usize,
-    l1: f64,
+    act: Activation,
     grads: &mut HostParams,
 ) -> BatchSums {
     // Jobs: every head, split into chunks of the batch when there are fewer heads than
     // threads.
     let chunks = rayon::current_num_threads().div_ceil(p.n_heads.max(1));
-    loss_and_grads(p, x, batch, l1, grads, SPARSE_BELOW, chunks)
+    loss_and_grads_with(p, x, batch, act, grads, SPARSE_BELOW, chunks)
 }
 
-/// [`relu_loss_and_grads`] with the density below which tiles take the sparse path and the
+/// [`loss_and_grads`] with the density below which tiles take the sparse path and the
 /// number of batch chunks per head.
-fn loss_and_grads(
+fn loss_and_grads_with(
     p: &HostParams,
     x: &[f32],
     batch: usize,
-    l1: f64,
+    act: Activation,
     grads: &mut HostParams,
     sparse_below: f64,
     chunks: usize,
@@ -161,7 +171,7 @@ fn loss_and_grads(
         })
         .collect();
     jobs.par_iter_mut()
-        .for_each(|job| run_job(p, x, batch, l1, &norms, sparse_below, job));
+        .for_each(|job| run_job(p, x, batch, act, &norms, sparse_below, job));
 
     // Reduce in a fixed order.
     let mut sums = BatchSums {
@@ -189,6 +199,7 @@ fn loss_and_grads(
             .copy_from_slice(&job.recon_sq);
     }
     // The L1 term through the decoder norms: d n_i / d W_dec[i] = W_dec[i] / n_i.
+    let l1 = act.l1();
     let inv_b = 1.0 / batch as f64;
     for ((g_row, w_row), (&s, &n)) in grads
         .w_dec
@@ -264,7 +275,7 @@ fn run_job(
     p: &HostParams,
     x: &[f32],
     batch: usize,
-    l1: f64,
+    act: Activation,
     norms: &[f32],
     sparse_below: f64,
     job: &mut Job,
@@ -276,35 +287,35 @@ fn run_job(
             p: &HostParams,
             x: &[f32],
             batch: usize,
-            l1: f64,
+            act: Activation,
             norms: &[f32],
             sparse_below: f64,
             job: &mut Job,
         ) {
-            run_job_body(p, x, batch, l1, norms, sparse_below, job)
+            run_job_body(p, x, batch, act, norms, sparse_below, job)
         }
         #[target_feature(enable = "avx2,fma")]
         fn avx2(
             p: &HostParams,
             x: &[f32],
             batch: usize,
-            l1: f64,
+            act: Activation,
             norms: &[f32],
             sparse_below: f64,
             job: &mut Job,
         ) {
-            run_job_body(p, x, batch, l1, norms, sparse_below, job)
+            run_job_body(p, x, batch, act, norms, sparse_below, job)
         }
         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
             // SAFETY: the features were detected on this CPU.
-            return unsafe { avx512(p, x, batch, l1, norms, sparse_below, job) };
+            return unsafe { avx512(p, x, batch, act, norms, sparse_below, job) };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { avx2(p, x, batch, l1, norms, sparse_below, job) };
+            return unsafe { avx2(p, x, batch, act, norms, sparse_below, job) };
         }
     }
-    run_job_body(p, x, batch, l1, norms, sparse_below, job)
+    run_job_body(p, x, batch, act, norms, sparse_below, job)
 }
 
 #[inline(always)]
@@ -312,7 +323,7 @@ fn run_job_body(
     p: &HostParams,
     x: &[f32],
     batch: usize,
-    l1: f64,
+    act: Activation,
     norms: &[f32],
     sparse_below: f64,
     job: &mut Job,
@@ -327,11 +338,14 @@ fn run_job_body(
     // This job's rows of x, [n_rows, d].
     let xj = &x[(hd * batch + r0) * d..(hd * batch + r0 + n_rows) * d];
     let inv_b = 1.0 / batch as f32;
-    // The L1 gradient per active feature: l1 * n_i / B.
+    // The L1 gradient per active feature: l1 * n_i / B (zero for TopK).
+    let l1 = act.l1() as f32;
     let l1_grad: Vec<f32> = norms[hd * m..(hd + 1) * m]
         .iter()
-        .map(|&n| (l1 as f32) * n * inv_b)
+        .map(|&n| l1 * n * inv_b)
         .collect();
+    let mut top = Vec::new();
+    let zeros = vec![0f32; m];
     let mut feats = vec![0f32; TILE * m];
     let mut dpre = vec![0f32; TILE * m];
     let mut recon = vec![0f32; TILE * d];
@@ -351,13 +365,24 @@ fn run_job_body(
         // Branch-free, so it vectorises: a branch per feature mispredicts half the time
         // on a fresh SAE.
         for row in feats.chunks_exact_mut(m) {
+            // TopK keeps what is at or above the row's k-th largest pre-activation.
+            let (bias, threshold) = match act {
+                Activation::Relu { .. } => (be, f32::NEG_INFINITY),
+                Activation::TopK { k } => {
+                    for (v, &bias) in row.iter_mut().zip(be) {
+                        *v += bias;
+                    }
+                    (&zeros[..], kth_largest(row, k, &mut top))
+                }
+            };
             for (((v, &bias), on), fs) in row
                 .iter_mut()
-                .zip(be)
+                .zip(bias)
                 .zip(on_tile.iter_mut())
                 .zip(f_tile.iter_mut())
             {
-                let f = (*v + bias).max(0.0);
+                let pre = *v + bias;
+                let f = if pre >= threshold { pre.max(0.0) } else { 0.0 };
                 *v = f;
                 *on += f32::from(f > 0.0);
                 *fs += f;
@@ -423,6 +448,92 @@ fn run_job_body(
             job,
         );
     }
+}
+
+impl Activation {
+    fn l1(self) -> f64 {
+        match self {
+            Activation::Relu { l1 } => l1,
+            Activation::TopK { .. } => 0.0,
+        }
+    }
+}
+
+/// The `k`-th largest value of `row` (`-inf` when `k >= row.len()`, `+inf` when `k == 0`).
+///
+/// A threshold from a sample of the row (below the sample's own `2k`-share) picks out a
+/// few candidates in one pass; when at least `k` values clear it, the `k`-th largest is
+/// among them and a selection over the candidates finds it. Otherwise (rare) the whole row
+/// goes through [`kth_largest_exact`]. Either way the result is exact.
+fn kth_largest(row: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
+    let m = row.len();
+    if k == 0 {
+        return f32::INFINITY;
+    }
+    if k >= m {
+        return f32::NEG_INFINITY;
+    }
+    const SAMPLE: usize = 256;
+    if m < 4 * SAMPLE || 8 * k > m {
+        return kth_largest_exact(row, k, scratch);
+    }
+    let want = (2 * k * SAMPLE).div_ceil(m).clamp(1, SAMPLE);
+    scratch.clear();
+    scratch.extend_from_slice(&row[..SAMPLE]);
+    let (_, &mut cut, _) = scratch.select_nth_unstable_by(want - 1, |a, b| b.total_cmp(a));
+    scratch.clear();
+    values_at_least(row, cut, scratch);
+    if scratch.len() < k {
+        return kth_largest_exact(row, k, scratch);
+    }
+    *scratch
+        .select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a))
+        .1
+}
+
+/// Appends the values of `row` that are `>= cut`, sixteen compared at once with AVX-512.
+fn values_at_least(row: &[f32], cut: f32, out: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512(row: &[f32], cut: f32, out: &mut Vec<f32>) {
+            use std::arch::x86_64::{_CMP_GE_OQ, _mm512_cmp_ps_mask, _mm512_set1_ps};
+            let c = _mm512_set1_ps(cut);
+            let chunks = row.chunks_exact(16);
+            let tail = chunks.remainder();
+            for chunk in chunks {
+                // SAFETY: `chunk` holds 16 floats.
+                let v = unsafe { std::arch::x86_64::_mm512_loadu_ps(chunk.as_ptr()) };
+                let mut bits = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, c);
+                while bits != 0 {
+                    out.push(chunk[bits.trailing_zeros() as usize]);
+                    bits &= bits - 1;
+                }
+            }
+            out.extend(tail.iter().copied().filter(|&v| v >= cut));
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected on this CPU.
+            return unsafe { avx512(row, cut, out) };
+        }
+    }
+    out.extend(row.iter().copied().filter(|&v| v >= cut));
+}
+
+/// The `k`-th largest value of `row` (`0 < k < row.len()`) by one pass that keeps the `k`
+/// largest so far, ascending, in `top`.
+fn kth_largest_exact(row: &[f32], k: usize, top: &mut Vec<f32>) -> f32 {
+    top.clear();
+    top.extend_from_slice(&row[..k]);
+    top.sort_unstable_by(f32::total_cmp);
+    for &v in &row[k..] {
+        if v > top[0] {
+            let pos = top.partition_point(|&t| t < v);
+            top.copy_within(1..pos, 0);
+            top[pos - 1] = v;
+        }
+    }
+    top[0]
 }
 
 /// What the sparse pass of a job reads.
@@ -905,14 +1016,21 @@ mod tests {
     }
 
     /// Random SAE with biases set so that roughly `density` of the features fire.
-    fn setup(h: usize, d: usize, m: usize, b: usize, bias: f32) -> (BlockDiagSae, Vec<f32>) {
+    fn setup(
+        arch: Architecture,
+        h: usize,
+        d: usize,
+        m: usize,
+        b: usize,
+        bias: f32,
+    ) -> (BlockDiagSae, Vec<f32>) {
         let device = Device::flex();
         let mut rng = Rng::new(7);
         let cfg = SaeConfig {
             n_heads: h,
             d_head: d,
             features_per_head: m,
-            architecture: Architecture::Relu,
+            architecture: arch,
         };
         let mut sae = BlockDiagSae::init(cfg, &mut rng, &device);
         let b_enc: Vec<f32> = (0..h * m)
@@ -943,6 +1061,7 @@ mod tests {
         // d = 64 and 128 take the AVX-512 kernels where the CPU has them, 16 the portable
         // loops; 150 rows make two full tiles and a partial one.
         // One head split into 3 chunks of the batch exercises the chunk reduction.
+        let relu = Architecture::Relu;
         for (h, d, bias, chunks) in [
             (3, 16, 0.0f32, 1),
             (3, 16, -0.25, 1),
@@ -950,13 +1069,55 @@ mod tests {
             (2, 128, -0.12, 1),
             (1, 64, -0.12, 3),
         ] {
-            check_against_autodiff(h, d, 48, 150, bias, chunks);
+            check_against_autodiff(relu, h, d, 48, 150, bias, chunks);
+        }
+        // TopK: k of 48 per token (and k = m, which keeps every positive one).
+        for (k, d, chunks) in [(3, 16, 1), (5, 64, 2), (48, 16, 1)] {
+            check_against_autodiff(Architecture::TopK { k }, 2, d, 48, 150, 0.0, chunks);
         }
     }
 
-    fn check_against_autodiff(h: usize, d: usize, m: usize, b: usize, bias: f32, chunks: usize) {
+    #[test]
+    fn kth_largest_is_exact_on_sampled_and_adversarial_rows() {
+        let mut rng = Rng::new(3);
+        let mut scratch = Vec::new();
+        for (m, k) in [
+            (2048, 1),
+            (2048, 32),
+            (2048, 200),
+            (1024, 64),
+            (300, 7),
+            (16, 15),
+        ] {
+            // Random, ascending (the sample holds the smallest, so the fallback runs),
+            // descending and heavily tied rows.
+            let random: Vec<f32> = (0..m).map(|_| rng.normal() as f32).collect();
+            let ascending: Vec<f32> = (0..m).map(|i| i as f32).collect();
+            let descending: Vec<f32> = ascending.iter().rev().copied().collect();
+            let ties: Vec<f32> = (0..m).map(|i| (i % 3) as f32).collect();
+            for row in [random, ascending, descending, ties] {
+                let mut sorted = row.clone();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                assert_eq!(
+                    kth_largest(&row, k, &mut scratch),
+                    sorted[k - 1],
+                    "m {m} k {k}"
+                );
+            }
+        }
+    }
+
+    fn check_against_autodiff(
+        arch: Architecture,
+        h: usize,
+        d: usize,
+        m: usize,
+        b: usize,
+        bias: f32,
+        chunks: usize,
+    ) {
         {
-            let (sae, x) = setup(h, d, m, b, bias);
+            let (sae, x) = setup(arch, h, d, m, b, bias);
             let device = Device::flex();
             let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), [h, b, d]), &device);
             let l1 = 0.7;
@@ -983,9 +1144,13 @@ mod tests {
             let p = to_host(&sae);
             for sparse_below in [0.0, 2.0] {
                 let mut g = p.zeros_like();
-                let sums = loss_and_grads(&p, &x, b, l1, &mut g, sparse_below, chunks);
+                let act = match arch {
+                    Architecture::TopK { k } => Activation::TopK { k },
+                    _ => Activation::Relu { l1 },
+                };
+                let sums = loss_and_grads_with(&p, &x, b, act, &mut g, sparse_below, chunks);
                 let tag = format!(
-                    "h {h} d {d} chunks {chunks} bias {bias} density {density:.2} \
+                    "{arch:?} h {h} d {d} chunks {chunks} bias {bias} density {density:.2} \
                      sparse_below {sparse_below}"
                 );
                 close(&format!("{tag} W_enc"), &g.w_enc, &want.w_enc, 2e-5);
@@ -1021,6 +1186,15 @@ mod tests {
                 }
             }
             assert!(density > 0.02 && density < 0.8, "density {density}");
+            if let Architecture::TopK { k } = arch {
+                // At most k per token and head (ties aside), and some tokens with k.
+                let per_token: Vec<usize> = feats
+                    .chunks_exact(m)
+                    .map(|r| r.iter().filter(|&&f| f > 0.0).count())
+                    .collect();
+                assert!(per_token.iter().all(|&n| n <= k), "more than k active");
+                assert!(per_token.contains(&k.min(m)) || k >= m);
+            }
         }
     }
 }

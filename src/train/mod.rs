@@ -35,7 +35,7 @@ use crate::rng::Rng;
 use crate::sae::io::HookInfo;
 use crate::sae::{Architecture, BlockDiagSae, Normalization, SaeConfig, SaeOutput};
 use checkpoint::TrainerState;
-use fused_cpu::{HostAdam, HostParams};
+use fused_cpu::{Activation, HostAdam, HostParams};
 use metrics::DeadFeatureTracker;
 
 /// What training publishes, in order: `Started`, then `Status`/`Step`/`Eval`/`Checkpoint`
@@ -129,7 +129,7 @@ fn adam_update<const D: usize>(
 
 /// The optimizer over the SAE's parameters.
 ///
-/// On the CPU backend a ReLU SAE trains through the fused step in [`fused_cpu`], which keeps
+/// On the CPU backend a ReLU or TopK SAE trains through the fused step in [`fused_cpu`], which keeps
 /// the parameters and Adam moments on the host and writes the parameters back into the
 /// `BlockDiagSae` after every step. Everything else goes through burn's autodiff.
 pub struct SaeOptimizer {
@@ -235,13 +235,20 @@ impl SaeOptimizer {
                 let [h, b, d] = x.dims();
                 let m = params.m;
                 let xs = crate::files::host_vec(x).expect("reading a CPU tensor");
-                let sums = fused_cpu::relu_loss_and_grads(params, &xs, b, l1, grads);
+                let act = match sae.config.architecture {
+                    Architecture::TopK { k } => Activation::TopK { k },
+                    _ => Activation::Relu { l1 },
+                };
+                let sums = fused_cpu::loss_and_grads(params, &xs, b, act, grads);
                 fused_cpu::clip_and_adam(params, grads, adam, lr, betas, t, clip);
                 sae.w_enc = host_tensor(&params.w_enc, [h, d, m], &device);
                 sae.b_enc = host_tensor(&params.b_enc, [h, m], &device);
                 sae.w_dec = host_tensor(&params.w_dec, [h, m, d], &device);
                 sae.b_dec = host_tensor(&params.b_dec, [h, d], &device);
-                let total = sums.mse + l1 * sums.sparsity;
+                let total = match act {
+                    Activation::Relu { l1 } => sums.mse + l1 * sums.sparsity,
+                    Activation::TopK { .. } => sums.mse,
+                };
                 let scalar = |v: f64| Tensor::<1>::from_floats([v as f32], &device);
                 let resid: Vec<f32> = sums.resid_sq.iter().map(|&v| v as f32).collect();
                 StepOutput {
@@ -427,10 +434,12 @@ impl SaeOptimizer {
     }
 }
 
-/// The fused CPU step covers ReLU SAEs on the CPU backend.
+/// The fused CPU step covers ReLU and TopK SAEs on the CPU backend.
 fn fused_applies(sae: &BlockDiagSae) -> bool {
-    sae.config.architecture == Architecture::Relu
-        && sae.log_threshold.is_none()
+    matches!(
+        sae.config.architecture,
+        Architecture::Relu | Architecture::TopK { .. }
+    ) && sae.log_threshold.is_none()
         && sae.device() == Device::flex()
 }
 
