@@ -48,6 +48,8 @@ pub struct HostParams {
     pub w_dec: Vec<f32>,
     /// [H, d]
     pub b_dec: Vec<f32>,
+    /// JumpReLU only (else empty): log of each feature's threshold, [H, m].
+    pub log_threshold: Vec<f32>,
 }
 
 impl HostParams {
@@ -57,20 +59,30 @@ impl HostParams {
             b_enc: vec![0.0; self.b_enc.len()],
             w_dec: vec![0.0; self.w_dec.len()],
             b_dec: vec![0.0; self.b_dec.len()],
+            log_threshold: vec![0.0; self.log_threshold.len()],
             ..*self
         }
     }
 
-    pub fn arrays(&self) -> [&Vec<f32>; 4] {
-        [&self.w_enc, &self.b_enc, &self.w_dec, &self.b_dec]
+    /// `W_enc`, `b_enc`, `W_dec`, `b_dec`, `log_threshold` (empty unless JumpReLU).
+    pub fn arrays(&self) -> [&Vec<f32>; 5] {
+        [
+            &self.w_enc,
+            &self.b_enc,
+            &self.w_dec,
+            &self.b_dec,
+            &self.log_threshold,
+        ]
     }
 
-    pub fn arrays_mut(&mut self) -> [&mut Vec<f32>; 4] {
+    /// As [`HostParams::arrays`].
+    pub fn arrays_mut(&mut self) -> [&mut Vec<f32>; 5] {
         [
             &mut self.w_enc,
             &mut self.b_enc,
             &mut self.w_dec,
             &mut self.b_dec,
+            &mut self.log_threshold,
         ]
     }
 }
@@ -88,6 +100,12 @@ pub struct BatchSums {
     pub resid_sq: Vec<f64>,
     /// Squared norm of each token's reconstruction per head, [H, B].
     pub recon_sq: Vec<f32>,
+}
+
+/// Per-feature values every job reads: decoder norms and (JumpReLU) thresholds, [H, m].
+struct FeatureTerms {
+    norms: Vec<f32>,
+    theta: Vec<f32>,
 }
 
 /// Work buffers of one job (a head and a chunk of the batch): its gradients and sums.
@@ -109,6 +127,10 @@ pub enum Activation {
     /// ReLU of the pre-activations at or above each token's `k`-th largest (per head), with
     /// MSE alone as the loss (the L1 value is still reported).
     TopK { k: usize },
+    /// `pre * (pre > theta)` with learned thresholds and `coef` times L0 in the loss,
+    /// straight-through gradients for the thresholds through a rectangle kernel of width
+    /// `bandwidth` (as `crate::sae::jumprelu`).
+    JumpRelu { coef: f64, bandwidth: f64 },
 }
 
 /// Loss, gradients and batch sums of an SAE on `x` [H, B, d] (SAE input space).
@@ -144,6 +166,19 @@ fn loss_and_grads_with(
         .chunks_exact(d)
         .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
         .collect();
+    let jump = matches!(act, Activation::JumpRelu { .. });
+    assert!(
+        !jump || p.log_threshold.len() == h * m,
+        "JumpReLU needs thresholds"
+    );
+    let feat = FeatureTerms {
+        norms,
+        theta: if jump {
+            p.log_threshold.iter().map(|v| v.exp()).collect()
+        } else {
+            Vec::new()
+        },
+    };
     let chunks = chunks.clamp(1, batch.max(1));
     let chunk_rows = batch.div_ceil(chunks);
     let mut jobs: Vec<Job> = (0..h)
@@ -162,6 +197,7 @@ fn loss_and_grads_with(
                     b_enc: vec![0.0; m],
                     w_dec: vec![0.0; m * d],
                     b_dec: vec![0.0; d],
+                    log_threshold: vec![0.0; if jump { m } else { 0 }],
                 },
                 fired: vec![0.0; m],
                 f_sum: vec![0.0; m],
@@ -171,7 +207,7 @@ fn loss_and_grads_with(
         })
         .collect();
     jobs.par_iter_mut()
-        .for_each(|job| run_job(p, x, batch, act, &norms, sparse_below, job));
+        .for_each(|job| run_job(p, x, batch, act, &feat, sparse_below, job));
 
     // Reduce in a fixed order.
     let mut sums = BatchSums {
@@ -190,6 +226,12 @@ fn loss_and_grads_with(
         add(&mut grads.b_enc[hd * m..(hd + 1) * m], &job.g.b_enc);
         add(&mut grads.w_dec[hd * m * d..(hd + 1) * m * d], &job.g.w_dec);
         add(&mut grads.b_dec[hd * d..(hd + 1) * d], &job.g.b_dec);
+        if jump {
+            add(
+                &mut grads.log_threshold[hd * m..(hd + 1) * m],
+                &job.g.log_threshold,
+            );
+        }
         add(&mut sums.fired[hd * m..(hd + 1) * m], &job.fired);
         for (a, b) in f_sum[hd * m..(hd + 1) * m].iter_mut().zip(&job.f_sum) {
             *a += b;
@@ -205,7 +247,7 @@ fn loss_and_grads_with(
         .w_dec
         .chunks_exact_mut(d)
         .zip(p.w_dec.chunks_exact(d))
-        .zip(f_sum.iter().zip(&norms))
+        .zip(f_sum.iter().zip(&feat.norms))
     {
         sums.sparsity += s * n as f64;
         if n > 0.0 && s != 0.0 {
@@ -216,6 +258,10 @@ fn loss_and_grads_with(
         }
     }
     sums.sparsity *= inv_b;
+    if jump {
+        // JumpReLU's penalty is L0: firings per token.
+        sums.sparsity = sums.fired.iter().map(|&n| n as f64).sum::<f64>() * inv_b;
+    }
     sums.mse = sums.resid_sq.iter().sum::<f64>() * inv_b;
     sums
 }
@@ -276,7 +322,7 @@ fn run_job(
     x: &[f32],
     batch: usize,
     act: Activation,
-    norms: &[f32],
+    feat: &FeatureTerms,
     sparse_below: f64,
     job: &mut Job,
 ) {
@@ -288,11 +334,11 @@ fn run_job(
             x: &[f32],
             batch: usize,
             act: Activation,
-            norms: &[f32],
+            feat: &FeatureTerms,
             sparse_below: f64,
             job: &mut Job,
         ) {
-            run_job_body(p, x, batch, act, norms, sparse_below, job)
+            run_job_body(p, x, batch, act, feat, sparse_below, job)
         }
         #[target_feature(enable = "avx2,fma")]
         fn avx2(
@@ -300,22 +346,22 @@ fn run_job(
             x: &[f32],
             batch: usize,
             act: Activation,
-            norms: &[f32],
+            feat: &FeatureTerms,
             sparse_below: f64,
             job: &mut Job,
         ) {
-            run_job_body(p, x, batch, act, norms, sparse_below, job)
+            run_job_body(p, x, batch, act, feat, sparse_below, job)
         }
         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
             // SAFETY: the features were detected on this CPU.
-            return unsafe { avx512(p, x, batch, act, norms, sparse_below, job) };
+            return unsafe { avx512(p, x, batch, act, feat, sparse_below, job) };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { avx2(p, x, batch, act, norms, sparse_below, job) };
+            return unsafe { avx2(p, x, batch, act, feat, sparse_below, job) };
         }
     }
-    run_job_body(p, x, batch, act, norms, sparse_below, job)
+    run_job_body(p, x, batch, act, feat, sparse_below, job)
 }
 
 #[inline(always)]
@@ -324,7 +370,7 @@ fn run_job_body(
     x: &[f32],
     batch: usize,
     act: Activation,
-    norms: &[f32],
+    feat: &FeatureTerms,
     sparse_below: f64,
     job: &mut Job,
 ) {
@@ -340,12 +386,26 @@ fn run_job_body(
     let inv_b = 1.0 / batch as f32;
     // The L1 gradient per active feature: l1 * n_i / B (zero for TopK).
     let l1 = act.l1() as f32;
-    let l1_grad: Vec<f32> = norms[hd * m..(hd + 1) * m]
+    let l1_grad: Vec<f32> = feat.norms[hd * m..(hd + 1) * m]
         .iter()
         .map(|&n| l1 * n * inv_b)
         .collect();
     let mut top = Vec::new();
     let zeros = vec![0f32; m];
+    // JumpReLU: this head's thresholds and the entries near them `(row in job, feature)`.
+    let th: &[f32] = if feat.theta.is_empty() {
+        &[]
+    } else {
+        &feat.theta[hd * m..(hd + 1) * m]
+    };
+    let jump = match act {
+        Activation::JumpRelu { coef, bandwidth } => Some(JumpGrad {
+            inv_eps: (1.0 / bandwidth) as f32,
+            coef_over_b: (coef / batch as f64) as f32,
+        }),
+        _ => None,
+    };
+    let mut near: Vec<(u32, u32)> = Vec::new();
     let mut feats = vec![0f32; TILE * m];
     let mut dpre = vec![0f32; TILE * m];
     let mut recon = vec![0f32; TILE * d];
@@ -364,7 +424,8 @@ fn run_job_body(
         matmul(rows, m, d, feats, false, xt, (d, 1), we, (m, 1));
         // Branch-free, so it vectorises: a branch per feature mispredicts half the time
         // on a fresh SAE.
-        for row in feats.chunks_exact_mut(m) {
+        let near_start = near.len();
+        for (b, row) in feats.chunks_exact_mut(m).enumerate() {
             // TopK keeps what is at or above the row's k-th largest pre-activation.
             let (bias, threshold) = match act {
                 Activation::Relu { .. } => (be, f32::NEG_INFINITY),
@@ -373,6 +434,28 @@ fn run_job_body(
                         *v += bias;
                     }
                     (&zeros[..], kth_largest(row, k, &mut top))
+                }
+                Activation::JumpRelu { bandwidth, .. } => {
+                    // Thresholds per feature; entries within half the bandwidth of theirs
+                    // carry the thresholds' straight-through gradient.
+                    let half = (bandwidth / 2.0) as f32;
+                    for (i, (((v, &bias), &t), (on, fs))) in row
+                        .iter_mut()
+                        .zip(be)
+                        .zip(th)
+                        .zip(on_tile.iter_mut().zip(f_tile.iter_mut()))
+                        .enumerate()
+                    {
+                        let pre = *v + bias;
+                        if (pre - t).abs() < half {
+                            near.push(((t0 + b) as u32, i as u32));
+                        }
+                        let f = if pre > t { pre } else { 0.0 };
+                        *v = f;
+                        *on += f32::from(f > 0.0);
+                        *fs += f;
+                    }
+                    continue;
                 }
             };
             for (((v, &bias), on), fs) in row
@@ -426,6 +509,14 @@ fn run_job_body(
             );
             // dP = (dR W_dec^T + l1 n / B) * (P > 0).
             matmul(rows, m, d, dpre, false, d_recon, (d, 1), wd, (1, d));
+            if let Some(jump) = &jump {
+                // Before the mask: dL/df at the near-threshold entries, active or not.
+                for &(r, i) in &near[near_start..] {
+                    let (r, i) = (r as usize - t0, i as usize);
+                    g.log_threshold[i] += jump.log_threshold_grad(dpre[r * m + i], th[i]);
+                }
+                near.truncate(near_start);
+            }
             mask_relu_grad(dpre, feats, &l1_grad, &mut g.b_enc);
             // dW_enc += X_t^T dP.
             matmul(d, m, rows, &mut g.w_enc, true, xt, (1, d), dpre, (m, 1));
@@ -442,6 +533,9 @@ fn run_job_body(
                 inv_b,
                 d,
                 m,
+                near: &near,
+                theta: th,
+                jump,
             },
             &entries,
             &sparse_tiles,
@@ -454,7 +548,7 @@ impl Activation {
     fn l1(self) -> f64 {
         match self {
             Activation::Relu { l1 } => l1,
-            Activation::TopK { .. } => 0.0,
+            Activation::TopK { .. } | Activation::JumpRelu { .. } => 0.0,
         }
     }
 }
@@ -547,6 +641,27 @@ struct SparseJob<'a> {
     inv_b: f32,
     d: usize,
     m: usize,
+    /// JumpReLU: the sparse tiles' near-threshold entries, thresholds and constants.
+    near: &'a [(u32, u32)],
+    theta: &'a [f32],
+    jump: Option<JumpGrad>,
+}
+
+/// The constants of JumpReLU's threshold gradient.
+#[derive(Clone, Copy)]
+struct JumpGrad {
+    inv_eps: f32,
+    coef_over_b: f32,
+}
+
+impl JumpGrad {
+    /// d loss / d log(theta) from one entry within half the bandwidth of `theta`, given
+    /// `g = d loss / d f` there: `theta (g (-theta / eps) + coef / B (-1 / eps))`
+    /// (the straight-through estimates of `crate::sae::jumprelu`).
+    #[inline(always)]
+    fn log_threshold_grad(&self, g: f32, theta: f32) -> f32 {
+        theta * (g * (-theta * self.inv_eps) - self.coef_over_b * self.inv_eps)
+    }
 }
 
 /// Finishes the sparse tiles of a job from their active entries, feature by feature over
@@ -597,6 +712,13 @@ fn finish_sparse_tiles(
             &mut g.b_dec,
             &mut job.recon_sq[t.clone()],
         );
+    }
+    if let Some(jump) = &s.jump {
+        for &(r, i) in s.near {
+            let (r, i) = (r as usize, i as usize);
+            let g_f = dot(&recon[r * d..(r + 1) * d], &s.wd[i * d..(i + 1) * d]);
+            g.log_threshold[i] += jump.log_threshold_grad(g_f, s.theta[i]);
+        }
     }
     // Only active features carry gradient: dW_dec[i] += f dR[r];
     // dP[r,i] = dR[r] . W_dec[i] + l1 n_i / B; dW_enc[:, i] += dP X[r].
@@ -1039,6 +1161,13 @@ mod tests {
         sae.b_enc = Tensor::from_data(TensorData::new(b_enc, [h, m]), &device);
         let b_dec: Vec<f32> = (0..h * d).map(|_| 0.1 * rng.normal() as f32).collect();
         sae.b_dec = Tensor::from_data(TensorData::new(b_dec, [h, d]), &device);
+        if sae.log_threshold.is_some() {
+            // Thresholds around 0.2, where pre-activations (std ~0.3) often come near.
+            let lt: Vec<f32> = (0..h * m)
+                .map(|_| (0.2 + 0.05 * rng.normal().abs()).ln() as f32)
+                .collect();
+            sae.log_threshold = Some(Tensor::from_data(TensorData::new(lt, [h, m]), &device));
+        }
         let x: Vec<f32> = (0..h * b * d).map(|_| 3.0 * rng.normal() as f32).collect();
         (sae, x)
     }
@@ -1053,6 +1182,11 @@ mod tests {
             b_enc: host(sae.b_enc.clone().flatten(0, 1)),
             w_dec: host(sae.w_dec.clone().flatten(0, 2)),
             b_dec: host(sae.b_dec.clone().flatten(0, 1)),
+            log_threshold: sae
+                .log_threshold
+                .clone()
+                .map(|t| host(t.flatten(0, 1)))
+                .unwrap_or_default(),
         }
     }
 
@@ -1074,6 +1208,11 @@ mod tests {
         // TopK: k of 48 per token (and k = m, which keeps every positive one).
         for (k, d, chunks) in [(3, 16, 1), (5, 64, 2), (48, 16, 1)] {
             check_against_autodiff(Architecture::TopK { k }, 2, d, 48, 150, 0.0, chunks);
+        }
+        // JumpReLU, thresholds' straight-through gradients included.
+        let jump = Architecture::JumpRelu { bandwidth: 0.05 };
+        for (d, bias, chunks) in [(16, 0.0f32, 1), (64, -0.1, 2), (128, 0.0, 1)] {
+            check_against_autodiff(jump, 2, d, 48, 150, bias, chunks);
         }
     }
 
@@ -1127,6 +1266,10 @@ mod tests {
                 b_enc: sae.b_enc.clone().autodiff().require_grad(),
                 w_dec: sae.w_dec.clone().autodiff().require_grad(),
                 b_dec: sae.b_dec.clone().autodiff().require_grad(),
+                log_threshold: sae
+                    .log_threshold
+                    .clone()
+                    .map(|t| t.autodiff().require_grad()),
                 ..sae.clone()
             };
             let (out, terms) = tracked.loss(xt.clone().autodiff(), l1);
@@ -1136,6 +1279,11 @@ mod tests {
                 b_enc: host(tracked.b_enc.grad(&grads).unwrap().flatten(0, 1)),
                 w_dec: host(tracked.w_dec.grad(&grads).unwrap().flatten(0, 2)),
                 b_dec: host(tracked.b_dec.grad(&grads).unwrap().flatten(0, 1)),
+                log_threshold: tracked
+                    .log_threshold
+                    .as_ref()
+                    .map(|t| host(t.grad(&grads).unwrap().flatten(0, 1)))
+                    .unwrap_or_default(),
                 ..to_host(&sae)
             };
             let feats = host(out.feats.inner().flatten(0, 2));
@@ -1146,6 +1294,10 @@ mod tests {
                 let mut g = p.zeros_like();
                 let act = match arch {
                     Architecture::TopK { k } => Activation::TopK { k },
+                    Architecture::JumpRelu { bandwidth } => Activation::JumpRelu {
+                        coef: l1,
+                        bandwidth,
+                    },
                     _ => Activation::Relu { l1 },
                 };
                 let sums = loss_and_grads_with(&p, &x, b, act, &mut g, sparse_below, chunks);
@@ -1157,6 +1309,12 @@ mod tests {
                 close(&format!("{tag} b_enc"), &g.b_enc, &want.b_enc, 2e-5);
                 close(&format!("{tag} W_dec"), &g.w_dec, &want.w_dec, 2e-5);
                 close(&format!("{tag} b_dec"), &g.b_dec, &want.b_dec, 2e-5);
+                close(
+                    &format!("{tag} log_threshold"),
+                    &g.log_threshold,
+                    &want.log_threshold,
+                    2e-5,
+                );
                 let mse = host(terms.mse.clone().inner())[0] as f64;
                 let sparsity = host(terms.sparsity.clone().inner())[0] as f64;
                 assert!(

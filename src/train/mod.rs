@@ -129,7 +129,8 @@ fn adam_update<const D: usize>(
 
 /// The optimizer over the SAE's parameters.
 ///
-/// On the CPU backend a ReLU or TopK SAE trains through the fused step in [`fused_cpu`], which keeps
+/// On the CPU backend a ReLU, TopK or JumpReLU SAE trains through the fused step in
+/// [`fused_cpu`], which keeps
 /// the parameters and Adam moments on the host and writes the parameters back into the
 /// `BlockDiagSae` after every step. Everything else goes through burn's autodiff.
 pub struct SaeOptimizer {
@@ -168,10 +169,11 @@ pub struct StepOutput {
 }
 
 /// The parameter names of the optimizer file, in the order of `HostParams::arrays`.
-const PARAM_NAMES: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
+const PARAM_NAMES: [&str; 5] = ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"];
 
 impl SaeOptimizer {
-    /// The fused CPU step where it applies (CPU backend, ReLU), else autodiff.
+    /// The fused CPU step where it applies (CPU backend; ReLU, TopK or JumpReLU), else
+    /// autodiff.
     pub fn new(sae: &BlockDiagSae) -> Self {
         if fused_applies(sae) {
             Self::fused(sae, None)
@@ -237,6 +239,10 @@ impl SaeOptimizer {
                 let xs = crate::files::host_vec(x).expect("reading a CPU tensor");
                 let act = match sae.config.architecture {
                     Architecture::TopK { k } => Activation::TopK { k },
+                    Architecture::JumpRelu { bandwidth } => Activation::JumpRelu {
+                        coef: l1,
+                        bandwidth,
+                    },
                     _ => Activation::Relu { l1 },
                 };
                 let sums = fused_cpu::loss_and_grads(params, &xs, b, act, grads);
@@ -247,8 +253,12 @@ impl SaeOptimizer {
                 sae.b_dec = host_tensor(&params.b_dec, [h, d], &device);
                 let total = match act {
                     Activation::Relu { l1 } => sums.mse + l1 * sums.sparsity,
+                    Activation::JumpRelu { coef, .. } => sums.mse + coef * sums.sparsity,
                     Activation::TopK { .. } => sums.mse,
                 };
+                if sae.log_threshold.is_some() {
+                    sae.log_threshold = Some(host_tensor(&params.log_threshold, [h, m], &device));
+                }
                 let scalar = |v: f64| Tensor::<1>::from_floats([v as f32], &device);
                 let resid: Vec<f32> = sums.resid_sq.iter().map(|&v| v as f32).collect();
                 StepOutput {
@@ -339,6 +349,9 @@ impl SaeOptimizer {
                 let shapes = param_shapes(params);
                 let mut arrays = Vec::new();
                 for (i, (name, shape)) in PARAM_NAMES.iter().zip(shapes).enumerate() {
+                    if params.arrays()[i].is_empty() {
+                        continue; // no thresholds unless JumpReLU
+                    }
                     arrays.push(NamedArray::new(
                         format!("m.{name}"),
                         shape.clone(),
@@ -390,6 +403,9 @@ impl SaeOptimizer {
             let mut adam = HostAdam::zeros(&params);
             let shapes = param_shapes(&params);
             for (i, (name, shape)) in PARAM_NAMES.iter().zip(shapes).enumerate() {
+                if params.arrays()[i].is_empty() {
+                    continue;
+                }
                 *adam.m.arrays_mut()[i] = file.read_shaped(&format!("m.{name}"), &shape)?.data;
                 *adam.v.arrays_mut()[i] = file.read_shaped(&format!("v.{name}"), &shape)?.data;
             }
@@ -434,13 +450,14 @@ impl SaeOptimizer {
     }
 }
 
-/// The fused CPU step covers ReLU and TopK SAEs on the CPU backend.
+/// The fused CPU step covers ReLU, TopK and JumpReLU SAEs on the CPU backend.
 fn fused_applies(sae: &BlockDiagSae) -> bool {
-    matches!(
-        sae.config.architecture,
-        Architecture::Relu | Architecture::TopK { .. }
-    ) && sae.log_threshold.is_none()
-        && sae.device() == Device::flex()
+    let arch_ok = match sae.config.architecture {
+        Architecture::Relu | Architecture::TopK { .. } => sae.log_threshold.is_none(),
+        Architecture::JumpRelu { .. } => sae.log_threshold.is_some(),
+        Architecture::BatchTopK { .. } => false,
+    };
+    arch_ok && sae.device() == Device::flex()
 }
 
 fn host_params(sae: &BlockDiagSae) -> HostParams {
@@ -454,12 +471,23 @@ fn host_params(sae: &BlockDiagSae) -> HostParams {
         b_enc: host(sae.b_enc.clone().flatten(0, 1)),
         w_dec: host(sae.w_dec.clone().flatten(0, 2)),
         b_dec: host(sae.b_dec.clone().flatten(0, 1)),
+        log_threshold: sae
+            .log_threshold
+            .clone()
+            .map(|t| host(t.flatten(0, 1)))
+            .unwrap_or_default(),
     }
 }
 
-fn param_shapes(p: &HostParams) -> [Vec<usize>; 4] {
+fn param_shapes(p: &HostParams) -> [Vec<usize>; 5] {
     let (h, d, m) = (p.n_heads, p.d_head, p.m);
-    [vec![h, d, m], vec![h, m], vec![h, m, d], vec![h, d]]
+    [
+        vec![h, d, m],
+        vec![h, m],
+        vec![h, m, d],
+        vec![h, d],
+        vec![h, m],
+    ]
 }
 
 fn host_tensor<const D: usize>(data: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
