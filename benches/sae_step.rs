@@ -9,7 +9,7 @@
 //!
 //! Training moves the density (on this fixed random batch it rises); `--lr 0` holds it.
 //!
-//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m] [--topk K]`
+//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m] [--topk K | --jumprelu]`
 
 use std::time::Instant;
 
@@ -39,8 +39,12 @@ fn main() -> anyhow::Result<()> {
         configs.push((4096, 12, 64, 2048));
     }
     // `--topk K` times a TopK SAE (MSE loss, K features per head and token) instead.
+    // `--jumprelu` a JumpReLU SAE (thresholds start at 0.001, bandwidth 0.001).
     let architecture = match arg("--topk") {
         Some(k) => Architecture::TopK { k: k.parse()? },
+        None if std::env::args().any(|a| a == "--jumprelu") => {
+            Architecture::JumpRelu { bandwidth: 0.001 }
+        }
         None => Architecture::Relu,
     };
     // `--shape B,H,d,m` times that shape only (e.g. a dense SAE: `4096,1,768,24576`).
