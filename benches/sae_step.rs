@@ -9,7 +9,7 @@
 //!
 //! Training moves the density (on this fixed random batch it rises); `--lr 0` holds it.
 //!
-//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m] [--topk K | --jumprelu]`
+//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m] [--topk K | --batchtopk K | --jumprelu]`
 
 use std::time::Instant;
 
@@ -40,12 +40,14 @@ fn main() -> anyhow::Result<()> {
     }
     // `--topk K` times a TopK SAE (MSE loss, K features per head and token) instead.
     // `--jumprelu` a JumpReLU SAE (thresholds start at 0.001, bandwidth 0.001).
-    let architecture = match arg("--topk") {
-        Some(k) => Architecture::TopK { k: k.parse()? },
-        None if std::env::args().any(|a| a == "--jumprelu") => {
+    // `--batchtopk K` a BatchTopK SAE.
+    let architecture = match (arg("--topk"), arg("--batchtopk")) {
+        (Some(k), _) => Architecture::TopK { k: k.parse()? },
+        (None, Some(k)) => Architecture::BatchTopK { k: k.parse()? },
+        _ if std::env::args().any(|a| a == "--jumprelu") => {
             Architecture::JumpRelu { bandwidth: 0.001 }
         }
-        None => Architecture::Relu,
+        _ => Architecture::Relu,
     };
     // `--shape B,H,d,m` times that shape only (e.g. a dense SAE: `4096,1,768,24576`).
     if let Some(shape) = arg("--shape") {

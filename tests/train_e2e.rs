@@ -177,39 +177,44 @@ fn resume_equals_an_uninterrupted_run() {
     check_resume("relu", |dir| config(dir, 40));
 }
 
-/// TopK on the CPU trains through the fused step: it resumes exactly, keeps at most k
-/// features per head and token, and lowers the MSE.
+/// TopK and BatchTopK on the CPU train through the fused step: they resume exactly, keep
+/// at most k features per head and token (on average, for BatchTopK) and lower the MSE.
 #[test]
-fn topk_trains_on_the_fused_cpu_step_and_resumes_exactly() {
+fn topk_and_batchtopk_train_on_the_fused_cpu_step_and_resume_exactly() {
     use attn_saes::train::config::ArchitectureKind;
     let k = 3;
-    let topk = move |dir: &Path| TrainConfig {
-        architecture: ArchitectureKind::Topk,
-        k,
-        ..config(dir, 40)
-    };
-    check_resume("topk", topk);
-    let dir = temp_dir("topk-metrics");
-    let (result, events) = run(topk(&dir), None, RunControl::default());
-    let last = result.unwrap().last.unwrap();
-    let first = events
-        .iter()
-        .find_map(|e| match e {
-            TrainEvent::Step(m) => Some(m.clone()),
-            _ => None,
-        })
-        .unwrap();
-    println!(
-        "topk: mse {:.3} -> {:.3}, L0 per head {:?}",
-        first.mse, last.mse, last.l0_per_head
-    );
-    assert!(last.mse < first.mse);
-    assert!(
-        last.l0_per_head
+    for (tag, architecture) in [
+        ("topk", ArchitectureKind::Topk),
+        ("batchtopk", ArchitectureKind::BatchTopk),
+    ] {
+        let cfg = move |dir: &Path| TrainConfig {
+            architecture,
+            k,
+            ..config(dir, 40)
+        };
+        check_resume(tag, cfg);
+        let dir = temp_dir(&format!("{tag}-metrics"));
+        let (result, events) = run(cfg(&dir), None, RunControl::default());
+        let last = result.unwrap().last.unwrap();
+        let first = events
             .iter()
-            .all(|&l0| l0 <= k as f64 && l0 > 0.0)
-    );
-    std::fs::remove_dir_all(dir).unwrap();
+            .find_map(|e| match e {
+                TrainEvent::Step(m) => Some(m.clone()),
+                _ => None,
+            })
+            .unwrap();
+        println!(
+            "{tag}: mse {:.3} -> {:.3}, L0 per head {:?}",
+            first.mse, last.mse, last.l0_per_head
+        );
+        assert!(last.mse < first.mse);
+        assert!(
+            last.l0_per_head
+                .iter()
+                .all(|&l0| l0 <= k as f64 && l0 > 0.0)
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
 
 #[test]

@@ -106,6 +106,8 @@ pub struct BatchSums {
 struct FeatureTerms {
     norms: Vec<f32>,
     theta: Vec<f32>,
+    /// BatchTopK: each head's threshold over the batch, [H].
+    head_threshold: Vec<f32>,
 }
 
 /// Work buffers of one job (a head and a chunk of the batch): its gradients and sums.
@@ -131,6 +133,9 @@ pub enum Activation {
     /// straight-through gradients for the thresholds through a rectangle kernel of width
     /// `bandwidth` (as `crate::sae::jumprelu`).
     JumpRelu { coef: f64, bandwidth: f64 },
+    /// ReLU of the pre-activations at or above each head's `k * B`-th largest over the
+    /// whole batch, with MSE alone as the loss.
+    BatchTopK { k: usize },
 }
 
 /// Loss, gradients and batch sums of an SAE on `x` [H, B, d] (SAE input space).
@@ -177,6 +182,13 @@ fn loss_and_grads_with(
             p.log_threshold.iter().map(|v| v.exp()).collect()
         } else {
             Vec::new()
+        },
+        head_threshold: match act {
+            Activation::BatchTopK { k } => (0..h)
+                .into_par_iter()
+                .map(|hd| batch_topk_threshold(p, x, batch, hd, k))
+                .collect(),
+            _ => Vec::new(),
         },
     };
     let chunks = chunks.clamp(1, batch.max(1));
@@ -435,6 +447,7 @@ fn run_job_body(
                     }
                     (&zeros[..], kth_largest(row, k, &mut top))
                 }
+                Activation::BatchTopK { .. } => (be, feat.head_threshold[hd]),
                 Activation::JumpRelu { bandwidth, .. } => {
                     // Thresholds per feature; entries within half the bandwidth of theirs
                     // carry the thresholds' straight-through gradient.
@@ -558,9 +571,81 @@ impl Activation {
     fn l1(self) -> f64 {
         match self {
             Activation::Relu { l1 } => l1,
-            Activation::TopK { .. } | Activation::JumpRelu { .. } => 0.0,
+            Activation::TopK { .. }
+            | Activation::JumpRelu { .. }
+            | Activation::BatchTopK { .. } => 0.0,
         }
     }
+}
+
+/// BatchTopK's threshold for head `hd`: the `k * batch`-th largest pre-activation of the
+/// head over the batch (`-inf` when that is all of them). The encoder runs over the batch
+/// once here and again in the step; values at or above a cut taken from the first tile
+/// are kept, and the threshold is selected among them (or among all values, if too few
+/// cleared the cut). Exact either way.
+fn batch_topk_threshold(p: &HostParams, x: &[f32], batch: usize, hd: usize, k: usize) -> f32 {
+    let (d, m) = (p.d_head, p.m);
+    let total = batch * m;
+    let n = (k * batch).min(total);
+    if n == 0 {
+        return f32::INFINITY;
+    }
+    if n == total {
+        return f32::NEG_INFINITY;
+    }
+    let we = &p.w_enc[hd * d * m..(hd + 1) * d * m];
+    let be = &p.b_enc[hd * m..(hd + 1) * m];
+    let xh = &x[hd * batch * d..(hd + 1) * batch * d];
+    let mut pre = vec![0f32; TILE * m];
+    let tile = |t0: usize, pre: &mut Vec<f32>| -> usize {
+        let rows = TILE.min(batch - t0);
+        let xt = &xh[t0 * d..(t0 + rows) * d];
+        matmul(
+            rows,
+            m,
+            d,
+            &mut pre[..rows * m],
+            false,
+            xt,
+            (d, 1),
+            we,
+            (m, 1),
+        );
+        for row in pre[..rows * m].chunks_exact_mut(m) {
+            for (v, &bias) in row.iter_mut().zip(be) {
+                *v += bias;
+            }
+        }
+        rows
+    };
+    // A cut from the first tile, at twice its expected share of the top n.
+    let rows = tile(0, &mut pre);
+    let sample = rows * m;
+    let want = (2 * n * sample).div_ceil(total);
+    let cut = if want < sample {
+        let mut s = pre[..sample].to_vec();
+        *s.select_nth_unstable_by(want - 1, |a, b| b.total_cmp(a)).1
+    } else {
+        f32::NEG_INFINITY
+    };
+    let mut kept = Vec::new();
+    let mut t0 = 0;
+    while t0 < batch {
+        let rows = if t0 == 0 { rows } else { tile(t0, &mut pre) };
+        values_at_least(&pre[..rows * m], cut, &mut kept);
+        t0 += rows;
+    }
+    if kept.len() < n {
+        // Too few cleared the cut: keep everything.
+        kept.clear();
+        let mut t0 = 0;
+        while t0 < batch {
+            let rows = tile(t0, &mut pre);
+            kept.extend_from_slice(&pre[..rows * m]);
+            t0 += rows;
+        }
+    }
+    *kept.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a)).1
 }
 
 /// The `k`-th largest value of `row` (`-inf` when `k >= row.len()`, `+inf` when `k == 0`).
@@ -1219,10 +1304,52 @@ mod tests {
         for (k, d, chunks) in [(3, 16, 1), (5, 64, 2), (48, 16, 1)] {
             check_against_autodiff(Architecture::TopK { k }, 2, d, 48, 150, 0.0, chunks);
         }
+        // BatchTopK: 3 per token on average, per head over the batch.
+        for (d, chunks) in [(16, 1), (64, 3)] {
+            let arch = Architecture::BatchTopK { k: 3 };
+            check_against_autodiff(arch, 2, d, 48, 150, 0.0, chunks);
+        }
         // JumpReLU, thresholds' straight-through gradients included.
         let jump = Architecture::JumpRelu { bandwidth: 0.05 };
         for (d, bias, chunks) in [(16, 0.0f32, 1), (64, -0.1, 2), (128, 0.0, 1)] {
             check_against_autodiff(jump, 2, d, 48, 150, bias, chunks);
+        }
+    }
+
+    #[test]
+    fn batch_topk_threshold_is_exact_with_and_without_the_fallback() {
+        let (h, d, m, b) = (2, 16, 48, 300);
+        let (sae, mut x) = setup(Architecture::BatchTopK { k: 2 }, h, d, m, b, 0.0);
+        let p = to_host(&sae);
+        for loud_first_tile in [false, true] {
+            if loud_first_tile {
+                // The first tile's pre-activations dwarf the rest: its cut lets too few
+                // through and the exact fallback runs.
+                for v in &mut x[..TILE * d] {
+                    *v *= 50.0;
+                }
+            }
+            for k in [1, 2, 7] {
+                for hd in 0..h {
+                    let mut all = Vec::new();
+                    for t in 0..b {
+                        for i in 0..m {
+                            let mut pre = p.b_enc[hd * m + i];
+                            for j in 0..d {
+                                pre += x[(hd * b + t) * d + j] * p.w_enc[(hd * d + j) * m + i];
+                            }
+                            all.push(pre);
+                        }
+                    }
+                    all.sort_by(|a, b| b.total_cmp(a));
+                    let got = batch_topk_threshold(&p, &x, b, hd, k);
+                    let want = all[k * b - 1];
+                    assert!(
+                        (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "k {k} head {hd} loud {loud_first_tile}: {got} vs {want}"
+                    );
+                }
+            }
         }
     }
 
@@ -1304,6 +1431,7 @@ mod tests {
                 let mut g = p.zeros_like();
                 let act = match arch {
                     Architecture::TopK { k } => Activation::TopK { k },
+                    Architecture::BatchTopK { k } => Activation::BatchTopK { k },
                     Architecture::JumpRelu { bandwidth } => Activation::JumpRelu {
                         coef: l1,
                         bandwidth,

@@ -129,8 +129,7 @@ fn adam_update<const D: usize>(
 
 /// The optimizer over the SAE's parameters.
 ///
-/// On the CPU backend a ReLU, TopK or JumpReLU SAE trains through the fused step in
-/// [`fused_cpu`], which keeps
+/// On the CPU backend an SAE trains through the fused step in [`fused_cpu`], which keeps
 /// the parameters and Adam moments on the host and writes the parameters back into the
 /// `BlockDiagSae` after every step. Everything else goes through burn's autodiff.
 pub struct SaeOptimizer {
@@ -172,8 +171,7 @@ pub struct StepOutput {
 const PARAM_NAMES: [&str; 5] = ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"];
 
 impl SaeOptimizer {
-    /// The fused CPU step where it applies (CPU backend; ReLU, TopK or JumpReLU), else
-    /// autodiff.
+    /// The fused CPU step on the CPU backend, else autodiff.
     pub fn new(sae: &BlockDiagSae) -> Self {
         if fused_applies(sae) {
             Self::fused(sae, None)
@@ -239,6 +237,7 @@ impl SaeOptimizer {
                 let xs = crate::files::host_vec(x).expect("reading a CPU tensor");
                 let act = match sae.config.architecture {
                     Architecture::TopK { k } => Activation::TopK { k },
+                    Architecture::BatchTopK { k } => Activation::BatchTopK { k },
                     Architecture::JumpRelu { bandwidth } => Activation::JumpRelu {
                         coef: l1,
                         bandwidth,
@@ -254,7 +253,7 @@ impl SaeOptimizer {
                 let total = match act {
                     Activation::Relu { l1 } => sums.mse + l1 * sums.sparsity,
                     Activation::JumpRelu { coef, .. } => sums.mse + coef * sums.sparsity,
-                    Activation::TopK { .. } => sums.mse,
+                    Activation::TopK { .. } | Activation::BatchTopK { .. } => sums.mse,
                 };
                 if sae.log_threshold.is_some() {
                     sae.log_threshold = Some(host_tensor(&params.log_threshold, [h, m], &device));
@@ -450,12 +449,13 @@ impl SaeOptimizer {
     }
 }
 
-/// The fused CPU step covers ReLU, TopK and JumpReLU SAEs on the CPU backend.
+/// The fused CPU step covers every architecture on the CPU backend.
 fn fused_applies(sae: &BlockDiagSae) -> bool {
     let arch_ok = match sae.config.architecture {
-        Architecture::Relu | Architecture::TopK { .. } => sae.log_threshold.is_none(),
+        Architecture::Relu | Architecture::TopK { .. } | Architecture::BatchTopK { .. } => {
+            sae.log_threshold.is_none()
+        }
         Architecture::JumpRelu { .. } => sae.log_threshold.is_some(),
-        Architecture::BatchTopK { .. } => false,
     };
     arch_ok && sae.device() == Device::flex()
 }
