@@ -53,6 +53,26 @@ pub struct HostParams {
 }
 
 impl HostParams {
+    /// Reads an SAE's parameters back to the host.
+    pub fn from_sae(sae: &crate::sae::BlockDiagSae) -> anyhow::Result<Self> {
+        use burn::tensor::Tensor;
+        let c = &sae.config;
+        let host = |t: Tensor<1>| crate::files::host_vec(t);
+        Ok(Self {
+            n_heads: c.n_heads,
+            d_head: c.d_head,
+            m: c.features_per_head,
+            w_enc: host(sae.w_enc.clone().flatten(0, 2))?,
+            b_enc: host(sae.b_enc.clone().flatten(0, 1))?,
+            w_dec: host(sae.w_dec.clone().flatten(0, 2))?,
+            b_dec: host(sae.b_dec.clone().flatten(0, 1))?,
+            log_threshold: match &sae.log_threshold {
+                Some(t) => host(t.clone().flatten(0, 1))?,
+                None => Vec::new(),
+            },
+        })
+    }
+
     pub fn zeros_like(&self) -> Self {
         Self {
             w_enc: vec![0.0; self.w_enc.len()],
@@ -340,30 +360,25 @@ fn run_job(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        fn avx512(
-            p: &HostParams,
-            x: &[f32],
-            batch: usize,
-            act: Activation,
-            feat: &FeatureTerms,
-            sparse_below: f64,
-            job: &mut Job,
-        ) {
-            run_job_body(p, x, batch, act, feat, sparse_below, job)
+        /// `run_job_body` compiled with the given target features.
+        macro_rules! variant {
+            ($name:ident, $features:literal) => {
+                #[target_feature(enable = $features)]
+                fn $name(
+                    p: &HostParams,
+                    x: &[f32],
+                    batch: usize,
+                    act: Activation,
+                    feat: &FeatureTerms,
+                    sparse_below: f64,
+                    job: &mut Job,
+                ) {
+                    run_job_body(p, x, batch, act, feat, sparse_below, job)
+                }
+            };
         }
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2(
-            p: &HostParams,
-            x: &[f32],
-            batch: usize,
-            act: Activation,
-            feat: &FeatureTerms,
-            sparse_below: f64,
-            job: &mut Job,
-        ) {
-            run_job_body(p, x, batch, act, feat, sparse_below, job)
-        }
+        variant!(avx512, "avx512f,avx512vl,avx2,fma");
+        variant!(avx2, "avx2,fma");
         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
             // SAFETY: the features were detected on this CPU.
             return unsafe { avx512(p, x, batch, act, feat, sparse_below, job) };
@@ -680,33 +695,9 @@ fn kth_largest(row: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
         .1
 }
 
-/// Appends the values of `row` that are `>= cut`, sixteen compared at once with AVX-512.
+/// Appends the values of `row` that are `>= cut`.
 fn values_at_least(row: &[f32], cut: f32, out: &mut Vec<f32>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn avx512(row: &[f32], cut: f32, out: &mut Vec<f32>) {
-            use std::arch::x86_64::{_CMP_GE_OQ, _mm512_cmp_ps_mask, _mm512_set1_ps};
-            let c = _mm512_set1_ps(cut);
-            let chunks = row.chunks_exact(16);
-            let tail = chunks.remainder();
-            for chunk in chunks {
-                // SAFETY: `chunk` holds 16 floats.
-                let v = unsafe { std::arch::x86_64::_mm512_loadu_ps(chunk.as_ptr()) };
-                let mut bits = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, c);
-                while bits != 0 {
-                    out.push(chunk[bits.trailing_zeros() as usize]);
-                    bits &= bits - 1;
-                }
-            }
-            out.extend(tail.iter().copied().filter(|&v| v >= cut));
-        }
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected on this CPU.
-            return unsafe { avx512(row, cut, out) };
-        }
-    }
-    out.extend(row.iter().copied().filter(|&v| v >= cut));
+    for_each_above::<true, _>(row, cut, |_, v| out.push(v));
 }
 
 /// The `k`-th largest value of `row` (`0 < k < row.len()`) by one pass that keeps the `k`
@@ -887,47 +878,57 @@ fn recon_to_grad(
 }
 
 /// Appends `(row0 + row, feature, value)` for every positive entry of `feats` (rows of
-/// `m`), in row order. With AVX-512 a compare gives 16 at once as a bit mask; portable
-/// code takes about 0.5 ns per entry, as long as the rest of a sparse step.
+/// `m`), in row order.
 fn find_active(feats: &[f32], m: usize, row0: u32, out: &mut Vec<(u32, u32, f32)>) {
+    for (b, row) in feats.chunks_exact(m).enumerate() {
+        let r = row0 + b as u32;
+        for_each_above::<false, _>(row, 0.0, |i, f| out.push((r, i as u32, f)));
+    }
+}
+
+/// Calls `f(i, row[i])`, in order, for each `row[i] > cut` (`>=` when `INCLUSIVE`). With
+/// AVX-512 one compare checks sixteen values and gives a bit mask to walk; portable code
+/// takes about 0.5 ns per value, as long as the rest of a sparse step.
+fn for_each_above<const INCLUSIVE: bool, F: FnMut(usize, f32)>(row: &[f32], cut: f32, mut f: F) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
-        fn avx512(feats: &[f32], m: usize, row0: u32, out: &mut Vec<(u32, u32, f32)>) {
-            use std::arch::x86_64::{_CMP_GT_OQ, _mm512_cmp_ps_mask, _mm512_setzero_ps};
-            let zero = _mm512_setzero_ps();
-            for (b, row) in feats.chunks_exact(m).enumerate() {
-                let r = row0 + b as u32;
-                let chunks = row.chunks_exact(16);
-                let tail = chunks.remainder();
-                for (c, chunk) in chunks.enumerate() {
-                    // SAFETY: `chunk` holds 16 floats.
-                    let v = unsafe { std::arch::x86_64::_mm512_loadu_ps(chunk.as_ptr()) };
-                    let mut bits = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, zero) as u32;
-                    while bits != 0 {
-                        let k = bits.trailing_zeros() as usize;
-                        out.push((r, (c * 16 + k) as u32, chunk[k]));
-                        bits &= bits - 1;
-                    }
+        fn avx512<const INCLUSIVE: bool, F: FnMut(usize, f32)>(row: &[f32], cut: f32, f: &mut F) {
+            use std::arch::x86_64::{
+                _CMP_GE_OQ, _CMP_GT_OQ, _mm512_cmp_ps_mask, _mm512_loadu_ps, _mm512_set1_ps,
+            };
+            let c = _mm512_set1_ps(cut);
+            let chunks = row.chunks_exact(16);
+            let tail = chunks.remainder();
+            for (n, chunk) in chunks.enumerate() {
+                // SAFETY: `chunk` holds 16 floats.
+                let v = unsafe { _mm512_loadu_ps(chunk.as_ptr()) };
+                let mut bits = if INCLUSIVE {
+                    _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, c)
+                } else {
+                    _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, c)
+                };
+                while bits != 0 {
+                    let k = bits.trailing_zeros() as usize;
+                    f(n * 16 + k, chunk[k]);
+                    bits &= bits - 1;
                 }
-                let base = m - tail.len();
-                for (k, &f) in tail.iter().enumerate() {
-                    if f > 0.0 {
-                        out.push((r, (base + k) as u32, f));
-                    }
+            }
+            let base = row.len() - tail.len();
+            for (k, &v) in tail.iter().enumerate() {
+                if v > cut || (INCLUSIVE && v == cut) {
+                    f(base + k, v);
                 }
             }
         }
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the feature was detected on this CPU.
-            return unsafe { avx512(feats, m, row0, out) };
+            return unsafe { avx512::<INCLUSIVE, F>(row, cut, &mut f) };
         }
     }
-    for (b, row) in feats.chunks_exact(m).enumerate() {
-        for (i, &f) in row.iter().enumerate() {
-            if f > 0.0 {
-                out.push((row0 + b as u32, i as u32, f));
-            }
+    for (i, &v) in row.iter().enumerate() {
+        if v > cut || (INCLUSIVE && v == cut) {
+            f(i, v);
         }
     }
 }
@@ -1267,24 +1268,6 @@ mod tests {
         (sae, x)
     }
 
-    fn to_host(sae: &BlockDiagSae) -> HostParams {
-        let c = &sae.config;
-        HostParams {
-            n_heads: c.n_heads,
-            d_head: c.d_head,
-            m: c.features_per_head,
-            w_enc: host(sae.w_enc.clone().flatten(0, 2)),
-            b_enc: host(sae.b_enc.clone().flatten(0, 1)),
-            w_dec: host(sae.w_dec.clone().flatten(0, 2)),
-            b_dec: host(sae.b_dec.clone().flatten(0, 1)),
-            log_threshold: sae
-                .log_threshold
-                .clone()
-                .map(|t| host(t.flatten(0, 1)))
-                .unwrap_or_default(),
-        }
-    }
-
     #[test]
     fn dense_and_sparse_tiles_match_burn_autodiff() {
         // d = 64 and 128 take the AVX-512 kernels where the CPU has them, 16 the portable
@@ -1320,7 +1303,7 @@ mod tests {
     fn batch_topk_threshold_is_exact_with_and_without_the_fallback() {
         let (h, d, m, b) = (2, 16, 48, 300);
         let (sae, mut x) = setup(Architecture::BatchTopK { k: 2 }, h, d, m, b, 0.0);
-        let p = to_host(&sae);
+        let p = HostParams::from_sae(&sae).unwrap();
         for loud_first_tile in [false, true] {
             if loud_first_tile {
                 // The first tile's pre-activations dwarf the rest: its cut lets too few
@@ -1421,12 +1404,12 @@ mod tests {
                     .as_ref()
                     .map(|t| host(t.grad(&grads).unwrap().flatten(0, 1)))
                     .unwrap_or_default(),
-                ..to_host(&sae)
+                ..HostParams::from_sae(&sae).unwrap()
             };
             let feats = host(out.feats.inner().flatten(0, 2));
             let recon = host(out.recon.inner().flatten(0, 2));
             let density = feats.iter().filter(|&&f| f > 0.0).count() as f64 / feats.len() as f64;
-            let p = to_host(&sae);
+            let p = HostParams::from_sae(&sae).unwrap();
             for sparse_below in [0.0, 2.0] {
                 let mut g = p.zeros_like();
                 let act = match arch {

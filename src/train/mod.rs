@@ -195,7 +195,7 @@ impl SaeOptimizer {
     }
 
     fn fused(sae: &BlockDiagSae, adam: Option<HostAdam>) -> Self {
-        let params = host_params(sae);
+        let params = HostParams::from_sae(sae).expect("reading a CPU tensor");
         let adam = adam.unwrap_or_else(|| HostAdam::zeros(&params));
         Self {
             state: OptState::Fused {
@@ -398,7 +398,7 @@ impl SaeOptimizer {
             sae.config.features_per_head,
         );
         if fused_applies(sae) {
-            let params = host_params(sae);
+            let params = HostParams::from_sae(sae).expect("reading a CPU tensor");
             let mut adam = HostAdam::zeros(&params);
             let shapes = param_shapes(&params);
             for (i, (name, shape)) in PARAM_NAMES.iter().zip(shapes).enumerate() {
@@ -458,25 +458,6 @@ fn fused_applies(sae: &BlockDiagSae) -> bool {
         Architecture::JumpRelu { .. } => sae.log_threshold.is_some(),
     };
     arch_ok && sae.device() == Device::flex()
-}
-
-fn host_params(sae: &BlockDiagSae) -> HostParams {
-    let c = &sae.config;
-    let host = |t: Tensor<1>| crate::files::host_vec(t).expect("reading a CPU tensor");
-    HostParams {
-        n_heads: c.n_heads,
-        d_head: c.d_head,
-        m: c.features_per_head,
-        w_enc: host(sae.w_enc.clone().flatten(0, 2)),
-        b_enc: host(sae.b_enc.clone().flatten(0, 1)),
-        w_dec: host(sae.w_dec.clone().flatten(0, 2)),
-        b_dec: host(sae.b_dec.clone().flatten(0, 1)),
-        log_threshold: sae
-            .log_threshold
-            .clone()
-            .map(|t| host(t.flatten(0, 1)))
-            .unwrap_or_default(),
-    }
 }
 
 fn param_shapes(p: &HostParams) -> [Vec<usize>; 5] {
