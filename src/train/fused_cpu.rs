@@ -1283,6 +1283,11 @@ mod tests {
         ] {
             check_against_autodiff(relu, h, d, 48, 150, bias, chunks);
         }
+        // 50 features (not a multiple of the 16-wide scans), and a batch of 5 (one short
+        // tile).
+        check_against_autodiff(relu, 2, 64, 50, 150, -0.12, 1);
+        check_against_autodiff(Architecture::TopK { k: 4 }, 2, 64, 50, 150, 0.0, 1);
+        check_against_autodiff(relu, 2, 64, 48, 5, 0.0, 1);
         // TopK: k of 48 per token (and k = m, which keeps every positive one).
         for (k, d, chunks) in [(3, 16, 1), (5, 64, 2), (48, 16, 1)] {
             check_against_autodiff(Architecture::TopK { k }, 2, d, 48, 150, 0.0, chunks);
