@@ -904,6 +904,69 @@ fn train_inner(
 mod tests {
     use super::*;
 
+    /// Optimizer files are the same whichever path wrote them: Adam state saved by the
+    /// autodiff path and loaded into the fused one continues the same trajectory.
+    #[test]
+    fn optimizer_state_moves_between_autodiff_and_fused_paths() {
+        let device = Device::flex();
+        for architecture in [
+            Architecture::Relu,
+            Architecture::JumpRelu { bandwidth: 0.05 },
+        ] {
+            let mut rng = Rng::new(5);
+            let config = SaeConfig {
+                n_heads: 2,
+                d_head: 8,
+                features_per_head: 24,
+                architecture,
+            };
+            let mut sae = BlockDiagSae::init(config, &mut rng, &device);
+            if sae.log_threshold.is_some() {
+                sae.log_threshold = Some(Tensor::full([2, 24], 0.2f64.ln(), &device));
+            }
+            let xs: Vec<f32> = (0..2 * 40 * 8).map(|_| rng.normal() as f32).collect();
+            let x = Tensor::<3>::from_data(TensorData::new(xs, [2, 40, 8]), &device);
+            let step = |opt: &mut SaeOptimizer, sae: &mut BlockDiagSae| {
+                opt.step(sae, x.clone(), 0.3, 1e-2, (0.9, 0.999), 1.0);
+            };
+            let mut autodiff = SaeOptimizer::with_autodiff(&sae);
+            step(&mut autodiff, &mut sae);
+            step(&mut autodiff, &mut sae);
+            let dir = std::env::temp_dir().join(format!("attn-saes-opt-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{}.safetensors", architecture.name()));
+            write_safetensors(&path, &autodiff.to_arrays().unwrap(), None).unwrap();
+            let mut fused = SaeOptimizer::load(&sae, &path, autodiff.t, &device).unwrap();
+            assert!(fused.is_fused());
+            let mut sae_fused = sae.clone();
+            step(&mut autodiff, &mut sae);
+            step(&mut fused, &mut sae_fused);
+            let a = HostParams::from_sae(&sae).unwrap();
+            let b = HostParams::from_sae(&sae_fused).unwrap();
+            for (x, y) in a.arrays().iter().zip(b.arrays()) {
+                assert_eq!(x.len(), y.len());
+                for (u, v) in x.iter().zip(y.iter()) {
+                    assert!((u - v).abs() < 1e-5, "{architecture:?}: {u} vs {v}");
+                }
+            }
+            // And back: the fused path's file loads into autodiff on any device.
+            let path2 = dir.join("fused.safetensors");
+            write_safetensors(&path2, &fused.to_arrays().unwrap(), None).unwrap();
+            let names = WeightFile::open(&path2).unwrap().names();
+            let mut want: Vec<String> = autodiff
+                .to_arrays()
+                .unwrap()
+                .into_iter()
+                .map(|a| a.name)
+                .collect();
+            let mut names = names;
+            names.sort();
+            want.sort();
+            assert_eq!(names, want);
+            std::fs::remove_dir_all(&dir).ok();
+        }
+    }
+
     #[test]
     fn geometric_median_resists_outliers() {
         // Head 0: four points around (1, 1) and one far outlier; head 1: a symmetric cross.
