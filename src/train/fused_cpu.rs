@@ -34,7 +34,7 @@ const TILE: usize = 64;
 /// Above this fraction of active features a tile uses dense matmuls.
 const SPARSE_BELOW: f64 = 0.10;
 
-/// Host copies of a ReLU SAE's parameters, in the layouts of `BlockDiagSae`.
+/// Host copies of an SAE's parameters, in the layouts of `BlockDiagSae`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostParams {
     pub n_heads: usize,
@@ -112,8 +112,11 @@ impl HostParams {
 pub struct BatchSums {
     /// Mean over the batch of the summed squared error.
     pub mse: f64,
-    /// Mean over the batch of `sum_h sum_i f_i ||W_dec[h][i]||`.
+    /// Mean over the batch of `sum_h sum_i f_i ||W_dec[h][i]||` (JumpReLU: of the L0).
     pub sparsity: f64,
+    /// The loss: `mse` plus the sparsity term times its coefficient (TopK and
+    /// BatchTopK: `mse` alone).
+    pub total: f64,
     /// Firings per feature, [H, m].
     pub fired: Vec<f32>,
     /// Summed squared error per head, [H].
@@ -156,6 +159,23 @@ pub enum Activation {
     /// ReLU of the pre-activations at or above each head's `k * B`-th largest over the
     /// whole batch, with MSE alone as the loss.
     BatchTopK { k: usize },
+}
+
+impl Activation {
+    /// The activation of `arch`, with `coefficient` on its sparsity penalty (L1 for
+    /// ReLU, L0 for JumpReLU; TopK and BatchTopK have none).
+    pub fn new(arch: crate::sae::Architecture, coefficient: f64) -> Self {
+        use crate::sae::Architecture;
+        match arch {
+            Architecture::Relu => Activation::Relu { l1: coefficient },
+            Architecture::TopK { k } => Activation::TopK { k },
+            Architecture::BatchTopK { k } => Activation::BatchTopK { k },
+            Architecture::JumpRelu { bandwidth } => Activation::JumpRelu {
+                coef: coefficient,
+                bandwidth,
+            },
+        }
+    }
 }
 
 /// Loss, gradients and batch sums of an SAE on `x` [H, B, d] (SAE input space).
@@ -245,11 +265,18 @@ fn loss_and_grads_with(
     let mut sums = BatchSums {
         mse: 0.0,
         sparsity: 0.0,
+        total: 0.0,
         fired: vec![0.0; h * m],
         resid_sq: vec![0.0; h],
         recon_sq: vec![0.0; h * batch],
     };
-    *grads = p.zeros_like();
+    // Reuse the caller's buffers: a fresh set each step is another 4 floats per parameter
+    // to fault in.
+    for (g, like) in grads.arrays_mut().into_iter().zip(p.arrays()) {
+        g.clear();
+        g.resize(like.len(), 0.0);
+    }
+    (grads.n_heads, grads.d_head, grads.m) = (h, d, m);
     let mut f_sum = vec![0f64; h * m];
     for job in &jobs {
         let hd = job.head;
@@ -295,6 +322,12 @@ fn loss_and_grads_with(
         sums.sparsity = sums.fired.iter().map(|&n| n as f64).sum::<f64>() * inv_b;
     }
     sums.mse = sums.resid_sq.iter().sum::<f64>() * inv_b;
+    sums.total = match act {
+        Activation::Relu { l1: coef } | Activation::JumpRelu { coef, .. } => {
+            sums.mse + coef * sums.sparsity
+        }
+        Activation::TopK { .. } | Activation::BatchTopK { .. } => sums.mse,
+    };
     sums
 }
 
@@ -411,7 +444,7 @@ fn run_job_body(
     // This job's rows of x, [n_rows, d].
     let xj = &x[(hd * batch + r0) * d..(hd * batch + r0 + n_rows) * d];
     let inv_b = 1.0 / batch as f32;
-    // The L1 gradient per active feature: l1 * n_i / B (zero for TopK).
+    // The L1 gradient per active feature: l1 * n_i / B (zero but for ReLU).
     let l1 = act.l1() as f32;
     let l1_grad: Vec<f32> = feat.norms[hd * m..(hd + 1) * m]
         .iter()
@@ -1183,13 +1216,12 @@ pub fn clip_and_adam(
     let bc1 = (1.0 - b1.powi(t as i32)) as f32;
     let bc2 = (1.0 - b2.powi(t as i32)) as f32;
     let (b1, b2, lr) = (b1 as f32, b2 as f32, lr as f32);
-    let [pm, pv] = [&mut adam.m, &mut adam.v];
     for (((param, g), m), v) in p
         .arrays_mut()
         .into_iter()
         .zip(grads.arrays())
-        .zip(pm.arrays_mut())
-        .zip(pv.arrays_mut())
+        .zip(adam.m.arrays_mut())
+        .zip(adam.v.arrays_mut())
     {
         param
             .par_chunks_mut(BLOCK)
@@ -1417,15 +1449,7 @@ mod tests {
             let p = HostParams::from_sae(&sae).unwrap();
             for sparse_below in [0.0, 2.0] {
                 let mut g = p.zeros_like();
-                let act = match arch {
-                    Architecture::TopK { k } => Activation::TopK { k },
-                    Architecture::BatchTopK { k } => Activation::BatchTopK { k },
-                    Architecture::JumpRelu { bandwidth } => Activation::JumpRelu {
-                        coef: l1,
-                        bandwidth,
-                    },
-                    _ => Activation::Relu { l1 },
-                };
+                let act = Activation::new(arch, l1);
                 let sums = loss_and_grads_with(&p, &x, b, act, &mut g, sparse_below, chunks);
                 let tag = format!(
                     "{arch:?} h {h} d {d} chunks {chunks} bias {bias} density {density:.2} \
@@ -1452,6 +1476,12 @@ mod tests {
                     (sums.sparsity - sparsity).abs() <= 1e-5 * sparsity,
                     "{tag} sparsity {} vs {sparsity}",
                     sums.sparsity
+                );
+                let total = host(terms.total.clone().inner())[0] as f64;
+                assert!(
+                    (sums.total - total).abs() <= 1e-5 * total,
+                    "{tag} total {} vs {total}",
+                    sums.total
                 );
                 // Statistics against the features and reconstructions.
                 for hd in 0..h {

@@ -199,7 +199,7 @@ impl SaeOptimizer {
         let adam = adam.unwrap_or_else(|| HostAdam::zeros(&params));
         Self {
             state: OptState::Fused {
-                grads: params.clone(),
+                grads: params.zeros_like(),
                 params,
                 adam,
             },
@@ -235,26 +235,13 @@ impl SaeOptimizer {
                 let [h, b, d] = x.dims();
                 let m = params.m;
                 let xs = crate::files::host_vec(x).expect("reading a CPU tensor");
-                let act = match sae.config.architecture {
-                    Architecture::TopK { k } => Activation::TopK { k },
-                    Architecture::BatchTopK { k } => Activation::BatchTopK { k },
-                    Architecture::JumpRelu { bandwidth } => Activation::JumpRelu {
-                        coef: l1,
-                        bandwidth,
-                    },
-                    _ => Activation::Relu { l1 },
-                };
+                let act = Activation::new(sae.config.architecture, l1);
                 let sums = fused_cpu::loss_and_grads(params, &xs, b, act, grads);
                 fused_cpu::clip_and_adam(params, grads, adam, lr, betas, t, clip);
                 sae.w_enc = host_tensor(&params.w_enc, [h, d, m], &device);
                 sae.b_enc = host_tensor(&params.b_enc, [h, m], &device);
                 sae.w_dec = host_tensor(&params.w_dec, [h, m, d], &device);
                 sae.b_dec = host_tensor(&params.b_dec, [h, d], &device);
-                let total = match act {
-                    Activation::Relu { l1 } => sums.mse + l1 * sums.sparsity,
-                    Activation::JumpRelu { coef, .. } => sums.mse + coef * sums.sparsity,
-                    Activation::TopK { .. } | Activation::BatchTopK { .. } => sums.mse,
-                };
                 if sae.log_threshold.is_some() {
                     sae.log_threshold = Some(host_tensor(&params.log_threshold, [h, m], &device));
                 }
@@ -263,7 +250,7 @@ impl SaeOptimizer {
                 StepOutput {
                     mse: scalar(sums.mse),
                     sparsity: scalar(sums.sparsity),
-                    total: scalar(total),
+                    total: scalar(sums.total),
                     fired: host_tensor(&sums.fired, [h, m], &device),
                     resid_sq: host_tensor(&resid, [h], &device),
                     recon_sq: host_tensor(&sums.recon_sq, [h, b], &device),
