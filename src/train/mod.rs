@@ -174,7 +174,8 @@ impl SaeOptimizer {
     /// The fused CPU step on the CPU backend, else autodiff.
     pub fn new(sae: &BlockDiagSae) -> Self {
         if fused_applies(sae) {
-            Self::fused(sae, None)
+            let params = HostParams::from_sae(sae).expect("reading a CPU tensor");
+            Self::fused(params, None)
         } else {
             Self::with_autodiff(sae)
         }
@@ -194,8 +195,7 @@ impl SaeOptimizer {
         }
     }
 
-    fn fused(sae: &BlockDiagSae, adam: Option<HostAdam>) -> Self {
-        let params = HostParams::from_sae(sae).expect("reading a CPU tensor");
+    fn fused(params: HostParams, adam: Option<HostAdam>) -> Self {
         let adam = adam.unwrap_or_else(|| HostAdam::zeros(&params));
         Self {
             state: OptState::Fused {
@@ -385,7 +385,7 @@ impl SaeOptimizer {
             sae.config.features_per_head,
         );
         if fused_applies(sae) {
-            let params = HostParams::from_sae(sae).expect("reading a CPU tensor");
+            let params = HostParams::from_sae(sae)?;
             let mut adam = HostAdam::zeros(&params);
             let shapes = param_shapes(&params);
             for (i, (name, shape)) in PARAM_NAMES.iter().zip(shapes).enumerate() {
@@ -395,7 +395,7 @@ impl SaeOptimizer {
                 *adam.m.arrays_mut()[i] = file.read_shaped(&format!("m.{name}"), &shape)?.data;
                 *adam.v.arrays_mut()[i] = file.read_shaped(&format!("v.{name}"), &shape)?.data;
             }
-            let mut opt = Self::fused(sae, Some(adam));
+            let mut opt = Self::fused(params, Some(adam));
             opt.t = t;
             return Ok(opt);
         }
