@@ -4,11 +4,12 @@
 //! -> checkpoints + metrics -> dashboards -> viewer.
 
 pub mod cli_train;
+pub mod dashboard;
 pub mod data;
 pub mod device;
 pub mod files;
-pub mod inspect;
 pub mod lm;
 pub mod rng;
+pub mod run_log;
 pub mod sae;
 pub mod train;

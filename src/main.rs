@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use attn_saes::cli_train::{TrainArgs, render_headless};
+use attn_saes::dashboard::{self, BuildOptions, Dashboard};
 use attn_saes::device::{self, DeviceChoice};
 use attn_saes::lm::{self, HookRequest, per_token_ce};
 use attn_saes::sae::BlockDiagSae;
@@ -51,6 +52,9 @@ enum Command {
         /// training is always headless for now).
         #[arg(long)]
         headless: bool,
+        /// Do not build the dashboards when training ends.
+        #[arg(long)]
+        no_dashboard: bool,
         #[command(flatten)]
         args: TrainArgs,
     },
@@ -93,15 +97,43 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Build feature dashboards: per feature density, top examples with DFA by source
+    /// position, interval groups, activation histogram, logit effects; per head L0, EV,
+    /// dead features, CE score; written to one file any viewer loads.
+    Dashboard {
+        /// A run directory (uses its final sae/, config and metrics; held-out windows).
+        #[arg(long, conflicts_with = "sae")]
+        run: Option<std::path::PathBuf>,
+        /// An SAE directory (our format) instead of a run; with --model, --dataset and
+        /// --hook-layer.
+        #[arg(long)]
+        sae: Option<std::path::PathBuf>,
+        /// Tokens to scan (rounded up to whole context windows).
+        #[arg(long, default_value_t = DASHBOARD_TOKENS)]
+        tokens: usize,
+        /// Output file (default: RUN/dashboard.safetensors, or ./dashboard.safetensors).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Also write the SAEDashboard/Neuronpedia batch JSON layout into this directory.
+        #[arg(long)]
+        export_neuronpedia: Option<std::path::PathBuf>,
+        /// Top-activating examples per feature.
+        #[arg(long, default_value_t = 20)]
+        top_k: usize,
+        /// Interval groups (equal-width bins of (0, max]) and examples per group.
+        #[arg(long, default_value_t = 10)]
+        intervals: usize,
+        #[arg(long, default_value_t = 5)]
+        per_interval: usize,
+        #[command(flatten)]
+        args: TrainArgs,
+    },
     /// Show, for each head, the features with the strongest activations and the tokens they
-    /// fire on (a quick look before dashboards).
+    /// fire on, from the run's dashboard file (built first if missing).
     Features {
-        /// A run directory (with sae/ and config.toml).
+        /// A run directory (with sae/ and config.toml), or a dashboard file.
         #[arg(long)]
         run: std::path::PathBuf,
-        /// Context windows to scan.
-        #[arg(long, default_value_t = 64)]
-        windows: usize,
         /// Features shown per head.
         #[arg(long, default_value_t = 3)]
         per_head: usize,
@@ -210,11 +242,15 @@ fn main() -> anyhow::Result<()> {
             let norms = attn_saes::files::host_vec(z.square().sum_dim(3).sqrt().mean_dim(1))?;
             println!("layer {layer} hook_z mean norm per head: {norms:.3?}");
         }
-        Command::Train { headless, args } => {
+        Command::Train {
+            headless,
+            no_dashboard,
+            args,
+        } => {
             if !headless {
                 eprintln!("note: the training window is not built yet; training headless");
             }
-            run_train(args, cli.device)?;
+            run_train(args, cli.device, no_dashboard)?;
         }
         Command::Harvest {
             args,
@@ -259,49 +295,110 @@ fn main() -> anyhow::Result<()> {
                 out.display()
             );
         }
+        Command::Dashboard {
+            run,
+            sae,
+            tokens,
+            out,
+            export_neuronpedia,
+            top_k,
+            intervals,
+            per_interval,
+            args,
+        } => {
+            let options = BuildOptions {
+                top_k,
+                n_intervals: intervals,
+                per_interval,
+                keep_bos: args.keep_bos,
+                ..BuildOptions::default()
+            };
+            let (dashboard, default_out) = match (run, sae) {
+                (Some(run), None) => {
+                    let config = checkpoint::read_config(&checkpoint::resolve_resume(&run)?)?;
+                    let (_, loaded) = open_model(cli.device, &config.model)?;
+                    let context = args.context_size.unwrap_or(config.context_size.min(128));
+                    let d = run_dashboards(&run, &loaded, tokens, context, &options)?;
+                    (d, dashboard::run_dashboard_path(&run))
+                }
+                (None, Some(sae_dir)) => {
+                    let config = args.resolve(cli.device)?;
+                    check_demo_assets(&config)?;
+                    let (selected, loaded) = open_model(cli.device, &config.model)?;
+                    let sae = BlockDiagSae::load(&sae_dir, &selected.device)?;
+                    let corpus = attn_saes::data::corpus::Corpus::open(
+                        &config.dataset,
+                        config.text_column.as_deref(),
+                    )?;
+                    let context = args.context_size.unwrap_or(128);
+                    let windows = dashboard::windows_from(
+                        &corpus,
+                        &loaded,
+                        context,
+                        Default::default(),
+                        tokens.div_ceil(context),
+                    )?;
+                    let inputs = dashboard::BuildInputs {
+                        loaded: &loaded,
+                        sae: &sae,
+                        layer: config.layer(loaded.transformer.config.n_layers),
+                        z_convention: config.z_convention,
+                        windows,
+                        windows_from: format!("the start of {}", config.dataset.display()),
+                        sae_source: sae_dir.display().to_string(),
+                        run_config: None,
+                        history: Default::default(),
+                        run_heads: None,
+                        ce_scores: None,
+                    };
+                    let mut bar = ProgressLine::new();
+                    let d = dashboard::build::build(&inputs, &options, &mut |p, i, n| {
+                        bar.update(p, i, n)
+                    })?;
+                    bar.finish();
+                    (d, std::path::PathBuf::from(dashboard::DASHBOARD_FILE))
+                }
+                _ => anyhow::bail!(
+                    "give one of --run DIR or --sae DIR (with --model and --hook-layer)"
+                ),
+            };
+            let path = out.unwrap_or(default_out);
+            write_dashboard(&dashboard, &path)?;
+            if let Some(dir) = export_neuronpedia {
+                let n = dashboard::neuronpedia::export(&dashboard, &dir)?;
+                println!("wrote {n} Neuronpedia batch files to {}", dir.display());
+            }
+        }
         Command::Features {
             run,
-            windows,
             per_head,
             top,
             json,
         } => {
-            let config = train::TrainConfig::from_toml(
-                &run.join("checkpoints")
-                    .join(
-                        std::fs::read_to_string(run.join("checkpoints/LATEST"))
-                            .with_context(|| {
-                                format!("{} has no checkpoints/LATEST", run.display())
-                            })?
-                            .trim(),
-                    )
-                    .join("config.toml"),
-            )?;
-            let (selected, loaded) = open_model(cli.device, &config.model)?;
-            let sae = BlockDiagSae::load(&run.join("sae"), &selected.device)?;
-            let corpus = attn_saes::data::corpus::Corpus::open(
-                &config.dataset,
-                config.text_column.as_deref(),
-            )?;
-            let reports = attn_saes::inspect::top_features(
-                &loaded,
-                &sae,
-                &corpus,
-                config.layer(loaded.transformer.config.n_layers),
-                config.z_convention,
-                config.context_size,
-                windows,
-                per_head,
-                top,
-            )?;
-            let m = sae.config.features_per_head;
+            let path = if run.is_file() {
+                run.clone()
+            } else {
+                dashboard::run_dashboard_path(&run)
+            };
+            if !path.exists() {
+                eprintln!("{} is missing: building it first", path.display());
+                let config = checkpoint::read_config(&checkpoint::resolve_resume(&run)?)?;
+                let (_, loaded) = open_model(cli.device, &config.model)?;
+                let d = run_dashboards(
+                    &run,
+                    &loaded,
+                    DASHBOARD_TOKENS,
+                    config.context_size.min(128),
+                    &BuildOptions::default(),
+                )?;
+                write_dashboard(&d, &path)?;
+            }
+            let d = dashboard::build::read(&path)?;
+            let reports = attn_saes::dashboard::report::top_features(&d, per_head, top);
             for r in &reports {
                 println!(
-                    "head {} feature {} (global {}), density {:.4}",
-                    r.head,
-                    r.feature,
-                    r.head * m + r.feature,
-                    r.density
+                    "head {} feature {} (global {}), density {:.4}, max {:.3}",
+                    r.head, r.feature, r.global, r.density, r.max_activation
                 );
                 for e in &r.examples {
                     println!(
@@ -358,6 +455,80 @@ fn open_model(
     Ok((selected, loaded))
 }
 
+/// Tokens a dashboard scans by default (the main job's too).
+const DASHBOARD_TOKENS: usize = 32_768;
+
+/// A one-line progress bar for the dashboard builder's phases.
+struct ProgressLine {
+    bar: indicatif::ProgressBar,
+    phase: String,
+}
+
+impl ProgressLine {
+    fn new() -> Self {
+        let bar = indicatif::ProgressBar::new(1);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:<44} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Self {
+            bar,
+            phase: String::new(),
+        }
+    }
+
+    fn update(&mut self, phase: &str, done: usize, total: usize) {
+        if phase != self.phase {
+            self.phase = phase.to_string();
+            self.bar.set_message(self.phase.clone());
+        }
+        self.bar.set_length(total as u64);
+        self.bar.set_position(done as u64);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Builds a run's dashboards with a progress bar.
+fn run_dashboards(
+    run: &std::path::Path,
+    loaded: &lm::LoadedModel,
+    tokens: usize,
+    context: usize,
+    options: &BuildOptions,
+) -> anyhow::Result<Dashboard> {
+    let mut bar = ProgressLine::new();
+    let d = dashboard::build_for_run(
+        run,
+        loaded,
+        tokens.div_ceil(context),
+        Some(context),
+        options,
+        &mut |p, i, n| bar.update(p, i, n),
+    )?;
+    bar.finish();
+    Ok(d)
+}
+
+/// Writes a dashboard file and says what it holds.
+fn write_dashboard(d: &Dashboard, path: &std::path::Path) -> anyhow::Result<()> {
+    dashboard::build::write(d, path)?;
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "dashboards: {} ({} heads x {} features over {} tokens, {:.1} MB)",
+        path.display(),
+        d.meta.sae.n_heads,
+        d.meta.sae.features_per_head,
+        d.meta.n_tokens,
+        bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
 fn hook_info(cfg: &train::TrainConfig) -> HookInfo {
     HookInfo {
         model_name: cfg.model.clone(),
@@ -392,7 +563,7 @@ fn check_demo_assets(config: &train::TrainConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_train(args: TrainArgs, choice: DeviceChoice) -> anyhow::Result<()> {
+fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyhow::Result<()> {
     let resume_dir = args
         .resume
         .as_deref()
@@ -413,6 +584,7 @@ fn run_train(args: TrainArgs, choice: DeviceChoice) -> anyhow::Result<()> {
     check_demo_assets(&config)?;
     eprintln!("loading model {}", config.model);
     let (selected, loaded) = open_model(choice, &config.model)?;
+    let config_context = config.context_size;
     let (tx, rx) = std::sync::mpsc::channel();
     let renderer = std::thread::spawn(move || render_headless(rx));
     let control = RunControl {
@@ -430,7 +602,30 @@ fn run_train(args: TrainArgs, choice: DeviceChoice) -> anyhow::Result<()> {
     );
     drop(tx);
     let _ = renderer.join();
-    result.map(|_| ()).map_err(|e| anyhow::anyhow!("{e:#}"))
+    let summary = result.map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    if !summary.stopped_early && !no_dashboard {
+        let run = &summary
+            .sae_dir
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let context = config_context.min(128);
+        let started = std::time::Instant::now();
+        let d = run_dashboards(
+            run,
+            &loaded,
+            DASHBOARD_TOKENS,
+            context,
+            &BuildOptions::default(),
+        )
+        .context("building the run's dashboards (the trained SAE is saved)")?;
+        write_dashboard(&d, &dashboard::run_dashboard_path(run))?;
+        println!(
+            "dashboards built in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 fn run_harvest(

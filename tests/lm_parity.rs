@@ -46,6 +46,7 @@ fn check_model(case: &Case, model_dir: &str, device_name: &str, device: &Device)
             resid_post: all_layers.clone(),
             logits: true,
             z_convention: ZConvention::TransformerLens,
+            ..Default::default()
         };
         let mut cache = model.run(tokens.clone(), &hooks, None).unwrap();
         let logits = cache.logits.take().unwrap();

@@ -449,44 +449,79 @@ fn unset_hook_layer_means_the_middle_layer_and_is_recorded() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A finished run's dashboards: built on windows after the data it trained on, carrying
+/// its metrics history and last per-head metrics, written and read back, and read by the
+/// `features` report.
 #[test]
-fn features_report_lists_live_features_with_sorted_examples() {
-    use attn_saes::data::corpus::Corpus;
+fn run_dashboards_carry_the_run_and_feed_the_features_report() {
+    use attn_saes::dashboard::{self, BuildOptions, format::ExampleGroup};
+    use attn_saes::run_log::History;
     let dir = temp_dir("features");
     let cfg = config(&dir, 30);
     let (result, _) = run(cfg.clone(), None, RunControl::default());
-    let summary = result.unwrap();
+    result.unwrap();
     let device = Device::flex();
     let loaded = lm::load_model(&cfg.model, &device).unwrap();
-    let sae = attn_saes::sae::BlockDiagSae::load(&summary.sae_dir, &device).unwrap();
-    let corpus = Corpus::open(&cfg.dataset, None).unwrap();
-    let reports = attn_saes::inspect::top_features(
+    let run_dir = cfg.out_dir.clone();
+    let d = dashboard::build_for_run(
+        &run_dir,
         &loaded,
-        &sae,
-        &corpus,
-        1,
-        Default::default(),
-        16,
-        8,
-        2,
-        3,
+        6,
+        None,
+        &BuildOptions::default(),
+        &mut |_, _, _| {},
     )
     .unwrap();
+    assert!(
+        d.meta.settings.windows_from.starts_with("held out"),
+        "{}",
+        d.meta.settings.windows_from
+    );
+    assert_eq!(d.meta.n_windows_scanned, 6);
+    assert_eq!(d.meta.context_size, 16);
+    let (history, bad) = History::read(&run_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(bad, 0);
+    assert_eq!(d.meta.history, history, "30 steps + 2 evals fit whole");
+    assert_eq!(history.steps.len(), 30);
+    let last = history.steps.last().unwrap();
+    let eval = history.evals.last().unwrap();
+    for (h, s) in d.meta.heads.iter().enumerate() {
+        assert_eq!(s.run_l0, Some(last.l0_per_head[h]));
+        assert_eq!(s.run_dead, Some(last.dead_per_head[h]));
+        assert_eq!(s.ce_score, Some(eval.per_head[h].ce_score));
+    }
+    let path = dashboard::run_dashboard_path(&run_dir);
+    dashboard::build::write(&d, &path).unwrap();
+    let back = dashboard::build::read(&path).unwrap();
+    assert_eq!(back, d.quantized());
+    let reports = dashboard::report::top_features(&back, 2, 3);
     assert_eq!(reports.len(), 4 * 2, "two features for each of the 4 heads");
     for r in &reports {
-        assert!(r.head < 4 && r.feature < 32);
-        assert!(r.density > 0.0 && r.density <= 1.0);
-        assert!(!r.examples.is_empty() && r.examples.len() <= 3);
-        assert!(
-            r.examples
-                .windows(2)
-                .all(|w| w[0].activation >= w[1].activation)
-        );
-        assert!(
-            r.examples
-                .iter()
-                .all(|e| e.activation > 0.0 && !e.token.is_empty())
-        );
+        let f = &back.heads[r.head].features[r.feature];
+        // The strongest live features of the head, in order.
+        let mut maxes: Vec<f32> = back.heads[r.head]
+            .features
+            .iter()
+            .map(|f| f.max_activation)
+            .collect();
+        maxes.sort_by(|a, b| b.total_cmp(a));
+        let rank = reports
+            .iter()
+            .filter(|x| x.head == r.head)
+            .position(|x| x.feature == r.feature)
+            .unwrap();
+        assert_eq!(r.max_activation, maxes[rank]);
+        let tops: Vec<f32> = f
+            .examples
+            .iter()
+            .filter(|e| e.group == ExampleGroup::Top)
+            .take(3)
+            .map(|e| e.activation)
+            .collect();
+        let got: Vec<f32> = r.examples.iter().map(|e| e.activation).collect();
+        assert_eq!(got, tops);
+        assert_eq!(got[0], r.max_activation);
+        assert!(!r.examples[0].token.is_empty());
     }
     std::fs::remove_dir_all(dir).unwrap();
 }

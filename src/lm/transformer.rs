@@ -183,6 +183,10 @@ pub struct HookRequest {
     pub hook_z: Vec<usize>,
     /// Layers whose attention pattern to capture, `[batch, n_heads, dest, src]`.
     pub pattern: Vec<usize>,
+    /// Layers whose value vectors to capture, `[batch, pos, n_heads, d_head]`: per query
+    /// head (a GQA key/value head repeated for each query head reading it), in the
+    /// request's z convention, so `hook_z[d] = sum_s pattern[d, s] values[s]`.
+    pub values: Vec<usize>,
     /// Layers whose residual stream after the block to capture, `[batch, pos, d_model]`.
     pub resid_post: Vec<usize>,
     /// Whether to run to the end and return logits.
@@ -238,6 +242,7 @@ impl<'a> Splice<'a> {
 pub struct HookCache {
     pub hook_z: BTreeMap<usize, Tensor<4>>,
     pub pattern: BTreeMap<usize, Tensor<4>>,
+    pub values: BTreeMap<usize, Tensor<4>>,
     pub resid_post: BTreeMap<usize, Tensor<3>>,
     /// `[batch, pos, d_vocab]`
     pub logits: Option<Tensor<3>>,
@@ -275,6 +280,7 @@ impl Transformer {
             .hook_z
             .iter()
             .chain(&hooks.pattern)
+            .chain(&hooks.values)
             .chain(&hooks.resid_post)
             .chain(splice.map(|s| &s.layer));
         for &layer in layers {
@@ -347,6 +353,7 @@ impl Transformer {
                 .hook_z
                 .iter()
                 .chain(&hooks.pattern)
+                .chain(&hooks.values)
                 .chain(&hooks.resid_post)
                 .chain(splice.map(|s| &s.layer))
                 .copied()
@@ -372,7 +379,7 @@ impl Transformer {
         let mut cache = HookCache::default();
         for (layer, block) in self.blocks.iter().enumerate().take(last_layer + 1) {
             let normed = block.norm1.forward(x.clone());
-            let (pattern, z) = self.attention(&block.attn, normed, &future);
+            let (pattern, values, z) = self.attention(&block.attn, normed, &future);
             if hooks.pattern.contains(&layer) {
                 cache.pattern.insert(layer, pattern);
             }
@@ -383,6 +390,16 @@ impl Transformer {
                 }
                 ZConvention::Raw => None,
             };
+            if hooks.values.contains(&layer) {
+                // [batch, h, pos, dh] -> [batch, pos, h, dh]; the fold is constant over
+                // positions and attention rows sum to one, so it comes off each value.
+                let v = values.swap_dims(1, 2);
+                let v = match &fold {
+                    Some(f) => v - f.clone(),
+                    None => v,
+                };
+                cache.values.insert(layer, v);
+            }
             let hooked = match &fold {
                 Some(f) => z.clone() - f.clone(),
                 None => z.clone(),
@@ -428,14 +445,15 @@ impl Transformer {
         Ok(cache)
     }
 
-    /// Causal self-attention. Returns the pattern `[batch, n_heads, dest, src]` and raw
-    /// `z` `[batch, pos, n_heads, d_head]`.
+    /// Causal self-attention. Returns the pattern `[batch, n_heads, dest, src]`, the value
+    /// vectors per query head `[batch, n_heads, src, d_head]` and raw `z`
+    /// `[batch, pos, n_heads, d_head]`.
     fn attention(
         &self,
         attn: &Attention,
         x: Tensor<3>,
         future: &Tensor<2, Bool>,
-    ) -> (Tensor<4>, Tensor<4>) {
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let cfg = &self.config;
         let [batch, pos, _] = x.dims();
         let (h, hkv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
@@ -473,8 +491,34 @@ impl Transformer {
         let mask = future.clone().unsqueeze::<4>().expand([batch, h, pos, pos]);
         let pattern = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
         // [batch, h, pos, dh] -> [batch, pos, h, dh]
-        let z = pattern.clone().matmul(v).swap_dims(1, 2);
-        (pattern, z)
+        let z = pattern.clone().matmul(v.clone()).swap_dims(1, 2);
+        (pattern, v, z)
+    }
+
+    /// The output projection of one head of `layer`, `[d_head, d_model]`.
+    pub fn w_o_head(&self, layer: usize, head: usize) -> Result<Tensor<2>, ForwardError> {
+        let cfg = &self.config;
+        let block = self.blocks.get(layer).ok_or(ForwardError::Layer {
+            layer,
+            n_layers: cfg.n_layers,
+        })?;
+        if head >= cfg.n_heads {
+            return Err(ForwardError::Head {
+                head,
+                n_heads: cfg.n_heads,
+            });
+        }
+        let dh = cfg.d_head;
+        Ok(block
+            .attn
+            .w_o
+            .clone()
+            .slice([head * dh..(head + 1) * dh, 0..cfg.d_model]))
+    }
+
+    /// The unembedding `[d_model, d_vocab]` (without the final norm or bias).
+    pub fn unembed(&self) -> Tensor<2> {
+        self.w_u.clone()
     }
 }
 

@@ -6,23 +6,7 @@ use burn::prelude::*;
 use crate::lm::{HeadSelection, HookRequest, Splice, Transformer, ZConvention, per_token_ce};
 use crate::sae::BlockDiagSae;
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct HeadEval {
-    pub ce_sae: f64,
-    pub ce_zero: f64,
-    pub ce_score: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EvalMetrics {
-    pub step: usize,
-    pub ce_clean: f64,
-    pub ce_sae: f64,
-    pub ce_zero: f64,
-    /// `(L_zero - L_sae) / (L_zero - L_clean)`.
-    pub ce_score: f64,
-    pub per_head: Vec<HeadEval>,
-}
+pub use crate::run_log::{EvalMetrics, HeadEval};
 
 fn mean_ce(
     model: &Transformer,

@@ -6,25 +6,7 @@ use burn::prelude::*;
 use crate::sae::SaeOutput;
 use crate::train::StepOutput;
 
-/// Metrics published every `log_every` steps.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct StepMetrics {
-    pub step: usize,
-    pub tokens: u64,
-    pub loss: f64,
-    pub mse: f64,
-    pub sparsity_loss: f64,
-    pub l0: f64,
-    pub l0_per_head: Vec<f64>,
-    pub explained_variance: f64,
-    pub explained_variance_per_head: Vec<f64>,
-    pub l2_ratio: f64,
-    pub dead_features: usize,
-    pub dead_per_head: Vec<usize>,
-    pub lr: f64,
-    pub l1_coefficient: f64,
-    pub steps_per_s: f64,
-}
+pub use crate::run_log::StepMetrics;
 
 /// Batch statistics read back from the device.
 pub struct BatchStats {

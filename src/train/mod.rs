@@ -803,7 +803,7 @@ fn train_inner(
                 writeln!(
                     metrics_file,
                     "{}",
-                    serde_json::to_string(&serde_json::json!({"type": "step", "data": &m}))?
+                    serde_json::to_string(&crate::run_log::LogLine::Step(m.clone()))?
                 )?;
                 send(events, TrainEvent::Step(Box::new(m.clone())));
                 last_metrics = Some(m);
@@ -834,7 +834,7 @@ fn train_inner(
                 writeln!(
                     metrics_file,
                     "{}",
-                    serde_json::to_string(&serde_json::json!({"type": "eval", "data": &e}))?
+                    serde_json::to_string(&crate::run_log::LogLine::Eval(e.clone()))?
                 )?;
                 send(events, TrainEvent::Eval(Box::new(e.clone())));
                 last_eval = Some(e);

@@ -1,0 +1,776 @@
+//! Dashboard stage: the builder. Turns a trained SAE into per-feature and per-head
+//! dashboards over held-out context windows, every feature of every head at once.
+//!
+//! Two passes, one LM forward:
+//! 1. Per chunk of windows: the LM to the hooked layer (`hook_z`, attention pattern and
+//!    value vectors), the SAE on `hook_z`; on the host, per head in parallel: firing
+//!    counts, sums and maxima, reconstruction sums (L0, explained variance), a bounded
+//!    top-k list per feature (with the feature's activations along the window and DFA by
+//!    source position at the example's own target, computed when an example enters the
+//!    list), and each token's nonzero activations appended to a per-head spill file.
+//! 2. Per head, reading its spill file back window by window (the maxima are now known):
+//!    activation histograms and interval groups (equal-width bins of `(0, max]`; in each
+//!    bin the `per_interval` active tokens with the smallest seeded hash key, which is a
+//!    uniform sample that a brute-force pass reproduces exactly).
+//!
+//! Memory stays bounded in the number of tokens (top-k lists, interval samples and
+//! histograms are per feature; the window token ids, 4 bytes per token, are kept for the
+//! examples); the spill files hold 8 bytes per active (token, feature) and are deleted at
+//! the end. Logit effects (`W_dec[f] / s . W_O[h] . W_U`) are one matmul per feature chunk.
+//!
+//! DFA, exactly: with `x = s z`, `pre = x W_enc + b_enc` and `z_d = sum_s A[d, s] v_s`,
+//! `DFA(d, s) = A[d, s] (s v_s . W_enc[:, f])`, so `sum_s DFA(d, s) + b_enc[f] = pre(d)`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, ensure};
+use rayon::prelude::*;
+
+use super::format::{
+    Dashboard, DashboardMeta, Example, ExampleGroup, FeatureData, HeadData, HeadSummary, ModelInfo,
+    SaeInfo, Settings,
+};
+use crate::files::host_vec;
+use crate::lm::{HookRequest, LoadedModel, ZConvention};
+use crate::run_log::History;
+use crate::sae::BlockDiagSae;
+
+/// How the dashboards are built.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub top_k: usize,
+    pub n_intervals: usize,
+    pub per_interval: usize,
+    pub histogram_bins: usize,
+    pub logit_k: usize,
+    pub seed: u64,
+    /// Count BOS positions as tokens (and show them as examples).
+    pub keep_bos: bool,
+    /// Context windows per LM forward pass.
+    pub windows_per_forward: usize,
+    /// Where the spill files go (a temp directory is made inside and removed after).
+    pub scratch_dir: PathBuf,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            top_k: 20,
+            n_intervals: 10,
+            per_interval: 5,
+            histogram_bins: 50,
+            logit_k: 10,
+            seed: 0,
+            keep_bos: false,
+            windows_per_forward: 8,
+            scratch_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// What the dashboards are built from.
+pub struct BuildInputs<'a> {
+    pub loaded: &'a LoadedModel,
+    pub sae: &'a BlockDiagSae,
+    pub layer: usize,
+    pub z_convention: ZConvention,
+    /// Held-out context windows, all of one length.
+    pub windows: Vec<Vec<u32>>,
+    /// Where the windows come from, in words (recorded in the file).
+    pub windows_from: String,
+    pub sae_source: String,
+    pub run_config: Option<serde_json::Value>,
+    pub history: History,
+    /// The run's last metrics per head, if any: `(l0, explained variance, dead)`.
+    pub run_heads: Option<Vec<(f64, f64, usize)>>,
+    /// The run's last CE loss score per head, if any.
+    pub ce_scores: Option<Vec<f64>>,
+}
+
+/// Progress of a build: `(phase, done, total)`.
+pub type Progress<'p> = &'p mut dyn FnMut(&str, usize, usize);
+
+/// The seeded hash key of an active (token, feature): interval groups keep the smallest.
+pub fn sample_key(seed: u64, token: u64, head: usize, feature: usize) -> u64 {
+    let mut x = seed
+        ^ token.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ ((head as u64) << 40 | feature as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    // splitmix64 finaliser
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The interval-group bin of an activation `a > 0` given the feature's maximum.
+pub fn interval_bin(a: f32, max: f32, n: usize) -> usize {
+    (((a / max) * n as f32) as usize).min(n - 1)
+}
+
+/// One candidate example while building.
+#[derive(Clone)]
+struct Candidate {
+    activation: f32,
+    /// Global token index: `window * context + position`.
+    token: u64,
+    activations: Vec<(u16, f32)>,
+    dfa: Vec<f32>,
+}
+
+impl Candidate {
+    /// Order of preference: higher activation, then earlier token.
+    fn better_than(&self, other: &Candidate) -> bool {
+        self.activation > other.activation
+            || (self.activation == other.activation && self.token < other.token)
+    }
+}
+
+/// The least preferred entry of a non-empty list.
+fn worst_index(list: &[Candidate]) -> usize {
+    let mut worst = 0;
+    for (i, c) in list.iter().enumerate().skip(1) {
+        if list[worst].better_than(c) {
+            worst = i;
+        }
+    }
+    worst
+}
+
+/// Per-head state of pass 1.
+struct HeadPass1 {
+    counts: Vec<u64>,
+    max: Vec<f32>,
+    top: Vec<Vec<Candidate>>,
+    /// Activation of the worst entry of each full top-k list (-inf while not full).
+    top_floor: Vec<f32>,
+    /// Squared residual, sum of x, sum of ||x||^2 over counted tokens.
+    resid: f64,
+    sum_x: Vec<f64>,
+    sum_sq: f64,
+    spill: BufWriter<std::fs::File>,
+    spill_path: PathBuf,
+}
+
+/// One chunk's host arrays.
+struct Chunk<'c> {
+    /// [H, n, m]
+    feats: &'c [f32],
+    /// [H, n, d] SAE input and reconstruction.
+    x: &'c [f32],
+    recon: &'c [f32],
+    /// [b, H, T, T]
+    pattern: &'c [f32],
+    /// [b, T, H, d]
+    values: &'c [f32],
+    /// Whether each of the n tokens counts.
+    counted: &'c [bool],
+    /// Global index of the chunk's first token.
+    first_token: u64,
+}
+
+struct Dims {
+    h: usize,
+    d: usize,
+    m: usize,
+    t: usize,
+}
+
+/// The feature's nonzero activations along window `w` (counted positions only).
+fn window_row(
+    feats_h: &[f32],
+    counted: &[bool],
+    w: usize,
+    f: usize,
+    dims: &Dims,
+) -> Vec<(u16, f32)> {
+    (0..dims.t)
+        .filter_map(|p| {
+            let i = w * dims.t + p;
+            let a = feats_h[i * dims.m + f];
+            (counted[i] && a > 0.0).then_some((p as u16, a))
+        })
+        .collect()
+}
+
+impl HeadPass1 {
+    #[allow(clippy::too_many_arguments)]
+    fn observe(
+        &mut self,
+        head: usize,
+        chunk: &Chunk,
+        dims: &Dims,
+        w_enc_h: &[f32],
+        scale: f32,
+        top_k: usize,
+    ) -> std::io::Result<()> {
+        let Dims { h, d, m, t } = *dims;
+        let n = chunk.counted.len();
+        let feats_h = &chunk.feats[head * n * m..(head + 1) * n * m];
+        let x_h = &chunk.x[head * n * d..(head + 1) * n * d];
+        let r_h = &chunk.recon[head * n * d..(head + 1) * n * d];
+        let mut enc_col = vec![0f32; d];
+        let mut record: Vec<u8> = Vec::new();
+        for i in 0..n {
+            record.clear();
+            if !chunk.counted[i] {
+                self.spill.write_all(&0u32.to_le_bytes())?;
+                continue;
+            }
+            let xi = &x_h[i * d..(i + 1) * d];
+            let ri = &r_h[i * d..(i + 1) * d];
+            for j in 0..d {
+                let (xv, rv) = (xi[j] as f64, ri[j] as f64);
+                self.resid += (xv - rv) * (xv - rv);
+                self.sum_x[j] += xv;
+                self.sum_sq += xv * xv;
+            }
+            let row = &feats_h[i * m..(i + 1) * m];
+            let mut active = 0u32;
+            for (f, &a) in row.iter().enumerate() {
+                if a <= 0.0 {
+                    continue;
+                }
+                active += 1;
+                record.extend_from_slice(&(f as u32).to_le_bytes());
+                record.extend_from_slice(&a.to_le_bytes());
+                self.counts[f] += 1;
+                if a > self.max[f] {
+                    self.max[f] = a;
+                }
+                // A full list takes only a strictly higher activation: ties go to the
+                // earlier token, already in the list.
+                if !(a > self.top_floor[f]) {
+                    continue;
+                }
+                let list = &mut self.top[f];
+                let token = chunk.first_token + i as u64;
+                // DFA at this target from every earlier source of the window.
+                let (w, target) = (i / t, i % t);
+                for (k, c) in enc_col.iter_mut().enumerate() {
+                    *c = w_enc_h[k * m + f];
+                }
+                let dfa: Vec<f32> = (0..=target)
+                    .map(|s| {
+                        let attn = chunk.pattern[((w * h + head) * t + target) * t + s];
+                        let v = &chunk.values[((w * t + s) * h + head) * d..][..d];
+                        let u: f32 = v.iter().zip(&enc_col).map(|(a, b)| a * b).sum();
+                        attn * scale * u
+                    })
+                    .collect();
+                let cand = Candidate {
+                    activation: a,
+                    token,
+                    activations: window_row(feats_h, chunk.counted, w, f, dims),
+                    dfa,
+                };
+                if list.len() < top_k {
+                    list.push(cand);
+                } else {
+                    let worst = worst_index(list);
+                    list[worst] = cand;
+                }
+                if list.len() == top_k {
+                    self.top_floor[f] = list[worst_index(list)].activation;
+                }
+            }
+            self.spill.write_all(&active.to_le_bytes())?;
+            self.spill.write_all(&record)?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-head results of pass 2.
+struct HeadPass2 {
+    histograms: Vec<Vec<u32>>,
+    interval_counts: Vec<Vec<u32>>,
+    /// Per feature, per bin: up to `per_interval` (key, candidate), any order.
+    samples: Vec<Vec<Vec<(u64, Candidate)>>>,
+}
+
+/// Reads one token's record from a spill file.
+fn read_record(r: &mut impl Read, out: &mut Vec<(u32, f32)>) -> std::io::Result<()> {
+    let mut b4 = [0u8; 4];
+    r.read_exact(&mut b4)?;
+    let n = u32::from_le_bytes(b4) as usize;
+    out.clear();
+    let mut buf = vec![0u8; n * 8];
+    r.read_exact(&mut buf)?;
+    for c in buf.chunks_exact(8) {
+        let f = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        let a = f32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+        out.push((f, a));
+    }
+    Ok(())
+}
+
+fn pass2(
+    path: &Path,
+    head: usize,
+    n_windows: usize,
+    max: &[f32],
+    dims: &Dims,
+    opts: &BuildOptions,
+) -> anyhow::Result<HeadPass2> {
+    let (m, t) = (dims.m, dims.t);
+    let (bins, ni, per) = (opts.histogram_bins, opts.n_intervals, opts.per_interval);
+    let mut out = HeadPass2 {
+        histograms: vec![vec![0; bins]; m],
+        interval_counts: vec![vec![0; ni]; m],
+        samples: vec![vec![Vec::new(); ni]; m],
+    };
+    let mut reader = BufReader::new(
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+    );
+    let mut window: Vec<Vec<(u32, f32)>> = vec![Vec::new(); t];
+    for w in 0..n_windows {
+        for rec in window.iter_mut() {
+            read_record(&mut reader, rec).with_context(|| format!("reading {}", path.display()))?;
+        }
+        for (p, rec) in window.iter().enumerate() {
+            let token = (w * t + p) as u64;
+            for &(f, a) in rec {
+                let f = f as usize;
+                let mx = max[f];
+                out.histograms[f][interval_bin(a, mx, bins)] += 1;
+                let bin = interval_bin(a, mx, ni);
+                out.interval_counts[f][bin] += 1;
+                let key = sample_key(opts.seed, token, head, f);
+                let sample = &mut out.samples[f][bin];
+                let worst = (sample.len() == per)
+                    .then(|| (0..per).max_by_key(|&q| sample[q].0).unwrap_or(0));
+                if let Some(wi) = worst
+                    && sample[wi].0 <= key
+                {
+                    continue;
+                }
+                let activations = window
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(q, r)| {
+                        r.binary_search_by_key(&(f as u32), |x| x.0)
+                            .ok()
+                            .map(|j| (q as u16, r[j].1))
+                    })
+                    .collect();
+                let cand = Candidate {
+                    activation: a,
+                    token,
+                    activations,
+                    dfa: Vec::new(),
+                };
+                match worst {
+                    Some(wi) => sample[wi] = (key, cand),
+                    None => sample.push((key, cand)),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Logit effects of one head's features: top and bottom `k` tokens (ties by id), a
+/// histogram over the vocabulary and its range.
+#[allow(clippy::type_complexity)]
+fn logit_effects(
+    inputs: &BuildInputs,
+    head: usize,
+    opts: &BuildOptions,
+) -> anyhow::Result<Vec<(Vec<(u32, f32)>, Vec<(u32, f32)>, Vec<u32>, (f32, f32))>> {
+    let model = &inputs.loaded.transformer;
+    let sae = inputs.sae;
+    let (d, m) = (sae.config.d_head, sae.config.features_per_head);
+    let vocab = model.config.d_vocab;
+    let k = opts.logit_k.min(vocab);
+    let bins = opts.histogram_bins;
+    // [m, d] in hook_z units, then through W_O of the head: [m, d_model].
+    let w_dec = sae
+        .w_dec
+        .clone()
+        .slice([head..head + 1, 0..m, 0..d])
+        .reshape([m, d])
+        / sae.input_scale[head] as f64;
+    let resid = w_dec.matmul(model.w_o_head(inputs.layer, head)?);
+    let w_u = model.unembed();
+    let chunk = (16 << 20) / vocab.max(1);
+    let chunk = chunk.clamp(1, m);
+    let mut out = Vec::with_capacity(m);
+    for start in (0..m).step_by(chunk) {
+        let end = (start + chunk).min(m);
+        let d_model = model.config.d_model;
+        let logits = host_vec(
+            resid
+                .clone()
+                .slice([start..end, 0..d_model])
+                .matmul(w_u.clone()),
+        )?;
+        for row in logits.chunks_exact(vocab) {
+            out.push(summarise_logits(row, k, bins));
+        }
+    }
+    Ok(out)
+}
+
+/// Top and bottom `k` entries of a logit row (ties broken by the lower id), a `bins`-bin
+/// histogram over `[min, max]` and that range.
+#[allow(clippy::type_complexity)]
+pub fn summarise_logits(
+    row: &[f32],
+    k: usize,
+    bins: usize,
+) -> (Vec<(u32, f32)>, Vec<(u32, f32)>, Vec<u32>, (f32, f32)) {
+    let mut ids: Vec<u32> = (0..row.len() as u32).collect();
+    let desc = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+    let asc = |a: &u32, b: &u32| row[*a as usize].total_cmp(&row[*b as usize]).then(a.cmp(b));
+    let pick = |ids: &mut Vec<u32>, cmp: &dyn Fn(&u32, &u32) -> std::cmp::Ordering| {
+        if k < ids.len() {
+            ids.select_nth_unstable_by(k, |a, b| cmp(a, b));
+        }
+        let mut top: Vec<u32> = ids[..k].to_vec();
+        top.sort_by(|a, b| cmp(a, b));
+        top.into_iter()
+            .map(|i| (i, row[i as usize]))
+            .collect::<Vec<_>>()
+    };
+    let top = pick(&mut ids, &desc);
+    let bottom = pick(&mut ids, &asc);
+    let lo = row.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut hist = vec![0u32; bins];
+    let width = (hi - lo).max(f32::MIN_POSITIVE);
+    for &v in row {
+        let b = (((v - lo) / width) * bins as f32) as usize;
+        hist[b.min(bins - 1)] += 1;
+    }
+    (top, bottom, hist, (lo, hi))
+}
+
+/// Builds the dashboards of every feature of `inputs.sae`.
+pub fn build(
+    inputs: &BuildInputs,
+    opts: &BuildOptions,
+    progress: Progress,
+) -> anyhow::Result<Dashboard> {
+    let model = &inputs.loaded.transformer;
+    let mc = &model.config;
+    let sae = inputs.sae;
+    let (h, d, m) = (
+        sae.config.n_heads,
+        sae.config.d_head,
+        sae.config.features_per_head,
+    );
+    ensure!(
+        h * d == mc.n_heads * mc.d_head,
+        "the SAE ({h} heads x {d}) does not fit hook_z of {} ({} heads x {})",
+        mc.name,
+        mc.n_heads,
+        mc.d_head
+    );
+    ensure!(
+        h == mc.n_heads,
+        "dashboards need a block-diagonal SAE with one block per head ({} heads); this one has {h}",
+        mc.n_heads
+    );
+    ensure!(
+        !inputs.windows.is_empty(),
+        "no context windows to build dashboards on"
+    );
+    ensure!(
+        opts.top_k > 0 && opts.n_intervals > 0 && opts.n_intervals < 255 && opts.histogram_bins > 0,
+        "top-k, interval count (1..254) and histogram bins must be positive"
+    );
+    let t = inputs.windows[0].len();
+    ensure!(
+        inputs.windows.iter().all(|w| w.len() == t) && t <= u16::MAX as usize,
+        "context windows must all have one length (at most 65535)"
+    );
+    let dims = Dims { h, d, m, t };
+    let layer = inputs.layer;
+    let bos = mc.bos_token_id;
+
+    // Unique per build: builds may run concurrently in one process.
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let scratch = opts.scratch_dir.join(format!(
+        ".attn-saes-dashboard-{}-{}",
+        std::process::id(),
+        BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let result = (|| -> anyhow::Result<Dashboard> {
+        let w_enc = host_vec(sae.w_enc.clone())?; // [H, d, m]
+        let mut heads: Vec<HeadPass1> = (0..h)
+            .map(|head| -> anyhow::Result<HeadPass1> {
+                let spill_path = scratch.join(format!("head{head}.bin"));
+                let file = std::fs::File::create(&spill_path)
+                    .with_context(|| format!("creating {}", spill_path.display()))?;
+                Ok(HeadPass1 {
+                    counts: vec![0; m],
+                    max: vec![0.0; m],
+                    top: vec![Vec::new(); m],
+                    top_floor: vec![f32::NEG_INFINITY; m],
+                    resid: 0.0,
+                    sum_x: vec![0.0; d],
+                    sum_sq: 0.0,
+                    spill: BufWriter::with_capacity(1 << 20, file),
+                    spill_path,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+
+        // Pass 1.
+        let n_windows = inputs.windows.len();
+        let mut n_counted: u64 = 0;
+        let per = opts.windows_per_forward.max(1);
+        for (c, batch) in inputs.windows.chunks(per).enumerate() {
+            progress("scanning tokens", c * per * t, n_windows * t);
+            let b = batch.len();
+            let n = b * t;
+            let tokens = model.tokens(batch)?;
+            let hooks = HookRequest {
+                hook_z: vec![layer],
+                pattern: vec![layer],
+                values: vec![layer],
+                z_convention: inputs.z_convention,
+                ..Default::default()
+            };
+            let mut cache = model.run(tokens, &hooks, None)?;
+            let z = cache.hook_z.remove(&layer).context("no hook_z")?;
+            let x = sae.scale_input(z.reshape([n, h, d])); // [H, n, d]
+            let out = sae.forward(x.clone());
+            let feats = host_vec(out.feats)?;
+            let x_host = host_vec(x)?;
+            let recon = host_vec(out.recon)?;
+            let pattern = host_vec(cache.pattern.remove(&layer).context("no pattern")?)?;
+            let values = host_vec(cache.values.remove(&layer).context("no values")?)?;
+            let counted: Vec<bool> = batch
+                .iter()
+                .flatten()
+                .map(|&tok| opts.keep_bos || Some(tok) != bos)
+                .collect();
+            n_counted += counted.iter().filter(|&&c| c).count() as u64;
+            let chunk = Chunk {
+                feats: &feats,
+                x: &x_host,
+                recon: &recon,
+                pattern: &pattern,
+                values: &values,
+                counted: &counted,
+                first_token: (c * per * t) as u64,
+            };
+            heads
+                .par_iter_mut()
+                .enumerate()
+                .try_for_each(|(head, state)| {
+                    state.observe(
+                        head,
+                        &chunk,
+                        &dims,
+                        &w_enc[head * d * m..(head + 1) * d * m],
+                        sae.input_scale[head],
+                        opts.top_k,
+                    )
+                })
+                .context("writing the dashboard spill files")?;
+        }
+        progress("scanning tokens", n_windows * t, n_windows * t);
+        ensure!(
+            n_counted > 0,
+            "the dashboard windows hold no tokens besides BOS"
+        );
+        for state in &mut heads {
+            state.spill.flush()?;
+        }
+
+        // Pass 2 and logit effects, head by head.
+        let mut head_data = Vec::with_capacity(h);
+        let mut summaries = Vec::with_capacity(h);
+        let mut used_windows = BTreeSet::new();
+        let mut used_tokens = BTreeSet::new();
+        for (head, state) in heads.into_iter().enumerate() {
+            progress("histograms, interval groups, logit effects", head, h);
+            let p2 = pass2(&state.spill_path, head, n_windows, &state.max, &dims, opts)?;
+            drop(state.spill);
+            let _ = std::fs::remove_file(&state.spill_path);
+            let logits = logit_effects(inputs, head, opts)?;
+            let mut features = Vec::with_capacity(m);
+            let mut density = Vec::with_capacity(m);
+            for (f, (top, (hist, (counts, samples)))) in state
+                .top
+                .into_iter()
+                .zip(
+                    p2.histograms
+                        .into_iter()
+                        .zip(p2.interval_counts.into_iter().zip(p2.samples)),
+                )
+                .enumerate()
+            {
+                let mut top = top;
+                top.sort_by(|a, b| {
+                    if a.better_than(b) {
+                        std::cmp::Ordering::Less
+                    } else {
+                        std::cmp::Ordering::Greater
+                    }
+                });
+                let mut examples: Vec<Example> = Vec::new();
+                let to_example = |c: Candidate, group| Example {
+                    group,
+                    window: (c.token / t as u64) as u32,
+                    target: (c.token % t as u64) as u16,
+                    activation: c.activation,
+                    activations: c.activations,
+                    dfa: c.dfa,
+                };
+                examples.extend(top.into_iter().map(|c| to_example(c, ExampleGroup::Top)));
+                for (bin, mut sample) in samples.into_iter().enumerate() {
+                    sample.sort_by_key(|s| s.0);
+                    examples.extend(
+                        sample
+                            .into_iter()
+                            .map(|(_, c)| to_example(c, ExampleGroup::Interval(bin as u8))),
+                    );
+                }
+                for e in &examples {
+                    used_windows.insert(e.window);
+                }
+                let (logit_top, logit_bottom, logit_histogram, logit_range) = logits[f].clone();
+                for &(id, _) in logit_top.iter().chain(&logit_bottom) {
+                    used_tokens.insert(id);
+                }
+                let dens = state.counts[f] as f64 / n_counted as f64;
+                density.push(dens);
+                features.push(FeatureData {
+                    density: dens as f32,
+                    max_activation: state.max[f],
+                    activation_histogram: hist,
+                    interval_counts: counts,
+                    logit_top,
+                    logit_bottom,
+                    logit_histogram,
+                    logit_range,
+                    examples,
+                });
+            }
+            let nf = n_counted as f64;
+            let centered = state.sum_sq - state.sum_x.iter().map(|s| s * s).sum::<f64>() / nf;
+            let live: Vec<f64> = density.iter().copied().filter(|&x| x > 0.0).collect();
+            summaries.push(HeadSummary {
+                head,
+                l0: state.counts.iter().sum::<u64>() as f64 / nf,
+                explained_variance: 1.0 - state.resid / centered.max(1e-30),
+                never_fired: m - live.len(),
+                density_histogram: crate::train::metrics::density_histogram(&live, 40),
+                run_l0: inputs
+                    .run_heads
+                    .as_ref()
+                    .and_then(|r| r.get(head))
+                    .map(|r| r.0),
+                run_explained_variance: inputs
+                    .run_heads
+                    .as_ref()
+                    .and_then(|r| r.get(head))
+                    .map(|r| r.1),
+                run_dead: inputs
+                    .run_heads
+                    .as_ref()
+                    .and_then(|r| r.get(head))
+                    .map(|r| r.2),
+                ce_score: inputs.ce_scores.as_ref().and_then(|c| c.get(head)).copied(),
+            });
+            head_data.push(HeadData { features });
+        }
+        progress("histograms, interval groups, logit effects", h, h);
+
+        // Keep the windows examples use, renumbered, and the strings of every token used.
+        let remap: BTreeMap<u32, u32> = used_windows
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| (w, i as u32))
+            .collect();
+        for head in &mut head_data {
+            for f in &mut head.features {
+                for e in &mut f.examples {
+                    e.window = remap[&e.window];
+                }
+            }
+        }
+        let windows: Vec<Vec<u32>> = used_windows
+            .iter()
+            .map(|&w| inputs.windows[w as usize].clone())
+            .collect();
+        used_tokens.extend(windows.iter().flatten().copied());
+        let tokenizer = &inputs.loaded.tokenizer;
+        let token_strings = used_tokens
+            .into_iter()
+            .map(|id| {
+                let s = tokenizer
+                    .decode(&[id], false)
+                    .unwrap_or_else(|_| format!("<{id}>"));
+                (id, s)
+            })
+            .collect();
+        let arch = sae.config.architecture;
+        Ok(Dashboard {
+            meta: DashboardMeta {
+                model: ModelInfo {
+                    name: mc.name.clone(),
+                    n_layers: mc.n_layers,
+                    n_heads: mc.n_heads,
+                    n_kv_heads: mc.n_kv_heads,
+                    d_head: mc.d_head,
+                    d_model: mc.d_model,
+                    d_vocab: mc.d_vocab,
+                    bos_token_id: mc.bos_token_id,
+                },
+                hook_layer: layer,
+                z_convention: format!("{:?}", inputs.z_convention),
+                sae: SaeInfo {
+                    n_heads: h,
+                    d_head: d,
+                    features_per_head: m,
+                    architecture: arch.name().to_string(),
+                    source: inputs.sae_source.clone(),
+                },
+                run_config: inputs.run_config.clone(),
+                settings: Settings {
+                    top_k: opts.top_k,
+                    n_intervals: opts.n_intervals,
+                    per_interval: opts.per_interval,
+                    histogram_bins: opts.histogram_bins,
+                    logit_k: opts.logit_k.min(mc.d_vocab),
+                    seed: opts.seed,
+                    keep_bos: opts.keep_bos,
+                    windows_from: inputs.windows_from.clone(),
+                },
+                context_size: t,
+                n_windows_scanned: n_windows,
+                n_tokens: n_counted,
+                heads: summaries,
+                history: inputs.history.clone(),
+            },
+            windows,
+            token_strings,
+            heads: head_data,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// Writes a dashboard file atomically.
+pub fn write(dashboard: &Dashboard, path: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    crate::files::write_atomic(path, &dashboard.to_bytes()?)
+}
+
+/// Reads a dashboard file.
+pub fn read(path: &Path) -> anyhow::Result<Dashboard> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Dashboard::from_bytes(&bytes).with_context(|| format!("{}", path.display()))
+}

@@ -1,0 +1,852 @@
+//! Dashboard stage: the dashboard file, the contract between the builder and every viewer.
+//!
+//! Plain data and a reader/writer over bytes: no burn, no tokenizers, no threads, no file
+//! system, so viewers (the desktop app and the wasm32 web page) depend on this alone.
+//!
+//! # Container
+//! A safetensors file (pure Rust, bounded 100 MB header, offsets and shape products
+//! checked by the `safetensors` crate before anything is allocated). Its `__metadata__`
+//! has one entry, [`METADATA_KEY`]: a JSON object with `format` (= [`FORMAT_NAME`]),
+//! `version` (= [`FORMAT_VERSION`]), `meta` (JSON text of the [`DashboardMeta`]: run,
+//! model, settings, per-head summaries, metrics history, and an FNV-1a checksum of every
+//! tensor) and `meta_checksum`. The same dashboard always gives the same bytes. Arrays
+//! are binary: ids `u32`,
+//! positions `u16`, activations along a context and DFA `f16`, the rest `f32`/`u32`.
+//!
+//! # Tensors
+//! Global: `windows [n_windows, context]` (token ids of the context windows that examples
+//! point into), `vocab_ids [n]`, `vocab_offsets [n + 1]`, `vocab_bytes [..]` (UTF-8 token
+//! strings for every id the file uses, so no tokenizer is needed).
+//!
+//! Per head `h`, prefix `h{h}.`, with `m` features: `density`, `max_activation [m]`;
+//! `activation_histogram [m, bins]` (nonzero activations, equal bins over `(0, max]`);
+//! `interval_counts [m, intervals]` (active tokens per interval group bin); logit effects
+//! `logit_top_ids`, `logit_top_values`, `logit_bottom_ids`, `logit_bottom_values [m, k]`,
+//! `logit_histogram [m, bins]`, `logit_range [m, 2]`; examples, flattened over features
+//! with `example_offsets [m + 1]`: `example_group` (`u8`: [`TOP_GROUP`] or the interval
+//! index), `example_window`, `example_target`, `example_activation`; the feature's
+//! activations along the example's window, sparse: `activation_offsets [E + 1]`,
+//! `activation_positions`, `activation_values`; DFA by source position `0..=target`
+//! (top examples only): `dfa_offsets [E + 1]`, `dfa_values`.
+//!
+//! A viewer parses the header once ([`DashboardFile::parse`]) and decodes one head at a
+//! time ([`DashboardFile::head`]); every tensor is checked (dtype, shape, checksum, ranges,
+//! finite values) as it is decoded. Nothing in a hostile file makes the reader panic or
+//! allocate more than the file's own size (plus the decoded head).
+
+use std::collections::{BTreeMap, HashMap};
+
+use half::f16;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::run_log::History;
+
+pub const FORMAT_NAME: &str = "attn-saes-dashboard";
+pub const FORMAT_VERSION: u32 = 1;
+/// `example_group` of a top-activation example.
+pub const TOP_GROUP: u8 = u8::MAX;
+
+/// Limits a valid file stays within (checked before any allocation they size).
+const MAX_HEADS: usize = 4096;
+const MAX_FEATURES_PER_HEAD: usize = 1 << 20;
+const MAX_CONTEXT: usize = u16::MAX as usize;
+const MAX_BINS: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    #[error("not a dashboard file: {0}")]
+    Container(String),
+    #[error("not an attn-saes dashboard (format '{0}')")]
+    WrongFormat(String),
+    #[error(
+        "dashboard format version {found} is {}: this build reads version {FORMAT_VERSION}{}",
+        if *found < FORMAT_VERSION { "older" } else { "newer" },
+        if *found < FORMAT_VERSION { "; rebuild it with `attn-saes dashboard`" } else { "; update attn-saes" }
+    )]
+    Version { found: u32 },
+    #[error("dashboard metadata: {0}")]
+    Meta(String),
+    #[error("dashboard tensor '{name}': {message}")]
+    Tensor { name: String, message: String },
+    #[error("head {head} does not exist (the dashboard has {n_heads})")]
+    NoHead { head: usize, n_heads: usize },
+}
+
+fn bad(name: &str, message: impl Into<String>) -> DashboardError {
+    DashboardError::Tensor {
+        name: name.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The model the dashboards were built on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub d_model: usize,
+    pub d_vocab: usize,
+    pub bos_token_id: Option<u32>,
+}
+
+/// The SAE the dashboards describe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SaeInfo {
+    pub n_heads: usize,
+    pub d_head: usize,
+    pub features_per_head: usize,
+    /// `standard`, `topk`, `batchtopk` or `jumprelu`.
+    pub architecture: String,
+    /// Where it was loaded from.
+    pub source: String,
+}
+
+/// How the dashboards were built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Top-activating examples per feature.
+    pub top_k: usize,
+    /// Interval groups: equal-width bins of `(0, max]`, and examples drawn from each.
+    pub n_intervals: usize,
+    pub per_interval: usize,
+    /// Bins of the activation and logit histograms.
+    pub histogram_bins: usize,
+    /// Top and bottom logit tokens per feature.
+    pub logit_k: usize,
+    /// Seed of the interval-group sampling.
+    pub seed: u64,
+    /// Whether BOS positions count as tokens (examples, densities, histograms).
+    pub keep_bos: bool,
+    /// Where in the corpus the dashboard windows start, in words.
+    pub windows_from: String,
+}
+
+/// One head's summary: measured over the dashboard tokens, and from the run's last metrics
+/// (absent when the SAE came without a run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadSummary {
+    pub head: usize,
+    /// Mean active features per token, over the dashboard tokens.
+    pub l0: f64,
+    pub explained_variance: f64,
+    /// Features that never fired on the dashboard tokens.
+    pub never_fired: usize,
+    /// `(log10 density bin centre, features)`, over live features.
+    pub density_histogram: Vec<(f64, usize)>,
+    pub run_l0: Option<f64>,
+    pub run_explained_variance: Option<f64>,
+    pub run_dead: Option<usize>,
+    pub ce_score: Option<f64>,
+}
+
+/// Everything in the file besides the arrays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DashboardMeta {
+    pub model: ModelInfo,
+    pub hook_layer: usize,
+    /// `TransformerLens` or `Raw`.
+    pub z_convention: String,
+    pub sae: SaeInfo,
+    /// The training run's config (`config.toml` as JSON), if built from a run.
+    pub run_config: Option<serde_json::Value>,
+    pub settings: Settings,
+    pub context_size: usize,
+    /// Context windows scanned and tokens counted (BOS excluded unless `keep_bos`).
+    pub n_windows_scanned: usize,
+    pub n_tokens: u64,
+    pub heads: Vec<HeadSummary>,
+    /// The run's metrics (steps subsampled), for training curves without the run.
+    pub history: History,
+}
+
+/// Which group an example belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExampleGroup {
+    Top,
+    Interval(u8),
+}
+
+/// One example: a context window, the target position and the feature there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub group: ExampleGroup,
+    /// Index into [`Dashboard::windows`].
+    pub window: u32,
+    pub target: u16,
+    /// The feature's activation at the target.
+    pub activation: f32,
+    /// The feature's nonzero activations along the window, `(position, value)` by position.
+    pub activations: Vec<(u16, f32)>,
+    /// DFA by source position `0..=target` (top examples), empty otherwise.
+    pub dfa: Vec<f32>,
+}
+
+/// One feature's panels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureData {
+    pub density: f32,
+    pub max_activation: f32,
+    pub activation_histogram: Vec<u32>,
+    pub interval_counts: Vec<u32>,
+    pub logit_top: Vec<(u32, f32)>,
+    pub logit_bottom: Vec<(u32, f32)>,
+    pub logit_histogram: Vec<u32>,
+    pub logit_range: (f32, f32),
+    /// Top examples (by activation), then interval groups in bin order.
+    pub examples: Vec<Example>,
+}
+
+/// One head's features.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadData {
+    pub features: Vec<FeatureData>,
+}
+
+/// A whole dashboard in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dashboard {
+    pub meta: DashboardMeta,
+    /// Token ids of the windows examples point into, `[n_windows][context_size]`.
+    pub windows: Vec<Vec<u32>>,
+    pub token_strings: BTreeMap<u32, String>,
+    pub heads: Vec<HeadData>,
+}
+
+/// FNV-1a over bytes: catches bit flips in arrays whose every value would be valid.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing
+
+/// Arrays in their file dtype, as little-endian bytes.
+struct Arrays(Vec<(String, Dtype, Vec<usize>, Vec<u8>)>);
+
+impl Arrays {
+    fn push(&mut self, name: String, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) {
+        self.0.push((name, dtype, shape, bytes));
+    }
+    fn u8(&mut self, name: String, v: Vec<u8>, shape: Vec<usize>) {
+        self.push(name, Dtype::U8, shape, v);
+    }
+    fn u16(&mut self, name: String, v: &[u16], shape: Vec<usize>) {
+        self.push(
+            name,
+            Dtype::U16,
+            shape,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        );
+    }
+    fn u32(&mut self, name: String, v: &[u32], shape: Vec<usize>) {
+        self.push(
+            name,
+            Dtype::U32,
+            shape,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        );
+    }
+    fn f32(&mut self, name: String, v: &[f32], shape: Vec<usize>) {
+        self.push(
+            name,
+            Dtype::F32,
+            shape,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        );
+    }
+    fn f16(&mut self, name: String, v: &[f32], shape: Vec<usize>) {
+        let bytes = v
+            .iter()
+            .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+            .collect();
+        self.push(name, Dtype::F16, shape, bytes);
+    }
+}
+
+/// Offsets `[0, n0, n0 + n1, ...]` of consecutive runs.
+fn offsets(lengths: impl Iterator<Item = usize>) -> Vec<u32> {
+    let mut out = vec![0u32];
+    let mut total = 0u32;
+    for n in lengths {
+        total += n as u32;
+        out.push(total);
+    }
+    out
+}
+
+impl Dashboard {
+    /// Rounds the values the file stores as f16 (activations along windows, DFA), so that
+    /// `Dashboard::from_bytes(&d.to_bytes()?)? == d.quantized()`.
+    pub fn quantized(&self) -> Self {
+        let q = |v: f32| f16::from_f32(v).to_f32();
+        let mut d = self.clone();
+        for head in &mut d.heads {
+            for f in &mut head.features {
+                for e in &mut f.examples {
+                    e.activations.iter_mut().for_each(|(_, v)| *v = q(*v));
+                    e.dfa.iter_mut().for_each(|v| *v = q(*v));
+                }
+            }
+        }
+        d
+    }
+
+    /// Serialises the dashboard (see the module docs for the layout).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, DashboardError> {
+        let meta = &self.meta;
+        let (t, m) = (meta.context_size, meta.sae.features_per_head);
+        let k = meta.settings.logit_k;
+        let bins = meta.settings.histogram_bins;
+        let ni = meta.settings.n_intervals;
+        let mut a = Arrays(Vec::new());
+        let flat_windows: Vec<u32> = self.windows.iter().flatten().copied().collect();
+        a.u32("windows".into(), &flat_windows, vec![self.windows.len(), t]);
+        let ids: Vec<u32> = self.token_strings.keys().copied().collect();
+        let strs: Vec<&String> = self.token_strings.values().collect();
+        a.u32("vocab_ids".into(), &ids, vec![ids.len()]);
+        let vo = offsets(strs.iter().map(|s| s.len()));
+        a.u32("vocab_offsets".into(), &vo, vec![vo.len()]);
+        let vb: Vec<u8> = strs.iter().flat_map(|s| s.bytes()).collect();
+        let n = vb.len();
+        a.u8("vocab_bytes".into(), vb, vec![n]);
+        for (h, head) in self.heads.iter().enumerate() {
+            let p = |name: &str| format!("h{h}.{name}");
+            let fs = &head.features;
+            if fs.len() != m {
+                return Err(bad(
+                    &p("features"),
+                    format!("{} features, expected {m}", fs.len()),
+                ));
+            }
+            let col = |get: &dyn Fn(&FeatureData) -> f32| fs.iter().map(get).collect::<Vec<_>>();
+            a.f32(p("density"), &col(&|f| f.density), vec![m]);
+            a.f32(p("max_activation"), &col(&|f| f.max_activation), vec![m]);
+            let cat = |get: &dyn Fn(&FeatureData) -> &Vec<u32>, width: usize, name: &str| {
+                let v: Vec<u32> = fs.iter().flat_map(|f| get(f).iter().copied()).collect();
+                if v.len() != m * width {
+                    return Err(bad(
+                        name,
+                        format!("{} values, expected {}", v.len(), m * width),
+                    ));
+                }
+                Ok(v)
+            };
+            let v = cat(
+                &|f| &f.activation_histogram,
+                bins,
+                &p("activation_histogram"),
+            )?;
+            a.u32(p("activation_histogram"), &v, vec![m, bins]);
+            let v = cat(&|f| &f.interval_counts, ni, &p("interval_counts"))?;
+            a.u32(p("interval_counts"), &v, vec![m, ni]);
+            let v = cat(&|f| &f.logit_histogram, bins, &p("logit_histogram"))?;
+            a.u32(p("logit_histogram"), &v, vec![m, bins]);
+            for (name, get) in [
+                (
+                    "logit_top",
+                    (|f: &FeatureData| &f.logit_top) as fn(&FeatureData) -> &Vec<(u32, f32)>,
+                ),
+                ("logit_bottom", |f: &FeatureData| &f.logit_bottom),
+            ] {
+                if fs.iter().any(|f| get(f).len() != k) {
+                    return Err(bad(&p(name), format!("each feature needs {k} tokens")));
+                }
+                let ids: Vec<u32> = fs.iter().flat_map(|f| get(f).iter().map(|x| x.0)).collect();
+                let vals: Vec<f32> = fs.iter().flat_map(|f| get(f).iter().map(|x| x.1)).collect();
+                a.u32(p(&format!("{name}_ids")), &ids, vec![m, k]);
+                a.f32(p(&format!("{name}_values")), &vals, vec![m, k]);
+            }
+            let range: Vec<f32> = fs
+                .iter()
+                .flat_map(|f| [f.logit_range.0, f.logit_range.1])
+                .collect();
+            a.f32(p("logit_range"), &range, vec![m, 2]);
+            let examples: Vec<&Example> = fs.iter().flat_map(|f| &f.examples).collect();
+            let e = examples.len();
+            let eo = offsets(fs.iter().map(|f| f.examples.len()));
+            a.u32(p("example_offsets"), &eo, vec![m + 1]);
+            let groups: Vec<u8> = examples
+                .iter()
+                .map(|x| match x.group {
+                    ExampleGroup::Top => TOP_GROUP,
+                    ExampleGroup::Interval(i) => i,
+                })
+                .collect();
+            a.u8(p("example_group"), groups, vec![e]);
+            let v: Vec<u32> = examples.iter().map(|x| x.window).collect();
+            a.u32(p("example_window"), &v, vec![e]);
+            let v: Vec<u16> = examples.iter().map(|x| x.target).collect();
+            a.u16(p("example_target"), &v, vec![e]);
+            let v: Vec<f32> = examples.iter().map(|x| x.activation).collect();
+            a.f32(p("example_activation"), &v, vec![e]);
+            let ao = offsets(examples.iter().map(|x| x.activations.len()));
+            a.u32(p("activation_offsets"), &ao, vec![e + 1]);
+            let pos: Vec<u16> = examples
+                .iter()
+                .flat_map(|x| x.activations.iter().map(|a| a.0))
+                .collect();
+            let vals: Vec<f32> = examples
+                .iter()
+                .flat_map(|x| x.activations.iter().map(|a| a.1))
+                .collect();
+            a.u16(p("activation_positions"), &pos, vec![pos.len()]);
+            a.f16(p("activation_values"), &vals, vec![vals.len()]);
+            let dof = offsets(examples.iter().map(|x| x.dfa.len()));
+            a.u32(p("dfa_offsets"), &dof, vec![e + 1]);
+            let dfa: Vec<f32> = examples
+                .iter()
+                .flat_map(|x| x.dfa.iter().copied())
+                .collect();
+            a.f16(p("dfa_values"), &dfa, vec![dfa.len()]);
+        }
+        let checksums: BTreeMap<String, u64> =
+            a.0.iter()
+                .map(|(name, _, _, bytes)| (name.clone(), checksum(bytes)))
+                .collect();
+        let meta_json = serde_json::to_string(&FileMeta {
+            meta: meta.clone(),
+            checksums,
+        })
+        .map_err(|e| DashboardError::Meta(e.to_string()))?;
+        let envelope = Envelope {
+            format: FORMAT_NAME.to_string(),
+            version: FORMAT_VERSION,
+            meta_checksum: checksum(meta_json.as_bytes()),
+            meta: meta_json,
+        };
+        // One metadata entry: safetensors keeps metadata in a HashMap, whose order would
+        // make the bytes differ from one write to the next.
+        let mut info = HashMap::new();
+        info.insert(
+            METADATA_KEY.to_string(),
+            serde_json::to_string(&envelope).map_err(|e| DashboardError::Meta(e.to_string()))?,
+        );
+        let views =
+            a.0.iter()
+                .map(|(name, dtype, shape, bytes)| {
+                    TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| DashboardError::Container(e.to_string()))?;
+        safetensors::serialize(views, Some(info))
+            .map_err(|e| DashboardError::Container(e.to_string()))
+    }
+
+    /// Parses and checks a whole dashboard.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DashboardError> {
+        let file = DashboardFile::parse(bytes)?;
+        let heads = (0..file.meta.sae.n_heads)
+            .map(|h| file.head(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            meta: file.meta,
+            windows: file.windows,
+            token_strings: file.token_strings,
+            heads,
+        })
+    }
+
+    /// The string of a token id (`<id>` if the file has none).
+    pub fn token(&self, id: u32) -> String {
+        token_string(&self.token_strings, id)
+    }
+}
+
+fn token_string(strings: &BTreeMap<u32, String>, id: u32) -> String {
+    strings
+        .get(&id)
+        .cloned()
+        .unwrap_or_else(|| format!("<{id}>"))
+}
+
+/// The safetensors `__metadata__` key holding the [`Envelope`].
+pub const METADATA_KEY: &str = "attn_saes_dashboard";
+
+/// The metadata entry: format and version first (read before anything else), then the
+/// [`FileMeta`] JSON text and its checksum.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    format: String,
+    version: u32,
+    meta_checksum: u64,
+    meta: String,
+}
+
+/// Format and version alone, readable whatever else a future version changes.
+#[derive(Deserialize)]
+struct FormatTag {
+    format: String,
+    version: u32,
+}
+
+/// What `meta` holds: the metadata and the tensors' checksums.
+#[derive(Serialize, Deserialize)]
+struct FileMeta {
+    meta: DashboardMeta,
+    checksums: BTreeMap<String, u64>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading
+
+/// A parsed dashboard file: metadata, windows and token strings decoded, heads on demand.
+pub struct DashboardFile<'a> {
+    pub meta: DashboardMeta,
+    pub windows: Vec<Vec<u32>>,
+    pub token_strings: BTreeMap<u32, String>,
+    tensors: SafeTensors<'a>,
+    checksums: BTreeMap<String, u64>,
+}
+
+/// Reads a little-endian array of `N`-byte values.
+fn le<const N: usize, T>(bytes: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(N)
+        .map(|c| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(c);
+            from(a)
+        })
+        .collect()
+}
+
+impl<'a> DashboardFile<'a> {
+    /// Parses the header and the global arrays of a dashboard file held in `bytes`.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, DashboardError> {
+        let tensors = SafeTensors::deserialize(bytes)
+            .map_err(|e| DashboardError::Container(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| DashboardError::Container(e.to_string()))?;
+        let info = header
+            .metadata()
+            .as_ref()
+            .ok_or_else(|| DashboardError::Container("no __metadata__".into()))?;
+        let text = info.get(METADATA_KEY).ok_or_else(|| {
+            DashboardError::WrongFormat(format!("a safetensors file without '{METADATA_KEY}'"))
+        })?;
+        let tag: FormatTag = serde_json::from_str(text)
+            .map_err(|e| DashboardError::Meta(format!("format tag: {e}")))?;
+        if tag.format != FORMAT_NAME {
+            return Err(DashboardError::WrongFormat(tag.format));
+        }
+        if tag.version != FORMAT_VERSION {
+            return Err(DashboardError::Version { found: tag.version });
+        }
+        let envelope: Envelope =
+            serde_json::from_str(text).map_err(|e| DashboardError::Meta(e.to_string()))?;
+        if checksum(envelope.meta.as_bytes()) != envelope.meta_checksum {
+            return Err(DashboardError::Meta(
+                "checksum mismatch (corrupt file)".into(),
+            ));
+        }
+        let FileMeta { meta, checksums } = serde_json::from_str(&envelope.meta)
+            .map_err(|e| DashboardError::Meta(e.to_string()))?;
+        validate_meta(&meta)?;
+        let mut file = Self {
+            meta,
+            windows: Vec::new(),
+            token_strings: BTreeMap::new(),
+            tensors,
+            checksums,
+        };
+        let t = file.meta.context_size;
+        let vocab = file.meta.model.d_vocab;
+        let flat = file.u32s("windows", None)?;
+        let shape = file.shape("windows")?;
+        if shape.len() != 2 || shape[1] != t {
+            return Err(bad(
+                "windows",
+                format!("shape {shape:?}, expected [_, {t}]"),
+            ));
+        }
+        if let Some(bad_id) = flat.iter().find(|&&id| id as usize >= vocab) {
+            return Err(bad(
+                "windows",
+                format!("token id {bad_id} >= vocabulary {vocab}"),
+            ));
+        }
+        file.windows = flat.chunks_exact(t).map(<[u32]>::to_vec).collect();
+        let ids = file.u32s("vocab_ids", None)?;
+        let offs = file.u32s("vocab_offsets", Some(&[ids.len() + 1]))?;
+        let raw = file.view("vocab_bytes", Dtype::U8)?.data();
+        check_offsets("vocab_offsets", &offs, raw.len())?;
+        for (i, &id) in ids.iter().enumerate() {
+            if id as usize >= vocab || (i > 0 && ids[i - 1] >= id) {
+                return Err(bad(
+                    "vocab_ids",
+                    "ids must be increasing and inside the vocabulary",
+                ));
+            }
+            let s = std::str::from_utf8(&raw[offs[i] as usize..offs[i + 1] as usize])
+                .map_err(|_| bad("vocab_bytes", "token strings must be UTF-8"))?;
+            file.token_strings.insert(id, s.to_string());
+        }
+        Ok(file)
+    }
+
+    pub fn n_heads(&self) -> usize {
+        self.meta.sae.n_heads
+    }
+
+    /// The string of a token id (`<id>` if the file has none).
+    pub fn token(&self, id: u32) -> String {
+        token_string(&self.token_strings, id)
+    }
+
+    fn view(&self, name: &str, dtype: Dtype) -> Result<TensorView<'a>, DashboardError> {
+        let view = self
+            .tensors
+            .tensor(name)
+            .map_err(|_| bad(name, "missing"))?;
+        if view.dtype() != dtype {
+            return Err(bad(
+                name,
+                format!("dtype {:?}, expected {dtype:?}", view.dtype()),
+            ));
+        }
+        let want = self
+            .checksums
+            .get(name)
+            .ok_or_else(|| bad(name, "no checksum"))?;
+        if checksum(view.data()) != *want {
+            return Err(bad(name, "checksum mismatch (corrupt file)"));
+        }
+        Ok(view)
+    }
+
+    fn shape(&self, name: &str) -> Result<Vec<usize>, DashboardError> {
+        Ok(self
+            .tensors
+            .tensor(name)
+            .map_err(|_| bad(name, "missing"))?
+            .shape()
+            .to_vec())
+    }
+
+    fn checked(
+        &self,
+        name: &str,
+        dtype: Dtype,
+        shape: Option<&[usize]>,
+    ) -> Result<&'a [u8], DashboardError> {
+        let view = self.view(name, dtype)?;
+        if let Some(want) = shape
+            && view.shape() != want
+        {
+            return Err(bad(
+                name,
+                format!("shape {:?}, expected {want:?}", view.shape()),
+            ));
+        }
+        Ok(view.data())
+    }
+
+    fn u32s(&self, name: &str, shape: Option<&[usize]>) -> Result<Vec<u32>, DashboardError> {
+        Ok(le(
+            self.checked(name, Dtype::U32, shape)?,
+            u32::from_le_bytes,
+        ))
+    }
+
+    fn u16s(&self, name: &str, shape: Option<&[usize]>) -> Result<Vec<u16>, DashboardError> {
+        Ok(le(
+            self.checked(name, Dtype::U16, shape)?,
+            u16::from_le_bytes,
+        ))
+    }
+
+    fn f32s(&self, name: &str, shape: Option<&[usize]>) -> Result<Vec<f32>, DashboardError> {
+        let v = le(self.checked(name, Dtype::F32, shape)?, f32::from_le_bytes);
+        finite(name, &v)?;
+        Ok(v)
+    }
+
+    fn f16s(&self, name: &str, shape: Option<&[usize]>) -> Result<Vec<f32>, DashboardError> {
+        let v: Vec<f32> = le(self.checked(name, Dtype::F16, shape)?, f16::from_le_bytes)
+            .into_iter()
+            .map(f16::to_f32)
+            .collect();
+        finite(name, &v)?;
+        Ok(v)
+    }
+
+    /// Decodes and checks one head's features.
+    pub fn head(&self, h: usize) -> Result<HeadData, DashboardError> {
+        let n_heads = self.n_heads();
+        if h >= n_heads {
+            return Err(DashboardError::NoHead { head: h, n_heads });
+        }
+        let meta = &self.meta;
+        let s = &meta.settings;
+        let (m, t) = (meta.sae.features_per_head, meta.context_size);
+        let (k, bins, ni) = (s.logit_k, s.histogram_bins, s.n_intervals);
+        let vocab = meta.model.d_vocab;
+        let p = |name: &str| format!("h{h}.{name}");
+        let density = self.f32s(&p("density"), Some(&[m]))?;
+        let max_act = self.f32s(&p("max_activation"), Some(&[m]))?;
+        let act_hist = self.u32s(&p("activation_histogram"), Some(&[m, bins]))?;
+        let interval_counts = self.u32s(&p("interval_counts"), Some(&[m, ni]))?;
+        let logit_hist = self.u32s(&p("logit_histogram"), Some(&[m, bins]))?;
+        let logit_range = self.f32s(&p("logit_range"), Some(&[m, 2]))?;
+        let mut logits = Vec::new();
+        for name in ["logit_top", "logit_bottom"] {
+            let ids = self.u32s(&p(&format!("{name}_ids")), Some(&[m, k]))?;
+            if ids.iter().any(|&id| id as usize >= vocab) {
+                return Err(bad(
+                    &p(&format!("{name}_ids")),
+                    "token id outside the vocabulary",
+                ));
+            }
+            let vals = self.f32s(&p(&format!("{name}_values")), Some(&[m, k]))?;
+            logits.push((ids, vals));
+        }
+        let eo = self.u32s(&p("example_offsets"), Some(&[m + 1]))?;
+        let e = self
+            .shape(&p("example_group"))?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        check_offsets(&p("example_offsets"), &eo, e)?;
+        let groups = self.checked(&p("example_group"), Dtype::U8, Some(&[e]))?;
+        let windows = self.u32s(&p("example_window"), Some(&[e]))?;
+        let targets = self.u16s(&p("example_target"), Some(&[e]))?;
+        let acts_at = self.f32s(&p("example_activation"), Some(&[e]))?;
+        let ao = self.u32s(&p("activation_offsets"), Some(&[e + 1]))?;
+        let apos = self.u16s(&p("activation_positions"), None)?;
+        let avals = self.f16s(&p("activation_values"), Some(&[apos.len()]))?;
+        check_offsets(&p("activation_offsets"), &ao, apos.len())?;
+        let dof = self.u32s(&p("dfa_offsets"), Some(&[e + 1]))?;
+        let dfa = self.f16s(&p("dfa_values"), None)?;
+        check_offsets(&p("dfa_offsets"), &dof, dfa.len())?;
+        let n_windows = self.windows.len();
+        let mut examples = Vec::with_capacity(e);
+        for i in 0..e {
+            let group = match groups[i] {
+                TOP_GROUP => ExampleGroup::Top,
+                g if (g as usize) < ni => ExampleGroup::Interval(g),
+                g => return Err(bad(&p("example_group"), format!("group {g} >= {ni}"))),
+            };
+            let (w, target) = (windows[i], targets[i]);
+            if w as usize >= n_windows || target as usize >= t {
+                return Err(bad(&p("example_window"), "window or target out of range"));
+            }
+            let span = ao[i] as usize..ao[i + 1] as usize;
+            let activations: Vec<(u16, f32)> = apos[span.clone()]
+                .iter()
+                .copied()
+                .zip(avals[span].iter().copied())
+                .collect();
+            if activations.iter().any(|&(q, _)| q as usize >= t)
+                || activations.windows(2).any(|w| w[0].0 >= w[1].0)
+            {
+                return Err(bad(
+                    &p("activation_positions"),
+                    "positions must increase inside the window",
+                ));
+            }
+            let d = dof[i] as usize..dof[i + 1] as usize;
+            let want = match group {
+                ExampleGroup::Top => target as usize + 1,
+                ExampleGroup::Interval(_) => 0,
+            };
+            if d.len() != want {
+                return Err(bad(
+                    &p("dfa_offsets"),
+                    format!("example {i}: {} DFA values for target {target}", d.len()),
+                ));
+            }
+            examples.push(Example {
+                group,
+                window: w,
+                target,
+                activation: acts_at[i],
+                activations,
+                dfa: dfa[d].to_vec(),
+            });
+        }
+        let mut examples = examples.into_iter();
+        let features = (0..m)
+            .map(|f| {
+                let n = (eo[f + 1] - eo[f]) as usize;
+                let pairs = |(ids, vals): &(Vec<u32>, Vec<f32>)| {
+                    ids[f * k..(f + 1) * k]
+                        .iter()
+                        .copied()
+                        .zip(vals[f * k..(f + 1) * k].iter().copied())
+                        .collect()
+                };
+                FeatureData {
+                    density: density[f],
+                    max_activation: max_act[f],
+                    activation_histogram: act_hist[f * bins..(f + 1) * bins].to_vec(),
+                    interval_counts: interval_counts[f * ni..(f + 1) * ni].to_vec(),
+                    logit_top: pairs(&logits[0]),
+                    logit_bottom: pairs(&logits[1]),
+                    logit_histogram: logit_hist[f * bins..(f + 1) * bins].to_vec(),
+                    logit_range: (logit_range[2 * f], logit_range[2 * f + 1]),
+                    examples: examples.by_ref().take(n).collect(),
+                }
+            })
+            .collect();
+        Ok(HeadData { features })
+    }
+}
+
+fn finite(name: &str, v: &[f32]) -> Result<(), DashboardError> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(bad(name, format!("value {i} is not finite"))),
+        None => Ok(()),
+    }
+}
+
+/// Offsets must start at 0, never decrease and end at `len`.
+fn check_offsets(name: &str, offs: &[u32], len: usize) -> Result<(), DashboardError> {
+    let ok = offs.first() == Some(&0)
+        && offs.windows(2).all(|w| w[0] <= w[1])
+        && offs.last().map(|&x| x as usize) == Some(len);
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            name,
+            format!("offsets must run from 0 to {len} without decreasing"),
+        ))
+    }
+}
+
+fn validate_meta(meta: &DashboardMeta) -> Result<(), DashboardError> {
+    let s = &meta.settings;
+    let e = |m: String| Err(DashboardError::Meta(m));
+    if meta.sae.n_heads == 0 || meta.sae.n_heads > MAX_HEADS {
+        return e(format!("{} heads (1..={MAX_HEADS})", meta.sae.n_heads));
+    }
+    if meta.sae.features_per_head == 0 || meta.sae.features_per_head > MAX_FEATURES_PER_HEAD {
+        return e(format!("{} features per head", meta.sae.features_per_head));
+    }
+    if meta.context_size == 0 || meta.context_size > MAX_CONTEXT {
+        return e(format!("context size {}", meta.context_size));
+    }
+    if s.histogram_bins == 0 || s.histogram_bins > MAX_BINS || s.n_intervals >= TOP_GROUP as usize {
+        return e("histogram bins or interval count out of range".into());
+    }
+    if s.logit_k > meta.model.d_vocab || s.logit_k > MAX_BINS {
+        return e(format!("logit_k {} exceeds the vocabulary", s.logit_k));
+    }
+    if meta.heads.len() != meta.sae.n_heads {
+        return e(format!(
+            "{} head summaries for {} heads",
+            meta.heads.len(),
+            meta.sae.n_heads
+        ));
+    }
+    Ok(())
+}

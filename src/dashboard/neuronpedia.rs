@@ -1,0 +1,131 @@
+//! Dashboard stage: export for the Python ecosystem, in the SAEDashboard batch JSON layout
+//! that Neuronpedia imports: `batch-N.json` (128 features each, global feature indices
+//! `head * m + feature`), `skipped_indexes.json` (features that never fired on the
+//! dashboard tokens) and `run_settings.json`. Reads only the dashboard file.
+
+use serde_json::{Value, json};
+
+use super::format::{Dashboard, ExampleGroup, FeatureData};
+
+/// Features per batch file, as SAEDashboard writes them.
+pub const FEATURES_PER_BATCH: usize = 128;
+
+/// Bar centres of `bins` equal bins over `[lo, hi]`.
+fn centres(lo: f32, hi: f32, bins: usize) -> Vec<f32> {
+    (0..bins)
+        .map(|i| lo + (hi - lo) * (i as f32 + 0.5) / bins as f32)
+        .collect()
+}
+
+/// One feature in SAEDashboard's batch layout.
+pub fn feature_json(d: &Dashboard, head: usize, feature: usize) -> Value {
+    let m = d.meta.sae.features_per_head;
+    let f: &FeatureData = &d.heads[head].features[feature];
+    let s = &d.meta.settings;
+    let strs = |v: &[(u32, f32)]| v.iter().map(|(id, _)| d.token(*id)).collect::<Vec<_>>();
+    let vals = |v: &[(u32, f32)]| v.iter().map(|(_, x)| *x).collect::<Vec<_>>();
+    let active: u32 = f.interval_counts.iter().sum();
+    let bin_width = f.max_activation / s.n_intervals as f32;
+    let activations: Vec<Value> = f
+        .examples
+        .iter()
+        .map(|e| {
+            let window = &d.windows[e.window as usize];
+            let mut values = vec![0f32; window.len()];
+            for &(p, a) in &e.activations {
+                values[p as usize] = a;
+            }
+            let (bin_min, bin_max, bin_contains) = match e.group {
+                ExampleGroup::Top => (
+                    -1.0,
+                    f.max_activation,
+                    s.top_k as f32 / active.max(1) as f32,
+                ),
+                ExampleGroup::Interval(i) => (
+                    bin_width * i as f32,
+                    bin_width * (i as f32 + 1.0),
+                    f.interval_counts[i as usize] as f32 / active.max(1) as f32,
+                ),
+            };
+            let mut obj = json!({
+                "bin_min": bin_min,
+                "bin_max": bin_max,
+                "bin_contains": bin_contains,
+                "tokens": window.iter().map(|&id| d.token(id)).collect::<Vec<_>>(),
+                "values": values,
+                "qualifying_token_index": e.target,
+            });
+            if !e.dfa.is_empty() {
+                let mut dfa = vec![0f32; window.len()];
+                dfa[..e.dfa.len()].copy_from_slice(&e.dfa);
+                let max = e.dfa.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                obj["dfa_values"] = json!(dfa);
+                obj["dfa_maxValue"] = json!(max);
+                obj["dfa_targetIndex"] = json!(e.target);
+            }
+            obj
+        })
+        .collect();
+    let (lo, hi) = f.logit_range;
+    json!({
+        "feature_index": head * m + feature,
+        "neg_str": strs(&f.logit_bottom),
+        "neg_values": vals(&f.logit_bottom),
+        "pos_str": strs(&f.logit_top),
+        "pos_values": vals(&f.logit_top),
+        "frac_nonzero": f.density,
+        "freq_hist_data_bar_values": centres(0.0, f.max_activation, s.histogram_bins),
+        "freq_hist_data_bar_heights": f.activation_histogram,
+        "logits_hist_data_bar_values": centres(lo, hi, s.histogram_bins),
+        "logits_hist_data_bar_heights": f.logit_histogram,
+        "n_prompts_total": d.meta.n_windows_scanned,
+        "n_tokens_in_prompt": d.meta.context_size,
+        "dataset": d.meta.settings.windows_from,
+        "decoder_weights_dist": [],
+        "vector": [],
+        "activations": activations,
+    })
+}
+
+/// Writes the export into `dir`. Returns the number of batch files.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn export(d: &Dashboard, dir: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let m = d.meta.sae.features_per_head;
+    let all: Vec<(usize, usize)> = (0..d.heads.len())
+        .flat_map(|h| (0..m).map(move |f| (h, f)))
+        .collect();
+    let (live, dead): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|&(h, f)| d.heads[h].features[f].density > 0.0);
+    let mut n = 0;
+    for (i, batch) in live.chunks(FEATURES_PER_BATCH).enumerate() {
+        let features: Vec<Value> = batch.iter().map(|&(h, f)| feature_json(d, h, f)).collect();
+        let path = dir.join(format!("batch-{i}.json"));
+        crate::files::write_atomic(&path, serde_json::to_string(&features)?.as_bytes())?;
+        n += 1;
+    }
+    let skipped: Vec<usize> = dead.iter().map(|&(h, f)| h * m + f).collect();
+    crate::files::write_atomic(
+        &dir.join("skipped_indexes.json"),
+        serde_json::to_string(&skipped)?.as_bytes(),
+    )?;
+    let settings = json!({
+        "model_id": d.meta.model.name,
+        "layer": d.meta.hook_layer,
+        "hook_name": format!("blocks.{}.attn.hook_z", d.meta.hook_layer),
+        "n_heads": d.meta.sae.n_heads,
+        "features_per_head": m,
+        "feature_index": "head * features_per_head + feature",
+        "n_prompts_total": d.meta.n_windows_scanned,
+        "n_tokens_in_prompt": d.meta.context_size,
+        "dataset": d.meta.settings.windows_from,
+        "n_features_at_a_time": FEATURES_PER_BATCH,
+        "top_acts_group_size": d.meta.settings.top_k,
+        "quantile_group_size": d.meta.settings.per_interval,
+        "n_quantiles": d.meta.settings.n_intervals,
+    });
+    crate::files::write_json(&dir.join("run_settings.json"), &settings)?;
+    Ok(n)
+}

@@ -1,0 +1,608 @@
+//! Dashboards: DFA against a float64 numpy reference (`tests/fixtures/dashboard/
+//! make_dfa_reference.py`) and the identity `sum_s DFA + b_enc = pre` on GPT-2, gelu-2l
+//! (TransformerLens .pth) and Llama (GQA); top-k examples, interval groups and histograms
+//! against a brute-force pass over all tokens; logit effects against numpy; the file format
+//! round trip and fuzzing; the Neuronpedia export; a run's dashboards end to end.
+
+mod common;
+
+use attn_saes::dashboard::build::{self, interval_bin, sample_key, summarise_logits};
+use attn_saes::dashboard::format::{Dashboard, DashboardError, ExampleGroup};
+use attn_saes::dashboard::{BuildInputs, BuildOptions};
+use attn_saes::lm::{self, HookRequest, LoadedModel, ZConvention};
+use attn_saes::rng::Rng;
+use attn_saes::sae::{Architecture, BlockDiagSae, SaeConfig};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use common::*;
+
+fn load(model: &str) -> LoadedModel {
+    lm::load_model(&fixture(model).display().to_string(), &Device::flex()).unwrap()
+}
+
+fn inputs<'a>(
+    loaded: &'a LoadedModel,
+    sae: &'a BlockDiagSae,
+    windows: Vec<Vec<u32>>,
+) -> BuildInputs<'a> {
+    BuildInputs {
+        loaded,
+        sae,
+        layer: 1,
+        z_convention: ZConvention::TransformerLens,
+        windows,
+        windows_from: "test windows".into(),
+        sae_source: "test".into(),
+        run_config: None,
+        history: Default::default(),
+        run_heads: None,
+        ce_scores: None,
+    }
+}
+
+fn build_quiet(inputs: &BuildInputs, opts: &BuildOptions) -> Dashboard {
+    build::build(inputs, opts, &mut |_, _, _| {}).unwrap()
+}
+
+/// Random windows of `t` tokens starting with BOS.
+fn random_windows(loaded: &LoadedModel, n: usize, t: usize, seed: u64) -> Vec<Vec<u32>> {
+    let cfg = &loaded.transformer.config;
+    let bos = cfg.bos_token_id.unwrap_or(0);
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let mut w = vec![bos];
+            w.extend((1..t).map(|_| rng.below(cfg.d_vocab) as u32));
+            w
+        })
+        .collect()
+}
+
+/// A random ReLU SAE for a model, with negative encoder biases so features are sparse.
+fn random_sae(loaded: &LoadedModel, m: usize, seed: u64) -> BlockDiagSae {
+    let cfg = &loaded.transformer.config;
+    let mut rng = Rng::new(seed);
+    let config = SaeConfig {
+        n_heads: cfg.n_heads,
+        d_head: cfg.d_head,
+        features_per_head: m,
+        architecture: Architecture::Relu,
+    };
+    let device = Device::flex();
+    let mut sae = BlockDiagSae::init(config, &mut rng, &device);
+    let (h, d) = (cfg.n_heads, cfg.d_head);
+    let w: Vec<f32> = (0..h * d * m).map(|_| rng.normal() as f32).collect();
+    sae.w_enc = Tensor::from_data(TensorData::new(w, [h, d, m]), &device);
+    let b: Vec<f32> = (0..h * m).map(|_| -(rng.uniform() as f32) * 1.5).collect();
+    sae.b_enc = Tensor::from_data(TensorData::new(b, [h, m]), &device);
+    sae.input_scale = (0..h).map(|i| 0.7 + 0.3 * i as f32).collect();
+    sae
+}
+
+/// The SAE's pre-activations `[n, H, m]` (host) on windows, one forward per window.
+fn pre_activations(loaded: &LoadedModel, sae: &BlockDiagSae, windows: &[Vec<u32>]) -> Vec<f32> {
+    let model = &loaded.transformer;
+    let (h, d) = (sae.config.n_heads, sae.config.d_head);
+    let mut out = Vec::new();
+    for w in windows {
+        let z = model
+            .run(
+                model.tokens(std::slice::from_ref(w)).unwrap(),
+                &HookRequest::hook_z(&[1]),
+                None,
+            )
+            .unwrap()
+            .hook_z
+            .remove(&1)
+            .unwrap();
+        let t = w.len();
+        let pre = sae.forward(sae.scale_input(z.reshape([t, h, d]))).pre; // [H, t, m]
+        out.extend(pre.swap_dims(0, 1).into_data().try_to_vec::<f32>().unwrap());
+    }
+    out
+}
+
+/// `sum_s DFA + b_enc = pre` at the target of every top example.
+fn check_dfa_identity(model: &str, sae: &BlockDiagSae, windows: Vec<Vec<u32>>) {
+    let loaded = load(model);
+    let opts = BuildOptions {
+        top_k: 6,
+        windows_per_forward: 3,
+        ..BuildOptions::default()
+    };
+    let inp = inputs(&loaded, sae, windows.clone());
+    let d = build_quiet(&inp, &opts);
+    let pre = pre_activations(&loaded, sae, &windows);
+    let b_enc = sae.b_enc.clone().into_data().try_to_vec::<f32>().unwrap();
+    let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
+    let t = windows[0].len();
+    let mut checked = 0;
+    let mut worst = 0f64;
+    for (head, data) in d.heads.iter().enumerate() {
+        for (f, feature) in data.features.iter().enumerate() {
+            for e in feature
+                .examples
+                .iter()
+                .filter(|e| e.group == ExampleGroup::Top)
+            {
+                // Windows in the file are the used ones, in corpus order: find the original.
+                let w = &d.windows[e.window as usize];
+                let orig = windows.iter().position(|x| x == w).unwrap();
+                let tok = orig * t + e.target as usize;
+                let want = pre[(tok * h + head) * m + f] as f64;
+                let got = e.dfa.iter().map(|&x| x as f64).sum::<f64>() + b_enc[head * m + f] as f64;
+                assert_eq!(e.dfa.len(), e.target as usize + 1);
+                worst = worst.max((got - want).abs());
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "{model} head {head} feature {f}: sum DFA + b_enc = {got}, pre = {want}"
+                );
+                assert!((e.activation as f64 - want).abs() < 1e-4);
+                checked += 1;
+            }
+        }
+    }
+    println!("{model}: DFA identity on {checked} top examples, max error {worst:.2e}");
+    assert!(checked > 20, "{model}: only {checked} examples checked");
+}
+
+#[test]
+fn dfa_sums_to_the_pre_activation_on_gpt2_gelu2l_and_llama() {
+    for model in ["gpt2_tiny", "gelu2l_tiny", "llama_tiny"] {
+        let loaded = load(model);
+        let sae = random_sae(&loaded, 10, 3);
+        let windows = random_windows(&loaded, 7, 14, 11);
+        check_dfa_identity(model, &sae, windows);
+    }
+}
+
+/// The values hook, DFA, activations and logit effects against the numpy float64 forward.
+#[test]
+fn dfa_values_and_logit_effects_match_the_numpy_reference() {
+    for model in ["gpt2_tiny", "llama_tiny"] {
+        let loaded = load(model);
+        let device = Device::flex();
+        let sae = BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), &device).unwrap();
+        let r = Reference::load(&format!("dashboard/{model}_reference.safetensors"));
+        let tokens = r.tokens("tokens");
+        let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
+        let t = 12;
+        let windows: Vec<Vec<u32>> = tokens.chunks(t).map(<[u32]>::to_vec).collect();
+        // The hooks themselves.
+        let model_ = &loaded.transformer;
+        let hooks = HookRequest {
+            pattern: vec![1],
+            values: vec![1],
+            hook_z: vec![1],
+            ..Default::default()
+        };
+        let mut cache = model_
+            .run(model_.tokens(&windows).unwrap(), &hooks, None)
+            .unwrap();
+        assert_close(
+            &format!("{model} values"),
+            &values(cache.values.remove(&1).unwrap()),
+            &r.get("values").data,
+            1e-4,
+        );
+        assert_close(
+            &format!("{model} pattern"),
+            &values(cache.pattern.remove(&1).unwrap()),
+            &r.get("pattern").data,
+            1e-5,
+        );
+        assert_close(
+            &format!("{model} hook_z"),
+            &values(cache.hook_z.remove(&1).unwrap()),
+            &r.get("hook_z").data,
+            1e-4,
+        );
+
+        let opts = BuildOptions {
+            top_k: 2 * t, // every active position is a top example
+            keep_bos: true,
+            windows_per_forward: 1,
+            ..BuildOptions::default()
+        };
+        let inp = inputs(&loaded, &sae, windows.clone());
+        let d = build_quiet(&inp, &opts);
+        let pre = &r.get("pre").data; // [2, 12, H, m]
+        let dfa = &r.get("dfa").data; // [2, H, 12, 12, m]
+        let mut n = 0;
+        let mut worst = 0f64;
+        for head in 0..h {
+            for f in 0..m {
+                let feature = &d.heads[head].features[f];
+                let active: Vec<(usize, usize)> = (0..2)
+                    .flat_map(|b| (0..t).map(move |p| (b, p)))
+                    .filter(|&(b, p)| pre[((b * t + p) * h + head) * m + f] > 0.0)
+                    .collect();
+                let tops: Vec<_> = feature
+                    .examples
+                    .iter()
+                    .filter(|e| e.group == ExampleGroup::Top)
+                    .collect();
+                assert_eq!(
+                    tops.len(),
+                    active.len(),
+                    "{model} {head}/{f}: every active position is a top example"
+                );
+                for e in tops {
+                    let b = windows
+                        .iter()
+                        .position(|w| *w == d.windows[e.window as usize])
+                        .unwrap();
+                    let p = e.target as usize;
+                    let want = pre[((b * t + p) * h + head) * m + f];
+                    assert!(
+                        (e.activation as f64 - want).abs() < 1e-4,
+                        "{model}: activation {} vs {want}",
+                        e.activation
+                    );
+                    for (s, &got) in e.dfa.iter().enumerate() {
+                        let want = dfa[((((b * h + head) * t + p) * t) + s) * m + f];
+                        worst = worst.max((got as f64 - want).abs());
+                        assert!(
+                            (got as f64 - want).abs() < 1e-4,
+                            "{model}: DFA {got} vs {want}"
+                        );
+                    }
+                    // The activation row along the window.
+                    for &(q, a) in &e.activations {
+                        let want = pre[((b * t + q as usize) * h + head) * m + f];
+                        assert!((a as f64 - want).abs() < 1e-4);
+                    }
+                    let active_in_window = active.iter().filter(|x| x.0 == b).count();
+                    assert_eq!(e.activations.len(), active_in_window);
+                    n += 1;
+                }
+                // Logit effects: the reference row, top and bottom 10.
+                let vocab = loaded.transformer.config.d_vocab;
+                let row = &r.get("logit_effects").data[(head * m + f) * vocab..][..vocab];
+                let row32: Vec<f32> = row.iter().map(|&x| x as f32).collect();
+                let (top, bottom, _, _) = summarise_logits(&row32, 10, 50);
+                let ids = |v: &[(u32, f32)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
+                assert_eq!(
+                    ids(&feature.logit_top),
+                    ids(&top),
+                    "{model} {head}/{f} top logits"
+                );
+                assert_eq!(
+                    ids(&feature.logit_bottom),
+                    ids(&bottom),
+                    "{model} {head}/{f} bottom logits"
+                );
+                for (got, want) in feature
+                    .logit_top
+                    .iter()
+                    .zip(&top)
+                    .chain(feature.logit_bottom.iter().zip(&bottom))
+                {
+                    assert!(
+                        (got.1 - want.1).abs() < 1e-4,
+                        "{model}: logit {} vs {}",
+                        got.1,
+                        want.1
+                    );
+                }
+                assert_eq!(feature.logit_histogram.iter().sum::<u32>() as usize, vocab);
+            }
+        }
+        println!("{model}: {n} top examples match numpy, max DFA error {worst:.2e}");
+        assert!(n > 100);
+    }
+}
+
+/// Top-k examples, interval groups, histograms and densities against a brute-force pass
+/// over every token (same chunks, so bit-identical activations).
+#[test]
+fn top_examples_and_interval_groups_match_brute_force() {
+    let loaded = load("gpt2_tiny");
+    let sae = random_sae(&loaded, 16, 7);
+    let t = 16;
+    let windows = random_windows(&loaded, 23, t, 5);
+    let opts = BuildOptions {
+        top_k: 5,
+        n_intervals: 4,
+        per_interval: 3,
+        histogram_bins: 7,
+        seed: 99,
+        windows_per_forward: 4,
+        ..BuildOptions::default()
+    };
+    let d = build_quiet(&inputs(&loaded, &sae, windows.clone()), &opts);
+    let model = &loaded.transformer;
+    let (h, dh, m) = (
+        sae.config.n_heads,
+        sae.config.d_head,
+        sae.config.features_per_head,
+    );
+    // Brute force: all activations, [n_tokens, H, m], in the builder's chunks.
+    let mut acts: Vec<f32> = Vec::new();
+    for chunk in windows.chunks(4) {
+        let z = model
+            .run(
+                model.tokens(chunk).unwrap(),
+                &HookRequest::hook_z(&[1]),
+                None,
+            )
+            .unwrap()
+            .hook_z
+            .remove(&1)
+            .unwrap();
+        let n = chunk.len() * t;
+        let feats = sae.forward(sae.scale_input(z.reshape([n, h, dh]))).feats;
+        acts.extend(
+            feats
+                .swap_dims(0, 1)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
+        );
+    }
+    let bos = model.config.bos_token_id.unwrap();
+    let tokens: Vec<u32> = windows.concat();
+    let counted: Vec<usize> = (0..tokens.len()).filter(|&i| tokens[i] != bos).collect();
+    assert_eq!(d.meta.n_tokens as usize, counted.len());
+    let window_of = |e: &attn_saes::dashboard::format::Example| {
+        windows
+            .iter()
+            .position(|w| *w == d.windows[e.window as usize])
+            .unwrap()
+    };
+    let mut n_interval_examples = 0;
+    for head in 0..h {
+        for f in 0..m {
+            let feature = &d.heads[head].features[f];
+            let act = |i: usize| acts[(i * h + head) * m + f];
+            let mut active: Vec<(f32, usize)> = counted
+                .iter()
+                .map(|&i| (act(i), i))
+                .filter(|x| x.0 > 0.0)
+                .collect();
+            // Density, max.
+            assert_eq!(
+                feature.density,
+                (active.len() as f64 / counted.len() as f64) as f32
+            );
+            let max = active.iter().map(|x| x.0).fold(0.0, f32::max);
+            assert_eq!(feature.max_activation, max);
+            // Top k: activation descending, earlier token first on ties.
+            active.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let want: Vec<(usize, f32)> =
+                active.iter().take(opts.top_k).map(|x| (x.1, x.0)).collect();
+            let got: Vec<(usize, f32)> = feature
+                .examples
+                .iter()
+                .filter(|e| e.group == ExampleGroup::Top)
+                .map(|e| (window_of(e) * t + e.target as usize, e.activation))
+                .collect();
+            assert_eq!(got, want, "head {head} feature {f}: top examples");
+            // Histogram and interval counts: sum to the active count, bin by bin.
+            let mut hist = vec![0u32; opts.histogram_bins];
+            let mut counts = vec![0u32; opts.n_intervals];
+            let mut bins: Vec<Vec<(u64, usize)>> = vec![Vec::new(); opts.n_intervals];
+            for &(a, i) in &active {
+                hist[interval_bin(a, max, opts.histogram_bins)] += 1;
+                let b = interval_bin(a, max, opts.n_intervals);
+                counts[b] += 1;
+                bins[b].push((sample_key(opts.seed, i as u64, head, f), i));
+            }
+            assert_eq!(feature.activation_histogram, hist);
+            assert_eq!(
+                feature.activation_histogram.iter().sum::<u32>() as usize,
+                active.len()
+            );
+            assert_eq!(feature.interval_counts, counts);
+            for (b, mut keyed) in bins.into_iter().enumerate() {
+                keyed.sort();
+                let want: Vec<usize> = keyed.iter().take(opts.per_interval).map(|x| x.1).collect();
+                let got: Vec<usize> = feature
+                    .examples
+                    .iter()
+                    .filter(|e| e.group == ExampleGroup::Interval(b as u8))
+                    .map(|e| window_of(e) * t + e.target as usize)
+                    .collect();
+                assert_eq!(got, want, "head {head} feature {f} interval {b}");
+                n_interval_examples += got.len();
+            }
+            // Every example's activations along its window.
+            for e in &feature.examples {
+                let w = window_of(e);
+                let want: Vec<(u16, f32)> = (0..t)
+                    .filter(|&p| tokens[w * t + p] != bos && act(w * t + p) > 0.0)
+                    .map(|p| (p as u16, act(w * t + p)))
+                    .collect();
+                assert_eq!(e.activations, want);
+                assert_eq!(e.activation, act(w * t + e.target as usize));
+                assert_ne!(
+                    tokens[w * t + e.target as usize],
+                    bos,
+                    "BOS is never an example"
+                );
+            }
+        }
+    }
+    assert!(
+        n_interval_examples > 100,
+        "{n_interval_examples} interval examples"
+    );
+}
+
+fn small_dashboard() -> Dashboard {
+    let loaded = load("gpt2_tiny");
+    let sae = random_sae(&loaded, 6, 1);
+    let windows = random_windows(&loaded, 6, 10, 2);
+    let opts = BuildOptions {
+        top_k: 3,
+        n_intervals: 3,
+        per_interval: 2,
+        histogram_bins: 5,
+        logit_k: 4,
+        ..BuildOptions::default()
+    };
+    build_quiet(&inputs(&loaded, &sae, windows), &opts)
+}
+
+#[test]
+fn dashboard_file_round_trips_and_rejects_damage_without_panicking() {
+    let d = small_dashboard();
+    let bytes = d.to_bytes().unwrap();
+    let back = Dashboard::from_bytes(&bytes).unwrap();
+    let want = d.quantized();
+    assert_eq!(back.meta, want.meta, "round trip: metadata");
+    assert_eq!(back.windows, want.windows, "round trip: windows");
+    assert_eq!(
+        back.token_strings, want.token_strings,
+        "round trip: token strings"
+    );
+    assert!(back == want, "round trip: heads (f16 fields rounded)");
+    assert_eq!(
+        back.to_bytes().unwrap(),
+        bytes,
+        "re-serialising gives the same bytes"
+    );
+    println!("small dashboard: {} bytes", bytes.len());
+
+    // Truncation at every offset.
+    for cut in 0..bytes.len() {
+        assert!(
+            Dashboard::from_bytes(&bytes[..cut]).is_err(),
+            "truncated at {cut}"
+        );
+    }
+    // Bit flips: an error, or (a flip the checks cannot see) the same dashboard.
+    let mut rng = Rng::new(17);
+    let mut rejected = 0;
+    for _ in 0..4000 {
+        let mut damaged = bytes.clone();
+        let i = rng.below(damaged.len());
+        damaged[i] ^= 1 << rng.below(8);
+        match Dashboard::from_bytes(&damaged) {
+            Err(_) => rejected += 1,
+            Ok(x) => assert_eq!(x, back, "a bit flip at {i} changed the content undetected"),
+        }
+    }
+    println!("bit flips rejected: {rejected} of 4000");
+    assert!(rejected > 3900);
+}
+
+/// Rewrites field `key` of the file's metadata envelope with `f` (keeping the tensors; the
+/// meta checksum is recomputed, so only the checks on content can catch the change).
+fn with_metadata(
+    bytes: &[u8],
+    key: &str,
+    f: impl Fn(&serde_json::Value) -> serde_json::Value,
+) -> Vec<u8> {
+    use attn_saes::dashboard::format::{METADATA_KEY, checksum};
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).unwrap();
+    let mut info = header.metadata().clone().unwrap();
+    let mut envelope: serde_json::Value = serde_json::from_str(&info[METADATA_KEY]).unwrap();
+    envelope[key] = f(&envelope[key]);
+    let sum = checksum(envelope["meta"].as_str().unwrap().as_bytes());
+    envelope["meta_checksum"] = serde_json::json!(sum);
+    info.insert(METADATA_KEY.to_string(), envelope.to_string());
+    safetensors::serialize(st.tensors(), Some(info)).unwrap()
+}
+
+#[test]
+fn wrong_versions_formats_and_absurd_sizes_are_clear_errors() {
+    let bytes = small_dashboard().to_bytes().unwrap();
+    let newer = with_metadata(&bytes, "version", |_| 2.into());
+    let e = Dashboard::from_bytes(&newer).unwrap_err();
+    assert!(matches!(e, DashboardError::Version { found: 2 }), "{e}");
+    assert!(e.to_string().contains("newer"), "{e}");
+    let older = with_metadata(&bytes, "version", |_| 0.into());
+    assert!(
+        Dashboard::from_bytes(&older)
+            .unwrap_err()
+            .to_string()
+            .contains("older")
+    );
+    let other = with_metadata(&bytes, "format", |_| "sae-vis".into());
+    assert!(matches!(
+        Dashboard::from_bytes(&other).unwrap_err(),
+        DashboardError::WrongFormat(_)
+    ));
+    // Declared sizes that do not match the arrays, or absurd ones: errors, no allocation.
+    for (from, to) in [
+        (
+            "\"features_per_head\":6",
+            "\"features_per_head\":1073741824",
+        ),
+        ("\"features_per_head\":6", "\"features_per_head\":7"),
+        ("\"n_heads\":4,\"d_head\"", "\"n_heads\":40000,\"d_head\""),
+        ("\"context_size\":10", "\"context_size\":100000"),
+        ("\"histogram_bins\":5", "\"histogram_bins\":500000000"),
+    ] {
+        let changed = with_metadata(&bytes, "meta", |m| {
+            let m = m.as_str().unwrap();
+            assert!(m.contains(from), "meta has {from}");
+            m.replacen(from, to, 1).into()
+        });
+        let e = Dashboard::from_bytes(&changed).unwrap_err();
+        println!("{to}: {e}");
+    }
+    // A header that declares a huge length.
+    let mut huge = bytes.clone();
+    huge[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    assert!(matches!(
+        Dashboard::from_bytes(&huge).unwrap_err(),
+        DashboardError::Container(_)
+    ));
+}
+
+#[test]
+fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
+    let d = small_dashboard();
+    let dir = std::env::temp_dir().join(format!("attn-saes-np-{}", std::process::id()));
+    let n = attn_saes::dashboard::neuronpedia::export(&d, &dir).unwrap();
+    let m = d.meta.sae.features_per_head;
+    let live: Vec<(usize, usize)> = (0..d.heads.len())
+        .flat_map(|h| (0..m).map(move |f| (h, f)))
+        .filter(|&(h, f)| d.heads[h].features[f].density > 0.0)
+        .collect();
+    assert_eq!(n, live.len().div_ceil(128));
+    let batch: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("batch-0.json")).unwrap()).unwrap();
+    let first = &batch[0];
+    let (h, f) = live[0];
+    let feature = &d.heads[h].features[f];
+    assert_eq!(first["feature_index"], h * m + f);
+    assert_eq!(first["pos_str"].as_array().unwrap().len(), 4);
+    assert_eq!(first["pos_str"][0], d.token(feature.logit_top[0].0));
+    assert_eq!(
+        first["neg_values"][0].as_f64().unwrap() as f32,
+        feature.logit_bottom[0].1
+    );
+    assert_eq!(
+        first["freq_hist_data_bar_heights"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    let acts = first["activations"].as_array().unwrap();
+    assert_eq!(acts.len(), feature.examples.len());
+    assert_eq!(
+        acts[0]["bin_min"], -1.0,
+        "the top group comes first, bin_min -1"
+    );
+    let e = &feature.examples[0];
+    let values = acts[0]["values"].as_array().unwrap();
+    assert_eq!(values.len(), d.meta.context_size);
+    assert_eq!(
+        values[e.target as usize].as_f64().unwrap() as f32,
+        e.activations.iter().find(|a| a.0 == e.target).unwrap().1
+    );
+    assert_eq!(
+        acts[0]["dfa_values"].as_array().unwrap().len(),
+        d.meta.context_size
+    );
+    let skipped: Vec<usize> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("skipped_indexes.json")).unwrap())
+            .unwrap();
+    assert_eq!(skipped.len() + live.len(), d.heads.len() * m);
+    std::fs::remove_dir_all(dir).unwrap();
+}
