@@ -106,10 +106,16 @@ pub struct TrainArgs {
     pub dead_window_steps: Option<usize>,
     #[arg(long)]
     pub dead_threshold: Option<f64>,
+    /// Checkpoints kept (the newest; 0 keeps all). Default 3.
+    #[arg(long)]
+    pub keep_checkpoints: Option<usize>,
     /// Run directory: checkpoints, metrics.jsonl, the final SAE and its SAELens export.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
 }
+
+/// Config keys a resumed run may change.
+pub const RESUMABLE_CHANGES: &[&str] = &["total_training_steps", "keep_checkpoints", "device"];
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ZConventionArg {
@@ -122,10 +128,55 @@ pub enum ZConventionArg {
 impl TrainArgs {
     /// The config: defaults, then `--config FILE`, then flags.
     pub fn resolve(&self, device: DeviceChoice) -> anyhow::Result<TrainConfig> {
-        let mut c = match &self.config {
+        let c = match &self.config {
             Some(path) => TrainConfig::from_toml(path)?,
             None => TrainConfig::default(),
         };
+        let mut c = self.apply(c);
+        c.device = device;
+        Ok(c)
+    }
+
+    /// The config to resume a run with: the checkpoint's, with the flags that may change
+    /// (total steps, checkpoints kept, device). A flag that would change anything else is
+    /// an error naming it: a resumed run continues the saved one.
+    pub fn resume_config(
+        &self,
+        saved: TrainConfig,
+        device: DeviceChoice,
+        checkpoint: &std::path::Path,
+    ) -> anyhow::Result<TrainConfig> {
+        anyhow::ensure!(
+            self.config.is_none(),
+            "--config cannot be combined with --resume: a resumed run keeps the config saved \
+             in {}",
+            checkpoint.display()
+        );
+        let asked = self.apply(saved.clone());
+        let (a, b) = (serde_json::to_value(&saved)?, serde_json::to_value(&asked)?);
+        let mut changed = Vec::new();
+        if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+            for (key, old) in a {
+                let new = &b[key];
+                if new != old && !RESUMABLE_CHANGES.contains(&key.as_str()) {
+                    changed.push(format!("--{} ({old} in the checkpoint, {new} given)", key.replace('_', "-")));
+                }
+            }
+        }
+        anyhow::ensure!(
+            changed.is_empty(),
+            "--resume continues the run saved in {}, but these flags differ from its config: \
+             {}. Drop them, or start a new run (--out-dir) to change them.",
+            checkpoint.display(),
+            changed.join(", ")
+        );
+        let mut c = asked;
+        c.device = device;
+        Ok(c)
+    }
+
+    /// `c` with every flag given on the command line applied.
+    fn apply(&self, mut c: TrainConfig) -> TrainConfig {
         macro_rules! set {
             ($($field:ident),*) => {$(
                 if let Some(v) = &self.$field { c.$field = v.clone(); }
@@ -160,6 +211,7 @@ impl TrainArgs {
             checkpoint_every,
             dead_window_steps,
             dead_threshold,
+            keep_checkpoints,
             out_dir
         );
         if self.hook_layer.is_some() {
@@ -192,8 +244,7 @@ impl TrainArgs {
         if self.keep_bos {
             c.drop_bos = false;
         }
-        c.device = device;
-        Ok(c)
+        c
     }
 }
 

@@ -569,17 +569,10 @@ fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyho
         .as_deref()
         .map(checkpoint::resolve_resume)
         .transpose()?;
-    let mut config = match &resume_dir {
-        Some(dir) => {
-            let mut c = checkpoint::read_config(dir)?;
-            if let Some(steps) = args.total_training_steps {
-                c.total_training_steps = steps;
-            }
-            c
-        }
+    let config = match &resume_dir {
+        Some(dir) => args.resume_config(checkpoint::read_config(dir)?, choice, dir)?,
         None => args.resolve(choice)?,
     };
-    config.device = choice;
     config.validate()?;
     check_demo_assets(&config)?;
     eprintln!("loading model {}", config.model);

@@ -162,19 +162,148 @@ fn check_resume(tag: &str, base: impl Fn(&Path) -> TrainConfig) {
             .iter()
             .any(|e| matches!(e, TrainEvent::Started { start_step: 23, .. }))
     );
-    let wa = std::fs::read(dir_a.join("run/sae/sae.safetensors")).unwrap();
-    let wb = std::fs::read(dir_b.join("run/sae/sae.safetensors")).unwrap();
-    assert!(
-        wa == wb,
-        "resumed weights differ from the uninterrupted run"
-    );
+    assert_same_run(&dir_a.join("run"), &dir_b.join("run"));
     std::fs::remove_dir_all(dir_a).unwrap();
     std::fs::remove_dir_all(dir_b).unwrap();
+}
+
+/// `metrics.jsonl` lines without the timing field, which differs from run to run.
+fn metric_lines(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if let Some(data) = v["data"].as_object_mut() {
+                data.remove("steps_per_s");
+            }
+            v
+        })
+        .collect()
+}
+
+/// Two runs that must have ended identically: weights, every metrics line (once each),
+/// and the SAELens export's feature densities (the dead-feature window).
+fn assert_same_run(a: &Path, b: &Path) {
+    let read = |run: &Path, f: &str| std::fs::read(run.join(f)).unwrap();
+    assert!(
+        read(a, "sae/sae.safetensors") == read(b, "sae/sae.safetensors"),
+        "resumed weights differ from the uninterrupted run"
+    );
+    let (la, lb) = (metric_lines(a), metric_lines(b));
+    assert_eq!(la.len(), lb.len(), "metrics.jsonl line counts");
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(x, y, "metrics.jsonl lines differ");
+    }
+    assert!(
+        read(a, "saelens/sparsity.safetensors") == read(b, "saelens/sparsity.safetensors"),
+        "feature densities (dead-feature window) differ after resume"
+    );
 }
 
 #[test]
 fn resume_equals_an_uninterrupted_run() {
     check_resume("relu", |dir| config(dir, 40));
+}
+
+/// A training process killed with SIGKILL mid-run and resumed with `--resume` ends like an
+/// uninterrupted run: same weights, each metrics line once, same densities; only the
+/// newest `keep_checkpoints` remain; leftovers of an interrupted checkpoint are removed.
+#[cfg(unix)]
+#[test]
+fn killed_and_resumed_run_equals_an_uninterrupted_one() {
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_attn-saes");
+    let steps = 1500;
+    let train = |dir: &Path, extra: &[&str]| {
+        let cfg = TrainConfig {
+            checkpoint_every: 50,
+            eval_every: 500,
+            log_every: 5,
+            ..config(dir, steps)
+        };
+        let path = dir.join("config.toml");
+        std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.args(["--device", "cpu", "train", "--headless", "--no-dashboard"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if extra.is_empty() {
+            cmd.arg("--config").arg(&path);
+        } else {
+            cmd.args(extra);
+        }
+        cmd
+    };
+    let dir_a = temp_dir("kill-full");
+    let out = train(&dir_a, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let dir_b = temp_dir("kill-resumed");
+    let run_b = dir_b.join("run");
+    let mut child = train(&dir_b, &[]).spawn().unwrap();
+    // Kill once a checkpoint exists and steps after it were logged.
+    let start = std::time::Instant::now();
+    loop {
+        let logged = std::fs::read_to_string(run_b.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if logged >= 40 && run_b.join("checkpoints/LATEST").exists() {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it was killed");
+        assert!(start.elapsed().as_secs() < 120, "the run did not get going");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let lines_at_kill = metric_lines(&run_b).len();
+    let ckpt = checkpoint::resolve_resume(&run_b).unwrap();
+    let saved = checkpoint::read_config(&ckpt).unwrap();
+    let ckpt_step = ckpt.file_name().unwrap().to_string_lossy()[5..].parse::<usize>().unwrap();
+    println!("killed after {lines_at_kill} metrics lines; resuming from step {ckpt_step}");
+    assert!(ckpt_step < steps);
+    // What an interrupted checkpoint write leaves behind.
+    std::fs::create_dir_all(run_b.join("checkpoints/.step_00099999.tmp")).unwrap();
+    // Flags that would change the run are refused, naming them.
+    let out = train(&dir_b, &["--resume", run_b.to_str().unwrap(), "--lr", "0.5"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--lr"), "{err}");
+    let out = train(&dir_b, &["--resume", run_b.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(saved.total_training_steps, steps);
+    assert_same_run(&dir_a.join("run"), &run_b);
+    let kept: Vec<usize> = checkpoint::complete_checkpoints(&run_b)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(kept, vec![steps - 100, steps - 50, steps], "the newest 3 checkpoints");
+    assert!(!run_b.join("checkpoints/.step_00099999.tmp").exists());
+    std::fs::remove_dir_all(dir_a).unwrap();
+    std::fs::remove_dir_all(dir_b).unwrap();
+}
+
+/// A corrupt or dangling `LATEST` falls back to the newest complete checkpoint.
+#[test]
+fn a_bad_latest_falls_back_to_the_newest_complete_checkpoint() {
+    let dir = temp_dir("latest");
+    let (result, _) = run(config(&dir, 30), None, RunControl::default());
+    result.unwrap();
+    let run_dir = dir.join("run");
+    let latest = run_dir.join("checkpoints/LATEST");
+    let newest = run_dir.join("checkpoints/step_00000030");
+    for bad in ["step_00000999", "\u{0}\u{ff}garbage", "../../elsewhere"] {
+        std::fs::write(&latest, bad).unwrap();
+        assert_eq!(checkpoint::resolve_resume(&run_dir).unwrap(), newest, "LATEST = {bad:?}");
+    }
+    std::fs::remove_file(&latest).unwrap();
+    assert_eq!(checkpoint::resolve_resume(&run_dir).unwrap(), newest);
+    // An incomplete newer directory is not a checkpoint.
+    std::fs::create_dir_all(run_dir.join("checkpoints/step_00000040/sae")).unwrap();
+    assert_eq!(checkpoint::resolve_resume(&run_dir).unwrap(), newest);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// TopK and BatchTopK on the CPU train through the fused step: they resume exactly, keep

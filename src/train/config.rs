@@ -132,6 +132,8 @@ pub struct TrainConfig {
     /// Context windows used for each CE-loss evaluation.
     pub eval_windows: usize,
     pub checkpoint_every: usize,
+    /// Checkpoints kept (the newest; 0 keeps all). Each holds the shuffle buffer.
+    pub keep_checkpoints: usize,
     /// Window (in steps) over which feature firing is counted for dead features.
     pub dead_window_steps: usize,
     /// A feature firing on fewer than this fraction of tokens in the window is dead.
@@ -196,6 +198,7 @@ impl Default for TrainConfig {
             eval_every: 200,
             eval_windows: 4,
             checkpoint_every: 200,
+            keep_checkpoints: 3,
             dead_window_steps: 200,
             dead_threshold: 1e-4,
             out_dir: PathBuf::from("runs/latest"),

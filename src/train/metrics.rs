@@ -94,7 +94,52 @@ pub struct DeadFeatureTracker {
     pub last_density: Option<Vec<f64>>,
 }
 
+/// A [`DeadFeatureTracker`]'s state, saved in checkpoints so that a resumed run counts
+/// dead features (and writes `sparsity.safetensors`) as an uninterrupted one would.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeadWindowState {
+    /// Firing counts in the current window, `[H * m]`.
+    pub counts: Option<Vec<f32>>,
+    pub steps_in_window: usize,
+    pub tokens_in_window: u64,
+    pub last_density: Option<Vec<f64>>,
+}
+
 impl DeadFeatureTracker {
+    /// The state to checkpoint.
+    pub fn state(&self) -> anyhow::Result<DeadWindowState> {
+        Ok(DeadWindowState {
+            counts: match &self.counts {
+                Some(c) => Some(crate::files::host_vec(c.clone())?),
+                None => None,
+            },
+            steps_in_window: self.steps_in_window,
+            tokens_in_window: self.tokens_in_window,
+            last_density: self.last_density.clone(),
+        })
+    }
+
+    /// Restores a checkpointed state (checked against this tracker's size).
+    pub fn restore(&mut self, state: DeadWindowState, device: &Device) -> anyhow::Result<()> {
+        let n = self.n_heads * self.features_per_head;
+        let ok = |v: Option<usize>| v.is_none_or(|len| len == n);
+        anyhow::ensure!(
+            ok(state.counts.as_ref().map(Vec::len)) && ok(state.last_density.as_ref().map(Vec::len)),
+            "the checkpoint's dead-feature window is not for {} features",
+            n
+        );
+        self.counts = state.counts.map(|c| {
+            Tensor::from_data(
+                burn::tensor::TensorData::new(c, [self.n_heads, self.features_per_head]),
+                device,
+            )
+        });
+        self.steps_in_window = state.steps_in_window;
+        self.tokens_in_window = state.tokens_in_window;
+        self.last_density = state.last_density;
+        Ok(())
+    }
+
     pub fn new(
         n_heads: usize,
         features_per_head: usize,

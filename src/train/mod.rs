@@ -505,6 +505,33 @@ pub fn geometric_median(rows: &[f32], n_heads: usize, d: usize, iters: usize) ->
     out
 }
 
+/// Drops the lines of `metrics.jsonl` after `step` (and any partial line), so that a
+/// resumed run's file holds each step once.
+fn truncate_metrics(path: &Path, step: usize) -> anyhow::Result<()> {
+    use crate::run_log::LogLine;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        let at = match serde_json::from_str::<LogLine>(line) {
+            Ok(LogLine::Step(s)) => s.step,
+            Ok(LogLine::Eval(e)) => e.step,
+            Err(_) => continue,
+        };
+        if at <= step {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    if kept.len() != text.len() {
+        crate::files::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Trains an SAE as `config` says, publishing events. `resume` is a checkpoint directory.
 pub fn train(
     config: TrainConfig,
@@ -694,6 +721,7 @@ fn train_inner(
                         step: 0,
                         tokens: 0,
                         adam_t: 0,
+                        dead_window: None,
                     },
                 )
             }
@@ -722,6 +750,20 @@ fn train_inner(
             Some(model.tokens(&eval_windows)?)
         };
         let metrics_path = config.out_dir.join("metrics.jsonl");
+        if resume.is_some() {
+            // Lines written after the checkpoint (before a crash or kill) are written again
+            // as training repeats those steps.
+            truncate_metrics(&metrics_path, state.step)?;
+        }
+        let leftovers = checkpoint::remove_leftovers(&config.out_dir);
+        if leftovers > 0 {
+            send(
+                events,
+                TrainEvent::Status(format!(
+                    "removed {leftovers} incomplete checkpoint directories"
+                )),
+            );
+        }
         let mut metrics_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -729,6 +771,9 @@ fn train_inner(
             .with_context(|| format!("opening {}", metrics_path.display()))?;
         let mut dead =
             DeadFeatureTracker::new(h, m, config.dead_window_steps, config.dead_threshold);
+        if let Some(window) = state.dead_window.take() {
+            dead.restore(window, device)?;
+        }
         let betas = (config.adam_beta1, config.adam_beta2);
         let started = Instant::now();
         let mut window_start = (Instant::now(), state.step);
@@ -740,14 +785,21 @@ fn train_inner(
         let save = |sae: &BlockDiagSae,
                     opt: &SaeOptimizer,
                     state: &TrainerState,
+                    dead: &DeadFeatureTracker,
                     store: &ActivationStore|
          -> anyhow::Result<PathBuf> {
-            checkpoint::write_checkpoint(&config.out_dir, state.step, &config, |dir| {
+            let state = TrainerState {
+                dead_window: Some(dead.state()?),
+                ..state.clone()
+            };
+            let path = checkpoint::write_checkpoint(&config.out_dir, state.step, &config, |dir| {
                 sae.save(&dir.join("sae"))?;
                 write_safetensors(&dir.join("optimizer.safetensors"), &opt.to_arrays()?, None)?;
-                write_json(&dir.join(checkpoint::STATE_FILE), state)?;
+                write_json(&dir.join(checkpoint::STATE_FILE), &state)?;
                 store.save_state(dir)
-            })
+            })?;
+            checkpoint::prune_checkpoints(&config.out_dir, config.keep_checkpoints)?;
+            Ok(path)
         };
 
         while state.step < total {
@@ -844,7 +896,7 @@ fn train_inner(
                 || is_last
                 || stop_now
             {
-                let path = save(&sae, &opt, &state, &store)?;
+                let path = save(&sae, &opt, &state, &dead, &store)?;
                 send(
                     events,
                     TrainEvent::Checkpoint {
