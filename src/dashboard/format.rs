@@ -24,15 +24,16 @@
 //! `logit_top_ids`, `logit_top_values`, `logit_bottom_ids`, `logit_bottom_values [m, k]`,
 //! `logit_histogram [m, bins]`, `logit_range [m, 2]`; examples, flattened over features
 //! with `example_offsets [m + 1]`: `example_group` (`u8`: [`TOP_GROUP`] or the interval
-//! index), `example_window`, `example_target`, `example_activation`; the feature's
-//! activations along the example's window, sparse: `activation_offsets [E + 1]`,
-//! `activation_positions`, `activation_values`; DFA by source position `0..=target`
+//! index), `example_window`, `example_target`, `example_activation`, `example_row`; the
+//! feature's activations along a window, sparse, stored once per (feature, window) and
+//! shared by the examples from that window: `row_offsets [R + 1]`, `row_positions`,
+//! `row_values`; DFA by source position `0..=target`
 //! (top examples only): `dfa_offsets [E + 1]`, `dfa_values`.
 //!
 //! A viewer parses the header once ([`DashboardFile::parse`]) and decodes one head at a
 //! time ([`DashboardFile::head`]); every tensor is checked (dtype, shape, checksum, ranges,
-//! finite values) as it is decoded. Nothing in a hostile file makes the reader panic or
-//! allocate more than the file's own size (plus the decoded head).
+//! finite values) as it is decoded. Nothing in a hostile file makes the reader panic; what
+//! it allocates is bounded by the file's size (a head's examples expand their shared rows).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -388,18 +389,35 @@ impl Dashboard {
             a.u16(p("example_target"), &v, vec![e]);
             let v: Vec<f32> = examples.iter().map(|x| x.activation).collect();
             a.f32(p("example_activation"), &v, vec![e]);
-            let ao = offsets(examples.iter().map(|x| x.activations.len()));
-            a.u32(p("activation_offsets"), &ao, vec![e + 1]);
-            let pos: Vec<u16> = examples
-                .iter()
-                .flat_map(|x| x.activations.iter().map(|a| a.0))
-                .collect();
-            let vals: Vec<f32> = examples
-                .iter()
-                .flat_map(|x| x.activations.iter().map(|a| a.1))
-                .collect();
-            a.u16(p("activation_positions"), &pos, vec![pos.len()]);
-            a.f16(p("activation_values"), &vals, vec![vals.len()]);
+            // A feature's activations along a window are stored once however many of its
+            // examples come from that window.
+            let mut rows: Vec<&Vec<(u16, f32)>> = Vec::new();
+            let mut example_row = Vec::with_capacity(e);
+            for f in fs {
+                let mut seen: Vec<(u32, u32)> = Vec::new(); // (window, row)
+                for x in &f.examples {
+                    let known = seen
+                        .iter()
+                        .find(|(w, r)| *w == x.window && *rows[*r as usize] == x.activations);
+                    let row = match known {
+                        Some(&(_, r)) => r,
+                        None => {
+                            rows.push(&x.activations);
+                            let r = (rows.len() - 1) as u32;
+                            seen.push((x.window, r));
+                            r
+                        }
+                    };
+                    example_row.push(row);
+                }
+            }
+            a.u32(p("example_row"), &example_row, vec![e]);
+            let ro = offsets(rows.iter().map(|r| r.len()));
+            a.u32(p("row_offsets"), &ro, vec![ro.len()]);
+            let pos: Vec<u16> = rows.iter().flat_map(|r| r.iter().map(|a| a.0)).collect();
+            let vals: Vec<f32> = rows.iter().flat_map(|r| r.iter().map(|a| a.1)).collect();
+            a.u16(p("row_positions"), &pos, vec![pos.len()]);
+            a.f16(p("row_values"), &vals, vec![vals.len()]);
             let dof = offsets(examples.iter().map(|x| x.dfa.len()));
             a.u32(p("dfa_offsets"), &dof, vec![e + 1]);
             let dfa: Vec<f32> = examples
@@ -720,10 +738,28 @@ impl<'a> DashboardFile<'a> {
         let windows = self.u32s(&p("example_window"), Some(&[e]))?;
         let targets = self.u16s(&p("example_target"), Some(&[e]))?;
         let acts_at = self.f32s(&p("example_activation"), Some(&[e]))?;
-        let ao = self.u32s(&p("activation_offsets"), Some(&[e + 1]))?;
-        let apos = self.u16s(&p("activation_positions"), None)?;
-        let avals = self.f16s(&p("activation_values"), Some(&[apos.len()]))?;
-        check_offsets(&p("activation_offsets"), &ao, apos.len())?;
+        let example_row = self.u32s(&p("example_row"), Some(&[e]))?;
+        let ro = self.u32s(&p("row_offsets"), None)?;
+        let rpos = self.u16s(&p("row_positions"), None)?;
+        let rvals = self.f16s(&p("row_values"), Some(&[rpos.len()]))?;
+        check_offsets(&p("row_offsets"), &ro, rpos.len())?;
+        let n_rows = ro.len() - 1;
+        let rows: Vec<Vec<(u16, f32)>> = ro
+            .windows(2)
+            .map(|w| {
+                let span = w[0] as usize..w[1] as usize;
+                rpos[span.clone()]
+                    .iter()
+                    .copied()
+                    .zip(rvals[span].iter().copied())
+                    .collect()
+            })
+            .collect();
+        for row in &rows {
+            if row.iter().any(|&(q, _)| q as usize >= t) || row.windows(2).any(|w| w[0].0 >= w[1].0) {
+                return Err(bad(&p("row_positions"), "positions must increase inside the window"));
+            }
+        }
         let dof = self.u32s(&p("dfa_offsets"), Some(&[e + 1]))?;
         let dfa = self.f16s(&p("dfa_values"), None)?;
         check_offsets(&p("dfa_offsets"), &dof, dfa.len())?;
@@ -739,20 +775,11 @@ impl<'a> DashboardFile<'a> {
             if w as usize >= n_windows || target as usize >= t {
                 return Err(bad(&p("example_window"), "window or target out of range"));
             }
-            let span = ao[i] as usize..ao[i + 1] as usize;
-            let activations: Vec<(u16, f32)> = apos[span.clone()]
-                .iter()
-                .copied()
-                .zip(avals[span].iter().copied())
-                .collect();
-            if activations.iter().any(|&(q, _)| q as usize >= t)
-                || activations.windows(2).any(|w| w[0].0 >= w[1].0)
-            {
-                return Err(bad(
-                    &p("activation_positions"),
-                    "positions must increase inside the window",
-                ));
+            let row = example_row[i] as usize;
+            if row >= n_rows {
+                return Err(bad(&p("example_row"), format!("row {row} >= {n_rows}")));
             }
+            let activations = rows[row].clone();
             let d = dof[i] as usize..dof[i + 1] as usize;
             let want = match group {
                 ExampleGroup::Top => target as usize + 1,
