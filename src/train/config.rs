@@ -142,18 +142,7 @@ pub struct TrainConfig {
     pub device: DeviceChoice,
 }
 
-/// The offline demo model's file name, inside the asset cache.
-pub const DEMO_MODEL_FILE: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-/// The offline demo corpus directory, inside the asset cache.
-pub const DEMO_CORPUS_DIR: &str = "corpus/shakespeare";
-
-/// `$ATTN_SAES_CACHE` or `~/.cache/attn-saes`: where the demo assets live.
-pub fn asset_cache() -> PathBuf {
-    std::env::var_os("ATTN_SAES_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|d| d.join("attn-saes")))
-        .unwrap_or_else(|| PathBuf::from(".cache/attn-saes"))
-}
+pub use crate::assets::{DEMO_CORPUS_DIR, DEMO_MODEL_FILE, cache_dir as asset_cache};
 
 /// The defaults are the offline demo: SmolLM2-135M layer 15 on Shakespeare, sized to train
 /// in a few minutes on a laptop CPU (400 steps of 512 tokens, a high learning rate).

@@ -106,7 +106,8 @@ pub fn assert_close(what: &str, ours: &[f64], reference: &[f64], tol: f64) -> f6
 }
 
 /// Devices to run parity tests on: the CPU backend always, and wgpu when an adapter
-/// exists (lavapipe in CI). `ATTN_SAES_TEST_WGPU=0` skips wgpu.
+/// exists (lavapipe in CI). `ATTN_SAES_TEST_WGPU=0` skips wgpu; with
+/// `ATTN_SAES_REQUIRE_WGPU=1` (set in CI) a missing adapter fails instead of skipping.
 pub fn test_devices() -> Vec<(&'static str, Device)> {
     let mut devices = vec![("cpu", Device::flex())];
     if std::env::var("ATTN_SAES_TEST_WGPU").as_deref() == Ok("0") {
@@ -114,7 +115,13 @@ pub fn test_devices() -> Vec<(&'static str, Device)> {
     }
     match attn_saes::device::select(attn_saes::device::DeviceChoice::Wgpu) {
         Ok(sel) => devices.push(("wgpu", sel.device)),
-        Err(e) => println!("skipping wgpu: {e}"),
+        Err(e) => {
+            assert!(
+                std::env::var("ATTN_SAES_REQUIRE_WGPU").as_deref() != Ok("1"),
+                "ATTN_SAES_REQUIRE_WGPU=1 but no wgpu adapter: {e}"
+            );
+            println!("SKIPPED wgpu: {e}");
+        }
     }
     devices
 }
