@@ -382,6 +382,48 @@ fn matmul(
 /// baseline x86-64 (SSE2); the element-wise and sparse loops here are 2-4x faster with
 /// AVX2 or AVX-512, so the job body is compiled three times and picked at run time.
 /// (The matmuls dispatch on their own inside `gemm`.)
+/// Which instruction-set variant the fused step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CpuLevel {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+/// The best variant this CPU has, or a lower one forced with `ATTN_SAES_CPU=portable|avx2|
+/// avx512` (so one machine can test every path; a level the CPU lacks is not used).
+/// Read once per process.
+pub fn cpu_level() -> CpuLevel {
+    static LEVEL: std::sync::OnceLock<CpuLevel> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let detected = if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
+            CpuLevel::Avx512
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            CpuLevel::Avx2
+        } else {
+            CpuLevel::Portable
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let detected = CpuLevel::Portable;
+        let asked = match std::env::var("ATTN_SAES_CPU").as_deref() {
+            Ok("portable") => Some(CpuLevel::Portable),
+            Ok("avx2") => Some(CpuLevel::Avx2),
+            Ok("avx512") => Some(CpuLevel::Avx512),
+            Ok(other) => {
+                eprintln!("warning: ATTN_SAES_CPU={other} is not portable, avx2 or avx512; ignored");
+                None
+            }
+            Err(_) => None,
+        };
+        asked.map_or(detected, |a| a.min(detected))
+    })
+}
+
 fn run_job(
     p: &HostParams,
     x: &[f32],
@@ -412,11 +454,11 @@ fn run_job(
         }
         variant!(avx512, "avx512f,avx512vl,avx2,fma");
         variant!(avx2, "avx2,fma");
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
-            // SAFETY: the features were detected on this CPU.
+        if cpu_level() >= CpuLevel::Avx512 {
+            // SAFETY: `cpu_level` only reports features detected on this CPU.
             return unsafe { avx512(p, x, batch, act, feat, sparse_below, job) };
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if cpu_level() >= CpuLevel::Avx2 {
             // SAFETY: as above.
             return unsafe { avx2(p, x, batch, act, feat, sparse_below, job) };
         }
@@ -954,7 +996,7 @@ fn for_each_above<const INCLUSIVE: bool, F: FnMut(usize, f32)>(row: &[f32], cut:
                 }
             }
         }
-        if is_x86_feature_detected!("avx512f") {
+        if cpu_level() >= CpuLevel::Avx512 {
             // SAFETY: the feature was detected on this CPU.
             return unsafe { avx512::<INCLUSIVE, F>(row, cut, &mut f) };
         }
@@ -976,7 +1018,7 @@ mod sparse {
         let rows = recon.len() / d.max(1);
         assert!(entries.iter().all(|&(r, _)| (r as usize) < rows));
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") {
+        if super::cpu_level() >= super::CpuLevel::Avx512 {
             // SAFETY: the feature was detected; rows were checked above.
             match d {
                 64 => return unsafe { avx512::scatter::<4>(entries, w, recon) },
@@ -1006,7 +1048,7 @@ mod sparse {
         assert!(entries.iter().all(|&(r, _)| (r as usize) < rows));
         assert!(acc_dec.len() == d && acc_enc.len() == d);
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") {
+        if super::cpu_level() >= super::CpuLevel::Avx512 {
             // SAFETY: the feature was detected; rows and lengths were checked above.
             match d {
                 64 => {
@@ -1250,6 +1292,25 @@ mod tests {
 
     fn host(t: Tensor<1>) -> Vec<f32> {
         crate::files::host_vec(t).unwrap()
+    }
+
+    /// CI runs the fused-step tests once per forced variant (`ATTN_SAES_CPU`); this checks
+    /// that the forced variant is the one in effect (on a CPU that has it).
+    #[test]
+    fn forced_cpu_variant_is_in_effect() {
+        let level = cpu_level();
+        println!("fused step CPU variant: {level:?}");
+        #[cfg(target_arch = "x86_64")]
+        match std::env::var("ATTN_SAES_CPU").as_deref() {
+            Ok("portable") => assert_eq!(level, CpuLevel::Portable),
+            Ok("avx2") if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") => {
+                assert_eq!(level, CpuLevel::Avx2)
+            }
+            Ok("avx512") | Err(_) if is_x86_feature_detected!("avx512vl") => {
+                assert_eq!(level, CpuLevel::Avx512)
+            }
+            _ => {}
+        }
     }
 
     fn close(name: &str, got: &[f32], want: &[f32], tol: f32) {
