@@ -425,9 +425,43 @@ fn main() -> anyhow::Result<()> {
             println!("corpus={}", assets.corpus.display());
         }
         Command::Evaluate { sae, args } => {
-            let config = args.resolve(cli.device)?;
+            let mut config = args.resolve(cli.device)?;
+            let origin = BlockDiagSae::read_origin(&sae)?;
             let (selected, loaded) = open_model(cli.device, &config.model)?;
-            let sae = BlockDiagSae::load(&sae, &selected.device)?;
+            let mc = &loaded.transformer.config;
+            let sae_dir = sae;
+            let sae = BlockDiagSae::load(&sae_dir, &selected.device)?;
+            sae.check_fits(&mc.name, mc.n_heads, mc.d_head)?;
+            match origin {
+                Some(o) => {
+                    anyhow::ensure!(
+                        o.model == mc.name,
+                        "{} was trained on {}, not {}: its features mean nothing on another \
+                         model, even one with the same shapes",
+                        sae_dir.display(),
+                        o.model,
+                        mc.name
+                    );
+                    match args.hook_layer {
+                        None => config.hook_layer = Some(o.hook_layer),
+                        Some(l) if l != o.hook_layer => eprintln!(
+                            "warning: {} was trained on layer {}, evaluating it on layer {l}",
+                            sae_dir.display(),
+                            o.hook_layer
+                        ),
+                        Some(_) => {}
+                    }
+                    if args.z_convention.is_none() {
+                        config.z_convention = o.z_convention;
+                    }
+                }
+                None => eprintln!(
+                    "warning: {} does not record the model it was trained on; make sure it \
+                     is {}",
+                    sae_dir.display(),
+                    mc.name
+                ),
+            }
             let corpus = attn_saes::data::corpus::Corpus::open(
                 &config.dataset,
                 config.text_column.as_deref(),
@@ -451,6 +485,25 @@ fn main() -> anyhow::Result<()> {
                 0,
             )?;
             attn_saes::cli_train::print_summary(None, Some(&e));
+            let s = train::eval::score_spread(
+                &loaded.transformer,
+                &sae,
+                loaded.transformer.tokens(&windows)?,
+                config.layer(loaded.transformer.config.n_layers),
+                config.z_convention,
+                config.drop_bos,
+            )?;
+            println!(
+                "over {} windows: zero-ablation costs {:.4} +- {:.4} nats, the SAE {:.4} +- \
+                 {:.4}; CE loss score {:.3} +- {:.3} (standard errors; jackknife for the score)",
+                s.windows,
+                s.zero_cost.0,
+                s.zero_cost.1,
+                s.sae_cost.0,
+                s.sae_cost.1,
+                s.score.0,
+                s.score.1
+            );
         }
     }
     Ok(())
@@ -566,9 +619,8 @@ fn check_demo_assets(config: &train::TrainConfig) -> anyhow::Result<()> {
              (once; `attn-saes fetch-demo` does this alone)",
             cache.display()
         );
-        assets::fetch_demo(&cache, None).context(
-            "fetching the demo assets; pass --model and --dataset to train on your own",
-        )?;
+        assets::fetch_demo(&cache, None)
+            .context("fetching the demo assets; pass --model and --dataset to train on your own")?;
     }
     if config.activation_cache.is_none() && !config.dataset.exists() {
         anyhow::bail!("dataset {} does not exist", config.dataset.display());

@@ -242,7 +242,7 @@ impl HeadPass1 {
                 }
                 // A full list takes only a strictly higher activation: ties go to the
                 // earlier token, already in the list.
-                if !(a > self.top_floor[f]) {
+                if a <= self.top_floor[f] {
                     continue;
                 }
                 let list = &mut self.top[f];

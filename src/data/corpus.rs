@@ -11,6 +11,12 @@
 //! | `*.gz` (other)                              | gzip-compressed plain text      | chunk   |
 //! | anything else (`*.txt`, no extension, ...)  | plain UTF-8 text                | chunk   |
 //!
+//! **Invalid UTF-8** in text (plain text, JSONL lines, Parquet strings) does not stop
+//! the stream: each invalid sequence is replaced with U+FFFD, exactly as
+//! [`String::from_utf8_lossy`] would replace it in the whole file, and counted
+//! ([`Documents::replaced_utf8`]). The first time a file needs a replacement a
+//! warning naming the file is printed on stderr (once per file per process).
+//!
 //! A directory is read recursively: every regular file (or symlink to one) in
 //! it, sorted by path, each read according to its own name; entries whose name
 //! starts with `.` are skipped and symlinked directories are not followed.
@@ -39,11 +45,12 @@
 //! (and, when repeating, from the end of the corpus to the start of the next
 //! epoch), so a checkpoint never points at an exhausted file.
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use flate2::read::MultiGzDecoder;
 use parquet::basic::{Repetition, Type as PhysicalType};
@@ -60,6 +67,11 @@ pub const TEXT_CHUNK_TARGET_BYTES: usize = 64 * 1024;
 /// A plain-text chunk without a blank line ends at the first line end after
 /// this many bytes (a longer single line is cut at a character boundary).
 pub const TEXT_CHUNK_MAX_BYTES: usize = 256 * 1024;
+
+/// Longest JSON Lines line accepted, in bytes (without its newline): a file without
+/// newlines (a binary file, or JSON that is not one object per line) is an error instead
+/// of being read into memory whole.
+pub const MAX_JSONL_LINE_BYTES: usize = 256 << 20;
 
 /// Column / field names tried, in order, when no text column is given.
 pub const DEFAULT_COLUMNS: [&str; 3] = ["text", "tokens", "input_ids"];
@@ -141,6 +153,15 @@ pub enum CorpusError {
     },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
+    #[error(
+        "{}: line {line} is longer than {limit} bytes (JSON Lines must hold one document per line)",
+        path.display()
+    )]
+    LineTooLong {
+        path: PathBuf,
+        line: u64,
+        limit: usize,
+    },
     #[error("corpus {} yielded no documents in a whole pass", path.display())]
     NoDocuments { path: PathBuf },
 }
@@ -291,6 +312,7 @@ impl Corpus {
             empty_visits: 0,
             visit_had_documents: false,
             finished: false,
+            replaced_utf8: 0,
         };
         documents.normalise();
         documents
@@ -338,9 +360,17 @@ pub struct Documents {
     empty_visits: usize,
     visit_had_documents: bool,
     finished: bool,
+    /// Invalid UTF-8 sequences replaced with U+FFFD in the documents yielded so far.
+    replaced_utf8: u64,
 }
 
 impl Documents {
+    /// How many invalid UTF-8 sequences were replaced with U+FFFD in the documents this
+    /// stream has yielded so far (see the module docs).
+    pub fn replaced_utf8(&self) -> u64 {
+        self.replaced_utf8
+    }
+
     /// The position the next document will be read from.
     pub fn resume_position(&self) -> CorpusPosition {
         self.next
@@ -414,8 +444,16 @@ impl Iterator for Documents {
             match reader.next_item() {
                 None => self.finish_file(),
                 Some(Err(e)) => return self.fail(e),
-                Some(Ok((index, document))) => {
+                Some(Ok(ReadItem {
+                    index,
+                    document,
+                    replaced,
+                })) => {
                     let at_end = reader.at_end();
+                    if replaced > 0 {
+                        self.replaced_utf8 += replaced;
+                        warn_invalid_utf8_once(&self.files[self.next.file], index, replaced);
+                    }
                     self.visit_had_documents = true;
                     self.last = Some((self.next.file, index));
                     self.next.item = index + 1;
@@ -429,7 +467,87 @@ impl Iterator for Documents {
     }
 }
 
-type Item = Result<(u64, Document)>;
+/// One item read from a file: its index (line, row or chunk), the document, and the
+/// number of invalid UTF-8 sequences replaced with U+FFFD in it.
+struct ReadItem {
+    index: u64,
+    document: Document,
+    replaced: u64,
+}
+
+type Item = Result<ReadItem>;
+
+/// Files already warned about invalid UTF-8, so each is reported once per process (a
+/// repeating stream, or a second stream over the same corpus, reads a file again).
+static WARNED_INVALID_UTF8: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// Prints, the first time `file` has any, how many invalid UTF-8 sequences item `index`
+/// of it had replaced.
+fn warn_invalid_utf8_once(file: &SourceFile, index: u64, replaced: u64) {
+    let mut warned = WARNED_INVALID_UTF8
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if !warned.insert(file.path.clone()) {
+        return;
+    }
+    let item = match file.format {
+        Format::Text | Format::GzText => format!("text chunk {index}"),
+        Format::Jsonl | Format::GzJsonl => format!("line {}", index + 1),
+        Format::Parquet => format!("row {index}"),
+    };
+    let plural = if replaced == 1 { "" } else { "s" };
+    eprintln!(
+        "warning: {}: replaced {replaced} invalid UTF-8 sequence{plural} with U+FFFD in {item}; \
+         later replacements in this file are counted but not reported",
+        file.path.display()
+    );
+}
+
+/// `bytes` as text with every invalid UTF-8 sequence replaced by U+FFFD (as
+/// [`String::from_utf8_lossy`] does), and the number of sequences replaced.
+fn decode_lossy(bytes: &[u8]) -> (Cow<'_, str>, u64) {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return (Cow::Borrowed(text), 0);
+    }
+    let mut text = String::with_capacity(bytes.len() + 2);
+    let mut replaced = 0;
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            text.push(char::REPLACEMENT_CHARACTER);
+            replaced += 1;
+        }
+    }
+    (Cow::Owned(text), replaced)
+}
+
+/// [`decode_lossy`] of an owned buffer, without copying valid text.
+fn decode_lossy_owned(bytes: Vec<u8>) -> (String, u64) {
+    match String::from_utf8(bytes) {
+        Ok(text) => (text, 0),
+        Err(e) => {
+            let (text, replaced) = decode_lossy(e.as_bytes());
+            (text.into_owned(), replaced)
+        }
+    }
+}
+
+/// Length of an incomplete but so far valid UTF-8 sequence at the end of `bytes` (a
+/// character cut by a length limit, which the bytes that follow may finish); 0 if none.
+fn incomplete_utf8_tail(bytes: &[u8]) -> usize {
+    // A character is at most 4 bytes, so an unfinished one is at most 3.
+    for len in 1..=bytes.len().min(3) {
+        let start = bytes.len() - len;
+        // Skip continuation bytes (10xxxxxx) back to the candidate first byte.
+        if bytes[start] & 0xC0 != 0x80 {
+            return match std::str::from_utf8(&bytes[start..]) {
+                Err(e) if e.valid_up_to() == 0 && e.error_len().is_none() => len,
+                _ => 0,
+            };
+        }
+    }
+    0
+}
 
 /// A reader of one file's items with one item of look-ahead.
 struct ItemReader {
@@ -514,8 +632,6 @@ struct TextChunks {
     carry: Vec<u8>,
     /// Index of the next chunk.
     index: u64,
-    /// Byte offset of the next chunk in the (decompressed) file.
-    offset: u64,
     done: bool,
 }
 
@@ -526,7 +642,6 @@ impl TextChunks {
             reader,
             carry: Vec::new(),
             index: 0,
-            offset: 0,
             done: false,
         }
     }
@@ -567,39 +682,22 @@ impl TextChunks {
         if buf.is_empty() {
             return None;
         }
-        let text = match String::from_utf8(buf) {
-            Ok(text) => text,
-            Err(e) => {
-                let error = e.utf8_error();
-                let valid = error.valid_up_to();
-                // A multi-byte character cut by the length limit: finish it in
-                // the next chunk. Anything else is invalid UTF-8.
-                if error.error_len().is_some() || eof || valid == 0 {
-                    self.done = true;
-                    let at = self.offset + valid as u64;
-                    return Some(Err(CorpusError::invalid(
-                        &self.path,
-                        format!("text is not valid UTF-8 (byte offset {at})"),
-                    )));
-                }
-                let mut bytes = e.into_bytes();
-                self.carry = bytes.split_off(valid);
-                match String::from_utf8(bytes) {
-                    Ok(text) => text,
-                    Err(_) => {
-                        self.done = true;
-                        return Some(Err(CorpusError::invalid(
-                            &self.path,
-                            "text is not valid UTF-8",
-                        )));
-                    }
-                }
+        // A multi-byte character cut by the length limit is finished in the next chunk, so
+        // decoding chunk by chunk replaces exactly what decoding the whole file would.
+        if !eof {
+            let tail = incomplete_utf8_tail(&buf);
+            if tail > 0 && tail < buf.len() {
+                self.carry = buf.split_off(buf.len() - tail);
             }
-        };
-        self.offset += text.len() as u64;
+        }
+        let (text, replaced) = decode_lossy_owned(buf);
         let index = self.index;
         self.index += 1;
-        Some(Ok((index, Document::Text(text))))
+        Some(Ok(ReadItem {
+            index,
+            document: Document::Text(text),
+            replaced,
+        }))
     }
 }
 
@@ -611,6 +709,8 @@ struct JsonLines {
     /// Index of the next line.
     line: u64,
     buf: Vec<u8>,
+    /// Longest line accepted ([`MAX_JSONL_LINE_BYTES`]; smaller in tests).
+    max_line_bytes: usize,
 }
 
 impl JsonLines {
@@ -621,20 +721,33 @@ impl JsonLines {
             column: column.map(str::to_owned),
             line: 0,
             buf: Vec::new(),
+            max_line_bytes: MAX_JSONL_LINE_BYTES,
         }
     }
 
-    /// Reads the next line into `buf`; `false` at end of file.
+    /// Reads the next line into `buf`; `false` at end of file. A line longer than
+    /// `max_line_bytes` is an error (read no further than one byte past the limit).
     fn read_line(&mut self) -> Result<bool> {
         self.buf.clear();
-        let n = self
-            .reader
+        let limit = self.max_line_bytes;
+        // The limit, plus the newline.
+        let cap = u64::try_from(limit).map_or(u64::MAX, |l| l.saturating_add(1));
+        let n = (&mut self.reader)
+            .take(cap)
             .read_until(b'\n', &mut self.buf)
             .map_err(|e| CorpusError::io(&self.path, e))?;
-        if n > 0 {
-            self.line += 1;
+        if n == 0 {
+            return Ok(false);
         }
-        Ok(n > 0)
+        self.line += 1;
+        if self.buf.len() > limit && !self.buf.ends_with(b"\n") {
+            return Err(CorpusError::LineTooLong {
+                path: self.path.clone(),
+                line: self.line,
+                limit,
+            });
+        }
+        Ok(true)
     }
 
     fn skip_lines(&mut self, item: u64) -> Result<()> {
@@ -650,19 +763,26 @@ impl JsonLines {
                 Err(e) => return Some(Err(e)),
             }
             let index = self.line - 1;
-            match self.parse_current(index + 1) {
-                Ok(Some(document)) => return Some(Ok((index, document))),
+            let (text, replaced) = decode_lossy(&self.buf);
+            match self.parse_line(&text, index + 1) {
+                Ok(Some(document)) => {
+                    return Some(Ok(ReadItem {
+                        index,
+                        document,
+                        replaced,
+                    }));
+                }
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
             }
         }
     }
 
-    /// Parses the line in `buf` (1-based number `line`); `None` for blank lines
-    /// and null or empty values.
-    fn parse_current(&self, line: u64) -> Result<Option<Document>> {
-        let bytes = self.buf.trim_ascii();
-        if bytes.is_empty() {
+    /// Parses `text`, line number `line` (1-based); `None` for blank lines and null or
+    /// empty values.
+    fn parse_line(&self, text: &str, line: u64) -> Result<Option<Document>> {
+        let text = text.trim_ascii();
+        if text.is_empty() {
             return Ok(None);
         }
         let json_error = |message: String| CorpusError::Json {
@@ -670,7 +790,7 @@ impl JsonLines {
             line,
             message,
         };
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| json_error(e.to_string()))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| json_error(e.to_string()))?;
         let Value::Object(object) = value else {
             return Err(json_error(format!(
                 "expected an object, found {}",
@@ -779,7 +899,7 @@ struct ParquetRows {
     column_reader: Option<TypedColumn>,
     /// Index of the next row `column_reader` decodes.
     next_row: u64,
-    buffered: VecDeque<(u64, Document)>,
+    buffered: VecDeque<ReadItem>,
     def_levels: Vec<i16>,
     rep_levels: Vec<i16>,
 }
@@ -792,13 +912,8 @@ impl ParquetRows {
         let schema = metadata.file_metadata().schema_descr();
         let (column, kind) = resolve_column(path, schema, wanted)?;
         let max_def_level = schema.column(column).max_def_level();
-        let mut group_starts = vec![0u64];
-        for group in metadata.row_groups() {
-            let rows = u64::try_from(group.num_rows())
-                .map_err(|_| CorpusError::invalid(path, "row group with a negative row count"))?;
-            let last = group_starts.last().copied().unwrap_or(0);
-            group_starts.push(last + rows);
-        }
+        let group_starts =
+            row_group_starts(path, metadata.row_groups().iter().map(|g| g.num_rows()))?;
         Ok(Self {
             path: path.to_path_buf(),
             reader,
@@ -873,8 +988,8 @@ impl ParquetRows {
 
     fn next_row(&mut self) -> Option<Item> {
         loop {
-            if let Some((row, document)) = self.buffered.pop_front() {
-                return Some(Ok((row, document)));
+            if let Some(item) = self.buffered.pop_front() {
+                return Some(Ok(item));
             }
             if self.column_reader.is_none() {
                 if self.group >= self.num_groups() {
@@ -922,12 +1037,13 @@ impl ParquetRows {
                     let value = values.next().ok_or_else(|| {
                         CorpusError::invalid(&self.path, format!("row {row}: missing value"))
                     })?;
-                    let text = value.as_utf8().map_err(|_| {
-                        CorpusError::invalid(&self.path, format!("row {row}: text is not UTF-8"))
-                    })?;
+                    let (text, replaced) = decode_lossy(value.data());
                     if !text.is_empty() {
-                        self.buffered
-                            .push_back((row, Document::Text(text.to_owned())));
+                        self.buffered.push_back(ReadItem {
+                            index: row,
+                            document: Document::Text(text.into_owned()),
+                            replaced,
+                        });
                     }
                 }
                 rows
@@ -988,6 +1104,33 @@ impl ParquetRows {
     }
 }
 
+/// First row index of each row group, plus the total row count at the end, from the row
+/// counts of a Parquet footer. A negative count, or a total past `i64::MAX` (Parquet's
+/// own limit, which also keeps every row index + a batch within `u64`), is an error.
+fn row_group_starts(path: &Path, counts: impl IntoIterator<Item = i64>) -> Result<Vec<u64>> {
+    let mut starts = vec![0u64];
+    let mut total: i64 = 0;
+    for (group, count) in counts.into_iter().enumerate() {
+        if count < 0 {
+            return Err(CorpusError::invalid(
+                path,
+                format!("row group {group} has a negative row count ({count})"),
+            ));
+        }
+        total = total.checked_add(count).ok_or_else(|| {
+            CorpusError::invalid(
+                path,
+                format!(
+                    "row counts overflow: row groups 0..={group} hold more than {} rows",
+                    i64::MAX
+                ),
+            )
+        })?;
+        starts.push(total as u64);
+    }
+    Ok(starts)
+}
+
 /// Definition / repetition levels of a batch of list records.
 struct Levels<'a> {
     def: &'a [i16],
@@ -1004,7 +1147,7 @@ impl Levels<'_> {
         path: &Path,
         first_row: u64,
         mut values: impl Iterator<Item = i64>,
-        out: &mut VecDeque<(u64, Document)>,
+        out: &mut VecDeque<ReadItem>,
     ) -> Result<()> {
         let mut row = first_row;
         let mut current: Vec<u32> = Vec::new();
@@ -1013,7 +1156,11 @@ impl Levels<'_> {
             if rep == 0 {
                 if started {
                     if !current.is_empty() {
-                        out.push_back((row, Document::Tokens(std::mem::take(&mut current))));
+                        out.push_back(ReadItem {
+                            index: row,
+                            document: Document::Tokens(std::mem::take(&mut current)),
+                            replaced: 0,
+                        });
                     }
                     row += 1;
                 }
@@ -1038,7 +1185,11 @@ impl Levels<'_> {
             }
         }
         if started && !current.is_empty() {
-            out.push_back((row, Document::Tokens(current)));
+            out.push_back(ReadItem {
+                index: row,
+                document: Document::Tokens(current),
+                replaced: 0,
+            });
         }
         Ok(())
     }
@@ -1763,11 +1914,163 @@ pub(crate) mod tests {
         write(&garbage, "not parquet at all");
         let msg = open_err(&garbage, None);
         assert!(msg.contains("garbage.parquet"), "{msg}");
+    }
 
+    /// Documents and the replacement count of the file at `path`, read to the end.
+    fn docs_and_replaced(path: &Path) -> (Vec<Document>, u64) {
+        let corpus = Corpus::open(path, None).unwrap();
+        let mut documents = corpus.documents(CorpusPosition::default(), false);
+        let docs = documents
+            .by_ref()
+            .map(|r| r.map(|(_, d)| d))
+            .collect::<Result<Vec<_>>>()
+            .unwrap();
+        (docs, documents.replaced_utf8())
+    }
+
+    /// Invalid UTF-8 in plain text and JSONL becomes U+FFFD, one per invalid sequence as
+    /// `String::from_utf8_lossy` does, and is counted; the stream goes on.
+    #[test]
+    fn invalid_utf8_is_replaced_and_counted() {
+        let dir = temp_dir("lossy");
         let latin1 = dir.join("latin1.txt");
-        write(&latin1, b"caf\xe9\n");
-        let msg = first_err(&latin1, None).to_string();
-        assert!(msg.contains("latin1.txt") && msg.contains("UTF-8"), "{msg}");
+        write(&latin1, b"caf\xe9 cr\xe8me \xf0\x9f\n");
+        let (docs, replaced) = docs_and_replaced(&latin1);
+        assert_eq!(docs, vec![text("caf\u{FFFD} cr\u{FFFD}me \u{FFFD}\n")]);
+        assert_eq!(replaced, 3);
+
+        // JSONL: a line with a bad byte inside the string, then a clean line.
+        let jsonl = dir.join("bad.jsonl");
+        write(&jsonl, b"{\"text\": \"a\xffb\xc3\"}\n{\"text\": \"ok\"}\n");
+        let (docs, replaced) = docs_and_replaced(&jsonl);
+        assert_eq!(docs, vec![text("a\u{FFFD}b\u{FFFD}"), text("ok")]);
+        assert_eq!(replaced, 2);
+
+        let clean = dir.join("clean.txt");
+        write(&clean, "déjà vu\n");
+        assert_eq!(docs_and_replaced(&clean).1, 0);
+    }
+
+    /// Text cut into chunks decodes as the whole file would, also when a character or an
+    /// invalid sequence straddles the length cut.
+    #[test]
+    fn lossy_decoding_is_the_same_across_chunk_cuts() {
+        let dir = temp_dir("lossy-cuts");
+        // One line of 3 x the chunk limit, no newline: cut at TEXT_CHUNK_MAX_BYTES each.
+        let mut bytes = vec![b'a'; 3 * TEXT_CHUNK_MAX_BYTES + 10];
+        let cut = TEXT_CHUNK_MAX_BYTES;
+        // A valid euro sign across the first cut, an unfinished 4-byte sequence across the
+        // second (one U+FFFD), a lone continuation byte and a bad lead byte elsewhere.
+        bytes[cut - 1..cut + 2].copy_from_slice("€".as_bytes());
+        bytes[2 * cut - 2..2 * cut].copy_from_slice(b"\xf0\x9f");
+        bytes[100] = 0x80;
+        bytes[2 * cut + 50] = 0xc0;
+        // An unfinished sequence at the very end.
+        let n = bytes.len();
+        bytes[n - 2..].copy_from_slice(b"\xe2\x82");
+        let path = dir.join("long.txt");
+        write(&path, &bytes);
+        let (docs, replaced) = docs_and_replaced(&path);
+        assert!(docs.len() >= 3, "{} chunks", docs.len());
+        let joined: String = docs
+            .iter()
+            .map(|d| match d {
+                Document::Text(t) => t.as_str(),
+                Document::Tokens(_) => panic!("text expected"),
+            })
+            .collect();
+        let whole = String::from_utf8_lossy(&bytes);
+        assert_eq!(joined, whole);
+        assert_eq!(replaced, 4);
+        assert_eq!(whole.matches('\u{FFFD}').count(), 4);
+        assert!(joined.contains('€'));
+    }
+
+    #[test]
+    fn incomplete_tail_finds_only_unfinished_characters() {
+        assert_eq!(incomplete_utf8_tail(b""), 0);
+        assert_eq!(incomplete_utf8_tail(b"abc"), 0);
+        assert_eq!(incomplete_utf8_tail("caf\u{e9}".as_bytes()), 0);
+        assert_eq!(incomplete_utf8_tail(b"ab\xc3"), 1);
+        assert_eq!(incomplete_utf8_tail(b"ab\xe2\x82"), 2);
+        assert_eq!(incomplete_utf8_tail(b"ab\xf0\x9f\x98"), 3);
+        // Invalid rather than unfinished: nothing to carry.
+        assert_eq!(incomplete_utf8_tail(b"ab\x80"), 0);
+        assert_eq!(incomplete_utf8_tail(b"ab\xe0\x80"), 0);
+        assert_eq!(incomplete_utf8_tail(b"\x80\x80\x80"), 0);
+    }
+
+    /// A JSONL line longer than the cap is an error naming the file and line, read no
+    /// further than the cap (here 64 bytes instead of 256 MiB).
+    #[test]
+    fn overlong_jsonl_line_is_an_error() {
+        let dir = temp_dir("long-line");
+        let path = dir.join("long.jsonl");
+        let ok = format!("{{\"text\": \"{}\"}}", "x".repeat(52));
+        assert_eq!(ok.len(), 64);
+        let long = format!("{{\"text\": \"{}\"}}", "y".repeat(53));
+        write(&path, format!("{ok}\n{ok}\n{long}\n{ok}\n"));
+        let read = |max_line_bytes: usize| -> Vec<Result<u64>> {
+            let mut lines = JsonLines::new(
+                &path,
+                Box::new(BufReader::new(File::open(&path).unwrap())),
+                None,
+            );
+            lines.max_line_bytes = max_line_bytes;
+            // Up to the first error, where a `Documents` stream stops.
+            let mut out = Vec::new();
+            while let Some(result) = lines.next_line() {
+                let failed = result.is_err();
+                out.push(result.map(|item| item.index));
+                if failed {
+                    break;
+                }
+            }
+            out
+        };
+        let results = read(64);
+        assert_eq!(results.len(), 3, "two lines, then the error");
+        assert_eq!(results[0].as_ref().unwrap(), &0);
+        assert_eq!(results[1].as_ref().unwrap(), &1);
+        let err = results[2].as_ref().unwrap_err();
+        assert!(
+            matches!(err, CorpusError::LineTooLong { line: 3, .. }),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("long.jsonl") && msg.contains("line 3") && msg.contains("64 bytes"),
+            "{msg}"
+        );
+        // A last line without a newline, exactly at the cap, is fine.
+        write(&path, &ok);
+        assert!(read(64).iter().all(|r| r.is_ok()));
+        write(&path, &long);
+        assert!(read(64)[0].is_err());
+        // The real cap reads the file.
+        write(&path, format!("{ok}\n{long}\n"));
+        assert!(read(MAX_JSONL_LINE_BYTES).iter().all(|r| r.is_ok()));
+    }
+
+    #[test]
+    fn parquet_row_counts_are_checked() {
+        let path = Path::new("rows.parquet");
+        assert_eq!(row_group_starts(path, [3, 0, 5]).unwrap(), vec![0, 3, 3, 8]);
+        assert_eq!(row_group_starts(path, []).unwrap(), vec![0]);
+        let msg = row_group_starts(path, [i64::MAX, 1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("rows.parquet") && msg.contains("overflow"),
+            "{msg}"
+        );
+        // Three groups of i64::MAX rows would also wrap a u64 total.
+        assert!(row_group_starts(path, [i64::MAX; 3]).is_err());
+        let msg = row_group_starts(path, [2, -1]).unwrap_err().to_string();
+        assert!(
+            msg.contains("row group 1") && msg.contains("negative"),
+            "{msg}"
+        );
     }
 
     #[test]

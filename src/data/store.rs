@@ -164,7 +164,45 @@ impl<'a> ActivationStore<'a> {
         self
     }
 
-    /// A store that reads a cache written by [`write_cache`].
+    /// A store that reads a cache written by [`write_cache`], for training on `model`
+    /// (whose `hook_z` rows are `n_heads x d_head`): a cache of another shape is an error.
+    pub fn from_cache_for_model(
+        config: StoreConfig,
+        dir: &Path,
+        model: &crate::lm::TransformerConfig,
+        seed: u64,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let store = Self::from_cache(config, dir, seed, device)?;
+        store.check_row_shape(model.n_heads, model.d_head, &model.name)?;
+        Ok(store)
+    }
+
+    /// Checks that the store serves rows of `n_heads x d_head` (the shape `model` expects).
+    pub fn check_row_shape(
+        &self,
+        n_heads: usize,
+        d_head: usize,
+        model: &str,
+    ) -> anyhow::Result<()> {
+        if (self.n_heads, self.d_head) == (n_heads, d_head) {
+            return Ok(());
+        }
+        let source = match &self.source {
+            Source::Cache(reader) => format!("the activation cache {}", reader.dir.display()),
+            _ => "the activation store".to_string(),
+        };
+        bail!(
+            "{source} holds hook_z rows of {} heads x d_head {}, but {model} has {n_heads} \
+             heads x d_head {d_head}; harvest the cache from the same model",
+            self.n_heads,
+            self.d_head
+        )
+    }
+
+    /// A store that reads a cache written by [`write_cache`]. The cache's own metadata
+    /// is checked for consistency; [`from_cache_for_model`](Self::from_cache_for_model)
+    /// also checks its row shape against the model's.
     pub fn from_cache(
         config: StoreConfig,
         dir: &Path,
@@ -342,7 +380,19 @@ impl<'a> ActivationStore<'a> {
 
     /// Restores what [`save_state`](Self::save_state) wrote.
     pub fn restore_state(&mut self, dir: &Path) -> anyhow::Result<()> {
-        let state: StoreState = read_json(&dir.join("store_state.json"))?;
+        let state_path = dir.join("store_state.json");
+        let state: StoreState = read_json(&state_path)?;
+        // A cache position is checked first, so a bad one changes nothing.
+        if let (Source::Cache(reader), StreamPosition::Cache { shard, row, .. }) =
+            (&self.source, &state.position)
+        {
+            reader.check_position(*shard, *row).with_context(|| {
+                format!(
+                    "{}: saved cache position is out of range",
+                    state_path.display()
+                )
+            })?;
+        }
         let file = WeightFile::open(&dir.join("store_buffer.safetensors"))?;
         let rows = file.read("rows")?;
         ensure!(
@@ -379,6 +429,7 @@ impl<'a> ActivationStore<'a> {
             // checkpoint left off.
             (Source::Background(_), StreamPosition::Windows(pos))
                 if self.position == StreamPosition::Windows(*pos) => {}
+            // Checked above.
             (Source::Cache(_), StreamPosition::Cache { .. }) => {}
             _ => bail!(
                 "{}: saved data position does not match the data source",
@@ -475,16 +526,54 @@ impl CacheReader {
                 dir.display()
             )
         })?;
+        let meta_path = dir.join(CACHE_META);
         ensure!(
             !meta.shard_rows.is_empty(),
             "{}: the cache has no shards",
-            dir.display()
+            meta_path.display()
         );
+        ensure!(
+            meta.n_heads > 0 && meta.d_head > 0,
+            "{}: n_heads ({}) and d_head ({}) must be positive",
+            meta_path.display(),
+            meta.n_heads,
+            meta.d_head
+        );
+        ensure!(
+            meta.n_heads.checked_mul(meta.d_head).is_some(),
+            "{}: n_heads ({}) x d_head ({}) is too large",
+            meta_path.display(),
+            meta.n_heads,
+            meta.d_head
+        );
+        if let Some(i) = meta.shard_rows.iter().position(|&rows| rows == 0) {
+            bail!(
+                "{}: shard_rows[{i}] is 0 (every shard holds at least one row)",
+                meta_path.display()
+            );
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             meta,
             loaded: None,
         })
+    }
+
+    /// Checks that (shard, row) is a row of the cache.
+    fn check_position(&self, shard: usize, row: usize) -> anyhow::Result<()> {
+        let n_shards = self.meta.shard_rows.len();
+        let Some(&rows) = self.meta.shard_rows.get(shard) else {
+            bail!(
+                "{}: shard {shard} does not exist (the cache has {n_shards} shards)",
+                self.dir.display()
+            );
+        };
+        ensure!(
+            row < rows,
+            "{}: row {row} is past the end of shard {shard} ({rows} rows)",
+            self.dir.display()
+        );
+        Ok(())
     }
 
     /// Up to `max_rows` rows from (shard, row); returns the values and the next position
@@ -495,6 +584,7 @@ impl CacheReader {
         row: usize,
         max_rows: usize,
     ) -> anyhow::Result<(Vec<f32>, Option<ShardRow>)> {
+        self.check_position(shard, row)?;
         let row_len = self.meta.n_heads * self.meta.d_head;
         if self.loaded.as_ref().map(|(i, _)| *i) != Some(shard) {
             let path = shard_path(&self.dir, shard);
@@ -515,7 +605,7 @@ impl CacheReader {
             .map(|(_, d)| d)
             .context("shard not loaded")?;
         let total = self.meta.shard_rows[shard];
-        let end = (row + max_rows).min(total);
+        let end = row.saturating_add(max_rows).min(total);
         let values = data[row * row_len..end * row_len].to_vec();
         let next = if end < total {
             Some((shard, end))
@@ -538,6 +628,17 @@ pub fn write_cache(
     shard_tokens: usize,
     mut on_progress: impl FnMut(usize),
 ) -> anyhow::Result<CacheMeta> {
+    // Zero would write empty shards forever.
+    ensure!(shard_tokens > 0, "--shard-tokens must be positive");
+    ensure!(total_tokens > 0, "--tokens must be positive");
+    ensure!(
+        (meta_base.n_heads, meta_base.d_head) == (store.n_heads, store.d_head),
+        "cache metadata says {} heads x d_head {}, but the store harvests {} x {}",
+        meta_base.n_heads,
+        meta_base.d_head,
+        store.n_heads,
+        store.d_head
+    );
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let row_len = store.row_len();
     let mut meta = meta_base;
@@ -546,7 +647,9 @@ pub fn write_cache(
     let mut pending: Vec<f32> = Vec::new();
     while written < total_tokens {
         while pending.len() / row_len < shard_tokens.min(total_tokens - written) {
-            store.harvest_chunk(&mut pending)?;
+            if store.harvest_chunk(&mut pending)? == 0 {
+                bail!("the activation source gave no rows");
+            }
         }
         let rows = shard_tokens.min(total_tokens - written);
         let rest = pending.split_off(rows * row_len);

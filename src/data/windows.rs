@@ -192,6 +192,12 @@ impl<E: TextEncoder> ContextWindows<E> {
         Ok((windows, end))
     }
 
+    /// Invalid UTF-8 sequences replaced with U+FFFD in the documents read so far (see
+    /// [`Documents::replaced_utf8`]).
+    pub fn replaced_utf8(&self) -> u64 {
+        self.documents.replaced_utf8()
+    }
+
     /// The position to resume from to continue after the last yielded window.
     pub fn resume_position(&self) -> WindowsPosition {
         if self.offset >= self.tokens.len() {
@@ -313,7 +319,8 @@ impl<E: TextEncoder> Iterator for ContextWindows<E> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::corpus::tests::{Lcg, mixed_corpus, temp_dir, write};
+    use super::super::corpus::TEXT_CHUNK_TARGET_BYTES;
+    use super::super::corpus::tests::{Lcg, generated_text, mixed_corpus, temp_dir, write};
     use super::*;
     use std::path::Path;
     use std::str::FromStr;
@@ -634,6 +641,64 @@ mod tests {
             msg.contains("docs.jsonl") && msg.contains("truncation"),
             "{msg}"
         );
+    }
+
+    /// A corpus file with invalid UTF-8 gives the same windows as the same file with
+    /// U+FFFD in their place (`String::from_utf8_lossy`), and counts the replacements.
+    /// (Files under one chunk each: a longer file's chunk cuts fall at byte counts, which
+    /// replacement changes; that its chunks decode as the whole file is tested in corpus.)
+    #[test]
+    fn invalid_utf8_gives_the_windows_of_its_lossy_text() {
+        let dir = temp_dir("windows-lossy");
+        let mut rng = Lcg(11);
+        let mut expected_replaced = 0;
+        for (i, seed) in [7, 8, 9].into_iter().enumerate() {
+            let mut bytes = generated_text(40 * 1024, true, seed).into_bytes();
+            assert!(!String::from_utf8_lossy(&bytes).contains('\u{FFFD}'));
+            // Non-ASCII bytes at random places: lone continuation bytes, lead bytes
+            // without their continuation, broken characters. Never a newline, so the
+            // lines and paragraphs stay.
+            for _ in 0..40 {
+                let at = rng.next(bytes.len() as u64) as usize;
+                bytes[at] = 0x80 + rng.next(0x80) as u8;
+            }
+            let lossy = String::from_utf8_lossy(&bytes).into_owned();
+            assert!(lossy.len() < TEXT_CHUNK_TARGET_BYTES, "one chunk per file");
+            expected_replaced += lossy.matches('\u{FFFD}').count() as u64;
+            write(&dir.join(format!("messy/{i}.txt")), &bytes);
+            write(&dir.join(format!("clean/{i}.txt")), &lossy);
+        }
+        assert!(expected_replaced > 60, "{expected_replaced}");
+
+        let run = |sub: &str| -> (Vec<Vec<u32>>, u64) {
+            let corpus = Corpus::open(&dir.join(sub), None).unwrap();
+            let mut stream = ContextWindows::new(
+                &corpus,
+                Bytes,
+                128,
+                Some(BOS),
+                WindowsPosition::default(),
+                false,
+            )
+            .unwrap();
+            let windows: Vec<Vec<u32>> = stream.by_ref().map(|r| r.unwrap().0).collect();
+            (windows, stream.replaced_utf8())
+        };
+        let (messy, replaced) = run("messy");
+        let (clean, clean_replaced) = run("clean");
+        assert!(messy.len() > 900, "{} windows", messy.len());
+        assert_eq!(messy.len(), clean.len());
+        let first_difference = messy.iter().zip(&clean).position(|(a, b)| a != b);
+        assert_eq!(first_difference, None, "windows differ");
+        // The replacement characters are in the windows (3 bytes each with this encoder).
+        let fffd = [0xEF, 0xBF, 0xBD];
+        let in_windows: usize = messy
+            .iter()
+            .map(|w| w.windows(3).filter(|t| t.iter().eq(fffd.iter())).count())
+            .sum();
+        assert!(in_windows > 0);
+        assert_eq!(replaced, expected_replaced);
+        assert_eq!(clean_replaced, 0);
     }
 
     #[test]

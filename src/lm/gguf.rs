@@ -1655,6 +1655,27 @@ mod tests {
         bad(&w, "alignment");
     }
 
+    /// A 0-dimensional tensor (n_dims = 0) is a scalar, as in llama.cpp's reader (every
+    /// `ne` defaults to 1): one element, row-major shape `[]`, read without a panic. A
+    /// quantised scalar is refused by name (not a whole block); loaders that need a matrix
+    /// refuse a scalar by name too (tests/bad_input.rs).
+    #[test]
+    fn zero_dimensional_tensor_is_a_scalar() {
+        let mut w = Writer::default();
+        w.tensor("scalar", &[], 0, &1.5f32.to_le_bytes());
+        let tmp = TempFile::new("scalar", &w.bytes());
+        let f = GgufFile::open(&tmp.0).unwrap();
+        let info = f.tensor_info("scalar").unwrap();
+        assert!(info.dims.is_empty() && info.shape().is_empty());
+        assert_eq!((info.n_elements(), info.n_bytes()), (1, Some(4)));
+        assert_eq!(f.tensor("scalar").unwrap(), (vec![], vec![1.5]));
+
+        let mut w = Writer::default();
+        w.tensor("q", &[], 8, &[0; 34]);
+        let e = parse_bytes(&w.bytes()).unwrap_err().to_string();
+        assert!(e.contains("'q'") && e.contains("block size"), "{e}");
+    }
+
     #[test]
     fn custom_alignment_and_unknown_type() {
         let mut w = Writer::default();

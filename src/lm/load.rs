@@ -14,7 +14,8 @@ type Json = std::collections::BTreeMap<String, serde_json::Value>;
 
 fn cfg_usize(cfg: &Json, path: &Path, keys: &[&str]) -> Result<usize, LoadError> {
     for key in keys {
-        if let Some(v) = cfg.get(*key) {
+        // `null` (e.g. `"num_key_value_heads": null`) means unset, as in transformers.
+        if let Some(v) = cfg.get(*key).filter(|v| !v.is_null()) {
             return v
                 .as_u64()
                 .map(|v| v as usize)
@@ -36,6 +37,122 @@ fn cfg_f64(cfg: &Json, key: &str, default: f64) -> f64 {
 
 fn cfg_str<'a>(cfg: &'a Json, key: &str) -> Option<&'a str> {
     cfg.get(key).and_then(|v| v.as_str())
+}
+
+/// Largest context, in positions, a model may declare. The rotary tables of a Llama
+/// model are built eagerly at load time (`2 * n_ctx * d_head` floats, see
+/// [`super::transformer::rotary_tables`]), so a bogus `context_length` /
+/// `max_position_embeddings` would allocate without bound. A declared context above this
+/// is an error (rather than tables built lazily): the forward pass indexes the tables
+/// directly, and 2^20 positions is above every model this crate loads (1 GiB of tables at
+/// `d_head` 128).
+pub const MAX_CONTEXT: usize = 1 << 20;
+
+/// `(key, value)` pairs that must all be positive, for the config at `path`.
+fn check_positive(path: &Path, sizes: &[(&str, usize)]) -> Result<(), LoadError> {
+    for (key, value) in sizes {
+        if *value == 0 {
+            return Err(LoadError::Config {
+                path: path.to_path_buf(),
+                message: format!("{key} is 0; it must be positive"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `n_ctx` (read from `key`) is at most [`MAX_CONTEXT`].
+fn check_context(path: &Path, key: &str, n_ctx: usize) -> Result<(), LoadError> {
+    if n_ctx > MAX_CONTEXT {
+        return Err(LoadError::Config {
+            path: path.to_path_buf(),
+            message: format!(
+                "{key} is {n_ctx}, more than the {MAX_CONTEXT} positions supported \
+                 (the rotary tables are built for the whole context at load time)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// How a Llama config file spells each size, for error messages.
+struct LlamaKeys {
+    n_layers: String,
+    d_model: String,
+    n_heads: String,
+    n_kv_heads: String,
+    d_head: String,
+    d_mlp: String,
+    d_vocab: String,
+    n_ctx: String,
+}
+
+/// Checks a Llama config read from `path` (config.json or a GGUF file's metadata) before
+/// anything is allocated from it: every size positive, whole groups of query heads per
+/// key/value head, an even `d_head` (rotary pairs), a context within [`MAX_CONTEXT`], and
+/// weight sizes whose products fit in `usize`.
+fn check_llama_config(
+    config: &TransformerConfig,
+    path: &Path,
+    keys: &LlamaKeys,
+) -> Result<(), LoadError> {
+    let bad = |message: String| LoadError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    check_positive(
+        path,
+        &[
+            (&keys.n_layers, config.n_layers),
+            (&keys.d_model, config.d_model),
+            (&keys.n_heads, config.n_heads),
+            (&keys.n_kv_heads, config.n_kv_heads),
+            (&keys.d_head, config.d_head),
+            (&keys.d_mlp, config.d_mlp),
+            (&keys.d_vocab, config.d_vocab),
+            (&keys.n_ctx, config.n_ctx),
+        ],
+    )?;
+    if !config.n_heads.is_multiple_of(config.n_kv_heads) {
+        return Err(bad(format!(
+            "{} ({}) is not a multiple of {} ({})",
+            keys.n_heads, config.n_heads, keys.n_kv_heads, config.n_kv_heads
+        )));
+    }
+    if !config.d_head.is_multiple_of(2) {
+        return Err(bad(format!(
+            "{} is {}; rotary embeddings need an even head size of at least 2",
+            keys.d_head, config.d_head
+        )));
+    }
+    check_context(path, &keys.n_ctx, config.n_ctx)?;
+    let (d, dh) = (config.d_model, config.d_head);
+    let qkv_heads = config
+        .n_kv_heads
+        .checked_mul(2)
+        .and_then(|kv| kv.checked_add(config.n_heads));
+    let products = [
+        qkv_heads.and_then(|h| h.checked_mul(dh)?.checked_mul(d)),
+        config.d_mlp.checked_mul(d).and_then(|n| n.checked_mul(2)),
+        config.d_vocab.checked_mul(d),
+        config.n_ctx.checked_mul(dh),
+    ];
+    if products.iter().any(Option::is_none) {
+        return Err(bad(format!(
+            "sizes too large: {} {d}, {} {}, {} {}, {} {dh}, {} {}, {} {}",
+            keys.d_model,
+            keys.n_heads,
+            config.n_heads,
+            keys.n_kv_heads,
+            config.n_kv_heads,
+            keys.d_head,
+            keys.d_mlp,
+            config.d_mlp,
+            keys.d_vocab,
+            config.d_vocab
+        )));
+    }
+    Ok(())
 }
 
 /// `ln1.b @ W_V + b_V` per head: the constant TransformerLens folds out of hook_z.
@@ -75,9 +192,20 @@ pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transform
     let d_vocab = cfg_usize(&cfg, &cfg_path, &["vocab_size"])?;
     let d_mlp = match cfg.get("n_inner").and_then(|v| v.as_u64()) {
         Some(n) => n as usize,
-        None => 4 * d_model,
+        None => d_model.saturating_mul(4),
     };
-    if n_heads == 0 || d_model % n_heads != 0 {
+    check_positive(
+        &cfg_path,
+        &[
+            ("n_layer", n_layers),
+            ("n_head", n_heads),
+            ("n_embd", d_model),
+            ("n_positions", n_ctx),
+            ("vocab_size", d_vocab),
+            ("n_inner", d_mlp),
+        ],
+    )?;
+    if d_model % n_heads != 0 {
         return Err(LoadError::Config {
             path: cfg_path,
             message: format!("n_embd {d_model} is not divisible by n_head {n_heads}"),
@@ -133,7 +261,8 @@ pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transform
     let eps = config.norm_eps;
     let approximate = activation == Activation::GeluNew;
 
-    let mut blocks = Vec::with_capacity(n_layers);
+    // No capacity from the config: a bogus layer count fails at its first missing tensor.
+    let mut blocks = Vec::new();
     for i in 0..n_layers {
         let p = format!("h.{i}.");
         let ln1_b = t1(&format!("{p}ln_1.bias"), d_model)?;
@@ -217,6 +346,18 @@ pub fn tl_from_pth(
     let d_mlp = cfg_usize(&cfg, cfg_path, &["d_mlp"])?;
     let d_vocab = cfg_usize(&cfg, cfg_path, &["d_vocab"])?;
     let n_ctx = cfg_usize(&cfg, cfg_path, &["n_ctx"])?;
+    check_positive(
+        cfg_path,
+        &[
+            ("n_layers", n_layers),
+            ("d_model", d_model),
+            ("n_heads", n_heads),
+            ("d_head", d_head),
+            ("d_mlp", d_mlp),
+            ("d_vocab", d_vocab),
+            ("n_ctx", n_ctx),
+        ],
+    )?;
     let bad = |message: String| LoadError::Config {
         path: cfg_path.to_path_buf(),
         message,
@@ -284,7 +425,8 @@ pub fn tl_from_pth(
             .reshape([hd]))
     };
     let eps = config.norm_eps;
-    let mut blocks = Vec::with_capacity(n_layers);
+    // No capacity from the config: a bogus layer count fails at its first missing tensor.
+    let mut blocks = Vec::new();
     for l in 0..n_layers {
         let p = format!("blocks.{l}.");
         let ln1_b = t1(&format!("{p}ln1.b"), d_model)?;
@@ -401,7 +543,8 @@ fn build_llama(
     let mat = |name: &str, out: usize, inp: usize| -> Result<Tensor<2>, LoadError> {
         Ok(transpose(&(src.get)(name, &[out, inp])?).into_tensor(device))
     };
-    let mut blocks = Vec::with_capacity(config.n_layers);
+    // No capacity from the config: a bogus layer count fails at its first missing tensor.
+    let mut blocks = Vec::new();
     for i in 0..config.n_layers {
         let p = format!("model.layers.{i}.");
         let w_qkv = Tensor::cat(
@@ -535,37 +678,59 @@ pub fn llama_from_gguf(
         });
     }
     let key = |k: &str| format!("{arch}.{k}");
-    let d_model = gguf.get_u64(&key("embedding_length"))? as usize;
-    let n_heads = gguf.get_u64(&key("attention.head_count"))? as usize;
-    let n_kv_heads = gguf
-        .get_u64(&key("attention.head_count_kv"))
-        .map(|v| v as usize)
-        .unwrap_or(n_heads);
-    let d_head = gguf
-        .get_u64(&key("attention.key_length"))
-        .map(|v| v as usize)
-        .unwrap_or(d_model / n_heads.max(1));
-    let tokenizer = gguf.tokenizer()?;
-    let d_vocab = gguf
-        .tensors
-        .iter()
-        .find(|t| t.name == "token_embd.weight")
-        .map(|t| t.shape()[0])
-        .ok_or_else(|| LoadError::MissingTensor {
+    let size = |k: &str| -> Result<usize, LoadError> {
+        let v = gguf.get_u64(&key(k))?;
+        usize::try_from(v).map_err(|_| LoadError::Config {
             path: path.to_path_buf(),
-            tensor: "token_embd.weight".into(),
-        })?;
+            message: format!("{} is {v}, too large", key(k)),
+        })
+    };
+    let optional_size = |k: &str| -> Result<Option<usize>, LoadError> {
+        match gguf.get(&key(k)) {
+            None => Ok(None),
+            Some(_) => size(k).map(Some),
+        }
+    };
+    let d_model = size("embedding_length")?;
+    let n_heads = size("attention.head_count")?;
+    let n_kv_heads = optional_size("attention.head_count_kv")?.unwrap_or(n_heads);
+    let d_head = optional_size("attention.key_length")?.unwrap_or(d_model / n_heads.max(1));
+    let n_ctx = size("context_length")?;
+    // Checked before the tokenizer is built, which allocates from the vocabulary.
+    check_context(path, &key("context_length"), n_ctx)?;
+    let embedding =
+        gguf.tensor_info("token_embd.weight")
+            .ok_or_else(|| LoadError::MissingTensor {
+                path: path.to_path_buf(),
+                tensor: "token_embd.weight".into(),
+            })?;
+    // [vocab, d_model]; a tensor of another rank (even 0-dimensional) is an error here
+    // rather than a panic.
+    let d_vocab = match embedding.shape()[..] {
+        [d_vocab, _] => d_vocab,
+        ref other => {
+            return Err(LoadError::Format {
+                path: path.to_path_buf(),
+                format: "GGUF",
+                message: format!(
+                    "tensor 'token_embd.weight' has shape {other:?} ({} dimensions), expected \
+                     [vocab_size, {d_model}]",
+                    other.len()
+                ),
+            });
+        }
+    };
     let config = TransformerConfig {
         name: name.to_string(),
         family: Family::Llama,
-        n_layers: gguf.get_u64(&key("block_count"))? as usize,
+        n_layers: size("block_count")?,
         d_model,
         n_heads,
         n_kv_heads,
         d_head,
-        d_mlp: gguf.get_u64(&key("feed_forward_length"))? as usize,
+        d_mlp: size("feed_forward_length")?,
         d_vocab,
-        n_ctx: gguf.get_u64(&key("context_length"))? as usize,
+        n_ctx,
         norm_eps: gguf
             .get_f64(&key("attention.layer_norm_rms_epsilon"))
             .unwrap_or(1e-5),
@@ -573,18 +738,30 @@ pub fn llama_from_gguf(
         rope_theta: Some(gguf.get_f64(&key("rope.freq_base")).unwrap_or(10000.0)),
         bos_token_id: gguf.bos_token_id(),
     };
-    if n_heads == 0
-        || n_kv_heads == 0
-        || !n_heads.is_multiple_of(n_kv_heads)
-        || !d_head.is_multiple_of(2)
-    {
-        return Err(LoadError::Config {
-            path: path.to_path_buf(),
-            message: format!(
-                "bad head counts: {n_heads} query heads, {n_kv_heads} key/value heads, d_head {d_head}"
-            ),
-        });
-    }
+    check_llama_config(
+        &config,
+        path,
+        &LlamaKeys {
+            n_layers: key("block_count"),
+            d_model: key("embedding_length"),
+            n_heads: key("attention.head_count"),
+            n_kv_heads: key("attention.head_count_kv"),
+            d_head: if gguf.get(&key("attention.key_length")).is_some() {
+                key("attention.key_length")
+            } else {
+                format!(
+                    "{} / {} (no {})",
+                    key("embedding_length"),
+                    key("attention.head_count"),
+                    key("attention.key_length")
+                )
+            },
+            d_mlp: key("feed_forward_length"),
+            d_vocab: "the row count of tensor 'token_embd.weight'".into(),
+            n_ctx: key("context_length"),
+        },
+    )?;
+    let tokenizer = gguf.tokenizer()?;
     let tied = !file.contains("output.weight");
     let src = LlamaSource {
         get: Box::new(|hf_name: &str, shape: &[usize]| {
@@ -617,7 +794,13 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
         &cfg_path,
         &["num_key_value_heads", "num_attention_heads"],
     )?;
-    let d_head = cfg_usize(&cfg, &cfg_path, &["head_dim"]).unwrap_or(d_model / n_heads.max(1));
+    // transformers' default head_dim: hidden_size // num_attention_heads.
+    let head_dim_given = cfg.get("head_dim").is_some_and(|v| !v.is_null());
+    let d_head = if head_dim_given {
+        cfg_usize(&cfg, &cfg_path, &["head_dim"])?
+    } else {
+        d_model / n_heads.max(1)
+    };
     // transformers < 5 writes `rope_theta` / `rope_scaling` at the top level; 5.x nests them
     // in `rope_parameters` (`rope_type: "default"` for plain rotary).
     let rope = cfg.get("rope_parameters");
@@ -666,6 +849,28 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
             .and_then(|v| v.as_u64())
             .map(|v| v as u32),
     };
+    check_llama_config(
+        &config,
+        &cfg_path,
+        &LlamaKeys {
+            n_layers: "num_hidden_layers".into(),
+            d_model: "hidden_size".into(),
+            n_heads: "num_attention_heads".into(),
+            n_kv_heads: if cfg.get("num_key_value_heads").is_some_and(|v| !v.is_null()) {
+                "num_key_value_heads".into()
+            } else {
+                "num_attention_heads (as num_key_value_heads)".into()
+            },
+            d_head: if head_dim_given {
+                "head_dim".into()
+            } else {
+                "head_dim (hidden_size / num_attention_heads)".into()
+            },
+            d_mlp: "intermediate_size".into(),
+            d_vocab: "vocab_size".into(),
+            n_ctx: "max_position_embeddings".into(),
+        },
+    )?;
     let tied = cfg
         .get("tie_word_embeddings")
         .and_then(|v| v.as_bool())

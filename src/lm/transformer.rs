@@ -589,7 +589,9 @@ fn head_mask(n_heads: usize, head: usize, device: &Device) -> Tensor<1, Bool> {
     Tensor::from_data(TensorData::new(mask, [n_heads]), device)
 }
 
-/// Rotary tables `[n_ctx, d_head]` (half-split layout) for base `theta`.
+/// Rotary tables `[n_ctx, d_head]` (half-split layout) for base `theta`, built for the
+/// whole context at once: the loaders cap `n_ctx` at [`super::load::MAX_CONTEXT`] and
+/// require an even `d_head >= 2` before calling this.
 pub(crate) fn rotary_tables(n_ctx: usize, d_head: usize, theta: f64, device: &Device) -> Positions {
     let half = d_head / 2;
     let mut cos = Vec::with_capacity(n_ctx * d_head);

@@ -25,6 +25,25 @@ pub struct HookInfo {
     pub dataset_path: String,
 }
 
+/// What an SAE was trained on, recorded beside its shape in `sae_config.json` (as an
+/// `origin` key that older readers ignore).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SaeOrigin {
+    /// The model's name as loaded (e.g. `gpt2`, a GGUF's path).
+    pub model: String,
+    pub hook_layer: usize,
+    pub z_convention: crate::lm::ZConvention,
+}
+
+/// `sae_config.json` with the origin beside the shape.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ConfigFile {
+    #[serde(flatten)]
+    config: SaeConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<SaeOrigin>,
+}
+
 fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(data, shape), device)
 }
@@ -74,9 +93,41 @@ impl BlockDiagSae {
 
     /// Saves in our format: `dir/sae.safetensors` + `dir/sae_config.json`.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        self.save_with_origin(dir, None)
+    }
+
+    /// Saves in our format, recording what the SAE was trained on.
+    pub fn save_with_origin(&self, dir: &Path, origin: Option<&SaeOrigin>) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         write_safetensors(&dir.join(WEIGHTS_FILE), &self.to_arrays()?, None)?;
-        write_json(&dir.join(CONFIG_FILE), &self.config)
+        write_json(
+            &dir.join(CONFIG_FILE),
+            &ConfigFile {
+                config: self.config.clone(),
+                origin: origin.cloned(),
+            },
+        )
+    }
+
+    /// What the SAE in `dir` was trained on, if its `sae_config.json` says.
+    pub fn read_origin(dir: &Path) -> anyhow::Result<Option<SaeOrigin>> {
+        Ok(read_json::<ConfigFile>(&dir.join(CONFIG_FILE))?.origin)
+    }
+
+    /// Checks that the SAE reads hook_z of a model with these heads: one block per head,
+    /// or one dense block over all of them.
+    pub fn check_fits(&self, model: &str, n_heads: usize, d_head: usize) -> anyhow::Result<()> {
+        let c = &self.config;
+        let per_head = c.n_heads == n_heads && c.d_head == d_head;
+        let dense = c.n_heads == 1 && c.d_head == n_heads * d_head;
+        anyhow::ensure!(
+            per_head || dense,
+            "the SAE ({} blocks of {}) does not fit hook_z of {model} ({n_heads} heads x \
+             {d_head}): it was trained on another model",
+            c.n_heads,
+            c.d_head
+        );
+        Ok(())
     }
 
     /// Loads our format from a directory.

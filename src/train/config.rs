@@ -205,8 +205,16 @@ impl TrainConfig {
     }
 
     /// The hooked layer for a model with `n_layers` layers.
+    /// Unset, it is [`crate::assets::DEMO_HOOK_LAYER`] for the demo model and the middle
+    /// layer (`n_layers / 2`) for any other.
     pub fn layer(&self, n_layers: usize) -> usize {
-        self.hook_layer.unwrap_or(n_layers / 2)
+        let demo = crate::assets::demo_paths(&crate::assets::cache_dir()).model;
+        self.hook_layer
+            .unwrap_or(if self.model == demo.display().to_string() {
+                crate::assets::DEMO_HOOK_LAYER
+            } else {
+                n_layers / 2
+            })
     }
 
     pub fn l1_warmup(&self) -> usize {
@@ -245,42 +253,83 @@ impl TrainConfig {
         }
     }
 
-    /// Checks values that do not depend on the model.
+    /// Checks values that do not depend on the model. Each message names the TOML key and
+    /// its CLI flag, since the value may come from either.
     pub fn validate(&self) -> anyhow::Result<()> {
+        /// "`batch_size` (--batch-size)".
+        fn key(name: &str) -> String {
+            format!("`{name}` (--{})", name.replace('_', "-"))
+        }
+        let positive = |name: &str, value: usize| -> anyhow::Result<()> {
+            ensure!(value > 0, "{} must be positive, got 0", key(name));
+            Ok(())
+        };
+        positive("total_training_steps", self.total_training_steps)?;
+        positive("batch_size", self.batch_size)?;
+        positive("expansion_factor", self.expansion_factor)?;
+        if let Some(d_sae) = self.d_sae {
+            positive("d_sae", d_sae)?;
+        }
+        positive("n_batches_in_buffer", self.n_batches_in_buffer)?;
+        positive("windows_per_forward", self.windows_per_forward)?;
+        positive("log_every", self.log_every)?;
         ensure!(
-            self.total_training_steps > 0,
-            "--total-training-steps must be positive"
-        );
-        ensure!(self.batch_size > 0, "--batch-size must be positive");
-        ensure!(
-            self.expansion_factor > 0,
-            "--expansion-factor must be positive"
+            self.context_size >= 2,
+            "{} must be at least 2 (BOS and one token), got {}",
+            key("context_size"),
+            self.context_size
         );
         ensure!(
             self.lr > 0.0 && self.lr.is_finite(),
-            "--lr must be positive"
+            "{} must be positive and finite, got {}",
+            key("lr"),
+            self.lr
         );
         ensure!(
-            self.l1_coefficient >= 0.0,
-            "--l1-coefficient must be non-negative"
+            self.l1_coefficient >= 0.0 && self.l1_coefficient.is_finite(),
+            "{} must be non-negative and finite, got {}",
+            key("l1_coefficient"),
+            self.l1_coefficient
+        );
+        for (name, beta) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            ensure!(
+                (0.0..1.0).contains(&beta),
+                "{} must be in [0, 1), got {beta}",
+                key(name)
+            );
+        }
+        ensure!(
+            self.grad_clip_norm >= 0.0 && self.grad_clip_norm.is_finite(),
+            "{} must be non-negative and finite (0 = off), got {}",
+            key("grad_clip_norm"),
+            self.grad_clip_norm
         );
         ensure!(
-            (0.0..1.0).contains(&self.adam_beta1) && (0.0..1.0).contains(&self.adam_beta2),
-            "Adam betas must be in [0, 1)"
+            (0.0..=1.0).contains(&self.dead_threshold),
+            "{} is a fraction of tokens and must be in [0, 1], got {}",
+            key("dead_threshold"),
+            self.dead_threshold
         );
-        ensure!(self.context_size >= 2, "--context-size must be at least 2");
-        ensure!(self.log_every > 0, "--log-every must be positive");
         if self.architecture == ArchitectureKind::Jumprelu {
             ensure!(
-                self.jumprelu_bandwidth > 0.0,
-                "--jumprelu-bandwidth must be positive"
+                self.jumprelu_bandwidth > 0.0 && self.jumprelu_bandwidth.is_finite(),
+                "{} must be positive and finite, got {}",
+                key("jumprelu_bandwidth"),
+                self.jumprelu_bandwidth
             );
         }
         if matches!(
             self.architecture,
             ArchitectureKind::Topk | ArchitectureKind::BatchTopk
         ) {
-            ensure!(self.k > 0, "--k must be positive for TopK architectures");
+            ensure!(
+                self.k > 0,
+                "{} must be positive for the TopK and BatchTopK architectures, got 0",
+                key("k")
+            );
         }
         Ok(())
     }
@@ -356,6 +405,70 @@ mod tests {
         let partial: TrainConfig = toml::from_str("hook_layer = 3\nlr = 0.001").unwrap();
         assert_eq!(partial.hook_layer, Some(3));
         assert_eq!(partial.batch_size, TrainConfig::default().batch_size);
+    }
+
+    /// Every zero size (and bad float) from a config file is refused with a message naming
+    /// its key; the defaults pass.
+    #[test]
+    fn validate_names_the_bad_key() {
+        TrainConfig::default().validate().unwrap();
+        let cases: Vec<(&str, &str)> = vec![
+            (
+                "total_training_steps = 0",
+                "`total_training_steps` (--total-training-steps)",
+            ),
+            ("batch_size = 0", "`batch_size` (--batch-size)"),
+            ("expansion_factor = 0", "`expansion_factor`"),
+            ("d_sae = 0", "`d_sae` (--d-sae)"),
+            ("n_batches_in_buffer = 0", "`n_batches_in_buffer`"),
+            ("windows_per_forward = 0", "`windows_per_forward`"),
+            ("log_every = 0", "`log_every`"),
+            (
+                "context_size = 0",
+                "`context_size` (--context-size) must be at least 2",
+            ),
+            ("context_size = 1", "`context_size`"),
+            ("lr = 0.0", "`lr`"),
+            ("lr = inf", "`lr`"),
+            ("l1_coefficient = -1.0", "`l1_coefficient`"),
+            ("l1_coefficient = nan", "`l1_coefficient`"),
+            ("adam_beta1 = 1.0", "`adam_beta1`"),
+            ("adam_beta2 = -0.1", "`adam_beta2`"),
+            ("grad_clip_norm = nan", "`grad_clip_norm`"),
+            ("dead_threshold = 2.0", "`dead_threshold`"),
+            (
+                "architecture = \"jumprelu\"\njumprelu_bandwidth = 0.0",
+                "`jumprelu_bandwidth`",
+            ),
+            (
+                "architecture = \"topk\"\nk = 0",
+                "`k` (--k) must be positive",
+            ),
+            (
+                "architecture = \"batch_topk\"\nk = 0",
+                "`k` (--k) must be positive",
+            ),
+        ];
+        for (toml_text, wanted) in cases {
+            let cfg: TrainConfig = toml::from_str(toml_text).unwrap();
+            let msg = cfg
+                .validate()
+                .expect_err(&format!("{toml_text:?} must be refused"))
+                .to_string();
+            assert!(msg.contains(wanted), "{toml_text:?}: {msg}");
+        }
+        // k = 0 only matters for TopK architectures; sizes that mean "off" stay allowed.
+        for ok in [
+            "k = 0",
+            "eval_every = 0",
+            "checkpoint_every = 0",
+            "keep_checkpoints = 0",
+            "grad_clip_norm = 0.0",
+            "l1_coefficient = 0.0",
+        ] {
+            let cfg: TrainConfig = toml::from_str(ok).unwrap();
+            cfg.validate().unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
     }
 
     #[test]

@@ -27,6 +27,105 @@ fn mean_ce(
     Ok(crate::files::host_vec(ce)?[0] as f64)
 }
 
+/// Mean CE of each window of `tokens` `[batch, pos]`, `[batch]`.
+fn window_ce(
+    model: &Transformer,
+    tokens: &Tensor<2, Int>,
+    conv: ZConvention,
+    splice: Option<&Splice>,
+) -> anyhow::Result<Vec<f64>> {
+    let hooks = HookRequest {
+        logits: true,
+        z_convention: conv,
+        ..Default::default()
+    };
+    let logits = model
+        .run(tokens.clone(), &hooks, splice)?
+        .logits
+        .ok_or_else(|| anyhow::anyhow!("no logits"))?;
+    let ce = per_token_ce(logits, tokens.clone()).mean_dim(1);
+    Ok(crate::files::host_vec(ce)?
+        .into_iter()
+        .map(f64::from)
+        .collect())
+}
+
+/// The CE loss score with its spread over context windows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreSpread {
+    pub windows: usize,
+    /// `L_zero - L_clean`: mean over windows and its standard error.
+    pub zero_cost: (f64, f64),
+    /// `L_sae - L_clean`: mean and standard error.
+    pub sae_cost: (f64, f64),
+    /// The score over all windows and its jackknife standard error.
+    pub score: (f64, f64),
+}
+
+/// Mean and standard error of a sample.
+fn mean_se(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, (var / n).sqrt())
+}
+
+/// Per-window CE losses (clean, with the SAE, zero-ablated) and the score's spread:
+/// jackknife over windows (the score is a ratio of means, so a plain per-window average of
+/// ratios would be dominated by windows where ablation costs nothing).
+pub fn score_spread(
+    model: &Transformer,
+    sae: &BlockDiagSae,
+    tokens: Tensor<2, Int>,
+    layer: usize,
+    conv: ZConvention,
+    keep_bos: bool,
+) -> anyhow::Result<ScoreSpread> {
+    let replace = |z: Tensor<4>| sae_replace(sae, z, keep_bos);
+    let with_sae = Splice {
+        layer,
+        heads: HeadSelection::All,
+        replace: &replace,
+    };
+    let clean = window_ce(model, &tokens, conv, None)?;
+    let with = window_ce(model, &tokens, conv, Some(&with_sae))?;
+    let zero = window_ce(
+        model,
+        &tokens,
+        conv,
+        Some(&Splice::zero_ablate(layer, HeadSelection::All)),
+    )?;
+    Ok(spread_of(&clean, &with, &zero))
+}
+
+/// [`ScoreSpread`] from per-window losses.
+pub fn spread_of(clean: &[f64], with: &[f64], zero: &[f64]) -> ScoreSpread {
+    let n = clean.len();
+    let diff = |a: &[f64]| a.iter().zip(clean).map(|(x, c)| x - c).collect::<Vec<_>>();
+    let (dz, ds) = (diff(zero), diff(with));
+    let ratio = |skip: Option<usize>| {
+        let keep = |i: &usize| Some(*i) != skip;
+        let z: f64 = (0..n).filter(keep).map(|i| dz[i]).sum();
+        let s: f64 = (0..n).filter(keep).map(|i| ds[i]).sum();
+        (z - s) / z
+    };
+    let full = ratio(None);
+    let leave_one: Vec<f64> = (0..n).map(|i| ratio(Some(i))).collect();
+    let mean_loo = leave_one.iter().sum::<f64>() / n as f64;
+    let jack = ((n as f64 - 1.0) / n as f64
+        * leave_one
+            .iter()
+            .map(|r| (r - mean_loo).powi(2))
+            .sum::<f64>())
+    .sqrt();
+    ScoreSpread {
+        windows: n,
+        zero_cost: mean_se(&dz),
+        sae_cost: mean_se(&ds),
+        score: (full, jack),
+    }
+}
+
 /// Replaces hook_z `[batch, pos, n_heads, d_head]` by the SAE's reconstruction; with
 /// `keep_bos` the first position is left as it was (the SAE never saw BOS in training).
 pub fn sae_replace(sae: &BlockDiagSae, z: Tensor<4>, keep_bos: bool) -> Tensor<4> {
@@ -94,4 +193,30 @@ pub fn evaluate(
         ce_score: score(ce_clean, ce_sae, ce_zero),
         per_head,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The jackknife on a case worked by hand: three windows, zero-ablation costs 1, 2, 3,
+    /// SAE costs 0.5, 0.5, 0.5.
+    #[test]
+    fn score_spread_is_the_ratio_of_means_with_a_jackknife_error() {
+        let clean = [1.0, 1.0, 1.0];
+        let with = [1.5, 1.5, 1.5];
+        let zero = [2.0, 3.0, 4.0];
+        let s = spread_of(&clean, &with, &zero);
+        assert!((s.score.0 - 0.75).abs() < 1e-12, "(6 - 1.5) / 6");
+        // Leave-one-out scores: (5-1)/5, (4-1)/4, (3-1)/3.
+        let loo = [0.8, 0.75, 2.0 / 3.0];
+        let m = loo.iter().sum::<f64>() / 3.0;
+        let want = (2.0 / 3.0 * loo.iter().map(|r| (r - m).powi(2)).sum::<f64>()).sqrt();
+        assert!((s.score.1 - want).abs() < 1e-12);
+        assert!(
+            (s.zero_cost.0 - 2.0).abs() < 1e-12
+                && (s.zero_cost.1 - (1.0f64 / 3.0).sqrt()).abs() < 1e-12
+        );
+        assert_eq!(s.sae_cost, (0.5, 0.0));
+    }
 }

@@ -630,7 +630,9 @@ fn train_inner(
             .harvest_in_background
             .unwrap_or(*device != Device::flex());
         let mut store = match (&config.activation_cache, &corpus) {
-            (Some(dir), _) => ActivationStore::from_cache(store_config, dir, config.seed, device)?,
+            (Some(dir), _) => {
+                ActivationStore::from_cache_for_model(store_config, dir, &mc, config.seed, device)?
+            }
             (None, Some(corpus)) => {
                 let store = ActivationStore::from_lm(
                     store_config,
@@ -749,6 +751,11 @@ fn train_inner(
         } else {
             Some(model.tokens(&eval_windows)?)
         };
+        let origin = crate::sae::io::SaeOrigin {
+            model: mc.name.clone(),
+            hook_layer: layer,
+            z_convention: config.z_convention,
+        };
         let metrics_path = config.out_dir.join("metrics.jsonl");
         if resume.is_some() {
             // Lines written after the checkpoint (before a crash or kill) are written again
@@ -793,7 +800,7 @@ fn train_inner(
                 ..state.clone()
             };
             let path = checkpoint::write_checkpoint(&config.out_dir, state.step, &config, |dir| {
-                sae.save(&dir.join("sae"))?;
+                sae.save_with_origin(&dir.join("sae"), Some(&origin))?;
                 write_safetensors(&dir.join("optimizer.safetensors"), &opt.to_arrays()?, None)?;
                 write_json(&dir.join(checkpoint::STATE_FILE), &state)?;
                 store.save_state(dir)
@@ -914,7 +921,7 @@ fn train_inner(
         metrics_file.flush()?;
 
         let sae_dir = config.out_dir.join("sae");
-        sae.save(&sae_dir)?;
+        sae.save_with_origin(&sae_dir, Some(&origin))?;
         let density = dead.density();
         let log_density: Option<Vec<f32>> =
             density.map(|d| d.iter().map(|v| (v + 1e-10).log10() as f32).collect());
