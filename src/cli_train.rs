@@ -159,7 +159,10 @@ impl TrainArgs {
             for (key, old) in a {
                 let new = &b[key];
                 if new != old && !RESUMABLE_CHANGES.contains(&key.as_str()) {
-                    changed.push(format!("--{} ({old} in the checkpoint, {new} given)", key.replace('_', "-")));
+                    changed.push(format!(
+                        "--{} ({old} in the checkpoint, {new} given)",
+                        key.replace('_', "-")
+                    ));
                 }
             }
         }

@@ -7,8 +7,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use attn_saes::lm::{self, HookRequest, LoadedModel, per_token_ce};
 use attn_saes::assets::{DEMO_MODEL_FILE, cache_dir as asset_cache};
+use attn_saes::lm::{self, HookRequest, LoadedModel, per_token_ce};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use common::*;

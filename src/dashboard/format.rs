@@ -756,8 +756,12 @@ impl<'a> DashboardFile<'a> {
             })
             .collect();
         for row in &rows {
-            if row.iter().any(|&(q, _)| q as usize >= t) || row.windows(2).any(|w| w[0].0 >= w[1].0) {
-                return Err(bad(&p("row_positions"), "positions must increase inside the window"));
+            if row.iter().any(|&(q, _)| q as usize >= t) || row.windows(2).any(|w| w[0].0 >= w[1].0)
+            {
+                return Err(bad(
+                    &p("row_positions"),
+                    "positions must increase inside the window",
+                ));
             }
         }
         let dof = self.u32s(&p("dfa_offsets"), Some(&[e + 1]))?;

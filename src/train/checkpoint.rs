@@ -108,7 +108,11 @@ pub fn prune_checkpoints(out_dir: &Path, keep: usize) -> anyhow::Result<()> {
 /// directories. Returns how many.
 pub fn remove_leftovers(out_dir: &Path) -> usize {
     let mut n = 0;
-    for entry in std::fs::read_dir(checkpoints_dir(out_dir)).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(checkpoints_dir(out_dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(".step_")
             && (name.ends_with(".tmp") || name.ends_with(".old"))
@@ -132,9 +136,7 @@ pub fn resolve_resume(path: &Path) -> anyhow::Result<PathBuf> {
     let named = std::fs::read_to_string(&latest)
         .ok()
         .map(|name| root.join(name.trim()))
-        .filter(|dir| {
-            dir.parent() == Some(root.as_path()) && dir.join(STATE_FILE).is_file()
-        });
+        .filter(|dir| dir.parent() == Some(root.as_path()) && dir.join(STATE_FILE).is_file());
     if let Some(dir) = named {
         return Ok(dir);
     }

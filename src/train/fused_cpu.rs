@@ -415,7 +415,9 @@ pub fn cpu_level() -> CpuLevel {
             Ok("avx2") => Some(CpuLevel::Avx2),
             Ok("avx512") => Some(CpuLevel::Avx512),
             Ok(other) => {
-                eprintln!("warning: ATTN_SAES_CPU={other} is not portable, avx2 or avx512; ignored");
+                eprintln!(
+                    "warning: ATTN_SAES_CPU={other} is not portable, avx2 or avx512; ignored"
+                );
                 None
             }
             Err(_) => None,

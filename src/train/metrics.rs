@@ -124,7 +124,8 @@ impl DeadFeatureTracker {
         let n = self.n_heads * self.features_per_head;
         let ok = |v: Option<usize>| v.is_none_or(|len| len == n);
         anyhow::ensure!(
-            ok(state.counts.as_ref().map(Vec::len)) && ok(state.last_density.as_ref().map(Vec::len)),
+            ok(state.counts.as_ref().map(Vec::len))
+                && ok(state.last_density.as_ref().map(Vec::len)),
             "the checkpoint's dead-feature window is not for {} features",
             n
         );
