@@ -1,16 +1,21 @@
-//! End to end on the tiny GPT-2 fixture: training lowers MSE and L0, metrics and CE scores
-//! are finite, resume equals an uninterrupted run, and bad input gives clear errors with
-//! nothing partial left behind.
+//! End to end on the tiny GPT-2 fixture: training lowers MSE and L0; the logged metrics,
+//! dead-feature counts and CE scores equal recomputations by hand (f64, from the saved SAE
+//! and the LM's own hook_z and logits); an activation cache holds the LM's hook_z; resume
+//! equals an uninterrupted run; bad input gives clear errors with nothing partial left.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use attn_saes::data::corpus::Corpus;
+use attn_saes::data::windows::ContextWindows;
 use attn_saes::device::DeviceChoice;
-use attn_saes::lm;
+use attn_saes::lm::{self, HeadSelection, HookRequest, Splice, Transformer, ZConvention};
+use attn_saes::sae::{Architecture, BlockDiagSae};
 use attn_saes::train::{RunControl, TrainConfig, TrainEvent, checkpoint, train};
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use common::*;
 
 const TEXT: &str = "The quick brown fox jumps over the lazy dog. A journey of a thousand miles \
@@ -77,10 +82,207 @@ fn run(
     (result, rx.into_iter().collect())
 }
 
+/// A ReLU SAE's weights on the host, for computing its forward pass by hand in f64,
+/// independently of `BlockDiagSae::forward` and the fused CPU step.
+struct HandSae {
+    h: usize,
+    d: usize,
+    m: usize,
+    /// [H, d, m]
+    w_enc: Vec<f64>,
+    /// [H, m]
+    b_enc: Vec<f64>,
+    /// [H, m, d]
+    w_dec: Vec<f64>,
+    /// [H, d]
+    b_dec: Vec<f64>,
+    /// x = scale[h] * z, [H]
+    scale: Vec<f64>,
+}
+
+impl HandSae {
+    fn of(sae: &BlockDiagSae) -> Self {
+        assert_eq!(sae.config.architecture, Architecture::Relu);
+        Self {
+            h: sae.config.n_heads,
+            d: sae.config.d_head,
+            m: sae.config.features_per_head,
+            w_enc: values(sae.w_enc.clone()),
+            b_enc: values(sae.b_enc.clone()),
+            w_dec: values(sae.w_dec.clone()),
+            b_dec: values(sae.b_dec.clone()),
+            scale: sae.input_scale.iter().map(|&s| s as f64).collect(),
+        }
+    }
+
+    /// Features `[m]` and reconstruction `[d]` of head `hd` for an input-space vector `x`:
+    /// `f = relu(x W_enc[hd] + b_enc[hd])`, `x_hat = f W_dec[hd] + b_dec[hd]`.
+    fn head(&self, hd: usize, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let (d, m) = (self.d, self.m);
+        let feats: Vec<f64> = (0..m)
+            .map(|i| {
+                let pre = self.b_enc[hd * m + i]
+                    + (0..d)
+                        .map(|j| x[j] * self.w_enc[(hd * d + j) * m + i])
+                        .sum::<f64>();
+                pre.max(0.0)
+            })
+            .collect();
+        let recon = (0..d)
+            .map(|j| {
+                self.b_dec[hd * d + j]
+                    + (0..m)
+                        .map(|i| feats[i] * self.w_dec[(hd * m + i) * d + j])
+                        .sum::<f64>()
+            })
+            .collect();
+        (feats, recon)
+    }
+
+    /// Input-space vector of head `hd` from a raw hook_z row `[H * d]`.
+    fn scaled(&self, z_row: &[f64], hd: usize) -> Vec<f64> {
+        z_row[hd * self.d..(hd + 1) * self.d]
+            .iter()
+            .map(|v| v * self.scale[hd])
+            .collect()
+    }
+
+    /// Reconstruction of a raw hook_z row `[H * d]` in raw units: scale, forward, unscale.
+    fn reconstruct_raw(&self, z_row: &[f64]) -> Vec<f64> {
+        (0..self.h)
+            .flat_map(|hd| {
+                let (_, recon) = self.head(hd, &self.scaled(z_row, hd));
+                recon.into_iter().map(move |v| v / self.scale[hd])
+            })
+            .collect()
+    }
+
+    /// hook_z `[batch, pos, H, d]` with every position replaced by its reconstruction by
+    /// hand, except position 0 with `keep_bos`.
+    fn replace(&self, z: Tensor<4>, keep_bos: bool) -> Tensor<4> {
+        let dims = z.dims();
+        let device = z.device();
+        let row = self.h * self.d;
+        let mut out = Vec::new();
+        for (i, z_row) in values(z).chunks_exact(row).enumerate() {
+            if keep_bos && i % dims[1] == 0 {
+                out.extend(z_row.iter().map(|&v| v as f32));
+            } else {
+                out.extend(self.reconstruct_raw(z_row).into_iter().map(|v| v as f32));
+            }
+        }
+        Tensor::from_data(TensorData::new(out, dims), &device)
+    }
+}
+
+/// The step metrics the trainer logs, computed by hand in f64 (the definitions of
+/// `SaeOutput`/`metrics::batch_stats`) from a batch of raw hook_z rows `[B, H * d]`.
+struct HandMetrics {
+    loss: f64,
+    mse: f64,
+    l0_per_head: Vec<f64>,
+    explained_variance: f64,
+    explained_variance_per_head: Vec<f64>,
+    l2_ratio: f64,
+}
+
+fn metrics_by_hand(sae: &HandSae, rows: &[f32], l1: f64) -> HandMetrics {
+    let (h, d, m) = (sae.h, sae.d, sae.m);
+    let rows: Vec<Vec<f64>> = rows
+        .chunks_exact(h * d)
+        .map(|r| r.iter().map(|&v| v as f64).collect())
+        .collect();
+    let b = rows.len() as f64;
+    let dec_norm: Vec<f64> = sae
+        .w_dec
+        .chunks_exact(d)
+        .map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt())
+        .collect();
+    // Per-head input-space batches [H][B][d] and their per-dimension means over the batch.
+    let xs: Vec<Vec<Vec<f64>>> = (0..h)
+        .map(|hd| rows.iter().map(|z| sae.scaled(z, hd)).collect())
+        .collect();
+    let (mut sq_err, mut centered) = (vec![0.0; h], vec![0.0; h]);
+    let (mut sparsity, mut l0) = (0.0, vec![0.0; h]);
+    let mut recon_sq = vec![0.0; rows.len()];
+    let mut x_sq = vec![0.0; rows.len()];
+    for hd in 0..h {
+        let mean: Vec<f64> = (0..d)
+            .map(|j| xs[hd].iter().map(|x| x[j]).sum::<f64>() / b)
+            .collect();
+        for (t, x) in xs[hd].iter().enumerate() {
+            let (feats, recon) = sae.head(hd, x);
+            for i in 0..m {
+                sparsity += feats[i] * dec_norm[hd * m + i] / b;
+                l0[hd] += f64::from(u8::from(feats[i] > 0.0)) / b;
+            }
+            for j in 0..d {
+                sq_err[hd] += (x[j] - recon[j]).powi(2);
+                centered[hd] += (x[j] - mean[j]).powi(2);
+                recon_sq[t] += recon[j].powi(2);
+                x_sq[t] += x[j].powi(2);
+            }
+        }
+    }
+    let mse = sq_err.iter().sum::<f64>() / b;
+    HandMetrics {
+        loss: mse + l1 * sparsity,
+        mse,
+        l0_per_head: l0,
+        explained_variance: 1.0 - sq_err.iter().sum::<f64>() / centered.iter().sum::<f64>(),
+        explained_variance_per_head: (0..h).map(|hd| 1.0 - sq_err[hd] / centered[hd]).collect(),
+        l2_ratio: recon_sq
+            .iter()
+            .zip(&x_sq)
+            .map(|(r, x)| (r / x).sqrt())
+            .sum::<f64>()
+            / b,
+    }
+}
+
+/// Mean next-token CE over `windows` (every position but the last predicts the next token),
+/// by hand in f64 (log-sum-exp) from the LM's logits, with an optional splice.
+fn ce_by_hand(
+    model: &Transformer,
+    windows: &[Vec<u32>],
+    conv: ZConvention,
+    splice: Option<&Splice>,
+) -> f64 {
+    let hooks = HookRequest {
+        logits: true,
+        z_convention: conv,
+        ..Default::default()
+    };
+    let logits = model
+        .run(model.tokens(windows).unwrap(), &hooks, splice)
+        .unwrap()
+        .logits
+        .unwrap();
+    let [_, pos, vocab] = logits.dims();
+    let logits = values(logits);
+    let (mut total, mut n) = (0.0, 0usize);
+    for (w, window) in windows.iter().enumerate() {
+        for p in 0..pos - 1 {
+            let row = &logits[(w * pos + p) * vocab..(w * pos + p + 1) * vocab];
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+            total += lse - row[window[p + 1] as usize];
+            n += 1;
+        }
+    }
+    total / n as f64
+}
+
+/// `(L_zero - L_sae) / (L_zero - L_clean)`.
+fn ce_score(clean: f64, sae: f64, zero: f64) -> f64 {
+    (zero - sae) / (zero - clean)
+}
+
 #[test]
-fn short_run_lowers_mse_and_l0_with_finite_metrics() {
+fn short_run_lowers_mse_and_l0_and_its_metrics_recompute_by_hand() {
     let dir = temp_dir("short");
-    let (result, events) = run(config(&dir, 200), None, RunControl::default());
+    let cfg = config(&dir, 200);
+    let (result, events) = run(cfg.clone(), None, RunControl::default());
     let summary = result.unwrap();
     let steps: Vec<_> = events
         .iter()
@@ -97,17 +299,176 @@ fn short_run_lowers_mse_and_l0_with_finite_metrics() {
     assert!(last.mse < first.mse, "MSE fell");
     assert!(last.l0 < first.l0, "L0 fell");
     assert_eq!(last.l0_per_head.len(), 4);
-    assert!(last.explained_variance <= 1.0 && last.explained_variance > -1.0);
-    assert!(last.l2_ratio.is_finite() && last.l2_ratio > 0.0);
-    assert!(last.dead_per_head.iter().all(|&d| d <= 32));
-    let eval = summary.eval.expect("final eval");
-    for v in [eval.ce_clean, eval.ce_sae, eval.ce_zero, eval.ce_score] {
-        assert!(v.is_finite(), "{eval:?}");
-    }
-    assert_eq!(eval.per_head.len(), 4);
-    assert!(eval.per_head.iter().all(|h| h.ce_score.is_finite()));
-    // Outputs: metrics.jsonl lines, final SAE, SAELens export, checkpoints.
+    assert_eq!(steps.len(), 200, "log_every = 1");
     let run_dir = dir.join("run");
+    let device = Device::flex();
+    let loaded = lm::load_model(&cfg.model, &device).unwrap();
+    let corpus = Corpus::open(&cfg.dataset, None).unwrap();
+    let layer = cfg.hook_layer.unwrap();
+
+    // Step 191's logged metrics, recomputed by hand from the SAE of the step-190
+    // checkpoint and the batch the restored activation store serves next (the batch and
+    // pre-update weights step 191 logged from).
+    let ckpt = run_dir.join("checkpoints/step_00000190");
+    let sae190 = BlockDiagSae::load(&ckpt.join("sae"), &device).unwrap();
+    let rows = {
+        use attn_saes::data::store::{ActivationStore, StoreConfig, StreamPosition};
+        let StreamPosition::Windows(start) = ActivationStore::saved_position(&ckpt).unwrap() else {
+            panic!("an LM store saves a windows position");
+        };
+        let store_config = StoreConfig {
+            hook_layer: layer,
+            context_size: cfg.context_size,
+            batch_tokens: cfg.batch_size,
+            n_batches_in_buffer: cfg.n_batches_in_buffer,
+            windows_per_forward: cfg.windows_per_forward,
+            drop_bos: cfg.drop_bos,
+            z_convention: cfg.z_convention,
+        };
+        let mut store = ActivationStore::from_lm(
+            store_config,
+            &loaded.transformer,
+            &corpus,
+            &loaded.tokenizer,
+            start,
+            cfg.seed,
+            &device,
+        )
+        .unwrap();
+        store.restore_state(&ckpt).unwrap();
+        store.next_rows().unwrap()
+    };
+    let logged = &steps[190];
+    assert_eq!(logged.step, 191);
+    assert_eq!(logged.l1_coefficient, cfg.l1_at(190));
+    let hand = metrics_by_hand(&HandSae::of(&sae190), &rows, logged.l1_coefficient);
+    // The fused step sums 64 x 64 squared errors in f32 (observed: ~2e-8 relative).
+    let rel = |what: &str, got: f64, want: f64, tol: f64| {
+        let err = (got - want).abs() / want.abs().max(1e-12);
+        println!("{what}: logged {got:.6}, by hand {want:.6}, rel. error {err:.2e}");
+        assert!(err <= tol, "{what}: relative error {err:.2e} > {tol:.0e}");
+    };
+    rel("step 191 loss", logged.loss, hand.loss, 1e-6);
+    rel("step 191 mse", logged.mse, hand.mse, 1e-6);
+    rel("step 191 L2 ratio", logged.l2_ratio, hand.l2_ratio, 1e-6);
+    assert_close(
+        "step 191 explained variance",
+        &[logged.explained_variance],
+        &[hand.explained_variance],
+        1e-5,
+    );
+    assert_close(
+        "step 191 explained variance per head",
+        &logged.explained_variance_per_head,
+        &hand.explained_variance_per_head,
+        1e-5,
+    );
+    // Counts over 64 tokens (multiples of 1/64): exact.
+    assert_eq!(logged.l0_per_head, hand.l0_per_head, "step 191 L0 per head");
+    assert_eq!(logged.l0, hand.l0_per_head.iter().sum::<f64>());
+
+    // Dead features at step 200 are judged on the window of steps 181..=200, whose
+    // densities the SAELens export writes as log10(density + 1e-10). Per head the
+    // densities sum to the mean logged L0 over those 20 steps, and the dead count is the
+    // number of features below `dead_threshold`.
+    let log_density =
+        attn_saes::lm::weights::WeightFile::open(&run_dir.join("saelens/sparsity.safetensors"))
+            .unwrap()
+            .read("sparsity")
+            .unwrap()
+            .data;
+    let density: Vec<f64> = log_density
+        .iter()
+        .map(|&l| 10f64.powf(l as f64) - 1e-10)
+        .collect();
+    let m = density.len() / 4;
+    assert_eq!(steps[180].step, 181);
+    let mut dead = Vec::new();
+    for h in 0..4 {
+        let head = &density[h * m..(h + 1) * m];
+        let window_l0 = steps[180..200]
+            .iter()
+            .map(|s| s.l0_per_head[h])
+            .sum::<f64>()
+            / 20.0;
+        rel(
+            &format!("head {h} density sum (vs mean window L0)"),
+            head.iter().sum::<f64>(),
+            window_l0,
+            1e-6,
+        );
+        dead.push(head.iter().filter(|&&x| x < cfg.dead_threshold).count());
+    }
+    println!(
+        "dead per head at step 200: logged {:?}, recounted {dead:?}",
+        last.dead_per_head
+    );
+    assert_eq!(last.dead_per_head, dead);
+    assert_eq!(last.dead_features, dead.iter().sum::<usize>());
+
+    // The final CE losses, by hand from the LM's logits on the held-out windows, with the
+    // final SAE spliced by a hand-written reconstruction (BOS kept, as `drop_bos` asks).
+    let eval = summary.eval.expect("final eval");
+    assert_eq!(eval.step, 200);
+    let model = &loaded.transformer;
+    let (eval_windows, _) = ContextWindows::first(
+        &corpus,
+        &loaded.tokenizer,
+        cfg.context_size,
+        model.config.bos_token_id,
+        cfg.eval_windows,
+    )
+    .unwrap();
+    assert_eq!(eval_windows.len(), 2);
+    let final_sae = HandSae::of(&BlockDiagSae::load(&run_dir.join("sae"), &device).unwrap());
+    let replace = |z: Tensor<4>| final_sae.replace(z, cfg.drop_bos);
+    let zero = |z: Tensor<4>| z.zeros_like();
+    let ce = |heads: Option<(HeadSelection, &dyn Fn(Tensor<4>) -> Tensor<4>)>| {
+        let splice = heads.map(|(heads, replace)| Splice {
+            layer,
+            heads,
+            replace,
+        });
+        ce_by_hand(model, &eval_windows, cfg.z_convention, splice.as_ref())
+    };
+    let ce_tol = 1e-5;
+    let clean = ce(None);
+    let with_sae = ce(Some((HeadSelection::All, &replace)));
+    let zeroed = ce(Some((HeadSelection::All, &zero)));
+    assert_close("CE clean", &[eval.ce_clean], &[clean], ce_tol);
+    assert_close("CE with the SAE", &[eval.ce_sae], &[with_sae], ce_tol);
+    assert_close("CE zero-ablated", &[eval.ce_zero], &[zeroed], ce_tol);
+    assert_eq!(
+        eval.ce_score,
+        ce_score(eval.ce_clean, eval.ce_sae, eval.ce_zero)
+    );
+    println!(
+        "CE clean {clean:.5}, with SAE {with_sae:.5}, zero {zeroed:.5}: score {:.4}",
+        eval.ce_score
+    );
+    assert_eq!(eval.per_head.len(), 4);
+    for (h, head) in eval.per_head.iter().enumerate() {
+        let s = ce(Some((HeadSelection::One(h), &replace)));
+        let z = ce(Some((HeadSelection::One(h), &zero)));
+        assert_close(
+            &format!("head {h} CE with the SAE"),
+            &[head.ce_sae],
+            &[s],
+            ce_tol,
+        );
+        assert_close(
+            &format!("head {h} CE zero-ablated"),
+            &[head.ce_zero],
+            &[z],
+            ce_tol,
+        );
+        assert_eq!(
+            head.ce_score,
+            ce_score(eval.ce_clean, head.ce_sae, head.ce_zero)
+        );
+    }
+
+    // Outputs: metrics.jsonl lines, final SAE, SAELens export, checkpoints.
     let lines = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     let evals = events
         .iter()
@@ -237,7 +598,11 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     };
     let dir_a = temp_dir("kill-full");
     let out = train(&dir_a, &[]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let dir_b = temp_dir("kill-resumed");
     let run_b = dir_b.join("run");
@@ -251,7 +616,10 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
         if logged >= 40 && run_b.join("checkpoints/LATEST").exists() {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it was killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
         assert!(start.elapsed().as_secs() < 120, "the run did not get going");
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
@@ -260,26 +628,41 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     let lines_at_kill = metric_lines(&run_b).len();
     let ckpt = checkpoint::resolve_resume(&run_b).unwrap();
     let saved = checkpoint::read_config(&ckpt).unwrap();
-    let ckpt_step = ckpt.file_name().unwrap().to_string_lossy()[5..].parse::<usize>().unwrap();
+    let ckpt_step = ckpt.file_name().unwrap().to_string_lossy()[5..]
+        .parse::<usize>()
+        .unwrap();
     println!("killed after {lines_at_kill} metrics lines; resuming from step {ckpt_step}");
     assert!(ckpt_step < steps);
     // What an interrupted checkpoint write leaves behind.
     std::fs::create_dir_all(run_b.join("checkpoints/.step_00099999.tmp")).unwrap();
     // Flags that would change the run are refused, naming them.
-    let out = train(&dir_b, &["--resume", run_b.to_str().unwrap(), "--lr", "0.5"])
-        .output()
-        .unwrap();
+    let out = train(
+        &dir_b,
+        &["--resume", run_b.to_str().unwrap(), "--lr", "0.5"],
+    )
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--lr"), "{err}");
-    let out = train(&dir_b, &["--resume", run_b.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = train(&dir_b, &["--resume", run_b.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(saved.total_training_steps, steps);
     assert_same_run(&dir_a.join("run"), &run_b);
     let kept: Vec<usize> = checkpoint::complete_checkpoints(&run_b)
         .into_iter()
         .map(|(s, _)| s)
         .collect();
-    assert_eq!(kept, vec![steps - 100, steps - 50, steps], "the newest 3 checkpoints");
+    assert_eq!(
+        kept,
+        vec![steps - 100, steps - 50, steps],
+        "the newest 3 checkpoints"
+    );
     assert!(!run_b.join("checkpoints/.step_00099999.tmp").exists());
     std::fs::remove_dir_all(dir_a).unwrap();
     std::fs::remove_dir_all(dir_b).unwrap();
@@ -296,7 +679,11 @@ fn a_bad_latest_falls_back_to_the_newest_complete_checkpoint() {
     let newest = run_dir.join("checkpoints/step_00000030");
     for bad in ["step_00000999", "\u{0}\u{ff}garbage", "../../elsewhere"] {
         std::fs::write(&latest, bad).unwrap();
-        assert_eq!(checkpoint::resolve_resume(&run_dir).unwrap(), newest, "LATEST = {bad:?}");
+        assert_eq!(
+            checkpoint::resolve_resume(&run_dir).unwrap(),
+            newest,
+            "LATEST = {bad:?}"
+        );
     }
     std::fs::remove_file(&latest).unwrap();
     assert_eq!(checkpoint::resolve_resume(&run_dir).unwrap(), newest);
@@ -480,7 +867,6 @@ fn nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint() {
 
 #[test]
 fn training_from_an_activation_cache() {
-    use attn_saes::data::corpus::Corpus;
     use attn_saes::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
     let dir = temp_dir("cache");
     let cfg = config(&dir, 40);
@@ -525,12 +911,54 @@ fn training_from_an_activation_cache() {
     .unwrap();
     assert_eq!(meta.shard_rows, vec![300, 300, 300, 100]);
     assert_eq!(progress, vec![300, 600, 900, 1000]);
-    // The first cached rows are the LM's hook_z of the first window (BOS dropped).
-    let shard =
-        attn_saes::lm::weights::WeightFile::open(&cache_dir.join("shard_00000.safetensors"))
-            .unwrap();
-    let rows = shard.read("hook_z").unwrap();
-    assert_eq!(rows.shape, vec![300, 4, 16]);
+    // Every cached row is the LM's own hook_z: the store started at the start of the
+    // corpus, so the shards hold the first windows' rows in corpus order, BOS dropped
+    // (15 rows per window), unshuffled.
+    let cached: Vec<f64> = meta
+        .shard_rows
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| {
+            let path = cache_dir.join(format!("shard_{i:05}.safetensors"));
+            let rows = attn_saes::lm::weights::WeightFile::open(&path)
+                .unwrap()
+                .read("hook_z")
+                .unwrap();
+            assert_eq!(rows.shape, vec![n, 4, 16]);
+            rows.data.into_iter().map(f64::from)
+        })
+        .collect();
+    let model = &loaded.transformer;
+    let rows_per_window = 15;
+    let n_windows = 1000usize.div_ceil(rows_per_window);
+    let windows: Vec<Vec<u32>> = ContextWindows::new(
+        &corpus,
+        &loaded.tokenizer,
+        16,
+        model.config.bos_token_id,
+        Default::default(),
+        true,
+    )
+    .unwrap()
+    .take(n_windows)
+    .map(|w| w.unwrap().0)
+    .collect();
+    let mut hooks = model
+        .run(
+            model.tokens(&windows).unwrap(),
+            &HookRequest::hook_z(&[1]),
+            None,
+        )
+        .unwrap();
+    // [windows, pos, heads, d_head], BOS position dropped.
+    let hook_z = hooks.hook_z.remove(&1).unwrap();
+    let hook_z = values(hook_z.slice([0..n_windows, 1..16, 0..4, 0..16]));
+    assert_close(
+        "cached rows vs the LM's hook_z",
+        &cached,
+        &hook_z[..1000 * 4 * 16],
+        1e-6,
+    );
 
     let (result, events) = run(
         TrainConfig {
@@ -561,6 +989,89 @@ fn training_from_an_activation_cache() {
     );
     let msg = format!("{:#}", wrong.err().unwrap());
     assert!(msg.contains("cache holds layer 1"), "{msg}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `sae_replace` (what CE evaluation splices in) is, per token, the SAE's reconstruction
+/// computed by hand from the LM's hook_z (scale, encode, decode, unscale), and with
+/// `keep_bos` position 0 is the original hook_z, bit for bit.
+#[test]
+fn sae_replace_is_the_reconstruction_by_hand_and_keeps_bos() {
+    use attn_saes::rng::Rng;
+    use attn_saes::sae::SaeConfig;
+    use attn_saes::train::eval::sae_replace;
+    let dir = temp_dir("replace");
+    let device = Device::flex();
+    let loaded = lm::load_model(&fixture("gpt2_tiny").display().to_string(), &device).unwrap();
+    let model = &loaded.transformer;
+    let text = Corpus::open(&corpus(&dir), None).unwrap();
+    let (windows, _) =
+        ContextWindows::first(&text, &loaded.tokenizer, 16, model.config.bos_token_id, 3).unwrap();
+    let z = model
+        .run(
+            model.tokens(&windows).unwrap(),
+            &HookRequest::hook_z(&[1]),
+            None,
+        )
+        .unwrap()
+        .hook_z
+        .remove(&1)
+        .unwrap(); // [3, 16, 4, 16]
+    let [b, t, h, d] = z.dims();
+    // A ReLU SAE with random biases and a different input scale per head.
+    let mut rng = Rng::new(11);
+    let config = SaeConfig {
+        n_heads: h,
+        d_head: d,
+        features_per_head: 32,
+        architecture: Architecture::Relu,
+    };
+    let mut sae = BlockDiagSae::init(config, &mut rng, &device);
+    let mut random =
+        |n: usize, std: f64| -> Vec<f32> { (0..n).map(|_| (std * rng.normal()) as f32).collect() };
+    sae.b_enc = Tensor::from_data(TensorData::new(random(h * 32, 0.05), [h, 32]), &device);
+    sae.b_dec = Tensor::from_data(TensorData::new(random(h * d, 0.5), [h, d]), &device);
+    sae.input_scale = vec![0.5, 2.0, 3.0, 1.5];
+    let hand = HandSae::of(&sae);
+
+    let z_rows = values(z.clone());
+    let want: Vec<f64> = z_rows
+        .chunks_exact(h * d)
+        .flat_map(|row| hand.reconstruct_raw(row))
+        .collect();
+    // Not a near-identity: the reconstruction is far from hook_z, and features are sparse.
+    assert!(max_abs_diff(&want, &z_rows) > 0.1);
+    let active = z_rows
+        .chunks_exact(h * d)
+        .flat_map(|row| (0..h).flat_map(|hd| hand.head(hd, &hand.scaled(row, hd)).0))
+        .filter(|&f| f > 0.0)
+        .count() as f64
+        / (b * t * h * 32) as f64;
+    println!("fraction of features active: {active:.3}");
+    assert!(active > 0.05 && active < 0.95, "{active}");
+
+    let all = values(sae_replace(&sae, z.clone(), false));
+    assert_close("sae_replace vs reconstruction by hand", &all, &want, 1e-5);
+    let kept = values(sae_replace(&sae, z, true));
+    let row = h * d;
+    for (i, (got, orig)) in kept
+        .chunks_exact(row)
+        .zip(z_rows.chunks_exact(row))
+        .enumerate()
+    {
+        if i % t == 0 {
+            // Kept although its reconstruction differs.
+            assert!(max_abs_diff(&all[i * row..(i + 1) * row], orig) > 0.1);
+            assert_eq!(
+                got,
+                orig,
+                "window {}: position 0 is hook_z as it was",
+                i / t
+            );
+        } else {
+            assert_eq!(got, &all[i * row..(i + 1) * row], "position {}", i % t);
+        }
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 
