@@ -10,7 +10,8 @@
 //! after the first 2000, i.e. past what the main job trains on).
 
 use attn_saes::device::{DeviceChoice, select};
-use attn_saes::lm::{HeadSelection, HookRequest, Splice, ZConvention, per_token_ce};
+use attn_saes::lm::{HeadSelection, Splice, ZConvention};
+use attn_saes::train::eval::window_ce;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -40,22 +41,11 @@ fn main() -> anyhow::Result<()> {
     let windows = &all[skip.min(all.len())..];
     let m = &loaded.transformer;
     let conv = ZConvention::TransformerLens;
-    // Mean CE per window, `[n]`.
+    // Mean CE per window, `[n]`, in forward passes of 8 windows.
     let ce = |splice: Option<&Splice>| -> anyhow::Result<Vec<f64>> {
         let mut out = Vec::new();
         for chunk in windows.chunks(8) {
-            let tokens = m.tokens(chunk)?;
-            let hooks = HookRequest {
-                logits: true,
-                z_convention: conv,
-                ..Default::default()
-            };
-            let logits = m
-                .run(tokens.clone(), &hooks, splice)?
-                .logits
-                .ok_or_else(|| anyhow::anyhow!("no logits"))?;
-            let per = per_token_ce(logits, tokens).mean_dim(1);
-            out.extend(attn_saes::files::host_vec(per)?.into_iter().map(f64::from));
+            out.extend(window_ce(m, &m.tokens(chunk)?, conv, splice)?);
         }
         Ok(out)
     };

@@ -156,6 +156,10 @@ enum Command {
         /// SAE directory (our format; see `import`).
         #[arg(long)]
         sae: std::path::PathBuf,
+        /// Skip this many context windows of the dataset first (e.g. past the ones a run
+        /// trained on), then evaluate on `--eval-windows`.
+        #[arg(long, default_value_t = 0)]
+        skip_windows: usize,
         #[command(flatten)]
         args: TrainArgs,
     },
@@ -424,7 +428,11 @@ fn main() -> anyhow::Result<()> {
             println!("model={}", assets.model.display());
             println!("corpus={}", assets.corpus.display());
         }
-        Command::Evaluate { sae, args } => {
+        Command::Evaluate {
+            sae,
+            skip_windows,
+            args,
+        } => {
             let mut config = args.resolve(cli.device)?;
             let origin = BlockDiagSae::read_origin(&sae)?;
             let (selected, loaded) = open_model(cli.device, &config.model)?;
@@ -466,14 +474,18 @@ fn main() -> anyhow::Result<()> {
                 &config.dataset,
                 config.text_column.as_deref(),
             )?;
-            let (windows, _) = attn_saes::data::windows::ContextWindows::first(
+            let (mut windows, _) = attn_saes::data::windows::ContextWindows::first(
                 &corpus,
                 &loaded.tokenizer,
                 config.context_size,
                 loaded.transformer.config.bos_token_id,
-                config.eval_windows,
+                skip_windows + config.eval_windows,
             )?;
-            anyhow::ensure!(!windows.is_empty(), "the dataset gave no context windows");
+            windows.drain(..skip_windows.min(windows.len()));
+            anyhow::ensure!(
+                !windows.is_empty(),
+                "the dataset gave no context windows after skipping {skip_windows}"
+            );
             let tokens = loaded.transformer.tokens(&windows)?;
             let e = train::eval::evaluate(
                 &loaded.transformer,

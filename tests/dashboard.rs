@@ -79,15 +79,22 @@ fn random_sae(loaded: &LoadedModel, m: usize, seed: u64) -> BlockDiagSae {
     sae
 }
 
-/// The SAE's pre-activations `[n, H, m]` (host) on windows, one forward per window.
-fn pre_activations(loaded: &LoadedModel, sae: &BlockDiagSae, windows: &[Vec<u32>]) -> Vec<f32> {
+/// The SAE's pre-activations and features, each `[n, H, m]` on the host, over windows run
+/// through the LM `per_forward` at a time.
+fn sae_on(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    windows: &[Vec<u32>],
+    per_forward: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let model = &loaded.transformer;
     let (h, d) = (sae.config.n_heads, sae.config.d_head);
-    let mut out = Vec::new();
-    for w in windows {
+    let host = |t: Tensor<3>| t.swap_dims(0, 1).into_data().try_to_vec::<f32>().unwrap();
+    let (mut pre, mut feats) = (Vec::new(), Vec::new());
+    for chunk in windows.chunks(per_forward) {
         let z = model
             .run(
-                model.tokens(std::slice::from_ref(w)).unwrap(),
+                model.tokens(chunk).unwrap(),
                 &HookRequest::hook_z(&[1]),
                 None,
             )
@@ -95,11 +102,12 @@ fn pre_activations(loaded: &LoadedModel, sae: &BlockDiagSae, windows: &[Vec<u32>
             .hook_z
             .remove(&1)
             .unwrap();
-        let t = w.len();
-        let pre = sae.forward(sae.scale_input(z.reshape([t, h, d]))).pre; // [H, t, m]
-        out.extend(pre.swap_dims(0, 1).into_data().try_to_vec::<f32>().unwrap());
+        let n = chunk.iter().map(Vec::len).sum::<usize>();
+        let out = sae.forward(sae.scale_input(z.reshape([n, h, d]))); // [H, n, m]
+        pre.extend(host(out.pre));
+        feats.extend(host(out.feats));
     }
-    out
+    (pre, feats)
 }
 
 /// `sum_s DFA + b_enc = pre` at the target of every top example.
@@ -112,7 +120,7 @@ fn check_dfa_identity(model: &str, sae: &BlockDiagSae, windows: Vec<Vec<u32>>) {
     };
     let inp = inputs(&loaded, sae, windows.clone());
     let d = build_quiet(&inp, &opts);
-    let pre = pre_activations(&loaded, sae, &windows);
+    let (pre, _) = sae_on(&loaded, sae, &windows, 1);
     let b_enc = sae.b_enc.clone().into_data().try_to_vec::<f32>().unwrap();
     let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
     let t = windows[0].len();
@@ -318,28 +326,7 @@ fn top_examples_and_interval_groups_match_brute_force() {
         sae.config.features_per_head,
     );
     // Brute force: all activations, [n_tokens, H, m], in the builder's chunks.
-    let mut acts: Vec<f32> = Vec::new();
-    for chunk in windows.chunks(4) {
-        let z = model
-            .run(
-                model.tokens(chunk).unwrap(),
-                &HookRequest::hook_z(&[1]),
-                None,
-            )
-            .unwrap()
-            .hook_z
-            .remove(&1)
-            .unwrap();
-        let n = chunk.len() * t;
-        let feats = sae.forward(sae.scale_input(z.reshape([n, h, dh]))).feats;
-        acts.extend(
-            feats
-                .swap_dims(0, 1)
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap(),
-        );
-    }
+    let (_, acts) = sae_on(&loaded, &sae, &windows, 4);
     let bos = model.config.bos_token_id.unwrap();
     let tokens: Vec<u32> = windows.concat();
     let counted: Vec<usize> = (0..tokens.len()).filter(|&i| tokens[i] != bos).collect();

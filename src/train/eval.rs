@@ -8,27 +8,19 @@ use crate::sae::BlockDiagSae;
 
 pub use crate::run_log::{EvalMetrics, HeadEval};
 
+/// Mean CE over all windows (they have one length, so the mean of the window means).
 fn mean_ce(
     model: &Transformer,
     tokens: &Tensor<2, Int>,
     conv: ZConvention,
     splice: Option<&Splice>,
 ) -> anyhow::Result<f64> {
-    let hooks = HookRequest {
-        logits: true,
-        z_convention: conv,
-        ..Default::default()
-    };
-    let logits = model
-        .run(tokens.clone(), &hooks, splice)?
-        .logits
-        .ok_or_else(|| anyhow::anyhow!("no logits"))?;
-    let ce = per_token_ce(logits, tokens.clone()).mean();
-    Ok(crate::files::host_vec(ce)?[0] as f64)
+    let per_window = window_ce(model, tokens, conv, splice)?;
+    Ok(per_window.iter().sum::<f64>() / per_window.len().max(1) as f64)
 }
 
-/// Mean CE of each window of `tokens` `[batch, pos]`, `[batch]`.
-fn window_ce(
+/// Mean CE of each window of `tokens` `[batch, pos]`, `[batch]`, with `splice` applied.
+pub fn window_ce(
     model: &Transformer,
     tokens: &Tensor<2, Int>,
     conv: ZConvention,
