@@ -904,8 +904,28 @@ struct ParquetRows {
     rep_levels: Vec<i16>,
 }
 
+/// Runs `f`, turning a panic into an error: the parquet crate asserts (and indexes out of
+/// bounds) on some corrupt files instead of returning errors.
+fn parquet_guard<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(CorpusError::invalid(
+            path,
+            format!("corrupt parquet data (the parquet reader failed: {message})"),
+        ))
+    })
+}
+
 impl ParquetRows {
     fn open(path: &Path, wanted: Option<&str>) -> Result<Self> {
+        parquet_guard(path, || Self::open_unguarded(path, wanted))
+    }
+
+    fn open_unguarded(path: &Path, wanted: Option<&str>) -> Result<Self> {
         let file = File::open(path).map_err(|e| CorpusError::io(path, e))?;
         let reader = SerializedFileReader::new(file).map_err(|e| CorpusError::parquet(path, e))?;
         let metadata = reader.metadata();
@@ -941,6 +961,11 @@ impl ParquetRows {
     /// Positions the reader so the next row decoded is row `row`, skipping
     /// whole row groups without reading them.
     fn skip_rows(&mut self, row: u64) -> Result<()> {
+        let path = self.path.clone();
+        parquet_guard(&path, || self.skip_rows_unguarded(row))
+    }
+
+    fn skip_rows_unguarded(&mut self, row: u64) -> Result<()> {
         while self.group < self.num_groups() && self.group_starts[self.group + 1] <= row {
             self.group += 1;
         }
@@ -995,12 +1020,14 @@ impl ParquetRows {
                 if self.group >= self.num_groups() {
                     return None;
                 }
-                if let Err(e) = self.open_group() {
+                let path = self.path.clone();
+                if let Err(e) = parquet_guard(&path, || self.open_group()) {
                     self.group = self.num_groups();
                     return Some(Err(e));
                 }
             }
-            match self.read_batch() {
+            let path = self.path.clone();
+            match parquet_guard(&path, || self.read_batch()) {
                 Ok(0) => {
                     self.column_reader = None;
                     self.group += 1;

@@ -25,10 +25,17 @@ pub struct LoadedModel {
 }
 
 fn load_tokenizer(path: &Path) -> Result<Tokenizer, LoadError> {
-    Tokenizer::from_file(path).map_err(|e| LoadError::Tokenizer {
+    let error = |message: String| LoadError::Tokenizer {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    // tokenizers panics (an `expect` in its decoder deserialiser) on some malformed JSON:
+    // check the syntax first, and catch what remains.
+    serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| error(e.to_string()))?;
+    std::panic::catch_unwind(|| text.parse::<Tokenizer>())
+        .map_err(|_| error("malformed tokenizer (the tokenizers crate panicked on it)".into()))?
+        .map_err(|e| error(e.to_string()))
 }
 
 fn find_file(dir: &Path, pred: impl Fn(&str) -> bool) -> Option<PathBuf> {
