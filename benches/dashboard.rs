@@ -5,7 +5,7 @@
 //! `cargo bench --bench dashboard -- [--model demo|gpt2-random] [--sae DIR] [--tokens N]
 //!  [--features-per-head M] [--device cpu|wgpu]`
 //!
-//! `demo` is the offline SmolLM2-135M on Shakespeare (layer 15; `--sae runs/latest/sae` for
+//! `demo` is the offline SmolLM2-135M on Shakespeare (layer 24; `--sae runs/latest/sae` for
 //! the main job's SAE, else a random one); `gpt2-random` is a random-weight gpt2-small
 //! (layer 4, random token windows) with the seed's SAE shape, 12 heads x 2048 features.
 
@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         let all =
             dashboard::windows_from(&corpus, &loaded, t, Default::default(), skip + n_windows)?;
         let windows = all[skip.min(all.len())..].to_vec();
-        (loaded, 15, windows)
+        (loaded, attn_saes::assets::DEMO_HOOK_LAYER, windows)
     } else {
         let transformer = random(gpt2_small_config(), 0, &device);
         let tok_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -112,18 +112,17 @@ fn main() -> anyhow::Result<()> {
     let m: usize = arg("--features-per-head")
         .and_then(|s| s.parse().ok())
         .unwrap_or(if which == "demo" { 8 * mc.d_head } else { 2048 });
-    let sae = match arg("--sae") {
-        Some(dir) => BlockDiagSae::load(std::path::Path::new(&dir), &device)?,
-        None => random_sae(mc.n_heads, mc.d_head, m, &device),
-    };
     let n_tokens = windows.len() * t;
     println!(
-        "model={which} layer={layer} heads={} d_head={} features_per_head={} tokens={n_tokens}",
-        mc.n_heads, mc.d_head, sae.config.features_per_head
+        "model={which} layer={layer} heads={} d_head={} features_per_head={m} tokens={n_tokens}",
+        mc.n_heads, mc.d_head
     );
 
-    // Bare harvest: the same chunks, hook_z only, read back to the host.
+    // Bare harvest: the same chunks, hook_z only, read back to the host. It also gives the
+    // mean norm of each head's hook_z, which a random SAE's input scale needs.
     let model = &loaded.transformer;
+    let (h, d) = (mc.n_heads, mc.d_head);
+    let mut norm_sums = vec![0f64; h];
     let start = Instant::now();
     for chunk in windows.chunks(8) {
         let z = model
@@ -131,9 +130,23 @@ fn main() -> anyhow::Result<()> {
             .hook_z
             .remove(&layer)
             .ok_or_else(|| anyhow::anyhow!("no hook_z"))?;
-        let _ = attn_saes::files::host_vec(z)?;
+        for (i, head) in attn_saes::files::host_vec(z)?.chunks_exact(d).enumerate() {
+            norm_sums[i % h] += head.iter().map(|v| v * v).sum::<f32>().sqrt() as f64;
+        }
     }
     let harvest_s = start.elapsed().as_secs_f64();
+    let sae = match arg("--sae") {
+        Some(dir) => BlockDiagSae::load(std::path::Path::new(&dir), &device)?,
+        None => {
+            let mut sae = random_sae(h, d, m, &device);
+            // Inputs of norm sqrt(d_head) per head, as with per-head normalisation.
+            sae.input_scale = norm_sums
+                .iter()
+                .map(|s| (d as f64).sqrt() as f32 / (s / n_tokens as f64).max(1e-12) as f32)
+                .collect();
+            sae
+        }
+    };
     println!(
         "bare_harvest tokens_per_s={:.1} seconds={harvest_s:.2} peak_rss_mb={:.0}",
         n_tokens as f64 / harvest_s,
@@ -176,13 +189,15 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let bytes = d.to_bytes()?.len();
+    let l0: f64 = d.meta.heads.iter().map(|s| s.l0).sum();
     println!(
         "dashboard_build tokens_per_s={:.1} seconds={build_s:.2} overhead_vs_harvest={:.1}% \
-         file_mb={:.1} peak_rss_mb={:.0}",
+         file_mb={:.1} peak_rss_mb={:.0} l0_total={l0:.1} density={:.4}",
         n_tokens as f64 / build_s,
         100.0 * (build_s / harvest_s - 1.0),
         bytes as f64 / 1e6,
-        peak_rss_mb()
+        peak_rss_mb(),
+        l0 / (h * m) as f64
     );
     Ok(())
 }

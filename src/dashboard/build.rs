@@ -407,9 +407,11 @@ fn logit_effects(
                 .slice([start..end, 0..d_model])
                 .matmul(w_u.clone()),
         )?;
-        for row in logits.chunks_exact(vocab) {
-            out.push(summarise_logits(row, k, bins));
-        }
+        out.par_extend(
+            logits
+                .par_chunks_exact(vocab)
+                .map(|row| summarise_logits(row, k, bins)),
+        );
     }
     Ok(out)
 }
@@ -589,9 +591,15 @@ pub fn build(
         let mut summaries = Vec::with_capacity(h);
         let mut used_windows = BTreeSet::new();
         let mut used_tokens = BTreeSet::new();
-        for (head, state) in heads.into_iter().enumerate() {
-            progress("histograms, interval groups, logit effects", head, h);
-            let p2 = pass2(&state.spill_path, head, n_windows, &state.max, &dims, opts)?;
+        // Pass 2 reads each head's spill file; heads in parallel.
+        progress("histograms, interval groups", 0, h);
+        let pass2s: Vec<HeadPass2> = heads
+            .par_iter()
+            .enumerate()
+            .map(|(head, state)| pass2(&state.spill_path, head, n_windows, &state.max, &dims, opts))
+            .collect::<anyhow::Result<_>>()?;
+        for (head, (state, p2)) in heads.into_iter().zip(pass2s).enumerate() {
+            progress("logit effects", head, h);
             drop(state.spill);
             let _ = std::fs::remove_file(&state.spill_path);
             let logits = logit_effects(inputs, head, opts)?;
@@ -682,7 +690,7 @@ pub fn build(
             });
             head_data.push(HeadData { features });
         }
-        progress("histograms, interval groups, logit effects", h, h);
+        progress("logit effects", h, h);
 
         // Keep the windows examples use, renumbered, and the strings of every token used.
         let remap: BTreeMap<u32, u32> = used_windows
