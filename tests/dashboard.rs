@@ -320,11 +320,7 @@ fn top_examples_and_interval_groups_match_brute_force() {
     };
     let d = build_quiet(&inputs(&loaded, &sae, windows.clone()), &opts);
     let model = &loaded.transformer;
-    let (h, dh, m) = (
-        sae.config.n_heads,
-        sae.config.d_head,
-        sae.config.features_per_head,
-    );
+    let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
     // Brute force: all activations, [n_tokens, H, m], in the builder's chunks.
     let (_, acts) = sae_on(&loaded, &sae, &windows, 4);
     let bos = model.config.bos_token_id.unwrap();

@@ -496,105 +496,6 @@ fn gguf_data_end(path: &Path) -> usize {
         .unwrap() as usize
 }
 
-/// A metadata value for the GGUF writer.
-enum Meta {
-    U32(u32),
-    Str(&'static str),
-    Strs(Vec<String>),
-}
-
-/// Writes a GGUF v3 file: `meta` key/values, then F32 tensors of `dims` (ggml order)
-/// holding small distinct values. (The writer of `tests/bad_input.rs`, trimmed.)
-fn write_gguf(path: &Path, meta: &[(&str, Meta)], tensors: &[(String, Vec<u64>)]) {
-    fn put_str(b: &mut Vec<u8>, s: &str) {
-        b.extend((s.len() as u64).to_le_bytes());
-        b.extend(s.as_bytes());
-    }
-    let mut b = b"GGUF".to_vec();
-    b.extend(3u32.to_le_bytes());
-    b.extend((tensors.len() as u64).to_le_bytes());
-    b.extend((meta.len() as u64).to_le_bytes());
-    for (key, value) in meta {
-        put_str(&mut b, key);
-        match value {
-            Meta::U32(v) => {
-                b.extend(4u32.to_le_bytes());
-                b.extend(v.to_le_bytes());
-            }
-            Meta::Str(s) => {
-                b.extend(8u32.to_le_bytes());
-                put_str(&mut b, s);
-            }
-            Meta::Strs(items) => {
-                b.extend(9u32.to_le_bytes());
-                b.extend(8u32.to_le_bytes());
-                b.extend((items.len() as u64).to_le_bytes());
-                for s in items {
-                    put_str(&mut b, s);
-                }
-            }
-        }
-    }
-    let mut offset = 0u64;
-    for (name, dims) in tensors {
-        put_str(&mut b, name);
-        b.extend((dims.len() as u32).to_le_bytes());
-        for d in dims {
-            b.extend(d.to_le_bytes());
-        }
-        b.extend(0u32.to_le_bytes()); // F32
-        b.extend(offset.to_le_bytes());
-        offset += (4 * dims.iter().product::<u64>()).next_multiple_of(32);
-    }
-    b.resize(b.len().next_multiple_of(32), 0);
-    let data_start = b.len();
-    b.resize(data_start + offset as usize, 0);
-    // Small nonzero weights (zeros would make bit flips in the data less telling).
-    for (i, chunk) in b[data_start..].chunks_exact_mut(4).enumerate() {
-        chunk.copy_from_slice(&(0.01 * ((i % 17) as f32 - 8.0)).to_le_bytes());
-    }
-    std::fs::write(path, b).unwrap();
-}
-
-/// A loadable tiny Llama: d_model 8, 2 query heads and 1 key/value head of 4, d_mlp 8,
-/// vocab 4, one layer.
-fn write_tiny_llama_gguf(path: &Path) {
-    const D: u64 = 8;
-    let meta = [
-        ("general.architecture", Meta::Str("llama")),
-        ("llama.embedding_length", Meta::U32(D as u32)),
-        ("llama.attention.head_count", Meta::U32(2)),
-        ("llama.attention.head_count_kv", Meta::U32(1)),
-        ("llama.block_count", Meta::U32(1)),
-        ("llama.feed_forward_length", Meta::U32(8)),
-        ("llama.context_length", Meta::U32(16)),
-        ("tokenizer.ggml.model", Meta::Str("gpt2")),
-        (
-            "tokenizer.ggml.tokens",
-            Meta::Strs(["a", "b", "c", "d"].map(String::from).to_vec()),
-        ),
-        ("tokenizer.ggml.merges", Meta::Strs(vec![])),
-    ];
-    let mut tensors: Vec<(String, Vec<u64>)> = vec![
-        ("token_embd.weight".into(), vec![D, 4]),
-        ("output_norm.weight".into(), vec![D]),
-    ];
-    for (leaf, dims) in [
-        ("attn_norm.weight", vec![D]),
-        ("attn_q.weight", vec![D, 8]),
-        ("attn_k.weight", vec![D, 4]),
-        ("attn_v.weight", vec![D, 4]),
-        ("attn_output.weight", vec![8, D]),
-        ("ffn_norm.weight", vec![D]),
-        ("ffn_gate.weight", vec![D, 8]),
-        ("ffn_up.weight", vec![D, 8]),
-        ("ffn_down.weight", vec![8, D]),
-    ] {
-        tensors.push((format!("blk.0.{leaf}"), dims));
-    }
-    write_gguf(path, &meta, &tensors);
-}
-
 #[test]
 fn gguf_files_survive_damage() {
     let dir = temp_dir("gguf");
@@ -609,7 +510,7 @@ fn gguf_files_survive_damage() {
 
     let llama = dir.join("llama").join("model.gguf");
     std::fs::create_dir_all(llama.parent().unwrap()).unwrap();
-    write_tiny_llama_gguf(&llama);
+    common::gguf::write_tiny_llama(&llama);
     let end = gguf_data_end(&llama);
     fuzz.file(
         "tiny llama model.gguf",

@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: fixtures, reference tensors, devices.
 #![allow(dead_code)]
 
+pub mod gguf;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
