@@ -76,21 +76,35 @@ fn random_sae(loaded: &LoadedModel, m: usize, seed: u64) -> BlockDiagSae {
     let b: Vec<f32> = (0..h * m).map(|_| -(rng.uniform() as f32) * 1.5).collect();
     sae.b_enc = Tensor::from_data(TensorData::new(b, [h, m]), &device);
     sae.input_scale = (0..h).map(|i| 0.7 + 0.3 * i as f32).collect();
+    let b: Vec<f32> = (0..h * d).map(|_| 0.1 * rng.normal() as f32).collect();
+    sae.b_dec = Tensor::from_data(TensorData::new(b, [h, d]), &device);
     sae
 }
 
-/// The SAE's pre-activations and features, each `[n, H, m]` on the host, over windows run
-/// through the LM `per_forward` at a time.
+/// The SAE on windows run through the LM `per_forward` at a time, on the host: its
+/// pre-activations and features `[n, H, m]`, inputs and reconstructions `[n, H, d]`.
+struct SaeOn {
+    pre: Vec<f32>,
+    feats: Vec<f32>,
+    x: Vec<f32>,
+    recon: Vec<f32>,
+}
+
 fn sae_on(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
     windows: &[Vec<u32>],
     per_forward: usize,
-) -> (Vec<f32>, Vec<f32>) {
+) -> SaeOn {
     let model = &loaded.transformer;
     let (h, d) = (sae.config.n_heads, sae.config.d_head);
     let host = |t: Tensor<3>| t.swap_dims(0, 1).into_data().try_to_vec::<f32>().unwrap();
-    let (mut pre, mut feats) = (Vec::new(), Vec::new());
+    let mut all = SaeOn {
+        pre: Vec::new(),
+        feats: Vec::new(),
+        x: Vec::new(),
+        recon: Vec::new(),
+    };
     for chunk in windows.chunks(per_forward) {
         let z = model
             .run(
@@ -103,11 +117,14 @@ fn sae_on(
             .remove(&1)
             .unwrap();
         let n = chunk.iter().map(Vec::len).sum::<usize>();
-        let out = sae.forward(sae.scale_input(z.reshape([n, h, d]))); // [H, n, m]
-        pre.extend(host(out.pre));
-        feats.extend(host(out.feats));
+        let x = sae.scale_input(z.reshape([n, h, d])); // [H, n, d]
+        let out = sae.forward(x.clone()); // [H, n, m]
+        all.pre.extend(host(out.pre));
+        all.feats.extend(host(out.feats));
+        all.x.extend(host(x));
+        all.recon.extend(host(out.recon));
     }
-    (pre, feats)
+    all
 }
 
 /// `sum_s DFA + b_enc = pre` at the target of every top example.
@@ -120,7 +137,7 @@ fn check_dfa_identity(model: &str, sae: &BlockDiagSae, windows: Vec<Vec<u32>>) {
     };
     let inp = inputs(&loaded, sae, windows.clone());
     let d = build_quiet(&inp, &opts);
-    let (pre, _) = sae_on(&loaded, sae, &windows, 1);
+    let pre = sae_on(&loaded, sae, &windows, 1).pre;
     let b_enc = sae.b_enc.clone().into_data().try_to_vec::<f32>().unwrap();
     let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
     let t = windows[0].len();
@@ -322,11 +339,47 @@ fn top_examples_and_interval_groups_match_brute_force() {
     let model = &loaded.transformer;
     let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
     // Brute force: all activations, [n_tokens, H, m], in the builder's chunks.
-    let (_, acts) = sae_on(&loaded, &sae, &windows, 4);
+    let brute = sae_on(&loaded, &sae, &windows, 4);
+    let acts = &brute.feats;
     let bos = model.config.bos_token_id.unwrap();
     let tokens: Vec<u32> = windows.concat();
     let counted: Vec<usize> = (0..tokens.len()).filter(|&i| tokens[i] != bos).collect();
     assert_eq!(d.meta.n_tokens as usize, counted.len());
+    // Per-head L0 and explained variance (the builder sums reconstructions sparsely on
+    // the host; here the SAE's dense decoder): 1 - sum|x - x_hat|^2 / sum|x - mean|^2.
+    let dh = sae.config.d_head;
+    for (head, summary) in d.meta.heads.iter().enumerate() {
+        let row = |v: &[f32], i: usize| v[(i * h + head) * dh..][..dh].to_vec();
+        let mut mean = vec![0f64; dh];
+        for &i in &counted {
+            for (mj, xj) in mean.iter_mut().zip(row(&brute.x, i)) {
+                *mj += xj as f64 / counted.len() as f64;
+            }
+        }
+        let (mut resid, mut total) = (0f64, 0f64);
+        for &i in &counted {
+            for ((xj, rj), mj) in row(&brute.x, i).iter().zip(row(&brute.recon, i)).zip(&mean) {
+                resid += (*xj as f64 - rj as f64).powi(2);
+                total += (*xj as f64 - mj).powi(2);
+            }
+        }
+        let ev = 1.0 - resid / total;
+        assert!(
+            (summary.explained_variance - ev).abs() < 1e-5,
+            "head {head}: EV {} vs {ev}",
+            summary.explained_variance
+        );
+        let l0 = counted
+            .iter()
+            .map(|&i| {
+                (0..m)
+                    .filter(|&f| acts[(i * h + head) * m + f] > 0.0)
+                    .count()
+            })
+            .sum::<usize>() as f64
+            / counted.len() as f64;
+        assert!((summary.l0 - l0).abs() < 1e-12, "head {head}: L0");
+    }
     let window_of = |e: &attn_saes::dashboard::format::Example| {
         windows
             .iter()
