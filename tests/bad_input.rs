@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -16,11 +16,9 @@ use burn::prelude::*;
 use common::gguf::*;
 use common::*;
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("attn-saes-bad-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch directory, removed when the test is done with it.
+fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new("attn-saes-bad", tag)
 }
 
 fn load_err(path: &Path) -> String {
@@ -233,7 +231,7 @@ fn bad_gguf_head_counts_and_sizes_name_the_key() {
 fn llama_hf_copy(
     tag: &str,
     edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
-) -> PathBuf {
+) -> TempDir {
     let dir = temp_dir(&format!("hf-{tag}"));
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         std::fs::copy(fixture("llama_tiny").join(f), dir.join(f)).unwrap();
@@ -371,7 +369,7 @@ fn cache_meta(shard_rows: Vec<usize>) -> CacheMeta {
 
 /// A cache of shards with `shard_rows` rows of 2 x 3 values (row `r` of shard `s` holds
 /// `100 s + r`), described by `meta`.
-fn write_fake_cache(tag: &str, meta: &CacheMeta) -> PathBuf {
+fn write_fake_cache(tag: &str, meta: &CacheMeta) -> TempDir {
     let dir = temp_dir(&format!("cache-{tag}"));
     let row_len = CACHE_HEADS * CACHE_D_HEAD;
     for (s, &rows) in [4usize, 2].iter().enumerate() {

@@ -17,6 +17,37 @@ pub fn fixture(rel: &str) -> PathBuf {
     root.join("tests/fixtures").join(rel)
 }
 
+/// A fresh directory under the system temp dir, removed (with its contents) when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str, tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A reference tensor from a fixture: row-major shape and values as f64.
 pub struct RefTensor {
     pub shape: Vec<usize>,
