@@ -487,7 +487,7 @@ fn main() -> anyhow::Result<()> {
                 "the dataset gave no context windows after skipping {skip_windows}"
             );
             let tokens = loaded.transformer.tokens(&windows)?;
-            let e = train::eval::evaluate(
+            let (e, s) = train::eval::evaluate_with_spread(
                 &loaded.transformer,
                 &sae,
                 tokens,
@@ -497,14 +497,6 @@ fn main() -> anyhow::Result<()> {
                 0,
             )?;
             attn_saes::cli_train::print_summary(None, Some(&e));
-            let s = train::eval::score_spread(
-                &loaded.transformer,
-                &sae,
-                loaded.transformer.tokens(&windows)?,
-                config.layer(loaded.transformer.config.n_layers),
-                config.z_convention,
-                config.drop_bos,
-            )?;
             println!(
                 "over {} windows: zero-ablation costs {:.4} +- {:.4} nats, the SAE {:.4} +- \
                  {:.4}; CE loss score {:.3} +- {:.3} (standard errors; jackknife for the score)",

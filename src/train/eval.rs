@@ -15,8 +15,11 @@ fn mean_ce(
     conv: ZConvention,
     splice: Option<&Splice>,
 ) -> anyhow::Result<f64> {
-    let per_window = window_ce(model, tokens, conv, splice)?;
-    Ok(per_window.iter().sum::<f64>() / per_window.len().max(1) as f64)
+    Ok(mean(&window_ce(model, tokens, conv, splice)?))
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 /// Mean CE of each window of `tokens` `[batch, pos]`, `[batch]`, with `splice` applied.
@@ -57,40 +60,14 @@ pub struct ScoreSpread {
 /// Mean and standard error of a sample.
 fn mean_se(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    (mean, (var / n).sqrt())
+    let mu = mean(v);
+    let var = v.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mu, (var / n).sqrt())
 }
 
-/// Per-window CE losses (clean, with the SAE, zero-ablated) and the score's spread:
-/// jackknife over windows (the score is a ratio of means, so a plain per-window average of
-/// ratios would be dominated by windows where ablation costs nothing).
-pub fn score_spread(
-    model: &Transformer,
-    sae: &BlockDiagSae,
-    tokens: Tensor<2, Int>,
-    layer: usize,
-    conv: ZConvention,
-    keep_bos: bool,
-) -> anyhow::Result<ScoreSpread> {
-    let replace = |z: Tensor<4>| sae_replace(sae, z, keep_bos);
-    let with_sae = Splice {
-        layer,
-        heads: HeadSelection::All,
-        replace: &replace,
-    };
-    let clean = window_ce(model, &tokens, conv, None)?;
-    let with = window_ce(model, &tokens, conv, Some(&with_sae))?;
-    let zero = window_ce(
-        model,
-        &tokens,
-        conv,
-        Some(&Splice::zero_ablate(layer, HeadSelection::All)),
-    )?;
-    Ok(spread_of(&clean, &with, &zero))
-}
-
-/// [`ScoreSpread`] from per-window losses.
+/// [`ScoreSpread`] from per-window losses (clean, with the SAE, zero-ablated): a jackknife
+/// over windows, since the score is a ratio of means (a plain average of per-window ratios
+/// would be dominated by windows where ablation costs nothing).
 pub fn spread_of(clean: &[f64], with: &[f64], zero: &[f64]) -> ScoreSpread {
     let n = clean.len();
     let diff = |a: &[f64]| a.iter().zip(clean).map(|(x, c)| x - c).collect::<Vec<_>>();
@@ -148,20 +125,34 @@ pub fn evaluate(
     keep_bos: bool,
     step: usize,
 ) -> anyhow::Result<EvalMetrics> {
+    Ok(evaluate_with_spread(model, sae, tokens, layer, conv, keep_bos, step)?.0)
+}
+
+/// [`evaluate`], and the whole-layer score's spread over windows from the same passes.
+pub fn evaluate_with_spread(
+    model: &Transformer,
+    sae: &BlockDiagSae,
+    tokens: Tensor<2, Int>,
+    layer: usize,
+    conv: ZConvention,
+    keep_bos: bool,
+    step: usize,
+) -> anyhow::Result<(EvalMetrics, ScoreSpread)> {
     let replace = |z: Tensor<4>| sae_replace(sae, z, keep_bos);
-    let ce_clean = mean_ce(model, &tokens, conv, None)?;
     let with_sae = |heads| Splice {
         layer,
         heads,
         replace: &replace,
     };
-    let ce_sae = mean_ce(model, &tokens, conv, Some(&with_sae(HeadSelection::All)))?;
-    let ce_zero = mean_ce(
+    let clean = window_ce(model, &tokens, conv, None)?;
+    let with = window_ce(model, &tokens, conv, Some(&with_sae(HeadSelection::All)))?;
+    let zero = window_ce(
         model,
         &tokens,
         conv,
         Some(&Splice::zero_ablate(layer, HeadSelection::All)),
     )?;
+    let (ce_clean, ce_sae, ce_zero) = (mean(&clean), mean(&with), mean(&zero));
     let mut per_head = Vec::new();
     for h in 0..model.config.n_heads {
         let s = mean_ce(model, &tokens, conv, Some(&with_sae(HeadSelection::One(h))))?;
@@ -177,14 +168,15 @@ pub fn evaluate(
             ce_score: score(ce_clean, s, z),
         });
     }
-    Ok(EvalMetrics {
+    let metrics = EvalMetrics {
         step,
         ce_clean,
         ce_sae,
         ce_zero,
         ce_score: score(ce_clean, ce_sae, ce_zero),
         per_head,
-    })
+    };
+    Ok((metrics, spread_of(&clean, &with, &zero)))
 }
 
 #[cfg(test)]
