@@ -328,8 +328,7 @@ fn main() -> anyhow::Result<()> {
                 (Some(run), None) => {
                     let config = checkpoint::read_config(&checkpoint::resolve_resume(&run)?)?;
                     let (_, loaded) = open_model(cli.device, &config.model)?;
-                    let context = args.context_size.unwrap_or(config.context_size.min(128));
-                    let d = run_dashboards(&run, &loaded, tokens, context, &options)?;
+                    let d = run_dashboards(&run, &loaded, tokens, args.context_size, &options)?;
                     (d, dashboard::run_dashboard_path(&run))
                 }
                 (None, Some(sae_dir)) => {
@@ -399,7 +398,7 @@ fn main() -> anyhow::Result<()> {
                     &run,
                     &loaded,
                     DASHBOARD_TOKENS,
-                    config.context_size.min(128),
+                    None,
                     &BuildOptions::default(),
                 )?;
                 write_dashboard(&d, &path)?;
@@ -568,18 +567,13 @@ fn run_dashboards(
     run: &std::path::Path,
     loaded: &lm::LoadedModel,
     tokens: usize,
-    context: usize,
+    context: Option<usize>,
     options: &BuildOptions,
 ) -> anyhow::Result<Dashboard> {
     let mut bar = ProgressLine::new();
-    let d = dashboard::build_for_run(
-        run,
-        loaded,
-        tokens.div_ceil(context),
-        Some(context),
-        options,
-        &mut |p, i, n| bar.update(p, i, n),
-    )?;
+    let d = dashboard::build_for_run(run, loaded, tokens, context, options, &mut |p, i, n| {
+        bar.update(p, i, n)
+    })?;
     bar.finish();
     Ok(d)
 }
@@ -646,7 +640,6 @@ fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyho
     check_demo_assets(&config)?;
     eprintln!("loading model {}", config.model);
     let (selected, loaded) = open_model(choice, &config.model)?;
-    let config_context = config.context_size;
     let (tx, rx) = std::sync::mpsc::channel();
     let renderer = std::thread::spawn(move || render_headless(rx));
     let control = RunControl {
@@ -671,13 +664,12 @@ fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyho
             .parent()
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
-        let context = config_context.min(128);
         let started = std::time::Instant::now();
         let d = run_dashboards(
             run,
             &loaded,
             DASHBOARD_TOKENS,
-            context,
+            None,
             &BuildOptions::default(),
         )
         .context("building the run's dashboards (the trained SAE is saved)")?;

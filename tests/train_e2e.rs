@@ -1106,7 +1106,7 @@ fn run_dashboards_carry_the_run_and_feed_the_features_report() {
     let d = dashboard::build_for_run(
         &run_dir,
         &loaded,
-        6,
+        6 * 16, // six windows of the run's 16 tokens
         None,
         &BuildOptions::default(),
         &mut |_, _, _| {},

@@ -86,11 +86,12 @@ pub fn held_out_windows(
 }
 
 /// Builds the dashboards of a run directory (its final `sae/`, config and metrics) over
-/// `n_windows` held-out windows of `context_size` tokens.
+/// at least `tokens` tokens of held-out windows of `context_size` tokens (default: the
+/// run's context, at most 128).
 pub fn build_for_run(
     run_dir: &Path,
     loaded: &LoadedModel,
-    n_windows: usize,
+    tokens: usize,
     context_size: Option<usize>,
     options: &BuildOptions,
     progress: Progress,
@@ -101,6 +102,7 @@ pub fn build_for_run(
     let sae = BlockDiagSae::load(&sae_dir, loaded.transformer.device())
         .with_context(|| format!("loading the run's SAE from {}", sae_dir.display()))?;
     let context = context_size.unwrap_or(config.context_size.min(128));
+    let n_windows = tokens.div_ceil(context.max(1));
     progress("reading held-out windows", 0, n_windows);
     let (windows, from) = held_out_windows(&config, &ckpt, loaded, context, n_windows)?;
     let (history, _) = History::read(&run_dir.join("metrics.jsonl"))
