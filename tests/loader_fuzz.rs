@@ -29,13 +29,12 @@ use std::time::{Duration, Instant};
 
 use attn_saes::data::corpus::Corpus;
 use attn_saes::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
-use attn_saes::device::DeviceChoice;
 use attn_saes::lm::{self, LoadedModel};
 use attn_saes::rng::Rng;
 use attn_saes::sae::BlockDiagSae;
 use attn_saes::train::{RunControl, TrainConfig, checkpoint, train};
 use burn::prelude::*;
-use common::fixture;
+use common::{config, corpus, fixture};
 
 /// Single-bit flips per damaged file; `ATTN_SAES_FUZZ_FLIPS` overrides it for a deeper run
 /// (the first 300 positions stay the same).
@@ -678,47 +677,6 @@ fn sae_directory_survives_damage() {
 // ---------------------------------------------------------------------------------------
 // 6. Training checkpoint and activation cache.
 
-const TEXT: &str = "The quick brown fox jumps over the lazy dog. A journey of a thousand miles \
-begins with a single step. To be or not to be, that is the question. All that glitters is not \
-gold. The early bird catches the worm, but the second mouse gets the cheese. Where there is a \
-will, there is a way. Actions speak louder than words. Knowledge is power, and power corrupts. \
-Time flies like an arrow; fruit flies like a banana. Hello world! ";
-
-fn write_corpus(dir: &Path) -> PathBuf {
-    let path = dir.join("corpus.txt");
-    let text: String = (0..40)
-        .map(|i| format!("Paragraph {i}. {TEXT}\n\n"))
-        .collect();
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A tiny training run on gpt2_tiny (the pattern of `tests/train_e2e.rs`).
-fn train_config(dir: &Path, steps: usize) -> TrainConfig {
-    TrainConfig {
-        model: fixture("gpt2_tiny").display().to_string(),
-        dataset: write_corpus(dir),
-        hook_layer: Some(1),
-        expansion_factor: 2,
-        l1_coefficient: 2.0,
-        lr: 3e-3,
-        total_training_steps: steps,
-        batch_size: 64,
-        context_size: 16,
-        n_batches_in_buffer: 4,
-        windows_per_forward: 4,
-        normalization_batches: 2,
-        log_every: 1,
-        eval_every: 30,
-        eval_windows: 2,
-        checkpoint_every: 10,
-        dead_window_steps: 20,
-        out_dir: dir.join("run"),
-        device: DeviceChoice::Cpu,
-        ..TrainConfig::default()
-    }
-}
-
 fn store_config() -> StoreConfig {
     StoreConfig {
         hook_layer: 1,
@@ -763,7 +721,7 @@ fn resume(
 fn training_checkpoint_survives_damage() {
     let dir = temp_dir("ckpt");
     let device = Device::flex();
-    let config = train_config(&dir, 12);
+    let config = config(&dir, 12);
     let loaded = lm::load_model(&config.model, &device).unwrap();
     let (tx, _rx) = std::sync::mpsc::channel();
     train(
@@ -846,7 +804,7 @@ fn activation_cache_survives_damage() {
     let dir = temp_dir("cache");
     let device = Device::flex();
     let loaded = lm::load_model(&fixture("gpt2_tiny").display().to_string(), &device).unwrap();
-    let corpus = Corpus::open(&write_corpus(&dir), None).unwrap();
+    let corpus = Corpus::open(&corpus(&dir), None).unwrap();
     let small = StoreConfig {
         batch_tokens: 16,
         n_batches_in_buffer: 1,

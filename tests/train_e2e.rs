@@ -10,7 +10,6 @@ use std::sync::mpsc;
 
 use attn_saes::data::corpus::Corpus;
 use attn_saes::data::windows::ContextWindows;
-use attn_saes::device::DeviceChoice;
 use attn_saes::lm::{self, HeadSelection, HookRequest, Splice, Transformer, ZConvention};
 use attn_saes::sae::{Architecture, BlockDiagSae};
 use attn_saes::train::{RunControl, TrainConfig, TrainEvent, checkpoint, train};
@@ -18,52 +17,11 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use common::*;
 
-const TEXT: &str = "The quick brown fox jumps over the lazy dog. A journey of a thousand miles \
-begins with a single step. To be or not to be, that is the question. All that glitters is not \
-gold. The early bird catches the worm, but the second mouse gets the cheese. Where there is a \
-will, there is a way. Actions speak louder than words. Knowledge is power, and power corrupts. \
-Time flies like an arrow; fruit flies like a banana. Hello world! ";
-
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("attn-saes-e2e-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn corpus(dir: &Path) -> PathBuf {
-    let path = dir.join("corpus.txt");
-    let mut text = String::new();
-    for i in 0..40 {
-        text.push_str(&format!("Paragraph {i}. {TEXT}\n\n"));
-    }
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn config(dir: &Path, steps: usize) -> TrainConfig {
-    TrainConfig {
-        model: fixture("gpt2_tiny").display().to_string(),
-        dataset: corpus(dir),
-        hook_layer: Some(1),
-        expansion_factor: 2,
-        l1_coefficient: 2.0,
-        lr: 3e-3,
-        total_training_steps: steps,
-        batch_size: 64,
-        context_size: 16,
-        n_batches_in_buffer: 4,
-        windows_per_forward: 4,
-        normalization_batches: 2,
-        log_every: 1,
-        eval_every: 30,
-        eval_windows: 2,
-        checkpoint_every: 10,
-        dead_window_steps: 20,
-        out_dir: dir.join("run"),
-        device: DeviceChoice::Cpu,
-        ..TrainConfig::default()
-    }
 }
 
 fn run(

@@ -48,6 +48,50 @@ impl Drop for TempDir {
     }
 }
 
+/// English text for tiny training runs.
+pub const TEXT: &str = "The quick brown fox jumps over the lazy dog. A journey of a thousand miles \
+begins with a single step. To be or not to be, that is the question. All that glitters is not \
+gold. The early bird catches the worm, but the second mouse gets the cheese. Where there is a \
+will, there is a way. Actions speak louder than words. Knowledge is power, and power corrupts. \
+Time flies like an arrow; fruit flies like a banana. Hello world! ";
+
+/// Writes `dir/corpus.txt`: 40 numbered paragraphs of [`TEXT`].
+pub fn corpus(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("corpus.txt");
+    let text: String = (0..40)
+        .map(|i| format!("Paragraph {i}. {TEXT}\n\n"))
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A tiny training run on gpt2_tiny layer 1 (4 heads x 32 features) over [`corpus`],
+/// writing into `dir/run`.
+pub fn config(dir: &std::path::Path, steps: usize) -> attn_saes::train::TrainConfig {
+    attn_saes::train::TrainConfig {
+        model: fixture("gpt2_tiny").display().to_string(),
+        dataset: corpus(dir),
+        hook_layer: Some(1),
+        expansion_factor: 2,
+        l1_coefficient: 2.0,
+        lr: 3e-3,
+        total_training_steps: steps,
+        batch_size: 64,
+        context_size: 16,
+        n_batches_in_buffer: 4,
+        windows_per_forward: 4,
+        normalization_batches: 2,
+        log_every: 1,
+        eval_every: 30,
+        eval_windows: 2,
+        checkpoint_every: 10,
+        dead_window_steps: 20,
+        out_dir: dir.join("run"),
+        device: attn_saes::device::DeviceChoice::Cpu,
+        ..Default::default()
+    }
+}
+
 /// A reference tensor from a fixture: row-major shape and values as f64.
 pub struct RefTensor {
     pub shape: Vec<usize>,
