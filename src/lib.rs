@@ -3,6 +3,7 @@
 //! Pipeline: corpus -> tokens -> LM forward with hooks -> activation store -> SAE trainer
 //! -> checkpoints + metrics -> dashboards -> viewer.
 
+pub mod app;
 pub mod assets;
 pub mod cli_train;
 pub mod dashboard;

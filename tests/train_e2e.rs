@@ -1063,6 +1063,7 @@ fn run_dashboards_carry_the_run_and_feed_the_features_report() {
     let run_dir = cfg.out_dir.clone();
     let d = dashboard::build_for_run(
         &run_dir,
+        None,
         &loaded,
         6 * 16, // six windows of the run's 16 tokens
         None,

@@ -525,6 +525,70 @@ pub struct DashboardFile<'a> {
     checksums: BTreeMap<String, u64>,
 }
 
+/// A dashboard file that owns its bytes: metadata, windows and token strings decoded once,
+/// each head decoded (and checked) when asked for. What a viewer keeps open.
+pub struct OwnedDashboardFile {
+    bytes: Vec<u8>,
+    pub meta: DashboardMeta,
+    pub windows: Vec<Vec<u32>>,
+    pub token_strings: BTreeMap<u32, String>,
+    checksums: BTreeMap<String, u64>,
+}
+
+impl OwnedDashboardFile {
+    /// Checks the header and global arrays (as [`DashboardFile::parse`]) and keeps `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Result<Self, DashboardError> {
+        let DashboardFile {
+            meta,
+            windows,
+            token_strings,
+            checksums,
+            ..
+        } = DashboardFile::parse(&bytes)?;
+        Ok(Self {
+            bytes,
+            meta,
+            windows,
+            token_strings,
+            checksums,
+        })
+    }
+
+    pub fn n_heads(&self) -> usize {
+        self.meta.sae.n_heads
+    }
+
+    /// The file's size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn token(&self, id: u32) -> String {
+        token_string(&self.token_strings, id)
+    }
+
+    /// Decodes and checks one head's features.
+    pub fn head(&self, h: usize) -> Result<HeadData, DashboardError> {
+        let tensors = SafeTensors::deserialize(&self.bytes)
+            .map_err(|e| DashboardError::Container(e.to_string()))?;
+        Checked {
+            tensors: &tensors,
+            checksums: &self.checksums,
+        }
+        .head(&self.meta, self.windows.len(), h)
+    }
+}
+
+/// The checksummed arrays of a parsed file.
+struct Checked<'a, 'c> {
+    tensors: &'c SafeTensors<'a>,
+    checksums: &'c BTreeMap<String, u64>,
+}
+
 /// Reads a little-endian array of `N`-byte values.
 fn le<const N: usize, T>(bytes: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
     bytes
@@ -578,8 +642,8 @@ impl<'a> DashboardFile<'a> {
         };
         let t = file.meta.context_size;
         let vocab = file.meta.model.d_vocab;
-        let flat = file.u32s("windows", None)?;
-        let shape = file.shape("windows")?;
+        let flat = file.arrays().u32s("windows", None)?;
+        let shape = file.arrays().shape("windows")?;
         if shape.len() != 2 || shape[1] != t {
             return Err(bad(
                 "windows",
@@ -593,9 +657,11 @@ impl<'a> DashboardFile<'a> {
             ));
         }
         file.windows = flat.chunks_exact(t).map(<[u32]>::to_vec).collect();
-        let ids = file.u32s("vocab_ids", None)?;
-        let offs = file.u32s("vocab_offsets", Some(&[ids.len() + 1]))?;
-        let raw = file.view("vocab_bytes", Dtype::U8)?.data();
+        let ids = file.arrays().u32s("vocab_ids", None)?;
+        let offs = file
+            .arrays()
+            .u32s("vocab_offsets", Some(&[ids.len() + 1]))?;
+        let raw = file.arrays().view("vocab_bytes", Dtype::U8)?.data();
         check_offsets("vocab_offsets", &offs, raw.len())?;
         for (i, &id) in ids.iter().enumerate() {
             if id as usize >= vocab || (i > 0 && ids[i - 1] >= id) {
@@ -620,6 +686,20 @@ impl<'a> DashboardFile<'a> {
         token_string(&self.token_strings, id)
     }
 
+    fn arrays(&self) -> Checked<'a, '_> {
+        Checked {
+            tensors: &self.tensors,
+            checksums: &self.checksums,
+        }
+    }
+
+    /// Decodes and checks one head's features.
+    pub fn head(&self, h: usize) -> Result<HeadData, DashboardError> {
+        self.arrays().head(&self.meta, self.windows.len(), h)
+    }
+}
+
+impl<'a> Checked<'a, '_> {
     fn view(&self, name: &str, dtype: Dtype) -> Result<TensorView<'a>, DashboardError> {
         let view = self
             .tensors
@@ -697,13 +777,16 @@ impl<'a> DashboardFile<'a> {
         Ok(v)
     }
 
-    /// Decodes and checks one head's features.
-    pub fn head(&self, h: usize) -> Result<HeadData, DashboardError> {
-        let n_heads = self.n_heads();
+    fn head(
+        &self,
+        meta: &DashboardMeta,
+        n_windows: usize,
+        h: usize,
+    ) -> Result<HeadData, DashboardError> {
+        let n_heads = meta.sae.n_heads;
         if h >= n_heads {
             return Err(DashboardError::NoHead { head: h, n_heads });
         }
-        let meta = &self.meta;
         let s = &meta.settings;
         let (m, t) = (meta.sae.features_per_head, meta.context_size);
         let (k, bins, ni) = (s.logit_k, s.histogram_bins, s.n_intervals);
@@ -767,7 +850,6 @@ impl<'a> DashboardFile<'a> {
         let dof = self.u32s(&p("dfa_offsets"), Some(&[e + 1]))?;
         let dfa = self.f16s(&p("dfa_values"), None)?;
         check_offsets(&p("dfa_offsets"), &dof, dfa.len())?;
-        let n_windows = self.windows.len();
         let mut examples = Vec::with_capacity(e);
         for i in 0..e {
             let group = match groups[i] {

@@ -25,6 +25,8 @@ use crate::train::{TrainConfig, checkpoint};
 
 /// A run's dashboard file, beside its `sae/`.
 pub const DASHBOARD_FILE: &str = "dashboard.safetensors";
+/// Tokens a dashboard scans by default (the main job's, the app's).
+pub const DEFAULT_TOKENS: usize = 32_768;
 /// Step lines kept in a dashboard's metrics history.
 pub const HISTORY_POINTS: usize = 3000;
 
@@ -85,20 +87,25 @@ pub fn held_out_windows(
     ))
 }
 
-/// Builds the dashboards of a run directory (its final `sae/`, config and metrics) over
-/// at least `tokens` tokens of held-out windows of `context_size` tokens (default: the
-/// run's context, at most 128).
+/// Builds the dashboards of a run directory over at least `tokens` tokens of held-out
+/// windows of `context_size` tokens (default: the run's context, at most 128): of the SAE
+/// of `checkpoint` when given (a checkpoint directory of the run), else of the run's final
+/// `sae/`, else of its latest checkpoint (a run still training).
 pub fn build_for_run(
     run_dir: &Path,
+    checkpoint: Option<&Path>,
     loaded: &LoadedModel,
     tokens: usize,
     context_size: Option<usize>,
     options: &BuildOptions,
     progress: Progress,
 ) -> anyhow::Result<Dashboard> {
-    let ckpt = checkpoint::resolve_resume(run_dir)?;
+    let ckpt = checkpoint::resolve_resume(checkpoint.unwrap_or(run_dir))?;
     let config = checkpoint::read_config(&ckpt)?;
-    let sae_dir = run_dir.join("sae");
+    let sae_dir = match checkpoint {
+        None if run_dir.join("sae").is_dir() => run_dir.join("sae"),
+        _ => ckpt.join("sae"),
+    };
     let sae = BlockDiagSae::load(&sae_dir, loaded.transformer.device())
         .with_context(|| format!("loading the run's SAE from {}", sae_dir.display()))?;
     let context = context_size.unwrap_or(config.context_size.min(128));

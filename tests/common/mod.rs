@@ -226,3 +226,28 @@ pub fn check_logits_and_ce(
         tol,
     );
 }
+
+/// A finished tiny run ([`config`], `steps` steps, on the CPU) in `dir/run` with its
+/// dashboards built over 8 held-out windows and written to `dir/run/dashboard.safetensors`.
+/// Returns the run directory.
+pub fn run_with_dashboard(dir: &std::path::Path, steps: usize) -> PathBuf {
+    use attn_saes::dashboard::{self, BuildOptions};
+    let cfg = config(dir, steps);
+    let device = Device::flex();
+    let loaded = attn_saes::lm::load_model(&cfg.model, &device).unwrap();
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let run_dir = cfg.out_dir.clone();
+    attn_saes::train::train(cfg, &loaded, None, &device, "cpu", &tx, &Default::default()).unwrap();
+    let d = dashboard::build_for_run(
+        &run_dir,
+        None,
+        &loaded,
+        8 * 16,
+        None,
+        &BuildOptions::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    dashboard::build::write(&d, &dashboard::run_dashboard_path(&run_dir)).unwrap();
+    run_dir
+}

@@ -1,0 +1,950 @@
+//! The Features view: per-head feature dashboards over a dashboard file.
+//!
+//! Three panels: the heads overview (per-head L0, EV, dead count, CE score and a density
+//! sparkline), the selected head's feature list (sort, filter, search; arrow keys move the
+//! selection, `/` focuses the search box), and the selected feature's dashboard in the
+//! sae_vis / Neuronpedia layout: activation and logit histograms, logit tables, top
+//! examples, direct feature attribution (DFA) by source position for one top example, and
+//! the interval groups.
+//!
+//! Plain egui over [`crate::dashboard::format`]: no threads, no file system, no clocks, so
+//! the same code runs natively and on wasm32.
+
+use eframe::egui::{
+    self, Color32, CornerRadius, Key, Rect, Response, RichText, ScrollArea, Sense, Shape, Stroke,
+    StrokeKind, TextStyle, Ui, pos2, vec2,
+};
+use egui_plot::{Bar, BarChart, Plot};
+
+use crate::dashboard::format::{
+    DashboardError, DashboardMeta, Example, ExampleGroup, FeatureData, HeadData, HeadSummary,
+    OwnedDashboardFile,
+};
+
+/// Activations (token backgrounds, histogram bars).
+const ACT_COLOR: Color32 = Color32::from_rgb(255, 140, 0);
+/// Positive logit effects and attributions.
+const POS_COLOR: Color32 = Color32::from_rgb(45, 125, 255);
+/// Negative logit effects and attributions.
+const NEG_COLOR: Color32 = Color32::from_rgb(235, 65, 65);
+/// The context slider's range (tokens each side of the target).
+const MAX_CROP: usize = 64;
+/// Width of a head's density sparkline.
+const SPARK_SIZE: egui::Vec2 = vec2(72.0, 16.0);
+
+/// A dashboard file open in the viewer; heads decoded on first use and kept.
+pub struct LoadedDashboard {
+    pub name: String,
+    pub file: OwnedDashboardFile,
+    /// Per head: not decoded yet, decoded, or the decode error (shown as text).
+    heads: Vec<Option<Result<HeadData, String>>>,
+    /// The feature list for the last list settings: filtered, sorted feature indices.
+    list: Option<(ListKey, Vec<usize>)>,
+}
+
+/// What the feature list depends on.
+#[derive(Clone, PartialEq)]
+struct ListKey {
+    head: usize,
+    sort: SortBy,
+    hide_dead: bool,
+    search: String,
+    crop: usize,
+}
+
+impl ListKey {
+    fn of(s: &FeaturesState) -> Self {
+        Self {
+            head: s.head,
+            sort: s.sort,
+            hide_dead: s.hide_dead,
+            search: s.search.clone(),
+            // The crop only matters to the search.
+            crop: if s.search.is_empty() { 0 } else { s.crop },
+        }
+    }
+}
+
+impl LoadedDashboard {
+    pub fn new(name: String, bytes: Vec<u8>) -> Result<Self, DashboardError> {
+        let file = OwnedDashboardFile::new(bytes)?;
+        let heads = (0..file.n_heads()).map(|_| None).collect();
+        Ok(Self {
+            name,
+            file,
+            heads,
+            list: None,
+        })
+    }
+
+    /// One head's features, decoded on first use and kept (errors too).
+    pub fn head(&mut self, h: usize) -> Result<&HeadData, String> {
+        let file = &self.file;
+        match self.heads.get_mut(h) {
+            None => Err(format!(
+                "head {h} does not exist (the dashboard has {})",
+                file.n_heads()
+            )),
+            Some(slot) => slot
+                .get_or_insert_with(|| file.head(h).map_err(|e| e.to_string()))
+                .as_ref()
+                .map_err(Clone::clone),
+        }
+    }
+
+    /// Decodes the selected head and brings the feature list up to date with `s`.
+    fn prepare(&mut self, s: &FeaturesState) {
+        let _ = self.head(s.head);
+        let key = ListKey::of(s);
+        if self.list.as_ref().is_some_and(|(k, _)| *k == key) {
+            return;
+        }
+        let order = match self.heads.get(s.head) {
+            Some(Some(Ok(head))) => feature_order(&self.file, head, s),
+            _ => Vec::new(),
+        };
+        self.list = Some((key, order));
+    }
+
+    /// The file, the head (or its error) and the feature list, after [`Self::prepare`].
+    fn parts(&self, h: usize) -> (&OwnedDashboardFile, Result<&HeadData, &str>, &[usize]) {
+        let head = match self.heads.get(h) {
+            Some(Some(Ok(head))) => Ok(head),
+            Some(Some(Err(e))) => Err(e.as_str()),
+            _ => Err("head not decoded"),
+        };
+        let order = self.list.as_ref().map_or(&[][..], |(_, o)| o.as_slice());
+        (&self.file, head, order)
+    }
+}
+
+/// What the viewer remembers between frames (and sessions).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct FeaturesState {
+    pub head: usize,
+    pub feature: Option<usize>,
+    pub sort: SortBy,
+    pub hide_dead: bool,
+    pub search: String,
+    /// Tokens of context shown each side of an example's target.
+    pub crop: usize,
+    /// Index into the feature's examples: the top example shown in the DFA panel.
+    pub example: Option<usize>,
+}
+
+impl Default for FeaturesState {
+    fn default() -> Self {
+        Self {
+            head: 0,
+            feature: None,
+            sort: SortBy::default(),
+            hide_dead: false,
+            search: String::new(),
+            crop: 12,
+            example: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+pub enum SortBy {
+    #[default]
+    Density,
+    MaxActivation,
+    Index,
+}
+
+impl SortBy {
+    const ALL: [SortBy; 3] = [SortBy::Density, SortBy::MaxActivation, SortBy::Index];
+
+    fn label(self) -> &'static str {
+        match self {
+            SortBy::Density => "Density",
+            SortBy::MaxActivation => "Max activation",
+            SortBy::Index => "Index",
+        }
+    }
+}
+
+/// Id of the search box, so the app can focus it when the user presses `/`.
+pub fn search_id() -> egui::Id {
+    egui::Id::unique("attn_saes.features.search")
+}
+
+/// The whole Features view: heads overview, the head's feature list, the feature dashboard.
+pub fn features_ui(ui: &mut Ui, d: &mut LoadedDashboard, s: &mut FeaturesState) {
+    s.head = s.head.min(d.file.n_heads().saturating_sub(1));
+    s.crop = s.crop.clamp(1, MAX_CROP);
+    if !ui.ctx().text_edit_focused() && ui.input(|i| i.key_pressed(Key::Slash)) {
+        ui.memory_mut(|m| m.request_focus(search_id()));
+    }
+    heads_panel(ui, &d.name, &d.file.meta, s);
+    d.prepare(s);
+    let (file, head, order) = d.parts(s.head);
+    let mut scroll = false;
+    if let Ok(head) = head
+        && s.feature.is_none_or(|f| f >= head.features.len())
+    {
+        s.feature = order.first().copied();
+        s.example = None;
+        scroll = true;
+    }
+    list_panel(ui, head, order, s, scroll);
+    dashboard_panel(ui, file, head, s);
+}
+
+// ---------------------------------------------------------------------------------------
+// Small helpers
+
+fn is_dead(f: &FeatureData) -> bool {
+    !(f.density > 0.0 && f.max_activation > 0.0)
+}
+
+fn select_feature(s: &mut FeaturesState, f: usize) {
+    s.feature = Some(f);
+    s.example = None;
+}
+
+/// The window's tokens within `crop` of the example's target, with their positions.
+fn cropped<'a>(
+    file: &'a OwnedDashboardFile,
+    e: &Example,
+    crop: usize,
+) -> impl Iterator<Item = (usize, u32)> + 'a {
+    let window = file
+        .windows
+        .get(e.window as usize)
+        .map_or(&[][..], Vec::as_slice);
+    let t = e.target as usize;
+    let hi = (t + crop + 1).min(window.len());
+    let lo = t.saturating_sub(crop).min(hi);
+    window[lo..hi]
+        .iter()
+        .enumerate()
+        .map(move |(i, &id)| (lo + i, id))
+}
+
+/// The example's activation at a window position (0 where the feature is off).
+fn activation_at(e: &Example, p: usize) -> f32 {
+    e.activations
+        .binary_search_by_key(&p, |a| a.0 as usize)
+        .map_or(0.0, |i| e.activations[i].1)
+}
+
+/// A token as shown, in the monospace font: newlines made visible (`⏎`), spaces too when
+/// `spaces` (tables, where a leading space matters), and characters the fonts cannot
+/// draw (control characters, the replacement character of partial UTF-8 tokens, ...)
+/// written as escapes.
+fn shown_token(ui: &Ui, s: &str, spaces: bool) -> String {
+    let font = TextStyle::Monospace.resolve(ui.style());
+    ui.ctx().fonts_mut(|fonts| {
+        let mut has = |c: char| fonts.has_glyph(&font, c);
+        let newline = ['⏎', '↵']
+            .into_iter()
+            .find(|&c| has(c))
+            .map_or_else(|| "\\n".to_string(), String::from);
+        let space = if spaces && has('·') { '·' } else { ' ' };
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            match c {
+                '\n' => out.push_str(&newline),
+                ' ' => out.push(space),
+                c if c.is_control() || !has(c) => out.extend(c.escape_default()),
+                c => out.push(c),
+            }
+        }
+        out
+    })
+}
+
+/// `text` with every character the fonts of `style` cannot draw written as an escape.
+fn drawable(ui: &Ui, style: &TextStyle, text: &str) -> String {
+    let font = style.resolve(ui.style());
+    ui.ctx().fonts_mut(|fonts| {
+        text.chars()
+            .map(|c| {
+                if c.is_control() || fonts.has_glyph(&font, c) {
+                    c.to_string()
+                } else {
+                    c.escape_default().to_string()
+                }
+            })
+            .collect()
+    })
+}
+
+/// `color` faded in proportion to `strength` (0..=1).
+fn shade(color: Color32, strength: f32) -> Color32 {
+    let t = if strength.is_finite() {
+        strength.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    color.gamma_multiply(0.85 * t)
+}
+
+/// Largest absolute value (0 when empty).
+fn max_abs(values: impl Iterator<Item = f32>) -> f32 {
+    values
+        .map(f32::abs)
+        .filter(|v| v.is_finite())
+        .fold(0.0, f32::max)
+}
+
+/// `value / scale`, 0 when the scale is not positive.
+fn ratio(value: f32, scale: f32) -> f32 {
+    if scale > 0.0 { value / scale } else { 0.0 }
+}
+
+fn error_label(ui: &mut Ui, text: &str) {
+    let color = ui.visuals().error_fg_color;
+    ui.label(RichText::new(text).color(color));
+}
+
+/// One token drawn as a small coloured chip: `target` outlines it, `marked` puts a small
+/// triangle under it; hovering shows `tooltip`.
+struct Chip<'a> {
+    text: &'a str,
+    fill: Color32,
+    target: bool,
+    marked: bool,
+}
+
+impl Chip<'_> {
+    fn show(self, ui: &mut Ui, tooltip: impl FnOnce() -> String) -> Response {
+        let font = TextStyle::Monospace.resolve(ui.style());
+        let color = ui.visuals().strong_text_color();
+        let galley = ui
+            .painter()
+            .layout_no_wrap(self.text.to_owned(), font, color);
+        let size = vec2(galley.size().x.max(4.0) + 3.0, galley.size().y + 4.0);
+        let (rect, response) = ui.allocate_exact_size(size, Sense::hover());
+        let painter = ui.painter();
+        let chip = rect.shrink2(vec2(0.5, 1.0));
+        painter.rect_filled(chip, CornerRadius::same(2), self.fill);
+        if self.target {
+            painter.rect_stroke(
+                chip,
+                CornerRadius::same(2),
+                Stroke::new(1.2, color),
+                StrokeKind::Inside,
+            );
+        }
+        painter.galley(pos2(rect.left() + 1.5, rect.top() + 2.0), galley, color);
+        if self.marked {
+            let (x, y) = (rect.center().x, rect.bottom());
+            let points = vec![pos2(x - 4.0, y + 5.0), pos2(x, y), pos2(x + 4.0, y + 5.0)];
+            painter.add(Shape::convex_polygon(points, color, Stroke::NONE));
+        }
+        response.on_hover_ui(|ui| {
+            let text = drawable(ui, &TextStyle::Monospace, &tooltip());
+            ui.label(RichText::new(text).monospace());
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Heads overview
+
+fn heads_panel(ui: &mut Ui, name: &str, meta: &DashboardMeta, s: &mut FeaturesState) {
+    egui::Panel::left("attn_saes.features.heads")
+        .resizable(true)
+        .default_size(330.0)
+        .show(ui, |ui| {
+            ui.heading("Heads");
+            ui.label(RichText::new(drawable(ui, &TextStyle::Body, name)).strong());
+            let summary = drawable(ui, &TextStyle::Small, &file_summary(meta));
+            ui.label(RichText::new(summary).small());
+            ui.separator();
+            ScrollArea::vertical()
+                .id_salt("heads")
+                .auto_shrink(false)
+                .show(ui, |ui| heads_table(ui, meta, s));
+        });
+}
+
+fn file_summary(meta: &DashboardMeta) -> String {
+    let sae = &meta.sae;
+    format!(
+        "{} · layer {} · {} heads × {} features ({}) · {} tokens scanned",
+        meta.model.name,
+        meta.hook_layer,
+        sae.n_heads,
+        sae.features_per_head,
+        sae.architecture,
+        meta.n_tokens
+    )
+}
+
+fn heads_table(ui: &mut Ui, meta: &DashboardMeta, s: &mut FeaturesState) {
+    // Densities below one token in the file cannot occur: the sparkline's scale starts there.
+    let lowest = -(meta.n_tokens.max(10) as f64).log10().ceil();
+    egui::Grid::new("heads_table")
+        .striped(true)
+        .num_columns(6)
+        .spacing(vec2(10.0, 4.0))
+        .show(ui, |ui| {
+            for title in ["", "L0", "EV", "dead", "CE", "density"] {
+                ui.label(RichText::new(title).weak());
+            }
+            ui.end_row();
+            for (h, head) in meta.heads.iter().enumerate() {
+                let hover = run_summary(head);
+                let row = ui.selectable_label(s.head == h, format!("Head {h}"));
+                if row.on_hover_text(hover).clicked() && s.head != h {
+                    s.head = h;
+                    s.feature = None;
+                    s.example = None;
+                }
+                ui.label(format!("{:.1}", head.l0));
+                ui.label(format!("{:.3}", head.explained_variance));
+                ui.label(head.never_fired.to_string())
+                    .on_hover_text("features that never fired on the dashboard tokens");
+                ui.label(head.ce_score.map_or("-".into(), |c| format!("{c:.3}")));
+                density_sparkline(ui, &head.density_histogram, lowest);
+                ui.end_row();
+            }
+        });
+}
+
+fn run_summary(head: &HeadSummary) -> String {
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    format!(
+        "head {}: L0 {:.2}, explained variance {:.3}, {} never fired (dashboard tokens)\n\
+         training run: L0 {}, explained variance {}, dead {}, CE score {}",
+        head.head,
+        head.l0,
+        head.explained_variance,
+        head.never_fired,
+        opt(head.run_l0, 2),
+        opt(head.run_explained_variance, 3),
+        head.run_dead.map_or("-".into(), |d| d.to_string()),
+        opt(head.ce_score, 3),
+    )
+}
+
+/// Live features by log10 density, on a `lowest..=0` scale shared by every head.
+fn density_sparkline(ui: &mut Ui, hist: &[(f64, usize)], lowest: f64) {
+    let (rect, response) = ui.allocate_exact_size(SPARK_SIZE, Sense::hover());
+    let painter = ui.painter_at(rect);
+    painter.rect_filled(rect, CornerRadius::same(2), ui.visuals().extreme_bg_color);
+    let max = hist.iter().map(|b| b.1).max().unwrap_or(0);
+    let span = -lowest;
+    let step = match hist {
+        [a, b, ..] if (b.0 - a.0).abs() > 0.0 => (b.0 - a.0).abs(),
+        _ => span / 20.0,
+    };
+    let bar_w = ((step / span) as f32 * rect.width()).clamp(1.0, rect.width());
+    for &(centre, n) in hist.iter().filter(|b| b.1 > 0 && b.0.is_finite()) {
+        let x = rect.left() + (((centre - lowest) / span).clamp(0.0, 1.0) as f32) * rect.width();
+        let h = (rect.height() - 2.0) * n as f32 / max.max(1) as f32;
+        let bar = Rect::from_min_max(
+            pos2(x - bar_w / 2.0, rect.bottom() - h),
+            pos2(x + bar_w / 2.0, rect.bottom()),
+        );
+        painter.rect_filled(bar, CornerRadius::ZERO, ACT_COLOR);
+    }
+    response.on_hover_text(format!(
+        "live features by log10 density, {lowest:.0} (left) to 0 (right); tallest bin {max}"
+    ));
+}
+
+// ---------------------------------------------------------------------------------------
+// Feature list
+
+/// The head's features, filtered and sorted as `s` asks.
+fn feature_order(file: &OwnedDashboardFile, head: &HeadData, s: &FeaturesState) -> Vec<usize> {
+    let fs = &head.features;
+    let needle = s.search.to_lowercase();
+    let mut order: Vec<usize> = (0..fs.len())
+        .filter(|&f| !(s.hide_dead && is_dead(&fs[f])))
+        .filter(|&f| needle.is_empty() || matches_search(file, &fs[f], &needle, s.crop))
+        .collect();
+    let key = |f: &FeatureData| match s.sort {
+        SortBy::Density => f.density,
+        SortBy::MaxActivation => f.max_activation,
+        SortBy::Index => 0.0,
+    };
+    // Stable: ties keep index order.
+    order.sort_by(|&a, &b| key(&fs[b]).total_cmp(&key(&fs[a])));
+    order
+}
+
+/// Whether a token of a top example, within the crop, contains `needle` (lower case).
+fn matches_search(file: &OwnedDashboardFile, f: &FeatureData, needle: &str, crop: usize) -> bool {
+    f.examples
+        .iter()
+        .filter(|e| e.group == ExampleGroup::Top)
+        .any(|e| {
+            cropped(file, e, crop).any(|(_, id)| file.token(id).to_lowercase().contains(needle))
+        })
+}
+
+fn list_panel(
+    ui: &mut Ui,
+    head: Result<&HeadData, &str>,
+    order: &[usize],
+    s: &mut FeaturesState,
+    scroll: bool,
+) {
+    egui::Panel::left("attn_saes.features.list")
+        .resizable(true)
+        .default_size(250.0)
+        .show(ui, |ui| {
+            ui.heading("Features");
+            list_controls(ui, s);
+            match head {
+                Err(e) => error_label(ui, e),
+                Ok(head) => {
+                    let moved = arrow_keys(ui, s, order);
+                    ui.label(format!(
+                        "{} of {} features",
+                        order.len(),
+                        head.features.len()
+                    ));
+                    ui.separator();
+                    feature_rows(ui, head, order, s, scroll || moved);
+                }
+            }
+        });
+}
+
+fn list_controls(ui: &mut Ui, s: &mut FeaturesState) {
+    ui.horizontal(|ui| {
+        egui::ComboBox::from_label("sort")
+            .selected_text(s.sort.label())
+            .show_ui(ui, |ui| {
+                for sort in SortBy::ALL {
+                    ui.selectable_value(&mut s.sort, sort, sort.label());
+                }
+            });
+        ui.checkbox(&mut s.hide_dead, "hide dead");
+    });
+    ui.add(
+        egui::TextEdit::singleline(&mut s.search)
+            .id(search_id())
+            .hint_text("token in top examples")
+            .desired_width(f32::INFINITY),
+    )
+    .on_hover_text("case-insensitive; press / to search");
+}
+
+/// ArrowDown / ArrowUp move the selection through the list while no text field has focus.
+fn arrow_keys(ui: &mut Ui, s: &mut FeaturesState, order: &[usize]) -> bool {
+    if order.is_empty() || ui.ctx().text_edit_focused() {
+        return false;
+    }
+    let (down, up) = ui.input(|i| (i.key_pressed(Key::ArrowDown), i.key_pressed(Key::ArrowUp)));
+    let at = s.feature.and_then(|f| order.iter().position(|&x| x == f));
+    let next = match (down, up, at) {
+        (true, false, Some(p)) => (p + 1).min(order.len() - 1),
+        (false, true, Some(p)) => p.saturating_sub(1),
+        (true, false, None) | (false, true, None) => 0,
+        _ => return false,
+    };
+    select_feature(s, order[next]);
+    true
+}
+
+fn feature_rows(
+    ui: &mut Ui,
+    head: &HeadData,
+    order: &[usize],
+    s: &mut FeaturesState,
+    scroll: bool,
+) {
+    let row_h = ui.spacing().interact_size.y;
+    let stride = row_h + ui.spacing().item_spacing.y;
+    let view_id = ui.make_persistent_id("feature_rows_view");
+    let mut area = ScrollArea::vertical()
+        .id_salt("feature_rows")
+        .auto_shrink(false);
+    if scroll && let Some(p) = s.feature.and_then(|f| order.iter().position(|&x| x == f)) {
+        let (offset, view_h) = ui
+            .data(|d| d.get_temp::<(f32, f32)>(view_id))
+            .unwrap_or((0.0, ui.available_height()));
+        let (top, bottom) = (p as f32 * stride, p as f32 * stride + row_h);
+        if top < offset {
+            area = area.vertical_scroll_offset(top);
+        } else if bottom > offset + view_h {
+            area = area.vertical_scroll_offset(bottom - view_h);
+        }
+    }
+    let out = area.show_rows(ui, row_h, order.len(), |ui, rows| {
+        for &f in &order[rows] {
+            feature_row(ui, &head.features[f], f, row_h, s);
+        }
+    });
+    let view = (out.state.clamped_offset().y, out.inner_rect.height());
+    ui.data_mut(|d| d.insert_temp(view_id, view));
+}
+
+fn feature_row(ui: &mut Ui, fd: &FeatureData, f: usize, row_h: f32, s: &mut FeaturesState) {
+    let text = format!("#{f}  {:.2e}  max {:.2}", fd.density, fd.max_activation);
+    let text = if is_dead(fd) {
+        RichText::new(text).weak()
+    } else {
+        RichText::new(text)
+    };
+    let button = egui::Button::selectable(s.feature == Some(f), text)
+        .min_size(vec2(ui.available_width(), row_h));
+    if ui.add(button).clicked() {
+        select_feature(s, f);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Feature dashboard
+
+fn dashboard_panel(
+    ui: &mut Ui,
+    file: &OwnedDashboardFile,
+    head: Result<&HeadData, &str>,
+    s: &mut FeaturesState,
+) {
+    egui::CentralPanel::default().show(ui, |ui| {
+        let head = match head {
+            Ok(head) => head,
+            Err(e) => return error_label(ui, e),
+        };
+        let Some((f, fd)) = s
+            .feature
+            .and_then(|f| head.features.get(f).map(|fd| (f, fd)))
+        else {
+            ui.label("No feature selected.");
+            return;
+        };
+        ScrollArea::vertical()
+            .id_salt("feature_dashboard")
+            .auto_shrink(false)
+            .show(ui, |ui| feature_dashboard(ui, file, f, fd, s));
+    });
+}
+
+fn feature_dashboard(
+    ui: &mut Ui,
+    file: &OwnedDashboardFile,
+    f: usize,
+    fd: &FeatureData,
+    s: &mut FeaturesState,
+) {
+    header(ui, &file.meta, s.head, f, fd);
+    if is_dead(fd) {
+        ui.label(
+            RichText::new(format!(
+                "never fired on the {} dashboard tokens",
+                file.meta.n_tokens
+            ))
+            .italics(),
+        );
+        ui.add_space(8.0);
+        logit_tables(ui, file, fd);
+        return;
+    }
+    ui.add_space(4.0);
+    ui.columns(2, |cols| {
+        activation_histogram(&mut cols[0], (s.head, f), fd);
+        logit_histogram(&mut cols[1], (s.head, f), fd);
+    });
+    ui.add_space(4.0);
+    logit_tables(ui, file, fd);
+    ui.separator();
+    top_examples(ui, file, fd, s);
+    ui.separator();
+    dfa_panel(ui, file, fd, s);
+    ui.separator();
+    interval_groups(ui, file, fd, s.crop);
+}
+
+fn header(ui: &mut Ui, meta: &DashboardMeta, h: usize, f: usize, fd: &FeatureData) {
+    ui.heading(format!("Head {h} · Feature {f}"));
+    ui.horizontal_wrapped(|ui| {
+        ui.label(format!("density {:.3e}", fd.density))
+            .on_hover_text(format!(
+                "active on {:.4}% of the {} dashboard tokens",
+                fd.density * 100.0,
+                meta.n_tokens
+            ));
+        ui.separator();
+        ui.label(format!("max activation {:.3}", fd.max_activation));
+        if !fd.interval_counts.is_empty() {
+            ui.separator();
+            let total: u64 = fd.interval_counts.iter().map(|&c| c as u64).sum();
+            let counts: Vec<String> = fd.interval_counts.iter().map(u32::to_string).collect();
+            ui.label(format!(
+                "interval counts {} (low to high) · {total} active tokens",
+                counts.join(" / ")
+            ));
+        }
+    });
+}
+
+/// A small bar chart that does not take the scroll wheel or drags from the page.
+fn small_plot(id: impl std::hash::Hash + std::fmt::Debug) -> Plot<'static> {
+    Plot::new(id)
+        .height(140.0)
+        .allow_zoom(false)
+        .allow_drag(false)
+        .allow_scroll(false)
+        .allow_boxed_zoom(false)
+        .allow_double_click_reset(false)
+        .show_grid([false, true])
+        .y_axis_min_width(24.0)
+}
+
+/// `(bin centre, count)` of a histogram with equal bins over `lo..hi`.
+fn histogram_bins(counts: &[u32], lo: f64, hi: f64) -> Vec<(f64, f64)> {
+    let w = (hi - lo) / counts.len().max(1) as f64;
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (lo + (i as f64 + 0.5) * w, n as f64))
+        .collect()
+}
+
+/// Solid bars of one colour for histogram bins of width `w`.
+fn chart(name: &str, bins: &[(f64, f64)], w: f64, color: Color32) -> BarChart {
+    let bars = bins
+        .iter()
+        .map(|&(x, n)| {
+            Bar::new(x, n)
+                .width(w * 0.85)
+                .fill(color.gamma_multiply(0.75))
+                .stroke(Stroke::new(1.0, color))
+        })
+        .collect();
+    BarChart::new(name, bars).color(color)
+}
+
+fn activation_histogram(ui: &mut Ui, id: (usize, usize), fd: &FeatureData) {
+    ui.label(RichText::new("Activations (nonzero)").strong());
+    let max = fd.max_activation as f64;
+    let bins = histogram_bins(&fd.activation_histogram, 0.0, max);
+    let w = max / bins.len().max(1) as f64;
+    let chart = chart("activations", &bins, w, ACT_COLOR);
+    small_plot(("activation_histogram", id)).show(ui, |p| p.bar_chart(chart));
+}
+
+fn logit_histogram(ui: &mut Ui, id: (usize, usize), fd: &FeatureData) {
+    ui.label(RichText::new("Logit effects over the vocabulary").strong());
+    let (lo, hi) = (fd.logit_range.0 as f64, fd.logit_range.1 as f64);
+    if !(lo.is_finite() && hi.is_finite() && hi > lo) {
+        ui.label(RichText::new("no logit range").weak());
+        return;
+    }
+    let (neg, pos): (Vec<_>, Vec<_>) = histogram_bins(&fd.logit_histogram, lo, hi)
+        .into_iter()
+        .partition(|b| b.0 < 0.0);
+    let w = (hi - lo) / fd.logit_histogram.len().max(1) as f64;
+    let neg = chart("negative", &neg, w, NEG_COLOR);
+    let pos = chart("positive", &pos, w, POS_COLOR);
+    small_plot(("logit_histogram", id)).show(ui, |p| {
+        p.bar_chart(neg);
+        p.bar_chart(pos);
+    });
+}
+
+fn logit_tables(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData) {
+    let scale = max_abs(fd.logit_top.iter().chain(&fd.logit_bottom).map(|t| t.1));
+    ui.horizontal_top(|ui| {
+        logit_table(ui, file, "Negative logits", &fd.logit_bottom, scale);
+        ui.add_space(32.0);
+        logit_table(ui, file, "Positive logits", &fd.logit_top, scale);
+    });
+}
+
+fn logit_table(
+    ui: &mut Ui,
+    file: &OwnedDashboardFile,
+    title: &str,
+    tokens: &[(u32, f32)],
+    scale: f32,
+) {
+    ui.vertical(|ui| {
+        ui.label(RichText::new(title).strong());
+        egui::Grid::new(title)
+            .num_columns(2)
+            .spacing(vec2(12.0, 1.0))
+            .show(ui, |ui| {
+                for &(id, value) in tokens {
+                    let token = file.token(id);
+                    let color = if value < 0.0 { NEG_COLOR } else { POS_COLOR };
+                    Chip {
+                        text: &shown_token(ui, &token, true),
+                        fill: shade(color, ratio(value.abs(), scale)),
+                        target: false,
+                        marked: false,
+                    }
+                    .show(ui, || format!("token {token:?}\nlogit effect {value:+.3}"));
+                    ui.label(RichText::new(format!("{value:+.3}")).monospace());
+                    ui.end_row();
+                }
+            });
+    });
+}
+
+/// One example as a line of tokens: the activation at the target, then the cropped window
+/// with each token's background showing the feature's activation there.
+fn token_row(ui: &mut Ui, file: &OwnedDashboardFile, e: &Example, crop: usize, max: f32) {
+    ui.label(
+        RichText::new(format!("{:>7.3}", e.activation))
+            .monospace()
+            .strong(),
+    );
+    ui.add_space(6.0);
+    ui.spacing_mut().item_spacing.x = 0.0;
+    for (p, id) in cropped(file, e, crop) {
+        let value = activation_at(e, p);
+        let token = file.token(id);
+        Chip {
+            text: &shown_token(ui, &token, false),
+            fill: shade(ACT_COLOR, ratio(value, max)),
+            target: p == e.target as usize,
+            marked: false,
+        }
+        .show(ui, || format!("token {token:?}\nactivation {value:.3}"));
+    }
+}
+
+fn top_examples(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &mut FeaturesState) {
+    ui.horizontal(|ui| {
+        ui.heading("Top activations");
+        ui.add_space(16.0);
+        ui.add(
+            egui::Slider::new(&mut s.crop, 1..=MAX_CROP)
+                .prefix("context ±")
+                .text("tokens"),
+        );
+    });
+    let shown = dfa_example(fd, s);
+    let mut any = false;
+    for (i, e) in fd.examples.iter().enumerate() {
+        if e.group != ExampleGroup::Top {
+            continue;
+        }
+        any = true;
+        ui.horizontal_wrapped(|ui| {
+            let dfa = ui
+                .selectable_label(shown == Some(i), "DFA")
+                .on_hover_text("show this example's direct feature attribution below");
+            if dfa.clicked() {
+                s.example = Some(i);
+            }
+            token_row(ui, file, e, s.crop, fd.max_activation);
+        });
+    }
+    if !any {
+        ui.label(RichText::new("no top examples").weak());
+    }
+}
+
+/// The top example the DFA panel shows: the selected one, else the first.
+fn dfa_example(fd: &FeatureData, s: &FeaturesState) -> Option<usize> {
+    let ok = |i: usize| {
+        fd.examples
+            .get(i)
+            .is_some_and(|e| e.group == ExampleGroup::Top && !e.dfa.is_empty())
+    };
+    s.example
+        .filter(|&i| ok(i))
+        .or_else(|| (0..fd.examples.len()).find(|&i| ok(i)))
+}
+
+/// The first position with the largest attribution, and that value.
+fn dfa_argmax(dfa: &[f32]) -> Option<(usize, f32)> {
+    dfa.iter()
+        .copied()
+        .enumerate()
+        .fold(None, |best, (p, v)| match best {
+            Some((_, b)) if v <= b => best,
+            _ => Some((p, v)),
+        })
+}
+
+fn dfa_panel(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &FeaturesState) {
+    ui.heading("Direct feature attribution");
+    ui.label(
+        RichText::new(
+            "How much each source position's value vector contributes to this feature's \
+             pre-activation at the target (blue raises it, red lowers it).",
+        )
+        .weak(),
+    );
+    let Some(e) = dfa_example(fd, s).map(|i| &fd.examples[i]) else {
+        ui.label(RichText::new("no top example with attribution").weak());
+        return;
+    };
+    let Some((argmax, top)) = dfa_argmax(&e.dfa) else {
+        return;
+    };
+    let window = file
+        .windows
+        .get(e.window as usize)
+        .map_or(&[][..], Vec::as_slice);
+    let token = |p: usize| window.get(p).map_or_else(String::new, |&id| file.token(id));
+    let target = format!("{:?}", token(e.target as usize));
+    ui.label(format!(
+        "target position {} ({}) · activation {:.3}",
+        e.target,
+        drawable(ui, &TextStyle::Body, &target),
+        e.activation
+    ));
+    let scale = max_abs(e.dfa.iter().copied());
+    ui.horizontal_wrapped(|ui| {
+        ui.spacing_mut().item_spacing = vec2(0.0, 8.0);
+        for (p, &value) in e.dfa.iter().enumerate() {
+            let text = token(p);
+            let color = if value < 0.0 { NEG_COLOR } else { POS_COLOR };
+            Chip {
+                text: &shown_token(ui, &text, false),
+                fill: shade(color, ratio(value.abs(), scale)),
+                target: p == e.target as usize,
+                marked: p == argmax,
+            }
+            .show(ui, || {
+                format!("position {p}\ntoken {text:?}\nattribution {value:.3}")
+            });
+        }
+    });
+    let at = format!("{:?}", token(argmax));
+    ui.label(format!(
+        "max attribution at position {argmax} ({}): {top:.3}",
+        drawable(ui, &TextStyle::Body, &at)
+    ));
+    let sum: f32 = e.dfa.iter().sum();
+    ui.label(format!("sum of DFA {sum:.3}"))
+        .on_hover_text("plus the encoder bias, this is the pre-activation at the target");
+}
+
+fn interval_groups(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, crop: usize) {
+    let n = fd.interval_counts.len();
+    if n == 0 {
+        return;
+    }
+    ui.heading("Interval groups");
+    let width = fd.max_activation / n as f32;
+    for i in (0..n).rev() {
+        let (lo, hi) = (i as f32 * width, (i + 1) as f32 * width);
+        let title = format!(
+            "Interval {i}: ({lo:.2}, {hi:.2}] · {} tokens",
+            fd.interval_counts[i]
+        );
+        egui::CollapsingHeader::new(title)
+            .id_salt(("interval", i))
+            .show(ui, |ui| {
+                let mut any = false;
+                for e in fd
+                    .examples
+                    .iter()
+                    .filter(|e| e.group == ExampleGroup::Interval(i as u8))
+                {
+                    any = true;
+                    ui.horizontal_wrapped(|ui| token_row(ui, file, e, crop, fd.max_activation));
+                }
+                if !any {
+                    ui.label(RichText::new("no examples").weak());
+                }
+            });
+    }
+}

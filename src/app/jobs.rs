@@ -1,0 +1,207 @@
+//! Background work of the desktop app: a training run (then its dashboards) or a dashboard
+//! build of a checkpoint, each on its own thread, reporting through channels. The UI only
+//! reads the channels and sets the stop flag; nothing here blocks it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+
+use crate::cli_train::TrainArgs;
+use crate::dashboard::{self, BuildOptions};
+use crate::device::{self, DeviceChoice};
+use crate::train::{self, RunControl, TrainEvent};
+
+/// What a job reports besides training events.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// A training event (a training job only).
+    Train(TrainEvent),
+    /// A phase with a known amount of work (dashboard building).
+    Progress {
+        phase: String,
+        done: usize,
+        total: usize,
+    },
+    /// A phase without a count (loading the model).
+    Phase(String),
+    /// The run directory is known (after the config resolved).
+    RunDir(PathBuf),
+    DashboardWritten(PathBuf),
+    Failed(String),
+    Finished,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Training,
+    Dashboards,
+}
+
+/// A running (or finished) background job.
+pub struct Job {
+    pub kind: JobKind,
+    /// Everything the job reports, in order.
+    pub events: Receiver<JobEvent>,
+    /// Set to stop training after the current step, with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Job {
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A training run to start from the app.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    pub args: TrainArgs,
+    pub device: DeviceChoice,
+    /// Build the dashboards when the run finishes (not when it is stopped early).
+    pub build_dashboards: bool,
+}
+
+/// Runs `work` on a named thread; an error or a panic becomes a [`JobEvent::Failed`], and
+/// every job ends with [`JobEvent::Finished`].
+fn spawn(
+    kind: JobKind,
+    work: impl FnOnce(&Sender<JobEvent>, &Arc<AtomicBool>) -> anyhow::Result<()> + Send + 'static,
+) -> Job {
+    let (tx, events) = channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("attn-saes {kind:?}"))
+        .spawn(move || {
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&tx, &flag)));
+            let failure = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{e:#}")),
+                Err(panic) => Some(format!(
+                    "internal error: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "panic".into())
+                )),
+            };
+            if let Some(message) = failure {
+                let _ = tx.send(JobEvent::Failed(message));
+            }
+            let _ = tx.send(JobEvent::Finished);
+        })
+        .ok();
+    Job {
+        kind,
+        events,
+        stop,
+        handle,
+    }
+}
+
+/// Starts (or resumes) a training run, then builds its dashboards.
+pub fn start_training(request: TrainRequest) -> Job {
+    spawn(JobKind::Training, move |tx, stop| {
+        let send = |e| {
+            let _ = tx.send(e);
+        };
+        send(JobEvent::Phase("checking the configuration".into()));
+        let (config, resume) = request.args.prepare(request.device)?;
+        send(JobEvent::RunDir(config.out_dir.clone()));
+        send(JobEvent::Phase(format!("loading model {}", config.model)));
+        let selected = device::select(request.device)?;
+        let loaded = crate::lm::load_model(&config.model, &selected.device)
+            .map_err(|e| anyhow::anyhow!("loading model '{}': {e:#}", config.model))?;
+        let control = RunControl {
+            stop: stop.clone(),
+            stop_after: request.args.stop_after,
+        };
+        // Training events join the job's channel through a forwarder that ends (and is
+        // joined) before anything else is sent, so the app sees every event in order.
+        let (train_tx, train_rx) = channel();
+        let forward = tx.clone();
+        let forwarder = std::thread::spawn(move || {
+            for e in train_rx {
+                let _ = forward.send(JobEvent::Train(e));
+            }
+        });
+        let result = train::train(
+            config,
+            &loaded,
+            resume.as_deref(),
+            &selected.device,
+            &selected.description,
+            &train_tx,
+            &control,
+        );
+        drop(train_tx);
+        let _ = forwarder.join();
+        let summary = result?;
+        if request.build_dashboards && !summary.stopped_early {
+            let run = summary.sae_dir.parent().unwrap_or(Path::new("."));
+            build_dashboards(run, None, &loaded, tx)?;
+        }
+        Ok(())
+    })
+}
+
+/// Builds the dashboards of a run's checkpoint (`None`: its final SAE, else its latest
+/// checkpoint) on `device`, writing the run's dashboard file.
+pub fn start_dashboards(
+    run_dir: PathBuf,
+    checkpoint: Option<PathBuf>,
+    device: DeviceChoice,
+) -> Job {
+    spawn(JobKind::Dashboards, move |tx, _| {
+        let ckpt = train::checkpoint::resolve_resume(checkpoint.as_deref().unwrap_or(&run_dir))?;
+        let config = train::checkpoint::read_config(&ckpt)?;
+        let _ = tx.send(JobEvent::Phase(format!("loading model {}", config.model)));
+        let selected = device::select(device)?;
+        let loaded = crate::lm::load_model(&config.model, &selected.device)
+            .map_err(|e| anyhow::anyhow!("loading model '{}': {e:#}", config.model))?;
+        build_dashboards(&run_dir, checkpoint.as_deref(), &loaded, tx)
+    })
+}
+
+fn build_dashboards(
+    run: &Path,
+    checkpoint: Option<&Path>,
+    loaded: &crate::lm::LoadedModel,
+    tx: &Sender<JobEvent>,
+) -> anyhow::Result<()> {
+    let d = dashboard::build_for_run(
+        run,
+        checkpoint,
+        loaded,
+        dashboard::DEFAULT_TOKENS,
+        None,
+        &BuildOptions::default(),
+        &mut |phase, done, total| {
+            let _ = tx.send(JobEvent::Progress {
+                phase: format!("building dashboards: {phase}"),
+                done,
+                total,
+            });
+        },
+    )?;
+    let path = dashboard::run_dashboard_path(run);
+    dashboard::build::write(&d, &path)?;
+    let _ = tx.send(JobEvent::DashboardWritten(path));
+    Ok(())
+}

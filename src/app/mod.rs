@@ -1,0 +1,757 @@
+//! The egui app: training with live curves, and per-head feature dashboards.
+//!
+//! Structure (rerun's): [`AttnSaesApp`] owns the data (the open dashboard, the curves, the
+//! run and its background job, messages); [`UiState`] holds what the user chose (view,
+//! selections, toggles, the training form; persisted); UI code pushes [`Command`]s that
+//! are applied between frames. The app knows training only through `TrainEvent`s and the
+//! run directory, and dashboards only through the dashboard file.
+//!
+//! `curves` and `features` compile for wasm32 (no burn, threads or files); the training
+//! parts are native only.
+
+pub mod curves;
+pub mod features;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod jobs;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod train_view;
+
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::{Path, PathBuf};
+
+use eframe::egui;
+
+use curves::{Curves, CurvesState};
+use features::{FeaturesState, LoadedDashboard};
+
+#[cfg(not(target_arch = "wasm32"))]
+use crate::train::TrainEvent;
+#[cfg(not(target_arch = "wasm32"))]
+use jobs::{Job, JobEvent, JobKind, TrainRequest};
+#[cfg(not(target_arch = "wasm32"))]
+use train_view::{FieldError, FormAction, JobStatus, TrainForm};
+
+/// The app's top-level views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
+pub enum View {
+    Train,
+    Curves,
+    #[default]
+    Features,
+}
+
+/// What the user chose; saved between launches.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct UiState {
+    pub view: View,
+    /// Recently opened runs and dashboard files, newest first.
+    pub recent: Vec<String>,
+    pub features: FeaturesState,
+    pub curves: CurvesState,
+    #[cfg(not(target_arch = "wasm32"))]
+    pub form: TrainForm,
+}
+
+/// Something the UI asks for, applied between frames.
+pub enum Command {
+    /// A dashboard file's bytes (dropped, fetched or read), with a name to show.
+    OpenBytes {
+        name: String,
+        bytes: Vec<u8>,
+    },
+    /// A run directory or a dashboard file.
+    #[cfg(not(target_arch = "wasm32"))]
+    OpenPath(PathBuf),
+    #[cfg(not(target_arch = "wasm32"))]
+    StartTraining(Box<TrainRequest>),
+    #[cfg(not(target_arch = "wasm32"))]
+    StopTraining,
+    /// Build the dashboards of the open run (its final SAE or latest checkpoint).
+    #[cfg(not(target_arch = "wasm32"))]
+    BuildDashboards,
+    SetView(View),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Error,
+}
+
+const STORAGE_KEY: &str = "attn-saes-ui";
+const MAX_RECENT: usize = 10;
+const MAX_MESSAGES: usize = 6;
+
+/// The app.
+pub struct AttnSaesApp {
+    pub ui: UiState,
+    pub dashboard: Option<LoadedDashboard>,
+    pub curves: Curves,
+    pub messages: Vec<(Level, String)>,
+    commands: Vec<Command>,
+    #[cfg(not(target_arch = "wasm32"))]
+    pub native: Native,
+}
+
+/// The desktop-only data: the open run and its background job.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Default)]
+pub struct Native {
+    pub run_dir: Option<PathBuf>,
+    pub job: Option<Job>,
+    pub status: JobStatus,
+    pub form_errors: Vec<FieldError>,
+    /// Where a job goes when the window closes while it runs ("keep training headless").
+    pub detached: Option<std::sync::Arc<std::sync::Mutex<Option<Job>>>>,
+    /// The close dialog is showing.
+    close_dialog: bool,
+    /// Close once the job has stopped.
+    close_when_stopped: bool,
+    /// The user chose to quit.
+    closing: bool,
+}
+
+impl AttnSaesApp {
+    /// A new app with `ui` restored from eframe storage when there is one.
+    pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
+        let ui = cc
+            .storage
+            .and_then(|s| eframe::get_value(s, STORAGE_KEY))
+            .unwrap_or_default();
+        Self::with_state(ui)
+    }
+
+    pub fn with_state(ui: UiState) -> Self {
+        Self {
+            ui,
+            dashboard: None,
+            curves: Curves::default(),
+            messages: Vec::new(),
+            commands: Vec::new(),
+            #[cfg(not(target_arch = "wasm32"))]
+            native: Native::default(),
+        }
+    }
+
+    pub fn push(&mut self, command: Command) {
+        self.commands.push(command);
+    }
+
+    pub fn message(&mut self, level: Level, text: impl Into<String>) {
+        self.messages.push((level, text.into()));
+        let extra = self.messages.len().saturating_sub(MAX_MESSAGES);
+        self.messages.drain(..extra);
+    }
+
+    fn remember(&mut self, name: String) {
+        self.ui.recent.retain(|r| *r != name);
+        self.ui.recent.insert(0, name);
+        self.ui.recent.truncate(MAX_RECENT);
+    }
+
+    /// Opens a dashboard held in memory; its history becomes the curves unless a run is
+    /// open.
+    pub fn open_bytes(&mut self, name: String, bytes: Vec<u8>) {
+        match LoadedDashboard::new(name.clone(), bytes) {
+            Ok(d) => {
+                if self.curves.is_empty() {
+                    self.curves = Curves::from_history(d.file.meta.history.clone());
+                }
+                let heads = d.file.n_heads();
+                if self.ui.features.head >= heads {
+                    self.ui.features = FeaturesState::default();
+                }
+                self.message(
+                    Level::Info,
+                    format!(
+                        "opened {name}: {heads} heads x {} features",
+                        d.file.meta.sae.features_per_head
+                    ),
+                );
+                self.dashboard = Some(d);
+                self.ui.view = View::Features;
+            }
+            Err(e) => self.message(Level::Error, format!("{name}: {e}")),
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::OpenBytes { name, bytes } => self.open_bytes(name, bytes),
+            #[cfg(not(target_arch = "wasm32"))]
+            Command::OpenPath(path) => self.open_path(&path),
+            #[cfg(not(target_arch = "wasm32"))]
+            Command::StartTraining(request) => self.start_training(*request),
+            #[cfg(not(target_arch = "wasm32"))]
+            Command::StopTraining => {
+                if let Some(job) = &self.native.job {
+                    job.request_stop();
+                    self.native.status.stopping = true;
+                }
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            Command::BuildDashboards => self.build_dashboards(),
+            Command::SetView(v) => self.ui.view = v,
+        }
+    }
+
+    fn top_bar(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.heading("attn-saes");
+            ui.separator();
+            #[cfg(not(target_arch = "wasm32"))]
+            let views = [View::Train, View::Curves, View::Features];
+            #[cfg(target_arch = "wasm32")]
+            let views = [View::Curves, View::Features];
+            for v in views {
+                if ui
+                    .selectable_label(self.ui.view == v, format!("{v:?}"))
+                    .clicked()
+                {
+                    self.push(Command::SetView(v));
+                }
+            }
+            ui.separator();
+            #[cfg(not(target_arch = "wasm32"))]
+            self.open_buttons(ui);
+            if let Some(d) = &self.dashboard {
+                ui.separator();
+                ui.label(format!("dashboard: {}", d.name));
+            }
+        });
+    }
+
+    fn messages_ui(&mut self, ui: &mut egui::Ui) {
+        let mut clear = false;
+        for (level, text) in &self.messages {
+            let color = match level {
+                Level::Info => ui.visuals().text_color(),
+                Level::Error => ui.visuals().error_fg_color,
+            };
+            ui.colored_label(color, text);
+        }
+        if !self.messages.is_empty() && ui.small_button("clear messages").clicked() {
+            clear = true;
+        }
+        if clear {
+            self.messages.clear();
+        }
+    }
+
+    fn central(&mut self, ui: &mut egui::Ui) {
+        match self.ui.view {
+            #[cfg(not(target_arch = "wasm32"))]
+            View::Train => self.train_ui(ui),
+            #[cfg(target_arch = "wasm32")]
+            View::Train => self.ui.view = View::Features,
+            View::Curves => curves::curves_ui(ui, &self.curves, &mut self.ui.curves),
+            View::Features => match &mut self.dashboard {
+                Some(d) => features::features_ui(ui, d, &mut self.ui.features),
+                None => self.no_dashboard_ui(ui),
+            },
+        }
+    }
+
+    fn no_dashboard_ui(&mut self, ui: &mut egui::Ui) {
+        ui.label("No dashboard open.");
+        ui.label(
+            "Open a run directory or a dashboard file (drag and drop works too), or train a \
+             run: its dashboards are built when it ends.",
+        );
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.native.run_dir.is_some() && ui.button("Build dashboards now").clicked() {
+            self.push(Command::BuildDashboards);
+        }
+    }
+
+    /// Dropped files: each opens as a run directory or a dashboard file.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn dropped_files(&mut self, ctx: &egui::Context) {
+        let dropped = ctx.input(|i| i.raw.dropped_files.clone());
+        for file in dropped {
+            self.push(Command::OpenPath(file.path().to_path_buf()));
+        }
+    }
+}
+
+impl eframe::App for AttnSaesApp {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.drain_job();
+            self.handle_close(ctx);
+            if self.native.job.as_ref().is_some_and(Job::is_running) {
+                ctx.request_repaint_after(std::time::Duration::from_millis(100));
+            }
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        self.dropped_files(ctx);
+        for command in std::mem::take(&mut self.commands) {
+            self.apply(command);
+        }
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        egui::Panel::top("top_bar").show(ui, |ui| self.top_bar(ui));
+        egui::Panel::bottom("status")
+            .resizable(false)
+            .show(ui, |ui| {
+                #[cfg(not(target_arch = "wasm32"))]
+                if self.native.job.is_some() {
+                    train_view::progress_ui(ui, &self.native.status);
+                }
+                self.messages_ui(ui);
+            });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.close_dialog(ui);
+        egui::CentralPanel::default().show(ui, |ui| self.central(ui));
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, STORAGE_KEY, &self.ui);
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn on_exit(&mut self) {
+        // A job still running here was detached ("keep training headless"): hand it over.
+        if let (Some(job), Some(slot)) = (self.native.job.take(), &self.native.detached)
+            && let Ok(mut slot) = slot.lock()
+        {
+            *slot = Some(job);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Desktop: runs, jobs, files
+
+#[cfg(not(target_arch = "wasm32"))]
+impl AttnSaesApp {
+    /// Opens a run directory (curves from `metrics.jsonl`, the form from its config, its
+    /// dashboards if built) or a dashboard file.
+    pub fn open_path(&mut self, path: &Path) {
+        let shown = path.display().to_string();
+        if path.is_dir() {
+            self.open_run(path);
+            self.remember(shown);
+            return;
+        }
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                self.curves = Curves::default();
+                self.native.run_dir = None;
+                self.open_bytes(short_name(path), bytes);
+                if self.dashboard.is_some() {
+                    self.remember(shown);
+                }
+            }
+            Err(e) => self.message(Level::Error, format!("reading {shown}: {e}")),
+        }
+    }
+
+    fn open_run(&mut self, dir: &Path) {
+        use crate::train::checkpoint;
+        let metrics = dir.join("metrics.jsonl");
+        let has_checkpoint = checkpoint::resolve_resume(dir).is_ok();
+        if !metrics.exists() && !has_checkpoint {
+            self.message(
+                Level::Error,
+                format!(
+                    "{} is not a run directory (no metrics.jsonl or checkpoints/)",
+                    dir.display()
+                ),
+            );
+            return;
+        }
+        self.native.run_dir = Some(dir.to_path_buf());
+        self.curves = match crate::run_log::History::read(&metrics) {
+            Ok((history, _)) => Curves::from_history(history),
+            Err(_) => Curves::default(),
+        };
+        if let Some(config) = checkpoint::resolve_resume(dir)
+            .ok()
+            .and_then(|c| checkpoint::read_config(&c).ok())
+        {
+            self.ui.form = TrainForm::from_config(&config);
+        }
+        self.dashboard = None;
+        let file = crate::dashboard::run_dashboard_path(dir);
+        match std::fs::read(&file) {
+            Ok(bytes) => self.open_bytes(short_name(&file), bytes),
+            Err(_) => {
+                self.message(
+                    Level::Info,
+                    format!(
+                        "opened run {} (no dashboards yet: Features > Build dashboards now)",
+                        dir.display()
+                    ),
+                );
+                self.ui.view = View::Curves;
+            }
+        }
+    }
+
+    fn open_buttons(&mut self, ui: &mut egui::Ui) {
+        if ui.button("Open run…").clicked()
+            && let Some(dir) = rfd::FileDialog::new().pick_folder()
+        {
+            self.push(Command::OpenPath(dir));
+        }
+        if ui.button("Open dashboard…").clicked()
+            && let Some(file) = rfd::FileDialog::new()
+                .add_filter("dashboard", &["safetensors"])
+                .pick_file()
+        {
+            self.push(Command::OpenPath(file));
+        }
+        ui.menu_button("Recent", |ui| {
+            if self.ui.recent.is_empty() {
+                ui.label("nothing yet");
+            }
+            for r in self.ui.recent.clone() {
+                if ui.button(&r).clicked() {
+                    self.push(Command::OpenPath(PathBuf::from(r)));
+                    ui.close();
+                }
+            }
+        });
+    }
+
+    pub fn job_running(&self) -> bool {
+        self.native.job.as_ref().is_some_and(Job::is_running)
+    }
+
+    fn start_training(&mut self, request: TrainRequest) {
+        if self.job_running() {
+            self.message(Level::Error, "a job is already running");
+            return;
+        }
+        // A resumed run's curves continue its history (the events replace what follows
+        // the checkpoint).
+        self.curves = request
+            .args
+            .resume
+            .as_deref()
+            .and_then(run_of_checkpoint)
+            .and_then(|run| crate::run_log::History::read(&run.join("metrics.jsonl")).ok())
+            .map(|(history, _)| Curves::from_history(history))
+            .unwrap_or_default();
+        self.dashboard = None;
+        self.native.status = JobStatus {
+            phase: "starting".into(),
+            running: true,
+            ..JobStatus::default()
+        };
+        self.native.job = Some(jobs::start_training(request));
+        self.ui.view = View::Curves;
+    }
+
+    fn build_dashboards(&mut self) {
+        let Some(run) = self.native.run_dir.clone() else {
+            self.message(Level::Error, "open a run directory first");
+            return;
+        };
+        if self.job_running() {
+            self.message(
+                Level::Error,
+                "a job is running in this window; build the dashboards when it ends",
+            );
+            return;
+        }
+        self.native.status = JobStatus {
+            phase: "building dashboards".into(),
+            running: true,
+            ..JobStatus::default()
+        };
+        self.native.job = Some(jobs::start_dashboards(run, None, self.ui.form.device));
+    }
+
+    /// Applies what the job reported since the last frame.
+    fn drain_job(&mut self) {
+        let Some(job) = &self.native.job else { return };
+        let events: Vec<JobEvent> = job.events.try_iter().collect();
+        for e in events {
+            self.on_job_event(e);
+        }
+    }
+
+    fn on_train_event(&mut self, e: TrainEvent) {
+        let s = &mut self.native.status;
+        match e {
+            TrainEvent::Started {
+                config,
+                device,
+                start_step,
+                ..
+            } => {
+                s.phase = if start_step > 0 {
+                    format!("resumed at step {start_step}")
+                } else {
+                    "training".into()
+                };
+                s.device = device;
+                s.total_steps = config.total_training_steps;
+                s.batch_size = config.batch_size;
+                s.step = start_step;
+            }
+            TrainEvent::Status(text) => s.phase = text,
+            TrainEvent::Step(m) => {
+                s.phase = "training".into();
+                s.step = m.step;
+                s.steps_per_s = m.steps_per_s;
+                s.counted = None;
+                self.curves.push_step(*m);
+            }
+            TrainEvent::Eval(e) => {
+                s.phase = format!("evaluated at step {}", e.step);
+                self.curves.push_eval(*e);
+            }
+            TrainEvent::Density { step, histogram } => {
+                self.curves.density = Some((step, histogram));
+            }
+            TrainEvent::Checkpoint { step, path } => {
+                s.phase = format!("checkpoint at step {step}");
+                let text = format!("checkpoint: {}", path.display());
+                self.message(Level::Info, text);
+            }
+            TrainEvent::Finished(summary) => {
+                s.step = summary.steps;
+                s.phase = if summary.stopped_early {
+                    format!("stopped at step {} (checkpoint written)", summary.steps)
+                } else {
+                    format!("finished {} steps", summary.steps)
+                };
+                let text = format!("SAE saved to {}", summary.sae_dir.display());
+                self.message(Level::Info, text);
+            }
+            // The job reports the same error as it ends (JobEvent::Failed).
+            TrainEvent::Failed(_) => s.phase = "failed".into(),
+        }
+    }
+
+    fn on_job_event(&mut self, e: JobEvent) {
+        let s = &mut self.native.status;
+        match e {
+            JobEvent::Train(e) => self.on_train_event(e),
+            JobEvent::Progress { phase, done, total } => {
+                s.phase = phase;
+                s.counted = Some((done, total));
+            }
+            JobEvent::Phase(text) => {
+                s.phase = text;
+                s.counted = None;
+            }
+            JobEvent::RunDir(dir) => {
+                self.native.run_dir = Some(dir.clone());
+                self.remember(dir.display().to_string());
+            }
+            JobEvent::DashboardWritten(path) => {
+                s.counted = None;
+                s.phase = "dashboards built".into();
+                match std::fs::read(&path) {
+                    Ok(bytes) => self.open_bytes(short_name(&path), bytes),
+                    Err(e) => self.message(Level::Error, format!("{}: {e}", path.display())),
+                }
+            }
+            JobEvent::Failed(text) => {
+                s.phase = "failed".into();
+                s.counted = None;
+                self.message(Level::Error, text);
+            }
+            JobEvent::Finished => {
+                s.running = false;
+                s.stopping = false;
+                if self.native.close_when_stopped {
+                    self.native.closing = true;
+                }
+            }
+        }
+    }
+
+    fn train_ui(&mut self, ui: &mut egui::Ui) {
+        ui.heading("Train a block-diagonal SAE");
+        ui.label(
+            "The defaults train the offline demo (SmolLM2-135M on Shakespeare). Curves update \
+             live in the Curves view; the dashboards open in Features when training ends.",
+        );
+        ui.add_space(6.0);
+        let running = self.job_running();
+        let action = egui::ScrollArea::vertical()
+            .show(ui, |ui| {
+                let action =
+                    train_view::form_ui(ui, &mut self.ui.form, &self.native.form_errors, running);
+                if running
+                    && self.native.job.as_ref().map(|j| j.kind) == Some(JobKind::Training)
+                    && ui
+                        .button("Stop")
+                        .on_hover_text("stop after this step, with a checkpoint")
+                        .clicked()
+                {
+                    self.push(Command::StopTraining);
+                }
+                action
+            })
+            .inner;
+        match action {
+            Some(FormAction::Start) => self.submit_form(None),
+            Some(FormAction::Resume) => {
+                if let Some(dir) = rfd::FileDialog::new().pick_folder() {
+                    self.submit_form(Some(dir));
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Starts a run from the form, or resumes `resume` (a run or checkpoint directory) with
+    /// the form's step count and device; errors stay next to the form.
+    pub fn submit_form(&mut self, resume: Option<PathBuf>) {
+        let form = &self.ui.form;
+        let checked = match resume {
+            None => form.check(),
+            Some(dir) => form.to_args().map(|a| crate::cli_train::TrainArgs {
+                resume: Some(dir),
+                total_training_steps: a.total_training_steps,
+                ..Default::default()
+            }),
+        };
+        match checked {
+            Ok(args) => {
+                self.native.form_errors.clear();
+                let request = TrainRequest {
+                    args,
+                    device: form.device,
+                    build_dashboards: form.build_dashboards,
+                };
+                self.push(Command::StartTraining(Box::new(request)));
+            }
+            Err(errors) => self.native.form_errors = errors,
+        }
+    }
+
+    /// Closing while a job runs asks first: stop with a checkpoint, or keep training
+    /// headless in the terminal.
+    fn handle_close(&mut self, ctx: &egui::Context) {
+        if self.native.closing {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            return;
+        }
+        if ctx.input(|i| i.viewport().close_requested()) && self.job_running() {
+            ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
+            self.native.close_dialog = true;
+        }
+    }
+
+    fn close_dialog(&mut self, ui: &mut egui::Ui) {
+        if !self.native.close_dialog {
+            return;
+        }
+        let training = self.native.job.as_ref().map(|j| j.kind) == Some(JobKind::Training);
+        egui::Modal::new(egui::Id::unique("close_dialog")).show(ui.ctx(), |ui| {
+            ui.heading("A job is still running");
+            ui.label("Quit after stopping it, or keep it running in the terminal?");
+            ui.horizontal(|ui| {
+                if training && ui.button("Stop with a checkpoint, then quit").clicked() {
+                    self.native.close_dialog = false;
+                    self.native.close_when_stopped = true;
+                    self.push(Command::StopTraining);
+                }
+                if ui.button("Keep running headless").clicked() {
+                    self.native.close_dialog = false;
+                    self.native.closing = true;
+                }
+                if ui.button("Cancel").clicked() {
+                    self.native.close_dialog = false;
+                }
+            });
+        });
+    }
+}
+
+/// A file's name with its parent directory (`run/dashboard.safetensors`), for titles.
+#[cfg(not(target_arch = "wasm32"))]
+fn short_name(path: &Path) -> String {
+    let mut parts: Vec<String> = path
+        .iter()
+        .rev()
+        .take(2)
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    parts.reverse();
+    parts.join("/")
+}
+
+/// The run directory of a run or checkpoint directory.
+#[cfg(not(target_arch = "wasm32"))]
+fn run_of_checkpoint(dir: &Path) -> Option<PathBuf> {
+    if dir.join("metrics.jsonl").exists() {
+        return Some(dir.to_path_buf());
+    }
+    let run = dir.parent()?.parent()?;
+    run.join("metrics.jsonl")
+        .exists()
+        .then(|| run.to_path_buf())
+}
+
+/// Opens the desktop app (eframe on its own wgpu device; burn picks its own) on `open` (a
+/// run directory or dashboard file) and `view`, or starting `train`. A job still running when the
+/// window closes ("keep running headless") continues in the terminal until it ends.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_native(
+    open: Option<PathBuf>,
+    view: Option<View>,
+    train: Option<TrainRequest>,
+) -> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex};
+    let detached: Arc<Mutex<Option<Job>>> = Arc::default();
+    let slot = detached.clone();
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("attn-saes")
+            .with_inner_size([1400.0, 900.0])
+            .with_drag_and_drop(true),
+        renderer: eframe::Renderer::Wgpu,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "attn-saes",
+        options,
+        Box::new(move |cc| {
+            let mut app = AttnSaesApp::new(cc);
+            app.native.detached = Some(slot);
+            if let Some(path) = open {
+                app.push(Command::OpenPath(path));
+            }
+            if let Some(request) = train {
+                app.push(Command::StartTraining(Box::new(request)));
+            }
+            if let Some(view) = view {
+                app.push(Command::SetView(view));
+            }
+            Ok(Box::new(app))
+        }),
+    )
+    .map_err(|e| anyhow::anyhow!("the window could not open: {e}"))?;
+    let job = detached.lock().ok().and_then(|mut j| j.take());
+    if let Some(job) = job {
+        eprintln!("the window closed; the job continues here (Ctrl-C stops it)");
+        let (train_tx, train_rx) = std::sync::mpsc::channel();
+        let renderer = std::thread::spawn(move || crate::cli_train::render_headless(train_rx));
+        for e in job.events.iter() {
+            match e {
+                JobEvent::Train(e) => {
+                    let _ = train_tx.send(e);
+                }
+                JobEvent::Failed(text) => eprintln!("error: {text}"),
+                JobEvent::DashboardWritten(path) => println!("dashboards: {}", path.display()),
+                JobEvent::Finished => break,
+                _ => {}
+            }
+        }
+        drop(train_tx);
+        let _ = renderer.join();
+    }
+    Ok(())
+}

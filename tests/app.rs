@@ -1,0 +1,354 @@
+//! The desktop app, driven headlessly by egui_kittest (wgpu renderer; lavapipe in CI):
+//! a finished run through Train -> Curves -> Features -> a head -> a feature -> DFA, a
+//! training run started from the form, stopped with a checkpoint and resumed, and bad
+//! input in the form shown as text.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use attn_saes::app::train_view::TrainForm;
+use attn_saes::app::{AttnSaesApp, Command, Level, UiState, View};
+use attn_saes::dashboard::format::Dashboard;
+use attn_saes::device::DeviceChoice;
+use attn_saes::run_log::{History, LogLine};
+use attn_saes::train::checkpoint;
+use common::*;
+use eframe::egui;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+
+fn harness(app: AttnSaesApp) -> Harness<'static, AttnSaesApp> {
+    Harness::builder()
+        .with_size(egui::Vec2::new(1400.0, 900.0))
+        .wgpu()
+        .build_eframe(move |_| app)
+}
+
+/// Rewrites a run's measured speeds (steps/s) to zero in `metrics.jsonl` and in its
+/// dashboard file, and the model's name (a path) to its last component, so that snapshots
+/// depend neither on the machine nor on where the checkout is.
+fn freeze_speeds(run: &Path) {
+    let metrics = run.join("metrics.jsonl");
+    let (mut history, _) = History::read(&metrics).unwrap();
+    let zero = |h: &mut History| h.steps.iter_mut().for_each(|s| s.steps_per_s = 0.0);
+    zero(&mut history);
+    let lines: String = history
+        .steps
+        .iter()
+        .cloned()
+        .map(LogLine::Step)
+        .chain(history.evals.iter().cloned().map(LogLine::Eval))
+        .map(|l| serde_json::to_string(&l).unwrap() + "\n")
+        .collect();
+    std::fs::write(&metrics, lines).unwrap();
+    let file = attn_saes::dashboard::run_dashboard_path(run);
+    let mut d = Dashboard::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    zero(&mut d.meta.history);
+    d.meta.model.name = "gpt2_tiny".into();
+    std::fs::write(&file, d.to_bytes().unwrap()).unwrap();
+}
+
+/// Steps the harness until `done(app)`; fails after `limit`.
+fn step_until(
+    h: &mut Harness<'static, AttnSaesApp>,
+    limit: Duration,
+    done: impl Fn(&AttnSaesApp) -> bool,
+) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < limit,
+            "timed out; status {:?}, messages: {:?}",
+            h.state().native.status,
+            h.state().messages
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The wall time of `n` frames.
+fn timed_frames(h: &mut Harness<'static, AttnSaesApp>, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            h.step();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+fn has_label(h: &Harness<'static, AttnSaesApp>, text: &str) -> bool {
+    h.query_by_label(text).is_some()
+}
+
+#[test]
+fn a_finished_run_through_train_curves_features_and_dfa() {
+    let dir = TempDir::new("attn-saes-app", "views");
+    let run = run_with_dashboard(&dir, 30);
+    freeze_speeds(&run);
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(run.clone()));
+    let mut h = harness(app);
+    h.run_steps(3);
+    assert!(
+        h.state().dashboard.is_some(),
+        "messages: {:?}",
+        h.state().messages
+    );
+    assert_eq!(h.state().native.run_dir.as_deref(), Some(run.as_path()));
+
+    // Train: the form holds the run's config.
+    h.get_by_label("Train").click();
+    h.run_steps(2);
+    assert!(has_label(&h, "Train a block-diagonal SAE"));
+    assert_eq!(h.state().ui.form.total_training_steps, "30");
+    assert_eq!(h.state().ui.form.hook_layer, "1");
+    assert_eq!(h.state().ui.form.out_dir, run.display().to_string());
+    // The snapshot shows the paths relative, as they would be typed in the checkout.
+    let form = &mut h.state_mut().ui.form;
+    (form.model, form.dataset, form.out_dir) = (
+        "tests/fixtures/gpt2_tiny".into(),
+        "corpus.txt".into(),
+        "run".into(),
+    );
+    h.run_steps(2);
+    h.snapshot("app_train");
+
+    // Curves: the run's last step as text, from metrics.jsonl.
+    h.get_by_label("Curves").click();
+    h.run_steps(10);
+    let history = &h.state().curves.history;
+    assert_eq!(history.steps.len(), 30, "log_every 1");
+    assert!(has_label(&h, "step 30"));
+    let last = history.steps.last().unwrap().clone();
+    assert!(has_label(&h, &format!("L0 {:.1}", last.l0)));
+    h.snapshot("app_curves");
+
+    // Features: head 2, a live feature, its density and its DFA as the file holds them.
+    h.get_by_label("Features").click();
+    h.run_steps(2);
+    h.get_by_label("Head 2").click();
+    h.run_steps(2);
+    let file_bytes = std::fs::read(attn_saes::dashboard::run_dashboard_path(&run)).unwrap();
+    let file = attn_saes::dashboard::format::OwnedDashboardFile::new(file_bytes).unwrap();
+    let head = file.head(2).unwrap();
+    let (f, feature) = head
+        .features
+        .iter()
+        .enumerate()
+        .find(|(_, f)| f.examples.iter().any(|e| !e.dfa.is_empty()))
+        .expect("a live feature with a top example");
+    h.get_by_label_contains(&format!("#{f}  ")).click();
+    h.run_steps(3);
+    assert_eq!(h.state().ui.features.head, 2);
+    assert_eq!(h.state().ui.features.feature, Some(f));
+    assert!(has_label(&h, &format!("density {:.3e}", feature.density)));
+    let example = feature.examples.iter().find(|e| !e.dfa.is_empty()).unwrap();
+    let argmax = (0..example.dfa.len())
+        .max_by(|&a, &b| example.dfa[a].abs().total_cmp(&example.dfa[b].abs()))
+        .unwrap();
+    assert!(
+        h.query_by_label_contains(&format!("max attribution at position {argmax} "))
+            .is_some(),
+        "DFA panel of feature {f}"
+    );
+    h.snapshot("app_features");
+}
+
+/// The tiny fixture model in the form, with more steps than the test waits for.
+fn tiny_form(dir: &Path, steps: usize) -> TrainForm {
+    TrainForm {
+        model: fixture("gpt2_tiny").display().to_string(),
+        dataset: corpus(dir).display().to_string(),
+        hook_layer: "1".into(),
+        expansion_factor: "2".into(),
+        total_training_steps: steps.to_string(),
+        batch_size: "64".into(),
+        context_size: "16".into(),
+        device: DeviceChoice::Cpu,
+        out_dir: dir.join("run").display().to_string(),
+        build_dashboards: false,
+        ..TrainForm::default()
+    }
+}
+
+fn summary(frames: &[f64]) -> String {
+    let mut v = frames.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let p95 = v[(v.len() * 95 / 100).min(v.len() - 1)];
+    format!(
+        "{} frames: mean {mean:.1} ms, p95 {p95:.1} ms, max {:.1} ms",
+        v.len(),
+        v[v.len() - 1]
+    )
+}
+
+#[test]
+fn training_from_the_form_stops_with_a_checkpoint_and_resumes() {
+    let dir = TempDir::new("attn-saes-app", "train");
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.ui.view = View::Train;
+    app.ui.form = tiny_form(&dir, 1_000_000);
+    let mut h = harness(app);
+    h.set_render_every_step(true);
+    h.run_steps(2);
+    h.get_by_label("Start").click();
+    // The curves receive points while the run goes on.
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.curves.history.steps.len() >= 5
+    });
+    // Frames keep coming meanwhile: 40 on the Curves view, then 40 on the Train view, with
+    // the layout pass alone and then with lavapipe rendering every frame.
+    let mut report = Vec::new();
+    for view in ["Curves", "Train"] {
+        h.get_by_label(view).click();
+        for render in [false, true] {
+            h.set_render_every_step(render);
+            let frames = timed_frames(&mut h, 40);
+            report.push(format!(
+                "{view}, {}: {}",
+                if render { "layout + render" } else { "layout" },
+                summary(&frames)
+            ));
+        }
+    }
+    assert!(h.state().job_running(), "still training while measured");
+    let run = dir.join("run");
+    h.get_by_label("Stop").click();
+    step_until(&mut h, Duration::from_secs(120), |a| !a.job_running());
+    h.run_steps(2);
+    h.get_by_label("Curves").click();
+    let idle = timed_frames(&mut h, 40);
+    h.set_render_every_step(false);
+    h.get_by_label("Train").click();
+    h.run_steps(2);
+    eprintln!(
+        "UI frame time while training on the CPU backend:\n  {}\n  Curves, layout + render, \
+         training stopped: {}",
+        report.join("\n  "),
+        summary(&idle)
+    );
+    let stopped_at = h.state().native.status.step;
+    assert!(stopped_at > 0 && stopped_at < 1_000_000);
+    let ckpts = checkpoint::complete_checkpoints(&run);
+    assert_eq!(
+        ckpts.last().map(|c| c.0),
+        Some(stopped_at),
+        "Stop writes a checkpoint at the step reached"
+    );
+    assert!(
+        h.state()
+            .messages
+            .iter()
+            .any(|(_, m)| m.starts_with("checkpoint: "))
+    );
+
+    // Resume with a nearer end: the run continues from the checkpoint to it.
+    let end = stopped_at + 7;
+    h.state_mut().ui.form.total_training_steps = end.to_string();
+    h.state_mut().submit_form(Some(run.clone()));
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.native.status.phase.starts_with("finished")
+    });
+    step_until(&mut h, Duration::from_secs(30), |a| !a.job_running());
+    // The curves hold the run's history up to the checkpoint, then the resumed steps.
+    let steps: Vec<usize> = h
+        .state()
+        .curves
+        .history
+        .steps
+        .iter()
+        .map(|s| s.step)
+        .collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    let resumed = steps.iter().position(|&s| s > stopped_at).unwrap();
+    assert!(
+        resumed >= 5,
+        "the history before the stop is kept: {steps:?}"
+    );
+    assert!(steps[resumed] <= stopped_at + 10, "log_every 10: {steps:?}");
+    assert_eq!(steps.last(), Some(&end));
+    assert_eq!(
+        checkpoint::complete_checkpoints(&run).last().map(|c| c.0),
+        Some(end)
+    );
+    assert!(
+        h.state()
+            .messages
+            .iter()
+            .all(|(level, _)| *level != Level::Error),
+        "{:?}",
+        h.state().messages
+    );
+}
+
+#[test]
+fn bad_input_in_the_form_shows_errors_and_nothing_crashes() {
+    let dir = TempDir::new("attn-saes-app", "bad");
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.ui.view = View::Train;
+    app.ui.form = TrainForm {
+        hook_layer: "abc".into(),
+        ..tiny_form(&dir, 20)
+    };
+    let mut h = harness(app);
+    h.run_steps(2);
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert!(has_label(&h, "'abc' is not a whole number"));
+    assert!(!h.state().job_running());
+
+    // A config the trainer rejects: the message is the CLI's.
+    h.state_mut().ui.form = TrainForm {
+        batch_size: "0".into(),
+        ..tiny_form(&dir, 20)
+    };
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("must be positive").is_some());
+
+    // A missing model and a layer the model lacks fail in the job: shown, no crash.
+    for (form, expected) in [
+        (
+            TrainForm {
+                model: dir.join("no-such-model.gguf").display().to_string(),
+                ..tiny_form(&dir, 20)
+            },
+            "loading model",
+        ),
+        (
+            TrainForm {
+                hook_layer: "7".into(),
+                ..tiny_form(&dir, 20)
+            },
+            "--hook-layer 7 does not exist",
+        ),
+    ] {
+        h.state_mut().messages.clear();
+        h.state_mut().native.job = None;
+        h.state_mut().ui.view = View::Train;
+        h.state_mut().ui.form = form;
+        h.run_steps(2);
+        h.get_by_label("Start").click();
+        step_until(&mut h, Duration::from_secs(60), |a| {
+            a.native.job.is_some() && !a.job_running()
+        });
+        h.run_steps(2);
+        let errors: Vec<&String> = h
+            .state()
+            .messages
+            .iter()
+            .filter(|(l, _)| *l == Level::Error)
+            .map(|(_, m)| m)
+            .collect();
+        assert!(
+            errors.iter().any(|m| m.contains(expected)),
+            "expected '{expected}' in {errors:?}"
+        );
+        assert!(h.query_by_label_contains(expected).is_some());
+    }
+}

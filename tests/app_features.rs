@@ -1,0 +1,173 @@
+//! The Features view (src/app/features.rs) driven with egui_kittest over a real dashboard:
+//! head and feature selection, keyboard navigation, the DFA panel, and a snapshot.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use attn_saes::app::features::{FeaturesState, LoadedDashboard, features_ui, search_id};
+use attn_saes::dashboard::format::{ExampleGroup, HeadData, OwnedDashboardFile};
+use eframe::egui;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+
+type State = (LoadedDashboard, FeaturesState);
+
+/// The dashboard of a tiny run (4 heads x 32 features), built once for all tests.
+fn dashboard_bytes() -> &'static [u8] {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| {
+        let dir = common::TempDir::new("attn-saes-app-features", "dash");
+        let run = common::run_with_dashboard(&dir, 30);
+        std::fs::read(run.join("dashboard.safetensors")).unwrap()
+    })
+}
+
+/// One head decoded independently of the viewer.
+fn head(h: usize) -> HeadData {
+    OwnedDashboardFile::new(dashboard_bytes().to_vec())
+        .unwrap()
+        .head(h)
+        .unwrap()
+}
+
+fn harness() -> Harness<'static, State> {
+    let d =
+        LoadedDashboard::new("dashboard.safetensors".into(), dashboard_bytes().to_vec()).unwrap();
+    Harness::builder()
+        .with_size(egui::Vec2::new(1400.0, 900.0))
+        .wgpu()
+        .build_ui_state(
+            |ui, state: &mut State| features_ui(ui, &mut state.0, &mut state.1),
+            (d, FeaturesState::default()),
+        )
+}
+
+/// Feature indices by density, highest first, ties by index: the list's default order.
+fn density_order(head: &HeadData) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..head.features.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (da, db) = (head.features[a].density, head.features[b].density);
+        db.total_cmp(&da).then(a.cmp(&b))
+    });
+    order
+}
+
+/// Clicks `Head 2` in the heads panel.
+fn open_head_2(h: &mut Harness<'static, State>) {
+    h.get_by_label("Head 2").click();
+    h.run_steps(2);
+    assert_eq!(h.state().1.head, 2);
+}
+
+#[test]
+fn clicking_a_head_and_a_feature_shows_its_dashboard() {
+    let mut h = harness();
+    open_head_2(&mut h);
+    assert_eq!(
+        h.state().1.feature,
+        density_order(&head(2)).first().copied(),
+        "a new head selects the first feature of the list"
+    );
+    h.get_by_label_contains("#3 ").click();
+    h.run_steps(2);
+    assert_eq!(h.state().1.feature, Some(3));
+    let density = head(2).features[3].density;
+    h.get_by_label(&format!("density {density:.3e}"));
+    h.get_by_label("Head 2 · Feature 3");
+}
+
+#[test]
+fn arrow_keys_move_through_the_list_and_slash_focuses_search() {
+    let mut h = harness();
+    open_head_2(&mut h);
+    let order = density_order(&head(2));
+    assert_eq!(h.state().1.feature, Some(order[0]));
+    h.key_press(egui::Key::ArrowDown);
+    h.run_steps(2);
+    assert_eq!(h.state().1.feature, Some(order[1]));
+    h.key_press(egui::Key::ArrowDown);
+    h.run_steps(2);
+    assert_eq!(h.state().1.feature, Some(order[2]));
+    h.key_press(egui::Key::ArrowUp);
+    h.run_steps(2);
+    assert_eq!(h.state().1.feature, Some(order[1]));
+
+    // `/` focuses the search box; arrow keys then belong to the text field.
+    h.key_press(egui::Key::Slash);
+    h.run_steps(2);
+    assert!(h.ctx.memory(|m| m.has_focus(search_id())));
+    h.key_press(egui::Key::ArrowDown);
+    h.run_steps(2);
+    assert_eq!(h.state().1.feature, Some(order[1]));
+    // Typing there filters the list.
+    h.event(egui::Event::Text("zqxzqx".into()));
+    h.run_steps(2);
+    assert_eq!(h.state().1.search, "zqxzqx");
+    h.get_by_label("0 of 32 features");
+}
+
+#[test]
+fn dfa_panel_marks_the_largest_attribution() {
+    let head2 = head(2);
+    let (f, e) = density_order(&head2)
+        .into_iter()
+        .find_map(|f| {
+            let top = head2.features[f]
+                .examples
+                .iter()
+                .find(|e| e.group == ExampleGroup::Top && !e.dfa.is_empty())?;
+            Some((f, top))
+        })
+        .expect("a live feature with a top example");
+    // The first position holding the largest attribution.
+    let mut argmax = 0;
+    for (p, &v) in e.dfa.iter().enumerate() {
+        if v > e.dfa[argmax] {
+            argmax = p;
+        }
+    }
+    let mut h = harness();
+    open_head_2(&mut h);
+    h.state_mut().1.feature = Some(f);
+    h.run_steps(2);
+    h.get_by_label(&format!("Head 2 · Feature {f}"));
+    h.get_by_label_contains(&format!("max attribution at position {argmax} ("));
+    h.get_by_label_contains("sum of DFA ");
+}
+
+#[test]
+fn features_view_snapshot() {
+    let mut h = harness();
+    // The model name is the fixture's absolute path: keep the checkout's location out of
+    // the picture.
+    h.state_mut().0.file.meta.model.name = "gpt2_tiny".into();
+    open_head_2(&mut h);
+    h.run_steps(2);
+    h.snapshot("features_view");
+}
+
+#[test]
+fn a_corrupt_head_shows_its_error() {
+    // Flip a byte of head 1's densities: the header and the other heads stay valid, and
+    // the tensor's checksum fails when the viewer decodes head 1.
+    let mut bytes = dashboard_bytes().to_vec();
+    let (n, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let start = header.info("h1.density").unwrap().data_offsets.0;
+    bytes[8 + n + start] ^= 0x55;
+    let d = LoadedDashboard::new("corrupt.safetensors".into(), bytes).unwrap();
+    let mut h = Harness::builder()
+        .with_size(egui::Vec2::new(1400.0, 900.0))
+        .build_ui_state(
+            |ui, state: &mut State| features_ui(ui, &mut state.0, &mut state.1),
+            (d, FeaturesState::default()),
+        );
+    h.get_by_label("Head 1").click();
+    h.run_steps(2);
+    assert!(h.state_mut().0.head(1).is_err());
+    assert!(h.query_all_by_label_contains("h1.density").count() >= 1);
+    h.get_by_label("Head 0").click();
+    h.run_steps(2);
+    assert!(h.state_mut().0.head(0).is_ok());
+    h.get_by_label_contains("of 32 features");
+}
