@@ -247,6 +247,20 @@ fn training_from_the_form_stops_with_a_checkpoint_and_resumes() {
             .any(|(_, m)| m.starts_with("checkpoint: "))
     );
 
+    // Build dashboards now, of the stopped run: they open in the Features view.
+    h.get_by_label("Build dashboards now").click();
+    step_until(&mut h, Duration::from_secs(300), |a| {
+        a.native.builder.is_some() && !a.builder_running()
+    });
+    h.run_steps(3);
+    assert!(
+        h.state().dashboard.is_some(),
+        "messages: {:?}",
+        h.state().messages
+    );
+    assert_eq!(h.state().ui.view, View::Features);
+    assert!(attn_saes::dashboard::run_dashboard_path(&run).is_file());
+
     // Resume with a nearer end: the run continues from the checkpoint to it.
     let end = stopped_at + 7;
     h.state_mut().ui.form.total_training_steps = end.to_string();

@@ -100,8 +100,12 @@ pub struct AttnSaesApp {
 #[derive(Default)]
 pub struct Native {
     pub run_dir: Option<PathBuf>,
+    /// The training job.
     pub job: Option<Job>,
     pub status: JobStatus,
+    /// A dashboard build (may run beside training, on a checkpoint).
+    pub builder: Option<Job>,
+    pub builder_status: JobStatus,
     pub form_errors: Vec<FieldError>,
     /// Where a job goes when the window closes while it runs ("keep training headless").
     pub detached: Option<std::sync::Arc<std::sync::Mutex<Option<Job>>>>,
@@ -216,6 +220,18 @@ impl AttnSaesApp {
             ui.separator();
             #[cfg(not(target_arch = "wasm32"))]
             self.open_buttons(ui);
+            #[cfg(not(target_arch = "wasm32"))]
+            if self.native.run_dir.is_some()
+                && !self.builder_running()
+                && ui
+                    .button("Build dashboards now")
+                    .on_hover_text(
+                        "of the run's final SAE, or of its latest checkpoint while it trains",
+                    )
+                    .clicked()
+            {
+                self.push(Command::BuildDashboards);
+            }
             if let Some(d) = &self.dashboard {
                 ui.separator();
                 ui.label(format!("dashboard: {}", d.name));
@@ -260,10 +276,6 @@ impl AttnSaesApp {
             "Open a run directory or a dashboard file (drag and drop works too), or train a \
              run: its dashboards are built when it ends.",
         );
-        #[cfg(not(target_arch = "wasm32"))]
-        if self.native.run_dir.is_some() && ui.button("Build dashboards now").clicked() {
-            self.push(Command::BuildDashboards);
-        }
     }
 
     /// Dropped files: each opens as a run directory or a dashboard file.
@@ -282,7 +294,7 @@ impl eframe::App for AttnSaesApp {
         {
             self.drain_job();
             self.handle_close(ctx);
-            if self.native.job.as_ref().is_some_and(Job::is_running) {
+            if self.job_running() || self.builder_running() {
                 ctx.request_repaint_after(std::time::Duration::from_millis(100));
             }
         }
@@ -302,6 +314,9 @@ impl eframe::App for AttnSaesApp {
                 if self.native.job.is_some() {
                     train_view::progress_ui(ui, &self.native.status);
                 }
+                if self.native.builder.is_some() {
+                    train_view::progress_ui(ui, &self.native.builder_status);
+                }
                 self.messages_ui(ui);
             });
         #[cfg(not(target_arch = "wasm32"))]
@@ -316,8 +331,12 @@ impl eframe::App for AttnSaesApp {
     #[cfg(not(target_arch = "wasm32"))]
     fn on_exit(&mut self) {
         // A job still running here was detached ("keep training headless"): hand it over.
-        if let (Some(job), Some(slot)) = (self.native.job.take(), &self.native.detached)
-            && let Ok(mut slot) = slot.lock()
+        // (Training first; a dashboard build beside it ends with the process.)
+        let running = self.native.job.take().filter(Job::is_running);
+        if let (Some(job), Some(slot)) = (
+            running.or(self.native.builder.take()),
+            &self.native.detached,
+        ) && let Ok(mut slot) = slot.lock()
         {
             *slot = Some(job);
         }
@@ -384,7 +403,7 @@ impl AttnSaesApp {
                 self.message(
                     Level::Info,
                     format!(
-                        "opened run {} (no dashboards yet: Features > Build dashboards now)",
+                        "opened run {} (no dashboards yet: Build dashboards now)",
                         dir.display()
                     ),
                 );
@@ -419,8 +438,21 @@ impl AttnSaesApp {
         });
     }
 
+    /// Whether the training job runs.
     pub fn job_running(&self) -> bool {
         self.native.job.as_ref().is_some_and(Job::is_running)
+    }
+
+    /// Whether a dashboard build runs.
+    pub fn builder_running(&self) -> bool {
+        self.native.builder.as_ref().is_some_and(Job::is_running)
+    }
+
+    fn status_mut(&mut self, kind: JobKind) -> &mut JobStatus {
+        match kind {
+            JobKind::Training => &mut self.native.status,
+            JobKind::Dashboards => &mut self.native.builder_status,
+        }
     }
 
     fn start_training(&mut self, request: TrainRequest) {
@@ -448,32 +480,48 @@ impl AttnSaesApp {
         self.ui.view = View::Curves;
     }
 
+    /// Builds the open run's dashboards: of its latest checkpoint while it trains, else of
+    /// its final SAE (or latest checkpoint when it has none).
     fn build_dashboards(&mut self) {
         let Some(run) = self.native.run_dir.clone() else {
             self.message(Level::Error, "open a run directory first");
             return;
         };
-        if self.job_running() {
-            self.message(
-                Level::Error,
-                "a job is running in this window; build the dashboards when it ends",
-            );
+        if self.builder_running() {
+            self.message(Level::Error, "the dashboards are already being built");
             return;
         }
-        self.native.status = JobStatus {
+        let checkpoint = if self.job_running() {
+            match crate::train::checkpoint::resolve_resume(&run) {
+                Ok(c) => Some(c),
+                Err(_) => {
+                    self.message(Level::Error, "no checkpoint yet: build once one is written");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        self.native.builder_status = JobStatus {
             phase: "building dashboards".into(),
             running: true,
             ..JobStatus::default()
         };
-        self.native.job = Some(jobs::start_dashboards(run, None, self.ui.form.device));
+        self.native.builder = Some(jobs::start_dashboards(run, checkpoint, self.ui.form.device));
     }
 
-    /// Applies what the job reported since the last frame.
+    /// Applies what the jobs reported since the last frame.
     fn drain_job(&mut self) {
-        let Some(job) = &self.native.job else { return };
-        let events: Vec<JobEvent> = job.events.try_iter().collect();
-        for e in events {
-            self.on_job_event(e);
+        for kind in [JobKind::Training, JobKind::Dashboards] {
+            let job = match kind {
+                JobKind::Training => &self.native.job,
+                JobKind::Dashboards => &self.native.builder,
+            };
+            let Some(job) = job else { continue };
+            let events: Vec<JobEvent> = job.events.try_iter().collect();
+            for e in events {
+                self.on_job_event(kind, e);
+            }
         }
     }
 
@@ -531,8 +579,8 @@ impl AttnSaesApp {
         }
     }
 
-    fn on_job_event(&mut self, e: JobEvent) {
-        let s = &mut self.native.status;
+    fn on_job_event(&mut self, kind: JobKind, e: JobEvent) {
+        let s = self.status_mut(kind);
         match e {
             JobEvent::Train(e) => self.on_train_event(e),
             JobEvent::Progress { phase, done, total } => {
@@ -563,7 +611,7 @@ impl AttnSaesApp {
             JobEvent::Finished => {
                 s.running = false;
                 s.stopping = false;
-                if self.native.close_when_stopped {
+                if kind == JobKind::Training && self.native.close_when_stopped {
                     self.native.closing = true;
                 }
             }
@@ -638,7 +686,9 @@ impl AttnSaesApp {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
             return;
         }
-        if ctx.input(|i| i.viewport().close_requested()) && self.job_running() {
+        if ctx.input(|i| i.viewport().close_requested())
+            && (self.job_running() || self.builder_running())
+        {
             ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
             self.native.close_dialog = true;
         }
