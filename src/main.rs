@@ -54,6 +54,21 @@ enum Command {
         #[arg(long, value_enum)]
         view: Option<attn_saes::app::View>,
     },
+    /// Serve the web viewer and a dashboard on this machine, and print the URL to open.
+    Serve {
+        /// A run directory (its dashboard.safetensors) or a dashboard file.
+        path: std::path::PathBuf,
+        /// Port (0: any free one).
+        #[arg(long, default_value_t = 8765)]
+        port: u16,
+        /// Address to listen on: 127.0.0.1 keeps it to this machine; 0.0.0.0 shares it on
+        /// the network.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// The built viewer (default: $ATTN_SAES_WEB_DIR, else web/dist).
+        #[arg(long)]
+        web_dir: Option<std::path::PathBuf>,
+    },
     /// Train a block-diagonal SAE on hook_z of one layer: in the app's window (live curves,
     /// then the dashboards), or in the terminal with `--headless`.
     Train {
@@ -276,6 +291,26 @@ fn main() -> anyhow::Result<()> {
                 };
                 attn_saes::app::run_native(None, None, Some(request))?;
             }
+        }
+        Command::Serve {
+            path,
+            port,
+            host,
+            web_dir,
+        } => {
+            use attn_saes::serve;
+            let site = serve::Site {
+                dashboard: serve::dashboard_of(&path)?,
+                web_dir: serve::find_web_dir(web_dir.as_deref())?,
+            };
+            let (listener, url) = serve::bind(&host, port)?;
+            println!(
+                "serving {} with the viewer in {}",
+                site.dashboard.display(),
+                site.web_dir.display()
+            );
+            println!("open {url}  (Ctrl-C stops)");
+            serve::serve(listener, site)?;
         }
         Command::App { path, view } => attn_saes::app::run_native(path, view, None)?,
         Command::Harvest {

@@ -92,6 +92,14 @@ impl LoadedDashboard {
         }
     }
 
+    /// One head's features if decoded already.
+    pub fn cached_head(&self, h: usize) -> Option<&HeadData> {
+        match self.heads.get(h) {
+            Some(Some(Ok(head))) => Some(head),
+            _ => None,
+        }
+    }
+
     /// Decodes the selected head and brings the feature list up to date with `s`.
     fn prepare(&mut self, s: &FeaturesState) {
         let _ = self.head(s.head);
@@ -179,6 +187,7 @@ pub fn features_ui(ui: &mut Ui, d: &mut LoadedDashboard, s: &mut FeaturesState) 
     if !ui.ctx().text_edit_focused() && ui.input(|i| i.key_pressed(Key::Slash)) {
         ui.memory_mut(|m| m.request_focus(search_id()));
     }
+    head_keys(ui, s, d.file.n_heads());
     heads_panel(ui, &d.name, &d.file.meta, s);
     d.prepare(s);
     let (file, head, order) = d.parts(s.head);
@@ -528,6 +537,29 @@ fn list_controls(ui: &mut Ui, s: &mut FeaturesState) {
             .desired_width(f32::INFINITY),
     )
     .on_hover_text("case-insensitive; press / to search");
+}
+
+/// ArrowRight / ArrowLeft move to the next / previous head while no text field has focus.
+fn head_keys(ui: &mut Ui, s: &mut FeaturesState, n_heads: usize) {
+    if ui.ctx().text_edit_focused() {
+        return;
+    }
+    let (right, left) = ui.input(|i| {
+        (
+            i.key_pressed(Key::ArrowRight),
+            i.key_pressed(Key::ArrowLeft),
+        )
+    });
+    let head = match (right, left) {
+        (true, false) => (s.head + 1).min(n_heads.saturating_sub(1)),
+        (false, true) => s.head.saturating_sub(1),
+        _ => return,
+    };
+    if head != s.head {
+        s.head = head;
+        s.feature = None;
+        s.example = None;
+    }
 }
 
 /// ArrowDown / ArrowUp move the selection through the list while no text field has focus.

@@ -81,6 +81,7 @@ pub enum Level {
 }
 
 const STORAGE_KEY: &str = "attn-saes-ui";
+#[cfg(not(target_arch = "wasm32"))]
 const MAX_RECENT: usize = 10;
 const MAX_MESSAGES: usize = 6;
 
@@ -149,36 +150,54 @@ impl AttnSaesApp {
         self.messages.drain(..extra);
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     fn remember(&mut self, name: String) {
         self.ui.recent.retain(|r| *r != name);
         self.ui.recent.insert(0, name);
         self.ui.recent.truncate(MAX_RECENT);
     }
 
-    /// Opens a dashboard held in memory; its history becomes the curves unless a run is
-    /// open.
+    /// Opens a dashboard held in memory, or says why it cannot.
     pub fn open_bytes(&mut self, name: String, bytes: Vec<u8>) {
         match LoadedDashboard::new(name.clone(), bytes) {
-            Ok(d) => {
-                if self.curves.is_empty() {
-                    self.curves = Curves::from_history(d.file.meta.history.clone());
-                }
-                let heads = d.file.n_heads();
-                if self.ui.features.head >= heads {
-                    self.ui.features = FeaturesState::default();
-                }
-                self.message(
-                    Level::Info,
-                    format!(
-                        "opened {name}: {heads} heads x {} features",
-                        d.file.meta.sae.features_per_head
-                    ),
-                );
-                self.dashboard = Some(d);
-                self.ui.view = View::Features;
-            }
+            Ok(d) => self.open_loaded(d),
             Err(e) => self.message(Level::Error, format!("{name}: {e}")),
         }
+    }
+
+    /// Shows a parsed dashboard; its history becomes the curves unless a run's are shown.
+    pub fn open_loaded(&mut self, d: LoadedDashboard) {
+        if self.curves.is_empty() {
+            self.curves = Curves::from_history(d.file.meta.history.clone());
+        }
+        let heads = d.file.n_heads();
+        if self.ui.features.head >= heads {
+            self.ui.features = FeaturesState::default();
+        }
+        let text = format!(
+            "opened {}: {heads} heads x {} features",
+            d.name, d.file.meta.sae.features_per_head
+        );
+        self.message(Level::Info, text);
+        self.dashboard = Some(d);
+        self.ui.view = View::Features;
+    }
+
+    /// What is selected, in words (the web page exposes it to scripts and tests).
+    pub fn selection(&self) -> String {
+        let f = &self.ui.features;
+        let mut text = format!("view {:?}", self.ui.view);
+        if let Some(d) = &self.dashboard {
+            text += &format!(" · head {}", f.head);
+            if let Some(feature) = f.feature {
+                text += &format!(" · feature {feature}");
+                let data = d.cached_head(f.head).and_then(|h| h.features.get(feature));
+                if let Some(data) = data {
+                    text += &format!(" · density {:.3e}", data.density);
+                }
+            }
+        }
+        text
     }
 
     fn apply(&mut self, command: Command) {
@@ -291,15 +310,9 @@ impl AttnSaesApp {
 impl eframe::App for AttnSaesApp {
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         #[cfg(not(target_arch = "wasm32"))]
-        {
-            self.drain_job();
-            self.handle_close(ctx);
-            if self.job_running() || self.builder_running() {
-                ctx.request_repaint_after(std::time::Duration::from_millis(100));
-            }
-        }
-        #[cfg(not(target_arch = "wasm32"))]
-        self.dropped_files(ctx);
+        self.native_logic(ctx);
+        #[cfg(target_arch = "wasm32")]
+        let _ = ctx;
         for command in std::mem::take(&mut self.commands) {
             self.apply(command);
         }
@@ -311,12 +324,7 @@ impl eframe::App for AttnSaesApp {
             .resizable(false)
             .show(ui, |ui| {
                 #[cfg(not(target_arch = "wasm32"))]
-                if self.native.job.is_some() {
-                    train_view::progress_ui(ui, &self.native.status);
-                }
-                if self.native.builder.is_some() {
-                    train_view::progress_ui(ui, &self.native.builder_status);
-                }
+                self.jobs_ui(ui);
                 self.messages_ui(ui);
             });
         #[cfg(not(target_arch = "wasm32"))]
@@ -409,6 +417,26 @@ impl AttnSaesApp {
                 );
                 self.ui.view = View::Curves;
             }
+        }
+    }
+
+    /// Jobs' events, the close request, drag and drop.
+    fn native_logic(&mut self, ctx: &egui::Context) {
+        self.drain_job();
+        self.handle_close(ctx);
+        if self.job_running() || self.builder_running() {
+            ctx.request_repaint_after(std::time::Duration::from_millis(100));
+        }
+        self.dropped_files(ctx);
+    }
+
+    /// The jobs' progress lines.
+    fn jobs_ui(&self, ui: &mut egui::Ui) {
+        if self.native.job.is_some() {
+            train_view::progress_ui(ui, &self.native.status);
+        }
+        if self.native.builder.is_some() {
+            train_view::progress_ui(ui, &self.native.builder_status);
         }
     }
 

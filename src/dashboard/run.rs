@@ -1,0 +1,130 @@
+//! Dashboards of a training run: held-out windows after what it trained on, its history
+//! and per-head metrics, built with the run's SAE (native only).
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::build::{self, BuildInputs, BuildOptions, Progress};
+use super::{Dashboard, HISTORY_POINTS};
+use crate::data::corpus::Corpus;
+use crate::data::store::{ActivationStore, StreamPosition};
+use crate::data::windows::{ContextWindows, WindowsPosition};
+use crate::lm::LoadedModel;
+use crate::run_log::History;
+use crate::sae::BlockDiagSae;
+use crate::train::{TrainConfig, checkpoint};
+
+/// `n` context windows of `corpus` from `start` on (one pass, no wrap-around).
+pub fn windows_from(
+    corpus: &Corpus,
+    loaded: &LoadedModel,
+    context_size: usize,
+    start: WindowsPosition,
+    n: usize,
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    let stream = ContextWindows::new(
+        corpus,
+        &loaded.tokenizer,
+        context_size,
+        loaded.transformer.config.bos_token_id,
+        start,
+        false,
+    )?;
+    let mut out = Vec::with_capacity(n.min(1 << 16));
+    for item in stream.take(n) {
+        out.push(item?.0);
+    }
+    Ok(out)
+}
+
+/// Held-out windows of a run: those after the last data its training harvested (never
+/// trained on). When the training stream went round the corpus, or nothing is left after
+/// it, the corpus start is used and the description says so.
+pub fn held_out_windows(
+    config: &TrainConfig,
+    checkpoint_dir: &Path,
+    loaded: &LoadedModel,
+    context_size: usize,
+    n: usize,
+) -> anyhow::Result<(Vec<Vec<u32>>, String)> {
+    let corpus = Corpus::open(&config.dataset, config.text_column.as_deref())?;
+    let position = ActivationStore::saved_position(checkpoint_dir)?;
+    if let StreamPosition::Windows(pos) = position
+        && pos.corpus.epoch == 0
+    {
+        let windows = windows_from(&corpus, loaded, context_size, pos, n)?;
+        if !windows.is_empty() {
+            return Ok((
+                windows,
+                "held out: the corpus after the data the run trained on".into(),
+            ));
+        }
+    }
+    let why = match position {
+        StreamPosition::Windows(_) => "the run trained on the whole corpus",
+        _ => "the run trained from an activation cache",
+    };
+    let windows = windows_from(&corpus, loaded, context_size, WindowsPosition::default(), n)?;
+    Ok((
+        windows,
+        format!("the corpus start ({why}, so these windows may have been trained on)"),
+    ))
+}
+
+/// Builds the dashboards of a run directory over at least `tokens` tokens of held-out
+/// windows of `context_size` tokens (default: the run's context, at most 128): of the SAE
+/// of `checkpoint` when given (a checkpoint directory of the run), else of the run's final
+/// `sae/`, else of its latest checkpoint (a run still training).
+pub fn build_for_run(
+    run_dir: &Path,
+    checkpoint: Option<&Path>,
+    loaded: &LoadedModel,
+    tokens: usize,
+    context_size: Option<usize>,
+    options: &BuildOptions,
+    progress: Progress,
+) -> anyhow::Result<Dashboard> {
+    let ckpt = checkpoint::resolve_resume(checkpoint.unwrap_or(run_dir))?;
+    let config = checkpoint::read_config(&ckpt)?;
+    let sae_dir = match checkpoint {
+        None if run_dir.join("sae").is_dir() => run_dir.join("sae"),
+        _ => ckpt.join("sae"),
+    };
+    let sae = BlockDiagSae::load(&sae_dir, loaded.transformer.device())
+        .with_context(|| format!("loading the run's SAE from {}", sae_dir.display()))?;
+    let context = context_size.unwrap_or(config.context_size.min(128));
+    let n_windows = tokens.div_ceil(context.max(1));
+    progress("reading held-out windows", 0, n_windows);
+    let (windows, from) = held_out_windows(&config, &ckpt, loaded, context, n_windows)?;
+    let (history, _) = History::read(&run_dir.join("metrics.jsonl"))
+        .with_context(|| format!("reading {}", run_dir.join("metrics.jsonl").display()))?;
+    let history = history.subsampled(HISTORY_POINTS);
+    let run_heads = history.steps.last().map(|s| {
+        s.l0_per_head
+            .iter()
+            .zip(&s.explained_variance_per_head)
+            .zip(&s.dead_per_head)
+            .map(|((l0, ev), dead)| (*l0, *ev, *dead))
+            .collect()
+    });
+    let ce_scores = history
+        .evals
+        .last()
+        .map(|e| e.per_head.iter().map(|h| h.ce_score).collect());
+    let layer = config.layer(loaded.transformer.config.n_layers);
+    let inputs = BuildInputs {
+        loaded,
+        sae: &sae,
+        layer,
+        z_convention: config.z_convention,
+        windows,
+        windows_from: from,
+        sae_source: sae_dir.display().to_string(),
+        run_config: serde_json::to_value(&config).ok(),
+        history,
+        run_heads,
+        ce_scores,
+    };
+    build::build(&inputs, options, progress)
+}

@@ -1,0 +1,95 @@
+// Drives the web viewer served by `attn-saes serve` in headless Chromium (Debian's
+// /usr/bin/chromium, or $CHROMIUM) with playwright-core. Run by tests/web_viewer.rs:
+//   node tests/web/browser.mjs BASE_URL DASHBOARD_FILE CORRUPT_FILE OUT_DIR
+// Prints one JSON object with what it saw; screenshots go to OUT_DIR. Exits 1 on a step
+// that fails (with the reason), so the Rust test can assert on both.
+import { chromium } from 'playwright-core';
+
+const [base, dashboardFile, corruptFile, outDir] = process.argv.slice(2);
+const result = { consoleErrors: [], steps: {} };
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu-sandbox', '--disable-quic', '--no-first-run',
+         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+
+async function fail(reason) {
+  result.failed = reason;
+  console.log(JSON.stringify(result));
+  await browser.close();
+  process.exit(1);
+}
+
+const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+page.on('console', (m) => { if (m.type() === 'error') result.consoleErrors.push(m.text()); });
+page.on('pageerror', (e) => result.consoleErrors.push(String(e)));
+
+const status = () => page.textContent('#status');
+// The status line's text if it is an error (text and class read together).
+const errorStatus = () => page.evaluate(() => {
+  const el = document.getElementById('status');
+  return el.className === 'error' ? el.textContent : null;
+});
+const selection = () => page.evaluate(() => window.attnSaes ? window.attnSaes.selection() : '');
+async function waitFor(what, predicate, ms = 60000) {
+  const start = Date.now();
+  for (;;) {
+    const value = await predicate();
+    if (value) return value;
+    if (Date.now() - start > ms) await fail(`timed out waiting for ${what}; status: ${await status()}`);
+    await page.waitForTimeout(100);
+  }
+}
+
+// 1. ?url=: the page fetches the dashboard and shows the Features view.
+const t0 = Date.now();
+await page.goto(`${base}/?url=dashboard.safetensors`);
+result.steps.urlStatus = await waitFor('the ?url= file', async () => {
+  const s = await status();
+  return s.includes('heads x') ? s : null;
+});
+result.steps.initialSelection = await waitFor('the first feature', async () => {
+  const s = await selection();
+  return s.includes('feature') && s.includes('density') ? s : null;
+});
+result.steps.loadMs = Date.now() - t0;
+
+// 2. Keyboard: two heads right, one feature down.
+await page.mouse.click(1390, 880); // focus the canvas without hitting a widget
+await page.keyboard.press('ArrowRight');
+await page.keyboard.press('ArrowRight');
+await page.waitForTimeout(300);
+result.steps.afterRight = await waitFor('head 2', async () => {
+  const s = await selection();
+  return s.includes('head 2 · feature') ? s : null;
+});
+await page.keyboard.press('ArrowDown');
+await page.waitForTimeout(300);
+result.steps.afterDown = await waitFor('the next feature', async () => {
+  const s = await selection();
+  return s !== result.steps.afterRight && s.includes('head 2 · feature') && s.includes('density') ? s : null;
+});
+await page.screenshot({ path: `${outDir}/web-features.png` });
+
+// 3. The file input.
+await page.goto(base);
+await waitFor('the viewer to start', async () => (await status()).startsWith('ready'));
+await page.setInputFiles('#file', dashboardFile);
+result.steps.fileStatus = await waitFor('the picked file', async () => {
+  const s = await status();
+  return s.includes('heads x') ? s : null;
+});
+await page.waitForTimeout(500);
+await page.screenshot({ path: `${outDir}/web-file.png` });
+
+// 4. A corrupt file and a missing URL: errors in the page, the viewer still works. (The
+// 404 is a console error of its own: count the ones before.)
+result.consoleErrorsBeforeBadInput = result.consoleErrors.length;
+await page.setInputFiles('#file', corruptFile);
+result.steps.corruptStatus = await waitFor('the corrupt file error', errorStatus);
+await page.goto(`${base}/?url=missing.safetensors`);
+result.steps.missingStatus = await waitFor('the missing URL error', errorStatus);
+result.steps.stillWorks = await page.evaluate(() => typeof window.attnSaes.selection());
+
+console.log(JSON.stringify(result));
+await browser.close();
