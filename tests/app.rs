@@ -366,3 +366,81 @@ fn bad_input_in_the_form_shows_errors_and_nothing_crashes() {
         assert!(h.query_by_label_contains(expected).is_some());
     }
 }
+
+/// A file dropped on the window, as the native integration hands it over.
+#[derive(Debug)]
+struct Dropped(std::path::PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+/// eframe storage in memory.
+#[derive(Default)]
+struct Memory(std::collections::HashMap<String, String>);
+
+impl eframe::Storage for Memory {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_string(), value);
+    }
+
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    fn flush(&mut self) {}
+}
+
+#[test]
+fn dropped_files_open_and_the_ui_state_persists() {
+    let dir = TempDir::new("attn-saes-app", "drop");
+    let run = run_with_dashboard(&dir, 10);
+    let file = attn_saes::dashboard::run_dashboard_path(&run);
+    let junk = dir.join("junk.safetensors");
+    std::fs::write(&junk, b"not a dashboard").unwrap();
+    let mut h = harness(AttnSaesApp::with_state(UiState::default()));
+    h.run_steps(1);
+
+    // A dropped non-dashboard file: an error message, nothing open.
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(junk.clone())));
+    h.run_steps(2);
+    assert!(h.state().dashboard.is_none());
+    assert!(
+        h.state()
+            .messages
+            .iter()
+            .any(|(l, m)| *l == Level::Error && m.contains("junk.safetensors")),
+        "{:?}",
+        h.state().messages
+    );
+    // A dropped dashboard file opens in the Features view.
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(file.clone())));
+    h.run_steps(2);
+    assert!(h.state().dashboard.is_some());
+    assert_eq!(h.state().ui.view, View::Features);
+    h.get_by_label("Head 3").click();
+    h.run_steps(2);
+
+    // What eframe saves comes back as it was: view, selection, recent files.
+    let mut storage = Memory::default();
+    eframe::App::save(h.state_mut(), &mut storage);
+    let restored: UiState = eframe::get_value(&storage, "attn-saes-ui").unwrap();
+    assert_eq!(restored.view, View::Features);
+    assert_eq!(restored.features.head, 3);
+    assert_eq!(restored.recent, vec![file.display().to_string()]);
+    assert_eq!(restored.form, h.state().ui.form);
+}

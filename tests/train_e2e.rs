@@ -1151,3 +1151,39 @@ fn background_harvesting_trains_the_same_sae_and_resumes_exactly() {
     std::fs::remove_dir_all(dir_bg).unwrap();
     std::fs::remove_dir_all(dir_in).unwrap();
 }
+
+/// A new run in a directory that holds an older (longer) one replaces it: the metrics log
+/// and checkpoints are the new run's alone (an old step_30 would otherwise outrank the new
+/// run's checkpoints when pruning), and the old dashboards are gone.
+#[test]
+fn a_new_run_in_the_same_directory_replaces_the_previous_one() {
+    let dir = temp_dir("replace");
+    let (result, _) = run(config(&dir, 30), None, RunControl::default());
+    result.unwrap();
+    let run_dir = dir.join("run");
+    let dashboard = attn_saes::dashboard::run_dashboard_path(&run_dir);
+    std::fs::write(&dashboard, b"old dashboards").unwrap();
+    let (result, events) = run(config(&dir, 12), None, RunControl::default());
+    let summary = result.unwrap();
+    assert_eq!(summary.steps, 12);
+    assert!(events.iter().any(
+        |e| matches!(e, TrainEvent::Status(s) if s.starts_with("a new run replaces the previous one"))
+    ));
+    let (history, bad) = attn_saes::run_log::History::read(&run_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(bad, 0);
+    let steps: Vec<usize> = history.steps.iter().map(|s| s.step).collect();
+    assert_eq!(steps, (1..=12).collect::<Vec<_>>());
+    let ckpts: Vec<usize> = checkpoint::complete_checkpoints(&run_dir)
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(ckpts, vec![10, 12]);
+    assert_eq!(
+        checkpoint::resolve_resume(&run_dir).unwrap(),
+        run_dir
+            .join("checkpoints")
+            .join(checkpoint::step_dir_name(12))
+    );
+    assert!(!dashboard.exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}

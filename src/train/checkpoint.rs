@@ -104,6 +104,36 @@ pub fn prune_checkpoints(out_dir: &Path, keep: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Files of a run besides its SAE (which a new run overwrites): removed when a new run
+/// starts in the same directory.
+const RUN_FILES: [&str; 3] = [
+    "metrics.jsonl",
+    "summary.json",
+    crate::dashboard::DASHBOARD_FILE,
+];
+
+/// Clears a previous run from `out_dir` before a new (not resumed) run starts there: its
+/// checkpoints (which would otherwise outrank the new run's when pruning), metrics log,
+/// summary and dashboards. Returns whether there was one.
+pub fn clear_previous_run(out_dir: &Path) -> anyhow::Result<bool> {
+    let mut found = false;
+    let checkpoints = checkpoints_dir(out_dir);
+    if checkpoints.exists() {
+        std::fs::remove_dir_all(&checkpoints)
+            .with_context(|| format!("removing the previous run's {}", checkpoints.display()))?;
+        found = true;
+    }
+    for name in RUN_FILES {
+        let path = out_dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the previous run's {}", path.display()))?;
+            found = true;
+        }
+    }
+    Ok(found)
+}
+
 /// Removes what an interrupted checkpoint write leaves: `.step_N.tmp` and `.step_N.old`
 /// directories. Returns how many.
 pub fn remove_leftovers(out_dir: &Path) -> usize {

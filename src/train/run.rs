@@ -201,6 +201,15 @@ impl<'a> Trainer<'a> {
         scope: &'scope Scope<'scope, 'a>,
     ) -> anyhow::Result<Self> {
         let config = &plan.config;
+        if resume.is_none() && checkpoint::clear_previous_run(&config.out_dir)? {
+            send(
+                events,
+                TrainEvent::Status(format!(
+                    "a new run replaces the previous one in {} (--resume continues a run)",
+                    config.out_dir.display()
+                )),
+            );
+        }
         let mut store = open_store(plan, loaded, resume, device, scope)?;
         let (sae, opt, mut state) = match resume {
             Some(dir) => {
