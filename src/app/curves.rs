@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 
 use eframe::egui;
-use egui_plot::{Bar, BarChart, Heatmap, HoverPosition, Legend, Line, Plot, PlotPoints, Points};
+use egui_plot::{
+    Bar, BarChart, GridMark, Heatmap, HoverPosition, Legend, Line, Plot, PlotPoints, Points,
+};
 
 use crate::run_log::{EvalMetrics, History, StepMetrics};
 
@@ -385,25 +387,47 @@ fn per_head(ui: &mut egui::Ui, curves: &Curves, s: &mut CurvesState) {
         });
 }
 
-/// Heads (rows) x time (columns, at most 120, the series subsampled).
+/// Heads (rows, h0 at the bottom) x time (columns, at most 120, the series subsampled);
+/// axis labels name the heads and the columns' steps.
 fn heatmap(ui: &mut egui::Ui, series: &[(f64, Vec<f64>)], n_heads: usize) {
     let cols = series.len().min(120);
-    let pick = |c: usize| &series[c * (series.len() - 1) / (cols - 1).max(1)];
+    let picked: Vec<&(f64, Vec<f64>)> = (0..cols)
+        .map(|c| &series[c * (series.len() - 1) / (cols - 1).max(1)])
+        .collect();
     let mut values = Vec::with_capacity(cols * n_heads);
     for head in 0..n_heads {
-        for c in 0..cols {
-            values.push(pick(c).1.get(head).copied().unwrap_or(f64::NAN));
-        }
+        values.extend(
+            picked
+                .iter()
+                .map(|(_, v)| v.get(head).copied().unwrap_or(f64::NAN)),
+        );
     }
-    let (first, last) = (series[0].0, series[series.len() - 1].0);
+    let steps: Vec<f64> = picked.iter().map(|(x, _)| *x).collect();
     ui.label(format!(
-        "columns: steps {first:.0} to {last:.0}; rows: heads 0 (top) to {}",
+        "one row per head: h0 at the bottom, h{} at the top; hover a tile for its value",
         n_heads.saturating_sub(1)
     ));
     Plot::new("per_head_heatmap")
         .height((n_heads as f32 * 22.0).clamp(120.0, 420.0))
-        .show_axes([false, true])
         .allow_scroll(false)
+        .y_axis_min_width(44.0)
+        .y_grid_spacer(move |_| {
+            (0..n_heads)
+                .map(|h| GridMark {
+                    value: h as f64 + 0.5,
+                    step_size: 1.0,
+                })
+                .collect()
+        })
+        .y_axis_formatter(|mark, _| format!("h{}", mark.value.floor() as usize))
+        .x_axis_formatter(move |mark, _| {
+            let c = mark.value.floor();
+            match steps.get(c as usize) {
+                Some(step) if c >= 0.0 && mark.value == c => format!("{step:.0}"),
+                _ => String::new(),
+            }
+        })
+        .x_axis_label("step")
         .show(ui, |p| {
             p.heatmap(Heatmap::new(values, cols).show_labels(false))
         });
