@@ -25,6 +25,8 @@ pub mod device;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod files;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod live;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod lm;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod rng;

@@ -147,9 +147,14 @@ fn a_finished_run_through_train_curves_features_and_dfa() {
     assert_eq!(h.state().ui.features.feature, Some(f));
     assert!(has_label(&h, &format!("density {:.3e}", feature.density)));
     let example = feature.examples.iter().find(|e| !e.dfa.is_empty()).unwrap();
-    let argmax = (0..example.dfa.len())
-        .max_by(|&a, &b| example.dfa[a].abs().total_cmp(&example.dfa[b].abs()))
-        .unwrap();
+    // The source with the largest attribution (the first of equals).
+    let argmax = (0..example.dfa.len()).fold(0, |best, p| {
+        if example.dfa[p] > example.dfa[best] {
+            p
+        } else {
+            best
+        }
+    });
     assert!(
         h.query_by_label_contains(&format!("max attribution at position {argmax} "))
             .is_some(),
@@ -443,4 +448,109 @@ fn dropped_files_open_and_the_ui_state_persists() {
     assert_eq!(restored.features.head, 3);
     assert_eq!(restored.recent, vec![file.display().to_string()]);
     assert_eq!(restored.form, h.state().ui.form);
+}
+
+#[test]
+fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
+    use attn_saes::lm::{self, HookRequest, ZConvention};
+    use attn_saes::sae::BlockDiagSae;
+    use burn::prelude::*;
+    let dir = TempDir::new("attn-saes-app", "text");
+    let run = run_with_dashboard(&dir, 30);
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(run.clone()));
+    let mut h = harness(app);
+    h.run_steps(3);
+    h.get_by_label("Your text").click();
+    h.run_steps(2);
+    let text = "The quick brown fox jumps over the lazy dog.";
+    h.state_mut().ui.text.prompt = text.into();
+    h.get_by_label("Run").click();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.native.analysis.is_some()
+    });
+    h.run_steps(2);
+
+    // The same text through the model and the SAE, directly.
+    let device = Device::flex();
+    let loaded = lm::load_model(&fixture("gpt2_tiny").display().to_string(), &device).unwrap();
+    let sae = BlockDiagSae::load(&run.join("sae"), &device).unwrap();
+    let mut ids: Vec<u32> = loaded.transformer.config.bos_token_id.into_iter().collect();
+    ids.extend(loaded.tokenizer.encode(text, false).unwrap().get_ids());
+    let (t, heads, d, m) = (ids.len(), 4, 16, 32);
+    let hooks = HookRequest {
+        hook_z: vec![1],
+        z_convention: ZConvention::TransformerLens,
+        ..Default::default()
+    };
+    let tokens = loaded
+        .transformer
+        .tokens(std::slice::from_ref(&ids))
+        .unwrap();
+    let mut cache = loaded.transformer.run(tokens, &hooks, None).unwrap();
+    let z = cache.hook_z.remove(&1).unwrap();
+    assert_eq!(z.dims(), [1, t, heads, d]);
+    let out = sae.forward(sae.scale_input(z.reshape([t, heads, d])));
+    let feats = values(out.feats);
+    let pre = values(out.pre);
+    let b_enc = values(sae.b_enc.clone());
+
+    let a = h.state().native.analysis.as_deref().unwrap();
+    assert_eq!(a.ids, ids);
+    for head in 0..heads {
+        for p in 0..t {
+            let want: Vec<(u32, f64)> = (0..m)
+                .filter(|&f| feats[(head * t + p) * m + f] > 0.0)
+                .map(|f| (f as u32, feats[(head * t + p) * m + f]))
+                .collect();
+            let mut got: Vec<(u32, f64)> = a.active[head][p]
+                .iter()
+                .map(|&(f, v)| (f, v as f64))
+                .collect();
+            got.sort_by_key(|x| x.0);
+            assert_eq!(got.len(), want.len(), "head {head} position {p}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.0, w.0);
+                assert!((g.1 - w.1).abs() < 1e-5, "{g:?} vs {w:?}");
+            }
+        }
+    }
+    // Click a token (one whose text is unique and on which head 0 fires), then its
+    // strongest head-0 feature: the DFA shown sums (with b_enc) to the pre-activation of
+    // the direct computation.
+    let fox = (1..t)
+        .rev()
+        .find(|&p| {
+            let unique = a.strings.iter().filter(|s| **s == a.strings[p]).count() == 1;
+            unique && !a.active[0][p].is_empty() && a.strings[p].trim().len() > 1
+        })
+        .expect("a unique token on which head 0 fires");
+    let (f, _) = a.active[0][fox][0];
+    let label = a.strings[fox].clone();
+    h.get_by_label(&label).click();
+    h.run_steps(2);
+    assert_eq!(h.state().ui.text.token, Some(fox));
+    h.get_by_label_contains(&format!("h0 #{f} ")).click();
+    h.run_steps(2);
+    assert_eq!(h.state().ui.text.pick, Some((0, f as usize)));
+    let a = h.state().native.analysis.as_deref().unwrap();
+    let dfa = a.dfa(0, f as usize, fox);
+    let want_pre = pre[fox * m + f as usize];
+    let sum: f64 = dfa.iter().map(|&v| v as f64).sum::<f64>() + b_enc[f as usize];
+    assert!(
+        (sum - want_pre).abs() < 1e-4,
+        "DFA sum {sum} vs pre {want_pre}"
+    );
+    assert!(has_label(&h, &format!("pre-activation {want_pre:.3}")));
+    h.snapshot("app_text");
+    h.get_by_label("Open its dashboard").click_accesskit();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().ui.view,
+        View::Features,
+        "{:?}",
+        h.state().messages
+    );
+    assert_eq!(h.state().ui.features.head, 0);
+    assert_eq!(h.state().ui.features.feature, Some(f as usize));
 }

@@ -245,7 +245,7 @@ fn activation_at(e: &Example, p: usize) -> f32 {
 /// `spaces` (tables, where a leading space matters), and characters the fonts cannot
 /// draw (control characters, the replacement character of partial UTF-8 tokens, ...)
 /// written as escapes.
-fn shown_token(ui: &Ui, s: &str, spaces: bool) -> String {
+pub(crate) fn shown_token(ui: &Ui, s: &str, spaces: bool) -> String {
     let font = TextStyle::Monospace.resolve(ui.style());
     ui.ctx().fonts_mut(|fonts| {
         let mut has = |c: char| fonts.has_glyph(&font, c);
@@ -907,9 +907,6 @@ fn dfa_panel(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &Featu
         ui.label(RichText::new("no top example with attribution").weak());
         return;
     };
-    let Some((argmax, top)) = dfa_argmax(&e.dfa) else {
-        return;
-    };
     let window = file
         .windows
         .get(e.window as usize)
@@ -922,16 +919,26 @@ fn dfa_panel(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &Featu
         drawable(ui, &TextStyle::Body, &target),
         e.activation
     ));
-    let scale = max_abs(e.dfa.iter().copied());
+    dfa_row(ui, &e.dfa, e.target as usize, token);
+}
+
+/// DFA by source position as coloured token chips (blue raises the feature, red lowers
+/// it), the target outlined and the max-attribution source marked, then that source and
+/// the sum in words. `token(p)` is the text at position `p`.
+pub(crate) fn dfa_row(ui: &mut Ui, dfa: &[f32], target: usize, token: impl Fn(usize) -> String) {
+    let Some((argmax, top)) = dfa_argmax(dfa) else {
+        return;
+    };
+    let scale = max_abs(dfa.iter().copied());
     ui.horizontal_wrapped(|ui| {
         ui.spacing_mut().item_spacing = vec2(0.0, 8.0);
-        for (p, &value) in e.dfa.iter().enumerate() {
+        for (p, &value) in dfa.iter().enumerate() {
             let text = token(p);
             let color = if value < 0.0 { NEG_COLOR } else { POS_COLOR };
             Chip {
                 text: &shown_token(ui, &text, false),
                 fill: shade(color, ratio(value.abs(), scale)),
-                target: p == e.target as usize,
+                target: p == target,
                 marked: p == argmax,
             }
             .show(ui, || {
@@ -944,7 +951,7 @@ fn dfa_panel(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &Featu
         "max attribution at position {argmax} ({}): {top:.3}",
         drawable(ui, &TextStyle::Body, &at)
     ));
-    let sum: f32 = e.dfa.iter().sum();
+    let sum: f32 = dfa.iter().sum();
     ui.label(format!("sum of DFA {sum:.3}"))
         .on_hover_text("plus the encoder bias, this is the pre-activation at the target");
 }

@@ -205,3 +205,80 @@ fn build_dashboards(
     let _ = tx.send(JobEvent::DashboardWritten(path));
     Ok(())
 }
+
+/// What the live-analysis worker reports.
+pub enum LiveEvent {
+    /// The model and SAE are loaded: a description.
+    Ready(String),
+    Analysis(Box<crate::live::LiveAnalysis>),
+    Failed(String),
+}
+
+/// A run's model and SAE kept loaded on a thread, analysing the texts sent to it.
+pub struct LiveWorker {
+    pub requests: Sender<String>,
+    pub events: Receiver<LiveEvent>,
+}
+
+/// Loads the model and SAE of `run_dir` (its final SAE, else its latest checkpoint's) on
+/// `device`, then analyses each text sent, newest first (older pending texts are skipped).
+pub fn start_live(run_dir: PathBuf, device: DeviceChoice) -> LiveWorker {
+    let (requests, texts) = channel::<String>();
+    let (tx, events) = channel();
+    let _ = std::thread::Builder::new()
+        .name("attn-saes live".into())
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                live_loop(&run_dir, device, &texts, &tx)
+            }));
+            let failure = match result {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(_) => "internal error in the live analysis".into(),
+            };
+            let _ = tx.send(LiveEvent::Failed(failure));
+        });
+    LiveWorker { requests, events }
+}
+
+fn live_loop(
+    run_dir: &Path,
+    device: DeviceChoice,
+    texts: &Receiver<String>,
+    tx: &Sender<LiveEvent>,
+) -> anyhow::Result<()> {
+    let ckpt = train::checkpoint::resolve_resume(run_dir)?;
+    let config = train::checkpoint::read_config(&ckpt)?;
+    let selected = device::select(device)?;
+    let loaded = crate::lm::load_model(&config.model, &selected.device)
+        .map_err(|e| anyhow::anyhow!("loading model '{}': {e:#}", config.model))?;
+    let sae_dir = if run_dir.join("sae").is_dir() {
+        run_dir.join("sae")
+    } else {
+        ckpt.join("sae")
+    };
+    let sae = crate::sae::BlockDiagSae::load(&sae_dir, &selected.device)?;
+    let layer = config.layer(loaded.transformer.config.n_layers);
+    let _ = tx.send(LiveEvent::Ready(format!(
+        "{} layer {layer}, SAE {}",
+        loaded.transformer.config.name,
+        sae_dir.display()
+    )));
+    while let Ok(mut text) = texts.recv() {
+        while let Ok(newer) = texts.try_recv() {
+            text = newer;
+        }
+        let event = match crate::live::LiveAnalysis::run(
+            &loaded,
+            &sae,
+            layer,
+            config.z_convention,
+            &text,
+        ) {
+            Ok(a) => LiveEvent::Analysis(Box::new(a)),
+            Err(e) => LiveEvent::Failed(format!("{e:#}")),
+        };
+        let _ = tx.send(event);
+    }
+    Ok(())
+}

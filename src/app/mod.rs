@@ -14,6 +14,8 @@ pub mod features;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod jobs;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod text_view;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod train_view;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -39,6 +41,19 @@ pub enum View {
     Curves,
     #[default]
     Features,
+    /// Live analysis of the user's text (desktop).
+    Text,
+}
+
+impl View {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Train => "Train",
+            Self::Curves => "Curves",
+            Self::Features => "Features",
+            Self::Text => "Your text",
+        }
+    }
 }
 
 /// What the user chose; saved between launches.
@@ -52,6 +67,8 @@ pub struct UiState {
     pub curves: CurvesState,
     #[cfg(not(target_arch = "wasm32"))]
     pub form: TrainForm,
+    #[cfg(not(target_arch = "wasm32"))]
+    pub text: text_view::TextState,
 }
 
 /// Something the UI asks for, applied between frames.
@@ -116,6 +133,10 @@ pub struct Native {
     close_when_stopped: bool,
     /// The user chose to quit.
     closing: bool,
+    /// The live-analysis worker and the run it serves.
+    pub live: Option<(PathBuf, jobs::LiveWorker)>,
+    pub live_status: String,
+    pub analysis: Option<Box<crate::live::LiveAnalysis>>,
 }
 
 impl AttnSaesApp {
@@ -225,14 +246,11 @@ impl AttnSaesApp {
             ui.heading("attn-saes");
             ui.separator();
             #[cfg(not(target_arch = "wasm32"))]
-            let views = [View::Train, View::Curves, View::Features];
+            let views = [View::Train, View::Curves, View::Features, View::Text];
             #[cfg(target_arch = "wasm32")]
             let views = [View::Curves, View::Features];
             for v in views {
-                if ui
-                    .selectable_label(self.ui.view == v, format!("{v:?}"))
-                    .clicked()
-                {
+                if ui.selectable_label(self.ui.view == v, v.label()).clicked() {
                     self.push(Command::SetView(v));
                 }
             }
@@ -280,7 +298,9 @@ impl AttnSaesApp {
             #[cfg(not(target_arch = "wasm32"))]
             View::Train => self.train_ui(ui),
             #[cfg(target_arch = "wasm32")]
-            View::Train => self.ui.view = View::Features,
+            View::Train | View::Text => self.ui.view = View::Features,
+            #[cfg(not(target_arch = "wasm32"))]
+            View::Text => self.live_ui(ui),
             View::Curves => curves::curves_ui(ui, &self.curves, &mut self.ui.curves),
             View::Features => match &mut self.dashboard {
                 Some(d) => features::features_ui(ui, d, &mut self.ui.features),
@@ -423,11 +443,86 @@ impl AttnSaesApp {
     /// Jobs' events, the close request, drag and drop.
     fn native_logic(&mut self, ctx: &egui::Context) {
         self.drain_job();
+        self.drain_live(ctx);
         self.handle_close(ctx);
         if self.job_running() || self.builder_running() {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
         self.dropped_files(ctx);
+    }
+
+    fn drain_live(&mut self, ctx: &egui::Context) {
+        let Some((_, worker)) = &self.native.live else {
+            return;
+        };
+        let events: Vec<jobs::LiveEvent> = worker.events.try_iter().collect();
+        if self.native.live_status.ends_with('…') {
+            ctx.request_repaint_after(std::time::Duration::from_millis(100));
+        }
+        for e in events {
+            match e {
+                jobs::LiveEvent::Ready(what) => {
+                    self.native.live_status = format!("loaded {what}; running…")
+                }
+                jobs::LiveEvent::Analysis(a) => {
+                    self.native.live_status = format!("{} tokens", a.len());
+                    let text = &mut self.ui.text;
+                    if text.token.is_none_or(|p| p >= a.len()) {
+                        text.token = Some(a.len() - 1);
+                        text.pick = None;
+                    }
+                    self.native.analysis = Some(a);
+                }
+                jobs::LiveEvent::Failed(why) => {
+                    self.native.live_status = "failed".into();
+                    self.message(Level::Error, why);
+                    self.native.live = None;
+                }
+            }
+        }
+    }
+
+    /// The "Your text" view: needs an open run (its model and SAE).
+    fn live_ui(&mut self, ui: &mut egui::Ui) {
+        let Some(run) = self.native.run_dir.clone() else {
+            ui.heading("Your text");
+            ui.label("Open a run directory (or train one): its model and SAE analyse the text.");
+            return;
+        };
+        let action = text_view::text_ui(
+            ui,
+            &mut self.ui.text,
+            self.native.analysis.as_deref(),
+            &self.native.live_status,
+        );
+        match action {
+            Some(text_view::TextAction::Run) => {
+                if self.native.live.as_ref().is_none_or(|(r, _)| *r != run) {
+                    self.native.live_status = "loading the model and SAE…".into();
+                    self.native.analysis = None;
+                    let worker = jobs::start_live(run.clone(), self.ui.form.device);
+                    self.native.live = Some((run, worker));
+                } else {
+                    self.native.live_status = "running…".into();
+                }
+                if let Some((_, worker)) = &self.native.live {
+                    let _ = worker.requests.send(self.ui.text.prompt.clone());
+                }
+            }
+            Some(text_view::TextAction::OpenFeature { head, feature }) => {
+                if self.dashboard.is_some() {
+                    let f = &mut self.ui.features;
+                    (f.head, f.feature, f.example) = (head, Some(feature), None);
+                    self.ui.view = View::Features;
+                } else {
+                    self.message(
+                        Level::Error,
+                        "this run has no dashboards yet: Build dashboards now",
+                    );
+                }
+            }
+            None => {}
+        }
     }
 
     /// The jobs' progress lines.

@@ -92,6 +92,26 @@ pub struct BuildInputs<'a> {
 /// Progress of a build: `(phase, done, total)`.
 pub type Progress<'p> = &'p mut dyn FnMut(&str, usize, usize);
 
+/// DFA of one feature at `target` from every source `0..=target` of one window and head:
+/// `A[target, s] * scale * (v_s . W_enc[:, f])`, so that the sum plus `b_enc[f]` is the
+/// feature's pre-activation at `target`. `pattern` is the head's `[T, T]` rows of the
+/// window, `value(s)` the head's value vector at `s`, `enc_col` the feature's encoder column.
+/// The dashboard builder and the app's live analysis both compute DFA with it.
+pub fn dfa_by_source<'v>(
+    pattern_row: &[f32],
+    value: impl Fn(usize) -> &'v [f32],
+    enc_col: &[f32],
+    scale: f32,
+    target: usize,
+) -> Vec<f32> {
+    (0..=target)
+        .map(|s| {
+            let u: f32 = value(s).iter().zip(enc_col).map(|(a, b)| a * b).sum();
+            pattern_row[s] * scale * u
+        })
+        .collect()
+}
+
 /// The seeded hash key of an active (token, feature): interval groups keep the smallest.
 pub fn sample_key(seed: u64, token: u64, head: usize, feature: usize) -> u64 {
     let mut x = seed
@@ -252,14 +272,13 @@ impl HeadPass1 {
                 for (k, c) in enc_col.iter_mut().enumerate() {
                     *c = w_enc_h[k * m + f];
                 }
-                let dfa: Vec<f32> = (0..=target)
-                    .map(|s| {
-                        let attn = chunk.pattern[((w * h + head) * t + target) * t + s];
-                        let v = &chunk.values[((w * t + s) * h + head) * d..][..d];
-                        let u: f32 = v.iter().zip(&enc_col).map(|(a, b)| a * b).sum();
-                        attn * scale * u
-                    })
-                    .collect();
+                let dfa = dfa_by_source(
+                    &chunk.pattern[((w * h + head) * t + target) * t..][..t],
+                    |s| &chunk.values[((w * t + s) * h + head) * d..][..d],
+                    &enc_col,
+                    scale,
+                    target,
+                );
                 let cand = Candidate {
                     activation: a,
                     token,

@@ -1,0 +1,166 @@
+//! The "Your text" view (desktop): type a text, and see which features of each head fire
+//! on each token and, for a chosen (token, feature), the DFA over source tokens, computed
+//! live with the open run's model and SAE.
+
+use eframe::egui::{self, RichText, Ui};
+
+use super::features::{dfa_row, shown_token};
+use crate::live::LiveAnalysis;
+
+/// What the view remembers.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct TextState {
+    pub prompt: String,
+    /// The selected position.
+    #[serde(skip)]
+    pub token: Option<usize>,
+    /// The selected `(head, feature)` at that position.
+    #[serde(skip)]
+    pub pick: Option<(usize, usize)>,
+}
+
+/// What the view asks the app to do.
+pub enum TextAction {
+    Run,
+    OpenFeature { head: usize, feature: usize },
+}
+
+/// Features listed per head for the selected token.
+const FEATURES_SHOWN: usize = 8;
+
+/// The view. `status` says what the worker is doing; `analysis` is the latest result.
+pub fn text_ui(
+    ui: &mut Ui,
+    s: &mut TextState,
+    analysis: Option<&LiveAnalysis>,
+    status: &str,
+) -> Option<TextAction> {
+    let mut action = None;
+    ui.heading("Your text");
+    ui.label(
+        "Runs the open run's model to the hooked layer and its SAE on the text: the features \
+         each head fires on each token, and where they read from (DFA).",
+    );
+    let label = ui.label("text").id;
+    ui.add(
+        egui::TextEdit::multiline(&mut s.prompt)
+            .desired_rows(3)
+            .desired_width(f32::INFINITY)
+            .hint_text("type or paste a text"),
+    )
+    .labelled_by(label);
+    ui.horizontal(|ui| {
+        if ui.button("Run").clicked() {
+            action = Some(TextAction::Run);
+        }
+        ui.label(RichText::new(status).weak());
+    });
+    let Some(a) = analysis else {
+        return action;
+    };
+    ui.separator();
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        tokens_row(ui, s, a);
+        if let Some(p) = s.token.filter(|&p| p < a.len()) {
+            ui.separator();
+            token_features(ui, s, a, p);
+            if let Some((head, feature)) = s.pick {
+                ui.separator();
+                if let Some(open) = pick_panel(ui, a, p, head, feature) {
+                    action = Some(open);
+                }
+            }
+        }
+    });
+    action
+}
+
+/// The tokens, shaded by how many features fire on them over all heads; a click selects.
+fn tokens_row(ui: &mut Ui, s: &mut TextState, a: &LiveAnalysis) {
+    ui.label(RichText::new("Tokens (click one)").strong());
+    let counts: Vec<usize> = (0..a.len())
+        .map(|p| a.active.iter().map(|head| head[p].len()).sum())
+        .collect();
+    let most = counts.iter().copied().max().unwrap_or(0).max(1);
+    ui.horizontal_wrapped(|ui| {
+        ui.spacing_mut().item_spacing = egui::vec2(2.0, 6.0);
+        for (p, text) in a.strings.iter().enumerate() {
+            let fill = egui::Color32::from_rgb(230, 145, 56)
+                .gamma_multiply(0.85 * counts[p] as f32 / most as f32);
+            let shown = shown_token(ui, text, false);
+            let button = egui::Button::new(RichText::new(&shown).monospace())
+                .fill(fill)
+                .selected(s.token == Some(p));
+            let mut response = ui
+                .add(button)
+                .on_hover_text(format!("position {p}: {} active features", counts[p]));
+            if shown.trim().is_empty() {
+                response = response.accessible_name(format!("whitespace token at {p}"));
+            }
+            if response.clicked() {
+                s.token = Some(p);
+                s.pick = None;
+            }
+        }
+    });
+}
+
+/// The selected token's strongest features per head; a click picks one.
+fn token_features(ui: &mut Ui, s: &mut TextState, a: &LiveAnalysis, p: usize) {
+    ui.label(
+        RichText::new(format!(
+            "Position {p} ({:?}): active features per head",
+            a.strings[p]
+        ))
+        .strong(),
+    );
+    for (head, per_position) in a.active.iter().enumerate() {
+        let on = &per_position[p];
+        ui.horizontal_wrapped(|ui| {
+            ui.label(RichText::new(format!("Head {head} · {} active", on.len())).strong());
+            for &(f, act) in on.iter().take(FEATURES_SHOWN) {
+                let picked = s.pick == Some((head, f as usize));
+                if ui
+                    .selectable_label(picked, format!("h{head} #{f} {act:.2}"))
+                    .clicked()
+                {
+                    s.pick = Some((head, f as usize));
+                }
+            }
+            if on.len() > FEATURES_SHOWN {
+                ui.label(RichText::new(format!("+{} more", on.len() - FEATURES_SHOWN)).weak());
+            }
+        });
+    }
+}
+
+/// The picked feature at the selected token: activation, DFA by source, and a way to its
+/// dashboard.
+fn pick_panel(
+    ui: &mut Ui,
+    a: &LiveAnalysis,
+    p: usize,
+    head: usize,
+    feature: usize,
+) -> Option<TextAction> {
+    let act = a.active[head][p]
+        .iter()
+        .find(|x| x.0 as usize == feature)
+        .map_or(0.0, |x| x.1);
+    ui.horizontal(|ui| {
+        ui.heading(format!("Head {head} · Feature {feature}"));
+        ui.label(format!("activation {act:.3} at position {p}"));
+    });
+    let open = ui.button("Open its dashboard").clicked();
+    ui.label(RichText::new("Direct feature attribution by source position").strong());
+    let dfa = a.dfa(head, feature, p);
+    dfa_row(ui, &dfa, p, |q| {
+        a.strings.get(q).cloned().unwrap_or_default()
+    });
+    ui.label(format!(
+        "pre-activation {:.3}",
+        a.pre_activation(head, feature, p)
+    ));
+    open.then_some(TextAction::OpenFeature { head, feature })
+}
