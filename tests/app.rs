@@ -107,6 +107,10 @@ fn a_finished_run_through_train_curves_features_and_dfa() {
     assert_eq!(h.state().ui.form.total_training_steps, "30");
     assert_eq!(h.state().ui.form.hook_layer, "1");
     assert_eq!(h.state().ui.form.out_dir, run.display().to_string());
+    assert!(
+        h.query_by_label_contains("holds a run: Start replaces it")
+            .is_some()
+    );
     // The snapshot shows the paths relative, as they would be typed in the checkout.
     let form = &mut h.state_mut().ui.form;
     (form.model, form.dataset, form.out_dir) = (

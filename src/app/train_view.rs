@@ -288,6 +288,17 @@ pub fn form_ui(
             &mut form.build_dashboards,
             "build dashboards when training ends",
         );
+        let out = std::path::Path::new(form.out_dir.trim());
+        if out.join("metrics.jsonl").exists() || out.join("checkpoints").exists() {
+            ui.colored_label(
+                ui.visuals().warn_fg_color,
+                format!(
+                    "{} holds a run: Start replaces it (its checkpoints, metrics and \
+                     dashboards); Resume… continues it",
+                    out.display()
+                ),
+            );
+        }
         for (label, message) in errors.iter().filter(|(l, _)| *l == "config") {
             ui.colored_label(ui.visuals().error_fg_color, format!("{label}: {message}"));
         }
