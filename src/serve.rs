@@ -201,4 +201,15 @@ mod tests {
             assert!(route(&s, bad).is_none(), "{bad}");
         }
     }
+
+    #[test]
+    fn a_missing_viewer_says_how_to_build_it_and_a_missing_dashboard_how_to_make_it() {
+        let dir = std::env::temp_dir().join(format!("attn-saes-noweb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = format!("{:#}", find_web_dir(Some(&dir)).unwrap_err());
+        assert!(err.contains("run scripts/build-web.sh"), "{err}");
+        let err = format!("{:#}", dashboard_of(&dir).unwrap_err());
+        assert!(err.contains("attn-saes dashboard --run"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -558,3 +558,68 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     assert_eq!(h.state().ui.features.head, 0);
     assert_eq!(h.state().ui.features.feature, Some(f as usize));
 }
+
+#[test]
+fn closing_while_training_asks_then_stops_with_a_checkpoint_or_hands_the_job_over() {
+    use egui::{ViewportCommand, ViewportEvent, ViewportId};
+    let dir = TempDir::new("attn-saes-app", "close");
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.ui.form = tiny_form(&dir, 1_000_000);
+    app.submit_form(None);
+    let mut h = harness(app);
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.curves.history.steps.len() >= 2
+    });
+    // The window's close button: the app cancels the close and asks.
+    h.input_mut()
+        .viewports
+        .entry(ViewportId::ROOT)
+        .or_default()
+        .events
+        .push(ViewportEvent::Close);
+    h.step();
+    let commands = |h: &Harness<'static, AttnSaesApp>| {
+        h.output()
+            .viewport_output
+            .get(&ViewportId::ROOT)
+            .map(|o| o.commands.clone())
+            .unwrap_or_default()
+    };
+    assert!(commands(&h).contains(&ViewportCommand::CancelClose));
+    h.run_steps(2);
+    assert!(has_label(&h, "A job is still running"));
+    assert!(h.state().job_running());
+    h.get_by_label("Stop with a checkpoint, then quit").click();
+    step_until(&mut h, Duration::from_secs(120), |a| !a.job_running());
+    h.step();
+    h.step();
+    assert!(commands(&h).contains(&ViewportCommand::Close));
+    let stopped_at = h.state().native.status.step;
+    assert_eq!(
+        checkpoint::complete_checkpoints(&dir.join("run"))
+            .last()
+            .map(|c| c.0),
+        Some(stopped_at)
+    );
+
+    // "Keep running headless": on exit the running job moves to the slot the terminal
+    // side reads (attn_saes::app::run_native), still running.
+    let dir2 = TempDir::new("attn-saes-app", "handover");
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.ui.form = tiny_form(&dir2, 1_000_000);
+    app.submit_form(None);
+    let mut h = harness(app);
+    step_until(&mut h, Duration::from_secs(120), |a| a.job_running());
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+    h.state_mut().native.detached = Some(slot.clone());
+    eframe::App::on_exit(h.state_mut());
+    assert!(h.state().native.job.is_none());
+    let job = slot
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the job was handed over");
+    assert!(job.is_running());
+    job.request_stop();
+    job.join();
+}
