@@ -572,6 +572,27 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     );
     assert_eq!(h.state().ui.features.head, 0);
     assert_eq!(h.state().ui.features.feature, Some(f as usize));
+
+    // A dashboard file alone: the model and SAE it records give the same analysis.
+    let first = h.state().native.analysis.as_deref().unwrap();
+    let (first_ids, first_active) = (first.ids.clone(), first.active.clone());
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(attn_saes::dashboard::run_dashboard_path(
+        &run,
+    )));
+    let mut h = harness(app);
+    h.run_steps(3);
+    assert!(h.state().native.run_dir.is_none());
+    h.get_by_label("Your text").click();
+    h.run_steps(2);
+    h.state_mut().ui.text.prompt = text.into();
+    h.get_by_label("Run").click();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.native.analysis.is_some()
+    });
+    let again = h.state().native.analysis.as_deref().unwrap();
+    assert_eq!(again.ids, first_ids);
+    assert_eq!(again.active, first_active);
 }
 
 #[test]

@@ -220,16 +220,49 @@ pub struct LiveWorker {
     pub events: Receiver<LiveEvent>,
 }
 
-/// Loads the model and SAE of `run_dir` (its final SAE, else its latest checkpoint's) on
-/// `device`, then analyses each text sent, newest first (older pending texts are skipped).
-pub fn start_live(run_dir: PathBuf, device: DeviceChoice) -> LiveWorker {
+/// Where the live analysis gets its model and SAE.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveSource {
+    /// A run directory: its config's model and layer, its final SAE (else its latest
+    /// checkpoint's).
+    Run(PathBuf),
+    /// What a dashboard file records: the model it was built on, the SAE's directory, the
+    /// layer and the hook_z convention.
+    Recorded {
+        model: String,
+        sae_dir: PathBuf,
+        layer: usize,
+        z_convention: crate::lm::ZConvention,
+    },
+}
+
+impl LiveSource {
+    /// The source a dashboard's metadata names.
+    pub fn of_dashboard(meta: &crate::dashboard::format::DashboardMeta) -> Self {
+        let z_convention = if meta.z_convention == "Raw" {
+            crate::lm::ZConvention::Raw
+        } else {
+            crate::lm::ZConvention::TransformerLens
+        };
+        Self::Recorded {
+            model: meta.model.name.clone(),
+            sae_dir: PathBuf::from(&meta.sae.source),
+            layer: meta.hook_layer,
+            z_convention,
+        }
+    }
+}
+
+/// Loads the model and SAE `source` names on `device`, then analyses each text sent,
+/// newest first (older pending texts are skipped).
+pub fn start_live(source: LiveSource, device: DeviceChoice) -> LiveWorker {
     let (requests, texts) = channel::<String>();
     let (tx, events) = channel();
     let _ = std::thread::Builder::new()
         .name("attn-saes live".into())
         .spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                live_loop(&run_dir, device, &texts, &tx)
+                live_loop(&source, device, &texts, &tx)
             }));
             let failure = match result {
                 Ok(Ok(())) => return,
@@ -242,23 +275,49 @@ pub fn start_live(run_dir: PathBuf, device: DeviceChoice) -> LiveWorker {
 }
 
 fn live_loop(
-    run_dir: &Path,
+    source: &LiveSource,
     device: DeviceChoice,
     texts: &Receiver<String>,
     tx: &Sender<LiveEvent>,
 ) -> anyhow::Result<()> {
-    let ckpt = train::checkpoint::resolve_resume(run_dir)?;
-    let config = train::checkpoint::read_config(&ckpt)?;
-    let selected = device::select(device)?;
-    let loaded = crate::lm::load_model(&config.model, &selected.device)
-        .map_err(|e| anyhow::anyhow!("loading model '{}': {e:#}", config.model))?;
-    let sae_dir = if run_dir.join("sae").is_dir() {
-        run_dir.join("sae")
-    } else {
-        ckpt.join("sae")
+    let (model, sae_dir, config, layer, z_convention) = match source {
+        LiveSource::Run(run_dir) => {
+            let ckpt = train::checkpoint::resolve_resume(run_dir)?;
+            let config = train::checkpoint::read_config(&ckpt)?;
+            let sae_dir = if run_dir.join("sae").is_dir() {
+                run_dir.join("sae")
+            } else {
+                ckpt.join("sae")
+            };
+            let (model, z) = (config.model.clone(), config.z_convention);
+            (model, sae_dir, Some(config), None, z)
+        }
+        LiveSource::Recorded {
+            model,
+            sae_dir,
+            layer,
+            z_convention,
+        } => (
+            model.clone(),
+            sae_dir.clone(),
+            None,
+            Some(*layer),
+            *z_convention,
+        ),
     };
+    anyhow::ensure!(
+        sae_dir.is_dir(),
+        "the SAE at {} is not on this machine (open its run directory instead)",
+        sae_dir.display()
+    );
+    let selected = device::select(device)?;
+    let loaded = crate::lm::load_model(&model, &selected.device)
+        .map_err(|e| anyhow::anyhow!("loading model '{model}': {e:#}"))?;
     let sae = crate::sae::BlockDiagSae::load(&sae_dir, &selected.device)?;
-    let layer = config.layer(loaded.transformer.config.n_layers);
+    let n_layers = loaded.transformer.config.n_layers;
+    let layer = layer
+        .or_else(|| config.map(|c| c.layer(n_layers)))
+        .unwrap_or(n_layers / 2);
     let _ = tx.send(LiveEvent::Ready(format!(
         "{} layer {layer}, SAE {}",
         loaded.transformer.config.name,
@@ -268,13 +327,8 @@ fn live_loop(
         while let Ok(newer) = texts.try_recv() {
             text = newer;
         }
-        let event = match crate::live::LiveAnalysis::run(
-            &loaded,
-            &sae,
-            layer,
-            config.z_convention,
-            &text,
-        ) {
+        let event = match crate::live::LiveAnalysis::run(&loaded, &sae, layer, z_convention, &text)
+        {
             Ok(a) => LiveEvent::Analysis(Box::new(a)),
             Err(e) => LiveEvent::Failed(format!("{e:#}")),
         };

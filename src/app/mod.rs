@@ -133,8 +133,8 @@ pub struct Native {
     close_when_stopped: bool,
     /// The user chose to quit.
     closing: bool,
-    /// The live-analysis worker and the run it serves.
-    pub live: Option<(PathBuf, jobs::LiveWorker)>,
+    /// The live-analysis worker and what it loaded.
+    pub live: Option<(jobs::LiveSource, jobs::LiveWorker)>,
     pub live_status: String,
     pub analysis: Option<Box<crate::live::LiveAnalysis>>,
 }
@@ -482,12 +482,20 @@ impl AttnSaesApp {
         }
     }
 
-    /// The "Your text" view: needs an open run (its model and SAE).
+    /// The "Your text" view: the open run's model and SAE, else those the open dashboard
+    /// records.
     fn live_ui(&mut self, ui: &mut egui::Ui) {
-        let Some(run) = self.native.run_dir.clone() else {
-            ui.heading("Your text");
-            ui.label("Open a run directory (or train one): its model and SAE analyse the text.");
-            return;
+        let source = match (&self.native.run_dir, &self.dashboard) {
+            (Some(run), _) => jobs::LiveSource::Run(run.clone()),
+            (None, Some(d)) => jobs::LiveSource::of_dashboard(&d.file.meta),
+            (None, None) => {
+                ui.heading("Your text");
+                ui.label(
+                    "Open a run directory or a dashboard file (or train a run): its model and \
+                     SAE analyse the text.",
+                );
+                return;
+            }
         };
         let action = text_view::text_ui(
             ui,
@@ -497,11 +505,11 @@ impl AttnSaesApp {
         );
         match action {
             Some(text_view::TextAction::Run) => {
-                if self.native.live.as_ref().is_none_or(|(r, _)| *r != run) {
+                if self.native.live.as_ref().is_none_or(|(r, _)| *r != source) {
                     self.native.live_status = "loading the model and SAE…".into();
                     self.native.analysis = None;
-                    let worker = jobs::start_live(run.clone(), self.ui.form.device);
-                    self.native.live = Some((run, worker));
+                    let worker = jobs::start_live(source.clone(), self.ui.form.device);
+                    self.native.live = Some((source, worker));
                 } else {
                     self.native.live_status = "running…".into();
                 }
