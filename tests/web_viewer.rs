@@ -1,8 +1,8 @@
 //! The web viewer in a real browser: builds it (scripts/build-web.sh), serves a tiny run's
 //! dashboard with `attn-saes serve`, and drives headless Chromium with playwright-core
 //! (tests/web/browser.mjs): open by `?url=` and by the file input, move to a head and a
-//! feature by keyboard, read the selection the page exposes, screenshot; a truncated file
-//! and a missing URL show errors in the page.
+//! feature by keyboard, to Curves and back by clicks, read the selection the page exposes,
+//! screenshot; a truncated file and a missing URL show errors in the page.
 //!
 //! Needs Debian's `chromium` and `npm ci` in tests/web. Without them the test says so and
 //! passes, unless ATTN_SAES_REQUIRE_BROWSER=1 (as in CI), where it fails.
@@ -146,7 +146,9 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         step("missingStatus")
     );
     assert_eq!(step("stillWorks"), "string");
-    for png in ["web-features.png", "web-file.png"] {
+    assert!(step("curvesSelection").starts_with("view Curves"));
+    assert_eq!(step("backToFeatures"), step("afterDown"));
+    for png in ["web-features.png", "web-curves.png", "web-file.png"] {
         let n = colours(&shots.join(png));
         assert!(n > 50, "{png} looks blank ({n} colours)");
     }

@@ -71,6 +71,20 @@ result.steps.afterDown = await waitFor('the next feature', async () => {
 });
 await page.screenshot({ path: `${outDir}/web-features.png` });
 
+// The Curves tab (the egui top bar, at its place in a 1400 x 900 page) and back.
+await page.mouse.click(130, 47);
+result.steps.curvesSelection = await waitFor('the Curves view', async () => {
+  const s = await selection();
+  return s.startsWith('view Curves') ? s : null;
+});
+await page.waitForTimeout(500);
+await page.screenshot({ path: `${outDir}/web-curves.png` });
+await page.mouse.click(200, 47);
+result.steps.backToFeatures = await waitFor('the Features view again', async () => {
+  const s = await selection();
+  return s.startsWith('view Features') ? s : null;
+});
+
 // 3. The file input.
 await page.goto(base);
 await waitFor('the viewer to start', async () => (await status()).startsWith('ready'));
