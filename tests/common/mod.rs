@@ -190,17 +190,26 @@ pub fn test_devices() -> Vec<(&'static str, Device)> {
     if std::env::var("ATTN_SAES_TEST_WGPU").as_deref() == Ok("0") {
         return devices;
     }
+    if let Some(device) = wgpu_device("wgpu") {
+        devices.push(("wgpu", device));
+    }
+    devices
+}
+
+/// The wgpu device, or `None` when no adapter exists, saying that `what` is skipped;
+/// with `ATTN_SAES_REQUIRE_WGPU=1` (set in CI) a missing adapter fails instead.
+pub fn wgpu_device(what: &str) -> Option<Device> {
     match attn_saes::device::select(attn_saes::device::DeviceChoice::Wgpu) {
-        Ok(sel) => devices.push(("wgpu", sel.device)),
+        Ok(sel) => Some(sel.device),
         Err(e) => {
             assert!(
                 std::env::var("ATTN_SAES_REQUIRE_WGPU").as_deref() != Ok("1"),
-                "ATTN_SAES_REQUIRE_WGPU=1 but no wgpu adapter: {e}"
+                "ATTN_SAES_REQUIRE_WGPU=1 but no wgpu adapter for {what}: {e}"
             );
-            println!("SKIPPED wgpu: {e}");
+            println!("SKIPPED {what}: {e}");
+            None
         }
     }
-    devices
 }
 
 /// Compares one sequence's logits `[1, pos, vocab]` and per-token CE with the reference
@@ -252,19 +261,8 @@ pub fn run_with_dashboard(dir: &std::path::Path, steps: usize) -> PathBuf {
     run_dir
 }
 
-/// Whether a wgpu adapter exists for the app's kittest renderer (lavapipe in CI). Without
-/// one the caller skips, saying so, unless `ATTN_SAES_REQUIRE_WGPU=1` (set in CI), where
-/// this fails.
+/// Whether a wgpu adapter exists for the app's kittest renderer (lavapipe in CI); see
+/// [`wgpu_device`].
 pub fn renderer_available() -> bool {
-    match attn_saes::device::select(attn_saes::device::DeviceChoice::Wgpu) {
-        Ok(_) => true,
-        Err(e) => {
-            assert!(
-                std::env::var("ATTN_SAES_REQUIRE_WGPU").as_deref() != Ok("1"),
-                "ATTN_SAES_REQUIRE_WGPU=1 but no wgpu adapter for the app tests: {e}"
-            );
-            println!("SKIPPED (no wgpu adapter to render the app on): {e}");
-            false
-        }
-    }
+    wgpu_device("the app tests (nothing to render on)").is_some()
 }
