@@ -54,21 +54,28 @@ result.steps.initialSelection = await waitFor('the first feature', async () => {
 });
 result.steps.loadMs = Date.now() - t0;
 
-// 2. Keyboard: two heads right, one feature down.
-await page.mouse.click(1390, 880); // focus the canvas without hitting a widget
-await page.keyboard.press('ArrowRight');
-await page.keyboard.press('ArrowRight');
+// 2. Keyboard: two heads right, one feature down. A key pressed before the canvas has
+// focus (or while the page is busy) can be lost: press again only after a quiet wait with
+// no change, so a slow key is not counted twice.
+async function pressUntil(key, what, done) {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const s = await selection();
+    if (done(s)) return s;
+    await page.keyboard.press(key);
+    const start = Date.now();
+    while (Date.now() - start < 1500) {
+      await page.waitForTimeout(100);
+      if ((await selection()) !== s) break;
+    }
+  }
+  await fail(`${what}: keys had no effect; selection: ${await selection()}`);
+}
+await page.focus('#viewer'); // the viewer's canvas takes the keys
 await page.waitForTimeout(300);
-result.steps.afterRight = await waitFor('head 2', async () => {
-  const s = await selection();
-  return s.includes('head 2 · feature') ? s : null;
-});
-await page.keyboard.press('ArrowDown');
-await page.waitForTimeout(300);
-result.steps.afterDown = await waitFor('the next feature', async () => {
-  const s = await selection();
-  return s !== result.steps.afterRight && s.includes('head 2 · feature') && s.includes('density') ? s : null;
-});
+await pressUntil('ArrowRight', 'head 1', (s) => s.includes('head 1 · feature'));
+result.steps.afterRight = await pressUntil('ArrowRight', 'head 2', (s) => s.includes('head 2 · feature') && s.includes('density'));
+result.steps.afterDown = await pressUntil('ArrowDown', 'the next feature',
+  (s) => s !== result.steps.afterRight && s.includes('head 2 · feature') && s.includes('density'));
 await page.screenshot({ path: `${outDir}/web-features.png` });
 
 // The Curves tab (the egui top bar, at its place in a 1400 x 900 page) and back.
