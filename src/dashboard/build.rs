@@ -178,9 +178,8 @@ struct HeadPass1 {
 struct Chunk<'c> {
     /// [H, n, m]
     feats: &'c [f32],
-    /// [H, n, d] SAE input and reconstruction.
+    /// [H, n, d] SAE input.
     x: &'c [f32],
-    recon: &'c [f32],
     /// [b, H, T, T]
     pattern: &'c [f32],
     /// [b, T, H, d]
@@ -223,6 +222,7 @@ impl HeadPass1 {
         chunk: &Chunk,
         dims: &Dims,
         w_enc_h: &[f32],
+        decoder: (&[f32], &[f32]),
         scale: f32,
         top_k: usize,
     ) -> std::io::Result<()> {
@@ -230,7 +230,10 @@ impl HeadPass1 {
         let n = chunk.counted.len();
         let feats_h = &chunk.feats[head * n * m..(head + 1) * n * m];
         let x_h = &chunk.x[head * n * d..(head + 1) * n * d];
-        let r_h = &chunk.recon[head * n * d..(head + 1) * n * d];
+        // The reconstruction is summed on the host over the token's active features only
+        // (for explained variance): W_dec [m, d] and b_dec [d] of this head.
+        let (w_dec_h, b_dec_h) = decoder;
+        let mut recon = vec![0f64; d];
         let mut enc_col = vec![0f32; d];
         let mut record: Vec<u8> = Vec::new();
         for i in 0..n {
@@ -239,13 +242,8 @@ impl HeadPass1 {
                 self.spill.write_all(&0u32.to_le_bytes())?;
                 continue;
             }
-            let xi = &x_h[i * d..(i + 1) * d];
-            let ri = &r_h[i * d..(i + 1) * d];
-            for j in 0..d {
-                let (xv, rv) = (xi[j] as f64, ri[j] as f64);
-                self.resid += (xv - rv) * (xv - rv);
-                self.sum_x[j] += xv;
-                self.sum_sq += xv * xv;
+            for (r, &b) in recon.iter_mut().zip(b_dec_h) {
+                *r = b as f64;
             }
             let row = &feats_h[i * m..(i + 1) * m];
             let mut active = 0u32;
@@ -254,6 +252,9 @@ impl HeadPass1 {
                     continue;
                 }
                 active += 1;
+                for (r, &w) in recon.iter_mut().zip(&w_dec_h[f * d..(f + 1) * d]) {
+                    *r += a as f64 * w as f64;
+                }
                 record.extend_from_slice(&(f as u32).to_le_bytes());
                 record.extend_from_slice(&a.to_le_bytes());
                 self.counts[f] += 1;
@@ -294,6 +295,13 @@ impl HeadPass1 {
                 if list.len() == top_k {
                     self.top_floor[f] = list[worst_index(list)].activation;
                 }
+            }
+            let xi = &x_h[i * d..(i + 1) * d];
+            for ((&x, &r), sum) in xi.iter().zip(&recon).zip(&mut self.sum_x) {
+                let x = x as f64;
+                self.resid += (x - r) * (x - r);
+                *sum += x;
+                self.sum_sq += x * x;
             }
             self.spill.write_all(&active.to_le_bytes())?;
             self.spill.write_all(&record)?;
@@ -522,6 +530,8 @@ pub fn build(
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let result = (|| -> anyhow::Result<Dashboard> {
         let w_enc = host_vec(sae.w_enc.clone())?; // [H, d, m]
+        let w_dec = host_vec(sae.w_dec.clone())?; // [H, m, d]
+        let b_dec = host_vec(sae.b_dec.clone())?; // [H, d]
         let mut heads: Vec<HeadPass1> = (0..h)
             .map(|head| -> anyhow::Result<HeadPass1> {
                 let spill_path = scratch.join(format!("head{head}.bin"));
@@ -560,10 +570,10 @@ pub fn build(
             let mut cache = model.run(tokens, &hooks, None)?;
             let z = cache.hook_z.remove(&layer).context("no hook_z")?;
             let x = sae.scale_input(z.reshape([n, h, d])); // [H, n, d]
-            let out = sae.forward(x.clone());
-            let feats = host_vec(out.feats)?;
+            // Encoder only: the reconstruction is summed sparsely on the host.
+            let (_, feats) = sae.encode(x.clone());
+            let feats = host_vec(feats)?;
             let x_host = host_vec(x)?;
-            let recon = host_vec(out.recon)?;
             let pattern = host_vec(cache.pattern.remove(&layer).context("no pattern")?)?;
             let values = host_vec(cache.values.remove(&layer).context("no values")?)?;
             let counted: Vec<bool> = batch
@@ -575,7 +585,6 @@ pub fn build(
             let chunk = Chunk {
                 feats: &feats,
                 x: &x_host,
-                recon: &recon,
                 pattern: &pattern,
                 values: &values,
                 counted: &counted,
@@ -590,6 +599,10 @@ pub fn build(
                         &chunk,
                         &dims,
                         &w_enc[head * d * m..(head + 1) * d * m],
+                        (
+                            &w_dec[head * m * d..(head + 1) * m * d],
+                            &b_dec[head * d..(head + 1) * d],
+                        ),
                         sae.input_scale[head],
                         opts.top_k,
                     )

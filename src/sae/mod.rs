@@ -156,11 +156,9 @@ impl BlockDiagSae {
         self.w_enc.device()
     }
 
-    /// Encodes and decodes a batch already scaled to the SAE's input space.
-    ///
-    /// # Shapes
-    /// `x`: [H, B, d_head]
-    pub fn forward(&self, x: Tensor<3>) -> SaeOutput {
+    /// Encodes a batch already scaled to the SAE's input space: `(pre-activations,
+    /// activations)`, both [H, B, m].
+    pub fn encode(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
         let pre = x.matmul(self.w_enc.clone()) + self.b_enc.clone().unsqueeze_dim::<3>(1);
         let feats = match (self.config.architecture, &self.log_threshold) {
             (Architecture::JumpRelu { bandwidth }, Some(lt)) => {
@@ -168,6 +166,15 @@ impl BlockDiagSae {
             }
             (arch, _) => activate(pre.clone(), arch),
         };
+        (pre, feats)
+    }
+
+    /// Encodes and decodes a batch already scaled to the SAE's input space.
+    ///
+    /// # Shapes
+    /// `x`: [H, B, d_head]
+    pub fn forward(&self, x: Tensor<3>) -> SaeOutput {
+        let (pre, feats) = self.encode(x);
         let recon =
             feats.clone().matmul(self.w_dec.clone()) + self.b_dec.clone().unsqueeze_dim::<3>(1);
         SaeOutput { pre, feats, recon }
