@@ -75,6 +75,33 @@ pub struct TrainRequest {
     pub build_dashboards: bool,
 }
 
+/// Runs `work`; its error, or a panic inside it, as the message to show.
+fn caught(work: impl FnOnce() -> anyhow::Result<()>) -> Result<(), String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(panic) => Err(format!(
+            "internal error: {}",
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into())
+        )),
+    }
+}
+
+/// Loads `model` on the device `choice` selects; an error names the model.
+fn load_model(
+    model: &str,
+    choice: DeviceChoice,
+) -> anyhow::Result<(device::SelectedDevice, crate::lm::LoadedModel)> {
+    let selected = device::select(choice)?;
+    let loaded = crate::lm::load_model(model, &selected.device)
+        .map_err(|e| anyhow::anyhow!("loading model '{model}': {e:#}"))?;
+    Ok((selected, loaded))
+}
+
 /// Runs `work` on a named thread; an error or a panic becomes a [`JobEvent::Failed`], and
 /// every job ends with [`JobEvent::Finished`].
 fn spawn(
@@ -87,21 +114,7 @@ fn spawn(
     let handle = std::thread::Builder::new()
         .name(format!("attn-saes {kind:?}"))
         .spawn(move || {
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&tx, &flag)));
-            let failure = match result {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(format!("{e:#}")),
-                Err(panic) => Some(format!(
-                    "internal error: {}",
-                    panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "panic".into())
-                )),
-            };
-            if let Some(message) = failure {
+            if let Err(message) = caught(|| work(&tx, &flag)) {
                 let _ = tx.send(JobEvent::Failed(message));
             }
             let _ = tx.send(JobEvent::Finished);
@@ -125,9 +138,7 @@ pub fn start_training(request: TrainRequest) -> Job {
         let (config, resume) = request.args.prepare(request.device)?;
         send(JobEvent::RunDir(config.out_dir.clone()));
         send(JobEvent::Phase(format!("loading model {}", config.model)));
-        let selected = device::select(request.device)?;
-        let loaded = crate::lm::load_model(&config.model, &selected.device)
-            .map_err(|e| anyhow::anyhow!("loading model '{}': {e:#}", config.model))?;
+        let (selected, loaded) = load_model(&config.model, request.device)?;
         let control = RunControl {
             stop: stop.clone(),
             stop_after: request.args.stop_after,
@@ -172,9 +183,7 @@ pub fn start_dashboards(
         let ckpt = train::checkpoint::resolve_resume(checkpoint.as_deref().unwrap_or(&run_dir))?;
         let config = train::checkpoint::read_config(&ckpt)?;
         let _ = tx.send(JobEvent::Phase(format!("loading model {}", config.model)));
-        let selected = device::select(device)?;
-        let loaded = crate::lm::load_model(&config.model, &selected.device)
-            .map_err(|e| anyhow::anyhow!("loading model '{}': {e:#}", config.model))?;
+        let (_, loaded) = load_model(&config.model, device)?;
         build_dashboards(&run_dir, checkpoint.as_deref(), &loaded, tx)
     })
 }
@@ -261,15 +270,9 @@ pub fn start_live(source: LiveSource, device: DeviceChoice) -> LiveWorker {
     let _ = std::thread::Builder::new()
         .name("attn-saes live".into())
         .spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                live_loop(&source, device, &texts, &tx)
-            }));
-            let failure = match result {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => format!("{e:#}"),
-                Err(_) => "internal error in the live analysis".into(),
-            };
-            let _ = tx.send(LiveEvent::Failed(failure));
+            if let Err(message) = caught(|| live_loop(&source, device, &texts, &tx)) {
+                let _ = tx.send(LiveEvent::Failed(message));
+            }
         });
     LiveWorker { requests, events }
 }
@@ -282,13 +285,8 @@ fn live_loop(
 ) -> anyhow::Result<()> {
     let (model, sae_dir, config, layer, z_convention) = match source {
         LiveSource::Run(run_dir) => {
-            let ckpt = train::checkpoint::resolve_resume(run_dir)?;
+            let (ckpt, sae_dir) = train::checkpoint::run_sae(run_dir, None)?;
             let config = train::checkpoint::read_config(&ckpt)?;
-            let sae_dir = if run_dir.join("sae").is_dir() {
-                run_dir.join("sae")
-            } else {
-                ckpt.join("sae")
-            };
             let (model, z) = (config.model.clone(), config.z_convention);
             (model, sae_dir, Some(config), None, z)
         }
@@ -310,9 +308,7 @@ fn live_loop(
         "the SAE at {} is not on this machine (open its run directory instead)",
         sae_dir.display()
     );
-    let selected = device::select(device)?;
-    let loaded = crate::lm::load_model(&model, &selected.device)
-        .map_err(|e| anyhow::anyhow!("loading model '{model}': {e:#}"))?;
+    let (selected, loaded) = load_model(&model, device)?;
     let sae = crate::sae::BlockDiagSae::load(&sae_dir, &selected.device)?;
     let n_layers = loaded.transformer.config.n_layers;
     let layer = layer

@@ -401,8 +401,8 @@ impl AttnSaesApp {
     fn open_run(&mut self, dir: &Path) {
         use crate::train::checkpoint;
         let metrics = dir.join("metrics.jsonl");
-        let has_checkpoint = checkpoint::resolve_resume(dir).is_ok();
-        if !metrics.exists() && !has_checkpoint {
+        let latest = checkpoint::resolve_resume(dir).ok();
+        if !metrics.exists() && latest.is_none() {
             self.message(
                 Level::Error,
                 format!(
@@ -417,10 +417,7 @@ impl AttnSaesApp {
             Ok((history, _)) => Curves::from_history(history),
             Err(_) => Curves::default(),
         };
-        if let Some(config) = checkpoint::resolve_resume(dir)
-            .ok()
-            .and_then(|c| checkpoint::read_config(&c).ok())
-        {
+        if let Some(config) = latest.and_then(|c| checkpoint::read_config(&c).ok()) {
             self.ui.form = TrainForm::from_config(&config);
         }
         self.dashboard = None;

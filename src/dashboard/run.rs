@@ -85,12 +85,8 @@ pub fn build_for_run(
     options: &BuildOptions,
     progress: Progress,
 ) -> anyhow::Result<Dashboard> {
-    let ckpt = checkpoint::resolve_resume(checkpoint.unwrap_or(run_dir))?;
+    let (ckpt, sae_dir) = checkpoint::run_sae(run_dir, checkpoint)?;
     let config = checkpoint::read_config(&ckpt)?;
-    let sae_dir = match checkpoint {
-        None if run_dir.join("sae").is_dir() => run_dir.join("sae"),
-        _ => ckpt.join("sae"),
-    };
     let sae = BlockDiagSae::load(&sae_dir, loaded.transformer.device())
         .with_context(|| format!("loading the run's SAE from {}", sae_dir.display()))?;
     let context = context_size.unwrap_or(config.context_size.min(128));

@@ -188,6 +188,18 @@ pub fn resolve_resume(path: &Path) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The checkpoint and SAE directory of a run: of `checkpoint` when given (one of the
+/// run's checkpoint directories), else the run's final `sae/`, else its latest
+/// checkpoint's (a run still training). The checkpoint holds the config to use.
+pub fn run_sae(run_dir: &Path, checkpoint: Option<&Path>) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let ckpt = resolve_resume(checkpoint.unwrap_or(run_dir))?;
+    let sae_dir = match checkpoint {
+        None if run_dir.join("sae").is_dir() => run_dir.join("sae"),
+        _ => ckpt.join("sae"),
+    };
+    Ok((ckpt, sae_dir))
+}
+
 pub fn read_config(dir: &Path) -> anyhow::Result<TrainConfig> {
     TrainConfig::from_toml(&dir.join(CONFIG_FILE))
 }
