@@ -355,15 +355,10 @@ const CACHE_D_HEAD: usize = 3;
 
 fn cache_meta(shard_rows: Vec<usize>) -> CacheMeta {
     CacheMeta {
-        model_name: "tiny".into(),
-        hook_layer: 1,
-        z_convention: Default::default(),
         n_heads: CACHE_HEADS,
         d_head: CACHE_D_HEAD,
-        context_size: 16,
-        drop_bos: true,
-        dataset: "corpus".into(),
         shard_rows,
+        ..tiny_cache_meta()
     }
 }
 
@@ -545,11 +540,7 @@ fn harvest(tag: &str, total: usize, shard: usize) -> anyhow::Result<CacheMeta> {
                 0,
                 &device,
             )?;
-            let meta = CacheMeta {
-                n_heads: 4,
-                d_head: 16,
-                ..cache_meta(vec![])
-            };
+            let meta = tiny_cache_meta();
             write_cache(&mut store, meta, &dir.join("acts"), total, shard, |_| {})
         };
         let _ = tx.send(run());

@@ -28,7 +28,7 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use attn_saes::data::corpus::Corpus;
-use attn_saes::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
+use attn_saes::data::store::{ActivationStore, StoreConfig, write_cache};
 use attn_saes::lm::{self, LoadedModel};
 use attn_saes::rng::Rng;
 use attn_saes::sae::BlockDiagSae;
@@ -820,17 +820,7 @@ fn activation_cache_survives_damage() {
         &device,
     )
     .unwrap();
-    let meta = CacheMeta {
-        model_name: "tiny".into(),
-        hook_layer: 1,
-        z_convention: Default::default(),
-        n_heads: 4,
-        d_head: 16,
-        context_size: 16,
-        drop_bos: true,
-        dataset: "corpus".into(),
-        shard_rows: vec![],
-    };
+    let meta = common::tiny_cache_meta();
     let cache = dir.join("acts");
     let meta = write_cache(&mut store, meta, &cache, 100, 40, |_| {}).unwrap();
     assert_eq!(meta.shard_rows, vec![40, 40, 20]);

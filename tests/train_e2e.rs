@@ -825,7 +825,7 @@ fn nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint() {
 
 #[test]
 fn training_from_an_activation_cache() {
-    use attn_saes::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
+    use attn_saes::data::store::{ActivationStore, StoreConfig, write_cache};
     let dir = temp_dir("cache");
     let cfg = config(&dir, 40);
     let device = Device::flex();
@@ -850,17 +850,7 @@ fn training_from_an_activation_cache() {
         &device,
     )
     .unwrap();
-    let meta = CacheMeta {
-        model_name: "tiny".into(),
-        hook_layer: 1,
-        z_convention: Default::default(),
-        n_heads: 4,
-        d_head: 16,
-        context_size: 16,
-        drop_bos: true,
-        dataset: "corpus".into(),
-        shard_rows: vec![],
-    };
+    let meta = tiny_cache_meta();
     let cache_dir = dir.join("acts");
     let mut progress = Vec::new();
     let meta = write_cache(&mut store, meta, &cache_dir, 1000, 300, |n| {

@@ -92,6 +92,22 @@ pub fn config(dir: &std::path::Path, steps: usize) -> attn_saes::train::TrainCon
     }
 }
 
+/// The activation-cache metadata of gpt2_tiny's layer 1 hook_z (4 heads x 16) in
+/// 16-token windows, BOS dropped, no shards yet.
+pub fn tiny_cache_meta() -> attn_saes::data::store::CacheMeta {
+    attn_saes::data::store::CacheMeta {
+        model_name: "tiny".into(),
+        hook_layer: 1,
+        z_convention: Default::default(),
+        n_heads: 4,
+        d_head: 16,
+        context_size: 16,
+        drop_bos: true,
+        dataset: "corpus".into(),
+        shard_rows: vec![],
+    }
+}
+
 /// A reference tensor from a fixture: row-major shape and values as f64.
 pub struct RefTensor {
     pub shape: Vec<usize>,
