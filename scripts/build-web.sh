@@ -44,7 +44,20 @@ if [ "${WASM_OPT:-0}" = 1 ] && command -v wasm-opt > /dev/null; then
         rm -f web/dist/opt.wasm
     fi
 fi
-cp web/index.html web/dist/
+cp web/index.html web/live.js web/dist/
 raw=$(stat -c %s web/dist/attn_saes_bg.wasm)
 gz=$(gzip -9 -c web/dist/attn_saes_bg.wasm | wc -c)
 echo "web/dist: attn_saes_bg.wasm $raw bytes ($gz gzipped)"
+
+# The inference bundle (web/dist/live/): the LM and SAE in burn, which the page imports only
+# when someone loads a model. WEB_LIVE=0 skips it.
+if [ "${WEB_LIVE:-1}" = 1 ]; then
+    cargo rustc --lib --target wasm32-unknown-unknown --profile wasm-live --features web-live \
+        --crate-type cdylib
+    staged=$target_dir/wasm32-unknown-unknown/wasm-live/attn_saes_live.wasm
+    cp "$target_dir/wasm32-unknown-unknown/wasm-live/attn_saes.wasm" "$staged"
+    "$bindgen" --target web --no-typescript --out-dir web/dist/live "$staged"
+    raw=$(stat -c %s web/dist/live/attn_saes_live_bg.wasm)
+    gz=$(gzip -9 -c web/dist/live/attn_saes_live_bg.wasm | wc -c)
+    echo "web/dist/live: attn_saes_live_bg.wasm $raw bytes ($gz gzipped)"
+fi

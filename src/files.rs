@@ -117,6 +117,6 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<
 /// Reads a JSON file into `T`, naming the file on error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        crate::vfs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
 }

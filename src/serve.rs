@@ -1,6 +1,8 @@
 //! `attn-saes serve`: the built web viewer (`web/dist/`) and one dashboard file on a local
-//! HTTP server, so a run can be viewed in a browser with one command. Only a fixed set of
-//! names is served (no paths from the request reach the file system).
+//! HTTP server, so a run can be viewed in a browser with one command; with the model and
+//! SAE the dashboard was built from (and `live.json`, their manifest with sha256 sums), so
+//! the page's Your text runs them in the browser. Only a fixed set of names is served (no
+//! paths from the request reach the file system).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,11 +15,136 @@ pub const VIEWER_FILES: [&str; 3] = ["index.html", "attn_saes.js", "attn_saes_bg
 /// The name the dashboard is served under.
 pub const DASHBOARD_NAME: &str = "dashboard.safetensors";
 
+/// The inference bundle's files under the web directory (optional: without them the page
+/// browses dashboards only).
+pub const LIVE_FILES: [&str; 3] = [
+    "live.js",
+    "live/attn_saes_live.js",
+    "live/attn_saes_live_bg.wasm",
+];
+/// The manifest's name.
+pub const MANIFEST_NAME: &str = "live.json";
+
 /// What is served.
 #[derive(Debug, Clone)]
 pub struct Site {
     pub web_dir: PathBuf,
     pub dashboard: PathBuf,
+    pub live: Option<LiveSite>,
+}
+
+/// The model and SAE files served for the page's live analysis (under `live/model/` and
+/// `live/sae/`), and their manifest.
+#[derive(Debug, Clone)]
+pub struct LiveSite {
+    /// URL path (`/live/model/model.gguf`) -> file.
+    pub files: Vec<(String, PathBuf)>,
+    pub manifest: String,
+}
+
+/// One served file in the manifest.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ManifestFile {
+    pub name: String,
+    /// Relative to the manifest.
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// `live.json`: what the page downloads for Your text, and how to run it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub model_name: String,
+    pub model: Vec<ManifestFile>,
+    pub sae: Vec<ManifestFile>,
+    pub layer: usize,
+    /// `TransformerLens` or `Raw`.
+    pub z_convention: String,
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
+    use sha2::Digest;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let size = std::io::copy(&mut file, &mut hasher)?;
+    let hex = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((hex, size))
+}
+
+/// The model and SAE the dashboard at `dashboard` was built from (the SAE of the run at
+/// `path` when it is a run directory), as files to serve with their manifest. The model
+/// must be local (a `.gguf`, or a directory with `config.json`, `model.safetensors` and
+/// `tokenizer.json`).
+pub fn live_site(path: &Path, dashboard: &Path) -> anyhow::Result<LiveSite> {
+    let bytes =
+        std::fs::read(dashboard).with_context(|| format!("reading {}", dashboard.display()))?;
+    let meta = crate::dashboard::format::OwnedDashboardFile::new(bytes)
+        .with_context(|| format!("reading {}", dashboard.display()))?
+        .meta;
+    let sae_dir = if path.is_dir() {
+        crate::train::checkpoint::run_sae(path, None)?.1
+    } else {
+        PathBuf::from(&meta.sae.source)
+    };
+    let model = crate::lm::hub::resolve(&meta.model.name)?;
+    let model_files: Vec<PathBuf> = if model.is_file() {
+        vec![model.clone()]
+    } else {
+        let files: Vec<PathBuf> = ["config.json", "model.safetensors", "tokenizer.json"]
+            .iter()
+            .map(|n| model.join(n))
+            .collect();
+        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+            bail!(
+                "the browser reads a .gguf, or config.json + model.safetensors + tokenizer.json:                  {} is missing",
+                missing.display()
+            );
+        }
+        files
+    };
+    let sae_files: Vec<PathBuf> = [crate::sae::io::CONFIG_FILE, crate::sae::io::WEIGHTS_FILE]
+        .iter()
+        .map(|n| sae_dir.join(n))
+        .collect();
+    let mut files = Vec::new();
+    let mut listed = |group: &str, paths: &[PathBuf]| -> anyhow::Result<Vec<ManifestFile>> {
+        paths
+            .iter()
+            .map(|p| {
+                let name = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .context("a file name that is not UTF-8")?
+                    .to_string();
+                let (sha256, size) = sha256_file(p)?;
+                let url = format!("live/{group}/{name}");
+                files.push((format!("/{url}"), p.clone()));
+                Ok(ManifestFile {
+                    name,
+                    url,
+                    sha256,
+                    size,
+                })
+            })
+            .collect()
+    };
+    let manifest = Manifest {
+        model_name: meta.model.name.clone(),
+        model: listed("model", &model_files)?,
+        sae: listed("sae", &sae_files)?,
+        layer: meta.hook_layer,
+        z_convention: meta.z_convention.clone(),
+    };
+    Ok(LiveSite {
+        files,
+        manifest: serde_json::to_string_pretty(&manifest)?,
+    })
 }
 
 /// The web viewer's directory: `explicit`, else `$ATTN_SAES_WEB_DIR`, else `web/dist` under
@@ -78,6 +205,11 @@ pub fn bind(host: &str, port: u16) -> anyhow::Result<(TcpListener, String)> {
     Ok((listener, format!("http://{addr}/?url={DASHBOARD_NAME}")))
 }
 
+/// The viewer's URL with the live analysis's manifest.
+pub fn live_url(url: &str) -> String {
+    format!("{url}&live={MANIFEST_NAME}")
+}
+
 /// Serves `site` on `listener` until the process ends, one thread per connection.
 pub fn serve(listener: TcpListener, site: Site) -> anyhow::Result<()> {
     for stream in listener.incoming() {
@@ -90,24 +222,43 @@ pub fn serve(listener: TcpListener, site: Site) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The file and content type for a request path, if it is one of the served names.
-fn route(site: &Site, path: &str) -> Option<(PathBuf, &'static str)> {
+/// What a request gets: a file or bytes held in memory (the manifest).
+#[derive(Debug, PartialEq)]
+enum Body {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+const OCTETS: &str = "application/octet-stream";
+
+/// The body and content type for a request path, if it is one of the served names.
+fn route(site: &Site, path: &str) -> Option<(Body, &'static str)> {
     let path = path.split(['?', '#']).next().unwrap_or("");
+    if path == format!("/{DASHBOARD_NAME}") {
+        return Some((Body::File(site.dashboard.clone()), OCTETS));
+    }
+    if let Some(live) = &site.live {
+        if path == format!("/{MANIFEST_NAME}") {
+            let json = "application/json";
+            return Some((Body::Bytes(live.manifest.clone().into_bytes()), json));
+        }
+        if let Some((_, file)) = live.files.iter().find(|(url, _)| url == path) {
+            return Some((Body::File(file.clone()), OCTETS));
+        }
+    }
     let name = match path {
         "/" | "/index.html" => "index.html",
-        "/attn_saes.js" => "attn_saes.js",
-        "/attn_saes_bg.wasm" => "attn_saes_bg.wasm",
-        p if p == format!("/{DASHBOARD_NAME}") => {
-            return Some((site.dashboard.clone(), "application/octet-stream"));
-        }
-        _ => return None,
+        p => VIEWER_FILES
+            .iter()
+            .chain(&LIVE_FILES)
+            .find(|n| p.strip_prefix('/') == Some(**n))?,
     };
-    let kind = match name {
-        "index.html" => "text/html; charset=utf-8",
-        "attn_saes.js" => "text/javascript; charset=utf-8",
+    let kind = match name.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
         _ => "application/wasm",
     };
-    Some((site.web_dir.join(name), kind))
+    Some((Body::File(site.web_dir.join(name)), kind))
 }
 
 fn handle(mut stream: TcpStream, site: &Site) -> std::io::Result<()> {
@@ -130,7 +281,10 @@ fn handle(mut stream: TcpStream, site: &Site) -> std::io::Result<()> {
             true,
         );
     }
-    let body = route(site, path).and_then(|(file, kind)| Some((std::fs::read(file).ok()?, kind)));
+    let body = route(site, path).and_then(|(body, kind)| match body {
+        Body::File(file) => Some((std::fs::read(file).ok()?, kind)),
+        Body::Bytes(bytes) => Some((bytes, kind)),
+    });
     match body {
         Some((bytes, kind)) => respond(&mut stream, "200 OK", kind, &bytes, method == "GET"),
         None => respond(
@@ -170,26 +324,54 @@ mod tests {
         Site {
             web_dir: PathBuf::from("/srv/dist"),
             dashboard: PathBuf::from("/runs/x/dashboard.safetensors"),
+            live: Some(LiveSite {
+                files: vec![("/live/model/m.gguf".into(), PathBuf::from("/models/m.gguf"))],
+                manifest: "{}".into(),
+            }),
         }
+    }
+
+    fn file(path: &str) -> Body {
+        Body::File(PathBuf::from(path))
     }
 
     #[test]
     fn only_the_viewer_files_and_the_dashboard_are_routed() {
         let s = site();
-        assert_eq!(
-            route(&s, "/").unwrap().0,
-            PathBuf::from("/srv/dist/index.html")
-        );
+        assert_eq!(route(&s, "/").unwrap().0, file("/srv/dist/index.html"));
         assert_eq!(
             route(&s, "/?url=dashboard.safetensors").unwrap().0,
-            PathBuf::from("/srv/dist/index.html")
+            file("/srv/dist/index.html")
         );
         assert_eq!(
             route(&s, "/attn_saes_bg.wasm").unwrap().1,
             "application/wasm"
         );
-        assert_eq!(route(&s, "/dashboard.safetensors").unwrap().0, s.dashboard);
+        assert_eq!(
+            route(&s, "/live/attn_saes_live.js").unwrap(),
+            (
+                file("/srv/dist/live/attn_saes_live.js"),
+                "text/javascript; charset=utf-8"
+            )
+        );
+        assert_eq!(
+            route(&s, "/dashboard.safetensors").unwrap().0,
+            Body::File(s.dashboard.clone())
+        );
+        assert_eq!(
+            route(&s, "/live.json").unwrap().0,
+            Body::Bytes(b"{}".to_vec())
+        );
+        assert_eq!(
+            route(&s, "/live/model/m.gguf").unwrap().0,
+            file("/models/m.gguf")
+        );
         for bad in [
+            "/live/model/../m.gguf",
+            "/live/model/other.gguf",
+            "/live/sae/m.gguf",
+            "/live/",
+            "/live",
             "/../Cargo.toml",
             "/%2e%2e/etc/passwd",
             "/etc/passwd",

@@ -1,8 +1,14 @@
-//! The web viewer's entry (wasm32 only): the app's Curves and Features views on a canvas,
-//! and the functions `web/index.html` calls to hand it dashboard files (file input, drag
-//! and drop, `?url=`) and to read what is selected.
+//! The web viewer's entry (wasm32 only): the app's Curves, Features and Your text views on
+//! a canvas, and the functions `web/index.html` calls to hand it dashboard files (file
+//! input, drag and drop, `?url=`) and to read what is selected.
+//!
+//! Your text runs in the page's inference bundle (`src/web_live.rs`, loaded by
+//! `web/live.js` only when someone loads a model): this module reaches it through
+//! `window.attnSaesLive` (`analyze(text)` → a promise of JSON, `attribution(h, f, p)` →
+//! JSON, `status()` → a line), so the viewer itself holds no burn.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use eframe::egui;
@@ -10,14 +16,94 @@ use wasm_bindgen::prelude::*;
 
 use crate::app::features::LoadedDashboard;
 use crate::app::{AttnSaesApp, View};
+use crate::live::{Analysed, Attribution, LiveTokens};
 
 /// What the page and the app share: dashboards parsed by [`open_dashboard`] and waiting
-/// for the next frame, the app's context (to wake it), and the selection in words.
+/// for the next frame, the app's context (to wake it), the selection in words, the last
+/// live analysis to arrive, and what Your text shows (for [`live_shown`]).
 #[derive(Default)]
 struct Shared {
     inbox: Vec<LoadedDashboard>,
     ctx: Option<egui::Context>,
     selection: String,
+    live_arrived: Option<Result<LiveTokens, String>>,
+    live_running: bool,
+    /// Set by [`live_set`]: a prompt (and whether to run it), a pick.
+    live_prompt: Option<(String, bool)>,
+    live_pick: Option<(usize, usize, usize)>,
+    live_shown: String,
+}
+
+/// `window.attnSaesLive`, the page's bridge to its inference bundle, if the page has one.
+fn bridge() -> Option<JsValue> {
+    let window = web_sys::window()?;
+    js_sys::Reflect::get(&window, &JsValue::from_str("attnSaesLive"))
+        .ok()
+        .filter(|v| v.is_object())
+}
+
+/// Calls `window.attnSaesLive[method](...args)`.
+fn call_bridge(method: &str, args: &[JsValue]) -> Result<JsValue, String> {
+    let bridge = bridge().ok_or("this page has no inference bundle (web/live.js)")?;
+    let f: js_sys::Function = js_sys::Reflect::get(&bridge, &JsValue::from_str(method))
+        .map_err(|e| format!("{e:?}"))?
+        .dyn_into()
+        .map_err(|_| format!("attnSaesLive.{method} is not a function"))?;
+    f.apply(&bridge, &args.iter().collect::<js_sys::Array>())
+        .map_err(|e| e.as_string().unwrap_or_else(|| format!("{e:?}")))
+}
+
+/// An analysis done by the inference bundle: its tokens, and attributions asked for as
+/// the view needs them (kept, since the view draws every frame).
+struct RemoteAnalysis {
+    tokens: LiveTokens,
+    attributions: RefCell<HashMap<(usize, usize, usize), Attribution>>,
+}
+
+impl Analysed for RemoteAnalysis {
+    fn tokens(&self) -> &LiveTokens {
+        &self.tokens
+    }
+
+    fn attribution(&self, head: usize, feature: usize, position: usize) -> Attribution {
+        let key = (head, feature, position);
+        if let Some(a) = self.attributions.borrow().get(&key) {
+            return a.clone();
+        }
+        let args = [head, feature, position].map(|x| JsValue::from_f64(x as f64));
+        let a: Attribution = call_bridge("attribution", &args)
+            .ok()
+            .and_then(|v| v.as_string())
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default();
+        self.attributions.borrow_mut().insert(key, a.clone());
+        a
+    }
+}
+
+/// Sends `text` to the inference bundle; the result arrives in `shared.live_arrived`.
+fn request_analysis(shared: Rc<RefCell<Shared>>, text: String) {
+    shared.borrow_mut().live_running = true;
+    wasm_bindgen_futures::spawn_local(async move {
+        let result = match call_bridge("analyze", &[JsValue::from_str(&text)]) {
+            Ok(promise) => {
+                match wasm_bindgen_futures::JsFuture::from(js_sys::Promise::from(promise)).await {
+                    Ok(json) => {
+                        serde_json::from_str::<LiveTokens>(&json.as_string().unwrap_or_default())
+                            .map_err(|e| format!("the inference bundle's answer: {e}"))
+                    }
+                    Err(e) => Err(e.as_string().unwrap_or_else(|| format!("{e:?}"))),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let mut s = shared.borrow_mut();
+        s.live_arrived = Some(result);
+        s.live_running = false;
+        if let Some(ctx) = &s.ctx {
+            ctx.request_repaint();
+        }
+    });
 }
 
 thread_local! {
@@ -41,6 +127,7 @@ impl eframe::App for WebApp {
             self.app.curves = Default::default();
             self.app.open_loaded(d);
         }
+        self.live_logic(ctx);
         self.app.logic(ctx, frame);
     }
 
@@ -49,11 +136,103 @@ impl eframe::App for WebApp {
             self.app.ui.view = View::Features;
         }
         self.app.ui(ui, frame);
-        self.shared.borrow_mut().selection = self.app.selection();
+        let shown = self.live_shown();
+        let mut shared = self.shared.borrow_mut();
+        shared.selection = self.app.selection();
+        shared.live_shown = shown;
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         self.app.save(storage);
+    }
+}
+
+impl WebApp {
+    /// Your text: sends requested texts to the page's inference bundle, takes its results,
+    /// and keeps the status line current.
+    fn live_logic(&mut self, ctx: &egui::Context) {
+        let (set_prompt, pick, arrived, running) = {
+            let mut s = self.shared.borrow_mut();
+            (
+                s.live_prompt.take(),
+                s.live_pick.take(),
+                s.live_arrived.take(),
+                s.live_running,
+            )
+        };
+        let web = &mut self.app.web;
+        if let Some((prompt, run)) = set_prompt {
+            self.app.ui.text.prompt = prompt;
+            self.app.ui.view = View::Text;
+            if run {
+                web.requested = Some(self.app.ui.text.prompt.clone());
+            }
+        }
+        if let Some(text) = web.requested.take() {
+            request_analysis(self.shared.clone(), text);
+        }
+        match arrived {
+            Some(Ok(tokens)) => {
+                web.status = format!("{} tokens", tokens.len());
+                let text = &mut self.app.ui.text;
+                if text.token.is_none_or(|p| p >= tokens.len()) {
+                    text.token = Some(tokens.len().saturating_sub(1));
+                    text.pick = None;
+                }
+                web.analysis = Some(Box::new(RemoteAnalysis {
+                    tokens,
+                    attributions: RefCell::default(),
+                }));
+            }
+            Some(Err(why)) => {
+                web.status = format!("failed: {why}");
+            }
+            None if running => web.status = "running…".into(),
+            None if web.analysis.is_none() => {
+                web.status = call_bridge("status", &[])
+                    .ok()
+                    .and_then(|v| v.as_string())
+                    .unwrap_or_else(|| "no inference bundle on this page".into());
+                // The page loads the model outside the canvas: look again soon.
+                ctx.request_repaint_after(std::time::Duration::from_millis(500));
+            }
+            None => {}
+        }
+        if let Some((position, head, feature)) = pick {
+            let text = &mut self.app.ui.text;
+            (text.token, text.pick) = (Some(position), Some((head, feature)));
+            self.app.ui.view = View::Text;
+        }
+    }
+
+    /// What Your text shows, as JSON: the tokens with their features, and the picked
+    /// (position, head, feature) with its activation and attribution.
+    fn live_shown(&self) -> String {
+        let Some(a) = &self.app.web.analysis else {
+            return String::new();
+        };
+        let text = &self.app.ui.text;
+        let pick = match (text.token, text.pick) {
+            (Some(p), Some((head, feature))) if p < a.tokens().len() => {
+                let at = a.attribution(head, feature, p);
+                serde_json::json!({
+                    "position": p,
+                    "head": head,
+                    "feature": feature,
+                    "activation": a.tokens().activation(head, feature, p),
+                    "dfa": at.dfa,
+                    "pre": at.pre,
+                })
+            }
+            _ => serde_json::Value::Null,
+        };
+        serde_json::json!({
+            "prompt": text.prompt,
+            "status": self.app.web.status,
+            "tokens": a.tokens(),
+            "pick": pick,
+        })
+        .to_string()
     }
 }
 
@@ -109,4 +288,33 @@ pub fn open_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue> {
 #[wasm_bindgen]
 pub fn selection() -> String {
     shared().borrow().selection.clone()
+}
+
+/// What Your text shows, as JSON (`{prompt, status, tokens, pick}`), or "" before any
+/// analysis.
+#[wasm_bindgen]
+pub fn live_shown() -> String {
+    shared().borrow().live_shown.clone()
+}
+
+/// Puts `prompt` in Your text (and switches to it); with `run`, analyses it too.
+#[wasm_bindgen]
+pub fn live_set_prompt(prompt: String, run: bool) {
+    let shared = shared();
+    let mut s = shared.borrow_mut();
+    s.live_prompt = Some((prompt, run));
+    if let Some(ctx) = &s.ctx {
+        ctx.request_repaint();
+    }
+}
+
+/// Selects a token and one of its features in Your text, as clicking them does.
+#[wasm_bindgen]
+pub fn live_pick(position: usize, head: usize, feature: usize) {
+    let shared = shared();
+    let mut s = shared.borrow_mut();
+    s.live_pick = Some((position, head, feature));
+    if let Some(ctx) = &s.ctx {
+        ctx.request_repaint();
+    }
 }

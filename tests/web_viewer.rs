@@ -9,68 +9,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::browser::*;
 use common::*;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Why the browser test cannot run here, if it cannot.
-fn missing_tools() -> Option<String> {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).exists() {
-        return Some(format!("no Chromium at {chromium} (apt install chromium)"));
-    }
-    if !root()
-        .join("tests/web/node_modules/playwright-core")
-        .is_dir()
-    {
-        return Some("no playwright-core (cd tests/web && npm ci)".into());
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        return Some("no node".into());
-    }
-    None
-}
-
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Distinct colours of a PNG (a blank page has a handful).
-fn colours(png: &Path) -> usize {
-    let out = Command::new("convert")
-        .arg(png)
-        .args(["-format", "%k", "info:"])
-        .output()
-        .expect("ImageMagick's convert (apt install imagemagick)");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
 
 #[test]
 fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
-    if let Some(why) = missing_tools() {
-        assert!(
-            std::env::var_os("ATTN_SAES_REQUIRE_BROWSER").is_none(),
-            "ATTN_SAES_REQUIRE_BROWSER is set but {why}"
-        );
-        eprintln!("skipping the browser test: {why}");
+    if !browser_available() {
         return;
     }
-    let build = Command::new(root().join("scripts/build-web.sh"))
-        .status()
-        .expect("running scripts/build-web.sh");
-    assert!(build.success(), "scripts/build-web.sh failed");
+    build_web();
     let wasm = std::fs::metadata(root().join("web/dist/attn_saes_bg.wasm")).unwrap();
     eprintln!("viewer wasm: {} bytes", wasm.len());
 
@@ -81,23 +30,8 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
     let corrupt = dir.join("corrupt.safetensors");
     std::fs::write(&corrupt, &bytes[..bytes.len() / 2]).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_attn-saes"))
-        .args(["serve", run.to_str().unwrap(), "--port", "0", "--web-dir"])
-        .arg(root().join("web/dist"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let url = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            let at = l.find("http://")?;
-            let end = l[at..].find("/?")? + at;
-            Some(l[at..end].to_string())
-        })
-        .expect("serve prints the URL");
+    let server = Server::start(&run);
+    let url = server.base.clone();
 
     let shots = dir.join("shots");
     std::fs::create_dir_all(&shots).unwrap();

@@ -277,12 +277,24 @@ pub fn start_live(source: LiveSource, device: DeviceChoice) -> LiveWorker {
     LiveWorker { requests, events }
 }
 
-fn live_loop(
-    source: &LiveSource,
-    device: DeviceChoice,
-    texts: &Receiver<String>,
-    tx: &Sender<LiveEvent>,
-) -> anyhow::Result<()> {
+/// A model and SAE loaded for live analysis.
+pub struct LiveModel {
+    pub loaded: crate::lm::LoadedModel,
+    pub sae: crate::sae::BlockDiagSae,
+    pub layer: usize,
+    pub z_convention: crate::lm::ZConvention,
+    /// `model layer L, SAE dir`.
+    pub description: String,
+}
+
+impl LiveModel {
+    pub fn analyse(&self, text: &str) -> anyhow::Result<crate::live::LiveAnalysis> {
+        crate::live::LiveAnalysis::run(&self.loaded, &self.sae, self.layer, self.z_convention, text)
+    }
+}
+
+/// Loads the model and SAE `source` names on `device`.
+pub fn load_live(source: &LiveSource, device: DeviceChoice) -> anyhow::Result<LiveModel> {
     let (model, sae_dir, config, layer, z_convention) = match source {
         LiveSource::Run(run_dir) => {
             let (ckpt, sae_dir) = train::checkpoint::run_sae(run_dir, None)?;
@@ -314,17 +326,33 @@ fn live_loop(
     let layer = layer
         .or_else(|| config.map(|c| c.layer(n_layers)))
         .unwrap_or(n_layers / 2);
-    let _ = tx.send(LiveEvent::Ready(format!(
+    let description = format!(
         "{} layer {layer}, SAE {}",
         loaded.transformer.config.name,
         sae_dir.display()
-    )));
+    );
+    Ok(LiveModel {
+        loaded,
+        sae,
+        layer,
+        z_convention,
+        description,
+    })
+}
+
+fn live_loop(
+    source: &LiveSource,
+    device: DeviceChoice,
+    texts: &Receiver<String>,
+    tx: &Sender<LiveEvent>,
+) -> anyhow::Result<()> {
+    let live = load_live(source, device)?;
+    let _ = tx.send(LiveEvent::Ready(live.description.clone()));
     while let Ok(mut text) = texts.recv() {
         while let Ok(newer) = texts.try_recv() {
             text = newer;
         }
-        let event = match crate::live::LiveAnalysis::run(&loaded, &sae, layer, z_convention, &text)
-        {
+        let event = match live.analyse(&text) {
             Ok(a) => LiveEvent::Analysis(Box::new(a)),
             Err(e) => LiveEvent::Failed(format!("{e:#}")),
         };

@@ -13,7 +13,6 @@ pub mod curves;
 pub mod features;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod jobs;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod text_view;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod train_view;
@@ -67,7 +66,6 @@ pub struct UiState {
     pub curves: CurvesState,
     #[cfg(not(target_arch = "wasm32"))]
     pub form: TrainForm,
-    #[cfg(not(target_arch = "wasm32"))]
     pub text: text_view::TextState,
 }
 
@@ -111,6 +109,19 @@ pub struct AttnSaesApp {
     commands: Vec<Command>,
     #[cfg(not(target_arch = "wasm32"))]
     pub native: Native,
+    #[cfg(target_arch = "wasm32")]
+    pub web: WebText,
+}
+
+/// The web page's side of "Your text": the analyses come from the page's inference bundle
+/// (`src/web.rs` sends the requests and fills in the results).
+#[cfg(target_arch = "wasm32")]
+#[derive(Default)]
+pub struct WebText {
+    pub status: String,
+    pub analysis: Option<Box<dyn crate::live::Analysed>>,
+    /// A text to analyse, taken by `src/web.rs`.
+    pub requested: Option<String>,
 }
 
 /// The desktop-only data: the open run and its background job.
@@ -158,6 +169,8 @@ impl AttnSaesApp {
             commands: Vec::new(),
             #[cfg(not(target_arch = "wasm32"))]
             native: Native::default(),
+            #[cfg(target_arch = "wasm32")]
+            web: WebText::default(),
         }
     }
 
@@ -248,7 +261,7 @@ impl AttnSaesApp {
             #[cfg(not(target_arch = "wasm32"))]
             let views = [View::Train, View::Curves, View::Features, View::Text];
             #[cfg(target_arch = "wasm32")]
-            let views = [View::Curves, View::Features];
+            let views = [View::Curves, View::Features, View::Text];
             for v in views {
                 if ui.selectable_label(self.ui.view == v, v.label()).clicked() {
                     self.push(Command::SetView(v));
@@ -298,7 +311,9 @@ impl AttnSaesApp {
             #[cfg(not(target_arch = "wasm32"))]
             View::Train => self.train_ui(ui),
             #[cfg(target_arch = "wasm32")]
-            View::Train | View::Text => self.ui.view = View::Features,
+            View::Train => self.ui.view = View::Features,
+            #[cfg(target_arch = "wasm32")]
+            View::Text => self.web_text_ui(ui),
             #[cfg(not(target_arch = "wasm32"))]
             View::Text => self.live_ui(ui),
             View::Curves => curves::curves_ui(ui, &self.curves, &mut self.ui.curves),
@@ -306,6 +321,41 @@ impl AttnSaesApp {
                 Some(d) => features::features_ui(ui, d, &mut self.ui.features),
                 None => self.no_dashboard_ui(ui),
             },
+        }
+    }
+
+    /// "Open its dashboard" from Your text.
+    fn open_feature(&mut self, head: usize, feature: usize) {
+        if self.dashboard.is_some() {
+            let f = &mut self.ui.features;
+            (f.head, f.feature, f.example) = (head, Some(feature), None);
+            self.ui.view = View::Features;
+        } else {
+            #[cfg(not(target_arch = "wasm32"))]
+            let why = "this run has no dashboards yet: Build dashboards now";
+            #[cfg(target_arch = "wasm32")]
+            let why = "no dashboard is open: open the one built with this SAE";
+            self.message(Level::Error, why);
+        }
+    }
+
+    /// Your text in the web page: the page's inference bundle analyses the text.
+    #[cfg(target_arch = "wasm32")]
+    fn web_text_ui(&mut self, ui: &mut egui::Ui) {
+        let action = text_view::text_ui(
+            ui,
+            &mut self.ui.text,
+            self.web.analysis.as_deref(),
+            &self.web.status,
+        );
+        match action {
+            Some(text_view::TextAction::Run) => {
+                self.web.requested = Some(self.ui.text.prompt.clone());
+            }
+            Some(text_view::TextAction::OpenFeature { head, feature }) => {
+                self.open_feature(head, feature)
+            }
+            None => {}
         }
     }
 
@@ -497,7 +547,10 @@ impl AttnSaesApp {
         let action = text_view::text_ui(
             ui,
             &mut self.ui.text,
-            self.native.analysis.as_deref(),
+            self.native
+                .analysis
+                .as_deref()
+                .map(|a| a as &dyn crate::live::Analysed),
             &self.native.live_status,
         );
         match action {
@@ -515,16 +568,7 @@ impl AttnSaesApp {
                 }
             }
             Some(text_view::TextAction::OpenFeature { head, feature }) => {
-                if self.dashboard.is_some() {
-                    let f = &mut self.ui.features;
-                    (f.head, f.feature, f.example) = (head, Some(feature), None);
-                    self.ui.view = View::Features;
-                } else {
-                    self.message(
-                        Level::Error,
-                        "this run has no dashboards yet: Build dashboards now",
-                    );
-                }
+                self.open_feature(head, feature)
             }
             None => {}
         }

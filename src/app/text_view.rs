@@ -1,11 +1,12 @@
-//! The "Your text" view (desktop): type a text, and see which features of each head fire
-//! on each token and, for a chosen (token, feature), the DFA over source tokens, computed
-//! live with the open run's model and SAE.
+//! The "Your text" view: type a text, and see which features of each head fire on each
+//! token and, for a chosen (token, feature), the DFA over source tokens, computed live with
+//! a model and SAE (the open run's on the desktop, the page's inference bundle on the web).
+//! The view sees an analysis only as [`Analysed`], so both draw the same.
 
 use eframe::egui::{self, RichText, Ui};
 
 use super::features::{dfa_row, shown_token};
-use crate::live::LiveAnalysis;
+use crate::live::{Analysed, LiveTokens};
 
 /// What the view remembers.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -29,18 +30,18 @@ pub enum TextAction {
 /// Features listed per head for the selected token.
 const FEATURES_SHOWN: usize = 8;
 
-/// The view. `status` says what the worker is doing; `analysis` is the latest result.
+/// The view. `status` says what the analyser is doing; `analysis` is the latest result.
 pub fn text_ui(
     ui: &mut Ui,
     s: &mut TextState,
-    analysis: Option<&LiveAnalysis>,
+    analysis: Option<&dyn Analysed>,
     status: &str,
 ) -> Option<TextAction> {
     let mut action = None;
     ui.heading("Your text");
     ui.label(
-        "Runs the open run's model to the hooked layer and its SAE on the text: the features \
-         each head fires on each token, and where they read from (DFA).",
+        "Runs the model to the hooked layer and the SAE on the text: the features each head \
+         fires on each token, and where they read from (DFA).",
     );
     let label = ui.label("text").id;
     ui.add(
@@ -56,9 +57,10 @@ pub fn text_ui(
         }
         ui.label(RichText::new(status).weak());
     });
-    let Some(a) = analysis else {
+    let Some(analysis) = analysis else {
         return action;
     };
+    let a = analysis.tokens();
     ui.separator();
     egui::ScrollArea::vertical().show(ui, |ui| {
         tokens_row(ui, s, a);
@@ -67,7 +69,7 @@ pub fn text_ui(
             token_features(ui, s, a, p);
             if let Some((head, feature)) = s.pick {
                 ui.separator();
-                if let Some(open) = pick_panel(ui, a, p, head, feature) {
+                if let Some(open) = pick_panel(ui, analysis, p, head, feature) {
                     action = Some(open);
                 }
             }
@@ -77,7 +79,7 @@ pub fn text_ui(
 }
 
 /// The tokens, shaded by how many features fire on them over all heads; a click selects.
-fn tokens_row(ui: &mut Ui, s: &mut TextState, a: &LiveAnalysis) {
+fn tokens_row(ui: &mut Ui, s: &mut TextState, a: &LiveTokens) {
     ui.label(RichText::new("Tokens (click one)").strong());
     let counts: Vec<usize> = (0..a.len())
         .map(|p| a.active.iter().map(|head| head[p].len()).sum())
@@ -107,7 +109,7 @@ fn tokens_row(ui: &mut Ui, s: &mut TextState, a: &LiveAnalysis) {
 }
 
 /// The selected token's strongest features per head; a click picks one.
-fn token_features(ui: &mut Ui, s: &mut TextState, a: &LiveAnalysis, p: usize) {
+fn token_features(ui: &mut Ui, s: &mut TextState, a: &LiveTokens, p: usize) {
     ui.label(
         RichText::new(format!(
             "Position {p} ({:?}): active features per head",
@@ -139,28 +141,23 @@ fn token_features(ui: &mut Ui, s: &mut TextState, a: &LiveAnalysis, p: usize) {
 /// dashboard.
 fn pick_panel(
     ui: &mut Ui,
-    a: &LiveAnalysis,
+    analysis: &dyn Analysed,
     p: usize,
     head: usize,
     feature: usize,
 ) -> Option<TextAction> {
-    let act = a.active[head][p]
-        .iter()
-        .find(|x| x.0 as usize == feature)
-        .map_or(0.0, |x| x.1);
+    let a = analysis.tokens();
+    let act = a.activation(head, feature, p);
     ui.horizontal(|ui| {
         ui.heading(format!("Head {head} · Feature {feature}"));
         ui.label(format!("activation {act:.3} at position {p}"));
     });
     let open = ui.button("Open its dashboard").clicked();
     ui.label(RichText::new("Direct feature attribution by source position").strong());
-    let dfa = a.dfa(head, feature, p);
-    dfa_row(ui, &dfa, p, |q| {
+    let attribution = analysis.attribution(head, feature, p);
+    dfa_row(ui, &attribution.dfa, p, |q| {
         a.strings.get(q).cloned().unwrap_or_default()
     });
-    ui.label(format!(
-        "pre-activation {:.3}",
-        a.pre_activation(head, feature, p)
-    ));
+    ui.label(format!("pre-activation {:.3}", attribution.pre));
     open.then_some(TextAction::OpenFeature { head, feature })
 }

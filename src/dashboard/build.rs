@@ -92,25 +92,7 @@ pub struct BuildInputs<'a> {
 /// Progress of a build: `(phase, done, total)`.
 pub type Progress<'p> = &'p mut dyn FnMut(&str, usize, usize);
 
-/// DFA of one feature at `target` from every source `0..=target` of one window and head:
-/// `A[target, s] * scale * (v_s . W_enc[:, f])`, so that the sum plus `b_enc[f]` is the
-/// feature's pre-activation at `target`. `pattern` is the head's `[T, T]` rows of the
-/// window, `value(s)` the head's value vector at `s`, `enc_col` the feature's encoder column.
-/// The dashboard builder and the app's live analysis both compute DFA with it.
-pub fn dfa_by_source<'v>(
-    pattern_row: &[f32],
-    value: impl Fn(usize) -> &'v [f32],
-    enc_col: &[f32],
-    scale: f32,
-    target: usize,
-) -> Vec<f32> {
-    (0..=target)
-        .map(|s| {
-            let u: f32 = value(s).iter().zip(enc_col).map(|(a, b)| a * b).sum();
-            pattern_row[s] * scale * u
-        })
-        .collect()
-}
+pub use super::dfa::dfa_by_source;
 
 /// The seeded hash key of an active (token, feature): interval groups keep the smallest.
 pub fn sample_key(seed: u64, token: u64, head: usize, feature: usize) -> u64 {

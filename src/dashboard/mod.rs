@@ -5,6 +5,7 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod build;
+pub mod dfa;
 pub mod format;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod neuronpedia;

@@ -244,7 +244,7 @@ pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transform
     };
 
     let weights_path = dir.join("model.safetensors");
-    if !weights_path.exists() {
+    if !crate::vfs::exists(&weights_path) {
         return Err(LoadError::NoWeights {
             dir: dir.to_path_buf(),
             looked_for: "model.safetensors".into(),
@@ -876,7 +876,7 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
     let weights_path = dir.join("model.safetensors");
-    if !weights_path.exists() {
+    if !crate::vfs::exists(&weights_path) {
         return Err(LoadError::NoWeights {
             dir: dir.to_path_buf(),
             looked_for: "model.safetensors".into(),

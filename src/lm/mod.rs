@@ -1,6 +1,7 @@
 //! LM stage: transformer language models in burn with hook points, and their loaders.
 
 pub mod gguf;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod hub;
 pub mod load;
 pub mod transformer;
@@ -29,7 +30,7 @@ fn load_tokenizer(path: &Path) -> Result<Tokenizer, LoadError> {
         path: path.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let text = crate::vfs::read_to_string(path).map_err(|e| error(e.to_string()))?;
     // tokenizers panics (an `expect` in its decoder deserialiser) on some malformed JSON:
     // check the syntax first, and catch what remains.
     serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| error(e.to_string()))?;
@@ -39,16 +40,16 @@ fn load_tokenizer(path: &Path) -> Result<Tokenizer, LoadError> {
 }
 
 fn find_file(dir: &Path, pred: impl Fn(&str) -> bool) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut found: Vec<PathBuf> = crate::vfs::list(dir)
         .ok()?
-        .flatten()
-        .map(|e| e.path())
+        .into_iter()
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&pred))
         .collect();
     found.sort();
     found.into_iter().next()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Loads a model from a reference: a directory or file, a hub id such as
 /// `openai-community/gpt2`, or an alias (`gpt2`, `gelu-2l`). See [`hub::resolve`].
 pub fn load_model(reference: &str, device: &Device) -> Result<LoadedModel, LoadError> {
@@ -59,7 +60,7 @@ pub fn load_model(reference: &str, device: &Device) -> Result<LoadedModel, LoadE
 
 /// Loads a model from a local file (`.gguf`) or directory.
 pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<LoadedModel, LoadError> {
-    if path.is_file() {
+    if crate::vfs::is_file(path) {
         if path.extension().is_some_and(|e| e == "gguf") {
             return load::llama_from_gguf(path, name, device);
         }
@@ -73,7 +74,7 @@ pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<Loaded
         return load::llama_from_gguf(&gguf, name, device);
     }
     let cfg_path = path.join("config.json");
-    if !cfg_path.exists() {
+    if !crate::vfs::exists(&cfg_path) {
         return Err(LoadError::NoWeights {
             dir: path.to_path_buf(),
             looked_for: "config.json with model.safetensors or *.pth, or a .gguf file".into(),
@@ -90,7 +91,7 @@ pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<Loaded
                 looked_for: "*final.pth (TransformerLens checkpoint named by config.json)".into(),
             })?;
         let mut transformer = load::tl_from_pth(&cfg_path, &weights, name, device)?;
-        let tok_path = if local_tokenizer.exists() {
+        let tok_path = if crate::vfs::exists(&local_tokenizer) {
             local_tokenizer
         } else {
             let tok_ref = cfg
@@ -100,7 +101,15 @@ pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<Loaded
                     dir: path.to_path_buf(),
                     looked_for: "tokenizer.json (config.json names no tokenizer_name)".into(),
                 })?;
-            hub::resolve_tokenizer(tok_ref)?
+            #[cfg(not(target_arch = "wasm32"))]
+            {
+                hub::resolve_tokenizer(tok_ref)?
+            }
+            #[cfg(target_arch = "wasm32")]
+            return Err(LoadError::NoWeights {
+                dir: path.to_path_buf(),
+                looked_for: format!("tokenizer.json (the hub's {tok_ref} is not fetched here)"),
+            });
         };
         let tokenizer = load_tokenizer(&tok_path)?;
         transformer.config.bos_token_id = bos_of(&tokenizer);

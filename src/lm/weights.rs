@@ -75,6 +75,7 @@ impl HostArray {
 
 enum Backing {
     Safetensors(Vec<u8>),
+    #[cfg(not(target_arch = "wasm32"))]
     Pytorch(Box<pytorch_reader::PytorchReader>),
     Gguf(Box<GgufFile>),
 }
@@ -90,7 +91,7 @@ impl WeightFile {
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         let backing = match ext {
             "safetensors" => {
-                let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+                let bytes = crate::vfs::read(path).map_err(|source| LoadError::Io {
                     path: path.to_path_buf(),
                     source,
                 })?;
@@ -102,6 +103,15 @@ impl WeightFile {
                 })?;
                 Backing::Safetensors(bytes)
             }
+            #[cfg(target_arch = "wasm32")]
+            "pth" | "pt" | "bin" => {
+                return Err(LoadError::Format {
+                    path: path.to_path_buf(),
+                    format: "PyTorch checkpoint",
+                    message: "PyTorch checkpoints are read on the desktop only".into(),
+                });
+            }
+            #[cfg(not(target_arch = "wasm32"))]
             "pth" | "pt" | "bin" => {
                 let reader =
                     pytorch_reader::PytorchReader::new(path).map_err(|e| LoadError::Format {
@@ -145,6 +155,7 @@ impl WeightFile {
             Backing::Safetensors(bytes) => safetensors::SafeTensors::deserialize(bytes)
                 .map(|st| st.names().into_iter().map(str::to_string).collect())
                 .unwrap_or_default(),
+            #[cfg(not(target_arch = "wasm32"))]
             Backing::Pytorch(r) => r.keys(),
             Backing::Gguf(g) => g.tensors.iter().map(|t| t.name.clone()).collect(),
         }
@@ -183,6 +194,7 @@ impl WeightFile {
                 };
                 Ok(HostArray::new(view.shape().to_vec(), data))
             }
+            #[cfg(not(target_arch = "wasm32"))]
             Backing::Pytorch(r) => {
                 let t = r.get(name).ok_or_else(missing)?;
                 let bytes = t.read().map_err(|source| LoadError::Io {
@@ -252,7 +264,7 @@ fn decode_bf16(bytes: &[u8]) -> Vec<f32> {
 
 /// Reads a JSON config file into a map.
 pub fn read_json_config(path: &Path) -> Result<BTreeMap<String, serde_json::Value>, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+    let text = crate::vfs::read_to_string(path).map_err(|source| LoadError::Io {
         path: path.to_path_buf(),
         source,
     })?;

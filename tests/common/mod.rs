@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests: fixtures, reference tensors, devices.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod gguf;
 
 use std::collections::HashMap;

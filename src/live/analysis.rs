@@ -1,0 +1,248 @@
+//! The analysis itself: the model and SAE in burn. [`LiveAnalysis::run`] reads the results
+//! back synchronously (desktop); [`LiveAnalysis::run_async`] awaits them (the browser,
+//! where WebGPU has no blocking read-back). Both share the graph ([`Pending`]).
+
+use std::ops::Deref;
+
+use anyhow::Context;
+use burn::prelude::*;
+
+use super::{Analysed, Attribution, LiveTokens};
+use crate::dashboard::dfa::dfa_by_source;
+use crate::lm::{HookRequest, LoadedModel, ZConvention};
+use crate::sae::BlockDiagSae;
+
+/// One text run through the LM and the SAE.
+pub struct LiveAnalysis {
+    pub tokens: LiveTokens,
+    /// `[H, T, m]` pre-activations.
+    pub pre: Vec<f32>,
+    d_head: usize,
+    /// `[H, T, T]` attention pattern.
+    pattern: Vec<f32>,
+    /// `[T, H, d]` value vectors (in the z convention).
+    values: Vec<f32>,
+    /// `[H, d, m]`.
+    w_enc: Vec<f32>,
+    input_scale: Vec<f32>,
+}
+
+impl Deref for LiveAnalysis {
+    type Target = LiveTokens;
+    fn deref(&self) -> &LiveTokens {
+        &self.tokens
+    }
+}
+
+/// The tensors of a text's analysis, not yet read back.
+struct Pending {
+    ids: Vec<u32>,
+    strings: Vec<String>,
+    shape: (usize, usize, usize),
+    feats: Tensor<3>,
+    pre: Tensor<3>,
+    pattern: Tensor<4>,
+    values: Tensor<4>,
+    w_enc: Tensor<3>,
+    input_scale: Vec<f32>,
+}
+
+/// The host copies of [`Pending`]'s tensors, in its order.
+type Host = [Vec<f32>; 5];
+
+impl Pending {
+    /// Tokenizes `text` (BOS first when the model has one) and queues the LM and SAE.
+    fn new(
+        loaded: &LoadedModel,
+        sae: &BlockDiagSae,
+        layer: usize,
+        z_convention: ZConvention,
+        text: &str,
+    ) -> anyhow::Result<Self> {
+        let model = &loaded.transformer;
+        let enc = loaded
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+        let mut ids: Vec<u32> = model.config.bos_token_id.into_iter().collect();
+        ids.extend(enc.get_ids());
+        anyhow::ensure!(!ids.is_empty(), "the text gives no tokens");
+        let t = ids.len();
+        let (h, d, m) = (
+            sae.config.n_heads,
+            sae.config.d_head,
+            sae.config.features_per_head,
+        );
+        anyhow::ensure!(
+            h == model.config.n_heads && d == model.config.d_head,
+            "the SAE ({h} heads x d_head {d}) does not fit the model's layer ({} x {})",
+            model.config.n_heads,
+            model.config.d_head
+        );
+        anyhow::ensure!(
+            layer < model.config.n_layers,
+            "layer {layer}: the model has {} layers",
+            model.config.n_layers
+        );
+        let hooks = HookRequest {
+            hook_z: vec![layer],
+            pattern: vec![layer],
+            values: vec![layer],
+            z_convention,
+            ..Default::default()
+        };
+        let mut cache = model.run(model.tokens(std::slice::from_ref(&ids))?, &hooks, None)?;
+        let z = cache.hook_z.remove(&layer).context("no hook_z")?;
+        let out = sae.forward(sae.scale_input(z.reshape([t, h, d])));
+        let strings = ids
+            .iter()
+            .map(|&id| loaded.tokenizer.decode(&[id], false).unwrap_or_default())
+            .collect();
+        Ok(Self {
+            ids,
+            strings,
+            shape: (h, d, m),
+            feats: out.feats,
+            pre: out.pre,
+            pattern: cache.pattern.remove(&layer).context("no pattern")?,
+            values: cache.values.remove(&layer).context("no values")?,
+            w_enc: sae.w_enc.clone(),
+            input_scale: sae.input_scale.clone(),
+        })
+    }
+
+    fn read(self) -> anyhow::Result<LiveAnalysis> {
+        fn host<const D: usize>(t: &Tensor<D>) -> anyhow::Result<Vec<f32>> {
+            crate::files::host_vec(t.clone())
+        }
+        let host = [
+            host(&self.feats)?,
+            host(&self.pre)?,
+            host(&self.pattern)?,
+            host(&self.values)?,
+            host(&self.w_enc)?,
+        ];
+        Ok(self.finish(host))
+    }
+
+    async fn read_async(self) -> anyhow::Result<LiveAnalysis> {
+        async fn host<const D: usize>(t: &Tensor<D>) -> anyhow::Result<Vec<f32>> {
+            t.clone()
+                .into_data_async()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))?
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))
+        }
+        let host = [
+            host(&self.feats).await?,
+            host(&self.pre).await?,
+            host(&self.pattern).await?,
+            host(&self.values).await?,
+            host(&self.w_enc).await?,
+        ];
+        Ok(self.finish(host))
+    }
+
+    fn finish(self, [feats, pre, pattern, values, w_enc]: Host) -> LiveAnalysis {
+        let (h, d, m) = self.shape;
+        let t = self.ids.len();
+        let active = (0..h)
+            .map(|head| {
+                (0..t)
+                    .map(|p| {
+                        let row = &feats[(head * t + p) * m..][..m];
+                        let mut on: Vec<(u32, f32)> = row
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, a)| **a > 0.0)
+                            .map(|(f, &a)| (f as u32, a))
+                            .collect();
+                        on.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                        on
+                    })
+                    .collect()
+            })
+            .collect();
+        LiveAnalysis {
+            tokens: LiveTokens {
+                ids: self.ids,
+                strings: self.strings,
+                n_heads: h,
+                features_per_head: m,
+                active,
+            },
+            pre,
+            d_head: d,
+            pattern,
+            values,
+            w_enc,
+            input_scale: self.input_scale,
+        }
+    }
+}
+
+impl LiveAnalysis {
+    /// Tokenizes `text` (BOS first when the model has one) and runs it, reading the
+    /// results back synchronously.
+    pub fn run(
+        loaded: &LoadedModel,
+        sae: &BlockDiagSae,
+        layer: usize,
+        z_convention: ZConvention,
+        text: &str,
+    ) -> anyhow::Result<Self> {
+        Pending::new(loaded, sae, layer, z_convention, text)?.read()
+    }
+
+    /// [`run`](Self::run) with the read-back awaited: the only kind WebGPU allows.
+    pub async fn run_async(
+        loaded: &LoadedModel,
+        sae: &BlockDiagSae,
+        layer: usize,
+        z_convention: ZConvention,
+        text: &str,
+    ) -> anyhow::Result<Self> {
+        Pending::new(loaded, sae, layer, z_convention, text)?
+            .read_async()
+            .await
+    }
+
+    /// DFA of `feature` of `head` at `target`, by source position `0..=target`.
+    pub fn dfa(&self, head: usize, feature: usize, target: usize) -> Vec<f32> {
+        let (t, h, d, m) = (
+            self.len(),
+            self.tokens.n_heads,
+            self.d_head,
+            self.tokens.features_per_head,
+        );
+        let enc_col: Vec<f32> = (0..d)
+            .map(|k| self.w_enc[(head * d + k) * m + feature])
+            .collect();
+        dfa_by_source(
+            &self.pattern[(head * t + target) * t..][..t],
+            |s| &self.values[(s * h + head) * d..][..d],
+            &enc_col,
+            self.input_scale[head],
+            target,
+        )
+    }
+
+    /// The pre-activation of `feature` of `head` at `position`.
+    pub fn pre_activation(&self, head: usize, feature: usize, position: usize) -> f32 {
+        self.pre[(head * self.len() + position) * self.tokens.features_per_head + feature]
+    }
+}
+
+impl Analysed for LiveAnalysis {
+    fn tokens(&self) -> &LiveTokens {
+        &self.tokens
+    }
+
+    fn attribution(&self, head: usize, feature: usize, position: usize) -> Attribution {
+        Attribution {
+            dfa: self.dfa(head, feature, position),
+            pre: self.pre_activation(head, feature, position),
+        }
+    }
+}

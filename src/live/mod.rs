@@ -1,0 +1,58 @@
+//! Live analysis of a user's text: the LM to the hooked layer, the SAE on its hook_z, the
+//! features each token fires per head, and the DFA of any (token, feature) by source
+//! position, computed as the dashboard builder does (`dashboard::dfa::dfa_by_source`).
+//!
+//! [`LiveTokens`] and [`Attribution`] are what a viewer shows; they build for every target
+//! (the web viewer receives them as JSON from the page's inference bundle). The analysis
+//! itself ([`LiveAnalysis`], burn) runs on the desktop and in that bundle.
+
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+mod analysis;
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+pub use analysis::LiveAnalysis;
+
+/// A text's tokens and the features each head fires on each of them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LiveTokens {
+    pub ids: Vec<u32>,
+    /// Each token's text, as the tokenizer decodes it alone.
+    pub strings: Vec<String>,
+    pub n_heads: usize,
+    pub features_per_head: usize,
+    /// `[head][position]`: the features active there, `(feature, activation)`, strongest
+    /// first.
+    pub active: Vec<Vec<Vec<(u32, f32)>>>,
+}
+
+impl LiveTokens {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The activation of `feature` of `head` at `position` (0 when it does not fire).
+    pub fn activation(&self, head: usize, feature: usize, position: usize) -> f32 {
+        self.active[head][position]
+            .iter()
+            .find(|x| x.0 as usize == feature)
+            .map_or(0.0, |x| x.1)
+    }
+}
+
+/// One feature of one head at one position: its DFA by source position `0..=position` and
+/// its pre-activation (the DFA's sum plus `b_enc`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Attribution {
+    pub dfa: Vec<f32>,
+    pub pre: f32,
+}
+
+/// An analysed text as a viewer sees it: the tokens with their features, and each
+/// (head, feature, position)'s attribution on request.
+pub trait Analysed {
+    fn tokens(&self) -> &LiveTokens;
+    fn attribution(&self, head: usize, feature: usize, position: usize) -> Attribution;
+}

@@ -1,0 +1,208 @@
+//! The page's inference bundle (wasm32 with the `web-live` feature; `web/dist/live/`): the
+//! LM and SAE in burn on WebGPU, or on burn's CPU backend where the browser has none. The
+//! viewer (`src/web.rs`) does not contain it: `web/index.html` imports this bundle only
+//! when someone loads a model, and the viewer's "Your text" view calls it through the page
+//! (`window.attnSaesLive`).
+//!
+//! The page hands over the files it downloaded (or the user picked); they are mounted in
+//! memory ([`crate::vfs`]) and read by the desktop's loaders, so a model loads here exactly
+//! as `lm::load_from_path` loads a directory or a `.gguf` file there.
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+
+use burn::prelude::*;
+use sha2::Digest;
+use wasm_bindgen::prelude::*;
+
+use crate::live::{Analysed, LiveAnalysis};
+use crate::lm::{LoadedModel, ZConvention};
+use crate::sae::BlockDiagSae;
+
+const MODEL_DIR: &str = "/model";
+const SAE_DIR: &str = "/sae";
+
+struct Session {
+    loaded: LoadedModel,
+    sae: BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+}
+
+thread_local! {
+    static SESSION: RefCell<Option<Rc<Session>>> = const { RefCell::new(None) };
+    static LAST: RefCell<Option<LiveAnalysis>> = const { RefCell::new(None) };
+}
+
+fn js_error(e: impl std::fmt::Display) -> JsValue {
+    JsValue::from_str(&e.to_string())
+}
+
+/// The lowercase hex SHA-256 of `bytes` (the page checks downloads against the manifest).
+#[wasm_bindgen]
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `[[name, Uint8Array], ...]` from the page.
+fn named_files(files: &js_sys::Array) -> Result<Vec<(String, Vec<u8>)>, JsValue> {
+    files
+        .iter()
+        .map(|pair| {
+            let pair = js_sys::Array::from(&pair);
+            let name = pair
+                .get(0)
+                .as_string()
+                .ok_or_else(|| js_error("a file without a name"))?;
+            // Only a file name: the page must not reach outside the mounted directory.
+            if name.is_empty() || name.contains('/') || name.contains('\\') || name == ".." {
+                return Err(js_error(format!("'{name}' is not a plain file name")));
+            }
+            let bytes = js_sys::Uint8Array::new(&pair.get(1)).to_vec();
+            Ok((name, bytes))
+        })
+        .collect()
+}
+
+/// WebGPU when the page asks for it and it works (one tiny op read back), else burn's CPU
+/// backend; with a sentence saying which and why.
+async fn pick_device(backend: &str) -> (Device, String) {
+    if backend == "cpu" {
+        return (Device::flex(), "CPU (burn flex, in the page)".into());
+    }
+    let why = match Device::wgpu_options().init_async().await {
+        Ok(device) => {
+            let x = Tensor::<1>::ones([4], &device).sum();
+            match x.into_data_async().await.map(|d| d.try_to_vec::<f32>()) {
+                Ok(Ok(v)) if v == [4.0] => {
+                    let name = device
+                        .identity()
+                        .map(|id| id.name.clone())
+                        .unwrap_or_default();
+                    let on = match name.trim() {
+                        "" => "WebGPU".to_string(),
+                        name => format!("WebGPU ({name})"),
+                    };
+                    return (device, on);
+                }
+                other => format!("its test op gave {other:?}"),
+            }
+        }
+        Err(e) => e.to_string(),
+    };
+    (
+        Device::flex(),
+        format!("CPU (burn flex, in the page): WebGPU did not start: {why}"),
+    )
+}
+
+/// Loads a model (its files: a `.gguf`, or `config.json` + `model.safetensors` +
+/// `tokenizer.json`) and an SAE (`sae_config.json` + `sae.safetensors`) on WebGPU, or on the
+/// CPU if `backend` is `"cpu"` or WebGPU does not start. `layer` and `z_convention`
+/// (`"TransformerLens"` or `"Raw"`) default to what the SAE records. Returns a description.
+#[wasm_bindgen]
+pub async fn load(
+    model_files: js_sys::Array,
+    sae_files: js_sys::Array,
+    backend: String,
+    layer: Option<u32>,
+    z_convention: Option<String>,
+) -> Result<String, JsValue> {
+    let model_files = named_files(&model_files)?;
+    let sae_files = named_files(&sae_files)?;
+    SESSION.with(|s| s.borrow_mut().take());
+    LAST.with(|l| l.borrow_mut().take());
+    let (device, on) = pick_device(&backend).await;
+    let (model_dir, sae_dir) = (Path::new(MODEL_DIR), Path::new(SAE_DIR));
+    let name = model_files
+        .iter()
+        .find(|(n, _)| n.ends_with(".gguf"))
+        .map_or("model".to_string(), |(n, _)| n.clone());
+    crate::vfs::mount(model_dir, model_files);
+    crate::vfs::mount(sae_dir, sae_files);
+    let loaded = (|| -> anyhow::Result<Session> {
+        let loaded = crate::lm::load_from_path(model_dir, &name, &device)?;
+        let sae = BlockDiagSae::load(sae_dir, &device)?;
+        let config = &loaded.transformer.config;
+        sae.check_fits(&name, config.n_heads, config.d_head)?;
+        let origin = BlockDiagSae::read_origin(sae_dir)?;
+        let layer = match (layer, &origin) {
+            (Some(l), _) => l as usize,
+            (None, Some(o)) => o.hook_layer,
+            (None, None) => anyhow::bail!("the SAE does not record its layer: give one"),
+        };
+        let z_convention = match (z_convention.as_deref(), &origin) {
+            (Some("Raw"), _) => ZConvention::Raw,
+            (Some(_), _) => ZConvention::TransformerLens,
+            (None, Some(o)) => o.z_convention,
+            (None, None) => ZConvention::TransformerLens,
+        };
+        anyhow::ensure!(
+            layer < config.n_layers,
+            "layer {layer}: the model has {} layers",
+            config.n_layers
+        );
+        Ok(Session {
+            loaded,
+            sae,
+            layer,
+            z_convention,
+        })
+    })();
+    // The weights are on the device now (or the load failed): free the downloads.
+    crate::vfs::unmount(model_dir);
+    crate::vfs::unmount(sae_dir);
+    let session = loaded.map_err(|e| js_error(format!("{e:#}")))?;
+    let c = &session.sae.config;
+    let description = format!(
+        "{} layer {}, SAE {} heads x {} features, on {on}",
+        session.loaded.transformer.config.name, session.layer, c.n_heads, c.features_per_head
+    );
+    SESSION.with(|s| *s.borrow_mut() = Some(Rc::new(session)));
+    Ok(description)
+}
+
+/// Analyses `text` with the loaded model and SAE: JSON of [`crate::live::LiveTokens`].
+#[wasm_bindgen]
+pub async fn analyze(text: String) -> Result<String, JsValue> {
+    let session = SESSION
+        .with(|s| s.borrow().clone())
+        .ok_or_else(|| js_error("no model loaded"))?;
+    let analysis = LiveAnalysis::run_async(
+        &session.loaded,
+        &session.sae,
+        session.layer,
+        session.z_convention,
+        &text,
+    )
+    .await
+    .map_err(|e| js_error(format!("{e:#}")))?;
+    let json = serde_json::to_string(&analysis.tokens).map_err(js_error)?;
+    LAST.with(|l| *l.borrow_mut() = Some(analysis));
+    Ok(json)
+}
+
+/// The attribution of `feature` of `head` at `position` in the last text analysed: JSON of
+/// [`crate::live::Attribution`].
+#[wasm_bindgen]
+pub fn attribution(head: usize, feature: usize, position: usize) -> Result<String, JsValue> {
+    LAST.with(|l| {
+        let last = l.borrow();
+        let a = last.as_ref().ok_or_else(|| js_error("no text analysed"))?;
+        let t = a.tokens();
+        if head >= t.n_heads || feature >= t.features_per_head || position >= t.len() {
+            return Err(js_error(format!(
+                "head {head}, feature {feature}, position {position}: out of range ({} heads, \
+                 {} features, {} tokens)",
+                t.n_heads,
+                t.features_per_head,
+                t.len()
+            )));
+        }
+        serde_json::to_string(&a.attribution(head, feature, position)).map_err(js_error)
+    })
+}

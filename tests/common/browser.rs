@@ -1,0 +1,103 @@
+//! Helpers for the browser tests (tests/web_viewer.rs, tests/web_live.rs): the tools they
+//! need, the web build, `attn-saes serve` as a child process, blank-screenshot checks.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Why the browser tests cannot run here, if they cannot.
+pub fn missing_tools() -> Option<String> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Some(format!("no Chromium at {chromium} (apt install chromium)"));
+    }
+    if !root()
+        .join("tests/web/node_modules/playwright-core")
+        .is_dir()
+    {
+        return Some("no playwright-core (cd tests/web && npm ci)".into());
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Some("no node".into());
+    }
+    None
+}
+
+/// Whether the browser test can run; when it cannot, says why and returns false, unless
+/// ATTN_SAES_REQUIRE_BROWSER is set (as in CI), where it panics.
+pub fn browser_available() -> bool {
+    let Some(why) = missing_tools() else {
+        return true;
+    };
+    assert!(
+        std::env::var_os("ATTN_SAES_REQUIRE_BROWSER").is_none(),
+        "ATTN_SAES_REQUIRE_BROWSER is set but {why}"
+    );
+    eprintln!("skipping the browser test: {why}");
+    false
+}
+
+/// Builds the web viewer and the inference bundle (scripts/build-web.sh).
+pub fn build_web() {
+    let build = Command::new(root().join("scripts/build-web.sh"))
+        .status()
+        .expect("running scripts/build-web.sh");
+    assert!(build.success(), "scripts/build-web.sh failed");
+}
+
+/// `attn-saes serve` on a free port, killed when dropped.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The URL it says to open.
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(path: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["serve", path.to_str().unwrap(), "--port", "0", "--web-dir"])
+            .arg(root().join("web/dist"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let url = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .inspect(|l| eprintln!("serve: {l}"))
+            .find_map(|l| {
+                Some(
+                    l[l.find("http://")?..]
+                        .split_whitespace()
+                        .next()?
+                        .to_string(),
+                )
+            })
+            .expect("serve prints the URL");
+        let base = url[..url.find("/?").expect("a URL with a query")].to_string();
+        Self { child, base, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Distinct colours of a PNG (a blank page has a handful).
+pub fn colours(png: &Path) -> usize {
+    let out = Command::new("convert")
+        .arg(png)
+        .args(["-format", "%k", "info:"])
+        .output()
+        .expect("ImageMagick's convert (apt install imagemagick)");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}

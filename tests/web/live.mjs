@@ -1,0 +1,143 @@
+// Your text in headless Chromium, with the model and SAE that `attn-saes serve` serves
+// (live.json). Run by tests/web_live.rs, and by hand for timings on the demo run:
+//   node tests/web/live.mjs BASE_URL OUT_DIR PROMPT PICK_JSON [--timing-only]
+// PICK_JSON is [position, head, feature]. For WebGPU (SwiftShader) and then for a browser
+// without a WebGPU adapter (the CPU fallback), it loads the page with ?live=live.json, runs
+// the prompt, picks the (position, head, feature), and reads what the Your text view shows
+// (attnSaes.live_shown()). Then: a second visit reads the model from the browser's cache,
+// and a manifest whose sha256 is wrong is refused. Prints one JSON object; exits 1 on a
+// step that fails.
+import { chromium } from 'playwright-core';
+
+const [base, outDir, prompt, pickJson, flag] = process.argv.slice(2);
+const pick = JSON.parse(pickJson);
+const timingOnly = flag === '--timing-only';
+const result = { runs: {}, consoleErrors: [] };
+const common = ['--no-sandbox', '--disable-gpu-sandbox', '--disable-quic', '--no-first-run',
+                '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+// WebGPU on SwiftShader with WebGL2 still on (DESIGN.md's Vulkan/ANGLE flags turn WebGL2
+// off, and the viewer draws with it).
+const webgpuFlags = ['--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader'];
+let browser = null;
+
+async function fail(reason) {
+  result.failed = reason;
+  console.log(JSON.stringify(result));
+  if (browser) await browser.close();
+  process.exit(1);
+}
+
+async function launch(flags) {
+  if (browser) await browser.close();
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: [...common, ...flags],
+  });
+  return browser.newContext({ viewport: { width: 1400, height: 900 } });
+}
+
+async function waitFor(page, what, predicate, ms = 600000) {
+  const start = Date.now();
+  let told = start;
+  for (;;) {
+    const value = await predicate();
+    if (value) return value;
+    if (Date.now() - told > 10000) {
+      told = Date.now();
+      const live = await page.evaluate(() => window.attnSaesLive && window.attnSaesLive.status());
+      console.error(`${((told - start) / 1000).toFixed(0)} s waiting for ${what}; live status: ${live}`);
+    }
+    if (Date.now() - start > ms) {
+      const live = await page.evaluate(() => window.attnSaesLive && window.attnSaesLive.status());
+      await fail(`timed out waiting for ${what}; live status: ${live}`);
+    }
+    await page.waitForTimeout(50);
+  }
+}
+
+const liveStatus = (page) => page.evaluate(() => window.attnSaesLive ? window.attnSaesLive.status() : '');
+const shown = async (page) => {
+  const s = await page.evaluate(() => window.attnSaes ? window.attnSaes.live_shown() : '');
+  return s ? JSON.parse(s) : null;
+};
+
+// Opens the page, waits for the model, runs the prompt and the pick; returns what it saw.
+async function session(context, name, query) {
+  const page = await context.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') result.consoleErrors.push(`${name}: ${m.text()}`); });
+  page.on('pageerror', (e) => result.consoleErrors.push(`${name}: ${e}`));
+  if (process.env.LIVE_DEBUG) page.on('console', (m) => console.error(`${name} console: ${m.text()}`));
+  const run = {};
+  const t0 = Date.now();
+  await page.goto(`${base}/?url=dashboard.safetensors&live=live.json${query}`);
+  await waitFor(page, `${name}: the model`, async () => {
+    const s = await liveStatus(page);
+    if (s.startsWith('failed')) await fail(`${name}: ${s}`);
+    return s.includes('ready:') ? s : null;
+  });
+  run.loadMs = Date.now() - t0;
+  run.status = await liveStatus(page);
+  run.fromCache = await page.evaluate(() => window.attnSaesLive.fromCache);
+  run.bundleLoadMs = await page.evaluate(() => window.attnSaesLive.lastLoadMs);
+  // Run, timed from the request to the features drawn in the view (live_shown is set
+  // after the frame that drew them). Twice: the first includes shader compilation.
+  for (const key of ['first', 'second']) {
+    const start = await page.evaluate(() => performance.now());
+    const before = await page.evaluate(() => window.attnSaesLive.lastAnalyzeMs);
+    await page.evaluate((p) => window.attnSaes.live_set_prompt(p, true), prompt);
+    const seen = await waitFor(page, `${name}: the features`, async () => {
+      const s = await shown(page);
+      const after = await page.evaluate(() => window.attnSaesLive.lastAnalyzeMs);
+      return s && s.prompt === prompt && after !== before && s.status.endsWith('tokens') ? s : null;
+    });
+    run[`${key}Ms`] = (await page.evaluate(() => performance.now())) - start;
+    run[`${key}AnalyzeMs`] = await page.evaluate(() => window.attnSaesLive.lastAnalyzeMs);
+    run.tokens = seen.tokens;
+  }
+  if (!timingOnly) {
+    await page.evaluate(([p, h, f]) => window.attnSaes.live_pick(p, h, f), pick);
+    const seen = await waitFor(page, `${name}: the pick`, async () => {
+      const s = await shown(page);
+      return s && s.pick && s.pick.position === pick[0] && s.pick.dfa.length ? s : null;
+    });
+    run.pick = seen.pick;
+  }
+  await page.waitForTimeout(300);
+  await page.screenshot({ path: `${outDir}/live-${name}.png` });
+  await page.close();
+  return run;
+}
+
+// 1. WebGPU, then a second visit in the same browser: the model comes from its cache.
+let context = await launch(webgpuFlags);
+result.runs.webgpu = await session(context, 'webgpu', '');
+if (!timingOnly) {
+  const again = await context.newPage();
+  await again.goto(`${base}/?url=dashboard.safetensors&live=live.json`);
+  await waitFor(again, 'the second visit', async () => {
+    const s = await liveStatus(again);
+    return s.includes('ready:') || s.startsWith('failed') ? s : null;
+  });
+  result.secondVisitFromCache = await again.evaluate(() => window.attnSaesLive.fromCache);
+  // 2. A manifest whose model sha256 is wrong: refused, with a message.
+  await again.route('**/live.json', async (route) => {
+    const response = await route.fetch();
+    const manifest = await response.json();
+    manifest.model[0].sha256 = '0'.repeat(64);
+    await route.fulfill({ response, json: manifest });
+  });
+  await again.goto(`${base}/?url=dashboard.safetensors&live=live.json`);
+  result.wrongShaStatus = await waitFor(again, 'the refusal', async () => {
+    const s = await liveStatus(again);
+    return s.startsWith('failed') || s.includes('ready:') ? s : null;
+  });
+  result.wrongShaShown = await again.textContent('#live-status');
+  await again.close();
+}
+
+// 3. Headless Chromium's defaults: navigator.gpu exists but gives no adapter, so WebGPU does
+// not start and the page falls back to the CPU (WebGL2 draws the viewer).
+context = await launch([]);
+result.runs.cpu = await session(context, 'cpu', '');
+await browser.close();
+console.log(JSON.stringify(result));

@@ -1,0 +1,192 @@
+//! Your text in a real browser: `attn-saes serve` serves a tiny run's dashboard with the
+//! model and SAE it was built from; headless Chromium (tests/web/live.mjs) loads them into
+//! the page's inference bundle, on WebGPU (SwiftShader's Vulkan) and in a browser without
+//! WebGPU (the CPU fallback), runs a prompt and picks a feature. What the Your text view
+//! shows must equal the native CLI's `attn-saes text --json` for the same text: the same
+//! tokens and active features per head and position, activations, DFA and pre-activation
+//! within 1e-4 + 1e-3 x |value| (f32 sums in another order on another backend). Also: a
+//! second visit reads the model from the browser's cache, and a manifest with a wrong
+//! sha256 is refused with a message.
+//!
+//! Needs what tests/web_viewer.rs needs; skips (saying why) without them, unless
+//! ATTN_SAES_REQUIRE_BROWSER=1 (as in CI).
+
+mod common;
+
+use std::process::Command;
+
+use common::browser::*;
+use common::*;
+use serde_json::Value;
+
+const PROMPT: &str = "The quick brown fox jumps over the lazy dog. The dog sleeps.";
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-4 + 1e-3 * b.abs()
+}
+
+fn native_text(run: &std::path::Path, pick: Option<(usize, usize, usize)>) -> Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_attn-saes"));
+    cmd.args([
+        "text",
+        run.to_str().unwrap(),
+        PROMPT,
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    if let Some((p, h, f)) = pick {
+        cmd.args(["--pick", &format!("{p},{h},{f}")]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "attn-saes text: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The browser's tokens and features equal the CLI's (activations within the tolerance;
+/// a feature within the tolerance of zero may be on in one and off in the other).
+fn assert_same_tokens(what: &str, page: &Value, native: &Value) {
+    assert_eq!(page["ids"], native["ids"], "{what}: token ids");
+    assert_eq!(page["strings"], native["strings"], "{what}: token strings");
+    let heads = native["active"].as_array().unwrap();
+    let mut compared = 0;
+    for (h, positions) in heads.iter().enumerate() {
+        for (p, feats) in positions.as_array().unwrap().iter().enumerate() {
+            let list = |v: &Value| -> Vec<(u64, f64)> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| (x[0].as_u64().unwrap(), x[1].as_f64().unwrap()))
+                    .collect()
+            };
+            let (ours, theirs) = (list(&page["active"][h][p]), list(feats));
+            for (f, a) in &theirs {
+                match ours.iter().find(|x| x.0 == *f) {
+                    Some((_, b)) => {
+                        assert!(close(*b, *a), "{what}: head {h} pos {p} #{f}: {b} vs {a}");
+                        compared += 1;
+                    }
+                    None => assert!(close(0.0, *a), "{what}: head {h} pos {p}: #{f} ({a}) off"),
+                }
+            }
+            for (f, b) in &ours {
+                if !theirs.iter().any(|x| x.0 == *f) {
+                    assert!(close(*b, 0.0), "{what}: head {h} pos {p}: #{f} ({b}) on");
+                }
+            }
+        }
+    }
+    assert!(
+        compared > 20,
+        "{what}: only {compared} active features compared"
+    );
+}
+
+#[test]
+fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
+    if !browser_available() {
+        return;
+    }
+    build_web();
+    for f in [
+        "live.js",
+        "live/attn_saes_live.js",
+        "live/attn_saes_live_bg.wasm",
+    ] {
+        assert!(root().join("web/dist").join(f).is_file(), "web/dist/{f}");
+    }
+    let dir = TempDir::new("attn-saes-web", "live");
+    let run = run_with_dashboard(&dir, 30);
+
+    // The native reference, and a (position, head, feature) to pick: the strongest
+    // feature of the head with the most features on at the last token.
+    let native = native_text(&run, None);
+    let tokens = &native["tokens"];
+    let last = tokens["ids"].as_array().unwrap().len() - 1;
+    let heads = tokens["active"].as_array().unwrap();
+    let head = (0..heads.len())
+        .max_by_key(|&h| heads[h][last].as_array().unwrap().len())
+        .unwrap();
+    let feature = heads[head][last][0][0].as_u64().expect("a feature on") as usize;
+    let native = native_text(&run, Some((last, head, feature)));
+    let want = &native["pick"];
+
+    let server = Server::start(&run);
+    assert!(
+        server.url.ends_with("&live=live.json"),
+        "serve offers Your text: {}",
+        server.url
+    );
+    let shots = dir.join("shots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg(root().join("tests/web/live.mjs"))
+        .arg(&server.base)
+        .arg(&shots)
+        .arg(PROMPT)
+        .arg(format!("[{last},{head},{feature}]"))
+        .output()
+        .unwrap();
+    drop(server);
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "browser steps failed: {text}");
+    let result: Value = serde_json::from_str(text.trim()).unwrap();
+
+    for (name, backend) in [("webgpu", "WebGPU"), ("cpu", "CPU")] {
+        let r = &result["runs"][name];
+        eprintln!(
+            "{name}: {} | model + SAE loaded in {:.0} ms; run to features shown: {:.0} ms \
+             first, {:.0} ms second ({} tokens)",
+            r["status"],
+            r["bundleLoadMs"].as_f64().unwrap(),
+            r["firstMs"].as_f64().unwrap(),
+            r["secondMs"].as_f64().unwrap(),
+            r["tokens"]["ids"].as_array().unwrap().len()
+        );
+        let status = r["status"].as_str().unwrap();
+        assert!(
+            status.contains(&format!("on {backend}")),
+            "{name}: {status}"
+        );
+        assert_same_tokens(name, &r["tokens"], tokens);
+        let got = &r["pick"];
+        for key in ["position", "head", "feature"] {
+            assert_eq!(got[key], want[key], "{name}: pick {key}");
+        }
+        for key in ["activation", "pre"] {
+            let (a, b) = (got[key].as_f64().unwrap(), want[key].as_f64().unwrap());
+            assert!(close(a, b), "{name}: {key} {a} vs {b}");
+        }
+        let (a, b) = (
+            got["dfa"].as_array().unwrap(),
+            want["dfa"].as_array().unwrap(),
+        );
+        assert_eq!(a.len(), last + 1, "{name}: DFA over every source");
+        assert_eq!(a.len(), b.len());
+        for (s, (x, y)) in a.iter().zip(b).enumerate() {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!(close(x, y), "{name}: DFA at source {s}: {x} vs {y}");
+        }
+        let png = shots.join(format!("live-{name}.png"));
+        let n = colours(&png);
+        assert!(n > 50, "{} looks blank ({n} colours)", png.display());
+    }
+    // Without WebGPU the page says it fell back.
+    let cpu = result["runs"]["cpu"]["status"].as_str().unwrap();
+    assert!(cpu.contains("WebGPU"), "the CPU fallback says why: {cpu}");
+    assert_eq!(result["secondVisitFromCache"], true, "{result}");
+    let refused = result["wrongShaStatus"].as_str().unwrap();
+    assert!(
+        refused.starts_with("failed: ")
+            && refused.contains("sha256")
+            && refused.contains("refused"),
+        "{refused}"
+    );
+    assert_eq!(result["wrongShaShown"].as_str().unwrap(), refused);
+    assert_eq!(result["consoleErrors"], serde_json::json!([]), "{result}");
+}

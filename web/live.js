@@ -1,0 +1,188 @@
+// Your text in the page: loads the inference bundle (live/attn_saes_live.js: the LM and SAE
+// in burn, on WebGPU or the CPU) only when someone loads a model, downloads the model and
+// SAE with progress into the browser's cache (checked against the manifest's sha256), and
+// answers the viewer through window.attnSaesLive:
+//   status() -> a line; ready() -> bool; analyze(text) -> Promise<JSON of the tokens and
+//   their features>; attribution(head, feature, position) -> JSON of a DFA;
+//   loadManifest(url), loadFiles(files) -> Promise; backend, lastLoadMs, lastAnalyzeMs.
+
+const CACHE = 'attn-saes-models-v1';
+// Names that make a model or an SAE (anything else dropped is a dashboard).
+const SAE_NAMES = ['sae_config.json', 'sae.safetensors'];
+const MODEL_NAMES = ['config.json', 'model.safetensors', 'tokenizer.json'];
+
+export function isLiveFile(name) {
+  return name.endsWith('.gguf') || SAE_NAMES.includes(name) || MODEL_NAMES.includes(name);
+}
+
+let bundle = null;
+let status = 'no model loaded: open a model and its SAE (Model + SAE…), or add ?live=live.json';
+let ready = false;
+let say = () => {};
+
+function setStatus(text, isError = false) {
+  status = isError ? `failed: ${text}` : text;
+  say(status, isError);
+}
+
+async function getBundle() {
+  if (!bundle) {
+    setStatus('loading the inference bundle…');
+    const m = await import('./live/attn_saes_live.js');
+    await m.default();
+    bundle = m;
+  }
+  return bundle;
+}
+
+// WebGPU unless ?backend=cpu or the browser has none (then the CPU, with a notice).
+function backend() {
+  const asked = new URLSearchParams(location.search).get('backend');
+  if (asked === 'cpu') return { backend: 'cpu', notice: '' };
+  if (!navigator.gpu) {
+    return { backend: 'cpu', notice: 'this browser has no WebGPU: running on the CPU (slower). ' };
+  }
+  return { backend: 'webgpu', notice: '' };
+}
+
+async function openCache() {
+  try { return await caches.open(CACHE); } catch { return null; } // not a secure context
+}
+
+// The bytes at `url`, from the browser's cache when an earlier visit stored them (and the
+// sha256 still matches), else downloaded with progress. Stored only once checked.
+async function fetchChecked(url, file, lm) {
+  const cache = await openCache();
+  let cached = cache ? await cache.match(url) : undefined;
+  if (cached) {
+    const bytes = new Uint8Array(await cached.arrayBuffer());
+    if (!file.sha256 || lm.sha256_hex(bytes) === file.sha256) {
+      return { bytes, fromCache: true };
+    }
+    await cache.delete(url); // stale: the file changed on the server
+  }
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status} ${response.statusText}`);
+  const total = Number(response.headers.get('content-length')) || file.size || 0;
+  const reader = response.body.getReader();
+  const chunks = [];
+  let received = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    received += value.length;
+    const pct = total ? ` (${(100 * received / total).toFixed(0)}%)` : '';
+    setStatus(`downloading ${file.name}: ${(received / 1e6).toFixed(1)} MB${pct}`);
+  }
+  const bytes = new Uint8Array(received);
+  let at = 0;
+  for (const c of chunks) { bytes.set(c, at); at += c.length; }
+  if (file.sha256) {
+    setStatus(`checking ${file.name}…`);
+    const got = lm.sha256_hex(bytes);
+    if (got !== file.sha256) {
+      throw new Error(`${file.name}: its sha256 is ${got}, not the manifest's ${file.sha256}: ` +
+                      'refused (the file on the server is not the one the manifest names)');
+    }
+  }
+  if (cache) {
+    try { await cache.put(url, new Response(bytes)); } catch { /* full: fine */ }
+  }
+  return { bytes, fromCache: false };
+}
+
+async function start(modelFiles, saeFiles, layer, zConvention) {
+  const lm = await getBundle();
+  const { backend: which, notice } = backend();
+  setStatus(`${notice}loading the model on ${which === 'cpu' ? 'the CPU' : 'WebGPU'}…`);
+  const t0 = performance.now();
+  const description = await lm.load(modelFiles, saeFiles, which, layer, zConvention);
+  api.lastLoadMs = performance.now() - t0;
+  api.backend = description.split(', on ').pop();
+  ready = true;
+  setStatus(`${notice}ready: ${description}`);
+}
+
+async function guarded(work) {
+  ready = false;
+  try {
+    await work();
+  } catch (e) {
+    setStatus(String(e && e.message ? e.message : e), true);
+    throw e;
+  }
+}
+
+// A manifest (`attn-saes serve` writes one: live.json) names the files, their sha256, the
+// layer and the hook_z convention.
+async function loadManifest(manifestUrl) {
+  await guarded(async () => {
+    setStatus(`reading ${manifestUrl}…`);
+    const response = await fetch(manifestUrl);
+    if (!response.ok) throw new Error(`${manifestUrl}: HTTP ${response.status}`);
+    const manifest = await response.json();
+    const lm = await getBundle();
+    const base = new URL(manifestUrl, location.href);
+    const get = async (files) => {
+      const out = [];
+      let cachedAll = true;
+      for (const f of files) {
+        const { bytes, fromCache } = await fetchChecked(new URL(f.url, base).href, f, lm);
+        cachedAll &&= fromCache;
+        out.push([f.name, bytes]);
+      }
+      return { files: out, cachedAll };
+    };
+    const model = await get(manifest.model);
+    const sae = await get(manifest.sae);
+    api.fromCache = model.cachedAll && sae.cachedAll;
+    await start(model.files, sae.files, manifest.layer, manifest.z_convention);
+  });
+}
+
+// Files the user picked or dropped: a .gguf (or config.json + model.safetensors +
+// tokenizer.json) and sae_config.json + sae.safetensors. The SAE records its layer.
+async function loadFiles(fileList) {
+  await guarded(async () => {
+    const model = [];
+    const sae = [];
+    for (const f of fileList) {
+      setStatus(`reading ${f.name}…`);
+      const entry = [f.name, new Uint8Array(await f.arrayBuffer())];
+      (SAE_NAMES.includes(f.name) ? sae : model).push(entry);
+    }
+    if (!model.length || sae.length !== 2) {
+      throw new Error('pick the model (a .gguf, or config.json + model.safetensors + ' +
+                      'tokenizer.json) and its SAE (sae_config.json + sae.safetensors) together');
+    }
+    api.fromCache = false;
+    await start(model, sae, undefined, undefined);
+  });
+}
+
+const api = {
+  status: () => status,
+  ready: () => ready,
+  analyze: async (text) => {
+    if (!ready) throw new Error(status);
+    const t0 = performance.now();
+    const json = await bundle.analyze(text);
+    api.lastAnalyzeMs = performance.now() - t0;
+    return json;
+  },
+  attribution: (head, feature, position) => bundle.attribution(head, feature, position),
+  loadManifest,
+  loadFiles,
+  backend: null,
+  fromCache: false,
+  lastLoadMs: null,
+  lastAnalyzeMs: null,
+};
+
+// Installs window.attnSaesLive; `report(text, isError)` shows progress on the page.
+export function install(report) {
+  say = report;
+  window.attnSaesLive = api;
+  return api;
+}
