@@ -2,7 +2,8 @@
 //!
 //! In a browser there is no file system: the page downloads a model's files and an SAE's,
 //! [`mount`]s them under a directory name, and the same loaders that read a local
-//! directory (`lm::load_from_path`, `BlockDiagSae::load`) read them from memory. Paths not
+//! directory (`lm::load_from_path`, `BlockDiagSae::load`) read them from memory (mounts are
+//! per thread: the page has one; tests mount in the thread that loads). Paths not
 //! under a mounted directory go to `std::fs`, so on the desktop nothing changes.
 
 use std::cell::RefCell;

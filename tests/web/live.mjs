@@ -1,6 +1,7 @@
 // Your text in headless Chromium, with the model and SAE that `attn-saes serve` serves
 // (live.json). Run by tests/web_live.rs, and by hand for timings on the demo run:
 //   node tests/web/live.mjs BASE_URL OUT_DIR PROMPT PICK_JSON [--timing-only]
+// (--timing-only skips the cache and sha256 steps; LIVE_BACKENDS=cpu runs one backend.)
 // PICK_JSON is [position, head, feature]. For WebGPU (SwiftShader) and then for a browser
 // without a WebGPU adapter (the CPU fallback), it loads the page with ?live=live.json, runs
 // the prompt, picks the (position, head, feature), and reads what the Your text view shows
@@ -94,23 +95,26 @@ async function session(context, name, query) {
     run[`${key}AnalyzeMs`] = await page.evaluate(() => window.attnSaesLive.lastAnalyzeMs);
     run.tokens = seen.tokens;
   }
-  if (!timingOnly) {
-    await page.evaluate(([p, h, f]) => window.attnSaes.live_pick(p, h, f), pick);
-    const seen = await waitFor(page, `${name}: the pick`, async () => {
-      const s = await shown(page);
-      return s && s.pick && s.pick.position === pick[0] && s.pick.dfa.length ? s : null;
-    });
-    run.pick = seen.pick;
-  }
+  await page.evaluate(([p, h, f]) => window.attnSaes.live_pick(p, h, f), pick);
+  const seen = await waitFor(page, `${name}: the pick`, async () => {
+    const s = await shown(page);
+    return s && s.pick && s.pick.position === pick[0] && s.pick.dfa.length ? s : null;
+  });
+  run.pick = seen.pick;
   await page.waitForTimeout(300);
   await page.screenshot({ path: `${outDir}/live-${name}.png` });
   await page.close();
   return run;
 }
 
+// LIVE_BACKENDS=cpu (or webgpu) runs one only (timings by hand).
+const backends = (process.env.LIVE_BACKENDS || 'webgpu,cpu').split(',');
+let context = null;
 // 1. WebGPU, then a second visit in the same browser: the model comes from its cache.
-let context = await launch(webgpuFlags);
-result.runs.webgpu = await session(context, 'webgpu', '');
+if (backends.includes('webgpu')) {
+  context = await launch(webgpuFlags);
+  result.runs.webgpu = await session(context, 'webgpu', '');
+}
 if (!timingOnly) {
   const again = await context.newPage();
   await again.goto(`${base}/?url=dashboard.safetensors&live=live.json`);
@@ -137,7 +141,9 @@ if (!timingOnly) {
 
 // 3. Headless Chromium's defaults: navigator.gpu exists but gives no adapter, so WebGPU does
 // not start and the page falls back to the CPU (WebGL2 draws the viewer).
-context = await launch([]);
-result.runs.cpu = await session(context, 'cpu', '');
+if (backends.includes('cpu')) {
+  context = await launch([]);
+  result.runs.cpu = await session(context, 'cpu', '');
+}
 await browser.close();
 console.log(JSON.stringify(result));
