@@ -103,7 +103,8 @@ async fn pick_device(backend: &str) -> (Device, String) {
 /// Loads a model (its files: a `.gguf`, or `config.json` + `model.safetensors` +
 /// `tokenizer.json`) and an SAE (`sae_config.json` + `sae.safetensors`) on WebGPU, or on the
 /// CPU if `backend` is `"cpu"` or WebGPU does not start. `layer` and `z_convention`
-/// (`"TransformerLens"` or `"Raw"`) default to what the SAE records. Returns a description.
+/// (`"TransformerLens"` or `"Raw"`) default to what the SAE records; `name` names the model
+/// (default: the `.gguf`'s file name). Returns a description.
 #[wasm_bindgen]
 pub async fn load(
     model_files: js_sys::Array,
@@ -111,6 +112,7 @@ pub async fn load(
     backend: String,
     layer: Option<u32>,
     z_convention: Option<String>,
+    name: Option<String>,
 ) -> Result<String, JsValue> {
     let model_files = named_files(&model_files)?;
     let sae_files = named_files(&sae_files)?;
@@ -118,10 +120,12 @@ pub async fn load(
     LAST.with(|l| l.borrow_mut().take());
     let (device, on) = pick_device(&backend).await;
     let (model_dir, sae_dir) = (Path::new(MODEL_DIR), Path::new(SAE_DIR));
-    let name = model_files
-        .iter()
-        .find(|(n, _)| n.ends_with(".gguf"))
-        .map_or("model".to_string(), |(n, _)| n.clone());
+    let name = name.filter(|n| !n.is_empty()).unwrap_or_else(|| {
+        model_files
+            .iter()
+            .find(|(n, _)| n.ends_with(".gguf"))
+            .map_or("model".to_string(), |(n, _)| n.clone())
+    });
     crate::vfs::mount(model_dir, model_files);
     crate::vfs::mount(sae_dir, sae_files);
     let loaded = (|| -> anyhow::Result<Session> {

@@ -1,7 +1,8 @@
 //! Your text in a real browser: `attn-saes serve` serves a tiny run's dashboard with the
 //! model and SAE it was built from; headless Chromium (tests/web/live.mjs) loads them into
-//! the page's inference bundle, on WebGPU (SwiftShader's Vulkan) and in a browser without
-//! WebGPU (the CPU fallback), runs a prompt and picks a feature. What the Your text view
+//! the page's inference bundle, on WebGPU (SwiftShader, forced with ?backend=webgpu: the
+//! page passes over software adapters by default) and in a browser without a WebGPU adapter
+//! (the CPU fallback), runs a prompt and picks a feature. What the Your text view
 //! shows must equal the native CLI's `attn-saes text --json` for the same text: the same
 //! tokens and active features per head and position, activations, DFA and pre-activation
 //! within 1e-4 + 1e-3 x |value| (f32 sums in another order on another backend). Also: a
@@ -176,9 +177,15 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         let n = colours(&png);
         assert!(n > 50, "{} looks blank ({n} colours)", png.display());
     }
-    // Without WebGPU the page says it fell back.
+    // Without a WebGPU adapter, or with only a software one, the page says it runs on the
+    // CPU and why.
     let cpu = result["runs"]["cpu"]["status"].as_str().unwrap();
-    assert!(cpu.contains("WebGPU"), "the CPU fallback says why: {cpu}");
+    assert!(cpu.contains("no WebGPU adapter"), "the CPU fallback says why: {cpu}");
+    let software = result["softwareAdapterStatus"].as_str().unwrap();
+    assert!(
+        software.contains("software adapter") && software.contains("on CPU"),
+        "{software}"
+    );
     assert_eq!(result["secondVisitFromCache"], true, "{result}");
     let refused = result["wrongShaStatus"].as_str().unwrap();
     assert!(

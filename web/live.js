@@ -4,7 +4,8 @@
 // answers the viewer through window.attnSaesLive:
 //   status() -> a line; ready() -> bool; analyze(text) -> Promise<JSON of the tokens and
 //   their features>; attribution(head, feature, position) -> JSON of a DFA;
-//   loadManifest(url), loadFiles(files) -> Promise; backend, lastLoadMs, lastAnalyzeMs.
+//   loadManifest(url), loadUrls(model, sae), loadFiles(files) -> Promise; backend,
+//   fromCache, lastLoadMs, lastAnalyzeMs.
 
 const CACHE = 'attn-saes-models-v1';
 // Names that make a model or an SAE (anything else dropped is a dashboard).
@@ -35,12 +36,24 @@ async function getBundle() {
   return bundle;
 }
 
-// WebGPU unless ?backend=cpu or the browser has none (then the CPU, with a notice).
-function backend() {
+// WebGPU when the browser has a hardware adapter; else the CPU, with a notice. A software
+// adapter (SwiftShader, or one the browser marks as a fallback) is slower than the CPU
+// backend, as on the desktop: ?backend=webgpu uses it anyway, ?backend=cpu never WebGPU.
+async function backend() {
   const asked = new URLSearchParams(location.search).get('backend');
-  if (asked === 'cpu') return { backend: 'cpu', notice: '' };
-  if (!navigator.gpu) {
-    return { backend: 'cpu', notice: 'this browser has no WebGPU: running on the CPU (slower). ' };
+  const cpu = (notice) => ({ backend: 'cpu', notice });
+  if (asked === 'cpu') return cpu('');
+  if (!navigator.gpu) return cpu('this browser has no WebGPU, so the CPU runs it (slower)');
+  if (asked !== 'webgpu') {
+    let adapter = null;
+    try { adapter = await navigator.gpu.requestAdapter(); } catch { /* none */ }
+    if (!adapter) return cpu('no WebGPU adapter here, so the CPU runs it (slower)');
+    const info = adapter.info || {};
+    const what = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ');
+    if (adapter.isFallbackAdapter || info.isFallbackAdapter || /swiftshader/i.test(what)) {
+      return cpu(`WebGPU here is a software adapter (${what || 'fallback'}), slower than the ` +
+                 'CPU (?backend=webgpu uses it anyway)');
+    }
   }
   return { backend: 'webgpu', notice: '' };
 }
@@ -92,16 +105,35 @@ async function fetchChecked(url, file, lm) {
   return { bytes, fromCache: false };
 }
 
-async function start(modelFiles, saeFiles, layer, zConvention) {
+// Each file's bytes (`[name, bytes]` as the bundle takes them), and whether all came from
+// the cache.
+async function fetchAll(files, lm) {
+  const out = [];
+  let cachedAll = true;
+  for (const f of files) {
+    const { bytes, fromCache } = await fetchChecked(f.url, f, lm);
+    cachedAll &&= fromCache;
+    out.push([f.name, bytes]);
+  }
+  return { files: out, cachedAll };
+}
+
+// The last part of a path or URL (a directory's name, a file's).
+function baseName(path) {
+  return decodeURIComponent(path.replace(/[?#].*$/, '').replace(/\/+$/, '').split(/[\\/]/).pop() || '');
+}
+
+async function start(modelFiles, saeFiles, layer, zConvention, name) {
   const lm = await getBundle();
-  const { backend: which, notice } = backend();
-  setStatus(`${notice}loading the model on ${which === 'cpu' ? 'the CPU' : 'WebGPU'}…`);
+  const { backend: which, notice } = await backend();
+  const note = notice ? `; ${notice}` : '';
+  setStatus(`loading the model on ${which === 'cpu' ? 'the CPU' : 'WebGPU'}…${note}`);
   const t0 = performance.now();
-  const description = await lm.load(modelFiles, saeFiles, which, layer, zConvention);
+  const description = await lm.load(modelFiles, saeFiles, which, layer, zConvention, name);
   api.lastLoadMs = performance.now() - t0;
   api.backend = description.split(', on ').pop();
   ready = true;
-  setStatus(`${notice}ready: ${description}`);
+  setStatus(`ready: ${description}${note}`);
 }
 
 async function guarded(work) {
@@ -124,20 +156,30 @@ async function loadManifest(manifestUrl) {
     const manifest = await response.json();
     const lm = await getBundle();
     const base = new URL(manifestUrl, location.href);
-    const get = async (files) => {
-      const out = [];
-      let cachedAll = true;
-      for (const f of files) {
-        const { bytes, fromCache } = await fetchChecked(new URL(f.url, base).href, f, lm);
-        cachedAll &&= fromCache;
-        out.push([f.name, bytes]);
-      }
-      return { files: out, cachedAll };
-    };
-    const model = await get(manifest.model);
-    const sae = await get(manifest.sae);
+    const at = (files) => files.map((f) => ({ ...f, url: new URL(f.url, base).href }));
+    const model = await fetchAll(at(manifest.model), lm);
+    const sae = await fetchAll(at(manifest.sae), lm);
     api.fromCache = model.cachedAll && sae.cachedAll;
-    await start(model.files, sae.files, manifest.layer, manifest.z_convention);
+    await start(model.files, sae.files, manifest.layer, manifest.z_convention,
+                baseName(manifest.model_name));
+  });
+}
+
+// `?model=URL&sae=URL`: the model a .gguf's URL, or a directory's (ending in '/') holding
+// config.json, model.safetensors and tokenizer.json; the SAE a directory's URL holding
+// sae_config.json and sae.safetensors. No sha256 to check: cached by URL.
+async function loadUrls(modelUrl, saeUrl) {
+  await guarded(async () => {
+    const lm = await getBundle();
+    const inDir = (dir, names) => names.map((name) => ({ name, url: new URL(name, new URL(dir, location.href)).href }));
+    const modelFiles = modelUrl.endsWith('/')
+      ? inDir(modelUrl, MODEL_NAMES)
+      : [{ name: decodeURIComponent(modelUrl.split('/').pop().split('?')[0]), url: new URL(modelUrl, location.href).href }];
+    const saeFiles = inDir(saeUrl.endsWith('/') ? saeUrl : `${saeUrl}/`, SAE_NAMES);
+    const model = await fetchAll(modelFiles, lm);
+    const sae = await fetchAll(saeFiles, lm);
+    api.fromCache = model.cachedAll && sae.cachedAll;
+    await start(model.files, sae.files, undefined, undefined, baseName(modelUrl));
   });
 }
 
@@ -173,6 +215,7 @@ const api = {
   },
   attribution: (head, feature, position) => bundle.attribution(head, feature, position),
   loadManifest,
+  loadUrls,
   loadFiles,
   backend: null,
   fromCache: false,

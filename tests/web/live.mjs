@@ -1,11 +1,12 @@
 // Your text in headless Chromium, with the model and SAE that `attn-saes serve` serves
 // (live.json). Run by tests/web_live.rs, and by hand for timings on the demo run:
 //   node tests/web/live.mjs BASE_URL OUT_DIR PROMPT PICK_JSON [--timing-only]
-// (--timing-only skips the cache and sha256 steps; LIVE_BACKENDS=cpu runs one backend.)
-// PICK_JSON is [position, head, feature]. For WebGPU (SwiftShader) and then for a browser
-// without a WebGPU adapter (the CPU fallback), it loads the page with ?live=live.json, runs
-// the prompt, picks the (position, head, feature), and reads what the Your text view shows
-// (attnSaes.live_shown()). Then: a second visit reads the model from the browser's cache,
+// (--timing-only skips the cache and sha256 steps; LIVE_BACKENDS=cpu runs one backend;
+// LIVE_HEADED=1 runs a windowed browser, under xvfb-run.)
+// PICK_JSON is [position, head, feature]. For WebGPU (SwiftShader; the page loads the model
+// by ?live=live.json) and then for a browser without a WebGPU adapter (the CPU fallback; by
+// ?model=&sae=), it runs the prompt, picks the (position, head, feature), and reads what
+// the Your text view shows (attnSaes.live_shown()). Then: a second visit reads the model from the browser's cache,
 // and a manifest whose sha256 is wrong is refused. Prints one JSON object; exits 1 on a
 // step that fails.
 import { chromium } from 'playwright-core';
@@ -33,6 +34,7 @@ async function launch(flags) {
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: [...common, ...flags],
+    headless: !process.env.LIVE_HEADED, // LIVE_HEADED=1 under Xvfb (xvfb-run) for timings
   });
   return browser.newContext({ viewport: { width: 1400, height: 900 } });
 }
@@ -70,7 +72,7 @@ async function session(context, name, query) {
   if (process.env.LIVE_DEBUG) page.on('console', (m) => console.error(`${name} console: ${m.text()}`));
   const run = {};
   const t0 = Date.now();
-  await page.goto(`${base}/?url=dashboard.safetensors&live=live.json${query}`);
+  await page.goto(`${base}/?url=dashboard.safetensors${query}`);
   await waitFor(page, `${name}: the model`, async () => {
     const s = await liveStatus(page);
     if (s.startsWith('failed')) await fail(`${name}: ${s}`);
@@ -113,7 +115,7 @@ let context = null;
 // 1. WebGPU, then a second visit in the same browser: the model comes from its cache.
 if (backends.includes('webgpu')) {
   context = await launch(webgpuFlags);
-  result.runs.webgpu = await session(context, 'webgpu', '');
+  result.runs.webgpu = await session(context, 'webgpu', '&live=live.json&backend=webgpu');
 }
 if (!timingOnly) {
   const again = await context.newPage();
@@ -123,6 +125,8 @@ if (!timingOnly) {
     return s.includes('ready:') || s.startsWith('failed') ? s : null;
   });
   result.secondVisitFromCache = await again.evaluate(() => window.attnSaesLive.fromCache);
+  // Without ?backend=webgpu, SwiftShader (a software adapter) is passed over for the CPU.
+  result.softwareAdapterStatus = await liveStatus(again);
   // 2. A manifest whose model sha256 is wrong: refused, with a message.
   await again.route('**/live.json', async (route) => {
     const response = await route.fetch();
@@ -142,8 +146,12 @@ if (!timingOnly) {
 // 3. Headless Chromium's defaults: navigator.gpu exists but gives no adapter, so WebGPU does
 // not start and the page falls back to the CPU (WebGL2 draws the viewer).
 if (backends.includes('cpu')) {
+  // By ?model= and ?sae= this time (no manifest: the SAE records its layer): the .gguf's
+  // URL, or the model directory's.
+  const manifest = await (await fetch(`${base}/live.json`)).json();
+  const model = manifest.model.length === 1 ? `live/model/${manifest.model[0].name}` : 'live/model/';
   context = await launch([]);
-  result.runs.cpu = await session(context, 'cpu', '');
+  result.runs.cpu = await session(context, 'cpu', `&model=${model}&sae=live/sae/`);
 }
 await browser.close();
 console.log(JSON.stringify(result));
