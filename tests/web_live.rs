@@ -180,7 +180,10 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     // Without a WebGPU adapter, or with only a software one, the page says it runs on the
     // CPU and why.
     let cpu = result["runs"]["cpu"]["status"].as_str().unwrap();
-    assert!(cpu.contains("no WebGPU adapter"), "the CPU fallback says why: {cpu}");
+    assert!(
+        cpu.contains("no WebGPU adapter"),
+        "the CPU fallback says why: {cpu}"
+    );
     let software = result["softwareAdapterStatus"].as_str().unwrap();
     assert!(
         software.contains("software adapter") && software.contains("on CPU"),
