@@ -2,7 +2,8 @@
 //! model and SAE it was built from; headless Chromium (tests/web/live.mjs) loads them into
 //! the page's inference bundle, on WebGPU (SwiftShader, forced with ?backend=webgpu: the
 //! page passes over software adapters by default) and in a browser without a WebGPU adapter
-//! (the CPU fallback), runs a prompt and picks a feature. What the Your text view
+//! (the CPU fallback), types a prompt into the Your text box and clicks Run (then runs it
+//! again through the page's function), and picks a feature. What the Your text view
 //! shows must equal the native CLI's `attn-saes text --json` for the same text: the same
 //! tokens and active features per head and position, activations, DFA and pre-activation
 //! within 1e-4 + 1e-3 x |value| (f32 sums in another order on another backend). Also: a

@@ -83,11 +83,25 @@ async function session(context, name, query) {
   run.fromCache = await page.evaluate(() => window.attnSaesLive.fromCache);
   run.bundleLoadMs = await page.evaluate(() => window.attnSaesLive.lastLoadMs);
   // Run, timed from the request to the features drawn in the view (live_shown is set
-  // after the frame that drew them). Twice: the first includes shader compilation.
+  // after the frame that drew them). Twice: the first includes shader compilation. The
+  // first as a user does it: the Your text tab, the text box, typing, Run (where the
+  // viewer draws them in a 1400 x 900 page); the second through the page's function.
   for (const key of ['first', 'second']) {
-    const start = await page.evaluate(() => performance.now());
+    let start;
     const before = await page.evaluate(() => window.attnSaesLive.lastAnalyzeMs);
-    await page.evaluate((p) => window.attnSaes.live_set_prompt(p, true), prompt);
+    if (key === 'first') {
+      await page.mouse.click(275, 47); // the Your text tab
+      await page.waitForTimeout(300);
+      await page.mouse.click(700, 150); // the text box
+      await page.waitForTimeout(300);
+      await page.keyboard.type(prompt);
+      await page.waitForTimeout(300);
+      start = await page.evaluate(() => performance.now());
+      await page.mouse.click(27, 190); // Run
+    } else {
+      start = await page.evaluate(() => performance.now());
+      await page.evaluate((p) => window.attnSaes.live_set_prompt(p, true), prompt);
+    }
     const seen = await waitFor(page, `${name}: the features`, async () => {
       const s = await shown(page);
       const after = await page.evaluate(() => window.attnSaesLive.lastAnalyzeMs);
