@@ -165,6 +165,7 @@ fn main() -> anyhow::Result<()> {
         history: Default::default(),
         run_heads: None,
         ce_scores: None,
+        built_from: None,
     };
     let mut phases: Vec<(String, Instant)> = Vec::new();
     let start = Instant::now();

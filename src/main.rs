@@ -355,6 +355,12 @@ fn main() -> anyhow::Result<()> {
                     for (url, file) in &live.files {
                         println!("  {url}: {}", file.display());
                     }
+                    for file in &live.changed {
+                        println!(
+                            "warning: {file} is not the file the dashboard was built from (its \
+                             sha256 differs): the page will refuse it"
+                        );
+                    }
                     serve::live_url(&url)
                 }
                 None => url,
@@ -460,6 +466,7 @@ fn main() -> anyhow::Result<()> {
                         history: Default::default(),
                         run_heads: None,
                         ce_scores: None,
+                        built_from: dashboard::built_from(&loaded, &sae_dir),
                     };
                     let mut bar = ProgressLine::new();
                     let d = dashboard::build::build(&inputs, &options, &mut |p, i, n| {

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use crate::dashboard::format::FileRecord;
+
 /// The viewer's files, as `scripts/build-web.sh` writes them.
 pub const VIEWER_FILES: [&str; 3] = ["index.html", "attn_saes.js", "attn_saes_bg.wasm"];
 /// The name the dashboard is served under.
@@ -40,6 +42,8 @@ pub struct LiveSite {
     /// URL path (`/live/model/model.gguf`) -> file.
     pub files: Vec<(String, PathBuf)>,
     pub manifest: String,
+    /// Files whose sha256 differs from what the dashboard records.
+    pub changed: Vec<String>,
 }
 
 /// One served file in the manifest.
@@ -63,24 +67,11 @@ pub struct Manifest {
     pub z_convention: String,
 }
 
-fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
-    use sha2::Digest;
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut hasher = sha2::Sha256::new();
-    let size = std::io::copy(&mut file, &mut hasher)?;
-    let hex = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((hex, size))
-}
-
 /// The model and SAE the dashboard at `dashboard` was built from (the SAE of the run at
 /// `path` when it is a run directory), as files to serve with their manifest. The model
-/// must be local (a `.gguf`, or a directory with `config.json`, `model.safetensors` and
-/// `tokenizer.json`).
+/// must be local and in a form the browser reads ([`crate::dashboard::browser_files`]).
+/// Files that differ from what the dashboard records are listed in `LiveSite::changed`
+/// (the page refuses them).
 pub fn live_site(path: &Path, dashboard: &Path) -> anyhow::Result<LiveSite> {
     let bytes =
         std::fs::read(dashboard).with_context(|| format!("reading {}", dashboard.display()))?;
@@ -93,57 +84,46 @@ pub fn live_site(path: &Path, dashboard: &Path) -> anyhow::Result<LiveSite> {
         PathBuf::from(&meta.sae.source)
     };
     let model = crate::lm::hub::resolve(&meta.model.name)?;
-    let model_files: Vec<PathBuf> = if model.is_file() {
-        vec![model.clone()]
-    } else {
-        let files: Vec<PathBuf> = ["config.json", "model.safetensors", "tokenizer.json"]
-            .iter()
-            .map(|n| model.join(n))
-            .collect();
-        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-            bail!(
-                "the browser reads a .gguf, or config.json + model.safetensors + tokenizer.json:                  {} is missing",
-                missing.display()
-            );
-        }
-        files
-    };
-    let sae_files: Vec<PathBuf> = [crate::sae::io::CONFIG_FILE, crate::sae::io::WEIGHTS_FILE]
-        .iter()
-        .map(|n| sae_dir.join(n))
-        .collect();
+    let (model_files, sae_files) = crate::dashboard::browser_files(&model, &sae_dir)?;
+    let recorded = meta.built_from.clone().unwrap_or_default();
     let mut files = Vec::new();
-    let mut listed = |group: &str, paths: &[PathBuf]| -> anyhow::Result<Vec<ManifestFile>> {
-        paths
-            .iter()
-            .map(|p| {
-                let name = p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .context("a file name that is not UTF-8")?
-                    .to_string();
-                let (sha256, size) = sha256_file(p)?;
-                let url = format!("live/{group}/{name}");
-                files.push((format!("/{url}"), p.clone()));
-                Ok(ManifestFile {
-                    name,
-                    url,
-                    sha256,
-                    size,
+    let mut changed = Vec::new();
+    let mut listed = |group: &str, paths: &[PathBuf], recorded: &[FileRecord]| {
+        let records = crate::dashboard::file_records(paths)?;
+        anyhow::Ok(
+            paths
+                .iter()
+                .zip(records)
+                .map(|(p, r)| {
+                    let url = format!("live/{group}/{}", r.name);
+                    files.push((format!("/{url}"), p.clone()));
+                    if recorded
+                        .iter()
+                        .any(|x| x.name == r.name && x.sha256 != r.sha256)
+                    {
+                        changed.push(p.display().to_string());
+                    }
+                    ManifestFile {
+                        name: r.name,
+                        url,
+                        sha256: r.sha256,
+                        size: r.size,
+                    }
                 })
-            })
-            .collect()
+                .collect::<Vec<_>>(),
+        )
     };
     let manifest = Manifest {
         model_name: meta.model.name.clone(),
-        model: listed("model", &model_files)?,
-        sae: listed("sae", &sae_files)?,
+        model: listed("model", &model_files, &recorded.model)?,
+        sae: listed("sae", &sae_files, &recorded.sae)?,
         layer: meta.hook_layer,
         z_convention: meta.z_convention.clone(),
     };
     Ok(LiveSite {
         files,
         manifest: serde_json::to_string_pretty(&manifest)?,
+        changed,
     })
 }
 
@@ -327,6 +307,7 @@ mod tests {
             live: Some(LiveSite {
                 files: vec![("/live/model/m.gguf".into(), PathBuf::from("/models/m.gguf"))],
                 manifest: "{}".into(),
+                changed: vec![],
             }),
         }
     }

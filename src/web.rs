@@ -32,6 +32,8 @@ struct Shared {
     live_prompt: Option<(String, bool)>,
     live_pick: Option<(usize, usize, usize)>,
     live_shown: String,
+    /// JSON of the last dashboard's `built_from` ("" when it records none).
+    built_from: String,
 }
 
 /// `window.attnSaesLive`, the page's bridge to its inference bundle, if the page has one.
@@ -275,8 +277,14 @@ pub fn open_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue> {
         meta.hook_layer,
         meta.n_tokens
     );
+    let built_from = meta
+        .built_from
+        .as_ref()
+        .and_then(|b| serde_json::to_string(b).ok())
+        .unwrap_or_default();
     let shared = shared();
     let mut shared = shared.borrow_mut();
+    shared.built_from = built_from;
     shared.inbox.push(d);
     if let Some(ctx) = &shared.ctx {
         ctx.request_repaint();
@@ -317,4 +325,11 @@ pub fn live_pick(position: usize, head: usize, feature: usize) {
     if let Some(ctx) = &s.ctx {
         ctx.request_repaint();
     }
+}
+
+/// JSON of the model and SAE files the open dashboard records (name, sha256, size), or ""
+/// when it records none: the page checks the files it loads for Your text against them.
+#[wasm_bindgen]
+pub fn built_from() -> String {
+    shared().borrow().built_from.clone()
 }

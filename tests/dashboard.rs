@@ -37,6 +37,7 @@ fn inputs<'a>(
         history: Default::default(),
         run_heads: None,
         ce_scores: None,
+        built_from: None,
     }
 }
 

@@ -7,8 +7,9 @@
 //! shows must equal the native CLI's `attn-saes text --json` for the same text: the same
 //! tokens and active features per head and position, activations, DFA and pre-activation
 //! within 1e-4 + 1e-3 x |value| (f32 sums in another order on another backend). Also: a
-//! second visit reads the model from the browser's cache, and a manifest with a wrong
-//! sha256 is refused with a message.
+//! second visit reads the model from the browser's cache, a manifest with a wrong sha256 is
+//! refused with a message, and so is a model file one bit off the one the dashboard
+//! records (its sha256, checked here against the files themselves).
 //!
 //! Needs what tests/web_viewer.rs needs; skips (saying why) without them, unless
 //! ATTN_SAES_REQUIRE_BROWSER=1 (as in CI).
@@ -115,6 +116,37 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .unwrap();
     let feature = heads[head][last][0][0].as_u64().expect("a feature on") as usize;
     let native = native_text(&run, Some((last, head, feature)));
+
+    // The dashboard records the sha256 of the model's and SAE's files (computed here
+    // independently, with sha2 over the files themselves).
+    let bytes = std::fs::read(attn_saes::dashboard::run_dashboard_path(&run)).unwrap();
+    let meta = attn_saes::dashboard::format::OwnedDashboardFile::new(bytes)
+        .unwrap()
+        .meta;
+    let built_from = meta.built_from.expect("the dashboard records its files");
+    let sha = |p: &std::path::Path| -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(std::fs::read(p).unwrap());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let names: Vec<&str> = built_from.model.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["config.json", "model.safetensors", "tokenizer.json"]
+    );
+    for r in &built_from.model {
+        assert_eq!(
+            r.sha256,
+            sha(&fixture("gpt2_tiny").join(&r.name)),
+            "{}",
+            r.name
+        );
+    }
+    let names: Vec<&str> = built_from.sae.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["sae_config.json", "sae.safetensors"]);
+    for r in &built_from.sae {
+        assert_eq!(r.sha256, sha(&run.join("sae").join(&r.name)), "{}", r.name);
+    }
     let want = &native["pick"];
 
     let server = Server::start(&run);
@@ -199,5 +231,12 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         "{refused}"
     );
     assert_eq!(result["wrongShaShown"].as_str().unwrap(), refused);
+    let refused = result["notTheDashboardsStatus"].as_str().unwrap();
+    assert!(
+        refused.starts_with("failed: ") && refused.contains("not the file the open dashboard"),
+        "{refused}"
+    );
+    // Three model files and two SAE files, each checked against the dashboard's records.
+    assert_eq!(result["checkedAgainstDashboard"], 5, "{result}");
     assert_eq!(result["consoleErrors"], serde_json::json!([]), "{result}");
 }

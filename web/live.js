@@ -5,7 +5,8 @@
 //   status() -> a line; ready() -> bool; analyze(text) -> Promise<JSON of the tokens and
 //   their features>; attribution(head, feature, position) -> JSON of a DFA;
 //   loadManifest(url), loadUrls(model, sae), loadFiles(files) -> Promise; backend,
-//   fromCache, lastLoadMs, lastAnalyzeMs.
+//   fromCache, checkedAgainstDashboard (files checked against the open dashboard's
+//   records), lastLoadMs, lastAnalyzeMs.
 
 const CACHE = 'attn-saes-models-v1';
 // Names that make a model or an SAE (anything else dropped is a dashboard).
@@ -69,7 +70,7 @@ async function fetchChecked(url, file, lm) {
   let cached = cache ? await cache.match(url) : undefined;
   if (cached) {
     const bytes = new Uint8Array(await cached.arrayBuffer());
-    if (!file.sha256 || lm.sha256_hex(bytes) === file.sha256) {
+    if (!file.sha256 || sha256(lm, bytes) === file.sha256) {
       return { bytes, fromCache: true };
     }
     await cache.delete(url); // stale: the file changed on the server
@@ -93,7 +94,7 @@ async function fetchChecked(url, file, lm) {
   for (const c of chunks) { bytes.set(c, at); at += c.length; }
   if (file.sha256) {
     setStatus(`checking ${file.name}…`);
-    const got = lm.sha256_hex(bytes);
+    const got = sha256(lm, bytes);
     if (got !== file.sha256) {
       throw new Error(`${file.name}: its sha256 is ${got}, not the manifest's ${file.sha256}: ` +
                       'refused (the file on the server is not the one the manifest names)');
@@ -123,8 +124,40 @@ function baseName(path) {
   return decodeURIComponent(path.replace(/[?#].*$/, '').replace(/\/+$/, '').split(/[\\/]/).pop() || '');
 }
 
+// SHA-256 of a download, computed once per buffer.
+const hashes = new WeakMap();
+function sha256(lm, bytes) {
+  if (!hashes.has(bytes)) hashes.set(bytes, lm.sha256_hex(bytes));
+  return hashes.get(bytes);
+}
+
+// The open dashboard records the files it was built from (attnSaes.built_from()): a file of
+// the same name that differs is refused, since its features would not be the dashboard's.
+function checkAgainstDashboard(lm, modelFiles, saeFiles) {
+  const json = window.attnSaes && window.attnSaes.built_from ? window.attnSaes.built_from() : '';
+  if (!json) return 0;
+  const recorded = JSON.parse(json);
+  let checked = 0;
+  for (const [files, records] of [[modelFiles, recorded.model], [saeFiles, recorded.sae]]) {
+    for (const [name, bytes] of files) {
+      const record = records.find((r) => r.name === name);
+      if (!record) continue;
+      setStatus(`checking ${name} against the dashboard…`);
+      const got = sha256(lm, bytes);
+      if (got !== record.sha256) {
+        throw new Error(`${name} is not the file the open dashboard was built from (its sha256 ` +
+                        `is ${got}, the dashboard records ${record.sha256}): refused, since its ` +
+                        'features would not be the dashboard\'s');
+      }
+      checked += 1;
+    }
+  }
+  return checked;
+}
+
 async function start(modelFiles, saeFiles, layer, zConvention, name) {
   const lm = await getBundle();
+  api.checkedAgainstDashboard = checkAgainstDashboard(lm, modelFiles, saeFiles);
   const { backend: which, notice } = await backend();
   const note = notice ? `; ${notice}` : '';
   setStatus(`loading the model on ${which === 'cpu' ? 'the CPU' : 'WebGPU'}…${note}`);
@@ -219,6 +252,7 @@ const api = {
   loadFiles,
   backend: null,
   fromCache: false,
+  checkedAgainstDashboard: 0,
   lastLoadMs: null,
   lastAnalyzeMs: null,
 };

@@ -87,6 +87,8 @@ pub struct BuildInputs<'a> {
     pub run_heads: Option<Vec<(f64, f64, usize)>>,
     /// The run's last CE loss score per head, if any.
     pub ce_scores: Option<Vec<f64>>,
+    /// The model's and SAE's files ([`super::built_from`]).
+    pub built_from: Option<super::format::BuiltFrom>,
 }
 
 /// Progress of a build: `(phase, done, total)`.
@@ -737,6 +739,7 @@ pub fn build(
         let arch = sae.config.architecture;
         Ok(Dashboard {
             meta: DashboardMeta {
+                built_from: inputs.built_from.clone(),
                 model: ModelInfo {
                     name: mc.name.clone(),
                     n_layers: mc.n_layers,

@@ -144,9 +144,32 @@ pub struct HeadSummary {
     pub ce_score: Option<f64>,
 }
 
+/// One file the dashboards were built from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub name: String,
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// The model's and the SAE's files (as a browser loads them: a `.gguf` or `config.json` +
+/// `model.safetensors` + `tokenizer.json`; `sae_config.json` + `sae.safetensors`), so that
+/// a viewer can check it runs the same ones: the web page's Your text refuses a file whose
+/// sha256 differs from the one recorded here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BuiltFrom {
+    pub model: Vec<FileRecord>,
+    pub sae: Vec<FileRecord>,
+}
+
 /// Everything in the file besides the arrays.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DashboardMeta {
+    /// The files of the model and SAE, when the builder could read them all (absent in
+    /// files written before it was recorded, and for `.pth` models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_from: Option<BuiltFrom>,
     pub model: ModelInfo,
     pub hook_layer: usize,
     /// `TransformerLens` or `Raw`.

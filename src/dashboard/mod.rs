@@ -29,6 +29,78 @@ pub const DEFAULT_TOKENS: usize = 32_768;
 /// Step lines kept in a dashboard's metrics history.
 pub const HISTORY_POINTS: usize = 3000;
 
+/// The files a browser loads for the model at `model` (a `.gguf` file, or a directory with
+/// `config.json`, `model.safetensors` and `tokenizer.json`) and for the SAE in `sae_dir`.
+/// Errors name what is missing (a TransformerLens `.pth` model has no browser form).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn browser_files(model: &Path, sae_dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let model_files: Vec<PathBuf> = if model.is_file() {
+        anyhow::ensure!(
+            model.extension().is_some_and(|e| e == "gguf"),
+            "{}: the browser reads a .gguf, or config.json + model.safetensors + tokenizer.json",
+            model.display()
+        );
+        vec![model.to_path_buf()]
+    } else {
+        ["config.json", "model.safetensors", "tokenizer.json"]
+            .iter()
+            .map(|n| model.join(n))
+            .collect()
+    };
+    let sae_files: Vec<PathBuf> = [crate::sae::io::CONFIG_FILE, crate::sae::io::WEIGHTS_FILE]
+        .iter()
+        .map(|n| sae_dir.join(n))
+        .collect();
+    if let Some(missing) = model_files.iter().chain(&sae_files).find(|f| !f.is_file()) {
+        anyhow::bail!(
+            "the browser reads a .gguf, or config.json + model.safetensors + tokenizer.json, and \
+             the SAE's {} + {}: {} is missing",
+            crate::sae::io::CONFIG_FILE,
+            crate::sae::io::WEIGHTS_FILE,
+            missing.display()
+        );
+    }
+    Ok((model_files, sae_files))
+}
+
+/// The name, sha256 and size of each file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn file_records(paths: &[PathBuf]) -> anyhow::Result<Vec<format::FileRecord>> {
+    paths
+        .iter()
+        .map(|p| {
+            let (sha256, size) = crate::files::sha256_file(p)?;
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| anyhow::anyhow!("{}: a file name that is not UTF-8", p.display()))?;
+            Ok(format::FileRecord {
+                name: name.to_string(),
+                sha256,
+                size,
+            })
+        })
+        .collect()
+}
+
+/// What a dashboard records of the model and SAE it was built from, if the browser could
+/// load them (not for a `.pth` model).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn built_from(loaded: &crate::lm::LoadedModel, sae_dir: &Path) -> Option<format::BuiltFrom> {
+    // `source` is the .gguf, or a directory's model.safetensors.
+    let source = &loaded.source;
+    let model = if source.extension().is_some_and(|e| e == "gguf") {
+        source.clone()
+    } else {
+        source.parent()?.to_path_buf()
+    };
+    let (model_files, sae_files) = browser_files(&model, sae_dir).ok()?;
+    Some(format::BuiltFrom {
+        model: file_records(&model_files).ok()?,
+        sae: file_records(&sae_files).ok()?,
+    })
+}
+
 /// The dashboard file of a run directory.
 pub fn run_dashboard_path(run_dir: &Path) -> PathBuf {
     run_dir.join(DASHBOARD_FILE)

@@ -121,6 +121,7 @@ pub fn build_for_run(
         history,
         run_heads,
         ce_scores,
+        built_from: super::built_from(loaded, &sae_dir),
     };
     build::build(&inputs, options, progress)
 }

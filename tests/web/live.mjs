@@ -123,6 +123,7 @@ async function session(context, name, query) {
   return run;
 }
 
+const manifest0 = await (await fetch(`${base}/live.json`)).json();
 // LIVE_BACKENDS=cpu (or webgpu) runs one only (timings by hand).
 const backends = (process.env.LIVE_BACKENDS || 'webgpu,cpu').split(',');
 let context = null;
@@ -155,15 +156,45 @@ if (!timingOnly) {
   });
   result.wrongShaShown = await again.textContent('#live-status');
   await again.close();
+  // 3. A model file that is not the one the dashboard was built from, with a manifest that
+  // names no sha256 (so only the dashboard's record can catch it): refused.
+  const other = await context.newPage();
+  await other.route('**/live.json', async (route) => {
+    const response = await route.fetch();
+    const manifest = await response.json();
+    for (const f of [...manifest.model, ...manifest.sae]) delete f.sha256;
+    await route.fulfill({ response, json: manifest });
+  });
+  const target = manifest0.model[0];
+  await other.route(`**/live/model/${target.name}`, async (route) => {
+    const response = await route.fetch();
+    const bytes = Buffer.from(await response.body());
+    bytes[bytes.length - 1] ^= 1; // one bit
+    await route.fulfill({ response, body: bytes });
+  });
+  await other.goto(`${base}/?url=dashboard.safetensors&live=live.json&backend=cpu`);
+  result.notTheDashboardsStatus = await waitFor(other, 'the second refusal', async () => {
+    const s = await liveStatus(other);
+    return s.startsWith('failed') || s.includes('ready:') ? s : null;
+  });
+  await other.close();
+  // And the honest files pass that check (counted).
+  const honest = await context.newPage();
+  await honest.goto(`${base}/?url=dashboard.safetensors&live=live.json&backend=cpu`);
+  await waitFor(honest, 'the honest files', async () => {
+    const s = await liveStatus(honest);
+    return s.startsWith('failed') || s.includes('ready:') ? s : null;
+  });
+  result.checkedAgainstDashboard = await honest.evaluate(() => window.attnSaesLive.checkedAgainstDashboard);
+  await honest.close();
 }
 
-// 3. Headless Chromium's defaults: navigator.gpu exists but gives no adapter, so WebGPU does
+// 4. Headless Chromium's defaults: navigator.gpu exists but gives no adapter, so WebGPU does
 // not start and the page falls back to the CPU (WebGL2 draws the viewer).
 if (backends.includes('cpu')) {
   // By ?model= and ?sae= this time (no manifest: the SAE records its layer): the .gguf's
   // URL, or the model directory's.
-  const manifest = await (await fetch(`${base}/live.json`)).json();
-  const model = manifest.model.length === 1 ? `live/model/${manifest.model[0].name}` : 'live/model/';
+  const model = manifest0.model.length === 1 ? `live/model/${manifest0.model[0].name}` : 'live/model/';
   context = await launch([]);
   result.runs.cpu = await session(context, 'cpu', `&model=${model}&sae=live/sae/`);
 }
