@@ -6,8 +6,9 @@
 //! are applied between frames. The app knows training only through `TrainEvent`s and the
 //! run directory, and dashboards only through the dashboard file.
 //!
-//! `curves` and `features` compile for wasm32 (no burn, threads or files); the training
-//! parts are native only.
+//! `curves`, `features` and `text_view` compile for wasm32 (no burn, threads or files); the
+//! training parts are native only. Your text gets its analyses from a worker thread on the
+//! desktop and from the page's inference bundle on the web (`WebText`, `src/web.rs`).
 
 pub mod curves;
 pub mod features;
@@ -40,7 +41,7 @@ pub enum View {
     Curves,
     #[default]
     Features,
-    /// Live analysis of the user's text (desktop).
+    /// Live analysis of the user's text.
     Text,
 }
 
