@@ -157,7 +157,14 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     );
     let shots = dir.join("shots");
     std::fs::create_dir_all(&shots).unwrap();
+    let picked: Vec<String> = ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .map(|n| fixture("gpt2_tiny").join(n))
+        .chain(["sae_config.json", "sae.safetensors"].map(|n| run.join("sae").join(n)))
+        .map(|p| p.display().to_string())
+        .collect();
     let out = Command::new("node")
+        .env("LIVE_FILES", serde_json::to_string(&picked).unwrap())
         .arg(root().join("tests/web/live.mjs"))
         .arg(&server.base)
         .arg(&shots)
@@ -236,7 +243,11 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         refused.starts_with("failed: ") && refused.contains("not the file the open dashboard"),
         "{refused}"
     );
-    // Three model files and two SAE files, each checked against the dashboard's records.
+    // Three model files and two SAE files, each checked against the dashboard's records,
+    // downloaded or picked with Model + SAE….
     assert_eq!(result["checkedAgainstDashboard"], 5, "{result}");
+    let picked = result["pickedStatus"].as_str().unwrap();
+    assert!(picked.starts_with("ready: "), "{picked}");
+    assert_eq!(result["pickedChecked"], 5, "{result}");
     assert_eq!(result["consoleErrors"], serde_json::json!([]), "{result}");
 }

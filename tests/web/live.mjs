@@ -187,9 +187,22 @@ if (!timingOnly) {
   });
   result.checkedAgainstDashboard = await honest.evaluate(() => window.attnSaesLive.checkedAgainstDashboard);
   await honest.close();
+  // 4. The same files picked with Model + SAE… (LIVE_FILES: their paths, as JSON).
+  if (process.env.LIVE_FILES) {
+    const picked = await context.newPage();
+    await picked.goto(`${base}/?url=dashboard.safetensors&backend=cpu`);
+    await waitFor(picked, 'the dashboard', async () => (await picked.evaluate(() => window.attnSaes && window.attnSaes.built_from())) || null);
+    await picked.setInputFiles('#live-files', JSON.parse(process.env.LIVE_FILES));
+    result.pickedStatus = await waitFor(picked, 'the picked files', async () => {
+      const s = await liveStatus(picked);
+      return s.startsWith('failed') || s.includes('ready:') ? s : null;
+    });
+    result.pickedChecked = await picked.evaluate(() => window.attnSaesLive.checkedAgainstDashboard);
+    await picked.close();
+  }
 }
 
-// 4. Headless Chromium's defaults: navigator.gpu exists but gives no adapter, so WebGPU does
+// 5. Headless Chromium's defaults: navigator.gpu exists but gives no adapter, so WebGPU does
 // not start and the page falls back to the CPU (WebGL2 draws the viewer).
 if (backends.includes('cpu')) {
   // By ?model= and ?sae= this time (no manifest: the SAE records its layer): the .gguf's
