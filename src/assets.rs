@@ -157,10 +157,7 @@ fn stderr_tail_text(lines: &[String]) -> String {
     format!("; the end of its stderr:\n    {}", lines.join("\n    "))
 }
 
-/// The sha256 of `bytes`, as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
-}
+pub use crate::files::sha256_hex;
 
 /// The sha256 of a file's contents, as lowercase hex.
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {

@@ -121,17 +121,9 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<
     serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
 }
 
-/// A file's lowercase hex SHA-256 and its size.
-pub fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
+/// The sha256 of `bytes`, as lowercase hex (the demo assets' checksums, the web page's
+/// downloads).
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut hasher = sha2::Sha256::new();
-    let size = std::io::copy(&mut file, &mut hasher)?;
-    let hex = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((hex, size))
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }

@@ -13,7 +13,6 @@ use std::path::Path;
 use std::rc::Rc;
 
 use burn::prelude::*;
-use sha2::Digest;
 use wasm_bindgen::prelude::*;
 
 use crate::live::{Analysed, LiveAnalysis};
@@ -42,10 +41,7 @@ fn js_error(e: impl std::fmt::Display) -> JsValue {
 /// The lowercase hex SHA-256 of `bytes` (the page checks downloads against the manifest).
 #[wasm_bindgen]
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::files::sha256_hex(bytes)
 }
 
 /// `[[name, Uint8Array], ...]` from the page.

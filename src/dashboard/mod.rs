@@ -69,7 +69,8 @@ pub fn file_records(paths: &[PathBuf]) -> anyhow::Result<Vec<format::FileRecord>
     paths
         .iter()
         .map(|p| {
-            let (sha256, size) = crate::files::sha256_file(p)?;
+            let sha256 = crate::assets::sha256_file(p)?;
+            let size = std::fs::metadata(p)?.len();
             let name = p
                 .file_name()
                 .and_then(|n| n.to_str())
