@@ -40,14 +40,6 @@ fn is_mounted_dir(path: &Path) -> bool {
     MOUNTS.with(|m| m.borrow().keys().any(|p| p.parent() == Some(path)))
 }
 
-/// The bytes of a mounted file, shared (no copy).
-pub fn read_shared(path: &Path) -> io::Result<Rc<[u8]>> {
-    match mounted(path) {
-        Some(bytes) => Ok(bytes),
-        None => std::fs::read(path).map(Rc::from),
-    }
-}
-
 pub fn read(path: &Path) -> io::Result<Vec<u8>> {
     match mounted(path) {
         Some(bytes) => Ok(bytes.to_vec()),
@@ -63,9 +55,20 @@ pub fn read_to_string(path: &Path) -> io::Result<String> {
     }
 }
 
-/// The file's length, if it is mounted.
-pub fn mounted_len(path: &Path) -> Option<u64> {
-    mounted(path).map(|b| b.len() as u64)
+/// Something to read a file from at any offset.
+pub trait ReadSeek: io::Read + io::Seek {}
+impl<T: io::Read + io::Seek> ReadSeek for T {}
+
+/// Opens a file (mounted, else on disk, buffered) for reading at any offset, with its
+/// length.
+pub fn open(path: &Path) -> io::Result<(Box<dyn ReadSeek>, u64)> {
+    if let Some(bytes) = mounted(path) {
+        let len = bytes.len() as u64;
+        return Ok((Box::new(io::Cursor::new(bytes)), len));
+    }
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    Ok((Box::new(io::BufReader::with_capacity(1 << 16, file)), len))
 }
 
 pub fn exists(path: &Path) -> bool {
@@ -112,7 +115,11 @@ mod tests {
         assert!(is_dir(dir) && exists(dir) && !is_file(dir));
         assert_eq!(read_to_string(&dir.join("a.json")).unwrap(), "{}");
         assert_eq!(read(&dir.join("b")).unwrap(), vec![1, 2]);
-        assert_eq!(mounted_len(&dir.join("b")), Some(2));
+        let (mut file, len) = open(&dir.join("b")).unwrap();
+        let mut rest = Vec::new();
+        io::Seek::seek(&mut file, io::SeekFrom::Start(1)).unwrap();
+        io::Read::read_to_end(&mut file, &mut rest).unwrap();
+        assert_eq!((len, rest), (2, vec![2]));
         let mut names = list(dir).unwrap();
         names.sort();
         assert_eq!(names, vec![dir.join("a.json"), dir.join("b")]);

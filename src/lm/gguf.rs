@@ -15,8 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -749,13 +748,8 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(len) = crate::vfs::mounted_len(path) {
-            let bytes = crate::vfs::read_shared(path).map_err(io)?;
-            return parse(path, std::io::Cursor::new(&bytes[..]), len);
-        }
-        let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        parse(path, BufReader::with_capacity(1 << 16, file), len)
+        let (file, len) = crate::vfs::open(path).map_err(io)?;
+        parse(path, file, len)
     }
 
     fn malformed(&self, msg: impl Into<String>) -> GgufError {
@@ -918,15 +912,7 @@ impl GgufFile {
             type_name: info.ggml_type.name(),
         })?;
         let start = self.data_start.saturating_add(info.offset);
-        let mounted = crate::vfs::mounted_len(&self.path);
-        let mut file = match mounted {
-            Some(_) => None,
-            None => Some(File::open(&self.path).map_err(io)?),
-        };
-        let len = match (&file, mounted) {
-            (Some(f), _) => f.metadata().map_err(io)?.len(),
-            (None, len) => len.unwrap_or(0),
-        };
+        let (mut file, len) = crate::vfs::open(&self.path).map_err(io)?;
         if start.saturating_add(n_bytes) > len {
             return Err(GgufError::Truncated {
                 path: self.path.clone(),
@@ -936,10 +922,6 @@ impl GgufFile {
                 file_len: len,
             });
         }
-        let Some(file) = file.as_mut() else {
-            let bytes = crate::vfs::read_shared(&self.path).map_err(io)?;
-            return Ok(bytes[start as usize..][..n_bytes as usize].to_vec());
-        };
         file.seek(SeekFrom::Start(start)).map_err(io)?;
         let mut buf = vec![0u8; n_bytes as usize];
         file.read_exact(&mut buf).map_err(io)?;
