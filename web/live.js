@@ -59,6 +59,30 @@ async function backend() {
   return { backend: 'webgpu', notice: '' };
 }
 
+// A response's body, read in chunks: `onProgress(received, total)` after each (total 0 when
+// unknown); returning false from it cancels the read (the result is then null). Shared with
+// the page's dashboard download.
+export async function readBody(response, onProgress) {
+  const total = Number(response.headers.get('content-length')) || 0;
+  const reader = response.body.getReader();
+  const chunks = [];
+  let received = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    received += value.length;
+    if (onProgress(received, total) === false) {
+      reader.cancel();
+      return null;
+    }
+  }
+  const bytes = new Uint8Array(received);
+  let at = 0;
+  for (const c of chunks) { bytes.set(c, at); at += c.length; }
+  return bytes;
+}
+
 async function openCache() {
   try { return await caches.open(CACHE); } catch { return null; } // not a secure context
 }
@@ -77,21 +101,11 @@ async function fetchChecked(url, file, lm) {
   }
   const response = await fetch(url);
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status} ${response.statusText}`);
-  const total = Number(response.headers.get('content-length')) || file.size || 0;
-  const reader = response.body.getReader();
-  const chunks = [];
-  let received = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(value);
-    received += value.length;
+  const bytes = await readBody(response, (received, length) => {
+    const total = length || file.size || 0;
     const pct = total ? ` (${(100 * received / total).toFixed(0)}%)` : '';
     setStatus(`downloading ${file.name}: ${(received / 1e6).toFixed(1)} MB${pct}`);
-  }
-  const bytes = new Uint8Array(received);
-  let at = 0;
-  for (const c of chunks) { bytes.set(c, at); at += c.length; }
+  });
   if (file.sha256) {
     setStatus(`checking ${file.name}…`);
     const got = sha256(lm, bytes);
@@ -106,17 +120,24 @@ async function fetchChecked(url, file, lm) {
   return { bytes, fromCache: false };
 }
 
-// Each file's bytes (`[name, bytes]` as the bundle takes them), and whether all came from
-// the cache.
-async function fetchAll(files, lm) {
-  const out = [];
+// Downloads (or takes from the cache) the model's and SAE's files, `{name, url, sha256?,
+// size?}` each, and starts the model on them.
+async function fetchAndStart(modelFiles, saeFiles, layer, zConvention, name) {
+  const lm = await getBundle();
   let cachedAll = true;
-  for (const f of files) {
-    const { bytes, fromCache } = await fetchChecked(f.url, f, lm);
-    cachedAll &&= fromCache;
-    out.push([f.name, bytes]);
-  }
-  return { files: out, cachedAll };
+  const fetchAll = async (files) => {
+    const out = [];
+    for (const f of files) {
+      const { bytes, fromCache } = await fetchChecked(f.url, f, lm);
+      cachedAll &&= fromCache;
+      out.push([f.name, bytes]); // as the bundle takes them
+    }
+    return out;
+  };
+  const model = await fetchAll(modelFiles);
+  const sae = await fetchAll(saeFiles);
+  api.fromCache = cachedAll;
+  await start(model, sae, layer, zConvention, name);
 }
 
 // The last part of a path or URL (a directory's name, a file's).
@@ -187,14 +208,10 @@ async function loadManifest(manifestUrl) {
     const response = await fetch(manifestUrl);
     if (!response.ok) throw new Error(`${manifestUrl}: HTTP ${response.status}`);
     const manifest = await response.json();
-    const lm = await getBundle();
     const base = new URL(manifestUrl, location.href);
     const at = (files) => files.map((f) => ({ ...f, url: new URL(f.url, base).href }));
-    const model = await fetchAll(at(manifest.model), lm);
-    const sae = await fetchAll(at(manifest.sae), lm);
-    api.fromCache = model.cachedAll && sae.cachedAll;
-    await start(model.files, sae.files, manifest.layer, manifest.z_convention,
-                baseName(manifest.model_name));
+    await fetchAndStart(at(manifest.model), at(manifest.sae), manifest.layer,
+                        manifest.z_convention, baseName(manifest.model_name));
   });
 }
 
@@ -203,16 +220,13 @@ async function loadManifest(manifestUrl) {
 // sae_config.json and sae.safetensors. No sha256 to check: cached by URL.
 async function loadUrls(modelUrl, saeUrl) {
   await guarded(async () => {
-    const lm = await getBundle();
-    const inDir = (dir, names) => names.map((name) => ({ name, url: new URL(name, new URL(dir, location.href)).href }));
+    const url = (path, dir = location.href) => new URL(path, new URL(dir, location.href)).href;
+    const inDir = (dir, names) => names.map((name) => ({ name, url: url(name, dir) }));
     const modelFiles = modelUrl.endsWith('/')
       ? inDir(modelUrl, MODEL_NAMES)
-      : [{ name: decodeURIComponent(modelUrl.split('/').pop().split('?')[0]), url: new URL(modelUrl, location.href).href }];
+      : [{ name: baseName(modelUrl), url: url(modelUrl) }];
     const saeFiles = inDir(saeUrl.endsWith('/') ? saeUrl : `${saeUrl}/`, SAE_NAMES);
-    const model = await fetchAll(modelFiles, lm);
-    const sae = await fetchAll(saeFiles, lm);
-    api.fromCache = model.cachedAll && sae.cachedAll;
-    await start(model.files, sae.files, undefined, undefined, baseName(modelUrl));
+    await fetchAndStart(modelFiles, saeFiles, undefined, undefined, baseName(modelUrl));
   });
 }
 
