@@ -873,15 +873,7 @@ fn text_command(
         );
     }
     if json {
-        let pick = pick.map(|(p, h, f)| {
-            let at = a.attribution(h, f, p);
-            serde_json::json!({
-                "position": p, "head": h, "feature": f,
-                "activation": t.activation(h, f, p), "dfa": at.dfa, "pre": at.pre,
-            })
-        });
-        let out = serde_json::json!({ "prompt": text, "tokens": t, "pick": pick });
-        println!("{out}");
+        println!("{}", attn_saes::live::shown_json(&a, text, pick));
         return Ok(());
     }
     println!("{}: {} tokens", live.description, t.len());

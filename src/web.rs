@@ -31,9 +31,18 @@ struct Shared {
     /// Set by [`live_set`]: a prompt (and whether to run it), a pick.
     live_prompt: Option<(String, bool)>,
     live_pick: Option<(usize, usize, usize)>,
-    live_shown: String,
+    live_view: Option<LiveView>,
     /// JSON of the last dashboard's `built_from` ("" when it records none).
     built_from: String,
+}
+
+/// What Your text shows: the analysis, the prompt, the status and the picked
+/// `(position, head, feature)`.
+struct LiveView {
+    analysis: Rc<dyn Analysed>,
+    prompt: String,
+    status: String,
+    pick: Option<(usize, usize, usize)>,
 }
 
 /// `window.attnSaesLive`, the page's bridge to its inference bundle, if the page has one.
@@ -138,10 +147,16 @@ impl eframe::App for WebApp {
             self.app.ui.view = View::Features;
         }
         self.app.ui(ui, frame);
-        let shown = self.live_shown();
         let mut shared = self.shared.borrow_mut();
         shared.selection = self.app.selection();
-        shared.live_shown = shown;
+        // Kept for `live_shown`, which serialises it only when a script asks.
+        let (web, text) = (&self.app.web, &self.app.ui.text);
+        shared.live_view = web.analysis.clone().map(|a| LiveView {
+            analysis: a,
+            prompt: text.prompt.clone(),
+            status: web.status.clone(),
+            pick: text.token.zip(text.pick).map(|(p, (h, f))| (p, h, f)),
+        });
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
@@ -181,7 +196,7 @@ impl WebApp {
                     text.token = Some(tokens.len().saturating_sub(1));
                     text.pick = None;
                 }
-                web.analysis = Some(Box::new(RemoteAnalysis {
+                web.analysis = Some(Rc::new(RemoteAnalysis {
                     tokens,
                     attributions: RefCell::default(),
                 }));
@@ -205,36 +220,6 @@ impl WebApp {
             (text.token, text.pick) = (Some(position), Some((head, feature)));
             self.app.ui.view = View::Text;
         }
-    }
-
-    /// What Your text shows, as JSON: the tokens with their features, and the picked
-    /// (position, head, feature) with its activation and attribution.
-    fn live_shown(&self) -> String {
-        let Some(a) = &self.app.web.analysis else {
-            return String::new();
-        };
-        let text = &self.app.ui.text;
-        let pick = match (text.token, text.pick) {
-            (Some(p), Some((head, feature))) if p < a.tokens().len() => {
-                let at = a.attribution(head, feature, p);
-                serde_json::json!({
-                    "position": p,
-                    "head": head,
-                    "feature": feature,
-                    "activation": a.tokens().activation(head, feature, p),
-                    "dfa": at.dfa,
-                    "pre": at.pre,
-                })
-            }
-            _ => serde_json::Value::Null,
-        };
-        serde_json::json!({
-            "prompt": text.prompt,
-            "status": self.app.web.status,
-            "tokens": a.tokens(),
-            "pick": pick,
-        })
-        .to_string()
     }
 }
 
@@ -302,7 +287,14 @@ pub fn selection() -> String {
 /// analysis.
 #[wasm_bindgen]
 pub fn live_shown() -> String {
-    shared().borrow().live_shown.clone()
+    let shared = shared();
+    let shared = shared.borrow();
+    let Some(v) = &shared.live_view else {
+        return String::new();
+    };
+    let mut shown = crate::live::shown_json(v.analysis.as_ref(), &v.prompt, v.pick);
+    shown["status"] = v.status.clone().into();
+    shown.to_string()
 }
 
 /// Puts `prompt` in Your text (and switches to it); with `run`, analyses it too.

@@ -120,7 +120,7 @@ pub struct AttnSaesApp {
 #[derive(Default)]
 pub struct WebText {
     pub status: String,
-    pub analysis: Option<Box<dyn crate::live::Analysed>>,
+    pub analysis: Option<std::rc::Rc<dyn crate::live::Analysed>>,
     /// A text to analyse, taken by `src/web.rs`.
     pub requested: Option<String>,
 }

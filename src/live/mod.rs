@@ -56,3 +56,22 @@ pub trait Analysed {
     fn tokens(&self) -> &LiveTokens;
     fn attribution(&self, head: usize, feature: usize, position: usize) -> Attribution;
 }
+
+/// What Your text shows, as JSON: `{prompt, tokens, pick}`, `pick` being the picked
+/// `(position, head, feature)` with its activation, DFA and pre-activation (or null).
+/// `attn-saes text --json` prints it; the web page's `attnSaes.live_shown()` adds `status`.
+pub fn shown_json(
+    a: &dyn Analysed,
+    prompt: &str,
+    pick: Option<(usize, usize, usize)>,
+) -> serde_json::Value {
+    let t = a.tokens();
+    let pick = pick.filter(|&(p, _, _)| p < t.len()).map(|(p, h, f)| {
+        let at = a.attribution(h, f, p);
+        serde_json::json!({
+            "position": p, "head": h, "feature": f,
+            "activation": t.activation(h, f, p), "dfa": at.dfa, "pre": at.pre,
+        })
+    });
+    serde_json::json!({ "prompt": prompt, "tokens": t, "pick": pick })
+}
