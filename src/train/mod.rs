@@ -9,6 +9,7 @@ pub mod eval;
 pub mod fused_cpu;
 pub mod metrics;
 mod run;
+pub mod wgsl;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

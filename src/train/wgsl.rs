@@ -1,0 +1,691 @@
+//! The SAE training step on wgpu, in WGSL (`shaders/`), without autodiff: the same
+//! algorithm as [`super::fused_cpu`], as a fixed sequence of kernels on burn's device.
+//!
+//! ```text
+//! norms      n_i = ||W_dec[i]||
+//! mm_pre     P = X W_enc + b_enc                      [H, B, M], the only dense [H, B, M]
+//! select     (TopK, BatchTopK) each row's / head's threshold, exact radix selection
+//! fstats     firings and sum_b f_i per feature         (F = act(P) is formed when read)
+//! mm_dec     R = F W_dec + b_dec
+//! rows       dR = 2 (R - X) / B in place; squared error and |R|^2 per token
+//! colsum     db_dec = sum_b dR
+//! mm_gdec    dW_dec = F^T dR (+ the L1 term through the norms)
+//! mm_dp      dP = (dR W_dec^T + l1 n / B) * (F > 0); JumpReLU's threshold shares
+//! colsum     db_enc = sum_b dP (and d log theta)
+//! mm_genc    dW_enc = X^T dP
+//! loss       per-head squared error, [mse, sparsity, total]
+//! sumsq      partial sums of squares of each gradient (clipping's global norm)
+//! adam       clip and Adam, one launch per parameter array
+//! ```
+//!
+//! 19 launches for a ReLU SAE (20 for TopK and BatchTopK, 22 for JumpReLU). Every sum is
+//! computed by one invocation or one workgroup tree in a fixed order, so a batch gives the
+//! same result every time. The step is a burn backend extension ([`WgslStep`]) so that it
+//! runs in order with burn's own (fused, lazy) work on the same device.
+
+use burn::backend::fusion::custom::TensorSpec;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::wgpu::{CubeBackend, CubeTensor, KernelSource, SourceKernel, SourceTemplate};
+use burn::backend::{Backend, ExtensionType, backend_extension};
+use burn::cubecl::prelude::KernelId;
+use burn::cubecl::server::{Handle, KernelArguments};
+use burn::cubecl::{CubeCount, CubeDim};
+use burn::tensor::{DType, Shape};
+
+use super::fused_cpu::Activation;
+
+/// The kernels' sources, embedded at compile time.
+pub mod sources {
+    pub const ACT: &str = include_str!("../../shaders/act.wgsl");
+    pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+    pub const MM_PRE: &str = include_str!("../../shaders/mm_pre.wgsl");
+    pub const MM_DEC: &str = include_str!("../../shaders/mm_dec.wgsl");
+    pub const MM_GDEC: &str = include_str!("../../shaders/mm_gdec.wgsl");
+    pub const MM_DP: &str = include_str!("../../shaders/mm_dp.wgsl");
+    pub const MM_GENC: &str = include_str!("../../shaders/mm_genc.wgsl");
+    pub const NORMS: &str = include_str!("../../shaders/norms.wgsl");
+    pub const FSTATS: &str = include_str!("../../shaders/fstats.wgsl");
+    pub const ROWS: &str = include_str!("../../shaders/rows.wgsl");
+    pub const COLSUM: &str = include_str!("../../shaders/colsum.wgsl");
+    pub const SELECT: &str = include_str!("../../shaders/select.wgsl");
+    pub const LOSS: &str = include_str!("../../shaders/loss.wgsl");
+    pub const SUMSQ: &str = include_str!("../../shaders/sumsq.wgsl");
+    pub const ADAM: &str = include_str!("../../shaders/adam.wgsl");
+}
+
+/// What a step needs besides tensors: the activation and the optimizer's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepSpec {
+    pub act: Activation,
+    pub lr: f64,
+    pub betas: (f64, f64),
+    /// Adam's step number, from 1.
+    pub t: usize,
+    /// Global gradient-norm clip (`<= 0`: none).
+    pub clip: f64,
+}
+
+/// The SAE's parameters and Adam moments on the device. Each `mv_*` holds that parameter's
+/// first moment followed by its second, flattened (`[2 * numel]`). Without JumpReLU the
+/// two `log_threshold` tensors are placeholders of one element, never read.
+#[derive(ExtensionType)]
+#[extension_type(fusion)]
+pub struct StepState<B: Backend> {
+    pub w_enc: FloatTensor<B>,
+    pub b_enc: FloatTensor<B>,
+    pub w_dec: FloatTensor<B>,
+    pub b_dec: FloatTensor<B>,
+    pub log_threshold: FloatTensor<B>,
+    pub mv_w_enc: FloatTensor<B>,
+    pub mv_b_enc: FloatTensor<B>,
+    pub mv_w_dec: FloatTensor<B>,
+    pub mv_b_dec: FloatTensor<B>,
+    pub mv_log_threshold: FloatTensor<B>,
+}
+
+/// A step's result: the updated state and the batch sums the metrics are made of.
+#[derive(ExtensionType)]
+#[extension_type(fusion)]
+pub struct StepResult<B: Backend> {
+    #[extension_type]
+    pub state: StepState<B>,
+    /// Firings per feature, [H, M].
+    pub fired: FloatTensor<B>,
+    /// Summed squared error per head, [H].
+    pub resid_sq: FloatTensor<B>,
+    /// Squared norm of each token's reconstruction per head, [H, B].
+    pub recon_sq: FloatTensor<B>,
+    /// `[mse, sparsity, total]`, as [`super::fused_cpu::BatchSums`].
+    pub terms: FloatTensor<B>,
+}
+
+/// The step as a backend operation: CubeCL runtimes (wgpu), directly or under fusion.
+#[backend_extension(Cube, Fusion)]
+pub trait WgslStep: Backend {
+    #[fusion(meta = step_meta)]
+    fn wgsl_sae_step(
+        x: FloatTensor<Self>,
+        #[extension_type] state: StepState<Self>,
+        spec: StepSpec,
+    ) -> StepResult<Self>;
+}
+
+fn step_meta(x: &TensorSpec, state: &StepStateMetadata, _spec: &StepSpec) -> StepResultMetadata {
+    let (h, b) = (x.shape[0], x.shape[1]);
+    let m = state.w_enc.shape[2];
+    let spec = |dims: &[usize]| TensorSpec::new(Shape::from(dims.to_vec()), DType::F32);
+    StepResultMetadata {
+        state: state.clone(),
+        fired: spec(&[h, m]),
+        resid_sq: spec(&[h]),
+        recon_sq: spec(&[h, b]),
+        terms: spec(&[3]),
+    }
+}
+
+impl WgslStep for CubeBackend {
+    fn wgsl_sae_step(
+        x: FloatTensor<Self>,
+        state: StepState<Self>,
+        spec: StepSpec,
+    ) -> StepResult<Self> {
+        step(x, state, spec)
+    }
+}
+
+/// Whether the WGSL step can run a batch of this shape: indices are 32-bit and a TopK
+/// launch has one workgroup per token along one grid axis.
+pub fn check_shape(n_heads: usize, batch: usize, d_head: usize, m: usize) -> Result<(), String> {
+    let largest = n_heads * batch * m.max(d_head);
+    if largest >= 1 << 29 {
+        return Err(format!(
+            "the WGSL step indexes [H, B, m] = [{n_heads}, {batch}, {m}] with 32-bit offsets; \
+             use a batch under {}",
+            (1usize << 29) / (n_heads * m.max(d_head)).max(1)
+        ));
+    }
+    if batch > 65_535 {
+        return Err(format!(
+            "the WGSL step takes batches of at most 65535 tokens, not {batch}"
+        ));
+    }
+    Ok(())
+}
+
+/// Indices into the step's scalar buffer (`SC_*` in the shaders).
+const SCALARS: [&str; 9] = [
+    "SC_COEF",
+    "SC_HALF_BAND",
+    "SC_INV_EPS",
+    "SC_LR",
+    "SC_B1",
+    "SC_B2",
+    "SC_BC1",
+    "SC_BC2",
+    "SC_CLIP",
+];
+
+/// A kernel: its complete WGSL (the generated constants, then the shader files).
+pub struct Wgsl {
+    source: String,
+}
+
+impl KernelSource for Wgsl {
+    fn source(&self) -> SourceTemplate {
+        SourceTemplate::new(self.source.clone())
+    }
+
+    fn id(&self) -> KernelId {
+        // The source is the kernel: the constants make each shape its own pipeline.
+        KernelId::new::<Self>().info(self.source.clone())
+    }
+
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}
+
+/// The shape and activation every kernel of a step is specialised to.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub h: usize,
+    pub b: usize,
+    pub d: usize,
+    pub m: usize,
+    pub act: Activation,
+}
+
+impl Dims {
+    fn act_code(&self) -> u32 {
+        match self.act {
+            Activation::Relu { .. } => 0,
+            Activation::TopK { .. } => 1,
+            Activation::BatchTopK { .. } => 2,
+            Activation::JumpRelu { .. } => 3,
+        }
+    }
+
+    /// The source of a kernel made of `parts`, with `extra` constants.
+    pub fn kernel(&self, parts: &[&str], extra: &[(&str, usize)]) -> Wgsl {
+        use std::fmt::Write;
+        let mut s = String::new();
+        for (name, v) in [("H", self.h), ("B", self.b), ("D", self.d), ("M", self.m)]
+            .into_iter()
+            .chain(extra.iter().copied())
+        {
+            let _ = writeln!(s, "const {name}: u32 = {v}u;");
+        }
+        for (i, name) in ["ACT_RELU", "ACT_TOPK", "ACT_BATCHTOPK", "ACT_JUMP"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(s, "const {name}: u32 = {i}u;");
+        }
+        let _ = writeln!(s, "const ACT: u32 = {}u;", self.act_code());
+        let _ = writeln!(s, "const INV_B: f32 = {:?};", 1.0 / self.b as f32);
+        for (i, name) in SCALARS.iter().enumerate() {
+            let _ = writeln!(s, "const {name}: u32 = {i}u;");
+        }
+        for p in parts {
+            s.push_str(p);
+            s.push('\n');
+        }
+        Wgsl { source: s }
+    }
+
+    /// Every kernel a step of this shape launches, by name (for validation).
+    pub fn all_kernels(&self) -> Vec<(&'static str, Wgsl)> {
+        use sources::*;
+        let (b, d, m) = (self.b, self.d, self.m);
+        let mut v = vec![
+            ("norms", self.kernel(&[NORMS], &[])),
+            ("mm_pre", self.kernel(&[MM_PRE, MATMUL], &[])),
+            ("fstats", self.kernel(&[FSTATS, ACT], &[])),
+            ("mm_dec", self.kernel(&[MM_DEC, ACT, MATMUL], &[])),
+            ("rows", self.kernel(&[ROWS], &[])),
+            ("colsum", self.kernel(&[COLSUM], &[("N", d)])),
+            ("mm_gdec", self.kernel(&[MM_GDEC, ACT, MATMUL], &[])),
+            ("mm_dp", self.kernel(&[MM_DP, ACT, MATMUL], &[])),
+            ("mm_genc", self.kernel(&[MM_GENC, MATMUL], &[])),
+            ("loss", self.kernel(&[LOSS], &[])),
+            ("sumsq", self.kernel(&[SUMSQ], &[("N", d * m), ("OFF", 0)])),
+            ("adam", self.kernel(&[ADAM], &[("N", d * m), ("NP", 3)])),
+        ];
+        match self.act {
+            Activation::TopK { k } => v.push((
+                "select",
+                self.kernel(&[SELECT], &[("SEG", m), ("NTH", k), ("REP", 1)]),
+            )),
+            Activation::BatchTopK { k } => v.push((
+                "select",
+                self.kernel(&[SELECT], &[("SEG", b * m), ("NTH", k * b), ("REP", b)]),
+            )),
+            _ => {}
+        }
+        v
+    }
+}
+
+/// Workgroups to cover `n` with groups of `per`.
+fn groups(n: usize, per: usize) -> u32 {
+    n.div_ceil(per) as u32
+}
+
+/// Launches and allocations on one device.
+struct Launcher<'a> {
+    like: &'a CubeTensor,
+}
+
+impl Launcher<'_> {
+    fn empty(&self, dims: &[usize]) -> CubeTensor {
+        let n: usize = dims.iter().product();
+        let handle = self.like.client.empty(n.max(1) * 4);
+        CubeTensor::new_contiguous(
+            self.like.client.clone(),
+            self.like.device.clone(),
+            Shape::from(dims.to_vec()),
+            handle,
+            DType::F32,
+        )
+    }
+
+    fn upload(&self, values: &[f32]) -> Handle {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.like.client.create_from_slice(&bytes)
+    }
+
+    fn launch(
+        &self,
+        kernel: Wgsl,
+        workgroup: (u32, u32),
+        count: (u32, u32, u32),
+        buffers: &[&Handle],
+    ) {
+        let args = KernelArguments::new()
+            .with_buffers(buffers.iter().map(|h| (*h).clone().binding()).collect());
+        self.like.client.launch(
+            Box::new(SourceKernel::new(
+                kernel,
+                CubeDim::new_2d(workgroup.0, workgroup.1),
+            )),
+            CubeCount::Static(count.0, count.1, count.2),
+            args,
+        );
+    }
+}
+
+fn contiguous(t: CubeTensor) -> CubeTensor {
+    burn::backend::wgpu::into_contiguous(t)
+}
+
+/// One training step (see the module's documentation).
+fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<CubeBackend> {
+    use sources::*;
+    let x = contiguous(x);
+    let (h, b, d) = (x.meta.shape()[0], x.meta.shape()[1], x.meta.shape()[2]);
+    let m = s.w_enc.meta.shape()[2];
+    let dims = Dims {
+        h,
+        b,
+        d,
+        m,
+        act: spec.act,
+    };
+    let jump = matches!(spec.act, Activation::JumpRelu { .. });
+    let [w_enc, b_enc, w_dec, b_dec, lt] =
+        [s.w_enc, s.b_enc, s.w_dec, s.b_dec, s.log_threshold].map(contiguous);
+    let [mv_we, mv_be, mv_wd, mv_bd, mv_lt] = [
+        s.mv_w_enc,
+        s.mv_b_enc,
+        s.mv_w_dec,
+        s.mv_b_dec,
+        s.mv_log_threshold,
+    ]
+    .map(contiguous);
+    let l = Launcher { like: &x };
+    let (b1, b2) = spec.betas;
+    let (coef, half_band, inv_eps) = match spec.act {
+        Activation::Relu { l1 } => (l1, 0.0, 0.0),
+        Activation::JumpRelu { coef, bandwidth } => (coef, bandwidth / 2.0, 1.0 / bandwidth),
+        Activation::TopK { .. } | Activation::BatchTopK { .. } => (0.0, 0.0, 0.0),
+    };
+    let t = spec.t as i32;
+    let sc = l.upload(&[
+        coef as f32,
+        half_band as f32,
+        inv_eps as f32,
+        spec.lr as f32,
+        b1 as f32,
+        b2 as f32,
+        (1.0 - b1.powi(t)) as f32,
+        (1.0 - b2.powi(t)) as f32,
+        spec.clip as f32,
+    ]);
+    let hu = h as u32;
+    let mm = |rows: usize, cols: usize| (groups(cols, 64), groups(rows, 64), hu);
+
+    let norms = l.empty(&[h, m]);
+    l.launch(
+        dims.kernel(&[NORMS], &[]),
+        (256, 1),
+        (groups(m, 256), hu, 1),
+        &[&w_dec.handle, &norms.handle],
+    );
+    let pre = l.empty(&[h, b, m]);
+    l.launch(
+        dims.kernel(&[MM_PRE, MATMUL], &[]),
+        (16, 16),
+        mm(b, m),
+        &[&x.handle, &w_enc.handle, &b_enc.handle, &pre.handle],
+    );
+    // The activation's gate: row thresholds, the log-thresholds, or (ReLU) nothing read.
+    let gate = match spec.act {
+        Activation::Relu { .. } => b_enc.handle.clone(),
+        Activation::JumpRelu { .. } => lt.handle.clone(),
+        Activation::TopK { k } => {
+            let thr = l.empty(&[h, b]);
+            l.launch(
+                dims.kernel(&[SELECT], &[("SEG", m), ("NTH", k), ("REP", 1)]),
+                (256, 1),
+                (b as u32, hu, 1),
+                &[&pre.handle, &thr.handle],
+            );
+            thr.handle
+        }
+        Activation::BatchTopK { k } => {
+            let thr = l.empty(&[h, b]);
+            l.launch(
+                dims.kernel(&[SELECT], &[("SEG", b * m), ("NTH", k * b), ("REP", b)]),
+                (256, 1),
+                (1, hu, 1),
+                &[&pre.handle, &thr.handle],
+            );
+            thr.handle
+        }
+    };
+    let (fired, fsum) = (l.empty(&[h, m]), l.empty(&[h, m]));
+    l.launch(
+        dims.kernel(&[FSTATS, ACT], &[]),
+        (256, 1),
+        (groups(m, 256), hu, 1),
+        &[&pre.handle, &gate, &fired.handle, &fsum.handle],
+    );
+    let rec = l.empty(&[h, b, d]);
+    l.launch(
+        dims.kernel(&[MM_DEC, ACT, MATMUL], &[]),
+        (16, 16),
+        mm(b, d),
+        &[
+            &pre.handle,
+            &gate,
+            &w_dec.handle,
+            &b_dec.handle,
+            &rec.handle,
+        ],
+    );
+    let (err_sq, recon_sq) = (l.empty(&[h, b]), l.empty(&[h, b]));
+    l.launch(
+        dims.kernel(&[ROWS], &[]),
+        (256, 1),
+        (groups(b, 256), hu, 1),
+        &[&x.handle, &rec.handle, &err_sq.handle, &recon_sq.handle],
+    );
+    let dr = rec;
+    let colsum = |v: &CubeTensor, n: usize| {
+        let out = l.empty(&[h, n]);
+        l.launch(
+            dims.kernel(&[COLSUM], &[("N", n)]),
+            (256, 1),
+            (groups(n, 256), hu, 1),
+            &[&v.handle, &out.handle],
+        );
+        out
+    };
+    let g_bd = colsum(&dr, d);
+    let g_wd = l.empty(&[h, m, d]);
+    l.launch(
+        dims.kernel(&[MM_GDEC, ACT, MATMUL], &[]),
+        (16, 16),
+        mm(m, d),
+        &[
+            &pre.handle,
+            &gate,
+            &dr.handle,
+            &w_dec.handle,
+            &norms.handle,
+            &fsum.handle,
+            &g_wd.handle,
+            &sc,
+        ],
+    );
+    let dp = l.empty(&[h, b, m]);
+    let jc = if jump {
+        l.empty(&[h, b, m])
+    } else {
+        l.empty(&[1])
+    };
+    l.launch(
+        dims.kernel(&[MM_DP, ACT, MATMUL], &[]),
+        (16, 16),
+        mm(b, m),
+        &[
+            &dr.handle,
+            &w_dec.handle,
+            &pre.handle,
+            &gate,
+            &norms.handle,
+            &dp.handle,
+            &jc.handle,
+            &sc,
+        ],
+    );
+    let g_be = colsum(&dp, m);
+    let g_lt = if jump { Some(colsum(&jc, m)) } else { None };
+    let g_we = l.empty(&[h, d, m]);
+    l.launch(
+        dims.kernel(&[MM_GENC, MATMUL], &[]),
+        (16, 16),
+        mm(d, m),
+        &[&x.handle, &dp.handle, &g_we.handle],
+    );
+    let (resid_sq, terms) = (l.empty(&[h]), l.empty(&[3]));
+    l.launch(
+        dims.kernel(&[LOSS], &[]),
+        (256, 1),
+        (1, 1, 1),
+        &[
+            &err_sq.handle,
+            &fired.handle,
+            &fsum.handle,
+            &norms.handle,
+            &resid_sq.handle,
+            &terms.handle,
+            &sc,
+        ],
+    );
+
+    // Clipping's global norm over every gradient, then Adam per array.
+    let mut arrays = vec![
+        (w_enc, g_we, mv_we),
+        (b_enc, g_be, mv_be),
+        (w_dec, g_wd, mv_wd),
+        (b_dec, g_bd, mv_bd),
+    ];
+    if let Some(g_lt) = g_lt {
+        arrays.push((lt.clone(), g_lt, mv_lt.clone()));
+    }
+    let sizes: Vec<usize> = arrays
+        .iter()
+        .map(|(p, ..)| p.meta.shape().num_elements())
+        .collect();
+    let n_partials: usize = sizes.iter().map(|&n| n.div_ceil(4096)).sum();
+    let partials = l.empty(&[n_partials]);
+    let mut off = 0;
+    for ((_, g, _), &n) in arrays.iter().zip(&sizes) {
+        l.launch(
+            dims.kernel(&[SUMSQ], &[("N", n), ("OFF", off)]),
+            (256, 1),
+            (groups(n, 4096), 1, 1),
+            &[&g.handle, &partials.handle],
+        );
+        off += n.div_ceil(4096);
+    }
+    let mut updated = Vec::new();
+    for ((p, g, mv), &n) in arrays.iter().zip(&sizes) {
+        let p_out = l.empty(&p.meta.shape().to_vec());
+        let mv_out = l.empty(&[2 * n]);
+        l.launch(
+            dims.kernel(&[ADAM], &[("N", n), ("NP", n_partials)]),
+            (256, 1),
+            (groups(n, 4096), 1, 1),
+            &[
+                &p.handle,
+                &g.handle,
+                &mv.handle,
+                &partials.handle,
+                &sc,
+                &p_out.handle,
+                &mv_out.handle,
+            ],
+        );
+        updated.push((p_out, mv_out));
+    }
+    let mut updated = updated.into_iter();
+    let mut next = || updated.next().expect("one update per array");
+    let (w_enc, mv_w_enc) = next();
+    let (b_enc, mv_b_enc) = next();
+    let (w_dec, mv_w_dec) = next();
+    let (b_dec, mv_b_dec) = next();
+    let (log_threshold, mv_log_threshold) = if jump { next() } else { (lt, mv_lt) };
+    StepResult {
+        state: StepState {
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+            log_threshold,
+            mv_w_enc,
+            mv_b_enc,
+            mv_w_dec,
+            mv_b_dec,
+            mv_log_threshold,
+        },
+        fired,
+        resid_sq,
+        recon_sq,
+        terms,
+    }
+}
+
+type DispatchTensor = FloatTensor<burn::backend::Dispatch>;
+
+/// A host array as a dispatch tensor of `shape` (rank 1 to 3) on `device`.
+fn to_device(v: Vec<f32>, shape: &[usize], device: &burn::tensor::Device) -> DispatchTensor {
+    use burn::tensor::{Tensor, TensorData};
+    let data = TensorData::new(v, shape.to_vec());
+    match shape.len() {
+        1 => Tensor::<1>::from_data(data, device).into_dispatch(),
+        2 => Tensor::<2>::from_data(data, device).into_dispatch(),
+        3 => Tensor::<3>::from_data(data, device).into_dispatch(),
+        r => unreachable!("no parameter of rank {r}"),
+    }
+}
+
+/// A dispatch tensor of rank `R` read back to the host.
+fn to_host<const R: usize>(t: &DispatchTensor) -> anyhow::Result<Vec<f32>> {
+    crate::files::host_vec(burn::tensor::Tensor::<R>::from_dispatch(t.clone()))
+}
+
+impl StepState<burn::backend::Dispatch> {
+    /// Parameters and (or zero) Adam moments from the host, on `device`.
+    pub fn from_host(
+        p: &super::fused_cpu::HostParams,
+        adam: Option<&super::fused_cpu::HostAdam>,
+        device: &burn::tensor::Device,
+    ) -> Self {
+        let (h, d, m) = (p.n_heads, p.d_head, p.m);
+        let shapes: [&[usize]; 5] = [&[h, d, m], &[h, m], &[h, m, d], &[h, d], &[h, m]];
+        let mut params = Vec::new();
+        let mut moments = Vec::new();
+        for (i, (a, shape)) in p.arrays().into_iter().zip(shapes).enumerate() {
+            if a.is_empty() {
+                // No thresholds but for JumpReLU: one-element placeholders.
+                params.push(to_device(vec![0.0], &[1], device));
+                moments.push(to_device(vec![0.0], &[1], device));
+                continue;
+            }
+            params.push(to_device(a.clone(), shape, device));
+            let mv = match adam {
+                Some(adam) => {
+                    [adam.m.arrays()[i].as_slice(), adam.v.arrays()[i].as_slice()].concat()
+                }
+                None => vec![0.0; 2 * a.len()],
+            };
+            let n = mv.len();
+            moments.push(to_device(mv, &[n], device));
+        }
+        let mut params = params.into_iter();
+        let mut moments = moments.into_iter();
+        let mut p = || params.next().expect("five arrays");
+        let mut mv = || moments.next().expect("five arrays");
+        Self {
+            w_enc: p(),
+            b_enc: p(),
+            w_dec: p(),
+            b_dec: p(),
+            log_threshold: p(),
+            mv_w_enc: mv(),
+            mv_b_enc: mv(),
+            mv_w_dec: mv(),
+            mv_b_dec: mv(),
+            mv_log_threshold: mv(),
+        }
+    }
+
+    /// The parameters and Adam moments read back to the host, shaped as `like`.
+    pub fn to_host(
+        &self,
+        like: &super::fused_cpu::HostParams,
+    ) -> anyhow::Result<(super::fused_cpu::HostParams, super::fused_cpu::HostAdam)> {
+        let jump = !like.log_threshold.is_empty();
+        let p = super::fused_cpu::HostParams {
+            w_enc: to_host::<3>(&self.w_enc)?,
+            b_enc: to_host::<2>(&self.b_enc)?,
+            w_dec: to_host::<3>(&self.w_dec)?,
+            b_dec: to_host::<2>(&self.b_dec)?,
+            log_threshold: if jump {
+                to_host::<2>(&self.log_threshold)?
+            } else {
+                Vec::new()
+            },
+            ..like.clone()
+        };
+        let mut adam = super::fused_cpu::HostAdam::zeros(&p);
+        let moments = [
+            &self.mv_w_enc,
+            &self.mv_b_enc,
+            &self.mv_w_dec,
+            &self.mv_b_dec,
+            &self.mv_log_threshold,
+        ];
+        for (i, mv) in moments.into_iter().enumerate() {
+            let n = p.arrays()[i].len();
+            if n == 0 {
+                continue;
+            }
+            let mv = to_host::<1>(mv)?;
+            *adam.m.arrays_mut()[i] = mv[..n].to_vec();
+            *adam.v.arrays_mut()[i] = mv[n..].to_vec();
+        }
+        Ok((p, adam))
+    }
+}
+
+/// One step on burn's tensors (see the module's documentation).
+pub fn run_step(
+    x: burn::tensor::Tensor<3>,
+    state: StepState<burn::backend::Dispatch>,
+    spec: StepSpec,
+) -> StepResult<burn::backend::Dispatch> {
+    <burn::backend::Dispatch as WgslStep>::wgsl_sae_step(x.into_dispatch(), state, spec)
+}

@@ -1,0 +1,234 @@
+//! The WGSL training step (src/train/wgsl.rs, shaders/) against the fused CPU step, which
+//! is itself checked against burn's autodiff (src/train/fused_cpu.rs): loss terms and
+//! batch sums after one step, Adam's moments after one and two steps (after one step
+//! without clipping, the first moment is (1 - b1) times the gradient), and the parameters
+//! after two steps against Adam applied on the host to the kernel's own moments. Every
+//! activation, d_head 16 / 64 / 128, feature and batch counts that are not multiples of
+//! the workgroup tiles. On a wgpu adapter (lavapipe in CI); a failed launch leaves values
+//! that do not match, so it fails here.
+
+mod common;
+
+use attn_saes::rng::Rng;
+use attn_saes::sae::{Architecture, BlockDiagSae, SaeConfig};
+use attn_saes::train::fused_cpu::{
+    Activation, HostAdam, HostParams, clip_and_adam, loss_and_grads,
+};
+use attn_saes::train::wgsl::{self, StepSpec, StepState};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+const LR: f64 = 1e-3;
+const BETAS: (f64, f64) = (0.9, 0.999);
+
+/// `got` within `tol` times the largest magnitude of `want`.
+fn close(name: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-12);
+    let (mut err, mut at) = (0f32, 0);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if (g - w).abs() > err || g.is_nan() {
+            (err, at) = ((g - w).abs(), i);
+        }
+    }
+    assert!(
+        err <= tol * scale,
+        "{name}: max error {err} at {at} ({} vs {}), scale {scale}",
+        got[at],
+        want[at]
+    );
+}
+
+fn read<const D: usize>(t: FloatTensorD) -> Vec<f32> {
+    attn_saes::files::host_vec(Tensor::<D>::from_dispatch(t)).unwrap()
+}
+
+type FloatTensorD = burn::backend::tensor::FloatTensor<burn::backend::Dispatch>;
+
+/// A random SAE whose biases make some of the features fire, and a batch `x` [H, B, d].
+fn setup(arch: Architecture, h: usize, d: usize, m: usize, b: usize) -> (HostParams, Vec<f32>) {
+    let mut rng = Rng::new(11);
+    let cfg = SaeConfig {
+        n_heads: h,
+        d_head: d,
+        features_per_head: m,
+        architecture: arch,
+    };
+    let sae = BlockDiagSae::init(cfg, &mut rng, &Device::flex());
+    let mut p = HostParams::from_sae(&sae).unwrap();
+    p.b_enc = (0..h * m)
+        .map(|_| -0.1 + 0.05 * rng.normal() as f32)
+        .collect();
+    p.b_dec = (0..h * d).map(|_| 0.1 * rng.normal() as f32).collect();
+    if !p.log_threshold.is_empty() {
+        // Thresholds around 0.2, where pre-activations often come near.
+        p.log_threshold = (0..h * m)
+            .map(|_| (0.2 + 0.05 * rng.normal().abs()).ln() as f32)
+            .collect();
+    }
+    let x = (0..h * b * d).map(|_| 3.0 * rng.normal() as f32).collect();
+    (p, x)
+}
+
+/// Adam step `t` of PyTorch on the host, from moments already updated.
+fn adam_from_moments(p: &[f32], m: &[f32], v: &[f32], t: i32) -> Vec<f32> {
+    let bc1 = (1.0 - BETAS.0.powi(t)) as f32;
+    let bc2 = (1.0 - BETAS.1.powi(t)) as f32;
+    p.iter()
+        .zip(m.iter().zip(v))
+        .map(|(&p, (&m, &v))| p - (m / bc1) / ((v / bc2).sqrt() + 1e-8) * LR as f32)
+        .collect()
+}
+
+fn case(device: &Device, arch: Architecture, h: usize, d: usize, m: usize, b: usize, clip: f64) {
+    let tag = format!("{arch:?} h {h} d {d} m {m} b {b} clip {clip}");
+    let (p0, x) = setup(arch, h, d, m, b);
+    let act = Activation::new(arch, 0.7);
+    let spec = |t| StepSpec {
+        act,
+        lr: LR,
+        betas: BETAS,
+        t,
+        clip,
+    };
+    // Reference: the fused CPU step, twice.
+    let mut p = p0.clone();
+    let mut adam = HostAdam::zeros(&p);
+    let mut grads = p.zeros_like();
+    let sums1 = loss_and_grads(&p, &x, b, act, &mut grads);
+    clip_and_adam(&mut p, &grads, &mut adam, LR, BETAS, 1, clip);
+    let adam1 = adam.clone();
+    let sums2 = loss_and_grads(&p, &x, b, act, &mut grads);
+    clip_and_adam(&mut p, &grads, &mut adam, LR, BETAS, 2, clip);
+
+    let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), [h, b, d]), device);
+    let r1 = wgsl::run_step(xt.clone(), StepState::from_host(&p0, None, device), spec(1));
+    let terms = read::<1>(r1.terms);
+    let want = [sums1.mse, sums1.sparsity, sums1.total].map(|v| v as f32);
+    close(
+        &format!("{tag} step 1 [mse, sparsity, total]"),
+        &terms,
+        &want,
+        2e-5,
+    );
+    let fired = read::<2>(r1.fired);
+    let off: f32 = fired
+        .iter()
+        .zip(&sums1.fired)
+        .map(|(a, b)| (a - b).abs())
+        .sum();
+    // Counts are exact unless a pre-activation sits within rounding of its threshold.
+    assert!(off <= 1.0, "{tag} fired differs by {off} firings");
+    assert!(fired.iter().sum::<f32>() > 0.0, "{tag}: nothing fired");
+    let resid: Vec<f32> = sums1.resid_sq.iter().map(|&v| v as f32).collect();
+    close(
+        &format!("{tag} resid_sq"),
+        &read::<1>(r1.resid_sq),
+        &resid,
+        2e-5,
+    );
+    close(
+        &format!("{tag} recon_sq"),
+        &read::<2>(r1.recon_sq),
+        &sums1.recon_sq,
+        2e-5,
+    );
+    let (gp1, gadam1) = r1.state.to_host(&p0).unwrap();
+    for (i, name) in ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"]
+        .iter()
+        .enumerate()
+    {
+        let n = format!("{tag} step 1 {name}");
+        close(
+            &format!("{n} m"),
+            gadam1.m.arrays()[i],
+            adam1.m.arrays()[i],
+            1e-4,
+        );
+        close(
+            &format!("{n} v"),
+            gadam1.v.arrays()[i],
+            adam1.v.arrays()[i],
+            2e-4,
+        );
+        let want = adam_from_moments(
+            p0.arrays()[i],
+            gadam1.m.arrays()[i],
+            gadam1.v.arrays()[i],
+            1,
+        );
+        close(&format!("{n} param"), gp1.arrays()[i], &want, 1e-6);
+    }
+
+    let r2 = wgsl::run_step(xt, r1.state, spec(2));
+    let terms = read::<1>(r2.terms);
+    let want = [sums2.mse, sums2.sparsity, sums2.total].map(|v| v as f32);
+    close(
+        &format!("{tag} step 2 [mse, sparsity, total]"),
+        &terms,
+        &want,
+        1e-4,
+    );
+    let (gp2, gadam2) = r2.state.to_host(&p0).unwrap();
+    for (i, name) in ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"]
+        .iter()
+        .enumerate()
+    {
+        let n = format!("{tag} step 2 {name}");
+        close(
+            &format!("{n} m"),
+            gadam2.m.arrays()[i],
+            adam.m.arrays()[i],
+            1e-3,
+        );
+        close(
+            &format!("{n} v"),
+            gadam2.v.arrays()[i],
+            adam.v.arrays()[i],
+            1e-3,
+        );
+        // The update the kernel applied, from its own moments.
+        let want = adam_from_moments(
+            gp1.arrays()[i],
+            gadam2.m.arrays()[i],
+            gadam2.v.arrays()[i],
+            2,
+        );
+        close(&format!("{n} param"), gp2.arrays()[i], &want, 1e-6);
+    }
+}
+
+#[test]
+fn wgsl_step_matches_the_fused_cpu_step() {
+    let Some(device) = common::wgpu_device("the WGSL step") else {
+        return;
+    };
+    let relu = Architecture::Relu;
+    // No clipping (so step 1's moments are the gradients), then clipping that bites.
+    case(&device, relu, 3, 16, 48, 150, 0.0);
+    case(&device, relu, 2, 64, 50, 150, 1e-2);
+    case(&device, relu, 2, 128, 70, 37, 1e-2);
+    case(&device, Architecture::TopK { k: 4 }, 2, 64, 50, 150, 0.0);
+    case(&device, Architecture::TopK { k: 5 }, 1, 16, 300, 70, 1e-2);
+    case(
+        &device,
+        Architecture::BatchTopK { k: 3 },
+        2,
+        16,
+        48,
+        150,
+        0.0,
+    );
+    case(
+        &device,
+        Architecture::BatchTopK { k: 2 },
+        2,
+        64,
+        70,
+        100,
+        1e-2,
+    );
+    let jump = Architecture::JumpRelu { bandwidth: 0.05 };
+    case(&device, jump, 2, 16, 48, 150, 0.0);
+    case(&device, jump, 2, 128, 48, 150, 1e-2);
+}
