@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::device::DeviceChoice;
 use crate::lm::ZConvention;
 use crate::sae::Normalization;
-use crate::train::config::{ArchitectureKind, BDecInit, LrSchedule};
+use crate::train::config::{ArchitectureKind, BDecInit, LrSchedule, StepKind};
 use crate::train::{EvalMetrics, StepMetrics, TrainConfig, TrainEvent};
 
 /// Training flags. Each overrides the same key of `--config FILE` (or the default).
@@ -47,6 +47,9 @@ pub struct TrainArgs {
     pub dense: bool,
     #[arg(long, value_enum)]
     pub architecture: Option<ArchitectureKind>,
+    /// Training step: auto (fused CPU step / WGSL kernels on wgpu) or autodiff (reference).
+    #[arg(long, value_enum)]
+    pub step: Option<StepKind>,
     #[arg(long)]
     pub k: Option<usize>,
     /// Sparsity coefficient (L1 for relu, L0 for jumprelu).
@@ -232,6 +235,7 @@ impl TrainArgs {
             dataset,
             expansion_factor,
             architecture,
+            step,
             k,
             l1_coefficient,
             jumprelu_bandwidth,

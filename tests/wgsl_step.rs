@@ -133,7 +133,7 @@ fn case(device: &Device, arch: Architecture, h: usize, d: usize, m: usize, b: us
         &sums1.recon_sq,
         2e-5,
     );
-    let (gp1, gadam1) = r1.state.to_host(&p0).unwrap();
+    let (gp1, gadam1) = r1.state.to_host(wgsl::ParamShape::of(&p0)).unwrap();
     for (i, name) in ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"]
         .iter()
         .enumerate()
@@ -169,7 +169,7 @@ fn case(device: &Device, arch: Architecture, h: usize, d: usize, m: usize, b: us
         &want,
         1e-4,
     );
-    let (gp2, gadam2) = r2.state.to_host(&p0).unwrap();
+    let (gp2, gadam2) = r2.state.to_host(wgsl::ParamShape::of(&p0)).unwrap();
     for (i, name) in ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"]
         .iter()
         .enumerate()

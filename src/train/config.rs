@@ -70,6 +70,27 @@ pub enum BDecInit {
     GeometricMedian,
 }
 
+/// The training step's implementation.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// Without autodiff: the fused CPU step on the CPU, the WGSL kernels on wgpu.
+    #[default]
+    Auto,
+    /// burn's autodiff (the reference path), on any device.
+    Autodiff,
+}
+
 /// A training run's full configuration. Field names are the TOML keys; CLI flags use the
 /// same names in kebab case.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -140,6 +161,8 @@ pub struct TrainConfig {
     pub dead_threshold: f64,
     pub out_dir: PathBuf,
     pub device: DeviceChoice,
+    /// The training step: `auto` (fused CPU / WGSL kernels) or `autodiff`.
+    pub step: StepKind,
 }
 
 pub use crate::assets::{DEMO_CORPUS_DIR, DEMO_MODEL_FILE, cache_dir as asset_cache};
@@ -192,6 +215,7 @@ impl Default for TrainConfig {
             dead_threshold: 1e-4,
             out_dir: PathBuf::from("runs/latest"),
             device: DeviceChoice::Auto,
+            step: StepKind::Auto,
         }
     }
 }

@@ -20,7 +20,7 @@ use anyhow::Context;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-pub use config::TrainConfig;
+pub use config::{StepKind, TrainConfig};
 pub use eval::EvalMetrics;
 pub use metrics::StepMetrics;
 
@@ -144,6 +144,12 @@ enum OptState {
         adam: HostAdam,
         grads: HostParams,
     },
+    /// The WGSL step on wgpu: parameters and moments on the device (`None` only while a
+    /// step holds them).
+    Wgsl {
+        state: Option<wgsl::StepState<burn::backend::Dispatch>>,
+        shape: wgsl::ParamShape,
+    },
 }
 
 /// The result of one training step: loss terms and the batch sums metrics are made of.
@@ -163,13 +169,33 @@ pub struct StepOutput {
 const PARAM_NAMES: [&str; 5] = ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"];
 
 impl SaeOptimizer {
-    /// The fused CPU step on the CPU backend, else autodiff.
+    /// The fused CPU step on the CPU backend, the WGSL step on wgpu.
     pub fn new(sae: &BlockDiagSae) -> Self {
-        if fused_applies(sae) {
-            let params = HostParams::from_sae(sae).expect("reading a CPU tensor");
-            Self::fused(params, None)
-        } else {
-            Self::with_autodiff(sae)
+        let params = HostParams::from_sae(sae).expect("reading the SAE's parameters");
+        match fast_path(sae) {
+            FastPath::Cpu => Self::fused(params, None),
+            FastPath::Wgsl => Self::wgsl(params, None, &sae.device()),
+            FastPath::None => Self::with_autodiff(sae),
+        }
+    }
+
+    /// [`SaeOptimizer::new`], or autodiff when `step` asks for it.
+    pub fn for_step(sae: &BlockDiagSae, step: StepKind) -> Self {
+        match step {
+            StepKind::Auto => Self::new(sae),
+            StepKind::Autodiff => Self::with_autodiff(sae),
+        }
+    }
+
+    fn wgsl(params: HostParams, adam: Option<&HostAdam>, device: &Device) -> Self {
+        let state = wgsl::StepState::from_host(&params, adam, device);
+        let shape = wgsl::ParamShape::of(&params);
+        Self {
+            state: OptState::Wgsl {
+                state: Some(state),
+                shape,
+            },
+            t: 0,
         }
     }
 
@@ -202,6 +228,15 @@ impl SaeOptimizer {
     /// True when steps run through the fused CPU path.
     pub fn is_fused(&self) -> bool {
         matches!(self.state, OptState::Fused { .. })
+    }
+
+    /// Which step this optimizer runs: "fused CPU", "WGSL" or "autodiff".
+    pub fn path(&self) -> &'static str {
+        match self.state {
+            OptState::Fused { .. } => "fused CPU",
+            OptState::Wgsl { .. } => "WGSL",
+            OptState::Autodiff { .. } => "autodiff",
+        }
     }
 
     /// One optimisation step on `x` [H, B, d] (SAE input space). Returns the loss terms
@@ -246,6 +281,34 @@ impl SaeOptimizer {
                     fired: host_tensor(&sums.fired, [h, m], &device),
                     resid_sq: host_tensor(&resid, [h], &device),
                     recon_sq: host_tensor(&sums.recon_sq, [h, b], &device),
+                }
+            }
+            OptState::Wgsl { state, .. } => {
+                let spec = wgsl::StepSpec {
+                    act: Activation::new(sae.config.architecture, l1),
+                    lr,
+                    betas,
+                    t,
+                    clip,
+                };
+                let r = wgsl::run_step(x, state.take().expect("state between steps"), spec);
+                let s = &r.state;
+                sae.w_enc = Tensor::from_dispatch(s.w_enc.clone());
+                sae.b_enc = Tensor::from_dispatch(s.b_enc.clone());
+                sae.w_dec = Tensor::from_dispatch(s.w_dec.clone());
+                sae.b_dec = Tensor::from_dispatch(s.b_dec.clone());
+                if sae.log_threshold.is_some() {
+                    sae.log_threshold = Some(Tensor::from_dispatch(s.log_threshold.clone()));
+                }
+                let terms = Tensor::<1>::from_dispatch(r.terms);
+                *state = Some(r.state);
+                StepOutput {
+                    mse: terms.clone().narrow(0, 0, 1),
+                    sparsity: terms.clone().narrow(0, 1, 1),
+                    total: terms.narrow(0, 2, 1),
+                    fired: Tensor::from_dispatch(r.fired),
+                    resid_sq: Tensor::from_dispatch(r.resid_sq),
+                    recon_sq: Tensor::from_dispatch(r.recon_sq),
                 }
             }
             OptState::Autodiff {
@@ -323,26 +386,12 @@ impl SaeOptimizer {
 
     fn to_arrays(&self) -> anyhow::Result<Vec<NamedArray>> {
         match &self.state {
-            OptState::Fused { params, adam, .. } => {
-                let shapes = param_shapes(params);
-                let mut arrays = Vec::new();
-                for (i, (name, shape)) in PARAM_NAMES.iter().zip(shapes).enumerate() {
-                    if params.arrays()[i].is_empty() {
-                        continue; // no thresholds unless JumpReLU
-                    }
-                    arrays.push(NamedArray::new(
-                        format!("m.{name}"),
-                        shape.clone(),
-                        adam.m.arrays()[i].clone(),
-                    ));
-                    arrays.push(NamedArray::new(
-                        format!("v.{name}"),
-                        shape,
-                        adam.v.arrays()[i].clone(),
-                    ));
-                }
-                Ok(arrays)
+            OptState::Wgsl { state, shape } => {
+                let state = state.as_ref().expect("state between steps");
+                let (params, adam) = state.to_host(*shape)?;
+                Ok(host_adam_arrays(&params, &adam))
             }
+            OptState::Fused { params, adam, .. } => Ok(host_adam_arrays(params, adam)),
             OptState::Autodiff {
                 w_enc,
                 b_enc,
@@ -369,14 +418,24 @@ impl SaeOptimizer {
         }
     }
 
-    fn load(sae: &BlockDiagSae, path: &Path, t: usize, device: &Device) -> anyhow::Result<Self> {
+    fn load(
+        sae: &BlockDiagSae,
+        path: &Path,
+        t: usize,
+        device: &Device,
+        step: StepKind,
+    ) -> anyhow::Result<Self> {
         let file = WeightFile::open(path)?;
         let (h, d, m) = (
             sae.config.n_heads,
             sae.config.d_head,
             sae.config.features_per_head,
         );
-        if fused_applies(sae) {
+        let path = match step {
+            StepKind::Auto => fast_path(sae),
+            StepKind::Autodiff => FastPath::None,
+        };
+        if path != FastPath::None {
             let params = HostParams::from_sae(sae)?;
             let mut adam = HostAdam::zeros(&params);
             let shapes = param_shapes(&params);
@@ -387,7 +446,10 @@ impl SaeOptimizer {
                 *adam.m.arrays_mut()[i] = file.read_shaped(&format!("m.{name}"), &shape)?.data;
                 *adam.v.arrays_mut()[i] = file.read_shaped(&format!("v.{name}"), &shape)?.data;
             }
-            let mut opt = Self::fused(params, Some(adam));
+            let mut opt = match path {
+                FastPath::Cpu => Self::fused(params, Some(adam)),
+                _ => Self::wgsl(params, Some(&adam), device),
+            };
             opt.t = t;
             return Ok(opt);
         }
@@ -428,15 +490,52 @@ impl SaeOptimizer {
     }
 }
 
-/// The fused CPU step covers every architecture on the CPU backend.
-fn fused_applies(sae: &BlockDiagSae) -> bool {
+/// The step without autodiff that an SAE's device has.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum FastPath {
+    /// The fused CPU step, on the CPU backend.
+    Cpu,
+    /// The WGSL step, on wgpu.
+    Wgsl,
+    None,
+}
+
+/// Both fast steps cover every architecture: the fused CPU step on the CPU backend, the
+/// WGSL step on any other (wgpu) device.
+fn fast_path(sae: &BlockDiagSae) -> FastPath {
     let arch_ok = match sae.config.architecture {
         Architecture::Relu | Architecture::TopK { .. } | Architecture::BatchTopK { .. } => {
             sae.log_threshold.is_none()
         }
         Architecture::JumpRelu { .. } => sae.log_threshold.is_some(),
     };
-    arch_ok && sae.device() == Device::flex()
+    match (arch_ok, sae.device() == Device::flex()) {
+        (false, _) => FastPath::None,
+        (true, true) => FastPath::Cpu,
+        (true, false) => FastPath::Wgsl,
+    }
+}
+
+/// The optimizer file's arrays (`m.NAME`, `v.NAME`) from host moments.
+fn host_adam_arrays(params: &HostParams, adam: &HostAdam) -> Vec<NamedArray> {
+    let shapes = param_shapes(params);
+    let mut arrays = Vec::new();
+    for (i, (name, shape)) in PARAM_NAMES.iter().zip(shapes).enumerate() {
+        if params.arrays()[i].is_empty() {
+            continue; // no thresholds unless JumpReLU
+        }
+        arrays.push(NamedArray::new(
+            format!("m.{name}"),
+            shape.clone(),
+            adam.m.arrays()[i].clone(),
+        ));
+        arrays.push(NamedArray::new(
+            format!("v.{name}"),
+            shape,
+            adam.v.arrays()[i].clone(),
+        ));
+    }
+    arrays
 }
 
 fn param_shapes(p: &HostParams) -> [Vec<usize>; 5] {
@@ -564,7 +663,8 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join(format!("{}.safetensors", architecture.name()));
             write_safetensors(&path, &autodiff.to_arrays().unwrap(), None).unwrap();
-            let mut fused = SaeOptimizer::load(&sae, &path, autodiff.t, &device).unwrap();
+            let mut fused =
+                SaeOptimizer::load(&sae, &path, autodiff.t, &device, StepKind::Auto).unwrap();
             assert!(fused.is_fused());
             let mut sae_fused = sae.clone();
             step(&mut autodiff, &mut sae);

@@ -201,6 +201,12 @@ impl<'a> Trainer<'a> {
         scope: &'scope Scope<'scope, 'a>,
     ) -> anyhow::Result<Self> {
         let config = &plan.config;
+        if config.step == super::StepKind::Auto && *device != Device::flex() {
+            // Before anything is touched: the WGSL step's limits on a batch.
+            let c = &plan.sae_config;
+            super::wgsl::check_shape(c.n_heads, config.batch_size, c.d_head, c.features_per_head)
+                .map_err(|e| anyhow::anyhow!("{e} (or `--step autodiff`)"))?;
+        }
         if resume.is_none() && checkpoint::clear_previous_run(&config.out_dir)? {
             send(
                 events,
@@ -227,6 +233,10 @@ impl<'a> Trainer<'a> {
                 initialise(plan, loaded, &mut store, device)?
             }
         };
+        send(
+            events,
+            TrainEvent::Status(format!("training step: {}", opt.path())),
+        );
         let mc = &loaded.transformer.config;
         send(
             events,
@@ -574,6 +584,7 @@ fn resume_from(
         &dir.join("optimizer.safetensors"),
         state.adam_t,
         device,
+        plan.config.step,
     )?;
     store.restore_state(dir)?;
     Ok((sae, opt, state))
@@ -618,7 +629,7 @@ fn initialise(
         let median = geometric_median(&scaled, h, d, 30);
         sae.b_dec = Tensor::from_data(TensorData::new(median, [h, d]), device);
     }
-    let opt = SaeOptimizer::new(&sae);
+    let opt = SaeOptimizer::for_step(&sae, config.step);
     let state = TrainerState {
         step: 0,
         tokens: 0,

@@ -579,6 +579,26 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
 
 type DispatchTensor = FloatTensor<burn::backend::Dispatch>;
 
+/// An SAE's sizes, and whether it has thresholds (JumpReLU).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParamShape {
+    pub n_heads: usize,
+    pub d_head: usize,
+    pub m: usize,
+    pub jump: bool,
+}
+
+impl ParamShape {
+    pub fn of(p: &super::fused_cpu::HostParams) -> Self {
+        Self {
+            n_heads: p.n_heads,
+            d_head: p.d_head,
+            m: p.m,
+            jump: !p.log_threshold.is_empty(),
+        }
+    }
+}
+
 /// A host array as a dispatch tensor of `shape` (rank 1 to 3) on `device`.
 fn to_device(v: Vec<f32>, shape: &[usize], device: &burn::tensor::Device) -> DispatchTensor {
     use burn::tensor::{Tensor, TensorData};
@@ -642,13 +662,16 @@ impl StepState<burn::backend::Dispatch> {
         }
     }
 
-    /// The parameters and Adam moments read back to the host, shaped as `like`.
+    /// The parameters and Adam moments read back to the host.
     pub fn to_host(
         &self,
-        like: &super::fused_cpu::HostParams,
+        shape: ParamShape,
     ) -> anyhow::Result<(super::fused_cpu::HostParams, super::fused_cpu::HostAdam)> {
-        let jump = !like.log_threshold.is_empty();
+        let jump = shape.jump;
         let p = super::fused_cpu::HostParams {
+            n_heads: shape.n_heads,
+            d_head: shape.d_head,
+            m: shape.m,
             w_enc: to_host::<3>(&self.w_enc)?,
             b_enc: to_host::<2>(&self.b_enc)?,
             w_dec: to_host::<3>(&self.w_dec)?,
@@ -658,7 +681,6 @@ impl StepState<burn::backend::Dispatch> {
             } else {
                 Vec::new()
             },
-            ..like.clone()
         };
         let mut adam = super::fused_cpu::HostAdam::zeros(&p);
         let moments = [
