@@ -4,13 +4,19 @@
 //! (PyTorch bmm and the seed's dense `torch.block_diag` method).
 //!
 //! On the CPU the fused step (`src/train/fused_cpu.rs`, the trainer's default there) and
-//! burn's autodiff are both timed. `--b-enc V` starts every encoder bias at `V`: 0 fires
+//! burn's autodiff are both timed; on wgpu the WGSL step (`src/train/wgsl.rs`, the default
+//! there) and autodiff, with the kernel launches per step each path makes (counted by
+//! cubecl's launch observer). `--torch` runs `benches/torch_sae_step.py` with the same
+//! settings afterwards (`--device cuda` there when wgpu is timed), so the figures come out
+//! side by side from one command. `--b-enc V` starts every encoder bias at `V`: 0 fires
 //! about half the features (a fresh SAE); -0.2 fires about 2% (a trained one).
 //!
 //! Training moves the density (on this fixed random batch it rises); `--lr 0` holds it.
 //!
-//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m] [--topk K | --batchtopk K | --jumprelu]`
+//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m] [--topk K | --batchtopk K | --jumprelu] [--torch]`
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use attn_saes::device::{DeviceChoice, select};
@@ -19,6 +25,40 @@ use attn_saes::sae::{Architecture, BlockDiagSae, SaeConfig};
 use attn_saes::train::SaeOptimizer;
 use burn::prelude::*;
 use burn::tensor::Distribution;
+
+/// Counts kernel launches while installed; with `timed`, also each launch's own time, in
+/// issue order (kernels then run one at a time).
+#[derive(Default)]
+struct Launches {
+    count: AtomicUsize,
+    timed: bool,
+    times: std::sync::Mutex<Vec<(&'static str, f64)>>,
+}
+
+impl burn::cubecl::logging::LaunchObserver for Launches {
+    fn launched(&self, _kernel: &'static str) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn timing(&self) -> burn::cubecl::logging::TimingRequest {
+        if self.timed {
+            burn::cubecl::logging::TimingRequest::Resolved
+        } else {
+            burn::cubecl::logging::TimingRequest::None
+        }
+    }
+
+    fn timed(
+        &self,
+        kernel: &'static str,
+        duration: burn::cubecl::logging::Duration,
+        _method: burn::cubecl::logging::TimingMethod,
+    ) {
+        let name = kernel.rsplit("::").next().unwrap_or(kernel);
+        let mut times = self.times.lock().unwrap();
+        times.push((name, duration.as_secs_f64() * 1e3));
+    }
+}
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -78,19 +118,20 @@ fn main() -> anyhow::Result<()> {
                 features_per_head: m,
                 architecture,
             };
-            let mut paths = vec![("autodiff", false)];
-            if *name == "cpu" {
-                paths.insert(0, ("fused", true));
-            }
-            for (path, fused) in paths {
+            // The device's own step (fused CPU or WGSL), then autodiff.
+            for fast in [true, false] {
                 let mut sae = BlockDiagSae::init(config.clone(), &mut Rng::new(0), device);
                 sae.b_enc = sae.b_enc.clone().add_scalar(b_enc);
-                let mut opt = if fused {
+                let mut opt = if fast {
                     SaeOptimizer::new(&sae)
                 } else {
                     SaeOptimizer::with_autodiff(&sae)
                 };
-                assert_eq!(opt.is_fused(), fused);
+                let path = match opt.path() {
+                    "fused CPU" => "fused",
+                    "WGSL" => "wgsl",
+                    other => other,
+                };
                 let x = Tensor::<3>::random([h, b, d], Distribution::Normal(0.0, 1.0), device);
                 let mut density = 0.0;
                 let mut step = || {
@@ -102,6 +143,21 @@ fn main() -> anyhow::Result<()> {
                 };
                 step();
                 step();
+                if std::env::var("ATTN_SAES_PROFILE_LAUNCHES").as_deref() == Ok("1") {
+                    // One step with each launch timed on its own, in issue order.
+                    let launches = Arc::new(Launches {
+                        timed: true,
+                        ..Default::default()
+                    });
+                    let watching = burn::cubecl::logging::LaunchObservation::new(launches.clone());
+                    step();
+                    drop(watching);
+                    for (i, (kernel, ms)) in launches.times.lock().unwrap().iter().enumerate() {
+                        println!("  launch {i:>3} {kernel} {ms:.3} ms");
+                    }
+                }
+                let launches = Arc::new(Launches::default());
+                let watching = burn::cubecl::logging::LaunchObservation::new(launches.clone());
                 let start = Instant::now();
                 let mut n = 0;
                 while n < 3 || start.elapsed().as_secs_f64() < seconds {
@@ -109,15 +165,34 @@ fn main() -> anyhow::Result<()> {
                     n += 1;
                 }
                 let secs = start.elapsed().as_secs_f64();
+                drop(watching);
+                // Kernel launches per step (the CPU backend launches none).
+                let per_step = launches.count.load(Ordering::Relaxed) as f64 / n as f64;
                 println!(
                     "burn_sae_step device={name} path={path} arch={} B={b} H={h} d={d} m={m} b_enc={b_enc} lr={lr} \
-                     density={density:.3} steps_per_s={:.3} ms_per_step={:.1}",
+                     density={density:.3} steps_per_s={:.3} ms_per_step={:.1} launches_per_step={per_step:.1}",
                     architecture.name(),
                     n as f64 / secs,
                     secs * 1e3 / n as f64
                 );
             }
         }
+    }
+    if std::env::args().any(|a| a == "--torch") {
+        // The PyTorch reference with the same settings, on CUDA when wgpu was timed.
+        let torch_device = if which == "cpu" { "cpu" } else { "cuda" };
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_sae_step.py");
+        let mut cmd = std::process::Command::new(
+            std::env::var("ATTN_SAES_PYTHON").unwrap_or_else(|_| "python3".into()),
+        );
+        cmd.arg(script).args(["--device", torch_device]);
+        cmd.args(["--seconds", &seconds.to_string()]);
+        cmd.args(["--b-enc", &b_enc.to_string(), "--lr", &lr.to_string()]);
+        if quick {
+            cmd.arg("--quick");
+        }
+        let status = cmd.status()?;
+        anyhow::ensure!(status.success(), "{script} failed: {status}");
     }
     Ok(())
 }

@@ -11,9 +11,13 @@
 const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 16u;
+// Row strides of the tiles in workgroup memory, padded by one so that a column written by
+// neighbouring invocations falls in different banks.
+const SA: u32 = 65u;
+const SB: u32 = 65u;
 
-var<workgroup> sa: array<f32, 1024>; // [TK][TM]
-var<workgroup> sb: array<f32, 1024>; // [TK][TN]
+var<workgroup> sa: array<f32, 1040>; // [TK][SA]
+var<workgroup> sb: array<f32, 1040>; // [TK][SB]
 
 @compute @workgroup_size(16, 16, 1)
 fn main(
@@ -41,7 +45,7 @@ fn main(
             if (r0 + rr < RD && k0 + ka < KD) {
                 v = load_a(h, r0 + rr, k0 + ka);
             }
-            sa[ka * TM + rr] = v;
+            sa[ka * SA + rr] = v;
             var cc = idx % TN;
             var kb = idx / TN;
             if (B_K_FAST) {
@@ -52,15 +56,15 @@ fn main(
             if (c0 + cc < CD && k0 + kb < KD) {
                 w = load_b(h, k0 + kb, c0 + cc);
             }
-            sb[kb * TN + cc] = w;
+            sb[kb * SB + cc] = w;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
             var a: array<f32, 4>;
             var b: array<f32, 4>;
             for (var i = 0u; i < 4u; i++) {
-                a[i] = sa[kk * TM + lid.y + 16u * i];
-                b[i] = sb[kk * TN + lid.x + 16u * i];
+                a[i] = sa[kk * SA + lid.y + 16u * i];
+                b[i] = sb[kk * SB + lid.x + 16u * i];
             }
             for (var i = 0u; i < 4u; i++) {
                 for (var j = 0u; j < 4u; j++) {

@@ -170,6 +170,13 @@ pub struct Wgsl {
     source: String,
 }
 
+impl Wgsl {
+    /// The complete WGSL text.
+    pub fn text(&self) -> &str {
+        &self.source
+    }
+}
+
 impl KernelSource for Wgsl {
     fn source(&self) -> SourceTemplate {
         SourceTemplate::new(self.source.clone())

@@ -1,0 +1,49 @@
+//! Every WGSL kernel of the training step (shaders/, as src/train/wgsl.rs assembles them)
+//! parses and validates with naga, wgpu's shader compiler, for each activation and for
+//! odd and large shapes; each has a compute entry point `main`. No GPU needed.
+
+use attn_saes::sae::Architecture;
+use attn_saes::train::fused_cpu::Activation;
+use attn_saes::train::wgsl::Dims;
+
+#[test]
+fn every_kernel_validates_with_naga() {
+    let archs = [
+        Architecture::Relu,
+        Architecture::TopK { k: 32 },
+        Architecture::BatchTopK { k: 32 },
+        Architecture::JumpRelu { bandwidth: 0.001 },
+    ];
+    let mut checked = 0;
+    for arch in archs {
+        for (h, b, d, m) in [(12, 4096, 64, 2048), (3, 37, 16, 50), (1, 150, 128, 70)] {
+            let dims = Dims {
+                h,
+                b,
+                d,
+                m,
+                act: Activation::new(arch, 1.0),
+            };
+            for (name, kernel) in dims.all_kernels() {
+                let source = kernel.text();
+                let module = naga::front::wgsl::parse_str(source)
+                    .unwrap_or_else(|e| panic!("{name} ({arch:?}): {}", e.emit_to_string(source)));
+                naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::empty(),
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name} ({arch:?}): {}", e.emit_to_string(source)));
+                let entry = module
+                    .entry_points
+                    .iter()
+                    .find(|e| e.name == "main")
+                    .unwrap_or_else(|| panic!("{name}: no entry point main"));
+                assert_eq!(entry.stage, naga::ShaderStage::Compute, "{name}");
+                checked += 1;
+            }
+        }
+    }
+    // 12 kernels for each of 12 (activation, shape) pairs, and select for the 6 TopK ones.
+    assert_eq!(checked, 12 * 12 + 6);
+}
