@@ -4,7 +4,13 @@
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;  // [H, N]
 
 @compute @workgroup_size(256, 1, 1)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+fn main(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    if (skip_dense(li)) {
+        return;
+    }
     let c = id.x;
     let h = id.y;
     if (c >= N) {

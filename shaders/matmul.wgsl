@@ -25,6 +25,9 @@ fn main(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
+    if (skip_dense(li)) {
+        return;
+    }
     let h = wg.z;
     let r0 = wg.y * TM;
     let c0 = wg.x * TN;

@@ -80,8 +80,22 @@ fn adam_from_moments(p: &[f32], m: &[f32], v: &[f32], t: i32) -> Vec<f32> {
         .collect()
 }
 
+/// Both paths: `sparse` forces the sparse one (every list fits), else the dense one.
 fn case(device: &Device, arch: Architecture, h: usize, d: usize, m: usize, b: usize, clip: f64) {
-    let tag = format!("{arch:?} h {h} d {d} m {m} b {b} clip {clip}");
+    for sparse in [false, true] {
+        case_on_path(device, arch, (h, d, m, b), clip, sparse);
+    }
+}
+
+fn case_on_path(
+    device: &Device,
+    arch: Architecture,
+    (h, d, m, b): (usize, usize, usize, usize),
+    clip: f64,
+    sparse: bool,
+) {
+    let path = if sparse { "sparse" } else { "dense" };
+    let tag = format!("{arch:?} h {h} d {d} m {m} b {b} clip {clip} {path}");
     let (p0, x) = setup(arch, h, d, m, b);
     let act = Activation::new(arch, 0.7);
     let spec = |t| StepSpec {
@@ -90,6 +104,7 @@ fn case(device: &Device, arch: Architecture, h: usize, d: usize, m: usize, b: us
         betas: BETAS,
         t,
         clip,
+        sparse_below: if sparse { 1.0 } else { 0.0 },
     };
     // Reference: the fused CPU step, twice.
     let mut p = p0.clone();
@@ -104,10 +119,15 @@ fn case(device: &Device, arch: Architecture, h: usize, d: usize, m: usize, b: us
     let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), [h, b, d]), device);
     let r1 = wgsl::run_step(xt.clone(), StepState::from_host(&p0, None, device), spec(1));
     let terms = read::<1>(r1.terms);
+    assert_eq!(
+        terms[3],
+        f32::from(u8::from(sparse)),
+        "{tag}: the path taken"
+    );
     let want = [sums1.mse, sums1.sparsity, sums1.total].map(|v| v as f32);
     close(
         &format!("{tag} step 1 [mse, sparsity, total]"),
-        &terms,
+        &terms[..3],
         &want,
         2e-5,
     );
@@ -165,7 +185,7 @@ fn case(device: &Device, arch: Architecture, h: usize, d: usize, m: usize, b: us
     let want = [sums2.mse, sums2.sparsity, sums2.total].map(|v| v as f32);
     close(
         &format!("{tag} step 2 [mse, sparsity, total]"),
-        &terms,
+        &terms[..3],
         &want,
         1e-4,
     );

@@ -1,6 +1,7 @@
 //! Every WGSL kernel of the training step (shaders/, as src/train/wgsl.rs assembles them)
 //! parses and validates with naga, wgpu's shader compiler, for each activation and for
-//! odd and large shapes; each has a compute entry point `main`. No GPU needed.
+//! odd and large shapes, with and without the sparse path; each has a compute entry point
+//! `main`. No GPU needed.
 
 use attn_saes::sae::Architecture;
 use attn_saes::train::fused_cpu::Activation;
@@ -16,13 +17,16 @@ fn every_kernel_validates_with_naga() {
     ];
     let mut checked = 0;
     for arch in archs {
-        for (h, b, d, m) in [(12, 4096, 64, 2048), (3, 37, 16, 50), (1, 150, 128, 70)] {
+        let shapes = [(12, 4096, 64, 2048), (3, 37, 16, 50), (1, 150, 128, 70)];
+        for ((h, b, d, m), sparse) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
             let dims = Dims {
                 h,
                 b,
                 d,
                 m,
                 act: Activation::new(arch, 1.0),
+                sparse,
+                cap: h * b * m / 10,
             };
             for (name, kernel) in dims.all_kernels() {
                 let source = kernel.text();
@@ -44,6 +48,8 @@ fn every_kernel_validates_with_naga() {
             }
         }
     }
-    // 12 kernels for each of 12 (activation, shape) pairs, and select for the 6 TopK ones.
-    assert_eq!(checked, 12 * 12 + 6);
+    // For each of 12 (activation, shape) pairs: 12 kernels for the dense path alone, 16 (with
+    // their path flags, and the 4 sparse ones) where the sparse path can be taken; and
+    // select twice for each of the 6 TopK pairs.
+    assert_eq!(checked, 12 * 12 + 16 * 12 + 2 * 6);
 }

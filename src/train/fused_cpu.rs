@@ -32,7 +32,7 @@ use rayon::prelude::*;
 const TILE: usize = 64;
 
 /// Above this fraction of active features a tile uses dense matmuls.
-const SPARSE_BELOW: f64 = 0.10;
+pub const SPARSE_BELOW: f64 = 0.10;
 
 /// Host copies of an SAE's parameters, in the layouts of `BlockDiagSae`.
 #[derive(Clone, Debug, PartialEq)]

@@ -290,6 +290,7 @@ impl SaeOptimizer {
                     betas,
                     t,
                     clip,
+                    sparse_below: fused_cpu::SPARSE_BELOW,
                 };
                 let r = wgsl::run_step(x, state.take().expect("state between steps"), spec);
                 let s = &r.state;

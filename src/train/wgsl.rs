@@ -51,6 +51,11 @@ pub mod sources {
     pub const LOSS: &str = include_str!("../../shaders/loss.wgsl");
     pub const SUMSQ: &str = include_str!("../../shaders/sumsq.wgsl");
     pub const ADAM: &str = include_str!("../../shaders/adam.wgsl");
+    pub const NEAR: &str = include_str!("../../shaders/near.wgsl");
+    pub const SCAN: &str = include_str!("../../shaders/scan.wgsl");
+    pub const FILL: &str = include_str!("../../shaders/fill.wgsl");
+    pub const DEC_SPARSE: &str = include_str!("../../shaders/dec_sparse.wgsl");
+    pub const FEAT_GRAD: &str = include_str!("../../shaders/feat_grad.wgsl");
 }
 
 /// What a step needs besides tensors: the activation and the optimizer's settings.
@@ -63,6 +68,9 @@ pub struct StepSpec {
     pub t: usize,
     /// Global gradient-norm clip (`<= 0`: none).
     pub clip: f64,
+    /// The sparse path is taken when the batch's firings (and JumpReLU's near-threshold
+    /// entries) are under this fraction of `H * B * m` (0: never; 1: always).
+    pub sparse_below: f64,
 }
 
 /// The SAE's parameters and Adam moments on the device. Each `mv_*` holds that parameter's
@@ -95,7 +103,8 @@ pub struct StepResult<B: Backend> {
     pub resid_sq: FloatTensor<B>,
     /// Squared norm of each token's reconstruction per head, [H, B].
     pub recon_sq: FloatTensor<B>,
-    /// `[mse, sparsity, total]`, as [`super::fused_cpu::BatchSums`].
+    /// `[mse, sparsity, total]`, as [`super::fused_cpu::BatchSums`], then the path the
+    /// step took (1: sparse, 0: dense).
     pub terms: FloatTensor<B>,
 }
 
@@ -119,7 +128,7 @@ fn step_meta(x: &TensorSpec, state: &StepStateMetadata, _spec: &StepSpec) -> Ste
         fired: spec(&[h, m]),
         resid_sq: spec(&[h]),
         recon_sq: spec(&[h, b]),
-        terms: spec(&[3]),
+        terms: spec(&[4]),
     }
 }
 
@@ -192,7 +201,8 @@ impl KernelSource for Wgsl {
     }
 }
 
-/// The shape and activation every kernel of a step is specialised to.
+/// The shape and activation every kernel of a step is specialised to, and whether the
+/// step can take the sparse path (with room for `cap` list entries).
 #[derive(Clone, Copy, Debug)]
 pub struct Dims {
     pub h: usize,
@@ -200,7 +210,13 @@ pub struct Dims {
     pub d: usize,
     pub m: usize,
     pub act: Activation,
+    pub sparse: bool,
+    pub cap: usize,
 }
+
+/// Storage buffers the sparse path binds at once (feat_grad.wgsl); adapters with fewer
+/// per shader stage take the dense path only (WebGPU's default is 8, native APIs more).
+pub const SPARSE_BINDINGS: u32 = 13;
 
 impl Dims {
     fn act_code(&self) -> u32 {
@@ -212,14 +228,21 @@ impl Dims {
         }
     }
 
-    /// The source of a kernel made of `parts`, with `extra` constants.
-    pub fn kernel(&self, parts: &[&str], extra: &[(&str, usize)]) -> Wgsl {
+    /// The source of a kernel made of `parts`, with `extra` constants. `flag` is the
+    /// binding where a kernel that depends on the step's path finds the path flag (see
+    /// scan.wgsl): dense kernels skip themselves on sparse steps (`skip_dense`), the loss
+    /// reports the path (`path_taken`). Without the sparse path neither reads anything.
+    pub fn kernel(&self, parts: &[&str], extra: &[(&str, usize)], flag: Option<usize>) -> Wgsl {
         use std::fmt::Write;
         let mut s = String::new();
-        for (name, v) in [("H", self.h), ("B", self.b), ("D", self.d), ("M", self.m)]
-            .into_iter()
-            .chain(extra.iter().copied())
-        {
+        let consts = [
+            ("H", self.h),
+            ("B", self.b),
+            ("D", self.d),
+            ("M", self.m),
+            ("FLAG_AT", self.h * self.m + 1),
+        ];
+        for (name, v) in consts.into_iter().chain(extra.iter().copied()) {
             let _ = writeln!(s, "const {name}: u32 = {v}u;");
         }
         for (i, name) in ["ACT_RELU", "ACT_TOPK", "ACT_BATCHTOPK", "ACT_JUMP"]
@@ -233,6 +256,23 @@ impl Dims {
         for (i, name) in SCALARS.iter().enumerate() {
             let _ = writeln!(s, "const {name}: u32 = {i}u;");
         }
+        match flag.filter(|_| self.sparse) {
+            Some(n) => {
+                let _ = write!(
+                    s,
+                    "@group(0) @binding({n}) var<storage, read_write> path_flags: array<u32>;\n\
+                     var<workgroup> path_wg: u32;\n\
+                     fn path_taken() -> u32 {{\n    return path_flags[FLAG_AT];\n}}\n\
+                     fn skip_dense(li: u32) -> bool {{\n    if (li == 0u) {{\n        \
+                     path_wg = path_flags[FLAG_AT];\n    }}\n    \
+                     return workgroupUniformLoad(&path_wg) == 1u;\n}}\n"
+                );
+            }
+            None => s.push_str(
+                "fn path_taken() -> u32 {\n    return 0u;\n}\n\
+                 fn skip_dense(li: u32) -> bool {\n    return false;\n}\n",
+            ),
+        }
         for p in parts {
             s.push_str(p);
             s.push('\n');
@@ -245,27 +285,48 @@ impl Dims {
         use sources::*;
         let (b, d, m) = (self.b, self.d, self.m);
         let mut v = vec![
-            ("norms", self.kernel(&[NORMS], &[])),
-            ("mm_pre", self.kernel(&[MM_PRE, MATMUL], &[])),
-            ("fstats", self.kernel(&[FSTATS, ACT], &[])),
-            ("mm_dec", self.kernel(&[MM_DEC, ACT, MATMUL], &[])),
-            ("rows", self.kernel(&[ROWS], &[])),
-            ("colsum", self.kernel(&[COLSUM], &[("N", d)])),
-            ("mm_gdec", self.kernel(&[MM_GDEC, ACT, MATMUL], &[])),
-            ("mm_dp", self.kernel(&[MM_DP, ACT, MATMUL], &[])),
-            ("mm_genc", self.kernel(&[MM_GENC, MATMUL], &[])),
-            ("loss", self.kernel(&[LOSS], &[])),
-            ("sumsq", self.kernel(&[SUMSQ], &[("N", d * m), ("OFF", 0)])),
-            ("adam", self.kernel(&[ADAM], &[("N", d * m), ("NP", 3)])),
+            ("norms", self.kernel(&[NORMS], &[], None)),
+            ("mm_pre", self.kernel(&[MM_PRE, MATMUL], &[], None)),
+            ("fstats", self.kernel(&[FSTATS, ACT, NEAR], &[], None)),
+            ("mm_dec", self.kernel(&[MM_DEC, ACT, MATMUL], &[], Some(5))),
+            ("rows", self.kernel(&[ROWS], &[], None)),
+            ("colsum", self.kernel(&[COLSUM], &[("N", d)], Some(2))),
+            (
+                "mm_gdec",
+                self.kernel(&[MM_GDEC, ACT, MATMUL], &[], Some(8)),
+            ),
+            ("mm_dp", self.kernel(&[MM_DP, ACT, MATMUL], &[], Some(8))),
+            ("mm_genc", self.kernel(&[MM_GENC, MATMUL], &[], Some(3))),
+            ("loss", self.kernel(&[LOSS], &[], Some(7))),
+            (
+                "sumsq",
+                self.kernel(&[SUMSQ], &[("N", d * m), ("OFF", 0)], None),
+            ),
+            (
+                "adam",
+                self.kernel(&[ADAM], &[("N", d * m), ("NP", 3)], None),
+            ),
         ];
+        if self.sparse {
+            v.extend([
+                ("scan", self.kernel(&[SCAN], &[("CAP", self.cap)], None)),
+                ("fill", self.kernel(&[FILL, ACT, NEAR], &[], None)),
+                ("dec_sparse", self.kernel(&[DEC_SPARSE, ACT], &[], None)),
+                ("feat_grad", self.kernel(&[FEAT_GRAD], &[], None)),
+            ]);
+        }
         match self.act {
             Activation::TopK { k } => v.push((
                 "select",
-                self.kernel(&[SELECT], &[("SEG", m), ("NTH", k), ("REP", 1)]),
+                self.kernel(&[SELECT], &[("SEG", m), ("NTH", k), ("REP", 1)], None),
             )),
             Activation::BatchTopK { k } => v.push((
                 "select",
-                self.kernel(&[SELECT], &[("SEG", b * m), ("NTH", k * b), ("REP", b)]),
+                self.kernel(
+                    &[SELECT],
+                    &[("SEG", b * m), ("NTH", k * b), ("REP", b)],
+                    None,
+                ),
             )),
             _ => {}
         }
@@ -281,6 +342,9 @@ fn groups(n: usize, per: usize) -> u32 {
 /// Launches and allocations on one device.
 struct Launcher<'a> {
     like: &'a CubeTensor,
+    dims: Dims,
+    /// The path flag's buffer, on a step that can take the sparse path.
+    lists: Option<Handle>,
 }
 
 impl Launcher<'_> {
@@ -299,6 +363,24 @@ impl Launcher<'_> {
     fn upload(&self, values: &[f32]) -> Handle {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.like.client.create_from_slice(&bytes)
+    }
+
+    /// Launches a kernel of the dense path, or one that reports the path: on a step that
+    /// can go sparse it also binds the path flag, after `buffers`.
+    fn launch_dense(
+        &self,
+        parts: &[&str],
+        extra: &[(&str, usize)],
+        workgroup: (u32, u32),
+        count: (u32, u32, u32),
+        buffers: &[&Handle],
+    ) {
+        let mut buffers = buffers.to_vec();
+        let kernel = self.dims.kernel(parts, extra, Some(buffers.len()));
+        if let Some(lists) = &self.lists {
+            buffers.push(lists);
+        }
+        self.launch(kernel, workgroup, count, &buffers);
     }
 
     fn launch(
@@ -331,12 +413,16 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     let x = contiguous(x);
     let (h, b, d) = (x.meta.shape()[0], x.meta.shape()[1], x.meta.shape()[2]);
     let m = s.w_enc.meta.shape()[2];
+    let bindings = x.client.properties().hardware.max_bindings;
+    let sparse = spec.sparse_below > 0.0 && bindings >= SPARSE_BINDINGS && m <= 65_535;
     let dims = Dims {
         h,
         b,
         d,
         m,
         act: spec.act,
+        sparse,
+        cap: (spec.sparse_below.min(1.0) * (h * b * m) as f64) as usize,
     };
     let jump = matches!(spec.act, Activation::JumpRelu { .. });
     let [w_enc, b_enc, w_dec, b_dec, lt] =
@@ -349,7 +435,6 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         s.mv_log_threshold,
     ]
     .map(contiguous);
-    let l = Launcher { like: &x };
     let (b1, b2) = spec.betas;
     let (coef, half_band, inv_eps) = match spec.act {
         Activation::Relu { l1 } => (l1, 0.0, 0.0),
@@ -357,6 +442,16 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         Activation::TopK { .. } | Activation::BatchTopK { .. } => (0.0, 0.0, 0.0),
     };
     let t = spec.t as i32;
+    // The path flag and list offsets (scan.wgsl), on a step that can go sparse.
+    let mut l = Launcher {
+        like: &x,
+        dims,
+        lists: None,
+    };
+    let lists = l.empty(&[h * m + 2]);
+    if sparse {
+        l.lists = Some(lists.handle.clone());
+    }
     let sc = l.upload(&[
         coef as f32,
         half_band as f32,
@@ -373,14 +468,14 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
 
     let norms = l.empty(&[h, m]);
     l.launch(
-        dims.kernel(&[NORMS], &[]),
+        dims.kernel(&[NORMS], &[], None),
         (256, 1),
         (groups(m, 256), hu, 1),
         &[&w_dec.handle, &norms.handle],
     );
     let pre = l.empty(&[h, b, m]);
     l.launch(
-        dims.kernel(&[MM_PRE, MATMUL], &[]),
+        dims.kernel(&[MM_PRE, MATMUL], &[], None),
         (16, 16),
         mm(b, m),
         &[&x.handle, &w_enc.handle, &b_enc.handle, &pre.handle],
@@ -392,7 +487,7 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         Activation::TopK { k } => {
             let thr = l.empty(&[h, b]);
             l.launch(
-                dims.kernel(&[SELECT], &[("SEG", m), ("NTH", k), ("REP", 1)]),
+                dims.kernel(&[SELECT], &[("SEG", m), ("NTH", k), ("REP", 1)], None),
                 (256, 1),
                 (b as u32, hu, 1),
                 &[&pre.handle, &thr.handle],
@@ -402,7 +497,11 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         Activation::BatchTopK { k } => {
             let thr = l.empty(&[h, b]);
             l.launch(
-                dims.kernel(&[SELECT], &[("SEG", b * m), ("NTH", k * b), ("REP", b)]),
+                dims.kernel(
+                    &[SELECT],
+                    &[("SEG", b * m), ("NTH", k * b), ("REP", b)],
+                    None,
+                ),
                 (256, 1),
                 (1, hu, 1),
                 &[&pre.handle, &thr.handle],
@@ -410,16 +509,52 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
             thr.handle
         }
     };
-    let (fired, fsum) = (l.empty(&[h, m]), l.empty(&[h, m]));
+    let (fired, fsum, lcount) = (l.empty(&[h, m]), l.empty(&[h, m]), l.empty(&[h, m]));
     l.launch(
-        dims.kernel(&[FSTATS, ACT], &[]),
+        dims.kernel(&[FSTATS, ACT, NEAR], &[], None),
         (256, 1),
         (groups(m, 256), hu, 1),
-        &[&pre.handle, &gate, &fired.handle, &fsum.handle],
+        &[
+            &pre.handle,
+            &gate,
+            &fired.handle,
+            &fsum.handle,
+            &lcount.handle,
+            &sc,
+        ],
     );
     let rec = l.empty(&[h, b, d]);
-    l.launch(
-        dims.kernel(&[MM_DEC, ACT, MATMUL], &[]),
+    let ent = l.empty(&[2 * dims.cap.max(1)]);
+    if sparse {
+        l.launch(
+            dims.kernel(&[SCAN], &[("CAP", dims.cap)], None),
+            (256, 1),
+            (1, 1, 1),
+            &[&lcount.handle, &lists.handle],
+        );
+        l.launch(
+            dims.kernel(&[FILL, ACT, NEAR], &[], None),
+            (256, 1),
+            (groups(m, 256), hu, 1),
+            &[&pre.handle, &gate, &lists.handle, &ent.handle, &sc],
+        );
+        l.launch(
+            dims.kernel(&[DEC_SPARSE, ACT], &[], None),
+            (64, 1),
+            (b as u32, hu, 1),
+            &[
+                &pre.handle,
+                &gate,
+                &w_dec.handle,
+                &b_dec.handle,
+                &lists.handle,
+                &rec.handle,
+            ],
+        );
+    }
+    l.launch_dense(
+        &[MM_DEC, ACT, MATMUL],
+        &[],
         (16, 16),
         mm(b, d),
         &[
@@ -432,26 +567,32 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     );
     let (err_sq, recon_sq) = (l.empty(&[h, b]), l.empty(&[h, b]));
     l.launch(
-        dims.kernel(&[ROWS], &[]),
+        dims.kernel(&[ROWS], &[], None),
         (256, 1),
         (groups(b, 256), hu, 1),
         &[&x.handle, &rec.handle, &err_sq.handle, &recon_sq.handle],
     );
     let dr = rec;
-    let colsum = |v: &CubeTensor, n: usize| {
-        let out = l.empty(&[h, n]);
-        l.launch(
-            dims.kernel(&[COLSUM], &[("N", n)]),
-            (256, 1),
-            (groups(n, 256), hu, 1),
-            &[&v.handle, &out.handle],
-        );
-        out
+    // Column sums over the batch; `flag`: a dense-path sum, skipped on sparse steps.
+    let colsum = |v: &CubeTensor, out: &CubeTensor, n: usize, flag: bool| {
+        let (wg, count, buffers) = ((256, 1), (groups(n, 256), hu, 1), [&v.handle, &out.handle]);
+        if flag {
+            l.launch_dense(&[COLSUM], &[("N", n)], wg, count, &buffers);
+        } else {
+            l.launch(
+                dims.kernel(&[COLSUM], &[("N", n)], None),
+                wg,
+                count,
+                &buffers,
+            );
+        }
     };
-    let g_bd = colsum(&dr, d);
+    let g_bd = l.empty(&[h, d]);
+    colsum(&dr, &g_bd, d, false);
     let g_wd = l.empty(&[h, m, d]);
-    l.launch(
-        dims.kernel(&[MM_GDEC, ACT, MATMUL], &[]),
+    l.launch_dense(
+        &[MM_GDEC, ACT, MATMUL],
+        &[],
         (16, 16),
         mm(m, d),
         &[
@@ -471,8 +612,9 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     } else {
         l.empty(&[1])
     };
-    l.launch(
-        dims.kernel(&[MM_DP, ACT, MATMUL], &[]),
+    l.launch_dense(
+        &[MM_DP, ACT, MATMUL],
+        &[],
         (16, 16),
         mm(b, m),
         &[
@@ -486,18 +628,50 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
             &sc,
         ],
     );
-    let g_be = colsum(&dp, m);
-    let g_lt = if jump { Some(colsum(&jc, m)) } else { None };
+    let g_be = l.empty(&[h, m]);
+    colsum(&dp, &g_be, m, true);
+    let g_lt = if jump {
+        l.empty(&[h, m])
+    } else {
+        l.empty(&[1])
+    };
+    if jump {
+        colsum(&jc, &g_lt, m, true);
+    }
     let g_we = l.empty(&[h, d, m]);
-    l.launch(
-        dims.kernel(&[MM_GENC, MATMUL], &[]),
+    l.launch_dense(
+        &[MM_GENC, MATMUL],
+        &[],
         (16, 16),
         mm(d, m),
         &[&x.handle, &dp.handle, &g_we.handle],
     );
-    let (resid_sq, terms) = (l.empty(&[h]), l.empty(&[3]));
-    l.launch(
-        dims.kernel(&[LOSS], &[]),
+    if sparse {
+        l.launch(
+            dims.kernel(&[FEAT_GRAD], &[], None),
+            (256, 1),
+            (m as u32, hu, 1),
+            &[
+                &ent.handle,
+                &lists.handle,
+                &dr.handle,
+                &x.handle,
+                &w_dec.handle,
+                &gate,
+                &norms.handle,
+                &fsum.handle,
+                &sc,
+                &g_wd.handle,
+                &g_we.handle,
+                &g_be.handle,
+                &g_lt.handle,
+            ],
+        );
+    }
+    let (resid_sq, terms) = (l.empty(&[h]), l.empty(&[4]));
+    l.launch_dense(
+        &[LOSS],
+        &[],
         (256, 1),
         (1, 1, 1),
         &[
@@ -518,7 +692,7 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         (w_dec, g_wd, mv_wd),
         (b_dec, g_bd, mv_bd),
     ];
-    if let Some(g_lt) = g_lt {
+    if jump {
         arrays.push((lt.clone(), g_lt, mv_lt.clone()));
     }
     let sizes: Vec<usize> = arrays
@@ -530,7 +704,7 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     let mut off = 0;
     for ((_, g, _), &n) in arrays.iter().zip(&sizes) {
         l.launch(
-            dims.kernel(&[SUMSQ], &[("N", n), ("OFF", off)]),
+            dims.kernel(&[SUMSQ], &[("N", n), ("OFF", off)], None),
             (256, 1),
             (groups(n, 4096), 1, 1),
             &[&g.handle, &partials.handle],
@@ -542,7 +716,7 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         let p_out = l.empty(&p.meta.shape().to_vec());
         let mv_out = l.empty(&[2 * n]);
         l.launch(
-            dims.kernel(&[ADAM], &[("N", n), ("NP", n_partials)]),
+            dims.kernel(&[ADAM], &[("N", n), ("NP", n_partials)], None),
             (256, 1),
             (groups(n, 4096), 1, 1),
             &[
