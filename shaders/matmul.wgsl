@@ -31,10 +31,11 @@ fn main(
     let h = wg.z;
     let r0 = wg.y * TM;
     let c0 = wg.x * TN;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // Accumulators in registers: row i of this invocation's 4 x 4 block is acc_i.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < KD; k0 += TK) {
         for (var e = 0u; e < 4u; e++) {
             let idx = li + e * 256u;
@@ -63,26 +64,23 @@ fn main(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = sa[kk * SA + lid.y + 16u * i];
-                b[i] = sb[kk * SB + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]);
-                }
-            }
+            let ra = kk * SA + lid.y;
+            let rb = kk * SB + lid.x;
+            let bv = vec4<f32>(sb[rb], sb[rb + 16u], sb[rb + 32u], sb[rb + 48u]);
+            acc0 = fma(vec4<f32>(sa[ra]), bv, acc0);
+            acc1 = fma(vec4<f32>(sa[ra + 16u]), bv, acc1);
+            acc2 = fma(vec4<f32>(sa[ra + 32u]), bv, acc2);
+            acc3 = fma(vec4<f32>(sa[ra + 48u]), bv, acc3);
         }
         workgroupBarrier();
     }
+    let rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) {
             let r = r0 + lid.y + 16u * i;
             let c = c0 + lid.x + 16u * j;
             if (r < RD && c < CD) {
-                store(h, r, c, acc[i * 4u + j]);
+                store(h, r, c, rows[i][j]);
             }
         }
     }
