@@ -181,7 +181,14 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--torch") {
         // The PyTorch reference with the same settings, on CUDA when wgpu was timed.
         let torch_device = if which == "cpu" { "cpu" } else { "cuda" };
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_sae_step.py");
+        // From the repo root (where a copied binary runs, on a lent GPU machine), else here.
+        let script = [
+            "benches/torch_sae_step.py",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_sae_step.py"),
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("benches/torch_sae_step.py");
         let mut cmd = std::process::Command::new(
             std::env::var("ATTN_SAES_PYTHON").unwrap_or_else(|_| "python3".into()),
         );

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Prepares a GPU check for the `device` tool (a lent machine with no Rust toolchain, see
+# DESIGN.md): builds the release binaries here, strips and compresses them into .gpu/, and
+# downloads the Vulkan loader packages into .gl/. Both folders are git-excluded; pass
+# `carry: [".gpu", ".gl"]` and run `bash scripts/gpu-check.sh` there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
+grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >>.git/info/exclude
+grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo /.gl/ >>.git/info/exclude
+rm -rf .gpu && mkdir -p .gpu
+# The test binaries' paths, from cargo's JSON messages.
+built=$(cargo test --release --no-run --test wgsl_step --bench sae_step --bench forward \
+    --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("wgsl_step", "sae_step", "forward"):
+        print(m["target"]["name"], m["executable"])')
+while read -r name exe; do
+    strip -o ".gpu/$name" "$exe"
+    xz -T2 -6 ".gpu/$name"
+done <<<"$built"
+ls -la .gpu
+if [ ! -d .gl ]; then
+    mkdir -p .gl /tmp/amd64/partial
+    o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+    # shellcheck disable=SC2086
+    apt-get $o update -qq
+    # shellcheck disable=SC2086
+    (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+fi
+du -sh .gpu .gl
