@@ -3,14 +3,14 @@
 //!
 //! ```text
 //! norms      n_i = ||W_dec[i]||
-//! mm_pre     P = X W_enc + b_enc                      [H, B, M], the only dense [H, B, M]
+//! mm_pre     P = X W_enc + b_enc                      [H, B, M], kept for the backward
 //! select     (TopK, BatchTopK) each row's / head's threshold, exact radix selection
 //! fstats     firings and sum_b f_i per feature         (F = act(P) is formed when read)
 //! mm_dec     R = F W_dec + b_dec
 //! rows       dR = 2 (R - X) / B in place; squared error and |R|^2 per token
 //! colsum     db_dec = sum_b dR
 //! mm_gdec    dW_dec = F^T dR (+ the L1 term through the norms)
-//! mm_dp      dP = (dR W_dec^T + l1 n / B) * (F > 0); JumpReLU's threshold shares
+//! mm_dp      dP = (dR W_dec^T + l1 n / B) * (F > 0), [H, B, M]; JumpReLU's threshold shares
 //! colsum     db_enc = sum_b dP (and d log theta)
 //! mm_genc    dW_enc = X^T dP
 //! loss       per-head squared error, [mse, sparsity, total]
@@ -18,9 +18,17 @@
 //! adam       clip and Adam, one launch per parameter array
 //! ```
 //!
-//! 19 launches for a ReLU SAE (20 for TopK and BatchTopK, 22 for JumpReLU). Every sum is
-//! computed by one invocation or one workgroup tree in a fixed order, so a batch gives the
-//! same result every time. The step is a burn backend extension ([`WgslStep`]) so that it
+//! Where under `sparse_below` of `H x B x m` fire, a sparse path replaces the decoder and
+//! backward matmuls (fstats counts each feature's firings, scan.wgsl lays out per-feature
+//! lists and decides the path, fill.wgsl writes the lists in token order, dec_sparse.wgsl
+//! decodes each token from its firing features, feat_grad.wgsl computes each feature's
+//! gradients in one workgroup); the dense kernels read the path flag and skip themselves,
+//! so the choice is made on the device with no read-back.
+//!
+//! A ReLU step is 19 launches on the dense path alone (20 for TopK and BatchTopK, 22 for
+//! JumpReLU), 23 where the sparse path is available. Every sum is computed by one
+//! invocation or one workgroup tree in a fixed order, so a batch gives the same result
+//! every time. The step is a burn backend extension ([`WgslStep`]) so that it
 //! runs in order with burn's own (fused, lazy) work on the same device.
 
 use burn::backend::fusion::custom::TensorSpec;
@@ -891,4 +899,18 @@ pub fn run_step(
     spec: StepSpec,
 ) -> StepResult<burn::backend::Dispatch> {
     <burn::backend::Dispatch as WgslStep>::wgsl_sae_step(x.into_dispatch(), state, spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_shape;
+
+    #[test]
+    fn shapes_past_the_kernels_limits_are_refused_with_the_batch_that_fits() {
+        check_shape(12, 4096, 64, 2048).unwrap();
+        let err = check_shape(12, 32_768, 64, 2048).unwrap_err();
+        assert!(err.contains("use a batch under 21845"), "{err}");
+        let err = check_shape(1, 70_000, 16, 32).unwrap_err();
+        assert!(err.contains("at most 65535 tokens"), "{err}");
+    }
 }
