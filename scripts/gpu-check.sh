@@ -23,6 +23,8 @@ echo "== SAE step: seed shape and small shape, fresh SAE"
 /tmp/bin/sae_step --device wgpu --seconds 4 --torch
 echo "== SAE step: trained-like density (b_enc -0.2)"
 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2 --torch
+echo "== SAE step: trained-like density on the dense path (sparse path off)"
+ATTN_SAES_SPARSE_BELOW=0 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2
 echo "== SAE step: TopK k=32"
 /tmp/bin/sae_step --device wgpu --seconds 4 --topk 32
 echo "== SAE step: launches timed one by one, seed shape, trained-like"

@@ -290,7 +290,7 @@ impl SaeOptimizer {
                     betas,
                     t,
                     clip,
-                    sparse_below: fused_cpu::SPARSE_BELOW,
+                    sparse_below: wgsl_sparse_below(),
                 };
                 let r = wgsl::run_step(x, state.take().expect("state between steps"), spec);
                 let s = &r.state;
@@ -489,6 +489,19 @@ impl SaeOptimizer {
             t,
         })
     }
+}
+
+/// The density under which the WGSL step takes its sparse path: the fused CPU step's, or
+/// `ATTN_SAES_SPARSE_BELOW` (for benchmarks: 0 keeps the dense path, 1 the sparse one
+/// whenever it fits), read once.
+fn wgsl_sparse_below() -> f64 {
+    static VALUE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *VALUE.get_or_init(|| {
+        std::env::var("ATTN_SAES_SPARSE_BELOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(fused_cpu::SPARSE_BELOW)
+    })
 }
 
 /// The step without autodiff that an SAE's device has.
