@@ -9,26 +9,17 @@
 @group(0) @binding(5) var<storage, read_write> param_out: array<f32>; // [N]
 @group(0) @binding(6) var<storage, read_write> mv_out: array<f32>;    // [2 N]
 
-var<workgroup> part: array<f32, 256>;
-
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     var s = 0.0;
     for (var i = li; i < NP; i += 256u) {
         s += partials[i];
     }
-    part[li] = s;
-    workgroupBarrier();
-    for (var w = 128u; w > 0u; w >>= 1u) {
-        if (li < w) {
-            part[li] += part[li + w];
-        }
-        workgroupBarrier();
-    }
+    let total = reduce(li, s);
     let clip = sc[SC_CLIP];
     var coef = 1.0;
     if (clip > 0.0) {
-        coef = min(clip / (sqrt(part[0]) + 1e-6), 1.0);
+        coef = min(clip / (sqrt(total) + 1e-6), 1.0);
     }
     let lr = sc[SC_LR];
     let b1 = sc[SC_B1];

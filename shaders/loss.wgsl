@@ -9,22 +9,6 @@
 @group(0) @binding(5) var<storage, read_write> terms: array<f32>;  // [4]
 @group(0) @binding(6) var<storage, read_write> sc: array<f32>;           // step scalars
 
-var<workgroup> part: array<f32, 256>;
-
-fn reduce(li: u32, v: f32) -> f32 {
-    part[li] = v;
-    workgroupBarrier();
-    for (var w = 128u; w > 0u; w >>= 1u) {
-        if (li < w) {
-            part[li] += part[li + w];
-        }
-        workgroupBarrier();
-    }
-    let total = part[0];
-    workgroupBarrier();
-    return total;
-}
-
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(local_invocation_index) li: u32) {
     var mse = 0.0;

@@ -3,8 +3,6 @@
 @group(0) @binding(0) var<storage, read_write> g: array<f32>;             // [N]
 @group(0) @binding(1) var<storage, read_write> partials: array<f32>;
 
-var<workgroup> part: array<f32, 256>;
-
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     var s = 0.0;
@@ -14,15 +12,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             s = fma(g[i], g[i], s);
         }
     }
-    part[li] = s;
-    workgroupBarrier();
-    for (var w = 128u; w > 0u; w >>= 1u) {
-        if (li < w) {
-            part[li] += part[li + w];
-        }
-        workgroupBarrier();
-    }
+    let total = reduce(li, s);
     if (li == 0u) {
-        partials[OFF + wg.x] = part[0];
+        partials[OFF + wg.x] = total;
     }
 }

@@ -486,6 +486,17 @@ fn check_resume(tag: &str, base: impl Fn(&Path) -> TrainConfig) {
     std::fs::remove_dir_all(dir_b).unwrap();
 }
 
+/// The metrics of a run's first logged step.
+fn first_step(events: &[TrainEvent]) -> attn_saes::train::StepMetrics {
+    events
+        .iter()
+        .find_map(|e| match e {
+            TrainEvent::Step(m) => Some((**m).clone()),
+            _ => None,
+        })
+        .expect("a logged step")
+}
+
 /// `metrics.jsonl` lines without the timing field, which differs from run to run.
 fn metric_lines(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -670,13 +681,7 @@ fn topk_and_batchtopk_train_on_the_fused_cpu_step_and_resume_exactly() {
         let dir = temp_dir(&format!("{tag}-metrics"));
         let (result, events) = run(cfg(&dir), None, RunControl::default());
         let last = result.unwrap().last.unwrap();
-        let first = events
-            .iter()
-            .find_map(|e| match e {
-                TrainEvent::Step(m) => Some(m.clone()),
-                _ => None,
-            })
-            .unwrap();
+        let first = first_step(&events);
         println!(
             "{tag}: mse {:.3} -> {:.3}, L0 per head {:?}",
             first.mse, last.mse, last.l0_per_head
@@ -721,13 +726,7 @@ fn the_wgsl_step_on_wgpu_trains_and_resumes_exactly() {
                 .any(|e| matches!(e, TrainEvent::Status(s) if s == "training step: WGSL")),
             "{tag}: the WGSL step was not the one used"
         );
-        let first = events
-            .iter()
-            .find_map(|e| match e {
-                TrainEvent::Step(m) => Some(m.clone()),
-                _ => None,
-            })
-            .unwrap();
+        let first = first_step(&events);
         println!(
             "{tag}: mse {:.3} -> {:.3}, L0 {:.2}",
             first.mse, last.mse, last.l0

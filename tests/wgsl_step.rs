@@ -154,31 +154,14 @@ fn case_on_path(
         2e-5,
     );
     let (gp1, gadam1) = r1.state.to_host(wgsl::ParamShape::of(&p0)).unwrap();
-    for (i, name) in ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"]
-        .iter()
-        .enumerate()
-    {
-        let n = format!("{tag} step 1 {name}");
-        close(
-            &format!("{n} m"),
-            gadam1.m.arrays()[i],
-            adam1.m.arrays()[i],
-            1e-4,
-        );
-        close(
-            &format!("{n} v"),
-            gadam1.v.arrays()[i],
-            adam1.v.arrays()[i],
-            2e-4,
-        );
-        let want = adam_from_moments(
-            p0.arrays()[i],
-            gadam1.m.arrays()[i],
-            gadam1.v.arrays()[i],
-            1,
-        );
-        close(&format!("{n} param"), gp1.arrays()[i], &want, 1e-6);
-    }
+    check_adam(
+        &format!("{tag} step 1"),
+        1,
+        (&p0, &gp1),
+        &gadam1,
+        &adam1,
+        (1e-4, 2e-4),
+    );
 
     let r2 = wgsl::run_step(xt, r1.state, spec(2));
     let terms = read::<1>(r2.terms);
@@ -190,31 +173,39 @@ fn case_on_path(
         1e-4,
     );
     let (gp2, gadam2) = r2.state.to_host(wgsl::ParamShape::of(&p0)).unwrap();
-    for (i, name) in ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"]
-        .iter()
-        .enumerate()
-    {
-        let n = format!("{tag} step 2 {name}");
+    check_adam(
+        &format!("{tag} step 2"),
+        2,
+        (&gp1, &gp2),
+        &gadam2,
+        &adam,
+        (1e-3, 1e-3),
+    );
+}
+
+/// Adam step `t` of the kernels: their moments against the CPU step's (`tol` for m and
+/// v), and their update of the parameters `(before, after)` against Adam applied on the
+/// host to their own moments.
+fn check_adam(
+    tag: &str,
+    t: i32,
+    (before, after): (&HostParams, &HostParams),
+    got: &HostAdam,
+    want: &HostAdam,
+    (tol_m, tol_v): (f32, f32),
+) {
+    let names = ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"];
+    for (i, name) in names.iter().enumerate() {
+        let (m, v) = (got.m.arrays()[i], got.v.arrays()[i]);
+        close(&format!("{tag} {name} m"), m, want.m.arrays()[i], tol_m);
+        close(&format!("{tag} {name} v"), v, want.v.arrays()[i], tol_v);
+        let update = adam_from_moments(before.arrays()[i], m, v, t);
         close(
-            &format!("{n} m"),
-            gadam2.m.arrays()[i],
-            adam.m.arrays()[i],
-            1e-3,
+            &format!("{tag} {name} param"),
+            after.arrays()[i],
+            &update,
+            1e-6,
         );
-        close(
-            &format!("{n} v"),
-            gadam2.v.arrays()[i],
-            adam.v.arrays()[i],
-            1e-3,
-        );
-        // The update the kernel applied, from its own moments.
-        let want = adam_from_moments(
-            gp1.arrays()[i],
-            gadam2.m.arrays()[i],
-            gadam2.v.arrays()[i],
-            2,
-        );
-        close(&format!("{n} param"), gp2.arrays()[i], &want, 1e-6);
     }
 }
 

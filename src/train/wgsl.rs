@@ -60,6 +60,7 @@ pub mod sources {
     pub const SUMSQ: &str = include_str!("../../shaders/sumsq.wgsl");
     pub const ADAM: &str = include_str!("../../shaders/adam.wgsl");
     pub const NEAR: &str = include_str!("../../shaders/near.wgsl");
+    pub const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
     pub const SCAN: &str = include_str!("../../shaders/scan.wgsl");
     pub const FILL: &str = include_str!("../../shaders/fill.wgsl");
     pub const DEC_SPARSE: &str = include_str!("../../shaders/dec_sparse.wgsl");
@@ -305,14 +306,14 @@ impl Dims {
             ),
             ("mm_dp", self.kernel(&[MM_DP, ACT, MATMUL], &[], Some(8))),
             ("mm_genc", self.kernel(&[MM_GENC, MATMUL], &[], Some(3))),
-            ("loss", self.kernel(&[LOSS], &[], Some(7))),
+            ("loss", self.kernel(&[LOSS, REDUCE], &[], Some(7))),
             (
                 "sumsq",
-                self.kernel(&[SUMSQ], &[("N", d * m), ("OFF", 0)], None),
+                self.kernel(&[SUMSQ, REDUCE], &[("N", d * m), ("OFF", 0)], None),
             ),
             (
                 "adam",
-                self.kernel(&[ADAM], &[("N", d * m), ("NP", 3)], None),
+                self.kernel(&[ADAM, REDUCE], &[("N", d * m), ("NP", 3)], None),
             ),
         ];
         if self.sparse {
@@ -678,7 +679,7 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     }
     let (resid_sq, terms) = (l.empty(&[h]), l.empty(&[4]));
     l.launch_dense(
-        &[LOSS],
+        &[LOSS, REDUCE],
         &[],
         (256, 1),
         (1, 1, 1),
@@ -712,7 +713,7 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     let mut off = 0;
     for ((_, g, _), &n) in arrays.iter().zip(&sizes) {
         l.launch(
-            dims.kernel(&[SUMSQ], &[("N", n), ("OFF", off)], None),
+            dims.kernel(&[SUMSQ, REDUCE], &[("N", n), ("OFF", off)], None),
             (256, 1),
             (groups(n, 4096), 1, 1),
             &[&g.handle, &partials.handle],
@@ -724,7 +725,7 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         let p_out = l.empty(&p.meta.shape().to_vec());
         let mv_out = l.empty(&[2 * n]);
         l.launch(
-            dims.kernel(&[ADAM], &[("N", n), ("NP", n_partials)], None),
+            dims.kernel(&[ADAM, REDUCE], &[("N", n), ("NP", n_partials)], None),
             (256, 1),
             (groups(n, 4096), 1, 1),
             &[
