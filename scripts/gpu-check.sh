@@ -3,7 +3,9 @@
 # carried (scripts/gpu-pack.sh makes them): the WGSL step's parity test on the GPU's
 # Vulkan, then the SAE-step benchmark (WGSL, autodiff and PyTorch CUDA side by side) at the
 # seed's shape and the small one, fresh (half the features fire) and trained-like (about
-# 2%), TopK k=32, and the LM forward against PyTorch. Output goes to stdout and $OUT/log.
+# 2%), TopK k=32; then end-to-end training (harvest included) on a gpt2-small-shaped model
+# with random weights (scripts/make_random_gpt2.py), the seed's SAE shape, with the WGSL
+# step and with autodiff. Output goes to stdout and $OUT/log.
 set -uo pipefail
 out="${OUT:-/tmp}"
 exec > >(tee "$out/log") 2>&1
@@ -30,6 +32,14 @@ echo "== SAE step: TopK k=32"
 echo "== SAE step: launches timed one by one, seed shape, trained-like"
 ATTN_SAES_PROFILE_LAUNCHES=1 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,2048 \
     --seconds 1 --b-enc -0.2
-echo "== LM forward, gpt2-small shape"
-/tmp/bin/forward --device wgpu
+echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token batches"
+python3 scripts/make_random_gpt2.py /tmp/g2
+for step in auto autodiff; do
+    /tmp/bin/attn-saes --device wgpu train --headless --no-dashboard --step "$step" \
+        --model /tmp/g2 --dataset /tmp/g2/corpus.txt --hook-layer 6 --expansion-factor 32 \
+        --batch-size 4096 --context-size 1024 --total-training-steps 150 \
+        --eval-every 100000 --checkpoint-every 100000 --out-dir "/tmp/run-$step" 2>&1 |
+        grep -E "device|tokens/s|explained|L0 total" || echo "the $step run failed"
+done
+echo "== PyTorch's LM forward, for the harvest's share"
 python3 benches/torch_forward.py --device cuda
