@@ -2,7 +2,7 @@
 //! to layer 4 (hook_z only, early stop) and through the full model with logits, on the CPU
 //! backend and on wgpu when an adapter exists. Compare with `benches/torch_forward.py`.
 //!
-//! `cargo bench --bench forward [-- --device cpu|wgpu|all] [--iters N]`
+//! `cargo bench --bench forward [-- --device cpu|wgpu|all] [--iters N] [--batch B] [--pos P]`
 
 use std::time::Instant;
 
@@ -20,7 +20,8 @@ fn arg(name: &str) -> Option<String> {
 fn main() -> anyhow::Result<()> {
     let which = arg("--device").unwrap_or_else(|| "all".into());
     let iters: usize = arg("--iters").and_then(|s| s.parse().ok()).unwrap_or(5);
-    let (batch, pos) = (8usize, 128usize);
+    let batch: usize = arg("--batch").and_then(|s| s.parse().ok()).unwrap_or(8);
+    let pos: usize = arg("--pos").and_then(|s| s.parse().ok()).unwrap_or(128);
     let mut devices = Vec::new();
     if which == "cpu" || which == "all" {
         devices.push(("cpu", select(DeviceChoice::Cpu)?));
