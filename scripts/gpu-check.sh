@@ -34,12 +34,21 @@ ATTN_SAES_PROFILE_LAUNCHES=1 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,
     --seconds 1 --b-enc -0.2
 echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token batches"
 python3 scripts/make_random_gpt2.py /tmp/g2
-for step in auto autodiff; do
-    /tmp/bin/attn-saes --device wgpu train --headless --no-dashboard --step "$step" \
+# The WGSL step and autodiff; then the WGSL step with larger harvest batches, and with
+# more launches per wgpu submission (cubecl's default is 32).
+run() {
+    local tag="$1"
+    shift
+    echo "-- $tag"
+    /tmp/bin/attn-saes --device wgpu train --headless --no-dashboard \
         --model /tmp/g2 --dataset /tmp/g2/corpus.txt --hook-layer 6 --expansion-factor 32 \
         --batch-size 4096 --context-size 1024 --total-training-steps 150 \
-        --eval-every 100000 --checkpoint-every 100000 --out-dir "/tmp/run-$step" 2>&1 |
-        grep -E "device|tokens/s|explained|L0 total" || echo "the $step run failed"
-done
+        --eval-every 100000 --checkpoint-every 100000 --out-dir "/tmp/run-$tag" "$@" 2>&1 |
+        grep -E "device|tokens/s|explained|L0 total" || echo "the $tag run failed"
+}
+run wgsl --step auto
+run autodiff --step autodiff
+run wgsl-windows32 --step auto --windows-per-forward 32
+CUBECL_WGPU_MAX_TASKS=128 run wgsl-tasks128 --step auto
 echo "== PyTorch's LM forward, for the harvest's share"
 python3 benches/torch_forward.py --device cuda
