@@ -1,5 +1,6 @@
 //! The WGSL training step (src/train/wgsl.rs, shaders/) against the fused CPU step, which
-//! is itself checked against burn's autodiff (src/train/fused_cpu.rs): loss terms and
+//! is itself checked against burn's autodiff (src/train/fused_cpu.rs), and, for the
+//! unclipped cases, the gradients against burn's autodiff directly: loss terms and
 //! batch sums after one step, Adam's moments after one and two steps (after one step
 //! without clipping, the first moment is (1 - b1) times the gradient), and the parameters
 //! after two steps against Adam applied on the host to the kernel's own moments. Every
@@ -68,6 +69,53 @@ fn setup(arch: Architecture, h: usize, d: usize, m: usize, b: usize) -> (HostPar
     }
     let x = (0..h * b * d).map(|_| 3.0 * rng.normal() as f32).collect();
     (p, x)
+}
+
+/// The gradients of burn's autodiff on the CPU backend for the same loss (coefficient
+/// 0.7), in `HostParams` layout.
+fn autodiff_grads(p: &HostParams, arch: Architecture, x: &[f32], b: usize) -> HostParams {
+    let device = Device::flex();
+    let (h, d, m) = (p.n_heads, p.d_head, p.m);
+    let cfg = SaeConfig {
+        n_heads: h,
+        d_head: d,
+        features_per_head: m,
+        architecture: arch,
+    };
+    let put = |v: &[f32], shape: Vec<usize>| TensorData::new(v.to_vec(), shape);
+    let mut sae = BlockDiagSae::init(cfg, &mut Rng::new(0), &device);
+    sae.w_enc = Tensor::from_data(put(&p.w_enc, vec![h, d, m]), &device);
+    sae.b_enc = Tensor::from_data(put(&p.b_enc, vec![h, m]), &device);
+    sae.w_dec = Tensor::from_data(put(&p.w_dec, vec![h, m, d]), &device);
+    sae.b_dec = Tensor::from_data(put(&p.b_dec, vec![h, d]), &device);
+    let tracked = BlockDiagSae {
+        w_enc: sae.w_enc.clone().autodiff().require_grad(),
+        b_enc: sae.b_enc.clone().autodiff().require_grad(),
+        w_dec: sae.w_dec.clone().autodiff().require_grad(),
+        b_dec: sae.b_dec.clone().autodiff().require_grad(),
+        log_threshold: (!p.log_threshold.is_empty()).then(|| {
+            Tensor::<2>::from_data(put(&p.log_threshold, vec![h, m]), &device)
+                .autodiff()
+                .require_grad()
+        }),
+        ..sae
+    };
+    let xt = Tensor::<3>::from_data(TensorData::new(x.to_vec(), [h, b, d]), &device);
+    let (_, terms) = tracked.loss(xt.autodiff(), 0.7);
+    let grads = terms.total.backward();
+    let host = |t: Tensor<1>| attn_saes::files::host_vec(t).unwrap();
+    HostParams {
+        w_enc: host(tracked.w_enc.grad(&grads).unwrap().flatten(0, 2)),
+        b_enc: host(tracked.b_enc.grad(&grads).unwrap().flatten(0, 1)),
+        w_dec: host(tracked.w_dec.grad(&grads).unwrap().flatten(0, 2)),
+        b_dec: host(tracked.b_dec.grad(&grads).unwrap().flatten(0, 1)),
+        log_threshold: tracked
+            .log_threshold
+            .as_ref()
+            .map(|t| host(t.grad(&grads).unwrap().flatten(0, 1)))
+            .unwrap_or_default(),
+        ..p.clone()
+    }
 }
 
 /// Adam step `t` of PyTorch on the host, from moments already updated.
@@ -162,6 +210,17 @@ fn case_on_path(
         &adam1,
         (1e-4, 2e-4),
     );
+    if clip == 0.0 {
+        // Unclipped, the first moment is (1 - b1) times the gradient: against autodiff too.
+        let want = autodiff_grads(&p0, arch, &x, b);
+        let names = ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"];
+        for (i, name) in names.iter().enumerate() {
+            let scale = (1.0 - BETAS.0) as f32;
+            let grad: Vec<f32> = gadam1.m.arrays()[i].iter().map(|v| v / scale).collect();
+            let n = format!("{tag} {name} gradient vs autodiff");
+            close(&n, &grad, want.arrays()[i], 1e-4);
+        }
+    }
 
     let r2 = wgsl::run_step(xt, r1.state, spec(2));
     let terms = read::<1>(r2.terms);
