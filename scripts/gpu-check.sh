@@ -5,7 +5,8 @@
 # seed's shape and the small one, fresh (half the features fire) and trained-like (about
 # 2%), TopK k=32; then end-to-end training (harvest included) on a gpt2-small-shaped model
 # with random weights (scripts/make_random_gpt2.py), the seed's SAE shape, with the WGSL
-# step and with autodiff. Output goes to stdout and $OUT/log.
+# step and with autodiff. Output goes to stdout and $OUT/log. Each part has a time limit, so
+# one that hangs does not take the whole call; all of it should take 6 to 8 minutes.
 set -uo pipefail
 out="${OUT:-/tmp}"
 exec > >(tee "$out/log") 2>&1
@@ -20,17 +21,17 @@ chmod +x /tmp/bin/*
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 export ATTN_SAES_REQUIRE_WGPU=1 XDG_RUNTIME_DIR=/tmp
 echo "== parity: the WGSL step against the fused CPU step, on the GPU"
-/tmp/bin/wgsl_step --nocapture
+timeout 120 /tmp/bin/wgsl_step --nocapture
 echo "== SAE step: seed shape and small shape, fresh SAE"
-/tmp/bin/sae_step --device wgpu --seconds 4 --torch
+timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --torch
 echo "== SAE step: trained-like density (b_enc -0.2)"
-/tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2 --torch
+timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2 --torch
 echo "== SAE step: trained-like density on the dense path (sparse path off)"
-ATTN_SAES_SPARSE_BELOW=0 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2
+ATTN_SAES_SPARSE_BELOW=0 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2
 echo "== SAE step: TopK k=32"
-/tmp/bin/sae_step --device wgpu --seconds 4 --topk 32
+timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --topk 32
 echo "== SAE step: launches timed one by one, seed shape, trained-like"
-ATTN_SAES_PROFILE_LAUNCHES=1 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,2048 \
+ATTN_SAES_PROFILE_LAUNCHES=1 timeout 150 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,2048 \
     --seconds 1 --b-enc -0.2
 echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token batches"
 python3 scripts/make_random_gpt2.py /tmp/g2
@@ -40,7 +41,7 @@ run() {
     local tag="$1"
     shift
     echo "-- $tag"
-    /tmp/bin/attn-saes --device wgpu train --headless --no-dashboard \
+    timeout 150 /tmp/bin/attn-saes --device wgpu train --headless --no-dashboard \
         --model /tmp/g2 --dataset /tmp/g2/corpus.txt --hook-layer 6 --expansion-factor 32 \
         --batch-size 4096 --context-size 1024 --total-training-steps 150 \
         --eval-every 100000 --checkpoint-every 100000 --out-dir "/tmp/run-$tag" "$@" 2>&1 |
@@ -51,4 +52,4 @@ run autodiff --step autodiff
 run wgsl-windows32 --step auto --windows-per-forward 32
 CUBECL_WGPU_MAX_TASKS=128 run wgsl-tasks128 --step auto
 echo "== PyTorch's LM forward, for the harvest's share"
-python3 benches/torch_forward.py --device cuda
+timeout 60 python3 benches/torch_forward.py --device cuda
