@@ -30,7 +30,7 @@ echo "== SAE step: trained-like density on the dense path (sparse path off)"
 ATTN_SAES_SPARSE_BELOW=0 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2
 echo "== SAE step: TopK k=32"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --topk 32
-echo "== SAE step: launches timed one by one, seed shape, trained-like"
+echo "== SAE step: launches timed one by one (in the order src/train/wgsl.rs lists), seed shape, trained-like"
 ATTN_SAES_PROFILE_LAUNCHES=1 timeout 150 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,2048 \
     --seconds 1 --b-enc -0.2
 echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token batches"

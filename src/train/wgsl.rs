@@ -1,29 +1,33 @@
 //! The SAE training step on wgpu, in WGSL (`shaders/`), without autodiff: the same
 //! algorithm as [`super::fused_cpu`], as a fixed sequence of kernels on burn's device.
 //!
+//! The launches, in order (`[ ]`: only for some activations or when the sparse path is
+//! available; a dense or sparse kernel on a step of the other path returns at once):
+//!
 //! ```text
-//! norms      n_i = ||W_dec[i]||
-//! mm_pre     P = X W_enc + b_enc                      [H, B, M], kept for the backward
-//! select     (TopK, BatchTopK) each row's / head's threshold, exact radix selection
-//! fstats     firings and sum_b f_i per feature         (F = act(P) is formed when read)
-//! mm_dec     R = F W_dec + b_dec
-//! rows       dR = 2 (R - X) / B in place; squared error and |R|^2 per token
-//! colsum     db_dec = sum_b dR
-//! mm_gdec    dW_dec = F^T dR (+ the L1 term through the norms)
-//! mm_dp      dP = (dR W_dec^T + l1 n / B) * (F > 0), [H, B, M]; JumpReLU's threshold shares
-//! colsum     db_enc = sum_b dP (and d log theta)
-//! mm_genc    dW_enc = X^T dP
-//! loss       per-head squared error, [mse, sparsity, total]
-//! sumsq      partial sums of squares of each gradient (clipping's global norm)
-//! adam       clip and Adam, one launch per parameter array
+//! norms       n_i = ||W_dec[i]||
+//! mm_pre      P = X W_enc + b_enc                     [H, B, M], kept for the backward
+//! [select]    TopK / BatchTopK: each row's / head's threshold, exact radix selection
+//! fstats      firings, sum_b f_i and list sizes per feature  (F = act(P) formed when read)
+//! [scan]      sparse: list offsets, and the path flag
+//! [fill]      sparse: each feature's list of (token, f), in token order
+//! [dec_sparse] sparse: R = F W_dec + b_dec from each token's firing features
+//! mm_dec      dense: R = F W_dec + b_dec
+//! rows        dR = 2 (R - X) / B in place; squared error and |R|^2 per token
+//! colsum      db_dec = sum_b dR
+//! mm_gdec     dense: dW_dec = F^T dR (+ the L1 term through the norms)
+//! mm_dp       dense: dP = (dR W_dec^T + l1 n / B) * (F > 0), [H, B, M]; JumpReLU's shares
+//! colsum      dense: db_enc = sum_b dP   [colsum: JumpReLU, d log theta]
+//! mm_genc     dense: dW_enc = X^T dP
+//! [feat_grad] sparse: per feature, dW_dec, dP, dW_enc, db_enc, d log theta
+//! loss        per-head squared error, [mse, sparsity, total, path]
+//! sumsq x 4-5 partial sums of squares of each gradient (clipping's global norm)
+//! adam x 4-5  clip and Adam, one launch per parameter array
 //! ```
 //!
-//! Where under `sparse_below` of `H x B x m` fire, a sparse path replaces the decoder and
-//! backward matmuls (fstats counts each feature's firings, scan.wgsl lays out per-feature
-//! lists and decides the path, fill.wgsl writes the lists in token order, dec_sparse.wgsl
-//! decodes each token from its firing features, feat_grad.wgsl computes each feature's
-//! gradients in one workgroup); the dense kernels read the path flag and skip themselves,
-//! so the choice is made on the device with no read-back.
+//! Where under `sparse_below` of `H x B x m` fire, the sparse path replaces the decoder and
+//! backward matmuls; scan.wgsl decides from the batch, so the choice is made on the device
+//! with no read-back.
 //!
 //! A ReLU step is 19 launches on the dense path alone (20 for TopK and BatchTopK, 22 for
 //! JumpReLU), 23 where the sparse path is available. Every sum is computed by one
