@@ -28,6 +28,8 @@ echo "== SAE step: trained-like density (b_enc -0.2)"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2 --torch
 echo "== SAE step: trained-like density on the dense path (sparse path off)"
 ATTN_SAES_SPARSE_BELOW=0 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2
+echo "== SAE step: trained-like, the encoder's product through burn's matmul"
+ATTN_SAES_WGSL_ENCODER=burn timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2
 echo "== SAE step: TopK k=32"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --topk 32
 echo "== SAE step: launches timed one by one (in the order src/train/wgsl.rs lists), seed shape, trained-like"

@@ -131,7 +131,7 @@ fn adam_from_moments(p: &[f32], m: &[f32], v: &[f32], t: i32) -> Vec<f32> {
 /// Both paths: `sparse` forces the sparse one (every list fits), else the dense one.
 fn case(device: &Device, arch: Architecture, h: usize, d: usize, m: usize, b: usize, clip: f64) {
     for sparse in [false, true] {
-        case_on_path(device, arch, (h, d, m, b), clip, sparse);
+        case_on_path(device, arch, (h, d, m, b), clip, sparse, false);
     }
 }
 
@@ -141,8 +141,13 @@ fn case_on_path(
     (h, d, m, b): (usize, usize, usize, usize),
     clip: f64,
     sparse: bool,
+    burn_encoder: bool,
 ) {
-    let path = if sparse { "sparse" } else { "dense" };
+    let path = match (sparse, burn_encoder) {
+        (false, false) => "dense",
+        (true, false) => "sparse",
+        (_, true) => "burn's encoder matmul",
+    };
     let tag = format!("{arch:?} h {h} d {d} m {m} b {b} clip {clip} {path}");
     let (p0, x) = setup(arch, h, d, m, b);
     let act = Activation::new(arch, 0.7);
@@ -153,6 +158,7 @@ fn case_on_path(
         t,
         clip,
         sparse_below: if sparse { 1.0 } else { 0.0 },
+        burn_encoder,
     };
     // Reference: the fused CPU step, twice.
     let mut p = p0.clone();
@@ -301,4 +307,14 @@ fn wgsl_step_matches_the_fused_cpu_step() {
     let jump = Architecture::JumpRelu { bandwidth: 0.05 };
     case(&device, jump, 2, 16, 48, 150, 0.0);
     case(&device, jump, 2, 128, 48, 150, 1e-2);
+    // The encoder's product through burn's matmul (ATTN_SAES_WGSL_ENCODER=burn).
+    case_on_path(&device, relu, (2, 64, 50, 150), 0.0, false, true);
+    case_on_path(
+        &device,
+        Architecture::TopK { k: 4 },
+        (2, 64, 50, 150),
+        0.0,
+        true,
+        true,
+    );
 }

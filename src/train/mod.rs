@@ -291,6 +291,7 @@ impl SaeOptimizer {
                     t,
                     clip,
                     sparse_below: wgsl_sparse_below(),
+                    burn_encoder: std::env::var("ATTN_SAES_WGSL_ENCODER").as_deref() == Ok("burn"),
                 };
                 let r = wgsl::run_step(x, state.take().expect("state between steps"), spec);
                 let s = &r.state;

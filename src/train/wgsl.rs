@@ -84,6 +84,10 @@ pub struct StepSpec {
     /// The sparse path is taken when the batch's firings (and JumpReLU's near-threshold
     /// entries) are under this fraction of `H * B * m` (0: never; 1: always).
     pub sparse_below: f64,
+    /// The encoder's product `X W_enc` through burn's own (autotuned) matmul instead of
+    /// mm_pre.wgsl, for comparing the two on a GPU. Off by default: burn may pick a matmul
+    /// that does not sum in a fixed order.
+    pub burn_encoder: bool,
 }
 
 /// The SAE's parameters and Adam moments on the device. Each `mv_*` holds that parameter's
@@ -486,13 +490,21 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         (groups(m, 256), hu, 1),
         &[&w_dec.handle, &norms.handle],
     );
-    let pre = l.empty(&[h, b, m]);
-    l.launch(
-        dims.kernel(&[MM_PRE, MATMUL], &[], None),
-        (16, 16),
-        mm(b, m),
-        &[&x.handle, &w_enc.handle, &b_enc.handle, &pre.handle],
-    );
+    let pre = if spec.burn_encoder {
+        use burn::backend::ops::FloatTensorOps;
+        let product = CubeBackend::float_matmul(x.clone(), w_enc.clone());
+        let bias = CubeBackend::float_reshape(b_enc.clone(), Shape::from(vec![h, 1, m]));
+        contiguous(CubeBackend::float_add(product, bias))
+    } else {
+        let pre = l.empty(&[h, b, m]);
+        l.launch(
+            dims.kernel(&[MM_PRE, MATMUL], &[], None),
+            (16, 16),
+            mm(b, m),
+            &[&x.handle, &w_enc.handle, &b_enc.handle, &pre.handle],
+        );
+        pre
+    };
     // The activation's gate: row thresholds, the log-thresholds, or (ReLU) nothing read.
     let gate = match spec.act {
         Activation::Relu { .. } => b_enc.handle.clone(),
