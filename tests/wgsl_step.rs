@@ -13,7 +13,7 @@ mod common;
 use attn_saes::rng::Rng;
 use attn_saes::sae::{Architecture, BlockDiagSae, SaeConfig};
 use attn_saes::train::fused_cpu::{
-    Activation, HostAdam, HostParams, clip_and_adam, loss_and_grads,
+    Activation, HostAdam, HostParams, autodiff_reference, clip_and_adam, loss_and_grads,
 };
 use attn_saes::train::wgsl::{self, StepSpec, StepState};
 use burn::prelude::*;
@@ -88,34 +88,14 @@ fn autodiff_grads(p: &HostParams, arch: Architecture, x: &[f32], b: usize) -> Ho
     sae.b_enc = Tensor::from_data(put(&p.b_enc, vec![h, m]), &device);
     sae.w_dec = Tensor::from_data(put(&p.w_dec, vec![h, m, d]), &device);
     sae.b_dec = Tensor::from_data(put(&p.b_dec, vec![h, d]), &device);
-    let tracked = BlockDiagSae {
-        w_enc: sae.w_enc.clone().autodiff().require_grad(),
-        b_enc: sae.b_enc.clone().autodiff().require_grad(),
-        w_dec: sae.w_dec.clone().autodiff().require_grad(),
-        b_dec: sae.b_dec.clone().autodiff().require_grad(),
-        log_threshold: (!p.log_threshold.is_empty()).then(|| {
-            Tensor::<2>::from_data(put(&p.log_threshold, vec![h, m]), &device)
-                .autodiff()
-                .require_grad()
-        }),
-        ..sae
-    };
-    let xt = Tensor::<3>::from_data(TensorData::new(x.to_vec(), [h, b, d]), &device);
-    let (_, terms) = tracked.loss(xt.autodiff(), 0.7);
-    let grads = terms.total.backward();
-    let host = |t: Tensor<1>| attn_saes::files::host_vec(t).unwrap();
-    HostParams {
-        w_enc: host(tracked.w_enc.grad(&grads).unwrap().flatten(0, 2)),
-        b_enc: host(tracked.b_enc.grad(&grads).unwrap().flatten(0, 1)),
-        w_dec: host(tracked.w_dec.grad(&grads).unwrap().flatten(0, 2)),
-        b_dec: host(tracked.b_dec.grad(&grads).unwrap().flatten(0, 1)),
-        log_threshold: tracked
-            .log_threshold
-            .as_ref()
-            .map(|t| host(t.grad(&grads).unwrap().flatten(0, 1)))
-            .unwrap_or_default(),
-        ..p.clone()
+    if !p.log_threshold.is_empty() {
+        sae.log_threshold = Some(Tensor::from_data(
+            put(&p.log_threshold, vec![h, m]),
+            &device,
+        ));
     }
+    let xt = Tensor::<3>::from_data(TensorData::new(x.to_vec(), [h, b, d]), &device);
+    autodiff_reference(&sae, xt, 0.7).unwrap().0
 }
 
 /// Adam step `t` of PyTorch on the host, from moments already updated.

@@ -1212,6 +1212,65 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc[0] + tail
 }
 
+/// The reference the fast steps are tested against: burn's autodiff gradients of `sae`'s
+/// loss on `x` [H, B, d] (SAE input space) with sparsity coefficient `coefficient`, in
+/// [`HostParams`] layout, with the forward's output and loss terms (no longer tracked).
+pub fn autodiff_reference(
+    sae: &crate::sae::BlockDiagSae,
+    x: burn::tensor::Tensor<3>,
+    coefficient: f64,
+) -> anyhow::Result<(HostParams, crate::sae::SaeOutput, crate::sae::LossTerms)> {
+    use crate::sae::{BlockDiagSae, LossTerms, SaeOutput};
+    use burn::tensor::Tensor;
+    let tracked = BlockDiagSae {
+        w_enc: sae.w_enc.clone().autodiff().require_grad(),
+        b_enc: sae.b_enc.clone().autodiff().require_grad(),
+        w_dec: sae.w_dec.clone().autodiff().require_grad(),
+        b_dec: sae.b_dec.clone().autodiff().require_grad(),
+        log_threshold: sae
+            .log_threshold
+            .clone()
+            .map(|t| t.autodiff().require_grad()),
+        ..sae.clone()
+    };
+    let (out, terms) = tracked.loss(x.autodiff(), coefficient);
+    let grads = terms.total.backward();
+    let grad = |t: &Tensor<3>| -> anyhow::Result<Vec<f32>> {
+        let g = t
+            .grad(&grads)
+            .ok_or_else(|| anyhow::anyhow!("no gradient"))?;
+        crate::files::host_vec(g.flatten::<1>(0, 2))
+    };
+    let grad2 = |t: &Tensor<2>| -> anyhow::Result<Vec<f32>> {
+        let g = t
+            .grad(&grads)
+            .ok_or_else(|| anyhow::anyhow!("no gradient"))?;
+        crate::files::host_vec(g.flatten::<1>(0, 1))
+    };
+    let want = HostParams {
+        w_enc: grad(&tracked.w_enc)?,
+        b_enc: grad2(&tracked.b_enc)?,
+        w_dec: grad(&tracked.w_dec)?,
+        b_dec: grad2(&tracked.b_dec)?,
+        log_threshold: match &tracked.log_threshold {
+            Some(t) => grad2(t)?,
+            None => Vec::new(),
+        },
+        ..HostParams::from_sae(sae)?
+    };
+    let out = SaeOutput {
+        pre: out.pre.inner(),
+        feats: out.feats.inner(),
+        recon: out.recon.inner(),
+    };
+    let terms = LossTerms {
+        total: terms.total.inner(),
+        mse: terms.mse.inner(),
+        sparsity: terms.sparsity.inner(),
+    };
+    Ok((want, out, terms))
+}
+
 /// Adam moments on the host, in the parameters' layouts.
 #[derive(Clone, Debug)]
 pub struct HostAdam {
@@ -1481,33 +1540,9 @@ mod tests {
             let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), [h, b, d]), &device);
             let l1 = 0.7;
             // Reference: burn autodiff on the same loss.
-            let tracked = BlockDiagSae {
-                w_enc: sae.w_enc.clone().autodiff().require_grad(),
-                b_enc: sae.b_enc.clone().autodiff().require_grad(),
-                w_dec: sae.w_dec.clone().autodiff().require_grad(),
-                b_dec: sae.b_dec.clone().autodiff().require_grad(),
-                log_threshold: sae
-                    .log_threshold
-                    .clone()
-                    .map(|t| t.autodiff().require_grad()),
-                ..sae.clone()
-            };
-            let (out, terms) = tracked.loss(xt.clone().autodiff(), l1);
-            let grads = terms.total.backward();
-            let want = HostParams {
-                w_enc: host(tracked.w_enc.grad(&grads).unwrap().flatten(0, 2)),
-                b_enc: host(tracked.b_enc.grad(&grads).unwrap().flatten(0, 1)),
-                w_dec: host(tracked.w_dec.grad(&grads).unwrap().flatten(0, 2)),
-                b_dec: host(tracked.b_dec.grad(&grads).unwrap().flatten(0, 1)),
-                log_threshold: tracked
-                    .log_threshold
-                    .as_ref()
-                    .map(|t| host(t.grad(&grads).unwrap().flatten(0, 1)))
-                    .unwrap_or_default(),
-                ..HostParams::from_sae(&sae).unwrap()
-            };
-            let feats = host(out.feats.inner().flatten(0, 2));
-            let recon = host(out.recon.inner().flatten(0, 2));
+            let (want, out, terms) = autodiff_reference(&sae, xt.clone(), l1).unwrap();
+            let feats = host(out.feats.flatten(0, 2));
+            let recon = host(out.recon.flatten(0, 2));
             let density = feats.iter().filter(|&&f| f > 0.0).count() as f64 / feats.len() as f64;
             let p = HostParams::from_sae(&sae).unwrap();
             for sparse_below in [0.0, 2.0] {
@@ -1528,8 +1563,8 @@ mod tests {
                     &want.log_threshold,
                     2e-5,
                 );
-                let mse = host(terms.mse.clone().inner())[0] as f64;
-                let sparsity = host(terms.sparsity.clone().inner())[0] as f64;
+                let mse = host(terms.mse.clone())[0] as f64;
+                let sparsity = host(terms.sparsity.clone())[0] as f64;
                 assert!(
                     (sums.mse - mse).abs() <= 1e-5 * mse,
                     "{tag} mse {} vs {mse}",
@@ -1540,7 +1575,7 @@ mod tests {
                     "{tag} sparsity {} vs {sparsity}",
                     sums.sparsity
                 );
-                let total = host(terms.total.clone().inner())[0] as f64;
+                let total = host(terms.total.clone())[0] as f64;
                 assert!(
                     (sums.total - total).abs() <= 1e-5 * total,
                     "{tag} total {} vs {total}",
