@@ -4,7 +4,7 @@
 mod common;
 
 use attn_saes::sae::{Architecture, BlockDiagSae, SaeConfig, activate};
-use attn_saes::train::fused_cpu::{self, Activation, HostParams};
+use attn_saes::train::fused_cpu::{self, Activation, HostParams, autodiff_reference};
 use attn_saes::train::metrics::{batch_stats, step_sums};
 use attn_saes::train::{SaeOptimizer, StepOutput};
 use burn::prelude::*;
@@ -93,28 +93,14 @@ fn check_gradients(
     r: &Reference,
     prefix: &str,
 ) -> Vec<Vec<f64>> {
-    let tracked = BlockDiagSae {
-        w_enc: sae.w_enc.clone().autodiff().require_grad(),
-        b_enc: sae.b_enc.clone().autodiff().require_grad(),
-        w_dec: sae.w_dec.clone().autodiff().require_grad(),
-        b_dec: sae.b_dec.clone().autodiff().require_grad(),
-        log_threshold: sae
-            .log_threshold
-            .clone()
-            .map(|t| t.autodiff().require_grad()),
-        ..sae.clone()
-    };
-    let (_, terms) = tracked.loss(x.autodiff(), coefficient);
-    let grads = terms.total.backward();
-    let mut got = vec![
-        ("W_enc", values(tracked.w_enc.grad(&grads).unwrap())),
-        ("b_enc", values(tracked.b_enc.grad(&grads).unwrap())),
-        ("W_dec", values(tracked.w_dec.grad(&grads).unwrap())),
-        ("b_dec", values(tracked.b_dec.grad(&grads).unwrap())),
-    ];
-    if let Some(lt) = &tracked.log_threshold {
-        got.push(("log_threshold", values(lt.grad(&grads).unwrap())));
-    }
+    let (grads, _, _) = autodiff_reference(sae, x, coefficient).unwrap();
+    let names = ["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"];
+    let got: Vec<(&str, Vec<f64>)> = names
+        .iter()
+        .zip(grads.arrays())
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(name, g)| (*name, g.iter().map(|&v| v as f64).collect()))
+        .collect();
     for (name, g) in &got {
         let key = format!("{prefix}.grad.{name}");
         assert_close(&key, g, &r.get(&key).data, TOL);
