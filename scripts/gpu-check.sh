@@ -37,8 +37,8 @@ ATTN_SAES_PROFILE_LAUNCHES=1 timeout 150 /tmp/bin/sae_step --device wgpu --shape
     --seconds 1 --b-enc -0.2
 echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token batches"
 python3 scripts/make_random_gpt2.py /tmp/g2
-# The WGSL step and autodiff; then the WGSL step with larger harvest batches, and with
-# more launches per wgpu submission (cubecl's default is 32).
+# The WGSL step and autodiff; then the WGSL step with larger harvest batches, with more
+# launches per wgpu submission (cubecl's default is 32), and with the LM's matrices in f16.
 run() {
     local tag="$1"
     shift
@@ -53,5 +53,6 @@ run wgsl --step auto
 run autodiff --step autodiff
 run wgsl-windows32 --step auto --windows-per-forward 32
 CUBECL_WGPU_MAX_TASKS=128 run wgsl-tasks128 --step auto
+ATTN_SAES_LM_F16=1 run wgsl-f16-matmuls --step auto
 echo "== PyTorch's LM forward, for the harvest's share"
 timeout 60 python3 benches/torch_forward.py --device cuda

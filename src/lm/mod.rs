@@ -55,7 +55,21 @@ fn find_file(dir: &Path, pred: impl Fn(&str) -> bool) -> Option<PathBuf> {
 pub fn load_model(reference: &str, device: &Device) -> Result<LoadedModel, LoadError> {
     let path = hub::resolve(reference)?;
     let name = hub::expand_alias(reference).to_string();
-    load_from_path(&path, &name, device)
+    let mut loaded = load_from_path(&path, &name, device)?;
+    // An experiment for GPUs with f16 shaders, measured by scripts/gpu-check.sh before it
+    // becomes a flag: the model's matrices in half precision.
+    if std::env::var("ATTN_SAES_LM_F16").as_deref() == Ok("1") {
+        loaded.transformer =
+            loaded
+                .transformer
+                .with_f16_matmuls()
+                .map_err(|e| LoadError::Format {
+                    path: path.clone(),
+                    format: "model",
+                    message: e.to_string(),
+                })?;
+    }
+    Ok(loaded)
 }
 
 /// Loads a model from a local file (`.gguf`) or directory.
