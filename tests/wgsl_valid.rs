@@ -30,26 +30,27 @@ fn every_kernel_validates_with_naga() {
             };
             for (name, kernel) in dims.all_kernels() {
                 let source = kernel.text();
-                let module = naga::front::wgsl::parse_str(source)
-                    .unwrap_or_else(|e| panic!("{name} ({arch:?}): {}", e.emit_to_string(source)));
+                let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| {
+                    panic!("{name:?} ({arch:?}): {}", e.emit_to_string(source))
+                });
                 naga::valid::Validator::new(
                     naga::valid::ValidationFlags::all(),
                     naga::valid::Capabilities::empty(),
                 )
                 .validate(&module)
-                .unwrap_or_else(|e| panic!("{name} ({arch:?}): {}", e.emit_to_string(source)));
+                .unwrap_or_else(|e| panic!("{name:?} ({arch:?}): {}", e.emit_to_string(source)));
                 let entry = module
                     .entry_points
                     .iter()
                     .find(|e| e.name == "main")
-                    .unwrap_or_else(|| panic!("{name}: no entry point main"));
-                assert_eq!(entry.stage, naga::ShaderStage::Compute, "{name}");
+                    .unwrap_or_else(|| panic!("{name:?}: no entry point main"));
+                assert_eq!(entry.stage, naga::ShaderStage::Compute, "{name:?}");
                 checked += 1;
             }
         }
     }
-    // For each of 12 (activation, shape) pairs: 12 kernels for the dense path alone, 16 (with
-    // their path flags, and the 4 sparse ones) where the sparse path can be taken; and
-    // select twice for each of the 6 TopK pairs.
-    assert_eq!(checked, 12 * 12 + 16 * 12 + 2 * 6);
+    // For each of 12 (activation, shape) pairs, with and without the sparse path: 13 kernels
+    // (both column sums among them), and the 4 sparse ones where the path is available;
+    // select twice for each of the 6 TopK / BatchTopK pairs.
+    assert_eq!(checked, 13 * 24 + 4 * 12 + 2 * 6);
 }

@@ -235,6 +235,56 @@ pub struct Dims {
 /// per shader stage take the dense path only (WebGPU's default is 8, native APIs more).
 pub const SPARSE_BINDINGS: u32 = 13;
 
+/// The step's kernels. A kernel's WGSL, workgroup size and bindings follow from its kind
+/// and the step's [`Dims`] ([`Dims::kernel`]), for the step's launches and their
+/// validation alike.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kernel {
+    Norms,
+    MmPre,
+    /// TopK's and BatchTopK's thresholds.
+    Select,
+    Fstats,
+    Scan,
+    Fill,
+    DecSparse,
+    MmDec,
+    Rows,
+    /// Column sums over the batch of an `[H, B, n]` buffer; `dense`: a dense-path sum,
+    /// skipped on sparse steps.
+    Colsum {
+        n: usize,
+        dense: bool,
+    },
+    MmGdec,
+    MmDp,
+    MmGenc,
+    FeatGrad,
+    Loss,
+    /// Partial sums of squares of an array of `n` values, written from partial `off` on.
+    Sumsq {
+        n: usize,
+        off: usize,
+    },
+    /// Clipping and Adam over an array of `n` values, with `partials` partial sums in all.
+    Adam {
+        n: usize,
+        partials: usize,
+    },
+}
+
+/// How a kernel is made and launched.
+struct Recipe {
+    /// Shader files, the kernel's own first.
+    parts: &'static [&'static str],
+    /// Constants besides the step's.
+    extra: Vec<(&'static str, usize)>,
+    workgroup: (u32, u32),
+    /// For a kernel that follows the step's path (the dense kernels, and the loss, which
+    /// reports it): its number of buffers, where the path flag is bound after them.
+    flag: Option<usize>,
+}
+
 impl Dims {
     fn act_code(&self) -> u32 {
         match self.act {
@@ -245,11 +295,67 @@ impl Dims {
         }
     }
 
-    /// The source of a kernel made of `parts`, with `extra` constants. `flag` is the
-    /// binding where a kernel that depends on the step's path finds the path flag (see
-    /// scan.wgsl): dense kernels skip themselves on sparse steps (`skip_dense`), the loss
-    /// reports the path (`path_taken`). Without the sparse path neither reads anything.
-    pub fn kernel(&self, parts: &[&str], extra: &[(&str, usize)], flag: Option<usize>) -> Wgsl {
+    fn recipe(&self, kernel: Kernel) -> Recipe {
+        use sources::*;
+        let plain = |parts, workgroup, flag| Recipe {
+            parts,
+            extra: Vec::new(),
+            workgroup,
+            flag,
+        };
+        let (b, m) = (self.b, self.m);
+        match kernel {
+            Kernel::Norms => plain(&[NORMS], (256, 1), None),
+            Kernel::MmPre => plain(&[MM_PRE, MATMUL], (16, 16), None),
+            Kernel::Select => Recipe {
+                extra: match self.act {
+                    Activation::TopK { k } => vec![("SEG", m), ("NTH", k), ("REP", 1)],
+                    Activation::BatchTopK { k } => {
+                        vec![("SEG", b * m), ("NTH", k * b), ("REP", b)]
+                    }
+                    _ => unreachable!("only TopK and BatchTopK select thresholds"),
+                },
+                ..plain(&[SELECT], (256, 1), None)
+            },
+            Kernel::Fstats => plain(&[FSTATS, ACT, NEAR], (256, 1), None),
+            Kernel::Scan => Recipe {
+                extra: vec![("CAP", self.cap)],
+                ..plain(&[SCAN], (256, 1), None)
+            },
+            Kernel::Fill => plain(&[FILL, ACT, NEAR], (256, 1), None),
+            Kernel::DecSparse => plain(&[DEC_SPARSE, ACT], (64, 1), None),
+            Kernel::MmDec => plain(&[MM_DEC, ACT, MATMUL], (16, 16), Some(5)),
+            Kernel::Rows => plain(&[ROWS], (256, 1), None),
+            Kernel::Colsum { n, dense } => Recipe {
+                extra: vec![("N", n)],
+                ..plain(&[COLSUM], (256, 1), dense.then_some(2))
+            },
+            Kernel::MmGdec => plain(&[MM_GDEC, ACT, MATMUL], (16, 16), Some(8)),
+            Kernel::MmDp => plain(&[MM_DP, ACT, MATMUL], (16, 16), Some(8)),
+            Kernel::MmGenc => plain(&[MM_GENC, MATMUL], (16, 16), Some(3)),
+            Kernel::FeatGrad => plain(&[FEAT_GRAD], (256, 1), None),
+            Kernel::Loss => plain(&[LOSS, REDUCE], (256, 1), Some(7)),
+            Kernel::Sumsq { n, off } => Recipe {
+                extra: vec![("N", n), ("OFF", off)],
+                ..plain(&[SUMSQ, REDUCE], (256, 1), None)
+            },
+            Kernel::Adam { n, partials } => Recipe {
+                extra: vec![("N", n), ("NP", partials)],
+                ..plain(&[ADAM, REDUCE], (256, 1), None)
+            },
+        }
+    }
+
+    /// A kernel's complete WGSL: the step's constants, the kernel's own, the path flag's
+    /// functions, then its shader files. A kernel that follows the step's path binds the
+    /// flag (scan.wgsl) where the step can go sparse: dense kernels skip themselves on
+    /// sparse steps (`skip_dense`), the loss reports the path (`path_taken`). Without the
+    /// sparse path neither reads anything.
+    pub fn kernel(&self, kernel: Kernel) -> Wgsl {
+        self.source(&self.recipe(kernel))
+    }
+
+    fn source(&self, recipe: &Recipe) -> Wgsl {
         use std::fmt::Write;
         let mut s = String::new();
         let consts = [
@@ -259,7 +365,7 @@ impl Dims {
             ("M", self.m),
             ("FLAG_AT", self.h * self.m + 1),
         ];
-        for (name, v) in consts.into_iter().chain(extra.iter().copied()) {
+        for (name, v) in consts.into_iter().chain(recipe.extra.iter().copied()) {
             let _ = writeln!(s, "const {name}: u32 = {v}u;");
         }
         for (i, name) in ["ACT_RELU", "ACT_TOPK", "ACT_BATCHTOPK", "ACT_JUMP"]
@@ -273,7 +379,7 @@ impl Dims {
         for (i, name) in SCALARS.iter().enumerate() {
             let _ = writeln!(s, "const {name}: u32 = {i}u;");
         }
-        match flag.filter(|_| self.sparse) {
+        match recipe.flag.filter(|_| self.sparse) {
             Some(n) => {
                 let _ = write!(
                     s,
@@ -290,64 +396,49 @@ impl Dims {
                  fn skip_dense(li: u32) -> bool {\n    return false;\n}\n",
             ),
         }
-        for p in parts {
+        for p in recipe.parts {
             s.push_str(p);
             s.push('\n');
         }
         Wgsl { source: s }
     }
 
-    /// Every kernel a step of this shape launches, by name (for validation).
-    pub fn all_kernels(&self) -> Vec<(&'static str, Wgsl)> {
-        use sources::*;
-        let (b, d, m) = (self.b, self.d, self.m);
-        let mut v = vec![
-            ("norms", self.kernel(&[NORMS], &[], None)),
-            ("mm_pre", self.kernel(&[MM_PRE, MATMUL], &[], None)),
-            ("fstats", self.kernel(&[FSTATS, ACT, NEAR], &[], None)),
-            ("mm_dec", self.kernel(&[MM_DEC, ACT, MATMUL], &[], Some(5))),
-            ("rows", self.kernel(&[ROWS], &[], None)),
-            ("colsum", self.kernel(&[COLSUM], &[("N", d)], Some(2))),
-            (
-                "mm_gdec",
-                self.kernel(&[MM_GDEC, ACT, MATMUL], &[], Some(8)),
-            ),
-            ("mm_dp", self.kernel(&[MM_DP, ACT, MATMUL], &[], Some(8))),
-            ("mm_genc", self.kernel(&[MM_GENC, MATMUL], &[], Some(3))),
-            ("loss", self.kernel(&[LOSS, REDUCE], &[], Some(7))),
-            (
-                "sumsq",
-                self.kernel(&[SUMSQ, REDUCE], &[("N", d * m), ("OFF", 0)], None),
-            ),
-            (
-                "adam",
-                self.kernel(&[ADAM, REDUCE], &[("N", d * m), ("NP", 3)], None),
-            ),
+    /// Every kind of kernel a step of this shape launches (for validation).
+    pub fn all_kernels(&self) -> Vec<(Kernel, Wgsl)> {
+        let (d, m) = (self.d, self.m);
+        let mut kinds = vec![
+            Kernel::Norms,
+            Kernel::MmPre,
+            Kernel::Fstats,
+            Kernel::MmDec,
+            Kernel::Rows,
+            Kernel::Colsum { n: d, dense: false },
+            Kernel::Colsum { n: m, dense: true },
+            Kernel::MmGdec,
+            Kernel::MmDp,
+            Kernel::MmGenc,
+            Kernel::Loss,
+            Kernel::Sumsq { n: d * m, off: 0 },
+            Kernel::Adam {
+                n: d * m,
+                partials: 3,
+            },
         ];
+        if matches!(
+            self.act,
+            Activation::TopK { .. } | Activation::BatchTopK { .. }
+        ) {
+            kinds.push(Kernel::Select);
+        }
         if self.sparse {
-            v.extend([
-                ("scan", self.kernel(&[SCAN], &[("CAP", self.cap)], None)),
-                ("fill", self.kernel(&[FILL, ACT, NEAR], &[], None)),
-                ("dec_sparse", self.kernel(&[DEC_SPARSE, ACT], &[], None)),
-                ("feat_grad", self.kernel(&[FEAT_GRAD], &[], None)),
+            kinds.extend([
+                Kernel::Scan,
+                Kernel::Fill,
+                Kernel::DecSparse,
+                Kernel::FeatGrad,
             ]);
         }
-        match self.act {
-            Activation::TopK { k } => v.push((
-                "select",
-                self.kernel(&[SELECT], &[("SEG", m), ("NTH", k), ("REP", 1)], None),
-            )),
-            Activation::BatchTopK { k } => v.push((
-                "select",
-                self.kernel(
-                    &[SELECT],
-                    &[("SEG", b * m), ("NTH", k * b), ("REP", b)],
-                    None,
-                ),
-            )),
-            _ => {}
-        }
-        v
+        kinds.into_iter().map(|k| (k, self.kernel(k))).collect()
     }
 }
 
@@ -382,37 +473,22 @@ impl Launcher<'_> {
         self.like.client.create_from_slice(&bytes)
     }
 
-    /// Launches a kernel of the dense path, or one that reports the path: on a step that
-    /// can go sparse it also binds the path flag, after `buffers`.
-    fn launch_dense(
-        &self,
-        parts: &[&str],
-        extra: &[(&str, usize)],
-        workgroup: (u32, u32),
-        count: (u32, u32, u32),
-        buffers: &[&Handle],
-    ) {
+    /// Launches `kernel` over `count` workgroups on `buffers`, and the path flag after
+    /// them for a kernel that follows the path on a step that can go sparse.
+    fn launch(&self, kernel: Kernel, count: (u32, u32, u32), buffers: &[&Handle]) {
+        let recipe = self.dims.recipe(kernel);
         let mut buffers = buffers.to_vec();
-        let kernel = self.dims.kernel(parts, extra, Some(buffers.len()));
-        if let Some(lists) = &self.lists {
-            buffers.push(lists);
+        if let Some(n) = recipe.flag {
+            assert_eq!(n, buffers.len(), "{kernel:?}: the flag follows the buffers");
+            buffers.extend(&self.lists);
         }
-        self.launch(kernel, workgroup, count, &buffers);
-    }
-
-    fn launch(
-        &self,
-        kernel: Wgsl,
-        workgroup: (u32, u32),
-        count: (u32, u32, u32),
-        buffers: &[&Handle],
-    ) {
         let args = KernelArguments::new()
             .with_buffers(buffers.iter().map(|h| (*h).clone().binding()).collect());
+        let (x, y) = recipe.workgroup;
         self.like.client.launch(
             Box::new(SourceKernel::new(
-                kernel,
-                CubeDim::new_2d(workgroup.0, workgroup.1),
+                self.dims.source(&recipe),
+                CubeDim::new_2d(x, y),
             )),
             CubeCount::Static(count.0, count.1, count.2),
             args,
@@ -426,7 +502,6 @@ fn contiguous(t: CubeTensor) -> CubeTensor {
 
 /// One training step (see the module's documentation).
 fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<CubeBackend> {
-    use sources::*;
     let x = contiguous(x);
     let (h, b, d) = (x.meta.shape()[0], x.meta.shape()[1], x.meta.shape()[2]);
     let m = s.w_enc.meta.shape()[2];
@@ -459,16 +534,17 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         Activation::TopK { .. } | Activation::BatchTopK { .. } => (0.0, 0.0, 0.0),
     };
     let t = spec.t as i32;
-    // The path flag and list offsets (scan.wgsl), on a step that can go sparse.
     let mut l = Launcher {
         like: &x,
         dims,
         lists: None,
     };
-    let lists = l.empty(&[h * m + 2]);
-    if sparse {
-        l.lists = Some(lists.handle.clone());
-    }
+    // On a step that can go sparse: the list offsets and path flag (scan.wgsl), and the
+    // lists (fill.wgsl).
+    let sparse_buffers = sparse.then(|| (l.empty(&[h * m + 2]), l.empty(&[2 * dims.cap.max(1)])));
+    l.lists = sparse_buffers
+        .as_ref()
+        .map(|(lists, _)| lists.handle.clone());
     let sc = l.upload(&[
         coef as f32,
         half_band as f32,
@@ -485,8 +561,7 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
 
     let norms = l.empty(&[h, m]);
     l.launch(
-        dims.kernel(&[NORMS], &[], None),
-        (256, 1),
+        Kernel::Norms,
         (groups(m, 256), hu, 1),
         &[&w_dec.handle, &norms.handle],
     );
@@ -498,8 +573,7 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     } else {
         let pre = l.empty(&[h, b, m]);
         l.launch(
-            dims.kernel(&[MM_PRE, MATMUL], &[], None),
-            (16, 16),
+            Kernel::MmPre,
             mm(b, m),
             &[&x.handle, &w_enc.handle, &b_enc.handle, &pre.handle],
         );
@@ -509,26 +583,17 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     let gate = match spec.act {
         Activation::Relu { .. } => b_enc.handle.clone(),
         Activation::JumpRelu { .. } => lt.handle.clone(),
-        Activation::TopK { k } => {
+        Activation::TopK { .. } | Activation::BatchTopK { .. } => {
             let thr = l.empty(&[h, b]);
+            // A workgroup per token (TopK) or per head (BatchTopK).
+            let per_head = if matches!(spec.act, Activation::TopK { .. }) {
+                b
+            } else {
+                1
+            };
             l.launch(
-                dims.kernel(&[SELECT], &[("SEG", m), ("NTH", k), ("REP", 1)], None),
-                (256, 1),
-                (b as u32, hu, 1),
-                &[&pre.handle, &thr.handle],
-            );
-            thr.handle
-        }
-        Activation::BatchTopK { k } => {
-            let thr = l.empty(&[h, b]);
-            l.launch(
-                dims.kernel(
-                    &[SELECT],
-                    &[("SEG", b * m), ("NTH", k * b), ("REP", b)],
-                    None,
-                ),
-                (256, 1),
-                (1, hu, 1),
+                Kernel::Select,
+                (per_head as u32, hu, 1),
                 &[&pre.handle, &thr.handle],
             );
             thr.handle
@@ -536,8 +601,7 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     };
     let (fired, fsum, lcount) = (l.empty(&[h, m]), l.empty(&[h, m]), l.empty(&[h, m]));
     l.launch(
-        dims.kernel(&[FSTATS, ACT, NEAR], &[], None),
-        (256, 1),
+        Kernel::Fstats,
         (groups(m, 256), hu, 1),
         &[
             &pre.handle,
@@ -549,23 +613,15 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         ],
     );
     let rec = l.empty(&[h, b, d]);
-    let ent = l.empty(&[2 * dims.cap.max(1)]);
-    if sparse {
+    if let Some((lists, ent)) = &sparse_buffers {
+        l.launch(Kernel::Scan, (1, 1, 1), &[&lcount.handle, &lists.handle]);
         l.launch(
-            dims.kernel(&[SCAN], &[("CAP", dims.cap)], None),
-            (256, 1),
-            (1, 1, 1),
-            &[&lcount.handle, &lists.handle],
-        );
-        l.launch(
-            dims.kernel(&[FILL, ACT, NEAR], &[], None),
-            (256, 1),
+            Kernel::Fill,
             (groups(m, 256), hu, 1),
             &[&pre.handle, &gate, &lists.handle, &ent.handle, &sc],
         );
         l.launch(
-            dims.kernel(&[DEC_SPARSE, ACT], &[], None),
-            (64, 1),
+            Kernel::DecSparse,
             (b as u32, hu, 1),
             &[
                 &pre.handle,
@@ -577,10 +633,8 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
             ],
         );
     }
-    l.launch_dense(
-        &[MM_DEC, ACT, MATMUL],
-        &[],
-        (16, 16),
+    l.launch(
+        Kernel::MmDec,
         mm(b, d),
         &[
             &pre.handle,
@@ -592,33 +646,23 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     );
     let (err_sq, recon_sq) = (l.empty(&[h, b]), l.empty(&[h, b]));
     l.launch(
-        dims.kernel(&[ROWS], &[], None),
-        (256, 1),
+        Kernel::Rows,
         (groups(b, 256), hu, 1),
         &[&x.handle, &rec.handle, &err_sq.handle, &recon_sq.handle],
     );
     let dr = rec;
-    // Column sums over the batch; `flag`: a dense-path sum, skipped on sparse steps.
-    let colsum = |v: &CubeTensor, out: &CubeTensor, n: usize, flag: bool| {
-        let (wg, count, buffers) = ((256, 1), (groups(n, 256), hu, 1), [&v.handle, &out.handle]);
-        if flag {
-            l.launch_dense(&[COLSUM], &[("N", n)], wg, count, &buffers);
-        } else {
-            l.launch(
-                dims.kernel(&[COLSUM], &[("N", n)], None),
-                wg,
-                count,
-                &buffers,
-            );
-        }
+    let colsum = |v: &CubeTensor, out: &CubeTensor, n: usize, dense: bool| {
+        l.launch(
+            Kernel::Colsum { n, dense },
+            (groups(n, 256), hu, 1),
+            &[&v.handle, &out.handle],
+        );
     };
     let g_bd = l.empty(&[h, d]);
     colsum(&dr, &g_bd, d, false);
     let g_wd = l.empty(&[h, m, d]);
-    l.launch_dense(
-        &[MM_GDEC, ACT, MATMUL],
-        &[],
-        (16, 16),
+    l.launch(
+        Kernel::MmGdec,
         mm(m, d),
         &[
             &pre.handle,
@@ -637,10 +681,8 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     } else {
         l.empty(&[1])
     };
-    l.launch_dense(
-        &[MM_DP, ACT, MATMUL],
-        &[],
-        (16, 16),
+    l.launch(
+        Kernel::MmDp,
         mm(b, m),
         &[
             &dr.handle,
@@ -664,17 +706,14 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         colsum(&jc, &g_lt, m, true);
     }
     let g_we = l.empty(&[h, d, m]);
-    l.launch_dense(
-        &[MM_GENC, MATMUL],
-        &[],
-        (16, 16),
+    l.launch(
+        Kernel::MmGenc,
         mm(d, m),
         &[&x.handle, &dp.handle, &g_we.handle],
     );
-    if sparse {
+    if let Some((lists, ent)) = &sparse_buffers {
         l.launch(
-            dims.kernel(&[FEAT_GRAD], &[], None),
-            (256, 1),
+            Kernel::FeatGrad,
             (m as u32, hu, 1),
             &[
                 &ent.handle,
@@ -694,10 +733,8 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         );
     }
     let (resid_sq, terms) = (l.empty(&[h]), l.empty(&[4]));
-    l.launch_dense(
-        &[LOSS, REDUCE],
-        &[],
-        (256, 1),
+    l.launch(
+        Kernel::Loss,
         (1, 1, 1),
         &[
             &err_sq.handle,
@@ -729,8 +766,7 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     let mut off = 0;
     for ((_, g, _), &n) in arrays.iter().zip(&sizes) {
         l.launch(
-            dims.kernel(&[SUMSQ, REDUCE], &[("N", n), ("OFF", off)], None),
-            (256, 1),
+            Kernel::Sumsq { n, off },
             (groups(n, 4096), 1, 1),
             &[&g.handle, &partials.handle],
         );
@@ -741,8 +777,10 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         let p_out = l.empty(&p.meta.shape().to_vec());
         let mv_out = l.empty(&[2 * n]);
         l.launch(
-            dims.kernel(&[ADAM, REDUCE], &[("N", n), ("NP", n_partials)], None),
-            (256, 1),
+            Kernel::Adam {
+                n,
+                partials: n_partials,
+            },
             (groups(n, 4096), 1, 1),
             &[
                 &p.handle,
