@@ -171,10 +171,10 @@ const PARAM_NAMES: [&str; 5] = ["W_enc", "b_enc", "W_dec", "b_dec", "log_thresho
 impl SaeOptimizer {
     /// The fused CPU step on the CPU backend, the WGSL step on wgpu.
     pub fn new(sae: &BlockDiagSae) -> Self {
-        let params = HostParams::from_sae(sae).expect("reading the SAE's parameters");
+        let params = || HostParams::from_sae(sae).expect("reading the SAE's parameters");
         match fast_path(sae) {
-            FastPath::Cpu => Self::fused(params, None),
-            FastPath::Wgsl => Self::wgsl(params, None, &sae.device()),
+            FastPath::Cpu => Self::fused(params(), None),
+            FastPath::Wgsl => Self::wgsl(params(), None, &sae.device()),
             FastPath::None => Self::with_autodiff(sae),
         }
     }
@@ -290,8 +290,8 @@ impl SaeOptimizer {
                     betas,
                     t,
                     clip,
-                    sparse_below: wgsl_sparse_below(),
-                    burn_encoder: std::env::var("ATTN_SAES_WGSL_ENCODER").as_deref() == Ok("burn"),
+                    sparse_below: wgsl_knobs().0,
+                    burn_encoder: wgsl_knobs().1,
                 };
                 let r = wgsl::run_step(x, state.take().expect("state between steps"), spec);
                 let s = &r.state;
@@ -492,16 +492,19 @@ impl SaeOptimizer {
     }
 }
 
-/// The density under which the WGSL step takes its sparse path: the fused CPU step's, or
-/// `ATTN_SAES_SPARSE_BELOW` (for benchmarks: 0 keeps the dense path, 1 the sparse one
-/// whenever it fits), read once.
-fn wgsl_sparse_below() -> f64 {
-    static VALUE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *VALUE.get_or_init(|| {
-        std::env::var("ATTN_SAES_SPARSE_BELOW")
+/// The WGSL step's two benchmark knobs, read once: the density under which it takes its
+/// sparse path (the fused CPU step's, or `ATTN_SAES_SPARSE_BELOW`: 0 keeps the dense path,
+/// 1 the sparse one whenever it fits), and whether burn's matmul makes the encoder product
+/// (`ATTN_SAES_WGSL_ENCODER=burn`).
+fn wgsl_knobs() -> (f64, bool) {
+    static KNOBS: std::sync::OnceLock<(f64, bool)> = std::sync::OnceLock::new();
+    *KNOBS.get_or_init(|| {
+        let sparse_below = std::env::var("ATTN_SAES_SPARSE_BELOW")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(fused_cpu::SPARSE_BELOW)
+            .unwrap_or(fused_cpu::SPARSE_BELOW);
+        let burn_encoder = std::env::var("ATTN_SAES_WGSL_ENCODER").as_deref() == Ok("burn");
+        (sparse_below, burn_encoder)
     })
 }
 
