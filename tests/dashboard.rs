@@ -6,7 +6,7 @@
 
 mod common;
 
-use attn_saes::dashboard::build::{self, interval_bin, sample_key, summarise_logits};
+use attn_saes::dashboard::build::{self, interval_bin, sample_key};
 use attn_saes::dashboard::format::{Dashboard, DashboardError, ExampleGroup};
 use attn_saes::dashboard::{BuildInputs, BuildOptions};
 use attn_saes::lm::{self, HookRequest, LoadedModel, ZConvention};
@@ -61,13 +61,23 @@ fn random_windows(loaded: &LoadedModel, n: usize, t: usize, seed: u64) -> Vec<Ve
 
 /// A random ReLU SAE for a model, with negative encoder biases so features are sparse.
 fn random_sae(loaded: &LoadedModel, m: usize, seed: u64) -> BlockDiagSae {
+    random_sae_with(loaded, m, seed, Architecture::Relu)
+}
+
+/// As [`random_sae`], with another activation (JumpReLU: thresholds from 0.2 to 2).
+fn random_sae_with(
+    loaded: &LoadedModel,
+    m: usize,
+    seed: u64,
+    architecture: Architecture,
+) -> BlockDiagSae {
     let cfg = &loaded.transformer.config;
     let mut rng = Rng::new(seed);
     let config = SaeConfig {
         n_heads: cfg.n_heads,
         d_head: cfg.d_head,
         features_per_head: m,
-        architecture: Architecture::Relu,
+        architecture,
     };
     let device = Device::flex();
     let mut sae = BlockDiagSae::init(config, &mut rng, &device);
@@ -79,6 +89,12 @@ fn random_sae(loaded: &LoadedModel, m: usize, seed: u64) -> BlockDiagSae {
     sae.input_scale = (0..h).map(|i| 0.7 + 0.3 * i as f32).collect();
     let b: Vec<f32> = (0..h * d).map(|_| 0.1 * rng.normal() as f32).collect();
     sae.b_dec = Tensor::from_data(TensorData::new(b, [h, d]), &device);
+    if sae.log_threshold.is_some() {
+        let lt: Vec<f32> = (0..h * m)
+            .map(|_| (0.2 + 1.8 * rng.uniform() as f32).ln())
+            .collect();
+        sae.log_threshold = Some(Tensor::from_data(TensorData::new(lt, [h, m]), &device));
+    }
     sae
 }
 
@@ -285,8 +301,18 @@ fn dfa_values_and_logit_effects_match_the_numpy_reference() {
                 // Logit effects: the reference row, top and bottom 10.
                 let vocab = loaded.transformer.config.d_vocab;
                 let row = &r.get("logit_effects").data[(head * m + f) * vocab..][..vocab];
-                let row32: Vec<f32> = row.iter().map(|&x| x as f32).collect();
-                let (top, bottom, _, _) = summarise_logits(&row32, 10, 50);
+                // The reference's 10 highest and lowest by a full sort (ties to the lower id).
+                let mut order: Vec<usize> = (0..vocab).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                let ranked = |ids: &[usize]| -> Vec<(u32, f32)> {
+                    ids.iter()
+                        .take(10)
+                        .map(|&i| (i as u32, row[i] as f32))
+                        .collect()
+                };
+                let top = ranked(&order);
+                order.sort_by(|&a, &b| row[a].total_cmp(&row[b]).then(a.cmp(&b)));
+                let bottom = ranked(&order);
                 let ids = |v: &[(u32, f32)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
                 assert_eq!(
                     ids(&feature.logit_top),
@@ -320,13 +346,26 @@ fn dfa_values_and_logit_effects_match_the_numpy_reference() {
 }
 
 /// Top-k examples, interval groups, histograms and densities against a brute-force pass
-/// over every token (same chunks, so bit-identical activations).
+/// over every token with the SAE's own (burn) forward, in the same chunks, for every
+/// activation: the builder's host encoder must give bit-identical activations.
 #[test]
 fn top_examples_and_interval_groups_match_brute_force() {
     let loaded = load("gpt2_tiny");
-    let sae = random_sae(&loaded, 16, 7);
+    for architecture in [
+        Architecture::Relu,
+        Architecture::TopK { k: 3 },
+        Architecture::BatchTopK { k: 2 },
+        Architecture::JumpRelu { bandwidth: 0.05 },
+    ] {
+        let sae = random_sae_with(&loaded, 16, 7, architecture);
+        check_against_brute_force(&loaded, &sae);
+    }
+}
+
+fn check_against_brute_force(loaded: &LoadedModel, sae: &BlockDiagSae) {
+    let arch = sae.config.architecture;
     let t = 16;
-    let windows = random_windows(&loaded, 23, t, 5);
+    let windows = random_windows(loaded, 23, t, 5);
     let opts = BuildOptions {
         top_k: 5,
         n_intervals: 4,
@@ -336,11 +375,11 @@ fn top_examples_and_interval_groups_match_brute_force() {
         windows_per_forward: 4,
         ..BuildOptions::default()
     };
-    let d = build_quiet(&inputs(&loaded, &sae, windows.clone()), &opts);
+    let d = build_quiet(&inputs(loaded, sae, windows.clone()), &opts);
     let model = &loaded.transformer;
     let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
     // Brute force: all activations, [n_tokens, H, m], in the builder's chunks.
-    let brute = sae_on(&loaded, &sae, &windows, 4);
+    let brute = sae_on(loaded, sae, &windows, 4);
     let acts = &brute.feats;
     let bos = model.config.bos_token_id.unwrap();
     let tokens: Vec<u32> = windows.concat();
@@ -367,7 +406,7 @@ fn top_examples_and_interval_groups_match_brute_force() {
         let ev = 1.0 - resid / total;
         assert!(
             (summary.explained_variance - ev).abs() < 1e-5,
-            "head {head}: EV {} vs {ev}",
+            "{arch:?} head {head}: EV {} vs {ev}",
             summary.explained_variance
         );
         let l0 = counted
@@ -379,7 +418,7 @@ fn top_examples_and_interval_groups_match_brute_force() {
             })
             .sum::<usize>() as f64
             / counted.len() as f64;
-        assert!((summary.l0 - l0).abs() < 1e-12, "head {head}: L0");
+        assert!((summary.l0 - l0).abs() < 1e-12, "{arch:?} head {head}: L0");
     }
     let window_of = |e: &attn_saes::dashboard::format::Example| {
         windows
@@ -400,10 +439,11 @@ fn top_examples_and_interval_groups_match_brute_force() {
             // Density, max.
             assert_eq!(
                 feature.density,
-                (active.len() as f64 / counted.len() as f64) as f32
+                (active.len() as f64 / counted.len() as f64) as f32,
+                "{arch:?} head {head} feature {f}: density"
             );
             let max = active.iter().map(|x| x.0).fold(0.0, f32::max);
-            assert_eq!(feature.max_activation, max);
+            assert_eq!(feature.max_activation, max, "{arch:?}: max activation");
             // Top k: activation descending, earlier token first on ties.
             active.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             let want: Vec<(usize, f32)> =
@@ -414,7 +454,7 @@ fn top_examples_and_interval_groups_match_brute_force() {
                 .filter(|e| e.group == ExampleGroup::Top)
                 .map(|e| (window_of(e) * t + e.target as usize, e.activation))
                 .collect();
-            assert_eq!(got, want, "head {head} feature {f}: top examples");
+            assert_eq!(got, want, "{arch:?} head {head} feature {f}: top examples");
             // Histogram and interval counts: sum to the active count, bin by bin.
             let mut hist = vec![0u32; opts.histogram_bins];
             let mut counts = vec![0u32; opts.n_intervals];
@@ -440,7 +480,7 @@ fn top_examples_and_interval_groups_match_brute_force() {
                     .filter(|e| e.group == ExampleGroup::Interval(b as u8))
                     .map(|e| window_of(e) * t + e.target as usize)
                     .collect();
-                assert_eq!(got, want, "head {head} feature {f} interval {b}");
+                assert_eq!(got, want, "{arch:?} head {head} feature {f} interval {b}");
                 n_interval_examples += got.len();
             }
             // Every example's activations along its window.
@@ -450,7 +490,10 @@ fn top_examples_and_interval_groups_match_brute_force() {
                     .filter(|&p| tokens[w * t + p] != bos && act(w * t + p) > 0.0)
                     .map(|p| (p as u16, act(w * t + p)))
                     .collect();
-                assert_eq!(e.activations, want);
+                assert_eq!(
+                    e.activations, want,
+                    "{arch:?}: activations along the window"
+                );
                 assert_eq!(e.activation, act(w * t + e.target as usize));
                 assert_ne!(
                     tokens[w * t + e.target as usize],
@@ -462,7 +505,7 @@ fn top_examples_and_interval_groups_match_brute_force() {
     }
     assert!(
         n_interval_examples > 100,
-        "{n_interval_examples} interval examples"
+        "{arch:?}: {n_interval_examples} interval examples"
     );
 }
 

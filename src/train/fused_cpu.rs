@@ -334,7 +334,7 @@ fn loss_and_grads_with(
 /// `dst[rows x cols] (+)= lhs[rows x k] * rhs[k x cols]`, all strided (row stride, column
 /// stride), single-threaded (jobs are already parallel).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     rows: usize,
     cols: usize,
     k: usize,
@@ -746,7 +746,7 @@ fn batch_topk_threshold(p: &HostParams, x: &[f32], batch: usize, hd: usize, k: u
 /// few candidates in one pass; when at least `k` values clear it, the `k`-th largest is
 /// among them and a selection over the candidates finds it. Otherwise (rare) the whole row
 /// goes through [`kth_largest_exact`]. Either way the result is exact.
-fn kth_largest(row: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
+pub(crate) fn kth_largest(row: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
     let m = row.len();
     if k == 0 {
         return f32::INFINITY;
