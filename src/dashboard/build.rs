@@ -858,6 +858,9 @@ pub fn build(
         );
         for state in &mut heads {
             state.spill.flush()?;
+            // The activation buffers are not needed past the scan.
+            state.feats = Vec::new();
+            state.scratch = Vec::new();
         }
 
         // Pass 2 and logit effects, head by head.
@@ -1097,7 +1100,11 @@ mod tests {
                     v.into_iter().map(|(i, x)| (i, x.to_bits())).collect()
                 };
                 assert_eq!(bits(top), bits(want_top), "trial {trial} k {k}: top");
-                assert_eq!(bits(bottom), bits(want_bottom), "trial {trial} k {k}: bottom");
+                assert_eq!(
+                    bits(bottom),
+                    bits(want_bottom),
+                    "trial {trial} k {k}: bottom"
+                );
                 let lo = row.iter().copied().fold(f32::INFINITY, f32::min);
                 let hi = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 assert_eq!(range, (lo, hi));
