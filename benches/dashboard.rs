@@ -60,6 +60,8 @@ fn random_sae(h: usize, d: usize, m: usize, device: &Device) -> BlockDiagSae {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the binary does.
+    attn_saes::device::keep_freed_host_memory();
     let which = arg("--model").unwrap_or_else(|| "demo".into());
     let tokens: usize = arg("--tokens")
         .and_then(|s| s.parse().ok())

@@ -2,7 +2,8 @@
 //! to layer 4 (hook_z only, early stop) and through the full model with logits, on the CPU
 //! backend and on wgpu when an adapter exists. Compare with `benches/torch_forward.py`.
 //!
-//! `cargo bench --bench forward [-- --device cpu|wgpu|all] [--iters N] [--batch B] [--pos P]`
+//! `cargo bench --bench forward [-- --device cpu|wgpu|all] [--iters N] [--batch B] [--pos P]
+//! [--malloc-defaults]`
 
 use std::time::Instant;
 
@@ -18,6 +19,10 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the binary does, unless `--malloc-defaults` asks for glibc's defaults (to compare).
+    if !std::env::args().any(|a| a == "--malloc-defaults") {
+        attn_saes::device::keep_freed_host_memory();
+    }
     let which = arg("--device").unwrap_or_else(|| "all".into());
     let iters: usize = arg("--iters").and_then(|s| s.parse().ok()).unwrap_or(5);
     let batch: usize = arg("--batch").and_then(|s| s.parse().ok()).unwrap_or(8);

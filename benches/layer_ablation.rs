@@ -21,6 +21,8 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the binary does.
+    attn_saes::device::keep_freed_host_memory();
     let n: usize = arg("--windows").and_then(|s| s.parse().ok()).unwrap_or(32);
     let skip: usize = arg("--skip").and_then(|s| s.parse().ok()).unwrap_or(2000);
     let cache = attn_saes::assets::cache_dir();

@@ -70,6 +70,8 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the binary does.
+    attn_saes::device::keep_freed_host_memory();
     let which = arg("--device").unwrap_or_else(|| "all".into());
     let quick = std::env::args().any(|a| a == "--quick");
     let seconds: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(5.0);

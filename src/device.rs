@@ -93,3 +93,21 @@ pub fn select(choice: DeviceChoice) -> anyhow::Result<SelectedDevice> {
         },
     }
 }
+
+/// Keeps freed host memory in the process for reuse instead of returning it to the system
+/// after each tensor (glibc: buffers up to 32 MiB come from the heap, which is not trimmed
+/// below 1 GiB). burn's CPU backend allocates and frees every intermediate tensor; with
+/// glibc's defaults most of them were fresh pages, zeroed by the kernel on first touch.
+/// Measured on the 2-core Xeon, gpt2-small forward to layer 4, 8 x 128 tokens: 3072-3101
+/// tokens/s before, 3697-3708 after. The peak memory is the same; what was freed stays
+/// counted as the process's until it exits. Call it first thing in `main`; elsewhere (not
+/// glibc) it does nothing.
+pub fn keep_freed_host_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes allocator parameters; it is called before any thread
+    // is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}

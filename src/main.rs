@@ -223,6 +223,7 @@ fn set_runtime_dir_if_missing() {
 }
 
 fn main() -> anyhow::Result<()> {
+    device::keep_freed_host_memory();
     set_runtime_dir_if_missing();
     let cli = Cli::parse();
     match cli.command {
