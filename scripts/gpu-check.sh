@@ -53,6 +53,11 @@ run wgsl --step auto
 run autodiff --step autodiff
 run wgsl-windows32 --step auto --windows-per-forward 32
 CUBECL_WGPU_MAX_TASKS=128 run wgsl-tasks128 --step auto
+echo "== dashboards of the WGSL run (seed shape, 65,536 tokens; the encoder runs on the host)"
+started=$SECONDS
+timeout 120 /tmp/bin/attn-saes --device wgpu dashboard --run /tmp/run-wgsl --tokens 65536 2>&1 |
+    tail -3 || echo "the dashboard build failed"
+echo "dashboard wall $((SECONDS - started)) s (model load included)"
 ATTN_SAES_LM_F16=1 run wgsl-f16-matmuls --step auto
 echo "== PyTorch's LM forward, for the harvest's share"
 timeout 60 python3 benches/torch_forward.py --device cuda
