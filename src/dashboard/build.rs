@@ -98,6 +98,7 @@ pub struct BuildInputs<'a> {
 pub type Progress<'p> = &'p mut dyn FnMut(&str, usize, usize);
 
 pub use super::dfa::dfa_by_source;
+use super::dfa::dfa_from_products;
 
 /// The seeded hash key of an active (token, feature): interval groups keep the smallest.
 pub fn sample_key(seed: u64, token: u64, head: usize, feature: usize) -> u64 {
@@ -410,20 +411,11 @@ impl HeadPass1 {
         let Dims { h, d, m, t } = *dims;
         let first = chunk.first_token + (w * t) as u64;
         let in_window = |c: &Candidate| (first..first + t as u64).contains(&c.token);
-        // The window's actives by feature (a counting sort keeps positions in order).
-        let mut start = vec![0u32; m + 1];
-        for &(f, _, _) in actives {
-            start[f as usize + 1] += 1;
-        }
-        for f in 0..m {
-            start[f + 1] += start[f];
-        }
-        let mut next = start.clone();
-        let mut by_feature = vec![(0u16, 0f32); actives.len()];
-        for &(f, p, a) in actives {
-            by_feature[next[f as usize] as usize] = (p, a);
-            next[f as usize] += 1;
-        }
+        // The window's actives by feature, positions in order.
+        let (start, by_feature) =
+            crate::train::fused_cpu::group_by_feature(actives, m, |&(f, p, a)| {
+                (f as usize, (p, a))
+            });
         // The entries to fill: (feature, index in its list, target).
         let mut jobs: Vec<(usize, usize, usize)> = Vec::new();
         for &f in entered {
@@ -462,9 +454,7 @@ impl HeadPass1 {
         for (j, &(f, slot, target)) in jobs.iter().enumerate() {
             let pattern = &chunk.pattern[((w * h + head) * t + target) * t..][..t];
             let entry = &mut self.top[f][slot];
-            entry.dfa = (0..=target)
-                .map(|s| pattern[s] * scale * u[s * c + j])
-                .collect();
+            entry.dfa = dfa_from_products(pattern, |s| u[s * c + j], scale, target);
             let range = start[f] as usize..start[f + 1] as usize;
             entry.activations = by_feature[range].to_vec();
         }
@@ -560,8 +550,8 @@ fn pass2(
     Ok(out)
 }
 
-/// Logit effects of one head's features: top and bottom `k` tokens (ties by id), a
-/// histogram over the vocabulary and its range.
+/// Logit effects of one head's features (`w_dec_h`, its `[m, d]` decoder rows on the host):
+/// top and bottom `k` tokens (ties by id), a histogram over the vocabulary and its range.
 ///
 /// `(W_dec[f] / s) W_O[h] W_U` is taken as `(W_dec[f] / s) (W_O[h] W_U)`: the head's
 /// `[d_head, vocab]` product once (on the device), then `m x d_head x vocab`
@@ -572,23 +562,19 @@ fn pass2(
 fn logit_effects(
     inputs: &BuildInputs,
     head: usize,
+    w_dec_h: &[f32],
     opts: &BuildOptions,
 ) -> anyhow::Result<Vec<(Vec<(u32, f32)>, Vec<(u32, f32)>, Vec<u32>, (f32, f32))>> {
     const ROWS: usize = 64;
     let model = &inputs.loaded.transformer;
     let sae = inputs.sae;
-    let (d, m) = (sae.config.d_head, sae.config.features_per_head);
+    let d = sae.config.d_head;
     let vocab = model.config.d_vocab;
     let k = opts.logit_k.min(vocab);
     let bins = opts.histogram_bins;
-    // [m, d] in hook_z units.
-    let w_dec = host_vec(
-        sae.w_dec
-            .clone()
-            .slice([head..head + 1, 0..m, 0..d])
-            .reshape([m, d])
-            / sae.input_scale[head] as f64,
-    )?;
+    // The head's W_dec [m, d] in hook_z units.
+    let scale = sae.input_scale[head];
+    let w_dec: Vec<f32> = w_dec_h.iter().map(|w| w / scale).collect();
     // [d, vocab]: what a unit of the head's z does to the logits.
     let head_logits = host_vec(model.w_o_head(inputs.layer, head)?.matmul(model.unembed()))?;
     let blocks: Vec<Vec<_>> = w_dec
@@ -616,9 +602,14 @@ fn logit_effects(
     Ok(blocks.into_iter().flatten().collect())
 }
 
-/// A key whose integer order is `f32::total_cmp`'s order.
+/// A key whose integer order is `f32::total_cmp`'s order (the map is its own inverse on
+/// the bits: `f32::from_bits(total_order_flip(key) as u32)` is the value again).
 fn total_order_key(v: f32) -> i32 {
-    let b = v.to_bits() as i32;
+    total_order_flip(v.to_bits() as i32)
+}
+
+/// Flips the magnitude bits of negative numbers.
+fn total_order_flip(b: i32) -> i32 {
     b ^ (((b >> 31) as u32) >> 1) as i32
 }
 
@@ -681,7 +672,7 @@ pub fn summarise_logits(
             .collect()
     };
     // The range ignores NaNs, as `f32::min`/`max` do; the keys order them outside it.
-    let from_key = |key: i32| f32::from_bits((key ^ (((key >> 31) as u32) >> 1) as i32) as u32);
+    let from_key = |key: i32| f32::from_bits(total_order_flip(key) as u32);
     let (mut lo, mut hi) = (from_key(key_lo), from_key(key_hi));
     if row.is_empty() {
         (lo, hi) = (f32::INFINITY, f32::NEG_INFINITY);
@@ -879,7 +870,7 @@ pub fn build(
             progress("logit effects", head, h);
             drop(state.spill);
             let _ = std::fs::remove_file(&state.spill_path);
-            let logits = logit_effects(inputs, head, opts)?;
+            let logits = logit_effects(inputs, head, &w_dec[head * m * d..][..m * d], opts)?;
             let mut features = Vec::with_capacity(m);
             let mut density = Vec::with_capacity(m);
             for (f, (top, (hist, (counts, samples)))) in state

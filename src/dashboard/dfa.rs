@@ -5,7 +5,7 @@
 /// `A[target, s] * scale * (v_s . W_enc[:, f])`, so that the sum plus `b_enc[f]` is the
 /// feature's pre-activation at `target`. `pattern` is the head's `[T, T]` rows of the
 /// window, `value(s)` the head's value vector at `s`, `enc_col` the feature's encoder column.
-/// The dashboard builder and the app's live analysis both compute DFA with it.
+/// The app's live analysis computes DFA with it.
 pub fn dfa_by_source<'v>(
     pattern_row: &[f32],
     value: impl Fn(usize) -> &'v [f32],
@@ -13,10 +13,23 @@ pub fn dfa_by_source<'v>(
     scale: f32,
     target: usize,
 ) -> Vec<f32> {
+    dfa_from_products(
+        pattern_row,
+        |s| value(s).iter().zip(enc_col).map(|(a, b)| a * b).sum(),
+        scale,
+        target,
+    )
+}
+
+/// DFA as [`dfa_by_source`], from the products `u(s) = v_s . W_enc[:, f]` already made
+/// (the dashboard builder makes them for many examples of a window at once).
+pub fn dfa_from_products(
+    pattern_row: &[f32],
+    u: impl Fn(usize) -> f32,
+    scale: f32,
+    target: usize,
+) -> Vec<f32> {
     (0..=target)
-        .map(|s| {
-            let u: f32 = value(s).iter().zip(enc_col).map(|(a, b)| a * b).sum();
-            pattern_row[s] * scale * u
-        })
+        .map(|s| pattern_row[s] * scale * u(s))
         .collect()
 }

@@ -1,6 +1,6 @@
 //! Live analysis of a user's text: the LM to the hooked layer, the SAE on its hook_z, the
 //! features each token fires per head, and the DFA of any (token, feature) by source
-//! position, computed as the dashboard builder does (`dashboard::dfa::dfa_by_source`).
+//! position, by the formula the dashboard builder uses (`dashboard::dfa`).
 //!
 //! [`LiveTokens`] and [`Attribution`] are what a viewer shows; they build for every target
 //! (the web viewer receives them as JSON from the page's inference bundle). The analysis

@@ -827,6 +827,32 @@ impl JumpGrad {
     }
 }
 
+/// Groups `entries` by feature (`split` gives an entry's feature `< m` and what to keep of
+/// it) with a counting sort, so each feature's entries keep their order: feature `i`'s are
+/// `values[starts[i]..starts[i + 1]]`.
+#[inline]
+pub(crate) fn group_by_feature<E, V: Copy + Default>(
+    entries: &[E],
+    m: usize,
+    split: impl Fn(&E) -> (usize, V),
+) -> (Vec<u32>, Vec<V>) {
+    let mut starts = vec![0u32; m + 1];
+    for e in entries {
+        starts[split(e).0 + 1] += 1;
+    }
+    for i in 0..m {
+        starts[i + 1] += starts[i];
+    }
+    let mut cursor = starts.clone();
+    let mut values = vec![V::default(); entries.len()];
+    for e in entries {
+        let (i, v) = split(e);
+        values[cursor[i] as usize] = v;
+        cursor[i] += 1;
+    }
+    (starts, values)
+}
+
 /// Finishes the sparse tiles of a job from their active entries, feature by feature over
 /// all of the job's rows: each feature's decoder row is read, and its gradient rows
 /// written, once per step instead of once per entry, which keeps a step's random accesses
@@ -839,21 +865,8 @@ fn finish_sparse_tiles(
     job: &mut Job,
 ) {
     let (d, m) = (s.d, s.m);
-    // Counting sort by feature; rows stay in order within a feature.
-    let mut starts = vec![0u32; m + 1];
-    for &(_, i, _) in entries {
-        starts[i as usize + 1] += 1;
-    }
-    for i in 0..m {
-        starts[i + 1] += starts[i];
-    }
-    let mut cursor = starts.clone();
-    let mut by_feat = vec![(0u32, 0f32); entries.len()];
-    for &(r, i, f) in entries {
-        let c = &mut cursor[i as usize];
-        by_feat[*c as usize] = (r, f);
-        *c += 1;
-    }
+    // Rows stay in order within a feature.
+    let (starts, by_feat) = group_by_feature(entries, m, |&(r, i, f)| (i as usize, (r, f)));
     let span = |i: usize| &by_feat[starts[i] as usize..starts[i + 1] as usize];
     // R = F W_dec for the sparse rows (other rows stay zero and are not read).
     let n_rows = job.rows.len();
