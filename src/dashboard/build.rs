@@ -97,7 +97,6 @@ pub struct BuildInputs<'a> {
 /// Progress of a build: `(phase, done, total)`.
 pub type Progress<'p> = &'p mut dyn FnMut(&str, usize, usize);
 
-pub use super::dfa::dfa_by_source;
 use super::dfa::dfa_from_products;
 
 /// The seeded hash key of an active (token, feature): interval groups keep the smallest.
