@@ -447,3 +447,102 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
         }
     }
 }
+
+/// Selects the device `choice` names and loads `model` on it; an error names the model.
+pub fn open_model(
+    choice: DeviceChoice,
+    model: &str,
+) -> anyhow::Result<(crate::device::SelectedDevice, crate::lm::LoadedModel)> {
+    use anyhow::Context;
+    let selected = crate::device::select(choice)?;
+    let loaded = crate::lm::load_model(model, &selected.device)
+        .with_context(|| format!("loading model '{model}'"))?;
+    Ok((selected, loaded))
+}
+
+/// What [`train_then_dashboards`] reports besides training events, in order.
+pub enum Stage<'a> {
+    /// Resolving flags and config, checking the demo assets and a resume.
+    Checking,
+    /// The config resolved: the run directory.
+    RunDir(&'a std::path::Path),
+    LoadingModel(&'a str),
+    /// The device the run uses, in words.
+    Device(&'a str),
+    /// Building the dashboards (after a run that was not stopped early).
+    Dashboards {
+        phase: &'a str,
+        done: usize,
+        total: usize,
+    },
+    /// The dashboard file is written.
+    DashboardWritten {
+        path: &'a std::path::Path,
+        dashboard: &'a crate::dashboard::Dashboard,
+        seconds: f64,
+    },
+}
+
+/// The main job, for the CLI (`train --headless`) and the app alike: trains (or resumes)
+/// the run `args` describe on the device `choice` selects, with training events going to
+/// `on_train` on a thread of its own (it has received all of them when this returns);
+/// then, unless the run stopped early or `dashboards` is false, builds the run's
+/// dashboards and writes its dashboard file.
+pub fn train_then_dashboards(
+    args: &TrainArgs,
+    choice: DeviceChoice,
+    control: &crate::train::RunControl,
+    dashboards: bool,
+    on_train: impl FnOnce(std::sync::mpsc::Receiver<TrainEvent>) + Send + 'static,
+    report: &mut dyn FnMut(Stage<'_>),
+) -> anyhow::Result<crate::train::TrainSummary> {
+    use crate::dashboard::{self, BuildOptions};
+    use anyhow::Context;
+    report(Stage::Checking);
+    let (config, resume) = args.prepare(choice)?;
+    report(Stage::RunDir(&config.out_dir));
+    report(Stage::LoadingModel(&config.model));
+    let (selected, loaded) = open_model(choice, &config.model)?;
+    report(Stage::Device(&selected.description));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let consumer = std::thread::spawn(move || on_train(rx));
+    let result = crate::train::train(
+        config,
+        &loaded,
+        resume.as_deref(),
+        &selected.device,
+        &selected.description,
+        &tx,
+        control,
+    );
+    // The consumer ends (and is joined) before anything else is reported, so whoever
+    // reads both sees every training event first.
+    drop(tx);
+    let _ = consumer.join();
+    let summary = result?;
+    if dashboards && !summary.stopped_early {
+        let run = summary
+            .sae_dir
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        let started = std::time::Instant::now();
+        let d = dashboard::build_for_run(
+            run,
+            None,
+            &loaded,
+            dashboard::DEFAULT_TOKENS,
+            None,
+            &BuildOptions::default(),
+            &mut |phase, done, total| report(Stage::Dashboards { phase, done, total }),
+        )
+        .context("building the run's dashboards (the trained SAE is saved)")?;
+        let path = dashboard::run_dashboard_path(run);
+        dashboard::build::write(&d, &path)?;
+        report(Stage::DashboardWritten {
+            path: &path,
+            dashboard: &d,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(summary)
+}

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use attn_saes::cli_train::{TrainArgs, render_headless};
+use attn_saes::cli_train::TrainArgs;
 use attn_saes::dashboard::{self, BuildOptions, Dashboard};
 use attn_saes::device::{self, DeviceChoice};
 use attn_saes::lm::{self, HookRequest, per_token_ce};
@@ -228,9 +228,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Info { model } => {
-            let selected = device::select(DeviceChoice::Cpu)?;
-            let loaded = lm::load_model(&model, &selected.device)
-                .with_context(|| format!("loading model '{model}'"))?;
+            let (_, loaded) = attn_saes::cli_train::open_model(DeviceChoice::Cpu, &model)?;
             println!("source: {}", loaded.source.display());
             println!(
                 "{}",
@@ -626,15 +624,13 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Selects the device (saying which) and loads a model on it.
+/// Selects the device and loads a model on it, saying which device.
 fn open_model(
     choice: DeviceChoice,
     model: &str,
 ) -> anyhow::Result<(device::SelectedDevice, lm::LoadedModel)> {
-    let selected = device::select(choice)?;
+    let (selected, loaded) = attn_saes::cli_train::open_model(choice, model)?;
     eprintln!("{}", selected.description);
-    let loaded = lm::load_model(model, &selected.device)
-        .with_context(|| format!("loading model '{model}'"))?;
     Ok((selected, loaded))
 }
 
@@ -698,6 +694,12 @@ fn run_dashboards(
 /// Writes a dashboard file and says what it holds.
 fn write_dashboard(d: &Dashboard, path: &std::path::Path) -> anyhow::Result<()> {
     dashboard::build::write(d, path)?;
+    say_written(d, path);
+    Ok(())
+}
+
+/// Says what a written dashboard file holds.
+fn say_written(d: &Dashboard, path: &std::path::Path) {
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     println!(
         "dashboards: {} ({} heads x {} features over {} tokens, {:.1} MB)",
@@ -707,7 +709,6 @@ fn write_dashboard(d: &Dashboard, path: &std::path::Path) -> anyhow::Result<()> 
         d.meta.n_tokens,
         bytes as f64 / 1e6
     );
-    Ok(())
 }
 
 fn hook_info(cfg: &train::TrainConfig) -> HookInfo {
@@ -721,48 +722,39 @@ fn hook_info(cfg: &train::TrainConfig) -> HookInfo {
 }
 
 fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyhow::Result<()> {
-    let (config, resume_dir) = args.prepare(choice)?;
-    eprintln!("loading model {}", config.model);
-    let (selected, loaded) = open_model(choice, &config.model)?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let renderer = std::thread::spawn(move || render_headless(rx));
+    use attn_saes::cli_train::{Stage, render_headless, train_then_dashboards};
     let control = RunControl {
         stop_after: args.stop_after,
         ..Default::default()
     };
-    let result = train::train(
-        config,
-        &loaded,
-        resume_dir.as_deref(),
-        &selected.device,
-        &selected.description,
-        &tx,
+    let mut bar: Option<ProgressLine> = None;
+    train_then_dashboards(
+        &args,
+        choice,
         &control,
-    );
-    drop(tx);
-    let _ = renderer.join();
-    let summary = result.map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    if !summary.stopped_early && !no_dashboard {
-        let run = &summary
-            .sae_dir
-            .parent()
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default();
-        let started = std::time::Instant::now();
-        let d = run_dashboards(
-            run,
-            &loaded,
-            dashboard::DEFAULT_TOKENS,
-            None,
-            &BuildOptions::default(),
-        )
-        .context("building the run's dashboards (the trained SAE is saved)")?;
-        write_dashboard(&d, &dashboard::run_dashboard_path(run))?;
-        println!(
-            "dashboards built in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
-    }
+        !no_dashboard,
+        render_headless,
+        &mut |stage| match stage {
+            Stage::LoadingModel(model) => eprintln!("loading model {model}"),
+            Stage::Device(description) => eprintln!("{description}"),
+            Stage::Dashboards { phase, done, total } => bar
+                .get_or_insert_with(ProgressLine::new)
+                .update(phase, done, total),
+            Stage::DashboardWritten {
+                path,
+                dashboard,
+                seconds,
+            } => {
+                if let Some(b) = bar.take() {
+                    b.finish();
+                }
+                say_written(dashboard, path);
+                println!("dashboards built in {seconds:.1} s");
+            }
+            Stage::Checking | Stage::RunDir(_) => {}
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     Ok(())
 }
 

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
+use crate::cli_train::Stage;
 use crate::cli_train::TrainArgs;
 use crate::dashboard::{self, BuildOptions};
-use crate::device::{self, DeviceChoice};
+use crate::device::DeviceChoice;
 use crate::train::{self, RunControl, TrainEvent};
 
 /// What a job reports besides training events.
@@ -91,17 +92,6 @@ fn caught(work: impl FnOnce() -> anyhow::Result<()>) -> Result<(), String> {
     }
 }
 
-/// Loads `model` on the device `choice` selects; an error names the model.
-fn load_model(
-    model: &str,
-    choice: DeviceChoice,
-) -> anyhow::Result<(device::SelectedDevice, crate::lm::LoadedModel)> {
-    let selected = device::select(choice)?;
-    let loaded = crate::lm::load_model(model, &selected.device)
-        .map_err(|e| anyhow::anyhow!("loading model '{model}': {e:#}"))?;
-    Ok((selected, loaded))
-}
-
 /// Runs `work` on a named thread; an error or a panic becomes a [`JobEvent::Failed`], and
 /// every job ends with [`JobEvent::Finished`].
 fn spawn(
@@ -131,45 +121,47 @@ fn spawn(
 /// Starts (or resumes) a training run, then builds its dashboards.
 pub fn start_training(request: TrainRequest) -> Job {
     spawn(JobKind::Training, move |tx, stop| {
-        let send = |e| {
-            let _ = tx.send(e);
-        };
-        send(JobEvent::Phase("checking the configuration".into()));
-        let (config, resume) = request.args.prepare(request.device)?;
-        send(JobEvent::RunDir(config.out_dir.clone()));
-        send(JobEvent::Phase(format!("loading model {}", config.model)));
-        let (selected, loaded) = load_model(&config.model, request.device)?;
         let control = RunControl {
             stop: stop.clone(),
             stop_after: request.args.stop_after,
         };
-        // Training events join the job's channel through a forwarder that ends (and is
-        // joined) before anything else is sent, so the app sees every event in order.
-        let (train_tx, train_rx) = channel();
         let forward = tx.clone();
-        let forwarder = std::thread::spawn(move || {
-            for e in train_rx {
-                let _ = forward.send(JobEvent::Train(e));
-            }
-        });
-        let result = train::train(
-            config,
-            &loaded,
-            resume.as_deref(),
-            &selected.device,
-            &selected.description,
-            &train_tx,
+        crate::cli_train::train_then_dashboards(
+            &request.args,
+            request.device,
             &control,
-        );
-        drop(train_tx);
-        let _ = forwarder.join();
-        let summary = result?;
-        if request.build_dashboards && !summary.stopped_early {
-            let run = summary.sae_dir.parent().unwrap_or(Path::new("."));
-            build_dashboards(run, None, &loaded, tx)?;
-        }
+            request.build_dashboards,
+            move |events| {
+                for e in events {
+                    let _ = forward.send(JobEvent::Train(e));
+                }
+            },
+            &mut |stage| {
+                let event = match stage {
+                    Stage::Checking => JobEvent::Phase("checking the configuration".into()),
+                    Stage::RunDir(dir) => JobEvent::RunDir(dir.to_path_buf()),
+                    Stage::LoadingModel(model) => JobEvent::Phase(format!("loading model {model}")),
+                    Stage::Device(_) => return,
+                    Stage::Dashboards { phase, done, total } => {
+                        dashboard_progress(phase, done, total)
+                    }
+                    Stage::DashboardWritten { path, .. } => {
+                        JobEvent::DashboardWritten(path.to_path_buf())
+                    }
+                };
+                let _ = tx.send(event);
+            },
+        )?;
         Ok(())
     })
+}
+
+fn dashboard_progress(phase: &str, done: usize, total: usize) -> JobEvent {
+    JobEvent::Progress {
+        phase: format!("building dashboards: {phase}"),
+        done,
+        total,
+    }
 }
 
 /// Builds the dashboards of a run's checkpoint (`None`: its final SAE, else its latest
@@ -183,7 +175,7 @@ pub fn start_dashboards(
         let ckpt = train::checkpoint::resolve_resume(checkpoint.as_deref().unwrap_or(&run_dir))?;
         let config = train::checkpoint::read_config(&ckpt)?;
         let _ = tx.send(JobEvent::Phase(format!("loading model {}", config.model)));
-        let (_, loaded) = load_model(&config.model, device)?;
+        let (_, loaded) = crate::cli_train::open_model(device, &config.model)?;
         build_dashboards(&run_dir, checkpoint.as_deref(), &loaded, tx)
     })
 }
@@ -202,11 +194,7 @@ fn build_dashboards(
         None,
         &BuildOptions::default(),
         &mut |phase, done, total| {
-            let _ = tx.send(JobEvent::Progress {
-                phase: format!("building dashboards: {phase}"),
-                done,
-                total,
-            });
+            let _ = tx.send(dashboard_progress(phase, done, total));
         },
     )?;
     let path = dashboard::run_dashboard_path(run);
@@ -320,7 +308,7 @@ pub fn load_live(source: &LiveSource, device: DeviceChoice) -> anyhow::Result<Li
         "the SAE at {} is not on this machine (open its run directory instead)",
         sae_dir.display()
     );
-    let (selected, loaded) = load_model(&model, device)?;
+    let (selected, loaded) = crate::cli_train::open_model(device, &model)?;
     let sae = crate::sae::BlockDiagSae::load(&sae_dir, &selected.device)?;
     let n_layers = loaded.transformer.config.n_layers;
     let layer = layer
