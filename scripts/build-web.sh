@@ -6,7 +6,7 @@
 # the lock file's wasm-bindgen version (installed here into $TOOLS when missing), and
 # wasm-opt (binaryen) with WASM_OPT=1: off by default, because Debian 12's binaryen 108
 # turns rustc 1.95's output into a module Chromium rejects (checked: "Table.set():
-# Argument 1 is invalid"); the unoptimised viewer is 4.6 MB, 1.7 MB gzipped.
+# Argument 1 is invalid"); the unoptimised viewer is 4.5 MB, 1.7 MB gzipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target_dir=${CARGO_TARGET_DIR:-target}
