@@ -3,7 +3,7 @@
 # carried (scripts/gpu-pack.sh makes them): the WGSL step's parity test on the GPU's
 # Vulkan, then the SAE-step benchmark (WGSL, autodiff and PyTorch CUDA side by side) at the
 # seed's shape and the small one, fresh (half the features fire) and trained-like (about
-# 2%), TopK k=32; then end-to-end training (harvest included) on a gpt2-small-shaped model
+# 2%), TopK k=32, BatchTopK k=32 with either selection; then end-to-end training (harvest included) on a gpt2-small-shaped model
 # with random weights (scripts/make_random_gpt2.py), the seed's SAE shape, with the WGSL
 # step and with autodiff. Output goes to stdout and $OUT/log. Each part has a time limit, so
 # one that hangs does not take the whole call; all of it should take 6 to 8 minutes.
@@ -32,6 +32,10 @@ echo "== SAE step: trained-like, the encoder's product through burn's matmul"
 ATTN_SAES_WGSL_ENCODER=burn timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2
 echo "== SAE step: TopK k=32"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --topk 32
+echo "== SAE step: BatchTopK k=32, seed shape: selection over many workgroups a head, then one a head"
+timeout 100 /tmp/bin/sae_step --device wgpu --seconds 3 --batchtopk 32 --shape 4096,12,64,2048
+ATTN_SAES_BATCHTOPK_SELECT=one timeout 100 /tmp/bin/sae_step --device wgpu --seconds 3 \
+    --batchtopk 32 --shape 4096,12,64,2048
 echo "== SAE step: launches timed one by one (in the order src/train/wgsl.rs lists), seed shape, trained-like"
 ATTN_SAES_PROFILE_LAUNCHES=1 timeout 150 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,2048 \
     --seconds 1 --b-enc -0.2

@@ -9,16 +9,6 @@
 var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> pick: array<u32, 2>;
 
-// Keys whose unsigned order is the floats' total order (as f32::total_cmp).
-fn key(v: f32) -> u32 {
-    let u = bitcast<u32>(v);
-    return select(u | 0x80000000u, ~u, (u & 0x80000000u) != 0u);
-}
-
-fn unkey(k: u32) -> f32 {
-    return bitcast<f32>(select(~k, k & 0x7fffffffu, (k & 0x80000000u) != 0u));
-}
-
 @compute @workgroup_size(256, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,

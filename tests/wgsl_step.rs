@@ -111,8 +111,29 @@ fn adam_from_moments(p: &[f32], m: &[f32], v: &[f32], t: i32) -> Vec<f32> {
 /// Both paths: `sparse` forces the sparse one (every list fits), else the dense one.
 fn case(device: &Device, arch: Architecture, h: usize, d: usize, m: usize, b: usize, clip: f64) {
     for sparse in [false, true] {
-        case_on_path(device, arch, (h, d, m, b), clip, sparse, false);
+        case_on_path(device, arch, (h, d, m, b), clip, sparse, Variant::Default);
     }
+    if matches!(arch, Architecture::BatchTopK { .. }) {
+        // The earlier BatchTopK selection, one workgroup per head (ATTN_SAES_BATCHTOPK_SELECT).
+        case_on_path(
+            device,
+            arch,
+            (h, d, m, b),
+            clip,
+            false,
+            Variant::OneGroupSelect,
+        );
+    }
+}
+
+/// How the step is asked to run besides its path.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    Default,
+    /// The encoder's product through burn's matmul (ATTN_SAES_WGSL_ENCODER=burn).
+    BurnEncoder,
+    /// BatchTopK's thresholds from one workgroup per head.
+    OneGroupSelect,
 }
 
 fn case_on_path(
@@ -121,12 +142,13 @@ fn case_on_path(
     (h, d, m, b): (usize, usize, usize, usize),
     clip: f64,
     sparse: bool,
-    burn_encoder: bool,
+    variant: Variant,
 ) {
-    let path = match (sparse, burn_encoder) {
-        (false, false) => "dense",
-        (true, false) => "sparse",
-        (_, true) => "burn's encoder matmul",
+    let path = match (sparse, variant) {
+        (_, Variant::BurnEncoder) => "burn's encoder matmul",
+        (_, Variant::OneGroupSelect) => "one workgroup per head's selection",
+        (false, Variant::Default) => "dense",
+        (true, Variant::Default) => "sparse",
     };
     let tag = format!("{arch:?} h {h} d {d} m {m} b {b} clip {clip} {path}");
     let (p0, x) = setup(arch, h, d, m, b);
@@ -138,7 +160,8 @@ fn case_on_path(
         t,
         clip,
         sparse_below: if sparse { 1.0 } else { 0.0 },
-        burn_encoder,
+        burn_encoder: variant == Variant::BurnEncoder,
+        one_group_select: variant == Variant::OneGroupSelect,
     };
     // Reference: the fused CPU step, twice.
     let mut p = p0.clone();
@@ -288,13 +311,20 @@ fn wgsl_step_matches_the_fused_cpu_step() {
     case(&device, jump, 2, 16, 48, 150, 0.0);
     case(&device, jump, 2, 128, 48, 150, 1e-2);
     // The encoder's product through burn's matmul (ATTN_SAES_WGSL_ENCODER=burn).
-    case_on_path(&device, relu, (2, 64, 50, 150), 0.0, false, true);
+    case_on_path(
+        &device,
+        relu,
+        (2, 64, 50, 150),
+        0.0,
+        false,
+        Variant::BurnEncoder,
+    );
     case_on_path(
         &device,
         Architecture::TopK { k: 4 },
         (2, 64, 50, 150),
         0.0,
         true,
-        true,
+        Variant::BurnEncoder,
     );
 }

@@ -51,6 +51,7 @@ fn every_kernel_validates_with_naga() {
     }
     // For each of 12 (activation, shape) pairs, with and without the sparse path: 13 kernels
     // (both column sums among them), and the 4 sparse ones where the path is available;
-    // select twice for each of the 6 TopK / BatchTopK pairs.
-    assert_eq!(checked, 13 * 24 + 4 * 12 + 2 * 6);
+    // select in each of the 12 TopK / BatchTopK cases, and BatchTopK's select_count and
+    // select_pick in each of its 6.
+    assert_eq!(checked, 13 * 24 + 4 * 12 + 12 + 2 * 6);
 }

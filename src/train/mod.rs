@@ -292,6 +292,7 @@ impl SaeOptimizer {
                     clip,
                     sparse_below: wgsl_knobs().0,
                     burn_encoder: wgsl_knobs().1,
+                    one_group_select: wgsl_knobs().2,
                 };
                 let r = wgsl::run_step(x, state.take().expect("state between steps"), spec);
                 let s = &r.state;
@@ -492,19 +493,21 @@ impl SaeOptimizer {
     }
 }
 
-/// The WGSL step's two benchmark knobs, read once: the density under which it takes its
+/// The WGSL step's benchmark knobs, read once: the density under which it takes its
 /// sparse path (the fused CPU step's, or `ATTN_SAES_SPARSE_BELOW`: 0 keeps the dense path,
-/// 1 the sparse one whenever it fits), and whether burn's matmul makes the encoder product
-/// (`ATTN_SAES_WGSL_ENCODER=burn`).
-fn wgsl_knobs() -> (f64, bool) {
-    static KNOBS: std::sync::OnceLock<(f64, bool)> = std::sync::OnceLock::new();
+/// 1 the sparse one whenever it fits), whether burn's matmul makes the encoder product
+/// (`ATTN_SAES_WGSL_ENCODER=burn`), and whether BatchTopK's thresholds come from one
+/// workgroup per head (`ATTN_SAES_BATCHTOPK_SELECT=one`).
+fn wgsl_knobs() -> (f64, bool, bool) {
+    static KNOBS: std::sync::OnceLock<(f64, bool, bool)> = std::sync::OnceLock::new();
     *KNOBS.get_or_init(|| {
         let sparse_below = std::env::var("ATTN_SAES_SPARSE_BELOW")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(fused_cpu::SPARSE_BELOW);
         let burn_encoder = std::env::var("ATTN_SAES_WGSL_ENCODER").as_deref() == Ok("burn");
-        (sparse_below, burn_encoder)
+        let one_group = std::env::var("ATTN_SAES_BATCHTOPK_SELECT").as_deref() == Ok("one");
+        (sparse_below, burn_encoder, one_group)
     })
 }
 

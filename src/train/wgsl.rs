@@ -7,7 +7,9 @@
 //! ```text
 //! norms       n_i = ||W_dec[i]||
 //! mm_pre      P = X W_enc + b_enc                     [H, B, M], kept for the backward
-//! [select]    TopK / BatchTopK: each row's / head's threshold, exact radix selection
+//! [select]    TopK: each row's threshold, exact radix selection (one workgroup a row)
+//! [select_count, select_pick] x 4   BatchTopK: each head's threshold, the same selection,
+//!             its digit counts over many workgroups per head, then the digit
 //! fstats      firings, sum_b f_i and list sizes per feature  (F = act(P) formed when read)
 //! [scan]      sparse: list offsets, and the path flag
 //! [fill]      sparse: each feature's list of (token, f), in token order
@@ -29,8 +31,8 @@
 //! backward matmuls; scan.wgsl decides from the batch, so the choice is made on the device
 //! with no read-back.
 //!
-//! A ReLU step is 19 launches on the dense path alone (20 for TopK and BatchTopK, 22 for
-//! JumpReLU), 23 where the sparse path is available. Every sum is computed by one
+//! A ReLU step is 19 launches on the dense path alone (20 for TopK, 27 for BatchTopK, 22
+//! for JumpReLU), 23 where the sparse path is available. Every sum is computed by one
 //! invocation or one workgroup tree in a fixed order, so a batch gives the same result
 //! every time. The step is a burn backend extension ([`WgslStep`]) so that it
 //! runs in order with burn's own (fused, lazy) work on the same device.
@@ -60,6 +62,9 @@ pub mod sources {
     pub const ROWS: &str = include_str!("../../shaders/rows.wgsl");
     pub const COLSUM: &str = include_str!("../../shaders/colsum.wgsl");
     pub const SELECT: &str = include_str!("../../shaders/select.wgsl");
+    pub const SELECT_COUNT: &str = include_str!("../../shaders/select_count.wgsl");
+    pub const SELECT_PICK: &str = include_str!("../../shaders/select_pick.wgsl");
+    pub const KEYS: &str = include_str!("../../shaders/keys.wgsl");
     pub const LOSS: &str = include_str!("../../shaders/loss.wgsl");
     pub const SUMSQ: &str = include_str!("../../shaders/sumsq.wgsl");
     pub const ADAM: &str = include_str!("../../shaders/adam.wgsl");
@@ -88,6 +93,10 @@ pub struct StepSpec {
     /// mm_pre.wgsl, for comparing the two on a GPU. Off by default: burn may pick a matmul
     /// that does not sum in a fixed order.
     pub burn_encoder: bool,
+    /// BatchTopK's thresholds from one workgroup per head (select.wgsl, the earlier
+    /// kernel) instead of four rounds of counts over many (select_count.wgsl and
+    /// select_pick.wgsl), for comparing the two on a GPU. Both are exact.
+    pub one_group_select: bool,
 }
 
 /// The SAE's parameters and Adam moments on the device. Each `mv_*` holds that parameter's
@@ -242,8 +251,13 @@ pub const SPARSE_BINDINGS: u32 = 13;
 pub enum Kernel {
     Norms,
     MmPre,
-    /// TopK's and BatchTopK's thresholds.
+    /// TopK's thresholds (one workgroup per token), and BatchTopK's with
+    /// [`StepSpec::one_group_select`] (one workgroup per head).
     Select,
+    /// BatchTopK: one round's digit counts, over [`Dims::select_groups`] workgroups per head.
+    SelectCount,
+    /// BatchTopK: one round's digit per head; after the fourth, the thresholds.
+    SelectPick,
     Fstats,
     Scan,
     Fill,
@@ -295,6 +309,12 @@ impl Dims {
         }
     }
 
+    /// Workgroups per head that count BatchTopK's digits: one per 1024 pre-activations
+    /// of the head, at most 512.
+    pub fn select_groups(&self) -> u32 {
+        (self.b * self.m).div_ceil(1024).clamp(1, 512) as u32
+    }
+
     fn recipe(&self, kernel: Kernel) -> Recipe {
         use sources::*;
         let plain = |parts, workgroup, flag| Recipe {
@@ -315,7 +335,23 @@ impl Dims {
                     }
                     _ => unreachable!("only TopK and BatchTopK select thresholds"),
                 },
-                ..plain(&[SELECT], (256, 1), None)
+                ..plain(&[SELECT, KEYS], (256, 1), None)
+            },
+            Kernel::SelectCount => Recipe {
+                extra: vec![
+                    ("SEG", b * m),
+                    ("CHUNK", (b * m).div_ceil(self.select_groups() as usize)),
+                ],
+                ..plain(&[SELECT_COUNT, KEYS], (256, 1), None)
+            },
+            Kernel::SelectPick => Recipe {
+                extra: match self.act {
+                    Activation::BatchTopK { k } => {
+                        vec![("SEG", b * m), ("NTH", k * b), ("REP", b)]
+                    }
+                    _ => unreachable!("only BatchTopK picks a threshold per head"),
+                },
+                ..plain(&[SELECT_PICK, KEYS], (256, 1), None)
             },
             Kernel::Fstats => plain(&[FSTATS, ACT, NEAR], (256, 1), None),
             Kernel::Scan => Recipe {
@@ -424,11 +460,12 @@ impl Dims {
                 partials: 3,
             },
         ];
-        if matches!(
-            self.act,
-            Activation::TopK { .. } | Activation::BatchTopK { .. }
-        ) {
-            kinds.push(Kernel::Select);
+        match self.act {
+            Activation::TopK { .. } => kinds.push(Kernel::Select),
+            Activation::BatchTopK { .. } => {
+                kinds.extend([Kernel::Select, Kernel::SelectCount, Kernel::SelectPick])
+            }
+            _ => {}
         }
         if self.sparse {
             kinds.extend([
@@ -469,6 +506,11 @@ impl Launcher<'_> {
     }
 
     fn upload(&self, values: &[f32]) -> Handle {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.like.client.create_from_slice(&bytes)
+    }
+
+    fn upload_u32(&self, values: &[u32]) -> Handle {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.like.client.create_from_slice(&bytes)
     }
@@ -583,6 +625,26 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
     let gate = match spec.act {
         Activation::Relu { .. } => b_enc.handle.clone(),
         Activation::JumpRelu { .. } => lt.handle.clone(),
+        Activation::BatchTopK { k } if !spec.one_group_select => {
+            // Four rounds of digit counts over many workgroups per head, each followed
+            // by the pick of the round's digit.
+            let thr = l.empty(&[h, b]);
+            let sel = l.upload_u32(&[0, 0, (k * b) as u32, 0].repeat(h));
+            let counts = l.upload_u32(&vec![0; h * 256]);
+            for _ in 0..4 {
+                l.launch(
+                    Kernel::SelectCount,
+                    (dims.select_groups(), hu, 1),
+                    &[&pre.handle, &sel, &counts],
+                );
+                l.launch(
+                    Kernel::SelectPick,
+                    (1, hu, 1),
+                    &[&sel, &counts, &thr.handle],
+                );
+            }
+            thr.handle
+        }
         Activation::TopK { .. } | Activation::BatchTopK { .. } => {
             let thr = l.empty(&[h, b]);
             // A workgroup per token (TopK) or per head (BatchTopK).
