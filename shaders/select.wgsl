@@ -51,12 +51,7 @@ fn main(
         want = pick[1];
         workgroupBarrier();
     }
-    var t = unkey(prefix);
-    if (NTH == 0u) {
-        t = bitcast<f32>(0x7f800000u);
-    } else if (NTH >= SEG) {
-        t = bitcast<f32>(0xff800000u);
-    }
+    let t = threshold(prefix);
     for (var r = li; r < REP; r += 256u) {
         thr[seg * REP + r] = t;
     }

@@ -46,12 +46,7 @@ fn main(
     }
     let fin = workgroupUniformLoad(&last);
     if (fin == 1u) {
-        var t = unkey(workgroupUniformLoad(&picked));
-        if (NTH == 0u) {
-            t = bitcast<f32>(0x7f800000u);
-        } else if (NTH >= SEG) {
-            t = bitcast<f32>(0xff800000u);
-        }
+        let t = threshold(workgroupUniformLoad(&picked));
         for (var r = li; r < REP; r += 256u) {
             thr[h * REP + r] = t;
         }

@@ -65,6 +65,7 @@ pub mod sources {
     pub const SELECT_COUNT: &str = include_str!("../../shaders/select_count.wgsl");
     pub const SELECT_PICK: &str = include_str!("../../shaders/select_pick.wgsl");
     pub const KEYS: &str = include_str!("../../shaders/keys.wgsl");
+    pub const THRESHOLD: &str = include_str!("../../shaders/threshold.wgsl");
     pub const LOSS: &str = include_str!("../../shaders/loss.wgsl");
     pub const SUMSQ: &str = include_str!("../../shaders/sumsq.wgsl");
     pub const ADAM: &str = include_str!("../../shaders/adam.wgsl");
@@ -335,7 +336,7 @@ impl Dims {
                     }
                     _ => unreachable!("only TopK and BatchTopK select thresholds"),
                 },
-                ..plain(&[SELECT, KEYS], (256, 1), None)
+                ..plain(&[SELECT, KEYS, THRESHOLD], (256, 1), None)
             },
             Kernel::SelectCount => Recipe {
                 extra: vec![
@@ -351,7 +352,7 @@ impl Dims {
                     }
                     _ => unreachable!("only BatchTopK picks a threshold per head"),
                 },
-                ..plain(&[SELECT_PICK, KEYS], (256, 1), None)
+                ..plain(&[SELECT_PICK, KEYS, THRESHOLD], (256, 1), None)
             },
             Kernel::Fstats => plain(&[FSTATS, ACT, NEAR], (256, 1), None),
             Kernel::Scan => Recipe {
