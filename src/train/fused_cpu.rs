@@ -742,8 +742,8 @@ fn batch_topk_threshold(p: &HostParams, x: &[f32], batch: usize, hd: usize, k: u
 
 /// The `k`-th largest value of `row` (`-inf` when `k >= row.len()`, `+inf` when `k == 0`).
 ///
-/// A threshold from a sample of the row (below the sample's own `2k`-share) picks out a
-/// few candidates in one pass; when at least `k` values clear it, the `k`-th largest is
+/// A threshold from a sample of the row (its first quarter, at most 256 values; below the
+/// sample's own `2k`-share) picks out a few candidates in one pass; when at least `k` values clear it, the `k`-th largest is
 /// among them and a selection over the candidates finds it. Otherwise (rare) the whole row
 /// goes through [`kth_largest_exact`]. Either way the result is exact.
 pub(crate) fn kth_largest(row: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
@@ -754,13 +754,14 @@ pub(crate) fn kth_largest(row: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 
     if k >= m {
         return f32::NEG_INFINITY;
     }
-    const SAMPLE: usize = 256;
-    if m < 4 * SAMPLE || 8 * k > m {
+    // A quarter of the row, at most 256 values, at least 32.
+    let sample = (m / 4).min(256);
+    if sample < 32 || 8 * k > m {
         return kth_largest_exact(row, k, scratch);
     }
-    let want = (2 * k * SAMPLE).div_ceil(m).clamp(1, SAMPLE);
+    let want = (2 * k * sample).div_ceil(m).clamp(1, sample);
     scratch.clear();
-    scratch.extend_from_slice(&row[..SAMPLE]);
+    scratch.extend_from_slice(&row[..sample]);
     let (_, &mut cut, _) = scratch.select_nth_unstable_by(want - 1, |a, b| b.total_cmp(a));
     scratch.clear();
     values_at_least(row, cut, scratch);
@@ -1517,7 +1518,10 @@ mod tests {
             (2048, 32),
             (2048, 200),
             (1024, 64),
+            (512, 32),
+            (512, 64),
             (300, 7),
+            (128, 4),
             (16, 15),
         ] {
             // Random, ascending (the sample holds the smallest, so the fallback runs),
