@@ -80,6 +80,12 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         step("missingStatus")
     );
     assert_eq!(step("stillWorks"), "string");
+    assert!(
+        step("noSimdStatus").contains("no WebAssembly SIMD"),
+        "{}",
+        step("noSimdStatus")
+    );
+    assert_eq!(step("noSimdViewer"), "undefined");
     assert!(step("curvesSelection").starts_with("view Curves"));
     assert_eq!(step("backToFeatures"), step("afterDown"));
     for png in ["web-features.png", "web-curves.png", "web-file.png"] {

@@ -112,5 +112,26 @@ await page.goto(`${base}/?url=missing.safetensors`);
 result.steps.missingStatus = await waitFor('the missing URL error', errorStatus);
 result.steps.stillWorks = await page.evaluate(() => typeof window.attnSaes.selection());
 
+// 5. A browser without WebAssembly SIMD (the bundles need it; Chromium has it, so a page
+// where WebAssembly.validate refuses SIMD opcodes stands in): a message, not a failed start.
+const noSimd = await browser.newPage();
+await noSimd.addInitScript(() => {
+  const validate = WebAssembly.validate;
+  WebAssembly.validate = (bytes) => !new Uint8Array(bytes).includes(0xfd) && validate(bytes);
+});
+await noSimd.goto(`${base}/?url=dashboard.safetensors`);
+result.steps.noSimdStatus = await (async () => {
+  for (let i = 0; i < 100; i++) {
+    const s = await noSimd.evaluate(() => {
+      const el = document.getElementById('status');
+      return el.className === 'error' ? el.textContent : null;
+    });
+    if (s) return s;
+    await noSimd.waitForTimeout(100);
+  }
+  return await noSimd.textContent('#status');
+})();
+result.steps.noSimdViewer = await noSimd.evaluate(() => typeof window.attnSaes);
+
 console.log(JSON.stringify(result));
 await browser.close();
