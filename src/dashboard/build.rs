@@ -39,6 +39,7 @@ use crate::files::host_vec;
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
 use crate::run_log::History;
 use crate::sae::{Architecture, BlockDiagSae};
+use crate::train::fused_cpu::{from_total_order_key, total_order_key};
 
 /// How the dashboards are built.
 #[derive(Debug, Clone)]
@@ -174,7 +175,7 @@ fn encode_head(
     d: usize,
     enc: &HeadEncoder,
     out: &mut Vec<f32>,
-    scratch: &mut Vec<f32>,
+    scratch: &mut Vec<i32>,
 ) {
     const TILE: usize = 64;
     let m = enc.b_enc.len();
@@ -245,7 +246,7 @@ struct HeadPass1 {
     spill_path: PathBuf,
     /// The chunk's activations of this head, [n, m], and selection scratch (reused).
     feats: Vec<f32>,
-    scratch: Vec<f32>,
+    scratch: Vec<i32>,
 }
 
 /// One chunk's host arrays.
@@ -601,17 +602,6 @@ fn logit_effects(
     Ok(blocks.into_iter().flatten().collect())
 }
 
-/// A key whose integer order is `f32::total_cmp`'s order (the map is its own inverse on
-/// the bits: `f32::from_bits(total_order_flip(key) as u32)` is the value again).
-fn total_order_key(v: f32) -> i32 {
-    total_order_flip(v.to_bits() as i32)
-}
-
-/// Flips the magnitude bits of negative numbers.
-fn total_order_flip(b: i32) -> i32 {
-    b ^ (((b >> 31) as u32) >> 1) as i32
-}
-
 /// Keeps in `list` (sorted best first, at most `k`) the best entries seen so far, where
 /// `key` orders them (higher is better) and, on equal keys, the lower id (seen first)
 /// wins.
@@ -671,8 +661,7 @@ pub fn summarise_logits(
             .collect()
     };
     // The range ignores NaNs, as `f32::min`/`max` do; the keys order them outside it.
-    let from_key = |key: i32| f32::from_bits(total_order_flip(key) as u32);
-    let (mut lo, mut hi) = (from_key(key_lo), from_key(key_hi));
+    let (mut lo, mut hi) = (from_total_order_key(key_lo), from_total_order_key(key_hi));
     if row.is_empty() {
         (lo, hi) = (f32::INFINITY, f32::NEG_INFINITY);
     } else if lo.is_nan() || hi.is_nan() {

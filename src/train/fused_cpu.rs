@@ -714,17 +714,18 @@ fn batch_topk_threshold(p: &HostParams, x: &[f32], batch: usize, hd: usize, k: u
     let rows = tile(0, &mut pre);
     let sample = rows * m;
     let want = (2 * n * sample).div_ceil(total);
+    let mut kept: Vec<i32> = Vec::new();
     let cut = if want < sample {
-        let mut s = pre[..sample].to_vec();
-        *s.select_nth_unstable_by(want - 1, |a, b| b.total_cmp(a)).1
+        kept.extend(pre[..sample].iter().map(|&v| total_order_key(v)));
+        nth_largest_key(&mut kept, want)
     } else {
         f32::NEG_INFINITY
     };
-    let mut kept = Vec::new();
+    kept.clear();
     let mut t0 = 0;
     while t0 < batch {
         let rows = if t0 == 0 { rows } else { tile(t0, &mut pre) };
-        values_at_least(&pre[..rows * m], cut, &mut kept);
+        keys_at_least(&pre[..rows * m], cut, &mut kept);
         t0 += rows;
     }
     if kept.len() < n {
@@ -733,11 +734,11 @@ fn batch_topk_threshold(p: &HostParams, x: &[f32], batch: usize, hd: usize, k: u
         let mut t0 = 0;
         while t0 < batch {
             let rows = tile(t0, &mut pre);
-            kept.extend_from_slice(&pre[..rows * m]);
+            kept.extend(pre[..rows * m].iter().map(|&v| total_order_key(v)));
             t0 += rows;
         }
     }
-    *kept.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a)).1
+    nth_largest_key(&mut kept, n)
 }
 
 /// The `k`-th largest value of `row` (`-inf` when `k >= row.len()`, `+inf` when `k == 0`).
@@ -746,7 +747,7 @@ fn batch_topk_threshold(p: &HostParams, x: &[f32], batch: usize, hd: usize, k: u
 /// sample's own `2k`-share) picks out a few candidates in one pass; when at least `k` values clear it, the `k`-th largest is
 /// among them and a selection over the candidates finds it. Otherwise (rare) the whole row
 /// goes through [`kth_largest_exact`]. Either way the result is exact.
-pub(crate) fn kth_largest(row: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
+pub(crate) fn kth_largest(row: &[f32], k: usize, scratch: &mut Vec<i32>) -> f32 {
     let m = row.len();
     if k == 0 {
         return f32::INFINITY;
@@ -761,37 +762,57 @@ pub(crate) fn kth_largest(row: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 
     }
     let want = (2 * k * sample).div_ceil(m).clamp(1, sample);
     scratch.clear();
-    scratch.extend_from_slice(&row[..sample]);
-    let (_, &mut cut, _) = scratch.select_nth_unstable_by(want - 1, |a, b| b.total_cmp(a));
+    scratch.extend(row[..sample].iter().map(|&v| total_order_key(v)));
+    let cut = nth_largest_key(scratch, want);
     scratch.clear();
-    values_at_least(row, cut, scratch);
+    keys_at_least(row, cut, scratch);
     if scratch.len() < k {
         return kth_largest_exact(row, k, scratch);
     }
-    *scratch
-        .select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a))
-        .1
+    nth_largest_key(scratch, k)
 }
 
-/// Appends the values of `row` that are `>= cut`.
-fn values_at_least(row: &[f32], cut: f32, out: &mut Vec<f32>) {
-    for_each_above::<true, _>(row, cut, |_, v| out.push(v));
+/// A key whose integer order is `f32::total_cmp`'s order: selections compare keys, which
+/// is cheaper than `total_cmp` on floats. [`from_total_order_key`] is its inverse.
+pub(crate) fn total_order_key(v: f32) -> i32 {
+    total_order_flip(v.to_bits() as i32)
 }
 
-/// The `k`-th largest value of `row` (`0 < k < row.len()`) by one pass that keeps the `k`
-/// largest so far, ascending, in `top`.
-fn kth_largest_exact(row: &[f32], k: usize, top: &mut Vec<f32>) -> f32 {
+pub(crate) fn from_total_order_key(key: i32) -> f32 {
+    f32::from_bits(total_order_flip(key) as u32)
+}
+
+/// Flips the magnitude bits of negative numbers (its own inverse).
+fn total_order_flip(b: i32) -> i32 {
+    b ^ (((b >> 31) as u32) >> 1) as i32
+}
+
+/// The value of the `n`-th largest of `keys` (`0 < n <= keys.len()`), which it reorders.
+fn nth_largest_key(keys: &mut [i32], n: usize) -> f32 {
+    let at = keys.len() - n;
+    from_total_order_key(*keys.select_nth_unstable(at).1)
+}
+
+/// Appends the keys of the values of `row` that are `>= cut`.
+fn keys_at_least(row: &[f32], cut: f32, out: &mut Vec<i32>) {
+    for_each_above::<true, _>(row, cut, |_, v| out.push(total_order_key(v)));
+}
+
+/// The `k`-th largest value of `row` (`0 < k < row.len()`) by one pass that keeps the keys
+/// of the `k` largest so far, ascending, in `top`.
+fn kth_largest_exact(row: &[f32], k: usize, top: &mut Vec<i32>) -> f32 {
     top.clear();
-    top.extend_from_slice(&row[..k]);
-    top.sort_unstable_by(f32::total_cmp);
+    top.extend(row[..k].iter().map(|&v| total_order_key(v)));
+    top.sort_unstable();
     for &v in &row[k..] {
-        if v > top[0] {
-            let pos = top.partition_point(|&t| t < v);
+        let key = total_order_key(v);
+        if key > top[0] {
+            let pos = top.partition_point(|&t| t < key);
             top.copy_within(1..pos, 0);
-            top[pos - 1] = v;
+            top[pos - 1] = key;
         }
     }
-    top[0]
+    from_total_order_key(top[0])
 }
 
 /// What the sparse pass of a job reads.
@@ -1522,6 +1543,9 @@ mod tests {
             (512, 64),
             (300, 7),
             (128, 4),
+            (512, 40),
+            (64, 20),
+            (64, 40),
             (16, 15),
         ] {
             // Random, ascending (the sample holds the smallest, so the fallback runs),
@@ -1530,12 +1554,17 @@ mod tests {
             let ascending: Vec<f32> = (0..m).map(|i| i as f32).collect();
             let descending: Vec<f32> = ascending.iter().rev().copied().collect();
             let ties: Vec<f32> = (0..m).map(|i| (i % 3) as f32).collect();
-            for row in [random, ascending, descending, ties] {
+            // total_cmp puts -0 below +0: the bits must match, not just compare equal.
+            let zeros: Vec<f32> = (0..m).map(|i| [-0.0, 0.0, 1.0, -1.0][i % 4]).collect();
+            let zeros_first: Vec<f32> = (0..m)
+                .map(|i| if i < 64 { [0.0, -0.0][i % 2] } else { -1.0 - i as f32 })
+                .collect();
+            for row in [random, ascending, descending, ties, zeros, zeros_first] {
                 let mut sorted = row.clone();
                 sorted.sort_by(|a, b| b.total_cmp(a));
                 assert_eq!(
-                    kth_largest(&row, k, &mut scratch),
-                    sorted[k - 1],
+                    kth_largest(&row, k, &mut scratch).to_bits(),
+                    sorted[k - 1].to_bits(),
                     "m {m} k {k}"
                 );
             }
