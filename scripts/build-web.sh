@@ -31,11 +31,12 @@ rm -rf web/dist
 mkdir -p web/dist
 "$bindgen" --target web --no-typescript --out-dir web/dist "$wasm"
 if [ "${WASM_OPT:-0}" = 1 ] && command -v wasm-opt > /dev/null; then
-    # The features rustc enables by default for wasm32-unknown-unknown (not --all-features:
-    # that lets wasm-opt emit types browsers reject). Older binaryen may not know one of
-    # them: keep the unoptimised file then.
+    # The features rustc enables by default for wasm32-unknown-unknown, and SIMD, which
+    # .cargo/config.toml adds (not --all-features: that lets wasm-opt emit types browsers
+    # reject). Older binaryen may not know one of them: keep the unoptimised file then.
     features="--enable-bulk-memory --enable-multivalue --enable-mutable-globals \
-        --enable-nontrapping-float-to-int --enable-reference-types --enable-sign-ext"
+        --enable-nontrapping-float-to-int --enable-reference-types --enable-sign-ext \
+        --enable-simd"
     # shellcheck disable=SC2086
     if wasm-opt -Oz $features web/dist/attn_saes_bg.wasm -o web/dist/opt.wasm; then
         mv web/dist/opt.wasm web/dist/attn_saes_bg.wasm
