@@ -1557,7 +1557,13 @@ mod tests {
             // total_cmp puts -0 below +0: the bits must match, not just compare equal.
             let zeros: Vec<f32> = (0..m).map(|i| [-0.0, 0.0, 1.0, -1.0][i % 4]).collect();
             let zeros_first: Vec<f32> = (0..m)
-                .map(|i| if i < 64 { [0.0, -0.0][i % 2] } else { -1.0 - i as f32 })
+                .map(|i| {
+                    if i < 64 {
+                        [0.0, -0.0][i % 2]
+                    } else {
+                        -1.0 - i as f32
+                    }
+                })
                 .collect();
             for row in [random, ascending, descending, ties, zeros, zeros_first] {
                 let mut sorted = row.clone();
