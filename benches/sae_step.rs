@@ -15,7 +15,7 @@
 //!
 //! Training moves the density (on this fixed random batch it rises); `--lr 0` holds it.
 //!
-//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m] [--topk K | --batchtopk K | --jumprelu] [--torch]`
+//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m] [--topk K | --batchtopk K | --jumprelu] [--no-autodiff] [--torch]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,6 +74,7 @@ fn main() -> anyhow::Result<()> {
     attn_saes::device::keep_freed_host_memory();
     let which = arg("--device").unwrap_or_else(|| "all".into());
     let quick = std::env::args().any(|a| a == "--quick");
+    let no_autodiff = std::env::args().any(|a| a == "--no-autodiff");
     let seconds: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let b_enc: f32 = arg("--b-enc").and_then(|s| s.parse().ok()).unwrap_or(0.0);
     // `--lr 0` keeps the SAE (and so its density) fixed while every step still runs.
@@ -122,8 +123,10 @@ fn main() -> anyhow::Result<()> {
                 features_per_head: m,
                 architecture,
             };
-            // The device's own step (fused CPU or WGSL), then autodiff.
-            for fast in [true, false] {
+            // The device's own step (fused CPU or WGSL), then autodiff (unless
+            // `--no-autodiff`, for comparing knobs of the device's step alone).
+            let paths: &[bool] = if no_autodiff { &[true] } else { &[true, false] };
+            for &fast in paths {
                 let mut sae = BlockDiagSae::init(config.clone(), &mut Rng::new(0), device);
                 sae.b_enc = sae.b_enc.clone().add_scalar(b_enc);
                 let mut opt = if fast {

@@ -27,18 +27,20 @@ timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --torch
 echo "== SAE step: trained-like density (b_enc -0.2)"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2 --torch
 echo "== SAE step: trained-like density on the dense path (sparse path off)"
-ATTN_SAES_SPARSE_BELOW=0 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2
+ATTN_SAES_SPARSE_BELOW=0 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2 \
+    --no-autodiff
 echo "== SAE step: trained-like, the encoder's product through burn's matmul"
-ATTN_SAES_WGSL_ENCODER=burn timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2
+ATTN_SAES_WGSL_ENCODER=burn timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2 \
+    --no-autodiff
 echo "== SAE step: TopK k=32"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --topk 32
 echo "== SAE step: BatchTopK k=32, seed shape: selection over many workgroups a head, then one a head"
 timeout 100 /tmp/bin/sae_step --device wgpu --seconds 3 --batchtopk 32 --shape 4096,12,64,2048
 ATTN_SAES_BATCHTOPK_SELECT=one timeout 100 /tmp/bin/sae_step --device wgpu --seconds 3 \
-    --batchtopk 32 --shape 4096,12,64,2048
+    --batchtopk 32 --shape 4096,12,64,2048 --no-autodiff
 echo "== SAE step: launches timed one by one (in the order src/train/wgsl.rs lists), seed shape, trained-like"
 ATTN_SAES_PROFILE_LAUNCHES=1 timeout 150 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,2048 \
-    --seconds 1 --b-enc -0.2
+    --seconds 1 --b-enc -0.2 --no-autodiff
 echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token batches"
 python3 scripts/make_random_gpt2.py /tmp/g2
 # The WGSL step and autodiff; then the WGSL step with larger harvest batches, with more
