@@ -793,8 +793,53 @@ fn nth_largest_key(keys: &mut [i32], n: usize) -> f32 {
     from_total_order_key(*keys.select_nth_unstable(at).1)
 }
 
-/// Appends the keys of the values of `row` that are `>= cut`.
+/// Appends the keys of the values of `row` that are `>= cut`, in order. With AVX-512,
+/// sixteen values at a time: their keys are computed in a register and the passing ones
+/// packed together (a compress) and stored at once, with no branch per value.
 fn keys_at_least(row: &[f32], cut: f32, out: &mut Vec<i32>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512(row: &[f32], cut: f32, out: &mut Vec<i32>) {
+            use std::arch::x86_64::{
+                _CMP_GE_OQ, _mm512_castps_si512, _mm512_cmp_ps_mask, _mm512_loadu_ps,
+                _mm512_maskz_compress_epi32, _mm512_set1_ps, _mm512_srai_epi32, _mm512_srli_epi32,
+                _mm512_storeu_si512, _mm512_xor_si512,
+            };
+            let chunks = row.chunks_exact(16);
+            let tail = chunks.remainder();
+            // Each store writes 16 lanes, whatever passed: room for all of them.
+            out.reserve(row.len() - tail.len() + 16);
+            let c = _mm512_set1_ps(cut);
+            let mut len = out.len();
+            for chunk in chunks {
+                // SAFETY: `chunk` holds 16 floats; `out` has room for `len + 16` values
+                // (reserved above: `len` grows by at most 16 a chunk), and `len` only
+                // counts values written.
+                unsafe {
+                    let v = _mm512_loadu_ps(chunk.as_ptr());
+                    let pass = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, c);
+                    // total_order_key, lane by lane: b ^ ((b >> 31) as u32 >> 1).
+                    let b = _mm512_castps_si512(v);
+                    let key =
+                        _mm512_xor_si512(b, _mm512_srli_epi32::<1>(_mm512_srai_epi32::<31>(b)));
+                    let packed = _mm512_maskz_compress_epi32(pass, key);
+                    _mm512_storeu_si512(out.as_mut_ptr().add(len).cast(), packed);
+                    len += pass.count_ones() as usize;
+                    out.set_len(len);
+                }
+            }
+            for &v in tail {
+                if v >= cut {
+                    out.push(total_order_key(v));
+                }
+            }
+        }
+        if cpu_level() >= CpuLevel::Avx512 {
+            // SAFETY: the feature was detected on this CPU.
+            return unsafe { avx512(row, cut, out) };
+        }
+    }
     for_each_above::<true, _>(row, cut, |_, v| out.push(total_order_key(v)));
 }
 
