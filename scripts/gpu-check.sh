@@ -3,10 +3,12 @@
 # carried (scripts/gpu-pack.sh makes them): the WGSL step's parity test on the GPU's
 # Vulkan, then the SAE-step benchmark (WGSL, autodiff and PyTorch CUDA side by side) at the
 # seed's shape and the small one, fresh (half the features fire) and trained-like (about
-# 2%), TopK k=32, BatchTopK k=32 with either selection; then end-to-end training (harvest included) on a gpt2-small-shaped model
-# with random weights (scripts/make_random_gpt2.py), the seed's SAE shape, with the WGSL
-# step and with autodiff. Output goes to stdout and $OUT/log. Each part has a time limit, so
-# one that hangs does not take the whole call; all of it should take 6 to 8 minutes.
+# 2%), TopK k=32, BatchTopK k=32 with either selection; then end-to-end training (harvest
+# included) on a gpt2-small-shaped model with random weights (scripts/make_random_gpt2.py),
+# the seed's SAE shape, with the WGSL step and with autodiff, and a dashboard build. Output
+# goes to stdout and $OUT/log. Each part has a time limit, so one that hangs does not take
+# the whole call; estimated at 6 to 8 minutes before the BatchTopK and dashboard parts were
+# added (never run on a GPU yet).
 set -uo pipefail
 out="${OUT:-/tmp}"
 exec > >(tee "$out/log") 2>&1

@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
-use crate::cli_train::Stage;
-use crate::cli_train::TrainArgs;
+use crate::cli_train::{Stage, TrainArgs};
 use crate::dashboard::{self, BuildOptions};
 use crate::device::DeviceChoice;
 use crate::train::{self, RunControl, TrainEvent};

@@ -744,8 +744,9 @@ fn batch_topk_threshold(p: &HostParams, x: &[f32], batch: usize, hd: usize, k: u
 /// The `k`-th largest value of `row` (`-inf` when `k >= row.len()`, `+inf` when `k == 0`).
 ///
 /// A threshold from a sample of the row (its first quarter, at most 256 values; below the
-/// sample's own `2k`-share) picks out a few candidates in one pass; when at least `k` values clear it, the `k`-th largest is
-/// among them and a selection over the candidates finds it. Otherwise (rare) the whole row
+/// sample's own `2k`-share) picks out a few candidates in one pass; when at least `k`
+/// values clear it, the `k`-th largest is among them and a selection over the candidates
+/// finds it. Otherwise (rare) the whole row
 /// goes through [`kth_largest_exact`]. Either way the result is exact.
 pub(crate) fn kth_largest(row: &[f32], k: usize, scratch: &mut Vec<i32>) -> f32 {
     let m = row.len();

@@ -316,6 +316,18 @@ impl Dims {
         (self.b * self.m).div_ceil(1024).clamp(1, 512) as u32
     }
 
+    /// A threshold selection's constants: the NTH largest of each segment of SEG
+    /// pre-activations (a token's row for TopK, a head's batch for BatchTopK), written to
+    /// REP slots (the segment's tokens).
+    fn selection(&self) -> Vec<(&'static str, usize)> {
+        let (b, m) = (self.b, self.m);
+        match self.act {
+            Activation::TopK { k } => vec![("SEG", m), ("NTH", k), ("REP", 1)],
+            Activation::BatchTopK { k } => vec![("SEG", b * m), ("NTH", k * b), ("REP", b)],
+            _ => unreachable!("only TopK and BatchTopK select thresholds"),
+        }
+    }
+
     fn recipe(&self, kernel: Kernel) -> Recipe {
         use sources::*;
         let plain = |parts, workgroup, flag| Recipe {
@@ -329,13 +341,7 @@ impl Dims {
             Kernel::Norms => plain(&[NORMS], (256, 1), None),
             Kernel::MmPre => plain(&[MM_PRE, MATMUL], (16, 16), None),
             Kernel::Select => Recipe {
-                extra: match self.act {
-                    Activation::TopK { k } => vec![("SEG", m), ("NTH", k), ("REP", 1)],
-                    Activation::BatchTopK { k } => {
-                        vec![("SEG", b * m), ("NTH", k * b), ("REP", b)]
-                    }
-                    _ => unreachable!("only TopK and BatchTopK select thresholds"),
-                },
+                extra: self.selection(),
                 ..plain(&[SELECT, KEYS, THRESHOLD], (256, 1), None)
             },
             Kernel::SelectCount => Recipe {
@@ -346,12 +352,7 @@ impl Dims {
                 ..plain(&[SELECT_COUNT, KEYS], (256, 1), None)
             },
             Kernel::SelectPick => Recipe {
-                extra: match self.act {
-                    Activation::BatchTopK { k } => {
-                        vec![("SEG", b * m), ("NTH", k * b), ("REP", b)]
-                    }
-                    _ => unreachable!("only BatchTopK picks a threshold per head"),
-                },
+                extra: self.selection(),
                 ..plain(&[SELECT_PICK, KEYS, THRESHOLD], (256, 1), None)
             },
             Kernel::Fstats => plain(&[FSTATS, ACT, NEAR], (256, 1), None),
@@ -507,8 +508,7 @@ impl Launcher<'_> {
     }
 
     fn upload(&self, values: &[f32]) -> Handle {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.like.client.create_from_slice(&bytes)
+        self.upload_u32(&values.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
     }
 
     fn upload_u32(&self, values: &[u32]) -> Handle {

@@ -25,8 +25,8 @@ page.on('console', (m) => { if (m.type() === 'error') result.consoleErrors.push(
 page.on('pageerror', (e) => result.consoleErrors.push(String(e)));
 
 const status = () => page.textContent('#status');
-// The status line's text if it is an error (text and class read together).
-const errorStatus = () => page.evaluate(() => {
+// The status line's text if it is an error (text and class read together), on `p`.
+const errorStatus = (p = page) => p.evaluate(() => {
   const el = document.getElementById('status');
   return el.className === 'error' ? el.textContent : null;
 });
@@ -120,17 +120,7 @@ await noSimd.addInitScript(() => {
   WebAssembly.validate = (bytes) => !new Uint8Array(bytes).includes(0xfd) && validate(bytes);
 });
 await noSimd.goto(`${base}/?url=dashboard.safetensors`);
-result.steps.noSimdStatus = await (async () => {
-  for (let i = 0; i < 100; i++) {
-    const s = await noSimd.evaluate(() => {
-      const el = document.getElementById('status');
-      return el.className === 'error' ? el.textContent : null;
-    });
-    if (s) return s;
-    await noSimd.waitForTimeout(100);
-  }
-  return await noSimd.textContent('#status');
-})();
+result.steps.noSimdStatus = await waitFor('the no-SIMD message', () => errorStatus(noSimd));
 result.steps.noSimdViewer = await noSimd.evaluate(() => typeof window.attnSaes);
 
 console.log(JSON.stringify(result));
