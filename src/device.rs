@@ -98,8 +98,9 @@ pub fn select(choice: DeviceChoice) -> anyhow::Result<SelectedDevice> {
 /// after each tensor (glibc: buffers up to 32 MiB come from the heap, which is not trimmed
 /// below 1 GiB). burn's CPU backend allocates and frees every intermediate tensor; with
 /// glibc's defaults most of them were fresh pages, zeroed by the kernel on first touch.
-/// Measured on the 2-core Xeon, gpt2-small forward to layer 4, 8 x 128 tokens: 3072-3101
-/// tokens/s before, 3697-3708 after (the main job's peak stayed at 1.0 GB). Up to 1 GiB
+/// The figures (the CPU forward about 25% faster, the main job's peak unchanged at 1.0 GB)
+/// are in README.md's Benchmarks, from `cargo bench --bench forward [-- --malloc-defaults]`.
+/// Up to 1 GiB
 /// of freed heap stays counted as the process's until it is reused or the process exits.
 /// Call it first thing in `main`; elsewhere (not glibc) it does nothing.
 pub fn keep_freed_host_memory() {
