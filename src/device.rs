@@ -100,8 +100,8 @@ pub fn select(choice: DeviceChoice) -> anyhow::Result<SelectedDevice> {
 /// glibc's defaults most of them were fresh pages, zeroed by the kernel on first touch.
 /// The figures (the CPU forward about 25% faster, the main job's peak unchanged at 1.0 GB)
 /// are in README.md's Benchmarks, from `cargo bench --bench forward [-- --malloc-defaults]`.
-/// Up to 1 GiB
-/// of freed heap stays counted as the process's until it is reused or the process exits.
+/// Up to 1 GiB of freed heap stays counted as the process's until it is reused or the
+/// process exits.
 /// Call it first thing in `main`; elsewhere (not glibc) it does nothing.
 pub fn keep_freed_host_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
