@@ -45,7 +45,7 @@ if [ "${WASM_OPT:-0}" = 1 ] && command -v wasm-opt > /dev/null; then
         rm -f web/dist/opt.wasm
     fi
 fi
-cp web/index.html web/live.js web/dist/
+cp web/index.html web/read-body.js web/live.js web/live-worker.js web/dist/
 raw=$(stat -c %s web/dist/attn_saes_bg.wasm)
 gz=$(gzip -9 -c web/dist/attn_saes_bg.wasm | wc -c)
 echo "web/dist: attn_saes_bg.wasm $raw bytes ($gz gzipped)"

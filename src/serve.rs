@@ -13,14 +13,20 @@ use anyhow::{Context, bail};
 use crate::dashboard::format::FileRecord;
 
 /// The viewer's files, as `scripts/build-web.sh` writes them.
-pub const VIEWER_FILES: [&str; 3] = ["index.html", "attn_saes.js", "attn_saes_bg.wasm"];
+pub const VIEWER_FILES: [&str; 4] = [
+    "index.html",
+    "read-body.js",
+    "attn_saes.js",
+    "attn_saes_bg.wasm",
+];
 /// The name the dashboard is served under.
 pub const DASHBOARD_NAME: &str = "dashboard.safetensors";
 
 /// The inference bundle's files under the web directory (optional: without them the page
 /// browses dashboards only).
-pub const LIVE_FILES: [&str; 3] = [
+pub const LIVE_FILES: [&str; 4] = [
     "live.js",
+    "live-worker.js",
     "live/attn_saes_live.js",
     "live/attn_saes_live_bg.wasm",
 ];

@@ -4,8 +4,9 @@
 //!
 //! Your text runs in the page's inference bundle (`src/web_live.rs`, loaded by
 //! `web/live.js` only when someone loads a model): this module reaches it through
-//! `window.attnSaesLive` (`analyze(text)` → a promise of JSON, `attribution(h, f, p)` →
-//! JSON, `status()` → a line), so the viewer itself holds no burn.
+//! `window.attnSaesLive` (`analyze(text)` and `attribution(h, f, p)` → promises of JSON,
+//! `status()` → a line), so the viewer itself holds no burn. The bundle runs in a Web
+//! Worker (`web/live-worker.js`), so the page stays responsive while it works.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::app::features::LoadedDashboard;
 use crate::app::{AttnSaesApp, View};
-use crate::live::{Analysed, Attribution, LiveTokens};
+use crate::live::{Analysed, Attribution, AttributionState, LiveTokens};
 
 /// What the page and the app share: dashboards parsed by [`open_dashboard`] and waiting
 /// for the next frame, the app's context (to wake it), the selection in words, the last
@@ -65,30 +66,55 @@ fn call_bridge(method: &str, args: &[JsValue]) -> Result<JsValue, String> {
 }
 
 /// An analysis done by the inference bundle: its tokens, and attributions asked for as
-/// the view needs them (kept, since the view draws every frame).
+/// the view needs them. The bundle runs in a Web Worker, so an attribution arrives later:
+/// it is `Computing` until then, and kept, since the view draws every frame.
 struct RemoteAnalysis {
     tokens: LiveTokens,
-    attributions: RefCell<HashMap<(usize, usize, usize), Attribution>>,
+    attributions: Rc<RefCell<Attributions>>,
 }
+
+/// Attributions by `(head, feature, position)`.
+type Attributions = HashMap<(usize, usize, usize), AttributionState>;
 
 impl Analysed for RemoteAnalysis {
     fn tokens(&self) -> &LiveTokens {
         &self.tokens
     }
 
-    fn attribution(&self, head: usize, feature: usize, position: usize) -> Attribution {
+    fn attribution_state(&self, head: usize, feature: usize, position: usize) -> AttributionState {
         let key = (head, feature, position);
         if let Some(a) = self.attributions.borrow().get(&key) {
             return a.clone();
         }
+        self.attributions
+            .borrow_mut()
+            .insert(key, AttributionState::Computing);
         let args = [head, feature, position].map(|x| JsValue::from_f64(x as f64));
-        let a: Attribution = call_bridge("attribution", &args)
-            .ok()
-            .and_then(|v| v.as_string())
-            .and_then(|json| serde_json::from_str(&json).ok())
-            .unwrap_or_default();
-        self.attributions.borrow_mut().insert(key, a.clone());
-        a
+        let asked = call_bridge("attribution", &args);
+        let attributions = self.attributions.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let state = match awaited_string(asked).await {
+                Ok(json) => match serde_json::from_str::<Attribution>(&json) {
+                    Ok(a) => AttributionState::Ready(a),
+                    Err(e) => AttributionState::Failed(format!("the bundle's answer: {e}")),
+                },
+                Err(why) => AttributionState::Failed(why),
+            };
+            attributions.borrow_mut().insert(key, state);
+            if let Some(ctx) = &shared().borrow().ctx {
+                ctx.request_repaint();
+            }
+        });
+        AttributionState::Computing
+    }
+}
+
+/// The string a bridge call's promise resolves to, or why there is none.
+async fn awaited_string(called: Result<JsValue, String>) -> Result<String, String> {
+    let promise = js_sys::Promise::from(called?);
+    match wasm_bindgen_futures::JsFuture::from(promise).await {
+        Ok(v) => v.as_string().ok_or_else(|| format!("not a string: {v:?}")),
+        Err(e) => Err(e.as_string().unwrap_or_else(|| format!("{e:?}"))),
     }
 }
 
@@ -96,18 +122,12 @@ impl Analysed for RemoteAnalysis {
 fn request_analysis(shared: Rc<RefCell<Shared>>, text: String) {
     shared.borrow_mut().live_running = true;
     wasm_bindgen_futures::spawn_local(async move {
-        let result = match call_bridge("analyze", &[JsValue::from_str(&text)]) {
-            Ok(promise) => {
-                match wasm_bindgen_futures::JsFuture::from(js_sys::Promise::from(promise)).await {
-                    Ok(json) => {
-                        serde_json::from_str::<LiveTokens>(&json.as_string().unwrap_or_default())
-                            .map_err(|e| format!("the inference bundle's answer: {e}"))
-                    }
-                    Err(e) => Err(e.as_string().unwrap_or_else(|| format!("{e:?}"))),
-                }
-            }
-            Err(e) => Err(e),
-        };
+        let result = awaited_string(call_bridge("analyze", &[JsValue::from_str(&text)]))
+            .await
+            .and_then(|json| {
+                serde_json::from_str::<LiveTokens>(&json)
+                    .map_err(|e| format!("the inference bundle's answer: {e}"))
+            });
         let mut s = shared.borrow_mut();
         s.live_arrived = Some(result);
         s.live_running = false;
@@ -198,7 +218,7 @@ impl WebApp {
                 }
                 web.analysis = Some(Rc::new(RemoteAnalysis {
                     tokens,
-                    attributions: RefCell::default(),
+                    attributions: Rc::default(),
                 }));
             }
             Some(Err(why)) => {

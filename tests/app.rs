@@ -662,3 +662,68 @@ fn closing_while_training_asks_then_stops_with_a_checkpoint_or_hands_the_job_ove
     job.request_stop();
     job.join();
 }
+
+/// An analysis whose attribution arrives later, as the web page's worker delivers it.
+struct Later {
+    tokens: attn_saes::live::LiveTokens,
+    state: std::cell::RefCell<attn_saes::live::AttributionState>,
+}
+
+impl attn_saes::live::Analysed for Later {
+    fn tokens(&self) -> &attn_saes::live::LiveTokens {
+        &self.tokens
+    }
+
+    fn attribution_state(&self, _: usize, _: usize, _: usize) -> attn_saes::live::AttributionState {
+        self.state.borrow().clone()
+    }
+}
+
+#[test]
+fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() {
+    use attn_saes::app::text_view::{TextState, text_ui};
+    use attn_saes::live::{Attribution, AttributionState, LiveTokens};
+    if !renderer_available() {
+        return;
+    }
+    let tokens = LiveTokens {
+        ids: vec![1, 2, 3],
+        strings: vec!["A".into(), " b".into(), " c".into()],
+        n_heads: 1,
+        features_per_head: 4,
+        active: vec![vec![vec![(2, 0.5)], vec![], vec![(2, 0.75)]]],
+    };
+    let later = Later {
+        tokens,
+        state: AttributionState::Computing.into(),
+    };
+    let state = TextState {
+        token: Some(2),
+        pick: Some((0, 2)),
+        ..Default::default()
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::Vec2::new(900.0, 600.0))
+        .wgpu()
+        .build_ui_state(
+            |ui, (later, state): &mut (Later, TextState)| {
+                text_ui(ui, state, Some(&*later), "3 tokens");
+            },
+            (later, state),
+        );
+    h.run_steps(2);
+    h.get_by_label("computing…");
+    assert!(h.query_by_label_contains("pre-activation").is_none());
+    *h.state().0.state.borrow_mut() = AttributionState::Ready(Attribution {
+        dfa: vec![0.25, -0.125, 0.5],
+        pre: 0.625,
+    });
+    h.run_steps(2);
+    assert!(h.query_by_label("computing…").is_none());
+    h.get_by_label("pre-activation 0.625");
+    h.get_by_label("sum of DFA 0.625");
+    *h.state().0.state.borrow_mut() = AttributionState::Failed("a newer text".into());
+    h.run_steps(2);
+    h.get_by_label("failed: a newer text");
+    assert!(h.query_by_label_contains("pre-activation").is_none());
+}

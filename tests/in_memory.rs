@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use attn_saes::live::{Analysed, LiveAnalysis};
+use attn_saes::live::LiveAnalysis;
 use attn_saes::lm::{self, HookRequest, ZConvention};
 use attn_saes::sae::BlockDiagSae;
 use attn_saes::vfs;

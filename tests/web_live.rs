@@ -97,6 +97,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     build_web();
     for f in [
         "live.js",
+        "live-worker.js",
         "live/attn_saes_live.js",
         "live/attn_saes_live_bg.wasm",
     ] {
@@ -189,6 +190,20 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
             r["secondMs"].as_f64().unwrap(),
             r["tokens"]["ids"].as_array().unwrap().len()
         );
+        eprintln!(
+            "{name}: the page's longest main-thread task: {} ms loading, {} / {} ms in the \
+             first / second run",
+            r["longestMainTaskLoadingMs"],
+            r["firstLongestMainTaskMs"],
+            r["secondLongestMainTaskMs"]
+        );
+        // The inference bundle runs in a worker: the page itself never fetches it.
+        let fetched = &r["bundleFetchedByPage"];
+        assert_eq!(
+            fetched,
+            &serde_json::json!([]),
+            "{name}: the page fetched {fetched}"
+        );
         let status = r["status"].as_str().unwrap();
         assert!(
             status.contains(&format!("on {backend}")),
@@ -213,6 +228,12 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
             assert!(close(x, y), "{name}: DFA at source {s}: {x} vs {y}");
         }
+        let order = &r["attributionOrder"];
+        assert!(
+            order["stale"].as_str().unwrap().contains("a newer text"),
+            "{name}: {order}"
+        );
+        assert_eq!(order["freshDfa"], order["tokens"], "{name}: {order}");
         let png = shots.join(format!("live-{name}.png"));
         let n = colours(&png);
         assert!(n > 50, "{} looks blank ({n} colours)", png.display());

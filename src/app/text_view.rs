@@ -6,7 +6,7 @@
 use eframe::egui::{self, RichText, Ui};
 
 use super::features::{dfa_row, shown_token};
-use crate::live::{Analysed, LiveTokens};
+use crate::live::{Analysed, AttributionState, LiveTokens};
 
 /// What the view remembers.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -154,10 +154,22 @@ fn pick_panel(
     });
     let open = ui.button("Open its dashboard").clicked();
     ui.label(RichText::new("Direct feature attribution by source position").strong());
-    let attribution = analysis.attribution(head, feature, p);
-    dfa_row(ui, &attribution.dfa, p, |q| {
-        a.strings.get(q).cloned().unwrap_or_default()
-    });
-    ui.label(format!("pre-activation {:.3}", attribution.pre));
+    match analysis.attribution_state(head, feature, p) {
+        AttributionState::Ready(attribution) => {
+            dfa_row(ui, &attribution.dfa, p, |q| {
+                a.strings.get(q).cloned().unwrap_or_default()
+            });
+            ui.label(format!("pre-activation {:.3}", attribution.pre));
+        }
+        AttributionState::Computing => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("computing…");
+            });
+        }
+        AttributionState::Failed(why) => {
+            ui.colored_label(ui.visuals().error_fg_color, format!("failed: {why}"));
+        }
+    }
     open.then_some(TextAction::OpenFeature { head, feature })
 }

@@ -7,7 +7,7 @@ use std::ops::Deref;
 use anyhow::Context;
 use burn::prelude::*;
 
-use super::{Analysed, Attribution, LiveTokens};
+use super::{Analysed, Attribution, AttributionState, LiveTokens};
 use crate::dashboard::dfa::dfa_by_source;
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
 use crate::sae::BlockDiagSae;
@@ -232,6 +232,14 @@ impl LiveAnalysis {
     pub fn pre_activation(&self, head: usize, feature: usize, position: usize) -> f32 {
         self.pre[(head * self.len() + position) * self.tokens.features_per_head + feature]
     }
+
+    /// The DFA of `feature` of `head` at `position` and its pre-activation.
+    pub fn attribution(&self, head: usize, feature: usize, position: usize) -> Attribution {
+        Attribution {
+            dfa: self.dfa(head, feature, position),
+            pre: self.pre_activation(head, feature, position),
+        }
+    }
 }
 
 impl Analysed for LiveAnalysis {
@@ -239,10 +247,7 @@ impl Analysed for LiveAnalysis {
         &self.tokens
     }
 
-    fn attribution(&self, head: usize, feature: usize, position: usize) -> Attribution {
-        Attribution {
-            dfa: self.dfa(head, feature, position),
-            pre: self.pre_activation(head, feature, position),
-        }
+    fn attribution_state(&self, head: usize, feature: usize, position: usize) -> AttributionState {
+        AttributionState::Ready(self.attribution(head, feature, position))
     }
 }

@@ -50,15 +50,26 @@ pub struct Attribution {
     pub pre: f32,
 }
 
+/// An attribution as a viewer has it: computed, still being computed (the web page's
+/// worker answers asynchronously), or failed with a reason.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttributionState {
+    Ready(Attribution),
+    Computing,
+    Failed(String),
+}
+
 /// An analysed text as a viewer sees it: the tokens with their features, and each
 /// (head, feature, position)'s attribution on request.
 pub trait Analysed {
     fn tokens(&self) -> &LiveTokens;
-    fn attribution(&self, head: usize, feature: usize, position: usize) -> Attribution;
+    fn attribution_state(&self, head: usize, feature: usize, position: usize) -> AttributionState;
 }
 
 /// What Your text shows, as JSON: `{prompt, tokens, pick}`, `pick` being the picked
-/// `(position, head, feature)` with its activation, DFA and pre-activation (or null).
+/// `(position, head, feature)` with its activation, DFA and pre-activation (or null); while
+/// the attribution is computed (or if it failed) `dfa` is empty, `pre` null and
+/// `attribution` says so.
 /// `attn-saes text --json` prints it; the web page's `attnSaes.live_shown()` adds `status`.
 pub fn shown_json(
     a: &dyn Analysed,
@@ -67,10 +78,14 @@ pub fn shown_json(
 ) -> serde_json::Value {
     let t = a.tokens();
     let pick = pick.filter(|&(p, _, _)| p < t.len()).map(|(p, h, f)| {
-        let at = a.attribution(h, f, p);
+        let (dfa, pre, state) = match a.attribution_state(h, f, p) {
+            AttributionState::Ready(at) => (at.dfa, Some(at.pre), "ready".to_string()),
+            AttributionState::Computing => (vec![], None, "computing".into()),
+            AttributionState::Failed(why) => (vec![], None, format!("failed: {why}")),
+        };
         serde_json::json!({
             "position": p, "head": h, "feature": f,
-            "activation": t.activation(h, f, p), "dfa": at.dfa, "pre": at.pre,
+            "activation": t.activation(h, f, p), "dfa": dfa, "pre": pre, "attribution": state,
         })
     });
     serde_json::json!({ "prompt": prompt, "tokens": t, "pick": pick })

@@ -70,6 +70,15 @@ async function session(context, name, query) {
   page.on('console', (m) => { if (m.type() === 'error') result.consoleErrors.push(`${name}: ${m.text()}`); });
   page.on('pageerror', (e) => result.consoleErrors.push(`${name}: ${e}`));
   if (process.env.LIVE_DEBUG) page.on('console', (m) => console.error(`${name} console: ${m.text()}`));
+  // The page's main thread: every task over 50 ms it runs (Chromium's long tasks), to see
+  // whether the page could answer input while the model loads and analyses.
+  await page.addInitScript(() => {
+    window.longTasks = [];
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) window.longTasks.push(e.duration);
+    }).observe({ type: 'longtask', buffered: true });
+  });
+  const longest = () => page.evaluate(() => Math.max(0, ...window.longTasks.splice(0)));
   const run = {};
   const t0 = Date.now();
   await page.goto(`${base}/?url=dashboard.safetensors${query}`);
@@ -82,6 +91,12 @@ async function session(context, name, query) {
   run.status = await liveStatus(page);
   run.fromCache = await page.evaluate(() => window.attnSaesLive.fromCache);
   run.bundleLoadMs = await page.evaluate(() => window.attnSaesLive.lastLoadMs);
+  run.longestMainTaskLoadingMs = await longest();
+  // Did this page fetch the inference bundle's wasm itself (to run it on its main thread),
+  // rather than a worker? A worker's fetch of it is in the worker's resource timeline, not
+  // the page's (Chromium lists a worker's module scripts in the page's, its fetches not).
+  run.bundleFetchedByPage = await page.evaluate(() => performance.getEntriesByType('resource')
+    .map((e) => e.name).filter((n) => n.includes('attn_saes_live_bg.wasm')));
   // Run, timed from the request to the features drawn in the view (live_shown is set
   // after the frame that drew them). Twice: the first includes shader compilation. The
   // first as a user does it: the Your text tab, the text box, typing, Run (where the
@@ -96,9 +111,11 @@ async function session(context, name, query) {
       await page.waitForTimeout(300);
       await page.keyboard.type(prompt);
       await page.waitForTimeout(300);
+      await longest(); // from here on: the run's
       start = await page.evaluate(() => performance.now());
       await page.mouse.click(27, 190); // Run
     } else {
+      await longest();
       start = await page.evaluate(() => performance.now());
       await page.evaluate((p) => window.attnSaes.live_set_prompt(p, true), prompt);
     }
@@ -109,6 +126,7 @@ async function session(context, name, query) {
     });
     run[`${key}Ms`] = (await page.evaluate(() => performance.now())) - start;
     run[`${key}AnalyzeMs`] = await page.evaluate(() => window.attnSaesLive.lastAnalyzeMs);
+    run[`${key}LongestMainTaskMs`] = await longest();
     run.tokens = seen.tokens;
   }
   await page.evaluate(([p, h, f]) => window.attnSaes.live_pick(p, h, f), pick);
@@ -117,6 +135,16 @@ async function session(context, name, query) {
     return s && s.pick && s.pick.position === pick[0] && s.pick.dfa.length ? s : null;
   });
   run.pick = seen.pick;
+  // An attribution asked for while a newer text is being analysed is refused (it would be
+  // the new text's), and one asked after that analysis is answered from it.
+  run.attributionOrder = await page.evaluate(async () => {
+    const live = window.attnSaesLive;
+    const analysed = live.analyze('A different text.');
+    const stale = await live.attribution(0, 0, 0).then(() => 'answered', (e) => e.message);
+    const tokens = JSON.parse(await analysed);
+    const fresh = JSON.parse(await live.attribution(0, 0, tokens.ids.length - 1));
+    return { stale, tokens: tokens.ids.length, freshDfa: fresh.dfa.length };
+  });
   await page.waitForTimeout(300);
   await page.screenshot({ path: `${outDir}/live-${name}.png` });
   await page.close();

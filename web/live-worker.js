@@ -1,0 +1,173 @@
+// The inference worker: a module Web Worker that web/live.js starts when someone loads a
+// model. It holds the inference bundle (live/attn_saes_live.js: the LM and SAE in burn, on
+// WebGPU or the CPU), downloads the model's and SAE's files with progress into the
+// browser's cache (checked against the manifest's sha256 and the open dashboard's
+// records), loads them, and analyses texts, all off the page's main thread, so the page
+// keeps drawing and answering while it works.
+//
+// Messages in: {id, op, args}, op one of 'load' | 'analyze' | 'attribution', handled one at
+// a time in arrival order. Out: {status, isError} lines while working, and {id, value} or
+// {id, error} for each request.
+import init, * as lm from './live/attn_saes_live.js';
+import { readBody } from './read-body.js';
+
+const CACHE = 'attn-saes-models-v1';
+const bundle = init();
+// Each analysis is numbered; an attribution names the analysis it is for, and one for an
+// earlier text than the last analysed is refused rather than answered from the new text.
+let analysis = 0;
+
+function say(text) {
+  postMessage({ status: text });
+}
+
+// WebGPU when this browser has a hardware adapter; else the CPU, with a notice. A software
+// adapter (SwiftShader, or one the browser marks as a fallback) is slower than the CPU
+// backend, as on the desktop: `asked` 'webgpu' uses it anyway, 'cpu' never WebGPU.
+async function backend(asked) {
+  const cpu = (notice) => ({ backend: 'cpu', notice });
+  if (asked === 'cpu') return cpu('');
+  if (!navigator.gpu) return cpu('this browser has no WebGPU, so the CPU runs it (slower)');
+  if (asked !== 'webgpu') {
+    let adapter = null;
+    try { adapter = await navigator.gpu.requestAdapter(); } catch { /* none */ }
+    if (!adapter) return cpu('no WebGPU adapter here, so the CPU runs it (slower)');
+    const info = adapter.info || {};
+    const what = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ');
+    if (adapter.isFallbackAdapter || info.isFallbackAdapter || /swiftshader/i.test(what)) {
+      return cpu(`WebGPU here is a software adapter (${what || 'fallback'}), slower than the ` +
+                 'CPU (?backend=webgpu uses it anyway)');
+    }
+  }
+  return { backend: 'webgpu', notice: '' };
+}
+
+// SHA-256 of a download, computed once per buffer.
+const hashes = new WeakMap();
+function sha256(bytes) {
+  if (!hashes.has(bytes)) hashes.set(bytes, lm.sha256_hex(bytes));
+  return hashes.get(bytes);
+}
+
+async function openCache() {
+  try { return await caches.open(CACHE); } catch { return null; } // not a secure context
+}
+
+// The bytes of `file` ({name, url, sha256?, size?}), from the browser's cache when an
+// earlier visit stored them (and the sha256 still matches), else downloaded with progress.
+// Stored only once checked.
+async function fetchChecked(file) {
+  const cache = await openCache();
+  const cached = cache ? await cache.match(file.url) : undefined;
+  if (cached) {
+    const bytes = new Uint8Array(await cached.arrayBuffer());
+    if (!file.sha256 || sha256(bytes) === file.sha256) return { bytes, fromCache: true };
+    await cache.delete(file.url); // stale: the file changed on the server
+  }
+  const response = await fetch(file.url);
+  if (!response.ok) {
+    throw new Error(`${file.url}: HTTP ${response.status} ${response.statusText}`);
+  }
+  const bytes = await readBody(response, (received, length) => {
+    const total = length || file.size || 0;
+    const pct = total ? ` (${(100 * received / total).toFixed(0)}%)` : '';
+    say(`downloading ${file.name}: ${(received / 1e6).toFixed(1)} MB${pct}`);
+  });
+  if (file.sha256) {
+    say(`checking ${file.name}…`);
+    const got = sha256(bytes);
+    if (got !== file.sha256) {
+      throw new Error(`${file.name}: its sha256 is ${got}, not the manifest's ${file.sha256}: ` +
+                      'refused (the file on the server is not the one the manifest names)');
+    }
+  }
+  if (cache) {
+    try { await cache.put(file.url, new Response(bytes)); } catch { /* full: fine */ }
+  }
+  return { bytes, fromCache: false };
+}
+
+// `[[name, bytes], ...]` as the bundle takes them, from files the user picked (`file.file`,
+// a File) or URLs; and whether every one came from the cache.
+async function gather(files) {
+  const out = [];
+  let fromCache = true;
+  for (const f of files) {
+    if (f.file) {
+      say(`reading ${f.name}…`);
+      out.push([f.name, new Uint8Array(await f.file.arrayBuffer())]);
+      fromCache = false;
+    } else {
+      const got = await fetchChecked(f);
+      fromCache &&= got.fromCache;
+      out.push([f.name, got.bytes]);
+    }
+  }
+  return { files: out, fromCache };
+}
+
+// The open dashboard records the files it was built from (`builtFrom`, its JSON, from the
+// page): a file of the same name that differs is refused, since its features would not be
+// the dashboard's. Returns how many files were checked.
+function checkAgainstDashboard(builtFrom, modelFiles, saeFiles) {
+  if (!builtFrom) return 0;
+  const recorded = JSON.parse(builtFrom);
+  let checked = 0;
+  for (const [files, records] of [[modelFiles, recorded.model], [saeFiles, recorded.sae]]) {
+    for (const [name, bytes] of files) {
+      const record = records.find((r) => r.name === name);
+      if (!record) continue;
+      say(`checking ${name} against the dashboard…`);
+      const got = sha256(bytes);
+      if (got !== record.sha256) {
+        throw new Error(`${name} is not the file the open dashboard was built from (its sha256 ` +
+                        `is ${got}, the dashboard records ${record.sha256}): refused, since its ` +
+                        'features would not be the dashboard\'s');
+      }
+      checked += 1;
+    }
+  }
+  return checked;
+}
+
+const ops = {
+  // Gets the model's and SAE's files, checks them, and loads them on the backend chosen.
+  async load({ model, sae, layer, zConvention, name, builtFrom, asked }) {
+    await bundle;
+    const m = await gather(model);
+    const s = await gather(sae);
+    const checked = checkAgainstDashboard(builtFrom, m.files, s.files);
+    const { backend: which, notice } = await backend(asked);
+    const note = notice ? `; ${notice}` : '';
+    say(`loading the model on ${which === 'cpu' ? 'the CPU' : 'WebGPU'}…${note}`);
+    const t0 = performance.now();
+    const description = await lm.load(m.files, s.files, which, layer, zConvention, name);
+    return {
+      description: `${description}${note}`,
+      backend: description.split(', on ').pop(),
+      loadMs: performance.now() - t0,
+      fromCache: m.fromCache && s.fromCache,
+      checked,
+    };
+  },
+  async analyze({ text }) {
+    const t0 = performance.now();
+    const json = await lm.analyze(text);
+    analysis += 1;
+    return { json, analysis, ms: performance.now() - t0 };
+  },
+  async attribution({ head, feature, position, of }) {
+    if (of !== analysis) {
+      throw new Error('a newer text has been analysed since: pick again on it');
+    }
+    return lm.attribution(head, feature, position);
+  },
+};
+
+let queue = Promise.resolve();
+self.onmessage = ({ data: { id, op, args } }) => {
+  queue = queue
+    .then(() => ops[op](args))
+    .then((value) => postMessage({ id, value }),
+          (e) => postMessage({ id, error: String(e && e.message ? e.message : e) }));
+};
