@@ -9,6 +9,9 @@
 //! the main job's SAE, else a random one); `gpt2-random` is a random-weight gpt2-small
 //! (layer 4, random token windows) with the seed's SAE shape, 12 heads x 2048 features.
 
+mod common;
+
+use common::arg;
 use std::time::Instant;
 
 use attn_saes::dashboard::{self, BuildInputs, BuildOptions};
@@ -19,13 +22,6 @@ use attn_saes::rng::Rng;
 use attn_saes::sae::{Architecture, BlockDiagSae, SaeConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
 
 /// Peak resident memory of this process so far (Linux), in MB.
 fn peak_rss_mb() -> f64 {

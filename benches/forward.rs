@@ -5,22 +5,18 @@
 //! `cargo bench --bench forward [-- --device cpu|wgpu|all] [--iters N] [--batch B] [--pos P]
 //! [--malloc-defaults]`
 
+mod common;
+
+use common::{arg, flag};
 use std::time::Instant;
 
 use attn_saes::device::{DeviceChoice, select};
 use attn_saes::lm::HookRequest;
 use attn_saes::lm::load::{gpt2_small_config, random};
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
 fn main() -> anyhow::Result<()> {
     // As the binary does, unless `--malloc-defaults` asks for glibc's defaults (to compare).
-    if !std::env::args().any(|a| a == "--malloc-defaults") {
+    if !flag("--malloc-defaults") {
         attn_saes::device::keep_freed_host_memory();
     }
     let which = arg("--device").unwrap_or_else(|| "all".into());

@@ -9,16 +9,12 @@
 //! (default: the offline demo, SmolLM2-135M on Shakespeare, 32 windows of 128 tokens
 //! after the first 2000, i.e. past what the main job trains on).
 
+mod common;
+
 use attn_saes::device::{DeviceChoice, select};
 use attn_saes::lm::{HeadSelection, Splice, ZConvention};
 use attn_saes::train::eval::window_ce;
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
+use common::arg;
 
 fn main() -> anyhow::Result<()> {
     // As the binary does.

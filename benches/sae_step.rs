@@ -17,6 +17,9 @@
 //!
 //! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m] [--topk K | --batchtopk K | --jumprelu] [--no-autodiff] [--torch]`
 
+mod common;
+
+use common::{arg, flag};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -62,19 +65,12 @@ impl burn::cubecl::logging::LaunchObserver for Launches {
     }
 }
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
 fn main() -> anyhow::Result<()> {
     // As the binary does.
     attn_saes::device::keep_freed_host_memory();
     let which = arg("--device").unwrap_or_else(|| "all".into());
-    let quick = std::env::args().any(|a| a == "--quick");
-    let no_autodiff = std::env::args().any(|a| a == "--no-autodiff");
+    let quick = flag("--quick");
+    let no_autodiff = flag("--no-autodiff");
     let seconds: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let b_enc: f32 = arg("--b-enc").and_then(|s| s.parse().ok()).unwrap_or(0.0);
     // `--lr 0` keeps the SAE (and so its density) fixed while every step still runs.
@@ -89,9 +85,7 @@ fn main() -> anyhow::Result<()> {
     let architecture = match (arg("--topk"), arg("--batchtopk")) {
         (Some(k), _) => Architecture::TopK { k: k.parse()? },
         (None, Some(k)) => Architecture::BatchTopK { k: k.parse()? },
-        _ if std::env::args().any(|a| a == "--jumprelu") => {
-            Architecture::JumpRelu { bandwidth: 0.001 }
-        }
+        _ if flag("--jumprelu") => Architecture::JumpRelu { bandwidth: 0.001 },
         _ => Architecture::Relu,
     };
     // `--shape B,H,d,m` times that shape only (e.g. a dense SAE: `4096,1,768,24576`).
@@ -185,7 +179,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    if std::env::args().any(|a| a == "--torch") {
+    if flag("--torch") {
         // The PyTorch reference with the same settings, on CUDA when wgpu was timed.
         let torch_device = if which == "cpu" { "cpu" } else { "cuda" };
         // From the repo root (where a copied binary runs, on a lent GPU machine), else here.
