@@ -264,6 +264,12 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         refused.starts_with("failed: ") && refused.contains("not the file the open dashboard"),
         "{refused}"
     );
+    let no_worker = result["noWorkerStatus"].as_str().unwrap();
+    assert!(
+        no_worker.starts_with("failed: the inference worker stopped")
+            && no_worker.contains("module workers"),
+        "{no_worker}"
+    );
     // Three model files and two SAE files, each checked against the dashboard's records,
     // downloaded or picked with Model + SAE….
     assert_eq!(result["checkedAgainstDashboard"], 5, "{result}");

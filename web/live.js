@@ -49,7 +49,9 @@ function getWorker() {
     // The worker's script failed to load or threw outside a request: every request fails.
     worker.onerror = (e) => {
       e.preventDefault();
-      const why = `the inference worker stopped: ${e.message || 'its script did not load'}`;
+      // A browser without module workers (Firefox before 114) cannot start it.
+      const why = `the inference worker stopped: ${e.message || 'its script did not load'} ` +
+                  '(Your text needs module workers: Chrome/Edge 80+, Firefox 114+, Safari 15+)';
       for (const w of waiting.values()) w.reject(new Error(why));
       waiting.clear();
       worker = null;

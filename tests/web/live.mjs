@@ -215,6 +215,16 @@ if (!timingOnly) {
   });
   result.checkedAgainstDashboard = await honest.evaluate(() => window.attnSaesLive.checkedAgainstDashboard);
   await honest.close();
+  // A worker that cannot start (its script missing here; a browser without module
+  // workers alike): an error line, not a page waiting for ever.
+  const noWorker = await context.newPage();
+  await noWorker.route('**/live-worker.js', (route) => route.fulfill({ status: 404, body: '' }));
+  await noWorker.goto(`${base}/?url=dashboard.safetensors&live=live.json&backend=cpu`);
+  result.noWorkerStatus = await waitFor(noWorker, 'the worker failure', async () => {
+    const s = await liveStatus(noWorker);
+    return s.startsWith('failed') || s.includes('ready:') ? s : null;
+  });
+  await noWorker.close();
   // 4. The same files picked with Model + SAE… (LIVE_FILES: their paths, as JSON).
   if (process.env.LIVE_FILES) {
     const picked = await context.newPage();
