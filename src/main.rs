@@ -50,6 +50,10 @@ enum Command {
     App {
         /// A run directory (curves, its dashboards) or a dashboard file.
         path: Option<std::path::PathBuf>,
+        /// Another run directory or dashboard file whose training curves are drawn beside
+        /// the open run's (repeatable).
+        #[arg(long)]
+        compare: Vec<std::path::PathBuf>,
         /// The view to show first (default: the last one used).
         #[arg(long, value_enum)]
         view: Option<attn_saes::app::View>,
@@ -305,7 +309,7 @@ fn main() -> anyhow::Result<()> {
                     device: cli.device,
                     build_dashboards: !no_dashboard,
                 };
-                attn_saes::app::run_native(None, None, Some(request))?;
+                attn_saes::app::run_native(None, vec![], None, Some(request))?;
             }
         }
         Command::Serve {
@@ -367,7 +371,11 @@ fn main() -> anyhow::Result<()> {
             println!("open {url}  (Ctrl-C stops)");
             serve::serve(listener, site)?;
         }
-        Command::App { path, view } => attn_saes::app::run_native(path, view, None)?,
+        Command::App {
+            path,
+            compare,
+            view,
+        } => attn_saes::app::run_native(path, compare, view, None)?,
         Command::Harvest {
             args,
             tokens,

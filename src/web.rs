@@ -25,6 +25,10 @@ use crate::live::{Analysed, Attribution, AttributionState, LiveTokens};
 #[derive(Default)]
 struct Shared {
     inbox: Vec<LoadedDashboard>,
+    /// Dashboards parsed by [`compare_dashboard`]: their training histories, to compare.
+    compare_inbox: Vec<(String, crate::run_log::History)>,
+    /// What Curves compares, for [`curves_shown`]: the open run's name and the others'.
+    curves_shown: String,
     ctx: Option<egui::Context>,
     selection: String,
     live_arrived: Option<Result<LiveTokens, String>>,
@@ -158,6 +162,10 @@ impl eframe::App for WebApp {
             self.app.curves = Default::default();
             self.app.open_loaded(d);
         }
+        let compared: Vec<_> = self.shared.borrow_mut().compare_inbox.drain(..).collect();
+        for (name, history) in compared {
+            self.app.compare(name, history);
+        }
         self.live_logic(ctx);
         self.app.logic(ctx, frame);
     }
@@ -169,6 +177,7 @@ impl eframe::App for WebApp {
         self.app.ui(ui, frame);
         let mut shared = self.shared.borrow_mut();
         shared.selection = self.app.selection();
+        shared.curves_shown = curves_json(&self.app.curves, &self.app.compared);
         // Kept for `live_shown`, which serialises it only when a script asks.
         let (web, text) = (&self.app.web, &self.app.ui.text);
         shared.live_view = web.analysis.clone().map(|a| LiveView {
@@ -295,6 +304,50 @@ pub fn open_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue> {
         ctx.request_repaint();
     }
     Ok(summary)
+}
+
+/// Parses a dashboard file and draws the training curves it records beside the open
+/// run's (Curves). Returns a one-line summary, or why the file cannot be read.
+#[wasm_bindgen]
+pub fn compare_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue> {
+    let d = LoadedDashboard::new(name.clone(), bytes)
+        .map_err(|e| JsValue::from_str(&format!("{name}: {e}")))?;
+    let history = d.file.meta.history.clone();
+    let summary = format!(
+        "comparing with {name}: {} steps logged, {} evals",
+        history.steps.len(),
+        history.evals.len()
+    );
+    let shared = shared();
+    let mut shared = shared.borrow_mut();
+    shared.compare_inbox.push((name, history));
+    if let Some(ctx) = &shared.ctx {
+        ctx.request_repaint();
+    }
+    Ok(summary)
+}
+
+/// `{name, last}` of the open run and of each compared one (`last`: the last logged step's
+/// `{step, l0, explained_variance}`, or null), as JSON.
+fn curves_json(
+    curves: &crate::app::curves::Curves,
+    compared: &[crate::app::curves::Compared],
+) -> String {
+    let row = |name: &str, h: &crate::run_log::History| {
+        let last = h.steps.last().map(|m| {
+            serde_json::json!({"step": m.step, "l0": m.l0, "explained_variance": m.explained_variance})
+        });
+        serde_json::json!({"name": name, "last": last})
+    };
+    let others: Vec<_> = compared.iter().map(|c| row(&c.name, &c.history)).collect();
+    serde_json::json!({"open": row(&curves.name, &curves.history), "compared": others}).to_string()
+}
+
+/// What Curves shows, as JSON: `{open: {name, last}, compared: [{name, last}]}` (scripts and
+/// tests).
+#[wasm_bindgen]
+pub fn curves_shown() -> String {
+    shared().borrow().curves_shown.clone()
 }
 
 /// What is selected, in words: `view Features · head 2 · feature 3 · density 1.234e-2`.

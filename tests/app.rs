@@ -727,3 +727,84 @@ fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() 
     h.get_by_label("failed: a newer text");
     assert!(h.query_by_label_contains("pre-activation").is_none());
 }
+
+/// The last logged step's `field` in a run's `metrics.jsonl`, read as plain JSON.
+fn last_step_value(run: &Path, field: &str) -> f64 {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last = text
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["type"] == "step")
+        .unwrap();
+    last["data"][field].as_f64().unwrap()
+}
+
+#[test]
+fn curves_compare_other_runs_and_stop_comparing() {
+    if !renderer_available() {
+        return;
+    }
+    let (dir_a, dir_b) = (
+        TempDir::new("attn-saes-app", "compare-a"),
+        TempDir::new("attn-saes-app", "compare-b"),
+    );
+    let a = run_with_dashboard(&dir_a, 30);
+    let b = run_with_dashboard(&dir_b, 12);
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(a.clone()));
+    // Run B by its directory (metrics.jsonl) and by its dashboard file (the history it
+    // records), and a path that is neither: an error, and nothing else changes.
+    app.push(Command::ComparePath(b.clone()));
+    app.push(Command::ComparePath(
+        attn_saes::dashboard::run_dashboard_path(&b),
+    ));
+    app.push(Command::ComparePath(dir_b.join("missing")));
+    let mut h = harness(app);
+    h.run_steps(4);
+    let s = h.state();
+    assert_eq!(s.ui.view, View::Curves);
+    assert_eq!(s.compared.len(), 2, "messages: {:?}", s.messages);
+    assert!(
+        s.messages
+            .iter()
+            .any(|(l, m)| *l == Level::Error && m.contains("missing")),
+        "{:?}",
+        s.messages
+    );
+    assert_eq!(s.curves.history.steps.len(), 30, "the open run is still A");
+    // The dashboard file records the same history as the run's metrics.jsonl.
+    assert_eq!(s.compared[0].history, s.compared[1].history);
+    assert_eq!(s.compared[0].history.steps.len(), 12);
+    let names: Vec<String> = s.compared.iter().map(|c| c.name.clone()).collect();
+
+    // The runs table: a row each, with the last step's values from each metrics.jsonl.
+    for run in [&a, &b] {
+        let l0 = format!("{:.1}", last_step_value(run, "l0"));
+        let ev = format!("{:.3}", last_step_value(run, "explained_variance"));
+        let rows = if run == &a { 1 } else { 2 };
+        assert!(
+            h.query_all_by_label(&l0).count() >= rows,
+            "L0 {l0} in {rows} rows"
+        );
+        assert!(h.query_all_by_label(&ev).count() >= rows, "EV {ev}");
+    }
+    for name in &names {
+        h.get_by_label(&format!("{name} (dashed)"));
+    }
+    // The open run is named by its directory's last two components, as the others are.
+    let parent = a.parent().unwrap().file_name().unwrap().to_string_lossy();
+    h.get_by_label(&format!("{parent}/run (solid)"));
+
+    // Stop comparing with the first: its row goes, the other stays.
+    h.get_by_label(&format!("stop comparing with {}", names[0]))
+        .click();
+    h.run_steps(2);
+    let s = h.state();
+    assert_eq!(s.compared.len(), 1);
+    assert_eq!(s.compared[0].name, names[1]);
+    assert!(
+        h.query_by_label(&format!("{} (dashed)", names[0]))
+            .is_none()
+    );
+}

@@ -11,6 +11,8 @@ mod common;
 
 use std::process::Command;
 
+use attn_saes::dashboard::format::OwnedDashboardFile;
+
 use common::browser::*;
 use common::*;
 
@@ -29,6 +31,11 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
     let bytes = std::fs::read(&file).unwrap();
     let corrupt = dir.join("corrupt.safetensors");
     std::fs::write(&corrupt, &bytes[..bytes.len() / 2]).unwrap();
+    // A second run (fewer steps) to compare with, under a name of its own.
+    let dir_b = TempDir::new("attn-saes-web", "viewer-b");
+    let run_b = run_with_dashboard(&dir_b, 12);
+    let compare = dir.join("run-b.safetensors");
+    std::fs::copy(attn_saes::dashboard::run_dashboard_path(&run_b), &compare).unwrap();
 
     let server = Server::start(&run);
     let url = server.base.clone();
@@ -39,6 +46,7 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         .arg(root().join("tests/web/browser.mjs"))
         .args([&url, file.to_str().unwrap(), corrupt.to_str().unwrap()])
         .arg(&shots)
+        .arg(&compare)
         .output()
         .unwrap();
     drop(server);
@@ -49,7 +57,7 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
     let step = |name: &str| result["steps"][name].as_str().unwrap_or("").to_string();
 
     // What the page shows is what the file holds.
-    let d = attn_saes::dashboard::format::OwnedDashboardFile::new(bytes).unwrap();
+    let d = OwnedDashboardFile::new(bytes).unwrap();
     let (h, m) = (d.meta.sae.n_heads, d.meta.sae.features_per_head);
     assert!(step("urlStatus").contains(&format!("{h} heads x {m} features")));
     assert!(step("fileStatus").contains(&format!("{h} heads x {m} features")));
@@ -88,7 +96,29 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
     assert_eq!(step("noSimdViewer"), "undefined");
     assert!(step("curvesSelection").starts_with("view Curves"));
     assert_eq!(step("backToFeatures"), step("afterDown"));
-    for png in ["web-features.png", "web-curves.png", "web-file.png"] {
+    // Compare…: the page draws run B's curves beside the open file's (A's), and its last
+    // logged step is the one B's file records.
+    assert!(
+        step("compareStatus").starts_with("comparing with run-b.safetensors"),
+        "{}",
+        step("compareStatus")
+    );
+    assert!(step("compareSelection").starts_with("view Curves"));
+    let shown = &result["curvesShown"];
+    let b = OwnedDashboardFile::new(std::fs::read(&compare).unwrap()).unwrap();
+    for (row, file) in [(&shown["open"], &d), (&shown["compared"][0], &b)] {
+        let last = file.meta.history.steps.last().unwrap();
+        assert_eq!(row["last"]["step"], last.step, "{shown}");
+        assert_eq!(row["last"]["l0"].as_f64().unwrap(), last.l0, "{shown}");
+    }
+    assert_eq!(shown["compared"][0]["name"], "run-b.safetensors");
+    assert_eq!(shown["compared"][0]["last"]["step"], 12);
+    for png in [
+        "web-features.png",
+        "web-curves.png",
+        "web-file.png",
+        "web-compare.png",
+    ] {
         let n = colours(&shots.join(png));
         assert!(n > 50, "{png} looks blank ({n} colours)");
     }

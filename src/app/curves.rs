@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 
 use eframe::egui;
 use egui_plot::{
-    Bar, BarChart, GridMark, Heatmap, HoverPosition, Legend, Line, Plot, PlotPoints, Points,
+    Bar, BarChart, GridMark, Heatmap, HoverPosition, Legend, Line, LineStyle, Plot, PlotPoints,
+    Points,
 };
 
 use crate::run_log::{EvalMetrics, History, StepMetrics};
@@ -14,14 +15,17 @@ use crate::run_log::{EvalMetrics, History, StepMetrics};
 /// A run's metrics as the Curves view shows them.
 #[derive(Debug, Clone, Default)]
 pub struct Curves {
+    /// The run's name (its directory's or dashboard file's), for the runs table.
+    pub name: String,
     pub history: History,
     /// The latest feature-density histogram `(step, [(log10 density, count)])`.
     pub density: Option<(usize, Vec<(f64, usize)>)>,
 }
 
 impl Curves {
-    pub fn from_history(history: History) -> Self {
+    pub fn from_history(name: impl Into<String>, history: History) -> Self {
         Self {
+            name: name.into(),
             history,
             density: None,
         }
@@ -47,6 +51,15 @@ impl Curves {
         let from_evals = self.history.evals.last().map(|e| e.per_head.len());
         from_steps.or(from_evals).unwrap_or(0)
     }
+}
+
+/// Another run's metrics, drawn beside the open run's to compare (dashed lines, and a row
+/// of the runs table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compared {
+    /// The run directory's or dashboard file's name.
+    pub name: String,
+    pub history: History,
 }
 
 /// A per-head metric.
@@ -106,21 +119,119 @@ pub struct CurvesState {
 
 /// One line of a plot.
 struct Series {
-    name: &'static str,
+    name: String,
     points: Vec<[f64; 2]>,
+    /// Another run's (dashed).
+    compared: bool,
 }
 
-fn step_series(h: &History, name: &'static str, f: fn(&StepMetrics) -> f64) -> Series {
-    Series {
-        name,
-        points: h.steps.iter().map(|s| [s.step as f64, f(s)]).collect(),
+/// Where a line's values come from: each logged step, or each eval.
+#[derive(Clone, Copy)]
+enum Source {
+    Step(fn(&StepMetrics) -> f64),
+    Eval(fn(&EvalMetrics) -> f64),
+}
+
+impl Source {
+    fn points(self, h: &History) -> Vec<[f64; 2]> {
+        match self {
+            Self::Step(f) => h.steps.iter().map(|s| [s.step as f64, f(s)]).collect(),
+            Self::Eval(f) => h.evals.iter().map(|e| [e.step as f64, f(e)]).collect(),
+        }
     }
 }
 
-fn eval_series(h: &History, name: &'static str, f: fn(&EvalMetrics) -> f64) -> Series {
-    Series {
-        name,
-        points: h.evals.iter().map(|e| [e.step as f64, f(e)]).collect(),
+/// One plot of the view: its lines for the open run, and which of them the compared runs
+/// show (one each, so that a plot of several runs stays readable).
+struct PlotSpec {
+    title: &'static str,
+    lines: &'static [(&'static str, Source)],
+    compared_line: usize,
+    /// Plotted on a log scale when the view's "log scale for losses" is on.
+    loss: bool,
+}
+
+const PLOTS: [PlotSpec; 9] = [
+    PlotSpec {
+        title: "Loss",
+        lines: &[
+            ("loss", Source::Step(|m| m.loss)),
+            ("MSE", Source::Step(|m| m.mse)),
+            ("sparsity term", Source::Step(|m| m.sparsity_loss)),
+        ],
+        compared_line: 0,
+        loss: true,
+    },
+    PlotSpec {
+        title: "L0 (all heads)",
+        lines: &[("L0", Source::Step(|m| m.l0))],
+        compared_line: 0,
+        loss: false,
+    },
+    PlotSpec {
+        title: "Explained variance",
+        lines: &[("EV", Source::Step(|m| m.explained_variance))],
+        compared_line: 0,
+        loss: false,
+    },
+    PlotSpec {
+        title: "Dead features",
+        lines: &[("dead", Source::Step(|m| m.dead_features as f64))],
+        compared_line: 0,
+        loss: false,
+    },
+    PlotSpec {
+        title: "Learning rate",
+        lines: &[("lr", Source::Step(|m| m.lr))],
+        compared_line: 0,
+        loss: false,
+    },
+    PlotSpec {
+        title: "Sparsity coefficient",
+        lines: &[("coefficient", Source::Step(|m| m.l1_coefficient))],
+        compared_line: 0,
+        loss: false,
+    },
+    PlotSpec {
+        title: "CE loss (evals)",
+        lines: &[
+            ("clean", Source::Eval(|e| e.ce_clean)),
+            ("SAE spliced in", Source::Eval(|e| e.ce_sae)),
+            ("zero ablation", Source::Eval(|e| e.ce_zero)),
+        ],
+        compared_line: 1,
+        loss: true,
+    },
+    PlotSpec {
+        title: "CE loss score (evals)",
+        lines: &[("score", Source::Eval(|e| e.ce_score))],
+        compared_line: 0,
+        loss: false,
+    },
+    PlotSpec {
+        title: "Steps per second",
+        lines: &[("steps/s", Source::Step(|m| m.steps_per_s))],
+        compared_line: 0,
+        loss: false,
+    },
+];
+
+impl PlotSpec {
+    /// The open run's lines, then the compared line of each compared run, named
+    /// `line · run`.
+    fn series(&self, h: &History, compared: &[Compared]) -> Vec<Series> {
+        let own = self.lines.iter().map(|&(name, source)| Series {
+            name: name.to_string(),
+            points: source.points(h),
+            compared: false,
+        });
+        let (name, source) = self.lines[self.compared_line];
+        let others = compared.iter().map(move |c| Series {
+            name: format!("{name} · {}", c.name),
+            points: source.points(&c.history),
+            compared: true,
+        });
+        own.chain(others).collect()
     }
 }
 
@@ -136,6 +247,16 @@ const COLORS: [egui::Color32; 4] = [
     egui::Color32::from_rgb(230, 145, 56),
     egui::Color32::from_rgb(106, 190, 120),
     egui::Color32::from_rgb(200, 100, 180),
+];
+
+/// Compared runs' colours, by run (the same in every plot and the runs table).
+const COMPARED_COLORS: [egui::Color32; 6] = [
+    egui::Color32::from_rgb(235, 200, 80),
+    egui::Color32::from_rgb(120, 210, 220),
+    egui::Color32::from_rgb(240, 110, 110),
+    egui::Color32::from_rgb(170, 150, 240),
+    egui::Color32::from_rgb(180, 180, 180),
+    egui::Color32::from_rgb(150, 220, 120),
 ];
 
 /// A small plot of `series` against the step (x from 0 to `last_step`, linked with the
@@ -175,8 +296,15 @@ fn plot(ui: &mut egui::Ui, title: &str, series: Vec<Series>, last_step: f64, log
         p = p.include_y(0.0);
     }
     p.show(ui, |plot| {
-        for (i, s) in series.into_iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
+        let (mut own, mut other) = (0, 0);
+        for s in series {
+            let color = if s.compared {
+                other += 1;
+                COMPARED_COLORS[(other - 1) % COMPARED_COLORS.len()]
+            } else {
+                own += 1;
+                COLORS[(own - 1) % COLORS.len()]
+            };
             let points: Vec<[f64; 2]> = s
                 .points
                 .into_iter()
@@ -185,112 +313,140 @@ fn plot(ui: &mut egui::Ui, title: &str, series: Vec<Series>, last_step: f64, log
                 .collect();
             if points.len() <= 16 {
                 plot.points(
-                    Points::new(s.name, PlotPoints::new(points.clone()))
+                    Points::new(s.name.as_str(), PlotPoints::new(points.clone()))
                         .radius(3.0)
                         .color(color),
                 );
             }
-            plot.line(Line::new(s.name, PlotPoints::new(points)).color(color));
+            let mut line = Line::new(s.name.as_str(), PlotPoints::new(points)).color(color);
+            if s.compared {
+                line = line.style(LineStyle::dashed_dense());
+            }
+            plot.line(line);
         }
     });
 }
 
-/// The Curves view.
-pub fn curves_ui(ui: &mut egui::Ui, curves: &Curves, s: &mut CurvesState) {
+/// What the Curves view asks the app to do.
+pub enum CurvesAction {
+    /// Stop comparing with the compared run at this index.
+    Uncompare(usize),
+}
+
+/// The Curves view: the open run's metrics, and `compared` runs' beside them.
+pub fn curves_ui(
+    ui: &mut egui::Ui,
+    curves: &Curves,
+    compared: &[Compared],
+    s: &mut CurvesState,
+) -> Option<CurvesAction> {
     if curves.is_empty() {
         ui.label(
             "No training metrics yet: start a run, or open a run directory or a dashboard file.",
         );
-        return;
+        return None;
     }
     let h = &curves.history;
-    summary(ui, h);
+    let mut action = None;
+    if compared.is_empty() {
+        summary(ui, h);
+    } else {
+        action = runs_table(ui, curves, compared);
+    }
     ui.checkbox(&mut s.log_loss, "log scale for losses");
     egui::ScrollArea::vertical().show(ui, |ui| {
-        let last_step = h
-            .steps
-            .last()
-            .map(|m| m.step)
-            .max(h.evals.last().map(|e| e.step))
+        let last_step = std::iter::once(h)
+            .chain(compared.iter().map(|c| &c.history))
+            .filter_map(|h| {
+                let step = h.steps.last().map(|m| m.step);
+                step.max(h.evals.last().map(|e| e.step))
+            })
+            .max()
             .unwrap_or(0) as f64;
         ui.columns(2, |cols| {
-            let log = s.log_loss;
-            plot(
-                &mut cols[0],
-                "Loss",
-                vec![
-                    step_series(h, "loss", |m| m.loss),
-                    step_series(h, "MSE", |m| m.mse),
-                    step_series(h, "sparsity term", |m| m.sparsity_loss),
-                ],
-                last_step,
-                log,
-            );
-            plot(
-                &mut cols[1],
-                "L0 (all heads)",
-                vec![step_series(h, "L0", |m| m.l0)],
-                last_step,
-                false,
-            );
-            plot(
-                &mut cols[0],
-                "Explained variance",
-                vec![step_series(h, "EV", |m| m.explained_variance)],
-                last_step,
-                false,
-            );
-            plot(
-                &mut cols[1],
-                "Dead features",
-                vec![step_series(h, "dead", |m| m.dead_features as f64)],
-                last_step,
-                false,
-            );
-            plot(
-                &mut cols[0],
-                "Learning rate",
-                vec![step_series(h, "lr", |m| m.lr)],
-                last_step,
-                false,
-            );
-            plot(
-                &mut cols[1],
-                "Sparsity coefficient",
-                vec![step_series(h, "coefficient", |m| m.l1_coefficient)],
-                last_step,
-                false,
-            );
-            plot(
-                &mut cols[0],
-                "CE loss (evals)",
-                vec![
-                    eval_series(h, "clean", |e| e.ce_clean),
-                    eval_series(h, "SAE spliced in", |e| e.ce_sae),
-                    eval_series(h, "zero ablation", |e| e.ce_zero),
-                ],
-                last_step,
-                log,
-            );
-            plot(
-                &mut cols[1],
-                "CE loss score (evals)",
-                vec![eval_series(h, "score", |e| e.ce_score)],
-                last_step,
-                false,
-            );
-            plot(
-                &mut cols[0],
-                "Steps per second",
-                vec![step_series(h, "steps/s", |m| m.steps_per_s)],
-                last_step,
-                false,
-            );
+            for (i, spec) in PLOTS.iter().enumerate() {
+                let log = spec.loss && s.log_loss;
+                let series = spec.series(h, compared);
+                plot(&mut cols[i % 2], spec.title, series, last_step, log);
+            }
             density(&mut cols[1], curves.density.as_ref());
         });
         ui.separator();
         per_head(ui, curves, s);
     });
+    action
+}
+
+/// The open run and the compared ones, a row each: their latest values, and a button
+/// that stops comparing.
+fn runs_table(ui: &mut egui::Ui, curves: &Curves, compared: &[Compared]) -> Option<CurvesAction> {
+    let h = &curves.history;
+    let mut action = None;
+    let cell = |ui: &mut egui::Ui, text: String| {
+        ui.label(text);
+    };
+    egui::Grid::new("runs_table")
+        .striped(true)
+        .spacing([14.0, 2.0])
+        .show(ui, |ui| {
+            for title in [
+                "run", "step", "tokens", "loss", "MSE", "L0", "EV", "dead", "CE score", "",
+            ] {
+                ui.label(egui::RichText::new(title).strong());
+            }
+            ui.end_row();
+            let own = match curves.name.as_str() {
+                "" => "open run (solid)".to_string(),
+                name => format!("{name} (solid)"),
+            };
+            let rows = std::iter::once((own, h, None)).chain(
+                compared
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name.clone(), &c.history, Some(i))),
+            );
+            for (name, h, index) in rows {
+                match index {
+                    Some(i) => {
+                        let color = COMPARED_COLORS[i % COMPARED_COLORS.len()];
+                        ui.colored_label(color, format!("{name} (dashed)"));
+                    }
+                    None => cell(ui, name.clone()),
+                }
+                match h.steps.last() {
+                    Some(m) => {
+                        cell(ui, m.step.to_string());
+                        cell(ui, m.tokens.to_string());
+                        cell(ui, format!("{:.4}", m.loss));
+                        cell(ui, format!("{:.4}", m.mse));
+                        cell(ui, format!("{:.1}", m.l0));
+                        cell(ui, format!("{:.3}", m.explained_variance));
+                        cell(ui, m.dead_features.to_string());
+                    }
+                    None => (0..7).for_each(|_| cell(ui, "-".into())),
+                }
+                cell(
+                    ui,
+                    h.evals
+                        .last()
+                        .map_or("-".into(), |e| format!("{:.3}", e.ce_score)),
+                );
+                match index {
+                    Some(i) => {
+                        let remove = ui
+                            .small_button("×")
+                            .on_hover_text("stop comparing with this run")
+                            .accessible_name(format!("stop comparing with {name}"));
+                        if remove.clicked() {
+                            action = Some(CurvesAction::Uncompare(i));
+                        }
+                    }
+                    None => cell(ui, String::new()),
+                }
+                ui.end_row();
+            }
+        });
+    action
 }
 
 /// The latest values, as text.
@@ -431,4 +587,69 @@ fn heatmap(ui: &mut egui::Ui, series: &[(f64, Vec<f64>)], n_heads: usize) {
         .show(ui, |p| {
             p.heatmap(Heatmap::new(values, cols).show_labels(false))
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: usize, loss: f64) -> StepMetrics {
+        StepMetrics {
+            step,
+            tokens: step as u64 * 8,
+            loss,
+            mse: loss / 2.0,
+            sparsity_loss: loss / 4.0,
+            l0: 3.0,
+            l0_per_head: vec![3.0],
+            explained_variance: 0.5,
+            explained_variance_per_head: vec![0.5],
+            l2_ratio: 1.0,
+            dead_features: 0,
+            dead_per_head: vec![0],
+            lr: 1e-3,
+            l1_coefficient: 1.0,
+            steps_per_s: 10.0,
+        }
+    }
+
+    fn eval(step: usize, ce_sae: f64) -> EvalMetrics {
+        EvalMetrics {
+            step,
+            ce_clean: 3.0,
+            ce_sae,
+            ce_zero: 4.0,
+            ce_score: 0.9,
+            per_head: vec![],
+        }
+    }
+
+    #[test]
+    fn a_compared_run_adds_one_dashed_line_per_plot_with_its_own_values() {
+        let own = History {
+            steps: vec![step(1, 9.0), step(2, 8.0)],
+            evals: vec![eval(2, 3.5)],
+        };
+        let other = Compared {
+            name: "runs/b".into(),
+            history: History {
+                steps: vec![step(1, 7.0), step(2, 6.0), step(3, 5.0)],
+                evals: vec![eval(3, 3.25)],
+            },
+        };
+        let loss = PLOTS.iter().find(|p| p.title == "Loss").unwrap();
+        let series = loss.series(&own, std::slice::from_ref(&other));
+        let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["loss", "MSE", "sparsity term", "loss · runs/b"]);
+        assert!(series[..3].iter().all(|s| !s.compared) && series[3].compared);
+        assert_eq!(series[0].points, [[1.0, 9.0], [2.0, 8.0]]);
+        assert_eq!(series[3].points, [[1.0, 7.0], [2.0, 6.0], [3.0, 5.0]]);
+        // The CE plot compares the loss with the SAE spliced in.
+        let ce = PLOTS.iter().find(|p| p.title == "CE loss (evals)").unwrap();
+        let series = ce.series(&own, std::slice::from_ref(&other));
+        assert_eq!(series[3].name, "SAE spliced in · runs/b");
+        assert_eq!(series[3].points, [[3.0, 3.25]]);
+        // Without compared runs, the plots are the open run's alone.
+        assert_eq!(ce.series(&own, &[]).len(), 3);
+    }
 }

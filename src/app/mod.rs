@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use eframe::egui;
 
-use curves::{Curves, CurvesState};
+use curves::{Compared, Curves, CurvesAction, CurvesState};
 use features::{FeaturesState, LoadedDashboard};
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -80,6 +80,14 @@ pub enum Command {
     /// A run directory or a dashboard file.
     #[cfg(not(target_arch = "wasm32"))]
     OpenPath(PathBuf),
+    /// A dashboard file's bytes whose training history is drawn beside the open run's.
+    CompareBytes {
+        name: String,
+        bytes: Vec<u8>,
+    },
+    /// A run directory (its `metrics.jsonl`) or a dashboard file to compare with.
+    #[cfg(not(target_arch = "wasm32"))]
+    ComparePath(PathBuf),
     #[cfg(not(target_arch = "wasm32"))]
     StartTraining(Box<TrainRequest>),
     #[cfg(not(target_arch = "wasm32"))]
@@ -106,6 +114,8 @@ pub struct AttnSaesApp {
     pub ui: UiState,
     pub dashboard: Option<LoadedDashboard>,
     pub curves: Curves,
+    /// Other runs whose curves are drawn beside the open run's (kept when another opens).
+    pub compared: Vec<Compared>,
     pub messages: Vec<(Level, String)>,
     commands: Vec<Command>,
     #[cfg(not(target_arch = "wasm32"))]
@@ -166,6 +176,7 @@ impl AttnSaesApp {
             ui,
             dashboard: None,
             curves: Curves::default(),
+            compared: Vec::new(),
             messages: Vec::new(),
             commands: Vec::new(),
             #[cfg(not(target_arch = "wasm32"))]
@@ -200,10 +211,34 @@ impl AttnSaesApp {
         }
     }
 
+    /// Draws `history` (another run's, named `name`) beside the open run's curves; a run
+    /// of the same name already compared is replaced.
+    pub fn compare(&mut self, name: String, history: crate::run_log::History) {
+        if history.steps.is_empty() && history.evals.is_empty() {
+            self.message(
+                Level::Error,
+                format!("{name}: no training metrics to compare"),
+            );
+            return;
+        }
+        self.compared.retain(|c| c.name != name);
+        self.message(Level::Info, format!("comparing with {name}"));
+        self.compared.push(Compared { name, history });
+        self.ui.view = View::Curves;
+    }
+
+    /// Compares with the run a dashboard file records (its training history).
+    pub fn compare_bytes(&mut self, name: String, bytes: Vec<u8>) {
+        match LoadedDashboard::new(name.clone(), bytes) {
+            Ok(d) => self.compare(name, d.file.meta.history.clone()),
+            Err(e) => self.message(Level::Error, format!("{name}: {e}")),
+        }
+    }
+
     /// Shows a parsed dashboard; its history becomes the curves unless a run's are shown.
     pub fn open_loaded(&mut self, d: LoadedDashboard) {
         if self.curves.is_empty() {
-            self.curves = Curves::from_history(d.file.meta.history.clone());
+            self.curves = Curves::from_history(d.name.clone(), d.file.meta.history.clone());
         }
         let heads = d.file.n_heads();
         if self.ui.features.head >= heads {
@@ -251,6 +286,9 @@ impl AttnSaesApp {
             }
             #[cfg(not(target_arch = "wasm32"))]
             Command::BuildDashboards => self.build_dashboards(),
+            Command::CompareBytes { name, bytes } => self.compare_bytes(name, bytes),
+            #[cfg(not(target_arch = "wasm32"))]
+            Command::ComparePath(path) => self.compare_path(&path),
             Command::SetView(v) => self.ui.view = v,
         }
     }
@@ -317,7 +355,19 @@ impl AttnSaesApp {
             View::Text => self.web_text_ui(ui),
             #[cfg(not(target_arch = "wasm32"))]
             View::Text => self.live_ui(ui),
-            View::Curves => curves::curves_ui(ui, &self.curves, &mut self.ui.curves),
+            View::Curves => {
+                #[cfg(not(target_arch = "wasm32"))]
+                self.compare_buttons(ui);
+                let action =
+                    curves::curves_ui(ui, &self.curves, &self.compared, &mut self.ui.curves);
+                if let Some(CurvesAction::Uncompare(i)) = action {
+                    let gone = self.compared.remove(i);
+                    self.message(
+                        Level::Info,
+                        format!("no longer comparing with {}", gone.name),
+                    );
+                }
+            }
             View::Features => match &mut self.dashboard {
                 Some(d) => features::features_ui(ui, d, &mut self.ui.features),
                 None => self.no_dashboard_ui(ui),
@@ -465,7 +515,7 @@ impl AttnSaesApp {
         }
         self.native.run_dir = Some(dir.to_path_buf());
         self.curves = match crate::run_log::History::read(&metrics) {
-            Ok((history, _)) => Curves::from_history(history),
+            Ok((history, _)) => Curves::from_history(short_name(dir), history),
             Err(_) => Curves::default(),
         };
         if let Some(config) = latest.and_then(|c| checkpoint::read_config(&c).ok()) {
@@ -585,6 +635,50 @@ impl AttnSaesApp {
         }
     }
 
+    /// Compares with a run directory (its `metrics.jsonl`) or a dashboard file (the history
+    /// it records), or says why it cannot.
+    pub fn compare_path(&mut self, path: &Path) {
+        let name = short_name(path);
+        if path.is_dir() {
+            match crate::run_log::History::read(&path.join("metrics.jsonl")) {
+                Ok((history, _)) => self.compare(name, history),
+                Err(e) => self.message(
+                    Level::Error,
+                    format!("{}: no metrics.jsonl to compare ({e})", path.display()),
+                ),
+            }
+            return;
+        }
+        match std::fs::read(path) {
+            Ok(bytes) => self.compare_bytes(name, bytes),
+            Err(e) => self.message(Level::Error, format!("reading {}: {e}", path.display())),
+        }
+    }
+
+    /// Above the curves: other runs to draw beside the open one.
+    fn compare_buttons(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            if ui
+                .button("Compare with run…")
+                .on_hover_text("draw another run's curves beside these (its metrics.jsonl)")
+                .clicked()
+                && let Some(dir) = rfd::FileDialog::new().pick_folder()
+            {
+                self.push(Command::ComparePath(dir));
+            }
+            if ui
+                .button("Compare with dashboard…")
+                .on_hover_text("draw the training curves a dashboard file records beside these")
+                .clicked()
+                && let Some(file) = rfd::FileDialog::new()
+                    .add_filter("dashboard", &["safetensors"])
+                    .pick_file()
+            {
+                self.push(Command::ComparePath(file));
+            }
+        });
+    }
+
     fn open_buttons(&mut self, ui: &mut egui::Ui) {
         if ui.button("Open run…").clicked()
             && let Some(dir) = rfd::FileDialog::new().pick_folder()
@@ -640,8 +734,11 @@ impl AttnSaesApp {
             .resume
             .as_deref()
             .and_then(run_of_checkpoint)
-            .and_then(|run| crate::run_log::History::read(&run.join("metrics.jsonl")).ok())
-            .map(|(history, _)| Curves::from_history(history))
+            .and_then(|run| {
+                let (history, _) =
+                    crate::run_log::History::read(&run.join("metrics.jsonl")).ok()?;
+                Some(Curves::from_history(short_name(&run), history))
+            })
             .unwrap_or_default();
         self.dashboard = None;
         self.native.status = JobStatus {
@@ -924,6 +1021,7 @@ fn run_of_checkpoint(dir: &Path) -> Option<PathBuf> {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn run_native(
     open: Option<PathBuf>,
+    compare: Vec<PathBuf>,
     view: Option<View>,
     train: Option<TrainRequest>,
 ) -> anyhow::Result<()> {
@@ -946,6 +1044,9 @@ pub fn run_native(
             app.native.detached = Some(slot);
             if let Some(path) = open {
                 app.push(Command::OpenPath(path));
+            }
+            for path in compare {
+                app.push(Command::ComparePath(path));
             }
             if let Some(request) = train {
                 app.push(Command::StartTraining(Box::new(request)));

@@ -1,11 +1,11 @@
 // Drives the web viewer served by `attn-saes serve` in headless Chromium (Debian's
 // /usr/bin/chromium, or $CHROMIUM) with playwright-core. Run by tests/web_viewer.rs:
-//   node tests/web/browser.mjs BASE_URL DASHBOARD_FILE CORRUPT_FILE OUT_DIR
+//   node tests/web/browser.mjs BASE_URL DASHBOARD_FILE CORRUPT_FILE OUT_DIR COMPARE_FILE
 // Prints one JSON object with what it saw; screenshots go to OUT_DIR. Exits 1 on a step
 // that fails (with the reason), so the Rust test can assert on both.
 import { chromium } from 'playwright-core';
 
-const [base, dashboardFile, corruptFile, outDir] = process.argv.slice(2);
+const [base, dashboardFile, corruptFile, outDir, compareFile] = process.argv.slice(2);
 const result = { consoleErrors: [], steps: {} };
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -102,6 +102,20 @@ result.steps.fileStatus = await waitFor('the picked file', async () => {
 });
 await page.waitForTimeout(500);
 await page.screenshot({ path: `${outDir}/web-file.png` });
+
+// Compare…: another run's dashboard; its training curves go beside the open one's.
+await page.setInputFiles('#compare', compareFile);
+result.steps.compareStatus = await waitFor('the compared file', async () => {
+  const s = await status();
+  return s.startsWith('comparing with') || s.includes('failed') ? s : null;
+});
+result.curvesShown = await waitFor('the compared curves', async () => {
+  const s = await page.evaluate(() => window.attnSaes.curves_shown());
+  return s && JSON.parse(s).compared.length ? JSON.parse(s) : null;
+});
+result.steps.compareSelection = await selection();
+await page.waitForTimeout(500);
+await page.screenshot({ path: `${outDir}/web-compare.png` });
 
 // 4. A corrupt file and a missing URL: errors in the page, the viewer still works. (The
 // 404 is a console error of its own: count the ones before.)
