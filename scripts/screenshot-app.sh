@@ -2,7 +2,8 @@
 # Screenshots of the real desktop app under Xvfb, one per view, into docs/ (or $1):
 #   scripts/screenshot-app.sh [OUT_DIR] [RUN_DIR]
 # Needs Debian's xvfb, imagemagick (import, convert) and a built release binary
-# (cargo build --release). RUN_DIR defaults to runs/latest (the main job's run).
+# (cargo build --release). RUN_DIR defaults to runs/latest (the main job's run). With
+# COMPARE=OTHER_RUN, also app-compare.png: Curves comparing RUN_DIR with OTHER_RUN.
 # Fails when a screenshot is blank (fewer than 50 distinct colours).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +21,17 @@ sleep 2
 export DISPLAY=$display
 # A private config dir: the screenshots do not depend on (or change) the user's saved state.
 export XDG_CONFIG_HOME=$(mktemp -d) XDG_DATA_HOME=$(mktemp -d)
-for view in curves features train; do
-    "$bin" app "$run" --view "$view" &
+shots="curves features train"
+[ -n "${COMPARE:-}" ] && shots+=" compare"
+for shot in $shots; do
+    if [ "$shot" = compare ]; then
+        "$bin" app "$run" --compare "$COMPARE" --view curves &
+    else
+        "$bin" app "$run" --view "$shot" &
+    fi
     app=$!
     sleep "${WAIT:-12}"
-    png="$out/app-$view.png"
+    png="$out/app-$shot.png"
     import -window root "$png"
     kill $app 2>/dev/null || true
     wait $app 2>/dev/null || true
