@@ -249,15 +249,33 @@ const COLORS: [egui::Color32; 4] = [
     egui::Color32::from_rgb(200, 100, 180),
 ];
 
-/// Compared runs' colours, by run (the same in every plot and the runs table).
-const COMPARED_COLORS: [egui::Color32; 6] = [
-    egui::Color32::from_rgb(235, 200, 80),
-    egui::Color32::from_rgb(120, 210, 220),
-    egui::Color32::from_rgb(240, 110, 110),
-    egui::Color32::from_rgb(170, 150, 240),
-    egui::Color32::from_rgb(180, 180, 180),
-    egui::Color32::from_rgb(150, 220, 120),
-];
+/// Compared runs' colours, by run (the same in every plot and the runs table): light ones
+/// on the dark theme, darker ones of the same hues on the light theme.
+fn compared_color(ui: &egui::Ui, run: usize) -> egui::Color32 {
+    const DARK_THEME: [(u8, u8, u8); 6] = [
+        (235, 200, 80),
+        (120, 210, 220),
+        (240, 110, 110),
+        (170, 150, 240),
+        (180, 180, 180),
+        (150, 220, 120),
+    ];
+    const LIGHT_THEME: [(u8, u8, u8); 6] = [
+        (160, 120, 0),
+        (0, 130, 140),
+        (190, 40, 40),
+        (110, 70, 200),
+        (100, 100, 100),
+        (50, 130, 40),
+    ];
+    let palette = if ui.visuals().dark_mode {
+        DARK_THEME
+    } else {
+        LIGHT_THEME
+    };
+    let (r, g, b) = palette[run % palette.len()];
+    egui::Color32::from_rgb(r, g, b)
+}
 
 /// A small plot of `series` against the step (x from 0 to `last_step`, linked with the
 /// others; y from 0 unless `log`). With `log`, values are plotted as log10 and the axis
@@ -295,12 +313,13 @@ fn plot(ui: &mut egui::Ui, title: &str, series: Vec<Series>, last_step: f64, log
     } else {
         p = p.include_y(0.0);
     }
+    let compared: Vec<egui::Color32> = (0..series.len()).map(|i| compared_color(ui, i)).collect();
     p.show(ui, |plot| {
         let (mut own, mut other) = (0, 0);
         for s in series {
             let color = if s.compared {
                 other += 1;
-                COMPARED_COLORS[(other - 1) % COMPARED_COLORS.len()]
+                compared[other - 1]
             } else {
                 own += 1;
                 COLORS[(own - 1) % COLORS.len()]
@@ -408,7 +427,7 @@ fn runs_table(ui: &mut egui::Ui, curves: &Curves, compared: &[Compared]) -> Opti
             for (name, h, index) in rows {
                 match index {
                     Some(i) => {
-                        let color = COMPARED_COLORS[i % COMPARED_COLORS.len()];
+                        let color = compared_color(ui, i);
                         ui.colored_label(color, format!("{name} (dashed)"));
                     }
                     None => cell(ui, name.clone()),
