@@ -174,6 +174,18 @@ enum Command {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Compare runs: each one's last logged step and last eval, a row per run (the app's
+    /// Curves table, in the terminal).
+    Compare {
+        /// Run directories (their metrics.jsonl) or dashboard files (the history they
+        /// record).
+        #[arg(required = true)]
+        runs: Vec<std::path::PathBuf>,
+        /// Print JSON instead: `[{run, step, eval}]`, the last step's and eval's metrics
+        /// (null when none was logged).
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a text through a run's model and SAE (the app's Your text, in the terminal):
     /// the features each head fires on each token, and with --pick the DFA of one.
     Text {
@@ -499,6 +511,7 @@ fn main() -> anyhow::Result<()> {
             pick,
             json,
         } => text_command(&run, &text, pick, json, cli.device)?,
+        Command::Compare { runs, json } => compare_runs(&runs, json)?,
         Command::Features {
             run,
             per_head,
@@ -828,6 +841,58 @@ fn run_harvest(
         meta.shard_rows.len(),
         out.display()
     );
+    Ok(())
+}
+
+/// `compare`: every run's history is read first (a bad path fails before anything is
+/// printed), then one row per run.
+fn compare_runs(runs: &[std::path::PathBuf], json: bool) -> anyhow::Result<()> {
+    use attn_saes::run_log::{read_history, short_name};
+    let histories = runs
+        .iter()
+        .map(|p| read_history(p).map(|h| (short_name(p), h)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if json {
+        let rows: Vec<_> = histories
+            .iter()
+            .map(|(run, h)| {
+                serde_json::json!({"run": run, "step": h.steps.last(), "eval": h.evals.last()})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let width = histories
+        .iter()
+        .map(|(n, _)| n.len())
+        .max()
+        .unwrap_or(0)
+        .max(3);
+    println!(
+        "{:width$}  {:>6} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>8} {:>8} {:>8}",
+        "run", "step", "tokens", "loss", "MSE", "L0", "EV", "dead", "coef", "lr", "CE score"
+    );
+    for (run, h) in &histories {
+        let score = h
+            .evals
+            .last()
+            .map_or("-".to_string(), |e| format!("{:.4}", e.ce_score));
+        match h.steps.last() {
+            Some(m) => println!(
+                "{run:width$}  {:>6} {:>10} {:>10.4} {:>10.4} {:>8.2} {:>6.3} {:>6} {:>8} {:>8} {score:>8}",
+                m.step,
+                m.tokens,
+                m.loss,
+                m.mse,
+                m.l0,
+                m.explained_variance,
+                m.dead_features,
+                format!("{}", m.l1_coefficient),
+                format!("{:.1e}", m.lr),
+            ),
+            None => println!("{run:width$}  (no steps logged) {score:>8}"),
+        }
+    }
     Ok(())
 }
 

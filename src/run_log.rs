@@ -104,6 +104,44 @@ impl History {
     }
 }
 
+/// A run's history: a run directory's `metrics.jsonl`, or the one a dashboard file records.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_history(path: &Path) -> anyhow::Result<History> {
+    use anyhow::Context;
+    if path.is_dir() {
+        let metrics = path.join("metrics.jsonl");
+        anyhow::ensure!(
+            metrics.is_file(),
+            "{} has no metrics.jsonl: not a run directory",
+            path.display()
+        );
+        let (history, _) =
+            History::read(&metrics).with_context(|| format!("reading {}", metrics.display()))?;
+        return Ok(history);
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = crate::dashboard::format::OwnedDashboardFile::new(bytes).with_context(|| {
+        format!(
+            "{}: neither a run directory nor a dashboard file",
+            path.display()
+        )
+    })?;
+    Ok(file.meta.history.clone())
+}
+
+/// A run's name for tables and legends: its path's last two components
+/// (`runs/latest`, `run/dashboard.safetensors`).
+pub fn short_name(path: &Path) -> String {
+    let mut parts: Vec<String> = path
+        .iter()
+        .rev()
+        .take(2)
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    parts.reverse();
+    parts.join("/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -808,3 +808,59 @@ fn curves_compare_other_runs_and_stop_comparing() {
             .is_none()
     );
 }
+
+/// `attn-saes compare`, the same comparison in the terminal.
+#[test]
+fn the_compare_command_prints_each_runs_last_metrics_and_refuses_a_bad_path() {
+    let (dir_a, dir_b) = (
+        TempDir::new("attn-saes-cli", "compare-a"),
+        TempDir::new("attn-saes-cli", "compare-b"),
+    );
+    let a = run_with_dashboard(&dir_a, 20);
+    let b = run_with_dashboard(&dir_b, 8);
+    let b_file = attn_saes::dashboard::run_dashboard_path(&b);
+    let compare = |args: &[&Path]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .arg("compare")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = compare(&[&a, &b_file, Path::new("--json")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (row, run) in rows.as_array().unwrap().iter().zip([&a, &b]) {
+        for field in ["step", "l0", "explained_variance", "loss"] {
+            assert_eq!(
+                row["step"][field].as_f64().unwrap(),
+                last_step_value(run, field),
+                "{field} of {}",
+                row["run"]
+            );
+        }
+    }
+    assert_eq!(rows[1]["run"], "run/dashboard.safetensors");
+    // The table: a row per run with its last L0 to two decimals.
+    let out = compare(&[&a, &b]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for (line, run) in lines[1..].iter().zip([&a, &b]) {
+        let l0 = format!("{:.2}", last_step_value(run, "l0"));
+        assert!(line.split_whitespace().any(|w| w == l0), "{l0} in {line}");
+    }
+    // A path that is neither a run nor a dashboard: an error, and no partial table.
+    let out = compare(&[&a, &dir_b.join("missing")]);
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing"), "{err}");
+}

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 
 use eframe::egui;
 
+#[cfg(not(target_arch = "wasm32"))]
+use crate::run_log::short_name;
 use curves::{Compared, Curves, CurvesAction, CurvesState};
 use features::{FeaturesState, LoadedDashboard};
 
@@ -638,20 +640,9 @@ impl AttnSaesApp {
     /// Compares with a run directory (its `metrics.jsonl`) or a dashboard file (the history
     /// it records), or says why it cannot.
     pub fn compare_path(&mut self, path: &Path) {
-        let name = short_name(path);
-        if path.is_dir() {
-            match crate::run_log::History::read(&path.join("metrics.jsonl")) {
-                Ok((history, _)) => self.compare(name, history),
-                Err(e) => self.message(
-                    Level::Error,
-                    format!("{}: no metrics.jsonl to compare ({e})", path.display()),
-                ),
-            }
-            return;
-        }
-        match std::fs::read(path) {
-            Ok(bytes) => self.compare_bytes(name, bytes),
-            Err(e) => self.message(Level::Error, format!("reading {}: {e}", path.display())),
+        match crate::run_log::read_history(path) {
+            Ok(history) => self.compare(short_name(path), history),
+            Err(e) => self.message(Level::Error, format!("{e:#}")),
         }
     }
 
@@ -988,19 +979,6 @@ impl AttnSaesApp {
             });
         });
     }
-}
-
-/// A file's name with its parent directory (`run/dashboard.safetensors`), for titles.
-#[cfg(not(target_arch = "wasm32"))]
-fn short_name(path: &Path) -> String {
-    let mut parts: Vec<String> = path
-        .iter()
-        .rev()
-        .take(2)
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    parts.reverse();
-    parts.join("/")
 }
 
 /// The run directory of a run or checkpoint directory.
