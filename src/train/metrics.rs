@@ -79,17 +79,27 @@ pub fn batch_stats(x: Tensor<3>, out: &StepOutput) -> BatchStats {
     }
 }
 
-/// Counts feature firings over windows of steps; features whose firing density in the last
-/// complete window is below the threshold are dead.
+/// Counts feature firings over a window of steps that slides: features whose firing
+/// density over the last `window_steps` steps is below the threshold are dead. The window
+/// is cut into sub-windows (the largest divisor of `window_steps` up to 10; 10 of 20 steps
+/// for the default 200) and moves on by one sub-window at a time, so that the dead count is
+/// at most a sub-window old instead of up to a whole window; at every multiple of
+/// `window_steps` it covers exactly the steps since the previous multiple. Before the first
+/// window is complete, the steps so far count.
 pub struct DeadFeatureTracker {
     n_heads: usize,
     features_per_head: usize,
-    window_steps: usize,
+    /// Sub-windows per window, and steps per sub-window.
+    n_sub: usize,
+    sub_steps: usize,
     threshold: f64,
-    /// Firing counts in the current window, [H, m] on the device.
+    /// Firing counts in the current sub-window, [H, m] on the device.
     counts: Option<Tensor<2>>,
     steps_in_window: usize,
     tokens_in_window: u64,
+    /// The last complete sub-windows (at most `n_sub`), oldest first: their firing counts
+    /// `[H * m]` and tokens.
+    completed: std::collections::VecDeque<(Vec<f32>, u64)>,
     /// Density of each feature over the last complete window.
     pub last_density: Option<Vec<f64>>,
 }
@@ -98,11 +108,24 @@ pub struct DeadFeatureTracker {
 /// dead features (and writes `sparsity.safetensors`) as an uninterrupted one would.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DeadWindowState {
-    /// Firing counts in the current window, `[H * m]`.
+    /// Firing counts in the current sub-window, `[H * m]`.
     pub counts: Option<Vec<f32>>,
     pub steps_in_window: usize,
     pub tokens_in_window: u64,
     pub last_density: Option<Vec<f64>>,
+    /// The last complete sub-windows (counts, tokens). Checkpoints written before the
+    /// window slid have none: such a run resumes with the last complete window's
+    /// densities and counts anew from there.
+    #[serde(default)]
+    pub completed: Option<Vec<(Vec<f32>, u64)>>,
+}
+
+/// Sub-windows of a window of `steps` steps: its largest divisor up to 10.
+fn sub_windows(steps: usize) -> usize {
+    (1..=steps.clamp(1, 10))
+        .rev()
+        .find(|d| steps.is_multiple_of(*d))
+        .unwrap_or(1)
 }
 
 impl DeadFeatureTracker {
@@ -116,6 +139,7 @@ impl DeadFeatureTracker {
             steps_in_window: self.steps_in_window,
             tokens_in_window: self.tokens_in_window,
             last_density: self.last_density.clone(),
+            completed: Some(self.completed.iter().cloned().collect()),
         })
     }
 
@@ -123,12 +147,24 @@ impl DeadFeatureTracker {
     pub fn restore(&mut self, state: DeadWindowState, device: &Device) -> anyhow::Result<()> {
         let n = self.n_heads * self.features_per_head;
         let ok = |v: Option<usize>| v.is_none_or(|len| len == n);
+        let completed = state.completed.as_deref().unwrap_or_default();
         anyhow::ensure!(
             ok(state.counts.as_ref().map(Vec::len))
-                && ok(state.last_density.as_ref().map(Vec::len)),
+                && ok(state.last_density.as_ref().map(Vec::len))
+                && completed.iter().all(|(c, _)| c.len() == n)
+                && completed.len() <= self.n_sub
+                && (state.completed.is_none() || state.steps_in_window < self.sub_steps),
             "the checkpoint's dead-feature window is not for {} features",
             n
         );
+        self.last_density = state.last_density;
+        let Some(completed) = state.completed else {
+            // An older checkpoint: its partial counts span a whole window's steps, not a
+            // sub-window's; count anew from here.
+            (self.counts, self.steps_in_window, self.tokens_in_window) = (None, 0, 0);
+            self.completed.clear();
+            return Ok(());
+        };
         self.counts = state.counts.map(|c| {
             Tensor::from_data(
                 burn::tensor::TensorData::new(c, [self.n_heads, self.features_per_head]),
@@ -137,7 +173,7 @@ impl DeadFeatureTracker {
         });
         self.steps_in_window = state.steps_in_window;
         self.tokens_in_window = state.tokens_in_window;
-        self.last_density = state.last_density;
+        self.completed = completed.into();
         Ok(())
     }
 
@@ -147,16 +183,25 @@ impl DeadFeatureTracker {
         window_steps: usize,
         threshold: f64,
     ) -> Self {
+        let window_steps = window_steps.max(1);
+        let n_sub = sub_windows(window_steps);
         Self {
             n_heads,
             features_per_head,
-            window_steps: window_steps.max(1),
+            n_sub,
+            sub_steps: window_steps / n_sub,
             threshold,
             counts: None,
             steps_in_window: 0,
             tokens_in_window: 0,
+            completed: Default::default(),
             last_density: None,
         }
+    }
+
+    /// Steps between two moves of the window (a sub-window).
+    pub fn slide_steps(&self) -> usize {
+        self.sub_steps
     }
 
     /// Adds a batch's firings per feature [H, m] over `b` tokens.
@@ -167,34 +212,52 @@ impl DeadFeatureTracker {
         });
         self.steps_in_window += 1;
         self.tokens_in_window += b as u64;
-        if self.steps_in_window >= self.window_steps {
-            self.close_window();
+        if self.steps_in_window >= self.sub_steps {
+            self.close_sub_window();
         }
     }
 
-    fn close_window(&mut self) {
+    fn close_sub_window(&mut self) {
         if let Some(c) = self.counts.take() {
-            let tokens = self.tokens_in_window.max(1) as f64;
             let counts = host(c.reshape([self.n_heads * self.features_per_head]));
-            self.last_density = Some(counts.into_iter().map(|n| n / tokens).collect());
+            let counts = counts.into_iter().map(|x| x as f32).collect();
+            self.completed.push_back((counts, self.tokens_in_window));
+            if self.completed.len() > self.n_sub {
+                self.completed.pop_front();
+            }
+            if self.completed.len() == self.n_sub {
+                self.last_density = Some(self.sum_density(None));
+            }
         }
         self.steps_in_window = 0;
         self.tokens_in_window = 0;
     }
 
-    /// Densities to judge by: the last complete window, or the current partial one.
+    /// Densities over the completed sub-windows, plus `current` (counts, tokens).
+    fn sum_density(&self, current: Option<(Vec<f64>, u64)>) -> Vec<f64> {
+        let n = self.n_heads * self.features_per_head;
+        let (mut sum, mut tokens) = current.unwrap_or_else(|| (vec![0.0; n], 0));
+        for (c, t) in &self.completed {
+            sum.iter_mut().zip(c).for_each(|(s, &x)| *s += x as f64);
+            tokens += t;
+        }
+        let tokens = tokens.max(1) as f64;
+        sum.into_iter().map(|x| x / tokens).collect()
+    }
+
+    /// Densities to judge by: the last complete window, or the steps so far before one is.
     pub fn density(&self) -> Option<Vec<f64>> {
         if let Some(d) = &self.last_density {
             return Some(d.clone());
         }
-        let c = self.counts.clone()?;
-        let tokens = self.tokens_in_window.max(1) as f64;
-        Some(
-            host(c.reshape([self.n_heads * self.features_per_head]))
-                .into_iter()
-                .map(|n| n / tokens)
-                .collect(),
-        )
+        if self.counts.is_none() && self.completed.is_empty() {
+            return None;
+        }
+        let current = self.counts.clone().map(|c| {
+            let n = self.n_heads * self.features_per_head;
+            (host(c.reshape([n])), self.tokens_in_window)
+        });
+        Some(self.sum_density(current))
     }
 
     /// Dead features, total and per head.
@@ -300,6 +363,90 @@ mod tests {
             }
         }
         assert!((stats.explained_variance - (1.0 - num / den)).abs() < 1e-5);
+    }
+
+    /// Per step, each feature's firings over `b` tokens: feature `i` fires on a token with
+    /// probability `i / n`, so that the first ones are dead or nearly.
+    fn firings(rng: &mut Rng, n: usize, b: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                (0..b)
+                    .filter(|_| rng.uniform() < i as f64 / n as f64 / 4.0)
+                    .count() as f32
+            })
+            .collect()
+    }
+
+    /// Densities over `steps` (1-based, inclusive), recounted from the log.
+    fn recount(log: &[(Vec<f32>, usize)], steps: std::ops::RangeInclusive<usize>) -> Vec<f64> {
+        let n = log[0].0.len();
+        let mut sum = vec![0f64; n];
+        let mut tokens = 0;
+        for (fired, b) in &log[steps.start() - 1..*steps.end()] {
+            sum.iter_mut().zip(fired).for_each(|(s, &f)| *s += f as f64);
+            tokens += b;
+        }
+        sum.into_iter().map(|x| x / tokens as f64).collect()
+    }
+
+    #[test]
+    fn the_dead_window_slides_by_sub_windows_and_equals_a_recount() {
+        assert_eq!(
+            [200, 20, 1000, 7, 13, 12, 1].map(sub_windows),
+            [10, 10, 10, 7, 1, 6, 1]
+        );
+        let device = Device::flex();
+        let (h, m, w, threshold) = (2, 6, 20, 0.02);
+        let mut rng = Rng::new(3);
+        let mut tracker = DeadFeatureTracker::new(h, m, w, threshold);
+        assert_eq!(tracker.slide_steps(), 2);
+        let mut resumed: Option<DeadFeatureTracker> = None;
+        let mut log = Vec::new();
+        for step in 1..=71 {
+            let b = 5 + step % 4;
+            let fired = firings(&mut rng, h * m, b);
+            log.push((fired.clone(), b));
+            let t = || Tensor::from_data(TensorData::new(fired.clone(), [h, m]), &device);
+            tracker.observe(t(), b);
+            // The window: the last `w` steps up to the last complete sub-window, or every
+            // step so far before `w` steps.
+            let want = if step < w {
+                recount(&log, 1..=step)
+            } else {
+                let end = step - step % 2;
+                recount(&log, end - w + 1..=end)
+            };
+            assert_eq!(tracker.density().unwrap(), want, "step {step}");
+            let dead: Vec<usize> = (0..h)
+                .map(|hd| {
+                    want[hd * m..(hd + 1) * m]
+                        .iter()
+                        .filter(|&&d| d < threshold)
+                        .count()
+                })
+                .collect();
+            assert_eq!(tracker.dead(), (dead.iter().sum(), dead), "step {step}");
+            // A tracker restored from a checkpoint mid-sub-window goes on identically.
+            if let Some(r) = &mut resumed {
+                r.observe(t(), b);
+                assert_eq!(r.density(), tracker.density(), "resumed, step {step}");
+            }
+            if step == 33 {
+                let mut r = DeadFeatureTracker::new(h, m, w, threshold);
+                r.restore(tracker.state().unwrap(), &device).unwrap();
+                resumed = Some(r);
+            }
+        }
+        // A checkpoint from before the window slid: the last complete window's densities
+        // stand until a new window is complete.
+        let mut old = tracker.state().unwrap();
+        old.completed = None;
+        let mut r = DeadFeatureTracker::new(h, m, w, threshold);
+        r.restore(old, &device).unwrap();
+        assert_eq!(r.density(), tracker.density());
+        // A state of another size is refused.
+        let mut other = DeadFeatureTracker::new(h, m + 1, w, threshold);
+        assert!(other.restore(tracker.state().unwrap(), &device).is_err());
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub enum TrainEvent {
     Status(String),
     Step(Box<StepMetrics>),
     Eval(Box<EvalMetrics>),
-    /// Feature density histogram `(log10 density bin centre, count)` at a window's end.
+    /// Feature density histogram `(log10 density bin centre, count)` over the dead-feature
+    /// window, each time it moves on.
     Density {
         step: usize,
         histogram: Vec<(f64, usize)>,

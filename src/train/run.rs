@@ -346,7 +346,7 @@ impl<'a> Trainer<'a> {
         if done.is_multiple_of(config.log_every) || is_last {
             self.log_step(x, &out, lr, l1)?;
         }
-        if done.is_multiple_of(config.dead_window_steps.max(1))
+        if done.is_multiple_of(self.dead.slide_steps())
             && let Some(density) = &self.dead.last_density
         {
             let histogram = metrics::density_histogram(density, 40);
