@@ -89,7 +89,8 @@ enum Command {
         args: TrainArgs,
     },
     /// Harvest hook_z activations into an on-disk cache that `train --activation-cache`
-    /// reads, so sweeps reuse one harvest.
+    /// reads, so sweeps reuse one harvest. It starts after the first --eval-windows
+    /// windows, which the runs hold out for their CE evaluation.
     Harvest {
         #[command(flatten)]
         args: TrainArgs,
@@ -803,12 +804,21 @@ fn run_harvest(
         drop_bos: config.drop_bos,
         z_convention: config.z_convention,
     };
+    // The first --eval-windows windows are held out for the CE evaluation of the runs
+    // that will train on this cache: skip them, as training from the LM does.
+    let (_, start) = attn_saes::data::windows::ContextWindows::first(
+        &corpus,
+        &loaded.tokenizer,
+        config.context_size,
+        mc.bos_token_id,
+        config.eval_windows,
+    )?;
     let mut store = ActivationStore::from_lm(
         store_config,
         &loaded.transformer,
         &corpus,
         &loaded.tokenizer,
-        Default::default(),
+        start,
         config.seed,
         &selected.device,
     )?;
@@ -822,6 +832,7 @@ fn run_harvest(
         drop_bos: config.drop_bos,
         dataset: config.dataset.display().to_string(),
         shard_rows: vec![],
+        held_out_windows: Some(config.eval_windows),
     };
     let bar = indicatif::ProgressBar::new(tokens as u64);
     bar.set_style(
@@ -835,11 +846,13 @@ fn run_harvest(
     })?;
     bar.finish_and_clear();
     println!(
-        "wrote {} tokens of layer {} hook_z in {} shards to {}",
+        "wrote {} tokens of layer {} hook_z in {} shards to {} (after the first {} windows, \
+         held out for CE evaluation)",
         meta.shard_rows.iter().sum::<usize>(),
         meta.hook_layer,
         meta.shard_rows.len(),
-        out.display()
+        out.display(),
+        config.eval_windows
     );
     Ok(())
 }

@@ -885,17 +885,32 @@ fn training_from_an_activation_cache() {
         drop_bos: true,
         z_convention: Default::default(),
     };
+    // As `harvest` does: the store starts after the windows the run holds out for its CE
+    // evaluation.
+    let (held_out, start) = ContextWindows::first(
+        &corpus,
+        &loaded.tokenizer,
+        16,
+        loaded.transformer.config.bos_token_id,
+        cfg.eval_windows,
+    )
+    .unwrap();
+    assert_eq!(held_out.len(), 2);
     let mut store = ActivationStore::from_lm(
         store_cfg.clone(),
         &loaded.transformer,
         &corpus,
         &loaded.tokenizer,
-        Default::default(),
+        start,
         0,
         &device,
     )
     .unwrap();
-    let meta = tiny_cache_meta();
+    let meta = attn_saes::data::store::CacheMeta {
+        dataset: cfg.dataset.display().to_string(),
+        held_out_windows: Some(cfg.eval_windows),
+        ..tiny_cache_meta()
+    };
     let cache_dir = dir.join("acts");
     let mut progress = Vec::new();
     let meta = write_cache(&mut store, meta, &cache_dir, 1000, 300, |n| {
@@ -904,8 +919,8 @@ fn training_from_an_activation_cache() {
     .unwrap();
     assert_eq!(meta.shard_rows, vec![300, 300, 300, 100]);
     assert_eq!(progress, vec![300, 600, 900, 1000]);
-    // Every cached row is the LM's own hook_z: the store started at the start of the
-    // corpus, so the shards hold the first windows' rows in corpus order, BOS dropped
+    // Every cached row is the LM's own hook_z: the store started after the two held-out
+    // windows, so the shards hold the next windows' rows in corpus order, BOS dropped
     // (15 rows per window), unshuffled.
     let cached: Vec<f64> = meta
         .shard_rows
@@ -933,6 +948,7 @@ fn training_from_an_activation_cache() {
         true,
     )
     .unwrap()
+    .skip(2)
     .take(n_windows)
     .map(|w| w.unwrap().0)
     .collect();
@@ -970,6 +986,45 @@ fn training_from_an_activation_cache() {
         })
         .collect();
     assert!(mses.last().unwrap() < mses.first().unwrap());
+    // A cache that holds the held-out windows (one written before harvests skipped them,
+    // or one that skipped fewer) is refused: the run would be evaluated on data it trained
+    // on. Without evaluation windows it is fine.
+    let meta_path = cache_dir.join("activations.json");
+    let honest = std::fs::read_to_string(&meta_path).unwrap();
+    for (skipped, wanted) in [
+        ("null", "starts at the corpus's first window"),
+        ("1", "skipped only 1 windows"),
+    ] {
+        let mut v: serde_json::Value = serde_json::from_str(&honest).unwrap();
+        v["held_out_windows"] = serde_json::from_str(skipped).unwrap();
+        std::fs::write(&meta_path, v.to_string()).unwrap();
+        let (refused, _) = run(
+            TrainConfig {
+                activation_cache: Some(cache_dir.clone()),
+                out_dir: dir.join(format!("leaky-{skipped}")),
+                ..cfg.clone()
+            },
+            None,
+            RunControl::default(),
+        );
+        let msg = format!("{:#}", refused.expect_err("a leaky cache must be refused"));
+        assert!(
+            msg.contains(wanted) && msg.contains("evaluated on data it trained on"),
+            "{msg}"
+        );
+        let (fine, _) = run(
+            TrainConfig {
+                activation_cache: Some(cache_dir.clone()),
+                eval_windows: 0,
+                out_dir: dir.join(format!("no-eval-{skipped}")),
+                ..cfg.clone()
+            },
+            None,
+            RunControl::default(),
+        );
+        fine.unwrap();
+    }
+    std::fs::write(&meta_path, honest).unwrap();
     // A cache of another layer is refused.
     let (wrong, _) = run(
         TrainConfig {

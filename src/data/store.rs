@@ -178,6 +178,14 @@ impl<'a> ActivationStore<'a> {
         Ok(store)
     }
 
+    /// The cache's metadata, when the store reads one.
+    pub fn cache_meta(&self) -> Option<&CacheMeta> {
+        match &self.source {
+            Source::Cache(reader) => Some(&reader.meta),
+            _ => None,
+        }
+    }
+
     /// Checks that the store serves rows of `n_heads x d_head` (the shape `model` expects).
     pub fn check_row_shape(
         &self,
@@ -501,6 +509,53 @@ pub struct CacheMeta {
     pub drop_bos: bool,
     pub dataset: String,
     pub shard_rows: Vec<usize>,
+    /// Context windows at the corpus's start that the harvest skipped: the ones a run
+    /// holds out for its CE evaluation (`--eval-windows`). Absent in caches written before
+    /// harvests skipped them: those start at the corpus's first window.
+    #[serde(default)]
+    pub held_out_windows: Option<usize>,
+}
+
+impl CacheMeta {
+    /// Refuses a cache that holds windows a run evaluates on: the first `eval_windows`
+    /// windows of `context_size` tokens of `dataset`, when that is the cache's corpus.
+    pub fn check_held_out(
+        &self,
+        dir: &Path,
+        dataset: &Path,
+        context_size: usize,
+        eval_windows: usize,
+    ) -> anyhow::Result<()> {
+        let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        };
+        if eval_windows == 0 || !same(Path::new(&self.dataset), dataset) {
+            return Ok(());
+        }
+        let skipped = self.held_out_windows.unwrap_or(0);
+        if self.context_size == context_size && skipped >= eval_windows {
+            return Ok(());
+        }
+        let holds = match self.held_out_windows {
+            None => "starts at the corpus's first window (it was harvested before harvests \
+                     skipped the held-out windows)"
+                .to_string(),
+            Some(n) if self.context_size != context_size => format!(
+                "skipped {n} windows of {} tokens, not this run's {context_size}-token ones",
+                self.context_size
+            ),
+            Some(n) => format!("skipped only {n} windows"),
+        };
+        bail!(
+            "{}: the cache {holds}, but this run holds out the first {eval_windows} windows of \
+             {} for its CE evaluation (--eval-windows), so it would be evaluated on data it \
+             trained on: harvest the cache again with this run's --eval-windows and \
+             --context-size, or train with --eval-windows 0",
+            dir.display(),
+            dataset.display()
+        )
+    }
 }
 
 pub const CACHE_META: &str = "activations.json";

@@ -535,13 +535,24 @@ fn open_store<'a, 'scope>(
         .harvest_in_background
         .unwrap_or(*device != Device::flex());
     Ok(match (&config.activation_cache, &plan.corpus) {
-        (Some(dir), _) => ActivationStore::from_cache_for_model(
-            plan.store_config(),
-            dir,
-            mc,
-            config.seed,
-            device,
-        )?,
+        (Some(dir), _) => {
+            let store = ActivationStore::from_cache_for_model(
+                plan.store_config(),
+                dir,
+                mc,
+                config.seed,
+                device,
+            )?;
+            if let Some(meta) = store.cache_meta() {
+                meta.check_held_out(
+                    dir,
+                    &config.dataset,
+                    config.context_size,
+                    plan.eval_windows.len(),
+                )?;
+            }
+            store
+        }
         (None, Some(corpus)) => {
             let store = ActivationStore::from_lm(
                 plan.store_config(),

@@ -106,6 +106,7 @@ pub fn tiny_cache_meta() -> attn_saes::data::store::CacheMeta {
         drop_bos: true,
         dataset: "corpus".into(),
         shard_rows: vec![],
+        held_out_windows: Some(0),
     }
 }
 
