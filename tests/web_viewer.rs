@@ -112,6 +112,20 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         assert_eq!(row["last"]["l0"].as_f64().unwrap(), last.l0, "{shown}");
     }
     assert_eq!(shown["compared"][0]["name"], "run-b.safetensors");
+    // ?compare=URL: the served dashboard beside itself.
+    let by_url = &result["compareByUrl"];
+    assert_eq!(
+        by_url["compared"][0]["name"], "dashboard.safetensors",
+        "{by_url}"
+    );
+    assert_eq!(
+        by_url["compared"][0]["last"], by_url["open"]["last"],
+        "{by_url}"
+    );
+    assert_eq!(
+        by_url["open"]["last"]["step"],
+        d.meta.history.steps.last().unwrap().step
+    );
     assert_eq!(shown["compared"][0]["last"]["step"], 12);
     for png in [
         "web-features.png",

@@ -54,6 +54,15 @@ result.steps.initialSelection = await waitFor('the first feature', async () => {
 });
 result.steps.loadMs = Date.now() - t0;
 
+// ?compare=: another dashboard's curves beside the open one's (here the same file).
+const comparing = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+await comparing.goto(`${base}/?url=dashboard.safetensors&compare=dashboard.safetensors`);
+result.compareByUrl = await waitFor('?compare=', async () => {
+  const s = await comparing.evaluate(() => window.attnSaes && window.attnSaes.curves_shown());
+  return s && JSON.parse(s).compared.length ? JSON.parse(s) : null;
+});
+await comparing.close();
+
 // 2. Keyboard: two heads right, one feature down. A key pressed before the canvas has
 // focus (or while the page is busy) can be lost: press again only after a quiet wait with
 // no change, so a slow key is not counted twice.
