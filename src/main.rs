@@ -75,6 +75,10 @@ enum Command {
         /// Serve the dashboard only: not the model and SAE that Your text runs in the page.
         #[arg(long)]
         no_live: bool,
+        /// Another run directory or dashboard file whose training curves the page draws
+        /// beside this one's (repeatable; served too, and named in the printed URL).
+        #[arg(long)]
+        compare: Vec<std::path::PathBuf>,
     },
     /// Train a block-diagonal SAE on hook_z of one layer: in the app's window (live curves,
     /// then the dashboards), or in the terminal with `--headless`.
@@ -331,9 +335,11 @@ fn main() -> anyhow::Result<()> {
             host,
             web_dir,
             no_live,
+            compare,
         } => {
             use attn_saes::serve;
             let dashboard = serve::dashboard_of(&path)?;
+            let compared = serve::compared_files(&compare)?;
             let web_dir = serve::find_web_dir(web_dir.as_deref())?;
             // Your text in the page: the inference bundle, and the model and SAE the
             // dashboard was built from. Without either the page still browses dashboards.
@@ -359,6 +365,7 @@ fn main() -> anyhow::Result<()> {
                 dashboard,
                 web_dir,
                 live,
+                compared,
             };
             let (listener, url) = serve::bind(&host, port)?;
             println!(
@@ -381,6 +388,10 @@ fn main() -> anyhow::Result<()> {
                 }
                 None => url,
             };
+            for (url, file) in &site.compared {
+                println!("  {url}: {}", file.display());
+            }
+            let url = serve::compare_url(&url, &site.compared);
             println!("open {url}  (Ctrl-C stops)");
             serve::serve(listener, site)?;
         }

@@ -39,6 +39,9 @@ pub struct Site {
     pub web_dir: PathBuf,
     pub dashboard: PathBuf,
     pub live: Option<LiveSite>,
+    /// Other runs' dashboards, whose curves the page draws beside the dashboard's: URL
+    /// path (`/compare/0/l1-1.safetensors`) -> file.
+    pub compared: Vec<(String, PathBuf)>,
 }
 
 /// The model and SAE files served for the page's live analysis (under `live/model/` and
@@ -181,6 +184,43 @@ pub fn dashboard_of(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(file)
 }
 
+/// The dashboards of `paths` (run directories or dashboard files) to serve for the page to
+/// compare with: each under `/compare/{i}/{name}.safetensors`, `name` being the run
+/// directory's name or the file's stem (characters other than letters, digits, `.`, `_`
+/// and `-` become `_`), which the page shows.
+pub fn compared_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, path)| {
+            let file = dashboard_of(path)?;
+            let named = if path.is_dir() {
+                path.file_name()
+            } else {
+                path.file_stem()
+            };
+            let name: String = named
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+                .chars()
+                .map(|c| match c {
+                    'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+                    _ => '_',
+                })
+                .collect();
+            let name = if name.is_empty() { "run".into() } else { name };
+            Ok((format!("/compare/{i}/{name}.safetensors"), file))
+        })
+        .collect()
+}
+
+/// `url` with a `&compare=` parameter for each compared dashboard.
+pub fn compare_url(url: &str, compared: &[(String, PathBuf)]) -> String {
+    compared.iter().fold(url.to_string(), |url, (path, _)| {
+        format!("{url}&compare={}", path.trim_start_matches('/'))
+    })
+}
+
 /// Binds `host:port` (port 0: any free port) and returns the listener with the viewer's
 /// URL for the dashboard.
 pub fn bind(host: &str, port: u16) -> anyhow::Result<(TcpListener, String)> {
@@ -222,6 +262,9 @@ fn route(site: &Site, path: &str) -> Option<(Body, &'static str)> {
     let path = path.split(['?', '#']).next().unwrap_or("");
     if path == format!("/{DASHBOARD_NAME}") {
         return Some((Body::File(site.dashboard.clone()), OCTETS));
+    }
+    if let Some((_, file)) = site.compared.iter().find(|(url, _)| url == path) {
+        return Some((Body::File(file.clone()), OCTETS));
     }
     if let Some(live) = &site.live {
         if path == format!("/{MANIFEST_NAME}") {
@@ -315,6 +358,10 @@ mod tests {
                 manifest: "{}".into(),
                 changed: vec![],
             }),
+            compared: vec![(
+                "/compare/0/l1-1.safetensors".into(),
+                PathBuf::from("/runs/l1-1/dashboard.safetensors"),
+            )],
         }
     }
 
@@ -353,7 +400,22 @@ mod tests {
             route(&s, "/live/model/m.gguf").unwrap().0,
             file("/models/m.gguf")
         );
+        assert_eq!(
+            route(&s, "/compare/0/l1-1.safetensors").unwrap(),
+            (
+                file("/runs/l1-1/dashboard.safetensors"),
+                "application/octet-stream"
+            )
+        );
+        assert_eq!(
+            compare_url("http://h/?url=dashboard.safetensors", &s.compared),
+            "http://h/?url=dashboard.safetensors&compare=compare/0/l1-1.safetensors"
+        );
         for bad in [
+            "/compare/1/l1-1.safetensors",
+            "/compare/0/../l1-1.safetensors",
+            "/compare/0/",
+            "/compare/",
             "/live/model/../m.gguf",
             "/live/model/other.gguf",
             "/live/sae/m.gguf",

@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use attn_saes::dashboard::format::OwnedDashboardFile;
@@ -37,7 +38,12 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
     let compare = dir.join("run-b.safetensors");
     std::fs::copy(attn_saes::dashboard::run_dashboard_path(&run_b), &compare).unwrap();
 
-    let server = Server::start(&run);
+    let server = Server::start_with(&run, &[Path::new("--compare"), &run_b]);
+    assert!(
+        server.url.ends_with("&compare=compare/0/run.safetensors"),
+        "{}",
+        server.url
+    );
     let url = server.base.clone();
 
     let shots = dir.join("shots");
@@ -47,6 +53,7 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         .args([&url, file.to_str().unwrap(), corrupt.to_str().unwrap()])
         .arg(&shots)
         .arg(&compare)
+        .arg(&server.url)
         .output()
         .unwrap();
     drop(server);
@@ -112,20 +119,14 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         assert_eq!(row["last"]["l0"].as_f64().unwrap(), last.l0, "{shown}");
     }
     assert_eq!(shown["compared"][0]["name"], "run-b.safetensors");
-    // ?compare=URL: the served dashboard beside itself.
+    // ?compare=URL, from `serve --compare`: run B's file beside the run's.
     let by_url = &result["compareByUrl"];
-    assert_eq!(
-        by_url["compared"][0]["name"], "dashboard.safetensors",
-        "{by_url}"
-    );
-    assert_eq!(
-        by_url["compared"][0]["last"], by_url["open"]["last"],
-        "{by_url}"
-    );
-    assert_eq!(
-        by_url["open"]["last"]["step"],
-        d.meta.history.steps.last().unwrap().step
-    );
+    assert_eq!(by_url["compared"][0]["name"], "run.safetensors", "{by_url}");
+    for (row, file) in [(&by_url["open"], &d), (&by_url["compared"][0], &b)] {
+        let last = file.meta.history.steps.last().unwrap();
+        assert_eq!(row["last"]["step"], last.step, "{by_url}");
+        assert_eq!(row["last"]["l0"].as_f64().unwrap(), last.l0, "{by_url}");
+    }
     assert_eq!(shown["compared"][0]["last"]["step"], 12);
     for png in [
         "web-features.png",

@@ -60,9 +60,15 @@ pub struct Server {
 
 impl Server {
     pub fn start(path: &Path) -> Self {
+        Self::start_with(path, &[])
+    }
+
+    /// With more `serve` arguments (`--compare OTHER`).
+    pub fn start_with(path: &Path, args: &[&Path]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_attn-saes"))
             .args(["serve", path.to_str().unwrap(), "--port", "0", "--web-dir"])
             .arg(root().join("web/dist"))
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

@@ -1,11 +1,12 @@
 // Drives the web viewer served by `attn-saes serve` in headless Chromium (Debian's
 // /usr/bin/chromium, or $CHROMIUM) with playwright-core. Run by tests/web_viewer.rs:
-//   node tests/web/browser.mjs BASE_URL DASHBOARD_FILE CORRUPT_FILE OUT_DIR COMPARE_FILE
+//   node tests/web/browser.mjs BASE_URL DASHBOARD_FILE CORRUPT_FILE OUT_DIR COMPARE_FILE SERVED_URL
+// (SERVED_URL: the URL `serve --compare` printed, which names the compared dashboards).
 // Prints one JSON object with what it saw; screenshots go to OUT_DIR. Exits 1 on a step
 // that fails (with the reason), so the Rust test can assert on both.
 import { chromium } from 'playwright-core';
 
-const [base, dashboardFile, corruptFile, outDir, compareFile] = process.argv.slice(2);
+const [base, dashboardFile, corruptFile, outDir, compareFile, servedUrl] = process.argv.slice(2);
 const result = { consoleErrors: [], steps: {} };
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -54,9 +55,10 @@ result.steps.initialSelection = await waitFor('the first feature', async () => {
 });
 result.steps.loadMs = Date.now() - t0;
 
-// ?compare=: another dashboard's curves beside the open one's (here the same file).
+// ?compare=: another run's curves beside the open one's, as `serve --compare` serves them
+// and names them in its URL.
 const comparing = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-await comparing.goto(`${base}/?url=dashboard.safetensors&compare=dashboard.safetensors`);
+await comparing.goto(servedUrl);
 result.compareByUrl = await waitFor('?compare=', async () => {
   const s = await comparing.evaluate(() => window.attnSaes && window.attnSaes.curves_shown());
   return s && JSON.parse(s).compared.length ? JSON.parse(s) : null;
