@@ -82,11 +82,6 @@ pub enum Command {
     /// A run directory or a dashboard file.
     #[cfg(not(target_arch = "wasm32"))]
     OpenPath(PathBuf),
-    /// A dashboard file's bytes whose training history is drawn beside the open run's.
-    CompareBytes {
-        name: String,
-        bytes: Vec<u8>,
-    },
     /// A run directory (its `metrics.jsonl`) or a dashboard file to compare with.
     #[cfg(not(target_arch = "wasm32"))]
     ComparePath(PathBuf),
@@ -229,14 +224,6 @@ impl AttnSaesApp {
         self.ui.view = View::Curves;
     }
 
-    /// Compares with the run a dashboard file records (its training history).
-    pub fn compare_bytes(&mut self, name: String, bytes: Vec<u8>) {
-        match LoadedDashboard::new(name.clone(), bytes) {
-            Ok(d) => self.compare(name, d.file.meta.history.clone()),
-            Err(e) => self.message(Level::Error, format!("{name}: {e}")),
-        }
-    }
-
     /// Shows a parsed dashboard; its history becomes the curves unless a run's are shown.
     pub fn open_loaded(&mut self, d: LoadedDashboard) {
         if self.curves.is_empty() {
@@ -288,7 +275,6 @@ impl AttnSaesApp {
             }
             #[cfg(not(target_arch = "wasm32"))]
             Command::BuildDashboards => self.build_dashboards(),
-            Command::CompareBytes { name, bytes } => self.compare_bytes(name, bytes),
             #[cfg(not(target_arch = "wasm32"))]
             Command::ComparePath(path) => self.compare_path(&path),
             Command::SetView(v) => self.ui.view = v,

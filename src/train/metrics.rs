@@ -219,8 +219,8 @@ impl DeadFeatureTracker {
 
     fn close_sub_window(&mut self) {
         if let Some(c) = self.counts.take() {
-            let counts = host(c.reshape([self.n_heads * self.features_per_head]));
-            let counts = counts.into_iter().map(|x| x as f32).collect();
+            let n = self.n_heads * self.features_per_head;
+            let counts = crate::files::host_vec(c.reshape([n])).unwrap_or_default();
             self.completed.push_back((counts, self.tokens_in_window));
             if self.completed.len() > self.n_sub {
                 self.completed.pop_front();
