@@ -57,6 +57,13 @@ pub struct TrainArgs {
     pub l1_coefficient: Option<f64>,
     #[arg(long)]
     pub jumprelu_bandwidth: Option<f64>,
+    /// AuxK loss coefficient: dead features learn to reconstruct the live ones' error
+    /// (topk and batch-topk; default 1/32, 0 = off).
+    #[arg(long)]
+    pub aux_k_coefficient: Option<f64>,
+    /// Dead features per token and head in the AuxK loss (default d_head / 2).
+    #[arg(long)]
+    pub aux_k: Option<usize>,
     #[arg(long)]
     pub l1_warmup_steps: Option<usize>,
     #[arg(long)]

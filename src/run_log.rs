@@ -22,6 +22,10 @@ pub struct StepMetrics {
     pub lr: f64,
     pub l1_coefficient: f64,
     pub steps_per_s: f64,
+    /// The AuxK term of the step's loss, without its coefficient (TopK and BatchTopK runs
+    /// with AuxK, once a whole dead-feature window has passed; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aux_loss: Option<f64>,
 }
 
 /// CE loss of one head spliced (or ablated) alone.
@@ -164,6 +168,7 @@ mod tests {
             lr: 0.0,
             l1_coefficient: 0.0,
             steps_per_s: 0.0,
+            aux_loss: None,
         };
         let h = History {
             steps: (0..1001).map(step).collect(),

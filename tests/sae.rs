@@ -201,6 +201,7 @@ fn batch_metrics_of_a_forward_pass_match_pytorch() {
         fired,
         resid_sq,
         recon_sq,
+        aux: None,
     };
     check_batch_metrics("forward", f.x.clone(), &step, &f.reference);
 }
@@ -373,6 +374,41 @@ fn topk_and_batchtopk_match_pytorch_and_keep_k() {
     let feats = activate(pre, Architecture::TopK { k: 4 });
     let counts = values(feats.greater_elem(0.0).float().sum_dim(2));
     assert!(counts.iter().all(|&n| n == 4.0), "{counts:?}");
+}
+
+/// TopK and BatchTopK activations on every test device equal an exact selection on the
+/// host, for small and large `k` (burn's `topk` on wgpu gave wrong values for large `k`,
+/// which BatchTopK's `k x B` always is: `attn_saes::sae::kth_largest`).
+#[test]
+fn topk_and_batchtopk_activations_are_exact_on_every_device() {
+    let (h, b, m) = (2, 40, 300);
+    let mut rng = attn_saes::rng::Rng::new(3);
+    let pre: Vec<f32> = (0..h * b * m).map(|_| rng.normal() as f32).collect();
+    // The host's answer: values at or above the k-th largest of each row, ReLU.
+    let keep = |rows: &[f32], k: usize| -> Vec<f64> {
+        let mut sorted = rows.to_vec();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let kth = sorted[k - 1];
+        rows.iter()
+            .map(|&v| if v >= kth { v.max(0.0) as f64 } else { 0.0 })
+            .collect()
+    };
+    for (name, device) in test_devices() {
+        let t = Tensor::<3>::from_data(TensorData::new(pre.clone(), [h, b, m]), &device);
+        for k in [1, 8, 9, 64, 128, 250] {
+            let got = values(activate(t.clone(), Architecture::TopK { k }));
+            let want: Vec<f64> = pre.chunks(m).flat_map(|row| keep(row, k)).collect();
+            assert_close(&format!("{name} TopK k {k}"), &got, &want, 0.0);
+        }
+        for k in [1, 3, 40] {
+            let got = values(activate(t.clone(), Architecture::BatchTopK { k }));
+            let want: Vec<f64> = pre
+                .chunks(b * m)
+                .flat_map(|head| keep(head, k * b))
+                .collect();
+            assert_close(&format!("{name} BatchTopK k {k}"), &got, &want, 0.0);
+        }
+    }
 }
 
 #[test]

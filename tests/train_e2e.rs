@@ -692,6 +692,23 @@ fn topk_and_batchtopk_train_on_the_fused_cpu_step_and_resume_exactly() {
                 .iter()
                 .all(|&l0| l0 <= k as f64 && l0 > 0.0)
         );
+        // AuxK is on by default: its term is logged once the first 20-step dead-feature
+        // window has passed (there are dead features by then), never before.
+        let steps: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                TrainEvent::Step(m) => Some(m.as_ref().clone()),
+                _ => None,
+            })
+            .collect();
+        for m in &steps {
+            assert_eq!(m.aux_loss.is_some(), m.step > 20, "{tag} step {}", m.step);
+        }
+        println!(
+            "{tag}: AuxK term at the last step {:?}, dead {}",
+            last.aux_loss, last.dead_features
+        );
+        assert!(last.dead_features > 0 && last.aux_loss.unwrap() > 0.0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
@@ -713,6 +730,8 @@ fn the_wgsl_step_on_wgpu_trains_and_resumes_exactly() {
         let cfg = move |dir: &Path| TrainConfig {
             architecture,
             k: 3,
+            // The WGSL step has no AuxK (a run with it trains through autodiff, below).
+            aux_k_coefficient: Some(0.0),
             device: attn_saes::device::DeviceChoice::Wgpu,
             ..config(dir, 40)
         };
@@ -734,6 +753,58 @@ fn the_wgsl_step_on_wgpu_trains_and_resumes_exactly() {
         assert!(last.mse < 0.8 * first.mse, "{tag}: the MSE did not fall");
         std::fs::remove_dir_all(dir).unwrap();
     }
+}
+
+/// A TopK run with AuxK (the default) on wgpu trains through autodiff, says why, logs the
+/// AuxK term, and a resumed run has it from its first step (the dead-feature window comes
+/// back from the checkpoint). Not bit for bit: burn's autodiff on wgpu is not (two
+/// uninterrupted runs already differ in the last digits of step 3's loss).
+#[test]
+fn topk_with_aux_k_on_wgpu_trains_through_autodiff_and_resumes() {
+    use attn_saes::train::config::ArchitectureKind;
+    if common::wgpu_device("AuxK on wgpu").is_none() {
+        return;
+    }
+    let cfg = |dir: &Path| TrainConfig {
+        architecture: ArchitectureKind::Topk,
+        k: 3,
+        device: attn_saes::device::DeviceChoice::Wgpu,
+        ..config(dir, 40)
+    };
+    let dir = temp_dir("wgpu-topk-auxk-resumed");
+    let stop = RunControl {
+        stop_after: Some(23),
+        ..Default::default()
+    };
+    run(cfg(&dir), None, stop).0.unwrap();
+    let ckpt = checkpoint::resolve_resume(&dir.join("run")).unwrap();
+    let (resumed, events) = run(
+        checkpoint::read_config(&ckpt).unwrap(),
+        Some(&ckpt),
+        RunControl::default(),
+    );
+    assert_eq!(resumed.unwrap().steps, 40);
+    let first = first_step(&events);
+    assert_eq!(first.step, 24);
+    assert!(
+        first.aux_loss.is_some(),
+        "the resumed run lost its dead-feature window"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+    let dir = temp_dir("wgpu-topk-auxk-metrics");
+    let (result, events) = run(cfg(&dir), None, RunControl::default());
+    let last = result.unwrap().last.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, TrainEvent::Status(s)
+            if s.starts_with("training step: autodiff (the WGSL step has no AuxK"))),
+        "the run did not say it trains through autodiff"
+    );
+    println!(
+        "wgpu TopK + AuxK: AuxK term {:?}, dead {}",
+        last.aux_loss, last.dead_features
+    );
+    assert!(last.dead_features > 0 && last.aux_loss.unwrap() > 0.0);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

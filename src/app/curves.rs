@@ -129,6 +129,8 @@ struct Series {
 #[derive(Clone, Copy)]
 enum Source {
     Step(fn(&StepMetrics) -> f64),
+    /// A value some steps have (a line only drawn for runs that log it).
+    StepIf(fn(&StepMetrics) -> Option<f64>),
     Eval(fn(&EvalMetrics) -> f64),
 }
 
@@ -136,6 +138,11 @@ impl Source {
     fn points(self, h: &History) -> Vec<[f64; 2]> {
         match self {
             Self::Step(f) => h.steps.iter().map(|s| [s.step as f64, f(s)]).collect(),
+            Self::StepIf(f) => h
+                .steps
+                .iter()
+                .filter_map(|s| Some([s.step as f64, f(s)?]))
+                .collect(),
             Self::Eval(f) => h.evals.iter().map(|e| [e.step as f64, f(e)]).collect(),
         }
     }
@@ -158,6 +165,7 @@ const PLOTS: [PlotSpec; 9] = [
             ("loss", Source::Step(|m| m.loss)),
             ("MSE", Source::Step(|m| m.mse)),
             ("sparsity term", Source::Step(|m| m.sparsity_loss)),
+            ("AuxK term", Source::StepIf(|m| m.aux_loss)),
         ],
         compared_line: 0,
         loss: true,
@@ -220,10 +228,14 @@ impl PlotSpec {
     /// The open run's lines, then the compared line of each compared run, named
     /// `line · run`.
     fn series(&self, h: &History, compared: &[Compared]) -> Vec<Series> {
-        let own = self.lines.iter().map(|&(name, source)| Series {
-            name: name.to_string(),
-            points: source.points(h),
-            compared: false,
+        let own = self.lines.iter().filter_map(|&(name, source)| {
+            let points = source.points(h);
+            let absent = matches!(source, Source::StepIf(_)) && points.is_empty();
+            (!absent).then(|| Series {
+                name: name.to_string(),
+                points,
+                compared: false,
+            })
         });
         let (name, source) = self.lines[self.compared_line];
         let others = compared.iter().map(move |c| Series {
@@ -629,6 +641,7 @@ mod tests {
             lr: 1e-3,
             l1_coefficient: 1.0,
             steps_per_s: 10.0,
+            aux_loss: None,
         }
     }
 

@@ -217,6 +217,46 @@ impl BlockDiagSae {
         )
     }
 
+    /// The AuxK term (`crate::train::fused_cpu::AuxK`) of a batch `x` [H, B, d] and its
+    /// forward `out`, with `dead` the dead features [H * m]: mean over the batch of
+    /// `sum_h scale_h ||e_hat^h - (x^h - x_hat^h)||^2`, where `e_hat` is the ReLU of each
+    /// token's `k` largest dead pre-activations through the decoder (no bias) and
+    /// `scale_h = min(1, dead_h / k)`. No gradient flows through `x - x_hat`. Shape [1].
+    pub fn aux_k_loss(&self, x: Tensor<3>, out: &SaeOutput, dead: &[bool], k: usize) -> Tensor<1> {
+        let [h, b, m] = out.pre.dims();
+        let device = out.pre.device();
+        assert_eq!(dead.len(), h * m, "the dead mask must be [H * m]");
+        let per_head: Vec<usize> = dead
+            .chunks_exact(m)
+            .map(|c| c.iter().filter(|&&d| d).count())
+            .collect();
+        let k_max = k.min(per_head.iter().copied().max().unwrap_or(0));
+        if k_max == 0 {
+            return Tensor::zeros([1], &device);
+        }
+        let error = (x - out.recon.clone()).detach();
+        // Live features sink far below any pre-activation, so a head with fewer than
+        // `k_max` dead features selects all of them (and live ones, which ReLU zeroes).
+        let live = Tensor::<2, Bool>::from_data(
+            TensorData::new(dead.iter().map(|&d| !d).collect::<Vec<bool>>(), [h, m]),
+            &device,
+        )
+        .unsqueeze_dim::<3>(1)
+        .expand([h, b, m]);
+        let masked = out.pre.clone().mask_fill(live, -1e30);
+        let kth = kth_largest(masked.clone().detach(), k_max, 2);
+        let keep = masked.clone().greater_equal(kth.expand([h, b, m]));
+        let acts = relu(masked.mask_fill(keep.bool_not(), 0.0));
+        let e_hat = acts.matmul(self.w_dec.clone());
+        let per_head_sq = (e_hat - error).square().sum_dim(2).sum_dim(1).reshape([h]);
+        let scale: Vec<f32> = per_head
+            .iter()
+            .map(|&n| (n as f32 / k as f32).min(1.0))
+            .collect();
+        let scale = Tensor::<1>::from_data(TensorData::new(scale, [h]), &device);
+        (per_head_sq * scale).sum() / b as f64
+    }
+
     /// Folds decoder norms into the encoder (unit-norm decoder rows, same reconstructions)
     /// and the input scale into the weights (the SAE then takes raw hook_z).
     pub fn fold(&self) -> Self {
@@ -304,6 +344,22 @@ pub struct LossTerms {
     pub sparsity: Tensor<1>,
 }
 
+/// The `k`-th largest value of `t` along `dim` (`0 < k <=` its size there), that
+/// dimension kept with size 1.
+///
+/// burn 0.22's `topk` on wgpu (cubek-reduce's kernel, which keeps `k` values per
+/// invocation in workgroup memory) returns wrong values for larger `k`: on lavapipe, `k`
+/// = 128 of 960 values gave `-f32::MAX`, and BatchTopK's `k x B` is far larger. So on any
+/// device but the CPU backend a `k` above 8 sorts instead (`tests/sae.rs` checks both
+/// against the CPU backend).
+pub fn kth_largest<const D: usize>(t: Tensor<D>, k: usize, dim: usize) -> Tensor<D> {
+    if k <= 8 || t.device() == Device::flex() {
+        t.topk(k, dim).narrow(dim, k - 1, 1)
+    } else {
+        t.sort_descending(dim).narrow(dim, k - 1, 1)
+    }
+}
+
 /// Applies the architecture's activation to pre-activations [H, B, m].
 pub fn activate(pre: Tensor<3>, arch: Architecture) -> Tensor<3> {
     match arch {
@@ -312,7 +368,7 @@ pub fn activate(pre: Tensor<3>, arch: Architecture) -> Tensor<3> {
             let [h, b, m] = pre.dims();
             let k = k.min(m);
             // k-th largest per (head, token); keep values at or above it.
-            let kth = pre.clone().topk(k, 2).slice([0..h, 0..b, k - 1..k]);
+            let kth = kth_largest(pre.clone(), k, 2);
             let keep = pre.clone().greater_equal(kth.expand([h, b, m]));
             relu(pre.clone().mask_fill(keep.bool_not(), 0.0))
         }
@@ -322,7 +378,7 @@ pub fn activate(pre: Tensor<3>, arch: Architecture) -> Tensor<3> {
             let [h, b, m] = pre.dims();
             let n = (k * b).min(b * m);
             let flat = pre.clone().reshape([h, b * m]);
-            let kth = flat.topk(n, 1).slice([0..h, n - 1..n]).reshape([h, 1, 1]);
+            let kth = kth_largest(flat, n, 1).reshape([h, 1, 1]);
             let keep = pre.clone().greater_equal(kth.expand([h, b, m]));
             relu(pre.clone().mask_fill(keep.bool_not(), 0.0))
         }

@@ -201,5 +201,5 @@ pub fn run_sae(run_dir: &Path, checkpoint: Option<&Path>) -> anyhow::Result<(Pat
 }
 
 pub fn read_config(dir: &Path) -> anyhow::Result<TrainConfig> {
-    TrainConfig::from_toml(&dir.join(CONFIG_FILE))
+    TrainConfig::from_saved_toml(&dir.join(CONFIG_FILE))
 }

@@ -120,6 +120,13 @@ pub struct TrainConfig {
     pub l1_coefficient: f64,
     /// Width of the straight-through rectangle kernel (JumpReLU).
     pub jumprelu_bandwidth: f64,
+    /// Coefficient of the AuxK loss, which trains dead features to reconstruct the error
+    /// of the live ones (TopK and BatchTopK; unset: [`DEFAULT_AUX_K_COEFFICIENT`], 0 = off).
+    /// A checkpoint's config written before AuxK existed reads as 0.
+    pub aux_k_coefficient: Option<f64>,
+    /// Dead features per token and head in the AuxK loss (unset: half the SAE's input
+    /// size, `d_head / 2`).
+    pub aux_k: Option<usize>,
     /// Steps over which the L1 coefficient ramps up (default: 5% of training).
     pub l1_warmup_steps: Option<usize>,
     pub lr: f64,
@@ -187,6 +194,8 @@ impl Default for TrainConfig {
             k: 8,
             l1_coefficient: 2.0,
             jumprelu_bandwidth: 0.001,
+            aux_k_coefficient: None,
+            aux_k: None,
             l1_warmup_steps: None,
             lr: 4e-3,
             lr_schedule: LrSchedule::Constant,
@@ -220,7 +229,35 @@ impl Default for TrainConfig {
     }
 }
 
+/// The AuxK coefficient of TopK and BatchTopK runs when none is given: the paper's 1/32.
+pub const DEFAULT_AUX_K_COEFFICIENT: f64 = 1.0 / 32.0;
+
 impl TrainConfig {
+    /// The AuxK coefficient in effect: 0 unless the architecture is TopK or BatchTopK.
+    pub fn aux_k_coefficient(&self) -> f64 {
+        match self.architecture {
+            ArchitectureKind::Topk | ArchitectureKind::BatchTopk => {
+                self.aux_k_coefficient.unwrap_or(DEFAULT_AUX_K_COEFFICIENT)
+            }
+            ArchitectureKind::Relu | ArchitectureKind::Jumprelu => 0.0,
+        }
+    }
+
+    /// Dead features per token and head in the AuxK loss, for an SAE of input size `d`.
+    pub fn aux_k(&self, d: usize) -> usize {
+        self.aux_k.unwrap_or((d / 2).max(1))
+    }
+
+    /// A checkpoint's config as TOML: a config without `aux_k_coefficient` was written
+    /// before AuxK existed, by a run that trained without it, and resumes without it.
+    pub fn from_saved_toml(path: &std::path::Path) -> anyhow::Result<Self> {
+        let mut c = Self::from_toml(path)?;
+        if c.aux_k_coefficient.is_none() {
+            c.aux_k_coefficient = Some(0.0);
+        }
+        Ok(c)
+    }
+
     /// Reads a TOML config; unknown keys are errors.
     pub fn from_toml(path: &std::path::Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -345,15 +382,32 @@ impl TrainConfig {
                 self.jumprelu_bandwidth
             );
         }
-        if matches!(
+        let topk = matches!(
             self.architecture,
             ArchitectureKind::Topk | ArchitectureKind::BatchTopk
-        ) {
+        );
+        if topk {
             ensure!(
                 self.k > 0,
                 "{} must be positive for the TopK and BatchTopK architectures, got 0",
                 key("k")
             );
+        }
+        if let Some(c) = self.aux_k_coefficient {
+            ensure!(
+                c >= 0.0 && c.is_finite(),
+                "{} must be non-negative and finite (0 = off), got {c}",
+                key("aux_k_coefficient")
+            );
+            ensure!(
+                topk || c == 0.0,
+                "{} applies to the topk and batch-topk architectures only (ReLU and JumpReLU \
+                 have their sparsity penalties); drop it or set 0",
+                key("aux_k_coefficient")
+            );
+        }
+        if let Some(k) = self.aux_k {
+            positive("aux_k", k)?;
         }
         Ok(())
     }
@@ -472,6 +526,15 @@ mod tests {
                 "architecture = \"batch_topk\"\nk = 0",
                 "`k` (--k) must be positive",
             ),
+            (
+                "architecture = \"topk\"\naux_k_coefficient = -0.5",
+                "`aux_k_coefficient` (--aux-k-coefficient) must be non-negative",
+            ),
+            (
+                "aux_k_coefficient = 0.1",
+                "`aux_k_coefficient` (--aux-k-coefficient) applies to the topk",
+            ),
+            ("architecture = \"topk\"\naux_k = 0", "`aux_k` (--aux-k)"),
         ];
         for (toml_text, wanted) in cases {
             let cfg: TrainConfig = toml::from_str(toml_text).unwrap();
@@ -489,10 +552,37 @@ mod tests {
             "keep_checkpoints = 0",
             "grad_clip_norm = 0.0",
             "l1_coefficient = 0.0",
+            "aux_k_coefficient = 0.0",
+            "architecture = \"batch_topk\"\naux_k_coefficient = 0.5\naux_k = 3",
         ] {
             let cfg: TrainConfig = toml::from_str(ok).unwrap();
             cfg.validate().unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
+    }
+
+    /// A checkpoint's config without `aux_k_coefficient` comes from a run that trained
+    /// without AuxK, and resumes without it; a config given to start a run takes the
+    /// default for TopK and none for ReLU.
+    #[test]
+    fn aux_k_defaults_and_older_checkpoints() {
+        let dir = std::env::temp_dir().join(format!("attn-saes-auxk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "architecture = \"topk\"\nk = 4\n").unwrap();
+        let started = TrainConfig::from_toml(&path).unwrap();
+        assert_eq!(started.aux_k_coefficient(), DEFAULT_AUX_K_COEFFICIENT);
+        assert_eq!(started.aux_k(64), 32);
+        let saved = TrainConfig::from_saved_toml(&path).unwrap();
+        assert_eq!(saved.aux_k_coefficient(), 0.0);
+        std::fs::write(&path, "architecture = \"topk\"\naux_k_coefficient = 0.1\n").unwrap();
+        assert_eq!(
+            TrainConfig::from_saved_toml(&path)
+                .unwrap()
+                .aux_k_coefficient(),
+            0.1
+        );
+        assert_eq!(TrainConfig::default().aux_k_coefficient(), 0.0);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

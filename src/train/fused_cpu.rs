@@ -115,8 +115,11 @@ pub struct BatchSums {
     /// Mean over the batch of `sum_h sum_i f_i ||W_dec[h][i]||` (JumpReLU: of the L0).
     pub sparsity: f64,
     /// The loss: `mse` plus the sparsity term times its coefficient (TopK and
-    /// BatchTopK: `mse` alone).
+    /// BatchTopK: `mse` alone), plus the AuxK term times its coefficient.
     pub total: f64,
+    /// The AuxK term (without its coefficient; zero without AuxK or dead features): mean
+    /// over the batch of `sum_h scale_h ||e_hat^h - (x^h - x_hat^h)||^2` ([`AuxK`]).
+    pub aux: f64,
     /// Firings per feature, [H, m].
     pub fired: Vec<f32>,
     /// Summed squared error per head, [H].
@@ -142,6 +145,65 @@ struct Job {
     f_sum: Vec<f64>,
     resid_sq: f64,
     recon_sq: Vec<f32>,
+    /// AuxK: the rows' reconstruction errors `x_hat - x` [n_rows, d] (empty without AuxK
+    /// in this head), and the head's scaled AuxK sum of squares over the rows.
+    err: Vec<f32>,
+    aux_sq: f64,
+}
+
+/// The AuxK auxiliary loss (Gao et al. 2024, "Scaling and evaluating sparse
+/// autoencoders", for TopK SAEs): each token's `k` largest pre-activations among the
+/// dead features of a head (ReLU of them) reconstruct what the live features missed,
+/// `e = x - x_hat` (no gradient through `e`), without the decoder bias:
+///
+/// ```text
+/// aux = mean_b sum_h scale_h ||sum_{i in top-k dead} relu(p_i) W_dec[h][i] - e^h||^2
+/// scale_h = min(1, dead_h / k),   k_h = min(k, dead_h)
+/// ```
+///
+/// and the loss gains `coef * aux`. This gives dead features a gradient towards the
+/// error, so they come back to life. Per head, as each head is its own SAE.
+#[derive(Clone, Copy, Debug)]
+pub struct AuxK<'a> {
+    /// Dead features, [H * m] (a head without any adds nothing).
+    pub dead: &'a [bool],
+    /// Dead features per token and head that reconstruct the error (`d_head / 2` by
+    /// default, as in the paper).
+    pub k: usize,
+    pub coef: f64,
+}
+
+/// One head's AuxK work: its dead features, how many a token takes, `min(1, dead / k)`,
+/// and `2 coef scale / B` (the error gradient's factor).
+struct AuxHead {
+    dead: Vec<u32>,
+    k: usize,
+    scale: f64,
+    grad_factor: f32,
+}
+
+impl AuxK<'_> {
+    /// Each head's work (`None` for a head with no dead features or a zero coefficient).
+    fn heads(&self, h: usize, m: usize, batch: usize) -> Vec<Option<AuxHead>> {
+        assert_eq!(self.dead.len(), h * m, "the dead mask must be [H * m]");
+        (0..h)
+            .map(|hd| {
+                let dead: Vec<u32> = (0..m as u32)
+                    .filter(|&i| self.dead[hd * m + i as usize])
+                    .collect();
+                if dead.is_empty() || self.coef == 0.0 || self.k == 0 {
+                    return None;
+                }
+                let scale = (dead.len() as f64 / self.k as f64).min(1.0);
+                Some(AuxHead {
+                    k: self.k.min(dead.len()),
+                    grad_factor: (2.0 * self.coef * scale / batch as f64) as f32,
+                    scale,
+                    dead,
+                })
+            })
+            .collect()
+    }
 }
 
 /// The activations the fused step covers.
@@ -189,17 +251,31 @@ pub fn loss_and_grads(
 ) -> BatchSums {
     // Jobs: every head, split into chunks of the batch when there are fewer heads than
     // threads.
-    let chunks = rayon::current_num_threads().div_ceil(p.n_heads.max(1));
-    loss_and_grads_with(p, x, batch, act, grads, SPARSE_BELOW, chunks)
+    loss_and_grads_aux(p, x, batch, act, None, grads)
 }
 
-/// [`loss_and_grads`] with the density below which tiles take the sparse path and the
+/// [`loss_and_grads`] with the AuxK term added when `aux` is given.
+pub fn loss_and_grads_aux(
+    p: &HostParams,
+    x: &[f32],
+    batch: usize,
+    act: Activation,
+    aux: Option<&AuxK>,
+    grads: &mut HostParams,
+) -> BatchSums {
+    let chunks = rayon::current_num_threads().div_ceil(p.n_heads.max(1));
+    loss_and_grads_with(p, x, batch, act, aux, grads, SPARSE_BELOW, chunks)
+}
+
+/// [`loss_and_grads_aux`] with the density below which tiles take the sparse path and the
 /// number of batch chunks per head.
+#[allow(clippy::too_many_arguments)]
 fn loss_and_grads_with(
     p: &HostParams,
     x: &[f32],
     batch: usize,
     act: Activation,
+    aux: Option<&AuxK>,
     grads: &mut HostParams,
     sparse_below: f64,
     chunks: usize,
@@ -255,17 +331,23 @@ fn loss_and_grads_with(
                 f_sum: vec![0.0; m],
                 resid_sq: 0.0,
                 recon_sq: vec![0.0; r1 - r0],
+                err: Vec::new(),
+                aux_sq: 0.0,
             }
         })
         .collect();
-    jobs.par_iter_mut()
-        .for_each(|job| run_job(p, x, batch, act, &feat, sparse_below, job));
+    let aux_heads = aux.map_or_else(Vec::new, |a| a.heads(h, m, batch));
+    jobs.par_iter_mut().for_each(|job| {
+        let aux = aux_heads.get(job.head).and_then(Option::as_ref);
+        run_job(p, x, batch, act, &feat, sparse_below, aux, job)
+    });
 
     // Reduce in a fixed order.
     let mut sums = BatchSums {
         mse: 0.0,
         sparsity: 0.0,
         total: 0.0,
+        aux: 0.0,
         fired: vec![0.0; h * m],
         resid_sq: vec![0.0; h],
         recon_sq: vec![0.0; h * batch],
@@ -296,6 +378,7 @@ fn loss_and_grads_with(
             *a += b;
         }
         sums.resid_sq[hd] += job.resid_sq;
+        sums.aux += job.aux_sq;
         sums.recon_sq[hd * batch + job.rows.start..hd * batch + job.rows.end]
             .copy_from_slice(&job.recon_sq);
     }
@@ -328,6 +411,10 @@ fn loss_and_grads_with(
         }
         Activation::TopK { .. } | Activation::BatchTopK { .. } => sums.mse,
     };
+    sums.aux *= inv_b;
+    if let Some(aux) = aux {
+        sums.total += aux.coef * sums.aux;
+    }
     sums
 }
 
@@ -426,6 +513,7 @@ pub fn cpu_level() -> CpuLevel {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_job(
     p: &HostParams,
     x: &[f32],
@@ -433,6 +521,7 @@ fn run_job(
     act: Activation,
     feat: &FeatureTerms,
     sparse_below: f64,
+    aux: Option<&AuxHead>,
     job: &mut Job,
 ) {
     #[cfg(target_arch = "x86_64")]
@@ -441,6 +530,7 @@ fn run_job(
         macro_rules! variant {
             ($name:ident, $features:literal) => {
                 #[target_feature(enable = $features)]
+                #[allow(clippy::too_many_arguments)]
                 fn $name(
                     p: &HostParams,
                     x: &[f32],
@@ -448,9 +538,10 @@ fn run_job(
                     act: Activation,
                     feat: &FeatureTerms,
                     sparse_below: f64,
+                    aux: Option<&AuxHead>,
                     job: &mut Job,
                 ) {
-                    run_job_body(p, x, batch, act, feat, sparse_below, job)
+                    run_job_body(p, x, batch, act, feat, sparse_below, aux, job)
                 }
             };
         }
@@ -458,17 +549,18 @@ fn run_job(
         variant!(avx2, "avx2,fma");
         if cpu_level() >= CpuLevel::Avx512 {
             // SAFETY: `cpu_level` only reports features detected on this CPU.
-            return unsafe { avx512(p, x, batch, act, feat, sparse_below, job) };
+            return unsafe { avx512(p, x, batch, act, feat, sparse_below, aux, job) };
         }
         if cpu_level() >= CpuLevel::Avx2 {
             // SAFETY: as above.
-            return unsafe { avx2(p, x, batch, act, feat, sparse_below, job) };
+            return unsafe { avx2(p, x, batch, act, feat, sparse_below, aux, job) };
         }
     }
-    run_job_body(p, x, batch, act, feat, sparse_below, job)
+    run_job_body(p, x, batch, act, feat, sparse_below, aux, job)
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn run_job_body(
     p: &HostParams,
     x: &[f32],
@@ -476,6 +568,7 @@ fn run_job_body(
     act: Activation,
     feat: &FeatureTerms,
     sparse_below: f64,
+    aux: Option<&AuxHead>,
     job: &mut Job,
 ) {
     let (d, m, hd) = (p.d_head, p.m, job.head);
@@ -488,6 +581,9 @@ fn run_job_body(
     // This job's rows of x, [n_rows, d].
     let xj = &x[(hd * batch + r0) * d..(hd * batch + r0 + n_rows) * d];
     let inv_b = 1.0 / batch as f32;
+    if aux.is_some() {
+        job.err = vec![0.0; n_rows * d];
+    }
     // The L1 gradient per active feature: l1 * n_i / B (zero but for ReLU).
     let l1 = act.l1() as f32;
     let l1_grad: Vec<f32> = feat.norms[hd * m..(hd + 1) * m]
@@ -609,6 +705,7 @@ fn run_job_body(
             matmul(rows, d, m, recon, false, feats, (m, 1), wd, (d, 1));
             let recon_sq = &mut job.recon_sq[t0..t0 + rows];
             job.resid_sq += recon_to_grad(recon, xt, bd, inv_b, &mut g.b_dec, recon_sq);
+            keep_errors(recon, batch, &mut job.err, t0..t0 + rows);
             let d_recon = &*recon;
             // dW_dec += F^T dR.
             matmul(
@@ -646,6 +743,7 @@ fn run_job_body(
                 xj,
                 l1_grad: &l1_grad,
                 inv_b,
+                batch,
                 d,
                 m,
                 near: &near,
@@ -657,6 +755,115 @@ fn run_job_body(
             job,
         );
     }
+    if let Some(aux) = aux {
+        job.aux_sq = aux_pass(we, be, wd, xj, d, m, aux, job);
+    }
+}
+
+/// AuxK: keeps the errors `x_hat - x = dR B / 2` of rows `rows` (nothing without AuxK).
+#[inline(always)]
+fn keep_errors(d_recon: &[f32], batch: usize, err: &mut [f32], rows: std::ops::Range<usize>) {
+    if err.is_empty() {
+        return;
+    }
+    let d = d_recon.len() / rows.len();
+    let half_b = batch as f32 / 2.0;
+    for (e, &g) in err[rows.start * d..rows.end * d].iter_mut().zip(d_recon) {
+        *e = g * half_b;
+    }
+}
+
+/// The AuxK term of a job (see [`AuxK`]), with its gradients added to the job's: the dead
+/// features' pre-activations tile by tile, each row's `k` largest (ReLU of them)
+/// reconstruct the row's error, and the difference's gradient reaches those features'
+/// decoder rows, encoder columns and biases. Returns the scaled sum of squares.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn aux_pass(
+    we: &[f32],
+    be: &[f32],
+    wd: &[f32],
+    xj: &[f32],
+    d: usize,
+    m: usize,
+    aux: &AuxHead,
+    job: &mut Job,
+) -> f64 {
+    let nd = aux.dead.len();
+    let n_rows = job.rows.len();
+    // The dead features' encoder columns [d, nd], biases and decoder rows [nd, d].
+    let mut we_d = vec![0f32; d * nd];
+    for (dst, src) in we_d.chunks_exact_mut(nd).zip(we.chunks_exact(m)) {
+        for (o, &i) in dst.iter_mut().zip(&aux.dead) {
+            *o = src[i as usize];
+        }
+    }
+    let be_d: Vec<f32> = aux.dead.iter().map(|&i| be[i as usize]).collect();
+    let wd_d: Vec<f32> = aux
+        .dead
+        .iter()
+        .flat_map(|&i| &wd[i as usize * d..(i as usize + 1) * d])
+        .copied()
+        .collect();
+    let (mut acc_enc, mut acc_dec, mut acc_b) =
+        (vec![0f32; nd * d], vec![0f32; nd * d], vec![0f32; nd]);
+    let mut pre = vec![0f32; TILE * nd];
+    let (mut top, mut chosen) = (Vec::new(), Vec::new());
+    let mut diff = vec![0f32; d];
+    let mut sq = 0f64;
+    let mut t0 = 0;
+    while t0 < n_rows {
+        let rows = TILE.min(n_rows - t0);
+        let xt = &xj[t0 * d..(t0 + rows) * d];
+        let pre = &mut pre[..rows * nd];
+        matmul(rows, nd, d, pre, false, xt, (d, 1), &we_d, (nd, 1));
+        for (b, row) in pre.chunks_exact_mut(nd).enumerate() {
+            for (v, &bias) in row.iter_mut().zip(&be_d) {
+                *v += bias;
+            }
+            let kth = kth_largest(row, aux.k, &mut top);
+            chosen.clear();
+            chosen.extend(
+                row.iter()
+                    .enumerate()
+                    .filter(|&(_, &v)| v >= kth && v > 0.0)
+                    .map(|(c, &v)| (c, v)),
+            );
+            // e_hat - (x - x_hat) = e_hat + err.
+            let r = t0 + b;
+            diff.copy_from_slice(&job.err[r * d..(r + 1) * d]);
+            for &(c, a) in &chosen {
+                axpy(a, &wd_d[c * d..(c + 1) * d], &mut diff);
+            }
+            sq += diff.iter().map(|&v| (v * v) as f64).sum::<f64>();
+            for v in diff.iter_mut() {
+                *v *= aux.grad_factor;
+            }
+            let x_row = &xt[b * d..(b + 1) * d];
+            for &(c, a) in &chosen {
+                axpy(a, &diff, &mut acc_dec[c * d..(c + 1) * d]);
+                let da = dot(&diff, &wd_d[c * d..(c + 1) * d]);
+                axpy(da, x_row, &mut acc_enc[c * d..(c + 1) * d]);
+                acc_b[c] += da;
+            }
+        }
+        t0 += rows;
+    }
+    let g = &mut job.g;
+    for (c, &i) in aux.dead.iter().enumerate() {
+        let i = i as usize;
+        for (a, v) in g.w_dec[i * d..(i + 1) * d]
+            .iter_mut()
+            .zip(&acc_dec[c * d..(c + 1) * d])
+        {
+            *a += v;
+        }
+        for (j, v) in acc_enc[c * d..(c + 1) * d].iter().enumerate() {
+            g.w_enc[j * m + i] += v;
+        }
+        g.b_enc[i] += acc_b[c];
+    }
+    aux.scale * sq
 }
 
 impl Activation {
@@ -870,6 +1077,7 @@ struct SparseJob<'a> {
     xj: &'a [f32],
     l1_grad: &'a [f32],
     inv_b: f32,
+    batch: usize,
     d: usize,
     m: usize,
     /// JumpReLU: the sparse tiles' near-threshold entries, thresholds and constants.
@@ -955,6 +1163,12 @@ fn finish_sparse_tiles(
             s.inv_b,
             &mut g.b_dec,
             &mut job.recon_sq[t.clone()],
+        );
+        keep_errors(
+            &recon[t.start * d..t.end * d],
+            s.batch,
+            &mut job.err,
+            t.clone(),
         );
     }
     if let Some(jump) = &s.jump {
@@ -1321,6 +1535,24 @@ pub fn autodiff_reference(
     x: burn::tensor::Tensor<3>,
     coefficient: f64,
 ) -> anyhow::Result<(HostParams, crate::sae::SaeOutput, crate::sae::LossTerms)> {
+    let (grads, out, terms, _) = autodiff_reference_aux(sae, x, coefficient, None)?;
+    Ok((grads, out, terms))
+}
+
+/// [`autodiff_reference`] with the AuxK term in the loss when `aux` is given; also returns
+/// that term (without its coefficient).
+#[allow(clippy::type_complexity)]
+pub fn autodiff_reference_aux(
+    sae: &crate::sae::BlockDiagSae,
+    x: burn::tensor::Tensor<3>,
+    coefficient: f64,
+    aux: Option<&AuxK>,
+) -> anyhow::Result<(
+    HostParams,
+    crate::sae::SaeOutput,
+    crate::sae::LossTerms,
+    Option<burn::tensor::Tensor<1>>,
+)> {
     use crate::sae::{BlockDiagSae, LossTerms, SaeOutput};
     use burn::tensor::Tensor;
     let tracked = BlockDiagSae {
@@ -1334,7 +1566,12 @@ pub fn autodiff_reference(
             .map(|t| t.autodiff().require_grad()),
         ..sae.clone()
     };
-    let (out, terms) = tracked.loss(x.autodiff(), coefficient);
+    let x = x.autodiff();
+    let (out, mut terms) = tracked.loss(x.clone(), coefficient);
+    let aux_term = aux.map(|a| tracked.aux_k_loss(x, &out, a.dead, a.k));
+    if let (Some(a), Some(term)) = (aux, &aux_term) {
+        terms.total = terms.total + term.clone() * a.coef;
+    }
     let grads = terms.total.backward();
     let grad = |t: &Tensor<3>| -> anyhow::Result<Vec<f32>> {
         let g = t
@@ -1369,7 +1606,7 @@ pub fn autodiff_reference(
         mse: terms.mse.inner(),
         sparsity: terms.sparsity.inner(),
     };
-    Ok((want, out, terms))
+    Ok((want, out, terms, aux_term.map(|t| t.inner())))
 }
 
 /// Adam moments on the host, in the parameters' layouts.
@@ -1562,6 +1799,67 @@ mod tests {
         }
     }
 
+    /// The AuxK term and its gradients against burn's autodiff: dense and sparse tiles,
+    /// batch chunks, `d_head` 16 and 64, a head with more dead features than `k`, one
+    /// with fewer, one with none, and `k` above every head's count.
+    #[test]
+    fn aux_k_matches_burn_autodiff() {
+        let (h, b) = (3, 150);
+        let cases = [
+            (Architecture::TopK { k: 4 }, 64, 150, 1, 32),
+            (Architecture::TopK { k: 4 }, 16, 48, 3, 8),
+            (Architecture::BatchTopK { k: 3 }, 64, 50, 2, 32),
+            (Architecture::BatchTopK { k: 3 }, 16, 48, 1, 100),
+        ];
+        for (arch, d, m, chunks, k_aux) in cases {
+            let (sae, x) = setup(arch, h, d, m, b, 0.0);
+            let mut rng = Rng::new(11);
+            let dead: Vec<bool> = (0..h * m)
+                .map(|i| match i / m {
+                    0 => rng.uniform() < 0.6,
+                    1 => i % m < 3,
+                    _ => false,
+                })
+                .collect();
+            let aux = AuxK {
+                dead: &dead,
+                k: k_aux,
+                coef: 0.5,
+            };
+            let device = Device::flex();
+            let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), [h, b, d]), &device);
+            let (want, _, terms, aux_term) =
+                autodiff_reference_aux(&sae, xt, 0.0, Some(&aux)).unwrap();
+            let want_aux = host(aux_term.unwrap())[0] as f64;
+            let want_total = host(terms.total)[0] as f64;
+            let p = HostParams::from_sae(&sae).unwrap();
+            for sparse_below in [0.0, 2.0] {
+                let tag = format!(
+                    "AuxK {arch:?} d {d} m {m} chunks {chunks} k {k_aux} \
+                                   sparse_below {sparse_below}"
+                );
+                let mut g = p.zeros_like();
+                let act = Activation::new(arch, 0.0);
+                let sums =
+                    loss_and_grads_with(&p, &x, b, act, Some(&aux), &mut g, sparse_below, chunks);
+                close(&format!("{tag} W_enc"), &g.w_enc, &want.w_enc, 2e-5);
+                close(&format!("{tag} b_enc"), &g.b_enc, &want.b_enc, 2e-5);
+                close(&format!("{tag} W_dec"), &g.w_dec, &want.w_dec, 2e-5);
+                close(&format!("{tag} b_dec"), &g.b_dec, &want.b_dec, 2e-5);
+                assert!(
+                    (sums.aux - want_aux).abs() <= 1e-5 * want_aux,
+                    "{tag} aux {} vs {want_aux}",
+                    sums.aux
+                );
+                assert!(
+                    (sums.total - want_total).abs() <= 1e-5 * want_total,
+                    "{tag} total {} vs {want_total}",
+                    sums.total
+                );
+            }
+        }
+    }
+
     #[test]
     fn batch_topk_threshold_is_exact_with_and_without_the_fallback() {
         let (h, d, m, b) = (2, 16, 48, 300);
@@ -1704,7 +2002,7 @@ mod tests {
             for sparse_below in [0.0, 2.0] {
                 let mut g = p.zeros_like();
                 let act = Activation::new(arch, l1);
-                let sums = loss_and_grads_with(&p, &x, b, act, &mut g, sparse_below, chunks);
+                let sums = loss_and_grads_with(&p, &x, b, act, None, &mut g, sparse_below, chunks);
                 let tag = format!(
                     "{arch:?} h {h} d {d} chunks {chunks} bias {bias} density {density:.2} \
                      sparse_below {sparse_below}"

@@ -260,6 +260,15 @@ impl DeadFeatureTracker {
         Some(self.sum_density(current))
     }
 
+    /// Which features are dead, [H * m], once a whole window has been seen (`None`
+    /// before): what the AuxK loss trains. Unlike [`DeadFeatureTracker::dead`], the steps
+    /// of an incomplete first window do not count, or every feature that has not fired yet
+    /// would count as dead in the first steps.
+    pub fn dead_mask(&self) -> Option<Vec<bool>> {
+        let density = self.last_density.as_ref()?;
+        Some(density.iter().map(|&d| d < self.threshold).collect())
+    }
+
     /// Dead features, total and per head.
     pub fn dead(&self) -> (usize, Vec<usize>) {
         let mut per_head = vec![0; self.n_heads];
@@ -320,6 +329,7 @@ mod tests {
             fired,
             resid_sq,
             recon_sq,
+            aux: None,
         };
         let stats = batch_stats(x, &step);
         // L2 ratio and L0, naively.

@@ -164,6 +164,8 @@ pub struct StepOutput {
     pub resid_sq: Tensor<1>,
     /// Squared norm of each token's reconstruction per head, [H, B].
     pub recon_sq: Tensor<2>,
+    /// The AuxK term, without its coefficient (`None` when the step had no AuxK).
+    pub aux: Option<Tensor<1>>,
 }
 
 /// The parameter names of the optimizer file, in the order of `HostParams::arrays`.
@@ -251,6 +253,23 @@ impl SaeOptimizer {
         betas: (f64, f64),
         clip: f64,
     ) -> StepOutput {
+        self.step_with_aux(sae, x, l1, lr, betas, clip, None)
+    }
+
+    /// [`SaeOptimizer::step`] with the AuxK term in the loss when `aux` is given (the fused
+    /// CPU step and autodiff; the WGSL step has none, so a run with AuxK on wgpu trains
+    /// through autodiff: [`effective_step`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_with_aux(
+        &mut self,
+        sae: &mut BlockDiagSae,
+        x: Tensor<3>,
+        l1: f64,
+        lr: f64,
+        betas: (f64, f64),
+        clip: f64,
+        aux: Option<&fused_cpu::AuxK>,
+    ) -> StepOutput {
         self.t += 1;
         let t = self.t;
         match &mut self.state {
@@ -264,7 +283,7 @@ impl SaeOptimizer {
                 let m = params.m;
                 let xs = crate::files::host_vec(x).expect("reading a CPU tensor");
                 let act = Activation::new(sae.config.architecture, l1);
-                let sums = fused_cpu::loss_and_grads(params, &xs, b, act, grads);
+                let sums = fused_cpu::loss_and_grads_aux(params, &xs, b, act, aux, grads);
                 fused_cpu::clip_and_adam(params, grads, adam, lr, betas, t, clip);
                 sae.w_enc = host_tensor(&params.w_enc, [h, d, m], &device);
                 sae.b_enc = host_tensor(&params.b_enc, [h, m], &device);
@@ -282,9 +301,14 @@ impl SaeOptimizer {
                     fired: host_tensor(&sums.fired, [h, m], &device),
                     resid_sq: host_tensor(&resid, [h], &device),
                     recon_sq: host_tensor(&sums.recon_sq, [h, b], &device),
+                    aux: aux.map(|_| scalar(sums.aux)),
                 }
             }
             OptState::Wgsl { state, .. } => {
+                assert!(
+                    aux.is_none(),
+                    "the WGSL step has no AuxK; effective_step trains such runs through autodiff"
+                );
                 let spec = wgsl::StepSpec {
                     act: Activation::new(sae.config.architecture, l1),
                     lr,
@@ -313,6 +337,7 @@ impl SaeOptimizer {
                     fired: Tensor::from_dispatch(r.fired),
                     resid_sq: Tensor::from_dispatch(r.resid_sq),
                     recon_sq: Tensor::from_dispatch(r.recon_sq),
+                    aux: None,
                 }
             }
             OptState::Autodiff {
@@ -334,7 +359,12 @@ impl SaeOptimizer {
                         .clone()
                         .map(|t| t.autodiff().require_grad()),
                 };
-                let (out, terms) = tracked.loss(x.clone().autodiff(), l1);
+                let x_ad = x.clone().autodiff();
+                let (out, mut terms) = tracked.loss(x_ad.clone(), l1);
+                let aux_term = aux.map(|a| tracked.aux_k_loss(x_ad, &out, a.dead, a.k));
+                if let (Some(a), Some(term)) = (aux, &aux_term) {
+                    terms.total = terms.total + term.clone() * a.coef;
+                }
                 let grads = terms.total.backward();
                 let g = |t: &Tensor<3>| t.grad(&grads).expect("parameter has a gradient");
                 let g2 = |t: &Tensor<2>| t.grad(&grads).expect("parameter has a gradient");
@@ -383,6 +413,7 @@ impl SaeOptimizer {
                     fired,
                     resid_sq,
                     recon_sq,
+                    aux: aux_term.map(|t| t.inner()),
                 }
             }
         }
@@ -510,6 +541,16 @@ fn wgsl_knobs() -> (f64, bool, bool) {
         let one_group = std::env::var("ATTN_SAES_BATCHTOPK_SELECT").as_deref() == Ok("one");
         (sparse_below, burn_encoder, one_group)
     })
+}
+
+/// The step a run takes: `step`, except that the WGSL step has no AuxK, so a run with an
+/// AuxK term on wgpu trains through autodiff (the fused CPU step has it).
+pub fn effective_step(sae: &BlockDiagSae, step: StepKind, aux_k: bool) -> StepKind {
+    if aux_k && fast_path(sae) == FastPath::Wgsl {
+        StepKind::Autodiff
+    } else {
+        step
+    }
 }
 
 /// The step without autodiff that an SAE's device has.

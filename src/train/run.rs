@@ -98,6 +98,9 @@ impl RunPlan {
         // Saved with every checkpoint: record the layer actually used.
         config.hook_layer = Some(layer);
         let (n_heads, d_head, features_per_head) = config.sae_shape(mc.n_heads, mc.d_head)?;
+        // Saved too: the AuxK settings in effect (a resumed run keeps them).
+        config.aux_k_coefficient = Some(config.aux_k_coefficient());
+        config.aux_k = Some(config.aux_k(d_head));
         let architecture = match config.architecture {
             ArchitectureKind::Relu => Architecture::Relu,
             ArchitectureKind::Topk => Architecture::TopK { k: config.k },
@@ -140,6 +143,12 @@ impl RunPlan {
             eval_windows,
             train_start,
         })
+    }
+
+    /// The training step for `sae`: the config's, but autodiff on wgpu when AuxK is on
+    /// (the WGSL step has no AuxK).
+    fn step_for(&self, sae: &BlockDiagSae) -> super::StepKind {
+        super::effective_step(sae, self.config.step, self.config.aux_k_coefficient() > 0.0)
     }
 
     fn store_config(&self) -> StoreConfig {
@@ -201,7 +210,10 @@ impl<'a> Trainer<'a> {
         scope: &'scope Scope<'scope, 'a>,
     ) -> anyhow::Result<Self> {
         let config = &plan.config;
-        if config.step == super::StepKind::Auto && *device != Device::flex() {
+        if config.step == super::StepKind::Auto
+            && *device != Device::flex()
+            && config.aux_k_coefficient() == 0.0
+        {
             // Before anything is touched: the WGSL step's limits on a batch.
             let c = &plan.sae_config;
             super::wgsl::check_shape(c.n_heads, config.batch_size, c.d_head, c.features_per_head)
@@ -233,9 +245,17 @@ impl<'a> Trainer<'a> {
                 initialise(plan, loaded, &mut store, device)?
             }
         };
+        let why = if opt.path() == "autodiff"
+            && config.step == super::StepKind::Auto
+            && config.aux_k_coefficient() > 0.0
+        {
+            " (the WGSL step has no AuxK yet; --aux-k-coefficient 0 keeps it)"
+        } else {
+            ""
+        };
         send(
             events,
-            TrainEvent::Status(format!("training step: {}", opt.path())),
+            TrainEvent::Status(format!("training step: {}{why}", opt.path())),
         );
         let mc = &loaded.transformer.config;
         send(
@@ -329,13 +349,25 @@ impl<'a> Trainer<'a> {
         let x = self.sae.scale_input(z.reshape([b, h, d]));
         let (lr, l1) = (config.lr_at(step), config.l1_at(step));
         let betas = (config.adam_beta1, config.adam_beta2);
-        let out = self.opt.step(
+        let aux_coef = config.aux_k_coefficient();
+        let dead = if aux_coef > 0.0 {
+            self.dead.dead_mask()
+        } else {
+            None
+        };
+        let aux = dead.as_deref().map(|dead| super::fused_cpu::AuxK {
+            dead,
+            k: config.aux_k(d),
+            coef: aux_coef,
+        });
+        let out = self.opt.step_with_aux(
             &mut self.sae,
             x.clone(),
             l1,
             lr,
             betas,
             config.grad_clip_norm,
+            aux.as_ref(),
         );
         self.dead.observe(out.fired.clone(), b);
         self.state.step += 1;
@@ -413,6 +445,7 @@ impl<'a> Trainer<'a> {
             lr,
             l1_coefficient: l1,
             steps_per_s,
+            aux_loss: out.aux.clone().map(scalar),
         };
         self.write_log(&LogLine::Step(m.clone()))?;
         send(self.events, TrainEvent::Step(Box::new(m.clone())));
@@ -595,7 +628,7 @@ fn resume_from(
         &dir.join("optimizer.safetensors"),
         state.adam_t,
         device,
-        plan.config.step,
+        plan.step_for(&sae),
     )?;
     store.restore_state(dir)?;
     Ok((sae, opt, state))
@@ -640,7 +673,7 @@ fn initialise(
         let median = geometric_median(&scaled, h, d, 30);
         sae.b_dec = Tensor::from_data(TensorData::new(median, [h, d]), device);
     }
-    let opt = SaeOptimizer::for_step(&sae, config.step);
+    let opt = SaeOptimizer::for_step(&sae, plan.step_for(&sae));
     let state = TrainerState {
         step: 0,
         tokens: 0,
