@@ -15,7 +15,7 @@
 //!
 //! Training moves the density (on this fixed random batch it rises); `--lr 0` holds it.
 //!
-//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m] [--topk K | --batchtopk K | --jumprelu] [--no-autodiff] [--torch]`
+//! `cargo bench --bench sae_step [-- --device cpu|wgpu|all] [--quick] [--seconds S] [--b-enc V] [--lr LR] [--shape B,H,d,m] [--topk K | --batchtopk K | --jumprelu] [--aux-dead F] [--no-autodiff] [--torch]`
 
 mod common;
 
@@ -88,6 +88,9 @@ fn main() -> anyhow::Result<()> {
         _ if flag("--jumprelu") => Architecture::JumpRelu { bandwidth: 0.001 },
         _ => Architecture::Relu,
     };
+    // `--aux-dead F` adds the AuxK term (k = d / 2, coefficient 1/32) with every feature
+    // whose index within its head is below F x m marked dead.
+    let aux_dead: Option<f64> = arg("--aux-dead").map(|v| v.parse()).transpose()?;
     // `--shape B,H,d,m` times that shape only (e.g. a dense SAE: `4096,1,768,24576`).
     if let Some(shape) = arg("--shape") {
         let v: Vec<usize> = shape
@@ -128,6 +131,10 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     SaeOptimizer::with_autodiff(&sae)
                 };
+                if aux_dead.is_some() && opt.path() == "WGSL" {
+                    println!("skipping the WGSL step: it has no AuxK (runs with it use autodiff)");
+                    continue;
+                }
                 let path = match opt.path() {
                     "fused CPU" => "fused",
                     "WGSL" => "wgsl",
@@ -135,9 +142,25 @@ fn main() -> anyhow::Result<()> {
                 };
                 let x = Tensor::<3>::random([h, b, d], Distribution::Normal(0.0, 1.0), device);
                 let mut density = 0.0;
+                let dead: Vec<bool> = (0..h * m)
+                    .map(|i| aux_dead.is_some_and(|f| ((i % m) as f64) < f * m as f64))
+                    .collect();
+                let aux = aux_dead.map(|_| attn_saes::train::fused_cpu::AuxK {
+                    dead: &dead,
+                    k: d / 2,
+                    coef: 1.0 / 32.0,
+                });
                 let mut step = || {
                     // The seed's loss and settings, as in benches/torch_sae_step.py.
-                    let out = opt.step(&mut sae, x.clone(), 2.0, lr, (0.9, 0.999), 1.0);
+                    let out = opt.step_with_aux(
+                        &mut sae,
+                        x.clone(),
+                        2.0,
+                        lr,
+                        (0.9, 0.999),
+                        1.0,
+                        aux.as_ref(),
+                    );
                     density = out.fired.sum().into_scalar::<f32>() as f64 / (b * h * m) as f64;
                     // Reading the loss back finishes the step before the clock stops.
                     out.total.into_scalar::<f32>()
@@ -171,7 +194,8 @@ fn main() -> anyhow::Result<()> {
                 let per_step = launches.count.load(Ordering::Relaxed) as f64 / n as f64;
                 println!(
                     "burn_sae_step device={name} path={path} arch={} B={b} H={h} d={d} m={m} b_enc={b_enc} lr={lr} \
-                     density={density:.3} steps_per_s={:.3} ms_per_step={:.1} launches_per_step={per_step:.1}",
+                     aux_dead={aux_dead:?} density={density:.3} steps_per_s={:.3} ms_per_step={:.1} \
+                     launches_per_step={per_step:.1}",
                     architecture.name(),
                     n as f64 / secs,
                     secs * 1e3 / n as f64

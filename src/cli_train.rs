@@ -288,6 +288,12 @@ impl TrainArgs {
         if self.l1_warmup_steps.is_some() {
             c.l1_warmup_steps = self.l1_warmup_steps;
         }
+        if self.aux_k_coefficient.is_some() {
+            c.aux_k_coefficient = self.aux_k_coefficient;
+        }
+        if self.aux_k.is_some() {
+            c.aux_k = self.aux_k;
+        }
         if let Some(z) = self.z_convention {
             c.z_convention = match z {
                 ZConventionArg::TransformerLens => ZConvention::TransformerLens,
@@ -552,4 +558,43 @@ pub fn train_then_dashboards(
         });
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    fn config(flags: &[&str]) -> TrainConfig {
+        let cli =
+            Cli::try_parse_from(std::iter::once("train").chain(flags.iter().copied())).unwrap();
+        cli.args.resolve(DeviceChoice::Cpu).unwrap()
+    }
+
+    /// The AuxK flags reach the config (they once parsed and went nowhere).
+    #[test]
+    fn aux_k_flags_set_the_config() {
+        let c = config(&[
+            "--architecture",
+            "topk",
+            "--aux-k-coefficient",
+            "0",
+            "--aux-k",
+            "5",
+        ]);
+        assert_eq!(c.aux_k_coefficient, Some(0.0));
+        assert_eq!(c.aux_k, Some(5));
+        let c = config(&["--architecture", "batch-topk"]);
+        assert_eq!((c.aux_k_coefficient, c.aux_k), (None, None));
+        assert_eq!(
+            c.aux_k_coefficient(),
+            crate::train::config::DEFAULT_AUX_K_COEFFICIENT
+        );
+    }
 }

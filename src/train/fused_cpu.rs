@@ -821,14 +821,14 @@ fn aux_pass(
             for (v, &bias) in row.iter_mut().zip(&be_d) {
                 *v += bias;
             }
+            // Those at or above the k-th largest that are positive (ReLU).
             let kth = kth_largest(row, aux.k, &mut top);
             chosen.clear();
-            chosen.extend(
-                row.iter()
-                    .enumerate()
-                    .filter(|&(_, &v)| v >= kth && v > 0.0)
-                    .map(|(c, &v)| (c, v)),
-            );
+            if kth > 0.0 {
+                for_each_above::<true, _>(row, kth, |c, v| chosen.push((c, v)));
+            } else {
+                for_each_above::<false, _>(row, 0.0, |c, v| chosen.push((c, v)));
+            }
             // e_hat - (x - x_hat) = e_hat + err.
             let r = t0 + b;
             diff.copy_from_slice(&job.err[r * d..(r + 1) * d]);
