@@ -131,10 +131,6 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     SaeOptimizer::with_autodiff(&sae)
                 };
-                if aux_dead.is_some() && opt.path() == "WGSL" {
-                    println!("skipping the WGSL step: it has no AuxK (runs with it use autodiff)");
-                    continue;
-                }
                 let path = match opt.path() {
                     "fused CPU" => "fused",
                     "WGSL" => "wgsl",

@@ -1,7 +1,8 @@
 //! The AuxK loss (dead features reconstruct the live ones' error) against a PyTorch
 //! reference written from the paper's definition (tests/fixtures/aux_k): burn's autodiff
-//! (on the CPU backend and on wgpu, where runs with AuxK train through it) and the fused
-//! CPU step (its sparse path for TopK k=2, its dense path for BatchTopK k=3).
+//! (the reference path, on the CPU backend and on wgpu) and the fused CPU step (its sparse
+//! path for TopK k=2, its dense path for BatchTopK k=3). tests/wgsl_step.rs checks the
+//! WGSL step's AuxK against the fused CPU step.
 
 mod common;
 

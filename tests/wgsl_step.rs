@@ -13,7 +13,8 @@ mod common;
 use attn_saes::rng::Rng;
 use attn_saes::sae::{Architecture, BlockDiagSae, SaeConfig};
 use attn_saes::train::fused_cpu::{
-    Activation, HostAdam, HostParams, autodiff_reference, clip_and_adam, loss_and_grads,
+    Activation, AuxK, HostAdam, HostParams, autodiff_reference, clip_and_adam, loss_and_grads,
+    loss_and_grads_aux,
 };
 use attn_saes::train::wgsl::{self, StepSpec, StepState};
 use burn::prelude::*;
@@ -162,6 +163,7 @@ fn case_on_path(
         sparse_below: if sparse { 1.0 } else { 0.0 },
         burn_encoder: variant == Variant::BurnEncoder,
         one_group_select: variant == Variant::OneGroupSelect,
+        aux_k: None,
     };
     // Reference: the fused CPU step, twice.
     let mut p = p0.clone();
@@ -174,7 +176,12 @@ fn case_on_path(
     clip_and_adam(&mut p, &grads, &mut adam, LR, BETAS, 2, clip);
 
     let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), [h, b, d]), device);
-    let r1 = wgsl::run_step(xt.clone(), StepState::from_host(&p0, None, device), spec(1));
+    let r1 = wgsl::run_step(
+        xt.clone(),
+        StepState::from_host(&p0, None, device),
+        spec(1),
+        None,
+    );
     let terms = read::<1>(r1.terms);
     assert_eq!(
         terms[3],
@@ -231,7 +238,7 @@ fn case_on_path(
         }
     }
 
-    let r2 = wgsl::run_step(xt, r1.state, spec(2));
+    let r2 = wgsl::run_step(xt, r1.state, spec(2), None);
     let terms = read::<1>(r2.terms);
     let want = [sums2.mse, sums2.sparsity, sums2.total].map(|v| v as f32);
     close(
@@ -326,5 +333,127 @@ fn wgsl_step_matches_the_fused_cpu_step() {
         0.0,
         true,
         Variant::BurnEncoder,
+    );
+}
+
+/// The AuxK term on the WGSL step against the fused CPU step (itself checked against
+/// autodiff and PyTorch): loss terms, the term, and Adam's moments and update after one
+/// and two steps; a head with more dead features than AuxK's k, one with fewer, one with
+/// none; both paths of the loss's own step, clipped and not.
+fn aux_case(
+    device: &Device,
+    arch: Architecture,
+    (h, d, m, b): (usize, usize, usize, usize),
+    k_aux: usize,
+    clip: f64,
+    sparse: bool,
+) {
+    let tag =
+        format!("AuxK {arch:?} h {h} d {d} m {m} b {b} k {k_aux} clip {clip} sparse {sparse}");
+    let (p0, x) = setup(arch, h, d, m, b);
+    let mut rng = Rng::new(5);
+    let dead: Vec<bool> = (0..h * m)
+        .map(|i| match i / m {
+            0 => rng.uniform() < 0.6,
+            1 => i % m < 3,
+            _ => false,
+        })
+        .collect();
+    let aux = AuxK {
+        dead: &dead,
+        k: k_aux,
+        coef: 0.5,
+    };
+    let act = Activation::new(arch, 0.0);
+    let spec = |t| StepSpec {
+        act,
+        lr: LR,
+        betas: BETAS,
+        t,
+        clip,
+        sparse_below: if sparse { 1.0 } else { 0.0 },
+        burn_encoder: false,
+        one_group_select: false,
+        aux_k: None,
+    };
+    let mut p = p0.clone();
+    let mut adam = HostAdam::zeros(&p);
+    let mut grads = p.zeros_like();
+    let sums1 = loss_and_grads_aux(&p, &x, b, act, Some(&aux), &mut grads);
+    clip_and_adam(&mut p, &grads, &mut adam, LR, BETAS, 1, clip);
+    let adam1 = adam.clone();
+    let sums2 = loss_and_grads_aux(&p, &x, b, act, Some(&aux), &mut grads);
+    clip_and_adam(&mut p, &grads, &mut adam, LR, BETAS, 2, clip);
+    assert!(sums1.aux > 0.0, "{tag}: no AuxK term to compare");
+
+    let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), [h, b, d]), device);
+    let state = StepState::from_host(&p0, None, device);
+    let r1 = wgsl::run_step(xt.clone(), state, spec(1), Some(&aux));
+    let terms = read::<1>(r1.terms);
+    let want = [sums1.mse, sums1.sparsity, sums1.total].map(|v| v as f32);
+    close(
+        &format!("{tag} step 1 [mse, sparsity, total]"),
+        &terms[..3],
+        &want,
+        2e-5,
+    );
+    close(
+        &format!("{tag} step 1 AuxK term"),
+        &read::<1>(r1.aux),
+        &[sums1.aux as f32],
+        2e-5,
+    );
+    let (gp1, gadam1) = r1.state.to_host(wgsl::ParamShape::of(&p0)).unwrap();
+    check_adam(
+        &format!("{tag} step 1"),
+        1,
+        (&p0, &gp1),
+        &gadam1,
+        &adam1,
+        (1e-4, 2e-4),
+    );
+    let r2 = wgsl::run_step(xt, r1.state, spec(2), Some(&aux));
+    let terms = read::<1>(r2.terms);
+    close(
+        &format!("{tag} step 2 total"),
+        &terms[2..3],
+        &[sums2.total as f32],
+        1e-4,
+    );
+    close(
+        &format!("{tag} step 2 AuxK term"),
+        &read::<1>(r2.aux),
+        &[sums2.aux as f32],
+        1e-4,
+    );
+    let (gp2, gadam2) = r2.state.to_host(wgsl::ParamShape::of(&p0)).unwrap();
+    check_adam(
+        &format!("{tag} step 2"),
+        2,
+        (&gp1, &gp2),
+        &gadam2,
+        &adam,
+        (1e-3, 1e-3),
+    );
+}
+
+#[test]
+fn wgsl_aux_k_matches_the_fused_cpu_step() {
+    let Some(device) = common::wgpu_device("the WGSL step's AuxK") else {
+        return;
+    };
+    let topk = Architecture::TopK { k: 4 };
+    aux_case(&device, topk, (3, 64, 50, 150), 32, 0.0, false);
+    aux_case(&device, topk, (3, 64, 50, 150), 32, 0.0, true);
+    let batch_topk = Architecture::BatchTopK { k: 3 };
+    aux_case(&device, batch_topk, (3, 16, 48, 150), 8, 1e-2, false);
+    // k above every head's count of dead features.
+    aux_case(
+        &device,
+        Architecture::TopK { k: 5 },
+        (3, 128, 70, 37),
+        100,
+        0.0,
+        true,
     );
 }

@@ -28,7 +28,11 @@ fn every_kernel_validates_with_naga() {
                 sparse,
                 cap: h * b * m / 10,
             };
-            for (name, kernel) in dims.all_kernels() {
+            let aux = match arch {
+                Architecture::TopK { .. } | Architecture::BatchTopK { .. } => dims.aux_kernels(32),
+                _ => Vec::new(),
+            };
+            for (name, kernel) in dims.all_kernels().into_iter().chain(aux) {
                 let source = kernel.text();
                 let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| {
                     panic!("{name:?} ({arch:?}): {}", e.emit_to_string(source))
@@ -52,6 +56,6 @@ fn every_kernel_validates_with_naga() {
     // For each of 12 (activation, shape) pairs, with and without the sparse path: 13 kernels
     // (both column sums among them), and the 4 sparse ones where the path is available;
     // select in each of the 12 TopK / BatchTopK cases, and BatchTopK's select_count and
-    // select_pick in each of its 6.
-    assert_eq!(checked, 13 * 24 + 4 * 12 + 12 + 2 * 6);
+    // select_pick in each of its 6; AuxK's 10 in each of the 12 TopK / BatchTopK cases.
+    assert_eq!(checked, 13 * 24 + 4 * 12 + 12 + 2 * 6 + 10 * 12);
 }

@@ -206,6 +206,28 @@ impl AuxK<'_> {
     }
 }
 
+impl AuxK<'_> {
+    /// What the WGSL step reads: `k`, and per head its scale `min(1, dead_h / k)`, then
+    /// per head `2 coef scale_h / B`, then `coef` (`None` when no head has a dead feature
+    /// or the coefficient is 0: the term is 0).
+    pub fn head_factors(&self, h: usize, batch: usize) -> Option<(usize, Vec<f32>)> {
+        let heads = self.heads(h, self.dead.len() / h.max(1), batch);
+        if heads.iter().all(Option::is_none) {
+            return None;
+        }
+        let scale = heads
+            .iter()
+            .map(|a| a.as_ref().map_or(0.0, |a| a.scale as f32));
+        let grad = heads
+            .iter()
+            .map(|a| a.as_ref().map_or(0.0, |a| a.grad_factor));
+        Some((
+            self.k,
+            scale.chain(grad).chain([self.coef as f32]).collect(),
+        ))
+    }
+}
+
 /// The activations the fused step covers.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {

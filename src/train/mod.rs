@@ -256,9 +256,7 @@ impl SaeOptimizer {
         self.step_with_aux(sae, x, l1, lr, betas, clip, None)
     }
 
-    /// [`SaeOptimizer::step`] with the AuxK term in the loss when `aux` is given (the fused
-    /// CPU step and autodiff; the WGSL step has none, so a run with AuxK on wgpu trains
-    /// through autodiff: [`effective_step`]).
+    /// [`SaeOptimizer::step`] with the AuxK term in the loss when `aux` is given.
     #[allow(clippy::too_many_arguments)]
     pub fn step_with_aux(
         &mut self,
@@ -305,10 +303,6 @@ impl SaeOptimizer {
                 }
             }
             OptState::Wgsl { state, .. } => {
-                assert!(
-                    aux.is_none(),
-                    "the WGSL step has no AuxK; effective_step trains such runs through autodiff"
-                );
                 let spec = wgsl::StepSpec {
                     act: Activation::new(sae.config.architecture, l1),
                     lr,
@@ -318,8 +312,10 @@ impl SaeOptimizer {
                     sparse_below: wgsl_knobs().0,
                     burn_encoder: wgsl_knobs().1,
                     one_group_select: wgsl_knobs().2,
+                    aux_k: None,
                 };
-                let r = wgsl::run_step(x, state.take().expect("state between steps"), spec);
+                let state_in = state.take().expect("state between steps");
+                let r = wgsl::run_step(x, state_in, spec, aux);
                 let s = &r.state;
                 sae.w_enc = Tensor::from_dispatch(s.w_enc.clone());
                 sae.b_enc = Tensor::from_dispatch(s.b_enc.clone());
@@ -337,7 +333,7 @@ impl SaeOptimizer {
                     fired: Tensor::from_dispatch(r.fired),
                     resid_sq: Tensor::from_dispatch(r.resid_sq),
                     recon_sq: Tensor::from_dispatch(r.recon_sq),
-                    aux: None,
+                    aux: aux.map(|_| Tensor::from_dispatch(r.aux)),
                 }
             }
             OptState::Autodiff {
@@ -541,16 +537,6 @@ fn wgsl_knobs() -> (f64, bool, bool) {
         let one_group = std::env::var("ATTN_SAES_BATCHTOPK_SELECT").as_deref() == Ok("one");
         (sparse_below, burn_encoder, one_group)
     })
-}
-
-/// The step a run takes: `step`, except that the WGSL step has no AuxK, so a run with an
-/// AuxK term on wgpu trains through autodiff (the fused CPU step has it).
-pub fn effective_step(sae: &BlockDiagSae, step: StepKind, aux_k: bool) -> StepKind {
-    if aux_k && fast_path(sae) == FastPath::Wgsl {
-        StepKind::Autodiff
-    } else {
-        step
-    }
 }
 
 /// The step without autodiff that an SAE's device has.

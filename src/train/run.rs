@@ -145,12 +145,6 @@ impl RunPlan {
         })
     }
 
-    /// The training step for `sae`: the config's, but autodiff on wgpu when AuxK is on
-    /// (the WGSL step has no AuxK).
-    fn step_for(&self, sae: &BlockDiagSae) -> super::StepKind {
-        super::effective_step(sae, self.config.step, self.config.aux_k_coefficient() > 0.0)
-    }
-
     fn store_config(&self) -> StoreConfig {
         let c = &self.config;
         StoreConfig {
@@ -210,10 +204,7 @@ impl<'a> Trainer<'a> {
         scope: &'scope Scope<'scope, 'a>,
     ) -> anyhow::Result<Self> {
         let config = &plan.config;
-        if config.step == super::StepKind::Auto
-            && *device != Device::flex()
-            && config.aux_k_coefficient() == 0.0
-        {
+        if config.step == super::StepKind::Auto && *device != Device::flex() {
             // Before anything is touched: the WGSL step's limits on a batch.
             let c = &plan.sae_config;
             super::wgsl::check_shape(c.n_heads, config.batch_size, c.d_head, c.features_per_head)
@@ -245,17 +236,9 @@ impl<'a> Trainer<'a> {
                 initialise(plan, loaded, &mut store, device)?
             }
         };
-        let why = if opt.path() == "autodiff"
-            && config.step == super::StepKind::Auto
-            && config.aux_k_coefficient() > 0.0
-        {
-            " (the WGSL step has no AuxK yet; --aux-k-coefficient 0 keeps it)"
-        } else {
-            ""
-        };
         send(
             events,
-            TrainEvent::Status(format!("training step: {}{why}", opt.path())),
+            TrainEvent::Status(format!("training step: {}", opt.path())),
         );
         let mc = &loaded.transformer.config;
         send(
@@ -628,7 +611,7 @@ fn resume_from(
         &dir.join("optimizer.safetensors"),
         state.adam_t,
         device,
-        plan.step_for(&sae),
+        plan.config.step,
     )?;
     store.restore_state(dir)?;
     Ok((sae, opt, state))
@@ -673,7 +656,7 @@ fn initialise(
         let median = geometric_median(&scaled, h, d, 30);
         sae.b_dec = Tensor::from_data(TensorData::new(median, [h, d]), device);
     }
-    let opt = SaeOptimizer::for_step(&sae, plan.step_for(&sae));
+    let opt = SaeOptimizer::for_step(&sae, config.step);
     let state = TrainerState {
         step: 0,
         tokens: 0,

@@ -75,6 +75,10 @@ pub mod sources {
     pub const FILL: &str = include_str!("../../shaders/fill.wgsl");
     pub const DEC_SPARSE: &str = include_str!("../../shaders/dec_sparse.wgsl");
     pub const FEAT_GRAD: &str = include_str!("../../shaders/feat_grad.wgsl");
+    pub const AUX_MASK: &str = include_str!("../../shaders/aux_mask.wgsl");
+    pub const AUX_ROWS: &str = include_str!("../../shaders/aux_rows.wgsl");
+    pub const AUX_LOSS: &str = include_str!("../../shaders/aux_loss.wgsl");
+    pub const ADD: &str = include_str!("../../shaders/add.wgsl");
 }
 
 /// What a step needs besides tensors: the activation and the optimizer's settings.
@@ -98,6 +102,9 @@ pub struct StepSpec {
     /// kernel) instead of four rounds of counts over many (select_count.wgsl and
     /// select_pick.wgsl), for comparing the two on a GPU. Both are exact.
     pub one_group_select: bool,
+    /// AuxK's `k` (dead features per token and head) when the step has an AuxK term; its
+    /// dead features, scales and coefficient come as tensors ([`run_step`]).
+    pub aux_k: Option<usize>,
 }
 
 /// The SAE's parameters and Adam moments on the device. Each `mv_*` holds that parameter's
@@ -133,6 +140,8 @@ pub struct StepResult<B: Backend> {
     /// `[mse, sparsity, total]`, as [`super::fused_cpu::BatchSums`], then the path the
     /// step took (1: sparse, 0: dense).
     pub terms: FloatTensor<B>,
+    /// The AuxK term without its coefficient, [1] (0 without AuxK).
+    pub aux: FloatTensor<B>,
 }
 
 /// The step as a backend operation: CubeCL runtimes (wgpu), directly or under fusion.
@@ -142,11 +151,19 @@ pub trait WgslStep: Backend {
     fn wgsl_sae_step(
         x: FloatTensor<Self>,
         #[extension_type] state: StepState<Self>,
+        dead: FloatTensor<Self>,
+        aux_factors: FloatTensor<Self>,
         spec: StepSpec,
     ) -> StepResult<Self>;
 }
 
-fn step_meta(x: &TensorSpec, state: &StepStateMetadata, _spec: &StepSpec) -> StepResultMetadata {
+fn step_meta(
+    x: &TensorSpec,
+    state: &StepStateMetadata,
+    _dead: &TensorSpec,
+    _aux_factors: &TensorSpec,
+    _spec: &StepSpec,
+) -> StepResultMetadata {
     let (h, b) = (x.shape[0], x.shape[1]);
     let m = state.w_enc.shape[2];
     let spec = |dims: &[usize]| TensorSpec::new(Shape::from(dims.to_vec()), DType::F32);
@@ -156,6 +173,7 @@ fn step_meta(x: &TensorSpec, state: &StepStateMetadata, _spec: &StepSpec) -> Ste
         resid_sq: spec(&[h]),
         recon_sq: spec(&[h, b]),
         terms: spec(&[4]),
+        aux: spec(&[1]),
     }
 }
 
@@ -163,9 +181,11 @@ impl WgslStep for CubeBackend {
     fn wgsl_sae_step(
         x: FloatTensor<Self>,
         state: StepState<Self>,
+        dead: FloatTensor<Self>,
+        aux_factors: FloatTensor<Self>,
         spec: StepSpec,
     ) -> StepResult<Self> {
-        step(x, state, spec)
+        step(x, state, dead, aux_factors, spec)
     }
 }
 
@@ -286,6 +306,16 @@ pub enum Kernel {
         n: usize,
         partials: usize,
     },
+    /// AuxK: the dead features' pre-activations, the others sunk.
+    AuxMask,
+    /// AuxK: each token's difference from the error, its scaled square and gradient.
+    AuxRows,
+    /// AuxK: the term, added to the loss.
+    AuxLoss,
+    /// `acc += v` over `n` values.
+    Add {
+        n: usize,
+    },
 }
 
 /// How a kernel is made and launched.
@@ -380,6 +410,13 @@ impl Dims {
             Kernel::Adam { n, partials } => Recipe {
                 extra: vec![("N", n), ("NP", partials)],
                 ..plain(&[ADAM, REDUCE], (256, 1), None)
+            },
+            Kernel::AuxMask => plain(&[AUX_MASK], (256, 1), None),
+            Kernel::AuxRows => plain(&[AUX_ROWS], (256, 1), None),
+            Kernel::AuxLoss => plain(&[AUX_LOSS, REDUCE], (256, 1), None),
+            Kernel::Add { n } => Recipe {
+                extra: vec![("N", n)],
+                ..plain(&[ADD], (256, 1), None)
             },
         }
     }
@@ -479,6 +516,39 @@ impl Dims {
         }
         kinds.into_iter().map(|k| (k, self.kernel(k))).collect()
     }
+
+    /// The dims AuxK's kernels are made with: a TopK selection of `k` per token over the
+    /// sunk pre-activations, on the dense path (AuxK's own matmuls always run).
+    pub fn aux(&self, k: usize) -> Dims {
+        Dims {
+            act: Activation::TopK { k: k.min(self.m) },
+            sparse: false,
+            cap: 0,
+            ..*self
+        }
+    }
+
+    /// Every kind of kernel AuxK adds to a step of this shape, in [`Dims::aux`]'s dims
+    /// (for validation).
+    pub fn aux_kernels(&self, k: usize) -> Vec<(Kernel, Wgsl)> {
+        let a = self.aux(k);
+        let (d, m) = (self.d, self.m);
+        [
+            Kernel::AuxMask,
+            Kernel::Select,
+            Kernel::MmDec,
+            Kernel::AuxRows,
+            Kernel::MmGdec,
+            Kernel::MmDp,
+            Kernel::Colsum { n: m, dense: false },
+            Kernel::MmGenc,
+            Kernel::Add { n: d * m },
+            Kernel::AuxLoss,
+        ]
+        .into_iter()
+        .map(|k| (k, a.kernel(k)))
+        .collect()
+    }
 }
 
 /// Workgroups to cover `n` with groups of `per`.
@@ -544,8 +614,15 @@ fn contiguous(t: CubeTensor) -> CubeTensor {
 }
 
 /// One training step (see the module's documentation).
-fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<CubeBackend> {
+fn step(
+    x: CubeTensor,
+    s: StepState<CubeBackend>,
+    dead: CubeTensor,
+    aux_factors: CubeTensor,
+    spec: StepSpec,
+) -> StepResult<CubeBackend> {
     let x = contiguous(x);
+    let (dead, aux_factors) = (contiguous(dead), contiguous(aux_factors));
     let (h, b, d) = (x.meta.shape()[0], x.meta.shape()[1], x.meta.shape()[2]);
     let m = s.w_enc.meta.shape()[2];
     let bindings = x.client.properties().hardware.max_bindings;
@@ -810,6 +887,111 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         ],
     );
 
+    let aux = l.upload(&[0.0]);
+    if let Some(k) = spec.aux_k {
+        // AuxK, dense: the dead features' top k per token reconstruct the error (mm_dec,
+        // no bias), and the difference's gradient flows back through the same matmuls as
+        // the loss's; its gradients are then added to the loss's.
+        let la = Launcher {
+            like: &x,
+            dims: dims.aux(k),
+            lists: None,
+        };
+        let masked = la.empty(&[h, b, m]);
+        la.launch(
+            Kernel::AuxMask,
+            (groups(m, 256), b as u32, hu),
+            &[&pre.handle, &dead.handle, &masked.handle],
+        );
+        let thr = la.empty(&[h, b]);
+        la.launch(
+            Kernel::Select,
+            (b as u32, hu, 1),
+            &[&masked.handle, &thr.handle],
+        );
+        let no_bias = la.upload(&vec![0.0; h * d]);
+        let ehat = la.empty(&[h, b, d]);
+        la.launch(
+            Kernel::MmDec,
+            mm(b, d),
+            &[
+                &masked.handle,
+                &thr.handle,
+                &w_dec.handle,
+                &no_bias,
+                &ehat.handle,
+            ],
+        );
+        let aux_sq = la.empty(&[h, b]);
+        la.launch(
+            Kernel::AuxRows,
+            (groups(b, 256), hu, 1),
+            &[
+                &dr.handle,
+                &ehat.handle,
+                &aux_sq.handle,
+                &aux_factors.handle,
+            ],
+        );
+        let g = ehat;
+        let gw_dec = la.empty(&[h, m, d]);
+        la.launch(
+            Kernel::MmGdec,
+            mm(m, d),
+            &[
+                &masked.handle,
+                &thr.handle,
+                &g.handle,
+                &w_dec.handle,
+                &norms.handle,
+                &fsum.handle,
+                &gw_dec.handle,
+                &sc,
+            ],
+        );
+        let dp_aux = la.empty(&[h, b, m]);
+        let unused = la.empty(&[1]);
+        la.launch(
+            Kernel::MmDp,
+            mm(b, m),
+            &[
+                &g.handle,
+                &w_dec.handle,
+                &masked.handle,
+                &thr.handle,
+                &norms.handle,
+                &dp_aux.handle,
+                &unused.handle,
+                &sc,
+            ],
+        );
+        let gb_enc = la.empty(&[h, m]);
+        la.launch(
+            Kernel::Colsum { n: m, dense: false },
+            (groups(m, 256), hu, 1),
+            &[&dp_aux.handle, &gb_enc.handle],
+        );
+        let gw_enc = la.empty(&[h, d, m]);
+        la.launch(
+            Kernel::MmGenc,
+            mm(d, m),
+            &[&x.handle, &dp_aux.handle, &gw_enc.handle],
+        );
+        for (v, acc) in [(&gw_enc, &g_we), (&gb_enc, &g_be), (&gw_dec, &g_wd)] {
+            let n = v.meta.shape().num_elements();
+            la.launch(
+                Kernel::Add { n },
+                (groups(n, 4096), 1, 1),
+                &[&v.handle, &acc.handle],
+            );
+        }
+        la.launch(
+            Kernel::AuxLoss,
+            (1, 1, 1),
+            &[&aux_sq.handle, &aux, &terms.handle, &aux_factors.handle],
+        );
+    }
+
     // Clipping's global norm over every gradient, then Adam per array.
     let mut arrays = vec![
         (w_enc, g_we, mv_we),
@@ -881,6 +1063,13 @@ fn step(x: CubeTensor, s: StepState<CubeBackend>, spec: StepSpec) -> StepResult<
         resid_sq,
         recon_sq,
         terms,
+        aux: CubeTensor::new_contiguous(
+            x.client.clone(),
+            x.device.clone(),
+            Shape::from(vec![1]),
+            aux,
+            DType::F32,
+        ),
     }
 }
 
@@ -1015,8 +1204,37 @@ pub fn run_step(
     x: burn::tensor::Tensor<3>,
     state: StepState<burn::backend::Dispatch>,
     spec: StepSpec,
+    aux: Option<&super::fused_cpu::AuxK>,
 ) -> StepResult<burn::backend::Dispatch> {
-    <burn::backend::Dispatch as WgslStep>::wgsl_sae_step(x.into_dispatch(), state, spec)
+    let [h, b, _] = x.dims();
+    let device = x.device();
+    let mut spec = spec;
+    // AuxK's dead features [H, M] (1: dead), and per head its scale, the gradient's
+    // factor, then the coefficient (fused_cpu::AuxK); one-element placeholders without.
+    let (dead, factors) = match aux.and_then(|a| a.head_factors(h, b)) {
+        Some((k, factors)) => {
+            spec.aux_k = Some(k);
+            let a = aux.expect("factors come from it");
+            let dead: Vec<f32> = a.dead.iter().map(|&d| f32::from(u8::from(d))).collect();
+            (dead, factors)
+        }
+        None => {
+            spec.aux_k = None;
+            (vec![0.0], vec![0.0])
+        }
+    };
+    let tensor = |v: Vec<f32>| {
+        let n = v.len();
+        burn::tensor::Tensor::<1>::from_data(burn::tensor::TensorData::new(v, [n]), &device)
+            .into_dispatch()
+    };
+    <burn::backend::Dispatch as WgslStep>::wgsl_sae_step(
+        x.into_dispatch(),
+        state,
+        tensor(dead),
+        tensor(factors),
+        spec,
+    )
 }
 
 #[cfg(test)]
