@@ -25,6 +25,8 @@ pub struct TrainForm {
     pub d_sae: String,
     pub k: String,
     pub l1_coefficient: String,
+    /// Empty: the default (1/32 for TopK and BatchTopK).
+    pub aux_k_coefficient: String,
     pub lr: String,
     pub lr_schedule: LrSchedule,
     pub lr_warmup_steps: String,
@@ -57,6 +59,15 @@ impl TrainForm {
             d_sae: c.d_sae.map(|d| d.to_string()).unwrap_or_default(),
             k: c.k.to_string(),
             l1_coefficient: c.l1_coefficient.to_string(),
+            // Empty for a ReLU or JumpReLU run (whose saved coefficient is 0), so that
+            // switching the form to TopK gets the default, not AuxK off.
+            aux_k_coefficient: match c.architecture {
+                ArchitectureKind::Topk | ArchitectureKind::BatchTopk => c
+                    .aux_k_coefficient
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                ArchitectureKind::Relu | ArchitectureKind::Jumprelu => String::new(),
+            },
             lr: c.lr.to_string(),
             lr_schedule: c.lr_schedule,
             lr_warmup_steps: c.lr_warmup_steps.to_string(),
@@ -104,6 +115,9 @@ impl TrainForm {
             }
         };
         let l1_coefficient = real("sparsity coefficient", &self.l1_coefficient);
+        let aux_k_coefficient = (!self.aux_k_coefficient.trim().is_empty())
+            .then(|| real("AuxK coefficient", &self.aux_k_coefficient))
+            .flatten();
         let lr = real("learning rate", &self.lr);
         if self.model.trim().is_empty() {
             errors.push(("model", "give a model path, hub id or alias".into()));
@@ -120,6 +134,7 @@ impl TrainForm {
             d_sae,
             k,
             l1_coefficient,
+            aux_k_coefficient,
             lr,
             lr_schedule: Some(self.lr_schedule),
             lr_warmup_steps,
@@ -259,6 +274,12 @@ pub fn form_ui(
                     &mut form.l1_coefficient,
                     "L1 (relu) or L0 (jumprelu)",
                 );
+                text(
+                    ui,
+                    "AuxK coefficient",
+                    &mut form.aux_k_coefficient,
+                    "revives dead features (topk, batchtopk); empty: 1/32, 0: off",
+                );
                 text(ui, "learning rate", &mut form.lr, "Adam learning rate");
                 combo(ui, "lr schedule", &mut form.lr_schedule);
                 text(ui, "lr warmup steps", &mut form.lr_warmup_steps, "steps");
@@ -366,5 +387,43 @@ pub fn progress_ui(ui: &mut egui::Ui, s: &JobStatus) {
             "step {} / {} · {:.0} tokens/s · {eta}",
             s.step, s.total_steps, tokens_per_s
         )));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AuxK field: empty is the default, a number is passed on, and a number for ReLU
+    /// is refused by the config's check; a ReLU run's form leaves it empty.
+    #[test]
+    fn aux_k_field() {
+        let mut form = TrainForm {
+            architecture: ArchitectureKind::Topk,
+            ..TrainForm::default()
+        };
+        assert_eq!(form.aux_k_coefficient, "");
+        assert_eq!(form.to_args().unwrap().aux_k_coefficient, None);
+        form.aux_k_coefficient = "0".into();
+        assert_eq!(form.to_args().unwrap().aux_k_coefficient, Some(0.0));
+        form.aux_k_coefficient = "x".into();
+        let errors = form.to_args().unwrap_err();
+        assert_eq!(errors[0].0, "AuxK coefficient");
+        let relu = TrainForm {
+            aux_k_coefficient: "0.5".into(),
+            ..TrainForm::default()
+        };
+        let args = relu.to_args().unwrap();
+        let err = args
+            .resolve(DeviceChoice::Cpu)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("aux_k_coefficient"), "{err}");
+        let run = TrainConfig {
+            aux_k_coefficient: Some(0.0),
+            ..TrainConfig::default()
+        };
+        assert_eq!(TrainForm::from_config(&run).aux_k_coefficient, "");
     }
 }
