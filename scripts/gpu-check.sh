@@ -36,6 +36,8 @@ ATTN_SAES_WGSL_ENCODER=burn timeout 150 /tmp/bin/sae_step --device wgpu --second
     --no-autodiff
 echo "== SAE step: TopK k=32"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --topk 32
+echo "== SAE step: TopK k=32 with AuxK, half of each head's features dead (WGSL step alone)"
+timeout 60 /tmp/bin/sae_step --device wgpu --seconds 3 --topk 32 --aux-dead 0.5 --no-autodiff
 echo "== SAE step: BatchTopK k=32, seed shape: selection over many workgroups a head, then one a head"
 timeout 100 /tmp/bin/sae_step --device wgpu --seconds 3 --batchtopk 32 --shape 4096,12,64,2048
 ATTN_SAES_BATCHTOPK_SELECT=one timeout 100 /tmp/bin/sae_step --device wgpu --seconds 3 \
