@@ -45,6 +45,7 @@ fn setup(
         b_dec: tensor(r.get("b_dec"), device),
         input_scale: vec![1.0; h],
         log_threshold: None,
+        batch_threshold: None,
     };
     let x = tensor::<3>(r.get("x"), device).swap_dims(0, 1);
     let dead = r.get("dead").data.iter().map(|&v| v == 1.0).collect();

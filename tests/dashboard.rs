@@ -360,6 +360,18 @@ fn top_examples_and_interval_groups_match_brute_force() {
         let sae = random_sae_with(&loaded, 16, 7, architecture);
         check_against_brute_force(&loaded, &sae);
     }
+    // BatchTopK with its inference thresholds (from 0.2 to 2): each token on its own.
+    let mut sae = random_sae_with(&loaded, 16, 7, Architecture::BatchTopK { k: 2 });
+    let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
+    let mut rng = Rng::new(8);
+    let t: Vec<f32> = (0..h * m)
+        .map(|_| 0.2 + 1.8 * rng.uniform() as f32)
+        .collect();
+    sae.batch_threshold = Some(Tensor::from_data(
+        TensorData::new(t, [h, m]),
+        &Device::flex(),
+    ));
+    check_against_brute_force(&loaded, &sae);
 }
 
 fn check_against_brute_force(loaded: &LoadedModel, sae: &BlockDiagSae) {

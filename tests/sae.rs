@@ -44,6 +44,7 @@ fn fixture(arch: Architecture) -> Fixture {
         b_dec: t(reference.get("b_dec"), &device),
         input_scale: vec![1.0; h],
         log_threshold: None,
+        batch_threshold: None,
     };
     let x = t::<3>(reference.get("x"), &device).swap_dims(0, 1);
     Fixture { reference, sae, x }
@@ -202,6 +203,7 @@ fn batch_metrics_of_a_forward_pass_match_pytorch() {
         resid_sq,
         recon_sq,
         aux: None,
+        batch_threshold: None,
     };
     check_batch_metrics("forward", f.x.clone(), &step, &f.reference);
 }
@@ -446,6 +448,7 @@ fn block_diagonal_equals_dense_zero_padded_sae() {
         b_dec: f.sae.b_dec.clone().reshape([1, h * d]),
         input_scale: vec![1.0],
         log_threshold: None,
+        batch_threshold: None,
     };
     let b = f.x.dims()[1];
     let x_dense =
@@ -657,4 +660,148 @@ fn jumprelu_loss_and_straight_through_gradients_match_pytorch() {
         1e-6,
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// BatchTopK with inference thresholds: each token's features are the ReLU of its
+/// pre-activations at or above them (so a token gives the same features alone as in a
+/// batch), folding scales them with the decoder norms and keeps the reconstructions, they
+/// survive a save and load bit for bit, and the SAELens export (as JumpReLU) imports to the
+/// same reconstructions.
+#[test]
+fn batchtopk_inference_thresholds_encode_fold_save_and_export() {
+    let mut f = fixture(Architecture::BatchTopK { k: 2 });
+    let (h, m) = (f.sae.config.n_heads, f.sae.config.features_per_head);
+    let device = Device::flex();
+    let mut rng = attn_saes::rng::Rng::new(4);
+    // Per head, as training leaves them.
+    let per_head: Vec<f32> = (0..h).map(|_| 0.05 + 0.3 * rng.uniform() as f32).collect();
+    let t: Vec<f32> = (0..h * m).map(|i| per_head[i / m]).collect();
+    f.sae.batch_threshold = Some(Tensor::from_data(
+        TensorData::new(t.clone(), [h, m]),
+        &device,
+    ));
+    f.sae.input_scale = vec![0.5, 2.0, 3.0];
+    let (pre, feats) = f.sae.encode(f.x.clone());
+    let (pre, feats) = (values(pre), values(feats));
+    let b = f.x.dims()[1];
+    let want: Vec<f64> = pre
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let cut = t[(i / (b * m)) * m + i % m] as f64;
+            if p >= cut { p.max(0.0) } else { 0.0 }
+        })
+        .collect();
+    assert_close("thresholded features", &feats, &want, 0.0);
+    let active = feats.iter().filter(|&&v| v > 0.0).count();
+    assert!(active > 0 && active < feats.len() / 2, "{active} active");
+    // One token alone: the same features as in the batch.
+    let alone = values(f.sae.encode(f.x.clone().narrow(1, 3, 1)).1);
+    let in_batch: Vec<f64> = (0..h)
+        .flat_map(|hd| feats[(hd * b + 3) * m..(hd * b + 4) * m].to_vec())
+        .collect();
+    assert_close("a token alone", &alone, &in_batch, 0.0);
+    // Folding.
+    let z = f.x.clone().swap_dims(0, 1);
+    let before = values(f.sae.reconstruct_raw(z.clone()));
+    let folded = f.sae.fold();
+    assert_close(
+        "folded reconstruction",
+        &values(folded.reconstruct_raw(z.clone())),
+        &before,
+        1e-4,
+    );
+    // Save and load.
+    let dir = std::env::temp_dir().join(format!("attn-saes-btk-{}", std::process::id()));
+    f.sae.save(&dir.join("sae")).unwrap();
+    let back = BlockDiagSae::load(&dir.join("sae"), &device).unwrap();
+    assert_eq!(
+        values(back.batch_threshold.clone().unwrap()),
+        t.iter().map(|&v| v as f64).collect::<Vec<_>>()
+    );
+    // SAELens: exported as JumpReLU with the folded thresholds.
+    let hook = attn_saes::sae::io::HookInfo {
+        model_name: "tiny".into(),
+        hook_layer: 1,
+        context_size: 16,
+        prepend_bos: true,
+        dataset_path: "x".into(),
+    };
+    f.sae
+        .export_saelens(&dir.join("saelens"), &hook, None)
+        .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("saelens/cfg.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["architecture"], "jumprelu");
+    let imported = BlockDiagSae::import_saelens(&dir.join("saelens"), 3, &device).unwrap();
+    assert!(matches!(
+        imported.config.architecture,
+        Architecture::JumpRelu { .. }
+    ));
+    assert_close(
+        "imported reconstruction",
+        &values(imported.reconstruct_raw(z)),
+        &before,
+        1e-4,
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The batch threshold each training step reports for BatchTopK (what the inference
+/// thresholds average) is the head's (k x B)-th largest pre-activation, on every path:
+/// the fused CPU step, the WGSL step (on wgpu) and autodiff.
+#[test]
+fn batchtopk_steps_report_the_batch_threshold_on_every_path() {
+    let reference = Reference::load("sae_reference/reference.safetensors");
+    let k = 2;
+    for (name, device) in test_devices() {
+        let w_enc: Tensor<3> = t(reference.get("W_enc"), &device);
+        let [h, d, m] = w_enc.dims();
+        let sae = BlockDiagSae {
+            config: SaeConfig {
+                n_heads: h,
+                d_head: d,
+                features_per_head: m,
+                architecture: Architecture::BatchTopK { k },
+            },
+            w_enc,
+            b_enc: t(reference.get("b_enc"), &device),
+            w_dec: t(reference.get("W_dec"), &device),
+            b_dec: t(reference.get("b_dec"), &device),
+            input_scale: vec![1.0; h],
+            log_threshold: None,
+            batch_threshold: None,
+        };
+        let x = t::<3>(reference.get("x"), &device).swap_dims(0, 1);
+        let b = x.dims()[1];
+        let pre = values(sae.encode(x.clone()).0);
+        let want: Vec<f64> = pre
+            .chunks(b * m)
+            .map(|head| {
+                let mut v = head.to_vec();
+                v.sort_by(|a, b| b.total_cmp(a));
+                v[k * b - 1]
+            })
+            .collect();
+        for fast in [true, false] {
+            let mut sae = sae.clone();
+            let mut opt = if fast {
+                SaeOptimizer::new(&sae)
+            } else {
+                SaeOptimizer::with_autodiff(&sae)
+            };
+            let out = opt.step(&mut sae, x.clone(), 0.0, 1e-3, (0.9, 0.999), 0.0);
+            let got = values(
+                out.batch_threshold
+                    .expect("BatchTopK reports its threshold"),
+            );
+            assert_close(
+                &format!("{name} {} batch threshold", opt.path()),
+                &got,
+                &want,
+                0.0,
+            );
+        }
+    }
 }

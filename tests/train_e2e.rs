@@ -709,6 +709,24 @@ fn topk_and_batchtopk_train_on_the_fused_cpu_step_and_resume_exactly() {
             last.aux_loss, last.dead_features
         );
         assert!(last.dead_features > 0 && last.aux_loss.unwrap() > 0.0);
+        // BatchTopK saves its inference thresholds: one per head, positive.
+        let sae =
+            attn_saes::sae::BlockDiagSae::load(&dir.join("run/sae"), &Device::flex()).unwrap();
+        match architecture {
+            ArchitectureKind::BatchTopk => {
+                let t = attn_saes::files::host_vec(sae.batch_threshold.unwrap()).unwrap();
+                let m = sae.config.features_per_head;
+                let firsts: Vec<f32> = t.iter().step_by(m).copied().collect();
+                println!("{tag}: inference thresholds per head {firsts:?}");
+                for head in t.chunks(m) {
+                    assert!(
+                        head[0] > 0.0 && head.iter().all(|&v| v == head[0]),
+                        "{head:?}"
+                    );
+                }
+            }
+            _ => assert!(sae.batch_threshold.is_none()),
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

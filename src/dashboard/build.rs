@@ -155,6 +155,8 @@ enum HostActivation<'a> {
     Jump(&'a [f32]),
     TopK(usize),
     BatchTopK(usize),
+    /// BatchTopK with its inference thresholds, [m]: ReLU at or above each.
+    AtLeast(&'a [f32]),
 }
 
 /// One head's encoder parameters on the host.
@@ -217,6 +219,11 @@ fn encode_head(
                         *v = if *v >= kth { *v } else { 0.0 };
                     }
                     relu(row);
+                }
+                HostActivation::AtLeast(cut) => {
+                    for (v, &t) in row.iter_mut().zip(cut) {
+                        *v = if *v >= t { v.max(0.0) } else { 0.0 };
+                    }
                 }
                 HostActivation::BatchTopK(_) => {}
             }
@@ -736,6 +743,11 @@ pub fn build(
             (Architecture::JumpRelu { .. }, Some(lt)) => host_vec(lt.clone().exp())?,
             _ => Vec::new(),
         };
+        // BatchTopK's inference thresholds, as `BlockDiagSae::encode` uses them.
+        let cut = match (sae.config.architecture, &sae.batch_threshold) {
+            (Architecture::BatchTopK { .. }, Some(t)) => host_vec(t.clone())?,
+            _ => Vec::new(),
+        };
         let encoders: Vec<HeadEncoder> = (0..h)
             .map(|head| HeadEncoder {
                 w_enc: &w_enc[head * d * m..(head + 1) * d * m],
@@ -747,6 +759,9 @@ pub fn build(
                     // Without thresholds, `encode` takes JumpReLU at zero threshold.
                     (Architecture::Relu | Architecture::JumpRelu { .. }, _) => HostActivation::Relu,
                     (Architecture::TopK { k }, _) => HostActivation::TopK(k),
+                    (Architecture::BatchTopK { .. }, _) if !cut.is_empty() => {
+                        HostActivation::AtLeast(&cut[head * m..(head + 1) * m])
+                    }
                     (Architecture::BatchTopK { k }, _) => HostActivation::BatchTopK(k),
                 },
             })

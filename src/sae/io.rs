@@ -62,6 +62,9 @@ impl BlockDiagSae {
         if let Some(lt) = &self.log_threshold {
             arrays.push(NamedArray::from_tensor("log_threshold", lt.clone())?);
         }
+        if let Some(t) = &self.batch_threshold {
+            arrays.push(NamedArray::from_tensor("batch_threshold", t.clone())?);
+        }
         Ok(arrays)
     }
 
@@ -84,6 +87,13 @@ impl BlockDiagSae {
             log_threshold: match config.architecture {
                 Architecture::JumpRelu { .. } => {
                     Some(get("log_threshold", &[h, m])?.into_tensor(device))
+                }
+                _ => None,
+            },
+            // Files written before BatchTopK kept its thresholds have none.
+            batch_threshold: match config.architecture {
+                Architecture::BatchTopK { .. } if file.contains("batch_threshold") => {
+                    Some(get("batch_threshold", &[h, m])?.into_tensor(device))
                 }
                 _ => None,
             },
@@ -176,6 +186,10 @@ impl BlockDiagSae {
             let threshold = host(lt.clone().exp())?;
             arrays.push(NamedArray::new("threshold", vec![d_sae], threshold));
         }
+        // A BatchTopK SAE with its inference thresholds runs in SAELens as JumpReLU.
+        if let Some(t) = &folded.batch_threshold {
+            arrays.push(NamedArray::new("threshold", vec![d_sae], host(t.clone())?));
+        }
         write_safetensors(&dir.join("sae_weights.safetensors"), &arrays, None)?;
         if let Some(density) = log10_density {
             ensure!(
@@ -190,15 +204,17 @@ impl BlockDiagSae {
             )?;
         }
         let hook_name = format!("blocks.{}.attn.hook_z", hook.hook_layer);
-        let k = match cfg.architecture {
-            Architecture::TopK { k } | Architecture::BatchTopK { k } => Some(k),
-            Architecture::Relu | Architecture::JumpRelu { .. } => None,
+        let k = match (cfg.architecture, &folded.batch_threshold) {
+            (Architecture::TopK { k }, _) | (Architecture::BatchTopK { k }, None) => Some(k),
+            _ => None,
         };
         let cfg_json = serde_json::json!({
-            "architecture": match cfg.architecture {
-                Architecture::Relu => "standard",
-                Architecture::JumpRelu { .. } => "jumprelu",
-                // SAELens runs a BatchTopK SAE at inference as TopK (or JumpReLU).
+            "architecture": match (cfg.architecture, &folded.batch_threshold) {
+                (Architecture::Relu, _) => "standard",
+                (Architecture::JumpRelu { .. }, _) => "jumprelu",
+                // SAELens runs a BatchTopK SAE at inference as JumpReLU with its
+                // thresholds; without them, as TopK.
+                (Architecture::BatchTopK { .. }, Some(_)) => "jumprelu",
                 _ => "topk",
             },
             "d_in": d_in,
@@ -342,6 +358,7 @@ impl BlockDiagSae {
                     device,
                 )
             }),
+            batch_threshold: None,
         })
     }
 
@@ -394,6 +411,7 @@ impl BlockDiagSae {
             b_dec: tensor(b_dec, [n_heads, d], device),
             input_scale: vec![1.0; n_heads],
             log_threshold: None,
+            batch_threshold: None,
         })
     }
 }

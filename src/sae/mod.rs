@@ -92,6 +92,12 @@ pub struct BlockDiagSae {
     pub input_scale: Vec<f32>,
     /// JumpReLU only: log of the threshold per feature, [H, m].
     pub log_threshold: Option<Tensor<2>>,
+    /// BatchTopK only, at inference: each feature's threshold, [H, m] (its head's running
+    /// average of the batch thresholds during training, times the decoder norm once
+    /// folded). A feature is then the ReLU of a pre-activation at or above it, whatever
+    /// else is in the batch (Bussmann et al. 2024; SAELens does the same). `None` (an SAE
+    /// saved before these were kept): the batch's own selection. Training never reads it.
+    pub batch_threshold: Option<Tensor<2>>,
 }
 
 /// What a forward pass gives.
@@ -139,6 +145,7 @@ impl BlockDiagSae {
             input_scale: vec![1.0; h],
             log_threshold: matches!(config.architecture, Architecture::JumpRelu { .. })
                 .then(|| Tensor::full([h, m], JUMPRELU_INIT_THRESHOLD.ln(), device)),
+            batch_threshold: None,
             config,
         }
     }
@@ -151,11 +158,21 @@ impl BlockDiagSae {
     /// activations)`, both [H, B, m].
     pub fn encode(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
         let pre = x.matmul(self.w_enc.clone()) + self.b_enc.clone().unsqueeze_dim::<3>(1);
-        let feats = match (self.config.architecture, &self.log_threshold) {
-            (Architecture::JumpRelu { bandwidth }, Some(lt)) => {
+        let feats = match (
+            self.config.architecture,
+            &self.log_threshold,
+            &self.batch_threshold,
+        ) {
+            (Architecture::JumpRelu { bandwidth }, Some(lt), _) => {
                 jumprelu(pre.clone(), lt.clone(), bandwidth).0
             }
-            (arch, _) => activate(pre.clone(), arch),
+            (Architecture::BatchTopK { .. }, _, Some(threshold)) => {
+                let [h, b, m] = pre.dims();
+                let cut = threshold.clone().unsqueeze_dim::<3>(1).expand([h, b, m]);
+                let keep = pre.clone().greater_equal(cut);
+                relu(pre.clone().mask_fill(keep.bool_not(), 0.0))
+            }
+            (arch, _, _) => activate(pre.clone(), arch),
         };
         (pre, feats)
     }
@@ -186,7 +203,15 @@ impl BlockDiagSae {
     /// `sum_h sum_i f_i ||W_dec[h][i]||` (zero weight for TopK/BatchTopK).
     pub fn loss(&self, x: Tensor<3>, l1_coefficient: f64) -> (SaeOutput, LossTerms) {
         let batch = x.dims()[1] as f64;
-        let out = self.forward(x.clone());
+        // Training selects over the batch (BatchTopK's inference thresholds are not used).
+        let out = match self.batch_threshold {
+            Some(_) => Self {
+                batch_threshold: None,
+                ..self.clone()
+            }
+            .forward(x.clone()),
+            None => self.forward(x.clone()),
+        };
         let mse = (out.recon.clone() - x).square().sum() / batch;
         // sum_{h,b,i} f[h,b,i] n[h,i] = sum_{h,i} n[h,i] sum_b f[h,b,i]: summing over the batch
         // first saves a full pass over the [H, B, m] activations (and its backward).
@@ -276,6 +301,10 @@ impl BlockDiagSae {
             .log_threshold
             .clone()
             .map(|lt| lt + self.decoder_norms().clamp_min(1e-12).log());
+        let batch_threshold = self
+            .batch_threshold
+            .clone()
+            .map(|t| t * self.decoder_norms().clamp_min(1e-12));
         Self {
             config: self.config.clone(),
             w_enc,
@@ -284,6 +313,7 @@ impl BlockDiagSae {
             b_dec,
             input_scale: vec![1.0; h],
             log_threshold,
+            batch_threshold,
         }
     }
 

@@ -126,6 +126,8 @@ pub struct BatchSums {
     pub resid_sq: Vec<f64>,
     /// Squared norm of each token's reconstruction per head, [H, B].
     pub recon_sq: Vec<f32>,
+    /// BatchTopK: each head's threshold over the batch, [H] (empty otherwise).
+    pub head_threshold: Vec<f32>,
 }
 
 /// Per-feature values every job reads: decoder norms and (JumpReLU) thresholds, [H, m].
@@ -373,6 +375,7 @@ fn loss_and_grads_with(
         fired: vec![0.0; h * m],
         resid_sq: vec![0.0; h],
         recon_sq: vec![0.0; h * batch],
+        head_threshold: feat.head_threshold.clone(),
     };
     // Reuse the caller's buffers: a fresh set each step is another 4 floats per parameter
     // to fault in.
@@ -1578,6 +1581,7 @@ pub fn autodiff_reference_aux(
     use crate::sae::{BlockDiagSae, LossTerms, SaeOutput};
     use burn::tensor::Tensor;
     let tracked = BlockDiagSae {
+        batch_threshold: None,
         w_enc: sae.w_enc.clone().autodiff().require_grad(),
         b_enc: sae.b_enc.clone().autodiff().require_grad(),
         w_dec: sae.w_dec.clone().autodiff().require_grad(),

@@ -330,6 +330,7 @@ mod tests {
             resid_sq,
             recon_sq,
             aux: None,
+            batch_threshold: None,
         };
         let stats = batch_stats(x, &step);
         // L2 ratio and L0, naively.

@@ -166,6 +166,8 @@ pub struct StepOutput {
     pub recon_sq: Tensor<2>,
     /// The AuxK term, without its coefficient (`None` when the step had no AuxK).
     pub aux: Option<Tensor<1>>,
+    /// BatchTopK: each head's threshold over this batch, [H] (`None` otherwise).
+    pub batch_threshold: Option<Tensor<1>>,
 }
 
 /// The parameter names of the optimizer file, in the order of `HostParams::arrays`.
@@ -300,6 +302,8 @@ impl SaeOptimizer {
                     resid_sq: host_tensor(&resid, [h], &device),
                     recon_sq: host_tensor(&sums.recon_sq, [h, b], &device),
                     aux: aux.map(|_| scalar(sums.aux)),
+                    batch_threshold: (!sums.head_threshold.is_empty())
+                        .then(|| host_tensor(&sums.head_threshold, [h], &device)),
                 }
             }
             OptState::Wgsl { state, .. } => {
@@ -334,6 +338,15 @@ impl SaeOptimizer {
                     resid_sq: Tensor::from_dispatch(r.resid_sq),
                     recon_sq: Tensor::from_dispatch(r.recon_sq),
                     aux: aux.map(|_| Tensor::from_dispatch(r.aux)),
+                    batch_threshold: matches!(
+                        sae.config.architecture,
+                        Architecture::BatchTopK { .. }
+                    )
+                    .then(|| {
+                        let thr = Tensor::<2>::from_dispatch(r.thresholds);
+                        let h = thr.dims()[0];
+                        thr.narrow(1, 0, 1).reshape([h])
+                    }),
                 }
             }
             OptState::Autodiff {
@@ -344,6 +357,7 @@ impl SaeOptimizer {
                 log_threshold,
             } => {
                 let tracked = BlockDiagSae {
+                    batch_threshold: None,
                     config: sae.config.clone(),
                     w_enc: sae.w_enc.clone().autodiff().require_grad(),
                     b_enc: sae.b_enc.clone().autodiff().require_grad(),
@@ -401,6 +415,15 @@ impl SaeOptimizer {
                     feats: out.feats.inner(),
                     recon: out.recon.inner(),
                 };
+                let batch_threshold = match sae.config.architecture {
+                    Architecture::BatchTopK { k } => {
+                        let [h, b, m] = out.pre.dims();
+                        let flat = out.pre.clone().reshape([h, b * m]);
+                        let n = (k * b).min(b * m);
+                        Some(crate::sae::kth_largest(flat, n, 1).reshape([h]))
+                    }
+                    _ => None,
+                };
                 let (fired, resid_sq, recon_sq) = metrics::step_sums(x, &out);
                 StepOutput {
                     mse: terms.mse.inner(),
@@ -410,6 +433,7 @@ impl SaeOptimizer {
                     resid_sq,
                     recon_sq,
                     aux: aux_term.map(|t| t.inner()),
+                    batch_threshold,
                 }
             }
         }

@@ -71,6 +71,10 @@ pub fn train(
     result
 }
 
+/// How fast BatchTopK's inference thresholds follow the batches' (SAELens'
+/// `topk_threshold_lr`).
+const BATCH_THRESHOLD_RATE: f64 = 0.01;
+
 /// What a run is before any data moves: the validated config (the hooked layer recorded),
 /// the SAE's shape, and the corpus with its held-out evaluation windows (first in the
 /// corpus; training data starts after them).
@@ -352,6 +356,16 @@ impl<'a> Trainer<'a> {
             config.grad_clip_norm,
             aux.as_ref(),
         );
+        if let Some(now) = out.batch_threshold.clone() {
+            // BatchTopK's inference thresholds: a running average of each head's batch
+            // threshold (SAELens' rate), from the first batch's.
+            let m = s.features_per_head;
+            let now = now.clamp_min(0.0).unsqueeze_dim::<2>(1).expand([h, m]);
+            self.sae.batch_threshold = Some(match self.sae.batch_threshold.take() {
+                Some(prev) => prev * (1.0 - BATCH_THRESHOLD_RATE) + now * BATCH_THRESHOLD_RATE,
+                None => now,
+            });
+        }
         self.dead.observe(out.fired.clone(), b);
         self.state.step += 1;
         self.state.tokens += b as u64;

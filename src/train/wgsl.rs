@@ -142,6 +142,9 @@ pub struct StepResult<B: Backend> {
     pub terms: FloatTensor<B>,
     /// The AuxK term without its coefficient, [1] (0 without AuxK).
     pub aux: FloatTensor<B>,
+    /// TopK and BatchTopK: each token's threshold, [H, B] (BatchTopK: the head's, in
+    /// every slot); unset otherwise.
+    pub thresholds: FloatTensor<B>,
 }
 
 /// The step as a backend operation: CubeCL runtimes (wgpu), directly or under fusion.
@@ -174,6 +177,7 @@ fn step_meta(
         recon_sq: spec(&[h, b]),
         terms: spec(&[4]),
         aux: spec(&[1]),
+        thresholds: spec(&[h, b]),
     }
 }
 
@@ -739,6 +743,17 @@ fn step(
             thr.handle
         }
     };
+    // The thresholds, as a tensor to return (TopK and BatchTopK; unset otherwise).
+    let thresholds = match spec.act {
+        Activation::TopK { .. } | Activation::BatchTopK { .. } => CubeTensor::new_contiguous(
+            x.client.clone(),
+            x.device.clone(),
+            Shape::from(vec![h, b]),
+            gate.clone(),
+            DType::F32,
+        ),
+        _ => l.empty(&[h, b]),
+    };
     let (fired, fsum, lcount) = (l.empty(&[h, m]), l.empty(&[h, m]), l.empty(&[h, m]));
     l.launch(
         Kernel::Fstats,
@@ -1070,6 +1085,7 @@ fn step(
             aux,
             DType::F32,
         ),
+        thresholds,
     }
 }
 
