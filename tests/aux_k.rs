@@ -6,23 +6,16 @@
 
 mod common;
 
-use attn_saes::sae::{Architecture, BlockDiagSae, SaeConfig};
+use attn_saes::sae::{Architecture, BlockDiagSae};
 use attn_saes::train::fused_cpu::{
     Activation, AuxK, HostParams, autodiff_reference_aux, loss_and_grads_aux,
 };
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use common::*;
 
 const K_AUX: usize = 4;
 const COEF: f64 = 0.25;
 const NAMES: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
-
-fn tensor<const D: usize>(r: &RefTensor, device: &Device) -> Tensor<D> {
-    let data: Vec<f32> = r.data.iter().map(|&v| v as f32).collect();
-    let shape: [usize; D] = r.shape.clone().try_into().unwrap();
-    Tensor::from_data(TensorData::new(data, shape), device)
-}
 
 /// The fixture's SAE with `arch`, its input [H, B, d] and dead mask [H * m].
 fn setup(
@@ -30,24 +23,7 @@ fn setup(
     arch: Architecture,
     device: &Device,
 ) -> (BlockDiagSae, Tensor<3>, Vec<bool>) {
-    let w_enc: Tensor<3> = tensor(r.get("W_enc"), device);
-    let [h, d, m] = w_enc.dims();
-    let sae = BlockDiagSae {
-        config: SaeConfig {
-            n_heads: h,
-            d_head: d,
-            features_per_head: m,
-            architecture: arch,
-        },
-        w_enc,
-        b_enc: tensor(r.get("b_enc"), device),
-        w_dec: tensor(r.get("W_dec"), device),
-        b_dec: tensor(r.get("b_dec"), device),
-        input_scale: vec![1.0; h],
-        log_threshold: None,
-        batch_threshold: None,
-    };
-    let x = tensor::<3>(r.get("x"), device).swap_dims(0, 1);
+    let (sae, x) = sae_from_reference(r, arch, device);
     let dead = r.get("dead").data.iter().map(|&v| v == 1.0).collect();
     (sae, x, dead)
 }

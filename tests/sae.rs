@@ -14,9 +14,7 @@ use common::*;
 const TOL: f64 = 1e-5;
 
 fn t<const D: usize>(r: &RefTensor, device: &Device) -> Tensor<D> {
-    let data: Vec<f32> = r.data.iter().map(|&v| v as f32).collect();
-    let shape: [usize; D] = r.shape.clone().try_into().unwrap();
-    Tensor::from_data(TensorData::new(data, shape), device)
+    r.tensor(device)
 }
 
 struct Fixture {
@@ -27,26 +25,8 @@ struct Fixture {
 }
 
 fn fixture(arch: Architecture) -> Fixture {
-    let device = Device::flex();
     let reference = Reference::load("sae_reference/reference.safetensors");
-    let w_enc: Tensor<3> = t(reference.get("W_enc"), &device);
-    let [h, d, m] = w_enc.dims();
-    let sae = BlockDiagSae {
-        config: SaeConfig {
-            n_heads: h,
-            d_head: d,
-            features_per_head: m,
-            architecture: arch,
-        },
-        w_enc,
-        b_enc: t(reference.get("b_enc"), &device),
-        w_dec: t(reference.get("W_dec"), &device),
-        b_dec: t(reference.get("b_dec"), &device),
-        input_scale: vec![1.0; h],
-        log_threshold: None,
-        batch_threshold: None,
-    };
-    let x = t::<3>(reference.get("x"), &device).swap_dims(0, 1);
+    let (sae, x) = sae_from_reference(&reference, arch, &Device::flex());
     Fixture { reference, sae, x }
 }
 
@@ -756,24 +736,8 @@ fn batchtopk_steps_report_the_batch_threshold_on_every_path() {
     let reference = Reference::load("sae_reference/reference.safetensors");
     let k = 2;
     for (name, device) in test_devices() {
-        let w_enc: Tensor<3> = t(reference.get("W_enc"), &device);
-        let [h, d, m] = w_enc.dims();
-        let sae = BlockDiagSae {
-            config: SaeConfig {
-                n_heads: h,
-                d_head: d,
-                features_per_head: m,
-                architecture: Architecture::BatchTopK { k },
-            },
-            w_enc,
-            b_enc: t(reference.get("b_enc"), &device),
-            w_dec: t(reference.get("W_dec"), &device),
-            b_dec: t(reference.get("b_dec"), &device),
-            input_scale: vec![1.0; h],
-            log_threshold: None,
-            batch_threshold: None,
-        };
-        let x = t::<3>(reference.get("x"), &device).swap_dims(0, 1);
+        let (sae, x) = sae_from_reference(&reference, Architecture::BatchTopK { k }, &device);
+        let m = sae.config.features_per_head;
         let b = x.dims()[1];
         let pre = values(sae.encode(x.clone()).0);
         let want: Vec<f64> = pre

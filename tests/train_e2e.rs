@@ -242,13 +242,7 @@ fn short_run_lowers_mse_and_l0_and_its_metrics_recompute_by_hand() {
     let cfg = config(&dir, 200);
     let (result, events) = run(cfg.clone(), None, RunControl::default());
     let summary = result.unwrap();
-    let steps: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            TrainEvent::Step(m) => Some(m.as_ref().clone()),
-            _ => None,
-        })
-        .collect();
+    let steps = logged_steps(&events);
     let (first, last) = (steps.first().unwrap(), steps.last().unwrap());
     println!(
         "first: mse {:.4} L0 {:.2} EV {:.3}; last: mse {:.4} L0 {:.2} EV {:.3}",
@@ -486,15 +480,20 @@ fn check_resume(tag: &str, base: impl Fn(&Path) -> TrainConfig) {
     std::fs::remove_dir_all(dir_b).unwrap();
 }
 
-/// The metrics of a run's first logged step.
-fn first_step(events: &[TrainEvent]) -> attn_saes::train::StepMetrics {
+/// The metrics of a run's logged steps, in order.
+fn logged_steps(events: &[TrainEvent]) -> Vec<attn_saes::train::StepMetrics> {
     events
         .iter()
-        .find_map(|e| match e {
-            TrainEvent::Step(m) => Some((**m).clone()),
+        .filter_map(|e| match e {
+            TrainEvent::Step(m) => Some(m.as_ref().clone()),
             _ => None,
         })
-        .expect("a logged step")
+        .collect()
+}
+
+/// The metrics of a run's first logged step.
+fn first_step(events: &[TrainEvent]) -> attn_saes::train::StepMetrics {
+    logged_steps(events).remove(0)
 }
 
 /// `metrics.jsonl` lines without the timing field, which differs from run to run.
@@ -694,14 +693,7 @@ fn topk_and_batchtopk_train_on_the_fused_cpu_step_and_resume_exactly() {
         );
         // AuxK is on by default: its term is logged once the first 20-step dead-feature
         // window has passed (there are dead features by then), never before.
-        let steps: Vec<_> = events
-            .iter()
-            .filter_map(|e| match e {
-                TrainEvent::Step(m) => Some(m.as_ref().clone()),
-                _ => None,
-            })
-            .collect();
-        for m in &steps {
+        for m in &logged_steps(&events) {
             assert_eq!(m.aux_loss.is_some(), m.step > 20, "{tag} step {}", m.step);
         }
         println!(
@@ -799,10 +791,8 @@ fn topk_with_aux_k_on_wgpu_trains_on_the_wgsl_step_and_resumes_exactly() {
             .any(|e| matches!(e, TrainEvent::Status(s) if s == "training step: WGSL")),
         "the WGSL step was not the one used"
     );
-    for e in &events {
-        if let TrainEvent::Step(m) = e {
-            assert_eq!(m.aux_loss.is_some(), m.step > 20, "step {}", m.step);
-        }
+    for m in &logged_steps(&events) {
+        assert_eq!(m.aux_loss.is_some(), m.step > 20, "step {}", m.step);
     }
     println!(
         "WGSL TopK + AuxK: AuxK term {:?}, dead {}",

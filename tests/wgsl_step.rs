@@ -376,65 +376,38 @@ fn aux_case(
         one_group_select: false,
         aux_k: None,
     };
+    // The reference: the fused CPU step, twice, with its sums and Adam state after each.
     let mut p = p0.clone();
     let mut adam = HostAdam::zeros(&p);
     let mut grads = p.zeros_like();
-    let sums1 = loss_and_grads_aux(&p, &x, b, act, Some(&aux), &mut grads);
-    clip_and_adam(&mut p, &grads, &mut adam, LR, BETAS, 1, clip);
-    let adam1 = adam.clone();
-    let sums2 = loss_and_grads_aux(&p, &x, b, act, Some(&aux), &mut grads);
-    clip_and_adam(&mut p, &grads, &mut adam, LR, BETAS, 2, clip);
-    assert!(sums1.aux > 0.0, "{tag}: no AuxK term to compare");
+    let mut want = Vec::new();
+    for t in 1..=2 {
+        let sums = loss_and_grads_aux(&p, &x, b, act, Some(&aux), &mut grads);
+        clip_and_adam(&mut p, &grads, &mut adam, LR, BETAS, t, clip);
+        want.push((sums, adam.clone()));
+    }
+    assert!(want[0].0.aux > 0.0, "{tag}: no AuxK term to compare");
 
     let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), [h, b, d]), device);
-    let state = StepState::from_host(&p0, None, device);
-    let r1 = wgsl::run_step(xt.clone(), state, spec(1), Some(&aux));
-    let terms = read::<1>(r1.terms);
-    let want = [sums1.mse, sums1.sparsity, sums1.total].map(|v| v as f32);
-    close(
-        &format!("{tag} step 1 [mse, sparsity, total]"),
-        &terms[..3],
-        &want,
-        2e-5,
-    );
-    close(
-        &format!("{tag} step 1 AuxK term"),
-        &read::<1>(r1.aux),
-        &[sums1.aux as f32],
-        2e-5,
-    );
-    let (gp1, gadam1) = r1.state.to_host(wgsl::ParamShape::of(&p0)).unwrap();
-    check_adam(
-        &format!("{tag} step 1"),
-        1,
-        (&p0, &gp1),
-        &gadam1,
-        &adam1,
-        (1e-4, 2e-4),
-    );
-    let r2 = wgsl::run_step(xt, r1.state, spec(2), Some(&aux));
-    let terms = read::<1>(r2.terms);
-    close(
-        &format!("{tag} step 2 total"),
-        &terms[2..3],
-        &[sums2.total as f32],
-        1e-4,
-    );
-    close(
-        &format!("{tag} step 2 AuxK term"),
-        &read::<1>(r2.aux),
-        &[sums2.aux as f32],
-        1e-4,
-    );
-    let (gp2, gadam2) = r2.state.to_host(wgsl::ParamShape::of(&p0)).unwrap();
-    check_adam(
-        &format!("{tag} step 2"),
-        2,
-        (&gp1, &gp2),
-        &gadam2,
-        &adam,
-        (1e-3, 1e-3),
-    );
+    let mut state = StepState::from_host(&p0, None, device);
+    let mut before = p0.clone();
+    for (t, (sums, adam)) in (1..).zip(&want) {
+        let (tol_terms, tol_adam) = if t == 1 {
+            (2e-5, (1e-4, 2e-4))
+        } else {
+            (1e-4, (1e-3, 1e-3))
+        };
+        let r = wgsl::run_step(xt.clone(), state, spec(t), Some(&aux));
+        let terms = read::<1>(r.terms);
+        let got = [terms[0], terms[1], terms[2], read::<1>(r.aux)[0]];
+        let wanted = [sums.mse, sums.sparsity, sums.total, sums.aux].map(|v| v as f32);
+        let what = format!("{tag} step {t} [mse, sparsity, total, AuxK term]");
+        close(&what, &got, &wanted, tol_terms);
+        let (after, moments) = r.state.to_host(wgsl::ParamShape::of(&p0)).unwrap();
+        let what = format!("{tag} step {t}");
+        check_adam(&what, t as i32, (&before, &after), &moments, adam, tol_adam);
+        (before, state) = (after, r.state);
+    }
 }
 
 #[test]

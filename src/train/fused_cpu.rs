@@ -1751,6 +1751,14 @@ mod tests {
         );
     }
 
+    /// `got` within `1e-5 * |want|` of `want`.
+    fn close_rel(what: &str, got: f64, want: f64) {
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs(),
+            "{what}: {got} vs {want}"
+        );
+    }
+
     /// Random SAE with biases set so that roughly `density` of the features fire.
     fn setup(
         arch: Architecture,
@@ -1872,16 +1880,8 @@ mod tests {
                 close(&format!("{tag} b_enc"), &g.b_enc, &want.b_enc, 2e-5);
                 close(&format!("{tag} W_dec"), &g.w_dec, &want.w_dec, 2e-5);
                 close(&format!("{tag} b_dec"), &g.b_dec, &want.b_dec, 2e-5);
-                assert!(
-                    (sums.aux - want_aux).abs() <= 1e-5 * want_aux,
-                    "{tag} aux {} vs {want_aux}",
-                    sums.aux
-                );
-                assert!(
-                    (sums.total - want_total).abs() <= 1e-5 * want_total,
-                    "{tag} total {} vs {want_total}",
-                    sums.total
-                );
+                close_rel(&format!("{tag} aux"), sums.aux, want_aux);
+                close_rel(&format!("{tag} total"), sums.total, want_total);
             }
         }
     }
@@ -2045,22 +2045,10 @@ mod tests {
                 );
                 let mse = host(terms.mse.clone())[0] as f64;
                 let sparsity = host(terms.sparsity.clone())[0] as f64;
-                assert!(
-                    (sums.mse - mse).abs() <= 1e-5 * mse,
-                    "{tag} mse {} vs {mse}",
-                    sums.mse
-                );
-                assert!(
-                    (sums.sparsity - sparsity).abs() <= 1e-5 * sparsity,
-                    "{tag} sparsity {} vs {sparsity}",
-                    sums.sparsity
-                );
+                close_rel(&format!("{tag} mse"), sums.mse, mse);
+                close_rel(&format!("{tag} sparsity"), sums.sparsity, sparsity);
                 let total = host(terms.total.clone())[0] as f64;
-                assert!(
-                    (sums.total - total).abs() <= 1e-5 * total,
-                    "{tag} total {} vs {total}",
-                    sums.total
-                );
+                close_rel(&format!("{tag} total"), sums.total, total);
                 // Statistics against the features and reconstructions.
                 for hd in 0..h {
                     for i in 0..m {

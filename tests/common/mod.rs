@@ -284,3 +284,40 @@ pub fn run_with_dashboard(dir: &std::path::Path, steps: usize) -> PathBuf {
 pub fn renderer_available() -> bool {
     wgpu_device("the app tests (nothing to render on)").is_some()
 }
+
+impl RefTensor {
+    /// The values as an f32 tensor of the fixture's shape.
+    pub fn tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
+        let data: Vec<f32> = self.data.iter().map(|&v| v as f32).collect();
+        let shape: [usize; D] = self.shape.clone().try_into().unwrap();
+        Tensor::from_data(burn::tensor::TensorData::new(data, shape), device)
+    }
+}
+
+/// An SAE from a reference fixture's `W_enc [H, d, m]`, `b_enc`, `W_dec`, `b_dec` (input
+/// scale 1, no thresholds), and the fixture's `x [B, H, d]` as the SAE's input `[H, B, d]`.
+pub fn sae_from_reference(
+    r: &Reference,
+    architecture: attn_saes::sae::Architecture,
+    device: &Device,
+) -> (attn_saes::sae::BlockDiagSae, Tensor<3>) {
+    let w_enc: Tensor<3> = r.get("W_enc").tensor(device);
+    let [h, d, m] = w_enc.dims();
+    let sae = attn_saes::sae::BlockDiagSae {
+        config: attn_saes::sae::SaeConfig {
+            n_heads: h,
+            d_head: d,
+            features_per_head: m,
+            architecture,
+        },
+        w_enc,
+        b_enc: r.get("b_enc").tensor(device),
+        w_dec: r.get("W_dec").tensor(device),
+        b_dec: r.get("b_dec").tensor(device),
+        input_scale: vec![1.0; h],
+        log_threshold: None,
+        batch_threshold: None,
+    };
+    let x = r.get("x").tensor::<3>(device).swap_dims(0, 1);
+    (sae, x)
+}
