@@ -631,6 +631,10 @@ fn run_job_body(
         _ => None,
     };
     let mut near: Vec<(u32, u32)> = Vec::new();
+    // AuxK: each row's picked dead features `(row in job, index among the dead, value)`,
+    // taken from the encoder product the loss already made.
+    let mut aux_entries: Vec<(u32, u32, f32)> = Vec::new();
+    let mut aux_row: Vec<f32> = Vec::new();
     let mut feats = vec![0f32; TILE * m];
     let mut dpre = vec![0f32; TILE * m];
     let mut recon = vec![0f32; TILE * d];
@@ -647,6 +651,11 @@ fn run_job_body(
         let feats = &mut feats[..rows * m];
         // P = X_t W_enc, then bias, ReLU and the feature statistics.
         matmul(rows, m, d, feats, false, xt, (d, 1), we, (m, 1));
+        if let Some(aux) = aux {
+            for (b, row) in feats.chunks_exact(m).enumerate() {
+                aux.pick((t0 + b) as u32, row, be, &mut aux_row, &mut top, &mut aux_entries);
+            }
+        }
         // Branch-free, so it vectorises: a branch per feature mispredicts half the time
         // on a fresh SAE.
         let near_start = near.len();
@@ -781,7 +790,7 @@ fn run_job_body(
         );
     }
     if let Some(aux) = aux {
-        job.aux_sq = aux_pass(we, be, wd, xj, d, m, aux, job);
+        job.aux_sq = aux_pass(wd, xj, d, m, aux, &aux_entries, job);
     }
 }
 
@@ -798,81 +807,80 @@ fn keep_errors(d_recon: &[f32], batch: usize, err: &mut [f32], rows: std::ops::R
     }
 }
 
-/// The AuxK term of a job (see [`AuxK`]), with its gradients added to the job's: the dead
-/// features' pre-activations tile by tile, each row's `k` largest (ReLU of them)
-/// reconstruct the row's error, and the difference's gradient reaches those features'
-/// decoder rows, encoder columns and biases. Returns the scaled sum of squares.
-#[allow(clippy::too_many_arguments)]
+impl AuxHead {
+    /// AuxK's picks in one row of `X W_enc` (without the bias, [m]): the dead features'
+    /// pre-activations, at or above their `k`-th largest and positive (ReLU), appended as
+    /// `(row, index among the dead, value)`.
+    #[inline(always)]
+    fn pick(
+        &self,
+        row_id: u32,
+        row: &[f32],
+        bias: &[f32],
+        scratch: &mut Vec<f32>,
+        top: &mut Vec<i32>,
+        out: &mut Vec<(u32, u32, f32)>,
+    ) {
+        scratch.clear();
+        scratch.extend(self.dead.iter().map(|&i| row[i as usize] + bias[i as usize]));
+        let kth = kth_largest(scratch, self.k, top);
+        let mut push = |c: usize, v: f32| out.push((row_id, c as u32, v));
+        if kth > 0.0 {
+            for_each_above::<true, _>(scratch, kth, &mut push);
+        } else {
+            for_each_above::<false, _>(scratch, 0.0, &mut push);
+        }
+    }
+}
+
+/// The AuxK term of a job (see [`AuxK`]) from its picks (in row order), with its gradients
+/// added to the job's: each row's picks reconstruct the row's error, and the difference's
+/// gradient reaches the picked features' decoder rows, encoder columns and biases.
+/// Returns the scaled sum of squares.
 #[inline(always)]
 fn aux_pass(
-    we: &[f32],
-    be: &[f32],
     wd: &[f32],
     xj: &[f32],
     d: usize,
     m: usize,
     aux: &AuxHead,
+    picks: &[(u32, u32, f32)],
     job: &mut Job,
 ) -> f64 {
     let nd = aux.dead.len();
     let n_rows = job.rows.len();
-    // The dead features' encoder columns [d, nd], biases and decoder rows [nd, d].
-    let mut we_d = vec![0f32; d * nd];
-    for (dst, src) in we_d.chunks_exact_mut(nd).zip(we.chunks_exact(m)) {
-        for (o, &i) in dst.iter_mut().zip(&aux.dead) {
-            *o = src[i as usize];
-        }
-    }
-    let be_d: Vec<f32> = aux.dead.iter().map(|&i| be[i as usize]).collect();
-    let wd_d: Vec<f32> = aux
-        .dead
-        .iter()
-        .flat_map(|&i| &wd[i as usize * d..(i as usize + 1) * d])
-        .copied()
-        .collect();
+    let w_row = |c: u32| {
+        let i = aux.dead[c as usize] as usize;
+        &wd[i * d..(i + 1) * d]
+    };
     let (mut acc_enc, mut acc_dec, mut acc_b) =
         (vec![0f32; nd * d], vec![0f32; nd * d], vec![0f32; nd]);
-    let mut pre = vec![0f32; TILE * nd];
-    let (mut top, mut chosen) = (Vec::new(), Vec::new());
     let mut diff = vec![0f32; d];
     let mut sq = 0f64;
-    let mut t0 = 0;
-    while t0 < n_rows {
-        let rows = TILE.min(n_rows - t0);
-        let xt = &xj[t0 * d..(t0 + rows) * d];
-        let pre = &mut pre[..rows * nd];
-        matmul(rows, nd, d, pre, false, xt, (d, 1), &we_d, (nd, 1));
-        for (b, row) in pre.chunks_exact_mut(nd).enumerate() {
-            for (v, &bias) in row.iter_mut().zip(&be_d) {
-                *v += bias;
-            }
-            // Those at or above the k-th largest that are positive (ReLU).
-            let kth = kth_largest(row, aux.k, &mut top);
-            chosen.clear();
-            if kth > 0.0 {
-                for_each_above::<true, _>(row, kth, |c, v| chosen.push((c, v)));
-            } else {
-                for_each_above::<false, _>(row, 0.0, |c, v| chosen.push((c, v)));
-            }
-            // e_hat - (x - x_hat) = e_hat + err.
-            let r = t0 + b;
-            diff.copy_from_slice(&job.err[r * d..(r + 1) * d]);
-            for &(c, a) in &chosen {
-                axpy(a, &wd_d[c * d..(c + 1) * d], &mut diff);
-            }
-            sq += diff.iter().map(|&v| (v * v) as f64).sum::<f64>();
-            for v in diff.iter_mut() {
-                *v *= aux.grad_factor;
-            }
-            let x_row = &xt[b * d..(b + 1) * d];
-            for &(c, a) in &chosen {
-                axpy(a, &diff, &mut acc_dec[c * d..(c + 1) * d]);
-                let da = dot(&diff, &wd_d[c * d..(c + 1) * d]);
-                axpy(da, x_row, &mut acc_enc[c * d..(c + 1) * d]);
-                acc_b[c] += da;
-            }
+    let mut next = 0;
+    for r in 0..n_rows {
+        let start = next;
+        while next < picks.len() && picks[next].0 as usize == r {
+            next += 1;
         }
-        t0 += rows;
+        let chosen = &picks[start..next];
+        // e_hat - (x - x_hat) = e_hat + err.
+        diff.copy_from_slice(&job.err[r * d..(r + 1) * d]);
+        for &(_, c, a) in chosen {
+            axpy(a, w_row(c), &mut diff);
+        }
+        sq += diff.iter().map(|&v| (v * v) as f64).sum::<f64>();
+        for v in diff.iter_mut() {
+            *v *= aux.grad_factor;
+        }
+        let x_row = &xj[r * d..(r + 1) * d];
+        for &(_, c, a) in chosen {
+            let c = c as usize;
+            axpy(a, &diff, &mut acc_dec[c * d..(c + 1) * d]);
+            let da = dot(&diff, w_row(c as u32));
+            axpy(da, x_row, &mut acc_enc[c * d..(c + 1) * d]);
+            acc_b[c] += da;
+        }
     }
     let g = &mut job.g;
     for (c, &i) in aux.dead.iter().enumerate() {
