@@ -653,7 +653,14 @@ fn run_job_body(
         matmul(rows, m, d, feats, false, xt, (d, 1), we, (m, 1));
         if let Some(aux) = aux {
             for (b, row) in feats.chunks_exact(m).enumerate() {
-                aux.pick((t0 + b) as u32, row, be, &mut aux_row, &mut top, &mut aux_entries);
+                aux.pick(
+                    (t0 + b) as u32,
+                    row,
+                    be,
+                    &mut aux_row,
+                    &mut top,
+                    &mut aux_entries,
+                );
             }
         }
         // Branch-free, so it vectorises: a branch per feature mispredicts half the time
@@ -822,7 +829,11 @@ impl AuxHead {
         out: &mut Vec<(u32, u32, f32)>,
     ) {
         scratch.clear();
-        scratch.extend(self.dead.iter().map(|&i| row[i as usize] + bias[i as usize]));
+        scratch.extend(
+            self.dead
+                .iter()
+                .map(|&i| row[i as usize] + bias[i as usize]),
+        );
         let kth = kth_largest(scratch, self.k, top);
         let mut push = |c: usize, v: f32| out.push((row_id, c as u32, v));
         if kth > 0.0 {

@@ -23,6 +23,10 @@
 //! mm_genc     dense: dW_enc = X^T dP
 //! [feat_grad] sparse: per feature, dW_dec, dP, dW_enc, db_enc, d log theta
 //! loss        per-head squared error, [mse, sparsity, total, path]
+//! [aux_mask, select, mm_dec, aux_rows, mm_gdec, mm_dp, colsum, mm_genc, add x 3, aux_loss]
+//!             AuxK (TopK, BatchTopK): live features' P sunk in place, each row's k largest
+//!             dead ones reconstruct the error (no bias), the difference's gradients through
+//!             the same matmuls (into dP's buffer), added to the loss's; the term to the loss
 //! sumsq x 4-5 partial sums of squares of each gradient (clipping's global norm)
 //! adam x 4-5  clip and Adam, one launch per parameter array
 //! ```
@@ -310,7 +314,7 @@ pub enum Kernel {
         n: usize,
         partials: usize,
     },
-    /// AuxK: the dead features' pre-activations, the others sunk.
+    /// AuxK: the live features' pre-activations sunk, in place.
     AuxMask,
     /// AuxK: each token's difference from the error, its scaled square and gradient.
     AuxRows,
@@ -912,11 +916,14 @@ fn step(
             dims: dims.aux(k),
             lists: None,
         };
-        let masked = la.empty(&[h, b, m]);
+        // In place: the loss is done with the pre-activations and dP (the dense path's, or
+        // an unused buffer on the sparse path), so AuxK takes them over and needs no
+        // [H, B, M] buffer of its own.
+        let masked = pre;
         la.launch(
             Kernel::AuxMask,
             (groups(m, 256), b as u32, hu),
-            &[&pre.handle, &dead.handle, &masked.handle],
+            &[&masked.handle, &dead.handle],
         );
         let thr = la.empty(&[h, b]);
         la.launch(
@@ -964,7 +971,7 @@ fn step(
                 &sc,
             ],
         );
-        let dp_aux = la.empty(&[h, b, m]);
+        let dp_aux = dp;
         let unused = la.empty(&[1]);
         la.launch(
             Kernel::MmDp,
