@@ -282,13 +282,7 @@ fn fused_gradients_and_gradient_norms_match_pytorch() {
         want,
         TOL,
     );
-    let tracked = BlockDiagSae {
-        w_enc: sae2.w_enc.clone().autodiff().require_grad(),
-        b_enc: sae2.b_enc.clone().autodiff().require_grad(),
-        w_dec: sae2.w_dec.clone().autodiff().require_grad(),
-        b_dec: sae2.b_dec.clone().autodiff().require_grad(),
-        ..sae2.clone()
-    };
+    let tracked = sae2.tracked();
     let (_, terms) = tracked.loss(f.x.clone().autodiff(), 0.7);
     let g = terms.total.backward();
     let autodiff2 = vec![

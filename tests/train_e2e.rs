@@ -491,6 +491,22 @@ fn logged_steps(events: &[TrainEvent]) -> Vec<attn_saes::train::StepMetrics> {
         .collect()
 }
 
+/// AuxK (on by default for TopK and BatchTopK) in a run of `config`'s 20-step dead-feature
+/// window: its term is logged once the first window has passed, never before, and at the
+/// last step there are dead features and the term is positive.
+fn check_aux_k_logged(tag: &str, events: &[TrainEvent]) {
+    let steps = logged_steps(events);
+    for m in &steps {
+        assert_eq!(m.aux_loss.is_some(), m.step > 20, "{tag} step {}", m.step);
+    }
+    let last = steps.last().expect("a logged step");
+    println!(
+        "{tag}: AuxK term at the last step {:?}, dead {}",
+        last.aux_loss, last.dead_features
+    );
+    assert!(last.dead_features > 0 && last.aux_loss.unwrap() > 0.0);
+}
+
 /// The metrics of a run's first logged step.
 fn first_step(events: &[TrainEvent]) -> attn_saes::train::StepMetrics {
     logged_steps(events).remove(0)
@@ -691,16 +707,7 @@ fn topk_and_batchtopk_train_on_the_fused_cpu_step_and_resume_exactly() {
                 .iter()
                 .all(|&l0| l0 <= k as f64 && l0 > 0.0)
         );
-        // AuxK is on by default: its term is logged once the first 20-step dead-feature
-        // window has passed (there are dead features by then), never before.
-        for m in &logged_steps(&events) {
-            assert_eq!(m.aux_loss.is_some(), m.step > 20, "{tag} step {}", m.step);
-        }
-        println!(
-            "{tag}: AuxK term at the last step {:?}, dead {}",
-            last.aux_loss, last.dead_features
-        );
-        assert!(last.dead_features > 0 && last.aux_loss.unwrap() > 0.0);
+        check_aux_k_logged(tag, &events);
         // BatchTopK saves its inference thresholds: one per head, positive.
         let sae =
             attn_saes::sae::BlockDiagSae::load(&dir.join("run/sae"), &Device::flex()).unwrap();
@@ -784,21 +791,14 @@ fn topk_with_aux_k_on_wgpu_trains_on_the_wgsl_step_and_resumes_exactly() {
     check_resume("wgsl-topk-auxk", cfg);
     let dir = temp_dir("wgsl-topk-auxk-metrics");
     let (result, events) = run(cfg(&dir), None, RunControl::default());
-    let last = result.unwrap().last.unwrap();
+    result.unwrap();
     assert!(
         events
             .iter()
             .any(|e| matches!(e, TrainEvent::Status(s) if s == "training step: WGSL")),
         "the WGSL step was not the one used"
     );
-    for m in &logged_steps(&events) {
-        assert_eq!(m.aux_loss.is_some(), m.step > 20, "step {}", m.step);
-    }
-    println!(
-        "WGSL TopK + AuxK: AuxK term {:?}, dead {}",
-        last.aux_loss, last.dead_features
-    );
-    assert!(last.dead_features > 0 && last.aux_loss.unwrap() > 0.0);
+    check_aux_k_logged("WGSL TopK", &events);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -109,6 +109,22 @@ fn adam_from_moments(p: &[f32], m: &[f32], v: &[f32], t: i32) -> Vec<f32> {
         .collect()
 }
 
+/// Step `t` of the WGSL step's default variant; `sparse` forces the sparse path (every
+/// list fits), else the dense one.
+fn step_spec(act: Activation, t: usize, clip: f64, sparse: bool) -> StepSpec {
+    StepSpec {
+        act,
+        lr: LR,
+        betas: BETAS,
+        t,
+        clip,
+        sparse_below: if sparse { 1.0 } else { 0.0 },
+        burn_encoder: false,
+        one_group_select: false,
+        aux_k: None,
+    }
+}
+
 /// Both paths: `sparse` forces the sparse one (every list fits), else the dense one.
 fn case(device: &Device, arch: Architecture, h: usize, d: usize, m: usize, b: usize, clip: f64) {
     for sparse in [false, true] {
@@ -155,15 +171,9 @@ fn case_on_path(
     let (p0, x) = setup(arch, h, d, m, b);
     let act = Activation::new(arch, 0.7);
     let spec = |t| StepSpec {
-        act,
-        lr: LR,
-        betas: BETAS,
-        t,
-        clip,
-        sparse_below: if sparse { 1.0 } else { 0.0 },
         burn_encoder: variant == Variant::BurnEncoder,
         one_group_select: variant == Variant::OneGroupSelect,
-        aux_k: None,
+        ..step_spec(act, t, clip, sparse)
     };
     // Reference: the fused CPU step, twice.
     let mut p = p0.clone();
@@ -365,17 +375,7 @@ fn aux_case(
         coef: 0.5,
     };
     let act = Activation::new(arch, 0.0);
-    let spec = |t| StepSpec {
-        act,
-        lr: LR,
-        betas: BETAS,
-        t,
-        clip,
-        sparse_below: if sparse { 1.0 } else { 0.0 },
-        burn_encoder: false,
-        one_group_select: false,
-        aux_k: None,
-    };
+    let spec = |t| step_spec(act, t, clip, sparse);
     // The reference: the fused CPU step, twice, with its sums and Adam state after each.
     let mut p = p0.clone();
     let mut adam = HostAdam::zeros(&p);

@@ -157,6 +157,12 @@ impl BlockDiagSae {
     /// Encodes a batch already scaled to the SAE's input space: `(pre-activations,
     /// activations)`, both [H, B, m].
     pub fn encode(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        self.encode_as(x, false)
+    }
+
+    /// [`BlockDiagSae::encode`]; `training` selects BatchTopK's features over the batch
+    /// even when the SAE has inference thresholds.
+    fn encode_as(&self, x: Tensor<3>, training: bool) -> (Tensor<3>, Tensor<3>) {
         let pre = x.matmul(self.w_enc.clone()) + self.b_enc.clone().unsqueeze_dim::<3>(1);
         let feats = match (
             self.config.architecture,
@@ -166,11 +172,10 @@ impl BlockDiagSae {
             (Architecture::JumpRelu { bandwidth }, Some(lt), _) => {
                 jumprelu(pre.clone(), lt.clone(), bandwidth).0
             }
-            (Architecture::BatchTopK { .. }, _, Some(threshold)) => {
+            (Architecture::BatchTopK { .. }, _, Some(threshold)) if !training => {
                 let [h, b, m] = pre.dims();
                 let cut = threshold.clone().unsqueeze_dim::<3>(1).expand([h, b, m]);
-                let keep = pre.clone().greater_equal(cut);
-                relu(pre.clone().mask_fill(keep.bool_not(), 0.0))
+                relu_at_or_above(pre.clone(), cut)
             }
             (arch, _, _) => activate(pre.clone(), arch),
         };
@@ -182,10 +187,32 @@ impl BlockDiagSae {
     /// # Shapes
     /// `x`: [H, B, d_head]
     pub fn forward(&self, x: Tensor<3>) -> SaeOutput {
-        let (pre, feats) = self.encode(x);
+        self.forward_as(x, false)
+    }
+
+    /// [`BlockDiagSae::forward`], with [`BlockDiagSae::encode_as`]'s `training`.
+    fn forward_as(&self, x: Tensor<3>, training: bool) -> SaeOutput {
+        let (pre, feats) = self.encode_as(x, training);
         let recon =
             feats.clone().matmul(self.w_dec.clone()) + self.b_dec.clone().unsqueeze_dim::<3>(1);
         SaeOutput { pre, feats, recon }
+    }
+
+    /// A copy whose trained parameters track gradients (burn's autodiff), for a loss to
+    /// differentiate; without inference thresholds, which training never reads.
+    pub fn tracked(&self) -> Self {
+        Self {
+            w_enc: self.w_enc.clone().autodiff().require_grad(),
+            b_enc: self.b_enc.clone().autodiff().require_grad(),
+            w_dec: self.w_dec.clone().autodiff().require_grad(),
+            b_dec: self.b_dec.clone().autodiff().require_grad(),
+            log_threshold: self
+                .log_threshold
+                .clone()
+                .map(|t| t.autodiff().require_grad()),
+            batch_threshold: None,
+            ..self.clone()
+        }
     }
 
     /// `||W_dec[h][i,:]||`, [H, m].
@@ -204,14 +231,7 @@ impl BlockDiagSae {
     pub fn loss(&self, x: Tensor<3>, l1_coefficient: f64) -> (SaeOutput, LossTerms) {
         let batch = x.dims()[1] as f64;
         // Training selects over the batch (BatchTopK's inference thresholds are not used).
-        let out = match self.batch_threshold {
-            Some(_) => Self {
-                batch_threshold: None,
-                ..self.clone()
-            }
-            .forward(x.clone()),
-            None => self.forward(x.clone()),
-        };
+        let out = self.forward_as(x.clone(), true);
         let mse = (out.recon.clone() - x).square().sum() / batch;
         // sum_{h,b,i} f[h,b,i] n[h,i] = sum_{h,i} n[h,i] sum_b f[h,b,i]: summing over the batch
         // first saves a full pass over the [H, B, m] activations (and its backward).
@@ -270,8 +290,7 @@ impl BlockDiagSae {
         .expand([h, b, m]);
         let masked = out.pre.clone().mask_fill(live, -1e30);
         let kth = kth_largest(masked.clone().detach(), k_max, 2);
-        let keep = masked.clone().greater_equal(kth.expand([h, b, m]));
-        let acts = relu(masked.mask_fill(keep.bool_not(), 0.0));
+        let acts = relu_at_or_above(masked, kth.expand([h, b, m]));
         let e_hat = acts.matmul(self.w_dec.clone());
         let per_head_sq = (e_hat - error).square().sum_dim(2).sum_dim(1).reshape([h]);
         let scale: Vec<f32> = per_head
@@ -390,6 +409,13 @@ pub fn kth_largest<const D: usize>(t: Tensor<D>, k: usize, dim: usize) -> Tensor
     }
 }
 
+/// ReLU of the values of `pre` at or above `cut` (same shape), zero elsewhere: every
+/// threshold activation (TopK, BatchTopK, BatchTopK's inference thresholds, AuxK).
+fn relu_at_or_above(pre: Tensor<3>, cut: Tensor<3>) -> Tensor<3> {
+    let keep = pre.clone().greater_equal(cut);
+    relu(pre.mask_fill(keep.bool_not(), 0.0))
+}
+
 /// Applies the architecture's activation to pre-activations [H, B, m].
 pub fn activate(pre: Tensor<3>, arch: Architecture) -> Tensor<3> {
     match arch {
@@ -399,8 +425,7 @@ pub fn activate(pre: Tensor<3>, arch: Architecture) -> Tensor<3> {
             let k = k.min(m);
             // k-th largest per (head, token); keep values at or above it.
             let kth = kth_largest(pre.clone(), k, 2);
-            let keep = pre.clone().greater_equal(kth.expand([h, b, m]));
-            relu(pre.clone().mask_fill(keep.bool_not(), 0.0))
+            relu_at_or_above(pre, kth.expand([h, b, m]))
         }
         // Without its thresholds (see `BlockDiagSae::forward`), JumpReLU at zero threshold.
         Architecture::JumpRelu { .. } => relu(pre),
@@ -409,8 +434,7 @@ pub fn activate(pre: Tensor<3>, arch: Architecture) -> Tensor<3> {
             let n = (k * b).min(b * m);
             let flat = pre.clone().reshape([h, b * m]);
             let kth = kth_largest(flat, n, 1).reshape([h, 1, 1]);
-            let keep = pre.clone().greater_equal(kth.expand([h, b, m]));
-            relu(pre.clone().mask_fill(keep.bool_not(), 0.0))
+            relu_at_or_above(pre, kth.expand([h, b, m]))
         }
     }
 }

@@ -206,9 +206,7 @@ impl AuxK<'_> {
             })
             .collect()
     }
-}
 
-impl AuxK<'_> {
     /// What the WGSL step reads: `k`, and per head its scale `min(1, dead_h / k)`, then
     /// per head `2 coef scale_h / B`, then `coef` (`None` when no head has a dead feature
     /// or the coefficient is 0: the term is 0).
@@ -227,6 +225,20 @@ impl AuxK<'_> {
             self.k,
             scale.chain(grad).chain([self.coef as f32]).collect(),
         ))
+    }
+
+    /// For autodiff: adds the coefficient times the AuxK term of `sae` on `x`, whose
+    /// forward is `out`, to `terms.total`, and returns the term.
+    pub fn add_to_loss(
+        &self,
+        sae: &crate::sae::BlockDiagSae,
+        x: burn::tensor::Tensor<3>,
+        out: &crate::sae::SaeOutput,
+        terms: &mut crate::sae::LossTerms,
+    ) -> burn::tensor::Tensor<1> {
+        let term = sae.aux_k_loss(x, out, self.dead, self.k);
+        terms.total = terms.total.clone() + term.clone() * self.coef;
+        term
     }
 }
 
@@ -273,8 +285,6 @@ pub fn loss_and_grads(
     act: Activation,
     grads: &mut HostParams,
 ) -> BatchSums {
-    // Jobs: every head, split into chunks of the batch when there are fewer heads than
-    // threads.
     loss_and_grads_aux(p, x, batch, act, None, grads)
 }
 
@@ -287,6 +297,8 @@ pub fn loss_and_grads_aux(
     aux: Option<&AuxK>,
     grads: &mut HostParams,
 ) -> BatchSums {
+    // Jobs: every head, split into chunks of the batch when there are fewer heads than
+    // threads.
     let chunks = rayon::current_num_threads().div_ceil(p.n_heads.max(1));
     loss_and_grads_with(p, x, batch, act, aux, grads, SPARSE_BELOW, chunks)
 }
@@ -1597,26 +1609,12 @@ pub fn autodiff_reference_aux(
     crate::sae::LossTerms,
     Option<burn::tensor::Tensor<1>>,
 )> {
-    use crate::sae::{BlockDiagSae, LossTerms, SaeOutput};
+    use crate::sae::{LossTerms, SaeOutput};
     use burn::tensor::Tensor;
-    let tracked = BlockDiagSae {
-        batch_threshold: None,
-        w_enc: sae.w_enc.clone().autodiff().require_grad(),
-        b_enc: sae.b_enc.clone().autodiff().require_grad(),
-        w_dec: sae.w_dec.clone().autodiff().require_grad(),
-        b_dec: sae.b_dec.clone().autodiff().require_grad(),
-        log_threshold: sae
-            .log_threshold
-            .clone()
-            .map(|t| t.autodiff().require_grad()),
-        ..sae.clone()
-    };
+    let tracked = sae.tracked();
     let x = x.autodiff();
     let (out, mut terms) = tracked.loss(x.clone(), coefficient);
-    let aux_term = aux.map(|a| tracked.aux_k_loss(x, &out, a.dead, a.k));
-    if let (Some(a), Some(term)) = (aux, &aux_term) {
-        terms.total = terms.total + term.clone() * a.coef;
-    }
+    let aux_term = aux.map(|a| a.add_to_loss(&tracked, x, &out, &mut terms));
     let grads = terms.total.backward();
     let grad = |t: &Tensor<3>| -> anyhow::Result<Vec<f32>> {
         let g = t

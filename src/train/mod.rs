@@ -356,25 +356,10 @@ impl SaeOptimizer {
                 b_dec,
                 log_threshold,
             } => {
-                let tracked = BlockDiagSae {
-                    batch_threshold: None,
-                    config: sae.config.clone(),
-                    w_enc: sae.w_enc.clone().autodiff().require_grad(),
-                    b_enc: sae.b_enc.clone().autodiff().require_grad(),
-                    w_dec: sae.w_dec.clone().autodiff().require_grad(),
-                    b_dec: sae.b_dec.clone().autodiff().require_grad(),
-                    input_scale: sae.input_scale.clone(),
-                    log_threshold: sae
-                        .log_threshold
-                        .clone()
-                        .map(|t| t.autodiff().require_grad()),
-                };
+                let tracked = sae.tracked();
                 let x_ad = x.clone().autodiff();
                 let (out, mut terms) = tracked.loss(x_ad.clone(), l1);
-                let aux_term = aux.map(|a| tracked.aux_k_loss(x_ad, &out, a.dead, a.k));
-                if let (Some(a), Some(term)) = (aux, &aux_term) {
-                    terms.total = terms.total + term.clone() * a.coef;
-                }
+                let aux_term = aux.map(|a| a.add_to_loss(&tracked, x_ad, &out, &mut terms));
                 let grads = terms.total.backward();
                 let g = |t: &Tensor<3>| t.grad(&grads).expect("parameter has a gradient");
                 let g2 = |t: &Tensor<2>| t.grad(&grads).expect("parameter has a gradient");

@@ -575,7 +575,11 @@ struct Launcher<'a> {
 impl Launcher<'_> {
     fn empty(&self, dims: &[usize]) -> CubeTensor {
         let n: usize = dims.iter().product();
-        let handle = self.like.client.empty(n.max(1) * 4);
+        self.tensor(self.like.client.empty(n.max(1) * 4), dims)
+    }
+
+    /// A buffer of f32 values as a contiguous tensor of shape `dims`.
+    fn tensor(&self, handle: Handle, dims: &[usize]) -> CubeTensor {
         CubeTensor::new_contiguous(
             self.like.client.clone(),
             self.like.device.clone(),
@@ -749,13 +753,7 @@ fn step(
     };
     // The thresholds, as a tensor to return (TopK and BatchTopK; unset otherwise).
     let thresholds = match spec.act {
-        Activation::TopK { .. } | Activation::BatchTopK { .. } => CubeTensor::new_contiguous(
-            x.client.clone(),
-            x.device.clone(),
-            Shape::from(vec![h, b]),
-            gate.clone(),
-            DType::F32,
-        ),
+        Activation::TopK { .. } | Activation::BatchTopK { .. } => l.tensor(gate.clone(), &[h, b]),
         _ => l.empty(&[h, b]),
     };
     let (fired, fsum, lcount) = (l.empty(&[h, m]), l.empty(&[h, m]), l.empty(&[h, m]));
@@ -1085,13 +1083,7 @@ fn step(
         resid_sq,
         recon_sq,
         terms,
-        aux: CubeTensor::new_contiguous(
-            x.client.clone(),
-            x.device.clone(),
-            Shape::from(vec![1]),
-            aux,
-            DType::F32,
-        ),
+        aux: l.tensor(aux, &[1]),
         thresholds,
     }
 }
@@ -1234,18 +1226,15 @@ pub fn run_step(
     let mut spec = spec;
     // AuxK's dead features [H, M] (1: dead), and per head its scale, the gradient's
     // factor, then the coefficient (fused_cpu::AuxK); one-element placeholders without.
-    let (dead, factors) = match aux.and_then(|a| a.head_factors(h, b)) {
-        Some((k, factors)) => {
-            spec.aux_k = Some(k);
-            let a = aux.expect("factors come from it");
-            let dead: Vec<f32> = a.dead.iter().map(|&d| f32::from(u8::from(d))).collect();
-            (dead, factors)
-        }
-        None => {
-            spec.aux_k = None;
-            (vec![0.0], vec![0.0])
-        }
-    };
+    spec.aux_k = None;
+    let (mut dead, mut factors) = (vec![0.0], vec![0.0]);
+    if let Some(a) = aux
+        && let Some((k, head_factors)) = a.head_factors(h, b)
+    {
+        spec.aux_k = Some(k);
+        dead = a.dead.iter().map(|&d| f32::from(u8::from(d))).collect();
+        factors = head_factors;
+    }
     let tensor = |v: Vec<f32>| {
         let n = v.len();
         burn::tensor::Tensor::<1>::from_data(burn::tensor::TensorData::new(v, [n]), &device)
