@@ -46,6 +46,26 @@ enum Command {
         #[arg(long)]
         no_bos: bool,
     },
+    /// How each head of a layer attends on repeated random tokens (BOS, R, R): its mean
+    /// attention to the previous token, the first token, itself, and in the second copy to
+    /// the earlier copy of its token (duplicate) and to the token after it (induction).
+    Heads {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        layer: usize,
+        /// Sequences of random tokens.
+        #[arg(long, default_value_t = attn_saes::lm::head_scores::SEQUENCES)]
+        sequences: usize,
+        /// Random tokens per copy (shortened to fit the context).
+        #[arg(long, default_value_t = attn_saes::lm::head_scores::COPY_LEN)]
+        len: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write the scores as JSON here too.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Open the desktop app on a run directory or a dashboard file (or empty).
     App {
         /// A run directory (curves, its dashboards) or a dashboard file.
@@ -163,8 +183,10 @@ enum Command {
         #[command(flatten)]
         args: TrainArgs,
     },
-    /// Show, for each head, the features with the strongest activations and the tokens they
-    /// fire on, from the run's dashboard file (built first if missing).
+    /// Show, for each head, where its features read from (their DFA's top source: previous
+    /// token, induction, ...), then the features with the strongest activations, the tokens
+    /// they fire on and where they read from, from the run's dashboard file (built first if
+    /// missing).
     Features {
         /// A run directory (with sae/ and config.toml), or a dashboard file.
         #[arg(long)]
@@ -255,6 +277,48 @@ fn main() -> anyhow::Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&loaded.transformer.config)?
             );
+        }
+        Command::Heads {
+            model,
+            layer,
+            sequences,
+            len,
+            seed,
+            json,
+        } => {
+            let (_, loaded) = open_model(cli.device, &model)?;
+            let cfg = &loaded.transformer.config;
+            anyhow::ensure!(
+                layer < cfg.n_layers,
+                "{} has layers 0 to {}, not {layer}",
+                cfg.name,
+                cfg.n_layers - 1
+            );
+            let scores = attn_saes::lm::head_scores::head_scores(
+                &loaded.transformer,
+                layer,
+                sequences,
+                len,
+                seed,
+            )?;
+            println!(
+                "{} layer {layer}: mean attention on {sequences} sequences of BOS + 2 x {} random tokens",
+                cfg.name,
+                attn_saes::lm::head_scores::copy_len(cfg, len)
+            );
+            println!(
+                "{:>5} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "head", "previous", "first", "itself", "duplicate", "induction"
+            );
+            for (h, s) in scores.iter().enumerate() {
+                println!(
+                    "{h:>5} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                    s.previous, s.first, s.current, s.duplicate, s.induction
+                );
+            }
+            if let Some(path) = json {
+                attn_saes::files::write_json(&path, &scores)?;
+            }
         }
         Command::Forward {
             model,
@@ -549,12 +613,30 @@ fn main() -> anyhow::Result<()> {
                 write_dashboard(&d, &path)?;
             }
             let d = dashboard::build::read(&path)?;
-            let reports = attn_saes::dashboard::report::top_features(&d, per_head, top);
-            for r in &reports {
+            let report = attn_saes::dashboard::report::report(&d, per_head, top);
+            println!(
+                "Where each head's features read from (the top source of their top examples' DFA):"
+            );
+            for h in &report.heads {
+                println!("  head {}: {}", h.head, h.summary);
+                if let Some(a) = &h.attention {
+                    println!(
+                        "          its attention on the same tokens: {}",
+                        a.describe()
+                    );
+                }
+            }
+            for r in &report.features {
                 println!(
                     "head {} feature {} (global {}), density {:.4}, max {:.3}",
                     r.head, r.feature, r.global, r.density, r.max_activation
                 );
+                let token = r
+                    .reads_from_token
+                    .as_ref()
+                    .map(|(t, n)| format!("; top source token {t:?} in {n}"))
+                    .unwrap_or_default();
+                println!("    reads from {}{token}", r.reads_from.describe());
                 for e in &r.examples {
                     println!(
                         "    {:>7.3}  {:?} [[{:?}]] {:?}",
@@ -563,7 +645,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             if let Some(path) = json {
-                attn_saes::files::write_json(&path, &reports)?;
+                attn_saes::files::write_json(&path, &report)?;
             }
         }
         Command::FetchDemo { python } => {

@@ -9,7 +9,7 @@ use attn_saes::app::features::{FeaturesState, LoadedDashboard, features_ui, sear
 use attn_saes::dashboard::format::{ExampleGroup, HeadData, OwnedDashboardFile};
 use eframe::egui;
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 
 type State = (LoadedDashboard, FeaturesState);
 
@@ -143,6 +143,81 @@ fn dfa_panel_marks_the_largest_attribution() {
     h.get_by_label(&format!("Head 2 · Feature {f}"));
     h.get_by_label_contains(&format!("max attribution at position {argmax} ("));
     h.get_by_label_contains("sum of DFA ");
+}
+
+/// The "reads from" filter lists the features most of whose top examples read from that
+/// kind of source, the heads table shows each head's commonest pattern, and the DFA panel
+/// says where the feature reads from.
+#[test]
+fn reads_from_filter_heads_column_and_dfa_line() {
+    use attn_saes::app::features::ReadsFrom;
+    use attn_saes::dashboard::sources::{SourceKind, feature_sources};
+    if !common::renderer_available() {
+        return;
+    }
+    let file = OwnedDashboardFile::new(dashboard_bytes().to_vec()).unwrap();
+    let head2 = head(2);
+    let reads: Vec<_> = head2
+        .features
+        .iter()
+        .map(|fd| feature_sources(&file.windows, fd))
+        .collect();
+    // The kind most features of head 2 read from, and those features.
+    let kind = SourceKind::ALL
+        .into_iter()
+        .max_by_key(|&k| reads.iter().filter(|r| r.main() == Some(k)).count())
+        .unwrap();
+    let of_kind: Vec<usize> = (0..reads.len())
+        .filter(|&f| reads[f].main() == Some(kind))
+        .collect();
+    assert!(!of_kind.is_empty());
+
+    let mut h = harness();
+    open_head_2(&mut h);
+    // Every head's cell, from the summary the file carries.
+    for s in &file.meta.heads {
+        let summary = s.reads_from.as_ref().unwrap();
+        let text = match summary.top_pattern() {
+            Some((k, share)) => format!(
+                "{} {:.0}%",
+                match k {
+                    SourceKind::First => "first",
+                    SourceKind::Current => "itself",
+                    SourceKind::Previous => "prev",
+                    SourceKind::Induction => "induction",
+                    SourceKind::Duplicate => "dup",
+                    SourceKind::Other => "elsewhere",
+                },
+                100.0 * share
+            ),
+            None => "elsewhere".into(),
+        };
+        assert!(
+            h.query_all_by_label(&text).count() >= 1,
+            "head {}: {text}",
+            s.head
+        );
+    }
+    // Choose the kind in the combo box.
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "reads from")
+        .click();
+    h.run_steps(2);
+    // The popup's entry (the heads table may hold a label of the same text).
+    h.query_all_by_label(kind.label())
+        .find(|n| n.accesskit_node().role() != egui::accesskit::Role::Label)
+        .expect("the kind in the combo box's popup")
+        .click();
+    h.run_steps(2);
+    assert_eq!(h.state().1.reads_from, ReadsFrom::Kind(kind));
+    h.get_by_label(&format!("{} of 32 features", of_kind.len()));
+    // The list keeps the density order within the kind; its first is selected.
+    let first = density_order(&head2)
+        .into_iter()
+        .find(|f| of_kind.contains(f))
+        .unwrap();
+    h.state_mut().1.feature = Some(first);
+    h.run_steps(2);
+    h.get_by_label_contains(&format!("Reads from {}", reads[first].describe()));
 }
 
 #[test]

@@ -198,6 +198,65 @@ fn dfa_sums_to_the_pre_activation_on_gpt2_gelu2l_and_llama() {
     }
 }
 
+/// Where features read from, end to end: layer 0 of `gpt2_heads`
+/// (`tests/fixtures/make_heads_fixture.py`) has a previous-token head, a BOS head and a
+/// self head, set by hand and checked in transformers' attention; so (nearly) every feature
+/// of those heads must read from that source in the dashboard's DFA. Fails if DFA were
+/// stored a position off, or the kinds mixed up.
+#[test]
+fn where_features_read_from_follows_the_heads_attention() {
+    use attn_saes::dashboard::sources::{SourceKind, head_sources};
+    let loaded = load("gpt2_heads");
+    let sae = random_sae(&loaded, 24, 5);
+    let windows = random_windows(&loaded, 12, 24, 21);
+    let inp = BuildInputs {
+        layer: 0,
+        ..inputs(&loaded, &sae, windows)
+    };
+    let d = build_quiet(&inp, &BuildOptions::default());
+    let sources: Vec<_> = (0..4)
+        .map(|h| head_sources(&d.windows, &d.heads[h]))
+        .collect();
+    for (h, s) in sources.iter().enumerate() {
+        println!("head {h}: {}", s.describe());
+        assert!(s.features() >= 8, "head {h}: {}", s.describe());
+    }
+    let share = |h: usize, kinds: &[SourceKind]| {
+        let s = &sources[h];
+        kinds.iter().map(|&k| s.count(k)).sum::<u32>() as f64 / s.features() as f64
+    };
+    // At target 1 the previous token is BOS, which counts as the first token: features
+    // that fire most there read from it.
+    assert_eq!(share(0, &[SourceKind::Previous, SourceKind::First]), 1.0);
+    assert!(share(0, &[SourceKind::Previous]) >= 0.75);
+    assert!(share(1, &[SourceKind::First]) >= 0.9);
+    assert!(share(2, &[SourceKind::Current]) >= 0.9);
+    // The random head reads from elsewhere: not all previous, first or self.
+    let firm = [SourceKind::Previous, SourceKind::First, SourceKind::Current];
+    assert!(share(3, &firm) < 0.9);
+    // Where the heads attend on the same tokens, by kind (target 1's previous token is BOS).
+    let attention = |h: usize| d.meta.heads[h].attention.clone().unwrap();
+    let t = 24.0;
+    assert!((attention(0).share(SourceKind::Previous) - (t - 2.0) / (t - 1.0)).abs() < 0.01);
+    assert!((attention(0).share(SourceKind::First) - 1.0 / (t - 1.0)).abs() < 0.01);
+    assert!(attention(1).share(SourceKind::First) > 0.99);
+    assert!(attention(2).share(SourceKind::Current) > 0.99);
+    // The file carries each head's summary, and a viewer computing it from the file's
+    // (f16) DFA gets the same.
+    let back = Dashboard::from_bytes(&d.to_bytes().unwrap()).unwrap();
+    for (h, s) in sources.iter().enumerate() {
+        assert_eq!(back.meta.heads[h].reads_from.as_ref(), Some(s));
+        assert_eq!(&head_sources(&back.windows, &back.heads[h]), s);
+    }
+    // The same heads by their attention on repeated random tokens.
+    let scores = attn_saes::lm::head_scores::head_scores(&loaded.transformer, 0, 4, 20, 3).unwrap();
+    println!("head scores: {scores:?}");
+    assert!(scores[0].previous > 0.99);
+    assert!(scores[1].first > 0.99);
+    assert!(scores[2].current > 0.99);
+    assert!(scores.iter().all(|s| s.induction < 0.5));
+}
+
 /// The values hook, DFA, activations and logit effects against the numpy float64 forward.
 #[test]
 fn dfa_values_and_logit_effects_match_the_numpy_reference() {

@@ -20,6 +20,7 @@ use crate::dashboard::format::{
     DashboardError, DashboardMeta, Example, ExampleGroup, FeatureData, HeadData, HeadSummary,
     OwnedDashboardFile,
 };
+use crate::dashboard::sources::{self, FeatureSources, HeadAttention, HeadSources, SourceKind};
 
 /// Activations (token backgrounds, histogram bars).
 const ACT_COLOR: Color32 = Color32::from_rgb(255, 140, 0);
@@ -38,6 +39,8 @@ pub struct LoadedDashboard {
     pub file: OwnedDashboardFile,
     /// Per head: not decoded yet, decoded, or the decode error (shown as text).
     heads: Vec<Option<Result<HeadData, String>>>,
+    /// Per decoded head: where each feature reads from, and the head's summary.
+    sources: Vec<Option<(Vec<FeatureSources>, HeadSources)>>,
     /// The feature list for the last list settings: filtered, sorted feature indices.
     list: Option<(ListKey, Vec<usize>)>,
 }
@@ -48,6 +51,7 @@ struct ListKey {
     head: usize,
     sort: SortBy,
     hide_dead: bool,
+    reads_from: ReadsFrom,
     search: String,
     crop: usize,
 }
@@ -58,6 +62,7 @@ impl ListKey {
             head: s.head,
             sort: s.sort,
             hide_dead: s.hide_dead,
+            reads_from: s.reads_from,
             search: s.search.clone(),
             // The crop only matters to the search.
             crop: if s.search.is_empty() { 0 } else { s.crop },
@@ -69,10 +74,12 @@ impl LoadedDashboard {
     pub fn new(name: String, bytes: Vec<u8>) -> Result<Self, DashboardError> {
         let file = OwnedDashboardFile::new(bytes)?;
         let heads = (0..file.n_heads()).map(|_| None).collect();
+        let sources = (0..file.n_heads()).map(|_| None).collect();
         Ok(Self {
             name,
             file,
             heads,
+            sources,
             list: None,
         })
     }
@@ -100,30 +107,60 @@ impl LoadedDashboard {
         }
     }
 
-    /// Decodes the selected head and brings the feature list up to date with `s`.
+    /// Decodes the selected head (and where its features read from) and brings the feature
+    /// list up to date with `s`.
     fn prepare(&mut self, s: &FeaturesState) {
         let _ = self.head(s.head);
+        if let (Some(Some(Ok(head))), Some(slot)) =
+            (self.heads.get(s.head), self.sources.get_mut(s.head))
+        {
+            slot.get_or_insert_with(|| {
+                let windows = &self.file.windows;
+                let per_feature = head
+                    .features
+                    .iter()
+                    .map(|fd| sources::feature_sources(windows, fd))
+                    .collect();
+                (per_feature, sources::head_sources(windows, head))
+            });
+        }
         let key = ListKey::of(s);
         if self.list.as_ref().is_some_and(|(k, _)| *k == key) {
             return;
         }
-        let order = match self.heads.get(s.head) {
-            Some(Some(Ok(head))) => feature_order(&self.file, head, s),
+        let order = match (self.heads.get(s.head), self.sources.get(s.head)) {
+            (Some(Some(Ok(head))), Some(Some((reads, _)))) => {
+                feature_order(&self.file, head, reads, s)
+            }
             _ => Vec::new(),
         };
         self.list = Some((key, order));
     }
 
-    /// The file, the head (or its error) and the feature list, after [`Self::prepare`].
-    fn parts(&self, h: usize) -> (&OwnedDashboardFile, Result<&HeadData, &str>, &[usize]) {
-        let head = match self.heads.get(h) {
-            Some(Some(Ok(head))) => Ok(head),
-            Some(Some(Err(e))) => Err(e.as_str()),
+    /// The file, the head (or its error) with where its features read from, and the
+    /// feature list, after [`Self::prepare`].
+    fn parts(&self, h: usize) -> (&OwnedDashboardFile, Result<Head<'_>, &str>, &[usize]) {
+        let head = match (self.heads.get(h), self.sources.get(h)) {
+            (Some(Some(Ok(data))), Some(Some((reads, summary)))) => Ok(Head {
+                data,
+                reads,
+                summary,
+            }),
+            (Some(Some(Err(e))), _) => Err(e.as_str()),
             _ => Err("head not decoded"),
         };
         let order = self.list.as_ref().map_or(&[][..], |(_, o)| o.as_slice());
         (&self.file, head, order)
     }
+}
+
+/// A decoded head as the view draws it.
+#[derive(Clone, Copy)]
+struct Head<'a> {
+    data: &'a HeadData,
+    /// Where each feature reads from.
+    reads: &'a [FeatureSources],
+    summary: &'a HeadSources,
 }
 
 /// What the viewer remembers between frames (and sessions).
@@ -134,6 +171,8 @@ pub struct FeaturesState {
     pub feature: Option<usize>,
     pub sort: SortBy,
     pub hide_dead: bool,
+    /// Only features that read mostly from this kind of source.
+    pub reads_from: ReadsFrom,
     pub search: String,
     /// Tokens of context shown each side of an example's target.
     pub crop: usize,
@@ -148,6 +187,7 @@ impl Default for FeaturesState {
             feature: None,
             sort: SortBy::default(),
             hide_dead: false,
+            reads_from: ReadsFrom::Any,
             search: String::new(),
             crop: 12,
             example: None,
@@ -175,6 +215,61 @@ impl SortBy {
     }
 }
 
+/// The feature list's filter by where features read from ([`FeatureSources::main`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+pub enum ReadsFrom {
+    #[default]
+    Any,
+    Kind(SourceKind),
+    /// No kind holds a majority of the top examples.
+    Mixed,
+}
+
+impl ReadsFrom {
+    fn all() -> impl Iterator<Item = ReadsFrom> {
+        std::iter::once(ReadsFrom::Any)
+            .chain(SourceKind::ALL.into_iter().map(ReadsFrom::Kind))
+            .chain([ReadsFrom::Mixed])
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            ReadsFrom::Any => "anywhere",
+            ReadsFrom::Kind(k) => k.label(),
+            ReadsFrom::Mixed => "mixed",
+        }
+    }
+
+    /// Whether a feature with this summary passes (one without examples only for `Any`).
+    fn admits(self, reads: &FeatureSources) -> bool {
+        match self {
+            ReadsFrom::Any => true,
+            ReadsFrom::Kind(k) => reads.main() == Some(k),
+            ReadsFrom::Mixed => reads.examples() > 0 && reads.main().is_none(),
+        }
+    }
+}
+
+/// A short tag for the feature list: where most top examples read from.
+fn reads_tag(reads: &FeatureSources) -> &'static str {
+    if reads.examples() == 0 {
+        return "";
+    }
+    reads.main().map_or("mixed", short_kind)
+}
+
+/// A kind in a few letters, for lists and tables.
+fn short_kind(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::First => "first",
+        SourceKind::Current => "itself",
+        SourceKind::Previous => "prev",
+        SourceKind::Induction => "induction",
+        SourceKind::Duplicate => "dup",
+        SourceKind::Other => "elsewhere",
+    }
+}
+
 /// Id of the search box, so the app can focus it when the user presses `/`.
 pub fn search_id() -> egui::Id {
     egui::Id::unique("attn_saes.features.search")
@@ -188,12 +283,17 @@ pub fn features_ui(ui: &mut Ui, d: &mut LoadedDashboard, s: &mut FeaturesState) 
         ui.memory_mut(|m| m.request_focus(search_id()));
     }
     head_keys(ui, s, d.file.n_heads());
-    heads_panel(ui, &d.name, &d.file.meta, s);
+    let decoded: Vec<Option<&HeadSources>> = d
+        .sources
+        .iter()
+        .map(|x| x.as_ref().map(|(_, summary)| summary))
+        .collect();
+    heads_panel(ui, &d.name, &d.file.meta, &decoded, s);
     d.prepare(s);
     let (file, head, order) = d.parts(s.head);
     let mut scroll = false;
     if let Ok(head) = head
-        && s.feature.is_none_or(|f| f >= head.features.len())
+        && s.feature.is_none_or(|f| f >= head.data.features.len())
     {
         s.feature = order.first().copied();
         s.example = None;
@@ -356,10 +456,18 @@ impl Chip<'_> {
 // ---------------------------------------------------------------------------------------
 // Heads overview
 
-fn heads_panel(ui: &mut Ui, name: &str, meta: &DashboardMeta, s: &mut FeaturesState) {
+/// `decoded[h]`: head `h`'s summary of where its features read from, if decoded (for files
+/// that do not carry it).
+fn heads_panel(
+    ui: &mut Ui,
+    name: &str,
+    meta: &DashboardMeta,
+    decoded: &[Option<&HeadSources>],
+    s: &mut FeaturesState,
+) {
     egui::Panel::left("attn_saes.features.heads")
         .resizable(true)
-        .default_size(330.0)
+        .default_size(400.0)
         .show(ui, |ui| {
             ui.heading("Heads");
             ui.label(RichText::new(drawable(ui, &TextStyle::Body, name)).strong());
@@ -369,7 +477,7 @@ fn heads_panel(ui: &mut Ui, name: &str, meta: &DashboardMeta, s: &mut FeaturesSt
             ScrollArea::vertical()
                 .id_salt("heads")
                 .auto_shrink(false)
-                .show(ui, |ui| heads_table(ui, meta, s));
+                .show(ui, |ui| heads_table(ui, meta, decoded, s));
         });
 }
 
@@ -386,15 +494,20 @@ fn file_summary(meta: &DashboardMeta) -> String {
     )
 }
 
-fn heads_table(ui: &mut Ui, meta: &DashboardMeta, s: &mut FeaturesState) {
+fn heads_table(
+    ui: &mut Ui,
+    meta: &DashboardMeta,
+    decoded: &[Option<&HeadSources>],
+    s: &mut FeaturesState,
+) {
     // Densities below one token in the file cannot occur: the sparkline's scale starts there.
     let lowest = -(meta.n_tokens.max(10) as f64).log10().ceil();
     egui::Grid::new("heads_table")
         .striped(true)
-        .num_columns(6)
+        .num_columns(7)
         .spacing(vec2(10.0, 4.0))
         .show(ui, |ui| {
-            for title in ["", "L0", "EV", "dead", "CE", "density"] {
+            for title in ["", "L0", "EV", "dead", "CE", "density", "reads from"] {
                 ui.label(RichText::new(title).weak());
             }
             ui.end_row();
@@ -412,9 +525,39 @@ fn heads_table(ui: &mut Ui, meta: &DashboardMeta, s: &mut FeaturesState) {
                     .on_hover_text("features that never fired on the dashboard tokens");
                 ui.label(head.ce_score.map_or("-".into(), |c| format!("{c:.3}")));
                 density_sparkline(ui, &head.density_histogram, lowest);
+                let reads = head
+                    .reads_from
+                    .as_ref()
+                    .or(decoded.get(h).copied().flatten());
+                reads_cell(ui, reads, head.attention.as_ref());
                 ui.end_row();
             }
         });
+}
+
+/// The head's commonest positional pattern ("prev 55%"), the whole summary and where the
+/// head attends on hover; "-" for a file without it until the head is opened.
+fn reads_cell(ui: &mut Ui, reads: Option<&HeadSources>, attention: Option<&HeadAttention>) {
+    let Some(reads) = reads else {
+        ui.label("-")
+            .on_hover_text("this file predates the summary: open the head to compute it");
+        return;
+    };
+    let text = match reads.top_pattern() {
+        Some((kind, share)) => format!("{} {:.0}%", short_kind(kind), 100.0 * share),
+        None => "elsewhere".into(),
+    };
+    let attends = attention.map_or(String::new(), |a| {
+        format!(
+            "\n\nits attention on the dashboard tokens: {}",
+            a.describe()
+        )
+    });
+    ui.label(text).on_hover_text(format!(
+        "the head's features by where most of their top examples read from (the source \
+         with the largest DFA):\n{}{attends}",
+        reads.describe()
+    ));
 }
 
 fn run_summary(head: &HeadSummary) -> String {
@@ -463,11 +606,17 @@ fn density_sparkline(ui: &mut Ui, hist: &[(f64, usize)], lowest: f64) {
 // Feature list
 
 /// The head's features, filtered and sorted as `s` asks.
-fn feature_order(file: &OwnedDashboardFile, head: &HeadData, s: &FeaturesState) -> Vec<usize> {
+fn feature_order(
+    file: &OwnedDashboardFile,
+    head: &HeadData,
+    reads: &[FeatureSources],
+    s: &FeaturesState,
+) -> Vec<usize> {
     let fs = &head.features;
     let needle = s.search.to_lowercase();
     let mut order: Vec<usize> = (0..fs.len())
         .filter(|&f| !(s.hide_dead && is_dead(&fs[f])))
+        .filter(|&f| reads.get(f).is_some_and(|r| s.reads_from.admits(r)))
         .filter(|&f| needle.is_empty() || matches_search(file, &fs[f], &needle, s.crop))
         .collect();
     let key = |f: &FeatureData| match s.sort {
@@ -492,7 +641,7 @@ fn matches_search(file: &OwnedDashboardFile, f: &FeatureData, needle: &str, crop
 
 fn list_panel(
     ui: &mut Ui,
-    head: Result<&HeadData, &str>,
+    head: Result<Head<'_>, &str>,
     order: &[usize],
     s: &mut FeaturesState,
     scroll: bool,
@@ -510,8 +659,15 @@ fn list_panel(
                     ui.label(format!(
                         "{} of {} features",
                         order.len(),
-                        head.features.len()
+                        head.data.features.len()
                     ));
+                    ui.label(
+                        RichText::new(format!("read from: {}", head.summary.describe())).small(),
+                    )
+                    .on_hover_text(
+                        "where the head's features read from: the source position with the \
+                         largest DFA in most of a feature's top examples (mixed: no majority)",
+                    );
                     ui.separator();
                     feature_rows(ui, head, order, s, scroll || moved);
                 }
@@ -530,6 +686,24 @@ fn list_controls(ui: &mut Ui, s: &mut FeaturesState) {
             });
         ui.checkbox(&mut s.hide_dead, "hide dead");
     });
+    egui::ComboBox::from_label("reads from")
+        .selected_text(s.reads_from.label())
+        .show_ui(ui, |ui| {
+            for r in ReadsFrom::all() {
+                let hover = match r {
+                    ReadsFrom::Any => "every feature",
+                    ReadsFrom::Kind(k) => k.description(),
+                    ReadsFrom::Mixed => "no kind of source holds a majority of the top examples",
+                };
+                ui.selectable_value(&mut s.reads_from, r, r.label())
+                    .on_hover_text(hover);
+            }
+        })
+        .response
+        .on_hover_text(
+            "only features whose top examples mostly read from this source \
+             (the position with the largest DFA)",
+        );
     ui.add(
         egui::TextEdit::singleline(&mut s.search)
             .id(search_id())
@@ -579,13 +753,7 @@ fn arrow_keys(ui: &mut Ui, s: &mut FeaturesState, order: &[usize]) -> bool {
     true
 }
 
-fn feature_rows(
-    ui: &mut Ui,
-    head: &HeadData,
-    order: &[usize],
-    s: &mut FeaturesState,
-    scroll: bool,
-) {
+fn feature_rows(ui: &mut Ui, head: Head<'_>, order: &[usize], s: &mut FeaturesState, scroll: bool) {
     let row_h = ui.spacing().interact_size.y;
     let stride = row_h + ui.spacing().item_spacing.y;
     let view_id = ui.make_persistent_id("feature_rows_view");
@@ -605,15 +773,26 @@ fn feature_rows(
     }
     let out = area.show_rows(ui, row_h, order.len(), |ui, rows| {
         for &f in &order[rows] {
-            feature_row(ui, &head.features[f], f, row_h, s);
+            let tag = head.reads.get(f).map_or("", reads_tag);
+            feature_row(ui, &head.data.features[f], f, tag, row_h, s);
         }
     });
     let view = (out.state.clamped_offset().y, out.inner_rect.height());
     ui.data_mut(|d| d.insert_temp(view_id, view));
 }
 
-fn feature_row(ui: &mut Ui, fd: &FeatureData, f: usize, row_h: f32, s: &mut FeaturesState) {
-    let text = format!("#{f}  {:.2e}  max {:.2}", fd.density, fd.max_activation);
+fn feature_row(
+    ui: &mut Ui,
+    fd: &FeatureData,
+    f: usize,
+    tag: &str,
+    row_h: f32,
+    s: &mut FeaturesState,
+) {
+    let text = format!(
+        "#{f}  {:.2e}  max {:.2}  {tag}",
+        fd.density, fd.max_activation
+    );
     let text = if is_dead(fd) {
         RichText::new(text).weak()
     } else {
@@ -632,7 +811,7 @@ fn feature_row(ui: &mut Ui, fd: &FeatureData, f: usize, row_h: f32, s: &mut Feat
 fn dashboard_panel(
     ui: &mut Ui,
     file: &OwnedDashboardFile,
-    head: Result<&HeadData, &str>,
+    head: Result<Head<'_>, &str>,
     s: &mut FeaturesState,
 ) {
     egui::CentralPanel::default().show(ui, |ui| {
@@ -642,7 +821,7 @@ fn dashboard_panel(
         };
         let Some((f, fd)) = s
             .feature
-            .and_then(|f| head.features.get(f).map(|fd| (f, fd)))
+            .and_then(|f| head.data.features.get(f).map(|fd| (f, fd)))
         else {
             ui.label("No feature selected.");
             return;
@@ -650,7 +829,10 @@ fn dashboard_panel(
         ScrollArea::vertical()
             .id_salt("feature_dashboard")
             .auto_shrink(false)
-            .show(ui, |ui| feature_dashboard(ui, file, f, fd, s));
+            .show(ui, |ui| {
+                let reads = head.reads.get(f).cloned().unwrap_or_default();
+                feature_dashboard(ui, file, f, fd, &reads, s)
+            });
     });
 }
 
@@ -659,6 +841,7 @@ fn feature_dashboard(
     file: &OwnedDashboardFile,
     f: usize,
     fd: &FeatureData,
+    reads: &FeatureSources,
     s: &mut FeaturesState,
 ) {
     header(ui, &file.meta, s.head, f, fd);
@@ -684,7 +867,7 @@ fn feature_dashboard(
     ui.separator();
     top_examples(ui, file, fd, s);
     ui.separator();
-    dfa_panel(ui, file, fd, s);
+    dfa_panel(ui, file, fd, reads, s);
     ui.separator();
     interval_groups(ui, file, fd, s.crop);
 }
@@ -894,7 +1077,13 @@ fn dfa_argmax(dfa: &[f32]) -> Option<(usize, f32)> {
         })
 }
 
-fn dfa_panel(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &FeaturesState) {
+fn dfa_panel(
+    ui: &mut Ui,
+    file: &OwnedDashboardFile,
+    fd: &FeatureData,
+    reads: &FeatureSources,
+    s: &FeaturesState,
+) {
     ui.heading("Direct feature attribution");
     ui.label(
         RichText::new(
@@ -903,6 +1092,7 @@ fn dfa_panel(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &Featu
         )
         .weak(),
     );
+    reads_from_line(ui, file, reads);
     let Some(e) = dfa_example(fd, s).map(|i| &fd.examples[i]) else {
         ui.label(RichText::new("no top example with attribution").weak());
         return;
@@ -920,6 +1110,24 @@ fn dfa_panel(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &Featu
         e.activation
     ));
     dfa_row(ui, &e.dfa, e.target as usize, token);
+}
+
+/// Where the feature's top examples read from, in words, with the kinds explained on hover.
+fn reads_from_line(ui: &mut Ui, file: &OwnedDashboardFile, reads: &FeatureSources) {
+    let token = reads
+        .token
+        .map(|(id, n)| format!("; the top source token {:?} in {n}", file.token(id)))
+        .unwrap_or_default();
+    let text = format!("Reads from {}{token}", reads.describe());
+    let help: Vec<String> = SourceKind::ALL
+        .iter()
+        .map(|k| format!("{}: {}", k.label(), k.description()))
+        .collect();
+    ui.label(RichText::new(drawable(ui, &TextStyle::Body, &text)).strong())
+        .on_hover_text(format!(
+            "the source position with the largest attribution, in each top example:\n{}",
+            help.join("\n")
+        ));
 }
 
 /// DFA by source position as coloured token chips (blue raises the feature, red lowers

@@ -99,6 +99,7 @@ pub struct BuildInputs<'a> {
 pub type Progress<'p> = &'p mut dyn FnMut(&str, usize, usize);
 
 use super::dfa::dfa_from_products;
+use super::sources;
 
 /// The seeded hash key of an active (token, feature): interval groups keep the smallest.
 pub fn sample_key(seed: u64, token: u64, head: usize, feature: usize) -> u64 {
@@ -254,6 +255,10 @@ struct HeadPass1 {
     /// The chunk's activations of this head, [n, m], and selection scratch (reused).
     feats: Vec<f32>,
     scratch: Vec<i32>,
+    /// Attention from the counted tokens (past position 0) by kind of source, and their
+    /// number ([`sources::add_attention`]).
+    attention: [f64; 6],
+    attention_rows: u64,
 }
 
 /// One chunk's host arrays.
@@ -264,6 +269,8 @@ struct Chunk<'c> {
     pattern: &'c [f32],
     /// [b, T, H, d]
     values: &'c [f32],
+    /// The n token ids, window after window.
+    tokens: &'c [u32],
     /// Whether each of the n tokens counts.
     counted: &'c [bool],
     /// Global index of the chunk's first token.
@@ -296,6 +303,14 @@ impl HeadPass1 {
         encode_head(x_h, d, enc, &mut feats, &mut self.scratch);
         let result = self.walk(head, chunk, dims, &feats, enc.w_enc, decoder, scale, top_k);
         self.feats = feats;
+        let (h, t) = (dims.h, dims.t);
+        for (w, window) in chunk.tokens.chunks(t).enumerate() {
+            for target in (1..t).filter(|&p| chunk.counted[w * t + p]) {
+                let row = &chunk.pattern[((w * h + head) * t + target) * t..][..t];
+                sources::add_attention(window, row, target, &mut self.attention);
+                self.attention_rows += 1;
+            }
+        }
         result
     }
 
@@ -785,6 +800,8 @@ pub fn build(
                     spill_path,
                     feats: Vec::new(),
                     scratch: Vec::new(),
+                    attention: [0.0; 6],
+                    attention_rows: 0,
                 })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -813,9 +830,9 @@ pub fn build(
             let x_host = host_vec(x)?;
             let pattern = host_vec(cache.pattern.remove(&layer).context("no pattern")?)?;
             let values = host_vec(cache.values.remove(&layer).context("no values")?)?;
-            let counted: Vec<bool> = batch
+            let flat: Vec<u32> = batch.iter().flatten().copied().collect();
+            let counted: Vec<bool> = flat
                 .iter()
-                .flatten()
                 .map(|&tok| opts.keep_bos || Some(tok) != bos)
                 .collect();
             n_counted += counted.iter().filter(|&&c| c).count() as u64;
@@ -823,6 +840,7 @@ pub fn build(
                 x: &x_host,
                 pattern: &pattern,
                 values: &values,
+                tokens: &flat,
                 counted: &counted,
                 first_token: (c * per * t) as u64,
             };
@@ -958,6 +976,10 @@ pub fn build(
                     .and_then(|r| r.get(head))
                     .map(|r| r.2),
                 ce_score: inputs.ce_scores.as_ref().and_then(|c| c.get(head)).copied(),
+                reads_from: None,
+                attention: (state.attention_rows > 0).then(|| sources::HeadAttention {
+                    mass: state.attention.map(|a| a / state.attention_rows as f64),
+                }),
             });
             head_data.push(HeadData { features });
         }
@@ -991,6 +1013,9 @@ pub fn build(
                 (id, s)
             })
             .collect();
+        for (summary, head) in summaries.iter_mut().zip(&head_data) {
+            summary.reads_from = Some(sources::head_sources(&windows, head));
+        }
         let arch = sae.config.architecture;
         Ok(Dashboard {
             meta: DashboardMeta {

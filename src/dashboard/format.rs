@@ -142,6 +142,14 @@ pub struct HeadSummary {
     pub run_explained_variance: Option<f64>,
     pub run_dead: Option<usize>,
     pub ce_score: Option<f64>,
+    /// Its features by where they read from ([`super::sources::head_sources`]); absent in
+    /// files written before it (a viewer computes it from the head instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads_from: Option<super::sources::HeadSources>,
+    /// Where it attends on the dashboard tokens, by the same kinds of source; absent in
+    /// files written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<super::sources::HeadAttention>,
 }
 
 /// One file the dashboards were built from.

@@ -12,6 +12,7 @@ pub mod neuronpedia;
 pub mod report;
 #[cfg(not(target_arch = "wasm32"))]
 mod run;
+pub mod sources;
 
 use std::path::{Path, PathBuf};
 

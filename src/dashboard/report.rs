@@ -1,7 +1,9 @@
 //! Dashboard stage: a text report from a dashboard file (the `features` command): for each
-//! head, the features with the strongest activations and the tokens they fire on.
+//! head, where its features read from, then the features with the strongest activations,
+//! the tokens they fire on and where they read from.
 
 use super::format::{Dashboard, ExampleGroup};
+use super::sources::{self, FeatureSources, HeadAttention, HeadSources, SourceKind};
 
 /// One activating token in context.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -22,6 +24,52 @@ pub struct FeatureReport {
     pub density: f32,
     pub max_activation: f32,
     pub examples: Vec<ExampleReport>,
+    /// Where its top examples read from (their DFA's top sources).
+    pub reads_from: FeatureSources,
+    /// The kind most of them share (`None`: mixed, or no example with a positive DFA).
+    pub reads_from_kind: Option<SourceKind>,
+    /// The token most often at the top source, and in how many top examples.
+    pub reads_from_token: Option<(String, u32)>,
+}
+
+/// One head: its features by where they read from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HeadReport {
+    pub head: usize,
+    pub reads_from: HeadSources,
+    pub summary: String,
+    /// Where the head attends on the dashboard tokens (files written before it lack it).
+    pub attention: Option<HeadAttention>,
+}
+
+/// The `features` report: every head's summary and the strongest features.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub heads: Vec<HeadReport>,
+    pub features: Vec<FeatureReport>,
+}
+
+/// [`top_features`] and each head's [`sources::head_sources`].
+pub fn report(d: &Dashboard, per_head: usize, top: usize) -> Report {
+    let heads = d
+        .heads
+        .iter()
+        .enumerate()
+        .map(|(head, data)| {
+            let reads_from = sources::head_sources(&d.windows, data);
+            let summary = reads_from.describe();
+            HeadReport {
+                head,
+                reads_from,
+                summary,
+                attention: d.meta.heads.get(head).and_then(|s| s.attention.clone()),
+            }
+        })
+        .collect();
+    Report {
+        heads,
+        features: top_features(d, per_head, top),
+    }
 }
 
 /// For each head, the `per_head` live features with the largest maximum activation (ties
@@ -56,7 +104,11 @@ pub fn top_features(d: &Dashboard, per_head: usize, top: usize) -> Vec<FeatureRe
                     }
                 })
                 .collect();
+            let reads_from = sources::feature_sources(&d.windows, feature);
             out.push(FeatureReport {
+                reads_from_kind: reads_from.main(),
+                reads_from_token: reads_from.token.map(|(id, n)| (d.token(id), n)),
+                reads_from,
                 head,
                 feature: f,
                 global: head * m + f,

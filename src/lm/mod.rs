@@ -2,6 +2,8 @@
 
 pub mod gguf;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod head_scores;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod hub;
 pub mod load;
 pub mod transformer;
