@@ -3,7 +3,8 @@
 #   scripts/screenshot-app.sh [OUT_DIR] [RUN_DIR]
 # Needs Debian's xvfb, imagemagick (import, convert) and a built release binary
 # (cargo build --release). RUN_DIR defaults to runs/latest (the main job's run). With
-# COMPARE=OTHER_RUN, also app-compare.png: Curves comparing RUN_DIR with OTHER_RUN.
+# COMPARE=OTHER_RUN, also app-compare.png: Curves comparing RUN_DIR with OTHER_RUN. With
+# FEATURE=HEAD,FEATURE, the Features view shows that feature (app --feature).
 # Fails when a screenshot is blank (fewer than 50 distinct colours).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,8 @@ shots="curves features train"
 for shot in $shots; do
     if [ "$shot" = compare ]; then
         "$bin" app "$run" --compare "$COMPARE" --view curves &
+    elif [ "$shot" = features ] && [ -n "${FEATURE:-}" ]; then
+        "$bin" app "$run" --view features --feature "$FEATURE" &
     else
         "$bin" app "$run" --view "$shot" &
     fi

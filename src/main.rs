@@ -77,6 +77,9 @@ enum Command {
         /// The view to show first (default: the last one used).
         #[arg(long, value_enum)]
         view: Option<attn_saes::app::View>,
+        /// `HEAD,FEATURE`: open the Features view on that feature's dashboard.
+        #[arg(long, value_parser = parse_head_feature)]
+        feature: Option<(usize, usize)>,
     },
     /// Serve the web viewer and a dashboard on this machine, and print the URL to open.
     Serve {
@@ -390,7 +393,7 @@ fn main() -> anyhow::Result<()> {
                     device: cli.device,
                     build_dashboards: !no_dashboard,
                 };
-                attn_saes::app::run_native(None, vec![], None, Some(request))?;
+                attn_saes::app::run_native(None, vec![], None, None, Some(request))?;
             }
         }
         Command::Serve {
@@ -463,7 +466,8 @@ fn main() -> anyhow::Result<()> {
             path,
             compare,
             view,
-        } => attn_saes::app::run_native(path, compare, view, None)?,
+            feature,
+        } => attn_saes::app::run_native(path, compare, view, feature, None)?,
         Command::Harvest {
             args,
             tokens,
@@ -1002,15 +1006,25 @@ fn compare_runs(runs: &[std::path::PathBuf], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_pick(s: &str) -> Result<(usize, usize, usize), String> {
-    let parts: Vec<usize> = s
-        .split(',')
+/// Comma-separated numbers.
+fn numbers(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
         .map(|x| x.trim().parse::<usize>())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{s}: {e}"))?;
-    match parts[..] {
+        .map_err(|e| format!("{s}: {e}"))
+}
+
+fn parse_pick(s: &str) -> Result<(usize, usize, usize), String> {
+    match numbers(s)?[..] {
         [p, h, f] => Ok((p, h, f)),
         _ => Err(format!("{s}: expected POSITION,HEAD,FEATURE")),
+    }
+}
+
+fn parse_head_feature(s: &str) -> Result<(usize, usize), String> {
+    match numbers(s)?[..] {
+        [h, f] => Ok((h, f)),
+        _ => Err(format!("{s}: expected HEAD,FEATURE")),
     }
 }
 

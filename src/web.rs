@@ -39,6 +39,10 @@ struct Shared {
     live_view: Option<LiveView>,
     /// JSON of the last dashboard's `built_from` ("" when it records none).
     built_from: String,
+    /// Set by [`select_feature`]: a feature to show.
+    select: Option<(usize, usize)>,
+    /// The app's message lines, for [`messages`].
+    messages: String,
 }
 
 /// What Your text shows: the analysis, the prompt, the status and the picked
@@ -166,6 +170,10 @@ impl eframe::App for WebApp {
         for (name, history) in compared {
             self.app.compare(name, history);
         }
+        if let Some((head, feature)) = self.shared.borrow_mut().select.take() {
+            self.app
+                .push(crate::app::Command::OpenFeature { head, feature });
+        }
         self.live_logic(ctx);
         self.app.logic(ctx, frame);
     }
@@ -177,6 +185,13 @@ impl eframe::App for WebApp {
         self.app.ui(ui, frame);
         let mut shared = self.shared.borrow_mut();
         shared.selection = self.app.selection();
+        shared.messages = self
+            .app
+            .messages
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
         shared.curves_shown = curves_json(&self.app.curves, &self.app.compared);
         // Kept for `live_shown`, which serialises it only when a script asks.
         let (web, text) = (&self.app.web, &self.app.ui.text);
@@ -351,6 +366,24 @@ pub fn curves_shown() -> String {
 }
 
 /// What is selected, in words: `view Features · head 2 · feature 3 · density 1.234e-2`.
+/// Shows one feature's dashboard (the page's `?feature=HEAD,FEATURE`), in the open
+/// dashboard; a head or feature it lacks is an error line.
+#[wasm_bindgen]
+pub fn select_feature(head: usize, feature: usize) {
+    let shared = shared();
+    let mut s = shared.borrow_mut();
+    s.select = Some((head, feature));
+    if let Some(ctx) = &s.ctx {
+        ctx.request_repaint();
+    }
+}
+
+/// The message lines the viewer shows (errors and notices), one per line.
+#[wasm_bindgen]
+pub fn messages() -> String {
+    shared().borrow().messages.clone()
+}
+
 #[wasm_bindgen]
 pub fn selection() -> String {
     shared().borrow().selection.clone()

@@ -168,6 +168,32 @@ fn a_finished_run_through_train_curves_features_and_dfa() {
         "DFA panel of feature {f}"
     );
     h.snapshot("app_features");
+
+    // `app --feature 3,5` (Command::OpenFeature): that feature's dashboard; one past the
+    // file's features is an error line and changes nothing.
+    h.get_by_label("Curves").click();
+    h.run_steps(2);
+    h.state_mut().push(Command::OpenFeature {
+        head: 3,
+        feature: 5,
+    });
+    h.run_steps(3);
+    assert_eq!(h.state().ui.view, View::Features);
+    assert_eq!(
+        (h.state().ui.features.head, h.state().ui.features.feature),
+        (3, Some(5))
+    );
+    assert!(has_label(&h, "Head 3 · Feature 5"));
+    h.state_mut().push(Command::OpenFeature {
+        head: 1,
+        feature: 32,
+    });
+    h.run_steps(2);
+    assert_eq!(h.state().ui.features.feature, Some(5));
+    assert!(has_label(
+        &h,
+        "no head 1 feature 32: the dashboard has 4 heads x 32 features"
+    ));
 }
 
 /// The tiny fixture model in the form, with more steps than the test waits for.

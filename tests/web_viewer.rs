@@ -83,6 +83,22 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         );
         assert_eq!(step(name), want, "{name}");
     }
+    // ?feature=3,5 opens that feature; 3,9999 says the file has no such feature.
+    let head3 = d.head(3).unwrap();
+    assert_eq!(
+        step("linkedSelection"),
+        format!(
+            "view Features · head 3 · feature 5 · density {:.3e}",
+            head3.features[5].density
+        )
+    );
+    assert!(
+        step("linkedMissing").contains(&format!(
+            "no head 3 feature 9999: the dashboard has {h} heads x {m} features"
+        )),
+        "{}",
+        step("linkedMissing")
+    );
     assert_eq!(result["consoleErrorsBeforeBadInput"], 0, "{result}");
     assert!(
         step("corruptStatus").starts_with("corrupt.safetensors: "),

@@ -178,6 +178,10 @@ pub struct FeaturesState {
     pub crop: usize,
     /// Index into the feature's examples: the top example shown in the DFA panel.
     pub example: Option<usize>,
+    /// Scroll the list to the selected feature on the next frame (a selection made from
+    /// elsewhere: Your text, `app --feature`, the page's `?feature=`).
+    #[serde(skip)]
+    pub reveal: bool,
 }
 
 impl Default for FeaturesState {
@@ -191,6 +195,7 @@ impl Default for FeaturesState {
             search: String::new(),
             crop: 12,
             example: None,
+            reveal: false,
         }
     }
 }
@@ -291,13 +296,14 @@ pub fn features_ui(ui: &mut Ui, d: &mut LoadedDashboard, s: &mut FeaturesState) 
     heads_panel(ui, &d.name, &d.file.meta, &decoded, s);
     d.prepare(s);
     let (file, head, order) = d.parts(s.head);
-    let mut scroll = false;
+    let reveal = std::mem::take(&mut s.reveal);
+    let mut scroll = if reveal { Scroll::Centre } else { Scroll::No };
     if let Ok(head) = head
         && s.feature.is_none_or(|f| f >= head.data.features.len())
     {
         s.feature = order.first().copied();
         s.example = None;
-        scroll = true;
+        scroll = Scroll::IntoView;
     }
     list_panel(ui, head, order, s, scroll);
     dashboard_panel(ui, file, head, s);
@@ -644,7 +650,7 @@ fn list_panel(
     head: Result<Head<'_>, &str>,
     order: &[usize],
     s: &mut FeaturesState,
-    scroll: bool,
+    scroll: Scroll,
 ) {
     egui::Panel::left("attn_saes.features.list")
         .resizable(true)
@@ -669,7 +675,8 @@ fn list_panel(
                          largest DFA in most of a feature's top examples (mixed: no majority)",
                     );
                     ui.separator();
-                    feature_rows(ui, head, order, s, scroll || moved);
+                    let scroll = if moved { Scroll::IntoView } else { scroll };
+                    feature_rows(ui, head, order, s, scroll);
                 }
             }
         });
@@ -753,19 +760,39 @@ fn arrow_keys(ui: &mut Ui, s: &mut FeaturesState, order: &[usize]) -> bool {
     true
 }
 
-fn feature_rows(ui: &mut Ui, head: Head<'_>, order: &[usize], s: &mut FeaturesState, scroll: bool) {
+/// How the feature list scrolls to the selected feature this frame.
+#[derive(Clone, Copy, PartialEq)]
+enum Scroll {
+    No,
+    /// The least scroll that shows it (arrow keys, a new head).
+    IntoView,
+    /// To the middle (a selection made from elsewhere).
+    Centre,
+}
+
+fn feature_rows(
+    ui: &mut Ui,
+    head: Head<'_>,
+    order: &[usize],
+    s: &mut FeaturesState,
+    scroll: Scroll,
+) {
     let row_h = ui.spacing().interact_size.y;
     let stride = row_h + ui.spacing().item_spacing.y;
     let view_id = ui.make_persistent_id("feature_rows_view");
     let mut area = ScrollArea::vertical()
         .id_salt("feature_rows")
         .auto_shrink(false);
-    if scroll && let Some(p) = s.feature.and_then(|f| order.iter().position(|&x| x == f)) {
+    if scroll != Scroll::No
+        && let Some(p) = s.feature.and_then(|f| order.iter().position(|&x| x == f))
+    {
         let (offset, view_h) = ui
             .data(|d| d.get_temp::<(f32, f32)>(view_id))
             .unwrap_or((0.0, ui.available_height()));
         let (top, bottom) = (p as f32 * stride, p as f32 * stride + row_h);
-        if top < offset {
+        if scroll == Scroll::Centre {
+            area = area.vertical_scroll_offset((top - (view_h - row_h) / 2.0).max(0.0));
+        } else if top < offset {
             area = area.vertical_scroll_offset(top);
         } else if bottom > offset + view_h {
             area = area.vertical_scroll_offset(bottom - view_h);

@@ -93,6 +93,11 @@ pub enum Command {
     #[cfg(not(target_arch = "wasm32"))]
     BuildDashboards,
     SetView(View),
+    /// Show one feature's dashboard (`app --feature`, the page's `?feature=`).
+    OpenFeature {
+        head: usize,
+        feature: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,6 +283,7 @@ impl AttnSaesApp {
             #[cfg(not(target_arch = "wasm32"))]
             Command::ComparePath(path) => self.compare_path(&path),
             Command::SetView(v) => self.ui.view = v,
+            Command::OpenFeature { head, feature } => self.open_feature(head, feature),
         }
     }
 
@@ -363,11 +369,19 @@ impl AttnSaesApp {
         }
     }
 
-    /// "Open its dashboard" from Your text.
+    /// "Open its dashboard" from Your text, and [`Command::OpenFeature`].
     fn open_feature(&mut self, head: usize, feature: usize) {
-        if self.dashboard.is_some() {
+        if let Some(d) = &self.dashboard {
+            let (heads, m) = (d.file.n_heads(), d.file.meta.sae.features_per_head);
+            if head >= heads || feature >= m {
+                let why = format!(
+                    "no head {head} feature {feature}: the dashboard has {heads} heads x {m} features"
+                );
+                self.message(Level::Error, why);
+                return;
+            }
             let f = &mut self.ui.features;
-            (f.head, f.feature, f.example) = (head, Some(feature), None);
+            (f.head, f.feature, f.example, f.reveal) = (head, Some(feature), None, true);
             self.ui.view = View::Features;
         } else {
             #[cfg(not(target_arch = "wasm32"))]
@@ -987,6 +1001,7 @@ pub fn run_native(
     open: Option<PathBuf>,
     compare: Vec<PathBuf>,
     view: Option<View>,
+    feature: Option<(usize, usize)>,
     train: Option<TrainRequest>,
 ) -> anyhow::Result<()> {
     use std::sync::{Arc, Mutex};
@@ -1017,6 +1032,9 @@ pub fn run_native(
             }
             if let Some(view) = view {
                 app.push(Command::SetView(view));
+            }
+            if let Some((head, feature)) = feature {
+                app.push(Command::OpenFeature { head, feature });
             }
             Ok(Box::new(app))
         }),

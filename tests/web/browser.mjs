@@ -55,6 +55,20 @@ result.steps.initialSelection = await waitFor('the first feature', async () => {
 });
 result.steps.loadMs = Date.now() - t0;
 
+// ?feature=HEAD,FEATURE: a link to one feature's dashboard; one the file lacks is an error.
+const linked = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+await linked.goto(`${base}/?url=dashboard.safetensors&feature=3,5`);
+result.steps.linkedSelection = await waitFor('?feature=', async () => {
+  const s = await linked.evaluate(() => window.attnSaes ? window.attnSaes.selection() : '');
+  return s.includes('head 3 · feature 5 · density') ? s : null;
+});
+await linked.goto(`${base}/?url=dashboard.safetensors&feature=3,9999`);
+result.steps.linkedMissing = await waitFor('?feature= past the features', async () => {
+  const s = await linked.evaluate(() => window.attnSaes ? window.attnSaes.messages() : '');
+  return s.includes('no head 3 feature 9999') ? s : null;
+});
+await linked.close();
+
 // ?compare=: another run's curves beside the open one's, as `serve --compare` serves them
 // and names them in its URL.
 const comparing = await browser.newPage({ viewport: { width: 1400, height: 900 } });
