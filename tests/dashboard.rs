@@ -257,6 +257,45 @@ fn where_features_read_from_follows_the_heads_attention() {
     assert!(scores.iter().all(|s| s.induction < 0.5));
 }
 
+/// `attn-saes heads`: the library's scores as JSON and a table; a layer the model lacks is
+/// an error naming its layers.
+#[test]
+fn heads_command_writes_the_scores_and_refuses_a_missing_layer() {
+    let dir = TempDir::new("attn-saes-heads", "cli");
+    let json = dir.join("scores.json");
+    let model = fixture("gpt2_heads").display().to_string();
+    let run = |layer: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args([
+                "--device", "cpu", "heads", "--model", &model, "--layer", layer,
+            ])
+            .args(["--sequences", "4", "--len", "20", "--seed", "3", "--json"])
+            .arg(&json)
+            .output()
+            .unwrap()
+    };
+    let out = run("0");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loaded = load("gpt2_heads");
+    let want = attn_saes::lm::head_scores::head_scores(&loaded.transformer, 0, 4, 20, 3).unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(got, serde_json::to_value(&want).unwrap());
+    assert!(stdout.contains("2 x 20 random tokens"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("    0 {:>9.3}", want[0].previous)),
+        "{stdout}"
+    );
+    let out = run("2");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has layers 0 to 1, not 2"), "{stderr}");
+}
+
 /// The values hook, DFA, activations and logit effects against the numpy float64 forward.
 #[test]
 fn dfa_values_and_logit_effects_match_the_numpy_reference() {
