@@ -305,8 +305,13 @@ fn main() -> anyhow::Result<()> {
                 seed,
             )?;
             println!(
-                "{} layer {layer}: mean attention on {sequences} sequences of BOS + 2 x {} random tokens",
+                "{} layer {layer}: mean attention on {sequences} sequences of {}2 x {} random tokens",
                 cfg.name,
+                if cfg.bos_token_id.is_some() {
+                    "BOS + "
+                } else {
+                    ""
+                },
                 attn_saes::lm::head_scores::copy_len(cfg, len)
             );
             println!(

@@ -149,6 +149,16 @@ thread_local! {
     static SHARED: Rc<RefCell<Shared>> = Rc::default();
 }
 
+/// Changes what the page and the app share, and wakes the app to act on it.
+fn post(change: impl FnOnce(&mut Shared)) {
+    let shared = shared();
+    let mut s = shared.borrow_mut();
+    change(&mut s);
+    if let Some(ctx) = &s.ctx {
+        ctx.request_repaint();
+    }
+}
+
 fn shared() -> Rc<RefCell<Shared>> {
     SHARED.with(Rc::clone)
 }
@@ -311,13 +321,10 @@ pub fn open_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue> {
         .as_ref()
         .and_then(|b| serde_json::to_string(b).ok())
         .unwrap_or_default();
-    let shared = shared();
-    let mut shared = shared.borrow_mut();
-    shared.built_from = built_from;
-    shared.inbox.push(d);
-    if let Some(ctx) = &shared.ctx {
-        ctx.request_repaint();
-    }
+    post(|s| {
+        s.built_from = built_from;
+        s.inbox.push(d);
+    });
     Ok(summary)
 }
 
@@ -333,12 +340,7 @@ pub fn compare_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue
         history.steps.len(),
         history.evals.len()
     );
-    let shared = shared();
-    let mut shared = shared.borrow_mut();
-    shared.compare_inbox.push((name, history));
-    if let Some(ctx) = &shared.ctx {
-        ctx.request_repaint();
-    }
+    post(|s| s.compare_inbox.push((name, history)));
     Ok(summary)
 }
 
@@ -365,17 +367,11 @@ pub fn curves_shown() -> String {
     shared().borrow().curves_shown.clone()
 }
 
-/// What is selected, in words: `view Features · head 2 · feature 3 · density 1.234e-2`.
 /// Shows one feature's dashboard (the page's `?feature=HEAD,FEATURE`), in the open
 /// dashboard; a head or feature it lacks is an error line.
 #[wasm_bindgen]
 pub fn select_feature(head: usize, feature: usize) {
-    let shared = shared();
-    let mut s = shared.borrow_mut();
-    s.select = Some((head, feature));
-    if let Some(ctx) = &s.ctx {
-        ctx.request_repaint();
-    }
+    post(|s| s.select = Some((head, feature)));
 }
 
 /// The message lines the viewer shows (errors and notices), one per line.
@@ -384,6 +380,7 @@ pub fn messages() -> String {
     shared().borrow().messages.clone()
 }
 
+/// What is selected, in words: `view Features · head 2 · feature 3 · density 1.234e-2`.
 #[wasm_bindgen]
 pub fn selection() -> String {
     shared().borrow().selection.clone()
@@ -406,23 +403,13 @@ pub fn live_shown() -> String {
 /// Puts `prompt` in Your text (and switches to it); with `run`, analyses it too.
 #[wasm_bindgen]
 pub fn live_set_prompt(prompt: String, run: bool) {
-    let shared = shared();
-    let mut s = shared.borrow_mut();
-    s.live_prompt = Some((prompt, run));
-    if let Some(ctx) = &s.ctx {
-        ctx.request_repaint();
-    }
+    post(|s| s.live_prompt = Some((prompt, run)));
 }
 
 /// Selects a token and one of its features in Your text, as clicking them does.
 #[wasm_bindgen]
 pub fn live_pick(position: usize, head: usize, feature: usize) {
-    let shared = shared();
-    let mut s = shared.borrow_mut();
-    s.live_pick = Some((position, head, feature));
-    if let Some(ctx) = &s.ctx {
-        ctx.request_repaint();
-    }
+    post(|s| s.live_pick = Some((position, head, feature)));
 }
 
 /// JSON of the model and SAE files the open dashboard records (name, sha256, size), or ""

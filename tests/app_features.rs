@@ -178,18 +178,7 @@ fn reads_from_filter_heads_column_and_dfa_line() {
     for s in &file.meta.heads {
         let summary = s.reads_from.as_ref().unwrap();
         let text = match summary.top_pattern() {
-            Some((k, share)) => format!(
-                "{} {:.0}%",
-                match k {
-                    SourceKind::First => "first",
-                    SourceKind::Current => "itself",
-                    SourceKind::Previous => "prev",
-                    SourceKind::Induction => "induction",
-                    SourceKind::Duplicate => "dup",
-                    SourceKind::Other => "elsewhere",
-                },
-                100.0 * share
-            ),
+            Some((k, share)) => format!("{} {:.0}%", k.short(), 100.0 * share),
             None => "elsewhere".into(),
         };
         assert!(

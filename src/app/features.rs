@@ -260,19 +260,7 @@ fn reads_tag(reads: &FeatureSources) -> &'static str {
     if reads.examples() == 0 {
         return "";
     }
-    reads.main().map_or("mixed", short_kind)
-}
-
-/// A kind in a few letters, for lists and tables.
-fn short_kind(kind: SourceKind) -> &'static str {
-    match kind {
-        SourceKind::First => "first",
-        SourceKind::Current => "itself",
-        SourceKind::Previous => "prev",
-        SourceKind::Induction => "induction",
-        SourceKind::Duplicate => "dup",
-        SourceKind::Other => "elsewhere",
-    }
+    reads.main().map_or("mixed", SourceKind::short)
 }
 
 /// Id of the search box, so the app can focus it when the user presses `/`.
@@ -550,7 +538,7 @@ fn reads_cell(ui: &mut Ui, reads: Option<&HeadSources>, attention: Option<&HeadA
         return;
     };
     let text = match reads.top_pattern() {
-        Some((kind, share)) => format!("{} {:.0}%", short_kind(kind), 100.0 * share),
+        Some((kind, share)) => format!("{} {:.0}%", kind.short(), 100.0 * share),
         None => "elsewhere".into(),
     };
     let attends = attention.map_or(String::new(), |a| {

@@ -55,6 +55,18 @@ impl SourceKind {
         }
     }
 
+    /// The kind in a few letters, for lists and tables.
+    pub fn short(self) -> &'static str {
+        match self {
+            SourceKind::First => "first",
+            SourceKind::Current => "itself",
+            SourceKind::Previous => "prev",
+            SourceKind::Induction => "induction",
+            SourceKind::Duplicate => "dup",
+            SourceKind::Other => "elsewhere",
+        }
+    }
+
     /// What the kind means, for tooltips and help.
     pub fn description(self) -> &'static str {
         match self {
