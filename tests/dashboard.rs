@@ -257,6 +257,51 @@ fn where_features_read_from_follows_the_heads_attention() {
     assert!(scores.iter().all(|s| s.induction < 0.5));
 }
 
+/// Induction, end to end: layer 1's head 3 of `gpt2_heads` is an induction head built on
+/// layer 0's previous-token head. On windows of BOS + R + R it attends, in the second
+/// copy, to the token after the earlier copy of the current token, and to BOS in the first;
+/// its features must read from there.
+#[test]
+fn an_induction_heads_features_read_from_the_token_after_the_earlier_copy() {
+    use attn_saes::dashboard::sources::{SourceKind, head_sources};
+    use attn_saes::lm::head_scores::{head_scores, repeated_sequences};
+    let loaded = load("gpt2_heads");
+    let cfg = &loaded.transformer.config;
+    let len = 12;
+    let windows = repeated_sequences(cfg.d_vocab, cfg.bos_token_id, 16, len, 9);
+    let sae = random_sae(&loaded, 24, 7);
+    let d = build_quiet(&inputs(&loaded, &sae, windows), &BuildOptions::default());
+    let s = head_sources(&d.windows, &d.heads[3]);
+    println!("layer 1 head 3: {}", s.describe());
+    let n = s.features() as f64;
+    assert!(n >= 12.0, "{}", s.describe());
+    // Features that fire most in the first copy read from BOS: the head attends there.
+    assert_eq!(
+        (s.count(SourceKind::Induction) + s.count(SourceKind::First)) as f64,
+        n,
+        "{}",
+        s.describe()
+    );
+    assert!(
+        s.count(SourceKind::Induction) as f64 >= 0.5 * n,
+        "{}",
+        s.describe()
+    );
+    // Its attention on these windows: half the targets are in the second copy.
+    let a = d.meta.heads[3].attention.clone().unwrap();
+    let half = len as f64 / (2 * len) as f64;
+    assert!(
+        (a.share(SourceKind::Induction) - half).abs() < 0.02,
+        "{a:?}"
+    );
+    assert!((a.share(SourceKind::First) - half).abs() < 0.02, "{a:?}");
+    // The random-token score says the same; the layer's random heads do not.
+    let scores = head_scores(&loaded.transformer, 1, 4, 20, 3).unwrap();
+    println!("layer 1 scores: {scores:?}");
+    assert!(scores[3].induction > 0.99);
+    assert!(scores[..3].iter().all(|s| s.induction < 0.5));
+}
+
 /// `attn-saes heads`: the library's scores as JSON and a table; a layer the model lacks is
 /// an error naming its layers.
 #[test]
