@@ -141,7 +141,20 @@ fn dfa_panel_marks_the_largest_attribution() {
     h.state_mut().1.feature = Some(f);
     h.run_steps(2);
     h.get_by_label(&format!("Head 2 · Feature {f}"));
-    h.get_by_label_contains(&format!("max attribution at position {argmax} ("));
+    // A label's text is its AccessKit value.
+    let label = h
+        .get_by_label_contains(&format!("max attribution at position {argmax} ("))
+        .accesskit_node()
+        .value()
+        .unwrap_or_default();
+    // ... and says what kind of source it is.
+    let file = OwnedDashboardFile::new(dashboard_bytes().to_vec()).unwrap();
+    let kind = attn_saes::dashboard::sources::classify(
+        &file.windows[e.window as usize],
+        e.target as usize,
+        argmax,
+    );
+    assert!(label.ends_with(&format!(" · {}", kind.label())), "{label}");
     h.get_by_label_contains("sum of DFA ");
 }
 

@@ -1124,7 +1124,7 @@ fn dfa_panel(
         drawable(ui, &TextStyle::Body, &target),
         e.activation
     ));
-    dfa_row(ui, &e.dfa, e.target as usize, token);
+    dfa_row(ui, &e.dfa, e.target as usize, window, token);
 }
 
 /// Where the feature's top examples read from, in words, with the kinds explained on hover.
@@ -1146,9 +1146,16 @@ fn reads_from_line(ui: &mut Ui, file: &OwnedDashboardFile, reads: &FeatureSource
 }
 
 /// DFA by source position as coloured token chips (blue raises the feature, red lowers
-/// it), the target outlined and the max-attribution source marked, then that source and
-/// the sum in words. `token(p)` is the text at position `p`.
-pub(crate) fn dfa_row(ui: &mut Ui, dfa: &[f32], target: usize, token: impl Fn(usize) -> String) {
+/// it), the target outlined and the max-attribution source marked, then that source, its
+/// kind (previous token, induction, ...) and the sum in words. `ids` are the window's
+/// token ids, `token(p)` the text at position `p`.
+pub(crate) fn dfa_row(
+    ui: &mut Ui,
+    dfa: &[f32],
+    target: usize,
+    ids: &[u32],
+    token: impl Fn(usize) -> String,
+) {
     let Some((argmax, top)) = dfa_argmax(dfa) else {
         return;
     };
@@ -1170,10 +1177,13 @@ pub(crate) fn dfa_row(ui: &mut Ui, dfa: &[f32], target: usize, token: impl Fn(us
         }
     });
     let at = format!("{:?}", token(argmax));
+    let kind = sources::classify(ids, target, argmax);
     ui.label(format!(
-        "max attribution at position {argmax} ({}): {top:.3}",
-        drawable(ui, &TextStyle::Body, &at)
-    ));
+        "max attribution at position {argmax} ({}): {top:.3} · {}",
+        drawable(ui, &TextStyle::Body, &at),
+        kind.label()
+    ))
+    .on_hover_text(kind.description());
     let sum: f32 = dfa.iter().sum();
     ui.label(format!("sum of DFA {sum:.3}"))
         .on_hover_text("plus the encoder bias, this is the pre-activation at the target");

@@ -156,7 +156,7 @@ fn pick_panel(
     ui.label(RichText::new("Direct feature attribution by source position").strong());
     match analysis.attribution_state(head, feature, p) {
         AttributionState::Ready(attribution) => {
-            dfa_row(ui, &attribution.dfa, p, |q| {
+            dfa_row(ui, &attribution.dfa, p, &a.ids, |q| {
                 a.strings.get(q).cloned().unwrap_or_default()
             });
             ui.label(format!("pre-activation {:.3}", attribution.pre));
