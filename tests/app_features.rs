@@ -222,6 +222,48 @@ fn reads_from_filter_heads_column_and_dfa_line() {
     h.get_by_label_contains(&format!("Reads from {}", reads[first].describe()));
 }
 
+/// A file written before the heads' summaries: the column says "-" for a head until it is
+/// opened, then what the head's features give.
+#[test]
+fn a_file_without_summaries_counts_a_head_when_it_is_opened() {
+    use attn_saes::dashboard::format::Dashboard;
+    use attn_saes::dashboard::sources::head_sources;
+    if !common::renderer_available() {
+        return;
+    }
+    let mut old = Dashboard::from_bytes(dashboard_bytes()).unwrap();
+    for s in &mut old.meta.heads {
+        (s.reads_from, s.attention) = (None, None);
+    }
+    let cell = |h: usize| {
+        let s = head_sources(&old.windows, &old.heads[h]);
+        match s.top_pattern() {
+            Some((k, share)) => format!("{} {:.0}%", k.short(), 100.0 * share),
+            None => "elsewhere".into(),
+        }
+    };
+    let d = LoadedDashboard::new("old.safetensors".into(), old.to_bytes().unwrap()).unwrap();
+    let mut h = Harness::builder()
+        .with_size(egui::Vec2::new(1400.0, 900.0))
+        .wgpu()
+        .build_ui_state(
+            |ui, state: &mut State| features_ui(ui, &mut state.0, &mut state.1),
+            (d, FeaturesState::default()),
+        );
+    h.run_steps(3);
+    // Head 0 is open; the three others are not.
+    assert_eq!(h.query_all_by_label("-").count(), 3);
+    h.get_by_label("Head 2").click();
+    h.run_steps(3);
+    assert_eq!(h.query_all_by_label("-").count(), 2);
+    for head in [0, 2] {
+        assert!(
+            h.query_all_by_label(&cell(head)).count() >= 1,
+            "head {head}"
+        );
+    }
+}
+
 #[test]
 fn features_view_snapshot() {
     if !common::renderer_available() {
