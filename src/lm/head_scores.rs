@@ -70,8 +70,17 @@ pub fn head_scores(
     let cfg = &model.config;
     let bos = cfg.bos_token_id;
     let o = usize::from(bos.is_some());
+    anyhow::ensure!(
+        len >= 2,
+        "head scores need at least 2 random tokens per copy, not {len}"
+    );
     let len = copy_len(cfg, len);
-    anyhow::ensure!(len >= 2, "{}: context too short for head scores", cfg.name);
+    anyhow::ensure!(
+        len >= 2,
+        "{}: a context of {} positions is too short for head scores",
+        cfg.name,
+        cfg.n_ctx
+    );
     anyhow::ensure!(sequences >= 1, "head scores need at least one sequence");
     let seqs = repeated_sequences(cfg.d_vocab, bos, sequences, len, seed);
     let hooks = HookRequest {
