@@ -242,8 +242,9 @@ pub struct HeadSources {
 
 impl HeadSources {
     /// Features counted (those with a top example with a positive attribution).
-    pub fn features(&self) -> u32 {
-        self.counts.iter().sum::<u32>() + self.mixed
+    /// Summed wide: a summary read from a (hostile) file may hold any counts.
+    pub fn features(&self) -> u64 {
+        self.counts.iter().map(|&c| c as u64).sum::<u64>() + self.mixed as u64
     }
 
     pub fn count(&self, kind: SourceKind) -> u32 {
@@ -333,7 +334,7 @@ impl HeadAttention {
 }
 
 /// `part` of `whole` as a whole percentage, "<1%" for a part too small to round to 1.
-fn percent(part: u32, whole: u32) -> String {
+fn percent(part: u32, whole: u64) -> String {
     let p = 100.0 * part as f64 / whole.max(1) as f64;
     if part > 0 && p < 0.5 {
         "<1%".into()
@@ -535,6 +536,13 @@ mod tests {
         };
         assert_eq!(none.top_pattern(), None);
         assert_eq!(percent(1, 300), "<1%");
+        // Counts a file could hold do not overflow.
+        let huge = HeadSources {
+            counts: [u32::MAX; 6],
+            mixed: u32::MAX,
+        };
+        assert_eq!(huge.features(), 7 * u32::MAX as u64);
+        assert!(huge.describe().starts_with("previous token 14%"));
         assert_eq!(percent(2, 300), "1%");
         assert_eq!(percent(0, 300), "0%");
     }
