@@ -46,14 +46,15 @@ enum Command {
         #[arg(long)]
         no_bos: bool,
     },
-    /// How each head of a layer attends on repeated random tokens (BOS, R, R): its mean
-    /// attention to the previous token, the first token, itself, and in the second copy to
-    /// the earlier copy of its token (duplicate) and to the token after it (induction).
+    /// How each head attends on repeated random tokens (BOS, R, R): its mean attention to
+    /// the previous token, the first token, itself, and in the second copy to the earlier
+    /// copy of its token (duplicate) and to the token after it (induction).
     Heads {
         #[arg(long)]
         model: String,
+        /// One layer (default: every layer).
         #[arg(long)]
-        layer: usize,
+        layer: Option<usize>,
         /// Sequences of random tokens.
         #[arg(long, default_value_t = attn_saes::lm::head_scores::SEQUENCES)]
         sequences: usize,
@@ -291,21 +292,19 @@ fn main() -> anyhow::Result<()> {
         } => {
             let (_, loaded) = open_model(cli.device, &model)?;
             let cfg = &loaded.transformer.config;
-            anyhow::ensure!(
-                layer < cfg.n_layers,
-                "{} has layers 0 to {}, not {layer}",
-                cfg.name,
-                cfg.n_layers - 1
-            );
-            let scores = attn_saes::lm::head_scores::head_scores(
+            let layers: Vec<usize> = match layer {
+                Some(l) => vec![l],
+                None => (0..cfg.n_layers).collect(),
+            };
+            let scores = attn_saes::lm::head_scores::layers_head_scores(
                 &loaded.transformer,
-                layer,
+                &layers,
                 sequences,
                 len,
                 seed,
             )?;
             println!(
-                "{} layer {layer}: mean attention on {sequences} sequences of {}2 x {} random tokens",
+                "{}: mean attention on {sequences} sequences of {}2 x {} random tokens",
                 cfg.name,
                 if cfg.bos_token_id.is_some() {
                     "BOS + "
@@ -315,17 +314,23 @@ fn main() -> anyhow::Result<()> {
                 attn_saes::lm::head_scores::copy_len(cfg, len)
             );
             println!(
-                "{:>5} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                "head", "previous", "first", "itself", "duplicate", "induction"
+                "{:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "layer", "head", "previous", "first", "itself", "duplicate", "induction"
             );
-            for (h, s) in scores.iter().enumerate() {
-                println!(
-                    "{h:>5} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-                    s.previous, s.first, s.current, s.duplicate, s.induction
-                );
+            for (l, heads) in layers.iter().zip(&scores) {
+                for (h, s) in heads.iter().enumerate() {
+                    println!(
+                        "{l:>5} {h:>5} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                        s.previous, s.first, s.current, s.duplicate, s.induction
+                    );
+                }
             }
             if let Some(path) = json {
-                attn_saes::files::write_json(&path, &scores)?;
+                // One layer: its heads' scores; every layer: a list per layer.
+                match layer {
+                    Some(_) => attn_saes::files::write_json(&path, &scores[0])?,
+                    None => attn_saes::files::write_json(&path, &scores)?,
+                }
             }
         }
         Command::Forward {

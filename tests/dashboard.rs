@@ -302,40 +302,59 @@ fn an_induction_heads_features_read_from_the_token_after_the_earlier_copy() {
     assert!(scores[..3].iter().all(|s| s.induction < 0.5));
 }
 
-/// `attn-saes heads`: the library's scores as JSON and a table; a layer the model lacks is
-/// an error naming its layers.
+/// `attn-saes heads`: the library's scores as JSON and a table, for one layer or every
+/// layer (from one forward pass, equal to each layer's own); a layer the model lacks is an
+/// error naming its layers.
 #[test]
 fn heads_command_writes_the_scores_and_refuses_a_missing_layer() {
+    use attn_saes::lm::head_scores::{head_scores, layers_head_scores};
     let dir = TempDir::new("attn-saes-heads", "cli");
     let json = dir.join("scores.json");
     let model = fixture("gpt2_heads").display().to_string();
-    let run = |layer: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
-            .args([
-                "--device", "cpu", "heads", "--model", &model, "--layer", layer,
-            ])
-            .args(["--sequences", "4", "--len", "20", "--seed", "3", "--json"])
+    let run = |layer: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"));
+        cmd.args(["--device", "cpu", "heads", "--model", &model]);
+        if let Some(layer) = layer {
+            cmd.args(["--layer", layer]);
+        }
+        cmd.args(["--sequences", "4", "--len", "20", "--seed", "3", "--json"])
             .arg(&json)
             .output()
             .unwrap()
     };
-    let out = run("0");
+    let read =
+        || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap() };
+    let loaded = load("gpt2_heads");
+    let layer = |l: usize| head_scores(&loaded.transformer, l, 4, 20, 3).unwrap();
+
+    let out = run(Some("0"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let loaded = load("gpt2_heads");
-    let want = attn_saes::lm::head_scores::head_scores(&loaded.transformer, 0, 4, 20, 3).unwrap();
-    let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(got, serde_json::to_value(&want).unwrap());
+    let want = layer(0);
+    assert_eq!(read(), serde_json::to_value(&want).unwrap());
     assert!(stdout.contains("2 x 20 random tokens"), "{stdout}");
     assert!(
-        stdout.contains(&format!("    0 {:>9.3}", want[0].previous)),
+        stdout.contains(&format!("    0     0 {:>9.3}", want[0].previous)),
         "{stdout}"
     );
-    let out = run("2");
+
+    // Every layer.
+    let out = run(None);
+    assert!(out.status.success());
+    let both = layers_head_scores(&loaded.transformer, &[0, 1], 4, 20, 3).unwrap();
+    assert_eq!(both, vec![layer(0), layer(1)]);
+    assert_eq!(read(), serde_json::to_value(&both).unwrap());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("    1     3 {:>9.3}", both[1][3].previous)),
+        "{stdout}"
+    );
+
+    let out = run(Some("2"));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("has layers 0 to 1, not 2"), "{stderr}");

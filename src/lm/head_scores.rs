@@ -67,6 +67,18 @@ pub fn head_scores(
     len: usize,
     seed: u64,
 ) -> anyhow::Result<Vec<HeadScores>> {
+    let mut all = layers_head_scores(model, &[layer], sequences, len, seed)?;
+    Ok(all.remove(0))
+}
+
+/// [`head_scores`] for several layers from one forward pass, in the order of `layers`.
+pub fn layers_head_scores(
+    model: &Transformer,
+    layers: &[usize],
+    sequences: usize,
+    len: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<Vec<HeadScores>>> {
     let cfg = &model.config;
     let bos = cfg.bos_token_id;
     let o = usize::from(bos.is_some());
@@ -82,19 +94,32 @@ pub fn head_scores(
         cfg.n_ctx
     );
     anyhow::ensure!(sequences >= 1, "head scores need at least one sequence");
+    if let Some(&bad) = layers.iter().find(|&&l| l >= cfg.n_layers) {
+        anyhow::bail!(
+            "{} has layers 0 to {}, not {bad}",
+            cfg.name,
+            cfg.n_layers.saturating_sub(1)
+        );
+    }
     let seqs = repeated_sequences(cfg.d_vocab, bos, sequences, len, seed);
     let hooks = HookRequest {
-        pattern: vec![layer],
+        pattern: layers.to_vec(),
         ..Default::default()
     };
-    let mut cache = model.run(model.tokens(&seqs)?, &hooks, None)?;
-    let pattern = cache
-        .pattern
-        .remove(&layer)
-        .ok_or_else(|| anyhow::anyhow!("no attention pattern for layer {layer}"))?;
-    let [b, h, t, _] = pattern.dims();
-    let a = crate::files::host_vec(pattern)?;
-    Ok(scores_from_pattern(&a, [b, h, t], o, len))
+    let cache = model.run(model.tokens(&seqs)?, &hooks, None)?;
+    layers
+        .iter()
+        .map(|layer| {
+            let pattern = cache
+                .pattern
+                .get(layer)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no attention pattern for layer {layer}"))?;
+            let [b, h, t, _] = pattern.dims();
+            let a = crate::files::host_vec(pattern)?;
+            Ok(scores_from_pattern(&a, [b, h, t], o, len))
+        })
+        .collect()
 }
 
 /// The scores from attention patterns `a` `[b, h, t, t]` of sequences holding `o` leading
