@@ -61,7 +61,7 @@ enum Command {
         /// Random tokens per copy (shortened to fit the context).
         #[arg(long, default_value_t = attn_saes::lm::head_scores::COPY_LEN)]
         len: usize,
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = attn_saes::lm::head_scores::SEED)]
         seed: u64,
         /// Write the scores as JSON here too.
         #[arg(long)]
@@ -638,6 +638,9 @@ fn main() -> anyhow::Result<()> {
                         "          its attention on the same tokens: {}",
                         a.describe()
                     );
+                }
+                if let Some(s) = &h.random_tokens {
+                    println!("          on repeated random tokens: {}", s.describe());
                 }
             }
             for r in &report.features {

@@ -248,6 +248,19 @@ fn where_features_read_from_follows_the_heads_attention() {
         assert_eq!(back.meta.heads[h].reads_from.as_ref(), Some(s));
         assert_eq!(&head_sources(&back.windows, &back.heads[h]), s);
     }
+    // The file keeps each head's random-token scores, as `heads` computes them.
+    let kept = attn_saes::lm::head_scores::head_scores(
+        &loaded.transformer,
+        0,
+        attn_saes::lm::head_scores::SEQUENCES,
+        attn_saes::lm::head_scores::COPY_LEN,
+        attn_saes::lm::head_scores::SEED,
+    )
+    .unwrap();
+    for (h, s) in kept.iter().enumerate() {
+        assert_eq!(back.meta.heads[h].random_tokens, Some(*s));
+    }
+    assert!(kept[0].previous > 0.99 && kept[1].first > 0.99 && kept[2].current > 0.99);
     // The same heads by their attention on repeated random tokens.
     let scores = attn_saes::lm::head_scores::head_scores(&loaded.transformer, 0, 4, 20, 3).unwrap();
     println!("head scores: {scores:?}");

@@ -20,7 +20,7 @@ use crate::dashboard::format::{
     DashboardError, DashboardMeta, Example, ExampleGroup, FeatureData, HeadData, HeadSummary,
     OwnedDashboardFile,
 };
-use crate::dashboard::sources::{self, FeatureSources, HeadAttention, HeadSources, SourceKind};
+use crate::dashboard::sources::{self, FeatureSources, HeadSources, SourceKind};
 
 /// Activations (token backgrounds, histogram bars).
 const ACT_COLOR: Color32 = Color32::from_rgb(255, 140, 0);
@@ -523,7 +523,7 @@ fn heads_table(
                     .reads_from
                     .as_ref()
                     .or(decoded.get(h).copied().flatten());
-                reads_cell(ui, reads, head.attention.as_ref());
+                reads_cell(ui, reads, head);
                 ui.end_row();
             }
         });
@@ -531,7 +531,7 @@ fn heads_table(
 
 /// The head's commonest positional pattern ("prev 55%"), the whole summary and where the
 /// head attends on hover; "-" for a file without it until the head is opened.
-fn reads_cell(ui: &mut Ui, reads: Option<&HeadSources>, attention: Option<&HeadAttention>) {
+fn reads_cell(ui: &mut Ui, reads: Option<&HeadSources>, head: &HeadSummary) {
     let Some(reads) = reads else {
         ui.label("-")
             .on_hover_text("this file predates the summary: open the head to compute it");
@@ -541,12 +541,18 @@ fn reads_cell(ui: &mut Ui, reads: Option<&HeadSources>, attention: Option<&HeadA
         Some((kind, share)) => format!("{} {:.0}%", kind.short(), 100.0 * share),
         None => "elsewhere".into(),
     };
-    let attends = attention.map_or(String::new(), |a| {
+    let mut attends = head.attention.as_ref().map_or(String::new(), |a| {
         format!(
             "\n\nits attention on the dashboard tokens: {}",
             a.describe()
         )
     });
+    if let Some(s) = &head.random_tokens {
+        attends += &format!(
+            "\n\nits attention on repeated random tokens (BOS + R + R): {}",
+            s.describe()
+        );
+    }
     ui.label(text).on_hover_text(format!(
         "the head's features by where most of their top examples read from (the source \
          with the largest DFA):\n{}{attends}",

@@ -977,6 +977,7 @@ pub fn build(
                     .map(|r| r.2),
                 ce_score: inputs.ce_scores.as_ref().and_then(|c| c.get(head)).copied(),
                 reads_from: None,
+                random_tokens: None,
                 attention: (state.attention_rows > 0).then(|| sources::HeadAttention {
                     mass: state.attention.map(|a| a / state.attention_rows as f64),
                 }),
@@ -1013,8 +1014,19 @@ pub fn build(
                 (id, s)
             })
             .collect();
-        for (summary, head) in summaries.iter_mut().zip(&head_data) {
+        // The model's own head scores (one short forward pass); a context too short for
+        // them leaves them out.
+        let random_tokens = crate::lm::head_scores::head_scores(
+            model,
+            layer,
+            crate::lm::head_scores::SEQUENCES,
+            crate::lm::head_scores::COPY_LEN,
+            crate::lm::head_scores::SEED,
+        )
+        .ok();
+        for (h, (summary, head)) in summaries.iter_mut().zip(&head_data).enumerate() {
             summary.reads_from = Some(sources::head_sources(&windows, head));
+            summary.random_tokens = random_tokens.as_ref().and_then(|s| s.get(h)).copied();
         }
         let arch = sae.config.architecture;
         Ok(Dashboard {

@@ -150,6 +150,10 @@ pub struct HeadSummary {
     /// files written before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention: Option<super::sources::HeadAttention>,
+    /// Its attention on repeated random tokens (`lm::head_scores`, the model's alone);
+    /// absent in files written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_tokens: Option<super::sources::HeadScores>,
 }
 
 /// One file the dashboards were built from.

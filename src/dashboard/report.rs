@@ -3,7 +3,7 @@
 //! the tokens they fire on and where they read from.
 
 use super::format::{Dashboard, ExampleGroup};
-use super::sources::{self, FeatureSources, HeadAttention, HeadSources, SourceKind};
+use super::sources::{self, FeatureSources, HeadAttention, HeadScores, HeadSources, SourceKind};
 
 /// One activating token in context.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,6 +40,8 @@ pub struct HeadReport {
     pub summary: String,
     /// Where the head attends on the dashboard tokens (files written before it lack it).
     pub attention: Option<HeadAttention>,
+    /// Its attention on repeated random tokens (files written before it lack it).
+    pub random_tokens: Option<HeadScores>,
 }
 
 /// The `features` report: every head's summary and the strongest features.
@@ -63,6 +65,7 @@ pub fn report(d: &Dashboard, per_head: usize, top: usize) -> Report {
                 reads_from,
                 summary,
                 attention: d.meta.heads.get(head).and_then(|s| s.attention.clone()),
+                random_tokens: d.meta.heads.get(head).and_then(|s| s.random_tokens),
             }
         })
         .collect();

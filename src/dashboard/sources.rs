@@ -333,6 +333,31 @@ impl HeadAttention {
     }
 }
 
+/// One head's mean attention on repeated random tokens (BOS + R + R) to the previous token,
+/// the first token and itself, and in the second copy to the earlier copy of its token
+/// (duplicate) and to the token after it (induction). Computed by `lm::head_scores` (the
+/// `heads` command); the dashboard file keeps it per head.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HeadScores {
+    pub previous: f64,
+    pub first: f64,
+    pub current: f64,
+    pub duplicate: f64,
+    pub induction: f64,
+}
+
+impl HeadScores {
+    /// "previous token 0.23, first token 0.38, itself 0.14, duplicate token 0.00,
+    /// induction 0.00".
+    pub fn describe(&self) -> String {
+        format!(
+            "previous token {:.2}, first token {:.2}, itself {:.2}, duplicate token {:.2}, \
+             induction {:.2}",
+            self.previous, self.first, self.current, self.duplicate, self.induction
+        )
+    }
+}
+
 /// `part` of `whole` as a whole percentage, "<1%" for a part too small to round to 1.
 fn percent(part: u32, whole: u64) -> String {
     let p = 100.0 * part as f64 / whole.max(1) as f64;

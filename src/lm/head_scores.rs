@@ -6,21 +6,14 @@
 //! on the model alone; the dashboards set them beside where the SAE's features read from.
 
 use super::transformer::{HookRequest, Transformer, TransformerConfig};
+pub use crate::dashboard::sources::HeadScores;
 use crate::rng::Rng;
 
 /// Sequences and random tokens per copy the scores use by default.
 pub const SEQUENCES: usize = 8;
 pub const COPY_LEN: usize = 32;
-
-/// One head's mean attention to each kind of source on repeated random tokens.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct HeadScores {
-    pub previous: f64,
-    pub first: f64,
-    pub current: f64,
-    pub duplicate: f64,
-    pub induction: f64,
-}
+/// The seed of the random tokens by default (the dashboards' too, so both give the same).
+pub const SEED: u64 = 0;
 
 /// The random sequences: BOS (when the model has one), `len` random tokens, the same again.
 /// Tokens are drawn from the vocabulary without BOS, all different within a sequence when
