@@ -109,9 +109,7 @@ impl Analysed for RemoteAnalysis {
                 Err(why) => AttributionState::Failed(why),
             };
             attributions.borrow_mut().insert(key, state);
-            if let Some(ctx) = &shared().borrow().ctx {
-                ctx.request_repaint();
-            }
+            wake();
         });
         AttributionState::Computing
     }
@@ -127,8 +125,8 @@ async fn awaited_string(called: Result<JsValue, String>) -> Result<String, Strin
 }
 
 /// Sends `text` to the inference bundle; the result arrives in `shared.live_arrived`.
-fn request_analysis(shared: Rc<RefCell<Shared>>, text: String) {
-    shared.borrow_mut().live_running = true;
+fn request_analysis(text: String) {
+    shared().borrow_mut().live_running = true;
     wasm_bindgen_futures::spawn_local(async move {
         let result = awaited_string(call_bridge("analyze", &[JsValue::from_str(&text)]))
             .await
@@ -136,12 +134,10 @@ fn request_analysis(shared: Rc<RefCell<Shared>>, text: String) {
                 serde_json::from_str::<LiveTokens>(&json)
                     .map_err(|e| format!("the inference bundle's answer: {e}"))
             });
-        let mut s = shared.borrow_mut();
-        s.live_arrived = Some(result);
-        s.live_running = false;
-        if let Some(ctx) = &s.ctx {
-            ctx.request_repaint();
-        }
+        post(|s| {
+            s.live_arrived = Some(result);
+            s.live_running = false;
+        });
     });
 }
 
@@ -151,10 +147,13 @@ thread_local! {
 
 /// Changes what the page and the app share, and wakes the app to act on it.
 fn post(change: impl FnOnce(&mut Shared)) {
-    let shared = shared();
-    let mut s = shared.borrow_mut();
-    change(&mut s);
-    if let Some(ctx) = &s.ctx {
+    change(&mut shared().borrow_mut());
+    wake();
+}
+
+/// Wakes the app to draw what arrived.
+fn wake() {
+    if let Some(ctx) = &shared().borrow().ctx {
         ctx.request_repaint();
     }
 }
@@ -240,7 +239,7 @@ impl WebApp {
             }
         }
         if let Some(text) = web.requested.take() {
-            request_analysis(self.shared.clone(), text);
+            request_analysis(text);
         }
         match arrived {
             Some(Ok(tokens)) => {

@@ -116,12 +116,13 @@ impl LoadedDashboard {
         {
             slot.get_or_insert_with(|| {
                 let windows = &self.file.windows;
-                let per_feature = head
+                let per_feature: Vec<FeatureSources> = head
                     .features
                     .iter()
                     .map(|fd| sources::feature_sources(windows, fd))
                     .collect();
-                (per_feature, sources::head_sources(windows, head))
+                let summary = HeadSources::of(&per_feature);
+                (per_feature, summary)
             });
         }
         let key = ListKey::of(s);

@@ -370,18 +370,27 @@ fn percent(part: u32, whole: u64) -> String {
 
 /// Counts `head`'s features by [`FeatureSources::main`].
 pub fn head_sources(windows: &[Vec<u32>], head: &HeadData) -> HeadSources {
-    let mut out = HeadSources::default();
-    for fd in &head.features {
-        let s = feature_sources(windows, fd);
-        if s.examples() == 0 {
-            continue;
+    let reads: Vec<FeatureSources> = head
+        .features
+        .iter()
+        .map(|fd| feature_sources(windows, fd))
+        .collect();
+    HeadSources::of(&reads)
+}
+
+impl HeadSources {
+    /// Counts features already summarised ([`feature_sources`]) by [`FeatureSources::main`];
+    /// those without a counted example are left out.
+    pub fn of(reads: &[FeatureSources]) -> Self {
+        let mut out = HeadSources::default();
+        for s in reads.iter().filter(|s| s.examples() > 0) {
+            match s.main() {
+                Some(k) => out.counts[k.index()] += 1,
+                None => out.mixed += 1,
+            }
         }
-        match s.main() {
-            Some(k) => out.counts[k.index()] += 1,
-            None => out.mixed += 1,
-        }
+        out
     }
-    out
 }
 
 #[cfg(test)]
