@@ -466,17 +466,22 @@ fn folding_keeps_reconstructions() {
     }
 }
 
-#[test]
-fn saelens_export_import_round_trips_bit_exactly() {
-    let f = fixture(Architecture::TopK { k: 2 });
-    let dir = std::env::temp_dir().join(format!("attn-saes-saelens-{}", std::process::id()));
-    let hook = attn_saes::sae::io::HookInfo {
+/// The hook an SAELens export of the tiny fixtures records.
+fn tiny_hook() -> attn_saes::sae::io::HookInfo {
+    attn_saes::sae::io::HookInfo {
         model_name: "tiny".into(),
         hook_layer: 1,
         context_size: 16,
         prepend_bos: true,
         dataset_path: "x".into(),
-    };
+    }
+}
+
+#[test]
+fn saelens_export_import_round_trips_bit_exactly() {
+    let f = fixture(Architecture::TopK { k: 2 });
+    let dir = std::env::temp_dir().join(format!("attn-saes-saelens-{}", std::process::id()));
+    let hook = tiny_hook();
     let density: Vec<f32> = (0..f.sae.config.d_sae())
         .map(|i| -(i as f32) / 10.0)
         .collect();
@@ -694,13 +699,7 @@ fn batchtopk_inference_thresholds_encode_fold_save_and_export() {
         t.iter().map(|&v| v as f64).collect::<Vec<_>>()
     );
     // SAELens: exported as JumpReLU with the folded thresholds.
-    let hook = attn_saes::sae::io::HookInfo {
-        model_name: "tiny".into(),
-        hook_layer: 1,
-        context_size: 16,
-        prepend_bos: true,
-        dataset_path: "x".into(),
-    };
+    let hook = tiny_hook();
     f.sae
         .export_saelens(&dir.join("saelens"), &hook, None)
         .unwrap();
