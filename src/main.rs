@@ -218,7 +218,8 @@ enum Command {
         json: bool,
     },
     /// Run a text through a run's model and SAE (the app's Your text, in the terminal):
-    /// the features each head fires on each token, and with --pick the DFA of one.
+    /// the features each head fires on each token, with --pick the DFA of one, and with
+    /// --effect what removing a feature changes in the model's next-token predictions.
     Text {
         /// A run directory, or a dashboard file (its recorded model, SAE and layer).
         run: std::path::PathBuf,
@@ -227,7 +228,12 @@ enum Command {
         /// `POSITION,HEAD,FEATURE`: also print that feature's DFA by source position.
         #[arg(long, value_parser = parse_pick)]
         pick: Option<(usize, usize, usize)>,
-        /// Print JSON (the web page's `attnSaes.live_shown()` shape) instead of text.
+        /// `HEAD,FEATURE`: run the model again with that feature removed wherever it fires
+        /// and print each next token's loss change and the tokens it promotes and suppresses.
+        #[arg(long, value_parser = parse_head_feature)]
+        effect: Option<(usize, usize)>,
+        /// Print JSON (the web page's `attnSaes.live_shown()` shape, with `effect`) instead
+        /// of text.
         #[arg(long)]
         json: bool,
     },
@@ -599,8 +605,9 @@ fn main() -> anyhow::Result<()> {
             run,
             text,
             pick,
+            effect,
             json,
-        } => text_command(&run, &text, pick, json, cli.device)?,
+        } => text_command(&run, &text, pick, effect, json, cli.device)?,
         Command::Compare { runs, json } => compare_runs(&runs, json)?,
         Command::Features {
             run,
@@ -1046,6 +1053,7 @@ fn text_command(
     run: &std::path::Path,
     text: &str,
     pick: Option<(usize, usize, usize)>,
+    effect: Option<(usize, usize)>,
     json: bool,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
@@ -1071,8 +1079,16 @@ fn text_command(
             t.features_per_head
         );
     }
+    let effect = match effect {
+        Some((h, f)) => Some(live.effect(&t.ids, h, f)?),
+        None => None,
+    };
     if json {
-        println!("{}", attn_saes::live::shown_json(&a, text, pick));
+        let mut shown = attn_saes::live::shown_json(&a, text, pick);
+        if let Some(e) = &effect {
+            shown["effect"] = serde_json::to_value(e)?;
+        }
+        println!("{shown}");
         return Ok(());
     }
     println!("{}: {} tokens", live.description, t.len());
@@ -1103,5 +1119,53 @@ fn text_command(
             println!("{s:>4} {:?} {v:+.4}", t.strings[s]);
         }
     }
+    if let Some(e) = &effect {
+        print_effect(e, &t.strings);
+    }
     Ok(())
+}
+
+/// `text --effect`: each next token's loss change, then the positions it changes most.
+fn print_effect(e: &attn_saes::live::FeatureEffect, strings: &[String]) {
+    println!(
+        "head {} feature {} removed where it fires ({} of {} positions): loss on the next \
+         token, clean -> removed (positive: the feature helps predict it); total {:+.4}",
+        e.head,
+        e.feature,
+        e.activation.iter().filter(|&&a| a > 0.0).count(),
+        e.activation.len(),
+        e.total()
+    );
+    for p in 0..e.loss.len() {
+        println!(
+            "{p:>4} {:?} -> {:?}  activation {:.3}  {:.4} -> {:.4}  {:+.4}",
+            strings[p],
+            strings[p + 1],
+            e.activation[p],
+            e.loss[p],
+            e.ablated[p],
+            e.helps(p)
+        );
+    }
+    let mut most: Vec<usize> = (0..e.loss.len()).filter(|&p| e.helps(p) != 0.0).collect();
+    most.sort_by(|&a, &b| e.helps(b).abs().total_cmp(&e.helps(a).abs()));
+    let list = |changes: &[attn_saes::live::TokenChange]| {
+        let shown: Vec<String> = changes
+            .iter()
+            .map(|c| format!("{:?} {:+.3}", c.token, c.change))
+            .collect();
+        if shown.is_empty() {
+            "-".to_string()
+        } else {
+            shown.join(" ")
+        }
+    };
+    for &p in most.iter().take(3) {
+        println!(
+            "at {p} {:?}: promotes {}; suppresses {}",
+            strings[p],
+            list(&e.promotes[p]),
+            list(&e.suppresses[p])
+        );
+    }
 }

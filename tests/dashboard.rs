@@ -873,3 +873,125 @@ fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
     assert_eq!(skipped.len() + live.len(), d.heads.len() * m);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// What removing a feature changes in the next-token predictions, against transformers in
+/// float64 with the same feature taken out of z by a hook (`effect/make_effect_reference.py`):
+/// the activations, both losses, and the log-probability changes of the tokens listed,
+/// rank by rank.
+#[test]
+fn feature_effect_matches_transformers_with_the_feature_removed() {
+    use attn_saes::live::feature_effect;
+    let r = Reference::load("effect/effect_reference.safetensors");
+    for model in ["gpt2_tiny", "llama_tiny"] {
+        let loaded = load(model);
+        let sae = BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), &Device::flex())
+            .unwrap();
+        let ids = r.tokens(&format!("{model}.tokens"));
+        let pick = r.tokens(&format!("{model}.pick"));
+        let (head, feature) = (pick[0] as usize, pick[1] as usize);
+        let conv = ZConvention::TransformerLens;
+        let e = feature_effect(&loaded, &sae, 1, conv, &ids, head, feature).unwrap();
+        assert_eq!((e.head, e.feature), (head, feature));
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        let want = |name: &str| r.get(&format!("{model}.{name}")).data.clone();
+        assert_close(
+            &format!("{model} activation"),
+            &f64s(&e.activation),
+            &want("activation"),
+            1e-4,
+        );
+        assert_close(
+            &format!("{model} loss"),
+            &f64s(&e.loss),
+            &want("loss"),
+            1e-4,
+        );
+        assert_close(
+            &format!("{model} ablated"),
+            &f64s(&e.ablated),
+            &want("ablated"),
+            1e-4,
+        );
+        // The feature matters here (0.036 and 0.24 at most in the reference), so a removal
+        // that did nothing would fail.
+        let helps: Vec<f64> = (0..e.loss.len()).map(|p| e.helps(p) as f64).collect();
+        let want_helps: Vec<f64> = want("ablated")
+            .iter()
+            .zip(want("loss"))
+            .map(|(a, l)| a - l)
+            .collect();
+        assert!(want_helps.iter().any(|d| d.abs() > 0.03), "{want_helps:?}");
+        assert_close(&format!("{model} helps"), &helps, &want_helps, 1e-4);
+        let change = want("change");
+        let v = change.len() / ids.len();
+        for p in 0..ids.len() {
+            let row = &change[p * v..][..v];
+            let mut sorted = row.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            for (i, c) in e.promotes[p].iter().enumerate() {
+                assert!(
+                    (c.change as f64 - sorted[i]).abs() < 1e-4,
+                    "{model} {p} rank {i}"
+                );
+                assert!((c.change as f64 - row[c.id as usize]).abs() < 1e-4);
+            }
+            for (i, c) in e.suppresses[p].iter().enumerate() {
+                assert!(
+                    (c.change as f64 - sorted[v - 1 - i]).abs() < 1e-4,
+                    "{model} {p}"
+                );
+                assert!((c.change as f64 - row[c.id as usize]).abs() < 1e-4);
+            }
+            // Five each way wherever the reference has that many clear changes.
+            if sorted[4] > 1e-4 {
+                assert_eq!(e.promotes[p].len(), 5, "{model} {p}");
+            }
+            if sorted[v - 5] < -1e-4 {
+                assert_eq!(e.suppresses[p].len(), 5, "{model} {p}");
+            }
+        }
+        assert!(e.promotes.iter().any(|l| l.len() == 5));
+    }
+}
+
+/// A feature that never fires in the text changes nothing, bit for bit, and nothing before
+/// a feature first fires changes either (the model is causal); an out-of-range feature is
+/// an error naming the SAE's size.
+#[test]
+fn feature_effect_is_exactly_zero_where_the_feature_cannot_reach() {
+    use attn_saes::live::feature_effect;
+    let loaded = load("gpt2_tiny");
+    let mut sae = BlockDiagSae::load(&fixture("dashboard/gpt2_tiny_sae"), &Device::flex()).unwrap();
+    let conv = ZConvention::TransformerLens;
+    let ids = Reference::load("effect/effect_reference.safetensors").tokens("gpt2_tiny.tokens");
+    // Feature 5 of head 2 silenced by its bias.
+    let mut b_enc = values(sae.b_enc.clone());
+    b_enc[2 * 12 + 5] = -1e6;
+    sae.b_enc = Tensor::from_data(
+        TensorData::new(
+            b_enc.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
+            [4, 12],
+        ),
+        &Device::flex(),
+    );
+    let e = feature_effect(&loaded, &sae, 1, conv, &ids, 2, 5).unwrap();
+    assert!(e.activation.iter().all(|&a| a == 0.0));
+    assert_eq!(e.loss, e.ablated);
+    assert!(e.promotes.iter().chain(&e.suppresses).all(Vec::is_empty));
+    // The feature that starts firing latest: no prediction before it can change, later
+    // ones do.
+    let e = (0..4)
+        .flat_map(|h| (0..12).map(move |f| (h, f)))
+        .map(|(h, f)| feature_effect(&loaded, &sae, 1, conv, &ids, h, f).unwrap())
+        .filter(|e| e.first_firing().is_some())
+        .max_by_key(|e| e.first_firing())
+        .unwrap();
+    let first = e.first_firing().unwrap();
+    assert!(first > 1, "{first}");
+    for p in 0..first {
+        assert_eq!(e.loss[p], e.ablated[p], "position {p}");
+    }
+    assert!((first..e.loss.len()).any(|p| e.helps(p) != 0.0));
+    let err = feature_effect(&loaded, &sae, 1, conv, &ids, 1, 12).unwrap_err();
+    assert!(err.to_string().contains("4 heads of 12 features"), "{err}");
+}

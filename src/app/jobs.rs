@@ -278,6 +278,25 @@ impl LiveModel {
     pub fn analyse(&self, text: &str) -> anyhow::Result<crate::live::LiveAnalysis> {
         crate::live::LiveAnalysis::run(&self.loaded, &self.sae, self.layer, self.z_convention, text)
     }
+
+    /// What removing `feature` of `head` wherever it fires in `ids` changes in the model's
+    /// next-token predictions.
+    pub fn effect(
+        &self,
+        ids: &[u32],
+        head: usize,
+        feature: usize,
+    ) -> anyhow::Result<crate::live::FeatureEffect> {
+        crate::live::feature_effect(
+            &self.loaded,
+            &self.sae,
+            self.layer,
+            self.z_convention,
+            ids,
+            head,
+            feature,
+        )
+    }
 }
 
 /// Loads the model and SAE `source` names on `device`.

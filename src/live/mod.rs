@@ -10,6 +10,10 @@
 mod analysis;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use analysis::LiveAnalysis;
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+mod effect;
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+pub use effect::{feature_effect, feature_effect_async};
 
 /// A text's tokens and the features each head fires on each of them.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +52,54 @@ impl LiveTokens {
 pub struct Attribution {
     pub dfa: Vec<f32>,
     pub pre: f32,
+}
+
+/// What one feature does to a text's next-token predictions: the model run on the text
+/// clean and with the feature removed from its head's `hook_z` wherever it fires (its
+/// activation times its decoder row, in hook_z's units; the SAE's error and every other
+/// feature stay), everything else unchanged.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FeatureEffect {
+    pub head: usize,
+    pub feature: usize,
+    /// The feature's activation at each position (zero where it does not fire).
+    pub activation: Vec<f32>,
+    /// Per position `p` below the last: the loss on token `p + 1`, clean.
+    pub loss: Vec<f32>,
+    /// The same with the feature removed.
+    pub ablated: Vec<f32>,
+    /// Per position: the next tokens whose log-probability the feature raises most (it
+    /// falls most when the feature is removed), largest change first.
+    pub promotes: Vec<Vec<TokenChange>>,
+    /// Per position: the next tokens whose log-probability the feature lowers most.
+    pub suppresses: Vec<Vec<TokenChange>>,
+}
+
+/// A next token whose log-probability a feature changes: `change` is the clean
+/// log-probability less the one with the feature removed.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenChange {
+    pub id: u32,
+    pub token: String,
+    pub change: f32,
+}
+
+impl FeatureEffect {
+    /// How much the feature lowers the loss on token `p + 1` (the loss with it removed less
+    /// the clean loss): positive where it helps the prediction.
+    pub fn helps(&self, p: usize) -> f32 {
+        self.ablated[p] - self.loss[p]
+    }
+
+    /// [`helps`](Self::helps) summed over the text.
+    pub fn total(&self) -> f32 {
+        (0..self.loss.len()).map(|p| self.helps(p)).sum()
+    }
+
+    /// The first position the feature fires at (nothing before it can change).
+    pub fn first_firing(&self) -> Option<usize> {
+        self.activation.iter().position(|&a| a > 0.0)
+    }
 }
 
 /// An attribution as a viewer has it: computed, still being computed (the web page's

@@ -1,0 +1,236 @@
+//! [`FeatureEffect`]s: the model run on a text twice, clean and with one feature removed
+//! from its head's `hook_z` (through the forward's splice), and the next-token
+//! log-probabilities compared. Both passes are queued before anything is read back, so the
+//! desktop reads synchronously and the browser awaits, over the same graph.
+
+use anyhow::Context;
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+use super::{FeatureEffect, TokenChange};
+use crate::lm::{HeadSelection, HookRequest, LoadedModel, Splice, ZConvention};
+use crate::sae::BlockDiagSae;
+
+/// Next tokens listed per position, each way.
+pub const TOKENS_LISTED: usize = 5;
+
+/// The two passes, not yet read back: `[T]` activations and `[T, vocab]` log-probabilities.
+struct Pending {
+    head: usize,
+    feature: usize,
+    ids: Vec<u32>,
+    activation: Tensor<1>,
+    clean: Tensor<2>,
+    ablated: Tensor<2>,
+}
+
+impl Pending {
+    fn new(
+        loaded: &LoadedModel,
+        sae: &BlockDiagSae,
+        layer: usize,
+        z_convention: ZConvention,
+        ids: &[u32],
+        (head, feature): (usize, usize),
+    ) -> anyhow::Result<Self> {
+        let model = &loaded.transformer;
+        let (h, d, m) = (
+            sae.config.n_heads,
+            sae.config.d_head,
+            sae.config.features_per_head,
+        );
+        anyhow::ensure!(
+            h == model.config.n_heads && d == model.config.d_head,
+            "the SAE ({h} heads x d_head {d}) does not fit the model's layer ({} x {})",
+            model.config.n_heads,
+            model.config.d_head
+        );
+        anyhow::ensure!(
+            head < h && feature < m,
+            "head {head}, feature {feature}: the SAE has {h} heads of {m} features"
+        );
+        anyhow::ensure!(!ids.is_empty(), "no tokens");
+        let t = ids.len();
+        let tokens = model.tokens(&[ids.to_vec()])?;
+        let hooks = HookRequest {
+            hook_z: vec![layer],
+            logits: true,
+            z_convention,
+            ..Default::default()
+        };
+        let mut cache = model.run(tokens.clone(), &hooks, None)?;
+        let z = cache.hook_z.remove(&layer).context("no hook_z")?;
+        let clean = cache.logits.take().context("no logits")?;
+        let feats = sae.forward(sae.scale_input(z.reshape([t, h, d]))).feats;
+        let activation = feats.slice([head..head + 1, 0..t, feature..feature + 1]);
+        // What the feature adds to the head's hook_z: activation x decoder row, back in
+        // hook_z's units (the SAE's input is scaled by `input_scale`).
+        let row = sae
+            .w_dec
+            .clone()
+            .slice([head..head + 1, feature..feature + 1, 0..d])
+            .reshape([1, d])
+            / sae.input_scale[head] as f64;
+        let part = (activation.clone().reshape([t, 1]) * row).reshape([1, t, 1, d]);
+        let device = model.device().clone();
+        let added = Tensor::<4>::zeros([1, t, h, d], &device)
+            .slice_assign([0..1, 0..t, head..head + 1, 0..d], part);
+        let remove = move |z: Tensor<4>| z - added.clone();
+        let splice = Splice {
+            layer,
+            heads: HeadSelection::All,
+            replace: &remove,
+        };
+        // The removed part is the same in either convention; the raw one leaves z itself
+        // to the splice, so a feature that does not fire changes nothing, bit for bit
+        // (TransformerLens' convention would take its fold out and put it back).
+        let logits_only = HookRequest {
+            logits: true,
+            z_convention: ZConvention::Raw,
+            ..Default::default()
+        };
+        let ablated = model
+            .run(tokens, &logits_only, Some(&splice))?
+            .logits
+            .context("no logits")?;
+        let logp = |logits: Tensor<3>| {
+            let [_, t, v] = logits.dims();
+            log_softmax(logits, 2).reshape([t, v])
+        };
+        Ok(Self {
+            head,
+            feature,
+            ids: ids.to_vec(),
+            activation: activation.reshape([t]),
+            clean: logp(clean),
+            ablated: logp(ablated),
+        })
+    }
+
+    fn finish(
+        self,
+        loaded: &LoadedModel,
+        [activation, clean, ablated]: [Vec<f32>; 3],
+    ) -> FeatureEffect {
+        let t = self.ids.len();
+        let v = clean.len() / t;
+        let loss_at = |logp: &[f32], p: usize| -logp[p * v + self.ids[p + 1] as usize];
+        let positions = 0..t.saturating_sub(1);
+        let token = |id: usize| TokenChange {
+            id: id as u32,
+            token: loaded
+                .tokenizer
+                .decode(&[id as u32], false)
+                .unwrap_or_default(),
+            change: 0.0,
+        };
+        let (mut promotes, mut suppresses) = (Vec::with_capacity(t), Vec::with_capacity(t));
+        for p in 0..t {
+            let change: Vec<f32> = (0..v)
+                .map(|i| clean[p * v + i] - ablated[p * v + i])
+                .collect();
+            let listed = |ids: Vec<usize>| -> Vec<TokenChange> {
+                ids.into_iter()
+                    .map(|i| TokenChange {
+                        change: change[i],
+                        ..token(i)
+                    })
+                    .collect()
+            };
+            let (up, down) = extremes(&change, TOKENS_LISTED);
+            promotes.push(listed(up));
+            suppresses.push(listed(down));
+        }
+        FeatureEffect {
+            head: self.head,
+            feature: self.feature,
+            activation,
+            loss: positions.clone().map(|p| loss_at(&clean, p)).collect(),
+            ablated: positions.map(|p| loss_at(&ablated, p)).collect(),
+            promotes,
+            suppresses,
+        }
+    }
+}
+
+/// The indices of the `n` largest positive values, largest first, and of the `n` most
+/// negative, most negative first (ties by index).
+fn extremes(values: &[f32], n: usize) -> (Vec<usize>, Vec<usize>) {
+    let first = |order: &dyn Fn(f32, f32) -> std::cmp::Ordering| -> Vec<usize> {
+        let cmp = |a: &usize, b: &usize| order(values[*a], values[*b]).then(a.cmp(b));
+        let mut idx: Vec<usize> = (0..values.len()).collect();
+        if n < idx.len() {
+            idx.select_nth_unstable_by(n, cmp);
+            idx.truncate(n);
+        }
+        idx.sort_by(cmp);
+        idx
+    };
+    let up = first(&|a, b| b.total_cmp(&a));
+    let down = first(&|a, b| a.total_cmp(&b));
+    (
+        up.into_iter().filter(|&i| values[i] > 0.0).collect(),
+        down.into_iter().filter(|&i| values[i] < 0.0).collect(),
+    )
+}
+
+/// What removing `feature` of `head` (wherever it fires in `ids`) changes in the model's
+/// next-token predictions, read back synchronously.
+pub fn feature_effect(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    ids: &[u32],
+    head: usize,
+    feature: usize,
+) -> anyhow::Result<FeatureEffect> {
+    let p = Pending::new(loaded, sae, layer, z_convention, ids, (head, feature))?;
+    let host = [
+        crate::files::host_vec(p.activation.clone())?,
+        crate::files::host_vec(p.clean.clone())?,
+        crate::files::host_vec(p.ablated.clone())?,
+    ];
+    Ok(p.finish(loaded, host))
+}
+
+/// [`feature_effect`] with the read-back awaited (WebGPU).
+pub async fn feature_effect_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    ids: &[u32],
+    head: usize,
+    feature: usize,
+) -> anyhow::Result<FeatureEffect> {
+    async fn host<const D: usize>(t: &Tensor<D>) -> anyhow::Result<Vec<f32>> {
+        t.clone()
+            .into_data_async()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))?
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))
+    }
+    let p = Pending::new(loaded, sae, layer, z_convention, ids, (head, feature))?;
+    let host = [
+        host(&p.activation).await?,
+        host(&p.clean).await?,
+        host(&p.ablated).await?,
+    ];
+    Ok(p.finish(loaded, host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::extremes;
+
+    #[test]
+    fn extremes_lists_the_largest_rises_and_falls_in_order_and_only_real_ones() {
+        let v = [0.5, -2.0, 0.0, 3.0, -0.1, 0.5, 1.0];
+        assert_eq!(extremes(&v, 3), (vec![3, 6, 0], vec![1, 4]));
+        assert_eq!(extremes(&v, 1), (vec![3], vec![1]));
+        assert_eq!(extremes(&[0.0, 0.0], 5), (vec![], vec![]));
+        assert_eq!(extremes(&[-1.0, 2.0, -1.0, 2.0], 1), (vec![1], vec![0]));
+    }
+}
