@@ -4,8 +4,8 @@
 //!
 //! Your text runs in the page's inference bundle (`src/web_live.rs`, loaded by
 //! `web/live.js` only when someone loads a model): this module reaches it through
-//! `window.attnSaesLive` (`analyze(text)` and `attribution(h, f, p)` → promises of JSON,
-//! `status()` → a line), so the viewer itself holds no burn. The bundle runs in a Web
+//! `window.attnSaesLive` (`analyze(text)`, `attribution(h, f, p)` and `effect(h, f)` →
+//! promises of JSON, `status()` → a line), so the viewer itself holds no burn. The bundle runs in a Web
 //! Worker (`web/live-worker.js`), so the page stays responsive while it works.
 
 use std::cell::RefCell;
@@ -17,7 +17,9 @@ use wasm_bindgen::prelude::*;
 
 use crate::app::features::LoadedDashboard;
 use crate::app::{AttnSaesApp, View};
-use crate::live::{Analysed, Attribution, AttributionState, LiveTokens};
+use crate::live::{
+    Analysed, AskedEffect, Attribution, AttributionState, EffectState, FeatureEffect, LiveTokens,
+};
 
 /// What the page and the app share: dashboards parsed by [`open_dashboard`] and waiting
 /// for the next frame, the app's context (to wake it), the selection in words, the last
@@ -36,6 +38,10 @@ struct Shared {
     /// Set by [`live_set`]: a prompt (and whether to run it), a pick.
     live_prompt: Option<(String, bool)>,
     live_pick: Option<(usize, usize, usize)>,
+    /// Set by [`live_effect`]: a feature whose effect to ask for.
+    live_effect: Option<(usize, usize)>,
+    /// The bundle's answer to an effect request, with the request.
+    effect_arrived: Option<(EffectKey, Result<FeatureEffect, String>)>,
     live_view: Option<LiveView>,
     /// JSON of the last dashboard's `built_from` ("" when it records none).
     built_from: String,
@@ -45,13 +51,17 @@ struct Shared {
     messages: String,
 }
 
-/// What Your text shows: the analysis, the prompt, the status and the picked
-/// `(position, head, feature)`.
+/// An effect request: the tokens, the head and the feature.
+type EffectKey = (Vec<u32>, usize, usize);
+
+/// What Your text shows: the analysis, the prompt, the status, the picked
+/// `(position, head, feature)` and the effect asked for.
 struct LiveView {
     analysis: Rc<dyn Analysed>,
     prompt: String,
     status: String,
     pick: Option<(usize, usize, usize)>,
+    effect: Option<AskedEffect>,
 }
 
 /// `window.attnSaesLive`, the page's bridge to its inference bundle, if the page has one.
@@ -122,6 +132,21 @@ async fn awaited_string(called: Result<JsValue, String>) -> Result<String, Strin
         Ok(v) => v.as_string().ok_or_else(|| format!("not a string: {v:?}")),
         Err(e) => Err(e.as_string().unwrap_or_else(|| format!("{e:?}"))),
     }
+}
+
+/// Asks the inference bundle what removing `feature` of `head` changes in its last text
+/// (`ids`); the answer arrives in `shared.effect_arrived`.
+fn request_effect((ids, head, feature): EffectKey) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let args = [head, feature].map(|x| JsValue::from_f64(x as f64));
+        let result = awaited_string(call_bridge("effect", &args))
+            .await
+            .and_then(|json| {
+                serde_json::from_str::<FeatureEffect>(&json)
+                    .map_err(|e| format!("the inference bundle's answer: {e}"))
+            });
+        post(|s| s.effect_arrived = Some(((ids, head, feature), result)));
+    });
 }
 
 /// Sends `text` to the inference bundle; the result arrives in `shared.live_arrived`.
@@ -209,6 +234,7 @@ impl eframe::App for WebApp {
             prompt: text.prompt.clone(),
             status: web.status.clone(),
             pick: text.token.zip(text.pick).map(|(p, (h, f))| (p, h, f)),
+            effect: web.effect.clone(),
         });
     }
 
@@ -221,13 +247,15 @@ impl WebApp {
     /// Your text: sends requested texts to the page's inference bundle, takes its results,
     /// and keeps the status line current.
     fn live_logic(&mut self, ctx: &egui::Context) {
-        let (set_prompt, pick, arrived, running) = {
+        let (set_prompt, pick, arrived, running, ask_effect, effect_arrived) = {
             let mut s = self.shared.borrow_mut();
             (
                 s.live_prompt.take(),
                 s.live_pick.take(),
                 s.live_arrived.take(),
                 s.live_running,
+                s.live_effect.take(),
+                s.effect_arrived.take(),
             )
         };
         let web = &mut self.app.web;
@@ -272,6 +300,28 @@ impl WebApp {
             let text = &mut self.app.ui.text;
             (text.token, text.pick) = (Some(position), Some((head, feature)));
             self.app.ui.view = View::Text;
+        }
+        let web = &mut self.app.web;
+        if let (Some((head, feature)), Some(a)) = (ask_effect, &web.analysis) {
+            web.effect = Some(AskedEffect {
+                ids: a.tokens().ids.clone(),
+                head,
+                feature,
+                state: EffectState::Computing,
+            });
+            web.effect_sent = false;
+        }
+        if let Some(asked) = &web.effect
+            && asked.state == EffectState::Computing
+            && !web.effect_sent
+        {
+            web.effect_sent = true;
+            request_effect((asked.ids.clone(), asked.head, asked.feature));
+        }
+        if let (Some(asked), Some(((ids, head, feature), result))) =
+            (&mut web.effect, effect_arrived)
+        {
+            asked.answer((&ids, head, feature), result);
         }
     }
 }
@@ -396,7 +446,22 @@ pub fn live_shown() -> String {
     };
     let mut shown = crate::live::shown_json(v.analysis.as_ref(), &v.prompt, v.pick);
     shown["status"] = v.status.clone().into();
+    let (status, effect) = match v.effect.as_ref().map(|e| &e.state) {
+        None => ("none".to_string(), None),
+        Some(EffectState::Computing) => ("computing".into(), None),
+        Some(EffectState::Failed(why)) => (format!("failed: {why}"), None),
+        Some(EffectState::Ready(e)) => ("ready".into(), Some(e)),
+    };
+    shown["effect_status"] = status.into();
+    shown["effect"] = serde_json::to_value(effect).unwrap_or_default();
     shown.to_string()
+}
+
+/// Asks for the effect of `feature` of `head` on the analysed text (Your text's "Remove it
+/// and run again"); [`live_shown`] has it once it arrives.
+#[wasm_bindgen]
+pub fn live_effect(head: usize, feature: usize) {
+    post(|s| s.live_effect = Some((head, feature)));
 }
 
 /// Puts `prompt` in Your text (and switches to it); with `run`, analyses it too.

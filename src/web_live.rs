@@ -206,3 +206,27 @@ pub fn attribution(head: usize, feature: usize, position: usize) -> Result<Strin
         serde_json::to_string(&a.attribution(head, feature, position)).map_err(js_error)
     })
 }
+
+/// What removing `feature` of `head` wherever it fires in the last text analysed changes in
+/// the model's next-token predictions: JSON of [`crate::live::FeatureEffect`].
+#[wasm_bindgen]
+pub async fn effect(head: usize, feature: usize) -> Result<String, JsValue> {
+    let session = SESSION
+        .with(|s| s.borrow().clone())
+        .ok_or_else(|| js_error("no model loaded"))?;
+    let ids = LAST
+        .with(|l| l.borrow().as_ref().map(|a| a.tokens().ids.clone()))
+        .ok_or_else(|| js_error("no text analysed"))?;
+    let effect = crate::live::feature_effect_async(
+        &session.loaded,
+        &session.sae,
+        session.layer,
+        session.z_convention,
+        &ids,
+        head,
+        feature,
+    )
+    .await
+    .map_err(|e| js_error(format!("{e:#}")))?;
+    serde_json::to_string(&effect).map_err(js_error)
+}

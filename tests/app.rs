@@ -588,6 +588,43 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     );
     assert!(has_label(&h, &format!("pre-activation {want_pre:.3}")));
     h.snapshot("app_text");
+
+    // What removing it changes: asked of the worker, drawn for that feature, and the same
+    // as the library computes directly.
+    use attn_saes::live::{EffectState, feature_effect};
+    h.get_by_label("Remove it and run again").click();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        matches!(
+            a.native.effect.as_ref().map(|e| &e.state),
+            Some(EffectState::Ready(_))
+        )
+    });
+    h.run_steps(2);
+    let conv = ZConvention::TransformerLens;
+    let direct = feature_effect(&loaded, &sae, 1, conv, &ids, 0, f as usize).unwrap();
+    let Some(EffectState::Ready(shown)) = h.state().native.effect.as_ref().map(|e| &e.state) else {
+        unreachable!()
+    };
+    assert_eq!(**shown, direct);
+    assert!(direct.first_firing().is_some());
+    assert!(
+        h.query_by_label_contains(&format!("changes by {:+.4} in all", direct.total()))
+            .is_some()
+    );
+    assert!(
+        h.query_by_label_contains(&format!("At position {fox}, the feature raises"))
+            .is_some()
+    );
+    // A token of the effect row selects that position (the pick stays).
+    h.get_by_label("effect at position 2").click();
+    h.run_steps(2);
+    assert_eq!(h.state().ui.text.token, Some(2));
+    assert_eq!(h.state().ui.text.pick, Some((0, f as usize)));
+    assert!(
+        h.query_by_label_contains("At position 2, the feature raises")
+            .is_some()
+    );
+    h.snapshot("app_text_effect");
     h.get_by_label("Open its dashboard").click_accesskit();
     h.run_steps(2);
     assert_eq!(
@@ -733,7 +770,7 @@ fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() 
         .wgpu()
         .build_ui_state(
             |ui, (later, state): &mut (Later, TextState)| {
-                text_ui(ui, state, Some(&*later), "3 tokens");
+                text_ui(ui, state, Some(&*later), "3 tokens", None);
             },
             (later, state),
         );

@@ -6,7 +6,9 @@
 //! again through the page's function), and picks a feature. What the Your text view
 //! shows must equal the native CLI's `attn-saes text --json` for the same text: the same
 //! tokens and active features per head and position, activations, DFA and pre-activation
-//! within 1e-4 + 1e-3 x |value| (f32 sums in another order on another backend). Also: a
+//! within 1e-4 + 1e-3 x |value| (f32 sums in another order on another backend), and so
+//! must the picked feature's effect (`text --effect`: the losses with and without it, the
+//! log-probability changes of the tokens listed, rank by rank). Also: a
 //! second visit reads the model from the browser's cache, a manifest with a wrong sha256 is
 //! refused with a message, and so is a model file one bit off the one the dashboard
 //! records (its sha256, checked here against the files themselves).
@@ -28,7 +30,11 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-4 + 1e-3 * b.abs()
 }
 
-fn native_text(run: &std::path::Path, pick: Option<(usize, usize, usize)>) -> Value {
+fn native_text(
+    run: &std::path::Path,
+    pick: Option<(usize, usize, usize)>,
+    effect: Option<(usize, usize)>,
+) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_attn-saes"));
     cmd.args([
         "text",
@@ -40,6 +46,9 @@ fn native_text(run: &std::path::Path, pick: Option<(usize, usize, usize)>) -> Va
     ]);
     if let Some((p, h, f)) = pick {
         cmd.args(["--pick", &format!("{p},{h},{f}")]);
+    }
+    if let Some((h, f)) = effect {
+        cmd.args(["--effect", &format!("{h},{f}")]);
     }
     let out = cmd.output().unwrap();
     assert!(
@@ -108,7 +117,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
 
     // The native reference, and a (position, head, feature) to pick: the strongest
     // feature of the head with the most features on at the last token.
-    let native = native_text(&run, None);
+    let native = native_text(&run, None, None);
     let tokens = &native["tokens"];
     let last = tokens["ids"].as_array().unwrap().len() - 1;
     let heads = tokens["active"].as_array().unwrap();
@@ -116,7 +125,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .max_by_key(|&h| heads[h][last].as_array().unwrap().len())
         .unwrap();
     let feature = heads[head][last][0][0].as_u64().expect("a feature on") as usize;
-    let native = native_text(&run, Some((last, head, feature)));
+    let native = native_text(&run, Some((last, head, feature)), Some((head, feature)));
 
     // The dashboard records the sha256 of the model's and SAE's files (computed here
     // independently, with sha2 over the files themselves).
@@ -227,6 +236,34 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         for (s, (x, y)) in a.iter().zip(b).enumerate() {
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
             assert!(close(x, y), "{name}: DFA at source {s}: {x} vs {y}");
+        }
+        // The feature's effect: the same losses with and without it, the same changes.
+        assert_eq!(r["effectStatus"], "ready", "{name}");
+        let (got, want) = (&r["effect"], &native["effect"]);
+        assert_eq!(got["ids"], want["ids"], "{name}: effect ids");
+        for key in ["activation", "loss", "ablated"] {
+            let (a, b) = (got[key].as_array().unwrap(), want[key].as_array().unwrap());
+            assert_eq!(a.len(), b.len(), "{name}: effect {key}");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                assert!(close(x, y), "{name}: effect {key} at {i}: {x} vs {y}");
+            }
+        }
+        let helps = |e: &Value, p: usize| {
+            e["ablated"][p].as_f64().unwrap() - e["loss"][p].as_f64().unwrap()
+        };
+        assert!((0..last).any(|p| helps(want, p).abs() > 1e-3), "{want}");
+        for key in ["promotes", "suppresses"] {
+            for p in 0..=last {
+                let (a, b) = (
+                    got[key][p].as_array().unwrap(),
+                    want[key][p].as_array().unwrap(),
+                );
+                for (x, y) in a.iter().zip(b) {
+                    let (x, y) = (x["change"].as_f64().unwrap(), y["change"].as_f64().unwrap());
+                    assert!(close(x, y), "{name}: {key} at {p}: {x} vs {y}");
+                }
+            }
         }
         let order = &r["attributionOrder"];
         assert!(

@@ -5,7 +5,7 @@
 // records), loads them, and analyses texts, all off the page's main thread, so the page
 // keeps drawing and answering while it works.
 //
-// Messages in: {id, op, args}, op one of 'load' | 'analyze' | 'attribution', handled one at
+// Messages in: {id, op, args}, op one of 'load' | 'analyze' | 'attribution' | 'effect', handled one at
 // a time in arrival order. Out: {status, isError} lines while working, and {id, value} or
 // {id, error} for each request.
 import init, * as lm from './live/attn_saes_live.js';
@@ -13,7 +13,7 @@ import { readBody } from './read-body.js';
 
 const CACHE = 'attn-saes-models-v1';
 const bundle = init();
-// Each analysis is numbered; an attribution names the analysis it is for, and one for an
+// Each analysis is numbered; an attribution or effect names the analysis it is for, and one for an
 // earlier text than the last analysed is refused rather than answered from the new text.
 let analysis = 0;
 
@@ -161,6 +161,13 @@ const ops = {
       throw new Error('a newer text has been analysed since: pick again on it');
     }
     return lm.attribution(head, feature, position);
+  },
+  // What removing a feature changes in the last text's predictions (the model run again).
+  async effect({ head, feature, of }) {
+    if (of !== analysis) {
+      throw new Error('a newer text has been analysed since: ask again on it');
+    }
+    return lm.effect(head, feature);
   },
 };
 

@@ -363,7 +363,7 @@ pub(crate) fn shown_token(ui: &Ui, s: &str, spaces: bool) -> String {
 }
 
 /// `text` with every character the fonts of `style` cannot draw written as an escape.
-fn drawable(ui: &Ui, style: &TextStyle, text: &str) -> String {
+pub(crate) fn drawable(ui: &Ui, style: &TextStyle, text: &str) -> String {
     let font = style.resolve(ui.style());
     ui.ctx().fonts_mut(|fonts| {
         text.chars()

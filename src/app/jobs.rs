@@ -207,12 +207,39 @@ pub enum LiveEvent {
     /// The model and SAE are loaded: a description.
     Ready(String),
     Analysis(Box<crate::live::LiveAnalysis>),
+    /// The model or SAE could not be loaded (the worker has stopped), or a text failed.
     Failed(String),
+    /// The answer to [`LiveRequest::Effect`].
+    Effect {
+        ids: Vec<u32>,
+        head: usize,
+        feature: usize,
+        result: Result<crate::live::FeatureEffect, String>,
+    },
+}
+
+/// What the live-analysis worker is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveRequest {
+    /// Analyse a text.
+    Analyse(String),
+    /// What removing a feature changes in the predictions on these tokens.
+    Effect {
+        ids: Vec<u32>,
+        head: usize,
+        feature: usize,
+    },
+}
+
+impl LiveRequest {
+    fn same_kind(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
 }
 
 /// A run's model and SAE kept loaded on a thread, analysing the texts sent to it.
 pub struct LiveWorker {
-    pub requests: Sender<String>,
+    pub requests: Sender<LiveRequest>,
     pub events: Receiver<LiveEvent>,
 }
 
@@ -249,10 +276,10 @@ impl LiveSource {
     }
 }
 
-/// Loads the model and SAE `source` names on `device`, then analyses each text sent,
-/// newest first (older pending texts are skipped).
+/// Loads the model and SAE `source` names on `device`, then answers each request, in order;
+/// a request with a newer one of its kind waiting is skipped.
 pub fn start_live(source: LiveSource, device: DeviceChoice) -> LiveWorker {
-    let (requests, texts) = channel::<String>();
+    let (requests, texts) = channel::<LiveRequest>();
     let (tx, events) = channel();
     let _ = std::thread::Builder::new()
         .name("attn-saes live".into())
@@ -349,20 +376,33 @@ pub fn load_live(source: &LiveSource, device: DeviceChoice) -> anyhow::Result<Li
 fn live_loop(
     source: &LiveSource,
     device: DeviceChoice,
-    texts: &Receiver<String>,
+    requests: &Receiver<LiveRequest>,
     tx: &Sender<LiveEvent>,
 ) -> anyhow::Result<()> {
     let live = load_live(source, device)?;
     let _ = tx.send(LiveEvent::Ready(live.description.clone()));
-    while let Ok(mut text) = texts.recv() {
-        while let Ok(newer) = texts.try_recv() {
-            text = newer;
+    while let Ok(first) = requests.recv() {
+        let batch: Vec<LiveRequest> = std::iter::once(first).chain(requests.try_iter()).collect();
+        for (i, request) in batch.iter().enumerate() {
+            if batch[i + 1..].iter().any(|r| r.same_kind(request)) {
+                continue;
+            }
+            let event = match request {
+                LiveRequest::Analyse(text) => match live.analyse(text) {
+                    Ok(a) => LiveEvent::Analysis(Box::new(a)),
+                    Err(e) => LiveEvent::Failed(format!("{e:#}")),
+                },
+                LiveRequest::Effect { ids, head, feature } => LiveEvent::Effect {
+                    ids: ids.clone(),
+                    head: *head,
+                    feature: *feature,
+                    result: live
+                        .effect(ids, *head, *feature)
+                        .map_err(|e| format!("{e:#}")),
+                },
+            };
+            let _ = tx.send(event);
         }
-        let event = match live.analyse(&text) {
-            Ok(a) => LiveEvent::Analysis(Box::new(a)),
-            Err(e) => LiveEvent::Failed(format!("{e:#}")),
-        };
-        let _ = tx.send(event);
     }
     Ok(())
 }

@@ -135,6 +135,10 @@ pub struct WebText {
     pub analysis: Option<std::rc::Rc<dyn crate::live::Analysed>>,
     /// A text to analyse, taken by `src/web.rs`.
     pub requested: Option<String>,
+    /// The feature effect asked for; `src/web.rs` asks the page for it while it is
+    /// `Computing` and not yet `sent`, and fills in the answer.
+    pub effect: Option<crate::live::AskedEffect>,
+    pub effect_sent: bool,
 }
 
 /// The desktop-only data: the open run and its background job.
@@ -161,6 +165,8 @@ pub struct Native {
     pub live: Option<(jobs::LiveSource, jobs::LiveWorker)>,
     pub live_status: String,
     pub analysis: Option<Box<crate::live::LiveAnalysis>>,
+    /// The feature effect asked of the worker.
+    pub effect: Option<crate::live::AskedEffect>,
 }
 
 impl AttnSaesApp {
@@ -400,10 +406,22 @@ impl AttnSaesApp {
             &mut self.ui.text,
             self.web.analysis.as_deref(),
             &self.web.status,
+            self.web.effect.as_ref(),
         );
         match action {
             Some(text_view::TextAction::Run) => {
                 self.web.requested = Some(self.ui.text.prompt.clone());
+            }
+            Some(text_view::TextAction::Effect { head, feature }) => {
+                if let Some(a) = &self.web.analysis {
+                    self.web.effect = Some(crate::live::AskedEffect {
+                        ids: a.tokens().ids.clone(),
+                        head,
+                        feature,
+                        state: crate::live::EffectState::Computing,
+                    });
+                    self.web.effect_sent = false;
+                }
             }
             Some(text_view::TextAction::OpenFeature { head, feature }) => {
                 self.open_feature(head, feature)
@@ -556,7 +574,14 @@ impl AttnSaesApp {
             return;
         };
         let events: Vec<jobs::LiveEvent> = worker.events.try_iter().collect();
-        if self.native.live_status.ends_with('…') {
+        let effect_due = matches!(
+            self.native.effect,
+            Some(crate::live::AskedEffect {
+                state: crate::live::EffectState::Computing,
+                ..
+            })
+        );
+        if self.native.live_status.ends_with('…') || effect_due {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
         for e in events {
@@ -577,6 +602,16 @@ impl AttnSaesApp {
                     self.native.live_status = "failed".into();
                     self.message(Level::Error, why);
                     self.native.live = None;
+                }
+                jobs::LiveEvent::Effect {
+                    ids,
+                    head,
+                    feature,
+                    result,
+                } => {
+                    if let Some(asked) = &mut self.native.effect {
+                        asked.answer((&ids, head, feature), result);
+                    }
                 }
             }
         }
@@ -605,6 +640,7 @@ impl AttnSaesApp {
                 .as_deref()
                 .map(|a| a as &dyn crate::live::Analysed),
             &self.native.live_status,
+            self.native.effect.as_ref(),
         );
         match action {
             Some(text_view::TextAction::Run) => {
@@ -617,7 +653,24 @@ impl AttnSaesApp {
                     self.native.live_status = "running…".into();
                 }
                 if let Some((_, worker)) = &self.native.live {
-                    let _ = worker.requests.send(self.ui.text.prompt.clone());
+                    let text = self.ui.text.prompt.clone();
+                    let _ = worker.requests.send(jobs::LiveRequest::Analyse(text));
+                }
+            }
+            Some(text_view::TextAction::Effect { head, feature }) => {
+                if let (Some((_, worker)), Some(a)) = (&self.native.live, &self.native.analysis) {
+                    let ids = a.ids.clone();
+                    let _ = worker.requests.send(jobs::LiveRequest::Effect {
+                        ids: ids.clone(),
+                        head,
+                        feature,
+                    });
+                    self.native.effect = Some(crate::live::AskedEffect {
+                        ids,
+                        head,
+                        feature,
+                        state: crate::live::EffectState::Computing,
+                    });
                 }
             }
             Some(text_view::TextAction::OpenFeature { head, feature }) => {

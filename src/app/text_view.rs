@@ -5,8 +5,10 @@
 
 use eframe::egui::{self, RichText, Ui};
 
-use super::features::{dfa_row, shown_token};
-use crate::live::{Analysed, AttributionState, LiveTokens};
+use super::features::{dfa_row, drawable, shown_token};
+use crate::live::{
+    Analysed, AskedEffect, AttributionState, EffectState, FeatureEffect, LiveTokens,
+};
 
 /// What the view remembers.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -24,18 +26,28 @@ pub struct TextState {
 /// What the view asks the app to do.
 pub enum TextAction {
     Run,
-    OpenFeature { head: usize, feature: usize },
+    OpenFeature {
+        head: usize,
+        feature: usize,
+    },
+    /// Run the model again without this feature (see [`FeatureEffect`]).
+    Effect {
+        head: usize,
+        feature: usize,
+    },
 }
 
 /// Features listed per head for the selected token.
 const FEATURES_SHOWN: usize = 8;
 
-/// The view. `status` says what the analyser is doing; `analysis` is the latest result.
+/// The view. `status` says what the analyser is doing; `analysis` is the latest result;
+/// `effect` the feature effect last asked for (shown when it is the picked feature's).
 pub fn text_ui(
     ui: &mut Ui,
     s: &mut TextState,
     analysis: Option<&dyn Analysed>,
     status: &str,
+    effect: Option<&AskedEffect>,
 ) -> Option<TextAction> {
     let mut action = None;
     ui.heading("Your text");
@@ -71,6 +83,11 @@ pub fn text_ui(
                 ui.separator();
                 if let Some(open) = pick_panel(ui, analysis, p, head, feature) {
                     action = Some(open);
+                }
+                ui.separator();
+                let effect = effect.filter(|e| e.is_for(&a.ids, head, feature));
+                if effect_panel(ui, s, a, effect) {
+                    action = Some(TextAction::Effect { head, feature });
                 }
             }
         }
@@ -172,4 +189,128 @@ fn pick_panel(
         }
     }
     open.then_some(TextAction::OpenFeature { head, feature })
+}
+
+/// What removing the picked feature changes in the model's predictions: a button that asks
+/// for it (true when clicked), then the answer.
+fn effect_panel(
+    ui: &mut Ui,
+    s: &mut TextState,
+    a: &LiveTokens,
+    effect: Option<&AskedEffect>,
+) -> bool {
+    ui.label(RichText::new("Effect on the predictions").strong());
+    let ask = |ui: &mut Ui, label: &str| {
+        ui.horizontal_wrapped(|ui| {
+            let clicked = ui.button(label).clicked();
+            ui.label(
+                RichText::new(
+                    "runs the model again with this feature taken out of its head's hook_z \
+                     wherever it fires in the text",
+                )
+                .weak(),
+            );
+            clicked
+        })
+        .inner
+    };
+    match effect.map(|e| &e.state) {
+        None => ask(ui, "Remove it and run again"),
+        Some(EffectState::Computing) => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("running the model without it…");
+            });
+            false
+        }
+        Some(EffectState::Failed(why)) => {
+            ui.colored_label(ui.visuals().error_fg_color, format!("failed: {why}"));
+            ask(ui, "Try again")
+        }
+        Some(EffectState::Ready(e)) => {
+            effect_ready(ui, s, a, e);
+            false
+        }
+    }
+}
+
+/// Blue where the feature helps predict the next token (the loss rises without it), red
+/// where it hurts.
+fn helps_fill(helps: f32, most: f32) -> egui::Color32 {
+    let colour = if helps > 0.0 {
+        egui::Color32::from_rgb(70, 130, 220)
+    } else {
+        egui::Color32::from_rgb(220, 80, 60)
+    };
+    colour.gamma_multiply(0.9 * (helps.abs() / most).min(1.0))
+}
+
+fn effect_ready(ui: &mut Ui, s: &mut TextState, a: &LiveTokens, e: &FeatureEffect) {
+    let t = a.len();
+    let fires = e.activation.iter().filter(|&&x| x > 0.0).count();
+    let most = (0..e.loss.len())
+        .map(|p| e.helps(p).abs())
+        .fold(0.0f32, f32::max);
+    ui.label(format!(
+        "Without it (at the {fires} of {t} positions where it fires) the loss on the next \
+         tokens changes by {:+.4} in all; blue: it helps predict the next token, red: it hurts \
+         (underlined: it fires there).",
+        e.total()
+    ));
+    ui.horizontal_wrapped(|ui| {
+        ui.spacing_mut().item_spacing = egui::vec2(2.0, 6.0);
+        for (p, text) in a.strings.iter().enumerate() {
+            let mut rich = RichText::new(shown_token(ui, text, false)).monospace();
+            if e.activation[p] > 0.0 {
+                rich = rich.underline();
+            }
+            let (fill, hover) = match e.loss.get(p) {
+                Some(&clean) if most > 0.0 => (
+                    helps_fill(e.helps(p), most),
+                    format!(
+                        "position {p}, activation {:.3}: the loss on {:?} is {clean:.4}, \
+                         {:.4} without the feature ({:+.4})",
+                        e.activation[p],
+                        a.strings[p + 1],
+                        e.ablated[p],
+                        e.helps(p)
+                    ),
+                ),
+                _ => (
+                    egui::Color32::TRANSPARENT,
+                    format!("position {p}, activation {:.3}", e.activation[p]),
+                ),
+            };
+            let button = egui::Button::new(rich)
+                .fill(fill)
+                .selected(s.token == Some(p));
+            let hover = drawable(ui, &egui::TextStyle::Body, &hover);
+            let response = ui
+                .add(button)
+                .on_hover_text(hover)
+                .accessible_name(format!("effect at position {p}"));
+            if response.clicked() {
+                s.token = Some(p);
+            }
+        }
+    });
+    if let Some(p) = s.token.filter(|&p| p < t) {
+        let list = |changes: &[crate::live::TokenChange]| -> String {
+            if changes.is_empty() {
+                return "nothing".into();
+            }
+            changes
+                .iter()
+                .map(|c| format!("{:?} {:+.3}", c.token, c.change))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let line = format!(
+            "At position {p}, the feature raises the log-probability of the next token being {}; \
+             lowers {}.",
+            list(&e.promotes[p]),
+            list(&e.suppresses[p])
+        );
+        ui.label(drawable(ui, &egui::TextStyle::Body, &line));
+    }
 }

@@ -149,6 +149,7 @@ impl Pending {
             ablated: positions.map(|p| loss_at(&ablated, p)).collect(),
             promotes,
             suppresses,
+            ids: self.ids,
         }
     }
 }

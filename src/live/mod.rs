@@ -62,6 +62,8 @@ pub struct Attribution {
 pub struct FeatureEffect {
     pub head: usize,
     pub feature: usize,
+    /// The text's tokens.
+    pub ids: Vec<u32>,
     /// The feature's activation at each position (zero where it does not fire).
     pub activation: Vec<f32>,
     /// Per position `p` below the last: the loss on token `p + 1`, clean.
@@ -99,6 +101,44 @@ impl FeatureEffect {
     /// The first position the feature fires at (nothing before it can change).
     pub fn first_firing(&self) -> Option<usize> {
         self.activation.iter().position(|&a| a > 0.0)
+    }
+}
+
+/// A feature's effect as a viewer has it: being computed, computed, or failed with a reason.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EffectState {
+    Computing,
+    Ready(Box<FeatureEffect>),
+    Failed(String),
+}
+
+/// The effect a viewer asked for: of which feature, on which tokens, and how far it got.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AskedEffect {
+    pub ids: Vec<u32>,
+    pub head: usize,
+    pub feature: usize,
+    pub state: EffectState,
+}
+
+impl AskedEffect {
+    pub fn is_for(&self, ids: &[u32], head: usize, feature: usize) -> bool {
+        self.ids == ids && self.head == head && self.feature == feature
+    }
+
+    /// Takes `result`, the answer to the request for (`ids`, `head`, `feature`), if that
+    /// is this request (a stale answer is dropped).
+    pub fn answer(
+        &mut self,
+        (ids, head, feature): (&[u32], usize, usize),
+        result: Result<FeatureEffect, String>,
+    ) {
+        if self.is_for(ids, head, feature) {
+            self.state = match result {
+                Ok(e) => EffectState::Ready(Box::new(e)),
+                Err(why) => EffectState::Failed(why),
+            };
+        }
     }
 }
 

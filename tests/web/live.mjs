@@ -135,6 +135,14 @@ async function session(context, name, query) {
     return s && s.pick && s.pick.position === pick[0] && s.pick.dfa.length ? s : null;
   });
   run.pick = seen.pick;
+  // What removing the picked feature changes (Your text's "Remove it and run again").
+  await page.evaluate(([, h, f]) => window.attnSaes.live_effect(h, f), pick);
+  const withEffect = await waitFor(page, `${name}: the effect`, async () => {
+    const s = await shown(page);
+    return s && s.effect_status !== 'computing' && s.effect_status !== 'none' ? s : null;
+  });
+  run.effectStatus = withEffect.effect_status;
+  run.effect = withEffect.effect;
   // An attribution asked for while a newer text is being analysed is refused (it would be
   // the new text's), and one asked after that analysis is answered from it.
   run.attributionOrder = await page.evaluate(async () => {
