@@ -1152,7 +1152,7 @@ fn print_effect(e: &attn_saes::live::FeatureEffect, strings: &[String]) {
     let list = |changes: &[attn_saes::live::TokenChange]| {
         let shown: Vec<String> = changes
             .iter()
-            .map(|c| format!("{:?} {:+.3}", c.token, c.change))
+            .map(|c| format!("{:?} {:.3} -> {:.3}", c.token, c.clean, c.ablated))
             .collect();
         if shown.is_empty() {
             "-".to_string()
@@ -1162,7 +1162,7 @@ fn print_effect(e: &attn_saes::live::FeatureEffect, strings: &[String]) {
     };
     for &p in most.iter().take(3) {
         println!(
-            "at {p} {:?}: promotes {}; suppresses {}",
+            "at {p} {:?}, next-token probabilities clean -> without it: promotes {}; suppresses {}",
             strings[p],
             list(&e.promotes[p]),
             list(&e.suppresses[p])

@@ -876,8 +876,8 @@ fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
 
 /// What removing a feature changes in the next-token predictions, against transformers in
 /// float64 with the same feature taken out of z by a hook (`effect/make_effect_reference.py`):
-/// the activations, both losses, and the log-probability changes of the tokens listed,
-/// rank by rank.
+/// the activations, both losses, and the probabilities of the tokens listed (with and
+/// without the feature), rank by rank.
 #[test]
 fn feature_effect_matches_transformers_with_the_feature_removed() {
     use attn_saes::live::feature_effect;
@@ -922,31 +922,36 @@ fn feature_effect_matches_transformers_with_the_feature_removed() {
             .collect();
         assert!(want_helps.iter().any(|d| d.abs() > 0.03), "{want_helps:?}");
         assert_close(&format!("{model} helps"), &helps, &want_helps, 1e-4);
-        let change = want("change");
-        let v = change.len() / ids.len();
+        let (logp, logp_ablated) = (want("logp"), want("logp_ablated"));
+        let v = logp.len() / ids.len();
+        let tol = 1e-5;
         for p in 0..ids.len() {
-            let row = &change[p * v..][..v];
-            let mut sorted = row.to_vec();
+            let prob = |lp: &[f64], i: usize| lp[p * v + i].exp();
+            let row: Vec<f64> = (0..v)
+                .map(|i| prob(&logp, i) - prob(&logp_ablated, i))
+                .collect();
+            let mut sorted = row.clone();
             sorted.sort_by(|a, b| b.total_cmp(a));
-            for (i, c) in e.promotes[p].iter().enumerate() {
+            let check = |c: &attn_saes::live::TokenChange, rank: f64| {
+                let i = c.id as usize;
                 assert!(
-                    (c.change as f64 - sorted[i]).abs() < 1e-4,
-                    "{model} {p} rank {i}"
+                    (c.change() as f64 - rank).abs() < tol,
+                    "{model} {p}: {c:?} vs {rank}"
                 );
-                assert!((c.change as f64 - row[c.id as usize]).abs() < 1e-4);
+                assert!((c.clean as f64 - prob(&logp, i)).abs() < tol, "{model} {p}");
+                assert!((c.ablated as f64 - prob(&logp_ablated, i)).abs() < tol);
+            };
+            for (i, c) in e.promotes[p].iter().enumerate() {
+                check(c, sorted[i]);
             }
             for (i, c) in e.suppresses[p].iter().enumerate() {
-                assert!(
-                    (c.change as f64 - sorted[v - 1 - i]).abs() < 1e-4,
-                    "{model} {p}"
-                );
-                assert!((c.change as f64 - row[c.id as usize]).abs() < 1e-4);
+                check(c, sorted[v - 1 - i]);
             }
             // Five each way wherever the reference has that many clear changes.
-            if sorted[4] > 1e-4 {
+            if sorted[4] > tol {
                 assert_eq!(e.promotes[p].len(), 5, "{model} {p}");
             }
-            if sorted[v - 5] < -1e-4 {
+            if sorted[v - 5] < -tol {
                 assert_eq!(e.suppresses[p].len(), 5, "{model} {p}");
             }
         }

@@ -8,7 +8,7 @@
 //! tokens and active features per head and position, activations, DFA and pre-activation
 //! within 1e-4 + 1e-3 x |value| (f32 sums in another order on another backend), and so
 //! must the picked feature's effect (`text --effect`: the losses with and without it, the
-//! log-probability changes of the tokens listed, rank by rank). Also: a
+//! probabilities of the tokens listed, rank by rank). Also: a
 //! second visit reads the model from the browser's cache, a manifest with a wrong sha256 is
 //! refused with a message, and so is a model file one bit off the one the dashboard
 //! records (its sha256, checked here against the files themselves).
@@ -259,8 +259,10 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
                     got[key][p].as_array().unwrap(),
                     want[key][p].as_array().unwrap(),
                 );
+                let change =
+                    |c: &Value| c["clean"].as_f64().unwrap() - c["ablated"].as_f64().unwrap();
                 for (x, y) in a.iter().zip(b) {
-                    let (x, y) = (x["change"].as_f64().unwrap(), y["change"].as_f64().unwrap());
+                    let (x, y) = (change(x), change(y));
                     assert!(close(x, y), "{name}: {key} at {p}: {x} vs {y}");
                 }
             }

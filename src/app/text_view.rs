@@ -301,16 +301,25 @@ fn effect_ready(ui: &mut Ui, s: &mut TextState, a: &LiveTokens, e: &FeatureEffec
             }
             changes
                 .iter()
-                .map(|c| format!("{:?} {:+.3}", c.token, c.change))
+                .map(|c| format!("{:?} {:.3} ({})", c.token, c.clean, signed(c.change())))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
         let line = format!(
-            "At position {p}, the feature raises the log-probability of the next token being {}; \
-             lowers {}.",
+            "At position {p}, the feature raises the probability of the next token being {}; \
+             lowers {} (with it, and what it adds).",
             list(&e.promotes[p]),
             list(&e.suppresses[p])
         );
         ui.label(drawable(ui, &egui::TextStyle::Body, &line));
+    }
+}
+
+/// A small signed number with three significant places at least.
+fn signed(x: f32) -> String {
+    if x != 0.0 && x.abs() < 1e-3 {
+        format!("{x:+.1e}")
+    } else {
+        format!("{x:+.3}")
     }
 }

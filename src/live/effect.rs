@@ -1,6 +1,6 @@
 //! [`FeatureEffect`]s: the model run on a text twice, clean and with one feature removed
 //! from its head's `hook_z` (through the forward's splice), and the next-token
-//! log-probabilities compared. Both passes are queued before anything is read back, so the
+//! distributions compared. Both passes are queued before anything is read back, so the
 //! desktop reads synchronously and the browser awaits, over the same graph.
 
 use anyhow::Context;
@@ -116,24 +116,21 @@ impl Pending {
         let v = clean.len() / t;
         let loss_at = |logp: &[f32], p: usize| -logp[p * v + self.ids[p + 1] as usize];
         let positions = 0..t.saturating_sub(1);
-        let token = |id: usize| TokenChange {
-            id: id as u32,
-            token: loaded
-                .tokenizer
-                .decode(&[id as u32], false)
-                .unwrap_or_default(),
-            change: 0.0,
-        };
         let (mut promotes, mut suppresses) = (Vec::with_capacity(t), Vec::with_capacity(t));
         for p in 0..t {
-            let change: Vec<f32> = (0..v)
-                .map(|i| clean[p * v + i] - ablated[p * v + i])
-                .collect();
+            let (clean, ablated) = (&clean[p * v..][..v], &ablated[p * v..][..v]);
+            let prob = |logp: f32| logp.exp();
+            let change: Vec<f32> = (0..v).map(|i| prob(clean[i]) - prob(ablated[i])).collect();
             let listed = |ids: Vec<usize>| -> Vec<TokenChange> {
                 ids.into_iter()
                     .map(|i| TokenChange {
-                        change: change[i],
-                        ..token(i)
+                        id: i as u32,
+                        token: loaded
+                            .tokenizer
+                            .decode(&[i as u32], false)
+                            .unwrap_or_default(),
+                        clean: prob(clean[i]),
+                        ablated: prob(ablated[i]),
                     })
                     .collect()
             };

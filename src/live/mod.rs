@@ -70,20 +70,28 @@ pub struct FeatureEffect {
     pub loss: Vec<f32>,
     /// The same with the feature removed.
     pub ablated: Vec<f32>,
-    /// Per position: the next tokens whose log-probability the feature raises most (it
-    /// falls most when the feature is removed), largest change first.
+    /// Per position: the next tokens whose probability the feature raises most (it falls
+    /// most when the feature is removed), largest change first.
     pub promotes: Vec<Vec<TokenChange>>,
-    /// Per position: the next tokens whose log-probability the feature lowers most.
+    /// Per position: the next tokens whose probability the feature lowers most.
     pub suppresses: Vec<Vec<TokenChange>>,
 }
 
-/// A next token whose log-probability a feature changes: `change` is the clean
-/// log-probability less the one with the feature removed.
+/// A next token whose probability a feature changes: its probability clean and with the
+/// feature removed.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TokenChange {
     pub id: u32,
     pub token: String,
-    pub change: f32,
+    pub clean: f32,
+    pub ablated: f32,
+}
+
+impl TokenChange {
+    /// What the feature adds to the token's probability.
+    pub fn change(&self) -> f32 {
+        self.clean - self.ablated
+    }
 }
 
 impl FeatureEffect {
