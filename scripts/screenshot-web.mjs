@@ -4,6 +4,9 @@
 //   node scripts/screenshot-web.mjs 'http://127.0.0.1:8765/?url=dashboard.safetensors&feature=3,406' OUT.png [SCROLL]
 // Waits for the page to show the dashboard (and the feature a ?feature= names), then, with
 // SCROLL, turns the mouse wheel SCROLL times (100 px each) over the feature's dashboard.
+// Your text (serve without --no-live, and &live=live.json in the URL): TEXT="..." runs a
+// text once the model is loaded, PICK=POSITION,HEAD,FEATURE picks a feature, and EFFECT=1
+// asks for its effect on the predictions.
 import { chromium } from '../tests/web/node_modules/playwright-core/index.mjs';
 
 const [url, out, scroll = '0'] = process.argv.slice(2);
@@ -23,6 +26,46 @@ for (let i = 0; i < 300 && !shown.includes(want); i++) {
 if (!shown.includes(want)) {
   console.error(`the page never showed ${want}: ${shown}`);
   process.exit(1);
+}
+// Polls `probe` (run in the page) until it returns something truthy; exits on timeout.
+async function until(what, probe, arg) {
+  for (let i = 0; i < 1200; i++) {
+    const v = await page.evaluate(probe, arg);
+    if (v) return v;
+    await page.waitForTimeout(100);
+  }
+  console.error(`timed out waiting for ${what}`);
+  process.exit(1);
+}
+const liveShown = () => {
+  const s = window.attnSaes.live_shown();
+  return s ? JSON.parse(s) : null;
+};
+if (process.env.TEXT) {
+  await until('the model', () => window.attnSaesLive && window.attnSaesLive.ready());
+  await page.evaluate((t) => window.attnSaes.live_set_prompt(t, true), process.env.TEXT);
+  await until('the analysis', (t) => {
+    const s = window.attnSaes.live_shown();
+    return s && JSON.parse(s).prompt === t && JSON.parse(s).status.endsWith('tokens');
+  }, process.env.TEXT);
+  if (process.env.PICK) {
+    const [p, h, f] = process.env.PICK.split(',').map(Number);
+    await page.evaluate(([p, h, f]) => window.attnSaes.live_pick(p, h, f), [p, h, f]);
+    if (process.env.EFFECT) {
+      await page.waitForTimeout(500);
+      await page.evaluate(([h, f]) => window.attnSaes.live_effect(h, f), [h, f]);
+      const status = await until('the effect', () => {
+        const s = window.attnSaes.live_shown();
+        const e = s ? JSON.parse(s).effect_status : 'none';
+        return e !== 'none' && e !== 'computing' ? e : null;
+      });
+      if (status !== 'ready') {
+        console.error(`the effect: ${status}`);
+        process.exit(1);
+      }
+    }
+  }
+  shown = JSON.stringify((await page.evaluate(liveShown)).pick);
 }
 await page.waitForTimeout(1000);
 await page.mouse.move(1000, 650);
