@@ -232,6 +232,11 @@ enum Command {
         /// and print each next token's loss change and the tokens it promotes and suppresses.
         #[arg(long, value_parser = parse_head_feature)]
         effect: Option<(usize, usize)>,
+        /// Rank every feature that fires in the text by a first-order estimate of how much
+        /// the text's loss would rise without it (one backward pass), and print the
+        /// strongest N each way.
+        #[arg(long, value_name = "N")]
+        rank: Option<usize>,
         /// Print JSON (the web page's `attnSaes.live_shown()` shape, with `effect`) instead
         /// of text.
         #[arg(long)]
@@ -606,8 +611,15 @@ fn main() -> anyhow::Result<()> {
             text,
             pick,
             effect,
+            rank,
             json,
-        } => text_command(&run, &text, pick, effect, json, cli.device)?,
+        } => text_command(
+            &run,
+            &text,
+            TextAsks { pick, effect, rank },
+            json,
+            cli.device,
+        )?,
         Command::Compare { runs, json } => compare_runs(&runs, json)?,
         Command::Features {
             run,
@@ -1048,12 +1060,18 @@ fn parse_head_feature(s: &str) -> Result<(usize, usize), String> {
     }
 }
 
+/// What `attn-saes text` is asked for beyond the features: `--pick`, `--effect`, `--rank`.
+struct TextAsks {
+    pick: Option<(usize, usize, usize)>,
+    effect: Option<(usize, usize)>,
+    rank: Option<usize>,
+}
+
 /// `attn-saes text`: the app's Your text in the terminal.
 fn text_command(
     run: &std::path::Path,
     text: &str,
-    pick: Option<(usize, usize, usize)>,
-    effect: Option<(usize, usize)>,
+    TextAsks { pick, effect, rank }: TextAsks,
     json: bool,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
@@ -1083,10 +1101,17 @@ fn text_command(
         Some((h, f)) => Some(live.effect(&t.ids, h, f)?),
         None => None,
     };
+    let ranking = match rank {
+        Some(_) => Some(live.rank(&t.ids)?),
+        None => None,
+    };
     if json {
         let mut shown = attn_saes::live::shown_json(&a, text, pick);
         if let Some(e) = &effect {
             shown["effect"] = serde_json::to_value(e)?;
+        }
+        if let Some(r) = &ranking {
+            shown["ranking"] = serde_json::to_value(r)?;
         }
         println!("{shown}");
         return Ok(());
@@ -1121,6 +1146,32 @@ fn text_command(
     }
     if let Some(e) = &effect {
         print_effect(e, &t.strings);
+    }
+    if let (Some(r), Some(n)) = (&ranking, rank) {
+        println!(
+            "{} features fire; the estimated rise in the text's summed next-token loss without \
+             each (first order; --effect H,F gives the exact change):",
+            r.features.len()
+        );
+        let show = |f: &attn_saes::live::RankedFeature| {
+            println!(
+                "  head {} feature {}: {:+.4} (fires at {} positions)",
+                f.head, f.feature, f.estimate, f.fires
+            )
+        };
+        println!(" helps most:");
+        r.features
+            .iter()
+            .take(n)
+            .filter(|f| f.estimate > 0.0)
+            .for_each(show);
+        println!(" hurts most:");
+        r.features
+            .iter()
+            .rev()
+            .take(n)
+            .filter(|f| f.estimate < 0.0)
+            .for_each(show);
     }
     Ok(())
 }

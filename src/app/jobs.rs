@@ -306,6 +306,12 @@ impl LiveModel {
         crate::live::LiveAnalysis::run(&self.loaded, &self.sae, self.layer, self.z_convention, text)
     }
 
+    /// Every feature firing in `ids`, ranked by a first-order estimate of its effect on the
+    /// loss.
+    pub fn rank(&self, ids: &[u32]) -> anyhow::Result<crate::live::FeatureRanking> {
+        crate::live::rank_features(&self.loaded, &self.sae, self.layer, self.z_convention, ids)
+    }
+
     /// What removing `feature` of `head` wherever it fires in `ids` changes in the model's
     /// next-token predictions.
     pub fn effect(

@@ -14,6 +14,10 @@ pub use analysis::LiveAnalysis;
 mod effect;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use effect::{feature_effect, feature_effect_async};
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+mod ranking;
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+pub use ranking::rank_features;
 
 /// A text's tokens and the features each head fires on each of them.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -110,6 +114,27 @@ impl FeatureEffect {
     pub fn first_firing(&self) -> Option<usize> {
         self.activation.iter().position(|&a| a > 0.0)
     }
+}
+
+/// Which features matter for a text's predictions: for every feature that fires in it, a
+/// first-order estimate of how much the text's total next-token loss would rise without it
+/// (from the gradient of the loss with respect to `hook_z`; one forward and one backward
+/// pass for all features), largest first. [`FeatureEffect`] is the exact change for one.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FeatureRanking {
+    pub ids: Vec<u32>,
+    pub features: Vec<RankedFeature>,
+}
+
+/// One feature of a [`FeatureRanking`].
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RankedFeature {
+    pub head: usize,
+    pub feature: usize,
+    /// Positions it fires at.
+    pub fires: u32,
+    /// The estimated rise in the text's summed loss without it (negative: it hurts).
+    pub estimate: f32,
 }
 
 /// A feature's effect as a viewer has it: being computed, computed, or failed with a reason.

@@ -541,6 +541,76 @@ impl Transformer {
         Ok(self)
     }
 
+    /// The same model on burn's autodiff (its device and every weight), so that a forward
+    /// pass can be differentiated with respect to a spliced-in tensor. No weight requires
+    /// gradients.
+    pub fn with_autodiff(&self) -> Self {
+        fn ad<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
+            t.clone().autodiff()
+        }
+        let norm = |n: &Norm| match n {
+            Norm::Layer { w, b, eps } => Norm::Layer {
+                w: ad(w),
+                b: ad(b),
+                eps: *eps,
+            },
+            Norm::Rms { w, eps } => Norm::Rms {
+                w: ad(w),
+                eps: *eps,
+            },
+        };
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| Block {
+                norm1: norm(&b.norm1),
+                attn: Attention {
+                    w_qkv: ad(&b.attn.w_qkv),
+                    b_qkv: b.attn.b_qkv.as_ref().map(ad),
+                    w_o: ad(&b.attn.w_o),
+                    b_o: b.attn.b_o.as_ref().map(ad),
+                    z_fold: b.attn.z_fold.as_ref().map(ad),
+                },
+                norm2: norm(&b.norm2),
+                mlp: match &b.mlp {
+                    Mlp::Gelu {
+                        w_in,
+                        b_in,
+                        w_out,
+                        b_out,
+                        approximate,
+                    } => Mlp::Gelu {
+                        w_in: ad(w_in),
+                        b_in: ad(b_in),
+                        w_out: ad(w_out),
+                        b_out: ad(b_out),
+                        approximate: *approximate,
+                    },
+                    Mlp::SwiGlu { w_gate_up, w_down } => Mlp::SwiGlu {
+                        w_gate_up: ad(w_gate_up),
+                        w_down: ad(w_down),
+                    },
+                },
+            })
+            .collect();
+        Self {
+            config: self.config.clone(),
+            w_e: ad(&self.w_e),
+            positions: match &self.positions {
+                Positions::Learned(w) => Positions::Learned(ad(w)),
+                Positions::Rotary { cos, sin } => Positions::Rotary {
+                    cos: ad(cos),
+                    sin: ad(sin),
+                },
+            },
+            blocks,
+            norm_final: norm(&self.norm_final),
+            w_u: ad(&self.w_u),
+            b_u: self.b_u.as_ref().map(ad),
+            device: self.device.clone().autodiff(),
+        }
+    }
+
     /// The output projection of one head of `layer`, `[d_head, d_model]`.
     pub fn w_o_head(&self, layer: usize, head: usize) -> Result<Tensor<2>, ForwardError> {
         let cfg = &self.config;

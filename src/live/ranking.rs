@@ -1,0 +1,101 @@
+//! [`FeatureRanking`]: which features matter for a text's predictions, estimated for every
+//! feature at once from one forward and one backward pass (attribution patching): removing
+//! a feature changes its head's `hook_z` by `-a_f(t) W_dec[f] / input_scale` at each
+//! position `t`, so to first order the text's total next-token loss changes by
+//! `sum_t -a_f(t) (W_dec[f] / input_scale) . dL/dz(t)`. [`super::feature_effect`] gives the
+//! exact change for one feature.
+
+use std::cell::RefCell;
+
+use anyhow::Context;
+use burn::prelude::*;
+
+use super::{FeatureRanking, RankedFeature};
+use crate::lm::{HeadSelection, HookRequest, LoadedModel, Splice, ZConvention, per_token_ce};
+use crate::sae::BlockDiagSae;
+
+/// The estimates for every feature that fires in `ids`, largest first.
+pub fn rank_features(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    ids: &[u32],
+) -> anyhow::Result<FeatureRanking> {
+    let (h, d, m) = (
+        sae.config.n_heads,
+        sae.config.d_head,
+        sae.config.features_per_head,
+    );
+    let model = loaded.transformer.with_autodiff();
+    anyhow::ensure!(
+        h == model.config.n_heads && d == model.config.d_head,
+        "the SAE ({h} heads x d_head {d}) does not fit the model's layer ({} x {})",
+        model.config.n_heads,
+        model.config.d_head
+    );
+    anyhow::ensure!(ids.len() >= 2, "a text of at least two tokens");
+    let t = ids.len();
+    let tokens = model.tokens(&[ids.to_vec()])?;
+    // hook_z (in the SAE's convention) made a leaf of the graph, so its gradient is kept;
+    // the splice gives it back unchanged.
+    let leaf: RefCell<Option<Tensor<4>>> = RefCell::new(None);
+    let keep = |z: Tensor<4>| {
+        let z = z.detach().require_grad();
+        *leaf.borrow_mut() = Some(z.clone());
+        z
+    };
+    let splice = Splice {
+        layer,
+        heads: HeadSelection::All,
+        replace: &keep,
+    };
+    let hooks = HookRequest {
+        logits: true,
+        z_convention,
+        ..Default::default()
+    };
+    let logits = model
+        .run(tokens.clone(), &hooks, Some(&splice))?
+        .logits
+        .context("no logits")?;
+    let loss = per_token_ce(logits, tokens).sum();
+    let grads = loss.backward();
+    let z = leaf.take().context("the splice was not reached")?;
+    let grad = z.grad(&grads).context("no gradient for hook_z")?; // [1, T, H, d]
+    let z = z.inner();
+    let feats = sae.forward(sae.scale_input(z.reshape([t, h, d]))).feats; // [H, T, m]
+    // dL/dz . W_dec[f] / input_scale, [H, T, m].
+    let scale = Tensor::<1>::from_data(
+        TensorData::new(sae.input_scale.clone(), [h]),
+        &feats.device(),
+    );
+    let along = grad
+        .reshape([t, h, d])
+        .swap_dims(0, 1)
+        .matmul(sae.w_dec.clone().swap_dims(1, 2))
+        / scale.reshape([h, 1, 1]);
+    // What removing each feature adds to the loss, summed over positions: [H, m].
+    let estimate = (feats.clone() * along).neg().sum_dim(1).reshape([h, m]);
+    let fires = feats.greater_elem(0.0).float().sum_dim(1).reshape([h, m]);
+    let estimate = crate::files::host_vec(estimate)?;
+    let fires = crate::files::host_vec(fires)?;
+    let mut features: Vec<RankedFeature> = (0..h * m)
+        .filter(|&i| fires[i] > 0.0)
+        .map(|i| RankedFeature {
+            head: i / m,
+            feature: i % m,
+            fires: fires[i] as u32,
+            estimate: estimate[i],
+        })
+        .collect();
+    features.sort_by(|a, b| {
+        b.estimate
+            .total_cmp(&a.estimate)
+            .then((a.head, a.feature).cmp(&(b.head, b.feature)))
+    });
+    Ok(FeatureRanking {
+        ids: ids.to_vec(),
+        features,
+    })
+}
