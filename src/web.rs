@@ -18,7 +18,8 @@ use wasm_bindgen::prelude::*;
 use crate::app::features::LoadedDashboard;
 use crate::app::{AttnSaesApp, View};
 use crate::live::{
-    Analysed, AskedEffect, Attribution, AttributionState, EffectState, FeatureEffect, LiveTokens,
+    Analysed, Answer, AskedEffect, AskedRanking, Attribution, AttributionState, EffectState,
+    FeatureEffect, FeatureRanking, LiveTokens,
 };
 
 /// What the page and the app share: dashboards parsed by [`open_dashboard`] and waiting
@@ -42,6 +43,10 @@ struct Shared {
     live_effect: Option<(usize, usize)>,
     /// The bundle's answer to an effect request, with the request.
     effect_arrived: Option<(EffectKey, Result<FeatureEffect, String>)>,
+    /// Set by [`live_rank`]: rank the features of the analysed text.
+    live_rank: bool,
+    /// The bundle's answer to a ranking request, with the tokens it was for.
+    ranking_arrived: Option<(Vec<u32>, Result<FeatureRanking, String>)>,
     live_view: Option<LiveView>,
     /// JSON of the last dashboard's `built_from` ("" when it records none).
     built_from: String,
@@ -62,6 +67,7 @@ struct LiveView {
     status: String,
     pick: Option<(usize, usize, usize)>,
     effect: Option<AskedEffect>,
+    ranking: Option<AskedRanking>,
 }
 
 /// `window.attnSaesLive`, the page's bridge to its inference bundle, if the page has one.
@@ -146,6 +152,20 @@ fn request_effect((ids, head, feature): EffectKey) {
                     .map_err(|e| format!("the inference bundle's answer: {e}"))
             });
         post(|s| s.effect_arrived = Some(((ids, head, feature), result)));
+    });
+}
+
+/// Asks the inference bundle to rank the features of its last text (`ids`); the answer
+/// arrives in `shared.ranking_arrived`.
+fn request_ranking(ids: Vec<u32>) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let result = awaited_string(call_bridge("rank", &[]))
+            .await
+            .and_then(|json| {
+                serde_json::from_str::<FeatureRanking>(&json)
+                    .map_err(|e| format!("the inference bundle's answer: {e}"))
+            });
+        post(|s| s.ranking_arrived = Some((ids, result)));
     });
 }
 
@@ -235,6 +255,7 @@ impl eframe::App for WebApp {
             status: web.status.clone(),
             pick: text.token.zip(text.pick).map(|(p, (h, f))| (p, h, f)),
             effect: web.effect.clone(),
+            ranking: web.ranking.clone(),
         });
     }
 
@@ -257,6 +278,10 @@ impl WebApp {
                 s.live_effect.take(),
                 s.effect_arrived.take(),
             )
+        };
+        let (ask_ranking, ranking_arrived) = {
+            let mut s = self.shared.borrow_mut();
+            (std::mem::take(&mut s.live_rank), s.ranking_arrived.take())
         };
         let web = &mut self.app.web;
         if let Some((prompt, run)) = set_prompt {
@@ -322,6 +347,25 @@ impl WebApp {
             (&mut web.effect, effect_arrived)
         {
             asked.answer((&ids, head, feature), result);
+        }
+        if let (true, Some(a)) = (ask_ranking, &web.analysis) {
+            web.ranking = Some(AskedRanking {
+                ids: a.tokens().ids.clone(),
+                state: Answer::Computing,
+            });
+            web.ranking_sent = false;
+        }
+        if let Some(asked) = &web.ranking
+            && matches!(asked.state, Answer::Computing)
+            && !web.ranking_sent
+        {
+            web.ranking_sent = true;
+            request_ranking(asked.ids.clone());
+        }
+        if let (Some(asked), Some((ids, result))) = (&mut web.ranking, ranking_arrived)
+            && asked.ids == ids
+        {
+            asked.state = Answer::of(result);
         }
     }
 }
@@ -454,7 +498,22 @@ pub fn live_shown() -> String {
     };
     shown["effect_status"] = status.into();
     shown["effect"] = serde_json::to_value(effect).unwrap_or_default();
+    let (status, ranking) = match v.ranking.as_ref().map(|r| &r.state) {
+        None => ("none".to_string(), None),
+        Some(Answer::Computing) => ("computing".into(), None),
+        Some(Answer::Failed(why)) => (format!("failed: {why}"), None),
+        Some(Answer::Ready(r)) => ("ready".into(), Some(r)),
+    };
+    shown["ranking_status"] = status.into();
+    shown["ranking"] = serde_json::to_value(ranking).unwrap_or_default();
     shown.to_string()
+}
+
+/// Ranks the features of the analysed text (Your text's "Rank the features");
+/// [`live_shown`] has the ranking once it arrives.
+#[wasm_bindgen]
+pub fn live_rank() {
+    post(|s| s.live_rank = true);
 }
 
 /// Asks for the effect of `feature` of `head` on the analysed text (Your text's "Remove it

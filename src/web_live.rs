@@ -214,9 +214,7 @@ pub async fn effect(head: usize, feature: usize) -> Result<String, JsValue> {
     let session = SESSION
         .with(|s| s.borrow().clone())
         .ok_or_else(|| js_error("no model loaded"))?;
-    let ids = LAST
-        .with(|l| l.borrow().as_ref().map(|a| a.tokens().ids.clone()))
-        .ok_or_else(|| js_error("no text analysed"))?;
+    let ids = last_ids()?;
     let effect = crate::live::feature_effect_async(
         &session.loaded,
         &session.sae,
@@ -229,4 +227,30 @@ pub async fn effect(head: usize, feature: usize) -> Result<String, JsValue> {
     .await
     .map_err(|e| js_error(format!("{e:#}")))?;
     serde_json::to_string(&effect).map_err(js_error)
+}
+
+/// Every feature that fires in the last text analysed, ranked by a first-order estimate of
+/// how much the text's loss would rise without it: JSON of [`crate::live::FeatureRanking`].
+#[wasm_bindgen]
+pub async fn rank() -> Result<String, JsValue> {
+    let session = SESSION
+        .with(|s| s.borrow().clone())
+        .ok_or_else(|| js_error("no model loaded"))?;
+    let ids = last_ids()?;
+    let ranking = crate::live::rank_features_async(
+        &session.loaded,
+        &session.sae,
+        session.layer,
+        session.z_convention,
+        &ids,
+    )
+    .await
+    .map_err(|e| js_error(format!("{e:#}")))?;
+    serde_json::to_string(&ranking).map_err(js_error)
+}
+
+/// The tokens of the last text analysed.
+fn last_ids() -> Result<Vec<u32>, JsValue> {
+    LAST.with(|l| l.borrow().as_ref().map(|a| a.tokens().ids.clone()))
+        .ok_or_else(|| js_error("no text analysed"))
 }

@@ -625,6 +625,44 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
             .is_some()
     );
     h.snapshot("app_text_effect");
+
+    // Which features matter: the ranking asked of the worker equals the library's, and a
+    // click on the feature that helps most picks it where it fires most and removes it.
+    use attn_saes::live::{Answer, rank_features};
+    h.get_by_label("Rank the features").click();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        matches!(
+            a.native.ranking.as_ref().map(|r| &r.state),
+            Some(Answer::Ready(_))
+        )
+    });
+    h.run_steps(2);
+    let direct = rank_features(&loaded, &sae, 1, conv, &ids).unwrap();
+    let Some(Answer::Ready(shown)) = h.state().native.ranking.as_ref().map(|r| &r.state) else {
+        unreachable!()
+    };
+    assert_eq!(**shown, direct);
+    let top = direct.features[0].clone();
+    assert!(top.estimate > 0.0);
+    let label = format!("h{} #{} {:+.3}", top.head, top.feature, top.estimate);
+    h.get_by_label(&label).click();
+    h.run_steps(2);
+    let a = h.state().native.analysis.as_deref().unwrap();
+    let strongest = (0..t)
+        .max_by(|&x, &y| {
+            let act = |p| a.activation(top.head, top.feature, p);
+            act(x).total_cmp(&act(y)).then(y.cmp(&x))
+        })
+        .unwrap();
+    assert_eq!(h.state().ui.text.pick, Some((top.head, top.feature)));
+    assert_eq!(h.state().ui.text.token, Some(strongest));
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.native.effect.as_ref().is_some_and(|e| {
+            (e.head, e.feature) == (top.head, top.feature) && matches!(e.state, Answer::Ready(_))
+        })
+    });
+    h.run_steps(2);
+    h.snapshot("app_text_ranking");
     h.get_by_label("Open its dashboard").click_accesskit();
     h.run_steps(2);
     assert_eq!(
@@ -633,8 +671,8 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
         "{:?}",
         h.state().messages
     );
-    assert_eq!(h.state().ui.features.head, 0);
-    assert_eq!(h.state().ui.features.feature, Some(f as usize));
+    assert_eq!(h.state().ui.features.head, top.head);
+    assert_eq!(h.state().ui.features.feature, Some(top.feature));
 
     // A dashboard file alone: the model and SAE it records give the same analysis.
     let first = h.state().native.analysis.as_deref().unwrap();
@@ -770,7 +808,7 @@ fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() 
         .wgpu()
         .build_ui_state(
             |ui, (later, state): &mut (Later, TextState)| {
-                text_ui(ui, state, Some(&*later), "3 tokens", None);
+                text_ui(ui, state, Some(&*later), "3 tokens", Default::default());
             },
             (later, state),
         );

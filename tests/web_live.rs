@@ -8,7 +8,8 @@
 //! tokens and active features per head and position, activations, DFA and pre-activation
 //! within 1e-4 + 1e-3 x |value| (f32 sums in another order on another backend), and so
 //! must the picked feature's effect (`text --effect`: the losses with and without it, the
-//! probabilities of the tokens listed, rank by rank). Also: a
+//! probabilities of the tokens listed, rank by rank), and the ranking of every firing
+//! feature (`text --rank`). Also: a
 //! second visit reads the model from the browser's cache, a manifest with a wrong sha256 is
 //! refused with a message, and so is a model file one bit off the one the dashboard
 //! records (its sha256, checked here against the files themselves).
@@ -48,7 +49,7 @@ fn native_text(
         cmd.args(["--pick", &format!("{p},{h},{f}")]);
     }
     if let Some((h, f)) = effect {
-        cmd.args(["--effect", &format!("{h},{f}")]);
+        cmd.args(["--effect", &format!("{h},{f}"), "--rank", "1"]);
     }
     let out = cmd.output().unwrap();
     assert!(
@@ -266,6 +267,25 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
                     assert!(close(x, y), "{name}: {key} at {p}: {x} vs {y}");
                 }
             }
+        }
+        // The ranking: the same features, estimates within the tolerance.
+        assert_eq!(r["rankingStatus"], "ready", "{name}");
+        let key = |f: &Value| (f["head"].as_u64().unwrap(), f["feature"].as_u64().unwrap());
+        let ours = r["ranking"]["features"].as_array().unwrap();
+        let theirs = native["ranking"]["features"].as_array().unwrap();
+        assert_eq!(ours.len(), theirs.len(), "{name}: features ranked");
+        assert!(theirs.len() > 20, "{name}: {} ranked", theirs.len());
+        for f in theirs {
+            let g = ours
+                .iter()
+                .find(|g| key(g) == key(f))
+                .expect("the same features");
+            let (a, b) = (
+                g["estimate"].as_f64().unwrap(),
+                f["estimate"].as_f64().unwrap(),
+            );
+            assert!(close(a, b), "{name}: estimate of {:?}: {a} vs {b}", key(f));
+            assert_eq!(g["fires"], f["fires"], "{name}: {:?}", key(f));
         }
         let order = &r["attributionOrder"];
         assert!(

@@ -5,7 +5,8 @@
 // records), loads them, and analyses texts, all off the page's main thread, so the page
 // keeps drawing and answering while it works.
 //
-// Messages in: {id, op, args}, op one of 'load' | 'analyze' | 'attribution' | 'effect', handled one at
+// Messages in: {id, op, args}, op one of 'load' | 'analyze' | 'attribution' | 'effect' |
+// 'rank', handled one at
 // a time in arrival order. Out: {status, isError} lines while working, and {id, value} or
 // {id, error} for each request.
 import init, * as lm from './live/attn_saes_live.js';
@@ -168,6 +169,13 @@ const ops = {
       throw new Error('a newer text has been analysed since: ask again on it');
     }
     return lm.effect(head, feature);
+  },
+  // Every feature firing in the last text, ranked by its estimated effect on the loss.
+  async rank({ of }) {
+    if (of !== analysis) {
+      throw new Error('a newer text has been analysed since: ask again on it');
+    }
+    return lm.rank();
   },
 };
 

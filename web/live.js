@@ -4,6 +4,7 @@
 //   status() -> a line; ready() -> bool; analyze(text) -> Promise<JSON of the tokens and
 //   their features>; attribution(head, feature, position) -> Promise<JSON of a DFA>;
 //   effect(head, feature) -> Promise<JSON of what removing the feature changes>;
+//   rank() -> Promise<JSON of every firing feature's estimated effect on the loss>;
 //   loadManifest(url), loadUrls(model, sae), loadFiles(files) -> Promise; backend,
 //   fromCache, checkedAgainstDashboard (files checked against the open dashboard's
 //   records), lastLoadMs, lastAnalyzeMs (as the worker timed them), inWorker.
@@ -162,6 +163,7 @@ const api = {
   attribution: (head, feature, position) =>
     ask('attribution', { head, feature, position, of: lastAnalysis }),
   effect: (head, feature) => ask('effect', { head, feature, of: lastAnalysis }),
+  rank: () => ask('rank', { of: lastAnalysis }),
   loadManifest,
   loadUrls,
   loadFiles,

@@ -216,6 +216,11 @@ pub enum LiveEvent {
         feature: usize,
         result: Result<crate::live::FeatureEffect, String>,
     },
+    /// The answer to [`LiveRequest::Rank`].
+    Ranking {
+        ids: Vec<u32>,
+        result: Result<crate::live::FeatureRanking, String>,
+    },
 }
 
 /// What the live-analysis worker is asked to do.
@@ -229,6 +234,8 @@ pub enum LiveRequest {
         head: usize,
         feature: usize,
     },
+    /// Every feature firing on these tokens, ranked by its estimated effect on the loss.
+    Rank { ids: Vec<u32> },
 }
 
 impl LiveRequest {
@@ -405,6 +412,10 @@ fn live_loop(
                     result: live
                         .effect(ids, *head, *feature)
                         .map_err(|e| format!("{e:#}")),
+                },
+                LiveRequest::Rank { ids } => LiveEvent::Ranking {
+                    ids: ids.clone(),
+                    result: live.rank(ids).map_err(|e| format!("{e:#}")),
                 },
             };
             let _ = tx.send(event);

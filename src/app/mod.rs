@@ -139,6 +139,9 @@ pub struct WebText {
     /// `Computing` and not yet `sent`, and fills in the answer.
     pub effect: Option<crate::live::AskedEffect>,
     pub effect_sent: bool,
+    /// The same for the feature ranking.
+    pub ranking: Option<crate::live::AskedRanking>,
+    pub ranking_sent: bool,
 }
 
 /// The desktop-only data: the open run and its background job.
@@ -167,6 +170,8 @@ pub struct Native {
     pub analysis: Option<Box<crate::live::LiveAnalysis>>,
     /// The feature effect asked of the worker.
     pub effect: Option<crate::live::AskedEffect>,
+    /// The feature ranking asked of the worker.
+    pub ranking: Option<crate::live::AskedRanking>,
 }
 
 impl AttnSaesApp {
@@ -406,11 +411,23 @@ impl AttnSaesApp {
             &mut self.ui.text,
             self.web.analysis.as_deref(),
             &self.web.status,
-            self.web.effect.as_ref(),
+            text_view::Answers {
+                effect: self.web.effect.as_ref(),
+                ranking: self.web.ranking.as_ref(),
+            },
         );
         match action {
             Some(text_view::TextAction::Run) => {
                 self.web.requested = Some(self.ui.text.prompt.clone());
+            }
+            Some(text_view::TextAction::Rank) => {
+                if let Some(a) = &self.web.analysis {
+                    self.web.ranking = Some(crate::live::AskedRanking {
+                        ids: a.tokens().ids.clone(),
+                        state: crate::live::Answer::Computing,
+                    });
+                    self.web.ranking_sent = false;
+                }
             }
             Some(text_view::TextAction::Effect { head, feature }) => {
                 if let Some(a) = &self.web.analysis {
@@ -574,13 +591,10 @@ impl AttnSaesApp {
             return;
         };
         let events: Vec<jobs::LiveEvent> = worker.events.try_iter().collect();
-        let effect_due = matches!(
-            self.native.effect,
-            Some(crate::live::AskedEffect {
-                state: crate::live::EffectState::Computing,
-                ..
-            })
-        );
+        use crate::live::Answer::Computing;
+        let effect_due = (self.native.effect.as_ref())
+            .is_some_and(|e| matches!(e.state, Computing))
+            || (self.native.ranking.as_ref()).is_some_and(|r| matches!(r.state, Computing));
         if self.native.live_status.ends_with('…') || effect_due {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
@@ -613,6 +627,11 @@ impl AttnSaesApp {
                         asked.answer((&ids, head, feature), result);
                     }
                 }
+                jobs::LiveEvent::Ranking { ids, result } => {
+                    if let Some(asked) = self.native.ranking.as_mut().filter(|r| r.ids == ids) {
+                        asked.state = crate::live::Answer::of(result);
+                    }
+                }
             }
         }
     }
@@ -640,7 +659,10 @@ impl AttnSaesApp {
                 .as_deref()
                 .map(|a| a as &dyn crate::live::Analysed),
             &self.native.live_status,
-            self.native.effect.as_ref(),
+            text_view::Answers {
+                effect: self.native.effect.as_ref(),
+                ranking: self.native.ranking.as_ref(),
+            },
         );
         match action {
             Some(text_view::TextAction::Run) => {
@@ -655,6 +677,18 @@ impl AttnSaesApp {
                 if let Some((_, worker)) = &self.native.live {
                     let text = self.ui.text.prompt.clone();
                     let _ = worker.requests.send(jobs::LiveRequest::Analyse(text));
+                }
+            }
+            Some(text_view::TextAction::Rank) => {
+                if let (Some((_, worker)), Some(a)) = (&self.native.live, &self.native.analysis) {
+                    let ids = a.ids.clone();
+                    let _ = worker
+                        .requests
+                        .send(jobs::LiveRequest::Rank { ids: ids.clone() });
+                    self.native.ranking = Some(crate::live::AskedRanking {
+                        ids,
+                        state: crate::live::Answer::Computing,
+                    });
                 }
             }
             Some(text_view::TextAction::Effect { head, feature }) => {

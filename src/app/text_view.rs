@@ -7,7 +7,8 @@ use eframe::egui::{self, RichText, Ui};
 
 use super::features::{dfa_row, drawable, shown_token};
 use crate::live::{
-    Analysed, AskedEffect, AttributionState, EffectState, FeatureEffect, LiveTokens,
+    Analysed, Answer, AskedEffect, AskedRanking, AttributionState, EffectState, FeatureEffect,
+    FeatureRanking, LiveTokens, RankedFeature,
 };
 
 /// What the view remembers.
@@ -35,19 +36,28 @@ pub enum TextAction {
         head: usize,
         feature: usize,
     },
+    /// Rank every feature firing in the text (see [`FeatureRanking`]).
+    Rank,
+}
+
+/// What the view was given of what it asked for: the effect last asked for (shown when it
+/// is the picked feature's) and the ranking (shown when it is the text's).
+#[derive(Default, Clone, Copy)]
+pub struct Answers<'a> {
+    pub effect: Option<&'a AskedEffect>,
+    pub ranking: Option<&'a AskedRanking>,
 }
 
 /// Features listed per head for the selected token.
 const FEATURES_SHOWN: usize = 8;
 
-/// The view. `status` says what the analyser is doing; `analysis` is the latest result;
-/// `effect` the feature effect last asked for (shown when it is the picked feature's).
+/// The view. `status` says what the analyser is doing; `analysis` is the latest result.
 pub fn text_ui(
     ui: &mut Ui,
     s: &mut TextState,
     analysis: Option<&dyn Analysed>,
     status: &str,
-    effect: Option<&AskedEffect>,
+    answers: Answers,
 ) -> Option<TextAction> {
     let mut action = None;
     ui.heading("Your text");
@@ -76,6 +86,11 @@ pub fn text_ui(
     ui.separator();
     egui::ScrollArea::vertical().show(ui, |ui| {
         tokens_row(ui, s, a);
+        ui.separator();
+        let ranking = answers.ranking.filter(|r| r.ids == a.ids);
+        if let Some(asked) = ranking_panel(ui, s, a, ranking) {
+            action = Some(asked);
+        }
         if let Some(p) = s.token.filter(|&p| p < a.len()) {
             ui.separator();
             token_features(ui, s, a, p);
@@ -85,7 +100,7 @@ pub fn text_ui(
                     action = Some(open);
                 }
                 ui.separator();
-                let effect = effect.filter(|e| e.is_for(&a.ids, head, feature));
+                let effect = answers.effect.filter(|e| e.is_for(&a.ids, head, feature));
                 if effect_panel(ui, s, a, effect) {
                     action = Some(TextAction::Effect { head, feature });
                 }
@@ -322,4 +337,109 @@ fn signed(x: f32) -> String {
     } else {
         format!("{x:+.3}")
     }
+}
+
+/// Features listed each way in the ranking.
+const RANKED_SHOWN: usize = 8;
+
+/// Which features matter for the text: a button that asks for the ranking, then the
+/// features that help and hurt the predictions most; a click picks one (at the position it
+/// fires most strongly) and asks for its exact effect.
+fn ranking_panel(
+    ui: &mut Ui,
+    s: &mut TextState,
+    a: &LiveTokens,
+    ranking: Option<&AskedRanking>,
+) -> Option<TextAction> {
+    ui.label(RichText::new("Which features matter here").strong());
+    let ask = |ui: &mut Ui, label: &str| {
+        ui.horizontal_wrapped(|ui| {
+            let clicked = ui.button(label).clicked();
+            ui.label(
+                RichText::new(
+                    "estimates, for every feature that fires, how much the text's loss would \
+                     rise without it (to first order: one backward pass through the model)",
+                )
+                .weak(),
+            );
+            clicked.then_some(TextAction::Rank)
+        })
+        .inner
+    };
+    match ranking.map(|r| &r.state) {
+        None => ask(ui, "Rank the features"),
+        Some(Answer::Computing) => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("running the model forward and back…");
+            });
+            None
+        }
+        Some(Answer::Failed(why)) => {
+            ui.colored_label(ui.visuals().error_fg_color, format!("failed: {why}"));
+            ask(ui, "Try again")
+        }
+        Some(Answer::Ready(r)) => ranking_ready(ui, s, a, r),
+    }
+}
+
+fn ranking_ready(
+    ui: &mut Ui,
+    s: &mut TextState,
+    a: &LiveTokens,
+    r: &FeatureRanking,
+) -> Option<TextAction> {
+    ui.label(format!(
+        "{} features fire. The estimated rise in the text's summed next-token loss without \
+         each (first order); a click picks it where it fires most and removes it for the \
+         exact change.",
+        r.features.len()
+    ));
+    let mut action = None;
+    let mut row = |ui: &mut Ui, title: &str, features: Vec<&RankedFeature>| {
+        ui.horizontal_wrapped(|ui| {
+            ui.label(RichText::new(title).strong());
+            if features.is_empty() {
+                ui.label(RichText::new("none").weak());
+            }
+            for f in features {
+                let picked = s.pick == Some((f.head, f.feature));
+                let label = format!("h{} #{} {}", f.head, f.feature, signed(f.estimate));
+                let response = ui
+                    .selectable_label(picked, label)
+                    .on_hover_text(format!("fires at {} positions", f.fires));
+                if response.clicked() {
+                    s.token = strongest_position(a, f.head, f.feature);
+                    s.pick = Some((f.head, f.feature));
+                    action = Some(TextAction::Effect {
+                        head: f.head,
+                        feature: f.feature,
+                    });
+                }
+            }
+        });
+    };
+    let helps = r
+        .features
+        .iter()
+        .take(RANKED_SHOWN)
+        .filter(|f| f.estimate > 0.0);
+    row(ui, "helps most", helps.collect());
+    let hurts = r
+        .features
+        .iter()
+        .rev()
+        .take(RANKED_SHOWN)
+        .filter(|f| f.estimate < 0.0);
+    row(ui, "hurts most", hurts.collect());
+    action
+}
+
+/// The position where `feature` of `head` is most active.
+fn strongest_position(a: &LiveTokens, head: usize, feature: usize) -> Option<usize> {
+    (0..a.len())
+        .map(|p| (p, a.activation(head, feature, p)))
+        .filter(|x| x.1 > 0.0)
+        .max_by(|x, y| x.1.total_cmp(&y.1).then(y.0.cmp(&x.0)))
+        .map(|x| x.0)
 }

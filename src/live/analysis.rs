@@ -126,14 +126,7 @@ impl Pending {
     }
 
     async fn read_async(self) -> anyhow::Result<LiveAnalysis> {
-        async fn host<const D: usize>(t: &Tensor<D>) -> anyhow::Result<Vec<f32>> {
-            t.clone()
-                .into_data_async()
-                .await
-                .map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))?
-                .try_into_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))
-        }
+        use super::read_async as host;
         let host = [
             host(&self.feats).await?,
             host(&self.pre).await?,

@@ -202,19 +202,11 @@ pub async fn feature_effect_async(
     head: usize,
     feature: usize,
 ) -> anyhow::Result<FeatureEffect> {
-    async fn host<const D: usize>(t: &Tensor<D>) -> anyhow::Result<Vec<f32>> {
-        t.clone()
-            .into_data_async()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))?
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))
-    }
     let p = Pending::new(loaded, sae, layer, z_convention, ids, (head, feature))?;
     let host = [
-        host(&p.activation).await?,
-        host(&p.clean).await?,
-        host(&p.ablated).await?,
+        super::read_async(&p.activation).await?,
+        super::read_async(&p.clean).await?,
+        super::read_async(&p.ablated).await?,
     ];
     Ok(p.finish(loaded, host))
 }

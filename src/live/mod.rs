@@ -17,7 +17,18 @@ pub use effect::{feature_effect, feature_effect_async};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
-pub use ranking::rank_features;
+pub use ranking::{rank_features, rank_features_async};
+
+/// A tensor's values, the read-back awaited (the only kind WebGPU has).
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+async fn read_async<const D: usize>(t: &burn::tensor::Tensor<D>) -> anyhow::Result<Vec<f32>> {
+    t.clone()
+        .into_data_async()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))?
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))
+}
 
 /// A text's tokens and the features each head fires on each of them.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -137,12 +148,32 @@ pub struct RankedFeature {
     pub estimate: f32,
 }
 
-/// A feature's effect as a viewer has it: being computed, computed, or failed with a reason.
+/// Something a viewer asked the model for, as it has it: being computed, computed, or
+/// failed with a reason.
 #[derive(Debug, Clone, PartialEq)]
-pub enum EffectState {
+pub enum Answer<T> {
     Computing,
-    Ready(Box<FeatureEffect>),
+    Ready(Box<T>),
     Failed(String),
+}
+
+impl<T> Answer<T> {
+    pub fn of(result: Result<T, String>) -> Self {
+        match result {
+            Ok(x) => Self::Ready(Box::new(x)),
+            Err(why) => Self::Failed(why),
+        }
+    }
+}
+
+/// A feature's effect as a viewer has it.
+pub type EffectState = Answer<FeatureEffect>;
+
+/// The ranking a viewer asked for, of the text with these tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AskedRanking {
+    pub ids: Vec<u32>,
+    pub state: Answer<FeatureRanking>,
 }
 
 /// The effect a viewer asked for: of which feature, on which tokens, and how far it got.
@@ -167,10 +198,7 @@ impl AskedEffect {
         result: Result<FeatureEffect, String>,
     ) {
         if self.is_for(ids, head, feature) {
-            self.state = match result {
-                Ok(e) => EffectState::Ready(Box::new(e)),
-                Err(why) => EffectState::Failed(why),
-            };
+            self.state = Answer::of(result);
         }
     }
 }

@@ -14,14 +14,14 @@ use super::{FeatureRanking, RankedFeature};
 use crate::lm::{HeadSelection, HookRequest, LoadedModel, Splice, ZConvention, per_token_ce};
 use crate::sae::BlockDiagSae;
 
-/// The estimates for every feature that fires in `ids`, largest first.
-pub fn rank_features(
+/// The estimates `[H, m]` and firing counts `[H, m]`, not yet read back.
+fn queue(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
     layer: usize,
     z_convention: ZConvention,
     ids: &[u32],
-) -> anyhow::Result<FeatureRanking> {
+) -> anyhow::Result<[Tensor<2>; 2]> {
     let (h, d, m) = (
         sae.config.n_heads,
         sae.config.d_head,
@@ -78,9 +78,11 @@ pub fn rank_features(
     // What removing each feature adds to the loss, summed over positions: [H, m].
     let estimate = (feats.clone() * along).neg().sum_dim(1).reshape([h, m]);
     let fires = feats.greater_elem(0.0).float().sum_dim(1).reshape([h, m]);
-    let estimate = crate::files::host_vec(estimate)?;
-    let fires = crate::files::host_vec(fires)?;
-    let mut features: Vec<RankedFeature> = (0..h * m)
+    Ok([estimate, fires])
+}
+
+fn finish(ids: &[u32], m: usize, [estimate, fires]: [Vec<f32>; 2]) -> FeatureRanking {
+    let mut features: Vec<RankedFeature> = (0..estimate.len())
         .filter(|&i| fires[i] > 0.0)
         .map(|i| RankedFeature {
             head: i / m,
@@ -94,8 +96,40 @@ pub fn rank_features(
             .total_cmp(&a.estimate)
             .then((a.head, a.feature).cmp(&(b.head, b.feature)))
     });
-    Ok(FeatureRanking {
+    FeatureRanking {
         ids: ids.to_vec(),
         features,
-    })
+    }
+}
+
+/// The estimates for every feature that fires in `ids`, largest first.
+pub fn rank_features(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    ids: &[u32],
+) -> anyhow::Result<FeatureRanking> {
+    let [estimate, fires] = queue(loaded, sae, layer, z_convention, ids)?;
+    let host = [
+        crate::files::host_vec(estimate)?,
+        crate::files::host_vec(fires)?,
+    ];
+    Ok(finish(ids, sae.config.features_per_head, host))
+}
+
+/// [`rank_features`] with the read-back awaited (WebGPU).
+pub async fn rank_features_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    ids: &[u32],
+) -> anyhow::Result<FeatureRanking> {
+    let [estimate, fires] = queue(loaded, sae, layer, z_convention, ids)?;
+    let host = [
+        super::read_async(&estimate).await?,
+        super::read_async(&fires).await?,
+    ];
+    Ok(finish(ids, sae.config.features_per_head, host))
 }

@@ -143,6 +143,14 @@ async function session(context, name, query) {
   });
   run.effectStatus = withEffect.effect_status;
   run.effect = withEffect.effect;
+  // Which features matter (Your text's "Rank the features").
+  await page.evaluate(() => window.attnSaes.live_rank());
+  const withRanking = await waitFor(page, `${name}: the ranking`, async () => {
+    const s = await shown(page);
+    return s && s.ranking_status !== 'computing' && s.ranking_status !== 'none' ? s : null;
+  });
+  run.rankingStatus = withRanking.ranking_status;
+  run.ranking = withRanking.ranking;
   // An attribution asked for while a newer text is being analysed is refused (it would be
   // the new text's), and one asked after that analysis is answered from it.
   run.attributionOrder = await page.evaluate(async () => {
