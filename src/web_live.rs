@@ -169,9 +169,7 @@ pub async fn load(
 /// Analyses `text` with the loaded model and SAE: JSON of [`crate::live::LiveTokens`].
 #[wasm_bindgen]
 pub async fn analyze(text: String) -> Result<String, JsValue> {
-    let session = SESSION
-        .with(|s| s.borrow().clone())
-        .ok_or_else(|| js_error("no model loaded"))?;
+    let session = session()?;
     let analysis = LiveAnalysis::run_async(
         &session.loaded,
         &session.sae,
@@ -211,9 +209,7 @@ pub fn attribution(head: usize, feature: usize, position: usize) -> Result<Strin
 /// the model's next-token predictions: JSON of [`crate::live::FeatureEffect`].
 #[wasm_bindgen]
 pub async fn effect(head: usize, feature: usize) -> Result<String, JsValue> {
-    let session = SESSION
-        .with(|s| s.borrow().clone())
-        .ok_or_else(|| js_error("no model loaded"))?;
+    let session = session()?;
     let ids = last_ids()?;
     let effect = crate::live::feature_effect_async(
         &session.loaded,
@@ -233,9 +229,7 @@ pub async fn effect(head: usize, feature: usize) -> Result<String, JsValue> {
 /// how much the text's loss would rise without it: JSON of [`crate::live::FeatureRanking`].
 #[wasm_bindgen]
 pub async fn rank() -> Result<String, JsValue> {
-    let session = SESSION
-        .with(|s| s.borrow().clone())
-        .ok_or_else(|| js_error("no model loaded"))?;
+    let session = session()?;
     let ids = last_ids()?;
     let ranking = crate::live::rank_features_async(
         &session.loaded,
@@ -247,6 +241,13 @@ pub async fn rank() -> Result<String, JsValue> {
     .await
     .map_err(|e| js_error(format!("{e:#}")))?;
     serde_json::to_string(&ranking).map_err(js_error)
+}
+
+/// The loaded model and SAE.
+fn session() -> Result<Rc<Session>, JsValue> {
+    SESSION
+        .with(|s| s.borrow().clone())
+        .ok_or_else(|| js_error("no model loaded"))
 }
 
 /// The tokens of the last text analysed.

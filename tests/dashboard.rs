@@ -874,6 +874,16 @@ fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A tiny model, the dashboard fixtures' SAE for it and the effect reference's tokens.
+fn effect_fixture(r: &Reference, model: &str) -> (LoadedModel, BlockDiagSae, Vec<u32>) {
+    let sae = BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), &Device::flex());
+    (
+        load(model),
+        sae.unwrap(),
+        r.tokens(&format!("{model}.tokens")),
+    )
+}
+
 /// What removing a feature changes in the next-token predictions, against transformers in
 /// float64 with the same feature taken out of z by a hook (`effect/make_effect_reference.py`):
 /// the activations, both losses, and the probabilities of the tokens listed (with and
@@ -883,10 +893,7 @@ fn feature_effect_matches_transformers_with_the_feature_removed() {
     use attn_saes::live::feature_effect;
     let r = Reference::load("effect/effect_reference.safetensors");
     for model in ["gpt2_tiny", "llama_tiny"] {
-        let loaded = load(model);
-        let sae = BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), &Device::flex())
-            .unwrap();
-        let ids = r.tokens(&format!("{model}.tokens"));
+        let (loaded, sae, ids) = effect_fixture(&r, model);
         let pick = r.tokens(&format!("{model}.pick"));
         let (head, feature) = (pick[0] as usize, pick[1] as usize);
         let conv = ZConvention::TransformerLens;
@@ -1009,10 +1016,7 @@ fn feature_ranking_matches_torch_autograd() {
     use attn_saes::live::{feature_effect, rank_features};
     let r = Reference::load("effect/effect_reference.safetensors");
     for model in ["gpt2_tiny", "llama_tiny"] {
-        let loaded = load(model);
-        let sae = BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), &Device::flex())
-            .unwrap();
-        let ids = r.tokens(&format!("{model}.tokens"));
+        let (loaded, sae, ids) = effect_fixture(&r, model);
         let conv = ZConvention::TransformerLens;
         let ranking = rank_features(&loaded, &sae, 1, conv, &ids).unwrap();
         assert_eq!(ranking.ids, ids);

@@ -206,6 +206,41 @@ fn pick_panel(
     open.then_some(TextAction::OpenFeature { head, feature })
 }
 
+/// Something asked of the model, drawn by how far it got: a button (`labels.0`, with
+/// `labels.1` beside it) until asked, a spinner (`labels.2`) while it is computed, the
+/// failure with a button to try again, then `ready`. Returns whether a button was clicked,
+/// and what `ready` returned.
+fn answer_panel<T, R>(
+    ui: &mut Ui,
+    state: Option<&Answer<T>>,
+    labels: (&str, &str, &str),
+    ready: impl FnOnce(&mut Ui, &T) -> Option<R>,
+) -> (bool, Option<R>) {
+    let ask = |ui: &mut Ui, label: &str| {
+        ui.horizontal_wrapped(|ui| {
+            let clicked = ui.button(label).clicked();
+            ui.label(RichText::new(labels.1).weak());
+            clicked
+        })
+        .inner
+    };
+    match state {
+        None => (ask(ui, labels.0), None),
+        Some(Answer::Computing) => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(labels.2);
+            });
+            (false, None)
+        }
+        Some(Answer::Failed(why)) => {
+            ui.colored_label(ui.visuals().error_fg_color, format!("failed: {why}"));
+            (ask(ui, "Try again"), None)
+        }
+        Some(Answer::Ready(x)) => (false, ready(ui, x)),
+    }
+}
+
 /// What removing the picked feature changes in the model's predictions: a button that asks
 /// for it (true when clicked), then the answer.
 fn effect_panel(
@@ -215,38 +250,18 @@ fn effect_panel(
     effect: Option<&AskedEffect>,
 ) -> bool {
     ui.label(RichText::new("Effect on the predictions").strong());
-    let ask = |ui: &mut Ui, label: &str| {
-        ui.horizontal_wrapped(|ui| {
-            let clicked = ui.button(label).clicked();
-            ui.label(
-                RichText::new(
-                    "runs the model again with this feature taken out of its head's hook_z \
-                     wherever it fires in the text",
-                )
-                .weak(),
-            );
-            clicked
-        })
-        .inner
-    };
-    match effect.map(|e| &e.state) {
-        None => ask(ui, "Remove it and run again"),
-        Some(EffectState::Computing) => {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label("running the model without it…");
-            });
-            false
-        }
-        Some(EffectState::Failed(why)) => {
-            ui.colored_label(ui.visuals().error_fg_color, format!("failed: {why}"));
-            ask(ui, "Try again")
-        }
-        Some(EffectState::Ready(e)) => {
-            effect_ready(ui, s, a, e);
-            false
-        }
-    }
+    let labels = (
+        "Remove it and run again",
+        "runs the model again with this feature taken out of its head's hook_z wherever it \
+         fires in the text",
+        "running the model without it…",
+    );
+    let state: Option<&EffectState> = effect.map(|e| &e.state);
+    answer_panel(ui, state, labels, |ui, e| {
+        effect_ready(ui, s, a, e);
+        None::<()>
+    })
+    .0
 }
 
 /// Blue where the feature helps predict the next token (the loss rises without it), red
@@ -352,34 +367,16 @@ fn ranking_panel(
     ranking: Option<&AskedRanking>,
 ) -> Option<TextAction> {
     ui.label(RichText::new("Which features matter here").strong());
-    let ask = |ui: &mut Ui, label: &str| {
-        ui.horizontal_wrapped(|ui| {
-            let clicked = ui.button(label).clicked();
-            ui.label(
-                RichText::new(
-                    "estimates, for every feature that fires, how much the text's loss would \
-                     rise without it (to first order: one backward pass through the model)",
-                )
-                .weak(),
-            );
-            clicked.then_some(TextAction::Rank)
-        })
-        .inner
-    };
-    match ranking.map(|r| &r.state) {
-        None => ask(ui, "Rank the features"),
-        Some(Answer::Computing) => {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label("running the model forward and back…");
-            });
-            None
-        }
-        Some(Answer::Failed(why)) => {
-            ui.colored_label(ui.visuals().error_fg_color, format!("failed: {why}"));
-            ask(ui, "Try again")
-        }
-        Some(Answer::Ready(r)) => ranking_ready(ui, s, a, r),
+    let labels = (
+        "Rank the features",
+        "estimates, for every feature that fires, how much the text's loss would rise without \
+         it (to first order: one backward pass through the model)",
+        "running the model forward and back…",
+    );
+    let state = ranking.map(|r| &r.state);
+    match answer_panel(ui, state, labels, |ui, r| ranking_ready(ui, s, a, r)) {
+        (true, _) => Some(TextAction::Rank),
+        (false, picked) => picked,
     }
 }
 

@@ -68,17 +68,7 @@ impl Pending {
         ids.extend(enc.get_ids());
         anyhow::ensure!(!ids.is_empty(), "the text gives no tokens");
         let t = ids.len();
-        let (h, d, m) = (
-            sae.config.n_heads,
-            sae.config.d_head,
-            sae.config.features_per_head,
-        );
-        anyhow::ensure!(
-            h == model.config.n_heads && d == model.config.d_head,
-            "the SAE ({h} heads x d_head {d}) does not fit the model's layer ({} x {})",
-            model.config.n_heads,
-            model.config.d_head
-        );
+        let (h, d, m) = super::per_head_sizes(sae, model)?;
         anyhow::ensure!(
             layer < model.config.n_layers,
             "layer {layer}: the model has {} layers",

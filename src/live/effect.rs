@@ -34,17 +34,7 @@ impl Pending {
         (head, feature): (usize, usize),
     ) -> anyhow::Result<Self> {
         let model = &loaded.transformer;
-        let (h, d, m) = (
-            sae.config.n_heads,
-            sae.config.d_head,
-            sae.config.features_per_head,
-        );
-        anyhow::ensure!(
-            h == model.config.n_heads && d == model.config.d_head,
-            "the SAE ({h} heads x d_head {d}) does not fit the model's layer ({} x {})",
-            model.config.n_heads,
-            model.config.d_head
-        );
+        let (h, d, m) = super::per_head_sizes(sae, model)?;
         anyhow::ensure!(
             head < h && feature < m,
             "head {head}, feature {feature}: the SAE has {h} heads of {m} features"

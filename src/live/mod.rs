@@ -19,6 +19,24 @@ mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use ranking::{rank_features, rank_features_async};
 
+/// `(heads, d_head, features per head)` of an SAE with one block per head of `model`'s
+/// attention, or why it does not fit.
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+fn per_head_sizes(
+    sae: &crate::sae::BlockDiagSae,
+    model: &crate::lm::Transformer,
+) -> anyhow::Result<(usize, usize, usize)> {
+    let c = &sae.config;
+    let (h, d) = (model.config.n_heads, model.config.d_head);
+    anyhow::ensure!(
+        c.n_heads == h && c.d_head == d,
+        "the SAE ({} heads x d_head {}) does not fit the model's layer ({h} x {d})",
+        c.n_heads,
+        c.d_head
+    );
+    Ok((h, d, c.features_per_head))
+}
+
 /// A tensor's values, the read-back awaited (the only kind WebGPU has).
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 async fn read_async<const D: usize>(t: &burn::tensor::Tensor<D>) -> anyhow::Result<Vec<f32>> {

@@ -22,18 +22,8 @@ fn queue(
     z_convention: ZConvention,
     ids: &[u32],
 ) -> anyhow::Result<[Tensor<2>; 2]> {
-    let (h, d, m) = (
-        sae.config.n_heads,
-        sae.config.d_head,
-        sae.config.features_per_head,
-    );
+    let (h, d, m) = super::per_head_sizes(sae, &loaded.transformer)?;
     let model = loaded.transformer.with_autodiff();
-    anyhow::ensure!(
-        h == model.config.n_heads && d == model.config.d_head,
-        "the SAE ({h} heads x d_head {d}) does not fit the model's layer ({} x {})",
-        model.config.n_heads,
-        model.config.d_head
-    );
     anyhow::ensure!(ids.len() >= 2, "a text of at least two tokens");
     let t = ids.len();
     let tokens = model.tokens(&[ids.to_vec()])?;
