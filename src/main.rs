@@ -1159,6 +1159,13 @@ fn text_command(
                 f.head, f.feature, f.estimate, f.fires
             )
         };
+        let heads: Vec<String> = r
+            .by_head(t.n_heads)
+            .iter()
+            .enumerate()
+            .map(|(h, x)| format!("h{h} {x:+.3}"))
+            .collect();
+        println!(" by head (its features together): {}", heads.join(", "));
         println!(" helps most:");
         r.features
             .iter()

@@ -642,6 +642,11 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
         unreachable!()
     };
     assert_eq!(**shown, direct);
+    let by_head: Vec<String> = (direct.by_head(4).iter().enumerate())
+        .map(|(h, x)| format!("h{h} {x:+.3}"))
+        .collect();
+    let by_head = format!("By head (its features together): {}", by_head.join(", "));
+    assert!(h.query_by_label(&by_head).is_some(), "{by_head}");
     let top = direct.features[0].clone();
     assert!(top.estimate > 0.0);
     let label = format!("h{} #{} {:+.3}", top.head, top.feature, top.estimate);

@@ -429,6 +429,16 @@ fn ranking_ready(
         .take(RANKED_SHOWN)
         .filter(|f| f.estimate < 0.0);
     row(ui, "hurts most", hurts.collect());
+    let heads: Vec<String> = r
+        .by_head(a.n_heads)
+        .iter()
+        .enumerate()
+        .map(|(h, x)| format!("h{h} {}", signed(*x)))
+        .collect();
+    ui.label(format!(
+        "By head (its features together): {}",
+        heads.join(", ")
+    ));
     action
 }
 

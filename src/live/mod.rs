@@ -155,6 +155,18 @@ pub struct FeatureRanking {
     pub features: Vec<RankedFeature>,
 }
 
+impl FeatureRanking {
+    /// Each head's features' estimates summed (`n_heads` entries): to first order, what
+    /// removing all of a head's firing features together would add to the loss.
+    pub fn by_head(&self, n_heads: usize) -> Vec<f32> {
+        let mut sums = vec![0.0f64; n_heads];
+        for f in self.features.iter().filter(|f| f.head < n_heads) {
+            sums[f.head] += f.estimate as f64;
+        }
+        sums.into_iter().map(|x| x as f32).collect()
+    }
+}
+
 /// One feature of a [`FeatureRanking`].
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RankedFeature {
@@ -260,4 +272,25 @@ pub fn shown_json(
         })
     });
     serde_json::json!({ "prompt": prompt, "tokens": t, "pick": pick })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FeatureRanking, RankedFeature};
+
+    #[test]
+    fn by_head_sums_each_heads_estimates() {
+        let f = |head, estimate| RankedFeature {
+            head,
+            feature: 0,
+            fires: 1,
+            estimate,
+        };
+        let r = FeatureRanking {
+            ids: vec![],
+            features: vec![f(1, 0.5), f(0, 0.25), f(1, -2.0), f(2, 1.0)],
+        };
+        assert_eq!(r.by_head(3), vec![0.25, -1.5, 1.0]);
+        assert_eq!(r.by_head(4)[3], 0.0);
+    }
 }
