@@ -204,6 +204,11 @@ enum Command {
         /// Write the report as JSON here too.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// `HEAD,FEATURE`: instead of the report, run that feature's top examples' windows
+        /// clean and without it (the run's or the dashboard's model and SAE) and print what
+        /// removing it changes (with --json, the summary as JSON there).
+        #[arg(long, value_parser = parse_head_feature)]
+        effect: Option<(usize, usize)>,
     },
     /// Compare runs: each one's last logged step and last eval, a row per run (the app's
     /// Curves table, in the terminal).
@@ -626,6 +631,7 @@ fn main() -> anyhow::Result<()> {
             per_head,
             top,
             json,
+            effect,
         } => {
             let path = if run.is_file() {
                 run.clone()
@@ -646,6 +652,9 @@ fn main() -> anyhow::Result<()> {
                 write_dashboard(&d, &path)?;
             }
             let d = dashboard::build::read(&path)?;
+            if let Some((h, f)) = effect {
+                return examples_effect_command(&run, &d, (h, f), json.as_deref(), cli.device);
+            }
             let report = attn_saes::dashboard::report::report(&d, per_head, top);
             println!(
                 "Where each head's features read from (the top source of their top examples' DFA):"
@@ -1058,6 +1067,78 @@ fn parse_head_feature(s: &str) -> Result<(usize, usize), String> {
         [h, f] => Ok((h, f)),
         _ => Err(format!("{s}: expected HEAD,FEATURE")),
     }
+}
+
+/// `features --effect`: a feature's top examples run clean and without it.
+fn examples_effect_command(
+    run: &std::path::Path,
+    d: &attn_saes::dashboard::format::Dashboard,
+    (head, feature): (usize, usize),
+    json: Option<&std::path::Path>,
+    choice: DeviceChoice,
+) -> anyhow::Result<()> {
+    use attn_saes::app::jobs::{LiveSource, load_live};
+    use attn_saes::dashboard::format::ExampleGroup;
+    let (heads, m) = (d.heads.len(), d.meta.sae.features_per_head);
+    anyhow::ensure!(
+        head < heads && feature < m,
+        "--effect {head},{feature}: the dashboard has {heads} heads x {m} features"
+    );
+    let examples: Vec<(Vec<u32>, usize)> = d.heads[head].features[feature]
+        .examples
+        .iter()
+        .filter(|e| e.group == ExampleGroup::Top)
+        .filter_map(|e| Some((d.windows.get(e.window as usize)?.clone(), e.target as usize)))
+        .collect();
+    anyhow::ensure!(
+        !examples.is_empty(),
+        "head {head} feature {feature} has no top examples (it never fired on the dashboard \
+         tokens)"
+    );
+    let source = if run.is_dir() {
+        LiveSource::Run(run.to_path_buf())
+    } else {
+        LiveSource::of_dashboard(&d.meta)
+    };
+    let live = load_live(&source, choice)?;
+    let e = live.examples_effect(&examples, head, feature)?;
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&e)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "{}: head {head} feature {feature} removed on its {} top examples",
+        live.description,
+        examples.len()
+    );
+    if let Some(mean) = e.mean_at_target() {
+        let with_next = e.at_target.iter().flatten().count();
+        println!(
+            "  the loss on the token after each example's top token: {mean:+.4} on average \
+             (it rises in {} of {with_next})",
+            e.helped()
+        );
+    }
+    let window = e.window.iter().sum::<f32>() / e.window.len() as f32;
+    println!("  over each example's window: {window:+.4} on average");
+    let listed = |tokens: &[(String, usize)]| -> String {
+        let shown: Vec<String> = tokens
+            .iter()
+            .take(8)
+            .map(|(t, n)| format!("{t:?} ({n})"))
+            .collect();
+        if shown.is_empty() {
+            "-".into()
+        } else {
+            shown.join(", ")
+        }
+    };
+    println!(
+        "  it raises next (in how many examples' five largest changes): {}",
+        listed(&e.raises)
+    );
+    println!("  it lowers next: {}", listed(&e.lowers));
+    Ok(())
 }
 
 /// What `attn-saes text` is asked for beyond the features: `--pick`, `--effect`, `--rank`.

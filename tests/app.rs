@@ -701,6 +701,95 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     assert_eq!(again.active, first_active);
 }
 
+/// Features: "Remove it on its top examples" asks the live worker to run each top
+/// example's window clean and without the feature; the summary shown is the library's,
+/// and the batched runs equal one-window runs of `feature_effect`.
+#[test]
+fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
+    if !renderer_available() {
+        return;
+    }
+    use attn_saes::dashboard::format::ExampleGroup;
+    use attn_saes::live::{Answer, ExamplesEffect, effects_on_examples, feature_effect};
+    use attn_saes::lm::{self, ZConvention};
+    use attn_saes::sae::BlockDiagSae;
+    use burn::prelude::Device;
+    let dir = TempDir::new("attn-saes-app", "examples-effect");
+    let run = run_with_dashboard(&dir, 30);
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(run.clone()));
+    let mut h = harness(app);
+    h.run_steps(3);
+    h.state_mut().ui.view = View::Features;
+    h.run_steps(3);
+    let (head, feature) = (
+        h.state().ui.features.head,
+        h.state().ui.features.feature.unwrap(),
+    );
+    let file = &h.state().dashboard.as_ref().unwrap().file;
+    let fd = file.head(head).unwrap().features[feature].clone();
+    let examples: Vec<(Vec<u32>, usize)> = fd
+        .examples
+        .iter()
+        .filter(|e| e.group == ExampleGroup::Top)
+        .map(|e| (file.windows[e.window as usize].clone(), e.target as usize))
+        .collect();
+    assert!(examples.len() > 4, "{} top examples", examples.len());
+    h.get_by_label("Remove it on its top examples")
+        .click_accesskit();
+    h.run_steps(1);
+    assert!(
+        h.state().native.examples.is_some(),
+        "the request was not sent"
+    );
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        matches!(
+            a.native.examples.as_ref().map(|e| &e.state),
+            Some(Answer::Ready(_))
+        )
+    });
+    h.run_steps(2);
+
+    let device = Device::flex();
+    let loaded = lm::load_model(&fixture("gpt2_tiny").display().to_string(), &device).unwrap();
+    let sae = BlockDiagSae::load(&run.join("sae"), &device).unwrap();
+    let conv = ZConvention::TransformerLens;
+    let effects = effects_on_examples(&loaded, &sae, 1, conv, &examples, head, feature).unwrap();
+    let targets: Vec<usize> = examples.iter().map(|e| e.1).collect();
+    let want = ExamplesEffect::of(&effects, &targets);
+    let Some(Answer::Ready(shown)) = h.state().native.examples.as_ref().map(|e| &e.state) else {
+        unreachable!()
+    };
+    assert_eq!(**shown, want);
+    let mean = want.mean_at_target().unwrap();
+    assert!(
+        h.query_by_label_contains(&format!("changes by {mean:+.4} on average"))
+            .is_some()
+    );
+    assert!(!want.raises.is_empty());
+    // Batched (four windows a pass) against one window at a time.
+    for ((window, target), e) in examples.iter().zip(&effects) {
+        let one = feature_effect(&loaded, &sae, 1, conv, window, head, feature).unwrap();
+        assert_eq!(e.ids, one.ids);
+        for (a, b) in e
+            .ablated
+            .iter()
+            .zip(&one.ablated)
+            .chain(e.loss.iter().zip(&one.loss))
+        {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert_eq!(e.promotes[*target], one.promotes[*target]);
+        assert!(
+            e.promotes
+                .iter()
+                .enumerate()
+                .all(|(p, l)| p == *target || l.is_empty())
+        );
+    }
+    h.snapshot("app_features_examples_effect");
+}
+
 #[test]
 fn closing_while_training_asks_then_stops_with_a_checkpoint_or_hands_the_job_over() {
     if !renderer_available() {

@@ -5,7 +5,9 @@ mod common;
 
 use std::sync::OnceLock;
 
-use attn_saes::app::features::{FeaturesState, LoadedDashboard, features_ui, search_id};
+use attn_saes::app::features::{
+    ExamplesAsk, FeaturesState, LoadedDashboard, features_ui, search_id,
+};
 use attn_saes::dashboard::format::{ExampleGroup, HeadData, OwnedDashboardFile};
 use eframe::egui;
 use egui_kittest::Harness;
@@ -38,7 +40,9 @@ fn harness() -> Harness<'static, State> {
         .with_size(egui::Vec2::new(1400.0, 900.0))
         .wgpu()
         .build_ui_state(
-            |ui, state: &mut State| features_ui(ui, &mut state.0, &mut state.1),
+            |ui, state: &mut State| {
+                features_ui(ui, &mut state.0, &mut state.1, ExamplesAsk::Unavailable);
+            },
             (d, FeaturesState::default()),
         )
 }
@@ -247,7 +251,9 @@ fn a_file_without_summaries_counts_a_head_when_it_is_opened() {
         .with_size(egui::Vec2::new(1400.0, 900.0))
         .wgpu()
         .build_ui_state(
-            |ui, state: &mut State| features_ui(ui, &mut state.0, &mut state.1),
+            |ui, state: &mut State| {
+                features_ui(ui, &mut state.0, &mut state.1, ExamplesAsk::Unavailable);
+            },
             (d, FeaturesState::default()),
         );
     h.run_steps(3);
@@ -293,7 +299,9 @@ fn a_corrupt_head_shows_its_error() {
     let mut h = Harness::builder()
         .with_size(egui::Vec2::new(1400.0, 900.0))
         .build_ui_state(
-            |ui, state: &mut State| features_ui(ui, &mut state.0, &mut state.1),
+            |ui, state: &mut State| {
+                features_ui(ui, &mut state.0, &mut state.1, ExamplesAsk::Unavailable);
+            },
             (d, FeaturesState::default()),
         );
     h.get_by_label("Head 1").click();

@@ -1060,3 +1060,60 @@ fn feature_ranking_matches_torch_autograd() {
         );
     }
 }
+
+/// `features --effect H,F`: the JSON summary equals the library's on the feature's top
+/// examples (their windows from the dashboard file); a feature the file lacks is an error.
+#[test]
+fn features_effect_command_matches_the_library_on_the_top_examples() {
+    use attn_saes::dashboard::format::ExampleGroup;
+    use attn_saes::live::{ExamplesEffect, effects_on_examples};
+    let dir = TempDir::new("attn-saes-effect", "cli");
+    let run = run_with_dashboard(&dir, 30);
+    let d = build::read(&attn_saes::dashboard::run_dashboard_path(&run)).unwrap();
+    let (head, feature) = (0..d.heads.len())
+        .flat_map(|h| (0..d.heads[h].features.len()).map(move |f| (h, f)))
+        .max_by_key(|&(h, f)| d.heads[h].features[f].examples.len())
+        .unwrap();
+    let json = dir.join("effect.json");
+    let cli = |hf: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu", "features", "--run"])
+            .arg(&run)
+            .args(["--effect", hf, "--json"])
+            .arg(&json)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&format!("{head},{feature}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("removed on its 20 top examples"),
+        "{stdout}"
+    );
+    let got: ExamplesEffect = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let examples: Vec<(Vec<u32>, usize)> = d.heads[head].features[feature]
+        .examples
+        .iter()
+        .filter(|e| e.group == ExampleGroup::Top)
+        .map(|e| (d.windows[e.window as usize].clone(), e.target as usize))
+        .collect();
+    let loaded = load("gpt2_tiny");
+    let sae = BlockDiagSae::load(&run.join("sae"), &Device::flex()).unwrap();
+    let conv = ZConvention::TransformerLens;
+    let effects = effects_on_examples(&loaded, &sae, 1, conv, &examples, head, feature).unwrap();
+    let targets: Vec<usize> = examples.iter().map(|e| e.1).collect();
+    assert_eq!(got, ExamplesEffect::of(&effects, &targets));
+    assert!(got.window.iter().any(|&x| x != 0.0));
+    let out = cli("0,999");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the dashboard has 4 heads x 32 features"),
+        "{stderr}"
+    );
+}

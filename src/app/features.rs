@@ -21,6 +21,7 @@ use crate::dashboard::format::{
     OwnedDashboardFile,
 };
 use crate::dashboard::sources::{self, FeatureSources, HeadSources, SourceKind};
+use crate::live::{Answer, AskedExamples, ExamplesEffect};
 
 /// Activations (token backgrounds, histogram bars).
 const ACT_COLOR: Color32 = Color32::from_rgb(255, 140, 0);
@@ -270,7 +271,30 @@ pub fn search_id() -> egui::Id {
 }
 
 /// The whole Features view: heads overview, the head's feature list, the feature dashboard.
-pub fn features_ui(ui: &mut Ui, d: &mut LoadedDashboard, s: &mut FeaturesState) {
+/// What the Features view asks the app to do.
+pub enum FeaturesAction {
+    /// Run each of a feature's top examples (`(window, target)`) clean and without it.
+    ExamplesEffect {
+        head: usize,
+        feature: usize,
+        examples: Vec<(Vec<u32>, usize)>,
+    },
+}
+
+/// Whether the view can ask for a feature's effect on its top examples (the desktop, with
+/// the model and SAE the dashboard was built from), and what it was last given.
+#[derive(Clone, Copy)]
+pub enum ExamplesAsk<'a> {
+    Unavailable,
+    Ask(Option<&'a AskedExamples>),
+}
+
+pub fn features_ui(
+    ui: &mut Ui,
+    d: &mut LoadedDashboard,
+    s: &mut FeaturesState,
+    ask: ExamplesAsk,
+) -> Option<FeaturesAction> {
     s.head = s.head.min(d.file.n_heads().saturating_sub(1));
     s.crop = s.crop.clamp(1, MAX_CROP);
     if !ui.ctx().text_edit_focused() && ui.input(|i| i.key_pressed(Key::Slash)) {
@@ -295,7 +319,7 @@ pub fn features_ui(ui: &mut Ui, d: &mut LoadedDashboard, s: &mut FeaturesState) 
         scroll = Scroll::IntoView;
     }
     list_panel(ui, head, order, s, scroll);
-    dashboard_panel(ui, file, head, s);
+    dashboard_panel(ui, file, head, s, ask)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -835,27 +859,34 @@ fn dashboard_panel(
     file: &OwnedDashboardFile,
     head: Result<Head<'_>, &str>,
     s: &mut FeaturesState,
-) {
-    egui::CentralPanel::default().show(ui, |ui| {
-        let head = match head {
-            Ok(head) => head,
-            Err(e) => return error_label(ui, e),
-        };
-        let Some((f, fd)) = s
-            .feature
-            .and_then(|f| head.data.features.get(f).map(|fd| (f, fd)))
-        else {
-            ui.label("No feature selected.");
-            return;
-        };
-        ScrollArea::vertical()
-            .id_salt("feature_dashboard")
-            .auto_shrink(false)
-            .show(ui, |ui| {
-                let reads = head.reads.get(f).cloned().unwrap_or_default();
-                feature_dashboard(ui, file, f, fd, &reads, s)
-            });
-    });
+    ask: ExamplesAsk,
+) -> Option<FeaturesAction> {
+    egui::CentralPanel::default()
+        .show(ui, |ui| {
+            let head = match head {
+                Ok(head) => head,
+                Err(e) => {
+                    error_label(ui, e);
+                    return None;
+                }
+            };
+            let Some((f, fd)) = s
+                .feature
+                .and_then(|f| head.data.features.get(f).map(|fd| (f, fd)))
+            else {
+                ui.label("No feature selected.");
+                return None;
+            };
+            ScrollArea::vertical()
+                .id_salt("feature_dashboard")
+                .auto_shrink(false)
+                .show(ui, |ui| {
+                    let reads = head.reads.get(f).cloned().unwrap_or_default();
+                    feature_dashboard(ui, file, f, fd, &reads, s, ask)
+                })
+                .inner
+        })
+        .inner
 }
 
 fn feature_dashboard(
@@ -865,7 +896,8 @@ fn feature_dashboard(
     fd: &FeatureData,
     reads: &FeatureSources,
     s: &mut FeaturesState,
-) {
+    ask: ExamplesAsk,
+) -> Option<FeaturesAction> {
     header(ui, &file.meta, s.head, f, fd);
     if is_dead(fd) {
         ui.label(
@@ -877,7 +909,7 @@ fn feature_dashboard(
         );
         ui.add_space(8.0);
         logit_tables(ui, file, fd);
-        return;
+        return None;
     }
     ui.add_space(4.0);
     ui.columns(2, |cols| {
@@ -886,12 +918,116 @@ fn feature_dashboard(
     });
     ui.add_space(4.0);
     logit_tables(ui, file, fd);
+    let action = match ask {
+        ExamplesAsk::Unavailable => None,
+        ExamplesAsk::Ask(asked) => {
+            ui.separator();
+            let asked = asked.filter(|a| (a.head, a.feature) == (s.head, f));
+            examples_effect_panel(ui, file, fd, (s.head, f), asked)
+        }
+    };
     ui.separator();
     top_examples(ui, file, fd, s);
     ui.separator();
     dfa_panel(ui, file, fd, reads, s);
     ui.separator();
     interval_groups(ui, file, fd, s.crop);
+    action
+}
+
+/// What removing the feature does on its top examples: a button that asks for it, then
+/// the loss change at the examples' targets and over their windows, and the next tokens it
+/// raises and lowers most often there.
+fn examples_effect_panel(
+    ui: &mut Ui,
+    file: &OwnedDashboardFile,
+    fd: &FeatureData,
+    (head, feature): (usize, usize),
+    asked: Option<&AskedExamples>,
+) -> Option<FeaturesAction> {
+    ui.heading("Effect on its top examples");
+    let examples: Vec<(Vec<u32>, usize)> = fd
+        .examples
+        .iter()
+        .filter(|e| e.group == ExampleGroup::Top)
+        .filter_map(|e| {
+            Some((
+                file.windows.get(e.window as usize)?.clone(),
+                e.target as usize,
+            ))
+        })
+        .collect();
+    let ask = |ui: &mut Ui, label: &str| {
+        ui.horizontal_wrapped(|ui| {
+            let clicked = ui.button(label).clicked();
+            ui.label(
+                RichText::new(format!(
+                    "runs the model on the {} top examples' windows clean and with this feature \
+                     taken out of its head's hook_z",
+                    examples.len()
+                ))
+                .weak(),
+            );
+            clicked
+        })
+        .inner
+    };
+    let clicked = match asked.map(|a| &a.state) {
+        None => ask(ui, "Remove it on its top examples"),
+        Some(Answer::Computing) => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("running the model on its examples…");
+            });
+            false
+        }
+        Some(Answer::Failed(why)) => {
+            error_label(ui, &format!("failed: {why}"));
+            ask(ui, "Try again")
+        }
+        Some(Answer::Ready(e)) => {
+            examples_effect_lines(ui, e);
+            false
+        }
+    };
+    (clicked && !examples.is_empty()).then_some(FeaturesAction::ExamplesEffect {
+        head,
+        feature,
+        examples,
+    })
+}
+
+fn examples_effect_lines(ui: &mut Ui, e: &ExamplesEffect) {
+    let with_next = e.at_target.iter().flatten().count();
+    if let Some(mean) = e.mean_at_target() {
+        ui.label(format!(
+            "Without it, the loss on the token after each example's top token changes by \
+             {mean:+.4} on average (it rises in {} of {with_next} examples).",
+            e.helped()
+        ));
+    }
+    let window = e.window.iter().sum::<f32>() / e.window.len().max(1) as f32;
+    ui.label(format!(
+        "Over each example's whole window it changes by {window:+.4} on average."
+    ));
+    let listed = |tokens: &[(String, usize)]| -> String {
+        if tokens.is_empty() {
+            return "nothing".into();
+        }
+        tokens
+            .iter()
+            .take(6)
+            .map(|(t, n)| format!("{t:?} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let line = format!(
+        "At the top tokens it raises the probability of {} and lowers {} next (in how many \
+         examples' five largest changes).",
+        listed(&e.raises),
+        listed(&e.lowers)
+    );
+    ui.label(drawable(ui, &TextStyle::Body, &line));
 }
 
 fn header(ui: &mut Ui, meta: &DashboardMeta, h: usize, f: usize, fd: &FeatureData) {

@@ -216,6 +216,12 @@ pub enum LiveEvent {
         feature: usize,
         result: Result<crate::live::FeatureEffect, String>,
     },
+    /// The answer to [`LiveRequest::Examples`].
+    Examples {
+        head: usize,
+        feature: usize,
+        result: Result<crate::live::ExamplesEffect, String>,
+    },
     /// The answer to [`LiveRequest::Rank`].
     Ranking {
         ids: Vec<u32>,
@@ -236,6 +242,12 @@ pub enum LiveRequest {
     },
     /// Every feature firing on these tokens, ranked by its estimated effect on the loss.
     Rank { ids: Vec<u32> },
+    /// What removing a feature does on its top examples, `(window, target)` each.
+    Examples {
+        head: usize,
+        feature: usize,
+        examples: Vec<(Vec<u32>, usize)>,
+    },
 }
 
 impl LiveRequest {
@@ -311,6 +323,26 @@ pub struct LiveModel {
 impl LiveModel {
     pub fn analyse(&self, text: &str) -> anyhow::Result<crate::live::LiveAnalysis> {
         crate::live::LiveAnalysis::run(&self.loaded, &self.sae, self.layer, self.z_convention, text)
+    }
+
+    /// What removing `feature` of `head` does on `examples`, `(window, target)` each.
+    pub fn examples_effect(
+        &self,
+        examples: &[(Vec<u32>, usize)],
+        head: usize,
+        feature: usize,
+    ) -> anyhow::Result<crate::live::ExamplesEffect> {
+        let effects = crate::live::effects_on_examples(
+            &self.loaded,
+            &self.sae,
+            self.layer,
+            self.z_convention,
+            examples,
+            head,
+            feature,
+        )?;
+        let targets: Vec<usize> = examples.iter().map(|e| e.1).collect();
+        Ok(crate::live::ExamplesEffect::of(&effects, &targets))
     }
 
     /// Every feature firing in `ids`, ranked by a first-order estimate of its effect on the
@@ -411,6 +443,17 @@ fn live_loop(
                     feature: *feature,
                     result: live
                         .effect(ids, *head, *feature)
+                        .map_err(|e| format!("{e:#}")),
+                },
+                LiveRequest::Examples {
+                    head,
+                    feature,
+                    examples,
+                } => LiveEvent::Examples {
+                    head: *head,
+                    feature: *feature,
+                    result: live
+                        .examples_effect(examples, *head, *feature)
                         .map_err(|e| format!("{e:#}")),
                 },
                 LiveRequest::Rank { ids } => LiveEvent::Ranking {

@@ -172,6 +172,10 @@ pub struct Native {
     pub effect: Option<crate::live::AskedEffect>,
     /// The feature ranking asked of the worker.
     pub ranking: Option<crate::live::AskedRanking>,
+    /// A feature's effect on its top examples, asked of the worker.
+    pub examples: Option<crate::live::AskedExamples>,
+    /// A text was sent to the worker and its analysis has not arrived.
+    text_pending: bool,
 }
 
 impl AttnSaesApp {
@@ -374,7 +378,24 @@ impl AttnSaesApp {
                 }
             }
             View::Features => match &mut self.dashboard {
-                Some(d) => features::features_ui(ui, d, &mut self.ui.features),
+                Some(d) => {
+                    #[cfg(not(target_arch = "wasm32"))]
+                    let ask = features::ExamplesAsk::Ask(self.native.examples.as_ref());
+                    #[cfg(target_arch = "wasm32")]
+                    let ask = features::ExamplesAsk::Unavailable;
+                    let action = features::features_ui(ui, d, &mut self.ui.features, ask);
+                    #[cfg(not(target_arch = "wasm32"))]
+                    if let Some(features::FeaturesAction::ExamplesEffect {
+                        head,
+                        feature,
+                        examples,
+                    }) = action
+                    {
+                        self.ask_examples_effect(head, feature, examples);
+                    }
+                    #[cfg(target_arch = "wasm32")]
+                    let _ = action;
+                }
                 None => self.no_dashboard_ui(ui),
             },
         }
@@ -594,16 +615,22 @@ impl AttnSaesApp {
         use crate::live::Answer::Computing;
         let effect_due = (self.native.effect.as_ref())
             .is_some_and(|e| matches!(e.state, Computing))
-            || (self.native.ranking.as_ref()).is_some_and(|r| matches!(r.state, Computing));
+            || (self.native.ranking.as_ref()).is_some_and(|r| matches!(r.state, Computing))
+            || (self.native.examples.as_ref()).is_some_and(|r| matches!(r.state, Computing));
         if self.native.live_status.ends_with('…') || effect_due {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
         for e in events {
             match e {
                 jobs::LiveEvent::Ready(what) => {
-                    self.native.live_status = format!("loaded {what}; running…")
+                    self.native.live_status = if self.native.text_pending {
+                        format!("loaded {what}; running…")
+                    } else {
+                        format!("loaded {what}")
+                    }
                 }
                 jobs::LiveEvent::Analysis(a) => {
+                    self.native.text_pending = false;
                     self.native.live_status = format!("{} tokens", a.len());
                     let text = &mut self.ui.text;
                     if text.token.is_none_or(|p| p >= a.len()) {
@@ -613,6 +640,7 @@ impl AttnSaesApp {
                     self.native.analysis = Some(a);
                 }
                 jobs::LiveEvent::Failed(why) => {
+                    self.native.text_pending = false;
                     self.native.live_status = "failed".into();
                     self.message(Level::Error, why);
                     self.native.live = None;
@@ -627,6 +655,17 @@ impl AttnSaesApp {
                         asked.answer((&ids, head, feature), result);
                     }
                 }
+                jobs::LiveEvent::Examples {
+                    head,
+                    feature,
+                    result,
+                } => {
+                    if let Some(asked) = (self.native.examples.as_mut())
+                        .filter(|a| (a.head, a.feature) == (head, feature))
+                    {
+                        asked.state = crate::live::Answer::of(result);
+                    }
+                }
                 jobs::LiveEvent::Ranking { ids, result } => {
                     if let Some(asked) = self.native.ranking.as_mut().filter(|r| r.ids == ids) {
                         asked.state = crate::live::Answer::of(result);
@@ -636,13 +675,56 @@ impl AttnSaesApp {
         }
     }
 
+    /// Where the live worker gets its model and SAE: the open run's, else those the open
+    /// dashboard records.
+    fn live_source(&self) -> Option<jobs::LiveSource> {
+        match (&self.native.run_dir, &self.dashboard) {
+            (Some(run), _) => Some(jobs::LiveSource::Run(run.clone())),
+            (None, Some(d)) => Some(jobs::LiveSource::of_dashboard(&d.file.meta)),
+            (None, None) => None,
+        }
+    }
+
+    /// The live worker for `source`, started (loading its model and SAE) unless it runs.
+    fn live_worker(&mut self, source: jobs::LiveSource) -> &jobs::LiveWorker {
+        if self.native.live.as_ref().is_none_or(|(r, _)| *r != source) {
+            self.native.live_status = "loading the model and SAE…".into();
+            self.native.analysis = None;
+            let worker = jobs::start_live(source.clone(), self.ui.form.device);
+            self.native.live = Some((source, worker));
+        }
+        &self.native.live.as_ref().expect("just started").1
+    }
+
+    /// Asks the live worker what removing a feature does on its top examples.
+    fn ask_examples_effect(
+        &mut self,
+        head: usize,
+        feature: usize,
+        examples: Vec<(Vec<u32>, usize)>,
+    ) {
+        let Some(source) = self.live_source() else {
+            return;
+        };
+        let request = jobs::LiveRequest::Examples {
+            head,
+            feature,
+            examples,
+        };
+        let _ = self.live_worker(source).requests.send(request);
+        self.native.examples = Some(crate::live::AskedExamples {
+            head,
+            feature,
+            state: crate::live::Answer::Computing,
+        });
+    }
+
     /// The "Your text" view: the open run's model and SAE, else those the open dashboard
     /// records.
     fn live_ui(&mut self, ui: &mut egui::Ui) {
-        let source = match (&self.native.run_dir, &self.dashboard) {
-            (Some(run), _) => jobs::LiveSource::Run(run.clone()),
-            (None, Some(d)) => jobs::LiveSource::of_dashboard(&d.file.meta),
-            (None, None) => {
+        let source = match self.live_source() {
+            Some(source) => source,
+            None => {
                 ui.heading("Your text");
                 ui.label(
                     "Open a run directory or a dashboard file (or train a run): its model and \
@@ -666,18 +748,12 @@ impl AttnSaesApp {
         );
         match action {
             Some(text_view::TextAction::Run) => {
-                if self.native.live.as_ref().is_none_or(|(r, _)| *r != source) {
-                    self.native.live_status = "loading the model and SAE…".into();
-                    self.native.analysis = None;
-                    let worker = jobs::start_live(source.clone(), self.ui.form.device);
-                    self.native.live = Some((source, worker));
-                } else {
+                if self.native.live.as_ref().is_some_and(|(r, _)| *r == source) {
                     self.native.live_status = "running…".into();
                 }
-                if let Some((_, worker)) = &self.native.live {
-                    let text = self.ui.text.prompt.clone();
-                    let _ = worker.requests.send(jobs::LiveRequest::Analyse(text));
-                }
+                let text = self.ui.text.prompt.clone();
+                self.native.text_pending = true;
+                let _ = (self.live_worker(source).requests).send(jobs::LiveRequest::Analyse(text));
             }
             Some(text_view::TextAction::Rank) => {
                 if let (Some((_, worker)), Some(a)) = (&self.native.live, &self.native.analysis) {

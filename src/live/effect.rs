@@ -14,11 +14,12 @@ use crate::sae::BlockDiagSae;
 /// Next tokens listed per position, each way.
 pub const TOKENS_LISTED: usize = 5;
 
-/// The two passes, not yet read back: `[T]` activations and `[T, vocab]` log-probabilities.
+/// The two passes over `b` windows of `t` tokens, not yet read back: `[b t]` activations
+/// and `[b t, vocab]` log-probabilities.
 struct Pending {
     head: usize,
     feature: usize,
-    ids: Vec<u32>,
+    windows: Vec<Vec<u32>>,
     activation: Tensor<1>,
     clean: Tensor<2>,
     ablated: Tensor<2>,
@@ -30,7 +31,7 @@ impl Pending {
         sae: &BlockDiagSae,
         layer: usize,
         z_convention: ZConvention,
-        ids: &[u32],
+        windows: &[Vec<u32>],
         (head, feature): (usize, usize),
     ) -> anyhow::Result<Self> {
         let model = &loaded.transformer;
@@ -39,9 +40,13 @@ impl Pending {
             head < h && feature < m,
             "head {head}, feature {feature}: the SAE has {h} heads of {m} features"
         );
-        anyhow::ensure!(!ids.is_empty(), "no tokens");
-        let t = ids.len();
-        let tokens = model.tokens(&[ids.to_vec()])?;
+        let (b, t) = (windows.len(), windows.first().map_or(0, Vec::len));
+        anyhow::ensure!(b > 0 && t > 0, "no tokens");
+        anyhow::ensure!(
+            windows.iter().all(|w| w.len() == t),
+            "windows of different lengths"
+        );
+        let tokens = model.tokens(windows)?;
         let hooks = HookRequest {
             hook_z: vec![layer],
             logits: true,
@@ -51,8 +56,9 @@ impl Pending {
         let mut cache = model.run(tokens.clone(), &hooks, None)?;
         let z = cache.hook_z.remove(&layer).context("no hook_z")?;
         let clean = cache.logits.take().context("no logits")?;
-        let feats = sae.forward(sae.scale_input(z.reshape([t, h, d]))).feats;
-        let activation = feats.slice([head..head + 1, 0..t, feature..feature + 1]);
+        let n = b * t;
+        let feats = sae.forward(sae.scale_input(z.reshape([n, h, d]))).feats;
+        let activation = feats.slice([head..head + 1, 0..n, feature..feature + 1]);
         // What the feature adds to the head's hook_z: activation x decoder row, back in
         // hook_z's units (the SAE's input is scaled by `input_scale`).
         let row = sae
@@ -61,10 +67,10 @@ impl Pending {
             .slice([head..head + 1, feature..feature + 1, 0..d])
             .reshape([1, d])
             / sae.input_scale[head] as f64;
-        let part = (activation.clone().reshape([t, 1]) * row).reshape([1, t, 1, d]);
+        let part = (activation.clone().reshape([n, 1]) * row).reshape([b, t, 1, d]);
         let device = model.device().clone();
-        let added = Tensor::<4>::zeros([1, t, h, d], &device)
-            .slice_assign([0..1, 0..t, head..head + 1, 0..d], part);
+        let added = Tensor::<4>::zeros([b, t, h, d], &device)
+            .slice_assign([0..b, 0..t, head..head + 1, 0..d], part);
         let remove = move |z: Tensor<4>| z - added.clone();
         let splice = Splice {
             layer,
@@ -84,60 +90,88 @@ impl Pending {
             .logits
             .context("no logits")?;
         let logp = |logits: Tensor<3>| {
-            let [_, t, v] = logits.dims();
-            log_softmax(logits, 2).reshape([t, v])
+            let v = logits.dims()[2];
+            log_softmax(logits, 2).reshape([n, v])
         };
         Ok(Self {
             head,
             feature,
-            ids: ids.to_vec(),
-            activation: activation.reshape([t]),
+            windows: windows.to_vec(),
+            activation: activation.reshape([n]),
             clean: logp(clean),
             ablated: logp(ablated),
         })
     }
 
+    /// One effect per window; the next tokens are listed at the positions `listed` picks.
     fn finish(
         self,
         loaded: &LoadedModel,
         [activation, clean, ablated]: [Vec<f32>; 3],
-    ) -> FeatureEffect {
-        let t = self.ids.len();
-        let v = clean.len() / t;
-        let loss_at = |logp: &[f32], p: usize| -logp[p * v + self.ids[p + 1] as usize];
-        let positions = 0..t.saturating_sub(1);
-        let (mut promotes, mut suppresses) = (Vec::with_capacity(t), Vec::with_capacity(t));
-        for p in 0..t {
-            let (clean, ablated) = (&clean[p * v..][..v], &ablated[p * v..][..v]);
-            let prob = |logp: f32| logp.exp();
-            let change: Vec<f32> = (0..v).map(|i| prob(clean[i]) - prob(ablated[i])).collect();
-            let listed = |ids: Vec<usize>| -> Vec<TokenChange> {
-                ids.into_iter()
-                    .map(|i| TokenChange {
-                        id: i as u32,
-                        token: loaded
-                            .tokenizer
-                            .decode(&[i as u32], false)
-                            .unwrap_or_default(),
-                        clean: prob(clean[i]),
-                        ablated: prob(ablated[i]),
-                    })
-                    .collect()
-            };
-            let (up, down) = extremes(&change, TOKENS_LISTED);
-            promotes.push(listed(up));
-            suppresses.push(listed(down));
+        listed: &dyn Fn(usize, usize) -> bool,
+    ) -> Vec<FeatureEffect> {
+        let t = self.windows[0].len();
+        let v = clean.len() / activation.len();
+        let token = |i: usize| {
+            loaded
+                .tokenizer
+                .decode(&[i as u32], false)
+                .unwrap_or_default()
+        };
+        let mut effects = Vec::with_capacity(self.windows.len());
+        for (w, ids) in self.windows.into_iter().enumerate() {
+            let at = |p: usize| (w * t + p) * v;
+            let loss_at = |logp: &[f32], p: usize| -logp[at(p) + ids[p + 1] as usize];
+            let (mut promotes, mut suppresses) = (Vec::with_capacity(t), Vec::with_capacity(t));
+            for p in 0..t {
+                if !listed(w, p) {
+                    promotes.push(Vec::new());
+                    suppresses.push(Vec::new());
+                    continue;
+                }
+                let (clean, ablated) = (&clean[at(p)..][..v], &ablated[at(p)..][..v]);
+                let prob = |logp: f32| logp.exp();
+                let change: Vec<f32> = (0..v).map(|i| prob(clean[i]) - prob(ablated[i])).collect();
+                let listed = |ids: Vec<usize>| -> Vec<TokenChange> {
+                    ids.into_iter()
+                        .map(|i| TokenChange {
+                            id: i as u32,
+                            token: token(i),
+                            clean: prob(clean[i]),
+                            ablated: prob(ablated[i]),
+                        })
+                        .collect()
+                };
+                let (up, down) = extremes(&change, TOKENS_LISTED);
+                promotes.push(listed(up));
+                suppresses.push(listed(down));
+            }
+            let positions = 0..t.saturating_sub(1);
+            effects.push(FeatureEffect {
+                head: self.head,
+                feature: self.feature,
+                activation: activation[w * t..][..t].to_vec(),
+                loss: positions.clone().map(|p| loss_at(&clean, p)).collect(),
+                ablated: positions.map(|p| loss_at(&ablated, p)).collect(),
+                promotes,
+                suppresses,
+                ids,
+            });
         }
-        FeatureEffect {
-            head: self.head,
-            feature: self.feature,
-            activation,
-            loss: positions.clone().map(|p| loss_at(&clean, p)).collect(),
-            ablated: positions.map(|p| loss_at(&ablated, p)).collect(),
-            promotes,
-            suppresses,
-            ids: self.ids,
-        }
+        effects
+    }
+
+    fn read(
+        self,
+        loaded: &LoadedModel,
+        listed: &dyn Fn(usize, usize) -> bool,
+    ) -> anyhow::Result<Vec<FeatureEffect>> {
+        let host = [
+            crate::files::host_vec(self.activation.clone())?,
+            crate::files::host_vec(self.clean.clone())?,
+            crate::files::host_vec(self.ablated.clone())?,
+        ];
+        Ok(self.finish(loaded, host, listed))
     }
 }
 
@@ -173,13 +207,10 @@ pub fn feature_effect(
     head: usize,
     feature: usize,
 ) -> anyhow::Result<FeatureEffect> {
-    let p = Pending::new(loaded, sae, layer, z_convention, ids, (head, feature))?;
-    let host = [
-        crate::files::host_vec(p.activation.clone())?,
-        crate::files::host_vec(p.clean.clone())?,
-        crate::files::host_vec(p.ablated.clone())?,
-    ];
-    Ok(p.finish(loaded, host))
+    let windows = [ids.to_vec()];
+    let p = Pending::new(loaded, sae, layer, z_convention, &windows, (head, feature))?;
+    let mut effects = p.read(loaded, &|_, _| true)?;
+    effects.pop().context("no effect")
 }
 
 /// [`feature_effect`] with the read-back awaited (WebGPU).
@@ -192,13 +223,39 @@ pub async fn feature_effect_async(
     head: usize,
     feature: usize,
 ) -> anyhow::Result<FeatureEffect> {
-    let p = Pending::new(loaded, sae, layer, z_convention, ids, (head, feature))?;
+    let windows = [ids.to_vec()];
+    let p = Pending::new(loaded, sae, layer, z_convention, &windows, (head, feature))?;
     let host = [
         super::read_async(&p.activation).await?,
         super::read_async(&p.clean).await?,
         super::read_async(&p.ablated).await?,
     ];
-    Ok(p.finish(loaded, host))
+    let mut effects = p.finish(loaded, host, &|_, _| true);
+    effects.pop().context("no effect")
+}
+
+/// Windows run together by [`effects_on_examples`] (their logits are `[windows, T, vocab]`
+/// twice).
+const WINDOWS_PER_PASS: usize = 4;
+
+/// [`feature_effect`] on each of a feature's examples: `examples` are `(window, target)`
+/// pairs (windows of one length); the next tokens are listed at each example's target only.
+pub fn effects_on_examples(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    examples: &[(Vec<u32>, usize)],
+    head: usize,
+    feature: usize,
+) -> anyhow::Result<Vec<FeatureEffect>> {
+    let mut effects = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(WINDOWS_PER_PASS) {
+        let windows: Vec<Vec<u32>> = chunk.iter().map(|(w, _)| w.clone()).collect();
+        let p = Pending::new(loaded, sae, layer, z_convention, &windows, (head, feature))?;
+        effects.extend(p.read(loaded, &|w, p| chunk[w].1 == p)?);
+    }
+    Ok(effects)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ pub use analysis::LiveAnalysis;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod effect;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
-pub use effect::{feature_effect, feature_effect_async};
+pub use effect::{effects_on_examples, feature_effect, feature_effect_async};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
@@ -143,6 +143,76 @@ impl FeatureEffect {
     pub fn first_firing(&self) -> Option<usize> {
         self.activation.iter().position(|&a| a > 0.0)
     }
+}
+
+/// What removing a feature does on its top examples (each example's window run clean and
+/// without the feature, [`FeatureEffect`]), summed up.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExamplesEffect {
+    pub head: usize,
+    pub feature: usize,
+    /// Per example: how much the feature lowers the loss on the token after its target
+    /// (none where the target is its window's last token).
+    pub at_target: Vec<Option<f32>>,
+    /// Per example: the same summed over the example's window.
+    pub window: Vec<f32>,
+    /// The next tokens the feature raises most at the examples' targets: `(token, in how
+    /// many examples' lists)`, most often first (ties by first appearance).
+    pub raises: Vec<(String, usize)>,
+    /// The same for the tokens it lowers most.
+    pub lowers: Vec<(String, usize)>,
+}
+
+impl ExamplesEffect {
+    /// Sums up `effects`, one per example, `targets` their target positions.
+    pub fn of(effects: &[FeatureEffect], targets: &[usize]) -> Self {
+        let tally = |lists: &dyn Fn(&FeatureEffect, usize) -> &Vec<TokenChange>| {
+            let mut counts: Vec<(String, usize)> = Vec::new();
+            for (e, &p) in effects.iter().zip(targets) {
+                for c in lists(e, p) {
+                    match counts.iter_mut().find(|x| x.0 == c.token) {
+                        Some(x) => x.1 += 1,
+                        None => counts.push((c.token.clone(), 1)),
+                    }
+                }
+            }
+            counts.sort_by_key(|x| std::cmp::Reverse(x.1)); // stable: ties keep first appearance
+            counts
+        };
+        Self {
+            head: effects.first().map_or(0, |e| e.head),
+            feature: effects.first().map_or(0, |e| e.feature),
+            at_target: (effects.iter().zip(targets))
+                .map(|(e, &p)| (p < e.loss.len()).then(|| e.helps(p)))
+                .collect(),
+            window: effects.iter().map(FeatureEffect::total).collect(),
+            raises: tally(&|e, p| &e.promotes[p]),
+            lowers: tally(&|e, p| &e.suppresses[p]),
+        }
+    }
+
+    /// The mean of [`at_target`](Self::at_target) over the examples that have one.
+    pub fn mean_at_target(&self) -> Option<f32> {
+        let v: Vec<f32> = self.at_target.iter().flatten().copied().collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32)
+    }
+
+    /// How many examples' targets the feature helps predict the next token at.
+    pub fn helped(&self) -> usize {
+        self.at_target
+            .iter()
+            .flatten()
+            .filter(|&&x| x > 0.0)
+            .count()
+    }
+}
+
+/// The examples effect a viewer asked for, of which feature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AskedExamples {
+    pub head: usize,
+    pub feature: usize,
+    pub state: Answer<ExamplesEffect>,
 }
 
 /// Which features matter for a text's predictions: for every feature that fires in it, a
@@ -276,7 +346,43 @@ pub fn shown_json(
 
 #[cfg(test)]
 mod tests {
-    use super::{FeatureRanking, RankedFeature};
+    use super::{ExamplesEffect, FeatureEffect, FeatureRanking, RankedFeature, TokenChange};
+
+    #[test]
+    fn examples_effect_sums_up_targets_windows_and_the_tokens_listed() {
+        let token = |s: &str| TokenChange {
+            token: s.into(),
+            ..Default::default()
+        };
+        let effect = |loss: Vec<f32>, ablated: Vec<f32>, at: usize, up: &[&str]| {
+            let t = loss.len() + 1;
+            let mut promotes = vec![Vec::new(); t];
+            promotes[at] = up.iter().map(|s| token(s)).collect();
+            FeatureEffect {
+                head: 2,
+                feature: 7,
+                loss,
+                ablated,
+                promotes,
+                suppresses: vec![Vec::new(); t],
+                ..Default::default()
+            }
+        };
+        let effects = [
+            effect(vec![1.0, 2.0], vec![1.5, 2.25], 1, &["a", "b"]),
+            effect(vec![1.0, 2.0], vec![0.5, 2.0], 0, &["b"]),
+            effect(vec![1.0, 2.0], vec![1.0, 3.0], 2, &["c", "b"]),
+        ];
+        let s = ExamplesEffect::of(&effects, &[1, 0, 2]);
+        assert_eq!((s.head, s.feature), (2, 7));
+        assert_eq!(s.at_target, vec![Some(0.25), Some(-0.5), None]);
+        assert_eq!(s.window, vec![0.75, -0.5, 1.0]);
+        assert_eq!(s.mean_at_target(), Some(-0.125));
+        assert_eq!(s.helped(), 1);
+        let raises: Vec<(&str, usize)> = s.raises.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+        assert_eq!(raises, [("b", 3), ("a", 1), ("c", 1)]);
+        assert!(s.lowers.is_empty());
+    }
 
     #[test]
     fn by_head_sums_each_heads_estimates() {
