@@ -18,8 +18,8 @@ use wasm_bindgen::prelude::*;
 use crate::app::features::LoadedDashboard;
 use crate::app::{AttnSaesApp, View};
 use crate::live::{
-    Analysed, Answer, AskedEffect, AskedRanking, Attribution, AttributionState, EffectState,
-    FeatureEffect, FeatureRanking, LiveTokens,
+    Analysed, Answer, AskedEffect, AskedExamples, AskedRanking, Attribution, AttributionState,
+    EffectState, ExamplesEffect, FeatureEffect, FeatureRanking, LiveTokens,
 };
 
 /// What the page and the app share: dashboards parsed by [`open_dashboard`] and waiting
@@ -45,6 +45,12 @@ struct Shared {
     effect_arrived: Option<(EffectKey, Result<FeatureEffect, String>)>,
     /// Set by [`live_rank`]: rank the features of the analysed text.
     live_rank: bool,
+    /// Set by [`live_examples_effect`]: a feature whose effect on its top examples to ask for.
+    live_examples: Option<(usize, usize)>,
+    /// The bundle's answer to an examples request, with the feature.
+    examples_arrived: Option<((usize, usize), Result<ExamplesEffect, String>)>,
+    /// What Features shows of it, for [`examples_shown`].
+    examples_view: Option<AskedExamples>,
     /// The bundle's answer to a ranking request, with the tokens it was for.
     ranking_arrived: Option<(Vec<u32>, Result<FeatureRanking, String>)>,
     live_view: Option<LiveView>,
@@ -169,6 +175,26 @@ fn request_ranking(ids: Vec<u32>) {
     });
 }
 
+/// Asks the inference bundle what removing `feature` of `head` does on `examples`; the
+/// answer arrives in `shared.examples_arrived`.
+fn request_examples((head, feature, examples): (usize, usize, crate::live::Examples)) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let json = serde_json::to_string(&examples).unwrap_or_default();
+        let args = [
+            JsValue::from_f64(head as f64),
+            JsValue::from_f64(feature as f64),
+            JsValue::from_str(&json),
+        ];
+        let result = awaited_string(call_bridge("examplesEffect", &args))
+            .await
+            .and_then(|json| {
+                serde_json::from_str::<ExamplesEffect>(&json)
+                    .map_err(|e| format!("the inference bundle's answer: {e}"))
+            });
+        post(|s| s.examples_arrived = Some(((head, feature), result)));
+    });
+}
+
 /// Sends `text` to the inference bundle; the result arrives in `shared.live_arrived`.
 fn request_analysis(text: String) {
     shared().borrow_mut().live_running = true;
@@ -265,6 +291,45 @@ impl eframe::App for WebApp {
 }
 
 impl WebApp {
+    /// A feature's effect on its top examples: asked for by the Features view or
+    /// [`live_examples_effect`], sent to the bundle, its answer taken.
+    fn examples_logic(&mut self) {
+        let (ask, arrived) = {
+            let mut s = self.shared.borrow_mut();
+            (s.live_examples.take(), s.examples_arrived.take())
+        };
+        let web = &mut self.app.web;
+        web.live_ready = call_bridge("ready", &[])
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        if let (Some((head, feature)), Some(d)) = (ask, &self.app.dashboard) {
+            let examples = d.file.head(head).ok().and_then(|data| {
+                let fd = data.features.get(feature)?;
+                Some(crate::app::features::top_example_windows(&d.file, fd))
+            });
+            match examples {
+                Some(examples) => web.ask_examples(head, feature, examples),
+                None => {
+                    web.examples = Some(AskedExamples {
+                        head,
+                        feature,
+                        state: Answer::Failed(format!("no head {head} feature {feature}")),
+                    })
+                }
+            }
+        }
+        if let Some(request) = web.examples_request.take() {
+            request_examples(request);
+        }
+        if let (Some(asked), Some(((head, feature), result))) = (&mut web.examples, arrived)
+            && (asked.head, asked.feature) == (head, feature)
+        {
+            asked.state = Answer::of(result);
+        }
+        self.shared.borrow_mut().examples_view = web.examples.clone();
+    }
+
     /// Your text: sends requested texts to the page's inference bundle, takes its results,
     /// and keeps the status line current.
     fn live_logic(&mut self, ctx: &egui::Context) {
@@ -283,6 +348,7 @@ impl WebApp {
             let mut s = self.shared.borrow_mut();
             (std::mem::take(&mut s.live_rank), s.ranking_arrived.take())
         };
+        self.examples_logic();
         let web = &mut self.app.web;
         if let Some((prompt, run)) = set_prompt {
             self.app.ui.text.prompt = prompt;
@@ -507,6 +573,34 @@ pub fn live_shown() -> String {
     shown["ranking_status"] = status.into();
     shown["ranking"] = serde_json::to_value(ranking).unwrap_or_default();
     shown.to_string()
+}
+
+/// Asks what removing `feature` of `head` does on its top examples in the open dashboard
+/// (Features' "Remove it on its top examples"; needs a model loaded for Your text);
+/// [`examples_shown`] has it once it arrives.
+#[wasm_bindgen]
+pub fn live_examples_effect(head: usize, feature: usize) {
+    post(|s| s.live_examples = Some((head, feature)));
+}
+
+/// `{status, head, feature, effect}` of the effect on top examples last asked for
+/// (`status`: none, computing, ready or `failed: ...`; `effect` null unless ready).
+#[wasm_bindgen]
+pub fn examples_shown() -> String {
+    let shared = shared();
+    let shared = shared.borrow();
+    let Some(asked) = &shared.examples_view else {
+        return serde_json::json!({"status": "none"}).to_string();
+    };
+    let (status, effect) = match &asked.state {
+        Answer::Computing => ("computing".to_string(), None),
+        Answer::Failed(why) => (format!("failed: {why}"), None),
+        Answer::Ready(e) => ("ready".into(), Some(e)),
+    };
+    serde_json::json!({
+        "status": status, "head": asked.head, "feature": asked.feature, "effect": effect,
+    })
+    .to_string()
 }
 
 /// Ranks the features of the analysed text (Your text's "Rank the features");

@@ -255,3 +255,29 @@ fn last_ids() -> Result<Vec<u32>, JsValue> {
     LAST.with(|l| l.borrow().as_ref().map(|a| a.tokens().ids.clone()))
         .ok_or_else(|| js_error("no text analysed"))
 }
+
+/// What removing `feature` of `head` does on its top examples: `examples` is JSON of
+/// `[[window token ids, target], ...]`; JSON of [`crate::live::ExamplesEffect`].
+#[wasm_bindgen]
+pub async fn examples_effect(
+    head: usize,
+    feature: usize,
+    examples: String,
+) -> Result<String, JsValue> {
+    let session = session()?;
+    let examples: Vec<(Vec<u32>, usize)> = serde_json::from_str(&examples).map_err(js_error)?;
+    let effects = crate::live::effects_on_examples_async(
+        &session.loaded,
+        &session.sae,
+        session.layer,
+        session.z_convention,
+        &examples,
+        head,
+        feature,
+    )
+    .await
+    .map_err(|e| js_error(format!("{e:#}")))?;
+    let targets: Vec<usize> = examples.iter().map(|e| e.1).collect();
+    let summary = crate::live::ExamplesEffect::of(&effects, &targets);
+    serde_json::to_string(&summary).map_err(js_error)
+}

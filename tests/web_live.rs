@@ -9,7 +9,8 @@
 //! within 1e-4 + 1e-3 x |value| (f32 sums in another order on another backend), and so
 //! must the picked feature's effect (`text --effect`: the losses with and without it, the
 //! probabilities of the tokens listed, rank by rank), and the ranking of every firing
-//! feature (`text --rank`). Also: a
+//! feature (`text --rank`), and the feature's effect on its top examples (`features
+//! --effect`). Also: a
 //! second visit reads the model from the browser's cache, a manifest with a wrong sha256 is
 //! refused with a message, and so is a model file one bit off the one the dashboard
 //! records (its sha256, checked here against the files themselves).
@@ -127,6 +128,22 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .unwrap();
     let feature = heads[head][last][0][0].as_u64().expect("a feature on") as usize;
     let native = native_text(&run, Some((last, head, feature)), Some((head, feature)));
+    // `features --effect` on the same feature's top examples.
+    let examples_json = dir.join("examples.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["--device", "cpu", "features", "--run"])
+        .arg(&run)
+        .args(["--effect", &format!("{head},{feature}"), "--json"])
+        .arg(&examples_json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let native_examples: Value =
+        serde_json::from_slice(&std::fs::read(&examples_json).unwrap()).unwrap();
 
     // The dashboard records the sha256 of the model's and SAE's files (computed here
     // independently, with sha2 over the files themselves).
@@ -266,6 +283,26 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
                     let (x, y) = (change(x), change(y));
                     assert!(close(x, y), "{name}: {key} at {p}: {x} vs {y}");
                 }
+            }
+        }
+        // The effect on the picked feature's top examples: the same as the CLI's.
+        assert_eq!(r["examplesStatus"], "ready", "{name}");
+        for key in ["at_target", "window"] {
+            let (a, b) = (
+                r["examples"][key].as_array().unwrap(),
+                native_examples[key].as_array().unwrap(),
+            );
+            assert_eq!(a.len(), b.len(), "{name}: {key}");
+            assert!(a.len() > 4, "{name}: {} examples", a.len());
+            for (x, y) in a.iter().zip(b) {
+                let (x, y) = (
+                    x.as_f64().unwrap_or(f64::NAN),
+                    y.as_f64().unwrap_or(f64::NAN),
+                );
+                assert!(
+                    close(x, y) || (x.is_nan() && y.is_nan()),
+                    "{name}: {key} {x} vs {y}"
+                );
             }
         }
         // The ranking: the same features, estimates within the tolerance.

@@ -6,7 +6,7 @@
 // keeps drawing and answering while it works.
 //
 // Messages in: {id, op, args}, op one of 'load' | 'analyze' | 'attribution' | 'effect' |
-// 'rank', handled one at
+// 'rank' | 'examples', handled one at
 // a time in arrival order. Out: {status, isError} lines while working, and {id, value} or
 // {id, error} for each request.
 import init, * as lm from './live/attn_saes_live.js';
@@ -176,6 +176,10 @@ const ops = {
       throw new Error('a newer text has been analysed since: ask again on it');
     }
     return lm.rank();
+  },
+  // What removing a feature does on its top examples ([[window ids, target], ...] as JSON).
+  async examples({ head, feature, examples }) {
+    return lm.examples_effect(head, feature, examples);
   },
 };
 

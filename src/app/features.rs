@@ -946,17 +946,7 @@ fn examples_effect_panel(
     asked: Option<&AskedExamples>,
 ) -> Option<FeaturesAction> {
     ui.heading("Effect on its top examples");
-    let examples: Vec<(Vec<u32>, usize)> = fd
-        .examples
-        .iter()
-        .filter(|e| e.group == ExampleGroup::Top)
-        .filter_map(|e| {
-            Some((
-                file.windows.get(e.window as usize)?.clone(),
-                e.target as usize,
-            ))
-        })
-        .collect();
+    let examples = top_example_windows(file, fd);
     let ask = |ui: &mut Ui, label: &str| {
         ui.horizontal_wrapped(|ui| {
             let clicked = ui.button(label).clicked();
@@ -995,6 +985,20 @@ fn examples_effect_panel(
         feature,
         examples,
     })
+}
+
+/// A feature's top examples as `(window, target)` pairs, the windows from the file.
+pub fn top_example_windows(file: &OwnedDashboardFile, fd: &FeatureData) -> Vec<(Vec<u32>, usize)> {
+    fd.examples
+        .iter()
+        .filter(|e| e.group == ExampleGroup::Top)
+        .filter_map(|e| {
+            Some((
+                file.windows.get(e.window as usize)?.clone(),
+                e.target as usize,
+            ))
+        })
+        .collect()
 }
 
 fn examples_effect_lines(ui: &mut Ui, e: &ExamplesEffect) {

@@ -142,6 +142,24 @@ pub struct WebText {
     /// The same for the feature ranking.
     pub ranking: Option<crate::live::AskedRanking>,
     pub ranking_sent: bool,
+    /// A feature's effect on its top examples, and the request `src/web.rs` sends for it.
+    pub examples: Option<crate::live::AskedExamples>,
+    pub examples_request: Option<(usize, usize, crate::live::Examples)>,
+    /// The page's inference bundle has a model loaded.
+    pub live_ready: bool,
+}
+
+#[cfg(target_arch = "wasm32")]
+impl WebText {
+    /// Asks (through `src/web.rs`) what removing a feature does on its top examples.
+    pub fn ask_examples(&mut self, head: usize, feature: usize, examples: Vec<(Vec<u32>, usize)>) {
+        self.examples = Some(crate::live::AskedExamples {
+            head,
+            feature,
+            state: crate::live::Answer::Computing,
+        });
+        self.examples_request = Some((head, feature, examples));
+    }
 }
 
 /// The desktop-only data: the open run and its background job.
@@ -382,7 +400,10 @@ impl AttnSaesApp {
                     #[cfg(not(target_arch = "wasm32"))]
                     let ask = features::ExamplesAsk::Ask(self.native.examples.as_ref());
                     #[cfg(target_arch = "wasm32")]
-                    let ask = features::ExamplesAsk::Unavailable;
+                    let ask = match self.web.live_ready {
+                        true => features::ExamplesAsk::Ask(self.web.examples.as_ref()),
+                        false => features::ExamplesAsk::Unavailable,
+                    };
                     let action = features::features_ui(ui, d, &mut self.ui.features, ask);
                     #[cfg(not(target_arch = "wasm32"))]
                     if let Some(features::FeaturesAction::ExamplesEffect {
@@ -394,7 +415,14 @@ impl AttnSaesApp {
                         self.ask_examples_effect(head, feature, examples);
                     }
                     #[cfg(target_arch = "wasm32")]
-                    let _ = action;
+                    if let Some(features::FeaturesAction::ExamplesEffect {
+                        head,
+                        feature,
+                        examples,
+                    }) = action
+                    {
+                        self.web.ask_examples(head, feature, examples);
+                    }
                 }
                 None => self.no_dashboard_ui(ui),
             },

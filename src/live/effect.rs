@@ -238,6 +238,30 @@ pub async fn feature_effect_async(
 /// twice).
 const WINDOWS_PER_PASS: usize = 4;
 
+/// [`effects_on_examples`] with the read-backs awaited (WebGPU).
+pub async fn effects_on_examples_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    examples: &[(Vec<u32>, usize)],
+    head: usize,
+    feature: usize,
+) -> anyhow::Result<Vec<FeatureEffect>> {
+    let mut effects = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(WINDOWS_PER_PASS) {
+        let windows: Vec<Vec<u32>> = chunk.iter().map(|(w, _)| w.clone()).collect();
+        let p = Pending::new(loaded, sae, layer, z_convention, &windows, (head, feature))?;
+        let host = [
+            super::read_async(&p.activation).await?,
+            super::read_async(&p.clean).await?,
+            super::read_async(&p.ablated).await?,
+        ];
+        effects.extend(p.finish(loaded, host, &|w, p| chunk[w].1 == p));
+    }
+    Ok(effects)
+}
+
 /// [`feature_effect`] on each of a feature's examples: `examples` are `(window, target)`
 /// pairs (windows of one length); the next tokens are listed at each example's target only.
 pub fn effects_on_examples(

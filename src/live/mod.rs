@@ -13,7 +13,9 @@ pub use analysis::LiveAnalysis;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod effect;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
-pub use effect::{effects_on_examples, feature_effect, feature_effect_async};
+pub use effect::{
+    effects_on_examples, effects_on_examples_async, feature_effect, feature_effect_async,
+};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
@@ -144,6 +146,9 @@ impl FeatureEffect {
         self.activation.iter().position(|&a| a > 0.0)
     }
 }
+
+/// Examples of a feature: each one's window (token ids) and target position.
+pub type Examples = Vec<(Vec<u32>, usize)>;
 
 /// What removing a feature does on its top examples (each example's window run clean and
 /// without the feature, [`FeatureEffect`]), summed up.

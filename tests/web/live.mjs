@@ -151,6 +151,15 @@ async function session(context, name, query) {
   });
   run.rankingStatus = withRanking.ranking_status;
   run.ranking = withRanking.ranking;
+  // The picked feature's effect on its top examples in the open dashboard (Features'
+  // "Remove it on its top examples").
+  await page.evaluate(([, h, f]) => window.attnSaes.live_examples_effect(h, f), pick);
+  const examples = await waitFor(page, `${name}: the effect on top examples`, async () => {
+    const s = JSON.parse(await page.evaluate(() => window.attnSaes.examples_shown()));
+    return s.status !== 'computing' && s.status !== 'none' ? s : null;
+  });
+  run.examplesStatus = examples.status;
+  run.examples = examples.effect;
   // An attribution asked for while a newer text is being analysed is refused (it would be
   // the new text's), and one asked after that analysis is answered from it.
   run.attributionOrder = await page.evaluate(async () => {
