@@ -716,6 +716,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     use burn::prelude::Device;
     let dir = TempDir::new("attn-saes-app", "examples-effect");
     let run = run_with_dashboard(&dir, 30);
+    freeze_speeds(&run);
     let mut app = AttnSaesApp::with_state(UiState::default());
     app.push(Command::OpenPath(run.clone()));
     let mut h = harness(app);
