@@ -6,7 +6,8 @@
 // SCROLL, turns the mouse wheel SCROLL times (100 px each) over the feature's dashboard.
 // Your text (serve without --no-live, and &live=live.json in the URL): TEXT="..." runs a
 // text once the model is loaded, PICK=POSITION,HEAD,FEATURE picks a feature, and EFFECT=1
-// asks for its effect on the predictions.
+// asks for its effect on the predictions. EXAMPLES=1 (with ?feature=H,F and a model) asks
+// for that feature's effect on its top examples (Features) and prints how long it took.
 import { chromium } from '../tests/web/node_modules/playwright-core/index.mjs';
 
 const [url, out, scroll = '0'] = process.argv.slice(2);
@@ -66,6 +67,21 @@ if (process.env.TEXT) {
     }
   }
   shown = JSON.stringify((await page.evaluate(liveShown)).pick);
+}
+if (process.env.EXAMPLES && feature) {
+  const [h, f] = feature.split(',').map(Number);
+  await until('the model', () => window.attnSaesLive && window.attnSaesLive.ready());
+  const t0 = Date.now();
+  await page.evaluate(([h, f]) => window.attnSaes.live_examples_effect(h, f), [h, f]);
+  const status = await until('the effect on top examples', () => {
+    const s = JSON.parse(window.attnSaes.examples_shown());
+    return s.status !== 'none' && s.status !== 'computing' ? s.status : null;
+  });
+  if (status !== 'ready') {
+    console.error(`the effect on top examples: ${status}`);
+    process.exit(1);
+  }
+  console.error(`effect on top examples: ${Date.now() - t0} ms`);
 }
 await page.waitForTimeout(1000);
 await page.mouse.move(1000, 650);
