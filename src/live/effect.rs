@@ -132,7 +132,7 @@ impl Pending {
                 let (clean, ablated) = (&clean[at(p)..][..v], &ablated[at(p)..][..v]);
                 let prob = |logp: f32| logp.exp();
                 let change: Vec<f32> = (0..v).map(|i| prob(clean[i]) - prob(ablated[i])).collect();
-                let listed = |ids: Vec<usize>| -> Vec<TokenChange> {
+                let changes = |ids: Vec<usize>| -> Vec<TokenChange> {
                     ids.into_iter()
                         .map(|i| TokenChange {
                             id: i as u32,
@@ -143,8 +143,8 @@ impl Pending {
                         .collect()
                 };
                 let (up, down) = extremes(&change, TOKENS_LISTED);
-                promotes.push(listed(up));
-                suppresses.push(listed(down));
+                promotes.push(changes(up));
+                suppresses.push(changes(down));
             }
             let positions = 0..t.saturating_sub(1);
             effects.push(FeatureEffect {
