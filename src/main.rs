@@ -46,6 +46,23 @@ enum Command {
         #[arg(long)]
         no_bos: bool,
     },
+    /// Which of a run's features matter for the model's predictions on held-out text: every
+    /// feature's first-order estimate of how much the loss would rise without it (as
+    /// `text --rank`), summed over the windows the dashboards would scan.
+    Rank {
+        /// A run directory (its final SAE, else its latest checkpoint's).
+        #[arg(long)]
+        run: std::path::PathBuf,
+        /// Tokens to scan (rounded up to whole context windows).
+        #[arg(long, default_value_t = 4096)]
+        tokens: usize,
+        /// Features printed each way.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// Write the whole ranking (every feature that fired) as JSON here too.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// How each head attends on repeated random tokens (BOS, R, R): its mean attention to
     /// the previous token, the first token, itself, and in the second copy to the earlier
     /// copy of its token (duplicate) and to the token after it (induction).
@@ -298,6 +315,12 @@ fn main() -> anyhow::Result<()> {
                 serde_json::to_string_pretty(&loaded.transformer.config)?
             );
         }
+        Command::Rank {
+            run,
+            tokens,
+            top,
+            json,
+        } => rank_command(&run, tokens, top, json.as_deref(), cli.device)?,
         Command::Heads {
             model,
             layer,
@@ -1067,6 +1090,72 @@ fn parse_head_feature(s: &str) -> Result<(usize, usize), String> {
         [h, f] => Ok((h, f)),
         _ => Err(format!("{s}: expected HEAD,FEATURE")),
     }
+}
+
+/// `attn-saes rank`: every feature of a run ranked over held-out windows.
+fn rank_command(
+    run: &std::path::Path,
+    tokens: usize,
+    top: usize,
+    json: Option<&std::path::Path>,
+    choice: DeviceChoice,
+) -> anyhow::Result<()> {
+    let (ckpt, sae_dir) = checkpoint::run_sae(run, None)?;
+    let config = checkpoint::read_config(&ckpt)?;
+    let (selected, loaded) = open_model(choice, &config.model)?;
+    let sae = attn_saes::sae::BlockDiagSae::load(&sae_dir, &selected.device)?;
+    let context = config.context_size.min(128);
+    let n_windows = tokens.div_ceil(context.max(1));
+    let (windows, from) = dashboard::held_out_windows(&config, &ckpt, &loaded, context, n_windows)?;
+    let layer = config.layer(loaded.transformer.config.n_layers);
+    let mut bar = ProgressLine::new();
+    let ranking = attn_saes::live::rank_features_over(
+        &loaded,
+        &sae,
+        layer,
+        config.z_convention,
+        &windows,
+        &mut |done, of| bar.update("ranking the features", done, of),
+    )?;
+    bar.finish();
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&ranking)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let n_tokens = windows.len() * context;
+    println!(
+        "{} features fired on {} windows of {context} tokens ({from}); the estimated rise in \
+         the summed next-token loss without each (first order; per 1000 tokens in brackets):",
+        ranking.features.len(),
+        windows.len()
+    );
+    let per_k = |x: f32| x as f64 * 1000.0 / n_tokens as f64;
+    let heads: Vec<String> = (ranking.by_head(sae.config.n_heads).iter().enumerate())
+        .map(|(h, x)| format!("h{h} {x:+.2} ({:+.3})", per_k(*x)))
+        .collect();
+    println!(" by head (its features together): {}", heads.join(", "));
+    let show = |f: &attn_saes::live::RankedFeature| {
+        println!(
+            "  head {} feature {}: {:+.4} ({:+.4}), fires at {} positions",
+            f.head,
+            f.feature,
+            f.estimate,
+            per_k(f.estimate),
+            f.fires
+        )
+    };
+    println!(" helps most:");
+    ranking
+        .features
+        .iter()
+        .take(top)
+        .filter(|f| f.estimate > 0.0)
+        .for_each(show);
+    println!(" hurts most:");
+    (ranking.features.iter().rev().take(top))
+        .filter(|f| f.estimate < 0.0)
+        .for_each(show);
+    Ok(())
 }
 
 /// `features --effect`: a feature's top examples run clean and without it.

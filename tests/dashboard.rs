@@ -1117,3 +1117,62 @@ fn features_effect_command_matches_the_library_on_the_top_examples() {
         "{stderr}"
     );
 }
+
+/// `rank --run`: the JSON ranking equals the library's over the run's held-out windows,
+/// and that (four windows a pass) equals each window ranked alone, summed.
+#[test]
+fn rank_command_sums_the_ranking_over_held_out_windows() {
+    use attn_saes::live::{FeatureRanking, rank_features, rank_features_over};
+    use attn_saes::train::checkpoint;
+    let dir = TempDir::new("attn-saes-rank", "cli");
+    let run = run_with_dashboard(&dir, 30);
+    let json = dir.join("rank.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["--device", "cpu", "rank", "--run"])
+        .arg(&run)
+        .args(["--tokens", "80", "--top", "3", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: FeatureRanking = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (ckpt, sae_dir) = checkpoint::run_sae(&run, None).unwrap();
+    let config = checkpoint::read_config(&ckpt).unwrap();
+    let loaded = load("gpt2_tiny");
+    let sae = BlockDiagSae::load(&sae_dir, &Device::flex()).unwrap();
+    let context = config.context_size.min(128);
+    let n = 80usize.div_ceil(context);
+    let (windows, _) =
+        attn_saes::dashboard::held_out_windows(&config, &ckpt, &loaded, context, n).unwrap();
+    assert!(windows.len() > 4, "{} windows", windows.len());
+    assert!(stdout.contains(&format!("on {} windows of {context} tokens", windows.len())));
+    let conv = config.z_convention;
+    let over = rank_features_over(&loaded, &sae, 1, conv, &windows, &mut |_, _| {}).unwrap();
+    assert_eq!(got, over);
+    let m = sae.config.features_per_head;
+    let mut sum = vec![(0.0f64, 0u32); 4 * m];
+    for w in &windows {
+        for f in rank_features(&loaded, &sae, 1, conv, w).unwrap().features {
+            let s = &mut sum[f.head * m + f.feature];
+            s.0 += f.estimate as f64;
+            s.1 += f.fires;
+        }
+    }
+    assert_eq!(over.features.len(), sum.iter().filter(|s| s.1 > 0).count());
+    for f in &over.features {
+        let (estimate, fires) = sum[f.head * m + f.feature];
+        assert_eq!(f.fires, fires);
+        assert!(
+            (f.estimate as f64 - estimate).abs() <= 1e-5 + 1e-4 * estimate.abs(),
+            "head {} feature {}: {} vs {estimate}",
+            f.head,
+            f.feature,
+            f.estimate
+        );
+    }
+}

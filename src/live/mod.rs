@@ -19,7 +19,7 @@ pub use effect::{
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
-pub use ranking::{rank_features, rank_features_async};
+pub use ranking::{rank_features, rank_features_async, rank_features_over};
 
 /// `(heads, d_head, features per head)` of an SAE with one block per head of `model`'s
 /// attention, or why it does not fit.

@@ -14,19 +14,25 @@ use super::{FeatureRanking, RankedFeature};
 use crate::lm::{HeadSelection, HookRequest, LoadedModel, Splice, ZConvention, per_token_ce};
 use crate::sae::BlockDiagSae;
 
-/// The estimates `[H, m]` and firing counts `[H, m]`, not yet read back.
+/// The estimates `[H, m]` and firing counts `[H, m]` over `windows` (of one length), not
+/// yet read back.
 fn queue(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
     layer: usize,
     z_convention: ZConvention,
-    ids: &[u32],
+    windows: &[Vec<u32>],
 ) -> anyhow::Result<[Tensor<2>; 2]> {
     let (h, d, m) = super::per_head_sizes(sae, &loaded.transformer)?;
     let model = loaded.transformer.with_autodiff();
-    anyhow::ensure!(ids.len() >= 2, "a text of at least two tokens");
-    let t = ids.len();
-    let tokens = model.tokens(&[ids.to_vec()])?;
+    let len = windows.first().map_or(0, Vec::len);
+    anyhow::ensure!(len >= 2, "a text of at least two tokens");
+    anyhow::ensure!(
+        windows.iter().all(|w| w.len() == len),
+        "windows of different lengths"
+    );
+    let t = windows.len() * len; // every position of every window
+    let tokens = model.tokens(windows)?;
     // hook_z (in the SAE's convention) made a leaf of the graph, so its gradient is kept;
     // the splice gives it back unchanged.
     let leaf: RefCell<Option<Tensor<4>>> = RefCell::new(None);
@@ -52,7 +58,7 @@ fn queue(
     let loss = per_token_ce(logits, tokens).sum();
     let grads = loss.backward();
     let z = leaf.take().context("the splice was not reached")?;
-    let grad = z.grad(&grads).context("no gradient for hook_z")?; // [1, T, H, d]
+    let grad = z.grad(&grads).context("no gradient for hook_z")?; // [B, T, H, d]
     let z = z.inner();
     let feats = sae.forward(sae.scale_input(z.reshape([t, h, d]))).feats; // [H, T, m]
     // dL/dz . W_dec[f] / input_scale, [H, T, m].
@@ -100,12 +106,43 @@ pub fn rank_features(
     z_convention: ZConvention,
     ids: &[u32],
 ) -> anyhow::Result<FeatureRanking> {
-    let [estimate, fires] = queue(loaded, sae, layer, z_convention, ids)?;
+    let [estimate, fires] = queue(loaded, sae, layer, z_convention, &[ids.to_vec()])?;
     let host = [
         crate::files::host_vec(estimate)?,
         crate::files::host_vec(fires)?,
     ];
     Ok(finish(ids, sae.config.features_per_head, host))
+}
+
+/// Windows run together by [`rank_features_over`].
+const WINDOWS_PER_PASS: usize = 4;
+
+/// [`rank_features`] over many windows (of one length) at once: each feature's estimates
+/// and firing counts summed over them (`ids` is empty). `progress(done, of)` after each
+/// pass.
+pub fn rank_features_over(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    windows: &[Vec<u32>],
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<FeatureRanking> {
+    let (h, _, m) = super::per_head_sizes(sae, &loaded.transformer)?;
+    let (mut estimate, mut fires) = (vec![0.0f64; h * m], vec![0.0f64; h * m]);
+    for (i, chunk) in windows.chunks(WINDOWS_PER_PASS).enumerate() {
+        let [e, f] = queue(loaded, sae, layer, z_convention, chunk)?;
+        let (e, f) = (crate::files::host_vec(e)?, crate::files::host_vec(f)?);
+        for (sum, x) in estimate.iter_mut().zip(e).chain(fires.iter_mut().zip(f)) {
+            *sum += x as f64;
+        }
+        progress(
+            (i * WINDOWS_PER_PASS + chunk.len()).min(windows.len()),
+            windows.len(),
+        );
+    }
+    let host = [estimate, fires].map(|v| v.into_iter().map(|x| x as f32).collect());
+    Ok(finish(&[], m, host))
 }
 
 /// [`rank_features`] with the read-back awaited (WebGPU).
@@ -116,7 +153,7 @@ pub async fn rank_features_async(
     z_convention: ZConvention,
     ids: &[u32],
 ) -> anyhow::Result<FeatureRanking> {
-    let [estimate, fires] = queue(loaded, sae, layer, z_convention, ids)?;
+    let [estimate, fires] = queue(loaded, sae, layer, z_convention, &[ids.to_vec()])?;
     let host = [
         super::read_async(&estimate).await?,
         super::read_async(&fires).await?,
