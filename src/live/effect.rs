@@ -173,6 +173,20 @@ impl Pending {
         ];
         Ok(self.finish(loaded, host, listed))
     }
+
+    /// [`Self::read`] with the read-backs awaited (WebGPU).
+    async fn read_async(
+        self,
+        loaded: &LoadedModel,
+        listed: &dyn Fn(usize, usize) -> bool,
+    ) -> anyhow::Result<Vec<FeatureEffect>> {
+        let host = [
+            super::read_async(&self.activation).await?,
+            super::read_async(&self.clean).await?,
+            super::read_async(&self.ablated).await?,
+        ];
+        Ok(self.finish(loaded, host, listed))
+    }
 }
 
 /// The indices of the `n` largest positive values, largest first, and of the `n` most
@@ -225,12 +239,7 @@ pub async fn feature_effect_async(
 ) -> anyhow::Result<FeatureEffect> {
     let windows = [ids.to_vec()];
     let p = Pending::new(loaded, sae, layer, z_convention, &windows, (head, feature))?;
-    let host = [
-        super::read_async(&p.activation).await?,
-        super::read_async(&p.clean).await?,
-        super::read_async(&p.ablated).await?,
-    ];
-    let mut effects = p.finish(loaded, host, &|_, _| true);
+    let mut effects = p.read_async(loaded, &|_, _| true).await?;
     effects.pop().context("no effect")
 }
 
@@ -252,12 +261,7 @@ pub async fn effects_on_examples_async(
     for chunk in examples.chunks(WINDOWS_PER_PASS) {
         let windows: Vec<Vec<u32>> = chunk.iter().map(|(w, _)| w.clone()).collect();
         let p = Pending::new(loaded, sae, layer, z_convention, &windows, (head, feature))?;
-        let host = [
-            super::read_async(&p.activation).await?,
-            super::read_async(&p.clean).await?,
-            super::read_async(&p.ablated).await?,
-        ];
-        effects.extend(p.finish(loaded, host, &|w, p| chunk[w].1 == p));
+        effects.extend(p.read_async(loaded, &|w, p| chunk[w].1 == p).await?);
     }
     Ok(effects)
 }
