@@ -1100,6 +1100,7 @@ fn rank_command(
     json: Option<&std::path::Path>,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(tokens > 0, "--tokens must be positive");
     let (ckpt, sae_dir) = checkpoint::run_sae(run, None)?;
     let config = checkpoint::read_config(&ckpt)?;
     let (selected, loaded) = open_model(choice, &config.model)?;

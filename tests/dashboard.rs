@@ -1141,6 +1141,13 @@ fn rank_command_sums_the_ranking_over_held_out_windows() {
         String::from_utf8_lossy(&out.stderr)
     );
     let got: FeatureRanking = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let none = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["--device", "cpu", "rank", "--tokens", "0", "--run"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("--tokens must be positive"));
     let (ckpt, sae_dir) = checkpoint::run_sae(&run, None).unwrap();
     let config = checkpoint::read_config(&ckpt).unwrap();
     let loaded = load("gpt2_tiny");
