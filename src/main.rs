@@ -254,6 +254,10 @@ enum Command {
         /// and print each next token's loss change and the tokens it promotes and suppresses.
         #[arg(long, value_parser = parse_head_feature)]
         effect: Option<(usize, usize)>,
+        /// With --effect: multiply the feature's activation by this wherever it fires
+        /// instead of removing it (1 changes nothing, 2 doubles it, -1 flips it).
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        scale: f32,
         /// Rank every feature that fires in the text by a first-order estimate of how much
         /// the text's loss would rise without it (one backward pass), and print the
         /// strongest N each way.
@@ -639,12 +643,18 @@ fn main() -> anyhow::Result<()> {
             text,
             pick,
             effect,
+            scale,
             rank,
             json,
         } => text_command(
             &run,
             &text,
-            TextAsks { pick, effect, rank },
+            TextAsks {
+                pick,
+                effect,
+                scale,
+                rank,
+            },
             json,
             cli.device,
         )?,
@@ -1235,6 +1245,7 @@ fn examples_effect_command(
 struct TextAsks {
     pick: Option<(usize, usize, usize)>,
     effect: Option<(usize, usize)>,
+    scale: f32,
     rank: Option<usize>,
 }
 
@@ -1242,7 +1253,12 @@ struct TextAsks {
 fn text_command(
     run: &std::path::Path,
     text: &str,
-    TextAsks { pick, effect, rank }: TextAsks,
+    TextAsks {
+        pick,
+        effect,
+        scale,
+        rank,
+    }: TextAsks,
     json: bool,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
@@ -1269,7 +1285,15 @@ fn text_command(
         );
     }
     let effect = match effect {
-        Some((h, f)) => Some(live.effect(&t.ids, h, f)?),
+        Some(hf) => Some(attn_saes::live::feature_effect_scaled(
+            &live.loaded,
+            &live.sae,
+            live.layer,
+            live.z_convention,
+            &t.ids,
+            hf,
+            scale,
+        )?),
         None => None,
     };
     let ranking = match rank {
@@ -1356,9 +1380,13 @@ fn text_command(
 
 /// `text --effect`: each next token's loss change, then the positions it changes most.
 fn print_effect(e: &attn_saes::live::FeatureEffect, strings: &[String]) {
+    let how = match e.scale {
+        0.0 => "removed".to_string(),
+        s => format!("scaled by {s}"),
+    };
     println!(
-        "head {} feature {} removed where it fires ({} of {} positions): loss on the next \
-         token, clean -> removed (positive: the feature helps predict it); total {:+.4}",
+        "head {} feature {} {how} where it fires ({} of {} positions): loss on the next \
+         token, clean -> {how} (positive: the change raises it); total {:+.4}",
         e.head,
         e.feature,
         e.activation.iter().filter(|&&a| a > 0.0).count(),
@@ -1389,9 +1417,14 @@ fn print_effect(e: &attn_saes::live::FeatureEffect, strings: &[String]) {
             shown.join(" ")
         }
     };
+    // Lists are of clean less changed: what the feature promotes when it is removed.
+    let (down, up) = match e.scale {
+        0.0 => ("promotes", "suppresses"),
+        _ => ("falls most", "rises most"),
+    };
     for &p in most.iter().take(3) {
         println!(
-            "at {p} {:?}, next-token probabilities clean -> without it: promotes {}; suppresses {}",
+            "at {p} {:?}, next-token probabilities clean -> {how}: {down} {}; {up} {}",
             strings[p],
             list(&e.promotes[p]),
             list(&e.suppresses[p])

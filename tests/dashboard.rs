@@ -963,6 +963,26 @@ fn feature_effect_matches_transformers_with_the_feature_removed() {
             }
         }
         assert!(e.promotes.iter().any(|l| l.len() == 5));
+        // The activation tripled instead (`text --effect --scale 3`); scale 1 changes
+        // nothing, bit for bit; scale 0 is the removal.
+        use attn_saes::live::feature_effect_scaled;
+        let scaled = |s| feature_effect_scaled(&loaded, &sae, 1, conv, &ids, (head, feature), s);
+        let tripled = scaled(3.0).unwrap();
+        assert_eq!(tripled.scale, 3.0);
+        assert_close(
+            &format!("{model} scaled"),
+            &f64s(&tripled.ablated),
+            &want("scaled"),
+            1e-4,
+        );
+        assert!(
+            (tripled.total() - e.total()).abs() > 0.01,
+            "{model}: tripling is not removing"
+        );
+        let same = scaled(1.0).unwrap();
+        assert_eq!(same.loss, same.ablated);
+        assert_eq!(scaled(0.0).unwrap(), e);
+        assert!(scaled(f32::NAN).is_err());
     }
 }
 

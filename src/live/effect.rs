@@ -19,6 +19,7 @@ pub const TOKENS_LISTED: usize = 5;
 struct Pending {
     head: usize,
     feature: usize,
+    scale: f32,
     windows: Vec<Vec<u32>>,
     activation: Tensor<1>,
     clean: Tensor<2>,
@@ -32,7 +33,7 @@ impl Pending {
         layer: usize,
         z_convention: ZConvention,
         windows: &[Vec<u32>],
-        (head, feature): (usize, usize),
+        (head, feature, scale): (usize, usize, f32),
     ) -> anyhow::Result<Self> {
         let model = &loaded.transformer;
         let (h, d, m) = super::per_head_sizes(sae, model)?;
@@ -60,13 +61,15 @@ impl Pending {
         let feats = sae.forward(sae.scale_input(z.reshape([n, h, d]))).feats;
         let activation = feats.slice([head..head + 1, 0..n, feature..feature + 1]);
         // What the feature adds to the head's hook_z: activation x decoder row, back in
-        // hook_z's units (the SAE's input is scaled by `input_scale`).
+        // hook_z's units (the SAE's input is scaled by `input_scale`); `1 - scale` of it is
+        // taken away.
         let row = sae
             .w_dec
             .clone()
             .slice([head..head + 1, feature..feature + 1, 0..d])
             .reshape([1, d])
-            / sae.input_scale[head] as f64;
+            / sae.input_scale[head] as f64
+            * (1.0 - scale as f64);
         let part = (activation.clone().reshape([n, 1]) * row).reshape([b, t, 1, d]);
         let device = model.device().clone();
         let added = Tensor::<4>::zeros([b, t, h, d], &device)
@@ -96,6 +99,7 @@ impl Pending {
         Ok(Self {
             head,
             feature,
+            scale,
             windows: windows.to_vec(),
             activation: activation.reshape([n]),
             clean: logp(clean),
@@ -150,6 +154,7 @@ impl Pending {
             effects.push(FeatureEffect {
                 head: self.head,
                 feature: self.feature,
+                scale: self.scale,
                 activation: activation[w * t..][..t].to_vec(),
                 loss: positions.clone().map(|p| loss_at(&clean, p)).collect(),
                 ablated: positions.map(|p| loss_at(&ablated, p)).collect(),
@@ -222,7 +227,39 @@ pub fn feature_effect(
     feature: usize,
 ) -> anyhow::Result<FeatureEffect> {
     let windows = [ids.to_vec()];
-    let p = Pending::new(loaded, sae, layer, z_convention, &windows, (head, feature))?;
+    let p = Pending::new(
+        loaded,
+        sae,
+        layer,
+        z_convention,
+        &windows,
+        (head, feature, 0.0),
+    )?;
+    let mut effects = p.read(loaded, &|_, _| true)?;
+    effects.pop().context("no effect")
+}
+
+/// [`feature_effect`] with the feature's activation multiplied by `scale` instead of removed
+/// (0 removes it, 1 changes nothing, 2 doubles it), wherever it fires.
+pub fn feature_effect_scaled(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    ids: &[u32],
+    (head, feature): (usize, usize),
+    scale: f32,
+) -> anyhow::Result<FeatureEffect> {
+    anyhow::ensure!(scale.is_finite(), "the scale must be a finite number");
+    let windows = [ids.to_vec()];
+    let p = Pending::new(
+        loaded,
+        sae,
+        layer,
+        z_convention,
+        &windows,
+        (head, feature, scale),
+    )?;
     let mut effects = p.read(loaded, &|_, _| true)?;
     effects.pop().context("no effect")
 }
@@ -238,7 +275,14 @@ pub async fn feature_effect_async(
     feature: usize,
 ) -> anyhow::Result<FeatureEffect> {
     let windows = [ids.to_vec()];
-    let p = Pending::new(loaded, sae, layer, z_convention, &windows, (head, feature))?;
+    let p = Pending::new(
+        loaded,
+        sae,
+        layer,
+        z_convention,
+        &windows,
+        (head, feature, 0.0),
+    )?;
     let mut effects = p.read_async(loaded, &|_, _| true).await?;
     effects.pop().context("no effect")
 }
@@ -260,7 +304,14 @@ pub async fn effects_on_examples_async(
     let mut effects = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(WINDOWS_PER_PASS) {
         let windows: Vec<Vec<u32>> = chunk.iter().map(|(w, _)| w.clone()).collect();
-        let p = Pending::new(loaded, sae, layer, z_convention, &windows, (head, feature))?;
+        let p = Pending::new(
+            loaded,
+            sae,
+            layer,
+            z_convention,
+            &windows,
+            (head, feature, 0.0),
+        )?;
         effects.extend(p.read_async(loaded, &|w, p| chunk[w].1 == p).await?);
     }
     Ok(effects)
@@ -280,7 +331,14 @@ pub fn effects_on_examples(
     let mut effects = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(WINDOWS_PER_PASS) {
         let windows: Vec<Vec<u32>> = chunk.iter().map(|(w, _)| w.clone()).collect();
-        let p = Pending::new(loaded, sae, layer, z_convention, &windows, (head, feature))?;
+        let p = Pending::new(
+            loaded,
+            sae,
+            layer,
+            z_convention,
+            &windows,
+            (head, feature, 0.0),
+        )?;
         effects.extend(p.read(loaded, &|w, p| chunk[w].1 == p)?);
     }
     Ok(effects)

@@ -15,6 +15,7 @@ mod effect;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use effect::{
     effects_on_examples, effects_on_examples_async, feature_effect, feature_effect_async,
+    feature_effect_scaled,
 };
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod ranking;
@@ -99,11 +100,15 @@ pub struct FeatureEffect {
     pub feature: usize,
     /// The text's tokens.
     pub ids: Vec<u32>,
+    /// What the feature's activation was multiplied by in the second pass: 0 (removed)
+    /// unless asked otherwise (`text --effect --scale`).
+    #[serde(default)]
+    pub scale: f32,
     /// The feature's activation at each position (zero where it does not fire).
     pub activation: Vec<f32>,
     /// Per position `p` below the last: the loss on token `p + 1`, clean.
     pub loss: Vec<f32>,
-    /// The same with the feature removed.
+    /// The same with the feature removed (or scaled by `scale`).
     pub ablated: Vec<f32>,
     /// Per position: the next tokens whose probability the feature raises most (it falls
     /// most when the feature is removed), largest change first.
