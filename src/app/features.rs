@@ -430,6 +430,41 @@ fn error_label(ui: &mut Ui, text: &str) {
     ui.label(RichText::new(text).color(color));
 }
 
+/// Something asked of the model, drawn by how far it got: a button (`labels.0`, with
+/// `labels.1` beside it) until asked, a spinner (`labels.2`) while it is computed, the
+/// failure with a button to try again, then `ready`. Returns whether a button was clicked,
+/// and what `ready` returned.
+pub(crate) fn answer_panel<T, R>(
+    ui: &mut Ui,
+    state: Option<&Answer<T>>,
+    labels: (&str, &str, &str),
+    ready: impl FnOnce(&mut Ui, &T) -> Option<R>,
+) -> (bool, Option<R>) {
+    let ask = |ui: &mut Ui, label: &str| {
+        ui.horizontal_wrapped(|ui| {
+            let clicked = ui.button(label).clicked();
+            ui.label(RichText::new(labels.1).weak());
+            clicked
+        })
+        .inner
+    };
+    match state {
+        None => (ask(ui, labels.0), None),
+        Some(Answer::Computing) => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(labels.2);
+            });
+            (false, None)
+        }
+        Some(Answer::Failed(why)) => {
+            error_label(ui, &format!("failed: {why}"));
+            (ask(ui, "Try again"), None)
+        }
+        Some(Answer::Ready(x)) => (false, ready(ui, x)),
+    }
+}
+
 /// One token drawn as a small coloured chip: `target` outlines it, `marked` puts a small
 /// triangle under it; hovering shows `tooltip`.
 struct Chip<'a> {
@@ -946,41 +981,29 @@ fn examples_effect_panel(
     asked: Option<&AskedExamples>,
 ) -> Option<FeaturesAction> {
     ui.heading("Effect on its top examples");
-    let examples = top_example_windows(file, fd);
-    let ask = |ui: &mut Ui, label: &str| {
-        ui.horizontal_wrapped(|ui| {
-            let clicked = ui.button(label).clicked();
-            ui.label(
-                RichText::new(format!(
-                    "runs the model on the {} top examples' windows clean and with this feature \
-                     taken out of its head's hook_z",
-                    examples.len()
-                ))
-                .weak(),
-            );
-            clicked
-        })
-        .inner
+    let n = (fd.examples.iter())
+        .filter(|e| e.group == ExampleGroup::Top)
+        .count();
+    let labels = (
+        "Remove it on its top examples",
+        &*format!(
+            "runs the model on the {n} top examples' windows clean and with this feature taken \
+             out of its head's hook_z"
+        ),
+        "running the model on its examples…",
+    );
+    let state = asked.map(|a| &a.state);
+    let (clicked, _) = answer_panel(ui, state, labels, |ui, e| {
+        examples_effect_lines(ui, e);
+        None::<()>
+    });
+    // The windows are copied only when asked for.
+    let examples = if clicked {
+        top_example_windows(file, fd)
+    } else {
+        Vec::new()
     };
-    let clicked = match asked.map(|a| &a.state) {
-        None => ask(ui, "Remove it on its top examples"),
-        Some(Answer::Computing) => {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label("running the model on its examples…");
-            });
-            false
-        }
-        Some(Answer::Failed(why)) => {
-            error_label(ui, &format!("failed: {why}"));
-            ask(ui, "Try again")
-        }
-        Some(Answer::Ready(e)) => {
-            examples_effect_lines(ui, e);
-            false
-        }
-    };
-    (clicked && !examples.is_empty()).then_some(FeaturesAction::ExamplesEffect {
+    (!examples.is_empty()).then_some(FeaturesAction::ExamplesEffect {
         head,
         feature,
         examples,

@@ -5,9 +5,9 @@
 
 use eframe::egui::{self, RichText, Ui};
 
-use super::features::{dfa_row, drawable, shown_token};
+use super::features::{answer_panel, dfa_row, drawable, shown_token};
 use crate::live::{
-    Analysed, Answer, AskedEffect, AskedRanking, AttributionState, EffectState, FeatureEffect,
+    Analysed, AskedEffect, AskedRanking, AttributionState, EffectState, FeatureEffect,
     FeatureRanking, LiveTokens, RankedFeature,
 };
 
@@ -204,41 +204,6 @@ fn pick_panel(
         }
     }
     open.then_some(TextAction::OpenFeature { head, feature })
-}
-
-/// Something asked of the model, drawn by how far it got: a button (`labels.0`, with
-/// `labels.1` beside it) until asked, a spinner (`labels.2`) while it is computed, the
-/// failure with a button to try again, then `ready`. Returns whether a button was clicked,
-/// and what `ready` returned.
-fn answer_panel<T, R>(
-    ui: &mut Ui,
-    state: Option<&Answer<T>>,
-    labels: (&str, &str, &str),
-    ready: impl FnOnce(&mut Ui, &T) -> Option<R>,
-) -> (bool, Option<R>) {
-    let ask = |ui: &mut Ui, label: &str| {
-        ui.horizontal_wrapped(|ui| {
-            let clicked = ui.button(label).clicked();
-            ui.label(RichText::new(labels.1).weak());
-            clicked
-        })
-        .inner
-    };
-    match state {
-        None => (ask(ui, labels.0), None),
-        Some(Answer::Computing) => {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label(labels.2);
-            });
-            (false, None)
-        }
-        Some(Answer::Failed(why)) => {
-            ui.colored_label(ui.visuals().error_fg_color, format!("failed: {why}"));
-            (ask(ui, "Try again"), None)
-        }
-        Some(Answer::Ready(x)) => (false, ready(ui, x)),
-    }
 }
 
 /// What removing the picked feature changes in the model's predictions: a button that asks

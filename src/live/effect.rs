@@ -226,17 +226,7 @@ pub fn feature_effect(
     head: usize,
     feature: usize,
 ) -> anyhow::Result<FeatureEffect> {
-    let windows = [ids.to_vec()];
-    let p = Pending::new(
-        loaded,
-        sae,
-        layer,
-        z_convention,
-        &windows,
-        (head, feature, 0.0),
-    )?;
-    let mut effects = p.read(loaded, &|_, _| true)?;
-    effects.pop().context("no effect")
+    feature_effect_scaled(loaded, sae, layer, z_convention, ids, (head, feature), 0.0)
 }
 
 /// [`feature_effect`] with the feature's activation multiplied by `scale` instead of removed
