@@ -393,40 +393,22 @@ impl WebApp {
             self.app.ui.view = View::Text;
         }
         let web = &mut self.app.web;
-        if let (Some((head, feature)), Some(a)) = (ask_effect, &web.analysis) {
-            web.effect = Some(AskedEffect {
-                ids: a.tokens().ids.clone(),
-                head,
-                feature,
-                state: EffectState::Computing,
-            });
-            web.effect_sent = false;
+        if let Some((head, feature)) = ask_effect {
+            web.ask_effect(head, feature);
         }
-        if let Some(asked) = &web.effect
-            && asked.state == EffectState::Computing
-            && !web.effect_sent
-        {
-            web.effect_sent = true;
-            request_effect((asked.ids.clone(), asked.head, asked.feature));
+        if let Some(request) = web.effect_request.take() {
+            request_effect(request);
         }
         if let (Some(asked), Some(((ids, head, feature), result))) =
             (&mut web.effect, effect_arrived)
         {
             asked.answer((&ids, head, feature), result);
         }
-        if let (true, Some(a)) = (ask_ranking, &web.analysis) {
-            web.ranking = Some(AskedRanking {
-                ids: a.tokens().ids.clone(),
-                state: Answer::Computing,
-            });
-            web.ranking_sent = false;
+        if ask_ranking {
+            web.ask_ranking();
         }
-        if let Some(asked) = &web.ranking
-            && matches!(asked.state, Answer::Computing)
-            && !web.ranking_sent
-        {
-            web.ranking_sent = true;
-            request_ranking(asked.ids.clone());
+        if let Some(ids) = web.ranking_request.take() {
+            request_ranking(ids);
         }
         if let (Some(asked), Some((ids, result))) = (&mut web.ranking, ranking_arrived)
             && asked.ids == ids

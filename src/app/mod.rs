@@ -135,14 +135,14 @@ pub struct WebText {
     pub analysis: Option<std::rc::Rc<dyn crate::live::Analysed>>,
     /// A text to analyse, taken by `src/web.rs`.
     pub requested: Option<String>,
-    /// The feature effect asked for; `src/web.rs` asks the page for it while it is
-    /// `Computing` and not yet `sent`, and fills in the answer.
+    /// The feature effect asked for, and the request `src/web.rs` takes and sends to the
+    /// page (it fills in the answer).
     pub effect: Option<crate::live::AskedEffect>,
-    pub effect_sent: bool,
+    pub effect_request: Option<(Vec<u32>, usize, usize)>,
     /// The same for the feature ranking.
     pub ranking: Option<crate::live::AskedRanking>,
-    pub ranking_sent: bool,
-    /// A feature's effect on its top examples, and the request `src/web.rs` sends for it.
+    pub ranking_request: Option<Vec<u32>>,
+    /// The same for a feature's effect on its top examples.
     pub examples: Option<crate::live::AskedExamples>,
     pub examples_request: Option<(usize, usize, crate::live::Examples)>,
     /// The page's inference bundle has a model loaded.
@@ -151,6 +151,30 @@ pub struct WebText {
 
 #[cfg(target_arch = "wasm32")]
 impl WebText {
+    /// Asks (through `src/web.rs`) what removing a feature changes in the analysed text.
+    pub fn ask_effect(&mut self, head: usize, feature: usize) {
+        let Some(a) = &self.analysis else { return };
+        let ids = a.tokens().ids.clone();
+        self.effect_request = Some((ids.clone(), head, feature));
+        self.effect = Some(crate::live::AskedEffect {
+            ids,
+            head,
+            feature,
+            state: crate::live::Answer::Computing,
+        });
+    }
+
+    /// Asks (through `src/web.rs`) for the ranking of the analysed text's features.
+    pub fn ask_ranking(&mut self) {
+        let Some(a) = &self.analysis else { return };
+        let ids = a.tokens().ids.clone();
+        self.ranking_request = Some(ids.clone());
+        self.ranking = Some(crate::live::AskedRanking {
+            ids,
+            state: crate::live::Answer::Computing,
+        });
+    }
+
     /// Asks (through `src/web.rs`) what removing a feature does on its top examples.
     pub fn ask_examples(&mut self, head: usize, feature: usize, examples: Vec<(Vec<u32>, usize)>) {
         self.examples = Some(crate::live::AskedExamples {
@@ -469,25 +493,9 @@ impl AttnSaesApp {
             Some(text_view::TextAction::Run) => {
                 self.web.requested = Some(self.ui.text.prompt.clone());
             }
-            Some(text_view::TextAction::Rank) => {
-                if let Some(a) = &self.web.analysis {
-                    self.web.ranking = Some(crate::live::AskedRanking {
-                        ids: a.tokens().ids.clone(),
-                        state: crate::live::Answer::Computing,
-                    });
-                    self.web.ranking_sent = false;
-                }
-            }
+            Some(text_view::TextAction::Rank) => self.web.ask_ranking(),
             Some(text_view::TextAction::Effect { head, feature }) => {
-                if let Some(a) = &self.web.analysis {
-                    self.web.effect = Some(crate::live::AskedEffect {
-                        ids: a.tokens().ids.clone(),
-                        head,
-                        feature,
-                        state: crate::live::EffectState::Computing,
-                    });
-                    self.web.effect_sent = false;
-                }
+                self.web.ask_effect(head, feature)
             }
             Some(text_view::TextAction::OpenFeature { head, feature }) => {
                 self.open_feature(head, feature)
