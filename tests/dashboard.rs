@@ -1203,3 +1203,204 @@ fn rank_command_sums_the_ranking_over_held_out_windows() {
         );
     }
 }
+
+/// The key/value cache: a sequence run a position at a time after a prefill gives, at
+/// each position, the logits of one whole forward over the sequence so far (batches of two
+/// sequences, with and without a splice on one head).
+#[test]
+fn decoding_with_a_cache_gives_the_logits_of_whole_forwards() {
+    use attn_saes::lm::{HeadSelection, KvCache, Splice};
+    let r = Reference::load("effect/effect_reference.safetensors");
+    for model in ["gpt2_tiny", "llama_tiny"] {
+        let loaded = load(model);
+        let m = &loaded.transformer;
+        let ids = r.tokens(&format!("{model}.tokens"));
+        let mut other = ids.clone();
+        other[1..].reverse();
+        let rows = [ids.clone(), other];
+        let t = ids.len();
+        let v = m.config.d_vocab;
+        let (h, d) = (m.config.n_heads, m.config.d_head);
+        let push: Tensor<4> = Tensor::<4>::ones([1, 1, h, d], m.device()) * 0.7;
+        let add = move |z: Tensor<4>| z + push.clone();
+        let splice = Splice {
+            layer: 1,
+            heads: HeadSelection::One(2),
+            replace: &add,
+        };
+        for splice in [None, Some(&splice)] {
+            let raw = HookRequest {
+                logits: true,
+                z_convention: ZConvention::Raw,
+                ..Default::default()
+            };
+            let mut cache = KvCache::new();
+            let prefill = 5;
+            let first: Vec<Vec<u32>> = rows.iter().map(|r| r[..prefill].to_vec()).collect();
+            let mut got = vec![
+                m.decode(m.tokens(&first).unwrap(), &mut cache, splice)
+                    .unwrap(),
+            ];
+            for p in prefill..t {
+                let next: Vec<Vec<u32>> = rows.iter().map(|r| vec![r[p]]).collect();
+                got.push(
+                    m.decode(m.tokens(&next).unwrap(), &mut cache, splice)
+                        .unwrap(),
+                );
+            }
+            assert_eq!(cache.len(), t);
+            for (i, logits) in got.into_iter().enumerate() {
+                let upto = prefill + i;
+                let seqs: Vec<Vec<u32>> = rows.iter().map(|r| r[..upto].to_vec()).collect();
+                let whole = m.run(m.tokens(&seqs).unwrap(), &raw, splice).unwrap();
+                let want = values(
+                    whole
+                        .logits
+                        .unwrap()
+                        .slice([0..2, upto - 1..upto, 0..v])
+                        .reshape([2 * v]),
+                );
+                let got = values(logits.reshape([2 * v]));
+                assert_close(
+                    &format!("{model} {} at {upto}", splice.is_some()),
+                    &got,
+                    &want,
+                    1e-5,
+                );
+            }
+            // A batch of another size is refused, not mixed in.
+            let one = m.tokens(&[vec![ids[0]]]).unwrap();
+            let err = m.decode(one, &mut cache, splice).unwrap_err();
+            assert!(err.to_string().contains("holds 2 sequences"), "{err}");
+        }
+    }
+}
+
+/// Steered generation against transformers in float64, where every step is a whole forward
+/// over the sequence so far (`steer/make_steer_reference.py`): the tokens chosen clean and
+/// steered, and their probabilities. The two continuations part in the reference (at new
+/// token 7 and 6), so steering that did nothing, or steered BOS too, or the wrong head,
+/// would fail.
+#[test]
+fn steered_generation_matches_transformers_step_by_step() {
+    use attn_saes::live::steer;
+    let r = Reference::load("steer/steer_reference.safetensors");
+    for model in ["gpt2_tiny", "llama_tiny"] {
+        let loaded = load(model);
+        let sae = BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), &Device::flex())
+            .unwrap();
+        let prompt = r.tokens(&format!("{model}.prompt"));
+        let pick = r.tokens(&format!("{model}.pick"));
+        let (head, feature) = (pick[0] as usize, pick[1] as usize);
+        let strength = r.get(&format!("{model}.strength")).data[0] as f32;
+        let clean = r.tokens(&format!("{model}.clean"));
+        let n = clean.len();
+        let s = steer(&loaded, &sae, 0, &prompt, (head, feature, strength), n).unwrap();
+        assert_eq!((s.head, s.feature, s.strength), (head, feature, strength));
+        assert_eq!(s.prompt, prompt);
+        assert_eq!(s.clean.ids, clean, "{model} clean");
+        assert_eq!(
+            s.steered.ids,
+            r.tokens(&format!("{model}.steered")),
+            "{model} steered"
+        );
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        for (row, got) in [("clean", &s.clean), ("steered", &s.steered)] {
+            assert_close(
+                &format!("{model} {row} prob"),
+                &f64s(&got.prob),
+                &r.get(&format!("{model}.{row}_prob")).data,
+                1e-5,
+            );
+            assert_eq!(got.tokens.len(), n);
+            assert_eq!(got.text, loaded.tokenizer.decode(&got.ids, false).unwrap());
+        }
+        assert!(s.parts_at() < n, "{model}: the continuations never part");
+        // Strength 0: the steered row is the clean one, bit for bit.
+        let zero = steer(&loaded, &sae, 0, &prompt, (head, feature, 0.0), n).unwrap();
+        assert_eq!(zero.steered, zero.clean);
+        assert_eq!(zero.clean, s.clean);
+        // Bad requests are errors that say what is wrong.
+        let err = |hf: (usize, usize, f32), n: usize| {
+            steer(&loaded, &sae, 0, &prompt, hf, n)
+                .unwrap_err()
+                .to_string()
+        };
+        let m = sae.config.features_per_head;
+        assert!(err((head, m, 1.0), 4).contains(&format!("heads of {m} features")));
+        assert!(err((head, feature, f32::NAN), 4).contains("not a number"));
+        assert!(err((head, feature, 1.0), 0).contains("between 1 and"));
+        let n_ctx = loaded.transformer.config.n_ctx;
+        assert!(err((head, feature, 1.0), n_ctx).contains("exceed the model's context"));
+    }
+}
+
+/// `steer --json`: the library's continuation pair, at 4 times the feature's largest
+/// dashboard activation by default, at `--strength 1.5x` 1.5 times it, and at an activation
+/// given as `--strength -2.5`; without dashboards a multiple is an error that says what to
+/// give.
+#[test]
+fn steer_command_continues_the_text_as_the_library_does() {
+    use attn_saes::live::{Steered, steer, text_ids};
+    let dir = TempDir::new("attn-saes-steer", "cli");
+    let run = run_with_dashboard(&dir, 30);
+    let d =
+        attn_saes::dashboard::build::read(&attn_saes::dashboard::run_dashboard_path(&run)).unwrap();
+    // The feature with the largest activation in the dashboards.
+    let (head, feature, max) = (d.heads.iter().enumerate())
+        .flat_map(|(h, hd)| {
+            (hd.features.iter().enumerate()).map(move |(f, x)| (h, f, x.max_activation))
+        })
+        .fold((0, 0, 0.0f32), |b, x| if x.2 > b.2 { x } else { b });
+    assert!(max > 0.0);
+    let text = "The cat sat on the mat and the";
+    let cli = |extra: &[&str], run: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu", "steer"])
+            .arg(run)
+            .args([
+                text,
+                "--feature",
+                &format!("{head},{feature}"),
+                "--tokens",
+                "6",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let live = attn_saes::app::jobs::load_live(
+        &attn_saes::app::jobs::LiveSource::Run(run.clone()),
+        attn_saes::device::DeviceChoice::Cpu,
+    )
+    .unwrap();
+    let (loaded, sae, layer) = (&live.loaded, &live.sae, live.layer);
+    let ids = text_ids(loaded, text).unwrap();
+    let cases = [
+        (vec![], 4.0 * max),
+        (vec!["--strength", "1.5x"], 1.5 * max),
+        (vec!["--strength", "-2.5"], -2.5),
+    ];
+    for (extra, strength) in cases {
+        let out = cli(&[extra.as_slice(), &["--json"]].concat(), &run);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Steered = serde_json::from_slice(&out.stdout).unwrap();
+        let want = steer(loaded, sae, layer, &ids, (head, feature, strength), 6).unwrap();
+        assert_eq!(got, want);
+        let shown = cli(&extra, &run);
+        let stdout = String::from_utf8_lossy(&shown.stdout);
+        assert!(
+            stdout.contains(&format!("{:?}", want.steered.text)),
+            "{stdout}"
+        );
+    }
+    std::fs::remove_file(attn_saes::dashboard::run_dashboard_path(&run)).unwrap();
+    let out = cli(&[], &run);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --strength as an activation"));
+    assert!(cli(&["--strength", "-2.5"], &run).status.success());
+}

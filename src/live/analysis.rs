@@ -60,13 +60,7 @@ impl Pending {
         text: &str,
     ) -> anyhow::Result<Self> {
         let model = &loaded.transformer;
-        let enc = loaded
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-        let mut ids: Vec<u32> = model.config.bos_token_id.into_iter().collect();
-        ids.extend(enc.get_ids());
-        anyhow::ensure!(!ids.is_empty(), "the text gives no tokens");
+        let ids = super::text_ids(loaded, text)?;
         let t = ids.len();
         let (h, d, m) = super::per_head_sizes(sae, model)?;
         anyhow::ensure!(

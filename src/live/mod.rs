@@ -18,6 +18,10 @@ pub use effect::{
     feature_effect_scaled,
 };
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+mod steer;
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+pub use steer::{MAX_NEW_TOKENS, steer, steer_async};
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use ranking::{rank_features, rank_features_async, rank_features_over};
@@ -38,6 +42,19 @@ fn per_head_sizes(
         c.d_head
     );
     Ok((h, d, c.features_per_head))
+}
+
+/// A text's token ids as the model reads it: BOS first when the model has one.
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+pub fn text_ids(loaded: &crate::lm::LoadedModel, text: &str) -> anyhow::Result<Vec<u32>> {
+    let enc = loaded
+        .tokenizer
+        .encode(text, false)
+        .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+    let mut ids: Vec<u32> = loaded.transformer.config.bos_token_id.into_iter().collect();
+    ids.extend(enc.get_ids());
+    anyhow::ensure!(!ids.is_empty(), "the text gives no tokens");
+    Ok(ids)
 }
 
 /// A tensor's values, the read-back awaited (the only kind WebGPU has).
@@ -115,6 +132,41 @@ pub struct FeatureEffect {
     pub promotes: Vec<Vec<TokenChange>>,
     /// Per position: the next tokens whose probability the feature lowers most.
     pub suppresses: Vec<Vec<TokenChange>>,
+}
+
+/// A text continued by the model twice, greedily (the likeliest token each time): as it
+/// is, and steered by one feature added to its head's `hook_z` at every position after
+/// BOS, prompt and continuation, as if it fired there with activation `strength` (its
+/// decoder row times `strength`, in hook_z's units; negative pushes the other way).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Steered {
+    pub head: usize,
+    pub feature: usize,
+    pub strength: f32,
+    /// The prompt's tokens (BOS first when the model has one).
+    pub prompt: Vec<u32>,
+    pub clean: Continuation,
+    pub steered: Continuation,
+}
+
+/// The tokens a model chose after a prompt.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Continuation {
+    pub ids: Vec<u32>,
+    /// Each token's text, as the tokenizer decodes it alone.
+    pub tokens: Vec<String>,
+    /// The continuation decoded whole.
+    pub text: String,
+    /// The probability the model gave each chosen token.
+    pub prob: Vec<f32>,
+}
+
+impl Steered {
+    /// The first position where the two continuations part (their length if they never do).
+    pub fn parts_at(&self) -> usize {
+        let (a, b) = (&self.clean.ids, &self.steered.ids);
+        a.iter().zip(b).take_while(|(x, y)| x == y).count()
+    }
 }
 
 /// A next token whose probability a feature changes: its probability clean and with the

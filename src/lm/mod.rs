@@ -15,7 +15,7 @@ use burn::prelude::*;
 use tokenizers::Tokenizer;
 
 pub use transformer::{
-    Activation, Family, HeadSelection, HookCache, HookRequest, Splice, Transformer,
+    Activation, Family, HeadSelection, HookCache, HookRequest, KvCache, Splice, Transformer,
     TransformerConfig, ZConvention, per_token_ce,
 };
 pub use weights::LoadError;

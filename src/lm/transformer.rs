@@ -8,6 +8,9 @@ use burn::prelude::*;
 use burn::tensor::activation::{gelu, log_softmax, softmax};
 use burn::tensor::{Bool, DType, Int, TensorData};
 
+mod decode;
+pub use decode::KvCache;
+
 /// Sizes and conventions of a loaded transformer.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TransformerConfig {
@@ -261,6 +264,10 @@ pub enum ForwardError {
     Token { token: i64, d_vocab: usize },
     #[error("sequences in a batch must have one length: {first} and {other} tokens")]
     Ragged { first: usize, other: usize },
+    #[error("no tokens to run")]
+    NoTokens,
+    #[error("the key/value cache holds {cached} sequences, not {given}")]
+    CacheBatch { cached: usize, given: usize },
     #[error("this device has no f16 (ATTN_SAES_LM_F16=1 needs a GPU with f16 shaders)")]
     NoF16,
 }
@@ -412,16 +419,7 @@ impl Transformer {
             }
             let z = match splice {
                 Some(s) if s.layer == layer => {
-                    let replaced = (s.replace)(hooked.clone());
-                    let replaced = match s.heads {
-                        HeadSelection::All => replaced,
-                        HeadSelection::One(h) => {
-                            let mask = head_mask(cfg.n_heads, h, &self.device)
-                                .reshape([1, 1, cfg.n_heads, 1])
-                                .expand([batch, pos, cfg.n_heads, cfg.d_head]);
-                            hooked.mask_where(mask, replaced)
-                        }
-                    };
+                    let replaced = self.spliced(s, hooked);
                     match &fold {
                         Some(f) => replaced + f.clone(),
                         None => replaced,
@@ -448,18 +446,30 @@ impl Transformer {
         Ok(cache)
     }
 
-    /// Causal self-attention. Returns the pattern `[batch, n_heads, dest, src]` (when
-    /// `want_pattern`), the value vectors per query head `[batch, n_heads, src, d_head]` and
-    /// raw `z` `[batch, pos, n_heads, d_head]`. Without the pattern, burn's fused attention
-    /// op computes `z` (flash attention where the backend has it; on the CPU from 256
-    /// positions), so the `[batch, h, pos, pos]` scores are never materialised.
-    fn attention(
+    /// `splice`'s replacement of `z` `[batch, pos, n_heads, d_head]`, on its heads only.
+    fn spliced(&self, splice: &Splice, z: Tensor<4>) -> Tensor<4> {
+        let replaced = (splice.replace)(z.clone());
+        match splice.heads {
+            HeadSelection::All => replaced,
+            HeadSelection::One(h) => {
+                let cfg = &self.config;
+                let [batch, pos, _, _] = z.dims();
+                let mask = head_mask(cfg.n_heads, h, &self.device)
+                    .reshape([1, 1, cfg.n_heads, 1])
+                    .expand([batch, pos, cfg.n_heads, cfg.d_head]);
+                z.mask_where(mask, replaced)
+            }
+        }
+    }
+
+    /// Queries `[batch, h, pos, dh]`, keys and values `[batch, hkv, pos, dh]` of `x`
+    /// `[batch, pos, d_model]` at absolute positions `offset..offset + pos` (rotated there).
+    fn project_qkv(
         &self,
         attn: &Attention,
         x: Tensor<3>,
-        future: &Tensor<2, Bool>,
-        want_pattern: bool,
-    ) -> (Option<Tensor<4>>, Tensor<4>, Tensor<4>) {
+        offset: usize,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let cfg = &self.config;
         let [batch, pos, _] = x.dims();
         let (h, hkv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
@@ -479,14 +489,33 @@ impl Transformer {
             .slice([0..batch, 0..pos, (h + hkv) * dh..(h + 2 * hkv) * dh])
             .reshape([batch, pos, hkv, dh])
             .swap_dims(1, 2); // [batch, hkv, pos, dh]
-        let (q, k) = match &self.positions {
+        match &self.positions {
             Positions::Rotary { cos, sin } => {
-                let cos = cos.clone().slice([0..pos, 0..dh]).unsqueeze::<4>();
-                let sin = sin.clone().slice([0..pos, 0..dh]).unsqueeze::<4>();
-                (rotate(q, cos.clone(), sin.clone()), rotate(k, cos, sin))
+                let at = offset..offset + pos;
+                let cos = cos.clone().slice([at.clone(), 0..dh]).unsqueeze::<4>();
+                let sin = sin.clone().slice([at, 0..dh]).unsqueeze::<4>();
+                (rotate(q, cos.clone(), sin.clone()), rotate(k, cos, sin), v)
             }
-            Positions::Learned(_) => (q, k),
-        };
+            Positions::Learned(_) => (q, k, v),
+        }
+    }
+
+    /// Causal self-attention. Returns the pattern `[batch, n_heads, dest, src]` (when
+    /// `want_pattern`), the value vectors per query head `[batch, n_heads, src, d_head]` and
+    /// raw `z` `[batch, pos, n_heads, d_head]`. Without the pattern, burn's fused attention
+    /// op computes `z` (flash attention where the backend has it; on the CPU from 256
+    /// positions), so the `[batch, h, pos, pos]` scores are never materialised.
+    fn attention(
+        &self,
+        attn: &Attention,
+        x: Tensor<3>,
+        future: &Tensor<2, Bool>,
+        want_pattern: bool,
+    ) -> (Option<Tensor<4>>, Tensor<4>, Tensor<4>) {
+        let cfg = &self.config;
+        let [batch, pos, _] = x.dims();
+        let (h, hkv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+        let (q, k, v) = self.project_qkv(attn, x, 0);
         let (k, v) = if hkv == h {
             (k, v)
         } else {
