@@ -6,7 +6,8 @@
 // SCROLL, turns the mouse wheel SCROLL times (100 px each) over the feature's dashboard.
 // Your text (serve without --no-live, and &live=live.json in the URL): TEXT="..." runs a
 // text once the model is loaded, PICK=POSITION,HEAD,FEATURE picks a feature, and EFFECT=1
-// asks for its effect on the predictions. EXAMPLES=1 (with ?feature=H,F and a model) asks
+// asks for its effect on the predictions, STEER=STRENGTH,TOKENS for the text continued clean
+// and steered by it (printing how long that took). EXAMPLES=1 (with ?feature=H,F and a model) asks
 // for that feature's effect on its top examples (Features) and prints how long it took.
 import { chromium } from '../tests/web/node_modules/playwright-core/index.mjs';
 
@@ -52,18 +53,30 @@ if (process.env.TEXT) {
   if (process.env.PICK) {
     const [p, h, f] = process.env.PICK.split(',').map(Number);
     await page.evaluate(([p, h, f]) => window.attnSaes.live_pick(p, h, f), [p, h, f]);
+    // Waits for Your text's `name` (effect, steer) to be answered; exits unless ready.
+    const answered = async (name) => {
+      const status = await until(`the ${name}`, (name) => {
+        const s = window.attnSaes.live_shown();
+        const e = s ? JSON.parse(s)[`${name}_status`] : 'none';
+        return e !== 'none' && e !== 'computing' ? e : null;
+      }, name);
+      if (status !== 'ready') {
+        console.error(`the ${name}: ${status}`);
+        process.exit(1);
+      }
+    };
     if (process.env.EFFECT) {
       await page.waitForTimeout(500);
       await page.evaluate(([h, f]) => window.attnSaes.live_effect(h, f), [h, f]);
-      const status = await until('the effect', () => {
-        const s = window.attnSaes.live_shown();
-        const e = s ? JSON.parse(s).effect_status : 'none';
-        return e !== 'none' && e !== 'computing' ? e : null;
-      });
-      if (status !== 'ready') {
-        console.error(`the effect: ${status}`);
-        process.exit(1);
-      }
+      await answered('effect');
+    }
+    if (process.env.STEER) {
+      const [strength, tokens] = process.env.STEER.split(',').map(Number);
+      await page.waitForTimeout(500);
+      const t0 = Date.now();
+      await page.evaluate((a) => window.attnSaes.live_steer(...a), [h, f, strength, tokens]);
+      await answered('steer');
+      console.error(`steered continuation: ${Date.now() - t0} ms`);
     }
   }
   shown = JSON.stringify((await page.evaluate(liveShown)).pick);

@@ -18,8 +18,8 @@ use wasm_bindgen::prelude::*;
 use crate::app::features::LoadedDashboard;
 use crate::app::{AttnSaesApp, View};
 use crate::live::{
-    Analysed, Answer, AskedEffect, AskedExamples, AskedRanking, Attribution, AttributionState,
-    EffectState, ExamplesEffect, FeatureEffect, FeatureRanking, LiveTokens,
+    Analysed, Answer, AskedEffect, AskedExamples, AskedRanking, AskedSteer, Attribution,
+    AttributionState, ExamplesEffect, FeatureEffect, FeatureRanking, LiveTokens, Steered,
 };
 
 /// What the page and the app share: dashboards parsed by [`open_dashboard`] and waiting
@@ -45,6 +45,10 @@ struct Shared {
     effect_arrived: Option<(EffectKey, Result<FeatureEffect, String>)>,
     /// Set by [`live_rank`]: rank the features of the analysed text.
     live_rank: bool,
+    /// Set by [`live_steer`]: head, feature, strength and new tokens to steer with.
+    live_steer: Option<(usize, usize, f32, usize)>,
+    /// The bundle's answer to a steering request, with the request's tokens and feature.
+    steer_arrived: Option<(EffectKey, Result<Steered, String>)>,
     /// Set by [`live_examples_effect`]: a feature whose effect on its top examples to ask for.
     live_examples: Option<(usize, usize)>,
     /// The bundle's answer to an examples request, with the feature.
@@ -74,6 +78,7 @@ struct LiveView {
     pick: Option<(usize, usize, usize)>,
     effect: Option<AskedEffect>,
     ranking: Option<AskedRanking>,
+    steer: Option<AskedSteer>,
 }
 
 /// `window.attnSaesLive`, the page's bridge to its inference bundle, if the page has one.
@@ -158,6 +163,22 @@ fn request_effect((ids, head, feature): EffectKey) {
                     .map_err(|e| format!("the inference bundle's answer: {e}"))
             });
         post(|s| s.effect_arrived = Some(((ids, head, feature), result)));
+    });
+}
+
+/// Asks the inference bundle to continue its last text (`ids`) clean and steered; the
+/// answer arrives in `shared.steer_arrived`.
+fn request_steer((ids, head, feature, strength, tokens): (Vec<u32>, usize, usize, f32, usize)) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let args =
+            [head as f64, feature as f64, strength as f64, tokens as f64].map(JsValue::from_f64);
+        let result = awaited_string(call_bridge("steer", &args))
+            .await
+            .and_then(|json| {
+                serde_json::from_str::<Steered>(&json)
+                    .map_err(|e| format!("the inference bundle's answer: {e}"))
+            });
+        post(|s| s.steer_arrived = Some(((ids, head, feature), result)));
     });
 }
 
@@ -282,6 +303,7 @@ impl eframe::App for WebApp {
             pick: text.token.zip(text.pick).map(|(p, (h, f))| (p, h, f)),
             effect: web.effect.clone(),
             ranking: web.ranking.clone(),
+            steer: web.steer.clone(),
         });
     }
 
@@ -344,9 +366,14 @@ impl WebApp {
                 s.effect_arrived.take(),
             )
         };
-        let (ask_ranking, ranking_arrived) = {
+        let (ask_ranking, ranking_arrived, ask_steer, steer_arrived) = {
             let mut s = self.shared.borrow_mut();
-            (std::mem::take(&mut s.live_rank), s.ranking_arrived.take())
+            (
+                std::mem::take(&mut s.live_rank),
+                s.ranking_arrived.take(),
+                s.live_steer.take(),
+                s.steer_arrived.take(),
+            )
         };
         self.examples_logic();
         let web = &mut self.app.web;
@@ -401,6 +428,16 @@ impl WebApp {
         }
         if let (Some(asked), Some(((ids, head, feature), result))) =
             (&mut web.effect, effect_arrived)
+        {
+            asked.answer((&ids, head, feature), result);
+        }
+        if let Some((head, feature, strength, tokens)) = ask_steer {
+            web.ask_steer(head, feature, strength, tokens);
+        }
+        if let Some(request) = web.steer_request.take() {
+            request_steer(request);
+        }
+        if let (Some(asked), Some(((ids, head, feature), result))) = (&mut web.steer, steer_arrived)
         {
             asked.answer((&ids, head, feature), result);
         }
@@ -527,8 +564,8 @@ pub fn selection() -> String {
     shared().borrow().selection.clone()
 }
 
-/// What Your text shows, as JSON (`{prompt, status, tokens, pick}`), or "" before any
-/// analysis.
+/// What Your text shows, as JSON (`{prompt, status, tokens, pick}`, and `effect`, `ranking`
+/// and `steer` with their `_status`), or "" before any analysis.
 #[wasm_bindgen]
 pub fn live_shown() -> String {
     let shared = shared();
@@ -538,23 +575,26 @@ pub fn live_shown() -> String {
     };
     let mut shown = crate::live::shown_json(v.analysis.as_ref(), &v.prompt, v.pick);
     shown["status"] = v.status.clone().into();
-    let (status, effect) = match v.effect.as_ref().map(|e| &e.state) {
-        None => ("none".to_string(), None),
-        Some(EffectState::Computing) => ("computing".into(), None),
-        Some(EffectState::Failed(why)) => (format!("failed: {why}"), None),
-        Some(EffectState::Ready(e)) => ("ready".into(), Some(e)),
-    };
-    shown["effect_status"] = status.into();
-    shown["effect"] = serde_json::to_value(effect).unwrap_or_default();
-    let (status, ranking) = match v.ranking.as_ref().map(|r| &r.state) {
-        None => ("none".to_string(), None),
-        Some(Answer::Computing) => ("computing".into(), None),
-        Some(Answer::Failed(why)) => (format!("failed: {why}"), None),
-        Some(Answer::Ready(r)) => ("ready".into(), Some(r)),
-    };
-    shown["ranking_status"] = status.into();
-    shown["ranking"] = serde_json::to_value(ranking).unwrap_or_default();
+    for (name, state) in [
+        ("effect", answer_json(v.effect.as_ref().map(|x| &x.state))),
+        ("ranking", answer_json(v.ranking.as_ref().map(|x| &x.state))),
+        ("steer", answer_json(v.steer.as_ref().map(|x| &x.state))),
+    ] {
+        shown[format!("{name}_status")] = state.0.into();
+        shown[name] = state.1;
+    }
     shown.to_string()
+}
+
+/// `(status, answer)` of something asked of the bundle: `status` none, computing, ready or
+/// `failed: ...`; the answer's JSON, null unless ready.
+fn answer_json<T: serde::Serialize>(state: Option<&Answer<T>>) -> (String, serde_json::Value) {
+    match state {
+        None => ("none".into(), serde_json::Value::Null),
+        Some(Answer::Computing) => ("computing".into(), serde_json::Value::Null),
+        Some(Answer::Failed(why)) => (format!("failed: {why}"), serde_json::Value::Null),
+        Some(Answer::Ready(x)) => ("ready".into(), serde_json::to_value(x).unwrap_or_default()),
+    }
 }
 
 /// Asks what removing `feature` of `head` does on its top examples in the open dashboard
@@ -574,11 +614,7 @@ pub fn examples_shown() -> String {
     let Some(asked) = &shared.examples_view else {
         return serde_json::json!({"status": "none"}).to_string();
     };
-    let (status, effect) = match &asked.state {
-        Answer::Computing => ("computing".to_string(), None),
-        Answer::Failed(why) => (format!("failed: {why}"), None),
-        Answer::Ready(e) => ("ready".into(), Some(e)),
-    };
+    let (status, effect) = answer_json(Some(&asked.state));
     serde_json::json!({
         "status": status, "head": asked.head, "feature": asked.feature, "effect": effect,
     })
@@ -590,6 +626,13 @@ pub fn examples_shown() -> String {
 #[wasm_bindgen]
 pub fn live_rank() {
     post(|s| s.live_rank = true);
+}
+
+/// Continues the analysed text by `tokens` clean and steered by `feature` of `head` at
+/// `strength` (Your text's "Continue the text"); [`live_shown`] has it once it arrives.
+#[wasm_bindgen]
+pub fn live_steer(head: usize, feature: usize, strength: f32, tokens: usize) {
+    post(|s| s.live_steer = Some((head, feature, strength, tokens)));
 }
 
 /// Asks for the effect of `feature` of `head` on the analysed text (Your text's "Remove it

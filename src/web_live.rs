@@ -243,6 +243,30 @@ pub async fn rank() -> Result<String, JsValue> {
     serde_json::to_string(&ranking).map_err(js_error)
 }
 
+/// The last text analysed continued by `tokens` greedily, clean and steered by `feature` of
+/// `head` added at `strength`: JSON of [`crate::live::Steered`].
+#[wasm_bindgen]
+pub async fn steer(
+    head: usize,
+    feature: usize,
+    strength: f32,
+    tokens: usize,
+) -> Result<String, JsValue> {
+    let session = session()?;
+    let ids = last_ids()?;
+    let steered = crate::live::steer_async(
+        &session.loaded,
+        &session.sae,
+        session.layer,
+        &ids,
+        (head, feature, strength),
+        tokens,
+    )
+    .await
+    .map_err(|e| js_error(format!("{e:#}")))?;
+    serde_json::to_string(&steered).map_err(js_error)
+}
+
 /// The loaded model and SAE.
 fn session() -> Result<Rc<Session>, JsValue> {
     SESSION

@@ -668,6 +668,42 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     });
     h.run_steps(2);
     h.snapshot("app_text_ranking");
+
+    // Steering with the picked feature: the continuations asked of the worker are the
+    // library's at the default 4x the feature's largest activation in the open dashboards.
+    use attn_saes::live::steer;
+    let d =
+        attn_saes::dashboard::build::read(&attn_saes::dashboard::run_dashboard_path(&run)).unwrap();
+    let largest = d.heads[top.head].features[top.feature].max_activation;
+    assert!(largest > 0.0);
+    h.state_mut().ui.text.steer_tokens = 8;
+    h.run_steps(1);
+    let basis = format!("its largest activation in the dashboards ({largest:.3})");
+    assert!(h.query_by_label_contains(&basis).is_some(), "{basis}");
+    h.get_by_label("Continue the text").click_accesskit();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.native
+            .steer
+            .as_ref()
+            .is_some_and(|x| matches!(x.state, Answer::Ready(_)))
+    });
+    h.run_steps(2);
+    let direct = steer(
+        &loaded,
+        &sae,
+        1,
+        &ids,
+        (top.head, top.feature, 4.0 * largest),
+        8,
+    )
+    .unwrap();
+    let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
+        unreachable!()
+    };
+    assert_eq!(**shown, direct);
+    let said = format!("At strength {:.3}", direct.strength);
+    assert!(h.query_by_label_contains(&said).is_some(), "{said}");
+    h.snapshot("app_text_steer");
     h.get_by_label("Open its dashboard").click_accesskit();
     h.run_steps(2);
     assert_eq!(

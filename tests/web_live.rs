@@ -10,7 +10,8 @@
 //! must the picked feature's effect (`text --effect`: the losses with and without it, the
 //! probabilities of the tokens listed, rank by rank), and the ranking of every firing
 //! feature (`text --rank`), and the feature's effect on its top examples (`features
-//! --effect`). Also: a
+//! --effect`), and the text continued clean and steered by it (`steer`: the same tokens,
+//! their probabilities within the tolerance). Also: a
 //! second visit reads the model from the browser's cache, a manifest with a wrong sha256 is
 //! refused with a message, and so is a model file one bit off the one the dashboard
 //! records (its sha256, checked here against the files themselves).
@@ -144,6 +145,20 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     );
     let native_examples: Value =
         serde_json::from_slice(&std::fs::read(&examples_json).unwrap()).unwrap();
+    // `steer` with the same feature, strength and length as the page is asked for.
+    let out = Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["--device", "cpu", "steer"])
+        .arg(&run)
+        .args([PROMPT, "--feature", &format!("{head},{feature}")])
+        .args(["--strength", "2.5", "--tokens", "6", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let native_steer: Value = serde_json::from_slice(&out.stdout).unwrap();
 
     // The dashboard records the sha256 of the model's and SAE's files (computed here
     // independently, with sha2 over the files themselves).
@@ -324,6 +339,26 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
             assert!(close(a, b), "{name}: estimate of {:?}: {a} vs {b}", key(f));
             assert_eq!(g["fires"], f["fires"], "{name}: {:?}", key(f));
         }
+        // The steered continuation: the same tokens both ways, probabilities within the
+        // tolerance.
+        assert_eq!(r["steerStatus"], "ready", "{name}");
+        for row in ["clean", "steered"] {
+            let (ours, theirs) = (&r["steer"][row], &native_steer[row]);
+            assert_eq!(ours["ids"], theirs["ids"], "{name}: {row} tokens");
+            assert_eq!(ours["text"], theirs["text"], "{name}: {row} text");
+            let probs = |v: &Value| -> Vec<f64> {
+                v["prob"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            };
+            for (a, b) in probs(ours).into_iter().zip(probs(theirs)) {
+                assert!(close(a, b), "{name}: {row} probability {a} vs {b}");
+            }
+        }
+        assert_eq!(r["steer"]["strength"], native_steer["strength"]);
         let order = &r["attributionOrder"];
         assert!(
             order["stale"].as_str().unwrap().contains("a newer text"),

@@ -6,7 +6,7 @@
 // keeps drawing and answering while it works.
 //
 // Messages in: {id, op, args}, op one of 'load' | 'analyze' | 'attribution' | 'effect' |
-// 'rank' | 'examples', handled one at
+// 'rank' | 'steer' | 'examples', handled one at
 // a time in arrival order. Out: {status, isError} lines while working, and {id, value} or
 // {id, error} for each request.
 import init, * as lm from './live/attn_saes_live.js';
@@ -176,6 +176,13 @@ const ops = {
       throw new Error('a newer text has been analysed since: ask again on it');
     }
     return lm.rank();
+  },
+  // The last text continued clean and steered by a feature at a strength.
+  async steer({ head, feature, strength, tokens, of }) {
+    if (of !== analysis) {
+      throw new Error('a newer text has been analysed since: ask again on it');
+    }
+    return lm.steer(head, feature, strength, tokens);
   },
   // What removing a feature does on its top examples ([[window ids, target], ...] as JSON).
   async examples({ head, feature, examples }) {

@@ -425,7 +425,7 @@ fn ratio(value: f32, scale: f32) -> f32 {
     if scale > 0.0 { value / scale } else { 0.0 }
 }
 
-fn error_label(ui: &mut Ui, text: &str) {
+pub(crate) fn error_label(ui: &mut Ui, text: &str) {
     let color = ui.visuals().error_fg_color;
     ui.label(RichText::new(text).color(color));
 }

@@ -222,6 +222,13 @@ pub enum LiveEvent {
         feature: usize,
         result: Result<crate::live::ExamplesEffect, String>,
     },
+    /// The answer to [`LiveRequest::Steer`].
+    Steered {
+        ids: Vec<u32>,
+        head: usize,
+        feature: usize,
+        result: Result<crate::live::Steered, String>,
+    },
     /// The answer to [`LiveRequest::Rank`].
     Ranking {
         ids: Vec<u32>,
@@ -242,6 +249,14 @@ pub enum LiveRequest {
     },
     /// Every feature firing on these tokens, ranked by its estimated effect on the loss.
     Rank { ids: Vec<u32> },
+    /// These tokens continued clean and steered by a feature at `strength` ([`crate::live::Steered`]).
+    Steer {
+        ids: Vec<u32>,
+        head: usize,
+        feature: usize,
+        strength: f32,
+        tokens: usize,
+    },
     /// What removing a feature does on its top examples, `(window, target)` each.
     Examples {
         head: usize,
@@ -351,6 +366,17 @@ impl LiveModel {
         crate::live::rank_features(&self.loaded, &self.sae, self.layer, self.z_convention, ids)
     }
 
+    /// `ids` continued by `tokens` greedily, clean and steered by `(head, feature,
+    /// strength)`.
+    pub fn steer(
+        &self,
+        ids: &[u32],
+        steering: (usize, usize, f32),
+        tokens: usize,
+    ) -> anyhow::Result<crate::live::Steered> {
+        crate::live::steer(&self.loaded, &self.sae, self.layer, ids, steering, tokens)
+    }
+
     /// What removing `feature` of `head` wherever it fires in `ids` changes in the model's
     /// next-token predictions.
     pub fn effect(
@@ -454,6 +480,20 @@ fn live_loop(
                     feature: *feature,
                     result: live
                         .examples_effect(examples, *head, *feature)
+                        .map_err(|e| format!("{e:#}")),
+                },
+                LiveRequest::Steer {
+                    ids,
+                    head,
+                    feature,
+                    strength,
+                    tokens,
+                } => LiveEvent::Steered {
+                    ids: ids.clone(),
+                    head: *head,
+                    feature: *feature,
+                    result: live
+                        .steer(ids, (*head, *feature, *strength), *tokens)
                         .map_err(|e| format!("{e:#}")),
                 },
                 LiveRequest::Rank { ids } => LiveEvent::Ranking {

@@ -142,6 +142,9 @@ pub struct WebText {
     /// The same for the feature ranking.
     pub ranking: Option<crate::live::AskedRanking>,
     pub ranking_request: Option<Vec<u32>>,
+    /// The same for a steered continuation: tokens, head, feature, strength, new tokens.
+    pub steer: Option<crate::live::AskedSteer>,
+    pub steer_request: Option<(Vec<u32>, usize, usize, f32, usize)>,
     /// The same for a feature's effect on its top examples.
     pub examples: Option<crate::live::AskedExamples>,
     pub examples_request: Option<(usize, usize, crate::live::Examples)>,
@@ -156,12 +159,16 @@ impl WebText {
         let Some(a) = &self.analysis else { return };
         let ids = a.tokens().ids.clone();
         self.effect_request = Some((ids.clone(), head, feature));
-        self.effect = Some(crate::live::AskedEffect {
-            ids,
-            head,
-            feature,
-            state: crate::live::Answer::Computing,
-        });
+        self.effect = Some(crate::live::Asked::computing(ids, head, feature));
+    }
+
+    /// Asks (through `src/web.rs`) for the analysed text continued clean and steered by a
+    /// feature at `strength`.
+    pub fn ask_steer(&mut self, head: usize, feature: usize, strength: f32, tokens: usize) {
+        let Some(a) = &self.analysis else { return };
+        let ids = a.tokens().ids.clone();
+        self.steer_request = Some((ids.clone(), head, feature, strength, tokens));
+        self.steer = Some(crate::live::Asked::computing(ids, head, feature));
     }
 
     /// Asks (through `src/web.rs`) for the ranking of the analysed text's features.
@@ -214,6 +221,8 @@ pub struct Native {
     pub effect: Option<crate::live::AskedEffect>,
     /// The feature ranking asked of the worker.
     pub ranking: Option<crate::live::AskedRanking>,
+    /// The steered continuation asked of the worker.
+    pub steer: Option<crate::live::AskedSteer>,
     /// A feature's effect on its top examples, asked of the worker.
     pub examples: Option<crate::live::AskedExamples>,
     /// A text was sent to the worker and its analysis has not arrived.
@@ -302,6 +311,15 @@ impl AttnSaesApp {
         self.message(Level::Info, text);
         self.dashboard = Some(d);
         self.ui.view = View::Features;
+    }
+
+    /// The largest activation the open dashboard records for the feature picked in Your
+    /// text (what steering strengths are multiples of), when there is one.
+    fn largest_activation(&mut self) -> Option<f32> {
+        let (head, feature) = self.ui.text.pick?;
+        let d = self.dashboard.as_mut()?;
+        let largest = d.head(head).ok()?.features.get(feature)?.max_activation;
+        (largest > 0.0).then_some(largest)
     }
 
     /// What is selected, in words (the web page exposes it to scripts and tests).
@@ -479,6 +497,7 @@ impl AttnSaesApp {
     /// Your text in the web page: the page's inference bundle analyses the text.
     #[cfg(target_arch = "wasm32")]
     fn web_text_ui(&mut self, ui: &mut egui::Ui) {
+        let largest = self.largest_activation();
         let action = text_view::text_ui(
             ui,
             &mut self.ui.text,
@@ -487,6 +506,8 @@ impl AttnSaesApp {
             text_view::Answers {
                 effect: self.web.effect.as_ref(),
                 ranking: self.web.ranking.as_ref(),
+                steer: self.web.steer.as_ref(),
+                largest,
             },
         );
         match action {
@@ -494,6 +515,12 @@ impl AttnSaesApp {
                 self.web.requested = Some(self.ui.text.prompt.clone());
             }
             Some(text_view::TextAction::Rank) => self.web.ask_ranking(),
+            Some(text_view::TextAction::Steer {
+                head,
+                feature,
+                strength,
+                tokens,
+            }) => self.web.ask_steer(head, feature, strength, tokens),
             Some(text_view::TextAction::Effect { head, feature }) => {
                 self.web.ask_effect(head, feature)
             }
@@ -691,6 +718,16 @@ impl AttnSaesApp {
                         asked.answer((&ids, head, feature), result);
                     }
                 }
+                jobs::LiveEvent::Steered {
+                    ids,
+                    head,
+                    feature,
+                    result,
+                } => {
+                    if let Some(asked) = &mut self.native.steer {
+                        asked.answer((&ids, head, feature), result);
+                    }
+                }
                 jobs::LiveEvent::Examples {
                     head,
                     feature,
@@ -769,6 +806,7 @@ impl AttnSaesApp {
                 return;
             }
         };
+        let largest = self.largest_activation();
         let action = text_view::text_ui(
             ui,
             &mut self.ui.text,
@@ -780,6 +818,8 @@ impl AttnSaesApp {
             text_view::Answers {
                 effect: self.native.effect.as_ref(),
                 ranking: self.native.ranking.as_ref(),
+                steer: self.native.steer.as_ref(),
+                largest,
             },
         );
         match action {
@@ -803,6 +843,24 @@ impl AttnSaesApp {
                     });
                 }
             }
+            Some(text_view::TextAction::Steer {
+                head,
+                feature,
+                strength,
+                tokens,
+            }) => {
+                if let (Some((_, worker)), Some(a)) = (&self.native.live, &self.native.analysis) {
+                    let ids = a.ids.clone();
+                    let _ = worker.requests.send(jobs::LiveRequest::Steer {
+                        ids: ids.clone(),
+                        head,
+                        feature,
+                        strength,
+                        tokens,
+                    });
+                    self.native.steer = Some(crate::live::Asked::computing(ids, head, feature));
+                }
+            }
             Some(text_view::TextAction::Effect { head, feature }) => {
                 if let (Some((_, worker)), Some(a)) = (&self.native.live, &self.native.analysis) {
                     let ids = a.ids.clone();
@@ -811,12 +869,7 @@ impl AttnSaesApp {
                         head,
                         feature,
                     });
-                    self.native.effect = Some(crate::live::AskedEffect {
-                        ids,
-                        head,
-                        feature,
-                        state: crate::live::EffectState::Computing,
-                    });
+                    self.native.effect = Some(crate::live::Asked::computing(ids, head, feature));
                 }
             }
             Some(text_view::TextAction::OpenFeature { head, feature }) => {

@@ -5,14 +5,14 @@
 
 use eframe::egui::{self, RichText, Ui};
 
-use super::features::{answer_panel, dfa_row, drawable, shown_token};
+use super::features::{answer_panel, dfa_row, drawable, error_label, shown_token};
 use crate::live::{
-    Analysed, AskedEffect, AskedRanking, AttributionState, EffectState, FeatureEffect,
-    FeatureRanking, LiveTokens, RankedFeature,
+    Analysed, Answer, AskedEffect, AskedRanking, AskedSteer, AttributionState, EffectState,
+    FeatureEffect, FeatureRanking, LiveTokens, RankedFeature, Steered,
 };
 
 /// What the view remembers.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct TextState {
     pub prompt: String,
@@ -22,6 +22,23 @@ pub struct TextState {
     /// The selected `(head, feature)` at that position.
     #[serde(skip)]
     pub pick: Option<(usize, usize)>,
+    /// Steering strength, in multiples of the feature's largest activation.
+    pub steer_times: f32,
+    /// New tokens a steered continuation runs to.
+    pub steer_tokens: usize,
+}
+
+impl Default for TextState {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            token: None,
+            pick: None,
+            // `attn-saes steer`'s default (measured in README.md's steering section).
+            steer_times: 4.0,
+            steer_tokens: 24,
+        }
+    }
 }
 
 /// What the view asks the app to do.
@@ -38,14 +55,26 @@ pub enum TextAction {
     },
     /// Rank every feature firing in the text (see [`FeatureRanking`]).
     Rank,
+    /// Continue the text clean and steered by this feature (see [`Steered`]).
+    Steer {
+        head: usize,
+        feature: usize,
+        strength: f32,
+        tokens: usize,
+    },
 }
 
 /// What the view was given of what it asked for: the effect last asked for (shown when it
-/// is the picked feature's) and the ranking (shown when it is the text's).
+/// is the picked feature's), the ranking (shown when it is the text's), and so on.
 #[derive(Default, Clone, Copy)]
 pub struct Answers<'a> {
     pub effect: Option<&'a AskedEffect>,
     pub ranking: Option<&'a AskedRanking>,
+    /// The steered continuation last asked for (shown when it is the picked feature's).
+    pub steer: Option<&'a AskedSteer>,
+    /// The picked feature's largest activation in the open dashboards, if any (steering
+    /// strengths are multiples of it; else of its largest in the text).
+    pub largest: Option<f32>,
 }
 
 /// Features listed per head for the selected token.
@@ -103,6 +132,12 @@ pub fn text_ui(
                 let effect = answers.effect.filter(|e| e.is_for(&a.ids, head, feature));
                 if effect_panel(ui, s, a, effect) {
                     action = Some(TextAction::Effect { head, feature });
+                }
+                ui.separator();
+                let steer = answers.steer.filter(|x| x.is_for(&a.ids, head, feature));
+                if let Some(asked) = steer_panel(ui, s, a, (head, feature), answers.largest, steer)
+                {
+                    action = Some(asked);
                 }
             }
         }
@@ -227,6 +262,115 @@ fn effect_panel(
         None::<()>
     })
     .0
+}
+
+/// Steering with the picked feature: its strength and length, a button that asks for the
+/// continuations, then both, the steered one coloured from where they part.
+fn steer_panel(
+    ui: &mut Ui,
+    s: &mut TextState,
+    a: &LiveTokens,
+    (head, feature): (usize, usize),
+    largest: Option<f32>,
+    asked: Option<&AskedSteer>,
+) -> Option<TextAction> {
+    ui.label(RichText::new("Steer with it").strong());
+    let in_text = (0..a.len())
+        .map(|p| a.activation(head, feature, p))
+        .fold(0.0f32, f32::max);
+    let (basis, of) = match largest {
+        Some(x) => (x, "its largest activation in the dashboards"),
+        None => (in_text, "its largest activation in this text"),
+    };
+    let strength = s.steer_times * basis;
+    ui.horizontal_wrapped(|ui| {
+        ui.add(
+            egui::Slider::new(&mut s.steer_times, -16.0..=16.0)
+                .step_by(0.5)
+                .suffix("x"),
+        )
+        .on_hover_text("negative pushes the other way");
+        ui.label(format!("{of} ({basis:.3}): strength {strength:.3}"));
+    });
+    ui.horizontal(|ui| {
+        let label = ui.label("new tokens").id;
+        ui.add(egui::DragValue::new(&mut s.steer_tokens).range(1..=crate::live::MAX_NEW_TOKENS))
+            .labelled_by(label);
+    });
+    let computing = matches!(asked.map(|x| &x.state), Some(Answer::Computing));
+    let clicked = ui
+        .horizontal_wrapped(|ui| {
+            let clicked = ui
+                .add_enabled(!computing, egui::Button::new("Continue the text"))
+                .clicked();
+            ui.label(
+                RichText::new(format!(
+                    "the model continues the text twice, greedily: as it is, and with this \
+                     feature added to head {head}'s hook_z at every position after BOS, as if \
+                     it fired there at that strength"
+                ))
+                .weak(),
+            );
+            clicked
+        })
+        .inner;
+    match asked.map(|x| &x.state) {
+        Some(Answer::Computing) => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("continuing the text…");
+            });
+        }
+        Some(Answer::Failed(why)) => error_label(ui, &format!("failed: {why}")),
+        Some(Answer::Ready(steered)) => steered_ready(ui, steered),
+        None => {}
+    }
+    (clicked && basis > 0.0).then_some(TextAction::Steer {
+        head,
+        feature,
+        strength,
+        tokens: s.steer_tokens,
+    })
+}
+
+fn steered_ready(ui: &mut Ui, x: &Steered) {
+    let n = x.clean.ids.len();
+    let parts = x.parts_at();
+    ui.label(if parts == n {
+        format!(
+            "At strength {:.3}, the {n} new tokens are the same both ways.",
+            x.strength
+        )
+    } else {
+        format!(
+            "At strength {:.3}, the continuations part at new token {parts} of {n} \
+             (coloured from there).",
+            x.strength
+        )
+    });
+    let mean = |p: &[f32]| p.iter().sum::<f32>() / p.len().max(1) as f32;
+    for (name, c, colour) in [
+        ("clean", &x.clean, egui::Color32::from_gray(150)),
+        ("steered", &x.steered, egui::Color32::from_rgb(70, 130, 220)),
+    ] {
+        ui.horizontal_wrapped(|ui| {
+            ui.spacing_mut().item_spacing = egui::vec2(0.0, 4.0);
+            ui.label(
+                RichText::new(format!("{name} ({:.2}): ", mean(&c.prob)))
+                    .strong()
+                    .monospace(),
+            )
+            .on_hover_text("the mean probability the model gave its tokens");
+            for (i, token) in c.tokens.iter().enumerate() {
+                let mut rich = RichText::new(shown_token(ui, token, false)).monospace();
+                if i >= parts {
+                    rich = rich.background_color(colour.gamma_multiply(0.45));
+                }
+                ui.label(rich)
+                    .on_hover_text(format!("new token {i}: probability {:.3}", c.prob[i]));
+            }
+        });
+    }
 }
 
 /// Blue where the feature helps predict the next token (the loss rises without it), red

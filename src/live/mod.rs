@@ -20,7 +20,7 @@ pub use effect::{
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod steer;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
-pub use steer::{MAX_NEW_TOKENS, steer, steer_async};
+pub use steer::{steer, steer_async};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
@@ -133,6 +133,9 @@ pub struct FeatureEffect {
     /// Per position: the next tokens whose probability the feature lowers most.
     pub suppresses: Vec<Vec<TokenChange>>,
 }
+
+/// The longest steered continuation asked for at once.
+pub const MAX_NEW_TOKENS: usize = 256;
 
 /// A text continued by the model twice, greedily (the likeliest token each time): as it
 /// is, and steered by one feature added to its head's `hook_z` at every position after
@@ -338,16 +341,33 @@ pub struct AskedRanking {
     pub state: Answer<FeatureRanking>,
 }
 
-/// The effect a viewer asked for: of which feature, on which tokens, and how far it got.
+/// What a viewer asked of one feature on a text (its effect, a steered continuation): for
+/// which feature, on which tokens, and how far it got.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AskedEffect {
+pub struct Asked<T> {
     pub ids: Vec<u32>,
     pub head: usize,
     pub feature: usize,
-    pub state: EffectState,
+    pub state: Answer<T>,
 }
 
-impl AskedEffect {
+/// The effect a viewer asked for ([`FeatureEffect`]).
+pub type AskedEffect = Asked<FeatureEffect>;
+
+/// The steered continuation a viewer asked for ([`Steered`]).
+pub type AskedSteer = Asked<Steered>;
+
+impl<T> Asked<T> {
+    /// Asked, not answered yet.
+    pub fn computing(ids: Vec<u32>, head: usize, feature: usize) -> Self {
+        Self {
+            ids,
+            head,
+            feature,
+            state: Answer::Computing,
+        }
+    }
+
     pub fn is_for(&self, ids: &[u32], head: usize, feature: usize) -> bool {
         self.ids == ids && self.head == head && self.feature == feature
     }
@@ -357,7 +377,7 @@ impl AskedEffect {
     pub fn answer(
         &mut self,
         (ids, head, feature): (&[u32], usize, usize),
-        result: Result<FeatureEffect, String>,
+        result: Result<T, String>,
     ) {
         if self.is_for(ids, head, feature) {
             self.state = Answer::of(result);

@@ -7,12 +7,9 @@
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use super::{Continuation, Steered};
+use super::{Continuation, MAX_NEW_TOKENS, Steered};
 use crate::lm::{HeadSelection, KvCache, LoadedModel, Splice};
 use crate::sae::BlockDiagSae;
-
-/// The longest continuation asked for at once.
-pub const MAX_NEW_TOKENS: usize = 256;
 
 /// A generation under way: the cache, the tokens chosen so far, and the next ones to run.
 struct Generation {
