@@ -390,11 +390,7 @@ impl WebApp {
         match arrived {
             Some(Ok(tokens)) => {
                 web.status = format!("{} tokens", tokens.len());
-                let text = &mut self.app.ui.text;
-                if text.token.is_none_or(|p| p >= tokens.len()) {
-                    text.token = Some(tokens.len().saturating_sub(1));
-                    text.pick = None;
-                }
+                self.app.ui.text.arrived(&tokens);
                 web.analysis = Some(Rc::new(RemoteAnalysis {
                     tokens,
                     attributions: Rc::default(),

@@ -825,6 +825,49 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
         );
     }
     h.snapshot("app_features_examples_effect");
+
+    // "Use it in Your text": with no text typed, Your text runs the feature's strongest
+    // example up to its top token and picks the feature where it is strongest there; its
+    // steered continuation is then the library's.
+    let file = &h.state().dashboard.as_ref().unwrap().file;
+    let want_prompt = attn_saes::app::features::example_prompt(file, &fd);
+    assert!(!want_prompt.is_empty());
+    h.get_by_label("Use it in Your text").click_accesskit();
+    h.run_steps(1);
+    assert_eq!(h.state().ui.view, View::Text);
+    assert_eq!(h.state().ui.text.prompt, want_prompt);
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.native.analysis.is_some()
+    });
+    h.run_steps(2);
+    let a = h.state().native.analysis.as_deref().unwrap();
+    let strongest = (0..a.len())
+        .max_by(|&x, &y| {
+            let act = |p| a.activation(head, feature, p);
+            act(x).total_cmp(&act(y)).then(y.cmp(&x))
+        })
+        .unwrap();
+    assert!(a.activation(head, feature, strongest) > 0.0);
+    let ids = a.ids.clone();
+    assert_eq!(h.state().ui.text.pick, Some((head, feature)));
+    assert_eq!(h.state().ui.text.token, Some(strongest));
+    h.state_mut().ui.text.steer_times = -2.0;
+    h.state_mut().ui.text.steer_tokens = 5;
+    h.run_steps(1);
+    h.get_by_label("Continue the text").click_accesskit();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.native
+            .steer
+            .as_ref()
+            .is_some_and(|x| matches!(x.state, Answer::Ready(_)))
+    });
+    let strength = -2.0 * fd.max_activation;
+    let want =
+        attn_saes::live::steer(&loaded, &sae, 1, &ids, (head, feature, strength), 5).unwrap();
+    let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
+        unreachable!()
+    };
+    assert_eq!(**shown, want);
 }
 
 #[test]

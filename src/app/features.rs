@@ -279,6 +279,13 @@ pub enum FeaturesAction {
         feature: usize,
         examples: Vec<(Vec<u32>, usize)>,
     },
+    /// Open Your text with this feature picked; `example` is its strongest example's text
+    /// up to its top token (a prompt when Your text has none).
+    UseInText {
+        head: usize,
+        feature: usize,
+        example: String,
+    },
 }
 
 /// Whether the view can ask for a feature's effect on its top examples (the desktop, with
@@ -980,6 +987,23 @@ fn examples_effect_panel(
     (head, feature): (usize, usize),
     asked: Option<&AskedExamples>,
 ) -> Option<FeaturesAction> {
+    let mut action = None;
+    ui.horizontal_wrapped(|ui| {
+        if ui.button("Use it in Your text").clicked() {
+            action = Some(FeaturesAction::UseInText {
+                head,
+                feature,
+                example: example_prompt(file, fd),
+            });
+        }
+        ui.label(
+            RichText::new(
+                "picks it in Your text (on your text, or else on its strongest example up to \
+                 its top token), to remove it there or steer with it",
+            )
+            .weak(),
+        );
+    });
     ui.heading("Effect on its top examples");
     let n = (fd.examples.iter())
         .filter(|e| e.group == ExampleGroup::Top)
@@ -1003,11 +1027,28 @@ fn examples_effect_panel(
     } else {
         Vec::new()
     };
-    (!examples.is_empty()).then_some(FeaturesAction::ExamplesEffect {
-        head,
-        feature,
-        examples,
-    })
+    if !examples.is_empty() {
+        action = Some(FeaturesAction::ExamplesEffect {
+            head,
+            feature,
+            examples,
+        });
+    }
+    action
+}
+
+/// The text of a feature's strongest example, from the start of its window (BOS left out)
+/// to its top token.
+pub fn example_prompt(file: &OwnedDashboardFile, fd: &FeatureData) -> String {
+    let bos = file.meta.model.bos_token_id;
+    let Some(e) = fd.examples.iter().find(|e| e.group == ExampleGroup::Top) else {
+        return String::new();
+    };
+    let window = file.windows.get(e.window as usize).map_or(&[][..], |w| w);
+    (window.iter().take(e.target as usize + 1))
+        .filter(|&&id| Some(id) != bos)
+        .map(|&id| file.token(id))
+        .collect()
 }
 
 /// A feature's top examples as `(window, target)` pairs, the windows from the file.

@@ -447,27 +447,56 @@ impl AttnSaesApp {
                         false => features::ExamplesAsk::Unavailable,
                     };
                     let action = features::features_ui(ui, d, &mut self.ui.features, ask);
-                    #[cfg(not(target_arch = "wasm32"))]
-                    if let Some(features::FeaturesAction::ExamplesEffect {
-                        head,
-                        feature,
-                        examples,
-                    }) = action
-                    {
-                        self.ask_examples_effect(head, feature, examples);
-                    }
-                    #[cfg(target_arch = "wasm32")]
-                    if let Some(features::FeaturesAction::ExamplesEffect {
-                        head,
-                        feature,
-                        examples,
-                    }) = action
-                    {
-                        self.web.ask_examples(head, feature, examples);
+                    match action {
+                        Some(features::FeaturesAction::ExamplesEffect {
+                            head,
+                            feature,
+                            examples,
+                        }) => {
+                            #[cfg(not(target_arch = "wasm32"))]
+                            self.ask_examples_effect(head, feature, examples);
+                            #[cfg(target_arch = "wasm32")]
+                            self.web.ask_examples(head, feature, examples);
+                        }
+                        Some(features::FeaturesAction::UseInText {
+                            head,
+                            feature,
+                            example,
+                        }) => self.use_in_text(head, feature, example),
+                        None => {}
                     }
                 }
                 None => self.no_dashboard_ui(ui),
             },
+        }
+    }
+
+    /// The Features view's "Use it in Your text": Your text with the feature picked, on the
+    /// text analysed there, else on `example` (or the text typed) once analysed.
+    fn use_in_text(&mut self, head: usize, feature: usize, example: String) {
+        self.ui.view = View::Text;
+        let text = &mut self.ui.text;
+        #[cfg(not(target_arch = "wasm32"))]
+        let analysed = self.native.analysis.as_deref().map(|a| &a.tokens);
+        #[cfg(target_arch = "wasm32")]
+        let analysed = self.web.analysis.as_deref().map(|a| a.tokens());
+        if let Some(a) = analysed {
+            text.use_feature(a, head, feature);
+            return;
+        }
+        if text.prompt.trim().is_empty() {
+            text.prompt = example;
+        }
+        text.pending_pick = Some((head, feature));
+        let prompt = text.prompt.clone();
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(source) = self.live_source() {
+            self.native.text_pending = true;
+            let _ = (self.live_worker(source).requests).send(jobs::LiveRequest::Analyse(prompt));
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            self.web.requested = Some(prompt);
         }
     }
 
@@ -695,11 +724,7 @@ impl AttnSaesApp {
                 jobs::LiveEvent::Analysis(a) => {
                     self.native.text_pending = false;
                     self.native.live_status = format!("{} tokens", a.len());
-                    let text = &mut self.ui.text;
-                    if text.token.is_none_or(|p| p >= a.len()) {
-                        text.token = Some(a.len() - 1);
-                        text.pick = None;
-                    }
+                    self.ui.text.arrived(&a);
                     self.native.analysis = Some(a);
                 }
                 jobs::LiveEvent::Failed(why) => {

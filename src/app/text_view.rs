@@ -26,6 +26,31 @@ pub struct TextState {
     pub steer_times: f32,
     /// New tokens a steered continuation runs to.
     pub steer_tokens: usize,
+    /// A feature to pick once the next analysis arrives (the Features view's "Use it in
+    /// Your text").
+    #[serde(skip)]
+    pub pending_pick: Option<(usize, usize)>,
+}
+
+impl TextState {
+    /// Takes a new analysis: the pick waiting for it, at the position where that feature is
+    /// strongest (else the last); or the selection kept if it still fits, else the last
+    /// token, nothing picked.
+    pub fn arrived(&mut self, a: &LiveTokens) {
+        if let Some((head, feature)) = self.pending_pick.take() {
+            self.use_feature(a, head, feature);
+        } else if self.token.is_none_or(|p| p >= a.len()) {
+            self.token = a.len().checked_sub(1);
+            self.pick = None;
+        }
+    }
+
+    /// Picks `feature` of `head` in `a`, where it is strongest (else at the last token).
+    pub fn use_feature(&mut self, a: &LiveTokens, head: usize, feature: usize) {
+        let strongest = (head < a.n_heads).then(|| strongest_position(a, head, feature));
+        self.token = strongest.flatten().or(a.len().checked_sub(1));
+        self.pick = Some((head, feature));
+    }
 }
 
 impl Default for TextState {
@@ -37,6 +62,7 @@ impl Default for TextState {
             // `attn-saes steer`'s default (measured in README.md's steering section).
             steer_times: 4.0,
             steer_tokens: 24,
+            pending_pick: None,
         }
     }
 }
