@@ -492,6 +492,16 @@ fn dropped_files_open_and_the_ui_state_persists() {
     assert_eq!(restored.form, h.state().ui.form);
 }
 
+/// Where `feature` of `head` is most active in `a` (the first such position on a tie).
+fn strongest_position(a: &attn_saes::live::LiveTokens, head: usize, feature: usize) -> usize {
+    (0..a.len())
+        .max_by(|&x, &y| {
+            let act = |p| a.activation(head, feature, p);
+            act(x).total_cmp(&act(y)).then(y.cmp(&x))
+        })
+        .unwrap()
+}
+
 #[test]
 fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     if !renderer_available() {
@@ -653,12 +663,7 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     h.get_by_label(&label).click();
     h.run_steps(2);
     let a = h.state().native.analysis.as_deref().unwrap();
-    let strongest = (0..t)
-        .max_by(|&x, &y| {
-            let act = |p| a.activation(top.head, top.feature, p);
-            act(x).total_cmp(&act(y)).then(y.cmp(&x))
-        })
-        .unwrap();
+    let strongest = strongest_position(a, top.head, top.feature);
     assert_eq!(h.state().ui.text.pick, Some((top.head, top.feature)));
     assert_eq!(h.state().ui.text.token, Some(strongest));
     step_until(&mut h, Duration::from_secs(120), |a| {
@@ -841,12 +846,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     });
     h.run_steps(2);
     let a = h.state().native.analysis.as_deref().unwrap();
-    let strongest = (0..a.len())
-        .max_by(|&x, &y| {
-            let act = |p| a.activation(head, feature, p);
-            act(x).total_cmp(&act(y)).then(y.cmp(&x))
-        })
-        .unwrap();
+    let strongest = strongest_position(a, head, feature);
     assert!(a.activation(head, feature, strongest) > 0.0);
     let ids = a.ids.clone();
     assert_eq!(h.state().ui.text.pick, Some((head, feature)));

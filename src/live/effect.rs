@@ -36,11 +36,8 @@ impl Pending {
         (head, feature, scale): (usize, usize, f32),
     ) -> anyhow::Result<Self> {
         let model = &loaded.transformer;
-        let (h, d, m) = super::per_head_sizes(sae, model)?;
-        anyhow::ensure!(
-            head < h && feature < m,
-            "head {head}, feature {feature}: the SAE has {h} heads of {m} features"
-        );
+        let d = super::feature_of(sae, model, (head, feature))?;
+        let h = model.config.n_heads;
         let (b, t) = (windows.len(), windows.first().map_or(0, Vec::len));
         anyhow::ensure!(b > 0 && t > 0, "no tokens");
         anyhow::ensure!(

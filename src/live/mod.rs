@@ -44,6 +44,22 @@ fn per_head_sizes(
     Ok((h, d, c.features_per_head))
 }
 
+/// [`per_head_sizes`], with `(head, feature)` checked to be one of the SAE's features; the
+/// head's `d_head`.
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+fn feature_of(
+    sae: &crate::sae::BlockDiagSae,
+    model: &crate::lm::Transformer,
+    (head, feature): (usize, usize),
+) -> anyhow::Result<usize> {
+    let (h, d, m) = per_head_sizes(sae, model)?;
+    anyhow::ensure!(
+        head < h && feature < m,
+        "head {head}, feature {feature}: the SAE has {h} heads of {m} features"
+    );
+    Ok(d)
+}
+
 /// A text's token ids as the model reads it: BOS first when the model has one.
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub fn text_ids(loaded: &crate::lm::LoadedModel, text: &str) -> anyhow::Result<Vec<u32>> {

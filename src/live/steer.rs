@@ -37,11 +37,7 @@ impl Generation {
         n: usize,
     ) -> anyhow::Result<Self> {
         let model = &loaded.transformer;
-        let (h, d, m) = super::per_head_sizes(sae, model)?;
-        anyhow::ensure!(
-            head < h && feature < m,
-            "head {head}, feature {feature}: the SAE has {h} heads of {m} features"
-        );
+        let d = super::feature_of(sae, model, (head, feature))?;
         anyhow::ensure!(
             layer < model.config.n_layers,
             "layer {layer}: the model has {} layers",
