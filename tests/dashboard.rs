@@ -1278,17 +1278,15 @@ fn decoding_with_a_cache_gives_the_logits_of_whole_forwards() {
 
 /// Steered generation against transformers in float64, where every step is a whole forward
 /// over the sequence so far (`steer/make_steer_reference.py`): the tokens chosen clean and
-/// steered, and their probabilities. The two continuations part in the reference (at new
-/// token 7 and 6), so steering that did nothing, or steered BOS too, or the wrong head,
-/// would fail.
-#[test]
-fn steered_generation_matches_transformers_step_by_step() {
+/// steered, and their probabilities (within `tol`), on `device`. The two continuations part
+/// in the reference (at new token 1 and 5), so steering that did nothing, or steered BOS
+/// too, or the wrong head, would fail. Strength 0 gives the clean continuation, bit for bit.
+fn check_steering(device: &Device, tol: f64) {
     use attn_saes::live::steer;
     let r = Reference::load("steer/steer_reference.safetensors");
     for model in ["gpt2_tiny", "llama_tiny"] {
-        let loaded = load(model);
-        let sae = BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), &Device::flex())
-            .unwrap();
+        let loaded = lm::load_model(&fixture(model).display().to_string(), device).unwrap();
+        let sae = BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), device).unwrap();
         let prompt = r.tokens(&format!("{model}.prompt"));
         let pick = r.tokens(&format!("{model}.pick"));
         let (head, feature) = (pick[0] as usize, pick[1] as usize);
@@ -1310,29 +1308,49 @@ fn steered_generation_matches_transformers_step_by_step() {
                 &format!("{model} {row} prob"),
                 &f64s(&got.prob),
                 &r.get(&format!("{model}.{row}_prob")).data,
-                1e-5,
+                tol,
             );
             assert_eq!(got.tokens.len(), n);
             assert_eq!(got.text, loaded.tokenizer.decode(&got.ids, false).unwrap());
         }
         assert!(s.parts_at() < n, "{model}: the continuations never part");
-        // Strength 0: the steered row is the clean one, bit for bit.
         let zero = steer(&loaded, &sae, 0, &prompt, (head, feature, 0.0), n).unwrap();
         assert_eq!(zero.steered, zero.clean);
         assert_eq!(zero.clean, s.clean);
-        // Bad requests are errors that say what is wrong.
-        let err = |hf: (usize, usize, f32), n: usize| {
-            steer(&loaded, &sae, 0, &prompt, hf, n)
-                .unwrap_err()
-                .to_string()
-        };
-        let m = sae.config.features_per_head;
-        assert!(err((head, m, 1.0), 4).contains(&format!("heads of {m} features")));
-        assert!(err((head, feature, f32::NAN), 4).contains("not a number"));
-        assert!(err((head, feature, 1.0), 0).contains("between 1 and"));
-        let n_ctx = loaded.transformer.config.n_ctx;
-        assert!(err((head, feature, 1.0), n_ctx).contains("exceed the model's context"));
     }
+}
+
+/// [`check_steering`] on the CPU backend; and bad requests are errors that say what is
+/// wrong.
+#[test]
+fn steered_generation_matches_transformers_step_by_step() {
+    use attn_saes::live::steer;
+    check_steering(&Device::flex(), 1e-5);
+    let r = Reference::load("steer/steer_reference.safetensors");
+    let loaded = load("gpt2_tiny");
+    let sae = BlockDiagSae::load(&fixture("dashboard/gpt2_tiny_sae"), &Device::flex()).unwrap();
+    let prompt = r.tokens("gpt2_tiny.prompt");
+    let err = |hf: (usize, usize, f32), n: usize| {
+        steer(&loaded, &sae, 0, &prompt, hf, n)
+            .unwrap_err()
+            .to_string()
+    };
+    let m = sae.config.features_per_head;
+    assert!(err((1, m, 1.0), 4).contains(&format!("heads of {m} features")));
+    assert!(err((1, 3, f32::NAN), 4).contains("not a number"));
+    assert!(err((1, 3, 1.0), 0).contains("between 1 and"));
+    let n_ctx = loaded.transformer.config.n_ctx;
+    assert!(err((1, 3, 1.0), n_ctx).contains("exceed the model's context"));
+}
+
+/// [`check_steering`] on wgpu (lavapipe in CI): the key/value cache and the steering on a
+/// GPU backend.
+#[test]
+fn steered_generation_on_wgpu_matches_transformers() {
+    let Some(device) = wgpu_device("steering on wgpu") else {
+        return;
+    };
+    check_steering(&device, 1e-4);
 }
 
 /// `steer --json`: the library's continuation pair, at 4 times the feature's largest
