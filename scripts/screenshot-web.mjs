@@ -6,8 +6,8 @@
 // SCROLL, turns the mouse wheel SCROLL times (100 px each) over the feature's dashboard.
 // Your text (serve without --no-live, and &live=live.json in the URL): TEXT="..." runs a
 // text once the model is loaded, PICK=POSITION,HEAD,FEATURE picks a feature, and EFFECT=1
-// asks for its effect on the predictions, STEER=STRENGTH,TOKENS for the text continued clean
-// and steered by it (printing how long that took). EXAMPLES=1 (with ?feature=H,F and a model) asks
+// asks for its effect on the predictions, STEER=STRENGTH,TOKENS[,TEMPERATURE,SEED] for the
+// text continued clean and steered by it (printing how long that took). EXAMPLES=1 (with ?feature=H,F and a model) asks
 // for that feature's effect on its top examples (Features) and prints how long it took.
 import { chromium } from '../tests/web/node_modules/playwright-core/index.mjs';
 
@@ -71,10 +71,11 @@ if (process.env.TEXT) {
       await answered('effect');
     }
     if (process.env.STEER) {
-      const [strength, tokens] = process.env.STEER.split(',').map(Number);
+      const [strength, tokens, temperature = 0, seed = 0] = process.env.STEER.split(',').map(Number);
       await page.waitForTimeout(500);
       const t0 = Date.now();
-      await page.evaluate((a) => window.attnSaes.live_steer(...a), [h, f, strength, tokens]);
+      const args = [h, f, strength, tokens, temperature, seed];
+      await page.evaluate((a) => window.attnSaes.live_steer(...a), args);
       await answered('steer');
       console.error(`steered continuation: ${Date.now() - t0} ms`);
     }

@@ -286,6 +286,14 @@ enum Command {
         /// New tokens (1 to 256).
         #[arg(long, default_value_t = 32)]
         tokens: usize,
+        /// 0: the likeliest token each time; above, each token is drawn from the model's
+        /// distribution at this temperature (both continuations with the same random
+        /// numbers).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// The seed of those random numbers.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// Print JSON (the web page's `attnSaes.live_steer` shape) instead of text.
         #[arg(long)]
         json: bool,
@@ -686,8 +694,21 @@ fn main() -> anyhow::Result<()> {
             feature,
             strength,
             tokens,
+            temperature,
+            seed,
             json,
-        } => steer_command(&run, &text, feature, strength, tokens, json, cli.device)?,
+        } => {
+            let (head, feature) = feature;
+            let steering = attn_saes::live::Steering {
+                head,
+                feature,
+                strength: 0.0,
+                tokens,
+                temperature,
+                seed,
+            };
+            steer_command(&run, &text, steering, strength, json, cli.device)?
+        }
         Command::Compare { runs, json } => compare_runs(&runs, json)?,
         Command::Features {
             run,
@@ -1331,12 +1352,12 @@ fn live_of(
 fn steer_command(
     run: &std::path::Path,
     text: &str,
-    (head, feature): (usize, usize),
+    mut steering: attn_saes::live::Steering,
     strength: Strength,
-    tokens: usize,
     json: bool,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
+    let (head, feature, tokens) = (steering.head, steering.feature, steering.tokens);
     let (live, file) = live_of(run, choice)?;
     let (strength, how) = match (strength, &file) {
         (Strength::Activation(s), _) => (s, String::new()),
@@ -1369,21 +1390,25 @@ fn steer_command(
             run.display()
         ),
     };
+    steering.strength = strength;
     let s = attn_saes::live::steer(
         &live.loaded,
         &live.sae,
         live.layer,
         &attn_saes::live::text_ids(&live.loaded, text)?,
-        (head, feature, strength),
-        tokens,
+        &steering,
     )?;
     if json {
         println!("{}", serde_json::to_string(&s)?);
         return Ok(());
     }
+    let chosen = match steering.temperature {
+        0.0 => "greedy".to_string(),
+        t => format!("sampled at temperature {t}, seed {}", steering.seed),
+    };
     println!(
         "{}: {} prompt tokens; head {head} feature {feature} added at strength {strength}{how} \
-         after BOS; {tokens} new tokens, greedy",
+         after BOS; {tokens} new tokens, {chosen}",
         live.description,
         s.prompt.len()
     );

@@ -19,7 +19,7 @@ use crate::app::features::LoadedDashboard;
 use crate::app::{AttnSaesApp, View};
 use crate::live::{
     Analysed, Answer, AskedEffect, AskedExamples, AskedRanking, AskedSteer, Attribution,
-    AttributionState, ExamplesEffect, FeatureEffect, FeatureRanking, LiveTokens, Steered,
+    AttributionState, ExamplesEffect, FeatureEffect, FeatureRanking, LiveTokens, Steered, Steering,
 };
 
 /// What the page and the app share: dashboards parsed by [`open_dashboard`] and waiting
@@ -45,8 +45,8 @@ struct Shared {
     effect_arrived: Option<(EffectKey, Result<FeatureEffect, String>)>,
     /// Set by [`live_rank`]: rank the features of the analysed text.
     live_rank: bool,
-    /// Set by [`live_steer`]: head, feature, strength and new tokens to steer with.
-    live_steer: Option<(usize, usize, f32, usize)>,
+    /// Set by [`live_steer`]: what to steer with.
+    live_steer: Option<Steering>,
     /// The bundle's answer to a steering request, with the request's tokens and feature.
     steer_arrived: Option<(EffectKey, Result<Steered, String>)>,
     /// Set by [`live_examples_effect`]: a feature whose effect on its top examples to ask for.
@@ -168,11 +168,11 @@ fn request_effect((ids, head, feature): EffectKey) {
 
 /// Asks the inference bundle to continue its last text (`ids`) clean and steered; the
 /// answer arrives in `shared.steer_arrived`.
-fn request_steer((ids, head, feature, strength, tokens): (Vec<u32>, usize, usize, f32, usize)) {
+fn request_steer((ids, steering): (Vec<u32>, Steering)) {
     wasm_bindgen_futures::spawn_local(async move {
-        let args =
-            [head as f64, feature as f64, strength as f64, tokens as f64].map(JsValue::from_f64);
-        let result = awaited_string(call_bridge("steer", &args))
+        let (head, feature) = (steering.head, steering.feature);
+        let json = serde_json::to_string(&steering).unwrap_or_default();
+        let result = awaited_string(call_bridge("steer", &[JsValue::from_str(&json)]))
             .await
             .and_then(|json| {
                 serde_json::from_str::<Steered>(&json)
@@ -427,8 +427,8 @@ impl WebApp {
         {
             asked.answer((&ids, head, feature), result);
         }
-        if let Some((head, feature, strength, tokens)) = ask_steer {
-            web.ask_steer(head, feature, strength, tokens);
+        if let Some(steering) = ask_steer {
+            web.ask_steer(steering);
         }
         if let Some(request) = web.steer_request.take() {
             request_steer(request);
@@ -625,10 +625,26 @@ pub fn live_rank() {
 }
 
 /// Continues the analysed text by `tokens` clean and steered by `feature` of `head` at
-/// `strength` (Your text's "Continue the text"); [`live_shown`] has it once it arrives.
+/// `strength` (Your text's "Continue the text"), greedily at `temperature` 0, else sampled
+/// with `seed`; [`live_shown`] has it once it arrives.
 #[wasm_bindgen]
-pub fn live_steer(head: usize, feature: usize, strength: f32, tokens: usize) {
-    post(|s| s.live_steer = Some((head, feature, strength, tokens)));
+pub fn live_steer(
+    head: usize,
+    feature: usize,
+    strength: f32,
+    tokens: usize,
+    temperature: f32,
+    seed: u32,
+) {
+    let steering = Steering {
+        head,
+        feature,
+        strength,
+        tokens,
+        temperature,
+        seed: seed.into(),
+    };
+    post(|s| s.live_steer = Some(steering));
 }
 
 /// Asks for the effect of `feature` of `head` on the analysed text (Your text's "Remove it

@@ -243,24 +243,19 @@ pub async fn rank() -> Result<String, JsValue> {
     serde_json::to_string(&ranking).map_err(js_error)
 }
 
-/// The last text analysed continued by `tokens` greedily, clean and steered by `feature` of
-/// `head` added at `strength`: JSON of [`crate::live::Steered`].
+/// The last text analysed continued clean and steered as `steering` (JSON of
+/// [`crate::live::Steering`]) asks: JSON of [`crate::live::Steered`].
 #[wasm_bindgen]
-pub async fn steer(
-    head: usize,
-    feature: usize,
-    strength: f32,
-    tokens: usize,
-) -> Result<String, JsValue> {
+pub async fn steer(steering: String) -> Result<String, JsValue> {
     let session = session()?;
     let ids = last_ids()?;
+    let steering: crate::live::Steering = serde_json::from_str(&steering).map_err(js_error)?;
     let steered = crate::live::steer_async(
         &session.loaded,
         &session.sae,
         session.layer,
         &ids,
-        (head, feature, strength),
-        tokens,
+        &steering,
     )
     .await
     .map_err(|e| js_error(format!("{e:#}")))?;

@@ -693,15 +693,8 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
             .is_some_and(|x| matches!(x.state, Answer::Ready(_)))
     });
     h.run_steps(2);
-    let direct = steer(
-        &loaded,
-        &sae,
-        1,
-        &ids,
-        (top.head, top.feature, 4.0 * largest),
-        8,
-    )
-    .unwrap();
+    let steering = attn_saes::live::Steering::greedy(top.head, top.feature, 4.0 * largest, 8);
+    let direct = steer(&loaded, &sae, 1, &ids, &steering).unwrap();
     let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
         unreachable!()
     };
@@ -853,6 +846,8 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     assert_eq!(h.state().ui.text.token, Some(strongest));
     h.state_mut().ui.text.steer_times = -2.0;
     h.state_mut().ui.text.steer_tokens = 5;
+    h.state_mut().ui.text.steer_temperature = 0.7;
+    h.state_mut().ui.text.steer_seed = 3;
     h.run_steps(1);
     h.get_by_label("Continue the text").click_accesskit();
     step_until(&mut h, Duration::from_secs(120), |a| {
@@ -861,9 +856,12 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
             .as_ref()
             .is_some_and(|x| matches!(x.state, Answer::Ready(_)))
     });
-    let strength = -2.0 * fd.max_activation;
-    let want =
-        attn_saes::live::steer(&loaded, &sae, 1, &ids, (head, feature, strength), 5).unwrap();
+    let steering = attn_saes::live::Steering {
+        temperature: 0.7,
+        seed: 3,
+        ..attn_saes::live::Steering::greedy(head, feature, -2.0 * fd.max_activation, 5)
+    };
+    let want = attn_saes::live::steer(&loaded, &sae, 1, &ids, &steering).unwrap();
     let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
         unreachable!()
     };

@@ -1281,8 +1281,10 @@ fn decoding_with_a_cache_gives_the_logits_of_whole_forwards() {
 /// steered, and their probabilities (within `tol`), on `device`. The two continuations part
 /// in the reference (at new token 1 and 5), so steering that did nothing, or steered BOS
 /// too, or the wrong head, would fail. Strength 0 gives the clean continuation, bit for bit.
+/// Sampled at temperature 0.8 with the reference's seed: the same tokens (SplitMix64 and the
+/// inverse CDF written out in Python), which differ from the greedy ones.
 fn check_steering(device: &Device, tol: f64) {
-    use attn_saes::live::steer;
+    use attn_saes::live::{Steering, steer};
     let r = Reference::load("steer/steer_reference.safetensors");
     for model in ["gpt2_tiny", "llama_tiny"] {
         let loaded = lm::load_model(&fixture(model).display().to_string(), device).unwrap();
@@ -1293,7 +1295,8 @@ fn check_steering(device: &Device, tol: f64) {
         let strength = r.get(&format!("{model}.strength")).data[0] as f32;
         let clean = r.tokens(&format!("{model}.clean"));
         let n = clean.len();
-        let s = steer(&loaded, &sae, 0, &prompt, (head, feature, strength), n).unwrap();
+        let greedy = Steering::greedy(head, feature, strength, n);
+        let s = steer(&loaded, &sae, 0, &prompt, &greedy).unwrap();
         assert_eq!((s.head, s.feature, s.strength), (head, feature, strength));
         assert_eq!(s.prompt, prompt);
         assert_eq!(s.clean.ids, clean, "{model} clean");
@@ -1314,9 +1317,31 @@ fn check_steering(device: &Device, tol: f64) {
             assert_eq!(got.text, loaded.tokenizer.decode(&got.ids, false).unwrap());
         }
         assert!(s.parts_at() < n, "{model}: the continuations never part");
-        let zero = steer(&loaded, &sae, 0, &prompt, (head, feature, 0.0), n).unwrap();
+        let zero = Steering::greedy(head, feature, 0.0, n);
+        let zero = steer(&loaded, &sae, 0, &prompt, &zero).unwrap();
         assert_eq!(zero.steered, zero.clean);
         assert_eq!(zero.clean, s.clean);
+        let sampling = Steering {
+            temperature: 0.8,
+            seed: r.get(&format!("{model}.seed")).data[0] as u64,
+            ..greedy
+        };
+        let sampled = steer(&loaded, &sae, 0, &prompt, &sampling).unwrap();
+        assert_eq!((sampled.temperature, sampled.seed), (0.8, sampling.seed));
+        for (row, got) in [("clean", &sampled.clean), ("steered", &sampled.steered)] {
+            let want = r.tokens(&format!("{model}.sampled_{row}"));
+            assert_eq!(got.ids, want, "{model} sampled {row}");
+            assert_close(
+                &format!("{model} sampled {row} prob"),
+                &f64s(&got.prob),
+                &r.get(&format!("{model}.sampled_{row}_prob")).data,
+                tol,
+            );
+        }
+        assert_ne!(
+            sampled.clean.ids, s.clean.ids,
+            "{model}: sampling is not greedy"
+        );
     }
 }
 
@@ -1324,23 +1349,44 @@ fn check_steering(device: &Device, tol: f64) {
 /// wrong.
 #[test]
 fn steered_generation_matches_transformers_step_by_step() {
-    use attn_saes::live::steer;
+    use attn_saes::live::{Steering, steer};
     check_steering(&Device::flex(), 1e-5);
     let r = Reference::load("steer/steer_reference.safetensors");
     let loaded = load("gpt2_tiny");
     let sae = BlockDiagSae::load(&fixture("dashboard/gpt2_tiny_sae"), &Device::flex()).unwrap();
     let prompt = r.tokens("gpt2_tiny.prompt");
-    let err = |hf: (usize, usize, f32), n: usize| {
-        steer(&loaded, &sae, 0, &prompt, hf, n)
+    let err = |s: Steering| {
+        steer(&loaded, &sae, 0, &prompt, &s)
             .unwrap_err()
             .to_string()
     };
     let m = sae.config.features_per_head;
-    assert!(err((1, m, 1.0), 4).contains(&format!("heads of {m} features")));
-    assert!(err((1, 3, f32::NAN), 4).contains("not a number"));
-    assert!(err((1, 3, 1.0), 0).contains("between 1 and"));
+    let ok = Steering::greedy(1, 3, 1.0, 4);
+    assert!(err(Steering { feature: m, ..ok }).contains(&format!("heads of {m} features")));
+    let nan = f32::NAN;
+    assert!(
+        err(Steering {
+            strength: nan,
+            ..ok
+        })
+        .contains("not a number")
+    );
+    assert!(
+        err(Steering {
+            temperature: -1.0,
+            ..ok
+        })
+        .contains("0 (greedy) or more")
+    );
+    assert!(err(Steering { tokens: 0, ..ok }).contains("between 1 and"));
     let n_ctx = loaded.transformer.config.n_ctx;
-    assert!(err((1, 3, 1.0), n_ctx).contains("exceed the model's context"));
+    assert!(
+        err(Steering {
+            tokens: n_ctx,
+            ..ok
+        })
+        .contains("exceed the model's context")
+    );
 }
 
 /// [`check_steering`] on wgpu (lavapipe in CI): the key/value cache and the steering on a
@@ -1354,12 +1400,12 @@ fn steered_generation_on_wgpu_matches_transformers() {
 }
 
 /// `steer --json`: the library's continuation pair, at 4 times the feature's largest
-/// dashboard activation by default, at `--strength 1.5x` 1.5 times it, and at an activation
-/// given as `--strength -2.5`; without dashboards a multiple is an error that says what to
+/// dashboard activation by default, at `--strength 1.5x` 1.5 times it, at an activation
+/// given as `--strength -2.5`, and sampled (`--temperature 0.9 --seed 11`); without dashboards a multiple is an error that says what to
 /// give.
 #[test]
 fn steer_command_continues_the_text_as_the_library_does() {
-    use attn_saes::live::{Steered, steer, text_ids};
+    use attn_saes::live::{Steered, Steering, steer, text_ids};
     let dir = TempDir::new("attn-saes-steer", "cli");
     let run = run_with_dashboard(&dir, 30);
     let d =
@@ -1394,12 +1440,14 @@ fn steer_command_continues_the_text_as_the_library_does() {
     .unwrap();
     let (loaded, sae, layer) = (&live.loaded, &live.sae, live.layer);
     let ids = text_ids(loaded, text).unwrap();
+    let sampled = ["--strength", "-2.5", "--temperature", "0.9", "--seed", "11"];
     let cases = [
-        (vec![], 4.0 * max),
-        (vec!["--strength", "1.5x"], 1.5 * max),
-        (vec!["--strength", "-2.5"], -2.5),
+        (vec![], 4.0 * max, 0.0, 0),
+        (vec!["--strength", "1.5x"], 1.5 * max, 0.0, 0),
+        (vec!["--strength", "-2.5"], -2.5, 0.0, 0),
+        (sampled.to_vec(), -2.5, 0.9, 11),
     ];
-    for (extra, strength) in cases {
+    for (extra, strength, temperature, seed) in cases {
         let out = cli(&[extra.as_slice(), &["--json"]].concat(), &run);
         assert!(
             out.status.success(),
@@ -1407,7 +1455,12 @@ fn steer_command_continues_the_text_as_the_library_does() {
             String::from_utf8_lossy(&out.stderr)
         );
         let got: Steered = serde_json::from_slice(&out.stdout).unwrap();
-        let want = steer(loaded, sae, layer, &ids, (head, feature, strength), 6).unwrap();
+        let steering = Steering {
+            temperature,
+            seed,
+            ..Steering::greedy(head, feature, strength, 6)
+        };
+        let want = steer(loaded, sae, layer, &ids, &steering).unwrap();
         assert_eq!(got, want);
         let shown = cli(&extra, &run);
         let stdout = String::from_utf8_lossy(&shown.stdout);

@@ -10,8 +10,9 @@
 //! must the picked feature's effect (`text --effect`: the losses with and without it, the
 //! probabilities of the tokens listed, rank by rank), and the ranking of every firing
 //! feature (`text --rank`), and the feature's effect on its top examples (`features
-//! --effect`), and the text continued clean and steered by it (`steer`: the same tokens,
-//! their probabilities within the tolerance). Also: a
+//! --effect`), and the text continued clean and steered by it, sampled (`steer
+//! --temperature 0.8 --seed 7`: the same tokens, their probabilities within the
+//! tolerance). Also: a
 //! second visit reads the model from the browser's cache, a manifest with a wrong sha256 is
 //! refused with a message, and so is a model file one bit off the one the dashboard
 //! records (its sha256, checked here against the files themselves).
@@ -145,12 +146,14 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     );
     let native_examples: Value =
         serde_json::from_slice(&std::fs::read(&examples_json).unwrap()).unwrap();
-    // `steer` with the same feature, strength and length as the page is asked for.
+    // `steer` with the same feature, strength, length, temperature and seed as the page is
+    // asked for.
     let out = Command::new(env!("CARGO_BIN_EXE_attn-saes"))
         .args(["--device", "cpu", "steer"])
         .arg(&run)
         .args([PROMPT, "--feature", &format!("{head},{feature}")])
         .args(["--strength", "2.5", "--tokens", "6", "--json"])
+        .args(["--temperature", "0.8", "--seed", "7"])
         .output()
         .unwrap();
     assert!(

@@ -178,11 +178,11 @@ const ops = {
     return lm.rank();
   },
   // The last text continued clean and steered by a feature at a strength.
-  async steer({ head, feature, strength, tokens, of }) {
+  async steer({ steering, of }) {
     if (of !== analysis) {
       throw new Error('a newer text has been analysed since: ask again on it');
     }
-    return lm.steer(head, feature, strength, tokens);
+    return lm.steer(steering);
   },
   // What removing a feature does on its top examples ([[window ids, target], ...] as JSON).
   async examples({ head, feature, examples }) {

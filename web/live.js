@@ -5,8 +5,8 @@
 //   their features>; attribution(head, feature, position) -> Promise<JSON of a DFA>;
 //   effect(head, feature) -> Promise<JSON of what removing the feature changes>;
 //   rank() -> Promise<JSON of every firing feature's estimated effect on the loss>;
-//   steer(head, feature, strength, tokens) -> Promise<JSON of the text continued clean and
-//   steered by the feature>;
+//   steer(steeringJson) -> Promise<JSON of the text continued clean and steered by a
+//   feature>;
 //   examplesEffect(head, feature, examplesJson) -> Promise<JSON of what removing the
 //   feature does on its top examples>;
 //   loadManifest(url), loadUrls(model, sae), loadFiles(files) -> Promise; backend,
@@ -168,8 +168,7 @@ const api = {
     ask('attribution', { head, feature, position, of: lastAnalysis }),
   effect: (head, feature) => ask('effect', { head, feature, of: lastAnalysis }),
   rank: () => ask('rank', { of: lastAnalysis }),
-  steer: (head, feature, strength, tokens) =>
-    ask('steer', { head, feature, strength, tokens, of: lastAnalysis }),
+  steer: (steering) => ask('steer', { steering, of: lastAnalysis }),
   examplesEffect: (head, feature, examples) => {
     if (!ready) return Promise.reject(new Error(status));
     return ask('examples', { head, feature, examples });

@@ -249,13 +249,10 @@ pub enum LiveRequest {
     },
     /// Every feature firing on these tokens, ranked by its estimated effect on the loss.
     Rank { ids: Vec<u32> },
-    /// These tokens continued clean and steered by a feature at `strength` ([`crate::live::Steered`]).
+    /// These tokens continued clean and steered ([`crate::live::Steered`]).
     Steer {
         ids: Vec<u32>,
-        head: usize,
-        feature: usize,
-        strength: f32,
-        tokens: usize,
+        steering: crate::live::Steering,
     },
     /// What removing a feature does on its top examples, `(window, target)` each.
     Examples {
@@ -366,15 +363,13 @@ impl LiveModel {
         crate::live::rank_features(&self.loaded, &self.sae, self.layer, self.z_convention, ids)
     }
 
-    /// `ids` continued by `tokens` greedily, clean and steered by `(head, feature,
-    /// strength)`.
+    /// `ids` continued clean and steered as `steering` asks.
     pub fn steer(
         &self,
         ids: &[u32],
-        steering: (usize, usize, f32),
-        tokens: usize,
+        steering: &crate::live::Steering,
     ) -> anyhow::Result<crate::live::Steered> {
-        crate::live::steer(&self.loaded, &self.sae, self.layer, ids, steering, tokens)
+        crate::live::steer(&self.loaded, &self.sae, self.layer, ids, steering)
     }
 
     /// What removing `feature` of `head` wherever it fires in `ids` changes in the model's
@@ -482,19 +477,11 @@ fn live_loop(
                         .examples_effect(examples, *head, *feature)
                         .map_err(|e| format!("{e:#}")),
                 },
-                LiveRequest::Steer {
-                    ids,
-                    head,
-                    feature,
-                    strength,
-                    tokens,
-                } => LiveEvent::Steered {
+                LiveRequest::Steer { ids, steering } => LiveEvent::Steered {
                     ids: ids.clone(),
-                    head: *head,
-                    feature: *feature,
-                    result: live
-                        .steer(ids, (*head, *feature, *strength), *tokens)
-                        .map_err(|e| format!("{e:#}")),
+                    head: steering.head,
+                    feature: steering.feature,
+                    result: live.steer(ids, steering).map_err(|e| format!("{e:#}")),
                 },
                 LiveRequest::Rank { ids } => LiveEvent::Ranking {
                     ids: ids.clone(),

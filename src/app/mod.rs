@@ -142,9 +142,9 @@ pub struct WebText {
     /// The same for the feature ranking.
     pub ranking: Option<crate::live::AskedRanking>,
     pub ranking_request: Option<Vec<u32>>,
-    /// The same for a steered continuation: tokens, head, feature, strength, new tokens.
+    /// The same for a steered continuation.
     pub steer: Option<crate::live::AskedSteer>,
-    pub steer_request: Option<(Vec<u32>, usize, usize, f32, usize)>,
+    pub steer_request: Option<(Vec<u32>, crate::live::Steering)>,
     /// The same for a feature's effect on its top examples.
     pub examples: Option<crate::live::AskedExamples>,
     pub examples_request: Option<(usize, usize, crate::live::Examples)>,
@@ -162,13 +162,16 @@ impl WebText {
         self.effect = Some(crate::live::Asked::computing(ids, head, feature));
     }
 
-    /// Asks (through `src/web.rs`) for the analysed text continued clean and steered by a
-    /// feature at `strength`.
-    pub fn ask_steer(&mut self, head: usize, feature: usize, strength: f32, tokens: usize) {
+    /// Asks (through `src/web.rs`) for the analysed text continued clean and steered.
+    pub fn ask_steer(&mut self, steering: crate::live::Steering) {
         let Some(a) = &self.analysis else { return };
         let ids = a.tokens().ids.clone();
-        self.steer_request = Some((ids.clone(), head, feature, strength, tokens));
-        self.steer = Some(crate::live::Asked::computing(ids, head, feature));
+        self.steer_request = Some((ids.clone(), steering));
+        self.steer = Some(crate::live::Asked::computing(
+            ids,
+            steering.head,
+            steering.feature,
+        ));
     }
 
     /// Asks (through `src/web.rs`) for the ranking of the analysed text's features.
@@ -544,12 +547,7 @@ impl AttnSaesApp {
                 self.web.requested = Some(self.ui.text.prompt.clone());
             }
             Some(text_view::TextAction::Rank) => self.web.ask_ranking(),
-            Some(text_view::TextAction::Steer {
-                head,
-                feature,
-                strength,
-                tokens,
-            }) => self.web.ask_steer(head, feature, strength, tokens),
+            Some(text_view::TextAction::Steer(steering)) => self.web.ask_steer(steering),
             Some(text_view::TextAction::Effect { head, feature }) => {
                 self.web.ask_effect(head, feature)
             }
@@ -868,21 +866,14 @@ impl AttnSaesApp {
                     });
                 }
             }
-            Some(text_view::TextAction::Steer {
-                head,
-                feature,
-                strength,
-                tokens,
-            }) => {
+            Some(text_view::TextAction::Steer(steering)) => {
                 if let (Some((_, worker)), Some(a)) = (&self.native.live, &self.native.analysis) {
                     let ids = a.ids.clone();
                     let _ = worker.requests.send(jobs::LiveRequest::Steer {
                         ids: ids.clone(),
-                        head,
-                        feature,
-                        strength,
-                        tokens,
+                        steering,
                     });
+                    let (head, feature) = (steering.head, steering.feature);
                     self.native.steer = Some(crate::live::Asked::computing(ids, head, feature));
                 }
             }

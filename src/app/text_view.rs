@@ -8,7 +8,7 @@ use eframe::egui::{self, RichText, Ui};
 use super::features::{answer_panel, dfa_row, drawable, error_label, shown_token};
 use crate::live::{
     Analysed, Answer, AskedEffect, AskedRanking, AskedSteer, AttributionState, EffectState,
-    FeatureEffect, FeatureRanking, LiveTokens, RankedFeature, Steered,
+    FeatureEffect, FeatureRanking, LiveTokens, RankedFeature, Steered, Steering,
 };
 
 /// What the view remembers.
@@ -26,6 +26,9 @@ pub struct TextState {
     pub steer_times: f32,
     /// New tokens a steered continuation runs to.
     pub steer_tokens: usize,
+    /// 0: the likeliest token each time; above, sampled at that temperature.
+    pub steer_temperature: f32,
+    pub steer_seed: u64,
     /// A feature to pick once the next analysis arrives (the Features view's "Use it in
     /// Your text").
     #[serde(skip)]
@@ -62,6 +65,8 @@ impl Default for TextState {
             // `attn-saes steer`'s default (measured in README.md's steering section).
             steer_times: 4.0,
             steer_tokens: 24,
+            steer_temperature: 0.0,
+            steer_seed: 0,
             pending_pick: None,
         }
     }
@@ -82,12 +87,7 @@ pub enum TextAction {
     /// Rank every feature firing in the text (see [`FeatureRanking`]).
     Rank,
     /// Continue the text clean and steered by this feature (see [`Steered`]).
-    Steer {
-        head: usize,
-        feature: usize,
-        strength: f32,
-        tokens: usize,
-    },
+    Steer(Steering),
 }
 
 /// What the view was given of what it asked for: the effect last asked for (shown when it
@@ -322,6 +322,20 @@ fn steer_panel(
         let label = ui.label("new tokens").id;
         ui.add(egui::DragValue::new(&mut s.steer_tokens).range(1..=crate::live::MAX_NEW_TOKENS))
             .labelled_by(label);
+        let label = ui.label("temperature").id;
+        ui.add(
+            egui::DragValue::new(&mut s.steer_temperature)
+                .range(0.0..=2.0)
+                .speed(0.05),
+        )
+        .labelled_by(label)
+        .on_hover_text("0: the likeliest token each time; above, sampled at that temperature");
+        if s.steer_temperature > 0.0 {
+            let label = ui.label("seed").id;
+            ui.add(egui::DragValue::new(&mut s.steer_seed))
+                .labelled_by(label)
+                .on_hover_text("both continuations draw the same random numbers");
+        }
     });
     let computing = matches!(asked.map(|x| &x.state), Some(Answer::Computing));
     let clicked = ui
@@ -331,9 +345,9 @@ fn steer_panel(
                 .clicked();
             ui.label(
                 RichText::new(format!(
-                    "the model continues the text twice, greedily: as it is, and with this \
-                     feature added to head {head}'s hook_z at every position after BOS, as if \
-                     it fired there at that strength"
+                    "the model continues the text twice: as it is, and with this feature \
+                     added to head {head}'s hook_z at every position after BOS, as if it fired \
+                     there at that strength"
                 ))
                 .weak(),
             );
@@ -351,25 +365,31 @@ fn steer_panel(
         Some(Answer::Ready(steered)) => steered_ready(ui, steered),
         None => {}
     }
-    (clicked && basis > 0.0).then_some(TextAction::Steer {
+    (clicked && basis > 0.0).then_some(TextAction::Steer(Steering {
         head,
         feature,
         strength,
         tokens: s.steer_tokens,
-    })
+        temperature: s.steer_temperature,
+        seed: s.steer_seed,
+    }))
 }
 
 fn steered_ready(ui: &mut Ui, x: &Steered) {
     let n = x.clean.ids.len();
     let parts = x.parts_at();
+    let how = match x.temperature {
+        0.0 => "greedy".to_string(),
+        t => format!("temperature {t}, seed {}", x.seed),
+    };
     ui.label(if parts == n {
         format!(
-            "At strength {:.3}, the {n} new tokens are the same both ways.",
+            "At strength {:.3} ({how}), the {n} new tokens are the same both ways.",
             x.strength
         )
     } else {
         format!(
-            "At strength {:.3}, the continuations part at new token {parts} of {n} \
+            "At strength {:.3} ({how}), the continuations part at new token {parts} of {n} \
              (coloured from there).",
             x.strength
         )

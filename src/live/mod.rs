@@ -20,7 +20,7 @@ pub use effect::{
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod steer;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
-pub use steer::{steer, steer_async};
+pub use steer::{choose, steer, steer_async};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
@@ -153,15 +153,51 @@ pub struct FeatureEffect {
 /// The longest steered continuation asked for at once.
 pub const MAX_NEW_TOKENS: usize = 256;
 
-/// A text continued by the model twice, greedily (the likeliest token each time): as it
-/// is, and steered by one feature added to its head's `hook_z` at every position after
-/// BOS, prompt and continuation, as if it fired there with activation `strength` (its
-/// decoder row times `strength`, in hook_z's units; negative pushes the other way).
+/// A steered continuation asked for: the feature, the strength it is added with, how many
+/// new tokens, and how each is chosen: the likeliest (`temperature` 0) or drawn from the
+/// model's distribution at `temperature`, with one uniform number a step from a SplitMix64
+/// stream seeded by `seed` shared by both continuations (so only the steering parts them).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Steering {
+    pub head: usize,
+    pub feature: usize,
+    pub strength: f32,
+    pub tokens: usize,
+    #[serde(default)]
+    pub temperature: f32,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Steering {
+    /// Greedy, `tokens` new tokens.
+    pub fn greedy(head: usize, feature: usize, strength: f32, tokens: usize) -> Self {
+        Self {
+            head,
+            feature,
+            strength,
+            tokens,
+            temperature: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// A text continued by the model twice (the likeliest token each time, or sampled; see
+/// [`Steering`]): as it is, and steered by one feature added to its head's `hook_z` at every
+/// position after BOS, prompt and continuation, as if it fired there with activation
+/// `strength` (its decoder row times `strength`, in hook_z's units; negative pushes the
+/// other way).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Steered {
     pub head: usize,
     pub feature: usize,
     pub strength: f32,
+    /// 0: greedy.
+    #[serde(default)]
+    pub temperature: f32,
+    #[serde(default)]
+    pub seed: u64,
     /// The prompt's tokens (BOS first when the model has one).
     pub prompt: Vec<u32>,
     pub clean: Continuation,
@@ -176,7 +212,7 @@ pub struct Continuation {
     pub tokens: Vec<String>,
     /// The continuation decoded whole.
     pub text: String,
-    /// The probability the model gave each chosen token.
+    /// The probability the model gave each chosen token (at temperature 1).
     pub prob: Vec<f32>,
 }
 

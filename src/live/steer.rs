@@ -1,21 +1,20 @@
-//! [`Steered`] generation: the model continues a prompt twice in one batch, greedily, row 0
-//! as it is and row 1 with a feature's decoder row (times a strength, in hook_z's units)
-//! added to its head's `hook_z` at every position after BOS. Keys and values are cached
-//! ([`KvCache`]), so each new token is one position's forward. The desktop reads each
-//! step's probabilities synchronously, the browser awaits them, over the same steps.
+//! [`Steered`] generation: the model continues a prompt twice in one batch, row 0 as it is
+//! and row 1 with a feature's decoder row (times a strength, in hook_z's units) added to its
+//! head's `hook_z` at every position after BOS. Keys and values are cached ([`KvCache`]),
+//! so each new token is one position's forward. Each step's logits are read back and the
+//! next tokens chosen on the host ([`choose`]): synchronously on the desktop, awaited in the
+//! browser, over the same steps.
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
-use super::{Continuation, MAX_NEW_TOKENS, Steered};
+use super::{Continuation, MAX_NEW_TOKENS, Steered, Steering};
 use crate::lm::{HeadSelection, KvCache, LoadedModel, Splice};
+use crate::rng::Rng;
 use crate::sae::BlockDiagSae;
 
 /// A generation under way: the cache, the tokens chosen so far, and the next ones to run.
 struct Generation {
-    head: usize,
-    feature: usize,
-    strength: f32,
+    steering: Steering,
     layer: usize,
     prompt: Vec<u32>,
     /// `[1, 1, 1, d_head]`: what steering adds to the head's hook_z at a position.
@@ -23,6 +22,7 @@ struct Generation {
     /// The first position steered (after BOS).
     from: usize,
     cache: KvCache,
+    rng: Rng,
     chosen: [Vec<u32>; 2],
     prob: [Vec<f32>; 2],
 }
@@ -33,10 +33,17 @@ impl Generation {
         sae: &BlockDiagSae,
         layer: usize,
         prompt: &[u32],
-        (head, feature, strength): (usize, usize, f32),
-        n: usize,
+        steering: &Steering,
     ) -> anyhow::Result<Self> {
         let model = &loaded.transformer;
+        let Steering {
+            head,
+            feature,
+            strength,
+            tokens: n,
+            temperature,
+            seed,
+        } = *steering;
         let d = super::feature_of(sae, model, (head, feature))?;
         anyhow::ensure!(
             layer < model.config.n_layers,
@@ -45,11 +52,14 @@ impl Generation {
         );
         anyhow::ensure!(strength.is_finite(), "strength {strength}: not a number");
         anyhow::ensure!(
+            temperature.is_finite() && temperature >= 0.0,
+            "temperature {temperature}: 0 (greedy) or more"
+        );
+        anyhow::ensure!(
             (1..=MAX_NEW_TOKENS).contains(&n),
             "{n} new tokens: between 1 and {MAX_NEW_TOKENS} at once"
         );
         anyhow::ensure!(!prompt.is_empty(), "no prompt tokens");
-        let prompt = prompt.to_vec();
         anyhow::ensure!(
             prompt.len() + n <= model.config.n_ctx,
             "{} prompt tokens and {n} new ones exceed the model's context of {}",
@@ -65,21 +75,20 @@ impl Generation {
             * strength as f64;
         let from = usize::from(model.config.bos_token_id == prompt.first().copied());
         Ok(Self {
-            head,
-            feature,
-            strength,
+            steering: *steering,
             layer,
-            prompt,
+            prompt: prompt.to_vec(),
             push,
             from,
             cache: KvCache::new(),
+            rng: Rng::new(seed),
             chosen: [Vec::with_capacity(n), Vec::with_capacity(n)],
             prob: [Vec::with_capacity(n), Vec::with_capacity(n)],
         })
     }
 
     /// Runs what neither row has run yet (the prompt, then each row's last choice) and
-    /// queues the next-token log-probabilities `[2, vocab]`.
+    /// queues the next-token logits `[2, vocab]`.
     fn step(&mut self, model: &crate::lm::Transformer) -> anyhow::Result<Tensor<2>> {
         let rows: Vec<Vec<u32>> = match self.chosen[0].last() {
             None => vec![self.prompt.clone(); 2],
@@ -91,8 +100,9 @@ impl Generation {
         let first = self.from.saturating_sub(start).min(new);
         let mut added = Tensor::<4>::zeros([2, new, h, d], model.device());
         if first < new {
+            let head = self.steering.head;
             added = added.slice_assign(
-                [1..2, first..new, self.head..self.head + 1, 0..d],
+                [1..2, first..new, head..head + 1, 0..d],
                 self.push.clone().expand([1, new - first, 1, d]),
             );
         }
@@ -102,17 +112,18 @@ impl Generation {
             heads: HeadSelection::All,
             replace: &add,
         };
-        let logits = model.decode(model.tokens(&rows)?, &mut self.cache, Some(&splice))?;
-        Ok(log_softmax(logits, 1))
+        Ok(model.decode(model.tokens(&rows)?, &mut self.cache, Some(&splice))?)
     }
 
-    /// Each row's likeliest next token (the lowest id on a tie) from `logp` `[2, vocab]`.
-    fn choose(&mut self, logp: &[f32]) {
-        let v = logp.len() / 2;
-        for (row, values) in logp.chunks(v).enumerate() {
-            let best = (0..v).fold(0, |b, i| if values[i] > values[b] { i } else { b });
-            self.chosen[row].push(best as u32);
-            self.prob[row].push(values[best].exp());
+    /// Each row's next token from `logits` `[2, vocab]`, with one uniform number for both.
+    fn take(&mut self, logits: &[f32]) {
+        let temperature = self.steering.temperature;
+        let u = (temperature > 0.0).then(|| self.rng.uniform());
+        let v = logits.len() / 2;
+        for (row, values) in logits.chunks(v).enumerate() {
+            let (id, prob) = choose(values, temperature, u.unwrap_or(0.0));
+            self.chosen[row].push(id);
+            self.prob[row].push(prob);
         }
     }
 
@@ -127,10 +138,13 @@ impl Generation {
             ids,
             prob,
         };
+        let s = self.steering;
         Steered {
-            head: self.head,
-            feature: self.feature,
-            strength: self.strength,
+            head: s.head,
+            feature: s.feature,
+            strength: s.strength,
+            temperature: s.temperature,
+            seed: s.seed,
             prompt: self.prompt,
             clean: continuation(clean, p_clean),
             steered: continuation(steered, p_steered),
@@ -138,20 +152,44 @@ impl Generation {
     }
 }
 
-/// Continues `prompt` (token ids; [`super::text_ids`] reads a text) by `n` tokens greedily, clean and with `(head, feature)` steered at
-/// `strength` ([`Steered`]).
+/// The next token from a row of `logits`, and the probability the model gives it (softmax
+/// at temperature 1), in float64. At `temperature` 0 the likeliest (the lowest id on a
+/// tie); above, drawn from `softmax(logits / temperature)` by inverse CDF: the first id
+/// (ascending) whose cumulative probability exceeds `u` in `[0, 1)`.
+pub fn choose(logits: &[f32], temperature: f32, u: f64) -> (u32, f32) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let shifted = |l: f32| l as f64 - max;
+    let log_z = logits.iter().map(|&l| shifted(l).exp()).sum::<f64>().ln();
+    let id = if temperature > 0.0 {
+        let t = temperature as f64;
+        let weight = |l: f32| (shifted(l) / t).exp();
+        let target = u * logits.iter().map(|&l| weight(l)).sum::<f64>();
+        let mut cumulative = 0.0;
+        (logits.iter().position(|&l| {
+            cumulative += weight(l);
+            cumulative > target
+        }))
+        // Rounding can leave the last sum a hair under `target`: the last token with weight.
+        .unwrap_or_else(|| logits.iter().rposition(|&l| weight(l) > 0.0).unwrap_or(0))
+    } else {
+        (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b })
+    };
+    (id as u32, (shifted(logits[id]) - log_z).exp() as f32)
+}
+
+/// Continues `prompt` (token ids; [`super::text_ids`] reads a text) clean and steered as
+/// `steering` asks ([`Steered`]).
 pub fn steer(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
     layer: usize,
     prompt: &[u32],
-    (head, feature, strength): (usize, usize, f32),
-    n: usize,
+    steering: &Steering,
 ) -> anyhow::Result<Steered> {
-    let mut g = Generation::new(loaded, sae, layer, prompt, (head, feature, strength), n)?;
-    for _ in 0..n {
-        let logp = g.step(&loaded.transformer)?;
-        g.choose(&crate::files::host_vec(logp)?);
+    let mut g = Generation::new(loaded, sae, layer, prompt, steering)?;
+    for _ in 0..steering.tokens {
+        let logits = g.step(&loaded.transformer)?;
+        g.take(&crate::files::host_vec(logits)?);
     }
     Ok(g.finish(loaded))
 }
@@ -162,13 +200,12 @@ pub async fn steer_async(
     sae: &BlockDiagSae,
     layer: usize,
     prompt: &[u32],
-    (head, feature, strength): (usize, usize, f32),
-    n: usize,
+    steering: &Steering,
 ) -> anyhow::Result<Steered> {
-    let mut g = Generation::new(loaded, sae, layer, prompt, (head, feature, strength), n)?;
-    for _ in 0..n {
-        let logp = g.step(&loaded.transformer)?;
-        g.choose(&super::read_async(&logp).await?);
+    let mut g = Generation::new(loaded, sae, layer, prompt, steering)?;
+    for _ in 0..steering.tokens {
+        let logits = g.step(&loaded.transformer)?;
+        g.take(&super::read_async(&logits).await?);
     }
     Ok(g.finish(loaded))
 }
