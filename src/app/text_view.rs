@@ -341,16 +341,23 @@ fn steer_panel(
     let clicked = ui
         .horizontal_wrapped(|ui| {
             let clicked = ui
-                .add_enabled(!computing, egui::Button::new("Continue the text"))
+                .add_enabled(
+                    !computing && basis > 0.0,
+                    egui::Button::new("Continue the text"),
+                )
                 .clicked();
-            ui.label(
-                RichText::new(format!(
+            let why = if basis > 0.0 {
+                format!(
                     "the model continues the text twice: as it is, and with this feature \
                      added to head {head}'s hook_z at every position after BOS, as if it fired \
                      there at that strength"
-                ))
-                .weak(),
-            );
+                )
+            } else {
+                "it does not fire in this text and no dashboard is open: there is no \
+                 activation to scale the strength by"
+                    .to_string()
+            };
+            ui.label(RichText::new(why).weak());
             clicked
         })
         .inner;
@@ -365,7 +372,7 @@ fn steer_panel(
         Some(Answer::Ready(steered)) => steered_ready(ui, steered),
         None => {}
     }
-    (clicked && basis > 0.0).then_some(TextAction::Steer(Steering {
+    clicked.then_some(TextAction::Steer(Steering {
         head,
         feature,
         strength,
