@@ -227,6 +227,24 @@ enum Command {
         #[arg(long, value_parser = parse_head_feature)]
         effect: Option<(usize, usize)>,
     },
+    /// How alike two SAEs of the same layer are: for each feature of A, the feature of the
+    /// same head in B with the closest decoder direction, and the mean of those cosines
+    /// (MMCS), each way, per head and in all.
+    Match {
+        /// A run directory, an SAE directory or a dashboard file (the SAE it records).
+        a: std::path::PathBuf,
+        /// The same for the other SAE.
+        b: std::path::PathBuf,
+        /// A feature of A counts as shared when its closest in B is at least this close.
+        #[arg(long, default_value_t = 0.9)]
+        threshold: f32,
+        /// `HEAD,FEATURE` of A: also list its 5 closest features in B.
+        #[arg(long, value_parser = parse_head_feature)]
+        feature: Option<(usize, usize)>,
+        /// Write every feature's closest match, both ways, as JSON here too.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Compare runs: each one's last logged step and last eval, a row per run (the app's
     /// Curves table, in the terminal).
     Compare {
@@ -709,6 +727,13 @@ fn main() -> anyhow::Result<()> {
             };
             steer_command(&run, &text, steering, strength, json, cli.device)?
         }
+        Command::Match {
+            a,
+            b,
+            threshold,
+            feature,
+            json,
+        } => match_command(&a, &b, threshold, feature, json.as_deref(), cli.device)?,
         Command::Compare { runs, json } => compare_runs(&runs, json)?,
         Command::Features {
             run,
@@ -1313,6 +1338,128 @@ fn examples_effect_command(
         listed(&e.raises)
     );
     println!("  it lowers next: {}", listed(&e.lowers));
+    Ok(())
+}
+
+/// The SAE directory a run directory, an SAE directory or a dashboard file names, and each
+/// feature's liveness (fired in the dashboards) when there are dashboards.
+fn sae_of(path: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, Option<Vec<Vec<bool>>>)> {
+    use attn_saes::dashboard::format::OwnedDashboardFile;
+    let (sae_dir, dashboard) = if path.is_file() {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let file = OwnedDashboardFile::new(bytes)
+            .with_context(|| format!("{}: not a dashboard file", path.display()))?;
+        (std::path::PathBuf::from(&file.meta.sae.source), Some(file))
+    } else if path.join("sae_config.json").is_file() {
+        (path.to_path_buf(), None)
+    } else {
+        let (_, sae_dir) = checkpoint::run_sae(path, None)
+            .with_context(|| format!("{}: no run, SAE or dashboard file", path.display()))?;
+        let file = dashboard::run_dashboard_path(path);
+        let file = match file.exists() {
+            true => Some(OwnedDashboardFile::new(std::fs::read(&file)?)?),
+            false => None,
+        };
+        (sae_dir, file)
+    };
+    let live = match dashboard {
+        Some(file) => Some(
+            (0..file.n_heads())
+                .map(|h| {
+                    let features = file.head(h)?.features;
+                    Ok(features.iter().map(|f| f.density > 0.0).collect())
+                })
+                .collect::<anyhow::Result<Vec<Vec<bool>>>>()?,
+        ),
+        None => None,
+    };
+    Ok((sae_dir, live))
+}
+
+/// `attn-saes match`: two SAEs' features matched by decoder direction.
+fn match_command(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    threshold: f32,
+    feature: Option<(usize, usize)>,
+    json: Option<&std::path::Path>,
+    choice: DeviceChoice,
+) -> anyhow::Result<()> {
+    use attn_saes::sae::matching::{closest_to, match_saes, mean_max};
+    let device = attn_saes::device::select(choice)?.device;
+    let (dir_a, live_a) = sae_of(a)?;
+    let (dir_b, live_b) = sae_of(b)?;
+    let sae_a = BlockDiagSae::load(&dir_a, &device)?;
+    let sae_b = BlockDiagSae::load(&dir_b, &device)?;
+    let m = match_saes(&sae_a, &sae_b)?;
+    let (ca, cb) = (&sae_a.config, &sae_b.config);
+    println!(
+        "A: {} ({} heads x {} features), B: {} ({} x {})",
+        dir_a.display(),
+        ca.n_heads,
+        ca.features_per_head,
+        dir_b.display(),
+        cb.n_heads,
+        cb.features_per_head
+    );
+    use attn_saes::sae::matching::Direction::{AToB, BToA};
+    let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+    println!(
+        "Mean max cosine similarity of the decoder directions (MMCS; 1: every feature has a \
+         twin): A->B {}, B->A {}",
+        show(m.mean_max(AToB, None)),
+        show(m.mean_max(BToA, None))
+    );
+    let both_live = live_a.is_some() && live_b.is_some();
+    if both_live {
+        println!(
+            "  over the features that fired in each one's dashboards: A->B {}, B->A {}",
+            show(m.mean_max(AToB, live_a.as_deref())),
+            show(m.mean_max(BToA, live_b.as_deref()))
+        );
+    }
+    let shared = |h: &attn_saes::sae::matching::HeadMatch| {
+        h.a_to_b.iter().filter(|c| c.cosine >= threshold).count()
+    };
+    let n_shared: usize = m.heads.iter().map(shared).sum();
+    let n_a = ca.n_heads * ca.features_per_head;
+    println!(
+        "A's features with a match of cosine >= {threshold} in B: {n_shared} of {n_a} ({:.1}%)",
+        100.0 * n_shared as f64 / n_a as f64
+    );
+    println!("Per head: MMCS A->B, B->A, share of A's features matched");
+    for h in &m.heads {
+        let live = |l: &Option<Vec<Vec<bool>>>| l.as_ref().map(|l| l[h.head].clone());
+        println!(
+            "  head {}: {}, {}, {:.0}%{}",
+            h.head,
+            show(mean_max(&h.a_to_b, None)),
+            show(mean_max(&h.b_to_a, None)),
+            100.0 * shared(h) as f64 / h.a_to_b.len() as f64,
+            match both_live {
+                true => format!(
+                    " (fired: {}, {})",
+                    show(mean_max(&h.a_to_b, live(&live_a).as_deref())),
+                    show(mean_max(&h.b_to_a, live(&live_b).as_deref()))
+                ),
+                false => String::new(),
+            }
+        );
+    }
+    if let Some((head, f)) = feature {
+        let close = closest_to(&sae_a, &sae_b, (head, f), 5)?;
+        let list: Vec<String> = (close.iter())
+            .map(|c| format!("#{} {:.3}", c.feature, c.cosine))
+            .collect();
+        println!(
+            "Head {head} feature {f} of A: closest in B {}",
+            list.join(", ")
+        );
+    }
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string(&m)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -1475,3 +1475,145 @@ fn steer_command_continues_the_text_as_the_library_does() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("give --strength as an activation"));
     assert!(cli(&["--strength", "-2.5"], &run).status.success());
 }
+
+/// Two SAEs' features matched by decoder direction against numpy in float64
+/// (`matching/make_matching_reference.py`: the GPT-2 and Llama fixture SAEs, 4 heads x 12
+/// features): each feature's closest both ways, the cosines, the MMCS, and one feature's
+/// five closest in order.
+#[test]
+fn matching_saes_agrees_with_numpy() {
+    use attn_saes::sae::matching::{Direction, closest_to, match_saes};
+    let r = Reference::load("matching/matching_reference.safetensors");
+    let device = Device::flex();
+    let a = BlockDiagSae::load(&fixture("dashboard/gpt2_tiny_sae"), &device).unwrap();
+    let b = BlockDiagSae::load(&fixture("dashboard/llama_tiny_sae"), &device).unwrap();
+    let m = match_saes(&a, &b).unwrap();
+    assert_eq!(m.heads.len(), 4);
+    for (way, direction) in [("a_to_b", Direction::AToB), ("b_to_a", Direction::BToA)] {
+        let idx = r.tokens(&format!("{way}_idx"));
+        let got: Vec<u32> = m
+            .heads
+            .iter()
+            .flat_map(|h| h.side(direction).iter().map(|c| c.feature))
+            .collect();
+        assert_eq!(got, idx, "{way}");
+        let cos: Vec<f64> = (m.heads.iter())
+            .flat_map(|h| h.side(direction).iter().map(|c| c.cosine as f64))
+            .collect();
+        assert_close(way, &cos, &r.get(&format!("{way}_cos")).data, 1e-5);
+    }
+    let mmcs = [
+        m.mean_max(Direction::AToB, None).unwrap(),
+        m.mean_max(Direction::BToA, None).unwrap(),
+    ];
+    assert_close("mmcs", &mmcs, &r.get("mmcs").data, 1e-5);
+    let close = closest_to(&a, &b, (1, 3), 5).unwrap();
+    let ids: Vec<u32> = close.iter().map(|c| c.feature).collect();
+    assert_eq!(ids, r.tokens("closest"));
+    let cos: Vec<f64> = close.iter().map(|c| c.cosine as f64).collect();
+    assert_close("closest", &cos, &r.get("closest_cos").data, 1e-5);
+}
+
+/// An SAE matched with a copy whose features are shuffled within each head, rescaled, and
+/// joined by extra random ones: every feature finds its twin (cosine 1) and the MMCS over
+/// the live features (the twins) is 1; SAEs of other heads are refused.
+#[test]
+fn matching_finds_each_feature_in_a_shuffled_rescaled_copy() {
+    use attn_saes::sae::matching::{Direction, match_saes};
+    let device = Device::flex();
+    let a = BlockDiagSae::load(&fixture("dashboard/gpt2_tiny_sae"), &device).unwrap();
+    let [h, m, d] = a.w_dec.dims();
+    let w = values(a.w_dec.clone());
+    let mut rng = Rng::new(4);
+    let extra = 5;
+    let mut copy = vec![0f32; h * (m + extra) * d];
+    let mut twin = vec![vec![0u32; m]; h];
+    for head in 0..h {
+        // Feature f of A goes to position perm[f] of B.
+        let mut perm: Vec<usize> = (0..m + extra).collect();
+        for i in (1..perm.len()).rev() {
+            perm.swap(i, rng.below(i + 1));
+        }
+        for (f, &to) in perm.iter().enumerate() {
+            let row = &mut copy[(head * (m + extra) + to) * d..][..d];
+            if f < m {
+                let scale = 0.5 + rng.uniform() as f32;
+                for (x, &y) in row.iter_mut().zip(&w[(head * m + f) * d..][..d]) {
+                    *x = y as f32 * scale;
+                }
+                twin[head][f] = to as u32;
+            } else {
+                row.iter_mut().for_each(|x| *x = rng.normal() as f32);
+            }
+        }
+    }
+    let mut b = BlockDiagSae::load(&fixture("dashboard/gpt2_tiny_sae"), &device).unwrap();
+    b.w_dec = Tensor::from_data(TensorData::new(copy, [h, m + extra, d]), &device);
+    b.config.features_per_head = m + extra;
+    let got = match_saes(&a, &b).unwrap();
+    let mut twin_of_b = vec![vec![false; m + extra]; h];
+    for (head, hm) in got.heads.iter().enumerate() {
+        assert_eq!(hm.a_to_b.len(), m);
+        assert_eq!(hm.b_to_a.len(), m + extra);
+        for (f, c) in hm.a_to_b.iter().enumerate() {
+            assert_eq!(c.feature, twin[head][f], "head {head} feature {f}");
+            assert!((c.cosine - 1.0).abs() < 1e-5, "{c:?}");
+            assert_eq!(hm.b_to_a[c.feature as usize].feature as usize, f);
+            twin_of_b[head][c.feature as usize] = true;
+        }
+    }
+    let all_twins = got.mean_max(Direction::BToA, Some(&twin_of_b)).unwrap();
+    assert!((all_twins - 1.0).abs() < 1e-5, "{all_twins}");
+    assert!(got.mean_max(Direction::BToA, None).unwrap() < 0.99);
+    b.config.d_head = d + 1;
+    let err = match_saes(&a, &b).unwrap_err().to_string();
+    assert!(err.contains("read different layers"), "{err}");
+}
+
+/// `attn-saes match A B --feature H,F --json F`: the JSON is the library's match, and the
+/// printed MMCS and closest features are its.
+#[test]
+fn match_command_prints_and_writes_the_librarys_match() {
+    use attn_saes::sae::matching::{Direction, SaeMatch, closest_to, match_saes};
+    let dir = TempDir::new("attn-saes-match", "cli");
+    let json = dir.join("match.json");
+    let (pa, pb) = (
+        fixture("dashboard/gpt2_tiny_sae"),
+        fixture("dashboard/llama_tiny_sae"),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["--device", "cpu", "match"])
+        .args([&pa, &pb])
+        .args(["--feature", "1,3", "--threshold", "0.5", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: SaeMatch = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let device = Device::flex();
+    let a = BlockDiagSae::load(&pa, &device).unwrap();
+    let b = BlockDiagSae::load(&pb, &device).unwrap();
+    let want = match_saes(&a, &b).unwrap();
+    assert_eq!(got, want);
+    let line = format!(
+        "A->B {:.3}, B->A {:.3}",
+        want.mean_max(Direction::AToB, None).unwrap(),
+        want.mean_max(Direction::BToA, None).unwrap()
+    );
+    assert!(stdout.contains(&line), "{stdout}");
+    let shared: usize = (want.heads.iter())
+        .map(|h| h.a_to_b.iter().filter(|c| c.cosine >= 0.5).count())
+        .sum();
+    assert!(
+        stdout.contains(&format!("in B: {shared} of 48")),
+        "{stdout}"
+    );
+    let close = closest_to(&a, &b, (1, 3), 5).unwrap();
+    let first = format!("closest in B #{} {:.3}", close[0].feature, close[0].cosine);
+    assert!(stdout.contains(&first), "{stdout}");
+}

@@ -2,6 +2,7 @@
 //! its losses, initialisation, input normalisation, folding and file formats.
 
 pub mod io;
+pub mod matching;
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
