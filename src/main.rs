@@ -187,6 +187,10 @@ enum Command {
         /// Tokens to scan (rounded up to whole context windows).
         #[arg(long, default_value_t = dashboard::DEFAULT_TOKENS)]
         tokens: usize,
+        /// Estimate each feature's effect on the loss (first order, as `rank`) over the
+        /// first windows holding this many tokens; 0: not at all.
+        #[arg(long, default_value_t = dashboard::DEFAULT_EFFECT_TOKENS)]
+        effect_tokens: usize,
         /// Output file (default: RUN/dashboard.safetensors, or ./dashboard.safetensors).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
@@ -616,6 +620,7 @@ fn main() -> anyhow::Result<()> {
             run,
             sae,
             tokens,
+            effect_tokens,
             out,
             export_neuronpedia,
             top_k,
@@ -628,6 +633,7 @@ fn main() -> anyhow::Result<()> {
                 n_intervals: intervals,
                 per_interval,
                 keep_bos: args.keep_bos,
+                effect_tokens,
                 ..BuildOptions::default()
             };
             let (dashboard, default_out) = match (run, sae) {
@@ -781,8 +787,11 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             for r in &report.features {
+                let effect = r.effect_per_thousand.map_or(String::new(), |x| {
+                    format!(", loss without it {x:+.4} per 1000 tokens")
+                });
                 println!(
-                    "head {} feature {} (global {}), density {:.4}, max {:.3}",
+                    "head {} feature {} (global {}), density {:.4}, max {:.3}{effect}",
                     r.head, r.feature, r.global, r.density, r.max_activation
                 );
                 let token = r
@@ -970,8 +979,15 @@ fn write_dashboard(d: &Dashboard, path: &std::path::Path) -> anyhow::Result<()> 
 /// Says what a written dashboard file holds.
 fn say_written(d: &Dashboard, path: &std::path::Path) {
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let effects = match &d.meta.effects {
+        Some(e) => format!(
+            "; each feature's effect on the loss over {} tokens",
+            e.tokens
+        ),
+        None => String::new(),
+    };
     println!(
-        "dashboards: {} ({} heads x {} features over {} tokens, {:.1} MB)",
+        "dashboards: {} ({} heads x {} features over {} tokens{effects}, {:.1} MB)",
         path.display(),
         d.meta.sae.n_heads,
         d.meta.sae.features_per_head,

@@ -84,6 +84,49 @@ fn clicking_a_head_and_a_feature_shows_its_dashboard() {
     h.get_by_label("Head 2 · Feature 3");
 }
 
+/// Sorted by effect on the loss: the list is in order of |effect| (from the file, decoded
+/// independently), the rows and the header give the effect per 1000 tokens, and down the
+/// list the arrow keys follow that order.
+#[test]
+fn sorting_by_effect_on_the_loss_orders_the_list_by_the_files_estimates() {
+    use attn_saes::app::features::SortBy;
+    if !common::renderer_available() {
+        return;
+    }
+    let mut h = harness();
+    open_head_2(&mut h);
+    h.get_by_label("sort").click();
+    h.run_steps(2);
+    h.get_by_label("Effect on the loss").click();
+    h.run_steps(2);
+    assert_eq!(h.state().1.sort, SortBy::Effect);
+    let data = head(2);
+    let file = OwnedDashboardFile::new(dashboard_bytes().to_vec()).unwrap();
+    let effects = file
+        .meta
+        .effects
+        .clone()
+        .expect("the run's dashboard has effects");
+    let effect = |f: usize| data.features[f].effect.unwrap();
+    let mut order: Vec<usize> = (0..data.features.len()).collect();
+    order.sort_by(|&a, &b| effect(b).abs().total_cmp(&effect(a).abs()).then(a.cmp(&b)));
+    assert!(effect(order[0]) != 0.0);
+    // The list keeps its selection; the first row is the strongest feature.
+    h.key_press(egui::Key::Home);
+    h.run_steps(2);
+    let first = order[0];
+    let per_k = effects.per_thousand(effect(first));
+    h.get_by_label_contains(&format!("#{first}  {per_k:+.3}/1k"));
+    h.get_by_label_contains(&format!("#{first}  {per_k:+.3}/1k"))
+        .click();
+    h.run_steps(2);
+    assert_eq!(h.state().1.feature, Some(first));
+    h.get_by_label(&format!("loss without it {per_k:+.4} per 1000 tokens"));
+    h.key_press(egui::Key::ArrowDown);
+    h.run_steps(2);
+    assert_eq!(h.state().1.feature, Some(order[1]));
+}
+
 #[test]
 fn arrow_keys_move_through_the_list_and_slash_focuses_search() {
     if !common::renderer_available() {

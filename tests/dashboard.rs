@@ -1617,3 +1617,90 @@ fn match_command_prints_and_writes_the_librarys_match() {
     let first = format!("closest in B #{} {:.3}", close[0].feature, close[0].cosine);
     assert!(stdout.contains(&first), "{stdout}");
 }
+
+/// Each feature's effect on the loss in the dashboard file: the library's ranking summed
+/// over the dashboard's first windows holding `effect_tokens` tokens (0 for features that do
+/// not fire there), through the file; none with `effect_tokens` 0, and a file whose meta
+/// promises effects without the arrays is an error.
+#[test]
+fn dashboard_effects_are_the_ranking_over_its_first_windows() {
+    use attn_saes::dashboard::format::Effects;
+    use attn_saes::live::rank_features_over;
+    let loaded = load("gpt2_tiny");
+    let sae = random_sae(&loaded, 6, 1);
+    let windows = random_windows(&loaded, 6, 10, 2);
+    let opts = BuildOptions {
+        top_k: 3,
+        n_intervals: 3,
+        per_interval: 2,
+        histogram_bins: 5,
+        logit_k: 4,
+        effect_tokens: 25,
+        ..BuildOptions::default()
+    };
+    let d = build_quiet(&inputs(&loaded, &sae, windows.clone()), &opts);
+    let back = Dashboard::from_bytes(&d.to_bytes().unwrap()).unwrap();
+    // 25 tokens: three windows of 10.
+    assert_eq!(
+        back.meta.effects,
+        Some(Effects {
+            windows: 3,
+            tokens: 30
+        })
+    );
+    let conv = ZConvention::TransformerLens;
+    let ranking =
+        rank_features_over(&loaded, &sae, 1, conv, &windows[..3], &mut |_, _| {}).unwrap();
+    assert!(
+        ranking.features.len() > 5,
+        "{} features fire",
+        ranking.features.len()
+    );
+    let mut want = vec![vec![0.0f32; 6]; 4];
+    for f in &ranking.features {
+        want[f.head][f.feature] = f.estimate;
+    }
+    for (h, head) in back.heads.iter().enumerate() {
+        for (f, fd) in head.features.iter().enumerate() {
+            assert_eq!(fd.effect, Some(want[h][f]), "head {h} feature {f}");
+        }
+    }
+    // `features` prints each feature's effect per 1000 tokens.
+    let report = attn_saes::dashboard::report::report(&back, 2, 2);
+    assert!(!report.features.is_empty());
+    for r in &report.features {
+        let want = want[r.head][r.feature] as f64 * 1000.0 / 30.0;
+        assert!(
+            (r.effect_per_thousand.unwrap() - want).abs() < 1e-9,
+            "{r:?}"
+        );
+    }
+    // Over all six windows the sums differ: the windows are the first ones asked for.
+    let all = rank_features_over(&loaded, &sae, 1, conv, &windows, &mut |_, _| {}).unwrap();
+    assert_ne!(all.features, ranking.features);
+
+    let none = build_quiet(
+        &inputs(&loaded, &sae, windows),
+        &BuildOptions {
+            effect_tokens: 0,
+            ..opts
+        },
+    );
+    let none_bytes = none.to_bytes().unwrap();
+    let none = Dashboard::from_bytes(&none_bytes).unwrap();
+    assert_eq!(none.meta.effects, None);
+    assert!(
+        none.heads
+            .iter()
+            .flat_map(|h| &h.features)
+            .all(|f| f.effect.is_none())
+    );
+    // The meta promises effects the file does not hold.
+    let promised = with_metadata(&none_bytes, "meta", |meta| {
+        let mut m: serde_json::Value = serde_json::from_str(meta.as_str().unwrap()).unwrap();
+        m["meta"]["effects"] = serde_json::json!({"windows": 3, "tokens": 30});
+        m.to_string().into()
+    });
+    let e = Dashboard::from_bytes(&promised).unwrap_err().to_string();
+    assert!(e.contains("h0.effect"), "{e}");
+}

@@ -17,8 +17,8 @@ use eframe::egui::{
 use egui_plot::{Bar, BarChart, Plot};
 
 use crate::dashboard::format::{
-    DashboardError, DashboardMeta, Example, ExampleGroup, FeatureData, HeadData, HeadSummary,
-    OwnedDashboardFile,
+    DashboardError, DashboardMeta, Effects, Example, ExampleGroup, FeatureData, HeadData,
+    HeadSummary, OwnedDashboardFile,
 };
 use crate::dashboard::sources::{self, FeatureSources, HeadSources, SourceKind};
 use crate::live::{Answer, AskedExamples, ExamplesEffect};
@@ -147,6 +147,7 @@ impl LoadedDashboard {
                 data,
                 reads,
                 summary,
+                effects: self.file.meta.effects.as_ref(),
             }),
             (Some(Some(Err(e))), _) => Err(e.as_str()),
             _ => Err("head not decoded"),
@@ -163,6 +164,8 @@ struct Head<'a> {
     /// Where each feature reads from.
     reads: &'a [FeatureSources],
     summary: &'a HeadSources,
+    /// Where the features' effects on the loss were estimated, if they were.
+    effects: Option<&'a Effects>,
 }
 
 /// What the viewer remembers between frames (and sessions).
@@ -207,16 +210,25 @@ pub enum SortBy {
     #[default]
     Density,
     MaxActivation,
+    /// By how much the loss would change without the feature, either way (when the file
+    /// has the estimates).
+    Effect,
     Index,
 }
 
 impl SortBy {
-    const ALL: [SortBy; 3] = [SortBy::Density, SortBy::MaxActivation, SortBy::Index];
+    const ALL: [SortBy; 4] = [
+        SortBy::Density,
+        SortBy::MaxActivation,
+        SortBy::Effect,
+        SortBy::Index,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             SortBy::Density => "Density",
             SortBy::MaxActivation => "Max activation",
+            SortBy::Effect => "Effect on the loss",
             SortBy::Index => "Index",
         }
     }
@@ -689,6 +701,7 @@ fn feature_order(
     let key = |f: &FeatureData| match s.sort {
         SortBy::Density => f.density,
         SortBy::MaxActivation => f.max_activation,
+        SortBy::Effect => f.effect.unwrap_or(0.0).abs(),
         SortBy::Index => 0.0,
     };
     // Stable: ties keep index order.
@@ -718,7 +731,8 @@ fn list_panel(
         .default_size(250.0)
         .show(ui, |ui| {
             ui.heading("Features");
-            list_controls(ui, s);
+            let has_effects = head.as_ref().is_ok_and(|h| h.effects.is_some());
+            list_controls(ui, s, has_effects);
             match head {
                 Err(e) => error_label(ui, e),
                 Ok(head) => {
@@ -743,13 +757,17 @@ fn list_panel(
         });
 }
 
-fn list_controls(ui: &mut Ui, s: &mut FeaturesState) {
+/// The list's sort, filters and search; sorting by effect is offered when the file has
+/// the estimates.
+fn list_controls(ui: &mut Ui, s: &mut FeaturesState, has_effects: bool) {
     ui.horizontal(|ui| {
         egui::ComboBox::from_label("sort")
             .selected_text(s.sort.label())
             .show_ui(ui, |ui| {
                 for sort in SortBy::ALL {
-                    ui.selectable_value(&mut s.sort, sort, sort.label());
+                    if sort != SortBy::Effect || has_effects {
+                        ui.selectable_value(&mut s.sort, sort, sort.label());
+                    }
                 }
             });
         ui.checkbox(&mut s.hide_dead, "hide dead");
@@ -862,25 +880,28 @@ fn feature_rows(
     let out = area.show_rows(ui, row_h, order.len(), |ui, rows| {
         for &f in &order[rows] {
             let tag = head.reads.get(f).map_or("", reads_tag);
-            feature_row(ui, &head.data.features[f], f, tag, row_h, s);
+            feature_row(ui, &head.data.features[f], f, (tag, head.effects), row_h, s);
         }
     });
     let view = (out.state.clamped_offset().y, out.inner_rect.height());
     ui.data_mut(|d| d.insert_temp(view_id, view));
 }
 
+/// One feature in the list: index, density (or, sorted by effect, its effect on the loss
+/// per 1000 tokens), max activation and where it reads from.
 fn feature_row(
     ui: &mut Ui,
     fd: &FeatureData,
     f: usize,
-    tag: &str,
+    (tag, effects): (&str, Option<&Effects>),
     row_h: f32,
     s: &mut FeaturesState,
 ) {
-    let text = format!(
-        "#{f}  {:.2e}  max {:.2}  {tag}",
-        fd.density, fd.max_activation
-    );
+    let first = match (s.sort, effects, fd.effect) {
+        (SortBy::Effect, Some(e), Some(x)) => format!("{:+.3}/1k", e.per_thousand(x)),
+        _ => format!("{:.2e}", fd.density),
+    };
+    let text = format!("#{f}  {first}  max {:.2}  {tag}", fd.max_activation);
     let text = if is_dead(fd) {
         RichText::new(text).weak()
     } else {
@@ -1109,6 +1130,20 @@ fn header(ui: &mut Ui, meta: &DashboardMeta, h: usize, f: usize, fd: &FeatureDat
             ));
         ui.separator();
         ui.label(format!("max activation {:.3}", fd.max_activation));
+        if let (Some(e), Some(x)) = (&meta.effects, fd.effect) {
+            ui.separator();
+            ui.label(format!(
+                "loss without it {:+.4} per 1000 tokens",
+                e.per_thousand(x)
+            ))
+            .on_hover_text(format!(
+                "first-order estimate of how much the next-token loss would rise without this \
+                 feature (positive: it helps the predictions), summed over the first {} \
+                 dashboard windows ({} tokens) and scaled to 1000 tokens; `attn-saes text \
+                 --effect` gives the exact change on a text",
+                e.windows, e.tokens
+            ));
+        }
         if !fd.interval_counts.is_empty() {
             ui.separator();
             let total: u64 = fd.interval_counts.iter().map(|&c| c as u64).sum();

@@ -32,8 +32,8 @@ use anyhow::{Context, ensure};
 use rayon::prelude::*;
 
 use super::format::{
-    Dashboard, DashboardMeta, Example, ExampleGroup, FeatureData, HeadData, HeadSummary, ModelInfo,
-    SaeInfo, Settings,
+    Dashboard, DashboardMeta, Effects, Example, ExampleGroup, FeatureData, HeadData, HeadSummary,
+    ModelInfo, SaeInfo, Settings,
 };
 use crate::files::host_vec;
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
@@ -56,6 +56,9 @@ pub struct BuildOptions {
     pub windows_per_forward: usize,
     /// Where the spill files go (a temp directory is made inside and removed after).
     pub scratch_dir: PathBuf,
+    /// Estimate each feature's effect on the loss over the first windows holding this many
+    /// tokens (`live::rank_features_over`; one backward pass a window); 0: not at all.
+    pub effect_tokens: usize,
 }
 
 impl Default for BuildOptions {
@@ -70,6 +73,7 @@ impl Default for BuildOptions {
             keep_bos: false,
             windows_per_forward: 8,
             scratch_dir: std::env::temp_dir(),
+            effect_tokens: super::DEFAULT_EFFECT_TOKENS,
         }
     }
 }
@@ -949,6 +953,7 @@ pub fn build(
                     logit_histogram,
                     logit_range,
                     examples,
+                    effect: None,
                 });
             }
             let nf = n_counted as f64;
@@ -1067,6 +1072,7 @@ pub fn build(
                 n_tokens: n_counted,
                 heads: summaries,
                 history: inputs.history.clone(),
+                effects: None,
             },
             windows,
             token_strings,
@@ -1074,7 +1080,42 @@ pub fn build(
         })
     })();
     let _ = std::fs::remove_dir_all(&scratch);
-    result
+    let mut dashboard = result?;
+    if opts.effect_tokens > 0 {
+        add_effects(&mut dashboard, inputs, opts.effect_tokens, progress)?;
+    }
+    Ok(dashboard)
+}
+
+/// Each feature's first-order effect on the loss (`live::rank_features_over`), summed over
+/// the dashboard's first windows holding `tokens` tokens, into the dashboard.
+fn add_effects(
+    d: &mut Dashboard,
+    inputs: &BuildInputs,
+    tokens: usize,
+    progress: Progress,
+) -> anyhow::Result<()> {
+    let t = d.meta.context_size;
+    let n = tokens.div_ceil(t.max(1)).min(d.windows.len());
+    let ranking = crate::live::rank_features_over(
+        inputs.loaded,
+        inputs.sae,
+        inputs.layer,
+        inputs.z_convention,
+        &d.windows[..n],
+        &mut |done, of| progress("estimating each feature's effect on the loss", done, of),
+    )?;
+    for head in &mut d.heads {
+        head.features.iter_mut().for_each(|f| f.effect = Some(0.0));
+    }
+    for f in ranking.features {
+        d.heads[f.head].features[f.feature].effect = Some(f.estimate);
+    }
+    d.meta.effects = Some(Effects {
+        windows: n,
+        tokens: (n * t) as u64,
+    });
+    Ok(())
 }
 
 /// Writes a dashboard file atomically.

@@ -28,7 +28,9 @@
 //! feature's activations along a window, sparse, stored once per (feature, window) and
 //! shared by the examples from that window: `row_offsets [R + 1]`, `row_positions`,
 //! `row_values`; DFA by source position `0..=target`
-//! (top examples only): `dfa_offsets [E + 1]`, `dfa_values`.
+//! (top examples only): `dfa_offsets [E + 1]`, `dfa_values`; when the meta records
+//! [`Effects`], `effect [m]`: each feature's estimated effect on the loss (see
+//! [`FeatureData::effect`]). Files without it read as before.
 //!
 //! A viewer parses the header once ([`DashboardFile::parse`]) and decodes one head at a
 //! time ([`DashboardFile::head`]); every tensor is checked (dtype, shape, checksum, ranges,
@@ -197,6 +199,24 @@ pub struct DashboardMeta {
     pub heads: Vec<HeadSummary>,
     /// The run's metrics (steps subsampled), for training curves without the run.
     pub history: History,
+    /// Where the features' effects on the loss were estimated, when they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effects: Option<Effects>,
+}
+
+/// The windows each feature's [`FeatureData::effect`] is summed over: the dashboard's first
+/// `windows`, `tokens` tokens in all (as `attn-saes rank` counts them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Effects {
+    pub windows: usize,
+    pub tokens: u64,
+}
+
+impl Effects {
+    /// An effect summed over these windows, per 1000 tokens.
+    pub fn per_thousand(&self, effect: f32) -> f64 {
+        effect as f64 * 1000.0 / self.tokens.max(1) as f64
+    }
 }
 
 /// Which group an example belongs to.
@@ -234,6 +254,10 @@ pub struct FeatureData {
     pub logit_range: (f32, f32),
     /// Top examples (by activation), then interval groups in bin order.
     pub examples: Vec<Example>,
+    /// How much the summed next-token loss over the windows [`DashboardMeta::effects`]
+    /// names would rise without the feature, to first order (`live::rank_features`), when
+    /// the file has it.
+    pub effect: Option<f32>,
 }
 
 /// One head's features.
@@ -460,6 +484,11 @@ impl Dashboard {
                 .flat_map(|x| x.dfa.iter().copied())
                 .collect();
             a.f16(p("dfa_values"), &dfa, vec![dfa.len()]);
+            if meta.effects.is_some() {
+                let effect: Option<Vec<f32>> = fs.iter().map(|f| f.effect).collect();
+                let effect = effect.ok_or_else(|| bad(&p("effect"), "a feature has no effect"))?;
+                a.f32(p("effect"), &effect, vec![m]);
+            }
         }
         let checksums: BTreeMap<String, u64> =
             a.0.iter()
@@ -828,6 +857,10 @@ impl<'a> Checked<'a, '_> {
         let vocab = meta.model.d_vocab;
         let p = |name: &str| format!("h{h}.{name}");
         let density = self.f32s(&p("density"), Some(&[m]))?;
+        let effect = match meta.effects {
+            Some(_) => Some(self.f32s(&p("effect"), Some(&[m]))?),
+            None => None,
+        };
         let max_act = self.f32s(&p("max_activation"), Some(&[m]))?;
         let act_hist = self.u32s(&p("activation_histogram"), Some(&[m, bins]))?;
         let interval_counts = self.u32s(&p("interval_counts"), Some(&[m, ni]))?;
@@ -942,6 +975,7 @@ impl<'a> Checked<'a, '_> {
                     logit_histogram: logit_hist[f * bins..(f + 1) * bins].to_vec(),
                     logit_range: (logit_range[2 * f], logit_range[2 * f + 1]),
                     examples: examples.by_ref().take(n).collect(),
+                    effect: effect.as_ref().map(|e| e[f]),
                 }
             })
             .collect();

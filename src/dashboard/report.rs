@@ -23,6 +23,9 @@ pub struct FeatureReport {
     pub global: usize,
     pub density: f32,
     pub max_activation: f32,
+    /// The estimated rise in next-token loss without it, per 1000 tokens (when the file
+    /// has the estimates).
+    pub effect_per_thousand: Option<f64>,
     pub examples: Vec<ExampleReport>,
     /// Where its top examples read from (their DFA's top sources).
     pub reads_from: FeatureSources,
@@ -117,6 +120,9 @@ pub fn top_features(d: &Dashboard, per_head: usize, top: usize) -> Vec<FeatureRe
                 global: head * m + f,
                 density: feature.density,
                 max_activation: feature.max_activation,
+                effect_per_thousand: (d.meta.effects.as_ref())
+                    .zip(feature.effect)
+                    .map(|(e, x)| e.per_thousand(x)),
                 examples,
             });
         }

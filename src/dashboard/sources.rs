@@ -478,6 +478,7 @@ mod tests {
             logit_bottom: vec![],
             logit_histogram: vec![],
             logit_range: (0.0, 0.0),
+            effect: None,
             examples,
         }
     }
