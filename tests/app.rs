@@ -492,6 +492,17 @@ fn dropped_files_open_and_the_ui_state_persists() {
     assert_eq!(restored.form, h.state().ui.form);
 }
 
+/// Clicks Your text's "Continue the text" and waits for the steered continuation.
+fn continue_the_text(h: &mut Harness<'static, AttnSaesApp>) {
+    h.get_by_label("Continue the text").click_accesskit();
+    step_until(h, Duration::from_secs(120), |a| {
+        a.native
+            .steer
+            .as_ref()
+            .is_some_and(|x| matches!(x.state, attn_saes::live::Answer::Ready(_)))
+    });
+}
+
 /// Where `feature` of `head` is most active in `a` (the first such position on a tie).
 fn strongest_position(a: &attn_saes::live::LiveTokens, head: usize, feature: usize) -> usize {
     (0..a.len())
@@ -685,13 +696,7 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     h.run_steps(1);
     let basis = format!("its largest activation in the dashboards ({largest:.3})");
     assert!(h.query_by_label_contains(&basis).is_some(), "{basis}");
-    h.get_by_label("Continue the text").click_accesskit();
-    step_until(&mut h, Duration::from_secs(120), |a| {
-        a.native
-            .steer
-            .as_ref()
-            .is_some_and(|x| matches!(x.state, Answer::Ready(_)))
-    });
+    continue_the_text(&mut h);
     h.run_steps(2);
     let steering = attn_saes::live::Steering::greedy(top.head, top.feature, 4.0 * largest, 8);
     let direct = steer(&loaded, &sae, 1, &ids, &steering).unwrap();
@@ -849,13 +854,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     h.state_mut().ui.text.steer_temperature = 0.7;
     h.state_mut().ui.text.steer_seed = 3;
     h.run_steps(1);
-    h.get_by_label("Continue the text").click_accesskit();
-    step_until(&mut h, Duration::from_secs(120), |a| {
-        a.native
-            .steer
-            .as_ref()
-            .is_some_and(|x| matches!(x.state, Answer::Ready(_)))
-    });
+    continue_the_text(&mut h);
     let steering = attn_saes::live::Steering {
         temperature: 0.7,
         seed: 3,

@@ -696,19 +696,23 @@ fn check_against_brute_force(loaded: &LoadedModel, sae: &BlockDiagSae) {
     );
 }
 
-fn small_dashboard() -> Dashboard {
-    let loaded = load("gpt2_tiny");
-    let sae = random_sae(&loaded, 6, 1);
-    let windows = random_windows(&loaded, 6, 10, 2);
-    let opts = BuildOptions {
+/// Small dashboards' settings.
+fn small_options() -> BuildOptions {
+    BuildOptions {
         top_k: 3,
         n_intervals: 3,
         per_interval: 2,
         histogram_bins: 5,
         logit_k: 4,
         ..BuildOptions::default()
-    };
-    build_quiet(&inputs(&loaded, &sae, windows), &opts)
+    }
+}
+
+fn small_dashboard() -> Dashboard {
+    let loaded = load("gpt2_tiny");
+    let sae = random_sae(&loaded, 6, 1);
+    let windows = random_windows(&loaded, 6, 10, 2);
+    build_quiet(&inputs(&loaded, &sae, windows), &small_options())
 }
 
 #[test]
@@ -1147,19 +1151,17 @@ fn rank_command_sums_the_ranking_over_held_out_windows() {
     let dir = TempDir::new("attn-saes-rank", "cli");
     let run = run_with_dashboard(&dir, 30);
     let json = dir.join("rank.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
-        .args(["--device", "cpu", "rank", "--run"])
-        .arg(&run)
-        .args(["--tokens", "80", "--top", "3", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = attn_saes_cli([
+        "rank".as_ref(),
+        "--run".as_ref(),
+        run.as_os_str(),
+        "--tokens".as_ref(),
+        "80".as_ref(),
+        "--top".as_ref(),
+        "3".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]);
     let got: FeatureRanking = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let none = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
         .args(["--device", "cpu", "rank", "--tokens", "0", "--run"])
@@ -1581,19 +1583,17 @@ fn match_command_prints_and_writes_the_librarys_match() {
         fixture("dashboard/gpt2_tiny_sae"),
         fixture("dashboard/llama_tiny_sae"),
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
-        .args(["--device", "cpu", "match"])
-        .args([&pa, &pb])
-        .args(["--feature", "1,3", "--threshold", "0.5", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = attn_saes_cli([
+        "match".as_ref(),
+        pa.as_os_str(),
+        pb.as_os_str(),
+        "--feature".as_ref(),
+        "1,3".as_ref(),
+        "--threshold".as_ref(),
+        "0.5".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]);
     let got: SaeMatch = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let device = Device::flex();
     let a = BlockDiagSae::load(&pa, &device).unwrap();
@@ -1630,13 +1630,8 @@ fn dashboard_effects_are_the_ranking_over_its_first_windows() {
     let sae = random_sae(&loaded, 6, 1);
     let windows = random_windows(&loaded, 6, 10, 2);
     let opts = BuildOptions {
-        top_k: 3,
-        n_intervals: 3,
-        per_interval: 2,
-        histogram_bins: 5,
-        logit_k: 4,
         effect_tokens: 25,
-        ..BuildOptions::default()
+        ..small_options()
     };
     let d = build_quiet(&inputs(&loaded, &sae, windows.clone()), &opts);
     let back = Dashboard::from_bytes(&d.to_bytes().unwrap()).unwrap();

@@ -148,20 +148,24 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         serde_json::from_slice(&std::fs::read(&examples_json).unwrap()).unwrap();
     // `steer` with the same feature, strength, length, temperature and seed as the page is
     // asked for.
-    let out = Command::new(env!("CARGO_BIN_EXE_attn-saes"))
-        .args(["--device", "cpu", "steer"])
-        .arg(&run)
-        .args([PROMPT, "--feature", &format!("{head},{feature}")])
-        .args(["--strength", "2.5", "--tokens", "6", "--json"])
-        .args(["--temperature", "0.8", "--seed", "7"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let native_steer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hf = format!("{head},{feature}");
+    let native_steer = attn_saes_cli([
+        "steer",
+        run.to_str().unwrap(),
+        PROMPT,
+        "--feature",
+        &hf,
+        "--strength",
+        "2.5",
+        "--tokens",
+        "6",
+        "--json",
+        "--temperature",
+        "0.8",
+        "--seed",
+        "7",
+    ]);
+    let native_steer: Value = serde_json::from_str(&native_steer).unwrap();
 
     // The dashboard records the sha256 of the model's and SAE's files (computed here
     // independently, with sha2 over the files themselves).

@@ -321,3 +321,24 @@ pub fn sae_from_reference(
     let x = r.get("x").tensor::<3>(device).swap_dims(0, 1);
     (sae, x)
 }
+
+/// Runs the attn-saes binary with `args` on the CPU backend and returns its stdout, failing
+/// with its stderr when it fails.
+pub fn attn_saes_cli<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["--device", "cpu"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
