@@ -290,9 +290,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Continue a text with a run's model twice, greedily: as it is, and steered by one
-    /// feature added to its head's hook_z at every position after BOS (its decoder row
-    /// times --strength, as if it fired there that strongly), and print both.
+    /// Continue a text with a run's model twice, greedily or sampled: as it is, and steered
+    /// by one feature added to its head's hook_z at every position after BOS (its decoder
+    /// row times --strength, as if it fired there that strongly), and print both.
     Steer {
         /// A run directory, or a dashboard file (its recorded model, SAE and layer).
         run: std::path::PathBuf,
@@ -359,6 +359,13 @@ fn set_runtime_dir_if_missing() {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`attn-saes features | head`)
+    // panics; the default ends the process quietly, as other command-line tools do.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to the default at start, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     device::keep_freed_host_memory();
     set_runtime_dir_if_missing();
     let cli = Cli::parse();

@@ -1699,3 +1699,26 @@ fn dashboard_effects_are_the_ranking_over_its_first_windows() {
     let e = Dashboard::from_bytes(&promised).unwrap_err().to_string();
     assert!(e.contains("h0.effect"), "{e}");
 }
+
+/// Output into a pipe closed early (`attn-saes match A B | head -1`) ends the process by
+/// SIGPIPE, quietly, not with a panic message.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["--device", "cpu", "match"])
+        .args([
+            fixture("dashboard/gpt2_tiny_sae"),
+            fixture("dashboard/llama_tiny_sae"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "{:?} {stderr}", out.status);
+}
