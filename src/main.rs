@@ -222,6 +222,10 @@ enum Command {
         /// Examples per feature.
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// Which features each head lists: the strongest by maximum activation, or by effect
+        /// on the loss either way (dashboards with the estimates).
+        #[arg(long, value_enum, default_value_t = ReportBy::Activation)]
+        by: ReportBy,
         /// Write the report as JSON here too.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -752,6 +756,7 @@ fn main() -> anyhow::Result<()> {
             run,
             per_head,
             top,
+            by,
             json,
             effect,
         } => {
@@ -777,7 +782,7 @@ fn main() -> anyhow::Result<()> {
             if let Some((h, f)) = effect {
                 return examples_effect_command(&run, &d, (h, f), json.as_deref(), cli.device);
             }
-            let report = attn_saes::dashboard::report::report(&d, per_head, top);
+            let report = attn_saes::dashboard::report::report(&d, by.into(), per_head, top);
             println!(
                 "Where each head's features read from (the top source of their top examples' DFA):"
             );
@@ -1191,6 +1196,22 @@ fn parse_pick(s: &str) -> Result<(usize, usize, usize), String> {
     match numbers(s)?[..] {
         [p, h, f] => Ok((p, h, f)),
         _ => Err(format!("{s}: expected POSITION,HEAD,FEATURE")),
+    }
+}
+
+/// `features --by`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReportBy {
+    Activation,
+    Effect,
+}
+
+impl From<ReportBy> for attn_saes::dashboard::report::Strongest {
+    fn from(by: ReportBy) -> Self {
+        match by {
+            ReportBy::Activation => Self::Activation,
+            ReportBy::Effect => Self::Effect,
+        }
     }
 }
 

@@ -1660,16 +1660,35 @@ fn dashboard_effects_are_the_ranking_over_its_first_windows() {
             assert_eq!(fd.effect, Some(want[h][f]), "head {h} feature {f}");
         }
     }
-    // `features` prints each feature's effect per 1000 tokens.
-    let report = attn_saes::dashboard::report::report(&back, 2, 2);
-    assert!(!report.features.is_empty());
-    for r in &report.features {
+    // `features` prints each feature's effect per 1000 tokens; `--by effect` lists each
+    // head's live features with the largest effect either way, largest first.
+    use attn_saes::dashboard::report::{FeatureReport, Strongest, report};
+    let listed = report(&back, Strongest::Effect, 2, 2).features;
+    assert_eq!(listed.len(), 8);
+    for r in &listed {
         let want = want[r.head][r.feature] as f64 * 1000.0 / 30.0;
         assert!(
             (r.effect_per_thousand.unwrap() - want).abs() < 1e-9,
             "{r:?}"
         );
     }
+    for (h, head) in back.heads.iter().enumerate() {
+        let mut live: Vec<usize> = (0..6).filter(|&f| head.features[f].density > 0.0).collect();
+        live.sort_by(|&a, &b| {
+            want[h][b]
+                .abs()
+                .total_cmp(&want[h][a].abs())
+                .then(a.cmp(&b))
+        });
+        let got: Vec<usize> = (listed.iter())
+            .filter(|r| r.head == h)
+            .map(|r| r.feature)
+            .collect();
+        assert_eq!(got, live[..2], "head {h}");
+    }
+    let pairs = |v: &[FeatureReport]| v.iter().map(|r| (r.head, r.feature)).collect::<Vec<_>>();
+    let by_activation = report(&back, Strongest::Activation, 2, 2).features;
+    assert_ne!(pairs(&by_activation), pairs(&listed));
     // Over all six windows the sums differ: the windows are the first ones asked for.
     let all = rank_features_over(&loaded, &sae, 1, conv, &windows, &mut |_, _| {}).unwrap();
     assert_ne!(all.features, ranking.features);
@@ -1689,6 +1708,11 @@ fn dashboard_effects_are_the_ranking_over_its_first_windows() {
             .iter()
             .flat_map(|h| &h.features)
             .all(|f| f.effect.is_none())
+    );
+    // Without the estimates, `--by effect` lists by activation.
+    assert_eq!(
+        pairs(&report(&none, Strongest::Effect, 2, 2).features),
+        pairs(&report(&none, Strongest::Activation, 2, 2).features)
     );
     // The meta promises effects the file does not hold.
     let promised = with_metadata(&none_bytes, "meta", |meta| {

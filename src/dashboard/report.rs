@@ -2,7 +2,7 @@
 //! head, where its features read from, then the features with the strongest activations,
 //! the tokens they fire on and where they read from.
 
-use super::format::{Dashboard, ExampleGroup};
+use super::format::{Dashboard, ExampleGroup, FeatureData};
 use super::sources::{self, FeatureSources, HeadAttention, HeadScores, HeadSources, SourceKind};
 
 /// One activating token in context.
@@ -54,8 +54,8 @@ pub struct Report {
     pub features: Vec<FeatureReport>,
 }
 
-/// [`top_features`] and each head's [`sources::head_sources`].
-pub fn report(d: &Dashboard, per_head: usize, top: usize) -> Report {
+/// [`features_by`] and each head's [`sources::head_sources`].
+pub fn report(d: &Dashboard, by: Strongest, per_head: usize, top: usize) -> Report {
     let heads = d
         .heads
         .iter()
@@ -74,23 +74,51 @@ pub fn report(d: &Dashboard, per_head: usize, top: usize) -> Report {
         .collect();
     Report {
         heads,
-        features: top_features(d, per_head, top),
+        features: features_by(d, by, per_head, top),
     }
+}
+
+/// Which features a report lists for each head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strongest {
+    /// The largest maximum activation.
+    #[default]
+    Activation,
+    /// The largest effect on the loss either way (files with the estimates; else
+    /// [`Strongest::Activation`]).
+    Effect,
 }
 
 /// For each head, the `per_head` live features with the largest maximum activation (ties
 /// by index) and their first `top` top examples.
 pub fn top_features(d: &Dashboard, per_head: usize, top: usize) -> Vec<FeatureReport> {
+    features_by(d, Strongest::Activation, per_head, top)
+}
+
+/// For each head, the `per_head` live features strongest by `by` (ties by index) and
+/// their first `top` top examples.
+pub fn features_by(
+    d: &Dashboard,
+    by: Strongest,
+    per_head: usize,
+    top: usize,
+) -> Vec<FeatureReport> {
     let m = d.meta.sae.features_per_head;
     let text = |ids: &[u32]| ids.iter().map(|&id| d.token(id)).collect::<String>();
+    let by = match d.meta.effects {
+        Some(_) => by,
+        None => Strongest::Activation,
+    };
+    let key = |f: &FeatureData| match by {
+        Strongest::Activation => f.max_activation,
+        Strongest::Effect => f.effect.unwrap_or(0.0).abs(),
+    };
     let mut out = Vec::new();
     for (head, data) in d.heads.iter().enumerate() {
         let mut order: Vec<usize> = (0..m).filter(|&f| data.features[f].density > 0.0).collect();
         order.sort_by(|&a, &b| {
             let (fa, fb) = (&data.features[a], &data.features[b]);
-            fb.max_activation
-                .total_cmp(&fa.max_activation)
-                .then(a.cmp(&b))
+            key(fb).total_cmp(&key(fa)).then(a.cmp(&b))
         });
         for &f in order.iter().take(per_head) {
             let feature = &data.features[f];
