@@ -80,6 +80,18 @@ fn timed_frames(h: &mut Harness<'static, AttnSaesApp>, n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// A tiny trained run with dashboards in `dir` (steps/s frozen, so snapshots do not depend
+/// on the machine), opened in the app.
+fn opened_run(dir: &std::path::Path) -> (std::path::PathBuf, Harness<'static, AttnSaesApp>) {
+    let run = run_with_dashboard(dir, 30);
+    freeze_speeds(&run);
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(run.clone()));
+    let mut h = harness(app);
+    h.run_steps(3);
+    (run, h)
+}
+
 fn has_label(h: &Harness<'static, AttnSaesApp>, text: &str) -> bool {
     h.query_by_label(text).is_some()
 }
@@ -90,12 +102,7 @@ fn a_finished_run_through_train_curves_features_and_dfa() {
         return;
     }
     let dir = TempDir::new("attn-saes-app", "views");
-    let run = run_with_dashboard(&dir, 30);
-    freeze_speeds(&run);
-    let mut app = AttnSaesApp::with_state(UiState::default());
-    app.push(Command::OpenPath(run.clone()));
-    let mut h = harness(app);
-    h.run_steps(3);
+    let (run, mut h) = opened_run(&dir);
     assert!(
         h.state().dashboard.is_some(),
         "messages: {:?}",
@@ -522,6 +529,7 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     use attn_saes::sae::BlockDiagSae;
     use burn::prelude::*;
     let dir = TempDir::new("attn-saes-app", "text");
+    // Not frozen: the dashboard file's model path is used below.
     let run = run_with_dashboard(&dir, 30);
     let mut app = AttnSaesApp::with_state(UiState::default());
     app.push(Command::OpenPath(run.clone()));
@@ -754,12 +762,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     use attn_saes::sae::BlockDiagSae;
     use burn::prelude::Device;
     let dir = TempDir::new("attn-saes-app", "examples-effect");
-    let run = run_with_dashboard(&dir, 30);
-    freeze_speeds(&run);
-    let mut app = AttnSaesApp::with_state(UiState::default());
-    app.push(Command::OpenPath(run.clone()));
-    let mut h = harness(app);
-    h.run_steps(3);
+    let (run, mut h) = opened_run(&dir);
     h.state_mut().ui.view = View::Features;
     h.run_steps(3);
     let (head, feature) = (

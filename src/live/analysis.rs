@@ -1,6 +1,6 @@
-//! The analysis itself: the model and SAE in burn. [`LiveAnalysis::run`] reads the results
-//! back synchronously (desktop); [`LiveAnalysis::run_async`] awaits them (the browser,
-//! where WebGPU has no blocking read-back). Both share the graph ([`Pending`]).
+//! The analysis itself: the model and SAE in burn. [`LiveAnalysis::run_async`] awaits the
+//! results (the browser, where WebGPU has no blocking read-back); [`LiveAnalysis::run`]
+//! blocks on it (desktop).
 
 use std::ops::Deref;
 
@@ -95,21 +95,7 @@ impl Pending {
         })
     }
 
-    fn read(self) -> anyhow::Result<LiveAnalysis> {
-        fn host<const D: usize>(t: &Tensor<D>) -> anyhow::Result<Vec<f32>> {
-            crate::files::host_vec(t.clone())
-        }
-        let host = [
-            host(&self.feats)?,
-            host(&self.pre)?,
-            host(&self.pattern)?,
-            host(&self.values)?,
-            host(&self.w_enc)?,
-        ];
-        Ok(self.finish(host))
-    }
-
-    async fn read_async(self) -> anyhow::Result<LiveAnalysis> {
+    async fn read(self) -> anyhow::Result<LiveAnalysis> {
         use super::read_async as host;
         let host = [
             host(&self.feats).await?,
@@ -160,8 +146,8 @@ impl Pending {
 }
 
 impl LiveAnalysis {
-    /// Tokenizes `text` (BOS first when the model has one) and runs it, reading the
-    /// results back synchronously.
+    /// Tokenizes `text` (BOS first when the model has one) and runs it, blocking on
+    /// [`run_async`](Self::run_async).
     pub fn run(
         loaded: &LoadedModel,
         sae: &BlockDiagSae,
@@ -169,7 +155,7 @@ impl LiveAnalysis {
         z_convention: ZConvention,
         text: &str,
     ) -> anyhow::Result<Self> {
-        Pending::new(loaded, sae, layer, z_convention, text)?.read()
+        super::blocking(Self::run_async(loaded, sae, layer, z_convention, text))
     }
 
     /// [`run`](Self::run) with the read-back awaited: the only kind WebGPU allows.
@@ -181,7 +167,7 @@ impl LiveAnalysis {
         text: &str,
     ) -> anyhow::Result<Self> {
         Pending::new(loaded, sae, layer, z_convention, text)?
-            .read_async()
+            .read()
             .await
     }
 

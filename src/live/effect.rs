@@ -1,7 +1,7 @@
 //! [`FeatureEffect`]s: the model run on a text twice, clean and with one feature removed
 //! from its head's `hook_z` (through the forward's splice), and the next-token
-//! distributions compared. Both passes are queued before anything is read back, so the
-//! desktop reads synchronously and the browser awaits, over the same graph.
+//! distributions compared. Both passes are queued before anything is read back; the
+//! browser awaits the read-backs and the desktop blocks on the same code.
 
 use anyhow::Context;
 use burn::prelude::*;
@@ -163,21 +163,8 @@ impl Pending {
         effects
     }
 
-    fn read(
-        self,
-        loaded: &LoadedModel,
-        listed: &dyn Fn(usize, usize) -> bool,
-    ) -> anyhow::Result<Vec<FeatureEffect>> {
-        let host = [
-            crate::files::host_vec(self.activation.clone())?,
-            crate::files::host_vec(self.clean.clone())?,
-            crate::files::host_vec(self.ablated.clone())?,
-        ];
-        Ok(self.finish(loaded, host, listed))
-    }
-
-    /// [`Self::read`] with the read-backs awaited (WebGPU).
-    async fn read_async(
+    /// The effects, the read-backs awaited.
+    async fn read(
         self,
         loaded: &LoadedModel,
         listed: &dyn Fn(usize, usize) -> bool,
@@ -213,7 +200,7 @@ fn extremes(values: &[f32], n: usize) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// What removing `feature` of `head` (wherever it fires in `ids`) changes in the model's
-/// next-token predictions, read back synchronously.
+/// next-token predictions, blocking on the read-back.
 pub fn feature_effect(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
@@ -234,6 +221,40 @@ pub fn feature_effect_scaled(
     layer: usize,
     z_convention: ZConvention,
     ids: &[u32],
+    feature: (usize, usize),
+    scale: f32,
+) -> anyhow::Result<FeatureEffect> {
+    super::blocking(feature_effect_scaled_async(
+        loaded,
+        sae,
+        layer,
+        z_convention,
+        ids,
+        feature,
+        scale,
+    ))
+}
+
+/// [`feature_effect`] with the read-back awaited (WebGPU).
+pub async fn feature_effect_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    ids: &[u32],
+    head: usize,
+    feature: usize,
+) -> anyhow::Result<FeatureEffect> {
+    feature_effect_scaled_async(loaded, sae, layer, z_convention, ids, (head, feature), 0.0).await
+}
+
+/// [`feature_effect_scaled`] with the read-back awaited.
+async fn feature_effect_scaled_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    ids: &[u32],
     (head, feature): (usize, usize),
     scale: f32,
 ) -> anyhow::Result<FeatureEffect> {
@@ -247,30 +268,7 @@ pub fn feature_effect_scaled(
         &windows,
         (head, feature, scale),
     )?;
-    let mut effects = p.read(loaded, &|_, _| true)?;
-    effects.pop().context("no effect")
-}
-
-/// [`feature_effect`] with the read-back awaited (WebGPU).
-pub async fn feature_effect_async(
-    loaded: &LoadedModel,
-    sae: &BlockDiagSae,
-    layer: usize,
-    z_convention: ZConvention,
-    ids: &[u32],
-    head: usize,
-    feature: usize,
-) -> anyhow::Result<FeatureEffect> {
-    let windows = [ids.to_vec()];
-    let p = Pending::new(
-        loaded,
-        sae,
-        layer,
-        z_convention,
-        &windows,
-        (head, feature, 0.0),
-    )?;
-    let mut effects = p.read_async(loaded, &|_, _| true).await?;
+    let mut effects = p.read(loaded, &|_, _| true).await?;
     effects.pop().context("no effect")
 }
 
@@ -299,7 +297,7 @@ pub async fn effects_on_examples_async(
             &windows,
             (head, feature, 0.0),
         )?;
-        effects.extend(p.read_async(loaded, &|w, p| chunk[w].1 == p).await?);
+        effects.extend(p.read(loaded, &|w, p| chunk[w].1 == p).await?);
     }
     Ok(effects)
 }
@@ -315,20 +313,15 @@ pub fn effects_on_examples(
     head: usize,
     feature: usize,
 ) -> anyhow::Result<Vec<FeatureEffect>> {
-    let mut effects = Vec::with_capacity(examples.len());
-    for chunk in examples.chunks(WINDOWS_PER_PASS) {
-        let windows: Vec<Vec<u32>> = chunk.iter().map(|(w, _)| w.clone()).collect();
-        let p = Pending::new(
-            loaded,
-            sae,
-            layer,
-            z_convention,
-            &windows,
-            (head, feature, 0.0),
-        )?;
-        effects.extend(p.read(loaded, &|w, p| chunk[w].1 == p)?);
-    }
-    Ok(effects)
+    super::blocking(effects_on_examples_async(
+        loaded,
+        sae,
+        layer,
+        z_convention,
+        examples,
+        head,
+        feature,
+    ))
 }
 
 #[cfg(test)]

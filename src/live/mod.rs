@@ -73,6 +73,21 @@ pub fn text_ids(loaded: &crate::lm::LoadedModel, text: &str) -> anyhow::Result<V
     Ok(ids)
 }
 
+/// Runs one of the async computations below to its end on this thread: its read-backs
+/// block as burn's own synchronous read does (`into_data`), so the desktop's synchronous
+/// calls and the browser's awaited ones share one body. Where nothing can block (the
+/// browser) and a read-back is not ready at once, an error says to await instead.
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+fn blocking<T>(
+    computation: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    burn::tensor::try_read_sync(computation).unwrap_or_else(|| {
+        Err(anyhow::anyhow!(
+            "this platform cannot wait for the device: use the async call"
+        ))
+    })
+}
+
 /// A tensor's values, the read-back awaited (the only kind WebGPU has).
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 async fn read_async<const D: usize>(t: &burn::tensor::Tensor<D>) -> anyhow::Result<Vec<f32>> {

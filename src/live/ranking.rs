@@ -106,12 +106,7 @@ pub fn rank_features(
     z_convention: ZConvention,
     ids: &[u32],
 ) -> anyhow::Result<FeatureRanking> {
-    let [estimate, fires] = queue(loaded, sae, layer, z_convention, &[ids.to_vec()])?;
-    let host = [
-        crate::files::host_vec(estimate)?,
-        crate::files::host_vec(fires)?,
-    ];
-    Ok(finish(ids, sae.config.features_per_head, host))
+    super::blocking(rank_features_async(loaded, sae, layer, z_convention, ids))
 }
 
 /// Windows run together by [`rank_features_over`].

@@ -2,8 +2,8 @@
 //! and row 1 with a feature's decoder row (times a strength, in hook_z's units) added to its
 //! head's `hook_z` at every position after BOS. Keys and values are cached ([`KvCache`]),
 //! so each new token is one position's forward. Each step's logits are read back and the
-//! next tokens chosen on the host ([`choose`]): synchronously on the desktop, awaited in the
-//! browser, over the same steps.
+//! next tokens chosen on the host ([`choose`]), awaited (the desktop blocks on the same
+//! steps).
 
 use burn::prelude::*;
 
@@ -186,12 +186,7 @@ pub fn steer(
     prompt: &[u32],
     steering: &Steering,
 ) -> anyhow::Result<Steered> {
-    let mut g = Generation::new(loaded, sae, layer, prompt, steering)?;
-    for _ in 0..steering.tokens {
-        let logits = g.step(&loaded.transformer)?;
-        g.take(&crate::files::host_vec(logits)?);
-    }
-    Ok(g.finish(loaded))
+    super::blocking(steer_async(loaded, sae, layer, prompt, steering))
 }
 
 /// [`steer`] with each step's read-back awaited (WebGPU).
