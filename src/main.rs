@@ -296,7 +296,8 @@ enum Command {
     },
     /// Continue a text with a run's model twice, greedily or sampled: as it is, and steered
     /// by one feature added to its head's hook_z at every position after BOS (its decoder
-    /// row times --strength, as if it fired there that strongly), and print both.
+    /// row times --strength, as if it fired there that strongly), or with --clamp held at
+    /// that activation, and print both.
     Steer {
         /// A run directory, or a dashboard file (its recorded model, SAE and layer).
         run: std::path::PathBuf,
@@ -309,6 +310,10 @@ enum Command {
         /// times the feature's largest activation in the run's dashboards.
         #[arg(long, default_value = "4x", allow_hyphen_values = true, value_parser = parse_strength)]
         strength: Strength,
+        /// Hold the feature's activation at --strength wherever it is, instead of adding
+        /// --strength to it: `--clamp --strength 0` continues the text without the feature.
+        #[arg(long)]
+        clamp: bool,
         /// New tokens (1 to 256).
         #[arg(long, default_value_t = 32)]
         tokens: usize,
@@ -728,6 +733,7 @@ fn main() -> anyhow::Result<()> {
             text,
             feature,
             strength,
+            clamp,
             tokens,
             temperature,
             seed,
@@ -741,6 +747,7 @@ fn main() -> anyhow::Result<()> {
                 tokens,
                 temperature,
                 seed,
+                clamp,
             };
             steer_command(&run, &text, steering, strength, json, cli.device)?
         }
@@ -1586,6 +1593,7 @@ fn steer_command(
         &live.loaded,
         &live.sae,
         live.layer,
+        live.z_convention,
         &attn_saes::live::text_ids(&live.loaded, text)?,
         &steering,
     )?;
@@ -1597,25 +1605,32 @@ fn steer_command(
         0.0 => "greedy".to_string(),
         t => format!("sampled at temperature {t}, seed {}", steering.seed),
     };
+    let steered = match steering.clamp {
+        false => format!("added at strength {strength}{how}"),
+        true => format!("held at activation {strength}{how}"),
+    };
     println!(
-        "{}: {} prompt tokens; head {head} feature {feature} added at strength {strength}{how} \
-         after BOS; {tokens} new tokens, {chosen}",
+        "{}: {} prompt tokens; head {head} feature {feature} {steered} after BOS; {tokens} \
+         new tokens, {chosen}",
         live.description,
         s.prompt.len()
     );
     let mean = |p: &[f32]| p.iter().sum::<f32>() / p.len().max(1) as f32;
-    println!(
-        "clean   (mean probability {:.3}): {:?}",
-        mean(&s.clean.prob),
-        s.clean.text
-    );
-    println!(
-        "steered (mean probability {:.3}): {:?}",
-        mean(&s.steered.prob),
-        s.steered.text
-    );
+    for (name, c) in [("clean  ", &s.clean), ("steered", &s.steered)] {
+        let ended = match c.ended {
+            true => format!(", ended at end of text after {} tokens", c.ids.len()),
+            false => String::new(),
+        };
+        println!(
+            "{name} (mean probability {:.3}{ended}): {:?}",
+            mean(&c.prob),
+            c.text
+        );
+    }
     match s.parts_at() {
-        n if n == tokens => println!("the continuations are the same"),
+        n if n == s.clean.ids.len() && n == s.steered.ids.len() => {
+            println!("the continuations are the same")
+        }
         n => println!(
             "they part at new token {n}: {:?} clean, {:?} steered",
             s.clean.tokens[n], s.steered.tokens[n]

@@ -625,8 +625,9 @@ pub fn live_rank() {
 }
 
 /// Continues the analysed text by `tokens` clean and steered by `feature` of `head` at
-/// `strength` (Your text's "Continue the text"), greedily at `temperature` 0, else sampled
-/// with `seed`; [`live_shown`] has it once it arrives.
+/// `strength` (Your text's "Continue the text"; with `clamp`, the feature held at that
+/// activation instead of added), greedily at `temperature` 0, else sampled with `seed`;
+/// [`live_shown`] has it once it arrives.
 #[wasm_bindgen]
 pub fn live_steer(
     head: usize,
@@ -635,6 +636,7 @@ pub fn live_steer(
     tokens: usize,
     temperature: f32,
     seed: u32,
+    clamp: Option<bool>,
 ) {
     let steering = Steering {
         head,
@@ -643,6 +645,7 @@ pub fn live_steer(
         tokens,
         temperature,
         seed: seed.into(),
+        clamp: clamp.unwrap_or(false),
     };
     post(|s| s.live_steer = Some(steering));
 }

@@ -254,6 +254,7 @@ pub async fn steer(steering: String) -> Result<String, JsValue> {
         &session.loaded,
         &session.sae,
         session.layer,
+        session.z_convention,
         &ids,
         &steering,
     )

@@ -502,6 +502,8 @@ fn dropped_files_open_and_the_ui_state_persists() {
 /// Clicks Your text's "Continue the text" and waits for the steered continuation.
 fn continue_the_text(h: &mut Harness<'static, AttnSaesApp>) {
     h.get_by_label("Continue the text").click_accesskit();
+    // The click is taken in the next frame (an earlier answer is Ready until then).
+    h.run_steps(1);
     step_until(h, Duration::from_secs(120), |a| {
         a.native
             .steer
@@ -707,12 +709,12 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     continue_the_text(&mut h);
     h.run_steps(2);
     let steering = attn_saes::live::Steering::greedy(top.head, top.feature, 4.0 * largest, 8);
-    let direct = steer(&loaded, &sae, 1, &ids, &steering).unwrap();
+    let direct = steer(&loaded, &sae, 1, Default::default(), &ids, &steering).unwrap();
     let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
         unreachable!()
     };
     assert_eq!(**shown, direct);
-    let said = format!("At strength {:.3}", direct.strength);
+    let said = format!("Added at strength {:.3}", direct.strength);
     assert!(h.query_by_label_contains(&said).is_some(), "{said}");
     h.snapshot("app_text_steer");
     h.get_by_label("Open its dashboard").click_accesskit();
@@ -863,11 +865,34 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
         seed: 3,
         ..attn_saes::live::Steering::greedy(head, feature, -2.0 * fd.max_activation, 5)
     };
-    let want = attn_saes::live::steer(&loaded, &sae, 1, &ids, &steering).unwrap();
+    let want =
+        attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &steering).unwrap();
     let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
         unreachable!()
     };
     assert_eq!(**shown, want);
+
+    // Held at 0x ("hold it at the strength"): the library's continuation without the feature.
+    h.get_by_label("hold it at the strength").click_accesskit();
+    h.state_mut().ui.text.steer_times = 0.0;
+    h.run_steps(1);
+    assert!(h.state().ui.text.steer_clamp);
+    continue_the_text(&mut h);
+    let clamping = attn_saes::live::Steering {
+        strength: 0.0,
+        clamp: true,
+        ..steering
+    };
+    let want =
+        attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &clamping).unwrap();
+    let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
+        unreachable!()
+    };
+    assert_eq!(**shown, want);
+    assert!(
+        h.query_by_label_contains("Held at activation 0.000")
+            .is_some()
+    );
 }
 
 #[test]

@@ -1278,15 +1278,27 @@ fn decoding_with_a_cache_gives_the_logits_of_whole_forwards() {
     }
 }
 
+/// `ids` up to and with the first of the end tokens `eos`, and whether there was one.
+fn until_end(ids: Vec<u32>, eos: &[u32]) -> (Vec<u32>, bool) {
+    match ids.iter().position(|t| eos.contains(t)) {
+        Some(i) => (ids[..=i].to_vec(), true),
+        None => (ids, false),
+    }
+}
+
 /// Steered generation against transformers in float64, where every step is a whole forward
 /// over the sequence so far (`steer/make_steer_reference.py`): the tokens chosen clean and
 /// steered, and their probabilities (within `tol`), on `device`. The two continuations part
 /// in the reference (at new token 1 and 5), so steering that did nothing, or steered BOS
 /// too, or the wrong head, would fail. Strength 0 gives the clean continuation, bit for bit.
 /// Sampled at temperature 0.8 with the reference's seed: the same tokens (SplitMix64 and the
-/// inverse CDF written out in Python), which differ from the greedy ones.
+/// inverse CDF written out in Python), which differ from the greedy ones. Clamped (the
+/// feature's activation, read in TransformerLens' convention, held at a strength): at 0 (the
+/// model without the feature) and at a strength where the reference's clamping and adding
+/// part, the same tokens.
 fn check_steering(device: &Device, tol: f64) {
     use attn_saes::live::{Steering, steer};
+    let tl = lm::ZConvention::TransformerLens;
     let r = Reference::load("steer/steer_reference.safetensors");
     for model in ["gpt2_tiny", "llama_tiny"] {
         let loaded = lm::load_model(&fixture(model).display().to_string(), device).unwrap();
@@ -1298,7 +1310,7 @@ fn check_steering(device: &Device, tol: f64) {
         let clean = r.tokens(&format!("{model}.clean"));
         let n = clean.len();
         let greedy = Steering::greedy(head, feature, strength, n);
-        let s = steer(&loaded, &sae, 0, &prompt, &greedy).unwrap();
+        let s = steer(&loaded, &sae, 0, tl, &prompt, &greedy).unwrap();
         assert_eq!((s.head, s.feature, s.strength), (head, feature, strength));
         assert_eq!(s.prompt, prompt);
         assert_eq!(s.clean.ids, clean, "{model} clean");
@@ -1320,7 +1332,7 @@ fn check_steering(device: &Device, tol: f64) {
         }
         assert!(s.parts_at() < n, "{model}: the continuations never part");
         let zero = Steering::greedy(head, feature, 0.0, n);
-        let zero = steer(&loaded, &sae, 0, &prompt, &zero).unwrap();
+        let zero = steer(&loaded, &sae, 0, tl, &prompt, &zero).unwrap();
         assert_eq!(zero.steered, zero.clean);
         assert_eq!(zero.clean, s.clean);
         let sampling = Steering {
@@ -1328,7 +1340,7 @@ fn check_steering(device: &Device, tol: f64) {
             seed: r.get(&format!("{model}.seed")).data[0] as u64,
             ..greedy
         };
-        let sampled = steer(&loaded, &sae, 0, &prompt, &sampling).unwrap();
+        let sampled = steer(&loaded, &sae, 0, tl, &prompt, &sampling).unwrap();
         assert_eq!((sampled.temperature, sampled.seed), (0.8, sampling.seed));
         for (row, got) in [("clean", &sampled.clean), ("steered", &sampled.steered)] {
             let want = r.tokens(&format!("{model}.sampled_{row}"));
@@ -1344,23 +1356,89 @@ fn check_steering(device: &Device, tol: f64) {
             sampled.clean.ids, s.clean.ids,
             "{model}: sampling is not greedy"
         );
+        let pick = r.tokens(&format!("{model}.clamp_pick"));
+        let strengths = &r.get(&format!("{model}.clamp_strength")).data;
+        let want = r.get(&format!("{model}.clamped"));
+        let probs = r.get(&format!("{model}.clamped_prob"));
+        for (i, &held) in strengths.iter().enumerate() {
+            let clamping = Steering {
+                clamp: true,
+                ..Steering::greedy(pick[0] as usize, pick[1] as usize, held as f32, n)
+            };
+            let got = steer(&loaded, &sae, 0, tl, &prompt, &clamping).unwrap();
+            let want: Vec<u32> = want.data[i * n..][..n].iter().map(|&t| t as u32).collect();
+            // llama_tiny's removal reaches its end token (399) at new token 4.
+            let (want, ended) = until_end(want, &loaded.transformer.config.eos_token_ids);
+            assert!(got.clamp);
+            assert_eq!(got.clean.ids, clean, "{model} clean beside the clamped");
+            assert_eq!(
+                (&got.steered.ids, got.steered.ended),
+                (&want, ended),
+                "{model} clamped at {held}"
+            );
+            assert_close(
+                &format!("{model} clamped at {held} prob"),
+                &f64s(&got.steered.prob),
+                &probs.data[i * n..][..want.len()],
+                tol,
+            );
+        }
     }
 }
 
-/// [`check_steering`] on the CPU backend; and bad requests are errors that say what is
-/// wrong.
+/// [`check_steering`] on the CPU backend; each continuation stops at an end-of-text token
+/// (the reference's continuations cut after the first one, each on its own, the sampled
+/// ones drawing the same numbers after the other has stopped); and bad requests are
+/// errors that say what is wrong.
 #[test]
 fn steered_generation_matches_transformers_step_by_step() {
     use attn_saes::live::{Steering, steer};
     check_steering(&Device::flex(), 1e-5);
     let r = Reference::load("steer/steer_reference.safetensors");
-    let loaded = load("gpt2_tiny");
+    let mut loaded = load("gpt2_tiny");
+    let prompt = r.tokens("gpt2_tiny.prompt");
+    let pick = r.tokens("gpt2_tiny.pick");
+    let strength = r.get("gpt2_tiny.strength").data[0] as f32;
+    let greedy = Steering::greedy(pick[0] as usize, pick[1] as usize, strength, 12);
+    let sampled = Steering {
+        temperature: 0.8,
+        seed: r.get("gpt2_tiny.seed").data[0] as u64,
+        ..greedy
+    };
+    // 204: new token 6 clean, 1 steered; 178: new token 1 of the sampled steered one only.
+    for (steering, rows, eos) in [
+        (greedy, ["clean", "steered"], 204),
+        (sampled, ["sampled_clean", "sampled_steered"], 178),
+    ] {
+        loaded.transformer.config.eos_token_ids = vec![eos];
+        let sae = BlockDiagSae::load(&fixture("dashboard/gpt2_tiny_sae"), &Device::flex()).unwrap();
+        let tl = ZConvention::TransformerLens;
+        let got = steer(&loaded, &sae, 0, tl, &prompt, &steering).unwrap();
+        let [clean, steered] =
+            rows.map(|row| until_end(r.tokens(&format!("gpt2_tiny.{row}")), &[eos]));
+        assert!(
+            clean.0.len() != steered.0.len(),
+            "the reference should end them apart"
+        );
+        for (got, (want, ended)) in [(&got.clean, clean), (&got.steered, steered)] {
+            assert_eq!((&got.ids, got.ended), (&want, ended), "ending at {eos}");
+            assert_eq!(got.prob.len(), want.len());
+        }
+    }
+    loaded.transformer.config.eos_token_ids.clear();
     let sae = BlockDiagSae::load(&fixture("dashboard/gpt2_tiny_sae"), &Device::flex()).unwrap();
     let prompt = r.tokens("gpt2_tiny.prompt");
     let err = |s: Steering| {
-        steer(&loaded, &sae, 0, &prompt, &s)
-            .unwrap_err()
-            .to_string()
+        steer(
+            &loaded,
+            &sae,
+            0,
+            lm::ZConvention::TransformerLens,
+            &prompt,
+            &s,
+        )
+        .unwrap_err()
+        .to_string()
     };
     let m = sae.config.features_per_head;
     let ok = Steering::greedy(1, 3, 1.0, 4);
@@ -1403,7 +1481,8 @@ fn steered_generation_on_wgpu_matches_transformers() {
 
 /// `steer --json`: the library's continuation pair, at 4 times the feature's largest
 /// dashboard activation by default, at `--strength 1.5x` 1.5 times it, at an activation
-/// given as `--strength -2.5`, and sampled (`--temperature 0.9 --seed 11`); without dashboards a multiple is an error that says what to
+/// given as `--strength -2.5`, sampled (`--temperature 0.9 --seed 11`), and clamped
+/// (`--clamp` at 0 and at 2x); without dashboards a multiple is an error that says what to
 /// give.
 #[test]
 fn steer_command_continues_the_text_as_the_library_does() {
@@ -1444,12 +1523,14 @@ fn steer_command_continues_the_text_as_the_library_does() {
     let ids = text_ids(loaded, text).unwrap();
     let sampled = ["--strength", "-2.5", "--temperature", "0.9", "--seed", "11"];
     let cases = [
-        (vec![], 4.0 * max, 0.0, 0),
-        (vec!["--strength", "1.5x"], 1.5 * max, 0.0, 0),
-        (vec!["--strength", "-2.5"], -2.5, 0.0, 0),
-        (sampled.to_vec(), -2.5, 0.9, 11),
+        (vec![], 4.0 * max, 0.0, 0, false),
+        (vec!["--strength", "1.5x"], 1.5 * max, 0.0, 0, false),
+        (vec!["--strength", "-2.5"], -2.5, 0.0, 0, false),
+        (sampled.to_vec(), -2.5, 0.9, 11, false),
+        (vec!["--clamp", "--strength", "0"], 0.0, 0.0, 0, true),
+        (vec!["--clamp", "--strength", "2x"], 2.0 * max, 0.0, 0, true),
     ];
-    for (extra, strength, temperature, seed) in cases {
+    for (extra, strength, temperature, seed, clamp) in cases {
         let out = cli(&[extra.as_slice(), &["--json"]].concat(), &run);
         assert!(
             out.status.success(),
@@ -1460,9 +1541,10 @@ fn steer_command_continues_the_text_as_the_library_does() {
         let steering = Steering {
             temperature,
             seed,
+            clamp,
             ..Steering::greedy(head, feature, strength, 6)
         };
-        let want = steer(loaded, sae, layer, &ids, &steering).unwrap();
+        let want = steer(loaded, sae, layer, live.z_convention, &ids, &steering).unwrap();
         assert_eq!(got, want);
         let shown = cli(&extra, &run);
         let stdout = String::from_utf8_lossy(&shown.stdout);

@@ -146,8 +146,8 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     );
     let native_examples: Value =
         serde_json::from_slice(&std::fs::read(&examples_json).unwrap()).unwrap();
-    // `steer` with the same feature, strength, length, temperature and seed as the page is
-    // asked for.
+    // `steer` with the same feature, strength (held: clamped), length, temperature and seed
+    // as the page is asked for.
     let hf = format!("{head},{feature}");
     let native_steer = attn_saes_cli([
         "steer",
@@ -164,6 +164,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         "0.8",
         "--seed",
         "7",
+        "--clamp",
     ]);
     let native_steer: Value = serde_json::from_str(&native_steer).unwrap();
 
@@ -366,6 +367,8 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
             }
         }
         assert_eq!(r["steer"]["strength"], native_steer["strength"]);
+        assert_eq!(r["steer"]["clamp"], true, "{name}: held, not added");
+        assert_eq!(native_steer["clamp"], true);
         let order = &r["attributionOrder"];
         assert!(
             order["stale"].as_str().unwrap().contains("a newer text"),

@@ -369,7 +369,14 @@ impl LiveModel {
         ids: &[u32],
         steering: &crate::live::Steering,
     ) -> anyhow::Result<crate::live::Steered> {
-        crate::live::steer(&self.loaded, &self.sae, self.layer, ids, steering)
+        crate::live::steer(
+            &self.loaded,
+            &self.sae,
+            self.layer,
+            self.z_convention,
+            ids,
+            steering,
+        )
     }
 
     /// What removing `feature` of `head` wherever it fires in `ids` changes in the model's

@@ -29,6 +29,8 @@ pub struct TextState {
     /// 0: the likeliest token each time; above, sampled at that temperature.
     pub steer_temperature: f32,
     pub steer_seed: u64,
+    /// Hold the feature at the strength instead of adding it ([`Steering::clamp`]).
+    pub steer_clamp: bool,
     /// A feature to pick once the next analysis arrives (the Features view's "Use it in
     /// Your text").
     #[serde(skip)]
@@ -67,6 +69,7 @@ impl Default for TextState {
             steer_tokens: 24,
             steer_temperature: 0.0,
             steer_seed: 0,
+            steer_clamp: false,
             pending_pick: None,
         }
     }
@@ -318,6 +321,15 @@ fn steer_panel(
         .on_hover_text("negative pushes the other way");
         ui.label(format!("{of} ({basis:.3}): strength {strength:.3}"));
     });
+    ui.horizontal_wrapped(|ui| {
+        ui.radio_value(&mut s.steer_clamp, false, "add it")
+            .on_hover_text("the feature's decoder row times the strength, added where it is");
+        ui.radio_value(&mut s.steer_clamp, true, "hold it at the strength")
+            .on_hover_text(
+                "clamped: its activation is replaced by the strength at every position after \
+                 BOS; at 0x the model runs without it",
+            );
+    });
     ui.horizontal(|ui| {
         let label = ui.label("new tokens").id;
         ui.add(egui::DragValue::new(&mut s.steer_tokens).range(1..=crate::live::MAX_NEW_TOKENS))
@@ -346,7 +358,13 @@ fn steer_panel(
                     egui::Button::new("Continue the text"),
                 )
                 .clicked();
-            let why = if basis > 0.0 {
+            let why = if basis > 0.0 && s.steer_clamp {
+                format!(
+                    "the model continues the text twice: as it is, and with this feature's \
+                     activation held at that strength in head {head}'s hook_z at every position \
+                     after BOS"
+                )
+            } else if basis > 0.0 {
                 format!(
                     "the model continues the text twice: as it is, and with this feature \
                      added to head {head}'s hook_z at every position after BOS, as if it fired \
@@ -379,6 +397,7 @@ fn steer_panel(
         tokens: s.steer_tokens,
         temperature: s.steer_temperature,
         seed: s.steer_seed,
+        clamp: s.steer_clamp,
     }))
 }
 
@@ -389,16 +408,16 @@ fn steered_ready(ui: &mut Ui, x: &Steered) {
         0.0 => "greedy".to_string(),
         t => format!("temperature {t}, seed {}", x.seed),
     };
+    let at = match x.clamp {
+        false => format!("Added at strength {:.3}", x.strength),
+        true => format!("Held at activation {:.3}", x.strength),
+    };
     ui.label(if parts == n {
-        format!(
-            "At strength {:.3} ({how}), the {n} new tokens are the same both ways.",
-            x.strength
-        )
+        format!("{at} ({how}), the {n} new tokens are the same both ways.")
     } else {
         format!(
-            "At strength {:.3} ({how}), the continuations part at new token {parts} of {n} \
-             (coloured from there).",
-            x.strength
+            "{at} ({how}), the continuations part at new token {parts} of {n} (coloured from \
+             there)."
         )
     });
     let mean = |p: &[f32]| p.iter().sum::<f32>() / p.len().max(1) as f32;

@@ -168,10 +168,11 @@ pub struct FeatureEffect {
 /// The longest steered continuation asked for at once.
 pub const MAX_NEW_TOKENS: usize = 256;
 
-/// A steered continuation asked for: the feature, the strength it is added with, how many
-/// new tokens, and how each is chosen: the likeliest (`temperature` 0) or drawn from the
-/// model's distribution at `temperature`, with one uniform number a step from a SplitMix64
-/// stream seeded by `seed` shared by both continuations (so only the steering parts them).
+/// A steered continuation asked for: the feature, the strength it is added with (or, with
+/// `clamp`, the activation it is held at), how many new tokens, and how each is chosen: the
+/// likeliest (`temperature` 0) or drawn from the model's distribution at `temperature`, with
+/// one uniform number a step from a SplitMix64 stream seeded by `seed` shared by both
+/// continuations (so only the steering parts them).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Steering {
     pub head: usize,
@@ -182,10 +183,16 @@ pub struct Steering {
     pub temperature: f32,
     #[serde(default)]
     pub seed: u64,
+    /// Hold the feature's activation at `strength` instead of adding `strength` to it: what
+    /// is added at a position is the decoder row times `strength` less the feature's
+    /// activation there (on the steered row's own hook_z). At strength 0 the model runs
+    /// without the feature.
+    #[serde(default)]
+    pub clamp: bool,
 }
 
 impl Steering {
-    /// Greedy, `tokens` new tokens.
+    /// Greedy, `tokens` new tokens, the feature added.
     pub fn greedy(head: usize, feature: usize, strength: f32, tokens: usize) -> Self {
         Self {
             head,
@@ -194,6 +201,7 @@ impl Steering {
             tokens,
             temperature: 0.0,
             seed: 0,
+            clamp: false,
         }
     }
 }
@@ -202,12 +210,15 @@ impl Steering {
 /// [`Steering`]): as it is, and steered by one feature added to its head's `hook_z` at every
 /// position after BOS, prompt and continuation, as if it fired there with activation
 /// `strength` (its decoder row times `strength`, in hook_z's units; negative pushes the
-/// other way).
+/// other way), or clamped: held at activation `strength` there.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Steered {
     pub head: usize,
     pub feature: usize,
     pub strength: f32,
+    /// The feature held at `strength` rather than added ([`Steering::clamp`]).
+    #[serde(default)]
+    pub clamp: bool,
     /// 0: greedy.
     #[serde(default)]
     pub temperature: f32,
@@ -229,6 +240,9 @@ pub struct Continuation {
     pub text: String,
     /// The probability the model gave each chosen token (at temperature 1).
     pub prob: Vec<f32>,
+    /// It stopped at an end-of-text token of the model's (its last token).
+    #[serde(default)]
+    pub ended: bool,
 }
 
 impl Steered {

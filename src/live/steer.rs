@@ -1,37 +1,47 @@
 //! [`Steered`] generation: the model continues a prompt twice in one batch, row 0 as it is
 //! and row 1 with a feature's decoder row (times a strength, in hook_z's units) added to its
-//! head's `hook_z` at every position after BOS. Keys and values are cached ([`KvCache`]),
+//! head's `hook_z` at every position after BOS, or (clamped) times the strength less the
+//! feature's own activation there, which holds the activation at the strength. Keys and values are cached ([`KvCache`]),
 //! so each new token is one position's forward. Each step's logits are read back and the
 //! next tokens chosen on the host ([`choose`]), awaited (the desktop blocks on the same
-//! steps).
+//! steps). Each continuation stops at the model's end-of-text token (it ends with it), the
+//! generation when both have.
 
 use burn::prelude::*;
 
 use super::{Continuation, MAX_NEW_TOKENS, Steered, Steering};
-use crate::lm::{HeadSelection, KvCache, LoadedModel, Splice};
+use crate::lm::{HeadSelection, KvCache, LoadedModel, Splice, ZConvention};
 use crate::rng::Rng;
 use crate::sae::BlockDiagSae;
 
 /// A generation under way: the cache, the tokens chosen so far, and the next ones to run.
-struct Generation {
+struct Generation<'a> {
     steering: Steering,
+    sae: &'a BlockDiagSae,
     layer: usize,
     prompt: Vec<u32>,
-    /// `[1, 1, 1, d_head]`: what steering adds to the head's hook_z at a position.
-    push: Tensor<4>,
+    /// `[1, 1, 1, d_head]`: the feature's decoder row in hook_z's units; steering adds it
+    /// times the strength (less the feature's activation, clamped) at a position.
+    row: Tensor<4>,
+    /// `[1, 1, n_heads, d_head]`: what the SAE's convention takes off raw hook_z (clamped,
+    /// to read the feature's activation), if anything.
+    fold: Option<Tensor<4>>,
     /// The first position steered (after BOS).
     from: usize,
     cache: KvCache,
     rng: Rng,
     chosen: [Vec<u32>; 2],
     prob: [Vec<f32>; 2],
+    /// Tokens that end a continuation, and whether each has ended.
+    eos: Vec<u32>,
+    ended: [bool; 2],
 }
 
-impl Generation {
+impl<'a> Generation<'a> {
     fn new(
         loaded: &LoadedModel,
-        sae: &BlockDiagSae,
-        layer: usize,
+        sae: &'a BlockDiagSae,
+        (layer, z_convention): (usize, ZConvention),
         prompt: &[u32],
         steering: &Steering,
     ) -> anyhow::Result<Self> {
@@ -43,6 +53,7 @@ impl Generation {
             tokens: n,
             temperature,
             seed,
+            clamp: _,
         } = *steering;
         let d = super::feature_of(sae, model, (head, feature))?;
         anyhow::ensure!(
@@ -66,29 +77,37 @@ impl Generation {
             prompt.len(),
             model.config.n_ctx
         );
-        let push = sae
+        let row = sae
             .w_dec
             .clone()
             .slice([head..head + 1, feature..feature + 1, 0..d])
             .reshape([1, 1, 1, d])
-            / sae.input_scale[head] as f64
-            * strength as f64;
+            / sae.input_scale[head] as f64;
+        let fold = match z_convention {
+            ZConvention::TransformerLens => model.blocks[layer].attn.z_fold.clone(),
+            ZConvention::Raw => None,
+        };
         let from = usize::from(model.config.bos_token_id == prompt.first().copied());
         Ok(Self {
             steering: *steering,
+            sae,
             layer,
             prompt: prompt.to_vec(),
-            push,
+            row,
+            fold: fold.map(|f| f.unsqueeze::<4>()),
             from,
             cache: KvCache::new(),
             rng: Rng::new(seed),
             chosen: [Vec::with_capacity(n), Vec::with_capacity(n)],
             prob: [Vec::with_capacity(n), Vec::with_capacity(n)],
+            eos: model.config.eos_token_ids.clone(),
+            ended: [false; 2],
         })
     }
 
-    /// Runs what neither row has run yet (the prompt, then each row's last choice) and
-    /// queues the next-token logits `[2, vocab]`.
+    /// Runs what neither row has run yet (the prompt, then each row's last choice; a row
+    /// that has ended runs its end token again, unread) and queues the next-token logits
+    /// `[2, vocab]`.
     fn step(&mut self, model: &crate::lm::Transformer) -> anyhow::Result<Tensor<2>> {
         let rows: Vec<Vec<u32>> = match self.chosen[0].last() {
             None => vec![self.prompt.clone(); 2],
@@ -96,58 +115,91 @@ impl Generation {
         };
         let (start, new) = (self.cache.len(), rows[0].len());
         let (h, d) = (model.config.n_heads, model.config.d_head);
+        let Steering {
+            head,
+            feature,
+            strength,
+            clamp,
+            ..
+        } = self.steering;
         // Row 1, the steered head, positions from `self.from` on.
         let first = self.from.saturating_sub(start).min(new);
-        let mut added = Tensor::<4>::zeros([2, new, h, d], model.device());
-        if first < new {
-            let head = self.steering.head;
-            added = added.slice_assign(
-                [1..2, first..new, head..head + 1, 0..d],
-                self.push.clone().expand([1, new - first, 1, d]),
-            );
-        }
-        let add = move |z: Tensor<4>| z + added.clone();
+        let (sae, row, fold) = (self.sae, &self.row, &self.fold);
+        // `[2, new, 1, d_head]`: what steering adds to the head at each position of each row.
+        let push = |z: &Tensor<4>| -> Tensor<4> {
+            if !clamp {
+                return row.clone().expand([2, new, 1, d]) * strength as f64;
+            }
+            let z = match fold {
+                Some(f) => z.clone() - f.clone(),
+                None => z.clone(),
+            };
+            let (_, feats) = sae.encode(sae.scale_input(z.reshape([2 * new, h, d])));
+            let activation = feats
+                .slice([head..head + 1, 0..2 * new, feature..feature + 1])
+                .reshape([2, new, 1, 1]);
+            (activation.neg() + strength as f64) * row.clone()
+        };
+        let steer = move |z: Tensor<4>| {
+            if first == new {
+                return z;
+            }
+            let part = push(&z).slice([1..2, first..new, 0..1, 0..d]);
+            let added = Tensor::<4>::zeros([2, new, h, d], &z.device())
+                .slice_assign([1..2, first..new, head..head + 1, 0..d], part);
+            z + added
+        };
         let splice = Splice {
             layer: self.layer,
             heads: HeadSelection::All,
-            replace: &add,
+            replace: &steer,
         };
         Ok(model.decode(model.tokens(&rows)?, &mut self.cache, Some(&splice))?)
     }
 
-    /// Each row's next token from `logits` `[2, vocab]`, with one uniform number for both.
-    fn take(&mut self, logits: &[f32]) {
+    /// Each row's next token from `logits` `[2, vocab]`, with one uniform number for both
+    /// (drawn while either row goes on, so a row's draws do not depend on when the other
+    /// ends); false once both rows have ended.
+    fn take(&mut self, logits: &[f32]) -> bool {
         let temperature = self.steering.temperature;
         let u = (temperature > 0.0).then(|| self.rng.uniform());
         let v = logits.len() / 2;
         for (row, values) in logits.chunks(v).enumerate() {
+            if self.ended[row] {
+                continue;
+            }
             let (id, prob) = choose(values, temperature, u.unwrap_or(0.0));
             self.chosen[row].push(id);
             self.prob[row].push(prob);
+            self.ended[row] = self.eos.contains(&id);
         }
+        !self.ended.iter().all(|&e| e)
     }
 
     fn finish(self, loaded: &LoadedModel) -> Steered {
         let [clean, steered] = self.chosen;
         let [p_clean, p_steered] = self.prob;
-        let continuation = |ids: Vec<u32>, prob: Vec<f32>| Continuation {
+        let [e_clean, e_steered] = self.ended;
+        let continuation = |ids: Vec<u32>, prob: Vec<f32>, ended: bool| Continuation {
             tokens: (ids.iter())
                 .map(|&i| loaded.tokenizer.decode(&[i], false).unwrap_or_default())
                 .collect(),
             text: loaded.tokenizer.decode(&ids, false).unwrap_or_default(),
             ids,
             prob,
+            ended,
         };
         let s = self.steering;
         Steered {
             head: s.head,
             feature: s.feature,
             strength: s.strength,
+            clamp: s.clamp,
             temperature: s.temperature,
             seed: s.seed,
             prompt: self.prompt,
-            clean: continuation(clean, p_clean),
-            steered: continuation(steered, p_steered),
+            clean: continuation(clean, p_clean, e_clean),
+            steered: continuation(steered, p_steered, e_steered),
         }
     }
 }
@@ -178,15 +230,24 @@ pub fn choose(logits: &[f32], temperature: f32, u: f64) -> (u32, f32) {
 }
 
 /// Continues `prompt` (token ids; [`super::text_ids`] reads a text) clean and steered as
-/// `steering` asks ([`Steered`]).
+/// `steering` asks ([`Steered`]); `z_convention` is the SAE's (clamping reads the
+/// feature's activation).
 pub fn steer(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
     layer: usize,
+    z_convention: ZConvention,
     prompt: &[u32],
     steering: &Steering,
 ) -> anyhow::Result<Steered> {
-    super::blocking(steer_async(loaded, sae, layer, prompt, steering))
+    super::blocking(steer_async(
+        loaded,
+        sae,
+        layer,
+        z_convention,
+        prompt,
+        steering,
+    ))
 }
 
 /// [`steer`] with each step's read-back awaited (WebGPU).
@@ -194,13 +255,16 @@ pub async fn steer_async(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
     layer: usize,
+    z_convention: ZConvention,
     prompt: &[u32],
     steering: &Steering,
 ) -> anyhow::Result<Steered> {
-    let mut g = Generation::new(loaded, sae, layer, prompt, steering)?;
+    let mut g = Generation::new(loaded, sae, (layer, z_convention), prompt, steering)?;
     for _ in 0..steering.tokens {
         let logits = g.step(&loaded.transformer)?;
-        g.take(&super::read_async(&logits).await?);
+        if !g.take(&super::read_async(&logits).await?) {
+            break;
+        }
     }
     Ok(g.finish(loaded))
 }

@@ -35,6 +35,19 @@ fn cfg_f64(cfg: &Json, key: &str, default: f64) -> f64 {
     cfg.get(key).and_then(|v| v.as_f64()).unwrap_or(default)
 }
 
+/// A config's token id or list of ids under `key` (`eos_token_id` is either).
+fn cfg_token_ids(cfg: &Json, key: &str) -> Vec<u32> {
+    match cfg.get(key) {
+        Some(serde_json::Value::Array(ids)) => ids
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|v| v as u32)
+            .collect(),
+        Some(v) => v.as_u64().map(|v| v as u32).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
 fn cfg_str<'a>(cfg: &'a Json, key: &str) -> Option<&'a str> {
     cfg.get(key).and_then(|v| v.as_str())
 }
@@ -241,6 +254,7 @@ pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transform
                 .and_then(|v| v.as_u64())
                 .unwrap_or(50256) as u32,
         ),
+        eos_token_ids: cfg_token_ids(&cfg, "eos_token_id"),
     };
 
     let weights_path = dir.join("model.safetensors");
@@ -407,6 +421,8 @@ pub fn tl_from_pth(
         activation,
         rope_theta: None,
         bos_token_id: None,
+        // Set from the tokenizer, as BOS is (`lm::load_from_path`).
+        eos_token_ids: Vec::new(),
     };
     let file = WeightFile::open(weights_path)?;
     let t1 = |n: &str, s: usize| file.tensor::<1>(n, [s], device);
@@ -737,6 +753,7 @@ pub fn llama_from_gguf(
         activation: Activation::Silu,
         rope_theta: Some(gguf.get_f64(&key("rope.freq_base")).unwrap_or(10000.0)),
         bos_token_id: gguf.bos_token_id(),
+        eos_token_ids: gguf.eos_token_id().into_iter().collect(),
     };
     check_llama_config(
         &config,
@@ -848,6 +865,7 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
             .get("bos_token_id")
             .and_then(|v| v.as_u64())
             .map(|v| v as u32),
+        eos_token_ids: cfg_token_ids(&cfg, "eos_token_id"),
     };
     check_llama_config(
         &config,
@@ -990,5 +1008,6 @@ pub fn gpt2_small_config() -> TransformerConfig {
         activation: Activation::GeluNew,
         rope_theta: None,
         bos_token_id: Some(50256),
+        eos_token_ids: vec![50256],
     }
 }

@@ -129,6 +129,8 @@ pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<Loaded
         };
         let tokenizer = load_tokenizer(&tok_path)?;
         transformer.config.bos_token_id = bos_of(&tokenizer);
+        transformer.config.eos_token_ids =
+            tokenizer.token_to_id("<|endoftext|>").into_iter().collect();
         return Ok(LoadedModel {
             transformer,
             tokenizer,

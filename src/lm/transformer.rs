@@ -34,6 +34,9 @@ pub struct TransformerConfig {
     pub rope_theta: Option<f64>,
     /// Token prepended to every context window, if any.
     pub bos_token_id: Option<u32>,
+    /// Tokens that end a text: generation stops at them (`live::steer`).
+    #[serde(default)]
+    pub eos_token_ids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -803,6 +806,7 @@ mod tests {
             activation: Activation::GeluNew,
             rope_theta: None,
             bos_token_id: Some(0),
+            eos_token_ids: Vec::new(),
         }
     }
 
@@ -852,6 +856,7 @@ mod tests {
                 activation,
                 rope_theta,
                 bos_token_id: Some(0),
+                eos_token_ids: Vec::new(),
             };
             let model = crate::lm::load::random(config, 3, &device);
             let ids: Vec<u32> = (0..300u32).map(|i| (i * 7 + i / 5) % 50).collect();

@@ -152,8 +152,9 @@ async function session(context, name, query) {
   run.rankingStatus = withRanking.ranking_status;
   run.ranking = withRanking.ranking;
   // The text continued clean and steered by the picked feature (Your text's "Continue the
-  // text"), at strength 2.5 for 6 new tokens, sampled at temperature 0.8 with seed 7.
-  await page.evaluate(([, h, f]) => window.attnSaes.live_steer(h, f, 2.5, 6, 0.8, 7), pick);
+  // text"), held at activation 2.5 (clamped) for 6 new tokens, sampled at temperature 0.8
+  // with seed 7.
+  await page.evaluate(([, h, f]) => window.attnSaes.live_steer(h, f, 2.5, 6, 0.8, 7, true), pick);
   const withSteer = await waitFor(page, `${name}: the steered continuation`, async () => {
     const s = await shown(page);
     return s && s.steer_status !== 'computing' && s.steer_status !== 'none' ? s : null;
