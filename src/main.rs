@@ -303,13 +303,15 @@ enum Command {
         run: std::path::PathBuf,
         /// The prompt.
         text: String,
-        /// `HEAD,FEATURE`: the feature to steer with.
-        #[arg(long, value_parser = parse_head_feature)]
-        feature: (usize, usize),
+        /// `HEAD,FEATURE`: the feature to steer with; repeated, several at once (a concept
+        /// whose features are spread over heads).
+        #[arg(long, required = true, value_parser = parse_head_feature)]
+        feature: Vec<(usize, usize)>,
         /// The activation it is added with (negative pushes the other way), or `Nx`: N
-        /// times the feature's largest activation in the run's dashboards.
+        /// times the feature's largest activation in the run's dashboards. One for every
+        /// --feature, or one each, in their order.
         #[arg(long, default_value = "4x", allow_hyphen_values = true, value_parser = parse_strength)]
-        strength: Strength,
+        strength: Vec<Strength>,
         /// Hold the feature's activation at --strength wherever it is, instead of adding
         /// --strength to it: `--clamp --strength 0` continues the text without the feature.
         #[arg(long)]
@@ -739,17 +741,21 @@ fn main() -> anyhow::Result<()> {
             seed,
             json,
         } => {
-            let (head, feature) = feature;
             let steering = attn_saes::live::Steering {
-                head,
-                feature,
-                strength: 0.0,
                 tokens,
                 temperature,
                 seed,
                 clamp,
+                ..attn_saes::live::Steering::greedy(0, 0, 0.0, tokens)
             };
-            steer_command(&run, &text, steering, strength, json, cli.device)?
+            steer_command(
+                &run,
+                &text,
+                steering,
+                (&feature, &strength),
+                json,
+                cli.device,
+            )?
         }
         Command::Match {
             a,
@@ -1546,49 +1552,65 @@ fn live_of(
     Ok((load_live(&source, choice)?, file))
 }
 
-/// `attn-saes steer`: a prompt continued clean and steered by one feature.
+/// `attn-saes steer`: a prompt continued clean and steered by one feature or several.
 fn steer_command(
     run: &std::path::Path,
     text: &str,
     mut steering: attn_saes::live::Steering,
-    strength: Strength,
+    (features, strengths): (&[(usize, usize)], &[Strength]),
     json: bool,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
-    let (head, feature, tokens) = (steering.head, steering.feature, steering.tokens);
+    let tokens = steering.tokens;
+    anyhow::ensure!(
+        strengths.len() == 1 || strengths.len() == features.len(),
+        "{} --strength for {} --feature: give one for all, or one each",
+        strengths.len(),
+        features.len()
+    );
     let (live, file) = live_of(run, choice)?;
-    let (strength, how) = match (strength, &file) {
-        (Strength::Activation(s), _) => (s, String::new()),
-        (Strength::TimesLargest(times), Some(file)) => {
-            anyhow::ensure!(
-                head < file.n_heads(),
-                "--feature {head},{feature}: the dashboard has {} heads",
-                file.n_heads()
-            );
-            let features = file.head(head)?.features;
-            let f = features.get(feature).with_context(|| {
-                format!(
-                    "--feature {head},{feature}: the dashboard has {} features a head",
-                    features.len()
+    let mut steered = Vec::with_capacity(features.len());
+    let mut said = Vec::with_capacity(features.len());
+    for (i, &(head, feature)) in features.iter().enumerate() {
+        let (strength, how) = match (strengths[i.min(strengths.len() - 1)], &file) {
+            (Strength::Activation(s), _) => (s, String::new()),
+            (Strength::TimesLargest(times), Some(file)) => {
+                anyhow::ensure!(
+                    head < file.n_heads(),
+                    "--feature {head},{feature}: the dashboard has {} heads",
+                    file.n_heads()
+                );
+                let features = file.head(head)?.features;
+                let f = features.get(feature).with_context(|| {
+                    format!(
+                        "--feature {head},{feature}: the dashboard has {} features a head",
+                        features.len()
+                    )
+                })?;
+                anyhow::ensure!(
+                    f.max_activation > 0.0,
+                    "head {head} feature {feature} never fired in the dashboards: give \
+                     --strength as an activation"
+                );
+                (
+                    times * f.max_activation,
+                    format!(" ({times}x its largest activation, {})", f.max_activation),
                 )
-            })?;
-            anyhow::ensure!(
-                f.max_activation > 0.0,
-                "head {head} feature {feature} never fired in the dashboards: give --strength \
-                 as an activation"
-            );
-            (
-                times * f.max_activation,
-                format!(" ({times}x its largest activation, {})", f.max_activation),
-            )
-        }
-        (Strength::TimesLargest(_), None) => anyhow::bail!(
-            "{} has no dashboards to take the feature's largest activation from: give \
-             --strength as an activation",
-            run.display()
-        ),
-    };
-    steering.strength = strength;
+            }
+            (Strength::TimesLargest(_), None) => anyhow::bail!(
+                "{} has no dashboards to take the feature's largest activation from: give \
+                 --strength as an activation",
+                run.display()
+            ),
+        };
+        steered.push((head, feature, strength));
+        said.push(match steering.clamp {
+            false => format!("head {head} feature {feature} added at strength {strength}{how}"),
+            true => format!("head {head} feature {feature} held at activation {strength}{how}"),
+        });
+    }
+    (steering.head, steering.feature, steering.strength) = steered[0];
+    steering.also = steered[1..].to_vec();
     let s = attn_saes::live::steer(
         &live.loaded,
         &live.sae,
@@ -1605,15 +1627,11 @@ fn steer_command(
         0.0 => "greedy".to_string(),
         t => format!("sampled at temperature {t}, seed {}", steering.seed),
     };
-    let steered = match steering.clamp {
-        false => format!("added at strength {strength}{how}"),
-        true => format!("held at activation {strength}{how}"),
-    };
     println!(
-        "{}: {} prompt tokens; head {head} feature {feature} {steered} after BOS; {tokens} \
-         new tokens, {chosen}",
+        "{}: {} prompt tokens; {} after BOS; {tokens} new tokens, {chosen}",
         live.description,
-        s.prompt.len()
+        s.prompt.len(),
+        said.join(", ")
     );
     let mean = |p: &[f32]| p.iter().sum::<f32>() / p.len().max(1) as f32;
     for (name, c) in [("clean  ", &s.clean), ("steered", &s.steered)] {

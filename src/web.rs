@@ -646,6 +646,7 @@ pub fn live_steer(
         temperature,
         seed: seed.into(),
         clamp: clamp.unwrap_or(false),
+        also: Vec::new(),
     };
     post(|s| s.live_steer = Some(steering));
 }

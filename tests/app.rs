@@ -893,6 +893,57 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
         h.query_by_label_contains("Held at activation 0.000")
             .is_some()
     );
+
+    // "Keep it in the steering" at 2x, then another head's feature picked at the same
+    // position: the continuation steered by both is the library's.
+    h.get_by_label("add it").click_accesskit();
+    h.state_mut().ui.text.steer_times = 2.0;
+    h.run_steps(1);
+    h.get_by_label("Keep it in the steering").click_accesskit();
+    h.run_steps(1);
+    let kept = (head, feature, 2.0 * fd.max_activation);
+    assert_eq!(h.state().ui.text.steer_also, vec![kept]);
+    let a = h.state().native.analysis.as_deref().unwrap();
+    let heads = h.state().dashboard.as_ref().unwrap().file.n_heads();
+    let (h2, f2) = (0..heads)
+        .filter(|&x| x != head)
+        .flat_map(|x| (0..sae.config.features_per_head).map(move |f| (x, f)))
+        .max_by(|&(x, f), &(y, g)| {
+            let act = |h, f| a.activation(h, f, strongest);
+            act(x, f).total_cmp(&act(y, g))
+        })
+        .unwrap();
+    assert!(a.activation(h2, f2, strongest) > 0.0);
+    let largest = h
+        .state()
+        .dashboard
+        .as_ref()
+        .unwrap()
+        .file
+        .head(h2)
+        .unwrap()
+        .features[f2]
+        .max_activation;
+    h.state_mut().ui.text.pick = Some((h2, f2));
+    h.run_steps(1);
+    let also = format!("also h{head} #{feature} at {:.3}", kept.2);
+    assert!(h.query_by_label_contains(&also).is_some(), "{also}");
+    continue_the_text(&mut h);
+    let both = attn_saes::live::Steering {
+        also: vec![kept],
+        ..attn_saes::live::Steering {
+            temperature: 0.7,
+            seed: 3,
+            ..attn_saes::live::Steering::greedy(h2, f2, 2.0 * largest, 5)
+        }
+    };
+    let want = attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &both).unwrap();
+    let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
+        unreachable!()
+    };
+    assert_eq!(**shown, want);
+    let said = format!("with h{head} #{feature} at {:.3}", kept.2);
+    assert!(h.query_by_label_contains(&said).is_some(), "{said}");
 }
 
 #[test]

@@ -1295,7 +1295,7 @@ fn until_end(ids: Vec<u32>, eos: &[u32]) -> (Vec<u32>, bool) {
 /// inverse CDF written out in Python), which differ from the greedy ones. Clamped (the
 /// feature's activation, read in TransformerLens' convention, held at a strength): at 0 (the
 /// model without the feature) and at a strength where the reference's clamping and adding
-/// part, the same tokens.
+/// part, the same tokens. Two features steered at once: the same tokens.
 fn check_steering(device: &Device, tol: f64) {
     use attn_saes::live::{Steering, steer};
     let tl = lm::ZConvention::TransformerLens;
@@ -1338,7 +1338,7 @@ fn check_steering(device: &Device, tol: f64) {
         let sampling = Steering {
             temperature: 0.8,
             seed: r.get(&format!("{model}.seed")).data[0] as u64,
-            ..greedy
+            ..greedy.clone()
         };
         let sampled = steer(&loaded, &sae, 0, tl, &prompt, &sampling).unwrap();
         assert_eq!((sampled.temperature, sampled.seed), (0.8, sampling.seed));
@@ -1383,6 +1383,26 @@ fn check_steering(device: &Device, tol: f64) {
                 tol,
             );
         }
+        // Two features at once (GPT-2's in one head, Llama's in two).
+        let pair = r.tokens(&format!("{model}.pair"));
+        let strengths = &r.get(&format!("{model}.pair_strength")).data;
+        let both = Steering {
+            also: vec![(pair[2] as usize, pair[3] as usize, strengths[1] as f32)],
+            ..Steering::greedy(pair[0] as usize, pair[1] as usize, strengths[0] as f32, n)
+        };
+        let got = steer(&loaded, &sae, 0, tl, &prompt, &both).unwrap();
+        assert_eq!(got.also, both.also);
+        assert_eq!(
+            got.steered.ids,
+            r.tokens(&format!("{model}.paired")),
+            "{model} paired"
+        );
+        assert_close(
+            &format!("{model} paired prob"),
+            &f64s(&got.steered.prob),
+            &r.get(&format!("{model}.paired_prob")).data,
+            tol,
+        );
     }
 }
 
@@ -1403,7 +1423,7 @@ fn steered_generation_matches_transformers_step_by_step() {
     let sampled = Steering {
         temperature: 0.8,
         seed: r.get("gpt2_tiny.seed").data[0] as u64,
-        ..greedy
+        ..greedy.clone()
     };
     // 204: new token 6 clean, 1 steered; 178: new token 1 of the sampled steered one only.
     for (steering, rows, eos) in [
@@ -1442,28 +1462,40 @@ fn steered_generation_matches_transformers_step_by_step() {
     };
     let m = sae.config.features_per_head;
     let ok = Steering::greedy(1, 3, 1.0, 4);
-    assert!(err(Steering { feature: m, ..ok }).contains(&format!("heads of {m} features")));
+    assert!(
+        err(Steering {
+            feature: m,
+            ..ok.clone()
+        })
+        .contains(&format!("heads of {m} features"))
+    );
     let nan = f32::NAN;
     assert!(
         err(Steering {
             strength: nan,
-            ..ok
+            ..ok.clone()
         })
         .contains("not a number")
     );
     assert!(
         err(Steering {
             temperature: -1.0,
-            ..ok
+            ..ok.clone()
         })
         .contains("0 (greedy) or more")
     );
-    assert!(err(Steering { tokens: 0, ..ok }).contains("between 1 and"));
+    assert!(
+        err(Steering {
+            tokens: 0,
+            ..ok.clone()
+        })
+        .contains("between 1 and")
+    );
     let n_ctx = loaded.transformer.config.n_ctx;
     assert!(
         err(Steering {
             tokens: n_ctx,
-            ..ok
+            ..ok.clone()
         })
         .contains("exceed the model's context")
     );
@@ -1481,8 +1513,9 @@ fn steered_generation_on_wgpu_matches_transformers() {
 
 /// `steer --json`: the library's continuation pair, at 4 times the feature's largest
 /// dashboard activation by default, at `--strength 1.5x` 1.5 times it, at an activation
-/// given as `--strength -2.5`, sampled (`--temperature 0.9 --seed 11`), and clamped
-/// (`--clamp` at 0 and at 2x); without dashboards a multiple is an error that says what to
+/// given as `--strength -2.5`, sampled (`--temperature 0.9 --seed 11`), clamped (`--clamp`
+/// at 0 and at 2x), and with a second `--feature` at its own strength; two strengths for
+/// three features are refused; without dashboards a multiple is an error that says what to
 /// give.
 #[test]
 fn steer_command_continues_the_text_as_the_library_does() {
@@ -1522,15 +1555,48 @@ fn steer_command_continues_the_text_as_the_library_does() {
     let (loaded, sae, layer) = (&live.loaded, &live.sae, live.layer);
     let ids = text_ids(loaded, text).unwrap();
     let sampled = ["--strength", "-2.5", "--temperature", "0.9", "--seed", "11"];
-    let cases = [
-        (vec![], 4.0 * max, 0.0, 0, false),
-        (vec!["--strength", "1.5x"], 1.5 * max, 0.0, 0, false),
-        (vec!["--strength", "-2.5"], -2.5, 0.0, 0, false),
-        (sampled.to_vec(), -2.5, 0.9, 11, false),
-        (vec!["--clamp", "--strength", "0"], 0.0, 0.0, 0, true),
-        (vec!["--clamp", "--strength", "2x"], 2.0 * max, 0.0, 0, true),
+    // A second feature, in another head, steered with the first at its own strength.
+    let other = ((head + 1) % d.heads.len(), 0);
+    let second = format!("{},{}", other.0, other.1);
+    let pair = [
+        "--feature",
+        &second,
+        "--strength",
+        "4x",
+        "--strength",
+        "-1.5",
     ];
-    for (extra, strength, temperature, seed, clamp) in cases {
+    let cases = [
+        (vec![], 4.0 * max, 0.0, 0, false, vec![]),
+        (vec!["--strength", "1.5x"], 1.5 * max, 0.0, 0, false, vec![]),
+        (vec!["--strength", "-2.5"], -2.5, 0.0, 0, false, vec![]),
+        (sampled.to_vec(), -2.5, 0.9, 11, false, vec![]),
+        (
+            vec!["--clamp", "--strength", "0"],
+            0.0,
+            0.0,
+            0,
+            true,
+            vec![],
+        ),
+        (
+            vec!["--clamp", "--strength", "2x"],
+            2.0 * max,
+            0.0,
+            0,
+            true,
+            vec![],
+        ),
+        (
+            pair.to_vec(),
+            4.0 * max,
+            0.0,
+            0,
+            false,
+            vec![(other.0, other.1, -1.5)],
+        ),
+    ];
+    for (extra, strength, temperature, seed, clamp, also) in cases {
         let out = cli(&[extra.as_slice(), &["--json"]].concat(), &run);
         assert!(
             out.status.success(),
@@ -1542,6 +1608,7 @@ fn steer_command_continues_the_text_as_the_library_does() {
             temperature,
             seed,
             clamp,
+            also,
             ..Steering::greedy(head, feature, strength, 6)
         };
         let want = steer(loaded, sae, layer, live.z_convention, &ids, &steering).unwrap();
@@ -1553,6 +1620,16 @@ fn steer_command_continues_the_text_as_the_library_does() {
             "{stdout}"
         );
     }
+    let out = cli(
+        &[
+            &pair[..2],
+            &["--feature", &second, "--strength", "1", "--strength", "2"],
+        ]
+        .concat(),
+        &run,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give one for all, or one each"));
     std::fs::remove_file(attn_saes::dashboard::run_dashboard_path(&run)).unwrap();
     let out = cli(&[], &run);
     assert!(!out.status.success());

@@ -166,12 +166,9 @@ impl WebText {
     pub fn ask_steer(&mut self, steering: crate::live::Steering) {
         let Some(a) = &self.analysis else { return };
         let ids = a.tokens().ids.clone();
+        let (head, feature) = (steering.head, steering.feature);
         self.steer_request = Some((ids.clone(), steering));
-        self.steer = Some(crate::live::Asked::computing(
-            ids,
-            steering.head,
-            steering.feature,
-        ));
+        self.steer = Some(crate::live::Asked::computing(ids, head, feature));
     }
 
     /// Asks (through `src/web.rs`) for the ranking of the analysed text's features.
@@ -869,11 +866,11 @@ impl AttnSaesApp {
             Some(text_view::TextAction::Steer(steering)) => {
                 if let (Some((_, worker)), Some(a)) = (&self.native.live, &self.native.analysis) {
                     let ids = a.ids.clone();
+                    let (head, feature) = (steering.head, steering.feature);
                     let _ = worker.requests.send(jobs::LiveRequest::Steer {
                         ids: ids.clone(),
                         steering,
                     });
-                    let (head, feature) = (steering.head, steering.feature);
                     self.native.steer = Some(crate::live::Asked::computing(ids, head, feature));
                 }
             }

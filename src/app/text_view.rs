@@ -31,6 +31,10 @@ pub struct TextState {
     pub steer_seed: u64,
     /// Hold the feature at the strength instead of adding it ([`Steering::clamp`]).
     pub steer_clamp: bool,
+    /// Features kept in the steering besides the picked one ([`Steering::also`]):
+    /// `(head, feature, strength)`.
+    #[serde(skip)]
+    pub steer_also: Vec<(usize, usize, f32)>,
     /// A feature to pick once the next analysis arrives (the Features view's "Use it in
     /// Your text").
     #[serde(skip)]
@@ -70,6 +74,7 @@ impl Default for TextState {
             steer_temperature: 0.0,
             steer_seed: 0,
             steer_clamp: false,
+            steer_also: Vec::new(),
             pending_pick: None,
         }
     }
@@ -330,6 +335,36 @@ fn steer_panel(
                  BOS; at 0x the model runs without it",
             );
     });
+    ui.horizontal_wrapped(|ui| {
+        let kept = (s.steer_also.iter()).any(|&(h, f, _)| (h, f) == (head, feature));
+        if !kept
+            && ui
+                .add_enabled(basis > 0.0, egui::Button::new("Keep it in the steering"))
+                .on_hover_text(
+                    "steer with it at this strength as well when you pick another feature \
+                     (a concept spread over heads)",
+                )
+                .clicked()
+        {
+            s.steer_also.push((head, feature, strength));
+        }
+        let mut dropped = None;
+        for (i, &(h, f, x)) in s.steer_also.iter().enumerate() {
+            if (h, f) == (head, feature) {
+                continue;
+            }
+            if ui
+                .button(format!("also h{h} #{f} at {x:.3} ×"))
+                .on_hover_text("steered with the picked feature; click to leave it out")
+                .clicked()
+            {
+                dropped = Some(i);
+            }
+        }
+        if let Some(i) = dropped {
+            s.steer_also.remove(i);
+        }
+    });
     ui.horizontal(|ui| {
         let label = ui.label("new tokens").id;
         ui.add(egui::DragValue::new(&mut s.steer_tokens).range(1..=crate::live::MAX_NEW_TOKENS))
@@ -398,6 +433,9 @@ fn steer_panel(
         temperature: s.steer_temperature,
         seed: s.steer_seed,
         clamp: s.steer_clamp,
+        also: (s.steer_also.iter().copied())
+            .filter(|&(h, f, _)| (h, f) != (head, feature))
+            .collect(),
     }))
 }
 
@@ -408,9 +446,12 @@ fn steered_ready(ui: &mut Ui, x: &Steered) {
         0.0 => "greedy".to_string(),
         t => format!("temperature {t}, seed {}", x.seed),
     };
+    let also: String = (x.also.iter())
+        .map(|(h, f, s)| format!(", with h{h} #{f} at {s:.3}"))
+        .collect();
     let at = match x.clamp {
-        false => format!("Added at strength {:.3}", x.strength),
-        true => format!("Held at activation {:.3}", x.strength),
+        false => format!("Added at strength {:.3}{also}", x.strength),
+        true => format!("Held at activation {:.3}{also}", x.strength),
     };
     ui.label(if parts == n {
         format!("{at} ({how}), the {n} new tokens are the same both ways.")

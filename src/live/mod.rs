@@ -172,8 +172,9 @@ pub const MAX_NEW_TOKENS: usize = 256;
 /// `clamp`, the activation it is held at), how many new tokens, and how each is chosen: the
 /// likeliest (`temperature` 0) or drawn from the model's distribution at `temperature`, with
 /// one uniform number a step from a SplitMix64 stream seeded by `seed` shared by both
-/// continuations (so only the steering parts them).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+/// continuations (so only the steering parts them). `also` steers with more features at the
+/// same time, the same way.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Steering {
     pub head: usize,
     pub feature: usize,
@@ -189,9 +190,18 @@ pub struct Steering {
     /// without the feature.
     #[serde(default)]
     pub clamp: bool,
+    /// Further features steered at the same time: `(head, feature, strength)` each, added
+    /// (or clamped) as the first is; where two share a head, what they add is summed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<(usize, usize, f32)>,
 }
 
 impl Steering {
+    /// Every feature steered, `(head, feature, strength)`, the first first.
+    pub fn features(&self) -> impl Iterator<Item = (usize, usize, f32)> + '_ {
+        std::iter::once((self.head, self.feature, self.strength)).chain(self.also.iter().copied())
+    }
+
     /// Greedy, `tokens` new tokens, the feature added.
     pub fn greedy(head: usize, feature: usize, strength: f32, tokens: usize) -> Self {
         Self {
@@ -202,6 +212,7 @@ impl Steering {
             temperature: 0.0,
             seed: 0,
             clamp: false,
+            also: Vec::new(),
         }
     }
 }
@@ -219,6 +230,9 @@ pub struct Steered {
     /// The feature held at `strength` rather than added ([`Steering::clamp`]).
     #[serde(default)]
     pub clamp: bool,
+    /// The further features steered with it ([`Steering::also`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<(usize, usize, f32)>,
     /// 0: greedy.
     #[serde(default)]
     pub temperature: f32,

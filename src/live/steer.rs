@@ -20,9 +20,10 @@ struct Generation<'a> {
     sae: &'a BlockDiagSae,
     layer: usize,
     prompt: Vec<u32>,
-    /// `[1, 1, 1, d_head]`: the feature's decoder row in hook_z's units; steering adds it
-    /// times the strength (less the feature's activation, clamped) at a position.
-    row: Tensor<4>,
+    /// Each feature steered: `(head, feature, strength, row)`, `row` `[1, 1, 1, d_head]`
+    /// its decoder row in hook_z's units; steering adds it times the strength (less the
+    /// feature's activation, clamped) at a position.
+    features: Vec<(usize, usize, f32, Tensor<4>)>,
     /// `[1, 1, n_heads, d_head]`: what the SAE's convention takes off raw hook_z (clamped,
     /// to read the feature's activation), if anything.
     fold: Option<Tensor<4>>,
@@ -46,22 +47,27 @@ impl<'a> Generation<'a> {
         steering: &Steering,
     ) -> anyhow::Result<Self> {
         let model = &loaded.transformer;
-        let Steering {
-            head,
-            feature,
-            strength,
-            tokens: n,
-            temperature,
-            seed,
-            clamp: _,
-        } = *steering;
-        let d = super::feature_of(sae, model, (head, feature))?;
+        let (n, temperature, seed) = (steering.tokens, steering.temperature, steering.seed);
         anyhow::ensure!(
             layer < model.config.n_layers,
             "layer {layer}: the model has {} layers",
             model.config.n_layers
         );
-        anyhow::ensure!(strength.is_finite(), "strength {strength}: not a number");
+        let mut features = Vec::with_capacity(1 + steering.also.len());
+        for (head, feature, strength) in steering.features() {
+            let d = super::feature_of(sae, model, (head, feature))?;
+            anyhow::ensure!(
+                strength.is_finite(),
+                "head {head} feature {feature}: strength {strength}: not a number"
+            );
+            let row = sae
+                .w_dec
+                .clone()
+                .slice([head..head + 1, feature..feature + 1, 0..d])
+                .reshape([1, 1, 1, d])
+                / sae.input_scale[head] as f64;
+            features.push((head, feature, strength, row));
+        }
         anyhow::ensure!(
             temperature.is_finite() && temperature >= 0.0,
             "temperature {temperature}: 0 (greedy) or more"
@@ -77,23 +83,17 @@ impl<'a> Generation<'a> {
             prompt.len(),
             model.config.n_ctx
         );
-        let row = sae
-            .w_dec
-            .clone()
-            .slice([head..head + 1, feature..feature + 1, 0..d])
-            .reshape([1, 1, 1, d])
-            / sae.input_scale[head] as f64;
         let fold = match z_convention {
             ZConvention::TransformerLens => model.blocks[layer].attn.z_fold.clone(),
             ZConvention::Raw => None,
         };
         let from = usize::from(model.config.bos_token_id == prompt.first().copied());
         Ok(Self {
-            steering: *steering,
+            steering: steering.clone(),
             sae,
             layer,
             prompt: prompt.to_vec(),
-            row,
+            features,
             fold: fold.map(|f| f.unsqueeze::<4>()),
             from,
             cache: KvCache::new(),
@@ -115,38 +115,42 @@ impl<'a> Generation<'a> {
         };
         let (start, new) = (self.cache.len(), rows[0].len());
         let (h, d) = (model.config.n_heads, model.config.d_head);
-        let Steering {
-            head,
-            feature,
-            strength,
-            clamp,
-            ..
-        } = self.steering;
-        // Row 1, the steered head, positions from `self.from` on.
+        let clamp = self.steering.clamp;
+        // Row 1, the steered heads, positions from `self.from` on.
         let first = self.from.saturating_sub(start).min(new);
-        let (sae, row, fold) = (self.sae, &self.row, &self.fold);
-        // `[2, new, 1, d_head]`: what steering adds to the head at each position of each row.
-        let push = |z: &Tensor<4>| -> Tensor<4> {
-            if !clamp {
-                return row.clone().expand([2, new, 1, d]) * strength as f64;
-            }
-            let z = match fold {
-                Some(f) => z.clone() - f.clone(),
-                None => z.clone(),
-            };
-            let (_, feats) = sae.encode(sae.scale_input(z.reshape([2 * new, h, d])));
-            let activation = feats
-                .slice([head..head + 1, 0..2 * new, feature..feature + 1])
-                .reshape([2, new, 1, 1]);
-            (activation.neg() + strength as f64) * row.clone()
-        };
+        let (sae, features, fold) = (self.sae, &self.features, &self.fold);
         let steer = move |z: Tensor<4>| {
             if first == new {
                 return z;
             }
-            let part = push(&z).slice([1..2, first..new, 0..1, 0..d]);
-            let added = Tensor::<4>::zeros([2, new, h, d], &z.device())
-                .slice_assign([1..2, first..new, head..head + 1, 0..d], part);
+            // `[H, 2 new, m]`: every feature's activation in each row, when clamping.
+            let feats = clamp.then(|| {
+                let z = match fold {
+                    Some(f) => z.clone() - f.clone(),
+                    None => z.clone(),
+                };
+                sae.encode(sae.scale_input(z.reshape([2 * new, h, d]))).1
+            });
+            let mut added = Tensor::<4>::zeros([2, new, h, d], &z.device());
+            for (head, feature, strength, row) in features {
+                let (head, feature) = (*head, *feature);
+                // `[1, new - first, 1, d_head]`: what this feature adds to the steered row.
+                let part = match &feats {
+                    None => row.clone().expand([1, new - first, 1, d]) * *strength as f64,
+                    Some(feats) => {
+                        let activation = feats
+                            .clone()
+                            .slice([head..head + 1, 0..2 * new, feature..feature + 1])
+                            .reshape([2, new, 1, 1])
+                            .slice([1..2, first..new, 0..1, 0..1]);
+                        (activation.neg() + *strength as f64) * row.clone()
+                    }
+                };
+                let at = [1..2, first..new, head..head + 1, 0..d];
+                added = added
+                    .clone()
+                    .slice_assign(at.clone(), added.slice(at) + part);
+            }
             z + added
         };
         let splice = Splice {
@@ -195,6 +199,7 @@ impl<'a> Generation<'a> {
             feature: s.feature,
             strength: s.strength,
             clamp: s.clamp,
+            also: s.also,
             temperature: s.temperature,
             seed: s.seed,
             prompt: self.prompt,
