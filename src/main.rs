@@ -316,6 +316,10 @@ enum Command {
         /// --strength to it: `--clamp --strength 0` continues the text without the feature.
         #[arg(long)]
         clamp: bool,
+        /// Steer the new tokens only, not the prompt (the first new token is then the clean
+        /// one's).
+        #[arg(long)]
+        new_only: bool,
         /// New tokens (1 to 256).
         #[arg(long, default_value_t = 32)]
         tokens: usize,
@@ -736,6 +740,7 @@ fn main() -> anyhow::Result<()> {
             feature,
             strength,
             clamp,
+            new_only,
             tokens,
             temperature,
             seed,
@@ -746,6 +751,7 @@ fn main() -> anyhow::Result<()> {
                 temperature,
                 seed,
                 clamp,
+                new_only,
                 ..attn_saes::live::Steering::greedy(0, 0, 0.0, tokens)
             };
             steer_command(
@@ -1627,8 +1633,12 @@ fn steer_command(
         0.0 => "greedy".to_string(),
         t => format!("sampled at temperature {t}, seed {}", steering.seed),
     };
+    let positions = match steering.new_only {
+        true => "at the new tokens only",
+        false => "after BOS",
+    };
     println!(
-        "{}: {} prompt tokens; {} after BOS; {tokens} new tokens, {chosen}",
+        "{}: {} prompt tokens; {} {positions}; {tokens} new tokens, {chosen}",
         live.description,
         s.prompt.len(),
         said.join(", ")

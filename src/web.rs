@@ -647,6 +647,7 @@ pub fn live_steer(
         seed: seed.into(),
         clamp: clamp.unwrap_or(false),
         also: Vec::new(),
+        new_only: false,
     };
     post(|s| s.live_steer = Some(steering));
 }

@@ -944,6 +944,22 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     assert_eq!(**shown, want);
     let said = format!("with h{head} #{feature} at {:.3}", kept.2);
     assert!(h.query_by_label_contains(&said).is_some(), "{said}");
+
+    // "the new tokens only": the library's continuation steered there only.
+    h.get_by_label("the new tokens only").click_accesskit();
+    h.run_steps(1);
+    assert!(h.state().ui.text.steer_new_only);
+    continue_the_text(&mut h);
+    let new_only = attn_saes::live::Steering {
+        new_only: true,
+        ..both
+    };
+    let want =
+        attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &new_only).unwrap();
+    let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
+        unreachable!()
+    };
+    assert_eq!(**shown, want);
 }
 
 #[test]

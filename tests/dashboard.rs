@@ -1295,7 +1295,8 @@ fn until_end(ids: Vec<u32>, eos: &[u32]) -> (Vec<u32>, bool) {
 /// inverse CDF written out in Python), which differ from the greedy ones. Clamped (the
 /// feature's activation, read in TransformerLens' convention, held at a strength): at 0 (the
 /// model without the feature) and at a strength where the reference's clamping and adding
-/// part, the same tokens. Two features steered at once: the same tokens.
+/// part, the same tokens. Two features steered at once, and the new tokens only steered: the
+/// same tokens.
 fn check_steering(device: &Device, tol: f64) {
     use attn_saes::live::{Steering, steer};
     let tl = lm::ZConvention::TransformerLens;
@@ -1383,6 +1384,25 @@ fn check_steering(device: &Device, tol: f64) {
                 tol,
             );
         }
+        // The new tokens only.
+        let new_only = Steering {
+            new_only: true,
+            strength: r.get(&format!("{model}.new_only_strength")).data[0] as f32,
+            ..greedy.clone()
+        };
+        let got = steer(&loaded, &sae, 0, tl, &prompt, &new_only).unwrap();
+        assert!(got.new_only);
+        assert_eq!(
+            got.steered.ids,
+            r.tokens(&format!("{model}.new_only")),
+            "{model} the new tokens only"
+        );
+        assert_close(
+            &format!("{model} new only prob"),
+            &f64s(&got.steered.prob),
+            &r.get(&format!("{model}.new_only_prob")).data,
+            tol,
+        );
         // Two features at once (GPT-2's in one head, Llama's in two).
         let pair = r.tokens(&format!("{model}.pair"));
         let strengths = &r.get(&format!("{model}.pair_strength")).data;
@@ -1514,7 +1534,8 @@ fn steered_generation_on_wgpu_matches_transformers() {
 /// `steer --json`: the library's continuation pair, at 4 times the feature's largest
 /// dashboard activation by default, at `--strength 1.5x` 1.5 times it, at an activation
 /// given as `--strength -2.5`, sampled (`--temperature 0.9 --seed 11`), clamped (`--clamp`
-/// at 0 and at 2x), and with a second `--feature` at its own strength; two strengths for
+/// at 0 and at 2x), with a second `--feature` at its own strength, and at the new tokens
+/// only (`--new-only`); two strengths for
 /// three features are refused; without dashboards a multiple is an error that says what to
 /// give.
 #[test]
@@ -1566,37 +1587,49 @@ fn steer_command_continues_the_text_as_the_library_does() {
         "--strength",
         "-1.5",
     ];
+    let greedy = |strength| Steering::greedy(head, feature, strength, 6);
     let cases = [
-        (vec![], 4.0 * max, 0.0, 0, false, vec![]),
-        (vec!["--strength", "1.5x"], 1.5 * max, 0.0, 0, false, vec![]),
-        (vec!["--strength", "-2.5"], -2.5, 0.0, 0, false, vec![]),
-        (sampled.to_vec(), -2.5, 0.9, 11, false, vec![]),
+        (vec![], greedy(4.0 * max)),
+        (vec!["--strength", "1.5x"], greedy(1.5 * max)),
+        (vec!["--strength", "-2.5"], greedy(-2.5)),
+        (
+            sampled.to_vec(),
+            Steering {
+                temperature: 0.9,
+                seed: 11,
+                ..greedy(-2.5)
+            },
+        ),
         (
             vec!["--clamp", "--strength", "0"],
-            0.0,
-            0.0,
-            0,
-            true,
-            vec![],
+            Steering {
+                clamp: true,
+                ..greedy(0.0)
+            },
         ),
         (
             vec!["--clamp", "--strength", "2x"],
-            2.0 * max,
-            0.0,
-            0,
-            true,
-            vec![],
+            Steering {
+                clamp: true,
+                ..greedy(2.0 * max)
+            },
         ),
         (
             pair.to_vec(),
-            4.0 * max,
-            0.0,
-            0,
-            false,
-            vec![(other.0, other.1, -1.5)],
+            Steering {
+                also: vec![(other.0, other.1, -1.5)],
+                ..greedy(4.0 * max)
+            },
+        ),
+        (
+            vec!["--new-only"],
+            Steering {
+                new_only: true,
+                ..greedy(4.0 * max)
+            },
         ),
     ];
-    for (extra, strength, temperature, seed, clamp, also) in cases {
+    for (extra, steering) in cases {
         let out = cli(&[extra.as_slice(), &["--json"]].concat(), &run);
         assert!(
             out.status.success(),
@@ -1604,13 +1637,6 @@ fn steer_command_continues_the_text_as_the_library_does() {
             String::from_utf8_lossy(&out.stderr)
         );
         let got: Steered = serde_json::from_slice(&out.stdout).unwrap();
-        let steering = Steering {
-            temperature,
-            seed,
-            clamp,
-            also,
-            ..Steering::greedy(head, feature, strength, 6)
-        };
         let want = steer(loaded, sae, layer, live.z_convention, &ids, &steering).unwrap();
         assert_eq!(got, want);
         let shown = cli(&extra, &run);

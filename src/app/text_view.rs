@@ -31,6 +31,8 @@ pub struct TextState {
     pub steer_seed: u64,
     /// Hold the feature at the strength instead of adding it ([`Steering::clamp`]).
     pub steer_clamp: bool,
+    /// Steer the new tokens only ([`Steering::new_only`]).
+    pub steer_new_only: bool,
     /// Features kept in the steering besides the picked one ([`Steering::also`]):
     /// `(head, feature, strength)`.
     #[serde(skip)]
@@ -74,6 +76,7 @@ impl Default for TextState {
             steer_temperature: 0.0,
             steer_seed: 0,
             steer_clamp: false,
+            steer_new_only: false,
             steer_also: Vec::new(),
             pending_pick: None,
         }
@@ -334,6 +337,11 @@ fn steer_panel(
                 "clamped: its activation is replaced by the strength at every position after \
                  BOS; at 0x the model runs without it",
             );
+        ui.checkbox(&mut s.steer_new_only, "the new tokens only")
+            .on_hover_text(
+                "steer the continuation's positions, not the text's: the first new token is \
+                 then the clean one's",
+            );
     });
     ui.horizontal_wrapped(|ui| {
         let kept = (s.steer_also.iter()).any(|&(h, f, _)| (h, f) == (head, feature));
@@ -393,17 +401,19 @@ fn steer_panel(
                     egui::Button::new("Continue the text"),
                 )
                 .clicked();
+            let at = match s.steer_new_only {
+                true => "at each new token's position",
+                false => "at every position after BOS",
+            };
             let why = if basis > 0.0 && s.steer_clamp {
                 format!(
                     "the model continues the text twice: as it is, and with this feature's \
-                     activation held at that strength in head {head}'s hook_z at every position \
-                     after BOS"
+                     activation held at that strength in head {head}'s hook_z {at}"
                 )
             } else if basis > 0.0 {
                 format!(
                     "the model continues the text twice: as it is, and with this feature \
-                     added to head {head}'s hook_z at every position after BOS, as if it fired \
-                     there at that strength"
+                     added to head {head}'s hook_z {at}, as if it fired there at that strength"
                 )
             } else {
                 "it does not fire in this text and no dashboard is open: there is no \
@@ -433,6 +443,7 @@ fn steer_panel(
         temperature: s.steer_temperature,
         seed: s.steer_seed,
         clamp: s.steer_clamp,
+        new_only: s.steer_new_only,
         also: (s.steer_also.iter().copied())
             .filter(|&(h, f, _)| (h, f) != (head, feature))
             .collect(),

@@ -194,6 +194,10 @@ pub struct Steering {
     /// (or clamped) as the first is; where two share a head, what they add is summed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<(usize, usize, f32)>,
+    /// Steer the new tokens' positions only, not the prompt's: the first new token is then
+    /// the clean one's (nothing before it is steered).
+    #[serde(default)]
+    pub new_only: bool,
 }
 
 impl Steering {
@@ -213,6 +217,7 @@ impl Steering {
             seed: 0,
             clamp: false,
             also: Vec::new(),
+            new_only: false,
         }
     }
 }
@@ -233,6 +238,9 @@ pub struct Steered {
     /// The further features steered with it ([`Steering::also`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<(usize, usize, f32)>,
+    /// Only the new tokens' positions were steered ([`Steering::new_only`]).
+    #[serde(default)]
+    pub new_only: bool,
     /// 0: greedy.
     #[serde(default)]
     pub temperature: f32,

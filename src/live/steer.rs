@@ -87,7 +87,10 @@ impl<'a> Generation<'a> {
             ZConvention::TransformerLens => model.blocks[layer].attn.z_fold.clone(),
             ZConvention::Raw => None,
         };
-        let from = usize::from(model.config.bos_token_id == prompt.first().copied());
+        let from = match steering.new_only {
+            true => prompt.len(),
+            false => usize::from(model.config.bos_token_id == prompt.first().copied()),
+        };
         Ok(Self {
             steering: steering.clone(),
             sae,
@@ -200,6 +203,7 @@ impl<'a> Generation<'a> {
             strength: s.strength,
             clamp: s.clamp,
             also: s.also,
+            new_only: s.new_only,
             temperature: s.temperature,
             seed: s.seed,
             prompt: self.prompt,

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""What clamping does, against adding: for each prompt, the N features that matter most
-in it (`text --rank N`, by the estimated rise in the prompt's loss without them, either
-way), the prompt continued by `steer` with each feature removed (`--clamp --strength 0`),
-held at 4x its largest dashboard activation (`--clamp --strength 4x`) and added at 4x;
-prints, per way, the share of continuations that part from the clean one, the mean new
+"""Ways of steering side by side: for each prompt, the N features that matter most in it
+(`text --rank N`, by the estimated rise in the prompt's loss without them, either way),
+the prompt continued by `steer` with each feature removed (`--clamp --strength 0`), held
+at 4x its largest dashboard activation (`--clamp --strength 4x`), added at 4x, and added
+at 4x at the new tokens only (`--new-only`); prints, per way, the share of continuations that part from the clean one, the mean new
 token where they part and the mean probability the model gave its steered tokens.
 
-    python3 scripts/steer_clamp.py RUN [N] [BIN]
+    python3 scripts/steer_ways.py RUN [N] [BIN]
 """
 import json
 import subprocess
@@ -24,6 +24,7 @@ WAYS = {
     "removed (--clamp --strength 0)": ["--clamp", "--strength", "0"],
     "held at 4x (--clamp --strength 4x)": ["--clamp", "--strength", "4x"],
     "added at 4x (--strength 4x)": ["--strength", "4x"],
+    "added at 4x, new tokens only (--new-only)": ["--strength", "4x", "--new-only"],
 }
 TOKENS = 24
 

@@ -1,0 +1,81 @@
+//! Renders the app's Your text view on a run, with a feature picked at the position where it
+//! is strongest and a steered continuation, to a PNG (what `docs/app-text.png` is), through
+//! egui_kittest on wgpu (any adapter; lavapipe without a GPU):
+//!
+//!     cargo run --release --example shot_text -- RUN "PROMPT" HEAD,FEATURE OUT.png \
+//!         [TIMES] [clamp] [new-only]
+//!
+//! TIMES is the strength in multiples of the feature's largest dashboard activation (4).
+use std::time::{Duration, Instant};
+
+use attn_saes::app::{AttnSaesApp, Command, UiState, View};
+use eframe::egui;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+
+fn wait(h: &mut Harness<'static, AttnSaesApp>, what: &str, done: impl Fn(&AttnSaesApp) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "timed out waiting for {what}: {:?}",
+            h.state().messages
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [run, prompt, pick, out, rest @ ..] = args.as_slice() else {
+        eprintln!("usage: shot_text RUN PROMPT HEAD,FEATURE OUT.png [TIMES] [clamp] [new-only]");
+        std::process::exit(2);
+    };
+    let (head, feature) = pick
+        .split_once(',')
+        .and_then(|(h, f)| Some((h.parse::<usize>().ok()?, f.parse::<usize>().ok()?)))
+        .expect("HEAD,FEATURE");
+    let times: f32 = rest.first().and_then(|t| t.parse().ok()).unwrap_or(4.0);
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(run.into()));
+    let mut h = Harness::builder()
+        .with_size(egui::Vec2::new(1400.0, 1200.0))
+        .wgpu()
+        .build_eframe(move |_| app);
+    h.run_steps(3);
+    h.state_mut().ui.view = View::Text;
+    h.state_mut().ui.text.prompt = prompt.clone();
+    h.run_steps(2);
+    h.get_by_label("Run").click();
+    wait(&mut h, "the analysis", |a| a.native.analysis.is_some());
+    h.run_steps(2);
+    let a = h.state().native.analysis.as_deref().unwrap();
+    let strongest = (0..a.len())
+        .max_by(|&x, &y| {
+            let act = |p| a.activation(head, feature, p);
+            act(x).total_cmp(&act(y))
+        })
+        .unwrap();
+    let text = &mut h.state_mut().ui.text;
+    text.token = Some(strongest);
+    text.pick = Some((head, feature));
+    text.steer_times = times;
+    text.steer_clamp = rest.iter().any(|x| x == "clamp");
+    text.steer_new_only = rest.iter().any(|x| x == "new-only");
+    h.run_steps(3);
+    h.get_by_label("Continue the text").click_accesskit();
+    h.run_steps(1);
+    wait(&mut h, "the continuation", |a| {
+        a.native
+            .steer
+            .as_ref()
+            .is_some_and(|x| matches!(x.state, attn_saes::live::Answer::Ready(_)))
+    });
+    h.run_steps(3);
+    h.render()
+        .expect("render")
+        .save(out)
+        .expect("write the PNG");
+    println!("{out}");
+}
