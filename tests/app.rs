@@ -714,7 +714,7 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
         unreachable!()
     };
     assert_eq!(**shown, direct);
-    let said = format!("Added at strength {:.3}", direct.strength);
+    let said = format!("Added at strength {:.3}", direct.steering.strength);
     assert!(h.query_by_label_contains(&said).is_some(), "{said}");
     h.snapshot("app_text_steer");
     h.get_by_label("Open its dashboard").click_accesskit();

@@ -1312,7 +1312,7 @@ fn check_steering(device: &Device, tol: f64) {
         let n = clean.len();
         let greedy = Steering::greedy(head, feature, strength, n);
         let s = steer(&loaded, &sae, 0, tl, &prompt, &greedy).unwrap();
-        assert_eq!((s.head, s.feature, s.strength), (head, feature, strength));
+        assert_eq!(s.steering, greedy);
         assert_eq!(s.prompt, prompt);
         assert_eq!(s.clean.ids, clean, "{model} clean");
         assert_eq!(
@@ -1342,7 +1342,7 @@ fn check_steering(device: &Device, tol: f64) {
             ..greedy.clone()
         };
         let sampled = steer(&loaded, &sae, 0, tl, &prompt, &sampling).unwrap();
-        assert_eq!((sampled.temperature, sampled.seed), (0.8, sampling.seed));
+        assert_eq!(sampled.steering, sampling);
         for (row, got) in [("clean", &sampled.clean), ("steered", &sampled.steered)] {
             let want = r.tokens(&format!("{model}.sampled_{row}"));
             assert_eq!(got.ids, want, "{model} sampled {row}");
@@ -1370,7 +1370,7 @@ fn check_steering(device: &Device, tol: f64) {
             let want: Vec<u32> = want.data[i * n..][..n].iter().map(|&t| t as u32).collect();
             // llama_tiny's removal reaches its end token (399) at new token 4.
             let (want, ended) = until_end(want, &loaded.transformer.config.eos_token_ids);
-            assert!(got.clamp);
+            assert_eq!(got.steering, clamping);
             assert_eq!(got.clean.ids, clean, "{model} clean beside the clamped");
             assert_eq!(
                 (&got.steered.ids, got.steered.ended),
@@ -1391,7 +1391,7 @@ fn check_steering(device: &Device, tol: f64) {
             ..greedy.clone()
         };
         let got = steer(&loaded, &sae, 0, tl, &prompt, &new_only).unwrap();
-        assert!(got.new_only);
+        assert_eq!(got.steering, new_only);
         assert_eq!(
             got.steered.ids,
             r.tokens(&format!("{model}.new_only")),
@@ -1411,7 +1411,7 @@ fn check_steering(device: &Device, tol: f64) {
             ..Steering::greedy(pair[0] as usize, pair[1] as usize, strengths[0] as f32, n)
         };
         let got = steer(&loaded, &sae, 0, tl, &prompt, &both).unwrap();
-        assert_eq!(got.also, both.also);
+        assert_eq!(got.steering, both);
         assert_eq!(
             got.steered.ids,
             r.tokens(&format!("{model}.paired")),

@@ -451,18 +451,19 @@ fn steer_panel(
 }
 
 fn steered_ready(ui: &mut Ui, x: &Steered) {
+    let s = &x.steering;
     let n = x.clean.ids.len();
     let parts = x.parts_at();
-    let how = match x.temperature {
+    let how = match s.temperature {
         0.0 => "greedy".to_string(),
-        t => format!("temperature {t}, seed {}", x.seed),
+        t => format!("temperature {t}, seed {}", s.seed),
     };
-    let also: String = (x.also.iter())
+    let also: String = (s.also.iter())
         .map(|(h, f, s)| format!(", with h{h} #{f} at {s:.3}"))
         .collect();
-    let at = match x.clamp {
-        false => format!("Added at strength {:.3}{also}", x.strength),
-        true => format!("Held at activation {:.3}{also}", x.strength),
+    let at = match s.clamp {
+        false => format!("Added at strength {:.3}{also}", s.strength),
+        true => format!("Held at activation {:.3}{also}", s.strength),
     };
     ui.label(if parts == n {
         format!("{at} ({how}), the {n} new tokens are the same both ways.")

@@ -174,7 +174,7 @@ pub const MAX_NEW_TOKENS: usize = 256;
 /// one uniform number a step from a SplitMix64 stream seeded by `seed` shared by both
 /// continuations (so only the steering parts them). `also` steers with more features at the
 /// same time, the same way.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Steering {
     pub head: usize,
     pub feature: usize,
@@ -229,23 +229,9 @@ impl Steering {
 /// other way), or clamped: held at activation `strength` there.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Steered {
-    pub head: usize,
-    pub feature: usize,
-    pub strength: f32,
-    /// The feature held at `strength` rather than added ([`Steering::clamp`]).
-    #[serde(default)]
-    pub clamp: bool,
-    /// The further features steered with it ([`Steering::also`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub also: Vec<(usize, usize, f32)>,
-    /// Only the new tokens' positions were steered ([`Steering::new_only`]).
-    #[serde(default)]
-    pub new_only: bool,
-    /// 0: greedy.
-    #[serde(default)]
-    pub temperature: f32,
-    #[serde(default)]
-    pub seed: u64,
+    /// What was asked for (its fields inline in the JSON).
+    #[serde(flatten)]
+    pub steering: Steering,
     /// The prompt's tokens (BOS first when the model has one).
     pub prompt: Vec<u32>,
     pub clean: Continuation,

@@ -196,16 +196,8 @@ impl<'a> Generation<'a> {
             prob,
             ended,
         };
-        let s = self.steering;
         Steered {
-            head: s.head,
-            feature: s.feature,
-            strength: s.strength,
-            clamp: s.clamp,
-            also: s.also,
-            new_only: s.new_only,
-            temperature: s.temperature,
-            seed: s.seed,
+            steering: self.steering,
             prompt: self.prompt,
             clean: continuation(clean, p_clean, e_clean),
             steered: continuation(steered, p_steered, e_steered),
