@@ -1,10 +1,11 @@
 //! [`Steered`] generation: the model continues a prompt twice in one batch, row 0 as it is
-//! and row 1 with a feature's decoder row (times a strength, in hook_z's units) added to its
-//! head's `hook_z` at every position after BOS, or (clamped) times the strength less the
-//! feature's own activation there, which holds the activation at the strength. Keys and values are cached ([`KvCache`]),
-//! so each new token is one position's forward. Each step's logits are read back and the
-//! next tokens chosen on the host ([`choose`]), awaited (the desktop blocks on the same
-//! steps). Each continuation stops at the model's end-of-text token (it ends with it), the
+//! and row 1 steered: each feature's decoder row (in hook_z's units) added to its head's
+//! `hook_z` times a strength, or (clamped) times the strength less the feature's own
+//! activation there, which holds the activation at the strength; at every position after
+//! BOS, or from the first new token's on. Keys and values are cached ([`KvCache`]), so each
+//! new token is one position's forward. Each step's logits are read back and the next
+//! tokens chosen on the host ([`choose`]), awaited (the desktop blocks on the same steps).
+//! Each continuation stops at the model's end-of-text token (it ends with it), the
 //! generation when both have.
 
 use burn::prelude::*;
@@ -27,7 +28,7 @@ struct Generation<'a> {
     /// `[1, 1, n_heads, d_head]`: what the SAE's convention takes off raw hook_z (clamped,
     /// to read the feature's activation), if anything.
     fold: Option<Tensor<4>>,
-    /// The first position steered (after BOS).
+    /// The first position steered (after BOS, or the first new token's).
     from: usize,
     cache: KvCache,
     rng: Rng,
