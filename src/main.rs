@@ -331,6 +331,10 @@ enum Command {
         /// The seed of those random numbers.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Sampling from the nucleus only: the likeliest tokens up to the first whose
+        /// cumulative probability reaches P (with --temperature).
+        #[arg(long, value_name = "P")]
+        top_p: Option<f32>,
         /// Print JSON (the web page's `attnSaes.live_steer` shape) instead of text.
         #[arg(long)]
         json: bool,
@@ -744,12 +748,14 @@ fn main() -> anyhow::Result<()> {
             tokens,
             temperature,
             seed,
+            top_p,
             json,
         } => {
             let steering = attn_saes::live::Steering {
                 tokens,
                 temperature,
                 seed,
+                top_p,
                 clamp,
                 new_only,
                 ..attn_saes::live::Steering::greedy(0, 0, 0.0, tokens)
@@ -1629,9 +1635,13 @@ fn steer_command(
         println!("{}", serde_json::to_string(&s)?);
         return Ok(());
     }
-    let chosen = match steering.temperature {
-        0.0 => "greedy".to_string(),
-        t => format!("sampled at temperature {t}, seed {}", steering.seed),
+    let chosen = match (steering.temperature, steering.top_p) {
+        (0.0, _) => "greedy".to_string(),
+        (t, None) => format!("sampled at temperature {t}, seed {}", steering.seed),
+        (t, Some(p)) => format!(
+            "sampled at temperature {t} from the top {p} of the probability, seed {}",
+            steering.seed
+        ),
     };
     let positions = match steering.new_only {
         true => "at the new tokens only",

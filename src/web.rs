@@ -648,6 +648,7 @@ pub fn live_steer(
         clamp: clamp.unwrap_or(false),
         also: Vec::new(),
         new_only: false,
+        top_p: None,
     };
     post(|s| s.live_steer = Some(steering));
 }

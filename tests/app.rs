@@ -945,13 +945,16 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     let said = format!("with h{head} #{feature} at {:.3}", kept.2);
     assert!(h.query_by_label_contains(&said).is_some(), "{said}");
 
-    // "the new tokens only": the library's continuation steered there only.
+    // "the new tokens only", sampled from the top 0.5 of the probability: the library's
+    // continuation steered there only, from the nucleus.
     h.get_by_label("the new tokens only").click_accesskit();
+    h.state_mut().ui.text.steer_top_p = 0.5;
     h.run_steps(1);
     assert!(h.state().ui.text.steer_new_only);
     continue_the_text(&mut h);
     let new_only = attn_saes::live::Steering {
         new_only: true,
+        top_p: Some(0.5),
         ..both
     };
     let want =

@@ -1357,6 +1357,24 @@ fn check_steering(device: &Device, tol: f64) {
             sampled.clean.ids, s.clean.ids,
             "{model}: sampling is not greedy"
         );
+        // Sampled from the nucleus of half the probability.
+        let nucleus = Steering {
+            temperature: 0.8,
+            top_p: Some(0.5),
+            seed: r.get(&format!("{model}.top_p_seed")).data[0] as u64,
+            ..greedy.clone()
+        };
+        let got = steer(&loaded, &sae, 0, tl, &prompt, &nucleus).unwrap();
+        for (row, got) in [("clean", &got.clean), ("steered", &got.steered)] {
+            let want = r.tokens(&format!("{model}.top_p_{row}"));
+            assert_eq!(got.ids, want, "{model} top-p {row}");
+            assert_close(
+                &format!("{model} top-p {row} prob"),
+                &f64s(&got.prob),
+                &r.get(&format!("{model}.top_p_{row}_prob")).data,
+                tol,
+            );
+        }
         let pick = r.tokens(&format!("{model}.clamp_pick"));
         let strengths = &r.get(&format!("{model}.clamp_strength")).data;
         let want = r.get(&format!("{model}.clamped"));
@@ -1511,6 +1529,14 @@ fn steered_generation_matches_transformers_step_by_step() {
         })
         .contains("between 1 and")
     );
+    let top_p = |p, temperature| Steering {
+        top_p: Some(p),
+        temperature,
+        ..ok.clone()
+    };
+    assert!(err(top_p(1.5, 0.8)).contains("above 0, at most 1"));
+    assert!(err(top_p(0.0, 0.8)).contains("above 0, at most 1"));
+    assert!(err(top_p(0.5, 0.0)).contains("is for sampling"));
     let n_ctx = loaded.transformer.config.n_ctx;
     assert!(
         err(Steering {
@@ -1535,7 +1561,7 @@ fn steered_generation_on_wgpu_matches_transformers() {
 /// dashboard activation by default, at `--strength 1.5x` 1.5 times it, at an activation
 /// given as `--strength -2.5`, sampled (`--temperature 0.9 --seed 11`), clamped (`--clamp`
 /// at 0 and at 2x), with a second `--feature` at its own strength, and at the new tokens
-/// only (`--new-only`); two strengths for
+/// only (`--new-only`), and sampled from the nucleus (`--top-p 0.3`); two strengths for
 /// three features are refused; without dashboards a multiple is an error that says what to
 /// give.
 #[test]
@@ -1625,6 +1651,15 @@ fn steer_command_continues_the_text_as_the_library_does() {
             vec!["--new-only"],
             Steering {
                 new_only: true,
+                ..greedy(4.0 * max)
+            },
+        ),
+        (
+            vec!["--temperature", "1", "--top-p", "0.3", "--seed", "5"],
+            Steering {
+                temperature: 1.0,
+                top_p: Some(0.3),
+                seed: 5,
                 ..greedy(4.0 * max)
             },
         ),

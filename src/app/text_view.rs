@@ -29,6 +29,8 @@ pub struct TextState {
     /// 0: the likeliest token each time; above, sampled at that temperature.
     pub steer_temperature: f32,
     pub steer_seed: u64,
+    /// Sampling from the nucleus of this much probability (1: every token).
+    pub steer_top_p: f32,
     /// Hold the feature at the strength instead of adding it ([`Steering::clamp`]).
     pub steer_clamp: bool,
     /// Steer the new tokens only ([`Steering::new_only`]).
@@ -75,6 +77,7 @@ impl Default for TextState {
             steer_tokens: 24,
             steer_temperature: 0.0,
             steer_seed: 0,
+            steer_top_p: 1.0,
             steer_clamp: false,
             steer_new_only: false,
             steer_also: Vec::new(),
@@ -390,6 +393,16 @@ fn steer_panel(
             ui.add(egui::DragValue::new(&mut s.steer_seed))
                 .labelled_by(label)
                 .on_hover_text("both continuations draw the same random numbers");
+            let label = ui.label("top-p").id;
+            ui.add(
+                egui::DragValue::new(&mut s.steer_top_p)
+                    .range(0.01..=1.0)
+                    .speed(0.01),
+            )
+            .labelled_by(label)
+            .on_hover_text(
+                "draw from the likeliest tokens up to this much probability (1: all of them)",
+            );
         }
     });
     let computing = matches!(asked.map(|x| &x.state), Some(Answer::Computing));
@@ -442,6 +455,7 @@ fn steer_panel(
         tokens: s.steer_tokens,
         temperature: s.steer_temperature,
         seed: s.steer_seed,
+        top_p: (s.steer_temperature > 0.0 && s.steer_top_p < 1.0).then_some(s.steer_top_p),
         clamp: s.steer_clamp,
         new_only: s.steer_new_only,
         also: (s.steer_also.iter().copied())
@@ -454,9 +468,10 @@ fn steered_ready(ui: &mut Ui, x: &Steered) {
     let s = &x.steering;
     let n = x.clean.ids.len();
     let parts = x.parts_at();
-    let how = match s.temperature {
-        0.0 => "greedy".to_string(),
-        t => format!("temperature {t}, seed {}", s.seed),
+    let how = match (s.temperature, s.top_p) {
+        (0.0, _) => "greedy".to_string(),
+        (t, None) => format!("temperature {t}, seed {}", s.seed),
+        (t, Some(p)) => format!("temperature {t}, top-p {p}, seed {}", s.seed),
     };
     let also: String = (s.also.iter())
         .map(|(h, f, s)| format!(", with h{h} #{f} at {s:.3}"))

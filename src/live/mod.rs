@@ -198,6 +198,10 @@ pub struct Steering {
     /// the clean one's (nothing before it is steered).
     #[serde(default)]
     pub new_only: bool,
+    /// Sampling only: draw from the nucleus, the likeliest tokens up to the first whose
+    /// cumulative probability (at `temperature`) reaches `top_p` (all tokens when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
 }
 
 impl Steering {
@@ -218,6 +222,7 @@ impl Steering {
             clamp: false,
             also: Vec::new(),
             new_only: false,
+            top_p: None,
         }
     }
 }

@@ -73,6 +73,13 @@ impl<'a> Generation<'a> {
             temperature.is_finite() && temperature >= 0.0,
             "temperature {temperature}: 0 (greedy) or more"
         );
+        if let Some(p) = steering.top_p {
+            anyhow::ensure!(p > 0.0 && p <= 1.0, "top-p {p}: above 0, at most 1");
+            anyhow::ensure!(
+                temperature > 0.0,
+                "top-p {p} is for sampling: give a temperature above 0"
+            );
+        }
         anyhow::ensure!(
             (1..=MAX_NEW_TOKENS).contains(&n),
             "{n} new tokens: between 1 and {MAX_NEW_TOKENS} at once"
@@ -170,13 +177,14 @@ impl<'a> Generation<'a> {
     /// ends); false once both rows have ended.
     fn take(&mut self, logits: &[f32]) -> bool {
         let temperature = self.steering.temperature;
+        let top_p = self.steering.top_p.unwrap_or(1.0);
         let u = (temperature > 0.0).then(|| self.rng.uniform());
         let v = logits.len() / 2;
         for (row, values) in logits.chunks(v).enumerate() {
             if self.ended[row] {
                 continue;
             }
-            let (id, prob) = choose(values, temperature, u.unwrap_or(0.0));
+            let (id, prob) = choose(values, temperature, top_p, u.unwrap_or(0.0));
             self.chosen[row].push(id);
             self.prob[row].push(prob);
             self.ended[row] = self.eos.contains(&id);
@@ -209,26 +217,51 @@ impl<'a> Generation<'a> {
 /// The next token from a row of `logits`, and the probability the model gives it (softmax
 /// at temperature 1), in float64. At `temperature` 0 the likeliest (the lowest id on a
 /// tie); above, drawn from `softmax(logits / temperature)` by inverse CDF: the first id
-/// (ascending) whose cumulative probability exceeds `u` in `[0, 1)`.
-pub fn choose(logits: &[f32], temperature: f32, u: f64) -> (u32, f32) {
+/// (ascending) whose cumulative probability exceeds `u` in `[0, 1)`. With `top_p` below 1,
+/// from the nucleus only (renormalised): the likeliest tokens (the lower id first on a tie)
+/// up to the first whose cumulative probability reaches `top_p`.
+pub fn choose(logits: &[f32], temperature: f32, top_p: f32, u: f64) -> (u32, f32) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let shifted = |l: f32| l as f64 - max;
     let log_z = logits.iter().map(|&l| shifted(l).exp()).sum::<f64>().ln();
     let id = if temperature > 0.0 {
         let t = temperature as f64;
-        let weight = |l: f32| (shifted(l) / t).exp();
-        let target = u * logits.iter().map(|&l| weight(l)).sum::<f64>();
+        let weights: Vec<f64> = logits.iter().map(|&l| (shifted(l) / t).exp()).collect();
+        let weights = if top_p < 1.0 {
+            nucleus(weights, top_p as f64)
+        } else {
+            weights
+        };
+        let target = u * weights.iter().sum::<f64>();
         let mut cumulative = 0.0;
-        (logits.iter().position(|&l| {
-            cumulative += weight(l);
+        (weights.iter().position(|&w| {
+            cumulative += w;
             cumulative > target
         }))
         // Rounding can leave the last sum a hair under `target`: the last token with weight.
-        .unwrap_or_else(|| logits.iter().rposition(|&l| weight(l) > 0.0).unwrap_or(0))
+        .unwrap_or_else(|| weights.iter().rposition(|&w| w > 0.0).unwrap_or(0))
     } else {
         (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b })
     };
     (id as u32, (shifted(logits[id]) - log_z).exp() as f32)
+}
+
+/// `weights` with all but the nucleus zeroed: the largest (the lower index first on a tie)
+/// up to the first whose share of the total reaches `top_p`.
+fn nucleus(weights: Vec<f64>, top_p: f64) -> Vec<f64> {
+    let total: f64 = weights.iter().sum();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
+    let mut kept = vec![0.0; weights.len()];
+    let mut mass = 0.0;
+    for i in order {
+        kept[i] = weights[i];
+        mass += weights[i] / total;
+        if mass >= top_p {
+            break;
+        }
+    }
+    kept
 }
 
 /// Continues `prompt` (token ids; [`super::text_ids`] reads a text) clean and steered as
