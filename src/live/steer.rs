@@ -134,13 +134,16 @@ impl<'a> Generation<'a> {
             if first == new {
                 return z;
             }
-            // `[H, 2 new, m]`: every feature's activation in each row, when clamping.
+            // `[H, new - first, m]`: when clamping, every feature's activation at the steered
+            // row's steered positions (encoded alone, so the clean row has no say in them).
             let feats = clamp.then(|| {
+                let z = z.clone().slice([1..2, first..new, 0..h, 0..d]);
                 let z = match fold {
-                    Some(f) => z.clone() - f.clone(),
-                    None => z.clone(),
+                    Some(f) => z - f.clone(),
+                    None => z,
                 };
-                sae.encode(sae.scale_input(z.reshape([2 * new, h, d]))).1
+                sae.encode(sae.scale_input(z.reshape([new - first, h, d])))
+                    .1
             });
             let mut added = Tensor::<4>::zeros([2, new, h, d], &z.device());
             for (head, feature, strength, row) in features {
@@ -151,9 +154,8 @@ impl<'a> Generation<'a> {
                     Some(feats) => {
                         let activation = feats
                             .clone()
-                            .slice([head..head + 1, 0..2 * new, feature..feature + 1])
-                            .reshape([2, new, 1, 1])
-                            .slice([1..2, first..new, 0..1, 0..1]);
+                            .slice([head..head + 1, 0..new - first, feature..feature + 1])
+                            .reshape([1, new - first, 1, 1]);
                         (activation.neg() + *strength as f64) * row.clone()
                     }
                 };
