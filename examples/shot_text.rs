@@ -28,14 +28,19 @@ fn wait(h: &mut Harness<'static, AttnSaesApp>, what: &str, done: impl Fn(&AttnSa
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [run, prompt, pick, out, rest @ ..] = args.as_slice() else {
+    let usage = || -> ! {
         eprintln!("usage: shot_text RUN PROMPT HEAD,FEATURE OUT.png [TIMES] [clamp] [new-only]");
         std::process::exit(2);
     };
-    let (head, feature) = pick
+    let [run, prompt, pick, out, rest @ ..] = args.as_slice() else {
+        usage()
+    };
+    let Some((head, feature)) = pick
         .split_once(',')
         .and_then(|(h, f)| Some((h.parse::<usize>().ok()?, f.parse::<usize>().ok()?)))
-        .expect("HEAD,FEATURE");
+    else {
+        usage()
+    };
     let times: f32 = rest.first().and_then(|t| t.parse().ok()).unwrap_or(4.0);
     let mut app = AttnSaesApp::with_state(UiState::default());
     app.push(Command::OpenPath(run.into()));

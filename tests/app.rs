@@ -499,8 +499,10 @@ fn dropped_files_open_and_the_ui_state_persists() {
     assert_eq!(restored.form, h.state().ui.form);
 }
 
-/// Clicks Your text's "Continue the text" and waits for the steered continuation.
-fn continue_the_text(h: &mut Harness<'static, AttnSaesApp>) {
+/// Clicks Your text's "Continue the text", waits for the steered continuation and returns
+/// what the app shows.
+fn continue_the_text(h: &mut Harness<'static, AttnSaesApp>) -> attn_saes::live::Steered {
+    use attn_saes::live::Answer;
     h.get_by_label("Continue the text").click_accesskit();
     // The click is taken in the next frame (an earlier answer is Ready until then).
     h.run_steps(1);
@@ -508,8 +510,12 @@ fn continue_the_text(h: &mut Harness<'static, AttnSaesApp>) {
         a.native
             .steer
             .as_ref()
-            .is_some_and(|x| matches!(x.state, attn_saes::live::Answer::Ready(_)))
+            .is_some_and(|x| matches!(x.state, Answer::Ready(_)))
     });
+    let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
+        unreachable!()
+    };
+    (**shown).clone()
 }
 
 /// Where `feature` of `head` is most active in `a` (the first such position on a tie).
@@ -706,14 +712,11 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     h.run_steps(1);
     let basis = format!("its largest activation in the dashboards ({largest:.3})");
     assert!(h.query_by_label_contains(&basis).is_some(), "{basis}");
-    continue_the_text(&mut h);
+    let shown = continue_the_text(&mut h);
     h.run_steps(2);
     let steering = attn_saes::live::Steering::greedy(top.head, top.feature, 4.0 * largest, 8);
     let direct = steer(&loaded, &sae, 1, Default::default(), &ids, &steering).unwrap();
-    let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
-        unreachable!()
-    };
-    assert_eq!(**shown, direct);
+    assert_eq!(shown, direct);
     let said = format!("Added at strength {:.3}", direct.steering.strength);
     assert!(h.query_by_label_contains(&said).is_some(), "{said}");
     h.snapshot("app_text_steer");
@@ -859,7 +862,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     h.state_mut().ui.text.steer_temperature = 0.7;
     h.state_mut().ui.text.steer_seed = 3;
     h.run_steps(1);
-    continue_the_text(&mut h);
+    let shown = continue_the_text(&mut h);
     let steering = attn_saes::live::Steering {
         temperature: 0.7,
         seed: 3,
@@ -867,17 +870,14 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     };
     let want =
         attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &steering).unwrap();
-    let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
-        unreachable!()
-    };
-    assert_eq!(**shown, want);
+    assert_eq!(shown, want);
 
     // Held at 0x ("hold it at the strength"): the library's continuation without the feature.
     h.get_by_label("hold it at the strength").click_accesskit();
     h.state_mut().ui.text.steer_times = 0.0;
     h.run_steps(1);
     assert!(h.state().ui.text.steer_clamp);
-    continue_the_text(&mut h);
+    let shown = continue_the_text(&mut h);
     let clamping = attn_saes::live::Steering {
         strength: 0.0,
         clamp: true,
@@ -885,10 +885,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     };
     let want =
         attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &clamping).unwrap();
-    let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
-        unreachable!()
-    };
-    assert_eq!(**shown, want);
+    assert_eq!(shown, want);
     assert!(
         h.query_by_label_contains("Held at activation 0.000")
             .is_some()
@@ -928,7 +925,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     h.run_steps(1);
     let also = format!("also h{head} #{feature} at {:.3}", kept.2);
     assert!(h.query_by_label_contains(&also).is_some(), "{also}");
-    continue_the_text(&mut h);
+    let shown = continue_the_text(&mut h);
     let both = attn_saes::live::Steering {
         also: vec![kept],
         ..attn_saes::live::Steering {
@@ -938,10 +935,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
         }
     };
     let want = attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &both).unwrap();
-    let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
-        unreachable!()
-    };
-    assert_eq!(**shown, want);
+    assert_eq!(shown, want);
     let said = format!("with h{head} #{feature} at {:.3}", kept.2);
     assert!(h.query_by_label_contains(&said).is_some(), "{said}");
 
@@ -951,7 +945,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     h.state_mut().ui.text.steer_top_p = 0.5;
     h.run_steps(1);
     assert!(h.state().ui.text.steer_new_only);
-    continue_the_text(&mut h);
+    let shown = continue_the_text(&mut h);
     let new_only = attn_saes::live::Steering {
         new_only: true,
         top_p: Some(0.5),
@@ -959,10 +953,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     };
     let want =
         attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &new_only).unwrap();
-    let Some(Answer::Ready(shown)) = h.state().native.steer.as_ref().map(|x| &x.state) else {
-        unreachable!()
-    };
-    assert_eq!(**shown, want);
+    assert_eq!(shown, want);
 }
 
 #[test]

@@ -1311,23 +1311,26 @@ fn check_steering(device: &Device, tol: f64) {
         let clean = r.tokens(&format!("{model}.clean"));
         let n = clean.len();
         let greedy = Steering::greedy(head, feature, strength, n);
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        // A continuation against the reference's `{model}.{key}` tokens and `_prob`s.
+        let same = |got: &attn_saes::live::Continuation, key: &str| {
+            assert_eq!(
+                got.ids,
+                r.tokens(&format!("{model}.{key}")),
+                "{model} {key}"
+            );
+            assert_close(
+                &format!("{model} {key} prob"),
+                &f64s(&got.prob),
+                &r.get(&format!("{model}.{key}_prob")).data,
+                tol,
+            );
+        };
         let s = steer(&loaded, &sae, 0, tl, &prompt, &greedy).unwrap();
         assert_eq!(s.steering, greedy);
         assert_eq!(s.prompt, prompt);
-        assert_eq!(s.clean.ids, clean, "{model} clean");
-        assert_eq!(
-            s.steered.ids,
-            r.tokens(&format!("{model}.steered")),
-            "{model} steered"
-        );
-        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
         for (row, got) in [("clean", &s.clean), ("steered", &s.steered)] {
-            assert_close(
-                &format!("{model} {row} prob"),
-                &f64s(&got.prob),
-                &r.get(&format!("{model}.{row}_prob")).data,
-                tol,
-            );
+            same(got, row);
             assert_eq!(got.tokens.len(), n);
             assert_eq!(got.text, loaded.tokenizer.decode(&got.ids, false).unwrap());
         }
@@ -1343,16 +1346,8 @@ fn check_steering(device: &Device, tol: f64) {
         };
         let sampled = steer(&loaded, &sae, 0, tl, &prompt, &sampling).unwrap();
         assert_eq!(sampled.steering, sampling);
-        for (row, got) in [("clean", &sampled.clean), ("steered", &sampled.steered)] {
-            let want = r.tokens(&format!("{model}.sampled_{row}"));
-            assert_eq!(got.ids, want, "{model} sampled {row}");
-            assert_close(
-                &format!("{model} sampled {row} prob"),
-                &f64s(&got.prob),
-                &r.get(&format!("{model}.sampled_{row}_prob")).data,
-                tol,
-            );
-        }
+        same(&sampled.clean, "sampled_clean");
+        same(&sampled.steered, "sampled_steered");
         assert_ne!(
             sampled.clean.ids, s.clean.ids,
             "{model}: sampling is not greedy"
@@ -1365,16 +1360,9 @@ fn check_steering(device: &Device, tol: f64) {
             ..greedy.clone()
         };
         let got = steer(&loaded, &sae, 0, tl, &prompt, &nucleus).unwrap();
-        for (row, got) in [("clean", &got.clean), ("steered", &got.steered)] {
-            let want = r.tokens(&format!("{model}.top_p_{row}"));
-            assert_eq!(got.ids, want, "{model} top-p {row}");
-            assert_close(
-                &format!("{model} top-p {row} prob"),
-                &f64s(&got.prob),
-                &r.get(&format!("{model}.top_p_{row}_prob")).data,
-                tol,
-            );
-        }
+        assert_eq!(got.steering, nucleus);
+        same(&got.clean, "top_p_clean");
+        same(&got.steered, "top_p_steered");
         let pick = r.tokens(&format!("{model}.clamp_pick"));
         let strengths = &r.get(&format!("{model}.clamp_strength")).data;
         let want = r.get(&format!("{model}.clamped"));
@@ -1410,17 +1398,7 @@ fn check_steering(device: &Device, tol: f64) {
         };
         let got = steer(&loaded, &sae, 0, tl, &prompt, &new_only).unwrap();
         assert_eq!(got.steering, new_only);
-        assert_eq!(
-            got.steered.ids,
-            r.tokens(&format!("{model}.new_only")),
-            "{model} the new tokens only"
-        );
-        assert_close(
-            &format!("{model} new only prob"),
-            &f64s(&got.steered.prob),
-            &r.get(&format!("{model}.new_only_prob")).data,
-            tol,
-        );
+        same(&got.steered, "new_only");
         // Two features at once (GPT-2's in one head, Llama's in two).
         let pair = r.tokens(&format!("{model}.pair"));
         let strengths = &r.get(&format!("{model}.pair_strength")).data;
@@ -1430,17 +1408,7 @@ fn check_steering(device: &Device, tol: f64) {
         };
         let got = steer(&loaded, &sae, 0, tl, &prompt, &both).unwrap();
         assert_eq!(got.steering, both);
-        assert_eq!(
-            got.steered.ids,
-            r.tokens(&format!("{model}.paired")),
-            "{model} paired"
-        );
-        assert_close(
-            &format!("{model} paired prob"),
-            &f64s(&got.steered.prob),
-            &r.get(&format!("{model}.paired_prob")).data,
-            tol,
-        );
+        same(&got.steered, "paired");
     }
 }
 

@@ -377,31 +377,31 @@ fn steer_panel(
         }
     });
     ui.horizontal(|ui| {
-        let label = ui.label("new tokens").id;
-        ui.add(egui::DragValue::new(&mut s.steer_tokens).range(1..=crate::live::MAX_NEW_TOKENS))
-            .labelled_by(label);
-        let label = ui.label("temperature").id;
-        ui.add(
+        let tokens =
+            egui::DragValue::new(&mut s.steer_tokens).range(1..=crate::live::MAX_NEW_TOKENS);
+        labelled_drag(ui, "new tokens", tokens, None);
+        labelled_drag(
+            ui,
+            "temperature",
             egui::DragValue::new(&mut s.steer_temperature)
                 .range(0.0..=2.0)
                 .speed(0.05),
-        )
-        .labelled_by(label)
-        .on_hover_text("0: the likeliest token each time; above, sampled at that temperature");
+            Some("0: the likeliest token each time; above, sampled at that temperature"),
+        );
         if s.steer_temperature > 0.0 {
-            let label = ui.label("seed").id;
-            ui.add(egui::DragValue::new(&mut s.steer_seed))
-                .labelled_by(label)
-                .on_hover_text("both continuations draw the same random numbers");
-            let label = ui.label("top-p").id;
-            ui.add(
+            labelled_drag(
+                ui,
+                "seed",
+                egui::DragValue::new(&mut s.steer_seed),
+                Some("both continuations draw the same random numbers"),
+            );
+            labelled_drag(
+                ui,
+                "top-p",
                 egui::DragValue::new(&mut s.steer_top_p)
                     .range(0.01..=1.0)
                     .speed(0.01),
-            )
-            .labelled_by(label)
-            .on_hover_text(
-                "draw from the likeliest tokens up to this much probability (1: all of them)",
+                Some("draw from the likeliest tokens up to this much probability (1: all of them)"),
             );
         }
     });
@@ -462,6 +462,16 @@ fn steer_panel(
             .filter(|&(h, f, _)| (h, f) != (head, feature))
             .collect(),
     }))
+}
+
+/// A number to drag, named by the label before it (for screen readers and tests), with a
+/// hover text if any.
+fn labelled_drag(ui: &mut Ui, label: &str, drag: egui::DragValue, hover: Option<&str>) {
+    let label = ui.label(label).id;
+    let response = ui.add(drag).labelled_by(label);
+    if let Some(hover) = hover {
+        response.on_hover_text(hover);
+    }
 }
 
 fn steered_ready(ui: &mut Ui, x: &Steered) {
