@@ -335,6 +335,10 @@ enum Command {
         /// cumulative probability reaches P (with --temperature).
         #[arg(long, value_name = "P")]
         top_p: Option<f32>,
+        /// Sampling from the K likeliest tokens only (with --temperature; with --top-p too,
+        /// the nucleus among them).
+        #[arg(long, value_name = "K")]
+        top_k: Option<usize>,
         /// Print JSON (the web page's `attnSaes.live_steer` shape) instead of text.
         #[arg(long)]
         json: bool,
@@ -749,6 +753,7 @@ fn main() -> anyhow::Result<()> {
             temperature,
             seed,
             top_p,
+            top_k,
             json,
         } => {
             let steering = attn_saes::live::Steering {
@@ -756,6 +761,7 @@ fn main() -> anyhow::Result<()> {
                 temperature,
                 seed,
                 top_p,
+                top_k,
                 clamp,
                 new_only,
                 ..attn_saes::live::Steering::greedy(0, 0, 0.0, tokens)
@@ -1635,13 +1641,9 @@ fn steer_command(
         println!("{}", serde_json::to_string(&s)?);
         return Ok(());
     }
-    let chosen = match (steering.temperature, steering.top_p) {
-        (0.0, _) => "greedy".to_string(),
-        (t, None) => format!("sampled at temperature {t}, seed {}", steering.seed),
-        (t, Some(p)) => format!(
-            "sampled at temperature {t} from the top {p} of the probability, seed {}",
-            steering.seed
-        ),
+    let chosen = match steering.temperature {
+        0.0 => "greedy".to_string(),
+        _ => format!("sampled at {}", steering.sampling()),
     };
     let positions = match steering.new_only {
         true => "at the new tokens only",

@@ -649,8 +649,22 @@ pub fn live_steer(
         also: Vec::new(),
         new_only: false,
         top_p: None,
+        top_k: None,
     };
     post(|s| s.live_steer = Some(steering));
+}
+
+/// [`live_steer`] with every option of [`Steering`], as JSON: the fields `steer --json`
+/// prints (`head`, `feature`, `strength`, `tokens`; optional `temperature`, `seed`,
+/// `clamp`, `also` as `[[head, feature, strength], ...]`, `new_only`, `top_p`, `top_k`).
+/// Throws on JSON that is not that shape; the steering's own checks (a strength, a
+/// temperature) answer in [`live_shown`] as a failure.
+#[wasm_bindgen]
+pub fn live_steer_json(steering: &str) -> Result<(), JsError> {
+    let steering: Steering = serde_json::from_str(steering)
+        .map_err(|e| JsError::new(&format!("not a steering: {e}")))?;
+    post(|s| s.live_steer = Some(steering));
+    Ok(())
 }
 
 /// Asks for the effect of `feature` of `head` on the analysed text (Your text's "Remove it

@@ -939,16 +939,18 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     let said = format!("with h{head} #{feature} at {:.3}", kept.2);
     assert!(h.query_by_label_contains(&said).is_some(), "{said}");
 
-    // "the new tokens only", sampled from the top 0.5 of the probability: the library's
-    // continuation steered there only, from the nucleus.
+    // "the new tokens only", sampled from the 3 likeliest and their top 0.5 of the
+    // probability: the library's continuation steered there only, from that nucleus.
     h.get_by_label("the new tokens only").click_accesskit();
     h.state_mut().ui.text.steer_top_p = 0.5;
+    h.state_mut().ui.text.steer_top_k = 3;
     h.run_steps(1);
     assert!(h.state().ui.text.steer_new_only);
     let shown = continue_the_text(&mut h);
     let new_only = attn_saes::live::Steering {
         new_only: true,
         top_p: Some(0.5),
+        top_k: Some(3),
         ..both
     };
     let want =

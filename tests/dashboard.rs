@@ -1312,17 +1312,17 @@ fn check_steering(device: &Device, tol: f64) {
         let n = clean.len();
         let greedy = Steering::greedy(head, feature, strength, n);
         let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
-        // A continuation against the reference's `{model}.{key}` tokens and `_prob`s.
+        // A continuation against the reference's `{model}.{key}` tokens and `_prob`s, up to
+        // and with the model's first end token (llama_tiny's top-k-and-top-p continuation
+        // reaches it, 399, at new token 4; the reference does not stop there).
+        let eos = loaded.transformer.config.eos_token_ids.clone();
         let same = |got: &attn_saes::live::Continuation, key: &str| {
-            assert_eq!(
-                got.ids,
-                r.tokens(&format!("{model}.{key}")),
-                "{model} {key}"
-            );
+            let (want, ended) = until_end(r.tokens(&format!("{model}.{key}")), &eos);
+            assert_eq!((&got.ids, got.ended), (&want, ended), "{model} {key}");
             assert_close(
                 &format!("{model} {key} prob"),
                 &f64s(&got.prob),
-                &r.get(&format!("{model}.{key}_prob")).data,
+                &r.get(&format!("{model}.{key}_prob")).data[..want.len()],
                 tol,
             );
         };
@@ -1363,6 +1363,21 @@ fn check_steering(device: &Device, tol: f64) {
         assert_eq!(got.steering, nucleus);
         same(&got.clean, "top_p_clean");
         same(&got.steered, "top_p_steered");
+        // From the 3 likeliest only; then from the 3 likeliest's nucleus of half their
+        // probability (top-k first).
+        for (key, top_p) in [("top_k", None), ("top_kp", Some(0.5))] {
+            let cut = Steering {
+                temperature: 0.8,
+                top_k: Some(3),
+                top_p,
+                seed: r.get(&format!("{model}.{key}_seed")).data[0] as u64,
+                ..greedy.clone()
+            };
+            let got = steer(&loaded, &sae, 0, tl, &prompt, &cut).unwrap();
+            assert_eq!(got.steering, cut);
+            same(&got.clean, &format!("{key}_clean"));
+            same(&got.steered, &format!("{key}_steered"));
+        }
         let pick = r.tokens(&format!("{model}.clamp_pick"));
         let strengths = &r.get(&format!("{model}.clamp_strength")).data;
         let want = r.get(&format!("{model}.clamped"));
@@ -1505,6 +1520,13 @@ fn steered_generation_matches_transformers_step_by_step() {
     assert!(err(top_p(1.5, 0.8)).contains("above 0, at most 1"));
     assert!(err(top_p(0.0, 0.8)).contains("above 0, at most 1"));
     assert!(err(top_p(0.5, 0.0)).contains("is for sampling"));
+    let top_k = |k, temperature| Steering {
+        top_k: Some(k),
+        temperature,
+        ..ok.clone()
+    };
+    assert!(err(top_k(0, 0.8)).contains("at least 1"));
+    assert!(err(top_k(5, 0.0)).contains("is for sampling"));
     let n_ctx = loaded.transformer.config.n_ctx;
     assert!(
         err(Steering {
@@ -1529,7 +1551,8 @@ fn steered_generation_on_wgpu_matches_transformers() {
 /// dashboard activation by default, at `--strength 1.5x` 1.5 times it, at an activation
 /// given as `--strength -2.5`, sampled (`--temperature 0.9 --seed 11`), clamped (`--clamp`
 /// at 0 and at 2x), with a second `--feature` at its own strength, and at the new tokens
-/// only (`--new-only`), and sampled from the nucleus (`--top-p 0.3`); two strengths for
+/// only (`--new-only`), sampled from the nucleus (`--top-p 0.3`) and from the 4 likeliest
+/// (`--top-k 4`); two strengths for
 /// three features are refused; without dashboards a multiple is an error that says what to
 /// give.
 #[test]
@@ -1628,6 +1651,15 @@ fn steer_command_continues_the_text_as_the_library_does() {
                 temperature: 1.0,
                 top_p: Some(0.3),
                 seed: 5,
+                ..greedy(4.0 * max)
+            },
+        ),
+        (
+            vec!["--temperature", "1.2", "--top-k", "4", "--seed", "6"],
+            Steering {
+                temperature: 1.2,
+                top_k: Some(4),
+                seed: 6,
                 ..greedy(4.0 * max)
             },
         ),

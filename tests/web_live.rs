@@ -11,8 +11,10 @@
 //! probabilities of the tokens listed, rank by rank), and the ranking of every firing
 //! feature (`text --rank`), and the feature's effect on its top examples (`features
 //! --effect`), and the text continued clean and steered by it, sampled (`steer
-//! --temperature 0.8 --seed 7`: the same tokens, their probabilities within the
-//! tolerance). Also: a
+//! --temperature 0.8 --seed 7 --clamp`: the same tokens, their probabilities within the
+//! tolerance), and continued with every steering option at once, asked as JSON
+//! (`attnSaes.live_steer_json`: two features, the new tokens only, top-k and top-p; `steer`
+//! with the same flags). Also: a
 //! second visit reads the model from the browser's cache, a manifest with a wrong sha256 is
 //! refused with a message, and so is a model file one bit off the one the dashboard
 //! records (its sha256, checked here against the files themselves).
@@ -167,6 +169,57 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         "--clamp",
     ]);
     let native_steer: Value = serde_json::from_str(&native_steer).unwrap();
+    // A steering with every option, asked of the page as JSON (`live_steer_json`): the
+    // pick added at 8x its largest dashboard activation with another head's strongest
+    // feature at the last token at -8x, at the new tokens only, sampled at 0.9 from the 20
+    // likeliest and their top 0.9: what `steer` with those flags says it did.
+    let other = (0..heads.len())
+        .filter(|&h| h != head)
+        .find_map(|h| Some((h, heads[h][last].as_array()?.first()?[0].as_u64()? as usize)))
+        .expect("another head with a feature on");
+    let native_every: Value = serde_json::from_str(&attn_saes_cli([
+        "steer",
+        run.to_str().unwrap(),
+        PROMPT,
+        "--feature",
+        &hf,
+        "--strength",
+        "8x",
+        "--feature",
+        &format!("{},{}", other.0, other.1),
+        "--strength",
+        "-8x",
+        "--new-only",
+        "--tokens",
+        "6",
+        "--temperature",
+        "0.9",
+        "--seed",
+        "3",
+        "--top-p",
+        "0.9",
+        "--top-k",
+        "20",
+        "--json",
+    ]))
+    .unwrap();
+    let every_option: attn_saes::live::Steering =
+        serde_json::from_value(native_every.clone()).unwrap();
+    let (strength, other_strength) = (every_option.strength, every_option.also[0].2);
+    assert!(strength > 0.0 && other_strength < 0.0);
+    assert_eq!(
+        every_option,
+        attn_saes::live::Steering {
+            also: vec![(other.0, other.1, other_strength)],
+            new_only: true,
+            temperature: 0.9,
+            seed: 3,
+            top_p: Some(0.9),
+            top_k: Some(20),
+            ..attn_saes::live::Steering::greedy(head, feature, strength, 6)
+        },
+        "steer's flags ask for that steering"
+    );
 
     // The dashboard records the sha256 of the model's and SAE's files (computed here
     // independently, with sha2 over the files themselves).
@@ -216,6 +269,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .collect();
     let out = Command::new("node")
         .env("LIVE_FILES", serde_json::to_string(&picked).unwrap())
+        .env("LIVE_STEER", serde_json::to_string(&every_option).unwrap())
         .arg(root().join("tests/web/live.mjs"))
         .arg(&server.base)
         .arg(&shots)
@@ -347,28 +401,40 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
             assert!(close(a, b), "{name}: estimate of {:?}: {a} vs {b}", key(f));
             assert_eq!(g["fires"], f["fires"], "{name}: {:?}", key(f));
         }
-        // The steered continuation: the same tokens both ways, probabilities within the
-        // tolerance.
-        assert_eq!(r["steerStatus"], "ready", "{name}");
-        for row in ["clean", "steered"] {
-            let (ours, theirs) = (&r["steer"][row], &native_steer[row]);
-            assert_eq!(ours["ids"], theirs["ids"], "{name}: {row} tokens");
-            assert_eq!(ours["text"], theirs["text"], "{name}: {row} text");
-            let probs = |v: &Value| -> Vec<f64> {
-                v["prob"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap())
-                    .collect()
-            };
-            for (a, b) in probs(ours).into_iter().zip(probs(theirs)) {
-                assert!(close(a, b), "{name}: {row} probability {a} vs {b}");
+        // The steered continuations: the same tokens both ways, probabilities within the
+        // tolerance, for the same steering.
+        for (status, ours, theirs) in [
+            ("steerStatus", &r["steer"], &native_steer),
+            ("steerAllStatus", &r["steerAll"], &native_every),
+        ] {
+            assert_eq!(r[status], "ready", "{name}: {status}");
+            for row in ["clean", "steered"] {
+                let (ours, theirs) = (&ours[row], &theirs[row]);
+                assert_eq!(ours["ids"], theirs["ids"], "{name}: {status} {row} tokens");
+                assert_eq!(ours["text"], theirs["text"], "{name}: {status} {row} text");
+                let probs = |v: &Value| -> Vec<f64> {
+                    v["prob"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap())
+                        .collect()
+                };
+                for (a, b) in probs(ours).into_iter().zip(probs(theirs)) {
+                    assert!(close(a, b), "{name}: {status} {row} probability {a} vs {b}");
+                }
             }
+            let steering =
+                |v: &Value| serde_json::from_value::<attn_saes::live::Steering>(v.clone()).unwrap();
+            assert_eq!(steering(ours), steering(theirs), "{name}: {status}");
         }
-        assert_eq!(r["steer"]["strength"], native_steer["strength"]);
         assert_eq!(r["steer"]["clamp"], true, "{name}: held, not added");
-        assert_eq!(native_steer["clamp"], true);
+        assert_ne!(
+            r["steerAll"]["steered"]["ids"], r["steerAll"]["clean"]["ids"],
+            "{name}: the steering with every option changes the continuation"
+        );
+        let refused = r["steerJsonRefused"].as_str().unwrap();
+        assert!(refused.contains("not a steering"), "{name}: {refused}");
         let order = &r["attributionOrder"];
         assert!(
             order["stale"].as_str().unwrap().contains("a newer text"),

@@ -31,6 +31,8 @@ pub struct TextState {
     pub steer_seed: u64,
     /// Sampling from the nucleus of this much probability (1: every token).
     pub steer_top_p: f32,
+    /// Sample from this many of the likeliest tokens only (0: all of them).
+    pub steer_top_k: usize,
     /// Hold the feature at the strength instead of adding it ([`Steering::clamp`]).
     pub steer_clamp: bool,
     /// Steer the new tokens only ([`Steering::new_only`]).
@@ -78,6 +80,7 @@ impl Default for TextState {
             steer_temperature: 0.0,
             steer_seed: 0,
             steer_top_p: 1.0,
+            steer_top_k: 0,
             steer_clamp: false,
             steer_new_only: false,
             steer_also: Vec::new(),
@@ -403,6 +406,12 @@ fn steer_panel(
                     .speed(0.01),
                 Some("draw from the likeliest tokens up to this much probability (1: all of them)"),
             );
+            labelled_drag(
+                ui,
+                "top-k",
+                egui::DragValue::new(&mut s.steer_top_k).range(0..=1000),
+                Some("draw from this many of the likeliest tokens only (0: all of them)"),
+            );
         }
     });
     let computing = matches!(asked.map(|x| &x.state), Some(Answer::Computing));
@@ -456,6 +465,7 @@ fn steer_panel(
         temperature: s.steer_temperature,
         seed: s.steer_seed,
         top_p: (s.steer_temperature > 0.0 && s.steer_top_p < 1.0).then_some(s.steer_top_p),
+        top_k: (s.steer_temperature > 0.0 && s.steer_top_k > 0).then_some(s.steer_top_k),
         clamp: s.steer_clamp,
         new_only: s.steer_new_only,
         also: (s.steer_also.iter().copied())
@@ -478,11 +488,7 @@ fn steered_ready(ui: &mut Ui, x: &Steered) {
     let s = &x.steering;
     let n = x.clean.ids.len();
     let parts = x.parts_at();
-    let how = match (s.temperature, s.top_p) {
-        (0.0, _) => "greedy".to_string(),
-        (t, None) => format!("temperature {t}, seed {}", s.seed),
-        (t, Some(p)) => format!("temperature {t}, top-p {p}, seed {}", s.seed),
-    };
+    let how = s.sampling();
     let also: String = (s.also.iter())
         .map(|(h, f, s)| format!(", with h{h} #{f} at {s:.3}"))
         .collect();

@@ -202,9 +202,30 @@ pub struct Steering {
     /// cumulative probability (at `temperature`) reaches `top_p` (all tokens when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
+    /// Sampling only: draw from the `top_k` likeliest tokens (the lower id first on a tie),
+    /// renormalised; with `top_p` too, the nucleus is taken among them (top-k first, as
+    /// Hugging Face's samplers apply them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
 }
 
 impl Steering {
+    /// How each token is chosen, in words: "greedy", or "temperature T[, top-k K][, top-p
+    /// P], seed N".
+    pub fn sampling(&self) -> String {
+        if self.temperature == 0.0 {
+            return "greedy".into();
+        }
+        let mut said = format!("temperature {}", self.temperature);
+        if let Some(k) = self.top_k {
+            said += &format!(", top-k {k}");
+        }
+        if let Some(p) = self.top_p {
+            said += &format!(", top-p {p}");
+        }
+        said + &format!(", seed {}", self.seed)
+    }
+
     /// Every feature steered, `(head, feature, strength)`, the first first.
     pub fn features(&self) -> impl Iterator<Item = (usize, usize, f32)> + '_ {
         std::iter::once((self.head, self.feature, self.strength)).chain(self.also.iter().copied())
@@ -223,6 +244,7 @@ impl Steering {
             also: Vec::new(),
             new_only: false,
             top_p: None,
+            top_k: None,
         }
     }
 }

@@ -80,6 +80,13 @@ impl<'a> Generation<'a> {
                 "top-p {p} is for sampling: give a temperature above 0"
             );
         }
+        if let Some(k) = steering.top_k {
+            anyhow::ensure!(k >= 1, "top-k {k}: at least 1");
+            anyhow::ensure!(
+                temperature > 0.0,
+                "top-k {k} is for sampling: give a temperature above 0"
+            );
+        }
         anyhow::ensure!(
             (1..=MAX_NEW_TOKENS).contains(&n),
             "{n} new tokens: between 1 and {MAX_NEW_TOKENS} at once"
@@ -180,13 +187,14 @@ impl<'a> Generation<'a> {
     fn take(&mut self, logits: &[f32]) -> bool {
         let temperature = self.steering.temperature;
         let top_p = self.steering.top_p.unwrap_or(1.0);
+        let top_k = self.steering.top_k.unwrap_or(usize::MAX);
         let u = (temperature > 0.0).then(|| self.rng.uniform());
         let v = logits.len() / 2;
         for (row, values) in logits.chunks(v).enumerate() {
             if self.ended[row] {
                 continue;
             }
-            let (id, prob) = choose(values, temperature, top_p, u.unwrap_or(0.0));
+            let (id, prob) = choose(values, temperature, top_k, top_p, u.unwrap_or(0.0));
             self.chosen[row].push(id);
             self.prob[row].push(prob);
             self.ended[row] = self.eos.contains(&id);
@@ -219,21 +227,18 @@ impl<'a> Generation<'a> {
 /// The next token from a row of `logits`, and the probability the model gives it (softmax
 /// at temperature 1), in float64. At `temperature` 0 the likeliest (the lowest id on a
 /// tie); above, drawn from `softmax(logits / temperature)` by inverse CDF: the first id
-/// (ascending) whose cumulative probability exceeds `u` in `[0, 1)`. With `top_p` below 1,
-/// from the nucleus only (renormalised): the likeliest tokens (the lower id first on a tie)
+/// (ascending) whose cumulative probability exceeds `u` in `[0, 1)`. With `top_k` below the
+/// vocabulary, from the `top_k` likeliest only (the lower id first on a tie), renormalised;
+/// with `top_p` below 1, then from their nucleus only (renormalised): the likeliest tokens
 /// up to the first whose cumulative probability reaches `top_p`.
-pub fn choose(logits: &[f32], temperature: f32, top_p: f32, u: f64) -> (u32, f32) {
+pub fn choose(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, u: f64) -> (u32, f32) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let shifted = |l: f32| l as f64 - max;
     let log_z = logits.iter().map(|&l| shifted(l).exp()).sum::<f64>().ln();
     let id = if temperature > 0.0 {
         let t = temperature as f64;
         let weights: Vec<f64> = logits.iter().map(|&l| (shifted(l) / t).exp()).collect();
-        let weights = if top_p < 1.0 {
-            nucleus(weights, top_p as f64)
-        } else {
-            weights
-        };
+        let weights = cut(weights, top_k, top_p as f64);
         let target = u * weights.iter().sum::<f64>();
         let mut cumulative = 0.0;
         (weights.iter().position(|&w| {
@@ -248,12 +253,19 @@ pub fn choose(logits: &[f32], temperature: f32, top_p: f32, u: f64) -> (u32, f32
     (id as u32, (shifted(logits[id]) - log_z).exp() as f32)
 }
 
-/// `weights` with all but the nucleus zeroed: the largest (the lower index first on a tie)
-/// up to the first whose share of the total reaches `top_p`.
-fn nucleus(weights: Vec<f64>, top_p: f64) -> Vec<f64> {
-    let total: f64 = weights.iter().sum();
+/// `weights` with all but the ones sampled from zeroed: of the `top_k` largest (the lower
+/// index first on a tie), those up to the first whose share of their total reaches `top_p`.
+fn cut(weights: Vec<f64>, top_k: usize, top_p: f64) -> Vec<f64> {
+    if top_k >= weights.len() && top_p >= 1.0 {
+        return weights;
+    }
     let mut order: Vec<usize> = (0..weights.len()).collect();
     order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
+    order.truncate(top_k);
+    let total: f64 = match top_k < weights.len() {
+        true => order.iter().map(|&i| weights[i]).sum(),
+        false => weights.iter().sum(),
+    };
     let mut kept = vec![0.0; weights.len()];
     let mut mass = 0.0;
     for i in order {

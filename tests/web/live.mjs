@@ -6,7 +6,8 @@
 // PICK_JSON is [position, head, feature]. For WebGPU (SwiftShader; the page loads the model
 // by ?live=live.json) and then for a browser without a WebGPU adapter (the CPU fallback; by
 // ?model=&sae=), it runs the prompt, picks the (position, head, feature), and reads what
-// the Your text view shows (attnSaes.live_shown()). Then: a second visit reads the model from the browser's cache,
+// the Your text view shows (attnSaes.live_shown()), and with LIVE_STEER (a steering's JSON)
+// continues the text steered that way. Then: a second visit reads the model from the browser's cache,
 // and a manifest whose sha256 is wrong is refused. Prints one JSON object; exits 1 on a
 // step that fails.
 import { chromium } from 'playwright-core';
@@ -161,6 +162,29 @@ async function session(context, name, query) {
   });
   run.steerStatus = withSteer.steer_status;
   run.steer = withSteer.steer;
+  // LIVE_STEER (JSON of a steering with every option: attnSaes.live_steer_json): the same
+  // text continued that way; and a JSON that is not a steering, refused.
+  if (process.env.LIVE_STEER) {
+    run.steerJsonRefused = await page.evaluate(() => {
+      try {
+        window.attnSaes.live_steer_json('{"head": 0}');
+        return 'accepted';
+      } catch (e) {
+        return String(e.message || e);
+      }
+    });
+    await page.evaluate((j) => window.attnSaes.live_steer_json(j), process.env.LIVE_STEER);
+    const asked = JSON.parse(process.env.LIVE_STEER);
+    const withAll = await waitFor(page, `${name}: the continuation steered with every option`, async () => {
+      const s = await shown(page);
+      // (until the new answer replaces the first steering's: it has the new top_k)
+      const done = s && (s.steer_status.startsWith('failed')
+        || (s.steer_status === 'ready' && s.steer.top_k === asked.top_k));
+      return done ? s : null;
+    });
+    run.steerAllStatus = withAll.steer_status;
+    run.steerAll = withAll.steer;
+  }
   // The picked feature's effect on its top examples in the open dashboard (Features'
   // "Remove it on its top examples").
   await page.evaluate(([, h, f]) => window.attnSaes.live_examples_effect(h, f), pick);
