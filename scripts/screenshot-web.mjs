@@ -7,7 +7,9 @@
 // Your text (serve without --no-live, and &live=live.json in the URL): TEXT="..." runs a
 // text once the model is loaded, PICK=POSITION,HEAD,FEATURE picks a feature, and EFFECT=1
 // asks for its effect on the predictions, STEER=STRENGTH,TOKENS[,TEMPERATURE,SEED] for the
-// text continued clean and steered by it (printing how long that took). EXAMPLES=1 (with ?feature=H,F and a model) asks
+// text continued clean and steered by it (printing how long that took), or STEER_JSON=
+// a steering as JSON (attnSaes.live_steer_json; `attn-saes steer ... --json` prints one)
+// for the text continued that way, the controls set to it. EXAMPLES=1 (with ?feature=H,F and a model) asks
 // for that feature's effect on its top examples (Features) and prints how long it took.
 import { chromium } from '../tests/web/node_modules/playwright-core/index.mjs';
 
@@ -76,6 +78,13 @@ if (process.env.TEXT) {
       const t0 = Date.now();
       const args = [h, f, strength, tokens, temperature, seed];
       await page.evaluate((a) => window.attnSaes.live_steer(...a), args);
+      await answered('steer');
+      console.error(`steered continuation: ${Date.now() - t0} ms`);
+    }
+    if (process.env.STEER_JSON) {
+      await page.waitForTimeout(500);
+      const t0 = Date.now();
+      await page.evaluate((j) => window.attnSaes.live_steer_json(j), process.env.STEER_JSON);
       await answered('steer');
       console.error(`steered continuation: ${Date.now() - t0} ms`);
     }

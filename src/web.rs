@@ -428,6 +428,7 @@ impl WebApp {
             asked.answer((&ids, head, feature), result);
         }
         if let Some(steering) = ask_steer {
+            self.app.ui.text.show_steering(&steering);
             web.ask_steer(steering);
         }
         if let Some(request) = web.steer_request.take() {

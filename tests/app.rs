@@ -956,6 +956,28 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     let want =
         attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &new_only).unwrap();
     assert_eq!(shown, want);
+
+    // What the page's attnSaes.live_steer sets (show_steering): the controls then ask for
+    // that steering again, but for the strength, which stays the slider's.
+    let every = attn_saes::live::Steering {
+        tokens: 4,
+        temperature: 0.5,
+        seed: 9,
+        top_p: Some(0.8),
+        top_k: Some(7),
+        clamp: true,
+        new_only: false,
+        also: vec![(kept.0, kept.1, -1.25)],
+        ..new_only.clone()
+    };
+    h.state_mut()
+        .ui
+        .text
+        .show_steering(&attn_saes::live::Steering {
+            strength: 99.0,
+            ..every.clone()
+        });
+    assert_eq!(continue_the_text(&mut h).steering, every);
 }
 
 #[test]

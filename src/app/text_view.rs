@@ -60,6 +60,20 @@ impl TextState {
         }
     }
 
+    /// Sets Steer with it's controls to what `steering` asks (the page's
+    /// `attnSaes.live_steer`), but for the strength slider, which is in multiples of an
+    /// activation the view finds: the result line says the strength.
+    pub fn show_steering(&mut self, steering: &Steering) {
+        self.steer_tokens = steering.tokens;
+        self.steer_temperature = steering.temperature;
+        self.steer_seed = steering.seed;
+        self.steer_top_p = steering.top_p.unwrap_or(1.0);
+        self.steer_top_k = steering.top_k.unwrap_or(0);
+        self.steer_clamp = steering.clamp;
+        self.steer_new_only = steering.new_only;
+        self.steer_also = steering.also.clone();
+    }
+
     /// Picks `feature` of `head` in `a`, where it is strongest (else at the last token).
     pub fn use_feature(&mut self, a: &LiveTokens, head: usize, feature: usize) {
         let strongest = (head < a.n_heads).then(|| strongest_position(a, head, feature));
