@@ -294,6 +294,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Label a feature, print its label, or list every label: kept beside the dashboard
+    /// file (DASHBOARD.labels.json; a run's `dashboard.labels.json`), shown and searched by
+    /// the app and the web page, printed by `features`.
+    Label {
+        /// A run directory or a dashboard file.
+        run: std::path::PathBuf,
+        /// `HEAD,FEATURE` (without: list every label).
+        #[arg(value_parser = parse_head_feature)]
+        feature: Option<(usize, usize)>,
+        /// The label (without: print the feature's).
+        label: Option<String>,
+        /// Remove the feature's label.
+        #[arg(long, conflicts_with = "label", requires = "feature")]
+        clear: bool,
+    },
     /// Continue a text with a run's model twice, greedily or sampled: as it is, and steered
     /// by one feature added to its head's hook_z at every position after BOS (its decoder
     /// row times --strength, as if it fired there that strongly), or with --clamp held at
@@ -783,6 +798,12 @@ fn main() -> anyhow::Result<()> {
             json,
         } => match_command(&a, &b, threshold, feature, json.as_deref(), cli.device)?,
         Command::Compare { runs, json } => compare_runs(&runs, json)?,
+        Command::Label {
+            run,
+            feature,
+            label,
+            clear,
+        } => label_command(&run, feature, label.as_deref(), clear)?,
         Command::Features {
             run,
             per_head,
@@ -813,7 +834,12 @@ fn main() -> anyhow::Result<()> {
             if let Some((h, f)) = effect {
                 return examples_effect_command(&run, &d, (h, f), json.as_deref(), cli.device);
             }
-            let report = attn_saes::dashboard::report::report(&d, by.into(), per_head, top);
+            let mut report = attn_saes::dashboard::report::report(&d, by.into(), per_head, top);
+            let labels_file = dashboard::labels::labels_path(&path);
+            match dashboard::labels::Labels::read(&labels_file, &d.meta) {
+                Ok(labels) => report.label(&labels),
+                Err(e) => eprintln!("labels not shown: {e:#}"),
+            }
             println!(
                 "Where each head's features read from (the top source of their top examples' DFA):"
             );
@@ -833,8 +859,12 @@ fn main() -> anyhow::Result<()> {
                 let effect = r.effect_per_thousand.map_or(String::new(), |x| {
                     format!(", loss without it {x:+.4} per 1000 tokens")
                 });
+                let label = r
+                    .label
+                    .as_ref()
+                    .map_or(String::new(), |l| format!(" {l:?}"));
                 println!(
-                    "head {} feature {} (global {}), density {:.4}, max {:.3}{effect}",
+                    "head {} feature {}{label} (global {}), density {:.4}, max {:.3}{effect}",
                     r.head, r.feature, r.global, r.density, r.max_activation
                 );
                 let token = r
@@ -1275,6 +1305,67 @@ fn parse_head_feature(s: &str) -> Result<(usize, usize), String> {
         [h, f] => Ok((h, f)),
         _ => Err(format!("{s}: expected HEAD,FEATURE")),
     }
+}
+
+/// `attn-saes label`: sets, clears, prints or lists the labels beside a dashboard file.
+fn label_command(
+    run: &std::path::Path,
+    feature: Option<(usize, usize)>,
+    label: Option<&str>,
+    clear: bool,
+) -> anyhow::Result<()> {
+    use attn_saes::dashboard::labels::{Labels, labels_path};
+    let path = attn_saes::serve::dashboard_of(run)?;
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let meta = attn_saes::dashboard::format::OwnedDashboardFile::new(bytes)
+        .with_context(|| path.display().to_string())?
+        .meta;
+    let file = labels_path(&path);
+    let mut labels = Labels::read(&file, &meta)?;
+    let Some((h, f)) = feature else {
+        if labels.is_empty() {
+            println!(
+                "no labels for {} ({} has none)",
+                path.display(),
+                file.display()
+            );
+        }
+        for (h, f, label) in labels.iter() {
+            println!("head {h} feature {f}: {label}");
+        }
+        return Ok(());
+    };
+    labels.check(h, f)?;
+    match (label, clear) {
+        (None, false) => match labels.get(h, f) {
+            Some(label) => println!("head {h} feature {f}: {label}"),
+            None => println!("head {h} feature {f} has no label"),
+        },
+        (None, true) => {
+            if labels.set(h, f, "")? {
+                labels.write(&file)?;
+                println!("head {h} feature {f}: label removed ({})", file.display());
+            } else {
+                println!("head {h} feature {f} has no label");
+            }
+        }
+        (Some(label), _) => {
+            anyhow::ensure!(
+                !label.trim().is_empty(),
+                "an empty label: `--clear` removes one"
+            );
+            labels.set(h, f, label)?;
+            labels.write(&file)?;
+            let n = labels.len();
+            println!(
+                "head {h} feature {f}: {} ({}: {n} label{})",
+                labels.get(h, f).unwrap_or_default(),
+                file.display(),
+                if n == 1 { "" } else { "s" }
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `attn-saes rank`: every feature of a run ranked over held-out windows.

@@ -32,6 +32,8 @@ pub const LIVE_FILES: [&str; 4] = [
 ];
 /// The manifest's name.
 pub const MANIFEST_NAME: &str = "live.json";
+/// The served dashboard's labels, when it has them.
+pub const LABELS_NAME: &str = "dashboard.labels.json";
 
 /// What is served.
 #[derive(Debug, Clone)]
@@ -253,6 +255,9 @@ pub fn serve(listener: TcpListener, site: Site) -> anyhow::Result<()> {
 enum Body {
     File(PathBuf),
     Bytes(Vec<u8>),
+    /// A file that may be absent: then 204 No Content (which a browser's console does not
+    /// report as an error, as it does a 404).
+    Optional(PathBuf),
 }
 
 const OCTETS: &str = "application/octet-stream";
@@ -262,6 +267,11 @@ fn route(site: &Site, path: &str) -> Option<(Body, &'static str)> {
     let path = path.split(['?', '#']).next().unwrap_or("");
     if path == format!("/{DASHBOARD_NAME}") {
         return Some((Body::File(site.dashboard.clone()), OCTETS));
+    }
+    // The dashboard's labels (`attn-saes label`), when it has them.
+    if path == format!("/{LABELS_NAME}") {
+        let file = crate::dashboard::labels::labels_path(&site.dashboard);
+        return Some((Body::Optional(file), "application/json"));
     }
     if let Some((_, file)) = site.compared.iter().find(|(url, _)| url == path) {
         return Some((Body::File(file.clone()), OCTETS));
@@ -311,11 +321,15 @@ fn handle(mut stream: TcpStream, site: &Site) -> std::io::Result<()> {
         );
     }
     let body = route(site, path).and_then(|(body, kind)| match body {
-        Body::File(file) => Some((std::fs::read(file).ok()?, kind)),
-        Body::Bytes(bytes) => Some((bytes, kind)),
+        Body::File(file) => Some(("200 OK", std::fs::read(file).ok()?, kind)),
+        Body::Bytes(bytes) => Some(("200 OK", bytes, kind)),
+        Body::Optional(file) => Some(match std::fs::read(file) {
+            Ok(bytes) => ("200 OK", bytes, kind),
+            Err(_) => ("204 No Content", Vec::new(), kind),
+        }),
     });
     match body {
-        Some((bytes, kind)) => respond(&mut stream, "200 OK", kind, &bytes, method == "GET"),
+        Some((status, bytes, kind)) => respond(&mut stream, status, kind, &bytes, method == "GET"),
         None => respond(
             &mut stream,
             "404 Not Found",
@@ -391,6 +405,10 @@ mod tests {
         assert_eq!(
             route(&s, "/dashboard.safetensors").unwrap().0,
             Body::File(s.dashboard.clone())
+        );
+        assert_eq!(
+            route(&s, "/dashboard.labels.json").unwrap().0,
+            Body::Optional(PathBuf::from("/runs/x/dashboard.labels.json"))
         );
         assert_eq!(
             route(&s, "/live.json").unwrap().0,

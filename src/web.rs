@@ -28,6 +28,8 @@ use crate::live::{
 #[derive(Default)]
 struct Shared {
     inbox: Vec<LoadedDashboard>,
+    /// Set by [`open_labels`]: a labels file's JSON, for the open dashboard.
+    labels_inbox: Option<String>,
     /// Dashboards parsed by [`compare_dashboard`]: their training histories, to compare.
     compare_inbox: Vec<(String, crate::run_log::History)>,
     /// What Curves compares, for [`curves_shown`]: the open run's name and the others'.
@@ -260,12 +262,39 @@ struct WebApp {
     shared: Rc<RefCell<Shared>>,
 }
 
+impl WebApp {
+    /// [`open_labels`]' JSON, read for the open dashboard.
+    fn open_labels(&mut self, json: &str) {
+        use crate::app::Level;
+        let Some(d) = &mut self.app.dashboard else {
+            return self
+                .app
+                .message(Level::Error, "labels: no dashboard is open to label");
+        };
+        match crate::dashboard::labels::Labels::parse(json.as_bytes(), &d.file.meta) {
+            Ok(labels) => {
+                let n = labels.len();
+                d.labels = labels;
+                d.invalidate_list();
+                self.app.message(Level::Info, format!("{n} labels"));
+            }
+            Err(e) => self
+                .app
+                .message(Level::Error, format!("labels not shown: {e:#}")),
+        }
+    }
+}
+
 impl eframe::App for WebApp {
     fn logic(&mut self, ctx: &egui::Context, frame: &mut eframe::Frame) {
         let arrived: Vec<LoadedDashboard> = self.shared.borrow_mut().inbox.drain(..).collect();
         for d in arrived {
             self.app.curves = Default::default();
             self.app.open_loaded(d);
+        }
+        let labels = self.shared.borrow_mut().labels_inbox.take();
+        if let Some(json) = labels {
+            self.open_labels(&json);
         }
         let compared: Vec<_> = self.shared.borrow_mut().compare_inbox.drain(..).collect();
         for (name, history) in compared {
@@ -501,6 +530,16 @@ pub fn open_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue> {
         s.inbox.push(d);
     });
     Ok(summary)
+}
+
+/// Labels for the open dashboard, as a labels file's JSON (`attn-saes label` writes them
+/// beside the dashboard file, `dashboard.labels.json`; `serve` serves them and the page
+/// fetches them with the dashboard): shown in the feature list, the dashboard and Your
+/// text, and searched; not edited in the page. Labels for another SAE, or that cannot be
+/// read, are refused with a message line.
+#[wasm_bindgen]
+pub fn open_labels(json: String) {
+    post(|s| s.labels_inbox = Some(json));
 }
 
 /// Parses a dashboard file and draws the training curves it records beside the open

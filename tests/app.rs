@@ -17,7 +17,7 @@ use attn_saes::train::checkpoint;
 use common::*;
 use eframe::egui;
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 
 fn harness(app: AttnSaesApp) -> Harness<'static, AttnSaesApp> {
     Harness::builder()
@@ -1248,4 +1248,125 @@ fn the_compare_command_prints_each_runs_last_metrics_and_refuses_a_bad_path() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing"), "{err}");
+}
+
+/// A feature's label: typed in its dashboard, saved beside the dashboard file when the field
+/// loses focus (Enter) or the selection moves on, shown in the list and searched, shown in
+/// Your text under the picked feature, and read back by another window; labels for another
+/// SAE are neither shown nor written over.
+#[test]
+fn a_label_typed_in_a_dashboard_is_saved_listed_searched_and_read_back() {
+    if !renderer_available() {
+        return;
+    }
+    use attn_saes::dashboard::labels::Labels;
+    let dir = TempDir::new("attn-saes-app", "labels");
+    let (run, mut h) = opened_run(&dir);
+    let file = run.join("dashboard.labels.json");
+    let bytes = std::fs::read(attn_saes::dashboard::run_dashboard_path(&run)).unwrap();
+    let dashboard = attn_saes::dashboard::format::OwnedDashboardFile::new(bytes).unwrap();
+    let live: Vec<usize> = (dashboard.head(2).unwrap().features.iter().enumerate())
+        .filter(|(_, fd)| fd.max_activation > 0.0 && !fd.examples.is_empty())
+        .map(|(f, _)| f)
+        .collect();
+    let (f, g, other) = (live[0], live[1], live[2]);
+    let open = |h: &mut Harness<'static, AttnSaesApp>, feature| {
+        h.state_mut()
+            .push(Command::OpenFeature { head: 2, feature });
+        h.run_steps(3);
+    };
+    let type_label = |h: &mut Harness<'static, AttnSaesApp>, text: &str| {
+        h.get_by_label("label").focus();
+        h.run_steps(1);
+        h.get_by_label("label").type_text(text);
+        h.run_steps(1);
+    };
+    let saved = || Labels::read(&file, &dashboard.meta).unwrap();
+    let row = |h: &Harness<'static, AttnSaesApp>, feature: usize| {
+        (h.get_by_label_contains(&format!("#{feature}  "))
+            .accesskit_node())
+        .label()
+        .unwrap_or_default()
+    };
+
+    // Typed, then Enter: saved, said, and in the feature's row.
+    open(&mut h, f);
+    type_label(&mut h, "commas in lists");
+    assert!(!file.exists(), "nothing is saved while typing");
+    h.key_press(egui::Key::Enter);
+    h.run_steps(2);
+    assert_eq!(saved().get(2, f), Some("commas in lists"));
+    let said = format!(
+        "head 2 feature {f}: \"commas in lists\" (saved in {})",
+        file.display()
+    );
+    assert!(has_label(&h, &said), "{:?}", h.state().messages);
+    assert!(row(&h, f).ends_with("  commas in lists"), "{}", row(&h, f));
+    // Typed for another feature, then a third picked in the list without Enter: saved too.
+    open(&mut h, g);
+    type_label(&mut h, "second one");
+    h.get_by_label_contains(&format!("#{other}  ")).click();
+    h.run_steps(3);
+    assert_eq!(h.state().ui.features.feature, Some(other));
+    assert_eq!(saved().get(2, g), Some("second one"));
+    assert_eq!(saved().len(), 2);
+    // The search finds features by label (any case).
+    h.state_mut().ui.features.search = "COMMAS IN".into();
+    h.run_steps(2);
+    let n = dashboard.head(2).unwrap().features.len();
+    assert!(has_label(&h, &format!("1 of {n} features")));
+    h.state_mut().ui.features.search.clear();
+    h.run_steps(2);
+
+    // Your text: the picked feature's label under its heading.
+    open(&mut h, f);
+    h.get_by_label("Use it in Your text").click_accesskit();
+    h.run_steps(1);
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.native.analysis.is_some()
+    });
+    h.run_steps(2);
+    assert_eq!(h.state().ui.text.pick, Some((2, f)));
+    assert!(has_label(&h, "commas in lists"));
+
+    // Another window on the run reads them back.
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(run.clone()));
+    app.push(Command::OpenFeature {
+        head: 2,
+        feature: g,
+    });
+    let mut h = harness(app);
+    h.run_steps(3);
+    assert!(has_label(&h, &format!("2 labels from {}", file.display())));
+    assert_eq!(
+        h.get_by_label("label").value().as_deref(),
+        Some("second one")
+    );
+    assert!(h.state().selection().ends_with("· label \"second one\""));
+
+    // Labels for another SAE: not shown, not editable, the file left as it was.
+    let sha = saved().sae_sha256.unwrap();
+    let other_sae = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(&sha, &"0".repeat(64));
+    std::fs::write(&file, &other_sae).unwrap();
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(run.clone()));
+    app.push(Command::OpenFeature {
+        head: 2,
+        feature: g,
+    });
+    let mut h = harness(app);
+    h.run_steps(3);
+    let messages = &h.state().messages;
+    assert!(
+        messages.iter().any(|(level, text)| *level == Level::Error
+            && text.starts_with("labels not shown, and not saved over: ")
+            && text.contains("for another SAE")),
+        "{messages:?}"
+    );
+    assert!(h.query_by_label("label").is_none());
+    assert!(!row(&h, g).contains("second one"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), other_sae);
 }

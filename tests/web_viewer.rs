@@ -1,7 +1,8 @@
 //! The web viewer in a real browser: builds it (scripts/build-web.sh), serves a tiny run's
 //! dashboard with `attn-saes serve`, and drives headless Chromium with playwright-core
 //! (tests/web/browser.mjs): open by `?url=` and by the file input, move to a head and a
-//! feature by keyboard, to Curves and back by clicks, read the selection the page exposes,
+//! feature by keyboard, to Curves and back by clicks, read the selection the page exposes
+//! (with a feature's label, which `serve` serves beside the dashboard),
 //! screenshot; a truncated file and a missing URL show errors in the page.
 //!
 //! Needs Debian's `chromium` and `npm ci` in tests/web. Without them the test says so and
@@ -37,6 +38,13 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
     let run_b = run_with_dashboard(&dir_b, 12);
     let compare = dir.join("run-b.safetensors");
     std::fs::copy(attn_saes::dashboard::run_dashboard_path(&run_b), &compare).unwrap();
+
+    // A label for head 3's feature 5 beside the run's dashboard (`serve` serves it).
+    let labels_file = attn_saes::dashboard::labels::labels_path(&file);
+    let meta = OwnedDashboardFile::new(bytes.clone()).unwrap().meta;
+    let mut labels = attn_saes::dashboard::labels::Labels::new(&meta);
+    labels.set(3, 5, "reads the token before").unwrap();
+    labels.write(&labels_file).unwrap();
 
     let server = Server::start_with(&run, &[Path::new("--compare"), &run_b]);
     assert!(
@@ -83,12 +91,14 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         );
         assert_eq!(step(name), want, "{name}");
     }
-    // ?feature=3,5 opens that feature; 3,9999 says the file has no such feature.
+    // ?feature=3,5 opens that feature, with its label; 3,9999 says the file has no such
+    // feature.
     let head3 = d.head(3).unwrap();
     assert_eq!(
         step("linkedSelection"),
         format!(
-            "view Features · head 3 · feature 5 · density {:.3e}",
+            "view Features · head 3 · feature 5 · density {:.3e} · label \"reads the token \
+             before\"",
             head3.features[5].density
         )
     );

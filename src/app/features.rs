@@ -20,6 +20,7 @@ use crate::dashboard::format::{
     DashboardError, DashboardMeta, Effects, Example, ExampleGroup, FeatureData, HeadData,
     HeadSummary, OwnedDashboardFile,
 };
+use crate::dashboard::labels::Labels;
 use crate::dashboard::sources::{self, FeatureSources, HeadSources, SourceKind};
 use crate::live::{Answer, AskedExamples, ExamplesEffect};
 
@@ -44,6 +45,12 @@ pub struct LoadedDashboard {
     sources: Vec<Option<(Vec<FeatureSources>, HeadSources)>>,
     /// The feature list for the last list settings: filtered, sorted feature indices.
     list: Option<(ListKey, Vec<usize>)>,
+    /// The features' labels (the desktop reads them from beside the file; the page from
+    /// the server).
+    pub labels: Labels,
+    /// Where the labels are saved when edited (the desktop, once they were read without an
+    /// error); `None`: shown, not edited.
+    pub labels_file: Option<std::path::PathBuf>,
 }
 
 /// What the feature list depends on.
@@ -76,13 +83,37 @@ impl LoadedDashboard {
         let file = OwnedDashboardFile::new(bytes)?;
         let heads = (0..file.n_heads()).map(|_| None).collect();
         let sources = (0..file.n_heads()).map(|_| None).collect();
+        let labels = Labels::new(&file.meta);
         Ok(Self {
             name,
             file,
             heads,
             sources,
             list: None,
+            labels,
+            labels_file: None,
         })
+    }
+
+    /// Rebuilds the feature list on the next frame (after the labels, which it searches,
+    /// were replaced).
+    pub fn invalidate_list(&mut self) {
+        self.list = None;
+    }
+
+    /// Labels `feature` of `head` (an empty label removes it) and, when that changed
+    /// anything, brings the list (which searches labels) up to date on the next frame.
+    pub fn set_label(
+        &mut self,
+        head: usize,
+        feature: usize,
+        label: &str,
+    ) -> Result<bool, crate::dashboard::labels::LabelsError> {
+        let changed = self.labels.set(head, feature, label)?;
+        if changed {
+            self.list = None;
+        }
+        Ok(changed)
     }
 
     /// One head's features, decoded on first use and kept (errors too).
@@ -132,7 +163,7 @@ impl LoadedDashboard {
         }
         let order = match (self.heads.get(s.head), self.sources.get(s.head)) {
             (Some(Some(Ok(head))), Some(Some((reads, _)))) => {
-                feature_order(&self.file, head, reads, s)
+                feature_order(&self.file, head, reads, &self.labels, s)
             }
             _ => Vec::new(),
         };
@@ -183,6 +214,9 @@ pub struct FeaturesState {
     pub crop: usize,
     /// Index into the feature's examples: the top example shown in the DFA panel.
     pub example: Option<usize>,
+    /// The label being typed, and whose `(head, feature)` it is.
+    #[serde(skip)]
+    pub label_draft: Option<((usize, usize), String)>,
     /// Scroll the list to the selected feature on the next frame (a selection made from
     /// elsewhere: Your text, `app --feature`, the page's `?feature=`).
     #[serde(skip)]
@@ -200,6 +234,7 @@ impl Default for FeaturesState {
             search: String::new(),
             crop: 12,
             example: None,
+            label_draft: None,
             reveal: false,
         }
     }
@@ -298,6 +333,12 @@ pub enum FeaturesAction {
         feature: usize,
         example: String,
     },
+    /// Label this feature (an empty label removes its label).
+    Label {
+        head: usize,
+        feature: usize,
+        label: String,
+    },
 }
 
 /// Whether the view can ask for a feature's effect on its top examples (the desktop, with
@@ -328,6 +369,7 @@ pub fn features_ui(
     heads_panel(ui, &d.name, &d.file.meta, &decoded, s);
     d.prepare(s);
     let (file, head, order) = d.parts(s.head);
+    let labels = (&d.labels, d.labels_file.is_some());
     let reveal = std::mem::take(&mut s.reveal);
     let mut scroll = if reveal { Scroll::Centre } else { Scroll::No };
     if let Ok(head) = head
@@ -337,8 +379,8 @@ pub fn features_ui(
         s.example = None;
         scroll = Scroll::IntoView;
     }
-    list_panel(ui, head, order, s, scroll);
-    dashboard_panel(ui, file, head, s, ask)
+    list_panel(ui, head, order, labels.0, s, scroll);
+    dashboard_panel(ui, file, head, labels, s, ask)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -689,14 +731,19 @@ fn feature_order(
     file: &OwnedDashboardFile,
     head: &HeadData,
     reads: &[FeatureSources],
+    labels: &Labels,
     s: &FeaturesState,
 ) -> Vec<usize> {
     let fs = &head.features;
     let needle = s.search.to_lowercase();
+    let labelled =
+        |f: usize| (labels.get(s.head, f)).is_some_and(|l| l.to_lowercase().contains(&needle));
     let mut order: Vec<usize> = (0..fs.len())
         .filter(|&f| !(s.hide_dead && is_dead(&fs[f])))
         .filter(|&f| reads.get(f).is_some_and(|r| s.reads_from.admits(r)))
-        .filter(|&f| needle.is_empty() || matches_search(file, &fs[f], &needle, s.crop))
+        .filter(|&f| {
+            needle.is_empty() || labelled(f) || matches_search(file, &fs[f], &needle, s.crop)
+        })
         .collect();
     let key = |f: &FeatureData| match s.sort {
         SortBy::Density => f.density,
@@ -723,6 +770,7 @@ fn list_panel(
     ui: &mut Ui,
     head: Result<Head<'_>, &str>,
     order: &[usize],
+    labels: &Labels,
     s: &mut FeaturesState,
     scroll: Scroll,
 ) {
@@ -751,7 +799,7 @@ fn list_panel(
                     );
                     ui.separator();
                     let scroll = if moved { Scroll::IntoView } else { scroll };
-                    feature_rows(ui, head, order, s, scroll);
+                    feature_rows(ui, head, order, labels, s, scroll);
                 }
             }
         });
@@ -793,7 +841,7 @@ fn list_controls(ui: &mut Ui, s: &mut FeaturesState, has_effects: bool) {
     ui.add(
         egui::TextEdit::singleline(&mut s.search)
             .id(search_id())
-            .hint_text("token in top examples")
+            .hint_text("token in top examples, or label")
             .desired_width(f32::INFINITY),
     )
     .on_hover_text("case-insensitive; press / to search");
@@ -853,6 +901,7 @@ fn feature_rows(
     ui: &mut Ui,
     head: Head<'_>,
     order: &[usize],
+    labels: &Labels,
     s: &mut FeaturesState,
     scroll: Scroll,
 ) {
@@ -880,20 +929,25 @@ fn feature_rows(
     let out = area.show_rows(ui, row_h, order.len(), |ui, rows| {
         for &f in &order[rows] {
             let tag = head.reads.get(f).map_or("", reads_tag);
-            feature_row(ui, &head.data.features[f], f, (tag, head.effects), row_h, s);
+            let label = labels.get(s.head, f);
+            let fd = &head.data.features[f];
+            feature_row(ui, fd, f, (tag, label, head.effects), row_h, s);
         }
     });
     let view = (out.state.clamped_offset().y, out.inner_rect.height());
     ui.data_mut(|d| d.insert_temp(view_id, view));
 }
 
+/// The longest part of a label a list row shows.
+const ROW_LABEL_CHARS: usize = 32;
+
 /// One feature in the list: index, density (or, sorted by effect, its effect on the loss
-/// per 1000 tokens), max activation and where it reads from.
+/// per 1000 tokens), max activation, where it reads from and its label (the start of it).
 fn feature_row(
     ui: &mut Ui,
     fd: &FeatureData,
     f: usize,
-    (tag, effects): (&str, Option<&Effects>),
+    (tag, label, effects): (&str, Option<&str>, Option<&Effects>),
     row_h: f32,
     s: &mut FeaturesState,
 ) {
@@ -901,7 +955,16 @@ fn feature_row(
         (SortBy::Effect, Some(e), Some(x)) => format!("{:+.3}/1k", e.per_thousand(x)),
         _ => format!("{:.2e}", fd.density),
     };
-    let text = format!("#{f}  {first}  max {:.2}  {tag}", fd.max_activation);
+    let label = label.map_or(String::new(), |l| {
+        match l.chars().count() > ROW_LABEL_CHARS {
+            true => format!(
+                "  {}…",
+                l.chars().take(ROW_LABEL_CHARS - 1).collect::<String>()
+            ),
+            false => format!("  {l}"),
+        }
+    });
+    let text = format!("#{f}  {first}  max {:.2}  {tag}{label}", fd.max_activation);
     let text = if is_dead(fd) {
         RichText::new(text).weak()
     } else {
@@ -921,6 +984,7 @@ fn dashboard_panel(
     ui: &mut Ui,
     file: &OwnedDashboardFile,
     head: Result<Head<'_>, &str>,
+    labels: (&Labels, bool),
     s: &mut FeaturesState,
     ask: ExamplesAsk,
 ) -> Option<FeaturesAction> {
@@ -945,7 +1009,7 @@ fn dashboard_panel(
                 .auto_shrink(false)
                 .show(ui, |ui| {
                     let reads = head.reads.get(f).cloned().unwrap_or_default();
-                    feature_dashboard(ui, file, f, fd, &reads, s, ask)
+                    feature_dashboard(ui, file, (f, fd), &reads, labels, s, ask)
                 })
                 .inner
         })
@@ -955,13 +1019,14 @@ fn dashboard_panel(
 fn feature_dashboard(
     ui: &mut Ui,
     file: &OwnedDashboardFile,
-    f: usize,
-    fd: &FeatureData,
+    (f, fd): (usize, &FeatureData),
     reads: &FeatureSources,
+    labels: (&Labels, bool),
     s: &mut FeaturesState,
     ask: ExamplesAsk,
 ) -> Option<FeaturesAction> {
     header(ui, &file.meta, s.head, f, fd);
+    let labelled = label_line(ui, labels, s, (s.head, f));
     if is_dead(fd) {
         ui.label(
             RichText::new(format!(
@@ -972,7 +1037,7 @@ fn feature_dashboard(
         );
         ui.add_space(8.0);
         logit_tables(ui, file, fd);
-        return None;
+        return labelled;
     }
     ui.add_space(4.0);
     ui.columns(2, |cols| {
@@ -995,7 +1060,7 @@ fn feature_dashboard(
     dfa_panel(ui, file, fd, reads, s);
     ui.separator();
     interval_groups(ui, file, fd, s.crop);
-    action
+    labelled.or(action)
 }
 
 /// What removing the feature does on its top examples: a button that asks for it, then
@@ -1154,6 +1219,58 @@ fn header(ui: &mut Ui, meta: &DashboardMeta, h: usize, f: usize, fd: &FeatureDat
             ));
         }
     });
+}
+
+/// The feature's label: a text field where the labels are saved (the desktop), saved when
+/// it loses focus (Enter, a click elsewhere) or the selection moves on; else the label as
+/// text, if there is one.
+fn label_line(
+    ui: &mut Ui,
+    (labels, editable): (&Labels, bool),
+    s: &mut FeaturesState,
+    (h, f): (usize, usize),
+) -> Option<FeaturesAction> {
+    let stored = labels.get(h, f).unwrap_or_default();
+    if !editable {
+        if !stored.is_empty() {
+            ui.label(RichText::new(stored).italics())
+                .on_hover_text("its label (attn-saes label)");
+        }
+        return None;
+    }
+    let mut action = None;
+    // A label typed for the feature selected before (the list clicked while typing).
+    if let Some(((dh, df), draft)) = s.label_draft.take_if(|(at, _)| *at != (h, f))
+        && labels.get(dh, df).unwrap_or_default() != draft.trim()
+    {
+        action = Some(FeaturesAction::Label {
+            head: dh,
+            feature: df,
+            label: draft,
+        });
+    }
+    let draft = &mut (s.label_draft)
+        .get_or_insert_with(|| ((h, f), stored.to_string()))
+        .1;
+    let response = ui
+        .horizontal(|ui| {
+            let name = ui.label("label").id;
+            ui.add(
+                egui::TextEdit::singleline(draft)
+                    .hint_text("what it does, in your words (saved beside the dashboard file)")
+                    .desired_width(f32::INFINITY),
+            )
+            .labelled_by(name)
+        })
+        .inner;
+    if response.lost_focus() && draft.trim() != stored {
+        action = Some(FeaturesAction::Label {
+            head: h,
+            feature: f,
+            label: draft.clone(),
+        });
+    }
+    action
 }
 
 /// A small bar chart that does not take the scroll wheel or drags from the page.

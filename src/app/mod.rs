@@ -322,6 +322,13 @@ impl AttnSaesApp {
         (largest > 0.0).then_some(largest)
     }
 
+    /// The label of the feature picked in Your text, if the open dashboard has one.
+    fn picked_label(&self) -> Option<String> {
+        let (head, feature) = self.ui.text.pick?;
+        let label = self.dashboard.as_ref()?.labels.get(head, feature)?;
+        Some(label.to_string())
+    }
+
     /// What is selected, in words (the web page exposes it to scripts and tests).
     pub fn selection(&self) -> String {
         let f = &self.ui.features;
@@ -333,6 +340,9 @@ impl AttnSaesApp {
                 let data = d.cached_head(f.head).and_then(|h| h.features.get(feature));
                 if let Some(data) = data {
                     text += &format!(" · density {:.3e}", data.density);
+                }
+                if let Some(label) = d.labels.get(f.head, feature) {
+                    text += &format!(" · label {label:?}");
                 }
             }
         }
@@ -463,11 +473,42 @@ impl AttnSaesApp {
                             feature,
                             example,
                         }) => self.use_in_text(head, feature, example),
+                        Some(features::FeaturesAction::Label {
+                            head,
+                            feature,
+                            label,
+                        }) => self.label_feature(head, feature, &label),
                         None => {}
                     }
                 }
                 None => self.no_dashboard_ui(ui),
             },
+        }
+    }
+
+    /// Labels a feature of the open dashboard and saves the labels where they were read
+    /// from (the desktop).
+    fn label_feature(&mut self, head: usize, feature: usize, label: &str) {
+        let Some(d) = &mut self.dashboard else { return };
+        let saved =
+            d.set_label(head, feature, label)
+                .and_then(|changed| match (&d.labels_file, changed) {
+                    (Some(path), true) => d.labels.write(path).map(|()| Some(path.clone())),
+                    _ => Ok(None),
+                });
+        match saved {
+            Ok(Some(path)) => {
+                let said = match d.labels.get(head, feature) {
+                    Some(label) => format!("head {head} feature {feature}: {label:?}"),
+                    None => format!("head {head} feature {feature}: label removed"),
+                };
+                self.message(Level::Info, format!("{said} (saved in {})", path.display()));
+            }
+            Ok(None) => {}
+            Err(e) => self.message(
+                Level::Error,
+                format!("head {head} feature {feature}: label not saved: {e:#}"),
+            ),
         }
     }
 
@@ -527,6 +568,7 @@ impl AttnSaesApp {
     #[cfg(target_arch = "wasm32")]
     fn web_text_ui(&mut self, ui: &mut egui::Ui) {
         let largest = self.largest_activation();
+        let label = self.picked_label();
         let action = text_view::text_ui(
             ui,
             &mut self.ui.text,
@@ -537,6 +579,7 @@ impl AttnSaesApp {
                 ranking: self.web.ranking.as_ref(),
                 steer: self.web.steer.as_ref(),
                 largest,
+                label: label.as_deref(),
             },
         );
         match action {
@@ -635,12 +678,42 @@ impl AttnSaesApp {
             Ok(bytes) => {
                 self.curves = Curves::default();
                 self.native.run_dir = None;
-                self.open_bytes(short_name(path), bytes);
+                self.open_dashboard_file(path, bytes);
                 if self.dashboard.is_some() {
                     self.remember(shown);
                 }
             }
             Err(e) => self.message(Level::Error, format!("reading {shown}: {e}")),
+        }
+    }
+
+    /// Opens a dashboard file read from `path`, with the labels beside it (edited labels
+    /// are saved there; labels that cannot be read are neither shown nor written over).
+    fn open_dashboard_file(&mut self, path: &Path, bytes: Vec<u8>) {
+        use crate::dashboard::labels::{Labels, labels_path};
+        let mut d = match LoadedDashboard::new(short_name(path), bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                let text = format!("{}: {e}", short_name(path));
+                return self.message(Level::Error, text);
+            }
+        };
+        let file = labels_path(path);
+        let said = match Labels::read(&file, &d.file.meta) {
+            Ok(labels) => {
+                let n = labels.len();
+                d.labels = labels;
+                d.labels_file = Some(file.clone());
+                (n > 0).then(|| (Level::Info, format!("{n} labels from {}", file.display())))
+            }
+            Err(e) => Some((
+                Level::Error,
+                format!("labels not shown, and not saved over: {e:#}"),
+            )),
+        };
+        self.open_loaded(d);
+        if let Some((level, text)) = said {
+            self.message(level, text);
         }
     }
 
@@ -669,7 +742,7 @@ impl AttnSaesApp {
         self.dashboard = None;
         let file = crate::dashboard::run_dashboard_path(dir);
         match std::fs::read(&file) {
-            Ok(bytes) => self.open_bytes(short_name(&file), bytes),
+            Ok(bytes) => self.open_dashboard_file(&file, bytes),
             Err(_) => {
                 self.message(
                     Level::Info,
@@ -827,6 +900,7 @@ impl AttnSaesApp {
             }
         };
         let largest = self.largest_activation();
+        let label = self.picked_label();
         let action = text_view::text_ui(
             ui,
             &mut self.ui.text,
@@ -840,6 +914,7 @@ impl AttnSaesApp {
                 ranking: self.native.ranking.as_ref(),
                 steer: self.native.steer.as_ref(),
                 largest,
+                label: label.as_deref(),
             },
         );
         match action {
@@ -1125,7 +1200,7 @@ impl AttnSaesApp {
                 s.counted = None;
                 s.phase = "dashboards built".into();
                 match std::fs::read(&path) {
-                    Ok(bytes) => self.open_bytes(short_name(&path), bytes),
+                    Ok(bytes) => self.open_dashboard_file(&path, bytes),
                     Err(e) => self.message(Level::Error, format!("{}: {e}", path.display())),
                 }
             }

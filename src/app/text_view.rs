@@ -132,6 +132,8 @@ pub struct Answers<'a> {
     /// The picked feature's largest activation in the open dashboards, if any (steering
     /// strengths are multiples of it; else of its largest in the text).
     pub largest: Option<f32>,
+    /// The picked feature's label in the open dashboard's labels, if it has one.
+    pub label: Option<&'a str>,
 }
 
 /// Features listed per head for the selected token.
@@ -182,7 +184,8 @@ pub fn text_ui(
             token_features(ui, s, a, p);
             if let Some((head, feature)) = s.pick {
                 ui.separator();
-                if let Some(open) = pick_panel(ui, analysis, p, head, feature) {
+                let label = answers.label;
+                if let Some(open) = pick_panel(ui, analysis, p, (head, feature), label) {
                     action = Some(open);
                 }
                 ui.separator();
@@ -267,8 +270,8 @@ fn pick_panel(
     ui: &mut Ui,
     analysis: &dyn Analysed,
     p: usize,
-    head: usize,
-    feature: usize,
+    (head, feature): (usize, usize),
+    label: Option<&str>,
 ) -> Option<TextAction> {
     let a = analysis.tokens();
     let act = a.activation(head, feature, p);
@@ -276,6 +279,10 @@ fn pick_panel(
         ui.heading(format!("Head {head} · Feature {feature}"));
         ui.label(format!("activation {act:.3} at position {p}"));
     });
+    if let Some(label) = label {
+        ui.label(RichText::new(label).italics())
+            .on_hover_text("its label in the open dashboard's labels");
+    }
     let open = ui.button("Open its dashboard").clicked();
     ui.label(RichText::new("Direct feature attribution by source position").strong());
     match analysis.attribution_state(head, feature, p) {

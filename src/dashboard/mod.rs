@@ -7,6 +7,7 @@
 pub mod build;
 pub mod dfa;
 pub mod format;
+pub mod labels;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod neuronpedia;
 pub mod report;

@@ -23,6 +23,9 @@ pub struct FeatureReport {
     pub global: usize,
     pub density: f32,
     pub max_activation: f32,
+    /// Its label (`attn-saes label`), if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// The estimated rise in next-token loss without it, per 1000 tokens (when the file
     /// has the estimates).
     pub effect_per_thousand: Option<f64>,
@@ -52,6 +55,15 @@ pub struct HeadReport {
 pub struct Report {
     pub heads: Vec<HeadReport>,
     pub features: Vec<FeatureReport>,
+}
+
+impl Report {
+    /// Gives each feature reported its label in `labels`.
+    pub fn label(&mut self, labels: &super::labels::Labels) {
+        for f in &mut self.features {
+            f.label = labels.get(f.head, f.feature).map(str::to_string);
+        }
+    }
 }
 
 /// [`features_by`] and each head's [`sources::head_sources`].
@@ -148,6 +160,7 @@ pub fn features_by(
                 global: head * m + f,
                 density: feature.density,
                 max_activation: feature.max_activation,
+                label: None,
                 effect_per_thousand: (d.meta.effects.as_ref())
                     .zip(feature.effect)
                     .map(|(e, x)| e.per_thousand(x)),

@@ -55,12 +55,13 @@ result.steps.initialSelection = await waitFor('the first feature', async () => {
 });
 result.steps.loadMs = Date.now() - t0;
 
-// ?feature=HEAD,FEATURE: a link to one feature's dashboard; one the file lacks is an error.
+// ?feature=HEAD,FEATURE: a link to one feature's dashboard (with its label, which the
+// server has beside the dashboard); one the file lacks is an error.
 const linked = await browser.newPage({ viewport: { width: 1400, height: 900 } });
 await linked.goto(`${base}/?url=dashboard.safetensors&feature=3,5`);
-result.steps.linkedSelection = await waitFor('?feature=', async () => {
+result.steps.linkedSelection = await waitFor('?feature= and its label', async () => {
   const s = await linked.evaluate(() => window.attnSaes ? window.attnSaes.selection() : '');
-  return s.includes('head 3 · feature 5 · density') ? s : null;
+  return s.includes('head 3 · feature 5 · density') && s.includes(' · label ') ? s : null;
 });
 await linked.goto(`${base}/?url=dashboard.safetensors&feature=3,9999`);
 result.steps.linkedMissing = await waitFor('?feature= past the features', async () => {

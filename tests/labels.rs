@@ -1,0 +1,227 @@
+//! Feature labels (`dashboard::labels`, `attn-saes label`): kept beside a dashboard file,
+//! for the SAE it was built from (its sha256, checked here against the weights themselves),
+//! read back as written; files that are not labels, are for another SAE, name a feature the
+//! dashboard lacks or label one twice are refused with a message and left as they are.
+
+mod common;
+
+use std::path::Path;
+
+use attn_saes::dashboard::format::{DashboardMeta, OwnedDashboardFile};
+use attn_saes::dashboard::labels::{Labels, MAX_LABEL_CHARS, labels_path};
+use common::*;
+use serde_json::{Value, json};
+
+fn meta_of(run: &Path) -> DashboardMeta {
+    let bytes = std::fs::read(attn_saes::dashboard::run_dashboard_path(run)).unwrap();
+    OwnedDashboardFile::new(bytes).unwrap().meta
+}
+
+fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(std::fs::read(path).unwrap());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .env("RUST_BACKTRACE", "0")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn labels_round_trip_and_files_that_do_not_fit_are_refused() {
+    let dir = TempDir::new("attn-saes-labels", "lib");
+    let run = run_with_dashboard(&dir, 5);
+    let meta = meta_of(&run);
+    let (heads, features) = (meta.sae.n_heads, meta.sae.features_per_head);
+    let file = labels_path(&attn_saes::dashboard::run_dashboard_path(&run));
+    assert_eq!(file, run.join("dashboard.labels.json"));
+
+    // No file: no labels, for the SAE the dashboard was built from.
+    let mut labels = Labels::read(&file, &meta).unwrap();
+    assert!(labels.is_empty());
+    let sae_sha = sha256(&run.join("sae/sae.safetensors"));
+    assert_eq!(labels.sae_sha256.as_deref(), Some(sae_sha.as_str()));
+
+    // Setting: whether anything changed; trimmed, line breaks made spaces; empty removes.
+    assert!(labels.set(1, 3, "  previous token\nof 'the'  ").unwrap());
+    assert_eq!(labels.get(1, 3), Some("previous token of 'the'"));
+    assert!(!labels.set(1, 3, "previous token of 'the'").unwrap());
+    assert!(labels.set(heads - 1, features - 1, "last").unwrap());
+    assert!(labels.set(0, 0, "first").unwrap());
+    assert!(labels.set(0, 0, "").unwrap());
+    assert!(!labels.set(0, 0, " ").unwrap());
+    assert_eq!(labels.get(0, 0), None);
+    let long = "x".repeat(MAX_LABEL_CHARS + 1);
+    assert!(labels.set(0, 1, &long).unwrap_err().0.contains("at most"));
+    let err = labels.set(heads, 0, "x").unwrap_err().0;
+    assert!(err.contains(&format!("head {heads}")), "{err}");
+    let err = labels.set(0, features, "x").unwrap_err().0;
+    assert!(err.contains(&format!("feature {features}")), "{err}");
+    assert_eq!(labels.len(), 2);
+
+    // Written whole (nothing left beside it), in the documented shape, read back the same.
+    labels.write(&file).unwrap();
+    assert!(!run.join("dashboard.labels.json.tmp").exists());
+    let written: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(
+        written,
+        json!({
+            "format": "attn-saes feature labels",
+            "version": 1,
+            "sae_sha256": sae_sha,
+            "labels": [
+                {"head": 1, "feature": 3, "label": "previous token of 'the'"},
+                {"head": heads - 1, "feature": features - 1, "label": "last"},
+            ],
+        })
+    );
+    assert_eq!(Labels::read(&file, &meta).unwrap(), labels);
+    let listed: Vec<(usize, usize, &str)> = labels.iter().collect();
+    assert_eq!(
+        listed,
+        [
+            (1, 3, "previous token of 'the'"),
+            (heads - 1, features - 1, "last")
+        ]
+    );
+
+    // Refused, each with its reason.
+    let refused = |edit: &dyn Fn(&mut Value)| {
+        let mut v = written.clone();
+        edit(&mut v);
+        Labels::parse(serde_json::to_string(&v).unwrap().as_bytes(), &meta)
+            .unwrap_err()
+            .0
+    };
+    let other = "0".repeat(64);
+    let err = refused(&|v| v["sae_sha256"] = json!(other));
+    assert!(
+        err.contains("for another SAE") && err.contains("000000000000…"),
+        "{err}"
+    );
+    assert!(refused(&|v| v["version"] = json!(2)).contains("newer attn-saes"));
+    assert!(refused(&|v| v["format"] = json!("something else")).contains("not an attn-saes"));
+    let err = refused(&|v| v["labels"][1]["head"] = json!(heads));
+    assert!(
+        err.contains(&format!("the dashboard has {heads} heads")),
+        "{err}"
+    );
+    let err = refused(&|v| v["labels"][1] = v["labels"][0].clone());
+    assert!(err.contains("head 1 feature 3 is labelled twice"), "{err}");
+    assert!(refused(&|v| v["labels"][0]["label"] = json!(" ")).contains("an empty label"));
+    let err = refused(&|v| v["labels"][0]["label"] = json!(long));
+    assert!(
+        err.contains("head 1 feature 3") && err.contains("at most"),
+        "{err}"
+    );
+    let err = Labels::parse(b"{\"labels\": 1", &meta).unwrap_err().0;
+    assert!(err.contains("not an attn-saes labels file"), "{err}");
+    // The file's name in what `read` says.
+    std::fs::write(&file, b"[]").unwrap();
+    let err = Labels::read(&file, &meta).unwrap_err().0;
+    assert!(err.starts_with(&file.display().to_string()), "{err}");
+    // Labels without an SAE sha256 (written by hand) are taken, and get the dashboard's.
+    let mut v = written.clone();
+    v.as_object_mut().unwrap().remove("sae_sha256");
+    let taken = Labels::parse(serde_json::to_string(&v).unwrap().as_bytes(), &meta).unwrap();
+    assert_eq!(taken, labels);
+}
+
+#[test]
+fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
+    let dir = TempDir::new("attn-saes-labels", "cli");
+    let run = run_with_dashboard(&dir, 5);
+    let r = run.to_str().unwrap();
+    let file = run.join("dashboard.labels.json");
+    let stdout = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let stderr = |o: std::process::Output| {
+        assert!(!o.status.success());
+        String::from_utf8(o.stderr).unwrap()
+    };
+    assert!(stdout(cli(&["label", r])).starts_with("no labels for"));
+    // The strongest feature of head 2 by max activation: the one `features` lists first.
+    let d =
+        attn_saes::dashboard::build::read(&attn_saes::dashboard::run_dashboard_path(&run)).unwrap();
+    let strongest = (0..d.heads[2].features.len())
+        .max_by(|&a, &b| {
+            let x = |f: usize| d.heads[2].features[f].max_activation;
+            x(a).total_cmp(&x(b)).then(b.cmp(&a))
+        })
+        .unwrap();
+    let hf = format!("2,{strongest}");
+    let said = stdout(cli(&["label", r, &hf, "fires on commas"]));
+    assert!(
+        said.contains("fires on commas") && said.contains("1 label)"),
+        "{said}"
+    );
+    let said = stdout(cli(&["label", r, "0,1", "second"]));
+    assert!(said.contains("2 labels)"), "{said}");
+    let labels = Labels::read(&file, &meta_of(&run)).unwrap();
+    assert_eq!(labels.get(2, strongest), Some("fires on commas"));
+    assert_eq!(labels.get(0, 1), Some("second"));
+    assert_eq!(
+        stdout(cli(&["label", r])),
+        format!("head 0 feature 1: second\nhead 2 feature {strongest}: fires on commas\n")
+    );
+    assert_eq!(
+        stdout(cli(&["label", r, "0,1"])),
+        "head 0 feature 1: second\n"
+    );
+    // `features` prints it in the feature's line, and in its JSON.
+    let json = dir.join("report.json");
+    let report = stdout(cli(&[
+        "features",
+        "--run",
+        r,
+        "--per-head",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]));
+    assert!(
+        report.contains(&format!(
+            "head 2 feature {strongest} \"fires on commas\" (global"
+        )),
+        "{report}"
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let listed = report["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["head"] == 2)
+        .unwrap();
+    assert_eq!(listed["feature"], strongest);
+    assert_eq!(listed["label"], "fires on commas");
+    // Clearing, and what is refused.
+    assert!(stdout(cli(&["label", r, "0,1", "--clear"])).contains("label removed"));
+    assert!(stdout(cli(&["label", r, "0,1", "--clear"])).contains("has no label"));
+    assert!(stderr(cli(&["label", r, "9,1", "x"])).contains("head 9: the dashboard has 4 heads"));
+    assert!(stderr(cli(&["label", r, "0,1", " "])).contains("`--clear` removes one"));
+    assert!(stderr(cli(&["label", r, "--clear"])).contains("<FEATURE>"));
+    let missing = dir.join("nowhere");
+    assert!(stderr(cli(&["label", missing.to_str().unwrap()])).contains("does not exist"));
+    // Labels for another SAE: refused, the file left as it was; `features` says so and
+    // reports without them.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let sha = labels.sae_sha256.clone().unwrap();
+    let other = text.replace(&sha, &"0".repeat(64));
+    std::fs::write(&file, &other).unwrap();
+    assert!(stderr(cli(&["label", r, "1,1", "x"])).contains("for another SAE"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), other);
+    let out = cli(&["features", "--run", r, "--per-head", "1"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("labels not shown") && err.contains("for another SAE"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("fires on commas"));
+}
