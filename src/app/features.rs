@@ -938,11 +938,9 @@ fn feature_rows(
     ui.data_mut(|d| d.insert_temp(view_id, view));
 }
 
-/// The longest part of a label a list row shows.
-const ROW_LABEL_CHARS: usize = 32;
-
 /// One feature in the list: index, density (or, sorted by effect, its effect on the loss
-/// per 1000 tokens), max activation, where it reads from and its label (the start of it).
+/// per 1000 tokens), max activation, where it reads from and its label (as much as fits;
+/// all of it on hover).
 fn feature_row(
     ui: &mut Ui,
     fd: &FeatureData,
@@ -955,24 +953,24 @@ fn feature_row(
         (SortBy::Effect, Some(e), Some(x)) => format!("{:+.3}/1k", e.per_thousand(x)),
         _ => format!("{:.2e}", fd.density),
     };
-    let label = label.map_or(String::new(), |l| {
-        match l.chars().count() > ROW_LABEL_CHARS {
-            true => format!(
-                "  {}…",
-                l.chars().take(ROW_LABEL_CHARS - 1).collect::<String>()
-            ),
-            false => format!("  {l}"),
-        }
-    });
-    let text = format!("#{f}  {first}  max {:.2}  {tag}{label}", fd.max_activation);
+    let text = format!(
+        "#{f}  {first}  max {:.2}  {tag}{}",
+        fd.max_activation,
+        label.map_or(String::new(), |l| format!("  {l}"))
+    );
     let text = if is_dead(fd) {
         RichText::new(text).weak()
     } else {
         RichText::new(text)
     };
     let button = egui::Button::selectable(s.feature == Some(f), text)
+        .truncate()
         .min_size(vec2(ui.available_width(), row_h));
-    if ui.add(button).clicked() {
+    let mut response = ui.add(button);
+    if let Some(label) = label {
+        response = response.on_hover_text(label);
+    }
+    if response.clicked() {
         select_feature(s, f);
     }
 }
