@@ -1411,28 +1411,68 @@ fn rank_command(
         .map(|(h, x)| format!("h{h} {x:+.2} ({:+.3})", per_k(*x)))
         .collect();
     println!(" by head (its features together): {}", heads.join(", "));
-    let show = |f: &attn_saes::live::RankedFeature| {
-        println!(
-            "  head {} feature {}: {:+.4} ({:+.4}), fires at {} positions",
-            f.head,
-            f.feature,
+    print_ranked(&ranking, top, labels_beside(run).as_ref(), |f| {
+        format!(
+            "{:+.4} ({:+.4}), fires at {} positions",
             f.estimate,
             per_k(f.estimate),
             f.fires
         )
+    });
+    Ok(())
+}
+
+/// The `top` features of `ranking` that help most and hurt most, one line each: head,
+/// feature, its label in `labels` if any, and `said`.
+fn print_ranked(
+    ranking: &attn_saes::live::FeatureRanking,
+    top: usize,
+    labels: Option<&attn_saes::dashboard::labels::Labels>,
+    said: impl Fn(&attn_saes::live::RankedFeature) -> String,
+) {
+    let show = |f: &attn_saes::live::RankedFeature| {
+        println!(
+            "  head {} feature {}{}: {}",
+            f.head,
+            f.feature,
+            labelled(labels, f.head, f.feature),
+            said(f)
+        )
     };
     println!(" helps most:");
-    ranking
-        .features
-        .iter()
-        .take(top)
+    (ranking.features.iter().take(top))
         .filter(|f| f.estimate > 0.0)
         .for_each(show);
     println!(" hurts most:");
     (ranking.features.iter().rev().take(top))
         .filter(|f| f.estimate < 0.0)
         .for_each(show);
-    Ok(())
+}
+
+/// ` "its label"` for a feature with a label in `labels`, else nothing.
+fn labelled(
+    labels: Option<&attn_saes::dashboard::labels::Labels>,
+    head: usize,
+    feature: usize,
+) -> String {
+    (labels.and_then(|l| l.get(head, feature))).map_or(String::new(), |l| format!(" {l:?}"))
+}
+
+/// The labels beside the dashboard of `run` (a run directory or a dashboard file), when it
+/// has a dashboard; labels that cannot be read are said on stderr and left out.
+fn labels_beside(run: &std::path::Path) -> Option<attn_saes::dashboard::labels::Labels> {
+    let path = match run.is_dir() {
+        true => dashboard::run_dashboard_path(run),
+        false => run.to_path_buf(),
+    };
+    let bytes = std::fs::read(&path).ok()?;
+    let meta = attn_saes::dashboard::format::OwnedDashboardFile::new(bytes)
+        .ok()?
+        .meta;
+    let file = dashboard::labels::labels_path(&path);
+    dashboard::labels::Labels::read(&file, &meta)
+        .inspect_err(|e| eprintln!("labels not shown: {e}"))
+        .ok()
 }
 
 /// `features --effect`: a feature's top examples run clean and without it.
@@ -1857,10 +1897,13 @@ fn text_command(
             .collect();
         println!("{p:>4} {s:?}  {}", on.join(" | "));
     }
+    let labels = labels_beside(run);
     if let Some((p, h, f)) = pick {
         let at = a.attribution(h, f, p);
         println!(
-            "head {h} feature {f} at {p}: activation {:.4}, pre-activation {:.4}; DFA by source:",
+            "head {h} feature {f}{} at {p}: activation {:.4}, pre-activation {:.4}; DFA by \
+             source:",
+            labelled(labels.as_ref(), h, f),
             t.activation(h, f, p),
             at.pre
         );
@@ -1877,12 +1920,6 @@ fn text_command(
              each (first order; --effect H,F gives the exact change):",
             r.features.len()
         );
-        let show = |f: &attn_saes::live::RankedFeature| {
-            println!(
-                "  head {} feature {}: {:+.4} (fires at {} positions)",
-                f.head, f.feature, f.estimate, f.fires
-            )
-        };
         let heads: Vec<String> = r
             .by_head(t.n_heads)
             .iter()
@@ -1890,19 +1927,9 @@ fn text_command(
             .map(|(h, x)| format!("h{h} {x:+.3}"))
             .collect();
         println!(" by head (its features together): {}", heads.join(", "));
-        println!(" helps most:");
-        r.features
-            .iter()
-            .take(n)
-            .filter(|f| f.estimate > 0.0)
-            .for_each(show);
-        println!(" hurts most:");
-        r.features
-            .iter()
-            .rev()
-            .take(n)
-            .filter(|f| f.estimate < 0.0)
-            .for_each(show);
+        print_ranked(r, n, labels.as_ref(), |f| {
+            format!("{:+.4} (fires at {} positions)", f.estimate, f.fires)
+        });
     }
     Ok(())
 }

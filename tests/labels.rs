@@ -200,6 +200,54 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
         .unwrap();
     assert_eq!(listed["feature"], strongest);
     assert_eq!(listed["label"], "fires on commas");
+    // `text --pick` and `text --rank`, and `rank`, name labelled features by their labels.
+    let text = "The cat sat on the mat, and the dog sat on the rug.";
+    let shown: Value =
+        serde_json::from_str(&stdout(cli(&["text", r, text, "--rank", "1000", "--json"]))).unwrap();
+    let first = &shown["ranking"]["features"][0];
+    let (h, f) = (
+        first["head"].as_u64().unwrap(),
+        first["feature"].as_u64().unwrap(),
+    );
+    let in_text = (h, f);
+    let last = shown["tokens"]["ids"].as_array().unwrap().len() - 1;
+    stdout(cli(&["label", r, &format!("{h},{f}"), "ranked first"]));
+    let pick = format!("{last},{h},{f}");
+    let said = stdout(cli(&["text", r, text, "--pick", &pick, "--rank", "1000"]));
+    let named = format!("head {h} feature {f} \"ranked first\"");
+    assert!(
+        said.contains(&format!("{named} at {last}: activation")),
+        "{said}"
+    );
+    assert!(said.contains(&format!("  {named}: ")), "{said}");
+    let ranked = dir.join("rank.json");
+    let rank = |json: Option<&Path>| {
+        let mut args = vec!["rank", "--run", r, "--top", "1000", "--tokens", "64"];
+        if let Some(json) = json {
+            args.extend(["--json", json.to_str().unwrap()]);
+        }
+        stdout(cli(&args))
+    };
+    rank(Some(&ranked));
+    let ranked: Value = serde_json::from_slice(&std::fs::read(&ranked).unwrap()).unwrap();
+    let first = &ranked["features"][0];
+    let (h, f) = (
+        first["head"].as_u64().unwrap(),
+        first["feature"].as_u64().unwrap(),
+    );
+    stdout(cli(&[
+        "label",
+        r,
+        &format!("{h},{f}"),
+        "ranked first on held-out text",
+    ]));
+    let said = rank(None);
+    let named = format!("  head {h} feature {f} \"ranked first on held-out text\": ");
+    assert!(said.contains(&named), "{said}");
+    for (h, f) in [in_text, (h, f)] {
+        stdout(cli(&["label", r, &format!("{h},{f}"), "--clear"]));
+    }
+
     // Clearing, and what is refused.
     assert!(stdout(cli(&["label", r, "0,1", "--clear"])).contains("label removed"));
     assert!(stdout(cli(&["label", r, "0,1", "--clear"])).contains("has no label"));

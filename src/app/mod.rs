@@ -322,13 +322,6 @@ impl AttnSaesApp {
         (largest > 0.0).then_some(largest)
     }
 
-    /// The label of the feature picked in Your text, if the open dashboard has one.
-    fn picked_label(&self) -> Option<String> {
-        let (head, feature) = self.ui.text.pick?;
-        let label = self.dashboard.as_ref()?.labels.get(head, feature)?;
-        Some(label.to_string())
-    }
-
     /// What is selected, in words (the web page exposes it to scripts and tests).
     pub fn selection(&self) -> String {
         let f = &self.ui.features;
@@ -568,7 +561,6 @@ impl AttnSaesApp {
     #[cfg(target_arch = "wasm32")]
     fn web_text_ui(&mut self, ui: &mut egui::Ui) {
         let largest = self.largest_activation();
-        let label = self.picked_label();
         let action = text_view::text_ui(
             ui,
             &mut self.ui.text,
@@ -579,7 +571,7 @@ impl AttnSaesApp {
                 ranking: self.web.ranking.as_ref(),
                 steer: self.web.steer.as_ref(),
                 largest,
-                label: label.as_deref(),
+                labels: self.dashboard.as_ref().map(|d| &d.labels),
             },
         );
         match action {
@@ -900,7 +892,6 @@ impl AttnSaesApp {
             }
         };
         let largest = self.largest_activation();
-        let label = self.picked_label();
         let action = text_view::text_ui(
             ui,
             &mut self.ui.text,
@@ -914,7 +905,7 @@ impl AttnSaesApp {
                 ranking: self.native.ranking.as_ref(),
                 steer: self.native.steer.as_ref(),
                 largest,
-                label: label.as_deref(),
+                labels: self.dashboard.as_ref().map(|d| &d.labels),
             },
         );
         match action {

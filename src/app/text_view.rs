@@ -6,6 +6,7 @@
 use eframe::egui::{self, RichText, Ui};
 
 use super::features::{answer_panel, dfa_row, drawable, error_label, shown_token};
+use crate::dashboard::labels::Labels;
 use crate::live::{
     Analysed, Answer, AskedEffect, AskedRanking, AskedSteer, AttributionState, EffectState,
     FeatureEffect, FeatureRanking, LiveTokens, RankedFeature, Steered, Steering,
@@ -132,8 +133,8 @@ pub struct Answers<'a> {
     /// The picked feature's largest activation in the open dashboards, if any (steering
     /// strengths are multiples of it; else of its largest in the text).
     pub largest: Option<f32>,
-    /// The picked feature's label in the open dashboard's labels, if it has one.
-    pub label: Option<&'a str>,
+    /// The open dashboard's feature labels, if a dashboard is open.
+    pub labels: Option<&'a Labels>,
 }
 
 /// Features listed per head for the selected token.
@@ -176,15 +177,15 @@ pub fn text_ui(
         tokens_row(ui, s, a);
         ui.separator();
         let ranking = answers.ranking.filter(|r| r.ids == a.ids);
-        if let Some(asked) = ranking_panel(ui, s, a, ranking) {
+        if let Some(asked) = ranking_panel(ui, s, a, ranking, answers.labels) {
             action = Some(asked);
         }
         if let Some(p) = s.token.filter(|&p| p < a.len()) {
             ui.separator();
-            token_features(ui, s, a, p);
+            token_features(ui, s, a, p, answers.labels);
             if let Some((head, feature)) = s.pick {
                 ui.separator();
-                let label = answers.label;
+                let label = answers.labels.and_then(|l| l.get(head, feature));
                 if let Some(open) = pick_panel(ui, analysis, p, (head, feature), label) {
                     action = Some(open);
                 }
@@ -236,7 +237,13 @@ fn tokens_row(ui: &mut Ui, s: &mut TextState, a: &LiveTokens) {
 }
 
 /// The selected token's strongest features per head; a click picks one.
-fn token_features(ui: &mut Ui, s: &mut TextState, a: &LiveTokens, p: usize) {
+fn token_features(
+    ui: &mut Ui,
+    s: &mut TextState,
+    a: &LiveTokens,
+    p: usize,
+    labels: Option<&Labels>,
+) {
     ui.label(
         RichText::new(format!(
             "Position {p} ({:?}): active features per head",
@@ -250,10 +257,11 @@ fn token_features(ui: &mut Ui, s: &mut TextState, a: &LiveTokens, p: usize) {
             ui.label(RichText::new(format!("Head {head} · {} active", on.len())).strong());
             for &(f, act) in on.iter().take(FEATURES_SHOWN) {
                 let picked = s.pick == Some((head, f as usize));
-                if ui
-                    .selectable_label(picked, format!("h{head} #{f} {act:.2}"))
-                    .clicked()
-                {
+                let mut chip = ui.selectable_label(picked, format!("h{head} #{f} {act:.2}"));
+                if let Some(label) = labels.and_then(|l| l.get(head, f as usize)) {
+                    chip = chip.on_hover_text(label);
+                }
+                if chip.clicked() {
                     s.pick = Some((head, f as usize));
                 }
             }
@@ -651,16 +659,17 @@ fn ranking_panel(
     s: &mut TextState,
     a: &LiveTokens,
     ranking: Option<&AskedRanking>,
+    labels: Option<&Labels>,
 ) -> Option<TextAction> {
     ui.label(RichText::new("Which features matter here").strong());
-    let labels = (
+    let texts = (
         "Rank the features",
         "estimates, for every feature that fires, how much the text's loss would rise without \
          it (to first order: one backward pass through the model)",
         "running the model forward and back…",
     );
     let state = ranking.map(|r| &r.state);
-    match answer_panel(ui, state, labels, |ui, r| ranking_ready(ui, s, a, r)) {
+    match answer_panel(ui, state, texts, |ui, r| ranking_ready(ui, s, a, r, labels)) {
         (true, _) => Some(TextAction::Rank),
         (false, picked) => picked,
     }
@@ -671,6 +680,7 @@ fn ranking_ready(
     s: &mut TextState,
     a: &LiveTokens,
     r: &FeatureRanking,
+    labels: Option<&Labels>,
 ) -> Option<TextAction> {
     ui.label(format!(
         "{} features fire. The estimated rise in the text's summed next-token loss without \
@@ -688,9 +698,12 @@ fn ranking_ready(
             for f in features {
                 let picked = s.pick == Some((f.head, f.feature));
                 let label = format!("h{} #{} {}", f.head, f.feature, signed(f.estimate));
-                let response = ui
-                    .selectable_label(picked, label)
-                    .on_hover_text(format!("fires at {} positions", f.fires));
+                let named = labels.and_then(|l| l.get(f.head, f.feature));
+                let hover = match named {
+                    Some(name) => format!("{name}; fires at {} positions", f.fires),
+                    None => format!("fires at {} positions", f.fires),
+                };
+                let response = ui.selectable_label(picked, label).on_hover_text(hover);
                 if response.clicked() {
                     s.token = strongest_position(a, f.head, f.feature);
                     s.pick = Some((f.head, f.feature));
