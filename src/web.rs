@@ -30,6 +30,15 @@ struct Shared {
     inbox: Vec<LoadedDashboard>,
     /// Set by [`open_labels`]: a labels file's JSON, for the open dashboard.
     labels_inbox: Option<String>,
+    /// Set by [`label_feature`]: a label to give a feature.
+    label_request: Option<(usize, usize, String)>,
+    /// Set by [`labels_saved`].
+    labels_saved: bool,
+    /// The open dashboard's labels as a labels file ([`labels_json`]), whether they changed
+    /// since they were saved, and which dashboard and version of them that is.
+    labels_json: String,
+    labels_unsaved: bool,
+    labels_key: Option<(String, u64)>,
     /// Dashboards parsed by [`compare_dashboard`]: their training histories, to compare.
     compare_inbox: Vec<(String, crate::run_log::History)>,
     /// What Curves compares, for [`curves_shown`]: the open run's name and the others'.
@@ -274,9 +283,8 @@ impl WebApp {
         match crate::dashboard::labels::Labels::parse(json.as_bytes(), &d.file.meta) {
             Ok(labels) => {
                 let n = labels.len();
-                d.labels = labels;
-                d.invalidate_list();
-                self.app.message(Level::Info, format!("{n} labels"));
+                d.replace_labels(labels);
+                self.app.message(Level::Info, format!("{n} feature labels"));
             }
             Err(e) => self
                 .app
@@ -295,6 +303,16 @@ impl eframe::App for WebApp {
         let labels = self.shared.borrow_mut().labels_inbox.take();
         if let Some(json) = labels {
             self.open_labels(&json);
+        }
+        let (request, saved) = {
+            let mut s = self.shared.borrow_mut();
+            (s.label_request.take(), std::mem::take(&mut s.labels_saved))
+        };
+        if let Some((head, feature, label)) = request {
+            self.app.label_feature(head, feature, &label);
+        }
+        if let (true, Some(d)) = (saved, &mut self.app.dashboard) {
+            d.labels_unsaved = false;
         }
         let compared: Vec<_> = self.shared.borrow_mut().compare_inbox.drain(..).collect();
         for (name, history) in compared {
@@ -323,6 +341,13 @@ impl eframe::App for WebApp {
             .collect::<Vec<_>>()
             .join("\n");
         shared.curves_shown = curves_json(&self.app.curves, &self.app.compared);
+        let d = self.app.dashboard.as_ref();
+        let key = d.map(|d| (d.name.clone(), d.labels_version));
+        if shared.labels_key != key {
+            shared.labels_json = d.map(|d| d.labels.to_json()).unwrap_or_default();
+            shared.labels_key = key;
+        }
+        shared.labels_unsaved = d.is_some_and(|d| d.labels_unsaved);
         // Kept for `live_shown`, which serialises it only when a script asks.
         let (web, text) = (&self.app.web, &self.app.ui.text);
         shared.live_view = web.analysis.clone().map(|a| LiveView {
@@ -525,6 +550,8 @@ pub fn open_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue> {
         .as_ref()
         .and_then(|b| serde_json::to_string(b).ok())
         .unwrap_or_default();
+    let mut d = d;
+    d.labels_edit = crate::app::features::LabelsEdit::Download;
     post(|s| {
         s.built_from = built_from;
         s.inbox.push(d);
@@ -540,6 +567,35 @@ pub fn open_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue> {
 #[wasm_bindgen]
 pub fn open_labels(json: String) {
     post(|s| s.labels_inbox = Some(json));
+}
+
+/// Labels `feature` of `head` in the open dashboard, as its label field does (an empty
+/// label removes it); kept in the page until [`labels_json`] is saved.
+#[wasm_bindgen]
+pub fn label_feature(head: usize, feature: usize, label: String) {
+    post(|s| s.label_request = Some((head, feature, label)));
+}
+
+/// The open dashboard's labels as a labels file (`dashboard.labels.json`, what the page's
+/// Save labels downloads), or "" with no dashboard open.
+#[wasm_bindgen]
+pub fn labels_json() -> String {
+    shared().borrow().labels_json.clone()
+}
+
+/// Whether labels were edited since the page last saved them ([`labels_saved`]).
+#[wasm_bindgen]
+pub fn labels_unsaved() -> bool {
+    shared().borrow().labels_unsaved
+}
+
+/// Says the labels [`labels_json`] gave were saved.
+#[wasm_bindgen]
+pub fn labels_saved() {
+    post(|s| {
+        s.labels_saved = true;
+        s.labels_unsaved = false;
+    });
 }
 
 /// Parses a dashboard file and draws the training curves it records beside the open

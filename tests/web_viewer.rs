@@ -102,6 +102,18 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
             head3.features[5].density
         )
     );
+    // A label given in the page, then Save labels: the download holds the served label and
+    // the new one, for this SAE.
+    assert_eq!(step("unsavedAfterLabel"), "true");
+    assert_eq!(step("labelsDownloadName"), "dashboard.labels.json");
+    assert_eq!(step("unsavedAfterSave"), "false");
+    let saved = std::fs::read(shots.join("saved.labels.json")).unwrap();
+    let saved = attn_saes::dashboard::labels::Labels::parse(&saved, &meta).unwrap();
+    let listed: Vec<(usize, usize, &str)> = saved.iter().collect();
+    assert_eq!(
+        listed,
+        [(3, 5, "reads the token before"), (3, 6, "the next one")]
+    );
     assert!(
         step("linkedMissing").contains(&format!(
             "no head 3 feature 9999: the dashboard has {h} heads x {m} features"

@@ -48,9 +48,25 @@ pub struct LoadedDashboard {
     /// The features' labels (the desktop reads them from beside the file; the page from
     /// the server).
     pub labels: Labels,
-    /// Where the labels are saved when edited (the desktop, once they were read without an
-    /// error); `None`: shown, not edited.
-    pub labels_file: Option<std::path::PathBuf>,
+    /// Whether and how edited labels are kept.
+    pub labels_edit: LabelsEdit,
+    /// Counts changes to the labels (edits and replacements), for the page to notice them.
+    pub labels_version: u64,
+    /// Labels edited since they were last saved (the page: downloaded).
+    pub labels_unsaved: bool,
+}
+
+/// Whether a dashboard's labels can be edited, and where edits go.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum LabelsEdit {
+    /// Shown only (the desktop, when the labels beside the file could not be read: they
+    /// are not written over).
+    #[default]
+    Shown,
+    /// Saved to this file on each edit (the desktop).
+    File(std::path::PathBuf),
+    /// Kept in memory until the page's Save labels downloads them (the web page).
+    Download,
 }
 
 /// What the feature list depends on.
@@ -91,14 +107,17 @@ impl LoadedDashboard {
             sources,
             list: None,
             labels,
-            labels_file: None,
+            labels_edit: LabelsEdit::Shown,
+            labels_version: 0,
+            labels_unsaved: false,
         })
     }
 
-    /// Rebuilds the feature list on the next frame (after the labels, which it searches,
-    /// were replaced).
-    pub fn invalidate_list(&mut self) {
+    /// Replaces the labels (the list, which searches them, is rebuilt on the next frame).
+    pub fn replace_labels(&mut self, labels: Labels) {
+        self.labels = labels;
         self.list = None;
+        self.labels_version += 1;
     }
 
     /// Labels `feature` of `head` (an empty label removes it) and, when that changed
@@ -112,6 +131,8 @@ impl LoadedDashboard {
         let changed = self.labels.set(head, feature, label)?;
         if changed {
             self.list = None;
+            self.labels_version += 1;
+            self.labels_unsaved = true;
         }
         Ok(changed)
     }
@@ -369,7 +390,7 @@ pub fn features_ui(
     heads_panel(ui, &d.name, &d.file.meta, &decoded, s);
     d.prepare(s);
     let (file, head, order) = d.parts(s.head);
-    let labels = (&d.labels, d.labels_file.is_some());
+    let labels = (&d.labels, &d.labels_edit);
     let reveal = std::mem::take(&mut s.reveal);
     let mut scroll = if reveal { Scroll::Centre } else { Scroll::No };
     if let Ok(head) = head
@@ -982,7 +1003,7 @@ fn dashboard_panel(
     ui: &mut Ui,
     file: &OwnedDashboardFile,
     head: Result<Head<'_>, &str>,
-    labels: (&Labels, bool),
+    labels: (&Labels, &LabelsEdit),
     s: &mut FeaturesState,
     ask: ExamplesAsk,
 ) -> Option<FeaturesAction> {
@@ -1019,7 +1040,7 @@ fn feature_dashboard(
     file: &OwnedDashboardFile,
     (f, fd): (usize, &FeatureData),
     reads: &FeatureSources,
-    labels: (&Labels, bool),
+    labels: (&Labels, &LabelsEdit),
     s: &mut FeaturesState,
     ask: ExamplesAsk,
 ) -> Option<FeaturesAction> {
@@ -1219,23 +1240,30 @@ fn header(ui: &mut Ui, meta: &DashboardMeta, h: usize, f: usize, fd: &FeatureDat
     });
 }
 
-/// The feature's label: a text field where the labels are saved (the desktop), saved when
-/// it loses focus (Enter, a click elsewhere) or the selection moves on; else the label as
-/// text, if there is one.
+/// The feature's label: a text field where labels can be edited, taken when it loses focus
+/// (Enter, a click elsewhere) or the selection moves on; else the label as text, if there
+/// is one.
 fn label_line(
     ui: &mut Ui,
-    (labels, editable): (&Labels, bool),
+    (labels, edit): (&Labels, &LabelsEdit),
     s: &mut FeaturesState,
     (h, f): (usize, usize),
 ) -> Option<FeaturesAction> {
     let stored = labels.get(h, f).unwrap_or_default();
-    if !editable {
+    let hint = match edit {
+        LabelsEdit::Shown => None,
+        LabelsEdit::File(_) => {
+            Some("what it does, in your words (saved beside the dashboard file)")
+        }
+        LabelsEdit::Download => Some("what it does, in your words (Save labels downloads them)"),
+    };
+    let Some(hint) = hint else {
         if !stored.is_empty() {
             ui.label(RichText::new(stored).italics())
                 .on_hover_text("its label (attn-saes label)");
         }
         return None;
-    }
+    };
     let mut action = None;
     // A label typed for the feature selected before (the list clicked while typing).
     if let Some(((dh, df), draft)) = s.label_draft.take_if(|(at, _)| *at != (h, f))
@@ -1255,7 +1283,7 @@ fn label_line(
             let name = ui.label("label").id;
             ui.add(
                 egui::TextEdit::singleline(draft)
-                    .hint_text("what it does, in your words (saved beside the dashboard file)")
+                    .hint_text(hint)
                     .desired_width(f32::INFINITY),
             )
             .labelled_by(name)

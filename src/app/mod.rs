@@ -480,29 +480,39 @@ impl AttnSaesApp {
     }
 
     /// Labels a feature of the open dashboard and saves the labels where they were read
-    /// from (the desktop).
-    fn label_feature(&mut self, head: usize, feature: usize, label: &str) {
-        let Some(d) = &mut self.dashboard else { return };
-        let saved =
-            d.set_label(head, feature, label)
-                .and_then(|changed| match (&d.labels_file, changed) {
-                    (Some(path), true) => d.labels.write(path).map(|()| Some(path.clone())),
-                    _ => Ok(None),
-                });
-        match saved {
-            Ok(Some(path)) => {
+    /// from (the desktop), or keeps them for the page's Save labels.
+    pub fn label_feature(&mut self, head: usize, feature: usize, label: &str) {
+        use features::LabelsEdit;
+        let Some(d) = &mut self.dashboard else {
+            return self.message(Level::Error, "no dashboard is open to label");
+        };
+        let failed = |e: &dyn std::fmt::Display| {
+            (
+                Level::Error,
+                format!("head {head} feature {feature}: label not saved: {e}"),
+            )
+        };
+        let (level, text) = match d.set_label(head, feature, label) {
+            Err(e) => failed(&e),
+            Ok(false) => return,
+            Ok(true) => {
                 let said = match d.labels.get(head, feature) {
                     Some(label) => format!("head {head} feature {feature}: {label:?}"),
                     None => format!("head {head} feature {feature}: label removed"),
                 };
-                self.message(Level::Info, format!("{said} (saved in {})", path.display()));
+                match &d.labels_edit {
+                    LabelsEdit::File(path) => match d.labels.write(path) {
+                        Ok(()) => (Level::Info, format!("{said} (saved in {})", path.display())),
+                        Err(e) => failed(&e),
+                    },
+                    LabelsEdit::Download => {
+                        (Level::Info, format!("{said} (Save labels downloads them)"))
+                    }
+                    LabelsEdit::Shown => return,
+                }
             }
-            Ok(None) => {}
-            Err(e) => self.message(
-                Level::Error,
-                format!("head {head} feature {feature}: label not saved: {e:#}"),
-            ),
-        }
+        };
+        self.message(level, text);
     }
 
     /// The Features view's "Use it in Your text": Your text with the feature picked, on the
@@ -695,7 +705,7 @@ impl AttnSaesApp {
             Ok(labels) => {
                 let n = labels.len();
                 d.labels = labels;
-                d.labels_file = Some(file.clone());
+                d.labels_edit = features::LabelsEdit::File(file.clone());
                 (n > 0).then(|| (Level::Info, format!("{n} labels from {}", file.display())))
             }
             Err(e) => Some((

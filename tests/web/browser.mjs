@@ -63,6 +63,15 @@ result.steps.linkedSelection = await waitFor('?feature= and its label', async ()
   const s = await linked.evaluate(() => window.attnSaes ? window.attnSaes.selection() : '');
   return s.includes('head 3 · feature 5 · density') && s.includes(' · label ') ? s : null;
 });
+// A label given in the page (attnSaes.label_feature, as the label field does) is unsaved
+// until Save labels downloads the labels file.
+await linked.evaluate(() => window.attnSaes.label_feature(3, 6, 'the next one'));
+result.steps.unsavedAfterLabel = await waitFor('the label', async () =>
+  ((await linked.evaluate(() => window.attnSaes.labels_unsaved())) ? 'true' : null));
+const [download] = await Promise.all([linked.waitForEvent('download'), linked.click('#save-labels')]);
+result.steps.labelsDownloadName = download.suggestedFilename();
+await download.saveAs(`${outDir}/saved.labels.json`);
+result.steps.unsavedAfterSave = String(await linked.evaluate(() => window.attnSaes.labels_unsaved()));
 await linked.goto(`${base}/?url=dashboard.safetensors&feature=3,9999`);
 result.steps.linkedMissing = await waitFor('?feature= past the features', async () => {
   const s = await linked.evaluate(() => window.attnSaes ? window.attnSaes.messages() : '');
