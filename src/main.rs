@@ -308,6 +308,15 @@ enum Command {
         /// Remove the feature's label.
         #[arg(long, conflicts_with = "label", requires = "feature")]
         clear: bool,
+        /// Copy the labels of another run or dashboard file (an SAE of the same heads) to
+        /// this one's features whose decoder direction is closest to theirs (`match`'s
+        /// cosine, within the head), where that is at least --threshold and the feature has
+        /// no label yet.
+        #[arg(long, value_name = "OTHER", conflicts_with_all = ["feature", "clear"])]
+        from: Option<std::path::PathBuf>,
+        /// The least cosine a label is copied at (with --from).
+        #[arg(long, default_value_t = 0.9, requires = "from")]
+        threshold: f32,
     },
     /// Continue a text with a run's model twice, greedily or sampled: as it is, and steered
     /// by one feature added to its head's hook_z at every position after BOS (its decoder
@@ -803,6 +812,22 @@ fn main() -> anyhow::Result<()> {
             feature,
             label,
             clear,
+            from: Some(other),
+            threshold,
+        } => {
+            anyhow::ensure!(
+                feature.is_none() && label.is_none() && !clear,
+                "--from copies labels: give no feature, label or --clear with it"
+            );
+            copy_labels(&run, &other, threshold, cli.device)?
+        }
+        Command::Label {
+            run,
+            feature,
+            label,
+            clear,
+            from: None,
+            ..
         } => label_command(&run, feature, label.as_deref(), clear)?,
         Command::Features {
             run,
@@ -1307,13 +1332,11 @@ fn parse_head_feature(s: &str) -> Result<(usize, usize), String> {
     }
 }
 
-/// `attn-saes label`: sets, clears, prints or lists the labels beside a dashboard file.
-fn label_command(
+/// The labels file of `run`'s dashboard (`run`: a run directory or a dashboard file) and
+/// the labels in it.
+fn dashboard_labels(
     run: &std::path::Path,
-    feature: Option<(usize, usize)>,
-    label: Option<&str>,
-    clear: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(std::path::PathBuf, attn_saes::dashboard::labels::Labels)> {
     use attn_saes::dashboard::labels::{Labels, labels_path};
     let path = attn_saes::serve::dashboard_of(run)?;
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -1321,7 +1344,74 @@ fn label_command(
         .with_context(|| path.display().to_string())?
         .meta;
     let file = labels_path(&path);
-    let mut labels = Labels::read(&file, &meta)?;
+    let labels = Labels::read(&file, &meta)?;
+    Ok((file, labels))
+}
+
+/// `attn-saes label RUN --from OTHER`: OTHER's labels copied to RUN's closest features.
+fn copy_labels(
+    run: &std::path::Path,
+    other: &std::path::Path,
+    threshold: f32,
+    choice: DeviceChoice,
+) -> anyhow::Result<()> {
+    use attn_saes::sae::matching::match_saes;
+    let (file, mut labels) = dashboard_labels(run)?;
+    let (other_file, theirs) = dashboard_labels(other)?;
+    anyhow::ensure!(
+        !theirs.is_empty(),
+        "{} has no labels to copy",
+        other_file.display()
+    );
+    let device = attn_saes::device::select(choice)?.device;
+    let ours_sae = BlockDiagSae::load(&sae_of(run)?.0, &device)?;
+    let their_sae = BlockDiagSae::load(&sae_of(other)?.0, &device)?;
+    let m = match_saes(&ours_sae, &their_sae)?;
+    // Each of their labelled features' closest feature here, the closest pairs first.
+    let mut pairs: Vec<(f32, usize, usize, usize, &str)> = (theirs.iter())
+        .map(|(h, g, label)| {
+            let closest = m.heads[h].b_to_a[g];
+            (closest.cosine, h, closest.feature as usize, g, label)
+        })
+        .collect();
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.3).cmp(&(b.1, b.3))));
+    let (mut copied, mut kept, mut far) = (0, 0, 0);
+    for (cosine, h, f, g, label) in pairs {
+        let from = format!("head {h} feature {g} there (cosine {cosine:.3})");
+        if cosine < threshold {
+            far += 1;
+            println!("  not copied: {label:?} of {from}: its closest here is feature {f}");
+        } else if let Some(own) = labels.get(h, f) {
+            kept += 1;
+            println!("  kept head {h} feature {f}'s own label {own:?}, not {label:?} of {from}");
+        } else {
+            labels.set(h, f, label)?;
+            copied += 1;
+            println!("  head {h} feature {f}: {label:?} from {from}");
+        }
+    }
+    if copied > 0 {
+        labels.write(&file)?;
+    }
+    println!(
+        "copied {copied} of {} labels from {} to {} (cosine at least {threshold}); not copied: \
+         {kept} onto a label already there, {far} without a feature that close",
+        theirs.len(),
+        other_file.display(),
+        file.display()
+    );
+    Ok(())
+}
+
+/// `attn-saes label`: sets, clears, prints or lists the labels beside a dashboard file.
+fn label_command(
+    run: &std::path::Path,
+    feature: Option<(usize, usize)>,
+    label: Option<&str>,
+    clear: bool,
+) -> anyhow::Result<()> {
+    let (file, mut labels) = dashboard_labels(run)?;
+    let path = attn_saes::serve::dashboard_of(run)?;
     let Some((h, f)) = feature else {
         if labels.is_empty() {
             println!(

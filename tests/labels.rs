@@ -273,3 +273,219 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("fires on commas"));
 }
+
+/// `b` as a copy of the directory `a`, recursively.
+fn copy_dir(a: &Path, b: &Path) {
+    std::fs::create_dir_all(b).unwrap();
+    for entry in std::fs::read_dir(a).unwrap() {
+        let entry = entry.unwrap();
+        let to = b.join(entry.file_name());
+        match entry.file_type().unwrap().is_dir() {
+            true => copy_dir(&entry.path(), &to),
+            false => drop(std::fs::copy(entry.path(), &to).unwrap()),
+        }
+    }
+}
+
+/// A run's SAE arrays by name: shape and values.
+fn sae_arrays(run: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(run.join("sae/sae.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut arrays: Vec<_> = (st.tensors().into_iter())
+        .map(|(name, view)| {
+            let values = (view.data().chunks_exact(4))
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (name, view.shape().to_vec(), values)
+        })
+        .collect();
+    arrays.sort_by(|a, b| a.0.cmp(&b.0));
+    arrays
+}
+
+/// `label B --from A`: A's labels go to B's features whose decoder directions are closest,
+/// at a cosine of at least the threshold, and not over B's own. B is A with every head's features in
+/// reverse order (so a label of feature f lands on m-1-f, at cosine 1) and one of those
+/// decoder rows turned away (so its label stays behind); what is copied is checked against
+/// cosines computed here from the weights.
+#[test]
+fn labels_are_copied_to_the_closest_features_of_another_sae() {
+    let dir = TempDir::new("attn-saes-labels", "from");
+    let a = run_with_dashboard(&dir, 30);
+    let b = dir.join("run-b");
+    copy_dir(&a, &b);
+    std::fs::remove_file(b.join("dashboard.safetensors")).unwrap();
+    // B's SAE: features reversed within each head; head 2's row for A's feature `turned`
+    // rolled by one element of d_head.
+    let arrays = sae_arrays(&a);
+    let shape = |name: &str| arrays.iter().find(|x| x.0 == name).unwrap().1.clone();
+    let (heads, d, m) = {
+        let s = shape("W_dec");
+        (s[0], s[2], s[1])
+    };
+    assert!(
+        !arrays.iter().any(|x| x.0.contains("threshold")),
+        "a ReLU SAE"
+    );
+    let meta_a = meta_of(&a);
+    let live: Vec<usize> = (0..m)
+        .filter(|&f| {
+            let file = OwnedDashboardFile::new(
+                std::fs::read(attn_saes::dashboard::run_dashboard_path(&a)).unwrap(),
+            )
+            .unwrap();
+            file.head(2).unwrap().features[f].max_activation > 0.0
+        })
+        .collect();
+    let (kept_apart, turned, taken) = (live[0], live[1], live[2]);
+    let mut flipped = Vec::new();
+    for (name, s, values) in &arrays {
+        let mut out = values.clone();
+        match name.as_str() {
+            "W_enc" => {
+                for (h, k, f) in itertools(heads, d, m) {
+                    out[(h * d + k) * m + f] = values[(h * d + k) * m + (m - 1 - f)];
+                }
+            }
+            "b_enc" => {
+                for h in 0..heads {
+                    for f in 0..m {
+                        out[h * m + f] = values[h * m + (m - 1 - f)];
+                    }
+                }
+            }
+            "W_dec" => {
+                for (h, f, k) in itertools(heads, m, d) {
+                    out[(h * m + f) * d + k] = values[(h * m + (m - 1 - f)) * d + k];
+                }
+                let row = (2 * m + (m - 1 - turned)) * d;
+                out[row..row + d].rotate_right(1);
+            }
+            _ => {}
+        }
+        flipped.push((name.clone(), s.clone(), out));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = (flipped.iter())
+        .map(|(name, s, v)| {
+            let bytes: &[u8] = bytemuck_f32(v);
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), bytes)
+                    .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &b.join("sae/sae.safetensors")).unwrap();
+    let out = cli(&["dashboard", "--run", b.to_str().unwrap(), "--tokens", "128"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A's labels; B's own label on where A's `taken` lands.
+    let labels_a = labels_path(&attn_saes::dashboard::run_dashboard_path(&a));
+    let mut la = Labels::new(&meta_a);
+    for (f, text) in [
+        (kept_apart, "first"),
+        (turned, "turned away"),
+        (taken, "taken"),
+    ] {
+        la.set(2, f, text).unwrap();
+    }
+    la.set(0, 1, "head 0's").unwrap();
+    la.write(&labels_a).unwrap();
+    let (ra, rb) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let out = cli(&["label", rb, &format!("2,{}", m - 1 - taken), "B's own"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut want = Labels::read(
+        &labels_path(&attn_saes::dashboard::run_dashboard_path(&b)),
+        &meta_of(&b),
+    )
+    .unwrap();
+    assert_eq!(want.get(2, m - 1 - taken), Some("B's own"));
+    let out = cli(&["label", rb, "--from", ra, "--threshold", "0.995"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8(out.stdout).unwrap();
+
+    // What should happen, from cosines computed here: each labelled feature of A to its
+    // closest feature of B's head (the lowest index on a tie), copied at 0.995 or more (the
+    // tiny SAE's features are alike: a turned row is still within 0.98 of another).
+    let w_a = &arrays.iter().find(|x| x.0 == "W_dec").unwrap().2;
+    let w_b = &flipped.iter().find(|x| x.0 == "W_dec").unwrap().2;
+    let row = |w: &[f32], h: usize, f: usize| -> Vec<f64> {
+        w[(h * m + f) * d..][..d]
+            .iter()
+            .map(|&x| x as f64)
+            .collect()
+    };
+    let cosine = |x: &[f64], y: &[f64]| {
+        let dot: f64 = x.iter().zip(y).map(|(a, b)| a * b).sum();
+        let n = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        dot / (n(x) * n(y))
+    };
+    let mut copied = 0;
+    for (h, f, text) in la.iter() {
+        let here = row(w_a, h, f);
+        let (best, cos) = (0..m)
+            .map(|g| (g, cosine(&here, &row(w_b, h, g))))
+            .fold((0, f64::MIN), |b, x| if x.1 > b.1 { x } else { b });
+        assert!(
+            (cos - 0.995).abs() > 1e-4,
+            "a cosine too near the threshold"
+        );
+        if text != "turned away" {
+            assert_eq!((best, (cos * 1e6).round()), (m - 1 - f, 1e6), "{text}");
+        }
+        if cos >= 0.995 && want.get(h, best).is_none() {
+            want.set(h, best, text).unwrap();
+            copied += 1;
+        }
+    }
+    let got = Labels::read(
+        &labels_path(&attn_saes::dashboard::run_dashboard_path(&b)),
+        &meta_of(&b),
+    )
+    .unwrap();
+    assert_eq!(got, want, "{said}");
+    assert_eq!(
+        got.get(2, m - 1 - taken),
+        Some("B's own"),
+        "not written over"
+    );
+    assert_eq!(got.get(2, m - 1 - kept_apart), Some("first"));
+    assert_eq!(copied, 2, "{said}");
+    assert!(
+        said.contains(&format!("copied 2 of 4 labels from {}", labels_a.display())),
+        "{said}"
+    );
+    assert!(
+        said.contains("not copied: 1 onto a label already there, 1 without a feature that close"),
+        "{said}"
+    );
+    // Without labels there, or with a feature given too: errors that say so.
+    std::fs::remove_file(&labels_a).unwrap();
+    let out = cli(&["label", rb, "--from", ra]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no labels to copy"));
+    let out = cli(&["label", rb, "1,1", "--from", ra]);
+    assert!(!out.status.success());
+}
+
+/// `(i, j, k)` over `0..x`, `0..y`, `0..z`.
+fn itertools(x: usize, y: usize, z: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..x).flat_map(move |i| (0..y).flat_map(move |j| (0..z).map(move |k| (i, j, k))))
+}
+
+/// The bytes of `v` (little-endian f32).
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any alignment of u8 is fine; the slice covers exactly
+    // the vector's memory.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
