@@ -1512,21 +1512,18 @@ fn steered_generation_matches_transformers_step_by_step() {
         })
         .contains("between 1 and")
     );
-    let top_p = |p, temperature| Steering {
-        top_p: Some(p),
+    // Sampled at a temperature, from the top P and the top K.
+    let sampled = |temperature, top_p, top_k| Steering {
         temperature,
+        top_p,
+        top_k,
         ..ok.clone()
     };
-    assert!(err(top_p(1.5, 0.8)).contains("above 0, at most 1"));
-    assert!(err(top_p(0.0, 0.8)).contains("above 0, at most 1"));
-    assert!(err(top_p(0.5, 0.0)).contains("is for sampling"));
-    let top_k = |k, temperature| Steering {
-        top_k: Some(k),
-        temperature,
-        ..ok.clone()
-    };
-    assert!(err(top_k(0, 0.8)).contains("at least 1"));
-    assert!(err(top_k(5, 0.0)).contains("is for sampling"));
+    assert!(err(sampled(0.8, Some(1.5), None)).contains("above 0, at most 1"));
+    assert!(err(sampled(0.8, Some(0.0), None)).contains("above 0, at most 1"));
+    assert!(err(sampled(0.0, Some(0.5), None)).contains("top-p 0.5 is for sampling"));
+    assert!(err(sampled(0.8, None, Some(0))).contains("at least 1"));
+    assert!(err(sampled(0.0, None, Some(5))).contains("top-k 5 is for sampling"));
     let n_ctx = loaded.transformer.config.n_ctx;
     assert!(
         err(Steering {

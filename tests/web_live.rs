@@ -151,24 +151,23 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     // `steer` with the same feature, strength (held: clamped), length, temperature and seed
     // as the page is asked for.
     let hf = format!("{head},{feature}");
-    let native_steer = attn_saes_cli([
-        "steer",
-        run.to_str().unwrap(),
-        PROMPT,
-        "--feature",
-        &hf,
+    // `steer RUN PROMPT --feature HEAD,FEATURE ... --json`, read.
+    let steer_cli = |more: &[&str]| -> Value {
+        let run = run.to_str().unwrap();
+        let args = [&["steer", run, PROMPT, "--feature", &hf, "--json"], more].concat();
+        serde_json::from_str(&attn_saes_cli(args)).unwrap()
+    };
+    let native_steer = steer_cli(&[
         "--strength",
         "2.5",
         "--tokens",
         "6",
-        "--json",
         "--temperature",
         "0.8",
         "--seed",
         "7",
         "--clamp",
     ]);
-    let native_steer: Value = serde_json::from_str(&native_steer).unwrap();
     // A steering with every option, asked of the page as JSON (`live_steer_json`): the
     // pick added at 8x its largest dashboard activation with another head's strongest
     // feature at the last token at -8x, at the new tokens only, sampled at 0.9 from the 20
@@ -177,12 +176,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .filter(|&h| h != head)
         .find_map(|h| Some((h, heads[h][last].as_array()?.first()?[0].as_u64()? as usize)))
         .expect("another head with a feature on");
-    let native_every: Value = serde_json::from_str(&attn_saes_cli([
-        "steer",
-        run.to_str().unwrap(),
-        PROMPT,
-        "--feature",
-        &hf,
+    let native_every = steer_cli(&[
         "--strength",
         "8x",
         "--feature",
@@ -200,9 +194,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         "0.9",
         "--top-k",
         "20",
-        "--json",
-    ]))
-    .unwrap();
+    ]);
     let every_option: attn_saes::live::Steering =
         serde_json::from_value(native_every.clone()).unwrap();
     let (strength, other_strength) = (every_option.strength, every_option.also[0].2);
