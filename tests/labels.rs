@@ -489,3 +489,56 @@ fn bytemuck_f32(v: &[f32]) -> &[u8] {
     // the vector's memory.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
+
+/// A labels file is read by the browser too: truncated at every byte, with random bytes
+/// flipped, or with hostile strings where the file has strings, reading it gives labels or
+/// an error, never a panic; and what it gives, written again, reads back the same.
+#[test]
+fn damaged_or_hostile_labels_files_are_errors_not_panics() {
+    let dir = TempDir::new("attn-saes-labels", "fuzz");
+    let run = run_with_dashboard(&dir, 5);
+    let meta = meta_of(&run);
+    let mut labels = Labels::new(&meta);
+    labels.set(1, 3, "prévious tokén — ✓").unwrap();
+    labels.set(3, 7, "x").unwrap();
+    let good = labels.to_json().into_bytes();
+    let check = |bytes: &[u8]| {
+        let read = std::panic::catch_unwind(|| Labels::parse(bytes, &meta));
+        let read =
+            read.unwrap_or_else(|_| panic!("a panic on {:?}", String::from_utf8_lossy(bytes)));
+        if let Ok(l) = read {
+            let again = Labels::parse(l.to_json().as_bytes(), &meta).unwrap();
+            assert_eq!(again, l);
+        }
+    };
+    for n in 0..good.len() {
+        check(&good[..n]);
+    }
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    for _ in 0..2000 {
+        let mut bytes = good.clone();
+        for _ in 0..3 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let at = (state % bytes.len() as u64) as usize;
+            bytes[at] ^= 1 << (state >> 61);
+        }
+        check(&bytes);
+    }
+    // Hostile values where the file has strings and numbers.
+    let text = String::from_utf8(good).unwrap();
+    let sha = labels.sae_sha256.clone().unwrap();
+    for hostile in [
+        text.replace(&sha, "a✓✓✓✓✓✓✓✓✓✓✓✓✓"),
+        text.replace(&sha, ""),
+        text.replace("\"head\": 3", "\"head\": 18446744073709551615"),
+        text.replace("\"head\": 3", "\"head\": -1"),
+        text.replace("\"version\": 1", "\"version\": 4294967296"),
+        text.replace("\"x\"", "\"\\u0000\\u001b[31m\""),
+    ] {
+        check(hostile.as_bytes());
+    }
+    let err = Labels::parse(text.replace(&sha, "a✓✓✓✓✓✓✓✓✓✓✓✓✓").as_bytes(), &meta).unwrap_err();
+    assert!(err.0.contains("sha256 a✓✓✓✓✓✓✓✓✓✓✓…"), "{err}");
+}

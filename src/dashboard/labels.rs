@@ -88,13 +88,13 @@ struct Entry {
     label: String,
 }
 
-/// `label` trimmed, with line breaks and tabs made spaces; an error if it is too long.
+/// `label` with line breaks, tabs and other control characters made spaces, then trimmed; an
+/// error if it is too long.
 fn clean(label: &str) -> Result<String> {
-    let label: String = label
-        .trim()
-        .chars()
+    let spaced: String = (label.chars())
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
+    let label = spaced.trim().to_string();
     let n = label.chars().count();
     ensure!(
         n <= MAX_LABEL_CHARS,
@@ -141,8 +141,8 @@ impl Labels {
                 "the labels are for another SAE (sha256 {}…; the dashboard's is {}…): a run \
                  retrained in the same directory, or dashboards built from a checkpoint, have \
                  other features; move the file away to label these afresh",
-                &theirs[..theirs.len().min(12)],
-                &ours[..ours.len().min(12)]
+                theirs.chars().take(12).collect::<String>(),
+                ours.chars().take(12).collect::<String>()
             );
         }
         labels.sae_sha256 = labels.sae_sha256.or(file.sae_sha256);
