@@ -76,12 +76,24 @@ fn clicking_a_head_and_a_feature_shows_its_dashboard() {
         density_order(&head(2)).first().copied(),
         "a new head selects the first feature of the list"
     );
-    h.get_by_label_contains("#3 ").click();
+    h.get_by_label_contains("#3  ").click();
     h.run_steps(2);
     assert_eq!(h.state().1.feature, Some(3));
     let density = head(2).features[3].density;
     h.get_by_label(&format!("density {density:.3e}"));
     h.get_by_label("Head 2 · Feature 3");
+    // The features closest to it by decoder direction (from the file's decoder rows, as
+    // decoded independently), each a button; the first selects that feature.
+    let closest = head(2).closest(3, 6);
+    assert_eq!(closest.len(), 6);
+    for &(g, cos) in &closest {
+        h.get_by_label(&format!("#{g} {cos:.2}"));
+    }
+    let (g, cos) = closest[0];
+    h.get_by_label(&format!("#{g} {cos:.2}")).click();
+    h.run_steps(2);
+    assert_eq!(h.state().1.feature, Some(g));
+    h.get_by_label(&format!("Head 2 · Feature {g}"));
 }
 
 /// Sorted by effect on the loss: the list is in order of |effect| (from the file, decoded

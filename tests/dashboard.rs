@@ -824,9 +824,19 @@ fn wrong_versions_formats_and_absurd_sizes_are_clear_errors() {
     ));
 }
 
+/// SAEDashboard's batch layout, and each feature's vector the SAELens export's `W_dec` row
+/// (written by `export_saelens` from the same SAE and read back here).
 #[test]
 fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
-    let d = small_dashboard();
+    let loaded = load("gpt2_tiny");
+    let sae = random_sae(&loaded, 6, 1);
+    let windows = random_windows(&loaded, 6, 10, 2);
+    let d = build_quiet(&inputs(&loaded, &sae, windows), &small_options());
+    assert_eq!(
+        d,
+        small_dashboard(),
+        "the same SAE and windows as small_dashboard"
+    );
     let dir = std::env::temp_dir().join(format!("attn-saes-np-{}", std::process::id()));
     let n = attn_saes::dashboard::neuronpedia::export(&d, &dir).unwrap();
     let m = d.meta.sae.features_per_head;
@@ -871,6 +881,41 @@ fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
         acts[0]["dfa_values"].as_array().unwrap().len(),
         d.meta.context_size
     );
+    // The head attribution: all in the feature's head; the vector: the folded SAELens row.
+    let hook = attn_saes::sae::io::HookInfo {
+        model_name: "gpt2_tiny".into(),
+        hook_layer: 1,
+        context_size: 10,
+        prepend_bos: true,
+        dataset_path: String::new(),
+    };
+    let saelens = dir.join("saelens");
+    sae.export_saelens(&saelens, &hook, None).unwrap();
+    let bytes = std::fs::read(saelens.join("sae_weights.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let w = st.tensor("W_dec").unwrap();
+    let d_in = w.shape()[1];
+    let w: Vec<f32> = (w.data().chunks_exact(4))
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    for x in batch.as_array().unwrap() {
+        let global = x["feature_index"].as_u64().unwrap() as usize;
+        let shares: Vec<f64> = (x["decoder_weights_dist"].as_array().unwrap().iter())
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let want: Vec<f64> = (0..d.heads.len())
+            .map(|h| (h == global / m) as u8 as f64)
+            .collect();
+        assert_eq!(shares, want);
+        let vector: Vec<f64> = (x["vector"].as_array().unwrap().iter())
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let row = &w[global * d_in..(global + 1) * d_in];
+        assert_eq!(vector.len(), d_in);
+        for (a, &b) in vector.iter().zip(row) {
+            assert!((a - b as f64).abs() < 1e-6, "feature {global}: {a} vs {b}");
+        }
+    }
     let skipped: Vec<usize> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("skipped_indexes.json")).unwrap())
             .unwrap();
@@ -1962,4 +2007,95 @@ fn a_closed_pipe_ends_the_cli_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(13), "{:?} {stderr}", out.status);
+}
+
+/// The dashboard holds each head's decoder rows as the run's SAELens export has them (read
+/// here with the safetensors crate), and the features closest to one are those `match`'s
+/// `closest_to` finds within the same SAE, with the cosines computed here in f64; a file
+/// without decoder rows (as written before them) reads with none, and a writer asked for
+/// them without them is refused.
+#[test]
+fn the_dashboard_holds_the_decoder_rows_and_the_closest_features_agree_with_match() {
+    use attn_saes::dashboard::format::OwnedDashboardFile;
+    use attn_saes::sae::matching::closest_to;
+    let dir = TempDir::new("attn-saes-dashboard", "closest");
+    let run = run_with_dashboard(&dir, 30);
+    let path = attn_saes::dashboard::run_dashboard_path(&run);
+    let bytes = std::fs::read(&path).unwrap();
+    let file = OwnedDashboardFile::new(bytes.clone()).unwrap();
+    assert!(file.meta.decoder);
+    let sae_bytes = std::fs::read(run.join("sae/sae.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&sae_bytes).unwrap();
+    let view = st.tensor("W_dec").unwrap();
+    let (heads, m, d) = (view.shape()[0], view.shape()[1], view.shape()[2]);
+    let w_dec: Vec<f32> = (view.data().chunks_exact(4))
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let sae = BlockDiagSae::load(&run.join("sae"), &Device::flex()).unwrap();
+    let saelens = std::fs::read(run.join("saelens/sae_weights.safetensors")).unwrap();
+    let saelens = safetensors::SafeTensors::deserialize(&saelens).unwrap();
+    let view = saelens.tensor("W_dec").unwrap();
+    let d_in = view.shape()[1];
+    let saelens_w_dec: Vec<f32> = (view.data().chunks_exact(4))
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let cosine = |h: usize, a: usize, b: usize| {
+        let row = |f: usize| &w_dec[(h * m + f) * d..][..d];
+        let (x, y) = (row(a), row(b));
+        let dot: f64 = x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum();
+        let n = |v: &[f32]| v.iter().map(|&p| p as f64 * p as f64).sum::<f64>().sqrt();
+        dot / (n(x) * n(y))
+    };
+    for h in 0..heads {
+        let head = file.head(h).unwrap();
+        // The SAELens export's rows (the run's `saelens/`: dense, head h's block).
+        let folded: Vec<f32> = (0..m)
+            .flat_map(|f| saelens_w_dec[(h * m + f) * d_in + h * d..][..d].to_vec())
+            .collect();
+        let rows = head.decoder.as_deref().unwrap();
+        for (a, b) in rows.iter().zip(&folded) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "h{h}: {a} vs {b}");
+        }
+        assert_eq!(rows.len(), folded.len());
+        for f in [0, m / 2, m - 1] {
+            let got = head.closest(f, 5);
+            let theirs: Vec<_> = closest_to(&sae, &sae, (h, f), 6)
+                .unwrap()
+                .into_iter()
+                .filter(|c| c.feature as usize != f)
+                .take(5)
+                .collect();
+            assert_eq!(got.len(), 5);
+            for (i, (&(g, cos), c)) in got.iter().zip(&theirs).enumerate() {
+                assert!(
+                    (cos as f64 - cosine(h, f, g)).abs() < 1e-6,
+                    "h{h} #{f} -> #{g}"
+                );
+                assert!(
+                    (cos - c.cosine).abs() < 1e-5,
+                    "h{h} #{f}: {i}th {cos} vs {c:?}"
+                );
+                if i + 1 < got.len() {
+                    assert!(cos >= got[i + 1].1);
+                }
+            }
+            // Nothing left out is closer than the last listed.
+            let last = got[4].1 as f64;
+            let listed: Vec<usize> = got.iter().map(|x| x.0).collect();
+            for g in (0..m).filter(|g| *g != f && !listed.contains(g)) {
+                assert!(cosine(h, f, g) <= last + 1e-6, "h{h} #{f}: #{g} left out");
+            }
+        }
+    }
+    // As written before the decoder rows: none, and no closest features.
+    let mut older = Dashboard::from_bytes(&bytes).unwrap();
+    older.meta.decoder = false;
+    older.heads.iter_mut().for_each(|h| h.decoder = None);
+    let older = OwnedDashboardFile::new(older.to_bytes().unwrap()).unwrap();
+    assert_eq!(older.head(1).unwrap().decoder, None);
+    assert!(older.head(1).unwrap().closest(0, 5).is_empty());
+    let mut missing = Dashboard::from_bytes(&bytes).unwrap();
+    missing.heads[2].decoder = None;
+    let err = missing.to_bytes().unwrap_err().to_string();
+    assert!(err.contains("h2.decoder"), "{err}");
 }

@@ -1028,7 +1028,9 @@ fn dashboard_panel(
                 .auto_shrink(false)
                 .show(ui, |ui| {
                     let reads = head.reads.get(f).cloned().unwrap_or_default();
-                    feature_dashboard(ui, file, (f, fd), &reads, labels, s, ask)
+                    let closest = head.data.closest(f, CLOSEST_SHOWN);
+                    let around = (&reads, closest.as_slice());
+                    feature_dashboard(ui, file, (f, fd), around, labels, s, ask)
                 })
                 .inner
         })
@@ -1039,13 +1041,14 @@ fn feature_dashboard(
     ui: &mut Ui,
     file: &OwnedDashboardFile,
     (f, fd): (usize, &FeatureData),
-    reads: &FeatureSources,
+    (reads, closest): (&FeatureSources, &[(usize, f32)]),
     labels: (&Labels, &LabelsEdit),
     s: &mut FeaturesState,
     ask: ExamplesAsk,
 ) -> Option<FeaturesAction> {
     header(ui, &file.meta, s.head, f, fd);
     let labelled = label_line(ui, labels, s, (s.head, f));
+    closest_line(ui, closest, labels.0, s);
     if is_dead(fd) {
         ui.label(
             RichText::new(format!(
@@ -1238,6 +1241,38 @@ fn header(ui: &mut Ui, meta: &DashboardMeta, h: usize, f: usize, fd: &FeatureDat
             ));
         }
     });
+}
+
+/// Features of the same head listed as closest to the selected one.
+const CLOSEST_SHOWN: usize = 6;
+
+/// The head's features whose decoder directions are closest to the selected one's (when the
+/// file holds the decoder rows), each a button that selects it, its label on hover.
+fn closest_line(ui: &mut Ui, closest: &[(usize, f32)], labels: &Labels, s: &mut FeaturesState) {
+    if closest.is_empty() {
+        return;
+    }
+    let mut picked = None;
+    ui.horizontal_wrapped(|ui| {
+        ui.label(RichText::new("closest in this head").strong())
+            .on_hover_text(
+                "the features whose decoder directions are nearest this one's (cosine \
+                 similarity): near duplicates, or a concept split between features",
+            );
+        for &(f, cos) in closest {
+            let mut button = ui.button(format!("#{f} {cos:.2}"));
+            if let Some(label) = labels.get(s.head, f) {
+                button = button.on_hover_text(label);
+            }
+            if button.clicked() {
+                picked = Some(f);
+            }
+        }
+    });
+    if let Some(f) = picked {
+        select_feature(s, f);
+        s.reveal = true;
+    }
 }
 
 /// The feature's label: a text field where labels can be edited, taken when it loses focus

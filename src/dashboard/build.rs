@@ -987,7 +987,19 @@ pub fn build(
                     mass: state.attention.map(|a| a / state.attention_rows as f64),
                 }),
             });
-            head_data.push(HeadData { features });
+            // The decoder rows as the SAELens export folds them: unit direction over the
+            // head's input scale (an activation there times the row is its part of hook_z).
+            let scale = sae.input_scale[head];
+            let decoder = (w_dec[head * m * d..][..m * d].chunks_exact(d))
+                .flat_map(|row| {
+                    let norm = row.iter().map(|&x| x * x).sum::<f32>().sqrt().max(1e-12);
+                    row.iter().map(move |&x| x / norm / scale)
+                })
+                .collect();
+            head_data.push(HeadData {
+                features,
+                decoder: Some(decoder),
+            });
         }
         progress("logit effects", h, h);
 
@@ -1073,6 +1085,7 @@ pub fn build(
                 heads: summaries,
                 history: inputs.history.clone(),
                 effects: None,
+                decoder: true,
             },
             windows,
             token_strings,

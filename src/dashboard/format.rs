@@ -30,7 +30,10 @@
 //! `row_values`; DFA by source position `0..=target`
 //! (top examples only): `dfa_offsets [E + 1]`, `dfa_values`; when the meta records
 //! [`Effects`], `effect [m]`: each feature's estimated effect on the loss (see
-//! [`FeatureData::effect`]). Files without it read as before.
+//! [`FeatureData::effect`]); when the meta says [`DashboardMeta::decoder`], `decoder [m,
+//! d_head]`: the SAE's decoder rows as the SAELens export folds them (each feature's unit
+//! direction in its head's `hook_z` over the head's input scale), for the features closest
+//! to one ([`HeadData::closest`]). Files without them read as before.
 //!
 //! A viewer parses the header once ([`DashboardFile::parse`]) and decodes one head at a
 //! time ([`DashboardFile::head`]); every tensor is checked (dtype, shape, checksum, ranges,
@@ -202,6 +205,10 @@ pub struct DashboardMeta {
     /// Where the features' effects on the loss were estimated, when they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effects: Option<Effects>,
+    /// Whether each head holds its features' decoder rows ([`HeadData::decoder`]; files
+    /// written before them do not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub decoder: bool,
 }
 
 /// The windows each feature's [`FeatureData::effect`] is summed over: the dashboard's first
@@ -264,6 +271,44 @@ pub struct FeatureData {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadData {
     pub features: Vec<FeatureData>,
+    /// The SAE's decoder rows, `[m, d_head]`, folded as the SAELens export has them (unit
+    /// direction over the head's input scale), when the file holds them.
+    pub decoder: Option<Vec<f32>>,
+}
+
+impl HeadData {
+    /// The `n` features of this head whose decoder directions are closest to `feature`'s
+    /// (cosine similarity, highest first, the lower index on a tie; `feature` itself left
+    /// out; a zero row has cosine 0 with every other), or none without decoder rows.
+    pub fn closest(&self, feature: usize, n: usize) -> Vec<(usize, f32)> {
+        let m = self.features.len();
+        let Some(rows) = self
+            .decoder
+            .as_deref()
+            .filter(|r| m > 0 && r.len() % m == 0)
+        else {
+            return Vec::new();
+        };
+        let d = rows.len() / m;
+        if feature >= m || d == 0 {
+            return Vec::new();
+        }
+        let row = |f: usize| &rows[f * d..(f + 1) * d];
+        let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+        let (x, nx) = (row(feature), norm(row(feature)));
+        let mut cos: Vec<(usize, f32)> = (0..m)
+            .filter(|&f| f != feature)
+            .map(|f| {
+                let y = row(f);
+                let dot: f64 = x.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let n = nx * norm(y);
+                (f, if n > 0.0 { (dot / n) as f32 } else { 0.0 })
+            })
+            .collect();
+        cos.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        cos.truncate(n);
+        cos
+    }
 }
 
 /// A whole dashboard in memory.
@@ -488,6 +533,13 @@ impl Dashboard {
                 let effect: Option<Vec<f32>> = fs.iter().map(|f| f.effect).collect();
                 let effect = effect.ok_or_else(|| bad(&p("effect"), "a feature has no effect"))?;
                 a.f32(p("effect"), &effect, vec![m]);
+            }
+            if meta.decoder {
+                let d = meta.sae.d_head;
+                let rows = (head.decoder.as_ref())
+                    .filter(|r| r.len() == m * d)
+                    .ok_or_else(|| bad(&p("decoder"), format!("not {m} x {d} decoder rows")))?;
+                a.f32(p("decoder"), rows, vec![m, d]);
             }
         }
         let checksums: BTreeMap<String, u64> =
@@ -861,6 +913,10 @@ impl<'a> Checked<'a, '_> {
             Some(_) => Some(self.f32s(&p("effect"), Some(&[m]))?),
             None => None,
         };
+        let decoder = match meta.decoder {
+            true => Some(self.f32s(&p("decoder"), Some(&[m, meta.sae.d_head]))?),
+            false => None,
+        };
         let max_act = self.f32s(&p("max_activation"), Some(&[m]))?;
         let act_hist = self.u32s(&p("activation_histogram"), Some(&[m, bins]))?;
         let interval_counts = self.u32s(&p("interval_counts"), Some(&[m, ni]))?;
@@ -979,7 +1035,7 @@ impl<'a> Checked<'a, '_> {
                 }
             })
             .collect();
-        Ok(HeadData { features })
+        Ok(HeadData { features, decoder })
     }
 }
 

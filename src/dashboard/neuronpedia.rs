@@ -67,6 +67,21 @@ pub fn feature_json(d: &Dashboard, head: usize, feature: usize) -> Value {
         })
         .collect();
     let (lo, hi) = f.logit_range;
+    // Each head's share of the decoder norm (SAEDashboard's head attribution): all of it in
+    // the feature's head. The vector: the decoder row in its head's block of `hook_z`
+    // flattened, zeros elsewhere (the SAELens export's `W_dec` row), when the file holds the
+    // rows.
+    let n_heads = d.meta.sae.n_heads;
+    let shares: Vec<f32> = (0..n_heads).map(|h| (h == head) as u8 as f32).collect();
+    let vector: Vec<f32> = match &d.heads[head].decoder {
+        Some(rows) => {
+            let dh = d.meta.sae.d_head;
+            let mut v = vec![0f32; n_heads * dh];
+            v[head * dh..(head + 1) * dh].copy_from_slice(&rows[feature * dh..][..dh]);
+            v
+        }
+        None => Vec::new(),
+    };
     json!({
         "feature_index": head * m + feature,
         "neg_str": strs(&f.logit_bottom),
@@ -81,8 +96,8 @@ pub fn feature_json(d: &Dashboard, head: usize, feature: usize) -> Value {
         "n_prompts_total": d.meta.n_windows_scanned,
         "n_tokens_in_prompt": d.meta.context_size,
         "dataset": d.meta.settings.windows_from,
-        "decoder_weights_dist": [],
-        "vector": [],
+        "decoder_weights_dist": shares,
+        "vector": vector,
         "activations": activations,
     })
 }

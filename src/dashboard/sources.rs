@@ -541,6 +541,7 @@ mod tests {
         let prev = || top(0, 4, vec![0.0, 0.0, 0.0, 1.0, 0.0]);
         let dup = || top(0, 4, vec![0.0, 1.0, 0.0, 0.0, 0.0]);
         let head = HeadData {
+            decoder: None,
             features: vec![
                 feature(vec![prev(), prev()]),
                 feature(vec![prev(), dup(), prev()]),
