@@ -234,6 +234,11 @@ enum Command {
         /// removing it changes (with --json, the summary as JSON there).
         #[arg(long, value_parser = parse_head_feature)]
         effect: Option<(usize, usize)>,
+        /// `HEAD,FEATURE`: that feature's report only (its numbers, label, top examples,
+        /// where they read from and the features of its head closest to it); with --json,
+        /// that report there.
+        #[arg(long, value_parser = parse_head_feature, conflicts_with = "effect")]
+        feature: Option<(usize, usize)>,
     },
     /// How alike two SAEs of the same layer are: for each feature of A, the feature of the
     /// same head in B with the closest decoder direction, and the mean of those cosines
@@ -836,6 +841,7 @@ fn main() -> anyhow::Result<()> {
             by,
             json,
             effect,
+            feature,
         } => {
             let path = if run.is_file() {
                 run.clone()
@@ -859,11 +865,33 @@ fn main() -> anyhow::Result<()> {
             if let Some((h, f)) = effect {
                 return examples_effect_command(&run, &d, (h, f), json.as_deref(), cli.device);
             }
+            let labels = match dashboard::labels::Labels::read(
+                &dashboard::labels::labels_path(&path),
+                &d.meta,
+            ) {
+                Ok(labels) => Some(labels),
+                Err(e) => {
+                    eprintln!("labels not shown: {e:#}");
+                    None
+                }
+            };
+            if let Some((h, f)) = feature {
+                let (heads, m) = (d.heads.len(), d.meta.sae.features_per_head);
+                anyhow::ensure!(
+                    h < heads && f < m,
+                    "--feature {h},{f}: the dashboard has {heads} heads x {m} features"
+                );
+                let mut r = attn_saes::dashboard::report::feature_report(&d, h, f, top);
+                r.label = labelled_as(labels.as_ref(), h, f);
+                print_feature_report(&r, labels.as_ref());
+                if let Some(path) = json {
+                    attn_saes::files::write_json(&path, &r)?;
+                }
+                return Ok(());
+            }
             let mut report = attn_saes::dashboard::report::report(&d, by.into(), per_head, top);
-            let labels_file = dashboard::labels::labels_path(&path);
-            match dashboard::labels::Labels::read(&labels_file, &d.meta) {
-                Ok(labels) => report.label(&labels),
-                Err(e) => eprintln!("labels not shown: {e:#}"),
+            if let Some(labels) = &labels {
+                report.label(labels);
             }
             println!(
                 "Where each head's features read from (the top source of their top examples' DFA):"
@@ -881,29 +909,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             for r in &report.features {
-                let effect = r.effect_per_thousand.map_or(String::new(), |x| {
-                    format!(", loss without it {x:+.4} per 1000 tokens")
-                });
-                let label = r
-                    .label
-                    .as_ref()
-                    .map_or(String::new(), |l| format!(" {l:?}"));
-                println!(
-                    "head {} feature {}{label} (global {}), density {:.4}, max {:.3}{effect}",
-                    r.head, r.feature, r.global, r.density, r.max_activation
-                );
-                let token = r
-                    .reads_from_token
-                    .as_ref()
-                    .map(|(t, n)| format!("; top source token {t:?} in {n}"))
-                    .unwrap_or_default();
-                println!("    reads from {}{token}", r.reads_from.describe());
-                for e in &r.examples {
-                    println!(
-                        "    {:>7.3}  {:?} [[{:?}]] {:?}",
-                        e.activation, e.before, e.token, e.after
-                    );
-                }
+                print_feature_report(r, labels.as_ref());
             }
             if let Some(path) = json {
                 attn_saes::files::write_json(&path, &report)?;
@@ -1537,6 +1543,52 @@ fn print_ranked(
     (ranking.features.iter().rev().take(top))
         .filter(|f| f.estimate < 0.0)
         .for_each(show);
+}
+
+/// The label of `feature` of `head` in `labels`, if any.
+fn labelled_as(
+    labels: Option<&attn_saes::dashboard::labels::Labels>,
+    head: usize,
+    feature: usize,
+) -> Option<String> {
+    Some(labels?.get(head, feature)?.to_string())
+}
+
+/// One feature of `features`' report: its numbers and label, where it reads from, the
+/// features of its head closest to it (with their labels) and its top examples.
+fn print_feature_report(
+    r: &attn_saes::dashboard::report::FeatureReport,
+    labels: Option<&attn_saes::dashboard::labels::Labels>,
+) {
+    let effect = r.effect_per_thousand.map_or(String::new(), |x| {
+        format!(", loss without it {x:+.4} per 1000 tokens")
+    });
+    let label = r
+        .label
+        .as_ref()
+        .map_or(String::new(), |l| format!(" {l:?}"));
+    println!(
+        "head {} feature {}{label} (global {}), density {:.4}, max {:.3}{effect}",
+        r.head, r.feature, r.global, r.density, r.max_activation
+    );
+    let token = r
+        .reads_from_token
+        .as_ref()
+        .map(|(t, n)| format!("; top source token {t:?} in {n}"))
+        .unwrap_or_default();
+    println!("    reads from {}{token}", r.reads_from.describe());
+    if !r.closest.is_empty() {
+        let closest: Vec<String> = (r.closest.iter())
+            .map(|&(g, cos)| format!("#{g} {cos:.2}{}", labelled(labels, r.head, g)))
+            .collect();
+        println!("    closest in its head: {}", closest.join(", "));
+    }
+    for e in &r.examples {
+        println!(
+            "    {:>7.3}  {:?} [[{:?}]] {:?}",
+            e.activation, e.before, e.token, e.after
+        );
+    }
 }
 
 /// ` "its label"` for a feature with a label in `labels`, else nothing.

@@ -200,6 +200,51 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
         .unwrap();
     assert_eq!(listed["feature"], strongest);
     assert_eq!(listed["label"], "fires on commas");
+    // `features --feature`: that feature's report, with its label and the features of its
+    // head closest to it (as the file's decoder rows give them), labelled too.
+    let closest = d.heads[2].closest(strongest, 5);
+    let (g, _) = closest[0];
+    stdout(cli(&["label", r, &format!("2,{g}"), "its neighbour"]));
+    let one = dir.join("one.json");
+    let said = stdout(cli(&[
+        "features",
+        "--run",
+        r,
+        "--feature",
+        &hf,
+        "--top",
+        "2",
+        "--json",
+        one.to_str().unwrap(),
+    ]));
+    let listed: Vec<String> = (closest.iter().enumerate())
+        .map(|(i, (g, cos))| match i {
+            0 => format!("#{g} {cos:.2} \"its neighbour\""),
+            _ => format!("#{g} {cos:.2}"),
+        })
+        .collect();
+    assert!(
+        said.starts_with(&format!(
+            "head 2 feature {strongest} \"fires on commas\" (global"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("    closest in its head: {}\n", listed.join(", "))),
+        "{said}"
+    );
+    let one: Value = serde_json::from_slice(&std::fs::read(&one).unwrap()).unwrap();
+    assert_eq!(one["label"], "fires on commas");
+    assert_eq!(one["examples"].as_array().unwrap().len(), 2);
+    let closest_json: Vec<(usize, f32)> = serde_json::from_value(one["closest"].clone()).unwrap();
+    assert_eq!(closest_json, closest);
+    let err = stderr(cli(&["features", "--run", r, "--feature", "4,0"]));
+    assert!(
+        err.contains("the dashboard has 4 heads x 32 features"),
+        "{err}"
+    );
+    stdout(cli(&["label", r, &format!("2,{g}"), "--clear"]));
+
     // `text --pick` and `text --rank`, and `rank`, name labelled features by their labels.
     let text = "The cat sat on the mat, and the dog sat on the rug.";
     let shown: Value =

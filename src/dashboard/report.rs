@@ -26,6 +26,11 @@ pub struct FeatureReport {
     /// Its label (`attn-saes label`), if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// The features of its head whose decoder directions are closest, `(feature, cosine)`
+    /// ([`HeadData::closest`](super::format::HeadData::closest); none in files without the
+    /// decoder rows).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub closest: Vec<(usize, f32)>,
     /// The estimated rise in next-token loss without it, per 1000 tokens (when the file
     /// has the estimates).
     pub effect_per_thousand: Option<f64>,
@@ -63,6 +68,49 @@ impl Report {
         for f in &mut self.features {
             f.label = labels.get(f.head, f.feature).map(str::to_string);
         }
+    }
+}
+
+/// Features of its head listed as closest to a reported one.
+pub const CLOSEST: usize = 5;
+
+/// One feature's report: its numbers, first `top` top examples, where they read from and
+/// the features closest to it.
+pub fn feature_report(d: &Dashboard, head: usize, f: usize, top: usize) -> FeatureReport {
+    let m = d.meta.sae.features_per_head;
+    let text = |ids: &[u32]| ids.iter().map(|&id| d.token(id)).collect::<String>();
+    let data = &d.heads[head];
+    let feature = &data.features[f];
+    let examples = (feature.examples.iter())
+        .filter(|e| e.group == ExampleGroup::Top)
+        .take(top)
+        .map(|e| {
+            let w = &d.windows[e.window as usize];
+            let k = e.target as usize;
+            ExampleReport {
+                activation: e.activation,
+                before: text(&w[k.saturating_sub(6)..k]),
+                token: text(&w[k..k + 1]),
+                after: text(&w[k + 1..(k + 3).min(w.len())]),
+            }
+        })
+        .collect();
+    let reads_from = sources::feature_sources(&d.windows, feature);
+    FeatureReport {
+        reads_from_kind: reads_from.main(),
+        reads_from_token: reads_from.token.map(|(id, n)| (d.token(id), n)),
+        reads_from,
+        head,
+        feature: f,
+        global: head * m + f,
+        density: feature.density,
+        max_activation: feature.max_activation,
+        label: None,
+        closest: data.closest(f, CLOSEST),
+        effect_per_thousand: (d.meta.effects.as_ref())
+            .zip(feature.effect)
+            .map(|(e, x)| e.per_thousand(x)),
+        examples,
     }
 }
 
@@ -116,7 +164,6 @@ pub fn features_by(
     top: usize,
 ) -> Vec<FeatureReport> {
     let m = d.meta.sae.features_per_head;
-    let text = |ids: &[u32]| ids.iter().map(|&id| d.token(id)).collect::<String>();
     let by = match d.meta.effects {
         Some(_) => by,
         None => Strongest::Activation,
@@ -133,39 +180,7 @@ pub fn features_by(
             key(fb).total_cmp(&key(fa)).then(a.cmp(&b))
         });
         for &f in order.iter().take(per_head) {
-            let feature = &data.features[f];
-            let examples = feature
-                .examples
-                .iter()
-                .filter(|e| e.group == ExampleGroup::Top)
-                .take(top)
-                .map(|e| {
-                    let w = &d.windows[e.window as usize];
-                    let k = e.target as usize;
-                    ExampleReport {
-                        activation: e.activation,
-                        before: text(&w[k.saturating_sub(6)..k]),
-                        token: text(&w[k..k + 1]),
-                        after: text(&w[k + 1..(k + 3).min(w.len())]),
-                    }
-                })
-                .collect();
-            let reads_from = sources::feature_sources(&d.windows, feature);
-            out.push(FeatureReport {
-                reads_from_kind: reads_from.main(),
-                reads_from_token: reads_from.token.map(|(id, n)| (d.token(id), n)),
-                reads_from,
-                head,
-                feature: f,
-                global: head * m + f,
-                density: feature.density,
-                max_activation: feature.max_activation,
-                label: None,
-                effect_per_thousand: (d.meta.effects.as_ref())
-                    .zip(feature.effect)
-                    .map(|(e, x)| e.per_thousand(x)),
-                examples,
-            });
+            out.push(feature_report(d, head, f, top));
         }
     }
     out
