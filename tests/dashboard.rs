@@ -891,13 +891,8 @@ fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
     };
     let saelens = dir.join("saelens");
     sae.export_saelens(&saelens, &hook, None).unwrap();
-    let bytes = std::fs::read(saelens.join("sae_weights.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let w = st.tensor("W_dec").unwrap();
-    let d_in = w.shape()[1];
-    let w: Vec<f32> = (w.data().chunks_exact(4))
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let (shape, w) = f32_array(&saelens.join("sae_weights.safetensors"), "W_dec");
+    let d_in = shape[1];
     for x in batch.as_array().unwrap() {
         let global = x["feature_index"].as_u64().unwrap() as usize;
         let shares: Vec<f64> = (x["decoder_weights_dist"].as_array().unwrap().iter())
@@ -2024,21 +2019,12 @@ fn the_dashboard_holds_the_decoder_rows_and_the_closest_features_agree_with_matc
     let bytes = std::fs::read(&path).unwrap();
     let file = OwnedDashboardFile::new(bytes.clone()).unwrap();
     assert!(file.meta.decoder);
-    let sae_bytes = std::fs::read(run.join("sae/sae.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&sae_bytes).unwrap();
-    let view = st.tensor("W_dec").unwrap();
-    let (heads, m, d) = (view.shape()[0], view.shape()[1], view.shape()[2]);
-    let w_dec: Vec<f32> = (view.data().chunks_exact(4))
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let (shape, w_dec) = f32_array(&run.join("sae/sae.safetensors"), "W_dec");
+    let (heads, m, d) = (shape[0], shape[1], shape[2]);
     let sae = BlockDiagSae::load(&run.join("sae"), &Device::flex()).unwrap();
-    let saelens = std::fs::read(run.join("saelens/sae_weights.safetensors")).unwrap();
-    let saelens = safetensors::SafeTensors::deserialize(&saelens).unwrap();
-    let view = saelens.tensor("W_dec").unwrap();
-    let d_in = view.shape()[1];
-    let saelens_w_dec: Vec<f32> = (view.data().chunks_exact(4))
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let saelens = run.join("saelens/sae_weights.safetensors");
+    let (saelens_shape, saelens_w_dec) = f32_array(&saelens, "W_dec");
+    let d_in = saelens_shape[1];
     let cosine = |h: usize, a: usize, b: usize| {
         let row = |f: usize| &w_dec[(h * m + f) * d..][..d];
         let (x, y) = (row(a), row(b));

@@ -334,18 +334,17 @@ fn copy_dir(a: &Path, b: &Path) {
 
 /// A run's SAE arrays by name: shape and values.
 fn sae_arrays(run: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(run.join("sae/sae.safetensors")).unwrap();
+    let path = run.join("sae/sae.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut arrays: Vec<_> = (st.tensors().into_iter())
-        .map(|(name, view)| {
-            let values = (view.data().chunks_exact(4))
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (name, view.shape().to_vec(), values)
+    let mut names = st.names();
+    names.sort();
+    (names.into_iter())
+        .map(|name| {
+            let (shape, values) = f32_array(&path, name);
+            (name.to_string(), shape, values)
         })
-        .collect();
-    arrays.sort_by(|a, b| a.0.cmp(&b.0));
-    arrays
+        .collect()
 }
 
 /// `label B --from A`: A's labels go to B's features whose decoder directions are closest,

@@ -342,3 +342,16 @@ where
     );
     stdout
 }
+
+/// The f32 array `name` of the safetensors file at `path`: its shape and values, read with
+/// the safetensors crate (independently of the code under test).
+pub fn f32_array(path: &std::path::Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(name).unwrap();
+    assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+    let values = (view.data().chunks_exact(4))
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (view.shape().to_vec(), values)
+}
