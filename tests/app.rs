@@ -1370,3 +1370,41 @@ fn a_label_typed_in_a_dashboard_is_saved_listed_searched_and_read_back() {
     assert!(!row(&h, g).contains("second one"));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), other_sae);
 }
+
+/// In the web page the same label field keeps edited labels in memory until Save labels
+/// downloads them (`LabelsEdit::Download`): the label is taken and marked unsaved, the
+/// message says how to save it, and nothing is written beside the dashboard file.
+#[test]
+fn in_the_page_a_typed_label_is_kept_unsaved_until_saved() {
+    if !renderer_available() {
+        return;
+    }
+    use attn_saes::app::features::{LabelsEdit, LoadedDashboard};
+    let dir = TempDir::new("attn-saes-app", "labels-page");
+    let run = run_with_dashboard(&dir, 30);
+    let bytes = std::fs::read(attn_saes::dashboard::run_dashboard_path(&run)).unwrap();
+    let mut d = LoadedDashboard::new("dashboard.safetensors".into(), bytes).unwrap();
+    d.labels_edit = LabelsEdit::Download;
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.open_loaded(d);
+    app.push(Command::OpenFeature {
+        head: 1,
+        feature: 2,
+    });
+    let mut h = harness(app);
+    h.run_steps(3);
+    h.get_by_label("label").focus();
+    h.run_steps(1);
+    h.get_by_label("label").type_text("typed in the page");
+    h.run_steps(1);
+    h.key_press(egui::Key::Enter);
+    h.run_steps(2);
+    let d = h.state().dashboard.as_ref().unwrap();
+    assert_eq!(d.labels.get(1, 2), Some("typed in the page"));
+    assert!(d.labels_unsaved);
+    assert!(has_label(
+        &h,
+        "head 1 feature 2: \"typed in the page\" (Save labels downloads them)"
+    ));
+    assert!(!run.join("dashboard.labels.json").exists());
+}
