@@ -349,6 +349,10 @@ enum Command {
         /// one's).
         #[arg(long)]
         new_only: bool,
+        /// Steer from this position on (0: the first token, BOS when there is one; the
+        /// prompt's positions or the new tokens'), instead of from the first after BOS.
+        #[arg(long, value_name = "P", conflicts_with = "new_only")]
+        from_position: Option<usize>,
         /// New tokens (1 to 256).
         #[arg(long, default_value_t = 32)]
         tokens: usize,
@@ -778,6 +782,7 @@ fn main() -> anyhow::Result<()> {
             strength,
             clamp,
             new_only,
+            from_position,
             tokens,
             temperature,
             seed,
@@ -793,6 +798,7 @@ fn main() -> anyhow::Result<()> {
                 top_k,
                 clamp,
                 new_only,
+                from_position,
                 ..attn_saes::live::Steering::greedy(0, 0, 0.0, tokens)
             };
             steer_command(
@@ -1918,9 +1924,10 @@ fn steer_command(
         0.0 => "greedy".to_string(),
         _ => format!("sampled at {}", steering.sampling()),
     };
-    let positions = match steering.new_only {
-        true => "at the new tokens only",
-        false => "after BOS",
+    let positions = match (steering.new_only, steering.from_position) {
+        (true, _) => "at the new tokens only".to_string(),
+        (false, Some(p)) => format!("from position {p} on"),
+        (false, None) => "after BOS".to_string(),
     };
     println!(
         "{}: {} prompt tokens; {} {positions}; {tokens} new tokens, {chosen}",

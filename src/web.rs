@@ -744,6 +744,7 @@ pub fn live_steer(
         clamp: clamp.unwrap_or(false),
         also: Vec::new(),
         new_only: false,
+        from_position: None,
         top_p: None,
         top_k: None,
     };

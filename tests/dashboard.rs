@@ -1454,6 +1454,16 @@ fn check_steering(device: &Device, tol: f64) {
         let got = steer(&loaded, &sae, 0, tl, &prompt, &new_only).unwrap();
         assert_eq!(got.steering, new_only);
         same(&got.steered, "new_only");
+        // From a position inside the prompt on.
+        let from = Steering {
+            from_position: Some(r.tokens(&format!("{model}.from_position_start"))[0] as usize),
+            strength: r.get(&format!("{model}.from_position_strength")).data[0] as f32,
+            ..greedy.clone()
+        };
+        let got = steer(&loaded, &sae, 0, tl, &prompt, &from).unwrap();
+        assert_eq!(got.steering, from);
+        assert_eq!(got.clean.ids, clean);
+        same(&got.steered, "from_position");
         // Two features at once (GPT-2's in one head, Llama's in two).
         let pair = r.tokens(&format!("{model}.pair"));
         let strengths = &r.get(&format!("{model}.pair_strength")).data;
@@ -1564,6 +1574,14 @@ fn steered_generation_matches_transformers_step_by_step() {
     assert!(err(sampled(0.0, Some(0.5), None)).contains("top-p 0.5 is for sampling"));
     assert!(err(sampled(0.8, None, Some(0))).contains("at least 1"));
     assert!(err(sampled(0.0, None, Some(5))).contains("top-k 5 is for sampling"));
+    let from = |p, new_only| Steering {
+        from_position: Some(p),
+        new_only,
+        ..ok.clone()
+    };
+    assert!(err(from(1, true)).contains("not both"));
+    let past = prompt.len() + ok.tokens;
+    assert!(err(from(past, false)).contains(&format!("from position {past}: past the")));
     let n_ctx = loaded.transformer.config.n_ctx;
     assert!(
         err(Steering {
@@ -1688,6 +1706,13 @@ fn steer_command_continues_the_text_as_the_library_does() {
                 temperature: 1.0,
                 top_p: Some(0.3),
                 seed: 5,
+                ..greedy(4.0 * max)
+            },
+        ),
+        (
+            vec!["--from-position", "2"],
+            Steering {
+                from_position: Some(2),
                 ..greedy(4.0 * max)
             },
         ),

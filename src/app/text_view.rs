@@ -497,6 +497,7 @@ fn steer_panel(
         top_k: (s.steer_temperature > 0.0 && s.steer_top_k > 0).then_some(s.steer_top_k),
         clamp: s.steer_clamp,
         new_only: s.steer_new_only,
+        from_position: None,
         also: (s.steer_also.iter().copied())
             .filter(|&(h, f, _)| (h, f) != (head, feature))
             .collect(),

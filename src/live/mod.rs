@@ -198,6 +198,10 @@ pub struct Steering {
     /// the clean one's (nothing before it is steered).
     #[serde(default)]
     pub new_only: bool,
+    /// Steer from this position on (0 is the first token; a prompt position or a new
+    /// token's), instead of from the first after BOS; not with `new_only`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_position: Option<usize>,
     /// Sampling only: draw from the nucleus, the likeliest tokens up to the first whose
     /// cumulative probability (at `temperature`) reaches `top_p` (all tokens when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +247,7 @@ impl Steering {
             clamp: false,
             also: Vec::new(),
             new_only: false,
+            from_position: None,
             top_p: None,
             top_k: None,
         }

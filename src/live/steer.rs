@@ -102,9 +102,20 @@ impl<'a> Generation<'a> {
             ZConvention::TransformerLens => model.blocks[layer].attn.z_fold.clone(),
             ZConvention::Raw => None,
         };
-        let from = match steering.new_only {
-            true => prompt.len(),
-            false => usize::from(model.config.bos_token_id == prompt.first().copied()),
+        let from = match (steering.new_only, steering.from_position) {
+            (true, Some(_)) => {
+                anyhow::bail!("steer the new tokens only or from a position, not both")
+            }
+            (true, None) => prompt.len(),
+            (false, Some(p)) => {
+                anyhow::ensure!(
+                    p < prompt.len() + n,
+                    "from position {p}: past the {} prompt and {n} new tokens",
+                    prompt.len()
+                );
+                p
+            }
+            (false, None) => usize::from(model.config.bos_token_id == prompt.first().copied()),
         };
         Ok(Self {
             steering: steering.clone(),
