@@ -1344,20 +1344,32 @@ fn parse_head_feature(s: &str) -> Result<(usize, usize), String> {
     }
 }
 
-/// The labels file of `run`'s dashboard (`run`: a run directory or a dashboard file) and
-/// the labels in it.
-fn dashboard_labels(
+/// The dashboard file of `run` (a run directory or a dashboard file) and its metadata.
+fn dashboard_meta(
     run: &std::path::Path,
-) -> anyhow::Result<(std::path::PathBuf, attn_saes::dashboard::labels::Labels)> {
-    use attn_saes::dashboard::labels::{Labels, labels_path};
+) -> anyhow::Result<(std::path::PathBuf, dashboard::format::DashboardMeta)> {
     let path = attn_saes::serve::dashboard_of(run)?;
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let meta = attn_saes::dashboard::format::OwnedDashboardFile::new(bytes)
         .with_context(|| path.display().to_string())?
         .meta;
+    Ok((path, meta))
+}
+
+/// The dashboard file of `run` (a run directory or a dashboard file), its labels file and
+/// the labels in it.
+fn dashboard_labels(
+    run: &std::path::Path,
+) -> anyhow::Result<(
+    std::path::PathBuf,
+    std::path::PathBuf,
+    attn_saes::dashboard::labels::Labels,
+)> {
+    use attn_saes::dashboard::labels::{Labels, labels_path};
+    let (path, meta) = dashboard_meta(run)?;
     let file = labels_path(&path);
     let labels = Labels::read(&file, &meta)?;
-    Ok((file, labels))
+    Ok((path, file, labels))
 }
 
 /// `attn-saes label RUN --from OTHER`: OTHER's labels copied to RUN's closest features.
@@ -1368,24 +1380,29 @@ fn copy_labels(
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
     use attn_saes::sae::matching::match_saes;
-    let (file, mut labels) = dashboard_labels(run)?;
-    let (other_file, theirs) = dashboard_labels(other)?;
+    let (_, file, mut labels) = dashboard_labels(run)?;
+    let (_, other_file, theirs) = dashboard_labels(other)?;
     anyhow::ensure!(
         !theirs.is_empty(),
         "{} has no labels to copy",
         other_file.display()
     );
     let device = attn_saes::device::select(choice)?.device;
-    let ours_sae = BlockDiagSae::load(&sae_of(run)?.0, &device)?;
-    let their_sae = BlockDiagSae::load(&sae_of(other)?.0, &device)?;
+    let ours_sae = BlockDiagSae::load(&sae_and_dashboard(run)?.0, &device)?;
+    let their_sae = BlockDiagSae::load(&sae_and_dashboard(other)?.0, &device)?;
     let m = match_saes(&ours_sae, &their_sae)?;
     // Each of their labelled features' closest feature here, the closest pairs first.
     let mut pairs: Vec<(f32, usize, usize, usize, &str)> = (theirs.iter())
         .map(|(h, g, label)| {
-            let closest = m.heads[h].b_to_a[g];
-            (closest.cosine, h, closest.feature as usize, g, label)
+            let closest = (m.heads.get(h).and_then(|x| x.b_to_a.get(g))).with_context(|| {
+                format!(
+                    "head {h} feature {g} of {}: not in its SAE (dashboard built from another?)",
+                    other_file.display()
+                )
+            })?;
+            Ok((closest.cosine, h, closest.feature as usize, g, label))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.3).cmp(&(b.1, b.3))));
     let (mut copied, mut kept, mut far) = (0, 0, 0);
     for (cosine, h, f, g, label) in pairs {
@@ -1422,8 +1439,7 @@ fn label_command(
     label: Option<&str>,
     clear: bool,
 ) -> anyhow::Result<()> {
-    let (file, mut labels) = dashboard_labels(run)?;
-    let path = attn_saes::serve::dashboard_of(run)?;
+    let (path, file, mut labels) = dashboard_labels(run)?;
     let Some((h, f)) = feature else {
         if labels.is_empty() {
             println!(
@@ -1609,14 +1625,7 @@ fn labelled(
 /// The labels beside the dashboard of `run` (a run directory or a dashboard file), when it
 /// has a dashboard; labels that cannot be read are said on stderr and left out.
 fn labels_beside(run: &std::path::Path) -> Option<attn_saes::dashboard::labels::Labels> {
-    let path = match run.is_dir() {
-        true => dashboard::run_dashboard_path(run),
-        false => run.to_path_buf(),
-    };
-    let bytes = std::fs::read(&path).ok()?;
-    let meta = attn_saes::dashboard::format::OwnedDashboardFile::new(bytes)
-        .ok()?
-        .meta;
+    let (path, meta) = dashboard_meta(run).ok()?;
     let file = dashboard::labels::labels_path(&path);
     dashboard::labels::Labels::read(&file, &meta)
         .inspect_err(|e| eprintln!("labels not shown: {e}"))
@@ -1698,8 +1707,31 @@ fn examples_effect_command(
 /// The SAE directory a run directory, an SAE directory or a dashboard file names, and each
 /// feature's liveness (fired in the dashboards) when there are dashboards.
 fn sae_of(path: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, Option<Vec<Vec<bool>>>)> {
+    let (sae_dir, dashboard) = sae_and_dashboard(path)?;
+    let live = match dashboard {
+        Some(file) => Some(
+            (0..file.n_heads())
+                .map(|h| {
+                    let features = file.head(h)?.features;
+                    Ok(features.iter().map(|f| f.density > 0.0).collect())
+                })
+                .collect::<anyhow::Result<Vec<Vec<bool>>>>()?,
+        ),
+        None => None,
+    };
+    Ok((sae_dir, live))
+}
+
+/// The SAE directory of `path` (a dashboard file: the SAE it records; an SAE directory; a
+/// run directory: its final SAE) and the dashboard file that goes with it, if any.
+fn sae_and_dashboard(
+    path: &std::path::Path,
+) -> anyhow::Result<(
+    std::path::PathBuf,
+    Option<attn_saes::dashboard::format::OwnedDashboardFile>,
+)> {
     use attn_saes::dashboard::format::OwnedDashboardFile;
-    let (sae_dir, dashboard) = if path.is_file() {
+    Ok(if path.is_file() {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let file = OwnedDashboardFile::new(bytes)
             .with_context(|| format!("{}: not a dashboard file", path.display()))?;
@@ -1715,19 +1747,7 @@ fn sae_of(path: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, Option<
             false => None,
         };
         (sae_dir, file)
-    };
-    let live = match dashboard {
-        Some(file) => Some(
-            (0..file.n_heads())
-                .map(|h| {
-                    let features = file.head(h)?.features;
-                    Ok(features.iter().map(|f| f.density > 0.0).collect())
-                })
-                .collect::<anyhow::Result<Vec<Vec<bool>>>>()?,
-        ),
-        None => None,
-    };
-    Ok((sae_dir, live))
+    })
 }
 
 /// `attn-saes match`: two SAEs' features matched by decoder direction.
