@@ -449,6 +449,11 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                 if let Some(c) = &s.checkpoint {
                     println!("checkpoint: {}", c.display());
                 }
+                if s.stopped_early
+                    && let Some(run) = s.sae_dir.parent()
+                {
+                    println!("to continue: attn-saes train --resume {}", run.display());
+                }
             }
             TrainEvent::Failed(_) => {
                 // The error itself is printed once, by the caller that receives it.
@@ -533,7 +538,9 @@ pub fn train_then_dashboards(
     drop(tx);
     let _ = consumer.join();
     let summary = result?;
-    if dashboards && !summary.stopped_early {
+    // A stop asked for as the last step ran (Ctrl-C) skips the dashboards too.
+    let stop_asked = control.stop.load(std::sync::atomic::Ordering::SeqCst);
+    if dashboards && !summary.stopped_early && !stop_asked {
         let run = summary
             .sae_dir
             .parent()

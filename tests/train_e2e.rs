@@ -551,12 +551,13 @@ fn resume_equals_an_uninterrupted_run() {
     check_resume("relu", |dir| config(dir, 40));
 }
 
-/// A training process killed with SIGKILL mid-run and resumed with `--resume` ends like an
-/// uninterrupted run: same weights, each metrics line once, same densities; only the
-/// newest `keep_checkpoints` remain; leftovers of an interrupted checkpoint are removed.
+/// A training process killed with SIGKILL mid-run, or stopped by Ctrl-C, and resumed with
+/// `--resume` ends like an uninterrupted run: same weights, each metrics line once, same
+/// densities; only the newest `keep_checkpoints` remain; leftovers of an interrupted
+/// checkpoint are removed.
 #[cfg(unix)]
 #[test]
-fn killed_and_resumed_run_equals_an_uninterrupted_one() {
+fn killed_or_interrupted_and_resumed_runs_equal_an_uninterrupted_one() {
     use std::process::{Command, Stdio};
     let bin = env!("CARGO_BIN_EXE_attn-saes");
     let steps = 1500;
@@ -648,8 +649,84 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
         "the newest 3 checkpoints"
     );
     assert!(!run_b.join("checkpoints/.step_00099999.tmp").exists());
-    std::fs::remove_dir_all(dir_a).unwrap();
-    std::fs::remove_dir_all(dir_b).unwrap();
+
+    // Ctrl-C (SIGINT) mid-run stops after the step with a checkpoint at that step (never
+    // older than what was logged when it came, where the periodic ones can be 50 steps
+    // behind), says how to continue and exits as interrupted (130); resumed, the run ends
+    // like the uninterrupted one.
+    let dir_c = temp_dir("ctrl-c");
+    let run_c = dir_c.join("run");
+    let mut cmd = train(&dir_c, &[]);
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let last_logged = |run: &Path| {
+        metric_lines(run)
+            .iter()
+            .rev()
+            .find_map(|v| (v["type"] == "step").then(|| v["data"]["step"].as_u64().unwrap()))
+            .unwrap_or(0) as usize
+    };
+    let start = std::time::Instant::now();
+    let logged = |run: &Path| {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    while logged(&run_c) < 40 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before Ctrl-C"
+        );
+        assert!(start.elapsed().as_secs() < 120, "the run did not get going");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let logged_at_signal = last_logged(&run_c);
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(130), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("Ctrl-C: stopping after this step"),
+        "{stderr}"
+    );
+    let ckpt = checkpoint::resolve_resume(&run_c).unwrap();
+    let ckpt_step = ckpt.file_name().unwrap().to_string_lossy()[5..]
+        .parse::<usize>()
+        .unwrap();
+    println!("Ctrl-C after step {logged_at_signal} was logged; checkpoint at step {ckpt_step}");
+    assert!(
+        ckpt_step >= logged_at_signal && ckpt_step < steps,
+        "checkpoint {ckpt_step}, logged {logged_at_signal} when Ctrl-C came"
+    );
+    assert!(
+        stdout.contains(&format!("{ckpt_step} steps,")) && stdout.contains("(stopped early)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "to continue: attn-saes train --resume {}",
+            run_c.display()
+        )),
+        "{stdout}"
+    );
+    let out = train(&dir_c, &["--resume", run_c.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_run(&dir_a.join("run"), &run_c);
+    for dir in [dir_a, dir_b, dir_c] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
 
 /// A corrupt or dangling `LATEST` falls back to the newest complete checkpoint.

@@ -123,6 +123,7 @@ pub fn start_training(request: TrainRequest) -> Job {
         let control = RunControl {
             stop: stop.clone(),
             stop_after: request.args.stop_after,
+            ..Default::default()
         };
         let forward = tx.clone();
         crate::cli_train::train_then_dashboards(

@@ -80,6 +80,10 @@ pub struct RunControl {
     pub stop: Arc<AtomicBool>,
     /// Stop (with a checkpoint) once this step is reached.
     pub stop_after: Option<usize>,
+    /// True while the training steps run (the model loaded, the first buffer filled): a
+    /// `stop` set then ends the run after the step with a checkpoint. Ctrl-C in
+    /// `train --headless` reads it to choose between that and quitting at once.
+    pub in_steps: Arc<AtomicBool>,
 }
 
 fn send(events: &Sender<TrainEvent>, e: TrainEvent) {

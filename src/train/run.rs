@@ -50,6 +50,7 @@ pub fn train(
             let mut trainer =
                 Trainer::start(&plan, loaded, resume, device, device_name, events, scope)?;
             let mut stopped_early = false;
+            let _in_steps = InSteps::set(&control.in_steps);
             while !trainer.is_done() {
                 let outcome = trainer.step()?;
                 let stop = control.stop.load(Ordering::Relaxed)
@@ -69,6 +70,22 @@ pub fn train(
         send(events, TrainEvent::Failed(format!("{e:#}")));
     }
     result
+}
+
+/// Marks the training steps as running until dropped (an error included).
+struct InSteps<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl<'a> InSteps<'a> {
+    fn set(flag: &'a std::sync::atomic::AtomicBool) -> Self {
+        flag.store(true, Ordering::SeqCst);
+        Self(flag)
+    }
+}
+
+impl Drop for InSteps<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// How fast BatchTopK's inference thresholds follow the batches' (SAELens'
