@@ -120,6 +120,11 @@ enum Command {
         /// beside this one's (repeatable; served too, and named in the printed URL).
         #[arg(long)]
         compare: Vec<std::path::PathBuf>,
+        /// Instead of serving, write everything that would be served into this directory,
+        /// for any static web server (GitHub Pages, `python3 -m http.server`): its
+        /// index.html opens the viewer on the dashboard, with Your text when live.
+        #[arg(long, value_name = "DIR")]
+        write_to: Option<std::path::PathBuf>,
     },
     /// Train a block-diagonal SAE on hook_z of one layer: in the app's window (live curves,
     /// then the dashboards), or in the terminal with `--headless`.
@@ -571,6 +576,7 @@ fn main() -> anyhow::Result<()> {
             web_dir,
             no_live,
             compare,
+            write_to,
         } => {
             use attn_saes::serve;
             let dashboard = serve::dashboard_of(&path)?;
@@ -602,6 +608,9 @@ fn main() -> anyhow::Result<()> {
                 live,
                 compared,
             };
+            if let Some(dir) = write_to {
+                return write_static_site(&site, &dir);
+            }
             let (listener, url) = serve::bind(&host, port)?;
             println!(
                 "serving {} with the viewer in {}",
@@ -1077,6 +1086,52 @@ fn run_dashboards(
     )?;
     bar.finish();
     Ok(d)
+}
+
+/// `serve --write-to DIR`: what `site` serves, as files in `dir`, and how to open them.
+fn write_static_site(site: &attn_saes::serve::Site, dir: &std::path::Path) -> anyhow::Result<()> {
+    use attn_saes::serve;
+    // The dashboard's labels (none when it has no labels file; labels for another SAE are
+    // an error here, as in `label`).
+    let (_, _, labels) = dashboard_labels(&site.dashboard)?;
+    if let Some(file) = site.live.as_ref().and_then(|live| live.changed.first()) {
+        anyhow::bail!(
+            "{file} is not the file the dashboard was built from (its sha256 differs), so the \
+             page would refuse it: rebuild the dashboard, or add --no-live (nothing was \
+             written)"
+        );
+    }
+    let files = serve::static_files(site, labels.to_json());
+    let written = serve::write_static(&files, dir)?;
+    let total: u64 = written.iter().map(|(_, size)| size).sum();
+    for (path, size) in &written {
+        println!("  {path} ({:.1} MB)", *size as f64 / 1e6);
+    }
+    // GitHub refuses to store files over 100 MiB, so GitHub Pages cannot host them.
+    for (path, size) in written.iter().filter(|(_, size)| *size > 100 << 20) {
+        println!(
+            "note: {path} is {:.1} MB: GitHub Pages cannot host a file over 100 MiB (use \
+             another static host, or --no-live for the dashboards alone)",
+            *size as f64 / 1e6
+        );
+    }
+    println!(
+        "wrote {} files ({:.1} MB) to {}{}",
+        written.len(),
+        total as f64 / 1e6,
+        dir.display(),
+        if site.live.is_some() {
+            ", with the model and SAE for Your text"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "put it on any static web server and open its index.html (here: python3 -m http.server \
+         -d {} 8000, then http://127.0.0.1:8000/); add ?feature=HEAD,FEATURE to open a feature",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// Writes a dashboard file and says what it holds.

@@ -238,6 +238,145 @@ pub fn live_url(url: &str) -> String {
     format!("{url}&live={MANIFEST_NAME}")
 }
 
+/// What `serve --write-to DIR` writes the viewer's page as: `index.html` there is a page
+/// that opens it on the site's dashboard (see [`write_static`]).
+pub const STATIC_VIEWER: &str = "viewer.html";
+/// The first line of a static site's `index.html`: marks a directory `write_static` may
+/// replace.
+const STATIC_MARK: &str = "<!doctype html><!-- attn-saes serve --write-to -->";
+
+/// The query that opens `site` in the viewer: its dashboard, the live manifest when it
+/// has one, and the compared dashboards.
+pub fn site_query(site: &Site) -> String {
+    let url = format!("url={DASHBOARD_NAME}");
+    let url = match &site.live {
+        Some(_) => live_url(&url),
+        None => url,
+    };
+    compare_url(&url, &site.compared)
+}
+
+/// One file of a static site: where it goes and what it holds.
+pub enum StaticFile {
+    Copy(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// What `serve` serves for `site`, as files under their URL paths (without the leading
+/// `/`), for [`write_static`]: the viewer's page as [`STATIC_VIEWER`] and an `index.html`
+/// that opens it with [`site_query`] (and whatever the visitor's address adds, such as
+/// `?feature=H,F`); the dashboard's labels when they are the dashboard's, else an empty
+/// set (so no request fails). `labels` is that labels file's JSON.
+pub fn static_files(site: &Site, labels: String) -> Vec<(String, StaticFile)> {
+    let query = site_query(site);
+    let index = format!(
+        "{STATIC_MARK}\n<meta charset=\"utf-8\"><title>attn-saes</title>\n<script>\n\
+         const p = new URLSearchParams('{query}');\n\
+         for (const [k, v] of new URLSearchParams(location.search)) {{\n\
+         \x20 if (k === 'compare') p.append(k, v); else p.set(k, v);\n}}\n\
+         location.replace('{STATIC_VIEWER}?' + p.toString());\n</script>\n\
+         <a href=\"{STATIC_VIEWER}?{query}\">Open the viewer</a>\n"
+    );
+    let mut files = vec![
+        (
+            "index.html".to_string(),
+            StaticFile::Bytes(index.into_bytes()),
+        ),
+        (
+            STATIC_VIEWER.to_string(),
+            StaticFile::Copy(site.web_dir.join("index.html")),
+        ),
+    ];
+    let web = VIEWER_FILES[1..]
+        .iter()
+        .chain(LIVE_FILES.iter().filter(|_| site.live.is_some()));
+    files.extend(web.map(|n| (n.to_string(), StaticFile::Copy(site.web_dir.join(n)))));
+    files.push((
+        DASHBOARD_NAME.into(),
+        StaticFile::Copy(site.dashboard.clone()),
+    ));
+    files.push((LABELS_NAME.into(), StaticFile::Bytes(labels.into_bytes())));
+    let mut served = site.compared.clone();
+    if let Some(live) = &site.live {
+        files.push((
+            MANIFEST_NAME.into(),
+            StaticFile::Bytes(live.manifest.clone().into_bytes()),
+        ));
+        served.extend(live.files.iter().cloned());
+    }
+    files.extend(served.into_iter().map(|(url, file)| {
+        let path = url.trim_start_matches('/').to_string();
+        (path, StaticFile::Copy(file))
+    }));
+    files
+}
+
+/// Writes `files` ([`static_files`]) into the directory `dir` for any static web server,
+/// returning each file's path and size. They are written into a sibling directory first
+/// and moved into place at the end, so a failure leaves `dir` as it was; an existing `dir`
+/// is replaced only when it is empty or an earlier static site (its `index.html` is one
+/// this wrote), never otherwise.
+pub fn write_static(
+    files: &[(String, StaticFile)],
+    dir: &Path,
+) -> anyhow::Result<Vec<(String, u64)>> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_none();
+        let ours = std::fs::read_to_string(dir.join("index.html"))
+            .is_ok_and(|t| t.starts_with(STATIC_MARK));
+        if !empty && !ours {
+            bail!(
+                "{} exists and is not a site written by `serve --write-to`: choose another \
+                 directory (nothing was written)",
+                dir.display()
+            );
+        }
+    }
+    let name = dir
+        .file_name()
+        .with_context(|| format!("{} has no directory name", dir.display()))?;
+    let partial = dir.with_file_name(format!(".{}.partial", name.to_string_lossy()));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)
+            .with_context(|| format!("removing {}", partial.display()))?;
+    }
+    let written = copy_into(files, &partial);
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    let written = written?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
+    }
+    std::fs::rename(&partial, dir)
+        .with_context(|| format!("moving {} to {}", partial.display(), dir.display()))?;
+    Ok(written)
+}
+
+fn copy_into(files: &[(String, StaticFile)], partial: &Path) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut written = Vec::new();
+    for (path, file) in files {
+        let to = partial.join(path);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let size = match file {
+            StaticFile::Copy(from) => std::fs::copy(from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?,
+            StaticFile::Bytes(bytes) => {
+                std::fs::write(&to, bytes).with_context(|| format!("writing {}", to.display()))?;
+                bytes.len() as u64
+            }
+        };
+        written.push((path.clone(), size));
+    }
+    Ok(written)
+}
+
 /// Serves `site` on `listener` until the process ends, one thread per connection.
 pub fn serve(listener: TcpListener, site: Site) -> anyhow::Result<()> {
     for stream in listener.incoming() {
@@ -381,6 +520,133 @@ mod tests {
 
     fn file(path: &str) -> Body {
         Body::File(PathBuf::from(path))
+    }
+
+    /// A static site holds what `serve` serves, at the same paths: every file but the
+    /// two pages and the labels is what the route gives for its path.
+    #[test]
+    fn a_static_site_holds_the_served_files_at_their_paths() {
+        let s = site();
+        let files = static_files(&s, "{\"labels\":1}".into());
+        let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "index.html",
+                "viewer.html",
+                "read-body.js",
+                "attn_saes.js",
+                "attn_saes_bg.wasm",
+                "live.js",
+                "live-worker.js",
+                "live/attn_saes_live.js",
+                "live/attn_saes_live_bg.wasm",
+                "dashboard.safetensors",
+                "dashboard.labels.json",
+                "live.json",
+                "compare/0/l1-1.safetensors",
+                "live/model/m.gguf",
+            ]
+        );
+        for (path, content) in &files {
+            let served = route(&s, &format!("/{path}")).map(|r| r.0);
+            match (path.as_str(), content) {
+                ("index.html", StaticFile::Bytes(page)) => {
+                    let page = String::from_utf8(page.clone()).unwrap();
+                    assert!(page.starts_with(STATIC_MARK));
+                    let query = "url=dashboard.safetensors&live=live.json\
+                                 &compare=compare/0/l1-1.safetensors";
+                    assert!(page.contains(&format!("'{query}'")), "{page}");
+                    assert!(page.contains(&format!("\"viewer.html?{query}\"")), "{page}");
+                }
+                ("viewer.html", StaticFile::Copy(from)) => {
+                    assert_eq!(served, None);
+                    assert_eq!(
+                        route(&s, "/index.html").unwrap().0,
+                        Body::File(from.clone())
+                    );
+                }
+                ("dashboard.labels.json", StaticFile::Bytes(b)) => {
+                    assert_eq!(b, b"{\"labels\":1}")
+                }
+                (_, StaticFile::Copy(from)) => {
+                    assert_eq!(served, Some(Body::File(from.clone())), "{path}")
+                }
+                (_, StaticFile::Bytes(b)) => {
+                    assert_eq!(served, Some(Body::Bytes(b.clone())), "{path}")
+                }
+            }
+        }
+        // Without live: neither the inference bundle nor the manifest.
+        let s = Site {
+            live: None,
+            ..site()
+        };
+        let files = static_files(&s, String::new());
+        assert!(
+            !files
+                .iter()
+                .any(|(p, _)| p.starts_with("live") || p.ends_with("live-worker.js"))
+        );
+        assert!(
+            site_query(&s)
+                .ends_with("url=dashboard.safetensors&compare=compare/0/l1-1.safetensors")
+        );
+    }
+
+    /// `write_static` writes the files, replaces an earlier site (its stale files gone),
+    /// and refuses a directory of other files or a missing source, leaving it as it was.
+    #[test]
+    fn write_static_replaces_only_its_own_sites_and_leaves_nothing_on_failure() {
+        let root = std::env::temp_dir().join(format!("attn-saes-static-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let source = root.join("source.bin");
+        std::fs::write(&source, b"weights").unwrap();
+        let index = || {
+            (
+                "index.html".to_string(),
+                StaticFile::Bytes(format!("{STATIC_MARK}\n").into_bytes()),
+            )
+        };
+        let dir = root.join("site");
+        let first = [
+            index(),
+            ("a/b.bin".into(), StaticFile::Copy(source.clone())),
+            ("stale.txt".into(), StaticFile::Bytes(b"old".to_vec())),
+        ];
+        let written = write_static(&first, &dir).unwrap();
+        assert_eq!(written[1], ("a/b.bin".to_string(), 7));
+        assert_eq!(std::fs::read(dir.join("a/b.bin")).unwrap(), b"weights");
+        // Again, without stale.txt: an earlier site is replaced whole.
+        write_static(&first[..2], &dir).unwrap();
+        assert!(!dir.join("stale.txt").exists());
+        assert!(dir.join("a/b.bin").is_file());
+        // A missing source: an error, the earlier site untouched, no partial directory.
+        let missing = [
+            index(),
+            ("x.bin".into(), StaticFile::Copy(root.join("nope"))),
+        ];
+        assert!(write_static(&missing, &dir).is_err());
+        assert!(dir.join("a/b.bin").is_file() && !dir.join("x.bin").exists());
+        assert!(!root.join(".site.partial").exists());
+        // A directory of other files is refused, untouched.
+        let other = root.join("docs");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("index.html"), "<p>mine</p>").unwrap();
+        let e = write_static(&first, &other).unwrap_err().to_string();
+        assert!(e.contains("is not a site written by"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(other.join("index.html")).unwrap(),
+            "<p>mine</p>"
+        );
+        assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+        // An empty directory is taken.
+        let empty = root.join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        write_static(&first, &empty).unwrap();
+        assert!(empty.join("stale.txt").is_file());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

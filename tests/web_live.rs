@@ -18,6 +18,9 @@
 //! second visit reads the model from the browser's cache, a manifest with a wrong sha256 is
 //! refused with a message, and so is a model file one bit off the one the dashboard
 //! records (its sha256, checked here against the files themselves).
+//! A second test writes the run's site with `serve --write-to` and opens it from a plain
+//! static file server: the feature its address names, with its label, and Your text as the
+//! CLI gives it.
 //!
 //! Needs what tests/web_viewer.rs needs; skips (saying why) without them, unless
 //! ATTN_SAES_REQUIRE_BROWSER=1 (as in CI).
@@ -475,5 +478,102 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     let picked = result["pickedStatus"].as_str().unwrap();
     assert!(picked.starts_with("ready: "), "{picked}");
     assert_eq!(result["pickedChecked"], 5, "{result}");
+    assert_eq!(result["consoleErrors"], serde_json::json!([]), "{result}");
+}
+
+/// `serve --write-to DIR` writes a site for any static host: on a plain file server (no
+/// `attn-saes`), its index.html opens the viewer on the dashboard at `?feature=H,F` with
+/// the feature's label, the page loads the model and SAE from the site's copies (their
+/// sha256 checked against the dashboard's record) and Your text shows what `text --json`
+/// gives for the same text, with no console errors.
+#[test]
+fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
+    if !browser_available() {
+        return;
+    }
+    build_web();
+    let dir = TempDir::new("attn-saes-web", "site");
+    let run = run_with_dashboard(&dir, 30);
+    let native = native_text(&run, None, None);
+    let heads = native["tokens"]["active"].as_array().unwrap();
+    let (head, feature) = (0..heads.len())
+        .find_map(|h| {
+            let last = heads[h].as_array()?.last()?.as_array()?;
+            Some((h, last.first()?[0].as_u64()? as usize))
+        })
+        .expect("a feature on at the last token");
+    let dashboard = attn_saes::dashboard::run_dashboard_path(&run);
+    let file =
+        attn_saes::dashboard::format::OwnedDashboardFile::new(std::fs::read(&dashboard).unwrap())
+            .unwrap();
+    let density = file.head(head).unwrap().features[feature].density;
+    let meta = file.meta;
+    let mut labels = attn_saes::dashboard::labels::Labels::new(&meta);
+    labels.set(head, feature, "on the site").unwrap();
+    labels
+        .write(&attn_saes::dashboard::labels::labels_path(&dashboard))
+        .unwrap();
+
+    let site = dir.join("site");
+    let out = Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["serve", run.to_str().unwrap(), "--web-dir"])
+        .arg(root().join("web/dist"))
+        .arg("--write-to")
+        .arg(&site)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("with the model and SAE for Your text"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(site.join("dashboard.safetensors")).unwrap(),
+        std::fs::read(&dashboard).unwrap()
+    );
+    let manifest: attn_saes::serve::Manifest =
+        serde_json::from_slice(&std::fs::read(site.join("live.json")).unwrap()).unwrap();
+    let built_from = meta.built_from.clone().unwrap();
+    for (listed, recorded) in [
+        (&manifest.model, &built_from.model),
+        (&manifest.sae, &built_from.sae),
+    ] {
+        assert_eq!(listed.len(), recorded.len());
+        for (file, record) in listed.iter().zip(recorded) {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(std::fs::read(site.join(&file.url)).unwrap());
+            let sha: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!((&file.name, &sha), (&record.name, &record.sha256));
+        }
+    }
+
+    let base = static_server(&site);
+    let out = Command::new("node")
+        .arg(root().join("tests/web/site.mjs"))
+        .arg(&base)
+        .arg(format!("{head},{feature}"))
+        .arg(PROMPT)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "browser steps failed: {text}");
+    let result: Value = serde_json::from_str(text.trim()).unwrap();
+    let location = result["location"].as_str().unwrap();
+    assert!(
+        location.starts_with("/viewer.html?url=dashboard.safetensors&live=live.json")
+            && location.ends_with(&format!("feature={head}%2C{feature}")),
+        "{location}"
+    );
+    let selection = result["selection"].as_str().unwrap();
+    assert!(
+        selection.contains(&format!(
+            "head {head} · feature {feature} · density {density:.3e} · label \"on the site\""
+        )),
+        "{selection}"
+    );
+    eprintln!("static site: {}", result["liveStatus"]);
+    assert_same_tokens("static site", &result["shown"]["tokens"], &native["tokens"]);
     assert_eq!(result["consoleErrors"], serde_json::json!([]), "{result}");
 }

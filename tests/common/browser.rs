@@ -107,3 +107,59 @@ pub fn colours(png: &Path) -> usize {
         .expect("ImageMagick's convert (apt install imagemagick)");
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+/// A plain static file server over `dir` on a free port (as GitHub Pages or
+/// `python3 -m http.server` would be: the file at the request's path, a content type by
+/// extension, 404 otherwise), for a site `serve --write-to` wrote. Runs until the test
+/// process ends. Returns `http://127.0.0.1:PORT`.
+pub fn static_server(dir: &Path) -> String {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&stream);
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                    line.clear();
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let path = path.split(['?', '#']).next().unwrap_or("/");
+                let path = if path.ends_with('/') {
+                    format!("{path}index.html")
+                } else {
+                    path.to_string()
+                };
+                let file = dir.join(path.trim_start_matches('/'));
+                let found = (!path.contains(".."))
+                    .then(|| std::fs::read(&file).ok())
+                    .flatten();
+                let kind = match file.extension().and_then(|e| e.to_str()) {
+                    Some("html") => "text/html",
+                    Some("js") => "text/javascript",
+                    Some("wasm") => "application/wasm",
+                    Some("json") => "application/json",
+                    _ => "application/octet-stream",
+                };
+                let (status, body) = match found {
+                    Some(body) => ("200 OK", body),
+                    None => ("404 Not Found", b"not found".to_vec()),
+                };
+                let mut stream = &stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(&body);
+            });
+        }
+    });
+    base
+}
