@@ -41,12 +41,16 @@ pub fn browser_available() -> bool {
     false
 }
 
-/// Builds the web viewer and the inference bundle (scripts/build-web.sh).
+/// Builds the web viewer and the inference bundle (scripts/build-web.sh), once per test
+/// binary: its tests run in parallel, and two builds at once write over each other.
 pub fn build_web() {
-    let build = Command::new(root().join("scripts/build-web.sh"))
-        .status()
-        .expect("running scripts/build-web.sh");
-    assert!(build.success(), "scripts/build-web.sh failed");
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let build = Command::new(root().join("scripts/build-web.sh"))
+            .status()
+            .expect("running scripts/build-web.sh");
+        assert!(build.success(), "scripts/build-web.sh failed");
+    });
 }
 
 /// `attn-saes serve` on a free port, killed when dropped.
