@@ -957,6 +957,34 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
         attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &new_only).unwrap();
     assert_eq!(shown, want);
 
+    // "from token P on", with the last token selected: the library's continuation steered
+    // from that position (Steering::from_position, which the result carries). It is not
+    // the one steered at the new tokens only: the last token's steering reaches the first
+    // new token's probabilities. (Steering after BOS gives the same as this here: the
+    // hooked layer is the model's last, so earlier positions' hook_z reach no later one.)
+    let last = ids.len() - 1;
+    h.state_mut().ui.text.token = Some(last);
+    h.run_steps(1);
+    h.get_by_label_contains(&format!("from token {last} ("))
+        .click_accesskit();
+    h.run_steps(1);
+    assert!(h.state().ui.text.steer_from_token && !h.state().ui.text.steer_new_only);
+    let shown = continue_the_text(&mut h);
+    let from_last = attn_saes::live::Steering {
+        new_only: false,
+        from_position: Some(last),
+        ..new_only.clone()
+    };
+    let want =
+        attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &from_last).unwrap();
+    assert_eq!(shown, want);
+    let only_new =
+        attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &new_only).unwrap();
+    assert_ne!(
+        shown.steered.prob[0], only_new.steered.prob[0],
+        "from the last token vs the new tokens only"
+    );
+
     // What the page's attnSaes.live_steer sets (show_steering): the controls then ask for
     // that steering again, but for the strength, which stays the slider's.
     let every = attn_saes::live::Steering {
@@ -967,6 +995,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
         top_k: Some(7),
         clamp: true,
         new_only: false,
+        from_position: Some(2),
         also: vec![(kept.0, kept.1, -1.25)],
         ..new_only.clone()
     };

@@ -38,6 +38,8 @@ pub struct TextState {
     pub steer_clamp: bool,
     /// Steer the new tokens only ([`Steering::new_only`]).
     pub steer_new_only: bool,
+    /// Steer from the selected token on ([`Steering::from_position`]).
+    pub steer_from_token: bool,
     /// Features kept in the steering besides the picked one ([`Steering::also`]):
     /// `(head, feature, strength)`.
     #[serde(skip)]
@@ -72,6 +74,11 @@ impl TextState {
         self.steer_top_k = steering.top_k.unwrap_or(0);
         self.steer_clamp = steering.clamp;
         self.steer_new_only = steering.new_only;
+        self.steer_from_token = steering.from_position.is_some();
+        if let Some(p) = steering.from_position {
+            // From a position inside the text: that token, selected.
+            self.token = Some(p);
+        }
         self.steer_also = steering.also.clone();
     }
 
@@ -98,6 +105,7 @@ impl Default for TextState {
             steer_top_k: 0,
             steer_clamp: false,
             steer_new_only: false,
+            steer_from_token: false,
             steer_also: Vec::new(),
             pending_pick: None,
         }
@@ -372,11 +380,29 @@ fn steer_panel(
                 "clamped: its activation is replaced by the strength at every position after \
                  BOS; at 0x the model runs without it",
             );
-        ui.checkbox(&mut s.steer_new_only, "the new tokens only")
+    });
+    // Where: every position after BOS, the selected token on, or the new tokens only.
+    let from_token = s.token.unwrap_or(0);
+    ui.horizontal_wrapped(|ui| {
+        let mut at = (s.steer_new_only, s.steer_from_token && !s.steer_new_only);
+        ui.radio_value(&mut at, (false, false), "after BOS")
+            .on_hover_text("steer every position of the text and the continuation after BOS");
+        let token = a.strings.get(from_token).map(String::as_str).unwrap_or("");
+        ui.radio_value(
+            &mut at,
+            (false, true),
+            format!("from token {from_token} ({token:?}) on"),
+        )
+        .on_hover_text(
+            "steer from the selected token (click another in Tokens to move it) to the end of \
+             the continuation, not before it",
+        );
+        ui.radio_value(&mut at, (true, false), "the new tokens only")
             .on_hover_text(
                 "steer the continuation's positions, not the text's: the first new token is \
                  then the clean one's",
             );
+        (s.steer_new_only, s.steer_from_token) = at;
     });
     ui.horizontal_wrapped(|ui| {
         let kept = (s.steer_also.iter()).any(|&(h, f, _)| (h, f) == (head, feature));
@@ -452,9 +478,11 @@ fn steer_panel(
                     egui::Button::new("Continue the text"),
                 )
                 .clicked();
-            let at = match s.steer_new_only {
-                true => "at each new token's position",
-                false => "at every position after BOS",
+            let from = format!("from position {from_token} on");
+            let at = match (s.steer_new_only, s.steer_from_token) {
+                (true, _) => "at each new token's position",
+                (false, true) => from.as_str(),
+                (false, false) => "at every position after BOS",
             };
             let why = if basis > 0.0 && s.steer_clamp {
                 format!(
@@ -497,7 +525,7 @@ fn steer_panel(
         top_k: (s.steer_temperature > 0.0 && s.steer_top_k > 0).then_some(s.steer_top_k),
         clamp: s.steer_clamp,
         new_only: s.steer_new_only,
-        from_position: None,
+        from_position: (s.steer_from_token && !s.steer_new_only).then_some(from_token),
         also: (s.steer_also.iter().copied())
             .filter(|&(h, f, _)| (h, f) != (head, feature))
             .collect(),
