@@ -350,6 +350,10 @@ enum Command {
         /// --strength to it: `--clamp --strength 0` continues the text without the feature.
         #[arg(long)]
         clamp: bool,
+        /// With --clamp: hold it only at the positions where the feature fires (activation
+        /// above 0), adding nothing where it does not.
+        #[arg(long, requires = "clamp")]
+        where_fires: bool,
         /// Steer the new tokens only, not the prompt (the first new token is then the clean
         /// one's).
         #[arg(long)]
@@ -790,6 +794,7 @@ fn main() -> anyhow::Result<()> {
             feature,
             strength,
             clamp,
+            where_fires,
             new_only,
             from_position,
             tokens,
@@ -806,6 +811,7 @@ fn main() -> anyhow::Result<()> {
                 top_p,
                 top_k,
                 clamp,
+                where_fires,
                 new_only,
                 from_position,
                 ..attn_saes::live::Steering::greedy(0, 0, 0.0, tokens)
@@ -2008,7 +2014,14 @@ fn steer_command(
         steered.push((head, feature, strength));
         said.push(match steering.clamp {
             false => format!("head {head} feature {feature} added at strength {strength}{how}"),
-            true => format!("head {head} feature {feature} held at activation {strength}{how}"),
+            true => format!(
+                "head {head} feature {feature} held at activation {strength}{how}{}",
+                if steering.where_fires {
+                    " where it fires"
+                } else {
+                    ""
+                }
+            ),
         });
     }
     (steering.head, steering.feature, steering.strength) = steered[0];

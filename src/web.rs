@@ -742,18 +742,15 @@ pub fn live_steer(
         temperature,
         seed: seed.into(),
         clamp: clamp.unwrap_or(false),
-        also: Vec::new(),
-        new_only: false,
-        from_position: None,
-        top_p: None,
-        top_k: None,
+        ..Steering::greedy(head, feature, strength, tokens)
     };
     post(|s| s.live_steer = Some(steering));
 }
 
 /// [`live_steer`] with every option of [`Steering`], as JSON: the fields `steer --json`
 /// prints (`head`, `feature`, `strength`, `tokens`; optional `temperature`, `seed`,
-/// `clamp`, `also` as `[[head, feature, strength], ...]`, `new_only`, `top_p`, `top_k`).
+/// `clamp`, `where_fires`, `also` as `[[head, feature, strength], ...]`, `new_only`,
+/// `from_position`, `top_p`, `top_k`).
 /// Throws on JSON that is not that shape; the steering's own checks (a strength, a
 /// temperature) answer in [`live_shown`] as a failure.
 #[wasm_bindgen]

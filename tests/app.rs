@@ -890,6 +890,28 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
         h.query_by_label_contains("Held at activation 0.000")
             .is_some()
     );
+    // Held at 2x only where it fires ("only where it fires"): the library's.
+    h.get_by_label("only where it fires").click_accesskit();
+    h.state_mut().ui.text.steer_times = 2.0;
+    h.run_steps(1);
+    assert!(h.state().ui.text.steer_where_fires);
+    let shown = continue_the_text(&mut h);
+    let where_fires = attn_saes::live::Steering {
+        strength: 2.0 * fd.max_activation,
+        where_fires: true,
+        ..clamping.clone()
+    };
+    let want =
+        attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &where_fires).unwrap();
+    assert_eq!(shown, want);
+    let said = format!(
+        "Held at activation {:.3} where it fires",
+        where_fires.strength
+    );
+    assert!(h.query_by_label_contains(&said).is_some(), "{said}");
+    h.get_by_label("only where it fires").click_accesskit();
+    h.run_steps(1);
+    assert!(!h.state().ui.text.steer_where_fires);
 
     // "Keep it in the steering" at 2x, then another head's feature picked at the same
     // position: the continuation steered by both is the library's.
@@ -994,6 +1016,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
         top_p: Some(0.8),
         top_k: Some(7),
         clamp: true,
+        where_fires: true,
         new_only: false,
         from_position: Some(2),
         also: vec![(kept.0, kept.1, -1.25)],

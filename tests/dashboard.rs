@@ -1335,8 +1335,9 @@ fn until_end(ids: Vec<u32>, eos: &[u32]) -> (Vec<u32>, bool) {
 /// inverse CDF written out in Python), which differ from the greedy ones. Clamped (the
 /// feature's activation, read in TransformerLens' convention, held at a strength): at 0 (the
 /// model without the feature) and at a strength where the reference's clamping and adding
-/// part, the same tokens. Two features steered at once, and the new tokens only steered: the
-/// same tokens.
+/// part, the same tokens; held only where it fires, at a strength where that differs from
+/// holding it everywhere, the same tokens. Two features steered at once, and the new tokens
+/// only steered: the same tokens.
 fn check_steering(device: &Device, tol: f64) {
     use attn_saes::live::{Steering, steer};
     let tl = lm::ZConvention::TransformerLens;
@@ -1464,6 +1465,34 @@ fn check_steering(device: &Device, tol: f64) {
         assert_eq!(got.steering, from);
         assert_eq!(got.clean.ids, clean);
         same(&got.steered, "from_position");
+        // Clamped where it fires only (a continuation that differs from clamping the same
+        // feature everywhere at that strength, in the reference).
+        let pick = r.tokens(&format!("{model}.clamp_fires_pick"));
+        let held = r.get(&format!("{model}.clamp_fires_strength")).data[0] as f32;
+        let fires = Steering {
+            clamp: true,
+            where_fires: true,
+            ..Steering::greedy(pick[0] as usize, pick[1] as usize, held, n)
+        };
+        let got = steer(&loaded, &sae, 0, tl, &prompt, &fires).unwrap();
+        assert_eq!(got.steering, fires);
+        assert_eq!(got.clean.ids, clean);
+        same(&got.steered, "clamp_fires");
+        // Where it fires is for clamping only.
+        let e = steer(
+            &loaded,
+            &sae,
+            0,
+            tl,
+            &prompt,
+            &Steering {
+                clamp: false,
+                ..fires
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("where it fires is for clamping"), "{e}");
         // Two features at once (GPT-2's in one head, Llama's in two).
         let pair = r.tokens(&format!("{model}.pair"));
         let strengths = &r.get(&format!("{model}.pair_strength")).data;
@@ -1687,6 +1716,14 @@ fn steer_command_continues_the_text_as_the_library_does() {
             },
         ),
         (
+            vec!["--clamp", "--where-fires", "--strength", "2x"],
+            Steering {
+                clamp: true,
+                where_fires: true,
+                ..greedy(2.0 * max)
+            },
+        ),
+        (
             pair.to_vec(),
             Steering {
                 also: vec![(other.0, other.1, -1.5)],
@@ -1753,6 +1790,10 @@ fn steer_command_continues_the_text_as_the_library_does() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("give one for all, or one each"));
+    // Where it fires is for --clamp.
+    let out = cli(&["--where-fires"], &run);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("--clamp"), "{said}");
     std::fs::remove_file(attn_saes::dashboard::run_dashboard_path(&run)).unwrap();
     let out = cli(&[], &run);
     assert!(!out.status.success());

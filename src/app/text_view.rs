@@ -36,6 +36,8 @@ pub struct TextState {
     pub steer_top_k: usize,
     /// Hold the feature at the strength instead of adding it ([`Steering::clamp`]).
     pub steer_clamp: bool,
+    /// Held only where the feature fires ([`Steering::where_fires`]).
+    pub steer_where_fires: bool,
     /// Steer the new tokens only ([`Steering::new_only`]).
     pub steer_new_only: bool,
     /// Steer from the selected token on ([`Steering::from_position`]).
@@ -73,6 +75,7 @@ impl TextState {
         self.steer_top_p = steering.top_p.unwrap_or(1.0);
         self.steer_top_k = steering.top_k.unwrap_or(0);
         self.steer_clamp = steering.clamp;
+        self.steer_where_fires = steering.where_fires;
         self.steer_new_only = steering.new_only;
         self.steer_from_token = steering.from_position.is_some();
         if let Some(p) = steering.from_position {
@@ -104,6 +107,7 @@ impl Default for TextState {
             steer_top_p: 1.0,
             steer_top_k: 0,
             steer_clamp: false,
+            steer_where_fires: false,
             steer_new_only: false,
             steer_from_token: false,
             steer_also: Vec::new(),
@@ -380,6 +384,14 @@ fn steer_panel(
                 "clamped: its activation is replaced by the strength at every position after \
                  BOS; at 0x the model runs without it",
             );
+        ui.add_enabled(
+            s.steer_clamp,
+            egui::Checkbox::new(&mut s.steer_where_fires, "only where it fires"),
+        )
+        .on_hover_text(
+            "held at the strength only at the positions where the feature's activation is \
+             above 0; nothing added where it does not fire",
+        );
     });
     // Where: every position after BOS, the selected token on, or the new tokens only.
     let from_token = s.token.unwrap_or(0);
@@ -485,9 +497,13 @@ fn steer_panel(
                 (false, false) => "at every position after BOS",
             };
             let why = if basis > 0.0 && s.steer_clamp {
+                let only = match s.steer_where_fires {
+                    true => " where it fires",
+                    false => "",
+                };
                 format!(
                     "the model continues the text twice: as it is, and with this feature's \
-                     activation held at that strength in head {head}'s hook_z {at}"
+                     activation held at that strength in head {head}'s hook_z {at}{only}"
                 )
             } else if basis > 0.0 {
                 format!(
@@ -524,6 +540,7 @@ fn steer_panel(
         top_p: (s.steer_temperature > 0.0 && s.steer_top_p < 1.0).then_some(s.steer_top_p),
         top_k: (s.steer_temperature > 0.0 && s.steer_top_k > 0).then_some(s.steer_top_k),
         clamp: s.steer_clamp,
+        where_fires: s.steer_clamp && s.steer_where_fires,
         new_only: s.steer_new_only,
         from_position: (s.steer_from_token && !s.steer_new_only).then_some(from_token),
         also: (s.steer_also.iter().copied())
@@ -552,6 +569,9 @@ fn steered_ready(ui: &mut Ui, x: &Steered) {
         .collect();
     let at = match s.clamp {
         false => format!("Added at strength {:.3}{also}", s.strength),
+        true if s.where_fires => {
+            format!("Held at activation {:.3} where it fires{also}", s.strength)
+        }
         true => format!("Held at activation {:.3}{also}", s.strength),
     };
     ui.label(if parts == n {

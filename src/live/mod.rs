@@ -190,6 +190,10 @@ pub struct Steering {
     /// without the feature.
     #[serde(default)]
     pub clamp: bool,
+    /// With `clamp`: hold it only at the positions where the feature fires (its activation
+    /// there above 0), adding nothing elsewhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub where_fires: bool,
     /// Further features steered at the same time: `(head, feature, strength)` each, added
     /// (or clamped) as the first is; where two share a head, what they add is summed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -245,6 +249,7 @@ impl Steering {
             temperature: 0.0,
             seed: 0,
             clamp: false,
+            where_fires: false,
             also: Vec::new(),
             new_only: false,
             from_position: None,

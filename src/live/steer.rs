@@ -102,6 +102,11 @@ impl<'a> Generation<'a> {
             ZConvention::TransformerLens => model.blocks[layer].attn.z_fold.clone(),
             ZConvention::Raw => None,
         };
+        anyhow::ensure!(
+            steering.clamp || !steering.where_fires,
+            "where it fires is for clamping: hold the feature (--clamp) to hold it only where \
+             it fires"
+        );
         let from = match (steering.new_only, steering.from_position) {
             (true, Some(_)) => {
                 anyhow::bail!("steer the new tokens only or from a position, not both")
@@ -144,7 +149,7 @@ impl<'a> Generation<'a> {
         };
         let (start, new) = (self.cache.len(), rows[0].len());
         let (h, d) = (model.config.n_heads, model.config.d_head);
-        let clamp = self.steering.clamp;
+        let (clamp, where_fires) = (self.steering.clamp, self.steering.where_fires);
         // Row 1, the steered heads, positions from `self.from` on.
         let first = self.from.saturating_sub(start).min(new);
         let (sae, features, fold) = (self.sae, &self.features, &self.fold);
@@ -174,7 +179,15 @@ impl<'a> Generation<'a> {
                             .clone()
                             .slice([head..head + 1, 0..new - first, feature..feature + 1])
                             .reshape([1, new - first, 1, 1]);
-                        (activation.neg() + *strength as f64) * row.clone()
+                        // Where it fires only: nothing added where the activation is 0.
+                        let held = match where_fires {
+                            true => {
+                                let fires = activation.clone().greater_elem(0.0).float();
+                                (activation.neg() + *strength as f64) * fires
+                            }
+                            false => activation.neg() + *strength as f64,
+                        };
+                        held * row.clone()
                     }
                 };
                 let at = [1..2, first..new, head..head + 1, 0..d];
