@@ -466,6 +466,31 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
     }
 }
 
+/// The exit status of a command interrupted by Ctrl-C (128 + SIGINT, as shells report).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Ctrl-C while `control`'s run takes its training steps asks it to stop after the step,
+/// with a checkpoint to resume from; a second Ctrl-C, or one before or after the steps
+/// (loading the model, filling the first buffer, building the dashboards: nothing there
+/// that a resume needs), quits at once.
+pub fn stop_on_ctrl_c(control: &crate::train::RunControl) {
+    use std::sync::atomic::Ordering;
+    let (stop, in_steps) = (control.stop.clone(), control.in_steps.clone());
+    let handler = move || {
+        if in_steps.load(Ordering::SeqCst) && !stop.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "\nCtrl-C: stopping after this step, with a checkpoint to resume from \
+                 (Ctrl-C again quits now)"
+            );
+        } else {
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+    };
+    if let Err(e) = ctrlc::set_handler(handler) {
+        eprintln!("warning: Ctrl-C will quit without a checkpoint ({e})");
+    }
+}
+
 /// Selects the device `choice` names and loads `model` on it; an error names the model.
 pub fn open_model(
     choice: DeviceChoice,

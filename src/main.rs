@@ -1183,7 +1183,7 @@ fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyho
         stop_after: args.stop_after,
         ..Default::default()
     };
-    stop_on_ctrl_c(&control);
+    attn_saes::cli_train::stop_on_ctrl_c(&control);
     let mut bar: Option<ProgressLine> = None;
     train_then_dashboards(
         &args,
@@ -1214,34 +1214,9 @@ fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyho
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     if control.stop.load(std::sync::atomic::Ordering::SeqCst) {
         // Stopped by Ctrl-C: the checkpoint is written; exit as an interrupted command.
-        std::process::exit(EXIT_INTERRUPTED);
+        std::process::exit(attn_saes::cli_train::EXIT_INTERRUPTED);
     }
     Ok(())
-}
-
-/// The exit status of a command interrupted by Ctrl-C (128 + SIGINT, as shells report).
-const EXIT_INTERRUPTED: i32 = 130;
-
-/// Ctrl-C while `control`'s run takes its training steps asks it to stop after the step,
-/// with a checkpoint to resume from; a second Ctrl-C, or one before or after the steps
-/// (loading the model, filling the first buffer, building the dashboards: nothing there
-/// that a resume needs), quits at once.
-fn stop_on_ctrl_c(control: &RunControl) {
-    use std::sync::atomic::Ordering;
-    let (stop, in_steps) = (control.stop.clone(), control.in_steps.clone());
-    let handler = move || {
-        if in_steps.load(Ordering::SeqCst) && !stop.swap(true, Ordering::SeqCst) {
-            eprintln!(
-                "\nCtrl-C: stopping after this step, with a checkpoint to resume from \
-                 (Ctrl-C again quits now)"
-            );
-        } else {
-            std::process::exit(EXIT_INTERRUPTED);
-        }
-    };
-    if let Err(e) = ctrlc::set_handler(handler) {
-        eprintln!("warning: Ctrl-C will quit without a checkpoint ({e})");
-    }
 }
 
 fn run_harvest(

@@ -581,6 +581,17 @@ fn killed_or_interrupted_and_resumed_runs_equal_an_uninterrupted_one() {
         }
         cmd
     };
+    // `train --resume RUN`, which must succeed.
+    let resume = |dir: &Path, run: &Path| {
+        let out = train(dir, &["--resume", run.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     let dir_a = temp_dir("kill-full");
     let out = train(&dir_a, &[]).output().unwrap();
     assert!(
@@ -629,14 +640,7 @@ fn killed_or_interrupted_and_resumed_runs_equal_an_uninterrupted_one() {
     .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--lr"), "{err}");
-    let out = train(&dir_b, &["--resume", run_b.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    resume(&dir_b, &run_b);
     assert_eq!(saved.total_training_steps, steps);
     assert_same_run(&dir_a.join("run"), &run_b);
     let kept: Vec<usize> = checkpoint::complete_checkpoints(&run_b)
@@ -715,14 +719,7 @@ fn killed_or_interrupted_and_resumed_runs_equal_an_uninterrupted_one() {
         )),
         "{stdout}"
     );
-    let out = train(&dir_c, &["--resume", run_c.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    resume(&dir_c, &run_c);
     assert_same_run(&dir_a.join("run"), &run_c);
     for dir in [dir_a, dir_b, dir_c] {
         std::fs::remove_dir_all(dir).unwrap();

@@ -46,6 +46,8 @@ pub struct Job {
     pub events: Receiver<JobEvent>,
     /// Set to stop training after the current step, with a checkpoint.
     pub stop: Arc<AtomicBool>,
+    /// True while training takes its steps ([`RunControl::in_steps`]).
+    pub in_steps: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -95,15 +97,15 @@ fn caught(work: impl FnOnce() -> anyhow::Result<()>) -> Result<(), String> {
 /// every job ends with [`JobEvent::Finished`].
 fn spawn(
     kind: JobKind,
-    work: impl FnOnce(&Sender<JobEvent>, &Arc<AtomicBool>) -> anyhow::Result<()> + Send + 'static,
+    work: impl FnOnce(&Sender<JobEvent>, RunControl) -> anyhow::Result<()> + Send + 'static,
 ) -> Job {
     let (tx, events) = channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
+    let control = RunControl::default();
+    let (stop, in_steps) = (control.stop.clone(), control.in_steps.clone());
     let handle = std::thread::Builder::new()
         .name(format!("attn-saes {kind:?}"))
         .spawn(move || {
-            if let Err(message) = caught(|| work(&tx, &flag)) {
+            if let Err(message) = caught(|| work(&tx, control)) {
                 let _ = tx.send(JobEvent::Failed(message));
             }
             let _ = tx.send(JobEvent::Finished);
@@ -113,17 +115,17 @@ fn spawn(
         kind,
         events,
         stop,
+        in_steps,
         handle,
     }
 }
 
 /// Starts (or resumes) a training run, then builds its dashboards.
 pub fn start_training(request: TrainRequest) -> Job {
-    spawn(JobKind::Training, move |tx, stop| {
+    spawn(JobKind::Training, move |tx, control| {
         let control = RunControl {
-            stop: stop.clone(),
             stop_after: request.args.stop_after,
-            ..Default::default()
+            ..control
         };
         let forward = tx.clone();
         crate::cli_train::train_then_dashboards(

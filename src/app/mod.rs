@@ -1383,7 +1383,15 @@ pub fn run_native(
     .map_err(|e| anyhow::anyhow!("the window could not open: {e}"))?;
     let job = detached.lock().ok().and_then(|mut j| j.take());
     if let Some(job) = job {
-        eprintln!("the window closed; the job continues here (Ctrl-C stops it)");
+        eprintln!(
+            "the window closed; the job continues here (Ctrl-C stops it after the step, with \
+             a checkpoint)"
+        );
+        crate::cli_train::stop_on_ctrl_c(&crate::train::RunControl {
+            stop: job.stop.clone(),
+            in_steps: job.in_steps.clone(),
+            ..Default::default()
+        });
         let (train_tx, train_rx) = std::sync::mpsc::channel();
         let renderer = std::thread::spawn(move || crate::cli_train::render_headless(train_rx));
         for e in job.events.iter() {
