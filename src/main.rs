@@ -1107,7 +1107,8 @@ fn write_static_site(site: &attn_saes::serve::Site, dir: &std::path::Path) -> an
              written)"
         );
     }
-    let files = serve::static_files(site, labels.to_json());
+    // Local directories (the model's, the corpus's, the run's) are not published.
+    let files = serve::published(serve::static_files(site, labels.to_json()))?;
     let written = serve::write_static(&files, dir)?;
     let total: u64 = written.iter().map(|(_, size)| size).sum();
     for (path, size) in &written {

@@ -311,6 +311,37 @@ pub fn static_files(site: &Site, labels: String) -> Vec<(String, StaticFile)> {
     files
 }
 
+/// `files` ([`static_files`]) as a page on the web should hold them: the dashboards (the
+/// site's and the compared ones) and the manifest without the local directories their
+/// metadata names (the model's and SAE's paths, the run's config:
+/// [`crate::dashboard::format::DashboardMeta::published`]); everything else as it is.
+pub fn published(files: Vec<(String, StaticFile)>) -> anyhow::Result<Vec<(String, StaticFile)>> {
+    use crate::dashboard::format::{Dashboard, published_name};
+    files
+        .into_iter()
+        .map(|(path, file)| {
+            let dashboard = path == DASHBOARD_NAME || path.starts_with("compare/");
+            let file = match file {
+                StaticFile::Copy(from) if dashboard => {
+                    let bytes = std::fs::read(&from)
+                        .with_context(|| format!("reading {}", from.display()))?;
+                    let mut d = Dashboard::from_bytes(&bytes)
+                        .with_context(|| format!("reading {}", from.display()))?;
+                    d.meta = d.meta.published();
+                    StaticFile::Bytes(d.to_bytes()?)
+                }
+                StaticFile::Bytes(bytes) if path == MANIFEST_NAME => {
+                    let mut manifest: Manifest = serde_json::from_slice(&bytes)?;
+                    manifest.model_name = published_name(&manifest.model_name);
+                    StaticFile::Bytes(serde_json::to_string_pretty(&manifest)?.into_bytes())
+                }
+                file => file,
+            };
+            Ok((path, file))
+        })
+        .collect()
+}
+
 /// Writes `files` ([`static_files`]) into the directory `dir` for any static web server,
 /// returning each file's path and size. They are written into a sibling directory first
 /// and moved into place at the end, so a failure leaves `dir` as it was; an existing `dir`

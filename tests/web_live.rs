@@ -528,12 +528,34 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The site's dashboard is the run's but for the local directories its metadata names:
+    // the same features, examples and windows; the model by its directory's name; neither
+    // the repository's nor the run's directory anywhere in the file or the manifest.
+    let published = std::fs::read(site.join("dashboard.safetensors")).unwrap();
+    let ours = attn_saes::dashboard::format::Dashboard::from_bytes(&published).unwrap();
+    let theirs =
+        attn_saes::dashboard::format::Dashboard::from_bytes(&std::fs::read(&dashboard).unwrap())
+            .unwrap();
+    assert_eq!(ours.meta, theirs.meta.published());
+    assert_eq!(ours.meta.model.name, "gpt2_tiny");
+    assert!(theirs.meta.model.name.starts_with(root().to_str().unwrap()));
     assert_eq!(
-        std::fs::read(site.join("dashboard.safetensors")).unwrap(),
-        std::fs::read(&dashboard).unwrap()
+        (&ours.heads, &ours.windows, &ours.token_strings),
+        (&theirs.heads, &theirs.windows, &theirs.token_strings)
     );
-    let manifest: attn_saes::serve::Manifest =
-        serde_json::from_slice(&std::fs::read(site.join("live.json")).unwrap()).unwrap();
+    let manifest_text = std::fs::read_to_string(site.join("live.json")).unwrap();
+    let original = std::fs::read(&dashboard).unwrap();
+    for local in [root(), dir.to_path_buf()] {
+        let local = local.display().to_string();
+        let found = |bytes: &[u8]| bytes.windows(local.len()).any(|w| w == local.as_bytes());
+        assert!(found(&original), "the run's dashboard names {local}");
+        assert!(
+            !found(&published) && !found(manifest_text.as_bytes()),
+            "{local}"
+        );
+    }
+    let manifest: attn_saes::serve::Manifest = serde_json::from_str(&manifest_text).unwrap();
+    assert_eq!(manifest.model_name, "gpt2_tiny");
     let built_from = meta.built_from.clone().unwrap();
     for (listed, recorded) in [
         (&manifest.model, &built_from.model),

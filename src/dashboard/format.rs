@@ -311,6 +311,45 @@ impl HeadData {
     }
 }
 
+/// What a path-like string shows on the web: an absolute path (`/home/me/m.gguf`,
+/// `C:\models\m.gguf`, `\\server\m`) or one from the home directory (`~/m.gguf`) becomes
+/// its last component; anything else (a hub id such as `ORG/NAME`, a relative path) stays.
+pub fn published_name(name: &str) -> String {
+    let bytes = name.as_bytes();
+    let drive = bytes.len() > 2
+        && bytes[0].is_ascii_alphabetic()
+        && bytes[1] == b':'
+        && matches!(bytes[2], b'/' | b'\\');
+    let local = drive || name.starts_with(['/', '\\', '~']);
+    match name.rsplit(['/', '\\']).find(|part| !part.is_empty()) {
+        Some(last) if local => last.to_string(),
+        _ => name.to_string(),
+    }
+}
+
+impl DashboardMeta {
+    /// This metadata as a page on the web may show it ([`published_name`]): the model's
+    /// name, the SAE's source and every string of the run's config without the local
+    /// directories they name.
+    pub fn published(&self) -> Self {
+        fn strings(value: &mut serde_json::Value) {
+            match value {
+                serde_json::Value::String(s) => *s = published_name(s),
+                serde_json::Value::Array(items) => items.iter_mut().for_each(strings),
+                serde_json::Value::Object(map) => map.values_mut().for_each(strings),
+                _ => {}
+            }
+        }
+        let mut meta = self.clone();
+        meta.model.name = published_name(&meta.model.name);
+        meta.sae.source = published_name(&meta.sae.source);
+        if let Some(config) = &mut meta.run_config {
+            strings(config);
+        }
+        meta
+    }
+}
+
 /// A whole dashboard in memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dashboard {
@@ -1087,4 +1126,29 @@ fn validate_meta(meta: &DashboardMeta) -> Result<(), DashboardError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_names_drop_local_directories_only() {
+        for (name, shown) in [
+            ("/root/.cache/attn-saes/models/m.Q4_1.gguf", "m.Q4_1.gguf"),
+            ("/home/me/runs/latest/sae/", "sae"),
+            ("~/models/gpt2", "gpt2"),
+            (r"C:\Users\me\models\m.gguf", "m.gguf"),
+            ("C:/Users/me/corpus", "corpus"),
+            (r"\\server\share\sae", "sae"),
+            ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M"),
+            ("gpt2", "gpt2"),
+            ("runs/latest/sae", "runs/latest/sae"),
+            ("relu", "relu"),
+            ("/", "/"),
+            ("", ""),
+        ] {
+            assert_eq!(published_name(name), shown, "{name}");
+        }
+    }
 }
