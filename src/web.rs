@@ -40,7 +40,11 @@ struct Shared {
     labels_unsaved: bool,
     labels_key: Option<(String, u64)>,
     /// Dashboards parsed by [`compare_dashboard`]: their training histories, to compare.
-    compare_inbox: Vec<(String, crate::run_log::History)>,
+    compare_inbox: Vec<(
+        String,
+        crate::run_log::History,
+        Option<crate::app::curves::ComparedSae>,
+    )>,
     /// What Curves compares, for [`curves_shown`]: the open run's name and the others'.
     curves_shown: String,
     ctx: Option<egui::Context>,
@@ -315,8 +319,8 @@ impl eframe::App for WebApp {
             d.labels_unsaved = false;
         }
         let compared: Vec<_> = self.shared.borrow_mut().compare_inbox.drain(..).collect();
-        for (name, history) in compared {
-            self.app.compare(name, history);
+        for (name, history, sae) in compared {
+            self.app.compare_sae(name, history, sae);
         }
         if let Some((head, feature)) = self.shared.borrow_mut().select.take() {
             self.app
@@ -610,7 +614,10 @@ pub fn compare_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue
         history.steps.len(),
         history.evals.len()
     );
-    post(|s| s.compare_inbox.push((name, history)));
+    // Its SAE's decoder rows, for the closest features in it (none in an older file).
+    let sae = crate::app::curves::ComparedSae::of(&d.file)
+        .map_err(|e| JsValue::from_str(&format!("{name}: {e}")))?;
+    post(|s| s.compare_inbox.push((name, history, sae)));
     Ok(summary)
 }
 

@@ -41,7 +41,13 @@ fn harness() -> Harness<'static, State> {
         .wgpu()
         .build_ui_state(
             |ui, state: &mut State| {
-                features_ui(ui, &mut state.0, &mut state.1, ExamplesAsk::Unavailable);
+                features_ui(
+                    ui,
+                    &mut state.0,
+                    &mut state.1,
+                    ExamplesAsk::Unavailable,
+                    &[],
+                );
             },
             (d, FeaturesState::default()),
         )
@@ -307,7 +313,13 @@ fn a_file_without_summaries_counts_a_head_when_it_is_opened() {
         .wgpu()
         .build_ui_state(
             |ui, state: &mut State| {
-                features_ui(ui, &mut state.0, &mut state.1, ExamplesAsk::Unavailable);
+                features_ui(
+                    ui,
+                    &mut state.0,
+                    &mut state.1,
+                    ExamplesAsk::Unavailable,
+                    &[],
+                );
             },
             (d, FeaturesState::default()),
         );
@@ -355,7 +367,13 @@ fn a_corrupt_head_shows_its_error() {
         .with_size(egui::Vec2::new(1400.0, 900.0))
         .build_ui_state(
             |ui, state: &mut State| {
-                features_ui(ui, &mut state.0, &mut state.1, ExamplesAsk::Unavailable);
+                features_ui(
+                    ui,
+                    &mut state.0,
+                    &mut state.1,
+                    ExamplesAsk::Unavailable,
+                    &[],
+                );
             },
             (d, FeaturesState::default()),
         );
@@ -367,4 +385,94 @@ fn a_corrupt_head_shows_its_error() {
     h.run_steps(2);
     assert!(h.state_mut().0.head(0).is_ok());
     h.get_by_label_contains("of 32 features");
+}
+
+/// With a compared run whose dashboard holds its SAE's decoder rows (another run of the same
+/// model and layer), a feature's dashboard lists the 3 features of the same head closest to
+/// it in that run: those `match`'s `closest_to` finds from the two SAEs' weights, with
+/// their cosines. A compared SAE of another layer is not listed.
+#[test]
+fn a_compared_runs_closest_features_are_those_match_finds() {
+    use attn_saes::app::curves::{Compared, ComparedSae};
+    let dir = common::TempDir::new("attn-saes-app-features", "compare-a");
+    let dir_b = common::TempDir::new("attn-saes-app-features", "compare-b");
+    let (run, other) = (
+        common::run_with_dashboard(&dir, 30),
+        common::run_with_dashboard(&dir_b, 12),
+    );
+    let read = |run: &std::path::Path| {
+        OwnedDashboardFile::new(std::fs::read(run.join("dashboard.safetensors")).unwrap()).unwrap()
+    };
+    let theirs = read(&other);
+    let sae = ComparedSae::of(&theirs)
+        .unwrap()
+        .expect("the file holds decoder rows");
+    let elsewhere = ComparedSae {
+        hook_layer: sae.hook_layer + 1,
+        ..sae.clone()
+    };
+    let compared = vec![
+        Compared {
+            name: "other".into(),
+            history: theirs.meta.history.clone(),
+            sae: Some(sae),
+        },
+        Compared {
+            name: "other-layer".into(),
+            history: theirs.meta.history.clone(),
+            sae: Some(elsewhere),
+        },
+    ];
+    let d = LoadedDashboard::new(
+        "dashboard.safetensors".into(),
+        std::fs::read(run.join("dashboard.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let (head, feature) = (2, 5);
+    let state = FeaturesState {
+        head,
+        feature: Some(feature),
+        ..FeaturesState::default()
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::Vec2::new(1400.0, 900.0))
+        .wgpu()
+        .build_ui_state(
+            move |ui, state: &mut State| {
+                features_ui(
+                    ui,
+                    &mut state.0,
+                    &mut state.1,
+                    ExamplesAsk::Unavailable,
+                    &compared,
+                );
+            },
+            (d, state),
+        );
+    h.run_steps(2);
+    assert_eq!(
+        (h.state().1.head, h.state().1.feature),
+        (head, Some(feature))
+    );
+    let device = burn::prelude::Device::flex();
+    let load = |run: &std::path::Path| {
+        attn_saes::sae::BlockDiagSae::load(&run.join("sae"), &device).unwrap()
+    };
+    let want = attn_saes::sae::matching::closest_to(&load(&run), &load(&other), (head, feature), 3)
+        .unwrap();
+    let listed: Vec<String> = want
+        .iter()
+        .map(|c| format!("#{} {:.2}", c.feature, c.cosine))
+        .collect();
+    println!("closest in other: {}", listed.join("  "));
+    assert!(h.query_by_label("closest in other").is_some());
+    assert!(
+        h.query_by_label(&listed.join("  ")).is_some(),
+        "{}",
+        listed.join("  ")
+    );
+    assert!(
+        h.query_by_label_contains("closest in other-layer")
+            .is_none()
+    );
 }

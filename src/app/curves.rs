@@ -60,6 +60,47 @@ pub struct Compared {
     /// The run directory's or dashboard file's name.
     pub name: String,
     pub history: History,
+    /// Its SAE's decoder rows, when its dashboard file holds them: the Features view then
+    /// lists the features of the same head closest to the selected one in it.
+    pub sae: Option<ComparedSae>,
+}
+
+/// A compared run's SAE as its dashboard file records it: what it was trained on, and each
+/// head's decoder rows (`[features_per_head, d_head]`, flat; as the SAELens export has
+/// them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComparedSae {
+    /// The model's name as a page would show it ([`crate::dashboard::format::published_name`]).
+    pub model: String,
+    pub hook_layer: usize,
+    pub d_head: usize,
+    pub decoder: Vec<Vec<f32>>,
+}
+
+impl ComparedSae {
+    /// The SAE of a dashboard file, if it holds decoder rows (an older file does not).
+    pub fn of(
+        file: &crate::dashboard::format::OwnedDashboardFile,
+    ) -> Result<Option<Self>, crate::dashboard::format::DashboardError> {
+        let decoder = (0..file.n_heads())
+            .map(|h| file.decoder(h))
+            .collect::<Result<Option<Vec<_>>, _>>()?;
+        Ok(decoder.map(|decoder| Self {
+            model: crate::dashboard::format::published_name(&file.meta.model.name),
+            hook_layer: file.meta.hook_layer,
+            d_head: file.meta.sae.d_head,
+            decoder,
+        }))
+    }
+
+    /// Whether its features can be matched with those of the SAE `meta` describes: the same
+    /// model, layer and heads.
+    pub fn matches(&self, meta: &crate::dashboard::format::DashboardMeta) -> bool {
+        self.model == crate::dashboard::format::published_name(&meta.model.name)
+            && self.hook_layer == meta.hook_layer
+            && self.d_head == meta.sae.d_head
+            && self.decoder.len() == meta.sae.n_heads
+    }
 }
 
 /// A per-head metric.
@@ -663,6 +704,7 @@ mod tests {
             evals: vec![eval(2, 3.5)],
         };
         let other = Compared {
+            sae: None,
             name: "runs/b".into(),
             history: History {
                 steps: vec![step(1, 7.0), step(2, 6.0), step(3, 5.0)],

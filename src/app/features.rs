@@ -375,6 +375,7 @@ pub fn features_ui(
     d: &mut LoadedDashboard,
     s: &mut FeaturesState,
     ask: ExamplesAsk,
+    compared: &[super::curves::Compared],
 ) -> Option<FeaturesAction> {
     s.head = s.head.min(d.file.n_heads().saturating_sub(1));
     s.crop = s.crop.clamp(1, MAX_CROP);
@@ -401,7 +402,7 @@ pub fn features_ui(
         scroll = Scroll::IntoView;
     }
     list_panel(ui, head, order, labels.0, s, scroll);
-    dashboard_panel(ui, file, head, labels, s, ask)
+    dashboard_panel(ui, file, head, labels, s, (ask, compared))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1005,7 +1006,7 @@ fn dashboard_panel(
     head: Result<Head<'_>, &str>,
     labels: (&Labels, &LabelsEdit),
     s: &mut FeaturesState,
-    ask: ExamplesAsk,
+    (ask, compared): (ExamplesAsk, &[super::curves::Compared]),
 ) -> Option<FeaturesAction> {
     egui::CentralPanel::default()
         .show(ui, |ui| {
@@ -1030,6 +1031,13 @@ fn dashboard_panel(
                     let reads = head.reads.get(f).cloned().unwrap_or_default();
                     let closest = head.data.closest(f, CLOSEST_SHOWN);
                     let around = (&reads, closest.as_slice());
+                    let row = head.data.decoder.as_deref().and_then(|rows| {
+                        let d = file.meta.sae.d_head;
+                        rows.get(f * d..(f + 1) * d)
+                    });
+                    let elsewhere =
+                        row.map(|row| closest_elsewhere(&file.meta, s.head, row, compared));
+                    let around = (around, elsewhere.unwrap_or_default());
                     feature_dashboard(ui, file, (f, fd), around, labels, s, ask)
                 })
                 .inner
@@ -1041,7 +1049,7 @@ fn feature_dashboard(
     ui: &mut Ui,
     file: &OwnedDashboardFile,
     (f, fd): (usize, &FeatureData),
-    (reads, closest): (&FeatureSources, &[(usize, f32)]),
+    ((reads, closest), elsewhere): (Around<'_>, Vec<Elsewhere<'_>>),
     labels: (&Labels, &LabelsEdit),
     s: &mut FeaturesState,
     ask: ExamplesAsk,
@@ -1049,6 +1057,21 @@ fn feature_dashboard(
     header(ui, &file.meta, s.head, f, fd);
     let labelled = label_line(ui, labels, s, (s.head, f));
     closest_line(ui, closest, labels.0, s);
+    for (name, closest) in &elsewhere {
+        ui.horizontal_wrapped(|ui| {
+            ui.label(RichText::new(format!("closest in {name}")).strong())
+                .on_hover_text(
+                    "the features of the same head in that compared run's SAE whose decoder \
+                     directions are nearest this one's (cosine similarity; `attn-saes match` \
+                     compares whole SAEs)",
+                );
+            let listed: Vec<String> = closest
+                .iter()
+                .map(|(f, c)| format!("#{f} {c:.2}"))
+                .collect();
+            ui.label(listed.join("  "));
+        });
+    }
     if is_dead(fd) {
         ui.label(
             RichText::new(format!(
@@ -1245,6 +1268,34 @@ fn header(ui: &mut Ui, meta: &DashboardMeta, h: usize, f: usize, fd: &FeatureDat
 
 /// Features of the same head listed as closest to the selected one.
 const CLOSEST_SHOWN: usize = 6;
+/// What a feature's dashboard shows around it: where it reads from, and the features of its
+/// head closest to it.
+type Around<'a> = (&'a FeatureSources, &'a [(usize, f32)]);
+/// A compared run's name and the features of the head closest to the selected one in it.
+type Elsewhere<'a> = (&'a str, Vec<(usize, f32)>);
+
+/// Features listed as closest in each compared run's SAE.
+const CLOSEST_ELSEWHERE: usize = 3;
+
+/// For each compared run whose dashboard holds an SAE of the same model, layer and heads:
+/// its name and the features of head `head` whose decoder directions are closest to `row`.
+fn closest_elsewhere<'c>(
+    meta: &crate::dashboard::format::DashboardMeta,
+    head: usize,
+    row: &[f32],
+    compared: &'c [super::curves::Compared],
+) -> Vec<Elsewhere<'c>> {
+    compared
+        .iter()
+        .filter_map(|c| {
+            let sae = c.sae.as_ref().filter(|sae| sae.matches(meta))?;
+            let rows = sae.decoder.get(head)?;
+            let closest =
+                crate::dashboard::format::closest_rows(row, rows, None, CLOSEST_ELSEWHERE);
+            Some((c.name.as_str(), closest))
+        })
+        .collect()
+}
 
 /// The head's features whose decoder directions are closest to the selected one's (when the
 /// file holds the decoder rows), each a button that selects it, its label on hover.

@@ -282,6 +282,17 @@ impl AttnSaesApp {
     /// Draws `history` (another run's, named `name`) beside the open run's curves; a run
     /// of the same name already compared is replaced.
     pub fn compare(&mut self, name: String, history: crate::run_log::History) {
+        self.compare_sae(name, history, None);
+    }
+
+    /// [`Self::compare`], with the compared run's SAE (from its dashboard file) for the
+    /// Features view's closest features in it.
+    pub fn compare_sae(
+        &mut self,
+        name: String,
+        history: crate::run_log::History,
+        sae: Option<curves::ComparedSae>,
+    ) {
         if history.steps.is_empty() && history.evals.is_empty() {
             self.message(
                 Level::Error,
@@ -291,7 +302,7 @@ impl AttnSaesApp {
         }
         self.compared.retain(|c| c.name != name);
         self.message(Level::Info, format!("comparing with {name}"));
-        self.compared.push(Compared { name, history });
+        self.compared.push(Compared { name, history, sae });
         self.ui.view = View::Curves;
     }
 
@@ -449,7 +460,8 @@ impl AttnSaesApp {
                         true => features::ExamplesAsk::Ask(self.web.examples.as_ref()),
                         false => features::ExamplesAsk::Unavailable,
                     };
-                    let action = features::features_ui(ui, d, &mut self.ui.features, ask);
+                    let action =
+                        features::features_ui(ui, d, &mut self.ui.features, ask, &self.compared);
                     match action {
                         Some(features::FeaturesAction::ExamplesEffect {
                             head,
@@ -982,7 +994,10 @@ impl AttnSaesApp {
     /// it records), or says why it cannot.
     pub fn compare_path(&mut self, path: &Path) {
         match crate::run_log::read_history(path) {
-            Ok(history) => self.compare(short_name(path), history),
+            Ok(history) => {
+                let sae = compared_sae(path);
+                self.compare_sae(short_name(path), history, sae)
+            }
             Err(e) => self.message(Level::Error, format!("{e:#}")),
         }
     }
@@ -1320,6 +1335,18 @@ impl AttnSaesApp {
             });
         });
     }
+}
+
+/// The SAE a compared run's dashboard file records (a run directory's
+/// `dashboard.safetensors`, or the file itself), when there is one with decoder rows.
+#[cfg(not(target_arch = "wasm32"))]
+fn compared_sae(path: &Path) -> Option<curves::ComparedSae> {
+    let file = match path.is_dir() {
+        true => crate::dashboard::run_dashboard_path(path),
+        false => path.to_path_buf(),
+    };
+    let file = crate::dashboard::format::OwnedDashboardFile::new(std::fs::read(file).ok()?).ok()?;
+    curves::ComparedSae::of(&file).ok().flatten()
 }
 
 /// The run directory of a run or checkpoint directory.

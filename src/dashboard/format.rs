@@ -293,22 +293,38 @@ impl HeadData {
         if feature >= m || d == 0 {
             return Vec::new();
         }
-        let row = |f: usize| &rows[f * d..(f + 1) * d];
-        let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-        let (x, nx) = (row(feature), norm(row(feature)));
-        let mut cos: Vec<(usize, f32)> = (0..m)
-            .filter(|&f| f != feature)
-            .map(|f| {
-                let y = row(f);
-                let dot: f64 = x.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let n = nx * norm(y);
-                (f, if n > 0.0 { (dot / n) as f32 } else { 0.0 })
-            })
-            .collect();
-        cos.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        cos.truncate(n);
-        cos
+        closest_rows(
+            &rows[feature * d..(feature + 1) * d],
+            rows,
+            Some(feature),
+            n,
+        )
     }
+}
+
+/// The `n` rows of `rows` (`[m, row.len()]`, flat) whose directions are closest to `row`
+/// by cosine similarity (in f64), closest first, the lower index first on a tie; `skip`
+/// is left out. A zero row has cosine 0.
+pub fn closest_rows(row: &[f32], rows: &[f32], skip: Option<usize>, n: usize) -> Vec<(usize, f32)> {
+    let d = row.len();
+    if d == 0 || !rows.len().is_multiple_of(d) {
+        return Vec::new();
+    }
+    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    let nx = norm(row);
+    let mut cos: Vec<(usize, f32)> = rows
+        .chunks_exact(d)
+        .enumerate()
+        .filter(|&(f, _)| Some(f) != skip)
+        .map(|(f, y)| {
+            let dot: f64 = row.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let n = nx * norm(y);
+            (f, if n > 0.0 { (dot / n) as f32 } else { 0.0 })
+        })
+        .collect();
+    cos.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    cos.truncate(n);
+    cos
 }
 
 /// What a path-like string shows on the web: an absolute path (`/home/me/m.gguf`,
@@ -724,6 +740,27 @@ impl OwnedDashboardFile {
 
     pub fn token(&self, id: u32) -> String {
         token_string(&self.token_strings, id)
+    }
+
+    /// One head's decoder rows (`[features_per_head, d_head]`, flat) alone, checked, without
+    /// decoding its features; none when the file holds no decoder rows.
+    pub fn decoder(&self, h: usize) -> Result<Option<Vec<f32>>, DashboardError> {
+        let sae = &self.meta.sae;
+        if !self.meta.decoder {
+            return Ok(None);
+        }
+        if h >= sae.n_heads {
+            return Err(bad(&format!("h{h}.decoder"), "no such head"));
+        }
+        let tensors = SafeTensors::deserialize(&self.bytes)
+            .map_err(|e| DashboardError::Container(e.to_string()))?;
+        let shape = [sae.features_per_head, sae.d_head];
+        Checked {
+            tensors: &tensors,
+            checksums: &self.checksums,
+        }
+        .f32s(&format!("h{h}.decoder"), Some(&shape))
+        .map(Some)
     }
 
     /// Decodes and checks one head's features.
