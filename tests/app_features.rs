@@ -36,20 +36,24 @@ fn head(h: usize) -> HeadData {
 fn harness() -> Harness<'static, State> {
     let d =
         LoadedDashboard::new("dashboard.safetensors".into(), dashboard_bytes().to_vec()).unwrap();
+    harness_on(d, FeaturesState::default(), Vec::new())
+}
+
+/// The Features view on `d` from `state`, with `compared` runs, rendered on wgpu.
+fn harness_on(
+    d: LoadedDashboard,
+    state: FeaturesState,
+    compared: Vec<attn_saes::app::curves::Compared>,
+) -> Harness<'static, State> {
     Harness::builder()
         .with_size(egui::Vec2::new(1400.0, 900.0))
         .wgpu()
         .build_ui_state(
-            |ui, state: &mut State| {
-                features_ui(
-                    ui,
-                    &mut state.0,
-                    &mut state.1,
-                    ExamplesAsk::Unavailable,
-                    &[],
-                );
+            move |ui, state: &mut State| {
+                let ask = ExamplesAsk::Unavailable;
+                features_ui(ui, &mut state.0, &mut state.1, ask, &compared);
             },
-            (d, FeaturesState::default()),
+            (d, state),
         )
 }
 
@@ -308,21 +312,7 @@ fn a_file_without_summaries_counts_a_head_when_it_is_opened() {
         }
     };
     let d = LoadedDashboard::new("old.safetensors".into(), old.to_bytes().unwrap()).unwrap();
-    let mut h = Harness::builder()
-        .with_size(egui::Vec2::new(1400.0, 900.0))
-        .wgpu()
-        .build_ui_state(
-            |ui, state: &mut State| {
-                features_ui(
-                    ui,
-                    &mut state.0,
-                    &mut state.1,
-                    ExamplesAsk::Unavailable,
-                    &[],
-                );
-            },
-            (d, FeaturesState::default()),
-        );
+    let mut h = harness_on(d, FeaturesState::default(), Vec::new());
     h.run_steps(3);
     // Head 0 is open; the three others are not.
     assert_eq!(h.query_all_by_label("-").count(), 3);
@@ -434,21 +424,7 @@ fn a_compared_runs_closest_features_are_those_match_finds() {
         feature: Some(feature),
         ..FeaturesState::default()
     };
-    let mut h = Harness::builder()
-        .with_size(egui::Vec2::new(1400.0, 900.0))
-        .wgpu()
-        .build_ui_state(
-            move |ui, state: &mut State| {
-                features_ui(
-                    ui,
-                    &mut state.0,
-                    &mut state.1,
-                    ExamplesAsk::Unavailable,
-                    &compared,
-                );
-            },
-            (d, state),
-        );
+    let mut h = harness_on(d, state, compared);
     h.run_steps(2);
     assert_eq!(
         (h.state().1.head, h.state().1.feature),
