@@ -4,7 +4,8 @@
 # Needs Debian's xvfb, imagemagick (import, convert) and a built release binary
 # (cargo build --release). RUN_DIR defaults to runs/latest (the main job's run). With
 # COMPARE=OTHER_RUN, also app-compare.png: Curves comparing RUN_DIR with OTHER_RUN. With
-# FEATURE=HEAD,FEATURE, the Features view shows that feature (app --feature).
+# FEATURE=HEAD,FEATURE, the Features view shows that feature (app --feature), and with
+# COMPARE too, its closest features in OTHER_RUN.
 # Fails when a screenshot is blank (fewer than 50 distinct colours).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,8 @@ for shot in $shots; do
     if [ "$shot" = compare ]; then
         "$bin" app "$run" --compare "$COMPARE" --view curves &
     elif [ "$shot" = features ] && [ -n "${FEATURE:-}" ]; then
-        "$bin" app "$run" --view features --feature "$FEATURE" &
+        # With COMPARE too, the feature's closest features in that run show.
+        "$bin" app "$run" --view features --feature "$FEATURE" ${COMPARE:+--compare "$COMPARE"} &
     else
         "$bin" app "$run" --view "$shot" &
     fi
