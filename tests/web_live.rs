@@ -570,6 +570,48 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
         }
     }
 
+    // The site's SAE must be the one the dashboard was built from: with its weights
+    // changed since, the page would refuse it, so `--write-to` refuses too and writes
+    // nothing; `--no-live` (the dashboards alone) still writes. (On a copy of the run.)
+    let copy = dir.join("changed");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(&run)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let mut weights = std::fs::read(copy.join("sae/sae.safetensors")).unwrap();
+    let last = weights.len() - 1;
+    weights[last] ^= 1;
+    std::fs::write(copy.join("sae/sae.safetensors"), weights).unwrap();
+    let write_to = |to: &std::path::Path, more: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["serve", copy.to_str().unwrap(), "--web-dir"])
+            .arg(root().join("web/dist"))
+            .args(more)
+            .arg("--write-to")
+            .arg(to)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let refused = dir.join("site-refused");
+    let out = write_to(&refused, &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("sha256 differs"),
+        "{said}"
+    );
+    assert!(!refused.exists(), "nothing written");
+    let out = write_to(&refused, &["--no-live"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(refused.join("dashboard.safetensors").is_file() && !refused.join("live.json").exists());
+
     let base = static_server(&site);
     let out = Command::new("node")
         .arg(root().join("tests/web/site.mjs"))
