@@ -259,6 +259,8 @@ pub fn site_query(site: &Site) -> String {
 /// One file of a static site: where it goes and what it holds.
 pub enum StaticFile {
     Copy(PathBuf),
+    /// A dashboard file: copied, or rewritten by [`published`].
+    Dashboard(PathBuf),
     Bytes(Vec<u8>),
 }
 
@@ -293,21 +295,20 @@ pub fn static_files(site: &Site, labels: String) -> Vec<(String, StaticFile)> {
     files.extend(web.map(|n| (n.to_string(), StaticFile::Copy(site.web_dir.join(n)))));
     files.push((
         DASHBOARD_NAME.into(),
-        StaticFile::Copy(site.dashboard.clone()),
+        StaticFile::Dashboard(site.dashboard.clone()),
     ));
     files.push((LABELS_NAME.into(), StaticFile::Bytes(labels.into_bytes())));
-    let mut served = site.compared.clone();
+    let at = |url: &str| url.trim_start_matches('/').to_string();
     if let Some(live) = &site.live {
         files.push((
             MANIFEST_NAME.into(),
             StaticFile::Bytes(live.manifest.clone().into_bytes()),
         ));
-        served.extend(live.files.iter().cloned());
     }
-    files.extend(served.into_iter().map(|(url, file)| {
-        let path = url.trim_start_matches('/').to_string();
-        (path, StaticFile::Copy(file))
-    }));
+    let compared = site.compared.iter();
+    files.extend(compared.map(|(url, file)| (at(url), StaticFile::Dashboard(file.clone()))));
+    let live = site.live.iter().flat_map(|live| &live.files);
+    files.extend(live.map(|(url, file)| (at(url), StaticFile::Copy(file.clone()))));
     files
 }
 
@@ -320,9 +321,8 @@ pub fn published(files: Vec<(String, StaticFile)>) -> anyhow::Result<Vec<(String
     files
         .into_iter()
         .map(|(path, file)| {
-            let dashboard = path == DASHBOARD_NAME || path.starts_with("compare/");
             let file = match file {
-                StaticFile::Copy(from) if dashboard => {
+                StaticFile::Dashboard(from) => {
                     let bytes = std::fs::read(&from)
                         .with_context(|| format!("reading {}", from.display()))?;
                     let mut d = Dashboard::from_bytes(&bytes)
@@ -396,7 +396,7 @@ fn copy_into(files: &[(String, StaticFile)], partial: &Path) -> anyhow::Result<V
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
         let size = match file {
-            StaticFile::Copy(from) => std::fs::copy(from, &to)
+            StaticFile::Copy(from) | StaticFile::Dashboard(from) => std::fs::copy(from, &to)
                 .with_context(|| format!("copying {} to {}", from.display(), to.display()))?,
             StaticFile::Bytes(bytes) => {
                 std::fs::write(&to, bytes).with_context(|| format!("writing {}", to.display()))?;
@@ -600,14 +600,26 @@ mod tests {
                 ("dashboard.labels.json", StaticFile::Bytes(b)) => {
                     assert_eq!(b, b"{\"labels\":1}")
                 }
+                (
+                    "dashboard.safetensors" | "compare/0/l1-1.safetensors",
+                    StaticFile::Dashboard(from),
+                ) => {
+                    assert_eq!(served, Some(Body::File(from.clone())), "{path}")
+                }
                 (_, StaticFile::Copy(from)) => {
                     assert_eq!(served, Some(Body::File(from.clone())), "{path}")
                 }
                 (_, StaticFile::Bytes(b)) => {
                     assert_eq!(served, Some(Body::Bytes(b.clone())), "{path}")
                 }
+                (_, StaticFile::Dashboard(_)) => panic!("{path} is not a dashboard"),
             }
         }
+        // The dashboards are marked as such (`published` rewrites them).
+        let dashboards = files
+            .iter()
+            .filter(|(_, f)| matches!(f, StaticFile::Dashboard(_)));
+        assert_eq!(dashboards.count(), 2);
         // Without live: neither the inference bundle nor the manifest.
         let s = Site {
             live: None,

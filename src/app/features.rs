@@ -1031,10 +1031,7 @@ fn dashboard_panel(
                     let reads = head.reads.get(f).cloned().unwrap_or_default();
                     let closest = head.data.closest(f, CLOSEST_SHOWN);
                     let around = (&reads, closest.as_slice());
-                    let row = head.data.decoder.as_deref().and_then(|rows| {
-                        let d = file.meta.sae.d_head;
-                        rows.get(f * d..(f + 1) * d)
-                    });
+                    let row = head.data.decoder_row(f);
                     let elsewhere =
                         row.map(|row| closest_elsewhere(&file.meta, s.head, row, compared));
                     let around = (around, elsewhere.unwrap_or_default());

@@ -993,9 +993,24 @@ impl AttnSaesApp {
     /// Compares with a run directory (its `metrics.jsonl`) or a dashboard file (the history
     /// it records), or says why it cannot.
     pub fn compare_path(&mut self, path: &Path) {
-        match crate::run_log::read_history(path) {
-            Ok(history) => {
-                let sae = compared_sae(path);
+        // A dashboard file is read once, for its history and its SAE; a run directory's
+        // history is its metrics.jsonl, and its SAE its dashboard's when it has one.
+        let read = || -> anyhow::Result<_> {
+            if path.is_dir() {
+                let history = crate::run_log::read_history(path)?;
+                let dashboard = std::fs::read(crate::dashboard::run_dashboard_path(path)).ok();
+                let file = dashboard.and_then(|bytes| {
+                    crate::dashboard::format::OwnedDashboardFile::new(bytes).ok()
+                });
+                Ok((history, file))
+            } else {
+                let file = crate::run_log::read_dashboard(path)?;
+                Ok((file.meta.history.clone(), Some(file)))
+            }
+        };
+        match read() {
+            Ok((history, file)) => {
+                let sae = file.and_then(|f| curves::ComparedSae::of(&f).ok().flatten());
                 self.compare_sae(short_name(path), history, sae)
             }
             Err(e) => self.message(Level::Error, format!("{e:#}")),
@@ -1335,18 +1350,6 @@ impl AttnSaesApp {
             });
         });
     }
-}
-
-/// The SAE a compared run's dashboard file records (a run directory's
-/// `dashboard.safetensors`, or the file itself), when there is one with decoder rows.
-#[cfg(not(target_arch = "wasm32"))]
-fn compared_sae(path: &Path) -> Option<curves::ComparedSae> {
-    let file = match path.is_dir() {
-        true => crate::dashboard::run_dashboard_path(path),
-        false => path.to_path_buf(),
-    };
-    let file = crate::dashboard::format::OwnedDashboardFile::new(std::fs::read(file).ok()?).ok()?;
-    curves::ComparedSae::of(&file).ok().flatten()
 }
 
 /// The run directory of a run or checkpoint directory.

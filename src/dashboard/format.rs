@@ -281,24 +281,22 @@ impl HeadData {
     /// (cosine similarity, highest first, the lower index on a tie; `feature` itself left
     /// out; a zero row has cosine 0 with every other), or none without decoder rows.
     pub fn closest(&self, feature: usize, n: usize) -> Vec<(usize, f32)> {
-        let m = self.features.len();
-        let Some(rows) = self
-            .decoder
-            .as_deref()
-            .filter(|r| m > 0 && r.len() % m == 0)
-        else {
-            return Vec::new();
-        };
-        let d = rows.len() / m;
-        if feature >= m || d == 0 {
-            return Vec::new();
+        match (self.decoder.as_deref(), self.decoder_row(feature)) {
+            (Some(rows), Some(row)) => closest_rows(row, rows, Some(feature), n),
+            _ => Vec::new(),
         }
-        closest_rows(
-            &rows[feature * d..(feature + 1) * d],
-            rows,
-            Some(feature),
-            n,
-        )
+    }
+
+    /// `feature`'s decoder row, when the file holds the rows (and they divide into one per
+    /// feature).
+    pub fn decoder_row(&self, feature: usize) -> Option<&[f32]> {
+        let m = self.features.len();
+        let rows = self.decoder.as_deref()?;
+        if m == 0 || rows.is_empty() || !rows.len().is_multiple_of(m) {
+            return None;
+        }
+        let d = rows.len() / m;
+        rows.get(feature * d..(feature + 1) * d)
     }
 }
 
