@@ -350,9 +350,9 @@ enum Command {
         /// --strength to it: `--clamp --strength 0` continues the text without the feature.
         #[arg(long)]
         clamp: bool,
-        /// With --clamp: hold it only at the positions where the feature fires (activation
-        /// above 0), adding nothing where it does not.
-        #[arg(long, requires = "clamp")]
+        /// Steer only at the positions where the feature fires (activation above 0): add
+        /// it (or, with --clamp, hold it) there, and nothing where it does not.
+        #[arg(long)]
         where_fires: bool,
         /// Steer the new tokens only, not the prompt (the first new token is then the clean
         /// one's).
@@ -1988,16 +1988,17 @@ fn steer_command(
             ),
         };
         steered.push((head, feature, strength));
+        let fires = match steering.where_fires {
+            true => " where it fires",
+            false => "",
+        };
         said.push(match steering.clamp {
-            false => format!("head {head} feature {feature} added at strength {strength}{how}"),
-            true => format!(
-                "head {head} feature {feature} held at activation {strength}{how}{}",
-                if steering.where_fires {
-                    " where it fires"
-                } else {
-                    ""
-                }
-            ),
+            false => {
+                format!("head {head} feature {feature} added at strength {strength}{how}{fires}")
+            }
+            true => {
+                format!("head {head} feature {feature} held at activation {strength}{how}{fires}")
+            }
         });
     }
     (steering.head, steering.feature, steering.strength) = steered[0];

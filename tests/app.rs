@@ -909,6 +909,24 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
         where_fires.strength
     );
     assert!(h.query_by_label_contains(&said).is_some(), "{said}");
+    // Added at 2x only where it fires: the library's, and not the same as held there.
+    h.get_by_label("add it").click_accesskit();
+    h.run_steps(1);
+    assert!(!h.state().ui.text.steer_clamp && h.state().ui.text.steer_where_fires);
+    let added = continue_the_text(&mut h);
+    let add_where_fires = attn_saes::live::Steering {
+        clamp: false,
+        ..where_fires.clone()
+    };
+    let want = attn_saes::live::steer(&loaded, &sae, 1, Default::default(), &ids, &add_where_fires)
+        .unwrap();
+    assert_eq!(added, want);
+    assert_ne!(added.steered.prob, shown.steered.prob, "added vs held");
+    let said = format!(
+        "Added at strength {:.3} where it fires",
+        where_fires.strength
+    );
+    assert!(h.query_by_label_contains(&said).is_some(), "{said}");
     h.get_by_label("only where it fires").click_accesskit();
     h.run_steps(1);
     assert!(!h.state().ui.text.steer_where_fires);

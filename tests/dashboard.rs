@@ -1478,21 +1478,18 @@ fn check_steering(device: &Device, tol: f64) {
         assert_eq!(got.steering, fires);
         assert_eq!(got.clean.ids, clean);
         same(&got.steered, "clamp_fires");
-        // Where it fires is for clamping only.
-        let e = steer(
-            &loaded,
-            &sae,
-            0,
-            tl,
-            &prompt,
-            &Steering {
-                clamp: false,
-                ..fires
-            },
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("where it fires is for clamping"), "{e}");
+        // Added where it fires only (a continuation that differs from adding the same
+        // feature everywhere at that strength, in the reference).
+        let pick = r.tokens(&format!("{model}.add_fires_pick"));
+        let at = r.get(&format!("{model}.add_fires_strength")).data[0] as f32;
+        let fires = Steering {
+            where_fires: true,
+            ..Steering::greedy(pick[0] as usize, pick[1] as usize, at, n)
+        };
+        let got = steer(&loaded, &sae, 0, tl, &prompt, &fires).unwrap();
+        assert_eq!(got.steering, fires);
+        assert_eq!(got.clean.ids, clean);
+        same(&got.steered, "add_fires");
         // Two features at once (GPT-2's in one head, Llama's in two).
         let pair = r.tokens(&format!("{model}.pair"));
         let strengths = &r.get(&format!("{model}.pair_strength")).data;
@@ -1724,6 +1721,13 @@ fn steer_command_continues_the_text_as_the_library_does() {
             },
         ),
         (
+            vec!["--where-fires"],
+            Steering {
+                where_fires: true,
+                ..greedy(4.0 * max)
+            },
+        ),
+        (
             pair.to_vec(),
             Steering {
                 also: vec![(other.0, other.1, -1.5)],
@@ -1790,10 +1794,6 @@ fn steer_command_continues_the_text_as_the_library_does() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("give one for all, or one each"));
-    // Where it fires is for --clamp.
-    let out = cli(&["--where-fires"], &run);
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && said.contains("--clamp"), "{said}");
     std::fs::remove_file(attn_saes::dashboard::run_dashboard_path(&run)).unwrap();
     let out = cli(&[], &run);
     assert!(!out.status.success());

@@ -384,14 +384,11 @@ fn steer_panel(
                 "clamped: its activation is replaced by the strength at every position after \
                  BOS; at 0x the model runs without it",
             );
-        ui.add_enabled(
-            s.steer_clamp,
-            egui::Checkbox::new(&mut s.steer_where_fires, "only where it fires"),
-        )
-        .on_hover_text(
-            "held at the strength only at the positions where the feature's activation is \
-             above 0; nothing added where it does not fire",
-        );
+        ui.checkbox(&mut s.steer_where_fires, "only where it fires")
+            .on_hover_text(
+                "added (or held at the strength) only at the positions where the feature's \
+                 activation is above 0; nothing added where it does not fire",
+            );
     });
     // Where: every position after BOS, the selected token on, or the new tokens only.
     let from_token = s.token.unwrap_or(0);
@@ -496,11 +493,11 @@ fn steer_panel(
                 (false, true) => from.as_str(),
                 (false, false) => "at every position after BOS",
             };
+            let only = match s.steer_where_fires {
+                true => " where it fires",
+                false => "",
+            };
             let why = if basis > 0.0 && s.steer_clamp {
-                let only = match s.steer_where_fires {
-                    true => " where it fires",
-                    false => "",
-                };
                 format!(
                     "the model continues the text twice: as it is, and with this feature's \
                      activation held at that strength in head {head}'s hook_z {at}{only}"
@@ -508,7 +505,8 @@ fn steer_panel(
             } else if basis > 0.0 {
                 format!(
                     "the model continues the text twice: as it is, and with this feature \
-                     added to head {head}'s hook_z {at}, as if it fired there at that strength"
+                     added to head {head}'s hook_z {at}{only}, as if it fired there at that \
+                     strength"
                 )
             } else {
                 "it does not fire in this text and no dashboard is open: there is no \
@@ -540,7 +538,7 @@ fn steer_panel(
         top_p: (s.steer_temperature > 0.0 && s.steer_top_p < 1.0).then_some(s.steer_top_p),
         top_k: (s.steer_temperature > 0.0 && s.steer_top_k > 0).then_some(s.steer_top_k),
         clamp: s.steer_clamp,
-        where_fires: s.steer_clamp && s.steer_where_fires,
+        where_fires: s.steer_where_fires,
         new_only: s.steer_new_only,
         from_position: (s.steer_from_token && !s.steer_new_only).then_some(from_token),
         also: (s.steer_also.iter().copied())
@@ -567,12 +565,13 @@ fn steered_ready(ui: &mut Ui, x: &Steered) {
     let also: String = (s.also.iter())
         .map(|(h, f, s)| format!(", with h{h} #{f} at {s:.3}"))
         .collect();
+    let fires = match s.where_fires {
+        true => " where it fires",
+        false => "",
+    };
     let at = match s.clamp {
-        false => format!("Added at strength {:.3}{also}", s.strength),
-        true if s.where_fires => {
-            format!("Held at activation {:.3} where it fires{also}", s.strength)
-        }
-        true => format!("Held at activation {:.3}{also}", s.strength),
+        false => format!("Added at strength {:.3}{fires}{also}", s.strength),
+        true => format!("Held at activation {:.3}{fires}{also}", s.strength),
     };
     ui.label(if parts == n {
         format!("{at} ({how}), the {n} new tokens are the same both ways.")

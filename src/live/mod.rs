@@ -190,8 +190,9 @@ pub struct Steering {
     /// without the feature.
     #[serde(default)]
     pub clamp: bool,
-    /// With `clamp`: hold it only at the positions where the feature fires (its activation
-    /// there above 0), adding nothing elsewhere.
+    /// Steer only at the positions where the feature fires (its activation there, on the
+    /// steered row's own hook_z, above 0), adding nothing elsewhere: added or, with
+    /// `clamp`, held there.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub where_fires: bool,
     /// Further features steered at the same time: `(head, feature, strength)` each, added

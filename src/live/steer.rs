@@ -102,11 +102,6 @@ impl<'a> Generation<'a> {
             ZConvention::TransformerLens => model.blocks[layer].attn.z_fold.clone(),
             ZConvention::Raw => None,
         };
-        anyhow::ensure!(
-            steering.clamp || !steering.where_fires,
-            "where it fires is for clamping: hold the feature (--clamp) to hold it only where \
-             it fires"
-        );
         let from = match (steering.new_only, steering.from_position) {
             (true, Some(_)) => {
                 anyhow::bail!("steer the new tokens only or from a position, not both")
@@ -157,9 +152,10 @@ impl<'a> Generation<'a> {
             if first == new {
                 return z;
             }
-            // `[H, new - first, m]`: when clamping, every feature's activation at the steered
-            // row's steered positions (encoded alone, so the clean row has no say in them).
-            let feats = clamp.then(|| {
+            // `[H, new - first, m]`: when clamping or steering only where the feature fires,
+            // every feature's activation at the steered row's steered positions (encoded
+            // alone, so the clean row has no say in them).
+            let feats = (clamp || where_fires).then(|| {
                 let z = z.clone().slice([1..2, first..new, 0..h, 0..d]);
                 let z = match fold {
                     Some(f) => z - f.clone(),
@@ -179,15 +175,17 @@ impl<'a> Generation<'a> {
                             .clone()
                             .slice([head..head + 1, 0..new - first, feature..feature + 1])
                             .reshape([1, new - first, 1, 1]);
-                        // Where it fires only: nothing added where the activation is 0.
-                        let held = match where_fires {
-                            true => {
-                                let fires = activation.clone().greater_elem(0.0).float();
-                                (activation.neg() + *strength as f64) * fires
-                            }
-                            false => activation.neg() + *strength as f64,
+                        // Added: the strength; held: the strength less the activation.
+                        let times = match clamp {
+                            true => activation.clone().neg() + *strength as f64,
+                            false => activation.zeros_like() + *strength as f64,
                         };
-                        held * row.clone()
+                        // Where it fires only: nothing added where the activation is 0.
+                        let times = match where_fires {
+                            true => times * activation.greater_elem(0.0).float(),
+                            false => times,
+                        };
+                        times * row.clone()
                     }
                 };
                 let at = [1..2, first..new, head..head + 1, 0..d];
