@@ -764,8 +764,23 @@ fn main() -> anyhow::Result<()> {
             let path = out.unwrap_or(default_out);
             write_dashboard(&dashboard, &path)?;
             if let Some(dir) = export_neuronpedia {
-                let n = dashboard::neuronpedia::export(&dashboard, &dir)?;
+                use dashboard::labels::{Labels, labels_path};
+                // The labels beside the dashboard, when they describe this SAE.
+                let labels =
+                    Labels::read(&labels_path(&path), &dashboard.meta).unwrap_or_else(|e| {
+                        eprintln!("labels not exported: {e:#}");
+                        Labels::new(&dashboard.meta)
+                    });
+                let n = dashboard::neuronpedia::export(&dashboard, &dir, &labels)?;
                 println!("wrote {n} Neuronpedia batch files to {}", dir.display());
+                if !labels.is_empty() {
+                    println!(
+                        "wrote {} labels as explanations of source {} to {}",
+                        labels.len(),
+                        dashboard::neuronpedia::source_id(&dashboard),
+                        dir.join("explanations").join("batch-0.jsonl.gz").display()
+                    );
+                }
             }
         }
         Command::Text {

@@ -838,7 +838,12 @@ fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
         "the same SAE and windows as small_dashboard"
     );
     let dir = std::env::temp_dir().join(format!("attn-saes-np-{}", std::process::id()));
-    let n = attn_saes::dashboard::neuronpedia::export(&d, &dir).unwrap();
+    let no_labels = attn_saes::dashboard::labels::Labels::new(&d.meta);
+    let n = attn_saes::dashboard::neuronpedia::export(&d, &dir, &no_labels).unwrap();
+    assert!(
+        !dir.join("explanations").exists(),
+        "no labels, no explanations"
+    );
     let m = d.meta.sae.features_per_head;
     let live: Vec<(usize, usize)> = (0..d.heads.len())
         .flat_map(|h| (0..m).map(move |f| (h, f)))

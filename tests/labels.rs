@@ -317,6 +317,78 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
         "{err}"
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("fires on commas"));
+    // The Neuronpedia export leaves them out (and says why), then, back with this SAE's
+    // sha256, carries each as a row of Neuronpedia's explanation exports.
+    let np = dir.join("np-other");
+    let out = cli(&[
+        "dashboard",
+        "--run",
+        r,
+        "--tokens",
+        "128",
+        "--export-neuronpedia",
+        np.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("labels not exported") && err.contains("for another SAE"),
+        "{err}"
+    );
+    assert!(np.join("batch-0.json").exists() && !np.join("explanations").exists());
+    std::fs::write(&file, &text).unwrap();
+    stdout(cli(&["label", r, "1,2", "says \"hi\" \u{2014} \u{2713}"]));
+    let labels = Labels::read(&file, &meta_of(&run)).unwrap();
+    assert!(labels.len() >= 2, "{labels:?}");
+    let np = dir.join("np");
+    let said = stdout(cli(&[
+        "dashboard",
+        "--run",
+        r,
+        "--tokens",
+        "128",
+        "--export-neuronpedia",
+        np.to_str().unwrap(),
+    ]));
+    assert!(
+        said.contains(&format!("wrote {} labels as explanations", labels.len())),
+        "{said}"
+    );
+    let gz = std::fs::read(np.join("explanations").join("batch-0.jsonl.gz")).unwrap();
+    let mut rows = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut rows).unwrap();
+    let meta = meta_of(&run);
+    let m = meta.sae.features_per_head;
+    let want: Vec<Value> = (labels.iter())
+        .map(|(h, f, label)| {
+            json!({
+                "modelId": attn_saes::dashboard::format::published_name(&meta.model.name),
+                "layer": format!("{}-att-attn-saes", meta.hook_layer),
+                "index": (h * m + f).to_string(),
+                "description": label,
+            })
+        })
+        .collect();
+    let got: Vec<Value> = (rows.lines())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got, want);
+    assert!(rows.contains(&format!("\"index\":\"{}\"", m + 2)), "{rows}");
+    // No local directory in what is meant for upload (the fixture model's is absolute).
+    assert!(
+        Path::new(&meta.model.name).is_absolute(),
+        "{}",
+        meta.model.name
+    );
+    let settings = std::fs::read_to_string(np.join("run_settings.json")).unwrap();
+    for (name, text) in [("explanations", &rows), ("run_settings.json", &settings)] {
+        assert!(!text.contains(&meta.model.name), "{name}: {text}");
+    }
+    // The feature batches are the same with labels and without.
+    for name in ["batch-0.json", "skipped_indexes.json", "run_settings.json"] {
+        let read = |d: &Path| std::fs::read(d.join(name)).unwrap();
+        assert_eq!(read(&np), read(&dir.join("np-other")), "{name}");
+    }
 }
 
 /// `b` as a copy of the directory `a`, recursively.

@@ -1,7 +1,9 @@
 //! Dashboard stage: export for the Python ecosystem, in the SAEDashboard batch JSON layout
 //! that Neuronpedia imports: `batch-N.json` (128 features each, global feature indices
 //! `head * m + feature`), `skipped_indexes.json` (features that never fired on the
-//! dashboard tokens) and `run_settings.json`. Reads only the dashboard file.
+//! dashboard tokens) and `run_settings.json`; with labels, `explanations/batch-0.jsonl.gz`
+//! in the layout of Neuronpedia's own explanation exports. Reads only the dashboard file
+//! (and its labels).
 
 use serde_json::{Value, json};
 
@@ -102,9 +104,34 @@ pub fn feature_json(d: &Dashboard, head: usize, feature: usize) -> Value {
     })
 }
 
-/// Writes the export into `dir`. Returns the number of batch files.
+/// The Neuronpedia source id the explanations name, as its attention SAEs' ids go
+/// (`5-att-kk`): the hooked layer, `att`, and this tool's name.
+pub fn source_id(d: &Dashboard) -> String {
+    format!("{}-att-attn-saes", d.meta.hook_layer)
+}
+
+/// One label as a row of Neuronpedia's explanation exports: `modelId` (the model's name, a
+/// local path cut to its file name), `layer` (the source
+/// id, [`source_id`]), `index` (the global feature index, a string, as Neuronpedia keeps
+/// it) and `description`.
+pub fn explanation_json(d: &Dashboard, head: usize, feature: usize, label: &str) -> Value {
+    json!({
+        "modelId": super::format::published_name(&d.meta.model.name),
+        "layer": source_id(d),
+        "index": (head * d.meta.sae.features_per_head + feature).to_string(),
+        "description": label,
+    })
+}
+
+/// Writes the export into `dir`, with `labels` (when there are any) as
+/// `explanations/batch-0.jsonl.gz`, one row per label by global index. Returns the number
+/// of feature batch files.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn export(d: &Dashboard, dir: &std::path::Path) -> anyhow::Result<usize> {
+pub fn export(
+    d: &Dashboard,
+    dir: &std::path::Path,
+    labels: &super::labels::Labels,
+) -> anyhow::Result<usize> {
     use anyhow::Context;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let m = d.meta.sae.features_per_head;
@@ -127,7 +154,7 @@ pub fn export(d: &Dashboard, dir: &std::path::Path) -> anyhow::Result<usize> {
         serde_json::to_string(&skipped)?.as_bytes(),
     )?;
     let settings = json!({
-        "model_id": d.meta.model.name,
+        "model_id": super::format::published_name(&d.meta.model.name),
         "layer": d.meta.hook_layer,
         "hook_name": format!("blocks.{}.attn.hook_z", d.meta.hook_layer),
         "n_heads": d.meta.sae.n_heads,
@@ -142,5 +169,19 @@ pub fn export(d: &Dashboard, dir: &std::path::Path) -> anyhow::Result<usize> {
         "n_quantiles": d.meta.settings.n_intervals,
     });
     crate::files::write_json(&dir.join("run_settings.json"), &settings)?;
+    if !labels.is_empty() {
+        use std::io::Write;
+        let mut rows = String::new();
+        for (h, f, label) in labels.iter() {
+            rows += &serde_json::to_string(&explanation_json(d, h, f, label))?;
+            rows.push('\n');
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(rows.as_bytes())?;
+        let explanations = dir.join("explanations");
+        std::fs::create_dir_all(&explanations)
+            .with_context(|| format!("creating {}", explanations.display()))?;
+        crate::files::write_atomic(&explanations.join("batch-0.jsonl.gz"), &gz.finish()?)?;
+    }
     Ok(n)
 }
