@@ -154,14 +154,20 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
-    /// Export a trained SAE (a run's `sae/` directory) to SAELens format.
+    /// Export a trained SAE (a run's `sae/` directory) to SAELens format, and/or a run's
+    /// dashboards (with its labels) to Neuronpedia's layout.
     Export {
-        /// A run directory (with sae/ and config) or an SAE directory.
+        /// A run directory (with sae/ and config) or an SAE directory; with --neuronpedia
+        /// alone, a dashboard file also does.
         #[arg(long)]
         run: std::path::PathBuf,
-        /// Output folder.
+        /// Output folder for the SAELens export.
+        #[arg(long, required_unless_present = "neuronpedia")]
+        out: Option<std::path::PathBuf>,
+        /// Output folder for the Neuronpedia export of the run's dashboard file as it is
+        /// (what `dashboard --export-neuronpedia` writes after rebuilding it).
         #[arg(long)]
-        out: std::path::PathBuf,
+        neuronpedia: Option<std::path::PathBuf>,
     },
     /// Import an SAE from SAELens format or the seed fork's format into ours.
     Import {
@@ -655,7 +661,29 @@ fn main() -> anyhow::Result<()> {
             shard_tokens,
             out,
         } => run_harvest(args, cli.device, tokens, shard_tokens, &out)?,
-        Command::Export { run, out } => {
+        Command::Export {
+            run,
+            out,
+            neuronpedia,
+        } => {
+            if let Some(dir) = neuronpedia {
+                let path = match run.is_dir() {
+                    true => dashboard::run_dashboard_path(&run),
+                    false => run.clone(),
+                };
+                anyhow::ensure!(
+                    path.exists(),
+                    "{} has no dashboard file to export: build it with `attn-saes dashboard \
+                     --run {}`",
+                    run.display(),
+                    run.display()
+                );
+                let d = dashboard::build::read(&path)?;
+                write_neuronpedia(&d, &path, &dir)?;
+            }
+            let Some(out) = out else {
+                return Ok(());
+            };
             let sae_dir = if run.join("sae").is_dir() {
                 run.join("sae")
             } else {
@@ -764,23 +792,8 @@ fn main() -> anyhow::Result<()> {
             let path = out.unwrap_or(default_out);
             write_dashboard(&dashboard, &path)?;
             if let Some(dir) = export_neuronpedia {
-                use dashboard::labels::{Labels, labels_path};
-                // The labels beside the dashboard, when they describe this SAE.
-                let labels =
-                    Labels::read(&labels_path(&path), &dashboard.meta).unwrap_or_else(|e| {
-                        eprintln!("labels not exported: {e:#}");
-                        Labels::new(&dashboard.meta)
-                    });
-                let n = dashboard::neuronpedia::export(&dashboard, &dir, &labels)?;
-                println!("wrote {n} Neuronpedia batch files to {}", dir.display());
-                if !labels.is_empty() {
-                    println!(
-                        "wrote {} labels as explanations of source {} to {}",
-                        labels.len(),
-                        dashboard::neuronpedia::source_id(&dashboard),
-                        dir.join("explanations").join("batch-0.jsonl.gz").display()
-                    );
-                }
+                // What the file holds (DFA in f16, as viewers show it), as `export` writes.
+                write_neuronpedia(&dashboard::build::read(&path)?, &path, &dir)?;
             }
         }
         Command::Text {
@@ -1157,6 +1170,31 @@ fn write_static_site(site: &attn_saes::serve::Site, dir: &std::path::Path) -> an
 }
 
 /// Writes a dashboard file and says what it holds.
+/// The Neuronpedia export of the dashboard `d` read from (or written to) `path`, with the
+/// labels beside it when they describe its SAE (a note when they do not).
+fn write_neuronpedia(
+    d: &Dashboard,
+    path: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use dashboard::labels::{Labels, labels_path};
+    let labels = Labels::read(&labels_path(path), &d.meta).unwrap_or_else(|e| {
+        eprintln!("labels not exported: {e:#}");
+        Labels::new(&d.meta)
+    });
+    let n = dashboard::neuronpedia::export(d, dir, &labels)?;
+    println!("wrote {n} Neuronpedia batch files to {}", dir.display());
+    if !labels.is_empty() {
+        println!(
+            "wrote {} labels as explanations of source {} to {}",
+            labels.len(),
+            dashboard::neuronpedia::source_id(d),
+            dir.join("explanations").join("batch-0.jsonl.gz").display()
+        );
+    }
+    Ok(())
+}
+
 fn write_dashboard(d: &Dashboard, path: &std::path::Path) -> anyhow::Result<()> {
     dashboard::build::write(d, path)?;
     say_written(d, path);

@@ -389,6 +389,52 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
         let read = |d: &Path| std::fs::read(d.join(name)).unwrap();
         assert_eq!(read(&np), read(&dir.join("np-other")), "{name}");
     }
+    // `export --neuronpedia` writes the same from the dashboard file as it is, without
+    // rebuilding it (from the run directory or the file itself).
+    let names = |d: &Path| {
+        let mut v: Vec<String> = (std::fs::read_dir(d).unwrap())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let file_of_run = attn_saes::dashboard::run_dashboard_path(&run);
+    for (i, from) in [run.as_path(), file_of_run.as_path()]
+        .into_iter()
+        .enumerate()
+    {
+        let again = dir.join(format!("np-export-{i}"));
+        let said = stdout(cli(&[
+            "export",
+            "--run",
+            from.to_str().unwrap(),
+            "--neuronpedia",
+            again.to_str().unwrap(),
+        ]));
+        assert!(
+            said.contains(&format!("wrote {} labels", labels.len())),
+            "{said}"
+        );
+        assert_eq!(names(&again), names(&np));
+        for name in names(&np)
+            .iter()
+            .filter(|n| n.ends_with(".json"))
+            .chain([&"explanations/batch-0.jsonl.gz".to_string()])
+        {
+            let read = |d: &Path| std::fs::read(d.join(name)).unwrap();
+            assert!(read(&again) == read(&np), "{name}");
+        }
+    }
+    let said = stderr(cli(&[
+        "export",
+        "--run",
+        missing.to_str().unwrap(),
+        "--neuronpedia",
+        dir.join("np-none").to_str().unwrap(),
+    ]));
+    assert!(said.contains("no dashboard file to export"), "{said}");
+    assert!(!dir.join("np-none").exists());
+    assert!(stderr(cli(&["export", "--run", r])).contains("--out"));
 }
 
 /// `b` as a copy of the directory `a`, recursively.
