@@ -1264,6 +1264,80 @@ fn curves_compare_other_runs_and_stop_comparing() {
     );
 }
 
+/// A compared run's closest features (read from disk) are links: one opens that run at the
+/// feature, comparing the run that was open instead, whose own closest features then lead
+/// back. The features linked are those `match`'s `closest_to` finds from the two SAEs.
+#[test]
+fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
+    if !renderer_available() {
+        return;
+    }
+    let (dir_a, dir_b) = (
+        TempDir::new("attn-saes-app", "closest-a"),
+        TempDir::new("attn-saes-app", "closest-b"),
+    );
+    let a = run_with_dashboard(&dir_a, 30);
+    let b = run_with_dashboard(&dir_b, 12);
+    let device = burn::prelude::Device::flex();
+    let sae = |run: &Path| attn_saes::sae::BlockDiagSae::load(&run.join("sae"), &device).unwrap();
+    let closest = |from: &Path, to: &Path, feature: usize| {
+        let c = attn_saes::sae::matching::closest_to(&sae(from), &sae(to), (2, feature), 3);
+        let c = c.unwrap()[0];
+        (
+            c.feature as usize,
+            format!("#{} {:.2}", c.feature, c.cosine),
+        )
+    };
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(a.clone()));
+    app.push(Command::ComparePath(b.clone()));
+    app.push(Command::OpenFeature {
+        head: 2,
+        feature: 5,
+    });
+    let mut h = harness(app);
+    h.run_steps(4);
+    let name = |run: &Path| attn_saes::run_log::short_name(run);
+    // Opens B at the feature closest to A's 2,5 there; A is compared instead.
+    let at = |h: &Harness<'static, AttnSaesApp>| {
+        (h.state().ui.features.head, h.state().ui.features.feature)
+    };
+    let click = |h: &mut Harness<'static, AttnSaesApp>, label: &str| {
+        let links: Vec<_> = h.query_all_by_label(label).collect();
+        assert!(!links.is_empty(), "{label}");
+        // The compared run's line comes after the open run's own closest features.
+        links.last().unwrap().click();
+        h.run_steps(3);
+    };
+    assert_eq!(at(&h), (2, Some(5)));
+    h.get_by_label(&format!("closest in {}", name(&b)));
+    let (in_b, label) = closest(&a, &b, 5);
+    click(&mut h, &label);
+    // `open` is open at head 2 feature `f`, with its curves, and `other` is compared.
+    let opened = |h: &Harness<'static, AttnSaesApp>, open: &Path, other: &Path, steps, f| {
+        let s = h.state();
+        assert_eq!(s.native.run_dir.as_deref(), Some(open), "{:?}", s.messages);
+        assert_eq!(
+            s.native.dashboard_file,
+            Some(attn_saes::dashboard::run_dashboard_path(open))
+        );
+        assert_eq!(s.curves.history.steps.len(), steps);
+        assert_eq!(s.ui.view, View::Features);
+        assert_eq!(at(h), (2, Some(f)));
+        assert_eq!(s.compared.len(), 1);
+        assert_eq!(
+            (s.compared[0].name.clone(), s.compared[0].path.as_deref()),
+            (name(other), Some(other))
+        );
+    };
+    opened(&h, &b, &a, 12, in_b);
+    // And back: A at the feature closest to B's there.
+    h.get_by_label(&format!("closest in {}", name(&a)));
+    let (in_a, label) = closest(&b, &a, in_b);
+    click(&mut h, &label);
+    opened(&h, &a, &b, 30, in_a);
+}
+
 /// `attn-saes compare`, the same comparison in the terminal.
 #[test]
 fn the_compare_command_prints_each_runs_last_metrics_and_refuses_a_bad_path() {

@@ -63,6 +63,9 @@ pub struct Compared {
     /// Its SAE's decoder rows, when its dashboard file holds them: the Features view then
     /// lists the features of the same head closest to the selected one in it.
     pub sae: Option<ComparedSae>,
+    /// The run directory or dashboard file it was read from (the desktop's): those closest
+    /// features then open it.
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// A compared run's SAE as its dashboard file records it: what it was trained on, and each
@@ -705,6 +708,7 @@ mod tests {
         };
         let other = Compared {
             sae: None,
+            path: None,
             name: "runs/b".into(),
             history: History {
                 steps: vec![step(1, 7.0), step(2, 6.0), step(3, 5.0)],

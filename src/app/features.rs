@@ -360,6 +360,13 @@ pub enum FeaturesAction {
         feature: usize,
         label: String,
     },
+    /// Open the compared run `name` (read from disk) at this feature, comparing the open
+    /// run instead.
+    OpenCompared {
+        name: String,
+        head: usize,
+        feature: usize,
+    },
 }
 
 /// Whether the view can ask for a feature's effect on its top examples (the desktop, with
@@ -1054,7 +1061,8 @@ fn feature_dashboard(
     header(ui, &file.meta, s.head, f, fd);
     let labelled = label_line(ui, labels, s, (s.head, f));
     closest_line(ui, closest, labels.0, s);
-    for (name, closest) in &elsewhere {
+    let mut opened = None;
+    for (name, closest, opens) in &elsewhere {
         ui.horizontal_wrapped(|ui| {
             ui.label(RichText::new(format!("closest in {name}")).strong())
                 .on_hover_text(
@@ -1062,13 +1070,30 @@ fn feature_dashboard(
                      directions are nearest this one's (cosine similarity; `attn-saes match` \
                      compares whole SAEs)",
                 );
-            let listed: Vec<String> = closest
-                .iter()
-                .map(|(f, c)| format!("#{f} {c:.2}"))
-                .collect();
-            ui.label(listed.join("  "));
+            if !opens {
+                let listed: Vec<String> = closest
+                    .iter()
+                    .map(|(f, c)| format!("#{f} {c:.2}"))
+                    .collect();
+                ui.label(listed.join("  "));
+                return;
+            }
+            for &(f, cos) in closest {
+                let link = ui.link(format!("#{f} {cos:.2}")).on_hover_text(format!(
+                    "open {name} at head {} feature {f}, comparing this run instead",
+                    s.head
+                ));
+                if link.clicked() {
+                    opened = Some(FeaturesAction::OpenCompared {
+                        name: name.to_string(),
+                        head: s.head,
+                        feature: f,
+                    });
+                }
+            }
         });
     }
+    let labelled = labelled.or(opened);
     if is_dead(fd) {
         ui.label(
             RichText::new(format!(
@@ -1268,8 +1293,9 @@ const CLOSEST_SHOWN: usize = 6;
 /// What a feature's dashboard shows around it: where it reads from, and the features of its
 /// head closest to it.
 type Around<'a> = (&'a FeatureSources, &'a [(usize, f32)]);
-/// A compared run's name and the features of the head closest to the selected one in it.
-type Elsewhere<'a> = (&'a str, Vec<(usize, f32)>);
+/// A compared run's name, the features of the head closest to the selected one in it, and
+/// whether it can be opened at them (it was read from disk).
+type Elsewhere<'a> = (&'a str, Vec<(usize, f32)>, bool);
 
 /// Features listed as closest in each compared run's SAE.
 const CLOSEST_ELSEWHERE: usize = 3;
@@ -1289,7 +1315,7 @@ fn closest_elsewhere<'c>(
             let rows = sae.decoder.get(head)?;
             let closest =
                 crate::dashboard::format::closest_rows(row, rows, None, CLOSEST_ELSEWHERE);
-            Some((c.name.as_str(), closest))
+            Some((c.name.as_str(), closest, c.path.is_some()))
         })
         .collect()
 }

@@ -198,6 +198,8 @@ impl WebText {
 #[derive(Default)]
 pub struct Native {
     pub run_dir: Option<PathBuf>,
+    /// The dashboard file last opened (a run's, or one opened alone).
+    pub dashboard_file: Option<PathBuf>,
     /// The training job.
     pub job: Option<Job>,
     pub status: JobStatus,
@@ -293,6 +295,17 @@ impl AttnSaesApp {
         history: crate::run_log::History,
         sae: Option<curves::ComparedSae>,
     ) {
+        self.compare_run(Compared {
+            name,
+            history,
+            sae,
+            path: None,
+        });
+    }
+
+    /// [`Self::compare_sae`] with everything a compared run can hold.
+    pub fn compare_run(&mut self, compared: Compared) {
+        let Compared { name, history, .. } = &compared;
         if history.steps.is_empty() && history.evals.is_empty() {
             self.message(
                 Level::Error,
@@ -300,9 +313,10 @@ impl AttnSaesApp {
             );
             return;
         }
+        let name = name.clone();
         self.compared.retain(|c| c.name != name);
         self.message(Level::Info, format!("comparing with {name}"));
-        self.compared.push(Compared { name, history, sae });
+        self.compared.push(compared);
         self.ui.view = View::Curves;
     }
 
@@ -483,6 +497,14 @@ impl AttnSaesApp {
                             feature,
                             label,
                         }) => self.label_feature(head, feature, &label),
+                        #[cfg(not(target_arch = "wasm32"))]
+                        Some(features::FeaturesAction::OpenCompared {
+                            name,
+                            head,
+                            feature,
+                        }) => self.open_compared(&name, head, feature),
+                        #[cfg(target_arch = "wasm32")]
+                        Some(features::FeaturesAction::OpenCompared { .. }) => {}
                         None => {}
                     }
                 }
@@ -701,6 +723,29 @@ impl AttnSaesApp {
         }
     }
 
+    /// Opens the compared run `name` at head `head` feature `feature` (a link among its
+    /// closest features), and compares the run that was open instead, so that the links
+    /// among its closest features lead back.
+    fn open_compared(&mut self, name: &str, head: usize, feature: usize) {
+        let Some(path) = (self.compared.iter())
+            .find(|c| c.name == name)
+            .and_then(|c| c.path.clone())
+        else {
+            return;
+        };
+        let before = self.native.dashboard_file.clone();
+        let previous = self.native.run_dir.clone().or_else(|| before.clone());
+        self.open_path(&path);
+        if self.dashboard.is_none() || self.native.dashboard_file == before {
+            return; // its dashboard did not open (the messages say why)
+        }
+        self.compared.retain(|c| c.name != name);
+        if let Some(previous) = previous {
+            self.compare_path(&previous);
+        }
+        self.open_feature(head, feature);
+    }
+
     /// Opens a dashboard file read from `path`, with the labels beside it (edited labels
     /// are saved there; labels that cannot be read are neither shown nor written over).
     fn open_dashboard_file(&mut self, path: &Path, bytes: Vec<u8>) {
@@ -712,6 +757,7 @@ impl AttnSaesApp {
                 return self.message(Level::Error, text);
             }
         };
+        self.native.dashboard_file = Some(path.to_path_buf());
         let file = labels_path(path);
         let said = match Labels::read(&file, &d.file.meta) {
             Ok(labels) => {
@@ -1011,7 +1057,12 @@ impl AttnSaesApp {
         match read() {
             Ok((history, file)) => {
                 let sae = file.and_then(|f| curves::ComparedSae::of(&f).ok().flatten());
-                self.compare_sae(short_name(path), history, sae)
+                self.compare_run(Compared {
+                    name: short_name(path),
+                    history,
+                    sae,
+                    path: Some(path.to_path_buf()),
+                })
             }
             Err(e) => self.message(Level::Error, format!("{e:#}")),
         }
