@@ -838,12 +838,24 @@ fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
         "the same SAE and windows as small_dashboard"
     );
     let dir = std::env::temp_dir().join(format!("attn-saes-np-{}", std::process::id()));
+    // An earlier export's files (more batches, explanations) are replaced; others stay.
+    let stale = ["batch-99.json", "explanations/batch-0.jsonl.gz"];
+    let kept = ["notes.txt", "batch-7x.json", "explanations/batch-1.json"];
+    std::fs::create_dir_all(dir.join("explanations")).unwrap();
+    for name in stale.iter().chain(&kept) {
+        std::fs::write(dir.join(name), b"earlier").unwrap();
+    }
     let no_labels = attn_saes::dashboard::labels::Labels::new(&d.meta);
     let n = attn_saes::dashboard::neuronpedia::export(&d, &dir, &no_labels).unwrap();
-    assert!(
-        !dir.join("explanations").exists(),
-        "no labels, no explanations"
-    );
+    for name in stale {
+        assert!(
+            !dir.join(name).exists(),
+            "{name}: no labels, no explanations"
+        );
+    }
+    for name in kept {
+        assert_eq!(std::fs::read(dir.join(name)).unwrap(), b"earlier", "{name}");
+    }
     let m = d.meta.sae.features_per_head;
     let live: Vec<(usize, usize)> = (0..d.heads.len())
         .flat_map(|h| (0..m).map(move |f| (h, f)))

@@ -123,6 +123,31 @@ pub fn explanation_json(d: &Dashboard, head: usize, feature: usize, label: &str)
     })
 }
 
+/// Removes the files of `dir` named `batch-N` + `extension` (N a number), the names an
+/// export writes there; nothing else. A missing directory has none.
+#[cfg(not(target_arch = "wasm32"))]
+fn remove_earlier(dir: &std::path::Path, extension: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let number = name
+            .strip_prefix("batch-")
+            .and_then(|n| n.strip_suffix(extension));
+        if number.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing {} (an earlier export)", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the export into `dir`, with `labels` (when there are any) as
 /// `explanations/batch-0.jsonl.gz`, one row per label by global index. Returns the number
 /// of feature batch files.
@@ -134,6 +159,10 @@ pub fn export(
 ) -> anyhow::Result<usize> {
     use anyhow::Context;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // An earlier export here is replaced, not mixed in: its batch files (more of them, for
+    // another SAE) and its explanations (labels since cleared) would otherwise stay.
+    remove_earlier(dir, ".json")?;
+    remove_earlier(&dir.join("explanations"), ".jsonl.gz")?;
     let m = d.meta.sae.features_per_head;
     let all: Vec<(usize, usize)> = (0..d.heads.len())
         .flat_map(|h| (0..m).map(move |f| (h, f)))
