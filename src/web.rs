@@ -38,13 +38,10 @@ struct Shared {
     /// since they were saved, and which dashboard and version of them that is.
     labels_json: String,
     labels_unsaved: bool,
-    labels_key: Option<(String, u64)>,
-    /// Dashboards parsed by [`compare_dashboard`]: their training histories, to compare.
-    compare_inbox: Vec<(
-        String,
-        crate::run_log::History,
-        Option<crate::app::curves::ComparedSae>,
-    )>,
+    labels_key: Option<(String, u64, u64)>,
+    /// Dashboards parsed by [`compare_dashboard`], to compare (their training histories
+    /// and SAEs) and to open from their closest features.
+    compare_inbox: Vec<LoadedDashboard>,
     /// What Curves compares, for [`curves_shown`]: the open run's name and the others'.
     curves_shown: String,
     ctx: Option<egui::Context>,
@@ -77,6 +74,8 @@ struct Shared {
     built_from: String,
     /// Set by [`select_feature`]: a feature to show.
     select: Option<(usize, usize)>,
+    /// Set by [`open_compared`]: a compared run to open at a feature.
+    open_compared: Option<(String, usize, usize)>,
     /// The app's message lines, for [`messages`].
     messages: String,
 }
@@ -319,8 +318,12 @@ impl eframe::App for WebApp {
             d.labels_unsaved = false;
         }
         let compared: Vec<_> = self.shared.borrow_mut().compare_inbox.drain(..).collect();
-        for (name, history, sae) in compared {
-            self.app.compare_sae(name, history, sae);
+        for d in compared {
+            self.app.compare_kept(d);
+        }
+        let open_compared = self.shared.borrow_mut().open_compared.take();
+        if let Some((name, head, feature)) = open_compared {
+            self.app.open_compared(&name, head, feature);
         }
         if let Some((head, feature)) = self.shared.borrow_mut().select.take() {
             self.app
@@ -346,9 +349,16 @@ impl eframe::App for WebApp {
             .join("\n");
         shared.curves_shown = curves_json(&self.app.curves, &self.app.compared);
         let d = self.app.dashboard.as_ref();
-        let key = d.map(|d| (d.name.clone(), d.labels_version));
+        let key = d.map(|d| (d.name.clone(), self.app.opened, d.labels_version));
         if shared.labels_key != key {
             shared.labels_json = d.map(|d| d.labels.to_json()).unwrap_or_default();
+            // Another dashboard open (a compared run's, from its closest features): the
+            // model and SAE it records are the ones the page's Your text must check.
+            if shared.labels_key.as_ref().map(|k| k.1) != key.as_ref().map(|k| k.1) {
+                let built_from = d.and_then(|d| d.file.meta.built_from.as_ref());
+                shared.built_from =
+                    (built_from.and_then(|b| serde_json::to_string(b).ok())).unwrap_or_default();
+            }
             shared.labels_key = key;
         }
         shared.labels_unsaved = d.is_some_and(|d| d.labels_unsaved);
@@ -615,9 +625,11 @@ pub fn compare_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue
         history.evals.len()
     );
     // Its SAE's decoder rows, for the closest features in it (none in an older file).
-    let sae = crate::app::curves::ComparedSae::of(&d.file)
+    crate::app::curves::ComparedSae::of(&d.file)
         .map_err(|e| JsValue::from_str(&format!("{name}: {e}")))?;
-    post(|s| s.compare_inbox.push((name, history, sae)));
+    let mut d = d;
+    d.labels_edit = crate::app::features::LabelsEdit::Download;
+    post(|s| s.compare_inbox.push(d));
     Ok(summary)
 }
 
@@ -649,6 +661,14 @@ pub fn curves_shown() -> String {
 #[wasm_bindgen]
 pub fn select_feature(head: usize, feature: usize) {
     post(|s| s.select = Some((head, feature)));
+}
+
+/// Opens the compared run `name` (a dashboard given to [`compare_dashboard`]) at head
+/// `head` feature `feature`, comparing the open one instead, as a click on one of its
+/// closest features does (for scripts and tests).
+#[wasm_bindgen]
+pub fn open_compared(name: String, head: usize, feature: usize) {
+    post(|s| s.open_compared = Some((name, head, feature)));
 }
 
 /// The message lines the viewer shows (errors and notices), one per line.

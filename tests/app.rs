@@ -1264,9 +1264,10 @@ fn curves_compare_other_runs_and_stop_comparing() {
     );
 }
 
-/// A compared run's closest features (read from disk) are links: one opens that run at the
-/// feature, comparing the run that was open instead, whose own closest features then lead
-/// back. The features linked are those `match`'s `closest_to` finds from the two SAEs.
+/// A compared run's closest features are links: one opens that run at the feature, comparing
+/// the run that was open instead, whose own closest features then lead back; for runs read
+/// from disk (the desktop) and for dashboards the app keeps (the page). The features linked
+/// are those `match`'s `closest_to` finds from the two SAEs.
 #[test]
 fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     if !renderer_available() {
@@ -1325,9 +1326,10 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
         assert_eq!(s.ui.view, View::Features);
         assert_eq!(at(h), (2, Some(f)));
         assert_eq!(s.compared.len(), 1);
+        let from = attn_saes::app::curves::ComparedSource::Path(other.to_path_buf());
         assert_eq!(
-            (s.compared[0].name.clone(), s.compared[0].path.as_deref()),
-            (name(other), Some(other))
+            (s.compared[0].name.clone(), s.compared[0].source.as_ref()),
+            (name(other), Some(&from))
         );
     };
     opened(&h, &b, &a, 12, in_b);
@@ -1336,6 +1338,99 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     let (in_a, label) = closest(&b, &a, in_b);
     click(&mut h, &label);
     opened(&h, &a, &b, 30, in_a);
+    // A label typed in A, not yet taken, when another run is opened: saved beside A's
+    // dashboard, and none written for B, also once another of B's features is selected.
+    h.get_by_label("label").focus();
+    h.run_steps(1);
+    h.get_by_label("label").type_text("typed before opening");
+    h.run_steps(1);
+    h.state_mut().push(Command::OpenPath(b.clone()));
+    h.run_steps(2);
+    h.state_mut().push(Command::OpenFeature {
+        head: 2,
+        feature: (in_a + 1) % 8,
+    });
+    h.run_steps(2);
+    use attn_saes::dashboard::labels::{Labels, labels_path};
+    let labels_of = |run: &Path| labels_path(&attn_saes::dashboard::run_dashboard_path(run));
+    let meta = h.state().dashboard.as_ref().unwrap().file.meta.clone();
+    assert!(
+        !labels_of(&b).exists(),
+        "{:?}",
+        Labels::read(&labels_of(&b), &meta)
+    );
+    let text = std::fs::read_to_string(labels_of(&a)).unwrap();
+    assert!(text.contains("typed before opening"), "{text}");
+
+    // As the page does (dashboards given as bytes, the compared one kept by the app): the
+    // same links swap the two dashboards, and a label typed in A, not yet saved, is still
+    // there, unsaved, when A is back.
+    use attn_saes::app::features::{LabelsEdit, LoadedDashboard};
+    let loaded = |name: &str, run: &Path| {
+        let bytes = std::fs::read(attn_saes::dashboard::run_dashboard_path(run)).unwrap();
+        let mut d = LoadedDashboard::new(name.into(), bytes).unwrap();
+        d.labels_edit = LabelsEdit::Download;
+        d
+    };
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.open_loaded(loaded("a.safetensors", &a));
+    app.label_feature(2, 5, "typed in the page");
+    app.compare_kept(loaded("b.safetensors", &b));
+    app.push(Command::OpenFeature {
+        head: 2,
+        feature: 5,
+    });
+    let mut h = harness(app);
+    h.run_steps(4);
+    let swapped = |h: &Harness<'static, AttnSaesApp>, open: &str, other: &str, steps, f| {
+        let s = h.state();
+        assert_eq!(s.dashboard.as_ref().unwrap().name, open, "{:?}", s.messages);
+        assert_eq!(s.curves.history.steps.len(), steps);
+        assert_eq!(at(h), (2, Some(f)));
+        let kept = attn_saes::app::curves::ComparedSource::Kept;
+        assert_eq!(s.compared.len(), 1);
+        assert_eq!(
+            (s.compared[0].name.as_str(), s.compared[0].source.as_ref()),
+            (other, Some(&kept))
+        );
+        let kept: Vec<&str> = s.kept.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(kept, [other]);
+    };
+    h.get_by_label("closest in b.safetensors");
+    click(&mut h, &closest(&a, &b, 5).1);
+    swapped(&h, "b.safetensors", "a.safetensors", 12, in_b);
+    // A's label stays A's: B shows none and is given none, also once another of its
+    // features is selected (the label field starts anew).
+    assert!(!has_label(&h, "typed in the page"));
+    h.state_mut().push(Command::OpenFeature {
+        head: 2,
+        feature: (in_b + 1) % 8,
+    });
+    h.run_steps(2);
+    let d = h.state().dashboard.as_ref().unwrap();
+    assert!(d.labels.is_empty() && !d.labels_unsaved, "{:?}", d.labels);
+    h.state_mut().push(Command::OpenFeature {
+        head: 2,
+        feature: in_b,
+    });
+    h.run_steps(2);
+    h.get_by_label("closest in a.safetensors");
+    click(&mut h, &closest(&b, &a, in_b).1);
+    swapped(&h, "a.safetensors", "b.safetensors", 30, in_a);
+    let d = h.state().dashboard.as_ref().unwrap();
+    assert_eq!(d.labels.get(2, 5), Some("typed in the page"));
+    assert!(d.labels_unsaved);
+    // A label typed (not yet taken) when a compared run's feature is clicked goes to the
+    // feature it was typed for, and the click opens the other run all the same.
+    h.get_by_label("label").focus();
+    h.run_steps(1);
+    h.get_by_label("label").type_text("typed, then away");
+    h.run_steps(1);
+    click(&mut h, &closest(&a, &b, in_a).1);
+    assert_eq!(h.state().dashboard.as_ref().unwrap().name, "b.safetensors");
+    let a_kept = &h.state().kept[0];
+    assert_eq!(a_kept.labels.get(2, in_a), Some("typed, then away"));
+    assert!(h.state().dashboard.as_ref().unwrap().labels.is_empty());
 }
 
 /// `attn-saes compare`, the same comparison in the terminal.

@@ -406,13 +406,13 @@ fn a_compared_runs_closest_features_are_those_match_finds() {
             name: "other".into(),
             history: theirs.meta.history.clone(),
             sae: Some(sae),
-            path: None,
+            source: None,
         },
         Compared {
             name: "other-layer".into(),
             history: theirs.meta.history.clone(),
             sae: Some(elsewhere),
-            path: None,
+            source: None,
         },
     ];
     let d = LoadedDashboard::new(

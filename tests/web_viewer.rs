@@ -166,6 +166,23 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         assert_eq!(row["last"]["l0"].as_f64().unwrap(), last.l0, "{by_url}");
     }
     assert_eq!(shown["compared"][0]["last"]["step"], 12);
+    // The compared run opened at head 2 feature 0 (as a click on its closest features
+    // does): run B open, the run compared instead.
+    let opened = &result["openedCompared"];
+    assert_eq!(opened["shown"]["open"]["last"]["step"], 12, "{opened}");
+    assert_eq!(
+        opened["shown"]["compared"][0]["name"], "dashboard.safetensors",
+        "{opened}"
+    );
+    assert_eq!(
+        opened["shown"]["compared"][0]["last"]["step"], 30,
+        "{opened}"
+    );
+    let said = opened["selection"].as_str().unwrap();
+    assert!(
+        said.contains("view Features · head 2 · feature 0 ·"),
+        "{said}"
+    );
     for png in [
         "web-features.png",
         "web-curves.png",

@@ -63,9 +63,17 @@ pub struct Compared {
     /// Its SAE's decoder rows, when its dashboard file holds them: the Features view then
     /// lists the features of the same head closest to the selected one in it.
     pub sae: Option<ComparedSae>,
-    /// The run directory or dashboard file it was read from (the desktop's): those closest
-    /// features then open it.
-    pub path: Option<std::path::PathBuf>,
+    /// Where it can be opened from: its closest features are then links that open it.
+    pub source: Option<ComparedSource>,
+}
+
+/// Where a compared run can be opened from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ComparedSource {
+    /// The run directory or dashboard file it was read from (the desktop).
+    Path(std::path::PathBuf),
+    /// Its dashboard, kept by the app under the run's name (the page, which has no path).
+    Kept,
 }
 
 /// A compared run's SAE as its dashboard file records it: what it was trained on, and each
@@ -708,7 +716,7 @@ mod tests {
         };
         let other = Compared {
             sae: None,
-            path: None,
+            source: None,
             name: "runs/b".into(),
             history: History {
                 steps: vec![step(1, 7.0), step(2, 6.0), step(3, 5.0)],

@@ -360,8 +360,7 @@ pub enum FeaturesAction {
         feature: usize,
         label: String,
     },
-    /// Open the compared run `name` (read from disk) at this feature, comparing the open
-    /// run instead.
+    /// Open the compared run `name` at this feature, comparing the open run instead.
     OpenCompared {
         name: String,
         head: usize,
@@ -1093,7 +1092,9 @@ fn feature_dashboard(
             }
         });
     }
-    let labelled = labelled.or(opened);
+    // A compared run opened while a label is typed: the label is still given to this
+    // dashboard's feature as the other opens (the app takes the draft first).
+    let labelled = opened.or(labelled);
     if is_dead(fd) {
         ui.label(
             RichText::new(format!(
@@ -1294,7 +1295,7 @@ const CLOSEST_SHOWN: usize = 6;
 /// head closest to it.
 type Around<'a> = (&'a FeatureSources, &'a [(usize, f32)]);
 /// A compared run's name, the features of the head closest to the selected one in it, and
-/// whether it can be opened at them (it was read from disk).
+/// whether it can be opened at them.
 type Elsewhere<'a> = (&'a str, Vec<(usize, f32)>, bool);
 
 /// Features listed as closest in each compared run's SAE.
@@ -1315,7 +1316,7 @@ fn closest_elsewhere<'c>(
             let rows = sae.decoder.get(head)?;
             let closest =
                 crate::dashboard::format::closest_rows(row, rows, None, CLOSEST_ELSEWHERE);
-            Some((c.name.as_str(), closest, c.path.is_some()))
+            Some((c.name.as_str(), closest, c.source.is_some()))
         })
         .collect()
 }

@@ -118,6 +118,10 @@ pub struct AttnSaesApp {
     pub curves: Curves,
     /// Other runs whose curves are drawn beside the open run's (kept when another opens).
     pub compared: Vec<Compared>,
+    /// Compared runs' dashboards, kept to be opened ([`curves::ComparedSource::Kept`]; the page).
+    pub kept: Vec<LoadedDashboard>,
+    /// Dashboards opened so far: tells one open dashboard from the next of the same name.
+    pub opened: u64,
     pub messages: Vec<(Level, String)>,
     commands: Vec<Command>,
     #[cfg(not(target_arch = "wasm32"))]
@@ -247,6 +251,8 @@ impl AttnSaesApp {
             dashboard: None,
             curves: Curves::default(),
             compared: Vec::new(),
+            kept: Vec::new(),
+            opened: 0,
             messages: Vec::new(),
             commands: Vec::new(),
             #[cfg(not(target_arch = "wasm32"))]
@@ -299,8 +305,70 @@ impl AttnSaesApp {
             name,
             history,
             sae,
-            path: None,
+            source: None,
         });
+    }
+
+    /// A label being typed belongs to the dashboard open until now: it is given to that one
+    /// (when it changes its label) before another opens, whose field starts anew, so that it
+    /// never goes to the other's feature of the same or the next selected index.
+    fn take_label_draft(&mut self) {
+        let Some(((h, f), draft)) = self.ui.features.label_draft.take() else {
+            return;
+        };
+        let open = self.dashboard.as_ref();
+        if open.is_some_and(|d| d.labels.get(h, f).unwrap_or_default() != draft.trim()) {
+            self.label_feature(h, f, &draft);
+        }
+    }
+
+    /// Compares the run of the dashboard `d` and keeps `d`, so that its closest features
+    /// open it ([`Self::open_compared`]): the page's Compare… and `?compare=`.
+    pub fn compare_kept(&mut self, d: LoadedDashboard) {
+        let sae = curves::ComparedSae::of(&d.file).ok().flatten();
+        let (name, history) = (d.name.clone(), d.file.meta.history.clone());
+        self.kept.retain(|k| k.name != name);
+        self.kept.push(d);
+        self.compare_run(Compared {
+            name,
+            history,
+            sae,
+            source: Some(curves::ComparedSource::Kept),
+        });
+    }
+
+    /// Opens the compared run `name` at head `head` feature `feature` (a link among its
+    /// closest features), and compares the run that was open instead, so that the links
+    /// among its closest features lead back.
+    pub fn open_compared(&mut self, name: &str, head: usize, feature: usize) {
+        let source = (self.compared.iter())
+            .find(|c| c.name == name)
+            .and_then(|c| c.source.clone());
+        let opened = match source {
+            #[cfg(not(target_arch = "wasm32"))]
+            Some(curves::ComparedSource::Path(path)) => self.open_compared_path(name, &path),
+            Some(curves::ComparedSource::Kept) => self.open_kept(name),
+            _ => false,
+        };
+        if opened {
+            self.open_feature(head, feature);
+        }
+    }
+
+    /// [`Self::open_compared`] for a kept dashboard: the open one is kept in its place.
+    fn open_kept(&mut self, name: &str) -> bool {
+        let Some(i) = self.kept.iter().position(|d| d.name == name) else {
+            return false;
+        };
+        self.take_label_draft();
+        let d = self.kept.remove(i);
+        self.compared.retain(|c| c.name != name);
+        if let Some(open) = self.dashboard.take() {
+            self.compare_kept(open);
+        }
+        self.curves = Curves::default();
+        self.open_loaded(d);
+        true
     }
 
     /// [`Self::compare_sae`] with everything a compared run can hold.
@@ -322,6 +390,8 @@ impl AttnSaesApp {
 
     /// Shows a parsed dashboard; its history becomes the curves unless a run's are shown.
     pub fn open_loaded(&mut self, d: LoadedDashboard) {
+        self.take_label_draft();
+        self.opened += 1;
         if self.curves.is_empty() {
             self.curves = Curves::from_history(d.name.clone(), d.file.meta.history.clone());
         }
@@ -459,6 +529,7 @@ impl AttnSaesApp {
                     curves::curves_ui(ui, &self.curves, &self.compared, &mut self.ui.curves);
                 if let Some(CurvesAction::Uncompare(i)) = action {
                     let gone = self.compared.remove(i);
+                    self.kept.retain(|d| d.name != gone.name);
                     self.message(
                         Level::Info,
                         format!("no longer comparing with {}", gone.name),
@@ -497,14 +568,11 @@ impl AttnSaesApp {
                             feature,
                             label,
                         }) => self.label_feature(head, feature, &label),
-                        #[cfg(not(target_arch = "wasm32"))]
                         Some(features::FeaturesAction::OpenCompared {
                             name,
                             head,
                             feature,
                         }) => self.open_compared(&name, head, feature),
-                        #[cfg(target_arch = "wasm32")]
-                        Some(features::FeaturesAction::OpenCompared { .. }) => {}
                         None => {}
                     }
                 }
@@ -704,6 +772,7 @@ impl AttnSaesApp {
     /// Opens a run directory (curves from `metrics.jsonl`, the form from its config, its
     /// dashboards if built) or a dashboard file.
     pub fn open_path(&mut self, path: &Path) {
+        self.take_label_draft();
         let shown = path.display().to_string();
         if path.is_dir() {
             self.open_run(path);
@@ -723,27 +792,20 @@ impl AttnSaesApp {
         }
     }
 
-    /// Opens the compared run `name` at head `head` feature `feature` (a link among its
-    /// closest features), and compares the run that was open instead, so that the links
-    /// among its closest features lead back.
-    fn open_compared(&mut self, name: &str, head: usize, feature: usize) {
-        let Some(path) = (self.compared.iter())
-            .find(|c| c.name == name)
-            .and_then(|c| c.path.clone())
-        else {
-            return;
-        };
+    /// [`Self::open_compared`] for a run read from `path`: the run that was open is compared
+    /// from its own path.
+    fn open_compared_path(&mut self, name: &str, path: &Path) -> bool {
         let before = self.native.dashboard_file.clone();
         let previous = self.native.run_dir.clone().or_else(|| before.clone());
-        self.open_path(&path);
+        self.open_path(path);
         if self.dashboard.is_none() || self.native.dashboard_file == before {
-            return; // its dashboard did not open (the messages say why)
+            return false; // its dashboard did not open (the messages say why)
         }
         self.compared.retain(|c| c.name != name);
         if let Some(previous) = previous {
             self.compare_path(&previous);
         }
-        self.open_feature(head, feature);
+        true
     }
 
     /// Opens a dashboard file read from `path`, with the labels beside it (edited labels
@@ -1061,7 +1123,7 @@ impl AttnSaesApp {
                     name: short_name(path),
                     history,
                     sae,
-                    path: Some(path.to_path_buf()),
+                    source: Some(curves::ComparedSource::Path(path.to_path_buf())),
                 })
             }
             Err(e) => self.message(Level::Error, format!("{e:#}")),

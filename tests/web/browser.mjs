@@ -87,6 +87,21 @@ result.compareByUrl = await waitFor('?compare=', async () => {
   const s = await comparing.evaluate(() => window.attnSaes && window.attnSaes.curves_shown());
   return s && JSON.parse(s).compared.length ? JSON.parse(s) : null;
 });
+// Head 2 feature 5, then the compared run opened at its feature 0 there (as a click on one
+// of its closest features does): the two swap places.
+await comparing.evaluate(() => window.attnSaes.select_feature(2, 5));
+await waitFor('head 2 feature 5', async () => {
+  const s = await comparing.evaluate(() => window.attnSaes.selection());
+  return s.includes('head 2 · feature 5 ·') ? s : null;
+});
+const comparedName = result.compareByUrl.compared[0].name;
+await comparing.evaluate((name) => window.attnSaes.open_compared(name, 2, 0), comparedName);
+result.openedCompared = await waitFor('the compared run opened', async () => {
+  const s = await comparing.evaluate(() => window.attnSaes.curves_shown());
+  const shown = JSON.parse(s);
+  if (shown.open.name !== comparedName) return null;
+  return { shown, selection: await comparing.evaluate(() => window.attnSaes.selection()) };
+});
 await comparing.close();
 
 // 2. Keyboard: two heads right, one feature down. A key pressed before the canvas has
