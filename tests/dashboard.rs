@@ -1482,31 +1482,21 @@ fn check_steering(device: &Device, tol: f64) {
         assert_eq!(got.steering, from);
         assert_eq!(got.clean.ids, clean);
         same(&got.steered, "from_position");
-        // Clamped where it fires only (a continuation that differs from clamping the same
-        // feature everywhere at that strength, in the reference).
-        let pick = r.tokens(&format!("{model}.clamp_fires_pick"));
-        let held = r.get(&format!("{model}.clamp_fires_strength")).data[0] as f32;
-        let fires = Steering {
-            clamp: true,
-            where_fires: true,
-            ..Steering::greedy(pick[0] as usize, pick[1] as usize, held, n)
-        };
-        let got = steer(&loaded, &sae, 0, tl, &prompt, &fires).unwrap();
-        assert_eq!(got.steering, fires);
-        assert_eq!(got.clean.ids, clean);
-        same(&got.steered, "clamp_fires");
-        // Added where it fires only (a continuation that differs from adding the same
-        // feature everywhere at that strength, in the reference).
-        let pick = r.tokens(&format!("{model}.add_fires_pick"));
-        let at = r.get(&format!("{model}.add_fires_strength")).data[0] as f32;
-        let fires = Steering {
-            where_fires: true,
-            ..Steering::greedy(pick[0] as usize, pick[1] as usize, at, n)
-        };
-        let got = steer(&loaded, &sae, 0, tl, &prompt, &fires).unwrap();
-        assert_eq!(got.steering, fires);
-        assert_eq!(got.clean.ids, clean);
-        same(&got.steered, "add_fires");
+        // Clamped, then added, where it fires only (continuations that differ from clamping
+        // or adding the same feature everywhere at that strength, in the reference).
+        for (key, clamp) in [("clamp_fires", true), ("add_fires", false)] {
+            let pick = r.tokens(&format!("{model}.{key}_pick"));
+            let strength = r.get(&format!("{model}.{key}_strength")).data[0] as f32;
+            let fires = Steering {
+                clamp,
+                where_fires: true,
+                ..Steering::greedy(pick[0] as usize, pick[1] as usize, strength, n)
+            };
+            let got = steer(&loaded, &sae, 0, tl, &prompt, &fires).unwrap();
+            assert_eq!(got.steering, fires);
+            assert_eq!(got.clean.ids, clean);
+            same(&got.steered, key);
+        }
         // Two features at once (GPT-2's in one head, Llama's in two).
         let pair = r.tokens(&format!("{model}.pair"));
         let strengths = &r.get(&format!("{model}.pair_strength")).data;

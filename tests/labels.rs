@@ -319,16 +319,20 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("fires on commas"));
     // The Neuronpedia export leaves them out (and says why), then, back with this SAE's
     // sha256, carries each as a row of Neuronpedia's explanation exports.
+    let export = |np: &Path| {
+        let np = np.to_str().unwrap();
+        cli(&[
+            "dashboard",
+            "--run",
+            r,
+            "--tokens",
+            "128",
+            "--export-neuronpedia",
+            np,
+        ])
+    };
     let np = dir.join("np-other");
-    let out = cli(&[
-        "dashboard",
-        "--run",
-        r,
-        "--tokens",
-        "128",
-        "--export-neuronpedia",
-        np.to_str().unwrap(),
-    ]);
+    let out = export(&np);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -341,15 +345,7 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
     let labels = Labels::read(&file, &meta_of(&run)).unwrap();
     assert!(labels.len() >= 2, "{labels:?}");
     let np = dir.join("np");
-    let said = stdout(cli(&[
-        "dashboard",
-        "--run",
-        r,
-        "--tokens",
-        "128",
-        "--export-neuronpedia",
-        np.to_str().unwrap(),
-    ]));
+    let said = stdout(export(&np));
     assert!(
         said.contains(&format!("wrote {} labels as explanations", labels.len())),
         "{said}"
