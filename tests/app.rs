@@ -1431,6 +1431,30 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     let a_kept = &h.state().kept[0];
     assert_eq!(a_kept.labels.get(2, in_a), Some("typed, then away"));
     assert!(h.state().dashboard.as_ref().unwrap().labels.is_empty());
+
+    // A dashboard with no training metrics (built for an SAE alone) is compared for its
+    // features all the same, and opens; one with neither metrics nor decoder rows is an
+    // error, and nothing is kept.
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.open_loaded(loaded("a.safetensors", &a));
+    let mut no_history = loaded("b.safetensors", &b);
+    no_history.file.meta.history = History::default();
+    app.compare_kept(no_history);
+    assert_eq!(app.compared.len(), 1, "{:?}", app.messages);
+    app.open_compared("b.safetensors", 2, in_b);
+    assert_eq!(app.dashboard.as_ref().unwrap().name, "b.safetensors");
+    assert_eq!(app.compared[0].name, "a.safetensors");
+    let mut nothing = loaded("c.safetensors", &b);
+    nothing.file.meta.history = History::default();
+    nothing.file.meta.decoder = false;
+    app.compare_kept(nothing);
+    assert_eq!(app.compared.len(), 1);
+    assert_eq!(app.kept.len(), 1);
+    let said = &app.messages.last().unwrap().1;
+    assert!(
+        said.contains("c.safetensors: no training metrics to compare"),
+        "{said}"
+    );
 }
 
 /// `attn-saes compare`, the same comparison in the terminal.

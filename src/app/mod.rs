@@ -327,14 +327,16 @@ impl AttnSaesApp {
     pub fn compare_kept(&mut self, d: LoadedDashboard) {
         let sae = curves::ComparedSae::of(&d.file).ok().flatten();
         let (name, history) = (d.name.clone(), d.file.meta.history.clone());
-        self.kept.retain(|k| k.name != name);
-        self.kept.push(d);
-        self.compare_run(Compared {
-            name,
+        let compared = self.compare_run(Compared {
+            name: name.clone(),
             history,
             sae,
             source: Some(curves::ComparedSource::Kept),
         });
+        if compared {
+            self.kept.retain(|k| k.name != name);
+            self.kept.push(d);
+        }
     }
 
     /// Opens the compared run `name` at head `head` feature `feature` (a link among its
@@ -371,21 +373,23 @@ impl AttnSaesApp {
         true
     }
 
-    /// [`Self::compare_sae`] with everything a compared run can hold.
-    pub fn compare_run(&mut self, compared: Compared) {
+    /// [`Self::compare_sae`] with everything a compared run can hold. A run with neither
+    /// training metrics nor an SAE's decoder rows (nothing to compare) is an error: false.
+    pub fn compare_run(&mut self, compared: Compared) -> bool {
         let Compared { name, history, .. } = &compared;
-        if history.steps.is_empty() && history.evals.is_empty() {
+        if history.steps.is_empty() && history.evals.is_empty() && compared.sae.is_none() {
             self.message(
                 Level::Error,
                 format!("{name}: no training metrics to compare"),
             );
-            return;
+            return false;
         }
         let name = name.clone();
         self.compared.retain(|c| c.name != name);
         self.message(Level::Info, format!("comparing with {name}"));
         self.compared.push(compared);
         self.ui.view = View::Curves;
+        true
     }
 
     /// Shows a parsed dashboard; its history becomes the curves unless a run's are shown.
@@ -1124,7 +1128,7 @@ impl AttnSaesApp {
                     history,
                     sae,
                     source: Some(curves::ComparedSource::Path(path.to_path_buf())),
-                })
+                });
             }
             Err(e) => self.message(Level::Error, format!("{e:#}")),
         }
