@@ -76,6 +76,9 @@ struct Shared {
     select: Option<(usize, usize)>,
     /// Set by [`open_compared`]: a compared run to open at a feature.
     open_compared: Option<(String, usize, usize)>,
+    /// The model and SAE loaded were checked against another dashboard than the open one,
+    /// for [`live_matches_dashboard`].
+    live_other: bool,
     /// The app's message lines, for [`messages`].
     messages: String,
 }
@@ -393,6 +396,13 @@ impl WebApp {
             .ok()
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
+        let loaded_for = (call_bridge("loadedFor", &[]).ok())
+            .and_then(|v| v.as_string())
+            .unwrap_or_default();
+        web.live_other = web.live_ready
+            && !loaded_for.is_empty()
+            && loaded_for != self.shared.borrow().built_from;
+        self.shared.borrow_mut().live_other = web.live_other;
         if let (Some((head, feature)), Some(d)) = (ask, &self.app.dashboard) {
             let examples = d.file.head(head).ok().and_then(|data| {
                 let fd = data.features.get(feature)?;
@@ -669,6 +679,14 @@ pub fn select_feature(head: usize, feature: usize) {
 #[wasm_bindgen]
 pub fn open_compared(name: String, head: usize, feature: usize) {
     post(|s| s.open_compared = Some((name, head, feature)));
+}
+
+/// False when the page's model and SAE were loaded for another dashboard than the open one
+/// (Your text then says so, and the Features view does not offer their effect on its top
+/// examples); true otherwise, also with no model loaded.
+#[wasm_bindgen]
+pub fn live_matches_dashboard() -> bool {
+    !shared().borrow().live_other
 }
 
 /// The message lines the viewer shows (errors and notices), one per line.

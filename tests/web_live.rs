@@ -514,10 +514,15 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
         .write(&attn_saes::dashboard::labels::labels_path(&dashboard))
         .unwrap();
 
+    // Another run to compare with: opened from the page, Your text's model is not its.
+    let dir_b = TempDir::new("attn-saes-web", "site-b");
+    let run_b = run_with_dashboard(&dir_b, 12);
     let site = dir.join("site");
     let out = Command::new(env!("CARGO_BIN_EXE_attn-saes"))
         .args(["serve", run.to_str().unwrap(), "--web-dir"])
         .arg(root().join("web/dist"))
+        .arg("--compare")
+        .arg(&run_b)
         .arg("--write-to")
         .arg(&site)
         .output()
@@ -639,5 +644,11 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     );
     eprintln!("static site: {}", result["liveStatus"]);
     assert_same_tokens("static site", &result["shown"]["tokens"], &native["tokens"]);
+    // The compared run opened (as a click on its closest features does): Your text says the
+    // model loaded is another dashboard's; the run opened again: it matches again.
+    assert_eq!(result["swapped"]["open"], "run.safetensors", "{result}");
+    assert_eq!(result["swapped"]["matches"], false, "{result}");
+    assert_eq!(result["back"]["open"], "dashboard.safetensors", "{result}");
+    assert_eq!(result["back"]["matches"], true, "{result}");
     assert_eq!(result["consoleErrors"], serde_json::json!([]), "{result}");
 }

@@ -26,6 +26,7 @@ export function isLiveFile(name) {
 let worker = null;
 let status = 'no model loaded: open a model and its SAE (Model + SAE…), or add ?live=live.json';
 let ready = false;
+let loadedFor = '';
 let say = () => {};
 // Requests waiting for the worker's answer, by id.
 const waiting = new Map();
@@ -99,6 +100,7 @@ async function start(model, sae, layer, zConvention, name) {
       lastLoadMs: loaded.loadMs,
     });
     ready = true;
+    loadedFor = builtFrom;
     setStatus(`ready: ${loaded.description}`);
   } catch (e) {
     setStatus(String(e && e.message ? e.message : e), true);
@@ -157,6 +159,9 @@ async function loadFiles(fileList) {
 const api = {
   status: () => status,
   ready: () => ready,
+  // The open dashboard's `built_from` when the model and SAE were loaded and checked
+  // against it ("" when none was open): the viewer tells when another dashboard is open.
+  loadedFor: () => loadedFor,
   analyze: async (text) => {
     if (!ready) throw new Error(status);
     const { json, analysis, ms } = await ask('analyze', { text });

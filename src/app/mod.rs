@@ -154,6 +154,9 @@ pub struct WebText {
     pub examples_request: Option<(usize, usize, crate::live::Examples)>,
     /// The page's inference bundle has a model loaded.
     pub live_ready: bool,
+    /// The model and SAE loaded were checked against another dashboard than the open one
+    /// (one opened since: a file, a compared run's): Your text's features are not its.
+    pub live_other: bool,
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -545,7 +548,7 @@ impl AttnSaesApp {
                     #[cfg(not(target_arch = "wasm32"))]
                     let ask = features::ExamplesAsk::Ask(self.native.examples.as_ref());
                     #[cfg(target_arch = "wasm32")]
-                    let ask = match self.web.live_ready {
+                    let ask = match self.web.live_ready && !self.web.live_other {
                         true => features::ExamplesAsk::Ask(self.web.examples.as_ref()),
                         false => features::ExamplesAsk::Unavailable,
                     };
@@ -676,6 +679,14 @@ impl AttnSaesApp {
     /// Your text in the web page: the page's inference bundle analyses the text.
     #[cfg(target_arch = "wasm32")]
     fn web_text_ui(&mut self, ui: &mut egui::Ui) {
+        if self.web.live_other {
+            features::error_label(
+                ui,
+                "the model and SAE loaded are another dashboard's: the features here are that \
+                 SAE's, not the open dashboard's (open that dashboard again, or load this \
+                 one's with Model + SAE…)",
+            );
+        }
         let largest = self.largest_activation();
         let action = text_view::text_ui(
             ui,

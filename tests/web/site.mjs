@@ -55,5 +55,21 @@ result.shown = await until(page, 'Your text', (p) => {
   const v = s ? JSON.parse(s) : null;
   return v && v.prompt === p && v.status.endsWith('tokens') ? v : null;
 }, prompt);
+// The compared run opened from the page (attnSaes.open_compared, as a click on one of its
+// closest features does), then the run again: whether the model loaded matches the open
+// dashboard each time, once the page has noticed (it settles within frames).
+async function openRun(name, matches) {
+  await page.evaluate((n) => window.attnSaes.open_compared(n, 0, 0), name);
+  return until(page, `${name} open, the model ${matches ? '' : 'not '}its`, ([n, m]) => {
+    const open = JSON.parse(window.attnSaes.curves_shown()).open.name;
+    const now = window.attnSaes.live_matches_dashboard();
+    return open === n && now === m ? { open, matches: now } : null;
+  }, [name, matches], 30000);
+}
+const curves = JSON.parse(await page.evaluate(() => window.attnSaes.curves_shown()));
+if (curves.compared.length) {
+  result.swapped = await openRun(curves.compared[0].name, false);
+  result.back = await openRun(curves.open.name, true);
+}
 console.log(JSON.stringify(result));
 await browser.close();
