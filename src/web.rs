@@ -635,8 +635,14 @@ pub fn compare_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue
         history.evals.len()
     );
     // Its SAE's decoder rows, for the closest features in it (none in an older file).
-    crate::app::curves::ComparedSae::of(&d.file)
+    let sae = crate::app::curves::ComparedSae::of(&d.file)
         .map_err(|e| JsValue::from_str(&format!("{name}: {e}")))?;
+    if history.steps.is_empty() && history.evals.is_empty() && sae.is_none() {
+        // What the app would refuse: nothing to compare (see `AttnSaesApp::compare_run`).
+        return Err(JsValue::from_str(&format!(
+            "{name}: no training metrics to compare"
+        )));
+    }
     let mut d = d;
     d.labels_edit = crate::app::features::LabelsEdit::Download;
     post(|s| s.compare_inbox.push(d));
