@@ -667,17 +667,9 @@ fn main() -> anyhow::Result<()> {
             neuronpedia,
         } => {
             if let Some(dir) = neuronpedia {
-                let path = match run.is_dir() {
-                    true => dashboard::run_dashboard_path(&run),
-                    false => run.clone(),
-                };
-                anyhow::ensure!(
-                    path.exists(),
-                    "{} has no dashboard file to export: build it with `attn-saes dashboard \
-                     --run {}`",
-                    run.display(),
-                    run.display()
-                );
+                let path = attn_saes::serve::dashboard_of(&run).with_context(|| {
+                    format!("{} has no dashboard file to export", run.display())
+                })?;
                 let d = dashboard::build::read(&path)?;
                 write_neuronpedia(&d, &path, &dir)?;
             }
@@ -1169,7 +1161,6 @@ fn write_static_site(site: &attn_saes::serve::Site, dir: &std::path::Path) -> an
     Ok(())
 }
 
-/// Writes a dashboard file and says what it holds.
 /// The Neuronpedia export of the dashboard `d` read from (or written to) `path`, with the
 /// labels beside it when they describe its SAE (a note when they do not).
 fn write_neuronpedia(
@@ -1195,6 +1186,7 @@ fn write_neuronpedia(
     Ok(())
 }
 
+/// Writes a dashboard file and says what it holds.
 fn write_dashboard(d: &Dashboard, path: &std::path::Path) -> anyhow::Result<()> {
     dashboard::build::write(d, path)?;
     say_written(d, path);
@@ -2041,10 +2033,7 @@ fn steer_command(
             ),
         };
         steered.push((head, feature, strength));
-        let fires = match steering.where_fires {
-            true => " where it fires",
-            false => "",
-        };
+        let fires = attn_saes::live::where_fires_said(steering.where_fires);
         said.push(match steering.clamp {
             false => {
                 format!("head {head} feature {feature} added at strength {strength}{how}{fires}")

@@ -637,12 +637,9 @@ pub fn compare_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue
     // Its SAE's decoder rows, for the closest features in it (none in an older file).
     let sae = crate::app::curves::ComparedSae::of(&d.file)
         .map_err(|e| JsValue::from_str(&format!("{name}: {e}")))?;
-    if history.steps.is_empty() && history.evals.is_empty() && sae.is_none() {
-        // What the app would refuse: nothing to compare (see `AttnSaesApp::compare_run`).
-        return Err(JsValue::from_str(&format!(
-            "{name}: no training metrics to compare"
-        )));
-    }
+    // What the app would refuse (`AttnSaesApp::compare_run`), refused here.
+    crate::app::curves::comparable(&name, &history, sae.as_ref())
+        .map_err(|why| JsValue::from_str(&why))?;
     let mut d = d;
     d.labels_edit = crate::app::features::LabelsEdit::Download;
     post(|s| s.compare_inbox.push(d));

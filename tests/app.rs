@@ -1475,11 +1475,7 @@ fn the_compare_command_prints_each_runs_last_metrics_and_refuses_a_bad_path() {
             .unwrap()
     };
     let out = compare(&[&a, &b_file, Path::new("--json")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for (row, run) in rows.as_array().unwrap().iter().zip([&a, &b]) {
         for field in ["step", "l0", "explained_variance", "loss"] {

@@ -621,11 +621,7 @@ fn evaluate_refuses_saes_of_another_model_or_shape() {
     );
     let out = evaluate(&of_gpt2, &gpt2);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert!(
         text.contains("over 3 windows") && text.contains("CE loss score"),
         "{text}"

@@ -1776,11 +1776,7 @@ fn steer_command_continues_the_text_as_the_library_does() {
     ];
     for (extra, steering) in cases {
         let out = cli(&[extra.as_slice(), &["--json"]].concat(), &run);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out);
         let got: Steered = serde_json::from_slice(&out.stdout).unwrap();
         let want = steer(loaded, sae, layer, live.z_convention, &ids, &steering).unwrap();
         assert_eq!(got, want);

@@ -534,11 +534,7 @@ fn labels_are_copied_to_the_closest_features_of_another_sae() {
         .collect();
     safetensors::serialize_to_file(views, None, &b.join("sae/sae.safetensors")).unwrap();
     let out = cli(&["dashboard", "--run", b.to_str().unwrap(), "--tokens", "128"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 
     // A's labels; B's own label on where A's `taken` lands.
     let labels_a = labels_path(&attn_saes::dashboard::run_dashboard_path(&a));
@@ -554,11 +550,7 @@ fn labels_are_copied_to_the_closest_features_of_another_sae() {
     la.write(&labels_a).unwrap();
     let (ra, rb) = (a.to_str().unwrap(), b.to_str().unwrap());
     let out = cli(&["label", rb, &format!("2,{}", m - 1 - taken), "B's own"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let mut want = Labels::read(
         &labels_path(&attn_saes::dashboard::run_dashboard_path(&b)),
         &meta_of(&b),
@@ -566,11 +558,7 @@ fn labels_are_copied_to_the_closest_features_of_another_sae() {
     .unwrap();
     assert_eq!(want.get(2, m - 1 - taken), Some("B's own"));
     let out = cli(&["label", rb, "--from", ra, "--threshold", "0.995"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let said = String::from_utf8(out.stdout).unwrap();
 
     // What should happen, from cosines computed here: each labelled feature of A to its

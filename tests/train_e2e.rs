@@ -586,19 +586,11 @@ fn killed_or_interrupted_and_resumed_runs_equal_an_uninterrupted_one() {
         let out = train(dir, &["--resume", run.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out);
     };
     let dir_a = temp_dir("kill-full");
     let out = train(&dir_a, &[]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 
     let dir_b = temp_dir("kill-resumed");
     let run_b = dir_b.join("run");

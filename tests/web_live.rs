@@ -144,11 +144,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .arg(&examples_json)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let native_examples: Value =
         serde_json::from_slice(&std::fs::read(&examples_json).unwrap()).unwrap();
     // `steer` with the same feature, strength (held: clamped), length, temperature and seed
@@ -610,11 +606,7 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     );
     assert!(!refused.exists(), "nothing written");
     let out = write_to(&refused, &["--no-live"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert!(refused.join("dashboard.safetensors").is_file() && !refused.join("live.json").exists());
 
     let base = static_server(&site);

@@ -67,6 +67,15 @@ pub struct Compared {
     pub source: Option<ComparedSource>,
 }
 
+/// Whether a run with `history` and `sae` (its decoder rows, if any) has anything to
+/// compare: training metrics, or features; else why not, naming it `name`.
+pub fn comparable(name: &str, history: &History, sae: Option<&ComparedSae>) -> Result<(), String> {
+    match history.steps.is_empty() && history.evals.is_empty() && sae.is_none() {
+        true => Err(format!("{name}: no training metrics to compare")),
+        false => Ok(()),
+    }
+}
+
 /// Where a compared run can be opened from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ComparedSource {

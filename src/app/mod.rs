@@ -379,12 +379,11 @@ impl AttnSaesApp {
     /// [`Self::compare_sae`] with everything a compared run can hold. A run with neither
     /// training metrics nor an SAE's decoder rows (nothing to compare) is an error: false.
     pub fn compare_run(&mut self, compared: Compared) -> bool {
-        let Compared { name, history, .. } = &compared;
-        if history.steps.is_empty() && history.evals.is_empty() && compared.sae.is_none() {
-            self.message(
-                Level::Error,
-                format!("{name}: no training metrics to compare"),
-            );
+        let Compared {
+            name, history, sae, ..
+        } = &compared;
+        if let Err(why) = curves::comparable(name, history, sae.as_ref()) {
+            self.message(Level::Error, why);
             return false;
         }
         let name = name.clone();

@@ -36,7 +36,7 @@ pub struct TextState {
     pub steer_top_k: usize,
     /// Hold the feature at the strength instead of adding it ([`Steering::clamp`]).
     pub steer_clamp: bool,
-    /// Held only where the feature fires ([`Steering::where_fires`]).
+    /// Added or held only where the feature fires ([`Steering::where_fires`]).
     pub steer_where_fires: bool,
     /// Steer the new tokens only ([`Steering::new_only`]).
     pub steer_new_only: bool,
@@ -493,10 +493,7 @@ fn steer_panel(
                 (false, true) => from.as_str(),
                 (false, false) => "at every position after BOS",
             };
-            let only = match s.steer_where_fires {
-                true => " where it fires",
-                false => "",
-            };
+            let only = crate::live::where_fires_said(s.steer_where_fires);
             let why = if basis > 0.0 && s.steer_clamp {
                 format!(
                     "the model continues the text twice: as it is, and with this feature's \
@@ -565,10 +562,7 @@ fn steered_ready(ui: &mut Ui, x: &Steered) {
     let also: String = (s.also.iter())
         .map(|(h, f, s)| format!(", with h{h} #{f} at {s:.3}"))
         .collect();
-    let fires = match s.where_fires {
-        true => " where it fires",
-        false => "",
-    };
+    let fires = crate::live::where_fires_said(s.where_fires);
     let at = match s.clamp {
         false => format!("Added at strength {:.3}{fires}{also}", s.strength),
         true => format!("Held at activation {:.3}{fires}{also}", s.strength),

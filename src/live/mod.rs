@@ -218,6 +218,15 @@ pub struct Steering {
     pub top_k: Option<usize>,
 }
 
+/// What steering only where the feature fires adds to a description of it: " where it
+/// fires", or nothing.
+pub fn where_fires_said(where_fires: bool) -> &'static str {
+    match where_fires {
+        true => " where it fires",
+        false => "",
+    }
+}
+
 impl Steering {
     /// How each token is chosen, in words: "greedy", or "temperature T[, top-k K][, top-p
     /// P], seed N".

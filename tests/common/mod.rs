@@ -322,6 +322,15 @@ pub fn sae_from_reference(
     (sae, x)
 }
 
+/// Fails, with the command's stderr, when the command did not succeed.
+pub fn assert_succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs the attn-saes binary with `args` on the CPU backend and returns its stdout, failing
 /// with its stderr when it fails.
 pub fn attn_saes_cli<I, S>(args: I) -> String
