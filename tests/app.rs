@@ -1401,7 +1401,11 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     swapped(&h, "b.safetensors", "a.safetensors", 12, in_b);
     // A's label stays A's: B shows none and is given none, also once another of its
     // features is selected (the label field starts anew).
-    assert!(!has_label(&h, "typed in the page"));
+    assert_eq!(
+        h.query_all_by_value("typed in the page").count(),
+        0,
+        "A's label in B's field"
+    );
     h.state_mut().push(Command::OpenFeature {
         head: 2,
         feature: (in_b + 1) % 8,
