@@ -1127,8 +1127,20 @@ fn write_static_site(site: &attn_saes::serve::Site, dir: &std::path::Path) -> an
              written)"
         );
     }
+    // Each compared dashboard's labels, beside it (none for labels of another SAE: a note).
+    let compared_labels = (site.compared.iter())
+        .map(|(_, file)| match dashboard_labels(file) {
+            Ok((_, _, labels)) => Ok(labels.to_json()),
+            Err(e) => {
+                println!("note: labels not published: {e:#}");
+                let (_, meta) = dashboard_meta(file)?;
+                Ok(attn_saes::dashboard::labels::Labels::new(&meta).to_json())
+            }
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // Local directories (the model's, the corpus's, the run's) are not published.
-    let files = serve::published(serve::static_files(site, labels.to_json()))?;
+    let files = serve::static_files(site, labels.to_json(), compared_labels);
+    let files = serve::published(files)?;
     let written = serve::write_static(&files, dir)?;
     let total: u64 = written.iter().map(|(_, size)| size).sum();
     for (path, size) in &written {

@@ -216,6 +216,13 @@ pub fn compared_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, PathBuf)
         .collect()
 }
 
+/// Where the page asks for the labels of the compared dashboard served at `url`
+/// (`/compare/0/l1-1.labels.json` for `/compare/0/l1-1.safetensors`).
+pub fn compared_labels_url(url: &str) -> String {
+    let stem = url.strip_suffix(".safetensors").unwrap_or(url);
+    format!("{stem}.labels.json")
+}
+
 /// `url` with a `&compare=` parameter for each compared dashboard.
 pub fn compare_url(url: &str, compared: &[(String, PathBuf)]) -> String {
     compared.iter().fold(url.to_string(), |url, (path, _)| {
@@ -268,8 +275,13 @@ pub enum StaticFile {
 /// `/`), for [`write_static`]: the viewer's page as [`STATIC_VIEWER`] and an `index.html`
 /// that opens it with [`site_query`] (and whatever the visitor's address adds, such as
 /// `?feature=H,F`); the dashboard's labels when they are the dashboard's, else an empty
-/// set (so no request fails). `labels` is that labels file's JSON.
-pub fn static_files(site: &Site, labels: String) -> Vec<(String, StaticFile)> {
+/// set (so no request fails), and each compared dashboard's beside it likewise. `labels`
+/// is that labels file's JSON, `compared_labels` the compared dashboards' in their order.
+pub fn static_files(
+    site: &Site,
+    labels: String,
+    compared_labels: Vec<String>,
+) -> Vec<(String, StaticFile)> {
     let query = site_query(site);
     let index = format!(
         "{STATIC_MARK}\n<meta charset=\"utf-8\"><title>attn-saes</title>\n<script>\n\
@@ -305,8 +317,11 @@ pub fn static_files(site: &Site, labels: String) -> Vec<(String, StaticFile)> {
             StaticFile::Bytes(live.manifest.clone().into_bytes()),
         ));
     }
-    let compared = site.compared.iter();
-    files.extend(compared.map(|(url, file)| (at(url), StaticFile::Dashboard(file.clone()))));
+    for ((url, file), labels) in site.compared.iter().zip(compared_labels) {
+        files.push((at(url), StaticFile::Dashboard(file.clone())));
+        let labels = StaticFile::Bytes(labels.into_bytes());
+        files.push((at(&compared_labels_url(url)), labels));
+    }
     let live = site.live.iter().flat_map(|live| &live.files);
     files.extend(live.map(|(url, file)| (at(url), StaticFile::Copy(file.clone()))));
     files
@@ -446,6 +461,12 @@ fn route(site: &Site, path: &str) -> Option<(Body, &'static str)> {
     if let Some((_, file)) = site.compared.iter().find(|(url, _)| url == path) {
         return Some((Body::File(file.clone()), OCTETS));
     }
+    // A compared dashboard's labels, beside it as the page asks for them.
+    let compared_labels = |(url, _): &&(String, PathBuf)| compared_labels_url(url) == path;
+    if let Some((_, file)) = site.compared.iter().find(compared_labels) {
+        let file = crate::dashboard::labels::labels_path(file);
+        return Some((Body::Optional(file), "application/json"));
+    }
     if let Some(live) = &site.live {
         if path == format!("/{MANIFEST_NAME}") {
             let json = "application/json";
@@ -554,11 +575,12 @@ mod tests {
     }
 
     /// A static site holds what `serve` serves, at the same paths: every file but the
-    /// two pages and the labels is what the route gives for its path.
+    /// two pages and the labels is what the route gives for its path; the labels are at the
+    /// paths where `serve` serves the labels files beside the dashboards.
     #[test]
     fn a_static_site_holds_the_served_files_at_their_paths() {
         let s = site();
-        let files = static_files(&s, "{\"labels\":1}".into());
+        let files = static_files(&s, "{\"labels\":1}".into(), vec!["{\"labels\":2}".into()]);
         let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
             paths,
@@ -576,6 +598,7 @@ mod tests {
                 "dashboard.labels.json",
                 "live.json",
                 "compare/0/l1-1.safetensors",
+                "compare/0/l1-1.labels.json",
                 "live/model/m.gguf",
             ]
         );
@@ -598,7 +621,14 @@ mod tests {
                     );
                 }
                 ("dashboard.labels.json", StaticFile::Bytes(b)) => {
-                    assert_eq!(b, b"{\"labels\":1}")
+                    assert_eq!(b, b"{\"labels\":1}");
+                    let beside = PathBuf::from("/runs/x/dashboard.labels.json");
+                    assert_eq!(served, Some(Body::Optional(beside)));
+                }
+                ("compare/0/l1-1.labels.json", StaticFile::Bytes(b)) => {
+                    assert_eq!(b, b"{\"labels\":2}");
+                    let beside = PathBuf::from("/runs/l1-1/dashboard.labels.json");
+                    assert_eq!(served, Some(Body::Optional(beside)));
                 }
                 (
                     "dashboard.safetensors" | "compare/0/l1-1.safetensors",
@@ -625,7 +655,7 @@ mod tests {
             live: None,
             ..site()
         };
-        let files = static_files(&s, String::new());
+        let files = static_files(&s, String::new(), vec![String::new()]);
         assert!(
             !files
                 .iter()

@@ -623,13 +623,19 @@ pub fn labels_saved() {
 }
 
 /// Parses a dashboard file and draws the training curves it records beside the open
-/// run's (Curves). Returns a one-line summary, or why the file cannot be read.
+/// run's (Curves), with `labels` (a labels file's JSON, if the page found one beside it)
+/// shown beside its closest features and kept with it. Returns a one-line summary, or why
+/// the file cannot be read.
 #[wasm_bindgen]
-pub fn compare_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue> {
-    let d = LoadedDashboard::new(name.clone(), bytes)
+pub fn compare_dashboard(
+    name: String,
+    bytes: Vec<u8>,
+    labels: Option<String>,
+) -> Result<String, JsValue> {
+    let mut d = LoadedDashboard::new(name.clone(), bytes)
         .map_err(|e| JsValue::from_str(&format!("{name}: {e}")))?;
     let history = d.file.meta.history.clone();
-    let summary = format!(
+    let mut summary = format!(
         "comparing with {name}: {} steps logged, {} evals",
         history.steps.len(),
         history.evals.len()
@@ -640,7 +646,16 @@ pub fn compare_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue
     // What the app would refuse (`AttnSaesApp::compare_run`), refused here.
     crate::app::curves::comparable(&name, &history, sae.as_ref())
         .map_err(|why| JsValue::from_str(&why))?;
-    let mut d = d;
+    let parsed =
+        labels.map(|json| crate::dashboard::labels::Labels::parse(json.as_bytes(), &d.file.meta));
+    match parsed {
+        Some(Ok(labels)) => {
+            summary += &format!(", {} feature labels", labels.len());
+            d.labels = labels;
+        }
+        Some(Err(e)) => summary += &format!(" (its labels not shown: {e:#})"),
+        None => {}
+    }
     d.labels_edit = crate::app::features::LabelsEdit::Download;
     post(|s| s.compare_inbox.push(d));
     Ok(summary)

@@ -1289,6 +1289,17 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
             format!("#{} {:.2}", c.feature, c.cosine),
         )
     };
+    // B's label for the feature closest to A's 2,5 there, beside B's dashboard: shown by
+    // that link.
+    use attn_saes::dashboard::labels::{Labels, labels_path};
+    let labels_of = |run: &Path| labels_path(&attn_saes::dashboard::run_dashboard_path(run));
+    let b_meta = attn_saes::run_log::read_dashboard(&attn_saes::dashboard::run_dashboard_path(&b))
+        .unwrap()
+        .meta;
+    let mut b_labels = Labels::new(&b_meta);
+    let b_label = "B's label: a long description of what it does, cut when shown";
+    b_labels.set(2, closest(&a, &b, 5).0, b_label).unwrap();
+    b_labels.write(&labels_of(&b)).unwrap();
     let mut app = AttnSaesApp::with_state(UiState::default());
     app.push(Command::OpenPath(a.clone()));
     app.push(Command::ComparePath(b.clone()));
@@ -1298,6 +1309,7 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     });
     let mut h = harness(app);
     h.run_steps(4);
+    h.get_by_label("“B's label: a long description of what it…”");
     let name = |run: &Path| attn_saes::run_log::short_name(run);
     // Opens B at the feature closest to A's 2,5 there; A is compared instead.
     let at = |h: &Harness<'static, AttnSaesApp>| {
@@ -1339,7 +1351,8 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     click(&mut h, &label);
     opened(&h, &a, &b, 30, in_a);
     // A label typed in A, not yet taken, when another run is opened: saved beside A's
-    // dashboard, and none written for B, also once another of B's features is selected.
+    // dashboard, and not written for B (whose labels file keeps its own label), also once
+    // another of B's features is selected.
     h.get_by_label("label").focus();
     h.run_steps(1);
     h.get_by_label("label").type_text("typed before opening");
@@ -1351,14 +1364,7 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
         feature: (in_a + 1) % 8,
     });
     h.run_steps(2);
-    use attn_saes::dashboard::labels::{Labels, labels_path};
-    let labels_of = |run: &Path| labels_path(&attn_saes::dashboard::run_dashboard_path(run));
-    let meta = h.state().dashboard.as_ref().unwrap().file.meta.clone();
-    assert!(
-        !labels_of(&b).exists(),
-        "{:?}",
-        Labels::read(&labels_of(&b), &meta)
-    );
+    assert_eq!(Labels::read(&labels_of(&b), &b_meta).unwrap(), b_labels);
     let text = std::fs::read_to_string(labels_of(&a)).unwrap();
     assert!(text.contains("typed before opening"), "{text}");
 
@@ -1375,7 +1381,11 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     let mut app = AttnSaesApp::with_state(UiState::default());
     app.open_loaded(loaded("a.safetensors", &a));
     app.label_feature(2, 5, "typed in the page");
-    app.compare_kept(loaded("b.safetensors", &b));
+    // B's labels, as the page fetched them beside its dashboard: shown by its link, and
+    // B's own once it is open.
+    let mut kept_b = loaded("b.safetensors", &b);
+    kept_b.labels.set(2, in_b, "B's label in the page").unwrap();
+    app.compare_kept(kept_b);
     app.push(Command::OpenFeature {
         head: 2,
         feature: 5,
@@ -1397,9 +1407,24 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
         assert_eq!(kept, [other]);
     };
     h.get_by_label("closest in b.safetensors");
+    h.get_by_label("“B's label in the page”");
     click(&mut h, &closest(&a, &b, 5).1);
     swapped(&h, "b.safetensors", "a.safetensors", 12, in_b);
-    // A's label stays A's: B shows none and is given none, also once another of its
+    let b_own = |h: &Harness<'static, AttnSaesApp>| {
+        let d = h.state().dashboard.as_ref().unwrap();
+        let listed: Vec<(usize, usize, String)> = d
+            .labels
+            .iter()
+            .map(|(h, f, l)| (h, f, l.to_string()))
+            .collect();
+        assert_eq!(listed, [(2, in_b, "B's label in the page".to_string())]);
+    };
+    b_own(&h);
+    assert_eq!(
+        h.get_by_label("label").value().as_deref(),
+        Some("B's label in the page")
+    );
+    // A's label stays A's: B does not show it and is not given it, also once another of its
     // features is selected (the label field starts anew).
     assert_eq!(
         h.query_all_by_value("typed in the page").count(),
@@ -1411,8 +1436,8 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
         feature: (in_b + 1) % 8,
     });
     h.run_steps(2);
-    let d = h.state().dashboard.as_ref().unwrap();
-    assert!(d.labels.is_empty() && !d.labels_unsaved, "{:?}", d.labels);
+    b_own(&h);
+    assert!(!h.state().dashboard.as_ref().unwrap().labels_unsaved);
     h.state_mut().push(Command::OpenFeature {
         head: 2,
         feature: in_b,
@@ -1434,7 +1459,7 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     assert_eq!(h.state().dashboard.as_ref().unwrap().name, "b.safetensors");
     let a_kept = &h.state().kept[0];
     assert_eq!(a_kept.labels.get(2, in_a), Some("typed, then away"));
-    assert!(h.state().dashboard.as_ref().unwrap().labels.is_empty());
+    b_own(&h);
 
     // A dashboard with no training metrics (built for an SAE alone) is compared for its
     // features all the same, and opens; one with neither metrics nor decoder rows is an

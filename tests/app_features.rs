@@ -394,18 +394,18 @@ fn a_compared_runs_closest_features_are_those_match_finds() {
         OwnedDashboardFile::new(std::fs::read(run.join("dashboard.safetensors")).unwrap()).unwrap()
     };
     let theirs = read(&other);
-    let sae = ComparedSae::of(&theirs)
+    let mut sae = ComparedSae::of(&theirs)
         .unwrap()
         .expect("the file holds decoder rows");
     let elsewhere = ComparedSae {
         hook_layer: sae.hook_layer + 1,
         ..sae.clone()
     };
-    let compared = vec![
+    let mut compared = vec![
         Compared {
             name: "other".into(),
             history: theirs.meta.history.clone(),
-            sae: Some(sae),
+            sae: Some(sae.clone()),
             source: None,
         },
         Compared {
@@ -426,7 +426,7 @@ fn a_compared_runs_closest_features_are_those_match_finds() {
         feature: Some(feature),
         ..FeaturesState::default()
     };
-    let mut h = harness_on(d, state, compared);
+    let mut h = harness_on(d, state, compared.clone());
     h.run_steps(2);
     assert_eq!(
         (h.state().1.head, h.state().1.feature),
@@ -444,11 +444,28 @@ fn a_compared_runs_closest_features_are_those_match_finds() {
         .collect();
     println!("closest in other: {}", listed.join("  "));
     assert!(h.query_by_label("closest in other").is_some());
-    assert!(
-        h.query_by_label(&listed.join("  ")).is_some(),
-        "{}",
-        listed.join("  ")
-    );
+    for entry in &listed {
+        assert!(h.query_by_label(entry).is_some(), "{entry}");
+    }
+    // The other run's labels: the one of a listed feature beside it, not one of a feature
+    // not listed.
+    assert!(h.query_by_label_contains("“").is_none());
+    let state = h.state().1.clone();
+    sae.labels
+        .set(head, want[1].feature as usize, "theirs")
+        .unwrap();
+    let unlisted = (0..).find(|f| want.iter().all(|c| c.feature as usize != *f));
+    (sae.labels.set(head, unlisted.unwrap(), "not listed")).unwrap();
+    compared[0].sae = Some(sae);
+    let d = LoadedDashboard::new(
+        "dashboard.safetensors".into(),
+        std::fs::read(run.join("dashboard.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let mut h = harness_on(d, state, compared);
+    h.run_steps(2);
+    h.get_by_label("“theirs”");
+    assert!(h.query_by_label("“not listed”").is_none());
     assert!(
         h.query_by_label_contains("closest in other-layer")
             .is_none()

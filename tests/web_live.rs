@@ -513,6 +513,14 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     // Another run to compare with: opened from the page, Your text's model is not its.
     let dir_b = TempDir::new("attn-saes-web", "site-b");
     let run_b = run_with_dashboard(&dir_b, 12);
+    // With a label for its head 0 feature 0 (where the page opens it), published beside it.
+    let b_file = attn_saes::dashboard::run_dashboard_path(&run_b);
+    let b_meta = attn_saes::run_log::read_dashboard(&b_file).unwrap().meta;
+    let mut b_labels = attn_saes::dashboard::labels::Labels::new(&b_meta);
+    b_labels.set(0, 0, "run B on the site").unwrap();
+    b_labels
+        .write(&attn_saes::dashboard::labels::labels_path(&b_file))
+        .unwrap();
     let site = dir.join("site");
     let out = Command::new(env!("CARGO_BIN_EXE_attn-saes"))
         .args(["serve", run.to_str().unwrap(), "--web-dir"])
@@ -640,6 +648,14 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     // model loaded is another dashboard's; the run opened again: it matches again.
     assert_eq!(result["swapped"]["open"], "run.safetensors", "{result}");
     assert_eq!(result["swapped"]["matches"], false, "{result}");
+    let said = result["swapped"]["selection"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("head 0 · feature 0 ·") && said.ends_with(" · label \"run B on the site\""),
+        "{said}"
+    );
+    let published = std::fs::read(site.join("compare/0/run.labels.json")).unwrap();
+    let published = attn_saes::dashboard::labels::Labels::parse(&published, &b_meta).unwrap();
+    assert_eq!(published, b_labels);
     assert_eq!(result["back"]["open"], "dashboard.safetensors", "{result}");
     assert_eq!(result["back"]["matches"], true, "{result}");
     assert_eq!(result["consoleErrors"], serde_json::json!([]), "{result}");

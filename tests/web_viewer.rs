@@ -2,7 +2,8 @@
 //! dashboard with `attn-saes serve`, and drives headless Chromium with playwright-core
 //! (tests/web/browser.mjs): open by `?url=` and by the file input, move to a head and a
 //! feature by keyboard, to Curves and back by clicks, read the selection the page exposes
-//! (with a feature's label, which `serve` serves beside the dashboard),
+//! (with a feature's label, which `serve` serves beside the dashboard, and a compared
+//! run's, which it serves beside that one),
 //! screenshot; a truncated file and a missing URL show errors in the page.
 //!
 //! Needs Debian's `chromium` and `npm ci` in tests/web. Without them the test says so and
@@ -45,6 +46,18 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
     let mut labels = attn_saes::dashboard::labels::Labels::new(&meta);
     labels.set(3, 5, "reads the token before").unwrap();
     labels.write(&labels_file).unwrap();
+
+    // And one for run B's head 2 feature 0 beside its dashboard (`serve --compare` serves
+    // it beside B's): the page keeps it with B, shown once B is opened from A.
+    let b_file = attn_saes::dashboard::run_dashboard_path(&run_b);
+    let b_meta = OwnedDashboardFile::new(std::fs::read(&b_file).unwrap())
+        .unwrap()
+        .meta;
+    let mut b_labels = attn_saes::dashboard::labels::Labels::new(&b_meta);
+    b_labels.set(2, 0, "run B's feature").unwrap();
+    b_labels
+        .write(&attn_saes::dashboard::labels::labels_path(&b_file))
+        .unwrap();
 
     let server = Server::start_with(&run, &[Path::new("--compare"), &run_b]);
     assert!(
@@ -180,7 +193,8 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
     );
     let said = opened["selection"].as_str().unwrap();
     assert!(
-        said.contains("view Features · head 2 · feature 0 ·"),
+        said.contains("view Features · head 2 · feature 0 ·")
+            && said.ends_with(" · label \"run B's feature\""),
         "{said}"
     );
     for png in [

@@ -95,6 +95,8 @@ pub struct ComparedSae {
     pub hook_layer: usize,
     pub d_head: usize,
     pub decoder: Vec<Vec<f32>>,
+    /// Its features' labels (shown beside its closest features; none until given).
+    pub labels: crate::dashboard::labels::Labels,
 }
 
 impl ComparedSae {
@@ -110,6 +112,7 @@ impl ComparedSae {
             hook_layer: file.meta.hook_layer,
             d_head: file.meta.sae.d_head,
             decoder,
+            labels: crate::dashboard::labels::Labels::new(&file.meta),
         }))
     }
 

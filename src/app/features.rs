@@ -1061,33 +1061,35 @@ fn feature_dashboard(
     let labelled = label_line(ui, labels, s, (s.head, f));
     closest_line(ui, closest, labels.0, s);
     let mut opened = None;
-    for (name, closest, opens) in &elsewhere {
+    for &(name, ref closest, opens, their_labels) in &elsewhere {
         ui.horizontal_wrapped(|ui| {
             ui.label(RichText::new(format!("closest in {name}")).strong())
                 .on_hover_text(
                     "the features of the same head in that compared run's SAE whose decoder \
                      directions are nearest this one's (cosine similarity; `attn-saes match` \
-                     compares whole SAEs)",
+                     compares whole SAEs), each with its label there if it has one",
                 );
-            if !opens {
-                let listed: Vec<String> = closest
-                    .iter()
-                    .map(|(f, c)| format!("#{f} {c:.2}"))
-                    .collect();
-                ui.label(listed.join("  "));
-                return;
-            }
             for &(f, cos) in closest {
-                let link = ui.link(format!("#{f} {cos:.2}")).on_hover_text(format!(
-                    "open {name} at head {} feature {f}, comparing this run instead",
-                    s.head
-                ));
-                if link.clicked() {
+                let text = format!("#{f} {cos:.2}");
+                if !opens {
+                    ui.label(text);
+                } else if ui
+                    .link(text)
+                    .on_hover_text(format!(
+                        "open {name} at head {} feature {f}, comparing this run instead",
+                        s.head
+                    ))
+                    .clicked()
+                {
                     opened = Some(FeaturesAction::OpenCompared {
                         name: name.to_string(),
                         head: s.head,
                         feature: f,
                     });
+                }
+                if let Some(label) = their_labels.get(s.head, f) {
+                    ui.label(RichText::new(quoted_short(label)).italics())
+                        .on_hover_text(label);
                 }
             }
         });
@@ -1294,12 +1296,22 @@ const CLOSEST_SHOWN: usize = 6;
 /// What a feature's dashboard shows around it: where it reads from, and the features of its
 /// head closest to it.
 type Around<'a> = (&'a FeatureSources, &'a [(usize, f32)]);
-/// A compared run's name, the features of the head closest to the selected one in it, and
-/// whether it can be opened at them.
-type Elsewhere<'a> = (&'a str, Vec<(usize, f32)>, bool);
+/// A compared run's name, the features of the head closest to the selected one in it,
+/// whether it can be opened at them, and its labels.
+type Elsewhere<'a> = (&'a str, Vec<(usize, f32)>, bool, &'a Labels);
 
 /// Features listed as closest in each compared run's SAE.
 const CLOSEST_ELSEWHERE: usize = 3;
+/// Characters of a compared run's label shown beside its feature (all of it on hover).
+const LABEL_SHOWN: usize = 40;
+
+/// `label` in quotes, cut to [`LABEL_SHOWN`] characters with an ellipsis.
+fn quoted_short(label: &str) -> String {
+    match label.char_indices().nth(LABEL_SHOWN) {
+        Some((cut, _)) => format!("“{}…”", label[..cut].trim_end()),
+        None => format!("“{label}”"),
+    }
+}
 
 /// For each compared run whose dashboard holds an SAE of the same model, layer and heads:
 /// its name and the features of head `head` whose decoder directions are closest to `row`.
@@ -1316,7 +1328,7 @@ fn closest_elsewhere<'c>(
             let rows = sae.decoder.get(head)?;
             let closest =
                 crate::dashboard::format::closest_rows(row, rows, None, CLOSEST_ELSEWHERE);
-            Some((c.name.as_str(), closest, c.source.is_some()))
+            Some((c.name.as_str(), closest, c.source.is_some(), &sae.labels))
         })
         .collect()
 }

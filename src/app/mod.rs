@@ -329,6 +329,10 @@ impl AttnSaesApp {
     /// open it ([`Self::open_compared`]): the page's Compare… and `?compare=`.
     pub fn compare_kept(&mut self, d: LoadedDashboard) {
         let sae = curves::ComparedSae::of(&d.file).ok().flatten();
+        let sae = sae.map(|sae| curves::ComparedSae {
+            labels: d.labels.clone(),
+            ..sae
+        });
         let (name, history) = (d.name.clone(), d.file.meta.history.clone());
         let compared = self.compare_run(Compared {
             name: name.clone(),
@@ -1116,23 +1120,36 @@ impl AttnSaesApp {
     /// it records), or says why it cannot.
     pub fn compare_path(&mut self, path: &Path) {
         // A dashboard file is read once, for its history and its SAE; a run directory's
-        // history is its metrics.jsonl, and its SAE its dashboard's when it has one.
+        // history is its metrics.jsonl, and its SAE its dashboard's when it has one. The
+        // labels beside that dashboard go with its SAE.
         let read = || -> anyhow::Result<_> {
             if path.is_dir() {
                 let history = crate::run_log::read_history(path)?;
-                let dashboard = std::fs::read(crate::dashboard::run_dashboard_path(path)).ok();
+                let at = crate::dashboard::run_dashboard_path(path);
+                let dashboard = std::fs::read(&at).ok();
                 let file = dashboard.and_then(|bytes| {
                     crate::dashboard::format::OwnedDashboardFile::new(bytes).ok()
                 });
-                Ok((history, file))
+                Ok((history, file.map(|f| (f, at))))
             } else {
                 let file = crate::run_log::read_dashboard(path)?;
-                Ok((file.meta.history.clone(), Some(file)))
+                Ok((file.meta.history.clone(), Some((file, path.to_path_buf()))))
             }
         };
         match read() {
             Ok((history, file)) => {
-                let sae = file.and_then(|f| curves::ComparedSae::of(&f).ok().flatten());
+                let sae = file.and_then(|(f, at)| {
+                    let sae = curves::ComparedSae::of(&f).ok().flatten()?;
+                    let file = crate::dashboard::labels::labels_path(&at);
+                    match crate::dashboard::labels::Labels::read(&file, &f.meta) {
+                        Ok(labels) => Some(curves::ComparedSae { labels, ..sae }),
+                        Err(e) => {
+                            let why = format!("{}'s labels not shown: {e:#}", short_name(path));
+                            self.message(Level::Error, why);
+                            Some(sae)
+                        }
+                    }
+                });
                 self.compare_run(Compared {
                     name: short_name(path),
                     history,

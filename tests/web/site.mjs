@@ -63,7 +63,8 @@ async function openRun(name, matches) {
   return until(page, `${name} open, the model ${matches ? '' : 'not '}its`, ([n, m]) => {
     const open = JSON.parse(window.attnSaes.curves_shown()).open.name;
     const now = window.attnSaes.live_matches_dashboard();
-    return open === n && now === m ? { open, matches: now } : null;
+    const selection = window.attnSaes.selection();
+    return open === n && now === m ? { open, matches: now, selection } : null;
   }, [name, matches], 30000);
 }
 const curves = JSON.parse(await page.evaluate(() => window.attnSaes.curves_shown()));
