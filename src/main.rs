@@ -612,11 +612,28 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
             };
+            // And each compared run's, so that Your text follows the dashboard open (its
+            // model not served twice when it is the open run's).
+            let served: Vec<_> = live.iter().flat_map(|l| l.files.clone()).collect();
+            let compared_live =
+                if no_live || !serve::LIVE_FILES.iter().all(|f| web_dir.join(f).is_file()) {
+                    vec![]
+                } else {
+                    let mut all = vec![];
+                    for (i, ((url, file), path)) in compared.iter().zip(&compare).enumerate() {
+                        match serve::compared_live_site(i, path, file, &served) {
+                            Ok(live) => all.push((serve::compared_manifest_url(i), live)),
+                            Err(e) => println!("Your text for {url} is off: {e:#}"),
+                        }
+                    }
+                    all
+                };
             let site = serve::Site {
                 dashboard,
                 web_dir,
                 live,
                 compared,
+                compared_live,
             };
             if let Some(dir) = write_to {
                 return write_static_site(&site, &dir);
@@ -627,26 +644,23 @@ fn main() -> anyhow::Result<()> {
                 site.dashboard.display(),
                 site.web_dir.display()
             );
-            let url = match &site.live {
-                Some(live) => {
-                    for (url, file) in &live.files {
-                        println!("  {url}: {}", file.display());
-                    }
-                    for file in &live.changed {
-                        println!(
-                            "warning: {file} is not the file the dashboard was built from (its \
-                             sha256 differs): the page will refuse it"
-                        );
-                    }
-                    serve::live_url(&url)
-                }
-                None => url,
-            };
             for (url, file) in &site.compared {
                 println!("  {url}: {}", file.display());
             }
-            let url = serve::compare_url(&url, &site.compared);
-            println!("open {url}  (Ctrl-C stops)");
+            let compared_live = site.compared_live.iter().map(|(_, live)| live);
+            for live in site.live.iter().chain(compared_live) {
+                for (url, file) in &live.files {
+                    println!("  {url}: {}", file.display());
+                }
+                for file in &live.changed {
+                    println!(
+                        "warning: {file} is not the file the dashboard was built from (its \
+                         sha256 differs): the page will refuse it"
+                    );
+                }
+            }
+            let base = url.split('?').next().unwrap_or(&url);
+            println!("open {base}?{}  (Ctrl-C stops)", serve::site_query(&site));
             serve::serve(listener, site)?;
         }
         Command::App {
@@ -1120,9 +1134,11 @@ fn write_static_site(site: &attn_saes::serve::Site, dir: &std::path::Path) -> an
     // The dashboard's labels (none when it has no labels file; labels for another SAE are
     // an error here, as in `label`).
     let (_, _, labels) = dashboard_labels(&site.dashboard)?;
-    if let Some(file) = site.live.as_ref().and_then(|live| live.changed.first()) {
+    let compared_live = site.compared_live.iter().map(|(_, live)| live);
+    let mut lives = site.live.iter().chain(compared_live);
+    if let Some(file) = lives.find_map(|live| live.changed.first()) {
         anyhow::bail!(
-            "{file} is not the file the dashboard was built from (its sha256 differs), so the \
+            "{file} is not the file its dashboard was built from (its sha256 differs), so the \
              page would refuse it: rebuild the dashboard, or add --no-live (nothing was \
              written)"
         );

@@ -44,6 +44,10 @@ pub struct Site {
     /// Other runs' dashboards, whose curves the page draws beside the dashboard's: URL
     /// path (`/compare/0/l1-1.safetensors`) -> file.
     pub compared: Vec<(String, PathBuf)>,
+    /// The compared runs' models and SAEs for Your text, where they could be served: the
+    /// manifest's URL path (`/compare/0/live.json`) and what it names (see
+    /// [`compared_live_site`]).
+    pub compared_live: Vec<(String, LiveSite)>,
 }
 
 /// The model and SAE files served for the page's live analysis (under `live/model/` and
@@ -84,6 +88,35 @@ pub struct Manifest {
 /// Files that differ from what the dashboard records are listed in `LiveSite::changed`
 /// (the page refuses them).
 pub fn live_site(path: &Path, dashboard: &Path) -> anyhow::Result<LiveSite> {
+    live_site_under(path, dashboard, "", &[])
+}
+
+/// The manifest's URL path for the `i`-th compared dashboard's model and SAE.
+pub fn compared_manifest_url(i: usize) -> String {
+    format!("/compare/{i}/{MANIFEST_NAME}")
+}
+
+/// [`live_site`] for the `i`-th compared run (`path`, its dashboard `dashboard`), served
+/// under `/compare/{i}/` with its manifest at [`compared_manifest_url`]; a file the site
+/// serves already (`served`: URL path -> file; the open run's model, mostly) is not served
+/// again: the manifest names it where it is.
+pub fn compared_live_site(
+    i: usize,
+    path: &Path,
+    dashboard: &Path,
+    served: &[(String, PathBuf)],
+) -> anyhow::Result<LiveSite> {
+    live_site_under(path, dashboard, &format!("compare/{i}/"), served)
+}
+
+/// [`live_site`] with its files under `prefix` (a directory of URL paths, "" or ending in
+/// `/`, where the manifest is too), but for the files in `served`.
+fn live_site_under(
+    path: &Path,
+    dashboard: &Path,
+    prefix: &str,
+    served: &[(String, PathBuf)],
+) -> anyhow::Result<LiveSite> {
     let bytes =
         std::fs::read(dashboard).with_context(|| format!("reading {}", dashboard.display()))?;
     let meta = crate::dashboard::format::OwnedDashboardFile::new(bytes)
@@ -106,8 +139,18 @@ pub fn live_site(path: &Path, dashboard: &Path) -> anyhow::Result<LiveSite> {
                 .iter()
                 .zip(records)
                 .map(|(p, r)| {
-                    let url = format!("live/{group}/{}", r.name);
-                    files.push((format!("/{url}"), p.clone()));
+                    // Relative to the manifest, which is at `/{prefix}live.json`.
+                    let url = match served.iter().find(|(_, file)| file == p) {
+                        Some((at, _)) => {
+                            let up = "../".repeat(prefix.matches('/').count());
+                            format!("{up}{}", at.trim_start_matches('/'))
+                        }
+                        None => {
+                            let url = format!("live/{group}/{}", r.name);
+                            files.push((format!("/{prefix}{url}"), p.clone()));
+                            url
+                        }
+                    };
                     if recorded
                         .iter()
                         .any(|x| x.name == r.name && x.sha256 != r.sha256)
@@ -253,14 +296,18 @@ pub const STATIC_VIEWER: &str = "viewer.html";
 const STATIC_MARK: &str = "<!doctype html><!-- attn-saes serve --write-to -->";
 
 /// The query that opens `site` in the viewer: its dashboard, the live manifest when it
-/// has one, and the compared dashboards.
+/// has one, the compared dashboards, and their live manifests (further `live=` parameters:
+/// the page loads the one for the dashboard open).
 pub fn site_query(site: &Site) -> String {
     let url = format!("url={DASHBOARD_NAME}");
     let url = match &site.live {
         Some(_) => live_url(&url),
         None => url,
     };
-    compare_url(&url, &site.compared)
+    let url = compare_url(&url, &site.compared);
+    site.compared_live.iter().fold(url, |url, (manifest, _)| {
+        format!("{url}&live={}", manifest.trim_start_matches('/'))
+    })
 }
 
 /// One file of a static site: where it goes and what it holds.
@@ -322,13 +369,22 @@ pub fn static_files(
         let labels = StaticFile::Bytes(labels.into_bytes());
         files.push((at(&compared_labels_url(url)), labels));
     }
-    let live = site.live.iter().flat_map(|live| &live.files);
+    for (url, live) in &site.compared_live {
+        let manifest = StaticFile::Bytes(live.manifest.clone().into_bytes());
+        files.push((at(url), manifest));
+    }
+    let compared_live = site.compared_live.iter().map(|(_, live)| live);
+    let live = site
+        .live
+        .iter()
+        .chain(compared_live)
+        .flat_map(|live| &live.files);
     files.extend(live.map(|(url, file)| (at(url), StaticFile::Copy(file.clone()))));
     files
 }
 
 /// `files` ([`static_files`]) as a page on the web should hold them: the dashboards (the
-/// site's and the compared ones) and the manifest without the local directories their
+/// site's and the compared ones) and the manifests without the local directories their
 /// metadata names (the model's and SAE's paths, the run's config:
 /// [`crate::dashboard::format::DashboardMeta::published`]); everything else as it is.
 pub fn published(files: Vec<(String, StaticFile)>) -> anyhow::Result<Vec<(String, StaticFile)>> {
@@ -345,7 +401,8 @@ pub fn published(files: Vec<(String, StaticFile)>) -> anyhow::Result<Vec<(String
                     d.meta = d.meta.published();
                     StaticFile::Bytes(d.to_bytes()?)
                 }
-                StaticFile::Bytes(bytes) if path == MANIFEST_NAME => {
+                // The site's manifest and the compared runs' (`compare/{i}/live.json`).
+                StaticFile::Bytes(bytes) if path.rsplit('/').next() == Some(MANIFEST_NAME) => {
                     let mut manifest: Manifest = serde_json::from_slice(&bytes)?;
                     manifest.model_name = published_name(&manifest.model_name);
                     StaticFile::Bytes(serde_json::to_string_pretty(&manifest)?.into_bytes())
@@ -467,8 +524,17 @@ fn route(site: &Site, path: &str) -> Option<(Body, &'static str)> {
         let file = crate::dashboard::labels::labels_path(file);
         return Some((Body::Optional(file), "application/json"));
     }
-    if let Some(live) = &site.live {
-        if path == format!("/{MANIFEST_NAME}") {
+    // The models and SAEs for Your text: the dashboard's, and the compared ones'.
+    let main = site
+        .live
+        .iter()
+        .map(|live| (format!("/{MANIFEST_NAME}"), live));
+    let compared = site
+        .compared_live
+        .iter()
+        .map(|(url, live)| (url.clone(), live));
+    for (manifest, live) in main.chain(compared) {
+        if path == manifest {
             let json = "application/json";
             return Some((Body::Bytes(live.manifest.clone().into_bytes()), json));
         }
@@ -567,6 +633,17 @@ mod tests {
                 "/compare/0/l1-1.safetensors".into(),
                 PathBuf::from("/runs/l1-1/dashboard.safetensors"),
             )],
+            compared_live: vec![(
+                compared_manifest_url(0),
+                LiveSite {
+                    files: vec![(
+                        "/compare/0/live/sae/sae.safetensors".into(),
+                        PathBuf::from("/runs/l1-1/sae/sae.safetensors"),
+                    )],
+                    manifest: "{\"compared\":0}".into(),
+                    changed: vec![],
+                },
+            )],
         }
     }
 
@@ -599,7 +676,9 @@ mod tests {
                 "live.json",
                 "compare/0/l1-1.safetensors",
                 "compare/0/l1-1.labels.json",
+                "compare/0/live.json",
                 "live/model/m.gguf",
+                "compare/0/live/sae/sae.safetensors",
             ]
         );
         for (path, content) in &files {
@@ -609,7 +688,7 @@ mod tests {
                     let page = String::from_utf8(page.clone()).unwrap();
                     assert!(page.starts_with(STATIC_MARK));
                     let query = "url=dashboard.safetensors&live=live.json\
-                                 &compare=compare/0/l1-1.safetensors";
+                                 &compare=compare/0/l1-1.safetensors&live=compare/0/live.json";
                     assert!(page.contains(&format!("'{query}'")), "{page}");
                     assert!(page.contains(&format!("\"viewer.html?{query}\"")), "{page}");
                 }
@@ -653,6 +732,7 @@ mod tests {
         // Without live: neither the inference bundle nor the manifest.
         let s = Site {
             live: None,
+            compared_live: vec![],
             ..site()
         };
         let files = static_files(&s, String::new(), vec![String::new()]);

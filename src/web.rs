@@ -399,9 +399,24 @@ impl WebApp {
         let loaded_for = (call_bridge("loadedFor", &[]).ok())
             .and_then(|v| v.as_string())
             .unwrap_or_default();
-        web.live_other = web.live_ready
-            && !loaded_for.is_empty()
-            && loaded_for != self.shared.borrow().built_from;
+        let built_from = self.shared.borrow().built_from.clone();
+        web.live_other = web.live_ready && !loaded_for.is_empty() && loaded_for != built_from;
+        // Another dashboard open whose model and SAE the page was given (a compared run's):
+        // they are loaded, and the text analysed again with them; what was shown of the
+        // other SAE goes.
+        if web.live_other && web.followed != built_from {
+            web.followed = built_from.clone();
+            let follows = call_bridge("follow", &[JsValue::from_str(&built_from)]);
+            if follows.ok().and_then(|v| v.as_bool()) == Some(true) {
+                let (prompt, rerun) = (web.requested.take(), web.analysis.is_some());
+                *web = crate::app::WebText {
+                    requested: prompt,
+                    rerun,
+                    followed: built_from,
+                    ..Default::default()
+                };
+            }
+        }
         self.shared.borrow_mut().live_other = web.live_other;
         if let (Some((head, feature)), Some(d)) = (ask, &self.app.dashboard) {
             let examples = d.file.head(head).ok().and_then(|data| {
@@ -455,6 +470,10 @@ impl WebApp {
         };
         self.examples_logic();
         let web = &mut self.app.web;
+        if web.rerun && web.live_ready && !web.live_other {
+            web.rerun = false;
+            web.requested = Some(self.app.ui.text.prompt.clone());
+        }
         if let Some((prompt, run)) = set_prompt {
             self.app.ui.text.prompt = prompt;
             self.app.ui.view = View::Text;

@@ -617,12 +617,38 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     assert_succeeded(&out);
     assert!(refused.join("dashboard.safetensors").is_file() && !refused.join("live.json").exists());
 
+    // The compared run's model and SAE are published for Your text: its SAE under
+    // compare/0/, its model (the run's) not twice but named where the run's is.
+    let compared: attn_saes::serve::Manifest =
+        serde_json::from_slice(&std::fs::read(site.join("compare/0/live.json")).unwrap()).unwrap();
+    for file in &compared.model {
+        assert!(file.url.starts_with("../../live/model/"), "{}", file.url);
+    }
+    let b_sae = b_meta.built_from.clone().unwrap().sae;
+    for file in &compared.sae {
+        let record = b_sae.iter().find(|r| r.name == file.name).unwrap();
+        use sha2::Digest;
+        let bytes = std::fs::read(site.join("compare/0").join(&file.url)).unwrap();
+        let sha: String = sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(sha, record.sha256, "{}", file.name);
+    }
+    assert!(!site.join("compare/0/live/model").exists());
+    // A third run's dashboard, which the site has no model and SAE for.
+    let dir_c = TempDir::new("attn-saes-web", "site-c");
+    let other = dir.join("other.safetensors");
+    let run_c = run_with_dashboard(&dir_c, 20);
+    std::fs::copy(attn_saes::dashboard::run_dashboard_path(&run_c), &other).unwrap();
+
     let base = static_server(&site);
     let out = Command::new("node")
         .arg(root().join("tests/web/site.mjs"))
         .arg(&base)
         .arg(format!("{head},{feature}"))
         .arg(PROMPT)
+        .arg(&other)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -644,10 +670,18 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     );
     eprintln!("static site: {}", result["liveStatus"]);
     assert_same_tokens("static site", &result["shown"]["tokens"], &native["tokens"]);
-    // The compared run opened (as a click on its closest features does): Your text says the
-    // model loaded is another dashboard's; the run opened again: it matches again.
+    // The compared run opened (as a click on its closest features does): the page loads its
+    // model and SAE, and Your text shows what the CLI's `text` on that run does; the run
+    // opened again: its own again.
     assert_eq!(result["swapped"]["open"], "run.safetensors", "{result}");
-    assert_eq!(result["swapped"]["matches"], false, "{result}");
+    assert_eq!(result["swapped"]["matches"], true, "{result}");
+    let native_b = native_text(&run_b, None, None);
+    let shown_b = &result["swapped"]["shown"]["tokens"];
+    assert_same_tokens("the compared run", shown_b, &native_b["tokens"]);
+    assert_ne!(
+        shown_b["active"], result["shown"]["tokens"]["active"],
+        "the two SAEs fire alike"
+    );
     let said = result["swapped"]["selection"].as_str().unwrap_or_default();
     assert!(
         said.contains("head 0 · feature 0 ·") && said.ends_with(" · label \"run B on the site\""),
@@ -658,5 +692,11 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     assert_eq!(published, b_labels);
     assert_eq!(result["back"]["open"], "dashboard.safetensors", "{result}");
     assert_eq!(result["back"]["matches"], true, "{result}");
+    let shown_a = &result["back"]["shown"]["tokens"];
+    assert_same_tokens("the run again", shown_a, &native["tokens"]);
+    // A dashboard opened as a file, whose model and SAE the site does not have: Your text
+    // says the loaded ones are another dashboard's.
+    assert_eq!(result["other"]["open"], "other.safetensors", "{result}");
+    assert_eq!(result["other"]["matches"], false, "{result}");
     assert_eq!(result["consoleErrors"], serde_json::json!([]), "{result}");
 }

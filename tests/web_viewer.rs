@@ -61,7 +61,9 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
 
     let server = Server::start_with(&run, &[Path::new("--compare"), &run_b]);
     assert!(
-        server.url.ends_with("&compare=compare/0/run.safetensors"),
+        server
+            .url
+            .ends_with("&compare=compare/0/run.safetensors&live=compare/0/live.json"),
         "{}",
         server.url
     );

@@ -9,7 +9,9 @@
 //   feature>;
 //   examplesEffect(head, feature, examplesJson) -> Promise<JSON of what removing the
 //   feature does on its top examples>;
-//   loadManifest(url), loadUrls(model, sae), loadFiles(files) -> Promise; backend,
+//   loadManifest(url), loadManifests(urls), loadUrls(model, sae), loadFiles(files) ->
+//   Promise; follow(builtFrom) -> whether it loads the model and SAE of the dashboard
+//   now open, from a manifest given (the viewer asks when another dashboard opens); backend,
 //   fromCache, checkedAgainstDashboard (files checked against the open dashboard's
 //   records), lastLoadMs, lastAnalyzeMs (as the worker timed them), inWorker.
 // The worker downloads, checks, loads and analyses; this page only asks and relays, so it
@@ -108,23 +110,73 @@ async function start(model, sae, layer, zConvention, name) {
   }
 }
 
-// A manifest (`attn-saes serve` writes one: live.json) names the files, their sha256, the
-// layer and the hook_z convention.
-async function loadManifest(manifestUrl) {
-  let manifest;
-  try {
-    setStatus(`reading ${manifestUrl}…`);
-    const response = await fetch(manifestUrl);
-    if (!response.ok) throw new Error(`${manifestUrl}: HTTP ${response.status}`);
-    manifest = await response.json();
-  } catch (e) {
-    setStatus(String(e && e.message ? e.message : e), true);
-    throw e;
-  }
-  const base = new URL(manifestUrl, location.href);
+// The manifests the page was given (`?live=`, repeatable: `attn-saes serve --compare` adds
+// the compared runs'), as `{url, manifest}`: the one for the open dashboard is loaded, and
+// another when its dashboard is opened (follow).
+let manifests = [];
+let loading = false;
+
+// The open dashboard's records of the files it was built from (JSON), or ''.
+function openBuiltFrom() {
+  return window.attnSaes && window.attnSaes.built_from ? window.attnSaes.built_from() : '';
+}
+
+// The manifest given whose SAE is the one `builtFrom` (a dashboard's records) names: the
+// same sha256 for each file of a name both list (and for the model's), at least one.
+function manifestFor(builtFrom) {
+  if (!builtFrom) return null;
+  const recorded = JSON.parse(builtFrom);
+  const same = (files, records) =>
+    files.every((f) => records.every((r) => r.name !== f.name || r.sha256 === f.sha256));
+  const named = (files, records) => files.some((f) => records.some((r) => r.name === f.name));
+  return manifests.find(({ manifest: m }) => named(m.sae, recorded.sae) &&
+    same(m.sae, recorded.sae) && same(m.model, recorded.model)) || null;
+}
+
+// Loads the files `manifest` (read from `url`) names.
+async function startManifest({ url, manifest }) {
+  const base = new URL(url, location.href);
   const at = (files) => files.map((f) => ({ ...f, url: new URL(f.url, base).href }));
-  await start(at(manifest.model), at(manifest.sae), manifest.layer, manifest.z_convention,
-              baseName(manifest.model_name));
+  loading = true;
+  try {
+    await start(at(manifest.model), at(manifest.sae), manifest.layer, manifest.z_convention,
+                baseName(manifest.model_name));
+  } finally {
+    loading = false;
+  }
+}
+
+// A manifest (`attn-saes serve` writes one: live.json) names the files, their sha256, the
+// layer and the hook_z convention. Reads each of `manifestUrls` and loads the one for the
+// open dashboard (the first when none is); a compared run's that cannot be read is left out.
+async function loadManifests(manifestUrls) {
+  manifests = [];
+  for (const [i, url] of manifestUrls.entries()) {
+    try {
+      setStatus(`reading ${url}…`);
+      const response = await fetch(url);
+      if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+      manifests.push({ url, manifest: await response.json() });
+    } catch (e) {
+      if (i > 0) continue;
+      setStatus(String(e && e.message ? e.message : e), true);
+      throw e;
+    }
+  }
+  await startManifest(manifestFor(openBuiltFrom()) || manifests[0]);
+}
+
+async function loadManifest(manifestUrl) {
+  await loadManifests([manifestUrl]);
+}
+
+// With another dashboard open (`builtFrom`, its records): loads its model and SAE if a
+// manifest given names them. Whether it started to.
+function follow(builtFrom) {
+  const found = manifestFor(builtFrom);
+  if (!found || loading) return false;
+  startManifest(found).catch(() => {});
+  return true;
 }
 
 // `?model=URL&sae=URL`: the model a .gguf's URL, or a directory's (ending in '/') holding
@@ -179,6 +231,8 @@ const api = {
     return ask('examples', { head, feature, examples });
   },
   loadManifest,
+  loadManifests,
+  follow,
   loadUrls,
   loadFiles,
   inWorker: true,

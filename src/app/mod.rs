@@ -157,6 +157,11 @@ pub struct WebText {
     /// The model and SAE loaded were checked against another dashboard than the open one
     /// (one opened since: a file, a compared run's): Your text's features are not its.
     pub live_other: bool,
+    /// The open dashboard's `built_from` the page was last asked to load the model and SAE
+    /// of (when it has them: a compared run `serve` serves), so that it is asked once.
+    pub followed: String,
+    /// Whether to analyse the text again once the model and SAE being loaded are ready.
+    pub rerun: bool,
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -1,6 +1,6 @@
 // A static site that `attn-saes serve --write-to DIR` wrote, served by a plain file server,
 // in headless Chromium (no WebGPU flags: the page's CPU fallback). Run by tests/web_live.rs:
-//   node tests/web/site.mjs BASE_URL HEAD,FEATURE PROMPT
+//   node tests/web/site.mjs BASE_URL HEAD,FEATURE PROMPT [OTHER_DASHBOARD]
 // Opens BASE_URL/?feature=HEAD,FEATURE (the site's index.html, which opens its viewer on
 // the site's dashboard and model), reads the selection the page shows, waits for the model,
 // (with its label), runs PROMPT through Your text and prints one JSON object: where the page ended up, the
@@ -8,7 +8,7 @@
 // step that fails.
 import { chromium } from 'playwright-core';
 
-const [base, feature, prompt] = process.argv.slice(2);
+const [base, feature, prompt, other] = process.argv.slice(2);
 const result = { consoleErrors: [] };
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -56,21 +56,36 @@ result.shown = await until(page, 'Your text', (p) => {
   return v && v.prompt === p && v.status.endsWith('tokens') ? v : null;
 }, prompt);
 // The compared run opened from the page (attnSaes.open_compared, as a click on one of its
-// closest features does), then the run again: whether the model loaded matches the open
-// dashboard each time, once the page has noticed (it settles within frames).
-async function openRun(name, matches) {
+// closest features does), then the run again: each time the page loads that dashboard's
+// model and SAE (the site's manifests name both) and analyses the text again with them.
+async function openRun(name) {
   await page.evaluate((n) => window.attnSaes.open_compared(n, 0, 0), name);
-  return until(page, `${name} open, the model ${matches ? '' : 'not '}its`, ([n, m]) => {
-    const open = JSON.parse(window.attnSaes.curves_shown()).open.name;
-    const now = window.attnSaes.live_matches_dashboard();
-    const selection = window.attnSaes.selection();
-    return open === n && now === m ? { open, matches: now, selection } : null;
-  }, [name, matches], 30000);
+  return until(page, `${name} open, its model and SAE loaded and the text analysed again`,
+    (n) => {
+      const open = JSON.parse(window.attnSaes.curves_shown()).open.name;
+      const live = window.attnSaesLive;
+      const s = window.attnSaes.live_shown();
+      const shown = s ? JSON.parse(s) : null;
+      if (open !== n || !live.ready() || live.loadedFor() !== window.attnSaes.built_from() ||
+          !shown || !shown.status.endsWith('tokens')) return null;
+      const matches = window.attnSaes.live_matches_dashboard();
+      return { open, matches, selection: window.attnSaes.selection(), shown };
+    }, name, 120000);
 }
 const curves = JSON.parse(await page.evaluate(() => window.attnSaes.curves_shown()));
 if (curves.compared.length) {
-  result.swapped = await openRun(curves.compared[0].name, false);
-  result.back = await openRun(curves.open.name, true);
+  result.swapped = await openRun(curves.compared[0].name);
+  result.back = await openRun(curves.open.name);
+}
+// A dashboard the site has no model and SAE for, opened as a file: Your text says the
+// model loaded is another dashboard's.
+if (other) {
+  await page.setInputFiles('#file', other);
+  result.other = await until(page, 'the other dashboard, and the model not its', (n) => {
+    const open = JSON.parse(window.attnSaes.curves_shown()).open.name;
+    const matches = window.attnSaes.live_matches_dashboard();
+    return open === n && !matches ? { open, matches } : null;
+  }, other.split('/').pop(), 30000);
 }
 console.log(JSON.stringify(result));
 await browser.close();
