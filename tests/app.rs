@@ -1486,6 +1486,85 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     );
 }
 
+/// Your text follows the run open: a text analysed in run A is analysed again with run B's
+/// model and SAE once B is opened from its closest features (what A's SAE answered goes),
+/// and with A's once A is opened again from B's; each time what `LiveAnalysis` computes
+/// with that run's SAE.
+#[test]
+fn your_text_follows_a_compared_run_opened_from_its_closest_features() {
+    if !renderer_available() {
+        return;
+    }
+    use attn_saes::app::jobs::LiveSource;
+    use attn_saes::live::LiveAnalysis;
+    let (dir_a, dir_b) = (
+        TempDir::new("attn-saes-app", "follow-a"),
+        TempDir::new("attn-saes-app", "follow-b"),
+    );
+    let a = run_with_dashboard(&dir_a, 30);
+    let b = run_with_dashboard(&dir_b, 12);
+    let text = "The quick brown fox jumps over the lazy dog.";
+    let device = burn::prelude::Device::flex();
+    let model = fixture("gpt2_tiny").display().to_string();
+    let loaded = attn_saes::lm::load_model(&model, &device).unwrap();
+    let direct = |run: &Path| {
+        let sae = attn_saes::sae::BlockDiagSae::load(&run.join("sae"), &device).unwrap();
+        let conv = attn_saes::lm::ZConvention::TransformerLens;
+        LiveAnalysis::run(&loaded, &sae, 1, conv, text)
+            .unwrap()
+            .tokens
+    };
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(a.clone()));
+    app.push(Command::ComparePath(b.clone()));
+    let mut h = harness(app);
+    h.run_steps(3);
+    h.get_by_label("Your text").click();
+    h.run_steps(2);
+    h.state_mut().ui.text.prompt = text.into();
+    h.get_by_label("Run").click();
+    // The analysis shown is `run`'s, by its worker, as the library computes it.
+    let analysed = |h: &mut Harness<'static, AttnSaesApp>, run: &Path| {
+        step_until(h, Duration::from_secs(120), |app| {
+            let source = app.native.live.as_ref().map(|(s, _)| s);
+            source == Some(&LiveSource::Run(run.to_path_buf())) && app.native.analysis.is_some()
+        });
+        let shown = h.state().native.analysis.as_deref().unwrap();
+        let want = direct(run);
+        assert_eq!((&shown.ids, &shown.strings), (&want.ids, &want.strings));
+        for (head, positions) in want.active.iter().enumerate() {
+            for (p, want) in positions.iter().enumerate() {
+                let got = &shown.active[head][p];
+                assert_eq!(got.len(), want.len(), "head {head} position {p}");
+                for (g, w) in got.iter().zip(want) {
+                    assert!(g.0 == w.0 && (g.1 - w.1).abs() < 1e-5, "{g:?} vs {w:?}");
+                }
+            }
+        }
+        want
+    };
+    let in_a = analysed(&mut h, &a);
+    // A feature's effect asked of A's worker: it goes with it.
+    let (f, _) = in_a.active[0]
+        .iter()
+        .find_map(|p| p.first())
+        .copied()
+        .unwrap();
+    h.state_mut().native.effect = Some(attn_saes::live::Asked::computing(
+        in_a.ids.clone(),
+        0,
+        f as usize,
+    ));
+    let name = attn_saes::run_log::short_name;
+    h.state_mut().open_compared(&name(&b), 2, 0);
+    h.run_steps(1);
+    assert!(h.state().native.effect.is_none());
+    let in_b = analysed(&mut h, &b);
+    assert_ne!(in_a.active, in_b.active, "the two SAEs fire alike");
+    h.state_mut().open_compared(&name(&a), 2, 0);
+    analysed(&mut h, &a);
+}
+
 /// `attn-saes compare`, the same comparison in the terminal.
 #[test]
 fn the_compare_command_prints_each_runs_last_metrics_and_refuses_a_bad_path() {

@@ -904,6 +904,7 @@ impl AttnSaesApp {
     /// Jobs' events, the close request, drag and drop.
     fn native_logic(&mut self, ctx: &egui::Context) {
         self.drain_job();
+        self.follow_open_run();
         self.drain_live(ctx);
         self.handle_close(ctx);
         if self.job_running() || self.builder_running() {
@@ -993,6 +994,33 @@ impl AttnSaesApp {
             (Some(run), _) => Some(jobs::LiveSource::Run(run.clone())),
             (None, Some(d)) => Some(jobs::LiveSource::of_dashboard(&d.file.meta)),
             (None, None) => None,
+        }
+    }
+
+    /// Your text follows the run or dashboard open: once another opens (a compared run's,
+    /// from its closest features, or any other), the worker of the one before and all it
+    /// answered go (its features are not the open SAE's), and a text analysed there is
+    /// analysed again with the open one's model and SAE.
+    fn follow_open_run(&mut self) {
+        let Some(source) = self.live_source() else {
+            return;
+        };
+        if self.native.live.as_ref().is_none_or(|(r, _)| *r == source) {
+            return;
+        }
+        let rerun = self.native.analysis.is_some() || self.native.text_pending;
+        self.native.live = None;
+        self.native.analysis = None;
+        self.native.effect = None;
+        self.native.ranking = None;
+        self.native.steer = None;
+        self.native.examples = None;
+        self.native.text_pending = false;
+        self.native.live_status = String::new();
+        if rerun {
+            let text = self.ui.text.prompt.clone();
+            self.native.text_pending = true;
+            let _ = (self.live_worker(source).requests).send(jobs::LiveRequest::Analyse(text));
         }
     }
 
