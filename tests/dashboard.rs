@@ -890,14 +890,27 @@ fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
     let e = &feature.examples[0];
     let values = acts[0]["values"].as_array().unwrap();
     assert_eq!(values.len(), d.meta.context_size);
+    // Activations along the context and DFA as the file holds them (f16), each read back
+    // as that f16 exactly, the rest of the context zeros.
+    let f16 = |x: &serde_json::Value| half::f16::from_f64(x.as_f64().unwrap());
+    let mut want = vec![0f32; d.meta.context_size];
+    for &(p, a) in &e.activations {
+        want[p as usize] = a;
+    }
+    let read: Vec<_> = values.iter().map(f16).collect();
     assert_eq!(
-        values[e.target as usize].as_f64().unwrap() as f32,
-        e.activations.iter().find(|a| a.0 == e.target).unwrap().1
+        read,
+        want.iter()
+            .map(|&a| half::f16::from_f32(a))
+            .collect::<Vec<_>>()
     );
-    assert_eq!(
-        acts[0]["dfa_values"].as_array().unwrap().len(),
-        d.meta.context_size
-    );
+    assert!(want[e.target as usize] > 0.0);
+    let dfa = acts[0]["dfa_values"].as_array().unwrap();
+    assert_eq!(dfa.len(), d.meta.context_size);
+    for (p, x) in dfa.iter().enumerate() {
+        let a = e.dfa.get(p).copied().unwrap_or(0.0);
+        assert_eq!(f16(x), half::f16::from_f32(a), "DFA at {p}");
+    }
     // The head attribution: all in the feature's head; the vector: the folded SAELens row.
     let hook = attn_saes::sae::io::HookInfo {
         model_name: "gpt2_tiny".into(),

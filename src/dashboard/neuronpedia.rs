@@ -19,7 +19,52 @@ fn centres(lo: f32, hi: f32, bins: usize) -> Vec<f32> {
         .collect()
 }
 
-/// One feature in SAEDashboard's batch layout.
+/// `x` as the dashboard file stores activations along a context and DFA (f16), written as
+/// the decimal with the fewest significant digits (at most 5) that reads back as that f16:
+/// the export holds exactly what the file does, in fewer characters than the f32 printing
+/// (`0.01233` for 0.0123291015625, not `0.012329102`). Zero stays `0.0`.
+pub fn f16_shortest(x: f32) -> f64 {
+    use half::f16;
+    // Every f16's shortest decimal, found once: 65536 of them.
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| {
+                let h = f16::from_bits(bits);
+                let v = h.to_f32();
+                if v == 0.0 || !v.is_finite() {
+                    return v as f64;
+                }
+                // With `digits` significant digits: `v` rounded, else the decimal a unit of
+                // the last digit above or below it (at a power of two the f16s below are
+                // closer together than those above, so the rounded one can miss).
+                let decimal = |x: f64, digits: usize| -> f64 {
+                    let text = format!("{:.*e}", digits - 1, x);
+                    text.parse().expect("a formatted float parses")
+                };
+                (1..=5)
+                    .flat_map(|digits| {
+                        let rounded = decimal(v as f64, digits);
+                        let text = format!("{rounded:e}");
+                        let exponent: i32 =
+                            text.split('e').nth(1).unwrap_or("0").parse().unwrap_or(0);
+                        let unit = 10f64.powi(exponent + 1 - digits as i32);
+                        [
+                            rounded,
+                            decimal(rounded + unit, digits),
+                            decimal(rounded - unit, digits),
+                        ]
+                    })
+                    .find(|&back| f16::from_f64(back) == h)
+                    .unwrap_or(v as f64)
+            })
+            .collect()
+    });
+    table[f16::from_f32(x).to_bits() as usize]
+}
+
+/// One feature in SAEDashboard's batch layout. Activations along the examples' contexts and
+/// DFA are written as the file holds them ([`f16_shortest`]); everything else as f32.
 pub fn feature_json(d: &Dashboard, head: usize, feature: usize) -> Value {
     let m = d.meta.sae.features_per_head;
     let f: &FeatureData = &d.heads[head].features[feature];
@@ -49,20 +94,21 @@ pub fn feature_json(d: &Dashboard, head: usize, feature: usize) -> Value {
                     f.interval_counts[i as usize] as f32 / active.max(1) as f32,
                 ),
             };
+            let short = |v: &[f32]| v.iter().map(|&x| f16_shortest(x)).collect::<Vec<_>>();
             let mut obj = json!({
                 "bin_min": bin_min,
                 "bin_max": bin_max,
                 "bin_contains": bin_contains,
                 "tokens": window.iter().map(|&id| d.token(id)).collect::<Vec<_>>(),
-                "values": values,
+                "values": short(&values),
                 "qualifying_token_index": e.target,
             });
             if !e.dfa.is_empty() {
                 let mut dfa = vec![0f32; window.len()];
                 dfa[..e.dfa.len()].copy_from_slice(&e.dfa);
                 let max = e.dfa.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                obj["dfa_values"] = json!(dfa);
-                obj["dfa_maxValue"] = json!(max);
+                obj["dfa_values"] = json!(short(&dfa));
+                obj["dfa_maxValue"] = json!(f16_shortest(max));
                 obj["dfa_targetIndex"] = json!(e.target);
             }
             obj
@@ -213,4 +259,49 @@ pub fn export(
         crate::files::write_atomic(&explanations.join("batch-0.jsonl.gz"), &gz.finish()?)?;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    /// Significant digits of `x` as Rust prints an f64 (shortest round trip), `1.233e-2`.
+    fn digits(x: f64) -> usize {
+        let text = format!("{:e}", x.abs());
+        let mantissa = text.split('e').next().unwrap();
+        mantissa.chars().filter(char::is_ascii_digit).count()
+    }
+
+    /// Every finite f16: its export reads back as it (a round trip), and no decimal with
+    /// one significant digit fewer does (both neighbours of it at that many digits, the
+    /// only candidates, read back as other f16s).
+    #[test]
+    fn f16_shortest_reads_back_exactly_with_no_digit_to_spare() {
+        let mut longest = 0;
+        for bits in 0..=u16::MAX {
+            let h = f16::from_bits(bits);
+            if !h.is_finite() || h.to_f32() == 0.0 {
+                continue;
+            }
+            let x = super::f16_shortest(h.to_f32());
+            assert_eq!(f16::from_f64(x), h, "{x} for {h}");
+            let p = digits(x);
+            longest = longest.max(p);
+            if p == 1 {
+                continue;
+            }
+            let v = h.to_f64();
+            let exponent: i32 = format!("{v:e}").split('e').nth(1).unwrap().parse().unwrap();
+            let scale = 10f64.powi(exponent - (p as i32 - 2));
+            for shorter in [(v / scale).floor() * scale, (v / scale).ceil() * scale] {
+                assert_ne!(f16::from_f64(shorter), h, "{shorter} is shorter than {x}");
+            }
+        }
+        assert_eq!(longest, 5);
+        // Zero and the examples of the docs.
+        assert_eq!(super::f16_shortest(0.0).to_string(), "0");
+        let doc = f16::from_f64(0.0123291015625);
+        assert_eq!(doc.to_f64(), 0.0123291015625);
+        assert_eq!(super::f16_shortest(doc.to_f32()), 0.01233);
+    }
 }
