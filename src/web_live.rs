@@ -27,6 +27,9 @@ struct Session {
     sae: BlockDiagSae,
     layer: usize,
     z_convention: ZConvention,
+    /// Where the model is, and that said in words: a load that keeps the model keeps them.
+    device: Device,
+    on: String,
 }
 
 thread_local! {
@@ -100,7 +103,9 @@ async fn pick_device(backend: &str) -> (Device, String) {
 /// `tokenizer.json`) and an SAE (`sae_config.json` + `sae.safetensors`) on WebGPU, or on the
 /// CPU if `backend` is `"cpu"` or WebGPU does not start. `layer` and `z_convention`
 /// (`"TransformerLens"` or `"Raw"`) default to what the SAE records; `name` names the model
-/// (default: the `.gguf`'s file name). Returns a description.
+/// (default: the `.gguf`'s file name). With `keep_model`, the model loaded before stays (on
+/// its device) and `model_files` are not read: the page asks so when they are the same
+/// files; an error when no model is loaded. Returns a description.
 #[wasm_bindgen]
 pub async fn load(
     model_files: js_sys::Array,
@@ -109,12 +114,28 @@ pub async fn load(
     layer: Option<u32>,
     z_convention: Option<String>,
     name: Option<String>,
+    keep_model: Option<bool>,
 ) -> Result<String, JsValue> {
     let model_files = named_files(&model_files)?;
     let sae_files = named_files(&sae_files)?;
-    SESSION.with(|s| s.borrow_mut().take());
+    let before = SESSION.with(|s| s.borrow_mut().take());
     LAST.with(|l| l.borrow_mut().take());
-    let (device, on) = pick_device(&backend).await;
+    let kept = match keep_model {
+        Some(true) => {
+            let before = before.ok_or_else(|| js_error("no model loaded to keep"))?;
+            let before = Rc::try_unwrap(before)
+                .map_err(|_| js_error("the model loaded is still in use: load it again"))?;
+            Some((before.loaded, before.device, before.on))
+        }
+        _ => None,
+    };
+    let (kept, device, on) = match kept {
+        Some((loaded, device, on)) => (Some(loaded), device, on),
+        None => {
+            let (device, on) = pick_device(&backend).await;
+            (None, device, on)
+        }
+    };
     let (model_dir, sae_dir) = (Path::new(MODEL_DIR), Path::new(SAE_DIR));
     let name = name.filter(|n| !n.is_empty()).unwrap_or_else(|| {
         model_files
@@ -125,7 +146,10 @@ pub async fn load(
     crate::vfs::mount(model_dir, model_files);
     crate::vfs::mount(sae_dir, sae_files);
     let loaded = (|| -> anyhow::Result<Session> {
-        let loaded = crate::lm::load_from_path(model_dir, &name, &device)?;
+        let loaded = match kept {
+            Some(loaded) => loaded,
+            None => crate::lm::load_from_path(model_dir, &name, &device)?,
+        };
         let sae = BlockDiagSae::load(sae_dir, &device)?;
         let config = &loaded.transformer.config;
         sae.check_fits(&name, config.n_heads, config.d_head)?;
@@ -151,6 +175,8 @@ pub async fn load(
             sae,
             layer,
             z_convention,
+            device: device.clone(),
+            on: on.clone(),
         })
     })();
     // The weights are on the device now (or the load failed): free the downloads.

@@ -675,6 +675,11 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     // opened again: its own again.
     assert_eq!(result["swapped"]["open"], "run.safetensors", "{result}");
     assert_eq!(result["swapped"]["matches"], true, "{result}");
+    // The same model both times: kept, and only the SAE loaded.
+    for step in ["swapped", "back"] {
+        assert_eq!(result[step]["keptModel"], true, "{step}");
+        eprintln!("{step}: loaded in {} ms", result[step]["loadMs"]);
+    }
     let native_b = native_text(&run_b, None, None);
     let shown_b = &result["swapped"]["shown"]["tokens"];
     assert_same_tokens("the compared run", shown_b, &native_b["tokens"]);

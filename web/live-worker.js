@@ -109,17 +109,17 @@ async function gather(files) {
 
 // The open dashboard records the files it was built from (`builtFrom`, its JSON, from the
 // page): a file of the same name that differs is refused, since its features would not be
-// the dashboard's. Returns how many files were checked.
+// the dashboard's. `modelFiles` and `saeFiles` are `[name, sha256]` each. Returns how many
+// files were checked.
 function checkAgainstDashboard(builtFrom, modelFiles, saeFiles) {
   if (!builtFrom) return 0;
   const recorded = JSON.parse(builtFrom);
   let checked = 0;
   for (const [files, records] of [[modelFiles, recorded.model], [saeFiles, recorded.sae]]) {
-    for (const [name, bytes] of files) {
+    for (const [name, got] of files) {
       const record = records.find((r) => r.name === name);
       if (!record) continue;
       say(`checking ${name} against the dashboard…`);
-      const got = sha256(bytes);
       if (got !== record.sha256) {
         throw new Error(`${name} is not the file the open dashboard was built from (its sha256 ` +
                         `is ${got}, the dashboard records ${record.sha256}): refused, since its ` +
@@ -131,23 +131,49 @@ function checkAgainstDashboard(builtFrom, modelFiles, saeFiles) {
   return checked;
 }
 
+// The model loaded, as the files the manifest named (names and sha256s), the backend asked
+// for and its name: a load of the same model keeps it and reads only the SAE's files.
+let loadedModel = null;
+// What the backend's choice said when the model was loaded (a kept model keeps it).
+let loadedNotice = '';
+
 const ops = {
-  // Gets the model's and SAE's files, checks them, and loads them on the backend chosen.
+  // Gets the model's and SAE's files, checks them, and loads them on the backend chosen;
+  // the model loaded already when it is the same files (a compared run's SAE on the same
+  // model: the page follows the dashboard open).
   async load({ model, sae, layer, zConvention, name, builtFrom, asked }) {
     await bundle;
-    const m = await gather(model);
+    const named = model.every((f) => f.sha256 && !f.file);
+    const key = named ? JSON.stringify([model.map((f) => [f.name, f.sha256]), asked, name]) : null;
+    const keep = key !== null && key === loadedModel;
+    const m = keep ? { files: [], fromCache: true } : await gather(model);
     const s = await gather(sae);
-    const checked = checkAgainstDashboard(builtFrom, m.files, s.files);
-    const { backend: which, notice } = await backend(asked);
+    const hashed = (files) => files.map(([n, bytes]) => [n, sha256(bytes)]);
+    const modelHashes = keep ? model.map((f) => [f.name, f.sha256]) : hashed(m.files);
+    const checked = checkAgainstDashboard(builtFrom, modelHashes, hashed(s.files));
+    const { backend: which, notice } =
+      keep ? { backend: 'kept', notice: loadedNotice } : await backend(asked);
     const note = notice ? `; ${notice}` : '';
-    say(`loading the model on ${which === 'cpu' ? 'the CPU' : 'WebGPU'}…${note}`);
+    say(keep ? 'loading the SAE (the model stays)…'
+             : `loading the model on ${which === 'cpu' ? 'the CPU' : 'WebGPU'}…${note}`);
     const t0 = performance.now();
-    const description = await lm.load(m.files, s.files, which, layer, zConvention, name);
+    loadedModel = null;
+    let description;
+    try {
+      description = await lm.load(m.files, s.files, which, layer, zConvention, name, keep);
+    } catch (e) {
+      if (!keep) throw e;
+      // The model could not be kept: loaded again with the SAE.
+      return ops.load({ model, sae, layer, zConvention, name, builtFrom, asked });
+    }
+    loadedModel = key;
+    loadedNotice = notice;
     return {
       description: `${description}${note}`,
       backend: description.split(', on ').pop(),
       loadMs: performance.now() - t0,
       fromCache: m.fromCache && s.fromCache,
+      keptModel: keep,
       checked,
     };
   },

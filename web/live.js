@@ -12,7 +12,8 @@
 //   loadManifest(url), loadManifests(urls), loadUrls(model, sae), loadFiles(files) ->
 //   Promise; follow(builtFrom) -> whether it loads the model and SAE of the dashboard
 //   now open, from a manifest given (the viewer asks when another dashboard opens); backend,
-//   fromCache, checkedAgainstDashboard (files checked against the open dashboard's
+//   fromCache, keptModel (the last load kept the model loaded before, the same files, and
+//   read only the SAE's), checkedAgainstDashboard (files checked against the open dashboard's
 //   records), lastLoadMs, lastAnalyzeMs (as the worker timed them), inWorker.
 // The worker downloads, checks, loads and analyses; this page only asks and relays, so it
 // keeps drawing and answering input meanwhile.
@@ -98,6 +99,7 @@ async function start(model, sae, layer, zConvention, name) {
     Object.assign(api, {
       backend: loaded.backend,
       fromCache: loaded.fromCache,
+      keptModel: loaded.keptModel,
       checkedAgainstDashboard: loaded.checked,
       lastLoadMs: loaded.loadMs,
     });
@@ -238,6 +240,7 @@ const api = {
   inWorker: true,
   backend: null,
   fromCache: false,
+  keptModel: false,
   checkedAgainstDashboard: 0,
   lastLoadMs: null,
   lastAnalyzeMs: null,

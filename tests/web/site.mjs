@@ -69,7 +69,8 @@ async function openRun(name) {
       if (open !== n || !live.ready() || live.loadedFor() !== window.attnSaes.built_from() ||
           !shown || !shown.status.endsWith('tokens')) return null;
       const matches = window.attnSaes.live_matches_dashboard();
-      return { open, matches, selection: window.attnSaes.selection(), shown };
+      const selection = window.attnSaes.selection();
+      return { open, matches, selection, shown, keptModel: live.keptModel, loadMs: live.lastLoadMs };
     }, name, 120000);
 }
 const curves = JSON.parse(await page.evaluate(() => window.attnSaes.curves_shown()));
