@@ -1512,6 +1512,20 @@ fn dashboard_labels(
     Ok((path, file, labels))
 }
 
+/// The labels of `path` (a run directory or a dashboard file), if it has a dashboard with
+/// labels for its SAE; labels that cannot be read are a note, not an error.
+fn labels_if_any(path: &std::path::Path) -> Option<attn_saes::dashboard::labels::Labels> {
+    let is_dashboard = path.is_file() || dashboard::run_dashboard_path(path).is_file();
+    match dashboard_labels(path) {
+        Ok((_, _, labels)) => Some(labels).filter(|l| !l.is_empty()),
+        Err(e) if is_dashboard => {
+            eprintln!("note: labels not shown: {e:#}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// `attn-saes label RUN --from OTHER`: OTHER's labels copied to RUN's closest features.
 fn copy_labels(
     run: &std::path::Path,
@@ -1962,11 +1976,21 @@ fn match_command(
     }
     if let Some((head, f)) = feature {
         let close = closest_to(&sae_a, &sae_b, (head, f), 5)?;
+        // Each feature's label, where its run or dashboard file has them.
+        let (labels_a, labels_b) = (labels_if_any(a), labels_if_any(b));
+        let label = |labels: &Option<attn_saes::dashboard::labels::Labels>, f: usize| {
+            let label = labels.as_ref().and_then(|l| l.get(head, f));
+            label.map_or(String::new(), |l| format!(" \"{l}\""))
+        };
         let list: Vec<String> = (close.iter())
-            .map(|c| format!("#{} {:.3}", c.feature, c.cosine))
+            .map(|c| {
+                let labelled = label(&labels_b, c.feature as usize);
+                format!("#{} {:.3}{labelled}", c.feature, c.cosine)
+            })
             .collect();
         println!(
-            "Head {head} feature {f} of A: closest in B {}",
+            "Head {head} feature {f} of A{}: closest in B {}",
+            label(&labels_a, f),
             list.join(", ")
         );
     }

@@ -616,6 +616,16 @@ fn labels_are_copied_to_the_closest_features_of_another_sae() {
         said.contains("not copied: 1 onto a label already there, 1 without a feature that close"),
         "{said}"
     );
+    // `match --feature` names the labels on both sides: A's feature's, and B's for its
+    // closest features that have one (the reversed index, at cosine 1).
+    let out = cli(&["match", ra, rb, "--feature", &format!("2,{taken}")]);
+    assert_succeeded(&out);
+    let said = String::from_utf8(out.stdout).unwrap();
+    let line = format!(
+        "Head 2 feature {taken} of A \"taken\": closest in B #{} 1.000 \"B's own\",",
+        m - 1 - taken
+    );
+    assert!(said.contains(&line), "{said}");
     // Without labels there, or with a feature given too: errors that say so.
     std::fs::remove_file(&labels_a).unwrap();
     let out = cli(&["label", rb, "--from", ra]);
