@@ -59,6 +59,13 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         .write(&attn_saes::dashboard::labels::labels_path(&b_file))
         .unwrap();
 
+    // And another beside the copy of B's dashboard, which Compare… picks with it.
+    let mut picked = attn_saes::dashboard::labels::Labels::new(&b_meta);
+    picked.set(2, 0, "picked with run B").unwrap();
+    picked
+        .write(&attn_saes::dashboard::labels::labels_path(&compare))
+        .unwrap();
+
     let server = Server::start_with(&run, &[Path::new("--compare"), &run_b]);
     assert!(
         server
@@ -164,6 +171,16 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         step("compareStatus")
     );
     assert!(step("compareSelection").starts_with("view Curves"));
+    assert!(
+        step("compareStatus").ends_with(", 1 feature labels"),
+        "{}",
+        step("compareStatus")
+    );
+    assert!(
+        step("comparedOpened").ends_with(" · label \"picked with run B\""),
+        "{}",
+        step("comparedOpened")
+    );
     let shown = &result["curvesShown"];
     let b = OwnedDashboardFile::new(std::fs::read(&compare).unwrap()).unwrap();
     for (row, file) in [(&shown["open"], &d), (&shown["compared"][0], &b)] {

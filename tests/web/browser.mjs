@@ -153,8 +153,9 @@ result.steps.fileStatus = await waitFor('the picked file', async () => {
 await page.waitForTimeout(500);
 await page.screenshot({ path: `${outDir}/web-file.png` });
 
-// Compare…: another run's dashboard; its training curves go beside the open one's.
-await page.setInputFiles('#compare', compareFile);
+// Compare…: another run's dashboard, picked with its labels file; its training curves go
+// beside the open one's.
+await page.setInputFiles('#compare', [compareFile, compareFile.replace(/\.safetensors$/, '.labels.json')]);
 result.steps.compareStatus = await waitFor('the compared file', async () => {
   const s = await status();
   return s.startsWith('comparing with') || s.includes('failed') ? s : null;
@@ -166,6 +167,13 @@ result.curvesShown = await waitFor('the compared curves', async () => {
 result.steps.compareSelection = await selection();
 await page.waitForTimeout(500);
 await page.screenshot({ path: `${outDir}/web-compare.png` });
+// Opened from its closest features (as a click does) at head 2 feature 0: with the label
+// picked with it.
+await page.evaluate(() => window.attnSaes.open_compared('run-b.safetensors', 2, 0));
+result.steps.comparedOpened = await waitFor('the compared file opened', async () => {
+  const s = await selection();
+  return s.includes('head 2 · feature 0 ·') ? s : null;
+});
 
 // 4. A corrupt file and a missing URL: errors in the page, the viewer still works. (The
 // 404 is a console error of its own: count the ones before.)
