@@ -554,12 +554,26 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     );
     let manifest_text = std::fs::read_to_string(site.join("live.json")).unwrap();
     let original = std::fs::read(&dashboard).unwrap();
+    let names =
+        |bytes: &[u8], local: &str| bytes.windows(local.len()).any(|w| w == local.as_bytes());
     for local in [root(), dir.to_path_buf()] {
         let local = local.display().to_string();
-        let found = |bytes: &[u8]| bytes.windows(local.len()).any(|w| w == local.as_bytes());
+        let found = |bytes: &[u8]| names(bytes, &local);
         assert!(found(&original), "the run's dashboard names {local}");
         assert!(
             !found(&published) && !found(manifest_text.as_bytes()),
+            "{local}"
+        );
+    }
+    // Nor in the compared run's dashboard and manifest.
+    let compared_manifest = std::fs::read(site.join("compare/0/live.json")).unwrap();
+    let compared_dashboard = std::fs::read(site.join("compare/0/run.safetensors")).unwrap();
+    for local in [root(), dir_b.to_path_buf()] {
+        let local = local.display().to_string();
+        let found = |bytes: &[u8]| names(bytes, &local);
+        assert!(found(&std::fs::read(&b_file).unwrap()), "{local}");
+        assert!(
+            !found(&compared_manifest) && !found(&compared_dashboard),
             "{local}"
         );
     }
