@@ -1489,7 +1489,7 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
 /// Your text follows the run open: a text analysed in run A is analysed again with run B's
 /// model and SAE once B is opened from its closest features (what A's SAE answered goes),
 /// and with A's once A is opened again from B's; each time what `LiveAnalysis` computes
-/// with that run's SAE.
+/// with that run's SAE, the model (the same) kept from the worker before.
 #[test]
 fn your_text_follows_a_compared_run_opened_from_its_closest_features() {
     if !renderer_available() {
@@ -1561,8 +1561,16 @@ fn your_text_follows_a_compared_run_opened_from_its_closest_features() {
     assert!(h.state().native.effect.is_none());
     let in_b = analysed(&mut h, &b);
     assert_ne!(in_a.active, in_b.active, "the two SAEs fire alike");
+    // The same model: kept, only B's SAE loaded.
+    let loaded = h.state().native.live_loaded.clone();
+    assert!(loaded.ends_with(", the model kept"), "{loaded}");
+    assert!(
+        loaded.contains(&b.join("sae").display().to_string()),
+        "{loaded}"
+    );
     h.state_mut().open_compared(&name(&a), 2, 0);
     analysed(&mut h, &a);
+    assert!(h.state().native.live_loaded.ends_with(", the model kept"));
 }
 
 /// `attn-saes compare`, the same comparison in the terminal.

@@ -240,7 +240,7 @@ pub enum LiveEvent {
 }
 
 /// What the live-analysis worker is asked to do.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum LiveRequest {
     /// Analyse a text.
     Analyse(String),
@@ -263,6 +263,9 @@ pub enum LiveRequest {
         feature: usize,
         examples: Vec<(Vec<u32>, usize)>,
     },
+    /// Give the model and SAE loaded to another worker ([`start_live_after`]) and stop,
+    /// leaving what else was asked unanswered.
+    HandOver(Sender<LiveModel>),
 }
 
 impl LiveRequest {
@@ -313,12 +316,31 @@ impl LiveSource {
 /// Loads the model and SAE `source` names on `device`, then answers each request, in order;
 /// a request with a newer one of its kind waiting is skipped.
 pub fn start_live(source: LiveSource, device: DeviceChoice) -> LiveWorker {
+    start_live_after(source, device, None)
+}
+
+/// [`start_live`] after `before`, a worker asked to hand its model over: when it is the
+/// model `source` names on the same device, it is kept and only the SAE is loaded.
+pub fn start_live_after(
+    source: LiveSource,
+    device: DeviceChoice,
+    before: Option<LiveWorker>,
+) -> LiveWorker {
     let (requests, texts) = channel::<LiveRequest>();
     let (tx, events) = channel();
+    let handed = before.and_then(|before| {
+        let (give, take) = channel();
+        before.requests.send(LiveRequest::HandOver(give)).ok()?;
+        Some(take)
+    });
     let _ = std::thread::Builder::new()
         .name("attn-saes live".into())
         .spawn(move || {
-            if let Err(message) = caught(|| live_loop(&source, device, &texts, &tx)) {
+            let run = || {
+                let before = handed.and_then(|take| take.recv().ok());
+                live_loop(load_live_keeping(&source, device, before)?, &texts, &tx)
+            };
+            if let Err(message) = caught(run) {
                 let _ = tx.send(LiveEvent::Failed(message));
             }
         });
@@ -331,8 +353,13 @@ pub struct LiveModel {
     pub sae: crate::sae::BlockDiagSae,
     pub layer: usize,
     pub z_convention: crate::lm::ZConvention,
-    /// `model layer L, SAE dir`.
+    /// `model layer L, SAE dir` (and `, the model kept` when it was).
     pub description: String,
+    /// The model as the run or dashboard names it, the device asked for and the one it is
+    /// on: what another worker may keep.
+    model: String,
+    choice: DeviceChoice,
+    device: burn::prelude::Device,
 }
 
 impl LiveModel {
@@ -404,6 +431,16 @@ impl LiveModel {
 
 /// Loads the model and SAE `source` names on `device`.
 pub fn load_live(source: &LiveSource, device: DeviceChoice) -> anyhow::Result<LiveModel> {
+    load_live_keeping(source, device, None)
+}
+
+/// [`load_live`], keeping the model of `before` when it is the same model asked for on the
+/// same device.
+fn load_live_keeping(
+    source: &LiveSource,
+    device: DeviceChoice,
+    before: Option<LiveModel>,
+) -> anyhow::Result<LiveModel> {
     let (model, sae_dir, config, layer, z_convention) = match source {
         LiveSource::Run(run_dir) => {
             let (ckpt, sae_dir) = train::checkpoint::run_sae(run_dir, None)?;
@@ -429,16 +466,26 @@ pub fn load_live(source: &LiveSource, device: DeviceChoice) -> anyhow::Result<Li
         "the SAE at {} is not on this machine (open its run directory instead)",
         sae_dir.display()
     );
-    let (selected, loaded) = crate::cli_train::open_model(device, &model)?;
-    let sae = crate::sae::BlockDiagSae::load(&sae_dir, &selected.device)?;
-    let n_layers = loaded.transformer.config.n_layers;
+    let kept = before.filter(|b| b.model == model && b.choice == device);
+    let (loaded, on, kept) = match kept {
+        Some(b) => (b.loaded, b.device, true),
+        None => {
+            let (selected, loaded) = crate::cli_train::open_model(device, &model)?;
+            (loaded, selected.device, false)
+        }
+    };
+    let sae = crate::sae::BlockDiagSae::load(&sae_dir, &on)?;
+    let config_lm = &loaded.transformer.config;
+    sae.check_fits(&config_lm.name, config_lm.n_heads, config_lm.d_head)?;
+    let n_layers = config_lm.n_layers;
     let layer = layer
         .or_else(|| config.map(|c| c.layer(n_layers)))
         .unwrap_or(n_layers / 2);
     let description = format!(
-        "{} layer {layer}, SAE {}",
-        loaded.transformer.config.name,
-        sae_dir.display()
+        "{} layer {layer}, SAE {}{}",
+        config_lm.name,
+        sae_dir.display(),
+        if kept { ", the model kept" } else { "" }
     );
     Ok(LiveModel {
         loaded,
@@ -446,19 +493,28 @@ pub fn load_live(source: &LiveSource, device: DeviceChoice) -> anyhow::Result<Li
         layer,
         z_convention,
         description,
+        model,
+        choice: device,
+        device: on,
     })
 }
 
 fn live_loop(
-    source: &LiveSource,
-    device: DeviceChoice,
+    live: LiveModel,
     requests: &Receiver<LiveRequest>,
     tx: &Sender<LiveEvent>,
 ) -> anyhow::Result<()> {
-    let live = load_live(source, device)?;
     let _ = tx.send(LiveEvent::Ready(live.description.clone()));
     while let Ok(first) = requests.recv() {
-        let batch: Vec<LiveRequest> = std::iter::once(first).chain(requests.try_iter()).collect();
+        let mut batch: Vec<LiveRequest> =
+            std::iter::once(first).chain(requests.try_iter()).collect();
+        // Asked to hand the model over: the rest is another SAE's business now.
+        if let Some(i) = (batch.iter()).position(|r| matches!(r, LiveRequest::HandOver(_))) {
+            if let LiveRequest::HandOver(give) = batch.swap_remove(i) {
+                let _ = give.send(live);
+            }
+            return Ok(());
+        }
         for (i, request) in batch.iter().enumerate() {
             if batch[i + 1..].iter().any(|r| r.same_kind(request)) {
                 continue;
@@ -497,6 +553,7 @@ fn live_loop(
                     ids: ids.clone(),
                     result: live.rank(ids).map_err(|e| format!("{e:#}")),
                 },
+                LiveRequest::HandOver(_) => unreachable!("taken out of the batch above"),
             };
             let _ = tx.send(event);
         }

@@ -230,6 +230,8 @@ pub struct Native {
     /// The live-analysis worker and what it loaded.
     pub live: Option<(jobs::LiveSource, jobs::LiveWorker)>,
     pub live_status: String,
+    /// What the live worker said it loaded (`model layer L, SAE dir[, the model kept]`).
+    pub live_loaded: String,
     pub analysis: Option<Box<crate::live::LiveAnalysis>>,
     /// The feature effect asked of the worker.
     pub effect: Option<crate::live::AskedEffect>,
@@ -929,6 +931,7 @@ impl AttnSaesApp {
         for e in events {
             match e {
                 jobs::LiveEvent::Ready(what) => {
+                    self.native.live_loaded = what.clone();
                     self.native.live_status = if self.native.text_pending {
                         format!("loaded {what}; running…")
                     } else {
@@ -999,8 +1002,9 @@ impl AttnSaesApp {
 
     /// Your text follows the run or dashboard open: once another opens (a compared run's,
     /// from its closest features, or any other), the worker of the one before and all it
-    /// answered go (its features are not the open SAE's), and a text analysed there is
-    /// analysed again with the open one's model and SAE.
+    /// answered go (its features are not the open SAE's), a worker for the open one starts
+    /// (keeping the model when it is the same), and a text analysed there is analysed again
+    /// with it.
     fn follow_open_run(&mut self) {
         let Some(source) = self.live_source() else {
             return;
@@ -1009,19 +1013,22 @@ impl AttnSaesApp {
             return;
         }
         let rerun = self.native.analysis.is_some() || self.native.text_pending;
-        self.native.live = None;
+        let before = self.native.live.take().map(|(_, worker)| worker);
         self.native.analysis = None;
         self.native.effect = None;
         self.native.ranking = None;
         self.native.steer = None;
         self.native.examples = None;
         self.native.text_pending = false;
-        self.native.live_status = String::new();
+        // The new worker keeps the model of the one before when it is the same.
+        self.native.live_status = "loading the model and SAE…".into();
+        let worker = jobs::start_live_after(source.clone(), self.ui.form.device, before);
         if rerun {
             let text = self.ui.text.prompt.clone();
             self.native.text_pending = true;
-            let _ = (self.live_worker(source).requests).send(jobs::LiveRequest::Analyse(text));
+            let _ = worker.requests.send(jobs::LiveRequest::Analyse(text));
         }
+        self.native.live = Some((source, worker));
     }
 
     /// The live worker for `source`, started (loading its model and SAE) unless it runs.
