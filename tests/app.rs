@@ -1571,6 +1571,18 @@ fn your_text_follows_a_compared_run_opened_from_its_closest_features() {
     h.state_mut().open_compared(&name(&a), 2, 0);
     analysed(&mut h, &a);
     assert!(h.state().native.live_loaded.ends_with(", the model kept"));
+    // With nothing analysed (as when the worker ran only a feature's effect on its top
+    // examples), opening B starts nothing, and A's worker's answers are not drawn; Run then
+    // starts B's worker, which takes the model over all the same.
+    h.state_mut().native.analysis = None;
+    h.state_mut().open_compared(&name(&b), 2, 0);
+    h.run_steps(2);
+    assert!(h.state().native.live.is_none() && h.state().native.analysis.is_none());
+    h.get_by_label("Your text").click();
+    h.run_steps(2);
+    h.get_by_label("Run").click();
+    analysed(&mut h, &b);
+    assert!(h.state().native.live_loaded.ends_with(", the model kept"));
 }
 
 /// `attn-saes compare`, the same comparison in the terminal.

@@ -229,6 +229,8 @@ pub struct Native {
     closing: bool,
     /// The live-analysis worker and what it loaded.
     pub live: Option<(jobs::LiveSource, jobs::LiveWorker)>,
+    /// The worker of a run no longer open, kept for the next one to take its model over.
+    idle_live: Option<jobs::LiveWorker>,
     pub live_status: String,
     /// What the live worker said it loaded (`model layer L, SAE dir[, the model kept]`).
     pub live_loaded: String,
@@ -1001,10 +1003,9 @@ impl AttnSaesApp {
     }
 
     /// Your text follows the run or dashboard open: once another opens (a compared run's,
-    /// from its closest features, or any other), the worker of the one before and all it
-    /// answered go (its features are not the open SAE's), a worker for the open one starts
-    /// (keeping the model when it is the same), and a text analysed there is analysed again
-    /// with it.
+    /// from its closest features, or any other), all the worker of the one before answered
+    /// goes (its features are not the open SAE's), and a text analysed there is analysed
+    /// again by a worker for the open one (which takes the model over when it is the same).
     fn follow_open_run(&mut self) {
         let Some(source) = self.live_source() else {
             return;
@@ -1013,30 +1014,33 @@ impl AttnSaesApp {
             return;
         }
         let rerun = self.native.analysis.is_some() || self.native.text_pending;
-        let before = self.native.live.take().map(|(_, worker)| worker);
         self.native.analysis = None;
         self.native.effect = None;
         self.native.ranking = None;
         self.native.steer = None;
         self.native.examples = None;
         self.native.text_pending = false;
-        // The new worker keeps the model of the one before when it is the same.
-        self.native.live_status = "loading the model and SAE…".into();
-        let worker = jobs::start_live_after(source.clone(), self.ui.form.device, before);
+        self.native.live_status = String::new();
         if rerun {
             let text = self.ui.text.prompt.clone();
             self.native.text_pending = true;
-            let _ = worker.requests.send(jobs::LiveRequest::Analyse(text));
+            let _ = (self.live_worker(source).requests).send(jobs::LiveRequest::Analyse(text));
+        } else {
+            // Nothing analysed: the open run's worker starts when something is asked, and
+            // takes the model over then; this one's answers are not drawn meanwhile.
+            self.native.idle_live = self.native.live.take().map(|(_, worker)| worker);
         }
-        self.native.live = Some((source, worker));
     }
 
-    /// The live worker for `source`, started (loading its model and SAE) unless it runs.
+    /// The live worker for `source`, started (loading its model and SAE, or taking the model
+    /// over from the worker before when it is the same) unless it runs.
     fn live_worker(&mut self, source: jobs::LiveSource) -> &jobs::LiveWorker {
         if self.native.live.as_ref().is_none_or(|(r, _)| *r != source) {
             self.native.live_status = "loading the model and SAE…".into();
             self.native.analysis = None;
-            let worker = jobs::start_live(source.clone(), self.ui.form.device);
+            let before = (self.native.live.take().map(|(_, worker)| worker))
+                .or_else(|| self.native.idle_live.take());
+            let worker = jobs::start_live_after(source.clone(), self.ui.form.device, before);
             self.native.live = Some((source, worker));
         }
         &self.native.live.as_ref().expect("just started").1
