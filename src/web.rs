@@ -626,6 +626,18 @@ pub fn labels_json() -> String {
     shared().borrow().labels_json.clone()
 }
 
+/// The open dashboard's name (its file's, as it was opened: a compared run's once opened
+/// from its closest features), or "" with none open: Save labels names its download after it.
+#[wasm_bindgen]
+pub fn open_dashboard_name() -> String {
+    let s = shared();
+    let s = s.borrow();
+    s.labels_key
+        .as_ref()
+        .map(|k| k.0.clone())
+        .unwrap_or_default()
+}
+
 /// Whether labels were edited since the page last saved them ([`labels_saved`]).
 #[wasm_bindgen]
 pub fn labels_unsaved() -> bool {

@@ -210,6 +210,11 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         opened["shown"]["compared"][0]["last"]["step"], 30,
         "{opened}"
     );
+    // Save labels, with the compared run open: its labels, under its name.
+    assert_eq!(step("comparedLabelsName"), "run.labels.json");
+    let saved = std::fs::read(shots.join("compared.labels.json")).unwrap();
+    let saved = attn_saes::dashboard::labels::Labels::parse(&saved, &b_meta).unwrap();
+    assert_eq!(saved, b_labels);
     let said = opened["selection"].as_str().unwrap();
     assert!(
         said.contains("view Features · head 2 · feature 0 ·")

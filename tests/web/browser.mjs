@@ -102,6 +102,11 @@ result.openedCompared = await waitFor('the compared run opened', async () => {
   if (shown.open.name !== comparedName) return null;
   return { shown, selection: await comparing.evaluate(() => window.attnSaes.selection()) };
 });
+// Save labels there saves the compared run's, under its name.
+const [comparedDownload] = await Promise.all([
+  comparing.waitForEvent('download'), comparing.click('#save-labels')]);
+result.steps.comparedLabelsName = comparedDownload.suggestedFilename();
+await comparedDownload.saveAs(`${outDir}/compared.labels.json`);
 await comparing.close();
 
 // 2. Keyboard: two heads right, one feature down. A key pressed before the canvas has
