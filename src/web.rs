@@ -364,7 +364,10 @@ impl eframe::App for WebApp {
             }
             shared.labels_key = key;
         }
-        shared.labels_unsaved = d.is_some_and(|d| d.labels_unsaved);
+        // Unsaved labels in a compared run's dashboard, kept since another opened, count too:
+        // leaving the page would lose them.
+        let kept = self.app.kept.iter().any(|k| k.labels_unsaved);
+        shared.labels_unsaved = kept || d.is_some_and(|d| d.labels_unsaved);
         // Kept for `live_shown`, which serialises it only when a script asks.
         let (web, text) = (&self.app.web, &self.app.ui.text);
         shared.live_view = web.analysis.clone().map(|a| LiveView {
@@ -638,7 +641,8 @@ pub fn open_dashboard_name() -> String {
         .unwrap_or_default()
 }
 
-/// Whether labels were edited since the page last saved them ([`labels_saved`]).
+/// Whether labels were edited since the page last saved them ([`labels_saved`]), in the
+/// open dashboard or in one kept to compare (open it to save them).
 #[wasm_bindgen]
 pub fn labels_unsaved() -> bool {
     shared().borrow().labels_unsaved

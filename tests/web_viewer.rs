@@ -210,6 +210,8 @@ fn web_viewer_opens_navigates_and_reports_errors_in_headless_chromium() {
         opened["shown"]["compared"][0]["last"]["step"], 30,
         "{opened}"
     );
+    // The run's label typed before is still unsaved (the run kept), so leaving would ask.
+    assert_eq!(opened["unsaved"], true, "{opened}");
     // Save labels, with the compared run open: its labels, under its name.
     assert_eq!(step("comparedLabelsName"), "run.labels.json");
     let saved = std::fs::read(shots.join("compared.labels.json")).unwrap();

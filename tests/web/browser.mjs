@@ -95,12 +95,18 @@ await waitFor('head 2 feature 5', async () => {
   return s.includes('head 2 · feature 5 ·') ? s : null;
 });
 const comparedName = result.compareByUrl.compared[0].name;
+// A label typed in the run, not saved: still unsaved (leaving asks) once the compared run
+// is open and the run kept.
+await comparing.evaluate(() => window.attnSaes.label_feature(2, 5, 'typed in the run'));
+await waitFor('the typed label', async () =>
+  ((await comparing.evaluate(() => window.attnSaes.labels_unsaved())) ? 'true' : null));
 await comparing.evaluate((name) => window.attnSaes.open_compared(name, 2, 0), comparedName);
 result.openedCompared = await waitFor('the compared run opened', async () => {
   const s = await comparing.evaluate(() => window.attnSaes.curves_shown());
   const shown = JSON.parse(s);
   if (shown.open.name !== comparedName) return null;
-  return { shown, selection: await comparing.evaluate(() => window.attnSaes.selection()) };
+  const unsaved = await comparing.evaluate(() => window.attnSaes.labels_unsaved());
+  return { shown, selection: await comparing.evaluate(() => window.attnSaes.selection()), unsaved };
 });
 // Save labels there saves the compared run's, under its name.
 const [comparedDownload] = await Promise.all([
