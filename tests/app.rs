@@ -1460,6 +1460,25 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     let a_kept = &h.state().kept[0];
     assert_eq!(a_kept.labels.get(2, in_a), Some("typed, then away"));
     b_own(&h);
+    // A kept with labels not saved: not dropped when asked to stop comparing with it (its
+    // labels would go), an error says why.
+    h.state_mut().push(Command::SetView(View::Curves));
+    h.run_steps(2);
+    h.get_by_label("stop comparing with a.safetensors").click();
+    h.run_steps(2);
+    assert_eq!(h.state().kept.len(), 1);
+    assert_eq!(h.state().compared.len(), 1);
+    let said = &h.state().messages.last().unwrap().1;
+    assert!(
+        said.contains("a.safetensors has labels not saved"),
+        "{said}"
+    );
+    // Saved (the page's Save labels, with A open), it goes.
+    h.state_mut().kept[0].labels_unsaved = false;
+    h.get_by_label("stop comparing with a.safetensors").click();
+    h.run_steps(2);
+    assert!(h.state().kept.is_empty() && h.state().compared.is_empty());
+    h.state_mut().push(Command::SetView(View::Features));
 
     // A dashboard with no training metrics (built for an SAE alone) is compared for its
     // features all the same, and opens; one with neither metrics nor decoder rows is an

@@ -547,12 +547,23 @@ impl AttnSaesApp {
                 let action =
                     curves::curves_ui(ui, &self.curves, &self.compared, &mut self.ui.curves);
                 if let Some(CurvesAction::Uncompare(i)) = action {
-                    let gone = self.compared.remove(i);
-                    self.kept.retain(|d| d.name != gone.name);
-                    self.message(
-                        Level::Info,
-                        format!("no longer comparing with {}", gone.name),
-                    );
+                    // A kept dashboard (the page) with labels not saved stays: dropping it
+                    // would lose them.
+                    let name = self.compared[i].name.clone();
+                    if self.kept.iter().any(|d| d.name == name && d.labels_unsaved) {
+                        let why = format!(
+                            "{name} has labels not saved: open it (a link among its closest \
+                             features) and Save labels first; still comparing with it"
+                        );
+                        self.message(Level::Error, why);
+                    } else {
+                        let gone = self.compared.remove(i);
+                        self.kept.retain(|d| d.name != gone.name);
+                        self.message(
+                            Level::Info,
+                            format!("no longer comparing with {}", gone.name),
+                        );
+                    }
                 }
             }
             View::Features => match &mut self.dashboard {
