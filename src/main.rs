@@ -594,9 +594,10 @@ fn main() -> anyhow::Result<()> {
             let web_dir = serve::find_web_dir(web_dir.as_deref())?;
             // Your text in the page: the inference bundle, and the model and SAE the
             // dashboard was built from. Without either the page still browses dashboards.
+            let bundle = !no_live && serve::LIVE_FILES.iter().all(|f| web_dir.join(f).is_file());
             let live = if no_live {
                 None
-            } else if !serve::LIVE_FILES.iter().all(|f| web_dir.join(f).is_file()) {
+            } else if !bundle {
                 println!(
                     "Your text is off: the inference bundle is not in {} (scripts/build-web.sh \
                      builds it)",
@@ -615,19 +616,14 @@ fn main() -> anyhow::Result<()> {
             // And each compared run's, so that Your text follows the dashboard open (its
             // model not served twice when it is the open run's).
             let served: Vec<_> = live.iter().flat_map(|l| l.files.clone()).collect();
-            let compared_live =
-                if no_live || !serve::LIVE_FILES.iter().all(|f| web_dir.join(f).is_file()) {
-                    vec![]
-                } else {
-                    let mut all = vec![];
-                    for (i, ((url, file), path)) in compared.iter().zip(&compare).enumerate() {
-                        match serve::compared_live_site(i, path, file, &served) {
-                            Ok(live) => all.push((serve::compared_manifest_url(i), live)),
-                            Err(e) => println!("Your text for {url} is off: {e:#}"),
-                        }
-                    }
-                    all
-                };
+            let mut compared_live = vec![];
+            let with_live = compared.iter().zip(&compare).filter(|_| bundle);
+            for (i, ((url, file), path)) in with_live.enumerate() {
+                match serve::compared_live_site(i, path, file, &served) {
+                    Ok(live) => compared_live.push((serve::compared_manifest_url(i), live)),
+                    Err(e) => println!("Your text for {url} is off: {e:#}"),
+                }
+            }
             let site = serve::Site {
                 dashboard,
                 web_dir,
