@@ -466,6 +466,47 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
     }
 }
 
+/// A one-line progress bar for the dashboard builder's phases.
+pub struct ProgressLine {
+    bar: indicatif::ProgressBar,
+    phase: String,
+}
+
+impl Default for ProgressLine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProgressLine {
+    pub fn new() -> Self {
+        let bar = indicatif::ProgressBar::new(1);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:<44} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Self {
+            bar,
+            phase: String::new(),
+        }
+    }
+
+    pub fn update(&mut self, phase: &str, done: usize, total: usize) {
+        if phase != self.phase {
+            self.phase = phase.to_string();
+            self.bar.set_message(self.phase.clone());
+        }
+        self.bar.set_length(total as u64);
+        self.bar.set_position(done as u64);
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
 /// The exit status of a command interrupted by Ctrl-C (128 + SIGINT, as shells report).
 pub const EXIT_INTERRUPTED: i32 = 130;
 

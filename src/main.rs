@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use attn_saes::cli_train::TrainArgs;
+use attn_saes::cli_train::{ProgressLine, TrainArgs};
 use attn_saes::dashboard::{self, BuildOptions, Dashboard};
 use attn_saes::device::{self, DeviceChoice};
 use attn_saes::lm::{self, HookRequest, per_token_ce};
@@ -1065,41 +1065,6 @@ fn open_model(
     let (selected, loaded) = attn_saes::cli_train::open_model(choice, model)?;
     eprintln!("{}", selected.description);
     Ok((selected, loaded))
-}
-
-/// A one-line progress bar for the dashboard builder's phases.
-struct ProgressLine {
-    bar: indicatif::ProgressBar,
-    phase: String,
-}
-
-impl ProgressLine {
-    fn new() -> Self {
-        let bar = indicatif::ProgressBar::new(1);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg:<44} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Self {
-            bar,
-            phase: String::new(),
-        }
-    }
-
-    fn update(&mut self, phase: &str, done: usize, total: usize) {
-        if phase != self.phase {
-            self.phase = phase.to_string();
-            self.bar.set_message(self.phase.clone());
-        }
-        self.bar.set_length(total as u64);
-        self.bar.set_position(done as u64);
-    }
-
-    fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
 }
 
 /// Builds a run's dashboards with a progress bar.

@@ -546,6 +546,28 @@ fn assert_same_run(a: &Path, b: &Path) {
     );
 }
 
+/// The app's side after its window closed while training ("keep running headless"): a
+/// training job started as the app starts one, handed to `continue_in_terminal`. Run by
+/// `killed_or_interrupted_and_resumed_runs_equal_an_uninterrupted_one` in a process of its
+/// own, which it interrupts with Ctrl-C.
+#[cfg(unix)]
+#[test]
+#[ignore = "a child process of killed_or_interrupted_and_resumed_runs_equal_an_uninterrupted_one, which runs it"]
+fn app_job_continued_in_the_terminal() {
+    use attn_saes::app::jobs::{TrainRequest, start_training};
+    let config = std::env::var_os("ATTN_SAES_TERMINAL_JOB_CONFIG")
+        .expect("run by killed_or_interrupted_and_resumed_runs_equal_an_uninterrupted_one");
+    let job = start_training(TrainRequest {
+        args: attn_saes::cli_train::TrainArgs {
+            config: Some(config.into()),
+            ..Default::default()
+        },
+        device: attn_saes::device::DeviceChoice::Cpu,
+        build_dashboards: false,
+    });
+    attn_saes::app::continue_in_terminal(job).unwrap();
+}
+
 #[test]
 fn resume_equals_an_uninterrupted_run() {
     check_resume("relu", |dir| config(dir, 40));
@@ -561,7 +583,7 @@ fn killed_or_interrupted_and_resumed_runs_equal_an_uninterrupted_one() {
     use std::process::{Command, Stdio};
     let bin = env!("CARGO_BIN_EXE_attn-saes");
     let steps = 1500;
-    let train = |dir: &Path, extra: &[&str]| {
+    let write_config = |dir: &Path| {
         let cfg = TrainConfig {
             checkpoint_every: 50,
             eval_every: 500,
@@ -570,6 +592,10 @@ fn killed_or_interrupted_and_resumed_runs_equal_an_uninterrupted_one() {
         };
         let path = dir.join("config.toml");
         std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+        path
+    };
+    let train = |dir: &Path, extra: &[&str]| {
+        let path = write_config(dir);
         let mut cmd = Command::new(bin);
         cmd.args(["--device", "cpu", "train", "--headless", "--no-dashboard"])
             .stdout(Stdio::null())
@@ -650,10 +676,6 @@ fn killed_or_interrupted_and_resumed_runs_equal_an_uninterrupted_one() {
     // older than what was logged when it came, where the periodic ones can be 50 steps
     // behind), says how to continue and exits as interrupted (130); resumed, the run ends
     // like the uninterrupted one.
-    let dir_c = temp_dir("ctrl-c");
-    let run_c = dir_c.join("run");
-    let mut cmd = train(&dir_c, &[]);
-    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let last_logged = |run: &Path| {
         metric_lines(run)
             .iter()
@@ -661,59 +683,94 @@ fn killed_or_interrupted_and_resumed_runs_equal_an_uninterrupted_one() {
             .find_map(|v| (v["type"] == "step").then(|| v["data"]["step"].as_u64().unwrap()))
             .unwrap_or(0) as usize
     };
-    let start = std::time::Instant::now();
     let logged = |run: &Path| {
         std::fs::read_to_string(run.join("metrics.jsonl"))
             .map(|t| t.lines().count())
             .unwrap_or(0)
     };
-    while logged(&run_c) < 40 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before Ctrl-C"
+    let interrupt_then_resume = |mut cmd: Command, dir: &Path, says: &str| {
+        let run = dir.join("run");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while logged(&run) < 40 {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the run ended before Ctrl-C"
+            );
+            assert!(start.elapsed().as_secs() < 120, "the run did not get going");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let logged_at_signal = last_logged(&run);
+        let sent = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
         );
-        assert!(start.elapsed().as_secs() < 120, "the run did not get going");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    let logged_at_signal = last_logged(&run_c);
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
+        assert_eq!(out.status.code(), Some(130), "{stdout}\n{stderr}");
+        for said in [says, "Ctrl-C: stopping after this step"] {
+            assert!(stderr.contains(said), "{said:?} not in {stderr}");
+        }
+        let ckpt = checkpoint::resolve_resume(&run).unwrap();
+        let ckpt_step = ckpt.file_name().unwrap().to_string_lossy()[5..]
+            .parse::<usize>()
+            .unwrap();
+        println!("Ctrl-C after step {logged_at_signal} was logged; checkpoint at step {ckpt_step}");
+        assert!(
+            ckpt_step >= logged_at_signal && ckpt_step < steps,
+            "checkpoint {ckpt_step}, logged {logged_at_signal} when Ctrl-C came"
+        );
+        assert!(
+            stdout.contains(&format!("{ckpt_step} steps,")) && stdout.contains("(stopped early)"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "to continue: attn-saes train --resume {}",
+                run.display()
+            )),
+            "{stdout}"
+        );
+        resume(dir, &run);
+        assert_same_run(&dir_a.join("run"), &run);
+    };
+    let dir_c = temp_dir("ctrl-c");
+    interrupt_then_resume(train(&dir_c, &[]), &dir_c, "");
+
+    // The same in the app's job that goes on in the terminal when its window closes ("keep
+    // running headless"): `app_job_continued_in_the_terminal`, in a process of its own.
+    let dir_d = temp_dir("ctrl-c-app");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "app_job_continued_in_the_terminal", "--ignored"])
+        .args(["--nocapture", "--test-threads", "1"])
+        .env("ATTN_SAES_TERMINAL_JOB_CONFIG", write_config(&dir_d));
+    interrupt_then_resume(cmd, &dir_d, "the window closed; the job continues here");
+    // A job that fails there fails the process, naming the cause.
+    let missing = TrainConfig {
+        dataset: dir_d.join("no-such-corpus.txt"),
+        ..config(&dir_d, steps)
+    };
+    let path = dir_d.join("missing.toml");
+    std::fs::write(&path, toml::to_string(&missing).unwrap()).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "app_job_continued_in_the_terminal", "--ignored"])
+        .env("ATTN_SAES_TERMINAL_JOB_CONFIG", &path)
+        .output()
         .unwrap();
-    assert!(sent.success());
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(out.status.code(), Some(130), "{stdout}\n{stderr}");
+    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("Ctrl-C: stopping after this step"),
-        "{stderr}"
+        !out.status.success() && said.contains("no-such-corpus.txt"),
+        "{said}"
     );
-    let ckpt = checkpoint::resolve_resume(&run_c).unwrap();
-    let ckpt_step = ckpt.file_name().unwrap().to_string_lossy()[5..]
-        .parse::<usize>()
-        .unwrap();
-    println!("Ctrl-C after step {logged_at_signal} was logged; checkpoint at step {ckpt_step}");
-    assert!(
-        ckpt_step >= logged_at_signal && ckpt_step < steps,
-        "checkpoint {ckpt_step}, logged {logged_at_signal} when Ctrl-C came"
-    );
-    assert!(
-        stdout.contains(&format!("{ckpt_step} steps,")) && stdout.contains("(stopped early)"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains(&format!(
-            "to continue: attn-saes train --resume {}",
-            run_c.display()
-        )),
-        "{stdout}"
-    );
-    resume(&dir_c, &run_c);
-    assert_same_run(&dir_a.join("run"), &run_c);
-    for dir in [dir_a, dir_b, dir_c] {
+    for dir in [dir_a, dir_b, dir_c, dir_d] {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1610,32 +1610,62 @@ pub fn run_native(
         }),
     )
     .map_err(|e| anyhow::anyhow!("the window could not open: {e}"))?;
-    let job = detached.lock().ok().and_then(|mut j| j.take());
-    if let Some(job) = job {
-        eprintln!(
-            "the window closed; the job continues here (Ctrl-C stops it after the step, with \
-             a checkpoint)"
-        );
-        crate::cli_train::stop_on_ctrl_c(&crate::train::RunControl {
-            stop: job.stop.clone(),
-            in_steps: job.in_steps.clone(),
-            ..Default::default()
-        });
-        let (train_tx, train_rx) = std::sync::mpsc::channel();
-        let renderer = std::thread::spawn(move || crate::cli_train::render_headless(train_rx));
-        for e in job.events.iter() {
-            match e {
-                JobEvent::Train(e) => {
-                    let _ = train_tx.send(e);
-                }
-                JobEvent::Failed(text) => eprintln!("error: {text}"),
-                JobEvent::DashboardWritten(path) => println!("dashboards: {}", path.display()),
-                JobEvent::Finished => break,
-                _ => {}
-            }
-        }
-        drop(train_tx);
-        let _ = renderer.join();
+    match detached.lock().ok().and_then(|mut j| j.take()) {
+        Some(job) => continue_in_terminal(job),
+        None => Ok(()),
     }
+}
+
+/// A job handed over when the window closed ("keep running headless"), run to its end in
+/// the terminal: progress as `train --headless` shows it, Ctrl-C stopping after the step with
+/// a checkpoint. As `train --headless` ends: stopped by Ctrl-C, the process exits with 130
+/// (after saying how to continue); a failed job is this function's error.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn continue_in_terminal(job: Job) -> anyhow::Result<()> {
+    eprintln!(
+        "the window closed; the job continues here (Ctrl-C stops it after the step, with a \
+         checkpoint)"
+    );
+    crate::cli_train::stop_on_ctrl_c(&crate::train::RunControl {
+        stop: job.stop.clone(),
+        in_steps: job.in_steps.clone(),
+        ..Default::default()
+    });
+    let (train_tx, train_rx) = std::sync::mpsc::channel();
+    let renderer = std::thread::spawn(move || crate::cli_train::render_headless(train_rx));
+    let (mut failed, mut bar) = (None, None);
+    for e in job.events.iter() {
+        match e {
+            JobEvent::Train(e) => {
+                let _ = train_tx.send(e);
+            }
+            // Dashboards after training, or a dashboard build handed over.
+            JobEvent::Progress { phase, done, total } => bar
+                .get_or_insert_with(crate::cli_train::ProgressLine::new)
+                .update(&phase, done, total),
+            JobEvent::Phase(phase) => eprintln!("{phase}"),
+            JobEvent::DashboardWritten(path) => {
+                if let Some(b) = bar.take() {
+                    b.finish();
+                }
+                println!("dashboards: {}", path.display());
+            }
+            JobEvent::Failed(text) => failed = Some(text),
+            JobEvent::Finished => break,
+            JobEvent::RunDir(_) => {}
+        }
+    }
+    if let Some(b) = bar.take() {
+        b.finish();
+    }
+    drop(train_tx);
+    let _ = renderer.join();
+    if let Some(text) = failed {
+        anyhow::bail!("{text}");
+    }
+    if job.stop.load(std::sync::atomic::Ordering::SeqCst) {
+        std::process::exit(crate::cli_train::EXIT_INTERRUPTED);
+    }
+    job.join();
     Ok(())
 }
