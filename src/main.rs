@@ -1450,10 +1450,7 @@ fn dashboard_meta(
     run: &std::path::Path,
 ) -> anyhow::Result<(std::path::PathBuf, dashboard::format::DashboardMeta)> {
     let path = attn_saes::serve::dashboard_of(run)?;
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let meta = attn_saes::dashboard::format::OwnedDashboardFile::new(bytes)
-        .with_context(|| path.display().to_string())?
-        .meta;
+    let meta = attn_saes::dashboard::format::OwnedDashboardFile::read(&path)?.meta;
     Ok((path, meta))
 }
 
@@ -1847,9 +1844,7 @@ fn sae_and_dashboard(
 )> {
     use attn_saes::dashboard::format::OwnedDashboardFile;
     Ok(if path.is_file() {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let file = OwnedDashboardFile::new(bytes)
-            .with_context(|| format!("{}: not a dashboard file", path.display()))?;
+        let file = OwnedDashboardFile::read(path)?;
         (std::path::PathBuf::from(&file.meta.sae.source), Some(file))
     } else if path.join("sae_config.json").is_file() {
         (path.to_path_buf(), None)
@@ -1858,7 +1853,7 @@ fn sae_and_dashboard(
             .with_context(|| format!("{}: no run, SAE or dashboard file", path.display()))?;
         let file = dashboard::run_dashboard_path(path);
         let file = match file.exists() {
-            true => Some(OwnedDashboardFile::new(std::fs::read(&file)?)?),
+            true => Some(OwnedDashboardFile::read(&file)?),
             false => None,
         };
         (sae_dir, file)
@@ -1981,11 +1976,7 @@ fn live_of(
     let file = if run.is_dir() && !path.exists() {
         None
     } else {
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        Some(
-            OwnedDashboardFile::new(bytes)
-                .with_context(|| format!("reading {}", path.display()))?,
-        )
+        Some(OwnedDashboardFile::read(&path)?)
     };
     let source = match (&file, run.is_dir()) {
         (Some(file), false) => LiveSource::of_dashboard(&file.meta),
@@ -2135,9 +2126,7 @@ fn text_command(
     let source = if run.is_dir() {
         LiveSource::Run(run.to_path_buf())
     } else {
-        let bytes = std::fs::read(run).with_context(|| format!("reading {}", run.display()))?;
-        let file = attn_saes::dashboard::format::OwnedDashboardFile::new(bytes)
-            .with_context(|| format!("reading {}", run.display()))?;
+        let file = attn_saes::dashboard::format::OwnedDashboardFile::read(run)?;
         LiveSource::of_dashboard(&file.meta)
     };
     let live = load_live(&source, choice)?;

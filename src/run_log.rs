@@ -123,21 +123,8 @@ pub fn read_history(path: &Path) -> anyhow::Result<History> {
             History::read(&metrics).with_context(|| format!("reading {}", metrics.display()))?;
         return Ok(history);
     }
-    Ok(read_dashboard(path)?.meta.history.clone())
-}
-
-/// The dashboard file at `path`, for [`read_history`]'s callers that want more of it than
-/// the history; an error says the path is neither a run directory nor a dashboard file.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn read_dashboard(path: &Path) -> anyhow::Result<crate::dashboard::format::OwnedDashboardFile> {
-    use anyhow::Context;
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    crate::dashboard::format::OwnedDashboardFile::new(bytes).with_context(|| {
-        format!(
-            "{}: neither a run directory nor a dashboard file",
-            path.display()
-        )
-    })
+    let file = crate::dashboard::format::OwnedDashboardFile::read(path)?;
+    Ok(file.meta.history.clone())
 }
 
 /// A run's name for tables and legends: its path's last two components

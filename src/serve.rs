@@ -117,11 +117,7 @@ fn live_site_under(
     prefix: &str,
     served: &[(String, PathBuf)],
 ) -> anyhow::Result<LiveSite> {
-    let bytes =
-        std::fs::read(dashboard).with_context(|| format!("reading {}", dashboard.display()))?;
-    let meta = crate::dashboard::format::OwnedDashboardFile::new(bytes)
-        .with_context(|| format!("reading {}", dashboard.display()))?
-        .meta;
+    let meta = crate::dashboard::format::OwnedDashboardFile::read(dashboard)?.meta;
     let sae_dir = if path.is_dir() {
         crate::train::checkpoint::run_sae(path, None)?.1
     } else {
@@ -213,7 +209,7 @@ pub fn find_web_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         })
 }
 
-/// The dashboard file of `path`: a run directory's, or the file itself.
+/// The dashboard file of `path` (a run directory's, or the file itself), checked to be one.
 pub fn dashboard_of(path: &Path) -> anyhow::Result<PathBuf> {
     let file = if path.is_dir() {
         crate::dashboard::run_dashboard_path(path)
@@ -226,6 +222,8 @@ pub fn dashboard_of(path: &Path) -> anyhow::Result<PathBuf> {
             file.display()
         );
     }
+    // A file the page could not open is refused here, saying why.
+    crate::dashboard::format::OwnedDashboardFile::read(&file)?;
     Ok(file)
 }
 

@@ -1293,9 +1293,11 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     // that link.
     use attn_saes::dashboard::labels::{Labels, labels_path};
     let labels_of = |run: &Path| labels_path(&attn_saes::dashboard::run_dashboard_path(run));
-    let b_meta = attn_saes::run_log::read_dashboard(&attn_saes::dashboard::run_dashboard_path(&b))
-        .unwrap()
-        .meta;
+    let b_meta = attn_saes::dashboard::format::OwnedDashboardFile::read(
+        &attn_saes::dashboard::run_dashboard_path(&b),
+    )
+    .unwrap()
+    .meta;
     let mut b_labels = Labels::new(&b_meta);
     let b_label = "B's label: a long description of what it does, cut when shown";
     b_labels.set(2, closest(&a, &b, 5).0, b_label).unwrap();

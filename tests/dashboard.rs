@@ -822,6 +822,43 @@ fn wrong_versions_formats_and_absurd_sizes_are_clear_errors() {
         Dashboard::from_bytes(&huge).unwrap_err(),
         DashboardError::Container(_)
     ));
+
+    // A file of another kind, or a copy cut short, says which; the commands that take a
+    // dashboard file say it too, naming the file, before doing anything else (`serve` wrote
+    // nothing and said Your text was off first).
+    let other = b"# attn-saes\n\nBlock-diagonal sparse autoencoders\n".as_slice();
+    let cut = &bytes[..bytes.len() - 100];
+    for (file, says) in [
+        (other, "does not start with a safetensors header"),
+        (cut, "cut short"),
+    ] {
+        let e = Dashboard::from_bytes(file).unwrap_err().to_string();
+        assert!(
+            e.starts_with("not a dashboard file: ") && e.contains(says),
+            "{e}"
+        );
+        let dir = TempDir::new("attn-saes-not-a-dashboard", "cli");
+        let path = dir.join("given.safetensors");
+        std::fs::write(&path, file).unwrap();
+        for args in [
+            vec!["serve", path.to_str().unwrap(), "--write-to"],
+            vec!["features", "--run", path.to_str().unwrap()],
+            vec!["compare", path.to_str().unwrap()],
+        ] {
+            let site = dir.join("site");
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+                .args(&args)
+                .args((args[0] == "serve").then_some(&site))
+                .env("RUST_BACKTRACE", "0")
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?}: {said}");
+            let want = format!("Error: {}: {e}", path.display());
+            assert_eq!(said.trim(), want, "{args:?}");
+            assert!(!site.exists());
+        }
+    }
 }
 
 /// SAEDashboard's batch layout, and each feature's vector the SAELens export's `W_dec` row

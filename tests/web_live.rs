@@ -515,7 +515,9 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     let run_b = run_with_dashboard(&dir_b, 12);
     // With a label for its head 0 feature 0 (where the page opens it), published beside it.
     let b_file = attn_saes::dashboard::run_dashboard_path(&run_b);
-    let b_meta = attn_saes::run_log::read_dashboard(&b_file).unwrap().meta;
+    let b_meta = attn_saes::dashboard::format::OwnedDashboardFile::read(&b_file)
+        .unwrap()
+        .meta;
     let mut b_labels = attn_saes::dashboard::labels::Labels::new(&b_meta);
     b_labels.set(0, 0, "run B on the site").unwrap();
     b_labels

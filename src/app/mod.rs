@@ -1187,7 +1187,7 @@ impl AttnSaesApp {
                 });
                 Ok((history, file.map(|f| (f, at))))
             } else {
-                let file = crate::run_log::read_dashboard(path)?;
+                let file = crate::dashboard::format::OwnedDashboardFile::read(path)?;
                 Ok((file.meta.history.clone(), Some((file, path.to_path_buf()))))
             }
         };

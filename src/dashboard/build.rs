@@ -1143,7 +1143,7 @@ pub fn write(dashboard: &Dashboard, path: &Path) -> anyhow::Result<()> {
 /// Reads a dashboard file.
 pub fn read(path: &Path) -> anyhow::Result<Dashboard> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Dashboard::from_bytes(&bytes).with_context(|| format!("{}", path.display()))
+    Dashboard::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -79,6 +79,27 @@ pub enum DashboardError {
     NoHead { head: usize, n_heads: usize },
 }
 
+/// What the container's error means for a file given as a dashboard, in words: a file of
+/// another kind fails on its first bytes, a cut-short copy on its declared size.
+fn container(e: safetensors::SafeTensorError) -> DashboardError {
+    use safetensors::SafeTensorError as E;
+    DashboardError::Container(match e {
+        E::HeaderTooSmall
+        | E::HeaderTooLarge
+        | E::InvalidHeader(_)
+        | E::InvalidHeaderDeserialization(_) => {
+            "it does not start with a safetensors header, as dashboard files do".into()
+        }
+        E::InvalidHeaderLength => {
+            "it is cut short within its header, or it is not a safetensors file".into()
+        }
+        E::MetadataIncompleteBuffer => "its size is not the one its header gives: cut short \
+                                        or added to (an interrupted copy or download?)"
+            .into(),
+        e => e.to_string(),
+    })
+}
+
 fn bad(name: &str, message: impl Into<String>) -> DashboardError {
     DashboardError::Tensor {
         name: name.to_string(),
@@ -623,9 +644,8 @@ impl Dashboard {
                     TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v))
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| DashboardError::Container(e.to_string()))?;
-        safetensors::serialize(views, Some(info))
-            .map_err(|e| DashboardError::Container(e.to_string()))
+                .map_err(container)?;
+        safetensors::serialize(views, Some(info)).map_err(container)
     }
 
     /// Parses and checks a whole dashboard.
@@ -705,6 +725,15 @@ pub struct OwnedDashboardFile {
 }
 
 impl OwnedDashboardFile {
+    /// Reads the dashboard file at `path` and checks it as [`Self::new`] does; an error names
+    /// the file.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read(path: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::new(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
     /// Checks the header and global arrays (as [`DashboardFile::parse`]) and keeps `bytes`.
     pub fn new(bytes: Vec<u8>) -> Result<Self, DashboardError> {
         let DashboardFile {
@@ -750,8 +779,7 @@ impl OwnedDashboardFile {
         if h >= sae.n_heads {
             return Err(bad(&format!("h{h}.decoder"), "no such head"));
         }
-        let tensors = SafeTensors::deserialize(&self.bytes)
-            .map_err(|e| DashboardError::Container(e.to_string()))?;
+        let tensors = SafeTensors::deserialize(&self.bytes).map_err(container)?;
         let shape = [sae.features_per_head, sae.d_head];
         Checked {
             tensors: &tensors,
@@ -763,8 +791,7 @@ impl OwnedDashboardFile {
 
     /// Decodes and checks one head's features.
     pub fn head(&self, h: usize) -> Result<HeadData, DashboardError> {
-        let tensors = SafeTensors::deserialize(&self.bytes)
-            .map_err(|e| DashboardError::Container(e.to_string()))?;
+        let tensors = SafeTensors::deserialize(&self.bytes).map_err(container)?;
         Checked {
             tensors: &tensors,
             checksums: &self.checksums,
@@ -794,10 +821,8 @@ fn le<const N: usize, T>(bytes: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
 impl<'a> DashboardFile<'a> {
     /// Parses the header and the global arrays of a dashboard file held in `bytes`.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, DashboardError> {
-        let tensors = SafeTensors::deserialize(bytes)
-            .map_err(|e| DashboardError::Container(e.to_string()))?;
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| DashboardError::Container(e.to_string()))?;
+        let tensors = SafeTensors::deserialize(bytes).map_err(container)?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(container)?;
         let info = header
             .metadata()
             .as_ref()
