@@ -1014,6 +1014,46 @@ fn bad_input_gives_clear_errors_and_no_partial_files() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// `train` without `--headless` (and `app`) where there is no display, as over ssh: an error
+/// that says what works there, before anything is written (winit's own error named
+/// neither).
+#[cfg(all(unix, not(target_os = "macos")))]
+#[test]
+fn no_display_says_what_works_without_a_window() {
+    let dir = temp_dir("no-display");
+    let out_dir = dir.join("run");
+    let toml_file = dir.join("config.toml");
+    std::fs::write(&toml_file, toml::to_string(&config(&dir, 10)).unwrap()).unwrap();
+    let fails = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(args)
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("WAYLAND_SOCKET")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let said = fails(&[
+        "--device",
+        "cpu",
+        "train",
+        "--config",
+        toml_file.to_str().unwrap(),
+    ]);
+    assert!(
+        said.starts_with("Error: no display to open the window on")
+            && said.contains("`attn-saes train --headless` with the same flags"),
+        "{said}"
+    );
+    assert!(!out_dir.exists(), "a run was started");
+    let said = fails(&["app", out_dir.to_str().unwrap()]);
+    assert!(said.contains("`attn-saes serve RUN`"), "{said}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {

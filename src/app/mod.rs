@@ -1575,6 +1575,24 @@ pub fn run_native(
     train: Option<TrainRequest>,
 ) -> anyhow::Result<()> {
     use std::sync::{Arc, Mutex};
+    // Over ssh, or on a server: say what works without a window instead of winit's error.
+    if cfg!(all(unix, not(target_os = "macos")))
+        && ["DISPLAY", "WAYLAND_DISPLAY", "WAYLAND_SOCKET"]
+            .iter()
+            .all(|v| std::env::var_os(v).is_none_or(|v| v.is_empty()))
+    {
+        anyhow::bail!(
+            "no display to open the window on (DISPLAY and WAYLAND_DISPLAY are not set, as over \
+             ssh): {}",
+            if train.is_some() {
+                "`attn-saes train --headless` with the same flags trains in the terminal"
+            } else {
+                "`attn-saes serve RUN` shows a run's dashboards in a browser (through an ssh \
+                 tunnel: ssh -L 8765:localhost:8765), and `attn-saes features`, `text` and \
+                 `compare` show them in the terminal"
+            }
+        );
+    }
     let detached: Arc<Mutex<Option<Job>>> = Arc::default();
     let slot = detached.clone();
     let options = eframe::NativeOptions {
