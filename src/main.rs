@@ -412,6 +412,50 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The runs, dashboard files, SAEs, configs and caches the command reads: `main` checks
+    /// they exist before anything else, so a mistyped path gets the same one-line error from
+    /// every command (each had its own, some after work had begun). Models and datasets,
+    /// which may be hub ids or the demo's, are left to their loaders.
+    fn inputs(&self) -> Vec<&std::path::Path> {
+        use std::iter::once;
+        fn train(a: &TrainArgs) -> Vec<&std::path::PathBuf> {
+            [&a.config, &a.resume, &a.activation_cache]
+                .into_iter()
+                .flatten()
+                .collect()
+        }
+        let paths: Vec<&std::path::PathBuf> = match self {
+            Command::Rank { run, .. }
+            | Command::Features { run, .. }
+            | Command::Text { run, .. }
+            | Command::Steer { run, .. }
+            | Command::Export { run, .. } => vec![run],
+            Command::App { path, compare, .. } => path.iter().chain(compare).collect(),
+            Command::Serve {
+                path,
+                compare,
+                web_dir,
+                ..
+            } => once(path).chain(compare).chain(web_dir).collect(),
+            Command::Import { saelens, seed, .. } => saelens.iter().chain(seed).collect(),
+            Command::Dashboard { run, sae, args, .. } => {
+                run.iter().chain(sae).chain(train(args)).collect()
+            }
+            Command::Match { a, b, .. } => vec![a, b],
+            Command::Compare { runs, .. } => runs.iter().collect(),
+            Command::Label { run, from, .. } => once(run).chain(from).collect(),
+            Command::Train { args, .. } | Command::Harvest { args, .. } => train(args),
+            Command::Evaluate { sae, args, .. } => once(sae).chain(train(args)).collect(),
+            Command::Info { .. }
+            | Command::Forward { .. }
+            | Command::Heads { .. }
+            | Command::FetchDemo { .. } => vec![],
+        };
+        paths.into_iter().map(|p| p.as_path()).collect()
+    }
+}
+
 /// On a Linux machine without a desktop session, wgpu's adapter probe reaches Mesa's EGL,
 /// which prints "XDG_RUNTIME_DIR is invalid or not set" for every probe. Point it at a
 /// private directory when unset. Called first in `main`, before any thread exists.
@@ -440,6 +484,9 @@ fn main() -> anyhow::Result<()> {
     device::keep_freed_host_memory();
     set_runtime_dir_if_missing();
     let cli = Cli::parse();
+    if let Some(missing) = cli.command.inputs().into_iter().find(|p| !p.exists()) {
+        anyhow::bail!("{} does not exist", missing.display());
+    }
     match cli.command {
         Command::Info { model } => {
             let (_, loaded) = attn_saes::cli_train::open_model(DeviceChoice::Cpu, &model)?;

@@ -1054,6 +1054,60 @@ fn no_display_says_what_works_without_a_window() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A mistyped run, dashboard, SAE, config or cache path: every command that reads one says
+/// that it does not exist, naming it, and nothing else (they said "reading X: No such file
+/// or directory", "X is neither a checkpoint directory nor ...", "building it first" and
+/// more, each its own way).
+#[test]
+fn a_missing_input_is_named_the_same_way_by_every_command() {
+    let dir = temp_dir("missing-input");
+    let nope = dir.join("no-such-run");
+    let n = nope.to_str().unwrap();
+    let commands: [&[&str]; 20] = [
+        &["text", n, "hi"],
+        &["steer", n, "hi", "--feature", "0,0"],
+        &["features", "--run", n],
+        &["rank", "--run", n],
+        &["export", "--run", n, "--out", "x"],
+        &["dashboard", "--run", n],
+        &["dashboard", "--sae", n, "--model", "gpt2"],
+        &["serve", n],
+        &["app", n],
+        &["match", n, n],
+        &["compare", n],
+        &["label", n],
+        &["import", "--saelens", n, "--out", "x"],
+        &["import", "--seed", n, "--out", "x"],
+        &["evaluate", "--sae", n, "--model", "gpt2"],
+        &["train", "--headless", "--resume", n],
+        &["train", "--headless", "--config", n],
+        &["train", "--headless", "--activation-cache", n],
+        &["harvest", "--out", "x", "--config", n],
+        &["train", "--resume", n],
+    ];
+    for args in commands {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(args)
+            .current_dir(&dir)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert_eq!(
+            said.trim(),
+            format!("Error: {n} does not exist"),
+            "{args:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "something was written"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
