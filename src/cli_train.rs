@@ -25,36 +25,46 @@ pub struct TrainArgs {
     /// Default: the offline demo SmolLM2-135M GGUF.
     #[arg(long)]
     pub model: Option<String>,
-    /// Corpus: text file, directory of text files, .jsonl or .parquet.
+    /// Corpus: text file, directory of text files, .jsonl or .parquet. Default: the offline
+    /// demo's Shakespeare.
     #[arg(long)]
     pub dataset: Option<PathBuf>,
+    /// Text column of a .jsonl or .parquet dataset (default `text`; a `tokens` or
+    /// `input_ids` column holds pre-tokenized windows).
     #[arg(long)]
     pub text_column: Option<String>,
     /// Train from an activation cache written by `harvest`.
     #[arg(long)]
     pub activation_cache: Option<PathBuf>,
-    /// Layer to hook (default: the middle layer).
+    /// Layer to hook (default: 24 for the demo model, else the middle layer).
     #[arg(long)]
     pub hook_layer: Option<usize>,
+    /// Which hook_z the SAE reads (default transformer-lens).
     #[arg(long, value_enum)]
     pub z_convention: Option<ZConventionArg>,
+    /// Features per head = this x d_head (default 8).
     #[arg(long)]
     pub expansion_factor: Option<usize>,
+    /// Total features instead (a multiple of the number of heads).
     #[arg(long)]
     pub d_sae: Option<usize>,
     /// One dense SAE over all heads (Kissane et al.'s setup) instead of one per head.
     #[arg(long)]
     pub dense: bool,
+    /// The SAE's activation (default relu).
     #[arg(long, value_enum)]
     pub architecture: Option<ArchitectureKind>,
     /// Training step: auto (fused CPU step / WGSL kernels on wgpu) or autodiff (reference).
     #[arg(long, value_enum)]
     pub step: Option<StepKind>,
+    /// Active features per head per token for topk (exactly) and batch-topk (on average
+    /// over the batch); default 8.
     #[arg(long)]
     pub k: Option<usize>,
-    /// Sparsity coefficient (L1 for relu, L0 for jumprelu).
+    /// Sparsity coefficient (L1 for relu, L0 for jumprelu; default 2).
     #[arg(long)]
     pub l1_coefficient: Option<f64>,
+    /// Width of the straight-through kernel of the jumprelu thresholds (default 0.001).
     #[arg(long)]
     pub jumprelu_bandwidth: Option<f64>,
     /// AuxK loss coefficient: dead features learn to reconstruct the live ones' error
@@ -64,62 +74,88 @@ pub struct TrainArgs {
     /// Dead features per token and head in the AuxK loss (default d_head / 2).
     #[arg(long)]
     pub aux_k: Option<usize>,
+    /// Steps over which the sparsity coefficient ramps up from 0 (default 5% of the
+    /// training steps).
     #[arg(long)]
     pub l1_warmup_steps: Option<usize>,
+    /// Adam learning rate (default 0.004).
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Learning-rate schedule after the warm-up (default constant; cosine decays to 0
+    /// at the last step).
     #[arg(long, value_enum)]
     pub lr_schedule: Option<LrSchedule>,
+    /// Steps over which the learning rate rises linearly from 0 (default 0).
     #[arg(long)]
     pub lr_warmup_steps: Option<usize>,
+    /// Last steps over which a constant learning rate decays linearly to 0 (default 0).
     #[arg(long)]
     pub lr_decay_steps: Option<usize>,
+    /// Adam's beta1 (default 0.9).
     #[arg(long)]
     pub adam_beta1: Option<f64>,
+    /// Adam's beta2 (default 0.999).
     #[arg(long)]
     pub adam_beta2: Option<f64>,
+    /// Clip the global gradient norm to this (default 1; 0 = off).
     #[arg(long)]
     pub grad_clip_norm: Option<f64>,
+    /// Training steps (default 400).
     #[arg(long)]
     pub total_training_steps: Option<usize>,
-    /// Tokens per training batch.
+    /// Tokens per training batch (default 512).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Tokens per context window, BOS included (default 128).
     #[arg(long)]
     pub context_size: Option<usize>,
+    /// Batches of activations shuffled together before training on them (default 16).
     #[arg(long)]
     pub n_batches_in_buffer: Option<usize>,
+    /// Context windows per LM forward pass while harvesting (default 8).
     #[arg(long)]
     pub windows_per_forward: Option<usize>,
     /// Harvest on a background thread while training: true or false (default: true on a
     /// GPU, false on the CPU backend).
     #[arg(long)]
     pub harvest_in_background: Option<bool>,
+    /// How hook_z is scaled before the SAE (default global).
     #[arg(long, value_enum)]
     pub normalization: Option<Normalization>,
+    /// Initial decoder bias (default zeros).
     #[arg(long, value_enum)]
     pub b_dec_init: Option<BDecInit>,
     /// Keep BOS positions in the training data.
     #[arg(long)]
     pub keep_bos: bool,
+    /// Seed of the initialisation and the shuffling (default 42).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Steps between lines of metrics.jsonl (default 10).
     #[arg(long)]
     pub log_every: Option<usize>,
+    /// Steps between CE-loss evaluations (default 200; 0 = only at the end).
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Held-out context windows of each CE-loss evaluation (the corpus's first ones,
+    /// never trained on; default 4).
     #[arg(long)]
     pub eval_windows: Option<usize>,
+    /// Steps between checkpoints (default 200; 0 = only at the end).
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
+    /// Steps over which a feature's firing is counted to call it dead (default 200).
     #[arg(long)]
     pub dead_window_steps: Option<usize>,
+    /// A feature firing on fewer than this fraction of those tokens is dead (default
+    /// 1e-4).
     #[arg(long)]
     pub dead_threshold: Option<f64>,
     /// Checkpoints kept (the newest; 0 keeps all). Default 3.
     #[arg(long)]
     pub keep_checkpoints: Option<usize>,
-    /// Run directory: checkpoints, metrics.jsonl, the final SAE and its SAELens export.
+    /// Run directory: checkpoints, metrics.jsonl, the final SAE and its SAELens export
+    /// (default runs/latest).
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
 }

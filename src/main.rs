@@ -35,8 +35,10 @@ enum Command {
     },
     /// Run a model on a text: per-token loss, next-token predictions and hook_z norms.
     Forward {
+        /// Model: a directory, a .gguf file, a hub id (ORG/NAME) or an alias (gpt2, gelu-2l).
         #[arg(long)]
         model: String,
+        /// The text (BOS is prepended unless --no-bos).
         #[arg(long)]
         text: String,
         /// Layer whose hook_z norms to print.
@@ -67,6 +69,7 @@ enum Command {
     /// the previous token, the first token, itself, and in the second copy to the earlier
     /// copy of its token (duplicate) and to the token after it (induction).
     Heads {
+        /// Model: a directory, a .gguf file, a hub id (ORG/NAME) or an alias (gpt2, gelu-2l).
         #[arg(long)]
         model: String,
         /// One layer (default: every layer).
@@ -78,6 +81,7 @@ enum Command {
         /// Random tokens per copy (shortened to fit the context).
         #[arg(long, default_value_t = attn_saes::lm::head_scores::COPY_LEN)]
         len: usize,
+        /// Seed of the random tokens.
         #[arg(long, default_value_t = attn_saes::lm::head_scores::SEED)]
         seed: u64,
         /// Write the scores as JSON here too.
@@ -211,9 +215,10 @@ enum Command {
         /// Top-activating examples per feature.
         #[arg(long, default_value_t = 20)]
         top_k: usize,
-        /// Interval groups (equal-width bins of (0, max]) and examples per group.
+        /// Interval groups (equal-width bins of (0, max]).
         #[arg(long, default_value_t = 10)]
         intervals: usize,
+        /// Examples drawn from each interval group.
         #[arg(long, default_value_t = 5)]
         per_interval: usize,
         #[command(flatten)]
@@ -2320,5 +2325,30 @@ fn print_effect(e: &attn_saes::live::FeatureEffect, strings: &[String]) {
             list(&e.promotes[p]),
             list(&e.suppresses[p])
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag and argument of every command says what it is in `--help` (`--k` did not).
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let mut bare = vec![];
+        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if ["help", "version"].contains(&id) {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    bare.push(format!("{} {id}", command.get_name()));
+                }
+            }
+        }
+        assert!(bare.is_empty(), "without help: {bare:?}");
     }
 }

@@ -174,7 +174,7 @@ pub struct TrainConfig {
 
 pub use crate::assets::{DEMO_CORPUS_DIR, DEMO_MODEL_FILE, cache_dir as asset_cache};
 
-/// The defaults are the offline demo: SmolLM2-135M layer 15 on Shakespeare, sized to train
+/// The defaults are the offline demo: SmolLM2-135M layer 24 on Shakespeare, sized to train
 /// in a few minutes on a laptop CPU (400 steps of 512 tokens, a high learning rate).
 /// Long runs want the seed's settings (see README).
 impl Default for TrainConfig {
