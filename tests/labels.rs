@@ -421,15 +421,23 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
             assert!(read(&again) == read(&np), "{name}");
         }
     }
-    let said = stderr(cli(&[
-        "export",
-        "--run",
-        missing.to_str().unwrap(),
-        "--neuronpedia",
-        dir.join("np-none").to_str().unwrap(),
-    ]));
-    assert!(said.contains("no dashboard file to export"), "{said}");
-    assert!(!dir.join("np-none").exists());
+    // A run without a dashboard file, and a run that does not exist.
+    let bare = dir.join("bare-run");
+    std::fs::create_dir_all(&bare).unwrap();
+    for (run, says) in [
+        (&bare, "no dashboard file to export"),
+        (&missing, "nowhere does not exist"),
+    ] {
+        let said = stderr(cli(&[
+            "export",
+            "--run",
+            run.to_str().unwrap(),
+            "--neuronpedia",
+            dir.join("np-none").to_str().unwrap(),
+        ]));
+        assert!(said.contains(says), "{said}");
+        assert!(!dir.join("np-none").exists());
+    }
     assert!(stderr(cli(&["export", "--run", r])).contains("--out"));
 }
 
