@@ -729,7 +729,7 @@ fn main() -> anyhow::Result<()> {
             neuronpedia,
         } => {
             if let Some(dir) = neuronpedia {
-                let path = attn_saes::serve::dashboard_of(&run).with_context(|| {
+                let path = attn_saes::serve::dashboard_file_of(&run).with_context(|| {
                     format!("{} has no dashboard file to export", run.display())
                 })?;
                 let d = dashboard::build::read(&path)?;
@@ -1501,9 +1501,8 @@ fn parse_head_feature(s: &str) -> Result<(usize, usize), String> {
 fn dashboard_meta(
     run: &std::path::Path,
 ) -> anyhow::Result<(std::path::PathBuf, dashboard::format::DashboardMeta)> {
-    let path = attn_saes::serve::dashboard_of(run)?;
-    let meta = attn_saes::dashboard::format::OwnedDashboardFile::read(&path)?.meta;
-    Ok((path, meta))
+    let (path, file) = attn_saes::serve::read_dashboard_of(run)?;
+    Ok((path, file.meta))
 }
 
 /// The dashboard file of `run` (a run directory or a dashboard file), its labels file and

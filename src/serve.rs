@@ -209,8 +209,9 @@ pub fn find_web_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         })
 }
 
-/// The dashboard file of `path` (a run directory's, or the file itself), checked to be one.
-pub fn dashboard_of(path: &Path) -> anyhow::Result<PathBuf> {
+/// The dashboard file of `path`: a run directory's, or the file itself; an error when
+/// there is none (its contents are not read).
+pub fn dashboard_file_of(path: &Path) -> anyhow::Result<PathBuf> {
     let file = if path.is_dir() {
         crate::dashboard::run_dashboard_path(path)
     } else {
@@ -222,9 +223,22 @@ pub fn dashboard_of(path: &Path) -> anyhow::Result<PathBuf> {
             file.display()
         );
     }
-    // A file the page could not open is refused here, saying why.
-    crate::dashboard::format::OwnedDashboardFile::read(&file)?;
     Ok(file)
+}
+
+/// The dashboard file of `path` (as [`dashboard_file_of`]), read and checked.
+pub fn read_dashboard_of(
+    path: &Path,
+) -> anyhow::Result<(PathBuf, crate::dashboard::format::OwnedDashboardFile)> {
+    let file = dashboard_file_of(path)?;
+    let dashboard = crate::dashboard::format::OwnedDashboardFile::read(&file)?;
+    Ok((file, dashboard))
+}
+
+/// The dashboard file of `path` (as [`dashboard_file_of`]), checked to be one: a file the
+/// page could not open is refused here, saying why.
+pub fn dashboard_of(path: &Path) -> anyhow::Result<PathBuf> {
+    Ok(read_dashboard_of(path)?.0)
 }
 
 /// The dashboards of `paths` (run directories or dashboard files) to serve for the page to
