@@ -706,4 +706,141 @@ mod tests {
             crate::train::config::DEFAULT_AUX_K_COEFFICIENT
         );
     }
+
+    /// Defaults stated in words rather than as the config's value, each checked below.
+    const WORDED: &[(&str, &str)] = &[
+        ("model", "demo"),
+        ("dataset", "demo"),
+        ("hook-layer", "24"),
+        ("aux-k", "d_head/2"),
+        ("l1-warmup-steps", "5%"),
+        ("harvest-in-background", "true"),
+        ("text-column", "text"),
+    ];
+
+    /// A stated default against the config's: numbers (`1/32` too) by value, words (enum
+    /// names, `off`, paths) with case, `-` and `_` ignored. `None` where they differ.
+    fn mismatch(key: &str, stated: &str, default: &toml::Table) -> Option<String> {
+        if let Some(&(_, word)) = WORDED.iter().find(|(k, _)| *k == key) {
+            return (stated != word)
+                .then(|| format!("--{key}: says {stated:?}, checked as {word:?}"));
+        }
+        let field = key.replace('-', "_");
+        let value = match (field.as_str(), default.get(&field)) {
+            ("keep_bos", _) => toml::Value::Boolean(!default["drop_bos"].as_bool().unwrap()),
+            ("aux_k_coefficient", None) => {
+                toml::Value::Float(crate::train::config::DEFAULT_AUX_K_COEFFICIENT)
+            }
+            (_, Some(v)) => v.clone(),
+            (_, None) => {
+                return (!stated.is_empty()).then(|| format!("--{key}: says {stated:?}, unset"));
+            }
+        };
+        let number = |s: &str| -> Option<f64> {
+            match s.split_once('/') {
+                Some((a, b)) => Some(a.parse::<f64>().ok()? / b.parse::<f64>().ok()?),
+                None => s.parse().ok(),
+            }
+        };
+        let word = |s: &str| s.to_lowercase().replace(['-', '_'], "");
+        let same = match &value {
+            toml::Value::Integer(i) => number(stated) == Some(*i as f64),
+            toml::Value::Float(f) => number(stated) == Some(*f),
+            toml::Value::Boolean(b) => stated == if *b { "on" } else { "off" },
+            toml::Value::String(s) => word(stated) == word(s),
+            _ => false,
+        };
+        (!same).then(|| format!("--{key}: says {stated:?}, the default is {value}"))
+    }
+
+    /// The defaults that `--help` and the README's flag table state are
+    /// `TrainConfig::default()`'s (they are literals beside it and could drift), every
+    /// training flag is in the table, and the worded defaults hold.
+    #[test]
+    fn stated_defaults_are_the_config_defaults() {
+        use clap::CommandFactory;
+        let defaults = toml::Table::try_from(TrainConfig::default()).unwrap();
+        let mut wrong = vec![];
+        // --help: the first word after "default" (or "Default", "default:").
+        let command = Cli::command();
+        let mut flags = vec![];
+        for arg in command.get_arguments() {
+            let Some(key) = arg.get_long() else { continue };
+            if key == "help" {
+                continue;
+            }
+            flags.push(key.to_string());
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let Some(at) = help.find("default").or_else(|| help.find("Default")) else {
+                continue;
+            };
+            let rest = help[at + "default".len()..]
+                .trim_start_matches(':')
+                .trim_start();
+            let mut stated = rest.split_whitespace().next().unwrap_or("");
+            stated = stated
+                .trim_end_matches(['.', ',', ';', ')'])
+                .trim_matches('`');
+            let stated = match stated {
+                "the" if rest.starts_with("the offline demo") => "demo",
+                "d_head" if rest.starts_with("d_head / 2") => "d_head/2",
+                s => s,
+            };
+            wrong.extend(mismatch(key, stated, &defaults));
+        }
+        // The README's table: `| `--a` / `--b` | x / y | meaning |`.
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let table = readme
+            .split("### Training flags")
+            .nth(1)
+            .expect("README has a Training flags section");
+        let mut in_table = vec![];
+        for row in table
+            .lines()
+            .skip_while(|l| !l.starts_with("| flag"))
+            .skip(2)
+        {
+            if !row.starts_with('|') {
+                break;
+            }
+            let cells: Vec<&str> = row.split('|').skip(1).map(str::trim).collect();
+            let keys: Vec<&str> = cells[0].split(" / ").map(|k| k.trim_matches('`')).collect();
+            let stated: Vec<&str> = cells[1].split(" / ").collect();
+            for (i, key) in keys.iter().enumerate() {
+                let key = key.strip_prefix("--").expect("a flag in the first column");
+                in_table.push(key.to_string());
+                let s = if cells[1].is_empty() { "" } else { stated[i] };
+                let s = match s {
+                    "demo SmolLM2 GGUF" | "demo Shakespeare corpus" => "demo",
+                    "24 for the demo model, else the middle layer" => "24",
+                    "5% of steps" => "5%",
+                    "true on a GPU, false on the CPU" => "true",
+                    s => s,
+                };
+                wrong.extend(mismatch(key, s, &defaults));
+            }
+        }
+        for flag in &flags {
+            if !in_table.contains(flag) {
+                wrong.push(format!("--{flag} is not in the README's table"));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        // The worded defaults.
+        let c = TrainConfig::default();
+        let demo = crate::assets::demo_paths(&crate::assets::cache_dir());
+        assert_eq!(c.model, demo.model.display().to_string());
+        assert_eq!(c.dataset, demo.corpus);
+        assert_eq!(c.layer(30), 24);
+        let other = TrainConfig {
+            model: "gpt2".into(),
+            ..c.clone()
+        };
+        assert_eq!(other.layer(12), 6);
+        assert_eq!(c.aux_k(64), 32);
+        assert_eq!(c.l1_warmup(), c.total_training_steps * 5 / 100);
+        assert_eq!(c.harvest_in_background, None);
+        assert_eq!(crate::data::corpus::DEFAULT_COLUMNS[0], "text");
+    }
 }
