@@ -641,8 +641,10 @@ fn main() -> anyhow::Result<()> {
             write_to,
         } => {
             use attn_saes::serve;
-            let dashboard = serve::dashboard_of(&path)?;
-            let compared = serve::compared_files(&compare)?;
+            // Each dashboard is read once, to check it, and its header kept for Your text.
+            let (dashboard, open) = serve::read_dashboard_of(&path)?;
+            let (compared, compared_meta): (Vec<_>, Vec<_>) =
+                serve::compared_files(&compare)?.into_iter().unzip();
             let web_dir = serve::find_web_dir(web_dir.as_deref())?;
             // Your text in the page: the inference bundle, and the model and SAE the
             // dashboard was built from. Without either the page still browses dashboards.
@@ -657,7 +659,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 None
             } else {
-                match serve::live_site(&path, &dashboard) {
+                match serve::live_site(&path, &open.meta) {
                     Ok(live) => Some(live),
                     Err(e) => {
                         println!("Your text is off: {e:#}");
@@ -669,9 +671,9 @@ fn main() -> anyhow::Result<()> {
             // model not served twice when it is the open run's).
             let served: Vec<_> = live.iter().flat_map(|l| l.files.clone()).collect();
             let mut compared_live = vec![];
-            let with_live = compared.iter().zip(&compare).filter(|_| bundle);
-            for (i, ((url, file), path)) in with_live.enumerate() {
-                match serve::compared_live_site(i, path, file, &served) {
+            let with_live = compared.iter().zip(&compare).zip(&compared_meta);
+            for (i, (((url, _), path), meta)) in with_live.filter(|_| bundle).enumerate() {
+                match serve::compared_live_site(i, path, meta, &served) {
                     Ok(live) => compared_live.push((serve::compared_manifest_url(i), live)),
                     Err(e) => println!("Your text for {url} is off: {e:#}"),
                 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::dashboard::format::FileRecord;
+use crate::dashboard::format::{DashboardMeta, FileRecord};
 
 /// The viewer's files, as `scripts/build-web.sh` writes them.
 pub const VIEWER_FILES: [&str; 4] = [
@@ -82,13 +82,13 @@ pub struct Manifest {
     pub z_convention: String,
 }
 
-/// The model and SAE the dashboard at `dashboard` was built from (the SAE of the run at
+/// The model and SAE the dashboard with header `meta` was built from (the SAE of the run at
 /// `path` when it is a run directory), as files to serve with their manifest. The model
 /// must be local and in a form the browser reads ([`crate::dashboard::browser_files`]).
 /// Files that differ from what the dashboard records are listed in `LiveSite::changed`
 /// (the page refuses them).
-pub fn live_site(path: &Path, dashboard: &Path) -> anyhow::Result<LiveSite> {
-    live_site_under(path, dashboard, "", &[])
+pub fn live_site(path: &Path, meta: &DashboardMeta) -> anyhow::Result<LiveSite> {
+    live_site_under(path, meta, "", &[])
 }
 
 /// The manifest's URL path for the `i`-th compared dashboard's model and SAE.
@@ -96,28 +96,27 @@ pub fn compared_manifest_url(i: usize) -> String {
     format!("/compare/{i}/{MANIFEST_NAME}")
 }
 
-/// [`live_site`] for the `i`-th compared run (`path`, its dashboard `dashboard`), served
+/// [`live_site`] for the `i`-th compared run (`path`, its dashboard's header `meta`), served
 /// under `/compare/{i}/` with its manifest at [`compared_manifest_url`]; a file the site
 /// serves already (`served`: URL path -> file; the open run's model, mostly) is not served
 /// again: the manifest names it where it is.
 pub fn compared_live_site(
     i: usize,
     path: &Path,
-    dashboard: &Path,
+    meta: &DashboardMeta,
     served: &[(String, PathBuf)],
 ) -> anyhow::Result<LiveSite> {
-    live_site_under(path, dashboard, &format!("compare/{i}/"), served)
+    live_site_under(path, meta, &format!("compare/{i}/"), served)
 }
 
 /// [`live_site`] with its files under `prefix` (a directory of URL paths, "" or ending in
 /// `/`, where the manifest is too), but for the files in `served`.
 fn live_site_under(
     path: &Path,
-    dashboard: &Path,
+    meta: &DashboardMeta,
     prefix: &str,
     served: &[(String, PathBuf)],
 ) -> anyhow::Result<LiveSite> {
-    let meta = crate::dashboard::format::OwnedDashboardFile::read(dashboard)?.meta;
     let sae_dir = if path.is_dir() {
         crate::train::checkpoint::run_sae(path, None)?.1
     } else {
@@ -244,13 +243,15 @@ pub fn dashboard_of(path: &Path) -> anyhow::Result<PathBuf> {
 /// The dashboards of `paths` (run directories or dashboard files) to serve for the page to
 /// compare with: each under `/compare/{i}/{name}.safetensors`, `name` being the run
 /// directory's name or the file's stem (characters other than letters, digits, `.`, `_`
-/// and `-` become `_`), which the page shows.
-pub fn compared_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+/// and `-` become `_`), which the page shows, with their headers (read and checked once).
+pub fn compared_files(
+    paths: &[PathBuf],
+) -> anyhow::Result<Vec<((String, PathBuf), DashboardMeta)>> {
     paths
         .iter()
         .enumerate()
         .map(|(i, path)| {
-            let file = dashboard_of(path)?;
+            let (file, dashboard) = read_dashboard_of(path)?;
             let named = if path.is_dir() {
                 path.file_name()
             } else {
@@ -266,7 +267,8 @@ pub fn compared_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, PathBuf)
                 })
                 .collect();
             let name = if name.is_empty() { "run".into() } else { name };
-            Ok((format!("/compare/{i}/{name}.safetensors"), file))
+            let url = format!("/compare/{i}/{name}.safetensors");
+            Ok(((url, file), dashboard.meta))
         })
         .collect()
 }
