@@ -1297,6 +1297,7 @@ fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyho
                 say_written(dashboard, path);
                 println!("dashboards built in {seconds:.1} s");
             }
+            Stage::NoDashboards(why) => println!("{why}"),
             Stage::Checking | Stage::RunDir(_) => {}
         },
     )

@@ -1054,6 +1054,73 @@ fn no_display_says_what_works_without_a_window() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A dense SAE (`--dense`) trains and ends well, without dashboards, saying why (it
+/// ended in an error after training: dashboards need one block per head); what reads
+/// features per head refuses it naming the reason, and `evaluate` and `export` take it.
+#[test]
+fn a_dense_run_ends_without_dashboards_and_says_which_commands_take_it() {
+    let dir = temp_dir("dense");
+    let out_dir = dir.join("run");
+    let toml_file = dir.join("config.toml");
+    let cfg = TrainConfig {
+        dense: true,
+        ..config(&dir, 10)
+    };
+    std::fs::write(&toml_file, toml::to_string(&cfg).unwrap()).unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu"])
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let toml_arg = toml_file.to_str().unwrap();
+    let (code, stdout, stderr) = cli(&["train", "--headless", "--config", toml_arg]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(attn_saes::cli_train::DENSE_NO_DASHBOARDS),
+        "{stdout}"
+    );
+    let sae = BlockDiagSae::load(&out_dir.join("sae"), &Device::flex()).unwrap();
+    assert_eq!((sae.config.n_heads, sae.config.d_head), (1, 4 * 16));
+    assert!(!out_dir.join("dashboard.safetensors").exists());
+    let run = out_dir.to_str().unwrap();
+    let said = "Error: this SAE is dense (one block over all 4 heads' hook_z, 128 features), and \
+                dashboards, `rank` and `text` show features per head: they need a \
+                block-diagonal SAE (trained without --dense); `evaluate` and `export` take \
+                this one\n";
+    for args in [
+        &["dashboard", "--run", run][..],
+        &["features", "--run", run],
+        &["rank", "--run", run, "--tokens", "32"],
+        &["text", run, "hello"],
+    ] {
+        let (code, _, stderr) = cli(args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.ends_with(said), "{args:?}: {stderr}");
+    }
+    assert!(!out_dir.join("dashboard.safetensors").exists());
+    let sae_dir = out_dir.join("sae");
+    let (code, stdout, stderr) = cli(&[
+        "evaluate",
+        "--sae",
+        sae_dir.to_str().unwrap(),
+        "--config",
+        toml_arg,
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("CE loss score"), "{stdout}");
+    let exported = dir.join("saelens");
+    let (code, stdout, stderr) =
+        cli(&["export", "--run", run, "--out", exported.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(exported.join("cfg.json").is_file(), "{stdout}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A mistyped run, dashboard, SAE, config or cache path: every command that reads one says
 /// that it does not exist, naming it, and nothing else (they said "reading X: No such file
 /// or directory", "X is neither a checkpoint directory nor ...", "building it first" and

@@ -147,6 +147,7 @@ pub fn start_training(request: TrainRequest) -> Job {
                     Stage::Dashboards { phase, done, total } => {
                         dashboard_progress(phase, done, total)
                     }
+                    Stage::NoDashboards(why) => JobEvent::Phase(why.into()),
                     Stage::DashboardWritten { path, .. } => {
                         JobEvent::DashboardWritten(path.to_path_buf())
                     }
@@ -476,7 +477,7 @@ fn load_live_keeping(
     };
     let sae = crate::sae::BlockDiagSae::load(&sae_dir, &on)?;
     let config_lm = &loaded.transformer.config;
-    sae.check_fits(&config_lm.name, config_lm.n_heads, config_lm.d_head)?;
+    sae.check_per_head(&config_lm.name, config_lm.n_heads, config_lm.d_head)?;
     let n_layers = config_lm.n_layers;
     let layer = layer
         .or_else(|| config.map(|c| c.layer(n_layers)))

@@ -717,18 +717,7 @@ pub fn build(
         sae.config.d_head,
         sae.config.features_per_head,
     );
-    ensure!(
-        h * d == mc.n_heads * mc.d_head,
-        "the SAE ({h} heads x {d}) does not fit hook_z of {} ({} heads x {})",
-        mc.name,
-        mc.n_heads,
-        mc.d_head
-    );
-    ensure!(
-        h == mc.n_heads,
-        "dashboards need a block-diagonal SAE with one block per head ({} heads); this one has {h}",
-        mc.n_heads
-    );
+    sae.check_per_head(&mc.name, mc.n_heads, mc.d_head)?;
     ensure!(
         !inputs.windows.is_empty(),
         "no context windows to build dashboards on"

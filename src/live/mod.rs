@@ -35,12 +35,7 @@ fn per_head_sizes(
 ) -> anyhow::Result<(usize, usize, usize)> {
     let c = &sae.config;
     let (h, d) = (model.config.n_heads, model.config.d_head);
-    anyhow::ensure!(
-        c.n_heads == h && c.d_head == d,
-        "the SAE ({} heads x d_head {}) does not fit the model's layer ({h} x {d})",
-        c.n_heads,
-        c.d_head
-    );
+    sae.check_per_head(&model.config.name, h, d)?;
     Ok((h, d, c.features_per_head))
 }
 

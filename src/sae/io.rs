@@ -140,6 +140,22 @@ impl BlockDiagSae {
         Ok(())
     }
 
+    /// Checks that the SAE has one block per head of a layer with these heads, as what reads
+    /// features per head needs (dashboards, `rank`, `text`, the app's Your text): a dense
+    /// SAE is refused saying so, any other by [`Self::check_fits`]'s words.
+    pub fn check_per_head(&self, model: &str, n_heads: usize, d_head: usize) -> anyhow::Result<()> {
+        self.check_fits(model, n_heads, d_head)?;
+        let c = &self.config;
+        anyhow::ensure!(
+            c.n_heads == n_heads,
+            "this SAE is dense (one block over all {n_heads} heads' hook_z, {} features), and \
+             dashboards, `rank` and `text` show features per head: they need a \
+             block-diagonal SAE (trained without --dense); `evaluate` and `export` take this one",
+            c.features_per_head
+        );
+        Ok(())
+    }
+
     /// Loads our format from a directory.
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Self> {
         let config: SaeConfig = read_json(&dir.join(CONFIG_FILE))?;
