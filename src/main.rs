@@ -222,7 +222,7 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         per_interval: usize,
         #[command(flatten)]
-        args: TrainArgs,
+        source: DashboardSource,
     },
     /// Show, for each head, where its features read from (their DFA's top source: previous
     /// token, induction, ...), then the features with the strongest activations, the tokens
@@ -444,9 +444,7 @@ impl Command {
                 ..
             } => once(path).chain(compare).chain(web_dir).collect(),
             Command::Import { saelens, seed, .. } => saelens.iter().chain(seed).collect(),
-            Command::Dashboard { run, sae, args, .. } => {
-                run.iter().chain(sae).chain(train(args)).collect()
-            }
+            Command::Dashboard { run, sae, .. } => run.iter().chain(sae).collect(),
             Command::Match { a, b, .. } => vec![a, b],
             Command::Compare { runs, .. } => runs.iter().collect(),
             Command::Label { run, from, .. } => once(run).chain(from).collect(),
@@ -786,8 +784,9 @@ fn main() -> anyhow::Result<()> {
             top_k,
             intervals,
             per_interval,
-            args,
+            source,
         } => {
+            let args = source.train_args();
             let options = BuildOptions {
                 top_k,
                 n_intervals: intervals,
@@ -1263,6 +1262,53 @@ fn hook_info(cfg: &train::TrainConfig) -> HookInfo {
         context_size: cfg.context_size,
         prepend_bos: true,
         dataset_path: cfg.dataset.display().to_string(),
+    }
+}
+
+/// What `dashboard` reads besides the SAE: the model, corpus and layer of an SAE without a
+/// run (a run records its own), and the windows' shape.
+#[derive(clap::Args, Debug, Clone)]
+struct DashboardSource {
+    /// With --sae: the model (directory, .gguf file, hub id or alias; default the offline
+    /// demo's SmolLM2-135M GGUF).
+    #[arg(long, conflicts_with = "run")]
+    model: Option<String>,
+    /// With --sae: the corpus (text file, directory, .jsonl or .parquet; default the
+    /// offline demo's Shakespeare).
+    #[arg(long, conflicts_with = "run")]
+    dataset: Option<std::path::PathBuf>,
+    /// With --sae: text column of a .jsonl or .parquet corpus (default `text`).
+    #[arg(long, conflicts_with = "run")]
+    text_column: Option<String>,
+    /// With --sae: the layer it reads (default: 24 for the demo model, else the middle
+    /// layer).
+    #[arg(long, conflicts_with = "run")]
+    hook_layer: Option<usize>,
+    /// With --sae: which hook_z it reads (default transformer-lens).
+    #[arg(long, value_enum, conflicts_with = "run")]
+    z_convention: Option<attn_saes::cli_train::ZConventionArg>,
+    /// Tokens per context window, BOS included (default: the run's, at most 128; 128 with
+    /// --sae).
+    #[arg(long)]
+    context_size: Option<usize>,
+    /// Count BOS positions and show them as examples (always for a run trained with
+    /// --keep-bos).
+    #[arg(long)]
+    keep_bos: bool,
+}
+
+impl DashboardSource {
+    fn train_args(self) -> TrainArgs {
+        TrainArgs {
+            model: self.model,
+            dataset: self.dataset,
+            text_column: self.text_column,
+            hook_layer: self.hook_layer,
+            z_convention: self.z_convention,
+            context_size: self.context_size,
+            keep_bos: self.keep_bos,
+            ..Default::default()
+        }
     }
 }
 

@@ -1103,6 +1103,17 @@ fn a_dense_run_ends_without_dashboards_and_says_which_commands_take_it() {
         assert!(stderr.ends_with(said), "{args:?}: {stderr}");
     }
     assert!(!out_dir.join("dashboard.safetensors").exists());
+    // `dashboard` takes the model, corpus and layer with --sae only (a run records its
+    // own), and no training flags (it accepted all of them and ignored most).
+    let (code, _, stderr) = cli(&["dashboard", "--run", run, "--model", "gpt2"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the argument '--run <RUN>' cannot be used with '--model <MODEL>'"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = cli(&["dashboard", "--run", run, "--lr", "5"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("unexpected argument '--lr'"), "{stderr}");
     let sae_dir = out_dir.join("sae");
     let (code, stdout, stderr) = cli(&[
         "evaluate",
@@ -1518,6 +1529,31 @@ fn run_dashboards_carry_the_run_and_feed_the_features_report() {
     );
     assert_eq!(d.meta.n_windows_scanned, 6);
     assert_eq!(d.meta.context_size, 16);
+    assert!(!d.meta.settings.keep_bos);
+    assert_eq!(d.meta.n_tokens, 6 * 15, "BOS not counted");
+    // Of a run trained on BOS positions (--keep-bos), the dashboards count and show them
+    // too, with the same options (they masked them).
+    let ckpt = checkpoint::resolve_resume(&run_dir).unwrap();
+    let saved = ckpt.join("config.toml");
+    let trained_on_bos = TrainConfig {
+        drop_bos: false,
+        ..checkpoint::read_config(&ckpt).unwrap()
+    };
+    let original = std::fs::read(&saved).unwrap();
+    std::fs::write(&saved, toml::to_string(&trained_on_bos).unwrap()).unwrap();
+    let with_bos = dashboard::build_for_run(
+        &run_dir,
+        None,
+        &loaded,
+        6 * 16,
+        None,
+        &BuildOptions::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    std::fs::write(&saved, original).unwrap();
+    assert!(with_bos.meta.settings.keep_bos);
+    assert_eq!(with_bos.meta.n_tokens, 6 * 16, "BOS counted");
     let (history, bad) = History::read(&run_dir.join("metrics.jsonl")).unwrap();
     assert_eq!(bad, 0);
     assert_eq!(d.meta.history, history, "30 steps + 2 evals fit whole");

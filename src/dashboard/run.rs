@@ -75,7 +75,8 @@ pub fn held_out_windows(
 /// Builds the dashboards of a run directory over at least `tokens` tokens of held-out
 /// windows of `context_size` tokens (default: the run's context, at most 128): of the SAE
 /// of `checkpoint` when given (a checkpoint directory of the run), else of the run's final
-/// `sae/`, else of its latest checkpoint (a run still training).
+/// `sae/`, else of its latest checkpoint (a run still training). BOS positions count (as
+/// `options.keep_bos`) when the run trained on them (`--keep-bos`) too.
 pub fn build_for_run(
     run_dir: &Path,
     checkpoint: Option<&Path>,
@@ -87,6 +88,10 @@ pub fn build_for_run(
 ) -> anyhow::Result<Dashboard> {
     let (ckpt, sae_dir) = checkpoint::run_sae(run_dir, checkpoint)?;
     let config = checkpoint::read_config(&ckpt)?;
+    let options = &BuildOptions {
+        keep_bos: options.keep_bos || !config.drop_bos,
+        ..options.clone()
+    };
     let sae = BlockDiagSae::load(&sae_dir, loaded.transformer.device())
         .with_context(|| format!("loading the run's SAE from {}", sae_dir.display()))?;
     let context = context_size.unwrap_or(config.context_size.min(128));
