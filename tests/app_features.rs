@@ -149,6 +149,25 @@ fn sorting_by_effect_on_the_loss_orders_the_list_by_the_files_estimates() {
     assert_eq!(h.state().1.feature, Some(order[1]));
 }
 
+/// The context slider reaches the whole window (the dashboard's context size; it stopped
+/// at ±64 tokens, short of a 128-token window for a late target), and no further.
+#[test]
+fn the_context_slider_reaches_the_whole_window() {
+    if !common::renderer_available() {
+        return;
+    }
+    let d =
+        LoadedDashboard::new("dashboard.safetensors".into(), dashboard_bytes().to_vec()).unwrap();
+    assert_eq!(d.file.meta.context_size, 16);
+    let state = FeaturesState {
+        crop: 500,
+        ..Default::default()
+    };
+    let mut h = harness_on(d, state, Vec::new());
+    h.run_steps(2);
+    assert_eq!(h.state().1.crop, 16);
+}
+
 #[test]
 fn arrow_keys_move_through_the_list_and_slash_focuses_search() {
     if !common::renderer_available() {

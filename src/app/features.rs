@@ -30,8 +30,10 @@ const ACT_COLOR: Color32 = Color32::from_rgb(255, 140, 0);
 const POS_COLOR: Color32 = Color32::from_rgb(45, 125, 255);
 /// Negative logit effects and attributions.
 const NEG_COLOR: Color32 = Color32::from_rgb(235, 65, 65);
-/// The context slider's range (tokens each side of the target).
-const MAX_CROP: usize = 64;
+/// The context slider's range: tokens each side of the target, up to the whole window.
+fn max_crop(file: &OwnedDashboardFile) -> usize {
+    file.meta.context_size.max(1)
+}
 /// Width of a head's density sparkline.
 const SPARK_SIZE: egui::Vec2 = vec2(72.0, 16.0);
 
@@ -384,7 +386,7 @@ pub fn features_ui(
     compared: &[super::curves::Compared],
 ) -> Option<FeaturesAction> {
     s.head = s.head.min(d.file.n_heads().saturating_sub(1));
-    s.crop = s.crop.clamp(1, MAX_CROP);
+    s.crop = s.crop.clamp(1, max_crop(&d.file));
     if !ui.ctx().text_edit_focused() && ui.input(|i| i.key_pressed(Key::Slash)) {
         ui.memory_mut(|m| m.request_focus(search_id()));
     }
@@ -1553,7 +1555,8 @@ fn top_examples(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &mu
         ui.heading("Top activations");
         ui.add_space(16.0);
         ui.add(
-            egui::Slider::new(&mut s.crop, 1..=MAX_CROP)
+            egui::Slider::new(&mut s.crop, 1..=max_crop(file))
+                .logarithmic(true)
                 .prefix("context ±")
                 .text("tokens"),
         );
