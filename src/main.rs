@@ -728,6 +728,12 @@ fn main() -> anyhow::Result<()> {
             out,
             neuronpedia,
         } => {
+            // A dashboard file has no SAE to export: said before any work.
+            anyhow::ensure!(
+                out.is_none() || run.is_dir(),
+                "--out exports an SAE: give its run or SAE directory, not the file {}",
+                run.display()
+            );
             if let Some(dir) = neuronpedia {
                 let path = attn_saes::serve::dashboard_file_of(&run).with_context(|| {
                     format!("{} has no dashboard file to export", run.display())
@@ -738,19 +744,20 @@ fn main() -> anyhow::Result<()> {
             let Some(out) = out else {
                 return Ok(());
             };
-            let sae_dir = if run.join("sae").is_dir() {
-                run.join("sae")
-            } else {
-                run.clone()
-            };
+            let (sae_dir, hook, sparsity) = saelens_export_source(&run)?;
             let selected = device::select(DeviceChoice::Cpu)?;
             let sae = BlockDiagSae::load(&sae_dir, &selected.device)?;
-            let hook = match train::TrainConfig::from_toml(&run.join("config.toml")) {
-                Ok(cfg) => hook_info(&cfg),
-                Err(_) => HookInfo::default(),
+            sae.export_saelens(&out, &hook, sparsity.as_deref())?;
+            let without = match sparsity {
+                Some(_) => "",
+                None => " (no sparsity.safetensors: the feature densities are a run's final SAE's)",
             };
-            sae.export_saelens(&out, &hook, None)?;
-            println!("wrote SAELens folder {}", out.display());
+            println!(
+                "wrote SAELens folder {} ({} layer {}){without}",
+                out.display(),
+                hook.model_name,
+                hook.hook_layer
+            );
         }
         Command::Import {
             saelens,
@@ -1255,13 +1262,70 @@ fn say_written(d: &Dashboard, path: &std::path::Path) {
     );
 }
 
-fn hook_info(cfg: &train::TrainConfig) -> HookInfo {
-    HookInfo {
-        model_name: cfg.model.clone(),
-        hook_layer: cfg.hook_layer.unwrap_or_default(),
-        context_size: cfg.context_size,
+/// What `export --out` exports for `path` (a run directory, or an SAE directory, a run's
+/// `sae/` or a checkpoint's included): the SAE's directory, its hook (the layer and model from
+/// the SAE's recorded origin, the windows from the run's config), and the log10 feature
+/// densities the run wrote for its final SAE (as `train` exports it), if that is the one.
+fn saelens_export_source(
+    path: &std::path::Path,
+) -> anyhow::Result<(std::path::PathBuf, HookInfo, Option<Vec<f32>>)> {
+    use attn_saes::sae::io::CONFIG_FILE;
+    let (sae_dir, run) = if path.join(CONFIG_FILE).is_file() {
+        // An SAE directory: in a run (RUN/sae) or a checkpoint (RUN/checkpoints/step_N/sae)?
+        let up = path.parent().unwrap_or(std::path::Path::new(""));
+        let run = [up, up.parent().and_then(|p| p.parent()).unwrap_or(up)]
+            .into_iter()
+            .find(|r| checkpoint::resolve_resume(r).is_ok());
+        (path.to_path_buf(), run.map(|r| r.to_path_buf()))
+    } else {
+        (checkpoint::run_sae(path, None)?.1, Some(path.to_path_buf()))
+    };
+    let config = match &run {
+        Some(r) => Some(checkpoint::read_config(&checkpoint::resolve_resume(r)?)?),
+        None => None,
+    };
+    let origin = BlockDiagSae::read_origin(&sae_dir)?;
+    let (model_name, hook_layer) = match (origin, &config) {
+        (Some(o), _) => (o.model, o.hook_layer),
+        (None, Some(c)) if c.hook_layer.is_some() => (c.model.clone(), c.hook_layer.unwrap()),
+        _ => anyhow::bail!(
+            "{} does not record the layer it was trained on (its sae_config.json has no \
+             origin, and there is no run config that names one), so its SAELens hook_name \
+             would be a guess",
+            sae_dir.display()
+        ),
+    };
+    let hook = HookInfo {
+        model_name,
+        hook_layer,
+        context_size: config.as_ref().map_or(0, |c| c.context_size),
         prepend_bos: true,
-        dataset_path: cfg.dataset.display().to_string(),
+        dataset_path: config
+            .as_ref()
+            .map_or(String::new(), |c| c.dataset.display().to_string()),
+    };
+    // The densities `train` exported with the run's final SAE (RUN/saelens).
+    let sparsity = match &run {
+        Some(r) if same_dir(&r.join("sae"), &sae_dir) => {
+            let file = r.join("saelens").join("sparsity.safetensors");
+            match file.is_file() {
+                true => Some(
+                    attn_saes::lm::weights::WeightFile::open(&file)?
+                        .read("sparsity")?
+                        .data,
+                ),
+                false => None,
+            }
+        }
+        _ => None,
+    };
+    Ok((sae_dir, hook, sparsity))
+}
+
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
     }
 }
 

@@ -1054,6 +1054,63 @@ fn no_display_says_what_works_without_a_window() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// `export --run R --out DIR` writes what `train` exported into R/saelens, byte for byte,
+/// from a run, its `sae/` or (without the densities) a checkpoint's SAE: it read a
+/// `config.toml` that runs do not have and wrote `hook_layer: 0` (`blocks.0.attn.hook_z`)
+/// for a layer-24 SAE, without a word, and failed on a run with checkpoints only.
+#[test]
+fn export_writes_the_saelens_folder_that_training_wrote() {
+    let dir = temp_dir("export");
+    let cfg = TrainConfig {
+        hook_layer: None,
+        ..config(&dir, 10)
+    };
+    let (result, _) = run(cfg.clone(), None, RunControl::default());
+    result.unwrap();
+    let out_dir = cfg.out_dir.clone();
+    let export = |from: &Path, to: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["export", "--run", from.to_str().unwrap(), "--out"])
+            .arg(dir.join(to))
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{said}{err}");
+        said
+    };
+    let bytes = |d: &Path, f: &str| std::fs::read(d.join(f)).ok();
+    let trained = out_dir.join("saelens");
+    let cfg_json = |d: &Path| -> serde_json::Value {
+        serde_json::from_slice(&bytes(d, "cfg.json").unwrap()).unwrap()
+    };
+    // gpt2_tiny has 2 layers: the middle one, unset in the config, is 1.
+    assert_eq!(cfg_json(&trained)["hook_layer"], 1);
+    assert_eq!(cfg_json(&trained)["hook_name"], "blocks.1.attn.hook_z");
+    for (from, to) in [(out_dir.clone(), "a"), (out_dir.join("sae"), "b")] {
+        let said = export(&from, to);
+        assert!(said.contains(" layer 1)"), "{said}");
+        let got = dir.join(to);
+        assert_eq!(cfg_json(&got), cfg_json(&trained), "{from:?}");
+        for f in ["sae_weights.safetensors", "sparsity.safetensors"] {
+            assert!(bytes(&got, f).is_some(), "{f} from {from:?}");
+            assert_eq!(bytes(&got, f), bytes(&trained, f), "{f} from {from:?}");
+        }
+    }
+    // A checkpoint's SAE: the same hook, no densities (they are the final SAE's), said.
+    let ckpt = checkpoint::resolve_resume(&out_dir).unwrap();
+    let said = export(&ckpt.join("sae"), "c");
+    assert!(said.contains("no sparsity.safetensors"), "{said}");
+    assert_eq!(cfg_json(&dir.join("c")), cfg_json(&trained));
+    assert!(bytes(&dir.join("c"), "sparsity.safetensors").is_none());
+    // A run with checkpoints only (stopped, say): its latest checkpoint's SAE.
+    std::fs::remove_dir_all(out_dir.join("sae")).unwrap();
+    export(&out_dir, "d");
+    assert_eq!(cfg_json(&dir.join("d")), cfg_json(&trained));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A dense SAE (`--dense`) trains and ends well, without dashboards, saying why (it
 /// ended in an error after training: dashboards need one block per head); what reads
 /// features per head refuses it naming the reason, and `evaluate` and `export` take it.
