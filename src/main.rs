@@ -833,7 +833,7 @@ fn main() -> anyhow::Result<()> {
                         z_convention: config.z_convention,
                         windows,
                         windows_from: format!("the start of {}", config.dataset.display()),
-                        sae_source: sae_dir.display().to_string(),
+                        sae_source: dashboard::recorded_path(&sae_dir),
                         run_config: None,
                         history: Default::default(),
                         run_heads: None,
@@ -1937,7 +1937,7 @@ fn examples_effect_command(
     let source = if run.is_dir() {
         LiveSource::Run(run.to_path_buf())
     } else {
-        LiveSource::of_dashboard(&d.meta)
+        LiveSource::of_dashboard(&d.meta, run)
     };
     let live = load_live(&source, choice)?;
     let e = live.examples_effect(&examples, head, feature)?;
@@ -2009,7 +2009,7 @@ fn sae_and_dashboard(
     use attn_saes::dashboard::format::OwnedDashboardFile;
     Ok(if path.is_file() {
         let file = OwnedDashboardFile::read(path)?;
-        (std::path::PathBuf::from(&file.meta.sae.source), Some(file))
+        (file.meta.sae_dir(path), Some(file))
     } else if path.join("sae_config.json").is_file() {
         (path.to_path_buf(), None)
     } else {
@@ -2143,7 +2143,7 @@ fn live_of(
         Some(OwnedDashboardFile::read(&path)?)
     };
     let source = match (&file, run.is_dir()) {
-        (Some(file), false) => LiveSource::of_dashboard(&file.meta),
+        (Some(file), false) => LiveSource::of_dashboard(&file.meta, run),
         _ => LiveSource::Run(run.to_path_buf()),
     };
     Ok((load_live(&source, choice)?, file))
@@ -2291,7 +2291,7 @@ fn text_command(
         LiveSource::Run(run.to_path_buf())
     } else {
         let file = attn_saes::dashboard::format::OwnedDashboardFile::read(run)?;
-        LiveSource::of_dashboard(&file.meta)
+        LiveSource::of_dashboard(&file.meta, run)
     };
     let live = load_live(&source, choice)?;
     let a = live.analyse(text)?;

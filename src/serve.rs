@@ -120,7 +120,7 @@ fn live_site_under(
     let sae_dir = if path.is_dir() {
         crate::train::checkpoint::run_sae(path, None)?.1
     } else {
-        PathBuf::from(&meta.sae.source)
+        meta.sae_dir(path)
     };
     let model = crate::lm::hub::resolve(&meta.model.name)?;
     let (model_files, sae_files) = crate::dashboard::browser_files(&model, &sae_dir)?;

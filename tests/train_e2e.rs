@@ -1111,6 +1111,38 @@ fn export_writes_the_saelens_folder_that_training_wrote() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A dashboard file finds its SAE from any working directory: new files record the SAE's
+/// directory absolute; a file that recorded it relative (`run/sae`, as built from `dir`)
+/// finds it beside itself. `text` on such a file, run from elsewhere, said "the SAE at
+/// run/sae is not on this machine".
+#[test]
+fn a_dashboard_file_finds_its_sae_from_any_directory() {
+    use attn_saes::dashboard::format::Dashboard;
+    let dir = temp_dir("sae-path");
+    let run_dir = run_with_dashboard(&dir, 10);
+    let file = run_dir.join("dashboard.safetensors");
+    let mut d = Dashboard::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(Path::new(&d.meta.sae.source), run_dir.join("sae"));
+    assert!(Path::new(&d.meta.sae.source).is_absolute());
+    d.meta.sae.source = "run/sae".into();
+    std::fs::write(&file, d.to_bytes().unwrap()).unwrap();
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    for cwd in [&elsewhere, &dir] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu", "text"])
+            .arg(&file)
+            .arg("the cat sat")
+            .current_dir(cwd)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "from {cwd:?}: {err}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A dense SAE (`--dense`) trains and ends well, without dashboards, saying why (it
 /// ended in an error after training: dashboards need one block per head); what reads
 /// features per head refuses it naming the reason, and `evaluate` and `export` take it.

@@ -298,8 +298,8 @@ pub enum LiveSource {
 }
 
 impl LiveSource {
-    /// The source a dashboard's metadata names.
-    pub fn of_dashboard(meta: &crate::dashboard::format::DashboardMeta) -> Self {
+    /// The source the metadata of the dashboard file at `file` names.
+    pub fn of_dashboard(meta: &crate::dashboard::format::DashboardMeta, file: &Path) -> Self {
         let z_convention = if meta.z_convention == "Raw" {
             crate::lm::ZConvention::Raw
         } else {
@@ -307,7 +307,7 @@ impl LiveSource {
         };
         Self::Recorded {
             model: meta.model.name.clone(),
-            sae_dir: PathBuf::from(&meta.sae.source),
+            sae_dir: meta.sae_dir(file),
             layer: meta.hook_layer,
             z_convention,
         }

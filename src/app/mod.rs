@@ -1008,7 +1008,11 @@ impl AttnSaesApp {
     fn live_source(&self) -> Option<jobs::LiveSource> {
         match (&self.native.run_dir, &self.dashboard) {
             (Some(run), _) => Some(jobs::LiveSource::Run(run.clone())),
-            (None, Some(d)) => Some(jobs::LiveSource::of_dashboard(&d.file.meta)),
+            (None, Some(d)) => {
+                let file = self.native.dashboard_file.as_deref();
+                let file = file.unwrap_or(Path::new(crate::dashboard::DASHBOARD_FILE));
+                Some(jobs::LiveSource::of_dashboard(&d.file.meta, file))
+            }
             (None, None) => None,
         }
     }

@@ -363,6 +363,30 @@ pub fn published_name(name: &str) -> String {
 }
 
 impl DashboardMeta {
+    /// The directory of the SAE this dashboard was built from, for the dashboard file at
+    /// `file`. A relative path (as files built before the path was recorded absolute hold:
+    /// `runs/latest/sae`, relative to where `dashboard` ran) is found from where the file
+    /// is when the file still sits where it was written beside it
+    /// (`/work/runs/latest/dashboard.safetensors` gives `/work/runs/latest/sae`), so that it
+    /// opens from any directory; else it stays as recorded.
+    pub fn sae_dir(&self, file: &std::path::Path) -> std::path::PathBuf {
+        let recorded = std::path::PathBuf::from(&self.sae.source);
+        if recorded.is_absolute() {
+            return recorded;
+        }
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        let Ok(dir) = std::path::absolute(dir) else {
+            return recorded;
+        };
+        match (recorded.parent(), recorded.file_name()) {
+            (Some(parent), Some(name)) if dir.ends_with(parent) => dir.join(name),
+            _ => recorded,
+        }
+    }
+
     /// This metadata as a page on the web may show it ([`published_name`]): the model's
     /// name, the SAE's source and every string of the run's config without the local
     /// directories they name.

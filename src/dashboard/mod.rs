@@ -107,6 +107,15 @@ pub fn built_from(loaded: &crate::lm::LoadedModel, sae_dir: &Path) -> Option<for
     })
 }
 
+/// How a dashboard records the directory of the SAE it was built from: absolute, so that
+/// the file finds it from any working directory.
+pub fn recorded_path(dir: &Path) -> String {
+    std::path::absolute(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// The dashboard file of a run directory.
 pub fn run_dashboard_path(run_dir: &Path) -> PathBuf {
     run_dir.join(DASHBOARD_FILE)

@@ -121,7 +121,7 @@ pub fn build_for_run(
         z_convention: config.z_convention,
         windows,
         windows_from: from,
-        sae_source: sae_dir.display().to_string(),
+        sae_source: super::recorded_path(&sae_dir),
         run_config: serde_json::to_value(&config).ok(),
         history,
         run_heads,
