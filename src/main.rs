@@ -181,9 +181,11 @@ enum Command {
         /// A seed-fork state dict (.pt/.pth/.safetensors with enc_blocks.{h}.*).
         #[arg(long)]
         seed: Option<std::path::PathBuf>,
-        /// Heads of the hooked layer (to recognise block-diagonal SAELens SAEs).
-        #[arg(long, default_value_t = 1)]
-        n_heads: usize,
+        /// Heads of the hooked layer, to recognise a block-diagonal SAELens SAE (default:
+        /// what the folder's `attn_saes` block records, from this tool's exports; else 1,
+        /// a dense SAE).
+        #[arg(long)]
+        n_heads: Option<usize>,
         /// Output SAE directory (our format).
         #[arg(long)]
         out: std::path::PathBuf,
@@ -766,12 +768,29 @@ fn main() -> anyhow::Result<()> {
             out,
         } => {
             let device = device::select(DeviceChoice::Cpu)?.device;
-            let sae = match (saelens, seed) {
-                (Some(dir), None) => BlockDiagSae::import_saelens(&dir, n_heads, &device)?,
-                (None, Some(file)) => BlockDiagSae::import_seed(&file, &device)?,
+            let (sae, origin) = match (saelens, seed) {
+                (Some(dir), None) => {
+                    // Our own exports say how many heads and where they were trained.
+                    let recorded = BlockDiagSae::saelens_recorded(&dir)?;
+                    let heads = n_heads.or(recorded.as_ref().map(|r| r.0)).unwrap_or(1);
+                    let sae = BlockDiagSae::import_saelens(&dir, heads, &device)?;
+                    if heads > 1 && sae.config.n_heads == 1 {
+                        println!(
+                            "its matrices are not block-diagonal over {heads} heads: imported as \
+                             one dense SAE"
+                        );
+                    } else if n_heads.is_none() && recorded.is_none() {
+                        println!(
+                            "imported as one dense SAE: give --n-heads (the layer's heads) to \
+                             import a block-diagonal one as such"
+                        );
+                    }
+                    (sae, recorded.and_then(|r| r.1))
+                }
+                (None, Some(file)) => (BlockDiagSae::import_seed(&file, &device)?, None),
                 _ => anyhow::bail!("give one of --saelens DIR or --seed FILE"),
             };
-            sae.save(&out)?;
+            sae.save_with_origin(&out, origin.as_ref())?;
             println!(
                 "imported SAE: {} heads x {} features (d_head {}), {:?} -> {}",
                 sae.config.n_heads,
@@ -1285,9 +1304,11 @@ fn saelens_export_source(
         None => None,
     };
     let origin = BlockDiagSae::read_origin(&sae_dir)?;
-    let (model_name, hook_layer) = match (origin, &config) {
-        (Some(o), _) => (o.model, o.hook_layer),
-        (None, Some(c)) if c.hook_layer.is_some() => (c.model.clone(), c.hook_layer.unwrap()),
+    let (model_name, hook_layer, z_convention) = match (origin, &config) {
+        (Some(o), _) => (o.model, o.hook_layer, o.z_convention),
+        (None, Some(c)) if c.hook_layer.is_some() => {
+            (c.model.clone(), c.hook_layer.unwrap(), c.z_convention)
+        }
         _ => anyhow::bail!(
             "{} does not record the layer it was trained on (its sae_config.json has no \
              origin, and there is no run config that names one), so its SAELens hook_name \
@@ -1303,6 +1324,7 @@ fn saelens_export_source(
         dataset_path: config
             .as_ref()
             .map_or(String::new(), |c| c.dataset.display().to_string()),
+        z_convention,
     };
     // The densities `train` exported with the run's final SAE (RUN/saelens).
     let sparsity = match &run {

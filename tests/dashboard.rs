@@ -955,6 +955,7 @@ fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
         context_size: 10,
         prepend_bos: true,
         dataset_path: String::new(),
+        z_convention: Default::default(),
     };
     let saelens = dir.join("saelens");
     sae.export_saelens(&saelens, &hook, None).unwrap();

@@ -474,6 +474,7 @@ fn tiny_hook() -> attn_saes::sae::io::HookInfo {
         context_size: 16,
         prepend_bos: true,
         dataset_path: "x".into(),
+        z_convention: Default::default(),
     }
 }
 

@@ -1108,6 +1108,38 @@ fn export_writes_the_saelens_folder_that_training_wrote() {
     std::fs::remove_dir_all(out_dir.join("sae")).unwrap();
     export(&out_dir, "d");
     assert_eq!(cfg_json(&dir.join("d")), cfg_json(&trained));
+    // Imported back without --n-heads: block-diagonal over the 4 heads the export records,
+    // with its origin (it became one dense SAE, with none); with a wrong --n-heads, dense,
+    // saying so.
+    let import = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["import", "--saelens", trained.to_str().unwrap()])
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let imported = dir.join("imported");
+    let said = import(&["--out", imported.to_str().unwrap()]);
+    assert!(!said.contains("dense"), "{said}");
+    let sae = BlockDiagSae::load(&imported, &Device::flex()).unwrap();
+    assert_eq!((sae.config.n_heads, sae.config.d_head), (4, 16));
+    let origin = BlockDiagSae::read_origin(&imported).unwrap().unwrap();
+    assert_eq!(
+        origin.model,
+        cfg_json(&trained)["model_name"].as_str().unwrap()
+    );
+    assert_eq!(origin.hook_layer, 1);
+    assert_eq!(origin.z_convention, ZConvention::TransformerLens);
+    let said = import(&["--n-heads", "3", "--out", dir.join("i3").to_str().unwrap()]);
+    assert!(
+        said.starts_with(
+            "its matrices are not block-diagonal over 3 heads: imported as one dense SAE\n"
+        ),
+        "{said}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -23,6 +23,9 @@ pub struct HookInfo {
     pub context_size: usize,
     pub prepend_bos: bool,
     pub dataset_path: String,
+    /// Which hook_z the SAE reads (recorded in the export's `attn_saes` block, so that an
+    /// import knows it).
+    pub z_convention: crate::lm::ZConvention,
 }
 
 /// What an SAE was trained on, recorded beside its shape in `sae_config.json` (as an
@@ -263,9 +266,37 @@ impl BlockDiagSae {
                 "features_per_head": m,
                 "block_diagonal": h > 1,
                 "training_architecture": cfg.architecture,
+                "z_convention": hook.z_convention,
             },
         });
         write_json(&dir.join("cfg.json"), &cfg_json)
+    }
+
+    /// What an SAELens folder written by this tool (`export`, `train`'s `saelens/`) records in
+    /// its `attn_saes` block: the heads its SAE is block-diagonal over (1: dense) and, when
+    /// the block names the hook_z convention, where it was trained. `None` for other folders.
+    pub fn saelens_recorded(dir: &Path) -> anyhow::Result<Option<(usize, Option<SaeOrigin>)>> {
+        let cfg: serde_json::Value = read_json(&dir.join("cfg.json"))?;
+        let Some(ours) = cfg.get("attn_saes") else {
+            return Ok(None);
+        };
+        let heads = ours.get("n_heads").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
+        let z_convention = ours
+            .get("z_convention")
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        let model = cfg.get("model_name").and_then(|v| v.as_str());
+        let layer = cfg.get("hook_layer").and_then(|v| v.as_u64());
+        let origin = match (model, layer, z_convention) {
+            (Some(model), Some(layer), Some(z_convention)) if !model.is_empty() => {
+                Some(SaeOrigin {
+                    model: model.to_string(),
+                    hook_layer: layer as usize,
+                    z_convention,
+                })
+            }
+            _ => None,
+        };
+        Ok(Some((heads, origin)))
     }
 
     /// Imports a SAELens folder (`cfg.json` + `sae_weights.safetensors`) as a hook_z SAE.

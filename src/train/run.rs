@@ -540,6 +540,7 @@ impl<'a> Trainer<'a> {
             context_size: config.context_size,
             prepend_bos: mc.bos_token_id.is_some(),
             dataset_path: config.dataset.display().to_string(),
+            z_convention: config.z_convention,
         };
         self.sae.export_saelens(
             &config.out_dir.join("saelens"),
