@@ -240,7 +240,27 @@ impl TrainArgs {
              in {}",
             checkpoint.display()
         );
-        let asked = self.apply(saved.clone());
+        let mut asked = self.apply(saved.clone());
+        // A path given another way (relative, `./x`, through a link) is the same path.
+        let same =
+            |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            };
+        if same(&asked.out_dir, &saved.out_dir) {
+            asked.out_dir = saved.out_dir.clone();
+        }
+        if same(&asked.dataset, &saved.dataset) {
+            asked.dataset = saved.dataset.clone();
+        }
+        if same(asked.model.as_ref(), saved.model.as_ref()) {
+            asked.model = saved.model.clone();
+        }
+        if let (Some(a), Some(b)) = (&asked.activation_cache, &saved.activation_cache)
+            && same(a, b)
+        {
+            asked.activation_cache = saved.activation_cache.clone();
+        }
         let (a, b) = (serde_json::to_value(&saved)?, serde_json::to_value(&asked)?);
         let mut changed = Vec::new();
         if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
@@ -257,7 +277,8 @@ impl TrainArgs {
         anyhow::ensure!(
             changed.is_empty(),
             "--resume continues the run saved in {}, but these flags differ from its config: \
-             {}. Drop them, or start a new run (--out-dir) to change them.",
+             {}. Drop them (a resumed run keeps its config), or start a new run in another \
+             --out-dir to change them.",
             checkpoint.display(),
             changed.join(", ")
         );
@@ -714,6 +735,50 @@ mod tests {
             c.aux_k_coefficient(),
             crate::train::config::DEFAULT_AUX_K_COEFFICIENT
         );
+    }
+
+    /// `--resume` with the run's own `--out-dir` written another way is the same run (it
+    /// was refused: "--out-dir ("/x/t1" in the checkpoint, "t1" given)"); another directory
+    /// is still refused, named.
+    #[test]
+    fn resume_takes_the_same_paths_written_another_way() {
+        let dir =
+            std::env::temp_dir().join(format!("attn-saes-resume-paths-{}", std::process::id()));
+        let run = dir.join("run");
+        std::fs::create_dir_all(run.join("sub")).unwrap();
+        std::fs::create_dir_all(dir.join("other")).unwrap();
+        let saved = TrainConfig {
+            out_dir: run.clone(),
+            dataset: dir.clone(),
+            ..TrainConfig::default()
+        };
+        let resume = |flags: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("train").chain(flags.iter().copied())).unwrap();
+            cli.args
+                .resume_config(saved.clone(), DeviceChoice::Cpu, &run)
+                .map_err(|e| e.to_string())
+        };
+        let again = run.join("sub").join("..");
+        let c = resume(&[
+            "--out-dir",
+            again.to_str().unwrap(),
+            "--dataset",
+            run.join("..").to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!((c.out_dir, c.dataset), (run.clone(), dir.clone()));
+        let other = dir.join("other");
+        let err = resume(&["--out-dir", other.to_str().unwrap()]).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "--out-dir (\"{}\" in the checkpoint, \"{}\" given)",
+                run.display(),
+                other.display()
+            )),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// Defaults stated in words rather than as the config's value, each checked below.
