@@ -19,7 +19,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Stop (with a checkpoint) after this many steps in total.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_positive)]
     pub stop_after: Option<usize>,
     /// Model: directory, .gguf file, hub id (ORG/NAME) or alias (gpt2, gelu-2l).
     /// Default: the offline demo SmolLM2-135M GGUF.
@@ -158,6 +158,15 @@ pub struct TrainArgs {
     /// (default runs/latest).
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+}
+
+/// A count that must be at least 1 (clap's range error named `1..18446744073709551615`).
+pub fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Fetches the offline demo assets (once) when the config uses them and they are missing;

@@ -56,10 +56,10 @@ enum Command {
         #[arg(long)]
         run: std::path::PathBuf,
         /// Tokens to scan (rounded up to whole context windows).
-        #[arg(long, default_value_t = 4096)]
+        #[arg(long, default_value_t = 4096, value_parser = attn_saes::cli_train::parse_positive)]
         tokens: usize,
         /// Features printed each way.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = attn_saes::cli_train::parse_positive)]
         top: usize,
         /// Write the whole ranking (every feature that fired) as JSON here too.
         #[arg(long)]
@@ -76,10 +76,10 @@ enum Command {
         #[arg(long)]
         layer: Option<usize>,
         /// Sequences of random tokens.
-        #[arg(long, default_value_t = attn_saes::lm::head_scores::SEQUENCES)]
+        #[arg(long, default_value_t = attn_saes::lm::head_scores::SEQUENCES, value_parser = attn_saes::cli_train::parse_positive)]
         sequences: usize,
         /// Random tokens per copy (shortened to fit the context).
-        #[arg(long, default_value_t = attn_saes::lm::head_scores::COPY_LEN)]
+        #[arg(long, default_value_t = attn_saes::lm::head_scores::COPY_LEN, value_parser = attn_saes::cli_train::parse_positive)]
         len: usize,
         /// Seed of the random tokens.
         #[arg(long, default_value_t = attn_saes::lm::head_scores::SEED)]
@@ -202,7 +202,7 @@ enum Command {
         #[arg(long)]
         sae: Option<std::path::PathBuf>,
         /// Tokens to scan (rounded up to whole context windows).
-        #[arg(long, default_value_t = dashboard::DEFAULT_TOKENS)]
+        #[arg(long, default_value_t = dashboard::DEFAULT_TOKENS, value_parser = attn_saes::cli_train::parse_positive)]
         tokens: usize,
         /// Estimate each feature's effect on the loss (first order, as `rank`) over the
         /// first windows holding this many tokens; 0: not at all.
@@ -235,14 +235,14 @@ enum Command {
         #[arg(long)]
         run: std::path::PathBuf,
         /// Features shown per head.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = attn_saes::cli_train::parse_positive)]
         per_head: usize,
         /// Examples per feature.
         #[arg(long, default_value_t = 5)]
         top: usize,
         /// Which features each head lists: the strongest by maximum activation, or by effect
         /// on the loss either way (dashboards with the estimates).
-        #[arg(long, value_enum, default_value_t = ReportBy::Activation)]
+        #[arg(long, value_enum, default_value_t = ReportBy::Activation, conflicts_with_all = ["feature", "effect"])]
         by: ReportBy,
         /// Write the report as JSON here too.
         #[arg(long)]
@@ -305,7 +305,12 @@ enum Command {
         effect: Option<(usize, usize)>,
         /// With --effect: multiply the feature's activation by this wherever it fires
         /// instead of removing it (1 changes nothing, 2 doubles it, -1 flips it).
-        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        #[arg(
+            long,
+            default_value_t = 0.0,
+            allow_negative_numbers = true,
+            requires = "effect"
+        )]
         scale: f32,
         /// Rank every feature that fires in the text by a first-order estimate of how much
         /// the text's loss would rise without it (one backward pass), and print the
@@ -424,6 +429,20 @@ impl Command {
     /// they exist before anything else, so a mistyped path gets the same one-line error from
     /// every command (each had its own, some after work had begun). Models and datasets,
     /// which may be hub ids or the demo's, are left to their loaders.
+    /// The files the command writes at its end (JSON reports, a dashboard file): checked
+    /// first, so that a mistyped one does not cost the work before it.
+    fn outputs(&self) -> Vec<&std::path::Path> {
+        let files: Vec<&std::path::PathBuf> = match self {
+            Command::Rank { json, .. }
+            | Command::Heads { json, .. }
+            | Command::Features { json, .. }
+            | Command::Match { json, .. } => json.iter().collect(),
+            Command::Dashboard { out, .. } => out.iter().collect(),
+            _ => vec![],
+        };
+        files.into_iter().map(|p| p.as_path()).collect()
+    }
+
     fn inputs(&self) -> Vec<&std::path::Path> {
         use std::iter::once;
         fn train(a: &TrainArgs) -> Vec<&std::path::PathBuf> {
@@ -491,6 +510,21 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(missing) = cli.command.inputs().into_iter().find(|p| !p.exists()) {
         anyhow::bail!("{} does not exist", missing.display());
+    }
+    for file in cli.command.outputs() {
+        anyhow::ensure!(
+            !file.is_dir(),
+            "{} is a directory: give a file to write",
+            file.display()
+        );
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+            anyhow::bail!(
+                "cannot write {}: its directory {} does not exist",
+                file.display(),
+                dir.display()
+            );
+        }
     }
     match cli.command {
         Command::Info { model } => {

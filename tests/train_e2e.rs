@@ -1175,6 +1175,81 @@ fn a_dashboard_file_finds_its_sae_from_any_directory() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Flags that would be ignored, counts of 0 and output files that cannot be written are
+/// refused before any work (`rank --json /missing/x.json` ranked, then failed to write,
+/// printing nothing; `text --scale 2` without --effect, `features --feature --by effect`
+/// and `train --stop-after 0` ran as if the flag were not there).
+#[test]
+fn ignored_flags_zero_counts_and_unwritable_outputs_are_refused_first() {
+    let dir = temp_dir("refused-first");
+    let run = dir.to_str().unwrap();
+    let missing = dir.join("no-such-dir").join("x.json");
+    let missing = missing.to_str().unwrap();
+    let cases: [(&[&str], String); 9] = [
+        (
+            &["rank", "--run", run, "--json", missing],
+            format!(
+                "Error: cannot write {missing}: its directory {} does not exist\n",
+                dir.join("no-such-dir").display()
+            ),
+        ),
+        (
+            &["features", "--run", run, "--json", run],
+            format!("Error: {run} is a directory: give a file to write\n"),
+        ),
+        (
+            &["rank", "--run", run, "--top", "0"],
+            "error: invalid value '0' for '--top <TOP>': must be at least 1".into(),
+        ),
+        (
+            &["rank", "--run", run, "--tokens", "0"],
+            "error: invalid value '0' for '--tokens <TOKENS>': must be at least 1".into(),
+        ),
+        (
+            &["features", "--run", run, "--per-head", "0"],
+            "error: invalid value '0' for '--per-head <PER_HEAD>': must be at least 1".into(),
+        ),
+        (
+            &["train", "--headless", "--stop-after", "0"],
+            "error: invalid value '0' for '--stop-after <STOP_AFTER>': must be at least 1".into(),
+        ),
+        (
+            &["heads", "--model", "gpt2", "--len", "0"],
+            "error: invalid value '0' for '--len <LEN>': must be at least 1".into(),
+        ),
+        (
+            &["text", run, "hi", "--scale", "2"],
+            "error: the following required arguments were not provided:\n  --effect <EFFECT>"
+                .into(),
+        ),
+        (
+            &[
+                "features",
+                "--run",
+                run,
+                "--feature",
+                "0,0",
+                "--by",
+                "effect",
+            ],
+            "error: the argument '--feature <FEATURE>' cannot be used with '--by <BY>'".into(),
+        ),
+    ];
+    for (args, said) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.starts_with(&said), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    assert_eq!(walk(&dir), Vec::<PathBuf>::new(), "nothing written");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A dense SAE (`--dense`) trains and ends well, without dashboards, saying why (it
 /// ended in an error after training: dashboards need one block per head); what reads
 /// features per head refuses it naming the reason, and `evaluate` and `export` take it.
