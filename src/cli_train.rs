@@ -439,6 +439,11 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                     spinner.set_message(s);
                 }
             }
+            // Above the bar on a terminal; a hidden bar (not a terminal) prints nothing.
+            TrainEvent::Notice(s) => match bar.as_ref().unwrap_or(&spinner) {
+                b if b.is_hidden() => eprintln!("{s}"),
+                b => b.println(s),
+            },
             TrainEvent::Started {
                 config,
                 model,

@@ -1535,6 +1535,21 @@ fn training_from_an_activation_cache() {
         RunControl::default(),
     );
     result.unwrap();
+    // 40 steps of 64 tokens from 1000 cached rows: said once, kept in view.
+    let notices: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Notice(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        notices,
+        [
+            "the activation cache holds 1000 tokens and 40 steps x 64 take 2560: it is read 2.6 \
+          times over (`harvest --tokens` harvests more)"
+        ]
+    );
     let mses: Vec<f64> = events
         .iter()
         .filter_map(|e| match e {
@@ -1839,7 +1854,7 @@ fn a_new_run_in_the_same_directory_replaces_the_previous_one() {
     let summary = result.unwrap();
     assert_eq!(summary.steps, 12);
     assert!(events.iter().any(
-        |e| matches!(e, TrainEvent::Status(s) if s.starts_with("a new run replaces the previous one"))
+        |e| matches!(e, TrainEvent::Notice(s) if s.starts_with("a new run replaces the previous one"))
     ));
     let (history, bad) = attn_saes::run_log::History::read(&run_dir.join("metrics.jsonl")).unwrap();
     assert_eq!(bad, 0);
@@ -1857,5 +1872,28 @@ fn a_new_run_in_the_same_directory_replaces_the_previous_one() {
             .join(checkpoint::step_dir_name(12))
     );
     assert!(!dashboard.exists());
+    // The terminal keeps the line in view (it was a spinner message, replaced at once).
+    let toml_file = dir.join("config.toml");
+    std::fs::write(&toml_file, toml::to_string(&config(&dir, 2)).unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args([
+            "--device",
+            "cpu",
+            "train",
+            "--headless",
+            "--no-dashboard",
+            "--config",
+        ])
+        .arg(&toml_file)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let said = format!(
+        "a new run replaces the previous one in {} (--resume continues a run)\n",
+        run_dir.display()
+    );
+    assert!(err.contains(&said), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }

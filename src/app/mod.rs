@@ -1380,6 +1380,7 @@ impl AttnSaesApp {
                 s.step = start_step;
             }
             TrainEvent::Status(text) => s.phase = text,
+            TrainEvent::Notice(text) => self.message(Level::Info, text),
             TrainEvent::Step(m) => {
                 s.phase = "training".into();
                 s.step = m.step;

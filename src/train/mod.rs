@@ -43,6 +43,9 @@ pub enum TrainEvent {
     },
     /// A phase that has no step count yet (loading, harvesting the first buffer...).
     Status(String),
+    /// Something to keep in view, not a passing phase: a previous run replaced, a cache
+    /// read more than once.
+    Notice(String),
     Step(Box<StepMetrics>),
     Eval(Box<EvalMetrics>),
     /// Feature density histogram `(log10 density bin centre, count)` over the dead-feature

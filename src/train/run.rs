@@ -234,13 +234,30 @@ impl<'a> Trainer<'a> {
         if resume.is_none() && checkpoint::clear_previous_run(&config.out_dir)? {
             send(
                 events,
-                TrainEvent::Status(format!(
+                TrainEvent::Notice(format!(
                     "a new run replaces the previous one in {} (--resume continues a run)",
                     config.out_dir.display()
                 )),
             );
         }
         let mut store = open_store(plan, loaded, resume, device, scope)?;
+        if let Some(meta) = store.cache_meta() {
+            let held: usize = meta.shard_rows.iter().sum();
+            let wanted = config.total_training_steps * config.batch_size;
+            if wanted > held {
+                send(
+                    events,
+                    TrainEvent::Notice(format!(
+                        "the activation cache holds {held} tokens and {} steps x {} take \
+                         {wanted}: it is read {:.1} times over (`harvest --tokens` harvests \
+                         more)",
+                        config.total_training_steps,
+                        config.batch_size,
+                        wanted as f64 / held.max(1) as f64
+                    )),
+                );
+            }
+        }
         let (sae, opt, mut state) = match resume {
             Some(dir) => {
                 send(
