@@ -386,7 +386,7 @@ enum Command {
         /// 0: the likeliest token each time; above, each token is drawn from the model's
         /// distribution at this temperature (both continuations with the same random
         /// numbers).
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         temperature: f32,
         /// The seed of those random numbers.
         #[arg(long, default_value_t = 0)]
@@ -510,6 +510,17 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(missing) = cli.command.inputs().into_iter().find(|p| !p.exists()) {
         anyhow::bail!("{} does not exist", missing.display());
+    }
+    if let Command::Serve {
+        write_to: Some(dir),
+        ..
+    } = &cli.command
+    {
+        anyhow::ensure!(
+            !dir.exists() || dir.is_dir(),
+            "{} is a file: --write-to takes a directory",
+            dir.display()
+        );
     }
     for file in cli.command.outputs() {
         anyhow::ensure!(
@@ -1091,6 +1102,13 @@ fn main() -> anyhow::Result<()> {
             args,
         } => {
             let mut config = args.resolve(cli.device)?;
+            // Before the model loads: 0 windows evaluate nothing, 1 has no spread (NaN).
+            anyhow::ensure!(
+                config.eval_windows >= 2,
+                "--eval-windows must be at least 2 for evaluate (its standard errors need two \
+                 windows), got {}",
+                config.eval_windows
+            );
             let origin = BlockDiagSae::read_origin(&sae)?;
             let (selected, loaded) = open_model(cli.device, &config.model)?;
             let mc = &loaded.transformer.config;

@@ -1185,7 +1185,26 @@ fn ignored_flags_zero_counts_and_unwritable_outputs_are_refused_first() {
     let run = dir.to_str().unwrap();
     let missing = dir.join("no-such-dir").join("x.json");
     let missing = missing.to_str().unwrap();
-    let cases: [(&[&str], String); 9] = [
+    let file = dir.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let file = file.to_str().unwrap();
+    let cases: [(&[&str], String); 12] = [
+        (
+            &["serve", run, "--write-to", file],
+            format!("Error: {file} is a file: --write-to takes a directory\n"),
+        ),
+        (
+            &["evaluate", "--sae", run, "--eval-windows", "1"],
+            "Error: --eval-windows must be at least 2 for evaluate (its standard errors need \
+             two windows), got 1\n"
+                .into(),
+        ),
+        (
+            &["evaluate", "--sae", run, "--eval-windows", "0"],
+            "Error: --eval-windows must be at least 2 for evaluate (its standard errors need \
+             two windows), got 0\n"
+                .into(),
+        ),
         (
             &["rank", "--run", run, "--json", missing],
             format!(
@@ -1246,7 +1265,7 @@ fn ignored_flags_zero_counts_and_unwritable_outputs_are_refused_first() {
         assert!(err.starts_with(&said), "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "{args:?}");
     }
-    assert_eq!(walk(&dir), Vec::<PathBuf>::new(), "nothing written");
+    assert_eq!(walk(&dir), vec![dir.join("a-file")], "nothing written");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

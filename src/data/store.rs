@@ -95,10 +95,10 @@ impl<'a> ActivationStore<'a> {
         let mc = &model.config;
         ensure!(
             config.hook_layer < mc.n_layers,
-            "--hook-layer {} does not exist: {} has layers 0..{}",
+            "--hook-layer {} does not exist: {} has layers 0 to {}",
             config.hook_layer,
             mc.name,
-            mc.n_layers
+            mc.n_layers.saturating_sub(1)
         );
         ensure!(
             config.context_size >= 2 && config.context_size <= mc.n_ctx,

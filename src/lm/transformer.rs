@@ -257,7 +257,7 @@ pub struct HookCache {
 /// Errors from invalid forward requests (caller input, not weights).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ForwardError {
-    #[error("layer {layer} does not exist: the model has {n_layers} layers (0..{n_layers})")]
+    #[error("layer {layer} does not exist: the model has {n_layers} layers (0 to {})", n_layers.saturating_sub(1))]
     Layer { layer: usize, n_layers: usize },
     #[error("head {head} does not exist: the model has {n_heads} heads")]
     Head { head: usize, n_heads: usize },

@@ -111,9 +111,9 @@ impl RunPlan {
         let layer = config.layer(mc.n_layers);
         if layer >= mc.n_layers {
             bail!(
-                "--hook-layer {layer} does not exist: {} has layers 0..{}",
+                "--hook-layer {layer} does not exist: {} has layers 0 to {}",
                 mc.name,
-                mc.n_layers
+                mc.n_layers - 1
             );
         }
         // Saved with every checkpoint: record the layer actually used.
