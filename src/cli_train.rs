@@ -213,6 +213,16 @@ impl TrainArgs {
         };
         let mut c = self.apply(c);
         c.device = device;
+        // The flag only: saved configs record the AuxK size whatever the architecture.
+        anyhow::ensure!(
+            self.aux_k.is_none()
+                || matches!(
+                    c.architecture,
+                    ArchitectureKind::Topk | ArchitectureKind::BatchTopk
+                ),
+            "--aux-k applies to the topk and batch-topk architectures only (the AuxK loss); \
+             drop it"
+        );
         Ok(c)
     }
 
@@ -748,6 +758,27 @@ mod tests {
         assert_eq!(
             c.aux_k_coefficient(),
             crate::train::config::DEFAULT_AUX_K_COEFFICIENT
+        );
+    }
+
+    /// `--aux-k` for an architecture without the AuxK loss is refused (it was ignored).
+    #[test]
+    fn aux_k_without_the_aux_k_loss_is_refused() {
+        for flags in [
+            &["--aux-k", "4"][..],
+            &["--architecture", "jumprelu", "--aux-k", "3"],
+        ] {
+            let cli =
+                Cli::try_parse_from(std::iter::once("train").chain(flags.iter().copied())).unwrap();
+            let err = cli.args.resolve(DeviceChoice::Cpu).unwrap_err().to_string();
+            assert!(
+                err.starts_with("--aux-k applies to the topk"),
+                "{flags:?}: {err}"
+            );
+        }
+        assert_eq!(
+            config(&["--architecture", "batch-topk", "--aux-k", "3"]).aux_k,
+            Some(3)
         );
     }
 

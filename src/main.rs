@@ -1188,6 +1188,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The model and SAE `source` names, loaded on the device `choice` selects, saying which
+/// device (as every command that loads a model does).
+fn load_live_saying(
+    source: &attn_saes::app::jobs::LiveSource,
+    choice: DeviceChoice,
+) -> anyhow::Result<attn_saes::app::jobs::LiveModel> {
+    let live = attn_saes::app::jobs::load_live(source, choice)?;
+    eprintln!("{}", live.device_description);
+    Ok(live)
+}
+
 /// Selects the device and loads a model on it, saying which device.
 fn open_model(
     choice: DeviceChoice,
@@ -1754,12 +1765,15 @@ fn copy_labels(
         })
         .collect::<anyhow::Result<_>>()?;
     pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.3).cmp(&(b.1, b.3))));
-    let (mut copied, mut kept, mut far) = (0, 0, 0);
+    let (mut copied, mut kept, mut far, mut same) = (0, 0, 0, 0);
     for (cosine, h, f, g, label) in pairs {
         let from = format!("head {h} feature {g} there (cosine {cosine:.3})");
         if cosine < threshold {
             far += 1;
             println!("  not copied: {label:?} of {from}: its closest here is feature {f}");
+        } else if labels.get(h, f) == Some(label) {
+            // Copied before (or labelled alike): nothing to say per feature.
+            same += 1;
         } else if let Some(own) = labels.get(h, f) {
             kept += 1;
             println!("  kept head {h} feature {f}'s own label {own:?}, not {label:?} of {from}");
@@ -1772,9 +1786,13 @@ fn copy_labels(
     if copied > 0 {
         labels.write(&file)?;
     }
+    let same = match same {
+        0 => String::new(),
+        n => format!(", {n} already labelled so"),
+    };
     println!(
         "copied {copied} of {} labels from {} to {} (cosine at least {threshold}); not copied: \
-         {kept} onto a label already there, {far} without a feature that close",
+         {kept} onto a label already there, {far} without a feature that close{same}",
         theirs.len(),
         other_file.display(),
         file.display()
@@ -1822,9 +1840,16 @@ fn label_command(
                 !label.trim().is_empty(),
                 "an empty label: `--clear` removes one"
             );
+            let before = labels.get(h, f).map(str::to_string);
             labels.set(h, f, label)?;
             labels.write(&file)?;
             let n = labels.len();
+            match before {
+                Some(old) if Some(old.as_str()) != labels.get(h, f) => {
+                    println!("head {h} feature {f} was labelled {old:?}")
+                }
+                _ => {}
+            }
             println!(
                 "head {h} feature {f}: {} ({}: {n} label{})",
                 labels.get(h, f).unwrap_or_default(),
@@ -1990,7 +2015,7 @@ fn examples_effect_command(
     json: Option<&std::path::Path>,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
-    use attn_saes::app::jobs::{LiveSource, load_live};
+    use attn_saes::app::jobs::LiveSource;
     use attn_saes::dashboard::format::ExampleGroup;
     let (heads, m) = (d.heads.len(), d.meta.sae.features_per_head);
     anyhow::ensure!(
@@ -2013,7 +2038,7 @@ fn examples_effect_command(
     } else {
         LiveSource::of_dashboard(&d.meta, run)
     };
-    let live = load_live(&source, choice)?;
+    let live = load_live_saying(&source, choice)?;
     let e = live.examples_effect(&examples, head, feature)?;
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&e)?)
@@ -2204,7 +2229,7 @@ fn live_of(
     attn_saes::app::jobs::LiveModel,
     Option<attn_saes::dashboard::format::OwnedDashboardFile>,
 )> {
-    use attn_saes::app::jobs::{LiveSource, load_live};
+    use attn_saes::app::jobs::LiveSource;
     use attn_saes::dashboard::format::OwnedDashboardFile;
     let path = if run.is_dir() {
         dashboard::run_dashboard_path(run)
@@ -2220,7 +2245,7 @@ fn live_of(
         (Some(file), false) => LiveSource::of_dashboard(&file.meta, run),
         _ => LiveSource::Run(run.to_path_buf()),
     };
-    Ok((load_live(&source, choice)?, file))
+    Ok((load_live_saying(&source, choice)?, file))
 }
 
 /// `attn-saes steer`: a prompt continued clean and steered by one feature or several.
@@ -2359,7 +2384,7 @@ fn text_command(
     json: bool,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
-    use attn_saes::app::jobs::{LiveSource, load_live};
+    use attn_saes::app::jobs::LiveSource;
     use attn_saes::live::Analysed;
     let source = if run.is_dir() {
         LiveSource::Run(run.to_path_buf())
@@ -2367,7 +2392,7 @@ fn text_command(
         let file = attn_saes::dashboard::format::OwnedDashboardFile::read(run)?;
         LiveSource::of_dashboard(&file.meta, run)
     };
-    let live = load_live(&source, choice)?;
+    let live = load_live_saying(&source, choice)?;
     let a = live.analyse(text)?;
     let t = a.tokens();
     if let Some((p, h, f)) = pick {
@@ -2517,6 +2542,64 @@ fn print_effect(e: &attn_saes::live::FeatureEffect, strings: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every flag of every command is in the README: in its command's rows of the CLI table,
+    /// or, for the training flags `train`, `harvest` and `evaluate` share, in the training
+    /// flags table (checked against the config's defaults in `cli_train`). Eleven were in
+    /// `--help` only (`features --per-head`, `heads --len`, `forward --no-bos`, ...).
+    #[test]
+    fn every_flag_is_in_the_readme() {
+        use clap::CommandFactory;
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let cli_table = readme
+            .split("\n## CLI\n")
+            .nth(1)
+            .and_then(|t| t.split("\n## ").next())
+            .expect("README has a CLI section");
+        let training: Vec<String> = {
+            #[derive(clap::Parser)]
+            struct Train {
+                #[command(flatten)]
+                args: TrainArgs,
+            }
+            Train::command()
+                .get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_string))
+                .collect()
+        };
+        let cli = Cli::command();
+        let mut missing = vec![];
+        for command in cli.get_subcommands() {
+            let name = command.get_name();
+            let rows: String = cli_table
+                .lines()
+                .filter(|l| {
+                    let first = l.split(" | ").next().unwrap_or("");
+                    l.starts_with("| `")
+                        && (first.contains(&format!("`{name} "))
+                            || first.contains(&format!("`{name}`")))
+                })
+                .collect();
+            assert!(
+                !rows.is_empty(),
+                "no row for `{name}` in the README's CLI table"
+            );
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if ["help", "device"].contains(&long) || training.iter().any(|t| t == long) {
+                    continue;
+                }
+                if !rows.contains(&format!("--{long}")) {
+                    missing.push(format!("{name} --{long}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "not in the README's CLI table: {missing:#?}"
+        );
+    }
 
     /// Every flag and argument of every command says what it is in `--help` (`--k` did not).
     #[test]

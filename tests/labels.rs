@@ -624,6 +624,21 @@ fn labels_are_copied_to_the_closest_features_of_another_sae() {
         said.contains("not copied: 1 onto a label already there, 1 without a feature that close"),
         "{said}"
     );
+    // Again: the labels copied are there already, counted, not listed as "kept" (they were
+    // listed as kept over themselves, "kept ... own label X, not X").
+    let out = cli(&["label", rb, "--from", ra, "--threshold", "0.995"]);
+    assert_succeeded(&out);
+    let again = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(again.matches("  kept ").count(), 1, "{again}");
+    assert!(
+        again.contains(&format!(
+            "copied 0 of 4 labels from {} to {} (cosine at least 0.995); not copied: 1 onto a \
+             label already there, 1 without a feature that close, 2 already labelled so\n",
+            labels_a.display(),
+            labels_path(&attn_saes::dashboard::run_dashboard_path(&b)).display()
+        )),
+        "{again}"
+    );
     // `match --feature` names the labels on both sides: A's feature's, and B's for its
     // closest features that have one (the reversed index, at cosine 1).
     let out = cli(&["match", ra, rb, "--feature", &format!("2,{taken}")]);
@@ -634,6 +649,18 @@ fn labels_are_copied_to_the_closest_features_of_another_sae() {
         m - 1 - taken
     );
     assert!(said.contains(&line), "{said}");
+    // Labelling a labelled feature says what it replaces.
+    let out = cli(&["label", rb, &format!("2,{}", m - 1 - taken), "B's newer"]);
+    assert_succeeded(&out);
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        said.starts_with(&format!(
+            "head 2 feature {} was labelled \"B's own\"\nhead 2 feature {}: B's newer (",
+            m - 1 - taken,
+            m - 1 - taken
+        )),
+        "{said}"
+    );
     // Without labels there, or with a feature given too: errors that say so.
     std::fs::remove_file(&labels_a).unwrap();
     let out = cli(&["label", rb, "--from", ra]);

@@ -356,6 +356,8 @@ pub struct LiveModel {
     pub z_convention: crate::lm::ZConvention,
     /// `model layer L, SAE dir` (and `, the model kept` when it was).
     pub description: String,
+    /// The device it runs on and why, in words (what the CLI prints for `--device`).
+    pub device_description: String,
     /// The model as the run or dashboard names it, the device asked for and the one it is
     /// on: what another worker may keep.
     model: String,
@@ -468,11 +470,11 @@ fn load_live_keeping(
         sae_dir.display()
     );
     let kept = before.filter(|b| b.model == model && b.choice == device);
-    let (loaded, on, kept) = match kept {
-        Some(b) => (b.loaded, b.device, true),
+    let (loaded, on, device_description, kept) = match kept {
+        Some(b) => (b.loaded, b.device, b.device_description, true),
         None => {
             let (selected, loaded) = crate::cli_train::open_model(device, &model)?;
-            (loaded, selected.device, false)
+            (loaded, selected.device, selected.description, false)
         }
     };
     let sae = crate::sae::BlockDiagSae::load(&sae_dir, &on)?;
@@ -494,6 +496,7 @@ fn load_live_keeping(
         layer,
         z_convention,
         description,
+        device_description,
         model,
         choice: device,
         device: on,

@@ -408,12 +408,6 @@ impl TrainConfig {
         }
         if let Some(k) = self.aux_k {
             positive("aux_k", k)?;
-            ensure!(
-                topk,
-                "{} applies to the topk and batch-topk architectures only (the AuxK loss); \
-                 drop it",
-                key("aux_k")
-            );
         }
         Ok(())
     }
@@ -541,14 +535,6 @@ mod tests {
                 "`aux_k_coefficient` (--aux-k-coefficient) applies to the topk",
             ),
             ("architecture = \"topk\"\naux_k = 0", "`aux_k` (--aux-k)"),
-            (
-                "aux_k = 4",
-                "`aux_k` (--aux-k) applies to the topk and batch-topk architectures only",
-            ),
-            (
-                "architecture = \"jumprelu\"\naux_k = 3",
-                "`aux_k` (--aux-k) applies to the topk",
-            ),
         ];
         for (toml_text, wanted) in cases {
             let cfg: TrainConfig = toml::from_str(toml_text).unwrap();
