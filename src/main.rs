@@ -632,7 +632,7 @@ fn main() -> anyhow::Result<()> {
             let ce: Vec<f32> = attn_saes::files::host_vec(per_token_ce(logits.clone(), tokens))?;
             let pieces: Vec<String> = ids
                 .iter()
-                .map(|&t| loaded.tokenizer.id_to_token(t).unwrap_or_default())
+                .map(|&t| attn_saes::lm::token_text(&loaded.tokenizer, t))
                 .collect();
             println!("{:>5} {:>20} {:>10}", "pos", "token", "next-CE");
             for (i, piece) in pieces.iter().enumerate() {
@@ -650,10 +650,7 @@ fn main() -> anyhow::Result<()> {
             order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
             println!("top next tokens:");
             for &t in order.iter().take(5) {
-                let piece = loaded
-                    .tokenizer
-                    .decode(&[t as u32], false)
-                    .unwrap_or_default();
+                let piece = attn_saes::lm::token_text(&loaded.tokenizer, t as u32);
                 println!("  {t:>6} {piece:?} logit {:.3}", last[t]);
             }
             let z = cache.hook_z.remove(&layer).context("no hook_z")?;
@@ -1869,7 +1866,6 @@ fn rank_command(
     json: Option<&std::path::Path>,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(tokens > 0, "--tokens must be positive");
     let (ckpt, sae_dir) = checkpoint::run_sae(run, None)?;
     let config = checkpoint::read_config(&ckpt)?;
     let (selected, loaded) = open_model(choice, &config.model)?;

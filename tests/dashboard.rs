@@ -1277,7 +1277,10 @@ fn rank_command_sums_the_ranking_over_held_out_windows() {
         .output()
         .unwrap();
     assert!(!none.status.success());
-    assert!(String::from_utf8_lossy(&none.stderr).contains("--tokens must be positive"));
+    assert!(
+        String::from_utf8_lossy(&none.stderr)
+            .contains("invalid value '0' for '--tokens <TOKENS>': must be at least 1")
+    );
     let (ckpt, sae_dir) = checkpoint::run_sae(&run, None).unwrap();
     let config = checkpoint::read_config(&ckpt).unwrap();
     let loaded = load("gpt2_tiny");

@@ -1014,9 +1014,7 @@ pub fn build(
         let token_strings = used_tokens
             .into_iter()
             .map(|id| {
-                let s = tokenizer
-                    .decode(&[id], false)
-                    .unwrap_or_else(|_| format!("<{id}>"));
+                let s = crate::lm::token_text(tokenizer, id);
                 (id, s)
             })
             .collect();

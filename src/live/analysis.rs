@@ -80,7 +80,7 @@ impl Pending {
         let out = sae.forward(sae.scale_input(z.reshape([t, h, d])));
         let strings = ids
             .iter()
-            .map(|&id| loaded.tokenizer.decode(&[id], false).unwrap_or_default())
+            .map(|&id| crate::lm::token_text(&loaded.tokenizer, id))
             .collect();
         Ok(Self {
             ids,

@@ -113,12 +113,7 @@ impl Pending {
     ) -> Vec<FeatureEffect> {
         let t = self.windows[0].len();
         let v = clean.len() / activation.len();
-        let token = |i: usize| {
-            loaded
-                .tokenizer
-                .decode(&[i as u32], false)
-                .unwrap_or_default()
-        };
+        let token = |i: usize| crate::lm::token_text(&loaded.tokenizer, i as u32);
         let mut effects = Vec::with_capacity(self.windows.len());
         for (w, ids) in self.windows.into_iter().enumerate() {
             let at = |p: usize| (w * t + p) * v;

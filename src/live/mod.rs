@@ -98,7 +98,7 @@ async fn read_async<const D: usize>(t: &burn::tensor::Tensor<D>) -> anyhow::Resu
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LiveTokens {
     pub ids: Vec<u32>,
-    /// Each token's text, as the tokenizer decodes it alone.
+    /// Each token's text, as the tokenizer decodes it alone ([`crate::lm::token_text`]).
     pub strings: Vec<String>,
     pub n_heads: usize,
     pub features_per_head: usize,
@@ -284,7 +284,7 @@ pub struct Steered {
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Continuation {
     pub ids: Vec<u32>,
-    /// Each token's text, as the tokenizer decodes it alone.
+    /// Each token's text, as the tokenizer decodes it alone ([`crate::lm::token_text`]).
     pub tokens: Vec<String>,
     /// The continuation decoded whole.
     pub text: String,

@@ -230,7 +230,7 @@ impl<'a> Generation<'a> {
         let [e_clean, e_steered] = self.ended;
         let continuation = |ids: Vec<u32>, prob: Vec<f32>, ended: bool| Continuation {
             tokens: (ids.iter())
-                .map(|&i| loaded.tokenizer.decode(&[i], false).unwrap_or_default())
+                .map(|&i| crate::lm::token_text(&loaded.tokenizer, i))
                 .collect(),
             text: loaded.tokenizer.decode(&ids, false).unwrap_or_default(),
             ids,

@@ -156,10 +156,113 @@ pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<Loaded
     })
 }
 
+/// One token as text, as a viewer shows it: its decoding where that is whole UTF-8, else
+/// its bytes, the incomplete ones as `\xE6` (a byte-level BPE token holding part of a
+/// character, as CJK text and emoji give, or a byte-fallback `<0xE6>`): decoded alone, all of
+/// those read as the same U+FFFD.
+pub fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
+    let decoded = tokenizer
+        .decode(&[id], false)
+        .unwrap_or_else(|_| format!("<{id}>"));
+    if !decoded.contains('\u{fffd}') {
+        return decoded;
+    }
+    let Some(raw) = tokenizer.id_to_token(id) else {
+        return decoded;
+    };
+    let bytes: Option<Vec<u8>> = match raw.strip_prefix("<0x").and_then(|r| r.strip_suffix('>')) {
+        Some(hex) => u8::from_str_radix(hex, 16).ok().map(|b| vec![b]),
+        None => raw.chars().map(byte_level_byte).collect(),
+    };
+    let Some(bytes) = bytes else {
+        return decoded;
+    };
+    let mut text = String::new();
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            text.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    text
+}
+
+/// The byte a character of a byte-level BPE vocabulary (GPT-2's `bytes_to_unicode`) stands
+/// for: printable Latin-1 bytes as themselves, the other 68 as U+0100 onwards in byte order.
+fn byte_level_byte(c: char) -> Option<u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let code = c as u32;
+    if code < 256 && printable(code as u8) {
+        return Some(code as u8);
+    }
+    let n = code.checked_sub(256)? as usize;
+    (0..=255u8).filter(|&b| !printable(b)).nth(n)
+}
+
 /// The BOS token of a tokenizer: `<|BOS|>`, `<|endoftext|>`, `<s>` or `<|im_start|>`
 /// absent an explicit id.
 fn bos_of(tokenizer: &Tokenizer) -> Option<u32> {
     ["<|BOS|>", "<|endoftext|>", "<s>"]
         .iter()
         .find_map(|t| tokenizer.token_to_id(t))
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    /// The bytes a token's text stands for: `\xHH` as that byte, the rest as UTF-8.
+    fn bytes_of(text: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("\\x") {
+            out.extend_from_slice(&rest.as_bytes()[..at]);
+            out.push(u8::from_str_radix(&rest[at + 2..at + 4], 16).unwrap());
+            rest = &rest[at + 4..];
+        }
+        out.extend_from_slice(rest.as_bytes());
+        out
+    }
+
+    /// Per-token texts of a byte-level BPE tokenizer put back together give the text, CJK
+    /// and emoji split mid-character included (decoded alone, those tokens were all U+FFFD,
+    /// so the bytes were lost); whole tokens are their decoding; every byte token is itself.
+    #[test]
+    fn token_texts_keep_every_byte() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/gpt2_tiny/tokenizer.json"
+        );
+        let tokenizer = load_tokenizer(Path::new(path)).unwrap();
+        let text = "The cat 日本語 sat 🙂 on the café mat";
+        let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        let texts: Vec<String> = ids.iter().map(|&id| token_text(&tokenizer, id)).collect();
+        let joined: Vec<u8> = texts.iter().flat_map(|t| bytes_of(t)).collect();
+        assert_eq!(String::from_utf8(joined).unwrap(), text, "{texts:?}");
+        let escaped = texts.iter().filter(|t| t.contains("\\x")).count();
+        assert!(
+            escaped >= 8,
+            "the CJK and emoji bytes are escaped: {texts:?}"
+        );
+        for (&id, t) in ids.iter().zip(&texts) {
+            let decoded = tokenizer.decode(&[id], false).unwrap();
+            if !decoded.contains('\u{fffd}') {
+                assert_eq!(t, &decoded);
+            }
+        }
+        // Each of the 256 byte tokens stands for its byte.
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        for b in bytes {
+            let c = std::char::from_u32(match b {
+                b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF => b as u32,
+                _ => {
+                    256 + (0..b)
+                        .filter(|&x| !matches!(x, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF))
+                        .count() as u32
+                }
+            })
+            .unwrap();
+            assert_eq!(byte_level_byte(c), Some(b), "{c:?}");
+        }
+    }
 }
