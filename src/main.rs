@@ -1902,10 +1902,10 @@ fn rank_command(
     println!(" by head (its features together): {}", heads.join(", "));
     print_ranked(&ranking, top, labels_beside(run).as_ref(), |f| {
         format!(
-            "{:+.4} ({:+.4}), fires at {} positions",
+            "{:+.4} ({:+.4}), fires at {}",
             f.estimate,
             per_k(f.estimate),
-            f.fires
+            attn_saes::live::positions(f.fires)
         )
     });
     Ok(())
@@ -2475,7 +2475,8 @@ fn text_command(
             .collect();
         println!(" by head (its features together): {}", heads.join(", "));
         print_ranked(r, n, labels.as_ref(), |f| {
-            format!("{:+.4} (fires at {} positions)", f.estimate, f.fires)
+            let at = attn_saes::live::positions(f.fires);
+            format!("{:+.4} (fires at {at})", f.estimate)
         });
     }
     Ok(())

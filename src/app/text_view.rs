@@ -742,8 +742,8 @@ fn ranking_ready(
                 let label = format!("h{} #{} {}", f.head, f.feature, signed(f.estimate));
                 let named = labels.and_then(|l| l.get(f.head, f.feature));
                 let hover = match named {
-                    Some(name) => format!("{name}; fires at {} positions", f.fires),
-                    None => format!("fires at {} positions", f.fires),
+                    Some(name) => format!("{name}; fires at {}", crate::live::positions(f.fires)),
+                    None => format!("fires at {}", crate::live::positions(f.fires)),
                 };
                 let response = ui.selectable_label(picked, label).on_hover_text(hover);
                 if response.clicked() {

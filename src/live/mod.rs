@@ -213,6 +213,14 @@ pub struct Steering {
     pub top_k: Option<usize>,
 }
 
+/// `n` positions in words: "1 position", "12 positions".
+pub fn positions(n: impl Into<u64>) -> String {
+    match n.into() {
+        1 => "1 position".into(),
+        n => format!("{n} positions"),
+    }
+}
+
 /// What steering only where the feature fires adds to a description of it: " where it
 /// fires", or nothing.
 pub fn where_fires_said(where_fires: bool) -> &'static str {

@@ -157,9 +157,10 @@ pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<Loaded
 }
 
 /// One token as text, as a viewer shows it: its decoding where that is whole UTF-8, else
-/// its bytes, the incomplete ones as `\xE6` (a byte-level BPE token holding part of a
-/// character, as CJK text and emoji give, or a byte-fallback `<0xE6>`): decoded alone, all of
-/// those read as the same U+FFFD.
+/// its bytes, the incomplete ones as `<0xE6>` (a byte-level BPE token holding part of a
+/// character, as CJK text and emoji give, or a byte-fallback `<0xE6>` itself): decoded alone,
+/// all of those read as the same U+FFFD. (`<0xE6>`, as SentencePiece names byte tokens,
+/// rather than `\xE6`, whose backslash the `{:?}` quoting of tokens would double.)
 pub fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
     let decoded = tokenizer
         .decode(&[id], false)
@@ -181,7 +182,7 @@ pub fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
     for chunk in bytes.utf8_chunks() {
         text.push_str(chunk.valid());
         for b in chunk.invalid() {
-            text.push_str(&format!("\\x{b:02X}"));
+            text.push_str(&format!("<0x{b:02X}>"));
         }
     }
     text
@@ -211,14 +212,15 @@ fn bos_of(tokenizer: &Tokenizer) -> Option<u32> {
 mod tests {
     use super::*;
 
-    /// The bytes a token's text stands for: `\xHH` as that byte, the rest as UTF-8.
+    /// The bytes a token's text stands for: `<0xHH>` as that byte, the rest as UTF-8.
     fn bytes_of(text: &str) -> Vec<u8> {
         let mut out = Vec::new();
         let mut rest = text;
-        while let Some(at) = rest.find("\\x") {
+        while let Some(at) = rest.find("<0x") {
             out.extend_from_slice(&rest.as_bytes()[..at]);
-            out.push(u8::from_str_radix(&rest[at + 2..at + 4], 16).unwrap());
-            rest = &rest[at + 4..];
+            out.push(u8::from_str_radix(&rest[at + 3..at + 5], 16).unwrap());
+            assert_eq!(&rest[at + 5..at + 6], ">");
+            rest = &rest[at + 6..];
         }
         out.extend_from_slice(rest.as_bytes());
         out
@@ -239,7 +241,7 @@ mod tests {
         let texts: Vec<String> = ids.iter().map(|&id| token_text(&tokenizer, id)).collect();
         let joined: Vec<u8> = texts.iter().flat_map(|t| bytes_of(t)).collect();
         assert_eq!(String::from_utf8(joined).unwrap(), text, "{texts:?}");
-        let escaped = texts.iter().filter(|t| t.contains("\\x")).count();
+        let escaped = texts.iter().filter(|t| t.contains("<0x")).count();
         assert!(
             escaped >= 8,
             "the CJK and emoji bytes are escaped: {texts:?}"
