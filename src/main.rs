@@ -420,7 +420,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         skip_windows: usize,
         #[command(flatten)]
-        args: TrainArgs,
+        source: EvaluateSource,
     },
 }
 
@@ -470,7 +470,7 @@ impl Command {
             Command::Compare { runs, .. } => runs.iter().collect(),
             Command::Label { run, from, .. } => once(run).chain(from).collect(),
             Command::Train { args, .. } | Command::Harvest { args, .. } => train(args),
-            Command::Evaluate { sae, args, .. } => once(sae).chain(train(args)).collect(),
+            Command::Evaluate { sae, source, .. } => once(sae).chain(&source.config).collect(),
             Command::Info { .. }
             | Command::Forward { .. }
             | Command::Heads { .. }
@@ -1096,8 +1096,9 @@ fn main() -> anyhow::Result<()> {
         Command::Evaluate {
             sae,
             skip_windows,
-            args,
+            source,
         } => {
+            let args = source.train_args();
             let mut config = args.resolve(cli.device)?;
             // Before the model loads: 0 windows evaluate nothing, 1 has no spread (NaN).
             anyhow::ensure!(
@@ -1408,6 +1409,61 @@ fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
+    }
+}
+
+/// What `evaluate` reads besides the SAE: the model, corpus, layer and windows, as flags or
+/// from a config file (a run's saved `config.toml` will do).
+#[derive(clap::Args, Debug, Clone)]
+struct EvaluateSource {
+    /// TOML file with these settings (keys as in `TrainConfig`; a run's saved
+    /// `config.toml` will do); flags win over it.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Model: directory, .gguf file, hub id (ORG/NAME) or alias (gpt2, gelu-2l). Default:
+    /// the offline demo SmolLM2-135M GGUF.
+    #[arg(long)]
+    model: Option<String>,
+    /// Corpus: text file, directory of text files, .jsonl or .parquet. Default: the offline
+    /// demo's Shakespeare.
+    #[arg(long)]
+    dataset: Option<std::path::PathBuf>,
+    /// Text column of a .jsonl or .parquet corpus (default `text`).
+    #[arg(long)]
+    text_column: Option<String>,
+    /// The layer the SAE reads (default: what the SAE records, else 24 for the demo model,
+    /// else the middle layer).
+    #[arg(long)]
+    hook_layer: Option<usize>,
+    /// Which hook_z it reads (default: what the SAE records, else transformer-lens).
+    #[arg(long, value_enum)]
+    z_convention: Option<attn_saes::cli_train::ZConventionArg>,
+    /// Tokens per context window, BOS included (default 128).
+    #[arg(long)]
+    context_size: Option<usize>,
+    /// Context windows to evaluate on (default 4; at least 2, for the standard errors).
+    #[arg(long)]
+    eval_windows: Option<usize>,
+    /// Splice the SAE in at BOS positions too (an SAE trained with --keep-bos); by default
+    /// BOS keeps its own hook_z, as training drops it.
+    #[arg(long)]
+    keep_bos: bool,
+}
+
+impl EvaluateSource {
+    fn train_args(self) -> TrainArgs {
+        TrainArgs {
+            config: self.config,
+            model: self.model,
+            dataset: self.dataset,
+            text_column: self.text_column,
+            hook_layer: self.hook_layer,
+            z_convention: self.z_convention,
+            context_size: self.context_size,
+            eval_windows: self.eval_windows,
+            keep_bos: self.keep_bos,
+            ..Default::default()
+        }
     }
 }
 

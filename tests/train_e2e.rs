@@ -1188,7 +1188,11 @@ fn ignored_flags_zero_counts_and_unwritable_outputs_are_refused_first() {
     let file = dir.join("a-file");
     std::fs::write(&file, "").unwrap();
     let file = file.to_str().unwrap();
-    let cases: [(&[&str], String); 12] = [
+    let cases: [(&[&str], String); 13] = [
+        (
+            &["evaluate", "--sae", run, "--lr", "5"],
+            "error: unexpected argument '--lr' found".into(),
+        ),
         (
             &["serve", run, "--write-to", file],
             format!("Error: {file} is a file: --write-to takes a directory\n"),
