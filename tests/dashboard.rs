@@ -979,6 +979,92 @@ fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
             assert!((a - b as f64).abs() < 1e-6, "feature {global}: {a} vs {b}");
         }
     }
+    // The groups' bins hold their examples: each interval example's activation at its
+    // target lies in (bin_min, bin_max], the top group's at most the maximum; the bins'
+    // shares are their counts over the tokens the feature fired on (density x tokens), and
+    // sum to 1. DFA's maximum and target, the density and the histograms' bar centres.
+    let num = |v: &serde_json::Value| v.as_f64().unwrap();
+    for x in batch.as_array().unwrap() {
+        let global = x["feature_index"].as_u64().unwrap() as usize;
+        let f = &d.heads[global / m].features[global % m];
+        let fired = (f.density as f64 * d.meta.n_tokens as f64).round();
+        assert_eq!(f.interval_counts.iter().sum::<u32>() as f64, fired);
+        assert_eq!(num(&x["frac_nonzero"]), f.density as f64);
+        let mut shares = 0.0;
+        let mut seen_bins = std::collections::BTreeSet::new();
+        for (act, e) in x["activations"].as_array().unwrap().iter().zip(&f.examples) {
+            let at = e.activation as f64;
+            let (lo, hi) = (num(&act["bin_min"]), num(&act["bin_max"]));
+            assert_eq!(act["qualifying_token_index"], e.target);
+            match e.group {
+                ExampleGroup::Top => {
+                    assert_eq!(lo, -1.0);
+                    assert_eq!(hi, f.max_activation as f64);
+                    assert!(at <= hi + 1e-6);
+                }
+                ExampleGroup::Interval(i) => {
+                    let width = f.max_activation as f64 / 3.0;
+                    assert!((lo - width * i as f64).abs() < 1e-5, "bin {i}: {lo}");
+                    assert!(
+                        (hi - width * (i as f64 + 1.0)).abs() < 1e-5,
+                        "bin {i}: {hi}"
+                    );
+                    assert!(
+                        at > lo - 1e-5 && at <= hi + 1e-5,
+                        "{at} in bin {i} ({lo}, {hi}]"
+                    );
+                    let share = num(&act["bin_contains"]);
+                    assert!((share - f.interval_counts[i as usize] as f64 / fired).abs() < 1e-6);
+                    if seen_bins.insert(i) {
+                        shares += share;
+                    }
+                }
+            }
+            if !e.dfa.is_empty() {
+                let max = e.dfa.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                assert_eq!(f16(&act["dfa_maxValue"]), half::f16::from_f32(max));
+                assert_eq!(act["dfa_targetIndex"], e.target);
+            }
+        }
+        // Bins without examples (none of their tokens sampled) are not in the export.
+        let without: f64 = (0..3u8)
+            .filter(|i| !seen_bins.contains(i))
+            .map(|i| f.interval_counts[i as usize] as f64 / fired)
+            .sum();
+        assert!(
+            (shares + without - 1.0).abs() < 1e-5,
+            "{shares} + {without}"
+        );
+        let bars: Vec<f64> = (x["freq_hist_data_bar_values"].as_array().unwrap().iter())
+            .map(num)
+            .collect();
+        let step = f.max_activation as f64 / 5.0;
+        for (i, b) in bars.iter().enumerate() {
+            assert!((b - step * (i as f64 + 0.5)).abs() < 1e-5, "bar {i}: {b}");
+        }
+        assert_eq!(
+            x["freq_hist_data_bar_heights"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .sum::<u64>() as f64,
+            fired,
+            "the activation histogram counts every token it fired on"
+        );
+    }
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run_settings.json")).unwrap())
+            .unwrap();
+    assert_eq!(settings["layer"], 1);
+    assert_eq!(settings["hook_name"], "blocks.1.attn.hook_z");
+    assert_eq!(settings["n_heads"], d.heads.len());
+    assert_eq!(settings["features_per_head"], m);
+    assert_eq!(settings["top_acts_group_size"], 3);
+    assert_eq!(settings["n_quantiles"], 3);
+    assert_eq!(settings["quantile_group_size"], 2);
+    assert_eq!(settings["n_prompts_total"], 6);
+    assert_eq!(settings["n_tokens_in_prompt"], 10);
     let skipped: Vec<usize> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("skipped_indexes.json")).unwrap())
             .unwrap();
