@@ -149,6 +149,62 @@ fn sorting_by_effect_on_the_loss_orders_the_list_by_the_files_estimates() {
     assert_eq!(h.state().1.feature, Some(order[1]));
 }
 
+/// "copy" puts the feature on the clipboard as text: its numbers and each top example
+/// within the context shown, the target in `[[ ]]` (tokens and windows from the file decoded
+/// here).
+#[test]
+fn copy_puts_the_feature_and_its_top_examples_on_the_clipboard() {
+    if !common::renderer_available() {
+        return;
+    }
+    let mut h = harness();
+    open_head_2(&mut h);
+    h.get_by_label_contains("#3  ").click();
+    h.run_steps(2);
+    h.get_by_label("copy").click();
+    h.step();
+    let copied: Vec<String> = (h.output().platform_output.commands.iter())
+        .filter_map(|c| match c {
+            egui::OutputCommand::CopyText(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copied.len(), 1, "{copied:?}");
+    let file = OwnedDashboardFile::new(dashboard_bytes().to_vec()).unwrap();
+    let f = &head(2).features[3];
+    let mut want = format!(
+        "head 2 feature 3 (gpt2_tiny layer 1): density {:.3e}, max activation {:.3}",
+        f.density, f.max_activation
+    );
+    let tops: Vec<_> = f
+        .examples
+        .iter()
+        .filter(|e| e.group == ExampleGroup::Top)
+        .collect();
+    assert!(!tops.is_empty());
+    for e in tops {
+        let window = &file.windows[e.window as usize];
+        let t = e.target as usize;
+        let shown: String = (t.saturating_sub(12)..(t + 13).min(window.len()))
+            .map(|p| {
+                let token = file.token(window[p]);
+                if p == t {
+                    format!("[[{token}]]")
+                } else {
+                    token
+                }
+            })
+            .collect();
+        want.push_str(&format!("\n{:>8.3}  {shown}", e.activation));
+    }
+    let copied = &copied[0];
+    let (first, rest) = copied.split_once('\n').unwrap();
+    let (want_first, want_rest) = want.split_once('\n').unwrap();
+    assert!(first.starts_with(want_first), "{first}");
+    assert!(first.contains("loss without it "), "{first}");
+    assert_eq!(rest, format!("{want_rest}\n"));
+}
+
 /// The context slider reaches the whole window (the dashboard's context size; it stopped
 /// at ±64 tokens, short of a 128-token window for a late target), and no further.
 #[test]

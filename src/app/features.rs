@@ -1059,7 +1059,7 @@ fn feature_dashboard(
     s: &mut FeaturesState,
     ask: ExamplesAsk,
 ) -> Option<FeaturesAction> {
-    header(ui, &file.meta, s.head, f, fd);
+    header(ui, file, (s.head, f, fd), labels.0.get(s.head, f), s.crop);
     let labelled = label_line(ui, labels, s, (s.head, f));
     closest_line(ui, closest, labels.0, s);
     let mut opened = None;
@@ -1256,8 +1256,61 @@ fn examples_effect_lines(ui: &mut Ui, e: &ExamplesEffect) {
     ui.label(drawable(ui, &TextStyle::Body, &line));
 }
 
-fn header(ui: &mut Ui, meta: &DashboardMeta, h: usize, f: usize, fd: &FeatureData) {
-    ui.heading(format!("Head {h} · Feature {f}"));
+/// The feature as text to paste into notes: head, feature, label, density, maximum, effect,
+/// and its top examples within `crop` tokens of their targets (`[[target]]`), as the view
+/// shows them.
+pub fn feature_summary(
+    file: &OwnedDashboardFile,
+    (h, f, fd): (usize, usize, &FeatureData),
+    label: Option<&str>,
+    crop: usize,
+) -> String {
+    let meta = &file.meta;
+    let label = label.map_or(String::new(), |l| format!(" {l:?}"));
+    let effect = match (&meta.effects, fd.effect) {
+        (Some(e), Some(x)) => format!(
+            ", loss without it {:+.4} per 1000 tokens",
+            e.per_thousand(x)
+        ),
+        _ => String::new(),
+    };
+    let mut text = format!(
+        "head {h} feature {f}{label} ({} layer {}): density {:.3e}, max activation {:.3}{effect}\n",
+        crate::dashboard::format::published_name(&meta.model.name),
+        meta.hook_layer,
+        fd.density,
+        fd.max_activation
+    );
+    for e in fd.examples.iter().filter(|e| e.group == ExampleGroup::Top) {
+        let shown: String = cropped(file, e, crop)
+            .map(|(p, id)| match p == e.target as usize {
+                true => format!("[[{}]]", file.token(id)),
+                false => file.token(id),
+            })
+            .collect();
+        text.push_str(&format!("{:>8.3}  {shown}\n", e.activation));
+    }
+    text
+}
+
+fn header(
+    ui: &mut Ui,
+    file: &OwnedDashboardFile,
+    (h, f, fd): (usize, usize, &FeatureData),
+    label: Option<&str>,
+    crop: usize,
+) {
+    let meta = &file.meta;
+    ui.horizontal(|ui| {
+        ui.heading(format!("Head {h} · Feature {f}"));
+        let copy = ui.small_button("copy").on_hover_text(
+            "copy this feature as text: its numbers, label and top examples (the context shown)",
+        );
+        if copy.clicked() {
+            ui.ctx()
+                .copy_text(feature_summary(file, (h, f, fd), label, crop));
+        }
+    });
     ui.horizontal_wrapped(|ui| {
         ui.label(format!("density {:.3e}", fd.density))
             .on_hover_text(format!(
