@@ -566,6 +566,20 @@ fn main() -> anyhow::Result<()> {
                 Some(l) => vec![l],
                 None => (0..cfg.n_layers).collect(),
             };
+            // Before the one forward pass, which a long --len makes slow on a CPU.
+            let copy = attn_saes::lm::head_scores::copy_len(cfg, len);
+            if copy < len {
+                eprintln!(
+                    "--len {len} shortened to {copy} random tokens per copy, to fit {}'s context \
+                     of {} positions",
+                    cfg.name, cfg.n_ctx
+                );
+            }
+            let per = 2 * copy + usize::from(cfg.bos_token_id.is_some());
+            eprintln!(
+                "one forward pass over {sequences} sequences of {per} tokens (attention's cost \
+                 grows with the square of the length)"
+            );
             let scores = attn_saes::lm::head_scores::layers_head_scores(
                 &loaded.transformer,
                 &layers,

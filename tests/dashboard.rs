@@ -347,6 +347,32 @@ fn heads_command_writes_the_scores_and_refuses_a_missing_layer() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Said before the work: its size, and a --len that does not fit shortened.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("one forward pass over 4 sequences of 41 tokens"),
+        "{stderr}"
+    );
+    let cfg = &loaded.transformer.config;
+    let fits = attn_saes::lm::head_scores::copy_len(cfg, 100_000);
+    assert!(fits < 100_000);
+    let long = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args([
+            "--device", "cpu", "heads", "--model", &model, "--layer", "0",
+        ])
+        .args(["--sequences", "1", "--len", "100000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&long.stderr);
+    assert!(long.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--len 100000 shortened to {fits} random tokens per copy, to fit {}'s context of {} \
+             positions",
+            cfg.name, cfg.n_ctx
+        )),
+        "{stderr}"
+    );
     let want = layer(0);
     assert_eq!(read(), serde_json::to_value(&want).unwrap());
     assert!(stdout.contains("2 x 20 random tokens"), "{stdout}");
