@@ -261,11 +261,7 @@ impl TrainArgs {
         );
         let mut asked = self.apply(saved.clone());
         // A path given another way (relative, `./x`, through a link) is the same path.
-        let same =
-            |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
-                (Ok(a), Ok(b)) => a == b,
-                _ => false,
-            };
+        let same = crate::files::same_path;
         if same(&asked.out_dir, &saved.out_dir) {
             asked.out_dir = saved.out_dir.clone();
         }
@@ -694,32 +690,35 @@ pub fn train_then_dashboards(
     let summary = result?;
     // A stop asked for as the last step ran (Ctrl-C) skips the dashboards too.
     let stop_asked = control.stop.load(std::sync::atomic::Ordering::SeqCst);
-    if dashboards && !summary.stopped_early && !stop_asked && dense {
-        report(Stage::NoDashboards(DENSE_NO_DASHBOARDS));
-    } else if dashboards && !summary.stopped_early && !stop_asked {
-        let run = summary
-            .sae_dir
-            .parent()
-            .unwrap_or(std::path::Path::new("."));
-        let started = std::time::Instant::now();
-        let d = dashboard::build_for_run(
-            run,
-            None,
-            &loaded,
-            dashboard::DEFAULT_TOKENS,
-            None,
-            &BuildOptions::default(),
-            &mut |phase, done, total| report(Stage::Dashboards { phase, done, total }),
-        )
-        .context("building the run's dashboards (the trained SAE is saved)")?;
-        let path = dashboard::run_dashboard_path(run);
-        dashboard::build::write(&d, &path)?;
-        report(Stage::DashboardWritten {
-            path: &path,
-            dashboard: &d,
-            seconds: started.elapsed().as_secs_f64(),
-        });
+    if !dashboards || summary.stopped_early || stop_asked {
+        return Ok(summary);
     }
+    if dense {
+        report(Stage::NoDashboards(DENSE_NO_DASHBOARDS));
+        return Ok(summary);
+    }
+    let run = summary
+        .sae_dir
+        .parent()
+        .unwrap_or(std::path::Path::new("."));
+    let started = std::time::Instant::now();
+    let d = dashboard::build_for_run(
+        run,
+        None,
+        &loaded,
+        dashboard::DEFAULT_TOKENS,
+        None,
+        &BuildOptions::default(),
+        &mut |phase, done, total| report(Stage::Dashboards { phase, done, total }),
+    )
+    .context("building the run's dashboards (the trained SAE is saved)")?;
+    let path = dashboard::run_dashboard_path(run);
+    dashboard::build::write(&d, &path)?;
+    report(Stage::DashboardWritten {
+        path: &path,
+        dashboard: &d,
+        seconds: started.elapsed().as_secs_f64(),
+    });
     Ok(summary)
 }
 

@@ -109,6 +109,15 @@ pub fn write_safetensors(
     write_atomic(path, &safetensors_bytes(arrays, metadata)?)
 }
 
+/// Whether two paths name the same existing file or directory (written relative, with
+/// `..`, through a link); false when either does not exist.
+pub fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Writes a JSON value, atomically.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())

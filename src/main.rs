@@ -425,10 +425,6 @@ enum Command {
 }
 
 impl Command {
-    /// The runs, dashboard files, SAEs, configs and caches the command reads: `main` checks
-    /// they exist before anything else, so a mistyped path gets the same one-line error from
-    /// every command (each had its own, some after work had begun). Models and datasets,
-    /// which may be hub ids or the demo's, are left to their loaders.
     /// The files the command writes at its end (JSON reports, a dashboard file): checked
     /// first, so that a mistyped one does not cost the work before it.
     fn outputs(&self) -> Vec<&std::path::Path> {
@@ -443,6 +439,10 @@ impl Command {
         files.into_iter().map(|p| p.as_path()).collect()
     }
 
+    /// The runs, dashboard files, SAEs, configs and caches the command reads: `main` checks
+    /// they exist before anything else, so a mistyped path gets the same one-line error from
+    /// every command (each had its own, some after work had begun). Models and datasets,
+    /// which may be hub ids or the demo's, are left to their loaders.
     fn inputs(&self) -> Vec<&std::path::Path> {
         use std::iter::once;
         fn train(a: &TrainArgs) -> Vec<&std::path::PathBuf> {
@@ -1364,26 +1364,34 @@ fn saelens_export_source(
     path: &std::path::Path,
 ) -> anyhow::Result<(std::path::PathBuf, HookInfo, Option<Vec<f32>>)> {
     use attn_saes::sae::io::CONFIG_FILE;
+    // The run (or checkpoint) the SAE belongs to, and the checkpoint whose config it has.
     let (sae_dir, run) = if path.join(CONFIG_FILE).is_file() {
         // An SAE directory: in a run (RUN/sae) or a checkpoint (RUN/checkpoints/step_N/sae)?
         let up = path.parent().unwrap_or(std::path::Path::new(""));
         let run = [up, up.parent().and_then(|p| p.parent()).unwrap_or(up)]
             .into_iter()
-            .find(|r| checkpoint::resolve_resume(r).is_ok());
-        (path.to_path_buf(), run.map(|r| r.to_path_buf()))
+            .find_map(|r| Some((r.to_path_buf(), checkpoint::resolve_resume(r).ok()?)));
+        (path.to_path_buf(), run)
     } else {
-        (checkpoint::run_sae(path, None)?.1, Some(path.to_path_buf()))
+        let (ckpt, sae_dir) = checkpoint::run_sae(path, None)?;
+        (sae_dir, Some((path.to_path_buf(), ckpt)))
     };
     let config = match &run {
-        Some(r) => Some(checkpoint::read_config(&checkpoint::resolve_resume(r)?)?),
+        Some((_, ckpt)) => Some(checkpoint::read_config(ckpt)?),
         None => None,
     };
     let origin = BlockDiagSae::read_origin(&sae_dir)?;
     let (model_name, hook_layer, z_convention) = match (origin, &config) {
         (Some(o), _) => (o.model, o.hook_layer, o.z_convention),
-        (None, Some(c)) if c.hook_layer.is_some() => {
-            (c.model.clone(), c.hook_layer.unwrap(), c.z_convention)
-        }
+        (
+            None,
+            Some(
+                c @ train::TrainConfig {
+                    hook_layer: Some(layer),
+                    ..
+                },
+            ),
+        ) => (c.model.clone(), *layer, c.z_convention),
         _ => anyhow::bail!(
             "{} does not record the layer it was trained on (its sae_config.json has no \
              origin, and there is no run config that names one), so its SAELens hook_name \
@@ -1403,7 +1411,7 @@ fn saelens_export_source(
     };
     // The densities `train` exported with the run's final SAE (RUN/saelens).
     let sparsity = match &run {
-        Some(r) if same_dir(&r.join("sae"), &sae_dir) => {
+        Some((r, _)) if attn_saes::files::same_path(&r.join("sae"), &sae_dir) => {
             let file = r.join("saelens").join("sparsity.safetensors");
             match file.is_file() {
                 true => Some(
@@ -1417,13 +1425,6 @@ fn saelens_export_source(
         _ => None,
     };
     Ok((sae_dir, hook, sparsity))
-}
-
-fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
 }
 
 /// What `evaluate` reads besides the SAE: the model, corpus, layer and windows, as flags or

@@ -225,19 +225,14 @@ pub fn dashboard_file_of(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(file)
 }
 
-/// The dashboard file of `path` (as [`dashboard_file_of`]), read and checked.
+/// The dashboard file of `path` (as [`dashboard_file_of`]), read and checked: a file the
+/// page could not open is refused here, saying why.
 pub fn read_dashboard_of(
     path: &Path,
 ) -> anyhow::Result<(PathBuf, crate::dashboard::format::OwnedDashboardFile)> {
     let file = dashboard_file_of(path)?;
     let dashboard = crate::dashboard::format::OwnedDashboardFile::read(&file)?;
     Ok((file, dashboard))
-}
-
-/// The dashboard file of `path` (as [`dashboard_file_of`]), checked to be one: a file the
-/// page could not open is refused here, saying why.
-pub fn dashboard_of(path: &Path) -> anyhow::Result<PathBuf> {
-    Ok(read_dashboard_of(path)?.0)
 }
 
 /// The dashboards of `paths` (run directories or dashboard files) to serve for the page to
@@ -890,7 +885,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let err = format!("{:#}", find_web_dir(Some(&dir)).unwrap_err());
         assert!(err.contains("run scripts/build-web.sh"), "{err}");
-        let err = format!("{:#}", dashboard_of(&dir).unwrap_err());
+        let err = format!("{:#}", dashboard_file_of(&dir).unwrap_err());
         assert!(err.contains("attn-saes dashboard --run"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }

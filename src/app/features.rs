@@ -1259,7 +1259,7 @@ fn examples_effect_lines(ui: &mut Ui, e: &ExamplesEffect) {
 /// The feature as text to paste into notes: head, feature, label, density, maximum, effect,
 /// and its top examples within `crop` tokens of their targets (`[[target]]`), as the view
 /// shows them.
-pub fn feature_summary(
+fn feature_summary(
     file: &OwnedDashboardFile,
     (h, f, fd): (usize, usize, &FeatureData),
     label: Option<&str>,

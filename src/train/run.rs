@@ -113,7 +113,7 @@ impl RunPlan {
             bail!(
                 "--hook-layer {layer} does not exist: {} has layers 0 to {}",
                 mc.name,
-                mc.n_layers - 1
+                mc.n_layers.saturating_sub(1)
             );
         }
         // Saved with every checkpoint: record the layer actually used.
