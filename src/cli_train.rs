@@ -636,8 +636,6 @@ pub enum Stage<'a> {
         done: usize,
         total: usize,
     },
-    /// No dashboards for this run, and why (a dense SAE).
-    NoDashboards(&'a str),
     /// The dashboard file is written.
     DashboardWritten {
         path: &'a std::path::Path,
@@ -645,10 +643,6 @@ pub enum Stage<'a> {
         seconds: f64,
     },
 }
-
-/// Why a dense run ends without dashboards.
-pub const DENSE_NO_DASHBOARDS: &str = "no dashboards: they show features per head, and this \
-     SAE is dense (one block over all heads); `evaluate` and `export` take it";
 
 /// The main job, for the CLI (`train --headless`) and the app alike: trains (or resumes)
 /// the run `args` describe on the device `choice` selects, with training events going to
@@ -671,7 +665,6 @@ pub fn train_then_dashboards(
     report(Stage::LoadingModel(&config.model));
     let (selected, loaded) = open_model(choice, &config.model)?;
     report(Stage::Device(&selected.description));
-    let dense = config.dense;
     let (tx, rx) = std::sync::mpsc::channel();
     let consumer = std::thread::spawn(move || on_train(rx));
     let result = crate::train::train(
@@ -691,10 +684,6 @@ pub fn train_then_dashboards(
     // A stop asked for as the last step ran (Ctrl-C) skips the dashboards too.
     let stop_asked = control.stop.load(std::sync::atomic::Ordering::SeqCst);
     if !dashboards || summary.stopped_early || stop_asked {
-        return Ok(summary);
-    }
-    if dense {
-        report(Stage::NoDashboards(DENSE_NO_DASHBOARDS));
         return Ok(summary);
     }
     let run = summary

@@ -1083,7 +1083,7 @@ fn main() -> anyhow::Result<()> {
                 "Where each head's features read from (the top source of their top examples' DFA):"
             );
             for h in &report.heads {
-                println!("  head {}: {}", h.head, h.summary);
+                println!("  {}: {}", d.meta.block_name(h.head), h.summary);
                 if let Some(a) = &h.attention {
                     println!(
                         "          its attention on the same tokens: {}",
@@ -1344,13 +1344,24 @@ fn say_written(d: &Dashboard, path: &std::path::Path) {
             "; each feature's effect on the loss over {} tokens",
             e.tokens
         ),
+        None if d.meta.dense_heads().is_some() => {
+            "; no effects on the loss (estimated per head, and this SAE is dense)".to_string()
+        }
         None => String::new(),
     };
+    let features = match d.meta.dense_heads() {
+        Some(heads) => format!(
+            "one dense block over {heads} heads, {} features",
+            d.meta.sae.features_per_head
+        ),
+        None => format!(
+            "{} heads x {} features",
+            d.meta.sae.n_heads, d.meta.sae.features_per_head
+        ),
+    };
     println!(
-        "dashboards: {} ({} heads x {} features over {} tokens{effects}, {:.1} MB)",
+        "dashboards: {} ({features} over {} tokens{effects}, {:.1} MB)",
         path.display(),
-        d.meta.sae.n_heads,
-        d.meta.sae.features_per_head,
         d.meta.n_tokens,
         bytes as f64 / 1e6
     );
@@ -1560,7 +1571,6 @@ fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyho
                 say_written(dashboard, path);
                 println!("dashboards built in {seconds:.1} s");
             }
-            Stage::NoDashboards(why) => println!("{why}"),
             Stage::Checking | Stage::RunDir(_) => {}
         },
     )
@@ -2031,10 +2041,23 @@ fn print_feature_report(
         .label
         .as_ref()
         .map_or(String::new(), |l| format!(" {l:?}"));
-    println!(
-        "head {} feature {}{label} (global {}), density {:.4}, max {:.3}{effect}",
-        r.head, r.feature, r.global, r.density, r.max_activation
-    );
+    match &r.head_shares {
+        // A dense SAE's one block reads every head.
+        Some(shares) => {
+            println!(
+                "feature {}{label} (dense, all heads), density {:.4}, max {:.3}{effect}",
+                r.feature, r.density, r.max_activation
+            );
+            println!(
+                "    writes to {} (of its decoder row's squared norm)",
+                attn_saes::dashboard::format::head_shares_text(shares, 4)
+            );
+        }
+        None => println!(
+            "head {} feature {}{label} (global {}), density {:.4}, max {:.3}{effect}",
+            r.head, r.feature, r.global, r.density, r.max_activation
+        ),
+    }
     let token = r
         .reads_from_token
         .as_ref()
@@ -2045,7 +2068,12 @@ fn print_feature_report(
         let closest: Vec<String> = (r.closest.iter())
             .map(|&(g, cos)| format!("#{g} {cos:.2}{}", labelled(labels, r.head, g)))
             .collect();
-        println!("    closest in its head: {}", closest.join(", "));
+        let within = if r.head_shares.is_some() {
+            "SAE"
+        } else {
+            "head"
+        };
+        println!("    closest in its {within}: {}", closest.join(", "));
     }
     for e in &r.examples {
         println!(
@@ -2085,6 +2113,9 @@ fn examples_effect_command(
     use attn_saes::app::jobs::LiveSource;
     use attn_saes::dashboard::format::ExampleGroup;
     let (heads, m) = (d.heads.len(), d.meta.sae.features_per_head);
+    if let Some(n_heads) = d.meta.dense_heads() {
+        anyhow::bail!(attn_saes::sae::io::dense_refusal(n_heads, m));
+    }
     anyhow::ensure!(
         head < heads && feature < m,
         "--effect {head},{feature}: the dashboard has {heads} heads x {m} features"

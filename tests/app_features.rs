@@ -546,3 +546,39 @@ fn a_compared_runs_closest_features_are_those_match_finds() {
             .is_none()
     );
 }
+
+/// A dense SAE's dashboard: one block over every head, named so; a feature's header says
+/// it is dense and the line under it gives the heads it writes, as computed here from the
+/// run's SAE weights (the share of each head's part of its decoder row's squared norm).
+#[test]
+fn a_dense_saes_features_show_the_heads_they_write() {
+    if !common::renderer_available() {
+        return;
+    }
+    let dir = common::TempDir::new("attn-saes-app-features", "dense");
+    let cfg = attn_saes::train::TrainConfig {
+        dense: true,
+        ..common::config(&dir, 30)
+    };
+    let run = common::run_with_dashboard_of(cfg);
+    let bytes = std::fs::read(run.join("dashboard.safetensors")).unwrap();
+    let mut d = LoadedDashboard::new("dense.safetensors".into(), bytes).unwrap();
+    d.file.meta.model.name = "gpt2_tiny".into();
+    let mut h = harness_on(d, FeaturesState::default(), Vec::new());
+    h.run_steps(2);
+    h.get_by_label_contains("dense: 128 features over 4 heads");
+    h.get_by_label("All heads");
+    let f = h.state().1.feature.unwrap();
+    h.get_by_label(&format!("Feature {f} · dense, all heads"));
+    let sae = attn_saes::sae::BlockDiagSae::load(&run.join("sae"), &burn::prelude::Device::flex())
+        .unwrap();
+    let w_dec = sae.w_dec.into_data().try_to_vec::<f32>().unwrap(); // [1, 128, 64]
+    let parts: Vec<f64> = (w_dec[f * 64..(f + 1) * 64].chunks(16))
+        .map(|p| p.iter().map(|&x| x as f64 * x as f64).sum())
+        .collect();
+    let total: f64 = parts.iter().sum();
+    let shares: Vec<f32> = parts.iter().map(|p| (p / total) as f32).collect();
+    h.get_by_label("writes to");
+    h.get_by_label(&attn_saes::dashboard::format::head_shares_text(&shares, 4));
+    h.snapshot("features_view_dense");
+}

@@ -2320,3 +2320,183 @@ fn the_dashboard_holds_the_decoder_rows_and_the_closest_features_agree_with_matc
     let err = missing.to_bytes().unwrap_err().to_string();
     assert!(err.contains("h2.decoder"), "{err}");
 }
+
+/// A random dense ReLU SAE for a model: one block over every head's hook_z side by side
+/// (as `train --dense` trains and Kissane et al.'s SAEs are), with negative encoder biases.
+fn random_dense_sae(loaded: &LoadedModel, m: usize, seed: u64) -> BlockDiagSae {
+    let cfg = &loaded.transformer.config;
+    let d = cfg.n_heads * cfg.d_head;
+    let mut rng = Rng::new(seed);
+    let config = SaeConfig {
+        n_heads: 1,
+        d_head: d,
+        features_per_head: m,
+        architecture: Architecture::Relu,
+    };
+    let device = Device::flex();
+    let mut sae = BlockDiagSae::init(config, &mut rng, &device);
+    // Entries of unit variance over a row of d give pre-activations of size sqrt(d): scaled
+    // to the per-head SAEs' so that features fire on a fraction of tokens.
+    let w: Vec<f32> = (0..d * m)
+        .map(|_| rng.normal() as f32 / (cfg.n_heads as f32).sqrt())
+        .collect();
+    sae.w_enc = Tensor::from_data(TensorData::new(w, [1, d, m]), &device);
+    let b: Vec<f32> = (0..m).map(|_| -(rng.uniform() as f32) * 1.5).collect();
+    sae.b_enc = Tensor::from_data(TensorData::new(b, [1, m]), &device);
+    sae.input_scale = vec![0.8];
+    sae
+}
+
+/// The dense SAE that computes what the block-diagonal ReLU `sae` does: its blocks on the
+/// diagonal of one `[H d, H m]` encoder and decoder, the per-head input scales moved into
+/// the weights (input scale 1), so that dense feature `h m + f` is head `h`'s feature `f`.
+fn dense_of(sae: &BlockDiagSae) -> BlockDiagSae {
+    let (h, d, m) = (
+        sae.config.n_heads,
+        sae.config.d_head,
+        sae.config.features_per_head,
+    );
+    let host = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+    let (w_enc, w_dec) = (host(sae.w_enc.clone()), host(sae.w_dec.clone()));
+    let b_enc = sae.b_enc.clone().into_data().try_to_vec::<f32>().unwrap();
+    let b_dec = sae.b_dec.clone().into_data().try_to_vec::<f32>().unwrap();
+    let (dd, dm) = (h * d, h * m);
+    let mut enc = vec![0f32; dd * dm];
+    let mut dec = vec![0f32; dm * dd];
+    for head in 0..h {
+        let s = sae.input_scale[head];
+        for k in 0..d {
+            for f in 0..m {
+                enc[(head * d + k) * dm + head * m + f] = s * w_enc[(head * d + k) * m + f];
+                dec[(head * m + f) * dd + head * d + k] = w_dec[(head * m + f) * d + k] / s;
+            }
+        }
+    }
+    let b_dec: Vec<f32> = (0..dd).map(|i| b_dec[i] / sae.input_scale[i / d]).collect();
+    let device = Device::flex();
+    let config = SaeConfig {
+        n_heads: 1,
+        d_head: dd,
+        features_per_head: dm,
+        architecture: sae.config.architecture,
+    };
+    let mut dense = BlockDiagSae::init(config, &mut Rng::new(0), &device);
+    dense.w_enc = Tensor::from_data(TensorData::new(enc, [1, dd, dm]), &device);
+    dense.w_dec = Tensor::from_data(TensorData::new(dec, [1, dm, dd]), &device);
+    dense.b_enc = Tensor::from_data(TensorData::new(b_enc, [1, dm]), &device);
+    dense.b_dec = Tensor::from_data(TensorData::new(b_dec, [1, dd]), &device);
+    dense.input_scale = vec![1.0];
+    dense
+}
+
+/// Dense SAEs' dashboards: DFA summed over the heads still adds up to the pre-activation
+/// (GPT-2, gelu-2l, Llama with GQA), and examples, histograms, L0 and EV match the brute
+/// force pass.
+#[test]
+fn dense_sae_dfa_sums_to_the_pre_activation_and_matches_brute_force() {
+    for model in ["gpt2_tiny", "gelu2l_tiny", "llama_tiny"] {
+        let loaded = load(model);
+        let sae = random_dense_sae(&loaded, 24, 3);
+        let windows = random_windows(&loaded, 7, 14, 11);
+        check_dfa_identity(model, &sae, windows);
+    }
+    let loaded = load("gpt2_tiny");
+    check_against_brute_force(&loaded, &random_dense_sae(&loaded, 20, 4));
+}
+
+/// A block-diagonal SAE written as a dense one (its blocks on the diagonal) has the same
+/// features, so its dense dashboards must show what the per-head ones show: densities, top
+/// examples with their activations and DFA, histograms and logit effects of head `h`'s
+/// feature `f` at dense feature `h m + f`, and head shares of 100% on head `h`. The dense
+/// file leaves out what only a head has (where it attends, its random-token scores).
+#[test]
+fn a_block_diagonal_sae_written_dense_has_the_same_dashboards() {
+    let loaded = load("gpt2_tiny");
+    let sae = random_sae(&loaded, 8, 21);
+    let dense = dense_of(&sae);
+    let windows = random_windows(&loaded, 9, 12, 22);
+    let opts = BuildOptions {
+        top_k: 4,
+        logit_k: 5,
+        histogram_bins: 9,
+        windows_per_forward: 4,
+        ..BuildOptions::default()
+    };
+    let per_head = build_quiet(&inputs(&loaded, &sae, windows.clone()), &opts);
+    let all = build_quiet(&inputs(&loaded, &dense, windows.clone()), &opts);
+    let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
+    assert_eq!(all.meta.dense_heads(), Some(h));
+    assert_eq!(per_head.meta.dense_heads(), None);
+    assert_eq!(all.meta.block_name(0), "all heads");
+    assert_eq!(per_head.meta.block_name(2), "head 2");
+    assert_eq!(all.heads.len(), 1);
+    assert_eq!(all.heads[0].features.len(), h * m);
+    let l0: f64 = per_head.meta.heads.iter().map(|s| s.l0).sum();
+    assert!((all.meta.heads[0].l0 - l0).abs() < 1e-9, "L0 {l0}");
+    assert!(all.meta.heads[0].attention.is_none() && all.meta.heads[0].random_tokens.is_none());
+    assert!(per_head.meta.heads[0].attention.is_some());
+    let close = |a: f32, b: f32, what: &str| {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+            "{what}: {a} vs {b}"
+        );
+    };
+    let tokens = |d: &Dashboard, e: &attn_saes::dashboard::format::Example| {
+        (d.windows[e.window as usize].clone(), e.target)
+    };
+    let mut examples = 0;
+    for head in 0..h {
+        for f in 0..m {
+            let what = format!("head {head} feature {f}");
+            let (a, b) = (
+                &per_head.heads[head].features[f],
+                &all.heads[0].features[head * m + f],
+            );
+            assert_eq!(a.density, b.density, "{what}: density");
+            close(a.max_activation, b.max_activation, &what);
+            assert_eq!(a.activation_histogram, b.activation_histogram, "{what}");
+            assert_eq!(a.interval_counts, b.interval_counts, "{what}");
+            let top = |x: &attn_saes::dashboard::format::FeatureData| -> Vec<_> {
+                x.examples
+                    .iter()
+                    .filter(|e| e.group == ExampleGroup::Top)
+                    .cloned()
+                    .collect()
+            };
+            let (ta, tb) = (top(a), top(b));
+            assert_eq!(ta.len(), tb.len(), "{what}: top examples");
+            for (ea, eb) in ta.iter().zip(&tb) {
+                assert_eq!(tokens(&per_head, ea), tokens(&all, eb), "{what}: example");
+                close(ea.activation, eb.activation, &what);
+                assert_eq!(ea.dfa.len(), eb.dfa.len());
+                for (x, y) in ea.dfa.iter().zip(&eb.dfa) {
+                    close(*x, *y, &format!("{what}: DFA"));
+                }
+                examples += 1;
+            }
+            for (x, y) in [
+                (&a.logit_top, &b.logit_top),
+                (&a.logit_bottom, &b.logit_bottom),
+            ] {
+                assert_eq!(x.len(), y.len());
+                for (p, q) in x.iter().zip(y) {
+                    assert_eq!(p.0, q.0, "{what}: logit token");
+                    close(p.1, q.1, &format!("{what}: logit effect"));
+                }
+            }
+            let shares = all.heads[0].head_shares(head * m + f, h).unwrap();
+            let exported = attn_saes::dashboard::neuronpedia::feature_json(&all, 0, head * m + f);
+            let exported = exported["decoder_weights_dist"].as_array().unwrap().clone();
+            assert_eq!(exported.len(), h, "{what}: Neuronpedia's head attribution");
+            for (g, (s, e)) in shares.iter().zip(exported).enumerate() {
+                let want = if g == head { 1.0 } else { 0.0 };
+                assert!((s - want).abs() < 1e-6, "{what}: share of head {g} {s}");
+                assert!(
+                    (e.as_f64().unwrap() - want as f64).abs() < 1e-6,
+                    "{what}: exported {e}"
+                );
+            }
+        }
+    }
+    assert!(examples > 3 * h * m, "only {examples} examples compared");
+}

@@ -1273,11 +1273,12 @@ fn ignored_flags_zero_counts_and_unwritable_outputs_are_refused_first() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// A dense SAE (`--dense`) trains and ends well, without dashboards, saying why (it
-/// ended in an error after training: dashboards need one block per head); what reads
-/// features per head refuses it naming the reason, and `evaluate` and `export` take it.
+/// A dense SAE (`--dense`) trains and ends with its dashboards (it had none: dashboards
+/// needed one block per head), which `features` reports as one block over every head with
+/// the heads each feature writes; what runs the LM with features per head refuses it naming
+/// the reason, and `evaluate` and `export` take it.
 #[test]
-fn a_dense_run_ends_without_dashboards_and_says_which_commands_take_it() {
+fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
     let dir = temp_dir("dense");
     let out_dir = dir.join("run");
     let toml_file = dir.join("config.toml");
@@ -1299,21 +1300,50 @@ fn a_dense_run_ends_without_dashboards_and_says_which_commands_take_it() {
     let toml_arg = toml_file.to_str().unwrap();
     let (code, stdout, stderr) = cli(&["train", "--headless", "--config", toml_arg]);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains(attn_saes::cli_train::DENSE_NO_DASHBOARDS),
-        "{stdout}"
-    );
     let sae = BlockDiagSae::load(&out_dir.join("sae"), &Device::flex()).unwrap();
     assert_eq!((sae.config.n_heads, sae.config.d_head), (1, 4 * 16));
-    assert!(!out_dir.join("dashboard.safetensors").exists());
+    let file = out_dir.join("dashboard.safetensors");
+    assert!(
+        stdout.contains(&format!(
+            "dashboards: {} (one dense block over 4 heads, 128 features over ",
+            file.display()
+        )) && stdout.contains("no effects on the loss (estimated per head, and this SAE is dense)"),
+        "{stdout}"
+    );
+    let d = attn_saes::dashboard::build::read(&file).unwrap();
+    assert_eq!(d.meta.dense_heads(), Some(4));
     let run = out_dir.to_str().unwrap();
+    // `features` names the block and gives the heads each feature writes, from the SAE's
+    // own decoder: the share of each head's part of the row's squared norm.
+    let (code, stdout, stderr) = cli(&["features", "--run", run, "--feature", "0,5"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let w_dec = sae.w_dec.clone().into_data().try_to_vec::<f32>().unwrap(); // [1, 128, 64]
+    let row = &w_dec[5 * 64..6 * 64];
+    let parts: Vec<f64> = (row.chunks(16))
+        .map(|p| p.iter().map(|&x| x as f64 * x as f64).sum())
+        .collect();
+    let total: f64 = parts.iter().sum();
+    let mut order: Vec<usize> = (0..4).collect();
+    order.sort_by(|&a, &b| parts[b].total_cmp(&parts[a]));
+    let first = format!(
+        "writes to h{} {:.0}%",
+        order[0],
+        100.0 * parts[order[0]] / total
+    );
+    assert!(
+        stdout.starts_with("feature 5 (dense, all heads), density "),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&first), "{first}: {stdout}");
+    let (code, stdout, _) = cli(&["features", "--run", run]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("\n  all heads: "), "{stdout}");
     let said = "Error: this SAE is dense (one block over all 4 heads' hook_z, 128 features), and \
-                dashboards, `rank` and `text` show features per head: they need a \
-                block-diagonal SAE (trained without --dense); `evaluate` and `export` take \
-                this one\n";
+                `rank`, `text`, `steer`, `features --effect` and Your text work per head: they \
+                need a block-diagonal SAE (trained without --dense); dashboards, `features`, \
+                `evaluate` and `export` take this one\n";
     for args in [
-        &["dashboard", "--run", run][..],
-        &["features", "--run", run],
+        &["features", "--run", run, "--effect", "0,1"][..],
         &["rank", "--run", run, "--tokens", "32"],
         &["text", run, "hello"],
     ] {
@@ -1321,7 +1351,6 @@ fn a_dense_run_ends_without_dashboards_and_says_which_commands_take_it() {
         assert_eq!(code, Some(1), "{args:?}: {stderr}");
         assert!(stderr.ends_with(said), "{args:?}: {stderr}");
     }
-    assert!(!out_dir.join("dashboard.safetensors").exists());
     // `dashboard` takes the model, corpus and layer with --sae only (a run records its
     // own), and no training flags (it accepted all of them and ignored most).
     let (code, _, stderr) = cli(&["dashboard", "--run", run, "--model", "gpt2"]);

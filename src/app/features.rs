@@ -628,15 +628,26 @@ fn heads_panel(
 
 fn file_summary(meta: &DashboardMeta) -> String {
     let sae = &meta.sae;
+    let shape = match meta.dense_heads() {
+        Some(heads) => format!(
+            "dense: {} features over {heads} heads",
+            sae.features_per_head
+        ),
+        None => format!("{} heads × {} features", sae.n_heads, sae.features_per_head),
+    };
     format!(
-        "{} · layer {} · {} heads × {} features ({}) · {} tokens scanned",
-        meta.model.name,
-        meta.hook_layer,
-        sae.n_heads,
-        sae.features_per_head,
-        sae.architecture,
-        meta.n_tokens
+        "{} · layer {} · {shape} ({}) · {} tokens scanned",
+        meta.model.name, meta.hook_layer, sae.architecture, meta.n_tokens
     )
+}
+
+/// Block `h` of the SAE as a title: `Head 3`, or `All heads` for a dense SAE's one block.
+fn block_title(meta: &DashboardMeta, h: usize) -> String {
+    let name = meta.block_name(h);
+    let mut chars = name.chars();
+    chars
+        .next()
+        .map_or(name.clone(), |c| c.to_uppercase().chain(chars).collect())
 }
 
 fn heads_table(
@@ -657,8 +668,8 @@ fn heads_table(
             }
             ui.end_row();
             for (h, head) in meta.heads.iter().enumerate() {
-                let hover = run_summary(head);
-                let row = ui.selectable_label(s.head == h, format!("Head {h}"));
+                let hover = run_summary(meta, head);
+                let row = ui.selectable_label(s.head == h, block_title(meta, h));
                 if row.on_hover_text(hover).clicked() && s.head != h {
                     s.head = h;
                     s.feature = None;
@@ -711,12 +722,12 @@ fn reads_cell(ui: &mut Ui, reads: Option<&HeadSources>, head: &HeadSummary) {
     ));
 }
 
-fn run_summary(head: &HeadSummary) -> String {
+fn run_summary(meta: &DashboardMeta, head: &HeadSummary) -> String {
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
     format!(
-        "head {}: L0 {:.2}, explained variance {:.3}, {} never fired (dashboard tokens)\n\
+        "{}: L0 {:.2}, explained variance {:.3}, {} never fired (dashboard tokens)\n\
          training run: L0 {}, explained variance {}, dead {}, CE score {}",
-        head.head,
+        meta.block_name(head.head),
         head.l0,
         head.explained_variance,
         head.never_fired,
@@ -1038,7 +1049,9 @@ fn dashboard_panel(
                 .show(ui, |ui| {
                     let reads = head.reads.get(f).cloned().unwrap_or_default();
                     let closest = head.data.closest(f, CLOSEST_SHOWN);
-                    let around = (&reads, closest.as_slice());
+                    let shares =
+                        (file.meta.dense_heads()).and_then(|heads| head.data.head_shares(f, heads));
+                    let around = (&reads, closest.as_slice(), shares.as_deref());
                     let row = head.data.decoder_row(f);
                     let elsewhere =
                         row.map(|row| closest_elsewhere(&file.meta, s.head, row, compared));
@@ -1054,14 +1067,22 @@ fn feature_dashboard(
     ui: &mut Ui,
     file: &OwnedDashboardFile,
     (f, fd): (usize, &FeatureData),
-    ((reads, closest), elsewhere): (Around<'_>, Vec<Elsewhere<'_>>),
+    ((reads, closest, shares), elsewhere): (Around<'_>, Vec<Elsewhere<'_>>),
     labels: (&Labels, &LabelsEdit),
     s: &mut FeaturesState,
     ask: ExamplesAsk,
 ) -> Option<FeaturesAction> {
     header(ui, file, (s.head, f, fd), labels.0.get(s.head, f), s.crop);
+    if let Some(shares) = shares {
+        head_shares_line(ui, shares);
+    }
     let labelled = label_line(ui, labels, s, (s.head, f));
-    closest_line(ui, closest, labels.0, s);
+    let within = if shares.is_some() {
+        "this SAE"
+    } else {
+        "this head"
+    };
+    closest_line(ui, closest, labels.0, s, within);
     let mut opened = None;
     for &(name, ref closest, opens, their_labels) in &elsewhere {
         ui.horizontal_wrapped(|ui| {
@@ -1274,8 +1295,12 @@ fn feature_summary(
         ),
         _ => String::new(),
     };
+    let which = match meta.dense_heads() {
+        Some(_) => format!("feature {f} of a dense SAE"),
+        None => format!("head {h} feature {f}"),
+    };
     let mut text = format!(
-        "head {h} feature {f}{label} ({} layer {}): density {:.3e}, max activation {:.3}{effect}\n",
+        "{which}{label} ({} layer {}): density {:.3e}, max activation {:.3}{effect}\n",
         crate::dashboard::format::published_name(&meta.model.name),
         meta.hook_layer,
         fd.density,
@@ -1302,7 +1327,10 @@ fn header(
 ) {
     let meta = &file.meta;
     ui.horizontal(|ui| {
-        ui.heading(format!("Head {h} · Feature {f}"));
+        ui.heading(match meta.dense_heads() {
+            Some(_) => format!("Feature {f} · dense, all heads"),
+            None => format!("Head {h} · Feature {f}"),
+        });
         let copy = ui.small_button("copy").on_hover_text(
             "copy this feature as text: its numbers, label and top examples (the context shown)",
         );
@@ -1350,7 +1378,8 @@ fn header(
 const CLOSEST_SHOWN: usize = 6;
 /// What a feature's dashboard shows around it: where it reads from, and the features of its
 /// head closest to it.
-type Around<'a> = (&'a FeatureSources, &'a [(usize, f32)]);
+/// For a dense SAE's feature, also the heads it writes ([`HeadData::head_shares`]).
+type Around<'a> = (&'a FeatureSources, &'a [(usize, f32)], Option<&'a [f32]>);
 /// A compared run's name, the features of the head closest to the selected one in it,
 /// whether it can be opened at them, and its labels.
 type Elsewhere<'a> = (&'a str, Vec<(usize, f32)>, bool, &'a Labels);
@@ -1388,15 +1417,40 @@ fn closest_elsewhere<'c>(
         .collect()
 }
 
+/// Which heads a dense SAE's feature writes: the largest shares of its decoder row in words,
+/// every head's on hover.
+fn head_shares_line(ui: &mut Ui, shares: &[f32]) {
+    ui.horizontal_wrapped(|ui| {
+        ui.label(RichText::new("writes to").strong());
+        let all: Vec<String> = (shares.iter().enumerate())
+            .map(|(h, x)| format!("head {h}: {:.1}%", 100.0 * x))
+            .collect();
+        ui.label(crate::dashboard::format::head_shares_text(shares, 4))
+            .on_hover_text(format!(
+                "the share of the feature's decoder row (its squared norm) in each head's part \
+                 of hook_z: which heads' outputs it writes (a dense SAE's features can span \
+                 heads)\n{}",
+                all.join("\n")
+            ));
+    });
+}
+
 /// The head's features whose decoder directions are closest to the selected one's (when the
-/// file holds the decoder rows), each a button that selects it, its label on hover.
-fn closest_line(ui: &mut Ui, closest: &[(usize, f32)], labels: &Labels, s: &mut FeaturesState) {
+/// file holds the decoder rows), each a button that selects it, its label on hover;
+/// `within` names where they are (`this head`, or `this SAE` for a dense one).
+fn closest_line(
+    ui: &mut Ui,
+    closest: &[(usize, f32)],
+    labels: &Labels,
+    s: &mut FeaturesState,
+    within: &str,
+) {
     if closest.is_empty() {
         return;
     }
     let mut picked = None;
     ui.horizontal_wrapped(|ui| {
-        ui.label(RichText::new("closest in this head").strong())
+        ui.label(RichText::new(format!("closest in {within}")).strong())
             .on_hover_text(
                 "the features whose decoder directions are nearest this one's (cosine \
                  similarity): near duplicates, or a concept split between features",

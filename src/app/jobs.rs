@@ -147,7 +147,6 @@ pub fn start_training(request: TrainRequest) -> Job {
                     Stage::Dashboards { phase, done, total } => {
                         dashboard_progress(phase, done, total)
                     }
-                    Stage::NoDashboards(why) => JobEvent::Phase(why.into()),
                     Stage::DashboardWritten { path, .. } => {
                         JobEvent::DashboardWritten(path.to_path_buf())
                     }

@@ -441,7 +441,7 @@ impl AttnSaesApp {
         let f = &self.ui.features;
         let mut text = format!("view {:?}", self.ui.view);
         if let Some(d) = &self.dashboard {
-            text += &format!(" · head {}", f.head);
+            text += &format!(" · {}", d.file.meta.block_name(f.head));
             if let Some(feature) = f.feature {
                 text += &format!(" · feature {feature}");
                 let data = d.cached_head(f.head).and_then(|h| h.features.get(feature));

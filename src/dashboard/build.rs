@@ -282,10 +282,14 @@ struct Chunk<'c> {
 }
 
 struct Dims {
+    /// SAE blocks, and the width of each.
     h: usize,
     d: usize,
     m: usize,
     t: usize,
+    /// Model heads per SAE block: 1 for a block-diagonal SAE, every head for a dense one
+    /// (whose block reads the heads' hook_z side by side, `d = heads x d_head`).
+    per_block: usize,
 }
 
 impl HeadPass1 {
@@ -308,6 +312,10 @@ impl HeadPass1 {
         let result = self.walk(head, chunk, dims, &feats, enc.w_enc, decoder, scale, top_k);
         self.feats = feats;
         let (h, t) = (dims.h, dims.t);
+        // Where a head attends is the block's own summary only when the block is one head.
+        if dims.per_block != 1 {
+            return result;
+        }
         for (w, window) in chunk.tokens.chunks(t).enumerate() {
             for target in (1..t).filter(|&p| chunk.counted[w * t + p]) {
                 let row = &chunk.pattern[((w * h + head) * t + target) * t..][..t];
@@ -434,7 +442,7 @@ impl HeadPass1 {
         w_enc_h: &[f32],
         scale: f32,
     ) {
-        let Dims { h, d, m, t } = *dims;
+        let Dims { h, d, m, t, .. } = *dims;
         let first = chunk.first_token + (w * t) as u64;
         let in_window = |c: &Candidate| (first..first + t as u64).contains(&c.token);
         // The window's actives by feature, positions in order.
@@ -455,32 +463,47 @@ impl HeadPass1 {
         if jobs.is_empty() {
             return;
         }
-        // u[s, j] = v_s . W_enc[:, f_j] for s up to the last target: [rows, c].
+        // Per model head `g` of the block: u[s, j] = v_s . W_enc[g's rows, f_j] for s up to
+        // the last target, [rows, c]; each entry's DFA sums `A_g[target, s] * scale * u`
+        // over the block's heads (one head for a block-diagonal SAE).
         let c = jobs.len();
         let rows = jobs.iter().map(|j| j.2).max().unwrap_or(0) + 1;
-        let mut enc_cols = vec![0f32; c * d];
-        for (col, &(f, _, _)) in enc_cols.chunks_exact_mut(d).zip(&jobs) {
-            for (k, e) in col.iter_mut().enumerate() {
-                *e = w_enc_h[k * m + f];
+        let r = dims.per_block;
+        let (dm, hm) = (d / r, h * r);
+        let mut enc_cols = vec![0f32; c * dm];
+        let mut u = vec![0f32; rows * c];
+        for g in 0..r {
+            let mh = head * r + g;
+            for (col, &(f, _, _)) in enc_cols.chunks_exact_mut(dm).zip(&jobs) {
+                for (k, e) in col.iter_mut().enumerate() {
+                    *e = w_enc_h[(g * dm + k) * m + f];
+                }
+            }
+            let values = &chunk.values[(w * t * hm + mh) * dm..];
+            crate::train::fused_cpu::matmul(
+                rows,
+                c,
+                dm,
+                &mut u,
+                false,
+                values,
+                (hm * dm, 1),
+                &enc_cols,
+                (1, dm),
+            );
+            for (j, &(f, slot, target)) in jobs.iter().enumerate() {
+                let pattern = &chunk.pattern[((w * hm + mh) * t + target) * t..][..t];
+                let dfa = dfa_from_products(pattern, |s| u[s * c + j], scale, target);
+                let entry = &mut self.top[f][slot];
+                if g == 0 {
+                    entry.dfa = dfa;
+                } else {
+                    entry.dfa.iter_mut().zip(dfa).for_each(|(a, b)| *a += b);
+                }
             }
         }
-        let values = &chunk.values[(w * t * h + head) * d..];
-        let mut u = vec![0f32; rows * c];
-        crate::train::fused_cpu::matmul(
-            rows,
-            c,
-            d,
-            &mut u,
-            false,
-            values,
-            (h * d, 1),
-            &enc_cols,
-            (1, d),
-        );
-        for (j, &(f, slot, target)) in jobs.iter().enumerate() {
-            let pattern = &chunk.pattern[((w * h + head) * t + target) * t..][..t];
+        for &(f, slot, _) in &jobs {
             let entry = &mut self.top[f][slot];
-            entry.dfa = dfa_from_products(pattern, |s| u[s * c + j], scale, target);
             let range = start[f] as usize..start[f + 1] as usize;
             entry.activations = by_feature[range].to_vec();
         }
@@ -601,8 +624,13 @@ fn logit_effects(
     // The head's W_dec [m, d] in hook_z units.
     let scale = sae.input_scale[head];
     let w_dec: Vec<f32> = w_dec_h.iter().map(|w| w / scale).collect();
-    // [d, vocab]: what a unit of the head's z does to the logits.
-    let head_logits = host_vec(model.w_o_head(inputs.layer, head)?.matmul(model.unembed()))?;
+    // [d, vocab]: what a unit of the block's z does to the logits (its heads' W_O rows
+    // stacked: the whole W_O for a dense SAE).
+    let r = model.config.n_heads / sae.config.n_heads;
+    let w_o = (0..r)
+        .map(|g| model.w_o_head(inputs.layer, head * r + g))
+        .collect::<Result<Vec<_>, _>>()?;
+    let head_logits = host_vec(burn::prelude::Tensor::cat(w_o, 0).matmul(model.unembed()))?;
     let blocks: Vec<Vec<_>> = w_dec
         .par_chunks(ROWS * d)
         .map_init(Vec::new, |logits: &mut Vec<f32>, rows| {
@@ -717,7 +745,9 @@ pub fn build(
         sae.config.d_head,
         sae.config.features_per_head,
     );
-    sae.check_per_head(&mc.name, mc.n_heads, mc.d_head)?;
+    // One block per head, or one dense block over every head.
+    sae.check_fits(&mc.name, mc.n_heads, mc.d_head)?;
+    let per_block = mc.n_heads / h;
     ensure!(
         !inputs.windows.is_empty(),
         "no context windows to build dashboards on"
@@ -731,7 +761,13 @@ pub fn build(
         inputs.windows.iter().all(|w| w.len() == t) && t <= u16::MAX as usize,
         "context windows must all have one length (at most 65535)"
     );
-    let dims = Dims { h, d, m, t };
+    let dims = Dims {
+        h,
+        d,
+        m,
+        t,
+        per_block,
+    };
     let layer = inputs.layer;
     let bos = mc.bos_token_id;
 
@@ -1020,14 +1056,16 @@ pub fn build(
             .collect();
         // The model's own head scores (one short forward pass); a context too short for
         // them leaves them out.
-        let random_tokens = crate::lm::head_scores::head_scores(
-            model,
-            layer,
-            crate::lm::head_scores::SEQUENCES,
-            crate::lm::head_scores::COPY_LEN,
-            crate::lm::head_scores::SEED,
-        )
-        .ok();
+        let random_tokens = (per_block == 1).then(|| {
+            crate::lm::head_scores::head_scores(
+                model,
+                layer,
+                crate::lm::head_scores::SEQUENCES,
+                crate::lm::head_scores::COPY_LEN,
+                crate::lm::head_scores::SEED,
+            )
+        });
+        let random_tokens = random_tokens.and_then(Result::ok);
         for (h, (summary, head)) in summaries.iter_mut().zip(&head_data).enumerate() {
             summary.reads_from = Some(sources::head_sources(&windows, head));
             summary.random_tokens = random_tokens.as_ref().and_then(|s| s.get(h)).copied();
@@ -1081,7 +1119,8 @@ pub fn build(
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     let mut dashboard = result?;
-    if opts.effect_tokens > 0 {
+    // Effects on the loss are estimated per head (`live::rank_features_over`).
+    if opts.effect_tokens > 0 && per_block == 1 {
         add_effects(&mut dashboard, inputs, opts.effect_tokens, progress)?;
     }
     Ok(dashboard)

@@ -116,11 +116,14 @@ pub fn feature_json(d: &Dashboard, head: usize, feature: usize) -> Value {
         .collect();
     let (lo, hi) = f.logit_range;
     // Each head's share of the decoder norm (SAEDashboard's head attribution): all of it in
-    // the feature's head. The vector: the decoder row in its head's block of `hook_z`
-    // flattened, zeros elsewhere (the SAELens export's `W_dec` row), when the file holds the
-    // rows.
+    // the feature's head, or for a dense SAE's feature its row's share in each head's part.
+    // The vector: the decoder row in its head's block of `hook_z` flattened, zeros elsewhere
+    // (the SAELens export's `W_dec` row), when the file holds the rows.
     let n_heads = d.meta.sae.n_heads;
-    let shares: Vec<f32> = (0..n_heads).map(|h| (h == head) as u8 as f32).collect();
+    let shares: Vec<f32> = match d.meta.dense_heads() {
+        Some(heads) => (d.heads[head].head_shares(feature, heads)).unwrap_or_default(),
+        None => (0..n_heads).map(|h| (h == head) as u8 as f32).collect(),
+    };
     let vector: Vec<f32> = match &d.heads[head].decoder {
         Some(rows) => {
             let dh = d.meta.sae.d_head;

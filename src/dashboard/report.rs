@@ -31,6 +31,11 @@ pub struct FeatureReport {
     /// decoder rows).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub closest: Vec<(usize, f32)>,
+    /// For a dense SAE's feature: the share of its decoder row's squared norm in each head's
+    /// part ([`HeadData::head_shares`](super::format::HeadData::head_shares)), which says
+    /// which heads it writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_shares: Option<Vec<f32>>,
     /// The estimated rise in next-token loss without it, per 1000 tokens (when the file
     /// has the estimates).
     pub effect_per_thousand: Option<f64>,
@@ -107,6 +112,7 @@ pub fn feature_report(d: &Dashboard, head: usize, f: usize, top: usize) -> Featu
         max_activation: feature.max_activation,
         label: None,
         closest: data.closest(f, CLOSEST),
+        head_shares: (d.meta.dense_heads()).and_then(|heads| data.head_shares(f, heads)),
         effect_per_thousand: (d.meta.effects.as_ref())
             .zip(feature.effect)
             .map(|(e, x)| e.per_thousand(x)),

@@ -143,18 +143,17 @@ impl BlockDiagSae {
         Ok(())
     }
 
-    /// Checks that the SAE has one block per head of a layer with these heads, as what reads
-    /// features per head needs (dashboards, `rank`, `text`, the app's Your text): a dense
-    /// SAE is refused saying so, any other by [`Self::check_fits`]'s words.
+    /// Checks that the SAE has one block per head of a layer with these heads, as what runs
+    /// the LM with features per head needs (`rank`, `text`, `steer`, `features --effect`,
+    /// Your text): a dense SAE is refused saying so, any other by [`Self::check_fits`]'s
+    /// words.
     pub fn check_per_head(&self, model: &str, n_heads: usize, d_head: usize) -> anyhow::Result<()> {
         self.check_fits(model, n_heads, d_head)?;
         let c = &self.config;
         anyhow::ensure!(
             c.n_heads == n_heads,
-            "this SAE is dense (one block over all {n_heads} heads' hook_z, {} features), and \
-             dashboards, `rank` and `text` show features per head: they need a \
-             block-diagonal SAE (trained without --dense); `evaluate` and `export` take this one",
-            c.features_per_head
+            "{}",
+            dense_refusal(n_heads, c.features_per_head)
         );
         Ok(())
     }
@@ -487,4 +486,15 @@ fn is_block_diagonal(
                 .enumerate()
                 .all(|(c, &v)| v == 0.0 || c / d == head)
         })
+}
+
+/// Why what runs the LM with features per head refuses a dense SAE of `features` features
+/// over `n_heads` heads ([`BlockDiagSae::check_per_head`]).
+pub fn dense_refusal(n_heads: usize, features: usize) -> String {
+    format!(
+        "this SAE is dense (one block over all {n_heads} heads' hook_z, {features} features), \
+         and `rank`, `text`, `steer`, `features --effect` and Your text work per head: they \
+         need a block-diagonal SAE (trained without --dense); dashboards, `features`, \
+         `evaluate` and `export` take this one"
+    )
 }

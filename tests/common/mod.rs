@@ -258,8 +258,12 @@ pub fn check_logits_and_ce(
 /// dashboards built over 8 held-out windows and written to `dir/run/dashboard.safetensors`.
 /// Returns the run directory.
 pub fn run_with_dashboard(dir: &std::path::Path, steps: usize) -> PathBuf {
+    run_with_dashboard_of(config(dir, steps))
+}
+
+/// As [`run_with_dashboard`], of the run `cfg` describes.
+pub fn run_with_dashboard_of(cfg: attn_saes::train::TrainConfig) -> PathBuf {
     use attn_saes::dashboard::{self, BuildOptions};
-    let cfg = config(dir, steps);
     let device = Device::flex();
     let loaded = attn_saes::lm::load_model(&cfg.model, &device).unwrap();
     let (tx, _rx) = std::sync::mpsc::channel();
