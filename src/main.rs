@@ -2363,6 +2363,13 @@ fn steer_command(
         features.len()
     );
     let (live, file) = live_of(run, choice)?;
+    let c = &live.sae.config;
+    if c.n_heads != live.loaded.transformer.config.n_heads {
+        anyhow::bail!(attn_saes::sae::io::dense_refusal(
+            live.loaded.transformer.config.n_heads,
+            c.features_per_head
+        ));
+    }
     let mut steered = Vec::with_capacity(features.len());
     let mut said = Vec::with_capacity(features.len());
     for (i, &(head, feature)) in features.iter().enumerate() {
@@ -2540,7 +2547,12 @@ fn text_command(
                         .take(3)
                         .map(|(f, a)| format!("#{f} {a:.2}"))
                         .collect();
-                    format!("h{h}: {} ({} active)", top.join(" "), feats.len())
+                    format!(
+                        "{}: {} ({} active)",
+                        t.block_name(h),
+                        top.join(" "),
+                        feats.len()
+                    )
                 })
             })
             .collect();
@@ -2549,9 +2561,12 @@ fn text_command(
     let labels = labels_beside(run);
     if let Some((p, h, f)) = pick {
         let at = a.attribution(h, f, p);
+        let which = match t.dense_heads {
+            Some(_) => format!("feature {f} (dense, DFA summed over the heads)"),
+            None => format!("head {h} feature {f}"),
+        };
         println!(
-            "head {h} feature {f}{} at {p}: activation {:.4}, pre-activation {:.4}; DFA by \
-             source:",
+            "{which}{} at {p}: activation {:.4}, pre-activation {:.4}; DFA by source:",
             labelled(labels.as_ref(), h, f),
             t.activation(h, f, p),
             at.pre

@@ -152,7 +152,7 @@ pub async fn load(
         };
         let sae = BlockDiagSae::load(sae_dir, &device)?;
         let config = &loaded.transformer.config;
-        sae.check_per_head(&name, config.n_heads, config.d_head)?;
+        sae.check_fits(&name, config.n_heads, config.d_head)?;
         let origin = BlockDiagSae::read_origin(sae_dir)?;
         let layer = match (layer, &origin) {
             (Some(l), _) => l as usize,

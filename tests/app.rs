@@ -1147,6 +1147,7 @@ fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() 
         n_heads: 1,
         features_per_head: 4,
         active: vec![vec![vec![(2, 0.5)], vec![], vec![(2, 0.75)]]],
+        dense_heads: None,
     };
     let later = Later {
         tokens,
@@ -1181,6 +1182,54 @@ fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() 
     h.run_steps(2);
     h.get_by_label("failed: a newer text");
     assert!(h.query_by_label_contains("pre-activation").is_none());
+}
+
+/// Your text with a dense SAE: the selected token's features are listed as one block over
+/// all heads, without a head on each chip, and the picked one's title says it is dense.
+#[test]
+fn your_text_names_a_dense_saes_one_block() {
+    use attn_saes::app::text_view::{TextState, text_ui};
+    use attn_saes::live::{Attribution, AttributionState, LiveTokens};
+    if !renderer_available() {
+        return;
+    }
+    let tokens = LiveTokens {
+        ids: vec![1, 2, 3],
+        strings: vec!["A".into(), " b".into(), " c".into()],
+        n_heads: 1,
+        features_per_head: 40,
+        active: vec![vec![vec![], vec![], vec![(17, 0.75), (3, 0.5)]]],
+        dense_heads: Some(4),
+    };
+    let later = Later {
+        tokens,
+        state: AttributionState::Ready(Attribution {
+            dfa: vec![0.25, -0.125, 0.5],
+            pre: 0.625,
+        })
+        .into(),
+    };
+    let state = TextState {
+        token: Some(2),
+        ..Default::default()
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::Vec2::new(900.0, 600.0))
+        .wgpu()
+        .build_ui_state(
+            |ui, (later, state): &mut (Later, TextState)| {
+                text_ui(ui, state, Some(&*later), "3 tokens", Default::default());
+            },
+            (later, state),
+        );
+    h.run_steps(2);
+    h.get_by_label("All heads (dense) · 2 active");
+    assert!(h.query_by_label_contains("Head 0").is_none());
+    h.get_by_label("#17 0.75").click();
+    h.run_steps(2);
+    assert_eq!(h.state().1.pick, Some((0, 17)));
+    h.get_by_label("Feature 17 · dense, all heads");
+    h.get_by_label("sum of DFA 0.625");
 }
 
 /// The last logged step's `field` in a run's `metrics.jsonl`, read as plain JSON.

@@ -2500,3 +2500,68 @@ fn a_block_diagonal_sae_written_dense_has_the_same_dashboards() {
     }
     assert!(examples > 3 * h * m, "only {examples} examples compared");
 }
+
+/// Your text's analysis of a dense SAE: the features firing at each position and their DFA
+/// are those of the block-diagonal SAE it was written from (dense feature `h m + f` is head
+/// `h`'s `f`), and on a random dense SAE the DFA summed over every head adds up to the
+/// pre-activation (GPT-2, and Llama with grouped-query attention).
+#[test]
+fn your_text_on_a_dense_sae_is_the_per_head_analysis() {
+    use attn_saes::live::LiveAnalysis;
+    let text = "The cat sat on the mat. The cat sat on the mat again.";
+    let conv = ZConvention::TransformerLens;
+    let loaded = load("gpt2_tiny");
+    let sae = random_sae(&loaded, 8, 31);
+    let dense = dense_of(&sae);
+    let per_head = LiveAnalysis::run(&loaded, &sae, 1, conv, text).unwrap();
+    let all = LiveAnalysis::run(&loaded, &dense, 1, conv, text).unwrap();
+    let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
+    assert_eq!((all.n_heads, all.features_per_head), (1, h * m));
+    assert_eq!((all.dense_heads, per_head.dense_heads), (Some(h), None));
+    assert_eq!(all.block_name(0), "all heads");
+    let mut compared = 0;
+    for p in 0..per_head.len() {
+        let mut want: Vec<(u32, f32)> = (0..h)
+            .flat_map(|head| {
+                per_head.active[head][p]
+                    .iter()
+                    .map(move |&(f, a)| (head as u32 * m as u32 + f, a))
+            })
+            .collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let got = &all.active[0][p];
+        assert_eq!(got.len(), want.len(), "position {p}");
+        for (&(g, a), &(w, b)) in got.iter().zip(&want) {
+            assert_eq!(g, w, "position {p}");
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+            let (head, f) = (w as usize / m, w as usize % m);
+            let (x, y) = (all.dfa(0, g as usize, p), per_head.dfa(head, f, p));
+            assert_eq!(x.len(), y.len());
+            for (a, b) in x.iter().zip(&y) {
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "DFA {a} vs {b}");
+            }
+            compared += 1;
+        }
+    }
+    assert!(compared > 50, "only {compared} features compared");
+    for model in ["gpt2_tiny", "llama_tiny"] {
+        let loaded = load(model);
+        let sae = random_dense_sae(&loaded, 24, 5);
+        let a = LiveAnalysis::run(&loaded, &sae, 1, conv, text).unwrap();
+        let b_enc = sae.b_enc.clone().into_data().try_to_vec::<f32>().unwrap();
+        let mut checked = 0;
+        for p in 1..a.len() {
+            for f in (0..24).step_by(5) {
+                let at = a.attribution(0, f, p);
+                let sum: f32 = at.dfa.iter().sum::<f32>() + b_enc[f];
+                assert!(
+                    (sum - at.pre).abs() < 1e-4,
+                    "{model} #{f} at {p}: {sum} vs {}",
+                    at.pre
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 40);
+    }
+}

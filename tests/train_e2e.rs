@@ -1275,8 +1275,8 @@ fn ignored_flags_zero_counts_and_unwritable_outputs_are_refused_first() {
 
 /// A dense SAE (`--dense`) trains and ends with its dashboards (it had none: dashboards
 /// needed one block per head), which `features` reports as one block over every head with
-/// the heads each feature writes; what runs the LM with features per head refuses it naming
-/// the reason, and `evaluate` and `export` take it.
+/// the heads each feature writes, and `text` analyses a text with; what changes the LM's
+/// run feature by feature refuses it naming the reason, and `evaluate` and `export` take it.
 #[test]
 fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
     let dir = temp_dir("dense");
@@ -1338,14 +1338,25 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
     let (code, stdout, _) = cli(&["features", "--run", run]);
     assert_eq!(code, Some(0));
     assert!(stdout.contains("\n  all heads: "), "{stdout}");
+    // `text` shows the features firing on each token, in the one block.
+    let (code, stdout, stderr) = cli(&["text", run, "hello there", "--pick", "1,0,5"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(" all heads: #"), "{stdout}");
+    assert!(
+        stdout.contains("feature 5 (dense, DFA summed over the heads) at 1: activation "),
+        "{stdout}"
+    );
     let said = "Error: this SAE is dense (one block over all 4 heads' hook_z, 128 features), and \
-                `rank`, `text`, `steer`, `features --effect` and Your text work per head: they \
-                need a block-diagonal SAE (trained without --dense); dashboards, `features`, \
-                `evaluate` and `export` take this one\n";
+                `rank`, `steer`, `text --effect/--rank`, `features --effect` and Your text's \
+                effects and steering change the model's run per head: they need a \
+                block-diagonal SAE (trained without --dense); dashboards, `features`, `text`, \
+                Your text's features and DFA, `evaluate` and `export` take this one\n";
     for args in [
         &["features", "--run", run, "--effect", "0,1"][..],
         &["rank", "--run", run, "--tokens", "32"],
-        &["text", run, "hello"],
+        &["text", run, "hello", "--rank", "3"],
+        &["text", run, "hello", "--effect", "0,1"],
+        &["steer", run, "hello", "--feature", "0,1"],
     ] {
         let (code, _, stderr) = cli(args);
         assert_eq!(code, Some(1), "{args:?}: {stderr}");

@@ -478,7 +478,7 @@ fn load_live_keeping(
     };
     let sae = crate::sae::BlockDiagSae::load(&sae_dir, &on)?;
     let config_lm = &loaded.transformer.config;
-    sae.check_per_head(&config_lm.name, config_lm.n_heads, config_lm.d_head)?;
+    sae.check_fits(&config_lm.name, config_lm.n_heads, config_lm.d_head)?;
     let n_layers = config_lm.n_layers;
     let layer = layer
         .or_else(|| config.map(|c| c.layer(n_layers)))

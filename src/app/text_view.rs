@@ -266,10 +266,14 @@ fn token_features(
     for (head, per_position) in a.active.iter().enumerate() {
         let on = &per_position[p];
         ui.horizontal_wrapped(|ui| {
-            ui.label(RichText::new(format!("Head {head} · {} active", on.len())).strong());
+            let (title, chip_head) = match a.dense_heads {
+                Some(_) => ("All heads (dense)".to_string(), String::new()),
+                None => (format!("Head {head}"), format!("h{head} ")),
+            };
+            ui.label(RichText::new(format!("{title} · {} active", on.len())).strong());
             for &(f, act) in on.iter().take(FEATURES_SHOWN) {
                 let picked = s.pick == Some((head, f as usize));
-                let mut chip = ui.selectable_label(picked, format!("h{head} #{f} {act:.2}"));
+                let mut chip = ui.selectable_label(picked, format!("{chip_head}#{f} {act:.2}"));
                 if let Some(label) = labels.and_then(|l| l.get(head, f as usize)) {
                     chip = chip.on_hover_text(label);
                 }
@@ -296,7 +300,10 @@ fn pick_panel(
     let a = analysis.tokens();
     let act = a.activation(head, feature, p);
     ui.horizontal(|ui| {
-        ui.heading(format!("Head {head} · Feature {feature}"));
+        ui.heading(match a.dense_heads {
+            Some(_) => format!("Feature {feature} · dense, all heads"),
+            None => format!("Head {head} · Feature {feature}"),
+        });
         ui.label(format!("activation {act:.3} at position {p}"));
     });
     if let Some(label) = label {

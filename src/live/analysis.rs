@@ -17,7 +17,9 @@ pub struct LiveAnalysis {
     pub tokens: LiveTokens,
     /// `[H, T, m]` pre-activations.
     pub pre: Vec<f32>,
+    /// The SAE block's width, and the model heads in a block (1, or all for a dense SAE).
     d_head: usize,
+    per_block: usize,
     /// `[H, T, T]` attention pattern.
     pattern: Vec<f32>,
     /// `[T, H, d]` value vectors (in the z convention).
@@ -38,7 +40,8 @@ impl Deref for LiveAnalysis {
 struct Pending {
     ids: Vec<u32>,
     strings: Vec<String>,
-    shape: (usize, usize, usize),
+    /// `(blocks, block width, features per block, model heads per block)`.
+    shape: (usize, usize, usize, usize),
     feats: Tensor<3>,
     pre: Tensor<3>,
     pattern: Tensor<4>,
@@ -62,7 +65,7 @@ impl Pending {
         let model = &loaded.transformer;
         let ids = super::text_ids(loaded, text)?;
         let t = ids.len();
-        let (h, d, m) = super::per_head_sizes(sae, model)?;
+        let (h, d, m, per_block) = super::sae_sizes(sae, model)?;
         anyhow::ensure!(
             layer < model.config.n_layers,
             "layer {layer}: the model has {} layers",
@@ -85,7 +88,7 @@ impl Pending {
         Ok(Self {
             ids,
             strings,
-            shape: (h, d, m),
+            shape: (h, d, m, per_block),
             feats: out.feats,
             pre: out.pre,
             pattern: cache.pattern.remove(&layer).context("no pattern")?,
@@ -108,7 +111,7 @@ impl Pending {
     }
 
     fn finish(self, [feats, pre, pattern, values, w_enc]: Host) -> LiveAnalysis {
-        let (h, d, m) = self.shape;
+        let (h, d, m, per_block) = self.shape;
         let t = self.ids.len();
         let active = (0..h)
             .map(|head| {
@@ -134,9 +137,11 @@ impl Pending {
                 n_heads: h,
                 features_per_head: m,
                 active,
+                dense_heads: (per_block > 1).then_some(per_block),
             },
             pre,
             d_head: d,
+            per_block,
             pattern,
             values,
             w_enc,
@@ -171,24 +176,29 @@ impl LiveAnalysis {
             .await
     }
 
-    /// DFA of `feature` of `head` at `target`, by source position `0..=target`.
+    /// DFA of `feature` of `head` at `target`, by source position `0..=target`: for a
+    /// dense SAE's block, summed over the model's heads (each its part of the encoder
+    /// column, its pattern and its values), so the sum plus `b_enc` is still the
+    /// pre-activation.
     pub fn dfa(&self, head: usize, feature: usize, target: usize) -> Vec<f32> {
-        let (t, h, d, m) = (
-            self.len(),
-            self.tokens.n_heads,
-            self.d_head,
-            self.tokens.features_per_head,
-        );
-        let enc_col: Vec<f32> = (0..d)
-            .map(|k| self.w_enc[(head * d + k) * m + feature])
-            .collect();
-        dfa_by_source(
-            &self.pattern[(head * t + target) * t..][..t],
-            |s| &self.values[(s * h + head) * d..][..d],
-            &enc_col,
-            self.input_scale[head],
-            target,
-        )
+        let (t, r, m) = (self.len(), self.per_block, self.tokens.features_per_head);
+        let (d, hm) = (self.d_head / r, self.tokens.n_heads * r);
+        let mut dfa = vec![0f32; target + 1];
+        for g in 0..r {
+            let mh = head * r + g;
+            let enc_col: Vec<f32> = (0..d)
+                .map(|k| self.w_enc[(head * self.d_head + g * d + k) * m + feature])
+                .collect();
+            let part = dfa_by_source(
+                &self.pattern[(mh * t + target) * t..][..t],
+                |s| &self.values[(s * hm + mh) * d..][..d],
+                &enc_col,
+                self.input_scale[head],
+                target,
+            );
+            dfa.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        dfa
     }
 
     /// The pre-activation of `feature` of `head` at `position`.

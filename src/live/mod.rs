@@ -39,6 +39,20 @@ fn per_head_sizes(
     Ok((h, d, c.features_per_head))
 }
 
+/// `(blocks, block width, features per block, model heads per block)` of an SAE that reads
+/// `model`'s hook_z: one block per head, or one dense block over every head (what the
+/// analysis of a text takes; what changes the model's run takes [`per_head_sizes`]).
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+fn sae_sizes(
+    sae: &crate::sae::BlockDiagSae,
+    model: &crate::lm::Transformer,
+) -> anyhow::Result<(usize, usize, usize, usize)> {
+    let c = &sae.config;
+    let (h, d) = (model.config.n_heads, model.config.d_head);
+    sae.check_fits(&model.config.name, h, d)?;
+    Ok((c.n_heads, c.d_head, c.features_per_head, h / c.n_heads))
+}
+
 /// [`per_head_sizes`], with `(head, feature)` checked to be one of the SAE's features; the
 /// head's `d_head`.
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
@@ -100,14 +114,27 @@ pub struct LiveTokens {
     pub ids: Vec<u32>,
     /// Each token's text, as the tokenizer decodes it alone ([`crate::lm::token_text`]).
     pub strings: Vec<String>,
+    /// The SAE's blocks (one per head, or 1 for a dense SAE) and features in each.
     pub n_heads: usize,
     pub features_per_head: usize,
     /// `[head][position]`: the features active there, `(feature, activation)`, strongest
     /// first.
     pub active: Vec<Vec<Vec<(u32, f32)>>>,
+    /// The model's heads when the SAE is dense (its one block reads them all); none for a
+    /// block-diagonal SAE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_heads: Option<usize>,
 }
 
 impl LiveTokens {
+    /// What the SAE's block `h` is called: `h3`, or `all heads` for a dense SAE's.
+    pub fn block_name(&self, h: usize) -> String {
+        match self.dense_heads {
+            Some(_) => "all heads".to_string(),
+            None => format!("h{h}"),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }

@@ -143,10 +143,10 @@ impl BlockDiagSae {
         Ok(())
     }
 
-    /// Checks that the SAE has one block per head of a layer with these heads, as what runs
-    /// the LM with features per head needs (`rank`, `text`, `steer`, `features --effect`,
-    /// Your text): a dense SAE is refused saying so, any other by [`Self::check_fits`]'s
-    /// words.
+    /// Checks that the SAE has one block per head of a layer with these heads, as what
+    /// changes the LM's run feature by feature needs (`rank`, `steer`, `text --effect`,
+    /// `features --effect`, Your text's effects): a dense SAE is refused saying so, any other
+    /// by [`Self::check_fits`]'s words.
     pub fn check_per_head(&self, model: &str, n_heads: usize, d_head: usize) -> anyhow::Result<()> {
         self.check_fits(model, n_heads, d_head)?;
         let c = &self.config;
@@ -493,8 +493,9 @@ fn is_block_diagonal(
 pub fn dense_refusal(n_heads: usize, features: usize) -> String {
     format!(
         "this SAE is dense (one block over all {n_heads} heads' hook_z, {features} features), \
-         and `rank`, `text`, `steer`, `features --effect` and Your text work per head: they \
-         need a block-diagonal SAE (trained without --dense); dashboards, `features`, \
-         `evaluate` and `export` take this one"
+         and `rank`, `steer`, `text --effect/--rank`, `features --effect` and Your text's \
+         effects and steering change the model's run per head: they need a block-diagonal \
+         SAE (trained without --dense); dashboards, `features`, `text`, Your text's features \
+         and DFA, `evaluate` and `export` take this one"
     )
 }
