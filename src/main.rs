@@ -1349,16 +1349,7 @@ fn say_written(d: &Dashboard, path: &std::path::Path) {
         }
         None => String::new(),
     };
-    let features = match d.meta.dense_heads() {
-        Some(heads) => format!(
-            "one dense block over {heads} heads, {} features",
-            d.meta.sae.features_per_head
-        ),
-        None => format!(
-            "{} heads x {} features",
-            d.meta.sae.n_heads, d.meta.sae.features_per_head
-        ),
-    };
+    let features = d.meta.shape_text();
     println!(
         "dashboards: {} ({features} over {} tokens{effects}, {:.1} MB)",
         path.display(),

@@ -584,9 +584,8 @@ pub fn open_dashboard(name: String, bytes: Vec<u8>) -> Result<String, JsValue> {
         .map_err(|e| JsValue::from_str(&format!("{name}: {e}")))?;
     let meta = &d.file.meta;
     let summary = format!(
-        "{name}: {} heads x {} features, {} (layer {}), {} tokens scanned",
-        meta.sae.n_heads,
-        meta.sae.features_per_head,
+        "{name}: {}, {} (layer {}), {} tokens scanned",
+        meta.shape_text(),
         meta.model.name,
         meta.hook_layer,
         meta.n_tokens

@@ -1230,6 +1230,15 @@ fn your_text_names_a_dense_saes_one_block() {
     assert_eq!(h.state().1.pick, Some((0, 17)));
     h.get_by_label("Feature 17 · dense, all heads");
     h.get_by_label("sum of DFA 0.625");
+    // What changes the model's run per head is left out, saying why.
+    h.get_by_label(attn_saes::app::text_view::DENSE_ONLY_FEATURES);
+    for gone in [
+        "Rank the features",
+        "Remove it and run again",
+        "Continue the text",
+    ] {
+        assert!(h.query_by_label(gone).is_none(), "{gone}");
+    }
 }
 
 /// The last logged step's `field` in a run's `metrics.jsonl`, read as plain JSON.

@@ -2429,6 +2429,14 @@ fn a_block_diagonal_sae_written_dense_has_the_same_dashboards() {
     assert_eq!(per_head.meta.dense_heads(), None);
     assert_eq!(all.meta.block_name(0), "all heads");
     assert_eq!(per_head.meta.block_name(2), "head 2");
+    assert_eq!(
+        all.meta.shape_text(),
+        format!("one dense block over {h} heads, {} features", h * m)
+    );
+    assert_eq!(
+        per_head.meta.shape_text(),
+        format!("{h} heads x {m} features")
+    );
     assert_eq!(all.heads.len(), 1);
     assert_eq!(all.heads[0].features.len(), h * m);
     let l0: f64 = per_head.meta.heads.iter().map(|s| s.l0).sum();

@@ -418,10 +418,7 @@ impl AttnSaesApp {
         if self.ui.features.head >= heads {
             self.ui.features = FeaturesState::default();
         }
-        let text = format!(
-            "opened {}: {heads} heads x {} features",
-            d.name, d.file.meta.sae.features_per_head
-        );
+        let text = format!("opened {}: {}", d.name, d.file.meta.shape_text());
         self.message(Level::Info, text);
         self.dashboard = Some(d);
         self.ui.view = View::Features;

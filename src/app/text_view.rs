@@ -188,8 +188,10 @@ pub fn text_ui(
     egui::ScrollArea::vertical().show(ui, |ui| {
         tokens_row(ui, s, a);
         ui.separator();
+        // Ranking, removing and steering change the model's run per head.
+        let per_head = a.dense_heads.is_none();
         let ranking = answers.ranking.filter(|r| r.ids == a.ids);
-        if let Some(asked) = ranking_panel(ui, s, a, ranking, answers.labels) {
+        if per_head && let Some(asked) = ranking_panel(ui, s, a, ranking, answers.labels) {
             action = Some(asked);
         }
         if let Some(p) = s.token.filter(|&p| p < a.len()) {
@@ -202,6 +204,10 @@ pub fn text_ui(
                     action = Some(open);
                 }
                 ui.separator();
+                if !per_head {
+                    ui.label(RichText::new(DENSE_ONLY_FEATURES).weak());
+                    return;
+                }
                 let effect = answers.effect.filter(|e| e.is_for(&a.ids, head, feature));
                 if effect_panel(ui, s, a, effect) {
                     action = Some(TextAction::Effect { head, feature });
@@ -217,6 +223,10 @@ pub fn text_ui(
     });
     action
 }
+
+/// What Your text leaves out for a dense SAE.
+pub const DENSE_ONLY_FEATURES: &str = "This SAE is dense: ranking the features, removing one \
+     and steering with it change the model's run per head, so they need a block-diagonal SAE.";
 
 /// The tokens, shaded by how many features fire on them over all heads; a click selects.
 fn tokens_row(ui: &mut Ui, s: &mut TextState, a: &LiveTokens) {

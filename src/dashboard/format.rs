@@ -410,6 +410,16 @@ impl DashboardMeta {
             .then_some(model.n_heads)
     }
 
+    /// The SAE's shape in words: `9 heads x 512 features`, or `one dense block over 9
+    /// heads, 4608 features`.
+    pub fn shape_text(&self) -> String {
+        let m = self.sae.features_per_head;
+        match self.dense_heads() {
+            Some(heads) => format!("one dense block over {heads} heads, {m} features"),
+            None => format!("{} heads x {m} features", self.sae.n_heads),
+        }
+    }
+
     /// What the SAE's block `h` is called: `head 3`, or `all heads` for a dense SAE's.
     pub fn block_name(&self, h: usize) -> String {
         match self.dense_heads() {
