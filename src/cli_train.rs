@@ -458,21 +458,26 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                 ..
             } => {
                 spinner.finish_and_clear();
-                eprintln!(
-                    "training {} SAE on {} layer {} hook_z: {} heads x {} features (d_head {}), \
-                     {} params",
-                    if sae.n_heads > 1 {
-                        "block-diagonal"
-                    } else {
-                        "dense"
-                    },
-                    model.name,
-                    config.hook_layer.unwrap_or_default(),
-                    sae.n_heads,
-                    sae.features_per_head,
-                    sae.d_head,
-                    sae.n_params(),
-                );
+                let shape = match sae.n_heads {
+                    1 if model.n_heads > 1 => format!(
+                        "dense SAE on {} layer {} hook_z: {} features over its {} heads (d_in {})",
+                        model.name,
+                        config.hook_layer.unwrap_or_default(),
+                        sae.features_per_head,
+                        model.n_heads,
+                        sae.d_head
+                    ),
+                    _ => format!(
+                        "block-diagonal SAE on {} layer {} hook_z: {} heads x {} features \
+                         (d_head {})",
+                        model.name,
+                        config.hook_layer.unwrap_or_default(),
+                        sae.n_heads,
+                        sae.features_per_head,
+                        sae.d_head
+                    ),
+                };
+                eprintln!("training {shape}, {} params", sae.n_params());
                 let b = ProgressBar::new(config.total_training_steps as u64);
                 b.set_style(
                     ProgressStyle::with_template(

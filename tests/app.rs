@@ -1134,9 +1134,26 @@ impl attn_saes::live::Analysed for Later {
     }
 }
 
+/// Your text on `later`'s analysis, from `state`, rendered on wgpu.
+fn text_harness(
+    later: Later,
+    state: attn_saes::app::text_view::TextState,
+) -> Harness<'static, (Later, attn_saes::app::text_view::TextState)> {
+    use attn_saes::app::text_view::{TextState, text_ui};
+    Harness::builder()
+        .with_size(egui::Vec2::new(900.0, 600.0))
+        .wgpu()
+        .build_ui_state(
+            |ui, (later, state): &mut (Later, TextState)| {
+                text_ui(ui, state, Some(&*later), "3 tokens", Default::default());
+            },
+            (later, state),
+        )
+}
+
 #[test]
 fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() {
-    use attn_saes::app::text_view::{TextState, text_ui};
+    use attn_saes::app::text_view::TextState;
     use attn_saes::live::{Attribution, AttributionState, LiveTokens};
     if !renderer_available() {
         return;
@@ -1158,15 +1175,7 @@ fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() 
         pick: Some((0, 2)),
         ..Default::default()
     };
-    let mut h = Harness::builder()
-        .with_size(egui::Vec2::new(900.0, 600.0))
-        .wgpu()
-        .build_ui_state(
-            |ui, (later, state): &mut (Later, TextState)| {
-                text_ui(ui, state, Some(&*later), "3 tokens", Default::default());
-            },
-            (later, state),
-        );
+    let mut h = text_harness(later, state);
     h.run_steps(2);
     h.get_by_label("computing…");
     assert!(h.query_by_label_contains("pre-activation").is_none());
@@ -1188,7 +1197,7 @@ fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() 
 /// all heads, without a head on each chip, and the picked one's title says it is dense.
 #[test]
 fn your_text_names_a_dense_saes_one_block() {
-    use attn_saes::app::text_view::{TextState, text_ui};
+    use attn_saes::app::text_view::TextState;
     use attn_saes::live::{Attribution, AttributionState, LiveTokens};
     if !renderer_available() {
         return;
@@ -1213,15 +1222,7 @@ fn your_text_names_a_dense_saes_one_block() {
         token: Some(2),
         ..Default::default()
     };
-    let mut h = Harness::builder()
-        .with_size(egui::Vec2::new(900.0, 600.0))
-        .wgpu()
-        .build_ui_state(
-            |ui, (later, state): &mut (Later, TextState)| {
-                text_ui(ui, state, Some(&*later), "3 tokens", Default::default());
-            },
-            (later, state),
-        );
+    let mut h = text_harness(later, state);
     h.run_steps(2);
     h.get_by_label("All heads (dense) · 2 active");
     assert!(h.query_by_label_contains("Head 0").is_none());

@@ -45,12 +45,26 @@ fn harness_on(
     state: FeaturesState,
     compared: Vec<attn_saes::app::curves::Compared>,
 ) -> Harness<'static, State> {
+    harness_asking(d, state, compared, false)
+}
+
+/// [`harness_on`], offering the effect on the top examples (as the desktop app does with
+/// a model at hand) when `live`.
+fn harness_asking(
+    d: LoadedDashboard,
+    state: FeaturesState,
+    compared: Vec<attn_saes::app::curves::Compared>,
+    live: bool,
+) -> Harness<'static, State> {
     Harness::builder()
         .with_size(egui::Vec2::new(1400.0, 900.0))
         .wgpu()
         .build_ui_state(
             move |ui, state: &mut State| {
-                let ask = ExamplesAsk::Unavailable;
+                let ask = match live {
+                    true => ExamplesAsk::Ask(None),
+                    false => ExamplesAsk::Unavailable,
+                };
                 features_ui(ui, &mut state.0, &mut state.1, ask, &compared);
             },
             (d, state),
@@ -564,9 +578,12 @@ fn a_dense_saes_features_show_the_heads_they_write() {
     let bytes = std::fs::read(run.join("dashboard.safetensors")).unwrap();
     let mut d = LoadedDashboard::new("dense.safetensors".into(), bytes).unwrap();
     d.file.meta.model.name = "gpt2_tiny".into();
-    let mut h = harness_on(d, FeaturesState::default(), Vec::new());
+    let mut h = harness_asking(d, FeaturesState::default(), Vec::new(), true);
     h.run_steps(2);
     h.get_by_label_contains("dense: 128 features over 4 heads");
+    // It can be used in Your text; removing it (per head) is not offered.
+    h.get_by_label("Use it in Your text");
+    assert!(h.query_by_label("Remove it on its top examples").is_none());
     h.get_by_label("All heads");
     let f = h.state().1.feature.unwrap();
     h.get_by_label(&format!("Feature {f} · dense, all heads"));

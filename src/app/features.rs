@@ -1175,14 +1175,22 @@ fn examples_effect_panel(
                 example: example_prompt(file, fd),
             });
         }
-        ui.label(
-            RichText::new(
+        let what = match file.meta.dense_heads() {
+            Some(_) => {
+                "picks it in Your text (on your text, or else on its strongest example up \
+                        to its top token), to see where it fires and reads from"
+            }
+            None => {
                 "picks it in Your text (on your text, or else on its strongest example up to \
-                 its top token), to remove it there or steer with it",
-            )
-            .weak(),
-        );
+                     its top token), to remove it there or steer with it"
+            }
+        };
+        ui.label(RichText::new(what).weak());
     });
+    // Removing it changes the model's run per head: not for a dense SAE.
+    if file.meta.dense_heads().is_some() {
+        return action;
+    }
     ui.heading("Effect on its top examples");
     let n = (fd.examples.iter())
         .filter(|e| e.group == ExampleGroup::Top)
