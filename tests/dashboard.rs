@@ -2507,6 +2507,17 @@ fn a_block_diagonal_sae_written_dense_has_the_same_dashboards() {
         }
     }
     assert!(examples > 3 * h * m, "only {examples} examples compared");
+    // Matching a dense SAE with a block-diagonal one of the same layer says why it cannot
+    // (it said they read different layers).
+    for (x, y) in [(&sae, &dense), (&dense, &sae)] {
+        let err = attn_saes::sae::matching::match_saes(x, y)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("one SAE is dense (one block over all {h} heads)")),
+            "{err}"
+        );
+    }
 }
 
 /// Your text's analysis of a dense SAE: the features firing at each position and their DFA

@@ -93,6 +93,18 @@ fn cosines(a: &BlockDiagSae, b: &BlockDiagSae, h: usize) -> Tensor<2> {
 /// Checks that `a` and `b` have the same heads of the same `d_head`.
 fn same_heads(a: &BlockDiagSae, b: &BlockDiagSae) -> anyhow::Result<()> {
     let (ca, cb) = (&a.config, &b.config);
+    // One dense block over the other's heads: the same layer, compared another way.
+    let dense_over = |x: &super::SaeConfig, y: &super::SaeConfig| {
+        x.n_heads == 1 && y.n_heads > 1 && x.d_head == y.n_heads * y.d_head
+    };
+    if dense_over(ca, cb) || dense_over(cb, ca) {
+        let heads = ca.n_heads.max(cb.n_heads);
+        anyhow::bail!(
+            "one SAE is dense (one block over all {heads} heads) and the other has a block per \
+             head: matching compares features within a head, so it takes two block-diagonal \
+             SAEs or two dense ones (a dense feature's dashboard says which heads it writes)"
+        );
+    }
     anyhow::ensure!(
         (ca.n_heads, ca.d_head) == (cb.n_heads, cb.d_head),
         "the SAEs read different layers: {} heads x d_head {} against {} x {}",
