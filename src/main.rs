@@ -2354,13 +2354,9 @@ fn steer_command(
         features.len()
     );
     let (live, file) = live_of(run, choice)?;
-    let c = &live.sae.config;
-    if c.n_heads != live.loaded.transformer.config.n_heads {
-        anyhow::bail!(attn_saes::sae::io::dense_refusal(
-            live.loaded.transformer.config.n_heads,
-            c.features_per_head
-        ));
-    }
+    // Before the strengths, which a dense SAE's dashboard would answer first.
+    let lm = &live.loaded.transformer.config;
+    live.sae.check_per_head(&lm.name, lm.n_heads, lm.d_head)?;
     let mut steered = Vec::with_capacity(features.len());
     let mut said = Vec::with_capacity(features.len());
     for (i, &(head, feature)) in features.iter().enumerate() {

@@ -1134,6 +1134,22 @@ impl attn_saes::live::Analysed for Later {
     }
 }
 
+/// The tokens "A b c" with one block of `features` features, `active` at each position.
+fn three_tokens(
+    features: usize,
+    active: Vec<Vec<(u32, f32)>>,
+    dense_heads: Option<usize>,
+) -> attn_saes::live::LiveTokens {
+    attn_saes::live::LiveTokens {
+        ids: vec![1, 2, 3],
+        strings: vec!["A".into(), " b".into(), " c".into()],
+        n_heads: 1,
+        features_per_head: features,
+        active: vec![active],
+        dense_heads,
+    }
+}
+
 /// Your text on `later`'s analysis, from `state`, rendered on wgpu.
 fn text_harness(
     later: Later,
@@ -1154,18 +1170,11 @@ fn text_harness(
 #[test]
 fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() {
     use attn_saes::app::text_view::TextState;
-    use attn_saes::live::{Attribution, AttributionState, LiveTokens};
+    use attn_saes::live::{Attribution, AttributionState};
     if !renderer_available() {
         return;
     }
-    let tokens = LiveTokens {
-        ids: vec![1, 2, 3],
-        strings: vec!["A".into(), " b".into(), " c".into()],
-        n_heads: 1,
-        features_per_head: 4,
-        active: vec![vec![vec![(2, 0.5)], vec![], vec![(2, 0.75)]]],
-        dense_heads: None,
-    };
+    let tokens = three_tokens(4, vec![vec![(2, 0.5)], vec![], vec![(2, 0.75)]], None);
     let later = Later {
         tokens,
         state: AttributionState::Computing.into(),
@@ -1198,18 +1207,15 @@ fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() 
 #[test]
 fn your_text_names_a_dense_saes_one_block() {
     use attn_saes::app::text_view::TextState;
-    use attn_saes::live::{Attribution, AttributionState, LiveTokens};
+    use attn_saes::live::{Attribution, AttributionState};
     if !renderer_available() {
         return;
     }
-    let tokens = LiveTokens {
-        ids: vec![1, 2, 3],
-        strings: vec!["A".into(), " b".into(), " c".into()],
-        n_heads: 1,
-        features_per_head: 40,
-        active: vec![vec![vec![], vec![], vec![(17, 0.75), (3, 0.5)]]],
-        dense_heads: Some(4),
-    };
+    let tokens = three_tokens(
+        40,
+        vec![vec![], vec![], vec![(17, 0.75), (3, 0.5)]],
+        Some(4),
+    );
     let later = Later {
         tokens,
         state: AttributionState::Ready(Attribution {

@@ -1175,17 +1175,17 @@ fn examples_effect_panel(
                 example: example_prompt(file, fd),
             });
         }
-        let what = match file.meta.dense_heads() {
-            Some(_) => {
-                "picks it in Your text (on your text, or else on its strongest example up \
-                        to its top token), to see where it fires and reads from"
-            }
-            None => {
-                "picks it in Your text (on your text, or else on its strongest example up to \
-                     its top token), to remove it there or steer with it"
-            }
+        let then = match file.meta.dense_heads() {
+            Some(_) => "see where it fires and reads from",
+            None => "remove it there or steer with it",
         };
-        ui.label(RichText::new(what).weak());
+        ui.label(
+            RichText::new(format!(
+                "picks it in Your text (on your text, or else on its strongest example up to \
+                 its top token), to {then}"
+            ))
+            .weak(),
+        );
     });
     // Removing it changes the model's run per head: not for a dense SAE.
     if file.meta.dense_heads().is_some() {
@@ -1335,10 +1335,7 @@ fn header(
 ) {
     let meta = &file.meta;
     ui.horizontal(|ui| {
-        ui.heading(match meta.dense_heads() {
-            Some(_) => format!("Feature {f} · dense, all heads"),
-            None => format!("Head {h} · Feature {f}"),
-        });
+        ui.heading(feature_title(meta.dense_heads().is_some(), h, f));
         let copy = ui.small_button("copy").on_hover_text(
             "copy this feature as text: its numbers, label and top examples (the context shown)",
         );
@@ -1380,6 +1377,15 @@ fn header(
             ));
         }
     });
+}
+
+/// A feature's title: `Head 3 · Feature 406`, or `Feature 1942 · dense, all heads` for a
+/// dense SAE's (the Features view's and Your text's).
+pub(crate) fn feature_title(dense: bool, head: usize, feature: usize) -> String {
+    match dense {
+        true => format!("Feature {feature} · dense, all heads"),
+        false => format!("Head {head} · Feature {feature}"),
+    }
 }
 
 /// Features of the same head listed as closest to the selected one.

@@ -310,10 +310,11 @@ fn pick_panel(
     let a = analysis.tokens();
     let act = a.activation(head, feature, p);
     ui.horizontal(|ui| {
-        ui.heading(match a.dense_heads {
-            Some(_) => format!("Feature {feature} · dense, all heads"),
-            None => format!("Head {head} · Feature {feature}"),
-        });
+        ui.heading(super::features::feature_title(
+            a.dense_heads.is_some(),
+            head,
+            feature,
+        ));
         ui.label(format!("activation {act:.3} at position {p}"));
     });
     if let Some(label) = label {

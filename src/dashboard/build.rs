@@ -1056,16 +1056,17 @@ pub fn build(
             .collect();
         // The model's own head scores (one short forward pass); a context too short for
         // them leaves them out.
-        let random_tokens = (per_block == 1).then(|| {
-            crate::lm::head_scores::head_scores(
-                model,
-                layer,
-                crate::lm::head_scores::SEQUENCES,
-                crate::lm::head_scores::COPY_LEN,
-                crate::lm::head_scores::SEED,
-            )
-        });
-        let random_tokens = random_tokens.and_then(Result::ok);
+        let random_tokens = (per_block == 1)
+            .then(|| {
+                crate::lm::head_scores::head_scores(
+                    model,
+                    layer,
+                    crate::lm::head_scores::SEQUENCES,
+                    crate::lm::head_scores::COPY_LEN,
+                    crate::lm::head_scores::SEED,
+                )
+            })
+            .and_then(Result::ok);
         for (h, (summary, head)) in summaries.iter_mut().zip(&head_data).enumerate() {
             summary.reads_from = Some(sources::head_sources(&windows, head));
             summary.random_tokens = random_tokens.as_ref().and_then(|s| s.get(h)).copied();

@@ -132,9 +132,8 @@ impl BlockDiagSae {
     pub fn check_fits(&self, model: &str, n_heads: usize, d_head: usize) -> anyhow::Result<()> {
         let c = &self.config;
         let per_head = c.n_heads == n_heads && c.d_head == d_head;
-        let dense = c.n_heads == 1 && c.d_head == n_heads * d_head;
         anyhow::ensure!(
-            per_head || dense,
+            per_head || c.is_dense_over(n_heads, d_head),
             "the SAE ({} blocks of {}) does not fit hook_z of {model} ({n_heads} heads x \
              {d_head}): it was trained on another model",
             c.n_heads,

@@ -94,10 +94,7 @@ fn cosines(a: &BlockDiagSae, b: &BlockDiagSae, h: usize) -> Tensor<2> {
 fn same_heads(a: &BlockDiagSae, b: &BlockDiagSae) -> anyhow::Result<()> {
     let (ca, cb) = (&a.config, &b.config);
     // One dense block over the other's heads: the same layer, compared another way.
-    let dense_over = |x: &super::SaeConfig, y: &super::SaeConfig| {
-        x.n_heads == 1 && y.n_heads > 1 && x.d_head == y.n_heads * y.d_head
-    };
-    if dense_over(ca, cb) || dense_over(cb, ca) {
+    if ca.is_dense_over(cb.n_heads, cb.d_head) || cb.is_dense_over(ca.n_heads, ca.d_head) {
         let heads = ca.n_heads.max(cb.n_heads);
         anyhow::bail!(
             "one SAE is dense (one block over all {heads} heads) and the other has a block per \
