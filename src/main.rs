@@ -260,7 +260,9 @@ enum Command {
     },
     /// How alike two SAEs of the same layer are: for each feature of A, the feature of the
     /// same head in B with the closest decoder direction, and the mean of those cosines
-    /// (MMCS), each way, per head and in all.
+    /// (MMCS), each way, per head and in all. A dense SAE (one block over every head) and a
+    /// block-diagonal one are matched across heads: a head's feature is a direction in its
+    /// head's part of hook_z.
     Match {
         /// A run directory, an SAE directory or a dashboard file (the SAE it records).
         a: std::path::PathBuf,
@@ -269,7 +271,8 @@ enum Command {
         /// A feature of A counts as shared when its closest in B is at least this close.
         #[arg(long, default_value_t = 0.9)]
         threshold: f32,
-        /// `HEAD,FEATURE` of A: also list its 5 closest features in B.
+        /// `HEAD,FEATURE` of A: also list its 5 closest features in B (`0,FEATURE` for a
+        /// dense A).
         #[arg(long, value_parser = parse_head_feature)]
         feature: Option<(usize, usize)>,
         /// Write every feature's closest match, both ways, as JSON here too.
@@ -336,9 +339,9 @@ enum Command {
         /// Remove the feature's label.
         #[arg(long, conflicts_with = "label", requires = "feature")]
         clear: bool,
-        /// Copy the labels of another run or dashboard file (an SAE of the same heads) to
-        /// this one's features whose decoder direction is closest to theirs (`match`'s
-        /// cosine, within the head), where that is at least --threshold and the feature has
+        /// Copy the labels of another run or dashboard file (an SAE of the same heads, or a
+        /// dense one over them) to this one's features whose decoder direction is closest to
+        /// theirs (`match`'s cosine), where that is at least --threshold and the feature has
         /// no label yet.
         #[arg(long, value_name = "OTHER", conflicts_with_all = ["feature", "clear"])]
         from: Option<std::path::PathBuf>,
@@ -1344,9 +1347,6 @@ fn say_written(d: &Dashboard, path: &std::path::Path) {
             "; each feature's effect on the loss over {} tokens",
             e.tokens
         ),
-        None if d.meta.dense_heads().is_some() => {
-            "; no effects on the loss (estimated per head, and this SAE is dense)".to_string()
-        }
         None => String::new(),
     };
     let features = d.meta.shape_text();
@@ -1809,7 +1809,7 @@ fn copy_labels(
     threshold: f32,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
-    use attn_saes::sae::matching::match_saes;
+    use attn_saes::sae::matching::{Direction, match_saes};
     let (_, file, mut labels) = dashboard_labels(run)?;
     let (_, other_file, theirs) = dashboard_labels(other)?;
     anyhow::ensure!(
@@ -1822,34 +1822,41 @@ fn copy_labels(
     let their_sae = BlockDiagSae::load(&sae_and_dashboard(other)?.0, &device)?;
     let m = match_saes(&ours_sae, &their_sae)?;
     // Each of their labelled features' closest feature here, the closest pairs first.
-    let mut pairs: Vec<(f32, usize, usize, usize, &str)> = (theirs.iter())
+    let mut pairs: Vec<(f32, usize, usize, usize, usize, &str)> = (theirs.iter())
         .map(|(h, g, label)| {
-            let closest = (m.heads.get(h).and_then(|x| x.b_to_a.get(g))).with_context(|| {
+            let ((ours, f), cosine) = (m.closest(Direction::BToA, (h, g))).with_context(|| {
                 format!(
-                    "head {h} feature {g} of {}: not in its SAE (dashboard built from another?)",
+                    "head {h} feature {g} of {}: not in its SAE (dashboard built from \
+                         another?)",
                     other_file.display()
                 )
             })?;
-            Ok((closest.cosine, h, closest.feature as usize, g, label))
+            Ok((cosine, h, g, ours, f, label))
         })
         .collect::<anyhow::Result<_>>()?;
-    pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.3).cmp(&(b.1, b.3))));
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+    // A dense SAE's features (across a dense and a block-diagonal SAE) have no head.
+    let name = |sae: &BlockDiagSae, h: usize, f: usize| match (&m.across, sae.config.n_heads) {
+        (Some(_), 1) => format!("feature {f}"),
+        _ => format!("head {h} feature {f}"),
+    };
     let (mut copied, mut kept, mut far, mut same) = (0, 0, 0, 0);
-    for (cosine, h, f, g, label) in pairs {
-        let from = format!("head {h} feature {g} there (cosine {cosine:.3})");
+    for (cosine, h, g, ours, f, label) in pairs {
+        let from = format!("{} there (cosine {cosine:.3})", name(&their_sae, h, g));
+        let here = name(&ours_sae, ours, f);
         if cosine < threshold {
             far += 1;
-            println!("  not copied: {label:?} of {from}: its closest here is feature {f}");
-        } else if labels.get(h, f) == Some(label) {
+            println!("  not copied: {label:?} of {from}: its closest here is {here}");
+        } else if labels.get(ours, f) == Some(label) {
             // Copied before (or labelled alike): nothing to say per feature.
             same += 1;
-        } else if let Some(own) = labels.get(h, f) {
+        } else if let Some(own) = labels.get(ours, f) {
             kept += 1;
-            println!("  kept head {h} feature {f}'s own label {own:?}, not {label:?} of {from}");
+            println!("  kept {here}'s own label {own:?}, not {label:?} of {from}");
         } else {
-            labels.set(h, f, label)?;
+            labels.set(ours, f, label)?;
             copied += 1;
-            println!("  head {h} feature {f}: {label:?} from {from}");
+            println!("  {here}: {label:?} from {from}");
         }
     }
     if copied > 0 {
@@ -1968,11 +1975,14 @@ fn rank_command(
         windows.len()
     );
     let per_k = |x: f32| x as f64 * 1000.0 / n_tokens as f64;
-    let heads: Vec<String> = (ranking.by_head(sae.config.n_heads).iter().enumerate())
-        .map(|(h, x)| format!("h{h} {x:+.2} ({:+.3})", per_k(*x)))
-        .collect();
-    println!(" by head (its features together): {}", heads.join(", "));
-    print_ranked(&ranking, top, labels_beside(run).as_ref(), |f| {
+    let dense = sae.config.n_heads == 1 && loaded.transformer.config.n_heads > 1;
+    if !dense {
+        let heads: Vec<String> = (ranking.by_head(sae.config.n_heads).iter().enumerate())
+            .map(|(h, x)| format!("h{h} {x:+.2} ({:+.3})", per_k(*x)))
+            .collect();
+        println!(" by head (its features together): {}", heads.join(", "));
+    }
+    print_ranked(&ranking, top, (labels_beside(run).as_ref(), dense), |f| {
         format!(
             "{:+.4} ({:+.4}), fires at {}",
             f.estimate,
@@ -1983,19 +1993,28 @@ fn rank_command(
     Ok(())
 }
 
+/// How the CLI names a feature: `head H feature F`, or `feature F (dense)` in a dense SAE's
+/// one block (given as `0,F`).
+fn feature_name(dense: bool, head: usize, feature: usize) -> String {
+    match dense {
+        true => format!("feature {feature} (dense)"),
+        false => format!("head {head} feature {feature}"),
+    }
+}
+
 /// The `top` features of `ranking` that help most and hurt most, one line each: head,
-/// feature, its label in `labels` if any, and `said`.
+/// feature (named as [`feature_name`] does when `dense`), its label in `labels` if any, and
+/// `said`.
 fn print_ranked(
     ranking: &attn_saes::live::FeatureRanking,
     top: usize,
-    labels: Option<&attn_saes::dashboard::labels::Labels>,
+    (labels, dense): (Option<&attn_saes::dashboard::labels::Labels>, bool),
     said: impl Fn(&attn_saes::live::RankedFeature) -> String,
 ) {
     let show = |f: &attn_saes::live::RankedFeature| {
         println!(
-            "  head {} feature {}{}: {}",
-            f.head,
-            f.feature,
+            "  {}{}: {}",
+            feature_name(dense, f.head, f.feature),
             labelled(labels, f.head, f.feature),
             said(f)
         )
@@ -2104,9 +2123,6 @@ fn examples_effect_command(
     use attn_saes::app::jobs::LiveSource;
     use attn_saes::dashboard::format::ExampleGroup;
     let (heads, m) = (d.heads.len(), d.meta.sae.features_per_head);
-    if let Some(n_heads) = d.meta.dense_heads() {
-        anyhow::bail!(attn_saes::sae::io::dense_refusal(n_heads, m));
-    }
     anyhow::ensure!(
         head < heads && feature < m,
         "--effect {head},{feature}: the dashboard has {heads} heads x {m} features"
@@ -2117,10 +2133,10 @@ fn examples_effect_command(
         .filter(|e| e.group == ExampleGroup::Top)
         .filter_map(|e| Some((d.windows.get(e.window as usize)?.clone(), e.target as usize)))
         .collect();
+    let name = feature_name(d.meta.dense_heads().is_some(), head, feature);
     anyhow::ensure!(
         !examples.is_empty(),
-        "head {head} feature {feature} has no top examples (it never fired on the dashboard \
-         tokens)"
+        "{name} has no top examples (it never fired on the dashboard tokens)"
     );
     let source = if run.is_dir() {
         LiveSource::Run(run.to_path_buf())
@@ -2134,7 +2150,7 @@ fn examples_effect_command(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     println!(
-        "{}: head {head} feature {feature} removed on its {} top examples",
+        "{}: {name} removed on its {} top examples",
         live.description,
         examples.len()
     );
@@ -2229,14 +2245,21 @@ fn match_command(
     let sae_b = BlockDiagSae::load(&dir_b, &device)?;
     let m = match_saes(&sae_a, &sae_b)?;
     let (ca, cb) = (&sae_a.config, &sae_b.config);
+    let shape = |c: &attn_saes::sae::SaeConfig| match &m.across {
+        Some(x) if c.n_heads == 1 => {
+            format!(
+                "dense: {} features over {} heads",
+                c.features_per_head, x.n_heads
+            )
+        }
+        _ => format!("{} heads x {} features", c.n_heads, c.features_per_head),
+    };
     println!(
-        "A: {} ({} heads x {} features), B: {} ({} x {})",
+        "A: {} ({}), B: {} ({})",
         dir_a.display(),
-        ca.n_heads,
-        ca.features_per_head,
+        shape(ca),
         dir_b.display(),
-        cb.n_heads,
-        cb.features_per_head
+        shape(cb)
     );
     use attn_saes::sae::matching::Direction::{AToB, BToA};
     let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
@@ -2254,51 +2277,97 @@ fn match_command(
             show(m.mean_max(BToA, live_b.as_deref()))
         );
     }
-    let shared = |h: &attn_saes::sae::matching::HeadMatch| {
-        h.a_to_b.iter().filter(|c| c.cosine >= threshold).count()
+    let shared = |list: &[attn_saes::sae::matching::Closest]| {
+        list.iter().filter(|c| c.cosine >= threshold).count()
     };
-    let n_shared: usize = m.heads.iter().map(shared).sum();
+    let n_shared: usize = m.heads.iter().map(|h| shared(&h.a_to_b)).sum();
     let n_a = ca.n_heads * ca.features_per_head;
     println!(
         "A's features with a match of cosine >= {threshold} in B: {n_shared} of {n_a} ({:.1}%)",
         100.0 * n_shared as f64 / n_a as f64
     );
-    println!("Per head: MMCS A->B, B->A, share of A's features matched");
-    for h in &m.heads {
-        let live = |l: &Option<Vec<Vec<bool>>>| l.as_ref().map(|l| l[h.head].clone());
-        println!(
-            "  head {}: {}, {}, {:.0}%{}",
-            h.head,
-            show(mean_max(&h.a_to_b, None)),
-            show(mean_max(&h.b_to_a, None)),
-            100.0 * shared(h) as f64 / h.a_to_b.len() as f64,
-            match both_live {
-                true => format!(
-                    " (fired: {}, {})",
-                    show(mean_max(&h.a_to_b, live(&live_a).as_deref())),
-                    show(mean_max(&h.b_to_a, live(&live_b).as_deref()))
-                ),
-                false => String::new(),
+    let percent = |part: usize, all: usize| 100.0 * part as f64 / all.max(1) as f64;
+    match &m.across {
+        None => {
+            println!("Per head: MMCS A->B, B->A, share of A's features matched");
+            for h in &m.heads {
+                let live = |l: &Option<Vec<Vec<bool>>>| l.as_ref().map(|l| l[h.head].clone());
+                println!(
+                    "  head {}: {}, {}, {:.0}%{}",
+                    h.head,
+                    show(mean_max(&h.a_to_b, None)),
+                    show(mean_max(&h.b_to_a, None)),
+                    percent(shared(&h.a_to_b), h.a_to_b.len()),
+                    match both_live {
+                        true => format!(
+                            " (fired: {}, {})",
+                            show(mean_max(&h.a_to_b, live(&live_a).as_deref())),
+                            show(mean_max(&h.b_to_a, live(&live_b).as_deref()))
+                        ),
+                        false => String::new(),
+                    }
+                );
             }
-        );
+        }
+        Some(x) => {
+            use attn_saes::sae::matching::Side;
+            // The block-diagonal SAE's features head by head, and the dense SAE's by the
+            // head their closest is in.
+            let (from_block, from_dense, block, dense) = match x.dense {
+                Side::A => (&m.heads[0].b_to_a, &m.heads[0].a_to_b, "B", "A"),
+                Side::B => (&m.heads[0].a_to_b, &m.heads[0].b_to_a, "A", "B"),
+            };
+            println!(
+                "Per head of {block}: MMCS {block}->{dense} of its features, share of them \
+                 matched, and {dense}'s features whose closest is in the head (their mean \
+                 cosine)"
+            );
+            let per_head = x.features_per_head;
+            for (h, part) in from_block.chunks(per_head).enumerate() {
+                let here: Vec<f32> = (from_dense.iter())
+                    .filter(|c| c.feature as usize / per_head == h)
+                    .map(|c| c.cosine)
+                    .collect();
+                let mean = (!here.is_empty())
+                    .then(|| here.iter().map(|&c| c as f64).sum::<f64>() / here.len() as f64);
+                println!(
+                    "  head {h}: {}, {:.0}%; {} of {dense}'s ({})",
+                    show(mean_max(part, None)),
+                    percent(shared(part), part.len()),
+                    here.len(),
+                    show(mean)
+                );
+            }
+        }
     }
     if let Some((head, f)) = feature {
         let close = closest_to(&sae_a, &sae_b, (head, f), 5)?;
         // Each feature's label, where its run or dashboard file has them.
         let (labels_a, labels_b) = (labels_if_any(a), labels_if_any(b));
-        let label = |labels: &Option<attn_saes::dashboard::labels::Labels>, f: usize| {
-            let label = labels.as_ref().and_then(|l| l.get(head, f));
+        let label = |labels: &Option<attn_saes::dashboard::labels::Labels>, (h, f)| {
+            let label = labels.as_ref().and_then(|l| l.get(h, f));
             label.map_or(String::new(), |l| format!(" \"{l}\""))
         };
         let list: Vec<String> = (close.iter())
             .map(|c| {
-                let labelled = label(&labels_b, c.feature as usize);
-                format!("#{} {:.3}{labelled}", c.feature, c.cosine)
+                let (h, g) = match &m.across {
+                    Some(x) => x.feature(attn_saes::sae::matching::Side::B, c.feature as usize),
+                    None => (head, c.feature as usize),
+                };
+                let name = match (&m.across, cb.n_heads) {
+                    (Some(_), n) if n > 1 => format!("head {h} #{g}"),
+                    _ => format!("#{g}"),
+                };
+                format!("{name} {:.3}{}", c.cosine, label(&labels_b, (h, g)))
             })
             .collect();
+        let of = match (&m.across, ca.n_heads) {
+            (Some(_), 1) => format!("Feature {f} of A"),
+            _ => format!("Head {head} feature {f} of A"),
+        };
         println!(
-            "Head {head} feature {f} of A{}: closest in B {}",
-            label(&labels_a, f),
+            "{of}{}: closest in B {}",
+            label(&labels_a, (head, f)),
             list.join(", ")
         );
     }
@@ -2354,9 +2423,9 @@ fn steer_command(
         features.len()
     );
     let (live, file) = live_of(run, choice)?;
-    // Before the strengths, which a dense SAE's dashboard would answer first.
     let lm = &live.loaded.transformer.config;
-    live.sae.check_per_head(&lm.name, lm.n_heads, lm.d_head)?;
+    live.sae.check_fits(&lm.name, lm.n_heads, lm.d_head)?;
+    let dense = live.sae.config.n_heads == 1 && lm.n_heads > 1;
     let mut steered = Vec::with_capacity(features.len());
     let mut said = Vec::with_capacity(features.len());
     for (i, &(head, feature)) in features.iter().enumerate() {
@@ -2377,8 +2446,8 @@ fn steer_command(
                 })?;
                 anyhow::ensure!(
                     f.max_activation > 0.0,
-                    "head {head} feature {feature} never fired in the dashboards: give \
-                     --strength as an activation"
+                    "{} never fired in the dashboards: give --strength as an activation",
+                    feature_name(dense, head, feature)
                 );
                 (
                     times * f.max_activation,
@@ -2393,13 +2462,10 @@ fn steer_command(
         };
         steered.push((head, feature, strength));
         let fires = attn_saes::live::where_fires_said(steering.where_fires);
+        let name = feature_name(dense, head, feature);
         said.push(match steering.clamp {
-            false => {
-                format!("head {head} feature {feature} added at strength {strength}{how}{fires}")
-            }
-            true => {
-                format!("head {head} feature {feature} held at activation {strength}{how}{fires}")
-            }
+            false => format!("{name} added at strength {strength}{how}{fires}"),
+            true => format!("{name} held at activation {strength}{how}{fires}"),
         });
     }
     (steering.head, steering.feature, steering.strength) = steered[0];
@@ -2562,8 +2628,9 @@ fn text_command(
             println!("{s:>4} {:?} {v:+.4}", t.strings[s]);
         }
     }
+    let dense = t.dense_heads.is_some();
     if let Some(e) = &effect {
-        print_effect(e, &t.strings);
+        print_effect(e, &t.strings, dense);
     }
     if let (Some(r), Some(n)) = (&ranking, rank) {
         println!(
@@ -2571,14 +2638,13 @@ fn text_command(
              each (first order; --effect H,F gives the exact change):",
             r.features.len()
         );
-        let heads: Vec<String> = r
-            .by_head(t.n_heads)
-            .iter()
-            .enumerate()
-            .map(|(h, x)| format!("h{h} {x:+.3}"))
-            .collect();
-        println!(" by head (its features together): {}", heads.join(", "));
-        print_ranked(r, n, labels.as_ref(), |f| {
+        if !dense {
+            let heads: Vec<String> = (r.by_head(t.n_heads).iter().enumerate())
+                .map(|(h, x)| format!("h{h} {x:+.3}"))
+                .collect();
+            println!(" by head (its features together): {}", heads.join(", "));
+        }
+        print_ranked(r, n, (labels.as_ref(), dense), |f| {
             let at = attn_saes::live::positions(f.fires);
             format!("{:+.4} (fires at {at})", f.estimate)
         });
@@ -2587,16 +2653,15 @@ fn text_command(
 }
 
 /// `text --effect`: each next token's loss change, then the positions it changes most.
-fn print_effect(e: &attn_saes::live::FeatureEffect, strings: &[String]) {
+fn print_effect(e: &attn_saes::live::FeatureEffect, strings: &[String], dense: bool) {
     let how = match e.scale {
         0.0 => "removed".to_string(),
         s => format!("scaled by {s}"),
     };
     println!(
-        "head {} feature {} {how} where it fires ({} of {} positions): loss on the next \
-         token, clean -> {how} (positive: the change raises it); total {:+.4}",
-        e.head,
-        e.feature,
+        "{} {how} where it fires ({} of {} positions): loss on the next token, clean -> {how} \
+         (positive: the change raises it); total {:+.4}",
+        feature_name(dense, e.head, e.feature),
         e.activation.iter().filter(|&&a| a > 0.0).count(),
         e.activation.len(),
         e.total()

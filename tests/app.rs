@@ -1203,7 +1203,8 @@ fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() 
 }
 
 /// Your text with a dense SAE: the selected token's features are listed as one block over
-/// all heads, without a head on each chip, and the picked one's title says it is dense.
+/// all heads, without a head on each chip, and the picked one's title says it is dense;
+/// ranking, removing and steering are offered as for a block-diagonal SAE.
 #[test]
 fn your_text_names_a_dense_saes_one_block() {
     use attn_saes::app::text_view::TextState;
@@ -1237,14 +1238,13 @@ fn your_text_names_a_dense_saes_one_block() {
     assert_eq!(h.state().1.pick, Some((0, 17)));
     h.get_by_label("Feature 17 · dense, all heads");
     h.get_by_label("sum of DFA 0.625");
-    // What changes the model's run per head is left out, saying why.
-    h.get_by_label(attn_saes::app::text_view::DENSE_ONLY_FEATURES);
-    for gone in [
+    // What changes the model's run (it was left out for a dense SAE): offered.
+    for offered in [
         "Rank the features",
         "Remove it and run again",
         "Continue the text",
     ] {
-        assert!(h.query_by_label(gone).is_none(), "{gone}");
+        h.get_by_label(offered);
     }
 }
 
@@ -1329,6 +1329,31 @@ fn curves_compare_other_runs_and_stop_comparing() {
     );
 }
 
+/// The app with the run `open` open at `(head, feature)` in the Features view and the run
+/// `compared` compared, drawn.
+fn opened_comparing(
+    open: &Path,
+    compared: &Path,
+    (head, feature): (usize, usize),
+) -> Harness<'static, AttnSaesApp> {
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(open.to_path_buf()));
+    app.push(Command::ComparePath(compared.to_path_buf()));
+    app.push(Command::OpenFeature { head, feature });
+    let mut h = harness(app);
+    h.run_steps(4);
+    h
+}
+
+/// Clicks the last widget labelled `label` (a compared run's closest features come after
+/// the open run's own) and lets the app act on it.
+fn click_last(h: &mut Harness<'static, AttnSaesApp>, label: &str) {
+    let links: Vec<_> = h.query_all_by_label(label).collect();
+    assert!(!links.is_empty(), "{label}");
+    links.last().unwrap().click();
+    h.run_steps(3);
+}
+
 /// A compared run's closest features are links: one opens that run at the feature, comparing
 /// the run that was open instead, whose own closest features then lead back; for runs read
 /// from disk (the desktop) and for dashboards the app keeps (the page). The features linked
@@ -1367,32 +1392,17 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     let b_label = "B's label: a long description of what it does, cut when shown";
     b_labels.set(2, closest(&a, &b, 5).0, b_label).unwrap();
     b_labels.write(&labels_of(&b)).unwrap();
-    let mut app = AttnSaesApp::with_state(UiState::default());
-    app.push(Command::OpenPath(a.clone()));
-    app.push(Command::ComparePath(b.clone()));
-    app.push(Command::OpenFeature {
-        head: 2,
-        feature: 5,
-    });
-    let mut h = harness(app);
-    h.run_steps(4);
+    let mut h = opened_comparing(&a, &b, (2, 5));
     h.get_by_label("“B's label: a long description of what it…”");
     let name = |run: &Path| attn_saes::run_log::short_name(run);
     // Opens B at the feature closest to A's 2,5 there; A is compared instead.
     let at = |h: &Harness<'static, AttnSaesApp>| {
         (h.state().ui.features.head, h.state().ui.features.feature)
     };
-    let click = |h: &mut Harness<'static, AttnSaesApp>, label: &str| {
-        let links: Vec<_> = h.query_all_by_label(label).collect();
-        assert!(!links.is_empty(), "{label}");
-        // The compared run's line comes after the open run's own closest features.
-        links.last().unwrap().click();
-        h.run_steps(3);
-    };
     assert_eq!(at(&h), (2, Some(5)));
     h.get_by_label(&format!("closest in {}", name(&b)));
     let (in_b, label) = closest(&a, &b, 5);
-    click(&mut h, &label);
+    click_last(&mut h, &label);
     // `open` is open at head 2 feature `f`, with its curves, and `other` is compared.
     let opened = |h: &Harness<'static, AttnSaesApp>, open: &Path, other: &Path, steps, f| {
         let s = h.state();
@@ -1415,7 +1425,7 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     // And back: A at the feature closest to B's there.
     h.get_by_label(&format!("closest in {}", name(&a)));
     let (in_a, label) = closest(&b, &a, in_b);
-    click(&mut h, &label);
+    click_last(&mut h, &label);
     opened(&h, &a, &b, 30, in_a);
     // A label typed in A, not yet taken, when another run is opened: saved beside A's
     // dashboard, and not written for B (whose labels file keeps its own label), also once
@@ -1475,7 +1485,7 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     };
     h.get_by_label("closest in b.safetensors");
     h.get_by_label("“B's label in the page”");
-    click(&mut h, &closest(&a, &b, 5).1);
+    click_last(&mut h, &closest(&a, &b, 5).1);
     swapped(&h, "b.safetensors", "a.safetensors", 12, in_b);
     let b_own = |h: &Harness<'static, AttnSaesApp>| {
         let d = h.state().dashboard.as_ref().unwrap();
@@ -1511,7 +1521,7 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     });
     h.run_steps(2);
     h.get_by_label("closest in a.safetensors");
-    click(&mut h, &closest(&b, &a, in_b).1);
+    click_last(&mut h, &closest(&b, &a, in_b).1);
     swapped(&h, "a.safetensors", "b.safetensors", 30, in_a);
     let d = h.state().dashboard.as_ref().unwrap();
     assert_eq!(d.labels.get(2, 5), Some("typed in the page"));
@@ -1522,7 +1532,7 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
     h.run_steps(1);
     h.get_by_label("label").type_text("typed, then away");
     h.run_steps(1);
-    click(&mut h, &closest(&a, &b, in_a).1);
+    click_last(&mut h, &closest(&a, &b, in_a).1);
     assert_eq!(h.state().dashboard.as_ref().unwrap().name, "b.safetensors");
     let a_kept = &h.state().kept[0];
     assert_eq!(a_kept.labels.get(2, in_a), Some("typed, then away"));
@@ -1570,6 +1580,64 @@ fn the_closest_features_in_a_compared_run_open_it_and_lead_back() {
         said.contains("c.safetensors: no training metrics to compare"),
         "{said}"
     );
+}
+
+/// A dense run and a block-diagonal run of the same layer compared: each one's features are
+/// matched with the other's across heads (a head's feature is a direction in its part of
+/// hook_z), those `match`'s `closest_to` finds; the block-diagonal run's are named by head
+/// ("h3 #7"), and a link opens the other run at that head and feature, both ways.
+#[test]
+fn a_dense_and_a_block_diagonal_run_link_their_closest_features_across_heads() {
+    if !renderer_available() {
+        return;
+    }
+    let (dir_a, dir_b) = (
+        TempDir::new("attn-saes-app", "across-dense"),
+        TempDir::new("attn-saes-app", "across-block"),
+    );
+    let dense = run_with_dashboard_of(attn_saes::train::TrainConfig {
+        dense: true,
+        ..config(&dir_a, 30)
+    });
+    let block = run_with_dashboard(&dir_b, 12);
+    let device = burn::prelude::Device::flex();
+    let sae = |run: &Path| attn_saes::sae::BlockDiagSae::load(&run.join("sae"), &device).unwrap();
+    let m = sae(&block).config.features_per_head;
+    let mut h = opened_comparing(&block, &dense, (2, 5));
+    let at = |h: &Harness<'static, AttnSaesApp>| {
+        let s = h.state();
+        let run = s.native.run_dir.clone();
+        (run, s.ui.features.head, s.ui.features.feature)
+    };
+    assert_eq!(at(&h), (Some(block.clone()), 2, Some(5)));
+    let name = |run: &Path| attn_saes::run_log::short_name(run);
+    h.get_by_label(&format!("closest in {}", name(&dense)));
+    let want = attn_saes::sae::matching::closest_to(&sae(&block), &sae(&dense), (2, 5), 3);
+    let want = want.unwrap();
+    for c in &want {
+        let label = format!("#{} {:.2}", c.feature, c.cosine);
+        assert!(h.query_all_by_label(&label).count() > 0, "{label}");
+    }
+    click_last(
+        &mut h,
+        &format!("#{} {:.2}", want[0].feature, want[0].cosine),
+    );
+    let i = want[0].feature as usize;
+    assert_eq!(at(&h), (Some(dense.clone()), 0, Some(i)));
+    // From the dense feature: the block-diagonal run's closest, named by head.
+    h.get_by_label(&format!("closest in {}", name(&block)));
+    let back = attn_saes::sae::matching::closest_to(&sae(&dense), &sae(&block), (0, i), 3);
+    let back = back.unwrap();
+    let named = |c: &attn_saes::sae::matching::Closest| {
+        let (g, f) = (c.feature as usize / m, c.feature as usize % m);
+        (g, f, format!("h{g} #{f} {:.2}", c.cosine))
+    };
+    for c in &back {
+        h.get_by_label(&named(c).2);
+    }
+    let (g, f, label) = named(&back[0]);
+    click_last(&mut h, &label);
+    assert_eq!(at(&h), (Some(block.clone()), g, Some(f)));
 }
 
 /// Your text follows the run open: a text analysed in run A is analysed again with run B's

@@ -581,9 +581,9 @@ fn a_dense_saes_features_show_the_heads_they_write() {
     let mut h = harness_asking(d, FeaturesState::default(), Vec::new(), true);
     h.run_steps(2);
     h.get_by_label_contains("dense: 128 features over 4 heads");
-    // It can be used in Your text; removing it (per head) is not offered.
+    // It can be used in Your text, and removed on its top examples (it was not offered).
     h.get_by_label("Use it in Your text");
-    assert!(h.query_by_label("Remove it on its top examples").is_none());
+    h.get_by_label("Remove it on its top examples");
     h.get_by_label("All heads");
     let f = h.state().1.feature.unwrap();
     h.get_by_label(&format!("Feature {f} · dense, all heads"));

@@ -2064,6 +2064,158 @@ fn matching_finds_each_feature_in_a_shuffled_rescaled_copy() {
     assert!(err.contains("read different layers"), "{err}");
 }
 
+/// A dense SAE matched against a block-diagonal one of the same layer, both ways, against
+/// cosines computed here in f64 with each head's feature written out as a direction of the
+/// whole hook_z (zero outside its head): each feature's closest (the first of equals) and
+/// cosine, the MMCS, `closest` in each SAE's own numbering, one feature's five closest each
+/// way, and the JSON round trip. Three of the dense features are copies (rescaled, one with
+/// a little of another head added) of head features, which must find them.
+#[test]
+fn matching_a_dense_sae_against_a_block_diagonal_one_agrees_with_f64() {
+    use attn_saes::sae::matching::{Direction, SaeMatch, Side, closest_to, match_saes};
+    let device = Device::flex();
+    let block = BlockDiagSae::load(&fixture("dashboard/gpt2_tiny_sae"), &device).unwrap();
+    let [h, m, d] = block.w_dec.dims();
+    let w_block = values(block.w_dec.clone());
+    let (n, dd) = (19, h * d);
+    let mut rng = Rng::new(11);
+    let mut w_dense: Vec<f64> = (0..n * dd).map(|_| rng.normal()).collect();
+    // Dense 4 is head 2's feature 7 at 3x; dense 9 is head 0's 1 plus a little of head 3;
+    // dense 15 is head 3's 11 at 0.5x.
+    let copies = [
+        (4, 2, 7, 3.0, 0.0),
+        (9, 0, 1, 1.0, 0.05),
+        (15, 3, 11, 0.5, 0.0),
+    ];
+    for &(i, head, f, scale, other) in &copies {
+        let row = &mut w_dense[i * dd..(i + 1) * dd];
+        row.iter_mut().for_each(|x| *x *= other);
+        for k in 0..d {
+            row[head * d + k] = scale * w_block[(head * m + f) * d + k];
+        }
+    }
+    let mut dense = BlockDiagSae::init(
+        SaeConfig {
+            n_heads: 1,
+            d_head: dd,
+            features_per_head: n,
+            architecture: Architecture::Relu,
+        },
+        &mut Rng::new(1),
+        &device,
+    );
+    let as_f32: Vec<f32> = w_dense.iter().map(|&x| x as f32).collect();
+    dense.w_dec = Tensor::from_data(TensorData::new(as_f32, [1, n, dd]), &device);
+    let w_dense = values(dense.w_dec.clone());
+
+    // cos[i][j]: dense feature i against head feature j = head * m + f.
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let cos: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            let row = &w_dense[i * dd..(i + 1) * dd];
+            (0..h * m)
+                .map(|j| {
+                    let (head, other) = (j / m, &w_block[j * d..(j + 1) * d]);
+                    let dot: f64 = (0..d).map(|k| row[head * d + k] * other[k]).sum();
+                    dot / (norm(row) * norm(other))
+                })
+                .collect()
+        })
+        .collect();
+    let first_max = |it: &mut dyn Iterator<Item = f64>| {
+        it.enumerate().fold(
+            (0, f64::NEG_INFINITY),
+            |b, (i, c)| if c > b.1 { (i, c) } else { b },
+        )
+    };
+    let from_dense: Vec<(usize, f64)> = (0..n)
+        .map(|i| first_max(&mut cos[i].iter().copied()))
+        .collect();
+    let from_block: Vec<(usize, f64)> = (0..h * m)
+        .map(|j| first_max(&mut (0..n).map(|i| cos[i][j])))
+        .collect();
+    for &(i, head, f, _, other) in &copies {
+        assert_eq!(from_dense[i].0, head * m + f, "dense {i}");
+        if other == 0.0 {
+            assert!((from_dense[i].1 - 1.0).abs() < 1e-9);
+            assert_eq!(from_block[head * m + f].0, i);
+        }
+    }
+    let check = |what: &str, got: &[attn_saes::sae::matching::Closest], want: &[(usize, f64)]| {
+        let ids: Vec<usize> = got.iter().map(|c| c.feature as usize).collect();
+        let want_ids: Vec<usize> = want.iter().map(|c| c.0).collect();
+        assert_eq!(ids, want_ids, "{what}");
+        let c: Vec<f64> = got.iter().map(|c| c.cosine as f64).collect();
+        let w: Vec<f64> = want.iter().map(|c| c.1).collect();
+        assert_close(what, &c, &w, 1e-5);
+    };
+    let mean = |v: &[(usize, f64)]| v.iter().map(|c| c.1).sum::<f64>() / v.len() as f64;
+    for (a, b, dense_side) in [(&dense, &block, Side::A), (&block, &dense, Side::B)] {
+        let got = match_saes(a, b).unwrap();
+        let x = got.across.expect("matched across");
+        assert_eq!(
+            (x.dense, x.n_heads, x.features_per_head),
+            (dense_side, h, m)
+        );
+        assert_eq!(got.heads.len(), 1);
+        let (a_to_b, b_to_a) = match dense_side {
+            Side::A => (&from_dense, &from_block),
+            Side::B => (&from_block, &from_dense),
+        };
+        check("a_to_b", &got.heads[0].a_to_b, a_to_b);
+        check("b_to_a", &got.heads[0].b_to_a, b_to_a);
+        let mmcs = [
+            got.mean_max(Direction::AToB, None).unwrap(),
+            got.mean_max(Direction::BToA, None).unwrap(),
+        ];
+        assert_close("mmcs", &mmcs, &[mean(a_to_b), mean(b_to_a)], 1e-6);
+        // `closest` speaks each SAE's numbering: (head, f) for the block-diagonal one, (0, i)
+        // for the dense one.
+        let (to_block, to_dense) = match dense_side {
+            Side::A => (Direction::AToB, Direction::BToA),
+            Side::B => (Direction::BToA, Direction::AToB),
+        };
+        let ((bh, bf), c) = got.closest(to_block, (0, 4)).unwrap();
+        assert_eq!((bh, bf), (2, 7));
+        assert!((c - 1.0).abs() < 1e-5);
+        let ((zero, i), _) = got.closest(to_dense, (3, 11)).unwrap();
+        assert_eq!((zero, i), (0, 15));
+        assert_eq!(
+            got.closest(to_block, (1, 4)),
+            None,
+            "the dense SAE has one block"
+        );
+        assert_eq!(got.closest(to_dense, (h, 0)), None, "no head {h}");
+        let json: SaeMatch = serde_json::from_str(&serde_json::to_string(&got).unwrap()).unwrap();
+        assert_eq!(json, got);
+    }
+    // One feature's five closest, each way.
+    let mut order: Vec<usize> = (0..h * m).collect();
+    order.sort_by(|&x, &y| cos[9][y].total_cmp(&cos[9][x]).then(x.cmp(&y)));
+    let want: Vec<(usize, f64)> = order[..5].iter().map(|&j| (j, cos[9][j])).collect();
+    check(
+        "closest to dense 9",
+        &closest_to(&dense, &block, (0, 9), 5).unwrap(),
+        &want,
+    );
+    let j = 2 * m + 5;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| cos[y][j].total_cmp(&cos[x][j]).then(x.cmp(&y)));
+    let want: Vec<(usize, f64)> = order[..5].iter().map(|&i| (i, cos[i][j])).collect();
+    check(
+        "closest to head 2's 5",
+        &closest_to(&block, &dense, (2, 5), 5).unwrap(),
+        &want,
+    );
+    let err = closest_to(&dense, &block, (1, 0), 5)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("one block of 19 features (head 0)"), "{err}");
+    // Plain matching still refuses SAEs of other heads.
+    dense.config.d_head = dd + 1;
+    assert!(match_saes(&dense, &block).is_err());
+}
+
 /// `attn-saes match A B --feature H,F --json F`: the JSON is the library's match, and the
 /// printed MMCS and closest features are its.
 #[test]
@@ -2507,16 +2659,26 @@ fn a_block_diagonal_sae_written_dense_has_the_same_dashboards() {
         }
     }
     assert!(examples > 3 * h * m, "only {examples} examples compared");
-    // Matching a dense SAE with a block-diagonal one of the same layer says why it cannot
-    // (it said they read different layers).
-    for (x, y) in [(&sae, &dense), (&dense, &sae)] {
-        let err = attn_saes::sae::matching::match_saes(x, y)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with(&format!("one SAE is dense (one block over all {h} heads)")),
-            "{err}"
-        );
+    // Matched with the SAE it was written from, dense feature h m + f is head h's feature f
+    // at cosine 1, both ways (it was refused: "the SAEs read different layers").
+    use attn_saes::sae::matching::{Direction, match_saes};
+    let (ab, ba) = (
+        match_saes(&sae, &dense).unwrap(),
+        match_saes(&dense, &sae).unwrap(),
+    );
+    for head in 0..h {
+        for f in 0..m {
+            for (matched, way, from, to) in [
+                (&ab, Direction::AToB, (head, f), (0, head * m + f)),
+                (&ab, Direction::BToA, (0, head * m + f), (head, f)),
+                (&ba, Direction::AToB, (0, head * m + f), (head, f)),
+                (&ba, Direction::BToA, (head, f), (0, head * m + f)),
+            ] {
+                let (got, cosine) = matched.closest(way, from).unwrap();
+                assert_eq!(got, to, "{from:?} {way:?}");
+                assert!((cosine - 1.0).abs() < 1e-5, "{from:?}: {cosine}");
+            }
+        }
     }
 }
 
@@ -2582,5 +2744,122 @@ fn your_text_on_a_dense_sae_is_the_per_head_analysis() {
             }
         }
         assert!(checked > 40);
+    }
+}
+
+/// Removing, scaling, ranking and steering with a dense SAE's feature change the model's run
+/// as the block-diagonal SAE it was written from does with the same feature (dense feature
+/// `h m + f` is head `h`'s `f`): the same activations, losses and token changes, the same
+/// ranking and estimates, the same continuations (added, clamped where it fires, and with a
+/// second feature). They refused a dense SAE. GPT-2, and Llama with grouped-query attention.
+#[test]
+fn effects_ranking_and_steering_of_a_dense_sae_are_the_per_head_ones() {
+    use attn_saes::live::{
+        FeatureEffect, LiveAnalysis, Steering, feature_effect_scaled, rank_features, steer,
+        text_ids,
+    };
+    let text = "The cat sat on the mat. The cat sat on the mat again.";
+    let conv = ZConvention::TransformerLens;
+    let near = |what: &str, a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= 1e-4 * y.abs().max(1.0),
+                "{what}: {x} vs {y}"
+            );
+        }
+    };
+    for model in ["gpt2_tiny", "llama_tiny"] {
+        let loaded = load(model);
+        let sae = random_sae(&loaded, 8, 31);
+        let dense = dense_of(&sae);
+        let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
+        let ids = text_ids(&loaded, text).unwrap();
+        // Features that fire on the text, strongest first.
+        let a = LiveAnalysis::run(&loaded, &sae, 1, conv, text).unwrap();
+        let mut firing: Vec<(f32, usize, usize)> = (0..h)
+            .flat_map(|head| {
+                let a = &a;
+                (0..a.len()).flat_map(move |p| {
+                    a.active[head][p]
+                        .iter()
+                        .map(move |&(f, x)| (x, head, f as usize))
+                })
+            })
+            .collect();
+        firing.sort_by(|x, y| y.0.total_cmp(&x.0));
+        firing.dedup_by_key(|x| (x.1, x.2));
+        assert!(firing.len() >= 3, "{model}: {} features fire", firing.len());
+        for &(_, head, f) in &firing[..3] {
+            for scale in [0.0, 2.0] {
+                let run = |s: &BlockDiagSae, feature| {
+                    feature_effect_scaled(&loaded, s, 1, conv, &ids, feature, scale).unwrap()
+                };
+                let (x, y): (FeatureEffect, FeatureEffect) =
+                    (run(&dense, (0, head * m + f)), run(&sae, (head, f)));
+                let what = format!("{model} head {head} #{f} x{scale}");
+                near(&format!("{what} activation"), &x.activation, &y.activation);
+                assert!(y.activation.iter().any(|&v| v > 0.0), "{what}: fires");
+                near(&format!("{what} loss"), &x.loss, &y.loss);
+                near(&format!("{what} ablated"), &x.ablated, &y.ablated);
+                let differs = (x.ablated.iter().zip(&x.loss)).any(|(a, b)| (a - b).abs() > 1e-4);
+                assert!(differs, "{what}: the run changed");
+                for (p, (cx, cy)) in x.promotes.iter().zip(&y.promotes).enumerate() {
+                    let tokens = |c: &[attn_saes::live::TokenChange]| -> Vec<u32> {
+                        c.iter().map(|t| t.id).collect()
+                    };
+                    assert_eq!(tokens(cx), tokens(cy), "{what} at {p}");
+                }
+            }
+        }
+        // The ranking: the same features, estimates and counts.
+        let (rd, rb) = (
+            rank_features(&loaded, &dense, 1, conv, &ids).unwrap(),
+            rank_features(&loaded, &sae, 1, conv, &ids).unwrap(),
+        );
+        assert_eq!(
+            rd.features.len(),
+            rb.features.len(),
+            "{model}: features ranked"
+        );
+        assert!(rb.features.len() >= 3);
+        for y in &rb.features {
+            let x = (rd.features.iter())
+                .find(|x| (x.head, x.feature) == (0, y.head * m + y.feature))
+                .unwrap_or_else(|| panic!("{model}: {y:?} not ranked dense"));
+            assert_eq!(x.fires, y.fires);
+            near(&format!("{model} estimate"), &[x.estimate], &[y.estimate]);
+        }
+        // Steering: added everywhere; clamped where it fires with a second feature.
+        let (f1, f2) = ((firing[0].1, firing[0].2), (firing[1].1, firing[1].2));
+        let as_dense = |(head, f): (usize, usize)| (0, head * m + f);
+        let greedy = Steering::greedy(f1.0, f1.1, 6.0, 5);
+        let clamped = Steering {
+            clamp: true,
+            where_fires: true,
+            also: vec![(f2.0, f2.1, 0.5)],
+            ..Steering::greedy(f1.0, f1.1, 3.0, 5)
+        };
+        for (i, want) in [greedy, clamped].into_iter().enumerate() {
+            let ((dh, df), (eh, ef)) = (as_dense(f1), as_dense(f2));
+            let mut dense_steering = Steering {
+                head: dh,
+                feature: df,
+                ..want.clone()
+            };
+            if !want.also.is_empty() {
+                dense_steering.also = vec![(eh, ef, 0.5)];
+            }
+            let x = steer(&loaded, &dense, 1, conv, &ids, &dense_steering).unwrap();
+            let y = steer(&loaded, &sae, 1, conv, &ids, &want).unwrap();
+            assert_eq!(x.clean.ids, y.clean.ids, "{model} {i}");
+            assert_eq!(x.steered.ids, y.steered.ids, "{model} {i}: steered");
+            near(&format!("{model} {i} p"), &x.steered.prob, &y.steered.prob);
+            assert_ne!(
+                (y.steered.ids.clone(), y.steered.prob.clone()),
+                (y.clean.ids.clone(), y.clean.prob.clone()),
+                "{model} {i}: the steering changed nothing"
+            );
+        }
     }
 }

@@ -1276,7 +1276,9 @@ fn ignored_flags_zero_counts_and_unwritable_outputs_are_refused_first() {
 /// A dense SAE (`--dense`) trains and ends with its dashboards (it had none: dashboards
 /// needed one block per head), which `features` reports as one block over every head with
 /// the heads each feature writes, and `text` analyses a text with; what changes the LM's
-/// run feature by feature refuses it naming the reason, and `evaluate` and `export` take it.
+/// run feature by feature (effects, ranking, steering) takes it, naming its features as the
+/// dense block's, and so do `evaluate` and `export`; `match` and `label --from` compare it
+/// with a block-diagonal run's heads.
 #[test]
 fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
     let dir = temp_dir("dense");
@@ -1307,11 +1309,15 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
         stdout.contains(&format!(
             "dashboards: {} (one dense block over 4 heads, 128 features over ",
             file.display()
-        )) && stdout.contains("no effects on the loss (estimated per head, and this SAE is dense)"),
+        )) && stdout.contains("; each feature's effect on the loss over "),
         "{stdout}"
     );
     let d = attn_saes::dashboard::build::read(&file).unwrap();
     assert_eq!(d.meta.dense_heads(), Some(4));
+    assert!(
+        d.meta.effects.is_some(),
+        "effects on the loss for a dense SAE too"
+    );
     let run = out_dir.to_str().unwrap();
     // `features` names the block and gives the heads each feature writes, from the SAE's
     // own decoder: the share of each head's part of the row's squared norm.
@@ -1346,21 +1352,49 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
         stdout.contains("feature 5 (dense, DFA summed over the heads) at 1: activation "),
         "{stdout}"
     );
-    let said = "Error: this SAE is dense (one block over all 4 heads' hook_z, 128 features), and \
-                `rank`, `steer`, `text --effect/--rank`, `features --effect` and Your text's \
-                effects and steering change the model's run per head: they need a \
-                block-diagonal SAE (trained without --dense); dashboards, `features`, `text`, \
-                Your text's features and DFA, `evaluate` and `export` take this one\n";
-    for args in [
-        &["features", "--run", run, "--effect", "0,1"][..],
-        &["rank", "--run", run, "--tokens", "32"],
-        &["text", run, "hello", "--rank", "3"],
-        &["text", run, "hello", "--effect", "0,1"],
-        &["steer", run, "hello", "--feature", "0,1"],
+    // What changes the model's run feature by feature takes a dense SAE (it refused one):
+    // the strongest feature in the dashboards, named as the dense block's.
+    let f = (0..128)
+        .max_by(|&x, &y| {
+            let max = |f: usize| d.heads[0].features[f].max_activation;
+            max(x).total_cmp(&max(y))
+        })
+        .unwrap();
+    let (feature, name) = (format!("0,{f}"), format!("feature {f} (dense)"));
+    for (args, says) in [
+        (
+            &["features", "--run", run, "--effect", &feature][..],
+            format!(": {name} removed on its "),
+        ),
+        (
+            &["rank", "--run", run, "--tokens", "32"],
+            " helps most:\n".into(),
+        ),
+        (
+            &["text", run, "hello there", "--rank", "3"],
+            " helps most:\n".into(),
+        ),
+        (
+            &["text", run, "hello there", "--effect", &feature],
+            format!("{name} removed where it fires ("),
+        ),
+        (
+            &[
+                "steer",
+                run,
+                "hello",
+                "--feature",
+                &feature,
+                "--tokens",
+                "3",
+            ],
+            format!("{name} added at strength "),
+        ),
     ] {
-        let (code, _, stderr) = cli(args);
-        assert_eq!(code, Some(1), "{args:?}: {stderr}");
-        assert!(stderr.ends_with(said), "{args:?}: {stderr}");
+        let (code, stdout, stderr) = cli(args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stdout.contains(&says), "{args:?}: {stdout}");
+        assert!(!stdout.contains("by head"), "{args:?}: {stdout}");
     }
     // `dashboard` takes the model, corpus and layer with --sae only (a run records its
     // own), and no training flags (it accepted all of them and ignored most).
@@ -1388,6 +1422,102 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
         cli(&["export", "--run", run, "--out", exported.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(exported.join("cfg.json").is_file(), "{stdout}");
+
+    // Against a block-diagonal run of the same layer: `match` and `label --from` compare
+    // each head's features with the dense ones, a head's feature being a direction in its
+    // head's part of hook_z; checked against cosines computed here in f64.
+    let block_dir = dir.join("block");
+    std::fs::create_dir_all(&block_dir).unwrap();
+    let block_toml = block_dir.join("config.toml");
+    let block_cfg = config(&block_dir, 10);
+    std::fs::write(&block_toml, toml::to_string(&block_cfg).unwrap()).unwrap();
+    let (code, stdout, stderr) = cli(&[
+        "train",
+        "--headless",
+        "--config",
+        block_toml.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let block_run = block_cfg.out_dir.to_str().unwrap();
+    let block = BlockDiagSae::load(&block_cfg.out_dir.join("sae"), &Device::flex()).unwrap();
+    let w_block = block.w_dec.clone().into_data().try_to_vec::<f32>().unwrap(); // [4, 32, 16]
+    let (m, d) = (block.config.features_per_head, 16);
+    assert_eq!((block.config.n_heads, m), (4, 32));
+    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    // cos(dense i, head h's feature f)
+    let cos = |i: usize, h: usize, f: usize| {
+        let (x, y) = (
+            &w_dec[i * 64..(i + 1) * 64],
+            &w_block[(h * m + f) * d..][..d],
+        );
+        let dot: f64 = (0..d).map(|k| x[h * d + k] as f64 * y[k] as f64).sum();
+        dot / (norm(x) * norm(y))
+    };
+    let best = |items: Vec<((usize, usize), f64)>| {
+        (items.into_iter()).fold(
+            ((0, 0), f64::NEG_INFINITY),
+            |b, x| if x.1 > b.1 { x } else { b },
+        )
+    };
+    let heads_features = || (0..4).flat_map(|h| (0..m).map(move |f| (h, f)));
+    let (code, stdout, stderr) = cli(&["match", run, block_run, "--feature", "0,5"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let ((h, f), c) = best(
+        heads_features()
+            .map(|(h, f)| ((h, f), cos(5, h, f)))
+            .collect(),
+    );
+    assert!(
+        stdout.contains(&format!(
+            "Feature 5 of A: closest in B head {h} #{f} {c:.3}, "
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(dense: 128 features over 4 heads), B: "),
+        "{stdout}"
+    );
+    // Head 2 of B: the mean of its features' closest cosines among the dense ones.
+    let head2: f64 = (0..m)
+        .map(|f| best((0..128).map(|i| ((0, i), cos(i, 2, f))).collect()).1)
+        .sum::<f64>()
+        / m as f64;
+    assert!(
+        stdout.contains(&format!("\n  head 2: {head2:.3}, ")),
+        "{stdout}"
+    );
+    // A label on head 1's feature 3 is copied to its closest dense feature, and one on
+    // dense feature 7 to its closest head feature.
+    let labelled = |run: &str, feature: &str, text: &str| {
+        let (code, _, stderr) = cli(&["label", run, feature, text]);
+        assert_eq!(code, Some(0), "{stderr}");
+    };
+    labelled(block_run, "1,3", "block's");
+    labelled(run, "0,7", "dense's");
+    for (to, from) in [(run, block_run), (block_run, run)] {
+        let (code, stdout, stderr) = cli(&["label", to, "--from", from, "--threshold=-1"]);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stdout.contains(&format!("labels from {from}")), "{stdout}");
+    }
+    let (_, i) = best((0..128).map(|i| ((0, i), cos(i, 1, 3))).collect()).0;
+    let (g, f) = best(
+        heads_features()
+            .map(|(h, f)| ((h, f), cos(7, h, f)))
+            .collect(),
+    )
+    .0;
+    let labels = |run: &str| {
+        let file = Path::new(run).join("dashboard.safetensors");
+        let meta = attn_saes::dashboard::build::read(&file).unwrap().meta;
+        let path = attn_saes::dashboard::labels::labels_path(&file);
+        attn_saes::dashboard::labels::Labels::read(&path, &meta).unwrap()
+    };
+    if i != 7 {
+        assert_eq!(labels(run).get(0, i), Some("block's"));
+    }
+    if (g, f) != (1, 3) {
+        assert_eq!(labels(block_run).get(g, f), Some("dense's"));
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

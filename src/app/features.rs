@@ -1084,33 +1084,41 @@ fn feature_dashboard(
     };
     closest_line(ui, closest, labels.0, s, within);
     let mut opened = None;
-    for &(name, ref closest, opens, their_labels) in &elsewhere {
+    for &(name, ref closest, opens, their_labels, across) in &elsewhere {
+        // Across heads from a dense SAE, the other's features are named by head; to a dense
+        // SAE, by number alone.
+        let (by_head, dense_there) = (across && shares.is_some(), across && shares.is_none());
         ui.horizontal_wrapped(|ui| {
             ui.label(RichText::new(format!("closest in {name}")).strong())
                 .on_hover_text(
-                    "the features of the same head in that compared run's SAE whose decoder \
-                     directions are nearest this one's (cosine similarity; `attn-saes match` \
-                     compares whole SAEs), each with its label there if it has one",
+                    "the features in that compared run's SAE whose decoder directions are \
+                     nearest this one's (cosine similarity; within the head, or across heads \
+                     between a dense SAE and a block-diagonal one; `attn-saes match` compares \
+                     whole SAEs), each with its label there if it has one",
                 );
-            for &(f, cos) in closest {
-                let text = format!("#{f} {cos:.2}");
+            for &((h, f), cos) in closest {
+                let text = match by_head {
+                    true => format!("h{h} #{f} {cos:.2}"),
+                    false => format!("#{f} {cos:.2}"),
+                };
+                let at = match dense_there {
+                    true => format!("feature {f}"),
+                    false => format!("head {h} feature {f}"),
+                };
                 if !opens {
                     ui.label(text);
                 } else if ui
                     .link(text)
-                    .on_hover_text(format!(
-                        "open {name} at head {} feature {f}, comparing this run instead",
-                        s.head
-                    ))
+                    .on_hover_text(format!("open {name} at {at}, comparing this run instead"))
                     .clicked()
                 {
                     opened = Some(FeaturesAction::OpenCompared {
                         name: name.to_string(),
-                        head: s.head,
+                        head: h,
                         feature: f,
                     });
                 }
-                if let Some(label) = their_labels.get(s.head, f) {
+                if let Some(label) = their_labels.get(h, f) {
                     ui.label(RichText::new(quoted_short(label)).italics())
                         .on_hover_text(label);
                 }
@@ -1175,22 +1183,14 @@ fn examples_effect_panel(
                 example: example_prompt(file, fd),
             });
         }
-        let then = match file.meta.dense_heads() {
-            Some(_) => "see where it fires and reads from",
-            None => "remove it there or steer with it",
-        };
         ui.label(
-            RichText::new(format!(
+            RichText::new(
                 "picks it in Your text (on your text, or else on its strongest example up to \
-                 its top token), to {then}"
-            ))
+                 its top token), to remove it there or steer with it",
+            )
             .weak(),
         );
     });
-    // Removing it changes the model's run per head: not for a dense SAE.
-    if file.meta.dense_heads().is_some() {
-        return action;
-    }
     ui.heading("Effect on its top examples");
     let n = (fd.examples.iter())
         .filter(|e| e.group == ExampleGroup::Top)
@@ -1199,7 +1199,7 @@ fn examples_effect_panel(
         "Remove it on its top examples",
         &*format!(
             "runs the model on the {n} top examples' windows clean and with this feature taken \
-             out of its head's hook_z"
+             out of hook_z"
         ),
         "running the model on its examples…",
     );
@@ -1394,9 +1394,10 @@ const CLOSEST_SHOWN: usize = 6;
 /// head closest to it.
 /// For a dense SAE's feature, also the heads it writes ([`HeadData::head_shares`]).
 type Around<'a> = (&'a FeatureSources, &'a [(usize, f32)], Option<&'a [f32]>);
-/// A compared run's name, the features of the head closest to the selected one in it,
-/// whether it can be opened at them, and its labels.
-type Elsewhere<'a> = (&'a str, Vec<(usize, f32)>, bool, &'a Labels);
+/// A compared run's name, its features (`(head, feature)`) closest to the selected one,
+/// whether it can be opened at them, its labels, and whether it was matched across heads
+/// (one of the two SAEs is dense, the other block-diagonal).
+type Elsewhere<'a> = (&'a str, Vec<((usize, usize), f32)>, bool, &'a Labels, bool);
 
 /// Features listed as closest in each compared run's SAE.
 const CLOSEST_ELSEWHERE: usize = 3;
@@ -1411,8 +1412,9 @@ fn quoted_short(label: &str) -> String {
     }
 }
 
-/// For each compared run whose dashboard holds an SAE of the same model, layer and heads:
-/// its name and the features of head `head` whose decoder directions are closest to `row`.
+/// For each compared run whose dashboard holds an SAE of the same model and layer (of the
+/// same heads, or a dense one over them, or per head where this one is dense): its name and
+/// its features whose decoder directions are closest to `row`, of block `head` here.
 fn closest_elsewhere<'c>(
     meta: &crate::dashboard::format::DashboardMeta,
     head: usize,
@@ -1422,11 +1424,16 @@ fn closest_elsewhere<'c>(
     compared
         .iter()
         .filter_map(|c| {
-            let sae = c.sae.as_ref().filter(|sae| sae.matches(meta))?;
-            let rows = sae.decoder.get(head)?;
-            let closest =
-                crate::dashboard::format::closest_rows(row, rows, None, CLOSEST_ELSEWHERE);
-            Some((c.name.as_str(), closest, c.source.is_some(), &sae.labels))
+            let sae = c.sae.as_ref()?;
+            let closest = sae.closest(meta, head, row, CLOSEST_ELSEWHERE)?;
+            let across = sae.decoder.len() != meta.sae.n_heads;
+            Some((
+                c.name.as_str(),
+                closest,
+                c.source.is_some(),
+                &sae.labels,
+                across,
+            ))
         })
         .collect()
 }

@@ -188,10 +188,8 @@ pub fn text_ui(
     egui::ScrollArea::vertical().show(ui, |ui| {
         tokens_row(ui, s, a);
         ui.separator();
-        // Ranking, removing and steering change the model's run per head.
-        let per_head = a.dense_heads.is_none();
         let ranking = answers.ranking.filter(|r| r.ids == a.ids);
-        if per_head && let Some(asked) = ranking_panel(ui, s, a, ranking, answers.labels) {
+        if let Some(asked) = ranking_panel(ui, s, a, ranking, answers.labels) {
             action = Some(asked);
         }
         if let Some(p) = s.token.filter(|&p| p < a.len()) {
@@ -204,10 +202,6 @@ pub fn text_ui(
                     action = Some(open);
                 }
                 ui.separator();
-                if !per_head {
-                    ui.label(RichText::new(DENSE_ONLY_FEATURES).weak());
-                    return;
-                }
                 let effect = answers.effect.filter(|e| e.is_for(&a.ids, head, feature));
                 if effect_panel(ui, s, a, effect) {
                     action = Some(TextAction::Effect { head, feature });
@@ -223,10 +217,6 @@ pub fn text_ui(
     });
     action
 }
-
-/// What Your text leaves out for a dense SAE.
-pub const DENSE_ONLY_FEATURES: &str = "This SAE is dense: ranking the features, removing one \
-     and steering with it change the model's run per head, so they need a block-diagonal SAE.";
 
 /// The tokens, shaded by how many features fire on them over all heads; a click selects.
 fn tokens_row(ui: &mut Ui, s: &mut TextState, a: &LiveTokens) {
@@ -757,7 +747,10 @@ fn ranking_ready(
             }
             for f in features {
                 let picked = s.pick == Some((f.head, f.feature));
-                let label = format!("h{} #{} {}", f.head, f.feature, signed(f.estimate));
+                let label = match a.dense_heads {
+                    Some(_) => format!("#{} {}", f.feature, signed(f.estimate)),
+                    None => format!("h{} #{} {}", f.head, f.feature, signed(f.estimate)),
+                };
                 let named = labels.and_then(|l| l.get(f.head, f.feature));
                 let hover = match named {
                     Some(name) => format!("{name}; fires at {}", crate::live::positions(f.fires)),
@@ -788,16 +781,16 @@ fn ranking_ready(
         .take(RANKED_SHOWN)
         .filter(|f| f.estimate < 0.0);
     row(ui, "hurts most", hurts.collect());
-    let heads: Vec<String> = r
-        .by_head(a.n_heads)
-        .iter()
-        .enumerate()
-        .map(|(h, x)| format!("h{h} {}", signed(*x)))
-        .collect();
-    ui.label(format!(
-        "By head (its features together): {}",
-        heads.join(", ")
-    ));
+    // A dense SAE's one block is every head together.
+    if a.dense_heads.is_none() {
+        let heads: Vec<String> = (r.by_head(a.n_heads).iter().enumerate())
+            .map(|(h, x)| format!("h{h} {}", signed(*x)))
+            .collect();
+        ui.label(format!(
+            "By head (its features together): {}",
+            heads.join(", ")
+        ));
+    }
     action
 }
 

@@ -1120,8 +1120,7 @@ pub fn build(
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     let mut dashboard = result?;
-    // Effects on the loss are estimated per head (`live::rank_features_over`).
-    if opts.effect_tokens > 0 && per_block == 1 {
+    if opts.effect_tokens > 0 {
         add_effects(&mut dashboard, inputs, opts.effect_tokens, progress)?;
     }
     Ok(dashboard)

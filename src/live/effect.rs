@@ -36,8 +36,9 @@ impl Pending {
         (head, feature, scale): (usize, usize, f32),
     ) -> anyhow::Result<Self> {
         let model = &loaded.transformer;
-        let d = super::feature_of(sae, model, (head, feature))?;
-        let h = model.config.n_heads;
+        // The feature's block: its head, or all of hook_z for a dense SAE.
+        let (blocks, width) = super::feature_of(sae, model, (head, feature))?;
+        let (h, d) = (model.config.n_heads, model.config.d_head);
         let (b, t) = (windows.len(), windows.first().map_or(0, Vec::len));
         anyhow::ensure!(b > 0 && t > 0, "no tokens");
         anyhow::ensure!(
@@ -55,22 +56,25 @@ impl Pending {
         let z = cache.hook_z.remove(&layer).context("no hook_z")?;
         let clean = cache.logits.take().context("no logits")?;
         let n = b * t;
-        let feats = sae.forward(sae.scale_input(z.reshape([n, h, d]))).feats;
+        let feats = sae
+            .forward(sae.scale_input(z.reshape([n, blocks, width])))
+            .feats;
         let activation = feats.slice([head..head + 1, 0..n, feature..feature + 1]);
-        // What the feature adds to the head's hook_z: activation x decoder row, back in
+        // What the feature adds to its block of hook_z: activation x decoder row, back in
         // hook_z's units (the SAE's input is scaled by `input_scale`); `1 - scale` of it is
         // taken away.
         let row = sae
             .w_dec
             .clone()
-            .slice([head..head + 1, feature..feature + 1, 0..d])
-            .reshape([1, d])
+            .slice([head..head + 1, feature..feature + 1, 0..width])
+            .reshape([1, width])
             / sae.input_scale[head] as f64
             * (1.0 - scale as f64);
-        let part = (activation.clone().reshape([n, 1]) * row).reshape([b, t, 1, d]);
+        let part = (activation.clone().reshape([n, 1]) * row).reshape([b, t, 1, width]);
         let device = model.device().clone();
-        let added = Tensor::<4>::zeros([b, t, h, d], &device)
-            .slice_assign([0..b, 0..t, head..head + 1, 0..d], part);
+        let added = Tensor::<4>::zeros([b, t, blocks, width], &device)
+            .slice_assign([0..b, 0..t, head..head + 1, 0..width], part)
+            .reshape([b, t, h, d]);
         let remove = move |z: Tensor<4>| z - added.clone();
         let splice = Splice {
             layer,

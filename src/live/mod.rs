@@ -26,22 +26,9 @@ mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use ranking::{rank_features, rank_features_async, rank_features_over};
 
-/// `(heads, d_head, features per head)` of an SAE with one block per head of `model`'s
-/// attention, or why it does not fit.
-#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
-fn per_head_sizes(
-    sae: &crate::sae::BlockDiagSae,
-    model: &crate::lm::Transformer,
-) -> anyhow::Result<(usize, usize, usize)> {
-    let c = &sae.config;
-    let (h, d) = (model.config.n_heads, model.config.d_head);
-    sae.check_per_head(&model.config.name, h, d)?;
-    Ok((h, d, c.features_per_head))
-}
-
 /// `(blocks, block width, features per block, model heads per block)` of an SAE that reads
 /// `model`'s hook_z: one block per head, or one dense block over every head (what the
-/// analysis of a text takes; what changes the model's run takes [`per_head_sizes`]).
+/// analysis of a text takes, and what changes the model's run).
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 fn sae_sizes(
     sae: &crate::sae::BlockDiagSae,
@@ -53,20 +40,24 @@ fn sae_sizes(
     Ok((c.n_heads, c.d_head, c.features_per_head, h / c.n_heads))
 }
 
-/// [`per_head_sizes`], with `(head, feature)` checked to be one of the SAE's features; the
-/// head's `d_head`.
+/// [`sae_sizes`], with `(block, feature)` checked to be one of the SAE's features (block:
+/// the feature's head, or 0 in a dense SAE): `(blocks, block width)`.
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 fn feature_of(
     sae: &crate::sae::BlockDiagSae,
     model: &crate::lm::Transformer,
     (head, feature): (usize, usize),
-) -> anyhow::Result<usize> {
-    let (h, d, m) = per_head_sizes(sae, model)?;
+) -> anyhow::Result<(usize, usize)> {
+    let (blocks, width, m, _) = sae_sizes(sae, model)?;
     anyhow::ensure!(
-        head < h && feature < m,
-        "head {head}, feature {feature}: the SAE has {h} heads of {m} features"
+        head < blocks && feature < m,
+        "head {head}, feature {feature}: {}",
+        match blocks {
+            1 => format!("the SAE is one dense block of {m} features (head 0)"),
+            _ => format!("the SAE has {blocks} heads of {m} features"),
+        }
     );
-    Ok(d)
+    Ok((blocks, width))
 }
 
 /// A text's token ids as the model reads it: BOS first when the model has one.

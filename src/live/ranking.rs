@@ -1,8 +1,8 @@
 //! [`FeatureRanking`]: which features matter for a text's predictions, estimated for every
 //! feature at once from one forward and one backward pass (attribution patching): removing
-//! a feature changes its head's `hook_z` by `-a_f(t) W_dec[f] / input_scale` at each
-//! position `t`, so to first order the text's total next-token loss changes by
-//! `sum_t -a_f(t) (W_dec[f] / input_scale) . dL/dz(t)`. [`super::feature_effect`] gives the
+//! a feature changes its block's `hook_z` (its head's, or every head's for a dense SAE) by
+//! `-a_f(t) W_dec[f] / input_scale` at each position `t`, so to first order the text's
+//! total next-token loss changes by `sum_t -a_f(t) (W_dec[f] / input_scale) . dL/dz(t)`. [`super::feature_effect`] gives the
 //! exact change for one feature.
 
 use std::cell::RefCell;
@@ -14,8 +14,8 @@ use super::{FeatureRanking, RankedFeature};
 use crate::lm::{HeadSelection, HookRequest, LoadedModel, Splice, ZConvention, per_token_ce};
 use crate::sae::BlockDiagSae;
 
-/// The estimates `[H, m]` and firing counts `[H, m]` over `windows` (of one length), not
-/// yet read back.
+/// The estimates `[blocks, m]` and firing counts `[blocks, m]` over `windows` (of one
+/// length), not yet read back.
 fn queue(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
@@ -23,7 +23,8 @@ fn queue(
     z_convention: ZConvention,
     windows: &[Vec<u32>],
 ) -> anyhow::Result<[Tensor<2>; 2]> {
-    let (h, d, m) = super::per_head_sizes(sae, &loaded.transformer)?;
+    // Blocks: one per head, or one over every head for a dense SAE.
+    let (h, d, m, _) = super::sae_sizes(sae, &loaded.transformer)?;
     let model = loaded.transformer.with_autodiff();
     let len = windows.first().map_or(0, Vec::len);
     anyhow::ensure!(len >= 2, "a text of at least two tokens");
@@ -123,7 +124,7 @@ pub fn rank_features_over(
     windows: &[Vec<u32>],
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<FeatureRanking> {
-    let (h, _, m) = super::per_head_sizes(sae, &loaded.transformer)?;
+    let (h, _, m, _) = super::sae_sizes(sae, &loaded.transformer)?;
     let (mut estimate, mut fires) = (vec![0.0f64; h * m], vec![0.0f64; h * m]);
     for (i, chunk) in windows.chunks(WINDOWS_PER_PASS).enumerate() {
         let [e, f] = queue(loaded, sae, layer, z_convention, chunk)?;

@@ -21,11 +21,13 @@ struct Generation<'a> {
     sae: &'a BlockDiagSae,
     layer: usize,
     prompt: Vec<u32>,
-    /// Each feature steered: `(head, feature, strength, row)`, `row` `[1, 1, 1, d_head]`
+    /// The SAE's blocks and their width: one per head of `d_head`, or one over every head.
+    blocks: (usize, usize),
+    /// Each feature steered: `(block, feature, strength, row)`, `row` `[1, 1, 1, width]`
     /// its decoder row in hook_z's units; steering adds it times the strength (less the
     /// feature's activation, clamped) at a position.
     features: Vec<(usize, usize, f32, Tensor<4>)>,
-    /// `[1, 1, n_heads, d_head]`: what the SAE's convention takes off raw hook_z (clamped,
+    /// `[1, 1, blocks, width]`: what the SAE's convention takes off raw hook_z (clamped,
     /// to read the feature's activation), if anything.
     fold: Option<Tensor<4>>,
     /// The first position steered (after BOS, or the first new token's).
@@ -55,8 +57,9 @@ impl<'a> Generation<'a> {
             model.config.n_layers
         );
         let mut features = Vec::with_capacity(1 + steering.also.len());
+        let blocks = super::sae_sizes(sae, model).map(|(b, w, _, _)| (b, w))?;
         for (head, feature, strength) in steering.features() {
-            let d = super::feature_of(sae, model, (head, feature))?;
+            let (_, d) = super::feature_of(sae, model, (head, feature))?;
             anyhow::ensure!(
                 strength.is_finite(),
                 "head {head} feature {feature}: strength {strength}: not a number"
@@ -123,7 +126,8 @@ impl<'a> Generation<'a> {
             layer,
             prompt: prompt.to_vec(),
             features,
-            fold: fold.map(|f| f.unsqueeze::<4>()),
+            fold: fold.map(|f| f.reshape([1, 1, blocks.0, blocks.1])),
+            blocks,
             from,
             cache: KvCache::new(),
             rng: Rng::new(seed),
@@ -143,7 +147,8 @@ impl<'a> Generation<'a> {
             Some(_) => self.chosen.iter().map(|c| vec![c[c.len() - 1]]).collect(),
         };
         let (start, new) = (self.cache.len(), rows[0].len());
-        let (h, d) = (model.config.n_heads, model.config.d_head);
+        let (heads, d_head) = (model.config.n_heads, model.config.d_head);
+        let (h, d) = self.blocks;
         let (clamp, where_fires) = (self.steering.clamp, self.steering.where_fires);
         // Row 1, the steered heads, positions from `self.from` on.
         let first = self.from.saturating_sub(start).min(new);
@@ -152,6 +157,8 @@ impl<'a> Generation<'a> {
             if first == new {
                 return z;
             }
+            // The SAE's blocks side by side: `[2, new, blocks, width]`.
+            let z = z.reshape([2, new, h, d]);
             // `[H, new - first, m]`: when clamping or steering only where the feature fires,
             // every feature's activation at the steered row's steered positions (encoded
             // alone, so the clean row has no say in them).
@@ -193,7 +200,7 @@ impl<'a> Generation<'a> {
                     .clone()
                     .slice_assign(at.clone(), added.slice(at) + part);
             }
-            z + added
+            (z + added).reshape([2, new, heads, d_head])
         };
         let splice = Splice {
             layer: self.layer,

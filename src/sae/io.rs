@@ -142,21 +142,6 @@ impl BlockDiagSae {
         Ok(())
     }
 
-    /// Checks that the SAE has one block per head of a layer with these heads, as what
-    /// changes the LM's run feature by feature needs (`rank`, `steer`, `text --effect`,
-    /// `features --effect`, Your text's effects): a dense SAE is refused saying so, any other
-    /// by [`Self::check_fits`]'s words.
-    pub fn check_per_head(&self, model: &str, n_heads: usize, d_head: usize) -> anyhow::Result<()> {
-        self.check_fits(model, n_heads, d_head)?;
-        let c = &self.config;
-        anyhow::ensure!(
-            c.n_heads == n_heads,
-            "{}",
-            dense_refusal(n_heads, c.features_per_head)
-        );
-        Ok(())
-    }
-
     /// Loads our format from a directory.
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Self> {
         let config: SaeConfig = read_json(&dir.join(CONFIG_FILE))?;
@@ -485,16 +470,4 @@ fn is_block_diagonal(
                 .enumerate()
                 .all(|(c, &v)| v == 0.0 || c / d == head)
         })
-}
-
-/// Why what runs the LM with features per head refuses a dense SAE of `features` features
-/// over `n_heads` heads ([`BlockDiagSae::check_per_head`]).
-pub fn dense_refusal(n_heads: usize, features: usize) -> String {
-    format!(
-        "this SAE is dense (one block over all {n_heads} heads' hook_z, {features} features), \
-         and `rank`, `steer`, `text --effect/--rank`, `features --effect` and Your text's \
-         effects and steering change the model's run per head: they need a block-diagonal \
-         SAE (trained without --dense); dashboards, `features`, `text`, Your text's features \
-         and DFA, `evaluate` and `export` take this one"
-    )
 }
