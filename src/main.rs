@@ -2317,25 +2317,59 @@ fn match_command(
                 Side::A => (&m.heads[0].b_to_a, &m.heads[0].a_to_b, "B", "A"),
                 Side::B => (&m.heads[0].a_to_b, &m.heads[0].b_to_a, "A", "B"),
             };
+            // Which features fired in the dashboards (`[head][feature]` on the
+            // block-diagonal side, the dense SAE's one block on the other), when both have.
+            let (live_block, live_dense) = match (x.dense, &live_a, &live_b) {
+                (_, Some(a), Some(b)) if both_live => match x.dense {
+                    Side::A => (Some(b), a.first()),
+                    Side::B => (Some(a), b.first()),
+                },
+                _ => (None, None),
+            };
             println!(
                 "Per head of {block}: MMCS {block}->{dense} of its features, share of them \
                  matched, and {dense}'s features whose closest is in the head (their mean \
-                 cosine)"
+                 cosine){}",
+                match both_live {
+                    true => "; then the same over the features that fired",
+                    false => "",
+                }
             );
             let per_head = x.features_per_head;
-            for (h, part) in from_block.chunks(per_head).enumerate() {
-                let here: Vec<f32> = (from_dense.iter())
-                    .filter(|c| c.feature as usize / per_head == h)
-                    .map(|c| c.cosine)
+            // The dense features (those `keep` admits) whose closest is in head `h`, and
+            // their mean cosine.
+            let in_head = |h: usize, keep: Option<&Vec<bool>>| {
+                let here: Vec<f64> = (from_dense.iter().enumerate())
+                    .filter(|(i, c)| {
+                        c.feature as usize / per_head == h && keep.is_none_or(|k| k[*i])
+                    })
+                    .map(|(_, c)| c.cosine as f64)
                     .collect();
-                let mean = (!here.is_empty())
-                    .then(|| here.iter().map(|&c| c as f64).sum::<f64>() / here.len() as f64);
+                let mean = (!here.is_empty()).then(|| here.iter().sum::<f64>() / here.len() as f64);
+                format!("{} of {dense}'s ({})", here.len(), show(mean))
+            };
+            for (h, part) in from_block.chunks(per_head).enumerate() {
+                let fired = match (live_block, live_dense) {
+                    (Some(block_live), Some(dense_live)) => {
+                        let keep = &block_live[h];
+                        let n = keep.iter().filter(|&&k| k).count();
+                        let matched = (part.iter().zip(keep))
+                            .filter(|(c, k)| **k && c.cosine >= threshold)
+                            .count();
+                        format!(
+                            " | {}, {:.0}%; {}",
+                            show(mean_max(part, Some(keep))),
+                            percent(matched, n),
+                            in_head(h, Some(dense_live))
+                        )
+                    }
+                    _ => String::new(),
+                };
                 println!(
-                    "  head {h}: {}, {:.0}%; {} of {dense}'s ({})",
+                    "  head {h}: {}, {:.0}%; {}{fired}",
                     show(mean_max(part, None)),
                     percent(shared(part), part.len()),
-                    here.len(),
-                    show(mean)
+                    in_head(h, None),
                 );
             }
         }

@@ -1477,15 +1477,56 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
         stdout.contains("(dense: 128 features over 4 heads), B: "),
         "{stdout}"
     );
-    // Head 2 of B: the mean of its features' closest cosines among the dense ones.
-    let head2: f64 = (0..m)
+    // Head 2 of B: the mean of its features' closest cosines among the dense ones; then,
+    // over the features that fired in the dashboards, the same, and the dense features
+    // whose closest is in head 2 with their mean cosine.
+    let fired = |file: &Path, h: usize| -> Vec<bool> {
+        let d = attn_saes::dashboard::build::read(file).unwrap();
+        d.heads[h]
+            .features
+            .iter()
+            .map(|f| f.density > 0.0)
+            .collect()
+    };
+    let block_fired = fired(&block_cfg.out_dir.join("dashboard.safetensors"), 2);
+    let dense_fired = fired(&file, 0);
+    let closest2: Vec<f64> = (0..m)
         .map(|f| best((0..128).map(|i| ((0, i), cos(i, 2, f))).collect()).1)
-        .sum::<f64>()
-        / m as f64;
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let fired2: Vec<f64> = (0..m)
+        .filter(|&f| block_fired[f])
+        .map(|f| closest2[f])
+        .collect();
+    let in_head2: Vec<f64> = (0..128)
+        .filter(|&i| dense_fired[i])
+        .map(|i| {
+            best(
+                heads_features()
+                    .map(|(h, f)| ((h, f), cos(i, h, f)))
+                    .collect(),
+            )
+        })
+        .filter(|((h, _), _)| *h == 2)
+        .map(|(_, c)| c)
+        .collect();
+    let line = (stdout.lines())
+        .find(|l| l.starts_with("  head 2: "))
+        .unwrap_or_else(|| panic!("{stdout}"));
     assert!(
-        stdout.contains(&format!("\n  head 2: {head2:.3}, ")),
-        "{stdout}"
+        line.starts_with(&format!("  head 2: {:.3}, ", mean(&closest2))),
+        "{line}"
     );
+    let (_, after) = line.split_once(" | ").unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        after.starts_with(&format!("{:.3}, ", mean(&fired2))),
+        "{line}"
+    );
+    let tail = match in_head2.len() {
+        0 => "; 0 of A's (-)".to_string(),
+        n => format!("; {n} of A's ({:.3})", mean(&in_head2)),
+    };
+    assert!(after.ends_with(&tail), "{line}: {tail}");
     // A label on head 1's feature 3 is copied to its closest dense feature, and one on
     // dense feature 7 to its closest head feature.
     let labelled = |run: &str, feature: &str, text: &str| {
