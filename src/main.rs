@@ -2661,6 +2661,11 @@ fn text_command(
         for (s, v) in at.dfa.iter().enumerate() {
             println!("{s:>4} {:?} {v:+.4}", t.strings[s]);
         }
+        if !at.by_head.is_empty() {
+            let text =
+                attn_saes::dashboard::format::dfa_by_head_text(&at.by_head, at.by_head.len());
+            println!("DFA by head (each head's terms over the sources): {text}");
+        }
     }
     let dense = t.dense_heads.is_some();
     if let Some(e) = &effect {

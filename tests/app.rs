@@ -1191,6 +1191,7 @@ fn your_text_says_computing_until_the_attribution_arrives_and_shows_a_failure() 
     *h.state().0.state.borrow_mut() = AttributionState::Ready(Attribution {
         dfa: vec![0.25, -0.125, 0.5],
         pre: 0.625,
+        ..Default::default()
     });
     h.run_steps(2);
     assert!(h.query_by_label("computing…").is_none());
@@ -1222,6 +1223,7 @@ fn your_text_names_a_dense_saes_one_block() {
         state: AttributionState::Ready(Attribution {
             dfa: vec![0.25, -0.125, 0.5],
             pre: 0.625,
+            by_head: vec![0.5, -0.25, 0.0, 0.375],
         })
         .into(),
     };
@@ -1238,6 +1240,9 @@ fn your_text_names_a_dense_saes_one_block() {
     assert_eq!(h.state().1.pick, Some((0, 17)));
     h.get_by_label("Feature 17 · dense, all heads");
     h.get_by_label("sum of DFA 0.625");
+    // Its DFA by head, the largest parts first, without the head at 0.
+    h.get_by_label("by head");
+    h.get_by_label("h0 +0.500 · h3 +0.375 · h1 -0.250");
     // What changes the model's run (it was left out for a dense SAE): offered.
     for offered in [
         "Rank the features",

@@ -2684,8 +2684,9 @@ fn a_block_diagonal_sae_written_dense_has_the_same_dashboards() {
 
 /// Your text's analysis of a dense SAE: the features firing at each position and their DFA
 /// are those of the block-diagonal SAE it was written from (dense feature `h m + f` is head
-/// `h`'s `f`), and on a random dense SAE the DFA summed over every head adds up to the
-/// pre-activation (GPT-2, and Llama with grouped-query attention).
+/// `h`'s `f`, its DFA by head all in head `h`), and on a random dense SAE the DFA summed
+/// over every head adds up to the pre-activation, as does its DFA by head (GPT-2, and Llama
+/// with grouped-query attention).
 #[test]
 fn your_text_on_a_dense_sae_is_the_per_head_analysis() {
     use attn_saes::live::LiveAnalysis;
@@ -2721,6 +2722,18 @@ fn your_text_on_a_dense_sae_is_the_per_head_analysis() {
             for (a, b) in x.iter().zip(&y) {
                 assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "DFA {a} vs {b}");
             }
+            // By head: all of it in the feature's own head, none by block-diagonal SAEs.
+            let by_head = all.attribution(0, g as usize, p).by_head;
+            assert_eq!(by_head.len(), h);
+            let own: f32 = y.iter().sum();
+            for (k, v) in by_head.iter().enumerate() {
+                let want = if k == head { own } else { 0.0 };
+                assert!(
+                    (v - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "head {k}: {v}"
+                );
+            }
+            assert!(per_head.attribution(head, f, p).by_head.is_empty());
             compared += 1;
         }
     }
@@ -2740,6 +2753,13 @@ fn your_text_on_a_dense_sae_is_the_per_head_analysis() {
                     "{model} #{f} at {p}: {sum} vs {}",
                     at.pre
                 );
+                // The DFA by head adds up to the same, and more than one head has a part.
+                let by_head: f32 = at.by_head.iter().sum::<f32>() + b_enc[f];
+                assert!(
+                    (by_head - at.pre).abs() < 1e-4,
+                    "{model} #{f} at {p}: by head"
+                );
+                assert!(at.by_head.iter().filter(|v| v.abs() > 1e-6).count() > 1);
                 checked += 1;
             }
         }

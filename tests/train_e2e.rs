@@ -1352,6 +1352,26 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
         stdout.contains("feature 5 (dense, DFA summed over the heads) at 1: activation "),
         "{stdout}"
     );
+    // Its DFA by head adds up to its DFA by source (printed to 3 and 4 decimals).
+    let number = |s: &str| s.trim().parse::<f64>().unwrap();
+    let by_source: f64 = (stdout.lines())
+        .skip_while(|l| !l.contains("DFA by source:"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("DFA by head"))
+        .map(|l| number(l.rsplit(' ').next().unwrap()))
+        .sum();
+    let by_head = (stdout.lines())
+        .find_map(|l| l.strip_prefix("DFA by head (each head's terms over the sources): "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let parts: Vec<f64> = (by_head.split(" · "))
+        .filter(|p| *p != "-")
+        .map(|p| number(p.split_once(' ').unwrap().1))
+        .collect();
+    let sum: f64 = parts.iter().sum();
+    assert!(
+        (sum - by_source).abs() < 3e-3,
+        "{sum} vs {by_source}: {stdout}"
+    );
     // What changes the model's run feature by feature takes a dense SAE (it refused one):
     // the strongest feature in the dashboards, named as the dense block's.
     let f = (0..128)

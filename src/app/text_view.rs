@@ -319,6 +319,24 @@ fn pick_panel(
                 a.strings.get(q).cloned().unwrap_or_default()
             });
             ui.label(format!("pre-activation {:.3}", attribution.pre));
+            if !attribution.by_head.is_empty() {
+                let all: Vec<String> = (attribution.by_head.iter().enumerate())
+                    .map(|(h, x)| format!("head {h}: {x:+.3}"))
+                    .collect();
+                ui.horizontal_wrapped(|ui| {
+                    ui.label(RichText::new("by head").strong());
+                    ui.label(crate::dashboard::format::dfa_by_head_text(
+                        &attribution.by_head,
+                        4,
+                    ))
+                    .on_hover_text(format!(
+                        "each head's part of the DFA, its terms summed over the source \
+                         positions (a dense SAE reads every head's hook_z; they add up to the \
+                         DFA's sum)\n{}",
+                        all.join("\n")
+                    ));
+                });
+            }
         }
         AttributionState::Computing => {
             ui.horizontal(|ui| {

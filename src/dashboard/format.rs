@@ -360,6 +360,26 @@ pub fn head_shares_text(shares: &[f32], shown: usize) -> String {
     parts.join(" · ")
 }
 
+/// A dense SAE's DFA by head in words: the `shown` heads with the largest parts (by size,
+/// the lower head first on a tie) that are not 0, signed, `h3 +12.10 · h7 -0.80`; `-` when
+/// every part is 0.
+pub fn dfa_by_head_text(by_head: &[f32], shown: usize) -> String {
+    let mut order: Vec<usize> = (0..by_head.len()).filter(|&h| by_head[h] != 0.0).collect();
+    order.sort_by(|&a, &b| {
+        by_head[b]
+            .abs()
+            .total_cmp(&by_head[a].abs())
+            .then(a.cmp(&b))
+    });
+    let parts: Vec<String> = (order.iter().take(shown))
+        .map(|&h| format!("h{h} {:+.3}", by_head[h]))
+        .collect();
+    match parts.is_empty() {
+        true => "-".to_string(),
+        false => parts.join(" · "),
+    }
+}
+
 /// The `n` rows of `rows` (`[m, row.len()]`, flat) whose directions are closest to `row`
 /// by cosine similarity (in f64), closest first, the lower index first on a tie; `skip`
 /// is left out. A zero row has cosine 0.

@@ -181,24 +181,29 @@ impl LiveAnalysis {
     /// column, its pattern and its values), so the sum plus `b_enc` is still the
     /// pre-activation.
     pub fn dfa(&self, head: usize, feature: usize, target: usize) -> Vec<f32> {
+        summed(&self.dfa_parts(head, feature, target), target + 1)
+    }
+
+    /// [`Self::dfa`] before the sum over the model heads of the block: one DFA by source
+    /// per head (one in all for an SAE with one block per head).
+    fn dfa_parts(&self, head: usize, feature: usize, target: usize) -> Vec<Vec<f32>> {
         let (t, r, m) = (self.len(), self.per_block, self.tokens.features_per_head);
         let (d, hm) = (self.d_head / r, self.tokens.n_heads * r);
-        let mut dfa = vec![0f32; target + 1];
-        for g in 0..r {
-            let mh = head * r + g;
-            let enc_col: Vec<f32> = (0..d)
-                .map(|k| self.w_enc[(head * self.d_head + g * d + k) * m + feature])
-                .collect();
-            let part = dfa_by_source(
-                &self.pattern[(mh * t + target) * t..][..t],
-                |s| &self.values[(s * hm + mh) * d..][..d],
-                &enc_col,
-                self.input_scale[head],
-                target,
-            );
-            dfa.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-        }
-        dfa
+        (0..r)
+            .map(|g| {
+                let mh = head * r + g;
+                let enc_col: Vec<f32> = (0..d)
+                    .map(|k| self.w_enc[(head * self.d_head + g * d + k) * m + feature])
+                    .collect();
+                dfa_by_source(
+                    &self.pattern[(mh * t + target) * t..][..t],
+                    |s| &self.values[(s * hm + mh) * d..][..d],
+                    &enc_col,
+                    self.input_scale[head],
+                    target,
+                )
+            })
+            .collect()
     }
 
     /// The pre-activation of `feature` of `head` at `position`.
@@ -206,13 +211,28 @@ impl LiveAnalysis {
         self.pre[(head * self.len() + position) * self.tokens.features_per_head + feature]
     }
 
-    /// The DFA of `feature` of `head` at `position` and its pre-activation.
+    /// The DFA of `feature` of `head` at `position` and its pre-activation; for a dense SAE,
+    /// also the DFA by model head.
     pub fn attribution(&self, head: usize, feature: usize, position: usize) -> Attribution {
+        let parts = self.dfa_parts(head, feature, position);
         Attribution {
-            dfa: self.dfa(head, feature, position),
+            dfa: summed(&parts, position + 1),
             pre: self.pre_activation(head, feature, position),
+            by_head: match self.per_block {
+                1 => Vec::new(),
+                _ => parts.iter().map(|part| part.iter().sum()).collect(),
+            },
         }
     }
+}
+
+/// The element-wise sum of `parts`, each of length `n`.
+fn summed(parts: &[Vec<f32>], n: usize) -> Vec<f32> {
+    let mut sum = vec![0f32; n];
+    for part in parts {
+        sum.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    sum
 }
 
 impl Analysed for LiveAnalysis {

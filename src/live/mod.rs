@@ -149,6 +149,10 @@ impl LiveTokens {
 pub struct Attribution {
     pub dfa: Vec<f32>,
     pub pre: f32,
+    /// A dense SAE's feature only: the DFA by model head, each head's terms summed over the
+    /// sources (they add up to the DFA's sum); empty for an SAE with one block per head.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_head: Vec<f32>,
 }
 
 /// What one feature does to a text's next-token predictions: the model run on the text
