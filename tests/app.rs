@@ -1251,6 +1251,8 @@ fn your_text_names_a_dense_saes_one_block() {
     ] {
         h.get_by_label(offered);
     }
+    // Steering adds it to hook_z, not to one head's.
+    h.get_by_label_contains("with this feature added to hook_z at every position after BOS");
 }
 
 /// The last logged step's `field` in a run's `metrics.jsonl`, read as plain JSON.

@@ -362,8 +362,8 @@ fn effect_panel(
     ui.label(RichText::new("Effect on the predictions").strong());
     let labels = (
         "Remove it and run again",
-        "runs the model again with this feature taken out of its head's hook_z wherever it \
-         fires in the text",
+        "runs the model again with this feature taken out of hook_z (its head's, or every \
+         head's for a dense SAE) wherever it fires in the text",
         "running the model without it…",
     );
     let state: Option<&EffectState> = effect.map(|e| &e.state);
@@ -520,15 +520,20 @@ fn steer_panel(
                 (false, false) => "at every position after BOS",
             };
             let only = crate::live::where_fires_said(s.steer_where_fires);
+            // A dense SAE's feature writes every head's part of hook_z.
+            let hook_z = match a.dense_heads {
+                Some(_) => "hook_z".to_string(),
+                None => format!("head {head}'s hook_z"),
+            };
             let why = if basis > 0.0 && s.steer_clamp {
                 format!(
                     "the model continues the text twice: as it is, and with this feature's \
-                     activation held at that strength in head {head}'s hook_z {at}{only}"
+                     activation held at that strength in {hook_z} {at}{only}"
                 )
             } else if basis > 0.0 {
                 format!(
                     "the model continues the text twice: as it is, and with this feature \
-                     added to head {head}'s hook_z {at}{only}, as if it fired there at that \
+                     added to {hook_z} {at}{only}, as if it fired there at that \
                      strength"
                 )
             } else {
