@@ -316,6 +316,107 @@ fn dfa_panel_marks_the_largest_attribution() {
     h.get_by_label_contains("sum of DFA ");
 }
 
+/// With `dashboard --interval-dfa`, an interval group's example has a DFA button: clicked,
+/// the DFA panel shows that example (its group, target, largest attribution and sum, the
+/// file's values).
+#[test]
+fn an_interval_examples_dfa_button_shows_its_attribution() {
+    if !common::renderer_available() {
+        return;
+    }
+    let dir = common::TempDir::new("attn-saes-app-features", "interval-dfa");
+    let run = common::run_with_dashboard(&dir, 30);
+    // The run's dashboards rebuilt with and without the flag.
+    let build = |name: &str, flag: &[&str]| {
+        let file = run.join(name);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu", "dashboard", "--run"])
+            .arg(&run)
+            .args(flag)
+            .arg("--out")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        std::fs::read(&file).unwrap()
+    };
+    let bytes = build("with.safetensors", &["--interval-dfa"]);
+    let plain = build("without.safetensors", &[]);
+    let head2 = OwnedDashboardFile::new(bytes.clone())
+        .unwrap()
+        .head(2)
+        .unwrap();
+    // A live feature's interval example from the highest group that has one.
+    let (f, j) = density_order(&head2)
+        .into_iter()
+        .find_map(|f| {
+            let examples = &head2.features[f].examples;
+            let j = (0..examples.len()).rev().find(|&j| {
+                matches!(examples[j].group, ExampleGroup::Interval(_))
+                    && !examples[j].dfa.is_empty()
+            })?;
+            Some((f, j))
+        })
+        .expect("a live feature with an interval example");
+    let e = &head2.features[f].examples[j];
+    let ExampleGroup::Interval(bin) = e.group else {
+        unreachable!()
+    };
+    let d = LoadedDashboard::new("dashboard.safetensors".into(), bytes).unwrap();
+    let mut h = harness_on(d, FeaturesState::default(), Vec::new());
+    open_head_2(&mut h);
+    h.state_mut().1.feature = Some(f);
+    h.run_steps(2);
+    h.get_by_label_contains(&format!("Interval {bin}: "))
+        .click_accesskit();
+    // Until the group has opened (it animates).
+    h.run();
+    // The group's examples in file order: this one is the last of its group.
+    let in_group = (head2.features[f].examples.iter())
+        .filter(|x| x.group == e.group)
+        .count();
+    let buttons: Vec<_> = h.query_all_by_label("DFA").collect();
+    let tops = (head2.features[f].examples.iter())
+        .filter(|x| x.group == ExampleGroup::Top)
+        .count();
+    assert_eq!(
+        buttons.len(),
+        tops + in_group,
+        "a DFA button on each example shown"
+    );
+    buttons.last().unwrap().click_accesskit();
+    h.run_steps(2);
+    assert_eq!(h.state().1.example, Some(j));
+    h.get_by_label_contains(&format!(
+        "interval {bin} example · target position {} (",
+        e.target
+    ));
+    let mut argmax = 0;
+    for (p, &v) in e.dfa.iter().enumerate() {
+        if v > e.dfa[argmax] {
+            argmax = p;
+        }
+    }
+    h.get_by_label_contains(&format!("max attribution at position {argmax} ("));
+    let sum: f32 = e.dfa.iter().sum();
+    h.get_by_label(&format!("sum of DFA {sum:.3}"));
+    // Built without it: the same examples, no DFA on the interval ones.
+    let d = LoadedDashboard::new("dashboard.safetensors".into(), plain).unwrap();
+    let mut h = harness_on(d, FeaturesState::default(), Vec::new());
+    open_head_2(&mut h);
+    h.state_mut().1.feature = Some(f);
+    h.run_steps(2);
+    h.get_by_label_contains(&format!("Interval {bin}: "))
+        .click_accesskit();
+    h.run();
+    assert_eq!(h.query_all_by_label("DFA").count(), tops);
+    assert!(
+        h.query_by_label_contains(&format!("{:.3}", e.activation))
+            .is_some()
+    );
+}
+
 /// The "reads from" filter lists the features most of whose top examples read from that
 /// kind of source, the heads table shows each head's commonest pattern, and the DFA panel
 /// says where the feature reads from.

@@ -144,12 +144,13 @@ fn sae_on(
     all
 }
 
-/// `sum_s DFA + b_enc = pre` at the target of every top example.
+/// `sum_s DFA + b_enc = pre` at the target of every example, top and interval groups'.
 fn check_dfa_identity(model: &str, sae: &BlockDiagSae, windows: Vec<Vec<u32>>) {
     let loaded = load(model);
     let opts = BuildOptions {
         top_k: 6,
         windows_per_forward: 3,
+        interval_dfa: true,
         ..BuildOptions::default()
     };
     let inp = inputs(&loaded, sae, windows.clone());
@@ -158,15 +159,12 @@ fn check_dfa_identity(model: &str, sae: &BlockDiagSae, windows: Vec<Vec<u32>>) {
     let b_enc = sae.b_enc.clone().into_data().try_to_vec::<f32>().unwrap();
     let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
     let t = windows[0].len();
-    let mut checked = 0;
+    let (mut checked, mut intervals) = (0, 0);
     let mut worst = 0f64;
     for (head, data) in d.heads.iter().enumerate() {
         for (f, feature) in data.features.iter().enumerate() {
-            for e in feature
-                .examples
-                .iter()
-                .filter(|e| e.group == ExampleGroup::Top)
-            {
+            for e in &feature.examples {
+                intervals += usize::from(e.group != ExampleGroup::Top);
                 // Windows in the file are the used ones, in corpus order: find the original.
                 let w = &d.windows[e.window as usize];
                 let orig = windows.iter().position(|x| x == w).unwrap();
@@ -184,8 +182,15 @@ fn check_dfa_identity(model: &str, sae: &BlockDiagSae, windows: Vec<Vec<u32>>) {
             }
         }
     }
-    println!("{model}: DFA identity on {checked} top examples, max error {worst:.2e}");
+    println!(
+        "{model}: DFA identity on {checked} examples ({intervals} of interval groups), max \
+         error {worst:.2e}"
+    );
     assert!(checked > 20, "{model}: only {checked} examples checked");
+    assert!(
+        intervals > 20,
+        "{model}: only {intervals} interval examples checked"
+    );
 }
 
 #[test]
@@ -399,7 +404,8 @@ fn heads_command_writes_the_scores_and_refuses_a_missing_layer() {
     assert!(stderr.contains("has layers 0 to 1, not 2"), "{stderr}");
 }
 
-/// The values hook, DFA, activations and logit effects against the numpy float64 forward.
+/// The values hook, DFA (of top and interval-group examples), activations and logit effects
+/// against the numpy float64 forward.
 #[test]
 fn dfa_values_and_logit_effects_match_the_numpy_reference() {
     for model in ["gpt2_tiny", "llama_tiny"] {
@@ -445,13 +451,34 @@ fn dfa_values_and_logit_effects_match_the_numpy_reference() {
             top_k: 2 * t, // every active position is a top example
             keep_bos: true,
             windows_per_forward: 1,
+            interval_dfa: true,
             ..BuildOptions::default()
         };
         let inp = inputs(&loaded, &sae, windows.clone());
         let d = build_quiet(&inp, &opts);
+        // Without `interval_dfa` the file is the same but for the interval examples' DFA.
+        let mut without = d.clone();
+        for f in without.heads.iter_mut().flat_map(|h| h.features.iter_mut()) {
+            for e in f
+                .examples
+                .iter_mut()
+                .filter(|e| e.group != ExampleGroup::Top)
+            {
+                e.dfa.clear();
+            }
+        }
+        let plain = BuildOptions {
+            interval_dfa: false,
+            ..opts.clone()
+        };
+        assert_eq!(
+            build_quiet(&inp, &plain),
+            without,
+            "{model}: only the DFA differs"
+        );
         let pre = &r.get("pre").data; // [2, 12, H, m]
         let dfa = &r.get("dfa").data; // [2, H, 12, 12, m]
-        let mut n = 0;
+        let (mut n, mut n_interval) = (0, 0);
         let mut worst = 0f64;
         for head in 0..h {
             for f in 0..m {
@@ -499,6 +526,24 @@ fn dfa_values_and_logit_effects_match_the_numpy_reference() {
                     assert_eq!(e.activations.len(), active_in_window);
                     n += 1;
                 }
+                // The interval groups' examples have the reference's DFA too.
+                for e in (feature.examples.iter()).filter(|e| e.group != ExampleGroup::Top) {
+                    let b = windows
+                        .iter()
+                        .position(|w| *w == d.windows[e.window as usize])
+                        .unwrap();
+                    let p = e.target as usize;
+                    assert_eq!(e.dfa.len(), p + 1, "{model}: interval example's DFA");
+                    for (s, &got) in e.dfa.iter().enumerate() {
+                        let want = dfa[((((b * h + head) * t + p) * t) + s) * m + f];
+                        worst = worst.max((got as f64 - want).abs());
+                        assert!(
+                            (got as f64 - want).abs() < 1e-4,
+                            "{model}: interval DFA {got} vs {want}"
+                        );
+                    }
+                    n_interval += 1;
+                }
                 // Logit effects: the reference row, top and bottom 10.
                 let vocab = loaded.transformer.config.d_vocab;
                 let row = &r.get("logit_effects").data[(head * m + f) * vocab..][..vocab];
@@ -541,8 +586,11 @@ fn dfa_values_and_logit_effects_match_the_numpy_reference() {
                 assert_eq!(feature.logit_histogram.iter().sum::<u32>() as usize, vocab);
             }
         }
-        println!("{model}: {n} top examples match numpy, max DFA error {worst:.2e}");
-        assert!(n > 100);
+        println!(
+            "{model}: {n} top and {n_interval} interval examples match numpy, max DFA error \
+             {worst:.2e}"
+        );
+        assert!(n > 100 && n_interval > 20, "{n}, {n_interval}");
     }
 }
 
@@ -730,6 +778,7 @@ fn small_options() -> BuildOptions {
         per_interval: 2,
         histogram_bins: 5,
         logit_k: 4,
+        interval_dfa: true,
         ..BuildOptions::default()
     }
 }
@@ -1046,11 +1095,11 @@ fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
                     }
                 }
             }
-            if !e.dfa.is_empty() {
-                let max = e.dfa.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                assert_eq!(f16(&act["dfa_maxValue"]), half::f16::from_f32(max));
-                assert_eq!(act["dfa_targetIndex"], e.target);
-            }
+            // Every example has its DFA, interval groups' too.
+            assert_eq!(e.dfa.len(), e.target as usize + 1, "{:?}", e.group);
+            let max = e.dfa.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(f16(&act["dfa_maxValue"]), half::f16::from_f32(max));
+            assert_eq!(act["dfa_targetIndex"], e.target);
         }
         // Bins without examples (none of their tokens sampled) are not in the export.
         let without: f64 = (0..3u8)

@@ -1160,7 +1160,7 @@ fn feature_dashboard(
     ui.separator();
     dfa_panel(ui, file, fd, reads, s);
     ui.separator();
-    interval_groups(ui, file, fd, s.crop);
+    interval_groups(ui, file, fd, s);
     labelled.or(action)
 }
 
@@ -1711,16 +1711,14 @@ fn top_examples(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &mu
     }
 }
 
-/// The top example the DFA panel shows: the selected one, else the first.
+/// The example the DFA panel shows: the selected one (a top example or an interval
+/// group's), else the first top example.
 fn dfa_example(fd: &FeatureData, s: &FeaturesState) -> Option<usize> {
-    let ok = |i: usize| {
-        fd.examples
-            .get(i)
-            .is_some_and(|e| e.group == ExampleGroup::Top && !e.dfa.is_empty())
-    };
+    let has_dfa = |i: usize| fd.examples.get(i).is_some_and(|e| !e.dfa.is_empty());
+    let top = |i: usize| has_dfa(i) && fd.examples[i].group == ExampleGroup::Top;
     s.example
-        .filter(|&i| ok(i))
-        .or_else(|| (0..fd.examples.len()).find(|&i| ok(i)))
+        .filter(|&i| has_dfa(i))
+        .or_else(|| (0..fd.examples.len()).find(|&i| top(i)))
 }
 
 /// The first position with the largest attribution, and that value.
@@ -1760,8 +1758,12 @@ fn dfa_panel(
         .map_or(&[][..], Vec::as_slice);
     let token = |p: usize| window.get(p).map_or_else(String::new, |&id| file.token(id));
     let target = format!("{:?}", token(e.target as usize));
+    let group = match e.group {
+        ExampleGroup::Top => String::new(),
+        ExampleGroup::Interval(i) => format!("interval {i} example · "),
+    };
     ui.label(format!(
-        "target position {} ({}) · activation {:.3}",
+        "{group}target position {} ({}) · activation {:.3}",
         e.target,
         drawable(ui, &TextStyle::Body, &target),
         e.activation
@@ -1831,7 +1833,12 @@ pub(crate) fn dfa_row(
         .on_hover_text("plus the encoder bias, this is the pre-activation at the target");
 }
 
-fn interval_groups(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, crop: usize) {
+fn interval_groups(
+    ui: &mut Ui,
+    file: &OwnedDashboardFile,
+    fd: &FeatureData,
+    s: &mut FeaturesState,
+) {
     let n = fd.interval_counts.len();
     if n == 0 {
         return;
@@ -1848,13 +1855,25 @@ fn interval_groups(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, cro
             .id_salt(("interval", i))
             .show(ui, |ui| {
                 let mut any = false;
-                for e in fd
-                    .examples
-                    .iter()
-                    .filter(|e| e.group == ExampleGroup::Interval(i as u8))
+                let shown = dfa_example(fd, s);
+                for (j, e) in (fd.examples.iter().enumerate())
+                    .filter(|(_, e)| e.group == ExampleGroup::Interval(i as u8))
                 {
                     any = true;
-                    ui.horizontal_wrapped(|ui| token_row(ui, file, e, crop, fd.max_activation));
+                    ui.horizontal_wrapped(|ui| {
+                        // Files from before interval examples had DFA have none to show.
+                        if !e.dfa.is_empty()
+                            && ui
+                                .selectable_label(shown == Some(j), "DFA")
+                                .on_hover_text(
+                                    "show this example's direct feature attribution above",
+                                )
+                                .clicked()
+                        {
+                            s.example = Some(j);
+                        }
+                        token_row(ui, file, e, s.crop, fd.max_activation);
+                    });
                 }
                 if !any {
                     ui.label(RichText::new("no examples").weak());

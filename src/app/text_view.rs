@@ -360,10 +360,18 @@ fn effect_panel(
     effect: Option<&AskedEffect>,
 ) -> bool {
     ui.label(RichText::new("Effect on the predictions").strong());
+    // A dense SAE's feature writes every head's part of hook_z.
+    let out_of = match a.dense_heads {
+        Some(_) => "hook_z",
+        None => "its head's hook_z",
+    };
+    let hint = format!(
+        "runs the model again with this feature taken out of {out_of} wherever it fires in \
+         the text"
+    );
     let labels = (
         "Remove it and run again",
-        "runs the model again with this feature taken out of hook_z (its head's, or every \
-         head's for a dense SAE) wherever it fires in the text",
+        hint.as_str(),
         "running the model without it…",
     );
     let state: Option<&EffectState> = effect.map(|e| &e.state);

@@ -59,6 +59,9 @@ pub struct BuildOptions {
     /// Estimate each feature's effect on the loss over the first windows holding this many
     /// tokens (`live::rank_features_over`; one backward pass a window); 0: not at all.
     pub effect_tokens: usize,
+    /// Give the interval groups' examples their DFA too (pass 3: their windows run through
+    /// the model again); the top examples always have it.
+    pub interval_dfa: bool,
 }
 
 impl Default for BuildOptions {
@@ -74,6 +77,7 @@ impl Default for BuildOptions {
             windows_per_forward: 8,
             scratch_dir: std::env::temp_dir(),
             effect_tokens: super::DEFAULT_EFFECT_TOKENS,
+            interval_dfa: false,
         }
     }
 }
@@ -102,7 +106,7 @@ pub struct BuildInputs<'a> {
 /// Progress of a build: `(phase, done, total)`.
 pub type Progress<'p> = &'p mut dyn FnMut(&str, usize, usize);
 
-use super::dfa::dfa_from_products;
+use super::dfa::{dfa_by_source, dfa_from_products};
 use super::sources;
 
 /// The seeded hash key of an active (token, feature): interval groups keep the smallest.
@@ -508,6 +512,89 @@ impl HeadPass1 {
             entry.activations = by_feature[range].to_vec();
         }
     }
+}
+
+/// Pass 3: gives every interval-group example its DFA by source position, as the top
+/// examples have it ([`HeadPass1::fill_window`]: `A[target, s] * scale * (v_s . W_enc[:,
+/// f])`, summed over a dense block's heads). Interval examples are drawn after the scan (the
+/// bins are fractions of each feature's maximum), so the windows that hold one run through
+/// the model again, `windows_per_forward` at a time, for the layer's pattern and values
+/// alone.
+fn add_interval_dfa(
+    head_data: &mut [HeadData],
+    inputs: &BuildInputs,
+    dims: &Dims,
+    w_enc: &[f32],
+    opts: &BuildOptions,
+    progress: Progress,
+) -> anyhow::Result<()> {
+    let Dims { h, d, m, t, .. } = *dims;
+    let r = dims.per_block;
+    let (dm, hm) = (d / r, h * r);
+    // Window -> its interval examples, `(head, feature, index among the feature's)`.
+    let mut jobs: BTreeMap<u32, Vec<(usize, usize, usize)>> = BTreeMap::new();
+    for (head, data) in head_data.iter().enumerate() {
+        for (f, feature) in data.features.iter().enumerate() {
+            for (i, e) in feature.examples.iter().enumerate() {
+                if matches!(e.group, ExampleGroup::Interval(_)) {
+                    jobs.entry(e.window).or_default().push((head, f, i));
+                }
+            }
+        }
+    }
+    let windows: Vec<u32> = jobs.keys().copied().collect();
+    let model = &inputs.loaded.transformer;
+    let layer = inputs.layer;
+    let scale = &inputs.sae.input_scale;
+    let per = opts.windows_per_forward.max(1);
+    const STAGE: &str = "attribution of the interval groups";
+    for (c, batch) in windows.chunks(per).enumerate() {
+        progress(STAGE, c * per, windows.len());
+        let tokens: Vec<Vec<u32>> = (batch.iter())
+            .map(|&w| inputs.windows[w as usize].clone())
+            .collect();
+        let hooks = HookRequest {
+            pattern: vec![layer],
+            values: vec![layer],
+            z_convention: inputs.z_convention,
+            ..Default::default()
+        };
+        let mut cache = model.run(model.tokens(&tokens)?, &hooks, None)?;
+        // [b, H, t, t] and [b, t, H, d_head].
+        let pattern = host_vec(cache.pattern.remove(&layer).context("no pattern")?)?;
+        let values = host_vec(cache.values.remove(&layer).context("no values")?)?;
+        let work: Vec<(usize, usize, usize, usize)> = (batch.iter().enumerate())
+            .flat_map(|(b, w)| jobs[w].iter().map(move |&(head, f, i)| (b, head, f, i)))
+            .collect();
+        let data: &[HeadData] = head_data;
+        let dfas: Vec<Vec<f32>> = work
+            .par_iter()
+            .map(|&(b, head, f, i)| {
+                let target = data[head].features[f].examples[i].target as usize;
+                let mut dfa = vec![0f32; target + 1];
+                for g in 0..r {
+                    let mh = head * r + g;
+                    let enc_col: Vec<f32> = (0..dm)
+                        .map(|k| w_enc[(head * d + g * dm + k) * m + f])
+                        .collect();
+                    let part = dfa_by_source(
+                        &pattern[((b * hm + mh) * t + target) * t..][..t],
+                        |s| &values[((b * t + s) * hm + mh) * dm..][..dm],
+                        &enc_col,
+                        scale[head],
+                        target,
+                    );
+                    dfa.iter_mut().zip(part).for_each(|(a, v)| *a += v);
+                }
+                dfa
+            })
+            .collect();
+        for (&(_, head, f, i), dfa) in work.iter().zip(dfas) {
+            head_data[head].features[f].examples[i].dfa = dfa;
+        }
+    }
+    progress(STAGE, windows.len(), windows.len());
+    Ok(())
 }
 
 /// Per-head results of pass 2.
@@ -1027,6 +1114,9 @@ pub fn build(
             });
         }
         progress("logit effects", h, h);
+        if opts.interval_dfa {
+            add_interval_dfa(&mut head_data, inputs, &dims, &w_enc, opts, progress)?;
+        }
 
         // Keep the windows examples use, renumbered, and the strings of every token used.
         let remap: BTreeMap<u32, u32> = used_windows

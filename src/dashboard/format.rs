@@ -28,7 +28,8 @@
 //! feature's activations along a window, sparse, stored once per (feature, window) and
 //! shared by the examples from that window: `row_offsets [R + 1]`, `row_positions`,
 //! `row_values`; DFA by source position `0..=target`
-//! (top examples only): `dfa_offsets [E + 1]`, `dfa_values`; when the meta records
+//! (every example; none for interval-group examples in files written before they had it):
+//! `dfa_offsets [E + 1]`, `dfa_values`; when the meta records
 //! [`Effects`], `effect [m]`: each feature's estimated effect on the loss (see
 //! [`FeatureData::effect`]); when the meta says [`DashboardMeta::decoder`], `decoder [m,
 //! d_head]`: the SAE's decoder rows as the SAELens export folds them (each feature's unit
@@ -265,7 +266,8 @@ pub struct Example {
     pub activation: f32,
     /// The feature's nonzero activations along the window, `(position, value)` by position.
     pub activations: Vec<(u16, f32)>,
-    /// DFA by source position `0..=target` (top examples), empty otherwise.
+    /// DFA by source position `0..=target`; empty for an interval-group example of a file
+    /// written before those had it.
     pub dfa: Vec<f32>,
 }
 
@@ -1199,11 +1201,12 @@ impl<'a> Checked<'a, '_> {
             }
             let activations = rows[row].clone();
             let d = dof[i] as usize..dof[i + 1] as usize;
-            let want = match group {
-                ExampleGroup::Top => target as usize + 1,
-                ExampleGroup::Interval(_) => 0,
+            // Interval examples have DFA since pass 3 was added; files from before have none.
+            let fits = match group {
+                ExampleGroup::Top => d.len() == target as usize + 1,
+                ExampleGroup::Interval(_) => d.is_empty() || d.len() == target as usize + 1,
             };
-            if d.len() != want {
+            if !fits {
                 return Err(bad(
                     &p("dfa_offsets"),
                     format!("example {i}: {} DFA values for target {target}", d.len()),
