@@ -363,15 +363,20 @@ fn an_interval_examples_dfa_button_shows_its_attribution() {
     let ExampleGroup::Interval(bin) = e.group else {
         unreachable!()
     };
-    let d = LoadedDashboard::new("dashboard.safetensors".into(), bytes).unwrap();
-    let mut h = harness_on(d, FeaturesState::default(), Vec::new());
-    open_head_2(&mut h);
-    h.state_mut().1.feature = Some(f);
-    h.run_steps(2);
-    h.get_by_label_contains(&format!("Interval {bin}: "))
-        .click_accesskit();
-    // Until the group has opened (it animates).
-    h.run();
+    // The Features view on `bytes` at head 2's feature f, the example's group opened.
+    let opened = |bytes: Vec<u8>| {
+        let d = LoadedDashboard::new("dashboard.safetensors".into(), bytes).unwrap();
+        let mut h = harness_on(d, FeaturesState::default(), Vec::new());
+        open_head_2(&mut h);
+        h.state_mut().1.feature = Some(f);
+        h.run_steps(2);
+        h.get_by_label_contains(&format!("Interval {bin}: "))
+            .click_accesskit();
+        // Until the group has opened (it animates).
+        h.run();
+        h
+    };
+    let mut h = opened(bytes);
     // The group's examples in file order: this one is the last of its group.
     let in_group = (head2.features[f].examples.iter())
         .filter(|x| x.group == e.group)
@@ -402,14 +407,7 @@ fn an_interval_examples_dfa_button_shows_its_attribution() {
     let sum: f32 = e.dfa.iter().sum();
     h.get_by_label(&format!("sum of DFA {sum:.3}"));
     // Built without it: the same examples, no DFA on the interval ones.
-    let d = LoadedDashboard::new("dashboard.safetensors".into(), plain).unwrap();
-    let mut h = harness_on(d, FeaturesState::default(), Vec::new());
-    open_head_2(&mut h);
-    h.state_mut().1.feature = Some(f);
-    h.run_steps(2);
-    h.get_by_label_contains(&format!("Interval {bin}: "))
-        .click_accesskit();
-    h.run();
+    let h = opened(plain);
     assert_eq!(h.query_all_by_label("DFA").count(), tops);
     assert!(
         h.query_by_label_contains(&format!("{:.3}", e.activation))
