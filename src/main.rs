@@ -1982,7 +1982,8 @@ fn rank_command(
         windows.len()
     );
     let per_k = |x: f32| x as f64 * 1000.0 / n_tokens as f64;
-    let dense = sae.config.n_heads == 1 && loaded.transformer.config.n_heads > 1;
+    let mc = &loaded.transformer.config;
+    let dense = sae.config.is_dense_over(mc.n_heads, mc.d_head);
     if !dense {
         let heads: Vec<String> = (ranking.by_head(sae.config.n_heads).iter().enumerate())
             .map(|(h, x)| format!("h{h} {x:+.2} ({:+.3})", per_k(*x)))
@@ -2466,7 +2467,7 @@ fn steer_command(
     let (live, file) = live_of(run, choice)?;
     let lm = &live.loaded.transformer.config;
     live.sae.check_fits(&lm.name, lm.n_heads, lm.d_head)?;
-    let dense = live.sae.config.n_heads == 1 && lm.n_heads > 1;
+    let dense = live.sae.config.is_dense_over(lm.n_heads, lm.d_head);
     let mut steered = Vec::with_capacity(features.len());
     let mut said = Vec::with_capacity(features.len());
     for (i, &(head, feature)) in features.iter().enumerate() {

@@ -109,13 +109,14 @@ impl ComparedSae {
         let decoder = (0..file.n_heads())
             .map(|h| file.decoder(h))
             .collect::<Result<Option<Vec<_>>, _>>()?;
+        use crate::dashboard::format::row_norm;
         let d = file.meta.sae.d_head.max(1);
         Ok(decoder.map(|decoder| Self {
             model: crate::dashboard::format::published_name(&file.meta.model.name),
             hook_layer: file.meta.hook_layer,
             d_head: file.meta.sae.d_head,
             norms: (decoder.iter())
-                .map(|rows| rows.chunks_exact(d).map(|r| norm(r) as f32).collect())
+                .map(|rows| rows.chunks_exact(d).map(|r| row_norm(r) as f32).collect())
                 .collect(),
             decoder,
             labels: crate::dashboard::labels::Labels::new(&file.meta),
@@ -136,14 +137,15 @@ impl ComparedSae {
         row: &[f32],
         n: usize,
     ) -> Option<Vec<((usize, usize), f32)>> {
+        use crate::dashboard::format::{cosine_over, row_norm};
         let same_layer = self.model == crate::dashboard::format::published_name(&meta.model.name)
             && self.hook_layer == meta.hook_layer;
         let (ours, theirs) = (
             (meta.sae.n_heads, meta.sae.d_head),
             (self.decoder.len(), self.d_head),
         );
-        let dense_over = |(blocks, d): (usize, usize), (heads, d_head): (usize, usize)| {
-            blocks == 1 && heads > 1 && d == heads * d_head
+        let dense_over = |(blocks, width): (usize, usize), (heads, d_head): (usize, usize)| {
+            crate::dashboard::format::dense_over(blocks, width, heads, d_head)
         };
         if !same_layer || row.len() != ours.1 {
             return None;
@@ -154,22 +156,22 @@ impl ComparedSae {
             return Some(found.into_iter().map(|(f, c)| ((head, f), c)).collect());
         } else if dense_over(ours, theirs) {
             // Our dense row against each head's rows, over that head's part of it.
-            let (d, row_norm) = (theirs.1, norm(row));
+            let (d, nx) = (theirs.1, row_norm(row));
             (self.decoder.iter().zip(&self.norms).enumerate())
                 .flat_map(|(h, (rows, norms))| {
                     let part = &row[h * d..(h + 1) * d];
                     (rows.chunks_exact(d).zip(norms).enumerate())
-                        .map(move |(f, (y, &ny))| ((h, f), cosine(part, y, row_norm * ny as f64)))
+                        .map(move |(f, (y, &ny))| ((h, f), cosine_over(part, y, nx * ny as f64)))
                 })
                 .collect()
         } else if dense_over(theirs, ours) {
             // Our head's row against each dense row's part for that head.
-            let (d, row_norm) = (ours.1, norm(row));
+            let (d, nx) = (ours.1, row_norm(row));
             let (rows, norms) = (self.decoder.first()?, self.norms.first()?);
             (rows.chunks_exact(theirs.1).zip(norms).enumerate())
                 .map(|(f, (y, &ny))| {
                     let part = &y[head * d..(head + 1) * d];
-                    ((0, f), cosine(row, part, row_norm * ny as f64))
+                    ((0, f), cosine_over(row, part, nx * ny as f64))
                 })
                 .collect()
         } else {
@@ -178,21 +180,6 @@ impl ComparedSae {
         cos.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         cos.truncate(n);
         Some(cos)
-    }
-}
-
-/// The Euclidean norm of `v`, in f64.
-fn norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt()
-}
-
-/// `x . y` over `norms` (the product of the two full rows' norms; 0 when that is 0).
-fn cosine(x: &[f32], y: &[f32], norms: f64) -> f32 {
-    let dot: f64 = x.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum();
-    if norms > 0.0 {
-        (dot / norms) as f32
-    } else {
-        0.0
     }
 }
 

@@ -106,7 +106,7 @@ pub struct BuildInputs<'a> {
 /// Progress of a build: `(phase, done, total)`.
 pub type Progress<'p> = &'p mut dyn FnMut(&str, usize, usize);
 
-use super::dfa::{dfa_by_source, dfa_from_products};
+use super::dfa::{dfa_by_head, dfa_from_products, sum_parts};
 use super::sources;
 
 /// The seeded hash key of an active (token, feature): interval groups keep the smallest.
@@ -571,22 +571,16 @@ fn add_interval_dfa(
             .par_iter()
             .map(|&(b, head, f, i)| {
                 let target = data[head].features[f].examples[i].target as usize;
-                let mut dfa = vec![0f32; target + 1];
-                for g in 0..r {
-                    let mh = head * r + g;
-                    let enc_col: Vec<f32> = (0..dm)
-                        .map(|k| w_enc[(head * d + g * dm + k) * m + f])
-                        .collect();
-                    let part = dfa_by_source(
-                        &pattern[((b * hm + mh) * t + target) * t..][..t],
-                        |s| &values[((b * t + s) * hm + mh) * dm..][..dm],
-                        &enc_col,
-                        scale[head],
-                        target,
-                    );
-                    dfa.iter_mut().zip(part).for_each(|(a, v)| *a += v);
-                }
-                dfa
+                let parts = dfa_by_head(
+                    w_enc,
+                    (head, f, m),
+                    (r, dm),
+                    |mh| &pattern[((b * hm + mh) * t + target) * t..][..t],
+                    |mh, s| &values[((b * t + s) * hm + mh) * dm..][..dm],
+                    scale[head],
+                    target,
+                );
+                sum_parts(&parts, target + 1)
             })
             .collect();
         for (&(_, head, f, i), dfa) in work.iter().zip(dfas) {

@@ -33,3 +33,39 @@ pub fn dfa_from_products(
         .map(|s| pattern_row[s] * scale * u(s))
         .collect()
 }
+
+/// DFA of `feature` of SAE block `block` at `target` by source position `0..=target`, one
+/// per model head of the block (`heads` of them, `d_head` wide each: one head for a
+/// block-diagonal SAE, all of them for a dense one), each from that head's rows of the
+/// feature's encoder column (`w_enc` is `[blocks, heads d_head, m]`), its pattern row at
+/// the target (`pattern_row(model_head)`) and its value vectors (`value(model_head, s)`).
+/// Their sum ([`sum_parts`]) is the block's DFA.
+pub fn dfa_by_head<'v>(
+    w_enc: &[f32],
+    (block, feature, m): (usize, usize, usize),
+    (heads, d_head): (usize, usize),
+    pattern_row: impl Fn(usize) -> &'v [f32],
+    value: impl Fn(usize, usize) -> &'v [f32],
+    scale: f32,
+    target: usize,
+) -> Vec<Vec<f32>> {
+    let width = heads * d_head;
+    (0..heads)
+        .map(|g| {
+            let mh = block * heads + g;
+            let enc_col: Vec<f32> = (0..d_head)
+                .map(|k| w_enc[(block * width + g * d_head + k) * m + feature])
+                .collect();
+            dfa_by_source(pattern_row(mh), |s| value(mh, s), &enc_col, scale, target)
+        })
+        .collect()
+}
+
+/// The element-wise sum of `parts`, each of length `n`.
+pub fn sum_parts(parts: &[Vec<f32>], n: usize) -> Vec<f32> {
+    let mut sum = vec![0f32; n];
+    for part in parts {
+        sum.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    sum
+}

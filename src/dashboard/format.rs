@@ -382,6 +382,28 @@ pub fn dfa_by_head_text(by_head: &[f32], shown: usize) -> String {
     }
 }
 
+/// Whether an SAE of `blocks` blocks of `width` is one dense block over the hook_z of
+/// `n_heads` (more than one) heads of `d_head`, side by side.
+pub fn dense_over(blocks: usize, width: usize, n_heads: usize, d_head: usize) -> bool {
+    blocks == 1 && n_heads > 1 && width == n_heads * d_head
+}
+
+/// The Euclidean norm of `v`, in f64.
+pub fn row_norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt()
+}
+
+/// `x . y` (in f64) over `norms`, the product of the two rows' norms: their cosine when
+/// `x` and `y` are the whole rows, or a part's share of it; 0 when `norms` is 0.
+pub fn cosine_over(x: &[f32], y: &[f32], norms: f64) -> f32 {
+    let dot: f64 = x.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum();
+    if norms > 0.0 {
+        (dot / norms) as f32
+    } else {
+        0.0
+    }
+}
+
 /// The `n` rows of `rows` (`[m, row.len()]`, flat) whose directions are closest to `row`
 /// by cosine similarity (in f64), closest first, the lower index first on a tie; `skip`
 /// is left out. A zero row has cosine 0.
@@ -390,17 +412,12 @@ pub fn closest_rows(row: &[f32], rows: &[f32], skip: Option<usize>, n: usize) ->
     if d == 0 || !rows.len().is_multiple_of(d) {
         return Vec::new();
     }
-    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-    let nx = norm(row);
+    let nx = row_norm(row);
     let mut cos: Vec<(usize, f32)> = rows
         .chunks_exact(d)
         .enumerate()
         .filter(|&(f, _)| Some(f) != skip)
-        .map(|(f, y)| {
-            let dot: f64 = row.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let n = nx * norm(y);
-            (f, if n > 0.0 { (dot / n) as f32 } else { 0.0 })
-        })
+        .map(|(f, y)| (f, cosine_over(row, y, nx * row_norm(y))))
         .collect();
     cos.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     cos.truncate(n);
@@ -428,8 +445,7 @@ impl DashboardMeta {
     /// hook_z side by side); none for a block-diagonal SAE (one block per head).
     pub fn dense_heads(&self) -> Option<usize> {
         let (sae, model) = (&self.sae, &self.model);
-        (sae.n_heads == 1 && model.n_heads > 1 && sae.d_head == model.n_heads * model.d_head)
-            .then_some(model.n_heads)
+        dense_over(sae.n_heads, sae.d_head, model.n_heads, model.d_head).then_some(model.n_heads)
     }
 
     /// The SAE's shape in words: `9 heads x 512 features`, or `one dense block over 9

@@ -8,7 +8,7 @@ use anyhow::Context;
 use burn::prelude::*;
 
 use super::{Analysed, Attribution, AttributionState, LiveTokens};
-use crate::dashboard::dfa::dfa_by_source;
+use crate::dashboard::dfa::{dfa_by_head, sum_parts};
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
 use crate::sae::BlockDiagSae;
 
@@ -181,7 +181,7 @@ impl LiveAnalysis {
     /// column, its pattern and its values), so the sum plus `b_enc` is still the
     /// pre-activation.
     pub fn dfa(&self, head: usize, feature: usize, target: usize) -> Vec<f32> {
-        summed(&self.dfa_parts(head, feature, target), target + 1)
+        sum_parts(&self.dfa_parts(head, feature, target), target + 1)
     }
 
     /// [`Self::dfa`] before the sum over the model heads of the block: one DFA by source
@@ -189,21 +189,15 @@ impl LiveAnalysis {
     fn dfa_parts(&self, head: usize, feature: usize, target: usize) -> Vec<Vec<f32>> {
         let (t, r, m) = (self.len(), self.per_block, self.tokens.features_per_head);
         let (d, hm) = (self.d_head / r, self.tokens.n_heads * r);
-        (0..r)
-            .map(|g| {
-                let mh = head * r + g;
-                let enc_col: Vec<f32> = (0..d)
-                    .map(|k| self.w_enc[(head * self.d_head + g * d + k) * m + feature])
-                    .collect();
-                dfa_by_source(
-                    &self.pattern[(mh * t + target) * t..][..t],
-                    |s| &self.values[(s * hm + mh) * d..][..d],
-                    &enc_col,
-                    self.input_scale[head],
-                    target,
-                )
-            })
-            .collect()
+        dfa_by_head(
+            &self.w_enc,
+            (head, feature, m),
+            (r, d),
+            |mh| &self.pattern[(mh * t + target) * t..][..t],
+            |mh, s| &self.values[(s * hm + mh) * d..][..d],
+            self.input_scale[head],
+            target,
+        )
     }
 
     /// The pre-activation of `feature` of `head` at `position`.
@@ -216,7 +210,7 @@ impl LiveAnalysis {
     pub fn attribution(&self, head: usize, feature: usize, position: usize) -> Attribution {
         let parts = self.dfa_parts(head, feature, position);
         Attribution {
-            dfa: summed(&parts, position + 1),
+            dfa: sum_parts(&parts, position + 1),
             pre: self.pre_activation(head, feature, position),
             by_head: match self.per_block {
                 1 => Vec::new(),
@@ -224,15 +218,6 @@ impl LiveAnalysis {
             },
         }
     }
-}
-
-/// The element-wise sum of `parts`, each of length `n`.
-fn summed(parts: &[Vec<f32>], n: usize) -> Vec<f32> {
-    let mut sum = vec![0f32; n];
-    for part in parts {
-        sum.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-    }
-    sum
 }
 
 impl Analysed for LiveAnalysis {

@@ -1,7 +1,8 @@
 //! [`FeatureEffect`]s: the model run on a text twice, clean and with one feature removed
 //! from its block of `hook_z` (its head's, or every head's for a dense SAE; through the
-//! forward's splice), and the next-token distributions compared. Both passes are queued before anything is read back; the
-//! browser awaits the read-backs and the desktop blocks on the same code.
+//! forward's splice), and the next-token distributions compared. Both passes are queued
+//! before anything is read back; the browser awaits the read-backs and the desktop blocks
+//! on the same code.
 
 use anyhow::Context;
 use burn::prelude::*;

@@ -2,8 +2,8 @@
 //! feature at once from one forward and one backward pass (attribution patching): removing
 //! a feature changes its block's `hook_z` (its head's, or every head's for a dense SAE) by
 //! `-a_f(t) W_dec[f] / input_scale` at each position `t`, so to first order the text's
-//! total next-token loss changes by `sum_t -a_f(t) (W_dec[f] / input_scale) . dL/dz(t)`. [`super::feature_effect`] gives the
-//! exact change for one feature.
+//! total next-token loss changes by `sum_t -a_f(t) (W_dec[f] / input_scale) . dL/dz(t)`.
+//! [`super::feature_effect`] gives the exact change for one feature.
 
 use std::cell::RefCell;
 

@@ -2,8 +2,8 @@
 //! and row 1 steered: each feature's decoder row (in hook_z's units) added to its block of
 //! `hook_z` (its head's, or every head's for a dense SAE) times a strength, or (clamped)
 //! times the strength less the feature's own activation there, which holds the activation
-//! at the strength; at every position after BOS, or from the first new token's on. Keys and values are cached ([`KvCache`]), so each
-//! new token is one position's forward. Each step's logits are read back and the next
+//! at the strength; at every position after BOS, or from the first new token's on. Keys
+//! and values are cached ([`KvCache`]), so each new token is one position's forward. Each step's logits are read back and the next
 //! tokens chosen on the host ([`choose`]), awaited (the desktop blocks on the same steps).
 //! Each continuation stops at the model's end-of-text token (it ends with it), the
 //! generation when both have.

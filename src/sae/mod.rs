@@ -66,7 +66,7 @@ impl SaeConfig {
     /// Whether this is one dense block over the hook_z of `n_heads` (more than one) heads
     /// of `d_head`, side by side.
     pub fn is_dense_over(&self, n_heads: usize, d_head: usize) -> bool {
-        self.n_heads == 1 && n_heads > 1 && self.d_head == n_heads * d_head
+        crate::dashboard::format::dense_over(self.n_heads, self.d_head, n_heads, d_head)
     }
 
     pub fn d_in(&self) -> usize {
