@@ -2603,6 +2603,11 @@ fn text_command(
             t.n_heads,
             t.features_per_head
         );
+        anyhow::ensure!(
+            !t.skipped(p),
+            "--pick {p},{h},{f}: position {p} is {}",
+            attn_saes::live::BOS_SKIPPED
+        );
     }
     let effect = match effect {
         Some(hf) => Some(attn_saes::live::feature_effect_scaled(
@@ -2651,6 +2656,10 @@ fn text_command(
                 })
             })
             .collect();
+        if t.skipped(p) {
+            println!("{p:>4} {s:?}  {}", attn_saes::live::BOS_SKIPPED);
+            continue;
+        }
         println!("{p:>4} {s:?}  {}", on.join(" | "));
     }
     let labels = labels_beside(run);

@@ -80,6 +80,10 @@ pub struct Manifest {
     pub layer: usize,
     /// `TransformerLens` or `Raw`.
     pub z_convention: String,
+    /// Whether the SAE reads BOS positions (the dashboard counted them); absent in
+    /// manifests written before: the SAE's own record then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_bos: Option<bool>,
 }
 
 /// The model and SAE the dashboard with header `meta` was built from (the SAE of the run at
@@ -168,6 +172,7 @@ fn live_site_under(
         sae: listed("sae", &sae_files, &recorded.sae)?,
         layer: meta.hook_layer,
         z_convention: meta.z_convention.clone(),
+        keep_bos: Some(meta.settings.keep_bos),
     };
     Ok(LiveSite {
         files,

@@ -103,10 +103,12 @@ async fn pick_device(backend: &str) -> (Device, String) {
 /// `tokenizer.json`) and an SAE (`sae_config.json` + `sae.safetensors`) on WebGPU, or on the
 /// CPU if `backend` is `"cpu"` or WebGPU does not start. `layer` and `z_convention`
 /// (`"TransformerLens"` or `"Raw"`) default to what the SAE records; `name` names the model
-/// (default: the `.gguf`'s file name). With `keep_model`, the model loaded before stays (on
+/// (default: the `.gguf`'s file name); `keep_bos`, whether the SAE reads BOS positions,
+/// defaults to what the SAE records too. With `keep_model`, the model loaded before stays (on
 /// its device) and `model_files` are not read: the page asks so when they are the same
 /// files; an error when no model is loaded. Returns a description.
 #[wasm_bindgen]
+#[allow(clippy::too_many_arguments)] // the page's call, argument by argument
 pub async fn load(
     model_files: js_sys::Array,
     sae_files: js_sys::Array,
@@ -115,6 +117,7 @@ pub async fn load(
     z_convention: Option<String>,
     name: Option<String>,
     keep_model: Option<bool>,
+    keep_bos: Option<bool>,
 ) -> Result<String, JsValue> {
     let model_files = named_files(&model_files)?;
     let sae_files = named_files(&sae_files)?;
@@ -150,7 +153,8 @@ pub async fn load(
             Some(loaded) => loaded,
             None => crate::lm::load_from_path(model_dir, &name, &device)?,
         };
-        let sae = BlockDiagSae::load(sae_dir, &device)?;
+        let mut sae = BlockDiagSae::load(sae_dir, &device)?;
+        sae.reads_bos = keep_bos.unwrap_or(sae.reads_bos);
         let config = &loaded.transformer.config;
         sae.check_fits(&name, config.n_heads, config.d_head)?;
         let origin = BlockDiagSae::read_origin(sae_dir)?;

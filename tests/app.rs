@@ -579,10 +579,12 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
 
     let a = h.state().native.analysis.as_deref().unwrap();
     assert_eq!(a.ids, ids);
+    // The run trained without BOS, so the SAE is not applied there.
+    assert!(a.skips_bos);
     for head in 0..heads {
         for p in 0..t {
             let want: Vec<(u32, f64)> = (0..m)
-                .filter(|&f| feats[(head * t + p) * m + f] > 0.0)
+                .filter(|&f| p > 0 && feats[(head * t + p) * m + f] > 0.0)
                 .map(|f| (f as u32, feats[(head * t + p) * m + f]))
                 .collect();
             let mut got: Vec<(u32, f64)> = a.active[head][p]
@@ -1147,6 +1149,7 @@ fn three_tokens(
         features_per_head: features,
         active: vec![active],
         dense_heads,
+        skips_bos: false,
     }
 }
 
@@ -1955,4 +1958,33 @@ fn in_the_page_a_typed_label_is_kept_unsaved_until_saved() {
         "head 1 feature 2: \"typed in the page\" (Save labels downloads them)"
     ));
     assert!(!run.join("dashboard.labels.json").exists());
+}
+
+/// Your text on an SAE that does not read BOS: the BOS token says why it shows no
+/// features, where another token lists its heads.
+#[test]
+fn your_text_says_why_bos_shows_no_features() {
+    use attn_saes::app::text_view::TextState;
+    use attn_saes::live::{AttributionState, BOS_SKIPPED};
+    if !renderer_available() {
+        return;
+    }
+    let mut tokens = three_tokens(4, vec![vec![], vec![(2, 0.5)], vec![]], None);
+    tokens.skips_bos = true;
+    let later = Later {
+        tokens,
+        state: AttributionState::Computing.into(),
+    };
+    let state = TextState {
+        token: Some(0),
+        ..Default::default()
+    };
+    let mut h = text_harness(later, state);
+    h.run_steps(2);
+    h.get_by_label(BOS_SKIPPED);
+    assert!(h.query_by_label_contains("Head 0").is_none());
+    h.state_mut().1.token = Some(1);
+    h.run_steps(2);
+    h.get_by_label("Head 0 · 1 active");
+    assert!(h.query_by_label(BOS_SKIPPED).is_none());
 }

@@ -590,6 +590,7 @@ fn evaluate_refuses_saes_of_another_model_or_shape() {
             model: model.to_string(),
             hook_layer: 1,
             z_convention: Default::default(),
+            keep_bos: false,
         });
         let path = dir.join(name);
         sae.save_with_origin(&path, origin.as_ref()).unwrap();

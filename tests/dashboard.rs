@@ -1147,12 +1147,16 @@ fn neuronpedia_export_writes_the_saedashboard_batch_layout() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// A tiny model, the dashboard fixtures' SAE for it and the effect reference's tokens.
+/// A tiny model, the dashboard fixtures' SAE for it and the effect reference's tokens. The
+/// reference applies the SAE at every position, BOS too: an SAE that reads BOS.
 fn effect_fixture(r: &Reference, model: &str) -> (LoadedModel, BlockDiagSae, Vec<u32>) {
     let sae = BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), &Device::flex());
     (
         load(model),
-        sae.unwrap(),
+        BlockDiagSae {
+            reads_bos: true,
+            ..sae.unwrap()
+        },
         r.tokens(&format!("{model}.tokens")),
     )
 }
@@ -2385,6 +2389,31 @@ fn dashboard_effects_are_the_ranking_over_its_first_windows() {
     // Over all six windows the sums differ: the windows are the first ones asked for.
     let all = rank_features_over(&loaded, &sae, 1, conv, &windows, &mut |_, _| {}).unwrap();
     assert_ne!(all.features, ranking.features);
+    // The windows start with BOS: the SAE is applied there when the dashboards count BOS
+    // (`--keep-bos`), so the estimates are those of an SAE that reads BOS, and differ.
+    let with_bos = build_quiet(
+        &inputs(&loaded, &sae, windows.clone()),
+        &BuildOptions {
+            keep_bos: true,
+            ..opts.clone()
+        },
+    );
+    let reads = BlockDiagSae {
+        reads_bos: true,
+        ..sae.clone()
+    };
+    let ranking =
+        rank_features_over(&loaded, &reads, 1, conv, &windows[..3], &mut |_, _| {}).unwrap();
+    let mut want_bos = vec![vec![0.0f32; 6]; 4];
+    for f in &ranking.features {
+        want_bos[f.head][f.feature] = f.estimate;
+    }
+    for (h, head) in with_bos.heads.iter().enumerate() {
+        for (f, fd) in head.features.iter().enumerate() {
+            assert_eq!(fd.effect, Some(want_bos[h][f]), "BOS: head {h} feature {f}");
+        }
+    }
+    assert_ne!(want_bos, want);
 
     let none = build_quiet(
         &inputs(&loaded, &sae, windows),
@@ -2930,5 +2959,158 @@ fn effects_ranking_and_steering_of_a_dense_sae_are_the_per_head_ones() {
                 "{model} {i}: the steering changed nothing"
             );
         }
+    }
+}
+
+/// An SAE trained without BOS (the default) is not applied at BOS, where the run never
+/// read hook_z: Your text lists no features there and, elsewhere, what an SAE that reads BOS
+/// lists; removing a feature leaves BOS's hook_z alone (checked against the model run with
+/// the feature's part taken out of hook_z by hand at the other positions, and at every
+/// position for the SAE that reads BOS); the ranking counts no firing at BOS, and each
+/// feature's estimate loses only its BOS term. The feature removed fires at BOS, where
+/// taking it out changes the losses, so a mask that did nothing would fail. GPT-2 and Llama.
+#[test]
+fn an_sae_trained_without_bos_is_not_applied_at_bos() {
+    use attn_saes::live::{LiveAnalysis, feature_effect, rank_features, text_ids};
+    use attn_saes::lm::{HeadSelection, HookRequest, Splice, per_token_ce};
+    let text = "The cat sat on the mat. The cat sat on the mat again.";
+    let conv = ZConvention::TransformerLens;
+    for model in ["gpt2_tiny", "llama_tiny"] {
+        let loaded = load(model);
+        let skips = random_sae(&loaded, 8, 17);
+        assert!(!skips.reads_bos, "an SAE reads BOS only when told");
+        let reads = BlockDiagSae {
+            reads_bos: true,
+            ..skips.clone()
+        };
+        let (h, m) = (skips.config.n_heads, skips.config.features_per_head);
+        let d = skips.config.d_head;
+        let ids = text_ids(&loaded, text).unwrap();
+        assert_eq!(Some(ids[0]), loaded.transformer.config.bos_token_id);
+        let t = ids.len();
+
+        // Your text.
+        let a_skips = LiveAnalysis::run(&loaded, &skips, 1, conv, text).unwrap();
+        let a_reads = LiveAnalysis::run(&loaded, &reads, 1, conv, text).unwrap();
+        assert!(a_skips.skips_bos && a_skips.skipped(0) && !a_skips.skipped(1));
+        assert!(!a_reads.skips_bos && !a_reads.skipped(0));
+        for head in 0..h {
+            assert!(a_skips.active[head][0].is_empty(), "{model} head {head}");
+            assert_eq!(a_skips.active[head][1..], a_reads.active[head][1..]);
+        }
+        // The feature that fires most strongly at BOS.
+        let (head, feature, _) = (0..h)
+            .flat_map(|head| {
+                a_reads.active[head][0]
+                    .iter()
+                    .map(move |&(f, a)| (head, f, a))
+            })
+            .max_by(|x, y| x.2.total_cmp(&y.2))
+            .expect("some feature fires at BOS");
+        let feature = feature as usize;
+
+        // Removing it, against the model run with its part taken out by hand: at every
+        // position after BOS, and at BOS too for the SAE that reads it.
+        let skipped = feature_effect(&loaded, &skips, 1, conv, &ids, head, feature).unwrap();
+        let read = feature_effect(&loaded, &reads, 1, conv, &ids, head, feature).unwrap();
+        assert_eq!(skipped.activation[0], 0.0);
+        assert!(read.activation[0] > 0.0);
+        assert_eq!(skipped.activation[1..], read.activation[1..]);
+        let row: Vec<f64> = values(skips.w_dec.clone())[(head * m + feature) * d..][..d].to_vec();
+        let scale = skips.input_scale[head] as f64;
+        let model_ = &loaded.transformer;
+        let by_hand = |from: usize| -> Vec<f64> {
+            let mut part = vec![0f32; t * h * d];
+            for p in from..t {
+                for j in 0..d {
+                    part[(p * h + head) * d + j] =
+                        (read.activation[p] as f64 * row[j] / scale) as f32;
+                }
+            }
+            let part = Tensor::<4>::from_data(TensorData::new(part, [1, t, h, d]), model_.device());
+            let remove = move |z: Tensor<4>| z - part.clone();
+            let splice = Splice {
+                layer: 1,
+                heads: HeadSelection::All,
+                replace: &remove,
+            };
+            let raw = HookRequest {
+                logits: true,
+                z_convention: ZConvention::Raw,
+                ..Default::default()
+            };
+            let tokens = model_.tokens(std::slice::from_ref(&ids)).unwrap();
+            let logits = model_
+                .run(tokens.clone(), &raw, Some(&splice))
+                .unwrap()
+                .logits;
+            values(per_token_ce(logits.unwrap(), tokens))
+        };
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        let (after_bos, everywhere) = (by_hand(1), by_hand(0));
+        assert_close(
+            &format!("{model} skips BOS"),
+            &f64s(&skipped.ablated),
+            &after_bos,
+            1e-4,
+        );
+        assert_close(
+            &format!("{model} reads BOS"),
+            &f64s(&read.ablated),
+            &everywhere,
+            1e-4,
+        );
+        let apart = (after_bos.iter().zip(&everywhere))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            apart > 1e-3,
+            "{model}: removing at BOS changes little ({apart})"
+        );
+
+        // The ranking: no firing at BOS, and an estimate without its BOS term (the gradient
+        // is the clean run's either way, so a feature silent at BOS keeps its estimate).
+        let r_skips = rank_features(&loaded, &skips, 1, conv, &ids).unwrap();
+        let r_reads = rank_features(&loaded, &reads, 1, conv, &ids).unwrap();
+        let find = |r: &attn_saes::live::FeatureRanking, hf: (usize, usize)| {
+            (r.features.iter())
+                .find(|x| (x.head, x.feature) == hf)
+                .cloned()
+        };
+        let mut differ = 0;
+        for x in &r_reads.features {
+            let hf = (x.head, x.feature);
+            let at_bos = a_reads.active[x.head][0]
+                .iter()
+                .any(|&(f, _)| f as usize == x.feature);
+            let fires = a_skips.active[x.head][1..]
+                .iter()
+                .filter(|on| on.iter().any(|&(f, _)| f as usize == x.feature))
+                .count() as u32;
+            assert_eq!(x.fires, fires + u32::from(at_bos), "{model} {hf:?}");
+            match find(&r_skips, hf) {
+                None => assert_eq!(fires, 0, "{model} {hf:?} fires after BOS"),
+                Some(y) => {
+                    assert_eq!(y.fires, fires, "{model} {hf:?}");
+                    let same = (y.estimate - x.estimate).abs() <= 1e-6 + 1e-4 * x.estimate.abs();
+                    if !at_bos {
+                        assert!(same, "{model} {hf:?}: {} vs {}", y.estimate, x.estimate);
+                    } else if !same {
+                        differ += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(r_skips.features.len(), {
+            let mut n = 0;
+            for head in 0..h {
+                for f in 0..m {
+                    let on = |p: &Vec<(u32, f32)>| p.iter().any(|&(g, _)| g as usize == f);
+                    n += usize::from(a_skips.active[head][1..].iter().any(on));
+                }
+            }
+            n
+        });
+        assert!(differ > 0, "{model}: no estimate lost a BOS term");
     }
 }

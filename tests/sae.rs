@@ -423,6 +423,7 @@ fn block_diagonal_equals_dense_zero_padded_sae() {
         input_scale: vec![1.0],
         log_threshold: None,
         batch_threshold: None,
+        reads_bos: false,
     };
     let b = f.x.dims()[1];
     let x_dense =

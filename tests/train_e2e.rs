@@ -2151,3 +2151,87 @@ fn a_new_run_in_the_same_directory_replaces_the_previous_one() {
     assert!(err.contains(&said), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A run records in its SAE's origin whether it trained on BOS positions, and Your text
+/// follows the run: by default BOS shows no features (the line says why) and `--pick` there
+/// is refused; a run trained with `--keep-bos` shows features at BOS and picks there. The
+/// app's live model takes it from the run's config, or from the dashboard's header when
+/// opened on a dashboard file.
+#[test]
+fn your_text_reads_bos_only_when_the_run_trained_on_it() {
+    use attn_saes::app::jobs::{LiveSource, load_live};
+    use attn_saes::dashboard::format::Dashboard;
+    use attn_saes::device::DeviceChoice;
+    use attn_saes::live::BOS_SKIPPED;
+    let dir = temp_dir("bos");
+    for sub in ["without", "with"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let without = run_with_dashboard_of(config(&dir.join("without"), 10));
+    let with = run_with_dashboard_of(TrainConfig {
+        drop_bos: false,
+        ..config(&dir.join("with"), 10)
+    });
+    let text = |run: &Path, pick: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"));
+        cmd.args(["--device", "cpu", "text"])
+            .arg(run)
+            .arg("the cat sat")
+            .env("RUST_BACKTRACE", "0");
+        if let Some(p) = pick {
+            cmd.args(["--pick", p]);
+        }
+        let out = cmd.output().unwrap();
+        let said = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (out.status.success(), said(&out.stdout), said(&out.stderr))
+    };
+    for (run, keep) in [(&without, false), (&with, true)] {
+        let sae_dir = run.join("sae");
+        let origin = BlockDiagSae::read_origin(&sae_dir).unwrap().unwrap();
+        assert_eq!(origin.keep_bos, keep, "{run:?}");
+        assert_eq!(
+            BlockDiagSae::load(&sae_dir, &Device::flex())
+                .unwrap()
+                .reads_bos,
+            keep
+        );
+        let live = load_live(&LiveSource::Run(run.clone()), DeviceChoice::Cpu).unwrap();
+        assert_eq!(live.sae.reads_bos, keep, "{run:?}");
+        let a = live.analyse("the cat sat").unwrap();
+        assert_eq!(a.skips_bos, !keep);
+        let at_bos: usize = a.active.iter().map(|head| head[0].len()).sum();
+        assert_eq!(at_bos == 0, !keep, "{at_bos} features at BOS");
+        let (ok, stdout, stderr) = text(run, None);
+        assert!(ok, "{stderr}");
+        let first = stdout.lines().nth(1).unwrap();
+        assert!(first.starts_with("   0 \"<|endoftext|>\""), "{stdout}");
+        assert_eq!(first.ends_with(BOS_SKIPPED), !keep, "{first}");
+        assert_eq!(first.contains(" active)"), keep, "{first}");
+        // A feature firing at BOS in the run that reads it.
+        let (h, f) = (0..a.n_heads)
+            .find_map(|h| a.active[h][0].first().map(|&(f, _)| (h, f)))
+            .unwrap_or((0, 0));
+        let (ok, stdout, stderr) = text(run, Some(&format!("0,{h},{f}")));
+        if keep {
+            assert!(ok, "{stderr}");
+            assert!(stdout.contains(&format!("head {h} feature {f} at 0: activation ")));
+        } else {
+            assert!(!ok);
+            let want = format!("Error: --pick 0,{h},{f}: position 0 is {BOS_SKIPPED}\n");
+            assert!(stderr.ends_with(&want), "{stderr}");
+        }
+        // Opened on its dashboard file: what the file's header says.
+        let file = run.join("dashboard.safetensors");
+        let mut d = Dashboard::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(d.meta.settings.keep_bos, keep);
+        let source = LiveSource::of_dashboard(&d.meta, &file);
+        let live = load_live(&source, DeviceChoice::Cpu).unwrap();
+        assert_eq!(live.sae.reads_bos, keep);
+        // Dashboards built with --keep-bos on a run without: the file counts BOS, so the
+        // live model reads it.
+        d.meta.settings.keep_bos = true;
+        let source = LiveSource::of_dashboard(&d.meta, &file);
+        assert!(load_live(&source, DeviceChoice::Cpu).unwrap().sae.reads_bos);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -581,6 +581,7 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     }
     let manifest: attn_saes::serve::Manifest = serde_json::from_str(&manifest_text).unwrap();
     assert_eq!(manifest.model_name, "gpt2_tiny");
+    assert_eq!(manifest.keep_bos, Some(meta.settings.keep_bos));
     let built_from = meta.built_from.clone().unwrap();
     for (listed, recorded) in [
         (&manifest.model, &built_from.model),

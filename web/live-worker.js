@@ -141,7 +141,7 @@ const ops = {
   // Gets the model's and SAE's files, checks them, and loads them on the backend chosen;
   // the model loaded already when it is the same files (a compared run's SAE on the same
   // model: the page follows the dashboard open).
-  async load({ model, sae, layer, zConvention, name, builtFrom, asked }) {
+  async load({ model, sae, layer, zConvention, name, keepBos, builtFrom, asked }) {
     await bundle;
     const named = model.every((f) => f.sha256 && !f.file);
     const key = named ? JSON.stringify([model.map((f) => [f.name, f.sha256]), asked, name]) : null;
@@ -160,11 +160,12 @@ const ops = {
     loadedModel = null;
     let description;
     try {
-      description = await lm.load(m.files, s.files, which, layer, zConvention, name, keep);
+      description =
+        await lm.load(m.files, s.files, which, layer, zConvention, name, keep, keepBos);
     } catch (e) {
       if (!keep) throw e;
       // The model could not be kept: loaded again with the SAE.
-      return ops.load({ model, sae, layer, zConvention, name, builtFrom, asked });
+      return ops.load({ model, sae, layer, zConvention, name, keepBos, builtFrom, asked });
     }
     loadedModel = key;
     loadedNotice = notice;

@@ -90,12 +90,13 @@ function baseName(path) {
 // Has the worker get (download, take from the cache, or read the picked File of) the
 // model's and SAE's files, `{name, url, sha256?, size?}` or `{name, file}` each, check them
 // and load them.
-async function start(model, sae, layer, zConvention, name) {
+async function start(model, sae, layer, zConvention, name, keepBos) {
   ready = false;
   try {
     const builtFrom = window.attnSaes && window.attnSaes.built_from ? window.attnSaes.built_from() : '';
     const asked = new URLSearchParams(location.search).get('backend');
-    const loaded = await ask('load', { model, sae, layer, zConvention, name, builtFrom, asked });
+    const loaded =
+      await ask('load', { model, sae, layer, zConvention, name, keepBos, builtFrom, asked });
     Object.assign(api, {
       backend: loaded.backend,
       fromCache: loaded.fromCache,
@@ -142,7 +143,7 @@ async function startManifest({ url, manifest }) {
   loading = true;
   try {
     await start(at(manifest.model), at(manifest.sae), manifest.layer, manifest.z_convention,
-                baseName(manifest.model_name));
+                baseName(manifest.model_name), manifest.keep_bos);
   } finally {
     loading = false;
   }

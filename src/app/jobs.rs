@@ -293,6 +293,8 @@ pub enum LiveSource {
         sae_dir: PathBuf,
         layer: usize,
         z_convention: crate::lm::ZConvention,
+        /// Whether the SAE reads BOS positions (the dashboard counted them).
+        keep_bos: bool,
     },
 }
 
@@ -309,6 +311,7 @@ impl LiveSource {
             sae_dir: meta.sae_dir(file),
             layer: meta.hook_layer,
             z_convention,
+            keep_bos: meta.settings.keep_bos,
         }
     }
 }
@@ -443,24 +446,26 @@ fn load_live_keeping(
     device: DeviceChoice,
     before: Option<LiveModel>,
 ) -> anyhow::Result<LiveModel> {
-    let (model, sae_dir, config, layer, z_convention) = match source {
+    let (model, sae_dir, config, layer, (z_convention, keep_bos)) = match source {
         LiveSource::Run(run_dir) => {
             let (ckpt, sae_dir) = train::checkpoint::run_sae(run_dir, None)?;
             let config = train::checkpoint::read_config(&ckpt)?;
             let (model, z) = (config.model.clone(), config.z_convention);
-            (model, sae_dir, Some(config), None, z)
+            let keep_bos = !config.drop_bos;
+            (model, sae_dir, Some(config), None, (z, keep_bos))
         }
         LiveSource::Recorded {
             model,
             sae_dir,
             layer,
             z_convention,
+            keep_bos,
         } => (
             model.clone(),
             sae_dir.clone(),
             None,
             Some(*layer),
-            *z_convention,
+            (*z_convention, *keep_bos),
         ),
     };
     anyhow::ensure!(
@@ -476,7 +481,10 @@ fn load_live_keeping(
             (loaded, selected.device, selected.description, false)
         }
     };
-    let sae = crate::sae::BlockDiagSae::load(&sae_dir, &on)?;
+    let sae = crate::sae::BlockDiagSae {
+        reads_bos: keep_bos,
+        ..crate::sae::BlockDiagSae::load(&sae_dir, &on)?
+    };
     let config_lm = &loaded.transformer.config;
     sae.check_fits(&config_lm.name, config_lm.n_heads, config_lm.d_head)?;
     let n_layers = config_lm.n_layers;

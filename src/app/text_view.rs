@@ -234,9 +234,11 @@ fn tokens_row(ui: &mut Ui, s: &mut TextState, a: &LiveTokens) {
             let button = egui::Button::new(RichText::new(&shown).monospace())
                 .fill(fill)
                 .selected(s.token == Some(p));
-            let mut response = ui
-                .add(button)
-                .on_hover_text(format!("position {p}: {} active features", counts[p]));
+            let hover = match a.skipped(p) {
+                true => format!("position {p}: {}", crate::live::BOS_SKIPPED),
+                false => format!("position {p}: {} active features", counts[p]),
+            };
+            let mut response = ui.add(button).on_hover_text(hover);
             if shown.trim().is_empty() {
                 response = response.accessible_name(format!("whitespace token at {p}"));
             }
@@ -263,6 +265,10 @@ fn token_features(
         ))
         .strong(),
     );
+    if a.skipped(p) {
+        ui.label(crate::live::BOS_SKIPPED);
+        return;
+    }
     for (head, per_position) in a.active.iter().enumerate() {
         let on = &per_position[p];
         ui.horizontal_wrapped(|ui| {

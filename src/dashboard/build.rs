@@ -1220,9 +1220,14 @@ fn add_effects(
 ) -> anyhow::Result<()> {
     let t = d.meta.context_size;
     let n = tokens.div_ceil(t.max(1)).min(d.windows.len());
+    // BOS positions count as the examples do.
+    let sae = crate::sae::BlockDiagSae {
+        reads_bos: d.meta.settings.keep_bos,
+        ..inputs.sae.clone()
+    };
     let ranking = crate::live::rank_features_over(
         inputs.loaded,
-        inputs.sae,
+        &sae,
         inputs.layer,
         inputs.z_convention,
         &d.windows[..n],

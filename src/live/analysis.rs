@@ -48,6 +48,7 @@ struct Pending {
     values: Tensor<4>,
     w_enc: Tensor<3>,
     input_scale: Vec<f32>,
+    skips_bos: bool,
 }
 
 /// The host copies of [`Pending`]'s tensors, in its order.
@@ -81,6 +82,8 @@ impl Pending {
         let mut cache = model.run(model.tokens(std::slice::from_ref(&ids))?, &hooks, None)?;
         let z = cache.hook_z.remove(&layer).context("no hook_z")?;
         let out = sae.forward(sae.scale_input(z.reshape([t, h, d])));
+        let feats = super::unless_bos(sae, model, std::slice::from_ref(&ids), out.feats);
+        let skips_bos = !sae.reads_bos && model.config.bos_token_id == ids.first().copied();
         let strings = ids
             .iter()
             .map(|&id| crate::lm::token_text(&loaded.tokenizer, id))
@@ -89,12 +92,13 @@ impl Pending {
             ids,
             strings,
             shape: (h, d, m, per_block),
-            feats: out.feats,
+            feats,
             pre: out.pre,
             pattern: cache.pattern.remove(&layer).context("no pattern")?,
             values: cache.values.remove(&layer).context("no values")?,
             w_enc: sae.w_enc.clone(),
             input_scale: sae.input_scale.clone(),
+            skips_bos,
         })
     }
 
@@ -138,6 +142,7 @@ impl Pending {
                 features_per_head: m,
                 active,
                 dense_heads: (per_block > 1).then_some(per_block),
+                skips_bos: self.skips_bos,
             },
             pre,
             d_head: d,

@@ -60,6 +60,7 @@ impl Pending {
         let feats = sae
             .forward(sae.scale_input(z.reshape([n, blocks, width])))
             .feats;
+        let feats = super::unless_bos(sae, model, windows, feats);
         let activation = feats.slice([head..head + 1, 0..n, feature..feature + 1]);
         // What the feature adds to its block of hook_z: activation x decoder row, back in
         // hook_z's units (the SAE's input is scaled by `input_scale`); `1 - scale` of it is

@@ -60,6 +60,33 @@ fn feature_of(
     Ok((blocks, width))
 }
 
+/// `feats` (`[blocks, n, m]`, the positions of `windows` in order) with none at a BOS token
+/// in a window's first position, unless the SAE reads BOS ([`BlockDiagSae::reads_bos`]):
+/// the run's SAE is not applied there, so its features neither show nor are removed.
+///
+/// [`BlockDiagSae::reads_bos`]: crate::sae::BlockDiagSae::reads_bos
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+fn unless_bos(
+    sae: &crate::sae::BlockDiagSae,
+    model: &crate::lm::Transformer,
+    windows: &[Vec<u32>],
+    feats: burn::tensor::Tensor<3>,
+) -> burn::tensor::Tensor<3> {
+    use burn::tensor::{Tensor, TensorData};
+    let bos = model.config.bos_token_id;
+    let at_bos = |w: &Vec<u32>| bos.is_some() && w.first().copied() == bos;
+    if sae.reads_bos || !windows.iter().any(at_bos) {
+        return feats;
+    }
+    let mask: Vec<f32> = windows
+        .iter()
+        .flat_map(|w| (0..w.len()).map(move |p| if p == 0 && at_bos(w) { 0.0 } else { 1.0 }))
+        .collect();
+    let n = mask.len();
+    let mask = Tensor::<1>::from_data(TensorData::new(mask, [n]), &feats.device());
+    feats * mask.reshape([1, n, 1])
+}
+
 /// A text's token ids as the model reads it: BOS first when the model has one.
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub fn text_ids(loaded: &crate::lm::LoadedModel, text: &str) -> anyhow::Result<Vec<u32>> {
@@ -115,9 +142,22 @@ pub struct LiveTokens {
     /// block-diagonal SAE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dense_heads: Option<usize>,
+    /// The first token is BOS and the SAE does not read it (trained without BOS, as by
+    /// default): no features there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skips_bos: bool,
 }
 
+/// What a viewer says of a BOS the SAE does not read ([`LiveTokens::skips_bos`]).
+pub const BOS_SKIPPED: &str = "BOS, which the SAE does not read: it was trained without BOS \
+                               positions (as by default; --keep-bos runs read them)";
+
 impl LiveTokens {
+    /// Whether position `p` is a BOS the SAE does not read.
+    pub fn skipped(&self, p: usize) -> bool {
+        self.skips_bos && p == 0
+    }
+
     /// What the SAE's block `h` is called: `h3`, or `all heads` for a dense SAE's.
     pub fn block_name(&self, h: usize) -> String {
         match self.dense_heads {

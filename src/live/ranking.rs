@@ -62,6 +62,7 @@ fn queue(
     let grad = z.grad(&grads).context("no gradient for hook_z")?; // [B, T, H, d]
     let z = z.inner();
     let feats = sae.forward(sae.scale_input(z.reshape([t, h, d]))).feats; // [H, T, m]
+    let feats = super::unless_bos(sae, &loaded.transformer, windows, feats);
     // dL/dz . W_dec[f] / input_scale, [H, T, m].
     let scale = Tensor::<1>::from_data(
         TensorData::new(sae.input_scale.clone(), [h]),

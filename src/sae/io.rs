@@ -36,6 +36,10 @@ pub struct SaeOrigin {
     pub model: String,
     pub hook_layer: usize,
     pub z_convention: crate::lm::ZConvention,
+    /// Trained on BOS positions too (`--keep-bos`); false in files written before this was
+    /// recorded, as training's default is.
+    #[serde(default)]
+    pub keep_bos: bool,
 }
 
 /// `sae_config.json` with the origin beside the shape.
@@ -100,6 +104,7 @@ impl BlockDiagSae {
                 }
                 _ => None,
             },
+            reads_bos: false,
             config,
         })
     }
@@ -143,10 +148,15 @@ impl BlockDiagSae {
     }
 
     /// Loads our format from a directory.
+    /// Loads our format from a directory; it reads BOS positions when its origin says it
+    /// was trained on them.
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Self> {
-        let config: SaeConfig = read_json(&dir.join(CONFIG_FILE))?;
+        let ConfigFile { config, origin } = read_json(&dir.join(CONFIG_FILE))?;
         let file = WeightFile::open(&dir.join(WEIGHTS_FILE))?;
-        Self::from_arrays(config, &file, device)
+        Ok(Self {
+            reads_bos: origin.is_some_and(|o| o.keep_bos),
+            ..Self::from_arrays(config, &file, device)?
+        })
     }
 
     /// Exports to a SAELens folder: the SAE is folded (unit-norm decoder, no input scale)
@@ -275,6 +285,7 @@ impl BlockDiagSae {
                     model: model.to_string(),
                     hook_layer: layer as usize,
                     z_convention,
+                    keep_bos: false,
                 })
             }
             _ => None,
@@ -389,6 +400,7 @@ impl BlockDiagSae {
                 )
             }),
             batch_threshold: None,
+            reads_bos: false,
         })
     }
 
@@ -442,6 +454,7 @@ impl BlockDiagSae {
             input_scale: vec![1.0; n_heads],
             log_threshold: None,
             batch_threshold: None,
+            reads_bos: false,
         })
     }
 }

@@ -105,6 +105,13 @@ pub struct BlockDiagSae {
     /// else is in the batch (Bussmann et al. 2024; SAELens does the same). `None` (an SAE
     /// saved before these were kept): the batch's own selection. Training never reads it.
     pub batch_threshold: Option<Tensor<2>>,
+    /// Whether the SAE reads hook_z at a BOS token in the first position: the run's
+    /// `--keep-bos`. Training drops BOS by default, and so the SAE is not applied there:
+    /// the live analyses (Your text, effects, rankings) then list no features at BOS and
+    /// leave its hook_z as it is. Saved as the origin's `keep_bos` in `sae_config.json`
+    /// (false where not recorded); the app and the CLI take it from the run's config or the
+    /// dashboard's header, the page from its manifest.
+    pub reads_bos: bool,
 }
 
 /// What a forward pass gives.
@@ -153,6 +160,7 @@ impl BlockDiagSae {
             log_threshold: matches!(config.architecture, Architecture::JumpRelu { .. })
                 .then(|| Tensor::full([h, m], JUMPRELU_INIT_THRESHOLD.ln(), device)),
             batch_threshold: None,
+            reads_bos: false,
             config,
         }
     }
@@ -340,6 +348,7 @@ impl BlockDiagSae {
             input_scale: vec![1.0; h],
             log_threshold,
             batch_threshold,
+            reads_bos: self.reads_bos,
         }
     }
 

@@ -340,6 +340,7 @@ impl<'a> Trainer<'a> {
                 model: mc.name.clone(),
                 hook_layer: plan.layer,
                 z_convention: config.z_convention,
+                keep_bos: !config.drop_bos,
             },
             started: Instant::now(),
             last_metrics: None,

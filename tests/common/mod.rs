@@ -321,6 +321,7 @@ pub fn sae_from_reference(
         input_scale: vec![1.0; h],
         log_threshold: None,
         batch_threshold: None,
+        reads_bos: false,
     };
     let x = r.get("x").tensor::<3>(device).swap_dims(0, 1);
     (sae, x)
