@@ -2341,22 +2341,31 @@ fn dashboard_effects_are_the_ranking_over_its_first_windows() {
         })
     );
     let conv = ZConvention::TransformerLens;
-    let ranking =
-        rank_features_over(&loaded, &sae, 1, conv, &windows[..3], &mut |_, _| {}).unwrap();
+    // The ranking over the first three windows, as `[head][feature]` (0 where it does not
+    // fire), and the dashboard's effects checked against it.
+    let estimates = |sae: &BlockDiagSae| {
+        let ranking =
+            rank_features_over(&loaded, sae, 1, conv, &windows[..3], &mut |_, _| {}).unwrap();
+        let mut want = vec![vec![0.0f32; 6]; 4];
+        for f in &ranking.features {
+            want[f.head][f.feature] = f.estimate;
+        }
+        (ranking, want)
+    };
+    let same = |d: &Dashboard, want: &[Vec<f32>]| {
+        for (h, head) in d.heads.iter().enumerate() {
+            for (f, fd) in head.features.iter().enumerate() {
+                assert_eq!(fd.effect, Some(want[h][f]), "head {h} feature {f}");
+            }
+        }
+    };
+    let (ranking, want) = estimates(&sae);
     assert!(
         ranking.features.len() > 5,
         "{} features fire",
         ranking.features.len()
     );
-    let mut want = vec![vec![0.0f32; 6]; 4];
-    for f in &ranking.features {
-        want[f.head][f.feature] = f.estimate;
-    }
-    for (h, head) in back.heads.iter().enumerate() {
-        for (f, fd) in head.features.iter().enumerate() {
-            assert_eq!(fd.effect, Some(want[h][f]), "head {h} feature {f}");
-        }
-    }
+    same(&back, &want);
     // `features` prints each feature's effect per 1000 tokens; `--by effect` lists each
     // head's live features with the largest effect either way, largest first.
     use attn_saes::dashboard::report::{FeatureReport, Strongest, report};
@@ -2398,21 +2407,11 @@ fn dashboard_effects_are_the_ranking_over_its_first_windows() {
             ..opts.clone()
         },
     );
-    let reads = BlockDiagSae {
+    let (_, want_bos) = estimates(&BlockDiagSae {
         reads_bos: true,
         ..sae.clone()
-    };
-    let ranking =
-        rank_features_over(&loaded, &reads, 1, conv, &windows[..3], &mut |_, _| {}).unwrap();
-    let mut want_bos = vec![vec![0.0f32; 6]; 4];
-    for f in &ranking.features {
-        want_bos[f.head][f.feature] = f.estimate;
-    }
-    for (h, head) in with_bos.heads.iter().enumerate() {
-        for (f, fd) in head.features.iter().enumerate() {
-            assert_eq!(fd.effect, Some(want_bos[h][f]), "BOS: head {h} feature {f}");
-        }
-    }
+    });
+    same(&with_bos, &want_bos);
     assert_ne!(want_bos, want);
 
     let none = build_quiet(
