@@ -621,12 +621,30 @@ fn top_examples_and_interval_groups_match_brute_force() {
         &Device::flex(),
     ));
     check_against_brute_force(&loaded, &sae);
+    // A model whose end-of-text token is not its BOS (as Llama's): those positions are
+    // never counted either.
+    let mut loaded = load("gpt2_tiny");
+    loaded.transformer.config.eos_token_ids = vec![7];
+    check_against_brute_force(&loaded, &random_sae(&loaded, 16, 7));
 }
 
 fn check_against_brute_force(loaded: &LoadedModel, sae: &BlockDiagSae) {
     let arch = sae.config.architecture;
     let t = 16;
-    let windows = random_windows(loaded, 23, t, 5);
+    let mut windows = random_windows(loaded, 23, t, 5);
+    // End-of-text tokens other than BOS (a model whose EOS is not its BOS): separators in
+    // every third window, never counted.
+    let model = &loaded.transformer;
+    let bos = model.config.bos_token_id.unwrap();
+    let eos: Vec<u32> = (model.config.eos_token_ids.iter().copied())
+        .filter(|&e| e != bos)
+        .collect();
+    if let Some(&e) = eos.first() {
+        for w in windows.iter_mut().step_by(3) {
+            w[5] = e;
+        }
+    }
+    let masked = |tok: u32| tok == bos || eos.contains(&tok);
     let opts = BuildOptions {
         top_k: 5,
         n_intervals: 4,
@@ -637,14 +655,12 @@ fn check_against_brute_force(loaded: &LoadedModel, sae: &BlockDiagSae) {
         ..BuildOptions::default()
     };
     let d = build_quiet(&inputs(loaded, sae, windows.clone()), &opts);
-    let model = &loaded.transformer;
     let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
     // Brute force: all activations, [n_tokens, H, m], in the builder's chunks.
     let brute = sae_on(loaded, sae, &windows, 4);
     let acts = &brute.feats;
-    let bos = model.config.bos_token_id.unwrap();
     let tokens: Vec<u32> = windows.concat();
-    let counted: Vec<usize> = (0..tokens.len()).filter(|&i| tokens[i] != bos).collect();
+    let counted: Vec<usize> = (0..tokens.len()).filter(|&i| !masked(tokens[i])).collect();
     assert_eq!(d.meta.n_tokens as usize, counted.len());
     // Per-head L0 and explained variance (the builder sums reconstructions sparsely on
     // the host; here the SAE's dense decoder): 1 - sum|x - x_hat|^2 / sum|x - mean|^2.
@@ -748,7 +764,7 @@ fn check_against_brute_force(loaded: &LoadedModel, sae: &BlockDiagSae) {
             for e in &feature.examples {
                 let w = window_of(e);
                 let want: Vec<(u16, f32)> = (0..t)
-                    .filter(|&p| tokens[w * t + p] != bos && act(w * t + p) > 0.0)
+                    .filter(|&p| !masked(tokens[w * t + p]) && act(w * t + p) > 0.0)
                     .map(|p| (p as u16, act(w * t + p)))
                     .collect();
                 assert_eq!(
@@ -756,10 +772,9 @@ fn check_against_brute_force(loaded: &LoadedModel, sae: &BlockDiagSae) {
                     "{arch:?}: activations along the window"
                 );
                 assert_eq!(e.activation, act(w * t + e.target as usize));
-                assert_ne!(
-                    tokens[w * t + e.target as usize],
-                    bos,
-                    "BOS is never an example"
+                assert!(
+                    !masked(tokens[w * t + e.target as usize]),
+                    "BOS and end-of-text are never examples"
                 );
             }
         }

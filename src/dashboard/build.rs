@@ -50,7 +50,8 @@ pub struct BuildOptions {
     pub histogram_bins: usize,
     pub logit_k: usize,
     pub seed: u64,
-    /// Count BOS positions as tokens (and show them as examples).
+    /// Count BOS positions as tokens (and show them as examples). End-of-text tokens are
+    /// never counted.
     pub keep_bos: bool,
     /// Context windows per LM forward pass.
     pub windows_per_forward: usize,
@@ -851,6 +852,12 @@ pub fn build(
     };
     let layer = inputs.layer;
     let bos = mc.bos_token_id;
+    // End-of-text tokens (a pre-tokenized corpus's separators or padding) are never
+    // counted, as SAEDashboard masks them: one would stand for the document boundary in
+    // every feature's top examples. (Where EOS is BOS, `keep_bos` decides.)
+    let eos: Vec<u32> = (mc.eos_token_ids.iter().copied())
+        .filter(|&e| Some(e) != bos)
+        .collect();
 
     // Unique per build: builds may run concurrently in one process.
     static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -943,7 +950,7 @@ pub fn build(
             let flat: Vec<u32> = batch.iter().flatten().copied().collect();
             let counted: Vec<bool> = flat
                 .iter()
-                .map(|&tok| opts.keep_bos || Some(tok) != bos)
+                .map(|&tok| (opts.keep_bos || Some(tok) != bos) && !eos.contains(&tok))
                 .collect();
             n_counted += counted.iter().filter(|&&c| c).count() as u64;
             let chunk = Chunk {
@@ -976,7 +983,7 @@ pub fn build(
         progress("scanning tokens", n_windows * t, n_windows * t);
         ensure!(
             n_counted > 0,
-            "the dashboard windows hold no tokens besides BOS"
+            "the dashboard windows hold no tokens besides BOS and end-of-text"
         );
         for state in &mut heads {
             state.spill.flush()?;

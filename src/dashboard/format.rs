@@ -147,7 +147,8 @@ pub struct Settings {
     pub logit_k: usize,
     /// Seed of the interval-group sampling.
     pub seed: u64,
-    /// Whether BOS positions count as tokens (examples, densities, histograms).
+    /// Whether BOS positions count as tokens (examples, densities, histograms); end-of-text
+    /// tokens never do.
     pub keep_bos: bool,
     /// Where in the corpus the dashboard windows start, in words.
     pub windows_from: String,
@@ -218,7 +219,8 @@ pub struct DashboardMeta {
     pub run_config: Option<serde_json::Value>,
     pub settings: Settings,
     pub context_size: usize,
-    /// Context windows scanned and tokens counted (BOS excluded unless `keep_bos`).
+    /// Context windows scanned and tokens counted (BOS excluded unless `keep_bos`, and
+    /// end-of-text tokens).
     pub n_windows_scanned: usize,
     pub n_tokens: u64,
     pub heads: Vec<HeadSummary>,
