@@ -2070,6 +2070,12 @@ fn print_feature_report(
                 "    writes to {} (of its decoder row's squared norm)",
                 attn_saes::dashboard::format::head_shares_text(shares, 4)
             );
+            if let Some(reads) = &r.read_shares {
+                println!(
+                    "    reads through {} (of its top examples' DFA by head, by size)",
+                    attn_saes::dashboard::format::head_shares_text(reads, 4)
+                );
+            }
         }
         None => println!(
             "head {} feature {}{label} (global {}), density {:.4}, max {:.3}{effect}",

@@ -696,5 +696,25 @@ fn a_dense_saes_features_show_the_heads_they_write() {
     let shares: Vec<f32> = parts.iter().map(|p| (p / total) as f32).collect();
     h.get_by_label("writes to");
     h.get_by_label(&attn_saes::dashboard::format::head_shares_text(&shares, 4));
+    // The heads it reads: each head's share of its top examples' DFA by head, by size; and
+    // the first top example's DFA by head under its DFA.
+    use attn_saes::dashboard::format::{ExampleGroup, dfa_by_head_text, head_shares_text};
+    let fd = h.state().0.file.head(0).unwrap().features[f].clone();
+    let top: Vec<_> = (fd.examples.iter())
+        .filter(|e| e.group == ExampleGroup::Top)
+        .collect();
+    let mut sums = [0f64; 4];
+    for e in &top {
+        for (k, x) in e.dfa_by_head.iter().enumerate() {
+            sums[k] += (*x as f64).abs();
+        }
+    }
+    let total: f64 = sums.iter().sum();
+    let reads: Vec<f32> = sums.iter().map(|x| (x / total) as f32).collect();
+    h.get_by_label_contains("reads through");
+    let (writes, reads) = (head_shares_text(&shares, 4), head_shares_text(&reads, 4));
+    assert!(h.query_all_by_label(&reads).count() > usize::from(reads == writes));
+    h.get_by_label("by head");
+    h.get_by_label(&dfa_by_head_text(&top[0].dfa_by_head, 4));
     h.snapshot("features_view_dense");
 }

@@ -159,7 +159,7 @@ fn check_dfa_identity(model: &str, sae: &BlockDiagSae, windows: Vec<Vec<u32>>) {
     let b_enc = sae.b_enc.clone().into_data().try_to_vec::<f32>().unwrap();
     let (h, m) = (sae.config.n_heads, sae.config.features_per_head);
     let t = windows[0].len();
-    let (mut checked, mut intervals) = (0, 0);
+    let (mut checked, mut intervals, mut spread) = (0, 0, 0);
     let mut worst = 0f64;
     for (head, data) in d.heads.iter().enumerate() {
         for (f, feature) in data.features.iter().enumerate() {
@@ -178,10 +178,33 @@ fn check_dfa_identity(model: &str, sae: &BlockDiagSae, windows: Vec<Vec<u32>>) {
                     "{model} head {head} feature {f}: sum DFA + b_enc = {got}, pre = {want}"
                 );
                 assert!((e.activation as f64 - want).abs() < 1e-4);
+                // A dense SAE's DFA by model head adds up to the same; a per-head SAE has
+                // none.
+                match d.meta.dense_heads() {
+                    Some(r) => {
+                        assert_eq!(e.dfa_by_head.len(), r, "{model}");
+                        let sum = e.dfa_by_head.iter().map(|&x| x as f64).sum::<f64>();
+                        let by_head = sum + b_enc[head * m + f] as f64;
+                        assert!((by_head - want).abs() < 1e-4, "{model}: by head {by_head}");
+                        spread +=
+                            usize::from(e.dfa_by_head.iter().filter(|x| **x != 0.0).count() > 1);
+                    }
+                    None => assert!(e.dfa_by_head.is_empty()),
+                }
                 checked += 1;
             }
         }
     }
+    assert_eq!(d.meta.dfa_by_head, d.meta.dense_heads().is_some());
+    if d.meta.dfa_by_head {
+        assert!(
+            spread * 2 > checked,
+            "{model}: {spread} of {checked} spread over heads"
+        );
+    }
+    // Through the file (f16), by head included.
+    let back = Dashboard::from_bytes(&d.to_bytes().unwrap()).unwrap();
+    assert_eq!(back, d.quantized());
     println!(
         "{model}: DFA identity on {checked} examples ({intervals} of interval groups), max \
          error {worst:.2e}"
@@ -2724,6 +2747,17 @@ fn a_block_diagonal_sae_written_dense_has_the_same_dashboards() {
                 for (x, y) in ea.dfa.iter().zip(&eb.dfa) {
                     close(*x, *y, &format!("{what}: DFA"));
                 }
+                // By head: all of it in the feature's own head.
+                assert!(ea.dfa_by_head.is_empty());
+                assert_eq!(eb.dfa_by_head.len(), h);
+                let own: f32 = ea.dfa.iter().sum();
+                for (k, &x) in eb.dfa_by_head.iter().enumerate() {
+                    close(
+                        x,
+                        if k == head { own } else { 0.0 },
+                        &format!("{what}: head {k}"),
+                    );
+                }
                 examples += 1;
             }
             for (x, y) in [
@@ -2737,6 +2771,17 @@ fn a_block_diagonal_sae_written_dense_has_the_same_dashboards() {
                 }
             }
             let shares = all.heads[0].head_shares(head * m + f, h).unwrap();
+            // It reads its own head only, as it writes it (when it has top examples).
+            assert_eq!(a.read_shares(), None);
+            if let Some(reads) = b.read_shares() {
+                for (g, x) in reads.iter().enumerate() {
+                    close(
+                        *x,
+                        if g == head { 1.0 } else { 0.0 },
+                        &format!("{what}: reads"),
+                    );
+                }
+            }
             let exported = attn_saes::dashboard::neuronpedia::feature_json(&all, 0, head * m + f);
             let exported = exported["decoder_weights_dist"].as_array().unwrap().clone();
             assert_eq!(exported.len(), h, "{what}: Neuronpedia's head attribution");
@@ -2751,6 +2796,29 @@ fn a_block_diagonal_sae_written_dense_has_the_same_dashboards() {
         }
     }
     assert!(examples > 3 * h * m, "only {examples} examples compared");
+    // The interval groups' DFA by head (`--interval-dfa`): all of it in the feature's head.
+    let with_intervals = BuildOptions {
+        interval_dfa: true,
+        ..opts.clone()
+    };
+    let all = build_quiet(&inputs(&loaded, &dense, windows.clone()), &with_intervals);
+    let mut intervals = 0;
+    for (g, fd) in all.heads[0].features.iter().enumerate() {
+        let head = g / m;
+        for e in fd.examples.iter().filter(|e| e.group != ExampleGroup::Top) {
+            let own: f32 = e.dfa.iter().sum();
+            assert_eq!(e.dfa_by_head.len(), h);
+            for (k, &x) in e.dfa_by_head.iter().enumerate() {
+                close(
+                    x,
+                    if k == head { own } else { 0.0 },
+                    &format!("#{g}: head {k}"),
+                );
+            }
+            intervals += 1;
+        }
+    }
+    assert!(intervals > h * m, "only {intervals} interval examples");
     // Matched with the SAE it was written from, dense feature h m + f is head h's feature f
     // at cosine 1, both ways (it was refused: "the SAEs read different layers").
     use attn_saes::sae::matching::{Direction, match_saes};

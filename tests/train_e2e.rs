@@ -1341,6 +1341,40 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
         "{stdout}"
     );
     assert!(stdout.contains(&first), "{first}: {stdout}");
+    // And the heads a feature that fired reads: each head's share of its top examples' DFA
+    // by head, by size, which adds up to each example's DFA.
+    let live = (d.heads[0].features.iter())
+        .position(|f| f.examples.len() > 3)
+        .unwrap();
+    let fd = &d.heads[0].features[live];
+    let mut sums = [0f64; 4];
+    for e in fd
+        .examples
+        .iter()
+        .filter(|e| e.group == attn_saes::dashboard::format::ExampleGroup::Top)
+    {
+        let by_head: f32 = e.dfa_by_head.iter().sum();
+        let dfa: f32 = e.dfa.iter().sum();
+        assert!(
+            (by_head - dfa).abs() < 1e-2 * dfa.abs().max(1.0),
+            "{by_head} vs {dfa}"
+        );
+        for (k, x) in e.dfa_by_head.iter().enumerate() {
+            sums[k] += (*x as f64).abs();
+        }
+    }
+    let total: f64 = sums.iter().sum();
+    let shares: Vec<f32> = sums.iter().map(|x| (x / total) as f32).collect();
+    let reads = attn_saes::dashboard::format::head_shares_text(&shares, 4);
+    let asked = format!("0,{live}");
+    let (code, stdout, stderr) = cli(&["features", "--run", run, "--feature", &asked]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "\n    reads through {reads} (of its top examples' DFA"
+        )),
+        "{reads}: {stdout}"
+    );
     let (code, stdout, _) = cli(&["features", "--run", run]);
     assert_eq!(code, Some(0));
     assert!(stdout.contains("\n  all heads: "), "{stdout}");

@@ -1074,7 +1074,7 @@ fn feature_dashboard(
 ) -> Option<FeaturesAction> {
     header(ui, file, (s.head, f, fd), labels.0.get(s.head, f), s.crop);
     if let Some(shares) = shares {
-        head_shares_line(ui, shares);
+        head_shares_line(ui, shares, fd.read_shares().as_deref());
     }
     let labelled = label_line(ui, labels, s, (s.head, f));
     let within = if shares.is_some() {
@@ -1439,20 +1439,33 @@ fn closest_elsewhere<'c>(
 }
 
 /// Which heads a dense SAE's feature writes: the largest shares of its decoder row in words,
-/// every head's on hover.
-fn head_shares_line(ui: &mut Ui, shares: &[f32]) {
-    ui.horizontal_wrapped(|ui| {
-        ui.label(RichText::new("writes to").strong());
+/// every head's on hover; and which it reads, from its top examples' DFA by head, when the
+/// file has it.
+fn head_shares_line(ui: &mut Ui, shares: &[f32], reads: Option<&[f32]>) {
+    let every = |shares: &[f32]| -> String {
         let all: Vec<String> = (shares.iter().enumerate())
             .map(|(h, x)| format!("head {h}: {:.1}%", 100.0 * x))
             .collect();
+        all.join("\n")
+    };
+    ui.horizontal_wrapped(|ui| {
+        ui.label(RichText::new("writes to").strong());
         ui.label(crate::dashboard::format::head_shares_text(shares, 4))
             .on_hover_text(format!(
                 "the share of the feature's decoder row (its squared norm) in each head's part \
                  of hook_z: which heads' outputs it writes (a dense SAE's features can span \
                  heads)\n{}",
-                all.join("\n")
+                every(shares)
             ));
+        if let Some(reads) = reads {
+            ui.label(RichText::new("  reads through").strong());
+            ui.label(crate::dashboard::format::head_shares_text(reads, 4))
+                .on_hover_text(format!(
+                    "each head's share of the top examples' DFA by head, by size: which \
+                     heads' hook_z it reads\n{}",
+                    every(reads)
+                ));
+        }
     });
 }
 
@@ -1769,6 +1782,27 @@ fn dfa_panel(
         e.activation
     ));
     dfa_row(ui, &e.dfa, e.target as usize, window, token);
+    dfa_by_head_line(ui, &e.dfa_by_head);
+}
+
+/// A dense SAE's DFA by model head in words (nothing when `by_head` is empty), every head's
+/// on hover.
+pub(crate) fn dfa_by_head_line(ui: &mut Ui, by_head: &[f32]) {
+    if by_head.is_empty() {
+        return;
+    }
+    let all: Vec<String> = (by_head.iter().enumerate())
+        .map(|(h, x)| format!("head {h}: {x:+.3}"))
+        .collect();
+    ui.horizontal_wrapped(|ui| {
+        ui.label(RichText::new("by head").strong());
+        ui.label(crate::dashboard::format::dfa_by_head_text(by_head, 4))
+            .on_hover_text(format!(
+                "each head's part of the DFA, its terms summed over the source positions (a \
+                 dense SAE reads every head's hook_z; they add up to the DFA's sum)\n{}",
+                all.join("\n")
+            ));
+    });
 }
 
 /// Where the feature's top examples read from, in words, with the kinds explained on hover.

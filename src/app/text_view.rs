@@ -5,7 +5,9 @@
 
 use eframe::egui::{self, RichText, Ui};
 
-use super::features::{answer_panel, dfa_row, drawable, error_label, shown_token};
+use super::features::{
+    answer_panel, dfa_by_head_line, dfa_row, drawable, error_label, shown_token,
+};
 use crate::dashboard::labels::Labels;
 use crate::live::{
     Analysed, Answer, AskedEffect, AskedRanking, AskedSteer, AttributionState, EffectState,
@@ -325,24 +327,7 @@ fn pick_panel(
                 a.strings.get(q).cloned().unwrap_or_default()
             });
             ui.label(format!("pre-activation {:.3}", attribution.pre));
-            if !attribution.by_head.is_empty() {
-                let all: Vec<String> = (attribution.by_head.iter().enumerate())
-                    .map(|(h, x)| format!("head {h}: {x:+.3}"))
-                    .collect();
-                ui.horizontal_wrapped(|ui| {
-                    ui.label(RichText::new("by head").strong());
-                    ui.label(crate::dashboard::format::dfa_by_head_text(
-                        &attribution.by_head,
-                        4,
-                    ))
-                    .on_hover_text(format!(
-                        "each head's part of the DFA, its terms summed over the source \
-                         positions (a dense SAE reads every head's hook_z; they add up to the \
-                         DFA's sum)\n{}",
-                        all.join("\n")
-                    ));
-                });
-            }
+            dfa_by_head_line(ui, &attribution.by_head);
         }
         AttributionState::Computing => {
             ui.horizontal(|ui| {

@@ -136,6 +136,8 @@ struct Candidate {
     token: u64,
     activations: Vec<(u16, f32)>,
     dfa: Vec<f32>,
+    /// A dense block's DFA summed over the sources, by model head (empty otherwise).
+    dfa_by_head: Vec<f32>,
 }
 
 impl Candidate {
@@ -401,6 +403,7 @@ impl HeadPass1 {
                         token: chunk.first_token + i as u64,
                         activations: Vec::new(),
                         dfa: Vec::new(),
+                        dfa_by_head: Vec::new(),
                     };
                     if list.len() < top_k {
                         list.push(cand);
@@ -501,6 +504,12 @@ impl HeadPass1 {
                 let dfa = dfa_from_products(pattern, |s| u[s * c + j], scale, target);
                 let entry = &mut self.top[f][slot];
                 if g == 0 {
+                    entry.dfa_by_head.clear();
+                }
+                if r > 1 {
+                    entry.dfa_by_head.push(dfa.iter().sum());
+                }
+                if g == 0 {
                     entry.dfa = dfa;
                 } else {
                     entry.dfa.iter_mut().zip(dfa).for_each(|(a, b)| *a += b);
@@ -568,7 +577,7 @@ fn add_interval_dfa(
             .flat_map(|(b, w)| jobs[w].iter().map(move |&(head, f, i)| (b, head, f, i)))
             .collect();
         let data: &[HeadData] = head_data;
-        let dfas: Vec<Vec<f32>> = work
+        let dfas: Vec<(Vec<f32>, Vec<f32>)> = work
             .par_iter()
             .map(|&(b, head, f, i)| {
                 let target = data[head].features[f].examples[i].target as usize;
@@ -581,11 +590,17 @@ fn add_interval_dfa(
                     scale[head],
                     target,
                 );
-                sum_parts(&parts, target + 1)
+                let by_head = match r {
+                    1 => Vec::new(),
+                    _ => parts.iter().map(|p| p.iter().sum()).collect(),
+                };
+                (sum_parts(&parts, target + 1), by_head)
             })
             .collect();
-        for (&(_, head, f, i), dfa) in work.iter().zip(dfas) {
-            head_data[head].features[f].examples[i].dfa = dfa;
+        for (&(_, head, f, i), (dfa, by_head)) in work.iter().zip(dfas) {
+            let e = &mut head_data[head].features[f].examples[i];
+            e.dfa = dfa;
+            e.dfa_by_head = by_head;
         }
     }
     progress(STAGE, windows.len(), windows.len());
@@ -670,6 +685,7 @@ fn pass2(
                     token,
                     activations,
                     dfa: Vec::new(),
+                    dfa_by_head: Vec::new(),
                 };
                 match worst {
                     Some(wi) => sample[wi] = (key, cand),
@@ -1037,6 +1053,7 @@ pub fn build(
                     activation: c.activation,
                     activations: c.activations,
                     dfa: c.dfa,
+                    dfa_by_head: c.dfa_by_head,
                 };
                 examples.extend(top.into_iter().map(|c| to_example(c, ExampleGroup::Top)));
                 for (bin, mut sample) in samples.into_iter().enumerate() {
@@ -1203,6 +1220,7 @@ pub fn build(
                 history: inputs.history.clone(),
                 effects: None,
                 decoder: true,
+                dfa_by_head: dims.per_block > 1,
             },
             windows,
             token_strings,

@@ -233,6 +233,10 @@ pub struct DashboardMeta {
     /// written before them do not).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub decoder: bool,
+    /// Whether a dense SAE's examples with DFA also hold it by model head
+    /// ([`Example::dfa_by_head`]; files written before them do not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dfa_by_head: bool,
 }
 
 /// The windows each feature's [`FeatureData::effect`] is summed over: the dashboard's first
@@ -271,6 +275,10 @@ pub struct Example {
     /// DFA by source position `0..=target`; empty for an interval-group example of a file
     /// written before those had it.
     pub dfa: Vec<f32>,
+    /// A dense SAE's DFA summed over the sources, by model head (each head's terms: they add
+    /// up to the sum of `dfa`); empty for a block-diagonal SAE, an example without DFA or a
+    /// file written before these.
+    pub dfa_by_head: Vec<f32>,
 }
 
 /// One feature's panels.
@@ -299,6 +307,25 @@ pub struct HeadData {
     /// The SAE's decoder rows, `[m, d_head]`, folded as the SAELens export has them (unit
     /// direction over the head's input scale), when the file holds them.
     pub decoder: Option<Vec<f32>>,
+}
+
+impl FeatureData {
+    /// For a dense SAE's feature with DFA by head ([`Example::dfa_by_head`]): each model
+    /// head's share of its top examples' DFA, by size (`sum |part|` over the top examples,
+    /// over the same for all heads), which says which heads' hook_z it reads; none without
+    /// DFA by head.
+    pub fn read_shares(&self) -> Option<Vec<f32>> {
+        let mut parts: Vec<f64> = Vec::new();
+        let top = (self.examples.iter()).filter(|e| e.group == ExampleGroup::Top);
+        for by_head in top.map(|e| &e.dfa_by_head).filter(|b| !b.is_empty()) {
+            parts.resize(by_head.len(), 0.0);
+            for (p, &x) in parts.iter_mut().zip(by_head) {
+                *p += (x as f64).abs();
+            }
+        }
+        let total: f64 = parts.iter().sum();
+        (total > 0.0).then(|| parts.iter().map(|p| (p / total) as f32).collect())
+    }
 }
 
 impl HeadData {
@@ -602,6 +629,7 @@ impl Dashboard {
                 for e in &mut f.examples {
                     e.activations.iter_mut().for_each(|(_, v)| *v = q(*v));
                     e.dfa.iter_mut().for_each(|v| *v = q(*v));
+                    e.dfa_by_head.iter_mut().for_each(|v| *v = q(*v));
                 }
             }
         }
@@ -732,6 +760,20 @@ impl Dashboard {
                 .flat_map(|x| x.dfa.iter().copied())
                 .collect();
             a.f16(p("dfa_values"), &dfa, vec![dfa.len()]);
+            if meta.dfa_by_head {
+                // Each example's row; zeros where it has no DFA.
+                let r = (meta.dense_heads())
+                    .ok_or_else(|| bad(&p("dfa_by_head"), "DFA by head of a per-head SAE"))?;
+                let mut by_head = vec![0f32; e * r];
+                for (row, x) in by_head.chunks_exact_mut(r).zip(examples.iter()) {
+                    match x.dfa_by_head.len() {
+                        0 if x.dfa.is_empty() => {}
+                        n if n == r => row.copy_from_slice(&x.dfa_by_head),
+                        n => return Err(bad(&p("dfa_by_head"), format!("{n} heads, not {r}"))),
+                    }
+                }
+                a.f16(p("dfa_by_head"), &by_head, vec![e, r]);
+            }
             if meta.effects.is_some() {
                 let effect: Option<Vec<f32>> = fs.iter().map(|f| f.effect).collect();
                 let effect = effect.ok_or_else(|| bad(&p("effect"), "a feature has no effect"))?;
@@ -1202,6 +1244,11 @@ impl<'a> Checked<'a, '_> {
         let dof = self.u32s(&p("dfa_offsets"), Some(&[e + 1]))?;
         let dfa = self.f16s(&p("dfa_values"), None)?;
         check_offsets(&p("dfa_offsets"), &dof, dfa.len())?;
+        let by_head = match (meta.dfa_by_head, meta.dense_heads()) {
+            (false, _) => None,
+            (true, Some(r)) => Some((r, self.f16s(&p("dfa_by_head"), Some(&[e, r]))?)),
+            (true, None) => return Err(bad(&p("dfa_by_head"), "DFA by head of a per-head SAE")),
+        };
         let mut examples = Vec::with_capacity(e);
         for i in 0..e {
             let group = match groups[i] {
@@ -1230,6 +1277,10 @@ impl<'a> Checked<'a, '_> {
                     format!("example {i}: {} DFA values for target {target}", d.len()),
                 ));
             }
+            let dfa_by_head = match &by_head {
+                Some((r, v)) if !d.is_empty() => v[i * r..(i + 1) * r].to_vec(),
+                _ => Vec::new(),
+            };
             examples.push(Example {
                 group,
                 window: w,
@@ -1237,6 +1288,7 @@ impl<'a> Checked<'a, '_> {
                 activation: acts_at[i],
                 activations,
                 dfa: dfa[d].to_vec(),
+                dfa_by_head,
             });
         }
         let mut examples = examples.into_iter();

@@ -36,6 +36,11 @@ pub struct FeatureReport {
     /// which heads it writes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub head_shares: Option<Vec<f32>>,
+    /// For a dense SAE's feature: each head's share of its top examples' DFA by head, by
+    /// size ([`FeatureData::read_shares`](super::format::FeatureData::read_shares)), which
+    /// says which heads it reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_shares: Option<Vec<f32>>,
     /// The estimated rise in next-token loss without it, per 1000 tokens (when the file
     /// has the estimates).
     pub effect_per_thousand: Option<f64>,
@@ -113,6 +118,7 @@ pub fn feature_report(d: &Dashboard, head: usize, f: usize, top: usize) -> Featu
         label: None,
         closest: data.closest(f, CLOSEST),
         head_shares: (d.meta.dense_heads()).and_then(|heads| data.head_shares(f, heads)),
+        read_shares: feature.read_shares(),
         effect_per_thousand: (d.meta.effects.as_ref())
             .zip(feature.effect)
             .map(|(e, x)| e.per_thousand(x)),

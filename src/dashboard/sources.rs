@@ -465,6 +465,7 @@ mod tests {
             activation: 1.0,
             activations: vec![(target, 1.0)],
             dfa,
+            dfa_by_head: Vec::new(),
         }
     }
 
