@@ -1314,6 +1314,13 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
     );
     let d = attn_saes::dashboard::build::read(&file).unwrap();
     assert_eq!(d.meta.dense_heads(), Some(4));
+    // Its one block's CE loss score is the run's total one, not model head 0's (the run's
+    // per-head scores splice the reconstruction into one head at a time).
+    let (history, _) = attn_saes::run_log::History::read(&out_dir.join("metrics.jsonl")).unwrap();
+    let eval = history.evals.last().unwrap();
+    assert_eq!(eval.per_head.len(), 4);
+    assert_eq!(d.meta.heads[0].ce_score, Some(eval.ce_score));
+    assert_ne!(eval.ce_score, eval.per_head[0].ce_score);
     assert!(
         d.meta.effects.is_some(),
         "effects on the loss for a dense SAE too"

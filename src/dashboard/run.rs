@@ -109,10 +109,14 @@ pub fn build_for_run(
             .map(|((l0, ev), dead)| (*l0, *ev, *dead))
             .collect()
     });
-    let ce_scores = history
-        .evals
-        .last()
-        .map(|e| e.per_head.iter().map(|h| h.ce_score).collect());
+    // A dense SAE's one block is the whole SAE: its score is the total one (the run's
+    // per-head scores splice its reconstruction into one model head at a time).
+    let model_config = &loaded.transformer.config;
+    let dense = (sae.config).is_dense_over(model_config.n_heads, model_config.d_head);
+    let ce_scores = history.evals.last().map(|e| match dense {
+        true => vec![e.ce_score],
+        false => e.per_head.iter().map(|h| h.ce_score).collect(),
+    });
     let layer = config.layer(loaded.transformer.config.n_layers);
     let inputs = BuildInputs {
         loaded,
