@@ -658,11 +658,11 @@ pub fn train_then_dashboards(
     args: &TrainArgs,
     choice: DeviceChoice,
     control: &crate::train::RunControl,
-    dashboards: bool,
+    dashboards: Option<&crate::dashboard::BuildOptions>,
     on_train: impl FnOnce(std::sync::mpsc::Receiver<TrainEvent>) + Send + 'static,
     report: &mut dyn FnMut(Stage<'_>),
 ) -> anyhow::Result<crate::train::TrainSummary> {
-    use crate::dashboard::{self, BuildOptions};
+    use crate::dashboard;
     use anyhow::Context;
     report(Stage::Checking);
     let (config, resume) = args.prepare(choice)?;
@@ -688,9 +688,9 @@ pub fn train_then_dashboards(
     let summary = result?;
     // A stop asked for as the last step ran (Ctrl-C) skips the dashboards too.
     let stop_asked = control.stop.load(std::sync::atomic::Ordering::SeqCst);
-    if !dashboards || summary.stopped_early || stop_asked {
+    let Some(options) = dashboards.filter(|_| !summary.stopped_early && !stop_asked) else {
         return Ok(summary);
-    }
+    };
     let run = summary
         .sae_dir
         .parent()
@@ -702,7 +702,7 @@ pub fn train_then_dashboards(
         &loaded,
         dashboard::DEFAULT_TOKENS,
         None,
-        &BuildOptions::default(),
+        options,
         &mut |phase, done, total| report(Stage::Dashboards { phase, done, total }),
     )
     .context("building the run's dashboards (the trained SAE is saved)")?;

@@ -139,6 +139,10 @@ enum Command {
         /// Do not build the dashboards when training ends.
         #[arg(long)]
         no_dashboard: bool,
+        /// Give the dashboards' interval-group examples DFA too, as `dashboard
+        /// --interval-dfa` does (about as long again as the scan).
+        #[arg(long, conflicts_with = "no_dashboard")]
+        interval_dfa: bool,
         #[command(flatten)]
         args: TrainArgs,
     },
@@ -682,15 +686,20 @@ fn main() -> anyhow::Result<()> {
         Command::Train {
             headless,
             no_dashboard,
+            interval_dfa,
             args,
         } => {
+            let dashboards = (!no_dashboard).then(|| attn_saes::dashboard::BuildOptions {
+                interval_dfa,
+                ..Default::default()
+            });
             if headless {
-                run_train(args, cli.device, no_dashboard)?;
+                run_train(args, cli.device, dashboards)?;
             } else {
                 let request = attn_saes::app::jobs::TrainRequest {
                     args,
                     device: cli.device,
-                    build_dashboards: !no_dashboard,
+                    dashboards,
                 };
                 attn_saes::app::run_native(None, vec![], None, None, Some(request))?;
             }
@@ -1538,7 +1547,11 @@ impl DashboardSource {
     }
 }
 
-fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyhow::Result<()> {
+fn run_train(
+    args: TrainArgs,
+    choice: DeviceChoice,
+    dashboards: Option<attn_saes::dashboard::BuildOptions>,
+) -> anyhow::Result<()> {
     use attn_saes::cli_train::{Stage, render_headless, train_then_dashboards};
     let control = RunControl {
         stop_after: args.stop_after,
@@ -1550,7 +1563,7 @@ fn run_train(args: TrainArgs, choice: DeviceChoice, no_dashboard: bool) -> anyho
         &args,
         choice,
         &control,
-        !no_dashboard,
+        dashboards.as_ref(),
         render_headless,
         &mut |stage| match stage {
             Stage::LoadingModel(model) => eprintln!("loading model {model}"),

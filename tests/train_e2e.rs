@@ -563,7 +563,7 @@ fn app_job_continued_in_the_terminal() {
             ..Default::default()
         },
         device: attn_saes::device::DeviceChoice::Cpu,
-        build_dashboards: false,
+        dashboards: None,
     });
     attn_saes::app::continue_in_terminal(job).unwrap();
 }
@@ -1188,7 +1188,11 @@ fn ignored_flags_zero_counts_and_unwritable_outputs_are_refused_first() {
     let file = dir.join("a-file");
     std::fs::write(&file, "").unwrap();
     let file = file.to_str().unwrap();
-    let cases: [(&[&str], String); 13] = [
+    let cases: [(&[&str], String); 14] = [
+        (
+            &["train", "--headless", "--no-dashboard", "--interval-dfa"],
+            "error: the argument '--no-dashboard' cannot be used with '--interval-dfa'".into(),
+        ),
         (
             &["evaluate", "--sae", run, "--lr", "5"],
             "error: unexpected argument '--lr' found".into(),
@@ -1300,7 +1304,14 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
         (out.status.code(), text(&out.stdout), text(&out.stderr))
     };
     let toml_arg = toml_file.to_str().unwrap();
-    let (code, stdout, stderr) = cli(&["train", "--headless", "--config", toml_arg]);
+    let train = [
+        "train",
+        "--headless",
+        "--config",
+        toml_arg,
+        "--interval-dfa",
+    ];
+    let (code, stdout, stderr) = cli(&train);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     let sae = BlockDiagSae::load(&out_dir.join("sae"), &Device::flex()).unwrap();
     assert_eq!((sae.config.n_heads, sae.config.d_head), (1, 4 * 16));
@@ -1314,6 +1325,16 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
     );
     let d = attn_saes::dashboard::build::read(&file).unwrap();
     assert_eq!(d.meta.dense_heads(), Some(4));
+    // `--interval-dfa`: the interval groups' examples have DFA (and by head) too.
+    let interval: Vec<_> = (d.heads[0].features.iter())
+        .flat_map(|f| &f.examples)
+        .filter(|e| e.group != attn_saes::dashboard::format::ExampleGroup::Top)
+        .collect();
+    assert!(interval.len() > 20, "{} interval examples", interval.len());
+    for e in interval {
+        assert_eq!(e.dfa.len(), e.target as usize + 1);
+        assert_eq!(e.dfa_by_head.len(), 4);
+    }
     // Its one block's CE loss score is the run's total one, not model head 0's (the run's
     // per-head scores splice the reconstruction into one head at a time).
     let (history, _) = attn_saes::run_log::History::read(&out_dir.join("metrics.jsonl")).unwrap();

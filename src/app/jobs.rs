@@ -73,8 +73,9 @@ impl Job {
 pub struct TrainRequest {
     pub args: TrainArgs,
     pub device: DeviceChoice,
-    /// Build the dashboards when the run finishes (not when it is stopped early).
-    pub build_dashboards: bool,
+    /// Build the dashboards so when the run finishes (not when it is stopped early); none:
+    /// no dashboards.
+    pub dashboards: Option<crate::dashboard::BuildOptions>,
 }
 
 /// Runs `work`; its error, or a panic inside it, as the message to show.
@@ -132,7 +133,7 @@ pub fn start_training(request: TrainRequest) -> Job {
             &request.args,
             request.device,
             &control,
-            request.build_dashboards,
+            request.dashboards.as_ref(),
             move |events| {
                 for e in events {
                     let _ = forward.send(JobEvent::Train(e));

@@ -1504,7 +1504,7 @@ impl AttnSaesApp {
                 let request = TrainRequest {
                     args,
                     device: form.device,
-                    build_dashboards: form.build_dashboards,
+                    dashboards: (form.build_dashboards).then(Default::default),
                 };
                 self.push(Command::StartTraining(Box::new(request)));
             }
