@@ -1988,3 +1988,85 @@ fn your_text_says_why_bos_shows_no_features() {
     h.get_by_label("Head 0 · 1 active");
     assert!(h.query_by_label(BOS_SKIPPED).is_none());
 }
+
+/// The Curves view's per-head panel draws a line per entry of the metric chosen: for a dense
+/// run, its one block's L0 as `all heads`, and its CE loss scores per model head (its
+/// reconstruction spliced into one head at a time) as `h0`..`h3` with a note saying so. It
+/// drew `h0` alone for both, the CE line being model head 0's score under the block's name.
+/// A block-diagonal run's heads are `h0`..`h3` for either.
+#[test]
+fn the_per_head_curves_of_a_dense_run_name_its_block_and_its_model_heads() {
+    use attn_saes::app::curves::{Curves, CurvesState, HeadMetric, curves_ui};
+    use attn_saes::run_log::{EvalMetrics, HeadEval, History, StepMetrics};
+    if !renderer_available() {
+        return;
+    }
+    let history = |blocks: usize| History {
+        steps: (1..=3)
+            .map(|step| StepMetrics {
+                step,
+                tokens: 64 * step as u64,
+                loss: 2.0,
+                mse: 1.0,
+                sparsity_loss: 1.0,
+                l0: 5.0,
+                l0_per_head: vec![5.0 / blocks as f64; blocks],
+                explained_variance: 0.5,
+                explained_variance_per_head: vec![0.5; blocks],
+                l2_ratio: 1.0,
+                dead_features: 0,
+                dead_per_head: vec![0; blocks],
+                lr: 1e-3,
+                l1_coefficient: 1.0,
+                steps_per_s: 1.0,
+                aux_loss: None,
+            })
+            .collect(),
+        evals: vec![EvalMetrics {
+            step: 3,
+            ce_clean: 3.0,
+            ce_sae: 3.1,
+            ce_zero: 4.0,
+            ce_score: 0.9,
+            per_head: (0..4)
+                .map(|h| HeadEval {
+                    ce_sae: 3.0,
+                    ce_zero: 3.1,
+                    ce_score: 0.1 * h as f64,
+                })
+                .collect(),
+        }],
+    };
+    let heads = ["h0", "h1", "h2", "h3"];
+    let note = "a dense SAE: each head's line is its reconstruction spliced into that head's \
+                part of hook_z alone";
+    for (blocks, dense) in [(1, true), (4, false)] {
+        for metric in [HeadMetric::L0, HeadMetric::CeScore] {
+            let curves = Curves::from_history("run", history(blocks));
+            let state = CurvesState {
+                head_metric: metric,
+                ..Default::default()
+            };
+            let mut h = Harness::builder()
+                .with_size(egui::Vec2::new(1200.0, 2400.0))
+                .wgpu()
+                .build_ui_state(
+                    |ui, (curves, state): &mut (Curves, CurvesState)| {
+                        curves_ui(ui, curves, &[], state);
+                    },
+                    (curves, state),
+                );
+            h.run_steps(2);
+            let what = format!("{blocks} blocks, {metric:?}");
+            let block_line = dense && metric == HeadMetric::L0;
+            // Each as a checkbox (and in the plot's legend).
+            let shown = |label: &str| h.query_all_by_label(label).next().is_some();
+            assert_eq!(shown("all heads"), block_line, "{what}");
+            for head in heads {
+                assert_eq!(shown(head), !block_line, "{what}: {head}");
+            }
+            let noted = dense && metric == HeadMetric::CeScore;
+            assert_eq!(h.query_by_label(note).is_some(), noted, "{what}");
+        }
+    }
+}

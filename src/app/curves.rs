@@ -639,9 +639,26 @@ fn density(ui: &mut egui::Ui, latest: Option<&(usize, Vec<(f64, usize)>)>) {
     }
 }
 
-/// The per-head metric: one line per head (toggle heads) or a heads x time heatmap.
+/// The lines of a per-head metric whose series hold `n` values a point: `h0`, `h1`, ...,
+/// or, for a dense SAE's one block (one value where its evaluations have one per model
+/// head), `all heads`.
+fn line_names(n: usize, dense: bool) -> Vec<String> {
+    match (n, dense) {
+        (1, true) => vec!["all heads".to_string()],
+        _ => (0..n).map(|h| format!("h{h}")).collect(),
+    }
+}
+
+/// The per-head metric: one line per head (toggle heads) or a heads x time heatmap. A
+/// dense SAE has one block but a CE loss score per model head (its reconstruction spliced
+/// into that head's part of hook_z alone): its lines are the model heads.
 fn per_head(ui: &mut egui::Ui, curves: &Curves, s: &mut CurvesState) {
-    let n_heads = curves.n_heads();
+    let series = s.head_metric.series(&curves.history);
+    let n_heads = (series.iter().map(|(_, v)| v.len()).max()).unwrap_or(curves.n_heads());
+    let blocks = curves.history.steps.last().map(|x| x.l0_per_head.len());
+    let per_model_head = curves.history.evals.last().map(|e| e.per_head.len());
+    let dense = blocks == Some(1) && per_model_head.is_some_and(|n| n > 1);
+    let names = line_names(n_heads, dense);
     ui.horizontal(|ui| {
         let label = ui.label(egui::RichText::new("Per head").strong()).id;
         egui::ComboBox::from_id_salt("head_metric")
@@ -657,9 +674,9 @@ fn per_head(ui: &mut egui::Ui, curves: &Curves, s: &mut CurvesState) {
     });
     if !s.heatmap {
         ui.horizontal_wrapped(|ui| {
-            for head in 0..n_heads {
+            for (head, name) in names.iter().enumerate() {
                 let mut shown = !s.hidden_heads.contains(&head);
-                if ui.checkbox(&mut shown, format!("h{head}")).changed() {
+                if ui.checkbox(&mut shown, name).changed() {
                     if shown {
                         s.hidden_heads.remove(&head);
                     } else {
@@ -669,10 +686,18 @@ fn per_head(ui: &mut egui::Ui, curves: &Curves, s: &mut CurvesState) {
             }
         });
     }
-    let series = s.head_metric.series(&curves.history);
     if series.is_empty() {
         ui.label(format!("no {} recorded yet", s.head_metric.name()));
         return;
+    }
+    if dense && n_heads > 1 {
+        ui.label(
+            egui::RichText::new(
+                "a dense SAE: each head's line is its reconstruction spliced into that head's \
+                 part of hook_z alone",
+            )
+            .weak(),
+        );
     }
     if s.heatmap {
         heatmap(ui, &series, n_heads);
@@ -690,7 +715,7 @@ fn per_head(ui: &mut egui::Ui, curves: &Curves, s: &mut CurvesState) {
                     .iter()
                     .filter_map(|(x, v)| v.get(head).map(|y| [*x, *y]))
                     .collect();
-                p.line(Line::new(format!("h{head}"), PlotPoints::new(points)));
+                p.line(Line::new(names[head].clone(), PlotPoints::new(points)));
             }
         });
 }
