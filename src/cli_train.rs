@@ -389,26 +389,31 @@ fn fmt_heads(v: &[f64], prec: usize) -> String {
         .join(" ")
 }
 
-/// Prints the final metrics table.
+/// Prints the final metrics table. A dense SAE's one block has no per-head rows; its CE
+/// loss score per model head (the reconstruction spliced into that head's part alone) is
+/// named so.
 pub fn print_summary(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>) {
     println!();
     println!("{:-<72}", "final metrics ");
+    let blocks = last.map(|m| m.l0_per_head.len());
+    let dense = blocks == Some(1) && eval.is_some_and(|e| e.per_head.len() > 1);
+    let per_head = |values: String| {
+        if !dense {
+            println!("{:<28} {values}", "  per head");
+        }
+    };
     if let Some(m) = last {
         println!("{:<28} {}", "step", m.step);
         println!("{:<28} {}", "tokens", m.tokens);
         println!("{:<28} {:.5}", "MSE (SAE input space)", m.mse);
         println!("{:<28} {:.4}", "explained variance", m.explained_variance);
-        println!(
-            "{:<28} {}",
-            "  per head",
-            fmt_heads(&m.explained_variance_per_head, 3)
-        );
+        per_head(fmt_heads(&m.explained_variance_per_head, 3));
         println!("{:<28} {:.2}", "L0 total", m.l0);
-        println!("{:<28} {}", "  per head", fmt_heads(&m.l0_per_head, 1));
+        per_head(fmt_heads(&m.l0_per_head, 1));
         println!("{:<28} {:.4}", "L2 ratio", m.l2_ratio);
         let dead: Vec<String> = m.dead_per_head.iter().map(|d| d.to_string()).collect();
         println!("{:<28} {}", "dead features", m.dead_features);
-        println!("{:<28} {}", "  per head", dead.join(" "));
+        per_head(dead.join(" "));
     }
     if let Some(e) = eval {
         println!("{:<28} {:.4}", "CE loss clean", e.ce_clean);
@@ -416,7 +421,12 @@ pub fn print_summary(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>) {
         println!("{:<28} {:.4}", "CE loss zero-ablated", e.ce_zero);
         println!("{:<28} {:.4}", "CE loss score", e.ce_score);
         let per: Vec<f64> = e.per_head.iter().map(|h| h.ce_score).collect();
-        println!("{:<28} {}", "  per head", fmt_heads(&per, 3));
+        let name = if dense {
+            "  per model head alone"
+        } else {
+            "  per head"
+        };
+        println!("{name:<28} {}", fmt_heads(&per, 3));
     }
     println!("{:-<72}", "");
 }

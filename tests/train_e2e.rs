@@ -1315,6 +1315,13 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     let sae = BlockDiagSae::load(&out_dir.join("sae"), &Device::flex()).unwrap();
     assert_eq!((sae.config.n_heads, sae.config.d_head), (1, 4 * 16));
+    // The final table: no per-head rows for the one block; the CE loss score per model head
+    // named so (four values).
+    assert!(!stdout.contains("\n  per head "), "{stdout}");
+    let per_model_head = (stdout.lines())
+        .find(|l| l.starts_with("  per model head alone"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(per_model_head.split_whitespace().count(), 4 + 4);
     let file = out_dir.join("dashboard.safetensors");
     assert!(
         stdout.contains(&format!(
