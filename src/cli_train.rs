@@ -389,14 +389,18 @@ fn fmt_heads(v: &[f64], prec: usize) -> String {
         .join(" ")
 }
 
-/// Prints the final metrics table. A dense SAE's one block has no per-head rows; its CE
+/// Whether a run's metrics are a dense SAE's: one block, CE loss scores per model head.
+pub fn metrics_of_dense(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>) -> bool {
+    let blocks = last.map(|m| m.l0_per_head.len());
+    blocks == Some(1) && eval.is_some_and(|e| e.per_head.len() > 1)
+}
+
+/// Prints the final metrics table. A `dense` SAE's one block has no per-head rows; its CE
 /// loss score per model head (the reconstruction spliced into that head's part alone) is
 /// named so.
-pub fn print_summary(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>) {
+pub fn print_summary(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>, dense: bool) {
     println!();
     println!("{:-<72}", "final metrics ");
-    let blocks = last.map(|m| m.l0_per_head.len());
-    let dense = blocks == Some(1) && eval.is_some_and(|e| e.per_head.len() > 1);
     let per_head = |values: String| {
         if !dense {
             println!("{:<28} {values}", "  per head");
@@ -524,7 +528,8 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                 if let Some(b) = &bar {
                     b.finish_and_clear();
                 }
-                print_summary(s.last.as_ref(), s.eval.as_ref());
+                let (last, eval) = (s.last.as_ref(), s.eval.as_ref());
+                print_summary(last, eval, metrics_of_dense(last, eval));
                 println!(
                     "{} steps, {} tokens in {:.1} s ({:.0} tokens/s){}",
                     s.steps,

@@ -1202,7 +1202,9 @@ fn main() -> anyhow::Result<()> {
                 config.drop_bos,
                 0,
             )?;
-            attn_saes::cli_train::print_summary(None, Some(&e));
+            let model = &loaded.transformer.config;
+            let dense = sae.config.is_dense_over(model.n_heads, model.d_head);
+            attn_saes::cli_train::print_summary(None, Some(&e), dense);
             println!(
                 "over {} windows: zero-ablation costs {:.4} +- {:.4} nats, the SAE {:.4} +- \
                  {:.4}; CE loss score {:.3} +- {:.3} (standard errors; jackknife for the score)",

@@ -1322,6 +1322,19 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
         .find(|l| l.starts_with("  per model head alone"))
         .unwrap_or_else(|| panic!("{stdout}"));
     assert_eq!(per_model_head.split_whitespace().count(), 4 + 4);
+    // So does `evaluate`'s.
+    let ckpt = checkpoint::resolve_resume(&out_dir).unwrap();
+    let (sae_dir, saved) = (out_dir.join("sae"), ckpt.join("config.toml"));
+    let (sae_arg, config_arg) = (sae_dir.to_str().unwrap(), saved.to_str().unwrap());
+    let (code, said, stderr) = cli(&["evaluate", "--sae", sae_arg, "--config", config_arg]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!said.contains("\n  per head "), "{said}");
+    let line = (said.lines()).find(|l| l.starts_with("  per model head alone"));
+    assert_eq!(
+        line.map(|l| l.split_whitespace().count()),
+        Some(4 + 4),
+        "{said}"
+    );
     let file = out_dir.join("dashboard.safetensors");
     assert!(
         stdout.contains(&format!(
