@@ -83,7 +83,7 @@ impl Pending {
         let z = cache.hook_z.remove(&layer).context("no hook_z")?;
         let out = sae.forward(sae.scale_input(z.reshape([t, h, d])));
         let feats = super::unless_bos(sae, model, std::slice::from_ref(&ids), out.feats);
-        let skips_bos = !sae.reads_bos && model.config.bos_token_id == ids.first().copied();
+        let skips_bos = super::skips_bos(sae, model, &ids);
         let strings = ids
             .iter()
             .map(|&id| crate::lm::token_text(&loaded.tokenizer, id))

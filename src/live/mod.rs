@@ -60,6 +60,17 @@ fn feature_of(
     Ok((blocks, width))
 }
 
+/// Whether `window` starts with a BOS that the SAE does not read.
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+fn skips_bos(
+    sae: &crate::sae::BlockDiagSae,
+    model: &crate::lm::Transformer,
+    window: &[u32],
+) -> bool {
+    let bos = model.config.bos_token_id;
+    !sae.reads_bos && bos.is_some() && window.first().copied() == bos
+}
+
 /// `feats` (`[blocks, n, m]`, the positions of `windows` in order) with none at a BOS token
 /// in a window's first position, unless the SAE reads BOS ([`BlockDiagSae::reads_bos`]):
 /// the run's SAE is not applied there, so its features neither show nor are removed.
@@ -73,14 +84,13 @@ fn unless_bos(
     feats: burn::tensor::Tensor<3>,
 ) -> burn::tensor::Tensor<3> {
     use burn::tensor::{Tensor, TensorData};
-    let bos = model.config.bos_token_id;
-    let at_bos = |w: &Vec<u32>| bos.is_some() && w.first().copied() == bos;
-    if sae.reads_bos || !windows.iter().any(at_bos) {
+    let skips = |w: &Vec<u32>| skips_bos(sae, model, w);
+    if !windows.iter().any(skips) {
         return feats;
     }
     let mask: Vec<f32> = windows
         .iter()
-        .flat_map(|w| (0..w.len()).map(move |p| if p == 0 && at_bos(w) { 0.0 } else { 1.0 }))
+        .flat_map(|w| (0..w.len()).map(move |p| if p == 0 && skips(w) { 0.0 } else { 1.0 }))
         .collect();
     let n = mask.len();
     let mask = Tensor::<1>::from_data(TensorData::new(mask, [n]), &feats.device());
