@@ -196,6 +196,21 @@ pub fn check_demo_assets(config: &TrainConfig) -> anyhow::Result<()> {
 /// Config keys a resumed run may change.
 pub const RESUMABLE_CHANGES: &[&str] = &["total_training_steps", "keep_checkpoints", "device"];
 
+/// Config keys `harvest` reads: what the activations it writes depend on (and where).
+pub const HARVEST_KEYS: &[&str] = &[
+    "model",
+    "dataset",
+    "text_column",
+    "hook_layer",
+    "z_convention",
+    "context_size",
+    "batch_size",
+    "windows_per_forward",
+    "drop_bos",
+    "eval_windows",
+    "device",
+];
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ZConventionArg {
     /// TransformerLens' processed hook_z (value biases folded out), as SAELens expects.
@@ -224,6 +239,40 @@ impl TrainArgs {
              drop it"
         );
         Ok(c)
+    }
+
+    /// [`Self::resolve`] for `harvest`, which writes activations and trains nothing: a flag
+    /// that would change only training (not in [`HARVEST_KEYS`]), `--resume` or
+    /// `--stop-after` is an error naming it, where it was taken and ignored. A `--config`
+    /// file may hold training keys (a sweep's shared file): only flags are checked.
+    pub fn resolve_for_harvest(&self, device: DeviceChoice) -> anyhow::Result<TrainConfig> {
+        let mut ignored: Vec<String> = (self.resume.iter().map(|_| "--resume".to_string()))
+            .chain(self.stop_after.iter().map(|_| "--stop-after".to_string()))
+            .collect();
+        let base = match &self.config {
+            Some(path) => TrainConfig::from_toml(path)?,
+            None => TrainConfig::default(),
+        };
+        let (a, b) = (
+            serde_json::to_value(&base)?,
+            serde_json::to_value(self.apply(base))?,
+        );
+        if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+            for (key, old) in a {
+                if &b[key] != old && !HARVEST_KEYS.contains(&key.as_str()) {
+                    ignored.push(format!("--{}", key.replace('_', "-")));
+                }
+            }
+        }
+        anyhow::ensure!(
+            ignored.is_empty(),
+            "harvest writes hook_z activations and trains nothing, so {} would change \
+             nothing here: drop {}, and give {} to `train --activation-cache DIR` instead",
+            ignored.join(", "),
+            if ignored.len() == 1 { "it" } else { "them" },
+            if ignored.len() == 1 { "it" } else { "them" },
+        );
+        self.resolve(device)
     }
 
     /// The config of a run these flags start or resume (validated, demo assets fetched if

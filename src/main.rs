@@ -1603,7 +1603,7 @@ fn run_harvest(
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
     use attn_saes::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
-    let config = args.resolve(choice)?;
+    let config = args.resolve_for_harvest(choice)?;
     attn_saes::cli_train::check_demo_assets(&config)?;
     let (selected, loaded) = open_model(choice, &config.model)?;
     let corpus =

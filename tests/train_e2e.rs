@@ -1188,7 +1188,21 @@ fn ignored_flags_zero_counts_and_unwritable_outputs_are_refused_first() {
     let file = dir.join("a-file");
     std::fs::write(&file, "").unwrap();
     let file = file.to_str().unwrap();
-    let cases: [(&[&str], String); 14] = [
+    let cache = dir.join("cache");
+    let cache = cache.to_str().unwrap();
+    let cases: [(&[&str], String); 16] = [
+        (
+            &["harvest", "--out", cache, "--lr", "0.1"],
+            "Error: harvest writes hook_z activations and trains nothing, so --lr would change \
+             nothing here: drop it, and give it to `train --activation-cache DIR` instead\n"
+                .into(),
+        ),
+        (
+            &["harvest", "--out", cache, "--stop-after", "5", "--dense"],
+            "Error: harvest writes hook_z activations and trains nothing, so --stop-after, \
+             --dense would change nothing here: drop them"
+                .into(),
+        ),
         (
             &["train", "--headless", "--no-dashboard", "--interval-dfa"],
             "error: the argument '--no-dashboard' cannot be used with '--interval-dfa'".into(),
