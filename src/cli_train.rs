@@ -196,7 +196,8 @@ pub fn check_demo_assets(config: &TrainConfig) -> anyhow::Result<()> {
 /// Config keys a resumed run may change.
 pub const RESUMABLE_CHANGES: &[&str] = &["total_training_steps", "keep_checkpoints", "device"];
 
-/// Config keys `harvest` reads: what the activations it writes depend on (and where).
+/// Config keys `harvest` reads: what the activations it writes depend on (the seed orders
+/// its rows).
 pub const HARVEST_KEYS: &[&str] = &[
     "model",
     "dataset",
@@ -208,6 +209,7 @@ pub const HARVEST_KEYS: &[&str] = &[
     "windows_per_forward",
     "drop_bos",
     "eval_windows",
+    "seed",
     "device",
 ];
 
