@@ -717,4 +717,23 @@ fn a_dense_saes_features_show_the_heads_they_write() {
     h.get_by_label("by head");
     h.get_by_label(&dfa_by_head_text(&top[0].dfa_by_head, 4));
     h.snapshot("features_view_dense");
+    // The list by the head each feature writes most, as the SAE's decoder rows say.
+    let most = |g: usize| -> usize {
+        let parts: Vec<f64> = (w_dec[g * 64..(g + 1) * 64].chunks(16))
+            .map(|p| p.iter().map(|&x| x as f64 * x as f64).sum())
+            .collect();
+        (0..4)
+            .max_by(|&a, &b| parts[a].total_cmp(&parts[b]))
+            .unwrap()
+    };
+    h.get_by_label("writes most to");
+    let mut listed = 0;
+    for head in 0..4 {
+        h.state_mut().1.writes_to = Some(head);
+        h.run_steps(2);
+        let want = (0..128).filter(|&g| most(g) == head).count();
+        h.get_by_label(&format!("{want} of 128 features"));
+        listed += want;
+    }
+    assert_eq!(listed, 128);
 }

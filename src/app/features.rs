@@ -78,6 +78,7 @@ struct ListKey {
     sort: SortBy,
     hide_dead: bool,
     reads_from: ReadsFrom,
+    writes_to: Option<usize>,
     search: String,
     crop: usize,
 }
@@ -89,6 +90,7 @@ impl ListKey {
             sort: s.sort,
             hide_dead: s.hide_dead,
             reads_from: s.reads_from,
+            writes_to: s.writes_to,
             search: s.search.clone(),
             // The crop only matters to the search.
             crop: if s.search.is_empty() { 0 } else { s.crop },
@@ -202,6 +204,7 @@ impl LoadedDashboard {
                 reads,
                 summary,
                 effects: self.file.meta.effects.as_ref(),
+                dense_heads: self.file.meta.dense_heads(),
             }),
             (Some(Some(Err(e))), _) => Err(e.as_str()),
             _ => Err("head not decoded"),
@@ -220,6 +223,8 @@ struct Head<'a> {
     summary: &'a HeadSources,
     /// Where the features' effects on the loss were estimated, if they were.
     effects: Option<&'a Effects>,
+    /// The model heads of a dense SAE's one block; none for a block-diagonal SAE.
+    dense_heads: Option<usize>,
 }
 
 /// What the viewer remembers between frames (and sessions).
@@ -232,6 +237,9 @@ pub struct FeaturesState {
     pub hide_dead: bool,
     /// Only features that read mostly from this kind of source.
     pub reads_from: ReadsFrom,
+    /// A dense SAE's features that write most to this model head only (the largest share
+    /// of their decoder row); none: all. Ignored for a block-diagonal SAE.
+    pub writes_to: Option<usize>,
     pub search: String,
     /// Tokens of context shown each side of an example's target.
     pub crop: usize,
@@ -254,6 +262,7 @@ impl Default for FeaturesState {
             sort: SortBy::default(),
             hide_dead: false,
             reads_from: ReadsFrom::Any,
+            writes_to: None,
             search: String::new(),
             crop: 12,
             example: None,
@@ -779,9 +788,19 @@ fn feature_order(
     let needle = s.search.to_lowercase();
     let labelled =
         |f: usize| (labels.get(s.head, f)).is_some_and(|l| l.to_lowercase().contains(&needle));
+    // A dense SAE's features by the model head they write most.
+    let writes_to = |f: usize| -> bool {
+        let (Some(want), Some(heads)) = (s.writes_to, file.meta.dense_heads()) else {
+            return true;
+        };
+        let shares = head.head_shares(f, heads).unwrap_or_default();
+        let most = (0..shares.len()).max_by(|&a, &b| shares[a].total_cmp(&shares[b]));
+        most == Some(want)
+    };
     let mut order: Vec<usize> = (0..fs.len())
         .filter(|&f| !(s.hide_dead && is_dead(&fs[f])))
         .filter(|&f| reads.get(f).is_some_and(|r| s.reads_from.admits(r)))
+        .filter(|&f| writes_to(f))
         .filter(|&f| {
             needle.is_empty() || labelled(f) || matches_search(file, &fs[f], &needle, s.crop)
         })
@@ -821,7 +840,8 @@ fn list_panel(
         .show(ui, |ui| {
             ui.heading("Features");
             let has_effects = head.as_ref().is_ok_and(|h| h.effects.is_some());
-            list_controls(ui, s, has_effects);
+            let dense_heads = head.as_ref().ok().and_then(|h| h.dense_heads);
+            list_controls(ui, s, has_effects, dense_heads);
             match head {
                 Err(e) => error_label(ui, e),
                 Ok(head) => {
@@ -847,8 +867,14 @@ fn list_panel(
 }
 
 /// The list's sort, filters and search; sorting by effect is offered when the file has
-/// the estimates.
-fn list_controls(ui: &mut Ui, s: &mut FeaturesState, has_effects: bool) {
+/// the estimates, and for a dense SAE over `dense_heads` heads, a filter by the head a
+/// feature writes most.
+fn list_controls(
+    ui: &mut Ui,
+    s: &mut FeaturesState,
+    has_effects: bool,
+    dense_heads: Option<usize>,
+) {
     ui.horizontal(|ui| {
         egui::ComboBox::from_label("sort")
             .selected_text(s.sort.label())
@@ -879,6 +905,21 @@ fn list_controls(ui: &mut Ui, s: &mut FeaturesState, has_effects: bool) {
             "only features whose top examples mostly read from this source \
              (the position with the largest DFA)",
         );
+    if let Some(heads) = dense_heads {
+        let name = |h: Option<usize>| h.map_or("any head".to_string(), |h| format!("h{h}"));
+        egui::ComboBox::from_label("writes most to")
+            .selected_text(name(s.writes_to))
+            .show_ui(ui, |ui| {
+                for h in std::iter::once(None).chain((0..heads).map(Some)) {
+                    ui.selectable_value(&mut s.writes_to, h, name(h));
+                }
+            })
+            .response
+            .on_hover_text(
+                "only the dense SAE's features that write most to this head (the largest \
+                 share of their decoder row), to set beside a block-diagonal SAE's head",
+            );
+    }
     ui.add(
         egui::TextEdit::singleline(&mut s.search)
             .id(search_id())
