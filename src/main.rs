@@ -266,6 +266,10 @@ enum Command {
         /// that report there.
         #[arg(long, value_parser = parse_head_feature, conflicts_with = "effect")]
         feature: Option<(usize, usize)>,
+        /// A dense SAE: list only its features that write most to this model head (the
+        /// largest share of their decoder row), to set beside a block-diagonal SAE's head.
+        #[arg(long, value_name = "HEAD", conflicts_with_all = ["feature", "effect"])]
+        writes_to: Option<usize>,
     },
     /// How alike two SAEs of the same layer are: for each feature of A, the feature of the
     /// same head in B with the closest decoder direction, and the mean of those cosines
@@ -1047,6 +1051,7 @@ fn main() -> anyhow::Result<()> {
             json,
             effect,
             feature,
+            writes_to,
         } => {
             let path = if run.is_file() {
                 run.clone()
@@ -1095,6 +1100,17 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             let mut report = attn_saes::dashboard::report::report(&d, by.into(), per_head, top);
+            if let Some(h) = writes_to {
+                use attn_saes::dashboard::report::features_writing_to;
+                let heads = d.meta.dense_heads().with_context(|| {
+                    format!(
+                        "--writes-to {h}: the SAE is block-diagonal, so its head {h} is its \
+                         block {h}: leave --writes-to out"
+                    )
+                })?;
+                anyhow::ensure!(h < heads, "--writes-to {h}: the model has {heads} heads");
+                report.features = features_writing_to(&d, by.into(), (per_head, top), h);
+            }
             if let Some(labels) = &labels {
                 report.label(labels);
             }
@@ -1112,6 +1128,13 @@ fn main() -> anyhow::Result<()> {
                 if let Some(s) = &h.random_tokens {
                     println!("          on repeated random tokens: {}", s.describe());
                 }
+            }
+            if let Some(h) = writes_to {
+                println!(
+                    "Features that write most to head {h} (the largest share of their decoder \
+                     row's squared norm), the {} strongest:",
+                    report.features.len()
+                );
             }
             for r in &report.features {
                 print_feature_report(r, labels.as_ref());

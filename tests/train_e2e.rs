@@ -1555,6 +1555,46 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
     ]);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     let block_run = block_cfg.out_dir.to_str().unwrap();
+    // `features --writes-to H`: the dense run's live features whose decoder row has its
+    // largest share in head H, as the SAE's weights say; refused for the block-diagonal run.
+    let json = dir.join("writes.json");
+    for head in 0..4 {
+        let (code, _, stderr) = cli(&[
+            "features",
+            "--run",
+            run,
+            "--writes-to",
+            &head.to_string(),
+            "--per-head",
+            "128",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let listed: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let mut got: Vec<u64> = (listed["features"].as_array().unwrap().iter())
+            .map(|f| f["feature"].as_u64().unwrap())
+            .collect();
+        got.sort_unstable();
+        let want: Vec<u64> = (0..128)
+            .filter(|&g| d.heads[0].features[g].density > 0.0)
+            .filter(|&g| {
+                let parts: Vec<f64> = (w_dec[g * 64..(g + 1) * 64].chunks(16))
+                    .map(|p| p.iter().map(|&x| x as f64 * x as f64).sum())
+                    .collect();
+                (0..4).max_by(|&a, &b| parts[a].total_cmp(&parts[b])) == Some(head)
+            })
+            .map(|g| g as u64)
+            .collect();
+        assert_eq!(got, want, "head {head}");
+    }
+    let (code, _, stderr) = cli(&["features", "--run", block_run, "--writes-to", "0"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("--writes-to 0: the SAE is block-diagonal, so its head 0 is its block 0"),
+        "{stderr}"
+    );
     let block = BlockDiagSae::load(&block_cfg.out_dir.join("sae"), &Device::flex()).unwrap();
     let w_block = block.w_dec.clone().into_data().try_to_vec::<f32>().unwrap(); // [4, 32, 16]
     let (m, d) = (block.config.features_per_head, 16);

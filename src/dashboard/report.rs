@@ -175,6 +175,37 @@ pub fn features_by(
     per_head: usize,
     top: usize,
 ) -> Vec<FeatureReport> {
+    features_where(d, by, (per_head, top), |_, _| true)
+}
+
+/// [`features_by`] for a dense SAE: its live features that write most to model head
+/// `model_head` (the largest share of their decoder row, [`HeadData::head_shares`]); none
+/// for a block-diagonal SAE or a file without decoder rows.
+///
+/// [`HeadData::head_shares`]: super::format::HeadData::head_shares
+pub fn features_writing_to(
+    d: &Dashboard,
+    by: Strongest,
+    (per_head, top): (usize, usize),
+    model_head: usize,
+) -> Vec<FeatureReport> {
+    let Some(heads) = d.meta.dense_heads() else {
+        return Vec::new();
+    };
+    features_where(d, by, (per_head, top), |head, f| {
+        let shares = d.heads[head].head_shares(f, heads).unwrap_or_default();
+        let most = (0..shares.len()).max_by(|&a, &b| shares[a].total_cmp(&shares[b]));
+        most == Some(model_head)
+    })
+}
+
+/// [`features_by`] over the features `keep(head, feature)` admits.
+fn features_where(
+    d: &Dashboard,
+    by: Strongest,
+    (per_head, top): (usize, usize),
+    keep: impl Fn(usize, usize) -> bool,
+) -> Vec<FeatureReport> {
     let m = d.meta.sae.features_per_head;
     let by = match d.meta.effects {
         Some(_) => by,
@@ -186,7 +217,9 @@ pub fn features_by(
     };
     let mut out = Vec::new();
     for (head, data) in d.heads.iter().enumerate() {
-        let mut order: Vec<usize> = (0..m).filter(|&f| data.features[f].density > 0.0).collect();
+        let mut order: Vec<usize> = (0..m)
+            .filter(|&f| data.features[f].density > 0.0 && keep(head, f))
+            .collect();
         order.sort_by(|&a, &b| {
             let (fa, fb) = (&data.features[a], &data.features[b]);
             key(fb).total_cmp(&key(fa)).then(a.cmp(&b))
