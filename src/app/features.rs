@@ -793,9 +793,7 @@ fn feature_order(
         let (Some(want), Some(heads)) = (s.writes_to, file.meta.dense_heads()) else {
             return true;
         };
-        let shares = head.head_shares(f, heads).unwrap_or_default();
-        let most = (0..shares.len()).max_by(|&a, &b| shares[a].total_cmp(&shares[b]));
-        most == Some(want)
+        head.writes_most(f, heads) == Some(want)
     };
     let mut order: Vec<usize> = (0..fs.len())
         .filter(|&f| !(s.hide_dead && is_dead(&fs[f])))

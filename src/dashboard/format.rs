@@ -372,6 +372,15 @@ impl HeadData {
                 .collect(),
         )
     }
+
+    /// The model head with the largest of [`Self::head_shares`] (the lower on a tie): the
+    /// head a dense SAE's feature writes most.
+    pub fn writes_most(&self, feature: usize, heads: usize) -> Option<usize> {
+        let shares = self.head_shares(feature, heads)?;
+        (0..shares.len())
+            .rev()
+            .max_by(|&a, &b| shares[a].total_cmp(&shares[b]))
+    }
 }
 
 /// Head shares ([`HeadData::head_shares`]) in words: the heads with the largest shares,

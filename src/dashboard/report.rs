@@ -179,10 +179,10 @@ pub fn features_by(
 }
 
 /// [`features_by`] for a dense SAE: its live features that write most to model head
-/// `model_head` (the largest share of their decoder row, [`HeadData::head_shares`]); none
+/// `model_head` (the largest share of their decoder row, [`HeadData::writes_most`]); none
 /// for a block-diagonal SAE or a file without decoder rows.
 ///
-/// [`HeadData::head_shares`]: super::format::HeadData::head_shares
+/// [`HeadData::writes_most`]: super::format::HeadData::writes_most
 pub fn features_writing_to(
     d: &Dashboard,
     by: Strongest,
@@ -193,9 +193,7 @@ pub fn features_writing_to(
         return Vec::new();
     };
     features_where(d, by, (per_head, top), |head, f| {
-        let shares = d.heads[head].head_shares(f, heads).unwrap_or_default();
-        let most = (0..shares.len()).max_by(|&a, &b| shares[a].total_cmp(&shares[b]));
-        most == Some(model_head)
+        d.heads[head].writes_most(f, heads) == Some(model_head)
     })
 }
 
