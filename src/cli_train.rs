@@ -196,6 +196,27 @@ pub fn check_demo_assets(config: &TrainConfig) -> anyhow::Result<()> {
 /// Config keys a resumed run may change.
 pub const RESUMABLE_CHANGES: &[&str] = &["total_training_steps", "keep_checkpoints", "device"];
 
+/// The settings that differ between `a` and `b`, but for the keys in `allowed`: each as its
+/// flag (`--l1-coefficient`) with its value in `a` and in `b`, in key order.
+fn changed_keys(
+    a: &TrainConfig,
+    b: &TrainConfig,
+    allowed: &[&str],
+) -> anyhow::Result<Vec<(String, serde_json::Value, serde_json::Value)>> {
+    let (a, b) = (serde_json::to_value(a)?, serde_json::to_value(b)?);
+    let mut changed = Vec::new();
+    if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+        for (key, old) in a {
+            let new = &b[key];
+            if new != old && !allowed.contains(&key.as_str()) {
+                let flag = format!("--{}", key.replace('_', "-"));
+                changed.push((flag, old.clone(), new.clone()));
+            }
+        }
+    }
+    Ok(changed)
+}
+
 /// Config keys `harvest` reads: what the activations it writes depend on (the seed orders
 /// its rows).
 pub const HARVEST_KEYS: &[&str] = &[
@@ -224,11 +245,20 @@ pub enum ZConventionArg {
 impl TrainArgs {
     /// The config: defaults, then `--config FILE`, then flags.
     pub fn resolve(&self, device: DeviceChoice) -> anyhow::Result<TrainConfig> {
-        let c = match &self.config {
-            Some(path) => TrainConfig::from_toml(path)?,
-            None => TrainConfig::default(),
-        };
-        let mut c = self.apply(c);
+        self.resolve_over(self.base()?, device)
+    }
+
+    /// The defaults, or the `--config` file's settings: what the flags apply to.
+    fn base(&self) -> anyhow::Result<TrainConfig> {
+        match &self.config {
+            Some(path) => TrainConfig::from_toml(path),
+            None => Ok(TrainConfig::default()),
+        }
+    }
+
+    /// [`Self::resolve`] over `base` ([`Self::base`]).
+    fn resolve_over(&self, base: TrainConfig, device: DeviceChoice) -> anyhow::Result<TrainConfig> {
+        let mut c = self.apply(base);
         c.device = device;
         // The flag only: saved configs record the AuxK size whatever the architecture.
         anyhow::ensure!(
@@ -248,24 +278,12 @@ impl TrainArgs {
     /// `--stop-after` is an error naming it, where it was taken and ignored. A `--config`
     /// file may hold training keys (a sweep's shared file): only flags are checked.
     pub fn resolve_for_harvest(&self, device: DeviceChoice) -> anyhow::Result<TrainConfig> {
-        let mut ignored: Vec<String> = (self.resume.iter().map(|_| "--resume".to_string()))
+        let base = self.base()?;
+        let flags = changed_keys(&base, &self.apply(base.clone()), HARVEST_KEYS)?;
+        let ignored: Vec<String> = (self.resume.iter().map(|_| "--resume".to_string()))
             .chain(self.stop_after.iter().map(|_| "--stop-after".to_string()))
+            .chain(flags.into_iter().map(|(flag, _, _)| flag))
             .collect();
-        let base = match &self.config {
-            Some(path) => TrainConfig::from_toml(path)?,
-            None => TrainConfig::default(),
-        };
-        let (a, b) = (
-            serde_json::to_value(&base)?,
-            serde_json::to_value(self.apply(base))?,
-        );
-        if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
-            for (key, old) in a {
-                if &b[key] != old && !HARVEST_KEYS.contains(&key.as_str()) {
-                    ignored.push(format!("--{}", key.replace('_', "-")));
-                }
-            }
-        }
         anyhow::ensure!(
             ignored.is_empty(),
             "harvest writes hook_z activations and trains nothing, so {} would change \
@@ -274,7 +292,7 @@ impl TrainArgs {
             if ignored.len() == 1 { "it" } else { "them" },
             if ignored.len() == 1 { "it" } else { "them" },
         );
-        self.resolve(device)
+        self.resolve_over(base, device)
     }
 
     /// The config of a run these flags start or resume (validated, demo assets fetched if
@@ -327,19 +345,10 @@ impl TrainArgs {
         {
             asked.activation_cache = saved.activation_cache.clone();
         }
-        let (a, b) = (serde_json::to_value(&saved)?, serde_json::to_value(&asked)?);
-        let mut changed = Vec::new();
-        if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
-            for (key, old) in a {
-                let new = &b[key];
-                if new != old && !RESUMABLE_CHANGES.contains(&key.as_str()) {
-                    changed.push(format!(
-                        "--{} ({old} in the checkpoint, {new} given)",
-                        key.replace('_', "-")
-                    ));
-                }
-            }
-        }
+        let changed: Vec<String> = changed_keys(&saved, &asked, RESUMABLE_CHANGES)?
+            .into_iter()
+            .map(|(flag, old, new)| format!("{flag} ({old} in the checkpoint, {new} given)"))
+            .collect();
         anyhow::ensure!(
             changed.is_empty(),
             "--resume continues the run saved in {}, but these flags differ from its config: \
@@ -438,12 +447,6 @@ fn fmt_heads(v: &[f64], prec: usize) -> String {
         .map(|x| format!("{x:.prec$}"))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Whether a run's metrics are a dense SAE's: one block, CE loss scores per model head.
-pub fn metrics_of_dense(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>) -> bool {
-    let blocks = last.map(|m| m.l0_per_head.len());
-    blocks == Some(1) && eval.is_some_and(|e| e.per_head.len() > 1)
 }
 
 /// Prints the final metrics table. A `dense` SAE's one block has no per-head rows; its CE
@@ -580,7 +583,7 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                     b.finish_and_clear();
                 }
                 let (last, eval) = (s.last.as_ref(), s.eval.as_ref());
-                print_summary(last, eval, metrics_of_dense(last, eval));
+                print_summary(last, eval, crate::run_log::dense_metrics(last, eval));
                 println!(
                     "{} steps, {} tokens in {:.1} s ({:.0} tokens/s){}",
                     s.steps,

@@ -1099,18 +1099,21 @@ fn main() -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let mut report = attn_saes::dashboard::report::report(&d, by.into(), per_head, top);
-            if let Some(h) = writes_to {
-                use attn_saes::dashboard::report::features_writing_to;
-                let heads = d.meta.dense_heads().with_context(|| {
-                    format!(
-                        "--writes-to {h}: the SAE is block-diagonal, so its head {h} is its \
-                         block {h}: leave --writes-to out"
-                    )
-                })?;
-                anyhow::ensure!(h < heads, "--writes-to {h}: the model has {heads} heads");
-                report.features = features_writing_to(&d, by.into(), (per_head, top), h);
-            }
+            use attn_saes::dashboard::report::{features_by, features_writing_to, report_of};
+            let features = match writes_to {
+                Some(h) => {
+                    let heads = d.meta.dense_heads().with_context(|| {
+                        format!(
+                            "--writes-to {h}: the SAE is block-diagonal, so its head {h} is its \
+                             block {h}: leave --writes-to out"
+                        )
+                    })?;
+                    anyhow::ensure!(h < heads, "--writes-to {h}: the model has {heads} heads");
+                    features_writing_to(&d, by.into(), (per_head, top), h)
+                }
+                None => features_by(&d, by.into(), per_head, top),
+            };
+            let mut report = report_of(&d, features);
             if let Some(labels) = &labels {
                 report.label(labels);
             }

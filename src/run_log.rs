@@ -55,6 +55,14 @@ pub enum LogLine {
     Eval(EvalMetrics),
 }
 
+/// Whether a run's metrics (its last step's and evaluation's) are a dense SAE's: one
+/// block, and CE loss scores per model head (its reconstruction spliced into one head's
+/// part of hook_z at a time).
+pub fn dense_metrics(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>) -> bool {
+    let blocks = last.map(|m| m.l0_per_head.len());
+    blocks == Some(1) && eval.is_some_and(|e| e.per_head.len() > 1)
+}
+
 /// A run's step and eval history.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct History {

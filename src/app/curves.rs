@@ -655,9 +655,8 @@ fn line_names(n: usize, dense: bool) -> Vec<String> {
 fn per_head(ui: &mut egui::Ui, curves: &Curves, s: &mut CurvesState) {
     let series = s.head_metric.series(&curves.history);
     let n_heads = (series.iter().map(|(_, v)| v.len()).max()).unwrap_or(curves.n_heads());
-    let blocks = curves.history.steps.last().map(|x| x.l0_per_head.len());
-    let per_model_head = curves.history.evals.last().map(|e| e.per_head.len());
-    let dense = blocks == Some(1) && per_model_head.is_some_and(|n| n > 1);
+    let h = &curves.history;
+    let dense = crate::run_log::dense_metrics(h.steps.last(), h.evals.last());
     let names = line_names(n_heads, dense);
     ui.horizontal(|ui| {
         let label = ui.label(egui::RichText::new("Per head").strong()).id;

@@ -107,7 +107,7 @@ pub struct BuildInputs<'a> {
 /// Progress of a build: `(phase, done, total)`.
 pub type Progress<'p> = &'p mut dyn FnMut(&str, usize, usize);
 
-use super::dfa::{dfa_by_head, dfa_from_products, sum_parts};
+use super::dfa::{dfa_by_head, dfa_from_products, part_sums, sum_parts};
 use super::sources;
 
 /// The seeded hash key of an active (token, feature): interval groups keep the smallest.
@@ -590,11 +590,7 @@ fn add_interval_dfa(
                     scale[head],
                     target,
                 );
-                let by_head = match r {
-                    1 => Vec::new(),
-                    _ => parts.iter().map(|p| p.iter().sum()).collect(),
-                };
-                (sum_parts(&parts, target + 1), by_head)
+                (sum_parts(&parts, target + 1), part_sums(&parts))
             })
             .collect();
         for (&(_, head, f, i), (dfa, by_head)) in work.iter().zip(dfas) {

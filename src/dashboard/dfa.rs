@@ -61,6 +61,15 @@ pub fn dfa_by_head<'v>(
         .collect()
 }
 
+/// Each part ([`dfa_by_head`]'s, one per model head) summed over the sources: a dense
+/// block's DFA by head; empty for a single part (a block-diagonal SAE's head).
+pub fn part_sums(parts: &[Vec<f32>]) -> Vec<f32> {
+    match parts.len() {
+        1 => Vec::new(),
+        _ => parts.iter().map(|part| part.iter().sum()).collect(),
+    }
+}
+
 /// The element-wise sum of `parts`, each of length `n`.
 pub fn sum_parts(parts: &[Vec<f32>], n: usize) -> Vec<f32> {
     let mut sum = vec![0f32; n];

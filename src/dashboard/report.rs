@@ -128,6 +128,12 @@ pub fn feature_report(d: &Dashboard, head: usize, f: usize, top: usize) -> Featu
 
 /// [`features_by`] and each head's [`sources::head_sources`].
 pub fn report(d: &Dashboard, by: Strongest, per_head: usize, top: usize) -> Report {
+    report_of(d, features_by(d, by, per_head, top))
+}
+
+/// Each head's [`sources::head_sources`], with `features` (those [`features_by`] or
+/// [`features_writing_to`] chose).
+pub fn report_of(d: &Dashboard, features: Vec<FeatureReport>) -> Report {
     let heads = d
         .heads
         .iter()
@@ -144,10 +150,7 @@ pub fn report(d: &Dashboard, by: Strongest, per_head: usize, top: usize) -> Repo
             }
         })
         .collect();
-    Report {
-        heads,
-        features: features_by(d, by, per_head, top),
-    }
+    Report { heads, features }
 }
 
 /// Which features a report lists for each head.

@@ -8,7 +8,7 @@ use anyhow::Context;
 use burn::prelude::*;
 
 use super::{Analysed, Attribution, AttributionState, LiveTokens};
-use crate::dashboard::dfa::{dfa_by_head, sum_parts};
+use crate::dashboard::dfa::{dfa_by_head, part_sums, sum_parts};
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
 use crate::sae::BlockDiagSae;
 
@@ -217,10 +217,7 @@ impl LiveAnalysis {
         Attribution {
             dfa: sum_parts(&parts, position + 1),
             pre: self.pre_activation(head, feature, position),
-            by_head: match self.per_block {
-                1 => Vec::new(),
-                _ => parts.iter().map(|part| part.iter().sum()).collect(),
-            },
+            by_head: part_sums(&parts),
         }
     }
 }
