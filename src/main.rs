@@ -179,9 +179,15 @@ enum Command {
     },
     /// Import an SAE from SAELens format or the seed fork's format into ours.
     Import {
-        /// A SAELens folder (cfg.json + sae_weights.safetensors).
+        /// A SAELens folder (cfg.json + sae_weights.safetensors), Kissane et al.'s NAME.pt
+        /// (with NAME_cfg.json beside it), or a Hugging Face repository holding them
+        /// (ORG/NAME, or ORG/NAME/PATH to one of them; from the cache, else downloaded).
         #[arg(long, conflicts_with = "seed")]
-        saelens: Option<std::path::PathBuf>,
+        saelens: Option<String>,
+        /// In a repository of several SAEs, the one of this layer (`blocks.L.` folders,
+        /// `_L{L}_` files).
+        #[arg(long, requires = "saelens")]
+        hook_layer: Option<usize>,
         /// A seed-fork state dict (.pt/.pth/.safetensors with enc_blocks.{h}.*).
         #[arg(long)]
         seed: Option<std::path::PathBuf>,
@@ -201,8 +207,8 @@ enum Command {
         /// A run directory (uses its final sae/, config and metrics; held-out windows).
         #[arg(long, conflicts_with = "sae")]
         run: Option<std::path::PathBuf>,
-        /// An SAE directory (our format) instead of a run; with --model, --dataset and
-        /// --hook-layer.
+        /// An SAE directory (our format) instead of a run; with --dataset, and --model and
+        /// --hook-layer unless it records them (training and `import` write them).
         #[arg(long)]
         sae: Option<std::path::PathBuf>,
         /// Tokens to scan (rounded up to whole context windows).
@@ -480,7 +486,8 @@ impl Command {
                 web_dir,
                 ..
             } => once(path).chain(compare).chain(web_dir).collect(),
-            Command::Import { saelens, seed, .. } => saelens.iter().chain(seed).collect(),
+            // --saelens may be a hub repository: resolved (with its own errors) by import.
+            Command::Import { seed, .. } => seed.iter().collect(),
             Command::Dashboard { run, sae, .. } => run.iter().chain(sae).collect(),
             Command::Match { a, b, .. } => vec![a, b],
             Command::Compare { runs, .. } => runs.iter().collect(),
@@ -840,29 +847,16 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Import {
             saelens,
+            hook_layer,
             seed,
             n_heads,
             out,
         } => {
             let device = device::select(DeviceChoice::Cpu)?.device;
             let (sae, origin) = match (saelens, seed) {
-                (Some(dir), None) => {
-                    // Our own exports say how many heads and where they were trained.
-                    let recorded = BlockDiagSae::saelens_recorded(&dir)?;
-                    let heads = n_heads.or(recorded.as_ref().map(|r| r.0)).unwrap_or(1);
-                    let sae = BlockDiagSae::import_saelens(&dir, heads, &device)?;
-                    if heads > 1 && sae.config.n_heads == 1 {
-                        println!(
-                            "its matrices are not block-diagonal over {heads} heads: imported as \
-                             one dense SAE"
-                        );
-                    } else if n_heads.is_none() && recorded.is_none() {
-                        println!(
-                            "imported as one dense SAE: give --n-heads (the layer's heads) to \
-                             import a block-diagonal one as such"
-                        );
-                    }
-                    (sae, recorded.and_then(|r| r.1))
+                (Some(reference), None) => {
+                    let path = attn_saes::lm::hub::resolve_sae(&reference, hook_layer)?;
+                    import_saelens(&path, n_heads, &device)?
                 }
                 (None, Some(file)) => (BlockDiagSae::import_seed(&file, &device)?, None),
                 _ => anyhow::bail!("give one of --saelens DIR or --seed FILE"),
@@ -876,6 +870,21 @@ fn main() -> anyhow::Result<()> {
                 sae.config.architecture,
                 out.display()
             );
+            match &origin {
+                Some(o) => println!(
+                    "trained on {} layer {} ({:?} hook_z): `dashboard --sae {} --dataset D` \
+                     builds its dashboards on that model and layer",
+                    o.model,
+                    o.hook_layer,
+                    o.z_convention,
+                    out.display()
+                ),
+                None => println!(
+                    "its files do not say where it was trained: give `dashboard --sae {}` its \
+                     --model and --hook-layer",
+                    out.display()
+                ),
+            }
         }
         Command::Dashboard {
             run,
@@ -908,10 +917,19 @@ fn main() -> anyhow::Result<()> {
                     (d, dashboard::run_dashboard_path(&run))
                 }
                 (None, Some(sae_dir)) => {
+                    let mut args = args;
+                    let origin = origin_defaults(&sae_dir, &mut args)?;
+                    let options = BuildOptions {
+                        keep_bos: args.keep_bos,
+                        ..options
+                    };
                     let config = args.resolve(cli.device)?;
                     attn_saes::cli_train::check_demo_assets(&config)?;
                     let (selected, loaded) = open_model(cli.device, &config.model)?;
                     let sae = BlockDiagSae::load(&sae_dir, &selected.device)?;
+                    let mc = &loaded.transformer.config;
+                    sae.check_fits(&mc.name, mc.n_heads, mc.d_head)?;
+                    check_origin_model(&sae_dir, origin.as_ref(), &mc.name)?;
                     let corpus = attn_saes::data::corpus::Corpus::open(
                         &config.dataset,
                         config.text_column.as_deref(),
@@ -1157,8 +1175,9 @@ fn main() -> anyhow::Result<()> {
             skip_windows,
             source,
         } => {
-            let args = source.train_args();
-            let mut config = args.resolve(cli.device)?;
+            let mut args = source.train_args();
+            let origin = origin_defaults(&sae, &mut args)?;
+            let config = args.resolve(cli.device)?;
             // Before the model loads: 0 windows evaluate nothing, 1 has no spread (NaN).
             anyhow::ensure!(
                 config.eval_windows >= 2,
@@ -1166,42 +1185,12 @@ fn main() -> anyhow::Result<()> {
                  windows), got {}",
                 config.eval_windows
             );
-            let origin = BlockDiagSae::read_origin(&sae)?;
             let (selected, loaded) = open_model(cli.device, &config.model)?;
             let mc = &loaded.transformer.config;
             let sae_dir = sae;
             let sae = BlockDiagSae::load(&sae_dir, &selected.device)?;
             sae.check_fits(&mc.name, mc.n_heads, mc.d_head)?;
-            match origin {
-                Some(o) => {
-                    anyhow::ensure!(
-                        o.model == mc.name,
-                        "{} was trained on {}, not {}: its features mean nothing on another \
-                         model, even one with the same shapes",
-                        sae_dir.display(),
-                        o.model,
-                        mc.name
-                    );
-                    match args.hook_layer {
-                        None => config.hook_layer = Some(o.hook_layer),
-                        Some(l) if l != o.hook_layer => eprintln!(
-                            "warning: {} was trained on layer {}, evaluating it on layer {l}",
-                            sae_dir.display(),
-                            o.hook_layer
-                        ),
-                        Some(_) => {}
-                    }
-                    if args.z_convention.is_none() {
-                        config.z_convention = o.z_convention;
-                    }
-                }
-                None => eprintln!(
-                    "warning: {} does not record the model it was trained on; make sure it \
-                     is {}",
-                    sae_dir.display(),
-                    mc.name
-                ),
-            }
+            check_origin_model(&sae_dir, origin.as_ref(), &mc.name)?;
             let corpus = attn_saes::data::corpus::Corpus::open(
                 &config.dataset,
                 config.text_column.as_deref(),
@@ -1266,6 +1255,103 @@ fn open_model(
     let (selected, loaded) = attn_saes::cli_train::open_model(choice, model)?;
     eprintln!("{}", selected.description);
     Ok((selected, loaded))
+}
+
+/// What `evaluate --sae` and `dashboard --sae` take from where the SAE was trained (the
+/// origin in its `sae_config.json`, which training and `import` write): the model, layer
+/// and hook_z convention unless given, and BOS positions if it was trained on them. A
+/// layer given that is not its own is warned about.
+fn origin_defaults(
+    sae_dir: &std::path::Path,
+    args: &mut TrainArgs,
+) -> anyhow::Result<Option<attn_saes::sae::io::SaeOrigin>> {
+    use attn_saes::cli_train::ZConventionArg;
+    let origin = BlockDiagSae::read_origin(sae_dir)?;
+    if let Some(o) = &origin {
+        args.model.get_or_insert_with(|| o.model.clone());
+        match args.hook_layer {
+            None => args.hook_layer = Some(o.hook_layer),
+            Some(l) if l != o.hook_layer => eprintln!(
+                "warning: {} was trained on layer {}, running it on layer {l}",
+                sae_dir.display(),
+                o.hook_layer
+            ),
+            Some(_) => {}
+        }
+        args.z_convention.get_or_insert(match o.z_convention {
+            lm::ZConvention::TransformerLens => ZConventionArg::TransformerLens,
+            lm::ZConvention::Raw => ZConventionArg::Raw,
+        });
+        args.keep_bos |= o.keep_bos;
+    }
+    Ok(origin)
+}
+
+/// Refuses to run an SAE on a model other than the one its origin names (its features mean
+/// nothing there); without an origin, warns.
+fn check_origin_model(
+    sae_dir: &std::path::Path,
+    origin: Option<&attn_saes::sae::io::SaeOrigin>,
+    model: &str,
+) -> anyhow::Result<()> {
+    match origin {
+        Some(o) => anyhow::ensure!(
+            lm::hub::expand_alias(&o.model) == model,
+            "{} was trained on {}, not {model}: its features mean nothing on another model, \
+             even one with the same shapes",
+            sae_dir.display(),
+            o.model,
+        ),
+        None => eprintln!(
+            "warning: {} does not record the model it was trained on; make sure it is {model}",
+            sae_dir.display(),
+        ),
+    }
+    Ok(())
+}
+
+/// `import --saelens` of a resolved path: a SAELens folder or Kissane et al.'s `.pt`, with
+/// where it was trained when its files say.
+fn import_saelens(
+    path: &std::path::Path,
+    n_heads: Option<usize>,
+    device: &burn::prelude::Device,
+) -> anyhow::Result<(BlockDiagSae, Option<attn_saes::sae::io::SaeOrigin>)> {
+    let dense_note = |sae: &BlockDiagSae, heads: usize, recorded: bool| {
+        if heads > 1 && sae.config.n_heads == 1 {
+            println!(
+                "its matrices are not block-diagonal over {heads} heads: imported as one dense SAE"
+            );
+        } else if n_heads.is_none() && !recorded {
+            println!(
+                "imported as one dense SAE: give --n-heads (the layer's heads) to import a \
+                 block-diagonal one as such"
+            );
+        }
+    };
+    let state_dict = path.extension().is_some_and(|e| e == "pt" || e == "pth");
+    anyhow::ensure!(
+        state_dict || path.join("cfg.json").is_file(),
+        "{} is neither a SAELens folder (cfg.json and sae_weights.safetensors; a run's export \
+         is RUN/saelens) nor Kissane et al.'s NAME.pt with NAME_cfg.json",
+        path.display()
+    );
+    if state_dict {
+        let heads = n_heads.unwrap_or(1);
+        let (sae, origin) = BlockDiagSae::import_kissane(path, heads, device)?;
+        dense_note(&sae, heads, false);
+        return Ok((sae, Some(origin)));
+    }
+    // Our own exports say how many heads and where they were trained.
+    let recorded = BlockDiagSae::saelens_recorded(path)?;
+    let heads = n_heads.or(recorded.as_ref().map(|r| r.0)).unwrap_or(1);
+    let sae = BlockDiagSae::import_saelens(path, heads, device)?;
+    dense_note(&sae, heads, recorded.is_some());
+    let origin = match recorded {
+        Some((_, origin)) => origin,
+        None => BlockDiagSae::saelens_origin(path)?,
+    };
+    Ok((sae, origin))
 }
 
 /// Builds a run's dashboards with a progress bar.
@@ -1482,7 +1568,7 @@ struct EvaluateSource {
     #[arg(long)]
     config: Option<std::path::PathBuf>,
     /// Model: directory, .gguf file, hub id (ORG/NAME) or alias (gpt2, gelu-2l). Default:
-    /// the offline demo SmolLM2-135M GGUF.
+    /// the one the SAE records, else the offline demo SmolLM2-135M GGUF.
     #[arg(long)]
     model: Option<String>,
     /// Corpus: text file, directory of text files, .jsonl or .parquet. Default: the offline
@@ -1505,8 +1591,8 @@ struct EvaluateSource {
     /// Context windows to evaluate on (default 4; at least 2, for the standard errors).
     #[arg(long)]
     eval_windows: Option<usize>,
-    /// Splice the SAE in at BOS positions too (an SAE trained with --keep-bos); by default
-    /// BOS keeps its own hook_z, as training drops it.
+    /// Splice the SAE in at BOS positions too (always for an SAE that records training with
+    /// --keep-bos); by default BOS keeps its own hook_z, as training drops it.
     #[arg(long)]
     keep_bos: bool,
 }
@@ -1532,8 +1618,9 @@ impl EvaluateSource {
 /// run (a run records its own), and the windows' shape.
 #[derive(clap::Args, Debug, Clone)]
 struct DashboardSource {
-    /// With --sae: the model (directory, .gguf file, hub id or alias; default the offline
-    /// demo's SmolLM2-135M GGUF).
+    /// With --sae: the model (directory, .gguf file, hub id or alias; default: the one the
+    /// SAE records, as training and `import` write it, else the offline demo's SmolLM2-135M
+    /// GGUF).
     #[arg(long, conflicts_with = "run")]
     model: Option<String>,
     /// With --sae: the corpus (text file, directory, .jsonl or .parquet; default the
@@ -1543,19 +1630,20 @@ struct DashboardSource {
     /// With --sae: text column of a .jsonl or .parquet corpus (default `text`).
     #[arg(long, conflicts_with = "run")]
     text_column: Option<String>,
-    /// With --sae: the layer it reads (default: 24 for the demo model, else the middle
-    /// layer).
+    /// With --sae: the layer it reads (default: the one the SAE records, else 24 for the
+    /// demo model, else the middle layer).
     #[arg(long, conflicts_with = "run")]
     hook_layer: Option<usize>,
-    /// With --sae: which hook_z it reads (default transformer-lens).
+    /// With --sae: which hook_z it reads (default: what the SAE records, else
+    /// transformer-lens).
     #[arg(long, value_enum, conflicts_with = "run")]
     z_convention: Option<attn_saes::cli_train::ZConventionArg>,
     /// Tokens per context window, BOS included (default: the run's, at most 128; 128 with
     /// --sae).
     #[arg(long)]
     context_size: Option<usize>,
-    /// Count BOS positions and show them as examples (always for a run trained with
-    /// --keep-bos).
+    /// Count BOS positions and show them as examples (always for a run or an SAE trained
+    /// with --keep-bos).
     #[arg(long)]
     keep_bos: bool,
 }

@@ -764,3 +764,210 @@ fn batchtopk_steps_report_the_batch_threshold_on_every_path() {
         }
     }
 }
+
+/// Kissane et al.'s `.pt` state dicts (tests/fixtures/kissane, written by torch.save) import
+/// as PyTorch computes them: activations and reconstruction of random inputs match the
+/// fixture's forward, a dense one as one block and a block-diagonal one as its heads, with
+/// the origin their `_cfg.json` gives.
+#[test]
+fn kissane_state_dicts_import_as_pytorch_computes_them() {
+    use attn_saes::sae::io::SaeOrigin;
+    let device = Device::flex();
+    let r = Reference::load("kissane/reference.safetensors");
+    let file = |layer: usize| {
+        common::fixture(&format!(
+            "kissane/gpt2-small_L{layer}_Hcat_z_lr1.20e-03_l11.00e+00_ds256_bs4096_dc1.00e-06\
+             _rsanthropic_rie25000_nr4_v9.pt"
+        ))
+    };
+    // (layer, --n-heads, heads expected: the dense one stays one block when asked for 4)
+    for (layer, ask, heads) in [(1, 1, 1), (1, 4, 1), (0, 4, 4), (0, 1, 1)] {
+        let (sae, origin) = BlockDiagSae::import_kissane(&file(layer), ask, &device).unwrap();
+        assert_eq!(
+            origin,
+            SaeOrigin {
+                model: "openai-community/gpt2".into(),
+                hook_layer: layer,
+                z_convention: attn_saes::lm::ZConvention::TransformerLens,
+                keep_bos: false,
+            }
+        );
+        let c = &sae.config;
+        assert_eq!(
+            (c.n_heads, c.d_head, c.features_per_head),
+            (heads, 64 / heads, 256 / heads)
+        );
+        let x = &r.get(&format!("l{layer}.x")).data;
+        let b = x.len() / 64;
+        let d = 64 / heads;
+        let xt = Tensor::<3>::from_data(
+            TensorData::new(x.iter().map(|&v| v as f32).collect(), [b, heads, d]),
+            &device,
+        )
+        .swap_dims(0, 1);
+        let out = sae.forward(xt);
+        // ours [H, B, m] and [H, B, d] laid out as the reference's [B, H*m] and [B, H*d]
+        let flat = |t: Tensor<3>| values(t.swap_dims(0, 1));
+        let what = format!("layer {layer} as {heads} heads");
+        assert_close(
+            &format!("{what}: acts"),
+            &flat(out.feats),
+            &r.get(&format!("l{layer}.acts")).data,
+            1e-4,
+        );
+        assert_close(
+            &format!("{what}: recon"),
+            &flat(out.recon),
+            &r.get(&format!("l{layer}.recon")).data,
+            1e-4,
+        );
+    }
+    // Without its _cfg.json the file is refused, naming what is missing.
+    let dir = TempDir::new("attn-saes-kissane", "lone");
+    let lone = dir.join("lone.pt");
+    std::fs::copy(file(1), &lone).unwrap();
+    let Err(err) = BlockDiagSae::import_kissane(&lone, 1, &device) else {
+        panic!("a .pt without its _cfg.json was imported")
+    };
+    assert!(format!("{err:#}").contains("lone_cfg.json"), "{err:#}");
+}
+
+/// `import --saelens ORG/NAME --hook-layer L` from a Hugging Face cache laid out as the hub
+/// writes it (offline): Kissane et al.'s repository picks the layer's file, refuses to guess
+/// between several, and the import records where it was trained, so that `dashboard --sae`
+/// and `evaluate --sae` run it on that model and layer without being told (the model,
+/// `openai-community/gpt2`, is gpt2_tiny in the same cache).
+#[test]
+fn import_from_the_hub_cache_records_where_the_sae_was_trained() {
+    let dir = TempDir::new("attn-saes-kissane", "hub");
+    let hub = dir.join("hf").join("hub");
+    let snapshot = |repo: &str, rev: &str| {
+        let folder = hub.join(format!("models--{}", repo.replace('/', "--")));
+        std::fs::create_dir_all(folder.join("refs")).unwrap();
+        std::fs::write(folder.join("refs").join("main"), rev).unwrap();
+        let snap = folder.join("snapshots").join(rev);
+        std::fs::create_dir_all(&snap).unwrap();
+        snap
+    };
+    let kk = snapshot("ckkissane/attn-saes-gpt2-small-all-layers", "0123abc");
+    for e in std::fs::read_dir(common::fixture("kissane"))
+        .unwrap()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".pt") || name.ends_with("_cfg.json") {
+            std::fs::copy(e.path(), kk.join(&name)).unwrap();
+        }
+    }
+    let gpt2 = snapshot("openai-community/gpt2", "4567def");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(common::fixture("gpt2_tiny").join(f), gpt2.join(f)).unwrap();
+    }
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu"])
+            .args(args)
+            .env("HF_HOME", dir.join("hf"))
+            .env("HF_HUB_OFFLINE", "1")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let repo = "ckkissane/attn-saes-gpt2-small-all-layers";
+    let sae = dir.join("sae");
+    let sae_s = sae.to_str().unwrap();
+    // A directory that is no SAELens folder: refused, saying what is looked for.
+    let out = run(&["import", "--saelens", dir.to_str().unwrap(), "--out", sae_s]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is neither a SAELens folder"), "{err}");
+    // Two SAEs and no layer: refused, listing both.
+    let out = run(&["import", "--saelens", repo, "--out", sae_s]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("holds 2 SAEs"),
+        "{err}"
+    );
+    assert!(err.contains("_L0_") && err.contains("_L1_"), "{err}");
+    assert!(!sae.exists());
+    // A layer it does not hold: refused, saying the hub was not asked.
+    let out = run(&[
+        "import",
+        "--saelens",
+        repo,
+        "--hook-layer",
+        "5",
+        "--out",
+        sae_s,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no SAE of layer 5") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+    // Layer 0's, block-diagonal over the 4 heads.
+    let out = run(&[
+        "import",
+        "--saelens",
+        repo,
+        "--hook-layer",
+        "0",
+        "--n-heads",
+        "4",
+        "--out",
+        sae_s,
+    ]);
+    assert_succeeded(&out);
+    let origin = BlockDiagSae::read_origin(&sae).unwrap().unwrap();
+    assert_eq!(
+        (origin.model.as_str(), origin.hook_layer),
+        ("openai-community/gpt2", 0)
+    );
+    // Its dashboards with no --model or --hook-layer: gpt2_tiny's layer 0 (not the middle
+    // layer 1 that any other model defaults to; the demo model's 9 heads would not fit).
+    let corpus = corpus(&dir);
+    let file = dir.join("dashboard.safetensors");
+    let out = run(&[
+        "dashboard",
+        "--sae",
+        sae_s,
+        "--dataset",
+        corpus.to_str().unwrap(),
+        "--tokens",
+        "256",
+        "--context-size",
+        "32",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_succeeded(&out);
+    let d = attn_saes::dashboard::build::read(&file).unwrap();
+    assert_eq!(d.meta.hook_layer, 0);
+    assert_eq!(d.meta.model.name, "openai-community/gpt2");
+    assert_eq!(d.heads.len(), 4, "its 4 heads");
+    // A model given that is not its own is refused before anything runs.
+    let out = run(&[
+        "evaluate",
+        "--sae",
+        sae_s,
+        "--model",
+        common::fixture("gpt2_tiny").to_str().unwrap(),
+        "--dataset",
+        corpus.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("was trained on openai-community/gpt2"),
+        "{err}"
+    );
+    let out = run(&[
+        "evaluate",
+        "--sae",
+        sae_s,
+        "--dataset",
+        corpus.to_str().unwrap(),
+        "--context-size",
+        "32",
+    ]);
+    assert_succeeded(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CE loss score"));
+}

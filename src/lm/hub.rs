@@ -2,30 +2,17 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
+
 use super::weights::LoadError;
 
-/// Short names users type, mapped to hub repositories.
-pub fn expand_alias(reference: &str) -> &str {
-    match reference {
-        "gpt2" | "gpt2-small" => "openai-community/gpt2",
-        "gpt2-medium" => "openai-community/gpt2-medium",
-        "gpt2-large" => "openai-community/gpt2-large",
-        "gpt2-xl" => "openai-community/gpt2-xl",
-        "distilgpt2" => "distilbert/distilgpt2",
-        "gelu-1l" => "NeelNanda/GELU_1L512W_C4_Code",
-        "gelu-2l" => "NeelNanda/GELU_2L512W_C4_Code",
-        "gelu-3l" => "NeelNanda/GELU_3L512W_C4_Code",
-        "gelu-4l" => "NeelNanda/GELU_4L512W_C4_Code",
-        other => other,
-    }
-}
+pub use super::expand_alias;
 
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
-/// Where the Hugging Face cache lives (`$HF_HUB_CACHE`, `$HF_HOME/hub`, or
-/// `~/.cache/huggingface/hub`).
+/// Where the Hugging Face cache lives (`$HF_HOME/hub`, or `~/.cache/huggingface/hub`).
 pub fn hf_cache() -> hf_hub::Cache {
     hf_hub::Cache::from_env()
 }
@@ -175,6 +162,243 @@ pub fn resolve_tokenizer(reference: &str) -> Result<PathBuf, LoadError> {
         .map_err(|e| not_found(reference, &format!("downloading failed ({e})")))
 }
 
+/// One SAE in a hub repository: a SAELens folder (`DIR/cfg.json` and
+/// `DIR/sae_weights.safetensors`; `DIR` is empty at the top) or Kissane et al.'s `NAME.pt`
+/// with `NAME_cfg.json`.
+#[derive(Debug, Clone, PartialEq)]
+enum SaeEntry {
+    Folder(String),
+    StateDict(String),
+}
+
+impl SaeEntry {
+    fn name(&self) -> &str {
+        match self {
+            Self::Folder(d) if d.is_empty() => ".",
+            Self::Folder(d) | Self::StateDict(d) => d,
+        }
+    }
+
+    /// The files to fetch, then the one to import (the folder or the `.pt`).
+    fn files(&self) -> (Vec<String>, String) {
+        match self {
+            Self::Folder(d) => {
+                let at = |f: &str| match d.is_empty() {
+                    true => f.to_string(),
+                    false => format!("{d}/{f}"),
+                };
+                (
+                    vec![at("cfg.json"), at("sae_weights.safetensors")],
+                    d.clone(),
+                )
+            }
+            Self::StateDict(f) => {
+                let stem = f.trim_end_matches(".pth").trim_end_matches(".pt");
+                (vec![f.clone(), format!("{stem}_cfg.json")], f.clone())
+            }
+        }
+    }
+
+    /// Whether the name says layer `l`: SAELens' `blocks.L.` or Kissane et al.'s `_L{L}_`.
+    fn is_layer(&self, l: usize) -> bool {
+        let n = self.name();
+        n.split('/')
+            .any(|part| part.starts_with(&format!("blocks.{l}.")))
+            || n.contains(&format!("_L{l}_"))
+    }
+}
+
+/// The SAEs a repository's file list holds.
+fn sae_entries(files: &[String]) -> Vec<SaeEntry> {
+    let has = |f: &str| files.iter().any(|g| g == f);
+    let mut out = Vec::new();
+    for f in files {
+        if let Some(dir) = f.strip_suffix("cfg.json") {
+            let dir = dir.trim_end_matches('/');
+            let weights = match dir.is_empty() {
+                true => "sae_weights.safetensors".to_string(),
+                false => format!("{dir}/sae_weights.safetensors"),
+            };
+            if (dir.is_empty() || f.ends_with("/cfg.json")) && has(&weights) {
+                out.push(SaeEntry::Folder(dir.to_string()));
+            }
+        } else if f.ends_with(".pt") || f.ends_with(".pth") {
+            let entry = SaeEntry::StateDict(f.clone());
+            if entry.files().0.iter().all(|g| has(g)) {
+                out.push(entry);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name().cmp(b.name()));
+    out
+}
+
+/// The entries at `path` (a folder or file in the repository; empty: any) of `layer`.
+fn fitting<'a>(path: &str, layer: Option<usize>, entries: &'a [SaeEntry]) -> Vec<&'a SaeEntry> {
+    let path = path.trim_matches('/');
+    entries
+        .iter()
+        .filter(|e| {
+            path.is_empty() || e.name() == path || e.name().starts_with(&format!("{path}/"))
+        })
+        .filter(|e| layer.is_none_or(|l| e.is_layer(l)))
+        .collect()
+}
+
+/// Picks the SAE `path` names (a folder or file in the repository; empty: any) of `layer`
+/// (if given) among `entries`: exactly one, or an error listing the candidates.
+fn pick_sae(
+    repo: &str,
+    path: &str,
+    layer: Option<usize>,
+    entries: &[SaeEntry],
+) -> anyhow::Result<SaeEntry> {
+    let path = path.trim_matches('/');
+    let fits = fitting(path, layer, entries);
+    let list = |es: &[&SaeEntry]| {
+        let mut s: Vec<String> = es
+            .iter()
+            .take(30)
+            .map(|e| format!("  {}", e.name()))
+            .collect();
+        if es.len() > 30 {
+            s.push(format!("  ... and {} more", es.len() - 30));
+        }
+        s.join("\n")
+    };
+    let asked = match (path.is_empty(), layer) {
+        (true, None) => String::new(),
+        (false, None) => format!(" at '{path}'"),
+        (true, Some(l)) => format!(" of layer {l}"),
+        (false, Some(l)) => format!(" at '{path}' of layer {l}"),
+    };
+    match fits.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] if entries.is_empty() => anyhow::bail!(
+            "{repo} holds no SAE this tool reads (a SAELens folder with cfg.json and \
+             sae_weights.safetensors, or NAME.pt with NAME_cfg.json)"
+        ),
+        [] => anyhow::bail!(
+            "{repo} holds no SAE{asked}; it holds:\n{}",
+            list(&entries.iter().collect::<Vec<_>>())
+        ),
+        many => anyhow::bail!(
+            "{repo} holds {} SAEs{asked}: name one as {repo}/PATH{}:\n{}",
+            many.len(),
+            if layer.is_none() {
+                " or give --hook-layer"
+            } else {
+                ""
+            },
+            list(many)
+        ),
+    }
+}
+
+/// The snapshot directory `refs/main` points to in the Hugging Face cache, if it exists.
+fn cached_snapshot_dir(repo: &str) -> Option<PathBuf> {
+    let folder = hf_cache()
+        .path()
+        .join(format!("models--{}", repo.replace('/', "--")));
+    let rev = std::fs::read_to_string(folder.join("refs").join("main")).ok()?;
+    let dir = folder.join("snapshots").join(rev.trim());
+    dir.is_dir().then_some(dir)
+}
+
+/// Every file under `dir`, as paths relative to it with `/` separators.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                let parts: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                out.push(parts.join("/"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Resolves an SAE for `import`: an existing path (a SAELens folder or a `.pt`), or a hub
+/// repository `ORG/NAME` with an optional path in it (`ORG/NAME/blocks.5.attn.hook_z`,
+/// `ORG/NAME/FILE.pt`), whose SAE of `layer` is picked when it holds several (SAELens'
+/// `blocks.L.` folders, Kissane et al.'s `_L{L}_` files). Looked up in the Hugging Face
+/// cache first, then downloaded with a progress bar unless `HF_HUB_OFFLINE` is set.
+pub fn resolve_sae(reference: &str, layer: Option<usize>) -> anyhow::Result<PathBuf> {
+    let path = Path::new(reference);
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let mut parts = reference.splitn(3, '/');
+    let (Some(org), Some(name)) = (parts.next(), parts.next()) else {
+        anyhow::bail!(
+            "{reference} does not exist, and it is not a Hugging Face repository id \
+             (ORG/NAME, or ORG/NAME/PATH to one SAE in it)"
+        );
+    };
+    anyhow::ensure!(
+        !org.is_empty() && !name.is_empty() && !path.is_absolute() && !reference.starts_with('.'),
+        "{reference} does not exist"
+    );
+    let repo = format!("{org}/{name}");
+    let inner = parts.next().unwrap_or("");
+    // The cached snapshot, if any: a chosen SAE whose files are all there is used as is.
+    if let Some(snapshot) = cached_snapshot_dir(&repo) {
+        // One or several SAEs that fit are answered from the cache; none, by the hub.
+        let entries = sae_entries(&files_under(&snapshot));
+        if !fitting(inner, layer, &entries).is_empty() {
+            let entry = pick_sae(&repo, inner, layer, &entries)?;
+            return Ok(snapshot.join(entry.files().1));
+        }
+        if offline() {
+            let e = pick_sae(&repo, inner, layer, &entries).expect_err("nothing fits");
+            anyhow::bail!(
+                "{e}\n(in its cached snapshot {}; HF_HUB_OFFLINE is set, so the hub was not \
+                 asked)",
+                snapshot.display()
+            );
+        }
+    } else if offline() {
+        anyhow::bail!(
+            "HF_HUB_OFFLINE is set and {repo} is not in the Hugging Face cache ({}); \
+             download it on a machine with internet access (`huggingface-cli download \
+             {repo}`) and copy the cache here",
+            hf_cache().path().display()
+        );
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .with_context(|| format!("reaching the Hugging Face hub for {repo}"))?;
+    let model = api.model(repo.clone());
+    let info = model
+        .info()
+        .with_context(|| format!("listing {repo} on the Hugging Face hub"))?;
+    let files: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+    let entry = pick_sae(&repo, inner, layer, &sae_entries(&files))?;
+    let (fetch, import) = entry.files();
+    let mut snapshot = None;
+    for f in &fetch {
+        eprintln!("fetching {repo}/{f}");
+        let local = model
+            .get(f)
+            .with_context(|| format!("downloading {repo}/{f}"))?;
+        // `local` is SNAPSHOT/f: the snapshot is `f`'s depth above it.
+        let depth = f.split('/').count();
+        snapshot = local.ancestors().nth(depth).map(Path::to_path_buf);
+    }
+    let snapshot = snapshot.context("no file fetched")?;
+    Ok(snapshot.join(import))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +451,84 @@ mod tests {
             "config without weights"
         );
         std::fs::remove_dir_all(root).unwrap();
+    }
+
+    fn names(files: &[&str]) -> Vec<String> {
+        files.iter().map(|f| f.to_string()).collect()
+    }
+
+    #[test]
+    fn sae_repositories_list_their_saes_and_pick_one_by_path_or_layer() {
+        // ARENA-like SAELens folders, one at the top, Kissane-like state dicts, and files
+        // that are not SAEs (a folder without weights, a .pt without its config).
+        let files = names(&[
+            "README.md",
+            "blocks.0.attn.hook_z/cfg.json",
+            "blocks.0.attn.hook_z/sae_weights.safetensors",
+            "blocks.0.attn.hook_z-v2/cfg.json",
+            "blocks.0.attn.hook_z-v2/sae_weights.safetensors",
+            "blocks.0.attn.hook_z-v2/sparsity.safetensors",
+            "blocks.1.attn.hook_z/cfg.json",
+            "blocks.1.attn.hook_z/sae_weights.safetensors",
+            "blocks.2.attn.hook_z/cfg.json",
+            "gpt2-small_L5_Hcat_z_v9.pt",
+            "gpt2-small_L5_Hcat_z_v9_cfg.json",
+            "gpt2-small_L6_Hcat_z_v9.pt",
+            "gpt2-small_L15_Hcat_z_v9.pt",
+            "gpt2-small_L15_Hcat_z_v9_cfg.json",
+        ]);
+        let entries = sae_entries(&files);
+        let listed: Vec<&str> = entries.iter().map(SaeEntry::name).collect();
+        assert_eq!(
+            listed,
+            [
+                "blocks.0.attn.hook_z",
+                "blocks.0.attn.hook_z-v2",
+                "blocks.1.attn.hook_z",
+                "gpt2-small_L15_Hcat_z_v9.pt",
+                "gpt2-small_L5_Hcat_z_v9.pt",
+            ]
+        );
+        let pick = |path: &str, layer| pick_sae("o/r", path, layer, &entries);
+        assert_eq!(
+            pick("", Some(1)).unwrap(),
+            SaeEntry::Folder("blocks.1.attn.hook_z".into())
+        );
+        assert_eq!(
+            pick("", Some(5)).unwrap(),
+            SaeEntry::StateDict("gpt2-small_L5_Hcat_z_v9.pt".into())
+        );
+        assert_eq!(
+            pick("blocks.0.attn.hook_z-v2/", None).unwrap(),
+            SaeEntry::Folder("blocks.0.attn.hook_z-v2".into())
+        );
+        let many = format!("{:#}", pick("", Some(0)).unwrap_err());
+        assert!(many.contains("holds 2 SAEs of layer 0"), "{many}");
+        let none = format!("{:#}", pick("", Some(6)).unwrap_err());
+        assert!(none.contains("no SAE of layer 6"), "{none}");
+        // What each entry fetches: the folder's two files, the state dict and its config.
+        assert_eq!(
+            pick("", Some(15)).unwrap().files(),
+            (
+                names(&[
+                    "gpt2-small_L15_Hcat_z_v9.pt",
+                    "gpt2-small_L15_Hcat_z_v9_cfg.json"
+                ]),
+                "gpt2-small_L15_Hcat_z_v9.pt".to_string()
+            )
+        );
+        // A repository that is one SAELens folder.
+        let top = sae_entries(&names(&["cfg.json", "sae_weights.safetensors"]));
+        let one = pick_sae("o/r", "", None, &top).unwrap();
+        assert_eq!(one, SaeEntry::Folder(String::new()));
+        assert_eq!(
+            one.files(),
+            (
+                names(&["cfg.json", "sae_weights.safetensors"]),
+                String::new()
+            )
+        );
+        let empty = format!("{:#}", pick_sae("o/r", "", None, &[]).unwrap_err());
+        assert!(empty.contains("holds no SAE this tool reads"), "{empty}");
     }
 }

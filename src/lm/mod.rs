@@ -20,6 +20,22 @@ pub use transformer::{
 };
 pub use weights::LoadError;
 
+/// Short names users type, mapped to hub repositories.
+pub fn expand_alias(reference: &str) -> &str {
+    match reference {
+        "gpt2" | "gpt2-small" => "openai-community/gpt2",
+        "gpt2-medium" => "openai-community/gpt2-medium",
+        "gpt2-large" => "openai-community/gpt2-large",
+        "gpt2-xl" => "openai-community/gpt2-xl",
+        "distilgpt2" => "distilbert/distilgpt2",
+        "gelu-1l" => "NeelNanda/GELU_1L512W_C4_Code",
+        "gelu-2l" => "NeelNanda/GELU_2L512W_C4_Code",
+        "gelu-3l" => "NeelNanda/GELU_3L512W_C4_Code",
+        "gelu-4l" => "NeelNanda/GELU_4L512W_C4_Code",
+        other => other,
+    }
+}
+
 /// A transformer with its tokenizer and where it came from.
 pub struct LoadedModel {
     pub transformer: Transformer,
@@ -56,7 +72,7 @@ fn find_file(dir: &Path, pred: impl Fn(&str) -> bool) -> Option<PathBuf> {
 /// `openai-community/gpt2`, or an alias (`gpt2`, `gelu-2l`). See [`hub::resolve`].
 pub fn load_model(reference: &str, device: &Device) -> Result<LoadedModel, LoadError> {
     let path = hub::resolve(reference)?;
-    let name = hub::expand_alias(reference).to_string();
+    let name = expand_alias(reference).to_string();
     let mut loaded = load_from_path(&path, &name, device)?;
     // An experiment for GPUs with f16 shaders, measured by scripts/gpu-check.sh before it
     // becomes a flag: the model's matrices in half precision.

@@ -147,7 +147,6 @@ impl BlockDiagSae {
         Ok(())
     }
 
-    /// Loads our format from a directory.
     /// Loads our format from a directory; it reads BOS positions when its origin says it
     /// was trained on them.
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Self> {
@@ -293,6 +292,28 @@ impl BlockDiagSae {
         Ok(Some((heads, origin)))
     }
 
+    /// Where a SAELens folder from elsewhere says its SAE was trained, if it is an attention
+    /// hook_z SAE: its `model_name` (a TransformerLens name, mapped to the hub repository as
+    /// `--model` takes it) and the layer of its `hook_name`, in TransformerLens' hook_z
+    /// convention, which SAELens trains on. BOS is recorded as not read (SAELens' configs
+    /// do not say). `None` when the config names no model or no hook_z.
+    pub fn saelens_origin(dir: &Path) -> anyhow::Result<Option<SaeOrigin>> {
+        let cfg: serde_json::Value = read_json(&dir.join("cfg.json"))?;
+        let model = cfg.get("model_name").and_then(|v| v.as_str());
+        let hook = ["hook_name", "hook_point"]
+            .iter()
+            .find_map(|k| cfg.get(*k).and_then(|v| v.as_str()));
+        Ok(match (model, hook.and_then(hook_z_layer)) {
+            (Some(model), Some(layer)) if !model.is_empty() => Some(SaeOrigin {
+                model: crate::lm::expand_alias(model).to_string(),
+                hook_layer: layer,
+                z_convention: crate::lm::ZConvention::TransformerLens,
+                keep_bos: false,
+            }),
+            _ => None,
+        })
+    }
+
     /// Imports a SAELens folder (`cfg.json` + `sae_weights.safetensors`) as a hook_z SAE.
     /// If the dense matrices are block-diagonal over `n_heads` heads it becomes a
     /// block-diagonal SAE; otherwise a dense one (`n_heads = 1`), e.g. Kissane et al.'s.
@@ -345,63 +366,72 @@ impl BlockDiagSae {
             .and_then(|v| v.as_bool())
             .unwrap_or(true);
         let file = WeightFile::open(&dir.join("sae_weights.safetensors"))?;
-        let w_enc = file.read_shaped("W_enc", &[d_in, d_sae])?.data;
-        let mut b_enc = file.read_shaped("b_enc", &[d_sae])?.data;
-        let w_dec = file.read_shaped("W_dec", &[d_sae, d_in])?.data;
-        let b_dec = file.read_shaped("b_dec", &[d_in])?.data;
         let threshold = match architecture {
             Architecture::JumpRelu { .. } => Some(file.read_shaped("threshold", &[d_sae])?.data),
             _ => None,
         };
-        if apply_b_dec {
-            // f = act((x - b_dec) W_enc + b_enc) = act(x W_enc + (b_enc - b_dec W_enc))
-            for (j, &bd) in b_dec.iter().enumerate() {
-                if bd != 0.0 {
-                    let row = &w_enc[j * d_sae..(j + 1) * d_sae];
-                    for (b, w) in b_enc.iter_mut().zip(row) {
-                        *b -= bd * w;
-                    }
-                }
-            }
+        let dense = DenseSae::read(&file, d_in, d_sae, apply_b_dec)?;
+        Ok(dense.into_heads(n_heads, architecture, threshold, device))
+    }
+
+    /// Imports Kissane et al.'s attention SAEs (SAELens release `gpt2-small-hook-z-kk`,
+    /// `ckkissane/attn-saes-gpt2-small-all-layers`): a PyTorch state dict `NAME.pt` with
+    /// SAELens' dense `W_enc`, `b_enc`, `W_dec`, `b_dec` and a `NAME_cfg.json` beside it
+    /// (`act_name`, `act_size`, `dict_size`, `layer`, `model_name`). ReLU on `(x - b_dec)
+    /// W_enc + b_enc`; one dense SAE over the heads unless block-diagonal over `n_heads`.
+    /// The origin comes from the config: the model (its TransformerLens name mapped to the
+    /// hub repository, as `--model` takes it) and the layer, read in TransformerLens' hook_z
+    /// convention; the config does not say whether BOS positions were trained on, so the
+    /// SAE is recorded as not reading them (the dashboards leave BOS out anyway).
+    pub fn import_kissane(
+        path: &Path,
+        n_heads: usize,
+        device: &Device,
+    ) -> anyhow::Result<(Self, SaeOrigin)> {
+        let cfg_path = kissane_config_path(path);
+        let cfg: serde_json::Value = read_json(&cfg_path).with_context(|| {
+            format!(
+                "{} needs its config {} beside it (Kissane et al.'s layout: NAME.pt and \
+                 NAME_cfg.json)",
+                path.display(),
+                cfg_path.display()
+            )
+        })?;
+        let get_usize = |k: &str| -> anyhow::Result<usize> {
+            cfg.get(k)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .with_context(|| format!("{}: missing integer '{k}'", cfg_path.display()))
+        };
+        let (d_in, d_sae) = (get_usize("act_size")?, get_usize("dict_size")?);
+        let act_name = cfg.get("act_name").and_then(|v| v.as_str()).unwrap_or("");
+        let layer = hook_z_layer(act_name).with_context(|| {
+            format!(
+                "{}: act_name '{act_name}' is not an attention hook_z (blocks.L.attn.hook_z)",
+                cfg_path.display()
+            )
+        })?;
+        if let Some(l) = cfg.get("layer").and_then(|v| v.as_u64()) {
+            ensure!(
+                l as usize == layer,
+                "{}: layer {l} differs from act_name '{act_name}'",
+                cfg_path.display()
+            );
         }
-        let block = n_heads > 1
-            && d_in % n_heads == 0
-            && d_sae % n_heads == 0
-            && is_block_diagonal(&w_enc, &w_dec, d_in, d_sae, n_heads);
-        let h = if block { n_heads } else { 1 };
-        let (d, m) = (d_in / h, d_sae / h);
-        let mut enc = vec![0f32; h * d * m];
-        let mut dec = vec![0f32; h * m * d];
-        for head in 0..h {
-            for j in 0..d {
-                for i in 0..m {
-                    enc[(head * d + j) * m + i] = w_enc[(head * d + j) * d_sae + head * m + i];
-                    dec[(head * m + i) * d + j] = w_dec[(head * m + i) * d_in + head * d + j];
-                }
-            }
-        }
-        Ok(Self {
-            config: SaeConfig {
-                n_heads: h,
-                d_head: d,
-                features_per_head: m,
-                architecture,
-            },
-            w_enc: tensor(enc, [h, d, m], device),
-            b_enc: tensor(b_enc, [h, m], device),
-            w_dec: tensor(dec, [h, m, d], device),
-            b_dec: tensor(b_dec, [h, d], device),
-            input_scale: vec![1.0; h],
-            log_threshold: threshold.map(|t| {
-                tensor(
-                    t.iter().map(|v| v.max(1e-30).ln()).collect(),
-                    [h, m],
-                    device,
-                )
-            }),
-            batch_threshold: None,
-            reads_bos: false,
-        })
+        let model = cfg
+            .get("model_name")
+            .and_then(|v| v.as_str())
+            .with_context(|| format!("{}: missing 'model_name'", cfg_path.display()))?;
+        let file = WeightFile::open(path)?;
+        let dense = DenseSae::read(&file, d_in, d_sae, true)?;
+        let sae = dense.into_heads(n_heads, Architecture::Relu, None, device);
+        let origin = SaeOrigin {
+            model: crate::lm::expand_alias(model).to_string(),
+            hook_layer: layer,
+            z_convention: crate::lm::ZConvention::TransformerLens,
+            keep_bos: false,
+        };
+        Ok((sae, origin))
     }
 
     /// Reads the seed fork's state dict (`enc_blocks.{h}.weight [m, d_head]`,
@@ -459,6 +489,125 @@ impl BlockDiagSae {
     }
 }
 
+/// A dense SAELens-layout SAE as read from a file: `W_enc [d_in, d_sae]`, `b_enc [d_sae]`,
+/// `W_dec [d_sae, d_in]`, `b_dec [d_in]`, with `b_dec` already folded out of the input.
+struct DenseSae {
+    d_in: usize,
+    d_sae: usize,
+    w_enc: Vec<f32>,
+    b_enc: Vec<f32>,
+    w_dec: Vec<f32>,
+    b_dec: Vec<f32>,
+}
+
+impl DenseSae {
+    /// Reads the four tensors; with `apply_b_dec` (SAELens' `apply_b_dec_to_input`), the
+    /// input's `- b_dec` is folded into `b_enc`:
+    /// `act((x - b_dec) W_enc + b_enc) = act(x W_enc + (b_enc - b_dec W_enc))`.
+    fn read(
+        file: &WeightFile,
+        d_in: usize,
+        d_sae: usize,
+        apply_b_dec: bool,
+    ) -> anyhow::Result<Self> {
+        let w_enc = file.read_shaped("W_enc", &[d_in, d_sae])?.data;
+        let mut b_enc = file.read_shaped("b_enc", &[d_sae])?.data;
+        let w_dec = file.read_shaped("W_dec", &[d_sae, d_in])?.data;
+        let b_dec = file.read_shaped("b_dec", &[d_in])?.data;
+        if apply_b_dec {
+            for (j, &bd) in b_dec.iter().enumerate() {
+                if bd != 0.0 {
+                    let row = &w_enc[j * d_sae..(j + 1) * d_sae];
+                    for (b, w) in b_enc.iter_mut().zip(row) {
+                        *b -= bd * w;
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            d_in,
+            d_sae,
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+        })
+    }
+
+    /// Our stacked layout: `n_heads` blocks if the matrices are block-diagonal over them,
+    /// else one dense block.
+    fn into_heads(
+        self,
+        n_heads: usize,
+        architecture: Architecture,
+        threshold: Option<Vec<f32>>,
+        device: &Device,
+    ) -> BlockDiagSae {
+        let Self {
+            d_in,
+            d_sae,
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+        } = self;
+        let block = n_heads > 1
+            && d_in % n_heads == 0
+            && d_sae % n_heads == 0
+            && is_block_diagonal(&w_enc, &w_dec, d_in, d_sae, n_heads);
+        let h = if block { n_heads } else { 1 };
+        let (d, m) = (d_in / h, d_sae / h);
+        let mut enc = vec![0f32; h * d * m];
+        let mut dec = vec![0f32; h * m * d];
+        for head in 0..h {
+            for j in 0..d {
+                for i in 0..m {
+                    enc[(head * d + j) * m + i] = w_enc[(head * d + j) * d_sae + head * m + i];
+                    dec[(head * m + i) * d + j] = w_dec[(head * m + i) * d_in + head * d + j];
+                }
+            }
+        }
+        BlockDiagSae {
+            config: SaeConfig {
+                n_heads: h,
+                d_head: d,
+                features_per_head: m,
+                architecture,
+            },
+            w_enc: tensor(enc, [h, d, m], device),
+            b_enc: tensor(b_enc, [h, m], device),
+            w_dec: tensor(dec, [h, m, d], device),
+            b_dec: tensor(b_dec, [h, d], device),
+            input_scale: vec![1.0; h],
+            log_threshold: threshold.map(|t| {
+                tensor(
+                    t.iter().map(|v| v.max(1e-30).ln()).collect(),
+                    [h, m],
+                    device,
+                )
+            }),
+            batch_threshold: None,
+            reads_bos: false,
+        }
+    }
+}
+
+/// `NAME_cfg.json` beside Kissane et al.'s `NAME.pt`.
+pub fn kissane_config_path(pt: &Path) -> std::path::PathBuf {
+    let stem = pt.file_stem().unwrap_or_default().to_string_lossy();
+    pt.with_file_name(format!("{stem}_cfg.json"))
+}
+
+/// The layer of an attention hook_z hook name: `blocks.L.attn.hook_z` (TransformerLens) or
+/// `blocks.L.hook_z` (SAELens' ids for it).
+pub fn hook_z_layer(hook_name: &str) -> Option<usize> {
+    let rest = hook_name.strip_prefix("blocks.")?;
+    let (layer, hook) = rest.split_once('.')?;
+    matches!(hook, "attn.hook_z" | "hook_z")
+        .then(|| layer.parse().ok())
+        .flatten()
+}
+
 /// True when every entry outside the `n_heads` diagonal blocks is zero.
 fn is_block_diagonal(
     w_enc: &[f32],
@@ -483,4 +632,57 @@ fn is_block_diagonal(
                 .enumerate()
                 .all(|(c, &v)| v == 0.0 || c / d == head)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_z_layers_are_read_from_hook_names() {
+        assert_eq!(hook_z_layer("blocks.5.attn.hook_z"), Some(5));
+        assert_eq!(hook_z_layer("blocks.11.hook_z"), Some(11));
+        assert_eq!(hook_z_layer("blocks.5.hook_resid_pre"), None);
+        assert_eq!(hook_z_layer("blocks.x.attn.hook_z"), None);
+        assert_eq!(hook_z_layer("blocks.5.attn.hook_z.extra"), None);
+    }
+
+    #[test]
+    fn foreign_saelens_folders_say_where_they_were_trained_if_hook_z() {
+        let dir = std::env::temp_dir().join(format!("attn-saes-origin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let origin = |cfg: serde_json::Value| {
+            std::fs::write(dir.join("cfg.json"), cfg.to_string()).unwrap();
+            BlockDiagSae::saelens_origin(&dir).unwrap()
+        };
+        let o = origin(serde_json::json!({
+            "model_name": "gpt2-small", "hook_name": "blocks.5.attn.hook_z", "d_in": 768
+        }))
+        .unwrap();
+        assert_eq!(
+            (o.model.as_str(), o.hook_layer),
+            ("openai-community/gpt2", 5)
+        );
+        assert_eq!(o.z_convention, crate::lm::ZConvention::TransformerLens);
+        // Older SAELens configs name the hook `hook_point`.
+        let o = origin(serde_json::json!({
+            "model_name": "gelu-2l", "hook_point": "blocks.1.attn.hook_z"
+        }))
+        .unwrap();
+        assert_eq!(
+            (o.model.as_str(), o.hook_layer),
+            ("NeelNanda/GELU_2L512W_C4_Code", 1)
+        );
+        assert_eq!(
+            origin(serde_json::json!({
+                "model_name": "gpt2-small", "hook_name": "blocks.5.hook_resid_pre"
+            })),
+            None
+        );
+        assert_eq!(
+            origin(serde_json::json!({"hook_name": "blocks.5.attn.hook_z"})),
+            None
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
