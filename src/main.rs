@@ -314,7 +314,8 @@ enum Command {
     /// the features each head fires on each token, with --pick the DFA of one, and with
     /// --effect what removing a feature changes in the model's next-token predictions.
     Text {
-        /// A run directory, or a dashboard file (its recorded model, SAE and layer).
+        /// A run directory, a dashboard file (its recorded model, SAE and layer), or an SAE
+        /// directory that records where it was trained (a run's sae/, an import).
         run: std::path::PathBuf,
         /// The text.
         text: String,
@@ -373,7 +374,8 @@ enum Command {
     /// row times --strength, as if it fired there that strongly), or with --clamp held at
     /// that activation, and print both.
     Steer {
-        /// A run directory, or a dashboard file (its recorded model, SAE and layer).
+        /// A run directory, a dashboard file (its recorded model, SAE and layer), or an SAE
+        /// directory that records where it was trained (a run's sae/, an import).
         run: std::path::PathBuf,
         /// The prompt.
         text: String,
@@ -1176,15 +1178,15 @@ fn main() -> anyhow::Result<()> {
             source,
         } => {
             let mut args = source.train_args();
+            // Before anything is read: 0 windows evaluate nothing, 1 has no spread (NaN).
+            let eval_windows = args.resolve(cli.device)?.eval_windows;
+            anyhow::ensure!(
+                eval_windows >= 2,
+                "--eval-windows must be at least 2 for evaluate (its standard errors need two \
+                 windows), got {eval_windows}"
+            );
             let origin = origin_defaults(&sae, &mut args)?;
             let config = args.resolve(cli.device)?;
-            // Before the model loads: 0 windows evaluate nothing, 1 has no spread (NaN).
-            anyhow::ensure!(
-                config.eval_windows >= 2,
-                "--eval-windows must be at least 2 for evaluate (its standard errors need two \
-                 windows), got {}",
-                config.eval_windows
-            );
             let (selected, loaded) = open_model(cli.device, &config.model)?;
             let mc = &loaded.transformer.config;
             let sae_dir = sae;

@@ -944,6 +944,25 @@ fn import_from_the_hub_cache_records_where_the_sae_was_trained() {
     assert_eq!(d.meta.hook_layer, 0);
     assert_eq!(d.meta.model.name, "openai-community/gpt2");
     assert_eq!(d.heads.len(), 4, "its 4 heads");
+    // Your text on the SAE directory runs where it was trained: as on its dashboard file,
+    // which records the model and layer; an SAE that records nothing is refused, saying so.
+    let text = "Paragraph 3. The early bird catches the worm";
+    let by_sae = run(&["text", sae_s, text, "--json"]);
+    assert_succeeded(&by_sae);
+    let by_file = run(&["text", file.to_str().unwrap(), text, "--json"]);
+    assert_succeeded(&by_file);
+    assert_eq!(
+        String::from_utf8_lossy(&by_sae.stdout),
+        String::from_utf8_lossy(&by_file.stdout)
+    );
+    let bare = dir.join("bare");
+    BlockDiagSae::load(&sae, &Device::flex())
+        .unwrap()
+        .save(&bare)
+        .unwrap();
+    let out = run(&["text", bare.to_str().unwrap(), text]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not record the model and layer"), "{err}");
     // A model given that is not its own is refused before anything runs.
     let out = run(&[
         "evaluate",

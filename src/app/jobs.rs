@@ -448,6 +448,19 @@ fn load_live_keeping(
     before: Option<LiveModel>,
 ) -> anyhow::Result<LiveModel> {
     let (model, sae_dir, config, layer, (z_convention, keep_bos)) = match source {
+        // An SAE directory (a run's sae/, an import): where it was trained, as it records.
+        LiveSource::Run(dir) if dir.join(crate::sae::io::CONFIG_FILE).is_file() => {
+            let o = crate::sae::BlockDiagSae::read_origin(dir)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} does not record the model and layer it was trained on: build its \
+                     dashboards with `dashboard --sae {0} --model M --hook-layer L` and open \
+                     the dashboard file, which records them",
+                    dir.display()
+                )
+            })?;
+            let z = (o.z_convention, o.keep_bos);
+            (o.model, dir.clone(), None, Some(o.hook_layer), z)
+        }
         LiveSource::Run(run_dir) => {
             let (ckpt, sae_dir) = train::checkpoint::run_sae(run_dir, None)?;
             let config = train::checkpoint::read_config(&ckpt)?;
