@@ -321,12 +321,7 @@ impl BlockDiagSae {
     pub fn import_saelens(dir: &Path, n_heads: usize, device: &Device) -> anyhow::Result<Self> {
         let cfg_path = dir.join("cfg.json");
         let cfg: serde_json::Value = read_json(&cfg_path)?;
-        let get_usize = |k: &str| -> anyhow::Result<usize> {
-            cfg.get(k)
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-                .with_context(|| format!("{}: missing integer '{k}'", cfg_path.display()))
-        };
+        let get_usize = |k: &str| config_usize(&cfg, &cfg_path, k);
         let (d_in, d_sae) = (get_usize("d_in")?, get_usize("d_sae")?);
         let norm = cfg
             .get("normalize_activations")
@@ -397,12 +392,7 @@ impl BlockDiagSae {
                 cfg_path.display()
             )
         })?;
-        let get_usize = |k: &str| -> anyhow::Result<usize> {
-            cfg.get(k)
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-                .with_context(|| format!("{}: missing integer '{k}'", cfg_path.display()))
-        };
+        let get_usize = |k: &str| config_usize(&cfg, &cfg_path, k);
         let (d_in, d_sae) = (get_usize("act_size")?, get_usize("dict_size")?);
         let act_name = cfg.get("act_name").and_then(|v| v.as_str()).unwrap_or("");
         let layer = hook_z_layer(act_name).with_context(|| {
@@ -590,6 +580,14 @@ impl DenseSae {
             reads_bos: false,
         }
     }
+}
+
+/// The integer `key` of the JSON config read from `path`.
+fn config_usize(cfg: &serde_json::Value, path: &Path, key: &str) -> anyhow::Result<usize> {
+    cfg.get(key)
+        .and_then(|v| v.as_u64())
+        .map(|v| v as usize)
+        .with_context(|| format!("{}: missing integer '{key}'", path.display()))
 }
 
 /// `NAME_cfg.json` beside Kissane et al.'s `NAME.pt`.
