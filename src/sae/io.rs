@@ -384,14 +384,14 @@ impl BlockDiagSae {
         device: &Device,
     ) -> anyhow::Result<(Self, SaeOrigin)> {
         let cfg_path = kissane_config_path(path);
-        let cfg: serde_json::Value = read_json(&cfg_path).with_context(|| {
-            format!(
-                "{} needs its config {} beside it (Kissane et al.'s layout: NAME.pt and \
-                 NAME_cfg.json)",
-                path.display(),
-                cfg_path.display()
-            )
-        })?;
+        ensure!(
+            cfg_path.is_file(),
+            "{} needs its config {} beside it (Kissane et al.'s layout: NAME.pt and \
+             NAME_cfg.json)",
+            path.display(),
+            cfg_path.display()
+        );
+        let cfg: serde_json::Value = read_json(&cfg_path)?;
         let get_usize = |k: &str| config_usize(&cfg, &cfg_path, k);
         let (d_in, d_sae) = (get_usize("act_size")?, get_usize("dict_size")?);
         let act_name = cfg.get("act_name").and_then(|v| v.as_str()).unwrap_or("");
