@@ -218,7 +218,7 @@ enum Command {
         /// first windows holding this many tokens; 0: not at all.
         #[arg(long, default_value_t = dashboard::DEFAULT_EFFECT_TOKENS)]
         effect_tokens: usize,
-        /// Output file (default: RUN/dashboard.safetensors, or ./dashboard.safetensors).
+        /// Output file (default: RUN/dashboard.safetensors, or SAE/dashboard.safetensors).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
         /// Also write the SAEDashboard/Neuronpedia batch JSON layout into this directory.
@@ -963,7 +963,9 @@ fn main() -> anyhow::Result<()> {
                         bar.update(p, i, n)
                     })?;
                     bar.finish();
-                    (d, std::path::PathBuf::from(dashboard::DASHBOARD_FILE))
+                    // Beside the SAE, where `features`, `text`, `steer`, `label` and `serve`
+                    // look when given its directory, as they do in a run's.
+                    (d, sae_dir.join(dashboard::DASHBOARD_FILE))
                 }
                 _ => anyhow::bail!(
                     "give one of --run DIR or --sae DIR (with --model and --hook-layer)"

@@ -925,7 +925,6 @@ fn import_from_the_hub_cache_records_where_the_sae_was_trained() {
     // Its dashboards with no --model or --hook-layer: gpt2_tiny's layer 0 (not the middle
     // layer 1 that any other model defaults to; the demo model's 9 heads would not fit).
     let corpus = corpus(&dir);
-    let file = dir.join("dashboard.safetensors");
     let out = run(&[
         "dashboard",
         "--sae",
@@ -936,10 +935,13 @@ fn import_from_the_hub_cache_records_where_the_sae_was_trained() {
         "256",
         "--context-size",
         "32",
-        "--out",
-        file.to_str().unwrap(),
     ]);
     assert_succeeded(&out);
+    // Written beside the SAE, where `features` finds it given the directory.
+    let file = sae.join("dashboard.safetensors");
+    let listed = run(&["features", "--run", sae_s, "--per-head", "1", "--top", "1"]);
+    assert_succeeded(&listed);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("feature "));
     let d = attn_saes::dashboard::build::read(&file).unwrap();
     assert_eq!(d.meta.hook_layer, 0);
     assert_eq!(d.meta.model.name, "openai-community/gpt2");
