@@ -90,7 +90,8 @@ enum Command {
     },
     /// Open the desktop app on a run directory or a dashboard file (or empty).
     App {
-        /// A run directory (curves, its dashboards) or a dashboard file.
+        /// A run directory (curves, its dashboards), a dashboard file, or an SAE's directory
+        /// with the dashboards `dashboard --sae` wrote beside it.
         path: Option<std::path::PathBuf>,
         /// Another run directory or dashboard file whose training curves are drawn beside
         /// the open run's (repeatable).

@@ -497,6 +497,39 @@ fn dropped_files_open_and_the_ui_state_persists() {
     assert_eq!(restored.features.head, 3);
     assert_eq!(restored.recent, vec![file.display().to_string()]);
     assert_eq!(restored.form, h.state().ui.form);
+
+    // An SAE's directory with its dashboards beside it (as `dashboard --sae` writes them)
+    // opens them; a directory with neither a run nor dashboards says what it looked for.
+    let sae_only = dir.join("sae-only");
+    std::fs::create_dir_all(&sae_only).unwrap();
+    for e in std::fs::read_dir(run.join("sae")).unwrap().flatten() {
+        std::fs::copy(e.path(), sae_only.join(e.file_name())).unwrap();
+    }
+    std::fs::copy(&file, sae_only.join("dashboard.safetensors")).unwrap();
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    h.state_mut().push(Command::OpenPath(empty));
+    h.run_steps(2);
+    assert!(
+        (h.state().messages.iter())
+            .any(|(l, m)| *l == Level::Error
+                && m.contains("nor an SAE's directory with its dashboards")),
+        "{:?}",
+        h.state().messages
+    );
+    h.state_mut().dashboard = None;
+    h.state_mut().push(Command::OpenPath(sae_only.clone()));
+    h.run_steps(2);
+    let d = h
+        .state()
+        .dashboard
+        .as_ref()
+        .expect("the SAE directory's dashboards");
+    assert_eq!(d.file.meta.sae.n_heads, 4);
+    assert_eq!(
+        h.state().native.dashboard_file.as_deref(),
+        Some(sae_only.join("dashboard.safetensors").as_path())
+    );
 }
 
 /// Clicks Your text's "Continue the text", waits for the steered continuation and returns

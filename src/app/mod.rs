@@ -879,10 +879,18 @@ impl AttnSaesApp {
         let metrics = dir.join("metrics.jsonl");
         let latest = checkpoint::resolve_resume(dir).ok();
         if !metrics.exists() && latest.is_none() {
+            // An SAE's directory with the dashboards `dashboard --sae` wrote beside it.
+            let file = crate::dashboard::run_dashboard_path(dir);
+            if let Ok(bytes) = std::fs::read(&file) {
+                self.curves = Curves::default();
+                self.native.run_dir = None;
+                return self.open_dashboard_file(&file, bytes);
+            }
             self.message(
                 Level::Error,
                 format!(
-                    "{} is not a run directory (no metrics.jsonl or checkpoints/)",
+                    "{} is not a run directory (no metrics.jsonl or checkpoints/), nor an \
+                     SAE's directory with its dashboards (dashboard.safetensors)",
                     dir.display()
                 ),
             );
