@@ -20,7 +20,9 @@
 //! records (its sha256, checked here against the files themselves).
 //! A second test writes the run's site with `serve --write-to` and opens it from a plain
 //! static file server: the feature its address names, with its label, and Your text as the
-//! CLI gives it.
+//! CLI gives it. A third writes the site of dashboards rebuilt with `--keep-bos` for a run
+//! trained without BOS: the page's Your text reads BOS as the manifest says, as the CLI's
+//! `text` on that dashboard file does.
 //!
 //! Needs what tests/web_viewer.rs needs; skips (saying why) without them, unless
 //! ATTN_SAES_REQUIRE_BROWSER=1 (as in CI).
@@ -720,5 +722,80 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     // says the loaded ones are another dashboard's.
     assert_eq!(result["other"]["open"], "other.safetensors", "{result}");
     assert_eq!(result["other"]["matches"], false, "{result}");
+    assert_eq!(result["consoleErrors"], serde_json::json!([]), "{result}");
+}
+
+/// Dashboards rebuilt with `--keep-bos` for a run trained without BOS: the site's manifest
+/// says so (`keep_bos`, which the SAE's own origin does not), and the page's Your text
+/// applies the SAE at BOS as the CLI's `text` on that dashboard file does, where `text` on
+/// the run, which follows its training, leaves BOS alone.
+#[test]
+fn a_site_of_dashboards_built_with_keep_bos_reads_bos_as_the_cli_does() {
+    if !browser_available() {
+        return;
+    }
+    build_web();
+    let dir = TempDir::new("attn-saes-web", "keep-bos");
+    let run = run_with_dashboard(&dir, 30);
+    let sae_origin = attn_saes::sae::BlockDiagSae::read_origin(&run.join("sae"))
+        .unwrap()
+        .unwrap();
+    assert!(!sae_origin.keep_bos, "trained without BOS");
+    let run_s = run.to_str().unwrap();
+    attn_saes_cli(["dashboard", "--run", run_s, "--keep-bos"]);
+    let dashboard = attn_saes::dashboard::run_dashboard_path(&run);
+    let meta = attn_saes::dashboard::format::OwnedDashboardFile::read(&dashboard)
+        .unwrap()
+        .meta;
+    assert!(meta.settings.keep_bos);
+    let by_file = native_text(&dashboard, None, None);
+    let by_run = native_text(&run, None, None);
+    let at_bos = |v: &Value| -> usize {
+        (v["active"].as_array().unwrap().iter())
+            .map(|h| h[0].as_array().unwrap().len())
+            .sum()
+    };
+    assert!(
+        at_bos(&by_file["tokens"]) > 0,
+        "the dashboard file's SAE reads BOS"
+    );
+    assert_eq!(at_bos(&by_run["tokens"]), 0, "the run's leaves BOS alone");
+    // A labelled feature for the page to open (site.mjs waits for its label).
+    let heads = by_file["tokens"]["active"].as_array().unwrap();
+    let (head, feature) = (0..heads.len())
+        .find_map(|h| Some((h, heads[h][0].as_array()?.first()?[0].as_u64()? as usize)))
+        .unwrap();
+    let mut labels = attn_saes::dashboard::labels::Labels::new(&meta);
+    labels.set(head, feature, "fires at BOS").unwrap();
+    labels
+        .write(&attn_saes::dashboard::labels::labels_path(&dashboard))
+        .unwrap();
+    let site = dir.join("site");
+    let out = Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["serve", run_s, "--web-dir"])
+        .arg(root().join("web/dist"))
+        .arg("--write-to")
+        .arg(&site)
+        .output()
+        .unwrap();
+    assert_succeeded(&out);
+    let manifest: attn_saes::serve::Manifest =
+        serde_json::from_slice(&std::fs::read(site.join("live.json")).unwrap()).unwrap();
+    assert_eq!(manifest.keep_bos, Some(true));
+    let base = static_server(&site);
+    let out = Command::new("node")
+        .arg(root().join("tests/web/site.mjs"))
+        .arg(&base)
+        .arg(format!("{head},{feature}"))
+        .arg(PROMPT)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "browser steps failed: {text}");
+    let result: Value = serde_json::from_str(text.trim()).unwrap();
+    let shown = &result["shown"]["tokens"];
+    assert!(at_bos(shown) > 0, "the page applies the SAE at BOS");
+    assert_same_tokens("keep-bos site", shown, &by_file["tokens"]);
     assert_eq!(result["consoleErrors"], serde_json::json!([]), "{result}");
 }
