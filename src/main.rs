@@ -182,7 +182,9 @@ enum Command {
     Import {
         /// A SAELens folder (cfg.json + sae_weights.safetensors), Kissane et al.'s NAME.pt
         /// (with NAME_cfg.json beside it), or a Hugging Face repository holding them
-        /// (ORG/NAME, or ORG/NAME/PATH to one of them; from the cache, else downloaded).
+        /// (ORG/NAME, or ORG/NAME/PATH to one of them; SAELens' release
+        /// gpt2-small-hook-z-kk and ids blocks.L.hook_z too; from the cache, else
+        /// downloaded).
         #[arg(long, conflicts_with = "seed")]
         saelens: Option<String>,
         /// In a repository of several SAEs, the one of this layer (`blocks.L.` folders,

@@ -904,6 +904,23 @@ fn import_from_the_hub_cache_records_where_the_sae_was_trained() {
         err.contains("no SAE of layer 5") && err.contains("HF_HUB_OFFLINE"),
         "{err}"
     );
+    // SAELens' release and id for it name layer 1's.
+    let sae1 = dir.join("sae1");
+    let out = run(&[
+        "import",
+        "--saelens",
+        "gpt2-small-hook-z-kk/blocks.1.hook_z",
+        "--out",
+        sae1.to_str().unwrap(),
+    ]);
+    assert_succeeded(&out);
+    assert_eq!(
+        BlockDiagSae::read_origin(&sae1)
+            .unwrap()
+            .unwrap()
+            .hook_layer,
+        1
+    );
     // Layer 0's, block-diagonal over the 4 heads.
     let out = run(&[
         "import",

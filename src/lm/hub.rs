@@ -234,15 +234,37 @@ fn sae_entries(files: &[String]) -> Vec<SaeEntry> {
 }
 
 /// The entries at `path` (a folder or file in the repository; empty: any) of `layer`.
+/// A path that names no entry but is SAELens' id of a layer's hook_z SAE (`blocks.5.hook_z`,
+/// as its releases name them) picks that layer's.
 fn fitting<'a>(path: &str, layer: Option<usize>, entries: &'a [SaeEntry]) -> Vec<&'a SaeEntry> {
     let path = path.trim_matches('/');
+    let at = |e: &&SaeEntry| {
+        path.is_empty() || e.name() == path || e.name().starts_with(&format!("{path}/"))
+    };
+    let (by_path, layer) = match crate::sae::io::hook_z_layer(path) {
+        Some(l) if !entries.iter().any(|e| at(&e)) && layer.is_none_or(|k| k == l) => {
+            (false, Some(l))
+        }
+        _ => (true, layer),
+    };
     entries
         .iter()
-        .filter(|e| {
-            path.is_empty() || e.name() == path || e.name().starts_with(&format!("{path}/"))
-        })
+        .filter(|e| !by_path || at(e))
         .filter(|e| layer.is_none_or(|l| e.is_layer(l)))
         .collect()
+}
+
+/// SAELens' release names of attention SAEs this tool reads, as hub repositories.
+pub fn sae_release(reference: &str) -> String {
+    let (release, rest) = reference.split_once('/').unwrap_or((reference, ""));
+    let repo = match release {
+        "gpt2-small-hook-z-kk" => "ckkissane/attn-saes-gpt2-small-all-layers",
+        _ => return reference.to_string(),
+    };
+    match rest.is_empty() {
+        true => repo.to_string(),
+        false => format!("{repo}/{rest}"),
+    }
 }
 
 /// Picks the SAE `path` names (a folder or file in the repository; empty: any) of `layer`
@@ -329,14 +351,17 @@ fn files_under(dir: &Path) -> Vec<String> {
 
 /// Resolves an SAE for `import`: an existing path (a SAELens folder or a `.pt`), or a hub
 /// repository `ORG/NAME` with an optional path in it (`ORG/NAME/blocks.5.attn.hook_z`,
-/// `ORG/NAME/FILE.pt`), whose SAE of `layer` is picked when it holds several (SAELens'
-/// `blocks.L.` folders, Kissane et al.'s `_L{L}_` files). Looked up in the Hugging Face
+/// `ORG/NAME/FILE.pt`, or SAELens' id `ORG/NAME/blocks.L.hook_z`), whose SAE of `layer` is
+/// picked when it holds several (SAELens' `blocks.L.` folders, Kissane et al.'s `_L{L}_`
+/// files). SAELens' release `gpt2-small-hook-z-kk` names Kissane et al.'s repository. Looked up in the Hugging Face
 /// cache first, then downloaded with a progress bar unless `HF_HUB_OFFLINE` is set.
 pub fn resolve_sae(reference: &str, layer: Option<usize>) -> anyhow::Result<PathBuf> {
     let path = Path::new(reference);
     if path.exists() {
         return Ok(path.to_path_buf());
     }
+    let reference = &sae_release(reference);
+    let path = Path::new(reference);
     let mut parts = reference.splitn(3, '/');
     let (Some(org), Some(name)) = (parts.next(), parts.next()) else {
         anyhow::bail!(
@@ -528,6 +553,28 @@ mod tests {
                 String::new()
             )
         );
+        // SAELens' ids pick a layer where no entry has that name.
+        assert_eq!(
+            pick("blocks.5.hook_z", None).unwrap(),
+            SaeEntry::StateDict("gpt2-small_L5_Hcat_z_v9.pt".into())
+        );
+        assert_eq!(
+            pick("blocks.1.hook_z", None).unwrap(),
+            SaeEntry::Folder("blocks.1.attn.hook_z".into())
+        );
+        assert!(
+            pick("blocks.5.hook_z", Some(1)).is_err(),
+            "two layers asked"
+        );
+        assert_eq!(
+            sae_release("gpt2-small-hook-z-kk/blocks.5.hook_z"),
+            "ckkissane/attn-saes-gpt2-small-all-layers/blocks.5.hook_z"
+        );
+        assert_eq!(
+            sae_release("gpt2-small-hook-z-kk"),
+            "ckkissane/attn-saes-gpt2-small-all-layers"
+        );
+        assert_eq!(sae_release("org/name"), "org/name");
         let empty = format!("{:#}", pick_sae("o/r", "", None, &[]).unwrap_err());
         assert!(empty.contains("holds no SAE this tool reads"), "{empty}");
     }
