@@ -1009,3 +1009,242 @@ fn import_from_the_hub_cache_records_where_the_sae_was_trained() {
     assert_succeeded(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("CE loss score"));
 }
+
+/// A Hugging Face hub on localhost for `HF_ENDPOINT`: the repository info
+/// (`/api/models/REPO/revision/main`) and ranged file downloads (`/REPO/resolve/main/FILE`,
+/// with the `etag`, `x-repo-commit` and `Content-Range` headers the hub sends), from
+/// `files`. Lists the files it served whole (not the metadata probes, `bytes=0-0`).
+struct FakeHub {
+    base: String,
+    served: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeHub {
+    fn start(repo: &str, files: Vec<(String, Vec<u8>)>) -> Self {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, repo) = (served.clone(), repo.to_string());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split(' ').nth(1).unwrap_or("").replace("%2B", "+");
+                // `Range: bytes=A-B` or `bytes=A-`.
+                let (mut from, mut to) = (0usize, None::<usize>);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(r) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        let (a, b) = r.trim().split_once('-').unwrap_or((r.trim(), ""));
+                        from = a.parse().unwrap_or(0);
+                        to = b.parse().ok();
+                    }
+                }
+                let mut out = stream;
+                let info = format!("/api/models/{repo}/revision/main");
+                let resolve = format!("/{repo}/resolve/main/");
+                let (status, headers, body) = if path == info {
+                    let siblings: Vec<serde_json::Value> = (files.iter())
+                        .map(|(n, _)| serde_json::json!({ "rfilename": n }))
+                        .collect();
+                    let json = serde_json::json!({ "sha": "feedface", "siblings": siblings });
+                    ("200 OK", String::new(), json.to_string().into_bytes())
+                } else if let Some((name, bytes)) =
+                    (path.strip_prefix(&resolve)).and_then(|f| files.iter().find(|(n, _)| n == f))
+                {
+                    let len = bytes.len();
+                    let end = to.map_or(len, |t| (t + 1).min(len));
+                    let body = bytes[from.min(end)..end].to_vec();
+                    // Not the metadata probe (bytes=0-0): a download.
+                    if to.is_none() {
+                        log.lock().unwrap().push(name.clone());
+                    }
+                    let end = (from + body.len()).saturating_sub(1);
+                    let etag = format!("{:016x}", name.len() * 7919 + len);
+                    let headers = format!(
+                        "etag: \"{etag}\"\r\nx-repo-commit: feedface\r\n\
+                         Content-Range: bytes {from}-{end}/{len}\r\n"
+                    );
+                    ("206 Partial Content", headers, body)
+                } else {
+                    ("404 Not Found", String::new(), b"not found".to_vec())
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = out.write_all(head.as_bytes());
+                let _ = out.write_all(&body);
+            }
+        });
+        Self { base, served }
+    }
+}
+
+/// `import --saelens ORG/NAME --hook-layer L` downloads from the hub (`HF_ENDPOINT`: a
+/// local stand-in serving the Kissane fixture as the hub serves files) only the chosen
+/// SAE's two files into the Hugging Face cache, imports what PyTorch wrote, and a second
+/// import, offline, reads them from the cache the first wrote.
+#[test]
+fn import_downloads_only_the_chosen_sae_into_the_hub_cache() {
+    let repo = "ckkissane/attn-saes-gpt2-small-all-layers";
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(common::fixture("kissane"))
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(n, _)| n.ends_with(".pt") || n.ends_with("_cfg.json"))
+        .map(|(n, p)| (n, std::fs::read(p).unwrap()))
+        .collect();
+    assert_eq!(files.len(), 4);
+    let hub = FakeHub::start(repo, files.clone());
+    let dir = TempDir::new("attn-saes-kissane", "download");
+    let run = |args: &[&str], offline: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"));
+        cmd.args(args)
+            .env("HF_HOME", dir.join("hf"))
+            .env("HF_ENDPOINT", &hub.base)
+            .env("RUST_BACKTRACE", "0")
+            .env_remove("HF_HUB_OFFLINE");
+        if offline {
+            cmd.env("HF_HUB_OFFLINE", "1");
+        }
+        cmd.output().unwrap()
+    };
+    let sae = dir.join("sae");
+    let args = [
+        "import",
+        "--saelens",
+        repo,
+        "--hook-layer",
+        "1",
+        "--out",
+        sae.to_str().unwrap(),
+    ];
+    let out = run(&args, false);
+    assert_succeeded(&out);
+    let l1 = |n: &str| n.contains("_L1_");
+    let mut served = hub.served.lock().unwrap().clone();
+    served.sort();
+    let mut wanted: Vec<String> = files
+        .iter()
+        .map(|f| f.0.clone())
+        .filter(|n| l1(n))
+        .collect();
+    wanted.sort();
+    assert_eq!(served, wanted, "downloaded the layer's two files only");
+    // What was downloaded is the fixture, byte for byte, in the cache's snapshot.
+    let snapshot =
+        dir.join("hf/hub/models--ckkissane--attn-saes-gpt2-small-all-layers/snapshots/feedface");
+    for (name, bytes) in files.iter().filter(|f| l1(&f.0)) {
+        assert_eq!(
+            &std::fs::read(snapshot.join(name)).unwrap(),
+            bytes,
+            "{name}"
+        );
+    }
+    let origin = BlockDiagSae::read_origin(&sae).unwrap().unwrap();
+    assert_eq!(origin.hook_layer, 1);
+    let device = Device::flex();
+    let (direct, _) = BlockDiagSae::import_kissane(&snapshot.join(&wanted[0]), 1, &device).unwrap();
+    let imported = BlockDiagSae::load(&sae, &device).unwrap();
+    assert_eq!(values(imported.w_enc), values(direct.w_enc));
+    assert_eq!(values(imported.b_enc), values(direct.b_enc));
+    // Offline, from the cache the download wrote; nothing more is asked of the hub.
+    let again = dir.join("again");
+    let mut args = args;
+    args[6] = again.to_str().unwrap();
+    let out = run(&args, true);
+    assert_succeeded(&out);
+    assert_eq!(hub.served.lock().unwrap().len(), 2);
+    // A layer the repository does not hold: refused by the hub's list, nothing written.
+    let none = dir.join("none");
+    args[4] = "7";
+    args[6] = none.to_str().unwrap();
+    let out = run(&args, false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no SAE of layer 7"), "{err}");
+    assert!(!none.exists());
+
+    // A repository of SAELens folders from elsewhere (no `attn_saes` block: where it was
+    // trained comes from `model_name` and `hook_name`), one per layer: layer 1's folder,
+    // block-diagonal over 4 heads, is downloaded and imported as such.
+    let (block, _) = BlockDiagSae::import_kissane(
+        &common::fixture(
+            "kissane/gpt2-small_L0_Hcat_z_lr1.20e-03_l11.00e+00_ds256_bs4096_dc1.00e-06\
+             _rsanthropic_rie25000_nr4_v9.pt",
+        ),
+        4,
+        &device,
+    )
+    .unwrap();
+    let folder = dir.join("saelens");
+    let hook = attn_saes::sae::io::HookInfo {
+        model_name: "gpt2-small".into(),
+        hook_layer: 1,
+        ..Default::default()
+    };
+    block.export_saelens(&folder, &hook, None).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("cfg.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("attn_saes");
+    let cfg = cfg.to_string().into_bytes();
+    let weights = std::fs::read(folder.join("sae_weights.safetensors")).unwrap();
+    let mut served = Vec::new();
+    for l in [0, 1] {
+        served.push((format!("blocks.{l}.attn.hook_z/cfg.json"), cfg.clone()));
+        let w = format!("blocks.{l}.attn.hook_z/sae_weights.safetensors");
+        served.push((w, weights.clone()));
+    }
+    served.push(("README.md".into(), b"ARENA-like".to_vec()));
+    let arena = "someone/attn-saes-elsewhere";
+    let hub = FakeHub::start(arena, served);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args([
+            "import",
+            "--saelens",
+            arena,
+            "--hook-layer",
+            "1",
+            "--n-heads",
+            "4",
+        ])
+        .arg("--out")
+        .arg(dir.join("arena"))
+        .env("HF_HOME", dir.join("hf"))
+        .env("HF_ENDPOINT", &hub.base)
+        .env_remove("HF_HUB_OFFLINE")
+        .output()
+        .unwrap();
+    assert_succeeded(&out);
+    let mut got = hub.served.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "blocks.1.attn.hook_z/cfg.json",
+            "blocks.1.attn.hook_z/sae_weights.safetensors"
+        ]
+    );
+    let imported = BlockDiagSae::load(&dir.join("arena"), &device).unwrap();
+    assert_eq!(imported.config.n_heads, 4);
+    assert_close(
+        "the folder's SAE, downloaded",
+        &values(imported.w_dec),
+        &values(block.fold().w_dec),
+        1e-6,
+    );
+    let origin = BlockDiagSae::read_origin(&dir.join("arena"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (origin.model.as_str(), origin.hook_layer),
+        ("openai-community/gpt2", 1)
+    );
+}
