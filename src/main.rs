@@ -2235,6 +2235,19 @@ fn print_feature_report(
         };
         println!("    closest in its {within}: {}", closest.join(", "));
     }
+    if !r.fires_with.is_empty() {
+        let dense = r.head_shares.is_some();
+        let with: Vec<String> = (r.fires_with.iter())
+            .map(|&(h, f, corr)| match dense {
+                true => format!("#{f} {corr:.2}{}", labelled(labels, h, f)),
+                false => format!("h{h} #{f} {corr:.2}{}", labelled(labels, h, f)),
+            })
+            .collect();
+        println!(
+            "    fires with {} (Pearson r of activations over the dashboard tokens)",
+            with.join(", ")
+        );
+    }
     for e in &r.examples {
         println!(
             "    {:>7.3}  {:?} [[{:?}]] {:?}",

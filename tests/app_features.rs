@@ -120,6 +120,42 @@ fn clicking_a_head_and_a_feature_shows_its_dashboard() {
     h.get_by_label(&format!("Head 2 · Feature {g}"));
 }
 
+/// The features a feature fires with (from the file, decoded independently), each a button
+/// named by head; one in another head opens that head at that feature.
+#[test]
+fn the_features_a_feature_fires_with_open_across_heads() {
+    if !common::renderer_available() {
+        return;
+    }
+    let mut h = harness();
+    open_head_2(&mut h);
+    let m = head(2).features.len();
+    // A feature of head 2 that fires with one of another head.
+    let (f, (g, r)) = (0..m)
+        .find_map(|f| {
+            let with = &head(2).features[f].cofiring;
+            with.iter()
+                .find(|&&(g, _)| g as usize / m != 2)
+                .map(|&x| (f, x))
+        })
+        .expect("a head-2 feature that fires with another head's");
+    h.get_by_label_contains(&format!("#{f}  ")).click();
+    h.run_steps(2);
+    h.get_by_label("fires with");
+    for &(g, r) in &head(2).features[f].cofiring {
+        h.get_by_label(&format!("h{} #{} {r:.2}", g as usize / m, g as usize % m));
+    }
+    let (to_head, to_feature) = (g as usize / m, g as usize % m);
+    h.get_by_label(&format!("h{to_head} #{to_feature} {r:.2}"))
+        .click();
+    h.run_steps(3);
+    assert_eq!(
+        (h.state().1.head, h.state().1.feature),
+        (to_head, Some(to_feature))
+    );
+    h.get_by_label(&format!("Head {to_head} · Feature {to_feature}"));
+}
+
 /// Sorted by effect on the loss: the list is in order of |effect| (from the file, decoded
 /// independently), the rows and the header give the effect per 1000 tokens, and down the
 /// list the arrow keys follow that order.

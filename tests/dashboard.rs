@@ -720,6 +720,64 @@ fn check_against_brute_force(loaded: &LoadedModel, sae: &BlockDiagSae) {
             / counted.len() as f64;
         assert!((summary.l0 - l0).abs() < 1e-12, "{arch:?} head {head}: L0");
     }
+    // Which features fire together: each feature's five features (of any head) of highest
+    // positive Pearson correlation over the counted tokens, from every activation here.
+    assert!(d.meta.cofiring);
+    let total = h * m;
+    let column = |g: usize| -> Vec<f64> {
+        let (head, f) = (g / m, g % m);
+        (counted.iter())
+            .map(|&i| acts[(i * h + head) * m + f] as f64)
+            .collect()
+    };
+    let columns: Vec<Vec<f64>> = (0..total).map(column).collect();
+    let n = counted.len() as f64;
+    let stats: Vec<(f64, f64)> = (columns.iter())
+        .map(|c| {
+            let mean = c.iter().sum::<f64>() / n;
+            let var = c.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+            (mean, var.sqrt())
+        })
+        .collect();
+    let mut compared = 0;
+    for a in 0..total {
+        let listed = &d.heads[a / m].features[a % m].cofiring;
+        let mut rs: Vec<(usize, f64)> = (0..total)
+            .filter(|&b| b != a && stats[a].1 > 0.0 && stats[b].1 > 0.0)
+            .map(|b| {
+                let cov = (columns[a].iter().zip(&columns[b]))
+                    .map(|(x, y)| (x - stats[a].0) * (y - stats[b].0))
+                    .sum::<f64>()
+                    / n;
+                (b, cov / (stats[a].1 * stats[b].1))
+            })
+            .filter(|&(_, r)| r > 0.0)
+            .collect();
+        rs.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+        rs.truncate(5);
+        assert_eq!(
+            listed.len(),
+            rs.len(),
+            "{arch:?} feature {a}: {listed:?} vs {rs:?}"
+        );
+        for (k, (&(g, r), &(b, want))) in listed.iter().zip(&rs).enumerate() {
+            assert!(
+                (r as f64 - want).abs() < 1e-4,
+                "{arch:?} feature {a} #{k}: r {r} vs {want}"
+            );
+            // The same feature unless two correlations tie within the tolerance.
+            let tied = rs.iter().any(|&(c, q)| c != b && (q - want).abs() < 1e-4);
+            assert!(
+                g as usize == b || tied,
+                "{arch:?} feature {a} #{k}: {g} vs {b}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(
+        compared > total,
+        "{arch:?}: only {compared} correlations compared"
+    );
     let window_of = |e: &attn_saes::dashboard::format::Example| {
         windows
             .iter()

@@ -1122,6 +1122,7 @@ fn feature_dashboard(
         "this head"
     };
     closest_line(ui, closest, labels.0, s, within);
+    cofiring_line(ui, &file.meta, &fd.cofiring, labels.0, s);
     let mut opened = None;
     for &(name, ref closest, opens, their_labels, across) in &elsewhere {
         // Across heads from a dense SAE, the other's features are named by head; to a dense
@@ -1539,6 +1540,49 @@ fn closest_line(
         }
     });
     if let Some(f) = picked {
+        select_feature(s, f);
+        s.reveal = true;
+    }
+}
+
+/// The features, of any head, whose activations go with the selected one's most over the
+/// dashboard tokens (Pearson r), each a button that opens it, its label on hover.
+fn cofiring_line(
+    ui: &mut Ui,
+    meta: &DashboardMeta,
+    cofiring: &[(u32, f32)],
+    labels: &Labels,
+    s: &mut FeaturesState,
+) {
+    if cofiring.is_empty() {
+        return;
+    }
+    let m = meta.sae.features_per_head.max(1);
+    let mut picked = None;
+    ui.horizontal_wrapped(|ui| {
+        ui.label(RichText::new("fires with").strong())
+            .on_hover_text(
+                "the features, of any head, whose activations go with this one's most over the \
+             dashboard tokens (Pearson correlation): features of other heads that fire on \
+             the same tokens, or parts of one pattern",
+            );
+        for &(g, r) in cofiring {
+            let (h, f) = (g as usize / m, g as usize % m);
+            let text = match meta.dense_heads() {
+                Some(_) => format!("#{f} {r:.2}"),
+                None => format!("h{h} #{f} {r:.2}"),
+            };
+            let mut button = ui.button(text);
+            if let Some(label) = labels.get(h, f) {
+                button = button.on_hover_text(label);
+            }
+            if button.clicked() {
+                picked = Some((h, f));
+            }
+        }
+    });
+    if let Some((h, f)) = picked {
+        s.head = h;
         select_feature(s, f);
         s.reveal = true;
     }

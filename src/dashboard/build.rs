@@ -32,8 +32,8 @@ use anyhow::{Context, ensure};
 use rayon::prelude::*;
 
 use super::format::{
-    Dashboard, DashboardMeta, Effects, Example, ExampleGroup, FeatureData, HeadData, HeadSummary,
-    ModelInfo, SaeInfo, Settings,
+    COFIRING_K, COFIRING_MAX_FEATURES, Dashboard, DashboardMeta, Effects, Example, ExampleGroup,
+    FeatureData, HeadData, HeadSummary, ModelInfo, SaeInfo, Settings,
 };
 use crate::files::host_vec;
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
@@ -604,6 +604,88 @@ fn add_interval_dfa(
 }
 
 /// Per-head results of pass 2.
+/// Which features fire together: over the counted tokens, each feature's sum and sum of
+/// squares, and every pair's sum of products (`[F, F]`, F features of all blocks).
+struct Cofiring {
+    total: usize,
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+    cross: Vec<f32>,
+    actives: Vec<(u32, f32)>,
+}
+
+impl Cofiring {
+    fn new(total: usize) -> Self {
+        Self {
+            total,
+            sum: vec![0.0; total],
+            sum_sq: vec![0.0; total],
+            cross: vec![0.0; total * total],
+            actives: Vec::new(),
+        }
+    }
+
+    /// A chunk's counted tokens, from every block's activations `[n, m]`.
+    fn add(&mut self, feats: &[&[f32]], counted: &[bool], m: usize) {
+        let total = self.total;
+        for (i, _) in counted.iter().enumerate().filter(|c| *c.1) {
+            self.actives.clear();
+            for (block, f) in feats.iter().enumerate() {
+                let row = &f[i * m..(i + 1) * m];
+                for (j, &v) in row.iter().enumerate().filter(|(_, v)| **v > 0.0) {
+                    self.actives.push(((block * m + j) as u32, v));
+                }
+            }
+            for &(a, va) in &self.actives {
+                let a = a as usize;
+                self.sum[a] += va as f64;
+                self.sum_sq[a] += (va as f64) * (va as f64);
+                let row = &mut self.cross[a * total..(a + 1) * total];
+                for &(b, vb) in &self.actives {
+                    row[b as usize] += va * vb;
+                }
+            }
+        }
+    }
+
+    /// Each feature's [`COFIRING_K`] features of highest positive Pearson correlation over
+    /// `n` tokens (ties by index); none for a feature that never varied.
+    fn top(&self, n: u64) -> Vec<Vec<(u32, f32)>> {
+        let n = n.max(1) as f64;
+        let stats: Vec<(f64, f64)> = (0..self.total)
+            .map(|a| {
+                let mean = self.sum[a] / n;
+                (mean, (self.sum_sq[a] / n - mean * mean).max(0.0).sqrt())
+            })
+            .collect();
+        (0..self.total)
+            .into_par_iter()
+            .map(|a| {
+                let (ma, sa) = stats[a];
+                if sa <= 0.0 {
+                    return Vec::new();
+                }
+                let row = &self.cross[a * self.total..(a + 1) * self.total];
+                let mut best: Vec<(u32, f32)> = Vec::with_capacity(COFIRING_K + 1);
+                for (b, &c) in row.iter().enumerate().filter(|&(b, _)| b != a) {
+                    let (mb, sb) = stats[b];
+                    if sb <= 0.0 {
+                        continue;
+                    }
+                    let r = ((c as f64 / n - ma * mb) / (sa * sb)) as f32;
+                    if r <= 0.0 || (best.len() == COFIRING_K && r <= best[COFIRING_K - 1].1) {
+                        continue;
+                    }
+                    let at = best.partition_point(|&(_, q)| q >= r);
+                    best.insert(at, (b as u32, r));
+                    best.truncate(COFIRING_K);
+                }
+                best
+            })
+            .collect()
+    }
+}
+
 struct HeadPass2 {
     histograms: Vec<Vec<u32>>,
     interval_counts: Vec<Vec<u32>>,
@@ -935,6 +1017,8 @@ pub fn build(
             })
             .collect::<anyhow::Result<_>>()?;
 
+        // Which features fire together, when the matrix of pairs fits.
+        let mut cofiring = (h * m <= COFIRING_MAX_FEATURES).then(|| Cofiring::new(h * m));
         // Pass 1.
         let n_windows = inputs.windows.len();
         let mut n_counted: u64 = 0;
@@ -991,8 +1075,18 @@ pub fn build(
                     )
                 })
                 .context("writing the dashboard spill files")?;
+            if let Some(c) = &mut cofiring {
+                let feats: Vec<&[f32]> = heads.iter().map(|s| s.feats.as_slice()).collect();
+                c.add(&feats, &counted, m);
+            }
         }
         progress("scanning tokens", n_windows * t, n_windows * t);
+        let mut together = match &cofiring {
+            Some(c) => c.top(n_counted),
+            None => Vec::new(),
+        }
+        .into_iter();
+        drop(cofiring);
         ensure!(
             n_counted > 0,
             "the dashboard windows hold no tokens besides BOS and end-of-text"
@@ -1080,6 +1174,7 @@ pub fn build(
                     logit_range,
                     examples,
                     effect: None,
+                    cofiring: together.next().unwrap_or_default(),
                 });
             }
             let nf = n_counted as f64;
@@ -1217,6 +1312,7 @@ pub fn build(
                 effects: None,
                 decoder: true,
                 dfa_by_head: dims.per_block > 1,
+                cofiring: h * m <= COFIRING_MAX_FEATURES,
             },
             windows,
             token_strings,

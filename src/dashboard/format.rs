@@ -31,7 +31,10 @@
 //! (every example; none for interval-group examples in files written before they had it):
 //! `dfa_offsets [E + 1]`, `dfa_values`; when the meta records
 //! [`Effects`], `effect [m]`: each feature's estimated effect on the loss (see
-//! [`FeatureData::effect`]); when the meta says [`DashboardMeta::decoder`], `decoder [m,
+//! [`FeatureData::effect`]); when the meta says [`DashboardMeta::cofiring`], `cofiring [m,
+//! K]` (u32, block x m + feature, `u32::MAX` unused) and `cofiring_r [m, K]` (f32): the
+//! features each fires with ([`FeatureData::cofiring`]); when the meta says
+//! [`DashboardMeta::decoder`], `decoder [m,
 //! d_head]`: the SAE's decoder rows as the SAELens export folds them (each feature's unit
 //! direction in its head's `hook_z` over the head's input scale), for the features closest
 //! to one ([`HeadData::closest`]). Files without them read as before.
@@ -237,7 +240,19 @@ pub struct DashboardMeta {
     /// ([`Example::dfa_by_head`]; files written before them do not).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dfa_by_head: bool,
+    /// Whether each feature lists the features it fires with ([`FeatureData::cofiring`];
+    /// files written before them, and SAEs of more than [`COFIRING_MAX_FEATURES`]
+    /// features, do not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cofiring: bool,
 }
+
+/// Features listed per feature in [`FeatureData::cofiring`] (`h{h}.cofiring [m, K]`, unused
+/// slots `u32::MAX`).
+pub const COFIRING_K: usize = 5;
+/// The most features (all heads together) whose co-firing the builder computes: it keeps a
+/// features x features matrix of f32 (256 MB at this size).
+pub const COFIRING_MAX_FEATURES: usize = 8192;
 
 /// The windows each feature's [`FeatureData::effect`] is summed over: the dashboard's first
 /// `windows`, `tokens` tokens in all (as `attn-saes rank` counts them).
@@ -298,6 +313,11 @@ pub struct FeatureData {
     /// names would rise without the feature, to first order (`live::rank_features`), when
     /// the file has it.
     pub effect: Option<f32>,
+    /// The features, of any head, whose activations go with this one's most over the
+    /// scanned tokens: `(block x features_per_head + feature, Pearson r)`, at most
+    /// [`COFIRING_K`], positive r only, highest first; empty when the file has none
+    /// ([`DashboardMeta::cofiring`]).
+    pub cofiring: Vec<(u32, f32)>,
 }
 
 /// One head's features.
@@ -788,6 +808,21 @@ impl Dashboard {
                 let effect = effect.ok_or_else(|| bad(&p("effect"), "a feature has no effect"))?;
                 a.f32(p("effect"), &effect, vec![m]);
             }
+            if meta.cofiring {
+                let mut ids = vec![u32::MAX; m * COFIRING_K];
+                let mut rs = vec![0f32; m * COFIRING_K];
+                for (f, fd) in fs.iter().enumerate() {
+                    if fd.cofiring.len() > COFIRING_K {
+                        return Err(bad(&p("cofiring"), format!("more than {COFIRING_K}")));
+                    }
+                    for (k, &(g, r)) in fd.cofiring.iter().enumerate() {
+                        ids[f * COFIRING_K + k] = g;
+                        rs[f * COFIRING_K + k] = r;
+                    }
+                }
+                a.u32(p("cofiring"), &ids, vec![m, COFIRING_K]);
+                a.f32(p("cofiring_r"), &rs, vec![m, COFIRING_K]);
+            }
             if meta.decoder {
                 let d = meta.sae.d_head;
                 let rows = (head.decoder.as_ref())
@@ -1196,6 +1231,18 @@ impl<'a> Checked<'a, '_> {
             true => Some(self.f32s(&p("decoder"), Some(&[m, meta.sae.d_head]))?),
             false => None,
         };
+        let cofiring = match meta.cofiring {
+            true => {
+                let ids = self.u32s(&p("cofiring"), Some(&[m, COFIRING_K]))?;
+                let rs = self.f32s(&p("cofiring_r"), Some(&[m, COFIRING_K]))?;
+                let total = (n_heads * m) as u32;
+                if let Some(bad_id) = ids.iter().find(|&&g| g != u32::MAX && g >= total) {
+                    return Err(bad(&p("cofiring"), format!("feature {bad_id} of {total}")));
+                }
+                Some((ids, rs))
+            }
+            false => None,
+        };
         let max_act = self.f32s(&p("max_activation"), Some(&[m]))?;
         let act_hist = self.u32s(&p("activation_histogram"), Some(&[m, bins]))?;
         let interval_counts = self.u32s(&p("interval_counts"), Some(&[m, ni]))?;
@@ -1322,6 +1369,13 @@ impl<'a> Checked<'a, '_> {
                     logit_range: (logit_range[2 * f], logit_range[2 * f + 1]),
                     examples: examples.by_ref().take(n).collect(),
                     effect: effect.as_ref().map(|e| e[f]),
+                    cofiring: cofiring.as_ref().map_or(Vec::new(), |(ids, rs)| {
+                        let at = f * COFIRING_K..(f + 1) * COFIRING_K;
+                        (ids[at.clone()].iter().zip(&rs[at]))
+                            .filter(|(g, _)| **g != u32::MAX)
+                            .map(|(&g, &r)| (g, r))
+                            .collect()
+                    }),
                 }
             })
             .collect();

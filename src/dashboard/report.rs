@@ -41,6 +41,11 @@ pub struct FeatureReport {
     /// says which heads it reads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_shares: Option<Vec<f32>>,
+    /// The features, of any head, whose activations go with its most over the dashboard
+    /// tokens, `(head, feature, Pearson r)` ([`FeatureData::cofiring`](super::format::FeatureData::cofiring);
+    /// none in files without them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fires_with: Vec<(usize, usize, f32)>,
     /// The estimated rise in next-token loss without it, per 1000 tokens (when the file
     /// has the estimates).
     pub effect_per_thousand: Option<f64>,
@@ -119,6 +124,9 @@ pub fn feature_report(d: &Dashboard, head: usize, f: usize, top: usize) -> Featu
         closest: data.closest(f, CLOSEST),
         head_shares: (d.meta.dense_heads()).and_then(|heads| data.head_shares(f, heads)),
         read_shares: feature.read_shares(),
+        fires_with: (feature.cofiring.iter())
+            .map(|&(g, r)| (g as usize / m.max(1), g as usize % m.max(1), r))
+            .collect(),
         effect_per_thousand: (d.meta.effects.as_ref())
             .zip(feature.effect)
             .map(|(e, x)| e.per_thousand(x)),

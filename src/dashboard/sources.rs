@@ -480,6 +480,7 @@ mod tests {
             logit_histogram: vec![],
             logit_range: (0.0, 0.0),
             effect: None,
+            cofiring: vec![],
             examples,
         }
     }
