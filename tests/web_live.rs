@@ -109,6 +109,29 @@ fn assert_same_tokens(what: &str, page: &Value, native: &Value) {
     );
 }
 
+/// tests/web/site.mjs on the static site in `site` (served by a plain file server): opens
+/// `feature`, runs [`PROMPT`] through Your text, with `other` a dashboard file to open too,
+/// and returns what it printed.
+fn site_steps(
+    site: &std::path::Path,
+    (head, feature): (usize, usize),
+    other: Option<&std::path::Path>,
+) -> Value {
+    let base = static_server(site);
+    let out = Command::new("node")
+        .arg(root().join("tests/web/site.mjs"))
+        .arg(&base)
+        .arg(format!("{head},{feature}"))
+        .arg(PROMPT)
+        .args(other)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "browser steps failed: {text}");
+    serde_json::from_str(text.trim()).unwrap()
+}
+
 #[test]
 fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     if !browser_available() {
@@ -661,19 +684,7 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     let run_c = run_with_dashboard(&dir_c, 20);
     std::fs::copy(attn_saes::dashboard::run_dashboard_path(&run_c), &other).unwrap();
 
-    let base = static_server(&site);
-    let out = Command::new("node")
-        .arg(root().join("tests/web/site.mjs"))
-        .arg(&base)
-        .arg(format!("{head},{feature}"))
-        .arg(PROMPT)
-        .arg(&other)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "browser steps failed: {text}");
-    let result: Value = serde_json::from_str(text.trim()).unwrap();
+    let result = site_steps(&site, (head, feature), Some(&other));
     let location = result["location"].as_str().unwrap();
     assert!(
         location.starts_with("/viewer.html?url=dashboard.safetensors&live=live.json")
@@ -782,18 +793,7 @@ fn a_site_of_dashboards_built_with_keep_bos_reads_bos_as_the_cli_does() {
     let manifest: attn_saes::serve::Manifest =
         serde_json::from_slice(&std::fs::read(site.join("live.json")).unwrap()).unwrap();
     assert_eq!(manifest.keep_bos, Some(true));
-    let base = static_server(&site);
-    let out = Command::new("node")
-        .arg(root().join("tests/web/site.mjs"))
-        .arg(&base)
-        .arg(format!("{head},{feature}"))
-        .arg(PROMPT)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "browser steps failed: {text}");
-    let result: Value = serde_json::from_str(text.trim()).unwrap();
+    let result = site_steps(&site, (head, feature), None);
     let shown = &result["shown"]["tokens"];
     assert!(at_bos(shown) > 0, "the page applies the SAE at BOS");
     assert_same_tokens("keep-bos site", shown, &by_file["tokens"]);
