@@ -384,7 +384,11 @@ pub fn resolve_sae(reference: &str, layer: Option<usize>) -> anyhow::Result<Path
             return Ok(snapshot.join(entry.files().1));
         }
         if offline() {
-            let e = pick_sae(&repo, inner, layer, &entries).expect_err("nothing fits");
+            // Nothing fits, so this is the error naming what the snapshot holds.
+            let e = match pick_sae(&repo, inner, layer, &entries) {
+                Ok(entry) => return Ok(snapshot.join(entry.files().1)),
+                Err(e) => e,
+            };
             anyhow::bail!(
                 "{e}\n(in its cached snapshot {}; HF_HUB_OFFLINE is set, so the hub was not \
                  asked)",
