@@ -271,8 +271,8 @@ enum Command {
         #[arg(long, value_parser = parse_head_feature)]
         effect: Option<(usize, usize)>,
         /// `HEAD,FEATURE`: that feature's report only (its numbers, label, top examples,
-        /// where they read from and the features of its head closest to it); with --json,
-        /// that report there.
+        /// where they read from, the features of its head closest to it and those of any
+        /// head it fires with); with --json, that report there.
         #[arg(long, value_parser = parse_head_feature, conflicts_with = "effect")]
         feature: Option<(usize, usize)>,
         /// A dense SAE: list only its features that write most to this model head (the
@@ -2183,7 +2183,8 @@ fn labelled_as(
 }
 
 /// One feature of `features`' report: its numbers and label, where it reads from, the
-/// features of its head closest to it (with their labels) and its top examples.
+/// features of its head closest to it and those it fires with (with their labels) and its
+/// top examples.
 fn print_feature_report(
     r: &attn_saes::dashboard::report::FeatureReport,
     labels: Option<&attn_saes::dashboard::labels::Labels>,

@@ -238,6 +238,26 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
     assert_eq!(one["examples"].as_array().unwrap().len(), 2);
     let closest_json: Vec<(usize, f32)> = serde_json::from_value(one["closest"].clone()).unwrap();
     assert_eq!(closest_json, closest);
+    // And the features it fires with (as the file gives them), by head, in both.
+    let m = d.meta.sae.features_per_head;
+    let with: Vec<(usize, usize, f32)> = (d.heads[2].features[strongest].cofiring.iter())
+        .map(|&(g, r)| (g as usize / m, g as usize % m, r))
+        .collect();
+    assert!(!with.is_empty());
+    let labels_after = Labels::read(&file, &meta_of(&run)).unwrap();
+    let named: Vec<String> = (with.iter())
+        .map(|(h, f, r)| {
+            let label = labels_after.get(*h, *f).map(|l| format!(" {l:?}"));
+            format!("h{h} #{f} {r:.2}{}", label.unwrap_or_default())
+        })
+        .collect();
+    assert!(
+        said.contains(&format!("    fires with {} (Pearson", named.join(", "))),
+        "{said}"
+    );
+    let with_json: Vec<(usize, usize, f32)> =
+        serde_json::from_value(one["fires_with"].clone()).unwrap();
+    assert_eq!(with_json, with);
     let err = stderr(cli(&["features", "--run", r, "--feature", "4,0"]));
     assert!(
         err.contains("the dashboard has 4 heads x 32 features"),
