@@ -279,6 +279,12 @@ enum Command {
         /// largest share of their decoder row), to set beside a block-diagonal SAE's head.
         #[arg(long, value_name = "HEAD", conflicts_with_all = ["feature", "effect"])]
         writes_to: Option<usize>,
+        /// A block-diagonal SAE: instead of the report, the N pairs of features of different
+        /// heads that fire together most (Pearson r of their activations over the dashboard
+        /// tokens, from the features each fires with), each with its top examples.
+        #[arg(long, value_name = "N", value_parser = attn_saes::cli_train::parse_positive,
+              conflicts_with_all = ["feature", "effect", "writes_to"])]
+        across: Option<usize>,
     },
     /// How alike two SAEs of the same layer are: for each feature of A, the feature of the
     /// same head in B with the closest decoder direction, and the mean of those cosines
@@ -1077,6 +1083,7 @@ fn main() -> anyhow::Result<()> {
             effect,
             feature,
             writes_to,
+            across,
         } => {
             let path = if run.is_file() {
                 run.clone()
@@ -1121,6 +1128,38 @@ fn main() -> anyhow::Result<()> {
                 print_feature_report(&r, labels.as_ref());
                 if let Some(path) = json {
                     attn_saes::files::write_json(&path, &r)?;
+                }
+                return Ok(());
+            }
+            if let Some(n) = across {
+                anyhow::ensure!(
+                    d.meta.dense_heads().is_none(),
+                    "--across: the SAE is one dense block over every head, so its features \
+                     belong to no head; `features --feature H,F` lists what each fires with"
+                );
+                anyhow::ensure!(
+                    d.meta.cofiring,
+                    "--across: {} lists no features that fire together (built before they \
+                     were, or an SAE of more than {} features): rebuild it with `dashboard`",
+                    path.display(),
+                    attn_saes::dashboard::format::COFIRING_MAX_FEATURES
+                );
+                let pairs = attn_saes::dashboard::report::cofiring_across(&d, n, top);
+                println!(
+                    "The {} pairs of features of different heads that fire together most \
+                     (Pearson r of activations over the dashboard tokens):",
+                    pairs.len()
+                );
+                for p in &pairs {
+                    println!("r {:.3}", p.r);
+                    for r in [&p.a, &p.b] {
+                        let mut r = r.clone();
+                        r.label = labelled_as(labels.as_ref(), r.head, r.feature);
+                        print_feature_report(&r, labels.as_ref());
+                    }
+                }
+                if let Some(path) = json {
+                    attn_saes::files::write_json(&path, &pairs)?;
                 }
                 return Ok(());
             }

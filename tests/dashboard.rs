@@ -739,11 +739,14 @@ fn check_against_brute_force(loaded: &LoadedModel, sae: &BlockDiagSae) {
             (mean, var.sqrt())
         })
         .collect();
+    // Only features that fired on at least 5 tokens are listed, or have a list.
+    let enough = |g: usize| columns[g].iter().filter(|&&x| x > 0.0).count() >= 5;
     let mut compared = 0;
     for a in 0..total {
         let listed = &d.heads[a / m].features[a % m].cofiring;
         let mut rs: Vec<(usize, f64)> = (0..total)
-            .filter(|&b| b != a && stats[a].1 > 0.0 && stats[b].1 > 0.0)
+            .filter(|&b| b != a && enough(a) && enough(b))
+            .filter(|&b| stats[a].1 > 0.0 && stats[b].1 > 0.0)
             .map(|b| {
                 let cov = (columns[a].iter().zip(&columns[b]))
                     .map(|(x, y)| (x - stats[a].0) * (y - stats[b].0))

@@ -258,6 +258,48 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
     let with_json: Vec<(usize, usize, f32)> =
         serde_json::from_value(one["fires_with"].clone()).unwrap();
     assert_eq!(with_json, with);
+    // `features --across 3`: the 3 pairs of features of different heads listed as firing
+    // together with the highest r (each pair once), as the file's lists give them.
+    let mut pairs: Vec<((usize, usize), f32)> = Vec::new();
+    for (h, head) in d.heads.iter().enumerate() {
+        for (f, feature) in head.features.iter().enumerate() {
+            for &(g, r) in &feature.cofiring {
+                let (a, b) = (h * m + f, g as usize);
+                if b / m != h {
+                    let key = (a.min(b), a.max(b));
+                    match pairs.iter_mut().find(|p| p.0 == key) {
+                        Some(p) => p.1 = p.1.max(r),
+                        None => pairs.push((key, r)),
+                    }
+                }
+            }
+        }
+    }
+    pairs.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+    pairs.truncate(3);
+    assert!(
+        !pairs.is_empty(),
+        "features of different heads fire together"
+    );
+    let across = dir.join("across.json");
+    let said = stdout(cli(&[
+        "features",
+        "--run",
+        r,
+        "--across",
+        "3",
+        "--json",
+        across.to_str().unwrap(),
+    ]));
+    let listed: Value = serde_json::from_slice(&std::fs::read(&across).unwrap()).unwrap();
+    let listed: Vec<((usize, usize), f32)> = (listed.as_array().unwrap().iter())
+        .map(|p| {
+            let g = |x: &Value| x["global"].as_u64().unwrap() as usize;
+            ((g(&p["a"]), g(&p["b"])), p["r"].as_f64().unwrap() as f32)
+        })
+        .collect();
+    assert_eq!(listed, pairs);
+    assert!(said.contains(&format!("r {:.3}\n", pairs[0].1)), "{said}");
     let err = stderr(cli(&["features", "--run", r, "--feature", "4,0"]));
     assert!(
         err.contains("the dashboard has 4 heads x 32 features"),

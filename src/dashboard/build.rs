@@ -32,8 +32,8 @@ use anyhow::{Context, ensure};
 use rayon::prelude::*;
 
 use super::format::{
-    COFIRING_K, COFIRING_MAX_FEATURES, Dashboard, DashboardMeta, Effects, Example, ExampleGroup,
-    FeatureData, HeadData, HeadSummary, ModelInfo, SaeInfo, Settings,
+    COFIRING_K, COFIRING_MAX_FEATURES, COFIRING_MIN_TOKENS, Dashboard, DashboardMeta, Effects,
+    Example, ExampleGroup, FeatureData, HeadData, HeadSummary, ModelInfo, SaeInfo, Settings,
 };
 use crate::files::host_vec;
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
@@ -608,6 +608,7 @@ fn add_interval_dfa(
 /// squares, and every pair's sum of products (`[F, F]`, F features of all blocks).
 struct Cofiring {
     total: usize,
+    count: Vec<u64>,
     sum: Vec<f64>,
     sum_sq: Vec<f64>,
     cross: Vec<f32>,
@@ -618,6 +619,7 @@ impl Cofiring {
     fn new(total: usize) -> Self {
         Self {
             total,
+            count: vec![0; total],
             sum: vec![0.0; total],
             sum_sq: vec![0.0; total],
             cross: vec![0.0; total * total],
@@ -638,6 +640,7 @@ impl Cofiring {
             }
             for &(a, va) in &self.actives {
                 let a = a as usize;
+                self.count[a] += 1;
                 self.sum[a] += va as f64;
                 self.sum_sq[a] += (va as f64) * (va as f64);
                 let row = &mut self.cross[a * total..(a + 1) * total];
@@ -649,13 +652,18 @@ impl Cofiring {
     }
 
     /// Each feature's [`COFIRING_K`] features of highest positive Pearson correlation over
-    /// `n` tokens (ties by index); none for a feature that never varied.
+    /// `n` tokens (ties by index), among the features that fired on at least
+    /// [`COFIRING_MIN_TOKENS`] tokens (two that fired once, on the same token, correlate
+    /// fully and say nothing); none for a feature that fired on fewer.
     fn top(&self, n: u64) -> Vec<Vec<(u32, f32)>> {
         let n = n.max(1) as f64;
         let stats: Vec<(f64, f64)> = (0..self.total)
-            .map(|a| {
-                let mean = self.sum[a] / n;
-                (mean, (self.sum_sq[a] / n - mean * mean).max(0.0).sqrt())
+            .map(|a| match self.count[a] >= COFIRING_MIN_TOKENS {
+                true => {
+                    let mean = self.sum[a] / n;
+                    (mean, (self.sum_sq[a] / n - mean * mean).max(0.0).sqrt())
+                }
+                false => (0.0, 0.0),
             })
             .collect();
         (0..self.total)

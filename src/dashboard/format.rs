@@ -250,6 +250,9 @@ pub struct DashboardMeta {
 /// Features listed per feature in [`FeatureData::cofiring`] (`h{h}.cofiring [m, K]`, unused
 /// slots `u32::MAX`).
 pub const COFIRING_K: usize = 5;
+/// The fewest tokens a feature must fire on to be listed in [`FeatureData::cofiring`], or
+/// to have a list.
+pub const COFIRING_MIN_TOKENS: u64 = 5;
 /// The most features (all heads together) whose co-firing the builder computes: it keeps a
 /// features x features matrix of f32 (256 MB at this size).
 pub const COFIRING_MAX_FEATURES: usize = 8192;
@@ -315,8 +318,9 @@ pub struct FeatureData {
     pub effect: Option<f32>,
     /// The features, of any head, whose activations go with this one's most over the
     /// scanned tokens: `(block x features_per_head + feature, Pearson r)`, at most
-    /// [`COFIRING_K`], positive r only, highest first; empty when the file has none
-    /// ([`DashboardMeta::cofiring`]).
+    /// [`COFIRING_K`], positive r only, highest first, among features that fired on at
+    /// least [`COFIRING_MIN_TOKENS`] tokens; empty when the file has none
+    /// ([`DashboardMeta::cofiring`]) or the feature fired on fewer.
     pub cofiring: Vec<(u32, f32)>,
 }
 

@@ -2,6 +2,8 @@
 //! head, where its features read from, then the features with the strongest activations,
 //! the tokens they fire on and where they read from.
 
+use std::collections::BTreeMap;
+
 use super::format::{Dashboard, ExampleGroup, FeatureData};
 use super::sources::{self, FeatureSources, HeadAttention, HeadScores, HeadSources, SourceKind};
 
@@ -132,6 +134,48 @@ pub fn feature_report(d: &Dashboard, head: usize, f: usize, top: usize) -> Featu
             .map(|(e, x)| e.per_thousand(x)),
         examples,
     }
+}
+
+/// Two features of different heads that fire together ([`cofiring_across`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CofiringPair {
+    /// Pearson r of their activations over the dashboard tokens.
+    pub r: f32,
+    /// The one of the lower head first.
+    pub a: FeatureReport,
+    pub b: FeatureReport,
+}
+
+/// The `n` pairs of features of different heads with the highest correlation among the
+/// features each lists as firing with it ([`FeatureData::cofiring`](super::format::FeatureData::cofiring)),
+/// each pair once, ties by index; each with `top` examples.
+pub fn cofiring_across(d: &Dashboard, n: usize, top: usize) -> Vec<CofiringPair> {
+    let m = d.meta.sae.features_per_head.max(1);
+    let mut pairs: BTreeMap<(usize, usize), f32> = BTreeMap::new();
+    for (h, head) in d.heads.iter().enumerate() {
+        for (f, feature) in head.features.iter().enumerate() {
+            let a = h * m + f;
+            for &(g, r) in feature
+                .cofiring
+                .iter()
+                .filter(|(g, _)| *g as usize / m != h)
+            {
+                let key = (a.min(g as usize), a.max(g as usize));
+                let best = pairs.entry(key).or_insert(r);
+                *best = best.max(r);
+            }
+        }
+    }
+    let mut pairs: Vec<((usize, usize), f32)> = pairs.into_iter().collect();
+    pairs.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+    pairs.truncate(n);
+    (pairs.into_iter())
+        .map(|((a, b), r)| CofiringPair {
+            r,
+            a: feature_report(d, a / m, a % m, top),
+            b: feature_report(d, b / m, b % m, top),
+        })
+        .collect()
 }
 
 /// [`features_by`] and each head's [`sources::head_sources`].
