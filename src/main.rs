@@ -977,7 +977,8 @@ fn main() -> anyhow::Result<()> {
                     (d, sae_dir.join(dashboard::DASHBOARD_FILE))
                 }
                 _ => anyhow::bail!(
-                    "give one of --run DIR or --sae DIR (with --model and --hook-layer)"
+                    "give one of --run DIR or --sae DIR (with --model and --hook-layer unless it \
+                     records them)"
                 ),
             };
             let path = out.unwrap_or(default_out);

@@ -1557,7 +1557,6 @@ fn cofiring_line(
     if cofiring.is_empty() {
         return;
     }
-    let m = meta.sae.features_per_head.max(1);
     let mut picked = None;
     ui.horizontal_wrapped(|ui| {
         ui.label(RichText::new("fires with").strong())
@@ -1567,7 +1566,7 @@ fn cofiring_line(
              the same tokens, or parts of one pattern",
             );
         for &(g, r) in cofiring {
-            let (h, f) = (g as usize / m, g as usize % m);
+            let (h, f) = meta.block_feature(g as usize);
             let text = match meta.dense_heads() {
                 Some(_) => format!("#{f} {r:.2}"),
                 None => format!("h{h} #{f} {r:.2}"),

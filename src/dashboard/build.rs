@@ -1026,7 +1026,8 @@ pub fn build(
             .collect::<anyhow::Result<_>>()?;
 
         // Which features fire together, when the matrix of pairs fits.
-        let mut cofiring = (h * m <= COFIRING_MAX_FEATURES).then(|| Cofiring::new(h * m));
+        let with_cofiring = h * m <= COFIRING_MAX_FEATURES;
+        let mut cofiring = with_cofiring.then(|| Cofiring::new(h * m));
         // Pass 1.
         let n_windows = inputs.windows.len();
         let mut n_counted: u64 = 0;
@@ -1320,7 +1321,7 @@ pub fn build(
                 effects: None,
                 decoder: true,
                 dfa_by_head: dims.per_block > 1,
-                cofiring: h * m <= COFIRING_MAX_FEATURES,
+                cofiring: with_cofiring,
             },
             windows,
             token_strings,

@@ -520,6 +520,13 @@ impl DashboardMeta {
         }
     }
 
+    /// The block and feature of a feature's index over all blocks (`block x m + feature`,
+    /// as [`FeatureData::cofiring`] names them).
+    pub fn block_feature(&self, global: usize) -> (usize, usize) {
+        let m = self.sae.features_per_head.max(1);
+        (global / m, global % m)
+    }
+
     /// What the SAE's block `h` is called: `head 3`, or `all heads` for a dense SAE's.
     pub fn block_name(&self, h: usize) -> String {
         match self.dense_heads() {

@@ -127,7 +127,10 @@ pub fn feature_report(d: &Dashboard, head: usize, f: usize, top: usize) -> Featu
         head_shares: (d.meta.dense_heads()).and_then(|heads| data.head_shares(f, heads)),
         read_shares: feature.read_shares(),
         fires_with: (feature.cofiring.iter())
-            .map(|&(g, r)| (g as usize / m.max(1), g as usize % m.max(1), r))
+            .map(|&(g, r)| {
+                let (h, f) = d.meta.block_feature(g as usize);
+                (h, f, r)
+            })
             .collect(),
         effect_per_thousand: (d.meta.effects.as_ref())
             .zip(feature.effect)
@@ -150,7 +153,7 @@ pub struct CofiringPair {
 /// features each lists as firing with it ([`FeatureData::cofiring`](super::format::FeatureData::cofiring)),
 /// each pair once, ties by index; each with `top` examples.
 pub fn cofiring_across(d: &Dashboard, n: usize, top: usize) -> Vec<CofiringPair> {
-    let m = d.meta.sae.features_per_head.max(1);
+    let m = d.meta.sae.features_per_head;
     let mut pairs: BTreeMap<(usize, usize), f32> = BTreeMap::new();
     for (h, head) in d.heads.iter().enumerate() {
         for (f, feature) in head.features.iter().enumerate() {
@@ -158,7 +161,7 @@ pub fn cofiring_across(d: &Dashboard, n: usize, top: usize) -> Vec<CofiringPair>
             for &(g, r) in feature
                 .cofiring
                 .iter()
-                .filter(|(g, _)| *g as usize / m != h)
+                .filter(|(g, _)| d.meta.block_feature(*g as usize).0 != h)
             {
                 let key = (a.min(g as usize), a.max(g as usize));
                 let best = pairs.entry(key).or_insert(r);
@@ -170,10 +173,13 @@ pub fn cofiring_across(d: &Dashboard, n: usize, top: usize) -> Vec<CofiringPair>
     pairs.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
     pairs.truncate(n);
     (pairs.into_iter())
-        .map(|((a, b), r)| CofiringPair {
-            r,
-            a: feature_report(d, a / m, a % m, top),
-            b: feature_report(d, b / m, b % m, top),
+        .map(|((a, b), r)| {
+            let ((ha, fa), (hb, fb)) = (d.meta.block_feature(a), d.meta.block_feature(b));
+            CofiringPair {
+                r,
+                a: feature_report(d, ha, fa, top),
+                b: feature_report(d, hb, fb, top),
+            }
         })
         .collect()
 }

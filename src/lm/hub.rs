@@ -379,21 +379,17 @@ pub fn resolve_sae(reference: &str, layer: Option<usize>) -> anyhow::Result<Path
     if let Some(snapshot) = cached_snapshot_dir(&repo) {
         // One or several SAEs that fit are answered from the cache; none, by the hub.
         let entries = sae_entries(&files_under(&snapshot));
-        if !fitting(inner, layer, &entries).is_empty() {
-            let entry = pick_sae(&repo, inner, layer, &entries)?;
-            return Ok(snapshot.join(entry.files().1));
-        }
-        if offline() {
-            // Nothing fits, so this is the error naming what the snapshot holds.
-            let e = match pick_sae(&repo, inner, layer, &entries) {
-                Ok(entry) => return Ok(snapshot.join(entry.files().1)),
-                Err(e) => e,
-            };
-            anyhow::bail!(
-                "{e}\n(in its cached snapshot {}; HF_HUB_OFFLINE is set, so the hub was not \
-                 asked)",
-                snapshot.display()
-            );
+        let none_fits = fitting(inner, layer, &entries).is_empty();
+        if !none_fits || offline() {
+            let picked = pick_sae(&repo, inner, layer, &entries).map_err(|e| match none_fits {
+                true => anyhow::anyhow!(
+                    "{e}\n(in its cached snapshot {}; HF_HUB_OFFLINE is set, so the hub was not \
+                     asked)",
+                    snapshot.display()
+                ),
+                false => e,
+            })?;
+            return Ok(snapshot.join(picked.files().1));
         }
     } else if offline() {
         anyhow::bail!(

@@ -533,18 +533,11 @@ impl DenseSae {
         threshold: Option<Vec<f32>>,
         device: &Device,
     ) -> BlockDiagSae {
-        let Self {
-            d_in,
-            d_sae,
-            w_enc,
-            b_enc,
-            w_dec,
-            b_dec,
-        } = self;
+        let (d_in, d_sae, w_enc, w_dec) = (self.d_in, self.d_sae, &self.w_enc, &self.w_dec);
         let block = n_heads > 1
             && d_in % n_heads == 0
             && d_sae % n_heads == 0
-            && is_block_diagonal(&w_enc, &w_dec, d_in, d_sae, n_heads);
+            && is_block_diagonal(w_enc, w_dec, d_in, d_sae, n_heads);
         let h = if block { n_heads } else { 1 };
         let (d, m) = (d_in / h, d_sae / h);
         let mut enc = vec![0f32; h * d * m];
@@ -565,9 +558,9 @@ impl DenseSae {
                 architecture,
             },
             w_enc: tensor(enc, [h, d, m], device),
-            b_enc: tensor(b_enc, [h, m], device),
+            b_enc: tensor(self.b_enc, [h, m], device),
             w_dec: tensor(dec, [h, m, d], device),
-            b_dec: tensor(b_dec, [h, d], device),
+            b_dec: tensor(self.b_dec, [h, d], device),
             input_scale: vec![1.0; h],
             log_threshold: threshold.map(|t| {
                 tensor(
