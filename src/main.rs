@@ -1138,12 +1138,18 @@ fn main() -> anyhow::Result<()> {
                     "--across: the SAE is one dense block over every head, so its features \
                      belong to no head; `features --feature H,F` lists what each fires with"
                 );
+                if let Some(why) = &d.meta.cofiring_skipped {
+                    anyhow::bail!(
+                        "--across: {} lists no features that fire together: its builder \
+                         gave up, with {why}; a `dashboard` over fewer `--tokens` would fit",
+                        path.display()
+                    );
+                }
                 anyhow::ensure!(
                     d.meta.cofiring,
                     "--across: {} lists no features that fire together (built before they \
-                     were, or an SAE of more than {} features): rebuild it with `dashboard`",
-                    path.display(),
-                    attn_saes::dashboard::format::COFIRING_MAX_FEATURES
+                     were): rebuild it with `dashboard`",
+                    path.display()
                 );
                 let pairs = attn_saes::dashboard::report::cofiring_across(&d, n, top);
                 println!(
@@ -1533,6 +1539,9 @@ fn say_written(d: &Dashboard, path: &std::path::Path) {
         d.meta.n_tokens,
         bytes as f64 / 1e6
     );
+    if let Some(why) = &d.meta.cofiring_skipped {
+        println!("  without the features each fires with: {why}");
+    }
 }
 
 /// What `export --out` exports for `path` (a run directory, or an SAE directory, a run's

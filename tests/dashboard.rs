@@ -932,6 +932,60 @@ fn dashboard_file_round_trips_and_rejects_damage_without_panicking() {
     assert!(rejected > 3900);
 }
 
+/// Co-firing past its limits (here set low): the builder gives up on it alone, the file
+/// says why, and `features --across` passes that on.
+#[test]
+fn cofiring_given_up_past_its_limits_leaves_the_rest_and_says_why() {
+    let loaded = load("gpt2_tiny");
+    let sae = random_sae(&loaded, 6, 1);
+    let windows = random_windows(&loaded, 6, 10, 2);
+    let inputs = inputs(&loaded, &sae, windows);
+    let full = build_quiet(&inputs, &small_options());
+    assert!(full.meta.cofiring && full.meta.cofiring_skipped.is_none());
+    let listed: usize = (full.heads.iter())
+        .flat_map(|h| &h.features)
+        .map(|f| f.cofiring.len())
+        .sum();
+    assert!(listed > 20, "only {listed} co-firing entries");
+    // What the full build would be without co-firing.
+    let mut without = full.clone();
+    without.meta.cofiring = false;
+    for f in without.heads.iter_mut().flat_map(|h| &mut h.features) {
+        f.cofiring.clear();
+    }
+    let dir = TempDir::new("attn-saes-cofiring", "limits");
+    for (limits, why) in [
+        ((10, u64::MAX), "more than 10 active (token, feature) pairs"),
+        ((usize::MAX, 100), "more than 1e2 products of activations"),
+    ] {
+        let opts = BuildOptions {
+            cofiring_limits: limits,
+            ..small_options()
+        };
+        let mut d = build_quiet(&inputs, &opts);
+        let skipped = d.meta.cofiring_skipped.take();
+        assert!(
+            skipped.as_deref().is_some_and(|s| s.contains(why)),
+            "{skipped:?}"
+        );
+        assert!(d == without, "{limits:?}: more than co-firing changed");
+        // The reason survives the file, and `features --across` gives it.
+        d.meta.cofiring_skipped = skipped;
+        let path = dir.join("dashboard.safetensors");
+        build::write(&d, &path).unwrap();
+        assert_eq!(build::read(&path).unwrap().meta, d.quantized().meta);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["features", "--run"])
+            .arg(&path)
+            .args(["--across", "3"])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(why), "{stderr}");
+    }
+}
+
 /// Rewrites field `key` of the file's metadata envelope with `f` (keeping the tensors; the
 /// meta checksum is recomputed, so only the checks on content can catch the change).
 fn with_metadata(

@@ -32,8 +32,9 @@ use anyhow::{Context, ensure};
 use rayon::prelude::*;
 
 use super::format::{
-    COFIRING_K, COFIRING_MAX_FEATURES, COFIRING_MIN_TOKENS, Dashboard, DashboardMeta, Effects,
-    Example, ExampleGroup, FeatureData, HeadData, HeadSummary, ModelInfo, SaeInfo, Settings,
+    COFIRING_K, COFIRING_MAX_ACTIVATIONS, COFIRING_MAX_PRODUCTS, COFIRING_MIN_TOKENS, Dashboard,
+    DashboardMeta, Effects, Example, ExampleGroup, FeatureData, HeadData, HeadSummary, ModelInfo,
+    SaeInfo, Settings,
 };
 use crate::files::host_vec;
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
@@ -63,6 +64,10 @@ pub struct BuildOptions {
     /// Give the interval groups' examples their DFA too (pass 3: their windows run through
     /// the model again); the top examples always have it.
     pub interval_dfa: bool,
+    /// Past how many active (token, feature) pairs kept, or products of activations to
+    /// sum, the co-firing lists are given up ([`COFIRING_MAX_ACTIVATIONS`],
+    /// [`COFIRING_MAX_PRODUCTS`]).
+    pub cofiring_limits: (usize, u64),
 }
 
 impl Default for BuildOptions {
@@ -79,6 +84,7 @@ impl Default for BuildOptions {
             scratch_dir: std::env::temp_dir(),
             effect_tokens: super::DEFAULT_EFFECT_TOKENS,
             interval_dfa: false,
+            cofiring_limits: (COFIRING_MAX_ACTIVATIONS, COFIRING_MAX_PRODUCTS),
         }
     }
 }
@@ -604,58 +610,76 @@ fn add_interval_dfa(
 }
 
 /// Per-head results of pass 2.
-/// Which features fire together: over the counted tokens, each feature's sum and sum of
-/// squares, and every pair's sum of products (`[F, F]`, F features of all blocks).
+/// Which features fire together: over the counted tokens, each feature's count, sum and
+/// sum of squares, and each token's active features (`offsets` into `actives`, token after
+/// token), from which [`Cofiring::top`] sums the products of the pairs that fired together.
+/// Pairs that never did have a negative correlation, so a sparse sum loses none that count.
+/// The builder gives up (freeing what it kept) past [`BuildOptions::cofiring_limits`], and
+/// says why.
 struct Cofiring {
     total: usize,
     count: Vec<u64>,
     sum: Vec<f64>,
     sum_sq: Vec<f64>,
-    cross: Vec<f32>,
+    offsets: Vec<usize>,
     actives: Vec<(u32, f32)>,
+    products: u64,
+    limits: (usize, u64),
 }
 
 impl Cofiring {
-    fn new(total: usize) -> Self {
+    fn new(total: usize, limits: (usize, u64)) -> Self {
         Self {
+            limits,
             total,
             count: vec![0; total],
             sum: vec![0.0; total],
             sum_sq: vec![0.0; total],
-            cross: vec![0.0; total * total],
+            offsets: vec![0],
             actives: Vec::new(),
+            products: 0,
         }
     }
 
-    /// A chunk's counted tokens, from every block's activations `[n, m]`.
-    fn add(&mut self, feats: &[&[f32]], counted: &[bool], m: usize) {
-        let total = self.total;
+    /// A chunk's counted tokens, from every block's activations `[n, m]`; why it gave up, if
+    /// the kept activations or the products to sum outgrew the limits.
+    fn add(&mut self, feats: &[&[f32]], counted: &[bool], m: usize) -> Result<(), String> {
         for (i, _) in counted.iter().enumerate().filter(|c| *c.1) {
-            self.actives.clear();
+            let from = self.actives.len();
             for (block, f) in feats.iter().enumerate() {
                 let row = &f[i * m..(i + 1) * m];
                 for (j, &v) in row.iter().enumerate().filter(|(_, v)| **v > 0.0) {
-                    self.actives.push(((block * m + j) as u32, v));
+                    let a = block * m + j;
+                    self.count[a] += 1;
+                    self.sum[a] += v as f64;
+                    self.sum_sq[a] += (v as f64) * (v as f64);
+                    self.actives.push((a as u32, v));
                 }
             }
-            for &(a, va) in &self.actives {
-                let a = a as usize;
-                self.count[a] += 1;
-                self.sum[a] += va as f64;
-                self.sum_sq[a] += (va as f64) * (va as f64);
-                let row = &mut self.cross[a * total..(a + 1) * total];
-                for &(b, vb) in &self.actives {
-                    row[b as usize] += va * vb;
-                }
-            }
+            let active = (self.actives.len() - from) as u64;
+            self.products += active * active;
+            self.offsets.push(self.actives.len());
         }
+        if self.actives.len() > self.limits.0 {
+            return Err(format!(
+                "more than {} active (token, feature) pairs to keep",
+                self.limits.0
+            ));
+        }
+        if self.products > self.limits.1 {
+            return Err(format!(
+                "more than {:.0e} products of activations to sum",
+                self.limits.1 as f64
+            ));
+        }
+        Ok(())
     }
 
     /// Each feature's [`COFIRING_K`] features of highest positive Pearson correlation over
     /// `n` tokens (ties by index), among the features that fired on at least
     /// [`COFIRING_MIN_TOKENS`] tokens (two that fired once, on the same token, correlate
     /// fully and say nothing); none for a feature that fired on fewer.
-    fn top(&self, n: u64) -> Vec<Vec<(u32, f32)>> {
+    fn top(self, n: u64, progress: Progress) -> Vec<Vec<(u32, f32)>> {
         let n = n.max(1) as f64;
         let stats: Vec<(f64, f64)> = (0..self.total)
             .map(|a| match self.count[a] >= COFIRING_MIN_TOKENS {
@@ -666,31 +690,69 @@ impl Cofiring {
                 false => (0.0, 0.0),
             })
             .collect();
-        (0..self.total)
-            .into_par_iter()
-            .map(|a| {
-                let (ma, sa) = stats[a];
-                if sa <= 0.0 {
-                    return Vec::new();
-                }
-                let row = &self.cross[a * self.total..(a + 1) * self.total];
-                let mut best: Vec<(u32, f32)> = Vec::with_capacity(COFIRING_K + 1);
-                for (b, &c) in row.iter().enumerate().filter(|&(b, _)| b != a) {
-                    let (mb, sb) = stats[b];
-                    if sb <= 0.0 {
-                        continue;
+        // Each feature's tokens (index into `offsets`) and activations, by counting sort.
+        let mut starts = Vec::with_capacity(self.total + 1);
+        starts.push(0usize);
+        for &c in &self.count {
+            starts.push(starts.last().unwrap() + c as usize);
+        }
+        let mut fill = starts.clone();
+        let mut by_feature = vec![(0u32, 0f32); self.actives.len()];
+        for (token, w) in self.offsets.windows(2).enumerate() {
+            for &(a, v) in &self.actives[w[0]..w[1]] {
+                by_feature[fill[a as usize]] = (token as u32, v);
+                fill[a as usize] += 1;
+            }
+        }
+        drop(fill);
+        // In chunks of features, to show progress.
+        const STAGE: &str = "features that fire together";
+        const CHUNK: usize = 2048;
+        let mut lists = Vec::with_capacity(self.total);
+        for from in (0..self.total).step_by(CHUNK) {
+            progress(STAGE, from, self.total);
+            let chunk = (from..(from + CHUNK).min(self.total)).into_par_iter();
+            lists.par_extend(chunk.map_init(
+                || (vec![0f64; self.total], Vec::<u32>::new()),
+                |(cross, touched), a| {
+                    let (ma, sa) = stats[a];
+                    if sa <= 0.0 {
+                        return Vec::new();
                     }
-                    let r = ((c as f64 / n - ma * mb) / (sa * sb)) as f32;
-                    if r <= 0.0 || (best.len() == COFIRING_K && r <= best[COFIRING_K - 1].1) {
-                        continue;
+                    for &(token, va) in &by_feature[starts[a]..starts[a + 1]] {
+                        let token = token as usize;
+                        let row = &self.actives[self.offsets[token]..self.offsets[token + 1]];
+                        for &(b, vb) in row {
+                            let c = &mut cross[b as usize];
+                            if *c == 0.0 {
+                                touched.push(b);
+                            }
+                            *c += va as f64 * vb as f64;
+                        }
                     }
-                    let at = best.partition_point(|&(_, q)| q >= r);
-                    best.insert(at, (b as u32, r));
-                    best.truncate(COFIRING_K);
-                }
-                best
-            })
-            .collect()
+                    touched.sort_unstable();
+                    let mut best: Vec<(u32, f32)> = Vec::with_capacity(COFIRING_K + 1);
+                    for &b in touched.iter() {
+                        let c = std::mem::take(&mut cross[b as usize]);
+                        let (mb, sb) = stats[b as usize];
+                        if b as usize == a || sb <= 0.0 {
+                            continue;
+                        }
+                        let r = ((c / n - ma * mb) / (sa * sb)) as f32;
+                        if r <= 0.0 || (best.len() == COFIRING_K && r <= best[COFIRING_K - 1].1) {
+                            continue;
+                        }
+                        let at = best.partition_point(|&(_, q)| q >= r);
+                        best.insert(at, (b, r));
+                        best.truncate(COFIRING_K);
+                    }
+                    touched.clear();
+                    best
+                },
+            ));
+        }
+        progress(STAGE, self.total, self.total);
+        lists
     }
 }
 
@@ -1025,9 +1087,9 @@ pub fn build(
             })
             .collect::<anyhow::Result<_>>()?;
 
-        // Which features fire together, when the matrix of pairs fits.
-        let with_cofiring = h * m <= COFIRING_MAX_FEATURES;
-        let mut cofiring = with_cofiring.then(|| Cofiring::new(h * m));
+        // Which features fire together, until it outgrows its limits.
+        let mut cofiring = Some(Cofiring::new(h * m, opts.cofiring_limits));
+        let mut cofiring_skipped = None;
         // Pass 1.
         let n_windows = inputs.windows.len();
         let mut n_counted: u64 = 0;
@@ -1086,16 +1148,19 @@ pub fn build(
                 .context("writing the dashboard spill files")?;
             if let Some(c) = &mut cofiring {
                 let feats: Vec<&[f32]> = heads.iter().map(|s| s.feats.as_slice()).collect();
-                c.add(&feats, &counted, m);
+                if let Err(why) = c.add(&feats, &counted, m) {
+                    cofiring = None;
+                    cofiring_skipped = Some(why);
+                }
             }
         }
         progress("scanning tokens", n_windows * t, n_windows * t);
-        let mut together = match &cofiring {
-            Some(c) => c.top(n_counted),
+        let with_cofiring = cofiring.is_some();
+        let mut together = match cofiring {
+            Some(c) => c.top(n_counted, progress),
             None => Vec::new(),
         }
         .into_iter();
-        drop(cofiring);
         ensure!(
             n_counted > 0,
             "the dashboard windows hold no tokens besides BOS and end-of-text"
@@ -1322,6 +1387,7 @@ pub fn build(
                 decoder: true,
                 dfa_by_head: dims.per_block > 1,
                 cofiring: with_cofiring,
+                cofiring_skipped,
             },
             windows,
             token_strings,

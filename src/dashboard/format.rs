@@ -241,10 +241,13 @@ pub struct DashboardMeta {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dfa_by_head: bool,
     /// Whether each feature lists the features it fires with ([`FeatureData::cofiring`];
-    /// files written before them, and SAEs of more than [`COFIRING_MAX_FEATURES`]
-    /// features, do not).
+    /// files written before them do not, nor those whose builder gave up).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cofiring: bool,
+    /// Why the builder gave up listing the features each fires with (too many activations
+    /// to keep or products to sum: [`COFIRING_MAX_ACTIVATIONS`], [`COFIRING_MAX_PRODUCTS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cofiring_skipped: Option<String>,
 }
 
 /// Features listed per feature in [`FeatureData::cofiring`] (`h{h}.cofiring [m, K]`, unused
@@ -253,9 +256,12 @@ pub const COFIRING_K: usize = 5;
 /// The fewest tokens a feature must fire on to be listed in [`FeatureData::cofiring`], or
 /// to have a list.
 pub const COFIRING_MIN_TOKENS: u64 = 5;
-/// The most features (all heads together) whose co-firing the builder computes: it keeps a
-/// features x features matrix of f32 (256 MB at this size).
-pub const COFIRING_MAX_FEATURES: usize = 8192;
+/// The most active (token, feature) pairs the co-firing builder keeps: 16 bytes each, by
+/// token and by feature (268 MB at this size).
+pub const COFIRING_MAX_ACTIVATIONS: usize = 1 << 24;
+/// The most products of two activations the co-firing builder sums (the sum over tokens of
+/// the square of the features active on each).
+pub const COFIRING_MAX_PRODUCTS: u64 = 20_000_000_000;
 
 /// The windows each feature's [`FeatureData::effect`] is summed over: the dashboard's first
 /// `windows`, `tokens` tokens in all (as `attn-saes rank` counts them).
