@@ -217,8 +217,8 @@ fn check_dfa_identity(model: &str, sae: &BlockDiagSae, windows: Vec<Vec<u32>>) {
 }
 
 #[test]
-fn dfa_sums_to_the_pre_activation_on_gpt2_gelu2l_and_llama() {
-    for model in ["gpt2_tiny", "gelu2l_tiny", "llama_tiny"] {
+fn dfa_sums_to_the_pre_activation_on_gpt2_gelu2l_llama_and_attention_only() {
+    for model in ["gpt2_tiny", "gelu2l_tiny", "llama_tiny", "attn2l_tiny"] {
         let loaded = load(model);
         let sae = random_sae(&loaded, 10, 3);
         let windows = random_windows(&loaded, 7, 14, 11);
@@ -1642,10 +1642,17 @@ fn rank_command_sums_the_ranking_over_held_out_windows() {
 fn decoding_with_a_cache_gives_the_logits_of_whole_forwards() {
     use attn_saes::lm::{HeadSelection, KvCache, Splice};
     let r = Reference::load("effect/effect_reference.safetensors");
-    for model in ["gpt2_tiny", "llama_tiny"] {
+    // With an attention-only shortformer model too: its positions enter each layer's
+    // queries and keys at their absolute positions.
+    for model in ["gpt2_tiny", "llama_tiny", "attn2l_tiny"] {
         let loaded = load(model);
         let m = &loaded.transformer;
-        let ids = r.tokens(&format!("{model}.tokens"));
+        let ids = match model {
+            "attn2l_tiny" => {
+                Reference::load("attn2l_tiny/reference.safetensors").tokens("seq1.tokens")
+            }
+            _ => r.tokens(&format!("{model}.tokens")),
+        };
         let mut other = ids.clone();
         other[1..].reverse();
         let rows = [ids.clone(), other];
@@ -2776,7 +2783,7 @@ fn dense_of(sae: &BlockDiagSae) -> BlockDiagSae {
 /// force pass.
 #[test]
 fn dense_sae_dfa_sums_to_the_pre_activation_and_matches_brute_force() {
-    for model in ["gpt2_tiny", "gelu2l_tiny", "llama_tiny"] {
+    for model in ["gpt2_tiny", "gelu2l_tiny", "llama_tiny", "attn2l_tiny"] {
         let loaded = load(model);
         let sae = random_dense_sae(&loaded, 24, 3);
         let windows = random_windows(&loaded, 7, 14, 11);

@@ -22,6 +22,10 @@ const GELU2L: Case = Case {
     dir: "gelu2l_tiny",
     name: "gelu2l-tiny",
 };
+const ATTN2L: Case = Case {
+    dir: "attn2l_tiny",
+    name: "attn2l-tiny",
+};
 
 fn n_seqs(r: &Reference) -> usize {
     (0..)
@@ -137,6 +141,16 @@ fn gpt2_save_pretrained_layout_loads_the_same_model() {
 fn gelu2l_transformer_lens_pth_matches_transformer_lens() {
     for (name, device) in test_devices() {
         check_model(&GELU2L, "gelu2l_tiny", name, &device);
+    }
+}
+
+/// An attention-only model with shortformer positions (TransformerLens' attn-only-Nl and
+/// attn-only-2l-demo): no MLPs, the positions added to the queries' and keys' inputs only,
+/// and hook_z as TransformerLens' `from_pretrained` gives it for such a model (z less b_V).
+#[test]
+fn attention_only_shortformer_pth_matches_transformer_lens() {
+    for (name, device) in test_devices() {
+        check_model(&ATTN2L, "attn2l_tiny", name, &device);
     }
 }
 

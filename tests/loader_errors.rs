@@ -160,3 +160,57 @@ fn unknown_reference_says_what_to_do() {
         "{err}"
     );
 }
+
+/// An attention-only TransformerLens config: `d_mlp` and `act_fn` are not needed (and an
+/// unknown act_fn is no error there), `positional_embedding_type` is read as
+/// TransformerLens names it, and one not supported is refused, naming it.
+#[test]
+fn attention_only_configs_need_no_mlp_sizes_and_name_unsupported_positions() {
+    let dir = std::env::temp_dir().join(format!("attn-saes-loader-attn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model_final.pth", "tokenizer.json"] {
+        std::fs::copy(fixture("attn2l_tiny").join(f), dir.join(f)).unwrap();
+    }
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let write = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut cfg = original.as_object().unwrap().clone();
+        edit(&mut cfg);
+        std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    };
+    let logits = |dir: &Path| {
+        let loaded = lm::load_from_path(dir, "t", &Device::flex()).unwrap();
+        let m = &loaded.transformer;
+        let tokens = m.tokens(&[vec![399, 5, 17, 5, 17, 40]]).unwrap();
+        let hooks = lm::HookRequest::logits();
+        values(m.run(tokens, &hooks, None).unwrap().logits.unwrap())
+    };
+    let want = logits(&fixture("attn2l_tiny"));
+    write(&|c| {
+        c.remove("d_mlp");
+        c.insert("act_fn".into(), "solu_ln".into());
+    });
+    assert_close("without d_mlp", &logits(&dir), &want, 0.0);
+    // TransformerLens' own key, in place of Neel's `shortformer_pos`.
+    write(&|c| {
+        c.remove("shortformer_pos");
+        c.insert("positional_embedding_type".into(), "shortformer".into());
+    });
+    assert_close("positional_embedding_type", &logits(&dir), &want, 0.0);
+    write(&|c| {
+        c.insert("positional_embedding_type".into(), "alibi".into());
+    });
+    let msg = load_err(&dir);
+    assert!(msg.contains("positional_embedding_type 'alibi'"), "{msg}");
+    // Without the flag, the model's positions go into the residual stream: not the model.
+    write(&|c| {
+        c.insert("shortformer_pos".into(), false.into());
+    });
+    let standard = logits(&dir);
+    let diff = (standard.iter().zip(&want))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f64, f64::max);
+    assert!(diff > 0.1, "shortformer_pos ignored: {diff}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

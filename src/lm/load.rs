@@ -255,6 +255,8 @@ pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transform
                 .unwrap_or(50256) as u32,
         ),
         eos_token_ids: cfg_token_ids(&cfg, "eos_token_id"),
+        attn_only: false,
+        shortformer: false,
     };
 
     let weights_path = dir.join("model.safetensors");
@@ -303,18 +305,20 @@ pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transform
                 b_o: Some(t1(&format!("{p}attn.c_proj.bias"), d_model)?),
                 z_fold: Some(fold),
             },
-            norm2: Norm::Layer {
-                w: t1(&format!("{p}ln_2.weight"), d_model)?,
-                b: t1(&format!("{p}ln_2.bias"), d_model)?,
-                eps,
-            },
-            mlp: Mlp::Gelu {
-                w_in: t2(&format!("{p}mlp.c_fc.weight"), [d_model, d_mlp])?,
-                b_in: t1(&format!("{p}mlp.c_fc.bias"), d_mlp)?,
-                w_out: t2(&format!("{p}mlp.c_proj.weight"), [d_mlp, d_model])?,
-                b_out: t1(&format!("{p}mlp.c_proj.bias"), d_model)?,
-                approximate,
-            },
+            mlp: Some((
+                Norm::Layer {
+                    w: t1(&format!("{p}ln_2.weight"), d_model)?,
+                    b: t1(&format!("{p}ln_2.bias"), d_model)?,
+                    eps,
+                },
+                Mlp::Gelu {
+                    w_in: t2(&format!("{p}mlp.c_fc.weight"), [d_model, d_mlp])?,
+                    b_in: t1(&format!("{p}mlp.c_fc.bias"), d_mlp)?,
+                    w_out: t2(&format!("{p}mlp.c_proj.weight"), [d_mlp, d_model])?,
+                    b_out: t1(&format!("{p}mlp.c_proj.bias"), d_model)?,
+                    approximate,
+                },
+            )),
         });
     }
     let w_e = t2("wte.weight", [d_vocab, d_model])?;
@@ -357,29 +361,35 @@ pub fn tl_from_pth(
     let d_model = cfg_usize(&cfg, cfg_path, &["d_model"])?;
     let n_heads = cfg_usize(&cfg, cfg_path, &["n_heads"])?;
     let d_head = cfg_usize(&cfg, cfg_path, &["d_head"])?;
-    let d_mlp = cfg_usize(&cfg, cfg_path, &["d_mlp"])?;
+    // Attention-only models (TransformerLens' attn-only-Nl) have no MLPs; their d_mlp and
+    // act_fn, if given, mean nothing.
+    let attn_only = cfg.get("attn_only").and_then(|v| v.as_bool()) == Some(true);
+    let d_mlp = match attn_only {
+        true => 0,
+        false => cfg_usize(&cfg, cfg_path, &["d_mlp"])?,
+    };
     let d_vocab = cfg_usize(&cfg, cfg_path, &["d_vocab"])?;
     let n_ctx = cfg_usize(&cfg, cfg_path, &["n_ctx"])?;
-    check_positive(
-        cfg_path,
-        &[
-            ("n_layers", n_layers),
-            ("d_model", d_model),
-            ("n_heads", n_heads),
-            ("d_head", d_head),
-            ("d_mlp", d_mlp),
-            ("d_vocab", d_vocab),
-            ("n_ctx", n_ctx),
-        ],
-    )?;
+    let mut sizes = vec![
+        ("n_layers", n_layers),
+        ("d_model", d_model),
+        ("n_heads", n_heads),
+        ("d_head", d_head),
+        ("d_vocab", d_vocab),
+        ("n_ctx", n_ctx),
+    ];
+    if !attn_only {
+        sizes.push(("d_mlp", d_mlp));
+    }
+    check_positive(cfg_path, &sizes)?;
     let bad = |message: String| LoadError::Config {
         path: cfg_path.to_path_buf(),
         message,
     };
-    let activation = match cfg_str(&cfg, "act_fn").unwrap_or("gelu") {
-        "gelu" => Activation::Gelu,
-        "gelu_new" => Activation::GeluNew,
-        other => {
+    let activation = match (attn_only, cfg_str(&cfg, "act_fn").unwrap_or("gelu")) {
+        (true, _) | (false, "gelu") => Activation::Gelu,
+        (false, "gelu_new") => Activation::GeluNew,
+        (false, other) => {
             return Err(bad(format!(
                 "act_fn '{other}' is not supported (gelu, gelu_new)"
             )));
@@ -394,14 +404,19 @@ pub fn tl_from_pth(
             )));
         }
     }
-    if cfg.get("attn_only").and_then(|v| v.as_bool()) == Some(true) {
-        return Err(bad("attention-only models are not supported".into()));
-    }
-    if cfg.get("shortformer_pos").and_then(|v| v.as_bool()) == Some(true) {
-        return Err(bad(
-            "shortformer positional embeddings are not supported".into()
-        ));
-    }
+    // Neel's training configs say `shortformer_pos`, TransformerLens'
+    // `positional_embedding_type`.
+    let shortformer = match cfg_str(&cfg, "positional_embedding_type") {
+        Some("shortformer") => true,
+        None | Some("standard") => {
+            cfg.get("shortformer_pos").and_then(|v| v.as_bool()) == Some(true)
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "positional_embedding_type '{other}' is not supported (standard, shortformer)"
+            )));
+        }
+    };
     let config = TransformerConfig {
         name: name.to_string(),
         family: Family::Gpt2,
@@ -423,6 +438,8 @@ pub fn tl_from_pth(
         bos_token_id: None,
         // Set from the tokenizer, as BOS is (`lm::load_from_path`).
         eos_token_ids: Vec::new(),
+        attn_only,
+        shortformer,
     };
     let file = WeightFile::open(weights_path)?;
     let t1 = |n: &str, s: usize| file.tensor::<1>(n, [s], device);
@@ -448,8 +465,11 @@ pub fn tl_from_pth(
         let ln1_b = t1(&format!("{p}ln1.b"), d_model)?;
         let w_v = w_in_heads(&format!("{p}attn.W_V"))?;
         let b_v = b_heads(&format!("{p}attn.b_V"))?;
+        // TransformerLens does not fold a shortformer model's norms (`from_pretrained`
+        // turns fold_ln off: the positions are added after them), so its hook_z is z less
+        // b_V alone.
         let fold = z_fold(
-            Some(&ln1_b),
+            (!shortformer).then_some(&ln1_b),
             w_v.clone(),
             Some(b_v.clone()),
             n_heads,
@@ -487,23 +507,31 @@ pub fn tl_from_pth(
                 b_o: Some(t1(&format!("{p}attn.b_O"), d_model)?),
                 z_fold: Some(fold),
             },
-            norm2: Norm::Layer {
-                w: t1(&format!("{p}ln2.w"), d_model)?,
-                b: t1(&format!("{p}ln2.b"), d_model)?,
-                eps,
-            },
-            mlp: Mlp::Gelu {
-                w_in: t2(&format!("{p}mlp.W_in"), [d_model, d_mlp])?,
-                b_in: t1(&format!("{p}mlp.b_in"), d_mlp)?,
-                w_out: t2(&format!("{p}mlp.W_out"), [d_mlp, d_model])?,
-                b_out: t1(&format!("{p}mlp.b_out"), d_model)?,
-                approximate: activation == Activation::GeluNew,
+            mlp: match attn_only {
+                true => None,
+                false => Some((
+                    Norm::Layer {
+                        w: t1(&format!("{p}ln2.w"), d_model)?,
+                        b: t1(&format!("{p}ln2.b"), d_model)?,
+                        eps,
+                    },
+                    Mlp::Gelu {
+                        w_in: t2(&format!("{p}mlp.W_in"), [d_model, d_mlp])?,
+                        b_in: t1(&format!("{p}mlp.b_in"), d_mlp)?,
+                        w_out: t2(&format!("{p}mlp.W_out"), [d_mlp, d_model])?,
+                        b_out: t1(&format!("{p}mlp.b_out"), d_model)?,
+                        approximate: activation == Activation::GeluNew,
+                    },
+                )),
             },
         });
     }
     Ok(Transformer {
         w_e: t2("embed.W_E", [d_vocab, d_model])?,
-        positions: Positions::Learned(t2("pos_embed.W_pos", [n_ctx, d_model])?),
+        positions: match shortformer {
+            true => Positions::Shortformer(t2("pos_embed.W_pos", [n_ctx, d_model])?),
+            false => Positions::Learned(t2("pos_embed.W_pos", [n_ctx, d_model])?),
+        },
         blocks,
         norm_final: Norm::Layer {
             w: t1("ln_final.w", d_model)?,
@@ -590,14 +618,16 @@ fn build_llama(
                 b_o: None,
                 z_fold: None,
             },
-            norm2: Norm::Rms {
-                w: vec1(&format!("{p}post_attention_layernorm.weight"), d)?,
-                eps,
-            },
-            mlp: Mlp::SwiGlu {
-                w_gate_up,
-                w_down: mat(&format!("{p}mlp.down_proj.weight"), d, d_mlp)?,
-            },
+            mlp: Some((
+                Norm::Rms {
+                    w: vec1(&format!("{p}post_attention_layernorm.weight"), d)?,
+                    eps,
+                },
+                Mlp::SwiGlu {
+                    w_gate_up,
+                    w_down: mat(&format!("{p}mlp.down_proj.weight"), d, d_mlp)?,
+                },
+            )),
         });
     }
     let w_e: Tensor<2> = (src.get)("model.embed_tokens.weight", &[v, d])?.into_tensor(device);
@@ -754,6 +784,8 @@ pub fn llama_from_gguf(
         rope_theta: Some(gguf.get_f64(&key("rope.freq_base")).unwrap_or(10000.0)),
         bos_token_id: gguf.bos_token_id(),
         eos_token_ids: gguf.eos_token_id().into_iter().collect(),
+        attn_only: false,
+        shortformer: false,
     };
     check_llama_config(
         &config,
@@ -866,6 +898,8 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
             .and_then(|v| v.as_u64())
             .map(|v| v as u32),
         eos_token_ids: cfg_token_ids(&cfg, "eos_token_id"),
+        attn_only: false,
+        shortformer: false,
     };
     check_llama_config(
         &config,
@@ -951,21 +985,23 @@ pub fn random(config: TransformerConfig, seed: u64, device: &Device) -> Transfor
                 b_o: (!llama).then(|| zeros(d)),
                 z_fold: None,
             },
-            norm2: norm(d),
-            mlp: if llama {
-                Mlp::SwiGlu {
-                    w_gate_up: normal(&[d, 2 * d_mlp]).into_tensor(device),
-                    w_down: normal(&[d_mlp, d]).into_tensor(device),
-                }
-            } else {
-                Mlp::Gelu {
-                    w_in: normal(&[d, d_mlp]).into_tensor(device),
-                    b_in: zeros(d_mlp),
-                    w_out: normal(&[d_mlp, d]).into_tensor(device),
-                    b_out: zeros(d),
-                    approximate: config.activation == Activation::GeluNew,
-                }
-            },
+            mlp: Some((
+                norm(d),
+                if llama {
+                    Mlp::SwiGlu {
+                        w_gate_up: normal(&[d, 2 * d_mlp]).into_tensor(device),
+                        w_down: normal(&[d_mlp, d]).into_tensor(device),
+                    }
+                } else {
+                    Mlp::Gelu {
+                        w_in: normal(&[d, d_mlp]).into_tensor(device),
+                        b_in: zeros(d_mlp),
+                        w_out: normal(&[d_mlp, d]).into_tensor(device),
+                        b_out: zeros(d),
+                        approximate: config.activation == Activation::GeluNew,
+                    }
+                },
+            )),
         })
         .collect();
     let w_e: Tensor<2> = normal(&[v, d]).into_tensor(device);
@@ -1009,5 +1045,7 @@ pub fn gpt2_small_config() -> TransformerConfig {
         rope_theta: None,
         bos_token_id: Some(50256),
         eos_token_ids: vec![50256],
+        attn_only: false,
+        shortformer: false,
     }
 }

@@ -32,6 +32,11 @@ pub fn expand_alias(reference: &str) -> &str {
         "gelu-2l" => "NeelNanda/GELU_2L512W_C4_Code",
         "gelu-3l" => "NeelNanda/GELU_3L512W_C4_Code",
         "gelu-4l" => "NeelNanda/GELU_4L512W_C4_Code",
+        "attn-only-1l" => "NeelNanda/Attn_Only_1L512W_C4_Code",
+        "attn-only-2l" => "NeelNanda/Attn_Only_2L512W_C4_Code",
+        "attn-only-3l" => "NeelNanda/Attn_Only_3L512W_C4_Code",
+        "attn-only-4l" => "NeelNanda/Attn_Only_4L512W_C4_Code",
+        "attn-only-2l-demo" => "NeelNanda/Attn-Only-2L512W-Shortformer-6B-big-lr",
         other => other,
     }
 }

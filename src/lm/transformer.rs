@@ -37,6 +37,12 @@ pub struct TransformerConfig {
     /// Tokens that end a text: generation stops at them (`live::steer`).
     #[serde(default)]
     pub eos_token_ids: Vec<u32>,
+    /// No MLPs (TransformerLens' attn-only-Nl; `d_mlp` and `activation` then mean nothing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attn_only: bool,
+    /// Shortformer positions: added to each layer's query and key inputs only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shortformer: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -157,8 +163,18 @@ impl Mlp {
 pub(crate) struct Block {
     pub norm1: Norm,
     pub attn: Attention,
-    pub norm2: Norm,
-    pub mlp: Mlp,
+    /// The MLP and the norm before it; none in an attention-only model.
+    pub mlp: Option<(Norm, Mlp)>,
+}
+
+impl Block {
+    /// The residual stream after the MLP (unchanged without one).
+    fn add_mlp(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.mlp {
+            Some((norm, mlp)) => x.clone() + mlp.forward(norm.forward(x)),
+            None => x,
+        }
+    }
 }
 
 #[allow(clippy::large_enum_variant)] // held once per layer
@@ -167,6 +183,10 @@ pub(crate) enum Positions {
     Learned(Tensor<2>),
     /// cos and sin tables, [n_ctx, d_head], half-split (HF) layout.
     Rotary { cos: Tensor<2>, sin: Tensor<2> },
+    /// Shortformer (TransformerLens' "shortformer"): learned `[n_ctx, d_model]`, added to
+    /// each layer's normed input of the queries and keys only, never to the residual
+    /// stream or the values.
+    Shortformer(Tensor<2>),
 }
 
 /// A decoder-only transformer with hook points.
@@ -435,9 +455,7 @@ impl Transformer {
                 &block.attn.w_o,
                 block.attn.b_o.as_ref(),
             );
-            x = x + attn_out;
-            let mlp_out = block.mlp.forward(block.norm2.forward(x.clone()));
-            x = x + mlp_out;
+            x = block.add_mlp(x + attn_out);
             if hooks.resid_post.contains(&layer) {
                 cache.resid_post.insert(layer, x.clone());
             }
@@ -499,6 +517,21 @@ impl Transformer {
                 let sin = sin.clone().slice([at, 0..dh]).unsqueeze::<4>();
                 (rotate(q, cos.clone(), sin.clone()), rotate(k, cos, sin), v)
             }
+            Positions::Shortformer(w_pos) => {
+                // `(x + p) W + b = (x W + b) + p W`: the positions' projections, once for
+                // the batch, [1, pos, (h + 2 hkv) dh] (the values' part unused).
+                let d_model = cfg.d_model;
+                let at = offset..offset + pos;
+                let p = w_pos.clone().slice([at, 0..d_model]).unsqueeze::<3>();
+                let p = matmul_bias(p, &attn.w_qkv, None);
+                let pq = (p.clone().slice([0..1, 0..pos, 0..h * dh]))
+                    .reshape([1, pos, h, dh])
+                    .swap_dims(1, 2);
+                let pk = (p.slice([0..1, 0..pos, h * dh..(h + hkv) * dh]))
+                    .reshape([1, pos, hkv, dh])
+                    .swap_dims(1, 2);
+                (q + pq, k + pk, v)
+            }
             Positions::Learned(_) => (q, k, v),
         }
     }
@@ -559,14 +592,15 @@ impl Transformer {
             half(&mut block.attn.w_qkv);
             half(&mut block.attn.w_o);
             match &mut block.mlp {
-                Mlp::Gelu { w_in, w_out, .. } => {
+                Some((_, Mlp::Gelu { w_in, w_out, .. })) => {
                     half(w_in);
                     half(w_out);
                 }
-                Mlp::SwiGlu { w_gate_up, w_down } => {
+                Some((_, Mlp::SwiGlu { w_gate_up, w_down })) => {
                     half(w_gate_up);
                     half(w_down);
                 }
+                None => {}
             }
         }
         half(&mut self.w_u);
@@ -603,26 +637,28 @@ impl Transformer {
                     b_o: b.attn.b_o.as_ref().map(ad),
                     z_fold: b.attn.z_fold.as_ref().map(ad),
                 },
-                norm2: norm(&b.norm2),
-                mlp: match &b.mlp {
-                    Mlp::Gelu {
-                        w_in,
-                        b_in,
-                        w_out,
-                        b_out,
-                        approximate,
-                    } => Mlp::Gelu {
-                        w_in: ad(w_in),
-                        b_in: ad(b_in),
-                        w_out: ad(w_out),
-                        b_out: ad(b_out),
-                        approximate: *approximate,
-                    },
-                    Mlp::SwiGlu { w_gate_up, w_down } => Mlp::SwiGlu {
-                        w_gate_up: ad(w_gate_up),
-                        w_down: ad(w_down),
-                    },
-                },
+                mlp: b.mlp.as_ref().map(|(n, mlp)| {
+                    let mlp = match mlp {
+                        Mlp::Gelu {
+                            w_in,
+                            b_in,
+                            w_out,
+                            b_out,
+                            approximate,
+                        } => Mlp::Gelu {
+                            w_in: ad(w_in),
+                            b_in: ad(b_in),
+                            w_out: ad(w_out),
+                            b_out: ad(b_out),
+                            approximate: *approximate,
+                        },
+                        Mlp::SwiGlu { w_gate_up, w_down } => Mlp::SwiGlu {
+                            w_gate_up: ad(w_gate_up),
+                            w_down: ad(w_down),
+                        },
+                    };
+                    (norm(n), mlp)
+                }),
             })
             .collect();
         Self {
@@ -630,6 +666,7 @@ impl Transformer {
             w_e: ad(&self.w_e),
             positions: match &self.positions {
                 Positions::Learned(w) => Positions::Learned(ad(w)),
+                Positions::Shortformer(w) => Positions::Shortformer(ad(w)),
                 Positions::Rotary { cos, sin } => Positions::Rotary {
                     cos: ad(cos),
                     sin: ad(sin),
@@ -807,6 +844,8 @@ mod tests {
             rope_theta: None,
             bos_token_id: Some(0),
             eos_token_ids: Vec::new(),
+            attn_only: false,
+            shortformer: false,
         }
     }
 
@@ -857,6 +896,8 @@ mod tests {
                 rope_theta,
                 bos_token_id: Some(0),
                 eos_token_ids: Vec::new(),
+                attn_only: false,
+                shortformer: false,
             };
             let model = crate::lm::load::random(config, 3, &device);
             let ids: Vec<u32> = (0..300u32).map(|i| (i * 7 + i / 5) % 50).collect();

@@ -117,9 +117,7 @@ impl Transformer {
                 &block.attn.w_o,
                 block.attn.b_o.as_ref(),
             );
-            x = x + attn_out;
-            let mlp_out = block.mlp.forward(block.norm2.forward(x.clone()));
-            x = x + mlp_out;
+            x = block.add_mlp(x + attn_out);
         }
         cache.len = total;
         cache.batch = batch;
