@@ -1151,18 +1151,17 @@ fn main() -> anyhow::Result<()> {
                      were): rebuild it with `dashboard`",
                     path.display()
                 );
-                let pairs = attn_saes::dashboard::report::cofiring_across(&d, n, top);
+                let mut pairs = attn_saes::dashboard::report::cofiring_across(&d, n, top);
                 println!(
                     "The {} pairs of features of different heads that fire together most \
                      (Pearson r of activations over the dashboard tokens):",
                     pairs.len()
                 );
-                for p in &pairs {
+                for p in &mut pairs {
                     println!("r {:.3}", p.r);
-                    for r in [&p.a, &p.b] {
-                        let mut r = r.clone();
+                    for r in [&mut p.a, &mut p.b] {
                         r.label = labelled_as(labels.as_ref(), r.head, r.feature);
-                        print_feature_report(&r, labels.as_ref());
+                        print_feature_report(r, labels.as_ref());
                     }
                 }
                 if let Some(path) = json {

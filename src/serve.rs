@@ -95,6 +95,27 @@ pub fn live_site(path: &Path, meta: &DashboardMeta) -> anyhow::Result<LiveSite> 
     live_site_under(path, meta, "", &[])
 }
 
+/// A TransformerLens checkpoint's `.pth` as the browser reads it: its weights in
+/// `model.safetensors` (converted once, into the cache under the `.pth`'s sha256).
+fn browser_safetensors(pth: &Path) -> anyhow::Result<PathBuf> {
+    let sha = crate::assets::sha256_file(pth)?;
+    let out = crate::assets::cache_dir()
+        .join("browser")
+        .join(&sha[..16])
+        .join("model.safetensors");
+    if !out.is_file() {
+        std::fs::create_dir_all(out.parent().unwrap())?;
+        eprintln!(
+            "converting {} for the browser: {}",
+            pth.display(),
+            out.display()
+        );
+        crate::lm::pth_as_safetensors(pth, &out)
+            .with_context(|| format!("converting {} to safetensors", pth.display()))?;
+    }
+    Ok(out)
+}
+
 /// The manifest's URL path for the `i`-th compared dashboard's model and SAE.
 pub fn compared_manifest_url(i: usize) -> String {
     format!("/compare/{i}/{MANIFEST_NAME}")
@@ -128,9 +149,31 @@ fn live_site_under(
     };
     let model = crate::lm::hub::resolve(&meta.model.name)?;
     let (model_files, sae_files) = crate::dashboard::browser_files(&model, &sae_dir)?;
-    let recorded = meta.built_from.clone().unwrap_or_default();
-    let mut files = Vec::new();
+    let mut recorded = meta.built_from.clone().unwrap_or_default();
+    // A TransformerLens `.pth`, which the browser cannot read, goes as safetensors: checked
+    // against the record as it is, then served converted.
     let mut changed = Vec::new();
+    let model_files = match model_files
+        .iter()
+        .position(|p| p.extension().is_some_and(|e| e == "pth"))
+    {
+        Some(i) => {
+            for (p, r) in model_files
+                .iter()
+                .zip(crate::dashboard::file_records(&model_files)?)
+            {
+                if (recorded.model.iter()).any(|x| x.name == r.name && x.sha256 != r.sha256) {
+                    changed.push(p.display().to_string());
+                }
+            }
+            recorded.model.clear();
+            let mut files = model_files.clone();
+            files[i] = browser_safetensors(&model_files[i])?;
+            files
+        }
+        None => model_files,
+    };
+    let mut files = Vec::new();
     let mut listed = |group: &str, paths: &[PathBuf], recorded: &[FileRecord]| {
         let records = crate::dashboard::file_records(paths)?;
         anyhow::Ok(

@@ -281,6 +281,14 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
         !pairs.is_empty(),
         "features of different heads fire together"
     );
+    // A feature of the first pair labelled (not the one labelled already): the printed
+    // report and the JSON say so.
+    let (side, a) = match pairs[0].0 {
+        (a, b) if a == 2 * m + strongest => ("b", b),
+        (a, _) => ("a", a),
+    };
+    let (ha, fa) = (a / m, a % m);
+    stdout(cli(&["label", r, &format!("{ha},{fa}"), "fires across"]));
     let across = dir.join("across.json");
     let said = stdout(cli(&[
         "features",
@@ -292,6 +300,12 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
         across.to_str().unwrap(),
     ]));
     let listed: Value = serde_json::from_slice(&std::fs::read(&across).unwrap()).unwrap();
+    assert_eq!(listed[0][side]["label"], "fires across");
+    assert!(
+        said.contains(&format!("head {ha} feature {fa} \"fires across\"")),
+        "{said}"
+    );
+    stdout(cli(&["label", r, &format!("{ha},{fa}"), "--clear"]));
     let listed: Vec<((usize, usize), f32)> = (listed.as_array().unwrap().iter())
         .map(|p| {
             let g = |x: &Value| x["global"].as_u64().unwrap() as usize;

@@ -799,3 +799,72 @@ fn a_site_of_dashboards_built_with_keep_bos_reads_bos_as_the_cli_does() {
     assert_same_tokens("keep-bos site", shown, &by_file["tokens"]);
     assert_eq!(result["consoleErrors"], serde_json::json!([]), "{result}");
 }
+
+/// An SAE on an attention-only model with shortformer positions (`attn2l_tiny`, a
+/// TransformerLens `.pth`, which `serve` converts to safetensors for the page): the site's
+/// page loads that model in the browser and its Your text gives the CLI's features, token by
+/// token.
+#[test]
+fn a_site_of_an_attention_only_model_runs_your_text_as_the_cli_does() {
+    if !browser_available() {
+        return;
+    }
+    build_web();
+    let dir = TempDir::new("attn-saes-web", "attn-only");
+    let run = run_with_dashboard_of(attn_saes::train::TrainConfig {
+        model: fixture("attn2l_tiny").display().to_string(),
+        ..config(&dir, 30)
+    });
+    let native = native_text(&run, None, None);
+    let heads = native["tokens"]["active"].as_array().unwrap();
+    let (head, feature) = (0..heads.len())
+        .find_map(|h| {
+            let last = heads[h].as_array()?.last()?.as_array()?;
+            Some((h, last.first()?[0].as_u64()? as usize))
+        })
+        .expect("a feature on at the last token");
+    let dashboard = attn_saes::dashboard::run_dashboard_path(&run);
+    let meta = attn_saes::dashboard::format::OwnedDashboardFile::read(&dashboard)
+        .unwrap()
+        .meta;
+    let mut labels = attn_saes::dashboard::labels::Labels::new(&meta);
+    labels.set(head, feature, "attention only").unwrap();
+    labels
+        .write(&attn_saes::dashboard::labels::labels_path(&dashboard))
+        .unwrap();
+    let site = dir.join("site");
+    let out = Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["serve", run.to_str().unwrap(), "--web-dir"])
+        .arg(root().join("web/dist"))
+        .arg("--write-to")
+        .arg(&site)
+        .env("ATTN_SAES_CACHE", dir.join("cache"))
+        .output()
+        .unwrap();
+    assert_succeeded(&out);
+    // The page reads no PyTorch files: the site has the checkpoint's weights as safetensors,
+    // the same tensors (the boolean masks left out).
+    let pth =
+        attn_saes::lm::weights::WeightFile::open(&fixture("attn2l_tiny/model_final.pth")).unwrap();
+    let served =
+        attn_saes::lm::weights::WeightFile::open(&site.join("live/model/model.safetensors"))
+            .unwrap();
+    let mut names = served.names();
+    names.sort();
+    let mut floats: Vec<String> = (pth.names().into_iter())
+        .filter(|n| !n.ends_with(".mask"))
+        .collect();
+    floats.sort();
+    assert_eq!(names, floats);
+    for n in &names {
+        let (a, b) = (pth.read(n).unwrap(), served.read(n).unwrap());
+        assert_eq!((a.shape, a.data), (b.shape, b.data), "{n}");
+    }
+    let result = site_steps(&site, (head, feature), None);
+    assert_same_tokens(
+        "attention-only site",
+        &result["shown"]["tokens"],
+        &native["tokens"],
+    );
+    assert_eq!(result["consoleErrors"], serde_json::json!([]), "{result}");
+}

@@ -34,11 +34,14 @@ pub const DEFAULT_EFFECT_TOKENS: usize = 4096;
 /// Step lines kept in a dashboard's metrics history.
 pub const HISTORY_POINTS: usize = 3000;
 
-/// The files a browser loads for the model at `model` (a `.gguf` file, or a directory with
-/// `config.json`, `model.safetensors` and `tokenizer.json`) and for the SAE in `sae_dir`.
-/// Errors name what is missing (a TransformerLens `.pth` model has no browser form).
+/// The files a browser loads for the model at `model` (a `.gguf` file, a directory with
+/// `config.json`, `model.safetensors` and `tokenizer.json`, or a TransformerLens checkpoint:
+/// `config.json`, its `.pth`, which `serve` converts ([`crate::lm::pth_as_safetensors`]),
+/// and its tokenizer, beside it or the one its config names) and for the SAE in `sae_dir`.
+/// Errors name what is missing.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn browser_files(model: &Path, sae_dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    use anyhow::Context as _;
     let model_files: Vec<PathBuf> = if model.is_file() {
         anyhow::ensure!(
             model.extension().is_some_and(|e| e == "gguf"),
@@ -46,6 +49,18 @@ pub fn browser_files(model: &Path, sae_dir: &Path) -> anyhow::Result<(Vec<PathBu
             model.display()
         );
         vec![model.to_path_buf()]
+    } else if let Some(pth) = crate::lm::transformer_lens_pth(model) {
+        let local = model.join("tokenizer.json");
+        let tokenizer = match local.is_file() {
+            true => local,
+            false => {
+                let cfg = crate::lm::weights::read_json_config(&model.join("config.json"))?;
+                let name = (cfg.get("tokenizer_name").and_then(|v| v.as_str()))
+                    .context("no tokenizer.json beside it, and its config names no tokenizer")?;
+                crate::lm::hub::resolve_tokenizer(name)?
+            }
+        };
+        vec![model.join("config.json"), pth, tokenizer]
     } else {
         ["config.json", "model.safetensors", "tokenizer.json"]
             .iter()
@@ -90,10 +105,10 @@ pub fn file_records(paths: &[PathBuf]) -> anyhow::Result<Vec<format::FileRecord>
 }
 
 /// What a dashboard records of the model and SAE it was built from, if the browser could
-/// load them (not for a `.pth` model).
+/// load them (a TransformerLens model's `.pth` as it is, which `serve` converts).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn built_from(loaded: &crate::lm::LoadedModel, sae_dir: &Path) -> Option<format::BuiltFrom> {
-    // `source` is the .gguf, or a directory's model.safetensors.
+    // `source` is the .gguf, or a directory's model.safetensors or .pth.
     let source = &loaded.source;
     let model = if source.extension().is_some_and(|e| e == "gguf") {
         source.clone()

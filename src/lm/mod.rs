@@ -20,6 +20,35 @@ pub use transformer::{
 };
 pub use weights::LoadError;
 
+/// A TransformerLens checkpoint's weights (`*final.pth`, else any `.pth`, in `dir`), if
+/// `dir` holds one (its `config.json` in TransformerLens' keys).
+pub fn transformer_lens_pth(dir: &Path) -> Option<PathBuf> {
+    let cfg = weights::read_json_config(&dir.join("config.json")).ok()?;
+    if !cfg.contains_key("n_layers") {
+        return None;
+    }
+    find_file(dir, |n| n.ends_with("final.pth")).or_else(|| find_file(dir, |n| n.ends_with(".pth")))
+}
+
+/// Writes the tensors of a PyTorch checkpoint that are floating point (a TransformerLens
+/// checkpoint's weights, not its boolean masks) to `out` as f32 safetensors, under the same
+/// names: what the browser, which reads no PyTorch files, loads in its place.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn pth_as_safetensors(pth: &Path, out: &Path) -> anyhow::Result<()> {
+    let file = weights::WeightFile::open(pth)?;
+    let mut names = file.names();
+    names.sort();
+    let mut arrays = Vec::new();
+    for name in names {
+        match file.read(&name) {
+            Ok(a) => arrays.push(crate::files::NamedArray::new(name, a.shape, a.data)),
+            Err(LoadError::Dtype { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    crate::files::write_safetensors(out, &arrays, None)
+}
+
 /// Short names users type, mapped to hub repositories.
 pub fn expand_alias(reference: &str) -> &str {
     match reference {
@@ -120,9 +149,11 @@ pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<Loaded
     let cfg = weights::read_json_config(&cfg_path)?;
     let local_tokenizer = path.join("tokenizer.json");
     if cfg.contains_key("n_layers") {
-        // TransformerLens checkpoint.
+        // TransformerLens checkpoint: its `.pth`, or (in the browser, which reads no
+        // PyTorch files) the same tensors in a model.safetensors (`serve` converts them).
         let weights = find_file(path, |n| n.ends_with("final.pth"))
             .or_else(|| find_file(path, |n| n.ends_with(".pth")))
+            .or_else(|| Some(path.join("model.safetensors")).filter(|p| crate::vfs::exists(p)))
             .ok_or_else(|| LoadError::NoWeights {
                 dir: path.to_path_buf(),
                 looked_for: "*final.pth (TransformerLens checkpoint named by config.json)".into(),
