@@ -70,6 +70,18 @@ fn native_text(
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The first feature listed at the text's last token (of the first head with one), in
+/// `text --json`'s output.
+fn feature_at_the_last_token(native: &Value) -> (usize, usize) {
+    let heads = native["tokens"]["active"].as_array().unwrap();
+    (0..heads.len())
+        .find_map(|h| {
+            let last = heads[h].as_array()?.last()?.as_array()?;
+            Some((h, last.first()?[0].as_u64()? as usize))
+        })
+        .expect("a feature on at the last token")
+}
+
 /// The browser's tokens and features equal the CLI's (activations within the tolerance;
 /// a feature within the tolerance of zero may be on in one and off in the other).
 fn assert_same_tokens(what: &str, page: &Value, native: &Value) {
@@ -516,13 +528,7 @@ fn a_static_site_opens_a_feature_and_runs_your_text_as_the_cli_does() {
     let dir = TempDir::new("attn-saes-web", "site");
     let run = run_with_dashboard(&dir, 30);
     let native = native_text(&run, None, None);
-    let heads = native["tokens"]["active"].as_array().unwrap();
-    let (head, feature) = (0..heads.len())
-        .find_map(|h| {
-            let last = heads[h].as_array()?.last()?.as_array()?;
-            Some((h, last.first()?[0].as_u64()? as usize))
-        })
-        .expect("a feature on at the last token");
+    let (head, feature) = feature_at_the_last_token(&native);
     let dashboard = attn_saes::dashboard::run_dashboard_path(&run);
     let file =
         attn_saes::dashboard::format::OwnedDashboardFile::new(std::fs::read(&dashboard).unwrap())
@@ -816,13 +822,7 @@ fn a_site_of_an_attention_only_model_runs_your_text_as_the_cli_does() {
         ..config(&dir, 30)
     });
     let native = native_text(&run, None, None);
-    let heads = native["tokens"]["active"].as_array().unwrap();
-    let (head, feature) = (0..heads.len())
-        .find_map(|h| {
-            let last = heads[h].as_array()?.last()?.as_array()?;
-            Some((h, last.first()?[0].as_u64()? as usize))
-        })
-        .expect("a feature on at the last token");
+    let (head, feature) = feature_at_the_last_token(&native);
     let dashboard = attn_saes::dashboard::run_dashboard_path(&run);
     let meta = attn_saes::dashboard::format::OwnedDashboardFile::read(&dashboard)
         .unwrap()
