@@ -664,6 +664,16 @@ mod tests {
             (o.model.as_str(), o.hook_layer),
             ("NeelNanda/GELU_2L512W_C4_Code", 1)
         );
+        // ARENA's attention SAEs (`callummcdougall/arena-demos-attn2l`) name
+        // TransformerLens' attention-only demo model.
+        let o = origin(serde_json::json!({
+            "model_name": "attn-only-2l-demo", "hook_name": "blocks.0.attn.hook_z"
+        }))
+        .unwrap();
+        assert_eq!(
+            (o.model.as_str(), o.hook_layer),
+            ("NeelNanda/Attn-Only-2L512W-Shortformer-6B-big-lr", 0)
+        );
         assert_eq!(
             origin(serde_json::json!({
                 "model_name": "gpt2-small", "hook_name": "blocks.5.hook_resid_pre"
