@@ -837,18 +837,22 @@ fn kissane_state_dicts_import_as_pytorch_computes_them() {
 /// between several, and the import records where it was trained, so that `dashboard --sae`
 /// and `evaluate --sae` run it on that model and layer without being told (the model,
 /// `openai-community/gpt2`, is gpt2_tiny in the same cache).
+/// A snapshot directory of `repo` at `rev` in a Hugging Face cache's `hub` directory, laid
+/// out as the hub writes it (`models--ORG--NAME/refs/main`, `snapshots/REV/`).
+fn hub_snapshot(hub: &std::path::Path, repo: &str, rev: &str) -> std::path::PathBuf {
+    let folder = hub.join(format!("models--{}", repo.replace('/', "--")));
+    std::fs::create_dir_all(folder.join("refs")).unwrap();
+    std::fs::write(folder.join("refs").join("main"), rev).unwrap();
+    let snap = folder.join("snapshots").join(rev);
+    std::fs::create_dir_all(&snap).unwrap();
+    snap
+}
+
 #[test]
 fn import_from_the_hub_cache_records_where_the_sae_was_trained() {
     let dir = TempDir::new("attn-saes-kissane", "hub");
     let hub = dir.join("hf").join("hub");
-    let snapshot = |repo: &str, rev: &str| {
-        let folder = hub.join(format!("models--{}", repo.replace('/', "--")));
-        std::fs::create_dir_all(folder.join("refs")).unwrap();
-        std::fs::write(folder.join("refs").join("main"), rev).unwrap();
-        let snap = folder.join("snapshots").join(rev);
-        std::fs::create_dir_all(&snap).unwrap();
-        snap
-    };
+    let snapshot = |repo: &str, rev: &str| hub_snapshot(&hub, repo, rev);
     let kk = snapshot("ckkissane/attn-saes-gpt2-small-all-layers", "0123abc");
     for e in std::fs::read_dir(common::fixture("kissane"))
         .unwrap()
@@ -1008,6 +1012,185 @@ fn import_from_the_hub_cache_records_where_the_sae_was_trained() {
     ]);
     assert_succeeded(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("CE loss score"));
+}
+
+/// ARENA's attention SAEs as SAELens folders (`callummcdougall/arena-demos-attn2l`, with
+/// `blocks.0.attn.hook_z` and `-v2`) on TransformerLens' `attn-only-2l-demo`, in an offline
+/// Hugging Face cache: the model (here the attention-only shortformer fixture) as Neel's
+/// repository holds it, a `.pth` whose config names its tokenizer's repository. The import
+/// records the model the alias names, and the dashboards, `text` and the hook_z they read
+/// are that model's.
+#[test]
+fn arena_attention_saes_run_on_the_attention_only_model_they_name() {
+    let dir = TempDir::new("attn-saes-arena", "hub");
+    let hub = dir.join("hf").join("hub");
+    let model = hub_snapshot(
+        &hub,
+        "NeelNanda/Attn-Only-2L512W-Shortformer-6B-big-lr",
+        "a1",
+    );
+    std::fs::copy(
+        common::fixture("attn2l_tiny").join("model_final.pth"),
+        model.join("model_final.pth"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::fixture("attn2l_tiny").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["tokenizer_name"] = "EleutherAI/gpt-neox-20b".into();
+    std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
+    let tokenizer = hub_snapshot(&hub, "EleutherAI/gpt-neox-20b", "b2");
+    std::fs::copy(
+        common::fixture("attn2l_tiny").join("tokenizer.json"),
+        tokenizer.join("tokenizer.json"),
+    )
+    .unwrap();
+    // Two SAELens folders of layer 0 (d_in 4 heads x 16, 24 features), as ARENA's repository.
+    let saes = hub_snapshot(&hub, "callummcdougall/arena-demos-attn2l", "c3");
+    let (d_in, d_sae) = (64, 24);
+    let wave = |n: usize, phase: f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| 0.3 * (i as f32 * 0.73 + phase).sin())
+            .collect()
+    };
+    for (k, folder) in ["blocks.0.attn.hook_z", "blocks.0.attn.hook_z-v2"]
+        .iter()
+        .enumerate()
+    {
+        let at = saes.join(folder);
+        std::fs::create_dir_all(&at).unwrap();
+        let cfg = serde_json::json!({
+            "model_name": "attn-only-2l-demo", "hook_name": "blocks.0.attn.hook_z",
+            "d_in": d_in, "d_sae": d_sae, "architecture": "standard",
+            "apply_b_dec_to_input": true, "normalize_activations": "none",
+        });
+        std::fs::write(at.join("cfg.json"), cfg.to_string()).unwrap();
+        let phase = k as f32;
+        attn_saes::files::write_safetensors(
+            &at.join("sae_weights.safetensors"),
+            &[
+                attn_saes::files::NamedArray::new(
+                    "W_enc",
+                    vec![d_in, d_sae],
+                    wave(d_in * d_sae, phase),
+                ),
+                attn_saes::files::NamedArray::new("b_enc", vec![d_sae], vec![0.05; d_sae]),
+                attn_saes::files::NamedArray::new(
+                    "W_dec",
+                    vec![d_sae, d_in],
+                    wave(d_sae * d_in, phase + 0.5),
+                ),
+                attn_saes::files::NamedArray::new("b_dec", vec![d_in], wave(d_in, phase + 0.25)),
+            ],
+            None,
+        )
+        .unwrap();
+    }
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu"])
+            .args(args)
+            .env("HF_HOME", dir.join("hf"))
+            .env("HF_HUB_OFFLINE", "1")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let repo = "callummcdougall/arena-demos-attn2l";
+    let sae = dir.join("sae");
+    let sae_s = sae.to_str().unwrap();
+    let out = run(&[
+        "import",
+        "--saelens",
+        repo,
+        "--hook-layer",
+        "0",
+        "--out",
+        sae_s,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("blocks.0.attn.hook_z-v2"), "{err}");
+    let out = run(&[
+        "import",
+        "--saelens",
+        &format!("{repo}/blocks.0.attn.hook_z-v2"),
+        "--out",
+        sae_s,
+    ]);
+    assert_succeeded(&out);
+    let origin = BlockDiagSae::read_origin(&sae).unwrap().unwrap();
+    assert_eq!(
+        (origin.model.as_str(), origin.hook_layer),
+        ("NeelNanda/Attn-Only-2L512W-Shortformer-6B-big-lr", 0)
+    );
+    let corpus = corpus(&dir);
+    let out = run(&[
+        "dashboard",
+        "--sae",
+        sae_s,
+        "--dataset",
+        corpus.to_str().unwrap(),
+        "--tokens",
+        "256",
+        "--context-size",
+        "32",
+    ]);
+    assert_succeeded(&out);
+    let d = attn_saes::dashboard::build::read(&sae.join("dashboard.safetensors")).unwrap();
+    assert_eq!(
+        d.meta.model.name,
+        "NeelNanda/Attn-Only-2L512W-Shortformer-6B-big-lr"
+    );
+    // `text` on the SAE: its activations are those of the SAE on the fixture's own hook_z
+    // (TransformerLens' reference for seq1 of attn2l_tiny, checked in lm_parity).
+    let r = Reference::load("attn2l_tiny/reference.safetensors");
+    let ids = r.tokens("seq1.tokens");
+    let loaded =
+        attn_saes::lm::load_from_path(&common::fixture("attn2l_tiny"), "t", &Device::flex())
+            .unwrap();
+    let text = loaded.tokenizer.decode(&ids[1..], false).unwrap();
+    assert_eq!(
+        loaded
+            .tokenizer
+            .encode(text.as_str(), false)
+            .unwrap()
+            .get_ids(),
+        &ids[1..]
+    );
+    let out = run(&["text", sae_s, &text, "--json"]);
+    assert_succeeded(&out);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let imported = BlockDiagSae::load(&sae, &Device::flex()).unwrap();
+    let z = r.get("seq1.hook_z.L0");
+    let n = ids.len();
+    let z: Tensor<3> = Tensor::<1>::from_data(
+        TensorData::new(
+            z.data.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            [n * d_in],
+        ),
+        &Device::flex(),
+    )
+    .reshape([n, 1, d_in]);
+    let acts = values(imported.encode(imported.scale_input(z)).1); // [1, n, d_sae]
+    let mut compared = 0;
+    for (p, per_head) in shown["tokens"]["active"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        for pair in per_head.as_array().unwrap() {
+            let (f, v) = (
+                pair[0].as_u64().unwrap() as usize,
+                pair[1].as_f64().unwrap(),
+            );
+            let want = acts[p * d_sae + f];
+            assert!((v - want).abs() < 1e-4, "token {p} #{f}: {v} vs {want}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 10, "only {compared} activations compared");
 }
 
 /// A Hugging Face hub on localhost for `HF_ENDPOINT`: the repository info
