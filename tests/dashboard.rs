@@ -218,7 +218,13 @@ fn check_dfa_identity(model: &str, sae: &BlockDiagSae, windows: Vec<Vec<u32>>) {
 
 #[test]
 fn dfa_sums_to_the_pre_activation_on_gpt2_gelu2l_llama_and_attention_only() {
-    for model in ["gpt2_tiny", "gelu2l_tiny", "llama_tiny", "attn2l_tiny"] {
+    for model in [
+        "gpt2_tiny",
+        "gelu2l_tiny",
+        "llama_tiny",
+        "attn2l_tiny",
+        "attn2l_noln_tiny",
+    ] {
         let loaded = load(model);
         let sae = random_sae(&loaded, 10, 3);
         let windows = random_windows(&loaded, 7, 14, 11);

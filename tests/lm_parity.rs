@@ -26,6 +26,10 @@ const ATTN2L: Case = Case {
     dir: "attn2l_tiny",
     name: "attn2l-tiny",
 };
+const ATTN2L_NOLN: Case = Case {
+    dir: "attn2l_noln_tiny",
+    name: "attn2l-noln-tiny",
+};
 
 fn n_seqs(r: &Reference) -> usize {
     (0..)
@@ -151,6 +155,16 @@ fn gelu2l_transformer_lens_pth_matches_transformer_lens() {
 fn attention_only_shortformer_pth_matches_transformer_lens() {
     for (name, device) in test_devices() {
         check_model(&ATTN2L, "attn2l_tiny", name, &device);
+    }
+}
+
+/// The same without any norm (`normalization_type` null in a config of
+/// HookedTransformerConfig's keys, as ARENA's attention-only model): hook_z is again z less
+/// b_V.
+#[test]
+fn attention_only_model_without_norms_matches_transformer_lens() {
+    for (name, device) in test_devices() {
+        check_model(&ATTN2L_NOLN, "attn2l_noln_tiny", name, &device);
     }
 }
 

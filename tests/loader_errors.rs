@@ -163,7 +163,8 @@ fn unknown_reference_says_what_to_do() {
 
 /// An attention-only TransformerLens config: `d_mlp` and `act_fn` are not needed (and an
 /// unknown act_fn is no error there), `positional_embedding_type` is read as
-/// TransformerLens names it, and one not supported is refused, naming it.
+/// TransformerLens names it, and one not supported is refused, naming it, as is a
+/// normalization other than LN or none.
 #[test]
 fn attention_only_configs_need_no_mlp_sizes_and_name_unsupported_positions() {
     let dir = std::env::temp_dir().join(format!("attn-saes-loader-attn-{}", std::process::id()));
@@ -203,6 +204,14 @@ fn attention_only_configs_need_no_mlp_sizes_and_name_unsupported_positions() {
     });
     let msg = load_err(&dir);
     assert!(msg.contains("positional_embedding_type 'alibi'"), "{msg}");
+    write(&|c| {
+        c.insert("normalization_type".into(), "RMS".into());
+    });
+    let msg = load_err(&dir);
+    assert!(
+        msg.contains("normalization_type \"RMS\" is not supported"),
+        "{msg}"
+    );
     // Without the flag, the model's positions go into the residual stream: not the model.
     write(&|c| {
         c.insert("shortformer_pos".into(), false.into());

@@ -395,15 +395,22 @@ pub fn tl_from_pth(
             )));
         }
     };
-    // TransformerLens configs say `normalization_type`, Neel's training configs `normalization`.
-    match cfg_str(&cfg, "normalization_type").or_else(|| cfg_str(&cfg, "normalization")) {
-        None | Some("LN") => {}
+    // TransformerLens configs say `normalization_type`, Neel's training configs
+    // `normalization`: LN when neither is there, none when it is null (ARENA's
+    // attention-only model).
+    let normalization = ["normalization_type", "normalization"]
+        .iter()
+        .find_map(|k| cfg.get(*k));
+    let layer_norm = match normalization {
+        None => true,
+        Some(serde_json::Value::Null) => false,
+        Some(v) if v.as_str() == Some("LN") => true,
         Some(other) => {
             return Err(bad(format!(
-                "normalization_type '{other}' is not supported (LN)"
+                "normalization_type {other} is not supported (LN, or null for none)"
             )));
         }
-    }
+    };
     // Neel's training configs say `shortformer_pos`, TransformerLens'
     // `positional_embedding_type`.
     let shortformer = match cfg_str(&cfg, "positional_embedding_type") {
@@ -458,18 +465,33 @@ pub fn tl_from_pth(
             .reshape([hd]))
     };
     let eps = config.norm_eps;
+    // `NAME.w` and `NAME.b`, or nothing in a model without norms.
+    let layer_norm_or_none = |name: &str| -> Result<Norm, LoadError> {
+        Ok(match layer_norm {
+            true => Norm::Layer {
+                w: t1(&format!("{name}.w"), d_model)?,
+                b: t1(&format!("{name}.b"), d_model)?,
+                eps,
+            },
+            false => Norm::Identity,
+        })
+    };
     // No capacity from the config: a bogus layer count fails at its first missing tensor.
     let mut blocks = Vec::new();
     for l in 0..n_layers {
         let p = format!("blocks.{l}.");
-        let ln1_b = t1(&format!("{p}ln1.b"), d_model)?;
+        let norm1 = layer_norm_or_none(&format!("{p}ln1"))?;
         let w_v = w_in_heads(&format!("{p}attn.W_V"))?;
         let b_v = b_heads(&format!("{p}attn.b_V"))?;
         // TransformerLens does not fold a shortformer model's norms (`from_pretrained`
         // turns fold_ln off: the positions are added after them), so its hook_z is z less
-        // b_V alone.
+        // b_V alone, as a model without norms.
+        let ln1_b = match &norm1 {
+            Norm::Layer { b, .. } if !shortformer => Some(b),
+            _ => None,
+        };
         let fold = z_fold(
-            (!shortformer).then_some(&ln1_b),
+            ln1_b,
             w_v.clone(),
             Some(b_v.clone()),
             n_heads,
@@ -493,11 +515,7 @@ pub fn tl_from_pth(
             0,
         );
         blocks.push(Block {
-            norm1: Norm::Layer {
-                w: t1(&format!("{p}ln1.w"), d_model)?,
-                b: ln1_b,
-                eps,
-            },
+            norm1,
             attn: Attention {
                 w_qkv,
                 b_qkv: Some(b_qkv),
@@ -510,11 +528,7 @@ pub fn tl_from_pth(
             mlp: match attn_only {
                 true => None,
                 false => Some((
-                    Norm::Layer {
-                        w: t1(&format!("{p}ln2.w"), d_model)?,
-                        b: t1(&format!("{p}ln2.b"), d_model)?,
-                        eps,
-                    },
+                    layer_norm_or_none(&format!("{p}ln2"))?,
                     Mlp::Gelu {
                         w_in: t2(&format!("{p}mlp.W_in"), [d_model, d_mlp])?,
                         b_in: t1(&format!("{p}mlp.b_in"), d_mlp)?,
@@ -533,11 +547,7 @@ pub fn tl_from_pth(
             false => Positions::Learned(t2("pos_embed.W_pos", [n_ctx, d_model])?),
         },
         blocks,
-        norm_final: Norm::Layer {
-            w: t1("ln_final.w", d_model)?,
-            b: t1("ln_final.b", d_model)?,
-            eps,
-        },
+        norm_final: layer_norm_or_none("ln_final")?,
         w_u: t2("unembed.W_U", [d_model, d_vocab])?,
         b_u: Some(t1("unembed.b_U", d_vocab)?),
         device: device.clone(),

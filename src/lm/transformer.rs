@@ -86,6 +86,8 @@ pub(crate) enum Norm {
         w: Tensor<1>,
         eps: f64,
     },
+    /// No norm (a TransformerLens model with `normalization_type` null).
+    Identity,
 }
 
 impl Norm {
@@ -103,6 +105,7 @@ impl Norm {
                 let ms = x.clone().square().mean_dim(2);
                 x / ms.add_scalar(*eps).sqrt() * w.clone().unsqueeze::<3>()
             }
+            Norm::Identity => x,
         }
     }
 }
@@ -624,6 +627,7 @@ impl Transformer {
                 w: ad(w),
                 eps: *eps,
             },
+            Norm::Identity => Norm::Identity,
         };
         let blocks = self
             .blocks
