@@ -1127,6 +1127,9 @@ fn main() -> anyhow::Result<()> {
                 let mut r = attn_saes::dashboard::report::feature_report(&d, h, f, top);
                 r.label = labelled_as(labels.as_ref(), h, f);
                 print_feature_report(&r, labels.as_ref());
+                if let (false, Some(_)) = (r.fires_with.is_empty(), &d.meta.cofiring_limit) {
+                    println!("  (fires with: over {})", cofiring_tokens(&d.meta));
+                }
                 if let Some(path) = json {
                     attn_saes::files::write_json(&path, &r)?;
                 }
@@ -1138,11 +1141,12 @@ fn main() -> anyhow::Result<()> {
                     "--across: the SAE is one dense block over every head, so its features \
                      belong to no head; `features --feature H,F` lists what each fires with"
                 );
-                if let Some(why) = &d.meta.cofiring_skipped {
+                if let (false, Some(limit)) = (d.meta.cofiring, &d.meta.cofiring_limit) {
                     anyhow::bail!(
-                        "--across: {} lists no features that fire together: its builder \
-                         gave up, with {why}; a `dashboard` over fewer `--tokens` would fit",
-                        path.display()
+                        "--across: {} lists no features that fire together: its first \
+                         windows alone hold {}",
+                        path.display(),
+                        limit.why
                     );
                 }
                 anyhow::ensure!(
@@ -1154,8 +1158,9 @@ fn main() -> anyhow::Result<()> {
                 let mut pairs = attn_saes::dashboard::report::cofiring_across(&d, n, top);
                 println!(
                     "The {} pairs of features of different heads that fire together most \
-                     (Pearson r of activations over the dashboard tokens):",
-                    pairs.len()
+                     (Pearson r of activations over {}):",
+                    pairs.len(),
+                    cofiring_tokens(&d.meta)
                 );
                 for p in &mut pairs {
                     println!("r {:.3}", p.r);
@@ -1521,6 +1526,17 @@ fn write_dashboard(d: &Dashboard, path: &std::path::Path) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The tokens a dashboard's co-firing lists are over, in words.
+fn cofiring_tokens(meta: &attn_saes::dashboard::format::DashboardMeta) -> String {
+    match &meta.cofiring_limit {
+        Some(limit) => format!(
+            "the first {} of the {} dashboard tokens ({})",
+            limit.tokens, meta.n_tokens, limit.why
+        ),
+        None => "the dashboard tokens".into(),
+    }
+}
+
 /// Says what a written dashboard file holds.
 fn say_written(d: &Dashboard, path: &std::path::Path) {
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -1538,8 +1554,16 @@ fn say_written(d: &Dashboard, path: &std::path::Path) {
         d.meta.n_tokens,
         bytes as f64 / 1e6
     );
-    if let Some(why) = &d.meta.cofiring_skipped {
-        println!("  without the features each fires with: {why}");
+    match (&d.meta.cofiring_limit, d.meta.cofiring) {
+        (Some(limit), true) => println!(
+            "  the features each fires with over the first {} of its tokens: {}",
+            limit.tokens, limit.why
+        ),
+        (Some(limit), false) => println!(
+            "  without the features each fires with: its first windows alone hold {}",
+            limit.why
+        ),
+        (None, _) => {}
     }
 }
 

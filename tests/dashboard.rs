@@ -938,55 +938,113 @@ fn dashboard_file_round_trips_and_rejects_damage_without_panicking() {
     assert!(rejected > 3900);
 }
 
-/// Co-firing past its limits (here set low): the builder gives up on it alone, the file
-/// says why, and `features --across` passes that on.
+/// Co-firing past its limits (here set low): the lists are over the first windows that fit,
+/// the very lists a dashboard of those windows alone has; nothing else changes; the file
+/// says how many tokens and why, and `features --across` passes it on. Limits the first
+/// chunk passes leave no lists, saying why.
 #[test]
-fn cofiring_given_up_past_its_limits_leaves_the_rest_and_says_why() {
+fn cofiring_past_its_limits_lists_over_the_first_windows_and_says_why() {
     let loaded = load("gpt2_tiny");
     let sae = random_sae(&loaded, 6, 1);
-    let windows = random_windows(&loaded, 6, 10, 2);
-    let inputs = inputs(&loaded, &sae, windows);
-    let full = build_quiet(&inputs, &small_options());
-    assert!(full.meta.cofiring && full.meta.cofiring_skipped.is_none());
-    let listed: usize = (full.heads.iter())
-        .flat_map(|h| &h.features)
-        .map(|f| f.cofiring.len())
-        .sum();
-    assert!(listed > 20, "only {listed} co-firing entries");
-    // What the full build would be without co-firing.
-    let mut without = full.clone();
-    without.meta.cofiring = false;
-    for f in without.heads.iter_mut().flat_map(|h| &mut h.features) {
-        f.cofiring.clear();
-    }
+    let windows = random_windows(&loaded, 8, 10, 2);
+    // Four chunks of two windows.
+    let opts = BuildOptions {
+        windows_per_forward: 2,
+        ..small_options()
+    };
+    let lists = |d: &Dashboard| -> Vec<Vec<(u32, f32)>> {
+        (d.heads.iter())
+            .flat_map(|h| h.features.iter().map(|f| f.cofiring.clone()))
+            .collect()
+    };
+    let full = build_quiet(&inputs(&loaded, &sae, windows.clone()), &opts);
+    assert!(full.meta.cofiring && full.meta.cofiring_limit.is_none());
+    // Every active (token, feature) pair: the heads' L0 summed, times the tokens.
+    let l0: f64 = full.meta.heads.iter().map(|h| h.l0).sum();
+    let active = (l0 * full.meta.n_tokens as f64).round() as usize;
+    let opts_half = BuildOptions {
+        cofiring_limits: (active / 2, u64::MAX),
+        ..opts.clone()
+    };
+    let half = build_quiet(&inputs(&loaded, &sae, windows.clone()), &opts_half);
+    let limit = half.meta.cofiring_limit.clone().expect("a limit reached");
+    assert!(
+        limit
+            .why
+            .contains(&format!("more than {} active", active / 2)),
+        "{limit:?}"
+    );
+    assert!(half.meta.cofiring);
+    assert!(
+        0 < limit.tokens && limit.tokens < full.meta.n_tokens,
+        "{limit:?}"
+    );
+    // The lists of a dashboard of just the windows those tokens are in.
+    let k = (2..windows.len()).step_by(2).find(|&k| {
+        let d = build_quiet(&inputs(&loaded, &sae, windows[..k].to_vec()), &opts);
+        d.meta.n_tokens == limit.tokens && {
+            assert_eq!(lists(&half), lists(&d), "the first {k} windows' lists");
+            true
+        }
+    });
+    assert!(k.is_some(), "no whole chunks hold {} tokens", limit.tokens);
+    assert!(lists(&half).iter().any(|l| !l.is_empty()));
+    assert_ne!(lists(&half), lists(&full));
+    // Nothing else changed.
+    let strip = |d: &Dashboard| {
+        let mut d = d.clone();
+        d.meta.cofiring_limit = None;
+        d.meta.cofiring = false;
+        d.heads
+            .iter_mut()
+            .flat_map(|h| &mut h.features)
+            .for_each(|f| f.cofiring.clear());
+        d
+    };
+    assert!(strip(&half) == strip(&full), "more than co-firing changed");
+
     let dir = TempDir::new("attn-saes-cofiring", "limits");
+    let features = |d: &Dashboard, args: &[&str]| {
+        let path = dir.join("dashboard.safetensors");
+        build::write(d, &path).unwrap();
+        assert_eq!(build::read(&path).unwrap().meta, d.quantized().meta);
+        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["features", "--run"])
+            .arg(&path)
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let out = features(&half, &["--across", "2"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "over the first {} of the {} dashboard tokens",
+            limit.tokens, half.meta.n_tokens
+        )),
+        "{said}"
+    );
+    // Limits the first chunk alone passes: no lists, and why.
     for (limits, why) in [
         ((10, u64::MAX), "more than 10 active (token, feature) pairs"),
         ((usize::MAX, 100), "more than 1e2 products of activations"),
     ] {
-        let opts = BuildOptions {
-            cofiring_limits: limits,
-            ..small_options()
-        };
-        let mut d = build_quiet(&inputs, &opts);
-        let skipped = d.meta.cofiring_skipped.take();
-        assert!(
-            skipped.as_deref().is_some_and(|s| s.contains(why)),
-            "{skipped:?}"
+        let d = build_quiet(
+            &inputs(&loaded, &sae, windows.clone()),
+            &BuildOptions {
+                cofiring_limits: limits,
+                ..opts.clone()
+            },
         );
-        assert!(d == without, "{limits:?}: more than co-firing changed");
-        // The reason survives the file, and `features --across` gives it.
-        d.meta.cofiring_skipped = skipped;
-        let path = dir.join("dashboard.safetensors");
-        build::write(&d, &path).unwrap();
-        assert_eq!(build::read(&path).unwrap().meta, d.quantized().meta);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
-            .args(["features", "--run"])
-            .arg(&path)
-            .args(["--across", "3"])
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .unwrap();
+        assert!(!d.meta.cofiring, "{limits:?}");
+        let limit = d.meta.cofiring_limit.clone().unwrap();
+        assert!(limit.tokens == 0 && limit.why.contains(why), "{limit:?}");
+        assert!(
+            strip(&d) == strip(&full),
+            "{limits:?}: more than co-firing changed"
+        );
+        let out = features(&d, &["--across", "3"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(why), "{stderr}");
     }

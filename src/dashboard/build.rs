@@ -32,9 +32,9 @@ use anyhow::{Context, ensure};
 use rayon::prelude::*;
 
 use super::format::{
-    COFIRING_K, COFIRING_MAX_ACTIVATIONS, COFIRING_MAX_PRODUCTS, COFIRING_MIN_TOKENS, Dashboard,
-    DashboardMeta, Effects, Example, ExampleGroup, FeatureData, HeadData, HeadSummary, ModelInfo,
-    SaeInfo, Settings,
+    COFIRING_K, COFIRING_MAX_ACTIVATIONS, COFIRING_MAX_PRODUCTS, COFIRING_MIN_TOKENS,
+    CofiringLimit, Dashboard, DashboardMeta, Effects, Example, ExampleGroup, FeatureData, HeadData,
+    HeadSummary, ModelInfo, SaeInfo, Settings,
 };
 use crate::files::host_vec;
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
@@ -614,8 +614,8 @@ fn add_interval_dfa(
 /// sum of squares, and each token's active features (`offsets` into `actives`, token after
 /// token), from which [`Cofiring::top`] sums the products of the pairs that fired together.
 /// Pairs that never did have a negative correlation, so a sparse sum loses none that count.
-/// The builder gives up (freeing what it kept) past [`BuildOptions::cofiring_limits`], and
-/// says why.
+/// Past [`BuildOptions::cofiring_limits`] it takes no more chunks, so the lists are over the
+/// first windows' tokens, and says why.
 struct Cofiring {
     total: usize,
     count: Vec<u64>,
@@ -625,6 +625,8 @@ struct Cofiring {
     actives: Vec<(u32, f32)>,
     products: u64,
     limits: (usize, u64),
+    /// The limit the next chunk would have passed, once one would have.
+    full: Option<String>,
 }
 
 impl Cofiring {
@@ -638,41 +640,58 @@ impl Cofiring {
             offsets: vec![0],
             actives: Vec::new(),
             products: 0,
+            full: None,
         }
     }
 
-    /// A chunk's counted tokens, from every block's activations `[n, m]`; why it gave up, if
-    /// the kept activations or the products to sum outgrew the limits.
-    fn add(&mut self, feats: &[&[f32]], counted: &[bool], m: usize) -> Result<(), String> {
+    /// The tokens taken.
+    fn tokens(&self) -> u64 {
+        (self.offsets.len() - 1) as u64
+    }
+
+    /// A chunk's counted tokens, from every block's activations `[n, m]`: all of them, or
+    /// (once the kept activations or the products to sum would outgrow the limits) none
+    /// from then on.
+    fn add(&mut self, feats: &[&[f32]], counted: &[bool], m: usize) {
+        if self.full.is_some() {
+            return;
+        }
+        let (mut actives, mut ends, mut products) = (Vec::new(), Vec::new(), 0u64);
         for (i, _) in counted.iter().enumerate().filter(|c| *c.1) {
-            let from = self.actives.len();
+            let from = actives.len();
             for (block, f) in feats.iter().enumerate() {
                 let row = &f[i * m..(i + 1) * m];
-                for (j, &v) in row.iter().enumerate().filter(|(_, v)| **v > 0.0) {
-                    let a = block * m + j;
-                    self.count[a] += 1;
-                    self.sum[a] += v as f64;
-                    self.sum_sq[a] += (v as f64) * (v as f64);
-                    self.actives.push((a as u32, v));
-                }
+                let on = row.iter().enumerate().filter(|(_, v)| **v > 0.0);
+                actives.extend(on.map(|(j, &v)| ((block * m + j) as u32, v)));
             }
-            let active = (self.actives.len() - from) as u64;
-            self.products += active * active;
-            self.offsets.push(self.actives.len());
+            let active = (actives.len() - from) as u64;
+            products += active * active;
+            ends.push(actives.len());
         }
-        if self.actives.len() > self.limits.0 {
-            return Err(format!(
+        if self.actives.len() + actives.len() > self.limits.0 {
+            self.full = Some(format!(
                 "more than {} active (token, feature) pairs to keep",
                 self.limits.0
             ));
+            return;
         }
-        if self.products > self.limits.1 {
-            return Err(format!(
+        if self.products + products > self.limits.1 {
+            self.full = Some(format!(
                 "more than {:.0e} products of activations to sum",
                 self.limits.1 as f64
             ));
+            return;
         }
-        Ok(())
+        for &(a, v) in &actives {
+            let a = a as usize;
+            self.count[a] += 1;
+            self.sum[a] += v as f64;
+            self.sum_sq[a] += (v as f64) * (v as f64);
+        }
+        let base = self.actives.len();
+        self.offsets.extend(ends.iter().map(|e| base + e));
+        self.actives.extend(actives);
+        self.products += products;
     }
 
     /// Each feature's [`COFIRING_K`] features of highest positive Pearson correlation over
@@ -1087,9 +1106,8 @@ pub fn build(
             })
             .collect::<anyhow::Result<_>>()?;
 
-        // Which features fire together, until it outgrows its limits.
-        let mut cofiring = Some(Cofiring::new(h * m, opts.cofiring_limits));
-        let mut cofiring_skipped = None;
+        // Which features fire together, over the tokens that fit its limits.
+        let mut cofiring = Cofiring::new(h * m, opts.cofiring_limits);
         // Pass 1.
         let n_windows = inputs.windows.len();
         let mut n_counted: u64 = 0;
@@ -1146,19 +1164,21 @@ pub fn build(
                     )
                 })
                 .context("writing the dashboard spill files")?;
-            if let Some(c) = &mut cofiring {
-                let feats: Vec<&[f32]> = heads.iter().map(|s| s.feats.as_slice()).collect();
-                if let Err(why) = c.add(&feats, &counted, m) {
-                    cofiring = None;
-                    cofiring_skipped = Some(why);
-                }
-            }
+            let feats: Vec<&[f32]> = heads.iter().map(|s| s.feats.as_slice()).collect();
+            cofiring.add(&feats, &counted, m);
         }
         progress("scanning tokens", n_windows * t, n_windows * t);
-        let with_cofiring = cofiring.is_some();
-        let mut together = match cofiring {
-            Some(c) => c.top(n_counted, progress),
-            None => Vec::new(),
+        let cofiring_limit = (cofiring.full.clone()).map(|why| CofiringLimit {
+            tokens: cofiring.tokens(),
+            why,
+        });
+        let with_cofiring = cofiring.tokens() > 0;
+        let mut together = match with_cofiring {
+            true => {
+                let n = cofiring.tokens();
+                cofiring.top(n, progress)
+            }
+            false => Vec::new(),
         }
         .into_iter();
         ensure!(
@@ -1387,7 +1407,7 @@ pub fn build(
                 decoder: true,
                 dfa_by_head: dims.per_block > 1,
                 cofiring: with_cofiring,
-                cofiring_skipped,
+                cofiring_limit,
             },
             windows,
             token_strings,

@@ -244,10 +244,21 @@ pub struct DashboardMeta {
     /// files written before them do not, nor those whose builder gave up).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cofiring: bool,
-    /// Why the builder gave up listing the features each fires with (too many activations
-    /// to keep or products to sum: [`COFIRING_MAX_ACTIVATIONS`], [`COFIRING_MAX_PRODUCTS`]).
+    /// When the lists of the features each fires with are over fewer tokens than the
+    /// dashboard's (the first windows' that fit [`COFIRING_MAX_ACTIVATIONS`] and
+    /// [`COFIRING_MAX_PRODUCTS`]): how many, and the limit that stopped them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cofiring_skipped: Option<String>,
+    pub cofiring_limit: Option<CofiringLimit>,
+}
+
+/// The co-firing lists over fewer tokens than the dashboard's ([`DashboardMeta::cofiring_limit`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CofiringLimit {
+    /// The counted tokens the lists are over: the first windows', whole chunks of them (0:
+    /// no lists).
+    pub tokens: u64,
+    /// The limit the next chunk would have passed.
+    pub why: String,
 }
 
 /// Features listed per feature in [`FeatureData::cofiring`] (`h{h}.cofiring [m, K]`, unused
