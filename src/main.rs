@@ -575,10 +575,17 @@ fn main() -> anyhow::Result<()> {
         Command::Info { model } => {
             let (_, loaded) = attn_saes::cli_train::open_model(DeviceChoice::Cpu, &model)?;
             println!("source: {}", loaded.source.display());
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&loaded.transformer.config)?
-            );
+            let config = &loaded.transformer.config;
+            let mut shown = serde_json::to_value(config)?;
+            if let (true, Some(fields)) = (config.attn_only, shown.as_object_mut()) {
+                // An attention-only model has no MLP to size or activate.
+                fields.remove("d_mlp");
+                fields.remove("activation");
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                // In the configuration's own order.
+                println!("{}", serde_json::to_string_pretty(config)?);
+            }
         }
         Command::Rank {
             run,

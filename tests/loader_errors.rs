@@ -222,4 +222,33 @@ fn attention_only_configs_need_no_mlp_sizes_and_name_unsupported_positions() {
         .fold(0f64, f64::max);
     assert!(diff > 0.1, "shortformer_pos ignored: {diff}");
     std::fs::remove_dir_all(dir).unwrap();
+    // `info` says what the model is, and no MLP sizes for an attention-only one.
+    let info = |model: &str| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["info", "--model"])
+            .arg(fixture(model))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.split_once('\n').unwrap().1).unwrap()
+    };
+    let attn = info("attn2l_tiny");
+    assert_eq!(
+        (&attn["attn_only"], &attn["shortformer"]),
+        (&true.into(), &true.into())
+    );
+    assert!(
+        attn.get("d_mlp").is_none() && attn.get("activation").is_none(),
+        "{attn}"
+    );
+    let gelu = info("gelu2l_tiny");
+    assert!(
+        gelu.get("attn_only").is_none() && gelu["d_mlp"].as_u64() > Some(0),
+        "{gelu}"
+    );
 }
