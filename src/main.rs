@@ -1135,7 +1135,7 @@ fn main() -> anyhow::Result<()> {
                 r.label = labelled_as(labels.as_ref(), h, f);
                 print_feature_report(&r, labels.as_ref());
                 if let (false, Some(_)) = (r.fires_with.is_empty(), &d.meta.cofiring_limit) {
-                    println!("  (fires with: over {})", cofiring_tokens(&d.meta));
+                    println!("  (fires with: over {})", d.meta.cofiring_tokens_text());
                 }
                 if let Some(path) = json {
                     attn_saes::files::write_json(&path, &r)?;
@@ -1167,7 +1167,7 @@ fn main() -> anyhow::Result<()> {
                     "The {} pairs of features of different heads that fire together most \
                      (Pearson r of activations over {}):",
                     pairs.len(),
-                    cofiring_tokens(&d.meta)
+                    d.meta.cofiring_tokens_text()
                 );
                 for p in &mut pairs {
                     println!("r {:.3}", p.r);
@@ -1531,17 +1531,6 @@ fn write_dashboard(d: &Dashboard, path: &std::path::Path) -> anyhow::Result<()> 
     dashboard::build::write(d, path)?;
     say_written(d, path);
     Ok(())
-}
-
-/// The tokens a dashboard's co-firing lists are over, in words.
-fn cofiring_tokens(meta: &attn_saes::dashboard::format::DashboardMeta) -> String {
-    match &meta.cofiring_limit {
-        Some(limit) => format!(
-            "the first {} of the {} dashboard tokens ({})",
-            limit.tokens, meta.n_tokens, limit.why
-        ),
-        None => "the dashboard tokens".into(),
-    }
 }
 
 /// Says what a written dashboard file holds.

@@ -1558,13 +1558,14 @@ fn cofiring_line(
         return;
     }
     let mut picked = None;
+    let over = meta.cofiring_tokens_text();
     ui.horizontal_wrapped(|ui| {
         ui.label(RichText::new("fires with").strong())
-            .on_hover_text(
-                "the features, of any head, whose activations go with this one's most over the \
-             dashboard tokens (Pearson correlation): features of other heads that fire on \
-             the same tokens, or parts of one pattern",
-            );
+            .on_hover_text(format!(
+                "the features, of any head, whose activations go with this one's most over \
+                 {over} (Pearson correlation): features of other heads that fire on the same \
+                 tokens, or parts of one pattern"
+            ));
         for &(g, r) in cofiring {
             let (h, f) = meta.block_feature(g as usize);
             let text = match meta.dense_heads() {

@@ -520,6 +520,17 @@ pub fn published_name(name: &str) -> String {
 }
 
 impl DashboardMeta {
+    /// The tokens the co-firing lists are over, in words.
+    pub fn cofiring_tokens_text(&self) -> String {
+        match &self.cofiring_limit {
+            Some(limit) => format!(
+                "the first {} of the {} dashboard tokens ({})",
+                limit.tokens, self.n_tokens, limit.why
+            ),
+            None => "the dashboard tokens".into(),
+        }
+    }
+
     /// The number of model heads when the SAE is dense (one block reading every head's
     /// hook_z side by side); none for a block-diagonal SAE (one block per head).
     pub fn dense_heads(&self) -> Option<usize> {
