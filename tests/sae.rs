@@ -848,6 +848,38 @@ fn hub_snapshot(hub: &std::path::Path, repo: &str, rev: &str) -> std::path::Path
     snap
 }
 
+/// `attn-saes ARGS` on the CPU with the Hugging Face cache at `hf_home`, offline.
+fn offline_cli(hf_home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["--device", "cpu"])
+        .args(args)
+        .env("HF_HOME", hf_home)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap()
+}
+
+/// `dashboard --sae SAE` over 256 tokens of `corpus` in 32-token windows, which must succeed.
+fn small_dashboard_of(
+    run: &dyn Fn(&[&str]) -> std::process::Output,
+    sae: &str,
+    corpus: &std::path::Path,
+) {
+    let out = run(&[
+        "dashboard",
+        "--sae",
+        sae,
+        "--dataset",
+        corpus.to_str().unwrap(),
+        "--tokens",
+        "256",
+        "--context-size",
+        "32",
+    ]);
+    assert_succeeded(&out);
+}
+
 #[test]
 fn import_from_the_hub_cache_records_where_the_sae_was_trained() {
     let dir = TempDir::new("attn-saes-kissane", "hub");
@@ -867,16 +899,7 @@ fn import_from_the_hub_cache_records_where_the_sae_was_trained() {
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         std::fs::copy(common::fixture("gpt2_tiny").join(f), gpt2.join(f)).unwrap();
     }
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
-            .args(["--device", "cpu"])
-            .args(args)
-            .env("HF_HOME", dir.join("hf"))
-            .env("HF_HUB_OFFLINE", "1")
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| offline_cli(&dir.join("hf"), args);
     let repo = "ckkissane/attn-saes-gpt2-small-all-layers";
     let sae = dir.join("sae");
     let sae_s = sae.to_str().unwrap();
@@ -946,18 +969,7 @@ fn import_from_the_hub_cache_records_where_the_sae_was_trained() {
     // Its dashboards with no --model or --hook-layer: gpt2_tiny's layer 0 (not the middle
     // layer 1 that any other model defaults to; the demo model's 9 heads would not fit).
     let corpus = corpus(&dir);
-    let out = run(&[
-        "dashboard",
-        "--sae",
-        sae_s,
-        "--dataset",
-        corpus.to_str().unwrap(),
-        "--tokens",
-        "256",
-        "--context-size",
-        "32",
-    ]);
-    assert_succeeded(&out);
+    small_dashboard_of(&run, sae_s, &corpus);
     // Written beside the SAE, where `features` finds it given the directory.
     let file = sae.join("dashboard.safetensors");
     let listed = run(&["features", "--run", sae_s, "--per-head", "1", "--top", "1"]);
@@ -1087,16 +1099,7 @@ fn arena_attention_saes_run_on_the_attention_only_model_they_name() {
         )
         .unwrap();
     }
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
-            .args(["--device", "cpu"])
-            .args(args)
-            .env("HF_HOME", dir.join("hf"))
-            .env("HF_HUB_OFFLINE", "1")
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| offline_cli(&dir.join("hf"), args);
     let repo = "callummcdougall/arena-demos-attn2l";
     let sae = dir.join("sae");
     let sae_s = sae.to_str().unwrap();
@@ -1125,18 +1128,7 @@ fn arena_attention_saes_run_on_the_attention_only_model_they_name() {
         ("NeelNanda/Attn-Only-2L512W-Shortformer-6B-big-lr", 0)
     );
     let corpus = corpus(&dir);
-    let out = run(&[
-        "dashboard",
-        "--sae",
-        sae_s,
-        "--dataset",
-        corpus.to_str().unwrap(),
-        "--tokens",
-        "256",
-        "--context-size",
-        "32",
-    ]);
-    assert_succeeded(&out);
+    small_dashboard_of(&run, sae_s, &corpus);
     let d = attn_saes::dashboard::build::read(&sae.join("dashboard.safetensors")).unwrap();
     assert_eq!(
         d.meta.model.name,
