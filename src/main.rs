@@ -279,9 +279,10 @@ enum Command {
         /// largest share of their decoder row), to set beside a block-diagonal SAE's head.
         #[arg(long, value_name = "HEAD", conflicts_with_all = ["feature", "effect"])]
         writes_to: Option<usize>,
-        /// A block-diagonal SAE: instead of the report, the N pairs of features of different
-        /// heads that fire together most (Pearson r of their activations over the dashboard
-        /// tokens, from the features each fires with), each with its top examples.
+        /// Instead of the report, the N pairs of features of different heads that fire
+        /// together most (Pearson r of their activations over the dashboard tokens, from the
+        /// features each fires with), each with its top examples; a dense SAE's feature's
+        /// head is the one it writes most.
         #[arg(long, value_name = "N", value_parser = attn_saes::cli_train::parse_positive,
               conflicts_with_all = ["feature", "effect", "writes_to"])]
         across: Option<usize>,
@@ -1143,11 +1144,6 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             if let Some(n) = across {
-                anyhow::ensure!(
-                    d.meta.dense_heads().is_none(),
-                    "--across: the SAE is one dense block over every head, so its features \
-                     belong to no head; `features --feature H,F` lists what each fires with"
-                );
                 if let (false, Some(limit)) = (d.meta.cofiring, &d.meta.cofiring_limit) {
                     anyhow::bail!(
                         "--across: {} lists no features that fire together: its first \
@@ -1163,9 +1159,13 @@ fn main() -> anyhow::Result<()> {
                     path.display()
                 );
                 let mut pairs = attn_saes::dashboard::report::cofiring_across(&d, n, top);
+                let (of, writing) = match d.meta.dense_heads() {
+                    Some(_) => ("", ", the two writing most to different heads"),
+                    None => (" of different heads", ""),
+                };
                 println!(
-                    "The {} pairs of features of different heads that fire together most \
-                     (Pearson r of activations over {}):",
+                    "The {} pairs of features{of} that fire together most{writing} (Pearson r \
+                     of activations over {}):",
                     pairs.len(),
                     d.meta.cofiring_tokens_text()
                 );

@@ -2857,6 +2857,46 @@ fn dense_sae_dfa_sums_to_the_pre_activation_and_matches_brute_force() {
     check_against_brute_force(&loaded, &random_dense_sae(&loaded, 20, 4));
 }
 
+/// `features --across` on a dense SAE: the pairs of features that write most to different
+/// heads (by their decoder rows) with the highest r among the lists, as the test computes
+/// them from the file; pairs within one head are left out.
+#[test]
+fn cofiring_across_a_dense_sae_goes_by_the_head_each_feature_writes_most() {
+    let loaded = load("gpt2_tiny");
+    let sae = random_dense_sae(&loaded, 24, 3);
+    let windows = random_windows(&loaded, 12, 14, 11);
+    let d = build_quiet(&inputs(&loaded, &sae, windows), &small_options());
+    let heads = d.meta.dense_heads().unwrap();
+    let writes = |g: usize| d.heads[0].writes_most(g, heads).unwrap();
+    let mut want: Vec<((usize, usize), f32)> = Vec::new();
+    let mut within = 0;
+    for (a, feature) in d.heads[0].features.iter().enumerate() {
+        for &(g, r) in &feature.cofiring {
+            let b = g as usize;
+            if writes(a) == writes(b) {
+                within += 1;
+                continue;
+            }
+            let key = (a.min(b), a.max(b));
+            match want.iter_mut().find(|p| p.0 == key) {
+                Some(p) => p.1 = p.1.max(r),
+                None => want.push((key, r)),
+            }
+        }
+    }
+    want.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+    assert!(
+        want.len() > 3 && within > 0,
+        "{want:?}, {within} within a head"
+    );
+    // Every pair, in order.
+    let got = attn_saes::dashboard::report::cofiring_across(&d, 1000, 1);
+    let got: Vec<((usize, usize), f32)> = (got.iter())
+        .map(|p| ((p.a.global, p.b.global), p.r))
+        .collect();
+    assert_eq!(got, want);
+}
+
 /// A block-diagonal SAE written as a dense one (its blocks on the diagonal) has the same
 /// features, so its dense dashboards must show what the per-head ones show: densities, top
 /// examples with their activations and DFA, histograms and logit effects of head `h`'s

@@ -144,24 +144,32 @@ pub fn feature_report(d: &Dashboard, head: usize, f: usize, top: usize) -> Featu
 pub struct CofiringPair {
     /// Pearson r of their activations over the dashboard tokens.
     pub r: f32,
-    /// The one of the lower head first.
+    /// The one of the lower index (over all blocks) first.
     pub a: FeatureReport,
     pub b: FeatureReport,
 }
 
 /// The `n` pairs of features of different heads with the highest correlation among the
 /// features each lists as firing with it ([`FeatureData::cofiring`](super::format::FeatureData::cofiring)),
-/// each pair once, ties by index; each with `top` examples.
+/// each pair once, ties by index; each with `top` examples. A block-diagonal SAE's feature
+/// is its block's head; a dense SAE's, the head its decoder row writes most
+/// ([`HeadData::writes_most`](super::format::HeadData::writes_most)), none without decoder
+/// rows.
 pub fn cofiring_across(d: &Dashboard, n: usize, top: usize) -> Vec<CofiringPair> {
     let m = d.meta.sae.features_per_head;
+    let head_of = |g: usize| -> Option<usize> {
+        match d.meta.dense_heads() {
+            Some(heads) => d.heads[0].writes_most(g, heads),
+            None => Some(d.meta.block_feature(g).0),
+        }
+    };
     let mut pairs: BTreeMap<(usize, usize), f32> = BTreeMap::new();
     for (h, head) in d.heads.iter().enumerate() {
         for (f, feature) in head.features.iter().enumerate() {
             let a = h * m + f;
-            for &(g, r) in feature
-                .cofiring
-                .iter()
-                .filter(|(g, _)| d.meta.block_feature(*g as usize).0 != h)
+            let Some(ha) = head_of(a) else { continue };
+            for &(g, r) in (feature.cofiring.iter())
+                .filter(|(g, _)| head_of(*g as usize).is_some_and(|hb| hb != ha))
             {
                 let key = (a.min(g as usize), a.max(g as usize));
                 let best = pairs.entry(key).or_insert(r);
