@@ -577,16 +577,20 @@ fn main() -> anyhow::Result<()> {
             let (_, loaded) = attn_saes::cli_train::open_model(DeviceChoice::Cpu, &model)?;
             println!("source: {}", loaded.source.display());
             let config = &loaded.transformer.config;
-            let mut shown = serde_json::to_value(config)?;
-            if let (true, Some(fields)) = (config.attn_only, shown.as_object_mut()) {
+            let shown = match config.attn_only {
                 // An attention-only model has no MLP to size or activate.
-                fields.remove("d_mlp");
-                fields.remove("activation");
-                println!("{}", serde_json::to_string_pretty(&shown)?);
-            } else {
+                true => {
+                    let mut fields = serde_json::to_value(config)?;
+                    if let Some(fields) = fields.as_object_mut() {
+                        fields.remove("d_mlp");
+                        fields.remove("activation");
+                    }
+                    serde_json::to_string_pretty(&fields)?
+                }
                 // In the configuration's own order.
-                println!("{}", serde_json::to_string_pretty(config)?);
-            }
+                false => serde_json::to_string_pretty(config)?,
+            };
+            println!("{shown}");
         }
         Command::Rank {
             run,
@@ -1551,9 +1555,9 @@ fn say_written(d: &Dashboard, path: &std::path::Path) {
         bytes as f64 / 1e6
     );
     match (&d.meta.cofiring_limit, d.meta.cofiring) {
-        (Some(limit), true) => println!(
-            "  the features each fires with over the first {} of its tokens: {}",
-            limit.tokens, limit.why
+        (Some(_), true) => println!(
+            "  the features each fires with over {}",
+            d.meta.cofiring_tokens_text()
         ),
         (Some(limit), false) => println!(
             "  without the features each fires with: its first windows alone hold {}",

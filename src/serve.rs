@@ -95,10 +95,9 @@ pub fn live_site(path: &Path, meta: &DashboardMeta) -> anyhow::Result<LiveSite> 
     live_site_under(path, meta, "", &[])
 }
 
-/// A TransformerLens checkpoint's `.pth` as the browser reads it: its weights in
-/// `model.safetensors` (converted once, into the cache under the `.pth`'s sha256).
-fn browser_safetensors(pth: &Path) -> anyhow::Result<PathBuf> {
-    let sha = crate::assets::sha256_file(pth)?;
+/// A TransformerLens checkpoint's `.pth` (whose sha256 is `sha`) as the browser reads it:
+/// its weights in `model.safetensors` (converted once, into the cache under that sum).
+fn browser_safetensors(pth: &Path, sha: &str) -> anyhow::Result<PathBuf> {
     let out = crate::assets::cache_dir()
         .join("browser")
         .join(&sha[..16])
@@ -149,70 +148,58 @@ fn live_site_under(
     };
     let model = crate::lm::hub::resolve(&meta.model.name)?;
     let (model_files, sae_files) = crate::dashboard::browser_files(&model, &sae_dir)?;
-    let mut recorded = meta.built_from.clone().unwrap_or_default();
-    // A TransformerLens `.pth`, which the browser cannot read, goes as safetensors: checked
-    // against the record as it is, then served converted.
+    let recorded = meta.built_from.clone().unwrap_or_default();
+    // Files that differ from what the dashboard records.
     let mut changed = Vec::new();
-    let model_files = match model_files
-        .iter()
-        .position(|p| p.extension().is_some_and(|e| e == "pth"))
-    {
-        Some(i) => {
-            for (p, r) in model_files
-                .iter()
-                .zip(crate::dashboard::file_records(&model_files)?)
-            {
-                if (recorded.model.iter()).any(|x| x.name == r.name && x.sha256 != r.sha256) {
-                    changed.push(p.display().to_string());
-                }
+    let mut check = |paths: &[PathBuf], records: &[FileRecord], recorded: &[FileRecord]| {
+        for (p, r) in paths.iter().zip(records) {
+            if (recorded.iter()).any(|x| x.name == r.name && x.sha256 != r.sha256) {
+                changed.push(p.display().to_string());
             }
-            recorded.model.clear();
-            let mut files = model_files.clone();
-            files[i] = browser_safetensors(&model_files[i])?;
-            files
         }
-        None => model_files,
     };
+    let mut model_files = model_files;
+    let mut model_records = crate::dashboard::file_records(&model_files)?;
+    let sae_records = crate::dashboard::file_records(&sae_files)?;
+    check(&model_files, &model_records, &recorded.model);
+    check(&sae_files, &sae_records, &recorded.sae);
+    // A TransformerLens `.pth`, which the browser cannot read, goes as safetensors: checked
+    // against the record as it is (above), then served converted.
+    if let Some(i) = (model_files.iter()).position(|p| p.extension().is_some_and(|e| e == "pth")) {
+        model_files[i] = browser_safetensors(&model_files[i], &model_records[i].sha256)?;
+        model_records[i] = crate::dashboard::file_records(&model_files[i..=i])?.remove(0);
+    }
     let mut files = Vec::new();
-    let mut listed = |group: &str, paths: &[PathBuf], recorded: &[FileRecord]| {
-        let records = crate::dashboard::file_records(paths)?;
-        anyhow::Ok(
-            paths
-                .iter()
-                .zip(records)
-                .map(|(p, r)| {
-                    // Relative to the manifest, which is at `/{prefix}live.json`.
-                    let url = match served.iter().find(|(_, file)| file == p) {
-                        Some((at, _)) => {
-                            let up = "../".repeat(prefix.matches('/').count());
-                            format!("{up}{}", at.trim_start_matches('/'))
-                        }
-                        None => {
-                            let url = format!("live/{group}/{}", r.name);
-                            files.push((format!("/{prefix}{url}"), p.clone()));
-                            url
-                        }
-                    };
-                    if recorded
-                        .iter()
-                        .any(|x| x.name == r.name && x.sha256 != r.sha256)
-                    {
-                        changed.push(p.display().to_string());
+    let mut listed = |group: &str, paths: &[PathBuf], records: Vec<FileRecord>| {
+        paths
+            .iter()
+            .zip(records)
+            .map(|(p, r)| {
+                // Relative to the manifest, which is at `/{prefix}live.json`.
+                let url = match served.iter().find(|(_, file)| file == p) {
+                    Some((at, _)) => {
+                        let up = "../".repeat(prefix.matches('/').count());
+                        format!("{up}{}", at.trim_start_matches('/'))
                     }
-                    ManifestFile {
-                        name: r.name,
-                        url,
-                        sha256: r.sha256,
-                        size: r.size,
+                    None => {
+                        let url = format!("live/{group}/{}", r.name);
+                        files.push((format!("/{prefix}{url}"), p.clone()));
+                        url
                     }
-                })
-                .collect::<Vec<_>>(),
-        )
+                };
+                ManifestFile {
+                    name: r.name,
+                    url,
+                    sha256: r.sha256,
+                    size: r.size,
+                }
+            })
+            .collect::<Vec<_>>()
     };
     let manifest = Manifest {
         model_name: meta.model.name.clone(),
-        model: listed("model", &model_files, &recorded.model)?,
-        sae: listed("sae", &sae_files, &recorded.sae)?,
+        model: listed("model", &model_files, model_records),
+        sae: listed("sae", &sae_files, sae_records),
         layer: meta.hook_layer,
         z_convention: meta.z_convention.clone(),
         keep_bos: Some(meta.settings.keep_bos),

@@ -695,11 +695,11 @@ impl Cofiring {
     }
 
     /// Each feature's [`COFIRING_K`] features of highest positive Pearson correlation over
-    /// `n` tokens (ties by index), among the features that fired on at least
+    /// the tokens taken (ties by index), among the features that fired on at least
     /// [`COFIRING_MIN_TOKENS`] tokens (two that fired once, on the same token, correlate
     /// fully and say nothing); none for a feature that fired on fewer.
-    fn top(self, n: u64, progress: Progress) -> Vec<Vec<(u32, f32)>> {
-        let n = n.max(1) as f64;
+    fn top(self, progress: Progress) -> Vec<Vec<(u32, f32)>> {
+        let n = self.tokens().max(1) as f64;
         let stats: Vec<(f64, f64)> = (0..self.total)
             .map(|a| match self.count[a] >= COFIRING_MIN_TOKENS {
                 true => {
@@ -1174,10 +1174,7 @@ pub fn build(
         });
         let with_cofiring = cofiring.tokens() > 0;
         let mut together = match with_cofiring {
-            true => {
-                let n = cofiring.tokens();
-                cofiring.top(n, progress)
-            }
+            true => cofiring.top(progress),
             false => Vec::new(),
         }
         .into_iter();

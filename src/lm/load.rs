@@ -542,9 +542,9 @@ pub fn tl_from_pth(
     }
     Ok(Transformer {
         w_e: t2("embed.W_E", [d_vocab, d_model])?,
-        positions: match shortformer {
-            true => Positions::Shortformer(t2("pos_embed.W_pos", [n_ctx, d_model])?),
-            false => Positions::Learned(t2("pos_embed.W_pos", [n_ctx, d_model])?),
+        positions: match (shortformer, t2("pos_embed.W_pos", [n_ctx, d_model])?) {
+            (true, w_pos) => Positions::Shortformer(w_pos),
+            (false, w_pos) => Positions::Learned(w_pos),
         },
         blocks,
         norm_final: layer_norm_or_none("ln_final")?,

@@ -27,6 +27,11 @@ pub fn transformer_lens_pth(dir: &Path) -> Option<PathBuf> {
     if !cfg.contains_key("n_layers") {
         return None;
     }
+    pth_in(dir)
+}
+
+/// A directory's `*final.pth` (TransformerLens' final checkpoint), else any `.pth`.
+fn pth_in(dir: &Path) -> Option<PathBuf> {
     find_file(dir, |n| n.ends_with("final.pth")).or_else(|| find_file(dir, |n| n.ends_with(".pth")))
 }
 
@@ -151,8 +156,7 @@ pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<Loaded
     if cfg.contains_key("n_layers") {
         // TransformerLens checkpoint: its `.pth`, or (in the browser, which reads no
         // PyTorch files) the same tensors in a model.safetensors (`serve` converts them).
-        let weights = find_file(path, |n| n.ends_with("final.pth"))
-            .or_else(|| find_file(path, |n| n.ends_with(".pth")))
+        let weights = pth_in(path)
             .or_else(|| Some(path.join("model.safetensors")).filter(|p| crate::vfs::exists(p)))
             .ok_or_else(|| LoadError::NoWeights {
                 dir: path.to_path_buf(),
