@@ -1150,8 +1150,8 @@ fn main() -> anyhow::Result<()> {
             if let Some(n) = across {
                 if let (false, Some(limit)) = (d.meta.cofiring, &d.meta.cofiring_limit) {
                     anyhow::bail!(
-                        "--across: {} lists no features that fire together: its first \
-                         windows alone hold {}",
+                        "--across: {} lists no features that fire together: one batch of \
+                         its windows alone holds {}",
                         path.display(),
                         limit.why
                     );
@@ -1560,7 +1560,7 @@ fn say_written(d: &Dashboard, path: &std::path::Path) {
             d.meta.cofiring_tokens_text()
         ),
         (Some(limit), false) => println!(
-            "  without the features each fires with: its first windows alone hold {}",
+            "  without the features each fires with: one batch of windows alone holds {}",
             limit.why
         ),
         (None, _) => {}

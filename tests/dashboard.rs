@@ -938,16 +938,17 @@ fn dashboard_file_round_trips_and_rejects_damage_without_panicking() {
     assert!(rejected > 3900);
 }
 
-/// Co-firing past its limits (here set low): the lists are over the first windows that fit,
-/// the very lists a dashboard of those windows alone has; nothing else changes; the file
-/// says how many tokens and why, and `features --across` passes it on. Limits the first
-/// chunk passes leave no lists, saying why.
+/// Co-firing past its limits (here set low): the lists are over batches of windows spread
+/// over the dashboard's (every 2nd here), the very lists a dashboard of those windows alone
+/// has; nothing else changes; the file says how many tokens, which batches and why, and
+/// `features --across` passes it on. Limits one batch passes alone leave no lists, saying
+/// why.
 #[test]
-fn cofiring_past_its_limits_lists_over_the_first_windows_and_says_why() {
+fn cofiring_past_its_limits_lists_over_spread_windows_and_says_why() {
     let loaded = load("gpt2_tiny");
     let sae = random_sae(&loaded, 6, 1);
     let windows = random_windows(&loaded, 8, 10, 2);
-    // Four chunks of two windows.
+    // Four batches of two windows.
     let opts = BuildOptions {
         windows_per_forward: 2,
         ..small_options()
@@ -959,35 +960,29 @@ fn cofiring_past_its_limits_lists_over_the_first_windows_and_says_why() {
     };
     let full = build_quiet(&inputs(&loaded, &sae, windows.clone()), &opts);
     assert!(full.meta.cofiring && full.meta.cofiring_limit.is_none());
-    // Every active (token, feature) pair: the heads' L0 summed, times the tokens.
+    // Every active (token, feature) pair: the heads' L0 summed, times the tokens. At 60% of
+    // them, the third batch does not fit beside the first two, so the builder keeps the
+    // first, takes the third, and skips the fourth.
     let l0: f64 = full.meta.heads.iter().map(|h| h.l0).sum();
     let active = (l0 * full.meta.n_tokens as f64).round() as usize;
-    let opts_half = BuildOptions {
-        cofiring_limits: (active / 2, u64::MAX),
+    let at = active * 6 / 10;
+    let opts_part = BuildOptions {
+        cofiring_limits: (at, u64::MAX),
         ..opts.clone()
     };
-    let half = build_quiet(&inputs(&loaded, &sae, windows.clone()), &opts_half);
+    let half = build_quiet(&inputs(&loaded, &sae, windows.clone()), &opts_part);
     let limit = half.meta.cofiring_limit.clone().expect("a limit reached");
     assert!(
-        limit
-            .why
-            .contains(&format!("more than {} active", active / 2)),
+        limit.why.contains(&format!("more than {at} active")),
         "{limit:?}"
     );
     assert!(half.meta.cofiring);
-    assert!(
-        0 < limit.tokens && limit.tokens < full.meta.n_tokens,
-        "{limit:?}"
-    );
-    // The lists of a dashboard of just the windows those tokens are in.
-    let k = (2..windows.len()).step_by(2).find(|&k| {
-        let d = build_quiet(&inputs(&loaded, &sae, windows[..k].to_vec()), &opts);
-        d.meta.n_tokens == limit.tokens && {
-            assert_eq!(lists(&half), lists(&d), "the first {k} windows' lists");
-            true
-        }
-    });
-    assert!(k.is_some(), "no whole chunks hold {} tokens", limit.tokens);
+    assert_eq!((limit.every, limit.windows_per_batch), (2, 2), "{limit:?}");
+    // The lists of a dashboard of just the windows of batches 0 and 2.
+    let taken: Vec<_> = (windows.chunks(2).step_by(2)).flatten().cloned().collect();
+    let d = build_quiet(&inputs(&loaded, &sae, taken), &opts);
+    assert_eq!(d.meta.n_tokens, limit.tokens, "{limit:?}");
+    assert_eq!(lists(&half), lists(&d), "batches 0 and 2's lists");
     assert!(lists(&half).iter().any(|l| !l.is_empty()));
     assert_ne!(lists(&half), lists(&full));
     // Nothing else changed.
@@ -1020,12 +1015,13 @@ fn cofiring_past_its_limits_lists_over_the_first_windows_and_says_why() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.contains(&format!(
-            "over the first {} of the {} dashboard tokens",
+            "over {} of the {} dashboard tokens, those of every 2nd batch of 2 windows (more \
+             than {at} active",
             limit.tokens, half.meta.n_tokens
         )),
         "{said}"
     );
-    // Limits the first chunk alone passes: no lists, and why.
+    // Limits one batch alone passes: no lists, and why.
     for (limits, why) in [
         ((10, u64::MAX), "more than 10 active (token, feature) pairs"),
         ((usize::MAX, 100), "more than 1e2 products of activations"),

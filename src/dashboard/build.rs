@@ -65,8 +65,8 @@ pub struct BuildOptions {
     /// the model again); the top examples always have it.
     pub interval_dfa: bool,
     /// Past how many active (token, feature) pairs kept, or products of activations to
-    /// sum, the co-firing lists are given up ([`COFIRING_MAX_ACTIVATIONS`],
-    /// [`COFIRING_MAX_PRODUCTS`]).
+    /// sum, the co-firing lists take fewer batches of windows, spread over them
+    /// ([`COFIRING_MAX_ACTIVATIONS`], [`COFIRING_MAX_PRODUCTS`]).
     pub cofiring_limits: (usize, u64),
 }
 
@@ -609,24 +609,37 @@ fn add_interval_dfa(
     Ok(())
 }
 
-/// Per-head results of pass 2.
-/// Which features fire together: over the counted tokens, each feature's count, sum and
-/// sum of squares, and each token's active features (`offsets` into `actives`, token after
-/// token), from which [`Cofiring::top`] sums the products of the pairs that fired together.
-/// Pairs that never did have a negative correlation, so a sparse sum loses none that count.
-/// Past [`BuildOptions::cofiring_limits`] it takes no more chunks, so the lists are over the
-/// first windows' tokens, and says why.
+/// Which features fire together: each counted token's active features, batch of windows
+/// by batch, from which [`Cofiring::top`] sums the products of the pairs that fired
+/// together. Pairs that never did have a negative correlation, so a sparse sum loses none
+/// that count. Where the next batch would pass [`BuildOptions::cofiring_limits`], it keeps
+/// every other batch of those it holds and takes every other one from then on (doubling
+/// the stride as often as needed), so the lists are over batches spread evenly over the
+/// dashboard's windows rather than over its first ones, and it says why. A batch that
+/// passes the limits on its own leaves no lists.
 struct Cofiring {
     total: usize,
-    count: Vec<u64>,
-    sum: Vec<f64>,
-    sum_sq: Vec<f64>,
-    offsets: Vec<usize>,
-    actives: Vec<(u32, f32)>,
-    products: u64,
+    /// The batches kept, by index.
+    kept: Vec<CofiringBatch>,
+    /// Batches taken: those whose index is a multiple of this.
+    every: usize,
     limits: (usize, u64),
-    /// The limit the next chunk would have passed, once one would have.
+    /// The limit a batch would have passed, once one would have.
     full: Option<String>,
+    /// A batch passed the limits alone: no lists.
+    given_up: bool,
+}
+
+/// One batch of windows' counted tokens in [`Cofiring`].
+struct CofiringBatch {
+    /// The batch's place among the dashboard's.
+    index: usize,
+    /// Each token's end in `actives`.
+    ends: Vec<usize>,
+    /// The active (feature, activation) pairs, token after token.
+    actives: Vec<(u32, f32)>,
+    /// The products of activations they add.
+    products: u64,
 }
 
 impl Cofiring {
@@ -634,26 +647,32 @@ impl Cofiring {
         Self {
             limits,
             total,
-            count: vec![0; total],
-            sum: vec![0.0; total],
-            sum_sq: vec![0.0; total],
-            offsets: vec![0],
-            actives: Vec::new(),
-            products: 0,
+            kept: Vec::new(),
+            every: 1,
             full: None,
+            given_up: false,
         }
     }
 
     /// The tokens taken.
     fn tokens(&self) -> u64 {
-        (self.offsets.len() - 1) as u64
+        self.kept.iter().map(|k| k.ends.len() as u64).sum()
     }
 
-    /// A chunk's counted tokens, from every block's activations `[n, m]`: all of them, or
-    /// (once the kept activations or the products to sum would outgrow the limits) none
-    /// from then on.
-    fn add(&mut self, feats: &[&[f32]], counted: &[bool], m: usize) {
-        if self.full.is_some() {
+    /// The record of a limit reached, if one was.
+    fn limit(&self, windows_per_batch: usize) -> Option<CofiringLimit> {
+        self.full.clone().map(|why| CofiringLimit {
+            tokens: self.tokens(),
+            why,
+            every: self.every as u64,
+            windows_per_batch: windows_per_batch as u64,
+        })
+    }
+
+    /// Batch `index`'s counted tokens, from every block's activations `[n, m]`, if the
+    /// stride takes it.
+    fn add(&mut self, index: usize, feats: &[&[f32]], counted: &[bool], m: usize) {
+        if self.given_up || !index.is_multiple_of(self.every) {
             return;
         }
         let (mut actives, mut ends, mut products) = (Vec::new(), Vec::new(), 0u64);
@@ -668,30 +687,40 @@ impl Cofiring {
             products += active * active;
             ends.push(actives.len());
         }
-        if self.actives.len() + actives.len() > self.limits.0 {
-            self.full = Some(format!(
-                "more than {} active (token, feature) pairs to keep",
-                self.limits.0
-            ));
-            return;
+        loop {
+            let held: usize = self.kept.iter().map(|k| k.actives.len()).sum();
+            let summed: u64 = self.kept.iter().map(|k| k.products).sum();
+            let why = if held + actives.len() > self.limits.0 {
+                format!(
+                    "more than {} active (token, feature) pairs to keep",
+                    self.limits.0
+                )
+            } else if summed + products > self.limits.1 {
+                format!(
+                    "more than {:.0e} products of activations to sum",
+                    self.limits.1 as f64
+                )
+            } else {
+                self.kept.push(CofiringBatch {
+                    index,
+                    ends,
+                    actives,
+                    products,
+                });
+                return;
+            };
+            self.full = Some(why);
+            if self.kept.is_empty() {
+                self.given_up = true;
+                return;
+            }
+            self.every *= 2;
+            let every = self.every;
+            self.kept.retain(|k| k.index.is_multiple_of(every));
+            if !index.is_multiple_of(every) {
+                return;
+            }
         }
-        if self.products + products > self.limits.1 {
-            self.full = Some(format!(
-                "more than {:.0e} products of activations to sum",
-                self.limits.1 as f64
-            ));
-            return;
-        }
-        for &(a, v) in &actives {
-            let a = a as usize;
-            self.count[a] += 1;
-            self.sum[a] += v as f64;
-            self.sum_sq[a] += (v as f64) * (v as f64);
-        }
-        let base = self.actives.len();
-        self.offsets.extend(ends.iter().map(|e| base + e));
-        self.actives.extend(actives);
-        self.products += products;
     }
 
     /// Each feature's [`COFIRING_K`] features of highest positive Pearson correlation over
@@ -700,11 +729,31 @@ impl Cofiring {
     /// fully and say nothing); none for a feature that fired on fewer.
     fn top(self, progress: Progress) -> Vec<Vec<(u32, f32)>> {
         let n = self.tokens().max(1) as f64;
+        // The batches' tokens one after another: each token's pairs are
+        // `actives[offsets[t]..offsets[t + 1]]`.
+        let held = self.kept.iter().map(|k| k.actives.len()).sum();
+        let (mut offsets, mut actives) = (vec![0usize], Vec::with_capacity(held));
+        for batch in self.kept {
+            let base = actives.len();
+            offsets.extend(batch.ends.iter().map(|e| base + e));
+            actives.extend(batch.actives);
+        }
+        let (mut count, mut sum, mut sum_sq) = (
+            vec![0u64; self.total],
+            vec![0f64; self.total],
+            vec![0f64; self.total],
+        );
+        for &(a, v) in &actives {
+            let (a, v) = (a as usize, v as f64);
+            count[a] += 1;
+            sum[a] += v;
+            sum_sq[a] += v * v;
+        }
         let stats: Vec<(f64, f64)> = (0..self.total)
-            .map(|a| match self.count[a] >= COFIRING_MIN_TOKENS {
+            .map(|a| match count[a] >= COFIRING_MIN_TOKENS {
                 true => {
-                    let mean = self.sum[a] / n;
-                    (mean, (self.sum_sq[a] / n - mean * mean).max(0.0).sqrt())
+                    let mean = sum[a] / n;
+                    (mean, (sum_sq[a] / n - mean * mean).max(0.0).sqrt())
                 }
                 false => (0.0, 0.0),
             })
@@ -712,13 +761,13 @@ impl Cofiring {
         // Each feature's tokens (index into `offsets`) and activations, by counting sort.
         let mut starts = Vec::with_capacity(self.total + 1);
         starts.push(0usize);
-        for &c in &self.count {
+        for &c in &count {
             starts.push(starts.last().unwrap() + c as usize);
         }
         let mut fill = starts.clone();
-        let mut by_feature = vec![(0u32, 0f32); self.actives.len()];
-        for (token, w) in self.offsets.windows(2).enumerate() {
-            for &(a, v) in &self.actives[w[0]..w[1]] {
+        let mut by_feature = vec![(0u32, 0f32); actives.len()];
+        for (token, w) in offsets.windows(2).enumerate() {
+            for &(a, v) in &actives[w[0]..w[1]] {
                 by_feature[fill[a as usize]] = (token as u32, v);
                 fill[a as usize] += 1;
             }
@@ -740,7 +789,7 @@ impl Cofiring {
                     }
                     for &(token, va) in &by_feature[starts[a]..starts[a + 1]] {
                         let token = token as usize;
-                        let row = &self.actives[self.offsets[token]..self.offsets[token + 1]];
+                        let row = &actives[offsets[token]..offsets[token + 1]];
                         for &(b, vb) in row {
                             let c = &mut cross[b as usize];
                             if *c == 0.0 {
@@ -775,6 +824,7 @@ impl Cofiring {
     }
 }
 
+/// Per-head results of pass 2.
 struct HeadPass2 {
     histograms: Vec<Vec<u32>>,
     interval_counts: Vec<Vec<u32>>,
@@ -1165,13 +1215,10 @@ pub fn build(
                 })
                 .context("writing the dashboard spill files")?;
             let feats: Vec<&[f32]> = heads.iter().map(|s| s.feats.as_slice()).collect();
-            cofiring.add(&feats, &counted, m);
+            cofiring.add(c, &feats, &counted, m);
         }
         progress("scanning tokens", n_windows * t, n_windows * t);
-        let cofiring_limit = (cofiring.full.clone()).map(|why| CofiringLimit {
-            tokens: cofiring.tokens(),
-            why,
-        });
+        let cofiring_limit = cofiring.limit(per);
         let with_cofiring = cofiring.tokens() > 0;
         let mut together = match with_cofiring {
             true => cofiring.top(progress),

@@ -245,8 +245,9 @@ pub struct DashboardMeta {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cofiring: bool,
     /// When the lists of the features each fires with are over fewer tokens than the
-    /// dashboard's (the first windows' that fit [`COFIRING_MAX_ACTIVATIONS`] and
-    /// [`COFIRING_MAX_PRODUCTS`]): how many, and the limit that stopped them.
+    /// dashboard's (batches of windows spread over them, as many as fit
+    /// [`COFIRING_MAX_ACTIVATIONS`] and [`COFIRING_MAX_PRODUCTS`]): how many, which, and the
+    /// limit reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cofiring_limit: Option<CofiringLimit>,
 }
@@ -254,11 +255,48 @@ pub struct DashboardMeta {
 /// The co-firing lists over fewer tokens than the dashboard's ([`DashboardMeta::cofiring_limit`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CofiringLimit {
-    /// The counted tokens the lists are over: the first windows', whole chunks of them (0:
-    /// no lists).
+    /// The counted tokens the lists are over (0: no lists).
     pub tokens: u64,
-    /// The limit the next chunk would have passed.
+    /// The limit a batch of windows would have passed.
     pub why: String,
+    /// The lists are over every `every`-th batch of `windows_per_batch` windows, from the
+    /// first (files from before 2026-12 took the first batches that fit: `every` 1).
+    #[serde(default = "one")]
+    pub every: u64,
+    #[serde(default)]
+    pub windows_per_batch: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl CofiringLimit {
+    /// Which of the dashboard's `n_tokens` tokens the lists are over, in words.
+    pub fn tokens_text(&self, n_tokens: u64) -> String {
+        let (tokens, why) = (self.tokens, &self.why);
+        match self.every {
+            0 | 1 => format!("the first {tokens} of the {n_tokens} dashboard tokens ({why})"),
+            every => format!(
+                "{tokens} of the {n_tokens} dashboard tokens, those of every {} batch of {} \
+                 windows ({why})",
+                ordinal(every),
+                self.windows_per_batch
+            ),
+        }
+    }
+}
+
+/// `2nd`, `4th`, `32nd`, `11th`.
+fn ordinal(n: u64) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 /// Features listed per feature in [`FeatureData::cofiring`] (`h{h}.cofiring [m, K]`, unused
@@ -523,10 +561,7 @@ impl DashboardMeta {
     /// The tokens the co-firing lists are over, in words.
     pub fn cofiring_tokens_text(&self) -> String {
         match &self.cofiring_limit {
-            Some(limit) => format!(
-                "the first {} of the {} dashboard tokens ({})",
-                limit.tokens, self.n_tokens, limit.why
-            ),
+            Some(limit) => limit.tokens_text(self.n_tokens),
             None => "the dashboard tokens".into(),
         }
     }
@@ -1475,6 +1510,26 @@ fn validate_meta(meta: &DashboardMeta) -> Result<(), DashboardError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cofiring_limits_of_older_files_read_as_the_first_tokens() {
+        let limit: CofiringLimit = serde_json::from_str(r#"{"tokens":5,"why":"x"}"#).unwrap();
+        assert_eq!((limit.every, limit.windows_per_batch), (1, 0));
+        assert_eq!(
+            limit.tokens_text(9),
+            "the first 5 of the 9 dashboard tokens (x)"
+        );
+    }
+
+    #[test]
+    fn ordinals_read_as_english() {
+        let said: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 32, 64, 111, 1024]
+            .into_iter()
+            .map(ordinal)
+            .collect();
+        let want = "1st 2nd 3rd 4th 11th 12th 13th 21st 32nd 64th 111th 1024th";
+        assert_eq!(said.join(" "), want);
+    }
 
     #[test]
     fn published_names_drop_local_directories_only() {
