@@ -577,18 +577,26 @@ fn main() -> anyhow::Result<()> {
             let (_, loaded) = attn_saes::cli_train::open_model(DeviceChoice::Cpu, &model)?;
             println!("source: {}", loaded.source.display());
             let config = &loaded.transformer.config;
-            let shown = match config.attn_only {
-                // An attention-only model has no MLP to size or activate.
-                true => {
+            // An attention-only model has no MLP to size or activate, and a model without
+            // norms no epsilon.
+            let meaningless: Vec<&str> = [
+                (config.attn_only, "d_mlp"),
+                (config.attn_only, "activation"),
+                (config.no_norms, "norm_eps"),
+            ]
+            .into_iter()
+            .filter_map(|(drop, field)| drop.then_some(field))
+            .collect();
+            let shown = match meaningless.is_empty() {
+                // In the configuration's own order.
+                true => serde_json::to_string_pretty(config)?,
+                false => {
                     let mut fields = serde_json::to_value(config)?;
                     if let Some(fields) = fields.as_object_mut() {
-                        fields.remove("d_mlp");
-                        fields.remove("activation");
+                        meaningless.iter().for_each(|f| _ = fields.remove(*f));
                     }
                     serde_json::to_string_pretty(&fields)?
                 }
-                // In the configuration's own order.
-                false => serde_json::to_string_pretty(config)?,
             };
             println!("{shown}");
         }

@@ -246,9 +246,15 @@ fn attention_only_configs_need_no_mlp_sizes_and_name_unsupported_positions() {
         attn.get("d_mlp").is_none() && attn.get("activation").is_none(),
         "{attn}"
     );
+    assert!(attn.get("no_norms").is_none() && attn["norm_eps"].as_f64() > Some(0.0));
+    // Nor an epsilon for one without norms.
+    let bare = info("attn2l_noln_tiny");
+    assert_eq!(bare["no_norms"], true, "{bare}");
+    assert!(bare.get("norm_eps").is_none(), "{bare}");
     let gelu = info("gelu2l_tiny");
     assert!(
         gelu.get("attn_only").is_none() && gelu["d_mlp"].as_u64() > Some(0),
         "{gelu}"
     );
+    assert!(gelu.get("no_norms").is_none(), "{gelu}");
 }

@@ -257,6 +257,7 @@ pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transform
         eos_token_ids: cfg_token_ids(&cfg, "eos_token_id"),
         attn_only: false,
         shortformer: false,
+        no_norms: false,
     };
 
     let weights_path = dir.join("model.safetensors");
@@ -447,6 +448,7 @@ pub fn tl_from_pth(
         eos_token_ids: Vec::new(),
         attn_only,
         shortformer,
+        no_norms: !layer_norm,
     };
     let file = WeightFile::open(weights_path)?;
     let t1 = |n: &str, s: usize| file.tensor::<1>(n, [s], device);
@@ -796,6 +798,7 @@ pub fn llama_from_gguf(
         eos_token_ids: gguf.eos_token_id().into_iter().collect(),
         attn_only: false,
         shortformer: false,
+        no_norms: false,
     };
     check_llama_config(
         &config,
@@ -910,6 +913,7 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
         eos_token_ids: cfg_token_ids(&cfg, "eos_token_id"),
         attn_only: false,
         shortformer: false,
+        no_norms: false,
     };
     check_llama_config(
         &config,
@@ -1057,5 +1061,6 @@ pub fn gpt2_small_config() -> TransformerConfig {
         eos_token_ids: vec![50256],
         attn_only: false,
         shortformer: false,
+        no_norms: false,
     }
 }

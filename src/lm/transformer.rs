@@ -43,6 +43,10 @@ pub struct TransformerConfig {
     /// Shortformer positions: added to each layer's query and key inputs only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shortformer: bool,
+    /// No norms at all (TransformerLens' `normalization_type: null`; `norm_eps` then means
+    /// nothing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_norms: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -850,6 +854,7 @@ mod tests {
             eos_token_ids: Vec::new(),
             attn_only: false,
             shortformer: false,
+            no_norms: false,
         }
     }
 
@@ -902,6 +907,7 @@ mod tests {
                 eos_token_ids: Vec::new(),
                 attn_only: false,
                 shortformer: false,
+                no_norms: false,
             };
             let model = crate::lm::load::random(config, 3, &device);
             let ids: Vec<u32> = (0..300u32).map(|i| (i * 7 + i / 5) % 50).collect();
