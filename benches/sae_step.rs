@@ -10,7 +10,8 @@
 //! settings afterwards (`--device cuda` there when wgpu is timed), so the figures come out
 //! side by side from one command. `ATTN_SAES_SPARSE_BELOW=0` keeps the WGSL step on its
 //! dense path (1: on the sparse one whenever its lists fit); `ATTN_SAES_WGSL_ENCODER=burn`
-//! has burn's matmul make its encoder product. `--b-enc V` starts every encoder bias at `V`: 0 fires
+//! has burn's matmul make its encoder product; `ATTN_SAES_WGSL_TILES=small` runs its matmuls
+//! in the earlier 64 x 64 tiles. `--b-enc V` starts every encoder bias at `V`: 0 fires
 //! about half the features (a fresh SAE); -0.2 fires about 2% (a trained one).
 //!
 //! Training moves the density (on this fixed random batch it rises); `--lr 0` holds it.

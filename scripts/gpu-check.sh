@@ -34,6 +34,10 @@ ATTN_SAES_SPARSE_BELOW=0 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4
 echo "== SAE step: trained-like, the encoder's product through burn's matmul"
 ATTN_SAES_WGSL_ENCODER=burn timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2 \
     --no-autodiff
+echo "== SAE step: the matmuls in the earlier 64 x 64 tiles (ATTN_SAES_WGSL_TILES=small), fresh, then trained-like on the dense path"
+ATTN_SAES_WGSL_TILES=small timeout 100 /tmp/bin/sae_step --device wgpu --seconds 4 --no-autodiff
+ATTN_SAES_WGSL_TILES=small ATTN_SAES_SPARSE_BELOW=0 timeout 100 /tmp/bin/sae_step --device wgpu \
+    --seconds 4 --b-enc -0.2 --no-autodiff
 echo "== SAE step: TopK k=32"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --topk 32
 echo "== SAE step: TopK k=32 with AuxK, half of each head's features dead (WGSL step alone)"

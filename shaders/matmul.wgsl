@@ -1,23 +1,23 @@
 // Tiled matmul body shared by the step's five products (mm_*.wgsl define the operands):
 // C[h] (RD x CD) = A[h] (RD x KD) * B[h] (KD x CD), then `store` (each mode's epilogue).
-// A workgroup owns a 64 x 64 tile of C; each of its 256 invocations sums 4 x 4 outputs over
-// K in a fixed order, so results do not depend on scheduling. A_K_FAST / B_K_FAST say which
+// A workgroup owns a TM x TN tile of C; each of its 16 x 16 invocations sums RM x RN
+// outputs (TM = 16 RM, TN = 16 RN: rows lid.y + 16 i, columns lid.x + 16 j) over K in a
+// fixed order, so results do not depend on scheduling. A_K_FAST / B_K_FAST say which
 // index of an operand is contiguous in memory, so that neighbouring invocations load
 // neighbouring floats.
+//
+// The step's Rust side emits TM, TN, TK, SA, SB (row strides of the tiles in workgroup
+// memory, padded by one so that a column written by neighbouring invocations falls in
+// different banks) and writes out the lines marked `// {...}` for the invocation's
+// RM x RN block: the accumulators (`acc_i_j`, vec4s of columns 4j..4j+3), one step of
+// K, and the stores. Unrolled, they stay in registers on every compiler.
 //
 // Every storage buffer in shaders/ is declared read_write, inputs too: burn's memory pool
 // places several tensors in one wgpu buffer, and wgpu refuses a dispatch that binds one
 // buffer both read-only and read-write.
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
-// Row strides of the tiles in workgroup memory, padded by one so that a column written by
-// neighbouring invocations falls in different banks.
-const SA: u32 = 65u;
-const SB: u32 = 65u;
 
-var<workgroup> sa: array<f32, 1040>; // [TK][SA]
-var<workgroup> sb: array<f32, 1040>; // [TK][SB]
+var<workgroup> sa: array<f32, SA_LEN>; // [TK][SA]
+var<workgroup> sb: array<f32, SB_LEN>; // [TK][SB]
 
 @compute @workgroup_size(16, 16, 1)
 fn main(
@@ -31,13 +31,9 @@ fn main(
     let h = wg.z;
     let r0 = wg.y * TM;
     let c0 = wg.x * TN;
-    // Accumulators in registers: row i of this invocation's 4 x 4 block is acc_i.
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    // {acc}
     for (var k0 = 0u; k0 < KD; k0 += TK) {
-        for (var e = 0u; e < 4u; e++) {
+        for (var e = 0u; e < TM * TK / 256u; e++) {
             let idx = li + e * 256u;
             var rr = idx % TM;
             var ka = idx / TM;
@@ -50,6 +46,9 @@ fn main(
                 v = load_a(h, r0 + rr, k0 + ka);
             }
             sa[ka * SA + rr] = v;
+        }
+        for (var e = 0u; e < TN * TK / 256u; e++) {
+            let idx = li + e * 256u;
             var cc = idx % TN;
             var kb = idx / TN;
             if (B_K_FAST) {
@@ -66,22 +65,15 @@ fn main(
         for (var kk = 0u; kk < TK; kk++) {
             let ra = kk * SA + lid.y;
             let rb = kk * SB + lid.x;
-            let bv = vec4<f32>(sb[rb], sb[rb + 16u], sb[rb + 32u], sb[rb + 48u]);
-            acc0 = fma(vec4<f32>(sa[ra]), bv, acc0);
-            acc1 = fma(vec4<f32>(sa[ra + 16u]), bv, acc1);
-            acc2 = fma(vec4<f32>(sa[ra + 32u]), bv, acc2);
-            acc3 = fma(vec4<f32>(sa[ra + 48u]), bv, acc3);
+            // {step}
         }
         workgroupBarrier();
     }
-    let rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            let r = r0 + lid.y + 16u * i;
-            let c = c0 + lid.x + 16u * j;
-            if (r < RD && c < CD) {
-                store(h, r, c, rows[i][j]);
-            }
-        }
+    // {store}
+}
+
+fn put(h: u32, r: u32, c: u32, v: f32) {
+    if (r < RD && c < CD) {
+        store(h, r, c, v);
     }
 }

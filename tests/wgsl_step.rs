@@ -121,6 +121,7 @@ fn step_spec(act: Activation, t: usize, clip: f64, sparse: bool) -> StepSpec {
         sparse_below: if sparse { 1.0 } else { 0.0 },
         burn_encoder: false,
         one_group_select: false,
+        wide_tiles: true,
         aux_k: None,
     }
 }
@@ -130,6 +131,9 @@ fn case(device: &Device, arch: Architecture, h: usize, d: usize, m: usize, b: us
     for sparse in [false, true] {
         case_on_path(device, arch, (h, d, m, b), clip, sparse, Variant::Default);
     }
+    // The matmuls in the earlier 64 x 64 tiles (ATTN_SAES_WGSL_TILES=small), on the path
+    // that runs all five.
+    case_on_path(device, arch, (h, d, m, b), clip, false, Variant::SmallTiles);
     if matches!(arch, Architecture::BatchTopK { .. }) {
         // The earlier BatchTopK selection, one workgroup per head (ATTN_SAES_BATCHTOPK_SELECT).
         case_on_path(
@@ -151,6 +155,8 @@ enum Variant {
     BurnEncoder,
     /// BatchTopK's thresholds from one workgroup per head.
     OneGroupSelect,
+    /// The matmuls in 64 x 64 tiles.
+    SmallTiles,
 }
 
 fn case_on_path(
@@ -164,6 +170,7 @@ fn case_on_path(
     let path = match (sparse, variant) {
         (_, Variant::BurnEncoder) => "burn's encoder matmul",
         (_, Variant::OneGroupSelect) => "one workgroup per head's selection",
+        (_, Variant::SmallTiles) => "dense, 64 x 64 tiles",
         (false, Variant::Default) => "dense",
         (true, Variant::Default) => "sparse",
     };
@@ -173,6 +180,7 @@ fn case_on_path(
     let spec = |t| StepSpec {
         burn_encoder: variant == Variant::BurnEncoder,
         one_group_select: variant == Variant::OneGroupSelect,
+        wide_tiles: variant != Variant::SmallTiles,
         ..step_spec(act, t, clip, sparse)
     };
     // Reference: the fused CPU step, twice.
@@ -356,10 +364,12 @@ fn aux_case(
     (h, d, m, b): (usize, usize, usize, usize),
     k_aux: usize,
     clip: f64,
-    sparse: bool,
+    (sparse, wide_tiles): (bool, bool),
 ) {
-    let tag =
-        format!("AuxK {arch:?} h {h} d {d} m {m} b {b} k {k_aux} clip {clip} sparse {sparse}");
+    let tag = format!(
+        "AuxK {arch:?} h {h} d {d} m {m} b {b} k {k_aux} clip {clip} sparse {sparse} wide \
+         tiles {wide_tiles}"
+    );
     let (p0, x) = setup(arch, h, d, m, b);
     let mut rng = Rng::new(5);
     let dead: Vec<bool> = (0..h * m)
@@ -375,7 +385,10 @@ fn aux_case(
         coef: 0.5,
     };
     let act = Activation::new(arch, 0.0);
-    let spec = |t| step_spec(act, t, clip, sparse);
+    let spec = |t| StepSpec {
+        wide_tiles,
+        ..step_spec(act, t, clip, sparse)
+    };
     // The reference: the fused CPU step, twice, with its sums and Adam state after each.
     let mut p = p0.clone();
     let mut adam = HostAdam::zeros(&p);
@@ -416,10 +429,18 @@ fn wgsl_aux_k_matches_the_fused_cpu_step() {
         return;
     };
     let topk = Architecture::TopK { k: 4 };
-    aux_case(&device, topk, (3, 64, 50, 150), 32, 0.0, false);
-    aux_case(&device, topk, (3, 64, 50, 150), 32, 0.0, true);
+    aux_case(&device, topk, (3, 64, 50, 150), 32, 0.0, (false, true));
+    aux_case(&device, topk, (3, 64, 50, 150), 32, 0.0, (true, true));
+    aux_case(&device, topk, (3, 64, 50, 150), 32, 0.0, (false, false));
     let batch_topk = Architecture::BatchTopK { k: 3 };
-    aux_case(&device, batch_topk, (3, 16, 48, 150), 8, 1e-2, false);
+    aux_case(
+        &device,
+        batch_topk,
+        (3, 16, 48, 150),
+        8,
+        1e-2,
+        (false, true),
+    );
     // k above every head's count of dead features.
     aux_case(
         &device,
@@ -427,6 +448,6 @@ fn wgsl_aux_k_matches_the_fused_cpu_step() {
         (3, 128, 70, 37),
         100,
         0.0,
-        true,
+        (true, true),
     );
 }

@@ -1,7 +1,8 @@
 //! Every WGSL kernel of the training step (shaders/, as src/train/wgsl.rs assembles them)
 //! parses and validates with naga, wgpu's shader compiler, for each activation and for
-//! odd and large shapes, with and without the sparse path; each has a compute entry point
-//! `main`. No GPU needed.
+//! odd and large shapes, with and without the sparse path and in either matmul tiles; each
+//! has a compute entry point `main` and keeps within WebGPU's 16 KiB of workgroup memory.
+//! No GPU needed.
 
 use attn_saes::sae::Architecture;
 use attn_saes::train::fused_cpu::Activation;
@@ -18,7 +19,11 @@ fn every_kernel_validates_with_naga() {
     let mut checked = 0;
     for arch in archs {
         let shapes = [(12, 4096, 64, 2048), (3, 37, 16, 50), (1, 150, 128, 70)];
-        for ((h, b, d, m), sparse) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
+        // (sparse, wide tiles): the default tiles on both paths, and the earlier ones.
+        let paths = [(false, true), (true, true), (false, false)];
+        for ((h, b, d, m), (sparse, wide_tiles)) in
+            (shapes.into_iter()).flat_map(|s| paths.map(|p| (s, p)))
+        {
             let dims = Dims {
                 h,
                 b,
@@ -27,6 +32,7 @@ fn every_kernel_validates_with_naga() {
                 act: Activation::new(arch, 1.0),
                 sparse,
                 cap: h * b * m / 10,
+                wide_tiles,
             };
             let aux = match arch {
                 Architecture::TopK { .. } | Architecture::BatchTopK { .. } => dims.aux_kernels(32),
@@ -49,13 +55,20 @@ fn every_kernel_validates_with_naga() {
                     .find(|e| e.name == "main")
                     .unwrap_or_else(|| panic!("{name:?}: no entry point main"));
                 assert_eq!(entry.stage, naga::ShaderStage::Compute, "{name:?}");
+                // Within WebGPU's default workgroup memory.
+                let shared: u32 = (module.global_variables.iter())
+                    .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+                    .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+                    .sum();
+                assert!(shared <= 16_384, "{name:?} ({arch:?}): {shared} bytes");
                 checked += 1;
             }
         }
     }
-    // For each of 12 (activation, shape) pairs, with and without the sparse path: 13 kernels
-    // (both column sums among them), and the 4 sparse ones where the path is available;
-    // select in each of the 12 TopK / BatchTopK cases, and BatchTopK's select_count and
-    // select_pick in each of its 6; AuxK's 10 in each of the 12 TopK / BatchTopK cases.
-    assert_eq!(checked, 13 * 24 + 4 * 12 + 12 + 2 * 6 + 10 * 12);
+    // For each of 12 (activation, shape) pairs, dense, sparse and in 64 x 64 tiles: 13
+    // kernels (both column sums among them), and the 4 sparse ones where the path is
+    // available; select in each of the 18 TopK / BatchTopK cases, and BatchTopK's
+    // select_count and select_pick in each of its 9; AuxK's 10 in each of the 18 TopK /
+    // BatchTopK cases.
+    assert_eq!(checked, 13 * 36 + 4 * 12 + 18 + 2 * 9 + 10 * 18);
 }

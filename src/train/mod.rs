@@ -320,9 +320,10 @@ impl SaeOptimizer {
                     betas,
                     t,
                     clip,
-                    sparse_below: wgsl_knobs().0,
-                    burn_encoder: wgsl_knobs().1,
-                    one_group_select: wgsl_knobs().2,
+                    sparse_below: wgsl_knobs().sparse_below,
+                    burn_encoder: wgsl_knobs().burn_encoder,
+                    one_group_select: wgsl_knobs().one_group_select,
+                    wide_tiles: wgsl_knobs().wide_tiles,
                     aux_k: None,
                 };
                 let state_in = state.take().expect("state between steps");
@@ -540,19 +541,29 @@ impl SaeOptimizer {
 /// The WGSL step's benchmark knobs, read once: the density under which it takes its
 /// sparse path (the fused CPU step's, or `ATTN_SAES_SPARSE_BELOW`: 0 keeps the dense path,
 /// 1 the sparse one whenever it fits), whether burn's matmul makes the encoder product
-/// (`ATTN_SAES_WGSL_ENCODER=burn`), and whether BatchTopK's thresholds come from one
-/// workgroup per head (`ATTN_SAES_BATCHTOPK_SELECT=one`).
-fn wgsl_knobs() -> (f64, bool, bool) {
-    static KNOBS: std::sync::OnceLock<(f64, bool, bool)> = std::sync::OnceLock::new();
-    *KNOBS.get_or_init(|| {
-        let sparse_below = std::env::var("ATTN_SAES_SPARSE_BELOW")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(fused_cpu::SPARSE_BELOW);
-        let burn_encoder = std::env::var("ATTN_SAES_WGSL_ENCODER").as_deref() == Ok("burn");
-        let one_group = std::env::var("ATTN_SAES_BATCHTOPK_SELECT").as_deref() == Ok("one");
-        (sparse_below, burn_encoder, one_group)
+/// (`ATTN_SAES_WGSL_ENCODER=burn`), whether BatchTopK's thresholds come from one
+/// workgroup per head (`ATTN_SAES_BATCHTOPK_SELECT=one`), and whether the matmuls take
+/// wide tiles (the default; `ATTN_SAES_WGSL_TILES=small` for the earlier 64 x 64).
+fn wgsl_knobs() -> &'static WgslKnobs {
+    static KNOBS: std::sync::OnceLock<WgslKnobs> = std::sync::OnceLock::new();
+    KNOBS.get_or_init(|| {
+        let var = |name: &str| std::env::var(name).ok();
+        WgslKnobs {
+            sparse_below: (var("ATTN_SAES_SPARSE_BELOW").and_then(|v| v.parse().ok()))
+                .unwrap_or(fused_cpu::SPARSE_BELOW),
+            burn_encoder: var("ATTN_SAES_WGSL_ENCODER").as_deref() == Some("burn"),
+            one_group_select: var("ATTN_SAES_BATCHTOPK_SELECT").as_deref() == Some("one"),
+            wide_tiles: var("ATTN_SAES_WGSL_TILES").as_deref() != Some("small"),
+        }
     })
+}
+
+/// [`wgsl_knobs`]: [`wgsl::StepSpec`]'s fields of the same names.
+struct WgslKnobs {
+    sparse_below: f64,
+    burn_encoder: bool,
+    one_group_select: bool,
+    wide_tiles: bool,
 }
 
 /// The step without autodiff that an SAE's device has.

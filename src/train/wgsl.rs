@@ -106,6 +106,9 @@ pub struct StepSpec {
     /// kernel) instead of four rounds of counts over many (select_count.wgsl and
     /// select_pick.wgsl), for comparing the two on a GPU. Both are exact.
     pub one_group_select: bool,
+    /// The matmuls in wide tiles ([`Dims::wide_tiles`]; training's default), or the earlier
+    /// 64 x 64 ones, for comparing the two on a GPU.
+    pub wide_tiles: bool,
     /// AuxK's `k` (dead features per token and head) when the step has an AuxK term; its
     /// dead features, scales and coefficient come as tensors ([`run_step`]).
     pub aux_k: Option<usize>,
@@ -267,6 +270,10 @@ pub struct Dims {
     pub act: Activation,
     pub sparse: bool,
     pub cap: usize,
+    /// The matmuls' tiles: 128 wide along the batch and features (8 x 8 outputs an
+    /// invocation) rather than 64 (4 x 4), and 64 along `d_head` either way: a quarter of
+    /// the workgroups, each loading half as many operands per output.
+    pub wide_tiles: bool,
 }
 
 /// Storage buffers the sparse path binds at once (feat_grad.wgsl); adapters with fewer
@@ -333,6 +340,8 @@ struct Recipe {
     /// Constants besides the step's.
     extra: Vec<(&'static str, usize)>,
     workgroup: (u32, u32),
+    /// A matmul's block of outputs per invocation (rows, columns; matmul.wgsl).
+    tile: Option<(usize, usize)>,
     /// For a kernel that follows the step's path (the dense kernels, and the loss, which
     /// reports it): its number of buffers, where the path flag is bound after them.
     flag: Option<usize>,
@@ -346,6 +355,24 @@ impl Dims {
             Activation::BatchTopK { .. } => 2,
             Activation::JumpRelu { .. } => 3,
         }
+    }
+
+    /// A matmul kernel's outputs per invocation (rows, columns): 4 along `d_head`, and 4
+    /// or (with [`Dims::wide_tiles`]) 8 along the batch and the features.
+    pub fn tile(&self, kernel: Kernel) -> (usize, usize) {
+        let (d_side, side) = (4, if self.wide_tiles { 8 } else { 4 });
+        match kernel {
+            Kernel::MmPre | Kernel::MmDp => (side, side),
+            Kernel::MmDec | Kernel::MmGdec => (side, d_side),
+            Kernel::MmGenc => (d_side, side),
+            other => unreachable!("{other:?} is not a matmul"),
+        }
+    }
+
+    /// A matmul kernel's workgroups for a `rows x cols` product per head.
+    fn matmul_groups(&self, kernel: Kernel, rows: usize, cols: usize) -> (u32, u32, u32) {
+        let (rm, rn) = self.tile(kernel);
+        (groups(cols, 16 * rn), groups(rows, 16 * rm), self.h as u32)
     }
 
     /// Workgroups per head that count BatchTopK's digits: one per 1024 pre-activations
@@ -372,12 +399,17 @@ impl Dims {
             parts,
             extra: Vec::new(),
             workgroup,
+            tile: None,
             flag,
+        };
+        let matmul = |parts, flag| Recipe {
+            tile: Some(self.tile(kernel)),
+            ..plain(parts, (16, 16), flag)
         };
         let (b, m) = (self.b, self.m);
         match kernel {
             Kernel::Norms => plain(&[NORMS], (256, 1), None),
-            Kernel::MmPre => plain(&[MM_PRE, MATMUL], (16, 16), None),
+            Kernel::MmPre => matmul(&[MM_PRE, MATMUL], None),
             Kernel::Select => Recipe {
                 extra: self.selection(),
                 ..plain(&[SELECT, KEYS, THRESHOLD], (256, 1), None)
@@ -400,15 +432,15 @@ impl Dims {
             },
             Kernel::Fill => plain(&[FILL, ACT, NEAR], (256, 1), None),
             Kernel::DecSparse => plain(&[DEC_SPARSE, ACT], (64, 1), None),
-            Kernel::MmDec => plain(&[MM_DEC, ACT, MATMUL], (16, 16), Some(5)),
+            Kernel::MmDec => matmul(&[MM_DEC, ACT, MATMUL], Some(5)),
             Kernel::Rows => plain(&[ROWS], (256, 1), None),
             Kernel::Colsum { n, dense } => Recipe {
                 extra: vec![("N", n)],
                 ..plain(&[COLSUM], (256, 1), dense.then_some(2))
             },
-            Kernel::MmGdec => plain(&[MM_GDEC, ACT, MATMUL], (16, 16), Some(8)),
-            Kernel::MmDp => plain(&[MM_DP, ACT, MATMUL], (16, 16), Some(8)),
-            Kernel::MmGenc => plain(&[MM_GENC, MATMUL], (16, 16), Some(3)),
+            Kernel::MmGdec => matmul(&[MM_GDEC, ACT, MATMUL], Some(8)),
+            Kernel::MmDp => matmul(&[MM_DP, ACT, MATMUL], Some(8)),
+            Kernel::MmGenc => matmul(&[MM_GENC, MATMUL], Some(3)),
             Kernel::FeatGrad => plain(&[FEAT_GRAD], (256, 1), None),
             Kernel::Loss => plain(&[LOSS, REDUCE], (256, 1), Some(7)),
             Kernel::Sumsq { n, off } => Recipe {
@@ -479,8 +511,14 @@ impl Dims {
                  fn skip_dense(li: u32) -> bool {\n    return false;\n}\n",
             ),
         }
+        if let Some(tile) = recipe.tile {
+            s.push_str(&matmul_constants(tile));
+        }
         for p in recipe.parts {
-            s.push_str(p);
+            match recipe.tile {
+                Some(tile) if *p == sources::MATMUL => s.push_str(&matmul_body(tile)),
+                _ => s.push_str(p),
+            }
             s.push('\n');
         }
         Wgsl { source: s }
@@ -557,6 +595,83 @@ impl Dims {
         .map(|k| (k, a.kernel(k)))
         .collect()
     }
+}
+
+/// Workgroup memory a kernel may use on every adapter (WebGPU's default limit).
+const WORKGROUP_BYTES: usize = 16_384;
+
+/// matmul.wgsl's tile constants for `rm x rn` outputs per invocation of its 16 x 16: a
+/// `TM x TN` tile, over `TK` steps of K at a time (16, or 8 where two `TK x (T + 1)` tiles
+/// of 16 would pass [`WORKGROUP_BYTES`]).
+fn matmul_constants((rm, rn): (usize, usize)) -> String {
+    let (tm, tn) = (16 * rm, 16 * rn);
+    let fits = |tk: usize| tk * (tm + 1 + tn + 1) * 4 <= WORKGROUP_BYTES;
+    let tk = if fits(16) { 16 } else { 8 };
+    let (sa, sb) = (tm + 1, tn + 1);
+    [
+        ("TM", tm),
+        ("TN", tn),
+        ("TK", tk),
+        ("SA", sa),
+        ("SB", sb),
+        ("SA_LEN", tk * sa),
+        ("SB_LEN", tk * sb),
+    ]
+    .iter()
+    .map(|(name, v)| format!("const {name}: u32 = {v}u;\n"))
+    .collect()
+}
+
+/// matmul.wgsl with its marked lines written out for `rm x rn` outputs per invocation
+/// (`rn` a multiple of 4): `rm x rn / 4` vec4 accumulators, one step of K (each row's
+/// operand times each column quad's), and the stores.
+fn matmul_body((rm, rn): (usize, usize)) -> String {
+    use std::fmt::Write;
+    let (mut acc, mut step, mut store) = (String::new(), String::new(), String::new());
+    let quads = rn / 4;
+    for i in 0..rm {
+        let _ = writeln!(
+            step,
+            "            let a{i} = vec4<f32>(sa[ra + {}u]);",
+            16 * i
+        );
+    }
+    for j in 0..quads {
+        let at: Vec<String> = (0..4)
+            .map(|q| format!("sb[rb + {}u]", 16 * (4 * j + q)))
+            .collect();
+        let _ = writeln!(step, "            let b{j} = vec4<f32>({});", at.join(", "));
+    }
+    for i in 0..rm {
+        for j in 0..quads {
+            let _ = writeln!(acc, "    var acc_{i}_{j} = vec4<f32>(0.0);");
+            let _ = writeln!(
+                step,
+                "            acc_{i}_{j} = fma(a{i}, b{j}, acc_{i}_{j});"
+            );
+            for q in 0..4 {
+                let _ = writeln!(
+                    store,
+                    "    put(h, r0 + lid.y + {}u, c0 + lid.x + {}u, acc_{i}_{j}[{q}]);",
+                    16 * i,
+                    16 * (4 * j + q)
+                );
+            }
+        }
+    }
+    let mut body = String::new();
+    for line in sources::MATMUL.lines() {
+        match line.trim() {
+            "// {acc}" => body.push_str(&acc),
+            "// {step}" => body.push_str(&step),
+            "// {store}" => body.push_str(&store),
+            _ => {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+    }
+    body
 }
 
 /// Workgroups to cover `n` with groups of `per`.
@@ -647,6 +762,7 @@ fn step(
         act: spec.act,
         sparse,
         cap: (spec.sparse_below.min(1.0) * (h * b * m) as f64) as usize,
+        wide_tiles: spec.wide_tiles,
     };
     let jump = matches!(spec.act, Activation::JumpRelu { .. });
     let [w_enc, b_enc, w_dec, b_dec, lt] =
@@ -689,7 +805,7 @@ fn step(
         spec.clip as f32,
     ]);
     let hu = h as u32;
-    let mm = |rows: usize, cols: usize| (groups(cols, 64), groups(rows, 64), hu);
+    let mm = |kernel, rows, cols| dims.matmul_groups(kernel, rows, cols);
 
     let norms = l.empty(&[h, m]);
     l.launch(
@@ -706,7 +822,7 @@ fn step(
         let pre = l.empty(&[h, b, m]);
         l.launch(
             Kernel::MmPre,
-            mm(b, m),
+            mm(Kernel::MmPre, b, m),
             &[&x.handle, &w_enc.handle, &b_enc.handle, &pre.handle],
         );
         pre
@@ -792,7 +908,7 @@ fn step(
     }
     l.launch(
         Kernel::MmDec,
-        mm(b, d),
+        mm(Kernel::MmDec, b, d),
         &[
             &pre.handle,
             &gate,
@@ -820,7 +936,7 @@ fn step(
     let g_wd = l.empty(&[h, m, d]);
     l.launch(
         Kernel::MmGdec,
-        mm(m, d),
+        mm(Kernel::MmGdec, m, d),
         &[
             &pre.handle,
             &gate,
@@ -840,7 +956,7 @@ fn step(
     };
     l.launch(
         Kernel::MmDp,
-        mm(b, m),
+        mm(Kernel::MmDp, b, m),
         &[
             &dr.handle,
             &w_dec.handle,
@@ -865,7 +981,7 @@ fn step(
     let g_we = l.empty(&[h, d, m]);
     l.launch(
         Kernel::MmGenc,
-        mm(d, m),
+        mm(Kernel::MmGenc, d, m),
         &[&x.handle, &dp.handle, &g_we.handle],
     );
     if let Some((lists, ent)) = &sparse_buffers {
@@ -933,7 +1049,7 @@ fn step(
         let ehat = la.empty(&[h, b, d]);
         la.launch(
             Kernel::MmDec,
-            mm(b, d),
+            mm(Kernel::MmDec, b, d),
             &[
                 &masked.handle,
                 &thr.handle,
@@ -957,7 +1073,7 @@ fn step(
         let gw_dec = la.empty(&[h, m, d]);
         la.launch(
             Kernel::MmGdec,
-            mm(m, d),
+            mm(Kernel::MmGdec, m, d),
             &[
                 &masked.handle,
                 &thr.handle,
@@ -973,7 +1089,7 @@ fn step(
         let unused = la.empty(&[1]);
         la.launch(
             Kernel::MmDp,
-            mm(b, m),
+            mm(Kernel::MmDp, b, m),
             &[
                 &g.handle,
                 &w_dec.handle,
@@ -994,7 +1110,7 @@ fn step(
         let gw_enc = la.empty(&[h, d, m]);
         la.launch(
             Kernel::MmGenc,
-            mm(d, m),
+            mm(Kernel::MmGenc, d, m),
             &[&x.handle, &dp_aux.handle, &gw_enc.handle],
         );
         for (v, acc) in [(&gw_enc, &g_we), (&gb_enc, &g_be), (&gw_dec, &g_wd)] {
