@@ -6,12 +6,19 @@
 # 2%), TopK k=32, BatchTopK k=32 with either selection; then end-to-end training (harvest
 # included) on a gpt2-small-shaped model with random weights (scripts/make_random_gpt2.py),
 # the seed's SAE shape, with the WGSL step and with autodiff, and a dashboard build. Output
-# goes to stdout and $OUT/log. Each part has a time limit, so one that hangs does not take
-# the whole call; estimated at 6 to 8 minutes before the BatchTopK and dashboard parts were
-# added (never run on a GPU yet).
+# goes to stdout and $OUT/log-STAGE. Each part has a time limit, so one that hangs does not take
+# the whole call. Never run on a GPU yet, and all of it may not fit one call (600 s), so it
+# runs in two stages, the targets first:
+#   bash scripts/gpu-check.sh 1   parity, the SAE step at both shapes beside PyTorch CUDA
+#                                 (and in the earlier tiles), end to end with the WGSL step
+#                                 and with autodiff, and PyTorch's LM forward
+#   bash scripts/gpu-check.sh 2   the rest: densities, paths, tilings, TopK, AuxK,
+#                                 BatchTopK, per-launch times, harvest variants, dashboards
+# and with no argument both, in that order.
 set -uo pipefail
+stage="${1:-all}"
 out="${OUT:-/tmp}"
-exec > >(tee "$out/log") 2>&1
+exec > >(tee "$out/log-$stage") 2>&1
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 if ! ls /usr/share/vulkan/icd.d/*nvidia* /etc/vulkan/icd.d/*nvidia* >/dev/null 2>&1; then
@@ -22,10 +29,36 @@ for f in .gpu/*.xz; do xz -dc "$f" >"/tmp/bin/$(basename "$f" .xz)"; done
 chmod +x /tmp/bin/*
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 export ATTN_SAES_REQUIRE_WGPU=1 XDG_RUNTIME_DIR=/tmp
+# End-to-end training on the gpt2-small-shaped model: the WGSL step and autodiff (stage 1);
+# then the WGSL step with larger harvest batches, with more launches per wgpu submission
+# (cubecl's default is 32), and with the LM's matrices in f16 (stage 2).
+run() {
+    local tag="$1"
+    shift
+    echo "-- $tag"
+    timeout 150 /tmp/bin/attn-saes --device wgpu train --headless --no-dashboard \
+        --model /tmp/g2 --dataset /tmp/g2/corpus.txt --hook-layer 6 --expansion-factor 32 \
+        --batch-size 4096 --context-size 1024 --total-training-steps 150 \
+        --eval-every 100000 --checkpoint-every 100000 --out-dir "/tmp/run-$tag" "$@" 2>&1 |
+        grep -E "device|tokens/s|explained|L0 total" || echo "the $tag run failed"
+}
+if [ "$stage" != 2 ]; then
 echo "== parity: the WGSL step against the fused CPU step, on the GPU"
 timeout 120 /tmp/bin/wgsl_step --nocapture
 echo "== SAE step: seed shape and small shape, fresh SAE"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --torch
+echo "== SAE step: fresh, the matmuls in the earlier 64 x 64 tiles (ATTN_SAES_WGSL_TILES=small)"
+ATTN_SAES_WGSL_TILES=small timeout 100 /tmp/bin/sae_step --device wgpu --seconds 4 --no-autodiff
+echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token batches"
+python3 scripts/make_random_gpt2.py /tmp/g2
+run wgsl --step auto
+run autodiff --step autodiff
+echo "== PyTorch's LM forward, for the harvest's share"
+timeout 60 python3 benches/torch_forward.py --device cuda
+fi
+if [ "$stage" != 1 ]; then
+[ -d /tmp/g2 ] || python3 scripts/make_random_gpt2.py /tmp/g2
+[ -d /tmp/run-wgsl ] || run wgsl --step auto
 echo "== SAE step: trained-like density (b_enc -0.2)"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2 --torch
 echo "== SAE step: trained-like density on the dense path (sparse path off)"
@@ -34,8 +67,7 @@ ATTN_SAES_SPARSE_BELOW=0 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4
 echo "== SAE step: trained-like, the encoder's product through burn's matmul"
 ATTN_SAES_WGSL_ENCODER=burn timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2 \
     --no-autodiff
-echo "== SAE step: the matmuls in the earlier 64 x 64 tiles (ATTN_SAES_WGSL_TILES=small), fresh, then trained-like on the dense path"
-ATTN_SAES_WGSL_TILES=small timeout 100 /tmp/bin/sae_step --device wgpu --seconds 4 --no-autodiff
+echo "== SAE step: the matmuls in the earlier 64 x 64 tiles, trained-like on the dense path"
 ATTN_SAES_WGSL_TILES=small ATTN_SAES_SPARSE_BELOW=0 timeout 100 /tmp/bin/sae_step --device wgpu \
     --seconds 4 --b-enc -0.2 --no-autodiff
 echo "== SAE step: TopK k=32"
@@ -49,22 +81,7 @@ ATTN_SAES_BATCHTOPK_SELECT=one timeout 100 /tmp/bin/sae_step --device wgpu --sec
 echo "== SAE step: launches timed one by one (in the order src/train/wgsl.rs lists), seed shape, trained-like"
 ATTN_SAES_PROFILE_LAUNCHES=1 timeout 150 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,2048 \
     --seconds 1 --b-enc -0.2 --no-autodiff
-echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token batches"
-python3 scripts/make_random_gpt2.py /tmp/g2
-# The WGSL step and autodiff; then the WGSL step with larger harvest batches, with more
-# launches per wgpu submission (cubecl's default is 32), and with the LM's matrices in f16.
-run() {
-    local tag="$1"
-    shift
-    echo "-- $tag"
-    timeout 150 /tmp/bin/attn-saes --device wgpu train --headless --no-dashboard \
-        --model /tmp/g2 --dataset /tmp/g2/corpus.txt --hook-layer 6 --expansion-factor 32 \
-        --batch-size 4096 --context-size 1024 --total-training-steps 150 \
-        --eval-every 100000 --checkpoint-every 100000 --out-dir "/tmp/run-$tag" "$@" 2>&1 |
-        grep -E "device|tokens/s|explained|L0 total" || echo "the $tag run failed"
-}
-run wgsl --step auto
-run autodiff --step autodiff
+echo "== end to end, harvest variants"
 run wgsl-windows32 --step auto --windows-per-forward 32
 CUBECL_WGPU_MAX_TASKS=128 run wgsl-tasks128 --step auto
 echo "== dashboards of the WGSL run (seed shape, 65,536 tokens; the encoder runs on the host)"
@@ -73,5 +90,4 @@ timeout 120 /tmp/bin/attn-saes --device wgpu dashboard --run /tmp/run-wgsl --tok
     tail -3 || echo "the dashboard build failed"
 echo "dashboard wall $((SECONDS - started)) s (model load included)"
 ATTN_SAES_LM_F16=1 run wgsl-f16-matmuls --step auto
-echo "== PyTorch's LM forward, for the harvest's share"
-timeout 60 python3 benches/torch_forward.py --device cuda
+fi

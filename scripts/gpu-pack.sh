@@ -3,7 +3,8 @@
 # the release binaries here (the WGSL parity test, the SAE-step benchmark, attn-saes; about
 # 53 MB compressed, under the 64 MiB a call carries), strips and xz-compresses them into .gpu/, and
 # downloads the Vulkan loader packages into .gl/. Both folders are git-excluded; pass
-# `carry: [".gpu", ".gl"]` and run `bash scripts/gpu-check.sh` there.
+# `carry: [".gpu", ".gl"]` and run `bash scripts/gpu-check.sh 1` there (then `2`, time
+# allowing; see that script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
