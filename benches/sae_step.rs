@@ -20,9 +20,9 @@
 
 mod common;
 
-use common::{arg, flag};
+use common::{Launches, arg, flag};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use attn_saes::device::{DeviceChoice, select};
@@ -31,40 +31,6 @@ use attn_saes::sae::{Architecture, BlockDiagSae, SaeConfig};
 use attn_saes::train::SaeOptimizer;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-
-/// Counts kernel launches while installed; with `timed`, also each launch's own time, in
-/// issue order (kernels then run one at a time).
-#[derive(Default)]
-struct Launches {
-    count: AtomicUsize,
-    timed: bool,
-    times: std::sync::Mutex<Vec<(&'static str, f64)>>,
-}
-
-impl burn::cubecl::logging::LaunchObserver for Launches {
-    fn launched(&self, _kernel: &'static str) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn timing(&self) -> burn::cubecl::logging::TimingRequest {
-        if self.timed {
-            burn::cubecl::logging::TimingRequest::Resolved
-        } else {
-            burn::cubecl::logging::TimingRequest::None
-        }
-    }
-
-    fn timed(
-        &self,
-        kernel: &'static str,
-        duration: burn::cubecl::logging::Duration,
-        _method: burn::cubecl::logging::TimingMethod,
-    ) {
-        let name = kernel.rsplit("::").next().unwrap_or(kernel);
-        let mut times = self.times.lock().unwrap();
-        times.push((name, duration.as_secs_f64() * 1e3));
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     // As the binary does.
@@ -166,14 +132,8 @@ fn main() -> anyhow::Result<()> {
                 step();
                 if std::env::var("ATTN_SAES_PROFILE_LAUNCHES").as_deref() == Ok("1") {
                     // One step with each launch timed on its own, in issue order.
-                    let launches = Arc::new(Launches {
-                        timed: true,
-                        ..Default::default()
-                    });
-                    let watching = burn::cubecl::logging::LaunchObservation::new(launches.clone());
-                    step();
-                    drop(watching);
-                    for (i, (kernel, ms)) in launches.times.lock().unwrap().iter().enumerate() {
+                    let times = Launches::timed_in(|| _ = step());
+                    for (i, (kernel, ms)) in times.iter().enumerate() {
                         println!("  launch {i:>3} {kernel} {ms:.3} ms");
                     }
                 }

@@ -10,8 +10,9 @@
 # the whole call. Never run on a GPU yet, and all of it may not fit one call (600 s), so it
 # runs in two stages, the issue's targets first:
 #   bash scripts/gpu-check.sh 1   parity, the SAE step at both shapes beside PyTorch CUDA
-#                                 (and in the earlier tiles), end to end with the WGSL step
-#                                 and with autodiff, and PyTorch's LM forward
+#                                 (and in the earlier tiles), end to end with the WGSL step,
+#                                 with autodiff and with f16 LM matrices, the LM forward's
+#                                 launches timed by kernel, and PyTorch's LM forward
 #   bash scripts/gpu-check.sh 2   the rest: densities, paths, tilings, TopK, AuxK,
 #                                 BatchTopK, per-launch times, harvest variants, dashboards
 # and with no argument both, in that order.
@@ -25,13 +26,13 @@ if ! ls /usr/share/vulkan/icd.d/*nvidia* /etc/vulkan/icd.d/*nvidia* >/dev/null 2
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
 mkdir -p /tmp/bin
-for f in .gpu/*.xz; do xz -dc "$f" >"/tmp/bin/$(basename "$f" .xz)"; done
+xz -dc .gpu/bin.tar.xz | tar xf - -C /tmp/bin
 chmod +x /tmp/bin/*
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 export ATTN_SAES_REQUIRE_WGPU=1 XDG_RUNTIME_DIR=/tmp
-# End-to-end training on the gpt2-small-shaped model: the WGSL step and autodiff (stage 1);
-# then the WGSL step with larger harvest batches, with more launches per wgpu submission
-# (cubecl's default is 32), and with the LM's matrices in f16 (stage 2).
+# End-to-end training on the gpt2-small-shaped model: the WGSL step, autodiff, and the WGSL
+# step with the LM's matrices in f16 (stage 1); then with larger harvest batches and with
+# more launches per wgpu submission (cubecl's default is 32) (stage 2).
 run() {
     local tag="$1"
     shift
@@ -53,6 +54,10 @@ echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token 
 python3 scripts/make_random_gpt2.py /tmp/g2
 run wgsl --step auto
 run autodiff --step autodiff
+# The harvest bounds end-to-end speed, and its matmuls most of the harvest.
+ATTN_SAES_LM_F16=1 run wgsl-f16-matmuls --step auto
+echo "== burn's LM forward on wgpu (gpt2-small, random weights), its launches timed by kernel"
+ATTN_SAES_PROFILE_LAUNCHES=1 timeout 120 /tmp/bin/forward --device wgpu --iters 5
 echo "== PyTorch's LM forward, for the harvest's share"
 timeout 60 python3 benches/torch_forward.py --device cuda
 fi
@@ -89,5 +94,4 @@ started=$SECONDS
 timeout 120 /tmp/bin/attn-saes --device wgpu dashboard --run /tmp/run-wgsl --tokens 65536 2>&1 |
     tail -3 || echo "the dashboard build failed"
 echo "dashboard wall $((SECONDS - started)) s (model load included)"
-ATTN_SAES_LM_F16=1 run wgsl-f16-matmuls --step auto
 fi
