@@ -6,7 +6,7 @@
 //! The viewer's modules ([`app`]'s curves, features and text views, [`dashboard::format`],
 //! [`run_log`], [`live`]'s results) build for wasm32 too; the rest (burn, the LM, training,
 //! files, the CLI's helpers) is native only, except that the `web-live` feature builds the
-//! LM, the SAE and the live analysis for wasm32 as the page's second bundle ([`web_live`]).
+//! LM, the SAE and the live analysis for wasm32 as the page's second bundle (`web_live`).
 //! This is the one place that says which (Cargo.toml splits the dependencies the same way).
 
 #[cfg(not(all(target_arch = "wasm32", feature = "web-live")))]

@@ -4,7 +4,7 @@
 //! Two passes, one LM forward:
 //! 1. Per chunk of windows: the LM to the hooked layer (`hook_z`, attention pattern and
 //!    value vectors); on the host, per head in parallel: the SAE's encoder on the head's
-//!    `hook_z` (tiles of rows, [`encode_head`]), firing counts, sums and maxima,
+//!    `hook_z` (tiles of rows, `encode_head`), firing counts, sums and maxima,
 //!    reconstruction sums (L0, explained variance), a bounded top-k list per feature
 //!    (with the feature's activations along the window and DFA by source position at the
 //!    example's own target, filled in for the entries a window leaves in the lists once

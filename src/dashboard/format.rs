@@ -964,7 +964,7 @@ fn token_string(strings: &BTreeMap<u32, String>, id: u32) -> String {
         .unwrap_or_else(|| format!("<{id}>"))
 }
 
-/// The safetensors `__metadata__` key holding the [`Envelope`].
+/// The safetensors `__metadata__` key holding the `Envelope`.
 pub const METADATA_KEY: &str = "attn_saes_dashboard";
 
 /// The metadata entry: format and version first (read before anything else), then the

@@ -1,5 +1,5 @@
 //! Dashboard stage: per-feature and per-head dashboards of a trained SAE. The builder
-//! ([`build`], native: LM and SAE in burn) writes one file ([`format`], also read by the
+//! ([`build`], native: LM and SAE in burn) writes one file ([`format`](mod@format), also read by the
 //! viewers, with neither burn nor tokenizers); [`neuronpedia`] exports it for the Python
 //! ecosystem.
 

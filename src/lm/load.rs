@@ -54,7 +54,7 @@ fn cfg_str<'a>(cfg: &'a Json, key: &str) -> Option<&'a str> {
 
 /// Largest context, in positions, a model may declare. The rotary tables of a Llama
 /// model are built eagerly at load time (`2 * n_ctx * d_head` floats, see
-/// [`super::transformer::rotary_tables`]), so a bogus `context_length` /
+/// `transformer::rotary_tables`), so a bogus `context_length` /
 /// `max_position_embeddings` would allocate without bound. A declared context above this
 /// is an error (rather than tables built lazily): the forward pass indexes the tables
 /// directly, and 2^20 positions is above every model this crate loads (1 GiB of tables at

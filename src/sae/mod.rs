@@ -94,7 +94,7 @@ pub struct BlockDiagSae {
     pub w_dec: Tensor<3>,
     /// [H, d_head]
     pub b_dec: Tensor<2>,
-    /// Input scale per head, [H] (x = scale * z); all ones when trained without
+    /// Input scale per head, `[H]` (x = scale * z); all ones when trained without
     /// normalisation or after [`BlockDiagSae::fold`].
     pub input_scale: Vec<f32>,
     /// JumpReLU only: log of the threshold per feature, [H, m].
@@ -281,7 +281,7 @@ impl BlockDiagSae {
     /// forward `out`, with `dead` the dead features [H * m]: mean over the batch of
     /// `sum_h scale_h ||e_hat^h - (x^h - x_hat^h)||^2`, where `e_hat` is the ReLU of each
     /// token's `k` largest dead pre-activations through the decoder (no bias) and
-    /// `scale_h = min(1, dead_h / k)`. No gradient flows through `x - x_hat`. Shape [1].
+    /// `scale_h = min(1, dead_h / k)`. No gradient flows through `x - x_hat`. Shape `[1]`.
     pub fn aux_k_loss(&self, x: Tensor<3>, out: &SaeOutput, dead: &[bool], k: usize) -> Tensor<1> {
         let [h, b, m] = out.pre.dims();
         let device = out.pre.device();
@@ -402,7 +402,7 @@ pub fn jumprelu(
     (feats, step)
 }
 
-/// The three loss tensors of a batch (scalars, shape [1]).
+/// The three loss tensors of a batch (scalars, shape `[1]`).
 pub struct LossTerms {
     pub total: Tensor<1>,
     pub mse: Tensor<1>,

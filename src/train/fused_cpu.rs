@@ -122,11 +122,11 @@ pub struct BatchSums {
     pub aux: f64,
     /// Firings per feature, [H, m].
     pub fired: Vec<f32>,
-    /// Summed squared error per head, [H].
+    /// Summed squared error per head, `[H]`.
     pub resid_sq: Vec<f64>,
     /// Squared norm of each token's reconstruction per head, [H, B].
     pub recon_sq: Vec<f32>,
-    /// BatchTopK: each head's threshold over the batch, [H] (empty otherwise).
+    /// BatchTopK: each head's threshold over the batch, `[H]` (empty otherwise).
     pub head_threshold: Vec<f32>,
 }
 

@@ -25,7 +25,7 @@ fn host(t: Tensor<1>) -> Vec<f64> {
 }
 
 /// The per-batch sums metrics need, from a forward pass: firings per feature [H, m],
-/// summed squared error per head [H] and squared reconstruction norms [H, B].
+/// summed squared error per head `[H]` and squared reconstruction norms `[H, B]`.
 ///
 /// # Shapes
 /// `x`: [H, B, d_head] in the SAE's input space.

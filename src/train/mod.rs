@@ -167,13 +167,13 @@ pub struct StepOutput {
     pub total: Tensor<1>,
     /// Firings per feature in this batch, [H, m].
     pub fired: Tensor<2>,
-    /// Summed squared reconstruction error per head, [H].
+    /// Summed squared reconstruction error per head, `[H]`.
     pub resid_sq: Tensor<1>,
     /// Squared norm of each token's reconstruction per head, [H, B].
     pub recon_sq: Tensor<2>,
     /// The AuxK term, without its coefficient (`None` when the step had no AuxK).
     pub aux: Option<Tensor<1>>,
-    /// BatchTopK: each head's threshold over this batch, [H] (`None` otherwise).
+    /// BatchTopK: each head's threshold over this batch, `[H]` (`None` otherwise).
     pub batch_threshold: Option<Tensor<1>>,
 }
 

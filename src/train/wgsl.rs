@@ -140,14 +140,14 @@ pub struct StepResult<B: Backend> {
     pub state: StepState<B>,
     /// Firings per feature, [H, M].
     pub fired: FloatTensor<B>,
-    /// Summed squared error per head, [H].
+    /// Summed squared error per head, `[H]`.
     pub resid_sq: FloatTensor<B>,
     /// Squared norm of each token's reconstruction per head, [H, B].
     pub recon_sq: FloatTensor<B>,
     /// `[mse, sparsity, total]`, as [`super::fused_cpu::BatchSums`], then the path the
     /// step took (1: sparse, 0: dense).
     pub terms: FloatTensor<B>,
-    /// The AuxK term without its coefficient, [1] (0 without AuxK).
+    /// The AuxK term without its coefficient, `[1]` (0 without AuxK).
     pub aux: FloatTensor<B>,
     /// TopK and BatchTopK: each token's threshold, [H, B] (BatchTopK: the head's, in
     /// every slot); unset otherwise.
