@@ -53,8 +53,13 @@ enum Command {
     /// `text --rank`), summed over the windows the dashboards would scan.
     Rank {
         /// A run directory (its final SAE, else its latest checkpoint's).
+        #[arg(long, conflicts_with = "sae")]
+        run: Option<std::path::PathBuf>,
+        /// An SAE directory (our format, `import`'s included) instead of a run: ranked over
+        /// the start of --dataset, on --model and --hook-layer unless it records them, the
+        /// windows `dashboard --sae` estimates its effects over.
         #[arg(long)]
-        run: std::path::PathBuf,
+        sae: Option<std::path::PathBuf>,
         /// Tokens to scan (rounded up to whole context windows).
         #[arg(long, default_value_t = 4096, value_parser = attn_saes::cli_train::parse_positive)]
         tokens: usize,
@@ -64,6 +69,8 @@ enum Command {
         /// Write the whole ranking (every feature that fired) as JSON here too.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        source: DashboardSource,
     },
     /// How each head attends on repeated random tokens (BOS, R, R): its mean attention to
     /// the previous token, the first token, itself, and in the second copy to the earlier
@@ -486,8 +493,7 @@ impl Command {
                 .collect()
         }
         let paths: Vec<&std::path::PathBuf> = match self {
-            Command::Rank { run, .. }
-            | Command::Features { run, .. }
+            Command::Features { run, .. }
             | Command::Text { run, .. }
             | Command::Steer { run, .. }
             | Command::Export { run, .. } => vec![run],
@@ -500,7 +506,9 @@ impl Command {
             } => once(path).chain(compare).chain(web_dir).collect(),
             // --saelens may be a hub repository: resolved (with its own errors) by import.
             Command::Import { seed, .. } => seed.iter().collect(),
-            Command::Dashboard { run, sae, .. } => run.iter().chain(sae).collect(),
+            Command::Dashboard { run, sae, .. } | Command::Rank { run, sae, .. } => {
+                run.iter().chain(sae).collect()
+            }
             Command::Match { a, b, .. } => vec![a, b],
             Command::Compare { runs, .. } => runs.iter().collect(),
             Command::Label { run, from, .. } => once(run).chain(from).collect(),
@@ -602,10 +610,28 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Rank {
             run,
+            sae,
             tokens,
             top,
             json,
-        } => rank_command(&run, tokens, top, json.as_deref(), cli.device)?,
+            source,
+        } => {
+            let of = match (run, sae) {
+                (Some(run), None) => Ranked::Run(run),
+                (None, Some(sae)) => Ranked::Sae(sae),
+                _ => anyhow::bail!(
+                    "give one of --run DIR or --sae DIR (with --model and --hook-layer unless it \
+                     records them)"
+                ),
+            };
+            rank_command(
+                of,
+                source.train_args(),
+                (tokens, top),
+                json.as_deref(),
+                cli.device,
+            )?
+        }
         Command::Heads {
             model,
             layer,
@@ -948,44 +974,24 @@ fn main() -> anyhow::Result<()> {
                     (d, dashboard::run_dashboard_path(&run))
                 }
                 (None, Some(sae_dir)) => {
-                    let mut args = args;
-                    let origin = origin_defaults(&sae_dir, &mut args)?;
+                    let on = sae_on_corpus(&sae_dir, args, tokens, cli.device)?;
                     let options = BuildOptions {
-                        keep_bos: args.keep_bos,
+                        keep_bos: on.sae.reads_bos,
                         ..options
                     };
-                    let config = args.resolve(cli.device)?;
-                    attn_saes::cli_train::check_demo_assets(&config)?;
-                    let (selected, loaded) = open_model(cli.device, &config.model)?;
-                    let sae = BlockDiagSae::load(&sae_dir, &selected.device)?;
-                    let mc = &loaded.transformer.config;
-                    sae.check_fits(&mc.name, mc.n_heads, mc.d_head)?;
-                    check_origin_model(&sae_dir, origin.as_ref(), &mc.name)?;
-                    let corpus = attn_saes::data::corpus::Corpus::open(
-                        &config.dataset,
-                        config.text_column.as_deref(),
-                    )?;
-                    let context = args.context_size.unwrap_or(128);
-                    let windows = dashboard::windows_from(
-                        &corpus,
-                        &loaded,
-                        context,
-                        Default::default(),
-                        tokens.div_ceil(context),
-                    )?;
                     let inputs = dashboard::BuildInputs {
-                        loaded: &loaded,
-                        sae: &sae,
-                        layer: config.layer(loaded.transformer.config.n_layers),
-                        z_convention: config.z_convention,
-                        windows,
-                        windows_from: format!("the start of {}", config.dataset.display()),
+                        loaded: &on.loaded,
+                        sae: &on.sae,
+                        layer: on.layer,
+                        z_convention: on.z_convention,
+                        windows: on.windows,
+                        windows_from: on.windows_from,
                         sae_source: dashboard::recorded_path(&sae_dir),
                         run_config: None,
                         history: Default::default(),
                         run_heads: None,
                         ce_scores: None,
-                        built_from: dashboard::built_from(&loaded, &sae_dir),
+                        built_from: dashboard::built_from(&on.loaded, &sae_dir),
                     };
                     let mut bar = ProgressLine::new();
                     let d = dashboard::build::build(&inputs, &options, &mut |p, i, n| {
@@ -1337,6 +1343,81 @@ fn open_model(
 /// origin in its `sae_config.json`, which training and `import` write): the model, layer
 /// and hook_z convention unless given, and BOS positions if it was trained on them. A
 /// layer given that is not its own is warned about.
+/// An SAE, the model, layer and z convention it runs on, and the windows of text it is run
+/// over.
+struct SaeOnWindows {
+    loaded: lm::LoadedModel,
+    sae: BlockDiagSae,
+    layer: usize,
+    z_convention: lm::ZConvention,
+    context: usize,
+    windows: Vec<Vec<u32>>,
+    windows_from: String,
+}
+
+/// A run's SAE (its final one, else its latest checkpoint's) on its held-out windows
+/// holding `tokens` (`args.context_size` tokens each, default the run's, at most 128); it
+/// reads BOS positions where the run trained on them or `args.keep_bos` asks.
+fn run_held_out(
+    run: &std::path::Path,
+    args: &TrainArgs,
+    tokens: usize,
+    choice: DeviceChoice,
+) -> anyhow::Result<SaeOnWindows> {
+    let (ckpt, sae_dir) = checkpoint::run_sae(run, None)?;
+    let config = checkpoint::read_config(&ckpt)?;
+    let (selected, loaded) = open_model(choice, &config.model)?;
+    let mut sae = BlockDiagSae::load(&sae_dir, &selected.device)?;
+    sae.reads_bos |= args.keep_bos;
+    let context = (args.context_size).unwrap_or(config.context_size.min(128));
+    let n = tokens.div_ceil(context.max(1));
+    let (windows, windows_from) = dashboard::held_out_windows(&config, &ckpt, &loaded, context, n)?;
+    Ok(SaeOnWindows {
+        layer: config.layer(loaded.transformer.config.n_layers),
+        z_convention: config.z_convention,
+        loaded,
+        sae,
+        context,
+        windows,
+        windows_from,
+    })
+}
+
+/// An SAE without a run, on the model, layer and z convention `args` name or its origin
+/// records, and the first windows of `args`' corpus holding `tokens` (`args.context_size`
+/// tokens each, default 128): what `dashboard --sae` and `rank --sae` read. It reads BOS
+/// positions where it was trained on them or `args.keep_bos` asks.
+fn sae_on_corpus(
+    sae_dir: &std::path::Path,
+    mut args: TrainArgs,
+    tokens: usize,
+    choice: DeviceChoice,
+) -> anyhow::Result<SaeOnWindows> {
+    let origin = origin_defaults(sae_dir, &mut args)?;
+    let config = args.resolve(choice)?;
+    attn_saes::cli_train::check_demo_assets(&config)?;
+    let (selected, loaded) = open_model(choice, &config.model)?;
+    let mut sae = BlockDiagSae::load(sae_dir, &selected.device)?;
+    sae.reads_bos = args.keep_bos;
+    let mc = &loaded.transformer.config;
+    sae.check_fits(&mc.name, mc.n_heads, mc.d_head)?;
+    check_origin_model(sae_dir, origin.as_ref(), &mc.name)?;
+    let corpus =
+        attn_saes::data::corpus::Corpus::open(&config.dataset, config.text_column.as_deref())?;
+    let context = args.context_size.unwrap_or(128);
+    let n = tokens.div_ceil(context);
+    let windows = dashboard::windows_from(&corpus, &loaded, context, Default::default(), n)?;
+    Ok(SaeOnWindows {
+        layer: config.layer(loaded.transformer.config.n_layers),
+        z_convention: config.z_convention,
+        windows_from: format!("the start of {}", config.dataset.display()),
+        loaded,
+        sae,
+        context,
+        windows,
+    })
+}
+
 fn origin_defaults(
     sae_dir: &std::path::Path,
     args: &mut TrainArgs,
@@ -2161,27 +2242,39 @@ fn label_command(
 }
 
 /// `attn-saes rank`: every feature of a run ranked over held-out windows.
+/// What `rank` ranks: a run's SAE over its held-out windows, or an SAE without a run over
+/// the start of a corpus.
+enum Ranked {
+    Run(std::path::PathBuf),
+    Sae(std::path::PathBuf),
+}
+
 fn rank_command(
-    run: &std::path::Path,
-    tokens: usize,
-    top: usize,
+    of: Ranked,
+    args: TrainArgs,
+    (tokens, top): (usize, usize),
     json: Option<&std::path::Path>,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
-    let (ckpt, sae_dir) = checkpoint::run_sae(run, None)?;
-    let config = checkpoint::read_config(&ckpt)?;
-    let (selected, loaded) = open_model(choice, &config.model)?;
-    let sae = attn_saes::sae::BlockDiagSae::load(&sae_dir, &selected.device)?;
-    let context = config.context_size.min(128);
-    let n_windows = tokens.div_ceil(context.max(1));
-    let (windows, from) = dashboard::held_out_windows(&config, &ckpt, &loaded, context, n_windows)?;
-    let layer = config.layer(loaded.transformer.config.n_layers);
+    let (on, dir) = match of {
+        Ranked::Run(run) => (run_held_out(&run, &args, tokens, choice)?, run),
+        Ranked::Sae(sae_dir) => (sae_on_corpus(&sae_dir, args, tokens, choice)?, sae_dir),
+    };
+    let SaeOnWindows {
+        loaded,
+        sae,
+        layer,
+        z_convention,
+        context,
+        windows,
+        windows_from: from,
+    } = on;
     let mut bar = ProgressLine::new();
     let ranking = attn_saes::live::rank_features_over(
         &loaded,
         &sae,
         layer,
-        config.z_convention,
+        z_convention,
         &windows,
         &mut |done, of| bar.update("ranking the features", done, of),
     )?;
@@ -2206,7 +2299,7 @@ fn rank_command(
             .collect();
         println!(" by head (its features together): {}", heads.join(", "));
     }
-    print_ranked(&ranking, top, (labels_beside(run).as_ref(), dense), |f| {
+    print_ranked(&ranking, top, (labels_beside(&dir).as_ref(), dense), |f| {
         format!(
             "{:+.4} ({:+.4}), fires at {}",
             f.estimate,

@@ -1695,6 +1695,109 @@ fn rank_command_sums_the_ranking_over_held_out_windows() {
     }
 }
 
+/// `rank --sae`: an SAE without a run (as `import` writes one, with its origin) is ranked
+/// over the start of a corpus: the JSON equals the library's ranking over the windows
+/// `dashboard --sae` reads, and so the effects that dashboard holds; with `--keep-bos` it is
+/// the ranking of an SAE that reads BOS, and differs. `--run` and `--sae` together, or
+/// neither, are refused.
+#[test]
+fn rank_sae_ranks_over_the_windows_dashboard_sae_reads() {
+    use attn_saes::data::corpus::Corpus;
+    use attn_saes::live::{FeatureRanking, rank_features_over};
+    use attn_saes::sae::io::SaeOrigin;
+    let dir = TempDir::new("attn-saes-rank", "sae");
+    let loaded = load("gpt2_tiny");
+    let sae = random_sae(&loaded, 8, 3);
+    let origin = SaeOrigin {
+        model: fixture("gpt2_tiny").display().to_string(),
+        hook_layer: 1,
+        z_convention: ZConvention::TransformerLens,
+        keep_bos: false,
+    };
+    let sae_dir = dir.join("imported");
+    sae.save_with_origin(&sae_dir, Some(&origin)).unwrap();
+    let corpus = corpus(&dir);
+    let cli = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu"])
+            .args(extra)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let (sae_arg, corpus_arg) = (sae_dir.to_str().unwrap(), corpus.to_str().unwrap());
+    let shape = ["--tokens", "96", "--context-size", "32"];
+    let rank = |keep_bos: bool| -> FeatureRanking {
+        let json = dir.join(format!("rank-{keep_bos}.json"));
+        let mut args = vec!["rank", "--sae", sae_arg, "--dataset", corpus_arg];
+        args.extend(shape);
+        args.extend(["--json", json.to_str().unwrap()]);
+        if keep_bos {
+            args.push("--keep-bos");
+        }
+        let out = cli(&args);
+        assert_succeeded(&out);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains(&format!(
+                "on 3 windows of 32 tokens (the start of {corpus_arg})"
+            )),
+            "{said}"
+        );
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
+    };
+    let windows = {
+        let c = Corpus::open(&corpus, None).unwrap();
+        attn_saes::dashboard::windows_from(&c, &loaded, 32, Default::default(), 3).unwrap()
+    };
+    let conv = ZConvention::TransformerLens;
+    let want = |reads_bos: bool| {
+        let sae = BlockDiagSae {
+            reads_bos,
+            ..sae.clone()
+        };
+        rank_features_over(&loaded, &sae, 1, conv, &windows, &mut |_, _| {}).unwrap()
+    };
+    let got = rank(false);
+    assert!(
+        got.features.len() > 5,
+        "{} features fired",
+        got.features.len()
+    );
+    assert_eq!(got, want(false));
+    let with_bos = rank(true);
+    assert_eq!(with_bos, want(true));
+    assert_ne!(with_bos, got);
+    // The dashboard of the same windows holds the same estimates.
+    let mut args = vec!["dashboard", "--sae", sae_arg, "--dataset", corpus_arg];
+    args.extend(shape);
+    assert_succeeded(&cli(&args));
+    let d = build::read(&sae_dir.join("dashboard.safetensors")).unwrap();
+    assert_eq!(d.meta.effects.as_ref().map(|e| e.windows), Some(3));
+    for f in &got.features {
+        assert_eq!(
+            d.heads[f.head].features[f.feature].effect,
+            Some(f.estimate),
+            "head {} feature {}",
+            f.head,
+            f.feature
+        );
+    }
+    // One of --run and --sae.
+    for args in [
+        vec!["rank", "--sae", sae_arg, "--run", sae_arg],
+        vec!["rank", "--tokens", "32"],
+    ] {
+        let out = cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && (stderr.contains("cannot be used with") || stderr.contains("give one of")),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 /// The key/value cache: a sequence run a position at a time after a prefill gives, at
 /// each position, the logits of one whole forward over the sequence so far (batches of two
 /// sequences, with and without a splice on one head).
