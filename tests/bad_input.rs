@@ -617,7 +617,13 @@ fn evaluate_refuses_saes_of_another_model_or_shape() {
     let out = evaluate(&misfit, &gpt2);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("does not fit"),
+        !out.status.success() && err.contains("the SAE (3 blocks of 16) does not fit"),
+        "{err}"
+    );
+    let out = evaluate(&save("one_block", 1, None), &gpt2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the SAE (one block of 16) does not fit"),
         "{err}"
     );
     let out = evaluate(&of_gpt2, &gpt2);

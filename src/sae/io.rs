@@ -139,9 +139,12 @@ impl BlockDiagSae {
         let per_head = c.n_heads == n_heads && c.d_head == d_head;
         anyhow::ensure!(
             per_head || c.is_dense_over(n_heads, d_head),
-            "the SAE ({} blocks of {}) does not fit hook_z of {model} ({n_heads} heads x \
-             {d_head}): it was trained on another model",
-            c.n_heads,
+            "the SAE ({} of {}) does not fit hook_z of {model} ({n_heads} heads x {d_head}): \
+             it was trained on another model",
+            match c.n_heads {
+                1 => "one block".to_string(),
+                n => format!("{n} blocks"),
+            },
             c.d_head
         );
         Ok(())
