@@ -270,9 +270,10 @@ pub struct Dims {
     pub act: Activation,
     pub sparse: bool,
     pub cap: usize,
-    /// The matmuls' tiles: 128 wide along the batch and features (8 x 8 outputs an
-    /// invocation) rather than 64 (4 x 4), and 64 along `d_head` either way: a quarter of
-    /// the workgroups, each loading half as many operands per output.
+    /// The matmuls' tiles: 128 wide along the batch and features (8 outputs an invocation
+    /// each way) rather than 64 (4), and 64 along `d_head` either way: a quarter of the
+    /// workgroups (half where one side is `d_head`), each invocation reading half as many
+    /// operands from workgroup memory per output (three quarters as many).
     pub wide_tiles: bool,
 }
 
