@@ -1164,8 +1164,8 @@ fn main() -> anyhow::Result<()> {
             if let Some(n) = across {
                 if let (false, Some(limit)) = (d.meta.cofiring, &d.meta.cofiring_limit) {
                     anyhow::bail!(
-                        "--across: {} lists no features that fire together: one batch of \
-                         its windows alone holds {}",
+                        "--across: {} lists no features that fire together: its first \
+                         batch of windows alone holds {}",
                         path.display(),
                         limit.why
                     );
@@ -1649,7 +1649,7 @@ fn say_written(d: &Dashboard, path: &std::path::Path) {
             d.meta.cofiring_tokens_text()
         ),
         (Some(limit), false) => println!(
-            "  without the features each fires with: one batch of windows alone holds {}",
+            "  without the features each fires with: its first batch of windows alone holds {}",
             limit.why
         ),
         (None, _) => {}

@@ -941,7 +941,7 @@ fn dashboard_file_round_trips_and_rejects_damage_without_panicking() {
 /// Co-firing past its limits (here set low): the lists are over batches of windows spread
 /// over the dashboard's (every 2nd here), the very lists a dashboard of those windows alone
 /// has; nothing else changes; the file says how many tokens, which batches and why, and
-/// `features --across` passes it on. Limits one batch passes alone leave no lists, saying
+/// `features --across` passes it on. Limits the first batch passes alone leave no lists, saying
 /// why.
 #[test]
 fn cofiring_past_its_limits_lists_over_spread_windows_and_says_why() {
@@ -1021,7 +1021,7 @@ fn cofiring_past_its_limits_lists_over_spread_windows_and_says_why() {
         )),
         "{said}"
     );
-    // Limits one batch alone passes: no lists, and why.
+    // Limits the first batch alone passes: no lists, and why.
     for (limits, why) in [
         ((10, u64::MAX), "more than 10 active (token, feature) pairs"),
         ((usize::MAX, 100), "more than 1e2 products of activations"),

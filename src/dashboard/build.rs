@@ -615,8 +615,9 @@ fn add_interval_dfa(
 /// that count. Where the next batch would pass [`BuildOptions::cofiring_limits`], it keeps
 /// every other batch of those it holds and takes every other one from then on (doubling
 /// the stride as often as needed), so the lists are over batches spread evenly over the
-/// dashboard's windows rather than over its first ones, and it says why. A batch that
-/// passes the limits on its own leaves no lists.
+/// dashboard's windows rather than over its first ones, and it says why. If the first batch
+/// alone passes the limits there are no lists (a later one that does is not taken, and the
+/// stride doubles past it).
 struct Cofiring {
     total: usize,
     /// The batches kept, by index.
