@@ -1522,6 +1522,34 @@ pub fn read(path: &Path) -> anyhow::Result<Dashboard> {
 mod tests {
     use super::*;
 
+    /// The co-firing builder's stride: batches of one token with `active[i]` features on,
+    /// the active pairs kept limited to 3. Past the limit it keeps every other batch it
+    /// holds and takes every other one; a batch that passes the limit alone is not taken and
+    /// the stride doubles past it; a first batch that does leaves no lists.
+    #[test]
+    fn cofiring_doubles_its_stride_past_its_limits() {
+        let m = 8;
+        let feed = |active: &[usize]| {
+            let mut c = Cofiring::new(m, (3, u64::MAX));
+            for (i, &n) in active.iter().enumerate() {
+                let row: Vec<f32> = (0..m).map(|j| if j < n { 1.0 } else { 0.0 }).collect();
+                c.add(i, &[row.as_slice()], &[true], m);
+            }
+            let kept: Vec<usize> = c.kept.iter().map(|k| k.index).collect();
+            (kept, c.every, c.given_up, c.full.is_some())
+        };
+        // Batch 3 passes the limit: {0, 2} kept, then 4 taken, 5 skipped; batch 6 passes it
+        // again: {0, 4}, and 6 is off the new stride.
+        assert_eq!(feed(&[1; 7]), (vec![0, 4], 4, false, true));
+        // Within the limit throughout: every batch, no limit reached.
+        assert_eq!(feed(&[1; 3]), (vec![0, 1, 2], 1, false, false));
+        // Batch 2 alone passes it: not taken, the stride doubles past it (to 4), and batch 4
+        // is taken again.
+        assert_eq!(feed(&[1, 1, 5, 1, 1]), (vec![0, 4], 4, false, true));
+        // The first batch alone passes it: no lists, whatever follows.
+        assert_eq!(feed(&[5, 1, 1]), (vec![], 1, true, true));
+    }
+
     /// `summarise_logits` against a full sort by `total_cmp` (ties to the lower id), on
     /// rows with many ties, signed zeros, infinities and NaNs, for `k` below, at and above the
     /// row's length.
