@@ -21,8 +21,6 @@
 mod common;
 
 use common::{Launches, arg, flag};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use attn_saes::device::{DeviceChoice, select};
@@ -137,18 +135,17 @@ fn main() -> anyhow::Result<()> {
                         println!("  launch {i:>3} {kernel} {ms:.3} ms");
                     }
                 }
-                let launches = Arc::new(Launches::default());
-                let watching = burn::cubecl::logging::LaunchObservation::new(launches.clone());
                 let start = Instant::now();
                 let mut n = 0;
-                while n < 3 || start.elapsed().as_secs_f64() < seconds {
-                    step();
-                    n += 1;
-                }
+                let launched = Launches::count_in(|| {
+                    while n < 3 || start.elapsed().as_secs_f64() < seconds {
+                        step();
+                        n += 1;
+                    }
+                });
                 let secs = start.elapsed().as_secs_f64();
-                drop(watching);
                 // Kernel launches per step (the CPU backend launches none).
-                let per_step = launches.count.load(Ordering::Relaxed) as f64 / n as f64;
+                let per_step = launched as f64 / n as f64;
                 println!(
                     "burn_sae_step device={name} path={path} arch={} B={b} H={h} d={d} m={m} b_enc={b_enc} lr={lr} \
                      aux_dead={aux_dead:?} density={density:.3} steps_per_s={:.3} ms_per_step={:.1} \

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// issue order (kernels then run one at a time).
 #[derive(Default)]
 pub struct Launches {
-    pub count: AtomicUsize,
-    pub timed: bool,
-    pub times: std::sync::Mutex<Vec<(&'static str, f64)>>,
+    count: AtomicUsize,
+    timed: bool,
+    times: std::sync::Mutex<Vec<(&'static str, f64)>>,
 }
 
 impl burn::cubecl::logging::LaunchObserver for Launches {
