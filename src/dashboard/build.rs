@@ -627,8 +627,6 @@ struct Cofiring {
     limits: (usize, u64),
     /// The limit a batch would have passed, once one would have.
     full: Option<String>,
-    /// A batch passed the limits alone: no lists.
-    given_up: bool,
 }
 
 /// One batch of windows' counted tokens in [`Cofiring`].
@@ -651,8 +649,18 @@ impl Cofiring {
             kept: Vec::new(),
             every: 1,
             full: None,
-            given_up: false,
         }
+    }
+
+    /// The first batch passed the limits alone: no lists. (Once one is held, the first
+    /// always is.)
+    fn given_up(&self) -> bool {
+        self.full.is_some() && self.kept.is_empty()
+    }
+
+    /// The active (token, feature) pairs held.
+    fn held(&self) -> usize {
+        self.kept.iter().map(|k| k.actives.len()).sum()
     }
 
     /// The tokens taken.
@@ -673,7 +681,7 @@ impl Cofiring {
     /// Batch `index`'s counted tokens, from every block's activations `[n, m]`, if the
     /// stride takes it.
     fn add(&mut self, index: usize, feats: &[&[f32]], counted: &[bool], m: usize) {
-        if self.given_up || !index.is_multiple_of(self.every) {
+        if self.given_up() || !index.is_multiple_of(self.every) {
             return;
         }
         let (mut actives, mut ends, mut products) = (Vec::new(), Vec::new(), 0u64);
@@ -689,9 +697,8 @@ impl Cofiring {
             ends.push(actives.len());
         }
         loop {
-            let held: usize = self.kept.iter().map(|k| k.actives.len()).sum();
             let summed: u64 = self.kept.iter().map(|k| k.products).sum();
-            let why = if held + actives.len() > self.limits.0 {
+            let why = if self.held() + actives.len() > self.limits.0 {
                 format!(
                     "more than {} active (token, feature) pairs to keep",
                     self.limits.0
@@ -712,7 +719,6 @@ impl Cofiring {
             };
             self.full = Some(why);
             if self.kept.is_empty() {
-                self.given_up = true;
                 return;
             }
             self.every *= 2;
@@ -732,8 +738,7 @@ impl Cofiring {
         let n = self.tokens().max(1) as f64;
         // The batches' tokens one after another: each token's pairs are
         // `actives[offsets[t]..offsets[t + 1]]`.
-        let held = self.kept.iter().map(|k| k.actives.len()).sum();
-        let (mut offsets, mut actives) = (vec![0usize], Vec::with_capacity(held));
+        let (mut offsets, mut actives) = (vec![0usize], Vec::with_capacity(self.held()));
         for batch in self.kept {
             let base = actives.len();
             offsets.extend(batch.ends.iter().map(|e| base + e));
@@ -1536,7 +1541,7 @@ mod tests {
                 c.add(i, &[row.as_slice()], &[true], m);
             }
             let kept: Vec<usize> = c.kept.iter().map(|k| k.index).collect();
-            (kept, c.every, c.given_up, c.full.is_some())
+            (kept, c.every, c.given_up(), c.full.is_some())
         };
         // Batch 3 passes the limit: {0, 2} kept, then 4 taken, 5 skipped; batch 6 passes it
         // again: {0, 4}, and 6 is off the new stride.
