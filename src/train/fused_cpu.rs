@@ -1315,8 +1315,8 @@ fn find_active(feats: &[f32], m: usize, row0: u32, out: &mut Vec<(u32, u32, f32)
 }
 
 /// Calls `f(i, row[i])`, in order, for each `row[i] > cut` (`>=` when `INCLUSIVE`). With
-/// AVX-512 one compare checks sixteen values and gives a bit mask to walk; portable code
-/// takes about 0.5 ns per value, as long as the rest of a sparse step.
+/// AVX-512 one compare checks sixteen values (AVX2: eight) and gives a bit mask to walk;
+/// portable code takes about 0.5 ns per value, as long as the rest of a sparse step.
 fn for_each_above<const INCLUSIVE: bool, F: FnMut(usize, f32)>(row: &[f32], cut: f32, mut f: F) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -1327,51 +1327,42 @@ fn for_each_above<const INCLUSIVE: bool, F: FnMut(usize, f32)>(row: &[f32], cut:
             };
             let c = _mm512_set1_ps(cut);
             let pass = |v: &[f32]| {
-                // SAFETY: the caller's `v` holds at least 16 floats.
+                // SAFETY: `walk_masks` passes at least 16 floats.
                 let v = unsafe { _mm512_loadu_ps(v.as_ptr()) };
-                if INCLUSIVE {
+                u64::from(if INCLUSIVE {
                     _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, c)
                 } else {
                     _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, c)
-                }
+                })
             };
-            // Sixty-four values a mask: in a sparse row most sixteens have no or one value
-            // to visit, and the walk's loop ending at an unpredictable point once per 64
-            // values instead of once per 16 mispredicts a quarter as often.
-            let wide = row.chunks_exact(64);
-            let rest = wide.remainder();
-            for (n, chunk) in wide.enumerate() {
-                let mut bits = u64::from(pass(&chunk[..16]))
-                    | u64::from(pass(&chunk[16..32])) << 16
-                    | u64::from(pass(&chunk[32..48])) << 32
-                    | u64::from(pass(&chunk[48..])) << 48;
-                while bits != 0 {
-                    let k = bits.trailing_zeros() as usize;
-                    f(n * 64 + k, chunk[k]);
-                    bits &= bits - 1;
-                }
-            }
-            let at = row.len() - rest.len();
-            let chunks = rest.chunks_exact(16);
-            let tail = chunks.remainder();
-            for (n, chunk) in chunks.enumerate() {
-                let mut bits = pass(chunk);
-                while bits != 0 {
-                    let k = bits.trailing_zeros() as usize;
-                    f(at + n * 16 + k, chunk[k]);
-                    bits &= bits - 1;
-                }
-            }
-            let base = row.len() - tail.len();
-            for (k, &v) in tail.iter().enumerate() {
-                if v > cut || (INCLUSIVE && v == cut) {
-                    f(base + k, v);
-                }
-            }
+            walk_masks::<16, INCLUSIVE, F>(row, cut, f, pass)
+        }
+        #[target_feature(enable = "avx2")]
+        fn avx2<const INCLUSIVE: bool, F: FnMut(usize, f32)>(row: &[f32], cut: f32, f: &mut F) {
+            use std::arch::x86_64::{
+                _CMP_GE_OQ, _CMP_GT_OQ, _mm256_cmp_ps, _mm256_loadu_ps, _mm256_movemask_ps,
+                _mm256_set1_ps,
+            };
+            let c = _mm256_set1_ps(cut);
+            let pass = |v: &[f32]| {
+                // SAFETY: `walk_masks` passes at least 8 floats.
+                let v = unsafe { _mm256_loadu_ps(v.as_ptr()) };
+                let m = if INCLUSIVE {
+                    _mm256_cmp_ps::<_CMP_GE_OQ>(v, c)
+                } else {
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(v, c)
+                };
+                u64::from(_mm256_movemask_ps(m) as u32)
+            };
+            walk_masks::<8, INCLUSIVE, F>(row, cut, f, pass)
         }
         if cpu_level() >= CpuLevel::Avx512 {
             // SAFETY: the feature was detected on this CPU.
             return unsafe { avx512::<INCLUSIVE, F>(row, cut, &mut f) };
+        }
+        if cpu_level() >= CpuLevel::Avx2 {
+            // SAFETY: as above.
+            return unsafe { avx2::<INCLUSIVE, F>(row, cut, &mut f) };
         }
     }
     for (i, &v) in row.iter().enumerate() {
@@ -1381,9 +1372,52 @@ fn for_each_above<const INCLUSIVE: bool, F: FnMut(usize, f32)>(row: &[f32], cut:
     }
 }
 
+/// [`for_each_above`]'s walk, given `pass(v)`: the bits of which of the `W` values at the
+/// start of `v` pass. Sixty-four values a mask: in a sparse row most sixteens have no or
+/// one value to visit, and the walk's loop ending at an unpredictable point once per 64
+/// values instead of once per 16 mispredicts a quarter as often.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn walk_masks<const W: usize, const INCLUSIVE: bool, F: FnMut(usize, f32)>(
+    row: &[f32],
+    cut: f32,
+    f: &mut F,
+    pass: impl Fn(&[f32]) -> u64,
+) {
+    let mut visit = |mut bits: u64, at: usize, chunk: &[f32]| {
+        while bits != 0 {
+            let k = bits.trailing_zeros() as usize;
+            f(at + k, chunk[k]);
+            bits &= bits - 1;
+        }
+    };
+    let wide = row.chunks_exact(64);
+    let rest = wide.remainder();
+    for (n, chunk) in wide.enumerate() {
+        let mut bits = 0;
+        for j in 0..64 / W {
+            bits |= pass(&chunk[j * W..]) << (j * W);
+        }
+        visit(bits, n * 64, chunk);
+    }
+    let at = row.len() - rest.len();
+    let chunks = rest.chunks_exact(W);
+    let tail = chunks.remainder();
+    for (n, chunk) in chunks.enumerate() {
+        visit(pass(chunk), at + n * W, chunk);
+    }
+    let base = row.len() - tail.len();
+    for (k, &v) in tail.iter().enumerate() {
+        if v > cut || (INCLUSIVE && v == cut) {
+            f(base + k, v);
+        }
+    }
+}
+
 /// The per-feature loops of the sparse pass. LLVM compiles the portable versions into
 /// 128-bit code with spills (about 40 ns per active entry); with AVX-512 and `d_head` of
-/// 64 or 128 a row fits in 4 or 8 registers and explicit intrinsics take over.
+/// 64 or 128 a row fits in 4 or 8 registers and explicit intrinsics take over, and with
+/// AVX2 (most laptops) in 8 or 16 eight-float ones.
 mod sparse {
     /// `recon[r] += f * w` for each `(r, f)` (rows of `w.len()`).
     pub fn scatter(entries: &[(u32, f32)], w: &[f32], recon: &mut [f32]) {
@@ -1396,6 +1430,15 @@ mod sparse {
             match d {
                 64 => return unsafe { avx512::scatter::<4>(entries, w, recon) },
                 128 => return unsafe { avx512::scatter::<8>(entries, w, recon) },
+                _ => {}
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::cpu_level() >= super::CpuLevel::Avx2 {
+            // SAFETY: as above.
+            match d {
+                64 => return unsafe { avx2::scatter::<8>(entries, w, recon) },
+                128 => return unsafe { avx2::scatter::<16>(entries, w, recon) },
                 _ => {}
             }
         }
@@ -1432,6 +1475,23 @@ mod sparse {
                 128 => {
                     return unsafe {
                         avx512::backward::<8>(entries, d_recon, x, w, c, acc_dec, acc_enc)
+                    };
+                }
+                _ => {}
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::cpu_level() >= super::CpuLevel::Avx2 {
+            // SAFETY: as above.
+            match d {
+                64 => {
+                    return unsafe {
+                        avx2::backward::<8>(entries, d_recon, x, w, c, acc_dec, acc_enc)
+                    };
+                }
+                128 => {
+                    return unsafe {
+                        avx2::backward::<16>(entries, d_recon, x, w, c, acc_dec, acc_enc)
                     };
                 }
                 _ => {}
@@ -1526,6 +1586,99 @@ mod sparse {
                     _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), ad[k]));
                     let q = acc_enc.as_mut_ptr().add(16 * k);
                     _mm512_storeu_ps(q, _mm512_add_ps(_mm512_loadu_ps(q), ae[k]));
+                }
+            }
+            gb
+        }
+    }
+
+    /// The same loops in eight-float registers (`d_head` of 64 or 128: 8 or 16 of them a
+    /// row, so some of the backward's accumulators live on the stack).
+    #[cfg(target_arch = "x86_64")]
+    mod avx2 {
+        use std::arch::x86_64::*;
+
+        /// # Safety
+        /// AVX2 and FMA must be available, `w.len() == 8 * N` and every `r` a row of
+        /// `recon`.
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn scatter<const N: usize>(
+            entries: &[(u32, f32)],
+            w: &[f32],
+            recon: &mut [f32],
+        ) {
+            let d = 8 * N;
+            let mut wv = [_mm256_setzero_ps(); N];
+            for (k, v) in wv.iter_mut().enumerate() {
+                *v = unsafe { _mm256_loadu_ps(w.as_ptr().add(8 * k)) };
+            }
+            let out = recon.as_mut_ptr();
+            for &(r, f) in entries {
+                let fv = _mm256_set1_ps(f);
+                for (k, wk) in wv.iter().enumerate() {
+                    unsafe {
+                        let p = out.add(r as usize * d + 8 * k);
+                        _mm256_storeu_ps(p, _mm256_fmadd_ps(fv, *wk, _mm256_loadu_ps(p)));
+                    }
+                }
+            }
+        }
+
+        /// # Safety
+        /// AVX2 and FMA must be available, `w`, `acc_dec` and `acc_enc` hold `8 * N` floats
+        /// and every `r` is a row of `d_recon` and `x`.
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn backward<const N: usize>(
+            entries: &[(u32, f32)],
+            d_recon: &[f32],
+            x: &[f32],
+            w: &[f32],
+            c: f32,
+            acc_dec: &mut [f32],
+            acc_enc: &mut [f32],
+        ) -> f32 {
+            let d = 8 * N;
+            let mut ad = [_mm256_setzero_ps(); N];
+            let mut ae = [_mm256_setzero_ps(); N];
+            let wp = w.as_ptr();
+            let mut gb = 0f32;
+            for &(r, f) in entries {
+                let (dr, xr) = unsafe {
+                    (
+                        d_recon.as_ptr().add(r as usize * d),
+                        x.as_ptr().add(r as usize * d),
+                    )
+                };
+                let fv = _mm256_set1_ps(f);
+                // Two partial dot products, so that the chain of additions is half as long.
+                let mut dots = [_mm256_setzero_ps(); 2];
+                for k in 0..N {
+                    let (v, wk) = unsafe {
+                        (
+                            _mm256_loadu_ps(dr.add(8 * k)),
+                            _mm256_loadu_ps(wp.add(8 * k)),
+                        )
+                    };
+                    ad[k] = _mm256_fmadd_ps(fv, v, ad[k]);
+                    dots[k % 2] = _mm256_fmadd_ps(v, wk, dots[k % 2]);
+                }
+                let dot = _mm256_add_ps(dots[0], dots[1]);
+                let half = _mm_add_ps(_mm256_castps256_ps128(dot), _mm256_extractf128_ps::<1>(dot));
+                let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+                let one = _mm_add_ss(quarter, _mm_shuffle_ps::<1>(quarter, quarter));
+                let gp = _mm_cvtss_f32(one) + c;
+                gb += gp;
+                let gv = _mm256_set1_ps(gp);
+                for (k, a) in ae.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(gv, unsafe { _mm256_loadu_ps(xr.add(8 * k)) }, *a);
+                }
+            }
+            for k in 0..N {
+                unsafe {
+                    let p = acc_dec.as_mut_ptr().add(8 * k);
+                    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), ad[k]));
+                    let q = acc_enc.as_mut_ptr().add(8 * k);
+                    _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), ae[k]));
                 }
             }
             gb
