@@ -1425,20 +1425,15 @@ mod sparse {
         let rows = recon.len() / d.max(1);
         assert!(entries.iter().all(|&(r, _)| (r as usize) < rows));
         #[cfg(target_arch = "x86_64")]
-        if super::cpu_level() >= super::CpuLevel::Avx512 {
-            // SAFETY: the feature was detected; rows were checked above.
-            match d {
-                64 => return unsafe { avx512::scatter::<4>(entries, w, recon) },
-                128 => return unsafe { avx512::scatter::<8>(entries, w, recon) },
-                _ => {}
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        if super::cpu_level() >= super::CpuLevel::Avx2 {
-            // SAFETY: as above.
-            match d {
-                64 => return unsafe { avx2::scatter::<8>(entries, w, recon) },
-                128 => return unsafe { avx2::scatter::<16>(entries, w, recon) },
+        {
+            use super::CpuLevel::{Avx2, Avx512};
+            // SAFETY: `cpu_level` only reports features detected on this CPU; rows were
+            // checked above.
+            match (super::cpu_level(), d) {
+                (Avx512, 64) => return unsafe { avx512::scatter::<4>(entries, w, recon) },
+                (Avx512, 128) => return unsafe { avx512::scatter::<8>(entries, w, recon) },
+                (Avx2, 64) => return unsafe { avx2::scatter::<8>(entries, w, recon) },
+                (Avx2, 128) => return unsafe { avx2::scatter::<16>(entries, w, recon) },
                 _ => {}
             }
         }
@@ -1464,37 +1459,26 @@ mod sparse {
         assert!(entries.iter().all(|&(r, _)| (r as usize) < rows));
         assert!(acc_dec.len() == d && acc_enc.len() == d);
         #[cfg(target_arch = "x86_64")]
-        if super::cpu_level() >= super::CpuLevel::Avx512 {
-            // SAFETY: the feature was detected; rows and lengths were checked above.
-            match d {
-                64 => {
-                    return unsafe {
-                        avx512::backward::<4>(entries, d_recon, x, w, c, acc_dec, acc_enc)
-                    };
+        {
+            use super::CpuLevel::{Avx2, Avx512};
+            // SAFETY: `cpu_level` only reports features detected on this CPU; rows and
+            // lengths were checked above.
+            unsafe {
+                match (super::cpu_level(), d) {
+                    (Avx512, 64) => {
+                        return avx512::backward::<4>(entries, d_recon, x, w, c, acc_dec, acc_enc);
+                    }
+                    (Avx512, 128) => {
+                        return avx512::backward::<8>(entries, d_recon, x, w, c, acc_dec, acc_enc);
+                    }
+                    (Avx2, 64) => {
+                        return avx2::backward::<8>(entries, d_recon, x, w, c, acc_dec, acc_enc);
+                    }
+                    (Avx2, 128) => {
+                        return avx2::backward::<16>(entries, d_recon, x, w, c, acc_dec, acc_enc);
+                    }
+                    _ => {}
                 }
-                128 => {
-                    return unsafe {
-                        avx512::backward::<8>(entries, d_recon, x, w, c, acc_dec, acc_enc)
-                    };
-                }
-                _ => {}
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        if super::cpu_level() >= super::CpuLevel::Avx2 {
-            // SAFETY: as above.
-            match d {
-                64 => {
-                    return unsafe {
-                        avx2::backward::<8>(entries, d_recon, x, w, c, acc_dec, acc_enc)
-                    };
-                }
-                128 => {
-                    return unsafe {
-                        avx2::backward::<16>(entries, d_recon, x, w, c, acc_dec, acc_enc)
-                    };
-                }
-                _ => {}
             }
         }
         let mut gb = 0f32;
@@ -1593,7 +1577,8 @@ mod sparse {
     }
 
     /// The same loops in eight-float registers (`d_head` of 64 or 128: 8 or 16 of them a
-    /// row, so some of the backward's accumulators live on the stack).
+    /// row). The backward's two rows of accumulators alone fill or pass AVX2's 16
+    /// registers, so it reads `w` from memory for each entry instead of holding it.
     #[cfg(target_arch = "x86_64")]
     mod avx2 {
         use std::arch::x86_64::*;
