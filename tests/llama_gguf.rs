@@ -119,14 +119,21 @@ fn smollm2_logprobs_hook_z_and_perplexity_match_transformers() {
         logits: true,
         ..Default::default()
     };
-    let cache = model.transformer.run(t, &hooks, None).unwrap();
+    let cache = model.transformer.run(t.clone(), &hooks, None).unwrap();
+    // hook_z alone: on the CPU the harvest path (`fast_cpu`), not burn's ops.
+    let alone = model
+        .transformer
+        .run(t, &HookRequest::hook_z(&[15]), None)
+        .unwrap();
     let z_ref = Reference::load("smollm2/hook_z_L15.safetensors");
-    assert_close(
-        "hook_z L15",
-        &values(cache.hook_z[&15].clone()),
-        &z_ref.get("hook_z").data,
-        TOL,
-    );
+    for (what, z) in [("with logits", &cache), ("alone", &alone)] {
+        assert_close(
+            &format!("hook_z L15 {what}"),
+            &values(z.hook_z[&15].clone()),
+            &z_ref.get("hook_z").data,
+            TOL,
+        );
+    }
     let l_ref = Reference::load("smollm2/logits_first_sentence.safetensors");
     assert_close(
         "logits",

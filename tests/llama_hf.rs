@@ -55,12 +55,17 @@ fn llama_hf_safetensors_matches_transformers() {
             };
             let mut cache = model.run(tokens.clone(), &hooks, None).unwrap();
             let logits = cache.logits.take().unwrap();
+            // hook_z alone: on the CPU the harvest path (`fast_cpu`), not burn's ops.
+            let alone = model
+                .run(tokens.clone(), &HookRequest::hook_z(&[0, 1]), None)
+                .unwrap();
             check_logits_and_ce(&tag, s, logits, tokens, &reference, TOL);
             for l in 0..cfg.n_layers {
                 let name = format!("seq{s}.hook_z.L{l}");
-                let z = cache.hook_z[&l].clone();
-                assert_eq!(z.dims()[1..], reference.get(&name).shape[..]);
-                assert_close(&tag(&name), &values(z), &reference.get(&name).data, TOL);
+                for z in [cache.hook_z[&l].clone(), alone.hook_z[&l].clone()] {
+                    assert_eq!(z.dims()[1..], reference.get(&name).shape[..]);
+                    assert_close(&tag(&name), &values(z), &reference.get(&name).data, TOL);
+                }
             }
         }
     }

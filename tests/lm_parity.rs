@@ -70,9 +70,14 @@ fn check_model(case: &Case, model_dir: &str, device_name: &str, device: &Device)
                 None,
             )
             .unwrap();
+        // hook_z alone: on the CPU the harvest path (`fast_cpu`), not burn's ops.
+        let alone = model
+            .run(tokens.clone(), &HookRequest::hook_z(&all_layers), None)
+            .unwrap();
         for l in 0..cfg.n_layers {
             for (what, t) in [
                 ("hook_z", values(cache.hook_z[&l].clone())),
+                ("hook_z", values(alone.hook_z[&l].clone())),
                 ("hook_z_raw", values(raw.hook_z[&l].clone())),
                 ("pattern", values(cache.pattern[&l].clone())),
                 ("resid_post", values(cache.resid_post[&l].clone())),

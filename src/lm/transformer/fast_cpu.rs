@@ -1,0 +1,350 @@
+//! The forward pass that harvests `hook_z` on the CPU (training's harvest, `harvest`, Your
+//! text's features): the same model and arithmetic as [`Transformer::run`]'s burn path,
+//! with the residual stream held as one host buffer between burn's matrix products.
+//!
+//! burn's CPU backend runs its matrix products on both cores (gemm on rayon) but every
+//! element-wise op (norms, biases, rotary positions, the MLP's activation, softmax, the
+//! residual additions) on one, each a separate pass over memory; on a 2-core CPU those
+//! passes took about 40% of a harvest's time. Here each of them is one pass, over rows
+//! on rayon's threads, and attention runs per window and head with gemm, so the scores
+//! are never a `[batch, heads, pos, pos]` tensor. The hooked layer's output projection and
+//! MLP are skipped: nothing reads them.
+//!
+//! Taken by `run` for requests of `hook_z` alone (no pattern, values, residuals, logits or
+//! splice) on the CPU device with f32 matrices, for every family but shortformer
+//! positions; `ATTN_SAES_LM_FORWARD=burn` takes burn's path instead (for comparison).
+
+use burn::prelude::*;
+use burn::tensor::{DType, Int, TensorData};
+use rayon::prelude::*;
+
+use super::{
+    ForwardError, HookCache, HookRequest, Mlp, Norm, Positions, Splice, Transformer, ZConvention,
+};
+use crate::train::fused_cpu::matmul as gemm_into;
+
+/// Whether `run` takes this path for `hooks` and `splice`.
+pub(super) fn applies(model: &Transformer, hooks: &HookRequest, splice: Option<&Splice>) -> bool {
+    let plain = |m: &Tensor<2>| m.dtype() == DType::F32;
+    model.device == Device::flex()
+        && splice.is_none()
+        && !hooks.hook_z.is_empty()
+        && hooks.pattern.is_empty()
+        && hooks.values.is_empty()
+        && hooks.resid_post.is_empty()
+        && !hooks.logits
+        && !matches!(model.positions, Positions::Shortformer(_))
+        && model.blocks.iter().all(|b| plain(&b.attn.w_qkv))
+        && std::env::var("ATTN_SAES_LM_FORWARD").as_deref() != Ok("burn")
+}
+
+/// `hook_z` of the layers `hooks` asks for, `[batch, pos, n_heads, d_head]` each, running
+/// the blocks up to the last of them (its attention only). `hooks` must satisfy
+/// [`applies`]; `check` has passed.
+pub(super) fn run_hook_z(
+    model: &Transformer,
+    tokens: Tensor<2, Int>,
+    hooks: &HookRequest,
+) -> Result<HookCache, ForwardError> {
+    let cfg = &model.config;
+    let [batch, pos] = tokens.dims();
+    let (d, h, hkv, dh) = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+    let n = batch * pos;
+    let last = hooks.hook_z.iter().copied().max().unwrap_or(0);
+    let device = &model.device;
+
+    // The residual stream [n, d_model].
+    let mut x = host(model.w_e.clone().select(0, tokens.reshape([n])))?;
+    let rotary = match &model.positions {
+        Positions::Learned(w_pos) => {
+            let p = host(w_pos.clone().slice([0..pos, 0..d]))?;
+            x.par_chunks_mut(pos * d).for_each(|window| {
+                window
+                    .iter_mut()
+                    .zip(p.iter().cycle())
+                    .for_each(|(v, p)| *v += p)
+            });
+            None
+        }
+        Positions::Rotary { cos, sin } => Some((
+            host(cos.clone().slice([0..pos, 0..dh]))?,
+            host(sin.clone().slice([0..pos, 0..dh]))?,
+        )),
+        Positions::Shortformer(_) => unreachable!("`applies` leaves shortformer models to burn"),
+    };
+
+    let mut cache = HookCache::default();
+    let shape = Shape {
+        batch,
+        pos,
+        h,
+        hkv,
+        dh,
+    };
+    for (layer, block) in model.blocks.iter().enumerate().take(last + 1) {
+        let attn = &block.attn;
+        let mut qkv = product(norm(&block.norm1, &x, d)?, n, &attn.w_qkv)?;
+        let b_qkv = attn.b_qkv.clone().map(host).transpose()?;
+        let rot = rotary.as_ref().map(|(c, s)| (c.as_slice(), s.as_slice()));
+        prepare_qkv(&mut qkv, &shape, b_qkv.as_deref(), rot);
+        let mut z = attention(&qkv, &shape);
+        if hooks.hook_z.contains(&layer) {
+            let mut hooked = if layer == last {
+                std::mem::take(&mut z)
+            } else {
+                z.clone()
+            };
+            if let (ZConvention::TransformerLens, Some(fold)) = (hooks.z_convention, &attn.z_fold) {
+                let fold = host(fold.clone())?;
+                hooked.par_chunks_mut(h * dh).for_each(|row| {
+                    row.iter_mut().zip(&fold).for_each(|(v, f)| *v -= f);
+                });
+            }
+            let data = TensorData::new(hooked, [batch, pos, h, dh]);
+            cache.hook_z.insert(layer, Tensor::from_data(data, device));
+        }
+        if layer == last {
+            break;
+        }
+        let out = product(z, n, &attn.w_o)?;
+        add_residual(
+            &mut x,
+            &out,
+            attn.b_o.clone().map(host).transpose()?.as_deref(),
+            d,
+        );
+        if let Some((norm2, mlp)) = &block.mlp {
+            let normed = norm(norm2, &x, d)?;
+            let (out, bias) = match mlp {
+                Mlp::Gelu {
+                    w_in,
+                    b_in,
+                    w_out,
+                    b_out,
+                    approximate,
+                } => {
+                    let d_mlp = w_in.dims()[1];
+                    let mut hidden = product(normed, n, w_in)?;
+                    let b_in = host(b_in.clone())?;
+                    if *approximate {
+                        hidden.par_chunks_mut(d_mlp).for_each(|row| {
+                            row.iter_mut()
+                                .zip(&b_in)
+                                .for_each(|(v, b)| *v = gelu_new(*v + b));
+                        });
+                    } else {
+                        // Exact GELU (erf, which std lacks) through burn, one pass.
+                        hidden.par_chunks_mut(d_mlp).for_each(|row| {
+                            row.iter_mut().zip(&b_in).for_each(|(v, b)| *v += b);
+                        });
+                        let t = Tensor::<2>::from_data(TensorData::new(hidden, [n, d_mlp]), device);
+                        hidden = host(burn::tensor::activation::gelu(t))?;
+                    }
+                    (product(hidden, n, w_out)?, Some(host(b_out.clone())?))
+                }
+                Mlp::SwiGlu { w_gate_up, w_down } => {
+                    let d_mlp = w_down.dims()[0];
+                    let gate_up = product(normed, n, w_gate_up)?;
+                    let mut act = vec![0.0f32; n * d_mlp];
+                    act.par_chunks_mut(d_mlp)
+                        .zip(gate_up.par_chunks(2 * d_mlp))
+                        .for_each(|(a, gu)| {
+                            let (gate, up) = gu.split_at(d_mlp);
+                            for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
+                                *a = silu(*g) * u;
+                            }
+                        });
+                    (product(act, n, w_down)?, None)
+                }
+            };
+            add_residual(&mut x, &out, bias.as_deref(), d);
+        }
+    }
+    Ok(cache)
+}
+
+/// Sizes of one attention layer's inputs.
+struct Shape {
+    batch: usize,
+    pos: usize,
+    h: usize,
+    hkv: usize,
+    dh: usize,
+}
+
+impl Shape {
+    /// Width of a row of the fused query/key/value product.
+    fn width(&self) -> usize {
+        (self.h + 2 * self.hkv) * self.dh
+    }
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ForwardError> {
+    t.try_into_vec_as::<f32>()
+        .map_err(|e| ForwardError::Readback(format!("{e:?}")))
+}
+
+/// `a [rows, k] @ w [k, out]` through burn's matrix product (gemm on all cores); `a` and
+/// the result move in and out of burn without copies.
+fn product(a: Vec<f32>, rows: usize, w: &Tensor<2>) -> Result<Vec<f32>, ForwardError> {
+    let k = w.dims()[0];
+    let a = Tensor::<2>::from_data(TensorData::new(a, [rows, k]), &w.device());
+    host(a.matmul(w.clone()))
+}
+
+/// `x += out + bias` row by row (`bias` `[d]`).
+fn add_residual(x: &mut [f32], out: &[f32], bias: Option<&[f32]>, d: usize) {
+    x.par_chunks_mut(d)
+        .zip(out.par_chunks(d))
+        .for_each(|(x, o)| match bias {
+            Some(b) => {
+                for ((x, o), b) in x.iter_mut().zip(o).zip(b) {
+                    *x += *o + b;
+                }
+            }
+            None => x.iter_mut().zip(o).for_each(|(x, o)| *x += o),
+        });
+}
+
+/// Sum of a row in eight lanes (the order vectorises; the error stays that of f32 sums of
+/// an eighth of the terms).
+fn lane_sum(values: impl Iterator<Item = f32>) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    for (i, v) in values.enumerate() {
+        lanes[i % 8] += v;
+    }
+    lanes.iter().sum()
+}
+
+/// The norm of every row of `x` `[rows, d]`, as [`Norm::forward`] computes it.
+fn norm(norm: &Norm, x: &[f32], d: usize) -> Result<Vec<f32>, ForwardError> {
+    let mut out = vec![0.0f32; x.len()];
+    match norm {
+        Norm::Layer { w, b, eps } => {
+            let (w, b, eps) = (host(w.clone())?, host(b.clone())?, *eps as f32);
+            out.par_chunks_mut(d)
+                .zip(x.par_chunks(d))
+                .for_each(|(o, x)| {
+                    let mean = lane_sum(x.iter().copied()) / d as f32;
+                    o.iter_mut().zip(x).for_each(|(o, x)| *o = x - mean);
+                    let var = lane_sum(o.iter().map(|c| c * c)) / d as f32;
+                    let s = (var + eps).sqrt();
+                    for ((o, w), b) in o.iter_mut().zip(&w).zip(&b) {
+                        *o = *o / s * w + b;
+                    }
+                });
+        }
+        Norm::Rms { w, eps } => {
+            let (w, eps) = (host(w.clone())?, *eps as f32);
+            out.par_chunks_mut(d)
+                .zip(x.par_chunks(d))
+                .for_each(|(o, x)| {
+                    let ms = lane_sum(x.iter().map(|v| v * v)) / d as f32;
+                    let s = (ms + eps).sqrt();
+                    for ((o, x), w) in o.iter_mut().zip(x).zip(&w) {
+                        *o = x / s * w;
+                    }
+                });
+        }
+        Norm::Identity => out.copy_from_slice(x),
+    }
+    Ok(out)
+}
+
+/// Adds the query/key/value bias and rotates the queries and keys in place (half-split
+/// layout, as `rotate`), each row of `qkv` `[batch pos, (h + 2 hkv) dh]` at its position.
+fn prepare_qkv(qkv: &mut [f32], s: &Shape, bias: Option<&[f32]>, rotary: Option<(&[f32], &[f32])>) {
+    let (width, dh) = (s.width(), s.dh);
+    let half = dh / 2;
+    let scratch = || vec![0.0f32; dh];
+    qkv.par_chunks_mut(width)
+        .enumerate()
+        .for_each_init(scratch, |head, (row, r)| {
+            if let Some(b) = bias {
+                r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+            if let Some((cos, sin)) = rotary {
+                let t = row % s.pos;
+                let (cos, sin) = (&cos[t * dh..(t + 1) * dh], &sin[t * dh..(t + 1) * dh]);
+                for x in r[..(s.h + s.hkv) * dh].chunks_exact_mut(dh) {
+                    head.copy_from_slice(x);
+                    for j in 0..dh {
+                        let rotated = if j < half {
+                            -head[j + half]
+                        } else {
+                            head[j - half]
+                        };
+                        x[j] = head[j] * cos[j] + rotated * sin[j];
+                    }
+                }
+            }
+        });
+}
+
+/// Causal attention of every window and head: raw `z` `[batch pos, h dh]`.
+fn attention(qkv: &[f32], s: &Shape) -> Vec<f32> {
+    let (pos, h, dh, width) = (s.pos, s.h, s.dh, s.width());
+    let group = h / s.hkv;
+    let scale = (dh as f64).sqrt() as f32;
+    let mut z = vec![0.0f32; s.batch * pos * h * dh];
+    z.par_chunks_mut(pos * h * dh)
+        .zip(qkv.par_chunks(pos * width))
+        .for_each(|(z, qkv)| {
+            let mut scores = vec![0.0f32; pos * pos];
+            let mut zh = vec![0.0f32; pos * dh];
+            for head in 0..h {
+                let kv = head / group;
+                let q = &qkv[head * dh..];
+                let k = &qkv[(h + kv) * dh..];
+                let v = &qkv[(h + s.hkv + kv) * dh..];
+                // scores[t, u] = q_t . k_u
+                gemm_into(
+                    pos,
+                    pos,
+                    dh,
+                    &mut scores,
+                    false,
+                    q,
+                    (width, 1),
+                    k,
+                    (1, width),
+                );
+                for (t, row) in scores.chunks_exact_mut(pos).enumerate() {
+                    let (seen, future) = row.split_at_mut(t + 1);
+                    seen.iter_mut().for_each(|v| *v /= scale);
+                    let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    seen.iter_mut().for_each(|v| *v = (*v - max).exp());
+                    let sum = lane_sum(seen.iter().copied());
+                    seen.iter_mut().for_each(|v| *v /= sum);
+                    future.fill(0.0);
+                }
+                gemm_into(
+                    pos,
+                    dh,
+                    pos,
+                    &mut zh,
+                    false,
+                    &scores,
+                    (pos, 1),
+                    v,
+                    (width, 1),
+                );
+                for (t, zt) in zh.chunks_exact(dh).enumerate() {
+                    z[t * h * dh + head * dh..][..dh].copy_from_slice(zt);
+                }
+            }
+        });
+    z
+}
+
+/// GPT-2's `gelu_new` as `super::gelu_new` computes it: `x sigmoid(2u)`.
+fn gelu_new(x: f32) -> f32 {
+    let two_c = (2.0 * (2.0f64 / std::f64::consts::PI).sqrt()) as f32;
+    let two_u = (x + x * x * x * 0.044715) * two_c;
+    x * (1.0 / ((-two_u).exp() + 1.0))
+}
+
+/// SiLU `x sigmoid(x)` as `super::silu_exp` computes it.
+fn silu(x: f32) -> f32 {
+    x * (1.0 / ((-x).exp() + 1.0))
+}
