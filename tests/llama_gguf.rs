@@ -120,7 +120,7 @@ fn smollm2_logprobs_hook_z_and_perplexity_match_transformers() {
         ..Default::default()
     };
     let cache = model.transformer.run(t.clone(), &hooks, None).unwrap();
-    // hook_z alone: on the CPU the harvest path (`fast_cpu`), not burn's ops.
+    // hook_z alone (the harvest's request, which skips the last layer's MLP).
     let alone = model
         .transformer
         .run(t, &HookRequest::hook_z(&[15]), None)

@@ -55,7 +55,7 @@ fn llama_hf_safetensors_matches_transformers() {
             };
             let mut cache = model.run(tokens.clone(), &hooks, None).unwrap();
             let logits = cache.logits.take().unwrap();
-            // hook_z alone: on the CPU the harvest path (`fast_cpu`), not burn's ops.
+            // hook_z alone (the harvest's request, which skips the last layer's MLP).
             let alone = model
                 .run(tokens.clone(), &HookRequest::hook_z(&[0, 1]), None)
                 .unwrap();

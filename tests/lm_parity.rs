@@ -70,7 +70,7 @@ fn check_model(case: &Case, model_dir: &str, device_name: &str, device: &Device)
                 None,
             )
             .unwrap();
-        // hook_z alone: on the CPU the harvest path (`fast_cpu`), not burn's ops.
+        // hook_z alone (the harvest's request, which skips the last layer's MLP).
         let alone = model
             .run(tokens.clone(), &HookRequest::hook_z(&all_layers), None)
             .unwrap();

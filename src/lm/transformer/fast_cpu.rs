@@ -1,17 +1,17 @@
-//! The forward pass that harvests `hook_z` on the CPU (training's harvest, `harvest`, Your
-//! text's features): the same model and arithmetic as [`Transformer::run`]'s burn path,
-//! with the residual stream held as one host buffer between burn's matrix products.
+//! The LM forward on the CPU: the same model and arithmetic as burn's path
+//! (`Transformer::run_burn`), with the residual stream held as one host buffer between
+//! burn's matrix products. Every request on the CPU device takes it: training's harvest,
+//! `harvest`, dashboards and DFA, CE evaluations with splices, Your text.
 //!
 //! burn's CPU backend runs its matrix products on both cores (gemm on rayon) but every
 //! element-wise op (norms, biases, rotary positions, the MLP's activation, softmax, the
 //! residual additions) on one, each a separate pass over memory; on a 2-core CPU those
 //! passes took about 40% of a harvest's time. Here each of them is one pass, over rows
 //! on rayon's threads, and attention runs per window and head with gemm, so the scores
-//! are never a `[batch, heads, pos, pos]` tensor. The hooked layer's output projection and
-//! MLP are skipped: nothing reads them.
+//! are a `[batch, heads, pos, pos]` tensor only when the pattern is asked for. The last
+//! layer's output projection and MLP are skipped when nothing reads them.
 //!
-//! Taken by `run` for requests of `hook_z` alone (no pattern, values, residuals, logits or
-//! splice) on the CPU device with f32 matrices, for every family but shortformer
+//! Taken by `run` on the CPU device with f32 matrices, for every family but shortformer
 //! positions; `ATTN_SAES_LM_FORWARD=burn` takes burn's path instead (for comparison).
 
 use burn::prelude::*;
@@ -23,53 +23,43 @@ use super::{
 };
 use crate::train::fused_cpu::matmul as gemm_into;
 
-/// Whether `run` takes this path for `hooks` and `splice`.
-pub(super) fn applies(model: &Transformer, hooks: &HookRequest, splice: Option<&Splice>) -> bool {
+/// Whether `run` takes this path on `model`: not on burn's autodiff, where a forward is
+/// differentiated.
+pub(super) fn applies(model: &Transformer) -> bool {
     let plain = |m: &Tensor<2>| m.dtype() == DType::F32;
+    // (Device equality ignores autodiff.)
     model.device == Device::flex()
-        && splice.is_none()
-        && !hooks.hook_z.is_empty()
-        && hooks.pattern.is_empty()
-        && hooks.values.is_empty()
-        && hooks.resid_post.is_empty()
-        && !hooks.logits
+        && !model.device.is_autodiff()
         && !matches!(model.positions, Positions::Shortformer(_))
         && model.blocks.iter().all(|b| plain(&b.attn.w_qkv))
+        && plain(&model.w_u)
         && std::env::var("ATTN_SAES_LM_FORWARD").as_deref() != Ok("burn")
 }
 
-/// `hook_z` of the layers `hooks` asks for, `[batch, pos, n_heads, d_head]` each, running
-/// the blocks up to the last of them (its attention only). `hooks` must satisfy
-/// [`applies`]; `check` has passed.
-pub(super) fn run_hook_z(
+/// `Transformer::run` on `model` (which [`applies`]) for a non-empty `tokens`; `check` has
+/// passed.
+pub(super) fn run(
     model: &Transformer,
     tokens: Tensor<2, Int>,
     hooks: &HookRequest,
+    splice: Option<&Splice>,
 ) -> Result<HookCache, ForwardError> {
     let cfg = &model.config;
     let [batch, pos] = tokens.dims();
     let (d, h, hkv, dh) = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
     let n = batch * pos;
-    let last = hooks.hook_z.iter().copied().max().unwrap_or(0);
     let device = &model.device;
-
+    let tensor =
+        |v: Vec<f32>, shape: [usize; 4]| Tensor::<4>::from_data(TensorData::new(v, shape), device);
+    let last = model.last_layer(hooks, splice);
     // The residual stream [n, d_model].
-    let mut x = host(model.w_e.clone().select(0, tokens.reshape([n])))?;
+    let mut x = host(model.embed(tokens))?;
     let rotary = match &model.positions {
-        Positions::Learned(w_pos) => {
-            let p = host(w_pos.clone().slice([0..pos, 0..d]))?;
-            x.par_chunks_mut(pos * d).for_each(|window| {
-                window
-                    .iter_mut()
-                    .zip(p.iter().cycle())
-                    .for_each(|(v, p)| *v += p)
-            });
-            None
-        }
         Positions::Rotary { cos, sin } => Some((
             host(cos.clone().slice([0..pos, 0..dh]))?,
             host(sin.clone().slice([0..pos, 0..dh]))?,
         )),
+        Positions::Learned(_) => None,
         Positions::Shortformer(_) => unreachable!("`applies` leaves shortformer models to burn"),
     };
 
@@ -87,23 +77,64 @@ pub(super) fn run_hook_z(
         let b_qkv = attn.b_qkv.clone().map(host).transpose()?;
         let rot = rotary.as_ref().map(|(c, s)| (c.as_slice(), s.as_slice()));
         prepare_qkv(&mut qkv, &shape, b_qkv.as_deref(), rot);
-        let mut z = attention(&qkv, &shape);
-        if hooks.hook_z.contains(&layer) {
-            let mut hooked = if layer == last {
+        let (mut z, pattern) = attention(&qkv, &shape, hooks.pattern.contains(&layer));
+        if let Some(p) = pattern {
+            cache.pattern.insert(layer, tensor(p, [batch, h, pos, pos]));
+        }
+        // The fold [h dh] that gives hook_z in the request's convention.
+        let fold = match (hooks.z_convention, &attn.z_fold) {
+            (ZConvention::TransformerLens, Some(f)) => Some(host(f.clone())?),
+            _ => None,
+        };
+        let unfolded = |mut v: Vec<f32>| {
+            if let Some(f) = &fold {
+                v.par_chunks_mut(h * dh)
+                    .for_each(|row| row.iter_mut().zip(f).for_each(|(v, f)| *v -= f));
+            }
+            v
+        };
+        if hooks.values.contains(&layer) {
+            // Per query head [batch, pos, h, dh]; the fold comes off each value, as in
+            // burn's path.
+            let (width, group) = (shape.width(), h / hkv);
+            let mut values = vec![0.0f32; n * h * dh];
+            values
+                .par_chunks_mut(h * dh)
+                .zip(qkv.par_chunks(width))
+                .for_each(|(out, row)| {
+                    for (head, out) in out.chunks_exact_mut(dh).enumerate() {
+                        let kv = h + hkv + head / group;
+                        out.copy_from_slice(&row[kv * dh..(kv + 1) * dh]);
+                    }
+                });
+            cache
+                .values
+                .insert(layer, tensor(unfolded(values), [batch, pos, h, dh]));
+        }
+        let spliced_here = splice.filter(|s| s.layer == layer);
+        // Nothing reads the last layer's output projection and MLP unless logits or its
+        // residual stream are asked for.
+        let whole = layer < last || hooks.logits || hooks.resid_post.contains(&layer);
+        if hooks.hook_z.contains(&layer) || spliced_here.is_some() {
+            let moved = !whole && spliced_here.is_none();
+            let hooked = unfolded(if moved {
                 std::mem::take(&mut z)
             } else {
                 z.clone()
-            };
-            if let (ZConvention::TransformerLens, Some(fold)) = (hooks.z_convention, &attn.z_fold) {
-                let fold = host(fold.clone())?;
-                hooked.par_chunks_mut(h * dh).for_each(|row| {
-                    row.iter_mut().zip(&fold).for_each(|(v, f)| *v -= f);
-                });
+            });
+            let hooked = tensor(hooked, [batch, pos, h, dh]);
+            if hooks.hook_z.contains(&layer) {
+                cache.hook_z.insert(layer, hooked.clone());
             }
-            let data = TensorData::new(hooked, [batch, pos, h, dh]);
-            cache.hook_z.insert(layer, Tensor::from_data(data, device));
+            if let Some(s) = spliced_here {
+                z = host(model.spliced(s, hooked))?;
+                if let Some(f) = &fold {
+                    z.par_chunks_mut(h * dh)
+                        .for_each(|row| row.iter_mut().zip(f).for_each(|(v, f)| *v += f));
+                }
+            }
         }
-        if layer == last {
+        if !whole {
             break;
         }
         let out = product(z, n, &attn.w_o)?;
@@ -114,53 +145,80 @@ pub(super) fn run_hook_z(
             d,
         );
         if let Some((norm2, mlp)) = &block.mlp {
-            let normed = norm(norm2, &x, d)?;
-            let (out, bias) = match mlp {
-                Mlp::Gelu {
-                    w_in,
-                    b_in,
-                    w_out,
-                    b_out,
-                    approximate,
-                } => {
-                    let d_mlp = w_in.dims()[1];
-                    let mut hidden = product(normed, n, w_in)?;
-                    let b_in = host(b_in.clone())?;
-                    if *approximate {
-                        hidden.par_chunks_mut(d_mlp).for_each(|row| {
-                            row.iter_mut()
-                                .zip(&b_in)
-                                .for_each(|(v, b)| *v = gelu_new(*v + b));
-                        });
-                    } else {
-                        // Exact GELU (erf, which std lacks) through burn, one pass.
-                        hidden.par_chunks_mut(d_mlp).for_each(|row| {
-                            row.iter_mut().zip(&b_in).for_each(|(v, b)| *v += b);
-                        });
-                        let t = Tensor::<2>::from_data(TensorData::new(hidden, [n, d_mlp]), device);
-                        hidden = host(burn::tensor::activation::gelu(t))?;
-                    }
-                    (product(hidden, n, w_out)?, Some(host(b_out.clone())?))
-                }
-                Mlp::SwiGlu { w_gate_up, w_down } => {
-                    let d_mlp = w_down.dims()[0];
-                    let gate_up = product(normed, n, w_gate_up)?;
-                    let mut act = vec![0.0f32; n * d_mlp];
-                    act.par_chunks_mut(d_mlp)
-                        .zip(gate_up.par_chunks(2 * d_mlp))
-                        .for_each(|(a, gu)| {
-                            let (gate, up) = gu.split_at(d_mlp);
-                            for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
-                                *a = silu(*g) * u;
-                            }
-                        });
-                    (product(act, n, w_down)?, None)
-                }
-            };
-            add_residual(&mut x, &out, bias.as_deref(), d);
+            let out = mlp_out(mlp, norm(norm2, &x, d)?, n, device)?;
+            add_residual(&mut x, &out.0, out.1.as_deref(), d);
+        }
+        if hooks.resid_post.contains(&layer) {
+            let data = TensorData::new(x.clone(), [batch, pos, d]);
+            cache
+                .resid_post
+                .insert(layer, Tensor::from_data(data, device));
         }
     }
+    if hooks.logits {
+        let vocab = model.w_u.dims()[1];
+        let mut logits = product(norm(&model.norm_final, &x, d)?, n, &model.w_u)?;
+        if let Some(b) = &model.b_u {
+            let b = host(b.clone())?;
+            logits
+                .par_chunks_mut(vocab)
+                .for_each(|row| row.iter_mut().zip(&b).for_each(|(v, b)| *v += b));
+        }
+        let data = TensorData::new(logits, [batch, pos, vocab]);
+        cache.logits = Some(Tensor::from_data(data, device));
+    }
     Ok(cache)
+}
+
+/// The MLP's output `[n, d_model]` before its bias, and the bias, for the normed stream.
+fn mlp_out(
+    mlp: &Mlp,
+    normed: Vec<f32>,
+    n: usize,
+    device: &Device,
+) -> Result<(Vec<f32>, Option<Vec<f32>>), ForwardError> {
+    match mlp {
+        Mlp::Gelu {
+            w_in,
+            b_in,
+            w_out,
+            b_out,
+            approximate,
+        } => {
+            let d_mlp = w_in.dims()[1];
+            let mut hidden = product(normed, n, w_in)?;
+            let b_in = host(b_in.clone())?;
+            if *approximate {
+                hidden.par_chunks_mut(d_mlp).for_each(|row| {
+                    row.iter_mut()
+                        .zip(&b_in)
+                        .for_each(|(v, b)| *v = gelu_new(*v + b));
+                });
+            } else {
+                // Exact GELU (erf, which std lacks) through burn, one pass.
+                hidden.par_chunks_mut(d_mlp).for_each(|row| {
+                    row.iter_mut().zip(&b_in).for_each(|(v, b)| *v += b);
+                });
+                let t = Tensor::<2>::from_data(TensorData::new(hidden, [n, d_mlp]), device);
+                hidden = host(burn::tensor::activation::gelu(t))?;
+            }
+            Ok((product(hidden, n, w_out)?, Some(host(b_out.clone())?)))
+        }
+        Mlp::SwiGlu { w_gate_up, w_down } => {
+            let d_mlp = w_down.dims()[0];
+            let gate_up = product(normed, n, w_gate_up)?;
+            let mut act = vec![0.0f32; n * d_mlp];
+            act.par_chunks_mut(d_mlp)
+                .zip(gate_up.par_chunks(2 * d_mlp))
+                .for_each(|(a, gu)| {
+                    let (gate, up) = gu.split_at(d_mlp);
+                    for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
+                        *a = silu(*g) * u;
+                    }
+                });
+            Ok((product(act, n, w_down)?, None))
+        }
+    }
 }
 
 /// Sizes of one attention layer's inputs.
@@ -281,15 +339,19 @@ fn prepare_qkv(qkv: &mut [f32], s: &Shape, bias: Option<&[f32]>, rotary: Option<
         });
 }
 
-/// Causal attention of every window and head: raw `z` `[batch pos, h dh]`.
-fn attention(qkv: &[f32], s: &Shape) -> Vec<f32> {
+/// Causal attention of every window and head: raw `z` `[batch pos, h dh]`, and with
+/// `want_pattern` the pattern `[batch, h, pos, pos]`.
+fn attention(qkv: &[f32], s: &Shape, want_pattern: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let (pos, h, dh, width) = (s.pos, s.h, s.dh, s.width());
     let group = h / s.hkv;
     let scale = (dh as f64).sqrt() as f32;
     let mut z = vec![0.0f32; s.batch * pos * h * dh];
-    z.par_chunks_mut(pos * h * dh)
+    // Each window's pattern [h, pos, pos] when asked for (empty otherwise).
+    let patterns: Vec<Vec<f32>> = z
+        .par_chunks_mut(pos * h * dh)
         .zip(qkv.par_chunks(pos * width))
-        .for_each(|(z, qkv)| {
+        .map(|(z, qkv)| {
+            let mut pattern = Vec::with_capacity(if want_pattern { h * pos * pos } else { 0 });
             let mut scores = vec![0.0f32; pos * pos];
             let mut zh = vec![0.0f32; pos * dh];
             for head in 0..h {
@@ -318,6 +380,9 @@ fn attention(qkv: &[f32], s: &Shape) -> Vec<f32> {
                     seen.iter_mut().for_each(|v| *v /= sum);
                     future.fill(0.0);
                 }
+                if want_pattern {
+                    pattern.extend_from_slice(&scores);
+                }
                 gemm_into(
                     pos,
                     dh,
@@ -333,8 +398,10 @@ fn attention(qkv: &[f32], s: &Shape) -> Vec<f32> {
                     z[t * h * dh + head * dh..][..dh].copy_from_slice(zt);
                 }
             }
-        });
-    z
+            pattern
+        })
+        .collect();
+    (z, want_pattern.then(|| patterns.concat()))
 }
 
 /// GPT-2's `gelu_new` as `super::gelu_new` computes it: `x sigmoid(2u)`.
