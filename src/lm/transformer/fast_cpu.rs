@@ -73,10 +73,11 @@ pub(super) fn run(
     };
     for (layer, block) in model.blocks.iter().enumerate().take(last + 1) {
         let attn = &block.attn;
-        let mut qkv = product(norm(&block.norm1, &x, d)?, n, &attn.w_qkv)?;
+        let product_qkv = product(norm(&block.norm1, &x, d)?, n, &attn.w_qkv)?;
         let b_qkv = attn.b_qkv.clone().map(host).transpose()?;
         let rot = rotary.as_ref().map(|(c, s)| (c.as_slice(), s.as_slice()));
-        prepare_qkv(&mut qkv, &shape, b_qkv.as_deref(), rot);
+        let qkv = prepared_qkv(floats(&product_qkv)?, &shape, b_qkv.as_deref(), rot);
+        drop(product_qkv);
         let (mut z, pattern) = attention(&qkv, &shape, hooks.pattern.contains(&layer));
         if let Some(p) = pattern {
             cache.pattern.insert(layer, tensor(p, [batch, h, pos, pos]));
@@ -138,15 +139,11 @@ pub(super) fn run(
             break;
         }
         let out = product(z, n, &attn.w_o)?;
-        add_residual(
-            &mut x,
-            &out,
-            attn.b_o.clone().map(host).transpose()?.as_deref(),
-            d,
-        );
+        let b_o = attn.b_o.clone().map(host).transpose()?;
+        add_residual(&mut x, floats(&out)?, b_o.as_deref(), d);
         if let Some((norm2, mlp)) = &block.mlp {
-            let out = mlp_out(mlp, norm(norm2, &x, d)?, n, device)?;
-            add_residual(&mut x, &out.0, out.1.as_deref(), d);
+            let (out, bias) = mlp_out(mlp, norm(norm2, &x, d)?, n, device)?;
+            add_residual(&mut x, floats(&out)?, bias.as_deref(), d);
         }
         if hooks.resid_post.contains(&layer) {
             let data = TensorData::new(x.clone(), [batch, pos, d]);
@@ -156,16 +153,16 @@ pub(super) fn run(
         }
     }
     if hooks.logits {
+        // Left in burn: [n, vocab] is the largest tensor of a forward.
         let vocab = model.w_u.dims()[1];
-        let mut logits = product(norm(&model.norm_final, &x, d)?, n, &model.w_u)?;
-        if let Some(b) = &model.b_u {
-            let b = host(b.clone())?;
-            logits
-                .par_chunks_mut(vocab)
-                .for_each(|row| row.iter_mut().zip(&b).for_each(|(v, b)| *v += b));
-        }
-        let data = TensorData::new(logits, [batch, pos, vocab]);
-        cache.logits = Some(Tensor::from_data(data, device));
+        let normed = norm(&model.norm_final, &x, d)?;
+        let normed = Tensor::<2>::from_data(TensorData::new(normed, [n, d]), device);
+        let logits = normed.matmul(model.w_u.clone());
+        let logits = match &model.b_u {
+            Some(b) => logits + b.clone().unsqueeze::<2>(),
+            None => logits,
+        };
+        cache.logits = Some(logits.reshape([batch, pos, vocab]));
     }
     Ok(cache)
 }
@@ -176,7 +173,7 @@ fn mlp_out(
     normed: Vec<f32>,
     n: usize,
     device: &Device,
-) -> Result<(Vec<f32>, Option<Vec<f32>>), ForwardError> {
+) -> Result<(TensorData, Option<Vec<f32>>), ForwardError> {
     match mlp {
         Mlp::Gelu {
             w_in,
@@ -186,22 +183,29 @@ fn mlp_out(
             approximate,
         } => {
             let d_mlp = w_in.dims()[1];
-            let mut hidden = product(normed, n, w_in)?;
+            let product_in = product(normed, n, w_in)?;
             let b_in = host(b_in.clone())?;
+            let mut hidden = vec![0.0f32; n * d_mlp];
+            let rows = hidden
+                .par_chunks_mut(d_mlp)
+                .zip(floats(&product_in)?.par_chunks(d_mlp));
             if *approximate {
-                hidden.par_chunks_mut(d_mlp).for_each(|row| {
-                    row.iter_mut()
-                        .zip(&b_in)
-                        .for_each(|(v, b)| *v = gelu_new(*v + b));
+                rows.for_each(|(out, row)| {
+                    for ((o, v), b) in out.iter_mut().zip(row).zip(&b_in) {
+                        *o = gelu_new(v + b);
+                    }
                 });
             } else {
                 // Exact GELU (erf, which std lacks) through burn, one pass.
-                hidden.par_chunks_mut(d_mlp).for_each(|row| {
-                    row.iter_mut().zip(&b_in).for_each(|(v, b)| *v += b);
+                rows.for_each(|(out, row)| {
+                    for ((o, v), b) in out.iter_mut().zip(row).zip(&b_in) {
+                        *o = v + b;
+                    }
                 });
                 let t = Tensor::<2>::from_data(TensorData::new(hidden, [n, d_mlp]), device);
                 hidden = host(burn::tensor::activation::gelu(t))?;
             }
+            drop(product_in);
             Ok((product(hidden, n, w_out)?, Some(host(b_out.clone())?)))
         }
         Mlp::SwiGlu { w_gate_up, w_down } => {
@@ -209,13 +213,14 @@ fn mlp_out(
             let gate_up = product(normed, n, w_gate_up)?;
             let mut act = vec![0.0f32; n * d_mlp];
             act.par_chunks_mut(d_mlp)
-                .zip(gate_up.par_chunks(2 * d_mlp))
+                .zip(floats(&gate_up)?.par_chunks(2 * d_mlp))
                 .for_each(|(a, gu)| {
                     let (gate, up) = gu.split_at(d_mlp);
                     for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
                         *a = silu(*g) * u;
                     }
                 });
+            drop(gate_up);
             Ok((product(act, n, w_down)?, None))
         }
     }
@@ -242,12 +247,18 @@ fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ForwardError> {
         .map_err(|e| ForwardError::Readback(format!("{e:?}")))
 }
 
-/// `a [rows, k] @ w [k, out]` through burn's matrix product (gemm on all cores); `a` and
-/// the result move in and out of burn without copies.
-fn product(a: Vec<f32>, rows: usize, w: &Tensor<2>) -> Result<Vec<f32>, ForwardError> {
+/// `a [rows, k] @ w [k, out]` through burn's matrix product (gemm on all cores); `a` moves
+/// into burn and the result out of it without copies (read it with [`floats`]).
+fn product(a: Vec<f32>, rows: usize, w: &Tensor<2>) -> Result<TensorData, ForwardError> {
     let k = w.dims()[0];
     let a = Tensor::<2>::from_data(TensorData::new(a, [rows, k]), &w.device());
-    host(a.matmul(w.clone()))
+    (a.matmul(w.clone()).try_into_data()).map_err(|e| ForwardError::Readback(format!("{e:?}")))
+}
+
+/// The values of `data` (f32), borrowed.
+fn floats(data: &TensorData) -> Result<&[f32], ForwardError> {
+    data.as_slice::<f32>()
+        .map_err(|e| ForwardError::Readback(format!("{e:?}")))
 }
 
 /// `x += out + bias` row by row (`bias` `[d]`).
@@ -309,15 +320,24 @@ fn norm(norm: &Norm, x: &[f32], d: usize) -> Result<Vec<f32>, ForwardError> {
     Ok(out)
 }
 
-/// Adds the query/key/value bias and rotates the queries and keys in place (half-split
-/// layout, as `rotate`), each row of `qkv` `[batch pos, (h + 2 hkv) dh]` at its position.
-fn prepare_qkv(qkv: &mut [f32], s: &Shape, bias: Option<&[f32]>, rotary: Option<(&[f32], &[f32])>) {
+/// The queries, keys and values `[batch pos, (h + 2 hkv) dh]` of their product `qkv`: the
+/// bias added and the queries and keys rotated (half-split layout, as `rotate`), each row
+/// at its position.
+fn prepared_qkv(
+    qkv: &[f32],
+    s: &Shape,
+    bias: Option<&[f32]>,
+    rotary: Option<(&[f32], &[f32])>,
+) -> Vec<f32> {
     let (width, dh) = (s.width(), s.dh);
     let half = dh / 2;
     let scratch = || vec![0.0f32; dh];
-    qkv.par_chunks_mut(width)
+    let mut out = vec![0.0f32; qkv.len()];
+    out.par_chunks_mut(width)
+        .zip(qkv.par_chunks(width))
         .enumerate()
-        .for_each_init(scratch, |head, (row, r)| {
+        .for_each_init(scratch, |head, (row, (r, src))| {
+            r.copy_from_slice(src);
             if let Some(b) = bias {
                 r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
             }
@@ -337,6 +357,7 @@ fn prepare_qkv(qkv: &mut [f32], s: &Shape, bias: Option<&[f32]>, rotary: Option<
                 }
             }
         });
+    out
 }
 
 /// Causal attention of every window and head: raw `z` `[batch pos, h dh]`, and with
