@@ -969,7 +969,7 @@ mod tests {
     /// takes: GPT-2 (LayerNorm, learned positions, gelu_new), exact GELU, Llama (RMSNorm,
     /// rotary positions, grouped-query attention, SwiGLU) and attention-only without norms;
     /// both conventions, the requests of the harvest, dashboards and CE evaluations, an odd
-    /// window length, and every bias, norm weight and fold random (`random` leaves them at
+    /// window length (150: attention's query blocks of 64, 64 and 22), and every bias, norm weight and fold random (`random` leaves them at
     /// 0 and 1).
     #[test]
     fn cpu_forward_gives_what_burns_ops_give() {
@@ -997,7 +997,7 @@ mod tests {
                 d_head: 16,
                 d_mlp: 96,
                 d_vocab: 50,
-                n_ctx: 64,
+                n_ctx: 256,
                 norm_eps: 1e-5,
                 activation,
                 rope_theta: (family == Family::Llama).then_some(1e4),
@@ -1009,7 +1009,7 @@ mod tests {
             };
             let mut model = crate::lm::load::random(config, 7, &device);
             randomise_small_weights(&mut model, bare);
-            let ids: Vec<u32> = (0..37u32).map(|i| (i * 13 + i / 3) % 50).collect();
+            let ids: Vec<u32> = (0..150u32).map(|i| (i * 13 + i / 3) % 50).collect();
             let other: Vec<u32> = ids.iter().map(|i| (i * 7 + 1) % 50).collect();
             let tokens = model.tokens(&[ids, other]).unwrap();
             assert!(fast_cpu::applies(&model), "{name}: fast path");

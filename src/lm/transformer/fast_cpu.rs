@@ -360,39 +360,38 @@ fn prepared_qkv(
     out
 }
 
+/// Query rows per block of causal attention: block `i` reads the keys up to its last row,
+/// so the masked half of the scores is not computed.
+const QUERY_BLOCK: usize = 64;
+
 /// Causal attention of every window and head: raw `z` `[batch pos, h dh]`, and with
-/// `want_pattern` the pattern `[batch, h, pos, pos]`.
+/// `want_pattern` the pattern `[batch, h, pos, pos]`. One task per window and head.
 fn attention(qkv: &[f32], s: &Shape, want_pattern: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let (pos, h, dh, width) = (s.pos, s.h, s.dh, s.width());
     let group = h / s.hkv;
     let scale = (dh as f64).sqrt() as f32;
-    let mut z = vec![0.0f32; s.batch * pos * h * dh];
-    // Each window's pattern [h, pos, pos] when asked for (empty otherwise).
-    let patterns: Vec<Vec<f32>> = z
-        .par_chunks_mut(pos * h * dh)
-        .zip(qkv.par_chunks(pos * width))
-        .map(|(z, qkv)| {
-            let mut pattern = Vec::with_capacity(if want_pattern { h * pos * pos } else { 0 });
-            let mut scores = vec![0.0f32; pos * pos];
+    // Per (window, head): z [pos, dh] and the pattern [pos, pos] (empty unless asked for).
+    let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..s.batch * h)
+        .into_par_iter()
+        .map(|task| {
+            let (window, head) = (task / h, task % h);
+            let qkv = &qkv[window * pos * width..(window + 1) * pos * width];
+            let kv = head / group;
+            let q = &qkv[head * dh..];
+            let k = &qkv[(h + kv) * dh..];
+            let v = &qkv[(h + s.hkv + kv) * dh..];
             let mut zh = vec![0.0f32; pos * dh];
-            for head in 0..h {
-                let kv = head / group;
-                let q = &qkv[head * dh..];
-                let k = &qkv[(h + kv) * dh..];
-                let v = &qkv[(h + s.hkv + kv) * dh..];
-                // scores[t, u] = q_t . k_u
-                gemm_into(
-                    pos,
-                    pos,
-                    dh,
-                    &mut scores,
-                    false,
-                    q,
-                    (width, 1),
-                    k,
-                    (1, width),
-                );
-                for (t, row) in scores.chunks_exact_mut(pos).enumerate() {
+            let mut pattern = vec![0.0f32; if want_pattern { pos * pos } else { 0 }];
+            let mut scores = vec![0.0f32; QUERY_BLOCK.min(pos) * pos];
+            for t0 in (0..pos).step_by(QUERY_BLOCK) {
+                let t1 = (t0 + QUERY_BLOCK).min(pos);
+                let (rows, cols) = (t1 - t0, t1);
+                let scores = &mut scores[..rows * cols];
+                // scores[t, u] = q_t . k_u for the block's rows t and keys u < t1
+                let q = &q[t0 * width..];
+                gemm_into(rows, cols, dh, scores, false, q, (width, 1), k, (1, width));
+                for (i, row) in scores.chunks_exact_mut(cols).enumerate() {
+                    let t = t0 + i;
                     let (seen, future) = row.split_at_mut(t + 1);
                     seen.iter_mut().for_each(|v| *v /= scale);
                     let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -400,29 +399,25 @@ fn attention(qkv: &[f32], s: &Shape, want_pattern: bool) -> (Vec<f32>, Option<Ve
                     let sum = lane_sum(seen.iter().copied());
                     seen.iter_mut().for_each(|v| *v /= sum);
                     future.fill(0.0);
+                    if want_pattern {
+                        pattern[t * pos..t * pos + cols].copy_from_slice(row);
+                    }
                 }
-                if want_pattern {
-                    pattern.extend_from_slice(&scores);
-                }
-                gemm_into(
-                    pos,
-                    dh,
-                    pos,
-                    &mut zh,
-                    false,
-                    &scores,
-                    (pos, 1),
-                    v,
-                    (width, 1),
-                );
-                for (t, zt) in zh.chunks_exact(dh).enumerate() {
-                    z[t * h * dh + head * dh..][..dh].copy_from_slice(zt);
-                }
+                let zh = &mut zh[t0 * dh..t1 * dh];
+                gemm_into(rows, dh, cols, zh, false, scores, (cols, 1), v, (width, 1));
             }
-            pattern
+            (zh, pattern)
         })
         .collect();
-    (z, want_pattern.then(|| patterns.concat()))
+    let mut z = vec![0.0f32; s.batch * pos * h * dh];
+    z.par_chunks_mut(h * dh).enumerate().for_each(|(row, z)| {
+        let (window, t) = (row / pos, row % pos);
+        for (head, z) in z.chunks_exact_mut(dh).enumerate() {
+            z.copy_from_slice(&per_head[window * h + head].0[t * dh..(t + 1) * dh]);
+        }
+    });
+    let pattern = want_pattern.then(|| per_head.into_iter().flat_map(|(_, p)| p).collect());
+    (z, pattern)
 }
 
 /// GPT-2's `gelu_new` as `super::gelu_new` computes it: `x sigmoid(2u)`.
