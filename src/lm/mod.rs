@@ -15,8 +15,8 @@ use burn::prelude::*;
 use tokenizers::Tokenizer;
 
 pub use transformer::{
-    Activation, Family, HeadSelection, HookCache, HookRequest, KvCache, Splice, Transformer,
-    TransformerConfig, ZConvention, per_token_ce,
+    Activation, Family, HeadSelection, HookCache, HookRequest, KvCache, Prefix, Splice,
+    Transformer, TransformerConfig, ZConvention, per_token_ce,
 };
 pub use weights::LoadError;
 

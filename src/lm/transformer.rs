@@ -304,6 +304,16 @@ pub enum ForwardError {
     NoF16,
     #[error("reading a tensor back from the device: {0}")]
     Readback(String),
+    #[error("layer {layer} comes before the prefix's layer {start}")]
+    BeforePrefix { layer: usize, start: usize },
+}
+
+/// The residual stream entering one block for some tokens ([`Transformer::prefix`]), to run
+/// several requests that differ only from that block on ([`Transformer::run_from`]).
+pub struct Prefix {
+    layer: usize,
+    /// `[batch, pos, d_model]`
+    x: Tensor<3>,
 }
 
 impl Transformer {
@@ -397,6 +407,58 @@ impl Transformer {
         self.run_burn(tokens, hooks, splice)
     }
 
+    /// The residual stream entering block `layer` (`n_layers`: after the last) for `tokens`.
+    pub fn prefix(&self, tokens: Tensor<2, Int>, layer: usize) -> Result<Prefix, ForwardError> {
+        let x = match layer.checked_sub(1) {
+            None => {
+                self.check(tokens.dims()[1], &HookRequest::default(), None)?;
+                self.embed(tokens)
+            }
+            Some(before) => {
+                let hooks = HookRequest {
+                    resid_post: vec![before],
+                    ..Default::default()
+                };
+                let mut cache = self.run(tokens, &hooks, None)?;
+                cache
+                    .resid_post
+                    .remove(&before)
+                    .ok_or(ForwardError::Layer {
+                        layer: before,
+                        n_layers: self.config.n_layers,
+                    })?
+            }
+        };
+        Ok(Prefix { layer, x })
+    }
+
+    /// [`run`](Self::run) from `prefix`: the same values `run` gives on the prefix's
+    /// tokens, for `hooks` and `splice` at or after its layer (an error before it).
+    pub fn run_from(
+        &self,
+        prefix: &Prefix,
+        hooks: &HookRequest,
+        splice: Option<&Splice>,
+    ) -> Result<HookCache, ForwardError> {
+        let [_, pos, _] = prefix.x.dims();
+        self.check(pos, hooks, splice)?;
+        let start = prefix.layer;
+        let asked = (hooks.hook_z.iter())
+            .chain(&hooks.pattern)
+            .chain(&hooks.values)
+            .chain(&hooks.resid_post)
+            .chain(splice.map(|s| &s.layer));
+        if let Some(&layer) = asked.filter(|&&l| l < start).min() {
+            return Err(ForwardError::BeforePrefix { layer, start });
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        if prefix.x.dims()[0] * pos > 0 && fast_cpu::applies(self) {
+            let (batch, x) = (prefix.x.dims()[0], fast_cpu::host(prefix.x.clone())?);
+            return fast_cpu::run_from(self, x, batch, pos, start, hooks, splice);
+        }
+        self.run_burn_from(prefix.x.clone(), start, hooks, splice)
+    }
+
     /// The last layer `hooks` and `splice` need run (the last of all for logits).
     fn last_layer(&self, hooks: &HookRequest, splice: Option<&Splice>) -> usize {
         if hooks.logits {
@@ -439,15 +501,26 @@ impl Transformer {
         hooks: &HookRequest,
         splice: Option<&Splice>,
     ) -> Result<HookCache, ForwardError> {
-        let [batch, pos] = tokens.dims();
+        self.run_burn_from(self.embed(tokens), 0, hooks, splice)
+    }
+
+    /// `run_burn` from the residual stream `x` entering block `start`.
+    fn run_burn_from(
+        &self,
+        mut x: Tensor<3>,
+        start: usize,
+        hooks: &HookRequest,
+        splice: Option<&Splice>,
+    ) -> Result<HookCache, ForwardError> {
+        let [batch, pos, _] = x.dims();
         let cfg = &self.config;
         let last_layer = self.last_layer(hooks, splice);
-        let mut x = self.embed(tokens);
         let mut cache = HookCache::default();
         // [pos, pos]: true above the diagonal (future positions).
         let future: Tensor<2, Bool> = Tensor::<2>::ones([pos, pos], &self.device).triu(1).bool();
 
-        for (layer, block) in self.blocks.iter().enumerate().take(last_layer + 1) {
+        let blocks = self.blocks.iter().enumerate().take(last_layer + 1);
+        for (layer, block) in blocks.skip(start) {
             let normed = block.norm1.forward(x.clone());
             let want_pattern = hooks.pattern.contains(&layer);
             let (pattern, values, z) = self.attention(&block.attn, normed, &future, want_pattern);
@@ -1104,6 +1177,109 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A run from a prefix gives the values of a whole run exactly, on the CPU's forward and
+    /// on burn's, for prefixes at, before and after the layer spliced (and past the last
+    /// block); a request before the prefix is refused.
+    #[test]
+    fn runs_from_a_prefix_give_a_whole_runs_values_exactly() {
+        let device = Device::flex();
+        for (family, n_kv_heads, activation) in [
+            (Family::Gpt2, 4, Activation::GeluNew),
+            (Family::Llama, 2, Activation::Silu),
+        ] {
+            let config = TransformerConfig {
+                name: "prefix".into(),
+                family,
+                n_layers: 3,
+                d_model: 64,
+                n_heads: 4,
+                n_kv_heads,
+                d_head: 16,
+                d_mlp: 96,
+                d_vocab: 50,
+                n_ctx: 128,
+                norm_eps: 1e-5,
+                activation,
+                rope_theta: (family == Family::Llama).then_some(1e4),
+                bos_token_id: Some(0),
+                eos_token_ids: Vec::new(),
+                attn_only: false,
+                shortformer: false,
+                no_norms: false,
+            };
+            let mut model = crate::lm::load::random(config, 9, &device);
+            randomise_small_weights(&mut model, false);
+            let ids: Vec<u32> = (0..70u32).map(|i| (i * 17 + 5) % 50).collect();
+            let tokens = model.tokens(&[ids.clone(), ids.iter().rev().copied().collect()]);
+            let tokens = tokens.unwrap();
+            let halve = Splice {
+                layer: 2,
+                heads: HeadSelection::One(1),
+                replace: &|z| z * 0.5,
+            };
+            let hooks = HookRequest {
+                logits: true,
+                ..HookRequest::hook_z(&[2])
+            };
+            let values = |c: HookCache| -> Vec<f32> {
+                let mut v = crate::files::host_vec(c.logits.unwrap()).unwrap();
+                v.extend(crate::files::host_vec(c.hook_z[&2].clone()).unwrap());
+                v
+            };
+            let whole = values(model.run(tokens.clone(), &hooks, Some(&halve)).unwrap());
+            let whole_burn = model
+                .run_burn(tokens.clone(), &hooks, Some(&halve))
+                .unwrap();
+            let whole_burn = values(whole_burn);
+            for layer in [0, 1, 2] {
+                let prefix = model.prefix(tokens.clone(), layer).unwrap();
+                let from = model.run_from(&prefix, &hooks, Some(&halve)).unwrap();
+                let equal = values(from) == whole;
+                assert!(
+                    equal,
+                    "{family:?}: from layer {layer}, not the whole run's values"
+                );
+                // burn's path from burn's prefix.
+                let x = match layer {
+                    0 => model.embed(tokens.clone()),
+                    _ => {
+                        let resid = HookRequest {
+                            resid_post: vec![layer - 1],
+                            ..Default::default()
+                        };
+                        let mut c = model.run_burn(tokens.clone(), &resid, None).unwrap();
+                        c.resid_post.remove(&(layer - 1)).unwrap()
+                    }
+                };
+                let from = model.run_burn_from(x, layer, &hooks, Some(&halve)).unwrap();
+                assert_eq!(
+                    values(from),
+                    whole_burn,
+                    "{family:?}: burn from layer {layer}"
+                );
+            }
+            let logits = HookRequest::logits();
+            let whole = model
+                .run(tokens.clone(), &logits, None)
+                .unwrap()
+                .logits
+                .unwrap();
+            let end = model.prefix(tokens.clone(), 3).unwrap();
+            let from = model.run_from(&end, &logits, None).unwrap().logits.unwrap();
+            let equal =
+                crate::files::host_vec(from).unwrap() == crate::files::host_vec(whole).unwrap();
+            assert!(
+                equal,
+                "{family:?}: from past the last block, not the whole run's logits"
+            );
+            let late = model.prefix(tokens.clone(), 3).unwrap();
+            assert_eq!(
+                model.run_from(&late, &hooks, Some(&halve)).err(),
+                Some(ForwardError::BeforePrefix { layer: 2, start: 3 })
+            );
         }
     }
 

@@ -3,21 +3,14 @@
 
 use burn::prelude::*;
 
-use crate::lm::{HeadSelection, HookRequest, Splice, Transformer, ZConvention, per_token_ce};
+use crate::lm::{
+    HeadSelection, HookCache, HookRequest, Prefix, Splice, Transformer, ZConvention, per_token_ce,
+};
 use crate::sae::BlockDiagSae;
 
 pub use crate::run_log::{EvalMetrics, HeadEval};
 
-/// Mean CE over all windows (they have one length, so the mean of the window means).
-fn mean_ce(
-    model: &Transformer,
-    tokens: &Tensor<2, Int>,
-    conv: ZConvention,
-    splice: Option<&Splice>,
-) -> anyhow::Result<f64> {
-    Ok(mean(&window_ce(model, tokens, conv, splice)?))
-}
-
+/// Mean over windows (they have one length, so the mean of the window means).
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
@@ -29,15 +22,34 @@ pub fn window_ce(
     conv: ZConvention,
     splice: Option<&Splice>,
 ) -> anyhow::Result<Vec<f64>> {
-    let hooks = HookRequest {
+    let cache = model.run(tokens.clone(), &logits_in(conv), splice)?;
+    ce_of(cache, tokens)
+}
+
+/// [`window_ce`] run from `prefix`, which holds `tokens`' stream entering a layer at or
+/// before the splice's.
+fn window_ce_from(
+    model: &Transformer,
+    prefix: &Prefix,
+    tokens: &Tensor<2, Int>,
+    conv: ZConvention,
+    splice: Option<&Splice>,
+) -> anyhow::Result<Vec<f64>> {
+    let cache = model.run_from(prefix, &logits_in(conv), splice)?;
+    ce_of(cache, tokens)
+}
+
+fn logits_in(conv: ZConvention) -> HookRequest {
+    HookRequest {
         logits: true,
         z_convention: conv,
         ..Default::default()
-    };
-    let logits = model
-        .run(tokens.clone(), &hooks, splice)?
-        .logits
-        .ok_or_else(|| anyhow::anyhow!("no logits"))?;
+    }
+}
+
+/// Each window's mean CE from a cache with logits.
+fn ce_of(cache: HookCache, tokens: &Tensor<2, Int>) -> anyhow::Result<Vec<f64>> {
+    let logits = cache.logits.ok_or_else(|| anyhow::anyhow!("no logits"))?;
     let ce = per_token_ce(logits, tokens.clone()).mean_dim(1);
     Ok(crate::files::host_vec(ce)?
         .into_iter()
@@ -144,24 +156,20 @@ pub fn evaluate_with_spread(
         heads,
         replace: &replace,
     };
-    let clean = window_ce(model, &tokens, conv, None)?;
-    let with = window_ce(model, &tokens, conv, Some(&with_sae(HeadSelection::All)))?;
-    let zero = window_ce(
-        model,
-        &tokens,
-        conv,
-        Some(&Splice::zero_ablate(layer, HeadSelection::All)),
-    )?;
+    // The 3 + 2 x heads passes share the blocks before the layer: run them once.
+    let prefix = model.prefix(tokens.clone(), layer)?;
+    let ce = |splice: Option<&Splice>| window_ce_from(model, &prefix, &tokens, conv, splice);
+    let clean = ce(None)?;
+    let with = ce(Some(&with_sae(HeadSelection::All)))?;
+    let zero = ce(Some(&Splice::zero_ablate(layer, HeadSelection::All)))?;
     let (ce_clean, ce_sae, ce_zero) = (mean(&clean), mean(&with), mean(&zero));
     let mut per_head = Vec::new();
     for h in 0..model.config.n_heads {
-        let s = mean_ce(model, &tokens, conv, Some(&with_sae(HeadSelection::One(h))))?;
-        let z = mean_ce(
-            model,
-            &tokens,
-            conv,
-            Some(&Splice::zero_ablate(layer, HeadSelection::One(h))),
-        )?;
+        let s = mean(&ce(Some(&with_sae(HeadSelection::One(h))))?);
+        let z = mean(&ce(Some(&Splice::zero_ablate(
+            layer,
+            HeadSelection::One(h),
+        )))?);
         per_head.push(HeadEval {
             ce_sae: s,
             ce_zero: z,

@@ -44,16 +44,28 @@ pub(super) fn run(
     hooks: &HookRequest,
     splice: Option<&Splice>,
 ) -> Result<HookCache, ForwardError> {
-    let cfg = &model.config;
     let [batch, pos] = tokens.dims();
+    let x = host(model.embed(tokens))?;
+    run_from(model, x, batch, pos, 0, hooks, splice)
+}
+
+/// `run` from the residual stream `x` `[batch pos, d_model]` entering block `start`.
+pub(super) fn run_from(
+    model: &Transformer,
+    mut x: Vec<f32>,
+    batch: usize,
+    pos: usize,
+    start: usize,
+    hooks: &HookRequest,
+    splice: Option<&Splice>,
+) -> Result<HookCache, ForwardError> {
+    let cfg = &model.config;
     let (d, h, hkv, dh) = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
     let n = batch * pos;
     let device = &model.device;
     let tensor =
         |v: Vec<f32>, shape: [usize; 4]| Tensor::<4>::from_data(TensorData::new(v, shape), device);
     let last = model.last_layer(hooks, splice);
-    // The residual stream [n, d_model].
-    let mut x = host(model.embed(tokens))?;
     let rotary = match &model.positions {
         Positions::Rotary { cos, sin } => Some((
             host(cos.clone().slice([0..pos, 0..dh]))?,
@@ -71,7 +83,7 @@ pub(super) fn run(
         hkv,
         dh,
     };
-    for (layer, block) in model.blocks.iter().enumerate().take(last + 1) {
+    for (layer, block) in model.blocks.iter().enumerate().take(last + 1).skip(start) {
         let attn = &block.attn;
         let product_qkv = product(norm(&block.norm1, &x, d)?, n, &attn.w_qkv)?;
         let b_qkv = attn.b_qkv.clone().map(host).transpose()?;
@@ -242,7 +254,7 @@ impl Shape {
     }
 }
 
-fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ForwardError> {
+pub(super) fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ForwardError> {
     t.try_into_vec_as::<f32>()
         .map_err(|e| ForwardError::Readback(format!("{e:?}")))
 }
