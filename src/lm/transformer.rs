@@ -1060,26 +1060,8 @@ mod tests {
             ),
         ];
         for (name, family, n_kv_heads, activation, bare) in cases {
-            let config = TransformerConfig {
-                name: name.into(),
-                family,
-                n_layers: 3,
-                d_model: 64,
-                n_heads: 4,
-                n_kv_heads,
-                d_head: 16,
-                d_mlp: 96,
-                d_vocab: 50,
-                n_ctx: 256,
-                norm_eps: 1e-5,
-                activation,
-                rope_theta: (family == Family::Llama).then_some(1e4),
-                bos_token_id: Some(0),
-                eos_token_ids: Vec::new(),
-                attn_only: bare,
-                shortformer: false,
-                no_norms: bare,
-            };
+            let mut config = small_config(family, n_kv_heads, activation, 256);
+            (config.name, config.attn_only, config.no_norms) = (name.into(), bare, bare);
             let mut model = crate::lm::load::random(config, 7, &device);
             randomise_small_weights(&mut model, bare);
             let ids: Vec<u32> = (0..150u32).map(|i| (i * 13 + i / 3) % 50).collect();
@@ -1190,26 +1172,7 @@ mod tests {
             (Family::Gpt2, 4, Activation::GeluNew),
             (Family::Llama, 2, Activation::Silu),
         ] {
-            let config = TransformerConfig {
-                name: "prefix".into(),
-                family,
-                n_layers: 3,
-                d_model: 64,
-                n_heads: 4,
-                n_kv_heads,
-                d_head: 16,
-                d_mlp: 96,
-                d_vocab: 50,
-                n_ctx: 128,
-                norm_eps: 1e-5,
-                activation,
-                rope_theta: (family == Family::Llama).then_some(1e4),
-                bos_token_id: Some(0),
-                eos_token_ids: Vec::new(),
-                attn_only: false,
-                shortformer: false,
-                no_norms: false,
-            };
+            let config = small_config(family, n_kv_heads, activation, 128);
             let mut model = crate::lm::load::random(config, 9, &device);
             randomise_small_weights(&mut model, false);
             let ids: Vec<u32> = (0..70u32).map(|i| (i * 17 + 5) % 50).collect();
@@ -1294,6 +1257,35 @@ mod tests {
         println!("{what}: max diff {diff:.2e} of {scale:.2e}");
         let tol = 5e-6 * scale.max(1.0);
         assert!(diff <= tol, "{what}: differs by {diff} (scale {scale})");
+    }
+
+    /// Three layers, 4 heads of 16 (`n_kv_heads` key/value heads), a 50-token vocabulary.
+    fn small_config(
+        family: Family,
+        n_kv_heads: usize,
+        activation: Activation,
+        n_ctx: usize,
+    ) -> TransformerConfig {
+        TransformerConfig {
+            name: "small".into(),
+            family,
+            n_layers: 3,
+            d_model: 64,
+            n_heads: 4,
+            n_kv_heads,
+            d_head: 16,
+            d_mlp: 96,
+            d_vocab: 50,
+            n_ctx,
+            norm_eps: 1e-5,
+            activation,
+            rope_theta: (family == Family::Llama).then_some(1e4),
+            bos_token_id: Some(0),
+            eos_token_ids: Vec::new(),
+            attn_only: false,
+            shortformer: false,
+            no_norms: false,
+        }
     }
 
     /// Random biases, norm weights and folds (normal, std 0.5 around 0, norms around 1) and
