@@ -400,11 +400,7 @@ impl Transformer {
     ) -> Result<HookCache, ForwardError> {
         let [_, pos] = tokens.dims();
         self.check(pos, hooks, splice)?;
-        #[cfg(not(target_arch = "wasm32"))]
-        if tokens.dims()[0] * pos > 0 && fast_cpu::applies(self) {
-            return fast_cpu::run(self, tokens, hooks, splice);
-        }
-        self.run_burn(tokens, hooks, splice)
+        self.blocks_from(self.embed(tokens), 0, hooks, splice)
     }
 
     /// The residual stream entering block `layer` (`n_layers`: after the last) for `tokens`.
@@ -451,12 +447,27 @@ impl Transformer {
         if let Some(&layer) = asked.filter(|&&l| l < start).min() {
             return Err(ForwardError::BeforePrefix { layer, start });
         }
+        self.blocks_from(prefix.x.clone(), start, hooks, splice)
+    }
+
+    /// Runs blocks `start..` on the residual stream `x` `[batch, pos, d_model]` entering
+    /// block `start`: on the CPU through `fast_cpu`, elsewhere through burn's ops.
+    fn blocks_from(
+        &self,
+        x: Tensor<3>,
+        start: usize,
+        hooks: &HookRequest,
+        splice: Option<&Splice>,
+    ) -> Result<HookCache, ForwardError> {
         #[cfg(not(target_arch = "wasm32"))]
-        if prefix.x.dims()[0] * pos > 0 && fast_cpu::applies(self) {
-            let (batch, x) = (prefix.x.dims()[0], fast_cpu::host(prefix.x.clone())?);
-            return fast_cpu::run_from(self, x, batch, pos, start, hooks, splice);
+        {
+            let [batch, pos, _] = x.dims();
+            if batch * pos > 0 && fast_cpu::applies(self) {
+                let x = fast_cpu::host(x)?;
+                return fast_cpu::run_from(self, x, batch, pos, start, hooks, splice);
+            }
         }
-        self.run_burn_from(prefix.x.clone(), start, hooks, splice)
+        self.run_burn_from(x, start, hooks, splice)
     }
 
     /// The last layer `hooks` and `splice` need run (the last of all for logits).
@@ -495,6 +506,7 @@ impl Transformer {
     }
 
     /// `run` through burn's ops, whatever the device.
+    #[cfg(test)]
     fn run_burn(
         &self,
         tokens: Tensor<2, Int>,
@@ -984,8 +996,9 @@ mod tests {
     }
 
     /// burn's fused attention op (taken when the pattern is not asked for, on burn's CPU
-    /// backend from 256 positions) gives the same hook_z as the explicit softmax path (taken when it is),
-    /// for GPT-2 and for Llama (rotary positions, grouped-query attention), at 300 tokens.
+    /// backend from 256 positions) gives the same hook_z as the explicit softmax path
+    /// (taken when it is), for GPT-2 and for Llama (rotary positions, grouped-query
+    /// attention), at 300 tokens.
     #[test]
     fn fused_attention_gives_the_same_hook_z_as_the_explicit_pattern() {
         let device = Device::flex();
@@ -1042,8 +1055,8 @@ mod tests {
     /// takes: GPT-2 (LayerNorm, learned positions, gelu_new), exact GELU, Llama (RMSNorm,
     /// rotary positions, grouped-query attention, SwiGLU) and attention-only without norms;
     /// both conventions, the requests of the harvest, dashboards and CE evaluations, an odd
-    /// window length (150: attention's query blocks of 64, 64 and 22), and every bias, norm weight and fold random (`random` leaves them at
-    /// 0 and 1).
+    /// window length (150: attention's query blocks of 64, 64 and 22), and every bias, norm
+    /// weight and fold random (`random` leaves them at 0 and 1).
     #[test]
     fn cpu_forward_gives_what_burns_ops_give() {
         let device = Device::flex();

@@ -4,7 +4,7 @@
 use burn::prelude::*;
 
 use crate::lm::{
-    HeadSelection, HookCache, HookRequest, Prefix, Splice, Transformer, ZConvention, per_token_ce,
+    HeadSelection, HookRequest, Prefix, Splice, Transformer, ZConvention, per_token_ce,
 };
 use crate::sae::BlockDiagSae;
 
@@ -22,8 +22,8 @@ pub fn window_ce(
     conv: ZConvention,
     splice: Option<&Splice>,
 ) -> anyhow::Result<Vec<f64>> {
-    let cache = model.run(tokens.clone(), &logits_in(conv), splice)?;
-    ce_of(cache, tokens)
+    let prefix = model.prefix(tokens.clone(), 0)?;
+    window_ce_from(model, &prefix, tokens, conv, splice)
 }
 
 /// [`window_ce`] run from `prefix`, which holds `tokens`' stream entering a layer at or
@@ -35,21 +35,15 @@ fn window_ce_from(
     conv: ZConvention,
     splice: Option<&Splice>,
 ) -> anyhow::Result<Vec<f64>> {
-    let cache = model.run_from(prefix, &logits_in(conv), splice)?;
-    ce_of(cache, tokens)
-}
-
-fn logits_in(conv: ZConvention) -> HookRequest {
-    HookRequest {
+    let hooks = HookRequest {
         logits: true,
         z_convention: conv,
         ..Default::default()
-    }
-}
-
-/// Each window's mean CE from a cache with logits.
-fn ce_of(cache: HookCache, tokens: &Tensor<2, Int>) -> anyhow::Result<Vec<f64>> {
-    let logits = cache.logits.ok_or_else(|| anyhow::anyhow!("no logits"))?;
+    };
+    let logits = model
+        .run_from(prefix, &hooks, splice)?
+        .logits
+        .ok_or_else(|| anyhow::anyhow!("no logits"))?;
     let ce = per_token_ce(logits, tokens.clone()).mean_dim(1);
     Ok(crate::files::host_vec(ce)?
         .into_iter()

@@ -15,7 +15,7 @@
 //! positions; `ATTN_SAES_LM_FORWARD=burn` takes burn's path instead (for comparison).
 
 use burn::prelude::*;
-use burn::tensor::{DType, Int, TensorData};
+use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
 use super::{
@@ -36,20 +36,8 @@ pub(super) fn applies(model: &Transformer) -> bool {
         && std::env::var("ATTN_SAES_LM_FORWARD").as_deref() != Ok("burn")
 }
 
-/// `Transformer::run` on `model` (which [`applies`]) for a non-empty `tokens`; `check` has
-/// passed.
-pub(super) fn run(
-    model: &Transformer,
-    tokens: Tensor<2, Int>,
-    hooks: &HookRequest,
-    splice: Option<&Splice>,
-) -> Result<HookCache, ForwardError> {
-    let [batch, pos] = tokens.dims();
-    let x = host(model.embed(tokens))?;
-    run_from(model, x, batch, pos, 0, hooks, splice)
-}
-
-/// `run` from the residual stream `x` `[batch pos, d_model]` entering block `start`.
+/// `Transformer::run` on `model` (which [`applies`]) from the residual stream `x` `[batch
+/// pos, d_model]` entering block `start`, for a non-empty batch; `check` has passed.
 pub(super) fn run_from(
     model: &Transformer,
     mut x: Vec<f32>,
@@ -101,8 +89,7 @@ pub(super) fn run_from(
         };
         let unfolded = |mut v: Vec<f32>| {
             if let Some(f) = &fold {
-                v.par_chunks_mut(h * dh)
-                    .for_each(|row| row.iter_mut().zip(f).for_each(|(v, f)| *v -= f));
+                add_to_rows(&mut v, f, -1.0);
             }
             v
         };
@@ -142,8 +129,7 @@ pub(super) fn run_from(
             if let Some(s) = spliced_here {
                 z = host(model.spliced(s, hooked))?;
                 if let Some(f) = &fold {
-                    z.par_chunks_mut(h * dh)
-                        .for_each(|row| row.iter_mut().zip(f).for_each(|(v, f)| *v += f));
+                    add_to_rows(&mut z, f, 1.0);
                 }
             }
         }
@@ -254,9 +240,16 @@ impl Shape {
     }
 }
 
+/// `crate::files::host_vec`, its error a [`ForwardError`].
 pub(super) fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ForwardError> {
-    t.try_into_vec_as::<f32>()
-        .map_err(|e| ForwardError::Readback(format!("{e:?}")))
+    crate::files::host_vec(t).map_err(|e| ForwardError::Readback(format!("{e:#}")))
+}
+
+/// `sign row` added to each row of `v` (`row` as wide as a row; `sign` 1 or -1, so the
+/// sums are the plain sum and difference).
+fn add_to_rows(v: &mut [f32], row: &[f32], sign: f32) {
+    v.par_chunks_mut(row.len())
+        .for_each(|r| r.iter_mut().zip(row).for_each(|(v, f)| *v += sign * f));
 }
 
 /// `a [rows, k] @ w [k, out]` through burn's matrix product (gemm on all cores); `a` moves
