@@ -7,7 +7,10 @@
 //! kernel.
 //!
 //! `cargo bench --bench forward [-- --device cpu|wgpu|all] [--iters N] [--batch B] [--pos P]
-//! [--vocab N] [--malloc-defaults]`
+//! [--vocab N] [--exact-gelu] [--malloc-defaults]`
+//!
+//! `--exact-gelu` gives the MLP the erf GELU (gelu-Nl, Pythia, BERT) instead of gpt2's
+//! `gelu_new`.
 
 mod common;
 
@@ -31,6 +34,10 @@ fn main() -> anyhow::Result<()> {
     let mut config = gpt2_small_config();
     if let Some(v) = arg("--vocab").and_then(|s| s.parse().ok()) {
         config.d_vocab = v;
+    }
+    if flag("--exact-gelu") {
+        config.activation = attn_saes::lm::Activation::Gelu;
+        config.name = "gpt2-small shape with exact GELU (random weights)".into();
     }
     let vocab = config.d_vocab;
     let mut devices = Vec::new();

@@ -140,7 +140,7 @@ pub(super) fn run_from(
         let b_o = attn.b_o.clone().map(host).transpose()?;
         add_residual(&mut x, floats(&out)?, b_o.as_deref(), d);
         if let Some((norm2, mlp)) = &block.mlp {
-            let (out, bias) = mlp_out(mlp, norm(norm2, &x, d)?, n, device)?;
+            let (out, bias) = mlp_out(mlp, norm(norm2, &x, d)?, n)?;
             add_residual(&mut x, floats(&out)?, bias.as_deref(), d);
         }
         if hooks.resid_post.contains(&layer) {
@@ -170,7 +170,6 @@ fn mlp_out(
     mlp: &Mlp,
     normed: Vec<f32>,
     n: usize,
-    device: &Device,
 ) -> Result<(TensorData, Option<Vec<f32>>), ForwardError> {
     match mlp {
         Mlp::Gelu {
@@ -184,25 +183,15 @@ fn mlp_out(
             let product_in = product(normed, n, w_in)?;
             let b_in = host(b_in.clone())?;
             let mut hidden = vec![0.0f32; n * d_mlp];
-            let rows = hidden
+            let act = if *approximate { gelu_new } else { gelu_erf };
+            hidden
                 .par_chunks_mut(d_mlp)
-                .zip(floats(&product_in)?.par_chunks(d_mlp));
-            if *approximate {
-                rows.for_each(|(out, row)| {
+                .zip(floats(&product_in)?.par_chunks(d_mlp))
+                .for_each(|(out, row)| {
                     for ((o, v), b) in out.iter_mut().zip(row).zip(&b_in) {
-                        *o = gelu_new(v + b);
+                        *o = act(v + b);
                     }
                 });
-            } else {
-                // Exact GELU (erf, which std lacks) through burn, one pass.
-                rows.for_each(|(out, row)| {
-                    for ((o, v), b) in out.iter_mut().zip(row).zip(&b_in) {
-                        *o = v + b;
-                    }
-                });
-                let t = Tensor::<2>::from_data(TensorData::new(hidden, [n, d_mlp]), device);
-                hidden = host(burn::tensor::activation::gelu(t))?;
-            }
             drop(product_in);
             Ok((product(hidden, n, w_out)?, Some(host(b_out.clone())?)))
         }
@@ -432,7 +421,39 @@ fn gelu_new(x: f32) -> f32 {
     x * (1.0 / ((-two_u).exp() + 1.0))
 }
 
+/// Exact GELU `x/2 (1 + erf(x / sqrt 2))` as burn-flex's `gelu` computes it (the same
+/// expression, libm's `erff`), so the two paths agree bit for bit.
+fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2))
+}
+
 /// SiLU `x sigmoid(x)` as `super::silu_exp` computes it.
 fn silu(x: f32) -> f32 {
     x * (1.0 / ((-x).exp() + 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact GELU here and burn-flex's `gelu` (which the rest of burn's path uses) give
+    /// the same bits over the range activations take, the tails and the signed zeros.
+    #[test]
+    fn exact_gelu_is_burns_bit_for_bit() {
+        let mut xs: Vec<f32> = (-40_000..=40_000).map(|i| i as f32 * 2.5e-4).collect();
+        xs.extend([-30.0, -12.5, -1e-6, -0.0, 0.0, 1e-30, 7.25, 40.0]);
+        let n = xs.len();
+        let t = Tensor::<1>::from_data(TensorData::new(xs.clone(), [n]), &Device::flex());
+        let burns = host(burn::tensor::activation::gelu(t)).unwrap();
+        let mismatched: Vec<_> = xs
+            .iter()
+            .zip(&burns)
+            .filter(|(x, b)| gelu_erf(**x).to_bits() != b.to_bits())
+            .take(5)
+            .collect();
+        assert!(mismatched.is_empty(), "x, burn's: {mismatched:?}");
+        // And both are GELU: Φ(1) = 0.841344746..., Φ(-2) = 0.022750131...
+        assert!((gelu_erf(1.0) - 0.841_344_75).abs() < 1e-7);
+        assert!((gelu_erf(-2.0) - -2.0 * 0.022_750_132).abs() < 1e-7);
+    }
 }
