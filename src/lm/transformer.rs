@@ -832,7 +832,18 @@ impl Transformer {
 }
 
 /// Per-token next-token cross-entropy, `[batch, pos - 1]`, from logits `[batch, pos, vocab]`.
+/// On the CPU device (not autodiff, f32 logits) one pass over rows on all cores
+/// (`fast_cpu::per_token_ce`); elsewhere burn's log-softmax.
 pub fn per_token_ce(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<2> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if fast_cpu::takes_ce(&logits, &tokens) {
+        return fast_cpu::per_token_ce(logits, tokens);
+    }
+    per_token_ce_burn(logits, tokens)
+}
+
+/// [`per_token_ce`] through burn's ops.
+fn per_token_ce_burn(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<2> {
     let [batch, pos, vocab] = logits.dims();
     let logp = log_softmax(logits.slice([0..batch, 0..pos - 1, 0..vocab]), 2);
     let targets = tokens
@@ -948,6 +959,58 @@ mod tests {
                 assert!(matches!(model.with_f16_matmuls(), Err(ForwardError::NoF16)));
             }
             Err(e) => println!("no wgpu adapter for the f16 case: {e}"),
+        }
+    }
+
+    /// `per_token_ce` on the CPU device (its own pass) and through burn's log-softmax both
+    /// give the next token's CE as f64 arithmetic on the host gives it, on logits large
+    /// enough that `exp` without the largest logit taken off would overflow.
+    #[test]
+    fn per_token_ce_is_the_next_tokens_log_softmax() {
+        let (batch, pos, vocab) = (3, 7, 301);
+        let mut rng = crate::rng::Rng::new(11);
+        let logits: Vec<f32> = (0..batch * pos * vocab)
+            .map(|_| 60.0 * rng.normal() as f32 + 40.0)
+            .collect();
+        let ids: Vec<Vec<u32>> = (0..batch)
+            .map(|_| (0..pos).map(|_| rng.below(vocab) as u32).collect())
+            .collect();
+        let mut want = Vec::new();
+        for (w, ids) in ids.iter().enumerate() {
+            for t in 0..pos - 1 {
+                let row = &logits[(w * pos + t) * vocab..][..vocab];
+                let max = row.iter().map(|&x| f64::from(x)).fold(f64::MIN, f64::max);
+                let lse = max
+                    + row
+                        .iter()
+                        .map(|&x| (f64::from(x) - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                want.push(lse - f64::from(row[ids[t + 1] as usize]));
+            }
+        }
+        let device = Device::flex();
+        let config = TransformerConfig {
+            d_vocab: vocab,
+            ..tiny_gpt2()
+        };
+        let tokens = crate::lm::load::random(config, 1, &device)
+            .tokens(&ids)
+            .unwrap();
+        let l = Tensor::<3>::from_data(TensorData::new(logits, [batch, pos, vocab]), &device);
+        assert!(fast_cpu::takes_ce(&l, &tokens));
+        for (path, ce) in [
+            ("own pass", per_token_ce(l.clone(), tokens.clone())),
+            ("burn's ops", per_token_ce_burn(l, tokens)),
+        ] {
+            assert_eq!(ce.dims(), [batch, pos - 1]);
+            let got = crate::files::host_vec(ce).unwrap();
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (f64::from(*g) - w).abs() / w.abs().max(1.0))
+                .fold(0.0, f64::max);
+            assert!(worst < 2e-6, "{path}: relative difference {worst:e}");
         }
     }
 

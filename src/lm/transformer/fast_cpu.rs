@@ -36,6 +36,49 @@ pub(super) fn applies(model: &Transformer) -> bool {
         && std::env::var("ATTN_SAES_LM_FORWARD").as_deref() != Ok("burn")
 }
 
+/// Whether `per_token_ce` takes [`per_token_ce`] here: f32 logits on the CPU device, not
+/// autodiff (the effects differentiate the loss), tokens of the logits' batch and length.
+pub(super) fn takes_ce(logits: &Tensor<3>, tokens: &Tensor<2, Int>) -> bool {
+    let device = logits.device();
+    let [batch, pos, _] = logits.dims();
+    device == Device::flex()
+        && !device.is_autodiff()
+        && logits.dtype() == DType::F32
+        && tokens.dims() == [batch, pos]
+        && pos > 1
+        && std::env::var("ATTN_SAES_LM_FORWARD").as_deref() != Ok("burn")
+}
+
+/// Per-token next-token cross-entropy `[batch, pos - 1]` from logits `[batch, pos,
+/// vocab]` (which [`takes_ce`]): for each row its log-sum-exp (the largest logit plus the
+/// log of a sum, in f64, of `exp(logit - largest)`) less the next token's logit, a row per
+/// task on rayon, read from the logits in place. A token outside the vocabulary gives NaN.
+pub(super) fn per_token_ce(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<2> {
+    let device = logits.device();
+    let [batch, pos, vocab] = logits.dims();
+    let data = logits.into_data();
+    let Ok(l) = data.as_slice::<f32>() else {
+        // Not reached: `takes_ce` admits f32 logits only.
+        return super::per_token_ce_burn(Tensor::from_data(data, &device), tokens);
+    };
+    let targets: Vec<i64> = tokens.into_data().iter::<i64>().collect();
+    let mut ce = vec![0.0f32; batch * (pos - 1)];
+    ce.par_iter_mut().enumerate().for_each(|(i, ce)| {
+        let (w, t) = (i / (pos - 1), i % (pos - 1));
+        let row = &l[(w * pos + t) * vocab..][..vocab];
+        let target = usize::try_from(targets[w * pos + t + 1]).ok();
+        *ce = match target.filter(|&t| t < vocab) {
+            Some(target) => {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f64 = row.iter().map(|&x| f64::from((x - max).exp())).sum();
+                (f64::from(max) + sum.ln() - f64::from(row[target])) as f32
+            }
+            None => f32::NAN,
+        };
+    });
+    Tensor::from_data(TensorData::new(ce, [batch, pos - 1]), &device)
+}
+
 /// `Transformer::run` on `model` (which [`applies`]) from the residual stream `x` `[batch
 /// pos, d_model]` entering block `start`, for a non-empty batch; `check` has passed.
 pub(super) fn run_from(
@@ -453,7 +496,7 @@ mod tests {
             .collect();
         assert!(mismatched.is_empty(), "x, burn's: {mismatched:?}");
         // And both are GELU: Φ(1) = 0.841344746..., Φ(-2) = 0.022750131...
-        assert!((gelu_erf(1.0) - 0.841_344_75).abs() < 1e-7);
-        assert!((gelu_erf(-2.0) - -2.0 * 0.022_750_132).abs() < 1e-7);
+        assert!((f64::from(gelu_erf(1.0)) - 0.841_344_746).abs() < 1e-7);
+        assert!((f64::from(gelu_erf(-2.0)) - -2.0 * 0.022_750_132).abs() < 1e-7);
     }
 }
