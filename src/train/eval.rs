@@ -121,20 +121,8 @@ fn score(clean: f64, sae: f64, zero: f64) -> f64 {
     (zero - sae) / (zero - clean)
 }
 
-/// CE loss clean / with the SAE / zero-ablated on `tokens` `[batch, pos]`, total and per head.
-pub fn evaluate(
-    model: &Transformer,
-    sae: &BlockDiagSae,
-    tokens: Tensor<2, Int>,
-    layer: usize,
-    conv: ZConvention,
-    keep_bos: bool,
-    step: usize,
-) -> anyhow::Result<EvalMetrics> {
-    Ok(evaluate_with_spread(model, sae, tokens, layer, conv, keep_bos, step)?.0)
-}
-
-/// [`evaluate`], and the whole-layer score's spread over windows from the same passes.
+/// CE loss clean / with the SAE / zero-ablated on `tokens` `[batch, pos]`, total and per
+/// head, and the whole-layer score's spread over windows from the same passes.
 pub fn evaluate_with_spread(
     model: &Transformer,
     sae: &BlockDiagSae,
@@ -144,46 +132,165 @@ pub fn evaluate_with_spread(
     keep_bos: bool,
     step: usize,
 ) -> anyhow::Result<(EvalMetrics, ScoreSpread)> {
-    let replace = |z: Tensor<4>| sae_replace(sae, z, keep_bos);
-    let with_sae = |heads| Splice {
-        layer,
-        heads,
-        replace: &replace,
-    };
-    // The 3 + 2 x heads passes share the blocks before the layer: run them once.
-    let prefix = model.prefix(tokens.clone(), layer)?;
-    let ce = |splice: Option<&Splice>| window_ce_from(model, &prefix, &tokens, conv, splice);
-    let clean = ce(None)?;
-    let with = ce(Some(&with_sae(HeadSelection::All)))?;
-    let zero = ce(Some(&Splice::zero_ablate(layer, HeadSelection::All)))?;
-    let (ce_clean, ce_sae, ce_zero) = (mean(&clean), mean(&with), mean(&zero));
-    let mut per_head = Vec::new();
-    for h in 0..model.config.n_heads {
-        let s = mean(&ce(Some(&with_sae(HeadSelection::One(h))))?);
-        let z = mean(&ce(Some(&Splice::zero_ablate(
+    Baseline::new(model, tokens, layer, conv)?.evaluate(model, sae, keep_bos, step)
+}
+
+/// The part of an evaluation the SAE does not touch: the stream entering the layer (the
+/// blocks before it, run once for every pass) and the losses clean, zero-ablated and with
+/// each head zero-ablated, 2 + heads of an evaluation's 3 + 2 x heads passes. A run's
+/// evaluations share it (same model, windows, layer and convention), so the trainer
+/// computes it once.
+pub struct Baseline {
+    prefix: Prefix,
+    tokens: Tensor<2, Int>,
+    layer: usize,
+    conv: ZConvention,
+    /// Per window.
+    clean: Vec<f64>,
+    /// Per window, every head zero-ablated.
+    zero: Vec<f64>,
+    /// Mean over windows, one head zero-ablated.
+    zero_per_head: Vec<f64>,
+}
+
+impl Baseline {
+    pub fn new(
+        model: &Transformer,
+        tokens: Tensor<2, Int>,
+        layer: usize,
+        conv: ZConvention,
+    ) -> anyhow::Result<Self> {
+        let prefix = model.prefix(tokens.clone(), layer)?;
+        let ce = |splice: Option<&Splice>| window_ce_from(model, &prefix, &tokens, conv, splice);
+        let zero_of = |heads| ce(Some(&Splice::zero_ablate(layer, heads)));
+        let clean = ce(None)?;
+        let zero = zero_of(HeadSelection::All)?;
+        let zero_per_head = (0..model.config.n_heads)
+            .map(|h| Ok(mean(&zero_of(HeadSelection::One(h))?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            prefix,
+            tokens,
             layer,
-            HeadSelection::One(h),
-        )))?);
-        per_head.push(HeadEval {
-            ce_sae: s,
-            ce_zero: z,
-            ce_score: score(ce_clean, s, z),
-        });
+            conv,
+            clean,
+            zero,
+            zero_per_head,
+        })
     }
-    let metrics = EvalMetrics {
-        step,
-        ce_clean,
-        ce_sae,
-        ce_zero,
-        ce_score: score(ce_clean, ce_sae, ce_zero),
-        per_head,
-    };
-    Ok((metrics, spread_of(&clean, &with, &zero)))
+
+    /// The evaluation of `sae` (an SAE of this baseline's layer): its 1 + heads passes.
+    pub fn evaluate(
+        &self,
+        model: &Transformer,
+        sae: &BlockDiagSae,
+        keep_bos: bool,
+        step: usize,
+    ) -> anyhow::Result<(EvalMetrics, ScoreSpread)> {
+        let replace = |z: Tensor<4>| sae_replace(sae, z, keep_bos);
+        let with_sae = |heads| {
+            let splice = Splice {
+                layer: self.layer,
+                heads,
+                replace: &replace,
+            };
+            window_ce_from(model, &self.prefix, &self.tokens, self.conv, Some(&splice))
+        };
+        let with = with_sae(HeadSelection::All)?;
+        let (ce_clean, ce_sae, ce_zero) = (mean(&self.clean), mean(&with), mean(&self.zero));
+        let mut per_head = Vec::new();
+        for (h, &z) in self.zero_per_head.iter().enumerate() {
+            let s = mean(&with_sae(HeadSelection::One(h))?);
+            per_head.push(HeadEval {
+                ce_sae: s,
+                ce_zero: z,
+                ce_score: score(ce_clean, s, z),
+            });
+        }
+        let metrics = EvalMetrics {
+            step,
+            ce_clean,
+            ce_sae,
+            ce_zero,
+            ce_score: score(ce_clean, ce_sae, ce_zero),
+            per_head,
+        };
+        Ok((metrics, spread_of(&self.clean, &with, &self.zero)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
+    use crate::sae::{Architecture, SaeConfig};
+
+    /// A baseline computed once gives each of two SAEs the evaluation a fresh
+    /// `evaluate_with_spread` gives it, to the bit, and its cached losses are those of whole
+    /// forwards from the tokens (clean, every head and each head zero-ablated).
+    #[test]
+    fn a_shared_baseline_gives_each_sae_a_fresh_evaluation() {
+        let device = Device::flex();
+        let config = crate::lm::TransformerConfig {
+            n_layers: 3,
+            d_model: 64,
+            n_heads: 4,
+            n_kv_heads: 4,
+            d_head: 16,
+            d_mlp: 128,
+            d_vocab: 97,
+            n_ctx: 32,
+            ..crate::lm::load::gpt2_small_config()
+        };
+        let model = crate::lm::load::random(config, 3, &device);
+        let ids: Vec<Vec<u32>> = (0..3u32)
+            .map(|w| (0..20).map(|p| (w * 31 + p * 7 + 1) % 97).collect())
+            .collect();
+        let tokens = model.tokens(&ids).unwrap();
+        let (layer, conv) = (1, ZConvention::TransformerLens);
+        let baseline = Baseline::new(&model, tokens.clone(), layer, conv).unwrap();
+        let whole = |splice: Option<&Splice>| window_ce(&model, &tokens, conv, splice).unwrap();
+        assert_eq!(baseline.clean, whole(None));
+        assert_eq!(
+            baseline.zero,
+            whole(Some(&Splice::zero_ablate(layer, HeadSelection::All)))
+        );
+        for h in 0..4 {
+            let zero_h = whole(Some(&Splice::zero_ablate(layer, HeadSelection::One(h))));
+            assert_eq!(baseline.zero_per_head[h], mean(&zero_h), "head {h}");
+        }
+        for seed in [1, 2] {
+            let sae_config = SaeConfig {
+                n_heads: 4,
+                d_head: 16,
+                features_per_head: 24,
+                architecture: Architecture::Relu,
+            };
+            let sae = BlockDiagSae::init(sae_config, &mut Rng::new(seed), &device);
+            let shared = baseline.evaluate(&model, &sae, true, 7).unwrap();
+            let fresh =
+                evaluate_with_spread(&model, &sae, tokens.clone(), layer, conv, true, 7).unwrap();
+            assert_eq!(shared, fresh, "SAE {seed}");
+            // Each number is that of a whole forward with that splice.
+            let replace = |z: Tensor<4>| sae_replace(&sae, z, true);
+            let spliced = |heads| {
+                mean(&whole(Some(&Splice {
+                    layer,
+                    heads,
+                    replace: &replace,
+                })))
+            };
+            let e = &shared.0;
+            assert_eq!(e.ce_clean, mean(&baseline.clean));
+            assert_eq!(e.ce_zero, mean(&baseline.zero));
+            assert_eq!(e.ce_sae, spliced(HeadSelection::All));
+            for (h, head) in e.per_head.iter().enumerate() {
+                assert_eq!(head.ce_sae, spliced(HeadSelection::One(h)), "head {h}");
+                assert_eq!(head.ce_zero, baseline.zero_per_head[h]);
+            }
+            assert!(e.ce_sae != e.ce_clean && e.ce_sae != e.ce_zero, "{e:?}");
+        }
+    }
 
     /// The jackknife on a case worked by hand: three windows, zero-ablation costs 1, 2, 3,
     /// SAE costs 0.5, 0.5, 0.5.

@@ -200,6 +200,8 @@ pub struct Trainer<'a> {
     state: TrainerState,
     dead: DeadFeatureTracker,
     eval_tokens: Option<Tensor<2, Int>>,
+    /// What every evaluation of the run shares, from the first one on.
+    eval_baseline: Option<eval::Baseline>,
     metrics_file: File,
     origin: SaeOrigin,
     started: Instant,
@@ -335,6 +337,7 @@ impl<'a> Trainer<'a> {
             state,
             dead,
             eval_tokens,
+            eval_baseline: None,
             metrics_file,
             origin: SaeOrigin {
                 model: mc.name.clone(),
@@ -490,17 +493,18 @@ impl<'a> Trainer<'a> {
         let Some(tokens) = &self.eval_tokens else {
             return Ok(());
         };
-        let plan = self.plan;
-        let config = &plan.config;
-        let e = eval::evaluate(
-            &self.loaded.transformer,
-            &self.sae,
-            tokens.clone(),
-            self.plan.layer,
-            config.z_convention,
-            config.drop_bos,
-            self.state.step,
-        )?;
+        let (model, config) = (&self.loaded.transformer, &self.plan.config);
+        // Its passes (the clean and zero-ablated losses) do not depend on the SAE.
+        let baseline = match &mut self.eval_baseline {
+            Some(b) => b,
+            none => none.insert(eval::Baseline::new(
+                model,
+                tokens.clone(),
+                self.plan.layer,
+                config.z_convention,
+            )?),
+        };
+        let (e, _) = baseline.evaluate(model, &self.sae, config.drop_bos, self.state.step)?;
         self.write_log(&LogLine::Eval(e.clone()))?;
         send(self.events, TrainEvent::Eval(Box::new(e.clone())));
         self.last_eval = Some(e);
