@@ -11,7 +11,9 @@ use anyhow::Context;
 use burn::prelude::*;
 
 use super::{FeatureRanking, RankedFeature};
-use crate::lm::{HeadSelection, HookRequest, LoadedModel, Splice, ZConvention, per_token_ce};
+use crate::lm::{
+    HeadSelection, HookRequest, LoadedModel, Splice, ZConvention, per_token_ce, per_token_ce_grad,
+};
 use crate::sae::BlockDiagSae;
 
 /// The estimates `[blocks, m]` and firing counts `[blocks, m]` over `windows` (of one
@@ -25,7 +27,8 @@ fn queue(
 ) -> anyhow::Result<[Tensor<2>; 2]> {
     // Blocks: one per head, or one over every head for a dense SAE.
     let (h, d, m, _) = super::sae_sizes(sae, &loaded.transformer)?;
-    let model = loaded.transformer.with_autodiff();
+    let plain = &loaded.transformer;
+    let model = plain.with_autodiff();
     let len = windows.first().map_or(0, Vec::len);
     anyhow::ensure!(len >= 2, "a text of at least two tokens");
     anyhow::ensure!(
@@ -52,11 +55,22 @@ fn queue(
         z_convention,
         ..Default::default()
     };
+    // The blocks before the layer need no gradient: they run without autodiff's tape (on
+    // the CPU through its own forward), and the differentiated pass starts from there.
+    let plain_tokens = plain.tokens(windows)?;
+    let prefix = plain.prefix(plain_tokens.clone(), layer)?.autodiff();
     let logits = model
-        .run(tokens.clone(), &hooks, Some(&splice))?
+        .run_from(&prefix, &hooks, Some(&splice))?
         .logits
         .context("no logits")?;
-    let loss = per_token_ce(logits, tokens).sum();
+    // The summed loss's gradient with respect to the logits, where the CPU gives it in one
+    // pass (the softmax less the next token's one-hot): `sum(logits * g)` has the same
+    // gradient, without burn's one-core log-softmax forward and backward.
+    let grad_logits = per_token_ce_grad(&logits.clone().inner(), &plain_tokens);
+    let loss = match grad_logits {
+        Some(g) => (logits * g.autodiff()).sum(),
+        None => per_token_ce(logits, tokens).sum(),
+    };
     let grads = loss.backward();
     let z = leaf.take().context("the splice was not reached")?;
     let grad = z.grad(&grads).context("no gradient for hook_z")?; // [B, T, H, d]

@@ -16,7 +16,7 @@ use tokenizers::Tokenizer;
 
 pub use transformer::{
     Activation, Family, HeadSelection, HookCache, HookRequest, KvCache, Prefix, Splice,
-    Transformer, TransformerConfig, ZConvention, per_token_ce,
+    Transformer, TransformerConfig, ZConvention, per_token_ce, per_token_ce_grad,
 };
 pub use weights::LoadError;
 

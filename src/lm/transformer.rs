@@ -316,6 +316,17 @@ pub struct Prefix {
     x: Tensor<3>,
 }
 
+impl Prefix {
+    /// The same stream on burn's autodiff (see [`Transformer::with_autodiff`]), not requiring
+    /// gradients: a differentiated forward from it needs no tape for the blocks before it.
+    pub fn autodiff(&self) -> Self {
+        Self {
+            layer: self.layer,
+            x: self.x.clone().autodiff(),
+        }
+    }
+}
+
 impl Transformer {
     pub fn device(&self) -> &Device {
         &self.device
@@ -842,6 +853,19 @@ pub fn per_token_ce(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<2> {
     per_token_ce_burn(logits, tokens)
 }
 
+/// The gradient of the summed [`per_token_ce`] with respect to `logits` `[batch, pos,
+/// vocab]`: at each position but the last, the softmax less the next token's one-hot; zero
+/// at the last. Computed where the CPU device holds the logits (one pass over rows on all
+/// cores, `fast_cpu::ce_grad`), `None` elsewhere.
+pub fn per_token_ce_grad(logits: &Tensor<3>, tokens: &Tensor<2, Int>) -> Option<Tensor<3>> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if fast_cpu::takes_ce(logits, tokens) {
+        return fast_cpu::ce_grad(logits.clone(), tokens.clone());
+    }
+    let _ = (logits, tokens); // (the page's build has no `fast_cpu`)
+    None
+}
+
 /// [`per_token_ce`] through burn's ops.
 fn per_token_ce_burn(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<2> {
     let [batch, pos, vocab] = logits.dims();
@@ -1011,6 +1035,47 @@ mod tests {
                 .map(|(g, w)| (f64::from(*g) - w).abs() / w.abs().max(1.0))
                 .fold(0.0, f64::max);
             assert!(worst < 2e-6, "{path}: relative difference {worst:e}");
+        }
+    }
+
+    /// `per_token_ce_grad` on the CPU device is the gradient burn's autodiff gives the summed
+    /// `per_token_ce` (burn's log-softmax), zero at each window's last position.
+    #[test]
+    fn per_token_ce_grad_is_autodiffs_gradient() {
+        let (batch, pos, vocab) = (2, 6, 211);
+        let mut rng = crate::rng::Rng::new(5);
+        let logits: Vec<f32> = (0..batch * pos * vocab)
+            .map(|_| 30.0 * rng.normal() as f32)
+            .collect();
+        let ids: Vec<Vec<u32>> = (0..batch)
+            .map(|_| (0..pos).map(|_| rng.below(vocab) as u32).collect())
+            .collect();
+        let config = TransformerConfig {
+            d_vocab: vocab,
+            ..tiny_gpt2()
+        };
+        let plain = crate::lm::load::random(config, 1, &Device::flex());
+        let tokens = plain.tokens(&ids).unwrap();
+        let data = TensorData::new(logits, [batch, pos, vocab]);
+        let l = Tensor::<3>::from_data(data.clone(), &Device::flex());
+        let got = crate::files::host_vec(per_token_ce_grad(&l, &tokens).unwrap()).unwrap();
+        let ad = plain.with_autodiff();
+        let l_ad = Tensor::<3>::from_data(data, &ad.device).require_grad();
+        let grads = per_token_ce_burn(l_ad.clone(), ad.tokens(&ids).unwrap())
+            .sum()
+            .backward();
+        let want = crate::files::host_vec(l_ad.grad(&grads).unwrap()).unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-6, "largest difference {worst:e}");
+        for (i, row) in got.chunks(vocab).enumerate() {
+            let sum: f32 = row.iter().sum();
+            let last = i % pos == pos - 1;
+            assert!(sum.abs() < 1e-5, "a softmax less a one-hot sums to 0");
+            assert_eq!(last, row.iter().all(|&g| g == 0.0), "row {i}");
         }
     }
 

@@ -79,6 +79,38 @@ pub(super) fn per_token_ce(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<
     Tensor::from_data(TensorData::new(ce, [batch, pos - 1]), &device)
 }
 
+/// `super::per_token_ce_grad` on logits that [`takes_ce`]: a row per task on rayon, the
+/// softmax from the largest logit off, its sum in f64.
+/// `None` if the logits cannot be read as f32 (which `takes_ce` rules out).
+pub(super) fn ce_grad(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Option<Tensor<3>> {
+    let device = logits.device();
+    let [batch, pos, vocab] = logits.dims();
+    let data = logits.into_data();
+    let l = data.as_slice::<f32>().ok()?;
+    let targets: Vec<i64> = tokens.into_data().iter::<i64>().collect();
+    let mut g = vec![0.0f32; batch * pos * vocab];
+    g.par_chunks_mut(vocab)
+        .zip(l.par_chunks(vocab))
+        .enumerate()
+        .filter(|(i, _)| i % pos != pos - 1)
+        .for_each(|(i, (g, row))| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for (g, &x) in g.iter_mut().zip(row) {
+                *g = (x - max).exp();
+            }
+            let inv = (1.0 / g.iter().map(|&e| f64::from(e)).sum::<f64>()) as f32;
+            g.iter_mut().for_each(|e| *e *= inv);
+            match usize::try_from(targets[i + 1]).ok().filter(|&t| t < vocab) {
+                Some(t) => g[t] -= 1.0,
+                None => g.fill(f32::NAN),
+            }
+        });
+    Some(Tensor::from_data(
+        TensorData::new(g, [batch, pos, vocab]),
+        &device,
+    ))
+}
+
 /// `Transformer::run` on `model` (which [`applies`]) from the residual stream `x` `[batch
 /// pos, d_model]` entering block `start`, for a non-empty batch; `check` has passed.
 pub(super) fn run_from(
