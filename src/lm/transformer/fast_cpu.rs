@@ -13,6 +13,10 @@
 //!
 //! Taken by `run` on the CPU device with f32 matrices, for every family but shortformer
 //! positions; `ATTN_SAES_LM_FORWARD=burn` takes burn's path instead (for comparison).
+//!
+//! The next-token CE (`per_token_ce`) and its gradient with respect to the logits
+//! (`per_token_ce_grad`, for the effect estimates) are here too: one pass over the
+//! logits' rows each, where burn's log-softmax makes several on one core.
 
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
