@@ -304,6 +304,9 @@ pub enum ForwardError {
     NoF16,
     #[error("reading a tensor back from the device: {0}")]
     Readback(String),
+    /// A run did not give what its request asked for (a bug, not bad input).
+    #[error("the run gave no {0}")]
+    Missing(&'static str),
     #[error("layer {layer} comes before the prefix's layer {start}")]
     BeforePrefix { layer: usize, start: usize },
 }
@@ -459,6 +462,61 @@ impl Transformer {
             return Err(ForwardError::BeforePrefix { layer, start });
         }
         self.blocks_from(prefix.x.clone(), start, hooks, splice)
+    }
+
+    /// The per-token next-token CE `[batch, pos - 1]` of a run from `prefix` on its
+    /// `tokens` (`[batch, pos]`, pos > 1) with `splice`: what [`per_token_ce`] gives on
+    /// [`run_from`](Self::run_from)'s logits (to f32 rounding). On the CPU the logits are
+    /// never held whole (`fast_cpu::ce_of_resid`).
+    pub fn ce_from(
+        &self,
+        prefix: &Prefix,
+        tokens: &Tensor<2, Int>,
+        z_convention: ZConvention,
+        splice: Option<&Splice>,
+    ) -> Result<Tensor<2>, ForwardError> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if fast_cpu::applies(self) && tokens.dims()[1] > 1 {
+            return self.ce_from_in_chunks(
+                prefix,
+                tokens,
+                z_convention,
+                splice,
+                fast_cpu::CE_VOCAB_CHUNK,
+            );
+        }
+        let hooks = HookRequest {
+            logits: true,
+            z_convention,
+            ..Default::default()
+        };
+        let logits = self.run_from(prefix, &hooks, splice)?.logits;
+        Ok(per_token_ce(
+            logits.ok_or(ForwardError::Missing("logits"))?,
+            tokens.clone(),
+        ))
+    }
+
+    /// [`ce_from`](Self::ce_from) on the CPU's forward, `chunk` columns of the unembedding at
+    /// a time.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn ce_from_in_chunks(
+        &self,
+        prefix: &Prefix,
+        tokens: &Tensor<2, Int>,
+        z_convention: ZConvention,
+        splice: Option<&Splice>,
+        chunk: usize,
+    ) -> Result<Tensor<2>, ForwardError> {
+        let last = self.config.n_layers - 1;
+        let hooks = HookRequest {
+            resid_post: vec![last],
+            z_convention,
+            ..Default::default()
+        };
+        let mut cache = self.run_from(prefix, &hooks, splice)?;
+        let resid = (cache.resid_post.remove(&last)).ok_or(ForwardError::Missing("residual"))?;
+        fast_cpu::ce_of_resid(self, resid, tokens, chunk)
     }
 
     /// Runs blocks `start..` on the residual stream `x` `[batch, pos, d_model]` entering
@@ -1306,6 +1364,64 @@ mod tests {
     /// A run from a prefix gives the values of a whole run exactly, on the CPU's forward and
     /// on burn's, for prefixes at, before and after the layer spliced (and past the last
     /// block); a request before the prefix is refused.
+    /// `ce_from` (on the CPU, the unembedding a chunk at a time, the logits never whole)
+    /// gives what burn's ops give: `per_token_ce_burn` of `run_burn`'s logits, with an
+    /// unembedding bias, a splice, from prefixes at two layers, for chunks that divide the
+    /// vocabulary and that leave a short last chunk, and one chunk of it all.
+    #[test]
+    fn ce_from_gives_burns_losses_without_the_logits() {
+        let device = Device::flex();
+        for (family, n_kv_heads, activation) in [
+            (Family::Gpt2, 4, Activation::GeluNew),
+            (Family::Llama, 2, Activation::Silu),
+        ] {
+            let config = small_config(family, n_kv_heads, activation, 128);
+            let mut model = crate::lm::load::random(config, 4, &device);
+            randomise_small_weights(&mut model, false);
+            if family == Family::Gpt2 {
+                let b: Vec<f32> = (0..50)
+                    .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3)
+                    .collect();
+                model.b_u = Some(Tensor::from_data(TensorData::new(b, [50]), &device));
+            }
+            let ids: Vec<u32> = (0..70u32).map(|i| (i * 13 + 3) % 50).collect();
+            let tokens = model.tokens(&[ids.clone(), ids.iter().rev().copied().collect()]);
+            let tokens = tokens.unwrap();
+            let halve = Splice {
+                layer: 1,
+                heads: HeadSelection::One(2),
+                replace: &|z| z * 0.5,
+            };
+            let conv = ZConvention::TransformerLens;
+            let hooks = HookRequest {
+                logits: true,
+                z_convention: conv,
+                ..Default::default()
+            };
+            let logits = model
+                .run_burn(tokens.clone(), &hooks, Some(&halve))
+                .unwrap();
+            let want = per_token_ce_burn(logits.logits.unwrap(), tokens.clone());
+            let scale: f32 = want.clone().abs().max().into_scalar();
+            for layer in [0, 1] {
+                let prefix = model.prefix(tokens.clone(), layer).unwrap();
+                for chunk in [10, 7, 50] {
+                    let got = model
+                        .ce_from_in_chunks(&prefix, &tokens, conv, Some(&halve), chunk)
+                        .unwrap();
+                    same(
+                        &format!("{family:?} from {layer}, chunk {chunk}"),
+                        &got,
+                        &want,
+                    );
+                }
+                let got = model.ce_from(&prefix, &tokens, conv, Some(&halve)).unwrap();
+                same(&format!("{family:?} from {layer}"), &got, &want);
+            }
+            assert!(scale > 1.0, "losses of a few nats: {scale}");
+        }
+    }
+
     #[test]
     fn runs_from_a_prefix_give_a_whole_runs_values_exactly() {
         let device = Device::flex();

@@ -3,9 +3,7 @@
 
 use burn::prelude::*;
 
-use crate::lm::{
-    HeadSelection, HookRequest, Prefix, Splice, Transformer, ZConvention, per_token_ce,
-};
+use crate::lm::{HeadSelection, Prefix, Splice, Transformer, ZConvention};
 use crate::sae::BlockDiagSae;
 
 pub use crate::run_log::{EvalMetrics, HeadEval};
@@ -35,16 +33,7 @@ fn window_ce_from(
     conv: ZConvention,
     splice: Option<&Splice>,
 ) -> anyhow::Result<Vec<f64>> {
-    let hooks = HookRequest {
-        logits: true,
-        z_convention: conv,
-        ..Default::default()
-    };
-    let logits = model
-        .run_from(prefix, &hooks, splice)?
-        .logits
-        .ok_or_else(|| anyhow::anyhow!("no logits"))?;
-    let ce = per_token_ce(logits, tokens.clone()).mean_dim(1);
+    let ce = model.ce_from(prefix, tokens, conv, splice)?.mean_dim(1);
     Ok(crate::files::host_vec(ce)?
         .into_iter()
         .map(f64::from)

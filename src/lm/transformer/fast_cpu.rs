@@ -115,6 +115,82 @@ pub(super) fn ce_grad(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Option<Tenso
     ))
 }
 
+/// Columns of the unembedding a step of [`ce_of_resid`] takes.
+pub(super) const CE_VOCAB_CHUNK: usize = 2048;
+
+/// `Transformer::ce_from` on `model` (which [`applies`]): the next-token CE `[batch, pos -
+/// 1]` from the last block's output `resid` `[batch, pos, d_model]`, without the logits.
+/// The unembedding is taken `chunk` columns at a time (a burn product of a few MB, its
+/// memory reused where a `[n, vocab]` tensor would be fresh pages): for each row its largest
+/// logit and the sum (f64) of `exp(logit - largest)` in that chunk, and the next token's
+/// logit from the chunk holding it; the chunks then merge in order into the log-sum-exp.
+pub(super) fn ce_of_resid(
+    model: &Transformer,
+    resid: Tensor<3>,
+    tokens: &Tensor<2, Int>,
+    chunk: usize,
+) -> Result<Tensor<2>, ForwardError> {
+    let device = &model.device;
+    let [batch, pos, d] = resid.dims();
+    let n = batch * pos;
+    let vocab = model.w_u.dims()[1];
+    let targets: Vec<i64> = tokens.clone().into_data().iter::<i64>().collect();
+    let normed = norm(&model.norm_final, &host(resid)?, d)?;
+    let normed = Tensor::<2>::from_data(TensorData::new(normed, [n, d]), device);
+    let b_u = model.b_u.clone().map(host).transpose()?;
+    // Per row: (largest logit, its sum of exponentials) of every chunk so far, merged; and
+    // the next token's logit (NaN for a token outside the vocabulary, and at a window's
+    // last position, which has none).
+    let mut lse = vec![(f32::NEG_INFINITY, 0.0f64); n];
+    let mut target = vec![f32::NAN; n];
+    for c0 in (0..vocab).step_by(chunk.max(1)) {
+        let c1 = (c0 + chunk.max(1)).min(vocab);
+        let logits = normed
+            .clone()
+            .matmul(model.w_u.clone().slice([0..d, c0..c1]));
+        let data = logits.into_data();
+        let logits = floats(&data)?;
+        let bias = b_u.as_ref().map(|b| &b[c0..c1]);
+        lse.par_iter_mut()
+            .zip(target.par_iter_mut())
+            .zip(logits.par_chunks(c1 - c0))
+            .enumerate()
+            .for_each(|(i, ((lse, target), row))| {
+                let logit = |j: usize| row[j] + bias.map_or(0.0, |b| b[j]);
+                let max = (0..row.len()).map(logit).fold(f32::NEG_INFINITY, f32::max);
+                let sum: f64 = (0..row.len())
+                    .map(|j| f64::from((logit(j) - max).exp()))
+                    .sum();
+                // Merge: the larger maximum stays, the other sum is rescaled to it.
+                let (m0, s0) = *lse;
+                let m = m0.max(max);
+                *lse = (
+                    m,
+                    s0 * f64::from(m0 - m).exp() + sum * f64::from(max - m).exp(),
+                );
+                if i % pos != pos - 1 {
+                    let t = targets[i + 1];
+                    if let Ok(t) = usize::try_from(t)
+                        && (c0..c1).contains(&t)
+                    {
+                        *target = logit(t - c0);
+                    }
+                }
+            });
+    }
+    let ce: Vec<f32> = (0..n)
+        .filter(|i| i % pos != pos - 1)
+        .map(|i| {
+            let (max, sum) = lse[i];
+            (f64::from(max) + sum.ln() - f64::from(target[i])) as f32
+        })
+        .collect();
+    Ok(Tensor::from_data(
+        TensorData::new(ce, [batch, pos - 1]),
+        device,
+    ))
+}
+
 /// `Transformer::run` on `model` (which [`applies`]) from the residual stream `x` `[batch
 /// pos, d_model]` entering block `start`, for a non-empty batch; `check` has passed.
 pub(super) fn run_from(
