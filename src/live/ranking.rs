@@ -36,7 +36,6 @@ fn queue(
         "windows of different lengths"
     );
     let t = windows.len() * len; // every position of every window
-    let tokens = model.tokens(windows)?;
     // hook_z (in the SAE's convention) made a leaf of the graph, so its gradient is kept;
     // the splice gives it back unchanged.
     let leaf: RefCell<Option<Tensor<4>>> = RefCell::new(None);
@@ -69,7 +68,7 @@ fn queue(
     let grad_logits = per_token_ce_grad(&logits.clone().inner(), &plain_tokens);
     let loss = match grad_logits {
         Some(g) => (logits * g.autodiff()).sum(),
-        None => per_token_ce(logits, tokens).sum(),
+        None => per_token_ce(logits, model.tokens(windows)?).sum(),
     };
     let grads = loss.backward();
     let z = leaf.take().context("the splice was not reached")?;

@@ -1371,13 +1371,8 @@ mod tests {
     #[test]
     fn ce_from_gives_burns_losses_without_the_logits() {
         let device = Device::flex();
-        for (family, n_kv_heads, activation) in [
-            (Family::Gpt2, 4, Activation::GeluNew),
-            (Family::Llama, 2, Activation::Silu),
-        ] {
-            let config = small_config(family, n_kv_heads, activation, 128);
-            let mut model = crate::lm::load::random(config, 4, &device);
-            randomise_small_weights(&mut model, false);
+        for mut model in gpt2_and_llama(4) {
+            let family = model.config.family;
             if family == Family::Gpt2 {
                 let b: Vec<f32> = (0..50)
                     .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3)
@@ -1424,14 +1419,8 @@ mod tests {
 
     #[test]
     fn runs_from_a_prefix_give_a_whole_runs_values_exactly() {
-        let device = Device::flex();
-        for (family, n_kv_heads, activation) in [
-            (Family::Gpt2, 4, Activation::GeluNew),
-            (Family::Llama, 2, Activation::Silu),
-        ] {
-            let config = small_config(family, n_kv_heads, activation, 128);
-            let mut model = crate::lm::load::random(config, 9, &device);
-            randomise_small_weights(&mut model, false);
+        for model in gpt2_and_llama(9) {
+            let family = model.config.family;
             let ids: Vec<u32> = (0..70u32).map(|i| (i * 17 + 5) % 50).collect();
             let tokens = model.tokens(&[ids.clone(), ids.iter().rev().copied().collect()]);
             let tokens = tokens.unwrap();
@@ -1514,6 +1503,24 @@ mod tests {
         println!("{what}: max diff {diff:.2e} of {scale:.2e}");
         let tol = 5e-6 * scale.max(1.0);
         assert!(diff <= tol, "{what}: differs by {diff} (scale {scale})");
+    }
+
+    /// A GPT-2 kind (`gelu_new`) and a Llama kind (4 query heads on 2 key/value heads,
+    /// SiLU) of [`small_config`] with a context of 128, weights from `seed` and then
+    /// [`randomise_small_weights`], on the CPU device.
+    fn gpt2_and_llama(seed: u64) -> Vec<Transformer> {
+        [
+            (Family::Gpt2, 4, Activation::GeluNew),
+            (Family::Llama, 2, Activation::Silu),
+        ]
+        .into_iter()
+        .map(|(family, n_kv_heads, activation)| {
+            let config = small_config(family, n_kv_heads, activation, 128);
+            let mut model = crate::lm::load::random(config, seed, &Device::flex());
+            randomise_small_weights(&mut model, false);
+            model
+        })
+        .collect()
     }
 
     /// Three layers, 4 heads of 16 (`n_kv_heads` key/value heads), a 50-token vocabulary.

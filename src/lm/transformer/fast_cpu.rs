@@ -73,14 +73,20 @@ pub(super) fn per_token_ce(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<
         let target = usize::try_from(targets[w * pos + t + 1]).ok();
         *ce = match target.filter(|&t| t < vocab) {
             Some(target) => {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f64 = row.iter().map(|&x| f64::from((x - max).exp())).sum();
+                let (max, sum) = max_and_sum_exp(row);
                 (f64::from(max) + sum.ln() - f64::from(row[target])) as f32
             }
             None => f32::NAN,
         };
     });
     Tensor::from_data(TensorData::new(ce, [batch, pos - 1]), &device)
+}
+
+/// A row's largest value and the sum, in f64, of `exp(x - largest)`: its log-sum-exp is
+/// `largest + ln(sum)`.
+fn max_and_sum_exp(row: &[f32]) -> (f32, f64) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (max, row.iter().map(|&x| f64::from((x - max).exp())).sum())
 }
 
 /// `super::per_token_ce_grad` on logits that [`takes_ce`]: a row per task on rayon, the
@@ -148,19 +154,16 @@ pub(super) fn ce_of_resid(
         let logits = normed
             .clone()
             .matmul(model.w_u.clone().slice([0..d, c0..c1]));
-        let data = logits.into_data();
-        let logits = floats(&data)?;
-        let bias = b_u.as_ref().map(|b| &b[c0..c1]);
+        let mut logits = host(logits)?;
+        if let Some(b) = &b_u {
+            add_to_rows(&mut logits, &b[c0..c1], 1.0);
+        }
         lse.par_iter_mut()
             .zip(target.par_iter_mut())
             .zip(logits.par_chunks(c1 - c0))
             .enumerate()
             .for_each(|(i, ((lse, target), row))| {
-                let logit = |j: usize| row[j] + bias.map_or(0.0, |b| b[j]);
-                let max = (0..row.len()).map(logit).fold(f32::NEG_INFINITY, f32::max);
-                let sum: f64 = (0..row.len())
-                    .map(|j| f64::from((logit(j) - max).exp()))
-                    .sum();
+                let (max, sum) = max_and_sum_exp(row);
                 // Merge: the larger maximum stays, the other sum is rescaled to it.
                 let (m0, s0) = *lse;
                 let m = m0.max(max);
@@ -173,7 +176,7 @@ pub(super) fn ce_of_resid(
                     if let Ok(t) = usize::try_from(t)
                         && (c0..c1).contains(&t)
                     {
-                        *target = logit(t - c0);
+                        *target = row[t - c0];
                     }
                 }
             });
