@@ -1925,21 +1925,66 @@ fn training_from_an_activation_cache() {
         RunControl::default(),
     );
     result.unwrap();
-    // 40 steps of 64 tokens from 1000 cached rows: said once, kept in view.
-    let notices: Vec<&String> = events
-        .iter()
-        .filter_map(|e| match e {
-            TrainEvent::Notice(s) => Some(s),
-            _ => None,
-        })
+    let notices = |events: &[TrainEvent]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                TrainEvent::Notice(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // 40 steps of 64 tokens from 1000 cached rows: said once, kept in view. The first
+    // evaluation's baseline is saved in the cache for the next run from it.
+    let read_twice = "the activation cache holds 1000 tokens and 40 steps x 64 take 2560: it is \
+                      read 2.6 times over (`harvest --tokens` harvests more)";
+    let baselines: Vec<PathBuf> = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("eval-baseline-"))
         .collect();
+    assert_eq!(baselines.len(), 1, "{baselines:?}");
+    let baseline = &baselines[0];
     assert_eq!(
-        notices,
+        notices(&events),
         [
-            "the activation cache holds 1000 tokens and 40 steps x 64 take 2560: it is read 2.6 \
-          times over (`harvest --tokens` harvests more)"
+            read_twice.to_string(),
+            format!("evaluation baseline saved to {}", baseline.display())
         ]
     );
+    // A second run from the cache (a sweep's next) reads it and is evaluated to the bit as
+    // the first was; its SAE is the same too (same seed), so every number must match.
+    let evals = |events: &[TrainEvent]| -> Vec<attn_saes::train::EvalMetrics> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                TrainEvent::Eval(m) => Some((**m).clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (again, events_again) = run(
+        TrainConfig {
+            activation_cache: Some(cache_dir.clone()),
+            out_dir: dir.join("again"),
+            ..cfg.clone()
+        },
+        None,
+        RunControl::default(),
+    );
+    again.unwrap();
+    assert_eq!(
+        notices(&events_again),
+        [
+            read_twice.to_string(),
+            format!(
+                "evaluation baseline (clean and zero-ablated losses) read from {}",
+                baseline.display()
+            )
+        ]
+    );
+    assert!(!evals(&events).is_empty());
+    assert_eq!(evals(&events), evals(&events_again));
     let mses: Vec<f64> = events
         .iter()
         .filter_map(|e| match e {

@@ -1,6 +1,8 @@
 //! Trainer: CE-loss evaluation. Runs the LM clean, with hook_z of the hooked layer replaced
 //! by the SAE reconstruction, and zero-ablated; total and per head (one head spliced).
 
+use std::path::{Path, PathBuf};
+
 use burn::prelude::*;
 
 use crate::lm::{HeadSelection, Prefix, Splice, Transformer, ZConvention};
@@ -124,6 +126,67 @@ pub fn evaluate_with_spread(
     Baseline::new(model, tokens, layer, conv)?.evaluate(model, sae, keep_bos, step)
 }
 
+/// Bumped when what a saved baseline's losses mean changes.
+const BASELINE_FORMAT: u32 = 1;
+
+/// What a saved baseline's losses are of; the file's name is a digest of it.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct BaselineKey {
+    format: u32,
+    /// attn-saes's version.
+    version: String,
+    model: String,
+    layer: usize,
+    conv: ZConvention,
+    n_heads: usize,
+    windows: Vec<Vec<u32>>,
+}
+
+/// A baseline's losses as [`Baseline::kept_in`] keeps them (JSON; f64 round-trips exactly).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedBaseline {
+    key: BaselineKey,
+    clean: Vec<f64>,
+    zero: Vec<f64>,
+    zero_per_head: Vec<f64>,
+}
+
+/// What [`Baseline::kept_in`] did with its file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BaselineFile {
+    /// The zero-ablated losses were read from it.
+    Read(PathBuf),
+    /// There was none (or it was unreadable): computed and written.
+    Written(PathBuf),
+    /// Its clean losses differed from a fresh pass's (other weights, another device):
+    /// computed and written over it.
+    Replaced(PathBuf),
+    /// Computed, but the file could not be written (the error).
+    NotWritten(PathBuf, String),
+}
+
+impl BaselineFile {
+    /// A line for the run's notices.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Read(p) => format!(
+                "evaluation baseline (clean and zero-ablated losses) read from {}",
+                p.display()
+            ),
+            Self::Written(p) => format!("evaluation baseline saved to {}", p.display()),
+            Self::Replaced(p) => format!(
+                "evaluation baseline in {} was of other clean losses (other weights or \
+                 device): recomputed and replaced",
+                p.display()
+            ),
+            Self::NotWritten(p, e) => format!(
+                "evaluation baseline not saved to {} (each run computes it): {e}",
+                p.display()
+            ),
+        }
+    }
+}
+
 /// The part of an evaluation the SAE does not touch: the stream entering the layer (the
 /// blocks before it, run once for every pass) and the losses clean, zero-ablated and with
 /// each head zero-ablated, 2 + heads of an evaluation's 3 + 2 x heads passes. A run's
@@ -149,23 +212,98 @@ impl Baseline {
         layer: usize,
         conv: ZConvention,
     ) -> anyhow::Result<Self> {
+        let mut b = Self::clean_only(model, tokens, layer, conv)?;
+        b.ablate(model)?;
+        Ok(b)
+    }
+
+    /// The prefix and the clean losses (1 pass); the zero-ablated losses left empty.
+    fn clean_only(
+        model: &Transformer,
+        tokens: Tensor<2, Int>,
+        layer: usize,
+        conv: ZConvention,
+    ) -> anyhow::Result<Self> {
         let prefix = model.prefix(tokens.clone(), layer)?;
-        let ce = |splice: Option<&Splice>| window_ce_from(model, &prefix, &tokens, conv, splice);
-        let zero_of = |heads| ce(Some(&Splice::zero_ablate(layer, heads)));
-        let clean = ce(None)?;
-        let zero = zero_of(HeadSelection::All)?;
-        let zero_per_head = (0..model.config.n_heads)
-            .map(|h| Ok(mean(&zero_of(HeadSelection::One(h))?)))
-            .collect::<anyhow::Result<_>>()?;
+        let clean = window_ce_from(model, &prefix, &tokens, conv, None)?;
         Ok(Self {
             prefix,
             tokens,
             layer,
             conv,
             clean,
-            zero,
-            zero_per_head,
+            zero: Vec::new(),
+            zero_per_head: Vec::new(),
         })
+    }
+
+    /// The zero-ablated losses, every head and each head (1 + heads passes).
+    fn ablate(&mut self, model: &Transformer) -> anyhow::Result<()> {
+        let zero_of = |heads| {
+            let splice = Splice::zero_ablate(self.layer, heads);
+            window_ce_from(model, &self.prefix, &self.tokens, self.conv, Some(&splice))
+        };
+        self.zero = zero_of(HeadSelection::All)?;
+        self.zero_per_head = (0..model.config.n_heads)
+            .map(|h| Ok(mean(&zero_of(HeadSelection::One(h))?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(())
+    }
+
+    /// [`Baseline::new`] for the windows `ids`, with its losses kept in a file in `dir` (an
+    /// activation cache's, which runs of a sweep share): where the file holds this model's,
+    /// windows', layer's and convention's losses and a fresh clean pass gives its clean
+    /// losses to the bit (the same weights, on the same kind of device), the zero-ablated
+    /// losses are read, 1 pass instead of 2 + heads; otherwise they are computed and the
+    /// file (re)written. A file that cannot be written is reported, not an error.
+    pub fn kept_in(
+        model: &Transformer,
+        ids: &[Vec<u32>],
+        layer: usize,
+        conv: ZConvention,
+        dir: &Path,
+    ) -> anyhow::Result<(Self, BaselineFile)> {
+        let key = BaselineKey {
+            format: BASELINE_FORMAT,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            model: model.config.name.clone(),
+            layer,
+            conv,
+            n_heads: model.config.n_heads,
+            windows: ids.to_vec(),
+        };
+        let digest = crate::files::sha256_hex(&serde_json::to_vec(&key)?);
+        let path = dir.join(format!("eval-baseline-{}.json", &digest[..16]));
+        let mut b = Self::clean_only(model, model.tokens(ids)?, layer, conv)?;
+        let saved = path
+            .exists()
+            .then(|| crate::files::read_json::<SavedBaseline>(&path).ok())
+            .flatten()
+            .filter(|s| s.key == key && s.zero_per_head.len() == key.n_heads);
+        let same_clean = |s: &SavedBaseline| {
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            bits(&s.clean) == bits(&b.clean)
+        };
+        let state = match saved {
+            Some(s) if same_clean(&s) => {
+                (b.zero, b.zero_per_head) = (s.zero, s.zero_per_head);
+                return Ok((b, BaselineFile::Read(path)));
+            }
+            Some(_) => BaselineFile::Replaced,
+            None => BaselineFile::Written,
+        };
+        b.ablate(model)?;
+        let saved = SavedBaseline {
+            key,
+            clean: b.clean.clone(),
+            zero: b.zero.clone(),
+            zero_per_head: b.zero_per_head.clone(),
+        };
+        let file = match crate::files::write_json(&path, &saved) {
+            Ok(()) => state(path),
+            Err(e) => BaselineFile::NotWritten(path, format!("{e:#}")),
+        };
+        Ok((b, file))
     }
 
     /// The evaluation of `sae` (an SAE of this baseline's layer): its 1 + heads passes.
@@ -213,6 +351,85 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
     use crate::sae::{Architecture, SaeConfig};
+
+    /// A baseline kept in a directory is computed and written once, then read (its
+    /// zero-ablated losses: a file whose clean losses match is trusted for them), and
+    /// recomputed over a file of other clean losses, of another layer, or unreadable; an
+    /// unwritable directory costs nothing but the file. Computed losses are always
+    /// [`Baseline::new`]'s.
+    #[test]
+    fn a_kept_baseline_is_read_back_only_for_the_same_clean_losses() {
+        let device = Device::flex();
+        let config = crate::lm::TransformerConfig {
+            n_layers: 3,
+            d_model: 64,
+            n_heads: 4,
+            n_kv_heads: 4,
+            d_head: 16,
+            d_mlp: 128,
+            d_vocab: 97,
+            n_ctx: 32,
+            ..crate::lm::load::gpt2_small_config()
+        };
+        let model = crate::lm::load::random(config, 5, &device);
+        let ids: Vec<Vec<u32>> = (0..3u32)
+            .map(|w| (0..12).map(|p| (w * 17 + p * 5 + 2) % 97).collect())
+            .collect();
+        let conv = ZConvention::TransformerLens;
+        let dir = std::env::temp_dir().join(format!("attn-saes-kept-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fresh =
+            |layer| Baseline::new(&model, model.tokens(&ids).unwrap(), layer, conv).unwrap();
+        let same = |a: &Baseline, b: &Baseline| {
+            assert_eq!((&a.clean, &a.zero), (&b.clean, &b.zero));
+            assert_eq!(a.zero_per_head, b.zero_per_head);
+        };
+        let kept = |layer| Baseline::kept_in(&model, &ids, layer, conv, &dir).unwrap();
+        let want = fresh(1);
+        let (b, file) = kept(1);
+        let BaselineFile::Written(path) = file else {
+            panic!("{file:?}")
+        };
+        same(&b, &want);
+        let (b, file) = kept(1);
+        assert_eq!(file, BaselineFile::Read(path.clone()));
+        same(&b, &want);
+        // The zero-ablated losses come from the file (doubled there, doubled here).
+        let mut saved: SavedBaseline = crate::files::read_json(&path).unwrap();
+        saved.zero.iter_mut().for_each(|x| *x *= 2.0);
+        saved.zero_per_head[3] *= 2.0;
+        crate::files::write_json(&path, &saved).unwrap();
+        let (b, file) = kept(1);
+        assert_eq!(file, BaselineFile::Read(path.clone()));
+        assert_eq!(
+            b.zero,
+            want.zero.iter().map(|x| x * 2.0).collect::<Vec<_>>()
+        );
+        assert_eq!(b.zero_per_head[3], want.zero_per_head[3] * 2.0);
+        // Clean losses one ulp off (other weights, another device): recomputed, rewritten.
+        saved.clean[1] = f64::from_bits(saved.clean[1].to_bits() + 1);
+        crate::files::write_json(&path, &saved).unwrap();
+        let (b, file) = kept(1);
+        assert_eq!(file, BaselineFile::Replaced(path.clone()));
+        same(&b, &want);
+        assert_eq!(kept(1).1, BaselineFile::Read(path.clone()));
+        // Another layer has a file of its own; an unreadable file is rewritten.
+        let (b, file) = kept(2);
+        let BaselineFile::Written(other) = file else {
+            panic!("{file:?}")
+        };
+        assert_ne!(other, path);
+        same(&b, &fresh(2));
+        std::fs::write(&path, "{").unwrap();
+        assert_eq!(kept(1).1, BaselineFile::Written(path.clone()));
+        // A directory that cannot hold it (here a file's path).
+        let not_dir = path.clone();
+        let (b, file) = Baseline::kept_in(&model, &ids, 1, conv, &not_dir).unwrap();
+        assert!(matches!(file, BaselineFile::NotWritten(..)), "{file:?}");
+        same(&b, &want);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// A baseline computed once gives each of two SAEs the evaluation a fresh
     /// `evaluate_with_spread` gives it, to the bit, and its cached losses are those of whole

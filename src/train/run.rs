@@ -493,16 +493,28 @@ impl<'a> Trainer<'a> {
         let Some(tokens) = &self.eval_tokens else {
             return Ok(());
         };
-        let (model, config) = (&self.loaded.transformer, &self.plan.config);
-        // Its passes (the clean and zero-ablated losses) do not depend on the SAE.
+        let (model, plan) = (&self.loaded.transformer, self.plan);
+        let config = &plan.config;
+        // Its passes (the clean and zero-ablated losses) do not depend on the SAE; runs
+        // from one activation cache (a sweep's) share them through a file there.
         let baseline = match &mut self.eval_baseline {
             Some(b) => b,
-            none => none.insert(eval::Baseline::new(
-                model,
-                tokens.clone(),
-                self.plan.layer,
-                config.z_convention,
-            )?),
+            none => none.insert(match &config.activation_cache {
+                Some(dir) => {
+                    let (b, file) = eval::Baseline::kept_in(
+                        model,
+                        &plan.eval_windows,
+                        plan.layer,
+                        config.z_convention,
+                        dir,
+                    )?;
+                    send(self.events, TrainEvent::Notice(file.describe()));
+                    b
+                }
+                None => {
+                    eval::Baseline::new(model, tokens.clone(), plan.layer, config.z_convention)?
+                }
+            }),
         };
         let (e, _) = baseline.evaluate(model, &self.sae, config.drop_bos, self.state.step)?;
         self.write_log(&LogLine::Eval(e.clone()))?;
