@@ -695,6 +695,109 @@ pub fn open_model(
     Ok((selected, loaded))
 }
 
+/// What [`harvest`] reports as it goes.
+pub enum HarvestProgress<'a> {
+    LoadingModel(&'a str),
+    /// Tokens harvested so far (after each forward of the LM).
+    Written(usize),
+}
+
+/// What [`harvest`] wrote.
+pub struct Harvested {
+    pub meta: crate::data::store::CacheMeta,
+    /// Windows held out at the corpus's start (skipped) for the CE evaluation.
+    pub held_out: usize,
+}
+
+impl Harvested {
+    /// The line `harvest` prints.
+    pub fn describe(&self, out: &std::path::Path) -> String {
+        format!(
+            "wrote {} tokens of layer {} hook_z in {} shards to {} (after the first {} \
+             windows, held out for CE evaluation)",
+            self.meta.shard_rows.iter().sum::<usize>(),
+            self.meta.hook_layer,
+            self.meta.shard_rows.len(),
+            out.display(),
+            self.held_out
+        )
+    }
+}
+
+/// `harvest`: `tokens` rows of the hooked layer's hook_z into the activation cache `out`,
+/// in shards of `shard_tokens`, after the windows runs from it hold out. `progress`'s
+/// error stops it (the error is returned; `out` is then no cache, see
+/// [`crate::data::store::write_cache`]).
+pub fn harvest(
+    args: &TrainArgs,
+    choice: DeviceChoice,
+    tokens: usize,
+    shard_tokens: usize,
+    out: &std::path::Path,
+    progress: &mut dyn FnMut(HarvestProgress) -> anyhow::Result<()>,
+) -> anyhow::Result<Harvested> {
+    use crate::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
+    let config = args.resolve_for_harvest(choice)?;
+    check_demo_assets(&config)?;
+    progress(HarvestProgress::LoadingModel(&config.model))?;
+    let (selected, loaded) = open_model(choice, &config.model)?;
+    let corpus = crate::data::corpus::Corpus::open(&config.dataset, config.text_column.as_deref())?;
+    let mc = &loaded.transformer.config;
+    let layer = config.layer(mc.n_layers);
+    anyhow::ensure!(
+        layer < mc.n_layers,
+        "--hook-layer {layer} does not exist: {} has layers 0 to {}",
+        mc.name,
+        mc.n_layers.saturating_sub(1)
+    );
+    let store_config = StoreConfig {
+        hook_layer: layer,
+        context_size: config.context_size,
+        batch_tokens: config.batch_size,
+        n_batches_in_buffer: 1,
+        windows_per_forward: config.windows_per_forward,
+        drop_bos: config.drop_bos,
+        z_convention: config.z_convention,
+    };
+    // The first --eval-windows windows are held out for the CE evaluation of the runs
+    // that will train on this cache: skip them, as training from the LM does.
+    let (_, start) = crate::data::windows::ContextWindows::first(
+        &corpus,
+        &loaded.tokenizer,
+        config.context_size,
+        mc.bos_token_id,
+        config.eval_windows,
+    )?;
+    let mut store = ActivationStore::from_lm(
+        store_config,
+        &loaded.transformer,
+        &corpus,
+        &loaded.tokenizer,
+        start,
+        config.seed,
+        &selected.device,
+    )?;
+    let meta = CacheMeta {
+        model_name: mc.name.clone(),
+        hook_layer: layer,
+        z_convention: config.z_convention,
+        n_heads: mc.n_heads,
+        d_head: mc.d_head,
+        context_size: config.context_size,
+        drop_bos: config.drop_bos,
+        dataset: config.dataset.display().to_string(),
+        shard_rows: vec![],
+        held_out_windows: Some(config.eval_windows),
+    };
+    let meta = write_cache(&mut store, meta, out, tokens, shard_tokens, |n| {
+        progress(HarvestProgress::Written(n))
+    })?;
+    Ok(Harvested {
+        meta,
+        held_out: config.eval_windows,
+    })
+}
+
 /// What [`train_then_dashboards`] reports besides training events, in order.
 pub enum Stage<'a> {
     /// Resolving flags and config, checking the demo assets and a resume.

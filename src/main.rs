@@ -164,7 +164,7 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         tokens: usize,
         /// Tokens per shard file.
-        #[arg(long, default_value_t = 65_536)]
+        #[arg(long, default_value_t = attn_saes::data::store::DEFAULT_SHARD_TOKENS)]
         shard_tokens: usize,
         /// Cache directory to write.
         #[arg(long)]
@@ -1884,53 +1884,7 @@ fn run_harvest(
     shard_tokens: usize,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
-    use attn_saes::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
-    let config = args.resolve_for_harvest(choice)?;
-    attn_saes::cli_train::check_demo_assets(&config)?;
-    let (selected, loaded) = open_model(choice, &config.model)?;
-    let corpus =
-        attn_saes::data::corpus::Corpus::open(&config.dataset, config.text_column.as_deref())?;
-    let mc = &loaded.transformer.config;
-    let layer = config.layer(mc.n_layers);
-    let store_config = StoreConfig {
-        hook_layer: layer,
-        context_size: config.context_size,
-        batch_tokens: config.batch_size,
-        n_batches_in_buffer: 1,
-        windows_per_forward: config.windows_per_forward,
-        drop_bos: config.drop_bos,
-        z_convention: config.z_convention,
-    };
-    // The first --eval-windows windows are held out for the CE evaluation of the runs
-    // that will train on this cache: skip them, as training from the LM does.
-    let (_, start) = attn_saes::data::windows::ContextWindows::first(
-        &corpus,
-        &loaded.tokenizer,
-        config.context_size,
-        mc.bos_token_id,
-        config.eval_windows,
-    )?;
-    let mut store = ActivationStore::from_lm(
-        store_config,
-        &loaded.transformer,
-        &corpus,
-        &loaded.tokenizer,
-        start,
-        config.seed,
-        &selected.device,
-    )?;
-    let meta = CacheMeta {
-        model_name: mc.name.clone(),
-        hook_layer: layer,
-        z_convention: config.z_convention,
-        n_heads: mc.n_heads,
-        d_head: mc.d_head,
-        context_size: config.context_size,
-        drop_bos: config.drop_bos,
-        dataset: config.dataset.display().to_string(),
-        shard_rows: vec![],
-        held_out_windows: Some(config.eval_windows),
-    };
+    use attn_saes::cli_train::{HarvestProgress, harvest};
     let bar = indicatif::ProgressBar::new(tokens as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -1938,19 +1892,14 @@ fn run_harvest(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let meta = write_cache(&mut store, meta, out, tokens, shard_tokens, |n| {
-        bar.set_position(n as u64)
+    let done = harvest(&args, choice, tokens, shard_tokens, out, &mut |p| {
+        if let HarvestProgress::Written(n) = p {
+            bar.set_position(n as u64);
+        }
+        Ok(())
     })?;
     bar.finish_and_clear();
-    println!(
-        "wrote {} tokens of layer {} hook_z in {} shards to {} (after the first {} windows, \
-         held out for CE evaluation)",
-        meta.shard_rows.iter().sum::<usize>(),
-        meta.hook_layer,
-        meta.shard_rows.len(),
-        out.display(),
-        config.eval_windows
-    );
+    println!("{}", done.describe(out));
     Ok(())
 }
 

@@ -541,7 +541,14 @@ fn harvest(tag: &str, total: usize, shard: usize) -> anyhow::Result<CacheMeta> {
                 &device,
             )?;
             let meta = tiny_cache_meta();
-            write_cache(&mut store, meta, &dir.join("acts"), total, shard, |_| {})
+            write_cache(
+                &mut store,
+                meta,
+                &dir.join("acts"),
+                total,
+                shard,
+                |_| Ok(()),
+            )
         };
         let _ = tx.send(run());
     });

@@ -1861,11 +1861,14 @@ fn training_from_an_activation_cache() {
     let cache_dir = dir.join("acts");
     let mut progress = Vec::new();
     let meta = write_cache(&mut store, meta, &cache_dir, 1000, 300, |n| {
-        progress.push(n)
+        progress.push(n);
+        Ok(())
     })
     .unwrap();
     assert_eq!(meta.shard_rows, vec![300, 300, 300, 100]);
-    assert_eq!(progress, vec![300, 600, 900, 1000]);
+    // Reported after each forward of 4 windows (4 x 15 rows), the last capped at 1000.
+    let forwards: Vec<usize> = (1..=16).map(|i| i * 60).chain([1000]).collect();
+    assert_eq!(progress, forwards);
     // Every cached row is the LM's own hook_z: the store started after the two held-out
     // windows, so the shards hold the next windows' rows in corpus order, BOS dropped
     // (15 rows per window), unshuffled.

@@ -673,15 +673,22 @@ impl CacheReader {
     }
 }
 
+/// `harvest --shard-tokens`' default: rows per shard file.
+pub const DEFAULT_SHARD_TOKENS: usize = 65_536;
+
 /// Harvests `total_tokens` hook_z rows from the LM into `dir` as safetensors shards of
-/// `shard_tokens` rows each (unshuffled, in corpus order). `on_progress` gets rows written.
+/// `shard_tokens` rows each (unshuffled, in corpus order). `on_progress` gets the rows
+/// harvested so far (at most `total_tokens`) after each of the LM's forwards; its error
+/// stops the harvest (a stop asked for) and is returned. A
+/// cache already in `dir` stops being one first (its metadata is removed), so a harvest
+/// that stops or fails part way never leaves old metadata over new shards.
 pub fn write_cache(
     store: &mut ActivationStore,
     meta_base: CacheMeta,
     dir: &Path,
     total_tokens: usize,
     shard_tokens: usize,
-    mut on_progress: impl FnMut(usize),
+    mut on_progress: impl FnMut(usize) -> anyhow::Result<()>,
 ) -> anyhow::Result<CacheMeta> {
     // Zero would write empty shards forever.
     ensure!(shard_tokens > 0, "--shard-tokens must be positive");
@@ -695,6 +702,11 @@ pub fn write_cache(
         store.d_head
     );
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let meta_path = dir.join(CACHE_META);
+    if meta_path.exists() {
+        std::fs::remove_file(&meta_path)
+            .with_context(|| format!("removing {} to harvest anew", meta_path.display()))?;
+    }
     let row_len = store.row_len();
     let mut meta = meta_base;
     meta.shard_rows.clear();
@@ -705,6 +717,7 @@ pub fn write_cache(
             if store.harvest_chunk(&mut pending)? == 0 {
                 bail!("the activation source gave no rows");
             }
+            on_progress(total_tokens.min(written + pending.len() / row_len))?;
         }
         let rows = shard_tokens.min(total_tokens - written);
         let rest = pending.split_off(rows * row_len);
@@ -721,10 +734,9 @@ pub fn write_cache(
         )?;
         meta.shard_rows.push(rows);
         written += rows;
-        on_progress(written);
     }
     // The metadata file marks the cache complete; it is written last.
-    write_json(&dir.join(CACHE_META), &meta)?;
+    write_json(&meta_path, &meta)?;
     Ok(meta)
 }
 
