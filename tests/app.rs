@@ -348,6 +348,110 @@ fn training_from_the_form_stops_with_a_checkpoint_and_resumes() {
     );
 }
 
+/// The messages the app shows, in order.
+fn messages(h: &Harness<'static, AttnSaesApp>) -> Vec<String> {
+    h.state().messages.iter().map(|(_, m)| m.clone()).collect()
+}
+
+/// Starts the form's action `button` and steps until its job has ended.
+fn run_job(h: &mut Harness<'static, AttnSaesApp>, button: &str) {
+    h.state_mut().native.job = None;
+    h.get_by_label(button).click();
+    step_until(h, Duration::from_secs(120), |a| a.native.job.is_some());
+    step_until(h, Duration::from_secs(300), |a| !a.job_running());
+    h.run_steps(2);
+}
+
+/// The form's Harvest writes the activation cache its run reads (steps x batch tokens of
+/// its layer), runs name it in the form and train from it, the second sharing the first's
+/// evaluation baseline and evaluated to the bit as the first; a harvest stopped part way
+/// leaves no cache (the form then refuses it), even over a complete one.
+#[test]
+fn a_harvest_from_the_form_feeds_runs_that_share_its_evaluation_baseline() {
+    if !renderer_available() {
+        return;
+    }
+    let dir = TempDir::new("attn-saes-app", "harvest");
+    let cache = dir.join("acts");
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.ui.view = View::Train;
+    app.ui.form = TrainForm {
+        activation_cache: cache.display().to_string(),
+        ..tiny_form(&dir, 20)
+    };
+    let mut h = harness(app);
+    h.run_steps(2);
+    // No cache there yet: Start says so next to the field, nothing runs.
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("holds no complete activation cache")
+            .is_some()
+    );
+    assert!(h.state().native.job.is_none());
+
+    run_job(&mut h, "Harvest");
+    let wrote = format!(
+        "wrote 1280 tokens of layer 1 hook_z in 1 shards to {} (after the first 4 windows, \
+         held out for CE evaluation)",
+        cache.display()
+    );
+    assert_eq!(messages(&h).last(), Some(&wrote), "{:?}", messages(&h));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cache.join("activations.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["shard_rows"], serde_json::json!([1280]));
+    assert_eq!(meta["hook_layer"], 1);
+
+    // Two runs from it: the first saves the evaluation baseline, the second reads it.
+    let mut evals = Vec::new();
+    for (run, baseline) in [("run", "saved to"), ("run2", "read from")] {
+        h.state_mut().messages.clear();
+        h.state_mut().ui.view = View::Train;
+        h.state_mut().ui.form.out_dir = dir.join(run).display().to_string();
+        h.run_steps(2);
+        run_job(&mut h, "Start");
+        let said = messages(&h);
+        assert!(
+            said.iter()
+                .any(|m| m.contains("evaluation baseline") && m.contains(baseline)),
+            "{said:?}"
+        );
+        assert!(
+            said.iter().any(|m| m.starts_with("SAE saved to")),
+            "{said:?}"
+        );
+        let (history, _) = History::read(&dir.join(run).join("metrics.jsonl")).unwrap();
+        assert!(!history.evals.is_empty());
+        evals.push(history.evals);
+    }
+    assert_eq!(evals[0], evals[1]);
+
+    // A harvest stopped after its first forwards: over the complete cache, none is left.
+    h.state_mut().ui.view = View::Train;
+    h.state_mut().ui.form.total_training_steps = "100000".into();
+    h.run_steps(2);
+    h.get_by_label("Harvest").click();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.native.status.counted.is_some_and(|(done, _)| done > 0)
+    });
+    h.get_by_label("Stop").click();
+    step_until(&mut h, Duration::from_secs(120), |a| !a.job_running());
+    h.run_steps(2);
+    assert!(
+        messages(&h).iter().any(|m| m.contains("harvest stopped")),
+        "{:?}",
+        messages(&h)
+    );
+    assert!(!cache.join("activations.json").exists());
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("holds no complete activation cache")
+            .is_some()
+    );
+}
+
 #[test]
 fn bad_input_in_the_form_shows_errors_and_nothing_crashes() {
     if !renderer_available() {

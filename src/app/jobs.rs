@@ -29,6 +29,8 @@ pub enum JobEvent {
     /// The run directory is known (after the config resolved).
     RunDir(PathBuf),
     DashboardWritten(PathBuf),
+    /// A harvest wrote its activation cache (what `harvest` prints).
+    Harvested(String),
     Failed(String),
     Finished,
 }
@@ -37,6 +39,9 @@ pub enum JobEvent {
 pub enum JobKind {
     Training,
     Dashboards,
+    /// An activation cache for runs to train from (in the training job's place: both
+    /// run the LM).
+    Harvest,
 }
 
 /// A running (or finished) background job.
@@ -155,6 +160,54 @@ pub fn start_training(request: TrainRequest) -> Job {
                 let _ = tx.send(event);
             },
         )?;
+        Ok(())
+    })
+}
+
+/// An activation cache to harvest from the app (`attn-saes harvest`).
+#[derive(Debug, Clone)]
+pub struct HarvestRequest {
+    /// The harvest's flags (those `harvest` takes).
+    pub args: TrainArgs,
+    pub device: DeviceChoice,
+    pub tokens: usize,
+    pub out: PathBuf,
+}
+
+/// Harvests an activation cache; the stop flag stops it after the shard being written,
+/// leaving no cache (see [`crate::data::store::write_cache`]).
+pub fn start_harvest(request: HarvestRequest) -> Job {
+    spawn(JobKind::Harvest, move |tx, control| {
+        use crate::cli_train::HarvestProgress;
+        let out = &request.out;
+        let done = crate::cli_train::harvest(
+            &request.args,
+            request.device,
+            request.tokens,
+            crate::data::store::DEFAULT_SHARD_TOKENS,
+            out,
+            &mut |p| {
+                if control.stop.load(Ordering::SeqCst) {
+                    anyhow::bail!(
+                        "harvest stopped: {} holds no activation cache (its shards so far are \
+                         not marked complete)",
+                        out.display()
+                    );
+                }
+                let _ = tx.send(match p {
+                    HarvestProgress::LoadingModel(m) => {
+                        JobEvent::Phase(format!("loading model {m}"))
+                    }
+                    HarvestProgress::Written(n) => JobEvent::Progress {
+                        phase: "harvesting activations".into(),
+                        done: n,
+                        total: request.tokens,
+                    },
+                });
+                Ok(())
+            },
+        )?;
+        let _ = tx.send(JobEvent::Harvested(done.describe(out)));
         Ok(())
     })
 }

@@ -31,7 +31,7 @@ use features::{FeaturesState, LoadedDashboard};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::train::TrainEvent;
 #[cfg(not(target_arch = "wasm32"))]
-use jobs::{Job, JobEvent, JobKind, TrainRequest};
+use jobs::{HarvestRequest, Job, JobEvent, JobKind, TrainRequest};
 #[cfg(not(target_arch = "wasm32"))]
 use train_view::{FieldError, FormAction, JobStatus, TrainForm};
 
@@ -87,6 +87,9 @@ pub enum Command {
     ComparePath(PathBuf),
     #[cfg(not(target_arch = "wasm32"))]
     StartTraining(Box<TrainRequest>),
+    /// Harvest an activation cache for runs to train from.
+    #[cfg(not(target_arch = "wasm32"))]
+    StartHarvest(Box<HarvestRequest>),
     #[cfg(not(target_arch = "wasm32"))]
     StopTraining,
     /// Build the dashboards of the open run (its final SAE or latest checkpoint).
@@ -460,6 +463,8 @@ impl AttnSaesApp {
             Command::OpenPath(path) => self.open_path(&path),
             #[cfg(not(target_arch = "wasm32"))]
             Command::StartTraining(request) => self.start_training(*request),
+            #[cfg(not(target_arch = "wasm32"))]
+            Command::StartHarvest(request) => self.start_harvest(*request),
             #[cfg(not(target_arch = "wasm32"))]
             Command::StopTraining => {
                 if let Some(job) = &self.native.job {
@@ -1275,7 +1280,7 @@ impl AttnSaesApp {
         });
     }
 
-    /// Whether the training job runs.
+    /// Whether the training job (or a harvest, in its place) runs.
     pub fn job_running(&self) -> bool {
         self.native.job.as_ref().is_some_and(Job::is_running)
     }
@@ -1287,9 +1292,23 @@ impl AttnSaesApp {
 
     fn status_mut(&mut self, kind: JobKind) -> &mut JobStatus {
         match kind {
-            JobKind::Training => &mut self.native.status,
+            JobKind::Training | JobKind::Harvest => &mut self.native.status,
             JobKind::Dashboards => &mut self.native.builder_status,
         }
+    }
+
+    /// Harvests an activation cache in the training job's place (both run the LM).
+    fn start_harvest(&mut self, request: HarvestRequest) {
+        if self.job_running() {
+            self.message(Level::Error, "a job is already running");
+            return;
+        }
+        self.native.status = JobStatus {
+            phase: "starting the harvest".into(),
+            running: true,
+            ..JobStatus::default()
+        };
+        self.native.job = Some(jobs::start_harvest(request));
     }
 
     fn start_training(&mut self, request: TrainRequest) {
@@ -1352,13 +1371,11 @@ impl AttnSaesApp {
 
     /// Applies what the jobs reported since the last frame.
     fn drain_job(&mut self) {
-        for kind in [JobKind::Training, JobKind::Dashboards] {
-            let job = match kind {
-                JobKind::Training => &self.native.job,
-                JobKind::Dashboards => &self.native.builder,
-            };
-            let Some(job) = job else { continue };
-            let events: Vec<JobEvent> = job.events.try_iter().collect();
+        let jobs = [&self.native.job, &self.native.builder];
+        let drained: Vec<(JobKind, Vec<JobEvent>)> = (jobs.into_iter().flatten())
+            .map(|job| (job.kind, job.events.try_iter().collect()))
+            .collect();
+        for (kind, events) in drained {
             for e in events {
                 self.on_job_event(kind, e);
             }
@@ -1444,6 +1461,11 @@ impl AttnSaesApp {
                     Err(e) => self.message(Level::Error, format!("{}: {e}", path.display())),
                 }
             }
+            JobEvent::Harvested(text) => {
+                s.phase = "activation cache written".into();
+                s.counted = None;
+                self.message(Level::Info, text);
+            }
             JobEvent::Failed(text) => {
                 s.phase = "failed".into();
                 s.counted = None;
@@ -1452,7 +1474,7 @@ impl AttnSaesApp {
             JobEvent::Finished => {
                 s.running = false;
                 s.stopping = false;
-                if kind == JobKind::Training && self.native.close_when_stopped {
+                if kind != JobKind::Dashboards && self.native.close_when_stopped {
                     self.native.closing = true;
                 }
             }
@@ -1471,13 +1493,12 @@ impl AttnSaesApp {
             .show(ui, |ui| {
                 let action =
                     train_view::form_ui(ui, &mut self.ui.form, &self.native.form_errors, running);
-                if running
-                    && self.native.job.as_ref().map(|j| j.kind) == Some(JobKind::Training)
-                    && ui
-                        .button("Stop")
-                        .on_hover_text("stop after this step, with a checkpoint")
-                        .clicked()
-                {
+                let hover = match self.native.job.as_ref().map(|j| j.kind) {
+                    Some(JobKind::Training) => "stop after this step, with a checkpoint",
+                    Some(JobKind::Harvest) => "stop after this forward (no cache is kept)",
+                    _ => "",
+                };
+                if running && ui.button("Stop").on_hover_text(hover).clicked() {
                     self.push(Command::StopTraining);
                 }
                 action
@@ -1485,6 +1506,7 @@ impl AttnSaesApp {
             .inner;
         match action {
             Some(FormAction::Start) => self.submit_form(None),
+            Some(FormAction::Harvest) => self.submit_harvest(),
             Some(FormAction::Resume) => {
                 if let Some(dir) = rfd::FileDialog::new().pick_folder() {
                     self.submit_form(Some(dir));
@@ -1520,6 +1542,20 @@ impl AttnSaesApp {
         }
     }
 
+    /// Harvests the activation cache the form names, for its model, corpus, layer and
+    /// context, as many tokens as its run takes (steps x batch size); errors stay next to
+    /// the form.
+    pub fn submit_harvest(&mut self) {
+        let form = &self.ui.form;
+        match form.harvest_request() {
+            Ok(request) => {
+                self.native.form_errors.clear();
+                self.push(Command::StartHarvest(Box::new(request)));
+            }
+            Err(errors) => self.native.form_errors = errors,
+        }
+    }
+
     /// Closing while a job runs asks first: stop with a checkpoint, or keep training
     /// headless in the terminal.
     fn handle_close(&mut self, ctx: &egui::Context) {
@@ -1539,12 +1575,16 @@ impl AttnSaesApp {
         if !self.native.close_dialog {
             return;
         }
-        let training = self.native.job.as_ref().map(|j| j.kind) == Some(JobKind::Training);
+        let stop = match self.native.job.as_ref().map(|j| j.kind) {
+            Some(JobKind::Training) => Some("Stop with a checkpoint, then quit"),
+            Some(JobKind::Harvest) => Some("Stop the harvest, then quit"),
+            _ => None,
+        };
         egui::Modal::new(egui::Id::unique("close_dialog")).show(ui.ctx(), |ui| {
             ui.heading("A job is still running");
             ui.label("Quit after stopping it, or keep it running in the terminal?");
             ui.horizontal(|ui| {
-                if training && ui.button("Stop with a checkpoint, then quit").clicked() {
+                if stop.is_some_and(|label| ui.button(label).clicked()) {
                     self.native.close_dialog = false;
                     self.native.close_when_stopped = true;
                     self.push(Command::StopTraining);
@@ -1672,6 +1712,12 @@ pub fn continue_in_terminal(job: Job) -> anyhow::Result<()> {
                 .get_or_insert_with(crate::cli_train::ProgressLine::new)
                 .update(&phase, done, total),
             JobEvent::Phase(phase) => eprintln!("{phase}"),
+            JobEvent::Harvested(text) => {
+                if let Some(b) = bar.take() {
+                    b.finish();
+                }
+                println!("{text}");
+            }
             JobEvent::DashboardWritten(path) => {
                 if let Some(b) = bar.take() {
                     b.finish();

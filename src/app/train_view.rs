@@ -17,6 +17,9 @@ use crate::train::config::{ArchitectureKind, LrSchedule};
 pub struct TrainForm {
     pub model: String,
     pub dataset: String,
+    /// Empty: activations from the LM as training goes; else a cache directory (`harvest`'s)
+    /// to train from, and where the Harvest button writes one.
+    pub activation_cache: String,
     /// Empty: the model's default layer.
     pub hook_layer: String,
     pub architecture: ArchitectureKind,
@@ -53,6 +56,9 @@ impl TrainForm {
         Self {
             model: c.model.clone(),
             dataset: c.dataset.display().to_string(),
+            activation_cache: (c.activation_cache.as_ref())
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
             hook_layer: c.hook_layer.map(|l| l.to_string()).unwrap_or_default(),
             architecture: c.architecture,
             expansion_factor: c.expansion_factor.to_string(),
@@ -128,6 +134,7 @@ impl TrainForm {
         Ok(TrainArgs {
             model: Some(self.model.trim().to_string()),
             dataset: Some(PathBuf::from(self.dataset.trim())),
+            activation_cache: self.cache_dir(),
             hook_layer,
             architecture: Some(self.architecture),
             expansion_factor,
@@ -157,13 +164,71 @@ impl TrainForm {
         config
             .validate()
             .map_err(|e| vec![("config", format!("{e:#}"))])?;
+        Self::check_dataset(&config)?;
+        if let Some(dir) = &config.activation_cache
+            && !dir.join(crate::data::store::CACHE_META).is_file()
+        {
+            return Err(vec![(
+                "activation cache",
+                format!(
+                    "{} holds no complete activation cache (no {}): Harvest writes one, or \
+                     leave the field empty to train from the LM",
+                    dir.display(),
+                    crate::data::store::CACHE_META
+                ),
+            )]);
+        }
+        Ok(args)
+    }
+
+    fn check_dataset(config: &TrainConfig) -> Result<(), Vec<FieldError>> {
         if !config.dataset.exists() && config.dataset != TrainConfig::default().dataset {
             return Err(vec![(
                 "dataset",
                 format!("{} does not exist", config.dataset.display()),
             )]);
         }
-        Ok(args)
+        Ok(())
+    }
+
+    fn cache_dir(&self) -> Option<PathBuf> {
+        let dir = self.activation_cache.trim();
+        (!dir.is_empty()).then(|| PathBuf::from(dir))
+    }
+
+    /// The harvest the Harvest button starts: the activations this form's run reads (its
+    /// model, corpus, layer and context; steps x batch size tokens) into its activation
+    /// cache directory. Checked as [`Self::check`] checks a run.
+    pub fn harvest_request(&self) -> Result<super::jobs::HarvestRequest, Vec<FieldError>> {
+        let args = self.to_args()?;
+        let Some(out) = self.cache_dir() else {
+            return Err(vec![(
+                "activation cache",
+                "name the directory to harvest into".into(),
+            )]);
+        };
+        let config = args
+            .resolve(self.device)
+            .map_err(|e| vec![("config", format!("{e:#}"))])?;
+        config
+            .validate()
+            .map_err(|e| vec![("config", format!("{e:#}"))])?;
+        Self::check_dataset(&config)?;
+        // Only what `harvest` takes: the training flags would be refused there.
+        let args = TrainArgs {
+            model: args.model,
+            dataset: args.dataset,
+            hook_layer: args.hook_layer,
+            context_size: args.context_size,
+            batch_size: args.batch_size,
+            ..TrainArgs::default()
+        };
+        Ok(super::jobs::HarvestRequest {
+            args,
+            device: self.device,
+            tokens: config.total_training_steps * config.batch_size,
+            out,
+        })
     }
 }
 
@@ -192,6 +257,7 @@ fn combo<T: clap::ValueEnum + PartialEq + Copy>(ui: &mut egui::Ui, label: &str, 
 pub enum FormAction {
     Start,
     Resume,
+    Harvest,
 }
 
 /// The form. `errors` are shown next to their fields (or under the form); `locked` greys it
@@ -242,6 +308,12 @@ pub fn form_ui(
                     "dataset",
                     &mut form.dataset,
                     "text file, directory, .jsonl or .parquet",
+                );
+                text(
+                    ui,
+                    "activation cache",
+                    &mut form.activation_cache,
+                    "empty: from the LM; or the directory Harvest writes, runs read",
                 );
                 text(
                     ui,
@@ -333,6 +405,17 @@ pub fn form_ui(
                 .clicked()
             {
                 action = Some(FormAction::Resume);
+            }
+            if ui
+                .button("Harvest")
+                .on_hover_text(
+                    "write the activations this run reads (steps x batch size tokens) into \
+                     the activation cache directory: runs from it skip the LM's forward \
+                     (a sweep harvests once)",
+                )
+                .clicked()
+            {
+                action = Some(FormAction::Harvest);
             }
             if ui.button("Reset to defaults").clicked() {
                 *form = TrainForm::default();
