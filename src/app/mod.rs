@@ -1691,8 +1691,15 @@ pub fn run_native(
 #[cfg(not(target_arch = "wasm32"))]
 pub fn continue_in_terminal(job: Job) -> anyhow::Result<()> {
     eprintln!(
-        "the window closed; the job continues here (Ctrl-C stops it after the step, with a \
-         checkpoint)"
+        "{}",
+        match job.kind {
+            JobKind::Harvest =>
+                "the window closed; the harvest continues here (Ctrl-C stops it, and no cache \
+                 is kept)",
+            _ =>
+                "the window closed; the job continues here (Ctrl-C stops it after the step, \
+                  with a checkpoint)",
+        }
     );
     crate::cli_train::stop_on_ctrl_c(&crate::train::RunControl {
         stop: job.stop.clone(),

@@ -158,13 +158,7 @@ impl TrainForm {
     /// the resulting config validates. Returns the flags, or the messages to show.
     pub fn check(&self) -> Result<TrainArgs, Vec<FieldError>> {
         let args = self.to_args()?;
-        let config = args
-            .resolve(self.device)
-            .map_err(|e| vec![("config", format!("{e:#}"))])?;
-        config
-            .validate()
-            .map_err(|e| vec![("config", format!("{e:#}"))])?;
-        Self::check_dataset(&config)?;
+        let config = self.checked_config(&args)?;
         if let Some(dir) = &config.activation_cache
             && !dir.join(crate::data::store::CACHE_META).is_file()
         {
@@ -181,14 +175,21 @@ impl TrainForm {
         Ok(args)
     }
 
-    fn check_dataset(config: &TrainConfig) -> Result<(), Vec<FieldError>> {
+    /// The config `args` resolve to, validated, with its dataset there.
+    fn checked_config(&self, args: &TrainArgs) -> Result<TrainConfig, Vec<FieldError>> {
+        let config = args
+            .resolve(self.device)
+            .map_err(|e| vec![("config", format!("{e:#}"))])?;
+        config
+            .validate()
+            .map_err(|e| vec![("config", format!("{e:#}"))])?;
         if !config.dataset.exists() && config.dataset != TrainConfig::default().dataset {
             return Err(vec![(
                 "dataset",
                 format!("{} does not exist", config.dataset.display()),
             )]);
         }
-        Ok(())
+        Ok(config)
     }
 
     fn cache_dir(&self) -> Option<PathBuf> {
@@ -207,13 +208,7 @@ impl TrainForm {
                 "name the directory to harvest into".into(),
             )]);
         };
-        let config = args
-            .resolve(self.device)
-            .map_err(|e| vec![("config", format!("{e:#}"))])?;
-        config
-            .validate()
-            .map_err(|e| vec![("config", format!("{e:#}"))])?;
-        Self::check_dataset(&config)?;
+        let config = self.checked_config(&args)?;
         // Only what `harvest` takes: the training flags would be refused there.
         let args = TrainArgs {
             model: args.model,

@@ -352,14 +352,8 @@ mod tests {
     use crate::rng::Rng;
     use crate::sae::{Architecture, SaeConfig};
 
-    /// A baseline kept in a directory is computed and written once, then read (its
-    /// zero-ablated losses: a file whose clean losses match is trusted for them), and
-    /// recomputed over a file of other clean losses, of another layer, or unreadable; an
-    /// unwritable directory costs nothing but the file. Computed losses are always
-    /// [`Baseline::new`]'s.
-    #[test]
-    fn a_kept_baseline_is_read_back_only_for_the_same_clean_losses() {
-        let device = Device::flex();
+    /// A random 3-layer GPT-2 of 4 heads of 16 and a 97-token vocabulary.
+    fn small_model(seed: u64) -> Transformer {
         let config = crate::lm::TransformerConfig {
             n_layers: 3,
             d_model: 64,
@@ -371,7 +365,17 @@ mod tests {
             n_ctx: 32,
             ..crate::lm::load::gpt2_small_config()
         };
-        let model = crate::lm::load::random(config, 5, &device);
+        crate::lm::load::random(config, seed, &Device::flex())
+    }
+
+    /// A baseline kept in a directory is computed and written once, then read (its
+    /// zero-ablated losses: a file whose clean losses match is trusted for them), and
+    /// recomputed over a file of other clean losses, of another layer, or unreadable; an
+    /// unwritable directory costs nothing but the file. Computed losses are always
+    /// [`Baseline::new`]'s.
+    #[test]
+    fn a_kept_baseline_is_read_back_only_for_the_same_clean_losses() {
+        let model = small_model(5);
         let ids: Vec<Vec<u32>> = (0..3u32)
             .map(|w| (0..12).map(|p| (w * 17 + p * 5 + 2) % 97).collect())
             .collect();
@@ -437,18 +441,7 @@ mod tests {
     #[test]
     fn a_shared_baseline_gives_each_sae_a_fresh_evaluation() {
         let device = Device::flex();
-        let config = crate::lm::TransformerConfig {
-            n_layers: 3,
-            d_model: 64,
-            n_heads: 4,
-            n_kv_heads: 4,
-            d_head: 16,
-            d_mlp: 128,
-            d_vocab: 97,
-            n_ctx: 32,
-            ..crate::lm::load::gpt2_small_config()
-        };
-        let model = crate::lm::load::random(config, 3, &device);
+        let model = small_model(3);
         let ids: Vec<Vec<u32>> = (0..3u32)
             .map(|w| (0..20).map(|p| (w * 31 + p * 7 + 1) % 97).collect())
             .collect();
