@@ -309,6 +309,10 @@ impl TrainArgs {
             None => self.resolve(device)?,
         };
         config.validate()?;
+        // A directory that is no cache is refused before the demo assets or the model load.
+        if let Some(dir) = &config.activation_cache {
+            crate::data::store::read_cache_meta(dir)?;
+        }
         check_demo_assets(&config)?;
         Ok((config, resume_dir))
     }

@@ -1190,7 +1190,24 @@ fn ignored_flags_zero_counts_and_unwritable_outputs_are_refused_first() {
     let file = file.to_str().unwrap();
     let cache = dir.join("cache");
     let cache = cache.to_str().unwrap();
-    let cases: [(&[&str], String); 16] = [
+    let out_dir = dir.join("run");
+    let out_dir = out_dir.to_str().unwrap();
+    let cases: [(&[&str], String); 17] = [
+        (
+            // A file, so no activation cache: refused before the model loads.
+            &[
+                "train",
+                "--headless",
+                "--activation-cache",
+                file,
+                "--out-dir",
+                out_dir,
+            ],
+            format!(
+                "Error: {file} is not an activation cache (run `attn-saes harvest`): reading \
+                 {file}/activations.json"
+            ),
+        ),
         (
             &["harvest", "--out", cache, "--lr", "0.1"],
             "Error: harvest writes hook_z activations and trains nothing, so --lr would change \

@@ -573,43 +573,49 @@ struct CacheReader {
     loaded: Option<(usize, Vec<f32>)>,
 }
 
-impl CacheReader {
-    fn open(dir: &Path) -> anyhow::Result<Self> {
-        let meta: CacheMeta = read_json(&dir.join(CACHE_META)).with_context(|| {
-            format!(
-                "{} is not an activation cache (run `attn-saes harvest`)",
-                dir.display()
-            )
-        })?;
-        let meta_path = dir.join(CACHE_META);
-        ensure!(
-            !meta.shard_rows.is_empty(),
-            "{}: the cache has no shards",
+/// The metadata of the activation cache in `dir`, checked (shards listed, sizes positive):
+/// an error says what is wrong, before anything else is done with the cache.
+pub fn read_cache_meta(dir: &Path) -> anyhow::Result<CacheMeta> {
+    let meta: CacheMeta = read_json(&dir.join(CACHE_META)).with_context(|| {
+        format!(
+            "{} is not an activation cache (run `attn-saes harvest`)",
+            dir.display()
+        )
+    })?;
+    let meta_path = dir.join(CACHE_META);
+    ensure!(
+        !meta.shard_rows.is_empty(),
+        "{}: the cache has no shards",
+        meta_path.display()
+    );
+    ensure!(
+        meta.n_heads > 0 && meta.d_head > 0,
+        "{}: n_heads ({}) and d_head ({}) must be positive",
+        meta_path.display(),
+        meta.n_heads,
+        meta.d_head
+    );
+    ensure!(
+        meta.n_heads.checked_mul(meta.d_head).is_some(),
+        "{}: n_heads ({}) x d_head ({}) is too large",
+        meta_path.display(),
+        meta.n_heads,
+        meta.d_head
+    );
+    if let Some(i) = meta.shard_rows.iter().position(|&rows| rows == 0) {
+        bail!(
+            "{}: shard_rows[{i}] is 0 (every shard holds at least one row)",
             meta_path.display()
         );
-        ensure!(
-            meta.n_heads > 0 && meta.d_head > 0,
-            "{}: n_heads ({}) and d_head ({}) must be positive",
-            meta_path.display(),
-            meta.n_heads,
-            meta.d_head
-        );
-        ensure!(
-            meta.n_heads.checked_mul(meta.d_head).is_some(),
-            "{}: n_heads ({}) x d_head ({}) is too large",
-            meta_path.display(),
-            meta.n_heads,
-            meta.d_head
-        );
-        if let Some(i) = meta.shard_rows.iter().position(|&rows| rows == 0) {
-            bail!(
-                "{}: shard_rows[{i}] is 0 (every shard holds at least one row)",
-                meta_path.display()
-            );
-        }
+    }
+    Ok(meta)
+}
+
+impl CacheReader {
+    fn open(dir: &Path) -> anyhow::Result<Self> {
         Ok(Self {
             dir: dir.to_path_buf(),
-            meta,
+            meta: read_cache_meta(dir)?,
             loaded: None,
         })
     }
