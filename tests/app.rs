@@ -397,9 +397,8 @@ fn a_harvest_from_the_form_feeds_runs_that_share_its_evaluation_baseline() {
         cache.display()
     );
     assert_eq!(messages(&h).last(), Some(&wrote), "{:?}", messages(&h));
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cache.join("activations.json")).unwrap())
-            .unwrap();
+    let meta_text = std::fs::read_to_string(cache.join("activations.json")).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&meta_text).unwrap();
     assert_eq!(meta["shard_rows"], serde_json::json!([1280]));
     assert_eq!(meta["hook_layer"], 1);
 
@@ -450,6 +449,16 @@ fn a_harvest_from_the_form_feeds_runs_that_share_its_evaluation_baseline() {
         h.query_by_label_contains("holds no complete activation cache")
             .is_some()
     );
+    // Metadata that lists no shards: the cache reader's own message, before anything runs.
+    std::fs::write(
+        cache.join("activations.json"),
+        meta_text.replace("1280", "0"),
+    )
+    .unwrap();
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("shard_rows[0] is 0").is_some());
+    assert!(!h.state().job_running());
 }
 
 #[test]

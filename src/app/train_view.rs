@@ -159,18 +159,20 @@ impl TrainForm {
     pub fn check(&self) -> Result<TrainArgs, Vec<FieldError>> {
         let args = self.to_args()?;
         let config = self.checked_config(&args)?;
-        if let Some(dir) = &config.activation_cache
-            && !dir.join(crate::data::store::CACHE_META).is_file()
-        {
-            return Err(vec![(
-                "activation cache",
+        if let Some(dir) = &config.activation_cache {
+            use crate::data::store::{CACHE_META, read_cache_meta};
+            let message = if !dir.join(CACHE_META).is_file() {
                 format!(
-                    "{} holds no complete activation cache (no {}): Harvest writes one, or \
-                     leave the field empty to train from the LM",
-                    dir.display(),
-                    crate::data::store::CACHE_META
-                ),
-            )]);
+                    "{} holds no complete activation cache (no {CACHE_META}): Harvest writes \
+                     one, or leave the field empty to train from the LM",
+                    dir.display()
+                )
+            } else if let Err(e) = read_cache_meta(dir) {
+                format!("{e:#}")
+            } else {
+                return Ok(args);
+            };
+            return Err(vec![("activation cache", message)]);
         }
         Ok(args)
     }
