@@ -174,7 +174,7 @@ pub struct HarvestRequest {
     pub out: PathBuf,
 }
 
-/// Harvests an activation cache; the stop flag stops it after the shard being written,
+/// Harvests an activation cache; the stop flag stops it after the LM's current forward,
 /// leaving no cache (see [`crate::data::store::write_cache`]).
 pub fn start_harvest(request: HarvestRequest) -> Job {
     spawn(JobKind::Harvest, move |tx, control| {
