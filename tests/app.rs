@@ -437,11 +437,14 @@ fn a_harvest_from_the_form_feeds_runs_that_share_its_evaluation_baseline() {
     h.get_by_label("Stop").click();
     step_until(&mut h, Duration::from_secs(120), |a| !a.job_running());
     h.run_steps(2);
+    // Stopped as asked: said, not as an error.
+    let stopped = (h.state().messages.iter()).find(|(_, m)| m.starts_with("harvest stopped"));
     assert!(
-        messages(&h).iter().any(|m| m.contains("harvest stopped")),
+        matches!(stopped, Some((Level::Info, _))),
         "{:?}",
         messages(&h)
     );
+    assert_eq!(h.state().native.status.phase, "harvest stopped");
     assert!(!cache.join("activations.json").exists());
     h.get_by_label("Start").click();
     h.run_steps(2);

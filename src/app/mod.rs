@@ -933,7 +933,7 @@ impl AttnSaesApp {
         self.drain_live(ctx);
         self.handle_close(ctx);
         if self.job_running() || self.builder_running() {
-            ctx.request_repaint_after(std::time::Duration::from_millis(100));
+            ctx.request_repaint_after(std::time::Duration::from_millis(250));
         }
         self.dropped_files(ctx);
     }
@@ -1306,6 +1306,7 @@ impl AttnSaesApp {
         self.native.status = JobStatus {
             phase: "starting the harvest".into(),
             running: true,
+            harvest: true,
             ..JobStatus::default()
         };
         self.native.job = Some(jobs::start_harvest(request));
@@ -1441,10 +1442,7 @@ impl AttnSaesApp {
         let s = self.status_mut(kind);
         match e {
             JobEvent::Train(e) => self.on_train_event(e),
-            JobEvent::Progress { phase, done, total } => {
-                s.phase = phase;
-                s.counted = Some((done, total));
-            }
+            JobEvent::Progress { phase, done, total } => s.count(phase, done, total),
             JobEvent::Phase(text) => {
                 s.phase = text;
                 s.counted = None;
@@ -1463,6 +1461,12 @@ impl AttnSaesApp {
             }
             JobEvent::Harvested(text) => {
                 s.phase = "activation cache written".into();
+                s.counted = None;
+                self.message(Level::Info, text);
+            }
+            // A harvest stopped as asked ends with its error (what it left): not a failure.
+            JobEvent::Failed(text) if kind == JobKind::Harvest && s.stopping => {
+                s.phase = "harvest stopped".into();
                 s.counted = None;
                 self.message(Level::Info, text);
             }

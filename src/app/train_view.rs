@@ -431,21 +431,58 @@ pub struct JobStatus {
     pub total_steps: usize,
     pub batch_size: usize,
     pub steps_per_s: f64,
-    /// `(done, total)` of a counted phase (dashboards).
+    /// `(done, total)` of a counted phase (dashboards, a harvest).
     pub counted: Option<(usize, usize)>,
+    /// The counted phase's first report: its name, when, and what was done then (for its
+    /// rate and time left).
+    pub counted_since: Option<(String, std::time::Instant, usize)>,
     pub running: bool,
     pub stopping: bool,
+    /// A harvest, not a training run: Stop keeps nothing.
+    pub harvest: bool,
+}
+
+impl JobStatus {
+    /// Records a counted phase's progress.
+    pub fn count(&mut self, phase: String, done: usize, total: usize) {
+        if self
+            .counted_since
+            .as_ref()
+            .is_none_or(|(p, ..)| *p != phase)
+        {
+            self.counted_since = Some((phase.clone(), std::time::Instant::now(), done));
+        }
+        self.phase = phase;
+        self.counted = Some((done, total));
+    }
+}
+
+/// `ETA m:ss` for `left` units at `per_s`.
+fn eta(left: f64, per_s: f64) -> String {
+    if per_s > 0.0 {
+        let secs = left / per_s;
+        format!("ETA {}:{:02}", (secs / 60.0) as u64, (secs % 60.0) as u64)
+    } else {
+        "ETA -".into()
+    }
 }
 
 /// Phase, progress bar, tokens/s and ETA.
 pub fn progress_ui(ui: &mut egui::Ui, s: &JobStatus) {
     ui.horizontal(|ui| {
         if s.running {
-            ui.spinner();
+            // Not egui's spinner, which repaints every frame: a job's status repaints a
+            // few times a second (`native_logic`), and on a software renderer the
+            // spinner's frames took cores from the job.
+            let turn = ui.input(|i| i.time * 4.0) as usize % 4;
+            ui.label(egui::RichText::new(["|", "/", "-", "\\"][turn]).monospace());
         }
         ui.label(egui::RichText::new(&s.phase).strong());
         if s.stopping {
-            ui.label("(stopping after this step, with a checkpoint)");
+            ui.label(match s.harvest {
+                true => "(stopping after this forward; no cache is kept)",
+                false => "(stopping after this step, with a checkpoint)",
+            });
         }
     });
     if !s.device.is_empty() {
@@ -453,16 +490,28 @@ pub fn progress_ui(ui: &mut egui::Ui, s: &JobStatus) {
     }
     if let Some((done, total)) = s.counted {
         let f = done as f32 / total.max(1) as f32;
-        ui.add(egui::ProgressBar::new(f).text(format!("{done} / {total}")));
+        // A harvest counts tokens; the rate once a second has passed.
+        let rate = (s.counted_since.as_ref())
+            .map(|(_, at, from)| (done.saturating_sub(*from), at.elapsed().as_secs_f64()))
+            .filter(|&(n, secs)| n > 0 && secs >= 1.0)
+            .map(|(n, secs)| n as f64 / secs);
+        let text = match (rate, s.harvest) {
+            (Some(r), true) => format!(
+                "{done} / {total} tokens · {r:.0} tokens/s · {}",
+                eta((total - done.min(total)) as f64, r)
+            ),
+            (Some(r), false) => format!(
+                "{done} / {total} · {}",
+                eta((total - done.min(total)) as f64, r)
+            ),
+            (None, _) => format!("{done} / {total}"),
+        };
+        ui.add(egui::ProgressBar::new(f).text(text));
     } else if s.total_steps > 0 {
         let f = s.step as f32 / s.total_steps as f32;
         let tokens_per_s = s.steps_per_s * s.batch_size as f64;
-        let eta = if s.steps_per_s > 0.0 {
-            let secs = (s.total_steps - s.step.min(s.total_steps)) as f64 / s.steps_per_s;
-            format!("ETA {}:{:02}", (secs / 60.0) as u64, (secs % 60.0) as u64)
-        } else {
-            "ETA -".into()
-        };
+        let left = (s.total_steps - s.step.min(s.total_steps)) as f64;
+        let eta = eta(left, s.steps_per_s);
         ui.add(egui::ProgressBar::new(f).text(format!(
             "step {} / {} · {:.0} tokens/s · {eta}",
             s.step, s.total_steps, tokens_per_s
