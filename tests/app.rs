@@ -401,6 +401,24 @@ fn a_harvest_from_the_form_feeds_runs_that_share_its_evaluation_baseline() {
     let meta: serde_json::Value = serde_json::from_str(&meta_text).unwrap();
     assert_eq!(meta["shard_rows"], serde_json::json!([1280]));
     assert_eq!(meta["hook_layer"], 1);
+    // The form says what the cache holds, and refuses another layer next to the field.
+    h.run_steps(2);
+    let holds = format!(
+        "{} holds 1280 tokens of layer 1's hook_z (4 heads x 16) of gpt2_tiny, 20 steps of 64 \
+         tokens",
+        cache.display()
+    );
+    assert!(has_label(&h, &holds));
+    h.state_mut().ui.form.hook_layer = "0".into();
+    h.run_steps(2);
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("holds layer 1's hook_z: set hook layer to 1")
+            .is_some()
+    );
+    assert!(!h.state().job_running());
+    h.state_mut().ui.form.hook_layer = "1".into();
 
     // Two runs from it: the first saves the evaluation baseline, the second reads it.
     let mut evals = Vec::new();

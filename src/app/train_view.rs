@@ -167,10 +167,20 @@ impl TrainForm {
                      one, or leave the field empty to train from the LM",
                     dir.display()
                 )
-            } else if let Err(e) = read_cache_meta(dir) {
-                format!("{e:#}")
             } else {
-                return Ok(args);
+                match read_cache_meta(dir) {
+                    Err(e) => format!("{e:#}"),
+                    Ok(meta) if config.hook_layer.is_some_and(|l| l != meta.hook_layer) => {
+                        format!(
+                            "{} holds layer {}'s hook_z: set hook layer to {} (or empty it), \
+                             or Harvest this layer",
+                            dir.display(),
+                            meta.hook_layer,
+                            meta.hook_layer
+                        )
+                    }
+                    Ok(_) => return Ok(args),
+                }
             };
             return Err(vec![("activation cache", message)]);
         }
@@ -227,6 +237,32 @@ impl TrainForm {
             out,
         })
     }
+}
+
+/// What the cache in `dir` holds, for a line under the form: tokens, layer, model, and the
+/// steps of `batch` tokens they make.
+pub fn cache_summary(
+    dir: &std::path::Path,
+    meta: &crate::data::store::CacheMeta,
+    batch: Option<usize>,
+) -> String {
+    let tokens: usize = meta.shard_rows.iter().sum();
+    let model = std::path::Path::new(&meta.model_name)
+        .file_name()
+        .map_or(meta.model_name.clone(), |n| {
+            n.to_string_lossy().into_owned()
+        });
+    let steps = batch
+        .filter(|&b| b > 0)
+        .map(|b| format!(", {} steps of {b} tokens", tokens / b))
+        .unwrap_or_default();
+    format!(
+        "{} holds {tokens} tokens of layer {}'s hook_z ({} heads x {}) of {model}{steps}",
+        dir.display(),
+        meta.hook_layer,
+        meta.n_heads,
+        meta.d_head
+    )
 }
 
 /// A form row: `label`, then one of a clap value enum's variants by its CLI name.
@@ -388,6 +424,15 @@ pub fn form_ui(
                     out.display()
                 ),
             );
+        }
+        if let Some(dir) = form.cache_dir()
+            && let Ok(meta) = crate::data::store::read_cache_meta(&dir)
+        {
+            ui.label(cache_summary(
+                &dir,
+                &meta,
+                form.batch_size.trim().parse().ok(),
+            ));
         }
         for (label, message) in errors.iter().filter(|(l, _)| *l == "config") {
             ui.colored_label(ui.visuals().error_fg_color, format!("{label}: {message}"));
