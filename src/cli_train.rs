@@ -706,26 +706,17 @@ pub enum HarvestProgress<'a> {
     Written(usize),
 }
 
-/// What [`harvest`] wrote.
-pub struct Harvested {
-    pub meta: crate::data::store::CacheMeta,
-    /// Windows held out at the corpus's start (skipped) for the CE evaluation.
-    pub held_out: usize,
-}
-
-impl Harvested {
-    /// The line `harvest` prints.
-    pub fn describe(&self, out: &std::path::Path) -> String {
-        format!(
-            "wrote {} tokens of layer {} hook_z in {} shards to {} (after the first {} \
-             windows, held out for CE evaluation)",
-            self.meta.shard_rows.iter().sum::<usize>(),
-            self.meta.hook_layer,
-            self.meta.shard_rows.len(),
-            out.display(),
-            self.held_out
-        )
-    }
+/// The line `harvest` prints for the cache it wrote to `out`.
+pub fn harvested_line(meta: &crate::data::store::CacheMeta, out: &std::path::Path) -> String {
+    format!(
+        "wrote {} tokens of layer {} hook_z in {} shards to {} (after the first {} windows, \
+         held out for CE evaluation)",
+        meta.shard_rows.iter().sum::<usize>(),
+        meta.hook_layer,
+        meta.shard_rows.len(),
+        out.display(),
+        meta.held_out_windows.unwrap_or(0)
+    )
 }
 
 /// `harvest`: `tokens` rows of the hooked layer's hook_z into the activation cache `out`,
@@ -739,7 +730,7 @@ pub fn harvest(
     shard_tokens: usize,
     out: &std::path::Path,
     progress: &mut dyn FnMut(HarvestProgress) -> anyhow::Result<()>,
-) -> anyhow::Result<Harvested> {
+) -> anyhow::Result<crate::data::store::CacheMeta> {
     use crate::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
     let config = args.resolve_for_harvest(choice)?;
     check_demo_assets(&config)?;
@@ -747,13 +738,8 @@ pub fn harvest(
     let (selected, loaded) = open_model(choice, &config.model)?;
     let corpus = crate::data::corpus::Corpus::open(&config.dataset, config.text_column.as_deref())?;
     let mc = &loaded.transformer.config;
+    // `ActivationStore::from_lm` refuses a layer the model lacks.
     let layer = config.layer(mc.n_layers);
-    anyhow::ensure!(
-        layer < mc.n_layers,
-        "--hook-layer {layer} does not exist: {} has layers 0 to {}",
-        mc.name,
-        mc.n_layers.saturating_sub(1)
-    );
     let store_config = StoreConfig {
         hook_layer: layer,
         context_size: config.context_size,
@@ -793,12 +779,8 @@ pub fn harvest(
         shard_rows: vec![],
         held_out_windows: Some(config.eval_windows),
     };
-    let meta = write_cache(&mut store, meta, out, tokens, shard_tokens, |n| {
+    write_cache(&mut store, meta, out, tokens, shard_tokens, |n| {
         progress(HarvestProgress::Written(n))
-    })?;
-    Ok(Harvested {
-        meta,
-        held_out: config.eval_windows,
     })
 }
 

@@ -1884,7 +1884,7 @@ fn run_harvest(
     shard_tokens: usize,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
-    use attn_saes::cli_train::{HarvestProgress, harvest};
+    use attn_saes::cli_train::{HarvestProgress, harvest, harvested_line};
     let bar = indicatif::ProgressBar::new(tokens as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -1892,14 +1892,14 @@ fn run_harvest(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let done = harvest(&args, choice, tokens, shard_tokens, out, &mut |p| {
+    let meta = harvest(&args, choice, tokens, shard_tokens, out, &mut |p| {
         if let HarvestProgress::Written(n) = p {
             bar.set_position(n as u64);
         }
         Ok(())
     })?;
     bar.finish_and_clear();
-    println!("{}", done.describe(out));
+    println!("{}", harvested_line(&meta, out));
     Ok(())
 }
 

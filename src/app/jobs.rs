@@ -180,7 +180,7 @@ pub fn start_harvest(request: HarvestRequest) -> Job {
     spawn(JobKind::Harvest, move |tx, control| {
         use crate::cli_train::HarvestProgress;
         let out = &request.out;
-        let done = crate::cli_train::harvest(
+        let meta = crate::cli_train::harvest(
             &request.args,
             request.device,
             request.tokens,
@@ -207,7 +207,9 @@ pub fn start_harvest(request: HarvestRequest) -> Job {
                 Ok(())
             },
         )?;
-        let _ = tx.send(JobEvent::Harvested(done.describe(out)));
+        let _ = tx.send(JobEvent::Harvested(crate::cli_train::harvested_line(
+            &meta, out,
+        )));
         Ok(())
     })
 }

@@ -478,9 +478,9 @@ pub struct JobStatus {
     pub steps_per_s: f64,
     /// `(done, total)` of a counted phase (dashboards, a harvest).
     pub counted: Option<(usize, usize)>,
-    /// The counted phase's first report: its name, when, and what was done then (for its
-    /// rate and time left).
-    pub counted_since: Option<(String, std::time::Instant, usize)>,
+    /// When the counted phase first reported, and what was done then (for its rate and
+    /// time left).
+    pub counted_since: Option<(std::time::Instant, usize)>,
     pub running: bool,
     pub stopping: bool,
     /// A harvest, not a training run: Stop keeps nothing.
@@ -490,12 +490,9 @@ pub struct JobStatus {
 impl JobStatus {
     /// Records a counted phase's progress.
     pub fn count(&mut self, phase: String, done: usize, total: usize) {
-        if self
-            .counted_since
-            .as_ref()
-            .is_none_or(|(p, ..)| *p != phase)
-        {
-            self.counted_since = Some((phase.clone(), std::time::Instant::now(), done));
+        // A new counted phase (a phase without a count clears `counted`).
+        if self.counted.is_none() || self.phase != phase {
+            self.counted_since = Some((std::time::Instant::now(), done));
         }
         self.phase = phase;
         self.counted = Some((done, total));
@@ -537,18 +534,16 @@ pub fn progress_ui(ui: &mut egui::Ui, s: &JobStatus) {
         let f = done as f32 / total.max(1) as f32;
         // A harvest counts tokens; the rate once a second has passed.
         let rate = (s.counted_since.as_ref())
-            .map(|(_, at, from)| (done.saturating_sub(*from), at.elapsed().as_secs_f64()))
+            .map(|(at, from)| (done.saturating_sub(*from), at.elapsed().as_secs_f64()))
             .filter(|&(n, secs)| n > 0 && secs >= 1.0)
             .map(|(n, secs)| n as f64 / secs);
+        let left = (total - done.min(total)) as f64;
         let text = match (rate, s.harvest) {
             (Some(r), true) => format!(
                 "{done} / {total} tokens · {r:.0} tokens/s · {}",
-                eta((total - done.min(total)) as f64, r)
+                eta(left, r)
             ),
-            (Some(r), false) => format!(
-                "{done} / {total} · {}",
-                eta((total - done.min(total)) as f64, r)
-            ),
+            (Some(r), false) => format!("{done} / {total} · {}", eta(left, r)),
             (None, _) => format!("{done} / {total}"),
         };
         ui.add(egui::ProgressBar::new(f).text(text));
