@@ -778,6 +778,7 @@ pub fn harvest(
         dataset: config.dataset.display().to_string(),
         shard_rows: vec![],
         held_out_windows: Some(config.eval_windows),
+        end: None,
     };
     write_cache(&mut store, meta, out, tokens, shard_tokens, |n| {
         progress(HarvestProgress::Written(n))

@@ -1945,6 +1945,47 @@ fn training_from_an_activation_cache() {
         RunControl::default(),
     );
     result.unwrap();
+    // The run's dashboards take the windows after those the cache's harvest read (2 held
+    // out, then 17 forwards of 4 windows): never trained on.
+    let stream = |skip: usize, n: usize| -> Vec<Vec<u32>> {
+        ContextWindows::new(
+            &corpus,
+            &loaded.tokenizer,
+            16,
+            model.config.bos_token_id,
+            Default::default(),
+            false,
+        )
+        .unwrap()
+        .skip(skip)
+        .take(n)
+        .map(|w| w.unwrap().0)
+        .collect()
+    };
+    assert_eq!(meta.end.map(|e| e.corpus.epoch), Some(0));
+    let ckpt = checkpoint::resolve_resume(&cfg.out_dir).unwrap();
+    let run_config = checkpoint::read_config(&ckpt).unwrap();
+    let held_out = |run_config: &TrainConfig| {
+        attn_saes::dashboard::held_out_windows(run_config, &ckpt, &loaded, 16, 3).unwrap()
+    };
+    let (windows, from) = held_out(&run_config);
+    assert_eq!(
+        from,
+        "held out: the corpus after the activation cache the run trained from"
+    );
+    assert_eq!(windows, stream(2 + 17 * 4, 3));
+    // Where that is not known, the corpus start, said.
+    let gone = TrainConfig {
+        activation_cache: Some(dir.join("gone")),
+        ..run_config.clone()
+    };
+    let (windows, from) = held_out(&gone);
+    assert_eq!(windows, stream(0, 3));
+    assert_eq!(
+        from,
+        "the corpus start (the activation cache the run trained from is gone, so these \
+         windows may have been trained on)"
+    );
     let notices = |events: &[TrainEvent]| -> Vec<String> {
         events
             .iter()

@@ -8,7 +8,7 @@ use anyhow::Context;
 use super::build::{self, BuildInputs, BuildOptions, Progress};
 use super::{Dashboard, HISTORY_POINTS};
 use crate::data::corpus::Corpus;
-use crate::data::store::{ActivationStore, StreamPosition};
+use crate::data::store::{ActivationStore, CacheMeta, StreamPosition, read_cache_meta, same_file};
 use crate::data::windows::{ContextWindows, WindowsPosition};
 use crate::lm::LoadedModel;
 use crate::run_log::History;
@@ -38,9 +38,11 @@ pub fn windows_from(
     Ok(out)
 }
 
-/// Held-out windows of a run: those after the last data its training harvested (never
-/// trained on). When the training stream went round the corpus, or nothing is left after
-/// it, the corpus start is used and the description says so.
+/// Held-out windows of a run: those after the last data its training read (never
+/// trained on): after what it harvested, or for a run from an activation cache, after
+/// what the cache's harvest read. When that went round the corpus, nothing is left after
+/// it, or the cache does not say where it ended, the corpus start is used and the
+/// description says so.
 pub fn held_out_windows(
     config: &TrainConfig,
     checkpoint_dir: &Path,
@@ -49,27 +51,58 @@ pub fn held_out_windows(
     n: usize,
 ) -> anyhow::Result<(Vec<Vec<u32>>, String)> {
     let corpus = Corpus::open(&config.dataset, config.text_column.as_deref())?;
-    let position = ActivationStore::saved_position(checkpoint_dir)?;
-    if let StreamPosition::Windows(pos) = position
-        && pos.corpus.epoch == 0
-    {
-        let windows = windows_from(&corpus, loaded, context_size, pos, n)?;
-        if !windows.is_empty() {
-            return Ok((
-                windows,
-                "held out: the corpus after the data the run trained on".into(),
-            ));
-        }
+    let (after, why) = match ActivationStore::saved_position(checkpoint_dir)? {
+        StreamPosition::Windows(pos) => (
+            (pos.corpus.epoch == 0).then_some(pos),
+            "the run trained on the whole corpus",
+        ),
+        _ => cache_end(config),
+    };
+    let held_out = match after {
+        Some(pos) => windows_from(&corpus, loaded, context_size, pos, n)?,
+        None => Vec::new(),
+    };
+    if !held_out.is_empty() {
+        let after = match config.activation_cache {
+            Some(_) => "the activation cache the run trained from",
+            None => "the data the run trained on",
+        };
+        return Ok((held_out, format!("held out: the corpus after {after}")));
     }
-    let why = match position {
-        StreamPosition::Windows(_) => "the run trained on the whole corpus",
-        _ => "the run trained from an activation cache",
+    let why = match after {
+        Some(_) => "nothing is left after the data the run trained on",
+        None => why,
     };
     let windows = windows_from(&corpus, loaded, context_size, WindowsPosition::default(), n)?;
     Ok((
         windows,
         format!("the corpus start ({why}, so these windows may have been trained on)"),
     ))
+}
+
+/// Where the harvest of the activation cache a run trained from ended in the run's corpus,
+/// or why that is not known.
+fn cache_end(config: &TrainConfig) -> (Option<WindowsPosition>, &'static str) {
+    let Some(meta) = config.activation_cache.as_deref().map(read_cache_meta) else {
+        return (None, "the run trained from an activation cache");
+    };
+    match meta {
+        Err(_) => (None, "the activation cache the run trained from is gone"),
+        Ok(meta) if !same_file(Path::new(&meta.dataset), &config.dataset) => (
+            None,
+            "the run trained from an activation cache of another corpus",
+        ),
+        Ok(CacheMeta { end: None, .. }) => (
+            None,
+            "the activation cache the run trained from does not record where its harvest \
+             ended",
+        ),
+        Ok(CacheMeta { end: Some(end), .. }) if end.corpus.epoch > 0 => (
+            None,
+            "the activation cache the run trained from holds the whole corpus",
+        ),
+        Ok(CacheMeta { end, .. }) => (end, ""),
+    }
 }
 
 /// Builds the dashboards of a run directory over at least `tokens` tokens of held-out

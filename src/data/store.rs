@@ -514,6 +514,19 @@ pub struct CacheMeta {
     /// harvests skipped them: those start at the corpus's first window.
     #[serde(default)]
     pub held_out_windows: Option<usize>,
+    /// Where the harvest's stream of windows stood when it ended: the corpus from there on
+    /// was never harvested (a dashboard of a run from the cache takes its windows there).
+    /// Absent in caches written before harvests recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<WindowsPosition>,
+}
+
+/// Whether two paths name one file (the paths themselves where either cannot be resolved).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 impl CacheMeta {
@@ -526,11 +539,7 @@ impl CacheMeta {
         context_size: usize,
         eval_windows: usize,
     ) -> anyhow::Result<()> {
-        let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => a == b,
-        };
-        if eval_windows == 0 || !same(Path::new(&self.dataset), dataset) {
+        if eval_windows == 0 || !same_file(Path::new(&self.dataset), dataset) {
             return Ok(());
         }
         let skipped = self.held_out_windows.unwrap_or(0);
@@ -741,6 +750,10 @@ pub fn write_cache(
         meta.shard_rows.push(rows);
         written += rows;
     }
+    meta.end = match store.position {
+        StreamPosition::Windows(pos) => Some(pos),
+        _ => None,
+    };
     // The metadata file marks the cache complete; it is written last.
     write_json(&meta_path, &meta)?;
     Ok(meta)

@@ -107,6 +107,7 @@ pub fn tiny_cache_meta() -> attn_saes::data::store::CacheMeta {
         dataset: "corpus".into(),
         shard_rows: vec![],
         held_out_windows: Some(0),
+        end: None,
     }
 }
 
