@@ -805,6 +805,8 @@ pub enum Stage<'a> {
         path: &'a std::path::Path,
         dashboard: &'a crate::dashboard::Dashboard,
         seconds: f64,
+        /// What happened to the LM's outputs kept for other dashboards, if any.
+        notice: Option<&'a str>,
     },
 }
 
@@ -855,7 +857,7 @@ pub fn train_then_dashboards(
         .parent()
         .unwrap_or(std::path::Path::new("."));
     let started = std::time::Instant::now();
-    let d = dashboard::build_for_run(
+    let (d, notice) = dashboard::build_for_run(
         run,
         None,
         &loaded,
@@ -871,6 +873,7 @@ pub fn train_then_dashboards(
         path: &path,
         dashboard: &d,
         seconds: started.elapsed().as_secs_f64(),
+        notice: notice.as_deref(),
     });
     Ok(summary)
 }

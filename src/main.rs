@@ -1520,7 +1520,7 @@ fn run_dashboards(
     options: &BuildOptions,
 ) -> anyhow::Result<Dashboard> {
     let mut bar = ProgressLine::new();
-    let d = dashboard::build_for_run(
+    let (d, notice) = dashboard::build_for_run(
         run,
         None,
         loaded,
@@ -1530,6 +1530,9 @@ fn run_dashboards(
         &mut |p, i, n| bar.update(p, i, n),
     )?;
     bar.finish();
+    if let Some(notice) = notice {
+        println!("{notice}");
+    }
     Ok(d)
 }
 
@@ -1859,11 +1862,15 @@ fn run_train(
                 path,
                 dashboard,
                 seconds,
+                notice,
             } => {
                 if let Some(b) = bar.take() {
                     b.finish();
                 }
                 say_written(dashboard, path);
+                if let Some(notice) = notice {
+                    println!("  {notice}");
+                }
                 println!("dashboards built in {seconds:.1} s");
             }
             Stage::Checking | Stage::RunDir(_) => {}

@@ -2736,6 +2736,38 @@ fn dashboard_effects_are_the_ranking_over_its_first_windows() {
     });
     same(&with_bos, &want_bos);
     assert_ne!(want_bos, want);
+    // Of many windows the file keeps only those its few examples use, which need not be
+    // the first: the effects are still over the first windows scanned (`rank`'s).
+    let many = random_windows(&loaded, 200, 10, 7);
+    let few = build_quiet(
+        &inputs(&loaded, &sae, many.clone()),
+        &BuildOptions {
+            top_k: 1,
+            n_intervals: 1,
+            per_interval: 1,
+            ..opts.clone()
+        },
+    );
+    assert_ne!(
+        few.windows[..3],
+        many[..3],
+        "the examples' windows begin elsewhere"
+    );
+    let first = rank_features_over(&loaded, &sae, 1, conv, &many[..3], &mut |_, _| {}).unwrap();
+    assert!(first.features.len() > 5);
+    let effects: Vec<(usize, usize, f32)> = (first.features.iter())
+        .map(|f| {
+            (
+                f.head,
+                f.feature,
+                few.heads[f.head].features[f.feature].effect.unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(usize, usize, f32)> = (first.features.iter())
+        .map(|f| (f.head, f.feature, f.estimate))
+        .collect();
+    assert_eq!(effects, want);
 
     let none = build_quiet(
         &inputs(&loaded, &sae, windows),
@@ -3567,4 +3599,187 @@ fn an_sae_trained_without_bos_is_not_applied_at_bos() {
         });
         assert!(differ > 0, "{model}: no estimate lost a BOS term");
     }
+}
+
+/// The LM's outputs a build reads that do not depend on the SAE, kept in a directory
+/// (beside an activation cache, for a sweep's runs): the first build writes them, a build
+/// of another SAE over the same windows reads them, and every build's dashboard equals the
+/// one built without keeping (to the bit). Files that disagree with a fresh computation of
+/// the first pass are replaced; a file read is really read (a changed later one changes the
+/// dashboard); a directory that cannot be written is said, and changes nothing.
+#[test]
+fn kept_lm_outputs_are_shared_by_the_dashboards_of_other_saes() {
+    let loaded = load("gpt2_tiny");
+    let (sae_a, sae_b) = (random_sae(&loaded, 6, 1), random_sae(&loaded, 6, 2));
+    let windows = random_windows(&loaded, 11, 10, 3);
+    // 3 passes of 4 windows; effects over 5 windows: 2 passes of 4.
+    let opts = BuildOptions {
+        windows_per_forward: 4,
+        effect_tokens: 45,
+        ..small_options()
+    };
+    let dir = TempDir::new("attn-saes-kept", "lm");
+    let build_in = |sae: &BlockDiagSae, keep: Option<&std::path::Path>| {
+        build::build_keeping(
+            &inputs(&loaded, sae, windows.clone()),
+            &opts,
+            keep,
+            &mut |_, _, _| {},
+        )
+        .unwrap()
+    };
+    let (fresh_a, none) = build_in(&sae_a, None);
+    assert_eq!(none, None);
+    assert_eq!(fresh_a.meta.effects.as_ref().map(|e| e.windows), Some(5));
+    let (fresh_b, _) = build_in(&sae_b, None);
+    assert_ne!(fresh_a, fresh_b);
+
+    let (kept_a, notice) = build_in(&sae_a, Some(&dir));
+    let kept: Vec<std::path::PathBuf> = std::fs::read_dir(&*dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let kept = &kept[0];
+    assert!(
+        kept.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("dashboard-lm-")
+    );
+    let mut files: Vec<String> = std::fs::read_dir(kept)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "effect-00000.safetensors",
+            "effect-00001.safetensors",
+            "key.json",
+            "scan-00000.safetensors",
+            "scan-00001.safetensors",
+            "scan-00002.safetensors"
+        ]
+    );
+    // 11 windows x 10 tokens: hook_z and values 4 x 16 floats each, patterns 4 x 10; the
+    // effects' hook_z and gradient over 5 windows.
+    let bytes = 4 * (110 * (2 * 64 + 4 * 10) + 50 * 2 * 64);
+    assert_eq!(
+        notice.as_deref(),
+        Some(
+            format!(
+                "the LM's outputs over the dashboard windows kept in {} ({:.1} MB): the \
+                 dashboards of other SAEs from this cache read them",
+                kept.display(),
+                bytes as f64 / 1e6
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(kept_a, fresh_a);
+    // The files hold the LM's own outputs.
+    let scan =
+        attn_saes::lm::weights::WeightFile::open(&kept.join("scan-00001.safetensors")).unwrap();
+    let model = &loaded.transformer;
+    let mut cache = model
+        .run(
+            model.tokens(&windows[4..8]).unwrap(),
+            &HookRequest {
+                hook_z: vec![1],
+                pattern: vec![1],
+                z_convention: ZConvention::TransformerLens,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    let z = cache.hook_z.remove(&1).unwrap();
+    assert_eq!(scan.read("hook_z").unwrap().shape, z.dims().to_vec());
+    assert_eq!(
+        scan.read("hook_z").unwrap().data,
+        attn_saes::files::host_vec(z).unwrap()
+    );
+    let pattern = cache.pattern.remove(&1).unwrap();
+    assert_eq!(
+        scan.read("pattern").unwrap().data,
+        attn_saes::files::host_vec(pattern).unwrap()
+    );
+
+    // Another SAE reads them all (5 files) and gets its own dashboard.
+    let (kept_b, notice) = build_in(&sae_b, Some(&dir));
+    assert_eq!(
+        notice.as_deref(),
+        Some(
+            format!(
+                "the LM's outputs over the dashboard windows read from {} (5 files)",
+                kept.display()
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(kept_b, fresh_b);
+
+    // Read, not recomputed: a later scan file changed changes the dashboard; a missing
+    // effect file is computed and written again.
+    let scan1 = kept.join("scan-00001.safetensors");
+    let original = std::fs::read(&scan1).unwrap();
+    let mut arrays: Vec<attn_saes::files::NamedArray> = ["hook_z", "pattern", "values"]
+        .iter()
+        .map(|n| {
+            let a = scan.read(n).unwrap();
+            attn_saes::files::NamedArray::new(*n, a.shape, a.data)
+        })
+        .collect();
+    arrays[0].data.iter_mut().for_each(|x| *x *= 2.0);
+    attn_saes::files::write_safetensors(&scan1, &arrays, None).unwrap();
+    std::fs::remove_file(kept.join("effect-00001.safetensors")).unwrap();
+    let (changed, notice) = build_in(&sae_b, Some(&dir));
+    assert_ne!(changed, fresh_b);
+    assert_eq!(changed.meta.effects, fresh_b.meta.effects);
+    assert!(
+        notice
+            .as_deref()
+            .is_some_and(|n| n.contains("(4 files; 1 more written, ")),
+        "{notice:?}"
+    );
+    assert!(kept.join("effect-00001.safetensors").is_file());
+    std::fs::write(&scan1, &original).unwrap();
+
+    // The first file no longer the LM's (another device's bits): all recomputed, replaced.
+    let scan0 = kept.join("scan-00000.safetensors");
+    let scan0_file = attn_saes::lm::weights::WeightFile::open(&scan0).unwrap();
+    let mut arrays: Vec<attn_saes::files::NamedArray> = ["hook_z", "pattern", "values"]
+        .iter()
+        .map(|n| {
+            let a = scan0_file.read(n).unwrap();
+            attn_saes::files::NamedArray::new(*n, a.shape, a.data)
+        })
+        .collect();
+    arrays[2].data[7] = f32::from_bits(arrays[2].data[7].to_bits() ^ 1);
+    attn_saes::files::write_safetensors(&scan0, &arrays, None).unwrap();
+    let (replaced, notice) = build_in(&sae_a, Some(&dir));
+    assert_eq!(replaced, fresh_a);
+    assert!(
+        notice.as_deref().is_some_and(
+            |n| n.contains("were of another model or device: recomputed and replaced in")
+        ),
+        "{notice:?}"
+    );
+    let (again, notice) = build_in(&sae_b, Some(&dir));
+    assert_eq!(again, fresh_b);
+    assert!(notice.unwrap().contains("read from"));
+
+    // Somewhere that cannot be written: said, nothing else changes.
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let (unkept, notice) = build_in(&sae_a, Some(&file));
+    assert_eq!(unkept, fresh_a);
+    let notice = notice.unwrap();
+    assert!(
+        notice.starts_with("the LM's outputs over the dashboard windows were not kept in"),
+        "{notice}"
+    );
 }

@@ -2046,6 +2046,36 @@ fn training_from_an_activation_cache() {
     );
     assert!(!evals(&events).is_empty());
     assert_eq!(evals(&events), evals(&events_again));
+    // The first run's dashboards keep the LM's outputs over their windows in the cache;
+    // the second run's (the same windows: after the cache's) read them.
+    let dashboard_notice = |run_dir: &Path| {
+        let options = attn_saes::dashboard::BuildOptions::default();
+        let build = attn_saes::dashboard::build_for_run(
+            run_dir,
+            None,
+            &loaded,
+            6 * 16,
+            None,
+            &options,
+            &mut |_, _, _| {},
+        );
+        build.unwrap().1.unwrap()
+    };
+    let kept = dashboard_notice(&cfg.out_dir);
+    let kept_dir = format!("{}/dashboard-lm-", cache_dir.display());
+    assert!(
+        kept.starts_with(&format!(
+            "the LM's outputs over the dashboard windows kept in {kept_dir}"
+        )),
+        "{kept}"
+    );
+    let read = dashboard_notice(&dir.join("again"));
+    assert!(
+        read.starts_with(&format!(
+            "the LM's outputs over the dashboard windows read from {kept_dir}"
+        )),
+        "{read}"
+    );
     let mses: Vec<f64> = events
         .iter()
         .filter_map(|e| match e {
@@ -2219,7 +2249,7 @@ fn run_dashboards_carry_the_run_and_feed_the_features_report() {
     let device = Device::flex();
     let loaded = lm::load_model(&cfg.model, &device).unwrap();
     let run_dir = cfg.out_dir.clone();
-    let d = dashboard::build_for_run(
+    let (d, _) = dashboard::build_for_run(
         &run_dir,
         None,
         &loaded,
@@ -2248,7 +2278,7 @@ fn run_dashboards_carry_the_run_and_feed_the_features_report() {
     };
     let original = std::fs::read(&saved).unwrap();
     std::fs::write(&saved, toml::to_string(&trained_on_bos).unwrap()).unwrap();
-    let with_bos = dashboard::build_for_run(
+    let (with_bos, _) = dashboard::build_for_run(
         &run_dir,
         None,
         &loaded,

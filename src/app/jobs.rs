@@ -153,7 +153,11 @@ pub fn start_training(request: TrainRequest) -> Job {
                     Stage::Dashboards { phase, done, total } => {
                         dashboard_progress(phase, done, total)
                     }
-                    Stage::DashboardWritten { path, .. } => {
+                    Stage::DashboardWritten { path, notice, .. } => {
+                        if let Some(notice) = notice {
+                            let note = TrainEvent::Notice(notice.to_string());
+                            let _ = tx.send(JobEvent::Train(note));
+                        }
                         JobEvent::DashboardWritten(path.to_path_buf())
                     }
                 };
@@ -244,7 +248,7 @@ fn build_dashboards(
     loaded: &crate::lm::LoadedModel,
     tx: &Sender<JobEvent>,
 ) -> anyhow::Result<()> {
-    let d = dashboard::build_for_run(
+    let (d, notice) = dashboard::build_for_run(
         run,
         checkpoint,
         loaded,
@@ -257,6 +261,9 @@ fn build_dashboards(
     )?;
     let path = dashboard::run_dashboard_path(run);
     dashboard::build::write(&d, &path)?;
+    if let Some(notice) = notice {
+        let _ = tx.send(JobEvent::Train(TrainEvent::Notice(notice)));
+    }
     let _ = tx.send(JobEvent::DashboardWritten(path));
     Ok(())
 }

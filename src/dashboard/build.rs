@@ -114,6 +114,7 @@ pub struct BuildInputs<'a> {
 pub type Progress<'p> = &'p mut dyn FnMut(&str, usize, usize);
 
 use super::dfa::{dfa_by_head, dfa_from_products, part_sums, sum_parts};
+use super::kept::{Kept, KeptKey};
 use super::sources;
 
 /// The seeded hash key of an active (token, feature): interval groups keep the smallest.
@@ -1058,6 +1059,19 @@ pub fn build(
     opts: &BuildOptions,
     progress: Progress,
 ) -> anyhow::Result<Dashboard> {
+    build_keeping(inputs, opts, None, progress).map(|(d, _)| d)
+}
+
+/// [`build`], with the LM's outputs it reads that do not depend on the SAE kept in (or
+/// read from) a directory in `keep_in` ([`super::kept`]): the dashboards of other SAEs of
+/// the layer over the same windows then skip the LM. Also gives what happened to them, in
+/// words.
+pub fn build_keeping(
+    inputs: &BuildInputs,
+    opts: &BuildOptions,
+    keep_in: Option<&Path>,
+    progress: Progress,
+) -> anyhow::Result<(Dashboard, Option<String>)> {
     let model = &inputs.loaded.transformer;
     let mc = &model.config;
     let sae = inputs.sae;
@@ -1090,6 +1104,30 @@ pub fn build(
         per_block,
     };
     let layer = inputs.layer;
+    let per = opts.windows_per_forward.max(1);
+    let n_windows = inputs.windows.len();
+    let effect_windows = match opts.effect_tokens {
+        0 => 0,
+        e => e.div_ceil(t.max(1)).min(n_windows),
+    };
+    let mut kept = match keep_in {
+        Some(base) => {
+            let (hd, floats) = ((mc.n_heads * mc.d_head) as u64, |n: usize| (n * t) as u64);
+            let bytes = 4
+                * (floats(n_windows) * (2 * hd + (mc.n_heads * t) as u64)
+                    + floats(effect_windows) * 2 * hd);
+            let key = KeptKey {
+                model: mc.name.clone(),
+                layer,
+                z_convention: inputs.z_convention,
+                scan_windows: per,
+                effect_windows: crate::live::WINDOWS_PER_PASS,
+                windows: inputs.windows.clone(),
+            };
+            Kept::in_dir(base, &key, bytes)?
+        }
+        None => Kept::off(),
+    };
     let bos = mc.bos_token_id;
     // End-of-text tokens (a pre-tokenized corpus's separators or padding) are never
     // counted, as SAEDashboard masks them: one would stand for the document boundary in
@@ -1165,29 +1203,41 @@ pub fn build(
         // Which features fire together, over the tokens that fit its limits.
         let mut cofiring = Cofiring::new(h * m, opts.cofiring_limits);
         // Pass 1.
-        let n_windows = inputs.windows.len();
         let mut n_counted: u64 = 0;
-        let per = opts.windows_per_forward.max(1);
         for (c, batch) in inputs.windows.chunks(per).enumerate() {
             progress("scanning tokens", c * per * t, n_windows * t);
             let b = batch.len();
             let n = b * t;
-            let tokens = model.tokens(batch)?;
-            let hooks = HookRequest {
-                hook_z: vec![layer],
-                pattern: vec![layer],
-                values: vec![layer],
-                z_convention: inputs.z_convention,
-                ..Default::default()
+            let (mh, md) = (mc.n_heads, mc.d_head);
+            let shapes = [
+                ("hook_z", vec![b, t, mh, md]),
+                ("pattern", vec![b, mh, t, t]),
+                ("values", vec![b, t, mh, md]),
+            ];
+            let mut lm = || -> anyhow::Result<Vec<Vec<f32>>> {
+                let hooks = HookRequest {
+                    hook_z: vec![layer],
+                    pattern: vec![layer],
+                    values: vec![layer],
+                    z_convention: inputs.z_convention,
+                    ..Default::default()
+                };
+                let mut cache = model.run(model.tokens(batch)?, &hooks, None)?;
+                Ok(vec![
+                    host_vec(cache.hook_z.remove(&layer).context("no hook_z")?)?,
+                    host_vec(cache.pattern.remove(&layer).context("no pattern")?)?,
+                    host_vec(cache.values.remove(&layer).context("no values")?)?,
+                ])
             };
-            let mut cache = model.run(tokens, &hooks, None)?;
-            let z = cache.hook_z.remove(&layer).context("no hook_z")?;
-            let x = sae.scale_input(z.reshape([n, h, d])); // [H, n, d]
-            // The encoder runs on the host, head by head (`encode_head`); the
-            // reconstruction is summed there sparsely.
-            let x_host = host_vec(x)?;
-            let pattern = host_vec(cache.pattern.remove(&layer).context("no pattern")?)?;
-            let values = host_vec(cache.values.remove(&layer).context("no values")?)?;
+            let [z, pattern, values]: [Vec<f32>; 3] = kept
+                .get(&format!("scan-{c:05}"), &shapes, &mut lm)?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("the LM's outputs are not hook_z, pattern, values"))?;
+            // The encoder runs on the host, head by head (`encode_head`), on `s z` by
+            // head `[H, n, d]` (as `scale_input`); the reconstruction is summed there
+            // sparsely.
+            let x_host = scaled_by_head(&z, n, h, d, &sae.input_scale);
+            drop(z);
             let flat: Vec<u32> = batch.iter().flatten().copied().collect();
             let counted: Vec<bool> = flat
                 .iter()
@@ -1466,34 +1516,68 @@ pub fn build(
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     let mut dashboard = result?;
-    if opts.effect_tokens > 0 {
-        add_effects(&mut dashboard, inputs, opts.effect_tokens, progress)?;
+    if effect_windows > 0 {
+        add_effects(&mut dashboard, inputs, effect_windows, &mut kept, progress)?;
     }
-    Ok(dashboard)
+    Ok((dashboard, kept.notice()))
+}
+
+/// `z` `[n, h, d]` scaled by `scale[h]` into `[h, n, d]`.
+fn scaled_by_head(z: &[f32], n: usize, h: usize, d: usize, scale: &[f32]) -> Vec<f32> {
+    let mut x = vec![0.0f32; z.len()];
+    for (head, out) in x.chunks_exact_mut(n * d).enumerate() {
+        for (i, row) in out.chunks_exact_mut(d).enumerate() {
+            let from = &z[(i * h + head) * d..][..d];
+            row.iter_mut()
+                .zip(from)
+                .for_each(|(o, &v)| *o = v * scale[head]);
+        }
+    }
+    x
 }
 
 /// Each feature's first-order effect on the loss (`live::rank_features_over`), summed over
-/// the dashboard's first windows holding `tokens` tokens, into the dashboard.
+/// the first `n` windows scanned (not only those the examples keep: `rank`'s windows),
+/// into the dashboard; the LM's part through `kept`.
 fn add_effects(
     d: &mut Dashboard,
     inputs: &BuildInputs,
-    tokens: usize,
+    n: usize,
+    kept: &mut Kept,
     progress: Progress,
 ) -> anyhow::Result<()> {
     let t = d.meta.context_size;
-    let n = tokens.div_ceil(t.max(1)).min(d.windows.len());
     // BOS positions count as the examples do.
     let sae = crate::sae::BlockDiagSae {
         reads_bos: d.meta.settings.keep_bos,
         ..inputs.sae.clone()
     };
-    let ranking = crate::live::rank_features_over(
+    let (model, layer, conv) = (inputs.loaded, inputs.layer, inputs.z_convention);
+    let mc = &model.transformer.config;
+    let device = model.transformer.device();
+    let ranking = crate::live::rank_features_from(
         inputs.loaded,
         &sae,
-        inputs.layer,
-        inputs.z_convention,
-        &d.windows[..n],
+        &inputs.windows[..n],
         &mut |done, of| progress("estimating each feature's effect on the loss", done, of),
+        &mut |pass, chunk| {
+            let shape = vec![chunk.len(), t, mc.n_heads, mc.d_head];
+            let shapes = [("hook_z", shape.clone()), ("grad", shape.clone())];
+            let host = kept.get(&format!("effect-{pass:05}"), &shapes, &mut || {
+                let lm = crate::live::lm_gradient(model, layer, conv, chunk)?;
+                lm.into_iter().map(host_vec).collect()
+            })?;
+            let mut tensors = host.into_iter().map(|v| {
+                burn::tensor::Tensor::<4>::from_data(
+                    burn::tensor::TensorData::new(v, shape.clone()),
+                    device,
+                )
+            });
+            match (tensors.next(), tensors.next()) {
+                (Some(z), Some(grad)) => Ok([z, grad]),
+                _ => anyhow::bail!("the LM's outputs are not hook_z and its gradient"),
+            }
+        },
     )?;
     for head in &mut d.heads {
         head.features.iter_mut().for_each(|f| f.effect = Some(0.0));

@@ -7,6 +7,8 @@
 pub mod build;
 pub mod dfa;
 pub mod format;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod kept;
 pub mod labels;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod neuronpedia;

@@ -109,7 +109,10 @@ fn cache_end(config: &TrainConfig) -> (Option<WindowsPosition>, &'static str) {
 /// windows of `context_size` tokens (default: the run's context, at most 128): of the SAE
 /// of `checkpoint` when given (a checkpoint directory of the run), else of the run's final
 /// `sae/`, else of its latest checkpoint (a run still training). BOS positions count (as
-/// `options.keep_bos`) when the run trained on them (`--keep-bos`) too.
+/// `options.keep_bos`) when the run trained on them (`--keep-bos`) too. Of a run from an
+/// activation cache, the LM's outputs the build reads that do not depend on the SAE are
+/// kept in the cache's directory, for the dashboards of the other runs from it
+/// ([`super::kept`]); the second value says what happened to them.
 pub fn build_for_run(
     run_dir: &Path,
     checkpoint: Option<&Path>,
@@ -118,7 +121,7 @@ pub fn build_for_run(
     context_size: Option<usize>,
     options: &BuildOptions,
     progress: Progress,
-) -> anyhow::Result<Dashboard> {
+) -> anyhow::Result<(Dashboard, Option<String>)> {
     let (ckpt, sae_dir) = checkpoint::run_sae(run_dir, checkpoint)?;
     let config = checkpoint::read_config(&ckpt)?;
     let options = &BuildOptions {
@@ -165,5 +168,6 @@ pub fn build_for_run(
         ce_scores,
         built_from: super::built_from(loaded, &sae_dir),
     };
-    build::build(&inputs, options, progress)
+    let keep_in = (config.activation_cache.as_deref()).filter(|dir| read_cache_meta(dir).is_ok());
+    build::build_keeping(&inputs, options, keep_in, progress)
 }

@@ -24,7 +24,10 @@ pub use steer::{choose, steer, steer_async};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
-pub use ranking::{rank_features, rank_features_async, rank_features_over};
+pub use ranking::{
+    WINDOWS_PER_PASS, lm_gradient, rank_features, rank_features_async, rank_features_from,
+    rank_features_over,
+};
 
 /// `(blocks, block width, features per block, model heads per block)` of an SAE that reads
 /// `model`'s hook_z: one block per head, or one dense block over every head (what the

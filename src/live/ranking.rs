@@ -16,17 +16,15 @@ use crate::lm::{
 };
 use crate::sae::BlockDiagSae;
 
-/// The estimates `[blocks, m]` and firing counts `[blocks, m]` over `windows` (of one
-/// length), not yet read back.
-fn queue(
+/// hook_z of `windows` (of one length, in `z_convention`) and the gradient of their summed
+/// next-token loss at it, `[B, T, H, d]` each: what the ranking needs of the LM (the same
+/// for every SAE of the layer).
+pub fn lm_gradient(
     loaded: &LoadedModel,
-    sae: &BlockDiagSae,
     layer: usize,
     z_convention: ZConvention,
     windows: &[Vec<u32>],
-) -> anyhow::Result<[Tensor<2>; 2]> {
-    // Blocks: one per head, or one over every head for a dense SAE.
-    let (h, d, m, _) = super::sae_sizes(sae, &loaded.transformer)?;
+) -> anyhow::Result<[Tensor<4>; 2]> {
     let plain = &loaded.transformer;
     let model = plain.with_autodiff();
     let len = windows.first().map_or(0, Vec::len);
@@ -35,7 +33,6 @@ fn queue(
         windows.iter().all(|w| w.len() == len),
         "windows of different lengths"
     );
-    let t = windows.len() * len; // every position of every window
     // hook_z (in the SAE's convention) made a leaf of the graph, so its gradient is kept;
     // the splice gives it back unchanged.
     let leaf: RefCell<Option<Tensor<4>>> = RefCell::new(None);
@@ -73,7 +70,20 @@ fn queue(
     let grads = loss.backward();
     let z = leaf.take().context("the splice was not reached")?;
     let grad = z.grad(&grads).context("no gradient for hook_z")?; // [B, T, H, d]
-    let z = z.inner();
+    Ok([z.inner(), grad])
+}
+
+/// The estimates `[blocks, m]` and firing counts `[blocks, m]` of `sae`'s features over
+/// `windows`, from their hook_z and its gradient ([`lm_gradient`]), not yet read back.
+fn estimates(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    windows: &[Vec<u32>],
+    [z, grad]: [Tensor<4>; 2],
+) -> anyhow::Result<[Tensor<2>; 2]> {
+    // Blocks: one per head, or one over every head for a dense SAE.
+    let (h, d, m, _) = super::sae_sizes(sae, &loaded.transformer)?;
+    let t = windows.len() * windows.first().map_or(0, Vec::len); // every position
     let feats = sae.forward(sae.scale_input(z.reshape([t, h, d]))).feats; // [H, T, m]
     let feats = super::unless_bos(sae, &loaded.transformer, windows, feats);
     // dL/dz . W_dec[f] / input_scale, [H, T, m].
@@ -90,6 +100,19 @@ fn queue(
     let estimate = (feats.clone() * along).neg().sum_dim(1).reshape([h, m]);
     let fires = feats.greater_elem(0.0).float().sum_dim(1).reshape([h, m]);
     Ok([estimate, fires])
+}
+
+/// The estimates and firing counts over `windows`, not yet read back.
+fn queue(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    windows: &[Vec<u32>],
+) -> anyhow::Result<[Tensor<2>; 2]> {
+    super::sae_sizes(sae, &loaded.transformer)?;
+    let lm = lm_gradient(loaded, layer, z_convention, windows)?;
+    estimates(loaded, sae, windows, lm)
 }
 
 fn finish(ids: &[u32], m: usize, [estimate, fires]: [Vec<f32>; 2]) -> FeatureRanking {
@@ -125,7 +148,7 @@ pub fn rank_features(
 }
 
 /// Windows run together by [`rank_features_over`].
-const WINDOWS_PER_PASS: usize = 4;
+pub const WINDOWS_PER_PASS: usize = 4;
 
 /// [`rank_features`] over many windows (of one length) at once: each feature's estimates
 /// and firing counts summed over them (`ids` is empty). `progress(done, of)` after each
@@ -138,10 +161,28 @@ pub fn rank_features_over(
     windows: &[Vec<u32>],
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<FeatureRanking> {
+    rank_features_from(loaded, sae, windows, progress, &mut |_, chunk| {
+        lm_gradient(loaded, layer, z_convention, chunk)
+    })
+}
+
+/// The LM's part of a pass of [`rank_features_from`]: hook_z and its gradient
+/// ([`lm_gradient`]) of the pass's windows, given the pass's index.
+pub type LmPass<'a> = dyn FnMut(usize, &[Vec<u32>]) -> anyhow::Result<[Tensor<4>; 2]> + 'a;
+
+/// [`rank_features_over`] with the LM's part of each pass of [`WINDOWS_PER_PASS`] windows
+/// from `lm(pass, its windows)` ([`lm_gradient`]'s, or kept ones).
+pub fn rank_features_from(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    windows: &[Vec<u32>],
+    progress: &mut dyn FnMut(usize, usize),
+    lm: &mut LmPass,
+) -> anyhow::Result<FeatureRanking> {
     let (h, _, m, _) = super::sae_sizes(sae, &loaded.transformer)?;
     let (mut estimate, mut fires) = (vec![0.0f64; h * m], vec![0.0f64; h * m]);
     for (i, chunk) in windows.chunks(WINDOWS_PER_PASS).enumerate() {
-        let [e, f] = queue(loaded, sae, layer, z_convention, chunk)?;
+        let [e, f] = estimates(loaded, sae, chunk, lm(i, chunk)?)?;
         let (e, f) = (crate::files::host_vec(e)?, crate::files::host_vec(f)?);
         for (sum, x) in estimate.iter_mut().zip(e).chain(fires.iter_mut().zip(f)) {
             *sum += x as f64;

@@ -270,7 +270,7 @@ pub fn run_with_dashboard_of(cfg: attn_saes::train::TrainConfig) -> PathBuf {
     let (tx, _rx) = std::sync::mpsc::channel();
     let run_dir = cfg.out_dir.clone();
     attn_saes::train::train(cfg, &loaded, None, &device, "cpu", &tx, &Default::default()).unwrap();
-    let d = dashboard::build_for_run(
+    let (d, _) = dashboard::build_for_run(
         &run_dir,
         None,
         &loaded,
