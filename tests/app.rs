@@ -420,9 +420,14 @@ fn a_harvest_from_the_form_feeds_runs_that_share_its_evaluation_baseline() {
     assert!(!h.state().job_running());
     h.state_mut().ui.form.hook_layer = "1".into();
 
-    // Two runs from it: the first saves the evaluation baseline, the second reads it.
+    // Two runs from it, with their dashboards: the first saves the evaluation baseline
+    // and keeps the LM's outputs over the dashboard windows, the second reads both.
+    h.state_mut().ui.form.build_dashboards = true;
     let mut evals = Vec::new();
-    for (run, baseline) in [("run", "saved to"), ("run2", "read from")] {
+    for (run, baseline, lm) in [
+        ("run", "saved to", "kept in"),
+        ("run2", "read from", "read from"),
+    ] {
         h.state_mut().messages.clear();
         h.state_mut().ui.view = View::Train;
         h.state_mut().ui.form.out_dir = dir.join(run).display().to_string();
@@ -434,6 +439,12 @@ fn a_harvest_from_the_form_feeds_runs_that_share_its_evaluation_baseline() {
                 .any(|m| m.contains("evaluation baseline") && m.contains(baseline)),
             "{said:?}"
         );
+        let lm = format!(
+            "the LM's outputs over the dashboard windows {lm} {}",
+            cache.join("dashboard-lm-").display()
+        );
+        assert!(said.iter().any(|m| m.starts_with(&lm)), "{said:?}");
+        assert!(dir.join(run).join("dashboard.safetensors").is_file());
         assert!(
             said.iter().any(|m| m.starts_with("SAE saved to")),
             "{said:?}"
@@ -443,6 +454,7 @@ fn a_harvest_from_the_form_feeds_runs_that_share_its_evaluation_baseline() {
         evals.push(history.evals);
     }
     assert_eq!(evals[0], evals[1]);
+    h.state_mut().ui.form.build_dashboards = false;
 
     // A harvest stopped after its first forwards: over the complete cache, none is left.
     h.state_mut().ui.view = View::Train;
