@@ -454,8 +454,17 @@ enum Command {
     /// Evaluate an SAE (our format) on a model: CE loss clean / with SAE / zero-ablated.
     Evaluate {
         /// SAE directory (our format; see `import`).
-        #[arg(long)]
-        sae: std::path::PathBuf,
+        #[arg(long, required_unless_present = "run")]
+        sae: Option<std::path::PathBuf>,
+        /// A training run instead: its SAE on its model, layer and corpus, over windows
+        /// after the data it trained on (as its dashboards; `--eval-windows`, default 64);
+        /// runs from one activation cache share the evaluation baseline kept there.
+        #[arg(
+            long,
+            conflicts_with_all = ["sae", "skip_windows", "config", "model", "dataset",
+                "text_column", "hook_layer", "z_convention", "context_size"]
+        )]
+        run: Option<std::path::PathBuf>,
         /// Skip this many context windows of the dataset first (e.g. past the ones a run
         /// trained on), then evaluate on `--eval-windows`.
         #[arg(long, default_value_t = 0)]
@@ -513,7 +522,9 @@ impl Command {
             Command::Compare { runs, .. } => runs.iter().collect(),
             Command::Label { run, from, .. } => once(run).chain(from).collect(),
             Command::Train { args, .. } | Command::Harvest { args, .. } => train(args),
-            Command::Evaluate { sae, source, .. } => once(sae).chain(&source.config).collect(),
+            Command::Evaluate {
+                sae, run, source, ..
+            } => sae.iter().chain(run).chain(&source.config).collect(),
             Command::Info { .. }
             | Command::Forward { .. }
             | Command::Heads { .. }
@@ -1253,9 +1264,15 @@ fn main() -> anyhow::Result<()> {
             println!("corpus={}", assets.corpus.display());
         }
         Command::Evaluate {
-            sae,
+            run: Some(run),
+            source,
+            ..
+        } => evaluate_run(&run, &source, cli.device)?,
+        Command::Evaluate {
+            sae: Some(sae),
             skip_windows,
             source,
+            ..
         } => {
             let mut args = source.train_args();
             // Before anything is read: 0 windows evaluate nothing, 1 has no spread (NaN).
@@ -1289,33 +1306,128 @@ fn main() -> anyhow::Result<()> {
                 !windows.is_empty(),
                 "the dataset gave no context windows after skipping {skip_windows}"
             );
-            let tokens = loaded.transformer.tokens(&windows)?;
-            let (e, s) = train::eval::evaluate_with_spread(
-                &loaded.transformer,
-                &sae,
-                tokens,
-                config.layer(loaded.transformer.config.n_layers),
-                config.z_convention,
-                config.drop_bos,
-                0,
-            )?;
-            let model = &loaded.transformer.config;
-            let dense = sae.config.is_dense_over(model.n_heads, model.d_head);
-            attn_saes::cli_train::print_summary(None, Some(&e), dense);
-            println!(
-                "over {} windows: zero-ablation costs {:.4} +- {:.4} nats, the SAE {:.4} +- \
-                 {:.4}; CE loss score {:.3} +- {:.3} (standard errors; jackknife for the score)",
-                s.windows,
-                s.zero_cost.0,
-                s.zero_cost.1,
-                s.sae_cost.0,
-                s.sae_cost.1,
-                s.score.0,
-                s.score.1
-            );
+            let model = &loaded.transformer;
+            let (layer, conv) = (config.layer(model.config.n_layers), config.z_convention);
+            let (e, s) = evaluate_shown(model, &sae, config.drop_bos, &mut |passes| {
+                let tokens = model.tokens(&windows)?;
+                let baseline =
+                    train::eval::Baseline::new_counting(model, tokens, layer, conv, passes)?;
+                Ok((baseline, None))
+            })?;
+            print_evaluation(&loaded, &sae, &e, &s);
         }
+        Command::Evaluate { .. } => anyhow::bail!("evaluate needs --sae DIR or --run RUN"),
     }
     Ok(())
+}
+
+/// Windows `evaluate --run` evaluates on unless told.
+const RUN_EVAL_WINDOWS: usize = 64;
+
+/// `evaluate --run`: the run's SAE on its model, layer and corpus, over held-out windows
+/// after its data; a run from an activation cache keeps the baseline in the cache.
+fn evaluate_run(
+    run: &std::path::Path,
+    source: &EvaluateSource,
+    choice: DeviceChoice,
+) -> anyhow::Result<()> {
+    use attn_saes::train::eval::Baseline;
+    let eval_windows = source.eval_windows.unwrap_or(RUN_EVAL_WINDOWS);
+    anyhow::ensure!(
+        eval_windows >= 2,
+        "--eval-windows must be at least 2 for evaluate (its standard errors need two \
+         windows), got {eval_windows}"
+    );
+    let (ckpt, sae_dir) = checkpoint::run_sae(run, None)?;
+    let config = checkpoint::read_config(&ckpt)?;
+    let (selected, loaded) = open_model(choice, &config.model)?;
+    let model = &loaded.transformer;
+    let sae = BlockDiagSae::load(&sae_dir, &selected.device)
+        .with_context(|| format!("loading the run's SAE from {}", sae_dir.display()))?;
+    sae.check_fits(
+        &model.config.name,
+        model.config.n_heads,
+        model.config.d_head,
+    )?;
+    let context = config.context_size;
+    let (windows, from) =
+        dashboard::held_out_windows(&config, &ckpt, &loaded, context, eval_windows)?;
+    anyhow::ensure!(
+        windows.len() >= 2,
+        "the corpus gave {} context windows of {context} tokens to evaluate on; at least 2 \
+         are needed",
+        windows.len()
+    );
+    println!(
+        "evaluating {} on {} windows of {context} tokens ({from})",
+        sae_dir.display(),
+        windows.len()
+    );
+    let (layer, conv) = (config.layer(model.config.n_layers), config.z_convention);
+    let cache = (config.activation_cache.as_deref())
+        .filter(|dir| attn_saes::data::store::read_cache_meta(dir).is_ok());
+    // BOS keeps its own hook_z (`sae_replace`'s `keep_bos`) where the run dropped it from
+    // training, unless --keep-bos.
+    let bos_unreplaced = config.drop_bos && !source.keep_bos;
+    let (e, s) = evaluate_shown(model, &sae, bos_unreplaced, &mut |passes| match cache {
+        Some(dir) => {
+            let (baseline, file) = Baseline::kept_in(model, &windows, layer, conv, dir, passes)?;
+            Ok((baseline, Some(file.describe())))
+        }
+        None => Ok((
+            Baseline::new_counting(model, model.tokens(&windows)?, layer, conv, passes)?,
+            None,
+        )),
+    })?;
+    print_evaluation(&loaded, &sae, &e, &s);
+    Ok(())
+}
+
+/// Computes an evaluation's baseline, counting its passes, with what it has to say.
+type MakeBaseline<'a> = dyn FnMut(
+        attn_saes::train::eval::Passes,
+    ) -> anyhow::Result<(attn_saes::train::eval::Baseline, Option<String>)>
+    + 'a;
+
+/// An evaluation of `sae` against the baseline `make` computes (with what it has to say),
+/// its passes counted on a progress line.
+fn evaluate_shown(
+    model: &lm::Transformer,
+    sae: &BlockDiagSae,
+    bos_unreplaced: bool,
+    make: &mut MakeBaseline,
+) -> anyhow::Result<(
+    attn_saes::train::EvalMetrics,
+    attn_saes::train::eval::ScoreSpread,
+)> {
+    let mut bar = ProgressLine::new();
+    let (baseline, said) =
+        make(&mut |done, of| bar.update("passes for the clean and zero-ablated losses", done, of))?;
+    let evaluated = baseline.evaluate_counting(model, sae, bos_unreplaced, 0, &mut |done, of| {
+        bar.update("passes with the SAE spliced in", done, of)
+    });
+    bar.finish();
+    if let Some(said) = said {
+        println!("{said}");
+    }
+    evaluated
+}
+
+/// `evaluate`'s report: the metrics table and the spread over windows.
+fn print_evaluation(
+    loaded: &lm::LoadedModel,
+    sae: &BlockDiagSae,
+    e: &attn_saes::train::EvalMetrics,
+    s: &attn_saes::train::eval::ScoreSpread,
+) {
+    let model = &loaded.transformer.config;
+    let dense = sae.config.is_dense_over(model.n_heads, model.d_head);
+    attn_saes::cli_train::print_summary(None, Some(e), dense);
+    println!(
+        "over {} windows: zero-ablation costs {:.4} +- {:.4} nats, the SAE {:.4} +- {:.4}; CE \
+         loss score {:.3} +- {:.3} (standard errors; jackknife for the score)",
+        s.windows, s.zero_cost.0, s.zero_cost.1, s.sae_cost.0, s.sae_cost.1, s.score.0, s.score.1
+    );
 }
 
 /// The model and SAE `source` names, loaded on the device `choice` selects, saying which

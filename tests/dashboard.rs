@@ -3724,17 +3724,22 @@ fn kept_lm_outputs_are_shared_by_the_dashboards_of_other_saes() {
 
     // Read, not recomputed: a later scan file changed changes the dashboard; a missing
     // effect file is computed and written again.
+    // Rewrites a kept scan file with its array `i` changed.
+    let rewrite = |path: &std::path::Path, i: usize, change: &dyn Fn(&mut [f32])| {
+        let file = attn_saes::lm::weights::WeightFile::open(path).unwrap();
+        let mut arrays: Vec<attn_saes::files::NamedArray> = ["hook_z", "pattern", "values"]
+            .iter()
+            .map(|n| {
+                let a = file.read(n).unwrap();
+                attn_saes::files::NamedArray::new(*n, a.shape, a.data)
+            })
+            .collect();
+        change(&mut arrays[i].data);
+        attn_saes::files::write_safetensors(path, &arrays, None).unwrap();
+    };
     let scan1 = kept.join("scan-00001.safetensors");
     let original = std::fs::read(&scan1).unwrap();
-    let mut arrays: Vec<attn_saes::files::NamedArray> = ["hook_z", "pattern", "values"]
-        .iter()
-        .map(|n| {
-            let a = scan.read(n).unwrap();
-            attn_saes::files::NamedArray::new(*n, a.shape, a.data)
-        })
-        .collect();
-    arrays[0].data.iter_mut().for_each(|x| *x *= 2.0);
-    attn_saes::files::write_safetensors(&scan1, &arrays, None).unwrap();
+    rewrite(&scan1, 0, &|z| z.iter_mut().for_each(|x| *x *= 2.0));
     std::fs::remove_file(kept.join("effect-00001.safetensors")).unwrap();
     let (changed, notice) = build_in(&sae_b, Some(&dir));
     assert_ne!(changed, fresh_b);
@@ -3750,16 +3755,7 @@ fn kept_lm_outputs_are_shared_by_the_dashboards_of_other_saes() {
 
     // The first file no longer the LM's (another device's bits): all recomputed, replaced.
     let scan0 = kept.join("scan-00000.safetensors");
-    let scan0_file = attn_saes::lm::weights::WeightFile::open(&scan0).unwrap();
-    let mut arrays: Vec<attn_saes::files::NamedArray> = ["hook_z", "pattern", "values"]
-        .iter()
-        .map(|n| {
-            let a = scan0_file.read(n).unwrap();
-            attn_saes::files::NamedArray::new(*n, a.shape, a.data)
-        })
-        .collect();
-    arrays[2].data[7] = f32::from_bits(arrays[2].data[7].to_bits() ^ 1);
-    attn_saes::files::write_safetensors(&scan0, &arrays, None).unwrap();
+    rewrite(&scan0, 2, &|v| v[7] = f32::from_bits(v[7].to_bits() ^ 1));
     let (replaced, notice) = build_in(&sae_a, Some(&dir));
     assert_eq!(replaced, fresh_a);
     assert!(

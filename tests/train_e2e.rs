@@ -1192,7 +1192,7 @@ fn ignored_flags_zero_counts_and_unwritable_outputs_are_refused_first() {
     let cache = cache.to_str().unwrap();
     let out_dir = dir.join("run");
     let out_dir = out_dir.to_str().unwrap();
-    let cases: [(&[&str], String); 17] = [
+    let cases: [(&[&str], String); 20] = [
         (
             // A file, so no activation cache: refused before the model loads.
             &[
@@ -1237,6 +1237,20 @@ fn ignored_flags_zero_counts_and_unwritable_outputs_are_refused_first() {
             "Error: --eval-windows must be at least 2 for evaluate (its standard errors need \
              two windows), got 1\n"
                 .into(),
+        ),
+        (
+            &["evaluate", "--run", run, "--eval-windows", "1"],
+            "Error: --eval-windows must be at least 2 for evaluate (its standard errors need \
+             two windows), got 1\n"
+                .into(),
+        ),
+        (
+            &["evaluate", "--run", run, "--sae", run],
+            "error: the argument '--run <RUN>' cannot be used with '--sae <SAE>'".into(),
+        ),
+        (
+            &["evaluate", "--run", run, "--skip-windows", "3"],
+            "error: the argument '--run <RUN>' cannot be used with '--skip-windows".into(),
         ),
         (
             &["evaluate", "--sae", run, "--eval-windows", "0"],
@@ -2070,6 +2084,59 @@ fn training_from_an_activation_cache() {
         "{kept}"
     );
     let read = dashboard_notice(&dir.join("again"));
+    // `evaluate --run` on each: windows after the cache's (as the dashboards), the baseline
+    // kept in the cache (the second reads it), and the library's numbers on those windows.
+    let evaluate = |run: &Path| -> String {
+        let args = ["evaluate", "--eval-windows", "3", "--run"].map(std::ffi::OsStr::new);
+        attn_saes_cli(args.iter().copied().chain([run.as_os_str()]))
+    };
+    let (windows, _) = held_out(&run_config);
+    let sae = BlockDiagSae::load(&cfg.out_dir.join("sae"), &device).unwrap();
+    let (e, _) = attn_saes::train::eval::Baseline::new(
+        model,
+        model.tokens(&windows).unwrap(),
+        1,
+        Default::default(),
+    )
+    .unwrap()
+    .evaluate(model, &sae, run_config.drop_bos, 0)
+    .unwrap();
+    let line = |out: &str, name: &str| -> String {
+        (out.lines().find(|l| l.starts_with(name)))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_string()
+    };
+    for (run, baseline) in [
+        (cfg.out_dir.clone(), "evaluation baseline saved to"),
+        (
+            dir.join("again"),
+            "evaluation baseline (clean and zero-ablated losses) read from",
+        ),
+    ] {
+        let out = evaluate(&run);
+        let heading = format!(
+            "evaluating {} on 3 windows of 16 tokens (held out: the corpus after the activation cache the run trained from)",
+            run.join("sae").display()
+        );
+        assert_eq!(out.lines().next(), Some(heading.as_str()), "{out}");
+        assert!(
+            line(&out, "evaluation baseline").starts_with(&format!(
+                "{baseline} {}/eval-baseline-",
+                cache_dir.display()
+            )),
+            "{out}"
+        );
+        for (name, value) in [
+            ("CE loss clean", e.ce_clean),
+            ("CE loss with SAE", e.ce_sae),
+            ("CE loss zero-ablated", e.ce_zero),
+        ] {
+            assert!(
+                line(&out, name).ends_with(&format!(" {value:.4}")),
+                "{name}: {out}"
+            );
+        }
+    }
     assert!(
         read.starts_with(&format!(
             "the LM's outputs over the dashboard windows read from {kept_dir}"

@@ -151,6 +151,9 @@ struct SavedBaseline {
     zero_per_head: Vec<f64>,
 }
 
+/// Called with `(passes done, of)` as an evaluation's passes end.
+pub type Passes<'a> = &'a mut dyn FnMut(usize, usize);
+
 /// What [`Baseline::kept_in`] did with its file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BaselineFile {
@@ -212,8 +215,19 @@ impl Baseline {
         layer: usize,
         conv: ZConvention,
     ) -> anyhow::Result<Self> {
-        let mut b = Self::clean_only(model, tokens, layer, conv)?;
-        b.ablate(model)?;
+        Self::new_counting(model, tokens, layer, conv, &mut |_, _| {})
+    }
+
+    /// [`Baseline::new`], calling `passes(done, of)` after each of its 2 + heads passes.
+    pub fn new_counting(
+        model: &Transformer,
+        tokens: Tensor<2, Int>,
+        layer: usize,
+        conv: ZConvention,
+        passes: Passes,
+    ) -> anyhow::Result<Self> {
+        let mut b = Self::clean_only(model, tokens, layer, conv, passes)?;
+        b.ablate(model, passes)?;
         Ok(b)
     }
 
@@ -223,9 +237,11 @@ impl Baseline {
         tokens: Tensor<2, Int>,
         layer: usize,
         conv: ZConvention,
+        passes: Passes,
     ) -> anyhow::Result<Self> {
         let prefix = model.prefix(tokens.clone(), layer)?;
         let clean = window_ce_from(model, &prefix, &tokens, conv, None)?;
+        passes(1, 2 + model.config.n_heads);
         Ok(Self {
             prefix,
             tokens,
@@ -238,14 +254,18 @@ impl Baseline {
     }
 
     /// The zero-ablated losses, every head and each head (1 + heads passes).
-    fn ablate(&mut self, model: &Transformer) -> anyhow::Result<()> {
-        let zero_of = |heads| {
+    fn ablate(&mut self, model: &Transformer, passes: Passes) -> anyhow::Result<()> {
+        let of = 2 + model.config.n_heads;
+        let mut zero_of = |heads, done| {
             let splice = Splice::zero_ablate(self.layer, heads);
-            window_ce_from(model, &self.prefix, &self.tokens, self.conv, Some(&splice))
+            let losses =
+                window_ce_from(model, &self.prefix, &self.tokens, self.conv, Some(&splice));
+            passes(done, of);
+            losses
         };
-        self.zero = zero_of(HeadSelection::All)?;
+        self.zero = zero_of(HeadSelection::All, 2)?;
         self.zero_per_head = (0..model.config.n_heads)
-            .map(|h| Ok(mean(&zero_of(HeadSelection::One(h))?)))
+            .map(|h| Ok(mean(&zero_of(HeadSelection::One(h), 3 + h)?)))
             .collect::<anyhow::Result<_>>()?;
         Ok(())
     }
@@ -262,6 +282,7 @@ impl Baseline {
         layer: usize,
         conv: ZConvention,
         dir: &Path,
+        passes: Passes,
     ) -> anyhow::Result<(Self, BaselineFile)> {
         let key = BaselineKey {
             format: BASELINE_FORMAT,
@@ -274,7 +295,7 @@ impl Baseline {
         };
         let digest = crate::files::sha256_hex(&serde_json::to_vec(&key)?);
         let path = dir.join(format!("eval-baseline-{}.json", &digest[..16]));
-        let mut b = Self::clean_only(model, model.tokens(ids)?, layer, conv)?;
+        let mut b = Self::clean_only(model, model.tokens(ids)?, layer, conv, passes)?;
         let saved = path
             .exists()
             .then(|| crate::files::read_json::<SavedBaseline>(&path).ok())
@@ -292,7 +313,7 @@ impl Baseline {
             Some(_) => BaselineFile::Replaced,
             None => BaselineFile::Written,
         };
-        b.ablate(model)?;
+        b.ablate(model, passes)?;
         let saved = SavedBaseline {
             key,
             clean: b.clean.clone(),
@@ -314,20 +335,36 @@ impl Baseline {
         keep_bos: bool,
         step: usize,
     ) -> anyhow::Result<(EvalMetrics, ScoreSpread)> {
+        self.evaluate_counting(model, sae, keep_bos, step, &mut |_, _| {})
+    }
+
+    /// [`Baseline::evaluate`], calling `passes(done, of)` after each of its passes.
+    pub fn evaluate_counting(
+        &self,
+        model: &Transformer,
+        sae: &BlockDiagSae,
+        keep_bos: bool,
+        step: usize,
+        passes: Passes,
+    ) -> anyhow::Result<(EvalMetrics, ScoreSpread)> {
         let replace = |z: Tensor<4>| sae_replace(sae, z, keep_bos);
-        let with_sae = |heads| {
+        let of = 1 + model.config.n_heads;
+        let mut with_sae = |heads, done| {
             let splice = Splice {
                 layer: self.layer,
                 heads,
                 replace: &replace,
             };
-            window_ce_from(model, &self.prefix, &self.tokens, self.conv, Some(&splice))
+            let losses =
+                window_ce_from(model, &self.prefix, &self.tokens, self.conv, Some(&splice));
+            passes(done, of);
+            losses
         };
-        let with = with_sae(HeadSelection::All)?;
+        let with = with_sae(HeadSelection::All, 1)?;
         let (ce_clean, ce_sae, ce_zero) = (mean(&self.clean), mean(&with), mean(&self.zero));
         let mut per_head = Vec::new();
         for (h, &z) in self.zero_per_head.iter().enumerate() {
-            let s = mean(&with_sae(HeadSelection::One(h))?);
+            let s = mean(&with_sae(HeadSelection::One(h), 2 + h)?);
             per_head.push(HeadEval {
                 ce_sae: s,
                 ce_zero: z,
@@ -389,7 +426,8 @@ mod tests {
             assert_eq!((&a.clean, &a.zero), (&b.clean, &b.zero));
             assert_eq!(a.zero_per_head, b.zero_per_head);
         };
-        let kept = |layer| Baseline::kept_in(&model, &ids, layer, conv, &dir).unwrap();
+        let kept =
+            |layer| Baseline::kept_in(&model, &ids, layer, conv, &dir, &mut |_, _| {}).unwrap();
         let want = fresh(1);
         let (b, file) = kept(1);
         let BaselineFile::Written(path) = file else {
@@ -429,7 +467,7 @@ mod tests {
         assert_eq!(kept(1).1, BaselineFile::Written(path.clone()));
         // A directory that cannot hold it (here a file's path).
         let not_dir = path.clone();
-        let (b, file) = Baseline::kept_in(&model, &ids, 1, conv, &not_dir).unwrap();
+        let (b, file) = Baseline::kept_in(&model, &ids, 1, conv, &not_dir, &mut |_, _| {}).unwrap();
         assert!(matches!(file, BaselineFile::NotWritten(..)), "{file:?}");
         same(&b, &want);
         std::fs::remove_dir_all(&dir).unwrap();

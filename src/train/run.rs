@@ -507,6 +507,7 @@ impl<'a> Trainer<'a> {
                         plan.layer,
                         config.z_convention,
                         dir,
+                        &mut |_, _| {},
                     )?;
                     send(self.events, TrainEvent::Notice(file.describe()));
                     b
