@@ -704,6 +704,11 @@ pub enum HarvestProgress<'a> {
     LoadingModel(&'a str),
     /// Tokens harvested so far (after each forward of the LM).
     Written(usize),
+    /// A harvest stopped part way in the directory goes on: its shards and tokens kept.
+    Resuming {
+        shards: usize,
+        tokens: usize,
+    },
 }
 
 /// The line `harvest` prints for the cache it wrote to `out`.
@@ -731,7 +736,7 @@ pub fn harvest(
     out: &std::path::Path,
     progress: &mut dyn FnMut(HarvestProgress) -> anyhow::Result<()>,
 ) -> anyhow::Result<crate::data::store::CacheMeta> {
-    use crate::data::store::{ActivationStore, CacheMeta, StoreConfig, write_cache};
+    use crate::data::store::{ActivationStore, CacheMeta, HarvestState, StoreConfig, write_cache};
     let config = args.resolve_for_harvest(choice)?;
     check_demo_assets(&config)?;
     progress(HarvestProgress::LoadingModel(&config.model))?;
@@ -749,24 +754,6 @@ pub fn harvest(
         drop_bos: config.drop_bos,
         z_convention: config.z_convention,
     };
-    // The first --eval-windows windows are held out for the CE evaluation of the runs
-    // that will train on this cache: skip them, as training from the LM does.
-    let (_, start) = crate::data::windows::ContextWindows::first(
-        &corpus,
-        &loaded.tokenizer,
-        config.context_size,
-        mc.bos_token_id,
-        config.eval_windows,
-    )?;
-    let mut store = ActivationStore::from_lm(
-        store_config,
-        &loaded.transformer,
-        &corpus,
-        &loaded.tokenizer,
-        start,
-        config.seed,
-        &selected.device,
-    )?;
     let meta = CacheMeta {
         model_name: mc.name.clone(),
         hook_layer: layer,
@@ -780,9 +767,47 @@ pub fn harvest(
         held_out_windows: Some(config.eval_windows),
         end: None,
     };
-    write_cache(&mut store, meta, out, tokens, shard_tokens, |n| {
-        progress(HarvestProgress::Written(n))
-    })
+    // A harvest of these settings stopped part way in `out` goes on from where it stopped.
+    let resume = HarvestState::to_resume(out, &meta, shard_tokens, tokens);
+    let start = match &resume {
+        Some(state) => {
+            progress(HarvestProgress::Resuming {
+                shards: state.meta.shard_rows.len(),
+                tokens: state.meta.shard_rows.iter().sum(),
+            })?;
+            state.resume_from
+        }
+        // The first --eval-windows windows are held out for the CE evaluation of the
+        // runs that will train on this cache: skip them, as training from the LM does.
+        None => {
+            crate::data::windows::ContextWindows::first(
+                &corpus,
+                &loaded.tokenizer,
+                config.context_size,
+                mc.bos_token_id,
+                config.eval_windows,
+            )?
+            .1
+        }
+    };
+    let mut store = ActivationStore::from_lm(
+        store_config,
+        &loaded.transformer,
+        &corpus,
+        &loaded.tokenizer,
+        start,
+        config.seed,
+        &selected.device,
+    )?;
+    write_cache(
+        &mut store,
+        meta,
+        out,
+        tokens,
+        shard_tokens,
+        resume.as_ref(),
+        |n| progress(HarvestProgress::Written(n)),
+    )
 }
 
 /// What [`train_then_dashboards`] reports besides training events, in order.

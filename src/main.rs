@@ -2012,8 +2012,17 @@ fn run_harvest(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let meta = harvest(&args, choice, tokens, shard_tokens, out, &mut |p| {
-        if let HarvestProgress::Written(n) = p {
-            bar.set_position(n as u64);
+        match p {
+            HarvestProgress::Written(n) => bar.set_position(n as u64),
+            HarvestProgress::Resuming { shards, tokens } => {
+                bar.set_position(tokens as u64);
+                bar.println(format!(
+                    "going on with the harvest stopped in {}: its {shards} shards ({tokens} \
+                     tokens) are kept",
+                    out.display()
+                ));
+            }
+            HarvestProgress::LoadingModel(_) => {}
         }
         Ok(())
     })?;

@@ -547,6 +547,7 @@ fn harvest(tag: &str, total: usize, shard: usize) -> anyhow::Result<CacheMeta> {
                 &dir.join("acts"),
                 total,
                 shard,
+                None,
                 |_| Ok(()),
             )
         };

@@ -822,7 +822,7 @@ fn activation_cache_survives_damage() {
     .unwrap();
     let meta = common::tiny_cache_meta();
     let cache = dir.join("acts");
-    let meta = write_cache(&mut store, meta, &cache, 100, 40, |_| Ok(())).unwrap();
+    let meta = write_cache(&mut store, meta, &cache, 100, 40, None, |_| Ok(())).unwrap();
     assert_eq!(meta.shard_rows, vec![40, 40, 20]);
     let model = &loaded.transformer.config;
     // Every row of the cache once, and into the next epoch.

@@ -1846,6 +1846,98 @@ fn nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A harvest stopped part way (as the app's Stop or Ctrl-C stop it) leaves no cache but its
+/// shards and `harvest-state.json`; run again with the same settings it goes on from its
+/// last shard and writes, byte for byte, the shards and metadata an unstopped harvest
+/// writes. Other settings start anew.
+#[test]
+fn a_stopped_harvest_goes_on_from_its_last_shard() {
+    use attn_saes::cli_train::{HarvestProgress, TrainArgs, harvest};
+    use attn_saes::data::store::{HARVEST_STATE, HarvestState};
+    let dir = temp_dir("harvest-resume");
+    let cfg_path = dir.join("config.toml");
+    std::fs::write(&cfg_path, toml::to_string(&config(&dir, 40)).unwrap()).unwrap();
+    let args = TrainArgs {
+        config: Some(cfg_path),
+        ..Default::default()
+    };
+    let cpu = attn_saes::device::DeviceChoice::Cpu;
+    let shard =
+        |d: &Path, i: usize| std::fs::read(d.join(format!("shard_{i:05}.safetensors"))).unwrap();
+    let state_of = |d: &Path| -> HarvestState {
+        serde_json::from_str(&std::fs::read_to_string(d.join(HARVEST_STATE)).unwrap()).unwrap()
+    };
+    // Stopped after the forward (4 windows, 60 rows) that passes 650 rows.
+    let mut stop = |p: HarvestProgress| -> anyhow::Result<()> {
+        match p {
+            HarvestProgress::Written(n) if n >= 650 => anyhow::bail!("stopped at {n}"),
+            _ => Ok(()),
+        }
+    };
+    let part = dir.join("part");
+    // Shards of 300 end with a forward; shards of 250 in one, whose rows the resumed
+    // harvest must split as the first did.
+    for (shard_tokens, kept, rows_done, resumed_first) in [
+        (300, vec![300, 300], 0, "660"),
+        (250, vec![250, 250], 20, "540"),
+    ] {
+        let full = dir.join(format!("full-{shard_tokens}"));
+        let whole = harvest(&args, cpu, 1000, shard_tokens, &full, &mut |_| Ok(())).unwrap();
+        assert!(!full.join(HARVEST_STATE).exists());
+        let stopped = harvest(&args, cpu, 1000, shard_tokens, &part, &mut stop);
+        assert_eq!(format!("{:#}", stopped.unwrap_err()), "stopped at 660");
+        assert!(!part.join("activations.json").exists());
+        let state = state_of(&part);
+        assert_eq!((state.meta.shard_rows, state.rows_done), (kept, rows_done));
+        let mut events = Vec::new();
+        let resumed = harvest(&args, cpu, 1000, shard_tokens, &part, &mut |p| {
+            events.push(match p {
+                HarvestProgress::Resuming { shards, tokens } => {
+                    format!("resuming {shards} {tokens}")
+                }
+                HarvestProgress::Written(n) => format!("{n}"),
+                HarvestProgress::LoadingModel(_) => "loading".into(),
+            });
+            Ok(())
+        })
+        .unwrap();
+        let resuming = format!("resuming 2 {}", 2 * shard_tokens);
+        assert_eq!(events[..3], ["loading", resuming.as_str(), resumed_first]);
+        assert_eq!(events.last().map(String::as_str), Some("1000"));
+        assert_eq!(resumed, whole);
+        for i in 0..whole.shard_rows.len() {
+            assert!(
+                shard(&part, i) == shard(&full, i),
+                "{shard_tokens}: shard {i} differs"
+            );
+        }
+        assert_eq!(
+            std::fs::read(part.join("activations.json")).unwrap(),
+            std::fs::read(full.join("activations.json")).unwrap()
+        );
+        assert!(!part.join(HARVEST_STATE).exists());
+        // Stopped again: other settings (shards of 200) start anew.
+        assert!(harvest(&args, cpu, 1000, shard_tokens, &part, &mut stop).is_err());
+        let mut resumed_other = false;
+        let other = harvest(&args, cpu, 1000, 200, &part, &mut |p| {
+            resumed_other |= matches!(p, HarvestProgress::Resuming { .. });
+            stop(p)
+        });
+        assert!(other.is_err() && !resumed_other);
+        assert_eq!(state_of(&part).meta.shard_rows, [200, 200, 200]);
+    }
+    // Once complete (the shards of 200 resumed to the end), a harvest starts anew.
+    for resumes in [true, false] {
+        let mut resumed = false;
+        harvest(&args, cpu, 1000, 200, &part, &mut |p| {
+            resumed |= matches!(p, HarvestProgress::Resuming { .. });
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(resumed, resumes);
+    }
+}
+
 #[test]
 fn training_from_an_activation_cache() {
     use attn_saes::data::store::{ActivationStore, StoreConfig, write_cache};
@@ -1891,7 +1983,7 @@ fn training_from_an_activation_cache() {
     };
     let cache_dir = dir.join("acts");
     let mut progress = Vec::new();
-    let meta = write_cache(&mut store, meta, &cache_dir, 1000, 300, |n| {
+    let meta = write_cache(&mut store, meta, &cache_dir, 1000, 300, None, |n| {
         progress.push(n);
         Ok(())
     })

@@ -193,8 +193,9 @@ pub fn start_harvest(request: HarvestRequest) -> Job {
             &mut |p| {
                 if control.stop.load(Ordering::SeqCst) {
                     anyhow::bail!(
-                        "harvest stopped: {} holds no activation cache (its shards so far are \
-                         not marked complete)",
+                        "harvest stopped: {} holds no activation cache yet (its shards so far \
+                         are not marked complete); Harvest with the same settings goes on \
+                         from its last shard",
                         out.display()
                     );
                 }
@@ -202,6 +203,10 @@ pub fn start_harvest(request: HarvestRequest) -> Job {
                     HarvestProgress::LoadingModel(m) => {
                         JobEvent::Phase(format!("loading model {m}"))
                     }
+                    HarvestProgress::Resuming { shards, tokens } => JobEvent::Phase(format!(
+                        "going on with the harvest stopped there: its {shards} shards \
+                         ({tokens} tokens) are kept"
+                    )),
                     HarvestProgress::Written(n) => JobEvent::Progress {
                         phase: "harvesting activations".into(),
                         done: n,

@@ -1499,7 +1499,9 @@ impl AttnSaesApp {
                     train_view::form_ui(ui, &mut self.ui.form, &self.native.form_errors, running);
                 let hover = match self.native.job.as_ref().map(|j| j.kind) {
                     Some(JobKind::Training) => "stop after this step, with a checkpoint",
-                    Some(JobKind::Harvest) => "stop after this forward (no cache is kept)",
+                    Some(JobKind::Harvest) => {
+                        "stop after this forward (Harvest again goes on from the last shard)"
+                    }
                     _ => "",
                 };
                 if running && ui.button("Stop").on_hover_text(hover).clicked() {
@@ -1698,8 +1700,9 @@ pub fn continue_in_terminal(job: Job) -> anyhow::Result<()> {
         "{}",
         match job.kind {
             JobKind::Harvest =>
-                "the window closed; the harvest continues here (Ctrl-C stops it, and no cache \
-                 is kept)",
+                "the window closed; the harvest continues here (Ctrl-C stops it; `attn-saes \
+                 harvest` or the app's Harvest with the same settings goes on from its last \
+                 shard)",
             _ =>
                 "the window closed; the job continues here (Ctrl-C stops it after the step, \
                   with a checkpoint)",

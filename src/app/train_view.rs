@@ -522,7 +522,7 @@ pub fn progress_ui(ui: &mut egui::Ui, s: &JobStatus) {
         ui.label(egui::RichText::new(&s.phase).strong());
         if s.stopping {
             ui.label(match s.harvest {
-                true => "(stopping after this forward; no cache is kept)",
+                true => "(stopping after this forward; Harvest again goes on from the last shard)",
                 false => "(stopping after this step, with a checkpoint)",
             });
         }

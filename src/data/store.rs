@@ -691,18 +691,69 @@ impl CacheReader {
 /// `harvest --shard-tokens`' default: rows per shard file.
 pub const DEFAULT_SHARD_TOKENS: usize = 65_536;
 
+/// Where a harvest stopped part way goes on from (`harvest-state.json`, written after each
+/// shard, removed once the cache is complete).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HarvestState {
+    /// The cache's metadata: the harvest's settings, and the shards written so far.
+    pub meta: CacheMeta,
+    pub shard_tokens: usize,
+    /// The window stream's position before the forward the next shard's first row comes
+    /// from, and how many of that forward's rows the shards already hold.
+    pub resume_from: WindowsPosition,
+    pub rows_done: usize,
+    /// The stream's position after the last forward.
+    pub after: WindowsPosition,
+}
+
+pub const HARVEST_STATE: &str = "harvest-state.json";
+
+impl HarvestState {
+    /// The state of a harvest stopped part way in `dir` that `meta`'s settings and
+    /// `shard_tokens` continue (its shards still there, fewer rows than `total_tokens`).
+    pub fn to_resume(
+        dir: &Path,
+        meta: &CacheMeta,
+        shard_tokens: usize,
+        total_tokens: usize,
+    ) -> Option<Self> {
+        let state: Self = read_json(&dir.join(HARVEST_STATE)).ok()?;
+        let settings = CacheMeta {
+            shard_rows: Vec::new(),
+            end: None,
+            ..state.meta.clone()
+        };
+        let rows: usize = state.meta.shard_rows.iter().sum();
+        let shards = (0..state.meta.shard_rows.len()).all(|i| shard_path(dir, i).is_file());
+        (settings
+            == CacheMeta {
+                shard_rows: Vec::new(),
+                end: None,
+                ..meta.clone()
+            }
+            && state.shard_tokens == shard_tokens
+            && rows < total_tokens
+            && shards)
+            .then_some(state)
+    }
+}
+
 /// Harvests `total_tokens` hook_z rows from the LM into `dir` as safetensors shards of
 /// `shard_tokens` rows each (unshuffled, in corpus order). `on_progress` gets the rows
 /// harvested so far (at most `total_tokens`) after each of the LM's forwards; its error
 /// stops the harvest (a stop asked for) and is returned. A
 /// cache already in `dir` stops being one first (its metadata is removed), so a harvest
-/// that stops or fails part way never leaves old metadata over new shards.
+/// that stops or fails part way never leaves old metadata over new shards. After each
+/// shard, [`HarvestState`] says where to go on from: with `resume` (a stopped harvest's
+/// state; `store` then starts at its `resume_from`), the harvest keeps its shards and
+/// goes on, writing what an unstopped harvest would have.
 pub fn write_cache(
     store: &mut ActivationStore,
     meta_base: CacheMeta,
     dir: &Path,
     total_tokens: usize,
     shard_tokens: usize,
+    resume: Option<&HarvestState>,
     mut on_progress: impl FnMut(usize) -> anyhow::Result<()>,
 ) -> anyhow::Result<CacheMeta> {
     // Zero would write empty shards forever.
@@ -717,21 +768,45 @@ pub fn write_cache(
         store.d_head
     );
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let meta_path = dir.join(CACHE_META);
-    if meta_path.exists() {
-        std::fs::remove_file(&meta_path)
-            .with_context(|| format!("removing {} to harvest anew", meta_path.display()))?;
+    let (meta_path, state_path) = (dir.join(CACHE_META), dir.join(HARVEST_STATE));
+    // A resumed harvest keeps its state until its next shard replaces it.
+    for old in [&meta_path]
+        .into_iter()
+        .chain(resume.is_none().then_some(&state_path))
+    {
+        if old.exists() {
+            std::fs::remove_file(old)
+                .with_context(|| format!("removing {} to harvest anew", old.display()))?;
+        }
     }
+    let position = |store: &ActivationStore| match store.position {
+        StreamPosition::Windows(pos) => Ok(pos),
+        _ => Err(anyhow::anyhow!("a harvest reads the LM")),
+    };
     let row_len = store.row_len();
     let mut meta = meta_base;
-    meta.shard_rows.clear();
-    let mut written = 0usize;
+    meta.shard_rows = resume
+        .map(|r| r.meta.shard_rows.clone())
+        .unwrap_or_default();
+    let mut written: usize = meta.shard_rows.iter().sum();
+    // The last forward: where it started, its rows, and where the stream is after it.
+    let mut chunk = (position(store)?, 0usize, position(store)?);
+    if let Some(r) = resume {
+        chunk.2 = r.after;
+    }
+    let mut skip = resume.map_or(0, |r| r.rows_done);
     let mut pending: Vec<f32> = Vec::new();
     while written < total_tokens {
         while pending.len() / row_len < shard_tokens.min(total_tokens - written) {
-            if store.harvest_chunk(&mut pending)? == 0 {
+            let before = position(store)?;
+            let rows = store.harvest_chunk(&mut pending)?;
+            if rows == 0 {
                 bail!("the activation source gave no rows");
             }
+            chunk = (before, rows, position(store)?);
+            // Resumed: the first forward's rows the shards already hold.
+            let dropped = std::mem::take(&mut skip).min(rows);
+            pending.drain(..dropped * row_len);
             on_progress(total_tokens.min(written + pending.len() / row_len))?;
         }
         let rows = shard_tokens.min(total_tokens - written);
@@ -749,13 +824,25 @@ pub fn write_cache(
         )?;
         meta.shard_rows.push(rows);
         written += rows;
+        // The rows left over all come from the last forward (the ones before it were
+        // fewer than a shard takes).
+        let (resume_from, rows_done) = match pending.len() / row_len {
+            0 => (chunk.2, 0),
+            left => (chunk.0, chunk.1 - left),
+        };
+        let state = HarvestState {
+            meta: meta.clone(),
+            shard_tokens,
+            resume_from,
+            rows_done,
+            after: chunk.2,
+        };
+        write_json(&state_path, &state)?;
     }
-    meta.end = match store.position {
-        StreamPosition::Windows(pos) => Some(pos),
-        _ => None,
-    };
+    meta.end = Some(chunk.2);
     // The metadata file marks the cache complete; it is written last.
     write_json(&meta_path, &meta)?;
+    let _ = std::fs::remove_file(&state_path);
     Ok(meta)
 }
 
