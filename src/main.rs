@@ -2016,11 +2016,14 @@ fn run_harvest(
             HarvestProgress::Written(n) => bar.set_position(n as u64),
             HarvestProgress::Resuming { shards, tokens } => {
                 bar.set_position(tokens as u64);
-                bar.println(format!(
-                    "going on with the harvest stopped in {}: its {shards} shards ({tokens} \
-                     tokens) are kept",
-                    out.display()
-                ));
+                // On stderr as the bar: `println` drops the line where the bar is hidden.
+                bar.suspend(|| {
+                    eprintln!(
+                        "going on with the harvest stopped in {}: its {shards} shards ({tokens} \
+                         tokens) are kept",
+                        out.display()
+                    )
+                });
             }
             HarvestProgress::LoadingModel(_) => {}
         }
