@@ -482,6 +482,36 @@ fn a_harvest_from_the_form_feeds_runs_that_share_its_evaluation_baseline() {
         h.query_by_label_contains("holds no complete activation cache")
             .is_some()
     );
+    // A harvest stopped after a shard (its state left, as `write_cache` leaves it): the
+    // form says so under it, and Start refuses it next to the field.
+    let state = attn_saes::data::store::HarvestState {
+        meta: serde_json::from_str(&meta_text).unwrap(),
+        shard_tokens: 1280,
+        resume_from: Default::default(),
+        rows_done: 0,
+        after: Default::default(),
+    };
+    let state_path = cache.join(attn_saes::data::store::HARVEST_STATE);
+    attn_saes::files::write_json(&state_path, &state).unwrap();
+    h.state_mut().native.form_errors.clear();
+    h.run_steps(2);
+    let stopped = format!(
+        "{} holds a harvest stopped after 1280 tokens (1 shard): Harvest with the same \
+         settings goes on from its last shard",
+        cache.display()
+    );
+    assert!(has_label(&h, &stopped));
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().native.form_errors,
+        [("activation cache", stopped.clone())]
+    );
+    assert!(!h.state().job_running());
+    std::fs::remove_file(&state_path).unwrap();
+    // A third Start click a few frames after the last two did not register (a multi-click
+    // to egui): wait past that first.
+    h.run_steps(30);
     // Metadata that lists no shards: the cache reader's own message, before anything runs.
     std::fs::write(
         cache.join("activations.json"),

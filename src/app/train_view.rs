@@ -160,8 +160,16 @@ impl TrainForm {
         let args = self.to_args()?;
         let config = self.checked_config(&args)?;
         if let Some(dir) = &config.activation_cache {
-            use crate::data::store::{CACHE_META, read_cache_meta};
-            let message = if !dir.join(CACHE_META).is_file() {
+            use crate::data::store::{CACHE_META, HarvestState, read_cache_meta};
+            let message = if let Some(stopped) = HarvestState::read(dir)
+                && !dir.join(CACHE_META).is_file()
+            {
+                format!(
+                    "{} holds {}: {STOPPED_HARVEST}",
+                    dir.display(),
+                    stopped.describe()
+                )
+            } else if !dir.join(CACHE_META).is_file() {
                 format!(
                     "{} holds no complete activation cache (no {CACHE_META}): Harvest writes \
                      one, or leave the field empty to train from the LM",
@@ -238,6 +246,9 @@ impl TrainForm {
         })
     }
 }
+
+/// What the form says of a directory holding a stopped harvest.
+const STOPPED_HARVEST: &str = "Harvest with the same settings goes on from its last shard";
 
 /// What the cache in `dir` holds, for a line under the form: tokens, layer, model, and the
 /// steps of `batch` tokens they make.
@@ -425,14 +436,22 @@ pub fn form_ui(
                 ),
             );
         }
-        if let Some(dir) = form.cache_dir()
-            && let Ok(meta) = crate::data::store::read_cache_meta(&dir)
-        {
-            ui.label(cache_summary(
-                &dir,
-                &meta,
-                form.batch_size.trim().parse().ok(),
-            ));
+        if let Some(dir) = form.cache_dir() {
+            use crate::data::store::{HarvestState, read_cache_meta};
+            match (read_cache_meta(&dir), HarvestState::read(&dir)) {
+                (Ok(meta), _) => {
+                    let batch = form.batch_size.trim().parse().ok();
+                    ui.label(cache_summary(&dir, &meta, batch));
+                }
+                (Err(_), Some(stopped)) => {
+                    let holds = stopped.describe();
+                    ui.label(format!(
+                        "{} holds {holds}: {STOPPED_HARVEST}",
+                        dir.display()
+                    ));
+                }
+                _ => {}
+            }
         }
         for (label, message) in errors.iter().filter(|(l, _)| *l == "config") {
             ui.colored_label(ui.visuals().error_fg_color, format!("{label}: {message}"));

@@ -21,6 +21,10 @@
 //! the end. Logit effects (`W_dec[f] / s . (W_O[h] . W_U)`) are one product per block of
 //! features on the host, each row summarised as it comes.
 //!
+//! What pass 1 and the effect estimate read of the LM does not depend on the SAE: with
+//! [`build_keeping`] it is kept in a directory (beside an activation cache) and read back
+//! by the builds of other SAEs over the same windows ([`super::kept`]).
+//!
 //! DFA, exactly: with `x = s z`, `pre = x W_enc + b_enc` and `z_d = sum_s A[d, s] v_s`,
 //! `DFA(d, s) = A[d, s] (s v_s . W_enc[:, f])`, so `sum_s DFA(d, s) + b_enc[f] = pre(d)`.
 

@@ -709,6 +709,23 @@ pub struct HarvestState {
 pub const HARVEST_STATE: &str = "harvest-state.json";
 
 impl HarvestState {
+    /// The state of a harvest stopped part way in `dir`, if any.
+    pub fn read(dir: &Path) -> Option<Self> {
+        read_json(&dir.join(HARVEST_STATE)).ok()
+    }
+
+    /// "a harvest stopped after N tokens (S shards)".
+    pub fn describe(&self) -> String {
+        let shards = match self.meta.shard_rows.len() {
+            1 => "1 shard".to_string(),
+            n => format!("{n} shards"),
+        };
+        format!(
+            "a harvest stopped after {} tokens ({shards})",
+            self.meta.shard_rows.iter().sum::<usize>()
+        )
+    }
+
     /// The state of a harvest stopped part way in `dir` that `meta`'s settings and
     /// `shard_tokens` continue (its shards still there, fewer rows than `total_tokens`).
     pub fn to_resume(
@@ -717,7 +734,7 @@ impl HarvestState {
         shard_tokens: usize,
         total_tokens: usize,
     ) -> Option<Self> {
-        let state: Self = read_json(&dir.join(HARVEST_STATE)).ok()?;
+        let state = Self::read(dir)?;
         let settings = CacheMeta {
             shard_rows: Vec::new(),
             end: None,
