@@ -489,7 +489,6 @@ fn a_harvest_from_the_form_feeds_runs_that_share_its_evaluation_baseline() {
         shard_tokens: 1280,
         resume_from: Default::default(),
         rows_done: 0,
-        after: Default::default(),
     };
     let state_path = cache.join(attn_saes::data::store::HARVEST_STATE);
     attn_saes::files::write_json(&state_path, &state).unwrap();

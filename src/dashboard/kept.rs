@@ -125,11 +125,6 @@ impl Kept {
         Ok(kept)
     }
 
-    /// The directory the outputs are kept in.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn fail(&mut self, e: anyhow::Error) {
         self.state = State::Off;
         self.why_not = Some(format!("{e:#}"));

@@ -8,7 +8,7 @@ use anyhow::Context;
 use super::build::{self, BuildInputs, BuildOptions, Progress};
 use super::{Dashboard, HISTORY_POINTS};
 use crate::data::corpus::Corpus;
-use crate::data::store::{ActivationStore, CacheMeta, StreamPosition, read_cache_meta, same_file};
+use crate::data::store::{ActivationStore, CacheMeta, StreamPosition, read_cache_meta};
 use crate::data::windows::{ContextWindows, WindowsPosition};
 use crate::lm::LoadedModel;
 use crate::run_log::History;
@@ -88,7 +88,7 @@ fn cache_end(config: &TrainConfig) -> (Option<WindowsPosition>, &'static str) {
     };
     match meta {
         Err(_) => (None, "the activation cache the run trained from is gone"),
-        Ok(meta) if !same_file(Path::new(&meta.dataset), &config.dataset) => (
+        Ok(meta) if !meta.of_corpus(&config.dataset) => (
             None,
             "the run trained from an activation cache of another corpus",
         ),

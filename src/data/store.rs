@@ -521,15 +521,14 @@ pub struct CacheMeta {
     pub end: Option<WindowsPosition>,
 }
 
-/// Whether two paths name one file (the paths themselves where either cannot be resolved).
-pub fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
-}
-
 impl CacheMeta {
+    /// Whether the cache was harvested from `dataset` (the same file or directory, or the
+    /// same path where either cannot be resolved).
+    pub fn of_corpus(&self, dataset: &Path) -> bool {
+        let own = Path::new(&self.dataset);
+        crate::files::same_path(own, dataset) || own == dataset
+    }
+
     /// Refuses a cache that holds windows a run evaluates on: the first `eval_windows`
     /// windows of `context_size` tokens of `dataset`, when that is the cache's corpus.
     pub fn check_held_out(
@@ -539,7 +538,7 @@ impl CacheMeta {
         context_size: usize,
         eval_windows: usize,
     ) -> anyhow::Result<()> {
-        if eval_windows == 0 || !same_file(Path::new(&self.dataset), dataset) {
+        if eval_windows == 0 || !self.of_corpus(dataset) {
             return Ok(());
         }
         let skipped = self.held_out_windows.unwrap_or(0);
@@ -702,8 +701,6 @@ pub struct HarvestState {
     /// from, and how many of that forward's rows the shards already hold.
     pub resume_from: WindowsPosition,
     pub rows_done: usize,
-    /// The stream's position after the last forward.
-    pub after: WindowsPosition,
 }
 
 pub const HARVEST_STATE: &str = "harvest-state.json";
@@ -735,19 +732,15 @@ impl HarvestState {
         total_tokens: usize,
     ) -> Option<Self> {
         let state = Self::read(dir)?;
-        let settings = CacheMeta {
+        // The settings: the metadata less what the harvest writes.
+        let settings = |m: &CacheMeta| CacheMeta {
             shard_rows: Vec::new(),
             end: None,
-            ..state.meta.clone()
+            ..m.clone()
         };
         let rows: usize = state.meta.shard_rows.iter().sum();
         let shards = (0..state.meta.shard_rows.len()).all(|i| shard_path(dir, i).is_file());
-        (settings
-            == CacheMeta {
-                shard_rows: Vec::new(),
-                end: None,
-                ..meta.clone()
-            }
+        (settings(&state.meta) == settings(meta)
             && state.shard_tokens == shard_tokens
             && rows < total_tokens
             && shards)
@@ -806,11 +799,14 @@ pub fn write_cache(
         .map(|r| r.meta.shard_rows.clone())
         .unwrap_or_default();
     let mut written: usize = meta.shard_rows.iter().sum();
-    // The last forward: where it started, its rows, and where the stream is after it.
-    let mut chunk = (position(store)?, 0usize, position(store)?);
-    if let Some(r) = resume {
-        chunk.2 = r.after;
-    }
+    ensure!(
+        written < total_tokens,
+        "the stopped harvest already holds {written} of the {total_tokens} tokens asked for"
+    );
+    // The last forward: where it started, its rows, and where the stream is after it
+    // (set by the first forward, which comes before any shard is cut).
+    let start = position(store)?;
+    let mut chunk = (start, 0usize, start);
     let mut skip = resume.map_or(0, |r| r.rows_done);
     let mut pending: Vec<f32> = Vec::new();
     while written < total_tokens {
@@ -852,7 +848,6 @@ pub fn write_cache(
             shard_tokens,
             resume_from,
             rows_done,
-            after: chunk.2,
         };
         write_json(&state_path, &state)?;
     }
