@@ -1275,13 +1275,7 @@ fn main() -> anyhow::Result<()> {
             ..
         } => {
             let mut args = source.train_args();
-            // Before anything is read: 0 windows evaluate nothing, 1 has no spread (NaN).
-            let eval_windows = args.resolve(cli.device)?.eval_windows;
-            anyhow::ensure!(
-                eval_windows >= 2,
-                "--eval-windows must be at least 2 for evaluate (its standard errors need two \
-                 windows), got {eval_windows}"
-            );
+            check_eval_windows(args.resolve(cli.device)?.eval_windows)?;
             let origin = origin_defaults(&sae, &mut args)?;
             let config = args.resolve(cli.device)?;
             let (selected, loaded) = open_model(cli.device, &config.model)?;
@@ -1308,16 +1302,25 @@ fn main() -> anyhow::Result<()> {
             );
             let model = &loaded.transformer;
             let (layer, conv) = (config.layer(model.config.n_layers), config.z_convention);
-            let (e, s) = evaluate_shown(model, &sae, config.drop_bos, &mut |passes| {
+            evaluate_and_report(&loaded, &sae, config.drop_bos, &mut |passes| {
                 let tokens = model.tokens(&windows)?;
-                let baseline =
-                    train::eval::Baseline::new_counting(model, tokens, layer, conv, passes)?;
+                let baseline = train::eval::Baseline::new(model, tokens, layer, conv, passes)?;
                 Ok((baseline, None))
             })?;
-            print_evaluation(&loaded, &sae, &e, &s);
         }
         Command::Evaluate { .. } => anyhow::bail!("evaluate needs --sae DIR or --run RUN"),
     }
+    Ok(())
+}
+
+/// `evaluate`'s window count, checked before anything is read: 0 windows evaluate
+/// nothing, 1 has no spread (NaN).
+fn check_eval_windows(eval_windows: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        eval_windows >= 2,
+        "--eval-windows must be at least 2 for evaluate (its standard errors need two \
+         windows), got {eval_windows}"
+    );
     Ok(())
 }
 
@@ -1333,11 +1336,7 @@ fn evaluate_run(
 ) -> anyhow::Result<()> {
     use attn_saes::train::eval::Baseline;
     let eval_windows = source.eval_windows.unwrap_or(RUN_EVAL_WINDOWS);
-    anyhow::ensure!(
-        eval_windows >= 2,
-        "--eval-windows must be at least 2 for evaluate (its standard errors need two \
-         windows), got {eval_windows}"
-    );
+    check_eval_windows(eval_windows)?;
     let (ckpt, sae_dir) = checkpoint::run_sae(run, None)?;
     let config = checkpoint::read_config(&ckpt)?;
     let (selected, loaded) = open_model(choice, &config.model)?;
@@ -1364,23 +1363,20 @@ fn evaluate_run(
         windows.len()
     );
     let (layer, conv) = (config.layer(model.config.n_layers), config.z_convention);
-    let cache = (config.activation_cache.as_deref())
-        .filter(|dir| attn_saes::data::store::read_cache_meta(dir).is_ok());
+    let cache = attn_saes::data::store::complete_cache(config.activation_cache.as_deref());
     // BOS keeps its own hook_z (`sae_replace`'s `keep_bos`) where the run dropped it from
     // training, unless --keep-bos.
     let bos_unreplaced = config.drop_bos && !source.keep_bos;
-    let (e, s) = evaluate_shown(model, &sae, bos_unreplaced, &mut |passes| match cache {
+    evaluate_and_report(&loaded, &sae, bos_unreplaced, &mut |passes| match cache {
         Some(dir) => {
             let (baseline, file) = Baseline::kept_in(model, &windows, layer, conv, dir, passes)?;
             Ok((baseline, Some(file.describe())))
         }
         None => Ok((
-            Baseline::new_counting(model, model.tokens(&windows)?, layer, conv, passes)?,
+            Baseline::new(model, model.tokens(&windows)?, layer, conv, passes)?,
             None,
         )),
-    })?;
-    print_evaluation(&loaded, &sae, &e, &s);
-    Ok(())
+    })
 }
 
 /// Computes an evaluation's baseline, counting its passes, with what it has to say.
@@ -1389,45 +1385,36 @@ type MakeBaseline<'a> = dyn FnMut(
     ) -> anyhow::Result<(attn_saes::train::eval::Baseline, Option<String>)>
     + 'a;
 
-/// An evaluation of `sae` against the baseline `make` computes (with what it has to say),
-/// its passes counted on a progress line.
-fn evaluate_shown(
-    model: &lm::Transformer,
+/// Evaluates `sae` against the baseline `make` computes (with what it has to say), its
+/// passes counted on a progress line, and prints `evaluate`'s report: the metrics table and
+/// the spread over windows.
+fn evaluate_and_report(
+    loaded: &lm::LoadedModel,
     sae: &BlockDiagSae,
     bos_unreplaced: bool,
     make: &mut MakeBaseline,
-) -> anyhow::Result<(
-    attn_saes::train::EvalMetrics,
-    attn_saes::train::eval::ScoreSpread,
-)> {
+) -> anyhow::Result<()> {
+    let model = &loaded.transformer;
     let mut bar = ProgressLine::new();
     let (baseline, said) =
         make(&mut |done, of| bar.update("passes for the clean and zero-ablated losses", done, of))?;
-    let evaluated = baseline.evaluate_counting(model, sae, bos_unreplaced, 0, &mut |done, of| {
+    let evaluated = baseline.evaluate(model, sae, bos_unreplaced, 0, &mut |done, of| {
         bar.update("passes with the SAE spliced in", done, of)
     });
     bar.finish();
     if let Some(said) = said {
         println!("{said}");
     }
-    evaluated
-}
-
-/// `evaluate`'s report: the metrics table and the spread over windows.
-fn print_evaluation(
-    loaded: &lm::LoadedModel,
-    sae: &BlockDiagSae,
-    e: &attn_saes::train::EvalMetrics,
-    s: &attn_saes::train::eval::ScoreSpread,
-) {
-    let model = &loaded.transformer.config;
-    let dense = sae.config.is_dense_over(model.n_heads, model.d_head);
-    attn_saes::cli_train::print_summary(None, Some(e), dense);
+    let (e, s) = evaluated?;
+    let mc = &model.config;
+    let dense = sae.config.is_dense_over(mc.n_heads, mc.d_head);
+    attn_saes::cli_train::print_summary(None, Some(&e), dense);
     println!(
         "over {} windows: zero-ablation costs {:.4} +- {:.4} nats, the SAE {:.4} +- {:.4}; CE \
          loss score {:.3} +- {:.3} (standard errors; jackknife for the score)",
         s.windows, s.zero_cost.0, s.zero_cost.1, s.sae_cost.0, s.sae_cost.1, s.score.0, s.score.1
     );
+    Ok(())
 }
 
 /// The model and SAE `source` names, loaded on the device `choice` selects, saying which

@@ -2189,9 +2189,10 @@ fn training_from_an_activation_cache() {
         model.tokens(&windows).unwrap(),
         1,
         Default::default(),
+        &mut |_, _| {},
     )
     .unwrap()
-    .evaluate(model, &sae, run_config.drop_bos, 0)
+    .evaluate(model, &sae, run_config.drop_bos, 0, &mut |_, _| {})
     .unwrap();
     let line = |out: &str, name: &str| -> String {
         (out.lines().find(|l| l.starts_with(name)))

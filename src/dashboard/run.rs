@@ -8,7 +8,9 @@ use anyhow::Context;
 use super::build::{self, BuildInputs, BuildOptions, Progress};
 use super::{Dashboard, HISTORY_POINTS};
 use crate::data::corpus::Corpus;
-use crate::data::store::{ActivationStore, CacheMeta, StreamPosition, read_cache_meta};
+use crate::data::store::{
+    ActivationStore, CacheMeta, StreamPosition, complete_cache, read_cache_meta,
+};
 use crate::data::windows::{ContextWindows, WindowsPosition};
 use crate::lm::LoadedModel;
 use crate::run_log::History;
@@ -168,6 +170,6 @@ pub fn build_for_run(
         ce_scores,
         built_from: super::built_from(loaded, &sae_dir),
     };
-    let keep_in = (config.activation_cache.as_deref()).filter(|dir| read_cache_meta(dir).is_ok());
+    let keep_in = complete_cache(config.activation_cache.as_deref());
     build::build_keeping(&inputs, options, keep_in, progress)
 }

@@ -619,6 +619,11 @@ pub fn read_cache_meta(dir: &Path) -> anyhow::Result<CacheMeta> {
     Ok(meta)
 }
 
+/// `dir` where it holds a complete activation cache (its metadata reads and checks).
+pub fn complete_cache(dir: Option<&Path>) -> Option<&Path> {
+    dir.filter(|d| read_cache_meta(d).is_ok())
+}
+
 impl CacheReader {
     fn open(dir: &Path) -> anyhow::Result<Self> {
         Ok(Self {

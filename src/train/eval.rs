@@ -123,7 +123,9 @@ pub fn evaluate_with_spread(
     keep_bos: bool,
     step: usize,
 ) -> anyhow::Result<(EvalMetrics, ScoreSpread)> {
-    Baseline::new(model, tokens, layer, conv)?.evaluate(model, sae, keep_bos, step)
+    let no_count = &mut |_, _| {};
+    Baseline::new(model, tokens, layer, conv, no_count)?
+        .evaluate(model, sae, keep_bos, step, no_count)
 }
 
 /// Bumped when what a saved baseline's losses mean changes.
@@ -209,17 +211,9 @@ pub struct Baseline {
 }
 
 impl Baseline {
+    /// The prefix and the losses clean and zero-ablated, calling `passes(done, of)` after
+    /// each of its 2 + heads passes.
     pub fn new(
-        model: &Transformer,
-        tokens: Tensor<2, Int>,
-        layer: usize,
-        conv: ZConvention,
-    ) -> anyhow::Result<Self> {
-        Self::new_counting(model, tokens, layer, conv, &mut |_, _| {})
-    }
-
-    /// [`Baseline::new`], calling `passes(done, of)` after each of its 2 + heads passes.
-    pub fn new_counting(
         model: &Transformer,
         tokens: Tensor<2, Int>,
         layer: usize,
@@ -327,19 +321,9 @@ impl Baseline {
         Ok((b, file))
     }
 
-    /// The evaluation of `sae` (an SAE of this baseline's layer): its 1 + heads passes.
+    /// The evaluation of `sae` (an SAE of this baseline's layer): its 1 + heads passes,
+    /// calling `passes(done, of)` after each.
     pub fn evaluate(
-        &self,
-        model: &Transformer,
-        sae: &BlockDiagSae,
-        keep_bos: bool,
-        step: usize,
-    ) -> anyhow::Result<(EvalMetrics, ScoreSpread)> {
-        self.evaluate_counting(model, sae, keep_bos, step, &mut |_, _| {})
-    }
-
-    /// [`Baseline::evaluate`], calling `passes(done, of)` after each of its passes.
-    pub fn evaluate_counting(
         &self,
         model: &Transformer,
         sae: &BlockDiagSae,
@@ -420,8 +404,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("attn-saes-kept-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let fresh =
-            |layer| Baseline::new(&model, model.tokens(&ids).unwrap(), layer, conv).unwrap();
+        let fresh = |layer| {
+            Baseline::new(
+                &model,
+                model.tokens(&ids).unwrap(),
+                layer,
+                conv,
+                &mut |_, _| {},
+            )
+            .unwrap()
+        };
         let same = |a: &Baseline, b: &Baseline| {
             assert_eq!((&a.clean, &a.zero), (&b.clean, &b.zero));
             assert_eq!(a.zero_per_head, b.zero_per_head);
@@ -485,7 +477,7 @@ mod tests {
             .collect();
         let tokens = model.tokens(&ids).unwrap();
         let (layer, conv) = (1, ZConvention::TransformerLens);
-        let baseline = Baseline::new(&model, tokens.clone(), layer, conv).unwrap();
+        let baseline = Baseline::new(&model, tokens.clone(), layer, conv, &mut |_, _| {}).unwrap();
         let whole = |splice: Option<&Splice>| window_ce(&model, &tokens, conv, splice).unwrap();
         assert_eq!(baseline.clean, whole(None));
         assert_eq!(
@@ -504,7 +496,9 @@ mod tests {
                 architecture: Architecture::Relu,
             };
             let sae = BlockDiagSae::init(sae_config, &mut Rng::new(seed), &device);
-            let shared = baseline.evaluate(&model, &sae, true, 7).unwrap();
+            let shared = baseline
+                .evaluate(&model, &sae, true, 7, &mut |_, _| {})
+                .unwrap();
             let fresh =
                 evaluate_with_spread(&model, &sae, tokens.clone(), layer, conv, true, 7).unwrap();
             assert_eq!(shared, fresh, "SAE {seed}");

@@ -512,12 +512,22 @@ impl<'a> Trainer<'a> {
                     send(self.events, TrainEvent::Notice(file.describe()));
                     b
                 }
-                None => {
-                    eval::Baseline::new(model, tokens.clone(), plan.layer, config.z_convention)?
-                }
+                None => eval::Baseline::new(
+                    model,
+                    tokens.clone(),
+                    plan.layer,
+                    config.z_convention,
+                    &mut |_, _| {},
+                )?,
             }),
         };
-        let (e, _) = baseline.evaluate(model, &self.sae, config.drop_bos, self.state.step)?;
+        let (e, _) = baseline.evaluate(
+            model,
+            &self.sae,
+            config.drop_bos,
+            self.state.step,
+            &mut |_, _| {},
+        )?;
         self.write_log(&LogLine::Eval(e.clone()))?;
         send(self.events, TrainEvent::Eval(Box::new(e.clone())));
         self.last_eval = Some(e);
