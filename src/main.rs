@@ -1302,10 +1302,11 @@ fn main() -> anyhow::Result<()> {
             );
             let model = &loaded.transformer;
             let (layer, conv) = (config.layer(model.config.n_layers), config.z_convention);
+            let dir = baseline_dir(None);
             evaluate_and_report(&loaded, &sae, config.drop_bos, &mut |passes| {
-                let tokens = model.tokens(&windows)?;
-                let baseline = train::eval::Baseline::new(model, tokens, layer, conv, passes)?;
-                Ok((baseline, None))
+                let (baseline, file) =
+                    train::eval::Baseline::kept_in(model, &windows, layer, conv, &dir, passes)?;
+                Ok((baseline, file.describe()))
             })?;
         }
         Command::Evaluate { .. } => anyhow::bail!("evaluate needs --sae DIR or --run RUN"),
@@ -1367,22 +1368,28 @@ fn evaluate_run(
     // BOS keeps its own hook_z (`sae_replace`'s `keep_bos`) where the run dropped it from
     // training, unless --keep-bos.
     let bos_unreplaced = config.drop_bos && !source.keep_bos;
-    evaluate_and_report(&loaded, &sae, bos_unreplaced, &mut |passes| match cache {
-        Some(dir) => {
-            let (baseline, file) = Baseline::kept_in(model, &windows, layer, conv, dir, passes)?;
-            Ok((baseline, Some(file.describe())))
-        }
-        None => Ok((
-            Baseline::new(model, model.tokens(&windows)?, layer, conv, passes)?,
-            None,
-        )),
+    let dir = baseline_dir(cache);
+    evaluate_and_report(&loaded, &sae, bos_unreplaced, &mut |passes| {
+        let (baseline, file) = Baseline::kept_in(model, &windows, layer, conv, &dir, passes)?;
+        Ok((baseline, file.describe()))
     })
+}
+
+/// Where `evaluate` keeps a baseline (the clean and zero-ablated losses, 11 of an
+/// evaluation's 21 passes for 9 heads): the run's activation cache, whose other runs (a
+/// sweep's) share it, else `eval-baselines/` in the asset cache, which evaluations of other
+/// SAEs or checkpoints of the same model and layer on the same windows read.
+fn baseline_dir(activation_cache: Option<&std::path::Path>) -> std::path::PathBuf {
+    activation_cache.map_or_else(
+        || attn_saes::assets::cache_dir().join("eval-baselines"),
+        std::path::Path::to_path_buf,
+    )
 }
 
 /// Computes an evaluation's baseline, counting its passes, with what it has to say.
 type MakeBaseline<'a> = dyn FnMut(
         attn_saes::train::eval::Passes,
-    ) -> anyhow::Result<(attn_saes::train::eval::Baseline, Option<String>)>
+    ) -> anyhow::Result<(attn_saes::train::eval::Baseline, String)>
     + 'a;
 
 /// Evaluates `sae` against the baseline `make` computes (with what it has to say), its
@@ -1402,9 +1409,7 @@ fn evaluate_and_report(
         bar.update("passes with the SAE spliced in", done, of)
     });
     bar.finish();
-    if let Some(said) = said {
-        println!("{said}");
-    }
+    println!("{said}");
     let (e, s) = evaluated?;
     let mc = &model.config;
     let dense = sae.config.is_dense_over(mc.n_heads, mc.d_head);

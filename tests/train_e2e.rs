@@ -1338,11 +1338,14 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
         ..config(&dir, 10)
     };
     std::fs::write(&toml_file, toml::to_string(&cfg).unwrap()).unwrap();
+    // `evaluate` keeps its baselines in the asset cache's eval-baselines/.
+    let asset_cache = dir.join("asset-cache");
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
             .args(["--device", "cpu"])
             .args(args)
             .env("RUST_BACKTRACE", "0")
+            .env("ATTN_SAES_CACHE", &asset_cache)
             .output()
             .unwrap();
         let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
@@ -1373,6 +1376,12 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
     let (sae_arg, config_arg) = (sae_dir.to_str().unwrap(), saved.to_str().unwrap());
     let (code, said, stderr) = cli(&["evaluate", "--sae", sae_arg, "--config", config_arg]);
     assert_eq!(code, Some(0), "{stderr}");
+    let baselines = asset_cache.join("eval-baselines");
+    let saved = format!(
+        "evaluation baseline saved to {}/eval-baseline-",
+        baselines.display()
+    );
+    assert!(said.contains(&saved), "{said}");
     assert!(!said.contains("\n  per head "), "{said}");
     let line = (said.lines()).find(|l| l.starts_with("  per model head alone"));
     assert_eq!(
@@ -1563,6 +1572,20 @@ fn a_dense_run_has_dashboards_and_says_which_commands_take_it() {
         toml_arg,
     ]);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    // The same SAE, model, layer and windows: the baseline is read back, and the report is
+    // the first one's but for that line.
+    let read = format!(
+        "evaluation baseline (clean and zero-ablated losses) read from {}/eval-baseline-",
+        baselines.display()
+    );
+    assert!(stdout.contains(&read), "{stdout}");
+    let others = |out: &str| -> Vec<String> {
+        (out.lines())
+            .filter(|l| !l.starts_with("evaluation baseline"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(others(&stdout), others(&said));
     assert!(stdout.contains("CE loss score"), "{stdout}");
     let exported = dir.join("saelens");
     let (code, stdout, stderr) =

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use burn::prelude::*;
 
 use crate::lm::{HeadSelection, Prefix, Splice, Transformer, ZConvention};
@@ -269,7 +270,8 @@ impl Baseline {
     /// windows', layer's and convention's losses and a fresh clean pass gives its clean
     /// losses to the bit (the same weights, on the same kind of device), the zero-ablated
     /// losses are read, 1 pass instead of 2 + heads; otherwise they are computed and the
-    /// file (re)written. A file that cannot be written is reported, not an error.
+    /// file (re)written (`dir` created if missing). A file that cannot be written is
+    /// reported, not an error.
     pub fn kept_in(
         model: &Transformer,
         ids: &[Vec<u32>],
@@ -314,7 +316,10 @@ impl Baseline {
             zero: b.zero.clone(),
             zero_per_head: b.zero_per_head.clone(),
         };
-        let file = match crate::files::write_json(&path, &saved) {
+        let written = std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {}", dir.display()))
+            .and_then(|()| crate::files::write_json(&path, &saved));
+        let file = match written {
             Ok(()) => state(path),
             Err(e) => BaselineFile::NotWritten(path, format!("{e:#}")),
         };
