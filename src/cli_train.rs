@@ -481,7 +481,12 @@ pub fn print_summary(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>, den
         println!("{:<28} {:.4}", "CE loss clean", e.ce_clean);
         println!("{:<28} {:.4}", "CE loss with SAE", e.ce_sae);
         println!("{:<28} {:.4}", "CE loss zero-ablated", e.ce_zero);
-        println!("{:<28} {:.4}", "CE loss score", e.ce_score);
+        println!(
+            "{:<28} {:.4}{}",
+            "CE loss score",
+            e.ce_score,
+            e.score_spread(4)
+        );
         let per: Vec<f64> = e.per_head.iter().map(|h| h.ce_score).collect();
         let name = if dense {
             "  per model head alone"
@@ -573,8 +578,13 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                 say(
                     &bar,
                     format!(
-                        "eval @ {}: CE clean {:.4} sae {:.4} zero {:.4} score {:.3}",
-                        e.step, e.ce_clean, e.ce_sae, e.ce_zero, e.ce_score
+                        "eval @ {}: CE clean {:.4} sae {:.4} zero {:.4} score {:.3}{}",
+                        e.step,
+                        e.ce_clean,
+                        e.ce_sae,
+                        e.ce_zero,
+                        e.ce_score,
+                        e.score_spread(3)
                     ),
                 );
             }

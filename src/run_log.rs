@@ -45,6 +45,24 @@ pub struct EvalMetrics {
     /// `(L_zero - L_sae) / (L_zero - L_clean)`.
     pub ce_score: f64,
     pub per_head: Vec<HeadEval>,
+    /// The score's jackknife standard error over the evaluation's windows (absent from
+    /// metrics written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ce_score_se: Option<f64>,
+    /// The context windows evaluated on (absent as `ce_score_se`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<usize>,
+}
+
+impl EvalMetrics {
+    /// The score's standard error and windows as text to follow the score, `" +- 0.016 (4
+    /// windows)"` with `digits` decimals, or nothing where they were not recorded.
+    pub fn score_spread(&self, digits: usize) -> String {
+        match (self.ce_score_se, self.windows) {
+            (Some(se), Some(n)) => format!(" +- {se:.digits$} ({n} windows)"),
+            _ => String::new(),
+        }
+    }
 }
 
 /// One line of `metrics.jsonl`.

@@ -2243,6 +2243,8 @@ fn the_per_head_curves_of_a_dense_run_name_its_block_and_its_model_heads() {
                     ce_score: 0.1 * h as f64,
                 })
                 .collect(),
+            ce_score_se: None,
+            windows: None,
         }],
     };
     let heads = ["h0", "h1", "h2", "h3"];

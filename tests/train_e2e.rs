@@ -2252,6 +2252,9 @@ fn training_from_an_activation_cache() {
                 "{name}: {out}"
             );
         }
+        let se = e.ce_score_se.unwrap();
+        let score = format!(" {:.4} +- {se:.4} (3 windows)", e.ce_score);
+        assert!(line(&out, "CE loss score").ends_with(&score), "{out}");
     }
     assert!(
         read.starts_with(&format!(

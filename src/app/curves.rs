@@ -613,7 +613,8 @@ fn summary(ui: &mut egui::Ui, h: &History) {
             ui.label(format!("dead {}", m.dead_features));
         }
         if let Some(e) = h.evals.last() {
-            ui.label(format!("CE loss score {:.3}", e.ce_score));
+            let spread = e.score_spread(3).replace("+-", "\u{b1}");
+            ui.label(format!("CE loss score {:.3}{spread}", e.ce_score));
         }
     });
 }
@@ -798,6 +799,8 @@ mod tests {
             ce_zero: 4.0,
             ce_score: 0.9,
             per_head: vec![],
+            ce_score_se: None,
+            windows: None,
         }
     }
 

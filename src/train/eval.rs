@@ -360,6 +360,7 @@ impl Baseline {
                 ce_score: score(ce_clean, s, z),
             });
         }
+        let spread = spread_of(&self.clean, &with, &self.zero);
         let metrics = EvalMetrics {
             step,
             ce_clean,
@@ -367,8 +368,10 @@ impl Baseline {
             ce_zero,
             ce_score: score(ce_clean, ce_sae, ce_zero),
             per_head,
+            ce_score_se: Some(spread.score.1),
+            windows: Some(spread.windows),
         };
-        Ok((metrics, spread_of(&self.clean, &with, &self.zero)))
+        Ok((metrics, spread))
     }
 }
 
@@ -525,6 +528,19 @@ mod tests {
                 assert_eq!(head.ce_zero, baseline.zero_per_head[h]);
             }
             assert!(e.ce_sae != e.ce_clean && e.ce_sae != e.ce_zero, "{e:?}");
+            // The score's spread is over the windows' losses clean, with the SAE spliced
+            // into every head, and zero-ablated.
+            let with = whole(Some(&Splice {
+                layer,
+                heads: HeadSelection::All,
+                replace: &replace,
+            }));
+            let want = spread_of(&baseline.clean, &with, &baseline.zero);
+            assert_eq!((e.ce_score_se, e.windows), (Some(want.score.1), Some(3)));
+            assert_eq!(
+                e.score_spread(3),
+                format!(" +- {:.3} (3 windows)", want.score.1)
+            );
         }
     }
 
