@@ -447,10 +447,11 @@ impl TrainArgs {
 }
 
 fn fmt_heads(v: &[f64], prec: usize) -> String {
-    v.iter()
-        .map(|x| format!("{x:.prec$}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    fmt_cells(v, prec).join(" ")
+}
+
+fn fmt_cells(v: &[f64], prec: usize) -> Vec<String> {
+    v.iter().map(|x| format!("{x:.prec$}")).collect()
 }
 
 /// Prints the final metrics table. A `dense` SAE's one block has no per-head rows; its CE
@@ -493,7 +494,23 @@ pub fn print_summary(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>, den
         } else {
             "  per head"
         };
-        println!("{name:<28} {}", fmt_heads(&per, 3));
+        // With their standard errors where recorded, in columns under them: a head whose
+        // ablation costs little has a score that says little.
+        let se: Option<Vec<f64>> = e.per_head.iter().map(|h| h.ce_score_se).collect();
+        match se.filter(|se| !se.is_empty()) {
+            Some(se) => {
+                let (per, se) = (fmt_cells(&per, 3), fmt_cells(&se, 3));
+                let w = per.iter().chain(&se).map(String::len).max().unwrap_or(0);
+                let row = |cells: &[String]| {
+                    (cells.iter().map(|c| format!("{c:>w$}")))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                println!("{name:<28} {}", row(&per));
+                println!("{:<28} {}", "  its standard error", row(&se));
+            }
+            None => println!("{name:<28} {}", fmt_heads(&per, 3)),
+        }
     }
     println!("{:-<72}", "");
 }

@@ -34,6 +34,10 @@ pub struct HeadEval {
     pub ce_sae: f64,
     pub ce_zero: f64,
     pub ce_score: f64,
+    /// The score's jackknife standard error over the windows (absent from metrics written
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ce_score_se: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

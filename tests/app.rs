@@ -2241,6 +2241,7 @@ fn the_per_head_curves_of_a_dense_run_name_its_block_and_its_model_heads() {
                     ce_sae: 3.0,
                     ce_zero: 3.1,
                     ce_score: 0.1 * h as f64,
+                    ce_score_se: None,
                 })
                 .collect(),
             ce_score_se: None,

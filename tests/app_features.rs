@@ -515,6 +515,37 @@ fn reads_from_filter_heads_column_and_dfa_line() {
     h.get_by_label_contains(&format!("Reads from {}", reads[first].describe()));
 }
 
+/// The heads table's CE loss score of a head shows, on hover, its standard error in the
+/// run's last evaluation, as the file's history records it.
+#[test]
+fn a_heads_ce_score_shows_its_standard_error_on_hover() {
+    if !common::renderer_available() {
+        return;
+    }
+    let file = OwnedDashboardFile::new(dashboard_bytes().to_vec()).unwrap();
+    let e = file.meta.history.evals.last().unwrap();
+    let mut h = harness();
+    h.run_steps(2);
+    for head in [0, 3] {
+        let score = file.meta.heads[head].ce_score.unwrap();
+        assert_eq!(score, e.per_head[head].ce_score);
+        // The cell: the label of that text in the heads table's row of the head.
+        let row = h.get_by_label(&format!("Head {head}")).rect();
+        h.query_all_by_label(&format!("{score:.3}"))
+            .find(|n| (n.rect().center().y - row.center().y).abs() < 2.0)
+            .unwrap_or_else(|| panic!("head {head}'s CE cell"))
+            .hover();
+        h.run_steps(4);
+        let se = e.per_head[head].ce_score_se.unwrap();
+        h.get_by_label_contains(&format!(
+            "CE loss score ± {se:.3}: its jackknife standard error over the {} windows of \
+             the run's last evaluation (step {})",
+            e.windows.unwrap(),
+            e.step
+        ));
+    }
+}
+
 /// A file written before the heads' summaries: the column says "-" for a head until it is
 /// opened, then what the head's features give.
 #[test]

@@ -2255,6 +2255,21 @@ fn training_from_an_activation_cache() {
         let se = e.ce_score_se.unwrap();
         let score = format!(" {:.4} +- {se:.4} (3 windows)", e.ce_score);
         assert!(line(&out, "CE loss score").ends_with(&score), "{out}");
+        // Each head's score and, in the row under it, its standard error.
+        let cells = |name: &str| -> Vec<String> {
+            let l = line(&out, name);
+            (l[name.len()..].split_whitespace())
+                .map(str::to_string)
+                .collect()
+        };
+        let three = |v: Vec<f64>| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>();
+        let per_head =
+            |f: fn(&attn_saes::run_log::HeadEval) -> f64| three(e.per_head.iter().map(f).collect());
+        assert_eq!(cells("  per head"), per_head(|h| h.ce_score));
+        assert_eq!(
+            cells("  its standard error"),
+            per_head(|h| h.ce_score_se.unwrap())
+        );
     }
     assert!(
         read.starts_with(&format!(

@@ -650,6 +650,23 @@ fn file_summary(meta: &DashboardMeta) -> String {
     )
 }
 
+/// The standard error of block `h`'s CE loss score in the run's last evaluation, as the
+/// heads table's hover text (a dense SAE's one block has the total score's), where the run
+/// recorded it.
+fn ce_spread(meta: &DashboardMeta, h: usize) -> Option<String> {
+    let e = meta.history.evals.last()?;
+    let se = match meta.dense_heads() {
+        Some(_) => e.ce_score_se,
+        None => e.per_head.get(h)?.ce_score_se,
+    }?;
+    Some(format!(
+        "CE loss score ± {se:.3}: its jackknife standard error over the {} windows of the \
+         run's last evaluation (step {}); a head whose ablation costs little has a score that \
+         says little",
+        e.windows?, e.step
+    ))
+}
+
 /// Block `h` of the SAE as a title: `Head 3`, or `All heads` for a dense SAE's one block.
 fn block_title(meta: &DashboardMeta, h: usize) -> String {
     let name = meta.block_name(h);
@@ -688,7 +705,10 @@ fn heads_table(
                 ui.label(format!("{:.3}", head.explained_variance));
                 ui.label(head.never_fired.to_string())
                     .on_hover_text("features that never fired on the dashboard tokens");
-                ui.label(head.ce_score.map_or("-".into(), |c| format!("{c:.3}")));
+                let ce = ui.label(head.ce_score.map_or("-".into(), |c| format!("{c:.3}")));
+                if let Some(spread) = ce_spread(meta, h) {
+                    ce.on_hover_text(spread);
+                }
                 density_sparkline(ui, &head.density_histogram, lowest);
                 let reads = head
                     .reads_from

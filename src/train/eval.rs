@@ -129,8 +129,9 @@ pub fn evaluate_with_spread(
         .evaluate(model, sae, keep_bos, step, no_count)
 }
 
-/// Bumped when what a saved baseline's losses mean changes.
-const BASELINE_FORMAT: u32 = 1;
+/// Bumped when what a saved baseline's losses mean changes (2: each head's zero-ablated
+/// losses per window, not their mean).
+const BASELINE_FORMAT: u32 = 2;
 
 /// What a saved baseline's losses are of; the file's name is a digest of it.
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -151,7 +152,7 @@ struct SavedBaseline {
     key: BaselineKey,
     clean: Vec<f64>,
     zero: Vec<f64>,
-    zero_per_head: Vec<f64>,
+    zero_per_head: Vec<Vec<f64>>,
 }
 
 /// Called with `(passes done, of)` as an evaluation's passes end.
@@ -207,8 +208,8 @@ pub struct Baseline {
     clean: Vec<f64>,
     /// Per window, every head zero-ablated.
     zero: Vec<f64>,
-    /// Mean over windows, one head zero-ablated.
-    zero_per_head: Vec<f64>,
+    /// Per head, per window, that head zero-ablated.
+    zero_per_head: Vec<Vec<f64>>,
 }
 
 impl Baseline {
@@ -260,7 +261,7 @@ impl Baseline {
         };
         self.zero = zero_of(HeadSelection::All, 2)?;
         self.zero_per_head = (0..model.config.n_heads)
-            .map(|h| Ok(mean(&zero_of(HeadSelection::One(h), 3 + h)?)))
+            .map(|h| zero_of(HeadSelection::One(h), 3 + h))
             .collect::<anyhow::Result<_>>()?;
         Ok(())
     }
@@ -296,7 +297,8 @@ impl Baseline {
             .exists()
             .then(|| crate::files::read_json::<SavedBaseline>(&path).ok())
             .flatten()
-            .filter(|s| s.key == key && s.zero_per_head.len() == key.n_heads);
+            .filter(|s| s.key == key && s.zero_per_head.len() == key.n_heads)
+            .filter(|s| (s.zero_per_head.iter()).all(|z| z.len() == ids.len()));
         let same_clean = |s: &SavedBaseline| {
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             bits(&s.clean) == bits(&b.clean)
@@ -352,12 +354,14 @@ impl Baseline {
         let with = with_sae(HeadSelection::All, 1)?;
         let (ce_clean, ce_sae, ce_zero) = (mean(&self.clean), mean(&with), mean(&self.zero));
         let mut per_head = Vec::new();
-        for (h, &z) in self.zero_per_head.iter().enumerate() {
-            let s = mean(&with_sae(HeadSelection::One(h), 2 + h)?);
+        for (h, zero) in self.zero_per_head.iter().enumerate() {
+            let with = with_sae(HeadSelection::One(h), 2 + h)?;
+            let (s, z) = (mean(&with), mean(zero));
             per_head.push(HeadEval {
                 ce_sae: s,
                 ce_zero: z,
                 ce_score: score(ce_clean, s, z),
+                ce_score_se: Some(spread_of(&self.clean, &with, zero).score.1),
             });
         }
         let spread = spread_of(&self.clean, &with, &self.zero);
@@ -440,7 +444,7 @@ mod tests {
         // The zero-ablated losses come from the file (doubled there, doubled here).
         let mut saved: SavedBaseline = crate::files::read_json(&path).unwrap();
         saved.zero.iter_mut().for_each(|x| *x *= 2.0);
-        saved.zero_per_head[3] *= 2.0;
+        saved.zero_per_head[3][1] *= 2.0;
         crate::files::write_json(&path, &saved).unwrap();
         let (b, file) = kept(1);
         assert_eq!(file, BaselineFile::Read(path.clone()));
@@ -448,7 +452,7 @@ mod tests {
             b.zero,
             want.zero.iter().map(|x| x * 2.0).collect::<Vec<_>>()
         );
-        assert_eq!(b.zero_per_head[3], want.zero_per_head[3] * 2.0);
+        assert_eq!(b.zero_per_head[3][1], want.zero_per_head[3][1] * 2.0);
         // Clean losses one ulp off (other weights, another device): recomputed, rewritten.
         saved.clean[1] = f64::from_bits(saved.clean[1].to_bits() + 1);
         crate::files::write_json(&path, &saved).unwrap();
@@ -494,7 +498,7 @@ mod tests {
         );
         for h in 0..4 {
             let zero_h = whole(Some(&Splice::zero_ablate(layer, HeadSelection::One(h))));
-            assert_eq!(baseline.zero_per_head[h], mean(&zero_h), "head {h}");
+            assert_eq!(baseline.zero_per_head[h], zero_h, "head {h}");
         }
         for seed in [1, 2] {
             let sae_config = SaeConfig {
@@ -512,30 +516,42 @@ mod tests {
             assert_eq!(shared, fresh, "SAE {seed}");
             // Each number is that of a whole forward with that splice.
             let replace = |z: Tensor<4>| sae_replace(&sae, z, true);
+            // Per window.
             let spliced = |heads| {
-                mean(&whole(Some(&Splice {
+                whole(Some(&Splice {
                     layer,
                     heads,
                     replace: &replace,
-                })))
+                }))
             };
             let e = &shared.0;
             assert_eq!(e.ce_clean, mean(&baseline.clean));
             assert_eq!(e.ce_zero, mean(&baseline.zero));
-            assert_eq!(e.ce_sae, spliced(HeadSelection::All));
+            assert_eq!(e.ce_sae, mean(&spliced(HeadSelection::All)));
             for (h, head) in e.per_head.iter().enumerate() {
-                assert_eq!(head.ce_sae, spliced(HeadSelection::One(h)), "head {h}");
-                assert_eq!(head.ce_zero, baseline.zero_per_head[h]);
+                assert_eq!(
+                    head.ce_sae,
+                    mean(&spliced(HeadSelection::One(h))),
+                    "head {h}"
+                );
+                assert_eq!(head.ce_zero, mean(&baseline.zero_per_head[h]));
+                // Each head's score's spread: over the windows' losses clean, with the SAE
+                // spliced into that head alone, and that head zero-ablated.
+                let want = spread_of(
+                    &baseline.clean,
+                    &spliced(HeadSelection::One(h)),
+                    &baseline.zero_per_head[h],
+                );
+                assert_eq!(head.ce_score_se, Some(want.score.1), "head {h}");
             }
             assert!(e.ce_sae != e.ce_clean && e.ce_sae != e.ce_zero, "{e:?}");
             // The score's spread is over the windows' losses clean, with the SAE spliced
             // into every head, and zero-ablated.
-            let with = whole(Some(&Splice {
-                layer,
-                heads: HeadSelection::All,
-                replace: &replace,
-            }));
-            let want = spread_of(&baseline.clean, &with, &baseline.zero);
+            let want = spread_of(
+                &baseline.clean,
+                &spliced(HeadSelection::All),
+                &baseline.zero,
+            );
             assert_eq!((e.ce_score_se, e.windows), (Some(want.score.1), Some(3)));
             assert_eq!(
                 e.score_spread(3),
