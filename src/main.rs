@@ -2051,17 +2051,20 @@ fn compare_runs(runs: &[std::path::PathBuf], json: bool) -> anyhow::Result<()> {
         .unwrap_or(0)
         .max(3);
     println!(
-        "{:width$}  {:>6} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>8} {:>8} {:>8}",
+        "{:width$}  {:>6} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>8} {:>8} {:<8}",
         "run", "step", "tokens", "loss", "MSE", "L0", "EV", "dead", "coef", "lr", "CE score"
     );
     for (run, h) in &histories {
-        let score = h
-            .evals
-            .last()
-            .map_or("-".to_string(), |e| format!("{:.4}", e.ce_score));
+        // With its standard error over the evaluation's windows where recorded.
+        let score = h.evals.last().map_or("-".to_string(), |e| {
+            let se = e
+                .ce_score_se
+                .map_or(String::new(), |se| format!(" +- {se:.4}"));
+            format!("{:.4}{se}", e.ce_score)
+        });
         match h.steps.last() {
             Some(m) => println!(
-                "{run:width$}  {:>6} {:>10} {:>10.4} {:>10.4} {:>8.2} {:>6.3} {:>6} {:>8} {:>8} {score:>8}",
+                "{run:width$}  {:>6} {:>10} {:>10.4} {:>10.4} {:>8.2} {:>6.3} {:>6} {:>8} {:>8} {score}",
                 m.step,
                 m.tokens,
                 m.loss,
@@ -2072,7 +2075,7 @@ fn compare_runs(runs: &[std::path::PathBuf], json: bool) -> anyhow::Result<()> {
                 format!("{}", m.l1_coefficient),
                 format!("{:.1e}", m.lr),
             ),
-            None => println!("{run:width$}  (no steps logged) {score:>8}"),
+            None => println!("{run:width$}  (no steps logged) {score}"),
         }
     }
     Ok(())

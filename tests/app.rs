@@ -1996,6 +1996,11 @@ fn the_compare_command_prints_each_runs_last_metrics_and_refuses_a_bad_path() {
     for (line, run) in lines[1..].iter().zip([&a, &b]) {
         let l0 = format!("{:.2}", last_step_value(run, "l0"));
         assert!(line.split_whitespace().any(|w| w == l0), "{l0} in {line}");
+        // It ends with the last evaluation's CE loss score and its standard error.
+        let (history, _) = History::read(&run.join("metrics.jsonl")).unwrap();
+        let e = history.evals.last().unwrap();
+        let score = format!(" {:.4} +- {:.4}", e.ce_score, e.ce_score_se.unwrap());
+        assert!(line.ends_with(&score), "{score} at the end of {line}");
     }
     // A path that is neither a run nor a dashboard: an error, and no partial table.
     let out = compare(&[&a, &dir_b.join("missing")]);

@@ -579,9 +579,12 @@ fn runs_table(ui: &mut egui::Ui, curves: &Curves, compared: &[Compared]) -> Opti
                 }
                 cell(
                     ui,
-                    h.evals
-                        .last()
-                        .map_or("-".into(), |e| format!("{:.3}", e.ce_score)),
+                    h.evals.last().map_or("-".into(), |e| {
+                        let se = e
+                            .ce_score_se
+                            .map_or(String::new(), |se| format!(" ± {se:.3}"));
+                        format!("{:.3}{se}", e.ce_score)
+                    }),
                 );
                 match index {
                     Some(i) => {
