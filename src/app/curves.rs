@@ -244,6 +244,9 @@ struct Series {
     points: Vec<[f64; 2]>,
     /// Another run's (dashed).
     compared: bool,
+    /// Error bars, `[x, low, high]`: the value plus and minus its standard error, where
+    /// the plot has them and the run recorded them.
+    errors: Vec<[f64; 3]>,
 }
 
 /// Where a line's values come from: each logged step, or each eval.
@@ -277,6 +280,9 @@ struct PlotSpec {
     compared_line: usize,
     /// Plotted on a log scale when the view's "log scale for losses" is on.
     loss: bool,
+    /// The first line's standard error at each eval, drawn as error bars (on its compared
+    /// lines too).
+    errors: Option<fn(&EvalMetrics) -> Option<f64>>,
 }
 
 const PLOTS: [PlotSpec; 9] = [
@@ -290,36 +296,42 @@ const PLOTS: [PlotSpec; 9] = [
         ],
         compared_line: 0,
         loss: true,
+        errors: None,
     },
     PlotSpec {
         title: "L0 (all heads)",
         lines: &[("L0", Source::Step(|m| m.l0))],
         compared_line: 0,
         loss: false,
+        errors: None,
     },
     PlotSpec {
         title: "Explained variance",
         lines: &[("EV", Source::Step(|m| m.explained_variance))],
         compared_line: 0,
         loss: false,
+        errors: None,
     },
     PlotSpec {
         title: "Dead features",
         lines: &[("dead", Source::Step(|m| m.dead_features as f64))],
         compared_line: 0,
         loss: false,
+        errors: None,
     },
     PlotSpec {
         title: "Learning rate",
         lines: &[("lr", Source::Step(|m| m.lr))],
         compared_line: 0,
         loss: false,
+        errors: None,
     },
     PlotSpec {
         title: "Sparsity coefficient",
         lines: &[("coefficient", Source::Step(|m| m.l1_coefficient))],
         compared_line: 0,
         loss: false,
+        errors: None,
     },
     PlotSpec {
         title: "CE loss (evals)",
@@ -330,18 +342,21 @@ const PLOTS: [PlotSpec; 9] = [
         ],
         compared_line: 1,
         loss: true,
+        errors: None,
     },
     PlotSpec {
         title: "CE loss score (evals)",
         lines: &[("score", Source::Eval(|e| e.ce_score))],
         compared_line: 0,
         loss: false,
+        errors: Some(|e| e.ce_score_se),
     },
     PlotSpec {
         title: "Steps per second",
         lines: &[("steps/s", Source::Step(|m| m.steps_per_s))],
         compared_line: 0,
         loss: false,
+        errors: None,
     },
 ];
 
@@ -349,20 +364,41 @@ impl PlotSpec {
     /// The open run's lines, then the compared line of each compared run, named
     /// `line · run`.
     fn series(&self, h: &History, compared: &[Compared]) -> Vec<Series> {
-        let own = self.lines.iter().filter_map(|&(name, source)| {
-            let points = source.points(h);
-            let absent = matches!(source, Source::StepIf(_)) && points.is_empty();
-            (!absent).then(|| Series {
-                name: name.to_string(),
-                points,
-                compared: false,
-            })
-        });
+        let errors = |h: &History, line: usize| -> Vec<[f64; 3]> {
+            let (Some(se), Source::Eval(value)) = (self.errors, self.lines[line].1) else {
+                return Vec::new();
+            };
+            (h.evals.iter())
+                .filter_map(|e| Some((e.step as f64, value(e), se(e)?)))
+                .map(|(x, y, se)| [x, y - se, y + se])
+                .collect()
+        };
+        let own = self
+            .lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &(name, source))| {
+                let points = source.points(h);
+                let absent = matches!(source, Source::StepIf(_)) && points.is_empty();
+                (!absent).then(|| Series {
+                    name: name.to_string(),
+                    points,
+                    compared: false,
+                    errors: match i {
+                        0 => errors(h, 0),
+                        _ => Vec::new(),
+                    },
+                })
+            });
         let (name, source) = self.lines[self.compared_line];
         let others = compared.iter().map(move |c| Series {
             name: format!("{name} · {}", c.name),
             points: source.points(&c.history),
             compared: true,
+            errors: match self.compared_line {
+                0 => errors(&c.history, 0),
+                _ => Vec::new(),
+            },
         });
         own.chain(others).collect()
     }
@@ -411,9 +447,15 @@ fn compared_color(ui: &egui::Ui, run: usize) -> egui::Color32 {
 }
 
 /// A small plot of `series` against the step (x from 0 to `last_step`, linked with the
-/// others; y from 0 unless `log`). With `log`, values are plotted as log10 and the axis
+/// others; y from 0 unless `log` or not `from_zero`). With `log`, values are plotted as log10 and the axis
 /// labels say the values. Series of few points (evals) show their points.
-fn plot(ui: &mut egui::Ui, title: &str, series: Vec<Series>, last_step: f64, log: bool) {
+fn plot(
+    ui: &mut egui::Ui,
+    title: &str,
+    series: Vec<Series>,
+    last_step: f64,
+    (log, from_zero): (bool, bool),
+) {
     ui.label(egui::RichText::new(title).strong());
     let mut p = Plot::new(title)
         .height(PLOT_HEIGHT)
@@ -422,8 +464,10 @@ fn plot(ui: &mut egui::Ui, title: &str, series: Vec<Series>, last_step: f64, log
         .include_x(0.0)
         .include_x(last_step)
         .y_axis_min_width(44.0)
-        // Powers of 5: labels stay on short plots whose range spans a few tens.
-        .y_grid_spacer(egui_plot::log_grid_spacer(5))
+        // Powers of 5: labels stay on short plots whose range spans a few tens; a range
+        // not from 0 (the score's, a few hundredths) in powers of 10, whose marks two
+        // decimals name apart (0.008 apart, 0.984 and 0.976 both showed as 0.98).
+        .y_grid_spacer(egui_plot::log_grid_spacer(if from_zero { 5 } else { 10 }))
         .x_axis_label("step")
         .allow_scroll(false);
     if series.len() > 1 {
@@ -443,7 +487,7 @@ fn plot(ui: &mut egui::Ui, title: &str, series: Vec<Series>, last_step: f64, log
                 };
                 Some(format!("{name}\nstep {:.0}\n{:.4}", p.x, 10f64.powf(p.y)))
             });
-    } else {
+    } else if from_zero {
         p = p.include_y(0.0);
     }
     let compared: Vec<egui::Color32> = (0..series.len()).map(|i| compared_color(ui, i)).collect();
@@ -475,6 +519,26 @@ fn plot(ui: &mut egui::Ui, title: &str, series: Vec<Series>, last_step: f64, log
                 line = line.style(LineStyle::dashed_dense());
             }
             plot.line(line);
+            // Error bars: a vertical stroke with short caps, under the series' name (one
+            // legend entry).
+            if !log {
+                let cap = last_step.max(1.0) / 150.0;
+                for &[x, low, high] in s.errors.iter().filter(|e| e.iter().all(|v| v.is_finite())) {
+                    let bar = [
+                        [x - cap, low],
+                        [x + cap, low],
+                        [x, low],
+                        [x, high],
+                        [x - cap, high],
+                        [x + cap, high],
+                    ];
+                    plot.line(
+                        Line::new(s.name.as_str(), PlotPoints::new(bar.to_vec()))
+                            .color(color)
+                            .width(1.0),
+                    );
+                }
+            }
         }
     });
 }
@@ -519,7 +583,16 @@ pub fn curves_ui(
             for (i, spec) in PLOTS.iter().enumerate() {
                 let log = spec.loss && s.log_loss;
                 let series = spec.series(h, compared);
-                plot(&mut cols[i % 2], spec.title, series, last_step, log);
+                // The score's axis fits its values and error bars (about 0.9 to 1.05 for
+                // a useful SAE): from 0 they would be a flat line.
+                let from_zero = spec.errors.is_none();
+                plot(
+                    &mut cols[i % 2],
+                    spec.title,
+                    series,
+                    last_step,
+                    (log, from_zero),
+                );
             }
             density(&mut cols[1], curves.density.as_ref());
         });
@@ -836,5 +909,41 @@ mod tests {
         assert_eq!(series[3].points, [[3.0, 3.25]]);
         // Without compared runs, the plots are the open run's alone.
         assert_eq!(ce.series(&own, &[]).len(), 3);
+        assert!(
+            series.iter().all(|s| s.errors.is_empty()),
+            "no error bars there"
+        );
+    }
+
+    /// The CE loss score's plot has error bars of the score plus and minus its standard
+    /// error at each eval that recorded one, for the open run and the compared runs.
+    #[test]
+    fn the_ce_loss_scores_plot_has_error_bars_where_recorded() {
+        let with_se = |step, score, se| EvalMetrics {
+            ce_score: score,
+            ce_score_se: se,
+            ..eval(step, 3.5)
+        };
+        let own = History {
+            steps: vec![step(1, 9.0)],
+            evals: vec![with_se(2, 0.9, Some(0.25)), with_se(4, 0.75, None)],
+        };
+        let other = Compared {
+            sae: None,
+            source: None,
+            name: "runs/b".into(),
+            history: History {
+                steps: vec![],
+                evals: vec![with_se(3, 0.5, Some(0.125))],
+            },
+        };
+        let score = PLOTS
+            .iter()
+            .find(|p| p.title == "CE loss score (evals)")
+            .unwrap();
+        let series = score.series(&own, std::slice::from_ref(&other));
+        assert_eq!(series[0].points, [[2.0, 0.9], [4.0, 0.75]]);
+        assert_eq!(series[0].errors, [[2.0, 0.9 - 0.25, 0.9 + 0.25]]);
+        assert_eq!(series[1].errors, [[3.0, 0.375, 0.625]]);
     }
 }
