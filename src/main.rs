@@ -2331,9 +2331,17 @@ fn rank_command(
     json: Option<&std::path::Path>,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
-    let (on, dir) = match of {
-        Ranked::Run(run) => (run_held_out(&run, &args, tokens, choice)?, run),
-        Ranked::Sae(sae_dir) => (sae_on_corpus(&sae_dir, args, tokens, choice)?, sae_dir),
+    let (on, dir, mut kept) = match of {
+        Ranked::Run(run) => {
+            let on = run_held_out(&run, &args, tokens, choice)?;
+            let kept = kept_effects(&run, &on)?;
+            (on, run, kept)
+        }
+        Ranked::Sae(sae_dir) => (
+            sae_on_corpus(&sae_dir, args, tokens, choice)?,
+            sae_dir,
+            None,
+        ),
     };
     let SaeOnWindows {
         loaded,
@@ -2345,15 +2353,24 @@ fn rank_command(
         windows_from: from,
     } = on;
     let mut bar = ProgressLine::new();
-    let ranking = attn_saes::live::rank_features_over(
-        &loaded,
-        &sae,
-        layer,
-        z_convention,
-        &windows,
-        &mut |done, of| bar.update("ranking the features", done, of),
-    )?;
+    let progress = &mut |done, of| bar.update("ranking the features", done, of);
+    let ranking = match &mut kept {
+        Some(k) => attn_saes::live::rank_features_from(&loaded, &sae, &windows, progress, &mut {
+            |pass, chunk| k.lm_gradient(&loaded, (layer, z_convention), pass, chunk)
+        }),
+        None => attn_saes::live::rank_features_over(
+            &loaded,
+            &sae,
+            layer,
+            z_convention,
+            &windows,
+            progress,
+        ),
+    }?;
     bar.finish();
+    if let Some(said) = kept.and_then(|k| k.notice()) {
+        println!("{said}");
+    }
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&ranking)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -2383,6 +2400,29 @@ fn rank_command(
         )
     });
     Ok(())
+}
+
+/// The LM's outputs of the effect estimate over `on`'s windows kept in the run's activation
+/// cache by a dashboard build whose windows begin with them (of a sweep's run, the
+/// dashboards of any run from the cache), for `rank --run` to read; none where there are
+/// none.
+fn kept_effects(
+    run: &std::path::Path,
+    on: &SaeOnWindows,
+) -> anyhow::Result<Option<dashboard::kept::Kept>> {
+    let (ckpt, _) = checkpoint::run_sae(run, None)?;
+    let config = checkpoint::read_config(&ckpt)?;
+    let Some(base) = attn_saes::data::store::complete_cache(config.activation_cache.as_deref())
+    else {
+        return Ok(None);
+    };
+    let mc = &on.loaded.transformer.config;
+    Ok(dashboard::kept::Kept::find_effects(
+        base,
+        (&mc.name, on.layer, on.z_convention),
+        &on.windows,
+        &mut |n| Ok(dashboard::held_out_windows(&config, &ckpt, &on.loaded, on.context, n)?.0),
+    ))
 }
 
 /// How the CLI names a feature: `head H feature F`, or `feature F (dense)` in a dense SAE's

@@ -2277,6 +2277,66 @@ fn training_from_an_activation_cache() {
         )),
         "{read}"
     );
+    // `rank --run` over the dashboards' first windows (their effects' windows) reads the
+    // kept effect files: the ranking the LM gives, and a changed file changes it.
+    let kept = (std::fs::read_dir(&cache_dir).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("dashboard-lm-"))
+        .unwrap();
+    let rank = || {
+        let args = ["rank", "--tokens", "96", "--run"].map(std::ffi::OsStr::new);
+        attn_saes_cli(args.iter().copied().chain([dir.join("again").as_os_str()]))
+    };
+    let with_kept = rank();
+    let (said, ranking) = with_kept.split_once('\n').unwrap();
+    assert_eq!(
+        said,
+        format!(
+            "the LM's outputs over the dashboard windows read from {} (2 files)",
+            kept.display()
+        )
+    );
+    let away = dir.join("kept-away");
+    std::fs::rename(&kept, &away).unwrap();
+    let from_lm = rank();
+    std::fs::rename(&away, &kept).unwrap();
+    assert_eq!(ranking, from_lm);
+    assert!(from_lm.contains("6 windows of 16 tokens"), "{from_lm}");
+    // An effect file with its gradient doubled; gives back its bytes.
+    let double_grad = |path: &Path| -> Vec<u8> {
+        let bytes = std::fs::read(path).unwrap();
+        let file = attn_saes::lm::weights::WeightFile::open(path).unwrap();
+        let arrays = ["hook_z", "grad"].map(|name| {
+            let a = file.read(name).unwrap();
+            let scale = if name == "grad" { 2.0 } else { 1.0 };
+            let data = a.data.iter().map(|x| x * scale).collect();
+            attn_saes::files::NamedArray::new(name, a.shape, data)
+        });
+        drop(file);
+        attn_saes::files::write_safetensors(path, &arrays, None).unwrap();
+        bytes
+    };
+    let second = kept.join("effect-00001.safetensors");
+    let bytes = double_grad(&second);
+    let changed = rank();
+    std::fs::write(&second, bytes).unwrap();
+    assert_ne!(changed.split_once('\n').unwrap().1, from_lm);
+    // The first of other outputs (another device's): rank reads none and, unlike a build,
+    // leaves the directory as it is.
+    let first = kept.join("effect-00000.safetensors");
+    let listing = || {
+        let mut files: Vec<(PathBuf, Vec<u8>)> = (std::fs::read_dir(&kept).unwrap())
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+            .collect();
+        files.sort();
+        files
+    };
+    let bytes = double_grad(&first);
+    let before = listing();
+    assert_eq!(rank(), from_lm);
+    assert!(listing() == before, "the kept directory changed");
+    std::fs::write(&first, bytes).unwrap();
     let mses: Vec<f64> = events
         .iter()
         .filter_map(|e| match e {

@@ -1556,32 +1556,13 @@ fn add_effects(
         reads_bos: d.meta.settings.keep_bos,
         ..inputs.sae.clone()
     };
-    let (model, layer, conv) = (inputs.loaded, inputs.layer, inputs.z_convention);
-    let mc = &model.transformer.config;
-    let device = model.transformer.device();
+    let (model, at) = (inputs.loaded, (inputs.layer, inputs.z_convention));
     let ranking = crate::live::rank_features_from(
         inputs.loaded,
         &sae,
         &inputs.windows[..n],
         &mut |done, of| progress("estimating each feature's effect on the loss", done, of),
-        &mut |pass, chunk| {
-            let shape = vec![chunk.len(), t, mc.n_heads, mc.d_head];
-            let shapes = [("hook_z", shape.clone()), ("grad", shape.clone())];
-            let host = kept.get(&format!("effect-{pass:05}"), &shapes, &mut || {
-                let lm = crate::live::lm_gradient(model, layer, conv, chunk)?;
-                lm.into_iter().map(host_vec).collect()
-            })?;
-            let mut tensors = host.into_iter().map(|v| {
-                burn::tensor::Tensor::<4>::from_data(
-                    burn::tensor::TensorData::new(v, shape.clone()),
-                    device,
-                )
-            });
-            match (tensors.next(), tensors.next()) {
-                (Some(z), Some(grad)) => Ok([z, grad]),
-                _ => anyhow::bail!("the LM's outputs are not hook_z and its gradient"),
-            }
-        },
+        &mut |pass, chunk| kept.lm_gradient(model, at, pass, chunk),
     )?;
     for head in &mut d.heads {
         head.features.iter_mut().for_each(|f| f.effect = Some(0.0));

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::files::{NamedArray, write_json, write_safetensors};
 use crate::lm::ZConvention;
@@ -38,6 +38,20 @@ pub struct KeptKey {
     /// The windows' token ids.
     #[serde(skip)]
     pub windows: Vec<Vec<u32>>,
+}
+
+/// `key.json` as read back ([`Kept::find_effects`]).
+#[derive(Deserialize)]
+struct SavedKey {
+    format: u32,
+    version: String,
+    model: String,
+    layer: usize,
+    z_convention: ZConvention,
+    effect_windows: usize,
+    n_windows: usize,
+    context_size: usize,
+    windows_sha256: String,
 }
 
 #[derive(Serialize)]
@@ -67,6 +81,9 @@ enum State {
 pub struct Kept {
     dir: PathBuf,
     state: State,
+    /// Whether files are written (and replaced); a reader ([`Kept::find_effects`]) only
+    /// reads.
+    writes: bool,
     files_read: usize,
     files_written: usize,
     bytes: u64,
@@ -79,6 +96,7 @@ impl Kept {
         Self {
             dir: PathBuf::new(),
             state: State::Off,
+            writes: true,
             files_read: 0,
             files_written: 0,
             bytes: 0,
@@ -88,16 +106,13 @@ impl Kept {
 
     /// Outputs of `key` kept in a directory in `base`; `bytes`: about what they take.
     pub fn in_dir(base: &Path, key: &KeptKey, bytes: u64) -> anyhow::Result<Self> {
-        let ids: Vec<u8> = (key.windows.iter().flatten())
-            .flat_map(|i| i.to_le_bytes())
-            .collect();
         let file = KeyFile {
             format: FORMAT,
             version: env!("CARGO_PKG_VERSION"),
             key,
             n_windows: key.windows.len(),
             context_size: key.windows.first().map_or(0, Vec::len),
-            windows_sha256: crate::files::sha256_hex(&ids),
+            windows_sha256: windows_sha256(&key.windows),
         };
         let digest = crate::files::sha256_hex(&serde_json::to_vec(&file)?);
         let dir = base.join(format!("dashboard-lm-{}", &digest[..16]));
@@ -123,6 +138,83 @@ impl Kept {
             }
         }
         Ok(kept)
+    }
+
+    /// The effect estimate's kept LM outputs (hook_z and the loss's gradient at it, per pass
+    /// of [`crate::live::WINDOWS_PER_PASS`] windows) of a dashboard whose windows begin
+    /// with `windows`, of this model, layer and z convention, in a directory in `base`, for
+    /// reading alone: `dashboard_windows(n)` gives the first `n` windows the dashboards
+    /// would scan, against which a directory's windows are checked (by their digest). None
+    /// where no directory holds them. As for a build, its files are read only once the
+    /// first one asked for equals a fresh computation to the bit.
+    pub fn find_effects(
+        base: &Path,
+        (model, layer, z_convention): (&str, usize, ZConvention),
+        windows: &[Vec<u32>],
+        dashboard_windows: &mut dyn FnMut(usize) -> anyhow::Result<Vec<Vec<u32>>>,
+    ) -> Option<Self> {
+        let context = windows.first().map_or(0, Vec::len);
+        let entries = std::fs::read_dir(base).ok()?;
+        let dirs = entries.flatten().map(|e| e.path()).filter(|p| {
+            (p.file_name().and_then(|n| n.to_str())).is_some_and(|n| n.starts_with("dashboard-lm-"))
+        });
+        for dir in dirs {
+            let Ok(key) = crate::files::read_json::<SavedKey>(&dir.join("key.json")) else {
+                continue;
+            };
+            let fits = key.format == FORMAT
+                && key.version == env!("CARGO_PKG_VERSION")
+                && (key.model.as_str(), key.layer, key.z_convention)
+                    == (model, layer, z_convention)
+                && key.effect_windows == crate::live::WINDOWS_PER_PASS
+                && key.context_size == context
+                && key.n_windows >= windows.len();
+            if !fits {
+                continue;
+            }
+            let Ok(all) = dashboard_windows(key.n_windows) else {
+                continue;
+            };
+            if all.starts_with(windows) && windows_sha256(&all) == key.windows_sha256 {
+                return Some(Self {
+                    dir,
+                    state: State::Unchecked,
+                    writes: false,
+                    ..Self::off()
+                });
+            }
+        }
+        None
+    }
+
+    /// hook_z and the summed loss's gradient at it over `chunk`, the windows of the effect
+    /// estimate's pass `pass` ([`crate::live::lm_gradient`]), through the kept files.
+    pub fn lm_gradient(
+        &mut self,
+        loaded: &crate::lm::LoadedModel,
+        (layer, z_convention): (usize, ZConvention),
+        pass: usize,
+        chunk: &[Vec<u32>],
+    ) -> anyhow::Result<[burn::tensor::Tensor<4>; 2]> {
+        let mc = &loaded.transformer.config;
+        let t = chunk.first().map_or(0, Vec::len);
+        let shape = vec![chunk.len(), t, mc.n_heads, mc.d_head];
+        let shapes = [("hook_z", shape.clone()), ("grad", shape.clone())];
+        let host = self.get(&format!("effect-{pass:05}"), &shapes, &mut || {
+            let lm = crate::live::lm_gradient(loaded, layer, z_convention, chunk)?;
+            lm.into_iter().map(crate::files::host_vec).collect()
+        })?;
+        let device = loaded.transformer.device();
+        let mut tensors = host.into_iter().map(|v| {
+            burn::tensor::Tensor::<4>::from_data(
+                burn::tensor::TensorData::new(v, shape.clone()),
+                device,
+            )
+        });
+        match (tensors.next(), tensors.next()) {
+            (Some(z), Some(grad)) => Ok([z, grad]),
+            _ => anyhow::bail!("the LM's outputs are not hook_z and its gradient"),
+        }
     }
 
     fn fail(&mut self, e: anyhow::Error) {
@@ -159,6 +251,8 @@ impl Kept {
                     self.files_read += 1;
                     State::Reading
                 }
+                // A reader leaves other outputs as they are, and reads none of them.
+                _ if !self.writes => State::Off,
                 Some(_) => {
                     // Another device's or model's: none of the files can be read.
                     for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
@@ -175,7 +269,7 @@ impl Kept {
                 return Ok(computed);
             }
         }
-        if self.state != State::Off {
+        if self.state != State::Off && self.writes {
             let arrays: Vec<NamedArray> = (shapes.iter().zip(&computed))
                 .map(|((n, s), v)| NamedArray::new(*n, s.clone(), v.clone()))
                 .collect();
@@ -221,6 +315,14 @@ impl Kept {
             )),
         }
     }
+}
+
+/// The digest `key.json` records of the windows' token ids.
+fn windows_sha256(windows: &[Vec<u32>]) -> String {
+    let ids: Vec<u8> = (windows.iter().flatten())
+        .flat_map(|i| i.to_le_bytes())
+        .collect();
+    crate::files::sha256_hex(&ids)
 }
 
 fn files(n: usize) -> String {
