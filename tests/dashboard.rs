@@ -3752,6 +3752,32 @@ fn kept_lm_outputs_are_shared_by_the_dashboards_of_other_saes() {
     );
     assert!(kept.join("effect-00001.safetensors").is_file());
     std::fs::write(&scan1, &original).unwrap();
+    // The interval groups' DFA (pass 3) reads the scan files too: the second pass's
+    // patterns doubled double the DFA of every interval example in its windows (4..8)
+    // exactly, and leave the others' as they were.
+    rewrite(&scan1, 1, &|p| p.iter_mut().for_each(|x| *x *= 2.0));
+    let (doubled, _) = build_in(&sae_b, Some(&dir));
+    std::fs::write(&scan1, &original).unwrap();
+    let mut seen = [0, 0];
+    for (head, fresh_head) in doubled.heads.iter().zip(&fresh_b.heads) {
+        for (f, fresh_f) in head.features.iter().zip(&fresh_head.features) {
+            for (e, fresh_e) in f.examples.iter().zip(&fresh_f.examples) {
+                if e.group == ExampleGroup::Top {
+                    continue;
+                }
+                assert_eq!((e.group, e.target), (fresh_e.group, fresh_e.target));
+                let tokens = &doubled.windows[e.window as usize];
+                assert_eq!(tokens, &fresh_b.windows[fresh_e.window as usize]);
+                let in_pass = windows[4..8].contains(tokens);
+                let want: Vec<f32> = (fresh_e.dfa.iter())
+                    .map(|x| if in_pass { x * 2.0 } else { *x })
+                    .collect();
+                assert_eq!(e.dfa, want, "in the second pass: {in_pass}");
+                seen[usize::from(in_pass)] += 1;
+            }
+        }
+    }
+    assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
 
     // The first file no longer the LM's (another device's bits): all recomputed, replaced.
     let scan0 = kept.join("scan-00000.safetensors");

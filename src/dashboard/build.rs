@@ -65,8 +65,9 @@ pub struct BuildOptions {
     /// Estimate each feature's effect on the loss over the first windows holding this many
     /// tokens (`live::rank_features_over`; one backward pass a window); 0: not at all.
     pub effect_tokens: usize,
-    /// Give the interval groups' examples their DFA too (pass 3: their windows run through
-    /// the model again); the top examples always have it.
+    /// Give the interval groups' examples their DFA too (pass 3: their windows' patterns and
+    /// values from the kept LM outputs where the build keeps them, else the model run
+    /// again); the top examples always have it.
     pub interval_dfa: bool,
     /// Past how many active (token, feature) pairs kept, or products of activations to
     /// sum, the co-firing lists take fewer batches of windows, spread over them
@@ -538,15 +539,15 @@ impl HeadPass1 {
 /// Pass 3: gives every interval-group example its DFA by source position, as the top
 /// examples have it ([`HeadPass1::fill_window`]: `A[target, s] * scale * (v_s . W_enc[:,
 /// f])`, summed over a dense block's heads). Interval examples are drawn after the scan (the
-/// bins are fractions of each feature's maximum), so the windows that hold one run through
-/// the model again, `windows_per_forward` at a time, for the layer's pattern and values
-/// alone.
+/// bins are fractions of each feature's maximum), so the layer's pattern and values of the
+/// windows that hold one are taken again, scan pass by scan pass: from the pass's file where
+/// `kept` holds the LM's outputs, else from the model run again on those windows.
 fn add_interval_dfa(
     head_data: &mut [HeadData],
     inputs: &BuildInputs,
     dims: &Dims,
     w_enc: &[f32],
-    opts: &BuildOptions,
+    (opts, kept): (&BuildOptions, &Kept),
     progress: Progress,
 ) -> anyhow::Result<()> {
     let Dims { h, d, m, t, .. } = *dims;
@@ -563,14 +564,70 @@ fn add_interval_dfa(
             }
         }
     }
-    let windows: Vec<u32> = jobs.keys().copied().collect();
     let model = &inputs.loaded.transformer;
-    let layer = inputs.layer;
-    let scale = &inputs.sae.input_scale;
+    let (layer, scale) = (inputs.layer, &inputs.sae.input_scale);
+    let (mh, md) = (model.config.n_heads, model.config.d_head);
     let per = opts.windows_per_forward.max(1);
+    // The windows with their interval examples' DFA from `pattern` `[b, H, t, t]` and
+    // `values` `[b, t, H, d_head]`, at the rows `at` gives.
+    let fill =
+        |head_data: &mut [HeadData], at: &[(u32, usize)], pattern: &[f32], values: &[f32]| {
+            let work: Vec<(usize, usize, usize, usize)> = (at.iter())
+                .flat_map(|&(w, b)| jobs[&w].iter().map(move |&(head, f, i)| (b, head, f, i)))
+                .collect();
+            let data: &[HeadData] = head_data;
+            let dfas: Vec<(Vec<f32>, Vec<f32>)> = work
+                .par_iter()
+                .map(|&(b, head, f, i)| {
+                    let target = data[head].features[f].examples[i].target as usize;
+                    let parts = dfa_by_head(
+                        w_enc,
+                        (head, f, m),
+                        (r, dm),
+                        |mh| &pattern[((b * hm + mh) * t + target) * t..][..t],
+                        |mh, s| &values[((b * t + s) * hm + mh) * dm..][..dm],
+                        scale[head],
+                        target,
+                    );
+                    (sum_parts(&parts, target + 1), part_sums(&parts))
+                })
+                .collect();
+            for (&(_, head, f, i), (dfa, by_head)) in work.iter().zip(dfas) {
+                let e = &mut head_data[head].features[f].examples[i];
+                e.dfa = dfa;
+                e.dfa_by_head = by_head;
+            }
+        };
+    let (n_windows, mut done) = (jobs.len(), 0);
     const STAGE: &str = "attribution of the interval groups";
-    for (c, batch) in windows.chunks(per).enumerate() {
-        progress(STAGE, c * per, windows.len());
+    // Scan pass by scan pass from its kept file, where `kept` holds them; the other windows
+    // through the model again, `windows_per_forward` at a time.
+    let mut by_pass: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    for &w in jobs.keys() {
+        by_pass.entry(w as usize / per).or_default().push(w);
+    }
+    let mut from_lm: Vec<u32> = Vec::new();
+    for (pass, in_it) in by_pass {
+        let rows = per.min(inputs.windows.len() - pass * per);
+        let shapes = [
+            ("pattern", vec![rows, mh, t, t]),
+            ("values", vec![rows, t, mh, md]),
+        ];
+        match kept.saved(&format!("scan-{pass:05}"), &shapes).as_deref() {
+            Some([pattern, values]) => {
+                progress(STAGE, done, n_windows);
+                let at: Vec<(u32, usize)> = in_it
+                    .iter()
+                    .map(|&w| (w, w as usize - pass * per))
+                    .collect();
+                fill(head_data, &at, pattern, values);
+                done += at.len();
+            }
+            _ => from_lm.extend(in_it),
+        }
+    }
+    for batch in from_lm.chunks(per) {
+        progress(STAGE, done, n_windows);
         let tokens: Vec<Vec<u32>> = (batch.iter())
             .map(|&w| inputs.windows[w as usize].clone())
             .collect();
@@ -581,36 +638,13 @@ fn add_interval_dfa(
             ..Default::default()
         };
         let mut cache = model.run(model.tokens(&tokens)?, &hooks, None)?;
-        // [b, H, t, t] and [b, t, H, d_head].
         let pattern = host_vec(cache.pattern.remove(&layer).context("no pattern")?)?;
         let values = host_vec(cache.values.remove(&layer).context("no values")?)?;
-        let work: Vec<(usize, usize, usize, usize)> = (batch.iter().enumerate())
-            .flat_map(|(b, w)| jobs[w].iter().map(move |&(head, f, i)| (b, head, f, i)))
-            .collect();
-        let data: &[HeadData] = head_data;
-        let dfas: Vec<(Vec<f32>, Vec<f32>)> = work
-            .par_iter()
-            .map(|&(b, head, f, i)| {
-                let target = data[head].features[f].examples[i].target as usize;
-                let parts = dfa_by_head(
-                    w_enc,
-                    (head, f, m),
-                    (r, dm),
-                    |mh| &pattern[((b * hm + mh) * t + target) * t..][..t],
-                    |mh, s| &values[((b * t + s) * hm + mh) * dm..][..dm],
-                    scale[head],
-                    target,
-                );
-                (sum_parts(&parts, target + 1), part_sums(&parts))
-            })
-            .collect();
-        for (&(_, head, f, i), (dfa, by_head)) in work.iter().zip(dfas) {
-            let e = &mut head_data[head].features[f].examples[i];
-            e.dfa = dfa;
-            e.dfa_by_head = by_head;
-        }
+        let at: Vec<(u32, usize)> = batch.iter().enumerate().map(|(b, &w)| (w, b)).collect();
+        fill(head_data, &at, &pattern, &values);
+        done += batch.len();
     }
-    progress(STAGE, windows.len(), windows.len());
+    progress(STAGE, n_windows, n_windows);
     Ok(())
 }
 
@@ -1422,7 +1456,14 @@ pub fn build_keeping(
         }
         progress("logit effects", h, h);
         if opts.interval_dfa {
-            add_interval_dfa(&mut head_data, inputs, &dims, &w_enc, opts, progress)?;
+            add_interval_dfa(
+                &mut head_data,
+                inputs,
+                &dims,
+                &w_enc,
+                (opts, &kept),
+                progress,
+            )?;
         }
 
         // Keep the windows examples use, renumbered, and the strings of every token used.
