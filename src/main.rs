@@ -469,6 +469,11 @@ enum Command {
         /// trained on), then evaluate on `--eval-windows`.
         #[arg(long, default_value_t = 0)]
         skip_windows: usize,
+        /// Also write the report to this JSON file: `metrics` (the table's numbers, per head
+        /// with their standard errors) and `spread` (the costs' and the score's means and
+        /// standard errors over the windows).
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
         #[command(flatten)]
         source: EvaluateSource,
     },
@@ -482,7 +487,8 @@ impl Command {
             Command::Rank { json, .. }
             | Command::Heads { json, .. }
             | Command::Features { json, .. }
-            | Command::Match { json, .. } => json.iter().collect(),
+            | Command::Match { json, .. }
+            | Command::Evaluate { json, .. } => json.iter().collect(),
             Command::Dashboard { out, .. } => out.iter().collect(),
             _ => vec![],
         };
@@ -1266,12 +1272,14 @@ fn main() -> anyhow::Result<()> {
         Command::Evaluate {
             run: Some(run),
             source,
+            json,
             ..
-        } => evaluate_run(&run, &source, cli.device)?,
+        } => evaluate_run(&run, &source, json.as_deref(), cli.device)?,
         Command::Evaluate {
             sae: Some(sae),
             skip_windows,
             source,
+            json,
             ..
         } => {
             let mut args = source.train_args();
@@ -1303,11 +1311,16 @@ fn main() -> anyhow::Result<()> {
             let model = &loaded.transformer;
             let (layer, conv) = (config.layer(model.config.n_layers), config.z_convention);
             let dir = baseline_dir(None);
-            evaluate_and_report(&loaded, &sae, config.drop_bos, &mut |passes| {
-                let (baseline, file) =
-                    train::eval::Baseline::kept_in(model, &windows, layer, conv, &dir, passes)?;
-                Ok((baseline, file.describe()))
-            })?;
+            evaluate_and_report(
+                &loaded,
+                &sae,
+                (config.drop_bos, json.as_deref()),
+                &mut |passes| {
+                    let (baseline, file) =
+                        train::eval::Baseline::kept_in(model, &windows, layer, conv, &dir, passes)?;
+                    Ok((baseline, file.describe()))
+                },
+            )?;
         }
         Command::Evaluate { .. } => anyhow::bail!("evaluate needs --sae DIR or --run RUN"),
     }
@@ -1333,6 +1346,7 @@ const RUN_EVAL_WINDOWS: usize = 64;
 fn evaluate_run(
     run: &std::path::Path,
     source: &EvaluateSource,
+    json: Option<&std::path::Path>,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
     use attn_saes::train::eval::Baseline;
@@ -1369,7 +1383,7 @@ fn evaluate_run(
     // training, unless --keep-bos.
     let bos_unreplaced = config.drop_bos && !source.keep_bos;
     let dir = baseline_dir(cache);
-    evaluate_and_report(&loaded, &sae, bos_unreplaced, &mut |passes| {
+    evaluate_and_report(&loaded, &sae, (bos_unreplaced, json), &mut |passes| {
         let (baseline, file) = Baseline::kept_in(model, &windows, layer, conv, &dir, passes)?;
         Ok((baseline, file.describe()))
     })
@@ -1394,11 +1408,11 @@ type MakeBaseline<'a> = dyn FnMut(
 
 /// Evaluates `sae` against the baseline `make` computes (with what it has to say), its
 /// passes counted on a progress line, and prints `evaluate`'s report: the metrics table and
-/// the spread over windows.
+/// the spread over windows (and writes it to `json`, when given).
 fn evaluate_and_report(
     loaded: &lm::LoadedModel,
     sae: &BlockDiagSae,
-    bos_unreplaced: bool,
+    (bos_unreplaced, json): (bool, Option<&std::path::Path>),
     make: &mut MakeBaseline,
 ) -> anyhow::Result<()> {
     let model = &loaded.transformer;
@@ -1419,6 +1433,9 @@ fn evaluate_and_report(
          loss score {:.3} +- {:.3} (standard errors; jackknife for the score)",
         s.windows, s.zero_cost.0, s.zero_cost.1, s.sae_cost.0, s.sae_cost.1, s.score.0, s.score.1
     );
+    if let Some(path) = json {
+        attn_saes::files::write_json(path, &serde_json::json!({"metrics": e, "spread": s}))?;
+    }
     Ok(())
 }
 

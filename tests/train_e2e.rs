@@ -2201,13 +2201,15 @@ fn training_from_an_activation_cache() {
     let read = dashboard_notice(&dir.join("again"));
     // `evaluate --run` on each: windows after the cache's (as the dashboards), the baseline
     // kept in the cache (the second reads it), and the library's numbers on those windows.
+    let report = dir.join("evaluate.json");
     let evaluate = |run: &Path| -> String {
         let args = ["evaluate", "--eval-windows", "3", "--run"].map(std::ffi::OsStr::new);
-        attn_saes_cli(args.iter().copied().chain([run.as_os_str()]))
+        let json = [std::ffi::OsStr::new("--json"), report.as_os_str()];
+        attn_saes_cli(args.iter().copied().chain([run.as_os_str()]).chain(json))
     };
     let (windows, _) = held_out(&run_config);
     let sae = BlockDiagSae::load(&cfg.out_dir.join("sae"), &device).unwrap();
-    let (e, _) = attn_saes::train::eval::Baseline::new(
+    let (e, spread) = attn_saes::train::eval::Baseline::new(
         model,
         model.tokens(&windows).unwrap(),
         1,
@@ -2270,6 +2272,12 @@ fn training_from_an_activation_cache() {
             cells("  its standard error"),
             per_head(|h| h.ce_score_se.unwrap())
         );
+        // --json: the library's numbers, every digit.
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(written["metrics"], serde_json::to_value(&e).unwrap());
+        assert_eq!(written["spread"]["score"][1], spread.score.1);
+        assert_eq!(written["spread"]["windows"], 3);
     }
     assert!(
         read.starts_with(&format!(

@@ -44,7 +44,7 @@ fn window_ce_from(
 }
 
 /// The CE loss score with its spread over context windows.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ScoreSpread {
     pub windows: usize,
     /// `L_zero - L_clean`: mean over windows and its standard error.
