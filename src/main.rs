@@ -1478,13 +1478,15 @@ struct SaeOnWindows {
 
 /// A run's SAE (its final one, else its latest checkpoint's) on its held-out windows
 /// holding `tokens` (`args.context_size` tokens each, default the run's, at most 128); it
-/// reads BOS positions where the run trained on them or `args.keep_bos` asks.
+/// reads BOS positions where the run trained on them or `args.keep_bos` asks. With the LM's
+/// outputs of the effect estimate over those windows where the run's activation cache keeps
+/// them ([`kept_effects`]).
 fn run_held_out(
     run: &std::path::Path,
     args: &TrainArgs,
     tokens: usize,
     choice: DeviceChoice,
-) -> anyhow::Result<SaeOnWindows> {
+) -> anyhow::Result<(SaeOnWindows, Option<dashboard::kept::Kept>)> {
     let (ckpt, sae_dir) = checkpoint::run_sae(run, None)?;
     let config = checkpoint::read_config(&ckpt)?;
     let (selected, loaded) = open_model(choice, &config.model)?;
@@ -1493,7 +1495,7 @@ fn run_held_out(
     let context = (args.context_size).unwrap_or(config.context_size.min(128));
     let n = tokens.div_ceil(context.max(1));
     let (windows, windows_from) = dashboard::held_out_windows(&config, &ckpt, &loaded, context, n)?;
-    Ok(SaeOnWindows {
+    let on = SaeOnWindows {
         layer: config.layer(loaded.transformer.config.n_layers),
         z_convention: config.z_convention,
         loaded,
@@ -1501,7 +1503,9 @@ fn run_held_out(
         context,
         windows,
         windows_from,
-    })
+    };
+    let kept = kept_effects(&config, &ckpt, &on);
+    Ok((on, kept))
 }
 
 /// An SAE without a run, on the model, layer and z convention `args` name or its origin
@@ -2350,8 +2354,7 @@ fn rank_command(
 ) -> anyhow::Result<()> {
     let (on, dir, mut kept) = match of {
         Ranked::Run(run) => {
-            let on = run_held_out(&run, &args, tokens, choice)?;
-            let kept = kept_effects(&run, &on)?;
+            let (on, kept) = run_held_out(&run, &args, tokens, choice)?;
             (on, run, kept)
         }
         Ranked::Sae(sae_dir) => (
@@ -2419,27 +2422,23 @@ fn rank_command(
     Ok(())
 }
 
-/// The LM's outputs of the effect estimate over `on`'s windows kept in the run's activation
-/// cache by a dashboard build whose windows begin with them (of a sweep's run, the
-/// dashboards of any run from the cache), for `rank --run` to read; none where there are
-/// none.
+/// The LM's outputs of the effect estimate over `on`'s windows kept in the activation cache
+/// of the run (its `config`, its checkpoint `ckpt`) by a dashboard build whose windows begin
+/// with them (of a sweep's run, the dashboards of any run from the cache), for `rank --run`
+/// to read; none where there are none.
 fn kept_effects(
-    run: &std::path::Path,
+    config: &attn_saes::train::TrainConfig,
+    ckpt: &std::path::Path,
     on: &SaeOnWindows,
-) -> anyhow::Result<Option<dashboard::kept::Kept>> {
-    let (ckpt, _) = checkpoint::run_sae(run, None)?;
-    let config = checkpoint::read_config(&ckpt)?;
-    let Some(base) = attn_saes::data::store::complete_cache(config.activation_cache.as_deref())
-    else {
-        return Ok(None);
-    };
+) -> Option<dashboard::kept::Kept> {
+    let base = attn_saes::data::store::complete_cache(config.activation_cache.as_deref())?;
     let mc = &on.loaded.transformer.config;
-    Ok(dashboard::kept::Kept::find_effects(
+    dashboard::kept::Kept::find_effects(
         base,
         (&mc.name, on.layer, on.z_convention),
         &on.windows,
-        &mut |n| Ok(dashboard::held_out_windows(&config, &ckpt, &on.loaded, on.context, n)?.0),
-    ))
+        &mut |n| Ok(dashboard::held_out_windows(config, ckpt, &on.loaded, on.context, n)?.0),
+    )
 }
 
 /// How the CLI names a feature: `head H feature F`, or `feature F (dense)` in a dense SAE's
