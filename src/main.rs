@@ -1460,10 +1460,6 @@ fn open_model(
     Ok((selected, loaded))
 }
 
-/// What `evaluate --sae` and `dashboard --sae` take from where the SAE was trained (the
-/// origin in its `sae_config.json`, which training and `import` write): the model, layer
-/// and hook_z convention unless given, and BOS positions if it was trained on them. A
-/// layer given that is not its own is warned about.
 /// An SAE, the model, layer and z convention it runs on, and the windows of text it is run
 /// over.
 struct SaeOnWindows {
@@ -1543,6 +1539,10 @@ fn sae_on_corpus(
     })
 }
 
+/// What `evaluate --sae` and `dashboard --sae` take from where the SAE was trained (the
+/// origin in its `sae_config.json`, which training and `import` write): the model, layer
+/// and hook_z convention unless given, and BOS positions if it was trained on them. A
+/// layer given that is not its own is warned about.
 fn origin_defaults(
     sae_dir: &std::path::Path,
     args: &mut TrainArgs,
