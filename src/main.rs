@@ -2050,16 +2050,32 @@ fn run_harvest(
 /// `compare`: every run's history is read first (a bad path fails before anything is
 /// printed), then one row per run.
 fn compare_runs(runs: &[std::path::PathBuf], json: bool) -> anyhow::Result<()> {
-    use attn_saes::run_log::{read_history, short_name};
+    use attn_saes::run_log::{last_score_difference, read_history, short_name};
     let histories = runs
         .iter()
         .map(|p| read_history(p).map(|h| (short_name(p), h)))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Each later run's last CE loss score less the first run's, paired window by window.
+    let differences: Vec<_> = histories
+        .iter()
+        .skip(1)
+        .map(|(_, h)| last_score_difference(&histories[0].1, h))
+        .collect();
     if json {
         let rows: Vec<_> = histories
             .iter()
-            .map(|(run, h)| {
-                serde_json::json!({"run": run, "step": h.steps.last(), "eval": h.evals.last()})
+            .enumerate()
+            .map(|(i, (run, h))| {
+                let vs_first = i.checked_sub(1).map(|i| match &differences[i] {
+                    Ok(d) => serde_json::json!(d),
+                    Err(why) => serde_json::json!({ "not_paired": why }),
+                });
+                serde_json::json!({
+                    "run": run,
+                    "step": h.steps.last(),
+                    "eval": h.evals.last(),
+                    "score_vs_first": vs_first,
+                })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -2097,6 +2113,21 @@ fn compare_runs(runs: &[std::path::PathBuf], json: bool) -> anyhow::Result<()> {
                 format!("{:.1e}", m.lr),
             ),
             None => println!("{run:width$}  (no steps logged) {score}"),
+        }
+    }
+    if let [(first, _), rest @ ..] = &histories[..]
+        && !rest.is_empty()
+    {
+        println!("\nCE score less {first}'s, paired window by window:");
+        for ((run, _), d) in rest.iter().zip(&differences) {
+            let text = match d {
+                Ok(d) => format!(
+                    "{:+.4} +- {:.4} ({} windows)",
+                    d.difference, d.se, d.windows
+                ),
+                Err(why) => format!("- ({why})"),
+            };
+            println!("{run:width$}  {text}");
         }
     }
     Ok(())

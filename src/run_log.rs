@@ -56,6 +56,98 @@ pub struct EvalMetrics {
     /// The context windows evaluated on (absent as `ce_score_se`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub windows: Option<usize>,
+    /// Each window's losses (absent as `ce_score_se`): what pairs two evaluations on the
+    /// same windows ([`score_difference`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_losses: Option<WindowLosses>,
+}
+
+/// Each window's mean CE loss in an evaluation: clean, with the SAE spliced into every
+/// head, and every head zero-ablated.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WindowLosses {
+    pub clean: Vec<f64>,
+    pub sae: Vec<f64>,
+    pub zero: Vec<f64>,
+}
+
+impl WindowLosses {
+    /// The CE loss score over the windows, leaving out window `skip` if given: a ratio of
+    /// the summed costs (so of their means).
+    fn score(&self, skip: Option<usize>) -> f64 {
+        let kept = |i: &usize| Some(*i) != skip;
+        let n = self.clean.len();
+        let zero: f64 = (0..n)
+            .filter(kept)
+            .map(|i| self.zero[i] - self.clean[i])
+            .sum();
+        let sae: f64 = (0..n)
+            .filter(kept)
+            .map(|i| self.sae[i] - self.clean[i])
+            .sum();
+        (zero - sae) / zero
+    }
+
+    /// The score over all windows and its jackknife standard error.
+    pub fn jackknife_score(&self) -> (f64, f64) {
+        jackknife(self.clean.len(), |skip| self.score(skip))
+    }
+}
+
+/// A statistic over `n` windows and its jackknife standard error: `stat(None)` on all of
+/// them, `stat(Some(i))` with window `i` left out.
+pub fn jackknife(n: usize, stat: impl Fn(Option<usize>) -> f64) -> (f64, f64) {
+    let leave_one: Vec<f64> = (0..n).map(|i| stat(Some(i))).collect();
+    let mean = leave_one.iter().sum::<f64>() / n as f64;
+    let squares: f64 = leave_one.iter().map(|r| (r - mean).powi(2)).sum();
+    (stat(None), ((n as f64 - 1.0) / n as f64 * squares).sqrt())
+}
+
+/// The difference of two evaluations' CE loss scores on the same windows.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ScoreDifference {
+    /// `b`'s score less `a`'s.
+    pub difference: f64,
+    /// Its jackknife standard error over the windows, paired: each window's losses of both
+    /// SAEs are left out together, so what the windows share (how hard their text is,
+    /// what ablation costs there) cancels.
+    pub se: f64,
+    pub windows: usize,
+}
+
+/// `b`'s CE loss score less `a`'s, paired window by window, where both were evaluated on
+/// the same windows of the same model and layer (their clean and zero-ablated losses equal
+/// to the bit); otherwise why not.
+pub fn score_difference(a: &EvalMetrics, b: &EvalMetrics) -> Result<ScoreDifference, String> {
+    let (Some(la), Some(lb)) = (&a.window_losses, &b.window_losses) else {
+        return Err("no per-window losses recorded: evaluated before they were".into());
+    };
+    let n = la.clean.len();
+    if [la, lb]
+        .iter()
+        .any(|l| l.sae.len() != l.clean.len() || l.zero.len() != l.clean.len())
+    {
+        return Err("per-window losses of unequal lengths".into());
+    }
+    if lb.clean.len() != n {
+        return Err(format!("other windows: {n} and {}", lb.clean.len()));
+    }
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    if bits(&la.clean) != bits(&lb.clean) {
+        return Err("other windows or model: the clean losses differ".into());
+    }
+    if bits(&la.zero) != bits(&lb.zero) {
+        return Err("another layer: the zero-ablated losses differ".into());
+    }
+    if n < 2 {
+        return Err(format!("{n} windows: no error to give"));
+    }
+    let (difference, se) = jackknife(n, |skip| lb.score(skip) - la.score(skip));
+    Ok(ScoreDifference {
+        difference,
+        se,
+        windows: n,
+    })
 }
 
 impl EvalMetrics {
@@ -83,6 +175,14 @@ pub enum LogLine {
 pub fn dense_metrics(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>) -> bool {
     let blocks = last.map(|m| m.l0_per_head.len());
     blocks == Some(1) && eval.is_some_and(|e| e.per_head.len() > 1)
+}
+
+/// [`score_difference`] of two runs' last evaluations.
+pub fn last_score_difference(a: &History, b: &History) -> Result<ScoreDifference, String> {
+    match (a.evals.last(), b.evals.last()) {
+        (Some(a), Some(b)) => score_difference(a, b),
+        _ => Err("no evaluation logged".into()),
+    }
 }
 
 /// A run's step and eval history.
@@ -173,6 +273,77 @@ pub fn short_name(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn eval_on(clean: &[f64], sae: &[f64], zero: &[f64]) -> EvalMetrics {
+        EvalMetrics {
+            step: 0,
+            ce_clean: 0.0,
+            ce_sae: 0.0,
+            ce_zero: 0.0,
+            ce_score: 0.0,
+            per_head: vec![],
+            ce_score_se: None,
+            windows: None,
+            window_losses: Some(WindowLosses {
+                clean: clean.to_vec(),
+                sae: sae.to_vec(),
+                zero: zero.to_vec(),
+            }),
+        }
+    }
+
+    /// Worked by hand: three windows, clean 1, zero-ablated 2, 3, 4; SAE costs a: 0.5,
+    /// 0.5, 0.5, b: 0.25, 0.75, 0.5. Both score 0.75 on all three; leaving each window
+    /// out in turn, a scores 4/5, 3/4, 2/3 and b 3.75/5, 3.25/4, 2/3.
+    #[test]
+    fn a_score_difference_is_a_paired_jackknife_over_windows() {
+        let (clean, zero) = ([1.0; 3], [2.0, 3.0, 4.0]);
+        let a = eval_on(&clean, &[1.5; 3], &zero);
+        let b = eval_on(&clean, &[1.25, 1.75, 1.5], &zero);
+        let d = score_difference(&a, &b).unwrap();
+        assert!(d.difference.abs() < 1e-15 && d.windows == 3, "{d:?}");
+        let loo: [f64; 3] = [0.75 - 0.8, 0.8125 - 0.75, 0.0];
+        let m = loo.iter().sum::<f64>() / 3.0;
+        let want = (2.0 / 3.0 * loo.iter().map(|r| (r - m).powi(2)).sum::<f64>()).sqrt();
+        assert!((d.se - want).abs() < 1e-12, "{} against {want}", d.se);
+        // numpy (the same jackknife on these arrays): 0.06508541396588881.
+        assert!((d.se - 0.065085413965888).abs() < 1e-12);
+        // b against a is the opposite, with the same error; a run against itself, 0 +- 0.
+        let back = score_difference(&b, &a).unwrap();
+        assert_eq!((back.difference, back.se), (-d.difference, d.se));
+        let same = score_difference(&a, &a).unwrap();
+        assert_eq!((same.difference, same.se), (0.0, 0.0));
+        // Each run's own error (unpaired) is larger: a's costs do not vary, but the
+        // windows' zero-ablation costs do.
+        let own = b.window_losses.as_ref().unwrap().jackknife_score();
+        assert!(own.1 > d.se, "{own:?}");
+    }
+
+    /// Evaluations that are not of the same windows, model and layer do not pair, and say why.
+    #[test]
+    fn only_evaluations_on_the_same_windows_pair() {
+        let a = eval_on(&[1.0; 3], &[1.5; 3], &[2.0, 3.0, 4.0]);
+        let why = |b: &EvalMetrics| score_difference(&a, b).unwrap_err();
+        let other_clean = eval_on(&[1.0, 1.0, 1.0 + 1e-12], &[1.5; 3], &[2.0, 3.0, 4.0]);
+        assert!(why(&other_clean).contains("clean losses differ"));
+        let other_layer = eval_on(&[1.0; 3], &[1.5; 3], &[2.0, 3.0, 4.5]);
+        assert!(why(&other_layer).contains("zero-ablated losses differ"));
+        let four = eval_on(&[1.0; 4], &[1.5; 4], &[2.0; 4]);
+        assert_eq!(why(&four), "other windows: 3 and 4");
+        let unrecorded = EvalMetrics {
+            window_losses: None,
+            ..a.clone()
+        };
+        assert!(why(&unrecorded).contains("no per-window losses"));
+        let short = eval_on(&[1.0; 3], &[1.5; 2], &[2.0, 3.0, 4.0]);
+        assert!(why(&short).contains("unequal lengths"));
+        let one = eval_on(&[1.0], &[1.5], &[2.0]);
+        assert!(
+            score_difference(&one, &one)
+                .unwrap_err()
+                .contains("1 windows")
+        );
+    }
 
     #[test]
     fn subsampling_keeps_ends_and_spacing() {

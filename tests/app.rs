@@ -1533,6 +1533,13 @@ fn curves_compare_other_runs_and_stop_comparing() {
     // The open run is named by its directory's last two components, as the others are.
     let parent = a.parent().unwrap().file_name().unwrap().to_string_lossy();
     h.get_by_label(&format!("{parent}/run (solid)"));
+    // Each compared run's last score less the open run's, paired over the windows both
+    // evaluated on (the runs differ only in their length), in its row.
+    let d = attn_saes::run_log::last_score_difference(&s.curves.history, &s.compared[0].history)
+        .unwrap();
+    let paired = format!("{:+.3} ± {:.3}", d.difference, d.se);
+    assert_eq!(h.query_all_by_label(&paired).count(), 2, "{paired}");
+    assert!(d.difference.abs() > 1e-3, "{d:?}");
 
     // Stop comparing with the first: its row goes, the other stays.
     h.get_by_label(&format!("stop comparing with {}", names[0]))
@@ -1992,8 +1999,8 @@ fn the_compare_command_prints_each_runs_last_metrics_and_refuses_a_bad_path() {
     let out = compare(&[&a, &b]);
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "{text}");
-    for (line, run) in lines[1..].iter().zip([&a, &b]) {
+    assert_eq!(lines.len(), 6, "{text}");
+    for (line, run) in lines[1..3].iter().zip([&a, &b]) {
         let l0 = format!("{:.2}", last_step_value(run, "l0"));
         assert!(line.split_whitespace().any(|w| w == l0), "{l0} in {line}");
         // It ends with the last evaluation's CE loss score and its standard error.
@@ -2002,6 +2009,21 @@ fn the_compare_command_prints_each_runs_last_metrics_and_refuses_a_bad_path() {
         let score = format!(" {:.4} +- {:.4}", e.ce_score, e.ce_score_se.unwrap());
         assert!(line.ends_with(&score), "{score} at the end of {line}");
     }
+    // Then b's score less a's, paired over the windows both evaluated on (the runs differ
+    // only in their length).
+    let last_eval = |run: &Path| {
+        let (history, _) = History::read(&run.join("metrics.jsonl")).unwrap();
+        history.evals.last().unwrap().clone()
+    };
+    let d = attn_saes::run_log::score_difference(&last_eval(&a), &last_eval(&b)).unwrap();
+    let name = attn_saes::run_log::short_name;
+    let heading = format!("CE score less {}'s, paired window by window:", name(&a));
+    assert_eq!(lines[3..5], ["", heading.as_str()], "{text}");
+    let paired = format!(
+        "{:+.4} +- {:.4} ({} windows)",
+        d.difference, d.se, d.windows
+    );
+    assert_eq!(lines[5], format!("{}  {paired}", name(&b)), "{text}");
     // A path that is neither a run nor a dashboard: an error, and no partial table.
     let out = compare(&[&a, &dir_b.join("missing")]);
     assert!(!out.status.success());
@@ -2251,6 +2273,7 @@ fn the_per_head_curves_of_a_dense_run_name_its_block_and_its_model_heads() {
                 .collect(),
             ce_score_se: None,
             windows: None,
+            window_losses: None,
         }],
     };
     let heads = ["h0", "h1", "h2", "h3"];

@@ -2175,6 +2175,62 @@ fn training_from_an_activation_cache() {
     );
     assert!(!evals(&events).is_empty());
     assert_eq!(evals(&events), evals(&events_again));
+    // A sweep's next setting evaluates on the same windows: `compare` gives its last CE
+    // loss score less the first run's, paired window by window (the library's, from the
+    // runs' metrics.jsonl: the scores' difference, with the paired error).
+    let half = dir.join("l1-half");
+    let (other, _) = run(
+        TrainConfig {
+            activation_cache: Some(cache_dir.clone()),
+            out_dir: half.clone(),
+            l1_coefficient: cfg.l1_coefficient / 2.0,
+            ..cfg.clone()
+        },
+        None,
+        RunControl::default(),
+    );
+    other.unwrap();
+    let last_eval = |run: &Path| {
+        let h = attn_saes::run_log::read_history(run).unwrap();
+        h.evals.last().unwrap().clone()
+    };
+    let (first_eval, half_eval) = (last_eval(&cfg.out_dir), last_eval(&half));
+    let d = attn_saes::run_log::score_difference(&first_eval, &half_eval).unwrap();
+    let want = half_eval.ce_score - first_eval.ce_score;
+    assert!(
+        (d.difference - want).abs() < 1e-12 && want.abs() > 1e-4,
+        "{d:?}: {want}"
+    );
+    let again = dir.join("again");
+    let names = [&cfg.out_dir, &again, &half].map(|p| p.as_os_str());
+    let table = attn_saes_cli([std::ffi::OsStr::new("compare")].into_iter().chain(names));
+    let short = |p: &Path| attn_saes::run_log::short_name(p);
+    let (_, paired) = table.split_once("\n\n").unwrap();
+    let width = [&cfg.out_dir, &again, &half]
+        .map(|p| short(p).len())
+        .into_iter()
+        .max()
+        .unwrap();
+    assert_eq!(
+        paired,
+        format!(
+            "CE score less {}'s, paired window by window:\n{:width$}  +0.0000 +- 0.0000 (2 \
+             windows)\n{:width$}  {:+.4} +- {:.4} (2 windows)\n",
+            short(&cfg.out_dir),
+            short(&again),
+            short(&half),
+            d.difference,
+            d.se
+        )
+    );
+    let json: serde_json::Value = serde_json::from_str(&attn_saes_cli(
+        [std::ffi::OsStr::new("compare"), "--json".as_ref()]
+            .into_iter()
+            .chain(names),
+    ))
+    .unwrap();
+    assert_eq!(json[0]["score_vs_first"], serde_json::Value::Null);
+    assert_eq!(json[2]["score_vs_first"], serde_json::to_value(d).unwrap());
     // The first run's dashboards keep the LM's outputs over their windows in the cache;
     // the second run's (the same windows: after the cache's) read them.
     let dashboard_notice = |run_dir: &Path| {

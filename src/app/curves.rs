@@ -10,7 +10,7 @@ use egui_plot::{
     Points,
 };
 
-use crate::run_log::{EvalMetrics, History, StepMetrics};
+use crate::run_log::{EvalMetrics, History, StepMetrics, last_score_difference};
 
 /// A run's metrics as the Curves view shows them.
 #[derive(Debug, Clone, Default)]
@@ -615,7 +615,17 @@ fn runs_table(ui: &mut egui::Ui, curves: &Curves, compared: &[Compared]) -> Opti
         .spacing([14.0, 2.0])
         .show(ui, |ui| {
             for title in [
-                "run", "step", "tokens", "loss", "MSE", "L0", "EV", "dead", "CE score", "",
+                "run",
+                "step",
+                "tokens",
+                "loss",
+                "MSE",
+                "L0",
+                "EV",
+                "dead",
+                "CE score",
+                "vs open run",
+                "",
             ] {
                 ui.label(egui::RichText::new(title).strong());
             }
@@ -659,6 +669,22 @@ fn runs_table(ui: &mut egui::Ui, curves: &Curves, compared: &[Compared]) -> Opti
                         format!("{:.3}{se}", e.ce_score)
                     }),
                 );
+                // The score less the open run's, paired window by window.
+                match index.map(|_| last_score_difference(&curves.history, h)) {
+                    None => cell(ui, String::new()),
+                    Some(Ok(d)) => {
+                        ui.label(format!("{:+.3} ± {:.3}", d.difference, d.se))
+                            .on_hover_text(format!(
+                                "paired over the same {} windows: the standard error of the \
+                                 difference, smaller than either score's where the windows \
+                                 vary alike",
+                                d.windows
+                            ));
+                    }
+                    Some(Err(why)) => {
+                        ui.label("-").on_hover_text(format!("not paired: {why}"));
+                    }
+                }
                 match index {
                     Some(i) => {
                         let remove = ui
@@ -877,6 +903,7 @@ mod tests {
             per_head: vec![],
             ce_score_se: None,
             windows: None,
+            window_losses: None,
         }
     }
 

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use crate::lm::{HeadSelection, Prefix, Splice, Transformer, ZConvention};
 use crate::sae::BlockDiagSae;
 
-pub use crate::run_log::{EvalMetrics, HeadEval};
+pub use crate::run_log::{EvalMetrics, HeadEval, WindowLosses};
 
 /// Mean over windows (they have one length, so the mean of the window means).
 fn mean(v: &[f64]) -> f64 {
@@ -67,29 +67,17 @@ fn mean_se(v: &[f64]) -> (f64, f64) {
 /// over windows, since the score is a ratio of means (a plain average of per-window ratios
 /// would be dominated by windows where ablation costs nothing).
 pub fn spread_of(clean: &[f64], with: &[f64], zero: &[f64]) -> ScoreSpread {
-    let n = clean.len();
     let diff = |a: &[f64]| a.iter().zip(clean).map(|(x, c)| x - c).collect::<Vec<_>>();
-    let (dz, ds) = (diff(zero), diff(with));
-    let ratio = |skip: Option<usize>| {
-        let keep = |i: &usize| Some(*i) != skip;
-        let z: f64 = (0..n).filter(keep).map(|i| dz[i]).sum();
-        let s: f64 = (0..n).filter(keep).map(|i| ds[i]).sum();
-        (z - s) / z
+    let losses = WindowLosses {
+        clean: clean.to_vec(),
+        sae: with.to_vec(),
+        zero: zero.to_vec(),
     };
-    let full = ratio(None);
-    let leave_one: Vec<f64> = (0..n).map(|i| ratio(Some(i))).collect();
-    let mean_loo = leave_one.iter().sum::<f64>() / n as f64;
-    let jack = ((n as f64 - 1.0) / n as f64
-        * leave_one
-            .iter()
-            .map(|r| (r - mean_loo).powi(2))
-            .sum::<f64>())
-    .sqrt();
     ScoreSpread {
-        windows: n,
-        zero_cost: mean_se(&dz),
-        sae_cost: mean_se(&ds),
-        score: (full, jack),
+        windows: clean.len(),
+        zero_cost: mean_se(&diff(zero)),
+        sae_cost: mean_se(&diff(with)),
+        score: losses.jackknife_score(),
     }
 }
 
@@ -374,6 +362,11 @@ impl Baseline {
             per_head,
             ce_score_se: Some(spread.score.1),
             windows: Some(spread.windows),
+            window_losses: Some(WindowLosses {
+                clean: self.clean.clone(),
+                sae: with,
+                zero: self.zero.clone(),
+            }),
         };
         Ok((metrics, spread))
     }
@@ -500,6 +493,7 @@ mod tests {
             let zero_h = whole(Some(&Splice::zero_ablate(layer, HeadSelection::One(h))));
             assert_eq!(baseline.zero_per_head[h], zero_h, "head {h}");
         }
+        let mut evals = Vec::new();
         for seed in [1, 2] {
             let sae_config = SaeConfig {
                 n_heads: 4,
@@ -557,7 +551,20 @@ mod tests {
                 e.score_spread(3),
                 format!(" +- {:.3} (3 windows)", want.score.1)
             );
+            // Its per-window losses are those of the whole forwards.
+            let want = WindowLosses {
+                clean: baseline.clean.clone(),
+                sae: spliced(HeadSelection::All),
+                zero: baseline.zero.clone(),
+            };
+            assert_eq!(e.window_losses.as_ref(), Some(&want));
+            evals.push(shared.0);
         }
+        // The two evaluations pair (one baseline): the difference of their scores.
+        let d = crate::run_log::score_difference(&evals[0], &evals[1]).unwrap();
+        let want = evals[1].ce_score - evals[0].ce_score;
+        assert!((d.difference - want).abs() < 1e-12, "{d:?} against {want}");
+        assert!(want.abs() > 1e-3 && d.se > 0.0 && d.windows == 3, "{d:?}");
     }
 
     /// The jackknife on a case worked by hand: three windows, zero-ablation costs 1, 2, 3,
