@@ -318,12 +318,15 @@ enum Command {
     /// Compare runs: each one's last logged step and last eval, a row per run (the app's
     /// Curves table, in the terminal).
     Compare {
-        /// Run directories (their metrics.jsonl) or dashboard files (the history they
-        /// record).
+        /// Run directories (their metrics.jsonl), dashboard files (the history they
+        /// record) or `evaluate --json` reports (.json: their evaluation). Each run's last
+        /// CE loss score less the first's follows, paired window by window where both
+        /// were evaluated on the same windows.
         #[arg(required = true)]
         runs: Vec<std::path::PathBuf>,
-        /// Print JSON instead: `[{run, step, eval}]`, the last step's and eval's metrics
-        /// (null when none was logged).
+        /// Print JSON instead: `[{run, step, eval, score_vs_first}]`, the last step's and
+        /// eval's metrics (null when none was logged) and the paired difference
+        /// (`{difference, se, windows}`, or `{not_paired}` saying why; null for the first).
         #[arg(long)]
         json: bool,
     },
@@ -2112,7 +2115,11 @@ fn compare_runs(runs: &[std::path::PathBuf], json: bool) -> anyhow::Result<()> {
                 format!("{}", m.l1_coefficient),
                 format!("{:.1e}", m.lr),
             ),
-            None => println!("{run:width$}  (no steps logged) {score}"),
+            // No steps logged (an `evaluate --json` report): the score in its column.
+            None => println!(
+                "{run:width$}  {:>6} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>8} {:>8} {score}",
+                "-", "-", "-", "-", "-", "-", "-", "-", "-"
+            ),
         }
     }
     if let [(first, _), rest @ ..] = &histories[..]

@@ -238,7 +238,8 @@ impl History {
     }
 }
 
-/// A run's history: a run directory's `metrics.jsonl`, or the one a dashboard file records.
+/// A run's history: a run directory's `metrics.jsonl`, the one a dashboard file records, or
+/// an `evaluate --json` report's one evaluation (a `.json` file).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn read_history(path: &Path) -> anyhow::Result<History> {
     use anyhow::Context;
@@ -253,8 +254,33 @@ pub fn read_history(path: &Path) -> anyhow::Result<History> {
             History::read(&metrics).with_context(|| format!("reading {}", metrics.display()))?;
         return Ok(history);
     }
+    if path.extension().is_some_and(|e| e == "json") {
+        return read_evaluate_report(path);
+    }
     let file = crate::dashboard::format::OwnedDashboardFile::read(path)?;
     Ok(file.meta.history.clone())
+}
+
+/// An `evaluate --json` report as a history of one evaluation (its `metrics`) and no steps.
+#[cfg(not(target_arch = "wasm32"))]
+fn read_evaluate_report(path: &Path) -> anyhow::Result<History> {
+    use anyhow::Context;
+    #[derive(serde::Deserialize)]
+    struct Report {
+        metrics: EvalMetrics,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let report: Report = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not an `evaluate --json` report (nor a run directory or dashboard file)",
+            path.display()
+        )
+    })?;
+    Ok(History {
+        steps: Vec::new(),
+        evals: vec![report.metrics],
+    })
 }
 
 /// A run's name for tables and legends: its path's last two components

@@ -2034,6 +2034,14 @@ fn the_compare_command_prints_each_runs_last_metrics_and_refuses_a_bad_path() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing"), "{err}");
+    // A .json file that is not an `evaluate --json` report: said so, no table.
+    let other = dir_b.join("other.json");
+    std::fs::write(&other, "{\"metrics\": 1}").unwrap();
+    let out = compare(&[&a, &other]);
+    assert!(!out.status.success() && out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let said = format!("{} is not an `evaluate --json` report", other.display());
+    assert!(err.contains(&said), "{err}");
 }
 
 /// A feature's label: typed in its dashboard, saved beside the dashboard file when the field

@@ -2335,6 +2335,46 @@ fn training_from_an_activation_cache() {
         assert_eq!(written["spread"]["score"][1], spread.score.1);
         assert_eq!(written["spread"]["windows"], 3);
     }
+    // `evaluate --json` reports compare as runs: the l1-half run's evaluation on the same
+    // windows less the first's (the report above is the second run's, equal to it),
+    // paired, where training's evaluations (on other windows) do not pair with them.
+    let first_report = dir.join("evaluate-first.json");
+    std::fs::rename(&report, &first_report).unwrap();
+    evaluate(&half);
+    let reported = |p: &Path| -> attn_saes::run_log::EvalMetrics {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        serde_json::from_value(v["metrics"].clone()).unwrap()
+    };
+    let (a, b) = (reported(&first_report), reported(&report));
+    assert_eq!(a, e);
+    let d = attn_saes::run_log::score_difference(&a, &b).unwrap();
+    assert!(
+        (d.difference - (b.ce_score - a.ce_score)).abs() < 1e-12,
+        "{d:?}"
+    );
+    let d_se = |e: &attn_saes::run_log::EvalMetrics| e.ce_score_se.unwrap();
+    let paths = [&first_report, &report, &half].map(|p| p.as_os_str());
+    let table = attn_saes_cli([std::ffi::OsStr::new("compare")].into_iter().chain(paths));
+    let width = short(&first_report).len();
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(
+        rows[1].starts_with(&short(&first_report))
+            && rows[1].ends_with(&format!(" {:.4} +- {:.4}", a.ce_score, d_se(&a))),
+        "{table}"
+    );
+    assert_eq!(
+        rows[6..],
+        [
+            format!(
+                "{:width$}  {:+.4} +- {:.4} (3 windows)",
+                short(&report),
+                d.difference,
+                d.se
+            ),
+            format!("{:width$}  - (other windows: 3 and 2)", short(&half)),
+        ],
+        "{table}"
+    );
     assert!(
         read.starts_with(&format!(
             "the LM's outputs over the dashboard windows read from {kept_dir}"
