@@ -454,6 +454,18 @@ fn fmt_cells(v: &[f64], prec: usize) -> Vec<String> {
     v.iter().map(|x| format!("{x:.prec$}")).collect()
 }
 
+/// Rows of cells in common columns: each cell right-aligned to the widest cell of all,
+/// joined by spaces.
+pub fn aligned_rows(rows: &[Vec<String>]) -> Vec<String> {
+    let w = rows.iter().flatten().map(String::len).max().unwrap_or(0);
+    let row = |cells: &Vec<String>| {
+        (cells.iter().map(|c| format!("{c:>w$}")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    rows.iter().map(row).collect()
+}
+
 /// Prints the final metrics table. A `dense` SAE's one block has no per-head rows; its CE
 /// loss score per model head (the reconstruction spliced into that head's part alone) is
 /// named so.
@@ -499,15 +511,9 @@ pub fn print_summary(last: Option<&StepMetrics>, eval: Option<&EvalMetrics>, den
         let se: Option<Vec<f64>> = e.per_head.iter().map(|h| h.ce_score_se).collect();
         match se.filter(|se| !se.is_empty()) {
             Some(se) => {
-                let (per, se) = (fmt_cells(&per, 3), fmt_cells(&se, 3));
-                let w = per.iter().chain(&se).map(String::len).max().unwrap_or(0);
-                let row = |cells: &[String]| {
-                    (cells.iter().map(|c| format!("{c:>w$}")))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                };
-                println!("{name:<28} {}", row(&per));
-                println!("{:<28} {}", "  its standard error", row(&se));
+                let rows = aligned_rows(&[fmt_cells(&per, 3), fmt_cells(&se, 3)]);
+                println!("{name:<28} {}", rows[0]);
+                println!("{:<28} {}", "  its standard error", rows[1]);
             }
             None => println!("{name:<28} {}", fmt_heads(&per, 3)),
         }

@@ -2053,7 +2053,12 @@ fn run_harvest(
 /// `compare`: every run's history is read first (a bad path fails before anything is
 /// printed), then one row per run.
 fn compare_runs(runs: &[std::path::PathBuf], json: bool) -> anyhow::Result<()> {
-    use attn_saes::run_log::{last_score_difference, read_history, short_name};
+    use attn_saes::cli_train::aligned_rows;
+    use attn_saes::run_log::{
+        HeadDifference, dense_metrics, last_score_difference, read_history, short_name,
+    };
+    const ITS_ERROR: &str = "  its standard error";
+    const DENSE_HEADS: &str = "  per model head alone";
     let histories = runs
         .iter()
         .map(|p| read_history(p).map(|h| (short_name(p), h)))
@@ -2126,15 +2131,35 @@ fn compare_runs(runs: &[std::path::PathBuf], json: bool) -> anyhow::Result<()> {
         && !rest.is_empty()
     {
         println!("\nCE score less {first}'s, paired window by window:");
-        for ((run, _), d) in rest.iter().zip(&differences) {
-            let text = match d {
-                Ok(d) => format!(
-                    "{:+.4} +- {:.4} ({} windows)",
-                    d.difference, d.se, d.windows
-                ),
-                Err(why) => format!("- ({why})"),
+        let width = width.max(DENSE_HEADS.len());
+        for ((run, h), d) in rest.iter().zip(&differences) {
+            let d = match d {
+                Ok(d) => d,
+                Err(why) => {
+                    println!("{run:width$}  - ({why})");
+                    continue;
+                }
             };
-            println!("{run:width$}  {text}");
+            let (windows, heads) = (d.windows, d.per_head.as_deref().unwrap_or_default());
+            println!(
+                "{run:width$}  {:+.4} +- {:.4} ({windows} windows)",
+                d.difference, d.se
+            );
+            if !heads.is_empty() {
+                // Each head's, the SAE spliced into it alone (a dense SAE's, into each model
+                // head's part), the errors in the row under them.
+                let cells = |f: fn(&HeadDifference) -> String| heads.iter().map(f).collect();
+                let rows = aligned_rows(&[
+                    cells(|x| format!("{:+.3}", x.difference)),
+                    cells(|x| format!("{:.3}", x.se)),
+                ]);
+                let name = match dense_metrics(h.steps.last(), h.evals.last()) {
+                    true => DENSE_HEADS,
+                    false => "  per head",
+                };
+                println!("{name:width$}  {}", rows[0]);
+                println!("{ITS_ERROR:width$}  {}", rows[1]);
+            }
         }
     }
     Ok(())

@@ -38,6 +38,18 @@ pub struct HeadEval {
     /// before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ce_score_se: Option<f64>,
+    /// Each window's losses with the SAE spliced into this head alone and with this head
+    /// zero-ablated (absent as `ce_score_se`; the clean losses are the evaluation's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_losses: Option<HeadWindowLosses>,
+}
+
+/// A head's per-window losses in an evaluation: with the SAE spliced into it alone, and
+/// with it zero-ablated.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HeadWindowLosses {
+    pub sae: Vec<f64>,
+    pub zero: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -104,7 +116,7 @@ pub fn jackknife(n: usize, stat: impl Fn(Option<usize>) -> f64) -> (f64, f64) {
 }
 
 /// The difference of two evaluations' CE loss scores on the same windows.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ScoreDifference {
     /// `b`'s score less `a`'s.
     pub difference: f64,
@@ -113,6 +125,33 @@ pub struct ScoreDifference {
     /// what ablation costs there) cancels.
     pub se: f64,
     pub windows: usize,
+    /// The same for each head's score (the SAE spliced into that head alone), where both
+    /// evaluations recorded each head's per-window losses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_head: Option<Vec<HeadDifference>>,
+}
+
+/// One head's [`ScoreDifference`]: `b`'s score less `a`'s and its paired standard error.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct HeadDifference {
+    pub difference: f64,
+    pub se: f64,
+}
+
+/// Each head's losses as [`WindowLosses`] (the evaluation's clean losses with the head's
+/// own), where every head recorded them over `clean`'s windows.
+fn head_losses(e: &EvalMetrics, clean: &[f64]) -> Option<Vec<WindowLosses>> {
+    let n = clean.len();
+    (e.per_head.iter())
+        .map(|h| {
+            let w = h.window_losses.as_ref()?;
+            (w.sae.len() == n && w.zero.len() == n).then(|| WindowLosses {
+                clean: clean.to_vec(),
+                sae: w.sae.clone(),
+                zero: w.zero.clone(),
+            })
+        })
+        .collect()
 }
 
 /// `b`'s CE loss score less `a`'s, paired window by window, where both were evaluated on
@@ -142,11 +181,29 @@ pub fn score_difference(a: &EvalMetrics, b: &EvalMetrics) -> Result<ScoreDiffere
     if n < 2 {
         return Err(format!("{n} windows: no error to give"));
     }
-    let (difference, se) = jackknife(n, |skip| lb.score(skip) - la.score(skip));
+    let paired =
+        |x: &WindowLosses, y: &WindowLosses| jackknife(n, |skip| y.score(skip) - x.score(skip));
+    let (difference, se) = paired(la, lb);
+    // Per head, where both recorded each head's losses, with the same zero-ablated ones.
+    let per_head = match (head_losses(a, &la.clean), head_losses(b, &lb.clean)) {
+        (Some(ha), Some(hb))
+            if ha.len() == hb.len()
+                && (ha.iter().zip(&hb)).all(|(x, y)| bits(&x.zero) == bits(&y.zero)) =>
+        {
+            let heads = ha.iter().zip(&hb).map(|(x, y)| paired(x, y));
+            Some(
+                heads
+                    .map(|(difference, se)| HeadDifference { difference, se })
+                    .collect(),
+            )
+        }
+        _ => None,
+    };
     Ok(ScoreDifference {
         difference,
         se,
         windows: n,
+        per_head,
     })
 }
 
@@ -343,6 +400,70 @@ mod tests {
         // windows' zero-ablation costs do.
         let own = b.window_losses.as_ref().unwrap().jackknife_score();
         assert!(own.1 > d.se, "{own:?}");
+    }
+
+    /// Each head's difference is the same paired jackknife over that head's losses (with the
+    /// evaluation's clean ones). Head 1 is worked by hand: clean 1, that head zero-ablated
+    /// 1.5, 2, 3; SAE costs a: 0.25 each, b: 0.5, 0.25, 0.5. Scores 2.75/3.5 and 2.25/3.5;
+    /// leaving each window out in turn, differences 0.75 - 2.5/3, 0.6 - 0.8, 0.5 - 1/1.5.
+    #[test]
+    fn each_heads_score_difference_is_paired_too() {
+        let (clean, zero) = ([1.0; 3], [2.0, 3.0, 4.0]);
+        let head = |sae: &[f64], zero: &[f64]| HeadEval {
+            ce_sae: 0.0,
+            ce_zero: 0.0,
+            ce_score: 0.0,
+            ce_score_se: None,
+            window_losses: Some(HeadWindowLosses {
+                sae: sae.to_vec(),
+                zero: zero.to_vec(),
+            }),
+        };
+        let mut a = eval_on(&clean, &[1.5; 3], &zero);
+        let mut b = eval_on(&clean, &[1.25, 1.75, 1.5], &zero);
+        // Head 0 as the whole layer; head 1 worked by hand.
+        let zero_1 = [1.5, 2.0, 3.0];
+        a.per_head = vec![head(&[1.5; 3], &zero), head(&[1.25; 3], &zero_1)];
+        b.per_head = vec![
+            head(&[1.25, 1.75, 1.5], &zero),
+            head(&[1.5, 1.25, 1.5], &zero_1),
+        ];
+        let d = score_difference(&a, &b).unwrap();
+        let heads = d.per_head.clone().unwrap();
+        assert_eq!(
+            heads[0],
+            HeadDifference {
+                difference: d.difference,
+                se: d.se
+            }
+        );
+        assert!(
+            (heads[1].difference - (2.25 - 2.75) / 3.5).abs() < 1e-12,
+            "{heads:?}"
+        );
+        let loo: [f64; 3] = [0.75 - 2.5 / 3.0, 0.6 - 0.8, 0.5 - 1.0 / 1.5];
+        let m = loo.iter().sum::<f64>() / 3.0;
+        let want = (2.0 / 3.0 * loo.iter().map(|r| (r - m).powi(2)).sum::<f64>()).sqrt();
+        assert!(
+            (heads[1].se - want).abs() < 1e-12,
+            "{} against {want}",
+            heads[1].se
+        );
+        // numpy (the same jackknife on these arrays): 0.06938886664887109.
+        assert!((heads[1].se - 0.069388866648871).abs() < 1e-12);
+        // Without a head's losses in either, or with a head's zero-ablated losses differing,
+        // the layer's difference alone.
+        let mut unrecorded = b.clone();
+        unrecorded.per_head[1].window_losses = None;
+        let mut other_zero = b.clone();
+        (other_zero.per_head[1].window_losses.as_mut().unwrap()).zero[2] = 3.5;
+        for b in [unrecorded, other_zero] {
+            let alone = score_difference(&a, &b).unwrap();
+            assert_eq!(
+                (alone.difference, alone.se, alone.per_head),
+                (d.difference, d.se, None)
+            );
+        }
     }
 
     /// Evaluations that are not of the same windows, model and layer do not pair, and say why.

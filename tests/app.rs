@@ -1540,6 +1540,13 @@ fn curves_compare_other_runs_and_stop_comparing() {
     let paired = format!("{:+.3} ± {:.3}", d.difference, d.se);
     assert_eq!(h.query_all_by_label(&paired).count(), 2, "{paired}");
     assert!(d.difference.abs() > 1e-3, "{d:?}");
+    // On hover, each head's, paired the same way.
+    h.query_all_by_label(&paired).next().unwrap().hover();
+    h.run_steps(4);
+    for (i, x) in d.per_head.iter().flatten().enumerate() {
+        h.get_by_label_contains(&format!("\nh{i} {:+.3} ± {:.3}", x.difference, x.se));
+    }
+    assert!(d.per_head.as_ref().is_some_and(|p| p.len() > 1), "{d:?}");
 
     // Stop comparing with the first: its row goes, the other stays.
     h.get_by_label(&format!("stop comparing with {}", names[0]))
@@ -1999,7 +2006,7 @@ fn the_compare_command_prints_each_runs_last_metrics_and_refuses_a_bad_path() {
     let out = compare(&[&a, &b]);
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 6, "{text}");
+    assert_eq!(lines.len(), 8, "{text}");
     for (line, run) in lines[1..3].iter().zip([&a, &b]) {
         let l0 = format!("{:.2}", last_step_value(run, "l0"));
         assert!(line.split_whitespace().any(|w| w == l0), "{l0} in {line}");
@@ -2019,11 +2026,7 @@ fn the_compare_command_prints_each_runs_last_metrics_and_refuses_a_bad_path() {
     let name = attn_saes::run_log::short_name;
     let heading = format!("CE score less {}'s, paired window by window:", name(&a));
     assert_eq!(lines[3..5], ["", heading.as_str()], "{text}");
-    let paired = format!(
-        "{:+.4} +- {:.4} ({} windows)",
-        d.difference, d.se, d.windows
-    );
-    assert_eq!(lines[5], format!("{}  {paired}", name(&b)), "{text}");
+    assert!(assert_paired_lines(&lines[5..], &name(&b), &d).is_empty());
     // A path that is neither a run nor a dashboard: an error, and no partial table.
     let out = compare(&[&a, &dir_b.join("missing")]);
     assert!(!out.status.success());
@@ -2277,6 +2280,7 @@ fn the_per_head_curves_of_a_dense_run_name_its_block_and_its_model_heads() {
                     ce_zero: 3.1,
                     ce_score: 0.1 * h as f64,
                     ce_score_se: None,
+                    window_losses: None,
                 })
                 .collect(),
             ce_score_se: None,

@@ -2206,23 +2206,28 @@ fn training_from_an_activation_cache() {
     let table = attn_saes_cli([std::ffi::OsStr::new("compare")].into_iter().chain(names));
     let short = |p: &Path| attn_saes::run_log::short_name(p);
     let (_, paired) = table.split_once("\n\n").unwrap();
-    let width = [&cfg.out_dir, &again, &half]
-        .map(|p| short(p).len())
-        .into_iter()
-        .max()
-        .unwrap();
-    assert_eq!(
-        paired,
-        format!(
-            "CE score less {}'s, paired window by window:\n{:width$}  +0.0000 +- 0.0000 (2 \
-             windows)\n{:width$}  {:+.4} +- {:.4} (2 windows)\n",
-            short(&cfg.out_dir),
-            short(&again),
-            short(&half),
-            d.difference,
-            d.se
-        )
+    let lines: Vec<&str> = paired.lines().collect();
+    let heading = format!(
+        "CE score less {}'s, paired window by window:",
+        short(&cfg.out_dir)
     );
+    assert_eq!(lines[0], heading, "{table}");
+    // The second run is the first's twin: 0 +- 0, each head's too.
+    let zero = attn_saes::run_log::score_difference(&first_eval, &first_eval).unwrap();
+    assert!(zero.per_head.as_ref().unwrap().len() == 4, "{zero:?}");
+    let rest = assert_paired_lines(&lines[1..], &short(&again), &zero);
+    assert!(
+        assert_paired_lines(rest, &short(&half), &d).is_empty(),
+        "{table}"
+    );
+    // Each head's is its scores' difference.
+    for (h, x) in d.per_head.iter().flatten().enumerate() {
+        let want = half_eval.per_head[h].ce_score - first_eval.per_head[h].ce_score;
+        assert!(
+            (x.difference - want).abs() < 1e-9,
+            "head {h}: {x:?} {want}"
+        );
+    }
     let json: serde_json::Value = serde_json::from_str(&attn_saes_cli(
         [std::ffi::OsStr::new("compare"), "--json".as_ref()]
             .into_iter()
@@ -2355,24 +2360,22 @@ fn training_from_an_activation_cache() {
     let d_se = |e: &attn_saes::run_log::EvalMetrics| e.ce_score_se.unwrap();
     let paths = [&first_report, &report, &half].map(|p| p.as_os_str());
     let table = attn_saes_cli([std::ffi::OsStr::new("compare")].into_iter().chain(paths));
-    let width = short(&first_report).len();
+    let width = short(&first_report)
+        .len()
+        .max("  per model head alone".len());
     let rows: Vec<&str> = table.lines().collect();
     assert!(
         rows[1].starts_with(&short(&first_report))
             && rows[1].ends_with(&format!(" {:.4} +- {:.4}", a.ce_score, d_se(&a))),
         "{table}"
     );
+    let rest = assert_paired_lines(&rows[6..], &short(&report), &d);
     assert_eq!(
-        rows[6..],
-        [
-            format!(
-                "{:width$}  {:+.4} +- {:.4} (3 windows)",
-                short(&report),
-                d.difference,
-                d.se
-            ),
-            format!("{:width$}  - (other windows: 3 and 2)", short(&half)),
-        ],
+        rest,
+        [format!(
+            "{:width$}  - (other windows: 3 and 2)",
+            short(&half)
+        )],
         "{table}"
     );
     assert!(

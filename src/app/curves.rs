@@ -673,13 +673,21 @@ fn runs_table(ui: &mut egui::Ui, curves: &Curves, compared: &[Compared]) -> Opti
                 match index.map(|_| last_score_difference(&curves.history, h)) {
                     None => cell(ui, String::new()),
                     Some(Ok(d)) => {
+                        let mut hover = format!(
+                            "paired over the same {} windows: the standard error of the \
+                             difference, smaller than either score's where the windows vary \
+                             alike",
+                            d.windows
+                        );
+                        for (i, x) in d.per_head.iter().flatten().enumerate() {
+                            if i == 0 {
+                                hover += "\nper head (the SAE spliced into that head's part of hook_z alone):";
+                            }
+                            let line = format!("\nh{i} {:+.3} ± {:.3}", x.difference, x.se);
+                            hover += &line;
+                        }
                         ui.label(format!("{:+.3} ± {:.3}", d.difference, d.se))
-                            .on_hover_text(format!(
-                                "paired over the same {} windows: the standard error of the \
-                                 difference, smaller than either score's where the windows \
-                                 vary alike",
-                                d.windows
-                            ));
+                            .on_hover_text(hover);
                     }
                     Some(Err(why)) => {
                         ui.label("-").on_hover_text(format!("not paired: {why}"));

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use crate::lm::{HeadSelection, Prefix, Splice, Transformer, ZConvention};
 use crate::sae::BlockDiagSae;
 
-pub use crate::run_log::{EvalMetrics, HeadEval, WindowLosses};
+pub use crate::run_log::{EvalMetrics, HeadEval, HeadWindowLosses, WindowLosses};
 
 /// Mean over windows (they have one length, so the mean of the window means).
 fn mean(v: &[f64]) -> f64 {
@@ -350,6 +350,10 @@ impl Baseline {
                 ce_zero: z,
                 ce_score: score(ce_clean, s, z),
                 ce_score_se: Some(spread_of(&self.clean, &with, zero).score.1),
+                window_losses: Some(HeadWindowLosses {
+                    sae: with,
+                    zero: zero.clone(),
+                }),
             });
         }
         let spread = spread_of(&self.clean, &with, &self.zero);
@@ -537,6 +541,12 @@ mod tests {
                     &baseline.zero_per_head[h],
                 );
                 assert_eq!(head.ce_score_se, Some(want.score.1), "head {h}");
+                // Its per-window losses, those of the whole forwards.
+                let want = HeadWindowLosses {
+                    sae: spliced(HeadSelection::One(h)),
+                    zero: baseline.zero_per_head[h].clone(),
+                };
+                assert_eq!(head.window_losses.as_ref(), Some(&want), "head {h}");
             }
             assert!(e.ce_sae != e.ce_clean && e.ce_sae != e.ce_zero, "{e:?}");
             // The score's spread is over the windows' losses clean, with the SAE spliced
@@ -565,6 +575,16 @@ mod tests {
         let want = evals[1].ce_score - evals[0].ce_score;
         assert!((d.difference - want).abs() < 1e-12, "{d:?} against {want}");
         assert!(want.abs() > 1e-3 && d.se > 0.0 && d.windows == 3, "{d:?}");
+        // And each head's, the difference of its scores (a ratio of sums there, of means
+        // here: a head whose ablation costs little divides rounding by a small number).
+        for (h, x) in d.per_head.iter().flatten().enumerate() {
+            let want = evals[1].per_head[h].ce_score - evals[0].per_head[h].ce_score;
+            assert!(
+                (x.difference - want).abs() < 1e-9,
+                "head {h}: {x:?} against {want}"
+            );
+        }
+        assert_eq!(d.per_head.map(|p| p.len()), Some(4));
     }
 
     /// The jackknife on a case worked by hand: three windows, zero-ablation costs 1, 2, 3,

@@ -370,3 +370,39 @@ pub fn f32_array(path: &std::path::Path, name: &str) -> (Vec<usize>, Vec<f32>) {
         .collect();
     (view.shape().to_vec(), values)
 }
+
+/// Checks `compare`'s paired lines for one run, from `lines[0]`: its name and score less
+/// the first run's, then each head's difference and standard error in the two rows under
+/// it, every cell as the library's `d` gives it. Returns the lines after them.
+pub fn assert_paired_lines<'a>(
+    lines: &'a [&'a str],
+    name: &str,
+    d: &attn_saes::run_log::ScoreDifference,
+) -> &'a [&'a str] {
+    let total = format!(
+        "{:+.4} +- {:.4} ({} windows)",
+        d.difference, d.se, d.windows
+    );
+    assert!(
+        lines[0].starts_with(name) && lines[0].ends_with(&format!("  {total}")),
+        "{:?}: {name} ... {total}",
+        lines[0]
+    );
+    let heads = d.per_head.as_ref().expect("per-head differences");
+    let cells = |line: &str, label: &str| -> Vec<String> {
+        let rest = (line.strip_prefix(label)).unwrap_or_else(|| panic!("{line:?}: {label:?}"));
+        rest.split_whitespace().map(str::to_string).collect()
+    };
+    let want = |f: fn(&attn_saes::run_log::HeadDifference) -> String| -> Vec<String> {
+        heads.iter().map(f).collect()
+    };
+    assert_eq!(
+        cells(lines[1], "  per head"),
+        want(|x| format!("{:+.3}", x.difference))
+    );
+    assert_eq!(
+        cells(lines[2], "  its standard error"),
+        want(|x| format!("{:.3}", x.se))
+    );
+    &lines[3..]
+}
