@@ -320,13 +320,14 @@ enum Command {
     Compare {
         /// Run directories (their metrics.jsonl), dashboard files (the history they
         /// record) or `evaluate --json` reports (.json: their evaluation). Each run's last
-        /// CE loss score less the first's follows, paired window by window where both
-        /// were evaluated on the same windows.
+        /// CE loss score less the first's follows, and each head's, paired window by window
+        /// where both were evaluated on the same windows.
         #[arg(required = true)]
         runs: Vec<std::path::PathBuf>,
         /// Print JSON instead: `[{run, step, eval, score_vs_first}]`, the last step's and
         /// eval's metrics (null when none was logged) and the paired difference
-        /// (`{difference, se, windows}`, or `{not_paired}` saying why; null for the first).
+        /// (`{difference, se, windows, per_head: [{difference, se}]}`, or `{not_paired}`
+        /// saying why; null for the first).
         #[arg(long)]
         json: bool,
     },

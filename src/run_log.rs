@@ -173,7 +173,7 @@ pub fn score_difference(a: &EvalMetrics, b: &EvalMetrics) -> Result<ScoreDiffere
     }
     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     if bits(&la.clean) != bits(&lb.clean) {
-        return Err("other windows or model: the clean losses differ".into());
+        return Err("other windows, model or device: the clean losses differ".into());
     }
     if bits(&la.zero) != bits(&lb.zero) {
         return Err("another layer: the zero-ablated losses differ".into());

@@ -2223,10 +2223,7 @@ fn training_from_an_activation_cache() {
     // Each head's is its scores' difference.
     for (h, x) in d.per_head.iter().flatten().enumerate() {
         let want = half_eval.per_head[h].ce_score - first_eval.per_head[h].ce_score;
-        assert!(
-            (x.difference - want).abs() < 1e-9,
-            "head {h}: {x:?} {want}"
-        );
+        assert!((x.difference - want).abs() < 1e-9, "head {h}: {x:?} {want}");
     }
     let json: serde_json::Value = serde_json::from_str(&attn_saes_cli(
         [std::ffi::OsStr::new("compare"), "--json".as_ref()]
