@@ -1559,6 +1559,21 @@ fn curves_compare_other_runs_and_stop_comparing() {
         h.query_by_label(&format!("{} (dashed)", names[0]))
             .is_none()
     );
+    // Comparing, each run's last values against its L0; with no run compared, not.
+    let tradeoff = [
+        "CE loss score against L0 (each run's last)",
+        "Explained variance against L0 (each run's last)",
+    ];
+    for title in tradeoff {
+        h.get_by_label(title);
+    }
+    h.get_by_label(&format!("stop comparing with {}", names[1]))
+        .click();
+    h.run_steps(2);
+    assert!(h.state().compared.is_empty());
+    for title in tradeoff {
+        assert!(h.query_by_label(title).is_none(), "{title}");
+    }
 }
 
 /// The app with the run `open` open at `(head, feature)` in the Features view and the run

@@ -543,6 +543,122 @@ fn plot(
     });
 }
 
+/// One run's point on the sparsity-fidelity plots: its last step's L0 and explained
+/// variance, and its last evaluation's CE loss score with its standard error.
+#[derive(Debug, Clone, PartialEq)]
+struct Tradeoff {
+    name: String,
+    /// The compared run's index; `None` for the open run.
+    compared: Option<usize>,
+    l0: f64,
+    explained_variance: f64,
+    /// The score and its standard error (where recorded), if the run was evaluated.
+    score: Option<(f64, Option<f64>)>,
+}
+
+/// The open run's point (named `own`) and each compared run's; runs without a logged step
+/// have none.
+fn tradeoffs(own: &str, h: &History, compared: &[Compared]) -> Vec<Tradeoff> {
+    let point = |name: &str, h: &History, compared| {
+        let m = h.steps.last()?;
+        Some(Tradeoff {
+            name: name.to_string(),
+            compared,
+            l0: m.l0,
+            explained_variance: m.explained_variance,
+            score: h.evals.last().map(|e| (e.ce_score, e.ce_score_se)),
+        })
+    };
+    let others =
+        (compared.iter().enumerate()).filter_map(|(i, c)| point(&c.name, &c.history, Some(i)));
+    point(own, h, None).into_iter().chain(others).collect()
+}
+
+/// Two plots of each run's last values against its L0, a point a run in its colour: the
+/// CE loss score (with its error bar) and the explained variance. A sweep's runs trace
+/// the trade-off between sparsity and fidelity.
+fn tradeoff_plots(ui: &mut egui::Ui, points: &[Tradeoff]) {
+    let color =
+        |ui: &egui::Ui, t: &Tradeoff| t.compared.map_or(COLORS[0], |i| compared_color(ui, i));
+    let (low, high) =
+        (points.iter()).fold((f64::MAX, f64::MIN), |(a, b), t| (a.min(t.l0), b.max(t.l0)));
+    let cap = (high - low).max(1.0) / 100.0;
+    ui.columns(2, |cols| {
+        for (col, (title, value)) in cols.iter_mut().zip([
+            (
+                "CE loss score against L0 (each run's last)",
+                (|t: &Tradeoff| t.score.map(|s| s.0)) as fn(&Tradeoff) -> Option<f64>,
+            ),
+            (
+                "Explained variance against L0 (each run's last)",
+                |t: &Tradeoff| Some(t.explained_variance),
+            ),
+        ]) {
+            col.label(egui::RichText::new(title).strong());
+            let colors: Vec<egui::Color32> = points.iter().map(|t| color(col, t)).collect();
+            // Room around the points (and error bars), so none sits on an edge. No legend:
+            // the runs table above names each run in its colour (and hovering a point).
+            let ys = points.iter().filter_map(value).filter(|y| y.is_finite());
+            let se = |t: &Tradeoff| {
+                t.score
+                    .and_then(|s| s.1)
+                    .filter(|_| title.starts_with("CE"))
+            };
+            let spread = points.iter().filter_map(se).fold(0.0, f64::max);
+            let (y_low, y_high) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+            let y_pad = (y_high - y_low + 2.0 * spread).max(1e-3) / 8.0 + spread;
+            let x_pad = (high - low).max(1.0) / 12.0;
+            Plot::new(title)
+                .height(PLOT_HEIGHT)
+                .include_x(low - x_pad)
+                .include_x(high + x_pad)
+                .include_y(y_low - y_pad)
+                .include_y(y_high + y_pad)
+                .x_axis_label("L0 (last step)")
+                .y_axis_min_width(44.0)
+                .y_grid_spacer(egui_plot::log_grid_spacer(10))
+                .allow_scroll(false)
+                .label_formatter(|hover| match hover {
+                    HoverPosition::NearDataPoint {
+                        plot_name,
+                        position,
+                        ..
+                    } => Some(format!(
+                        "{plot_name}\nL0 {:.1}\n{:.4}",
+                        position.x, position.y
+                    )),
+                    HoverPosition::Elsewhere { .. } => None,
+                })
+                .show(col, |plot| {
+                    for (t, &color) in points.iter().zip(&colors) {
+                        let Some(y) = value(t).filter(|y| y.is_finite()) else {
+                            continue;
+                        };
+                        plot.points(
+                            Points::new(t.name.as_str(), PlotPoints::new(vec![[t.l0, y]]))
+                                .radius(4.0)
+                                .color(color),
+                        );
+                        // The score's error bar, under the run's name.
+                        if let Some(se) = se(t).filter(|se| se.is_finite()) {
+                            let (x, lo, hi) = (t.l0, y - se, y + se);
+                            let bar = vec![
+                                [x - cap, lo],
+                                [x + cap, lo],
+                                [x, lo],
+                                [x, hi],
+                                [x - cap, hi],
+                                [x + cap, hi],
+                            ];
+                            let line = Line::new(t.name.as_str(), PlotPoints::new(bar));
+                            plot.line(line.color(color).width(1.0));
+                        }
+                    }
+                });
+        }
+    });
+}
+
 /// What the Curves view asks the app to do.
 pub enum CurvesAction {
     /// Stop comparing with the compared run at this index.
@@ -571,6 +687,11 @@ pub fn curves_ui(
     }
     ui.checkbox(&mut s.log_loss, "log scale for losses");
     egui::ScrollArea::vertical().show(ui, |ui| {
+        // Comparing, each run's last values against its L0: a sweep's trade-off.
+        if !compared.is_empty() {
+            tradeoff_plots(ui, &tradeoffs(&own_name(curves), h, compared));
+            ui.separator();
+        }
         let last_step = std::iter::once(h)
             .chain(compared.iter().map(|c| &c.history))
             .filter_map(|h| {
@@ -602,6 +723,14 @@ pub fn curves_ui(
     action
 }
 
+/// The open run's name in the runs table and legends.
+fn own_name(curves: &Curves) -> String {
+    match curves.name.as_str() {
+        "" => "open run".to_string(),
+        name => name.to_string(),
+    }
+}
+
 /// The open run and the compared ones, a row each: their latest values, and a button
 /// that stops comparing.
 fn runs_table(ui: &mut egui::Ui, curves: &Curves, compared: &[Compared]) -> Option<CurvesAction> {
@@ -630,10 +759,7 @@ fn runs_table(ui: &mut egui::Ui, curves: &Curves, compared: &[Compared]) -> Opti
                 ui.label(egui::RichText::new(title).strong());
             }
             ui.end_row();
-            let own = match curves.name.as_str() {
-                "" => "open run (solid)".to_string(),
-                name => format!("{name} (solid)"),
-            };
+            let own = format!("{} (solid)", own_name(curves));
             let rows = std::iter::once((own, h, None)).chain(
                 compared
                     .iter()
@@ -948,6 +1074,67 @@ mod tests {
             series.iter().all(|s| s.errors.is_empty()),
             "no error bars there"
         );
+    }
+
+    /// The sparsity-fidelity plots' points: each run's last step's L0 and EV and last
+    /// evaluation's score and error, the open run first; a run without steps has none.
+    #[test]
+    fn each_run_is_one_point_of_its_last_values_against_its_l0() {
+        let at = |s, l0, explained_variance| StepMetrics {
+            l0,
+            explained_variance,
+            ..step(s, 1.0)
+        };
+        let own = History {
+            steps: vec![at(1, 40.0, 0.6), at(2, 30.0, 0.7)],
+            evals: vec![eval(1, 3.5), eval(2, 3.25)],
+        };
+        let compared = |name: &str, history| Compared {
+            sae: None,
+            source: None,
+            name: name.into(),
+            history,
+        };
+        let last = |h: &History| {
+            let (m, e) = (h.steps.last().unwrap(), h.evals.last());
+            (
+                m.l0,
+                m.explained_variance,
+                e.map(|e| (e.ce_score, e.ce_score_se)),
+            )
+        };
+        let b = History {
+            steps: vec![at(1, 90.0, 0.8), at(3, 80.0, 0.85)],
+            evals: vec![EvalMetrics {
+                ce_score: 0.75,
+                ce_score_se: Some(0.125),
+                ..eval(3, 3.0)
+            }],
+        };
+        let unevaluated = History {
+            evals: vec![],
+            ..b.clone()
+        };
+        let runs = [
+            compared("runs/b", b.clone()),
+            compared("runs/no-steps", History::default()),
+            compared("runs/c", unevaluated.clone()),
+        ];
+        let points = tradeoffs("runs/a", &own, &runs);
+        let got: Vec<_> = points
+            .iter()
+            .map(|t| (t.name.as_str(), t.compared))
+            .collect();
+        assert_eq!(
+            got,
+            [("runs/a", None), ("runs/b", Some(0)), ("runs/c", Some(2))]
+        );
+        for (t, h) in points.iter().zip([&own, &b, &unevaluated]) {
+            assert_eq!((t.l0, t.explained_variance, t.score), last(h), "{}", t.name);
+        }
+        assert_eq!(points[1].score, Some((0.75, Some(0.125))));
+        assert_eq!(points[2].score, None);
+        assert_eq!((points[0].l0, points[1].explained_variance), (30.0, 0.85));
     }
 
     /// The CE loss score's plot has error bars of the score plus and minus its standard
