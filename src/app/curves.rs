@@ -524,23 +524,25 @@ fn plot(
             if !log {
                 let cap = last_step.max(1.0) / 150.0;
                 for &[x, low, high] in s.errors.iter().filter(|e| e.iter().all(|v| v.is_finite())) {
-                    let bar = [
-                        [x - cap, low],
-                        [x + cap, low],
-                        [x, low],
-                        [x, high],
-                        [x - cap, high],
-                        [x + cap, high],
-                    ];
-                    plot.line(
-                        Line::new(s.name.as_str(), PlotPoints::new(bar.to_vec()))
-                            .color(color)
-                            .width(1.0),
-                    );
+                    plot.line(error_bar(&s.name, [x, low, high], cap).color(color));
                 }
             }
         }
     });
+}
+
+/// An error bar from `low` to `high` at `x`, with caps `cap` wide each side: a thin line
+/// named `name` (so under that series' legend entry).
+fn error_bar<'a>(name: &str, [x, low, high]: [f64; 3], cap: f64) -> Line<'a> {
+    let bar = vec![
+        [x - cap, low],
+        [x + cap, low],
+        [x, low],
+        [x, high],
+        [x - cap, high],
+        [x + cap, high],
+    ];
+    Line::new(name, PlotPoints::new(bar)).width(1.0)
 }
 
 /// One run's point on the sparsity-fidelity plots: its last step's L0 and explained
@@ -641,17 +643,7 @@ fn tradeoff_plots(ui: &mut egui::Ui, points: &[Tradeoff]) {
                         );
                         // The score's error bar, under the run's name.
                         if let Some(se) = se(t).filter(|se| se.is_finite()) {
-                            let (x, lo, hi) = (t.l0, y - se, y + se);
-                            let bar = vec![
-                                [x - cap, lo],
-                                [x + cap, lo],
-                                [x, lo],
-                                [x, hi],
-                                [x - cap, hi],
-                                [x + cap, hi],
-                            ];
-                            let line = Line::new(t.name.as_str(), PlotPoints::new(bar));
-                            plot.line(line.color(color).width(1.0));
+                            plot.line(error_bar(&t.name, [t.l0, y - se, y + se], cap).color(color));
                         }
                     }
                 });
