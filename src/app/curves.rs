@@ -576,14 +576,22 @@ fn tradeoffs(own: &str, h: &History, compared: &[Compared]) -> Vec<Tradeoff> {
     point(own, h, None).into_iter().chain(others).collect()
 }
 
+/// The smallest and largest of the finite values, if any.
+fn finite_range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    (values.filter(|v| v.is_finite())).fold(None, |range, v| {
+        Some(range.map_or((v, v), |(low, high): (f64, f64)| (low.min(v), high.max(v))))
+    })
+}
+
 /// Two plots of each run's last values against its L0, a point a run in its colour: the
 /// CE loss score (with its error bar) and the explained variance. A sweep's runs trace
 /// the trade-off between sparsity and fidelity.
 fn tradeoff_plots(ui: &mut egui::Ui, points: &[Tradeoff]) {
     let color =
         |ui: &egui::Ui, t: &Tradeoff| t.compared.map_or(COLORS[0], |i| compared_color(ui, i));
-    let (low, high) =
-        (points.iter()).fold((f64::MAX, f64::MIN), |(a, b), t| (a.min(t.l0), b.max(t.l0)));
+    let Some((low, high)) = finite_range(points.iter().map(|t| t.l0)) else {
+        return;
+    };
     let cap = (high - low).max(1.0) / 100.0;
     ui.columns(2, |cols| {
         for (col, (title, value)) in cols.iter_mut().zip([
@@ -600,23 +608,23 @@ fn tradeoff_plots(ui: &mut egui::Ui, points: &[Tradeoff]) {
             let colors: Vec<egui::Color32> = points.iter().map(|t| color(col, t)).collect();
             // Room around the points (and error bars), so none sits on an edge. No legend:
             // the runs table above names each run in its colour (and hovering a point).
-            let ys = points.iter().filter_map(value).filter(|y| y.is_finite());
             let se = |t: &Tradeoff| {
                 t.score
                     .and_then(|s| s.1)
-                    .filter(|_| title.starts_with("CE"))
+                    .filter(|se| se.is_finite() && title.starts_with("CE"))
             };
             let spread = points.iter().filter_map(se).fold(0.0, f64::max);
-            let (y_low, y_high) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
-            let y_pad = (y_high - y_low + 2.0 * spread).max(1e-3) / 8.0 + spread;
             let x_pad = (high - low).max(1.0) / 12.0;
-            Plot::new(title)
+            let mut plot = Plot::new(title)
                 .height(PLOT_HEIGHT)
                 .include_x(low - x_pad)
-                .include_x(high + x_pad)
-                .include_y(y_low - y_pad)
-                .include_y(y_high + y_pad)
-                .x_axis_label("L0 (last step)")
+                .include_x(high + x_pad);
+            // None where no run has a value (the score, where none was evaluated).
+            if let Some((y_low, y_high)) = finite_range(points.iter().filter_map(value)) {
+                let y_pad = (y_high - y_low + 2.0 * spread).max(1e-3) / 8.0 + spread;
+                plot = plot.include_y(y_low - y_pad).include_y(y_high + y_pad);
+            }
+            plot.x_axis_label("L0 (last step)")
                 .y_axis_min_width(44.0)
                 .y_grid_spacer(egui_plot::log_grid_spacer(10))
                 .allow_scroll(false)
@@ -642,7 +650,7 @@ fn tradeoff_plots(ui: &mut egui::Ui, points: &[Tradeoff]) {
                                 .color(color),
                         );
                         // The score's error bar, under the run's name.
-                        if let Some(se) = se(t).filter(|se| se.is_finite()) {
+                        if let Some(se) = se(t) {
                             plot.line(error_bar(&t.name, [t.l0, y - se, y + se], cap).color(color));
                         }
                     }
@@ -679,9 +687,11 @@ pub fn curves_ui(
     }
     ui.checkbox(&mut s.log_loss, "log scale for losses");
     egui::ScrollArea::vertical().show(ui, |ui| {
-        // Comparing, each run's last values against its L0: a sweep's trade-off.
-        if !compared.is_empty() {
-            tradeoff_plots(ui, &tradeoffs(&own_name(curves), h, compared));
+        // Comparing, each run's last values against its L0: a sweep's trade-off (where two
+        // runs at least logged steps: a dashboard of an imported SAE has none).
+        let points = tradeoffs(&own_name(curves), h, compared);
+        if points.len() >= 2 {
+            tradeoff_plots(ui, &points);
             ui.separator();
         }
         let last_step = std::iter::once(h)
@@ -1127,6 +1137,11 @@ mod tests {
         assert_eq!(points[1].score, Some((0.75, Some(0.125))));
         assert_eq!(points[2].score, None);
         assert_eq!((points[0].l0, points[1].explained_variance), (30.0, 0.85));
+        // The plots' ranges: over finite values, none without any.
+        let range = |v: &[f64]| finite_range(v.iter().copied());
+        assert_eq!(range(&[3.0, f64::NAN, -1.0, 2.0]), Some((-1.0, 3.0)));
+        assert_eq!(range(&[f64::INFINITY]), None);
+        assert_eq!(range(&[]), None);
     }
 
     /// The CE loss score's plot has error bars of the score plus and minus its standard
