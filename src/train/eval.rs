@@ -67,16 +67,27 @@ fn mean_se(v: &[f64]) -> (f64, f64) {
 /// over windows, since the score is a ratio of means (a plain average of per-window ratios
 /// would be dominated by windows where ablation costs nothing).
 pub fn spread_of(clean: &[f64], with: &[f64], zero: &[f64]) -> ScoreSpread {
-    let diff = |a: &[f64]| a.iter().zip(clean).map(|(x, c)| x - c).collect::<Vec<_>>();
-    let losses = WindowLosses {
+    spread(&WindowLosses {
         clean: clean.to_vec(),
         sae: with.to_vec(),
         zero: zero.to_vec(),
+    })
+}
+
+/// [`spread_of`] the losses an evaluation records.
+fn spread(losses: &WindowLosses) -> ScoreSpread {
+    let cost = |a: &[f64]| {
+        mean_se(
+            &a.iter()
+                .zip(&losses.clean)
+                .map(|(x, c)| x - c)
+                .collect::<Vec<_>>(),
+        )
     };
     ScoreSpread {
-        windows: clean.len(),
-        zero_cost: mean_se(&diff(zero)),
-        sae_cost: mean_se(&diff(with)),
+        windows: losses.clean.len(),
+        zero_cost: cost(&losses.zero),
+        sae_cost: cost(&losses.sae),
         score: losses.jackknife_score(),
     }
 }
@@ -342,21 +353,29 @@ impl Baseline {
         let with = with_sae(HeadSelection::All, 1)?;
         let (ce_clean, ce_sae, ce_zero) = (mean(&self.clean), mean(&with), mean(&self.zero));
         let mut per_head = Vec::new();
+        // The spreads are of the per-window losses recorded.
+        let of_windows = |sae, zero: &Vec<f64>| WindowLosses {
+            clean: self.clean.clone(),
+            sae,
+            zero: zero.clone(),
+        };
         for (h, zero) in self.zero_per_head.iter().enumerate() {
             let with = with_sae(HeadSelection::One(h), 2 + h)?;
             let (s, z) = (mean(&with), mean(zero));
+            let losses = of_windows(with, zero);
             per_head.push(HeadEval {
                 ce_sae: s,
                 ce_zero: z,
                 ce_score: score(ce_clean, s, z),
-                ce_score_se: Some(spread_of(&self.clean, &with, zero).score.1),
+                ce_score_se: Some(losses.jackknife_score().1),
                 window_losses: Some(HeadWindowLosses {
-                    sae: with,
-                    zero: zero.clone(),
+                    sae: losses.sae,
+                    zero: losses.zero,
                 }),
             });
         }
-        let spread = spread_of(&self.clean, &with, &self.zero);
+        let losses = of_windows(with, &self.zero);
+        let spread = spread(&losses);
         let metrics = EvalMetrics {
             step,
             ce_clean,
@@ -366,11 +385,7 @@ impl Baseline {
             per_head,
             ce_score_se: Some(spread.score.1),
             windows: Some(spread.windows),
-            window_losses: Some(WindowLosses {
-                clean: self.clean.clone(),
-                sae: with,
-                zero: self.zero.clone(),
-            }),
+            window_losses: Some(losses),
         };
         Ok((metrics, spread))
     }
