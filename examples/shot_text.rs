@@ -6,6 +6,9 @@
 //!         [TIMES] [clamp] [new-only]
 //!
 //! TIMES is the strength in multiples of the feature's largest dashboard activation (4).
+//! With ANSWER (and AGAINST) in the environment, the features are ranked by that next token
+//! after the last position instead, and the picked feature is removed (its exact effect on
+//! the answer shown) instead of steered with (what `docs/app-answer.png` is).
 use std::time::{Duration, Instant};
 
 use attn_saes::app::{AttnSaesApp, Command, UiState, View};
@@ -62,6 +65,39 @@ fn main() {
             act(x).total_cmp(&act(y))
         })
         .unwrap();
+    if let Ok(answer) = std::env::var("ANSWER") {
+        let text = &mut h.state_mut().ui.text;
+        text.rank_by_answer = true;
+        text.answer = answer;
+        text.against = std::env::var("AGAINST").unwrap_or_default();
+        h.run_steps(2);
+        h.get_by_label("Rank the features").click();
+        h.run_steps(1);
+        wait(&mut h, "the ranking", |a| {
+            a.native
+                .ranking
+                .as_ref()
+                .is_some_and(|r| !matches!(r.state, attn_saes::live::Answer::Computing))
+        });
+        let text = &mut h.state_mut().ui.text;
+        (text.token, text.pick) = (Some(strongest), Some((head, feature)));
+        h.run_steps(3);
+        h.get_by_label("Remove it and run again").click_accesskit();
+        h.run_steps(1);
+        wait(&mut h, "the effect", |a| {
+            a.native
+                .effect
+                .as_ref()
+                .is_some_and(|e| !matches!(e.state, attn_saes::live::Answer::Computing))
+        });
+        h.run_steps(3);
+        h.render()
+            .expect("render")
+            .save(out)
+            .expect("write the PNG");
+        println!("{out}");
+        return;
+    }
     let text = &mut h.state_mut().ui.text;
     text.token = Some(strongest);
     text.pick = Some((head, feature));

@@ -2,22 +2,27 @@
 """How close `text --rank` (first-order estimates for every feature) comes to the exact
 removal (`text --effect`) on a real run: the strongest N features each way plus N more drawn
 at random (seed 0) from the rest, each removed exactly; prints the pairs, their Pearson
-correlation, the share with the same sign and the largest errors.
+correlation, the share with the same sign and the largest errors. Flags after `--` go to
+both (`-- --answer " Mary" --against " John"`: ranked by that logit difference, and the
+exact change of it).
 
-    python3 scripts/rank_vs_exact.py RUN "TEXT" [N] [BIN]
+    python3 scripts/rank_vs_exact.py RUN "TEXT" [N] [BIN] [-- TEXT_FLAGS...]
 """
 import json
 import random
 import subprocess
 import sys
 
-run, text = sys.argv[1], sys.argv[2]
-n = int(sys.argv[3]) if len(sys.argv) > 3 else 15
-binary = sys.argv[4] if len(sys.argv) > 4 else "target/release/attn-saes"
+args, flags = sys.argv[1:], []
+if "--" in args:
+    args, flags = args[:args.index("--")], args[args.index("--") + 1:]
+run, text = args[0], args[1]
+n = int(args[2]) if len(args) > 2 else 15
+binary = args[3] if len(args) > 3 else "target/release/attn-saes"
 
 
 def ask(*extra):
-    out = subprocess.run([binary, "text", run, text, "--json", *extra],
+    out = subprocess.run([binary, "text", run, text, "--json", *extra, *flags],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -29,7 +34,10 @@ chosen = ranked[:n] + ranked[-n:] + rest[:n]
 pairs = []
 for f in chosen:
     e = ask("--effect", f"{f['head']},{f['feature']}")["effect"]
-    exact = sum(a - l for a, l in zip(e["ablated"], e["loss"]))
+    if "objective" in e:  # an answer: how much the feature adds to it
+        exact = e["objective"][1]["clean"] - e["objective"][1]["changed"]
+    else:
+        exact = sum(a - l for a, l in zip(e["ablated"], e["loss"]))
     pairs.append((f["head"], f["feature"], f["estimate"], exact))
     print(f"head {f['head']} feature {f['feature']}: estimate {f['estimate']:+.4f}, exact {exact:+.4f}")
 xs = [p[2] for p in pairs]

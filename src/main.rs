@@ -361,6 +361,25 @@ enum Command {
         /// strongest N each way.
         #[arg(long, value_name = "N")]
         rank: Option<usize>,
+        /// With --rank or --effect: rank by (and give the exact change in) the model's
+        /// prediction of this next token after --at instead of the text's loss: its logit
+        /// less --against's (a logit difference), or without --against its
+        /// log-probability. One token, a leading space included where the vocabulary has
+        /// one (" Mary").
+        #[arg(long, value_name = "TOKEN", allow_hyphen_values = true)]
+        answer: Option<String>,
+        /// With --answer: the token it is compared against (" John").
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            allow_hyphen_values = true,
+            requires = "answer"
+        )]
+        against: Option<String>,
+        /// With --answer: the position the prediction is made at (default: the last
+        /// token, predicting the one after the text).
+        #[arg(long, value_name = "POSITION", requires = "answer")]
+        at: Option<usize>,
         /// Print JSON (the web page's `attnSaes.live_shown()` shape, with `effect`) instead
         /// of text.
         #[arg(long)]
@@ -1042,6 +1061,9 @@ fn main() -> anyhow::Result<()> {
             effect,
             scale,
             rank,
+            answer,
+            against,
+            at,
             json,
         } => text_command(
             &run,
@@ -1051,6 +1073,7 @@ fn main() -> anyhow::Result<()> {
                 effect,
                 scale,
                 rank,
+                answer: answer.map(|a| (a, against, at)),
             },
             json,
             cli.device,
@@ -3093,6 +3116,8 @@ struct TextAsks {
     effect: Option<(usize, usize)>,
     scale: f32,
     rank: Option<usize>,
+    /// `--answer`, `--against` and `--at`.
+    answer: Option<(String, Option<String>, Option<usize>)>,
 }
 
 /// `attn-saes text`: the app's Your text in the terminal.
@@ -3104,12 +3129,17 @@ fn text_command(
         effect,
         scale,
         rank,
+        answer,
     }: TextAsks,
     json: bool,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
     use attn_saes::app::jobs::LiveSource;
-    use attn_saes::live::Analysed;
+    use attn_saes::live::{Analysed, Objective};
+    anyhow::ensure!(
+        answer.is_none() || rank.is_some() || effect.is_some(),
+        "--answer says what --rank ranks by and what --effect measures: give either"
+    );
     let source = if run.is_dir() {
         LiveSource::Run(run.to_path_buf())
     } else {
@@ -3133,20 +3163,30 @@ fn text_command(
             attn_saes::live::BOS_SKIPPED
         );
     }
+    let objective = match &answer {
+        Some((answer, against, at)) => attn_saes::live::answer_objective(
+            &live.loaded,
+            &t.ids,
+            *at,
+            answer,
+            against.as_deref(),
+        )?,
+        None => Objective::Loss,
+    };
     let effect = match effect {
-        Some(hf) => Some(attn_saes::live::feature_effect_scaled(
+        Some(hf) => Some(attn_saes::live::feature_effect_on(
             &live.loaded,
             &live.sae,
-            live.layer,
-            live.z_convention,
+            (live.layer, live.z_convention),
             &t.ids,
             hf,
             scale,
+            Some(&objective),
         )?),
         None => None,
     };
     let ranking = match rank {
-        Some(_) => Some(live.rank(&t.ids)?),
+        Some(_) => Some(live.rank_for(&t.ids, &objective)?),
         None => None,
     };
     if json {
@@ -3214,10 +3254,13 @@ fn text_command(
     }
     if let (Some(r), Some(n)) = (&ranking, rank) {
         println!(
-            "{} features fire; the estimated rise in the text's summed next-token loss without \
-             each (first order; --effect H,F gives the exact change):",
-            r.features.len()
+            "{} features fire; {} (first order; --effect H,F gives the exact change):",
+            r.features.len(),
+            r.objective.estimated()
         );
+        if let Some(v) = r.value {
+            println!(" {} is {v:.4} here", r.objective.describe());
+        }
         if !dense {
             let heads: Vec<String> = (r.by_head(t.n_heads).iter().enumerate())
                 .map(|(h, x)| format!("h{h} {x:+.3}"))
@@ -3281,6 +3324,15 @@ fn print_effect(e: &attn_saes::live::FeatureEffect, strings: &[String], dense: b
             strings[p],
             list(&e.promotes[p]),
             list(&e.suppresses[p])
+        );
+    }
+    if let Some((objective, change)) = &e.objective {
+        println!(
+            "{}: clean {:.4} -> {how} {:.4}; the feature adds {:+.4} to it",
+            objective.describe(),
+            change.clean,
+            change.changed,
+            change.helps()
         );
     }
 }

@@ -18,8 +18,9 @@ use wasm_bindgen::prelude::*;
 use crate::app::features::LoadedDashboard;
 use crate::app::{AttnSaesApp, View};
 use crate::live::{
-    Analysed, Answer, AskedEffect, AskedExamples, AskedRanking, AskedSteer, Attribution,
-    AttributionState, ExamplesEffect, FeatureEffect, FeatureRanking, LiveTokens, Steered, Steering,
+    Analysed, Answer, AnswerAsk, AskedEffect, AskedExamples, AskedRanking, AskedSteer, Attribution,
+    AttributionState, ExamplesEffect, FeatureEffect, FeatureRanking, LiveTokens, Objective,
+    Steered, Steering,
 };
 
 /// What the page and the app share: dashboards parsed by [`open_dashboard`] and waiting
@@ -55,8 +56,8 @@ struct Shared {
     live_effect: Option<(usize, usize)>,
     /// The bundle's answer to an effect request, with the request.
     effect_arrived: Option<(EffectKey, Result<FeatureEffect, String>)>,
-    /// Set by [`live_rank`]: rank the features of the analysed text.
-    live_rank: bool,
+    /// Set by [`live_rank`]: rank the features of the analysed text (by an answer, if one).
+    live_rank: Option<Option<AnswerAsk>>,
     /// Set by [`live_steer`]: what to steer with.
     live_steer: Option<Steering>,
     /// The bundle's answer to a steering request, with the request's tokens and feature.
@@ -170,9 +171,18 @@ async fn awaited_string(called: Result<JsValue, String>) -> Result<String, Strin
 
 /// Asks the inference bundle what removing `feature` of `head` changes in its last text
 /// (`ids`); the answer arrives in `shared.effect_arrived`.
-fn request_effect((ids, head, feature): EffectKey) {
+/// With an answer `objective`, its value with and without the feature too.
+fn request_effect((ids, head, feature, objective): (Vec<u32>, usize, usize, Option<Objective>)) {
     wasm_bindgen_futures::spawn_local(async move {
-        let args = [head, feature].map(|x| JsValue::from_f64(x as f64));
+        let objective = match objective {
+            Some(o) => JsValue::from_str(&serde_json::to_string(&o).unwrap_or_default()),
+            None => JsValue::UNDEFINED,
+        };
+        let args = [
+            JsValue::from_f64(head as f64),
+            JsValue::from_f64(feature as f64),
+            objective,
+        ];
         let result = awaited_string(call_bridge("effect", &args))
             .await
             .and_then(|json| {
@@ -199,11 +209,15 @@ fn request_steer((ids, steering): (Vec<u32>, Steering)) {
     });
 }
 
-/// Asks the inference bundle to rank the features of its last text (`ids`); the answer
-/// arrives in `shared.ranking_arrived`.
-fn request_ranking(ids: Vec<u32>) {
+/// Asks the inference bundle to rank the features of its last text (`ids`), by the loss or
+/// an answer; the answer arrives in `shared.ranking_arrived`.
+fn request_ranking((ids, answer): (Vec<u32>, Option<AnswerAsk>)) {
     wasm_bindgen_futures::spawn_local(async move {
-        let result = awaited_string(call_bridge("rank", &[]))
+        let answer = match answer {
+            Some(a) => JsValue::from_str(&serde_json::to_string(&a).unwrap_or_default()),
+            None => JsValue::UNDEFINED,
+        };
+        let result = awaited_string(call_bridge("rank", &[answer]))
             .await
             .and_then(|json| {
                 serde_json::from_str::<FeatureRanking>(&json)
@@ -465,7 +479,7 @@ impl WebApp {
         let (ask_ranking, ranking_arrived, ask_steer, steer_arrived) = {
             let mut s = self.shared.borrow_mut();
             (
-                std::mem::take(&mut s.live_rank),
+                s.live_rank.take(),
                 s.ranking_arrived.take(),
                 s.live_steer.take(),
                 s.steer_arrived.take(),
@@ -538,11 +552,11 @@ impl WebApp {
         {
             asked.answer((&ids, head, feature), result);
         }
-        if ask_ranking {
-            web.ask_ranking();
+        if let Some(answer) = ask_ranking {
+            web.ask_ranking(answer);
         }
-        if let Some(ids) = web.ranking_request.take() {
-            request_ranking(ids);
+        if let Some(request) = web.ranking_request.take() {
+            request_ranking(request);
         }
         if let (Some(asked), Some((ids, result))) = (&mut web.ranking, ranking_arrived)
             && asked.ids == ids
@@ -810,11 +824,21 @@ pub fn examples_shown() -> String {
     .to_string()
 }
 
-/// Ranks the features of the analysed text (Your text's "Rank the features");
-/// [`live_shown`] has the ranking once it arrives.
+/// Ranks the features of the analysed text (Your text's "Rank the features"): by the loss,
+/// or given `answer` (JSON of [`AnswerAsk`]: `{"answer": " Mary", "against": " John",
+/// "at": 12}`, the last two optional) by it; [`live_shown`] has the ranking once it
+/// arrives.
 #[wasm_bindgen]
-pub fn live_rank() {
-    post(|s| s.live_rank = true);
+pub fn live_rank(answer: Option<String>) -> Result<(), JsValue> {
+    let answer = match answer {
+        Some(json) => Some(
+            serde_json::from_str::<AnswerAsk>(&json)
+                .map_err(|e| JsValue::from_str(&format!("the answer asked for: {e}")))?,
+        ),
+        None => None,
+    };
+    post(|s| s.live_rank = Some(answer));
+    Ok(())
 }
 
 /// Continues the analysed text by `tokens` clean and steered by `feature` of `head` at

@@ -236,19 +236,27 @@ pub fn attribution(head: usize, feature: usize, position: usize) -> Result<Strin
 }
 
 /// What removing `feature` of `head` wherever it fires in the last text analysed changes in
-/// the model's next-token predictions: JSON of [`crate::live::FeatureEffect`].
+/// the model's next-token predictions (and, given `objective`, JSON of an answer
+/// [`crate::live::Objective`], in its value): JSON of [`crate::live::FeatureEffect`].
 #[wasm_bindgen]
-pub async fn effect(head: usize, feature: usize) -> Result<String, JsValue> {
+pub async fn effect(
+    head: usize,
+    feature: usize,
+    objective: Option<String>,
+) -> Result<String, JsValue> {
     let session = session()?;
     let ids = last_ids()?;
-    let effect = crate::live::feature_effect_async(
+    let objective: Option<crate::live::Objective> = match objective {
+        Some(json) => Some(serde_json::from_str(&json).map_err(js_error)?),
+        None => None,
+    };
+    let effect = crate::live::feature_effect_on_async(
         &session.loaded,
         &session.sae,
-        session.layer,
-        session.z_convention,
+        (session.layer, session.z_convention),
         &ids,
-        head,
-        feature,
+        ((head, feature), 0.0),
+        objective.as_ref(),
     )
     .await
     .map_err(|e| js_error(format!("{e:#}")))?;
@@ -256,17 +264,25 @@ pub async fn effect(head: usize, feature: usize) -> Result<String, JsValue> {
 }
 
 /// Every feature that fires in the last text analysed, ranked by a first-order estimate of
-/// how much the text's loss would rise without it: JSON of [`crate::live::FeatureRanking`].
+/// how much the text's loss would rise without it, or given `answer` (JSON of
+/// [`crate::live::AnswerAsk`]) how much the answer's logit difference or log-probability
+/// would fall: JSON of [`crate::live::FeatureRanking`].
 #[wasm_bindgen]
-pub async fn rank() -> Result<String, JsValue> {
+pub async fn rank(answer: Option<String>) -> Result<String, JsValue> {
     let session = session()?;
     let ids = last_ids()?;
+    let answer: Option<crate::live::AnswerAsk> = match answer {
+        Some(json) => Some(serde_json::from_str(&json).map_err(js_error)?),
+        None => None,
+    };
+    let objective = crate::live::resolve_answer(&session.loaded, &ids, answer.as_ref())
+        .map_err(|e| js_error(format!("{e:#}")))?;
     let ranking = crate::live::rank_features_async(
         &session.loaded,
         &session.sae,
-        session.layer,
-        session.z_convention,
+        (session.layer, session.z_convention),
         &ids,
+        &objective,
     )
     .await
     .map_err(|e| js_error(format!("{e:#}")))?;

@@ -963,6 +963,142 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     assert_eq!(again.active, first_active);
 }
 
+/// Your text's ranking by an answer (a next token against another, after a position): the
+/// ranking asked of the worker is the library's for the same objective, says what it
+/// estimates and the objective's value; a click on a feature removes it and shows the
+/// objective's exact change (the library's); the loss ranking is asked again when the
+/// controls go back to it; an answer of two tokens fails, saying so.
+#[test]
+fn your_text_ranks_by_an_answer_as_the_library_does() {
+    if !renderer_available() {
+        return;
+    }
+    use attn_saes::live::{Answer, answer_objective, feature_effect_on, rank_features_for};
+    use attn_saes::lm::{self, ZConvention};
+    use attn_saes::sae::BlockDiagSae;
+    use burn::prelude::Device;
+    let dir = TempDir::new("attn-saes-app", "answer");
+    let (run, mut h) = opened_run(&dir);
+    h.get_by_label("Your text").click();
+    h.run_steps(2);
+    let text = "When the cat and the dog went to the park, the dog gave a ball to the";
+    h.state_mut().ui.text.prompt = text.into();
+    h.get_by_label("Run").click();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.native.analysis.is_some()
+    });
+    h.run_steps(2);
+    assert!(h.query_by_label("answer token").is_none());
+    h.get_by_label("a next token:").click();
+    h.run_steps(2);
+    h.get_by_label("answer token").click();
+    h.run_steps(1);
+    h.get_by_label("answer token").type_text(" the");
+    h.get_by_label("token against").click();
+    h.run_steps(1);
+    h.get_by_label("token against").type_text(" a");
+    let ids = h.state().native.analysis.as_deref().unwrap().ids.clone();
+    let at = ids.len() - 2; // the last " to"
+    h.state_mut().ui.text.answer_at = Some(at);
+    h.run_steps(2);
+    h.get_by_label("Rank the features").click();
+    let ranked = |a: &AttnSaesApp| {
+        matches!(
+            a.native.ranking.as_ref().map(|r| &r.state),
+            Some(Answer::Ready(_) | Answer::Failed(_))
+        )
+    };
+    step_until(&mut h, Duration::from_secs(120), ranked);
+    h.run_steps(2);
+    let device = Device::flex();
+    let loaded = lm::load_model(&fixture("gpt2_tiny").display().to_string(), &device).unwrap();
+    let sae = BlockDiagSae::load(&run.join("sae"), &device).unwrap();
+    let conv = ZConvention::TransformerLens;
+    let objective = answer_objective(&loaded, &ids, Some(at), " the", Some(" a")).unwrap();
+    let direct = rank_features_for(&loaded, &sae, 1, conv, &ids, &objective).unwrap();
+    let Some(Answer::Ready(shown)) = h.state().native.ranking.as_ref().map(|r| &r.state) else {
+        panic!("{:?}", h.state().native.ranking)
+    };
+    assert_eq!(**shown, direct);
+    let said = format!(
+        "The estimated fall in the logit of \" the\" less that of \" a\" after position {at} \
+         without each (first order)"
+    );
+    assert!(h.query_by_label_contains(&said).is_some(), "{said}");
+    let value = format!(
+        "Here the logit of \" the\" less that of \" a\" after position {at} is {:.4}.",
+        direct.value.unwrap()
+    );
+    assert!(h.query_by_label_contains(&value).is_some(), "{value}");
+    // The feature that helps most: removed, with the objective's exact change.
+    let top = direct.features[0].clone();
+    h.get_by_label(&format!(
+        "h{} #{} {:+.3}",
+        top.head, top.feature, top.estimate
+    ))
+    .click();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.native
+            .effect
+            .as_ref()
+            .is_some_and(|e| matches!(e.state, Answer::Ready(_)))
+    });
+    h.run_steps(2);
+    let exact = feature_effect_on(
+        &loaded,
+        &sae,
+        (1, conv),
+        &ids,
+        (top.head, top.feature),
+        0.0,
+        Some(&objective),
+    )
+    .unwrap();
+    let Some(Answer::Ready(effect)) = h.state().native.effect.as_ref().map(|e| &e.state) else {
+        unreachable!()
+    };
+    assert_eq!(**effect, exact);
+    let change = exact.objective.unwrap().1;
+    let line = format!(
+        "Without it the logit of \" the\" less that of \" a\" after position {at} goes from \
+         {:.4} to {:.4}: the feature adds {:+.4} to it.",
+        change.clean,
+        change.changed,
+        change.helps()
+    );
+    assert!(h.query_by_label_contains(&line).is_some(), "{line}");
+    h.snapshot("app_text_answer");
+    // Back to the loss: the ranking by the answer is not shown, and the button asks again.
+    h.get_by_label("the text's loss").click();
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("The estimated fall").is_none());
+    h.get_by_label("Rank the features").click();
+    h.run_steps(1);
+    assert!(!ranked(h.state()), "asked again");
+    step_until(&mut h, Duration::from_secs(120), ranked);
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("The estimated rise in the text's summed next-token loss")
+            .is_some()
+    );
+    // An answer of two tokens: refused by the worker, saying why.
+    h.get_by_label("a next token:").click();
+    h.run_steps(2);
+    h.state_mut().ui.text.answer = " cat".into();
+    h.run_steps(2);
+    h.get_by_label("Rank the features").click();
+    h.run_steps(1);
+    assert!(!ranked(h.state()), "asked again");
+    step_until(&mut h, Duration::from_secs(120), ranked);
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("\" cat\" is 2 tokens here")
+            .is_some(),
+        "{:?}",
+        h.state().native.ranking
+    );
+}
+
 /// Features: "Remove it on its top examples" asks the live worker to run each top
 /// example's window clean and without the feature; the summary shown is the library's,
 /// and the batched runs equal one-window runs of `feature_effect`.

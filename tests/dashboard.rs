@@ -1571,6 +1571,245 @@ fn feature_ranking_matches_torch_autograd() {
     }
 }
 
+/// Ranking by an answer instead of the loss (`text --rank --answer [--against]`), against
+/// torch autograd of the same objective (`effect/make_effect_reference.py`: the last
+/// position's clean top two predictions): every firing feature's estimate of the fall in
+/// the logit difference, and in the answer's log-probability; the objective's value; and
+/// the exact change a removal gives, against the reference's log-probabilities with the
+/// picked feature removed.
+#[test]
+fn feature_ranking_by_an_answer_matches_torch_autograd() {
+    use attn_saes::live::{Objective, answer_objective, feature_effect_on, rank_features_for};
+    let r = Reference::load("effect/effect_reference.safetensors");
+    for model in ["gpt2_tiny", "llama_tiny"] {
+        let (loaded, sae, ids) = effect_fixture(&r, model);
+        let conv = ZConvention::TransformerLens;
+        let asked = r.tokens(&format!("{model}.answer"));
+        let (at, answer, against) = (asked[0] as usize, asked[1], asked[2]);
+        assert_eq!(at, ids.len() - 1);
+        // The tokens named by their text, as a user types them.
+        let text = |id| attn_saes::lm::token_text(&loaded.tokenizer, id);
+        let diff =
+            answer_objective(&loaded, &ids, None, &text(answer), Some(&text(against))).unwrap();
+        let Objective::Answer {
+            at: got_at,
+            answer: a,
+            against: Some(b),
+        } = &diff
+        else {
+            panic!("{diff:?}")
+        };
+        assert_eq!((*got_at, a.id, b.id), (at, answer, against), "{model}");
+        let logprob = answer_objective(&loaded, &ids, Some(at), &text(answer), None).unwrap();
+        let m = sae.config.features_per_head;
+        let (logp, logp_ablated) = (
+            &r.get(&format!("{model}.logp")).data,
+            &r.get(&format!("{model}.logp_ablated")).data,
+        );
+        let v = logp.len() / ids.len();
+        let row = |lp: &[f64], id: u32| lp[at * v + id as usize];
+        for (objective, name, clean) in [
+            (
+                &diff,
+                "estimate_logit_diff",
+                row(logp, answer) - row(logp, against),
+            ),
+            (&logprob, "estimate_logprob", row(logp, answer)),
+        ] {
+            let ranking = rank_features_for(&loaded, &sae, 1, conv, &ids, objective).unwrap();
+            assert_eq!(&ranking.objective, objective);
+            let value = ranking.value.unwrap() as f64;
+            assert!(
+                (value - clean).abs() < 1e-4,
+                "{model} {name}: {value} vs {clean}"
+            );
+            let want = &r.get(&format!("{model}.{name}")).data; // [H, m]
+            let largest = want.iter().fold(0.0f64, |x, w| x.max(w.abs()));
+            assert!(largest > 0.04, "{model} {name}: {largest}");
+            let firing = (0..want.len()).filter(|&i| want[i] != 0.0).count();
+            // Features firing only where the answer cannot see are ranked (at 0).
+            assert!(ranking.features.len() >= firing, "{model} {name}");
+            for f in &ranking.features {
+                let w = want[f.head * m + f.feature];
+                assert!(
+                    (f.estimate as f64 - w).abs() <= 1e-5 + 1e-3 * w.abs(),
+                    "{model} {name} head {} feature {}: {} vs {w}",
+                    f.head,
+                    f.feature,
+                    f.estimate
+                );
+            }
+        }
+        // The exact change of the removal, the same objectives.
+        let pick = r.tokens(&format!("{model}.pick"));
+        let feature = (pick[0] as usize, pick[1] as usize);
+        for (objective, clean, removed) in [
+            (
+                &diff,
+                row(logp, answer) - row(logp, against),
+                row(logp_ablated, answer) - row(logp_ablated, against),
+            ),
+            (&logprob, row(logp, answer), row(logp_ablated, answer)),
+        ] {
+            let e = feature_effect_on(
+                &loaded,
+                &sae,
+                (1, conv),
+                &ids,
+                feature,
+                0.0,
+                Some(objective),
+            )
+            .unwrap();
+            let (o, change) = e.objective.clone().unwrap();
+            assert_eq!(&o, objective);
+            assert!(
+                (change.clean as f64 - clean).abs() < 1e-4,
+                "{model}: {change:?}"
+            );
+            assert!(
+                (change.changed as f64 - removed).abs() < 1e-4,
+                "{model}: {change:?}"
+            );
+            // Everything else is the loss effect's.
+            let plain = feature_effect_on(&loaded, &sae, (1, conv), &ids, feature, 0.0, None);
+            assert_eq!(
+                e,
+                attn_saes::live::FeatureEffect {
+                    objective: e.objective.clone(),
+                    ..plain.unwrap()
+                }
+            );
+        }
+        // llama_tiny's picked feature moves the logit difference (by 0.088), so a change
+        // read from the wrong rows would fail.
+        if model == "llama_tiny" {
+            assert!(
+                (row(logp_ablated, answer) - row(logp_ablated, against) - row(logp, answer)
+                    + row(logp, against))
+                .abs()
+                    > 0.05
+            );
+        }
+        // What a user can get wrong: a position past the text, the same token twice.
+        let err = answer_objective(&loaded, &ids, Some(ids.len()), &text(answer), None);
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("the text has 12 tokens")
+        );
+        let err = answer_objective(&loaded, &ids, None, &text(answer), Some(&text(answer)));
+        assert!(err.unwrap_err().to_string().contains("both"));
+    }
+}
+
+/// `text --rank --answer --against` (and `--effect` with them): the JSON ranking and
+/// effect equal the library's for the same objective, and the text says what was ranked
+/// by, its value, and the removal's exact change; what is refused says why.
+#[test]
+fn text_command_ranks_by_an_answer_as_the_library_does() {
+    use attn_saes::live::{FeatureEffect, FeatureRanking, answer_objective, feature_effect_on};
+    use attn_saes::live::{rank_features_for, text_ids};
+    let dir = TempDir::new("attn-saes-answer", "cli");
+    let run = run_with_dashboard(&dir, 30);
+    let text = "When the cat and the dog went to the park, the dog gave a ball to the";
+    let cli = |more: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu", "text"])
+            .arg(&run)
+            .arg(text)
+            .args(more)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let loaded = load("gpt2_tiny");
+    let sae = BlockDiagSae::load(&run.join("sae"), &Device::flex()).unwrap();
+    let conv = ZConvention::TransformerLens;
+    let ids = text_ids(&loaded, text).unwrap();
+    let at = ids.len() - 2; // the last " to"
+    let objective = answer_objective(&loaded, &ids, Some(at), " the", Some(" a")).unwrap();
+    let direct = rank_features_for(&loaded, &sae, 1, conv, &ids, &objective).unwrap();
+    let value = direct.value.unwrap();
+    let (h, f) = (direct.features[0].head, direct.features[0].feature);
+    let hf = format!("{h},{f}");
+    let asked = ["--answer", " the", "--against", " a", "--at"];
+    let at_s = at.to_string();
+    let out = cli(&[
+        &asked[..],
+        &[at_s.as_str(), "--rank", "1000", "--effect", &hf, "--json"],
+    ]
+    .concat());
+    assert_succeeded(&out);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ranking: FeatureRanking = serde_json::from_value(shown["ranking"].clone()).unwrap();
+    assert_eq!(ranking, direct);
+    let effect: FeatureEffect = serde_json::from_value(shown["effect"].clone()).unwrap();
+    let exact = feature_effect_on(
+        &loaded,
+        &sae,
+        (1, conv),
+        &ids,
+        (h, f),
+        0.0,
+        Some(&objective),
+    )
+    .unwrap();
+    assert_eq!(effect, exact);
+    let change = exact.objective.unwrap().1;
+    // The same value from the effect's log-probabilities (their normaliser cancels).
+    assert!((change.clean - value).abs() < 1e-5, "{change:?} vs {value}");
+    // The text: what the estimates are of, the value, the exact change.
+    let out = cli(&[&asked[..], &[at_s.as_str(), "--rank", "3", "--effect", &hf]].concat());
+    assert_succeeded(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let of = format!("the logit of \" the\" less that of \" a\" after position {at}");
+    for line in [
+        format!("the estimated fall in {of} without each (first order"),
+        format!(" {of} is {value:.4} here"),
+        format!(
+            "{of}: clean {:.4} -> removed {:.4}; the feature adds {:+.4} to it",
+            change.clean,
+            change.changed,
+            change.helps()
+        ),
+        format!("head {h} feature {f}: {:+.4}", direct.features[0].estimate),
+    ] {
+        assert!(said.contains(&line), "{line}\n{said}");
+    }
+    // Without --against, the log-probability; --at defaults to the last token.
+    let out = cli(&["--answer", " the", "--rank", "1000", "--json"]);
+    assert_succeeded(&out);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ranking: FeatureRanking = serde_json::from_value(shown["ranking"].clone()).unwrap();
+    let last = answer_objective(&loaded, &ids, None, " the", None).unwrap();
+    assert_eq!(
+        ranking,
+        rank_features_for(&loaded, &sae, 1, conv, &ids, &last).unwrap()
+    );
+    // Refused, saying why.
+    for (args, why) in [
+        (
+            &["--answer", " the"][..],
+            "--answer says what --rank ranks by",
+        ),
+        (
+            &["--rank", "3", "--answer", " cat"],
+            "\" cat\" is 2 tokens here (\" c\", \"at\")",
+        ),
+        (
+            &["--rank", "3", "--answer", " the", "--at", "99"],
+            "position 99: the text has",
+        ),
+        (&["--rank", "3", "--against", " a"], "--answer <TOKEN>"),
+    ] {
+        let out = cli(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+}
+
 /// `features --effect H,F`: the JSON summary equals the library's on the feature's top
 /// examples (their windows from the dashboard file); a feature the file lacks is an error.
 #[test]

@@ -280,6 +280,24 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         assert_eq!(r.sha256, sha(&run.join("sae").join(&r.name)), "{}", r.name);
     }
     let want = &native["pick"];
+    // Ranked by an answer (" the" against " a" after the last token), and the picked
+    // feature's effect on it, as `text --answer` gives them.
+    let answer = serde_json::json!({"answer": " the", "against": " a"});
+    let native_answer: Value = serde_json::from_str(&attn_saes_cli([
+        "text",
+        run.to_str().unwrap(),
+        PROMPT,
+        "--json",
+        "--effect",
+        &format!("{head},{feature}"),
+        "--rank",
+        "1",
+        "--answer",
+        " the",
+        "--against",
+        " a",
+    ]))
+    .unwrap();
 
     let server = Server::start(&run);
     assert!(
@@ -298,6 +316,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     let out = Command::new("node")
         .env("LIVE_FILES", serde_json::to_string(&picked).unwrap())
         .env("LIVE_STEER", serde_json::to_string(&every_option).unwrap())
+        .env("LIVE_ANSWER", answer.to_string())
         .arg(root().join("tests/web/live.mjs"))
         .arg(&server.base)
         .arg(&shots)
@@ -428,6 +447,47 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
             );
             assert!(close(a, b), "{name}: estimate of {:?}: {a} vs {b}", key(f));
             assert_eq!(g["fires"], f["fires"], "{name}: {:?}", key(f));
+        }
+        // Ranked by the answer: the same objective, value and features, estimates within
+        // the tolerance; the effect asked after it gives the answer's change too.
+        assert_eq!(r["answerRankingStatus"], "ready", "{name}");
+        let (ours, theirs) = (&r["answerRanking"], &native_answer["ranking"]);
+        assert_eq!(ours["objective"], theirs["objective"], "{name}");
+        assert_eq!(ours["objective"]["kind"], "answer", "{name}");
+        let value = |r: &Value| r["value"].as_f64().unwrap();
+        assert!(
+            close(value(ours), value(theirs)),
+            "{name}: {ours} vs {theirs}"
+        );
+        let (a, b) = (
+            ours["features"].as_array().unwrap(),
+            theirs["features"].as_array().unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{name}: features ranked by the answer");
+        for f in b {
+            let g = a
+                .iter()
+                .find(|g| key(g) == key(f))
+                .expect("the same features");
+            let (x, y) = (
+                g["estimate"].as_f64().unwrap(),
+                f["estimate"].as_f64().unwrap(),
+            );
+            assert!(
+                close(x, y),
+                "{name}: answer estimate of {:?}: {x} vs {y}",
+                key(f)
+            );
+        }
+        assert_eq!(r["answerEffectStatus"], "ready", "{name}");
+        let (ours, theirs) = (
+            &r["answerEffect"]["objective"],
+            &native_answer["effect"]["objective"],
+        );
+        assert_eq!(ours[0], theirs[0], "{name}: the effect's objective");
+        for k in ["clean", "changed"] {
+            let (x, y) = (ours[1][k].as_f64().unwrap(), theirs[1][k].as_f64().unwrap());
+            assert!(close(x, y), "{name}: the answer {k}: {x} vs {y}");
         }
         // The steered continuations: the same tokens both ways, probabilities within the
         // tolerance, for the same steering.

@@ -191,18 +191,19 @@ const ops = {
     return lm.attribution(head, feature, position);
   },
   // What removing a feature changes in the last text's predictions (the model run again).
-  async effect({ head, feature, of }) {
+  async effect({ head, feature, objective, of }) {
     if (of !== analysis) {
       throw new Error('a newer text has been analysed since: ask again on it');
     }
-    return lm.effect(head, feature);
+    return lm.effect(head, feature, objective ?? undefined);
   },
-  // Every feature firing in the last text, ranked by its estimated effect on the loss.
-  async rank({ of }) {
+  // Every feature firing in the last text, ranked by its estimated effect on the loss (or
+  // on an answer, JSON of {answer, against?, at?}).
+  async rank({ answer, of }) {
     if (of !== analysis) {
       throw new Error('a newer text has been analysed since: ask again on it');
     }
-    return lm.rank();
+    return lm.rank(answer ?? undefined);
   },
   // The last text continued clean and steered by a feature at a strength.
   async steer({ steering, of }) {

@@ -3,8 +3,11 @@
 // model, and answers the viewer through window.attnSaesLive:
 //   status() -> a line; ready() -> bool; analyze(text) -> Promise<JSON of the tokens and
 //   their features>; attribution(head, feature, position) -> Promise<JSON of a DFA>;
-//   effect(head, feature) -> Promise<JSON of what removing the feature changes>;
-//   rank() -> Promise<JSON of every firing feature's estimated effect on the loss>;
+//   effect(head, feature, objectiveJson?) -> Promise<JSON of what removing the feature
+//   changes (and in an answer objective's value, given one)>;
+//   rank(answerJson?) -> Promise<JSON of every firing feature's estimated effect on the
+//   loss, or on an answer ({answer, against?, at?}: its logit difference or
+//   log-probability)>;
 //   steer(steeringJson) -> Promise<JSON of the text continued clean and steered by a
 //   feature>;
 //   examplesEffect(head, feature, examplesJson) -> Promise<JSON of what removing the
@@ -226,8 +229,9 @@ const api = {
   },
   attribution: (head, feature, position) =>
     ask('attribution', { head, feature, position, of: lastAnalysis }),
-  effect: (head, feature) => ask('effect', { head, feature, of: lastAnalysis }),
-  rank: () => ask('rank', { of: lastAnalysis }),
+  effect: (head, feature, objective) =>
+    ask('effect', { head, feature, objective, of: lastAnalysis }),
+  rank: (answer) => ask('rank', { answer, of: lastAnalysis }),
   steer: (steering) => ask('steer', { steering, of: lastAnalysis }),
   examplesEffect: (head, feature, examples) => {
     if (!ready) return Promise.reject(new Error(status));

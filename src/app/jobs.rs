@@ -312,14 +312,20 @@ pub enum LiveEvent {
 pub enum LiveRequest {
     /// Analyse a text.
     Analyse(String),
-    /// What removing a feature changes in the predictions on these tokens.
+    /// What removing a feature changes in the predictions on these tokens (and in an
+    /// answer objective's value, if given).
     Effect {
         ids: Vec<u32>,
         head: usize,
         feature: usize,
+        objective: Option<crate::live::Objective>,
     },
-    /// Every feature firing on these tokens, ranked by its estimated effect on the loss.
-    Rank { ids: Vec<u32> },
+    /// Every feature firing on these tokens, ranked by its estimated effect on the loss,
+    /// or on an answer.
+    Rank {
+        ids: Vec<u32>,
+        answer: Option<crate::live::AnswerAsk>,
+    },
     /// These tokens continued clean and steered ([`crate::live::Steered`]).
     Steer {
         ids: Vec<u32>,
@@ -463,7 +469,17 @@ impl LiveModel {
     /// Every feature firing in `ids`, ranked by a first-order estimate of its effect on the
     /// loss.
     pub fn rank(&self, ids: &[u32]) -> anyhow::Result<crate::live::FeatureRanking> {
-        crate::live::rank_features(&self.loaded, &self.sae, self.layer, self.z_convention, ids)
+        self.rank_for(ids, &crate::live::Objective::Loss)
+    }
+
+    /// [`rank`](Self::rank) by what each feature adds to `objective`.
+    pub fn rank_for(
+        &self,
+        ids: &[u32],
+        objective: &crate::live::Objective,
+    ) -> anyhow::Result<crate::live::FeatureRanking> {
+        let at = (self.layer, self.z_convention);
+        crate::live::rank_features_for(&self.loaded, &self.sae, at.0, at.1, ids, objective)
     }
 
     /// `ids` continued clean and steered as `steering` asks.
@@ -484,20 +500,21 @@ impl LiveModel {
 
     /// What removing `feature` of `head` wherever it fires in `ids` changes in the model's
     /// next-token predictions.
+    /// With an answer `objective`, also its value with and without the feature.
     pub fn effect(
         &self,
         ids: &[u32],
-        head: usize,
-        feature: usize,
+        (head, feature): (usize, usize),
+        objective: Option<&crate::live::Objective>,
     ) -> anyhow::Result<crate::live::FeatureEffect> {
-        crate::live::feature_effect(
+        crate::live::feature_effect_on(
             &self.loaded,
             &self.sae,
-            self.layer,
-            self.z_convention,
+            (self.layer, self.z_convention),
             ids,
-            head,
-            feature,
+            (head, feature),
+            0.0,
+            objective,
         )
     }
 }
@@ -616,12 +633,17 @@ fn live_loop(
                     Ok(a) => LiveEvent::Analysis(Box::new(a)),
                     Err(e) => LiveEvent::Failed(format!("{e:#}")),
                 },
-                LiveRequest::Effect { ids, head, feature } => LiveEvent::Effect {
+                LiveRequest::Effect {
+                    ids,
+                    head,
+                    feature,
+                    objective,
+                } => LiveEvent::Effect {
                     ids: ids.clone(),
                     head: *head,
                     feature: *feature,
                     result: live
-                        .effect(ids, *head, *feature)
+                        .effect(ids, (*head, *feature), objective.as_ref())
                         .map_err(|e| format!("{e:#}")),
                 },
                 LiveRequest::Examples {
@@ -641,9 +663,11 @@ fn live_loop(
                     feature: steering.feature,
                     result: live.steer(ids, steering).map_err(|e| format!("{e:#}")),
                 },
-                LiveRequest::Rank { ids } => LiveEvent::Ranking {
+                LiveRequest::Rank { ids, answer } => LiveEvent::Ranking {
                     ids: ids.clone(),
-                    result: live.rank(ids).map_err(|e| format!("{e:#}")),
+                    result: crate::live::resolve_answer(&live.loaded, ids, answer.as_ref())
+                        .and_then(|objective| live.rank_for(ids, &objective))
+                        .map_err(|e| format!("{e:#}")),
                 },
                 LiveRequest::HandOver(_) => unreachable!("taken out of the batch above"),
             };

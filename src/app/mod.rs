@@ -145,10 +145,10 @@ pub struct WebText {
     /// The feature effect asked for, and the request `src/web.rs` takes and sends to the
     /// page (it fills in the answer).
     pub effect: Option<crate::live::AskedEffect>,
-    pub effect_request: Option<(Vec<u32>, usize, usize)>,
+    pub effect_request: Option<(Vec<u32>, usize, usize, Option<crate::live::Objective>)>,
     /// The same for the feature ranking.
     pub ranking: Option<crate::live::AskedRanking>,
-    pub ranking_request: Option<Vec<u32>>,
+    pub ranking_request: Option<(Vec<u32>, Option<crate::live::AnswerAsk>)>,
     /// The same for a steered continuation.
     pub steer: Option<crate::live::AskedSteer>,
     pub steer_request: Option<(Vec<u32>, crate::live::Steering)>,
@@ -170,10 +170,12 @@ pub struct WebText {
 #[cfg(target_arch = "wasm32")]
 impl WebText {
     /// Asks (through `src/web.rs`) what removing a feature changes in the analysed text.
+    /// With the ranking's answer objective when there is one for the text.
     pub fn ask_effect(&mut self, head: usize, feature: usize) {
         let Some(a) = &self.analysis else { return };
         let ids = a.tokens().ids.clone();
-        self.effect_request = Some((ids.clone(), head, feature));
+        let objective = self.ranking.as_ref().and_then(|r| r.answer_for(&ids));
+        self.effect_request = Some((ids.clone(), head, feature, objective));
         self.effect = Some(crate::live::Asked::computing(ids, head, feature));
     }
 
@@ -187,10 +189,10 @@ impl WebText {
     }
 
     /// Asks (through `src/web.rs`) for the ranking of the analysed text's features.
-    pub fn ask_ranking(&mut self) {
+    pub fn ask_ranking(&mut self, answer: Option<crate::live::AnswerAsk>) {
         let Some(a) = &self.analysis else { return };
         let ids = a.tokens().ids.clone();
-        self.ranking_request = Some(ids.clone());
+        self.ranking_request = Some((ids.clone(), answer));
         self.ranking = Some(crate::live::AskedRanking {
             ids,
             state: crate::live::Answer::Computing,
@@ -730,7 +732,7 @@ impl AttnSaesApp {
             Some(text_view::TextAction::Run) => {
                 self.web.requested = Some(self.ui.text.prompt.clone());
             }
-            Some(text_view::TextAction::Rank) => self.web.ask_ranking(),
+            Some(text_view::TextAction::Rank(answer)) => self.web.ask_ranking(answer),
             Some(text_view::TextAction::Steer(steering)) => self.web.ask_steer(steering),
             Some(text_view::TextAction::Effect { head, feature }) => {
                 self.web.ask_effect(head, feature)
@@ -1134,12 +1136,13 @@ impl AttnSaesApp {
                 self.native.text_pending = true;
                 let _ = (self.live_worker(source).requests).send(jobs::LiveRequest::Analyse(text));
             }
-            Some(text_view::TextAction::Rank) => {
+            Some(text_view::TextAction::Rank(answer)) => {
                 if let (Some((_, worker)), Some(a)) = (&self.native.live, &self.native.analysis) {
                     let ids = a.ids.clone();
-                    let _ = worker
-                        .requests
-                        .send(jobs::LiveRequest::Rank { ids: ids.clone() });
+                    let _ = worker.requests.send(jobs::LiveRequest::Rank {
+                        ids: ids.clone(),
+                        answer,
+                    });
                     self.native.ranking = Some(crate::live::AskedRanking {
                         ids,
                         state: crate::live::Answer::Computing,
@@ -1160,10 +1163,12 @@ impl AttnSaesApp {
             Some(text_view::TextAction::Effect { head, feature }) => {
                 if let (Some((_, worker)), Some(a)) = (&self.native.live, &self.native.analysis) {
                     let ids = a.ids.clone();
+                    let ranked = self.native.ranking.as_ref();
                     let _ = worker.requests.send(jobs::LiveRequest::Effect {
                         ids: ids.clone(),
                         head,
                         feature,
+                        objective: ranked.and_then(|r| r.answer_for(&ids)),
                     });
                     self.native.effect = Some(crate::live::Asked::computing(ids, head, feature));
                 }

@@ -10,8 +10,8 @@ use super::features::{
 };
 use crate::dashboard::labels::Labels;
 use crate::live::{
-    Analysed, Answer, AskedEffect, AskedRanking, AskedSteer, AttributionState, EffectState,
-    FeatureEffect, FeatureRanking, LiveTokens, RankedFeature, Steered, Steering,
+    Analysed, Answer, AnswerAsk, AskedEffect, AskedRanking, AskedSteer, AttributionState,
+    EffectState, FeatureEffect, FeatureRanking, LiveTokens, RankedFeature, Steered, Steering,
 };
 
 /// What the view remembers.
@@ -52,6 +52,18 @@ pub struct TextState {
     /// Your text").
     #[serde(skip)]
     pub pending_pick: Option<(usize, usize)>,
+    /// Rank the features by an answer (a next token) instead of the text's loss.
+    pub rank_by_answer: bool,
+    /// The answer's token, as typed (" Mary").
+    pub answer: String,
+    /// The token it is compared against (empty: the answer's log-probability).
+    pub against: String,
+    /// The position the answer is predicted after (`None`: the last).
+    #[serde(skip)]
+    pub answer_at: Option<usize>,
+    /// What the ranking shown was asked by (a changed answer asks again).
+    #[serde(skip)]
+    pub ranked_by: Option<Option<AnswerAsk>>,
 }
 
 impl TextState {
@@ -114,7 +126,23 @@ impl Default for TextState {
             steer_from_token: false,
             steer_also: Vec::new(),
             pending_pick: None,
+            rank_by_answer: false,
+            answer: String::new(),
+            against: String::new(),
+            answer_at: None,
+            ranked_by: None,
         }
+    }
+}
+
+impl TextState {
+    /// What the ranking's controls ask for: `None`, the loss; else the answer.
+    pub fn answer_ask(&self) -> Option<AnswerAsk> {
+        self.rank_by_answer.then(|| AnswerAsk {
+            answer: self.answer.clone(),
+            against: Some(self.against.clone()).filter(|a| !a.is_empty()),
+            at: self.answer_at,
+        })
     }
 }
 
@@ -130,8 +158,9 @@ pub enum TextAction {
         head: usize,
         feature: usize,
     },
-    /// Rank every feature firing in the text (see [`FeatureRanking`]).
-    Rank,
+    /// Rank every feature firing in the text (see [`FeatureRanking`]), by the loss or an
+    /// answer.
+    Rank(Option<AnswerAsk>),
     /// Continue the text clean and steered by this feature (see [`Steered`]).
     Steer(Steering),
 }
@@ -653,6 +682,15 @@ fn effect_ready(ui: &mut Ui, s: &mut TextState, a: &LiveTokens, e: &FeatureEffec
          (underlined: it fires there).",
         e.total()
     ));
+    if let Some((objective, change)) = &e.objective {
+        ui.label(format!(
+            "Without it {} goes from {:.4} to {:.4}: the feature adds {:+.4} to it.",
+            objective.describe(),
+            change.clean,
+            change.changed,
+            change.helps()
+        ));
+    }
     ui.horizontal_wrapped(|ui| {
         ui.spacing_mut().item_spacing = egui::vec2(2.0, 6.0);
         for (p, text) in a.strings.iter().enumerate() {
@@ -734,17 +772,71 @@ fn ranking_panel(
     labels: Option<&Labels>,
 ) -> Option<TextAction> {
     ui.label(RichText::new("Which features matter here").strong());
+    answer_controls(ui, s, a);
     let texts = (
         "Rank the features",
-        "estimates, for every feature that fires, how much the text's loss would rise without \
-         it (to first order: one backward pass through the model)",
+        if s.rank_by_answer {
+            "estimates, for every feature that fires, how much the answer's logit difference \
+             (or log-probability, with no token against it) would fall without it (to first \
+             order: one backward pass through the model)"
+        } else {
+            "estimates, for every feature that fires, how much the text's loss would rise \
+             without it (to first order: one backward pass through the model)"
+        },
         "running the model forward and back…",
     );
-    let state = ranking.map(|r| &r.state);
+    // A ranking asked by other controls than these is not shown: the button asks again.
+    let ask = s.answer_ask();
+    let state = ranking
+        .map(|r| &r.state)
+        .filter(|_| s.ranked_by.as_ref().is_none_or(|by| *by == ask));
     match answer_panel(ui, state, texts, |ui, r| ranking_ready(ui, s, a, r, labels)) {
-        (true, _) => Some(TextAction::Rank),
+        (true, _) => {
+            s.ranked_by = Some(ask.clone());
+            Some(TextAction::Rank(ask))
+        }
         (false, picked) => picked,
     }
+}
+
+/// What the ranking is by: the text's loss, or a next token (against another) after a
+/// position.
+fn answer_controls(ui: &mut Ui, s: &mut TextState, a: &LiveTokens) {
+    ui.horizontal_wrapped(|ui| {
+        ui.label("rank by");
+        ui.radio_value(&mut s.rank_by_answer, false, "the text's loss");
+        ui.radio_value(&mut s.rank_by_answer, true, "a next token:");
+        if !s.rank_by_answer {
+            return;
+        }
+        let edit = |ui: &mut Ui, text: &mut String, hint: &str, name: &str| {
+            ui.add(
+                egui::TextEdit::singleline(text)
+                    .hint_text(hint)
+                    .desired_width(90.0),
+            )
+            .on_hover_text(
+                "one token of the model's vocabulary, its leading space included where it \
+                 has one",
+            )
+            .accessible_name(name)
+        };
+        edit(ui, &mut s.answer, "\" Mary\"", "answer token");
+        ui.label("against");
+        edit(ui, &mut s.against, "(none: its log-prob)", "token against");
+        ui.label("after position");
+        let last = a.len().saturating_sub(1);
+        let mut at = s.answer_at.unwrap_or(last).min(last);
+        let drag = ui
+            .add(egui::DragValue::new(&mut at).range(0..=last))
+            .accessible_name("answer position");
+        if drag.changed() {
+            s.answer_at = Some(at);
+        }
+        if let Some(token) = a.strings.get(at) {
+            ui.label(RichText::new(format!("{token:?}")).monospace());
+        }
+    });
 }
 
 fn ranking_ready(
@@ -754,12 +846,16 @@ fn ranking_ready(
     r: &FeatureRanking,
     labels: Option<&Labels>,
 ) -> Option<TextAction> {
-    ui.label(format!(
-        "{} features fire. The estimated rise in the text's summed next-token loss without \
-         each (first order); a click picks it where it fires most and removes it for the \
-         exact change.",
-        r.features.len()
-    ));
+    let mut said = format!(
+        "{} features fire. {} (first order); a click picks it where it fires most and \
+         removes it for the exact change.",
+        r.features.len(),
+        capitalised(&r.objective.estimated())
+    );
+    if let Some(v) = r.value {
+        said += &format!(" Here {} is {v:.4}.", r.objective.describe());
+    }
+    ui.label(said);
     let mut action = None;
     let mut row = |ui: &mut Ui, title: &str, features: Vec<&RankedFeature>| {
         ui.horizontal_wrapped(|ui| {
@@ -814,6 +910,15 @@ fn ranking_ready(
         ));
     }
     action
+}
+
+/// `text` with its first letter in upper case.
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 /// The position where `feature` of `head` is most active.

@@ -8,7 +8,7 @@ use anyhow::Context;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use super::{FeatureEffect, TokenChange};
+use super::{FeatureEffect, Objective, ObjectiveChange, TokenChange};
 use crate::lm::{HeadSelection, HookRequest, LoadedModel, Splice, ZConvention};
 use crate::sae::BlockDiagSae;
 
@@ -21,6 +21,8 @@ struct Pending {
     head: usize,
     feature: usize,
     scale: f32,
+    /// An answer objective to evaluate both ways (one window).
+    objective: Option<Objective>,
     windows: Vec<Vec<u32>>,
     activation: Tensor<1>,
     clean: Tensor<2>,
@@ -103,6 +105,7 @@ impl Pending {
             head,
             feature,
             scale,
+            objective: None,
             windows: windows.to_vec(),
             activation: activation.reshape([n]),
             clean: logp(clean),
@@ -148,6 +151,14 @@ impl Pending {
                 promotes.push(changes(up));
                 suppresses.push(changes(down));
             }
+            let rows = at(0)..at(t);
+            let objective = (self.objective.as_ref()).and_then(|o| {
+                let change = ObjectiveChange {
+                    clean: o.value(&clean[rows.clone()], v)?,
+                    changed: o.value(&ablated[rows.clone()], v)?,
+                };
+                Some((o.clone(), change))
+            });
             let positions = 0..t.saturating_sub(1);
             effects.push(FeatureEffect {
                 head: self.head,
@@ -159,6 +170,7 @@ impl Pending {
                 promotes,
                 suppresses,
                 ids,
+                objective,
             });
         }
         effects
@@ -225,14 +237,35 @@ pub fn feature_effect_scaled(
     feature: (usize, usize),
     scale: f32,
 ) -> anyhow::Result<FeatureEffect> {
-    super::blocking(feature_effect_scaled_async(
+    feature_effect_on(
         loaded,
         sae,
-        layer,
-        z_convention,
+        (layer, z_convention),
         ids,
         feature,
         scale,
+        None,
+    )
+}
+
+/// [`feature_effect_scaled`] that also gives an answer [`Objective`]'s value clean and with
+/// the feature changed ([`FeatureEffect::objective`]; the loss objective adds nothing).
+pub fn feature_effect_on(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    (layer, z_convention): (usize, ZConvention),
+    ids: &[u32],
+    feature: (usize, usize),
+    scale: f32,
+    objective: Option<&Objective>,
+) -> anyhow::Result<FeatureEffect> {
+    super::blocking(feature_effect_on_async(
+        loaded,
+        sae,
+        (layer, z_convention),
+        ids,
+        (feature, scale),
+        objective,
     ))
 }
 
@@ -246,22 +279,22 @@ pub async fn feature_effect_async(
     head: usize,
     feature: usize,
 ) -> anyhow::Result<FeatureEffect> {
-    feature_effect_scaled_async(loaded, sae, layer, z_convention, ids, (head, feature), 0.0).await
+    let at = (layer, z_convention);
+    feature_effect_on_async(loaded, sae, at, ids, ((head, feature), 0.0), None).await
 }
 
-/// [`feature_effect_scaled`] with the read-back awaited.
-async fn feature_effect_scaled_async(
+/// [`feature_effect_on`] with the read-back awaited.
+pub async fn feature_effect_on_async(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
-    layer: usize,
-    z_convention: ZConvention,
+    (layer, z_convention): (usize, ZConvention),
     ids: &[u32],
-    (head, feature): (usize, usize),
-    scale: f32,
+    ((head, feature), scale): ((usize, usize), f32),
+    objective: Option<&Objective>,
 ) -> anyhow::Result<FeatureEffect> {
     anyhow::ensure!(scale.is_finite(), "the scale must be a finite number");
     let windows = [ids.to_vec()];
-    let p = Pending::new(
+    let mut p = Pending::new(
         loaded,
         sae,
         layer,
@@ -269,6 +302,7 @@ async fn feature_effect_scaled_async(
         &windows,
         (head, feature, scale),
     )?;
+    p.objective = objective.filter(|o| **o != Objective::Loss).cloned();
     let mut effects = p.read(loaded, &|_, _| true).await?;
     effects.pop().context("no effect")
 }

@@ -15,7 +15,7 @@ mod effect;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use effect::{
     effects_on_examples, effects_on_examples_async, feature_effect, feature_effect_async,
-    feature_effect_scaled,
+    feature_effect_on, feature_effect_on_async, feature_effect_scaled,
 };
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod steer;
@@ -25,8 +25,8 @@ pub use steer::{choose, steer, steer_async};
 mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use ranking::{
-    WINDOWS_PER_PASS, lm_gradient, rank_features, rank_features_async, rank_features_from,
-    rank_features_over,
+    WINDOWS_PER_PASS, answer_objective, lm_gradient, rank_features, rank_features_async,
+    rank_features_for, rank_features_from, rank_features_over, resolve_answer,
 };
 
 /// `(blocks, block width, features per block, model heads per block)` of an SAE that reads
@@ -233,6 +233,9 @@ pub struct FeatureEffect {
     pub promotes: Vec<Vec<TokenChange>>,
     /// Per position: the next tokens whose probability the feature lowers most.
     pub suppresses: Vec<Vec<TokenChange>>,
+    /// The answer objective asked about with it, and its change (`text --effect --answer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<(Objective, ObjectiveChange)>,
 }
 
 /// The longest steered continuation asked for at once.
@@ -495,13 +498,126 @@ pub struct AskedExamples {
 }
 
 /// Which features matter for a text's predictions: for every feature that fires in it, a
-/// first-order estimate of how much the text's total next-token loss would rise without it
-/// (from the gradient of the loss with respect to `hook_z`; one forward and one backward
-/// pass for all features), largest first. [`FeatureEffect`] is the exact change for one.
+/// first-order estimate of how much its [`Objective`] (by default the text's total
+/// next-token loss) would lose without it (from the gradient of the objective with respect
+/// to `hook_z`; one forward and one backward pass for all features), largest first.
+/// [`FeatureEffect`] is the exact change for one.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FeatureRanking {
     pub ids: Vec<u32>,
     pub features: Vec<RankedFeature>,
+    /// What the estimates are of (absent from older files: the loss).
+    #[serde(default)]
+    pub objective: Objective,
+    /// An answer objective's value on the text (clean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f32>,
+}
+
+/// A next token a viewer names: its id and its text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NamedToken {
+    pub id: u32,
+    pub text: String,
+}
+
+/// What a [`FeatureRanking`] estimates each feature's part in. Either way a positive
+/// estimate is a feature that helps: the loss would rise without it, or the answer's
+/// logit difference (or log-probability) would fall.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Objective {
+    /// The text's summed next-token loss.
+    #[default]
+    Loss,
+    /// The prediction after position `at`: the logit of `answer` less that of `against`
+    /// (the logit difference of indirect-object and similar tasks), or, without `against`,
+    /// `answer`'s log-probability.
+    Answer {
+        at: usize,
+        answer: NamedToken,
+        against: Option<NamedToken>,
+    },
+}
+
+impl Objective {
+    /// What it is, for a sentence: "the text's summed next-token loss", "the logit of
+    /// " Mary" less that of " John" after position 12".
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Loss => "the text's summed next-token loss".into(),
+            Self::Answer {
+                at,
+                answer,
+                against: Some(against),
+            } => format!(
+                "the logit of {:?} less that of {:?} after position {at}",
+                answer.text, against.text
+            ),
+            Self::Answer { at, answer, .. } => format!(
+                "the log-probability of {:?} after position {at}",
+                answer.text
+            ),
+        }
+    }
+
+    /// What an estimate says of a feature: "the estimated rise in ... without it", or
+    /// "fall".
+    pub fn estimated(&self) -> String {
+        let way = match self {
+            Self::Loss => "rise",
+            Self::Answer { .. } => "fall",
+        };
+        format!("the estimated {way} in {} without each", self.describe())
+    }
+
+    /// Its value from a text's log-probabilities `[positions, vocab]` (row-major, `v` a
+    /// row): for [`Objective::Answer`], the logit difference (the rows' normaliser cancels)
+    /// or the answer's log-probability; `None` for the loss or a position past the rows.
+    pub fn value(&self, logp: &[f32], v: usize) -> Option<f32> {
+        let Self::Answer {
+            at,
+            answer,
+            against,
+        } = self
+        else {
+            return None;
+        };
+        let row = logp.get(at * v..(at + 1) * v)?;
+        let of = |t: &NamedToken| row.get(t.id as usize).copied();
+        match against {
+            Some(b) => Some(of(answer)? - of(b)?),
+            None => of(answer),
+        }
+    }
+}
+
+/// An answer objective as a viewer asks for it, in token texts (resolved against the
+/// model's tokenizer by [`answer_objective`]): `answer` predicted after position `at`
+/// (`None`: the last), against `against` if given.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AnswerAsk {
+    pub answer: String,
+    #[serde(default)]
+    pub against: Option<String>,
+    #[serde(default)]
+    pub at: Option<usize>,
+}
+
+/// What a feature's removal (or scaling) did to an answer [`Objective`]: its value clean
+/// and with the feature changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectiveChange {
+    pub clean: f32,
+    pub changed: f32,
+}
+
+impl ObjectiveChange {
+    /// How much the feature adds to the objective (clean less changed): what a ranking's
+    /// estimate approximates for a removal.
+    pub fn helps(&self) -> f32 {
+        self.clean - self.changed
+    }
 }
 
 impl FeatureRanking {
@@ -553,6 +669,19 @@ pub type EffectState = Answer<FeatureEffect>;
 pub struct AskedRanking {
     pub ids: Vec<u32>,
     pub state: Answer<FeatureRanking>,
+}
+
+impl AskedRanking {
+    /// Its answer objective, once it has arrived, if it is of the text with `ids`: what an
+    /// exact effect asked beside it measures too.
+    pub fn answer_for(&self, ids: &[u32]) -> Option<Objective> {
+        match &self.state {
+            Answer::Ready(r) if self.ids == ids && r.objective != Objective::Loss => {
+                Some(r.objective.clone())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What a viewer asked of one feature on a text (its effect, a steered continuation): for
@@ -691,6 +820,7 @@ mod tests {
         let r = FeatureRanking {
             ids: vec![],
             features: vec![f(1, 0.5), f(0, 0.25), f(1, -2.0), f(2, 1.0)],
+            ..Default::default()
         };
         assert_eq!(r.by_head(3), vec![0.25, -1.5, 1.0]);
         assert_eq!(r.by_head(4)[3], 0.0);

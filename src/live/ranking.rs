@@ -9,8 +9,9 @@ use std::cell::RefCell;
 
 use anyhow::Context;
 use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
 
-use super::{FeatureRanking, RankedFeature};
+use super::{AnswerAsk, FeatureRanking, NamedToken, Objective, RankedFeature};
 use crate::lm::{
     HeadSelection, HookRequest, LoadedModel, Splice, ZConvention, per_token_ce, per_token_ce_grad,
 };
@@ -25,6 +26,102 @@ pub fn lm_gradient(
     z_convention: ZConvention,
     windows: &[Vec<u32>],
 ) -> anyhow::Result<[Tensor<4>; 2]> {
+    let (lm, _) = objective_gradient(loaded, (layer, z_convention), windows, &Objective::Loss)?;
+    Ok(lm)
+}
+
+/// The answer [`Objective`] of a text of `ids`: `answer` (and `against`) each one token as
+/// `loaded`'s tokenizer reads it (a leading space is part of a token in most vocabularies:
+/// " Mary"), predicted after position `at` (`None`: the last).
+pub fn answer_objective(
+    loaded: &LoadedModel,
+    ids: &[u32],
+    at: Option<usize>,
+    answer: &str,
+    against: Option<&str>,
+) -> anyhow::Result<Objective> {
+    let len = ids.len();
+    let at = at.unwrap_or(len.saturating_sub(1));
+    anyhow::ensure!(
+        at < len,
+        "position {at}: the text has {len} tokens (0 to {})",
+        len.saturating_sub(1)
+    );
+    let vocab = loaded.transformer.config.d_vocab;
+    let tokenizer = &loaded.tokenizer;
+    let shown = |id: u32| crate::lm::token_text(tokenizer, id);
+    let token = |text: &str| -> anyhow::Result<NamedToken> {
+        anyhow::ensure!(
+            !text.is_empty(),
+            "no answer token given: type one (\" Mary\")"
+        );
+        let enc = tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        // The text as one token; else the vocabulary's own spelling of one ("ĠMary",
+        // "<0xC6>"); else the token a viewer shows as this text (a byte token's "<0xC6>").
+        let id = match enc.get_ids() {
+            [id] => Some(*id),
+            _ => tokenizer
+                .token_to_id(text)
+                .or_else(|| (0..vocab as u32).find(|&i| shown(i) == text)),
+        };
+        match id {
+            Some(id) if (id as usize) < vocab => Ok(NamedToken {
+                id,
+                text: shown(id),
+            }),
+            Some(id) => anyhow::bail!("{text:?} is token {id}, past the model's {vocab}"),
+            None => {
+                let parts: Vec<String> = (enc.get_ids().iter())
+                    .map(|&i| format!("{:?}", shown(i)))
+                    .collect();
+                anyhow::bail!(
+                    "{text:?} is {} tokens here ({}): an answer must be one token",
+                    parts.len(),
+                    parts.join(", ")
+                )
+            }
+        }
+    };
+    let answer = token(answer)?;
+    let against = against.map(token).transpose()?;
+    if let Some(b) = &against {
+        anyhow::ensure!(
+            b.id != answer.id,
+            "the answer and the token against it are both {:?}",
+            answer.text
+        );
+    }
+    Ok(Objective::Answer {
+        at,
+        answer,
+        against,
+    })
+}
+
+/// [`answer_objective`] of what a viewer asked (`None`: the loss).
+pub fn resolve_answer(
+    loaded: &LoadedModel,
+    ids: &[u32],
+    asked: Option<&AnswerAsk>,
+) -> anyhow::Result<Objective> {
+    match asked {
+        Some(a) => answer_objective(loaded, ids, a.at, &a.answer, a.against.as_deref()),
+        None => Ok(Objective::Loss),
+    }
+}
+
+/// [`lm_gradient`] of any [`Objective`] (an answer's over one window); the gradient is of
+/// the objective's loss side (the loss, or the answer's value negated), so that the
+/// estimates are always what the objective loses without a feature. With an answer, also
+/// its value on the text (`[1]`, not read back).
+fn objective_gradient(
+    loaded: &LoadedModel,
+    (layer, z_convention): (usize, ZConvention),
+    windows: &[Vec<u32>],
+    objective: &Objective,
+) -> anyhow::Result<([Tensor<4>; 2], Option<Tensor<1>>)> {
     let plain = &loaded.transformer;
     let model = plain.with_autodiff();
     let len = windows.first().map_or(0, Vec::len);
@@ -62,15 +159,38 @@ pub fn lm_gradient(
     // The summed loss's gradient with respect to the logits, where the CPU gives it in one
     // pass (the softmax less the next token's one-hot): `sum(logits * g)` has the same
     // gradient, without burn's one-core log-softmax forward and backward.
-    let grad_logits = per_token_ce_grad(&logits.clone().inner(), &plain_tokens);
-    let loss = match grad_logits {
-        Some(g) => (logits * g.autodiff()).sum(),
-        None => per_token_ce(logits, model.tokens(windows)?).sum(),
+    let mut answer_value = None;
+    let loss = match objective {
+        Objective::Loss => match per_token_ce_grad(&logits.clone().inner(), &plain_tokens) {
+            Some(g) => (logits * g.autodiff()).sum(),
+            None => per_token_ce(logits, model.tokens(windows)?).sum(),
+        },
+        Objective::Answer {
+            at,
+            answer,
+            against,
+        } => {
+            let [b, t, v] = logits.dims();
+            let ids = [Some(answer), against.as_ref()];
+            anyhow::ensure!(
+                b == 1 && *at < t && ids.iter().flatten().all(|x| (x.id as usize) < v),
+                "an answer is of one text: position {at} of {t}, tokens below {v}"
+            );
+            let row = logits.slice([0..1, *at..*at + 1, 0..v]).reshape([1, v]);
+            let logit =
+                |row: Tensor<2, _>, id: u32| row.slice([0..1, id as usize..id as usize + 1]);
+            let value = match against {
+                Some(b) => logit(row.clone(), answer.id) - logit(row, b.id),
+                None => logit(log_softmax(row, 1), answer.id),
+            };
+            answer_value = Some(value.clone().inner().reshape([1]));
+            value.neg().sum()
+        }
     };
     let grads = loss.backward();
     let z = leaf.take().context("the splice was not reached")?;
     let grad = z.grad(&grads).context("no gradient for hook_z")?; // [B, T, H, d]
-    Ok([z.inner(), grad])
+    Ok(([z.inner(), grad], answer_value))
 }
 
 /// The estimates `[blocks, m]` and firing counts `[blocks, m]` of `sae`'s features over
@@ -106,16 +226,21 @@ fn estimates(
 fn queue(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
-    layer: usize,
-    z_convention: ZConvention,
+    at: (usize, ZConvention),
     windows: &[Vec<u32>],
-) -> anyhow::Result<[Tensor<2>; 2]> {
+    objective: &Objective,
+) -> anyhow::Result<([Tensor<2>; 2], Option<Tensor<1>>)> {
     super::sae_sizes(sae, &loaded.transformer)?;
-    let lm = lm_gradient(loaded, layer, z_convention, windows)?;
-    estimates(loaded, sae, windows, lm)
+    let (lm, value) = objective_gradient(loaded, at, windows, objective)?;
+    Ok((estimates(loaded, sae, windows, lm)?, value))
 }
 
-fn finish(ids: &[u32], m: usize, [estimate, fires]: [Vec<f32>; 2]) -> FeatureRanking {
+fn finish(
+    ids: &[u32],
+    m: usize,
+    [estimate, fires]: [Vec<f32>; 2],
+    objective: Objective,
+) -> FeatureRanking {
     let mut features: Vec<RankedFeature> = (0..estimate.len())
         .filter(|&i| fires[i] > 0.0)
         .map(|i| RankedFeature {
@@ -133,10 +258,13 @@ fn finish(ids: &[u32], m: usize, [estimate, fires]: [Vec<f32>; 2]) -> FeatureRan
     FeatureRanking {
         ids: ids.to_vec(),
         features,
+        objective,
+        value: None,
     }
 }
 
-/// The estimates for every feature that fires in `ids`, largest first.
+/// The estimates for every feature that fires in `ids`, largest first: how much the text's
+/// summed loss would rise without each.
 pub fn rank_features(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
@@ -144,7 +272,25 @@ pub fn rank_features(
     z_convention: ZConvention,
     ids: &[u32],
 ) -> anyhow::Result<FeatureRanking> {
-    super::blocking(rank_features_async(loaded, sae, layer, z_convention, ids))
+    rank_features_for(loaded, sae, layer, z_convention, ids, &Objective::Loss)
+}
+
+/// [`rank_features`] for any [`Objective`]: what it would lose without each feature.
+pub fn rank_features_for(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    layer: usize,
+    z_convention: ZConvention,
+    ids: &[u32],
+    objective: &Objective,
+) -> anyhow::Result<FeatureRanking> {
+    super::blocking(rank_features_async(
+        loaded,
+        sae,
+        (layer, z_convention),
+        ids,
+        objective,
+    ))
 }
 
 /// Windows run together by [`rank_features_over`].
@@ -193,21 +339,25 @@ pub fn rank_features_from(
         );
     }
     let host = [estimate, fires].map(|v| v.into_iter().map(|x| x as f32).collect());
-    Ok(finish(&[], m, host))
+    Ok(finish(&[], m, host, Objective::Loss))
 }
 
-/// [`rank_features`] with the read-back awaited (WebGPU).
+/// [`rank_features_for`] with the read-back awaited (WebGPU).
 pub async fn rank_features_async(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
-    layer: usize,
-    z_convention: ZConvention,
+    at: (usize, ZConvention),
     ids: &[u32],
+    objective: &Objective,
 ) -> anyhow::Result<FeatureRanking> {
-    let [estimate, fires] = queue(loaded, sae, layer, z_convention, &[ids.to_vec()])?;
+    let ([estimate, fires], value) = queue(loaded, sae, at, &[ids.to_vec()], objective)?;
     let host = [
         super::read_async(&estimate).await?,
         super::read_async(&fires).await?,
     ];
-    Ok(finish(ids, sae.config.features_per_head, host))
+    let mut ranking = finish(ids, sae.config.features_per_head, host, objective.clone());
+    if let Some(v) = value {
+        ranking.value = super::read_async(&v).await?.first().copied();
+    }
+    Ok(ranking)
 }

@@ -152,6 +152,28 @@ async function session(context, name, query) {
   });
   run.rankingStatus = withRanking.ranking_status;
   run.ranking = withRanking.ranking;
+  // LIVE_ANSWER (JSON of {answer, against?, at?}): ranked by that answer instead, and the
+  // picked feature's effect asked again, now with the answer's exact change.
+  if (process.env.LIVE_ANSWER) {
+    await page.evaluate((a) => window.attnSaes.live_rank(a), process.env.LIVE_ANSWER);
+    const byAnswer = await waitFor(page, `${name}: the ranking by the answer`, async () => {
+      const s = await shown(page);
+      const done = s && (s.ranking_status.startsWith('failed')
+        || (s.ranking_status === 'ready' && s.ranking.objective.kind === 'answer'));
+      return done ? s : null;
+    });
+    run.answerRankingStatus = byAnswer.ranking_status;
+    run.answerRanking = byAnswer.ranking;
+    await page.evaluate(([, h, f]) => window.attnSaes.live_effect(h, f), pick);
+    const answerEffect = await waitFor(page, `${name}: the effect on the answer`, async () => {
+      const s = await shown(page);
+      const done = s && (s.effect_status.startsWith('failed')
+        || (s.effect_status === 'ready' && s.effect.objective));
+      return done ? s : null;
+    });
+    run.answerEffectStatus = answerEffect.effect_status;
+    run.answerEffect = answerEffect.effect;
+  }
   // The text continued clean and steered by the picked feature (Your text's "Continue the
   // text"), held at activation 2.5 (clamped) for 6 new tokens, sampled at temperature 0.8
   // with seed 7.
