@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use attn_saes::app::{AttnSaesApp, Command, UiState, View};
+use attn_saes::live::Answer;
 use eframe::egui;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
@@ -27,6 +28,21 @@ fn wait(h: &mut Harness<'static, AttnSaesApp>, what: &str, done: impl Fn(&AttnSa
         h.step();
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Whether what was asked has arrived (or failed).
+fn settled<T>(state: Option<&Answer<T>>) -> bool {
+    state.is_some_and(|s| !matches!(s, Answer::Computing))
+}
+
+/// Renders the app to `out`.
+fn save(h: &mut Harness<'static, AttnSaesApp>, out: &str) {
+    h.run_steps(3);
+    h.render()
+        .expect("render")
+        .save(out)
+        .expect("write the PNG");
+    println!("{out}");
 }
 
 fn main() {
@@ -74,10 +90,7 @@ fn main() {
         h.get_by_label("Rank the features").click();
         h.run_steps(1);
         wait(&mut h, "the ranking", |a| {
-            a.native
-                .ranking
-                .as_ref()
-                .is_some_and(|r| !matches!(r.state, attn_saes::live::Answer::Computing))
+            settled(a.native.ranking.as_ref().map(|r| &r.state))
         });
         let text = &mut h.state_mut().ui.text;
         (text.token, text.pick) = (Some(strongest), Some((head, feature)));
@@ -85,18 +98,9 @@ fn main() {
         h.get_by_label("Remove it and run again").click_accesskit();
         h.run_steps(1);
         wait(&mut h, "the effect", |a| {
-            a.native
-                .effect
-                .as_ref()
-                .is_some_and(|e| !matches!(e.state, attn_saes::live::Answer::Computing))
+            settled(a.native.effect.as_ref().map(|e| &e.state))
         });
-        h.run_steps(3);
-        h.render()
-            .expect("render")
-            .save(out)
-            .expect("write the PNG");
-        println!("{out}");
-        return;
+        return save(&mut h, out);
     }
     let text = &mut h.state_mut().ui.text;
     text.token = Some(strongest);
@@ -111,12 +115,7 @@ fn main() {
         a.native
             .steer
             .as_ref()
-            .is_some_and(|x| matches!(x.state, attn_saes::live::Answer::Ready(_)))
+            .is_some_and(|x| matches!(x.state, Answer::Ready(_)))
     });
-    h.run_steps(3);
-    h.render()
-        .expect("render")
-        .save(out)
-        .expect("write the PNG");
-    println!("{out}");
+    save(&mut h, out);
 }

@@ -69,6 +69,12 @@ enum Command {
         /// Write the whole ranking (every feature that fired) as JSON here too.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// Rank over these prompts instead of held-out text, each by its own answer: a JSON
+        /// lines file of `{"text": ..., "answer": " Mary", "against": " John", "at": P}`
+        /// (`against` and `at` optional, as `text --answer`), the estimates averaged over
+        /// the prompts.
+        #[arg(long, value_name = "FILE")]
+        prompts: Option<std::path::PathBuf>,
         #[command(flatten)]
         source: DashboardSource,
     },
@@ -544,9 +550,10 @@ impl Command {
             } => once(path).chain(compare).chain(web_dir).collect(),
             // --saelens may be a hub repository: resolved (with its own errors) by import.
             Command::Import { seed, .. } => seed.iter().collect(),
-            Command::Dashboard { run, sae, .. } | Command::Rank { run, sae, .. } => {
-                run.iter().chain(sae).collect()
-            }
+            Command::Dashboard { run, sae, .. } => run.iter().chain(sae).collect(),
+            Command::Rank {
+                run, sae, prompts, ..
+            } => run.iter().chain(sae).chain(prompts).collect(),
             Command::Match { a, b, .. } => vec![a, b],
             Command::Compare { runs, .. } => runs.iter().collect(),
             Command::Label { run, from, .. } => once(run).chain(from).collect(),
@@ -654,6 +661,7 @@ fn main() -> anyhow::Result<()> {
             tokens,
             top,
             json,
+            prompts,
             source,
         } => {
             let of = match (run, sae) {
@@ -664,6 +672,10 @@ fn main() -> anyhow::Result<()> {
                      records them)"
                 ),
             };
+            if let Some(prompts) = prompts {
+                let (Ranked::Run(dir) | Ranked::Sae(dir)) = of;
+                return rank_prompts_command(&dir, &prompts, top, json.as_deref(), cli.device);
+            }
             rank_command(
                 of,
                 source.train_args(),
@@ -2506,6 +2518,116 @@ fn rank_command(
             attn_saes::live::positions(f.fires)
         )
     });
+    Ok(())
+}
+
+/// One line of `rank --prompts`' file: a text and what to rank by on it.
+#[derive(serde::Deserialize)]
+struct PromptLine {
+    text: String,
+    #[serde(flatten)]
+    ask: attn_saes::live::AnswerAsk,
+}
+
+/// `rank --prompts`: the features of the SAE of `dir` (a run or an SAE directory) ranked
+/// over the prompts of the JSON lines file `path`, each by its own answer.
+fn rank_prompts_command(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    top: usize,
+    json: Option<&std::path::Path>,
+    choice: DeviceChoice,
+) -> anyhow::Result<()> {
+    use attn_saes::live::{Objective, resolve_answer, text_ids};
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let lines: Vec<(usize, PromptLine)> = (text.lines().enumerate())
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map(|p| (i + 1, p))
+                .with_context(|| {
+                    format!(
+                        "{} line {}: not {{\"text\": ..., \"answer\": ..., \"against\": ...}}",
+                        path.display(),
+                        i + 1
+                    )
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(!lines.is_empty(), "{}: no prompts in it", path.display());
+    let live = load_live_saying(&attn_saes::app::jobs::LiveSource::Run(dir.into()), choice)?;
+    let resolve = |p: &PromptLine| -> anyhow::Result<(Vec<u32>, Objective)> {
+        let ids = text_ids(&live.loaded, &p.text)?;
+        let objective = resolve_answer(&live.loaded, &ids, Some(&p.ask))?;
+        Ok((ids, objective))
+    };
+    let prompts: Vec<(Vec<u32>, Objective)> = (lines.iter())
+        .map(|(n, p)| resolve(p).with_context(|| format!("{} line {n}", path.display())))
+        .collect::<anyhow::Result<_>>()?;
+    let mut bar = ProgressLine::new();
+    let ranking = attn_saes::live::rank_on_prompts(
+        &live.loaded,
+        &live.sae,
+        (live.layer, live.z_convention),
+        &prompts,
+        &mut |done, of| bar.update("ranking the features on each prompt", done, of),
+    )?;
+    bar.finish();
+    if let Some(out) = json {
+        std::fs::write(out, serde_json::to_string_pretty(&ranking)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    let against = |o: &Objective| {
+        matches!(
+            o,
+            Objective::Answer {
+                against: Some(_),
+                ..
+            }
+        )
+    };
+    let what = match ranking.objectives.iter().filter(|o| against(&o.0)).count() {
+        n if n == prompts.len() => "the answer's logit less that of the token against it",
+        0 => "the answer's log-probability",
+        _ => "the answer's logit difference (or log-probability, without a token against it)",
+    };
+    let (mean, sd) = ranking.value_spread();
+    println!(
+        "{}: {} prompts; {what}: mean {mean:.4}, sd {sd:.4}",
+        live.description,
+        prompts.len()
+    );
+    println!(
+        "{} features fire; the estimated fall in it without each, averaged over the prompts \
+         (first order; `text PROMPT --effect H,F --answer ...` gives one prompt's exact change):",
+        ranking.features.len()
+    );
+    let mc = &live.loaded.transformer.config;
+    let dense = live.sae.config.is_dense_over(mc.n_heads, mc.d_head);
+    if !dense {
+        let heads: Vec<String> = (ranking.by_head(live.sae.config.n_heads).iter().enumerate())
+            .map(|(h, x)| format!("h{h} {x:+.3}"))
+            .collect();
+        println!(" by head (its features together): {}", heads.join(", "));
+    }
+    let as_ranking = attn_saes::live::FeatureRanking {
+        features: ranking.features.clone(),
+        ..Default::default()
+    };
+    print_ranked(
+        &as_ranking,
+        top,
+        (labels_beside(dir).as_ref(), dense),
+        |f| {
+            format!(
+                "{:+.4} (fires in {} of {} prompts)",
+                f.estimate,
+                f.fires,
+                prompts.len()
+            )
+        },
+    );
     Ok(())
 }
 

@@ -92,6 +92,16 @@ fn opened_run(dir: &std::path::Path) -> (std::path::PathBuf, Harness<'static, At
     (run, h)
 }
 
+/// Opens Your text, types `text` and runs it, until its analysis has arrived.
+fn analyse_text(h: &mut Harness<'static, AttnSaesApp>, text: &str) {
+    h.get_by_label("Your text").click();
+    h.run_steps(2);
+    h.state_mut().ui.text.prompt = text.into();
+    h.get_by_label("Run").click();
+    step_until(h, Duration::from_secs(120), |a| a.native.analysis.is_some());
+    h.run_steps(2);
+}
+
 fn has_label(h: &Harness<'static, AttnSaesApp>, text: &str) -> bool {
     h.query_by_label(text).is_some()
 }
@@ -751,15 +761,8 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     app.push(Command::OpenPath(run.clone()));
     let mut h = harness(app);
     h.run_steps(3);
-    h.get_by_label("Your text").click();
-    h.run_steps(2);
     let text = "The quick brown fox jumps over the lazy dog.";
-    h.state_mut().ui.text.prompt = text.into();
-    h.get_by_label("Run").click();
-    step_until(&mut h, Duration::from_secs(120), |a| {
-        a.native.analysis.is_some()
-    });
-    h.run_steps(2);
+    analyse_text(&mut h, text);
 
     // The same text through the model and the SAE, directly.
     let device = Device::flex();
@@ -951,13 +954,7 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     let mut h = harness(app);
     h.run_steps(3);
     assert!(h.state().native.run_dir.is_none());
-    h.get_by_label("Your text").click();
-    h.run_steps(2);
-    h.state_mut().ui.text.prompt = text.into();
-    h.get_by_label("Run").click();
-    step_until(&mut h, Duration::from_secs(120), |a| {
-        a.native.analysis.is_some()
-    });
+    analyse_text(&mut h, text);
     let again = h.state().native.analysis.as_deref().unwrap();
     assert_eq!(again.ids, first_ids);
     assert_eq!(again.active, first_active);
@@ -979,15 +976,10 @@ fn your_text_ranks_by_an_answer_as_the_library_does() {
     use burn::prelude::Device;
     let dir = TempDir::new("attn-saes-app", "answer");
     let (run, mut h) = opened_run(&dir);
-    h.get_by_label("Your text").click();
-    h.run_steps(2);
-    let text = "When the cat and the dog went to the park, the dog gave a ball to the";
-    h.state_mut().ui.text.prompt = text.into();
-    h.get_by_label("Run").click();
-    step_until(&mut h, Duration::from_secs(120), |a| {
-        a.native.analysis.is_some()
-    });
-    h.run_steps(2);
+    analyse_text(
+        &mut h,
+        "When the cat and the dog went to the park, the dog gave a ball to the",
+    );
     assert!(h.query_by_label("answer token").is_none());
     h.get_by_label("a next token:").click();
     h.run_steps(2);

@@ -1518,6 +1518,26 @@ fn feature_effect_is_exactly_zero_where_the_feature_cannot_reach() {
     assert!(err.to_string().contains("4 heads of 12 features"), "{err}");
 }
 
+/// Each ranked feature's estimate against the reference's `[H, m]` values, within 1e-5 +
+/// 1e-3 x |value|.
+fn assert_estimates_match(
+    what: &str,
+    features: &[attn_saes::live::RankedFeature],
+    want: &[f64],
+    m: usize,
+) {
+    for f in features {
+        let w = want[f.head * m + f.feature];
+        assert!(
+            (f.estimate as f64 - w).abs() <= 1e-5 + 1e-3 * w.abs(),
+            "{what} head {} feature {}: {} vs {w}",
+            f.head,
+            f.feature,
+            f.estimate
+        );
+    }
+}
+
 /// The first-order ranking of every feature on a text against torch autograd through the
 /// same leaf (`effect/make_effect_reference.py`): each firing feature's estimate, largest
 /// first; and the estimate is near the exact removal's change for the picked feature.
@@ -1534,16 +1554,7 @@ fn feature_ranking_matches_torch_autograd() {
         let m = sae.config.features_per_head;
         let firing: Vec<usize> = (0..want.len()).filter(|&i| want[i] != 0.0).collect();
         assert_eq!(ranking.features.len(), firing.len(), "{model}");
-        for f in &ranking.features {
-            let w = want[f.head * m + f.feature];
-            assert!(
-                (f.estimate as f64 - w).abs() <= 1e-5 + 1e-3 * w.abs(),
-                "{model} head {} feature {}: {} vs {w}",
-                f.head,
-                f.feature,
-                f.estimate
-            );
-        }
+        assert_estimates_match(model, &ranking.features, want, m);
         assert!(
             ranking
                 .features
@@ -1629,16 +1640,7 @@ fn feature_ranking_by_an_answer_matches_torch_autograd() {
             let firing = (0..want.len()).filter(|&i| want[i] != 0.0).count();
             // Features firing only where the answer cannot see are ranked (at 0).
             assert!(ranking.features.len() >= firing, "{model} {name}");
-            for f in &ranking.features {
-                let w = want[f.head * m + f.feature];
-                assert!(
-                    (f.estimate as f64 - w).abs() <= 1e-5 + 1e-3 * w.abs(),
-                    "{model} {name} head {} feature {}: {} vs {w}",
-                    f.head,
-                    f.feature,
-                    f.estimate
-                );
-            }
+            assert_estimates_match(&format!("{model} {name}"), &ranking.features, want, m);
         }
         // The exact change of the removal, the same objectives.
         let pick = r.tokens(&format!("{model}.pick"));
@@ -1807,6 +1809,140 @@ fn text_command_ranks_by_an_answer_as_the_library_does() {
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(why), "{args:?}: {err}");
+    }
+}
+
+/// `rank --prompts FILE`: each prompt ranked by its own answer, the estimates averaged over
+/// the prompts and the prompts each feature fires in counted, as the library's rankings of
+/// each prompt give them; the values' mean and spread; a bad line or answer names its line.
+#[test]
+fn rank_prompts_averages_each_prompts_ranking_by_its_answer() {
+    use attn_saes::live::{PromptsRanking, answer_objective, rank_features_for, text_ids};
+    let dir = TempDir::new("attn-saes-prompts", "cli");
+    let run = run_with_dashboard(&dir, 30);
+    let prompts = [
+        (
+            "When the cat and the dog went to the park, the dog gave a ball to",
+            " the",
+            Some(" a"),
+            None,
+        ),
+        (
+            "The quick brown fox jumps over the lazy dog and the",
+            " a",
+            Some(" the"),
+            Some(6),
+        ),
+        (
+            "It was the best of times, it was the worst of",
+            " the",
+            None,
+            None,
+        ),
+    ];
+    let file = dir.join("prompts.jsonl");
+    let lines: Vec<String> = (prompts.iter())
+        .map(|(text, answer, against, at)| {
+            serde_json::json!({"text": text, "answer": answer, "against": against, "at": at})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let json = dir.join("prompts.json");
+    let cli = |file: &std::path::Path, json: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"));
+        cmd.args(["--device", "cpu", "rank", "--top", "3", "--run"])
+            .arg(&run)
+            .arg("--prompts")
+            .arg(file)
+            .env("RUST_BACKTRACE", "0");
+        if let Some(json) = json {
+            cmd.arg("--json").arg(json);
+        }
+        cmd.output().unwrap()
+    };
+    let out = cli(&file, Some(&json));
+    assert_succeeded(&out);
+    let got: PromptsRanking = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // Each prompt ranked alone, averaged here.
+    let loaded = load("gpt2_tiny");
+    let sae = BlockDiagSae::load(&run.join("sae"), &Device::flex()).unwrap();
+    let conv = ZConvention::TransformerLens;
+    let m = sae.config.features_per_head;
+    let (mut sum, mut fired) = (vec![0.0f64; 4 * m], vec![0u32; 4 * m]);
+    let mut values = Vec::new();
+    for (i, (text, answer, against, at)) in prompts.iter().enumerate() {
+        let ids = text_ids(&loaded, text).unwrap();
+        let objective = answer_objective(&loaded, &ids, *at, answer, *against).unwrap();
+        assert_eq!(got.objectives[i].0, objective, "prompt {i}");
+        let r = rank_features_for(&loaded, &sae, 1, conv, &ids, &objective).unwrap();
+        values.push(r.value.unwrap());
+        for f in r.features {
+            sum[f.head * m + f.feature] += f.estimate as f64;
+            fired[f.head * m + f.feature] += 1;
+        }
+    }
+    let got_values: Vec<f32> = got.objectives.iter().map(|o| o.1).collect();
+    assert_eq!(got_values, values);
+    let live = (0..4 * m).filter(|&i| fired[i] > 0).count();
+    assert_eq!(got.features.len(), live);
+    assert!(
+        got.features.iter().any(|f| f.fires < 3),
+        "some fire in fewer prompts"
+    );
+    for f in &got.features {
+        let i = f.head * m + f.feature;
+        assert_eq!(f.fires, fired[i], "head {} feature {}", f.head, f.feature);
+        let want = sum[i] / 3.0;
+        assert!(
+            (f.estimate as f64 - want).abs() <= 1e-7 + 1e-6 * want.abs(),
+            "head {} feature {}: {} vs {want}",
+            f.head,
+            f.feature,
+            f.estimate
+        );
+    }
+    assert!(
+        got.features
+            .windows(2)
+            .all(|w| w[0].estimate >= w[1].estimate)
+    );
+    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / 3.0;
+    let sd = (values
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / 2.0)
+        .sqrt();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let line = format!(
+        "3 prompts; the answer's logit difference (or log-probability, without a token against \
+         it): mean {mean:.4}, sd {sd:.4}"
+    );
+    assert!(said.contains(&line), "{line}\n{said}");
+    let top = &got.features[0];
+    let first = format!(
+        "  head {} feature {}: {:+.4} (fires in {} of 3 prompts)",
+        top.head, top.feature, top.estimate, top.fires
+    );
+    assert!(said.contains(&first), "{first}\n{said}");
+    // What is refused names the line.
+    for (line, why) in [
+        ("{\"text\": \"a b\"}", "line 2: not {\"text\""),
+        (
+            "{\"text\": \"a b\", \"answer\": \" cat\"}",
+            "\" cat\" is 2 tokens here",
+        ),
+    ] {
+        let bad = dir.join("bad.jsonl");
+        std::fs::write(&bad, format!("{}\n{line}\n", lines[0])).unwrap();
+        let out = cli(&bad, None);
+        assert!(!out.status.success(), "{line}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(why) && err.contains("bad.jsonl line 2"),
+            "{line}: {err}"
+        );
     }
 }
 

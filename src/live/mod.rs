@@ -26,7 +26,7 @@ mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use ranking::{
     WINDOWS_PER_PASS, answer_objective, lm_gradient, rank_features, rank_features_async,
-    rank_features_for, rank_features_from, rank_features_over, resolve_answer,
+    rank_features_for, rank_features_from, rank_features_over, rank_on_prompts, resolve_answer,
 };
 
 /// `(blocks, block width, features per block, model heads per block)` of an SAE that reads
@@ -589,6 +589,40 @@ impl Objective {
             Some(b) => Some(of(answer)? - of(b)?),
             None => of(answer),
         }
+    }
+}
+
+/// Features ranked over a set of prompts, each with its own answer (`rank --prompts`):
+/// every feature's estimate averaged over the prompts (zero where it does not fire), and in
+/// how many it fires.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PromptsRanking {
+    /// Each prompt's objective and its value there (clean).
+    pub objectives: Vec<(Objective, f32)>,
+    /// Every feature that fires in a prompt, by mean estimate, largest first; `fires`
+    /// counts the prompts it fires in.
+    pub features: Vec<RankedFeature>,
+}
+
+impl PromptsRanking {
+    /// The mean and standard deviation of the objectives' values over the prompts.
+    pub fn value_spread(&self) -> (f64, f64) {
+        let n = self.objectives.len().max(1) as f64;
+        let mean = self.objectives.iter().map(|o| o.1 as f64).sum::<f64>() / n;
+        let var = (self.objectives.iter())
+            .map(|o| (o.1 as f64 - mean).powi(2))
+            .sum::<f64>()
+            / (n - 1.0).max(1.0);
+        (mean, var.sqrt())
+    }
+
+    /// Each head's features' mean estimates summed.
+    pub fn by_head(&self, n_heads: usize) -> Vec<f32> {
+        let ranking = FeatureRanking {
+            features: self.features.clone(),
+            ..Default::default()
+        };
+        ranking.by_head(n_heads)
     }
 }
 

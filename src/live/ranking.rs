@@ -11,7 +11,7 @@ use anyhow::Context;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use super::{AnswerAsk, FeatureRanking, NamedToken, Objective, RankedFeature};
+use super::{AnswerAsk, FeatureRanking, NamedToken, Objective, PromptsRanking, RankedFeature};
 use crate::lm::{
     HeadSelection, HookRequest, LoadedModel, Splice, ZConvention, per_token_ce, per_token_ce_grad,
 };
@@ -235,13 +235,23 @@ fn queue(
     Ok((estimates(loaded, sae, windows, lm)?, value))
 }
 
+/// `features` largest estimate first (ties by head and feature).
+fn by_estimate(mut features: Vec<RankedFeature>) -> Vec<RankedFeature> {
+    features.sort_by(|a, b| {
+        b.estimate
+            .total_cmp(&a.estimate)
+            .then((a.head, a.feature).cmp(&(b.head, b.feature)))
+    });
+    features
+}
+
 fn finish(
     ids: &[u32],
     m: usize,
     [estimate, fires]: [Vec<f32>; 2],
     objective: Objective,
 ) -> FeatureRanking {
-    let mut features: Vec<RankedFeature> = (0..estimate.len())
+    let features: Vec<RankedFeature> = (0..estimate.len())
         .filter(|&i| fires[i] > 0.0)
         .map(|i| RankedFeature {
             head: i / m,
@@ -250,14 +260,9 @@ fn finish(
             estimate: estimate[i],
         })
         .collect();
-    features.sort_by(|a, b| {
-        b.estimate
-            .total_cmp(&a.estimate)
-            .then((a.head, a.feature).cmp(&(b.head, b.feature)))
-    });
     FeatureRanking {
         ids: ids.to_vec(),
-        features,
+        features: by_estimate(features),
         objective,
         value: None,
     }
@@ -360,4 +365,43 @@ pub async fn rank_features_async(
         ranking.value = super::read_async(&v).await?.first().copied();
     }
     Ok(ranking)
+}
+
+/// [`rank_features_for`] over `prompts`, each a text's tokens and its objective: each
+/// feature's estimates averaged over the prompts, and the prompts it fires in.
+/// `progress(done, of)` after each prompt.
+pub fn rank_on_prompts(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    (layer, z_convention): (usize, ZConvention),
+    prompts: &[(Vec<u32>, Objective)],
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PromptsRanking> {
+    anyhow::ensure!(!prompts.is_empty(), "no prompts to rank over");
+    let (h, _, m, _) = super::sae_sizes(sae, &loaded.transformer)?;
+    let (mut sum, mut prompts_fired) = (vec![0.0f64; h * m], vec![0u32; h * m]);
+    let mut objectives = Vec::with_capacity(prompts.len());
+    for (i, (ids, objective)) in prompts.iter().enumerate() {
+        let r = rank_features_for(loaded, sae, layer, z_convention, ids, objective)?;
+        for f in &r.features {
+            sum[f.head * m + f.feature] += f.estimate as f64;
+            prompts_fired[f.head * m + f.feature] += 1;
+        }
+        objectives.push((objective.clone(), r.value.unwrap_or(f32::NAN)));
+        progress(i + 1, prompts.len());
+    }
+    let n = prompts.len() as f64;
+    let features: Vec<RankedFeature> = (0..h * m)
+        .filter(|&i| prompts_fired[i] > 0)
+        .map(|i| RankedFeature {
+            head: i / m,
+            feature: i % m,
+            fires: prompts_fired[i],
+            estimate: (sum[i] / n) as f32,
+        })
+        .collect();
+    Ok(PromptsRanking {
+        objectives,
+        features: by_estimate(features),
+    })
 }
