@@ -2201,18 +2201,27 @@ fn compare_runs(runs: &[std::path::PathBuf], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Comma-separated numbers.
-fn numbers(s: &str) -> Result<Vec<usize>, String> {
-    s.split(',')
-        .map(|x| x.trim().parse::<usize>())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{s}: {e}"))
+/// Comma-separated numbers; also as the viewers name a feature (`h3 #17`, `h3:#17`, `3:17`):
+/// `:`, `#` and spaces separate too, and a head's `h` is dropped. `None` when any part is
+/// not a number.
+fn numbers(s: &str) -> Option<Vec<usize>> {
+    s.split([',', ':', '#', ' '])
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.strip_prefix(['h', 'H'])
+                .unwrap_or(x)
+                .parse::<usize>()
+                .ok()
+        })
+        .collect()
 }
 
 fn parse_pick(s: &str) -> Result<(usize, usize, usize), String> {
-    match numbers(s)?[..] {
-        [p, h, f] => Ok((p, h, f)),
-        _ => Err(format!("{s}: expected POSITION,HEAD,FEATURE")),
+    match numbers(s).as_deref() {
+        Some(&[p, h, f]) => Ok((p, h, f)),
+        _ => Err(format!(
+            "{s}: expected POSITION,HEAD,FEATURE, three numbers (5,3,17)"
+        )),
     }
 }
 
@@ -2257,9 +2266,11 @@ fn parse_strength(s: &str) -> Result<Strength, String> {
 }
 
 fn parse_head_feature(s: &str) -> Result<(usize, usize), String> {
-    match numbers(s)?[..] {
-        [h, f] => Ok((h, f)),
-        _ => Err(format!("{s}: expected HEAD,FEATURE")),
+    match numbers(s).as_deref() {
+        Some(&[h, f]) => Ok((h, f)),
+        _ => Err(format!(
+            "{s}: expected HEAD,FEATURE, two numbers (3,17; or as the viewers name it, h3 #17)"
+        )),
     }
 }
 
@@ -3462,6 +3473,24 @@ fn print_effect(e: &attn_saes::live::FeatureEffect, strings: &[String], dense: b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A feature is named as the CLI documents it and as the viewers show it; anything
+    /// else is refused with the form expected.
+    #[test]
+    fn features_are_read_as_the_viewers_name_them() {
+        for s in ["3,17", "3, 17", "h3 #17", "h3#17", "3:17", "H3:#17"] {
+            assert_eq!(parse_head_feature(s), Ok((3, 17)), "{s}");
+        }
+        assert_eq!(parse_pick("5,h3 #17"), Ok((5, 3, 17)));
+        for s in ["3", "3,17,2", "x3,17", "3,-1", "", "3.5,1"] {
+            let err = parse_head_feature(s).unwrap_err();
+            assert!(
+                err.contains("expected HEAD,FEATURE, two numbers"),
+                "{s}: {err}"
+            );
+        }
+        assert!(parse_pick("1,2").unwrap_err().contains("three numbers"));
+    }
 
     /// Every flag of every command is in the README: in its command's rows of the CLI table,
     /// or, for the training flags `train`, `harvest` and `evaluate` share, in the training

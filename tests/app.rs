@@ -1089,6 +1089,14 @@ fn your_text_ranks_by_an_answer_as_the_library_does() {
         "{:?}",
         h.state().native.ranking
     );
+    // A shorter text: the answer's position, past its end, goes back to its last token.
+    assert_eq!(h.state().ui.text.answer_at, Some(at));
+    h.state_mut().ui.text.prompt = "The dog".into();
+    h.get_by_label("Run").click();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        a.native.analysis.as_ref().is_some_and(|x| x.ids.len() < at)
+    });
+    assert_eq!(h.state().ui.text.answer_at, None);
 }
 
 /// Features: "Remove it on its top examples" asks the live worker to run each top

@@ -71,6 +71,10 @@ impl TextState {
     /// strongest (else the last); or the selection kept if it still fits, else the last
     /// token, nothing picked.
     pub fn arrived(&mut self, a: &LiveTokens) {
+        // An answer's position past the new text: the last again.
+        if self.answer_at.is_some_and(|p| p >= a.len()) {
+            self.answer_at = None;
+        }
         if let Some((head, feature)) = self.pending_pick.take() {
             self.use_feature(a, head, feature);
         } else if self.token.is_none_or(|p| p >= a.len()) {
