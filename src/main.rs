@@ -71,8 +71,8 @@ enum Command {
         json: Option<std::path::PathBuf>,
         /// Rank over these prompts instead of held-out text, each by its own answer: a JSON
         /// lines file of `{"text": ..., "answer": " Mary", "against": " John", "at": P}`
-        /// (`against` and `at` optional, as `text --answer`), the estimates averaged over
-        /// the prompts.
+        /// (`against` and `at` optional, as `text --answer`; or one JSON array of them), the
+        /// estimates averaged over the prompts.
         #[arg(long, value_name = "FILE")]
         prompts: Option<std::path::PathBuf>,
         #[command(flatten)]
@@ -2552,20 +2552,26 @@ fn rank_prompts_command(
     use attn_saes::live::{Objective, resolve_answer, text_ids};
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let lines: Vec<(usize, PromptLine)> = (text.lines().enumerate())
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map(|p| (i + 1, p))
-                .with_context(|| {
-                    format!(
-                        "{} line {}: not {{\"text\": ..., \"answer\": ..., \"against\": ...}}",
-                        path.display(),
-                        i + 1
-                    )
-                })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let form = "{\"text\": ..., \"answer\": ..., \"against\": ...}";
+    // JSON lines, or one JSON array of the same objects; each named by its line or place.
+    let lines: Vec<(String, PromptLine)> = if text.trim_start().starts_with('[') {
+        let all: Vec<PromptLine> = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a JSON array of {form}", path.display()))?;
+        (all.into_iter().enumerate())
+            .map(|(i, p)| (format!("{} prompt {}", path.display(), i + 1), p))
+            .collect()
+    } else {
+        (text.lines().enumerate())
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                let at = format!("{} line {}", path.display(), i + 1);
+                match serde_json::from_str(l) {
+                    Ok(p) => Ok((at, p)),
+                    Err(e) => Err(anyhow::Error::new(e).context(format!("{at}: not {form}"))),
+                }
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
     anyhow::ensure!(!lines.is_empty(), "{}: no prompts in it", path.display());
     let live = load_live_saying(&attn_saes::app::jobs::LiveSource::Run(dir.into()), choice)?;
     let resolve = |p: &PromptLine| -> anyhow::Result<(Vec<u32>, Objective)> {
@@ -2574,7 +2580,7 @@ fn rank_prompts_command(
         Ok((ids, objective))
     };
     let prompts: Vec<(Vec<u32>, Objective)> = (lines.iter())
-        .map(|(n, p)| resolve(p).with_context(|| format!("{} line {n}", path.display())))
+        .map(|(at, p)| resolve(p).with_context(|| at.clone()))
         .collect::<anyhow::Result<_>>()?;
     let mut bar = ProgressLine::new();
     let ranking = attn_saes::live::rank_on_prompts(

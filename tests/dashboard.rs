@@ -1944,6 +1944,20 @@ fn rank_prompts_averages_each_prompts_ranking_by_its_answer() {
             "{line}: {err}"
         );
     }
+    // The same prompts as one JSON array: the same ranking.
+    let array = dir.join("prompts-array.json");
+    std::fs::write(&array, format!("[{}]", lines.join(",\n"))).unwrap();
+    let again = dir.join("again.json");
+    assert_succeeded(&cli(&array, Some(&again)));
+    let from_array: PromptsRanking =
+        serde_json::from_slice(&std::fs::read(&again).unwrap()).unwrap();
+    assert_eq!(from_array, got);
+    std::fs::write(&array, format!("[{}, {{\"text\": \"a\"}}]", lines[0])).unwrap();
+    let err = String::from_utf8_lossy(&cli(&array, None).stderr).into_owned();
+    assert!(
+        err.contains("prompts-array.json: not a JSON array of {\"text\""),
+        "{err}"
+    );
 }
 
 /// `features --effect H,F`: the JSON summary equals the library's on the feature's top
