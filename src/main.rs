@@ -75,6 +75,11 @@ enum Command {
         /// estimates averaged over the prompts.
         #[arg(long, value_name = "FILE")]
         prompts: Option<std::path::PathBuf>,
+        /// With --prompts: also remove each feature printed from every prompt, exactly (two
+        /// forward passes a prompt and feature), and print its mean change beside the
+        /// estimate.
+        #[arg(long, requires = "prompts")]
+        exact: bool,
         #[command(flatten)]
         source: DashboardSource,
     },
@@ -662,6 +667,7 @@ fn main() -> anyhow::Result<()> {
             top,
             json,
             prompts,
+            exact,
             source,
         } => {
             let of = match (run, sae) {
@@ -674,7 +680,8 @@ fn main() -> anyhow::Result<()> {
             };
             if let Some(prompts) = prompts {
                 let (Ranked::Run(dir) | Ranked::Sae(dir)) = of;
-                return rank_prompts_command(&dir, &prompts, top, json.as_deref(), cli.device);
+                let asks = (top, exact);
+                return rank_prompts_command(&dir, &prompts, asks, json.as_deref(), cli.device);
             }
             rank_command(
                 of,
@@ -2545,7 +2552,7 @@ struct PromptLine {
 fn rank_prompts_command(
     dir: &std::path::Path,
     path: &std::path::Path,
-    top: usize,
+    (top, exact): (usize, bool),
     json: Option<&std::path::Path>,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
@@ -2583,14 +2590,34 @@ fn rank_prompts_command(
         .map(|(at, p)| resolve(p).with_context(|| at.clone()))
         .collect::<anyhow::Result<_>>()?;
     let mut bar = ProgressLine::new();
-    let ranking = attn_saes::live::rank_on_prompts(
+    let at = (live.layer, live.z_convention);
+    let mut ranking = attn_saes::live::rank_on_prompts(
         &live.loaded,
         &live.sae,
-        (live.layer, live.z_convention),
+        at,
         &prompts,
         &mut |done, of| bar.update("ranking the features on each prompt", done, of),
     )?;
     bar.finish();
+    if exact {
+        // The features printed: the strongest each way.
+        let n = ranking.features.len();
+        let shown: Vec<(usize, usize)> = (ranking.features.iter().take(top))
+            .filter(|f| f.estimate > 0.0)
+            .chain((ranking.features.iter().rev().take(top.min(n))).filter(|f| f.estimate < 0.0))
+            .map(|f| (f.head, f.feature))
+            .collect();
+        let mut bar = ProgressLine::new();
+        ranking.exact = attn_saes::live::exact_on_prompts(
+            &live.loaded,
+            &live.sae,
+            at,
+            (&prompts, &ranking),
+            &shown,
+            &mut |done, of| bar.update("removing each feature on every prompt", done, of),
+        )?;
+        bar.finish();
+    }
     if let Some(out) = json {
         std::fs::write(out, serde_json::to_string_pretty(&ranking)?)
             .with_context(|| format!("writing {}", out.display()))?;
@@ -2637,8 +2664,11 @@ fn rank_prompts_command(
         top,
         (labels_beside(dir).as_ref(), dense),
         |f| {
+            let exact = (ranking.exact.iter())
+                .find(|x| (x.0, x.1) == (f.head, f.feature))
+                .map_or(String::new(), |x| format!(", exact {:+.4}", x.2));
             format!(
-                "{:+.4} (fires in {} of {} prompts)",
+                "{:+.4}{exact} (fires in {} of {} prompts)",
                 f.estimate,
                 f.fires,
                 prompts.len()

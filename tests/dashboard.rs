@@ -1944,6 +1944,74 @@ fn rank_prompts_averages_each_prompts_ranking_by_its_answer() {
             "{line}: {err}"
         );
     }
+    // --exact: the features printed removed from every prompt; each mean equals the
+    // library's exact effects averaged here over all the prompts (where a feature does not
+    // fire the command skips the run: the change is zero).
+    let exact_json = dir.join("exact.json");
+    let out = {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"));
+        cmd.args(["--device", "cpu", "rank", "--top", "2", "--exact", "--run"])
+            .arg(&run)
+            .arg("--prompts")
+            .arg(&file)
+            .arg("--json")
+            .arg(&exact_json);
+        cmd.output().unwrap()
+    };
+    assert_succeeded(&out);
+    let with_exact: PromptsRanking =
+        serde_json::from_slice(&std::fs::read(&exact_json).unwrap()).unwrap();
+    assert_eq!(with_exact.features, got.features);
+    let n = got.features.len();
+    let shown: Vec<(usize, usize)> = (got.features[..2].iter().filter(|f| f.estimate > 0.0))
+        .chain(
+            got.features[n - 2..]
+                .iter()
+                .rev()
+                .filter(|f| f.estimate < 0.0),
+        )
+        .map(|f| (f.head, f.feature))
+        .collect();
+    let listed: Vec<(usize, usize)> = with_exact.exact.iter().map(|x| (x.0, x.1)).collect();
+    assert_eq!(listed, shown);
+    let said = String::from_utf8_lossy(&out.stdout);
+    for &(head, feature, mean) in &with_exact.exact {
+        let mut sum = 0.0f64;
+        for (i, (text, answer, against, at)) in prompts.iter().enumerate() {
+            let ids = text_ids(&loaded, text).unwrap();
+            let objective = answer_objective(&loaded, &ids, *at, answer, *against).unwrap();
+            let e = attn_saes::live::feature_effect_on(
+                &loaded,
+                &sae,
+                (1, conv),
+                &ids,
+                (head, feature),
+                0.0,
+                Some(&objective),
+            )
+            .unwrap();
+            let helps = e.objective.unwrap().1.helps();
+            if e.activation.iter().all(|&a| a == 0.0) {
+                assert_eq!(helps, 0.0, "prompt {i}");
+            }
+            sum += helps as f64;
+        }
+        let want = sum / 3.0;
+        assert!(
+            (mean as f64 - want).abs() <= 1e-7 + 1e-6 * want.abs(),
+            "head {head} feature {feature}: {mean} vs {want}"
+        );
+        let estimate = got
+            .features
+            .iter()
+            .find(|f| (f.head, f.feature) == (head, feature));
+        let line = format!(
+            "  head {head} feature {feature}: {:+.4}, exact {mean:+.4} (fires in",
+            estimate.unwrap().estimate
+        );
+        assert!(said.contains(&line), "{line}\n{said}");
+    }
+    assert!(!with_exact.exact.is_empty());
     // The same prompts as one JSON array: the same ranking.
     let array = dir.join("prompts-array.json");
     std::fs::write(&array, format!("[{}]", lines.join(",\n"))).unwrap();

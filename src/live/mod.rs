@@ -25,8 +25,9 @@ pub use steer::{choose, steer, steer_async};
 mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use ranking::{
-    WINDOWS_PER_PASS, answer_objective, lm_gradient, rank_features, rank_features_async,
-    rank_features_for, rank_features_from, rank_features_over, rank_on_prompts, resolve_answer,
+    WINDOWS_PER_PASS, answer_objective, exact_on_prompts, lm_gradient, rank_features,
+    rank_features_async, rank_features_for, rank_features_from, rank_features_over,
+    rank_on_prompts, resolve_answer,
 };
 
 /// `(blocks, block width, features per block, model heads per block)` of an SAE that reads
@@ -602,6 +603,13 @@ pub struct PromptsRanking {
     /// Every feature that fires in a prompt, by mean estimate, largest first; `fires`
     /// counts the prompts it fires in.
     pub features: Vec<RankedFeature>,
+    /// For the features asked (`rank --prompts --exact`): `(head, feature, mean exact
+    /// change)`, what removing it takes from the objective, averaged over the prompts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exact: Vec<(usize, usize, f32)>,
+    /// Per prompt, the `(head, feature)`s that fire in it, sorted (not written).
+    #[serde(skip)]
+    pub fired: Vec<Vec<(usize, usize)>>,
 }
 
 impl PromptsRanking {

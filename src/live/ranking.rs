@@ -380,13 +380,17 @@ pub fn rank_on_prompts(
     anyhow::ensure!(!prompts.is_empty(), "no prompts to rank over");
     let (h, _, m, _) = super::sae_sizes(sae, &loaded.transformer)?;
     let (mut sum, mut prompts_fired) = (vec![0.0f64; h * m], vec![0u32; h * m]);
-    let mut objectives = Vec::with_capacity(prompts.len());
+    let (mut objectives, mut fired) = (Vec::new(), Vec::new());
     for (i, (ids, objective)) in prompts.iter().enumerate() {
         let r = rank_features_for(loaded, sae, layer, z_convention, ids, objective)?;
         for f in &r.features {
             sum[f.head * m + f.feature] += f.estimate as f64;
             prompts_fired[f.head * m + f.feature] += 1;
         }
+        let mut here: Vec<(usize, usize)> =
+            r.features.iter().map(|f| (f.head, f.feature)).collect();
+        here.sort_unstable();
+        fired.push(here);
         objectives.push((objective.clone(), r.value.unwrap_or(f32::NAN)));
         progress(i + 1, prompts.len());
     }
@@ -403,5 +407,50 @@ pub fn rank_on_prompts(
     Ok(PromptsRanking {
         objectives,
         features: by_estimate(features),
+        exact: Vec::new(),
+        fired,
     })
+}
+
+/// What removing each of `features` (`(head, feature)`) takes from each prompt's objective,
+/// exactly ([`super::feature_effect_on`]: the model run clean and without it), averaged over
+/// `prompts` (zero where it does not fire: `ranked`, their [`rank_on_prompts`], says where
+/// it does, and a feature that does not fire changes nothing, bit for bit).
+/// `progress(done, of)` after each feature.
+pub fn exact_on_prompts(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    at: (usize, ZConvention),
+    (prompts, ranked): (&[(Vec<u32>, Objective)], &PromptsRanking),
+    features: &[(usize, usize)],
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Vec<(usize, usize, f32)>> {
+    anyhow::ensure!(
+        ranked.fired.len() == prompts.len(),
+        "a ranking of {} prompts for {}",
+        ranked.fired.len(),
+        prompts.len()
+    );
+    let mut means = Vec::with_capacity(features.len());
+    for (i, &(head, feature)) in features.iter().enumerate() {
+        let mut sum = 0.0f64;
+        let fires = |p: usize| ranked.fired[p].binary_search(&(head, feature)).is_ok();
+        let firing = prompts.iter().enumerate().filter(|&(p, _)| fires(p));
+        for (_, (ids, objective)) in firing {
+            let e = super::feature_effect_on(
+                loaded,
+                sae,
+                at,
+                ids,
+                (head, feature),
+                0.0,
+                Some(objective),
+            )?;
+            let (_, change) = e.objective.context("an effect without its objective")?;
+            sum += change.helps() as f64;
+        }
+        means.push((head, feature, (sum / prompts.len().max(1) as f64) as f32));
+        progress(i + 1, features.len());
+    }
+    Ok(means)
 }
