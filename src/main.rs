@@ -679,6 +679,12 @@ fn main() -> anyhow::Result<()> {
                 ),
             };
             if let Some(prompts) = prompts {
+                anyhow::ensure!(
+                    source.is_empty(),
+                    "--prompts runs the model, layer and z convention the run or SAE records, \
+                     on the prompts' own texts: --model, --dataset, --text-column, \
+                     --hook-layer, --z-convention, --context-size and --keep-bos do not apply"
+                );
                 let (Ranked::Run(dir) | Ranked::Sae(dir)) = of;
                 let asks = (top, exact);
                 return rank_prompts_command(&dir, &prompts, asks, json.as_deref(), cli.device);
@@ -1991,6 +1997,26 @@ struct DashboardSource {
 }
 
 impl DashboardSource {
+    /// Whether none of its flags was given.
+    fn is_empty(&self) -> bool {
+        let Self {
+            model,
+            dataset,
+            text_column,
+            hook_layer,
+            z_convention,
+            context_size,
+            keep_bos,
+        } = self;
+        model.is_none()
+            && dataset.is_none()
+            && text_column.is_none()
+            && hook_layer.is_none()
+            && z_convention.is_none()
+            && context_size.is_none()
+            && !keep_bos
+    }
+
     fn train_args(self) -> TrainArgs {
         TrainArgs {
             model: self.model,

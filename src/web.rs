@@ -96,6 +96,8 @@ struct LiveView {
     pick: Option<(usize, usize, usize)>,
     effect: Option<AskedEffect>,
     ranking: Option<AskedRanking>,
+    /// What the ranking's controls ask (`None`: the loss).
+    rank_by: Option<AnswerAsk>,
     steer: Option<AskedSteer>,
 }
 
@@ -391,6 +393,7 @@ impl eframe::App for WebApp {
             pick: text.token.zip(text.pick).map(|(p, (h, f))| (p, h, f)),
             effect: web.effect.clone(),
             ranking: web.ranking.clone(),
+            rank_by: text.answer_ask(),
             steer: web.steer.clone(),
         });
     }
@@ -553,6 +556,7 @@ impl WebApp {
             asked.answer((&ids, head, feature), result);
         }
         if let Some(answer) = ask_ranking {
+            self.app.ui.text.show_ranked_by(answer.as_ref());
             web.ask_ranking(answer);
         }
         if let Some(request) = web.ranking_request.take() {
@@ -778,6 +782,7 @@ pub fn live_shown() -> String {
     };
     let mut shown = crate::live::shown_json(v.analysis.as_ref(), &v.prompt, v.pick);
     shown["status"] = v.status.clone().into();
+    shown["rank_by"] = serde_json::to_value(&v.rank_by).unwrap_or_default();
     for (name, state) in [
         ("effect", answer_json(v.effect.as_ref().map(|x| &x.state))),
         ("ranking", answer_json(v.ranking.as_ref().map(|x| &x.state))),

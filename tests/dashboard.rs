@@ -2012,6 +2012,20 @@ fn rank_prompts_averages_each_prompts_ranking_by_its_answer() {
         assert!(said.contains(&line), "{line}\n{said}");
     }
     assert!(!with_exact.exact.is_empty());
+    // Flags of the held-out ranking do not apply to prompts: refused, not ignored.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["--device", "cpu", "rank", "--context-size", "16", "--run"])
+        .arg(&run)
+        .arg("--prompts")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--context-size and --keep-bos do not apply"),
+        "{err}"
+    );
     // The same prompts as one JSON array: the same ranking.
     let array = dir.join("prompts-array.json");
     std::fs::write(&array, format!("[{}]", lines.join(",\n"))).unwrap();

@@ -451,6 +451,12 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         // Ranked by the answer: the same objective, value and features, estimates within
         // the tolerance; the effect asked after it gives the answer's change too.
         assert_eq!(r["answerRankingStatus"], "ready", "{name}");
+        // Your text's controls show what was asked.
+        let by = &r["answerRankBy"];
+        assert_eq!(
+            (&by["answer"], &by["against"]),
+            (&answer["answer"], &answer["against"])
+        );
         let (ours, theirs) = (&r["answerRanking"], &native_answer["ranking"]);
         assert_eq!(ours["objective"], theirs["objective"], "{name}");
         assert_eq!(ours["objective"]["kind"], "answer", "{name}");

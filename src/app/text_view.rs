@@ -140,6 +140,17 @@ impl Default for TextState {
 }
 
 impl TextState {
+    /// Sets the ranking's controls to `answer` (the page's `attnSaes.live_rank`), as asked.
+    pub fn show_ranked_by(&mut self, answer: Option<&AnswerAsk>) {
+        self.rank_by_answer = answer.is_some();
+        if let Some(a) = answer {
+            self.answer = a.answer.clone();
+            self.against = a.against.clone().unwrap_or_default();
+            self.answer_at = a.at;
+        }
+        self.ranked_by = Some(self.answer_ask());
+    }
+
     /// What the ranking's controls ask for: `None`, the loss; else the answer.
     pub fn answer_ask(&self) -> Option<AnswerAsk> {
         self.rank_by_answer.then(|| AnswerAsk {

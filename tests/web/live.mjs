@@ -164,6 +164,7 @@ async function session(context, name, query) {
     });
     run.answerRankingStatus = byAnswer.ranking_status;
     run.answerRanking = byAnswer.ranking;
+    run.answerRankBy = byAnswer.rank_by;
     await page.evaluate(([, h, f]) => window.attnSaes.live_effect(h, f), pick);
     const answerEffect = await waitFor(page, `${name}: the effect on the answer`, async () => {
       const s = await shown(page);
