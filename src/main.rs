@@ -2554,14 +2554,19 @@ fn rank_command(
             .collect();
         println!(" by head (its features together): {}", heads.join(", "));
     }
-    print_ranked(&ranking, top, (labels_beside(&dir).as_ref(), dense), |f| {
-        format!(
-            "{:+.4} ({:+.4}), fires at {}",
-            f.estimate,
-            per_k(f.estimate),
-            attn_saes::live::positions(f.fires)
-        )
-    });
+    print_ranked(
+        &ranking.features,
+        top,
+        (labels_beside(&dir).as_ref(), dense),
+        |f| {
+            format!(
+                "{:+.4} ({:+.4}), fires at {}",
+                f.estimate,
+                per_k(f.estimate),
+                attn_saes::live::positions(f.fires)
+            )
+        },
+    );
     Ok(())
 }
 
@@ -2627,10 +2632,8 @@ fn rank_prompts_command(
     bar.finish();
     if exact {
         // The features printed: the strongest each way.
-        let n = ranking.features.len();
-        let shown: Vec<(usize, usize)> = (ranking.features.iter().take(top))
-            .filter(|f| f.estimate > 0.0)
-            .chain((ranking.features.iter().rev().take(top.min(n))).filter(|f| f.estimate < 0.0))
+        let [helps, hurts] = attn_saes::live::strongest_each_way(&ranking.features, top);
+        let shown: Vec<(usize, usize)> = (helps.into_iter().chain(hurts))
             .map(|f| (f.head, f.feature))
             .collect();
         let mut bar = ProgressLine::new();
@@ -2681,12 +2684,8 @@ fn rank_prompts_command(
             .collect();
         println!(" by head (its features together): {}", heads.join(", "));
     }
-    let as_ranking = attn_saes::live::FeatureRanking {
-        features: ranking.features.clone(),
-        ..Default::default()
-    };
     print_ranked(
-        &as_ranking,
+        &ranking.features,
         top,
         (labels_beside(dir).as_ref(), dense),
         |f| {
@@ -2736,7 +2735,7 @@ fn feature_name(dense: bool, head: usize, feature: usize) -> String {
 /// feature (named as [`feature_name`] does when `dense`), its label in `labels` if any, and
 /// `said`.
 fn print_ranked(
-    ranking: &attn_saes::live::FeatureRanking,
+    features: &[attn_saes::live::RankedFeature],
     top: usize,
     (labels, dense): (Option<&attn_saes::dashboard::labels::Labels>, bool),
     said: impl Fn(&attn_saes::live::RankedFeature) -> String,
@@ -2749,14 +2748,11 @@ fn print_ranked(
             said(f)
         )
     };
+    let [helps, hurts] = attn_saes::live::strongest_each_way(features, top);
     println!(" helps most:");
-    (ranking.features.iter().take(top))
-        .filter(|f| f.estimate > 0.0)
-        .for_each(show);
+    helps.into_iter().for_each(show);
     println!(" hurts most:");
-    (ranking.features.iter().rev().take(top))
-        .filter(|f| f.estimate < 0.0)
-        .for_each(show);
+    hurts.into_iter().for_each(show);
 }
 
 /// The label of `feature` of `head` in `labels`, if any.
@@ -3462,7 +3458,7 @@ fn text_command(
                 .collect();
             println!(" by head (its features together): {}", heads.join(", "));
         }
-        print_ranked(r, n, (labels.as_ref(), dense), |f| {
+        print_ranked(&r.features, n, (labels.as_ref(), dense), |f| {
             let at = attn_saes::live::positions(f.fires);
             format!("{:+.4} (fires at {at})", f.estimate)
         });

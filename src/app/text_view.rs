@@ -901,19 +901,9 @@ fn ranking_ready(
             }
         });
     };
-    let helps = r
-        .features
-        .iter()
-        .take(RANKED_SHOWN)
-        .filter(|f| f.estimate > 0.0);
-    row(ui, "helps most", helps.collect());
-    let hurts = r
-        .features
-        .iter()
-        .rev()
-        .take(RANKED_SHOWN)
-        .filter(|f| f.estimate < 0.0);
-    row(ui, "hurts most", hurts.collect());
+    let [helps, hurts] = crate::live::strongest_each_way(&r.features, RANKED_SHOWN);
+    row(ui, "helps most", helps);
+    row(ui, "hurts most", hurts);
     // A dense SAE's one block is every head together.
     if a.dense_heads.is_none() {
         let heads: Vec<String> = (r.by_head(a.n_heads).iter().enumerate())

@@ -626,12 +626,36 @@ impl PromptsRanking {
 
     /// Each head's features' mean estimates summed.
     pub fn by_head(&self, n_heads: usize) -> Vec<f32> {
-        let ranking = FeatureRanking {
-            features: self.features.clone(),
-            ..Default::default()
-        };
-        ranking.by_head(n_heads)
+        by_head(&self.features, n_heads)
     }
+}
+
+/// Each head's estimates in `features` summed (`n_heads` entries).
+fn by_head(features: &[RankedFeature], n_heads: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f64; n_heads];
+    for f in features.iter().filter(|f| f.head < n_heads) {
+        sums[f.head] += f.estimate as f64;
+    }
+    sums.into_iter().map(|x| x as f32).collect()
+}
+
+/// Of `features` (largest estimate first), the first `n` that help (positive estimate) and
+/// the last `n` that hurt (negative), most negative first: what the viewers and the CLI
+/// list each way.
+pub fn strongest_each_way(features: &[RankedFeature], n: usize) -> [Vec<&RankedFeature>; 2] {
+    [
+        features
+            .iter()
+            .take(n)
+            .filter(|f| f.estimate > 0.0)
+            .collect(),
+        features
+            .iter()
+            .rev()
+            .take(n)
+            .filter(|f| f.estimate < 0.0)
+            .collect(),
+    ]
 }
 
 /// An answer objective as a viewer asks for it, in token texts (resolved against the
@@ -666,11 +690,7 @@ impl FeatureRanking {
     /// Each head's features' estimates summed (`n_heads` entries): to first order, what
     /// removing all of a head's firing features together would add to the loss.
     pub fn by_head(&self, n_heads: usize) -> Vec<f32> {
-        let mut sums = vec![0.0f64; n_heads];
-        for f in self.features.iter().filter(|f| f.head < n_heads) {
-            sums[f.head] += f.estimate as f64;
-        }
-        sums.into_iter().map(|x| x as f32).collect()
+        by_head(&self.features, n_heads)
     }
 }
 
