@@ -354,6 +354,12 @@ enum Command {
         /// `POSITION,HEAD,FEATURE`: also print that feature's DFA by source position.
         #[arg(long, value_parser = parse_pick)]
         pick: Option<(usize, usize, usize)>,
+        /// With --pick: take the DFA from source position SOURCE (default: the source giving
+        /// the most) one step upstream, by what wrote the residual stream the feature reads
+        /// there: the embeddings, each earlier layer's heads (with the positions each read
+        /// from) and MLPs, and the biases; they sum to the DFA from that source.
+        #[arg(long, value_name = "SOURCE", num_args = 0..=1, requires = "pick")]
+        upstream: Option<Option<usize>>,
         /// `HEAD,FEATURE`: run the model again with that feature removed wherever it fires
         /// and print each next token's loss change and the tokens it promotes and suppresses.
         #[arg(long, value_parser = parse_head_feature)]
@@ -1083,6 +1089,7 @@ fn main() -> anyhow::Result<()> {
             run,
             text,
             pick,
+            upstream,
             effect,
             scale,
             rank,
@@ -1095,6 +1102,7 @@ fn main() -> anyhow::Result<()> {
             &text,
             TextAsks {
                 pick,
+                upstream,
                 effect,
                 scale,
                 rank,
@@ -3304,6 +3312,8 @@ fn steer_command(
 /// What `attn-saes text` is asked for beyond the features: `--pick`, `--effect`, `--rank`.
 struct TextAsks {
     pick: Option<(usize, usize, usize)>,
+    /// `--upstream [SOURCE]`.
+    upstream: Option<Option<usize>>,
     effect: Option<(usize, usize)>,
     scale: f32,
     rank: Option<usize>,
@@ -3317,6 +3327,7 @@ fn text_command(
     text: &str,
     TextAsks {
         pick,
+        upstream,
         effect,
         scale,
         rank,
@@ -3380,8 +3391,34 @@ fn text_command(
         Some(_) => Some(live.rank_for(&t.ids, &objective)?),
         None => None,
     };
+    let upstream = match (pick, upstream) {
+        (Some((p, h, f)), Some(source)) => {
+            let source = match source {
+                Some(s) => {
+                    anyhow::ensure!(
+                        s <= p,
+                        "--upstream {s}: a source is at or before the position picked ({p})"
+                    );
+                    s
+                }
+                None => strongest_source(&a.attribution(h, f, p).dfa),
+            };
+            Some(attn_saes::live::upstream_of(
+                &live.loaded,
+                &live.sae,
+                (live.layer, live.z_convention),
+                &t.ids,
+                (h, f),
+                (p, source),
+            )?)
+        }
+        _ => None,
+    };
     if json {
         let mut shown = attn_saes::live::shown_json(&a, text, pick);
+        if let Some(u) = &upstream {
+            shown["upstream"] = serde_json::to_value(u)?;
+        }
         if let Some(e) = &effect {
             shown["effect"] = serde_json::to_value(e)?;
         }
@@ -3439,6 +3476,9 @@ fn text_command(
             println!("DFA by head (each head's terms over the sources): {text}");
         }
     }
+    if let Some(u) = &upstream {
+        print_upstream(u, &t.strings, live.layer);
+    }
     let dense = t.dense_heads.is_some();
     if let Some(e) = &effect {
         print_effect(e, &t.strings, dense);
@@ -3464,6 +3504,53 @@ fn text_command(
         });
     }
     Ok(())
+}
+
+/// The source giving a DFA's largest part (the first of equals).
+fn strongest_source(dfa: &[f32]) -> usize {
+    (dfa.iter().enumerate())
+        .fold((0, f32::NEG_INFINITY), |best, (s, v)| {
+            match v.abs() > best.1 {
+                true => (s, v.abs()),
+                false => best,
+            }
+        })
+        .0
+}
+
+/// Writers listed by `text --upstream`, and sources listed for each head.
+const UPSTREAM_LISTED: usize = 12;
+const UPSTREAM_SOURCES: usize = 3;
+
+/// `text --upstream`: the strongest writers of the DFA from one source, each head with the
+/// positions it read from, then the rest together.
+fn print_upstream(u: &attn_saes::live::Upstream, strings: &[String], layer: usize) {
+    let token = |s: usize| format!("{s} {:?}", strings[s]);
+    println!(
+        "DFA from {} ({:+.4}) by what wrote the residual stream entering layer {layer} there \
+         (its norm's scale held at its value):",
+        token(u.source),
+        u.dfa
+    );
+    let listed = u.strongest(UPSTREAM_LISTED);
+    for part in &listed {
+        let mut line = format!("  {:+.4}  {}", part.value, part.writer.name());
+        if !part.by_source.is_empty() {
+            let mut from: Vec<(usize, f32)> = part.by_source.iter().copied().enumerate().collect();
+            from.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+            let from: Vec<String> = (from.iter().take(UPSTREAM_SOURCES))
+                .map(|&(s, v)| format!("{} {v:+.4}", token(s)))
+                .collect();
+            line += &format!(", reading from {}", from.join(", "));
+        }
+        println!("{line}");
+    }
+    let rest = u.parts.len() - listed.len();
+    if rest > 0 {
+        let shown: f32 = listed.iter().map(|p| p.value).sum();
+        let all: f32 = u.parts.iter().map(|p| p.value).sum();
+        println!("  {:+.4}  the other {rest} together", all - shown);
+    }
 }
 
 /// `text --effect`: each next token's loss change, then the positions it changes most.

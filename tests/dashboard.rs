@@ -433,6 +433,149 @@ fn heads_command_writes_the_scores_and_refuses_a_missing_layer() {
     assert!(stderr.contains("has layers 0 to 1, not 2"), "{stderr}");
 }
 
+/// `text --upstream`: a source's DFA split by what wrote the residual stream there, every
+/// head, feature and source of both windows at the last position, against the numpy float64
+/// reference (`dashboard/make_dfa_reference.py`: each writer's output taken through LN1 with
+/// its scale held, `W_V` and the encoder column), and each earlier head's part by the
+/// position it read from; in the raw convention the parts (the value bias among them) sum
+/// to the raw DFA; at layer 0 only the embeddings write.
+#[test]
+fn dfa_upstream_matches_the_numpy_reference() {
+    use attn_saes::live::{Writer, upstream_of};
+    let tl = ZConvention::TransformerLens;
+    for (model, names) in [
+        (
+            "gpt2_tiny",
+            &[
+                "embedding",
+                "positions",
+                "L0 h0",
+                "L0 h1",
+                "L0 h2",
+                "L0 h3",
+                "MLP 0",
+            ][..],
+        ),
+        (
+            "llama_tiny",
+            &["embedding", "L0 h0", "L0 h1", "L0 h2", "L0 h3", "MLP 0"],
+        ),
+    ] {
+        let loaded = load(model);
+        let sae = BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), &Device::flex())
+            .unwrap();
+        let r = Reference::load(&format!("dashboard/{model}_reference.safetensors"));
+        let tokens = r.tokens("tokens");
+        let (h, m, t) = (sae.config.n_heads, sae.config.features_per_head, 12);
+        let up = &r.get("upstream").data; // [2, H, m, 12, C]
+        let by = &r.get("upstream_by_source").data; // [H, m, 12, 1, H, 12]
+        let dfa = &r.get("dfa").data; // [2, H, 12, 12, m]
+        let gpt2 = model == "gpt2_tiny";
+        let c = names.len() + usize::from(gpt2); // and the output biases last
+        let (mut worst, mut worst_by, mut worst_dfa) = (0f64, 0f64, 0f64);
+        for (b, ids) in tokens.chunks(t).enumerate() {
+            for head in 0..h {
+                for f in 0..m {
+                    for s in 0..t {
+                        let u = upstream_of(&loaded, &sae, (1, tl), ids, (head, f), (t - 1, s))
+                            .unwrap();
+                        let got: Vec<String> = u.parts.iter().map(|p| p.writer.name()).collect();
+                        assert_eq!(&got[..names.len()], names);
+                        assert_eq!(u.parts.len(), c, "{got:?}");
+                        if gpt2 {
+                            assert_eq!(u.parts[c - 1].writer, Writer::OutputBiases);
+                        }
+                        let want_dfa = dfa[(((b * h + head) * t + t - 1) * t + s) * m + f];
+                        worst_dfa = worst_dfa.max((u.dfa as f64 - want_dfa).abs());
+                        for (k, part) in u.parts.iter().enumerate() {
+                            let want = up[(((b * h + head) * m + f) * t + s) * c + k];
+                            worst = worst.max((part.value as f64 - want).abs());
+                            if let Writer::Head { head: h0, .. } = part.writer {
+                                assert_eq!(part.by_source.len(), s + 1);
+                                if b == 0 {
+                                    let at = (((head * m + f) * t + s) * h + h0) * t;
+                                    for (sp, v) in part.by_source.iter().enumerate() {
+                                        worst_by = worst_by.max((*v as f64 - by[at + sp]).abs());
+                                    }
+                                    assert!(by[at + s + 1..at + t].iter().all(|x| *x == 0.0));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        println!("{model}: parts {worst:.2e}, by source {worst_by:.2e}, dfa {worst_dfa:.2e}");
+        assert!(worst < 2e-5 && worst_by < 2e-5 && worst_dfa < 2e-5);
+
+        // The raw convention: the parts and the value bias sum to the raw DFA.
+        let ids = &tokens[..t];
+        for (head, f, s) in [(0, 3, 0), (2, 7, 5), (3, 11, 11)] {
+            let want = dfa_by_hand(&loaded, &sae, (1, ZConvention::Raw), ids, (head, f), s);
+            let u = upstream_of(
+                &loaded,
+                &sae,
+                (1, ZConvention::Raw),
+                ids,
+                (head, f),
+                (t - 1, s),
+            )
+            .unwrap();
+            let sum: f32 = u.parts.iter().map(|p| p.value).sum();
+            assert!(
+                (sum - want).abs() < 1e-4 && (u.dfa - want).abs() < 1e-5,
+                "{sum} {want}"
+            );
+            let last = u.parts.last().unwrap();
+            assert_eq!(last.writer == Writer::ValueBias, gpt2, "{last:?}");
+        }
+        // At layer 0 the embeddings alone.
+        let u = upstream_of(&loaded, &sae, (0, tl), ids, (1, 2), (t - 1, 4)).unwrap();
+        let got: Vec<String> = u.parts.iter().map(|p| p.writer.name()).collect();
+        assert_eq!(got, names[..1 + usize::from(gpt2)]);
+        let sum: f32 = u.parts.iter().map(|p| p.value).sum();
+        let want = dfa_by_hand(&loaded, &sae, (0, tl), ids, (1, 2), 4);
+        assert!((sum - want).abs() < 1e-5 && (u.dfa - want).abs() < 1e-5);
+        // A source after the position is refused.
+        let err = upstream_of(&loaded, &sae, (1, tl), ids, (0, 0), (3, 4)).unwrap_err();
+        assert!(
+            err.to_string().contains("a source is at or before"),
+            "{err}"
+        );
+    }
+}
+
+/// The DFA of `(head, feature)` at the window's last position from source `s`, from the
+/// forward's pattern and value hooks and the encoder column: `A[t, s] scale v_s . W_enc`.
+fn dfa_by_hand(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    (layer, z_convention): (usize, ZConvention),
+    ids: &[u32],
+    (head, f): (usize, usize),
+    s: usize,
+) -> f32 {
+    let model = &loaded.transformer;
+    let hooks = HookRequest {
+        pattern: vec![layer],
+        values: vec![layer],
+        z_convention,
+        ..Default::default()
+    };
+    let mut cache = model
+        .run(model.tokens(&[ids.to_vec()]).unwrap(), &hooks, None)
+        .unwrap();
+    let (t, h, dh) = (ids.len(), model.config.n_heads, model.config.d_head);
+    let pattern = values(cache.pattern.remove(&layer).unwrap()); // [1, H, T, T]
+    let v = values(cache.values.remove(&layer).unwrap()); // [1, T, H, dh]
+    let w_enc = values(sae.w_enc.clone()); // [H, dh, m]
+    let m = sae.config.features_per_head;
+    let dot: f64 = (0..dh)
+        .map(|k| v[(s * h + head) * dh + k] * w_enc[(head * dh + k) * m + f])
+        .sum();
+    (pattern[(head * t + t - 1) * t + s] * sae.input_scale[head] as f64 * dot) as f32
+}
+
 /// The values hook, DFA (of top and interval-group examples), activations and logit effects
 /// against the numpy float64 forward.
 #[test]
@@ -1703,6 +1846,85 @@ fn feature_ranking_by_an_answer_matches_torch_autograd() {
         let err = answer_objective(&loaded, &ids, None, &text(answer), Some(&text(answer)));
         assert!(err.unwrap_err().to_string().contains("both"));
     }
+}
+
+/// `text --pick --upstream`: the JSON's split equals the library's for the source giving the
+/// most (or the one asked), the text lists the writers with the positions heads read from,
+/// and a source after the position is refused.
+#[test]
+fn text_command_takes_a_source_upstream() {
+    use attn_saes::live::{LiveAnalysis, Upstream, upstream_of};
+    let dir = TempDir::new("attn-saes-upstream", "cli");
+    let run = run_with_dashboard(&dir, 30);
+    let text = "When the cat and the dog went to the park, the dog gave a ball to the";
+    let cli = |more: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu", "text"])
+            .arg(&run)
+            .arg(text)
+            .args(more)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let loaded = load("gpt2_tiny");
+    let sae = BlockDiagSae::load(&run.join("sae"), &Device::flex()).unwrap();
+    let conv = ZConvention::TransformerLens;
+    let a = LiveAnalysis::run(&loaded, &sae, 1, conv, text).unwrap();
+    let p = a.len() - 1;
+    let h = (0..a.n_heads)
+        .find(|&h| !a.active[h][p].is_empty())
+        .unwrap();
+    let f = a.active[h][p][0].0 as usize;
+    let dfa = a.dfa(h, f, p);
+    let strongest = (0..=p)
+        .max_by(|&x, &y| dfa[x].abs().total_cmp(&dfa[y].abs()).then(y.cmp(&x)))
+        .unwrap();
+    let pick = format!("{p},{h},{f}");
+    let shown = |more: &[&str]| -> Upstream {
+        let out = cli(&[&["--pick", pick.as_str(), "--json"][..], more].concat());
+        assert_succeeded(&out);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        serde_json::from_value(v["upstream"].clone()).unwrap()
+    };
+    let library = |s| upstream_of(&loaded, &sae, (1, conv), &a.ids, (h, f), (p, s)).unwrap();
+    let u = shown(&["--upstream"]);
+    assert_eq!(u, library(strongest));
+    assert!((u.dfa - dfa[strongest]).abs() < 1e-5);
+    assert_eq!(shown(&["--upstream", "3"]), library(3));
+
+    let out = cli(&["--pick", &pick, "--upstream"]);
+    assert_succeeded(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let top = u.strongest(1)[0];
+    let mut lines = vec![
+        format!(
+            "DFA from {strongest} {:?} ({:+.4}) by what wrote the residual stream entering layer 1",
+            a.strings[strongest], u.dfa
+        ),
+        format!("  {:+.4}  {}", top.value, top.writer.name()),
+    ];
+    if let Some(head) = u.parts.iter().find(|x| !x.by_source.is_empty()) {
+        let (q, v) = (head.by_source.iter().copied().enumerate())
+            .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()).then(y.0.cmp(&x.0)))
+            .unwrap();
+        lines.push(format!(
+            "  {:+.4}  {}, reading from {q} {:?} {v:+.4}",
+            head.value,
+            head.writer.name(),
+            a.strings[q]
+        ));
+    }
+    for line in lines {
+        assert!(said.contains(&line), "{line}\n{said}");
+    }
+    let out = cli(&["--pick", &format!("3,{h},{f}"), "--upstream", "5"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--upstream 5: a source is at or before the position picked (3)"),
+        "{err}"
+    );
 }
 
 /// `text --rank --answer --against` (and `--effect` with them): the JSON ranking and

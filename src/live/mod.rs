@@ -18,6 +18,10 @@ pub use effect::{
     feature_effect_on, feature_effect_on_async, feature_effect_scaled,
 };
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+mod upstream;
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+pub use upstream::{upstream_of, upstream_of_async};
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod steer;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use steer::{choose, steer, steer_async};
@@ -207,6 +211,96 @@ pub struct Attribution {
     /// sources (they add up to the DFA's sum); empty for an SAE with one block per head.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub by_head: Vec<f32>,
+}
+
+/// A component of the residual stream entering the hooked layer: what wrote some of what a
+/// feature reads at a source position ([`Upstream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Writer {
+    /// The token's embedding.
+    Embedding,
+    /// The learned position embedding (GPT-2's; rotary and shortformer models have none in
+    /// the residual stream).
+    Positions,
+    /// One head of an earlier layer: its `z W_O` at the source.
+    Head { layer: usize, head: usize },
+    /// Every earlier layer's attention output bias `b_O`, together.
+    OutputBiases,
+    /// An earlier layer's MLP output (its bias included).
+    Mlp { layer: usize },
+    /// The hooked layer's own value bias and norm bias (`ln1.b W_V + b_V`), which
+    /// TransformerLens' hook_z leaves out and the raw convention keeps: not written by
+    /// anything upstream.
+    ValueBias,
+}
+
+impl Writer {
+    /// "embedding", "L3 h7", "MLP 3", ...
+    pub fn name(&self) -> String {
+        match self {
+            Writer::Embedding => "embedding".into(),
+            Writer::Positions => "positions".into(),
+            Writer::Head { layer, head } => format!("L{layer} h{head}"),
+            Writer::OutputBiases => "attention output biases".into(),
+            Writer::Mlp { layer } => format!("MLP {layer}"),
+            Writer::ValueBias => "value bias".into(),
+        }
+    }
+}
+
+/// One writer's part of a feature's DFA from one source position.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WrittenBy {
+    pub writer: Writer,
+    pub value: f32,
+    /// An earlier head only: its part by the position it read from at the source (its
+    /// pattern row there times its value vector's part), `0..=source`; they sum to `value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_source: Vec<f32>,
+}
+
+/// A feature's DFA from one source position taken one step further upstream: the value
+/// vector the feature reads there is the hooked layer's norm of the residual stream at the
+/// source times `W_V`, and with the norm's scale at the source held at its value the norm
+/// is linear, so the residual stream's components (the embeddings, each earlier head, each
+/// earlier MLP, the biases) each give a part; the parts sum to the DFA from the source. The
+/// recursive DFA of Kissane et al.'s attention-SAE work, one step of it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Upstream {
+    pub head: usize,
+    pub feature: usize,
+    /// The position the feature is read at, and the source position taken apart.
+    pub target: usize,
+    pub source: usize,
+    /// The DFA from `source` (the sum of `parts`).
+    pub dfa: f32,
+    /// Every writer, in the model's order (embeddings, then each layer's heads, then its
+    /// MLP; the biases last).
+    pub parts: Vec<WrittenBy>,
+}
+
+impl Upstream {
+    /// The parts with the largest magnitude first, at most `n`.
+    pub fn strongest(&self, n: usize) -> Vec<&WrittenBy> {
+        let mut parts: Vec<&WrittenBy> = self.parts.iter().collect();
+        parts.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
+        parts.truncate(n);
+        parts
+    }
+
+    /// Each earlier layer's heads together, by layer (`layers` of them).
+    pub fn by_layer(&self, layers: usize) -> Vec<f32> {
+        let mut sums = vec![0f32; layers];
+        for p in &self.parts {
+            if let Writer::Head { layer, .. } = p.writer
+                && layer < layers
+            {
+                sums[layer] += p.value;
+            }
+        }
+        sums
+    }
 }
 
 /// What one feature does to a text's next-token predictions: the model run on the text

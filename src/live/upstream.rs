@@ -1,0 +1,329 @@
+//! [`Upstream`]: one source position's part of a feature's DFA, by what wrote the residual
+//! stream there. The feature reads `v_s = norm(x_s) W_V (+ biases)` at the source; with the
+//! norm's scale at `s` held at its value the norm is linear in `x_s`, and `x_s` is the sum
+//! of the embeddings and every earlier head's and MLP's output, so each gives a part:
+//! `A[target, s] * (c_s . w_s)`, `w_s` the feature's encoder column taken back through
+//! `W_V`, the norm's weight and scale (and its centring, for LayerNorm). One forward pass
+//! (to the hooked layer, everything in the raw z convention) and a few products on the
+//! device; the rest on the host.
+
+use anyhow::Context;
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+
+use super::{Upstream, Writer, WrittenBy};
+use crate::lm::transformer::{Norm, Positions};
+use crate::lm::{HookRequest, LoadedModel, ZConvention};
+use crate::sae::BlockDiagSae;
+
+/// [`upstream_of_async`], blocking on its read-backs (the desktop and the CLI).
+pub fn upstream_of(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    hook: (usize, ZConvention),
+    ids: &[u32],
+    feature: (usize, usize),
+    at: (usize, usize),
+) -> anyhow::Result<Upstream> {
+    super::blocking(upstream_of_async(loaded, sae, hook, ids, feature, at))
+}
+
+/// The DFA of `feature` `(head, feature)` at `target` from `source` (`at`), in the hook's
+/// z convention, split by the writers of the residual stream entering `layer` at `source`.
+pub async fn upstream_of_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    (layer, z_convention): (usize, ZConvention),
+    ids: &[u32],
+    (head, feature): (usize, usize),
+    (target, source): (usize, usize),
+) -> anyhow::Result<Upstream> {
+    use super::read_async as host;
+    let model = &loaded.transformer;
+    let cfg = &model.config;
+    let (blocks, width) = super::feature_of(sae, model, (head, feature))?;
+    let (h, hkv, dh, dm) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model);
+    let (per_block, t) = (h / blocks, ids.len());
+    anyhow::ensure!(
+        layer < cfg.n_layers,
+        "layer {layer}: the model has {} layers",
+        cfg.n_layers
+    );
+    anyhow::ensure!(
+        target < t && source <= target,
+        "position {target}, source {source}: the text has {t} tokens, and a source is at or \
+         before the position it is read from"
+    );
+    let device = model.device().clone();
+    let block = &model.blocks[layer];
+    let heads = head * per_block..(head + 1) * per_block;
+
+    let hooks = HookRequest {
+        hook_z: (0..layer).collect(),
+        pattern: (0..=layer).collect(),
+        values: (0..=layer).collect(),
+        resid_post: (0..layer).collect(),
+        z_convention: ZConvention::Raw,
+        ..Default::default()
+    };
+    let tokens = model.tokens(&[ids.to_vec()])?;
+    let mut cache = model.run(tokens, &hooks, None)?;
+    let f32s = |x: Tensor<1>| x.cast(DType::F32);
+
+    // The feature's encoder column (its block's rows), and the layer's rows at the source.
+    let enc = host(&f32s(
+        sae.w_enc
+            .clone()
+            .slice([head..head + 1, 0..width, feature..feature + 1])
+            .reshape([width]),
+    ))
+    .await?;
+    let scale = sae.input_scale[head];
+    let pattern_l = cache.pattern.remove(&layer).context("no pattern")?;
+    let a_target = host(
+        &pattern_l
+            .slice([0..1, heads.clone(), target..target + 1, source..source + 1])
+            .reshape([per_block]),
+    )
+    .await?;
+    let values_l = cache.values.remove(&layer).context("no values")?;
+    let v_source = host(
+        &values_l
+            .slice([0..1, source..source + 1, heads.clone(), 0..dh])
+            .reshape([per_block * dh]),
+    )
+    .await?;
+    let fold = match &block.attn.z_fold {
+        None => None,
+        Some(f) => Some(
+            host(&f32s(
+                f.clone()
+                    .slice([heads.clone(), 0..dh])
+                    .reshape([per_block * dh]),
+            ))
+            .await?,
+        ),
+    };
+    let embed = model.embed_parts(ids[source], source);
+    let resid = match layer {
+        0 => embed
+            .iter()
+            .cloned()
+            .reduce(|a, b| a + b)
+            .context("no embedding")?,
+        _ => {
+            let post = cache.resid_post.get(&(layer - 1)).context("no residual")?;
+            post.clone()
+                .slice([0..1, source..source + 1, 0..dm])
+                .reshape([dm])
+        }
+    };
+    let resid = host(&resid).await?;
+
+    // w_s: what the feature reads of the residual stream at the source, through W_V (each
+    // model head of the block its kv head's), then the norm with its scale held.
+    let e: Vec<f32> = enc.iter().map(|x| x * scale).collect();
+    let mut w_v = Vec::with_capacity(per_block);
+    for (g, mh) in heads.clone().enumerate() {
+        let col = (h + hkv + mh / (h / hkv)) * dh;
+        let e_mh = Tensor::<2>::from_data(
+            TensorData::new(e[g * dh..(g + 1) * dh].to_vec(), [dh, 1]),
+            &device,
+        );
+        let w = block.attn.w_qkv.clone().slice([0..dm, col..col + dh]);
+        w_v.push(w.cast(DType::F32).matmul(e_mh).reshape([dm]));
+    }
+    let w_v = host(&Tensor::cat(w_v, 0)).await?;
+    let (gamma, sigma, centred) = match &block.norm1 {
+        Norm::Layer { w, eps, .. } => {
+            let mean = resid.iter().sum::<f32>() / dm as f32;
+            let var = resid.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / dm as f32;
+            (
+                Some(host(&f32s(w.clone())).await?),
+                (var + *eps as f32).sqrt(),
+                true,
+            )
+        }
+        Norm::Rms { w, eps } => {
+            let ms = resid.iter().map(|x| x * x).sum::<f32>() / dm as f32;
+            (
+                Some(host(&f32s(w.clone())).await?),
+                (ms + *eps as f32).sqrt(),
+                false,
+            )
+        }
+        Norm::Identity => (None, 1.0, false),
+    };
+    let mut w_s = vec![0f32; dm];
+    for (g, a) in a_target.iter().enumerate() {
+        let row = &w_v[g * dm..(g + 1) * dm];
+        for (k, w) in w_s.iter_mut().enumerate() {
+            *w += a * row[k] * gamma.as_ref().map_or(1.0, |gm| gm[k]) / sigma;
+        }
+    }
+    if centred {
+        let mean = w_s.iter().sum::<f32>() / dm as f32;
+        w_s.iter_mut().for_each(|w| *w -= mean);
+    }
+    let read = |x: &[f32]| x.iter().zip(&w_s).map(|(a, b)| a * b).sum::<f32>();
+
+    // The DFA from the source as the analysis computes it (in the hook's convention), and
+    // the value bias's part, which nothing upstream writes (raw convention only).
+    let dot = |g: usize, v: &[f32]| -> f32 {
+        let e = &enc[g * dh..(g + 1) * dh];
+        v.iter().zip(e).map(|(a, b)| a * b).sum::<f32>() * scale
+    };
+    let mut dfa = 0f32;
+    let mut value_bias = 0f32;
+    for (g, a) in a_target.iter().enumerate() {
+        let v = &v_source[g * dh..(g + 1) * dh];
+        let f = fold.as_ref().map(|f| &f[g * dh..(g + 1) * dh]);
+        let bias = f.map_or(0.0, |f| dot(g, f));
+        let raw = dot(g, v);
+        match z_convention {
+            ZConvention::TransformerLens => dfa += a * (raw - bias),
+            ZConvention::Raw => {
+                dfa += a * raw;
+                value_bias += a * bias;
+            }
+        }
+    }
+
+    let mut parts = Vec::new();
+    let mut embed_rows = Vec::new();
+    for row in &embed {
+        embed_rows.push(host(row).await?);
+    }
+    for (writer, row) in [Writer::Embedding, Writer::Positions]
+        .into_iter()
+        .zip(&embed_rows)
+    {
+        parts.push(WrittenBy {
+            writer,
+            value: read(row),
+            by_source: Vec::new(),
+        });
+    }
+
+    // The earlier layers: each head's W_O taken to w_s, and its z, pattern row and values
+    // at and before the source, read back together.
+    if layer > 0 {
+        let w_s_t = Tensor::<2>::from_data(TensorData::new(w_s.clone(), [dm, 1]), &device);
+        let (mut u, mut b_o, mut z, mut pat, mut val, mut post) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for l in 0..layer {
+            let attn = &model.blocks[l].attn;
+            u.push(
+                attn.w_o
+                    .clone()
+                    .cast(DType::F32)
+                    .matmul(w_s_t.clone())
+                    .reshape([h * dh]),
+            );
+            if let Some(b) = &attn.b_o {
+                b_o.push(
+                    b.clone()
+                        .reshape([1, dm])
+                        .matmul(w_s_t.clone())
+                        .reshape([1]),
+                );
+            }
+            let zl = cache.hook_z.remove(&l).context("no hook_z")?;
+            z.push(
+                zl.slice([0..1, source..source + 1, 0..h, 0..dh])
+                    .reshape([h * dh]),
+            );
+            let pl = cache.pattern.remove(&l).context("no pattern")?;
+            pat.push(
+                pl.slice([0..1, 0..h, source..source + 1, 0..source + 1])
+                    .reshape([h * (source + 1)]),
+            );
+            let vl = cache.values.remove(&l).context("no values")?;
+            val.push(
+                vl.slice([0..1, 0..source + 1, 0..h, 0..dh])
+                    .reshape([(source + 1) * h * dh]),
+            );
+            let rl = cache.resid_post.remove(&l).context("no residual")?;
+            post.push(rl.slice([0..1, source..source + 1, 0..dm]).reshape([dm]));
+        }
+        let u = host(&Tensor::cat(u, 0)).await?;
+        let b_o = match b_o.is_empty() {
+            true => Vec::new(),
+            false => host(&Tensor::cat(b_o, 0)).await?,
+        };
+        let z = host(&Tensor::cat(z, 0)).await?;
+        let pat = host(&Tensor::cat(pat, 0)).await?;
+        let val = host(&Tensor::cat(val, 0)).await?;
+        let post = host(&Tensor::cat(post, 0)).await?;
+        let s1 = source + 1;
+        let mut before = embed_rows.iter().map(|r| read(r)).sum::<f32>();
+        for l in 0..layer {
+            let u = &u[l * h * dh..(l + 1) * h * dh];
+            let z = &z[l * h * dh..(l + 1) * h * dh];
+            let pat = &pat[l * h * s1..(l + 1) * h * s1];
+            let val = &val[l * s1 * h * dh..(l + 1) * s1 * h * dh];
+            let mut heads_sum = 0f32;
+            for hh in 0..h {
+                let u = &u[hh * dh..(hh + 1) * dh];
+                let dot = |x: &[f32]| x.iter().zip(u).map(|(a, b)| a * b).sum::<f32>();
+                let value = dot(&z[hh * dh..(hh + 1) * dh]);
+                let by_source = (0..s1)
+                    .map(|sp| pat[hh * s1 + sp] * dot(&val[(sp * h + hh) * dh..][..dh]))
+                    .collect();
+                heads_sum += value;
+                parts.push(WrittenBy {
+                    writer: Writer::Head { layer: l, head: hh },
+                    value,
+                    by_source,
+                });
+            }
+            let after = read(&post[l * dm..(l + 1) * dm]);
+            let bias = b_o.get(l).copied().unwrap_or(0.0);
+            if model.blocks[l].mlp.is_some() {
+                parts.push(WrittenBy {
+                    writer: Writer::Mlp { layer: l },
+                    value: after - before - heads_sum - bias,
+                    by_source: Vec::new(),
+                });
+            }
+            before = after;
+        }
+        if !b_o.is_empty() {
+            parts.push(WrittenBy {
+                writer: Writer::OutputBiases,
+                value: b_o.iter().sum(),
+                by_source: Vec::new(),
+            });
+        }
+    }
+    if z_convention == ZConvention::Raw && fold.is_some() {
+        parts.push(WrittenBy {
+            writer: Writer::ValueBias,
+            value: value_bias,
+            by_source: Vec::new(),
+        });
+    }
+    Ok(Upstream {
+        head,
+        feature,
+        target,
+        source,
+        dfa,
+        parts,
+    })
+}
+
+impl crate::lm::Transformer {
+    /// The token embedding of `token` and, for learned positions, the position embedding at
+    /// `position`: each `[d_model]`, the parts of the residual stream entering block 0.
+    pub(crate) fn embed_parts(&self, token: u32, position: usize) -> Vec<Tensor<1>> {
+        let dm = self.config.d_model;
+        let id = token as usize;
+        let row = |w: &Tensor<2>, i: usize| w.clone().slice([i..i + 1, 0..dm]).reshape([dm]);
+        let mut parts = vec![row(&self.w_e, id)];
+        if let Positions::Learned(w_pos) = &self.positions {
+            parts.push(row(w_pos, position));
+        }
+        parts.into_iter().map(|p| p.cast(DType::F32)).collect()
+    }
+}
