@@ -288,19 +288,6 @@ impl Upstream {
         parts.truncate(n);
         parts
     }
-
-    /// Each earlier layer's heads together, by layer (`layers` of them).
-    pub fn by_layer(&self, layers: usize) -> Vec<f32> {
-        let mut sums = vec![0f32; layers];
-        for p in &self.parts {
-            if let Writer::Head { layer, .. } = p.writer
-                && layer < layers
-            {
-                sums[layer] += p.value;
-            }
-        }
-        sums
-    }
 }
 
 /// What one feature does to a text's next-token predictions: the model run on the text
