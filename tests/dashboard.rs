@@ -1856,27 +1856,45 @@ fn feature_ranking_by_an_answer_matches_torch_autograd() {
     }
 }
 
+/// The text the `text` command's tests run on.
+const TEXT: &str = "When the cat and the dog went to the park, the dog gave a ball to the";
+
+/// A gpt2_tiny run with dashboards in a fresh directory (kept while the first is held), with
+/// its model and SAE loaded, for the `text` command's tests.
+fn text_run(tag: &str) -> (TempDir, std::path::PathBuf, LoadedModel, BlockDiagSae) {
+    let dir = TempDir::new(tag, "cli");
+    let run = run_with_dashboard(&dir, 30);
+    let loaded = load("gpt2_tiny");
+    let sae = BlockDiagSae::load(&run.join("sae"), &Device::flex()).unwrap();
+    (dir, run, loaded, sae)
+}
+
+/// `attn-saes --device cpu text RUN TEXT` with more arguments.
+fn text_cli<'a>(
+    run: &'a std::path::Path,
+    text: &'a str,
+) -> impl Fn(&[&str]) -> std::process::Output + 'a {
+    move |more| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu", "text"])
+            .arg(run)
+            .arg(text)
+            .args(more)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    }
+}
+
 /// `text --pick --upstream`: the JSON's split equals the library's for the source giving the
 /// most (or the one asked), the text lists the writers with the positions heads read from,
 /// and a source after the position is refused.
 #[test]
 fn text_command_takes_a_source_upstream() {
     use attn_saes::live::{LiveAnalysis, Upstream, upstream_of};
-    let dir = TempDir::new("attn-saes-upstream", "cli");
-    let run = run_with_dashboard(&dir, 30);
-    let text = "When the cat and the dog went to the park, the dog gave a ball to the";
-    let cli = |more: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
-            .args(["--device", "cpu", "text"])
-            .arg(&run)
-            .arg(text)
-            .args(more)
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .unwrap()
-    };
-    let loaded = load("gpt2_tiny");
-    let sae = BlockDiagSae::load(&run.join("sae"), &Device::flex()).unwrap();
+    let (_dir, run, loaded, sae) = text_run("attn-saes-upstream");
+    let text = TEXT;
+    let cli = text_cli(&run, text);
     let conv = ZConvention::TransformerLens;
     let a = LiveAnalysis::run(&loaded, &sae, 1, conv, text).unwrap();
     let p = a.len() - 1;
@@ -1942,21 +1960,9 @@ fn text_command_takes_a_source_upstream() {
 fn text_command_ranks_by_an_answer_as_the_library_does() {
     use attn_saes::live::{FeatureEffect, FeatureRanking, answer_objective, feature_effect_on};
     use attn_saes::live::{rank_features_for, text_ids};
-    let dir = TempDir::new("attn-saes-answer", "cli");
-    let run = run_with_dashboard(&dir, 30);
-    let text = "When the cat and the dog went to the park, the dog gave a ball to the";
-    let cli = |more: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
-            .args(["--device", "cpu", "text"])
-            .arg(&run)
-            .arg(text)
-            .args(more)
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .unwrap()
-    };
-    let loaded = load("gpt2_tiny");
-    let sae = BlockDiagSae::load(&run.join("sae"), &Device::flex()).unwrap();
+    let (_dir, run, loaded, sae) = text_run("attn-saes-answer");
+    let text = TEXT;
+    let cli = text_cli(&run, text);
     let conv = ZConvention::TransformerLens;
     let ids = text_ids(&loaded, text).unwrap();
     let at = ids.len() - 2; // the last " to"
