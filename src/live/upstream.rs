@@ -12,7 +12,8 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 
 use super::{Upstream, Writer, WrittenBy};
-use crate::lm::transformer::{Norm, Positions};
+use crate::dashboard::dfa::dfa_by_source;
+use crate::lm::transformer::Norm;
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
 use crate::sae::BlockDiagSae;
 
@@ -167,26 +168,24 @@ pub async fn upstream_of_async(
     }
     let read = |x: &[f32]| x.iter().zip(&w_s).map(|(a, b)| a * b).sum::<f32>();
 
-    // The DFA from the source as the analysis computes it (in the hook's convention), and
-    // the value bias's part, which nothing upstream writes (raw convention only).
-    let dot = |g: usize, v: &[f32]| -> f32 {
-        let e = &enc[g * dh..(g + 1) * dh];
-        v.iter().zip(e).map(|(a, b)| a * b).sum::<f32>() * scale
+    // The DFA from the source (`dashboard::dfa`'s formula, in the hook's convention: the
+    // raw value less the fold for TransformerLens'), and the value bias's part, which
+    // nothing upstream writes (raw convention only).
+    let one_source = |a: f32, g: usize, v: &[f32]| {
+        dfa_by_source(&[a], |_| v, &enc[g * dh..(g + 1) * dh], scale, 0)[0]
     };
     let mut dfa = 0f32;
     let mut value_bias = 0f32;
-    for (g, a) in a_target.iter().enumerate() {
-        let v = &v_source[g * dh..(g + 1) * dh];
-        let f = fold.as_ref().map(|f| &f[g * dh..(g + 1) * dh]);
-        let bias = f.map_or(0.0, |f| dot(g, f));
-        let raw = dot(g, v);
-        match z_convention {
-            ZConvention::TransformerLens => dfa += a * (raw - bias),
-            ZConvention::Raw => {
-                dfa += a * raw;
-                value_bias += a * bias;
+    for (g, &a) in a_target.iter().enumerate() {
+        let mut v = v_source[g * dh..(g + 1) * dh].to_vec();
+        if let Some(f) = &fold {
+            let f = &f[g * dh..(g + 1) * dh];
+            match z_convention {
+                ZConvention::TransformerLens => v.iter_mut().zip(f).for_each(|(x, b)| *x -= b),
+                ZConvention::Raw => value_bias += one_source(a, g, f),
             }
         }
+        dfa += one_source(a, g, &v);
     }
 
     let mut parts = Vec::new();
@@ -311,19 +310,4 @@ pub async fn upstream_of_async(
         dfa,
         parts,
     })
-}
-
-impl crate::lm::Transformer {
-    /// The token embedding of `token` and, for learned positions, the position embedding at
-    /// `position`: each `[d_model]`, the parts of the residual stream entering block 0.
-    pub(crate) fn embed_parts(&self, token: u32, position: usize) -> Vec<Tensor<1>> {
-        let dm = self.config.d_model;
-        let id = token as usize;
-        let row = |w: &Tensor<2>, i: usize| w.clone().slice([i..i + 1, 0..dm]).reshape([dm]);
-        let mut parts = vec![row(&self.w_e, id)];
-        if let Positions::Learned(w_pos) = &self.positions {
-            parts.push(row(w_pos, position));
-        }
-        parts.into_iter().map(|p| p.cast(DType::F32)).collect()
-    }
 }

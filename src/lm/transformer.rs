@@ -574,6 +574,19 @@ impl Transformer {
         }
     }
 
+    /// The token embedding of `token` and, for learned positions, the position embedding at
+    /// `position`: each `[d_model]`, the parts of the residual stream entering block 0.
+    pub(crate) fn embed_parts(&self, token: u32, position: usize) -> Vec<Tensor<1>> {
+        let dm = self.config.d_model;
+        let id = token as usize;
+        let row = |w: &Tensor<2>, i: usize| w.clone().slice([i..i + 1, 0..dm]).reshape([dm]);
+        let mut parts = vec![row(&self.w_e, id)];
+        if let Positions::Learned(w_pos) = &self.positions {
+            parts.push(row(w_pos, position));
+        }
+        parts.into_iter().map(|p| p.cast(DType::F32)).collect()
+    }
+
     /// `run` through burn's ops, whatever the device.
     #[cfg(test)]
     fn run_burn(
