@@ -3401,7 +3401,7 @@ fn text_command(
                     );
                     s
                 }
-                None => strongest_source(&a.attribution(h, f, p).dfa),
+                None => attn_saes::live::strongest_source(&a.attribution(h, f, p).dfa),
             };
             Some(attn_saes::live::upstream_of(
                 &live.loaded,
@@ -3506,25 +3506,10 @@ fn text_command(
     Ok(())
 }
 
-/// The source giving a DFA's largest part (the first of equals).
-fn strongest_source(dfa: &[f32]) -> usize {
-    (dfa.iter().enumerate())
-        .fold((0, f32::NEG_INFINITY), |best, (s, v)| {
-            match v.abs() > best.1 {
-                true => (s, v.abs()),
-                false => best,
-            }
-        })
-        .0
-}
-
-/// Writers listed by `text --upstream`, and sources listed for each head.
-const UPSTREAM_LISTED: usize = 12;
-const UPSTREAM_SOURCES: usize = 3;
-
 /// `text --upstream`: the strongest writers of the DFA from one source, each head with the
 /// positions it read from, then the rest together.
 fn print_upstream(u: &attn_saes::live::Upstream, strings: &[String], layer: usize) {
+    use attn_saes::live;
     let token = |s: usize| format!("{s} {:?}", strings[s]);
     println!(
         "DFA from {} ({:+.4}) by what wrote the residual stream entering layer {layer} there \
@@ -3532,24 +3517,19 @@ fn print_upstream(u: &attn_saes::live::Upstream, strings: &[String], layer: usiz
         token(u.source),
         u.dfa
     );
-    let listed = u.strongest(UPSTREAM_LISTED);
-    for part in &listed {
+    for part in u.strongest(live::UPSTREAM_LISTED) {
         let mut line = format!("  {:+.4}  {}", part.value, part.writer.name());
-        if !part.by_source.is_empty() {
-            let mut from: Vec<(usize, f32)> = part.by_source.iter().copied().enumerate().collect();
-            from.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
-            let from: Vec<String> = (from.iter().take(UPSTREAM_SOURCES))
-                .map(|&(s, v)| format!("{} {v:+.4}", token(s)))
-                .collect();
+        let from: Vec<String> = (part.reading_from(live::UPSTREAM_SOURCES).iter())
+            .map(|&(s, v)| format!("{} {v:+.4}", token(s)))
+            .collect();
+        if !from.is_empty() {
             line += &format!(", reading from {}", from.join(", "));
         }
         println!("{line}");
     }
-    let rest = u.parts.len() - listed.len();
+    let (rest, sum) = u.rest(live::UPSTREAM_LISTED);
     if rest > 0 {
-        let shown: f32 = listed.iter().map(|p| p.value).sum();
-        let all: f32 = u.parts.iter().map(|p| p.value).sum();
-        println!("  {:+.4}  the other {rest} together", all - shown);
+        println!("  {sum:+.4}  the other {rest} together");
     }
 }
 

@@ -18,9 +18,9 @@ use wasm_bindgen::prelude::*;
 use crate::app::features::LoadedDashboard;
 use crate::app::{AttnSaesApp, View};
 use crate::live::{
-    Analysed, Answer, AnswerAsk, AskedEffect, AskedExamples, AskedRanking, AskedSteer, Attribution,
-    AttributionState, ExamplesEffect, FeatureEffect, FeatureRanking, LiveTokens, Objective,
-    Steered, Steering,
+    Analysed, Answer, AnswerAsk, AskedEffect, AskedExamples, AskedRanking, AskedSteer,
+    AskedUpstream, Attribution, AttributionState, ExamplesEffect, FeatureEffect, FeatureRanking,
+    LiveTokens, Objective, Steered, Steering, Upstream, UpstreamKey,
 };
 
 /// What the page and the app share: dashboards parsed by [`open_dashboard`] and waiting
@@ -68,6 +68,10 @@ struct Shared {
     examples_arrived: Option<((usize, usize), Result<ExamplesEffect, String>)>,
     /// What Features shows of it, for [`examples_shown`].
     examples_view: Option<AskedExamples>,
+    /// Set by [`live_upstream`]: a feature and `(target, source)` to take upstream.
+    live_upstream: Option<((usize, usize), (usize, usize))>,
+    /// The bundle's answer to an upstream request, with the request.
+    upstream_arrived: Option<(UpstreamKey, Result<Upstream, String>)>,
     /// The bundle's answer to a ranking request, with the tokens it was for.
     ranking_arrived: Option<(Vec<u32>, Result<FeatureRanking, String>)>,
     live_view: Option<LiveView>,
@@ -99,6 +103,7 @@ struct LiveView {
     /// What the ranking's controls ask (`None`: the loss).
     rank_by: Option<AnswerAsk>,
     steer: Option<AskedSteer>,
+    upstream: Option<AskedUpstream>,
 }
 
 /// `window.attnSaesLive`, the page's bridge to its inference bundle, if the page has one.
@@ -192,6 +197,22 @@ fn request_effect((ids, head, feature, objective): (Vec<u32>, usize, usize, Opti
                     .map_err(|e| format!("the inference bundle's answer: {e}"))
             });
         post(|s| s.effect_arrived = Some(((ids, head, feature), result)));
+    });
+}
+
+/// Asks the inference bundle for the DFA of `feature` at `at.0` from `at.1` in its last text
+/// (`ids`), by what wrote the residual stream at the source; the answer arrives in
+/// `shared.upstream_arrived`.
+fn request_upstream((ids, feature, at): UpstreamKey) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let args = [feature.0, feature.1, at.0, at.1].map(|x| JsValue::from_f64(x as f64));
+        let result = awaited_string(call_bridge("upstream", &args))
+            .await
+            .and_then(|json| {
+                serde_json::from_str::<Upstream>(&json)
+                    .map_err(|e| format!("the inference bundle's answer: {e}"))
+            });
+        post(|s| s.upstream_arrived = Some(((ids, feature, at), result)));
     });
 }
 
@@ -395,6 +416,7 @@ impl eframe::App for WebApp {
             ranking: web.ranking.clone(),
             rank_by: text.answer_ask(),
             steer: web.steer.clone(),
+            upstream: web.upstream.clone(),
         });
     }
 
@@ -488,6 +510,10 @@ impl WebApp {
                 s.steer_arrived.take(),
             )
         };
+        let (ask_upstream, upstream_arrived) = {
+            let mut s = self.shared.borrow_mut();
+            (s.live_upstream.take(), s.upstream_arrived.take())
+        };
         self.examples_logic();
         let web = &mut self.app.web;
         if web.rerun && web.live_ready && !web.live_other {
@@ -554,6 +580,21 @@ impl WebApp {
         if let (Some(asked), Some(((ids, head, feature), result))) = (&mut web.steer, steer_arrived)
         {
             asked.answer((&ids, head, feature), result);
+        }
+        if let Some((feature, at)) = ask_upstream {
+            // Shown as asked: that token and feature selected, that source chosen.
+            let text = &mut self.app.ui.text;
+            (text.token, text.pick) = (Some(at.0), Some(feature));
+            text.upstream_source = Some(((at.0, feature.0, feature.1), at.1));
+            web.ask_upstream(feature, at);
+        }
+        if let Some(request) = web.upstream_request.take() {
+            request_upstream(request);
+        }
+        if let (Some(asked), Some(((ids, feature, at), result))) =
+            (&mut web.upstream, upstream_arrived)
+        {
+            asked.answer((&ids, feature, at), result);
         }
         if let Some(answer) = ask_ranking {
             self.app.ui.text.show_ranked_by(answer.as_ref());
@@ -787,6 +828,10 @@ pub fn live_shown() -> String {
         ("effect", answer_json(v.effect.as_ref().map(|x| &x.state))),
         ("ranking", answer_json(v.ranking.as_ref().map(|x| &x.state))),
         ("steer", answer_json(v.steer.as_ref().map(|x| &x.state))),
+        (
+            "upstream",
+            answer_json(v.upstream.as_ref().map(|x| &x.asked.state)),
+        ),
     ] {
         shown[format!("{name}_status")] = state.0.into();
         shown[name] = state.1;
@@ -892,6 +937,14 @@ pub fn live_steer_json(steering: &str) -> Result<(), JsError> {
 #[wasm_bindgen]
 pub fn live_effect(head: usize, feature: usize) {
     post(|s| s.live_effect = Some((head, feature)));
+}
+
+/// Asks for the DFA of `feature` of `head` at `position` from `source` in the analysed text,
+/// split by what wrote the residual stream at the source (Your text's "Take it apart");
+/// [`live_shown`] has it once it arrives (`upstream`, JSON of [`Upstream`]).
+#[wasm_bindgen]
+pub fn live_upstream(head: usize, feature: usize, position: usize, source: usize) {
+    post(|s| s.live_upstream = Some(((head, feature), (position, source))));
 }
 
 /// Puts `prompt` in Your text (and switches to it); with `run`, analyses it too.

@@ -263,6 +263,31 @@ pub async fn effect(
     serde_json::to_string(&effect).map_err(js_error)
 }
 
+/// The DFA of `feature` of `head` at `position` from `source` in the last text analysed,
+/// split by what wrote the residual stream at the source: JSON of
+/// [`crate::live::Upstream`].
+#[wasm_bindgen]
+pub async fn upstream(
+    head: usize,
+    feature: usize,
+    position: usize,
+    source: usize,
+) -> Result<String, JsValue> {
+    let session = session()?;
+    let ids = last_ids()?;
+    let upstream = crate::live::upstream_of_async(
+        &session.loaded,
+        &session.sae,
+        (session.layer, session.z_convention),
+        &ids,
+        (head, feature),
+        (position, source),
+    )
+    .await
+    .map_err(|e| js_error(format!("{e:#}")))?;
+    serde_json::to_string(&upstream).map_err(js_error)
+}
+
 /// Every feature that fires in the last text analysed, ranked by a first-order estimate of
 /// how much the text's loss would rise without it, or given `answer` (JSON of
 /// [`crate::live::AnswerAsk`]) how much the answer's logit difference or log-probability

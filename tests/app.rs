@@ -839,6 +839,80 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     assert!(has_label(&h, &format!("pre-activation {want_pre:.3}")));
     h.snapshot("app_text");
 
+    // What wrote what it reads: the source of the largest |DFA| is offered, the split asked
+    // of the worker is the library's, its parts sum to that source's DFA in the pick
+    // panel, and the strongest writers are drawn; another source chosen is the one asked.
+    use attn_saes::live::{Answer, strongest_source, upstream_of};
+    let conv = ZConvention::TransformerLens;
+    let source = strongest_source(&dfa);
+    let strings = h
+        .state()
+        .native
+        .analysis
+        .as_deref()
+        .unwrap()
+        .strings
+        .clone();
+    let offered = format!("{:?} (DFA {:+.3})", strings[source], dfa[source]);
+    assert!(has_label(&h, &offered), "{offered}");
+    let take_apart = |h: &mut Harness<'static, AttnSaesApp>, source: usize| {
+        h.get_by_label("Take it apart").click();
+        step_until(h, Duration::from_secs(120), |a| {
+            a.native
+                .upstream
+                .as_ref()
+                .is_some_and(|u| u.at == (fox, source) && matches!(u.asked.state, Answer::Ready(_)))
+        });
+        h.run_steps(2);
+        let upstream = h.state().native.upstream.as_ref().map(|u| &u.asked.state);
+        let Some(Answer::Ready(shown)) = upstream else {
+            unreachable!()
+        };
+        (**shown).clone()
+    };
+    let shown = take_apart(&mut h, source);
+    let direct = upstream_of(
+        &loaded,
+        &sae,
+        (1, conv),
+        &ids,
+        (0, f as usize),
+        (fox, source),
+    );
+    assert_eq!(shown, direct.unwrap());
+    let sum: f32 = shown.parts.iter().map(|p| p.value).sum();
+    assert!((sum - dfa[source]).abs() < 1e-4, "{sum} vs {}", dfa[source]);
+    let header = format!(
+        "The DFA from {source} {:?} ({:+.4})",
+        strings[source], shown.dfa
+    );
+    assert!(h.query_by_label_contains(&header).is_some(), "{header}");
+    let top = shown.strongest(1)[0];
+    assert!(has_label(&h, &format!("{:+.4}", top.value)));
+    assert!(has_label(&h, &top.writer.name()));
+    // A head of layer 0 lists the positions it read from at the source.
+    let head = (shown.strongest(12).into_iter())
+        .find(|w| !w.by_source.is_empty())
+        .expect("a head among the strongest writers");
+    let (q, v) = head.reading_from(3)[0];
+    let reading = format!("reading from {q} {:?} {v:+.4}", strings[q]);
+    assert!(h.query_by_label_contains(&reading).is_some(), "{reading}");
+    h.snapshot("app_text_upstream");
+    let other = (source + 1) % (fox + 1);
+    h.state_mut().ui.text.upstream_source = Some(((fox, 0, f as usize), other));
+    h.run_steps(1);
+    let shown = take_apart(&mut h, other);
+    let direct = upstream_of(
+        &loaded,
+        &sae,
+        (1, conv),
+        &ids,
+        (0, f as usize),
+        (fox, other),
+    );
+    assert_eq!(shown, direct.unwrap());
+    assert_eq!(shown.source, other);
+
     // What removing it changes: asked of the worker, drawn for that feature, and the same
     // as the library computes directly.
     use attn_saes::live::{EffectState, feature_effect};
@@ -850,7 +924,6 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
         )
     });
     h.run_steps(2);
-    let conv = ZConvention::TransformerLens;
     let direct = feature_effect(&loaded, &sae, 1, conv, &ids, 0, f as usize).unwrap();
     let Some(EffectState::Ready(shown)) = h.state().native.effect.as_ref().map(|e| &e.state) else {
         unreachable!()
@@ -866,7 +939,7 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
             .is_some()
     );
     // A token of the effect row selects that position (the pick stays).
-    h.get_by_label("effect at position 2").click();
+    h.get_by_label("effect at position 2").click_accesskit();
     h.run_steps(2);
     assert_eq!(h.state().ui.text.token, Some(2));
     assert_eq!(h.state().ui.text.pick, Some((0, f as usize)));
@@ -878,7 +951,7 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
 
     // Which features matter: the ranking asked of the worker equals the library's, and a
     // click on the feature that helps most picks it where it fires most and removes it.
-    use attn_saes::live::{Answer, rank_features};
+    use attn_saes::live::rank_features;
     h.get_by_label("Rank the features").click();
     step_until(&mut h, Duration::from_secs(120), |a| {
         matches!(

@@ -6,7 +6,7 @@
 // keeps drawing and answering while it works.
 //
 // Messages in: {id, op, args}, op one of 'load' | 'analyze' | 'attribution' | 'effect' |
-// 'rank' | 'steer' | 'examples', handled one at
+// 'upstream' | 'rank' | 'steer' | 'examples', handled one at
 // a time in arrival order. Out: {status, isError} lines while working, and {id, value} or
 // {id, error} for each request.
 import init, * as lm from './live/attn_saes_live.js';
@@ -196,6 +196,14 @@ const ops = {
       throw new Error('a newer text has been analysed since: ask again on it');
     }
     return lm.effect(head, feature, objective ?? undefined);
+  },
+  // A feature's DFA at a position from a source, split by what wrote the residual stream
+  // at the source (the model run again to the hooked layer).
+  async upstream({ head, feature, position, source, of }) {
+    if (of !== analysis) {
+      throw new Error('a newer text has been analysed since: ask again on it');
+    }
+    return lm.upstream(head, feature, position, source);
   },
   // Every feature firing in the last text, ranked by its estimated effect on the loss (or
   // on an answer, JSON of {answer, against?, at?}).

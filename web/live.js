@@ -5,6 +5,8 @@
 //   their features>; attribution(head, feature, position) -> Promise<JSON of a DFA>;
 //   effect(head, feature, objectiveJson?) -> Promise<JSON of what removing the feature
 //   changes (and in an answer objective's value, given one)>;
+//   upstream(head, feature, position, source) -> Promise<JSON of the feature's DFA from
+//   the source split by what wrote the residual stream there>;
 //   rank(answerJson?) -> Promise<JSON of every firing feature's estimated effect on the
 //   loss, or on an answer ({answer, against?, at?}: its logit difference or
 //   log-probability)>;
@@ -231,6 +233,8 @@ const api = {
     ask('attribution', { head, feature, position, of: lastAnalysis }),
   effect: (head, feature, objective) =>
     ask('effect', { head, feature, objective, of: lastAnalysis }),
+  upstream: (head, feature, position, source) =>
+    ask('upstream', { head, feature, position, source, of: lastAnalysis }),
   rank: (answer) => ask('rank', { answer, of: lastAnalysis }),
   steer: (steering) => ask('steer', { steering, of: lastAnalysis }),
   examplesEffect: (head, feature, examples) => {

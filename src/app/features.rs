@@ -512,8 +512,15 @@ fn shade(color: Color32, strength: f32) -> Color32 {
     color.gamma_multiply(0.85 * t)
 }
 
+/// The fill for a signed `value` on a scale whose largest magnitude is `scale`: blue for
+/// positive, red for negative, as the DFA row's.
+pub(crate) fn signed_fill(value: f32, scale: f32) -> Color32 {
+    let color = if value < 0.0 { NEG_COLOR } else { POS_COLOR };
+    shade(color, ratio(value.abs(), scale))
+}
+
 /// Largest absolute value (0 when empty).
-fn max_abs(values: impl Iterator<Item = f32>) -> f32 {
+pub(crate) fn max_abs(values: impl Iterator<Item = f32>) -> f32 {
     values
         .map(f32::abs)
         .filter(|v| v.is_finite())

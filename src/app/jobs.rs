@@ -300,6 +300,13 @@ pub enum LiveEvent {
         feature: usize,
         result: Result<crate::live::Steered, String>,
     },
+    /// The answer to [`LiveRequest::Upstream`].
+    Upstream {
+        ids: Vec<u32>,
+        feature: (usize, usize),
+        at: (usize, usize),
+        result: Result<crate::live::Upstream, String>,
+    },
     /// The answer to [`LiveRequest::Rank`].
     Ranking {
         ids: Vec<u32>,
@@ -330,6 +337,13 @@ pub enum LiveRequest {
     Steer {
         ids: Vec<u32>,
         steering: crate::live::Steering,
+    },
+    /// A feature's DFA at `at.0` from `at.1` on these tokens, by what wrote the residual
+    /// stream at the source ([`crate::live::Upstream`]).
+    Upstream {
+        ids: Vec<u32>,
+        feature: (usize, usize),
+        at: (usize, usize),
     },
     /// What removing a feature does on its top examples, `(window, target)` each.
     Examples {
@@ -498,6 +512,18 @@ impl LiveModel {
         )
     }
 
+    /// The DFA of `feature` `(head, feature)` at `at.0` from `at.1` in `ids`, by what wrote
+    /// the residual stream at the source.
+    pub fn upstream(
+        &self,
+        ids: &[u32],
+        feature: (usize, usize),
+        at: (usize, usize),
+    ) -> anyhow::Result<crate::live::Upstream> {
+        let hook = (self.layer, self.z_convention);
+        crate::live::upstream_of(&self.loaded, &self.sae, hook, ids, feature, at)
+    }
+
     /// What removing `feature` of `head` wherever it fires in `ids` changes in the model's
     /// next-token predictions.
     /// With an answer `objective`, also its value with and without the feature.
@@ -662,6 +688,12 @@ fn live_loop(
                     head: steering.head,
                     feature: steering.feature,
                     result: live.steer(ids, steering).map_err(|e| format!("{e:#}")),
+                },
+                LiveRequest::Upstream { ids, feature, at } => LiveEvent::Upstream {
+                    ids: ids.clone(),
+                    feature: *feature,
+                    at: *at,
+                    result: (live.upstream(ids, *feature, *at)).map_err(|e| format!("{e:#}")),
                 },
                 LiveRequest::Rank { ids, answer } => LiveEvent::Ranking {
                     ids: ids.clone(),

@@ -155,6 +155,10 @@ pub struct WebText {
     /// The same for a feature's effect on its top examples.
     pub examples: Option<crate::live::AskedExamples>,
     pub examples_request: Option<(usize, usize, crate::live::Examples)>,
+    /// The same for a source's DFA taken upstream: the tokens, the feature, `(target,
+    /// source)`.
+    pub upstream: Option<crate::live::AskedUpstream>,
+    pub upstream_request: Option<crate::live::UpstreamKey>,
     /// The page's inference bundle has a model loaded.
     pub live_ready: bool,
     /// The model and SAE loaded were checked against another dashboard than the open one
@@ -177,6 +181,15 @@ impl WebText {
         let objective = self.ranking.as_ref().and_then(|r| r.answer_for(&ids));
         self.effect_request = Some((ids.clone(), head, feature, objective));
         self.effect = Some(crate::live::Asked::computing(ids, head, feature));
+    }
+
+    /// Asks (through `src/web.rs`) for a feature's DFA at `at.0` from `at.1` in the analysed
+    /// text, by what wrote the residual stream at the source.
+    pub fn ask_upstream(&mut self, feature: (usize, usize), at: (usize, usize)) {
+        let Some(a) = &self.analysis else { return };
+        let ids = a.tokens().ids.clone();
+        self.upstream_request = Some((ids.clone(), feature, at));
+        self.upstream = Some(crate::live::AskedUpstream::computing(ids, feature, at));
     }
 
     /// Asks (through `src/web.rs`) for the analysed text continued clean and steered.
@@ -248,6 +261,8 @@ pub struct Native {
     pub steer: Option<crate::live::AskedSteer>,
     /// A feature's effect on its top examples, asked of the worker.
     pub examples: Option<crate::live::AskedExamples>,
+    /// A source's DFA taken upstream, asked of the worker.
+    pub upstream: Option<crate::live::AskedUpstream>,
     /// A text was sent to the worker and its analysis has not arrived.
     text_pending: bool,
 }
@@ -724,6 +739,7 @@ impl AttnSaesApp {
                 effect: self.web.effect.as_ref(),
                 ranking: self.web.ranking.as_ref(),
                 steer: self.web.steer.as_ref(),
+                upstream: self.web.upstream.as_ref(),
                 largest,
                 labels: self.dashboard.as_ref().map(|d| &d.labels),
             },
@@ -734,6 +750,9 @@ impl AttnSaesApp {
             }
             Some(text_view::TextAction::Rank(answer)) => self.web.ask_ranking(answer),
             Some(text_view::TextAction::Steer(steering)) => self.web.ask_steer(steering),
+            Some(text_view::TextAction::Upstream { feature, at }) => {
+                self.web.ask_upstream(feature, at)
+            }
             Some(text_view::TextAction::Effect { head, feature }) => {
                 self.web.ask_effect(head, feature)
             }
@@ -949,7 +968,8 @@ impl AttnSaesApp {
         let effect_due = (self.native.effect.as_ref())
             .is_some_and(|e| matches!(e.state, Computing))
             || (self.native.ranking.as_ref()).is_some_and(|r| matches!(r.state, Computing))
-            || (self.native.examples.as_ref()).is_some_and(|r| matches!(r.state, Computing));
+            || (self.native.examples.as_ref()).is_some_and(|r| matches!(r.state, Computing))
+            || (self.native.upstream.as_ref()).is_some_and(|u| matches!(u.asked.state, Computing));
         if self.native.live_status.ends_with('…') || effect_due {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
@@ -1006,6 +1026,16 @@ impl AttnSaesApp {
                         asked.state = crate::live::Answer::of(result);
                     }
                 }
+                jobs::LiveEvent::Upstream {
+                    ids,
+                    feature,
+                    at,
+                    result,
+                } => {
+                    if let Some(asked) = &mut self.native.upstream {
+                        asked.answer((&ids, feature, at), result);
+                    }
+                }
                 jobs::LiveEvent::Ranking { ids, result } => {
                     if let Some(asked) = self.native.ranking.as_mut().filter(|r| r.ids == ids) {
                         asked.state = crate::live::Answer::of(result);
@@ -1046,6 +1076,7 @@ impl AttnSaesApp {
         self.native.ranking = None;
         self.native.steer = None;
         self.native.examples = None;
+        self.native.upstream = None;
         self.native.text_pending = false;
         self.native.live_status = String::new();
         if rerun {
@@ -1123,6 +1154,7 @@ impl AttnSaesApp {
                 effect: self.native.effect.as_ref(),
                 ranking: self.native.ranking.as_ref(),
                 steer: self.native.steer.as_ref(),
+                upstream: self.native.upstream.as_ref(),
                 largest,
                 labels: self.dashboard.as_ref().map(|d| &d.labels),
             },
@@ -1158,6 +1190,18 @@ impl AttnSaesApp {
                         steering,
                     });
                     self.native.steer = Some(crate::live::Asked::computing(ids, head, feature));
+                }
+            }
+            Some(text_view::TextAction::Upstream { feature, at }) => {
+                if let (Some((_, worker)), Some(a)) = (&self.native.live, &self.native.analysis) {
+                    let ids = a.ids.clone();
+                    let _ = worker.requests.send(jobs::LiveRequest::Upstream {
+                        ids: ids.clone(),
+                        feature,
+                        at,
+                    });
+                    let asked = crate::live::AskedUpstream::computing(ids, feature, at);
+                    self.native.upstream = Some(asked);
                 }
             }
             Some(text_view::TextAction::Effect { head, feature }) => {

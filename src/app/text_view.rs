@@ -6,12 +6,14 @@
 use eframe::egui::{self, RichText, Ui};
 
 use super::features::{
-    answer_panel, dfa_by_head_line, dfa_row, drawable, error_label, shown_token,
+    answer_panel, dfa_by_head_line, dfa_row, drawable, error_label, max_abs, shown_token,
+    signed_fill,
 };
 use crate::dashboard::labels::Labels;
 use crate::live::{
-    Analysed, Answer, AnswerAsk, AskedEffect, AskedRanking, AskedSteer, AttributionState,
-    EffectState, FeatureEffect, FeatureRanking, LiveTokens, RankedFeature, Steered, Steering,
+    Analysed, Answer, AnswerAsk, AskedEffect, AskedRanking, AskedSteer, AskedUpstream,
+    AttributionState, EffectState, FeatureEffect, FeatureRanking, LiveTokens, RankedFeature,
+    Steered, Steering, Upstream,
 };
 
 /// What the view remembers.
@@ -64,6 +66,10 @@ pub struct TextState {
     /// What the ranking shown was asked by (a changed answer asks again).
     #[serde(skip)]
     pub ranked_by: Option<Option<AnswerAsk>>,
+    /// The source chosen to take upstream, for the `(position, head, feature)` it was
+    /// chosen at (another pick starts from the strongest source again).
+    #[serde(skip)]
+    pub upstream_source: Option<((usize, usize, usize), usize)>,
 }
 
 impl TextState {
@@ -135,6 +141,7 @@ impl Default for TextState {
             against: String::new(),
             answer_at: None,
             ranked_by: None,
+            upstream_source: None,
         }
     }
 }
@@ -178,6 +185,12 @@ pub enum TextAction {
     Rank(Option<AnswerAsk>),
     /// Continue the text clean and steered by this feature (see [`Steered`]).
     Steer(Steering),
+    /// Split the DFA of `feature` `(head, feature)` at `at.0` from `at.1` by what wrote the
+    /// residual stream at the source (see [`Upstream`]).
+    Upstream {
+        feature: (usize, usize),
+        at: (usize, usize),
+    },
 }
 
 /// What the view was given of what it asked for: the effect last asked for (shown when it
@@ -188,6 +201,9 @@ pub struct Answers<'a> {
     pub ranking: Option<&'a AskedRanking>,
     /// The steered continuation last asked for (shown when it is the picked feature's).
     pub steer: Option<&'a AskedSteer>,
+    /// The upstream split last asked for (shown when it is the picked feature's at the
+    /// selected token).
+    pub upstream: Option<&'a AskedUpstream>,
     /// The picked feature's largest activation in the open dashboards, if any (steering
     /// strengths are multiples of it; else of its largest in the text).
     pub largest: Option<f32>,
@@ -246,6 +262,12 @@ pub fn text_ui(
                 let label = answers.labels.and_then(|l| l.get(head, feature));
                 if let Some(open) = pick_panel(ui, analysis, p, (head, feature), label) {
                     action = Some(open);
+                }
+                let upstream = answers
+                    .upstream
+                    .filter(|u| u.is_for(&a.ids, (head, feature), p));
+                if let Some(asked) = upstream_panel(ui, s, analysis, p, (head, feature), upstream) {
+                    action = Some(asked);
                 }
                 ui.separator();
                 let effect = answers.effect.filter(|e| e.is_for(&a.ids, head, feature));
@@ -384,6 +406,125 @@ fn pick_panel(
         }
     }
     open.then_some(TextAction::OpenFeature { head, feature })
+}
+
+/// The picked feature's DFA from one source taken a step upstream: a source to choose (the
+/// strongest by default), a button that asks, then the split by what wrote the residual
+/// stream there.
+fn upstream_panel(
+    ui: &mut Ui,
+    s: &mut TextState,
+    analysis: &dyn Analysed,
+    p: usize,
+    (head, feature): (usize, usize),
+    asked: Option<&AskedUpstream>,
+) -> Option<TextAction> {
+    let AttributionState::Ready(attribution) = analysis.attribution_state(head, feature, p) else {
+        return None;
+    };
+    let a = analysis.tokens();
+    let dfa = &attribution.dfa;
+    let key = (p, head, feature);
+    let chosen = (s.upstream_source.filter(|u| u.0 == key)).map(|u| u.1);
+    let mut source = chosen
+        .unwrap_or_else(|| crate::live::strongest_source(dfa))
+        .min(p);
+    ui.label(RichText::new("What wrote what it reads").strong());
+    ui.label(
+        RichText::new(
+            "The DFA from one source split by what wrote the residual stream there: the \
+             token's embedding, each earlier head (with the positions it read from), each \
+             earlier MLP, the biases (the norm's scale there held at its value).",
+        )
+        .weak(),
+    );
+    let computing = matches!(asked.map(|u| &u.asked.state), Some(Answer::Computing));
+    let clicked = ui
+        .horizontal(|ui| {
+            let label = ui.label("source").id;
+            let drag = ui
+                .add(egui::DragValue::new(&mut source).range(0..=p))
+                .labelled_by(label)
+                .on_hover_text("the source position whose DFA to take apart");
+            if drag.changed() {
+                s.upstream_source = Some((key, source));
+            }
+            let token = a.strings.get(source).map(String::as_str).unwrap_or("");
+            let value = dfa.get(source).copied().unwrap_or(0.0);
+            ui.label(RichText::new(format!("{token:?} (DFA {value:+.3})")).monospace());
+            let clicked = ui
+                .add_enabled(!computing, egui::Button::new("Take it apart"))
+                .on_hover_text(
+                    "runs the model to the hooked layer again, keeping what each \
+                                writer put in the residual stream at the source",
+                )
+                .clicked();
+            clicked
+        })
+        .inner;
+    match asked.map(|u| &u.asked.state) {
+        Some(Answer::Computing) => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("running the model to the layer…");
+            });
+        }
+        Some(Answer::Failed(why)) => error_label(ui, &format!("failed: {why}")),
+        Some(Answer::Ready(u)) => upstream_ready(ui, a, u),
+        None => {}
+    }
+    clicked.then_some(TextAction::Upstream {
+        feature: (head, feature),
+        at: (p, source),
+    })
+}
+
+/// The strongest writers of a source's DFA, each with its part (shaded by size), an earlier
+/// head with the positions it read from; then the rest together.
+fn upstream_ready(ui: &mut Ui, a: &LiveTokens, u: &Upstream) {
+    let token = |q: usize| {
+        format!(
+            "{q} {:?}",
+            a.strings.get(q).map(String::as_str).unwrap_or("")
+        )
+    };
+    ui.label(format!(
+        "The DFA from {} ({:+.4}) by what wrote the residual stream there:",
+        token(u.source),
+        u.dfa
+    ));
+    let listed = u.strongest(crate::live::UPSTREAM_LISTED);
+    let scale = max_abs(listed.iter().map(|w| w.value));
+    egui::Grid::new(("upstream", u.head, u.feature, u.target, u.source))
+        .num_columns(3)
+        .spacing(egui::vec2(10.0, 2.0))
+        .show(ui, |ui| {
+            for part in listed {
+                let value = RichText::new(format!("{:+.4}", part.value))
+                    .monospace()
+                    .background_color(signed_fill(part.value, scale));
+                ui.label(value);
+                ui.label(part.writer.name());
+                let from: Vec<String> = (part.reading_from(crate::live::UPSTREAM_SOURCES))
+                    .iter()
+                    .map(|&(q, v)| format!("{} {v:+.4}", token(q)))
+                    .collect();
+                match from.is_empty() {
+                    true => ui.label(""),
+                    false => {
+                        let text = format!("reading from {}", from.join(", "));
+                        ui.label(RichText::new(drawable(ui, &egui::TextStyle::Body, &text)).weak())
+                    }
+                };
+                ui.end_row();
+            }
+            let (rest, sum) = u.rest(crate::live::UPSTREAM_LISTED);
+            if rest > 0 {
+                ui.label(RichText::new(format!("{sum:+.4}")).monospace());
+                ui.label(format!("the other {rest} together"));
+                ui.end_row();
+            }
+        });
 }
 
 /// What removing the picked feature changes in the model's predictions: a button that asks

@@ -288,6 +288,83 @@ impl Upstream {
         parts.truncate(n);
         parts
     }
+
+    /// The parts not among the [`strongest`](Self::strongest) `n`: how many, and their sum.
+    pub fn rest(&self, n: usize) -> (usize, f32) {
+        let listed = self.strongest(n);
+        let shown: f32 = listed.iter().map(|p| p.value).sum();
+        let all: f32 = self.parts.iter().map(|p| p.value).sum();
+        (self.parts.len() - listed.len(), all - shown)
+    }
+}
+
+impl WrittenBy {
+    /// An earlier head's positions read from at the source, `(position, part)`, the largest
+    /// magnitude first, at most `n` (none for other writers).
+    pub fn reading_from(&self, n: usize) -> Vec<(usize, f32)> {
+        let mut from: Vec<(usize, f32)> = self.by_source.iter().copied().enumerate().collect();
+        from.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        from.truncate(n);
+        from
+    }
+}
+
+/// Writers listed of an [`Upstream`] (`text --upstream`, Your text), and positions listed
+/// for each head.
+pub const UPSTREAM_LISTED: usize = 12;
+pub const UPSTREAM_SOURCES: usize = 3;
+
+/// The source of a DFA row with the largest magnitude (the one [`Upstream`] takes apart by
+/// default: a negative source is as worth taking apart as a positive one); 0 for an empty
+/// row.
+pub fn strongest_source(dfa: &[f32]) -> usize {
+    (dfa.iter().enumerate())
+        .fold((0, f32::NEG_INFINITY), |best, (s, v)| {
+            match v.abs() > best.1 {
+                true => (s, v.abs()),
+                false => best,
+            }
+        })
+        .0
+}
+
+/// What an [`Upstream`] split is asked for: the text's tokens, the `(head, feature)` and
+/// the `(target, source)`.
+pub type UpstreamKey = (Vec<u32>, (usize, usize), (usize, usize));
+
+/// The [`Upstream`] split a viewer asked for: of one feature on a text, at a `(target,
+/// source)` pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AskedUpstream {
+    pub asked: Asked<Upstream>,
+    pub at: (usize, usize),
+}
+
+impl AskedUpstream {
+    /// Asked, not answered yet.
+    pub fn computing(ids: Vec<u32>, (head, feature): (usize, usize), at: (usize, usize)) -> Self {
+        Self {
+            asked: Asked::computing(ids, head, feature),
+            at,
+        }
+    }
+
+    /// Whether it is of `feature` at `target` on the text with `ids` (from any source).
+    pub fn is_for(&self, ids: &[u32], (head, feature): (usize, usize), target: usize) -> bool {
+        self.asked.is_for(ids, head, feature) && self.at.0 == target
+    }
+
+    /// Takes `result`, the answer to the request for (`ids`, `feature`, `at`), if that is
+    /// this request (a stale answer is dropped).
+    pub fn answer(
+        &mut self,
+        (ids, feature, at): (&[u32], (usize, usize), (usize, usize)),
+        result: Result<Upstream, String>,
+    ) {
+        if self.at == at {
+            self.asked.answer((ids, feature.0, feature.1), result);
+        }
+    }
 }
 
 /// What one feature does to a text's next-token predictions: the model run on the text
