@@ -452,14 +452,12 @@ fn upstream_panel(
             let token = a.strings.get(source).map(String::as_str).unwrap_or("");
             let value = dfa.get(source).copied().unwrap_or(0.0);
             ui.label(RichText::new(format!("{token:?} (DFA {value:+.3})")).monospace());
-            let clicked = ui
-                .add_enabled(!computing, egui::Button::new("Take it apart"))
+            ui.add_enabled(!computing, egui::Button::new("Take it apart"))
                 .on_hover_text(
-                    "runs the model to the hooked layer again, keeping what each \
-                                writer put in the residual stream at the source",
+                    "runs the model to the hooked layer again, keeping what each writer put \
+                     in the residual stream at the source",
                 )
-                .clicked();
-            clicked
+                .clicked()
         })
         .inner;
     match asked.map(|u| &u.asked.state) {
