@@ -8,7 +8,8 @@
 //! tokens and active features per head and position, activations, DFA and pre-activation
 //! within 1e-4 + 1e-3 x |value| (f32 sums in another order on another backend), and so
 //! must the picked feature's effect (`text --effect`: the losses with and without it, the
-//! probabilities of the tokens listed, rank by rank), and the ranking of every firing
+//! probabilities of the tokens listed, rank by rank), its DFA from its strongest source
+//! split by what wrote the residual stream there (`text --upstream`), and the ranking of every firing
 //! feature (`text --rank`), and the feature's effect on its top examples (`features
 //! --effect`), and the text continued clean and steered by it, sampled (`steer
 //! --temperature 0.8 --seed 7 --clamp`: the same tokens, their probabilities within the
@@ -56,7 +57,8 @@ fn native_text(
         "cpu",
     ]);
     if let Some((p, h, f)) = pick {
-        cmd.args(["--pick", &format!("{p},{h},{f}")]);
+        // With its DFA from the strongest source taken upstream.
+        cmd.args(["--pick", &format!("{p},{h},{f}"), "--upstream"]);
     }
     if let Some((h, f)) = effect {
         cmd.args(["--effect", &format!("{h},{f}"), "--rank", "1"]);
@@ -317,6 +319,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .env("LIVE_FILES", serde_json::to_string(&picked).unwrap())
         .env("LIVE_STEER", serde_json::to_string(&every_option).unwrap())
         .env("LIVE_ANSWER", answer.to_string())
+        .env("LIVE_UPSTREAM", native["upstream"]["source"].to_string())
         .arg(root().join("tests/web/live.mjs"))
         .arg(&server.base)
         .arg(&shots)
@@ -427,6 +430,36 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
                     close(x, y) || (x.is_nan() && y.is_nan()),
                     "{name}: {key} {x} vs {y}"
                 );
+            }
+        }
+        // The pick's DFA from its strongest source taken upstream: the same writers, in the
+        // same order, with the same parts (and a head's parts by the positions it read
+        // from) within the tolerance.
+        assert_eq!(r["upstreamStatus"], "ready", "{name}");
+        let (ours, theirs) = (&r["upstream"], &native["upstream"]);
+        for key in ["head", "feature", "target", "source"] {
+            assert_eq!(ours[key], theirs[key], "{name}: upstream {key}");
+        }
+        let number = |v: &Value| v.as_f64().unwrap();
+        assert!(
+            close(number(&ours["dfa"]), number(&theirs["dfa"])),
+            "{name}: {ours}"
+        );
+        let (a, b) = (
+            ours["parts"].as_array().unwrap(),
+            theirs["parts"].as_array().unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{name}: upstream writers");
+        assert!(b.iter().any(|w| w["by_source"].is_array()), "{theirs}");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x["writer"], y["writer"], "{name}");
+            let what = format!("{name}: upstream {}", y["writer"]);
+            assert!(close(number(&x["value"]), number(&y["value"])), "{what}");
+            let sources = |w: &Value| w["by_source"].as_array().cloned().unwrap_or_default();
+            let (xs, ys) = (sources(x), sources(y));
+            assert_eq!(xs.len(), ys.len(), "{what}: by source");
+            for (u, v) in xs.iter().zip(&ys) {
+                assert!(close(number(u), number(v)), "{what}: by source {u} vs {v}");
             }
         }
         // The ranking: the same features, estimates within the tolerance.

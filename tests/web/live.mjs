@@ -6,8 +6,9 @@
 // PICK_JSON is [position, head, feature]. For WebGPU (SwiftShader; the page loads the model
 // by ?live=live.json) and then for a browser without a WebGPU adapter (the CPU fallback; by
 // ?model=&sae=), it runs the prompt, picks the (position, head, feature), and reads what
-// the Your text view shows (attnSaes.live_shown()), and with LIVE_STEER (a steering's JSON)
-// continues the text steered that way. Then: a second visit reads the model from the browser's cache,
+// the Your text view shows (attnSaes.live_shown()), with LIVE_UPSTREAM (a source) the
+// pick's DFA from it split upstream, and with LIVE_STEER (a steering's JSON) continues the
+// text steered that way. Then: a second visit reads the model from the browser's cache,
 // and a manifest whose sha256 is wrong is refused. Prints one JSON object; exits 1 on a
 // step that fails.
 import { chromium } from 'playwright-core';
@@ -144,6 +145,18 @@ async function session(context, name, query) {
   });
   run.effectStatus = withEffect.effect_status;
   run.effect = withEffect.effect;
+  // LIVE_UPSTREAM (a source position): the picked feature's DFA from it, split by what
+  // wrote the residual stream there (Your text's "Take it apart").
+  if (process.env.LIVE_UPSTREAM) {
+    const source = Number(process.env.LIVE_UPSTREAM);
+    await page.evaluate(([[p, h, f], q]) => window.attnSaes.live_upstream(h, f, p, q), [pick, source]);
+    const withUpstream = await waitFor(page, `${name}: the upstream split`, async () => {
+      const s = await shown(page);
+      return s && s.upstream_status !== 'computing' && s.upstream_status !== 'none' ? s : null;
+    });
+    run.upstreamStatus = withUpstream.upstream_status;
+    run.upstream = withUpstream.upstream;
+  }
   // Which features matter (Your text's "Rank the features").
   await page.evaluate(() => window.attnSaes.live_rank());
   const withRanking = await waitFor(page, `${name}: the ranking`, async () => {
