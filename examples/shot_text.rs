@@ -8,7 +8,10 @@
 //! TIMES is the strength in multiples of the feature's largest dashboard activation (4).
 //! With ANSWER (and AGAINST) in the environment, the features are ranked by that next token
 //! after the last position instead, and the picked feature is removed (its exact effect on
-//! the answer shown) instead of steered with (what `docs/app-answer.png` is).
+//! the answer shown) instead of steered with (what `docs/app-answer.png` is). With UPSTREAM
+//! (a source position, or empty for the source giving the most) the picked feature's DFA
+//! from that source is taken apart instead (What wrote what it reads), at position AT if
+//! given (what `docs/app-upstream.png` is).
 use std::time::{Duration, Instant};
 
 use attn_saes::app::{AttnSaesApp, Command, UiState, View};
@@ -100,6 +103,27 @@ fn main() {
         wait(&mut h, "the effect", |a| {
             settled(a.native.effect.as_ref().map(|e| &e.state))
         });
+        return save(&mut h, out);
+    }
+    if let Ok(source) = std::env::var("UPSTREAM") {
+        let at = std::env::var("AT").ok().and_then(|p| p.parse().ok());
+        let p = at.unwrap_or(strongest);
+        let text = &mut h.state_mut().ui.text;
+        (text.token, text.pick) = (Some(p), Some((head, feature)));
+        if let Ok(source) = source.parse::<usize>() {
+            text.upstream_source = Some(((p, head, feature), source));
+        }
+        h.run_steps(3);
+        h.get_by_label("Take it apart").click_accesskit();
+        let asked = Instant::now();
+        h.run_steps(1);
+        wait(&mut h, "the upstream split", |a| {
+            settled(a.native.upstream.as_ref().map(|u| &u.asked.state))
+        });
+        eprintln!(
+            "the split arrived {:.0} ms after the click",
+            asked.elapsed().as_secs_f64() * 1e3
+        );
         return save(&mut h, out);
     }
     let text = &mut h.state_mut().ui.text;
