@@ -20,7 +20,7 @@ pub use effect::{
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod upstream;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
-pub use upstream::{upstream_of, upstream_of_async};
+pub use upstream::{upstream_of, upstream_of_async, upstream_through, upstream_through_async};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod steer;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
@@ -273,14 +273,39 @@ pub struct Upstream {
     /// The position the feature is read at, and the source position taken apart.
     pub target: usize,
     pub source: usize,
-    /// The DFA from `source` (the sum of `parts`).
+    /// The DFA from `source` (the sum of `parts`); taken [`through`](Self::through) heads,
+    /// the last head's part read from its position, which `parts` split instead.
     pub dfa: f32,
     /// Every writer, in the model's order (embeddings, then each layer's heads, then its
-    /// MLP; the biases last).
+    /// MLP; the biases last), of the stream entering the hooked layer at `source`, or the
+    /// last step's head's layer at its position.
     pub parts: Vec<WrittenBy>,
+    /// The heads the split was taken further up through, each read from a position at or
+    /// before the one before it (none: one step, at `source`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub through: Vec<Through>,
+}
+
+/// A step further upstream ([`Upstream::through`]): the part of the split before written by
+/// head `head` of layer `layer`, read from position `from`, split in turn by what wrote the
+/// stream that head read there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Through {
+    pub layer: usize,
+    pub head: usize,
+    pub from: usize,
 }
 
 impl Upstream {
+    /// The layer whose incoming stream `parts` split (the hooked layer, or the last step's
+    /// head's), given the hooked layer, and the position.
+    pub fn split_at(&self, hooked: usize) -> (usize, usize) {
+        match self.through.last() {
+            Some(step) => (step.layer, step.from),
+            None => (hooked, self.source),
+        }
+    }
+
     /// The parts with the largest magnitude first, at most `n`.
     pub fn strongest(&self, n: usize) -> Vec<&WrittenBy> {
         let mut parts: Vec<&WrittenBy> = self.parts.iter().collect();

@@ -11,7 +11,7 @@ use anyhow::Context;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 
-use super::{Upstream, Writer, WrittenBy};
+use super::{Through, Upstream, Writer, WrittenBy};
 use crate::dashboard::dfa::dfa_by_source;
 use crate::lm::transformer::Norm;
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
@@ -26,7 +26,7 @@ pub fn upstream_of(
     feature: (usize, usize),
     at: (usize, usize),
 ) -> anyhow::Result<Upstream> {
-    super::blocking(upstream_of_async(loaded, sae, hook, ids, feature, at))
+    upstream_through(loaded, sae, hook, ids, feature, at, &[])
 }
 
 /// The DFA of `feature` `(head, feature)` at `target` from `source` (`at`), in the hook's
@@ -34,10 +34,41 @@ pub fn upstream_of(
 pub async fn upstream_of_async(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
+    hook: (usize, ZConvention),
+    ids: &[u32],
+    feature: (usize, usize),
+    at: (usize, usize),
+) -> anyhow::Result<Upstream> {
+    upstream_through_async(loaded, sae, hook, ids, feature, at, &[]).await
+}
+
+/// [`upstream_through_async`], blocking on its read-backs (the desktop and the CLI).
+pub fn upstream_through(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    hook: (usize, ZConvention),
+    ids: &[u32],
+    feature: (usize, usize),
+    at: (usize, usize),
+    through: &[Through],
+) -> anyhow::Result<Upstream> {
+    super::blocking(upstream_through_async(
+        loaded, sae, hook, ids, feature, at, through,
+    ))
+}
+
+/// [`upstream_of_async`] taken further up through earlier heads: each step of `through`
+/// takes one head's part of the split before it, read from one position, and splits it by
+/// the writers of the residual stream entering that head's layer at that position (the
+/// head's value there, `norm(x) W_V`, with the norm's scale held, as at the source).
+pub async fn upstream_through_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
     (layer, z_convention): (usize, ZConvention),
     ids: &[u32],
     (head, feature): (usize, usize),
     (target, source): (usize, usize),
+    through: &[Through],
 ) -> anyhow::Result<Upstream> {
     use super::read_async as host;
     let model = &loaded.transformer;
@@ -55,6 +86,19 @@ pub async fn upstream_of_async(
         "position {target}, source {source}: the text has {t} tokens, and a source is at or \
          before the position it is read from"
     );
+    let (mut below, mut at) = (layer, source);
+    for step in through {
+        anyhow::ensure!(
+            step.layer < below && step.head < h && step.from <= at,
+            "through L{} h{} from {}: a step goes through a head of an earlier layer than the \
+             one before it (layer {below}; the model has {h} heads), reading from a position \
+             at or before the one before it ({at})",
+            step.layer,
+            step.head,
+            step.from
+        );
+        (below, at) = (step.layer, step.from);
+    }
     let device = model.device().clone();
     let block = &model.blocks[layer];
     let heads = head * per_block..(head + 1) * per_block;
@@ -70,6 +114,30 @@ pub async fn upstream_of_async(
     let tokens = model.tokens(&[ids.to_vec()])?;
     let mut cache = model.run(tokens, &hooks, None)?;
     let f32s = |x: Tensor<1>| x.cast(DType::F32);
+    // The residual stream entering layer `l` at position `p`.
+    let entering = |l: usize, p: usize| -> anyhow::Result<Tensor<1>> {
+        Ok(match l {
+            0 => (model.embed_parts(ids[p], p).into_iter())
+                .reduce(|a, b| a + b)
+                .context("no embedding")?,
+            _ => {
+                let post = cache.resid_post.get(&(l - 1)).context("no residual")?;
+                post.clone().slice([0..1, p..p + 1, 0..dm]).reshape([dm])
+            }
+        })
+    };
+    // `W_V` of query head `qh` of layer `l` (its kv head's columns) times `x` [d_head]:
+    // what reading `x` of that head's value reads of the normed stream, [d_model].
+    let through_w_v = |l: usize, qh: usize, x: &[f32]| {
+        let col = (h + hkv + qh / (h / hkv)) * dh;
+        let x = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [dh, 1]), &device);
+        let w = model.blocks[l]
+            .attn
+            .w_qkv
+            .clone()
+            .slice([0..dm, col..col + dh]);
+        w.cast(DType::F32).matmul(x).reshape([dm])
+    };
 
     // The feature's encoder column (its block's rows), and the layer's rows at the source.
     let enc = host(&f32s(
@@ -80,16 +148,18 @@ pub async fn upstream_of_async(
     ))
     .await?;
     let scale = sae.input_scale[head];
-    let pattern_l = cache.pattern.remove(&layer).context("no pattern")?;
+    let pattern_l = cache.pattern.get(&layer).context("no pattern")?;
     let a_target = host(
         &pattern_l
+            .clone()
             .slice([0..1, heads.clone(), target..target + 1, source..source + 1])
             .reshape([per_block]),
     )
     .await?;
-    let values_l = cache.values.remove(&layer).context("no values")?;
+    let values_l = cache.values.get(&layer).context("no values")?;
     let v_source = host(
         &values_l
+            .clone()
             .slice([0..1, source..source + 1, heads.clone(), 0..dh])
             .reshape([per_block * dh]),
     )
@@ -105,68 +175,22 @@ pub async fn upstream_of_async(
             .await?,
         ),
     };
-    let embed = model.embed_parts(ids[source], source);
-    let resid = match layer {
-        0 => embed
-            .iter()
-            .cloned()
-            .reduce(|a, b| a + b)
-            .context("no embedding")?,
-        _ => {
-            let post = cache.resid_post.get(&(layer - 1)).context("no residual")?;
-            post.clone()
-                .slice([0..1, source..source + 1, 0..dm])
-                .reshape([dm])
-        }
-    };
-    let resid = host(&resid).await?;
 
     // w_s: what the feature reads of the residual stream at the source, through W_V (each
     // model head of the block its kv head's), then the norm with its scale held.
     let e: Vec<f32> = enc.iter().map(|x| x * scale).collect();
     let mut w_v = Vec::with_capacity(per_block);
     for (g, mh) in heads.clone().enumerate() {
-        let col = (h + hkv + mh / (h / hkv)) * dh;
-        let e_mh = Tensor::<2>::from_data(
-            TensorData::new(e[g * dh..(g + 1) * dh].to_vec(), [dh, 1]),
-            &device,
-        );
-        let w = block.attn.w_qkv.clone().slice([0..dm, col..col + dh]);
-        w_v.push(w.cast(DType::F32).matmul(e_mh).reshape([dm]));
+        w_v.push(through_w_v(layer, mh, &e[g * dh..(g + 1) * dh]));
     }
     let w_v = host(&Tensor::cat(w_v, 0)).await?;
-    let (gamma, sigma, centred) = match &block.norm1 {
-        Norm::Layer { w, eps, .. } => {
-            let mean = resid.iter().sum::<f32>() / dm as f32;
-            let var = resid.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / dm as f32;
-            (
-                Some(host(&f32s(w.clone())).await?),
-                (var + *eps as f32).sqrt(),
-                true,
-            )
-        }
-        Norm::Rms { w, eps } => {
-            let ms = resid.iter().map(|x| x * x).sum::<f32>() / dm as f32;
-            (
-                Some(host(&f32s(w.clone())).await?),
-                (ms + *eps as f32).sqrt(),
-                false,
-            )
-        }
-        Norm::Identity => (None, 1.0, false),
-    };
     let mut w_s = vec![0f32; dm];
     for (g, a) in a_target.iter().enumerate() {
         let row = &w_v[g * dm..(g + 1) * dm];
-        for (k, w) in w_s.iter_mut().enumerate() {
-            *w += a * row[k] * gamma.as_ref().map_or(1.0, |gm| gm[k]) / sigma;
-        }
+        w_s.iter_mut().zip(row).for_each(|(w, r)| *w += a * r);
     }
-    if centred {
-        let mean = w_s.iter().sum::<f32>() / dm as f32;
-        w_s.iter_mut().for_each(|w| *w -= mean);
-    }
-    let read = |x: &[f32]| x.iter().zip(&w_s).map(|(a, b)| a * b).sum::<f32>();
+    let resid = host(&entering(layer, source)?).await?;
+    let mut w_s = held(&block.norm1, &resid, w_s).await?;
 
     // The DFA from the source (`dashboard::dfa`'s formula, in the hook's convention: the
     // raw value less the fold for TransformerLens'), and the value bias's part, which
@@ -187,10 +211,109 @@ pub async fn upstream_of_async(
         }
         dfa += one_source(a, g, &v);
     }
+    let mut bias = (z_convention == ZConvention::Raw && fold.is_some()).then_some(value_bias);
 
+    // Each step through an earlier head: its part read from `from` at the position before
+    // (its pattern there times its raw value's read through `W_O`), and what that value
+    // reads of the stream at `from` (through its `W_V` and the norm held there).
+    let (mut split_layer, mut split_at) = (layer, source);
+    for step in through {
+        let (l, qh, from) = (step.layer, step.head, step.from);
+        let attn = &model.blocks[l].attn;
+        let w_t = Tensor::<2>::from_data(TensorData::new(w_s.clone(), [dm, 1]), &device);
+        let u = attn.w_o.clone().slice([qh * dh..(qh + 1) * dh, 0..dm]);
+        let u = host(&u.cast(DType::F32).matmul(w_t).reshape([dh])).await?;
+        let pattern = cache.pattern.get(&l).context("no pattern")?;
+        let a = pattern
+            .clone()
+            .slice([0..1, qh..qh + 1, split_at..split_at + 1, from..from + 1]);
+        let a = host(&a.reshape([1])).await?[0];
+        let values = cache.values.get(&l).context("no values")?;
+        let v = values
+            .clone()
+            .slice([0..1, from..from + 1, qh..qh + 1, 0..dh]);
+        let v = host(&v.reshape([dh])).await?;
+        let dot = |x: &[f32]| x.iter().zip(&u).map(|(p, q)| p * q).sum::<f32>();
+        dfa = a * dot(&v);
+        bias = match &attn.z_fold {
+            Some(f) => {
+                let f = f.clone().slice([qh..qh + 1, 0..dh]).reshape([dh]);
+                Some(a * dot(&host(&f32s(f)).await?))
+            }
+            None => None,
+        };
+        let au: Vec<f32> = u.iter().map(|x| a * x).collect();
+        let w = host(&through_w_v(l, qh, &au)).await?;
+        let resid = host(&entering(l, from)?).await?;
+        w_s = held(&model.blocks[l].norm1, &resid, w).await?;
+        (split_layer, split_at) = (l, from);
+    }
+    let mut parts = split(model, &mut cache, ids, (split_layer, split_at), &w_s).await?;
+    if let Some(value) = bias {
+        parts.push(WrittenBy {
+            writer: Writer::ValueBias,
+            value,
+            by_source: Vec::new(),
+        });
+    }
+    Ok(Upstream {
+        head,
+        feature,
+        target,
+        source,
+        dfa,
+        parts,
+        through: through.to_vec(),
+    })
+}
+
+/// `w` (a direction in the normed stream) taken back through `norm` with its scale held at
+/// its value for the stream `resid`: the direction in the stream itself that reads the same.
+async fn held(norm: &Norm, resid: &[f32], mut w: Vec<f32>) -> anyhow::Result<Vec<f32>> {
+    use super::read_async as host;
+    let dm = resid.len() as f32;
+    let (gamma, sigma, centred) = match norm {
+        Norm::Layer { w, eps, .. } => {
+            let mean = resid.iter().sum::<f32>() / dm;
+            let var = resid.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / dm;
+            let gamma = host(&w.clone().cast(DType::F32)).await?;
+            (Some(gamma), (var + *eps as f32).sqrt(), true)
+        }
+        Norm::Rms { w, eps } => {
+            let ms = resid.iter().map(|x| x * x).sum::<f32>() / dm;
+            let gamma = host(&w.clone().cast(DType::F32)).await?;
+            (Some(gamma), (ms + *eps as f32).sqrt(), false)
+        }
+        Norm::Identity => (None, 1.0, false),
+    };
+    for (k, x) in w.iter_mut().enumerate() {
+        *x *= gamma.as_ref().map_or(1.0, |g| g[k]) / sigma;
+    }
+    if centred {
+        let mean = w.iter().sum::<f32>() / dm;
+        w.iter_mut().for_each(|x| *x -= mean);
+    }
+    Ok(w)
+}
+
+/// What each writer of the residual stream entering `layer` at `pos` adds to its read by
+/// `w_s`: the embeddings, each earlier head (and its terms by the position it read from),
+/// each earlier MLP (the remainder of its layer), the output biases.
+async fn split(
+    model: &crate::lm::Transformer,
+    cache: &mut crate::lm::HookCache,
+    ids: &[u32],
+    (layer, source): (usize, usize),
+    w_s: &[f32],
+) -> anyhow::Result<Vec<WrittenBy>> {
+    use super::read_async as host;
+    let cfg = &model.config;
+    let (h, dh, dm) = (cfg.n_heads, cfg.d_head, cfg.d_model);
+    let device = model.device().clone();
+    let read = |x: &[f32]| x.iter().zip(w_s).map(|(a, b)| a * b).sum::<f32>();
     let mut parts = Vec::new();
     let mut embed_rows = Vec::new();
-    for row in &embed {
+    for row in &model.embed_parts(ids[source], source) {
         embed_rows.push(host(row).await?);
     }
     for (writer, row) in [Writer::Embedding, Writer::Positions]
@@ -207,7 +330,7 @@ pub async fn upstream_of_async(
     // The earlier layers: each head's W_O taken to w_s, and its z, pattern row and values
     // at and before the source, read back together.
     if layer > 0 {
-        let w_s_t = Tensor::<2>::from_data(TensorData::new(w_s.clone(), [dm, 1]), &device);
+        let w_s_t = Tensor::<2>::from_data(TensorData::new(w_s.to_vec(), [dm, 1]), &device);
         let (mut u, mut b_o, mut z, mut pat, mut val, mut post) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         for l in 0..layer {
@@ -295,19 +418,5 @@ pub async fn upstream_of_async(
             });
         }
     }
-    if z_convention == ZConvention::Raw && fold.is_some() {
-        parts.push(WrittenBy {
-            writer: Writer::ValueBias,
-            value: value_bias,
-            by_source: Vec::new(),
-        });
-    }
-    Ok(Upstream {
-        head,
-        feature,
-        target,
-        source,
-        dfa,
-        parts,
-    })
+    Ok(parts)
 }
