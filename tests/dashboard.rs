@@ -554,6 +554,98 @@ fn dfa_upstream_matches_the_numpy_reference() {
     }
 }
 
+/// `text --upstream S --through 0,H0,S'`: a layer-0 head's term of the split, read from
+/// `S'`, split in turn by what wrote the stream entering layer 0 there (the embeddings, and
+/// GPT-2's layer-0 value bias, which the reference takes from the weights), against the
+/// numpy float64 reference (`upstream2`, every head and source and every other feature in
+/// window 0 on the CPU; a sample on wgpu); the step's value is the term it splits
+/// (`upstream_by_source`); a step that does not go up, or reads from after its position,
+/// is refused.
+#[test]
+fn dfa_two_steps_upstream_matches_the_numpy_reference() {
+    use attn_saes::live::{Through, upstream_through};
+    let tl = ZConvention::TransformerLens;
+    for (model, names) in [
+        ("gpt2_tiny", &["embedding", "positions", "value bias"][..]),
+        ("llama_tiny", &["embedding"]),
+    ] {
+        for (device_name, device) in test_devices() {
+            let sampled = |f: usize, s: usize, sp: usize| match device_name {
+                "cpu" => f % 4 == 0,
+                _ => f % 6 == 1 && s % 5 == 0 && sp % 4 == 0,
+            };
+            let loaded = lm::load_model(&fixture(model).display().to_string(), &device).unwrap();
+            let sae =
+                BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), &device).unwrap();
+            let r = Reference::load(&format!("dashboard/{model}_reference.safetensors"));
+            let tokens = r.tokens("tokens");
+            let (h, m, t) = (sae.config.n_heads, sae.config.features_per_head, 12);
+            let up2 = &r.get("upstream2").data; // [H, m, 12, H, 12, C0]
+            let by = &r.get("upstream_by_source").data; // [H, m, 12, 1, H, 12]
+            let c = names.len();
+            let ids = &tokens[..t];
+            let (mut worst, mut worst_value, mut n) = (0f64, 0f64, 0);
+            for head in 0..h {
+                for f in 0..m {
+                    for s in 0..t {
+                        for h0 in 0..h {
+                            for sp in (0..=s).filter(|&sp| sampled(f, s, sp)) {
+                                let step = Through {
+                                    layer: 0,
+                                    head: h0,
+                                    from: sp,
+                                };
+                                let at = (t - 1, s);
+                                let u = upstream_through(
+                                    &loaded,
+                                    &sae,
+                                    (1, tl),
+                                    ids,
+                                    (head, f),
+                                    at,
+                                    &[step],
+                                )
+                                .unwrap();
+                                let got: Vec<String> =
+                                    u.parts.iter().map(|p| p.writer.name()).collect();
+                                assert_eq!(got, names);
+                                assert_eq!((u.through.as_slice(), u.source), (&[step][..], s));
+                                assert_eq!(u.split_at(1), (0, sp));
+                                let at = (((head * m + f) * t + s) * h + h0) * t + sp;
+                                worst_value = worst_value.max((u.dfa as f64 - by[at]).abs());
+                                for (k, part) in u.parts.iter().enumerate() {
+                                    let want = up2[at * c + k];
+                                    worst = worst.max((part.value as f64 - want).abs());
+                                }
+                                n += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            println!(
+                "{model} on {device_name}: {n} splits, parts {worst:.2e}, value {worst_value:.2e}"
+            );
+            assert!(worst < 2e-5 && worst_value < 2e-5);
+            // A step that does not go up a layer, or reads from after its position, refused.
+            let step = |layer, from| Through {
+                layer,
+                head: 0,
+                from,
+            };
+            for (through, says) in [
+                (vec![step(1, 2)], "through L1 h0 from 2"),
+                (vec![step(0, 6)], "through L0 h0 from 6"),
+                (vec![step(0, 2), step(0, 1)], "through L0 h0 from 1"),
+            ] {
+                let err = upstream_through(&loaded, &sae, (1, tl), ids, (0, 0), (9, 5), &through)
+                    .unwrap_err();
+                assert!(err.to_string().contains(says), "{err}");
+            }
+        }
+    }
+}
+
 /// The DFA of `(head, feature)` at the window's last position from source `s`, from the
 /// forward's pattern and value hooks and the encoder column: `A[t, s] scale v_s . W_enc`.
 fn dfa_by_hand(
