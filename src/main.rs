@@ -360,6 +360,12 @@ enum Command {
         /// from) and MLPs, and the biases; they sum to the DFA from that source.
         #[arg(long, value_name = "SOURCE", num_args = 0..=1, requires = "pick")]
         upstream: Option<Option<usize>>,
+        /// `LAYER,HEAD,FROM` (repeatable): with --upstream, take one earlier head's part of
+        /// the split further up: its term read from position FROM, split by what wrote the
+        /// residual stream entering its layer there; each step a head of an earlier layer
+        /// than the one before, reading from a position at or before the one before.
+        #[arg(long, value_parser = parse_through, requires = "upstream")]
+        through: Vec<attn_saes::live::Through>,
         /// `HEAD,FEATURE`: run the model again with that feature removed wherever it fires
         /// and print each next token's loss change and the tokens it promotes and suppresses.
         #[arg(long, value_parser = parse_head_feature)]
@@ -1090,6 +1096,7 @@ fn main() -> anyhow::Result<()> {
             text,
             pick,
             upstream,
+            through,
             effect,
             scale,
             rank,
@@ -1103,6 +1110,7 @@ fn main() -> anyhow::Result<()> {
             TextAsks {
                 pick,
                 upstream,
+                through,
                 effect,
                 scale,
                 rank,
@@ -2257,6 +2265,16 @@ fn numbers(s: &str) -> Option<Vec<usize>> {
         .collect()
 }
 
+fn parse_through(s: &str) -> Result<attn_saes::live::Through, String> {
+    match numbers(s).as_deref() {
+        Some(&[layer, head, from]) => Ok(attn_saes::live::Through { layer, head, from }),
+        _ => Err(format!(
+            "{s}: expected LAYER,HEAD,FROM, three numbers (1,0,2: layer 1's head 0 reading \
+             from position 2)"
+        )),
+    }
+}
+
 fn parse_pick(s: &str) -> Result<(usize, usize, usize), String> {
     match numbers(s).as_deref() {
         Some(&[p, h, f]) => Ok((p, h, f)),
@@ -3312,8 +3330,9 @@ fn steer_command(
 /// What `attn-saes text` is asked for beyond the features: `--pick`, `--effect`, `--rank`.
 struct TextAsks {
     pick: Option<(usize, usize, usize)>,
-    /// `--upstream [SOURCE]`.
+    /// `--upstream [SOURCE]` and `--through`.
     upstream: Option<Option<usize>>,
+    through: Vec<attn_saes::live::Through>,
     effect: Option<(usize, usize)>,
     scale: f32,
     rank: Option<usize>,
@@ -3328,6 +3347,7 @@ fn text_command(
     TextAsks {
         pick,
         upstream,
+        through,
         effect,
         scale,
         rank,
@@ -3403,13 +3423,14 @@ fn text_command(
                 }
                 None => attn_saes::live::strongest_source(&a.attribution(h, f, p).dfa),
             };
-            Some(attn_saes::live::upstream_of(
+            Some(attn_saes::live::upstream_through(
                 &live.loaded,
                 &live.sae,
                 (live.layer, live.z_convention),
                 &t.ids,
                 (h, f),
                 (p, source),
+                &through,
             )?)
         }
         _ => None,
@@ -3511,11 +3532,23 @@ fn text_command(
 fn print_upstream(u: &attn_saes::live::Upstream, strings: &[String], layer: usize) {
     use attn_saes::live;
     let token = |s: usize| format!("{s} {:?}", strings[s]);
+    let (layer, at) = u.split_at(layer);
+    let what = match u.through.is_empty() {
+        true => format!("DFA from {}", token(u.source)),
+        false => format!(
+            "DFA from {} through {}",
+            token(u.source),
+            (u.through.iter())
+                .map(|s| format!("L{} h{} reading from {}", s.layer, s.head, token(s.from)))
+                .collect::<Vec<_>>()
+                .join(", then ")
+        ),
+    };
     println!(
-        "DFA from {} ({:+.4}) by what wrote the residual stream entering layer {layer} there \
-         (its norm's scale held at its value):",
-        token(u.source),
-        u.dfa
+        "{what} ({:+.4}) by what wrote the residual stream entering layer {layer} at {} (its \
+         norm's scale held at its value):",
+        u.dfa,
+        token(at)
     );
     for part in u.strongest(live::UPSTREAM_LISTED) {
         let mut line = format!("  {:+.4}  {}", part.value, part.writer.name());

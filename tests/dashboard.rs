@@ -1984,7 +1984,7 @@ fn text_cli<'a>(
 /// and a source after the position is refused.
 #[test]
 fn text_command_takes_a_source_upstream() {
-    use attn_saes::live::{LiveAnalysis, Upstream, upstream_of};
+    use attn_saes::live::{LiveAnalysis, Through, Upstream, upstream_of, upstream_through};
     let (_dir, run, loaded, sae) = text_run("attn-saes-upstream");
     let text = TEXT;
     let cli = text_cli(&run, text);
@@ -2011,6 +2011,36 @@ fn text_command_takes_a_source_upstream() {
     assert_eq!(u, library(strongest));
     assert!((u.dfa - dfa[strongest]).abs() < 1e-5);
     assert_eq!(shown(&["--upstream", "3"]), library(3));
+    // Through layer 0's head 1 reading from position 2: the library's, whose value is that
+    // head's term of the split from 3.
+    let step = Through {
+        layer: 0,
+        head: 1,
+        from: 2,
+    };
+    let through = shown(&["--upstream", "3", "--through", "0,1,2"]);
+    let want = upstream_through(&loaded, &sae, (1, conv), &a.ids, (h, f), (p, 3), &[step]);
+    assert_eq!(through, want.unwrap());
+    let head = (library(3).parts.into_iter())
+        .find(|w| w.writer.name() == "L0 h1")
+        .unwrap();
+    assert!((through.dfa - head.by_source[2]).abs() < 1e-6);
+    let out = cli(&["--pick", &pick, "--upstream", "3", "--through", "0,1,2"]);
+    assert_succeeded(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let line = format!(
+        "DFA from 3 {:?} through L0 h1 reading from 2 {:?} ({:+.4}) by what wrote the residual \
+         stream entering layer 0 at 2",
+        a.strings[3], a.strings[2], through.dfa
+    );
+    assert!(said.contains(&line), "{line}\n{said}");
+    let out = cli(&["--pick", &pick, "--upstream", "3", "--through", "1,1,2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("through L1 h1 from 2: a step goes through a head of an earlier layer"),
+        "{err}"
+    );
 
     let out = cli(&["--pick", &pick, "--upstream"]);
     assert_succeeded(&out);
