@@ -571,8 +571,8 @@ fn dfa_two_steps_upstream_matches_the_numpy_reference() {
     ] {
         for (device_name, device) in test_devices() {
             let sampled = |f: usize, s: usize, sp: usize| match device_name {
-                "cpu" => f % 4 == 0,
-                _ => f % 6 == 1 && s % 5 == 0 && sp % 4 == 0,
+                "cpu" => f.is_multiple_of(4),
+                _ => f % 6 == 1 && s.is_multiple_of(5) && sp.is_multiple_of(4),
             };
             let loaded = lm::load_model(&fixture(model).display().to_string(), &device).unwrap();
             let sae =
