@@ -118,7 +118,7 @@ fn main() {
         let asked = Instant::now();
         h.run_steps(1);
         wait(&mut h, "the upstream split", |a| {
-            settled(a.native.upstream.as_ref().map(|u| &u.asked.state))
+            settled(a.native.upstream.as_ref().map(|u| &u.state))
         });
         eprintln!(
             "the split arrived {:.0} ms after the click",

@@ -20,7 +20,7 @@ use crate::app::{AttnSaesApp, View};
 use crate::live::{
     Analysed, Answer, AnswerAsk, AskedEffect, AskedExamples, AskedRanking, AskedSteer,
     AskedUpstream, Attribution, AttributionState, ExamplesEffect, FeatureEffect, FeatureRanking,
-    LiveTokens, Objective, Steered, Steering, Upstream, UpstreamKey,
+    LiveTokens, Objective, Steered, Steering, Through, Upstream, UpstreamAsk, UpstreamKey,
 };
 
 /// What the page and the app share: dashboards parsed by [`open_dashboard`] and waiting
@@ -68,8 +68,8 @@ struct Shared {
     examples_arrived: Option<((usize, usize), Result<ExamplesEffect, String>)>,
     /// What Features shows of it, for [`examples_shown`].
     examples_view: Option<AskedExamples>,
-    /// Set by [`live_upstream`]: a feature and `(target, source)` to take upstream.
-    live_upstream: Option<((usize, usize), (usize, usize))>,
+    /// Set by [`live_upstream`]: a split to ask for.
+    live_upstream: Option<UpstreamAsk>,
     /// The bundle's answer to an upstream request, with the request.
     upstream_arrived: Option<(UpstreamKey, Result<Upstream, String>)>,
     /// The bundle's answer to a ranking request, with the tokens it was for.
@@ -200,19 +200,18 @@ fn request_effect((ids, head, feature, objective): (Vec<u32>, usize, usize, Opti
     });
 }
 
-/// Asks the inference bundle for the DFA of `feature` at `at.0` from `at.1` in its last text
-/// (`ids`), by what wrote the residual stream at the source; the answer arrives in
-/// `shared.upstream_arrived`.
-fn request_upstream((ids, feature, at): UpstreamKey) {
+/// Asks the inference bundle for the split `ask` asks for of its last text (`ids`); the
+/// answer arrives in `shared.upstream_arrived`.
+fn request_upstream((ids, ask): UpstreamKey) {
     wasm_bindgen_futures::spawn_local(async move {
-        let args = [feature.0, feature.1, at.0, at.1].map(|x| JsValue::from_f64(x as f64));
-        let result = awaited_string(call_bridge("upstream", &args))
+        let json = serde_json::to_string(&ask).unwrap_or_default();
+        let result = awaited_string(call_bridge("upstream", &[JsValue::from_str(&json)]))
             .await
             .and_then(|json| {
                 serde_json::from_str::<Upstream>(&json)
                     .map_err(|e| format!("the inference bundle's answer: {e}"))
             });
-        post(|s| s.upstream_arrived = Some(((ids, feature, at), result)));
+        post(|s| s.upstream_arrived = Some(((ids, ask), result)));
     });
 }
 
@@ -581,20 +580,18 @@ impl WebApp {
         {
             asked.answer((&ids, head, feature), result);
         }
-        if let Some((feature, at)) = ask_upstream {
+        if let Some(ask) = ask_upstream {
             // Shown as asked: that token and feature selected, that source chosen.
-            let text = &mut self.app.ui.text;
-            (text.token, text.pick) = (Some(at.0), Some(feature));
-            text.upstream_source = Some(((at.0, feature.0, feature.1), at.1));
-            web.ask_upstream(feature, at);
+            let (text, (p, source), (h, f)) = (&mut self.app.ui.text, ask.at, ask.feature);
+            (text.token, text.pick) = (Some(p), Some((h, f)));
+            text.upstream_source = Some(((p, h, f), source));
+            web.ask_upstream(ask);
         }
         if let Some(request) = web.upstream_request.take() {
             request_upstream(request);
         }
-        if let (Some(asked), Some(((ids, feature, at), result))) =
-            (&mut web.upstream, upstream_arrived)
-        {
-            asked.answer((&ids, feature, at), result);
+        if let (Some(asked), Some(((ids, ask), result))) = (&mut web.upstream, upstream_arrived) {
+            asked.answer((&ids, &ask), result);
         }
         if let Some(answer) = ask_ranking {
             self.app.ui.text.show_ranked_by(answer.as_ref());
@@ -830,7 +827,7 @@ pub fn live_shown() -> String {
         ("steer", answer_json(v.steer.as_ref().map(|x| &x.state))),
         (
             "upstream",
-            answer_json(v.upstream.as_ref().map(|x| &x.asked.state)),
+            answer_json(v.upstream.as_ref().map(|x| &x.state)),
         ),
     ] {
         shown[format!("{name}_status")] = state.0.into();
@@ -940,11 +937,30 @@ pub fn live_effect(head: usize, feature: usize) {
 }
 
 /// Asks for the DFA of `feature` of `head` at `position` from `source` in the analysed text,
-/// split by what wrote the residual stream at the source (Your text's "Take it apart");
-/// [`live_shown`] has it once it arrives (`upstream`, JSON of [`Upstream`]).
+/// split by what wrote the residual stream at the source (Your text's "Take it apart"), or,
+/// given `through` (JSON of `[{"layer": 1, "head": 0, "from": 2}, ...]`), further up through
+/// those heads (a "reading from" position clicked); [`live_shown`] has it once it arrives
+/// (`upstream`, JSON of [`Upstream`]). Throws on `through` that is not that shape.
 #[wasm_bindgen]
-pub fn live_upstream(head: usize, feature: usize, position: usize, source: usize) {
-    post(|s| s.live_upstream = Some(((head, feature), (position, source))));
+pub fn live_upstream(
+    head: usize,
+    feature: usize,
+    position: usize,
+    source: usize,
+    through: Option<String>,
+) -> Result<(), JsError> {
+    let through: Vec<Through> = match through {
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| JsError::new(&format!("not a list of steps: {e}")))?,
+        None => Vec::new(),
+    };
+    let ask = UpstreamAsk {
+        feature: (head, feature),
+        at: (position, source),
+        through,
+    };
+    post(|s| s.live_upstream = Some(ask));
+    Ok(())
 }
 
 /// Puts `prompt` in Your text (and switches to it); with `run`, analyses it too.

@@ -263,25 +263,22 @@ pub async fn effect(
     serde_json::to_string(&effect).map_err(js_error)
 }
 
-/// The DFA of `feature` of `head` at `position` from `source` in the last text analysed,
-/// split by what wrote the residual stream at the source: JSON of
-/// [`crate::live::Upstream`].
+/// The split `ask` (JSON of [`crate::live::UpstreamAsk`]) asks for of the last text
+/// analysed: a feature's DFA at a position from a source by what wrote the residual stream
+/// at the source, or further up through heads: JSON of [`crate::live::Upstream`].
 #[wasm_bindgen]
-pub async fn upstream(
-    head: usize,
-    feature: usize,
-    position: usize,
-    source: usize,
-) -> Result<String, JsValue> {
+pub async fn upstream(ask: String) -> Result<String, JsValue> {
     let session = session()?;
     let ids = last_ids()?;
-    let upstream = crate::live::upstream_of_async(
+    let ask: crate::live::UpstreamAsk = serde_json::from_str(&ask).map_err(js_error)?;
+    let upstream = crate::live::upstream_through_async(
         &session.loaded,
         &session.sae,
         (session.layer, session.z_convention),
         &ids,
-        (head, feature),
-        (position, source),
+        ask.feature,
+        ask.at,
+        &ask.through,
     )
     .await
     .map_err(|e| js_error(format!("{e:#}")))?;

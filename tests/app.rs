@@ -841,45 +841,51 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
 
     // What wrote what it reads: the source of the largest |DFA| is offered, the split asked
     // of the worker is the library's, its parts sum to that source's DFA in the pick
-    // panel, and the strongest writers are drawn; another source chosen is the one asked.
-    use attn_saes::live::{Answer, strongest_source, upstream_of};
+    // panel, and the strongest writers are drawn; a position a head read from, clicked,
+    // takes that head's term a step further up (the library's, its value that term), and
+    // "back a step" returns; another source chosen is the one asked.
+    use attn_saes::live::{Answer, Through, UpstreamAsk, strongest_source, upstream_through};
     let conv = ZConvention::TransformerLens;
     let source = strongest_source(&dfa);
-    let strings = h
-        .state()
-        .native
-        .analysis
-        .as_deref()
+    let strings = (h.state().native.analysis.as_deref())
         .unwrap()
         .strings
         .clone();
     let offered = format!("{:?} (DFA {:+.3})", strings[source], dfa[source]);
     assert!(has_label(&h, &offered), "{offered}");
-    let take_apart = |h: &mut Harness<'static, AttnSaesApp>, source: usize| {
-        h.get_by_label("Take it apart").click();
+    // Clicks `label`, then waits for the split `ask` asks and returns what the app shows;
+    // the library's for the same ask.
+    let feature = (0, f as usize);
+    let upstream = |h: &mut Harness<'static, AttnSaesApp>, label: &str, ask: UpstreamAsk| {
+        h.get_by_label(label).click_accesskit();
+        h.run_steps(1);
         step_until(h, Duration::from_secs(120), |a| {
-            a.native
-                .upstream
-                .as_ref()
-                .is_some_and(|u| u.at == (fox, source) && matches!(u.asked.state, Answer::Ready(_)))
+            (a.native.upstream.as_ref())
+                .is_some_and(|u| u.ask == ask && matches!(u.state, Answer::Ready(_)))
         });
         h.run_steps(2);
-        let upstream = h.state().native.upstream.as_ref().map(|u| &u.asked.state);
-        let Some(Answer::Ready(shown)) = upstream else {
+        let Some(Answer::Ready(shown)) = h.state().native.upstream.as_ref().map(|u| &u.state)
+        else {
             unreachable!()
         };
+        let direct = upstream_through(
+            &loaded,
+            &sae,
+            (1, conv),
+            &ids,
+            feature,
+            ask.at,
+            &ask.through,
+        );
+        assert_eq!(**shown, direct.unwrap());
         (**shown).clone()
     };
-    let shown = take_apart(&mut h, source);
-    let direct = upstream_of(
-        &loaded,
-        &sae,
-        (1, conv),
-        &ids,
-        (0, f as usize),
-        (fox, source),
-    );
-    assert_eq!(shown, direct.unwrap());
+    let ask = |source| UpstreamAsk {
+        feature,
+        at: (fox, source),
+        through: Vec::new(),
+    };
+    let shown = upstream(&mut h, "Take it apart", ask(source));
     let sum: f32 = shown.parts.iter().map(|p| p.value).sum();
     assert!((sum - dfa[source]).abs() < 1e-4, "{sum} vs {}", dfa[source]);
     let header = format!(
@@ -893,24 +899,32 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     // A head of layer 0 lists the positions it read from at the source.
     let head = (shown.strongest(12).into_iter())
         .find(|w| !w.by_source.is_empty())
-        .expect("a head among the strongest writers");
+        .expect("a head among the strongest writers")
+        .clone();
     let (q, v) = head.reading_from(3)[0];
-    let reading = format!("reading from {q} {:?} {v:+.4}", strings[q]);
-    assert!(h.query_by_label_contains(&reading).is_some(), "{reading}");
+    let reading = format!("{q} {:?} {v:+.4}", strings[q]);
+    assert!(has_label(&h, &reading), "{reading}");
     h.snapshot("app_text_upstream");
+    let attn_saes::live::Writer::Head { layer, head: h0 } = head.writer else {
+        unreachable!()
+    };
+    let step = Through {
+        layer,
+        head: h0,
+        from: q,
+    };
+    let further = upstream(&mut h, &reading, ask(source).then(step));
+    assert!((further.dfa - v).abs() < 1e-6, "{} vs {v}", further.dfa);
+    let header = format!(
+        "The DFA from {source} {:?} through L{layer} h{h0} reading from {q} {:?} ({:+.4})",
+        strings[source], strings[q], further.dfa
+    );
+    assert!(h.query_by_label_contains(&header).is_some(), "{header}");
+    assert_eq!(upstream(&mut h, "back a step", ask(source)), shown);
     let other = (source + 1) % (fox + 1);
     h.state_mut().ui.text.upstream_source = Some(((fox, 0, f as usize), other));
     h.run_steps(1);
-    let shown = take_apart(&mut h, other);
-    let direct = upstream_of(
-        &loaded,
-        &sae,
-        (1, conv),
-        &ids,
-        (0, f as usize),
-        (fox, other),
-    );
-    assert_eq!(shown, direct.unwrap());
+    let shown = upstream(&mut h, "Take it apart", ask(other));
     assert_eq!(shown.source, other);
 
     // What removing it changes: asked of the worker, drawn for that feature, and the same

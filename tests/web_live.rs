@@ -123,6 +123,35 @@ fn assert_same_tokens(what: &str, page: &Value, native: &Value) {
     );
 }
 
+/// The page's upstream split equals the CLI's: the same feature, positions and steps, the
+/// same writers in the same order, each part (and a head's by source) within the tolerance.
+fn assert_same_split(name: &str, ours: &Value, theirs: &Value) {
+    for key in ["head", "feature", "target", "source", "through"] {
+        assert_eq!(ours[key], theirs[key], "{name}: upstream {key}");
+    }
+    let number = |v: &Value| v.as_f64().unwrap();
+    assert!(
+        close(number(&ours["dfa"]), number(&theirs["dfa"])),
+        "{name}: {ours}"
+    );
+    let (a, b) = (
+        ours["parts"].as_array().unwrap(),
+        theirs["parts"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), b.len(), "{name}: upstream writers");
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["writer"], y["writer"], "{name}");
+        let what = format!("{name}: upstream {}", y["writer"]);
+        assert!(close(number(&x["value"]), number(&y["value"])), "{what}");
+        let sources = |w: &Value| w["by_source"].as_array().cloned().unwrap_or_default();
+        let (xs, ys) = (sources(x), sources(y));
+        assert_eq!(xs.len(), ys.len(), "{what}: by source");
+        for (u, v) in xs.iter().zip(&ys) {
+            assert!(close(number(u), number(v)), "{what}: by source {u} vs {v}");
+        }
+    }
+}
+
 /// tests/web/site.mjs on the static site in `site` (served by a plain file server): opens
 /// `feature`, runs [`PROMPT`] through Your text, with `other` a dashboard file to open too,
 /// and returns what it printed.
@@ -301,6 +330,36 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     ]))
     .unwrap();
 
+    // The split taken a step further up through the layer-0 head term with the largest
+    // magnitude (`text --through`).
+    let split: attn_saes::live::Upstream =
+        serde_json::from_value(native["upstream"].clone()).unwrap();
+    let (layer, head0, from) = (split.parts.iter())
+        .filter_map(|w| match w.writer {
+            attn_saes::live::Writer::Head { layer, head } => {
+                let (from, v) = w.reading_from(1)[0];
+                Some((layer, head, from, v.abs()))
+            }
+            _ => None,
+        })
+        .max_by(|a, b| a.3.total_cmp(&b.3))
+        .map(|x| (x.0, x.1, x.2))
+        .expect("a head among the writers");
+    let through = serde_json::json!({"layer": layer, "head": head0, "from": from});
+    let native_through: Value = serde_json::from_str(&attn_saes_cli([
+        "text",
+        run.to_str().unwrap(),
+        PROMPT,
+        "--json",
+        "--pick",
+        &format!("{last},{head},{feature}"),
+        "--upstream",
+        &split.source.to_string(),
+        "--through",
+        &format!("{layer},{head0},{from}"),
+    ]))
+    .unwrap();
+
     let server = Server::start(&run);
     assert!(
         server.url.ends_with("&live=live.json"),
@@ -320,6 +379,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .env("LIVE_STEER", serde_json::to_string(&every_option).unwrap())
         .env("LIVE_ANSWER", answer.to_string())
         .env("LIVE_UPSTREAM", native["upstream"]["source"].to_string())
+        .env("LIVE_THROUGH", format!("[{through}]"))
         .arg(root().join("tests/web/live.mjs"))
         .arg(&server.base)
         .arg(&shots)
@@ -436,32 +496,19 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         // same order, with the same parts (and a head's parts by the positions it read
         // from) within the tolerance.
         assert_eq!(r["upstreamStatus"], "ready", "{name}");
-        let (ours, theirs) = (&r["upstream"], &native["upstream"]);
-        for key in ["head", "feature", "target", "source"] {
-            assert_eq!(ours[key], theirs[key], "{name}: upstream {key}");
-        }
-        let number = |v: &Value| v.as_f64().unwrap();
-        assert!(
-            close(number(&ours["dfa"]), number(&theirs["dfa"])),
-            "{name}: {ours}"
+        assert_same_split(name, &r["upstream"], &native["upstream"]);
+        let parts = native["upstream"]["parts"].as_array().unwrap();
+        assert!(parts.iter().any(|w| w["by_source"].is_array()), "{parts:?}");
+        // And further up through a head: the same as `text --through`.
+        assert_eq!(r["throughStatus"], "ready", "{name}");
+        assert_eq!(
+            r["through"]["through"],
+            serde_json::json!([through]),
+            "{name}"
         );
-        let (a, b) = (
-            ours["parts"].as_array().unwrap(),
-            theirs["parts"].as_array().unwrap(),
-        );
-        assert_eq!(a.len(), b.len(), "{name}: upstream writers");
-        assert!(b.iter().any(|w| w["by_source"].is_array()), "{theirs}");
-        for (x, y) in a.iter().zip(b) {
-            assert_eq!(x["writer"], y["writer"], "{name}");
-            let what = format!("{name}: upstream {}", y["writer"]);
-            assert!(close(number(&x["value"]), number(&y["value"])), "{what}");
-            let sources = |w: &Value| w["by_source"].as_array().cloned().unwrap_or_default();
-            let (xs, ys) = (sources(x), sources(y));
-            assert_eq!(xs.len(), ys.len(), "{what}: by source");
-            for (u, v) in xs.iter().zip(&ys) {
-                assert!(close(number(u), number(v)), "{what}: by source {u} vs {v}");
-            }
-        }
+        assert_same_split(name, &r["through"], &native_through["upstream"]);
+        let refused = r["throughRefused"].as_str().unwrap();
+        assert!(refused.contains("not a list of steps"), "{name}: {refused}");
         // The ranking: the same features, estimates within the tolerance.
         assert_eq!(r["rankingStatus"], "ready", "{name}");
         let key = |f: &Value| (f["head"].as_u64().unwrap(), f["feature"].as_u64().unwrap());

@@ -198,12 +198,13 @@ const ops = {
     return lm.effect(head, feature, objective ?? undefined);
   },
   // A feature's DFA at a position from a source, split by what wrote the residual stream
-  // at the source (the model run again to the hooked layer).
-  async upstream({ head, feature, position, source, of }) {
+  // at the source, or further up through heads (JSON of {feature, at, through}; the model
+  // run again to the hooked layer).
+  async upstream({ ask, of }) {
     if (of !== analysis) {
       throw new Error('a newer text has been analysed since: ask again on it');
     }
-    return lm.upstream(head, feature, position, source);
+    return lm.upstream(ask);
   },
   // Every feature firing in the last text, ranked by its estimated effect on the loss (or
   // on an answer, JSON of {answer, against?, at?}).

@@ -5,8 +5,8 @@
 //   their features>; attribution(head, feature, position) -> Promise<JSON of a DFA>;
 //   effect(head, feature, objectiveJson?) -> Promise<JSON of what removing the feature
 //   changes (and in an answer objective's value, given one)>;
-//   upstream(head, feature, position, source) -> Promise<JSON of the feature's DFA from
-//   the source split by what wrote the residual stream there>;
+//   upstream(askJson) -> Promise<JSON of a feature's DFA from a source split by what wrote
+//   the residual stream there, or further up through heads ({feature, at, through})>;
 //   rank(answerJson?) -> Promise<JSON of every firing feature's estimated effect on the
 //   loss, or on an answer ({answer, against?, at?}: its logit difference or
 //   log-probability)>;
@@ -233,8 +233,7 @@ const api = {
     ask('attribution', { head, feature, position, of: lastAnalysis }),
   effect: (head, feature, objective) =>
     ask('effect', { head, feature, objective, of: lastAnalysis }),
-  upstream: (head, feature, position, source) =>
-    ask('upstream', { head, feature, position, source, of: lastAnalysis }),
+  upstream: (ask_) => ask('upstream', { ask: ask_, of: lastAnalysis }),
   rank: (answer) => ask('rank', { answer, of: lastAnalysis }),
   steer: (steering) => ask('steer', { steering, of: lastAnalysis }),
   examplesEffect: (head, feature, examples) => {

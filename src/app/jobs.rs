@@ -303,8 +303,7 @@ pub enum LiveEvent {
     /// The answer to [`LiveRequest::Upstream`].
     Upstream {
         ids: Vec<u32>,
-        feature: (usize, usize),
-        at: (usize, usize),
+        ask: crate::live::UpstreamAsk,
         result: Result<crate::live::Upstream, String>,
     },
     /// The answer to [`LiveRequest::Rank`].
@@ -338,12 +337,12 @@ pub enum LiveRequest {
         ids: Vec<u32>,
         steering: crate::live::Steering,
     },
-    /// A feature's DFA at `at.0` from `at.1` on these tokens, by what wrote the residual
-    /// stream at the source ([`crate::live::Upstream`]).
+    /// A feature's DFA at a position from a source on these tokens, by what wrote the
+    /// residual stream at the source, or further up through heads
+    /// ([`crate::live::Upstream`]).
     Upstream {
         ids: Vec<u32>,
-        feature: (usize, usize),
-        at: (usize, usize),
+        ask: crate::live::UpstreamAsk,
     },
     /// What removing a feature does on its top examples, `(window, target)` each.
     Examples {
@@ -512,16 +511,15 @@ impl LiveModel {
         )
     }
 
-    /// The DFA of `feature` `(head, feature)` at `at.0` from `at.1` in `ids`, by what wrote
-    /// the residual stream at the source.
+    /// The split `ask` asks for of the text `ids` ([`crate::live::upstream_through`]).
     pub fn upstream(
         &self,
         ids: &[u32],
-        feature: (usize, usize),
-        at: (usize, usize),
+        ask: &crate::live::UpstreamAsk,
     ) -> anyhow::Result<crate::live::Upstream> {
         let hook = (self.layer, self.z_convention);
-        crate::live::upstream_of(&self.loaded, &self.sae, hook, ids, feature, at)
+        let (loaded, sae) = (&self.loaded, &self.sae);
+        crate::live::upstream_through(loaded, sae, hook, ids, ask.feature, ask.at, &ask.through)
     }
 
     /// What removing `feature` of `head` wherever it fires in `ids` changes in the model's
@@ -689,11 +687,10 @@ fn live_loop(
                     feature: steering.feature,
                     result: live.steer(ids, steering).map_err(|e| format!("{e:#}")),
                 },
-                LiveRequest::Upstream { ids, feature, at } => LiveEvent::Upstream {
+                LiveRequest::Upstream { ids, ask } => LiveEvent::Upstream {
                     ids: ids.clone(),
-                    feature: *feature,
-                    at: *at,
-                    result: (live.upstream(ids, *feature, *at)).map_err(|e| format!("{e:#}")),
+                    ask: ask.clone(),
+                    result: (live.upstream(ids, ask)).map_err(|e| format!("{e:#}")),
                 },
                 LiveRequest::Rank { ids, answer } => LiveEvent::Ranking {
                     ids: ids.clone(),

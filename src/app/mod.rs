@@ -155,8 +155,7 @@ pub struct WebText {
     /// The same for a feature's effect on its top examples.
     pub examples: Option<crate::live::AskedExamples>,
     pub examples_request: Option<(usize, usize, crate::live::Examples)>,
-    /// The same for a source's DFA taken upstream: the tokens, the feature, `(target,
-    /// source)`.
+    /// The same for a source's DFA taken upstream.
     pub upstream: Option<crate::live::AskedUpstream>,
     pub upstream_request: Option<crate::live::UpstreamKey>,
     /// The page's inference bundle has a model loaded.
@@ -183,13 +182,13 @@ impl WebText {
         self.effect = Some(crate::live::Asked::computing(ids, head, feature));
     }
 
-    /// Asks (through `src/web.rs`) for a feature's DFA at `at.0` from `at.1` in the analysed
-    /// text, by what wrote the residual stream at the source.
-    pub fn ask_upstream(&mut self, feature: (usize, usize), at: (usize, usize)) {
+    /// Asks (through `src/web.rs`) for a feature's DFA at a position from a source in the
+    /// analysed text, by what wrote the residual stream at the source (or further up).
+    pub fn ask_upstream(&mut self, ask: crate::live::UpstreamAsk) {
         let Some(a) = &self.analysis else { return };
         let ids = a.tokens().ids.clone();
-        self.upstream_request = Some((ids.clone(), feature, at));
-        self.upstream = Some(crate::live::AskedUpstream::computing(ids, feature, at));
+        self.upstream_request = Some((ids.clone(), ask.clone()));
+        self.upstream = Some(crate::live::AskedUpstream::computing(ids, ask));
     }
 
     /// Asks (through `src/web.rs`) for the analysed text continued clean and steered.
@@ -750,9 +749,7 @@ impl AttnSaesApp {
             }
             Some(text_view::TextAction::Rank(answer)) => self.web.ask_ranking(answer),
             Some(text_view::TextAction::Steer(steering)) => self.web.ask_steer(steering),
-            Some(text_view::TextAction::Upstream { feature, at }) => {
-                self.web.ask_upstream(feature, at)
-            }
+            Some(text_view::TextAction::Upstream(ask)) => self.web.ask_upstream(ask),
             Some(text_view::TextAction::Effect { head, feature }) => {
                 self.web.ask_effect(head, feature)
             }
@@ -969,7 +966,7 @@ impl AttnSaesApp {
             .is_some_and(|e| matches!(e.state, Computing))
             || (self.native.ranking.as_ref()).is_some_and(|r| matches!(r.state, Computing))
             || (self.native.examples.as_ref()).is_some_and(|r| matches!(r.state, Computing))
-            || (self.native.upstream.as_ref()).is_some_and(|u| matches!(u.asked.state, Computing));
+            || (self.native.upstream.as_ref()).is_some_and(|u| matches!(u.state, Computing));
         if self.native.live_status.ends_with('…') || effect_due {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
@@ -1026,14 +1023,9 @@ impl AttnSaesApp {
                         asked.state = crate::live::Answer::of(result);
                     }
                 }
-                jobs::LiveEvent::Upstream {
-                    ids,
-                    feature,
-                    at,
-                    result,
-                } => {
+                jobs::LiveEvent::Upstream { ids, ask, result } => {
                     if let Some(asked) = &mut self.native.upstream {
-                        asked.answer((&ids, feature, at), result);
+                        asked.answer((&ids, &ask), result);
                     }
                 }
                 jobs::LiveEvent::Ranking { ids, result } => {
@@ -1192,15 +1184,14 @@ impl AttnSaesApp {
                     self.native.steer = Some(crate::live::Asked::computing(ids, head, feature));
                 }
             }
-            Some(text_view::TextAction::Upstream { feature, at }) => {
+            Some(text_view::TextAction::Upstream(ask)) => {
                 if let (Some((_, worker)), Some(a)) = (&self.native.live, &self.native.analysis) {
                     let ids = a.ids.clone();
                     let _ = worker.requests.send(jobs::LiveRequest::Upstream {
                         ids: ids.clone(),
-                        feature,
-                        at,
+                        ask: ask.clone(),
                     });
-                    let asked = crate::live::AskedUpstream::computing(ids, feature, at);
+                    let asked = crate::live::AskedUpstream::computing(ids, ask);
                     self.native.upstream = Some(asked);
                 }
             }

@@ -13,7 +13,7 @@ use crate::dashboard::labels::Labels;
 use crate::live::{
     Analysed, Answer, AnswerAsk, AskedEffect, AskedRanking, AskedSteer, AskedUpstream,
     AttributionState, EffectState, FeatureEffect, FeatureRanking, LiveTokens, RankedFeature,
-    Steered, Steering, Upstream,
+    Steered, Steering, Through, Upstream, UpstreamAsk,
 };
 
 /// What the view remembers.
@@ -185,12 +185,9 @@ pub enum TextAction {
     Rank(Option<AnswerAsk>),
     /// Continue the text clean and steered by this feature (see [`Steered`]).
     Steer(Steering),
-    /// Split the DFA of `feature` `(head, feature)` at `at.0` from `at.1` by what wrote the
-    /// residual stream at the source (see [`Upstream`]).
-    Upstream {
-        feature: (usize, usize),
-        at: (usize, usize),
-    },
+    /// Split a feature's DFA at a position from a source by what wrote the residual stream
+    /// at the source, or further up through heads (see [`Upstream`]).
+    Upstream(UpstreamAsk),
 }
 
 /// What the view was given of what it asked for: the effect last asked for (shown when it
@@ -438,7 +435,12 @@ fn upstream_panel(
         )
         .weak(),
     );
-    let computing = matches!(asked.map(|u| &u.asked.state), Some(Answer::Computing));
+    let computing = matches!(asked.map(|u| &u.state), Some(Answer::Computing));
+    let ask = |source: usize| UpstreamAsk {
+        feature: (head, feature),
+        at: (p, source),
+        through: Vec::new(),
+    };
     let clicked = ui
         .horizontal(|ui| {
             let label = ui.label("source").id;
@@ -460,37 +462,76 @@ fn upstream_panel(
                 .clicked()
         })
         .inner;
-    match asked.map(|u| &u.asked.state) {
-        Some(Answer::Computing) => {
+    let mut action = clicked.then(|| TextAction::Upstream(ask(source)));
+    match asked.map(|u| (&u.state, &u.ask)) {
+        Some((Answer::Computing, _)) => {
             ui.horizontal(|ui| {
                 ui.spinner();
                 ui.label("running the model to the layer…");
             });
         }
-        Some(Answer::Failed(why)) => error_label(ui, &format!("failed: {why}")),
-        Some(Answer::Ready(u)) => upstream_ready(ui, a, u),
+        Some((Answer::Failed(why), _)) => error_label(ui, &format!("failed: {why}")),
+        Some((Answer::Ready(u), asked)) => {
+            if let Some(next) = upstream_ready(ui, a, u, asked, computing) {
+                action = Some(TextAction::Upstream(next));
+            }
+        }
         None => {}
     }
-    clicked.then_some(TextAction::Upstream {
-        feature: (head, feature),
-        at: (p, source),
-    })
+    action
 }
 
-/// The strongest writers of a source's DFA, each with its part (shaded by size), an earlier
-/// head with the positions it read from; then the rest together.
-fn upstream_ready(ui: &mut Ui, a: &LiveTokens, u: &Upstream) {
+/// The strongest writers of a source's DFA (or of a head's term further up), each with its
+/// part (shaded by size), an earlier head with the positions it read from, each a button
+/// that takes that term a step further up; then the rest together. Returns the next split
+/// asked for (a step up, or back).
+fn upstream_ready(
+    ui: &mut Ui,
+    a: &LiveTokens,
+    u: &Upstream,
+    asked: &UpstreamAsk,
+    computing: bool,
+) -> Option<UpstreamAsk> {
     let token = |q: usize| {
         format!(
             "{q} {:?}",
             a.strings.get(q).map(String::as_str).unwrap_or("")
         )
     };
-    ui.label(format!(
-        "The DFA from {} ({:+.4}) by what wrote the residual stream there:",
-        token(u.source),
-        u.dfa
-    ));
+    let mut next = None;
+    let what = match u.through.last() {
+        None => format!("The DFA from {}", token(u.source)),
+        Some(_) => {
+            let path: Vec<String> = (u.through.iter())
+                .map(|s| format!("L{} h{} reading from {}", s.layer, s.head, token(s.from)))
+                .collect();
+            format!(
+                "The DFA from {} through {}",
+                token(u.source),
+                path.join(", then ")
+            )
+        }
+    };
+    ui.horizontal_wrapped(|ui| {
+        if !u.through.is_empty()
+            && ui
+                .add_enabled(!computing, egui::Button::new("back a step"))
+                .on_hover_text("the split one step further down, where this head's term came from")
+                .clicked()
+        {
+            next = Some(asked.back());
+        }
+        let at = u.through.last().map_or(u.source, |s| s.from);
+        let layer = match u.through.last() {
+            Some(s) => format!("entering layer {}", s.layer),
+            None => "entering the hooked layer".to_string(),
+        };
+        ui.label(format!(
+            "{what} ({:+.4}) by what wrote the residual stream {layer} at {}:",
+            u.dfa,
+            token(at)
+        ));
+    });
     let listed = u.strongest(crate::live::UPSTREAM_LISTED);
     let scale = max_abs(listed.iter().map(|w| w.value));
     egui::Grid::new(("upstream", u.head, u.feature, u.target, u.source))
@@ -503,17 +544,36 @@ fn upstream_ready(ui: &mut Ui, a: &LiveTokens, u: &Upstream) {
                     .background_color(signed_fill(part.value, scale));
                 ui.label(value);
                 ui.label(part.writer.name());
-                let from: Vec<String> = (part.reading_from(crate::live::UPSTREAM_SOURCES))
-                    .iter()
-                    .map(|&(q, v)| format!("{} {v:+.4}", token(q)))
-                    .collect();
-                match from.is_empty() {
-                    true => ui.label(""),
-                    false => {
-                        let text = format!("reading from {}", from.join(", "));
-                        ui.label(RichText::new(drawable(ui, &egui::TextStyle::Body, &text)).weak())
+                ui.horizontal(|ui| {
+                    let crate::live::Writer::Head { layer, head } = part.writer else {
+                        return;
+                    };
+                    let from = part.reading_from(crate::live::UPSTREAM_SOURCES);
+                    if !from.is_empty() {
+                        ui.label(RichText::new("reading from").weak());
                     }
-                };
+                    for (q, v) in from {
+                        let text =
+                            drawable(ui, &egui::TextStyle::Body, &format!("{} {v:+.4}", token(q)));
+                        let hover = format!(
+                            "take L{layer} h{head}'s term read from {} a step further up: what \
+                             wrote the stream it read there",
+                            token(q)
+                        );
+                        let button = egui::Button::new(text);
+                        if ui
+                            .add_enabled(!computing, button)
+                            .on_hover_text(hover)
+                            .clicked()
+                        {
+                            next = Some(asked.then(Through {
+                                layer,
+                                head,
+                                from: q,
+                            }));
+                        }
+                    }
+                });
                 ui.end_row();
             }
             let (rest, sum) = u.rest(crate::live::UPSTREAM_LISTED);
@@ -523,6 +583,7 @@ fn upstream_ready(ui: &mut Ui, a: &LiveTokens, u: &Upstream) {
                 ui.end_row();
             }
         });
+    next
 }
 
 /// What removing the picked feature changes in the model's predictions: a button that asks

@@ -353,41 +353,64 @@ pub fn strongest_source(dfa: &[f32]) -> usize {
         .0
 }
 
-/// What an [`Upstream`] split is asked for: the text's tokens, the `(head, feature)` and
-/// the `(target, source)`.
-pub type UpstreamKey = (Vec<u32>, (usize, usize), (usize, usize));
+/// What an [`Upstream`] split is asked for: the feature `(head, feature)`, `(target,
+/// source)` and the heads to take it further up through.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamAsk {
+    pub feature: (usize, usize),
+    pub at: (usize, usize),
+    #[serde(default)]
+    pub through: Vec<Through>,
+}
 
-/// The [`Upstream`] split a viewer asked for: of one feature on a text, at a `(target,
-/// source)` pair.
+impl UpstreamAsk {
+    /// This ask one step further up, through `step`.
+    pub fn then(&self, step: Through) -> Self {
+        let mut next = self.clone();
+        next.through.push(step);
+        next
+    }
+
+    /// This ask one step back down (the same when it is at the source).
+    pub fn back(&self) -> Self {
+        let mut back = self.clone();
+        back.through.pop();
+        back
+    }
+}
+
+/// What an [`Upstream`] split is asked for, with the text's tokens.
+pub type UpstreamKey = (Vec<u32>, UpstreamAsk);
+
+/// The [`Upstream`] split a viewer asked for, of a text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AskedUpstream {
-    pub asked: Asked<Upstream>,
-    pub at: (usize, usize),
+    pub ids: Vec<u32>,
+    pub ask: UpstreamAsk,
+    pub state: Answer<Upstream>,
 }
 
 impl AskedUpstream {
     /// Asked, not answered yet.
-    pub fn computing(ids: Vec<u32>, (head, feature): (usize, usize), at: (usize, usize)) -> Self {
+    pub fn computing(ids: Vec<u32>, ask: UpstreamAsk) -> Self {
         Self {
-            asked: Asked::computing(ids, head, feature),
-            at,
+            ids,
+            ask,
+            state: Answer::Computing,
         }
     }
 
-    /// Whether it is of `feature` at `target` on the text with `ids` (from any source).
-    pub fn is_for(&self, ids: &[u32], (head, feature): (usize, usize), target: usize) -> bool {
-        self.asked.is_for(ids, head, feature) && self.at.0 == target
+    /// Whether it is of `feature` at `target` on the text with `ids` (from any source,
+    /// through any heads).
+    pub fn is_for(&self, ids: &[u32], feature: (usize, usize), target: usize) -> bool {
+        self.ids == ids && self.ask.feature == feature && self.ask.at.0 == target
     }
 
-    /// Takes `result`, the answer to the request for (`ids`, `feature`, `at`), if that is
-    /// this request (a stale answer is dropped).
-    pub fn answer(
-        &mut self,
-        (ids, feature, at): (&[u32], (usize, usize), (usize, usize)),
-        result: Result<Upstream, String>,
-    ) {
-        if self.at == at {
-            self.asked.answer((ids, feature.0, feature.1), result);
+    /// Takes `result`, the answer to the request for (`ids`, `ask`), if that is this
+    /// request (a stale answer is dropped).
+    pub fn answer(&mut self, (ids, ask): (&[u32], &UpstreamAsk), result: Result<Upstream, String>) {
+        if self.ids == ids && self.ask == *ask {
+            self.state = Answer::of(result);
         }
     }
 }

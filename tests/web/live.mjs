@@ -7,7 +7,8 @@
 // by ?live=live.json) and then for a browser without a WebGPU adapter (the CPU fallback; by
 // ?model=&sae=), it runs the prompt, picks the (position, head, feature), and reads what
 // the Your text view shows (attnSaes.live_shown()), with LIVE_UPSTREAM (a source) the
-// pick's DFA from it split upstream, and with LIVE_STEER (a steering's JSON) continues the
+// pick's DFA from it split upstream (and with LIVE_THROUGH, JSON of steps, further up
+// through those heads), and with LIVE_STEER (a steering's JSON) continues the
 // text steered that way. Then: a second visit reads the model from the browser's cache,
 // and a manifest whose sha256 is wrong is refused. Prints one JSON object; exits 1 on a
 // step that fails.
@@ -156,6 +157,29 @@ async function session(context, name, query) {
     });
     run.upstreamStatus = withUpstream.upstream_status;
     run.upstream = withUpstream.upstream;
+    // LIVE_THROUGH (JSON of steps): the same split taken further up through those heads.
+    if (process.env.LIVE_THROUGH) {
+      const through = process.env.LIVE_THROUGH;
+      await page.evaluate(([[p, h, f], q, t]) => window.attnSaes.live_upstream(h, f, p, q, t),
+                          [pick, source, through]);
+      const further = await waitFor(page, `${name}: the split further up`, async () => {
+        const s = await shown(page);
+        const done = s && (s.upstream_status.startsWith('failed')
+          || (s.upstream_status === 'ready' && s.upstream.through));
+        return done ? s : null;
+      });
+      run.throughStatus = further.upstream_status;
+      run.through = further.upstream;
+      // Steps that are not a list of steps are refused with a message.
+      run.throughRefused = await page.evaluate(([[p, h, f], q]) => {
+        try {
+          window.attnSaes.live_upstream(h, f, p, q, '{"layer": 0}');
+          return '';
+        } catch (e) {
+          return String(e && e.message ? e.message : e);
+        }
+      }, [pick, source]);
+    }
   }
   // Which features matter (Your text's "Rank the features").
   await page.evaluate(() => window.attnSaes.live_rank());
