@@ -11,7 +11,8 @@
 //! the answer shown) instead of steered with (what `docs/app-answer.png` is). With UPSTREAM
 //! (a source position, or empty for the source giving the most) the picked feature's DFA
 //! from that source is taken apart instead (What wrote what it reads), at position AT if
-//! given (what `docs/app-upstream.png` is).
+//! given (what `docs/app-upstream.png` is), and with THROUGH=LAYER,HEAD,FROM (a head listed
+//! there, reading from FROM) that head's term a step further up.
 use std::time::{Duration, Instant};
 
 use attn_saes::app::{AttnSaesApp, Command, UiState, View};
@@ -124,6 +125,40 @@ fn main() {
             "the split arrived {:.0} ms after the click",
             asked.elapsed().as_secs_f64() * 1e3
         );
+        // THROUGH=LAYER,HEAD,FROM: that head's term read from FROM a step further up, as
+        // clicking the position in its "reading from" does.
+        if let Some(step) = std::env::var("THROUGH").ok().and_then(|t| {
+            let n: Vec<usize> = t.split(',').filter_map(|x| x.parse().ok()).collect();
+            (n.len() == 3).then(|| (n[0], n[1], n[2]))
+        }) {
+            let label = {
+                let Some(Answer::Ready(u)) = h.state().native.upstream.as_ref().map(|u| &u.state)
+                else {
+                    panic!("no split to take further")
+                };
+                let writer = attn_saes::live::Writer::Head {
+                    layer: step.0,
+                    head: step.1,
+                };
+                let part = u
+                    .parts
+                    .iter()
+                    .find(|w| w.writer == writer)
+                    .expect("that head");
+                let strings = &h.state().native.analysis.as_deref().unwrap().strings;
+                format!(
+                    "{} {:?} {:+.4}",
+                    step.2, strings[step.2], part.by_source[step.2]
+                )
+            };
+            h.get_by_label(&label).click_accesskit();
+            h.run_steps(1);
+            wait(&mut h, "the split further up", |a| {
+                (a.native.upstream.as_ref()).is_some_and(|u| {
+                    !u.ask.through.is_empty() && !matches!(u.state, Answer::Computing)
+                })
+            });
+        }
         return save(&mut h, out);
     }
     let text = &mut h.state_mut().ui.text;
