@@ -465,10 +465,7 @@ fn dfa_upstream_matches_the_numpy_reference() {
             // On wgpu (lavapipe in CI) a sample: a feature in six, a source in five.
             let sampled =
                 |f: usize, s: usize| device_name == "cpu" || (f % 6 == 1 && s.is_multiple_of(5));
-            let loaded = lm::load_model(&fixture(model).display().to_string(), &device).unwrap();
-            let sae =
-                BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), &device).unwrap();
-            let r = Reference::load(&format!("dashboard/{model}_reference.safetensors"));
+            let (loaded, sae, r) = dfa_fixture(model, &device);
             let tokens = r.tokens("tokens");
             let (h, m, t) = (sae.config.n_heads, sae.config.features_per_head, 12);
             let up = &r.get("upstream").data; // [2, H, m, 12, C]
@@ -574,10 +571,7 @@ fn dfa_two_steps_upstream_matches_the_numpy_reference() {
                 "cpu" => f.is_multiple_of(4),
                 _ => f % 6 == 1 && s.is_multiple_of(5) && sp.is_multiple_of(4),
             };
-            let loaded = lm::load_model(&fixture(model).display().to_string(), &device).unwrap();
-            let sae =
-                BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), &device).unwrap();
-            let r = Reference::load(&format!("dashboard/{model}_reference.safetensors"));
+            let (loaded, sae, r) = dfa_fixture(model, &device);
             let tokens = r.tokens("tokens");
             let (h, m, t) = (sae.config.n_heads, sae.config.features_per_head, 12);
             let up2 = &r.get("upstream2").data; // [H, m, 12, H, 12, C0]
@@ -644,6 +638,67 @@ fn dfa_two_steps_upstream_matches_the_numpy_reference() {
             }
         }
     }
+}
+
+/// A dense SAE (one block reading every head's hook_z: its read at a source is every
+/// model head's pattern and value together), on GPT-2 and Llama (grouped-query) fixtures:
+/// the upstream split of each source sums to the DFA the analysis gives from it (its parts
+/// summed over the model heads), and a step further up through each layer-0 head and each
+/// position it read from sums, with that head's value bias, to its term.
+#[test]
+fn dfa_upstream_of_a_dense_sae_sums_to_its_dfa() {
+    use attn_saes::live::{LiveAnalysis, Through, Writer, upstream_of, upstream_through};
+    let conv = ZConvention::TransformerLens;
+    let device = Device::flex();
+    for model in ["gpt2_tiny", "llama_tiny"] {
+        let loaded = lm::load_model(&fixture(model).display().to_string(), &device).unwrap();
+        let cfg = &loaded.transformer.config;
+        let config = SaeConfig {
+            n_heads: 1,
+            d_head: cfg.n_heads * cfg.d_head,
+            features_per_head: 16,
+            architecture: Architecture::Relu,
+        };
+        let sae = BlockDiagSae::init(config, &mut Rng::new(7), &device);
+        let a = LiveAnalysis::run(&loaded, &sae, 1, conv, TEXT).unwrap();
+        let p = a.len() - 1;
+        let (mut worst, mut worst_step, mut steps) = (0f32, 0f32, 0);
+        for f in [0, 5, 11] {
+            let dfa = a.dfa(0, f, p);
+            for (s, &want) in dfa.iter().enumerate() {
+                let u = upstream_of(&loaded, &sae, (1, conv), &a.ids, (0, f), (p, s)).unwrap();
+                let sum: f32 = u.parts.iter().map(|w| w.value).sum();
+                worst = worst.max((sum - want).abs()).max((u.dfa - want).abs());
+                for w in &u.parts {
+                    let Writer::Head { layer, head } = w.writer else {
+                        continue;
+                    };
+                    for (from, &term) in w.by_source.iter().enumerate() {
+                        let step = Through { layer, head, from };
+                        let at = (p, s);
+                        let v =
+                            upstream_through(&loaded, &sae, (1, conv), &a.ids, (0, f), at, &[step])
+                                .unwrap();
+                        let sum: f32 = v.parts.iter().map(|w| w.value).sum();
+                        worst_step = worst_step.max((sum - term).abs()).max((v.dfa - term).abs());
+                        steps += 1;
+                    }
+                }
+            }
+            assert!(dfa.iter().any(|x| x.abs() > 1e-2), "{model} #{f}: {dfa:?}");
+        }
+        println!("{model}: parts to DFA {worst:.2e}; {steps} steps further, {worst_step:.2e}");
+        assert!(worst < 1e-4 && worst_step < 1e-5, "{worst} {worst_step}");
+    }
+}
+
+/// A tiny fixture model on `device`, its random dashboard SAE and its numpy reference
+/// (`dashboard/make_dfa_reference.py`).
+fn dfa_fixture(model: &str, device: &Device) -> (LoadedModel, BlockDiagSae, Reference) {
+    let loaded = lm::load_model(&fixture(model).display().to_string(), device).unwrap();
+    let sae = BlockDiagSae::load(&fixture(&format!("dashboard/{model}_sae")), device).unwrap();
+    let r = Reference::load(&format!("dashboard/{model}_reference.safetensors"));
+    (loaded, sae, r)
 }
 
 /// The DFA of `(head, feature)` at the window's last position from source `s`, from the

@@ -20,7 +20,7 @@ pub use effect::{
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod upstream;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
-pub use upstream::{upstream_of, upstream_of_async, upstream_through, upstream_through_async};
+pub use upstream::{upstream_of, upstream_through, upstream_through_async};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod steer;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]

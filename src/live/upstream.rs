@@ -17,7 +17,9 @@ use crate::lm::transformer::Norm;
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
 use crate::sae::BlockDiagSae;
 
-/// [`upstream_of_async`], blocking on its read-backs (the desktop and the CLI).
+/// The DFA of `feature` `(head, feature)` at `target` from `source` (`at`), in the hook's
+/// z convention, split by the writers of the residual stream entering `layer` at `source`
+/// ([`upstream_through`] with no steps further up).
 pub fn upstream_of(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
@@ -27,19 +29,6 @@ pub fn upstream_of(
     at: (usize, usize),
 ) -> anyhow::Result<Upstream> {
     upstream_through(loaded, sae, hook, ids, feature, at, &[])
-}
-
-/// The DFA of `feature` `(head, feature)` at `target` from `source` (`at`), in the hook's
-/// z convention, split by the writers of the residual stream entering `layer` at `source`.
-pub async fn upstream_of_async(
-    loaded: &LoadedModel,
-    sae: &BlockDiagSae,
-    hook: (usize, ZConvention),
-    ids: &[u32],
-    feature: (usize, usize),
-    at: (usize, usize),
-) -> anyhow::Result<Upstream> {
-    upstream_through_async(loaded, sae, hook, ids, feature, at, &[]).await
 }
 
 /// [`upstream_through_async`], blocking on its read-backs (the desktop and the CLI).
@@ -57,7 +46,7 @@ pub fn upstream_through(
     ))
 }
 
-/// [`upstream_of_async`] taken further up through earlier heads: each step of `through`
+/// [`upstream_of`] taken further up through earlier heads: each step of `through`
 /// takes one head's part of the split before it, read from one position, and splits it by
 /// the writers of the residual stream entering that head's layer at that position (the
 /// head's value there, `norm(x) W_V`, with the norm's scale held, as at the source).
