@@ -640,45 +640,90 @@ fn dfa_two_steps_upstream_matches_the_numpy_reference() {
     }
 }
 
-/// A dense SAE (one block reading every head's hook_z: its read at a source is every
-/// model head's pattern and value together), on GPT-2 and Llama (grouped-query) fixtures:
-/// the upstream split of each source sums to the DFA the analysis gives from it (its parts
-/// summed over the model heads), and a step further up through each layer-0 head and each
-/// position it read from sums, with that head's value bias, to its term.
+/// The upstream split sums to the DFA it splits where no numpy reference covers it: a dense
+/// SAE (one block reading every head's hook_z: its read at a source is every model head's
+/// pattern and value together) on GPT-2 and Llama (grouped-query) fixtures, and per-head
+/// SAEs on GELU-2L and the attention-only models (shortformer positions, which the residual
+/// stream does not carry; one without LayerNorm). Each source's split sums to the DFA the
+/// analysis gives from it, and a step further up through each layer-0 head and each
+/// position it read from sums, with that head's value bias, to its term; attention-only
+/// models list no MLP and no positions.
 #[test]
-fn dfa_upstream_of_a_dense_sae_sums_to_its_dfa() {
+fn dfa_upstream_sums_to_the_dfa_for_dense_saes_and_attention_only_models() {
     use attn_saes::live::{LiveAnalysis, Through, Writer, upstream_of, upstream_through};
-    let conv = ZConvention::TransformerLens;
     let device = Device::flex();
-    for model in ["gpt2_tiny", "llama_tiny"] {
-        let loaded = lm::load_model(&fixture(model).display().to_string(), &device).unwrap();
+    let cases = [
+        ("gpt2_tiny", true),
+        ("llama_tiny", true),
+        ("gelu2l_tiny", false),
+        ("attn2l_tiny", false),
+        ("attn2l_noln_tiny", false),
+    ];
+    let conventions = [ZConvention::TransformerLens, ZConvention::Raw];
+    for ((model, dense), conv) in cases.into_iter().flat_map(|c| conventions.map(|v| (c, v))) {
+        let loaded = load(model);
         let cfg = &loaded.transformer.config;
-        let config = SaeConfig {
-            n_heads: 1,
-            d_head: cfg.n_heads * cfg.d_head,
-            features_per_head: 16,
-            architecture: Architecture::Relu,
+        let (sae, head) = match dense {
+            true => {
+                let config = SaeConfig {
+                    n_heads: 1,
+                    d_head: cfg.n_heads * cfg.d_head,
+                    features_per_head: 16,
+                    architecture: Architecture::Relu,
+                };
+                (BlockDiagSae::init(config, &mut Rng::new(7), &device), 0)
+            }
+            false => (random_sae(&loaded, 10, 5), 1),
         };
-        let sae = BlockDiagSae::init(config, &mut Rng::new(7), &device);
+        let attn_only = model.starts_with("attn2l");
         let a = LiveAnalysis::run(&loaded, &sae, 1, conv, TEXT).unwrap();
         let p = a.len() - 1;
         let (mut worst, mut worst_step, mut steps) = (0f32, 0f32, 0);
-        for f in [0, 5, 11] {
-            let dfa = a.dfa(0, f, p);
+        for f in [0, 5, 9] {
+            let dfa = a.dfa(head, f, p);
             for (s, &want) in dfa.iter().enumerate() {
-                let u = upstream_of(&loaded, &sae, (1, conv), &a.ids, (0, f), (p, s)).unwrap();
+                let feature = (head, f);
+                let u = upstream_of(&loaded, &sae, (1, conv), &a.ids, feature, (p, s)).unwrap();
                 let sum: f32 = u.parts.iter().map(|w| w.value).sum();
                 worst = worst.max((sum - want).abs()).max((u.dfa - want).abs());
+                let names: Vec<String> = u.parts.iter().map(|w| w.writer.name()).collect();
+                let mlp_or_positions = (u.parts.iter())
+                    .any(|w| matches!(w.writer, Writer::Mlp { .. } | Writer::Positions));
+                assert_eq!(mlp_or_positions, !attn_only, "{model}: {names:?}");
+                // The value's constant, which nothing upstream writes: in the raw convention
+                // where the model has one (Llama has none); in TransformerLens' only where
+                // it leaves the norm's bias in hook_z (shortformer with LayerNorm).
+                let constant = match conv {
+                    ZConvention::Raw => model != "llama_tiny",
+                    ZConvention::TransformerLens => model == "attn2l_tiny",
+                };
+                let last = u.parts.last().map(|w| w.writer);
+                assert_eq!(
+                    last == Some(Writer::ValueBias),
+                    constant,
+                    "{model} {conv:?}"
+                );
                 for w in &u.parts {
-                    let Writer::Head { layer, head } = w.writer else {
+                    let Writer::Head { layer, head: h0 } = w.writer else {
                         continue;
                     };
                     for (from, &term) in w.by_source.iter().enumerate() {
-                        let step = Through { layer, head, from };
+                        let step = Through {
+                            layer,
+                            head: h0,
+                            from,
+                        };
                         let at = (p, s);
-                        let v =
-                            upstream_through(&loaded, &sae, (1, conv), &a.ids, (0, f), at, &[step])
-                                .unwrap();
+                        let v = upstream_through(
+                            &loaded,
+                            &sae,
+                            (1, conv),
+                            &a.ids,
+                            feature,
+                            at,
+                            &[step],
+                        )
+                        .unwrap();
                         let sum: f32 = v.parts.iter().map(|w| w.value).sum();
                         worst_step = worst_step.max((sum - term).abs()).max((v.dfa - term).abs());
                         steps += 1;
@@ -687,7 +732,9 @@ fn dfa_upstream_of_a_dense_sae_sums_to_its_dfa() {
             }
             assert!(dfa.iter().any(|x| x.abs() > 1e-2), "{model} #{f}: {dfa:?}");
         }
-        println!("{model}: parts to DFA {worst:.2e}; {steps} steps further, {worst_step:.2e}");
+        println!(
+            "{model} {conv:?}: parts to DFA {worst:.2e}; {steps} steps further, {worst_step:.2e}"
+        );
         assert!(worst < 1e-4 && worst_step < 1e-5, "{worst} {worst_step}");
     }
 }

@@ -229,9 +229,11 @@ pub enum Writer {
     OutputBiases,
     /// An earlier layer's MLP output (its bias included).
     Mlp { layer: usize },
-    /// The hooked layer's own value bias and norm bias (`ln1.b W_V + b_V`), which
-    /// TransformerLens' hook_z leaves out and the raw convention keeps: not written by
-    /// anything upstream.
+    /// The constant in the value read (`ln1.b W_V + b_V` of its layer), not written by
+    /// anything upstream: listed where the DFA holds it (the raw convention; in
+    /// TransformerLens' hook_z, which folds it away, only a shortformer model's norm bias
+    /// part, and all of it in a model without a fold); a step through a head ends with
+    /// that head's.
     ValueBias,
 }
 

@@ -13,7 +13,7 @@ use burn::tensor::{DType, TensorData};
 
 use super::{Through, Upstream, Writer, WrittenBy};
 use crate::dashboard::dfa::dfa_by_source;
-use crate::lm::transformer::Norm;
+use crate::lm::transformer::{Norm, Positions};
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
 use crate::sae::BlockDiagSae;
 
@@ -128,6 +128,31 @@ pub async fn upstream_through_async(
         w.cast(DType::F32).matmul(x).reshape([dm])
     };
 
+    // The constant in query head `qh`'s value of layer `l`, which nothing upstream writes:
+    // `norm.b W_V + b_V` (none in a model with neither).
+    let constant = |l: usize, qh: usize| -> Option<Tensor<1>> {
+        let (block, col) = (&model.blocks[l], (h + hkv + qh / (h / hkv)) * dh);
+        let w = || {
+            block
+                .attn
+                .w_qkv
+                .clone()
+                .slice([0..dm, col..col + dh])
+                .cast(DType::F32)
+        };
+        let of_norm = match &block.norm1 {
+            Norm::Layer { b, .. } => {
+                Some(f32s(b.clone()).reshape([1, dm]).matmul(w()).reshape([dh]))
+            }
+            _ => None,
+        };
+        let b_v = (block.attn.b_qkv.as_ref()).map(|b| f32s(b.clone().narrow(0, col, dh)));
+        match (of_norm, b_v) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        }
+    };
+
     // The feature's encoder column (its block's rows), and the layer's rows at the source.
     let enc = host(&f32s(
         sae.w_enc
@@ -182,25 +207,36 @@ pub async fn upstream_through_async(
     let mut w_s = held(&block.norm1, &resid, w_s).await?;
 
     // The DFA from the source (`dashboard::dfa`'s formula, in the hook's convention: the
-    // raw value less the fold for TransformerLens'), and the value bias's part, which
-    // nothing upstream writes (raw convention only).
+    // raw value less the fold for TransformerLens'), and the part of it the value's
+    // constant gives, which nothing upstream writes: all of it in the raw convention, none
+    // where TransformerLens folds it, the norm's bias's part for a shortformer model (whose
+    // norms TransformerLens does not fold) and all of it for a model without a fold.
     let one_source = |a: f32, g: usize, v: &[f32]| {
         dfa_by_source(&[a], |_| v, &enc[g * dh..(g + 1) * dh], scale, 0)[0]
     };
+    let shortformer_ln = matches!(model.positions, Positions::Shortformer(_))
+        && matches!(block.norm1, Norm::Layer { .. });
+    let kept = match z_convention {
+        ZConvention::Raw => true,
+        ZConvention::TransformerLens => fold.is_none() || shortformer_ln,
+    };
     let mut dfa = 0f32;
-    let mut value_bias = 0f32;
-    for (g, &a) in a_target.iter().enumerate() {
+    let mut value_bias = None;
+    for (g, (&a, mh)) in a_target.iter().zip(heads.clone()).enumerate() {
         let mut v = v_source[g * dh..(g + 1) * dh].to_vec();
-        if let Some(f) = &fold {
-            let f = &f[g * dh..(g + 1) * dh];
-            match z_convention {
-                ZConvention::TransformerLens => v.iter_mut().zip(f).for_each(|(x, b)| *x -= b),
-                ZConvention::Raw => value_bias += one_source(a, g, f),
-            }
-        }
+        let unfolded = match (z_convention, &fold) {
+            (ZConvention::TransformerLens, Some(f)) => &f[g * dh..(g + 1) * dh],
+            _ => &[][..],
+        };
+        v.iter_mut().zip(unfolded).for_each(|(x, b)| *x -= b);
         dfa += one_source(a, g, &v);
+        if let Some(c) = constant(layer, mh).filter(|_| kept) {
+            let mut c = host(&c).await?;
+            c.iter_mut().zip(unfolded).for_each(|(x, b)| *x -= b);
+            *value_bias.get_or_insert(0f32) += one_source(a, g, &c);
+        }
     }
-    let mut bias = (z_convention == ZConvention::Raw && fold.is_some()).then_some(value_bias);
+    let mut bias = value_bias;
 
     // Each step through an earlier head: its part read from `from` at the position before
     // (its pattern there times its raw value's read through `W_O`), and what that value
@@ -224,11 +260,8 @@ pub async fn upstream_through_async(
         let v = host(&v.reshape([dh])).await?;
         let dot = |x: &[f32]| x.iter().zip(&u).map(|(p, q)| p * q).sum::<f32>();
         dfa = a * dot(&v);
-        bias = match &attn.z_fold {
-            Some(f) => {
-                let f = f.clone().slice([qh..qh + 1, 0..dh]).reshape([dh]);
-                Some(a * dot(&host(&f32s(f)).await?))
-            }
+        bias = match constant(l, qh) {
+            Some(c) => Some(a * dot(&host(&c).await?)),
             None => None,
         };
         let au: Vec<f32> = u.iter().map(|x| a * x).collect();
