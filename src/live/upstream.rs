@@ -115,38 +115,32 @@ pub async fn upstream_through_async(
             }
         })
     };
-    // `W_V` of query head `qh` of layer `l` (its kv head's columns) times `x` [d_head]:
-    // what reading `x` of that head's value reads of the normed stream, [d_model].
-    let through_w_v = |l: usize, qh: usize, x: &[f32]| {
-        let col = (h + hkv + qh / (h / hkv)) * dh;
-        let x = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [dh, 1]), &device);
-        let w = model.blocks[l]
-            .attn
-            .w_qkv
-            .clone()
-            .slice([0..dm, col..col + dh]);
-        w.cast(DType::F32).matmul(x).reshape([dm])
+    // Query head `qh`'s columns of layer `l`'s `W_V` (its kv head's), [d_model, d_head],
+    // and where they start in `w_qkv`.
+    let col_of = |qh: usize| (h + hkv + qh / (h / hkv)) * dh;
+    let w_v_of = |l: usize, qh: usize| {
+        let col = col_of(qh);
+        let w = model.blocks[l].attn.w_qkv.clone();
+        w.slice([0..dm, col..col + dh]).cast(DType::F32)
     };
-
+    // That `W_V` times `x` [d_head]: what reading `x` of the head's value reads of the
+    // normed stream, [d_model].
+    let through_w_v = |l: usize, qh: usize, x: &[f32]| {
+        let x = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [dh, 1]), &device);
+        w_v_of(l, qh).matmul(x).reshape([dm])
+    };
     // The constant in query head `qh`'s value of layer `l`, which nothing upstream writes:
     // `norm.b W_V + b_V` (none in a model with neither).
     let constant = |l: usize, qh: usize| -> Option<Tensor<1>> {
-        let (block, col) = (&model.blocks[l], (h + hkv + qh / (h / hkv)) * dh);
-        let w = || {
-            block
-                .attn
-                .w_qkv
-                .clone()
-                .slice([0..dm, col..col + dh])
-                .cast(DType::F32)
-        };
+        let block = &model.blocks[l];
         let of_norm = match &block.norm1 {
             Norm::Layer { b, .. } => {
-                Some(f32s(b.clone()).reshape([1, dm]).matmul(w()).reshape([dh]))
+                let b = f32s(b.clone()).reshape([1, dm]);
+                Some(b.matmul(w_v_of(l, qh)).reshape([dh]))
             }
             _ => None,
         };
-        let b_v = (block.attn.b_qkv.as_ref()).map(|b| f32s(b.clone().narrow(0, col, dh)));
+        let b_v = (block.attn.b_qkv.as_ref()).map(|b| f32s(b.clone().narrow(0, col_of(qh), dh)));
         match (of_norm, b_v) {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
