@@ -408,6 +408,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A feature's DFA taken apart upstream over a set of prompts: at each prompt's
+    /// position (its "at", else its last token), the source giving the DFA's largest part,
+    /// split by what wrote the residual stream there (as `text --pick --upstream`); each
+    /// writer's part averaged over the prompts, with its spread.
+    Upstream {
+        /// A run directory, an SAE directory that records where it was trained, or a
+        /// dashboard file.
+        run: std::path::PathBuf,
+        /// `HEAD,FEATURE`.
+        #[arg(value_parser = parse_head_feature)]
+        feature: (usize, usize),
+        /// JSON lines (or one JSON array) of `{"text": ..., "at": POSITION}`, "at" optional
+        /// (`rank --prompts`' files read as they are).
+        #[arg(long)]
+        prompts: std::path::PathBuf,
+        /// Which source to take apart on each prompt: the one giving the DFA's largest part
+        /// (either sign), the largest positive part, or the first position of the line's
+        /// "answer" token (an IOI prompt's indirect object: `rank --prompts`' files).
+        #[arg(long, value_enum, default_value_t = FromSource::Strongest)]
+        from: FromSource,
+        /// Writers printed.
+        #[arg(long, default_value_t = 12)]
+        top: usize,
+        /// Also write every prompt's split and each writer's spread here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Label a feature, print its label, or list every label: kept beside the dashboard
     /// file (DASHBOARD.labels.json; a run's `dashboard.labels.json`), shown and searched by
     /// the app and the web page, printed by `features`.
@@ -534,7 +561,8 @@ impl Command {
             | Command::Heads { json, .. }
             | Command::Features { json, .. }
             | Command::Match { json, .. }
-            | Command::Evaluate { json, .. } => json.iter().collect(),
+            | Command::Evaluate { json, .. }
+            | Command::Upstream { json, .. } => json.iter().collect(),
             Command::Dashboard { out, .. } => out.iter().collect(),
             _ => vec![],
         };
@@ -572,6 +600,7 @@ impl Command {
                 run, sae, prompts, ..
             } => run.iter().chain(sae).chain(prompts).collect(),
             Command::Match { a, b, .. } => vec![a, b],
+            Command::Upstream { run, prompts, .. } => vec![run, prompts],
             Command::Compare { runs, .. } => runs.iter().collect(),
             Command::Label { run, from, .. } => once(run).chain(from).collect(),
             Command::Train { args, .. } | Command::Harvest { args, .. } => train(args),
@@ -1117,6 +1146,20 @@ fn main() -> anyhow::Result<()> {
                 answer: answer.map(|a| (a, against, at)),
             },
             json,
+            cli.device,
+        )?,
+        Command::Upstream {
+            run,
+            feature,
+            prompts,
+            from,
+            top,
+            json,
+        } => upstream_command(
+            &run,
+            feature,
+            &prompts,
+            (from, top, json.as_deref()),
             cli.device,
         )?,
         Command::Steer {
@@ -2604,22 +2647,16 @@ struct PromptLine {
     ask: attn_saes::live::AnswerAsk,
 }
 
-/// `rank --prompts`: the features of the SAE of `dir` (a run or an SAE directory) ranked
-/// over the prompts of the JSON lines file `path`, each by its own answer.
-fn rank_prompts_command(
-    dir: &std::path::Path,
+/// The prompts of `path`: JSON lines, or one JSON array of the same objects (`form` in
+/// words), each named by its line or place for the errors after.
+fn read_prompt_lines<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
-    (top, exact): (usize, bool),
-    json: Option<&std::path::Path>,
-    choice: DeviceChoice,
-) -> anyhow::Result<()> {
-    use attn_saes::live::{Objective, resolve_answer, text_ids};
+    form: &str,
+) -> anyhow::Result<Vec<(String, T)>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let form = "{\"text\": ..., \"answer\": ..., \"against\": ...}";
-    // JSON lines, or one JSON array of the same objects; each named by its line or place.
-    let lines: Vec<(String, PromptLine)> = if text.trim_start().starts_with('[') {
-        let all: Vec<PromptLine> = serde_json::from_str(&text)
+    let lines: Vec<(String, T)> = if text.trim_start().starts_with('[') {
+        let all: Vec<T> = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a JSON array of {form}", path.display()))?;
         (all.into_iter().enumerate())
             .map(|(i, p)| (format!("{} prompt {}", path.display(), i + 1), p))
@@ -2637,6 +2674,187 @@ fn rank_prompts_command(
             .collect::<anyhow::Result<_>>()?
     };
     anyhow::ensure!(!lines.is_empty(), "{}: no prompts in it", path.display());
+    Ok(lines)
+}
+
+/// One line of `upstream --prompts`' file: a text and the position to read the feature at
+/// (`rank --prompts`' lines read as they are: the position an answer is predicted after),
+/// and for `--from answer` the answer's token.
+#[derive(serde::Deserialize)]
+struct UpstreamLine {
+    text: String,
+    #[serde(default)]
+    at: Option<usize>,
+    #[serde(default)]
+    answer: Option<String>,
+}
+
+/// `upstream --from`.
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
+enum FromSource {
+    Strongest,
+    Largest,
+    Answer,
+}
+
+/// `upstream`: a feature's DFA from its strongest source taken apart on every prompt of
+/// `path`, and each writer's part over them.
+fn upstream_command(
+    run: &std::path::Path,
+    (head, feature): (usize, usize),
+    path: &std::path::Path,
+    (from, top, json): (FromSource, usize, Option<&std::path::Path>),
+    choice: DeviceChoice,
+) -> anyhow::Result<()> {
+    use attn_saes::live::{Analysed, LiveAnalysis, PromptSplit, strongest_source, upstream_of};
+    let lines: Vec<(String, UpstreamLine)> =
+        read_prompt_lines(path, "{\"text\": ..., \"at\": POSITION (optional)}")?;
+    let source = match run.is_dir() {
+        true => attn_saes::app::jobs::LiveSource::Run(run.to_path_buf()),
+        false => {
+            let file = attn_saes::dashboard::format::OwnedDashboardFile::read(run)?;
+            attn_saes::app::jobs::LiveSource::of_dashboard(&file.meta, run)
+        }
+    };
+    let live = load_live_saying(&source, choice)?;
+    let hook = (live.layer, live.z_convention);
+    let mut bar = ProgressLine::new();
+    let mut splits = Vec::new();
+    for (i, (name, line)) in lines.iter().enumerate() {
+        bar.update("taking the DFA apart on each prompt", i, lines.len());
+        let a = LiveAnalysis::run(&live.loaded, &live.sae, hook.0, hook.1, &line.text)?;
+        let t = a.tokens();
+        let p = line.at.unwrap_or(t.len().saturating_sub(1));
+        anyhow::ensure!(
+            p < t.len() && head < t.n_heads && feature < t.features_per_head,
+            "{name}: position {p}, head {head}, feature {feature}: out of range ({} tokens, {} \
+             heads, {} features)",
+            t.len(),
+            t.n_heads,
+            t.features_per_head
+        );
+        anyhow::ensure!(
+            !t.skipped(p),
+            "{name}: position {p} is {}",
+            attn_saes::live::BOS_SKIPPED
+        );
+        let dfa = a.attribution(head, feature, p).dfa;
+        let s = match from {
+            FromSource::Strongest => strongest_source(&dfa),
+            FromSource::Largest => (0..dfa.len())
+                .max_by(|&x, &y| dfa[x].total_cmp(&dfa[y]).then(y.cmp(&x)))
+                .unwrap_or(0),
+            FromSource::Answer => {
+                let answer = line.answer.as_deref().with_context(|| {
+                    format!("{name}: --from answer, and the line has no \"answer\"")
+                })?;
+                (t.strings.iter().take(p + 1))
+                    .position(|x| x == answer)
+                    .with_context(|| {
+                        format!("{name}: no token {answer:?} at or before position {p}")
+                    })?
+            }
+        };
+        let upstream = upstream_of(
+            &live.loaded,
+            &live.sae,
+            hook,
+            &t.ids,
+            (head, feature),
+            (p, s),
+        )?;
+        splits.push(PromptSplit {
+            text: line.text.clone(),
+            activation: t.activation(head, feature, p),
+            source_token: t.strings[s].clone(),
+            upstream,
+        });
+    }
+    bar.finish();
+    let spread =
+        attn_saes::live::spread_of(&splits.iter().map(|s| &s.upstream).collect::<Vec<_>>())?;
+    if let Some(out) = json {
+        let report = serde_json::json!({"prompts": splits, "writers": spread});
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    let n = splits.len() as f32;
+    let fires = splits.iter().filter(|s| s.activation > 0.0).count();
+    let mean = |f: &dyn Fn(&PromptSplit) -> f32| splits.iter().map(f).sum::<f32>() / n;
+    let mc = &live.loaded.transformer.config;
+    let dense = live.sae.config.is_dense_over(mc.n_heads, mc.d_head);
+    println!(
+        "{}: {} on {} prompts, each at its position: activation mean {:.4} (fires on {fires})",
+        live.description,
+        feature_name(dense, head, feature),
+        splits.len(),
+        mean(&|s| s.activation)
+    );
+    let mut tokens: Vec<(&str, usize)> = Vec::new();
+    for s in &splits {
+        match tokens.iter_mut().find(|x| x.0 == s.source_token) {
+            Some(x) => x.1 += 1,
+            None => tokens.push((&s.source_token, 1)),
+        }
+    }
+    tokens.sort_by_key(|b| std::cmp::Reverse(b.1));
+    let tokens: Vec<String> = tokens.iter().map(|(t, k)| format!("{t:?} {k}")).collect();
+    println!(
+        "the source {}, taken apart: {} (each prompt's in --json); its DFA mean {:.4}",
+        match from {
+            FromSource::Strongest => "giving the DFA's largest part",
+            FromSource::Largest => "giving the DFA's largest positive part",
+            FromSource::Answer => "of the answer's token",
+        },
+        tokens.join(", "),
+        mean(&|s| s.upstream.dfa)
+    );
+    println!(
+        "by what wrote the residual stream entering layer {} there, mean over the prompts (sd) \
+         [least, most]:",
+        live.layer
+    );
+    let mut listed: Vec<&attn_saes::live::WriterSpread> = spread.iter().collect();
+    listed.sort_by(|a, b| b.mean.abs().total_cmp(&a.mean.abs()));
+    listed.truncate(top);
+    for w in &listed {
+        let mut line = format!(
+            "  {:+.4} ({:.4}) [{:+.4}, {:+.4}]  {}",
+            w.mean,
+            w.sd,
+            w.min,
+            w.max,
+            w.writer.name()
+        );
+        if let Some([itself, bos, elsewhere]) = w.reading {
+            line += &format!(
+                ", reading from the source itself {itself:+.4}, BOS {bos:+.4}, elsewhere \
+                 {elsewhere:+.4}"
+            );
+        }
+        println!("{line}");
+    }
+    let rest = spread.len() - listed.len();
+    if rest > 0 {
+        let shown: f32 = listed.iter().map(|w| w.mean).sum();
+        let all: f32 = spread.iter().map(|w| w.mean).sum();
+        println!("  {:+.4}  the other {rest} together", all - shown);
+    }
+    Ok(())
+}
+
+/// `rank --prompts`: the features of the SAE of `dir` (a run or an SAE directory) ranked
+/// over the prompts of the JSON lines file `path`, each by its own answer.
+fn rank_prompts_command(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    (top, exact): (usize, bool),
+    json: Option<&std::path::Path>,
+    choice: DeviceChoice,
+) -> anyhow::Result<()> {
+    use attn_saes::live::{Objective, resolve_answer, text_ids};
+    let form = "{\"text\": ..., \"answer\": ..., \"against\": ...}";
+    let lines: Vec<(String, PromptLine)> = read_prompt_lines(path, form)?;
     let live = load_live_saying(&attn_saes::app::jobs::LiveSource::Run(dir.into()), choice)?;
     let resolve = |p: &PromptLine| -> anyhow::Result<(Vec<u32>, Objective)> {
         let ids = text_ids(&live.loaded, &p.text)?;

@@ -2178,6 +2178,143 @@ fn text_command_takes_a_source_upstream() {
     );
 }
 
+/// `upstream --prompts`: on every prompt the source taken apart is the one `--from` names
+/// (the largest |DFA|, the largest DFA, the answer's token) at the line's position (or the
+/// last), and the split written to `--json` is the library's; each writer's mean, spread,
+/// extremes and a head's parts by where it read from are those of the splits, computed
+/// here in f64; the text prints the strongest mean; a line without an answer is refused
+/// under `--from answer`, naming the line.
+#[test]
+fn upstream_command_spreads_the_splits_of_a_prompt_set() {
+    use attn_saes::live::{LiveAnalysis, PromptSplit, Writer, upstream_of};
+    let (dir, run, loaded, sae) = text_run("attn-saes-upstream-prompts");
+    let conv = ZConvention::TransformerLens;
+    // Each line's answer: a token of its text (the tiny tokenizer splits most words), the
+    // one at position 2 or 3.
+    let answer = |text: &str, q: usize| {
+        LiveAnalysis::run(&loaded, &sae, 1, conv, text)
+            .unwrap()
+            .strings[q]
+            .clone()
+    };
+    let other = "When the dog and the cat went home, the cat gave a toy to the";
+    let third = "The dog saw the cat, and then the cat saw the";
+    let lines = [
+        (TEXT, Some(9), answer(TEXT, 3)),
+        (other, None, answer(other, 2)),
+        (third, None, answer(third, 3)),
+    ];
+    let file = dir.join("prompts.jsonl");
+    let text: Vec<String> = (lines.iter())
+        .map(|(t, at, answer)| {
+            serde_json::json!({"text": t, "at": at, "answer": answer}).to_string()
+        })
+        .collect();
+    std::fs::write(&file, text.join("\n")).unwrap();
+    let (head, f) = (1, 3);
+    let mut chosen = Vec::new();
+    for from in ["strongest", "largest", "answer"] {
+        let out_json = dir.join(format!("upstream-{from}.json"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu", "upstream"])
+            .arg(&run)
+            .args(["1,3", "--prompts"])
+            .arg(&file)
+            .args(["--from", from, "--json"])
+            .arg(&out_json)
+            .output()
+            .unwrap();
+        assert_succeeded(&out);
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+        let splits: Vec<PromptSplit> = serde_json::from_value(v["prompts"].clone()).unwrap();
+        assert_eq!(splits.len(), lines.len());
+        for ((text, at, answer), got) in lines.iter().zip(&splits) {
+            let a = LiveAnalysis::run(&loaded, &sae, 1, conv, text).unwrap();
+            let p = at.unwrap_or(a.len() - 1);
+            let dfa = a.dfa(head, f, p);
+            let s = match from {
+                "strongest" => {
+                    (0..=p).max_by(|&x, &y| dfa[x].abs().total_cmp(&dfa[y].abs()).then(y.cmp(&x)))
+                }
+                "largest" => (0..=p).max_by(|&x, &y| dfa[x].total_cmp(&dfa[y]).then(y.cmp(&x))),
+                _ => a.strings.iter().position(|x| x == answer),
+            }
+            .unwrap();
+            let want = upstream_of(&loaded, &sae, (1, conv), &a.ids, (head, f), (p, s)).unwrap();
+            assert_eq!(got.upstream, want, "{from}: {text}");
+            chosen.push((from, s));
+            assert_eq!(got.source_token, a.strings[s]);
+            assert_eq!(got.activation, a.activation(head, f, p));
+        }
+        // Each writer's spread, from the splits in f64.
+        let n = splits.len() as f64;
+        let spread = v["writers"].as_array().unwrap();
+        assert_eq!(spread.len(), splits[0].upstream.parts.len());
+        let number = |x: &serde_json::Value| x.as_f64().unwrap();
+        let mut strongest = (0.0, String::new());
+        for (k, w) in spread.iter().enumerate() {
+            let parts: Vec<f64> = (splits.iter())
+                .map(|x| x.upstream.parts[k].value as f64)
+                .collect();
+            let mean = parts.iter().sum::<f64>() / n;
+            let sd = (parts.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+            let close = |a: f64, b: f64| (a - b).abs() < 1e-6 + 1e-5 * b.abs();
+            assert!(
+                close(number(&w["mean"]), mean) && close(number(&w["sd"]), sd),
+                "{w}"
+            );
+            let least = parts.iter().copied().fold(f64::INFINITY, f64::min);
+            assert!(close(number(&w["min"]), least), "{w}");
+            let writer = splits[0].upstream.parts[k].writer;
+            if let Writer::Head { .. } = writer {
+                let itself: f64 = (splits.iter())
+                    .map(|x| x.upstream.parts[k].by_source[x.upstream.source] as f64)
+                    .sum::<f64>()
+                    / n;
+                let reading = w["reading"].as_array().unwrap();
+                assert!(close(number(&reading[0]), itself), "{w}");
+                let all: f64 = reading.iter().map(number).sum();
+                assert!(close(all, mean), "{w}");
+            } else {
+                assert!(w.get("reading").is_none(), "{w}");
+            }
+            if mean.abs() > strongest.0 {
+                strongest = (mean.abs(), format!("{mean:+.4} ({sd:.4})"));
+            }
+        }
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains(&strongest.1), "{}\n{said}", strongest.1);
+    }
+    // The three rules took different sources apart somewhere.
+    let of = |rule: &str| -> Vec<usize> {
+        (chosen.iter())
+            .filter(|c| c.0 == rule)
+            .map(|c| c.1)
+            .collect()
+    };
+    assert!(
+        of("strongest") != of("answer") && of("largest") != of("answer"),
+        "{chosen:?}"
+    );
+    // Under --from answer a line needs an answer.
+    std::fs::write(&file, format!("{{\"text\": {:?}}}\n", TEXT)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["--device", "cpu", "upstream"])
+        .arg(&run)
+        .args(["1,3", "--prompts"])
+        .arg(&file)
+        .args(["--from", "answer"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 1: --from answer, and the line has no \"answer\""),
+        "{err}"
+    );
+}
+
 /// `text --rank --answer --against` (and `--effect` with them): the JSON ranking and
 /// effect equal the library's for the same objective, and the text says what was ranked
 /// by, its value, and the removal's exact change; what is refused says why.

@@ -336,6 +336,78 @@ impl WrittenBy {
     }
 }
 
+/// One prompt's [`Upstream`] split (`attn-saes upstream --prompts`): its text, the
+/// feature's activation at the position and the source token taken apart.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PromptSplit {
+    pub text: String,
+    pub activation: f32,
+    pub source_token: String,
+    pub upstream: Upstream,
+}
+
+/// One writer's parts over several splits of a feature's DFA (one a prompt).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WriterSpread {
+    pub writer: Writer,
+    pub mean: f32,
+    /// The standard deviation over the splits (n - 1; 0 for one).
+    pub sd: f32,
+    pub min: f32,
+    pub max: f32,
+    /// An earlier head: the means of its part read from the source itself, from BOS
+    /// (position 0, when that is not the source) and from elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reading: Option<[f32; 3]>,
+}
+
+/// Each writer's parts over `splits` (of one model, layer and feature: the same writers in
+/// the same order, which is checked), in the writers' order.
+pub fn spread_of(splits: &[&Upstream]) -> anyhow::Result<Vec<WriterSpread>> {
+    let first = splits.first().ok_or_else(|| anyhow::anyhow!("no splits"))?;
+    for u in splits {
+        anyhow::ensure!(
+            u.parts.len() == first.parts.len()
+                && u.parts
+                    .iter()
+                    .zip(&first.parts)
+                    .all(|(a, b)| a.writer == b.writer)
+                && u.through.is_empty(),
+            "splits of different writers (another model or layer, or taken through heads)"
+        );
+    }
+    let n = splits.len() as f64;
+    let spread = (first.parts.iter().enumerate()).map(|(k, w)| {
+        let values: Vec<f64> = splits.iter().map(|u| u.parts[k].value as f64).collect();
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        let reading = matches!(w.writer, Writer::Head { .. }).then(|| {
+            let mut sums = [0f64; 3];
+            for u in splits {
+                let (part, s) = (&u.parts[k], u.source);
+                let itself = part.by_source.get(s).copied().unwrap_or(0.0) as f64;
+                let bos = match s {
+                    0 => 0.0,
+                    _ => part.by_source.first().copied().unwrap_or(0.0) as f64,
+                };
+                sums[0] += itself;
+                sums[1] += bos;
+                sums[2] += part.value as f64 - itself - bos;
+            }
+            sums.map(|x| (x / n) as f32)
+        });
+        WriterSpread {
+            writer: w.writer,
+            mean: mean as f32,
+            sd: var.sqrt() as f32,
+            min: values.iter().copied().fold(f64::INFINITY, f64::min) as f32,
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max) as f32,
+            reading,
+        }
+    });
+    Ok(spread.collect())
+}
+
 /// Writers listed of an [`Upstream`] (`text --upstream`, Your text), and positions listed
 /// for each head.
 pub const UPSTREAM_LISTED: usize = 12;
