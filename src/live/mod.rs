@@ -363,6 +363,7 @@ pub struct WriterSpread {
 
 /// Each writer's parts over `splits` (of one model, layer and feature: the same writers in
 /// the same order, which is checked), in the writers' order.
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub fn spread_of(splits: &[&Upstream]) -> anyhow::Result<Vec<WriterSpread>> {
     let first = splits.first().ok_or_else(|| anyhow::anyhow!("no splits"))?;
     for u in splits {
