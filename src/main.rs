@@ -3641,14 +3641,17 @@ fn text_command(
                 }
                 None => attn_saes::live::strongest_source(&a.attribution(h, f, p).dfa),
             };
+            let ask = attn_saes::live::UpstreamAsk {
+                feature: (h, f),
+                at: (p, source),
+                through,
+            };
             Some(attn_saes::live::upstream_through(
                 &live.loaded,
                 &live.sae,
                 (live.layer, live.z_convention),
                 &t.ids,
-                (h, f),
-                (p, source),
-                &through,
+                &ask,
             )?)
         }
         _ => None,

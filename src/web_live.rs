@@ -276,9 +276,7 @@ pub async fn upstream(ask: String) -> Result<String, JsValue> {
         &session.sae,
         (session.layer, session.z_convention),
         &ids,
-        ask.feature,
-        ask.at,
-        &ask.through,
+        &ask,
     )
     .await
     .map_err(|e| js_error(format!("{e:#}")))?;

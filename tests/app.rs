@@ -868,23 +868,11 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
         else {
             unreachable!()
         };
-        let direct = upstream_through(
-            &loaded,
-            &sae,
-            (1, conv),
-            &ids,
-            feature,
-            ask.at,
-            &ask.through,
-        );
+        let direct = upstream_through(&loaded, &sae, (1, conv), &ids, &ask);
         assert_eq!(**shown, direct.unwrap());
         (**shown).clone()
     };
-    let ask = |source| UpstreamAsk {
-        feature,
-        at: (fox, source),
-        through: Vec::new(),
-    };
+    let ask = |source| UpstreamAsk::new(feature, (fox, source));
     let shown = upstream(&mut h, "Take it apart", ask(source));
     let sum: f32 = shown.parts.iter().map(|p| p.value).sum();
     assert!((sum - dfa[source]).abs() < 1e-4, "{sum} vs {}", dfa[source]);

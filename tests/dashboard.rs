@@ -560,7 +560,7 @@ fn dfa_upstream_matches_the_numpy_reference() {
 /// is refused.
 #[test]
 fn dfa_two_steps_upstream_matches_the_numpy_reference() {
-    use attn_saes::live::{Through, upstream_through};
+    use attn_saes::live::{Through, UpstreamAsk, upstream_through};
     let tl = ZConvention::TransformerLens;
     for (model, names) in [
         ("gpt2_tiny", &["embedding", "positions", "value bias"][..]),
@@ -589,17 +589,9 @@ fn dfa_two_steps_upstream_matches_the_numpy_reference() {
                                     head: h0,
                                     from: sp,
                                 };
-                                let at = (t - 1, s);
-                                let u = upstream_through(
-                                    &loaded,
-                                    &sae,
-                                    (1, tl),
-                                    ids,
-                                    (head, f),
-                                    at,
-                                    &[step],
-                                )
-                                .unwrap();
+                                let ask = UpstreamAsk::new((head, f), (t - 1, s)).then(step);
+                                let u =
+                                    upstream_through(&loaded, &sae, (1, tl), ids, &ask).unwrap();
                                 let got: Vec<String> =
                                     u.parts.iter().map(|p| p.writer.name()).collect();
                                 assert_eq!(got, names);
@@ -632,8 +624,11 @@ fn dfa_two_steps_upstream_matches_the_numpy_reference() {
                 (vec![step(0, 6)], "through L0 h0 from 6"),
                 (vec![step(0, 2), step(0, 1)], "through L0 h0 from 1"),
             ] {
-                let err = upstream_through(&loaded, &sae, (1, tl), ids, (0, 0), (9, 5), &through)
-                    .unwrap_err();
+                let ask = UpstreamAsk {
+                    through,
+                    ..UpstreamAsk::new((0, 0), (9, 5))
+                };
+                let err = upstream_through(&loaded, &sae, (1, tl), ids, &ask).unwrap_err();
                 assert!(err.to_string().contains(says), "{err}");
             }
         }
@@ -650,7 +645,9 @@ fn dfa_two_steps_upstream_matches_the_numpy_reference() {
 /// models list no MLP and no positions.
 #[test]
 fn dfa_upstream_sums_to_the_dfa_for_dense_saes_and_attention_only_models() {
-    use attn_saes::live::{LiveAnalysis, Through, Writer, upstream_of, upstream_through};
+    use attn_saes::live::{
+        LiveAnalysis, Through, UpstreamAsk, Writer, upstream_of, upstream_through,
+    };
     let device = Device::flex();
     let cases = [
         ("gpt2_tiny", true),
@@ -713,17 +710,8 @@ fn dfa_upstream_sums_to_the_dfa_for_dense_saes_and_attention_only_models() {
                             head: h0,
                             from,
                         };
-                        let at = (p, s);
-                        let v = upstream_through(
-                            &loaded,
-                            &sae,
-                            (1, conv),
-                            &a.ids,
-                            feature,
-                            at,
-                            &[step],
-                        )
-                        .unwrap();
+                        let ask = UpstreamAsk::new(feature, (p, s)).then(step);
+                        let v = upstream_through(&loaded, &sae, (1, conv), &a.ids, &ask).unwrap();
                         let sum: f32 = v.parts.iter().map(|w| w.value).sum();
                         worst_step = worst_step.max((sum - term).abs()).max((v.dfa - term).abs());
                         steps += 1;
@@ -2086,7 +2074,8 @@ fn text_cli<'a>(
 /// and a source after the position is refused.
 #[test]
 fn text_command_takes_a_source_upstream() {
-    use attn_saes::live::{LiveAnalysis, Through, Upstream, upstream_of, upstream_through};
+    use attn_saes::live::upstream_through;
+    use attn_saes::live::{LiveAnalysis, Through, Upstream, UpstreamAsk, upstream_of};
     let (_dir, run, loaded, sae) = text_run("attn-saes-upstream");
     let text = TEXT;
     let cli = text_cli(&run, text);
@@ -2121,7 +2110,8 @@ fn text_command_takes_a_source_upstream() {
         from: 2,
     };
     let through = shown(&["--upstream", "3", "--through", "0,1,2"]);
-    let want = upstream_through(&loaded, &sae, (1, conv), &a.ids, (h, f), (p, 3), &[step]);
+    let ask = UpstreamAsk::new((h, f), (p, 3)).then(step);
+    let want = upstream_through(&loaded, &sae, (1, conv), &a.ids, &ask);
     assert_eq!(through, want.unwrap());
     let head = (library(3).parts.into_iter())
         .find(|w| w.writer.name() == "L0 h1")

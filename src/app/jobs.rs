@@ -518,8 +518,7 @@ impl LiveModel {
         ask: &crate::live::UpstreamAsk,
     ) -> anyhow::Result<crate::live::Upstream> {
         let hook = (self.layer, self.z_convention);
-        let (loaded, sae) = (&self.loaded, &self.sae);
-        crate::live::upstream_through(loaded, sae, hook, ids, ask.feature, ask.at, &ask.through)
+        crate::live::upstream_through(&self.loaded, &self.sae, hook, ids, ask)
     }
 
     /// What removing `feature` of `head` wherever it fires in `ids` changes in the model's

@@ -436,11 +436,6 @@ fn upstream_panel(
         .weak(),
     );
     let computing = matches!(asked.map(|u| &u.state), Some(Answer::Computing));
-    let ask = |source: usize| UpstreamAsk {
-        feature: (head, feature),
-        at: (p, source),
-        through: Vec::new(),
-    };
     let clicked = ui
         .horizontal(|ui| {
             let label = ui.label("source").id;
@@ -462,7 +457,8 @@ fn upstream_panel(
                 .clicked()
         })
         .inner;
-    let mut action = clicked.then(|| TextAction::Upstream(ask(source)));
+    let ask = UpstreamAsk::new((head, feature), (p, source));
+    let mut action = clicked.then_some(TextAction::Upstream(ask));
     match asked.map(|u| (&u.state, &u.ask)) {
         Some((Answer::Computing, _)) => {
             ui.horizontal(|ui| {

@@ -439,6 +439,15 @@ pub struct UpstreamAsk {
 }
 
 impl UpstreamAsk {
+    /// The split of `feature`'s DFA at `at.0` from `at.1`, no further up.
+    pub fn new(feature: (usize, usize), at: (usize, usize)) -> Self {
+        Self {
+            feature,
+            at,
+            through: Vec::new(),
+        }
+    }
+
     /// This ask one step further up, through `step`.
     pub fn then(&self, step: Through) -> Self {
         let mut next = self.clone();

@@ -11,7 +11,7 @@ use anyhow::Context;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 
-use super::{Through, Upstream, Writer, WrittenBy};
+use super::{Upstream, UpstreamAsk, Writer, WrittenBy};
 use crate::dashboard::dfa::dfa_by_source;
 use crate::lm::transformer::{Norm, Positions};
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
@@ -28,7 +28,7 @@ pub fn upstream_of(
     feature: (usize, usize),
     at: (usize, usize),
 ) -> anyhow::Result<Upstream> {
-    upstream_through(loaded, sae, hook, ids, feature, at, &[])
+    upstream_through(loaded, sae, hook, ids, &UpstreamAsk::new(feature, at))
 }
 
 /// [`upstream_through_async`], blocking on its read-backs (the desktop and the CLI).
@@ -37,16 +37,12 @@ pub fn upstream_through(
     sae: &BlockDiagSae,
     hook: (usize, ZConvention),
     ids: &[u32],
-    feature: (usize, usize),
-    at: (usize, usize),
-    through: &[Through],
+    ask: &UpstreamAsk,
 ) -> anyhow::Result<Upstream> {
-    super::blocking(upstream_through_async(
-        loaded, sae, hook, ids, feature, at, through,
-    ))
+    super::blocking(upstream_through_async(loaded, sae, hook, ids, ask))
 }
 
-/// [`upstream_of`] taken further up through earlier heads: each step of `through`
+/// [`upstream_of`] taken further up through earlier heads: each step of `ask.through`
 /// takes one head's part of the split before it, read from one position, and splits it by
 /// the writers of the residual stream entering that head's layer at that position (the
 /// head's value there, `norm(x) W_V`, with the norm's scale held, as at the source).
@@ -55,10 +51,10 @@ pub async fn upstream_through_async(
     sae: &BlockDiagSae,
     (layer, z_convention): (usize, ZConvention),
     ids: &[u32],
-    (head, feature): (usize, usize),
-    (target, source): (usize, usize),
-    through: &[Through],
+    ask: &UpstreamAsk,
 ) -> anyhow::Result<Upstream> {
+    let ((head, feature), (target, source)) = (ask.feature, ask.at);
+    let through = ask.through.as_slice();
     use super::read_async as host;
     let model = &loaded.transformer;
     let cfg = &model.config;
