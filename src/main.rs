@@ -1552,6 +1552,19 @@ fn evaluate_and_report(
 
 /// The model and SAE `source` names, loaded on the device `choice` selects, saying which
 /// device (as every command that loads a model does).
+/// Where a live model and SAE come from for a path on the command line: a run or SAE
+/// directory, or a dashboard file (the model and SAE its metadata records).
+fn live_source_of(run: &std::path::Path) -> anyhow::Result<attn_saes::app::jobs::LiveSource> {
+    use attn_saes::app::jobs::LiveSource;
+    Ok(match run.is_dir() {
+        true => LiveSource::Run(run.to_path_buf()),
+        false => {
+            let file = attn_saes::dashboard::format::OwnedDashboardFile::read(run)?;
+            LiveSource::of_dashboard(&file.meta, run)
+        }
+    })
+}
+
 fn load_live_saying(
     source: &attn_saes::app::jobs::LiveSource,
     choice: DeviceChoice,
@@ -2709,14 +2722,7 @@ fn upstream_command(
     use attn_saes::live::{Analysed, LiveAnalysis, PromptSplit, strongest_source, upstream_of};
     let lines: Vec<(String, UpstreamLine)> =
         read_prompt_lines(path, "{\"text\": ..., \"at\": POSITION (optional)}")?;
-    let source = match run.is_dir() {
-        true => attn_saes::app::jobs::LiveSource::Run(run.to_path_buf()),
-        false => {
-            let file = attn_saes::dashboard::format::OwnedDashboardFile::read(run)?;
-            attn_saes::app::jobs::LiveSource::of_dashboard(&file.meta, run)
-        }
-    };
-    let live = load_live_saying(&source, choice)?;
+    let live = load_live_saying(&live_source_of(run)?, choice)?;
     let hook = (live.layer, live.z_convention);
     let mut bar = ProgressLine::new();
     let mut splits = Vec::new();
@@ -2741,9 +2747,7 @@ fn upstream_command(
         let dfa = a.attribution(head, feature, p).dfa;
         let s = match from {
             FromSource::Strongest => strongest_source(&dfa),
-            FromSource::Largest => (0..dfa.len())
-                .max_by(|&x, &y| dfa[x].total_cmp(&dfa[y]).then(y.cmp(&x)))
-                .unwrap_or(0),
+            FromSource::Largest => attn_saes::live::dfa_argmax(&dfa).map_or(0, |x| x.0),
             FromSource::Answer => {
                 let answer = line.answer.as_deref().with_context(|| {
                     format!("{name}: --from answer, and the line has no \"answer\"")
@@ -3574,19 +3578,12 @@ fn text_command(
     json: bool,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
-    use attn_saes::app::jobs::LiveSource;
     use attn_saes::live::{Analysed, Objective};
     anyhow::ensure!(
         answer.is_none() || rank.is_some() || effect.is_some(),
         "--answer says what --rank ranks by and what --effect measures: give either"
     );
-    let source = if run.is_dir() {
-        LiveSource::Run(run.to_path_buf())
-    } else {
-        let file = attn_saes::dashboard::format::OwnedDashboardFile::read(run)?;
-        LiveSource::of_dashboard(&file.meta, run)
-    };
-    let live = load_live_saying(&source, choice)?;
+    let live = load_live_saying(&live_source_of(run)?, choice)?;
     let a = live.analyse(text)?;
     let t = a.tokens();
     if let Some((p, h, f)) = pick {

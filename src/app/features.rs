@@ -1844,17 +1844,6 @@ fn dfa_example(fd: &FeatureData, s: &FeaturesState) -> Option<usize> {
         .or_else(|| (0..fd.examples.len()).find(|&i| top(i)))
 }
 
-/// The first position with the largest attribution, and that value.
-fn dfa_argmax(dfa: &[f32]) -> Option<(usize, f32)> {
-    dfa.iter()
-        .copied()
-        .enumerate()
-        .fold(None, |best, (p, v)| match best {
-            Some((_, b)) if v <= b => best,
-            _ => Some((p, v)),
-        })
-}
-
 fn dfa_panel(
     ui: &mut Ui,
     file: &OwnedDashboardFile,
@@ -1944,7 +1933,7 @@ pub(crate) fn dfa_row(
     ids: &[u32],
     token: impl Fn(usize) -> String,
 ) {
-    let Some((argmax, top)) = dfa_argmax(dfa) else {
+    let Some((argmax, top)) = crate::live::dfa_argmax(dfa) else {
         return;
     };
     let scale = max_abs(dfa.iter().copied());

@@ -428,6 +428,18 @@ pub fn strongest_source(dfa: &[f32]) -> usize {
         .0
 }
 
+/// The first position with the largest (signed) attribution of a DFA row, and that value
+/// (what the dashboards mark, and `upstream --from largest` takes apart).
+pub fn dfa_argmax(dfa: &[f32]) -> Option<(usize, f32)> {
+    dfa.iter()
+        .copied()
+        .enumerate()
+        .fold(None, |best, (p, v)| match best {
+            Some((_, b)) if v <= b => best,
+            _ => Some((p, v)),
+        })
+}
+
 /// What an [`Upstream`] split is asked for: the feature `(head, feature)`, `(target,
 /// source)` and the heads to take it further up through.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
