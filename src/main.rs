@@ -3751,20 +3751,10 @@ fn print_upstream(u: &attn_saes::live::Upstream, strings: &[String], layer: usiz
     use attn_saes::live;
     let token = |s: usize| format!("{s} {:?}", strings[s]);
     let (layer, at) = u.split_at(layer);
-    let what = match u.through.is_empty() {
-        true => format!("DFA from {}", token(u.source)),
-        false => format!(
-            "DFA from {} through {}",
-            token(u.source),
-            (u.through.iter())
-                .map(|s| format!("L{} h{} reading from {}", s.layer, s.head, token(s.from)))
-                .collect::<Vec<_>>()
-                .join(", then ")
-        ),
-    };
     println!(
-        "{what} ({:+.4}) by what wrote the residual stream entering layer {layer} at {} (its \
+        "{} ({:+.4}) by what wrote the residual stream entering layer {layer} at {} (its \
          norm's scale held at its value):",
+        u.described(token),
         u.dfa,
         token(at)
     );

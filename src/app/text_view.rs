@@ -495,19 +495,6 @@ fn upstream_ready(
         )
     };
     let mut next = None;
-    let what = match u.through.last() {
-        None => format!("The DFA from {}", token(u.source)),
-        Some(_) => {
-            let path: Vec<String> = (u.through.iter())
-                .map(|s| format!("L{} h{} reading from {}", s.layer, s.head, token(s.from)))
-                .collect();
-            format!(
-                "The DFA from {} through {}",
-                token(u.source),
-                path.join(", then ")
-            )
-        }
-    };
     ui.horizontal_wrapped(|ui| {
         if !u.through.is_empty()
             && ui
@@ -517,15 +504,15 @@ fn upstream_ready(
         {
             next = Some(asked.back());
         }
-        let at = u.through.last().map_or(u.source, |s| s.from);
         let layer = match u.through.last() {
             Some(s) => format!("entering layer {}", s.layer),
             None => "entering the hooked layer".to_string(),
         };
         ui.label(format!(
-            "{what} ({:+.4}) by what wrote the residual stream {layer} at {}:",
+            "The {} ({:+.4}) by what wrote the residual stream {layer} at {}:",
+            u.described(token),
             u.dfa,
-            token(at)
+            token(u.split_position())
         ));
     });
     let listed = u.strongest(crate::live::UPSTREAM_LISTED);

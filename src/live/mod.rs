@@ -302,10 +302,24 @@ impl Upstream {
     /// The layer whose incoming stream `parts` split (the hooked layer, or the last step's
     /// head's), given the hooked layer, and the position.
     pub fn split_at(&self, hooked: usize) -> (usize, usize) {
-        match self.through.last() {
-            Some(step) => (step.layer, step.from),
-            None => (hooked, self.source),
+        let layer = self.through.last().map_or(hooked, |step| step.layer);
+        (layer, self.split_position())
+    }
+
+    /// The position whose incoming stream `parts` split: the source, or the last step's.
+    pub fn split_position(&self) -> usize {
+        self.through.last().map_or(self.source, |step| step.from)
+    }
+
+    /// What `parts` split, in words: "DFA from 2 " Mary"", then " through L1 h0 reading
+    /// from 2 " Mary", then ..." for each step, `token` naming a position.
+    pub fn described(&self, token: impl Fn(usize) -> String) -> String {
+        let mut said = format!("DFA from {}", token(self.source));
+        for (i, s) in self.through.iter().enumerate() {
+            said += if i == 0 { " through " } else { ", then " };
+            said += &format!("L{} h{} reading from {}", s.layer, s.head, token(s.from));
         }
+        said
     }
 
     /// The parts with the largest magnitude first, at most `n`.
