@@ -366,6 +366,12 @@ enum Command {
         /// than the one before, reading from a position at or before the one before.
         #[arg(long, value_parser = parse_through, requires = "upstream")]
         through: Vec<attn_saes::live::Through>,
+        /// With --upstream: then keep going up on its own, each step through the earlier
+        /// head with the largest part (MLPs are not split further), reading from the
+        /// position giving most of its term, while that term is at least 1% of the DFA
+        /// from the source (at most to layer 0). Prints the path it took.
+        #[arg(long, requires = "upstream")]
+        follow: bool,
         /// `HEAD,FEATURE`: run the model again with that feature removed wherever it fires
         /// and print each next token's loss change and the tokens it promotes and suppresses.
         #[arg(long, value_parser = parse_head_feature)]
@@ -428,10 +434,15 @@ enum Command {
         /// "answer" token (an IOI prompt's indirect object: `rank --prompts`' files).
         #[arg(long, value_enum, default_value_t = FromSource::Strongest)]
         from: FromSource,
-        /// Writers printed.
+        /// Writers printed (with --follow, paths).
         #[arg(long, default_value_t = 12)]
         top: usize,
-        /// Also write every prompt's split and each writer's spread here.
+        /// Follow each prompt's split up through the strongest heads (as `text --follow`)
+        /// and count the paths taken, each step's head and whether it read from
+        /// the position before, BOS or elsewhere, instead of the writers' spread.
+        #[arg(long)]
+        follow: bool,
+        /// Also write every prompt's split and each writer's spread (paths) here.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
@@ -1126,6 +1137,7 @@ fn main() -> anyhow::Result<()> {
             pick,
             upstream,
             through,
+            follow,
             effect,
             scale,
             rank,
@@ -1140,6 +1152,7 @@ fn main() -> anyhow::Result<()> {
                 pick,
                 upstream,
                 through,
+                follow,
                 effect,
                 scale,
                 rank,
@@ -1154,12 +1167,13 @@ fn main() -> anyhow::Result<()> {
             prompts,
             from,
             top,
+            follow,
             json,
         } => upstream_command(
             &run,
             feature,
             &prompts,
-            (from, top, json.as_deref()),
+            (from, top, follow, json.as_deref()),
             cli.device,
         )?,
         Command::Steer {
@@ -2716,10 +2730,10 @@ fn upstream_command(
     run: &std::path::Path,
     (head, feature): (usize, usize),
     path: &std::path::Path,
-    (from, top, json): (FromSource, usize, Option<&std::path::Path>),
+    (from, top, follow, json): (FromSource, usize, bool, Option<&std::path::Path>),
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
-    use attn_saes::live::{Analysed, LiveAnalysis, PromptSplit, strongest_source, upstream_of};
+    use attn_saes::live::{Analysed, LiveAnalysis, PromptSplit, UpstreamAsk, strongest_source};
     let lines: Vec<(String, UpstreamLine)> =
         read_prompt_lines(path, "{\"text\": ..., \"at\": POSITION (optional)}")?;
     let live = load_live_saying(&live_source_of(run)?, choice)?;
@@ -2759,14 +2773,10 @@ fn upstream_command(
                     })?
             }
         };
-        let upstream = upstream_of(
-            &live.loaded,
-            &live.sae,
-            hook,
-            &t.ids,
-            (head, feature),
-            (p, s),
-        )?;
+        let mut ask = UpstreamAsk::new((head, feature), (p, s));
+        ask.follow = follow;
+        let upstream =
+            attn_saes::live::upstream_through(&live.loaded, &live.sae, hook, &t.ids, &ask)?;
         splits.push(PromptSplit {
             text: line.text.clone(),
             activation: t.activation(head, feature, p),
@@ -2775,10 +2785,16 @@ fn upstream_command(
         });
     }
     bar.finish();
-    let spread =
-        attn_saes::live::spread_of(&splits.iter().map(|s| &s.upstream).collect::<Vec<_>>())?;
+    let of_each: Vec<_> = splits.iter().map(|s| &s.upstream).collect();
+    let (spread, paths) = match follow {
+        true => (Vec::new(), attn_saes::live::paths_of(&of_each)),
+        false => (attn_saes::live::spread_of(&of_each)?, Vec::new()),
+    };
     if let Some(out) = json {
-        let report = serde_json::json!({"prompts": splits, "writers": spread});
+        let report = match follow {
+            true => serde_json::json!({"prompts": splits, "paths": paths}),
+            false => serde_json::json!({"prompts": splits, "writers": spread}),
+        };
         std::fs::write(out, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", out.display()))?;
     }
@@ -2811,8 +2827,34 @@ fn upstream_command(
             FromSource::Answer => "of the answer's token",
         },
         tokens.join(", "),
-        mean(&|s| s.upstream.dfa)
+        mean(&|s| s.upstream.terms[0])
     );
+    if follow {
+        println!(
+            "followed up through the strongest head of each split while its term is at least \
+             1% of the DFA from the source: each path (the \
+             position each head read from: the one before, BOS or elsewhere), its prompts, \
+             the means of the DFA from the source and of each step's term:"
+        );
+        for path in paths.iter().take(top) {
+            let steps: Vec<String> = path.steps.iter().map(|s| s.name()).collect();
+            let steps = match steps.is_empty() {
+                true => "no step (no head's term reaches 1% of the DFA)".to_string(),
+                false => steps.join(" -> "),
+            };
+            let terms: Vec<String> = path.terms.iter().map(|t| format!("{t:+.4}")).collect();
+            println!("  {:>3}  {steps}  [{}]", path.prompts, terms.join(", "));
+        }
+        if paths.len() > top {
+            let rest: usize = paths[top..].iter().map(|p| p.prompts).sum();
+            let other = match paths.len() - top {
+                1 => "the other path".to_string(),
+                n => format!("the other {n} paths"),
+            };
+            println!("  {rest:>3}  {other}");
+        }
+        return Ok(());
+    }
     println!(
         "by what wrote the residual stream entering layer {} there, mean over the prompts (sd) \
          [least, most]:",
@@ -3552,9 +3594,10 @@ fn steer_command(
 /// What `attn-saes text` is asked for beyond the features: `--pick`, `--effect`, `--rank`.
 struct TextAsks {
     pick: Option<(usize, usize, usize)>,
-    /// `--upstream [SOURCE]` and `--through`.
+    /// `--upstream [SOURCE]`, `--through` and `--follow`.
     upstream: Option<Option<usize>>,
     through: Vec<attn_saes::live::Through>,
+    follow: bool,
     effect: Option<(usize, usize)>,
     scale: f32,
     rank: Option<usize>,
@@ -3570,6 +3613,7 @@ fn text_command(
         pick,
         upstream,
         through,
+        follow,
         effect,
         scale,
         rank,
@@ -3642,6 +3686,7 @@ fn text_command(
                 feature: (h, f),
                 at: (p, source),
                 through,
+                follow,
             };
             Some(attn_saes::live::upstream_through(
                 &live.loaded,
@@ -3716,6 +3761,9 @@ fn text_command(
         }
     }
     if let Some(u) = &upstream {
+        if follow {
+            print_followed(u, &t.strings);
+        }
         print_upstream(u, &t.strings, live.layer);
     }
     let dense = t.dense_heads.is_some();
@@ -3771,6 +3819,56 @@ fn print_upstream(u: &attn_saes::live::Upstream, strings: &[String], layer: usiz
     let (rest, sum) = u.rest(live::UPSTREAM_LISTED);
     if rest > 0 {
         println!("  {sum:+.4}  the other {rest} together");
+    }
+}
+
+/// `text --follow`: the path followed up from the source, each step's term, and where it
+/// stopped.
+fn print_followed(u: &attn_saes::live::Upstream, strings: &[String]) {
+    let token = |s: usize| format!("{s} {:?}", strings[s]);
+    let asked = u.through.len() - u.followed;
+    let from = match asked {
+        0 => format!("the DFA from {}", token(u.source)),
+        n => format!(
+            "L{} h{}'s term",
+            u.through[n - 1].layer,
+            u.through[n - 1].head
+        ),
+    };
+    println!(
+        "Followed the strongest head up {} step{} from {from} ({:+.4}), each step's term \
+         (its share of the one before):",
+        u.followed,
+        if u.followed == 1 { "" } else { "s" },
+        u.terms[asked]
+    );
+    for (i, step) in u.through.iter().enumerate().skip(asked) {
+        let (before, term) = (u.terms[i], u.terms[i + 1]);
+        let share = match before {
+            0.0 => String::new(),
+            b => format!(" ({:+.1}%)", 100.0 * term / b),
+        };
+        println!(
+            "  {term:+.4}{share}  L{} h{} reading from {}",
+            step.layer,
+            step.head,
+            token(step.from)
+        );
+    }
+    let heads =
+        (u.parts.iter()).filter(|w| matches!(w.writer, attn_saes::live::Writer::Head { .. }));
+    match heads.max_by(|a, b| a.value.abs().total_cmp(&b.value.abs())) {
+        None => println!("  stops: only the embeddings write layer 0's stream"),
+        Some(top) => {
+            let (q, v) = top.reading_from(1)[0];
+            println!(
+                "  stops: the strongest head there, {} reading from {} ({v:+.4}), gives under \
+                 {}% of the DFA from the source",
+                top.writer.name(),
+                token(q),
+                100.0 * attn_saes::live::FOLLOW_MIN_SHARE
+            );
+        }
     }
 }
 

@@ -939,8 +939,10 @@ pub fn live_effect(head: usize, feature: usize) {
 /// Asks for the DFA of `feature` of `head` at `position` from `source` in the analysed text,
 /// split by what wrote the residual stream at the source (Your text's "Take it apart"), or,
 /// given `through` (JSON of `[{"layer": 1, "head": 0, "from": 2}, ...]`), further up through
-/// those heads (a "reading from" position clicked); [`live_shown`] has it once it arrives
-/// (`upstream`, JSON of [`Upstream`]). Throws on `through` that is not that shape.
+/// those heads (a "reading from" position clicked), and with `follow` true, then on up
+/// through the strongest writer while it is a head ("Follow the strongest"); [`live_shown`]
+/// has it once it arrives (`upstream`, JSON of [`Upstream`]). Throws on `through` that is
+/// not that shape.
 #[wasm_bindgen]
 pub fn live_upstream(
     head: usize,
@@ -948,6 +950,7 @@ pub fn live_upstream(
     position: usize,
     source: usize,
     through: Option<String>,
+    follow: Option<bool>,
 ) -> Result<(), JsError> {
     let through: Vec<Through> = match through {
         Some(json) => serde_json::from_str(&json)
@@ -958,6 +961,7 @@ pub fn live_upstream(
         feature: (head, feature),
         at: (position, source),
         through,
+        follow: follow.unwrap_or(false),
     };
     post(|s| s.live_upstream = Some(ask));
     Ok(())

@@ -635,6 +635,96 @@ fn dfa_two_steps_upstream_matches_the_numpy_reference() {
     }
 }
 
+/// `UpstreamAsk::follow`: on a random 4-layer GPT-2 and Llama (a deeper path than the
+/// fixtures' two layers allow), the path followed in one forward is the one taken by asking
+/// for each step in turn, each step chosen here from the split before by the rule (the head
+/// with the largest |part|, the position giving the largest |part| of its term, while that
+/// term is at least 1% of the DFA from the source); a followed path after asked steps keeps
+/// them.
+#[test]
+fn dfa_follow_takes_the_strongest_head_as_asking_each_step_does() {
+    use attn_saes::live::{Through, Upstream, UpstreamAsk, Writer, upstream_through};
+    let device = Device::flex();
+    let (mut depths, mut stopped_early) = (std::collections::BTreeMap::new(), 0);
+    for (fixture_model, seed) in [("gpt2_tiny", 3), ("llama_tiny", 4)] {
+        let tiny = load(fixture_model);
+        let mut config = tiny.transformer.config.clone();
+        config.n_layers = 4;
+        let loaded = LoadedModel {
+            transformer: lm::load::random(config, seed, &device),
+            tokenizer: tiny.tokenizer.clone(),
+            source: tiny.source.clone(),
+        };
+        let sae = random_sae(&loaded, 6, seed);
+        let ids = loaded
+            .tokenizer
+            .encode(TEXT, false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let (p, hook) = (ids.len() - 1, (3, ZConvention::TransformerLens));
+        // The step the rule takes from `u`, chosen here.
+        let rule = |u: &Upstream| -> Option<Through> {
+            let heads = u
+                .parts
+                .iter()
+                .filter(|w| matches!(w.writer, Writer::Head { .. }));
+            let top = heads.max_by(|a, b| a.value.abs().total_cmp(&b.value.abs()))?;
+            let Writer::Head { layer, head } = top.writer else {
+                unreachable!()
+            };
+            let (from, term) = (top.by_source.iter().copied().enumerate())
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()).then(b.0.cmp(&a.0)))?;
+            (term.abs() >= 0.01 * u.terms[0].abs()).then_some(Through { layer, head, from })
+        };
+        for (head, feature, source) in [(0, 0, 2), (1, 3, p), (2, 5, 5), (3, 1, 0), (1, 2, 7)] {
+            let ask = UpstreamAsk::new((head, feature), (p, source));
+            let split = |ask: &UpstreamAsk| upstream_through(&loaded, &sae, hook, &ids, ask);
+            let followed = split(&ask.following()).unwrap();
+            let mut by_hand = split(&ask).unwrap();
+            while let Some(step) = rule(&by_hand) {
+                let next = split(&by_hand.asked().then(step)).unwrap();
+                // The step's term is the head's part read from that position.
+                let Some(part) = (by_hand.parts.iter()).find(|w| {
+                    w.writer
+                        == Writer::Head {
+                            layer: step.layer,
+                            head: step.head,
+                        }
+                }) else {
+                    panic!("no part of L{} h{}", step.layer, step.head)
+                };
+                assert!((next.dfa - part.by_source[step.from]).abs() < 1e-6);
+                by_hand = next;
+            }
+            assert_eq!(followed.followed, by_hand.through.len());
+            by_hand.followed = followed.followed;
+            assert_eq!(
+                followed, by_hand,
+                "{fixture_model} {head},{feature} from {source}"
+            );
+            assert_eq!(followed.terms.len(), followed.through.len() + 1);
+            *depths.entry(followed.through.len()).or_insert(0) += 1;
+            let layer = followed.through.last().map_or(3, |s| s.layer);
+            stopped_early += usize::from(layer > 0);
+            // Following after a step asked for keeps it, and follows from there.
+            if let Some(&first) = followed.through.first() {
+                let after = split(&ask.then(first).following()).unwrap();
+                assert_eq!(after.through, followed.through);
+                assert_eq!(after.followed, followed.through.len() - 1);
+                assert_eq!(after.parts, followed.parts);
+            }
+        }
+    }
+    // Paths of several lengths were followed, and some stopped before layer 0.
+    eprintln!("followed paths by length: {depths:?}; {stopped_early} stopped above layer 0");
+    assert!(
+        depths.len() >= 2 && depths.keys().any(|&d| d >= 2),
+        "{depths:?}"
+    );
+    assert!(stopped_early > 0);
+}
+
 /// The upstream split sums to the DFA it splits where no numpy reference covers it: a dense
 /// SAE (one block reading every head's hook_z: its read at a source is every model head's
 /// pattern and value together) on GPT-2 and Llama (grouped-query) fixtures, and per-head
@@ -2126,6 +2216,40 @@ fn text_command_takes_a_source_upstream() {
         a.strings[3], a.strings[2], through.dfa
     );
     assert!(said.contains(&line), "{line}\n{said}");
+    // --follow: the library's split followed up through the strongest heads, from a source
+    // where that takes a step, and its path printed.
+    let follow = |s: usize| UpstreamAsk::new((h, f), (p, s)).following();
+    let source = (0..=p)
+        .find(|&s| {
+            let u = upstream_through(&loaded, &sae, (1, conv), &a.ids, &follow(s));
+            u.unwrap().followed == 1
+        })
+        .expect("a source whose split follows a head");
+    let at = source.to_string();
+    let followed = shown(&["--upstream", &at, "--follow"]);
+    let want = upstream_through(&loaded, &sae, (1, conv), &a.ids, &follow(source)).unwrap();
+    assert_eq!(followed, want);
+    let step = want.through[0];
+    let out = cli(&["--pick", &pick, "--upstream", &at, "--follow"]);
+    assert_succeeded(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        format!(
+            "Followed the strongest head up 1 step from the DFA from {source} {:?} ({:+.4})",
+            a.strings[source], want.terms[0]
+        ),
+        format!(
+            "  {:+.4} ({:+.1}%)  L0 h{} reading from {} {:?}",
+            want.dfa,
+            100.0 * want.dfa / want.terms[0],
+            step.head,
+            step.from,
+            a.strings[step.from]
+        ),
+        "  stops: only the embeddings write layer 0's stream".to_string(),
+    ] {
+        assert!(said.contains(&line), "{line}\n{said}");
+    }
     let out = cli(&["--pick", &pick, "--upstream", "3", "--through", "1,1,2"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -2176,7 +2300,8 @@ fn text_command_takes_a_source_upstream() {
 /// under `--from answer`, naming the line.
 #[test]
 fn upstream_command_spreads_the_splits_of_a_prompt_set() {
-    use attn_saes::live::{LiveAnalysis, PromptSplit, Writer, upstream_of};
+    use attn_saes::live::{LiveAnalysis, PromptSplit, UpstreamAsk, Writer};
+    use attn_saes::live::{upstream_of, upstream_through};
     let (dir, run, loaded, sae) = text_run("attn-saes-upstream-prompts");
     let conv = ZConvention::TransformerLens;
     // Each line's answer: a token of its text (the tiny tokenizer splits most words), the
@@ -2287,6 +2412,77 @@ fn upstream_command_spreads_the_splits_of_a_prompt_set() {
         of("strongest") != of("answer") && of("largest") != of("answer"),
         "{chosen:?}"
     );
+    // --follow: each prompt's split followed up through the strongest heads (the library's),
+    // and the paths counted, here by hand: each step's head and whether it read from the
+    // position before it, BOS or elsewhere (the first line twice, so that a path has two).
+    let twice = format!("{}\n{}", text.join("\n"), text[0]);
+    std::fs::write(&file, twice).unwrap();
+    let out_json = dir.join("upstream-follow.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["--device", "cpu", "upstream"])
+        .arg(&run)
+        .args(["1,3", "--prompts"])
+        .arg(&file)
+        .args(["--follow", "--json"])
+        .arg(&out_json)
+        .output()
+        .unwrap();
+    assert_succeeded(&out);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    let splits: Vec<PromptSplit> = serde_json::from_value(v["prompts"].clone()).unwrap();
+    let mut paths: Vec<(String, usize, Vec<f64>)> = Vec::new();
+    for ((text, at, _), got) in lines.iter().chain(&lines[..1]).zip(&splits) {
+        let a = LiveAnalysis::run(&loaded, &sae, 1, conv, text).unwrap();
+        let p = at.unwrap_or(a.len() - 1);
+        let ask = UpstreamAsk::new((head, f), (p, got.upstream.source)).following();
+        let want = upstream_through(&loaded, &sae, (1, conv), &a.ids, &ask).unwrap();
+        assert_eq!(got.upstream, want, "{text}");
+        let mut before = want.source;
+        let key: Vec<String> = (want.through.iter())
+            .map(|t| {
+                let reading = match t.from {
+                    q if q == before => "itself",
+                    0 => "BOS",
+                    _ => "elsewhere",
+                };
+                before = t.from;
+                format!("L{} h{} from {reading}", t.layer, t.head)
+            })
+            .collect();
+        let key = match key.is_empty() {
+            true => "no step (no head's term reaches 1% of the DFA)".to_string(),
+            false => key.join(" -> "),
+        };
+        let terms = want.terms.iter().map(|&t| t as f64);
+        match paths.iter_mut().find(|x| x.0 == key) {
+            Some(x) => {
+                x.1 += 1;
+                x.2.iter_mut().zip(terms).for_each(|(s, t)| *s += t);
+            }
+            None => paths.push((key, 1, terms.collect())),
+        }
+    }
+    paths.sort_by_key(|x| std::cmp::Reverse(x.1));
+    let listed = v["paths"].as_array().unwrap();
+    assert_eq!(listed.len(), paths.len(), "{listed:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    for (x, (key, n, sums)) in listed.iter().zip(&paths) {
+        assert_eq!(x["prompts"].as_u64().unwrap() as usize, *n, "{x}");
+        let means: Vec<f64> = sums.iter().map(|s| s / *n as f64).collect();
+        let terms: Vec<f64> = (x["terms"].as_array().unwrap().iter())
+            .map(|t| t.as_f64().unwrap())
+            .collect();
+        assert_eq!(terms.len(), means.len());
+        for (t, m) in terms.iter().zip(&means) {
+            assert!((t - m).abs() < 1e-6 + 1e-5 * m.abs(), "{x}: {means:?}");
+        }
+        let shown: Vec<String> = means.iter().map(|m| format!("{m:+.4}")).collect();
+        let line = format!("  {n:>3}  {key}  [{}]", shown.join(", "));
+        assert!(said.contains(&line), "{line}\n{said}");
+    }
+    assert!(paths[0].1 >= 2, "{paths:?}");
+    assert!(paths.iter().any(|x| x.0.starts_with('L')), "{paths:?}");
+
     // Under --from answer a line needs an answer.
     std::fs::write(&file, format!("{{\"text\": {:?}}}\n", TEXT)).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))

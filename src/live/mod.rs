@@ -286,6 +286,18 @@ pub struct Upstream {
     /// before the one before it (none: one step, at `source`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub through: Vec<Through>,
+    /// The DFA from `source`, then each step's term (the head's part of the split before it,
+    /// read from its position); the last is `dfa`.
+    #[serde(default)]
+    pub terms: Vec<f32>,
+    /// How many of the last steps of `through` were taken by following the strongest
+    /// head ([`UpstreamAsk::follow`]) rather than asked for.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub followed: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A step further upstream ([`Upstream::through`]): the part of the split before written by
@@ -322,12 +334,29 @@ impl Upstream {
         said
     }
 
+    /// The ask that gives this split as it is, without following further: the feature, the
+    /// position and source, and every step taken (asked for or followed).
+    pub fn asked(&self) -> UpstreamAsk {
+        UpstreamAsk {
+            feature: (self.head, self.feature),
+            at: (self.target, self.source),
+            through: self.through.clone(),
+            follow: false,
+        }
+    }
+
+    /// The step [`UpstreamAsk::follow`] takes from this split: through the earlier head
+    /// with the largest part (MLPs are not split further), reading from the position giving
+    /// the largest part of its term; none at layer 0, whose stream only the embeddings
+    /// write, or where that term is under [`FOLLOW_MIN_SHARE`] of the DFA from the source.
+    pub fn strongest_step(&self) -> Option<Through> {
+        let from_source = self.terms.first().copied().unwrap_or(self.dfa);
+        strongest_step(&self.parts, from_source)
+    }
+
     /// The parts with the largest magnitude first, at most `n`.
     pub fn strongest(&self, n: usize) -> Vec<&WrittenBy> {
-        let mut parts: Vec<&WrittenBy> = self.parts.iter().collect();
-        parts.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
-        parts.truncate(n);
-        parts
+        strongest(&self.parts, n)
     }
 
     /// The parts not among the [`strongest`](Self::strongest) `n`: how many, and their sum.
@@ -348,6 +377,35 @@ impl WrittenBy {
         from.truncate(n);
         from
     }
+}
+
+/// `parts` with the largest magnitude first (the first of equals first), at most `n`.
+fn strongest(parts: &[WrittenBy], n: usize) -> Vec<&WrittenBy> {
+    let mut parts: Vec<&WrittenBy> = parts.iter().collect();
+    parts.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
+    parts.truncate(n);
+    parts
+}
+
+/// A head's term under this share of the DFA from the source (in magnitude) is not
+/// followed ([`UpstreamAsk::follow`]): the path stops there.
+pub const FOLLOW_MIN_SHARE: f32 = 0.01;
+
+/// [`Upstream::strongest_step`] of a split's parts, `from_source` the DFA from the source.
+pub(crate) fn strongest_step(parts: &[WrittenBy], from_source: f32) -> Option<Through> {
+    let heads = parts
+        .iter()
+        .filter(|w| matches!(w.writer, Writer::Head { .. }));
+    let top =
+        (heads.filter(|w| w.value != 0.0)).reduce(|a, b| match b.value.abs() > a.value.abs() {
+            true => b,
+            false => a,
+        })?;
+    let Writer::Head { layer, head } = top.writer else {
+        return None;
+    };
+    let (from, term) = *top.reading_from(1).first()?;
+    (term.abs() >= FOLLOW_MIN_SHARE * from_source.abs()).then_some(Through { layer, head, from })
 }
 
 /// One prompt's [`Upstream`] split (`attn-saes upstream --prompts`): its text, the
@@ -423,6 +481,97 @@ pub fn spread_of(splits: &[&Upstream]) -> anyhow::Result<Vec<WriterSpread>> {
     Ok(spread.collect())
 }
 
+/// Where a step of a followed path read from, relative to the position before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    /// The same position as the step before (the source, for the first).
+    Itself,
+    /// Position 0 (BOS, in a model that has one), when that is not the position before.
+    Bos,
+    Elsewhere,
+}
+
+/// One step of a [`PathCount`]: a head and where it read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PathStep {
+    pub layer: usize,
+    pub head: usize,
+    pub reading: ReadFrom,
+}
+
+/// One path the strongest heads took up from a source (`upstream --prompts --follow`),
+/// with positions as [`ReadFrom`], over a prompt set: how many prompts took it, and the
+/// means over them of the DFA from the source and of each step's term.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PathCount {
+    pub steps: Vec<PathStep>,
+    pub prompts: usize,
+    pub terms: Vec<f32>,
+}
+
+impl PathStep {
+    /// "L10 h7 from BOS"
+    pub fn name(&self) -> String {
+        let from = match self.reading {
+            ReadFrom::Itself => "itself",
+            ReadFrom::Bos => "BOS",
+            ReadFrom::Elsewhere => "elsewhere",
+        };
+        format!("L{} h{} from {from}", self.layer, self.head)
+    }
+}
+
+/// The paths of splits followed up through heads ([`UpstreamAsk::follow`]), each path once,
+/// the most prompts first (then in the order first met).
+pub fn paths_of(splits: &[&Upstream]) -> Vec<PathCount> {
+    let mut paths: Vec<(PathCount, Vec<f64>)> = Vec::new();
+    for u in splits {
+        let mut at = u.source;
+        let steps: Vec<PathStep> = (u.through.iter())
+            .map(|t| {
+                let reading = match t.from {
+                    f if f == at => ReadFrom::Itself,
+                    0 => ReadFrom::Bos,
+                    _ => ReadFrom::Elsewhere,
+                };
+                at = t.from;
+                PathStep {
+                    layer: t.layer,
+                    head: t.head,
+                    reading,
+                }
+            })
+            .collect();
+        let i = match paths.iter().position(|p| p.0.steps == steps) {
+            Some(i) => i,
+            None => {
+                let count = PathCount {
+                    steps,
+                    prompts: 0,
+                    terms: Vec::new(),
+                };
+                paths.push((count, vec![0.0; u.terms.len()]));
+                paths.len() - 1
+            }
+        };
+        let (count, sums) = &mut paths[i];
+        count.prompts += 1;
+        sums.iter_mut()
+            .zip(&u.terms)
+            .for_each(|(s, &t)| *s += t as f64);
+    }
+    let mut paths: Vec<PathCount> = (paths.into_iter())
+        .map(|(mut count, sums)| {
+            let n = count.prompts as f64;
+            count.terms = sums.iter().map(|s| (s / n) as f32).collect();
+            count
+        })
+        .collect();
+    paths.sort_by_key(|p| std::cmp::Reverse(p.prompts));
+    paths
+}
+
 /// Writers listed of an [`Upstream`] (`text --upstream`, Your text), and positions listed
 /// for each head.
 pub const UPSTREAM_LISTED: usize = 12;
@@ -462,6 +611,12 @@ pub struct UpstreamAsk {
     pub at: (usize, usize),
     #[serde(default)]
     pub through: Vec<Through>,
+    /// Then keep stepping up, each step through the earlier head with the largest part,
+    /// while its term is at least [`FOLLOW_MIN_SHARE`] of the DFA from the source, at most
+    /// to layer 0 ([`Upstream::strongest_step`]; the steps taken are the answer's
+    /// [`through`](Upstream::through), counted in its `followed`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow: bool,
 }
 
 impl UpstreamAsk {
@@ -471,6 +626,15 @@ impl UpstreamAsk {
             feature,
             at,
             through: Vec::new(),
+            follow: false,
+        }
+    }
+
+    /// This ask, then following the strongest writer up while it is a head.
+    pub fn following(&self) -> Self {
+        Self {
+            follow: true,
+            ..self.clone()
         }
     }
 

@@ -11,7 +11,7 @@ use anyhow::Context;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 
-use super::{Upstream, UpstreamAsk, Writer, WrittenBy};
+use super::{Through, Upstream, UpstreamAsk, Writer, WrittenBy};
 use crate::dashboard::dfa::dfa_by_source;
 use crate::lm::transformer::{Norm, Positions};
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
@@ -97,7 +97,7 @@ pub async fn upstream_through_async(
         ..Default::default()
     };
     let tokens = model.tokens(&[ids.to_vec()])?;
-    let mut cache = model.run(tokens, &hooks, None)?;
+    let cache = model.run(tokens, &hooks, None)?;
     let f32s = |x: Tensor<1>| x.cast(DType::F32);
     // The residual stream entering layer `l` at position `p`.
     let entering = |l: usize, p: usize| -> anyhow::Result<Tensor<1>> {
@@ -230,10 +230,37 @@ pub async fn upstream_through_async(
 
     // Each step through an earlier head: its part read from `from` at the position before
     // (its pattern there times its raw value's read through `W_O`), and what that value
-    // reads of the stream at `from` (through its `W_V` and the norm held there).
+    // reads of the stream at `from` (through its `W_V` and the norm held there). The steps
+    // asked for, then, following, through the strongest head of each split while its term
+    // is not negligible.
     let (mut split_layer, mut split_at) = (layer, source);
-    for step in through {
-        let (l, qh, from) = (step.layer, step.head, step.from);
+    let (mut steps, mut terms) = (through.to_vec(), vec![dfa]);
+    let parts = loop {
+        let step = match steps.get(terms.len() - 1) {
+            Some(&step) => step,
+            None => {
+                let mut parts = split(model, &cache, ids, (split_layer, split_at), &w_s).await?;
+                if let Some(value) = bias {
+                    parts.push(WrittenBy {
+                        writer: Writer::ValueBias,
+                        value,
+                        by_source: Vec::new(),
+                    });
+                }
+                match super::strongest_step(&parts, terms[0]).filter(|_| ask.follow) {
+                    Some(step) => {
+                        steps.push(step);
+                        step
+                    }
+                    None => break parts,
+                }
+            }
+        };
+        let Through {
+            layer: l,
+            head: qh,
+            from,
+        } = step;
         let attn = &model.blocks[l].attn;
         let w_t = Tensor::<2>::from_data(TensorData::new(w_s.clone(), [dm, 1]), &device);
         let u = attn.w_o.clone().slice([qh * dh..(qh + 1) * dh, 0..dm]);
@@ -259,15 +286,8 @@ pub async fn upstream_through_async(
         let resid = host(&entering(l, from)?).await?;
         w_s = held(&model.blocks[l].norm1, &resid, w).await?;
         (split_layer, split_at) = (l, from);
-    }
-    let mut parts = split(model, &mut cache, ids, (split_layer, split_at), &w_s).await?;
-    if let Some(value) = bias {
-        parts.push(WrittenBy {
-            writer: Writer::ValueBias,
-            value,
-            by_source: Vec::new(),
-        });
-    }
+        terms.push(dfa);
+    };
     Ok(Upstream {
         head,
         feature,
@@ -275,7 +295,9 @@ pub async fn upstream_through_async(
         source,
         dfa,
         parts,
-        through: through.to_vec(),
+        followed: steps.len() - through.len(),
+        through: steps,
+        terms,
     })
 }
 
@@ -313,7 +335,7 @@ async fn held(norm: &Norm, resid: &[f32], mut w: Vec<f32>) -> anyhow::Result<Vec
 /// each earlier MLP (the remainder of its layer), the output biases.
 async fn split(
     model: &crate::lm::Transformer,
-    cache: &mut crate::lm::HookCache,
+    cache: &crate::lm::HookCache,
     ids: &[u32],
     (layer, source): (usize, usize),
     w_s: &[f32],
@@ -362,22 +384,22 @@ async fn split(
                         .reshape([1]),
                 );
             }
-            let zl = cache.hook_z.remove(&l).context("no hook_z")?;
+            let zl = cache.hook_z.get(&l).context("no hook_z")?.clone();
             z.push(
                 zl.slice([0..1, source..source + 1, 0..h, 0..dh])
                     .reshape([h * dh]),
             );
-            let pl = cache.pattern.remove(&l).context("no pattern")?;
+            let pl = cache.pattern.get(&l).context("no pattern")?.clone();
             pat.push(
                 pl.slice([0..1, 0..h, source..source + 1, 0..source + 1])
                     .reshape([h * (source + 1)]),
             );
-            let vl = cache.values.remove(&l).context("no values")?;
+            let vl = cache.values.get(&l).context("no values")?.clone();
             val.push(
                 vl.slice([0..1, 0..source + 1, 0..h, 0..dh])
                     .reshape([(source + 1) * h * dh]),
             );
-            let rl = cache.resid_post.remove(&l).context("no residual")?;
+            let rl = cache.resid_post.get(&l).context("no residual")?.clone();
             post.push(rl.slice([0..1, source..source + 1, 0..dm]).reshape([dm]));
         }
         let u = host(&Tensor::cat(u, 0)).await?;
