@@ -3826,50 +3826,12 @@ fn print_upstream(u: &attn_saes::live::Upstream, strings: &[String], layer: usiz
 /// stopped.
 fn print_followed(u: &attn_saes::live::Upstream, strings: &[String]) {
     let token = |s: usize| format!("{s} {:?}", strings[s]);
-    let asked = u.through.len() - u.followed;
-    let from = match asked {
-        0 => format!("the DFA from {}", token(u.source)),
-        n => format!(
-            "L{} h{}'s term",
-            u.through[n - 1].layer,
-            u.through[n - 1].head
-        ),
-    };
-    println!(
-        "Followed the strongest head up {} step{} from {from} ({:+.4}), each step's term \
-         (its share of the one before):",
-        u.followed,
-        if u.followed == 1 { "" } else { "s" },
-        u.terms[asked]
-    );
-    for (i, step) in u.through.iter().enumerate().skip(asked) {
-        let (before, term) = (u.terms[i], u.terms[i + 1]);
-        let share = match before {
-            0.0 => String::new(),
-            b => format!(" ({:+.1}%)", 100.0 * term / b),
-        };
-        println!(
-            "  {term:+.4}{share}  L{} h{} reading from {}",
-            step.layer,
-            step.head,
-            token(step.from)
-        );
+    let (header, steps) = u.followed_said(token);
+    println!("{header}");
+    for step in steps {
+        println!("  {step}");
     }
-    let heads =
-        (u.parts.iter()).filter(|w| matches!(w.writer, attn_saes::live::Writer::Head { .. }));
-    match heads.max_by(|a, b| a.value.abs().total_cmp(&b.value.abs())) {
-        None => println!("  stops: only the embeddings write layer 0's stream"),
-        Some(top) => {
-            let (q, v) = top.reading_from(1)[0];
-            println!(
-                "  stops: the strongest head there, {} reading from {} ({v:+.4}), gives under \
-                 {}% of the DFA from the source",
-                top.writer.name(),
-                token(q),
-                100.0 * attn_saes::live::FOLLOW_MIN_SHARE
-            );
-        }
-    }
+    println!("  stops: {}", u.why_stopped(token));
 }
 
 /// `text --effect`: each next token's loss change, then the positions it changes most.

@@ -909,6 +909,35 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     );
     assert!(h.query_by_label_contains(&header).is_some(), "{header}");
     assert_eq!(upstream(&mut h, "back a step", ask(source)), shown);
+    // "follow from here" (and "Follow the strongest head" beside the source): the library's
+    // split followed up through the strongest heads, the path drawn a step a line, why it
+    // stopped; "back a step" from it comes one step down, to the split taken apart first.
+    let followed = upstream(&mut h, "follow from here", ask(source).following());
+    assert_eq!(followed.followed, 1, "{followed:?}");
+    let token = |q: usize| format!("{q} {:?}", strings[q]);
+    let (header, steps) = followed.followed_said(token);
+    assert!(header.starts_with("Followed the strongest head up 1 step from the DFA"));
+    assert!(has_label(&h, &header), "{header}");
+    let step = followed.through[0];
+    let line = format!(
+        "{:+.4} ({:+.1}%)  L{} h{} reading from {}",
+        followed.dfa,
+        100.0 * followed.dfa / followed.terms[0],
+        step.layer,
+        step.head,
+        token(step.from)
+    );
+    assert_eq!(steps, [line.clone()]);
+    assert!(has_label(&h, &line), "{line}");
+    let stops = format!("stops: {}", followed.why_stopped(token));
+    assert!(has_label(&h, &stops), "{stops}");
+    assert!(!has_label(&h, "follow from here"));
+    h.snapshot("app_text_upstream_followed");
+    assert_eq!(upstream(&mut h, "back a step", ask(source)), shown);
+    assert_eq!(
+        upstream(&mut h, "Follow the strongest head", ask(source).following()),
+        followed
+    );
     let other = (source + 1) % (fox + 1);
     h.state_mut().ui.text.upstream_source = Some(((fox, 0, f as usize), other));
     h.run_steps(1);

@@ -360,6 +360,25 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     ]))
     .unwrap();
 
+    // And followed up through the strongest heads from there (`text --follow`): a step, on
+    // this text.
+    let native_followed: Value = serde_json::from_str(&attn_saes_cli([
+        "text",
+        run.to_str().unwrap(),
+        PROMPT,
+        "--json",
+        "--pick",
+        &format!("{last},{head},{feature}"),
+        "--upstream",
+        &split.source.to_string(),
+        "--follow",
+    ]))
+    .unwrap();
+    assert_eq!(
+        native_followed["upstream"]["followed"], 1,
+        "{native_followed}"
+    );
+
     let server = Server::start(&run);
     assert!(
         server.url.ends_with("&live=live.json"),
@@ -380,6 +399,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .env("LIVE_ANSWER", answer.to_string())
         .env("LIVE_UPSTREAM", native["upstream"]["source"].to_string())
         .env("LIVE_THROUGH", format!("[{through}]"))
+        .env("LIVE_FOLLOW", "1")
         .arg(root().join("tests/web/live.mjs"))
         .arg(&server.base)
         .arg(&shots)
@@ -507,6 +527,18 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
             "{name}"
         );
         assert_same_split(name, &r["through"], &native_through["upstream"]);
+        // And followed up through the strongest heads: the same path and split as `text
+        // --follow`'s, each step's term within the tolerance.
+        assert_eq!(r["followStatus"], "ready", "{name}");
+        let theirs = &native_followed["upstream"];
+        assert_eq!(r["followed"]["followed"], theirs["followed"], "{name}");
+        assert_same_split(name, &r["followed"], theirs);
+        let terms = |u: &Value| u["terms"].as_array().unwrap().clone();
+        assert_eq!(terms(&r["followed"]).len(), 2, "{name}");
+        for (x, y) in terms(&r["followed"]).iter().zip(&terms(theirs)) {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!(close(x, y), "{name}: term {x} vs {y}");
+        }
         let refused = r["throughRefused"].as_str().unwrap();
         assert!(refused.contains("not a list of steps"), "{name}: {refused}");
         // The ranking: the same features, estimates within the tolerance.

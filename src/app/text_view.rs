@@ -436,7 +436,8 @@ fn upstream_panel(
         .weak(),
     );
     let computing = matches!(asked.map(|u| &u.state), Some(Answer::Computing));
-    let clicked = ui
+    let ask = |source| UpstreamAsk::new((head, feature), (p, source));
+    let mut action = ui
         .horizontal(|ui| {
             let label = ui.label("source").id;
             let drag = ui
@@ -449,16 +450,22 @@ fn upstream_panel(
             let token = a.strings.get(source).map(String::as_str).unwrap_or("");
             let value = dfa.get(source).copied().unwrap_or(0.0);
             ui.label(RichText::new(format!("{token:?} (DFA {value:+.3})")).monospace());
-            ui.add_enabled(!computing, egui::Button::new("Take it apart"))
+            let take = ui
+                .add_enabled(!computing, egui::Button::new("Take it apart"))
                 .on_hover_text(
                     "runs the model to the hooked layer again, keeping what each writer put \
                      in the residual stream at the source",
-                )
-                .clicked()
+                );
+            let follow = ui
+                .add_enabled(!computing, egui::Button::new("Follow the strongest head"))
+                .on_hover_text(FOLLOW_HOVER);
+            match (take.clicked(), follow.clicked()) {
+                (true, _) => Some(TextAction::Upstream(ask(source))),
+                (_, true) => Some(TextAction::Upstream(ask(source).following())),
+                _ => None,
+            }
         })
         .inner;
-    let ask = UpstreamAsk::new((head, feature), (p, source));
-    let mut action = clicked.then_some(TextAction::Upstream(ask));
     match asked.map(|u| (&u.state, &u.ask)) {
         Some((Answer::Computing, _)) => {
             ui.horizontal(|ui| {
@@ -476,6 +483,10 @@ fn upstream_panel(
     }
     action
 }
+
+const FOLLOW_HOVER: &str = "takes it apart, then a step further up through the earlier head \
+     with the largest part, reading from the position giving most of its term, and so on while \
+     that term is at least 1% of the DFA from the source (MLPs are not split further)";
 
 /// The strongest writers of a source's DFA (or of a head's term further up), each with its
 /// part (shaded by size), an earlier head with the positions it read from, each a button
@@ -495,6 +506,11 @@ fn upstream_ready(
         )
     };
     let mut next = None;
+    // What this split is, without following: the steps from here on go from it.
+    let here = u.asked();
+    if asked.follow {
+        followed_path(ui, u, &token);
+    }
     ui.horizontal_wrapped(|ui| {
         if !u.through.is_empty()
             && ui
@@ -502,7 +518,15 @@ fn upstream_ready(
                 .on_hover_text("the split one step further down, where this head's term came from")
                 .clicked()
         {
-            next = Some(asked.back());
+            next = Some(here.back());
+        }
+        if !asked.follow
+            && ui
+                .add_enabled(!computing, egui::Button::new("follow from here"))
+                .on_hover_text(FOLLOW_HOVER)
+                .clicked()
+        {
+            next = Some(here.following());
         }
         let layer = match u.through.last() {
             Some(s) => format!("entering layer {}", s.layer),
@@ -549,7 +573,7 @@ fn upstream_ready(
                             .on_hover_text(hover)
                             .clicked()
                         {
-                            next = Some(asked.then(Through {
+                            next = Some(here.then(Through {
                                 layer,
                                 head,
                                 from: q,
@@ -567,6 +591,17 @@ fn upstream_ready(
             }
         });
     next
+}
+
+/// The path "Follow the strongest head" took: each step's head, the position it read from
+/// and its term (with its share of the one before), then why it stopped.
+fn followed_path(ui: &mut Ui, u: &Upstream, token: &dyn Fn(usize) -> String) {
+    let (header, steps) = u.followed_said(token);
+    ui.label(header);
+    for step in steps {
+        ui.label(RichText::new(step).monospace());
+    }
+    ui.label(RichText::new(format!("stops: {}", u.why_stopped(token))).weak());
 }
 
 /// What removing the picked feature changes in the model's predictions: a button that asks

@@ -354,6 +354,65 @@ impl Upstream {
         strongest_step(&self.parts, from_source)
     }
 
+    /// The earlier head with the largest part (of those not 0), the position giving the
+    /// largest part of its term, and that term: where following would go next (none at
+    /// layer 0, whose stream only the embeddings write).
+    pub fn strongest_head(&self) -> Option<(&WrittenBy, usize, f32)> {
+        strongest_head(&self.parts)
+    }
+
+    /// The steps [`UpstreamAsk::follow`] took, in words, `token` naming a position: a
+    /// header ("Followed the strongest head up 2 steps from the DFA from 2 " Mary"
+    /// (+3.6064), each step's term (its share of the one before):") and a line a step
+    /// ("-0.2048 (-5.7%)  L10 h7 reading from 0 "<bos>"").
+    pub fn followed_said(&self, token: impl Fn(usize) -> String) -> (String, Vec<String>) {
+        let asked = self.through.len() - self.followed;
+        let from = match asked {
+            0 => format!("the DFA from {}", token(self.source)),
+            n => {
+                let step = self.through[n - 1];
+                format!("L{} h{}'s term", step.layer, step.head)
+            }
+        };
+        let header = format!(
+            "Followed the strongest head up {} step{} from {from} ({:+.4}), each step's term \
+             (its share of the one before):",
+            self.followed,
+            if self.followed == 1 { "" } else { "s" },
+            self.terms[asked]
+        );
+        let steps = (self.through.iter().enumerate().skip(asked)).map(|(i, step)| {
+            let (before, term) = (self.terms[i], self.terms[i + 1]);
+            let share = match before {
+                0.0 => String::new(),
+                b => format!(" ({:+.1}%)", 100.0 * term / b),
+            };
+            format!(
+                "{term:+.4}{share}  L{} h{} reading from {}",
+                step.layer,
+                step.head,
+                token(step.from)
+            )
+        });
+        (header, steps.collect())
+    }
+
+    /// Why following stops at this split, in words, `token` naming a position: "only the
+    /// embeddings write layer 0's stream", or "the strongest head there, L1 h8 reading from
+    /// 0 "<bos>" (+0.0082), gives under 1% of the DFA from the source".
+    pub fn why_stopped(&self, token: impl Fn(usize) -> String) -> String {
+        match self.strongest_head() {
+            None => "only the embeddings write layer 0's stream".into(),
+            Some((top, from, term)) => format!(
+                "the strongest head there, {} reading from {} ({term:+.4}), gives under {}% of \
+                 the DFA from the source",
+                top.writer.name(),
+                token(from),
+                100.0 * FOLLOW_MIN_SHARE
+            ),
+        }
+    }
+
     /// The parts with the largest magnitude first, at most `n`.
     pub fn strongest(&self, n: usize) -> Vec<&WrittenBy> {
         strongest(&self.parts, n)
@@ -391,8 +450,8 @@ fn strongest(parts: &[WrittenBy], n: usize) -> Vec<&WrittenBy> {
 /// followed ([`UpstreamAsk::follow`]): the path stops there.
 pub const FOLLOW_MIN_SHARE: f32 = 0.01;
 
-/// [`Upstream::strongest_step`] of a split's parts, `from_source` the DFA from the source.
-pub(crate) fn strongest_step(parts: &[WrittenBy], from_source: f32) -> Option<Through> {
+/// [`Upstream::strongest_head`] of a split's parts.
+fn strongest_head(parts: &[WrittenBy]) -> Option<(&WrittenBy, usize, f32)> {
     let heads = parts
         .iter()
         .filter(|w| matches!(w.writer, Writer::Head { .. }));
@@ -401,10 +460,16 @@ pub(crate) fn strongest_step(parts: &[WrittenBy], from_source: f32) -> Option<Th
             true => b,
             false => a,
         })?;
+    let (from, term) = *top.reading_from(1).first()?;
+    Some((top, from, term))
+}
+
+/// [`Upstream::strongest_step`] of a split's parts, `from_source` the DFA from the source.
+pub(crate) fn strongest_step(parts: &[WrittenBy], from_source: f32) -> Option<Through> {
+    let (top, from, term) = strongest_head(parts)?;
     let Writer::Head { layer, head } = top.writer else {
         return None;
     };
-    let (from, term) = *top.reading_from(1).first()?;
     (term.abs() >= FOLLOW_MIN_SHARE * from_source.abs()).then_some(Through { layer, head, from })
 }
 

@@ -7,7 +7,8 @@
 // by ?live=live.json) and then for a browser without a WebGPU adapter (the CPU fallback; by
 // ?model=&sae=), it runs the prompt, picks the (position, head, feature), and reads what
 // the Your text view shows (attnSaes.live_shown()), with LIVE_UPSTREAM (a source) the
-// pick's DFA from it split upstream (and with LIVE_THROUGH, JSON of steps, further up
+// pick's DFA from it split upstream (with LIVE_FOLLOW, followed up through the strongest
+// heads; and with LIVE_THROUGH, JSON of steps, further up
 // through those heads), and with LIVE_STEER (a steering's JSON) continues the
 // text steered that way. Then: a second visit reads the model from the browser's cache,
 // and a manifest whose sha256 is wrong is refused. Prints one JSON object; exits 1 on a
@@ -179,6 +180,21 @@ async function session(context, name, query) {
           return String(e && e.message ? e.message : e);
         }
       }, [pick, source]);
+    }
+    // LIVE_FOLLOW: from the same source, followed up through the strongest heads (Your
+    // text's "Follow the strongest head"); the CLI's split there takes a step, so the
+    // answer is the one with `followed`.
+    if (process.env.LIVE_FOLLOW) {
+      await page.evaluate(([[p, h, f], q]) => window.attnSaes.live_upstream(h, f, p, q, null, true),
+                          [pick, source]);
+      const followed = await waitFor(page, `${name}: the split followed up`, async () => {
+        const s = await shown(page);
+        const done = s && (s.upstream_status.startsWith('failed')
+          || (s.upstream_status === 'ready' && s.upstream.followed));
+        return done ? s : null;
+      });
+      run.followStatus = followed.upstream_status;
+      run.followed = followed.upstream;
     }
   }
   // Which features matter (Your text's "Rank the features").
