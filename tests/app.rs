@@ -927,7 +927,7 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
         step.head,
         token(step.from)
     );
-    assert_eq!(steps, [line.clone()]);
+    assert_eq!(steps, std::slice::from_ref(&line));
     assert!(has_label(&h, &line), "{line}");
     let stops = format!("stops: {}", followed.why_stopped(token));
     assert!(has_label(&h, &stops), "{stops}");
