@@ -12,7 +12,8 @@
 //! (a source position, or empty for the source giving the most) the picked feature's DFA
 //! from that source is taken apart instead (What wrote what it reads), at position AT if
 //! given (what `docs/app-upstream.png` is), and with THROUGH=LAYER,HEAD,FROM (a head listed
-//! there, reading from FROM) that head's term a step further up.
+//! there, reading from FROM) that head's term a step further up; with FOLLOW too, followed
+//! up through the strongest heads ("Follow the strongest head", `docs/app-upstream-followed.png`).
 use std::time::{Duration, Instant};
 
 use attn_saes::app::{AttnSaesApp, Command, UiState, View};
@@ -115,7 +116,11 @@ fn main() {
             text.upstream_source = Some(((p, head, feature), source));
         }
         h.run_steps(3);
-        h.get_by_label("Take it apart").click_accesskit();
+        let button = match std::env::var("FOLLOW") {
+            Ok(_) => "Follow the strongest head",
+            Err(_) => "Take it apart",
+        };
+        h.get_by_label(button).click_accesskit();
         let asked = Instant::now();
         h.run_steps(1);
         wait(&mut h, "the upstream split", |a| {
