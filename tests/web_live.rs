@@ -346,34 +346,17 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .map(|x| (x.0, x.1, x.2))
         .expect("a head among the writers");
     let through = serde_json::json!({"layer": layer, "head": head0, "from": from});
-    let native_through: Value = serde_json::from_str(&attn_saes_cli([
-        "text",
-        run.to_str().unwrap(),
-        PROMPT,
-        "--json",
-        "--pick",
-        &format!("{last},{head},{feature}"),
-        "--upstream",
-        &split.source.to_string(),
-        "--through",
-        &format!("{layer},{head0},{from}"),
-    ]))
-    .unwrap();
-
+    // `text --json --pick --upstream` from the same source, with `more`.
+    let (pick, source) = (format!("{last},{head},{feature}"), split.source.to_string());
+    let upstream_json = |more: &[&str]| -> Value {
+        let mut args = vec!["text", run.to_str().unwrap(), PROMPT, "--json", "--pick"];
+        args.extend([pick.as_str(), "--upstream", source.as_str()]);
+        serde_json::from_str(&attn_saes_cli(args.into_iter().chain(more.iter().copied()))).unwrap()
+    };
+    let native_through = upstream_json(&["--through", &format!("{layer},{head0},{from}")]);
     // And followed up through the strongest heads from there (`text --follow`): a step, on
     // this text.
-    let native_followed: Value = serde_json::from_str(&attn_saes_cli([
-        "text",
-        run.to_str().unwrap(),
-        PROMPT,
-        "--json",
-        "--pick",
-        &format!("{last},{head},{feature}"),
-        "--upstream",
-        &split.source.to_string(),
-        "--follow",
-    ]))
-    .unwrap();
+    let native_followed = upstream_json(&["--follow"]);
     assert_eq!(
         native_followed["upstream"]["followed"], 1,
         "{native_followed}"
