@@ -2666,14 +2666,6 @@ fn rank_command(
     Ok(())
 }
 
-/// One line of `rank --prompts`' file: a text and what to rank by on it.
-#[derive(serde::Deserialize)]
-struct PromptLine {
-    text: String,
-    #[serde(flatten)]
-    ask: attn_saes::live::AnswerAsk,
-}
-
 /// The prompts of `path`: JSON lines, or one JSON array of the same objects (`form` in
 /// words), each named by its line or place for the errors after.
 fn read_prompt_lines<T: serde::de::DeserializeOwned>(
@@ -2682,26 +2674,8 @@ fn read_prompt_lines<T: serde::de::DeserializeOwned>(
 ) -> anyhow::Result<Vec<(String, T)>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let lines: Vec<(String, T)> = if text.trim_start().starts_with('[') {
-        let all: Vec<T> = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a JSON array of {form}", path.display()))?;
-        (all.into_iter().enumerate())
-            .map(|(i, p)| (format!("{} prompt {}", path.display(), i + 1), p))
-            .collect()
-    } else {
-        (text.lines().enumerate())
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                let at = format!("{} line {}", path.display(), i + 1);
-                match serde_json::from_str(l) {
-                    Ok(p) => Ok((at, p)),
-                    Err(e) => Err(anyhow::Error::new(e).context(format!("{at}: not {form}"))),
-                }
-            })
-            .collect::<anyhow::Result<_>>()?
-    };
-    anyhow::ensure!(!lines.is_empty(), "{}: no prompts in it", path.display());
-    Ok(lines)
+    attn_saes::live::parse_prompt_lines(&text, &path.display().to_string(), form)
+        .map_err(anyhow::Error::msg)
 }
 
 /// One line of `upstream --prompts`' file: a text and the position to read the feature at
@@ -2898,18 +2872,10 @@ fn rank_prompts_command(
     json: Option<&std::path::Path>,
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
-    use attn_saes::live::{Objective, resolve_answer, text_ids};
-    let form = "{\"text\": ..., \"answer\": ..., \"against\": ...}";
-    let lines: Vec<(String, PromptLine)> = read_prompt_lines(path, form)?;
+    use attn_saes::live::{PROMPT_LINE_FORM, PromptLine};
+    let lines: Vec<(String, PromptLine)> = read_prompt_lines(path, PROMPT_LINE_FORM)?;
     let live = load_live_saying(&attn_saes::app::jobs::LiveSource::Run(dir.into()), choice)?;
-    let resolve = |p: &PromptLine| -> anyhow::Result<(Vec<u32>, Objective)> {
-        let ids = text_ids(&live.loaded, &p.text)?;
-        let objective = resolve_answer(&live.loaded, &ids, Some(&p.ask))?;
-        Ok((ids, objective))
-    };
-    let prompts: Vec<(Vec<u32>, Objective)> = (lines.iter())
-        .map(|(at, p)| resolve(p).with_context(|| at.clone()))
-        .collect::<anyhow::Result<_>>()?;
+    let prompts = attn_saes::live::resolve_prompts(&live.loaded, &lines)?;
     let mut bar = ProgressLine::new();
     let at = (live.layer, live.z_convention);
     let mut ranking = attn_saes::live::rank_on_prompts(
@@ -2941,20 +2907,7 @@ fn rank_prompts_command(
         std::fs::write(out, serde_json::to_string_pretty(&ranking)?)
             .with_context(|| format!("writing {}", out.display()))?;
     }
-    let against = |o: &Objective| {
-        matches!(
-            o,
-            Objective::Answer {
-                against: Some(_),
-                ..
-            }
-        )
-    };
-    let what = match ranking.objectives.iter().filter(|o| against(&o.0)).count() {
-        n if n == prompts.len() => "the answer's logit less that of the token against it",
-        0 => "the answer's log-probability",
-        _ => "the answer's logit difference (or log-probability, without a token against it)",
-    };
+    let what = ranking.objective_said();
     let (mean, sd) = ranking.value_spread();
     println!(
         "{}: {} prompts; {what}: mean {mean:.4}, sd {sd:.4}",

@@ -1069,6 +1069,108 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
 /// estimates and the objective's value; a click on a feature removes it and shows the
 /// objective's exact change (the library's); the loss ranking is asked again when the
 /// controls go back to it; an answer of two tokens fails, saying so.
+/// Your text's prompt set: lines pasted, "Rank over the set" gives the library's ranking
+/// over them (`resolve_prompts` and `rank_on_prompts`, as `rank --prompts`), its header,
+/// its strongest feature (a click opens its dashboard) and the prompts with their answers'
+/// values drawn; a prompt clicked is analysed with its answer in the ranking's controls;
+/// edited lines ask again, and lines that are not prompts are refused with the line named.
+#[test]
+fn your_text_ranks_over_a_prompt_set_as_the_library_does() {
+    if !renderer_available() {
+        return;
+    }
+    use attn_saes::app::View;
+    use attn_saes::live::{
+        Answer, PromptLine, parse_prompt_lines, rank_on_prompts, resolve_prompts,
+    };
+    use attn_saes::lm::{self, ZConvention};
+    use attn_saes::sae::BlockDiagSae;
+    use burn::prelude::Device;
+    let dir = TempDir::new("attn-saes-app", "prompt-set");
+    let (run, mut h) = opened_run(&dir);
+    analyse_text(&mut h, "The cat sat.");
+    let lines = [
+        r#"{"text": "When the cat and the dog went to the park, the dog gave a ball to", "answer": " the", "against": " a"}"#,
+        r#"{"text": "The dog saw the cat, and then the cat went to", "answer": " a", "against": " the"}"#,
+        "",
+        r#"{"text": "When the dog and the cat went home, the cat gave a toy to the", "answer": " the", "against": " a", "at": 14}"#,
+    ]
+    .join("\n");
+    h.state_mut().ui.text.prompt_set = lines.clone();
+    h.run_steps(2);
+    h.get_by_label("Rank over the set").click();
+    let ranked = |a: &AttnSaesApp| {
+        matches!(
+            a.native.prompts.as_ref().map(|r| &r.state),
+            Some(Answer::Ready(_) | Answer::Failed(_))
+        )
+    };
+    step_until(&mut h, Duration::from_secs(120), ranked);
+    h.run_steps(2);
+    let device = Device::flex();
+    let loaded = lm::load_model(&fixture("gpt2_tiny").display().to_string(), &device).unwrap();
+    let sae = BlockDiagSae::load(&run.join("sae"), &device).unwrap();
+    let read: Vec<(String, PromptLine)> = parse_prompt_lines(&lines, "set", "a prompt").unwrap();
+    assert_eq!(read.len(), 3);
+    assert_eq!(read[2].1.ask.at, Some(14));
+    let prompts = resolve_prompts(&loaded, &read).unwrap();
+    let conv = ZConvention::TransformerLens;
+    let direct = rank_on_prompts(&loaded, &sae, (1, conv), &prompts, &mut |_, _| {}).unwrap();
+    let asked = h.state().native.prompts.as_ref().unwrap();
+    assert_eq!(asked.progress, (3, 3));
+    let Answer::Ready(shown) = &asked.state else {
+        panic!("{:?}", asked.state)
+    };
+    assert_eq!(**shown, direct);
+    let (mean, sd) = direct.value_spread();
+    let said = format!(
+        "3 prompts; the answer's logit less that of the token against it: mean {mean:.4}, sd \
+         {sd:.4}. {} features fire in them",
+        direct.features.len()
+    );
+    assert!(h.query_by_label_contains(&said).is_some(), "{said}");
+    let value = direct.objectives[1].1;
+    let prompt = format!("{value:+.3}  The dog saw the cat, and then the cat went to  → \" a\"");
+    assert!(has_label(&h, &prompt), "{prompt}");
+    h.snapshot("app_text_prompts");
+    // The feature that helps most: a click opens its dashboard.
+    let top = direct.features[0].clone();
+    h.get_by_label(&format!(
+        "h{} #{} {:+.3}",
+        top.head, top.feature, top.estimate
+    ))
+    .click();
+    h.run_steps(2);
+    let f = &h.state().ui.features;
+    assert_eq!((f.head, f.feature), (top.head, Some(top.feature)));
+    assert_eq!(h.state().ui.view, View::Features);
+    // A prompt clicked: analysed, with its answer in the ranking's controls.
+    h.get_by_label("Your text").click();
+    h.run_steps(2);
+    h.get_by_label(&prompt).click();
+    let ids = prompts[1].0.clone();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        (a.native.analysis.as_deref()).is_some_and(|x| x.ids == ids)
+    });
+    h.run_steps(2);
+    let t = &h.state().ui.text;
+    assert_eq!(t.prompt, "The dog saw the cat, and then the cat went to");
+    assert!(t.rank_by_answer);
+    assert_eq!((t.answer.as_str(), t.against.as_str()), (" a", " the"));
+    // Edited lines: the button again; lines that are not prompts: refused, named.
+    h.state_mut().ui.text.prompt_set = format!("{lines}\n{{\"answer\": \" cat\"}}");
+    h.run_steps(2);
+    assert!(h.query_by_label("Rank over the set").is_some());
+    h.get_by_label("Rank over the set").click();
+    h.run_steps(2);
+    let why = "the prompt set line 5: not {\"text\": ..., \"answer\": ..., \"against\": ...}";
+    assert!(h.query_by_label_contains(why).is_some(), "{why}");
+    assert!(matches!(
+        h.state().native.prompts.as_ref().map(|p| &p.state),
+        Some(Answer::Ready(_))
+    ));
+}
+
 #[test]
 fn your_text_ranks_by_an_answer_as_the_library_does() {
     if !renderer_available() {

@@ -311,6 +311,16 @@ pub enum LiveEvent {
         ids: Vec<u32>,
         result: Result<crate::live::FeatureRanking, String>,
     },
+    /// [`LiveRequest::RankPrompts`] has ranked on `done` of `of` prompts.
+    PromptsProgress {
+        done: usize,
+        of: usize,
+    },
+    /// The answer to [`LiveRequest::RankPrompts`].
+    PromptsRanking {
+        lines: Vec<crate::live::PromptLine>,
+        result: Result<crate::live::PromptsRanking, String>,
+    },
 }
 
 /// What the live-analysis worker is asked to do.
@@ -332,6 +342,9 @@ pub enum LiveRequest {
         ids: Vec<u32>,
         answer: Option<crate::live::AnswerAsk>,
     },
+    /// Every feature firing in any of a prompt set's texts, ranked by its estimated effect
+    /// on each one's answer, averaged ([`crate::live::PromptsRanking`]).
+    RankPrompts { lines: Vec<crate::live::PromptLine> },
     /// These tokens continued clean and steered ([`crate::live::Steered`]).
     Steer {
         ids: Vec<u32>,
@@ -493,6 +506,21 @@ impl LiveModel {
     ) -> anyhow::Result<crate::live::FeatureRanking> {
         let at = (self.layer, self.z_convention);
         crate::live::rank_features_for(&self.loaded, &self.sae, at.0, at.1, ids, objective)
+    }
+
+    /// The features ranked over a prompt set (`rank --prompts`), `progress(done, of)` after
+    /// each prompt.
+    pub fn rank_prompts(
+        &self,
+        lines: &[crate::live::PromptLine],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<crate::live::PromptsRanking> {
+        let named: Vec<(String, crate::live::PromptLine)> = (lines.iter().enumerate())
+            .map(|(i, p)| (format!("prompt {}", i + 1), p.clone()))
+            .collect();
+        let prompts = crate::live::resolve_prompts(&self.loaded, &named)?;
+        let at = (self.layer, self.z_convention);
+        crate::live::rank_on_prompts(&self.loaded, &self.sae, at, &prompts, progress)
     }
 
     /// `ids` continued clean and steered as `steering` asks.
@@ -696,6 +724,13 @@ fn live_loop(
                     result: crate::live::resolve_answer(&live.loaded, ids, answer.as_ref())
                         .and_then(|objective| live.rank_for(ids, &objective))
                         .map_err(|e| format!("{e:#}")),
+                },
+                LiveRequest::RankPrompts { lines } => LiveEvent::PromptsRanking {
+                    lines: lines.clone(),
+                    result: (live.rank_prompts(lines, &mut |done, of| {
+                        let _ = tx.send(LiveEvent::PromptsProgress { done, of });
+                    }))
+                    .map_err(|e| format!("{e:#}")),
                 },
                 LiveRequest::HandOver(_) => unreachable!("taken out of the batch above"),
             };

@@ -262,6 +262,8 @@ pub struct Native {
     pub examples: Option<crate::live::AskedExamples>,
     /// A source's DFA taken upstream, asked of the worker.
     pub upstream: Option<crate::live::AskedUpstream>,
+    /// The features ranked over a prompt set, asked of the worker.
+    pub prompts: Option<crate::live::AskedPrompts>,
     /// A text was sent to the worker and its analysis has not arrived.
     text_pending: bool,
 }
@@ -741,6 +743,7 @@ impl AttnSaesApp {
                 upstream: self.web.upstream.as_ref(),
                 largest,
                 labels: self.dashboard.as_ref().map(|d| &d.labels),
+                prompts: None,
             },
         );
         match action {
@@ -750,6 +753,8 @@ impl AttnSaesApp {
             Some(text_view::TextAction::Rank(answer)) => self.web.ask_ranking(answer),
             Some(text_view::TextAction::Steer(steering)) => self.web.ask_steer(steering),
             Some(text_view::TextAction::Upstream(ask)) => self.web.ask_upstream(ask),
+            // Not offered in the page (`Answers::prompts` is `None` there).
+            Some(text_view::TextAction::RankPrompts(_)) => {}
             Some(text_view::TextAction::Effect { head, feature }) => {
                 self.web.ask_effect(head, feature)
             }
@@ -966,7 +971,8 @@ impl AttnSaesApp {
             .is_some_and(|e| matches!(e.state, Computing))
             || (self.native.ranking.as_ref()).is_some_and(|r| matches!(r.state, Computing))
             || (self.native.examples.as_ref()).is_some_and(|r| matches!(r.state, Computing))
-            || (self.native.upstream.as_ref()).is_some_and(|u| matches!(u.state, Computing));
+            || (self.native.upstream.as_ref()).is_some_and(|u| matches!(u.state, Computing))
+            || (self.native.prompts.as_ref()).is_some_and(|u| matches!(u.state, Computing));
         if self.native.live_status.ends_with('…') || effect_due {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
@@ -1033,6 +1039,16 @@ impl AttnSaesApp {
                         asked.state = crate::live::Answer::of(result);
                     }
                 }
+                jobs::LiveEvent::PromptsProgress { done, of } => {
+                    if let Some(asked) = &mut self.native.prompts {
+                        asked.progress = (done, of);
+                    }
+                }
+                jobs::LiveEvent::PromptsRanking { lines, result } => {
+                    if let Some(asked) = self.native.prompts.as_mut().filter(|p| p.lines == lines) {
+                        asked.state = crate::live::Answer::of(result);
+                    }
+                }
             }
         }
     }
@@ -1069,6 +1085,7 @@ impl AttnSaesApp {
         self.native.steer = None;
         self.native.examples = None;
         self.native.upstream = None;
+        self.native.prompts = None;
         self.native.text_pending = false;
         self.native.live_status = String::new();
         if rerun {
@@ -1149,6 +1166,7 @@ impl AttnSaesApp {
                 upstream: self.native.upstream.as_ref(),
                 largest,
                 labels: self.dashboard.as_ref().map(|d| &d.labels),
+                prompts: Some(self.native.prompts.as_ref()),
             },
         );
         match action {
@@ -1193,6 +1211,14 @@ impl AttnSaesApp {
                     });
                     let asked = crate::live::AskedUpstream::computing(ids, ask);
                     self.native.upstream = Some(asked);
+                }
+            }
+            Some(text_view::TextAction::RankPrompts(lines)) => {
+                if let Some((_, worker)) = &self.native.live {
+                    let _ = worker.requests.send(jobs::LiveRequest::RankPrompts {
+                        lines: lines.clone(),
+                    });
+                    self.native.prompts = Some(crate::live::AskedPrompts::computing(lines));
                 }
             }
             Some(text_view::TextAction::Effect { head, feature }) => {

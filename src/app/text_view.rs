@@ -11,9 +11,10 @@ use super::features::{
 };
 use crate::dashboard::labels::Labels;
 use crate::live::{
-    Analysed, Answer, AnswerAsk, AskedEffect, AskedRanking, AskedSteer, AskedUpstream,
-    AttributionState, EffectState, FeatureEffect, FeatureRanking, LiveTokens, RankedFeature,
-    Steered, Steering, Through, Upstream, UpstreamAsk,
+    Analysed, Answer, AnswerAsk, AskedEffect, AskedPrompts, AskedRanking, AskedSteer,
+    AskedUpstream, AttributionState, EffectState, FeatureEffect, FeatureRanking, LiveTokens,
+    PROMPT_LINE_FORM, PromptLine, PromptsRanking, RankedFeature, Steered, Steering, Through,
+    Upstream, UpstreamAsk, parse_prompt_lines,
 };
 
 /// What the view remembers.
@@ -70,6 +71,12 @@ pub struct TextState {
     /// chosen at (another pick starts from the strongest source again).
     #[serde(skip)]
     pub upstream_source: Option<((usize, usize, usize), usize)>,
+    /// A prompt set's lines, as typed or pasted (`rank --prompts`' lines).
+    pub prompt_set: String,
+    /// The prompt set's lines the ranking shown was asked for (edited lines ask again), or
+    /// why they could not be read.
+    #[serde(skip)]
+    pub prompt_set_asked: Option<Result<String, String>>,
 }
 
 impl TextState {
@@ -142,6 +149,8 @@ impl Default for TextState {
             answer_at: None,
             ranked_by: None,
             upstream_source: None,
+            prompt_set: String::new(),
+            prompt_set_asked: None,
         }
     }
 }
@@ -188,6 +197,8 @@ pub enum TextAction {
     /// Split a feature's DFA at a position from a source by what wrote the residual stream
     /// at the source, or further up through heads (see [`Upstream`]).
     Upstream(UpstreamAsk),
+    /// Rank the features over a prompt set (see [`PromptsRanking`]).
+    RankPrompts(Vec<PromptLine>),
 }
 
 /// What the view was given of what it asked for: the effect last asked for (shown when it
@@ -206,6 +217,9 @@ pub struct Answers<'a> {
     pub largest: Option<f32>,
     /// The open dashboard's feature labels, if a dashboard is open.
     pub labels: Option<&'a Labels>,
+    /// The ranking over a prompt set last asked for, where prompt sets are offered (the
+    /// desktop app: `None`, not offered; `Some(None)`, nothing asked yet).
+    pub prompts: Option<Option<&'a AskedPrompts>>,
 }
 
 /// Features listed per head for the selected token.
@@ -279,7 +293,167 @@ pub fn text_ui(
                 }
             }
         }
+        if let Some(asked) = answers.prompts {
+            ui.separator();
+            if let Some(act) = prompts_panel(ui, s, a, asked, answers.labels) {
+                action = Some(act);
+            }
+        }
     });
+    action
+}
+
+/// Which features matter over a prompt set: its lines (`rank --prompts`' JSON lines), a
+/// button that ranks every feature by its estimated effect on each prompt's answer,
+/// averaged, then the strongest each way (a click opens the feature's dashboard), each
+/// head's together, and the prompts with their answers' values (a click analyses one).
+fn prompts_panel(
+    ui: &mut Ui,
+    s: &mut TextState,
+    a: &LiveTokens,
+    asked: Option<&AskedPrompts>,
+    labels: Option<&Labels>,
+) -> Option<TextAction> {
+    ui.label(RichText::new("Which features matter over a prompt set").strong());
+    ui.label(
+        RichText::new(
+            "One prompt a line, as attn-saes rank --prompts reads them: {\"text\": \"When Mary \
+             and John went to the store, John gave a drink to\", \"answer\": \" Mary\", \
+             \"against\": \" John\"} (\"against\" and \"at\", the position the answer is \
+             predicted after, optional), or one JSON array of them.",
+        )
+        .weak(),
+    );
+    let label = ui.label("prompt set").id;
+    ui.add(
+        egui::TextEdit::multiline(&mut s.prompt_set)
+            .code_editor()
+            .desired_rows(4)
+            .desired_width(f32::INFINITY)
+            .hint_text("{\"text\": ..., \"answer\": ..., \"against\": ...}"),
+    )
+    .labelled_by(label);
+    let texts = (
+        "Rank over the set",
+        "estimates, for every feature that fires in a prompt, how much that prompt's answer \
+         would fall without it (to first order: one backward pass a prompt), averaged over the \
+         prompts",
+        "",
+    );
+    let asked_now = s.prompt_set_asked.clone();
+    if let Some(Err(why)) = &asked_now {
+        error_label(ui, why);
+    }
+    // A ranking of other lines than these is not shown: the button asks again.
+    let state = asked
+        .filter(|_| {
+            asked_now
+                .as_ref()
+                .is_some_and(|t| t.as_ref() == Ok(&s.prompt_set))
+        })
+        .map(|p| &p.state);
+    if let (Some(Answer::Computing), Some(p)) = (state, asked) {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label(format!(
+                "ranking on each prompt… {} of {}",
+                p.progress.0, p.progress.1
+            ));
+        });
+        return None;
+    }
+    let lines = asked.map(|p| p.lines.as_slice()).unwrap_or_default();
+    let (clicked, picked) = answer_panel(ui, state, texts, |ui, r| {
+        prompts_ready(ui, s, a, (lines, r), labels)
+    });
+    if !clicked {
+        return picked;
+    }
+    let read = parse_prompt_lines::<PromptLine>(&s.prompt_set, "the prompt set", PROMPT_LINE_FORM);
+    match read {
+        Ok(read) => {
+            s.prompt_set_asked = Some(Ok(s.prompt_set.clone()));
+            Some(TextAction::RankPrompts(
+                read.into_iter().map(|x| x.1).collect(),
+            ))
+        }
+        Err(why) => {
+            s.prompt_set_asked = Some(Err(why));
+            None
+        }
+    }
+}
+
+/// Prompts listed under a prompt set's ranking.
+const PROMPTS_SHOWN: usize = 12;
+
+fn prompts_ready(
+    ui: &mut Ui,
+    s: &mut TextState,
+    a: &LiveTokens,
+    (lines, r): (&[PromptLine], &PromptsRanking),
+    labels: Option<&Labels>,
+) -> Option<TextAction> {
+    let n = r.objectives.len();
+    let (mean, sd) = r.value_spread();
+    ui.label(format!(
+        "{n} prompts; {}: mean {mean:.4}, sd {sd:.4}. {} features fire in them; the estimated \
+         fall in it without each, averaged over the prompts (a click opens its dashboard):",
+        r.objective_said(),
+        r.features.len()
+    ));
+    let mut action = None;
+    let mut row = |ui: &mut Ui, title: &str, features: Vec<&RankedFeature>| {
+        ui.horizontal_wrapped(|ui| {
+            ui.label(RichText::new(title).strong());
+            if features.is_empty() {
+                ui.label(RichText::new("none").weak());
+            }
+            for f in features {
+                let label = match a.dense_heads {
+                    Some(_) => format!("#{} {}", f.feature, signed(f.estimate)),
+                    None => format!("h{} #{} {}", f.head, f.feature, signed(f.estimate)),
+                };
+                let fires = format!("fires in {} of {n} prompts", f.fires);
+                let hover = match labels.and_then(|l| l.get(f.head, f.feature)) {
+                    Some(name) => format!("{name}; {fires}"),
+                    None => fires,
+                };
+                if ui.button(label).on_hover_text(hover).clicked() {
+                    action = Some(TextAction::OpenFeature {
+                        head: f.head,
+                        feature: f.feature,
+                    });
+                }
+            }
+        });
+    };
+    let [helps, hurts] = crate::live::strongest_each_way(&r.features, RANKED_SHOWN);
+    row(ui, "helps most", helps);
+    row(ui, "hurts most", hurts);
+    if a.dense_heads.is_none() {
+        let heads: Vec<String> = (r.by_head(a.n_heads).iter().enumerate())
+            .map(|(h, x)| format!("h{h} {}", signed(*x)))
+            .collect();
+        ui.label(format!(
+            "By head (its features together): {}",
+            heads.join(", ")
+        ));
+    }
+    ui.label(
+        RichText::new("The prompts, each with its answer's value (a click analyses it):").weak(),
+    );
+    for (line, (_, value)) in lines.iter().zip(&r.objectives).take(PROMPTS_SHOWN) {
+        let text = format!("{value:+.3}  {}  → {:?}", line.text, line.ask.answer);
+        if ui.button(RichText::new(text).monospace()).clicked() {
+            s.prompt = line.text.clone();
+            s.show_ranked_by(Some(&line.ask));
+            action = Some(TextAction::Run);
+        }
+    }
+    if lines.len() > PROMPTS_SHOWN {
+        ui.label(RichText::new(format!("and {} more", lines.len() - PROMPTS_SHOWN)).weak());
+    }
     action
 }
 

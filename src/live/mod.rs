@@ -31,7 +31,7 @@ mod ranking;
 pub use ranking::{
     WINDOWS_PER_PASS, answer_objective, exact_on_prompts, lm_gradient, rank_features,
     rank_features_async, rank_features_for, rank_features_from, rank_features_over,
-    rank_on_prompts, resolve_answer,
+    rank_on_prompts, resolve_answer, resolve_prompts,
 };
 
 /// `(blocks, block width, features per block, model heads per block)` of an SAE that reads
@@ -1158,6 +1158,28 @@ pub struct PromptsRanking {
 }
 
 impl PromptsRanking {
+    /// What the objectives are, in words: "the answer's logit less that of the token
+    /// against it" when every prompt has a token against its answer, "the answer's
+    /// log-probability" when none does.
+    pub fn objective_said(&self) -> &'static str {
+        let against = |o: &Objective| {
+            matches!(
+                o,
+                Objective::Answer {
+                    against: Some(_),
+                    ..
+                }
+            )
+        };
+        match self.objectives.iter().filter(|o| against(&o.0)).count() {
+            n if n == self.objectives.len() => {
+                "the answer's logit less that of the token against it"
+            }
+            0 => "the answer's log-probability",
+            _ => "the answer's logit difference (or log-probability, without a token against it)",
+        }
+    }
+
     /// The mean and standard deviation of the objectives' values over the prompts.
     pub fn value_spread(&self) -> (f64, f64) {
         let n = self.objectives.len().max(1) as f64;
@@ -1172,6 +1194,71 @@ impl PromptsRanking {
     /// Each head's features' mean estimates summed.
     pub fn by_head(&self, n_heads: usize) -> Vec<f32> {
         by_head(&self.features, n_heads)
+    }
+}
+
+/// One prompt of a prompt set (`rank --prompts`' lines, Your text's prompt set): a text and
+/// the answer to rank by on it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PromptLine {
+    pub text: String,
+    #[serde(flatten)]
+    pub ask: AnswerAsk,
+}
+
+/// How a prompt set's lines are written, for errors.
+pub const PROMPT_LINE_FORM: &str = "{\"text\": ..., \"answer\": ..., \"against\": ...}";
+
+/// The prompts of a prompt set's `text` (`name` naming it in errors): JSON lines (blank ones
+/// skipped), or one JSON array of the same objects (`form` says what each is, in words);
+/// each named by its line or place for the errors after. Refuses a set with no prompts.
+pub fn parse_prompt_lines<T: serde::de::DeserializeOwned>(
+    text: &str,
+    name: &str,
+    form: &str,
+) -> Result<Vec<(String, T)>, String> {
+    let lines: Vec<(String, T)> = if text.trim_start().starts_with('[') {
+        let all: Vec<T> = serde_json::from_str(text)
+            .map_err(|e| format!("{name}: not a JSON array of {form}: {e}"))?;
+        (all.into_iter().enumerate())
+            .map(|(i, p)| (format!("{name} prompt {}", i + 1), p))
+            .collect()
+    } else {
+        (text.lines().enumerate())
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                let at = format!("{name} line {}", i + 1);
+                match serde_json::from_str(l) {
+                    Ok(p) => Ok((at, p)),
+                    Err(e) => Err(format!("{at}: not {form}: {e}")),
+                }
+            })
+            .collect::<Result<_, _>>()?
+    };
+    match lines.is_empty() {
+        true => Err(format!("{name}: no prompts in it")),
+        false => Ok(lines),
+    }
+}
+
+/// The ranking over a prompt set a viewer asked for ([`PromptsRanking`]), of its lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AskedPrompts {
+    pub lines: Vec<PromptLine>,
+    pub state: Answer<PromptsRanking>,
+    /// While computing: the prompts ranked on so far, and how many there are.
+    pub progress: (usize, usize),
+}
+
+impl AskedPrompts {
+    /// Asked, not answered yet.
+    pub fn computing(lines: Vec<PromptLine>) -> Self {
+        let of = lines.len();
+        Self {
+            lines,
+            state: Answer::Computing,
+            progress: (0, of),
+        }
     }
 }
 

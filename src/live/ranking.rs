@@ -367,6 +367,22 @@ pub async fn rank_features_async(
     Ok(ranking)
 }
 
+/// Each prompt's tokens and [`Objective`] (its answer resolved by the model's tokenizer, as
+/// [`resolve_answer`]); an error names the prompt (`lines`' names).
+pub fn resolve_prompts(
+    loaded: &LoadedModel,
+    lines: &[(String, super::PromptLine)],
+) -> anyhow::Result<Vec<(Vec<u32>, Objective)>> {
+    let resolve = |p: &super::PromptLine| -> anyhow::Result<(Vec<u32>, Objective)> {
+        let ids = super::text_ids(loaded, &p.text)?;
+        let objective = resolve_answer(loaded, &ids, Some(&p.ask))?;
+        Ok((ids, objective))
+    };
+    (lines.iter())
+        .map(|(name, p)| resolve(p).with_context(|| name.clone()))
+        .collect()
+}
+
 /// [`rank_features_for`] over `prompts`, each a text's tokens and its objective: each
 /// feature's estimates averaged over the prompts, and the prompts it fires in.
 /// `progress(done, of)` after each prompt.
