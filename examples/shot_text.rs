@@ -14,6 +14,7 @@
 //! given (what `docs/app-upstream.png` is), and with THROUGH=LAYER,HEAD,FROM (a head listed
 //! there, reading from FROM) that head's term a step further up; with FOLLOW too, followed
 //! up through the strongest heads ("Follow the strongest head", `docs/app-upstream-followed.png`).
+//! With PROMPTS=FILE (`rank --prompts`' lines), that prompt set ranked over instead.
 use std::time::{Duration, Instant};
 
 use attn_saes::app::{AttnSaesApp, Command, UiState, View};
@@ -86,6 +87,23 @@ fn main() {
             act(x).total_cmp(&act(y))
         })
         .unwrap();
+    // PROMPTS=FILE: that prompt set ranked over (Which features matter over a prompt set),
+    // nothing picked (what `docs/app-prompts.png` is).
+    if let Ok(file) = std::env::var("PROMPTS") {
+        h.state_mut().ui.text.prompt_set = std::fs::read_to_string(&file).expect("the prompts");
+        h.run_steps(2);
+        h.get_by_label("Rank over the set").click_accesskit();
+        let asked = Instant::now();
+        h.run_steps(1);
+        wait(&mut h, "the ranking over the prompts", |a| {
+            settled(a.native.prompts.as_ref().map(|r| &r.state))
+        });
+        eprintln!(
+            "the ranking over the prompts arrived {:.2} s after the click",
+            asked.elapsed().as_secs_f64()
+        );
+        return save(&mut h, out);
+    }
     if let Ok(answer) = std::env::var("ANSWER") {
         let text = &mut h.state_mut().ui.text;
         text.rank_by_answer = true;

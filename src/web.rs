@@ -20,7 +20,8 @@ use crate::app::{AttnSaesApp, View};
 use crate::live::{
     Analysed, Answer, AnswerAsk, AskedEffect, AskedExamples, AskedRanking, AskedSteer,
     AskedUpstream, Attribution, AttributionState, ExamplesEffect, FeatureEffect, FeatureRanking,
-    LiveTokens, Objective, Steered, Steering, Through, Upstream, UpstreamAsk, UpstreamKey,
+    LiveTokens, Objective, PromptLine, PromptsRanking, Steered, Steering, Through, Upstream,
+    UpstreamAsk, UpstreamKey,
 };
 
 /// What the page and the app share: dashboards parsed by [`open_dashboard`] and waiting
@@ -74,6 +75,10 @@ struct Shared {
     upstream_arrived: Option<(UpstreamKey, Result<Upstream, String>)>,
     /// The bundle's answer to a ranking request, with the tokens it was for.
     ranking_arrived: Option<(Vec<u32>, Result<FeatureRanking, String>)>,
+    /// Set by [`live_rank_prompts`]: a prompt set's lines, as given, and as read.
+    live_rank_prompts: Option<(String, Vec<PromptLine>)>,
+    /// The bundle's answer to a prompt-set ranking request, with the lines it was for.
+    prompts_arrived: Option<(Vec<PromptLine>, Result<PromptsRanking, String>)>,
     live_view: Option<LiveView>,
     /// JSON of the last dashboard's `built_from` ("" when it records none).
     built_from: String,
@@ -104,6 +109,7 @@ struct LiveView {
     rank_by: Option<AnswerAsk>,
     steer: Option<AskedSteer>,
     upstream: Option<AskedUpstream>,
+    prompts: Option<crate::live::AskedPrompts>,
 }
 
 /// `window.attnSaesLive`, the page's bridge to its inference bundle, if the page has one.
@@ -246,6 +252,21 @@ fn request_ranking((ids, answer): (Vec<u32>, Option<AnswerAsk>)) {
                     .map_err(|e| format!("the inference bundle's answer: {e}"))
             });
         post(|s| s.ranking_arrived = Some((ids, result)));
+    });
+}
+
+/// Asks the inference bundle to rank the features over a prompt set's `lines`; the answer
+/// arrives in `shared.prompts_arrived`.
+fn request_prompts(lines: Vec<PromptLine>) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let json = JsValue::from_str(&serde_json::to_string(&lines).unwrap_or_default());
+        let result = awaited_string(call_bridge("rankPrompts", &[json]))
+            .await
+            .and_then(|json| {
+                serde_json::from_str::<PromptsRanking>(&json)
+                    .map_err(|e| format!("the inference bundle's answer: {e}"))
+            });
+        post(|s| s.prompts_arrived = Some((lines, result)));
     });
 }
 
@@ -416,6 +437,7 @@ impl eframe::App for WebApp {
             rank_by: text.answer_ask(),
             steer: web.steer.clone(),
             upstream: web.upstream.clone(),
+            prompts: web.prompts.clone(),
         });
     }
 
@@ -509,9 +531,14 @@ impl WebApp {
                 s.steer_arrived.take(),
             )
         };
-        let (ask_upstream, upstream_arrived) = {
+        let (ask_upstream, upstream_arrived, ask_prompts, prompts_arrived) = {
             let mut s = self.shared.borrow_mut();
-            (s.live_upstream.take(), s.upstream_arrived.take())
+            (
+                s.live_upstream.take(),
+                s.upstream_arrived.take(),
+                s.live_rank_prompts.take(),
+                s.prompts_arrived.take(),
+            )
         };
         self.examples_logic();
         let web = &mut self.app.web;
@@ -592,6 +619,21 @@ impl WebApp {
         }
         if let (Some(asked), Some(((ids, ask), result))) = (&mut web.upstream, upstream_arrived) {
             asked.answer((&ids, &ask), result);
+        }
+        if let Some((text, lines)) = ask_prompts {
+            // Shown as asked: those lines in the prompt set's box.
+            let s = &mut self.app.ui.text;
+            s.prompt_set_asked = Some(Ok(text.clone()));
+            s.prompt_set = text;
+            web.ask_prompts(lines);
+        }
+        if let Some(lines) = web.prompts_request.take() {
+            request_prompts(lines);
+        }
+        if let (Some(asked), Some((lines, result))) = (&mut web.prompts, prompts_arrived)
+            && asked.lines == lines
+        {
+            asked.state = Answer::of(result);
         }
         if let Some(answer) = ask_ranking {
             self.app.ui.text.show_ranked_by(answer.as_ref());
@@ -809,8 +851,8 @@ pub fn selection() -> String {
     shared().borrow().selection.clone()
 }
 
-/// What Your text shows, as JSON (`{prompt, status, tokens, pick}`, and `effect`, `ranking`
-/// and `steer` with their `_status`), or "" before any analysis.
+/// What Your text shows, as JSON (`{prompt, status, tokens, pick}`, and `effect`, `ranking`,
+/// `steer`, `upstream` and `prompts` with their `_status`), or "" before any analysis.
 #[wasm_bindgen]
 pub fn live_shown() -> String {
     let shared = shared();
@@ -829,6 +871,7 @@ pub fn live_shown() -> String {
             "upstream",
             answer_json(v.upstream.as_ref().map(|x| &x.state)),
         ),
+        ("prompts", answer_json(v.prompts.as_ref().map(|x| &x.state))),
     ] {
         shown[format!("{name}_status")] = state.0.into();
         shown[name] = state.1;
@@ -885,6 +928,25 @@ pub fn live_rank(answer: Option<String>) -> Result<(), JsValue> {
         None => None,
     };
     post(|s| s.live_rank = Some(answer));
+    Ok(())
+}
+
+/// Ranks the features over a prompt set (Your text's "Rank over the set"): `lines` as
+/// `attn-saes rank --prompts` reads them (JSON lines of `{"text": ..., "answer": " Mary",
+/// "against": " John", "at": 12}`, the last two optional, or one JSON array), put in the
+/// prompt set's box; [`live_shown`] has the ranking once it arrives (`prompts`). Throws on
+/// lines that are not such prompts, naming the line. Needs a text analysed first (the
+/// view shows the prompt set under its analysis).
+#[wasm_bindgen]
+pub fn live_rank_prompts(lines: String) -> Result<(), JsValue> {
+    let read = crate::live::parse_prompt_lines::<PromptLine>(
+        &lines,
+        "the prompt set",
+        crate::live::PROMPT_LINE_FORM,
+    )
+    .map_err(|e| JsValue::from_str(&e))?;
+    let read = read.into_iter().map(|x| x.1).collect();
+    post(|s| s.live_rank_prompts = Some((lines, read)));
     Ok(())
 }
 

@@ -283,6 +283,31 @@ pub async fn upstream(ask: String) -> Result<String, JsValue> {
     serde_json::to_string(&upstream).map_err(js_error)
 }
 
+/// Every feature that fires in a prompt set's texts (`lines`: JSON of a list of
+/// [`crate::live::PromptLine`]), ranked by a first-order estimate of how much each prompt's
+/// answer would fall without it, averaged over the prompts (`rank --prompts`): JSON of
+/// [`crate::live::PromptsRanking`].
+#[wasm_bindgen]
+pub async fn rank_prompts(lines: String) -> Result<String, JsValue> {
+    let session = session()?;
+    let lines: Vec<crate::live::PromptLine> = serde_json::from_str(&lines).map_err(js_error)?;
+    let named: Vec<(String, crate::live::PromptLine)> = (lines.into_iter().enumerate())
+        .map(|(i, p)| (format!("prompt {}", i + 1), p))
+        .collect();
+    let prompts = crate::live::resolve_prompts(&session.loaded, &named)
+        .map_err(|e| js_error(format!("{e:#}")))?;
+    let ranking = crate::live::rank_on_prompts_async(
+        &session.loaded,
+        &session.sae,
+        (session.layer, session.z_convention),
+        &prompts,
+        &mut |_, _| {},
+    )
+    .await
+    .map_err(|e| js_error(format!("{e:#}")))?;
+    serde_json::to_string(&ranking).map_err(js_error)
+}
+
 /// Every feature that fires in the last text analysed, ranked by a first-order estimate of
 /// how much the text's loss would rise without it, or given `answer` (JSON of
 /// [`crate::live::AnswerAsk`]) how much the answer's logit difference or log-probability

@@ -330,6 +330,27 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     ]))
     .unwrap();
 
+    // A prompt set ranked over (`rank --prompts`), one line with its answer's position.
+    let prompt_set = [
+        r#"{"text": "When the cat and the dog went to the park, the dog gave a ball to", "answer": " the", "against": " a"}"#,
+        r#"{"text": "The dog saw the cat, and then the cat went to", "answer": " a", "against": " the"}"#,
+        r#"{"text": "When the dog and the cat went home, the cat gave a toy to the", "answer": " the", "at": 14}"#,
+    ]
+    .join("\n");
+    let (prompts_file, prompts_json) = (dir.join("prompts.jsonl"), dir.join("prompts-ranked.json"));
+    std::fs::write(&prompts_file, &prompt_set).unwrap();
+    attn_saes_cli([
+        "rank",
+        "--run",
+        run.to_str().unwrap(),
+        "--prompts",
+        prompts_file.to_str().unwrap(),
+        "--json",
+        prompts_json.to_str().unwrap(),
+    ]);
+    let native_prompts: Value =
+        serde_json::from_slice(&std::fs::read(&prompts_json).unwrap()).unwrap();
+
     // The split taken a step further up through the layer-0 head term with the largest
     // magnitude (`text --through`).
     let split: attn_saes::live::Upstream =
@@ -383,6 +404,7 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .env("LIVE_UPSTREAM", native["upstream"]["source"].to_string())
         .env("LIVE_THROUGH", format!("[{through}]"))
         .env("LIVE_FOLLOW", "1")
+        .env("LIVE_PROMPTS", &prompt_set)
         .arg(root().join("tests/web/live.mjs"))
         .arg(&server.base)
         .arg(&shots)
@@ -580,6 +602,44 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
                 key(f)
             );
         }
+        // Over the prompt set: each prompt's objective and value, and every feature's mean
+        // estimate and count, as `rank --prompts --json` gives them.
+        assert_eq!(r["promptsStatus"], "ready", "{name}");
+        let (ours, theirs) = (&r["prompts"], &native_prompts);
+        let (a, b) = (
+            ours["objectives"].as_array().unwrap(),
+            theirs["objectives"].as_array().unwrap(),
+        );
+        assert_eq!(a.len(), 3, "{name}");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x[0], y[0], "{name}: a prompt's objective");
+            let (x, y) = (x[1].as_f64().unwrap(), y[1].as_f64().unwrap());
+            assert!(close(x, y), "{name}: a prompt's value {x} vs {y}");
+        }
+        let (a, b) = (
+            ours["features"].as_array().unwrap(),
+            theirs["features"].as_array().unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{name}: features ranked over the prompts");
+        assert!(b.len() > 20, "{name}: {} ranked", b.len());
+        for f in b {
+            let g = (a.iter().find(|g| key(g) == key(f))).expect("the same features");
+            assert_eq!(g["fires"], f["fires"], "{name}: {:?}", key(f));
+            let (x, y) = (
+                g["estimate"].as_f64().unwrap(),
+                f["estimate"].as_f64().unwrap(),
+            );
+            assert!(
+                close(x, y),
+                "{name}: mean estimate of {:?}: {x} vs {y}",
+                key(f)
+            );
+        }
+        let refused = r["promptsRefused"].as_str().unwrap();
+        assert!(
+            refused.contains("the prompt set line 2: not {\"text\""),
+            "{name}: {refused}"
+        );
         assert_eq!(r["answerEffectStatus"], "ready", "{name}");
         let (ours, theirs) = (
             &r["answerEffect"]["objective"],

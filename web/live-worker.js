@@ -6,7 +6,7 @@
 // keeps drawing and answering while it works.
 //
 // Messages in: {id, op, args}, op one of 'load' | 'analyze' | 'attribution' | 'effect' |
-// 'upstream' | 'rank' | 'steer' | 'examples', handled one at
+// 'upstream' | 'rank' | 'rank_prompts' | 'steer' | 'examples', handled one at
 // a time in arrival order. Out: {status, isError} lines while working, and {id, value} or
 // {id, error} for each request.
 import init, * as lm from './live/attn_saes_live.js';
@@ -213,6 +213,11 @@ const ops = {
       throw new Error('a newer text has been analysed since: ask again on it');
     }
     return lm.rank(answer ?? undefined);
+  },
+  // Every feature firing in a prompt set's texts (JSON of [{text, answer, against?, at?}]),
+  // ranked by its estimated effect on each one's answer, averaged.
+  async rank_prompts({ lines }) {
+    return lm.rank_prompts(lines);
   },
   // The last text continued clean and steered by a feature at a strength.
   async steer({ steering, of }) {

@@ -10,6 +10,9 @@
 //   rank(answerJson?) -> Promise<JSON of every firing feature's estimated effect on the
 //   loss, or on an answer ({answer, against?, at?}: its logit difference or
 //   log-probability)>;
+//   rankPrompts(linesJson) -> Promise<JSON of every feature firing in a prompt set's texts
+//   ([{text, answer, against?, at?}]) ranked by its estimated effect on each one's answer,
+//   averaged>;
 //   steer(steeringJson) -> Promise<JSON of the text continued clean and steered by a
 //   feature>;
 //   examplesEffect(head, feature, examplesJson) -> Promise<JSON of what removing the
@@ -235,6 +238,10 @@ const api = {
     ask('effect', { head, feature, objective, of: lastAnalysis }),
   upstream: (ask_) => ask('upstream', { ask: ask_, of: lastAnalysis }),
   rank: (answer) => ask('rank', { answer, of: lastAnalysis }),
+  rankPrompts: (lines) => {
+    if (!ready) return Promise.reject(new Error(status));
+    return ask('rank_prompts', { lines });
+  },
   steer: (steering) => ask('steer', { steering, of: lastAnalysis }),
   examplesEffect: (head, feature, examples) => {
     if (!ready) return Promise.reject(new Error(status));

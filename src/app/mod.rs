@@ -158,6 +158,9 @@ pub struct WebText {
     /// The same for a source's DFA taken upstream.
     pub upstream: Option<crate::live::AskedUpstream>,
     pub upstream_request: Option<crate::live::UpstreamKey>,
+    /// The same for the features ranked over a prompt set.
+    pub prompts: Option<crate::live::AskedPrompts>,
+    pub prompts_request: Option<Vec<crate::live::PromptLine>>,
     /// The page's inference bundle has a model loaded.
     pub live_ready: bool,
     /// The model and SAE loaded were checked against another dashboard than the open one
@@ -198,6 +201,12 @@ impl WebText {
         let (head, feature) = (steering.head, steering.feature);
         self.steer_request = Some((ids.clone(), steering));
         self.steer = Some(crate::live::Asked::computing(ids, head, feature));
+    }
+
+    /// Asks (through `src/web.rs`) for the features ranked over a prompt set.
+    pub fn ask_prompts(&mut self, lines: Vec<crate::live::PromptLine>) {
+        self.prompts_request = Some(lines.clone());
+        self.prompts = Some(crate::live::AskedPrompts::computing(lines));
     }
 
     /// Asks (through `src/web.rs`) for the ranking of the analysed text's features.
@@ -743,7 +752,7 @@ impl AttnSaesApp {
                 upstream: self.web.upstream.as_ref(),
                 largest,
                 labels: self.dashboard.as_ref().map(|d| &d.labels),
-                prompts: None,
+                prompts: self.web.prompts.as_ref(),
             },
         );
         match action {
@@ -753,8 +762,7 @@ impl AttnSaesApp {
             Some(text_view::TextAction::Rank(answer)) => self.web.ask_ranking(answer),
             Some(text_view::TextAction::Steer(steering)) => self.web.ask_steer(steering),
             Some(text_view::TextAction::Upstream(ask)) => self.web.ask_upstream(ask),
-            // Not offered in the page (`Answers::prompts` is `None` there).
-            Some(text_view::TextAction::RankPrompts(_)) => {}
+            Some(text_view::TextAction::RankPrompts(lines)) => self.web.ask_prompts(lines),
             Some(text_view::TextAction::Effect { head, feature }) => {
                 self.web.ask_effect(head, feature)
             }
@@ -1166,7 +1174,7 @@ impl AttnSaesApp {
                 upstream: self.native.upstream.as_ref(),
                 largest,
                 labels: self.dashboard.as_ref().map(|d| &d.labels),
-                prompts: Some(self.native.prompts.as_ref()),
+                prompts: self.native.prompts.as_ref(),
             },
         );
         match action {

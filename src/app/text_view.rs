@@ -217,9 +217,8 @@ pub struct Answers<'a> {
     pub largest: Option<f32>,
     /// The open dashboard's feature labels, if a dashboard is open.
     pub labels: Option<&'a Labels>,
-    /// The ranking over a prompt set last asked for, where prompt sets are offered (the
-    /// desktop app: `None`, not offered; `Some(None)`, nothing asked yet).
-    pub prompts: Option<Option<&'a AskedPrompts>>,
+    /// The ranking over a prompt set last asked for.
+    pub prompts: Option<&'a AskedPrompts>,
 }
 
 /// Features listed per head for the selected token.
@@ -293,11 +292,9 @@ pub fn text_ui(
                 }
             }
         }
-        if let Some(asked) = answers.prompts {
-            ui.separator();
-            if let Some(act) = prompts_panel(ui, s, a, asked, answers.labels) {
-                action = Some(act);
-            }
+        ui.separator();
+        if let Some(act) = prompts_panel(ui, s, a, answers.prompts, answers.labels) {
+            action = Some(act);
         }
     });
     action
@@ -325,14 +322,19 @@ fn prompts_panel(
         .weak(),
     );
     let label = ui.label("prompt set").id;
-    ui.add(
-        egui::TextEdit::multiline(&mut s.prompt_set)
-            .code_editor()
-            .desired_rows(4)
-            .desired_width(f32::INFINITY)
-            .hint_text("{\"text\": ..., \"answer\": ..., \"against\": ...}"),
-    )
-    .labelled_by(label);
+    egui::ScrollArea::vertical()
+        .id_salt("prompt set")
+        .max_height(140.0)
+        .show(ui, |ui| {
+            ui.add(
+                egui::TextEdit::multiline(&mut s.prompt_set)
+                    .code_editor()
+                    .desired_rows(4)
+                    .desired_width(f32::INFINITY)
+                    .hint_text("{\"text\": ..., \"answer\": ..., \"against\": ...}"),
+            )
+            .labelled_by(label);
+        });
     let texts = (
         "Rank over the set",
         "estimates, for every feature that fires in a prompt, how much that prompt's answer \
@@ -355,10 +357,10 @@ fn prompts_panel(
     if let (Some(Answer::Computing), Some(p)) = (state, asked) {
         ui.horizontal(|ui| {
             ui.spinner();
-            ui.label(format!(
-                "ranking on each prompt… {} of {}",
-                p.progress.0, p.progress.1
-            ));
+            ui.label(match p.progress {
+                (0, n) => format!("ranking on each of the {n} prompts…"),
+                (done, n) => format!("ranking on each prompt… {done} of {n}"),
+            });
         });
         return None;
     }

@@ -31,7 +31,7 @@ mod ranking;
 pub use ranking::{
     WINDOWS_PER_PASS, answer_objective, exact_on_prompts, lm_gradient, rank_features,
     rank_features_async, rank_features_for, rank_features_from, rank_features_over,
-    rank_on_prompts, resolve_answer, resolve_prompts,
+    rank_on_prompts, rank_on_prompts_async, resolve_answer, resolve_prompts,
 };
 
 /// `(blocks, block width, features per block, model heads per block)` of an SAE that reads

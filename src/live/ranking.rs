@@ -389,7 +389,19 @@ pub fn resolve_prompts(
 pub fn rank_on_prompts(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
-    (layer, z_convention): (usize, ZConvention),
+    at: (usize, ZConvention),
+    prompts: &[(Vec<u32>, Objective)],
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PromptsRanking> {
+    super::blocking(rank_on_prompts_async(loaded, sae, at, prompts, progress))
+}
+
+/// [`rank_on_prompts`], awaiting its read-backs (the browser, where WebGPU has no blocking
+/// read-back).
+pub async fn rank_on_prompts_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    at: (usize, ZConvention),
     prompts: &[(Vec<u32>, Objective)],
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<PromptsRanking> {
@@ -398,7 +410,7 @@ pub fn rank_on_prompts(
     let (mut sum, mut prompts_fired) = (vec![0.0f64; h * m], vec![0u32; h * m]);
     let (mut objectives, mut fired) = (Vec::new(), Vec::new());
     for (i, (ids, objective)) in prompts.iter().enumerate() {
-        let r = rank_features_for(loaded, sae, layer, z_convention, ids, objective)?;
+        let r = rank_features_async(loaded, sae, at, ids, objective).await?;
         for f in &r.features {
             sum[f.head * m + f.feature] += f.estimate as f64;
             prompts_fired[f.head * m + f.feature] += 1;

@@ -228,6 +228,25 @@ async function session(context, name, query) {
     run.answerEffectStatus = answerEffect.effect_status;
     run.answerEffect = answerEffect.effect;
   }
+  // LIVE_PROMPTS (a prompt set's JSON lines): the features ranked over it (Your text's
+  // "Rank over the set"), and lines that are not prompts refused, naming the line.
+  if (process.env.LIVE_PROMPTS) {
+    await page.evaluate((l) => window.attnSaes.live_rank_prompts(l), process.env.LIVE_PROMPTS);
+    const overSet = await waitFor(page, `${name}: the ranking over the prompt set`, async () => {
+      const s = await shown(page);
+      return s && s.prompts_status !== 'computing' && s.prompts_status !== 'none' ? s : null;
+    });
+    run.promptsStatus = overSet.prompts_status;
+    run.prompts = overSet.prompts;
+    run.promptsRefused = await page.evaluate(() => {
+      try {
+        window.attnSaes.live_rank_prompts('{"text": "a", "answer": " a"}\n{"answer": " a"}');
+        return '';
+      } catch (e) {
+        return String(e && e.message ? e.message : e);
+      }
+    });
+  }
   // The text continued clean and steered by the picked feature (Your text's "Continue the
   // text"), held at activation 2.5 (clamped) for 6 new tokens, sampled at temperature 0.8
   // with seed 7.
