@@ -102,6 +102,20 @@ fn analyse_text(h: &mut Harness<'static, AttnSaesApp>, text: &str) {
     h.run_steps(2);
 }
 
+/// The tiny model the test runs train on, and `run`'s SAE, on the CPU.
+fn tiny_model_and_sae(run: &Path) -> (attn_saes::lm::LoadedModel, attn_saes::sae::BlockDiagSae) {
+    let device = burn::prelude::Device::flex();
+    let model = fixture("gpt2_tiny").display().to_string();
+    let loaded = attn_saes::lm::load_model(&model, &device).unwrap();
+    let sae = attn_saes::sae::BlockDiagSae::load(&run.join("sae"), &device).unwrap();
+    (loaded, sae)
+}
+
+/// Whether something asked has its answer (or failed).
+fn settled<T>(state: Option<&attn_saes::live::Answer<T>>) -> bool {
+    state.is_some_and(|s| !matches!(s, attn_saes::live::Answer::Computing))
+}
+
 fn has_label(h: &Harness<'static, AttnSaesApp>, text: &str) -> bool {
     h.query_by_label(text).is_some()
 }
@@ -751,9 +765,7 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     if !renderer_available() {
         return;
     }
-    use attn_saes::lm::{self, HookRequest, ZConvention};
-    use attn_saes::sae::BlockDiagSae;
-    use burn::prelude::*;
+    use attn_saes::lm::{HookRequest, ZConvention};
     let dir = TempDir::new("attn-saes-app", "text");
     // Not frozen: the dashboard file's model path is used below.
     let run = run_with_dashboard(&dir, 30);
@@ -765,9 +777,7 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
     analyse_text(&mut h, text);
 
     // The same text through the model and the SAE, directly.
-    let device = Device::flex();
-    let loaded = lm::load_model(&fixture("gpt2_tiny").display().to_string(), &device).unwrap();
-    let sae = BlockDiagSae::load(&run.join("sae"), &device).unwrap();
+    let (loaded, sae) = tiny_model_and_sae(&run);
     let mut ids: Vec<u32> = loaded.transformer.config.bos_token_id.into_iter().collect();
     ids.extend(loaded.tokenizer.encode(text, false).unwrap().get_ids());
     let (t, heads, d, m) = (ids.len(), 4, 16, 32);
@@ -1083,9 +1093,7 @@ fn your_text_ranks_over_a_prompt_set_as_the_library_does() {
     use attn_saes::live::{
         Answer, PromptLine, parse_prompt_lines, rank_on_prompts, resolve_prompts,
     };
-    use attn_saes::lm::{self, ZConvention};
-    use attn_saes::sae::BlockDiagSae;
-    use burn::prelude::Device;
+    use attn_saes::lm::ZConvention;
     let dir = TempDir::new("attn-saes-app", "prompt-set");
     let (run, mut h) = opened_run(&dir);
     analyse_text(&mut h, "The cat sat.");
@@ -1099,17 +1107,11 @@ fn your_text_ranks_over_a_prompt_set_as_the_library_does() {
     h.state_mut().ui.text.prompt_set = lines.clone();
     h.run_steps(2);
     h.get_by_label("Rank over the set").click();
-    let ranked = |a: &AttnSaesApp| {
-        matches!(
-            a.native.prompts.as_ref().map(|r| &r.state),
-            Some(Answer::Ready(_) | Answer::Failed(_))
-        )
-    };
-    step_until(&mut h, Duration::from_secs(120), ranked);
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        settled(a.native.prompts.as_ref().map(|r| &r.state))
+    });
     h.run_steps(2);
-    let device = Device::flex();
-    let loaded = lm::load_model(&fixture("gpt2_tiny").display().to_string(), &device).unwrap();
-    let sae = BlockDiagSae::load(&run.join("sae"), &device).unwrap();
+    let (loaded, sae) = tiny_model_and_sae(&run);
     let read: Vec<(String, PromptLine)> = parse_prompt_lines(&lines, "set", "a prompt").unwrap();
     assert_eq!(read.len(), 3);
     assert_eq!(read[2].1.ask.at, Some(14));
@@ -1177,9 +1179,7 @@ fn your_text_ranks_by_an_answer_as_the_library_does() {
         return;
     }
     use attn_saes::live::{Answer, answer_objective, feature_effect_on, rank_features_for};
-    use attn_saes::lm::{self, ZConvention};
-    use attn_saes::sae::BlockDiagSae;
-    use burn::prelude::Device;
+    use attn_saes::lm::ZConvention;
     let dir = TempDir::new("attn-saes-app", "answer");
     let (run, mut h) = opened_run(&dir);
     analyse_text(
@@ -1200,17 +1200,10 @@ fn your_text_ranks_by_an_answer_as_the_library_does() {
     h.state_mut().ui.text.answer_at = Some(at);
     h.run_steps(2);
     h.get_by_label("Rank the features").click();
-    let ranked = |a: &AttnSaesApp| {
-        matches!(
-            a.native.ranking.as_ref().map(|r| &r.state),
-            Some(Answer::Ready(_) | Answer::Failed(_))
-        )
-    };
+    let ranked = |a: &AttnSaesApp| settled(a.native.ranking.as_ref().map(|r| &r.state));
     step_until(&mut h, Duration::from_secs(120), ranked);
     h.run_steps(2);
-    let device = Device::flex();
-    let loaded = lm::load_model(&fixture("gpt2_tiny").display().to_string(), &device).unwrap();
-    let sae = BlockDiagSae::load(&run.join("sae"), &device).unwrap();
+    let (loaded, sae) = tiny_model_and_sae(&run);
     let conv = ZConvention::TransformerLens;
     let objective = answer_objective(&loaded, &ids, Some(at), " the", Some(" a")).unwrap();
     let direct = rank_features_for(&loaded, &sae, 1, conv, &ids, &objective).unwrap();
@@ -1315,9 +1308,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     }
     use attn_saes::dashboard::format::ExampleGroup;
     use attn_saes::live::{Answer, ExamplesEffect, effects_on_examples, feature_effect};
-    use attn_saes::lm::{self, ZConvention};
-    use attn_saes::sae::BlockDiagSae;
-    use burn::prelude::Device;
+    use attn_saes::lm::ZConvention;
     let dir = TempDir::new("attn-saes-app", "examples-effect");
     let (run, mut h) = opened_run(&dir);
     h.state_mut().ui.view = View::Features;
@@ -1350,9 +1341,7 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     });
     h.run_steps(2);
 
-    let device = Device::flex();
-    let loaded = lm::load_model(&fixture("gpt2_tiny").display().to_string(), &device).unwrap();
-    let sae = BlockDiagSae::load(&run.join("sae"), &device).unwrap();
+    let (loaded, sae) = tiny_model_and_sae(&run);
     let conv = ZConvention::TransformerLens;
     let effects = effects_on_examples(&loaded, &sae, 1, conv, &examples, head, feature).unwrap();
     let targets: Vec<usize> = examples.iter().map(|e| e.1).collect();

@@ -404,44 +404,13 @@ fn prompts_ready(
         r.objective_said(),
         r.features.len()
     ));
-    let mut action = None;
-    let mut row = |ui: &mut Ui, title: &str, features: Vec<&RankedFeature>| {
-        ui.horizontal_wrapped(|ui| {
-            ui.label(RichText::new(title).strong());
-            if features.is_empty() {
-                ui.label(RichText::new("none").weak());
-            }
-            for f in features {
-                let label = match a.dense_heads {
-                    Some(_) => format!("#{} {}", f.feature, signed(f.estimate)),
-                    None => format!("h{} #{} {}", f.head, f.feature, signed(f.estimate)),
-                };
-                let fires = format!("fires in {} of {n} prompts", f.fires);
-                let hover = match labels.and_then(|l| l.get(f.head, f.feature)) {
-                    Some(name) => format!("{name}; {fires}"),
-                    None => fires,
-                };
-                if ui.button(label).on_hover_text(hover).clicked() {
-                    action = Some(TextAction::OpenFeature {
-                        head: f.head,
-                        feature: f.feature,
-                    });
-                }
-            }
+    let fires = |f: &RankedFeature| format!("fires in {} of {n} prompts", f.fires);
+    let ranked = (&r.features[..], r.by_head(a.n_heads));
+    let mut action =
+        (ranked_rows(ui, a, ranked, (labels, None), &fires)).map(|f| TextAction::OpenFeature {
+            head: f.head,
+            feature: f.feature,
         });
-    };
-    let [helps, hurts] = crate::live::strongest_each_way(&r.features, RANKED_SHOWN);
-    row(ui, "helps most", helps);
-    row(ui, "hurts most", hurts);
-    if a.dense_heads.is_none() {
-        let heads: Vec<String> = (r.by_head(a.n_heads).iter().enumerate())
-            .map(|(h, x)| format!("h{h} {}", signed(*x)))
-            .collect();
-        ui.label(format!(
-            "By head (its features together): {}",
-            heads.join(", ")
-        ));
-    }
     ui.label(
         RichText::new("The prompts, each with its answer's value (a click analyses it):").weak(),
     );
@@ -1265,42 +1234,59 @@ fn ranking_ready(
         said += &format!(" Here {} is {v:.4}.", r.objective.describe());
     }
     ui.label(said);
-    let mut action = None;
-    let mut row = |ui: &mut Ui, title: &str, features: Vec<&RankedFeature>| {
+    let fires = |f: &RankedFeature| format!("fires at {}", crate::live::positions(f.fires));
+    let ranked = (&r.features[..], r.by_head(a.n_heads));
+    let f = ranked_rows(ui, a, ranked, (labels, s.pick), &fires)?;
+    s.token = strongest_position(a, f.head, f.feature);
+    s.pick = Some((f.head, f.feature));
+    Some(TextAction::Effect {
+        head: f.head,
+        feature: f.feature,
+    })
+}
+
+/// A ranking's strongest features each way, each a selectable label (the one `picked`
+/// selected; hovering tells its label and `fires` of it), then each head's estimates
+/// together (but for a dense SAE, whose one block is every head); returns the one clicked.
+fn ranked_rows<'r>(
+    ui: &mut Ui,
+    a: &LiveTokens,
+    (features, by_head): (&'r [RankedFeature], Vec<f32>),
+    (labels, picked): (Option<&Labels>, Option<(usize, usize)>),
+    fires: &dyn Fn(&RankedFeature) -> String,
+) -> Option<&'r RankedFeature> {
+    let mut clicked = None;
+    let mut row = |ui: &mut Ui, title: &str, features: Vec<&'r RankedFeature>| {
         ui.horizontal_wrapped(|ui| {
             ui.label(RichText::new(title).strong());
             if features.is_empty() {
                 ui.label(RichText::new("none").weak());
             }
             for f in features {
-                let picked = s.pick == Some((f.head, f.feature));
                 let label = match a.dense_heads {
                     Some(_) => format!("#{} {}", f.feature, signed(f.estimate)),
                     None => format!("h{} #{} {}", f.head, f.feature, signed(f.estimate)),
                 };
-                let named = labels.and_then(|l| l.get(f.head, f.feature));
-                let hover = match named {
-                    Some(name) => format!("{name}; fires at {}", crate::live::positions(f.fires)),
-                    None => format!("fires at {}", crate::live::positions(f.fires)),
+                let hover = match labels.and_then(|l| l.get(f.head, f.feature)) {
+                    Some(name) => format!("{name}; {}", fires(f)),
+                    None => fires(f),
                 };
-                let response = ui.selectable_label(picked, label).on_hover_text(hover);
-                if response.clicked() {
-                    s.token = strongest_position(a, f.head, f.feature);
-                    s.pick = Some((f.head, f.feature));
-                    action = Some(TextAction::Effect {
-                        head: f.head,
-                        feature: f.feature,
-                    });
+                let selected = picked == Some((f.head, f.feature));
+                if ui
+                    .selectable_label(selected, label)
+                    .on_hover_text(hover)
+                    .clicked()
+                {
+                    clicked = Some(f);
                 }
             }
         });
     };
-    let [helps, hurts] = crate::live::strongest_each_way(&r.features, RANKED_SHOWN);
+    let [helps, hurts] = crate::live::strongest_each_way(features, RANKED_SHOWN);
     row(ui, "helps most", helps);
     row(ui, "hurts most", hurts);
-    // A dense SAE's one block is every head together.
     if a.dense_heads.is_none() {
-        let heads: Vec<String> = (r.by_head(a.n_heads).iter().enumerate())
+        let heads: Vec<String> = (by_head.iter().enumerate())
             .map(|(h, x)| format!("h{h} {}", signed(*x)))
             .collect();
         ui.label(format!(
@@ -1308,7 +1294,7 @@ fn ranking_ready(
             heads.join(", ")
         ));
     }
-    action
+    clicked
 }
 
 /// `text` with its first letter in upper case.
