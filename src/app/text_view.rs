@@ -340,7 +340,7 @@ fn prompts_panel(
         "estimates, for every feature that fires in a prompt, how much that prompt's answer \
          would fall without it (to first order: one backward pass a prompt), averaged over the \
          prompts",
-        "",
+        "ranking on each prompt…",
     );
     let asked_now = s.prompt_set_asked.clone();
     if let Some(Err(why)) = &asked_now {
