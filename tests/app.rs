@@ -678,6 +678,46 @@ fn dropped_files_open_and_the_ui_state_persists() {
         "{:?}",
         h.state().messages
     );
+    // A dropped prompt set (JSON lines) goes to Your text's prompt set, saying how many
+    // prompts it holds; one that is not a prompt set goes there too, and the error names the
+    // line.
+    let prompts = dir.join("prompts.jsonl");
+    let lines =
+        "{\"text\": \"a b\", \"answer\": \" a\"}\n\n{\"text\": \"c\", \"answer\": \" c\"}\n";
+    std::fs::write(&prompts, lines).unwrap();
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(prompts.clone())));
+    h.run_steps(2);
+    assert_eq!(h.state().ui.text.prompt_set, lines);
+    assert_eq!(h.state().ui.view, View::Text);
+    let said = format!(
+        "2 prompts from {} in Your text's prompt set",
+        prompts.display()
+    );
+    assert!(
+        (h.state().messages.iter()).any(|(l, m)| *l == Level::Info && m.starts_with(&said)),
+        "{:?}",
+        h.state().messages
+    );
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"text\": \"a b\", \"answer\": \" a\"}\n{\"answer\": 1}\n",
+    )
+    .unwrap();
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(bad.clone())));
+    h.run_steps(2);
+    assert!(h.state().ui.text.prompt_set.contains("{\"answer\": 1}"));
+    let why = format!("{} line 2: not {{\"text\"", bad.display());
+    assert!(
+        (h.state().messages.iter()).any(|(l, m)| *l == Level::Error && m.starts_with(&why)),
+        "{:?}",
+        h.state().messages
+    );
+    assert!(h.state().dashboard.is_none());
     // A dropped dashboard file opens in the Features view.
     h.input_mut()
         .dropped_files

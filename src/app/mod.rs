@@ -763,6 +763,8 @@ impl AttnSaesApp {
             Some(text_view::TextAction::Steer(steering)) => self.web.ask_steer(steering),
             Some(text_view::TextAction::Upstream(ask)) => self.web.ask_upstream(ask),
             Some(text_view::TextAction::RankPrompts(lines)) => self.web.ask_prompts(lines),
+            // The button is the desktop's only (the page's prompt set is pasted).
+            Some(text_view::TextAction::OpenPromptFile) => {}
             Some(text_view::TextAction::Effect { head, feature }) => {
                 self.web.ask_effect(head, feature)
             }
@@ -841,8 +843,12 @@ impl eframe::App for AttnSaesApp {
 #[cfg(not(target_arch = "wasm32"))]
 impl AttnSaesApp {
     /// Opens a run directory (curves from `metrics.jsonl`, the form from its config, its
-    /// dashboards if built) or a dashboard file.
+    /// dashboards if built) or a dashboard file; a `.jsonl` file goes to Your text's prompt
+    /// set ([`Self::open_prompt_file`]).
     pub fn open_path(&mut self, path: &Path) {
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            return self.open_prompt_file(path);
+        }
         self.take_label_draft();
         let shown = path.display().to_string();
         if path.is_dir() {
@@ -860,6 +866,32 @@ impl AttnSaesApp {
                 }
             }
             Err(e) => self.message(Level::Error, format!("reading {shown}: {e}")),
+        }
+    }
+
+    /// Puts a prompt set's file (`rank --prompts`' lines) in Your text's prompt set and shows
+    /// Your text; says how many prompts it holds, or why it is not a prompt set (its text is
+    /// put there either way, to mend).
+    pub fn open_prompt_file(&mut self, path: &Path) {
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => return self.message(Level::Error, format!("reading {shown}: {e}")),
+        };
+        let form = crate::live::PROMPT_LINE_FORM;
+        let read = crate::live::parse_prompt_lines::<crate::live::PromptLine>(&text, &shown, form);
+        (self.ui.text.prompt_set, self.ui.text.prompt_set_asked) = (text, None);
+        self.ui.view = View::Text;
+        match read {
+            Ok(lines) => self.message(
+                Level::Info,
+                format!(
+                    "{} prompts from {shown} in Your text's prompt set (Rank over the set, under \
+                     a text analysed)",
+                    lines.len()
+                ),
+            ),
+            Err(why) => self.message(Level::Error, why),
         }
     }
 
@@ -1219,6 +1251,12 @@ impl AttnSaesApp {
                     });
                     let asked = crate::live::AskedUpstream::computing(ids, ask);
                     self.native.upstream = Some(asked);
+                }
+            }
+            Some(text_view::TextAction::OpenPromptFile) => {
+                let dialog = rfd::FileDialog::new().add_filter("JSON lines", &["jsonl", "json"]);
+                if let Some(file) = dialog.pick_file() {
+                    self.open_prompt_file(&file);
                 }
             }
             Some(text_view::TextAction::RankPrompts(lines)) => {

@@ -199,6 +199,8 @@ pub enum TextAction {
     Upstream(UpstreamAsk),
     /// Rank the features over a prompt set (see [`PromptsRanking`]).
     RankPrompts(Vec<PromptLine>),
+    /// Ask for a prompt set's file to read into the box (the desktop's file dialog).
+    OpenPromptFile,
 }
 
 /// What the view was given of what it asked for: the effect last asked for (shown when it
@@ -321,7 +323,24 @@ fn prompts_panel(
         )
         .weak(),
     );
-    let label = ui.label("prompt set").id;
+    let label = ui
+        .horizontal(|ui| {
+            let label = ui.label("prompt set").id;
+            #[cfg(not(target_arch = "wasm32"))]
+            if ui
+                .button("Open a prompt file…")
+                .on_hover_text("JSON lines, as rank --prompts reads them (or drop a .jsonl file)")
+                .clicked()
+            {
+                return (label, true);
+            }
+            (label, false)
+        })
+        .inner;
+    let (label, open) = label;
+    if open {
+        return Some(TextAction::OpenPromptFile);
+    }
     egui::ScrollArea::vertical()
         .id_salt("prompt set")
         .max_height(140.0)
