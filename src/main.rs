@@ -1564,8 +1564,6 @@ fn evaluate_and_report(
     Ok(())
 }
 
-/// The model and SAE `source` names, loaded on the device `choice` selects, saying which
-/// device (as every command that loads a model does).
 /// Where a live model and SAE come from for a path on the command line: a run or SAE
 /// directory, or a dashboard file (the model and SAE its metadata records).
 fn live_source_of(run: &std::path::Path) -> anyhow::Result<attn_saes::app::jobs::LiveSource> {
@@ -1579,6 +1577,8 @@ fn live_source_of(run: &std::path::Path) -> anyhow::Result<attn_saes::app::jobs:
     })
 }
 
+/// The model and SAE `source` names, loaded on the device `choice` selects, saying which
+/// device (as every command that loads a model does).
 fn load_live_saying(
     source: &attn_saes::app::jobs::LiveSource,
     choice: DeviceChoice,

@@ -939,12 +939,8 @@ pub fn live_rank(answer: Option<String>) -> Result<(), JsValue> {
 /// view shows the prompt set under its analysis).
 #[wasm_bindgen]
 pub fn live_rank_prompts(lines: String) -> Result<(), JsValue> {
-    let read = crate::live::parse_prompt_lines::<PromptLine>(
-        &lines,
-        "the prompt set",
-        crate::live::PROMPT_LINE_FORM,
-    )
-    .map_err(|e| JsValue::from_str(&e))?;
+    let read =
+        PromptLine::parse_set(&lines, "the prompt set").map_err(|e| JsValue::from_str(&e))?;
     let read = read.into_iter().map(|x| x.1).collect();
     post(|s| s.live_rank_prompts = Some((lines, read)));
     Ok(())

@@ -291,16 +291,11 @@ pub async fn upstream(ask: String) -> Result<String, JsValue> {
 pub async fn rank_prompts(lines: String) -> Result<String, JsValue> {
     let session = session()?;
     let lines: Vec<crate::live::PromptLine> = serde_json::from_str(&lines).map_err(js_error)?;
-    let named: Vec<(String, crate::live::PromptLine)> = (lines.into_iter().enumerate())
-        .map(|(i, p)| (format!("prompt {}", i + 1), p))
-        .collect();
-    let prompts = crate::live::resolve_prompts(&session.loaded, &named)
-        .map_err(|e| js_error(format!("{e:#}")))?;
-    let ranking = crate::live::rank_on_prompts_async(
+    let ranking = crate::live::rank_prompt_lines_async(
         &session.loaded,
         &session.sae,
         (session.layer, session.z_convention),
-        &prompts,
+        &lines,
         &mut |_, _| {},
     )
     .await

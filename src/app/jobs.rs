@@ -515,12 +515,8 @@ impl LiveModel {
         lines: &[crate::live::PromptLine],
         progress: &mut dyn FnMut(usize, usize),
     ) -> anyhow::Result<crate::live::PromptsRanking> {
-        let named: Vec<(String, crate::live::PromptLine)> = (lines.iter().enumerate())
-            .map(|(i, p)| (format!("prompt {}", i + 1), p.clone()))
-            .collect();
-        let prompts = crate::live::resolve_prompts(&self.loaded, &named)?;
         let at = (self.layer, self.z_convention);
-        crate::live::rank_on_prompts(&self.loaded, &self.sae, at, &prompts, progress)
+        crate::live::rank_prompt_lines(&self.loaded, &self.sae, at, lines, progress)
     }
 
     /// `ids` continued clean and steered as `steering` asks.

@@ -878,8 +878,7 @@ impl AttnSaesApp {
             Ok(text) => text,
             Err(e) => return self.message(Level::Error, format!("reading {shown}: {e}")),
         };
-        let form = crate::live::PROMPT_LINE_FORM;
-        let read = crate::live::parse_prompt_lines::<crate::live::PromptLine>(&text, &shown, form);
+        let read = crate::live::PromptLine::parse_set(&text, &shown);
         (self.ui.text.prompt_set, self.ui.text.prompt_set_asked) = (text, None);
         self.ui.view = View::Text;
         match read {

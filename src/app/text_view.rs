@@ -13,8 +13,7 @@ use crate::dashboard::labels::Labels;
 use crate::live::{
     Analysed, Answer, AnswerAsk, AskedEffect, AskedPrompts, AskedRanking, AskedSteer,
     AskedUpstream, AttributionState, EffectState, FeatureEffect, FeatureRanking, LiveTokens,
-    PROMPT_LINE_FORM, PromptLine, PromptsRanking, RankedFeature, Steered, Steering, Through,
-    Upstream, UpstreamAsk, parse_prompt_lines,
+    PromptLine, PromptsRanking, RankedFeature, Steered, Steering, Through, Upstream, UpstreamAsk,
 };
 
 /// What the view remembers.
@@ -390,7 +389,7 @@ fn prompts_panel(
     if !clicked {
         return picked;
     }
-    let read = parse_prompt_lines::<PromptLine>(&s.prompt_set, "the prompt set", PROMPT_LINE_FORM);
+    let read = PromptLine::parse_set(&s.prompt_set, "the prompt set");
     match read {
         Ok(read) => {
             s.prompt_set_asked = Some(Ok(s.prompt_set.clone()));

@@ -31,7 +31,8 @@ mod ranking;
 pub use ranking::{
     WINDOWS_PER_PASS, answer_objective, exact_on_prompts, lm_gradient, rank_features,
     rank_features_async, rank_features_for, rank_features_from, rank_features_over,
-    rank_on_prompts, rank_on_prompts_async, resolve_answer, resolve_prompts,
+    rank_on_prompts, rank_on_prompts_async, rank_prompt_lines, rank_prompt_lines_async,
+    resolve_answer, resolve_prompts,
 };
 
 /// `(blocks, block width, features per block, model heads per block)` of an SAE that reads
@@ -345,15 +346,6 @@ impl Upstream {
         }
     }
 
-    /// The step [`UpstreamAsk::follow`] takes from this split: through the earlier head
-    /// with the largest part (MLPs are not split further), reading from the position giving
-    /// the largest part of its term; none at layer 0, whose stream only the embeddings
-    /// write, or where that term is under [`FOLLOW_MIN_SHARE`] of the DFA from the source.
-    pub fn strongest_step(&self) -> Option<Through> {
-        let from_source = self.terms.first().copied().unwrap_or(self.dfa);
-        strongest_step(&self.parts, from_source)
-    }
-
     /// The earlier head with the largest part (of those not 0), the position giving the
     /// largest part of its term, and that term: where following would go next (none at
     /// layer 0, whose stream only the embeddings write).
@@ -464,7 +456,12 @@ fn strongest_head(parts: &[WrittenBy]) -> Option<(&WrittenBy, usize, f32)> {
     Some((top, from, term))
 }
 
-/// [`Upstream::strongest_step`] of a split's parts, `from_source` the DFA from the source.
+/// The step [`UpstreamAsk::follow`] takes from a split's `parts`: through the earlier head
+/// with the largest part ([`Upstream::strongest_head`]; MLPs are not split further),
+/// reading from the position giving the largest part of its term; none at layer 0, whose
+/// stream only the embeddings write, or where that term is under [`FOLLOW_MIN_SHARE`] of
+/// `from_source`, the DFA from the source.
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub(crate) fn strongest_step(parts: &[WrittenBy], from_source: f32) -> Option<Through> {
     let (top, from, term) = strongest_head(parts)?;
     let Writer::Head { layer, head } = top.writer else {
@@ -678,7 +675,7 @@ pub struct UpstreamAsk {
     pub through: Vec<Through>,
     /// Then keep stepping up, each step through the earlier head with the largest part,
     /// while its term is at least [`FOLLOW_MIN_SHARE`] of the DFA from the source, at most
-    /// to layer 0 ([`Upstream::strongest_step`]; the steps taken are the answer's
+    /// to layer 0 (the steps taken are the answer's
     /// [`through`](Upstream::through), counted in its `followed`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow: bool,
@@ -695,7 +692,7 @@ impl UpstreamAsk {
         }
     }
 
-    /// This ask, then following the strongest writer up while it is a head.
+    /// This ask, then following the strongest head up ([`UpstreamAsk::follow`]).
     pub fn following(&self) -> Self {
         Self {
             follow: true,
@@ -1204,6 +1201,14 @@ pub struct PromptLine {
     pub text: String,
     #[serde(flatten)]
     pub ask: AnswerAsk,
+}
+
+impl PromptLine {
+    /// The prompts of a prompt set's `text` ([`parse_prompt_lines`], `name` naming it in
+    /// errors).
+    pub fn parse_set(text: &str, name: &str) -> Result<Vec<(String, PromptLine)>, String> {
+        parse_prompt_lines(text, name, PROMPT_LINE_FORM)
+    }
 }
 
 /// How a prompt set's lines are written, for errors.

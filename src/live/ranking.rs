@@ -383,6 +383,34 @@ pub fn resolve_prompts(
         .collect()
 }
 
+/// [`rank_on_prompts`] over a prompt set's `lines` as they are (Your text's prompt set, in
+/// the app and the page), each resolved first ([`resolve_prompts`]; errors name "prompt 1",
+/// "prompt 2", ... in the order given).
+pub fn rank_prompt_lines(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    at: (usize, ZConvention),
+    lines: &[super::PromptLine],
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PromptsRanking> {
+    super::blocking(rank_prompt_lines_async(loaded, sae, at, lines, progress))
+}
+
+/// [`rank_prompt_lines`], awaiting its read-backs (the browser).
+pub async fn rank_prompt_lines_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    at: (usize, ZConvention),
+    lines: &[super::PromptLine],
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PromptsRanking> {
+    let named: Vec<(String, super::PromptLine)> = (lines.iter().enumerate())
+        .map(|(i, p)| (format!("prompt {}", i + 1), p.clone()))
+        .collect();
+    let prompts = resolve_prompts(loaded, &named)?;
+    rank_on_prompts_async(loaded, sae, at, &prompts, progress).await
+}
+
 /// [`rank_features_for`] over `prompts`, each a text's tokens and its objective: each
 /// feature's estimates averaged over the prompts, and the prompts it fires in.
 /// `progress(done, of)` after each prompt.
