@@ -14,7 +14,9 @@
 //! given (what `docs/app-upstream.png` is), and with THROUGH=LAYER,HEAD,FROM (a head listed
 //! there, reading from FROM) that head's term a step further up; with FOLLOW too, followed
 //! up through the strongest heads ("Follow the strongest head", `docs/app-upstream-followed.png`).
-//! With PROMPTS=FILE (`rank --prompts`' lines), that prompt set ranked over instead.
+//! With PROMPTS=FILE (`rank --prompts`' lines), that prompt set ranked over instead; with
+//! SPREAD=strongest, largest or answer too, the feature's DFA taken apart upstream over it
+//! from that source of each prompt instead (FOLLOW: followed up), `docs/app-spread.png`.
 use std::time::{Duration, Instant};
 
 use attn_saes::app::{AttnSaesApp, Command, UiState, View};
@@ -92,6 +94,29 @@ fn main() {
     if let Ok(file) = std::env::var("PROMPTS") {
         h.state_mut().ui.text.prompt_set = std::fs::read_to_string(&file).expect("the prompts");
         h.run_steps(2);
+        if let Ok(from) = std::env::var("SPREAD") {
+            let from = serde_json::from_value(serde_json::Value::String(from))
+                .expect("SPREAD: strongest, largest or answer");
+            let text = &mut h.state_mut().ui.text;
+            text.spread_feature = Some((head, feature));
+            (text.spread_from, text.spread_follow) = (from, std::env::var("FOLLOW").is_ok());
+            h.run_steps(2);
+            h.get_by_label("Take it apart over the set").click_accesskit();
+            let asked = Instant::now();
+            h.run_steps(1);
+            wait(&mut h, "the spread over the prompts", |a| {
+                settled(a.native.spread.as_ref().map(|r| &r.state))
+            });
+            eprintln!(
+                "the spread over the prompts arrived {:.2} s after the click",
+                asked.elapsed().as_secs_f64()
+            );
+            h.run_steps(2);
+            let heading = "Where a feature reads from, over the set";
+            h.get_by_label(heading).scroll_to_me();
+            h.run_steps(20); // the scroll is animated
+            return save(&mut h, out);
+        }
         h.get_by_label("Rank over the set").click_accesskit();
         let asked = Instant::now();
         h.run_steps(1);

@@ -2678,18 +2678,6 @@ fn read_prompt_lines<T: serde::de::DeserializeOwned>(
         .map_err(anyhow::Error::msg)
 }
 
-/// One line of `upstream --prompts`' file: a text and the position to read the feature at
-/// (`rank --prompts`' lines read as they are: the position an answer is predicted after),
-/// and for `--from answer` the answer's token.
-#[derive(serde::Deserialize)]
-struct UpstreamLine {
-    text: String,
-    #[serde(default)]
-    at: Option<usize>,
-    #[serde(default)]
-    answer: Option<String>,
-}
-
 /// `upstream --from`.
 #[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
 enum FromSource {
@@ -2698,111 +2686,69 @@ enum FromSource {
     Answer,
 }
 
+impl From<FromSource> for attn_saes::live::SourceRule {
+    fn from(from: FromSource) -> Self {
+        match from {
+            FromSource::Strongest => Self::Strongest,
+            FromSource::Largest => Self::Largest,
+            FromSource::Answer => Self::Answer,
+        }
+    }
+}
+
 /// `upstream`: a feature's DFA from its strongest source taken apart on every prompt of
 /// `path`, and each writer's part over them.
 fn upstream_command(
     run: &std::path::Path,
-    (head, feature): (usize, usize),
+    feature: (usize, usize),
     path: &std::path::Path,
     (from, top, follow, json): (FromSource, usize, bool, Option<&std::path::Path>),
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
-    use attn_saes::live::{Analysed, LiveAnalysis, PromptSplit, UpstreamAsk, strongest_source};
+    use attn_saes::live::{SpreadAsk, UpstreamLine};
     let lines: Vec<(String, UpstreamLine)> =
         read_prompt_lines(path, "{\"text\": ..., \"at\": POSITION (optional)}")?;
     let live = load_live_saying(&live_source_of(run)?, choice)?;
     let hook = (live.layer, live.z_convention);
     let mut bar = ProgressLine::new();
-    let mut splits = Vec::new();
-    for (i, (name, line)) in lines.iter().enumerate() {
-        bar.update("taking the DFA apart on each prompt", i, lines.len());
-        let a = LiveAnalysis::run(&live.loaded, &live.sae, hook.0, hook.1, &line.text)?;
-        let t = a.tokens();
-        let p = line.at.unwrap_or(t.len().saturating_sub(1));
-        anyhow::ensure!(
-            p < t.len() && head < t.n_heads && feature < t.features_per_head,
-            "{name}: position {p}, head {head}, feature {feature}: out of range ({} tokens, {} \
-             heads, {} features)",
-            t.len(),
-            t.n_heads,
-            t.features_per_head
-        );
-        anyhow::ensure!(
-            !t.skipped(p),
-            "{name}: position {p} is {}",
-            attn_saes::live::BOS_SKIPPED
-        );
-        let dfa = a.attribution(head, feature, p).dfa;
-        let s = match from {
-            FromSource::Strongest => strongest_source(&dfa),
-            FromSource::Largest => attn_saes::live::dfa_argmax(&dfa).map_or(0, |x| x.0),
-            FromSource::Answer => {
-                let answer = line.answer.as_deref().with_context(|| {
-                    format!("{name}: --from answer, and the line has no \"answer\"")
-                })?;
-                (t.strings.iter().take(p + 1))
-                    .position(|x| x == answer)
-                    .with_context(|| {
-                        format!("{name}: no token {answer:?} at or before position {p}")
-                    })?
-            }
-        };
-        let mut ask = UpstreamAsk::new((head, feature), (p, s));
-        ask.follow = follow;
-        let upstream =
-            attn_saes::live::upstream_through(&live.loaded, &live.sae, hook, &t.ids, &ask)?;
-        splits.push(PromptSplit {
-            text: line.text.clone(),
-            activation: t.activation(head, feature, p),
-            source_token: t.strings[s].clone(),
-            upstream,
-        });
-    }
-    bar.finish();
-    let of_each: Vec<_> = splits.iter().map(|s| &s.upstream).collect();
-    let (spread, paths) = match follow {
-        true => (Vec::new(), attn_saes::live::paths_of(&of_each)),
-        false => (attn_saes::live::spread_of(&of_each)?, Vec::new()),
+    let ask = SpreadAsk {
+        feature,
+        from: from.into(),
+        follow,
     };
+    let spread = attn_saes::live::upstream_on_prompts(
+        &live.loaded,
+        &live.sae,
+        hook,
+        &lines,
+        &ask,
+        &mut |done, of| bar.update("taking the DFA apart on each prompt", done, of),
+    )?;
+    bar.finish();
     if let Some(out) = json {
-        let report = match follow {
-            true => serde_json::json!({"prompts": splits, "paths": paths}),
-            false => serde_json::json!({"prompts": splits, "writers": spread}),
-        };
-        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+        std::fs::write(out, serde_json::to_string_pretty(&spread)?)
             .with_context(|| format!("writing {}", out.display()))?;
     }
-    let n = splits.len() as f32;
-    let fires = splits.iter().filter(|s| s.activation > 0.0).count();
-    let mean = |f: &dyn Fn(&PromptSplit) -> f32| splits.iter().map(f).sum::<f32>() / n;
     let mc = &live.loaded.transformer.config;
     let dense = live.sae.config.is_dense_over(mc.n_heads, mc.d_head);
     println!(
-        "{}: {} on {} prompts, each at its position: activation mean {:.4} (fires on {fires})",
+        "{}: {} on {} prompts, each at its position: activation mean {:.4} (fires on {})",
         live.description,
-        feature_name(dense, head, feature),
-        splits.len(),
-        mean(&|s| s.activation)
+        feature_name(dense, feature.0, feature.1),
+        spread.prompts.len(),
+        spread.mean(|s| s.activation),
+        spread.fires()
     );
-    let mut tokens: Vec<(&str, usize)> = Vec::new();
-    for s in &splits {
-        match tokens.iter_mut().find(|x| x.0 == s.source_token) {
-            Some(x) => x.1 += 1,
-            None => tokens.push((&s.source_token, 1)),
-        }
-    }
-    tokens.sort_by_key(|b| std::cmp::Reverse(b.1));
-    let tokens: Vec<String> = tokens.iter().map(|(t, k)| format!("{t:?} {k}")).collect();
+    let tokens: Vec<String> = (spread.source_tokens().iter())
+        .map(|(t, k)| format!("{t:?} {k}"))
+        .collect();
     println!(
         "the source {}, taken apart: {} (each prompt's in --json); its DFA mean {:.4}",
-        match from {
-            FromSource::Strongest => "giving the DFA's largest part",
-            FromSource::Largest => "giving the DFA's largest positive part",
-            FromSource::Answer => "of the answer's token",
-        },
+        ask.from.said(),
         tokens.join(", "),
-        mean(&|s| s.upstream.terms[0])
+        spread.mean(|s| s.upstream.terms[0])
     );
+    let paths = &spread.paths;
     if follow {
         println!(
             "followed up through the strongest head of each split while its term is at least \
@@ -2834,9 +2780,7 @@ fn upstream_command(
          [least, most]:",
         live.layer
     );
-    let mut listed: Vec<&attn_saes::live::WriterSpread> = spread.iter().collect();
-    listed.sort_by(|a, b| b.mean.abs().total_cmp(&a.mean.abs()));
-    listed.truncate(top);
+    let (listed, (rest, rest_sum)) = spread.strongest_writers(top);
     for w in &listed {
         let mut line = format!(
             "  {:+.4} ({:.4}) [{:+.4}, {:+.4}]  {}",
@@ -2854,11 +2798,8 @@ fn upstream_command(
         }
         println!("{line}");
     }
-    let rest = spread.len() - listed.len();
     if rest > 0 {
-        let shown: f32 = listed.iter().map(|w| w.mean).sum();
-        let all: f32 = spread.iter().map(|w| w.mean).sum();
-        println!("  {:+.4}  the other {rest} together", all - shown);
+        println!("  {rest_sum:+.4}  the other {rest} together");
     }
     Ok(())
 }

@@ -20,8 +20,8 @@ use crate::app::{AttnSaesApp, View};
 use crate::live::{
     Analysed, Answer, AnswerAsk, AskedEffect, AskedExamples, AskedRanking, AskedSteer,
     AskedUpstream, Attribution, AttributionState, ExamplesEffect, FeatureEffect, FeatureRanking,
-    LiveTokens, Objective, PromptLine, PromptsRanking, Steered, Steering, Through, Upstream,
-    UpstreamAsk, UpstreamKey,
+    LiveTokens, Objective, PromptLine, PromptsRanking, PromptsSpread, SpreadAsk, Steered, Steering,
+    Through, Upstream, UpstreamAsk, UpstreamKey,
 };
 
 /// What the page and the app share: dashboards parsed by [`open_dashboard`] and waiting
@@ -79,6 +79,11 @@ struct Shared {
     live_rank_prompts: Option<(String, Vec<PromptLine>)>,
     /// The bundle's answer to a prompt-set ranking request, with the lines it was for.
     prompts_arrived: Option<(Vec<PromptLine>, Result<PromptsRanking, String>)>,
+    /// Set by [`live_spread_prompts`]: a prompt set's lines, as given and as read, and the
+    /// spread asked.
+    live_spread: Option<(String, Vec<PromptLine>, SpreadAsk)>,
+    /// The bundle's answer to a spread request, with what it was for.
+    spread_arrived: Option<(SpreadKey, Result<PromptsSpread, String>)>,
     live_view: Option<LiveView>,
     /// JSON of the last dashboard's `built_from` ("" when it records none).
     built_from: String,
@@ -92,6 +97,9 @@ struct Shared {
     /// The app's message lines, for [`messages`].
     messages: String,
 }
+
+/// A spread request: the prompt set's lines and what is asked.
+type SpreadKey = (Vec<PromptLine>, SpreadAsk);
 
 /// An effect request: the tokens, the head and the feature.
 type EffectKey = (Vec<u32>, usize, usize);
@@ -110,6 +118,7 @@ struct LiveView {
     steer: Option<AskedSteer>,
     upstream: Option<AskedUpstream>,
     prompts: Option<crate::live::AskedPrompts>,
+    spread: Option<crate::live::AskedSpread>,
 }
 
 /// `window.attnSaesLive`, the page's bridge to its inference bundle, if the page has one.
@@ -267,6 +276,25 @@ fn request_prompts(lines: Vec<PromptLine>) {
                     .map_err(|e| format!("the inference bundle's answer: {e}"))
             });
         post(|s| s.prompts_arrived = Some((lines, result)));
+    });
+}
+
+/// Asks the inference bundle to take a feature's DFA apart upstream over a prompt set's
+/// `lines` as `ask` asks; the answer arrives in `shared.spread_arrived`.
+fn request_spread((lines, ask): SpreadKey) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let json = |x: String| JsValue::from_str(&x);
+        let args = [
+            json(serde_json::to_string(&lines).unwrap_or_default()),
+            json(serde_json::to_string(&ask).unwrap_or_default()),
+        ];
+        let result = awaited_string(call_bridge("spreadPrompts", &args))
+            .await
+            .and_then(|json| {
+                serde_json::from_str::<PromptsSpread>(&json)
+                    .map_err(|e| format!("the inference bundle's answer: {e}"))
+            });
+        post(|s| s.spread_arrived = Some(((lines, ask), result)));
     });
 }
 
@@ -438,6 +466,7 @@ impl eframe::App for WebApp {
             steer: web.steer.clone(),
             upstream: web.upstream.clone(),
             prompts: web.prompts.clone(),
+            spread: web.spread.clone(),
         });
     }
 
@@ -540,6 +569,10 @@ impl WebApp {
                 s.prompts_arrived.take(),
             )
         };
+        let (ask_spread, spread_arrived) = {
+            let mut s = self.shared.borrow_mut();
+            (s.live_spread.take(), s.spread_arrived.take())
+        };
         self.examples_logic();
         let web = &mut self.app.web;
         if web.rerun && web.live_ready && !web.live_other {
@@ -632,6 +665,22 @@ impl WebApp {
         }
         if let (Some(asked), Some((lines, result))) = (&mut web.prompts, prompts_arrived)
             && asked.lines == lines
+        {
+            asked.state = Answer::of(result);
+        }
+        if let Some((text, lines, ask)) = ask_spread {
+            // Shown as asked: those lines in the box, that feature and source, following or not.
+            let s = &mut self.app.ui.text;
+            s.prompt_set = text;
+            (s.spread_feature, s.spread_from, s.spread_follow) =
+                (Some(ask.feature), ask.from, ask.follow);
+            web.ask_spread(lines, ask);
+        }
+        if let Some(request) = web.spread_request.take() {
+            request_spread(request);
+        }
+        if let (Some(asked), Some(((lines, ask), result))) = (&mut web.spread, spread_arrived)
+            && asked.is_for(&lines, &ask)
         {
             asked.state = Answer::of(result);
         }
@@ -852,7 +901,8 @@ pub fn selection() -> String {
 }
 
 /// What Your text shows, as JSON (`{prompt, status, tokens, pick}`, and `effect`, `ranking`,
-/// `steer`, `upstream` and `prompts` with their `_status`), or "" before any analysis.
+/// `steer`, `upstream`, `prompts` and `spread` with their `_status`), or "" before any
+/// analysis.
 #[wasm_bindgen]
 pub fn live_shown() -> String {
     let shared = shared();
@@ -872,6 +922,7 @@ pub fn live_shown() -> String {
             answer_json(v.upstream.as_ref().map(|x| &x.state)),
         ),
         ("prompts", answer_json(v.prompts.as_ref().map(|x| &x.state))),
+        ("spread", answer_json(v.spread.as_ref().map(|x| &x.state))),
     ] {
         shown[format!("{name}_status")] = state.0.into();
         shown[name] = state.1;
@@ -943,6 +994,38 @@ pub fn live_rank_prompts(lines: String) -> Result<(), JsValue> {
         PromptLine::parse_set(&lines, "the prompt set").map_err(|e| JsValue::from_str(&e))?;
     let read = read.into_iter().map(|x| x.1).collect();
     post(|s| s.live_rank_prompts = Some((lines, read)));
+    Ok(())
+}
+
+/// Takes `feature` of `head`'s DFA apart upstream on each prompt of a prompt set (Your
+/// text's "Take it apart over the set"): `lines` as [`live_rank_prompts`] reads them, put in
+/// the prompt set's box, each read where its answer is predicted; from each prompt's
+/// strongest source, its largest positive one or its answer's token (`from`: "strongest",
+/// "largest" or "answer"), followed up through the strongest heads if `follow`.
+/// [`live_shown`] has it once it arrives (`spread`). Throws on lines that are not prompts
+/// (naming the line) or another `from`.
+#[wasm_bindgen]
+pub fn live_spread_prompts(
+    lines: String,
+    head: usize,
+    feature: usize,
+    from: String,
+    follow: bool,
+) -> Result<(), JsValue> {
+    let read =
+        PromptLine::parse_set(&lines, "the prompt set").map_err(|e| JsValue::from_str(&e))?;
+    let read = read.into_iter().map(|x| x.1).collect();
+    let from = serde_json::from_value(serde_json::Value::String(from.clone())).map_err(|_| {
+        JsValue::from_str(&format!(
+            "from {from:?}: one of \"strongest\", \"largest\" or \"answer\""
+        ))
+    })?;
+    let ask = SpreadAsk {
+        feature: (head, feature),
+        from,
+        follow,
+    };
+    post(|s| s.live_spread = Some((lines, read, ask)));
     Ok(())
 }
 

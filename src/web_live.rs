@@ -303,6 +303,28 @@ pub async fn rank_prompts(lines: String) -> Result<String, JsValue> {
     serde_json::to_string(&ranking).map_err(js_error)
 }
 
+/// A feature's DFA taken apart upstream on each of a prompt set's texts (`lines`: JSON of a
+/// list of [`crate::live::PromptLine`], each read where its answer is predicted), as `ask`
+/// (JSON of [`crate::live::SpreadAsk`]) asks (`upstream --prompts`): JSON of
+/// [`crate::live::PromptsSpread`].
+#[wasm_bindgen]
+pub async fn spread_prompts(lines: String, ask: String) -> Result<String, JsValue> {
+    let session = session()?;
+    let lines: Vec<crate::live::PromptLine> = serde_json::from_str(&lines).map_err(js_error)?;
+    let ask: crate::live::SpreadAsk = serde_json::from_str(&ask).map_err(js_error)?;
+    let spread = crate::live::upstream_on_prompt_lines_async(
+        &session.loaded,
+        &session.sae,
+        (session.layer, session.z_convention),
+        &lines,
+        &ask,
+        &mut |_, _| {},
+    )
+    .await
+    .map_err(|e| js_error(format!("{e:#}")))?;
+    serde_json::to_string(&spread).map_err(js_error)
+}
+
 /// Every feature that fires in the last text analysed, ranked by a first-order estimate of
 /// how much the text's loss would rise without it, or given `answer` (JSON of
 /// [`crate::live::AnswerAsk`]) how much the answer's logit difference or log-probability

@@ -116,6 +116,14 @@ fn settled<T>(state: Option<&attn_saes::live::Answer<T>>) -> bool {
     state.is_some_and(|s| !matches!(s, attn_saes::live::Answer::Computing))
 }
 
+/// Clicks the widget labelled `label`, scrolled into the window first (a click lands where
+/// the widget is drawn, and Your text runs below the window).
+fn click_in_view(h: &mut Harness<'static, AttnSaesApp>, label: &str) {
+    h.get_by_label(label).scroll_to_me();
+    h.run_steps(20); // the scroll is animated
+    h.get_by_label(label).click();
+}
+
 fn has_label(h: &Harness<'static, AttnSaesApp>, text: &str) -> bool {
     h.query_by_label(text).is_some()
 }
@@ -1211,6 +1219,145 @@ fn your_text_ranks_over_a_prompt_set_as_the_library_does() {
         h.state().native.prompts.as_ref().map(|p| &p.state),
         Some(Answer::Ready(_))
     ));
+}
+
+#[test]
+fn your_text_spreads_a_feature_upstream_over_a_prompt_set_as_the_library_does() {
+    if !renderer_available() {
+        return;
+    }
+    use attn_saes::live::{
+        Answer, PromptLine, SourceRule, SpreadAsk, Writer, upstream_on_prompt_lines,
+    };
+    use attn_saes::lm::ZConvention;
+    let dir = TempDir::new("attn-saes-app", "prompt-spread");
+    let (run, mut h) = opened_run(&dir);
+    analyse_text(&mut h, "The cat sat.");
+    let lines = [
+        r#"{"text": "When the cat and the dog went to the park, the dog gave a ball to", "answer": " the", "against": " a"}"#,
+        r#"{"text": "The dog saw the cat, and then the cat went to", "answer": " a", "against": " the"}"#,
+        r#"{"text": "When the dog and the cat went home, the cat gave a toy to the", "answer": " the", "against": " a", "at": 14}"#,
+    ]
+    .join("\n");
+    h.state_mut().ui.text.prompt_set = lines.clone();
+    h.run_steps(2);
+    // Ranked first: the feature taken apart is then the ranking's strongest.
+    h.get_by_label("Rank over the set").click();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        settled(a.native.prompts.as_ref().map(|r| &r.state))
+    });
+    let Some(Answer::Ready(ranked)) = h.state().native.prompts.as_ref().map(|p| &p.state) else {
+        panic!("{:?}", h.state().native.prompts)
+    };
+    let top = (ranked.features[0].head, ranked.features[0].feature);
+    h.state_mut().ui.text.spread_from = SourceRule::Strongest;
+    h.run_steps(2);
+    click_in_view(&mut h, "Take it apart over the set");
+    let spread_done = |a: &AttnSaesApp| settled(a.native.spread.as_ref().map(|r| &r.state));
+    step_until(&mut h, Duration::from_secs(120), spread_done);
+    h.run_steps(2);
+    let (loaded, sae) = tiny_model_and_sae(&run);
+    let read: Vec<PromptLine> = (PromptLine::parse_set(&lines, "set").unwrap())
+        .into_iter()
+        .map(|x| x.1)
+        .collect();
+    let conv = ZConvention::TransformerLens;
+    let mut ask = SpreadAsk {
+        feature: top,
+        from: SourceRule::Strongest,
+        follow: false,
+    };
+    let direct =
+        upstream_on_prompt_lines(&loaded, &sae, (1, conv), &read, &ask, &mut |_, _| {}).unwrap();
+    let asked = h.state().native.spread.as_ref().unwrap();
+    assert_eq!((asked.ask, asked.progress), (ask, (3, 3)));
+    let Answer::Ready(shown) = &asked.state else {
+        panic!("{:?}", asked.state)
+    };
+    assert_eq!(**shown, direct);
+    assert_eq!(direct.prompts[2].upstream.target, 14);
+    let said = format!(
+        "h{} #{} on 3 prompts, each where its answer is predicted: activation mean {:.4}",
+        top.0,
+        top.1,
+        direct.mean(|p| p.activation)
+    );
+    assert!(h.query_by_label_contains(&said).is_some(), "{said}");
+    // The strongest writer's row: its mean, its name, its sd and range (and, a head, where
+    // it read from), each computed here from the prompts' splits.
+    let n = direct.prompts.len() as f64;
+    let parts = |k: usize| -> Vec<f64> {
+        (direct.prompts.iter())
+            .map(|p| p.upstream.parts[k].value as f64)
+            .collect()
+    };
+    let strongest = (0..direct.prompts[0].upstream.parts.len())
+        .max_by(|&a, &b| {
+            let mean = |k| parts(k).iter().sum::<f64>().abs();
+            mean(a).total_cmp(&mean(b))
+        })
+        .unwrap();
+    let values = parts(strongest);
+    let mean = values.iter().sum::<f64>() / n;
+    let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    let writer = direct.prompts[0].upstream.parts[strongest].writer;
+    assert!(has_label(&h, &format!("{mean:+.4}")), "{mean:+.4}");
+    assert!(has_label(&h, &writer.name()), "{}", writer.name());
+    let range = format!("({sd:.4}) [");
+    assert!(h.query_by_label_contains(&range).is_some(), "{range}");
+    if let Writer::Head { .. } = writer {
+        assert!(h.query_by_label_contains("the source itself").is_some());
+    }
+    (h.get_by_label_contains("By what wrote the residual stream there")).scroll_to_me();
+    h.run_steps(20);
+    h.snapshot("app_text_spread");
+    // Followed: the paths, as the library follows them.
+    click_in_view(&mut h, "follow the strongest head");
+    h.run_steps(2);
+    click_in_view(&mut h, "Take it apart over the set");
+    h.run_steps(1); // asked: the answer before is not taken for this one's
+    step_until(&mut h, Duration::from_secs(120), spread_done);
+    h.run_steps(2);
+    ask.follow = true;
+    let followed =
+        upstream_on_prompt_lines(&loaded, &sae, (1, conv), &read, &ask, &mut |_, _| {}).unwrap();
+    let Some(Answer::Ready(shown)) = h.state().native.spread.as_ref().map(|p| &p.state) else {
+        panic!("{:?}", h.state().native.spread)
+    };
+    assert_eq!(**shown, followed);
+    let path = &followed.paths[0];
+    let steps: Vec<String> = path.steps.iter().map(|s| s.name()).collect();
+    let line = match steps.is_empty() {
+        true => "no step (no head's term reaches 1% of the DFA)".to_string(),
+        false => steps.join(" → "),
+    };
+    let line = format!("{:>3}  {line}  [{:+.4}", path.prompts, path.terms[0]);
+    assert!(h.query_by_label_contains(&line).is_some(), "{line}");
+    // A prompt clicked: analysed, the feature picked at its position, its source chosen.
+    let p = &followed.prompts[1];
+    let button = format!(
+        "{:.3}  DFA {:+.3} from {:?}  {}",
+        p.activation, p.upstream.terms[0], p.source_token, p.text
+    );
+    click_in_view(&mut h, &button);
+    let ids = attn_saes::live::text_ids(&loaded, &p.text).unwrap();
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        (a.native.analysis.as_deref()).is_some_and(|x| x.ids == ids)
+    });
+    h.run_steps(2);
+    let t = &h.state().ui.text;
+    assert_eq!((t.token, t.pick), (Some(p.upstream.target), Some(top)));
+    let chosen = ((p.upstream.target, top.0, top.1), p.upstream.source);
+    assert_eq!(t.upstream_source, Some(chosen));
+    // The answer's token as the source: a prompt without it before its position is named.
+    h.state_mut().ui.text.spread_from = SourceRule::Answer;
+    h.run_steps(2);
+    click_in_view(&mut h, "Take it apart over the set");
+    h.run_steps(1); // asked: the answer before is not taken for this one's
+    step_until(&mut h, Duration::from_secs(120), spread_done);
+    h.run_steps(2);
+    let why = "prompt 2: no token \" a\" at or before position";
+    assert!(h.query_by_label_contains(why).is_some(), "{why}");
 }
 
 #[test]

@@ -2496,7 +2496,7 @@ fn upstream_command_spreads_the_splits_of_a_prompt_set() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("line 1: --from answer, and the line has no \"answer\""),
+        err.contains("line 1: no \"answer\", and the source asked is the answer's token"),
         "{err}"
     );
 }

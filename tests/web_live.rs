@@ -350,6 +350,20 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     ]);
     let native_prompts: Value =
         serde_json::from_slice(&std::fs::read(&prompts_json).unwrap()).unwrap();
+    // The picked feature's DFA taken apart upstream on each of those prompts, from each
+    // one's strongest source (`upstream --prompts`).
+    let spread_json = dir.join("prompts-spread.json");
+    attn_saes_cli([
+        "upstream",
+        run.to_str().unwrap(),
+        &format!("{head},{feature}"),
+        "--prompts",
+        prompts_file.to_str().unwrap(),
+        "--json",
+        spread_json.to_str().unwrap(),
+    ]);
+    let native_spread: Value =
+        serde_json::from_slice(&std::fs::read(&spread_json).unwrap()).unwrap();
 
     // The split taken a step further up through the layer-0 head term with the largest
     // magnitude (`text --through`).
@@ -405,6 +419,10 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .env("LIVE_THROUGH", format!("[{through}]"))
         .env("LIVE_FOLLOW", "1")
         .env("LIVE_PROMPTS", &prompt_set)
+        .env(
+            "LIVE_SPREAD",
+            serde_json::json!({"head": head, "feature": feature, "from": "strongest"}).to_string(),
+        )
         .arg(root().join("tests/web/live.mjs"))
         .arg(&server.base)
         .arg(&shots)
@@ -638,6 +656,41 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         let refused = r["promptsRefused"].as_str().unwrap();
         assert!(
             refused.contains("the prompt set line 2: not {\"text\""),
+            "{name}: {refused}"
+        );
+        // Taken apart upstream over the set: each prompt's split (the same source, writers
+        // and parts within the tolerance) and each writer's spread over them.
+        assert_eq!(r["spreadStatus"], "ready", "{name}");
+        let (ours, theirs) = (&r["spread"], &native_spread);
+        let (a, b) = (
+            ours["prompts"].as_array().unwrap(),
+            theirs["prompts"].as_array().unwrap(),
+        );
+        assert_eq!(a.len(), 3, "{name}: prompts taken apart");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x["source_token"], y["source_token"], "{name}");
+            let (p, q) = (
+                x["activation"].as_f64().unwrap(),
+                y["activation"].as_f64().unwrap(),
+            );
+            assert!(close(p, q), "{name}: activation {p} vs {q}");
+            assert_same_split(name, &x["upstream"], &y["upstream"]);
+        }
+        let (a, b) = (
+            ours["writers"].as_array().unwrap(),
+            theirs["writers"].as_array().unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{name}: writers spread");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x["writer"], y["writer"], "{name}");
+            for k in ["mean", "sd", "min", "max"] {
+                let (p, q) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+                assert!(close(p, q), "{name}: {} {k} {p} vs {q}", y["writer"]);
+            }
+        }
+        let refused = r["spreadRefused"].as_str().unwrap();
+        assert!(
+            refused.contains("from \"biggest\": one of"),
             "{name}: {refused}"
         );
         assert_eq!(r["answerEffectStatus"], "ready", "{name}");

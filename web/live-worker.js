@@ -6,7 +6,7 @@
 // keeps drawing and answering while it works.
 //
 // Messages in: {id, op, args}, op one of 'load' | 'analyze' | 'attribution' | 'effect' |
-// 'upstream' | 'rank' | 'rank_prompts' | 'steer' | 'examples', handled one at
+// 'upstream' | 'rank' | 'rank_prompts' | 'spread_prompts' | 'steer' | 'examples', handled one at
 // a time in arrival order. Out: {status, isError} lines while working, and {id, value} or
 // {id, error} for each request.
 import init, * as lm from './live/attn_saes_live.js';
@@ -218,6 +218,11 @@ const ops = {
   // ranked by its estimated effect on each one's answer, averaged.
   async rank_prompts({ lines }) {
     return lm.rank_prompts(lines);
+  },
+  // A feature's DFA taken apart upstream on each of a prompt set's texts (JSON of
+  // {feature, from, follow}), and each writer's part over them or the paths followed.
+  async spread_prompts({ lines, ask }) {
+    return lm.spread_prompts(lines, ask);
   },
   // The last text continued clean and steered by a feature at a strength.
   async steer({ steering, of }) {

@@ -13,6 +13,9 @@
 //   rankPrompts(linesJson) -> Promise<JSON of every feature firing in a prompt set's texts
 //   ([{text, answer, against?, at?}]) ranked by its estimated effect on each one's answer,
 //   averaged>;
+//   spreadPrompts(linesJson, askJson) -> Promise<JSON of a feature's DFA taken apart
+//   upstream on each of a prompt set's texts ({feature, from, follow}), and each writer's
+//   part over them or the paths followed>;
 //   steer(steeringJson) -> Promise<JSON of the text continued clean and steered by a
 //   feature>;
 //   examplesEffect(head, feature, examplesJson) -> Promise<JSON of what removing the
@@ -241,6 +244,10 @@ const api = {
   rankPrompts: (lines) => {
     if (!ready) return Promise.reject(new Error(status));
     return ask('rank_prompts', { lines });
+  },
+  spreadPrompts: (lines, ask_) => {
+    if (!ready) return Promise.reject(new Error(status));
+    return ask('spread_prompts', { lines, ask: ask_ });
   },
   steer: (steering) => ask('steer', { steering, of: lastAnalysis }),
   examplesEffect: (head, feature, examples) => {

@@ -321,6 +321,17 @@ pub enum LiveEvent {
         lines: Vec<crate::live::PromptLine>,
         result: Result<crate::live::PromptsRanking, String>,
     },
+    /// [`LiveRequest::SpreadPrompts`] has taken the DFA apart on `done` of `of` prompts.
+    SpreadProgress {
+        done: usize,
+        of: usize,
+    },
+    /// The answer to [`LiveRequest::SpreadPrompts`].
+    PromptsSpread {
+        lines: Vec<crate::live::PromptLine>,
+        ask: crate::live::SpreadAsk,
+        result: Result<crate::live::PromptsSpread, String>,
+    },
 }
 
 /// What the live-analysis worker is asked to do.
@@ -345,6 +356,12 @@ pub enum LiveRequest {
     /// Every feature firing in any of a prompt set's texts, ranked by its estimated effect
     /// on each one's answer, averaged ([`crate::live::PromptsRanking`]).
     RankPrompts { lines: Vec<crate::live::PromptLine> },
+    /// A feature's DFA taken apart upstream on each of a prompt set's texts
+    /// ([`crate::live::PromptsSpread`]).
+    SpreadPrompts {
+        lines: Vec<crate::live::PromptLine>,
+        ask: crate::live::SpreadAsk,
+    },
     /// These tokens continued clean and steered ([`crate::live::Steered`]).
     Steer {
         ids: Vec<u32>,
@@ -517,6 +534,18 @@ impl LiveModel {
     ) -> anyhow::Result<crate::live::PromptsRanking> {
         let at = (self.layer, self.z_convention);
         crate::live::rank_prompt_lines(&self.loaded, &self.sae, at, lines, progress)
+    }
+
+    /// A feature's DFA taken apart upstream on each of a prompt set's texts,
+    /// `progress(done, of)` after each prompt.
+    pub fn spread_prompts(
+        &self,
+        lines: &[crate::live::PromptLine],
+        ask: &crate::live::SpreadAsk,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<crate::live::PromptsSpread> {
+        let at = (self.layer, self.z_convention);
+        crate::live::upstream_on_prompt_lines(&self.loaded, &self.sae, at, lines, ask, progress)
     }
 
     /// `ids` continued clean and steered as `steering` asks.
@@ -725,6 +754,14 @@ fn live_loop(
                     lines: lines.clone(),
                     result: (live.rank_prompts(lines, &mut |done, of| {
                         let _ = tx.send(LiveEvent::PromptsProgress { done, of });
+                    }))
+                    .map_err(|e| format!("{e:#}")),
+                },
+                LiveRequest::SpreadPrompts { lines, ask } => LiveEvent::PromptsSpread {
+                    lines: lines.clone(),
+                    ask: *ask,
+                    result: (live.spread_prompts(lines, ask, &mut |done, of| {
+                        let _ = tx.send(LiveEvent::SpreadProgress { done, of });
                     }))
                     .map_err(|e| format!("{e:#}")),
                 },

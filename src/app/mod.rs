@@ -161,6 +161,9 @@ pub struct WebText {
     /// The same for the features ranked over a prompt set.
     pub prompts: Option<crate::live::AskedPrompts>,
     pub prompts_request: Option<Vec<crate::live::PromptLine>>,
+    /// The same for a feature's DFA taken apart upstream over a prompt set.
+    pub spread: Option<crate::live::AskedSpread>,
+    pub spread_request: Option<(Vec<crate::live::PromptLine>, crate::live::SpreadAsk)>,
     /// The page's inference bundle has a model loaded.
     pub live_ready: bool,
     /// The model and SAE loaded were checked against another dashboard than the open one
@@ -207,6 +210,13 @@ impl WebText {
     pub fn ask_prompts(&mut self, lines: Vec<crate::live::PromptLine>) {
         self.prompts_request = Some(lines.clone());
         self.prompts = Some(crate::live::AskedPrompts::computing(lines));
+    }
+
+    /// Asks (through `src/web.rs`) for a feature's DFA taken apart upstream over a prompt
+    /// set.
+    pub fn ask_spread(&mut self, lines: Vec<crate::live::PromptLine>, ask: crate::live::SpreadAsk) {
+        self.spread_request = Some((lines.clone(), ask));
+        self.spread = Some(crate::live::AskedSpread::computing(lines, ask));
     }
 
     /// Asks (through `src/web.rs`) for the ranking of the analysed text's features.
@@ -273,6 +283,8 @@ pub struct Native {
     pub upstream: Option<crate::live::AskedUpstream>,
     /// The features ranked over a prompt set, asked of the worker.
     pub prompts: Option<crate::live::AskedPrompts>,
+    /// A feature's DFA taken apart upstream over a prompt set, asked of the worker.
+    pub spread: Option<crate::live::AskedSpread>,
     /// A text was sent to the worker and its analysis has not arrived.
     text_pending: bool,
 }
@@ -753,6 +765,7 @@ impl AttnSaesApp {
                 largest,
                 labels: self.dashboard.as_ref().map(|d| &d.labels),
                 prompts: self.web.prompts.as_ref(),
+                spread: self.web.spread.as_ref(),
             },
         );
         match action {
@@ -763,6 +776,9 @@ impl AttnSaesApp {
             Some(text_view::TextAction::Steer(steering)) => self.web.ask_steer(steering),
             Some(text_view::TextAction::Upstream(ask)) => self.web.ask_upstream(ask),
             Some(text_view::TextAction::RankPrompts(lines)) => self.web.ask_prompts(lines),
+            Some(text_view::TextAction::SpreadPrompts(lines, ask)) => {
+                self.web.ask_spread(lines, ask)
+            }
             // The button is the desktop's only (the page's prompt set is pasted).
             Some(text_view::TextAction::OpenPromptFile) => {}
             Some(text_view::TextAction::Effect { head, feature }) => {
@@ -1011,7 +1027,8 @@ impl AttnSaesApp {
             || (self.native.ranking.as_ref()).is_some_and(|r| matches!(r.state, Computing))
             || (self.native.examples.as_ref()).is_some_and(|r| matches!(r.state, Computing))
             || (self.native.upstream.as_ref()).is_some_and(|u| matches!(u.state, Computing))
-            || (self.native.prompts.as_ref()).is_some_and(|u| matches!(u.state, Computing));
+            || (self.native.prompts.as_ref()).is_some_and(|u| matches!(u.state, Computing))
+            || (self.native.spread.as_ref()).is_some_and(|u| matches!(u.state, Computing));
         if self.native.live_status.ends_with('…') || effect_due {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
@@ -1088,6 +1105,17 @@ impl AttnSaesApp {
                         asked.state = crate::live::Answer::of(result);
                     }
                 }
+                jobs::LiveEvent::SpreadProgress { done, of } => {
+                    if let Some(asked) = &mut self.native.spread {
+                        asked.progress = (done, of);
+                    }
+                }
+                jobs::LiveEvent::PromptsSpread { lines, ask, result } => {
+                    let asked = self.native.spread.as_mut();
+                    if let Some(asked) = asked.filter(|p| p.is_for(&lines, &ask)) {
+                        asked.state = crate::live::Answer::of(result);
+                    }
+                }
             }
         }
     }
@@ -1125,6 +1153,7 @@ impl AttnSaesApp {
         self.native.examples = None;
         self.native.upstream = None;
         self.native.prompts = None;
+        self.native.spread = None;
         self.native.text_pending = false;
         self.native.live_status = String::new();
         if rerun {
@@ -1206,6 +1235,7 @@ impl AttnSaesApp {
                 largest,
                 labels: self.dashboard.as_ref().map(|d| &d.labels),
                 prompts: self.native.prompts.as_ref(),
+                spread: self.native.spread.as_ref(),
             },
         );
         match action {
@@ -1264,6 +1294,15 @@ impl AttnSaesApp {
                         lines: lines.clone(),
                     });
                     self.native.prompts = Some(crate::live::AskedPrompts::computing(lines));
+                }
+            }
+            Some(text_view::TextAction::SpreadPrompts(lines, ask)) => {
+                if let Some((_, worker)) = &self.native.live {
+                    let _ = worker.requests.send(jobs::LiveRequest::SpreadPrompts {
+                        lines: lines.clone(),
+                        ask,
+                    });
+                    self.native.spread = Some(crate::live::AskedSpread::computing(lines, ask));
                 }
             }
             Some(text_view::TextAction::Effect { head, feature }) => {

@@ -11,9 +11,10 @@ use super::features::{
 };
 use crate::dashboard::labels::Labels;
 use crate::live::{
-    Analysed, Answer, AnswerAsk, AskedEffect, AskedPrompts, AskedRanking, AskedSteer,
+    Analysed, Answer, AnswerAsk, AskedEffect, AskedPrompts, AskedRanking, AskedSpread, AskedSteer,
     AskedUpstream, AttributionState, EffectState, FeatureEffect, FeatureRanking, LiveTokens,
-    PromptLine, PromptsRanking, RankedFeature, Steered, Steering, Through, Upstream, UpstreamAsk,
+    PromptLine, PromptsRanking, PromptsSpread, RankedFeature, SourceRule, SpreadAsk, Steered,
+    Steering, Through, Upstream, UpstreamAsk,
 };
 
 /// What the view remembers.
@@ -76,6 +77,17 @@ pub struct TextState {
     /// why they could not be read.
     #[serde(skip)]
     pub prompt_set_asked: Option<Result<String, String>>,
+    /// The feature to take apart upstream over the prompt set (`None`: the picked one,
+    /// else the ranking's strongest).
+    #[serde(skip)]
+    pub spread_feature: Option<(usize, usize)>,
+    /// Which source of each prompt to take apart, and whether to follow the strongest heads
+    /// up from it.
+    pub spread_from: SourceRule,
+    pub spread_follow: bool,
+    /// Why the prompt set's lines could not be read for a spread, when they could not.
+    #[serde(skip)]
+    pub spread_error: Option<String>,
 }
 
 impl TextState {
@@ -89,6 +101,13 @@ impl TextState {
         }
         if let Some((head, feature)) = self.pending_pick.take() {
             self.use_feature(a, head, feature);
+            // A source chosen for it at a position (a prompt of a spread): that position.
+            if let Some(((p, h, f), _)) = self.upstream_source
+                && (h, f) == (head, feature)
+                && p < a.len()
+            {
+                self.token = Some(p);
+            }
         } else if self.token.is_none_or(|p| p >= a.len()) {
             self.token = a.len().checked_sub(1);
             self.pick = None;
@@ -150,6 +169,10 @@ impl Default for TextState {
             upstream_source: None,
             prompt_set: String::new(),
             prompt_set_asked: None,
+            spread_feature: None,
+            spread_from: SourceRule::Answer,
+            spread_follow: false,
+            spread_error: None,
         }
     }
 }
@@ -198,6 +221,8 @@ pub enum TextAction {
     Upstream(UpstreamAsk),
     /// Rank the features over a prompt set (see [`PromptsRanking`]).
     RankPrompts(Vec<PromptLine>),
+    /// Take a feature's DFA apart upstream on each prompt of a set (see [`PromptsSpread`]).
+    SpreadPrompts(Vec<PromptLine>, SpreadAsk),
     /// Ask for a prompt set's file to read into the box (the desktop's file dialog).
     OpenPromptFile,
 }
@@ -220,6 +245,8 @@ pub struct Answers<'a> {
     pub labels: Option<&'a Labels>,
     /// The ranking over a prompt set last asked for.
     pub prompts: Option<&'a AskedPrompts>,
+    /// The spread upstream over a prompt set last asked for.
+    pub spread: Option<&'a AskedSpread>,
 }
 
 /// Features listed per head for the selected token.
@@ -295,6 +322,10 @@ pub fn text_ui(
         }
         ui.separator();
         if let Some(act) = prompts_panel(ui, s, a, answers.prompts, answers.labels) {
+            action = Some(act);
+        }
+        ui.add_space(6.0);
+        if let Some(act) = spread_panel(ui, s, a, answers) {
             action = Some(act);
         }
     });
@@ -442,6 +473,239 @@ fn prompts_ready(
     }
     if lines.len() > PROMPTS_SHOWN {
         ui.label(RichText::new(format!("and {} more", lines.len() - PROMPTS_SHOWN)).weak());
+    }
+    action
+}
+
+/// Where a feature reads from over a prompt set: the feature (the picked one, else the
+/// ranking's strongest), which source of each prompt, whether to follow the strongest heads
+/// up, a button that takes its DFA apart on each prompt, then the spread.
+fn spread_panel(
+    ui: &mut Ui,
+    s: &mut TextState,
+    a: &LiveTokens,
+    answers: Answers,
+) -> Option<TextAction> {
+    ui.label(RichText::new("Where a feature reads from, over the set").strong());
+    ui.label(
+        RichText::new(
+            "On each prompt, the feature's DFA from one source (read where the answer is \
+             predicted) split by what wrote the residual stream there, as What wrote what it \
+             reads does; then each writer's part over the prompts, or the paths the strongest \
+             heads took.",
+        )
+        .weak(),
+    );
+    let ranked = answers.prompts.and_then(|p| match &p.state {
+        Answer::Ready(r) => r.features.first().map(|f| (f.head, f.feature)),
+        _ => None,
+    });
+    let (mut head, mut feature) = (s.spread_feature.or(s.pick).or(ranked)).unwrap_or((0, 0));
+    let computing = matches!(answers.spread.map(|x| &x.state), Some(Answer::Computing));
+    let clicked = ui
+        .horizontal_wrapped(|ui| {
+            ui.label("feature");
+            let last_head = a.n_heads.saturating_sub(1);
+            let last_feature = a.features_per_head.saturating_sub(1);
+            let h = ui
+                .add(
+                    egui::DragValue::new(&mut head)
+                        .range(0..=last_head)
+                        .prefix("h"),
+                )
+                .accessible_name("spread head");
+            let f = ui
+                .add(
+                    egui::DragValue::new(&mut feature)
+                        .range(0..=last_feature)
+                        .prefix("#"),
+                )
+                .accessible_name("spread feature");
+            if h.changed() || f.changed() {
+                s.spread_feature = Some((head, feature));
+            }
+            let label = ui.label("from").id;
+            egui::ComboBox::from_id_salt("spread source")
+                .selected_text(source_rule_said(s.spread_from))
+                .show_ui(ui, |ui| {
+                    for rule in SourceRule::ALL {
+                        ui.selectable_value(&mut s.spread_from, rule, source_rule_said(rule));
+                    }
+                })
+                .response
+                .labelled_by(label);
+            ui.checkbox(&mut s.spread_follow, "follow the strongest head")
+                .on_hover_text(FOLLOW_HOVER);
+            ui.add_enabled(!computing, egui::Button::new("Take it apart over the set"))
+                .on_hover_text(
+                    "runs the model to the hooked layer twice a prompt: once for the DFA, \
+                     once keeping what each writer put in the residual stream",
+                )
+                .clicked()
+        })
+        .inner;
+    if let Some(why) = &s.spread_error {
+        error_label(ui, why);
+    }
+    let read = PromptLine::parse_set(&s.prompt_set, "the prompt set");
+    if clicked {
+        let ask = SpreadAsk {
+            feature: (head, feature),
+            from: s.spread_from,
+            follow: s.spread_follow,
+        };
+        s.spread_error = read.as_ref().err().cloned();
+        let lines = read.ok()?;
+        return Some(TextAction::SpreadPrompts(
+            lines.into_iter().map(|x| x.1).collect(),
+            ask,
+        ));
+    }
+    // A spread of other lines than the box's is not shown: the button asks again.
+    let asked = answers.spread.filter(|x| {
+        read.as_ref().is_ok_and(|r| {
+            r.len() == x.lines.len() && r.iter().zip(&x.lines).all(|(a, b)| a.1 == *b)
+        })
+    })?;
+    match &asked.state {
+        Answer::Computing => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(match asked.progress {
+                    (0, n) => format!("taking it apart on each of the {n} prompts…"),
+                    (done, n) => format!("taking it apart on each prompt… {done} of {n}"),
+                });
+            });
+            None
+        }
+        Answer::Failed(why) => {
+            error_label(ui, &format!("failed: {why}"));
+            None
+        }
+        Answer::Ready(x) => spread_ready(ui, s, a, (&asked.ask, x)),
+    }
+}
+
+/// [`SourceRule`] in the spread's menu.
+fn source_rule_said(rule: SourceRule) -> &'static str {
+    match rule {
+        SourceRule::Strongest => "the strongest source",
+        SourceRule::Largest => "the largest positive source",
+        SourceRule::Answer => "the answer's token",
+    }
+}
+
+/// Writers listed in a spread over a prompt set.
+const SPREAD_LISTED: usize = 12;
+
+/// A spread over a prompt set: the feature's activation and the sources taken apart, then
+/// each writer's part over the prompts (or the paths followed), then the prompts, each a
+/// button that analyses it with the feature picked at its position and its source chosen.
+fn spread_ready(
+    ui: &mut Ui,
+    s: &mut TextState,
+    a: &LiveTokens,
+    (ask, x): (&SpreadAsk, &PromptsSpread),
+) -> Option<TextAction> {
+    let (head, feature) = ask.feature;
+    let name = match a.dense_heads {
+        Some(_) => format!("#{feature}"),
+        None => format!("h{head} #{feature}"),
+    };
+    let tokens: Vec<String> = (x.source_tokens().iter())
+        .map(|(t, k)| format!("{t:?} {k}"))
+        .collect();
+    ui.label(format!(
+        "{name} on {} prompts, each where its answer is predicted: activation mean {:.4} (fires \
+         on {}). The source {}: {}; its DFA mean {:+.4}.",
+        x.prompts.len(),
+        x.mean(|p| p.activation),
+        x.fires(),
+        ask.from.said(),
+        tokens.join(", "),
+        x.mean(|p| p.upstream.terms[0])
+    ));
+    if ask.follow {
+        ui.label(
+            "Followed up through the strongest head of each split while its term is at least \
+             1% of the DFA from the source: each path (where each head read from: the position \
+             before, BOS or elsewhere), its prompts, and the mean DFA from the source then each \
+             step's mean term:",
+        );
+        for path in &x.paths {
+            let steps: Vec<String> = path.steps.iter().map(|s| s.name()).collect();
+            let steps = match steps.is_empty() {
+                true => "no step (no head's term reaches 1% of the DFA)".to_string(),
+                false => steps.join(" → "),
+            };
+            let terms: Vec<String> = path.terms.iter().map(|t| format!("{t:+.4}")).collect();
+            ui.label(
+                RichText::new(format!(
+                    "{:>3}  {steps}  [{}]",
+                    path.prompts,
+                    terms.join(", ")
+                ))
+                .monospace(),
+            );
+        }
+    } else {
+        ui.label(
+            "By what wrote the residual stream there, the mean over the prompts (sd) [least, \
+             most]; an earlier head's, by where it read from:",
+        );
+        let (listed, (rest, rest_sum)) = x.strongest_writers(SPREAD_LISTED);
+        let scale = max_abs(listed.iter().map(|w| w.mean));
+        egui::Grid::new(("spread", head, feature))
+            .num_columns(3)
+            .spacing(egui::vec2(10.0, 2.0))
+            .show(ui, |ui| {
+                for w in listed {
+                    let value = RichText::new(format!("{:+.4}", w.mean))
+                        .monospace()
+                        .background_color(signed_fill(w.mean, scale));
+                    ui.label(value);
+                    ui.label(w.writer.name());
+                    let mut said = format!("({:.4}) [{:+.4}, {:+.4}]", w.sd, w.min, w.max);
+                    if let Some([itself, bos, elsewhere]) = w.reading {
+                        said += &format!(
+                            "  the source itself {itself:+.4}, BOS {bos:+.4}, elsewhere \
+                             {elsewhere:+.4}"
+                        );
+                    }
+                    ui.label(RichText::new(said).monospace().weak());
+                    ui.end_row();
+                }
+                if rest > 0 {
+                    ui.label(RichText::new(format!("{rest_sum:+.4}")).monospace());
+                    ui.label(format!("the other {rest} together"));
+                    ui.end_row();
+                }
+            });
+    }
+    ui.label(
+        RichText::new(
+            "The prompts, each with the feature's activation and the DFA from its source (a \
+             click analyses it, the feature picked there and that source chosen):",
+        )
+        .weak(),
+    );
+    let mut action = None;
+    for p in x.prompts.iter().take(PROMPTS_SHOWN) {
+        let u = &p.upstream;
+        let text = format!(
+            "{:.3}  DFA {:+.3} from {:?}  {}",
+            p.activation, u.terms[0], p.source_token, p.text
+        );
+        if ui.button(RichText::new(text).monospace()).clicked() {
+            s.prompt = p.text.clone();
+            s.pending_pick = Some((head, feature));
+            s.upstream_source = Some(((u.target, head, feature), u.source));
+            action = Some(TextAction::Run);
+        }
+    }
+    if x.prompts.len() > PROMPTS_SHOWN {
+        let more = x.prompts.len() - PROMPTS_SHOWN;
+        ui.label(RichText::new(format!("and {more} more")).weak());
     }
     action
 }

@@ -20,7 +20,10 @@ pub use effect::{
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod upstream;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
-pub use upstream::{upstream_of, upstream_through, upstream_through_async};
+pub use upstream::{
+    upstream_of, upstream_on_prompt_lines, upstream_on_prompt_lines_async, upstream_on_prompts,
+    upstream_on_prompts_async, upstream_through, upstream_through_async,
+};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod steer;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
@@ -632,6 +635,151 @@ pub fn paths_of(splits: &[&Upstream]) -> Vec<PathCount> {
         .collect();
     paths.sort_by_key(|p| std::cmp::Reverse(p.prompts));
     paths
+}
+
+/// Which source position of each prompt a spread over a prompt set takes apart
+/// (`upstream --from`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceRule {
+    /// The source giving the DFA's largest part in magnitude ([`strongest_source`]).
+    #[default]
+    Strongest,
+    /// The largest positive part ([`dfa_argmax`]: what the dashboards mark).
+    Largest,
+    /// The first token at or before the position that is the prompt's answer (in IOI
+    /// prompts, the name the answer repeats).
+    Answer,
+}
+
+impl SourceRule {
+    pub const ALL: [SourceRule; 3] = [Self::Strongest, Self::Largest, Self::Answer];
+
+    /// "giving the DFA's largest part"
+    pub fn said(self) -> &'static str {
+        match self {
+            Self::Strongest => "giving the DFA's largest part",
+            Self::Largest => "giving the DFA's largest positive part",
+            Self::Answer => "of the answer's token",
+        }
+    }
+}
+
+/// One prompt of a spread over a prompt set (`upstream --prompts`' lines): its text, the
+/// position the feature is read at (`None`: the last) and, for [`SourceRule::Answer`], the
+/// answer's token. A prompt set's ranking lines read as they are: the position an answer is
+/// predicted after.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamLine {
+    pub text: String,
+    #[serde(default)]
+    pub at: Option<usize>,
+    #[serde(default)]
+    pub answer: Option<String>,
+}
+
+impl From<&PromptLine> for UpstreamLine {
+    fn from(p: &PromptLine) -> Self {
+        Self {
+            text: p.text.clone(),
+            at: p.ask.at,
+            answer: Some(p.ask.answer.clone()),
+        }
+    }
+}
+
+/// What a spread over a prompt set is asked for: the feature `(head, feature)`, which
+/// source of each prompt to take apart, and whether to follow the strongest heads up from
+/// it ([`UpstreamAsk::follow`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpreadAsk {
+    pub feature: (usize, usize),
+    #[serde(default)]
+    pub from: SourceRule,
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// A feature's DFA taken apart upstream on each prompt of a set (`upstream --prompts`, Your
+/// text's prompt set): each prompt's split, and over them each writer's parts or, followed
+/// up, the paths the strongest heads took.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PromptsSpread {
+    pub prompts: Vec<PromptSplit>,
+    /// Not followed: each writer's parts over the prompts ([`spread_of`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writers: Vec<WriterSpread>,
+    /// Followed: the paths taken, each once, the most prompts first ([`paths_of`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathCount>,
+}
+
+impl PromptsSpread {
+    /// The mean over the prompts of `of` each.
+    pub fn mean(&self, of: impl Fn(&PromptSplit) -> f32) -> f32 {
+        let n = self.prompts.len().max(1) as f64;
+        (self.prompts.iter().map(|p| of(p) as f64).sum::<f64>() / n) as f32
+    }
+
+    /// In how many prompts the feature fires at the position.
+    pub fn fires(&self) -> usize {
+        self.prompts.iter().filter(|p| p.activation > 0.0).count()
+    }
+
+    /// The source tokens taken apart and in how many prompts each, the most first (then in
+    /// the order first met).
+    pub fn source_tokens(&self) -> Vec<(&str, usize)> {
+        let mut tokens: Vec<(&str, usize)> = Vec::new();
+        for p in &self.prompts {
+            match tokens.iter_mut().find(|x| x.0 == p.source_token) {
+                Some(x) => x.1 += 1,
+                None => tokens.push((&p.source_token, 1)),
+            }
+        }
+        tokens.sort_by_key(|x| std::cmp::Reverse(x.1));
+        tokens
+    }
+
+    /// The writers with the largest mean parts in magnitude, at most `n`, and the others'
+    /// count and mean parts summed.
+    pub fn strongest_writers(&self, n: usize) -> (Vec<&WriterSpread>, (usize, f32)) {
+        let mut listed: Vec<&WriterSpread> = self.writers.iter().collect();
+        listed.sort_by(|a, b| b.mean.abs().total_cmp(&a.mean.abs()));
+        listed.truncate(n);
+        let shown: f32 = listed.iter().map(|w| w.mean).sum();
+        let all: f32 = self.writers.iter().map(|w| w.mean).sum();
+        let rest = (self.writers.len() - listed.len(), all - shown);
+        (listed, rest)
+    }
+}
+
+/// A spread over a prompt set a viewer asked for ([`PromptsSpread`]), of a prompt set's
+/// lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AskedSpread {
+    pub lines: Vec<PromptLine>,
+    pub ask: SpreadAsk,
+    pub state: Answer<PromptsSpread>,
+    /// While computing: the prompts taken apart so far, and how many there are.
+    pub progress: (usize, usize),
+}
+
+impl AskedSpread {
+    /// Asked, not answered yet.
+    pub fn computing(lines: Vec<PromptLine>, ask: SpreadAsk) -> Self {
+        let of = lines.len();
+        Self {
+            lines,
+            ask,
+            state: Answer::Computing,
+            progress: (0, of),
+        }
+    }
+
+    /// Whether this is the spread of `lines` asked by `ask`.
+    pub fn is_for(&self, lines: &[PromptLine], ask: &SpreadAsk) -> bool {
+        self.lines == lines && &self.ask == ask
+    }
 }
 
 /// Writers listed of an [`Upstream`] (`text --upstream`, Your text), and positions listed

@@ -11,7 +11,10 @@ use anyhow::Context;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 
-use super::{Through, Upstream, UpstreamAsk, Writer, WrittenBy};
+use super::{
+    Analysed, LiveAnalysis, PromptLine, PromptSplit, PromptsSpread, SourceRule, SpreadAsk, Through,
+    Upstream, UpstreamAsk, UpstreamLine, Writer, WrittenBy,
+};
 use crate::dashboard::dfa::dfa_by_source;
 use crate::lm::transformer::{Norm, Positions};
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
@@ -298,6 +301,124 @@ pub async fn upstream_through_async(
         followed: steps.len() - through.len(),
         through: steps,
         terms,
+    })
+}
+
+/// `ask.feature`'s DFA taken apart upstream on each prompt of `lines` (each named for the
+/// errors): read at the line's position (the last by default), from the source
+/// `ask.from` chooses, followed up if `ask.follow`; then each writer's parts over the
+/// prompts, or the paths followed. `progress(done, of)` after each prompt. Blocks on
+/// [`upstream_on_prompts_async`].
+pub fn upstream_on_prompts(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    hook: (usize, ZConvention),
+    lines: &[(String, UpstreamLine)],
+    ask: &SpreadAsk,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PromptsSpread> {
+    super::blocking(upstream_on_prompts_async(
+        loaded, sae, hook, lines, ask, progress,
+    ))
+}
+
+/// [`upstream_on_prompts`] over a prompt set's lines as they are (Your text's prompt set),
+/// named "prompt 1", "prompt 2", ... in the order given.
+pub fn upstream_on_prompt_lines(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    hook: (usize, ZConvention),
+    lines: &[PromptLine],
+    ask: &SpreadAsk,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PromptsSpread> {
+    super::blocking(upstream_on_prompt_lines_async(
+        loaded, sae, hook, lines, ask, progress,
+    ))
+}
+
+/// [`upstream_on_prompt_lines`], awaiting its read-backs (the browser).
+pub async fn upstream_on_prompt_lines_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    hook: (usize, ZConvention),
+    lines: &[PromptLine],
+    ask: &SpreadAsk,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PromptsSpread> {
+    let named: Vec<(String, UpstreamLine)> = (lines.iter().enumerate())
+        .map(|(i, p)| (format!("prompt {}", i + 1), p.into()))
+        .collect();
+    upstream_on_prompts_async(loaded, sae, hook, &named, ask, progress).await
+}
+
+/// [`upstream_on_prompts`], awaiting its read-backs (the browser).
+pub async fn upstream_on_prompts_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    (layer, z_convention): (usize, ZConvention),
+    lines: &[(String, UpstreamLine)],
+    ask: &SpreadAsk,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PromptsSpread> {
+    anyhow::ensure!(!lines.is_empty(), "no prompts to take apart on");
+    let (head, feature) = ask.feature;
+    let mut prompts = Vec::with_capacity(lines.len());
+    for (i, (name, line)) in lines.iter().enumerate() {
+        let a = LiveAnalysis::run_async(loaded, sae, layer, z_convention, &line.text).await?;
+        let t = a.tokens();
+        let p = line.at.unwrap_or(t.len().saturating_sub(1));
+        anyhow::ensure!(
+            p < t.len() && head < t.n_heads && feature < t.features_per_head,
+            "{name}: position {p}, head {head}, feature {feature}: out of range ({} tokens, {} \
+             heads, {} features)",
+            t.len(),
+            t.n_heads,
+            t.features_per_head
+        );
+        anyhow::ensure!(
+            !t.skipped(p),
+            "{name}: position {p} is {}",
+            super::BOS_SKIPPED
+        );
+        let dfa = a.attribution(head, feature, p).dfa;
+        let s = match ask.from {
+            SourceRule::Strongest => super::strongest_source(&dfa),
+            SourceRule::Largest => super::dfa_argmax(&dfa).map_or(0, |x| x.0),
+            SourceRule::Answer => {
+                let answer = (line.answer.as_deref()).with_context(|| {
+                    format!("{name}: no \"answer\", and the source asked is the answer's token")
+                })?;
+                (t.strings.iter().take(p + 1))
+                    .position(|x| x == answer)
+                    .with_context(|| {
+                        format!("{name}: no token {answer:?} at or before position {p}")
+                    })?
+            }
+        };
+        let split = UpstreamAsk {
+            follow: ask.follow,
+            ..UpstreamAsk::new(ask.feature, (p, s))
+        };
+        let hook = (layer, z_convention);
+        let upstream = upstream_through_async(loaded, sae, hook, &t.ids, &split).await?;
+        prompts.push(PromptSplit {
+            text: line.text.clone(),
+            activation: t.activation(head, feature, p),
+            source_token: t.strings[s].clone(),
+            upstream,
+        });
+        progress(i + 1, lines.len());
+    }
+    let of_each: Vec<&Upstream> = prompts.iter().map(|s| &s.upstream).collect();
+    let (writers, paths) = match ask.follow {
+        true => (Vec::new(), super::paths_of(&of_each)),
+        false => (super::spread_of(&of_each)?, Vec::new()),
+    };
+    Ok(PromptsSpread {
+        prompts,
+        writers,
+        paths,
     })
 }
 

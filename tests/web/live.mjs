@@ -247,6 +247,28 @@ async function session(context, name, query) {
       }
     });
   }
+  // LIVE_SPREAD (JSON of {head, feature, from}), with LIVE_PROMPTS: that feature's DFA taken
+  // apart upstream on each prompt of the set (Your text's "Take it apart over the set"), and
+  // a source rule that is none refused.
+  if (process.env.LIVE_SPREAD) {
+    const { head, feature, from } = JSON.parse(process.env.LIVE_SPREAD);
+    await page.evaluate(([l, h, f, s]) => window.attnSaes.live_spread_prompts(l, h, f, s, false),
+      [process.env.LIVE_PROMPTS, head, feature, from]);
+    const spread = await waitFor(page, `${name}: the spread over the prompt set`, async () => {
+      const s = await shown(page);
+      return s && s.spread_status !== 'computing' && s.spread_status !== 'none' ? s : null;
+    });
+    run.spreadStatus = spread.spread_status;
+    run.spread = spread.spread;
+    run.spreadRefused = await page.evaluate((l) => {
+      try {
+        window.attnSaes.live_spread_prompts(l, 0, 0, 'biggest', false);
+        return '';
+      } catch (e) {
+        return String(e && e.message ? e.message : e);
+      }
+    }, process.env.LIVE_PROMPTS);
+  }
   // The text continued clean and steered by the picked feature (Your text's "Continue the
   // text"), held at activation 2.5 (clamped) for 6 new tokens, sampled at temperature 0.8
   // with seed 7.
