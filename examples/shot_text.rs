@@ -101,7 +101,8 @@ fn main() {
             text.spread_feature = Some((head, feature));
             (text.spread_from, text.spread_follow) = (from, std::env::var("FOLLOW").is_ok());
             h.run_steps(2);
-            h.get_by_label("Take it apart over the set").click_accesskit();
+            h.get_by_label("Take it apart over the set")
+                .click_accesskit();
             let asked = Instant::now();
             h.run_steps(1);
             wait(&mut h, "the spread over the prompts", |a| {

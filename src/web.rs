@@ -82,6 +82,8 @@ struct Shared {
     /// Set by [`live_spread_prompts`]: a prompt set's lines, as given and as read, and the
     /// spread asked.
     live_spread: Option<(String, Vec<PromptLine>, SpreadAsk)>,
+    /// Set by [`open_prompt_set`]: a prompt set's file, its name and text.
+    open_prompt_set: Option<(String, String)>,
     /// The bundle's answer to a spread request, with what it was for.
     spread_arrived: Option<(SpreadKey, Result<PromptsSpread, String>)>,
     live_view: Option<LiveView>,
@@ -119,6 +121,8 @@ struct LiveView {
     upstream: Option<AskedUpstream>,
     prompts: Option<crate::live::AskedPrompts>,
     spread: Option<crate::live::AskedSpread>,
+    /// The prompt set's box.
+    prompt_set: String,
 }
 
 /// `window.attnSaesLive`, the page's bridge to its inference bundle, if the page has one.
@@ -467,6 +471,7 @@ impl eframe::App for WebApp {
             upstream: web.upstream.clone(),
             prompts: web.prompts.clone(),
             spread: web.spread.clone(),
+            prompt_set: text.prompt_set.clone(),
         });
     }
 
@@ -569,10 +574,17 @@ impl WebApp {
                 s.prompts_arrived.take(),
             )
         };
-        let (ask_spread, spread_arrived) = {
+        let (ask_spread, spread_arrived, prompt_file) = {
             let mut s = self.shared.borrow_mut();
-            (s.live_spread.take(), s.spread_arrived.take())
+            (
+                s.live_spread.take(),
+                s.spread_arrived.take(),
+                s.open_prompt_set.take(),
+            )
         };
+        if let Some((name, text)) = prompt_file {
+            let _ = self.app.open_prompt_set(&name, text);
+        }
         self.examples_logic();
         let web = &mut self.app.web;
         if web.rerun && web.live_ready && !web.live_other {
@@ -913,6 +925,7 @@ pub fn live_shown() -> String {
     let mut shown = crate::live::shown_json(v.analysis.as_ref(), &v.prompt, v.pick);
     shown["status"] = v.status.clone().into();
     shown["rank_by"] = serde_json::to_value(&v.rank_by).unwrap_or_default();
+    shown["prompt_set"] = v.prompt_set.clone().into();
     for (name, state) in [
         ("effect", answer_json(v.effect.as_ref().map(|x| &x.state))),
         ("ranking", answer_json(v.ranking.as_ref().map(|x| &x.state))),
@@ -995,6 +1008,17 @@ pub fn live_rank_prompts(lines: String) -> Result<(), JsValue> {
     let read = read.into_iter().map(|x| x.1).collect();
     post(|s| s.live_rank_prompts = Some((lines, read)));
     Ok(())
+}
+
+/// Puts a prompt set's file (`name`, its `text`: `rank --prompts`' lines) in Your text's
+/// prompt set and shows Your text (the page's picker and a dropped `.jsonl` call it):
+/// returns how many prompts it holds, in words; throws naming the line that is no prompt
+/// (its text is put there either way, to mend).
+#[wasm_bindgen]
+pub fn open_prompt_set(name: String, text: String) -> Result<String, JsValue> {
+    let said = crate::app::prompt_set_said(&name, &text);
+    post(|s| s.open_prompt_set = Some((name, text)));
+    said.map_err(|e| JsValue::from_str(&e))
 }
 
 /// Takes `feature` of `head`'s DFA apart upstream on each prompt of a prompt set (Your

@@ -364,6 +364,14 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     ]);
     let native_spread: Value =
         serde_json::from_slice(&std::fs::read(&spread_json).unwrap()).unwrap();
+    // Prompt-set files the page opens: that one, and one whose second line is no prompt.
+    let bad_file = dir.join("bad-prompts.jsonl");
+    let bad_set = format!(
+        "{}\n{{\"answer\": \" a\"}}\n",
+        prompt_set.lines().next().unwrap()
+    );
+    std::fs::write(&bad_file, &bad_set).unwrap();
+    let prompt_files = [&prompts_file, &bad_file].map(|f| f.display().to_string());
 
     // The split taken a step further up through the layer-0 head term with the largest
     // magnitude (`text --through`).
@@ -419,6 +427,10 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         .env("LIVE_THROUGH", format!("[{through}]"))
         .env("LIVE_FOLLOW", "1")
         .env("LIVE_PROMPTS", &prompt_set)
+        .env(
+            "LIVE_PROMPT_FILES",
+            serde_json::to_string(&prompt_files).unwrap(),
+        )
         .env(
             "LIVE_SPREAD",
             serde_json::json!({"head": head, "feature": feature, "from": "strongest"}).to_string(),
@@ -688,6 +700,24 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
                 assert!(close(p, q), "{name}: {} {k} {p} vs {q}", y["writer"]);
             }
         }
+        // The prompt-set files picked: their text in the box, the status line saying so.
+        let files = r["promptFiles"].as_array().unwrap();
+        assert_eq!(files[0]["set"], prompt_set.as_str(), "{name}");
+        let said = &files[0]["said"];
+        assert_eq!(said["error"], false, "{name}: {said}");
+        let good = "3 prompts from prompts.jsonl in Your text's prompt set";
+        assert!(
+            said["text"].as_str().unwrap().starts_with(good),
+            "{name}: {said}"
+        );
+        assert_eq!(files[1]["set"], bad_set.as_str(), "{name}");
+        let said = &files[1]["said"];
+        assert_eq!(said["error"], true, "{name}: {said}");
+        let bad = "bad-prompts.jsonl line 2: not {\"text\"";
+        assert!(
+            said["text"].as_str().unwrap().contains(bad),
+            "{name}: {said}"
+        );
         let refused = r["spreadRefused"].as_str().unwrap();
         assert!(
             refused.contains("from \"biggest\": one of"),

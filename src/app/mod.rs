@@ -176,6 +176,31 @@ pub struct WebText {
     pub rerun: bool,
 }
 
+/// What opening the prompt set's file `name` with `text` says: how many prompts it holds,
+/// or why it is not a prompt set, naming the line.
+pub fn prompt_set_said(name: &str, text: &str) -> Result<String, String> {
+    crate::live::PromptLine::parse_set(text, name).map(|lines| {
+        format!(
+            "{} prompts from {name} in Your text's prompt set (Rank over the set, under a text \
+             analysed)",
+            lines.len()
+        )
+    })
+}
+
+/// Opens the page's picker for a prompt set's file (web/index.html's hidden `prompt-file`
+/// input, which hands the file's text to `attnSaes.open_prompt_set`).
+#[cfg(target_arch = "wasm32")]
+fn pick_prompt_file_in_page() {
+    use wasm_bindgen::JsCast;
+    let input = (web_sys::window().and_then(|w| w.document()))
+        .and_then(|d| d.get_element_by_id("prompt-file"))
+        .and_then(|e| e.dyn_into::<web_sys::HtmlElement>().ok());
+    if let Some(input) = input {
+        input.click();
+    }
+}
+
 #[cfg(target_arch = "wasm32")]
 impl WebText {
     /// Asks (through `src/web.rs`) what removing a feature changes in the analysed text.
@@ -290,6 +315,20 @@ pub struct Native {
 }
 
 impl AttnSaesApp {
+    /// Puts the text of a prompt set's file `name` (`rank --prompts`' lines) in Your text's
+    /// prompt set and shows Your text; says (and returns) how many prompts it holds, or why
+    /// it is not a prompt set (its text is put there either way, to mend).
+    pub fn open_prompt_set(&mut self, name: &str, text: String) -> Result<String, String> {
+        let said = prompt_set_said(name, &text);
+        (self.ui.text.prompt_set, self.ui.text.prompt_set_asked) = (text, None);
+        self.ui.view = View::Text;
+        match &said {
+            Ok(said) => self.message(Level::Info, said.clone()),
+            Err(why) => self.message(Level::Error, why.clone()),
+        }
+        said
+    }
+
     /// A new app with `ui` restored from eframe storage when there is one.
     pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
         let ui = cc
@@ -779,8 +818,7 @@ impl AttnSaesApp {
             Some(text_view::TextAction::SpreadPrompts(lines, ask)) => {
                 self.web.ask_spread(lines, ask)
             }
-            // The button is the desktop's only (the page's prompt set is pasted).
-            Some(text_view::TextAction::OpenPromptFile) => {}
+            Some(text_view::TextAction::OpenPromptFile) => pick_prompt_file_in_page(),
             Some(text_view::TextAction::Effect { head, feature }) => {
                 self.web.ask_effect(head, feature)
             }
@@ -886,27 +924,14 @@ impl AttnSaesApp {
     }
 
     /// Puts a prompt set's file (`rank --prompts`' lines) in Your text's prompt set and shows
-    /// Your text; says how many prompts it holds, or why it is not a prompt set (its text is
-    /// put there either way, to mend).
+    /// Your text ([`AttnSaesApp::open_prompt_set`]).
     pub fn open_prompt_file(&mut self, path: &Path) {
         let shown = path.display().to_string();
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) => return self.message(Level::Error, format!("reading {shown}: {e}")),
-        };
-        let read = crate::live::PromptLine::parse_set(&text, &shown);
-        (self.ui.text.prompt_set, self.ui.text.prompt_set_asked) = (text, None);
-        self.ui.view = View::Text;
-        match read {
-            Ok(lines) => self.message(
-                Level::Info,
-                format!(
-                    "{} prompts from {shown} in Your text's prompt set (Rank over the set, under \
-                     a text analysed)",
-                    lines.len()
-                ),
-            ),
-            Err(why) => self.message(Level::Error, why),
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let _ = self.open_prompt_set(&shown, text);
+            }
+            Err(e) => self.message(Level::Error, format!("reading {shown}: {e}")),
         }
     }
 

@@ -356,7 +356,6 @@ fn prompts_panel(
     let label = ui
         .horizontal(|ui| {
             let label = ui.label("prompt set").id;
-            #[cfg(not(target_arch = "wasm32"))]
             if ui
                 .button("Open a prompt file…")
                 .on_hover_text("JSON lines, as rank --prompts reads them (or drop a .jsonl file)")

@@ -14,6 +14,7 @@
 // and a manifest whose sha256 is wrong is refused. Prints one JSON object; exits 1 on a
 // step that fails.
 import { chromium } from 'playwright-core';
+import { readFileSync } from 'node:fs';
 
 const [base, outDir, prompt, pickJson, flag] = process.argv.slice(2);
 const pick = JSON.parse(pickJson);
@@ -268,6 +269,28 @@ async function session(context, name, query) {
         return String(e && e.message ? e.message : e);
       }
     }, process.env.LIVE_PROMPTS);
+  }
+  // LIVE_PROMPT_FILES (JSON of [a prompt set's .jsonl, one with a line that is no prompt]):
+  // each picked with the page's prompt-file input (what Your text's "Open a prompt file…"
+  // opens): its text in the prompt set's box, and the page's status line saying how many
+  // prompts, or naming the bad line.
+  if (process.env.LIVE_PROMPT_FILES) {
+    run.promptFiles = [];
+    for (const file of JSON.parse(process.env.LIVE_PROMPT_FILES)) {
+      await page.setInputFiles('#prompt-file', file);
+      // The status line says it at once; the box has it from the viewer's next frame.
+      const text = readFileSync(file, 'utf8');
+      const opened = await waitFor(page, `${name}: ${file} in the prompt set`, async () => {
+        const s = await shown(page);
+        const said = await page.evaluate(() => {
+          const el = document.getElementById('status');
+          return { text: el.textContent, error: el.className === 'error' };
+        });
+        const done = s && s.prompt_set === text && said.text.includes(file.split('/').pop());
+        return done ? { set: s.prompt_set, said } : null;
+      }, 30000);
+      run.promptFiles.push(opened);
+    }
   }
   // The text continued clean and steered by the picked feature (Your text's "Continue the
   // text"), held at activation 2.5 (clamped) for 6 new tokens, sampled at temperature 0.8
