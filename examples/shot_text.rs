@@ -14,7 +14,8 @@
 //! given (what `docs/app-upstream.png` is), and with THROUGH=LAYER,HEAD,FROM (a head listed
 //! there, reading from FROM) that head's term a step further up; with FOLLOW too, followed
 //! up through the strongest heads ("Follow the strongest head", `docs/app-upstream-followed.png`).
-//! With PROMPTS=FILE (`rank --prompts`' lines), that prompt set ranked over instead; with
+//! With PROMPTS=FILE (`rank --prompts`' lines), that prompt set ranked over instead (EXACT:
+//! the listed features' exact changes too, `docs/app-prompts.png`); with
 //! SPREAD=strongest, largest or answer too, the feature's DFA taken apart upstream over it
 //! from that source of each prompt instead (FOLLOW: followed up), `docs/app-spread.png`.
 use std::time::{Duration, Instant};
@@ -128,6 +129,22 @@ fn main() {
             "the ranking over the prompts arrived {:.2} s after the click",
             asked.elapsed().as_secs_f64()
         );
+        // EXACT: then the listed features' exact changes.
+        if std::env::var("EXACT").is_ok() {
+            h.run_steps(2);
+            h.get_by_label("Remove each for the exact change")
+                .click_accesskit();
+            let asked = Instant::now();
+            h.run_steps(1);
+            wait(&mut h, "the exact changes", |a| {
+                let exact = a.native.prompts.as_ref().and_then(|p| p.exact.as_ref());
+                settled(exact.map(|e| &e.0))
+            });
+            eprintln!(
+                "the exact changes arrived {:.2} s after the click",
+                asked.elapsed().as_secs_f64()
+            );
+        }
         return save(&mut h, out);
     }
     if let Ok(answer) = std::env::var("ANSWER") {

@@ -16,6 +16,7 @@ use eframe::egui;
 use wasm_bindgen::prelude::*;
 
 use crate::app::features::LoadedDashboard;
+use crate::app::text_view::RANKED_SHOWN;
 use crate::app::{AttnSaesApp, View};
 use crate::live::{
     Analysed, Answer, AnswerAsk, AskedEffect, AskedExamples, AskedRanking, AskedSteer,
@@ -82,6 +83,10 @@ struct Shared {
     /// Set by [`live_spread_prompts`]: a prompt set's lines, as given and as read, and the
     /// spread asked.
     live_spread: Option<(String, Vec<PromptLine>, SpreadAsk)>,
+    /// Set by [`live_exact_prompts`]: ask for the listed features' exact changes.
+    live_exact: bool,
+    /// The bundle's answer to an exact request, with the lines it was for.
+    exact_arrived: Option<(Vec<PromptLine>, ExactResult)>,
     /// Set by [`open_prompt_set`]: a prompt set's file, its name and text.
     open_prompt_set: Option<(String, String)>,
     /// The bundle's answer to a spread request, with what it was for.
@@ -99,6 +104,9 @@ struct Shared {
     /// The app's message lines, for [`messages`].
     messages: String,
 }
+
+/// The exact changes over a prompt set: `(head, feature, mean exact change)`.
+type ExactResult = Result<Vec<(usize, usize, f32)>, String>;
 
 /// A spread request: the prompt set's lines and what is asked.
 type SpreadKey = (Vec<PromptLine>, SpreadAsk);
@@ -299,6 +307,25 @@ fn request_spread((lines, ask): SpreadKey) {
                     .map_err(|e| format!("the inference bundle's answer: {e}"))
             });
         post(|s| s.spread_arrived = Some(((lines, ask), result)));
+    });
+}
+
+/// Asks the inference bundle for the exact changes of `features` over the prompt set
+/// `lines` it ranked last; the answer arrives in `shared.exact_arrived`.
+fn request_exact((lines, features): crate::app::ExactRequest) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let json = |x: String| JsValue::from_str(&x);
+        let args = [
+            json(serde_json::to_string(&lines).unwrap_or_default()),
+            json(serde_json::to_string(&features).unwrap_or_default()),
+        ];
+        let result = awaited_string(call_bridge("exactPrompts", &args))
+            .await
+            .and_then(|json| {
+                serde_json::from_str::<Vec<(usize, usize, f32)>>(&json)
+                    .map_err(|e| format!("the inference bundle's answer: {e}"))
+            });
+        post(|s| s.exact_arrived = Some((lines, result)));
     });
 }
 
@@ -574,12 +601,13 @@ impl WebApp {
                 s.prompts_arrived.take(),
             )
         };
-        let (ask_spread, spread_arrived, prompt_file) = {
+        let (ask_spread, spread_arrived, prompt_file, (ask_exact, exact_arrived)) = {
             let mut s = self.shared.borrow_mut();
             (
                 s.live_spread.take(),
                 s.spread_arrived.take(),
                 s.open_prompt_set.take(),
+                (std::mem::take(&mut s.live_exact), s.exact_arrived.take()),
             )
         };
         if let Some((name, text)) = prompt_file {
@@ -695,6 +723,16 @@ impl WebApp {
             && asked.is_for(&lines, &ask)
         {
             asked.state = Answer::of(result);
+        }
+        if ask_exact {
+            let listed = (web.prompts.as_ref()).map(|p| p.listed(RANKED_SHOWN));
+            web.ask_exact(listed.unwrap_or_default());
+        }
+        if let Some(request) = web.exact_request.take() {
+            request_exact(request);
+        }
+        if let (Some(asked), Some((lines, result))) = (&mut web.prompts, exact_arrived) {
+            asked.exact_arrived(&lines, result);
         }
         if let Some(answer) = ask_ranking {
             self.app.ui.text.show_ranked_by(answer.as_ref());
@@ -936,6 +974,10 @@ pub fn live_shown() -> String {
         ),
         ("prompts", answer_json(v.prompts.as_ref().map(|x| &x.state))),
         ("spread", answer_json(v.spread.as_ref().map(|x| &x.state))),
+        (
+            "prompts_exact",
+            answer_json((v.prompts.as_ref()).and_then(|x| x.exact.as_ref().map(|e| &e.0))),
+        ),
     ] {
         shown[format!("{name}_status")] = state.0.into();
         shown[name] = state.1;
@@ -1008,6 +1050,15 @@ pub fn live_rank_prompts(lines: String) -> Result<(), JsValue> {
     let read = read.into_iter().map(|x| x.1).collect();
     post(|s| s.live_rank_prompts = Some((lines, read)));
     Ok(())
+}
+
+/// Removes each feature the ranking over the prompt set lists (the strongest each way, as
+/// Your text's "Remove each for the exact change" does) from every prompt it fires in, for
+/// what its answer loses, averaged (`rank --prompts --exact`); [`live_shown`] has them once
+/// they arrive (`prompts_exact`: `[[head, feature, change], ...]`). Needs the ranking.
+#[wasm_bindgen]
+pub fn live_exact_prompts() {
+    post(|s| s.live_exact = true);
 }
 
 /// Puts a prompt set's file (`name`, its `text`: `rank --prompts`' lines) in Your text's

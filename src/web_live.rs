@@ -35,6 +35,9 @@ struct Session {
 thread_local! {
     static SESSION: RefCell<Option<Rc<Session>>> = const { RefCell::new(None) };
     static LAST: RefCell<Option<LiveAnalysis>> = const { RefCell::new(None) };
+    /// The last prompt set ranked over, and its ranking (for the exact changes after it).
+    static LAST_PROMPTS: RefCell<Option<(Vec<crate::live::PromptLine>, crate::live::PromptsRanking)>> =
+        const { RefCell::new(None) };
 }
 
 fn js_error(e: impl std::fmt::Display) -> JsValue {
@@ -300,7 +303,39 @@ pub async fn rank_prompts(lines: String) -> Result<String, JsValue> {
     )
     .await
     .map_err(|e| js_error(format!("{e:#}")))?;
-    serde_json::to_string(&ranking).map_err(js_error)
+    let json = serde_json::to_string(&ranking).map_err(js_error)?;
+    LAST_PROMPTS.with(|l| *l.borrow_mut() = Some((lines, ranking)));
+    Ok(json)
+}
+
+/// Each of `features` (JSON of `[[head, feature], ...]`) removed from every prompt of the
+/// set last ranked over (`lines`, JSON of its [`crate::live::PromptLine`]s, must be those)
+/// that it fires in: what its answer loses, averaged (`rank --prompts --exact`): JSON of
+/// `[[head, feature, change], ...]`.
+#[wasm_bindgen]
+pub async fn exact_prompts(lines: String, features: String) -> Result<String, JsValue> {
+    let session = session()?;
+    let lines: Vec<crate::live::PromptLine> = serde_json::from_str(&lines).map_err(js_error)?;
+    let features: Vec<(usize, usize)> = serde_json::from_str(&features).map_err(js_error)?;
+    let ranking = LAST_PROMPTS
+        .with(|l| {
+            l.borrow()
+                .as_ref()
+                .filter(|x| x.0 == lines)
+                .map(|x| x.1.clone())
+        })
+        .ok_or_else(|| js_error("this prompt set was not the last ranked over: rank it again"))?;
+    let exact = crate::live::exact_prompt_lines_async(
+        &session.loaded,
+        &session.sae,
+        (session.layer, session.z_convention),
+        (&lines, &ranking),
+        &features,
+        &mut |_, _| {},
+    )
+    .await
+    .map_err(|e| js_error(format!("{e:#}")))?;
+    serde_json::to_string(&exact).map_err(js_error)
 }
 
 /// A feature's DFA taken apart upstream on each of a prompt set's texts (`lines`: JSON of a

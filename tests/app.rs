@@ -1132,18 +1132,13 @@ fn your_text_shows_each_heads_features_and_dfa_as_a_direct_computation_does() {
 /// its strongest feature (a click opens its dashboard) and the prompts with their answers'
 /// values drawn; a prompt clicked is analysed with its answer in the ranking's controls;
 /// edited lines ask again, and lines that are not prompts are refused with the line named.
-#[test]
-fn your_text_ranks_over_a_prompt_set_as_the_library_does() {
-    if !renderer_available() {
-        return;
-    }
-    use attn_saes::app::View;
-    use attn_saes::live::{
-        Answer, PromptLine, parse_prompt_lines, rank_on_prompts, resolve_prompts,
-    };
-    use attn_saes::lm::ZConvention;
-    let dir = TempDir::new("attn-saes-app", "prompt-set");
-    let (run, mut h) = opened_run(&dir);
+/// A run opened, a text analysed, and a prompt set of three (a blank line between the
+/// second and the third, which has its answer's position) ranked over in Your text: the
+/// run, the harness and the set's lines.
+fn ranked_over_a_prompt_set(
+    dir: &Path,
+) -> (std::path::PathBuf, Harness<'static, AttnSaesApp>, String) {
+    let (run, mut h) = opened_run(dir);
     analyse_text(&mut h, "The cat sat.");
     let lines = [
         r#"{"text": "When the cat and the dog went to the park, the dog gave a ball to", "answer": " the", "against": " a"}"#,
@@ -1159,6 +1154,21 @@ fn your_text_ranks_over_a_prompt_set_as_the_library_does() {
         settled(a.native.prompts.as_ref().map(|r| &r.state))
     });
     h.run_steps(2);
+    (run, h, lines)
+}
+
+#[test]
+fn your_text_ranks_over_a_prompt_set_as_the_library_does() {
+    if !renderer_available() {
+        return;
+    }
+    use attn_saes::app::View;
+    use attn_saes::live::{
+        Answer, PromptLine, parse_prompt_lines, rank_on_prompts, resolve_prompts,
+    };
+    use attn_saes::lm::ZConvention;
+    let dir = TempDir::new("attn-saes-app", "prompt-set");
+    let (run, mut h, lines) = ranked_over_a_prompt_set(&dir);
     let (loaded, sae) = tiny_model_and_sae(&run);
     let read: Vec<(String, PromptLine)> = parse_prompt_lines(&lines, "set", "a prompt").unwrap();
     assert_eq!(read.len(), 3);
@@ -1183,6 +1193,43 @@ fn your_text_ranks_over_a_prompt_set_as_the_library_does() {
     let prompt = format!("{value:+.3}  The dog saw the cat, and then the cat went to  → \" a\"");
     assert!(has_label(&h, &prompt), "{prompt}");
     h.snapshot("app_text_prompts");
+    // The listed features (the strongest each way, 8 each) removed from every prompt each
+    // fires in: the library's exact means, kept in the ranking, each drawn by its estimate.
+    click_in_view(&mut h, "Remove each for the exact change");
+    h.run_steps(1);
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        let asked = a.native.prompts.as_ref();
+        settled(asked.and_then(|p| p.exact.as_ref().map(|e| &e.0)))
+    });
+    h.run_steps(2);
+    let [helps, hurts] = attn_saes::live::strongest_each_way(&direct.features, 8);
+    let listed: Vec<(usize, usize)> = (helps.iter().chain(&hurts))
+        .map(|f| (f.head, f.feature))
+        .collect();
+    assert!(listed.len() > 8, "{listed:?}");
+    let exact = attn_saes::live::exact_on_prompts(
+        &loaded,
+        &sae,
+        (1, conv),
+        (&prompts, &direct),
+        &listed,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let asked = h.state().native.prompts.as_ref().unwrap();
+    let Some((Answer::Ready(shown_exact), progress)) = &asked.exact else {
+        panic!("{:?}", asked.exact)
+    };
+    let all = (listed.len(), listed.len());
+    assert_eq!((shown_exact.as_slice(), *progress), (exact.as_slice(), all));
+    assert_eq!(asked.ranking().unwrap().exact, exact);
+    let (h0, f0, change) = exact[0];
+    let estimate = (direct.features.iter())
+        .find(|x| (x.head, x.feature) == (h0, f0))
+        .unwrap()
+        .estimate;
+    let line = format!("h{h0} #{f0} {change:+.4} ({estimate:+.4})");
+    assert!(has_label(&h, &line), "{line}");
     // The feature that helps most: a click opens its dashboard.
     let top = direct.features[0].clone();
     h.get_by_label(&format!(
@@ -1231,21 +1278,8 @@ fn your_text_spreads_a_feature_upstream_over_a_prompt_set_as_the_library_does() 
     };
     use attn_saes::lm::ZConvention;
     let dir = TempDir::new("attn-saes-app", "prompt-spread");
-    let (run, mut h) = opened_run(&dir);
-    analyse_text(&mut h, "The cat sat.");
-    let lines = [
-        r#"{"text": "When the cat and the dog went to the park, the dog gave a ball to", "answer": " the", "against": " a"}"#,
-        r#"{"text": "The dog saw the cat, and then the cat went to", "answer": " a", "against": " the"}"#,
-        r#"{"text": "When the dog and the cat went home, the cat gave a toy to the", "answer": " the", "against": " a", "at": 14}"#,
-    ]
-    .join("\n");
-    h.state_mut().ui.text.prompt_set = lines.clone();
-    h.run_steps(2);
     // Ranked first: the feature taken apart is then the ranking's strongest.
-    h.get_by_label("Rank over the set").click();
-    step_until(&mut h, Duration::from_secs(120), |a| {
-        settled(a.native.prompts.as_ref().map(|r| &r.state))
-    });
+    let (run, mut h, lines) = ranked_over_a_prompt_set(&dir);
     let Some(Answer::Ready(ranked)) = h.state().native.prompts.as_ref().map(|p| &p.state) else {
         panic!("{:?}", h.state().native.prompts)
     };

@@ -345,6 +345,9 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         run.to_str().unwrap(),
         "--prompts",
         prompts_file.to_str().unwrap(),
+        "--exact",
+        "--top",
+        "8",
         "--json",
         prompts_json.to_str().unwrap(),
     ]);
@@ -670,6 +673,24 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
             refused.contains("the prompt set line 2: not {\"text\""),
             "{name}: {refused}"
         );
+        // The listed features' exact changes (8 each way, as `rank --prompts --exact --top
+        // 8`): the same features in the same order, changes within the tolerance.
+        assert_eq!(r["exactStatus"], "ready", "{name}");
+        let (a, b) = (
+            r["exact"].as_array().unwrap(),
+            native_prompts["exact"].as_array().unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{name}: exact changes");
+        assert!(b.len() > 8, "{name}: {} exact changes", b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(
+                (&x[0], &x[1]),
+                (&y[0], &y[1]),
+                "{name}: the feature removed"
+            );
+            let (p, q) = (x[2].as_f64().unwrap(), y[2].as_f64().unwrap());
+            assert!(close(p, q), "{name}: exact change of {x}: {p} vs {q}");
+        }
         // Taken apart upstream over the set: each prompt's split (the same source, writers
         // and parts within the tolerance) and each writer's spread over them.
         assert_eq!(r["spreadStatus"], "ready", "{name}");

@@ -6,9 +6,9 @@
 // keeps drawing and answering while it works.
 //
 // Messages in: {id, op, args}, op one of 'load' | 'analyze' | 'attribution' | 'effect' |
-// 'upstream' | 'rank' | 'rank_prompts' | 'spread_prompts' | 'steer' | 'examples', handled one at
-// a time in arrival order. Out: {status, isError} lines while working, and {id, value} or
-// {id, error} for each request.
+// 'upstream' | 'rank' | 'rank_prompts' | 'exact_prompts' | 'spread_prompts' | 'steer' |
+// 'examples', handled one at a time in arrival order. Out: {status, isError} lines while
+// working, and {id, value} or {id, error} for each request.
 import init, * as lm from './live/attn_saes_live.js';
 import { readBody } from './read-body.js';
 
@@ -218,6 +218,11 @@ const ops = {
   // ranked by its estimated effect on each one's answer, averaged.
   async rank_prompts({ lines }) {
     return lm.rank_prompts(lines);
+  },
+  // Each feature listed (JSON of [[head, feature]]) removed from every prompt of the set
+  // last ranked over that it fires in, exactly: what the answer loses, averaged.
+  async exact_prompts({ lines, features }) {
+    return lm.exact_prompts(lines, features);
   },
   // A feature's DFA taken apart upstream on each of a prompt set's texts (JSON of
   // {feature, from, follow}), and each writer's part over them or the paths followed.

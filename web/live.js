@@ -13,6 +13,8 @@
 //   rankPrompts(linesJson) -> Promise<JSON of every feature firing in a prompt set's texts
 //   ([{text, answer, against?, at?}]) ranked by its estimated effect on each one's answer,
 //   averaged>;
+//   exactPrompts(linesJson, featuresJson) -> Promise<JSON of each feature removed from every
+//   prompt of the set last ranked over that it fires in: [[head, feature, mean change]]>;
 //   spreadPrompts(linesJson, askJson) -> Promise<JSON of a feature's DFA taken apart
 //   upstream on each of a prompt set's texts ({feature, from, follow}), and each writer's
 //   part over them or the paths followed>;
@@ -244,6 +246,10 @@ const api = {
   rankPrompts: (lines) => {
     if (!ready) return Promise.reject(new Error(status));
     return ask('rank_prompts', { lines });
+  },
+  exactPrompts: (lines, features) => {
+    if (!ready) return Promise.reject(new Error(status));
+    return ask('exact_prompts', { lines, features });
   },
   spreadPrompts: (lines, ask_) => {
     if (!ready) return Promise.reject(new Error(status));

@@ -321,6 +321,16 @@ pub enum LiveEvent {
         lines: Vec<crate::live::PromptLine>,
         result: Result<crate::live::PromptsRanking, String>,
     },
+    /// [`LiveRequest::ExactPrompts`] has removed `done` of `of` features.
+    ExactProgress {
+        done: usize,
+        of: usize,
+    },
+    /// The answer to [`LiveRequest::ExactPrompts`]: `(head, feature, mean exact change)`.
+    PromptsExact {
+        lines: Vec<crate::live::PromptLine>,
+        result: Result<Vec<(usize, usize, f32)>, String>,
+    },
     /// [`LiveRequest::SpreadPrompts`] has taken the DFA apart on `done` of `of` prompts.
     SpreadProgress {
         done: usize,
@@ -356,6 +366,13 @@ pub enum LiveRequest {
     /// Every feature firing in any of a prompt set's texts, ranked by its estimated effect
     /// on each one's answer, averaged ([`crate::live::PromptsRanking`]).
     RankPrompts { lines: Vec<crate::live::PromptLine> },
+    /// Each of `features` removed from every prompt of a set it fires in (`ranking`, the
+    /// set's), exactly: what its answer loses, averaged ([`crate::live::exact_on_prompts`]).
+    ExactPrompts {
+        lines: Vec<crate::live::PromptLine>,
+        ranking: Box<crate::live::PromptsRanking>,
+        features: Vec<(usize, usize)>,
+    },
     /// A feature's DFA taken apart upstream on each of a prompt set's texts
     /// ([`crate::live::PromptsSpread`]).
     SpreadPrompts {
@@ -755,6 +772,24 @@ fn live_loop(
                     result: (live.rank_prompts(lines, &mut |done, of| {
                         let _ = tx.send(LiveEvent::PromptsProgress { done, of });
                     }))
+                    .map_err(|e| format!("{e:#}")),
+                },
+                LiveRequest::ExactPrompts {
+                    lines,
+                    ranking,
+                    features,
+                } => LiveEvent::PromptsExact {
+                    lines: lines.clone(),
+                    result: crate::live::exact_prompt_lines(
+                        &live.loaded,
+                        &live.sae,
+                        (live.layer, live.z_convention),
+                        (lines, ranking),
+                        features,
+                        &mut |done, of| {
+                            let _ = tx.send(LiveEvent::ExactProgress { done, of });
+                        },
+                    )
                     .map_err(|e| format!("{e:#}")),
                 },
                 LiveRequest::SpreadPrompts { lines, ask } => LiveEvent::PromptsSpread {

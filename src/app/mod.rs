@@ -164,6 +164,8 @@ pub struct WebText {
     /// The same for a feature's DFA taken apart upstream over a prompt set.
     pub spread: Option<crate::live::AskedSpread>,
     pub spread_request: Option<(Vec<crate::live::PromptLine>, crate::live::SpreadAsk)>,
+    /// The exact changes of the listed features over the prompt set ranked, asked for.
+    pub exact_request: Option<ExactRequest>,
     /// The page's inference bundle has a model loaded.
     pub live_ready: bool,
     /// The model and SAE loaded were checked against another dashboard than the open one
@@ -175,6 +177,10 @@ pub struct WebText {
     /// Whether to analyse the text again once the model and SAE being loaded are ready.
     pub rerun: bool,
 }
+
+/// An exact-changes request of the page: the prompt set's lines and the features.
+#[cfg(target_arch = "wasm32")]
+pub type ExactRequest = (Vec<crate::live::PromptLine>, Vec<(usize, usize)>);
 
 /// What opening the prompt set's file `name` with `text` says: how many prompts it holds,
 /// or why it is not a prompt set, naming the line.
@@ -235,6 +241,15 @@ impl WebText {
     pub fn ask_prompts(&mut self, lines: Vec<crate::live::PromptLine>) {
         self.prompts_request = Some(lines.clone());
         self.prompts = Some(crate::live::AskedPrompts::computing(lines));
+    }
+
+    /// Asks (through `src/web.rs`) for the exact changes of `features` over the prompt set
+    /// ranked (the inference bundle keeps its last ranking of it).
+    pub fn ask_exact(&mut self, features: Vec<(usize, usize)>) {
+        if let Some(asked) = self.prompts.as_mut().filter(|p| p.ranking().is_some()) {
+            self.exact_request = Some((asked.lines.clone(), features.clone()));
+            asked.ask_exact(features.len());
+        }
     }
 
     /// Asks (through `src/web.rs`) for a feature's DFA taken apart upstream over a prompt
@@ -818,6 +833,7 @@ impl AttnSaesApp {
             Some(text_view::TextAction::SpreadPrompts(lines, ask)) => {
                 self.web.ask_spread(lines, ask)
             }
+            Some(text_view::TextAction::ExactPrompts(features)) => self.web.ask_exact(features),
             Some(text_view::TextAction::OpenPromptFile) => pick_prompt_file_in_page(),
             Some(text_view::TextAction::Effect { head, feature }) => {
                 self.web.ask_effect(head, feature)
@@ -1053,7 +1069,9 @@ impl AttnSaesApp {
             || (self.native.examples.as_ref()).is_some_and(|r| matches!(r.state, Computing))
             || (self.native.upstream.as_ref()).is_some_and(|u| matches!(u.state, Computing))
             || (self.native.prompts.as_ref()).is_some_and(|u| matches!(u.state, Computing))
-            || (self.native.spread.as_ref()).is_some_and(|u| matches!(u.state, Computing));
+            || (self.native.spread.as_ref()).is_some_and(|u| matches!(u.state, Computing))
+            || (self.native.prompts.as_ref())
+                .is_some_and(|u| matches!(u.exact, Some((Computing, _))));
         if self.native.live_status.ends_with('…') || effect_due {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
@@ -1128,6 +1146,17 @@ impl AttnSaesApp {
                 jobs::LiveEvent::PromptsRanking { lines, result } => {
                     if let Some(asked) = self.native.prompts.as_mut().filter(|p| p.lines == lines) {
                         asked.state = crate::live::Answer::of(result);
+                    }
+                }
+                jobs::LiveEvent::ExactProgress { done, of } => {
+                    let asked = self.native.prompts.as_mut();
+                    if let Some((_, progress)) = asked.and_then(|p| p.exact.as_mut()) {
+                        *progress = (done, of);
+                    }
+                }
+                jobs::LiveEvent::PromptsExact { lines, result } => {
+                    if let Some(asked) = &mut self.native.prompts {
+                        asked.exact_arrived(&lines, result);
                     }
                 }
                 jobs::LiveEvent::SpreadProgress { done, of } => {
@@ -1319,6 +1348,19 @@ impl AttnSaesApp {
                         lines: lines.clone(),
                     });
                     self.native.prompts = Some(crate::live::AskedPrompts::computing(lines));
+                }
+            }
+            Some(text_view::TextAction::ExactPrompts(features)) => {
+                let asked = self.native.prompts.as_mut();
+                if let (Some((_, worker)), Some(asked)) = (&self.native.live, asked)
+                    && let Some(ranking) = asked.ranking()
+                {
+                    let _ = worker.requests.send(jobs::LiveRequest::ExactPrompts {
+                        lines: asked.lines.clone(),
+                        ranking: Box::new(ranking.clone()),
+                        features: features.clone(),
+                    });
+                    asked.ask_exact(features.len());
                 }
             }
             Some(text_view::TextAction::SpreadPrompts(lines, ask)) => {

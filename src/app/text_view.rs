@@ -221,6 +221,9 @@ pub enum TextAction {
     Upstream(UpstreamAsk),
     /// Rank the features over a prompt set (see [`PromptsRanking`]).
     RankPrompts(Vec<PromptLine>),
+    /// Remove each of these features (the ranking's listed ones) from every prompt of the
+    /// set ranked that it fires in, for its exact change (see [`PromptsRanking::exact`]).
+    ExactPrompts(Vec<(usize, usize)>),
     /// Take a feature's DFA apart upstream on each prompt of a set (see [`PromptsSpread`]).
     SpreadPrompts(Vec<PromptLine>, SpreadAsk),
     /// Ask for a prompt set's file to read into the box (the desktop's file dialog).
@@ -412,9 +415,8 @@ fn prompts_panel(
         });
         return None;
     }
-    let lines = asked.map(|p| p.lines.as_slice()).unwrap_or_default();
     let (clicked, picked) = answer_panel(ui, state, texts, |ui, r| {
-        prompts_ready(ui, s, a, (lines, r), labels)
+        prompts_ready(ui, s, a, (asked?, r), labels)
     });
     if !clicked {
         return picked;
@@ -441,9 +443,10 @@ fn prompts_ready(
     ui: &mut Ui,
     s: &mut TextState,
     a: &LiveTokens,
-    (lines, r): (&[PromptLine], &PromptsRanking),
+    (asked, r): (&AskedPrompts, &PromptsRanking),
     labels: Option<&Labels>,
 ) -> Option<TextAction> {
+    let lines = &asked.lines;
     let n = r.objectives.len();
     let (mean, sd) = r.value_spread();
     ui.label(format!(
@@ -459,6 +462,9 @@ fn prompts_ready(
             head: f.head,
             feature: f.feature,
         });
+    if let Some(exact) = exact_panel(ui, a, asked, r) {
+        action = Some(exact);
+    }
     ui.label(
         RichText::new("The prompts, each with its answer's value (a click analyses it):").weak(),
     );
@@ -474,6 +480,67 @@ fn prompts_ready(
         ui.label(RichText::new(format!("and {} more", lines.len() - PROMPTS_SHOWN)).weak());
     }
     action
+}
+
+/// The listed features' exact changes over a prompt set: a button that removes each from
+/// every prompt it fires in (the model run twice a prompt), progress a feature at a time,
+/// then each one's mean exact change beside its estimate.
+fn exact_panel(
+    ui: &mut Ui,
+    a: &LiveTokens,
+    asked: &AskedPrompts,
+    r: &PromptsRanking,
+) -> Option<TextAction> {
+    let name = |h: usize, f: usize| match a.dense_heads {
+        Some(_) => format!("#{f}"),
+        None => format!("h{h} #{f}"),
+    };
+    match &asked.exact {
+        Some((Answer::Computing, (done, of))) => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(format!(
+                    "removing each listed feature from every prompt it fires in… {done} of {of}"
+                ));
+            });
+            None
+        }
+        Some((Answer::Ready(exact), _)) => {
+            ui.label(
+                "Exact: each removed from every prompt it fires in, what the answer loses, \
+                 averaged over the prompts (the estimate in brackets):",
+            );
+            ui.horizontal_wrapped(|ui| {
+                for &(h, f, change) in exact.iter() {
+                    let estimate = (r.features.iter())
+                        .find(|x| (x.head, x.feature) == (h, f))
+                        .map_or(0.0, |x| x.estimate);
+                    let text = format!("{} {change:+.4} ({estimate:+.4})", name(h, f));
+                    ui.label(RichText::new(text).monospace());
+                }
+            });
+            None
+        }
+        failed => {
+            if let Some((Answer::Failed(why), _)) = failed {
+                error_label(ui, &format!("failed: {why}"));
+            }
+            let listed = asked.listed(RANKED_SHOWN);
+            ui.horizontal_wrapped(|ui| {
+                let clicked = ui.button("Remove each for the exact change").clicked();
+                ui.label(
+                    RichText::new(format!(
+                        "removes each of the {} features listed from every prompt it fires in \
+                         (the model run twice a prompt) and averages what its answer loses",
+                        listed.len()
+                    ))
+                    .weak(),
+                );
+                clicked.then_some(TextAction::ExactPrompts(listed))
+            })
+            .inner
+        }
+    }
 }
 
 /// Where a feature reads from over a prompt set: the feature (the picked one, else the
@@ -1418,7 +1485,7 @@ fn signed(x: f32) -> String {
 }
 
 /// Features listed each way in the ranking.
-const RANKED_SHOWN: usize = 8;
+pub const RANKED_SHOWN: usize = 8;
 
 /// Which features matter for the text: a button that asks for the ranking, then the
 /// features that help and hurt the predictions most; a click picks one (at the position it

@@ -32,11 +32,21 @@ pub use steer::{choose, steer, steer_async};
 mod ranking;
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use ranking::{
-    WINDOWS_PER_PASS, answer_objective, exact_on_prompts, lm_gradient, rank_features,
-    rank_features_async, rank_features_for, rank_features_from, rank_features_over,
-    rank_on_prompts, rank_on_prompts_async, rank_prompt_lines, rank_prompt_lines_async,
-    resolve_answer, resolve_prompts,
+    WINDOWS_PER_PASS, answer_objective, exact_on_prompts, exact_on_prompts_async,
+    exact_prompt_lines, exact_prompt_lines_async, lm_gradient, rank_features, rank_features_async,
+    rank_features_for, rank_features_from, rank_features_over, rank_on_prompts,
+    rank_on_prompts_async, rank_prompt_lines, rank_prompt_lines_async, resolve_answer,
+    resolve_prompts,
 };
+
+/// A prompt set's lines as they are (Your text's, in the app and the page), named "prompt
+/// 1", "prompt 2", ... in the order given, for errors.
+#[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
+fn named_prompts<U>(lines: impl IntoIterator<Item = U>) -> Vec<(String, U)> {
+    (lines.into_iter().enumerate())
+        .map(|(i, p)| (format!("prompt {}", i + 1), p))
+        .collect()
+}
 
 /// `(blocks, block width, features per block, model heads per block)` of an SAE that reads
 /// `model`'s hook_z: one block per head, or one dense block over every head (what the
@@ -1401,7 +1411,14 @@ pub struct AskedPrompts {
     pub state: Answer<PromptsRanking>,
     /// While computing: the prompts ranked on so far, and how many there are.
     pub progress: (usize, usize),
+    /// The listed features' exact changes asked for ([`PromptsRanking::exact`]), if asked:
+    /// while computing, the features removed so far and how many there are.
+    pub exact: Option<(Answer<ExactChanges>, (usize, usize))>,
 }
+
+/// `(head, feature, mean exact change)` of features removed over a prompt set
+/// ([`PromptsRanking::exact`]).
+pub type ExactChanges = Vec<(usize, usize, f32)>;
 
 impl AskedPrompts {
     /// Asked, not answered yet.
@@ -1411,7 +1428,49 @@ impl AskedPrompts {
             lines,
             state: Answer::Computing,
             progress: (0, of),
+            exact: None,
         }
+    }
+
+    /// The ranking, when it has arrived.
+    pub fn ranking(&self) -> Option<&PromptsRanking> {
+        match &self.state {
+            Answer::Ready(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The features a viewer lists of the ranking, `n` each way, whose exact changes the
+    /// viewer asks for ([`strongest_each_way`]); none before it arrives.
+    pub fn listed(&self, n: usize) -> Vec<(usize, usize)> {
+        let Some(r) = self.ranking() else {
+            return Vec::new();
+        };
+        let [helps, hurts] = strongest_each_way(&r.features, n);
+        (helps.into_iter().chain(hurts))
+            .map(|f| (f.head, f.feature))
+            .collect()
+    }
+
+    /// Asks for the exact changes: computing, none of `features` removed yet.
+    pub fn ask_exact(&mut self, features: usize) {
+        self.exact = Some((Answer::Computing, (0, features)));
+    }
+
+    /// The exact changes arrived (or failed), for these lines: kept in the ranking too.
+    pub fn exact_arrived(
+        &mut self,
+        lines: &[PromptLine],
+        result: Result<Vec<(usize, usize, f32)>, String>,
+    ) {
+        if self.lines != lines {
+            return;
+        }
+        if let (Answer::Ready(r), Ok(exact)) = (&mut self.state, &result) {
+            r.exact = exact.clone();
+        }
+        let progress = self.exact.as_ref().map_or((0, 0), |e| e.1);
+        self.exact = Some((Answer::of(result), progress));
     }
 }
 

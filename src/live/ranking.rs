@@ -404,11 +404,50 @@ pub async fn rank_prompt_lines_async(
     lines: &[super::PromptLine],
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<PromptsRanking> {
-    let named: Vec<(String, super::PromptLine)> = (lines.iter().enumerate())
-        .map(|(i, p)| (format!("prompt {}", i + 1), p.clone()))
-        .collect();
-    let prompts = resolve_prompts(loaded, &named)?;
+    let prompts = resolve_prompt_lines(loaded, lines)?;
     rank_on_prompts_async(loaded, sae, at, &prompts, progress).await
+}
+
+/// [`resolve_prompts`] of a prompt set's lines as they are, named "prompt 1", "prompt 2",
+/// ... in the order given.
+fn resolve_prompt_lines(
+    loaded: &LoadedModel,
+    lines: &[super::PromptLine],
+) -> anyhow::Result<Vec<(Vec<u32>, Objective)>> {
+    resolve_prompts(loaded, &super::named_prompts(lines.iter().cloned()))
+}
+
+/// [`exact_on_prompts`] over a prompt set's lines as they are, ranked by `ranked` (their
+/// [`rank_prompt_lines`]): Your text's prompt set, in the app and the page.
+pub fn exact_prompt_lines(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    at: (usize, ZConvention),
+    (lines, ranked): (&[super::PromptLine], &PromptsRanking),
+    features: &[(usize, usize)],
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Vec<(usize, usize, f32)>> {
+    super::blocking(exact_prompt_lines_async(
+        loaded,
+        sae,
+        at,
+        (lines, ranked),
+        features,
+        progress,
+    ))
+}
+
+/// [`exact_prompt_lines`], awaiting its read-backs (the browser).
+pub async fn exact_prompt_lines_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    at: (usize, ZConvention),
+    (lines, ranked): (&[super::PromptLine], &PromptsRanking),
+    features: &[(usize, usize)],
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Vec<(usize, usize, f32)>> {
+    let prompts = resolve_prompt_lines(loaded, lines)?;
+    exact_on_prompts_async(loaded, sae, at, (&prompts, ranked), features, progress).await
 }
 
 /// [`rank_features_for`] over `prompts`, each a text's tokens and its objective: each
@@ -481,6 +520,25 @@ pub fn exact_on_prompts(
     features: &[(usize, usize)],
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<Vec<(usize, usize, f32)>> {
+    super::blocking(exact_on_prompts_async(
+        loaded,
+        sae,
+        at,
+        (prompts, ranked),
+        features,
+        progress,
+    ))
+}
+
+/// [`exact_on_prompts`], awaiting its read-backs (the browser).
+pub async fn exact_on_prompts_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    at: (usize, ZConvention),
+    (prompts, ranked): (&[(Vec<u32>, Objective)], &PromptsRanking),
+    features: &[(usize, usize)],
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Vec<(usize, usize, f32)>> {
     anyhow::ensure!(
         ranked.fired.len() == prompts.len(),
         "a ranking of {} prompts for {}",
@@ -493,15 +551,9 @@ pub fn exact_on_prompts(
         let fires = |p: usize| ranked.fired[p].binary_search(&(head, feature)).is_ok();
         let firing = prompts.iter().enumerate().filter(|&(p, _)| fires(p));
         for (_, (ids, objective)) in firing {
-            let e = super::feature_effect_on(
-                loaded,
-                sae,
-                at,
-                ids,
-                (head, feature),
-                0.0,
-                Some(objective),
-            )?;
+            let removed = ((head, feature), 0.0);
+            let e = super::feature_effect_on_async(loaded, sae, at, ids, removed, Some(objective))
+                .await?;
             let (_, change) = e.objective.context("an effect without its objective")?;
             sum += change.helps() as f64;
         }

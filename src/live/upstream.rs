@@ -346,9 +346,7 @@ pub async fn upstream_on_prompt_lines_async(
     ask: &SpreadAsk,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<PromptsSpread> {
-    let named: Vec<(String, UpstreamLine)> = (lines.iter().enumerate())
-        .map(|(i, p)| (format!("prompt {}", i + 1), p.into()))
-        .collect();
+    let named = super::named_prompts(lines.iter().map(UpstreamLine::from));
     upstream_on_prompts_async(loaded, sae, hook, &named, ask, progress).await
 }
 

@@ -239,6 +239,14 @@ async function session(context, name, query) {
     });
     run.promptsStatus = overSet.prompts_status;
     run.prompts = overSet.prompts;
+    // The listed features' exact changes (Your text's "Remove each for the exact change").
+    await page.evaluate(() => window.attnSaes.live_exact_prompts());
+    const exact = await waitFor(page, `${name}: the exact changes over the prompt set`, async () => {
+      const s = await shown(page);
+      return s && ['ready', 'failed'].some((x) => s.prompts_exact_status.startsWith(x)) ? s : null;
+    });
+    run.exactStatus = exact.prompts_exact_status;
+    run.exact = exact.prompts_exact;
     run.promptsRefused = await page.evaluate(() => {
       try {
         window.attnSaes.live_rank_prompts('{"text": "a", "answer": " a"}\n{"answer": " a"}');
