@@ -510,15 +510,26 @@ fn exact_panel(
                 "Exact: each removed from every prompt it fires in, what the answer loses, \
                  averaged over the prompts (the estimate in brackets):",
             );
-            ui.horizontal_wrapped(|ui| {
-                for &(h, f, change) in exact.iter() {
-                    let estimate = (r.features.iter())
-                        .find(|x| (x.head, x.feature) == (h, f))
-                        .map_or(0.0, |x| x.estimate);
-                    let text = format!("{} {change:+.4} ({estimate:+.4})", name(h, f));
-                    ui.label(RichText::new(text).monospace());
-                }
-            });
+            let estimate = |h: usize, f: usize| {
+                (r.features.iter())
+                    .find(|x| (x.head, x.feature) == (h, f))
+                    .map_or(0.0, |x| x.estimate)
+            };
+            // In the rows above: the ones that help, then the ones that hurt.
+            let rows = [("helps most", true), ("hurts most", false)];
+            for (title, helps) in rows {
+                ui.horizontal_wrapped(|ui| {
+                    ui.spacing_mut().item_spacing.x = 14.0;
+                    ui.label(RichText::new(title).strong());
+                    for &(h, f, change) in exact.iter() {
+                        if (estimate(h, f) > 0.0) == helps {
+                            let said =
+                                format!("{} {change:+.4} ({:+.4})", name(h, f), estimate(h, f));
+                            ui.label(said);
+                        }
+                    }
+                });
+            }
             None
         }
         failed => {
