@@ -2829,10 +2829,7 @@ fn rank_prompts_command(
     bar.finish();
     if exact {
         // The features printed: the strongest each way.
-        let [helps, hurts] = attn_saes::live::strongest_each_way(&ranking.features, top);
-        let shown: Vec<(usize, usize)> = (helps.into_iter().chain(hurts))
-            .map(|f| (f.head, f.feature))
-            .collect();
+        let shown = ranking.listed(top);
         let mut bar = ProgressLine::new();
         ranking.exact = attn_saes::live::exact_on_prompts(
             &live.loaded,

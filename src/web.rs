@@ -83,14 +83,14 @@ struct Shared {
     /// Set by [`live_spread_prompts`]: a prompt set's lines, as given and as read, and the
     /// spread asked.
     live_spread: Option<(String, Vec<PromptLine>, SpreadAsk)>,
+    /// The bundle's answer to a spread request, with what it was for.
+    spread_arrived: Option<(SpreadKey, Result<PromptsSpread, String>)>,
     /// Set by [`live_exact_prompts`]: ask for the listed features' exact changes.
     live_exact: bool,
     /// The bundle's answer to an exact request, with the lines it was for.
     exact_arrived: Option<(Vec<PromptLine>, ExactResult)>,
     /// Set by [`open_prompt_set`]: a prompt set's file, its name and text.
     open_prompt_set: Option<(String, String)>,
-    /// The bundle's answer to a spread request, with what it was for.
-    spread_arrived: Option<(SpreadKey, Result<PromptsSpread, String>)>,
     live_view: Option<LiveView>,
     /// JSON of the last dashboard's `built_from` ("" when it records none).
     built_from: String,
@@ -106,7 +106,7 @@ struct Shared {
 }
 
 /// The exact changes over a prompt set: `(head, feature, mean exact change)`.
-type ExactResult = Result<Vec<(usize, usize, f32)>, String>;
+type ExactResult = Result<crate::live::ExactChanges, String>;
 
 /// A spread request: the prompt set's lines and what is asked.
 type SpreadKey = (Vec<PromptLine>, SpreadAsk);
@@ -322,7 +322,7 @@ fn request_exact((lines, features): crate::app::ExactRequest) {
         let result = awaited_string(call_bridge("exactPrompts", &args))
             .await
             .and_then(|json| {
-                serde_json::from_str::<Vec<(usize, usize, f32)>>(&json)
+                serde_json::from_str::<crate::live::ExactChanges>(&json)
                     .map_err(|e| format!("the inference bundle's answer: {e}"))
             });
         post(|s| s.exact_arrived = Some((lines, result)));
@@ -950,9 +950,9 @@ pub fn selection() -> String {
     shared().borrow().selection.clone()
 }
 
-/// What Your text shows, as JSON (`{prompt, status, tokens, pick}`, and `effect`, `ranking`,
-/// `steer`, `upstream`, `prompts` and `spread` with their `_status`), or "" before any
-/// analysis.
+/// What Your text shows, as JSON (`{prompt, status, tokens, pick, rank_by, prompt_set}`,
+/// and `effect`, `ranking`, `steer`, `upstream`, `prompts`, `spread` and `prompts_exact`
+/// with their `_status`), or "" before any analysis.
 #[wasm_bindgen]
 pub fn live_shown() -> String {
     let shared = shared();

@@ -329,7 +329,7 @@ pub enum LiveEvent {
     /// The answer to [`LiveRequest::ExactPrompts`]: `(head, feature, mean exact change)`.
     PromptsExact {
         lines: Vec<crate::live::PromptLine>,
-        result: Result<Vec<(usize, usize, f32)>, String>,
+        result: Result<crate::live::ExactChanges, String>,
     },
     /// [`LiveRequest::SpreadPrompts`] has taken the DFA apart on `done` of `of` prompts.
     SpreadProgress {

@@ -1350,6 +1350,15 @@ impl PromptsRanking {
     pub fn by_head(&self, n_heads: usize) -> Vec<f32> {
         by_head(&self.features, n_heads)
     }
+
+    /// The features listed, `n` each way ([`strongest_each_way`]): those whose exact changes
+    /// `--exact` and the viewers' "Remove each for the exact change" ask for.
+    pub fn listed(&self, n: usize) -> Vec<(usize, usize)> {
+        let [helps, hurts] = strongest_each_way(&self.features, n);
+        (helps.into_iter().chain(hurts))
+            .map(|f| (f.head, f.feature))
+            .collect()
+    }
 }
 
 /// One prompt of a prompt set (`rank --prompts`' lines, Your text's prompt set): a text and
@@ -1440,16 +1449,9 @@ impl AskedPrompts {
         }
     }
 
-    /// The features a viewer lists of the ranking, `n` each way, whose exact changes the
-    /// viewer asks for ([`strongest_each_way`]); none before it arrives.
+    /// The ranking's [`listed`](PromptsRanking::listed) features; none before it arrives.
     pub fn listed(&self, n: usize) -> Vec<(usize, usize)> {
-        let Some(r) = self.ranking() else {
-            return Vec::new();
-        };
-        let [helps, hurts] = strongest_each_way(&r.features, n);
-        (helps.into_iter().chain(hurts))
-            .map(|f| (f.head, f.feature))
-            .collect()
+        self.ranking().map(|r| r.listed(n)).unwrap_or_default()
     }
 
     /// Asks for the exact changes: computing, none of `features` removed yet.
@@ -1458,11 +1460,7 @@ impl AskedPrompts {
     }
 
     /// The exact changes arrived (or failed), for these lines: kept in the ranking too.
-    pub fn exact_arrived(
-        &mut self,
-        lines: &[PromptLine],
-        result: Result<Vec<(usize, usize, f32)>, String>,
-    ) {
+    pub fn exact_arrived(&mut self, lines: &[PromptLine], result: Result<ExactChanges, String>) {
         if self.lines != lines {
             return;
         }
