@@ -91,6 +91,8 @@ struct Shared {
     exact_arrived: Option<(Vec<PromptLine>, ExactResult)>,
     /// Set by [`open_prompt_set`]: a prompt set's file, its name and text.
     open_prompt_set: Option<(String, String)>,
+    /// Set by [`live_progress`]: how far the bundle's prompt-set requests have got, by op.
+    progress: Vec<(String, (usize, usize))>,
     live_view: Option<LiveView>,
     /// JSON of the last dashboard's `built_from` ("" when it records none).
     built_from: String,
@@ -613,6 +615,21 @@ impl WebApp {
         if let Some((name, text)) = prompt_file {
             let _ = self.app.open_prompt_set(&name, text);
         }
+        let progress = std::mem::take(&mut self.shared.borrow_mut().progress);
+        let web = &mut self.app.web;
+        for (op, done) in progress {
+            let at = match op.as_str() {
+                "rank_prompts" => web.prompts.as_mut().map(|p| &mut p.progress),
+                "exact_prompts" => {
+                    (web.prompts.as_mut()).and_then(|p| p.exact.as_mut().map(|e| &mut e.1))
+                }
+                "spread_prompts" => web.spread.as_mut().map(|p| &mut p.progress),
+                _ => None,
+            };
+            if let Some(at) = at {
+                *at = done;
+            }
+        }
         self.examples_logic();
         let web = &mut self.app.web;
         if web.rerun && web.live_ready && !web.live_other {
@@ -952,7 +969,8 @@ pub fn selection() -> String {
 
 /// What Your text shows, as JSON (`{prompt, status, tokens, pick, rank_by, prompt_set}`,
 /// and `effect`, `ranking`, `steer`, `upstream`, `prompts`, `spread` and `prompts_exact`
-/// with their `_status`), or "" before any analysis.
+/// with their `_status`, the last three with their `_progress`, `[done, of]`), or "" before
+/// any analysis.
 #[wasm_bindgen]
 pub fn live_shown() -> String {
     let shared = shared();
@@ -964,6 +982,15 @@ pub fn live_shown() -> String {
     shown["status"] = v.status.clone().into();
     shown["rank_by"] = serde_json::to_value(&v.rank_by).unwrap_or_default();
     shown["prompt_set"] = v.prompt_set.clone().into();
+    // How far the prompt set's requests got (of the last asked).
+    let exact = (v.prompts.as_ref()).and_then(|p| p.exact.as_ref().map(|e| e.1));
+    for (name, progress) in [
+        ("prompts_progress", v.prompts.as_ref().map(|p| p.progress)),
+        ("spread_progress", v.spread.as_ref().map(|p| p.progress)),
+        ("prompts_exact_progress", exact),
+    ] {
+        shown[name] = serde_json::to_value(progress).unwrap_or_default();
+    }
     for (name, state) in [
         ("effect", answer_json(v.effect.as_ref().map(|x| &x.state))),
         ("ranking", answer_json(v.ranking.as_ref().map(|x| &x.state))),
@@ -1059,6 +1086,14 @@ pub fn live_rank_prompts(lines: String) -> Result<(), JsValue> {
 #[wasm_bindgen]
 pub fn live_exact_prompts() {
     post(|s| s.live_exact = true);
+}
+
+/// The inference bundle has done `done` of `of` steps of the prompt-set request `op`
+/// (`rank_prompts`, `exact_prompts` or `spread_prompts`): web/live.js relays it, and Your
+/// text shows it while the request is computing.
+#[wasm_bindgen]
+pub fn live_progress(op: String, done: usize, of: usize) {
+    post(|s| s.progress.push((op, (done, of))));
 }
 
 /// Puts a prompt set's file (`name`, its `text`: `rank --prompts`' lines) in Your text's

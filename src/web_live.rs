@@ -291,7 +291,10 @@ pub async fn upstream(ask: String) -> Result<String, JsValue> {
 /// answer would fall without it, averaged over the prompts (`rank --prompts`): JSON of
 /// [`crate::live::PromptsRanking`].
 #[wasm_bindgen]
-pub async fn rank_prompts(lines: String) -> Result<String, JsValue> {
+pub async fn rank_prompts(
+    lines: String,
+    progress: Option<js_sys::Function>,
+) -> Result<String, JsValue> {
     let session = session()?;
     let lines: Vec<crate::live::PromptLine> = serde_json::from_str(&lines).map_err(js_error)?;
     let ranking = crate::live::rank_prompt_lines_async(
@@ -299,7 +302,7 @@ pub async fn rank_prompts(lines: String) -> Result<String, JsValue> {
         &session.sae,
         (session.layer, session.z_convention),
         &lines,
-        &mut |_, _| {},
+        &mut |done, of| told(progress.as_ref(), done, of),
     )
     .await
     .map_err(|e| js_error(format!("{e:#}")))?;
@@ -313,7 +316,11 @@ pub async fn rank_prompts(lines: String) -> Result<String, JsValue> {
 /// that it fires in: what its answer loses, averaged (`rank --prompts --exact`): JSON of
 /// `[[head, feature, change], ...]`.
 #[wasm_bindgen]
-pub async fn exact_prompts(lines: String, features: String) -> Result<String, JsValue> {
+pub async fn exact_prompts(
+    lines: String,
+    features: String,
+    progress: Option<js_sys::Function>,
+) -> Result<String, JsValue> {
     let session = session()?;
     let lines: Vec<crate::live::PromptLine> = serde_json::from_str(&lines).map_err(js_error)?;
     let features: Vec<(usize, usize)> = serde_json::from_str(&features).map_err(js_error)?;
@@ -331,7 +338,7 @@ pub async fn exact_prompts(lines: String, features: String) -> Result<String, Js
         (session.layer, session.z_convention),
         (&lines, &ranking),
         &features,
-        &mut |_, _| {},
+        &mut |done, of| told(progress.as_ref(), done, of),
     )
     .await
     .map_err(|e| js_error(format!("{e:#}")))?;
@@ -343,7 +350,11 @@ pub async fn exact_prompts(lines: String, features: String) -> Result<String, Js
 /// (JSON of [`crate::live::SpreadAsk`]) asks (`upstream --prompts`): JSON of
 /// [`crate::live::PromptsSpread`].
 #[wasm_bindgen]
-pub async fn spread_prompts(lines: String, ask: String) -> Result<String, JsValue> {
+pub async fn spread_prompts(
+    lines: String,
+    ask: String,
+    progress: Option<js_sys::Function>,
+) -> Result<String, JsValue> {
     let session = session()?;
     let lines: Vec<crate::live::PromptLine> = serde_json::from_str(&lines).map_err(js_error)?;
     let ask: crate::live::SpreadAsk = serde_json::from_str(&ask).map_err(js_error)?;
@@ -353,7 +364,7 @@ pub async fn spread_prompts(lines: String, ask: String) -> Result<String, JsValu
         (session.layer, session.z_convention),
         &lines,
         &ask,
-        &mut |_, _| {},
+        &mut |done, of| told(progress.as_ref(), done, of),
     )
     .await
     .map_err(|e| js_error(format!("{e:#}")))?;
@@ -411,6 +422,13 @@ fn session() -> Result<Rc<Session>, JsValue> {
     SESSION
         .with(|s| s.borrow().clone())
         .ok_or_else(|| js_error("no model loaded"))
+}
+
+/// Tells `progress` (the worker's callback, if any) that `done` of `of` are done.
+fn told(progress: Option<&js_sys::Function>, done: usize, of: usize) {
+    if let Some(f) = progress {
+        let _ = f.call2(&JsValue::NULL, &done.into(), &of.into());
+    }
 }
 
 /// The tokens of the last text analysed.

@@ -674,12 +674,17 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
             "{name}: {refused}"
         );
         // The listed features' exact changes (8 each way, as `rank --prompts --exact --top
-        // 8`): the same features in the same order, changes within the tolerance.
+        // 8`): the same features in the same order, changes within the tolerance. The
+        // bundle told the page how far each request got: all of it, at the end.
         assert_eq!(r["exactStatus"], "ready", "{name}");
         let (a, b) = (
             r["exact"].as_array().unwrap(),
             native_prompts["exact"].as_array().unwrap(),
         );
+        let n = b.len();
+        assert_eq!(r["exactProgress"], serde_json::json!([n, n]), "{name}");
+        assert_eq!(r["promptsProgress"], serde_json::json!([3, 3]), "{name}");
+        assert_eq!(r["spreadProgress"], serde_json::json!([3, 3]), "{name}");
         assert_eq!(a.len(), b.len(), "{name}: exact changes");
         assert!(b.len() > 8, "{name}: {} exact changes", b.len());
         for (x, y) in a.iter().zip(b) {

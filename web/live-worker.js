@@ -8,7 +8,8 @@
 // Messages in: {id, op, args}, op one of 'load' | 'analyze' | 'attribution' | 'effect' |
 // 'upstream' | 'rank' | 'rank_prompts' | 'exact_prompts' | 'spread_prompts' | 'steer' |
 // 'examples', handled one at a time in arrival order. Out: {status, isError} lines while
-// working, and {id, value} or {id, error} for each request.
+// working, {progress: {op, done, of}} during a prompt set's requests, and {id, value} or
+// {id, error} for each request.
 import init, * as lm from './live/attn_saes_live.js';
 import { readBody } from './read-body.js';
 
@@ -20,6 +21,12 @@ let analysis = 0;
 
 function say(text) {
   postMessage({ status: text });
+}
+
+// A callback for a long request `op` over a prompt set: {progress: {op, done, of}} out after
+// each step (the viewer shows it).
+function progressOf(op) {
+  return (done, of) => postMessage({ progress: { op, done, of } });
 }
 
 // WebGPU when this browser has a hardware adapter; else the CPU, with a notice. A software
@@ -217,17 +224,17 @@ const ops = {
   // Every feature firing in a prompt set's texts (JSON of [{text, answer, against?, at?}]),
   // ranked by its estimated effect on each one's answer, averaged.
   async rank_prompts({ lines }) {
-    return lm.rank_prompts(lines);
+    return lm.rank_prompts(lines, progressOf('rank_prompts'));
   },
   // Each feature listed (JSON of [[head, feature]]) removed from every prompt of the set
   // last ranked over that it fires in, exactly: what the answer loses, averaged.
   async exact_prompts({ lines, features }) {
-    return lm.exact_prompts(lines, features);
+    return lm.exact_prompts(lines, features, progressOf('exact_prompts'));
   },
   // A feature's DFA taken apart upstream on each of a prompt set's texts (JSON of
   // {feature, from, follow}), and each writer's part over them or the paths followed.
   async spread_prompts({ lines, ask }) {
-    return lm.spread_prompts(lines, ask);
+    return lm.spread_prompts(lines, ask, progressOf('spread_prompts'));
   },
   // The last text continued clean and steered by a feature at a strength.
   async steer({ steering, of }) {

@@ -64,6 +64,12 @@ function getWorker() {
         setStatus(data.status);
         return;
       }
+      // How far a prompt set's request has got: the viewer shows it.
+      if ('progress' in data) {
+        const { op, done, of } = data.progress;
+        if (window.attnSaes && window.attnSaes.live_progress) window.attnSaes.live_progress(op, done, of);
+        return;
+      }
       const w = waiting.get(data.id);
       waiting.delete(data.id);
       if ('error' in data) w.reject(new Error(data.error));

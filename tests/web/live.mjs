@@ -239,6 +239,7 @@ async function session(context, name, query) {
     });
     run.promptsStatus = overSet.prompts_status;
     run.prompts = overSet.prompts;
+    run.promptsProgress = overSet.prompts_progress;
     // The listed features' exact changes (Your text's "Remove each for the exact change").
     await page.evaluate(() => window.attnSaes.live_exact_prompts());
     const exact = await waitFor(page, `${name}: the exact changes over the prompt set`, async () => {
@@ -247,6 +248,7 @@ async function session(context, name, query) {
     });
     run.exactStatus = exact.prompts_exact_status;
     run.exact = exact.prompts_exact;
+    run.exactProgress = exact.prompts_exact_progress;
     run.promptsRefused = await page.evaluate(() => {
       try {
         window.attnSaes.live_rank_prompts('{"text": "a", "answer": " a"}\n{"answer": " a"}');
@@ -269,6 +271,7 @@ async function session(context, name, query) {
     });
     run.spreadStatus = spread.spread_status;
     run.spread = spread.spread;
+    run.spreadProgress = spread.spread_progress;
     run.spreadRefused = await page.evaluate((l) => {
       try {
         window.attnSaes.live_spread_prompts(l, 0, 0, 'biggest', false);
