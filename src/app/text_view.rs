@@ -624,13 +624,14 @@ fn spread_panel(
     if let Some(why) = &s.spread_error {
         error_label(ui, why);
     }
-    let read = PromptLine::parse_set(&s.prompt_set, "the prompt set");
+    let read = |s: &TextState| PromptLine::parse_set(&s.prompt_set, "the prompt set");
     if clicked {
         let ask = SpreadAsk {
             feature: (head, feature),
             from: s.spread_from,
             follow: s.spread_follow,
         };
+        let read = read(s);
         s.spread_error = read.as_ref().err().cloned();
         let lines = read.ok()?;
         return Some(TextAction::SpreadPrompts(
@@ -638,9 +639,10 @@ fn spread_panel(
             ask,
         ));
     }
-    // A spread of other lines than the box's is not shown: the button asks again.
+    // A spread of other lines than the box's is not shown: the button asks again. (The box
+    // is read only when there is a spread to show, not every frame.)
     let asked = answers.spread.filter(|x| {
-        read.as_ref().is_ok_and(|r| {
+        read(s).is_ok_and(|r| {
             r.len() == x.lines.len() && r.iter().zip(&x.lines).all(|(a, b)| a.1 == *b)
         })
     })?;
