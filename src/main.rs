@@ -162,6 +162,10 @@ enum Command {
         /// --interval-dfa` does (about as long again as the scan).
         #[arg(long, conflicts_with = "no_dashboard")]
         interval_dfa: bool,
+        /// Give each feature of the dashboards what wrote what it reads over its top
+        /// examples, as `dashboard --upstream` does (about as long again as the scan).
+        #[arg(long, conflicts_with = "no_dashboard")]
+        upstream: bool,
         #[command(flatten)]
         args: TrainArgs,
     },
@@ -259,6 +263,13 @@ enum Command {
         /// (the main job's: 24 MB to 40 MB, 38 s to 64 s).
         #[arg(long)]
         interval_dfa: bool,
+        /// Give each feature what wrote what it reads over its top examples: each one's
+        /// DFA from its largest source split by what wrote the residual stream there
+        /// (`upstream --from largest`), each writer's mean, sd and range over them (block-
+        /// diagonal SAEs; the windows holding top examples run through the model again: the
+        /// main job's dashboards took 63 s without it, 119 s with it).
+        #[arg(long)]
+        upstream: bool,
         #[command(flatten)]
         source: DashboardSource,
     },
@@ -872,10 +883,12 @@ fn main() -> anyhow::Result<()> {
             headless,
             no_dashboard,
             interval_dfa,
+            upstream,
             args,
         } => {
             let dashboards = (!no_dashboard).then(|| attn_saes::dashboard::BuildOptions {
                 interval_dfa,
+                upstream,
                 ..Default::default()
             });
             if headless {
@@ -1071,6 +1084,7 @@ fn main() -> anyhow::Result<()> {
             intervals,
             per_interval,
             interval_dfa,
+            upstream,
             source,
         } => {
             let args = source.train_args();
@@ -1081,6 +1095,7 @@ fn main() -> anyhow::Result<()> {
                 keep_bos: args.keep_bos,
                 effect_tokens,
                 interval_dfa,
+                upstream,
                 ..BuildOptions::default()
             };
             let (dashboard, default_out) = match (run, sae) {
@@ -1901,6 +1916,10 @@ fn say_written(d: &Dashboard, path: &std::path::Path) {
             e.tokens
         ),
         None => String::new(),
+    };
+    let effects = match &d.meta.upstream {
+        Some(_) => effects + "; what wrote what each reads, over its top examples",
+        None => effects,
     };
     let features = d.meta.shape_text();
     println!(
@@ -3010,6 +3029,18 @@ fn print_feature_report(
         println!(
             "    fires with {} (Pearson r of activations over the dashboard tokens)",
             with.join(", ")
+        );
+    }
+    if let Some(u) = &r.upstream {
+        let writers: Vec<String> = (u.writers.iter().take(4))
+            .map(|w| format!("{} {:+.4}", w.writer.name(), w.mean))
+            .collect();
+        println!(
+            "    written by {} (means over {} top examples of their DFA from the largest source, \
+             {:+.4})",
+            writers.join(", "),
+            u.examples,
+            u.dfa
         );
     }
     for e in &r.examples {

@@ -804,3 +804,69 @@ fn a_dense_saes_features_show_the_heads_they_write() {
     }
     assert_eq!(listed, 128);
 }
+
+/// What wrote what a feature reads (`dashboard --upstream`, which the tests' run has): the
+/// panel shows the file's split of the feature's top examples, decoded independently: how
+/// many, the DFA mean, each listed writer's mean, name and spread, an earlier head's parts
+/// by where it read from, and the others together. A file without it says how to add it.
+#[test]
+fn what_wrote_what_it_reads_shows_the_files_split_over_the_top_examples() {
+    if !common::renderer_available() {
+        return;
+    }
+    let head2 = head(2);
+    let (f, u) = density_order(&head2)
+        .into_iter()
+        .find_map(|f| Some((f, head2.features[f].upstream.clone()?)))
+        .expect("a feature with top examples taken apart");
+    assert!(u.examples > 0 && !u.writers.is_empty());
+    let mut h = harness();
+    open_head_2(&mut h);
+    h.state_mut().1.feature = Some(f);
+    h.run_steps(2);
+    h.get_by_label("What wrote what it reads");
+    h.get_by_label(&format!(
+        "Over its {} top examples: the DFA from the source, mean {:+.4}; by writer, the mean \
+         (sd) [least, most]; an earlier head's, by where it read from:",
+        u.examples, u.dfa
+    ));
+    for w in &u.writers {
+        h.get_by_label(&w.writer.name());
+        let mut said = format!("({:.4}) [{:+.4}, {:+.4}]", w.sd, w.min, w.max);
+        if let Some([itself, bos, elsewhere]) = w.reading {
+            said += &format!(
+                "  the source itself {itself:+.4}, BOS {bos:+.4}, elsewhere {elsewhere:+.4}"
+            );
+        }
+        assert!(
+            !h.query_all_by_label(&said).collect::<Vec<_>>().is_empty(),
+            "{said}"
+        );
+        let mean = format!("{:+.4}", w.mean);
+        assert!(
+            !h.query_all_by_label(&mean).collect::<Vec<_>>().is_empty(),
+            "{mean}"
+        );
+    }
+    assert!(
+        u.writers.iter().any(|w| w.reading.is_some()),
+        "a head listed"
+    );
+    if u.rest.0 > 0 {
+        h.get_by_label(&format!("the other {} together", u.rest.0));
+    }
+
+    // The same file without it.
+    let mut d = attn_saes::dashboard::Dashboard::from_bytes(dashboard_bytes()).unwrap();
+    d.meta.upstream = None;
+    for fd in d.heads.iter_mut().flat_map(|h| h.features.iter_mut()) {
+        fd.upstream = None;
+    }
+    let d = LoadedDashboard::new("old.safetensors".into(), d.to_bytes().unwrap()).unwrap();
+    let mut h = harness_on(d, FeaturesState::default(), Vec::new());
+    open_head_2(&mut h);
+    h.state_mut().1.feature = Some(f);
+    h.run_steps(2);
+    h.get_by_label("What wrote what it reads");
+    h.get_by_label_contains("not in this file: `attn-saes dashboard --upstream` adds it");
+}

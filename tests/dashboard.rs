@@ -1308,6 +1308,7 @@ fn small_options() -> BuildOptions {
         histogram_bins: 5,
         logit_k: 4,
         interval_dfa: true,
+        upstream: true,
         ..BuildOptions::default()
     }
 }
@@ -5059,4 +5060,128 @@ fn kept_lm_outputs_are_shared_by_the_dashboards_of_other_saes() {
         notice.starts_with("the LM's outputs over the dashboard windows were not kept in"),
         "{notice}"
     );
+}
+
+/// `dashboard --upstream`: each feature's writers over its top examples are what
+/// `upstream_of` gives on each example (its window, target and largest DFA source, each
+/// asked for alone: a forward pass each), summed by `spread_of` and listed by
+/// `strongest_of`; on random 4-layer GPT-2 and Llama models hooked at layer 3 (more
+/// writers than are listed), a 2-layer attention-only shortformer one (no MLPs, the value
+/// bias kept in TransformerLens' hook_z), in both conventions; and they survive the file.
+#[test]
+fn dashboard_upstream_is_upstream_of_on_each_top_example_summed() {
+    use attn_saes::dashboard::format::UPSTREAM_LISTED;
+    use attn_saes::live::{Upstream, dfa_argmax, spread_of, strongest_of, upstream_of};
+    let device = Device::flex();
+    let cases = [
+        ("gpt2_tiny", 4, ZConvention::TransformerLens),
+        ("llama_tiny", 4, ZConvention::Raw),
+        ("gpt2_tiny", 4, ZConvention::Raw),
+        ("attn2l_tiny", 2, ZConvention::TransformerLens),
+    ];
+    for (fixture_model, n_layers, conv) in cases {
+        let tiny = load(fixture_model);
+        let loaded = match n_layers {
+            2 => tiny,
+            _ => {
+                let mut config = tiny.transformer.config.clone();
+                config.n_layers = n_layers;
+                LoadedModel {
+                    transformer: lm::load::random(config, 11, &device),
+                    tokenizer: tiny.tokenizer.clone(),
+                    source: tiny.source.clone(),
+                }
+            }
+        };
+        let layer = n_layers - 1;
+        let sae = random_sae(&loaded, 8, 13);
+        let windows = random_windows(&loaded, 5, 12, 17);
+        let opts = BuildOptions {
+            upstream: true,
+            ..small_options()
+        };
+        let built = build_quiet(
+            &BuildInputs {
+                layer,
+                z_convention: conv,
+                ..inputs(&loaded, &sae, windows)
+            },
+            &opts,
+        );
+        let info = built.meta.upstream.as_ref().expect("the file's writers");
+        // The file keeps them as they are (its DFA in f16: the check below takes the
+        // sources from the build's own).
+        let read = Dashboard::from_bytes(&built.to_bytes().unwrap()).unwrap();
+        let upstreams = |d: &Dashboard| -> Vec<_> {
+            (d.heads.iter())
+                .flat_map(|h| h.features.iter().map(|f| f.upstream.clone()))
+                .collect()
+        };
+        assert!(
+            upstreams(&read) == upstreams(&built),
+            "{fixture_model}: the round trip"
+        );
+        assert_eq!(read.meta.upstream, built.meta.upstream);
+        let d = built.clone();
+        let (mut worst, mut features, mut truncated) = (0f32, 0, 0);
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 + 1e-4 * b.abs();
+        for (head, data) in d.heads.iter().enumerate() {
+            for (f, fd) in data.features.iter().enumerate() {
+                let top: Vec<_> = (fd.examples.iter())
+                    .filter(|e| e.group == ExampleGroup::Top)
+                    .collect();
+                let Some(got) = &fd.upstream else {
+                    assert!(top.is_empty(), "h{head} #{f} has top examples and no split");
+                    continue;
+                };
+                let splits: Vec<Upstream> = (top.iter())
+                    .map(|e| {
+                        let ids = &d.windows[e.window as usize];
+                        let (source, _) = dfa_argmax(&e.dfa).unwrap();
+                        let at = (e.target as usize, source);
+                        upstream_of(&loaded, &sae, (layer, conv), ids, (head, f), at).unwrap()
+                    })
+                    .collect();
+                let refs: Vec<&Upstream> = splits.iter().collect();
+                let all = spread_of(&refs).unwrap();
+                let writers: Vec<_> = all.iter().map(|w| w.writer).collect();
+                assert_eq!(info.writers, writers, "{fixture_model}: the writers");
+                let (listed, rest) = strongest_of(&all, UPSTREAM_LISTED);
+                assert_eq!(got.examples as usize, top.len());
+                let dfa = splits.iter().map(|u| u.dfa as f64).sum::<f64>() / top.len() as f64;
+                assert!(close(got.dfa, dfa as f32), "{} {dfa}", got.dfa);
+                assert_eq!(got.writers.len(), listed.len(), "h{head} #{f}");
+                assert_eq!(got.rest.0, rest.0);
+                assert!(close(got.rest.1, rest.1), "{:?} {rest:?}", got.rest);
+                for (g, w) in got.writers.iter().zip(&listed) {
+                    assert_eq!(g.writer, w.writer, "h{head} #{f}: the order listed");
+                    let pairs = [
+                        (g.mean, w.mean),
+                        (g.sd, w.sd),
+                        (g.min, w.min),
+                        (g.max, w.max),
+                    ];
+                    let reading =
+                        (g.reading.into_iter().flatten()).zip(w.reading.into_iter().flatten());
+                    for (a, b) in pairs.into_iter().chain(reading) {
+                        worst = worst.max((a - b).abs());
+                        assert!(close(a, b), "h{head} #{f} {}: {g:?} {w:?}", w.writer.name());
+                    }
+                    assert_eq!(g.reading.is_some(), w.reading.is_some());
+                }
+                features += 1;
+                truncated += usize::from(rest.0 > 0);
+            }
+        }
+        println!(
+            "{fixture_model} {conv:?}: {features} features, {truncated} with writers unlisted, \
+             worst {worst:.2e}"
+        );
+        assert!(features >= 8, "{features} features with top examples");
+        assert_eq!(
+            truncated > 0,
+            n_layers == 4,
+            "more writers than listed at layer 3"
+        );
+    }
 }

@@ -1226,6 +1226,10 @@ fn feature_dashboard(
     top_examples(ui, file, fd, s);
     ui.separator();
     dfa_panel(ui, file, fd, reads, s);
+    if file.meta.dense_heads().is_none() {
+        ui.separator();
+        upstream_panel(ui, file, fd, s);
+    }
     ui.separator();
     interval_groups(ui, file, fd, s);
     labelled.or(action)
@@ -1902,6 +1906,78 @@ pub(crate) fn dfa_by_head_line(ui: &mut Ui, by_head: &[f32]) {
                 all.join("\n")
             ));
     });
+}
+
+/// Writers' parts over several splits (over a prompt set, or a feature's top examples):
+/// each one's mean shaded by sign and size, its name, its sd and range and, an earlier
+/// head's, what it read from the source itself, BOS and elsewhere; then the others'
+/// together.
+pub(crate) fn writers_grid(
+    ui: &mut Ui,
+    id: impl std::hash::Hash + std::fmt::Debug,
+    listed: &[&crate::live::WriterSpread],
+    (rest, rest_sum): (usize, f32),
+) {
+    let scale = max_abs(listed.iter().map(|w| w.mean));
+    egui::Grid::new(id)
+        .num_columns(3)
+        .spacing(vec2(10.0, 2.0))
+        .show(ui, |ui| {
+            for w in listed {
+                let value = RichText::new(format!("{:+.4}", w.mean))
+                    .monospace()
+                    .background_color(signed_fill(w.mean, scale));
+                ui.label(value);
+                ui.label(w.writer.name());
+                let mut said = format!("({:.4}) [{:+.4}, {:+.4}]", w.sd, w.min, w.max);
+                if let Some([itself, bos, elsewhere]) = w.reading {
+                    said += &format!(
+                        "  the source itself {itself:+.4}, BOS {bos:+.4}, elsewhere \
+                         {elsewhere:+.4}"
+                    );
+                }
+                ui.label(RichText::new(said).monospace().weak());
+                ui.end_row();
+            }
+            if rest > 0 {
+                ui.label(RichText::new(format!("{rest_sum:+.4}")).monospace());
+                ui.label(format!("the other {rest} together"));
+                ui.end_row();
+            }
+        });
+}
+
+/// What wrote what the feature reads, over its top examples, when the file has it
+/// ([`FeatureData::upstream`]); for a block-diagonal SAE's file without it, how to add it.
+fn upstream_panel(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &FeaturesState) {
+    ui.heading("What wrote what it reads");
+    let Some(u) = &fd.upstream else {
+        let why = match file.meta.upstream {
+            Some(_) => "no top example to take apart".to_string(),
+            None => "not in this file: `attn-saes dashboard --upstream` adds it (the windows \
+                     holding top examples run through the model again)"
+                .to_string(),
+        };
+        ui.label(RichText::new(why).weak());
+        return;
+    };
+    ui.label(
+        RichText::new(format!(
+            "Each top example's DFA from its largest source (the one marked above) split by \
+             what wrote the residual stream entering layer {} there, its norm's scale held \
+             (Your text's What wrote what it reads, on each example), then each writer's part \
+             over the examples.",
+            file.meta.hook_layer
+        ))
+        .weak(),
+    );
+    ui.label(format!(
+        "Over its {} top examples: the DFA from the source, mean {:+.4}; by writer, the mean \
+         (sd) [least, most]; an earlier head's, by where it read from:",
+        u.examples, u.dfa
+    ));
+    let listed: Vec<&crate::live::WriterSpread> = u.writers.iter().collect();
+    writers_grid(ui, ("upstream", s.head, s.feature), &listed, u.rest);
 }
 
 /// Where the feature's top examples read from, in words, with the kinds explained on hover.

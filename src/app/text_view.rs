@@ -7,7 +7,7 @@ use eframe::egui::{self, RichText, Ui};
 
 use super::features::{
     answer_panel, dfa_by_head_line, dfa_row, drawable, error_label, max_abs, shown_token,
-    signed_fill,
+    signed_fill, writers_grid,
 };
 use crate::dashboard::labels::Labels;
 use crate::live::{
@@ -732,34 +732,8 @@ fn spread_ready(
             "By what wrote the residual stream there, the mean over the prompts (sd) [least, \
              most]; an earlier head's, by where it read from:",
         );
-        let (listed, (rest, rest_sum)) = x.strongest_writers(SPREAD_LISTED);
-        let scale = max_abs(listed.iter().map(|w| w.mean));
-        egui::Grid::new(("spread", head, feature))
-            .num_columns(3)
-            .spacing(egui::vec2(10.0, 2.0))
-            .show(ui, |ui| {
-                for w in listed {
-                    let value = RichText::new(format!("{:+.4}", w.mean))
-                        .monospace()
-                        .background_color(signed_fill(w.mean, scale));
-                    ui.label(value);
-                    ui.label(w.writer.name());
-                    let mut said = format!("({:.4}) [{:+.4}, {:+.4}]", w.sd, w.min, w.max);
-                    if let Some([itself, bos, elsewhere]) = w.reading {
-                        said += &format!(
-                            "  the source itself {itself:+.4}, BOS {bos:+.4}, elsewhere \
-                             {elsewhere:+.4}"
-                        );
-                    }
-                    ui.label(RichText::new(said).monospace().weak());
-                    ui.end_row();
-                }
-                if rest > 0 {
-                    ui.label(RichText::new(format!("{rest_sum:+.4}")).monospace());
-                    ui.label(format!("the other {rest} together"));
-                    ui.end_row();
-                }
-            });
+        let (listed, rest) = x.strongest_writers(SPREAD_LISTED);
+        writers_grid(ui, ("spread", head, feature), &listed, rest);
     }
     ui.label(
         RichText::new(

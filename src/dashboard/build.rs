@@ -73,6 +73,10 @@ pub struct BuildOptions {
     /// sum, the co-firing lists take fewer batches of windows, spread over them
     /// ([`COFIRING_MAX_ACTIVATIONS`], [`COFIRING_MAX_PRODUCTS`]).
     pub cofiring_limits: (usize, u64),
+    /// Take each top example's DFA from its largest source apart by what wrote the residual
+    /// stream there, and give each feature the writers' spread over its examples
+    /// ([`super::upstream`]; the windows holding top examples run through the model again).
+    pub upstream: bool,
 }
 
 impl Default for BuildOptions {
@@ -90,6 +94,7 @@ impl Default for BuildOptions {
             effect_tokens: super::DEFAULT_EFFECT_TOKENS,
             interval_dfa: false,
             cofiring_limits: (COFIRING_MAX_ACTIVATIONS, COFIRING_MAX_PRODUCTS),
+            upstream: false,
         }
     }
 }
@@ -1407,6 +1412,7 @@ pub fn build_keeping(
                     examples,
                     effect: None,
                     cofiring: together.next().unwrap_or_default(),
+                    upstream: None,
                 });
             }
             let nf = n_counted as f64;
@@ -1465,6 +1471,18 @@ pub fn build_keeping(
                 progress,
             )?;
         }
+
+        let upstream = match opts.upstream {
+            true => super::upstream::add_upstream(
+                &mut head_data,
+                (inputs.loaded, sae),
+                (layer, inputs.z_convention),
+                &inputs.windows,
+                per,
+                progress,
+            )?,
+            false => None,
+        };
 
         // Keep the windows examples use, renumbered, and the strings of every token used.
         let remap: BTreeMap<u32, u32> = used_windows
@@ -1553,6 +1571,7 @@ pub fn build_keeping(
                 dfa_by_head: dims.per_block > 1,
                 cofiring: with_cofiring,
                 cofiring_limit,
+                upstream,
             },
             windows,
             token_strings,

@@ -37,7 +37,13 @@
 //! [`DashboardMeta::decoder`], `decoder [m,
 //! d_head]`: the SAE's decoder rows as the SAELens export folds them (each feature's unit
 //! direction in its head's `hook_z` over the head's input scale), for the features closest
-//! to one ([`HeadData::closest`]). Files without them read as before.
+//! to one ([`HeadData::closest`]); when the meta has [`DashboardMeta::upstream`], what wrote
+//! what each feature reads over its top examples ([`FeatureData::upstream`]):
+//! `upstream_examples [m]` (u32, 0: none), `upstream_dfa [m]`, `upstream_rest [m]`,
+//! `upstream_writer [m, K]` (u32, an index into the meta's writers, `u32::MAX` unused),
+//! `upstream_spread [m, K, 4]` (mean, sd, least, most) and `upstream_reading [m, K, 3]`
+//! (an earlier head's part read from the source itself, BOS and elsewhere; zeros for
+//! other writers). Files without them read as before.
 //!
 //! A viewer parses the header once ([`DashboardFile::parse`]) and decodes one head at a
 //! time ([`DashboardFile::head`]); every tensor is checked (dtype, shape, checksum, ranges,
@@ -250,6 +256,11 @@ pub struct DashboardMeta {
     /// limit reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cofiring_limit: Option<CofiringLimit>,
+    /// Whether each feature has what wrote what it reads over its top examples
+    /// ([`FeatureData::upstream`]; files written before it, and dense SAEs', do not), and
+    /// the writers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamInfo>,
 }
 
 /// The co-firing lists over fewer tokens than the dashboard's ([`DashboardMeta::cofiring_limit`]).
@@ -311,6 +322,33 @@ pub const COFIRING_MAX_ACTIVATIONS: usize = 1 << 24;
 /// The most products of two activations the co-firing builder sums (the sum over tokens of
 /// the square of the features active on each).
 pub const COFIRING_MAX_PRODUCTS: u64 = 20_000_000_000;
+
+/// Writers listed per feature in [`FeatureData::upstream`] (`h{h}.upstream_writer [m, K]`).
+pub const UPSTREAM_LISTED: usize = 12;
+
+/// What [`FeatureData::upstream`] is taken over: each top example's DFA from the source the
+/// dashboards mark (its largest attribution), split by what wrote the residual stream
+/// entering the hooked layer there (`attn-saes upstream --from largest` over the examples).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamInfo {
+    /// Every writer of that stream, in the model's order (what `upstream_writer` indexes).
+    pub writers: Vec<crate::live::Writer>,
+}
+
+/// One feature's [`UpstreamInfo`] split, over its top examples.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeatureUpstream {
+    /// The top examples taken apart.
+    pub examples: u32,
+    /// The mean over them of the DFA from the source taken apart (the sum of every
+    /// writer's mean).
+    pub dfa: f32,
+    /// The writers with the largest means (by size), largest first, at most
+    /// [`UPSTREAM_LISTED`], each with its spread over the examples.
+    pub writers: Vec<crate::live::WriterSpread>,
+    /// The others: how many, and the sum of their means.
+    pub rest: (usize, f32),
+}
 
 /// The windows each feature's [`FeatureData::effect`] is summed over: the dashboard's first
 /// `windows`, `tokens` tokens in all (as `attn-saes rank` counts them).
@@ -377,6 +415,9 @@ pub struct FeatureData {
     /// least [`COFIRING_MIN_TOKENS`] tokens; empty when the file has none
     /// ([`DashboardMeta::cofiring`]) or the feature fired on fewer.
     pub cofiring: Vec<(u32, f32)>,
+    /// What wrote what it reads, over its top examples, when the file has it
+    /// ([`DashboardMeta::upstream`]) and the feature has top examples.
+    pub upstream: Option<FeatureUpstream>,
 }
 
 /// One head's features.
@@ -897,6 +938,33 @@ impl Dashboard {
                 a.u32(p("cofiring"), &ids, vec![m, COFIRING_K]);
                 a.f32(p("cofiring_r"), &rs, vec![m, COFIRING_K]);
             }
+            if let Some(info) = &meta.upstream {
+                let k = UPSTREAM_LISTED;
+                let (mut n, mut dfa, mut rest) = (vec![0u32; m], vec![0f32; m], vec![0f32; m]);
+                let mut ids = vec![u32::MAX; m * k];
+                let (mut spread, mut reading) = (vec![0f32; m * k * 4], vec![0f32; m * k * 3]);
+                for (f, fd) in fs.iter().enumerate() {
+                    let Some(u) = &fd.upstream else { continue };
+                    if u.writers.len() > k || u.examples == 0 {
+                        return Err(bad(&p("upstream_writer"), "more writers than listed"));
+                    }
+                    (n[f], dfa[f], rest[f]) = (u.examples, u.dfa, u.rest.1);
+                    for (j, w) in u.writers.iter().enumerate() {
+                        let at = f * k + j;
+                        let id = (info.writers.iter().position(|x| *x == w.writer))
+                            .ok_or_else(|| bad(&p("upstream_writer"), "a writer not listed"))?;
+                        ids[at] = id as u32;
+                        spread[at * 4..][..4].copy_from_slice(&[w.mean, w.sd, w.min, w.max]);
+                        reading[at * 3..][..3].copy_from_slice(&w.reading.unwrap_or_default());
+                    }
+                }
+                a.u32(p("upstream_examples"), &n, vec![m]);
+                a.f32(p("upstream_dfa"), &dfa, vec![m]);
+                a.f32(p("upstream_rest"), &rest, vec![m]);
+                a.u32(p("upstream_writer"), &ids, vec![m, k]);
+                a.f32(p("upstream_spread"), &spread, vec![m, k, 4]);
+                a.f32(p("upstream_reading"), &reading, vec![m, k, 3]);
+            }
             if meta.decoder {
                 let d = meta.sae.d_head;
                 let rows = (head.decoder.as_ref())
@@ -1281,6 +1349,55 @@ impl<'a> Checked<'a, '_> {
         Ok(v)
     }
 
+    /// A head's [`FeatureData::upstream`]s, feature by feature (`p` names its arrays).
+    fn upstream(
+        &self,
+        info: &UpstreamInfo,
+        p: &dyn Fn(&str) -> String,
+        m: usize,
+    ) -> Result<Vec<Option<FeatureUpstream>>, DashboardError> {
+        let k = UPSTREAM_LISTED;
+        let n = self.u32s(&p("upstream_examples"), Some(&[m]))?;
+        let dfa = self.f32s(&p("upstream_dfa"), Some(&[m]))?;
+        let rest = self.f32s(&p("upstream_rest"), Some(&[m]))?;
+        let ids = self.u32s(&p("upstream_writer"), Some(&[m, k]))?;
+        let spread = self.f32s(&p("upstream_spread"), Some(&[m, k, 4]))?;
+        let reading = self.f32s(&p("upstream_reading"), Some(&[m, k, 3]))?;
+        (0..m)
+            .map(|f| {
+                if n[f] == 0 {
+                    return Ok(None);
+                }
+                let mut writers = Vec::new();
+                for j in (0..k).filter(|&j| ids[f * k + j] != u32::MAX) {
+                    let at = f * k + j;
+                    let writer = *(info.writers.get(ids[at] as usize))
+                        .ok_or_else(|| bad(&p("upstream_writer"), format!("writer {}", ids[at])))?;
+                    let [mean, sd, min, max] = spread[at * 4..][..4] else {
+                        unreachable!()
+                    };
+                    let reading = matches!(writer, crate::live::Writer::Head { .. })
+                        .then(|| [0, 1, 2].map(|i| reading[at * 3 + i]));
+                    writers.push(crate::live::WriterSpread {
+                        writer,
+                        mean,
+                        sd,
+                        min,
+                        max,
+                        reading,
+                    });
+                }
+                let others = info.writers.len().saturating_sub(writers.len());
+                Ok(Some(FeatureUpstream {
+                    examples: n[f],
+                    dfa: dfa[f],
+                    writers,
+                    rest: (others, rest[f]),
+                }))
+            })
+            .collect()
+    }
+
     fn head(
         &self,
         meta: &DashboardMeta,
@@ -1316,6 +1433,10 @@ impl<'a> Checked<'a, '_> {
                 Some((ids, rs))
             }
             false => None,
+        };
+        let mut upstream = match &meta.upstream {
+            Some(info) => Some(self.upstream(info, &p, m)?),
+            None => None,
         };
         let max_act = self.f32s(&p("max_activation"), Some(&[m]))?;
         let act_hist = self.u32s(&p("activation_histogram"), Some(&[m, bins]))?;
@@ -1450,6 +1571,7 @@ impl<'a> Checked<'a, '_> {
                             .map(|(&g, &r)| (g, r))
                             .collect()
                     }),
+                    upstream: upstream.as_mut().and_then(|u| u[f].take()),
                 }
             })
             .collect();

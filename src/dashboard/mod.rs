@@ -16,6 +16,8 @@ pub mod report;
 #[cfg(not(target_arch = "wasm32"))]
 mod run;
 pub mod sources;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod upstream;
 
 use std::path::{Path, PathBuf};
 

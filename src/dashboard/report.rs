@@ -58,6 +58,9 @@ pub struct FeatureReport {
     pub reads_from_kind: Option<SourceKind>,
     /// The token most often at the top source, and in how many top examples.
     pub reads_from_token: Option<(String, u32)>,
+    /// What wrote what it reads over its top examples (files built with `--upstream`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<super::format::FeatureUpstream>,
 }
 
 /// One head: its features by where they read from.
@@ -136,6 +139,7 @@ pub fn feature_report(d: &Dashboard, head: usize, f: usize, top: usize) -> Featu
             .zip(feature.effect)
             .map(|(e, x)| e.per_thousand(x)),
         examples,
+        upstream: feature.upstream.clone(),
     }
 }
 

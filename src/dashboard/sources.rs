@@ -481,6 +481,7 @@ mod tests {
             logit_range: (0.0, 0.0),
             effect: None,
             cofiring: vec![],
+            upstream: None,
             examples,
         }
     }

@@ -19,6 +19,9 @@ pub use effect::{
 };
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod upstream;
+// For the dashboards' split over the top examples (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use upstream::{constant_kept, value_constant, w_v_of};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use upstream::{
     upstream_of, upstream_on_prompt_lines, upstream_on_prompt_lines_async, upstream_on_prompts,
@@ -753,14 +756,20 @@ impl PromptsSpread {
     /// The writers with the largest mean parts in magnitude, at most `n`, and the others'
     /// count and mean parts summed.
     pub fn strongest_writers(&self, n: usize) -> (Vec<&WriterSpread>, (usize, f32)) {
-        let mut listed: Vec<&WriterSpread> = self.writers.iter().collect();
-        listed.sort_by(|a, b| b.mean.abs().total_cmp(&a.mean.abs()));
-        listed.truncate(n);
-        let shown: f32 = listed.iter().map(|w| w.mean).sum();
-        let all: f32 = self.writers.iter().map(|w| w.mean).sum();
-        let rest = (self.writers.len() - listed.len(), all - shown);
-        (listed, rest)
+        strongest_of(&self.writers, n)
     }
+}
+
+/// The writers of `writers` with the largest mean parts in magnitude, at most `n`, largest
+/// first, and the others' count and mean parts summed.
+pub fn strongest_of(writers: &[WriterSpread], n: usize) -> (Vec<&WriterSpread>, (usize, f32)) {
+    let mut listed: Vec<&WriterSpread> = writers.iter().collect();
+    listed.sort_by(|a, b| b.mean.abs().total_cmp(&a.mean.abs()));
+    listed.truncate(n);
+    let shown: f32 = listed.iter().map(|w| w.mean).sum();
+    let all: f32 = writers.iter().map(|w| w.mean).sum();
+    let rest = (writers.len() - listed.len(), all - shown);
+    (listed, rest)
 }
 
 /// A spread over a prompt set a viewer asked for ([`PromptsSpread`]), of a prompt set's

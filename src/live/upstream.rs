@@ -62,7 +62,7 @@ pub async fn upstream_through_async(
     let model = &loaded.transformer;
     let cfg = &model.config;
     let (blocks, width) = super::feature_of(sae, model, (head, feature))?;
-    let (h, hkv, dh, dm) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model);
+    let (h, dh, dm) = (cfg.n_heads, cfg.d_head, cfg.d_model);
     let (per_block, t) = (h / blocks, ids.len());
     anyhow::ensure!(
         layer < cfg.n_layers,
@@ -114,37 +114,14 @@ pub async fn upstream_through_async(
             }
         })
     };
-    // Query head `qh`'s columns of layer `l`'s `W_V` (its kv head's), [d_model, d_head],
-    // and where they start in `w_qkv`.
-    let col_of = |qh: usize| (h + hkv + qh / (h / hkv)) * dh;
-    let w_v_of = |l: usize, qh: usize| {
-        let col = col_of(qh);
-        let w = model.blocks[l].attn.w_qkv.clone();
-        w.slice([0..dm, col..col + dh]).cast(DType::F32)
-    };
+    let w_v_of = |l: usize, qh: usize| w_v_of(model, l, qh);
     // That `W_V` times `x` [d_head]: what reading `x` of the head's value reads of the
     // normed stream, [d_model].
     let through_w_v = |l: usize, qh: usize, x: &[f32]| {
         let x = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [dh, 1]), &device);
         w_v_of(l, qh).matmul(x).reshape([dm])
     };
-    // The constant in query head `qh`'s value of layer `l`, which nothing upstream writes:
-    // `norm.b W_V + b_V` (none in a model with neither).
-    let constant = |l: usize, qh: usize| -> Option<Tensor<1>> {
-        let block = &model.blocks[l];
-        let of_norm = match &block.norm1 {
-            Norm::Layer { b, .. } => {
-                let b = f32s(b.clone()).reshape([1, dm]);
-                Some(b.matmul(w_v_of(l, qh)).reshape([dh]))
-            }
-            _ => None,
-        };
-        let b_v = (block.attn.b_qkv.as_ref()).map(|b| f32s(b.clone().narrow(0, col_of(qh), dh)));
-        match (of_norm, b_v) {
-            (Some(a), Some(b)) => Some(a + b),
-            (a, b) => a.or(b),
-        }
-    };
+    let constant = |l: usize, qh: usize| value_constant(model, l, qh);
 
     // The feature's encoder column (its block's rows), and the layer's rows at the source.
     let enc = host(&f32s(
@@ -207,12 +184,7 @@ pub async fn upstream_through_async(
     let one_source = |a: f32, g: usize, v: &[f32]| {
         dfa_by_source(&[a], |_| v, &enc[g * dh..(g + 1) * dh], scale, 0)[0]
     };
-    let shortformer_ln = matches!(model.positions, Positions::Shortformer(_))
-        && matches!(block.norm1, Norm::Layer { .. });
-    let kept = match z_convention {
-        ZConvention::Raw => true,
-        ZConvention::TransformerLens => fold.is_none() || shortformer_ln,
-    };
+    let kept = constant_kept(model, layer, z_convention);
     let mut dfa = 0f32;
     let mut value_bias = None;
     for (g, (&a, mh)) in a_target.iter().zip(heads.clone()).enumerate() {
@@ -418,6 +390,59 @@ pub async fn upstream_on_prompts_async(
         writers,
         paths,
     })
+}
+
+/// Query head `qh`'s columns of layer `l`'s `W_V` (its kv head's), `[d_model, d_head]`.
+pub(crate) fn w_v_of(model: &crate::lm::Transformer, l: usize, qh: usize) -> Tensor<2> {
+    let cfg = &model.config;
+    let (h, hkv, dh, dm) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model);
+    let col = (h + hkv + qh / (h / hkv)) * dh;
+    let w = model.blocks[l].attn.w_qkv.clone();
+    w.slice([0..dm, col..col + dh]).cast(DType::F32)
+}
+
+/// The constant in query head `qh`'s value of layer `l`, which nothing upstream writes:
+/// `norm.b W_V + b_V` (none in a model with neither), `[d_head]`.
+pub(crate) fn value_constant(
+    model: &crate::lm::Transformer,
+    l: usize,
+    qh: usize,
+) -> Option<Tensor<1>> {
+    let cfg = &model.config;
+    let (h, hkv, dh, dm) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model);
+    let block = &model.blocks[l];
+    let of_norm = match &block.norm1 {
+        Norm::Layer { b, .. } => {
+            let b = b.clone().cast(DType::F32).reshape([1, dm]);
+            Some(b.matmul(w_v_of(model, l, qh)).reshape([dh]))
+        }
+        _ => None,
+    };
+    let col = (h + hkv + qh / (h / hkv)) * dh;
+    let b_v = (block.attn.b_qkv.as_ref()).map(|b| b.clone().narrow(0, col, dh).cast(DType::F32));
+    match (of_norm, b_v) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether the DFA in `z_convention` at `layer` holds the value's constant
+/// ([`value_constant`], less the fold TransformerLens' hook_z takes off where it does):
+/// all of it in the raw convention, none where TransformerLens folds it, the norm's bias's
+/// part for a shortformer model (whose norms TransformerLens does not fold) and all of it
+/// for a model without a fold.
+pub(crate) fn constant_kept(
+    model: &crate::lm::Transformer,
+    layer: usize,
+    z_convention: ZConvention,
+) -> bool {
+    let block = &model.blocks[layer];
+    let shortformer_ln = matches!(model.positions, Positions::Shortformer(_))
+        && matches!(block.norm1, Norm::Layer { .. });
+    match z_convention {
+        ZConvention::Raw => true,
+        ZConvention::TransformerLens => block.attn.z_fold.is_none() || shortformer_ln,
+    }
 }
 
 /// `w` (a direction in the normed stream) taken back through `norm` with its scale held at

@@ -256,7 +256,8 @@ pub fn check_logits_and_ce(
 }
 
 /// A finished tiny run ([`config`], `steps` steps, on the CPU) in `dir/run` with its
-/// dashboards built over 8 held-out windows and written to `dir/run/dashboard.safetensors`.
+/// dashboards built over 8 held-out windows (with what wrote what each feature reads, as
+/// `dashboard --upstream` builds them) and written to `dir/run/dashboard.safetensors`.
 /// Returns the run directory.
 pub fn run_with_dashboard(dir: &std::path::Path, steps: usize) -> PathBuf {
     run_with_dashboard_of(config(dir, steps))
@@ -276,7 +277,10 @@ pub fn run_with_dashboard_of(cfg: attn_saes::train::TrainConfig) -> PathBuf {
         &loaded,
         8 * 16,
         None,
-        &BuildOptions::default(),
+        &BuildOptions {
+            upstream: true,
+            ..BuildOptions::default()
+        },
         &mut |_, _, _| {},
     )
     .unwrap();
