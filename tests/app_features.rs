@@ -835,7 +835,7 @@ fn what_wrote_what_it_reads_shows_the_files_split_over_the_top_examples() {
         let mut said = format!("({:.4}) [{:+.4}, {:+.4}]", w.sd, w.min, w.max);
         if let Some([itself, bos, elsewhere]) = w.reading {
             said += &format!(
-                "  the source itself {itself:+.4}, BOS {bos:+.4}, elsewhere {elsewhere:+.4}"
+                "\nthe source itself {itself:+.4}, BOS {bos:+.4}, elsewhere {elsewhere:+.4}"
             );
         }
         assert!(

@@ -1932,7 +1932,7 @@ pub(crate) fn writers_grid(
                 let mut said = format!("({:.4}) [{:+.4}, {:+.4}]", w.sd, w.min, w.max);
                 if let Some([itself, bos, elsewhere]) = w.reading {
                     said += &format!(
-                        "  the source itself {itself:+.4}, BOS {bos:+.4}, elsewhere \
+                        "\nthe source itself {itself:+.4}, BOS {bos:+.4}, elsewhere \
                          {elsewhere:+.4}"
                     );
                 }
