@@ -340,6 +340,33 @@ fn training_from_the_form_stops_with_a_checkpoint_and_resumes() {
     );
     assert_eq!(h.state().ui.view, View::Features);
     assert!(attn_saes::dashboard::run_dashboard_path(&run).is_file());
+    let read =
+        || attn_saes::dashboard::build::read(&attn_saes::dashboard::run_dashboard_path(&run));
+    assert!(read().unwrap().meta.upstream.is_none(), "not by default");
+
+    // What wrote what it reads is not in them; its button rebuilds them with it, and the
+    // panel then shows the file's split of the feature shown.
+    let f = (0..32)
+        .find(|&f| !read().unwrap().heads[0].features[f].examples.is_empty())
+        .expect("a feature of head 0 with top examples");
+    h.state_mut().ui.features.head = 0;
+    h.state_mut().ui.features.feature = Some(f);
+    h.run_steps(2);
+    click_in_view(&mut h, "Build the dashboards with it");
+    step_until(&mut h, Duration::from_secs(300), |a| {
+        !a.builder_running()
+            && (a.dashboard.as_ref()).is_some_and(|d| d.file.meta.upstream.is_some())
+    });
+    h.run_steps(3);
+    let d = read().unwrap();
+    let u = (d.heads[0].features[f].upstream.as_ref()).expect("the rebuilt file has it");
+    let shown = format!(
+        "Over its {} top examples: the DFA from the source, mean {:+.4}; by writer, the mean \
+         (sd) [least, most]; an earlier head's, by where it read from:",
+        u.examples, u.dfa
+    );
+    assert!(has_label(&h, &shown), "{shown}");
+    assert!(!has_label(&h, "Build the dashboards with it"));
 
     // Resume with a nearer end: the run continues from the checkpoint to it.
     let end = stopped_at + 7;

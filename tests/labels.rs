@@ -258,6 +258,29 @@ fn the_label_command_sets_prints_lists_and_clears_and_features_shows_them() {
     let with_json: Vec<(usize, usize, f32)> =
         serde_json::from_value(one["fires_with"].clone()).unwrap();
     assert_eq!(with_json, with);
+    // And what wrote what it reads (the tests' run is built with `--upstream`): the file's
+    // 4 largest writers and the DFA mean in its line, the whole split in the JSON.
+    let u = (d.heads[2].features[strongest].upstream.as_ref()).expect("its upstream split");
+    let writers: Vec<String> = (u.writers.iter().take(4))
+        .map(|w| format!("{} {:+.4}", w.writer.name(), w.mean))
+        .collect();
+    assert!(
+        said.contains(&format!(
+            "    written by {} (means over {} top examples of their DFA from the largest \
+             source, {:+.4})",
+            writers.join(", "),
+            u.examples,
+            u.dfa
+        )),
+        "{said}"
+    );
+    let up = &one["upstream"];
+    assert_eq!(up["examples"], u.examples);
+    assert_eq!(up["writers"].as_array().unwrap().len(), u.writers.len());
+    for (w, j) in u.writers.iter().zip(up["writers"].as_array().unwrap()) {
+        let back: attn_saes::live::WriterSpread = serde_json::from_value(j.clone()).unwrap();
+        assert_eq!(&back, w);
+    }
     // `features --across 3`: the 3 pairs of features of different heads listed as firing
     // together with the highest r (each pair once), as the file's lists give them.
     let mut pairs: Vec<((usize, usize), f32)> = Vec::new();

@@ -252,6 +252,10 @@ pub struct FeaturesState {
     /// elsewhere: Your text, `app --feature`, the page's `?feature=`).
     #[serde(skip)]
     pub reveal: bool,
+    /// Whether the app can rebuild the open run's dashboards (the desktop, with a run
+    /// open and no build running): What wrote what it reads then offers to add itself.
+    #[serde(skip)]
+    pub can_build: bool,
 }
 
 impl Default for FeaturesState {
@@ -268,6 +272,7 @@ impl Default for FeaturesState {
             example: None,
             label_draft: None,
             reveal: false,
+            can_build: false,
         }
     }
 }
@@ -377,6 +382,9 @@ pub enum FeaturesAction {
         head: usize,
         feature: usize,
     },
+    /// Rebuild the open run's dashboards with what wrote what each feature reads
+    /// (`dashboard --upstream`).
+    BuildWithUpstream,
 }
 
 /// Whether the view can ask for a feature's effect on its top examples (the desktop, with
@@ -1226,13 +1234,14 @@ fn feature_dashboard(
     top_examples(ui, file, fd, s);
     ui.separator();
     dfa_panel(ui, file, fd, reads, s);
+    let mut build = None;
     if file.meta.dense_heads().is_none() {
         ui.separator();
-        upstream_panel(ui, file, fd, s);
+        build = upstream_panel(ui, file, fd, s);
     }
     ui.separator();
     interval_groups(ui, file, fd, s);
-    labelled.or(action)
+    labelled.or(action).or(build)
 }
 
 /// What removing the feature does on its top examples: a button that asks for it, then
@@ -1948,18 +1957,37 @@ pub(crate) fn writers_grid(
 }
 
 /// What wrote what the feature reads, over its top examples, when the file has it
-/// ([`FeatureData::upstream`]); for a block-diagonal SAE's file without it, how to add it.
-fn upstream_panel(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &FeaturesState) {
+/// ([`FeatureData::upstream`]); for a block-diagonal SAE's file without it, how to add it,
+/// and where the app can rebuild the run's dashboards, a button that does.
+fn upstream_panel(
+    ui: &mut Ui,
+    file: &OwnedDashboardFile,
+    fd: &FeatureData,
+    s: &FeaturesState,
+) -> Option<FeaturesAction> {
     ui.heading("What wrote what it reads");
     let Some(u) = &fd.upstream else {
-        let why = match file.meta.upstream {
-            Some(_) => "no top example to take apart".to_string(),
-            None => "not in this file: `attn-saes dashboard --upstream` adds it (the windows \
-                     holding top examples run through the model again)"
-                .to_string(),
-        };
-        ui.label(RichText::new(why).weak());
-        return;
+        if file.meta.upstream.is_some() {
+            ui.label(RichText::new("no top example to take apart").weak());
+            return None;
+        }
+        ui.label(
+            RichText::new(
+                "not in this file: `attn-saes dashboard --upstream` adds it (the windows \
+                 holding top examples run through the model again)",
+            )
+            .weak(),
+        );
+        let build = s.can_build
+            && ui
+                .button("Build the dashboards with it")
+                .on_hover_text(
+                    "rebuilds this run's dashboards with what wrote what each feature reads \
+                     over its top examples (`dashboard --upstream`): about as long again as \
+                     Build dashboards now",
+                )
+                .clicked();
+        return build.then_some(FeaturesAction::BuildWithUpstream);
     };
     ui.label(
         RichText::new(format!(
@@ -1978,6 +2006,7 @@ fn upstream_panel(ui: &mut Ui, file: &OwnedDashboardFile, fd: &FeatureData, s: &
     ));
     let listed: Vec<&crate::live::WriterSpread> = u.writers.iter().collect();
     writers_grid(ui, ("upstream", s.head, s.feature), &listed, u.rest);
+    None
 }
 
 /// Where the feature's top examples read from, in words, with the kinds explained on hover.

@@ -237,13 +237,18 @@ pub fn start_dashboards(
     run_dir: PathBuf,
     checkpoint: Option<PathBuf>,
     device: DeviceChoice,
+    upstream: bool,
 ) -> Job {
     spawn(JobKind::Dashboards, move |tx, _| {
         let ckpt = train::checkpoint::resolve_resume(checkpoint.as_deref().unwrap_or(&run_dir))?;
         let config = train::checkpoint::read_config(&ckpt)?;
         let _ = tx.send(JobEvent::Phase(format!("loading model {}", config.model)));
         let (_, loaded) = crate::cli_train::open_model(device, &config.model)?;
-        build_dashboards(&run_dir, checkpoint.as_deref(), &loaded, tx)
+        let options = BuildOptions {
+            upstream,
+            ..BuildOptions::default()
+        };
+        build_dashboards(&run_dir, checkpoint.as_deref(), &loaded, &options, tx)
     })
 }
 
@@ -251,6 +256,7 @@ fn build_dashboards(
     run: &Path,
     checkpoint: Option<&Path>,
     loaded: &crate::lm::LoadedModel,
+    options: &BuildOptions,
     tx: &Sender<JobEvent>,
 ) -> anyhow::Result<()> {
     let (d, notice) = dashboard::build_for_run(
@@ -259,7 +265,7 @@ fn build_dashboards(
         loaded,
         dashboard::DEFAULT_TOKENS,
         None,
-        &BuildOptions::default(),
+        options,
         &mut |phase, done, total| {
             let _ = tx.send(dashboard_progress(phase, done, total));
         },

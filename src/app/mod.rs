@@ -94,7 +94,8 @@ pub enum Command {
     StopTraining,
     /// Build the dashboards of the open run (its final SAE or latest checkpoint).
     #[cfg(not(target_arch = "wasm32"))]
-    BuildDashboards,
+    /// Build the open run's dashboards; with what wrote what each feature reads when true.
+    BuildDashboards(bool),
     SetView(View),
     /// Show one feature's dashboard (`app --feature`, the page's `?feature=`).
     OpenFeature {
@@ -566,7 +567,7 @@ impl AttnSaesApp {
                 }
             }
             #[cfg(not(target_arch = "wasm32"))]
-            Command::BuildDashboards => self.build_dashboards(),
+            Command::BuildDashboards(upstream) => self.build_dashboards(upstream),
             #[cfg(not(target_arch = "wasm32"))]
             Command::ComparePath(path) => self.compare_path(&path),
             Command::SetView(v) => self.ui.view = v,
@@ -600,7 +601,7 @@ impl AttnSaesApp {
                     )
                     .clicked()
             {
-                self.push(Command::BuildDashboards);
+                self.push(Command::BuildDashboards(false));
             }
             if let Some(d) = &self.dashboard {
                 ui.separator();
@@ -661,48 +662,64 @@ impl AttnSaesApp {
                     }
                 }
             }
-            View::Features => match &mut self.dashboard {
-                Some(d) => {
-                    #[cfg(not(target_arch = "wasm32"))]
-                    let ask = features::ExamplesAsk::Ask(self.native.examples.as_ref());
-                    #[cfg(target_arch = "wasm32")]
-                    let ask = match self.web.live_ready && !self.web.live_other {
-                        true => features::ExamplesAsk::Ask(self.web.examples.as_ref()),
-                        false => features::ExamplesAsk::Unavailable,
-                    };
-                    let action =
-                        features::features_ui(ui, d, &mut self.ui.features, ask, &self.compared);
-                    match action {
-                        Some(features::FeaturesAction::ExamplesEffect {
-                            head,
-                            feature,
-                            examples,
-                        }) => {
-                            #[cfg(not(target_arch = "wasm32"))]
-                            self.ask_examples_effect(head, feature, examples);
-                            #[cfg(target_arch = "wasm32")]
-                            self.web.ask_examples(head, feature, examples);
-                        }
-                        Some(features::FeaturesAction::UseInText {
-                            head,
-                            feature,
-                            example,
-                        }) => self.use_in_text(head, feature, example),
-                        Some(features::FeaturesAction::Label {
-                            head,
-                            feature,
-                            label,
-                        }) => self.label_feature(head, feature, &label),
-                        Some(features::FeaturesAction::OpenCompared {
-                            name,
-                            head,
-                            feature,
-                        }) => self.open_compared(&name, head, feature),
-                        None => {}
-                    }
+            View::Features => {
+                #[cfg(not(target_arch = "wasm32"))]
+                {
+                    self.ui.features.can_build =
+                        self.native.run_dir.is_some() && !self.builder_running();
                 }
-                None => self.no_dashboard_ui(ui),
-            },
+                self.features_view(ui)
+            }
+        }
+    }
+
+    /// The Features view on the open dashboard (or how to open one), and what it asks for.
+    fn features_view(&mut self, ui: &mut egui::Ui) {
+        match &mut self.dashboard {
+            Some(d) => {
+                #[cfg(not(target_arch = "wasm32"))]
+                let ask = features::ExamplesAsk::Ask(self.native.examples.as_ref());
+                #[cfg(target_arch = "wasm32")]
+                let ask = match self.web.live_ready && !self.web.live_other {
+                    true => features::ExamplesAsk::Ask(self.web.examples.as_ref()),
+                    false => features::ExamplesAsk::Unavailable,
+                };
+                let action =
+                    features::features_ui(ui, d, &mut self.ui.features, ask, &self.compared);
+                match action {
+                    Some(features::FeaturesAction::ExamplesEffect {
+                        head,
+                        feature,
+                        examples,
+                    }) => {
+                        #[cfg(not(target_arch = "wasm32"))]
+                        self.ask_examples_effect(head, feature, examples);
+                        #[cfg(target_arch = "wasm32")]
+                        self.web.ask_examples(head, feature, examples);
+                    }
+                    Some(features::FeaturesAction::UseInText {
+                        head,
+                        feature,
+                        example,
+                    }) => self.use_in_text(head, feature, example),
+                    Some(features::FeaturesAction::Label {
+                        head,
+                        feature,
+                        label,
+                    }) => self.label_feature(head, feature, &label),
+                    Some(features::FeaturesAction::OpenCompared {
+                        name,
+                        head,
+                        feature,
+                    }) => self.open_compared(&name, head, feature),
+                    Some(features::FeaturesAction::BuildWithUpstream) => {
+                        #[cfg(not(target_arch = "wasm32"))]
+                        self.push(Command::BuildDashboards(true));
+                    }
+                    None => {}
+                }
+            }
+            None => self.no_dashboard_ui(ui),
         }
     }
 
@@ -1558,8 +1575,9 @@ impl AttnSaesApp {
     }
 
     /// Builds the open run's dashboards: of its latest checkpoint while it trains, else of
-    /// its final SAE (or latest checkpoint when it has none).
-    fn build_dashboards(&mut self) {
+    /// its final SAE (or latest checkpoint when it has none); with what wrote what each
+    /// feature reads when `upstream` (`dashboard --upstream`).
+    fn build_dashboards(&mut self, upstream: bool) {
         let Some(run) = self.native.run_dir.clone() else {
             self.message(Level::Error, "open a run directory first");
             return;
@@ -1584,7 +1602,12 @@ impl AttnSaesApp {
             running: true,
             ..JobStatus::default()
         };
-        self.native.builder = Some(jobs::start_dashboards(run, checkpoint, self.ui.form.device));
+        self.native.builder = Some(jobs::start_dashboards(
+            run,
+            checkpoint,
+            self.ui.form.device,
+            upstream,
+        ));
     }
 
     /// Applies what the jobs reported since the last frame.
