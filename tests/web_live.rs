@@ -455,10 +455,11 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         let r = &result["runs"][name];
         eprintln!(
             "{name}: {} | model + SAE loaded in {:.0} ms; run to features shown: {:.0} ms \
-             first, {:.0} ms second ({} tokens)",
+             first ({} tries of the clicks), {:.0} ms second ({} tokens)",
             r["status"],
             r["bundleLoadMs"].as_f64().unwrap(),
             r["firstMs"].as_f64().unwrap(),
+            r["firstAttempts"],
             r["secondMs"].as_f64().unwrap(),
             r["tokens"]["ids"].as_array().unwrap().len()
         );
