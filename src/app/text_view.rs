@@ -615,8 +615,9 @@ fn spread_panel(
                 .on_hover_text(FOLLOW_HOVER);
             ui.add_enabled(!computing, egui::Button::new("Take it apart over the set"))
                 .on_hover_text(
-                    "runs the model to the hooked layer twice a prompt: once for the DFA, \
-                     once keeping what each writer put in the residual stream",
+                    "runs the model to the hooked layer once a prompt, keeping what each \
+                     writer put in the residual stream (the DFA that chooses the source is \
+                     read from the same pass)",
                 )
                 .clicked()
         })

@@ -65,8 +65,6 @@ impl Pending {
     ) -> anyhow::Result<Self> {
         let model = &loaded.transformer;
         let ids = super::text_ids(loaded, text)?;
-        let t = ids.len();
-        let (h, d, m, per_block) = super::sae_sizes(sae, model)?;
         anyhow::ensure!(
             layer < model.config.n_layers,
             "layer {layer}: the model has {} layers",
@@ -81,6 +79,22 @@ impl Pending {
         };
         let mut cache = model.run(model.tokens(std::slice::from_ref(&ids))?, &hooks, None)?;
         let z = cache.hook_z.remove(&layer).context("no hook_z")?;
+        let pattern = cache.pattern.remove(&layer).context("no pattern")?;
+        let values = cache.values.remove(&layer).context("no values")?;
+        Self::of(loaded, sae, ids, [z, pattern, values])
+    }
+
+    /// [`Self::new`] from the LM's `hook_z`, `pattern` and `values` at the layer (in the
+    /// SAE's z convention) for `ids`, already run.
+    fn of(
+        loaded: &LoadedModel,
+        sae: &BlockDiagSae,
+        ids: Vec<u32>,
+        [z, pattern, values]: [Tensor<4>; 3],
+    ) -> anyhow::Result<Self> {
+        let model = &loaded.transformer;
+        let t = ids.len();
+        let (h, d, m, per_block) = super::sae_sizes(sae, model)?;
         let out = sae.forward(sae.scale_input(z.reshape([t, h, d])));
         let feats = super::unless_bos(sae, model, std::slice::from_ref(&ids), out.feats);
         let skips_bos = super::skips_bos(sae, model, &ids);
@@ -94,8 +108,8 @@ impl Pending {
             shape: (h, d, m, per_block),
             feats,
             pre: out.pre,
-            pattern: cache.pattern.remove(&layer).context("no pattern")?,
-            values: cache.values.remove(&layer).context("no values")?,
+            pattern,
+            values,
             w_enc: sae.w_enc.clone(),
             input_scale: sae.input_scale.clone(),
             skips_bos,
@@ -177,6 +191,33 @@ impl LiveAnalysis {
         text: &str,
     ) -> anyhow::Result<Self> {
         Pending::new(loaded, sae, layer, z_convention, text)?
+            .read()
+            .await
+    }
+
+    /// The analysis of `ids` from a forward pass already run in the raw z convention with
+    /// `hook_z`, `pattern` and `values` at `layer` among its hooks (what
+    /// [`run_async`](Self::run_async) gives on their text), in `z_convention`: the fold
+    /// comes off `hook_z` and the values as the forward takes it off.
+    pub(crate) async fn of_raw_async(
+        loaded: &LoadedModel,
+        sae: &BlockDiagSae,
+        (layer, z_convention): (usize, ZConvention),
+        ids: Vec<u32>,
+        raw: &crate::lm::HookCache,
+    ) -> anyhow::Result<Self> {
+        let fold = match (z_convention, &loaded.transformer.blocks[layer].attn.z_fold) {
+            (ZConvention::TransformerLens, Some(f)) => Some(f.clone().unsqueeze::<4>()),
+            _ => None,
+        };
+        let unfolded = |x: Tensor<4>| match &fold {
+            Some(f) => x - f.clone(),
+            None => x,
+        };
+        let z = raw.hook_z.get(&layer).context("no hook_z")?.clone();
+        let pattern = raw.pattern.get(&layer).context("no pattern")?.clone();
+        let values = raw.values.get(&layer).context("no values")?.clone();
+        Pending::of(loaded, sae, ids, [unfolded(z), pattern, unfolded(values)])?
             .read()
             .await
     }

@@ -52,8 +52,47 @@ pub fn upstream_through(
 pub async fn upstream_through_async(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
-    (layer, z_convention): (usize, ZConvention),
+    hook: (usize, ZConvention),
     ids: &[u32],
+    ask: &UpstreamAsk,
+) -> anyhow::Result<Upstream> {
+    let cache = run_for_upstream(loaded, hook.0, ids)?;
+    upstream_from_async(loaded, sae, hook, (ids, &cache), ask).await
+}
+
+/// The forward pass a split takes on `ids`: to `layer`, in the raw z convention, with every
+/// earlier layer's hook_z, pattern, values and residual stream, and the layer's hook_z,
+/// pattern and values (what [`LiveAnalysis::of_raw_async`] reads too).
+fn run_for_upstream(
+    loaded: &LoadedModel,
+    layer: usize,
+    ids: &[u32],
+) -> anyhow::Result<crate::lm::HookCache> {
+    let model = &loaded.transformer;
+    anyhow::ensure!(
+        layer < model.config.n_layers,
+        "layer {layer}: the model has {} layers",
+        model.config.n_layers
+    );
+    let hooks = HookRequest {
+        hook_z: (0..=layer).collect(),
+        pattern: (0..=layer).collect(),
+        values: (0..=layer).collect(),
+        resid_post: (0..layer).collect(),
+        z_convention: ZConvention::Raw,
+        ..Default::default()
+    };
+    let tokens = model.tokens(&[ids.to_vec()])?;
+    Ok(model.run(tokens, &hooks, None)?)
+}
+
+/// [`upstream_through_async`] from its forward pass on `ids`, already run
+/// ([`run_for_upstream`]).
+async fn upstream_from_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    (layer, z_convention): (usize, ZConvention),
+    (ids, cache): (&[u32], &crate::lm::HookCache),
     ask: &UpstreamAsk,
 ) -> anyhow::Result<Upstream> {
     let ((head, feature), (target, source)) = (ask.feature, ask.at);
@@ -91,16 +130,6 @@ pub async fn upstream_through_async(
     let block = &model.blocks[layer];
     let heads = head * per_block..(head + 1) * per_block;
 
-    let hooks = HookRequest {
-        hook_z: (0..layer).collect(),
-        pattern: (0..=layer).collect(),
-        values: (0..=layer).collect(),
-        resid_post: (0..layer).collect(),
-        z_convention: ZConvention::Raw,
-        ..Default::default()
-    };
-    let tokens = model.tokens(&[ids.to_vec()])?;
-    let cache = model.run(tokens, &hooks, None)?;
     let f32s = |x: Tensor<1>| x.cast(DType::F32);
     // The residual stream entering layer `l` at position `p`.
     let entering = |l: usize, p: usize| -> anyhow::Result<Tensor<1>> {
@@ -214,7 +243,7 @@ pub async fn upstream_through_async(
         let step = match steps.get(terms.len() - 1) {
             Some(&step) => step,
             None => {
-                let mut parts = split(model, &cache, ids, (split_layer, split_at), &w_s).await?;
+                let mut parts = split(model, cache, ids, (split_layer, split_at), &w_s).await?;
                 if let Some(value) = bias {
                     parts.push(WrittenBy {
                         writer: Writer::ValueBias,
@@ -335,7 +364,11 @@ pub async fn upstream_on_prompts_async(
     let (head, feature) = ask.feature;
     let mut prompts = Vec::with_capacity(lines.len());
     for (i, (name, line)) in lines.iter().enumerate() {
-        let a = LiveAnalysis::run_async(loaded, sae, layer, z_convention, &line.text).await?;
+        // One forward pass a prompt: the analysis that chooses the source reads the split's.
+        let ids = super::text_ids(loaded, &line.text)?;
+        let cache = run_for_upstream(loaded, layer, &ids)?;
+        let hook = (layer, z_convention);
+        let a = LiveAnalysis::of_raw_async(loaded, sae, hook, ids, &cache).await?;
         let t = a.tokens();
         let p = line.at.unwrap_or(t.len().saturating_sub(1));
         anyhow::ensure!(
@@ -370,8 +403,7 @@ pub async fn upstream_on_prompts_async(
             follow: ask.follow,
             ..UpstreamAsk::new(ask.feature, (p, s))
         };
-        let hook = (layer, z_convention);
-        let upstream = upstream_through_async(loaded, sae, hook, &t.ids, &split).await?;
+        let upstream = upstream_from_async(loaded, sae, hook, (&t.ids, &cache), &split).await?;
         prompts.push(PromptSplit {
             text: line.text.clone(),
             activation: t.activation(head, feature, p),
