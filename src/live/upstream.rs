@@ -424,11 +424,16 @@ pub async fn upstream_on_prompts_async(
     })
 }
 
+/// Where query head `qh`'s value columns (its kv head's) start in a layer's `w_qkv`.
+fn value_column(cfg: &crate::lm::TransformerConfig, qh: usize) -> usize {
+    let (h, hkv) = (cfg.n_heads, cfg.n_kv_heads);
+    (h + hkv + qh / (h / hkv)) * cfg.d_head
+}
+
 /// Query head `qh`'s columns of layer `l`'s `W_V` (its kv head's), `[d_model, d_head]`.
 pub(crate) fn w_v_of(model: &crate::lm::Transformer, l: usize, qh: usize) -> Tensor<2> {
-    let cfg = &model.config;
-    let (h, hkv, dh, dm) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model);
-    let col = (h + hkv + qh / (h / hkv)) * dh;
+    let (dh, dm) = (model.config.d_head, model.config.d_model);
+    let col = value_column(&model.config, qh);
     let w = model.blocks[l].attn.w_qkv.clone();
     w.slice([0..dm, col..col + dh]).cast(DType::F32)
 }
@@ -440,8 +445,7 @@ pub(crate) fn value_constant(
     l: usize,
     qh: usize,
 ) -> Option<Tensor<1>> {
-    let cfg = &model.config;
-    let (h, hkv, dh, dm) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model);
+    let (dh, dm) = (model.config.d_head, model.config.d_model);
     let block = &model.blocks[l];
     let of_norm = match &block.norm1 {
         Norm::Layer { b, .. } => {
@@ -450,7 +454,7 @@ pub(crate) fn value_constant(
         }
         _ => None,
     };
-    let col = (h + hkv + qh / (h / hkv)) * dh;
+    let col = value_column(&model.config, qh);
     let b_v = (block.attn.b_qkv.as_ref()).map(|b| b.clone().narrow(0, col, dh).cast(DType::F32));
     match (of_norm, b_v) {
         (Some(a), Some(b)) => Some(a + b),
