@@ -945,8 +945,11 @@ impl Dashboard {
                 let (mut spread, mut reading) = (vec![0f32; m * k * 4], vec![0f32; m * k * 3]);
                 for (f, fd) in fs.iter().enumerate() {
                     let Some(u) = &fd.upstream else { continue };
-                    if u.writers.len() > k || u.examples == 0 {
+                    if u.writers.len() > k {
                         return Err(bad(&p("upstream_writer"), "more writers than listed"));
+                    }
+                    if u.examples == 0 {
+                        return Err(bad(&p("upstream_examples"), "a split of no examples"));
                     }
                     (n[f], dfa[f], rest[f]) = (u.examples, u.dfa, u.rest.1);
                     for (j, w) in u.writers.iter().enumerate() {
