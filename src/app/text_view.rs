@@ -675,9 +675,6 @@ fn source_rule_said(rule: SourceRule) -> &'static str {
     }
 }
 
-/// Writers listed in a spread over a prompt set.
-const SPREAD_LISTED: usize = 12;
-
 /// A spread over a prompt set: the feature's activation and the sources taken apart, then
 /// each writer's part over the prompts (or the paths followed), then the prompts, each a
 /// button that analyses it with the feature picked at its position and its source chosen.
@@ -733,7 +730,7 @@ fn spread_ready(
             "By what wrote the residual stream there, the mean over the prompts (sd) [least, \
              most]; an earlier head's, by where it read from:",
         );
-        let (listed, rest) = x.strongest_writers(SPREAD_LISTED);
+        let (listed, rest) = x.strongest_writers(crate::live::UPSTREAM_LISTED);
         writers_grid(ui, ("spread", head, feature), &listed, rest);
     }
     ui.label(

@@ -56,7 +56,6 @@ struct Split {
 }
 
 /// Sums over a feature's examples, writer by writer (f64).
-#[derive(Clone)]
 struct Sums {
     n: u32,
     sum: Vec<f64>,
@@ -158,7 +157,6 @@ pub(super) fn add_upstream(
         Norm::Layer { w, .. } | Norm::Rms { w, .. } => Some(f32s(w.clone())?),
         Norm::Identity => None,
     };
-    let centred = matches!(block.norm1, Norm::Layer { .. });
     let mut q = Vec::with_capacity(nh * m * dm);
     for head in 0..nh {
         let enc = sae.w_enc.clone().slice([head..head + 1, 0..dh, 0..m]);
@@ -166,14 +164,8 @@ pub(super) fn add_upstream(
         let r = crate::live::w_v_of(model, layer, head).matmul(enc); // [dm, m]
         let r = host_vec(r.transpose())?;
         for row in r.chunks_exact(dm) {
-            let mut row: Vec<f32> = match &gamma {
-                Some(g) => row.iter().zip(g).map(|(x, g)| x * g).collect(),
-                None => row.to_vec(),
-            };
-            if centred {
-                let mean = row.iter().sum::<f32>() / dm as f32;
-                row.iter_mut().for_each(|x| *x -= mean);
-            }
+            let mut row = row.to_vec();
+            crate::live::back_through_norm(&block.norm1, gamma.as_deref(), 1.0, &mut row);
             q.extend(row);
         }
     }
@@ -312,7 +304,7 @@ pub(super) fn add_upstream(
                     _ => post[layer - 1][(b * t + s) * dm..][..dm].to_vec(),
                 };
                 let a = pattern_at[((b * nh + job.head) * t + job.target) * t + s];
-                let c = a / sigma(norm, &entering);
+                let c = a / crate::live::norm_scale(norm, &entering);
                 let mut parts = Vec::with_capacity(writers.len());
                 let mut reading = Vec::with_capacity(layer * nh);
                 let mut before = 0f32;
@@ -373,18 +365,4 @@ pub(super) fn add_upstream(
         });
     }
     Ok(Some(UpstreamInfo { writers }))
-}
-
-/// The scale `norm` divides the stream `x` by (what `live::upstream_of` holds).
-fn sigma(norm: &Norm, x: &[f32]) -> f32 {
-    let dm = x.len() as f32;
-    match norm {
-        Norm::Layer { eps, .. } => {
-            let mean = x.iter().sum::<f32>() / dm;
-            let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / dm;
-            (var + *eps as f32).sqrt()
-        }
-        Norm::Rms { eps, .. } => (x.iter().map(|v| v * v).sum::<f32>() / dm + *eps as f32).sqrt(),
-        Norm::Identity => 1.0,
-    }
 }

@@ -21,7 +21,7 @@ pub use effect::{
 mod upstream;
 // For the dashboards' split over the top examples (native only).
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) use upstream::{constant_kept, value_constant, w_v_of};
+pub(crate) use upstream::{back_through_norm, constant_kept, norm_scale, value_constant, w_v_of};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use upstream::{
     upstream_of, upstream_on_prompt_lines, upstream_on_prompt_lines_async, upstream_on_prompts,
@@ -428,10 +428,7 @@ impl Upstream {
 
     /// The parts not among the [`strongest`](Self::strongest) `n`: how many, and their sum.
     pub fn rest(&self, n: usize) -> (usize, f32) {
-        let listed = self.strongest(n);
-        let shown: f32 = listed.iter().map(|p| p.value).sum();
-        let all: f32 = self.parts.iter().map(|p| p.value).sum();
-        (self.parts.len() - listed.len(), all - shown)
+        largest_first(&self.parts, |p| p.value, n).1
     }
 }
 
@@ -448,10 +445,19 @@ impl WrittenBy {
 
 /// `parts` with the largest magnitude first (the first of equals first), at most `n`.
 fn strongest(parts: &[WrittenBy], n: usize) -> Vec<&WrittenBy> {
-    let mut parts: Vec<&WrittenBy> = parts.iter().collect();
-    parts.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
-    parts.truncate(n);
-    parts
+    largest_first(parts, |p| p.value, n).0
+}
+
+/// `items` with the largest `value` in magnitude first (the first of equals first), at most
+/// `n`, and the others' count and values summed.
+fn largest_first<T>(items: &[T], value: impl Fn(&T) -> f32, n: usize) -> (Vec<&T>, (usize, f32)) {
+    let mut listed: Vec<&T> = items.iter().collect();
+    listed.sort_by(|a, b| value(b).abs().total_cmp(&value(a).abs()));
+    listed.truncate(n);
+    let shown: f32 = listed.iter().map(|x| value(x)).sum();
+    let all: f32 = items.iter().map(&value).sum();
+    let rest = (items.len() - listed.len(), all - shown);
+    (listed, rest)
 }
 
 /// A head's term under this share of the DFA from the source (in magnitude) is not
@@ -763,13 +769,7 @@ impl PromptsSpread {
 /// The writers of `writers` with the largest mean parts in magnitude, at most `n`, largest
 /// first, and the others' count and mean parts summed.
 pub fn strongest_of(writers: &[WriterSpread], n: usize) -> (Vec<&WriterSpread>, (usize, f32)) {
-    let mut listed: Vec<&WriterSpread> = writers.iter().collect();
-    listed.sort_by(|a, b| b.mean.abs().total_cmp(&a.mean.abs()));
-    listed.truncate(n);
-    let shown: f32 = listed.iter().map(|w| w.mean).sum();
-    let all: f32 = writers.iter().map(|w| w.mean).sum();
-    let rest = (writers.len() - listed.len(), all - shown);
-    (listed, rest)
+    largest_first(writers, |w| w.mean, n)
 }
 
 /// A spread over a prompt set a viewer asked for ([`PromptsSpread`]), of a prompt set's
@@ -801,8 +801,8 @@ impl AskedSpread {
     }
 }
 
-/// Writers listed of an [`Upstream`] (`text --upstream`, Your text), and positions listed
-/// for each head.
+/// Writers listed of an [`Upstream`] (`text --upstream`, Your text's split and its spread
+/// over a prompt set), and positions listed for each head.
 pub const UPSTREAM_LISTED: usize = 12;
 pub const UPSTREAM_SOURCES: usize = 3;
 

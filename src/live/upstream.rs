@@ -484,30 +484,44 @@ pub(crate) fn constant_kept(
 /// `w` (a direction in the normed stream) taken back through `norm` with its scale held at
 /// its value for the stream `resid`: the direction in the stream itself that reads the same.
 async fn held(norm: &Norm, resid: &[f32], mut w: Vec<f32>) -> anyhow::Result<Vec<f32>> {
-    use super::read_async as host;
-    let dm = resid.len() as f32;
-    let (gamma, sigma, centred) = match norm {
-        Norm::Layer { w, eps, .. } => {
-            let mean = resid.iter().sum::<f32>() / dm;
-            let var = resid.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / dm;
-            let gamma = host(&w.clone().cast(DType::F32)).await?;
-            (Some(gamma), (var + *eps as f32).sqrt(), true)
+    let gamma = match norm {
+        Norm::Layer { w, .. } | Norm::Rms { w, .. } => {
+            Some(super::read_async(&w.clone().cast(DType::F32)).await?)
         }
-        Norm::Rms { w, eps } => {
-            let ms = resid.iter().map(|x| x * x).sum::<f32>() / dm;
-            let gamma = host(&w.clone().cast(DType::F32)).await?;
-            (Some(gamma), (ms + *eps as f32).sqrt(), false)
-        }
-        Norm::Identity => (None, 1.0, false),
+        Norm::Identity => None,
     };
-    for (k, x) in w.iter_mut().enumerate() {
-        *x *= gamma.as_ref().map_or(1.0, |g| g[k]) / sigma;
+    back_through_norm(norm, gamma.as_deref(), norm_scale(norm, resid), &mut w);
+    Ok(w)
+}
+
+/// The scale `norm` divides the stream `x` by, which a split holds at its value.
+pub(crate) fn norm_scale(norm: &Norm, x: &[f32]) -> f32 {
+    let dm = x.len() as f32;
+    match norm {
+        Norm::Layer { eps, .. } => {
+            let mean = x.iter().sum::<f32>() / dm;
+            let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / dm;
+            (var + *eps as f32).sqrt()
+        }
+        Norm::Rms { eps, .. } => {
+            let ms = x.iter().map(|v| v * v).sum::<f32>() / dm;
+            (ms + *eps as f32).sqrt()
+        }
+        Norm::Identity => 1.0,
     }
-    if centred {
-        let mean = w.iter().sum::<f32>() / dm;
+}
+
+/// `w` (a direction in the normed stream) taken back through `norm` with its scale held at
+/// `sigma`: times its weight `gamma` (read back; none without a norm) over `sigma`, then
+/// centred for LayerNorm.
+pub(crate) fn back_through_norm(norm: &Norm, gamma: Option<&[f32]>, sigma: f32, w: &mut [f32]) {
+    for (k, x) in w.iter_mut().enumerate() {
+        *x *= gamma.map_or(1.0, |g| g[k]) / sigma;
+    }
+    if matches!(norm, Norm::Layer { .. }) {
+        let mean = w.iter().sum::<f32>() / w.len() as f32;
         w.iter_mut().for_each(|x| *x -= mean);
     }
-    Ok(w)
 }
 
 /// What each writer of the residual stream entering `layer` at `pos` adds to its read by
