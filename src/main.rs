@@ -428,7 +428,8 @@ enum Command {
     /// A feature's DFA taken apart upstream over a set of prompts: at each prompt's
     /// position (its "at", else its last token), the source giving the DFA's largest part,
     /// split by what wrote the residual stream there (as `text --pick --upstream`); each
-    /// writer's part averaged over the prompts, with its spread.
+    /// writer's part averaged over the prompts, with its spread. With --top-examples, over
+    /// the feature's top examples in the dashboard file instead.
     Upstream {
         /// A run directory, an SAE directory that records where it was trained, or a
         /// dashboard file.
@@ -438,13 +439,19 @@ enum Command {
         feature: (usize, usize),
         /// JSON lines (or one JSON array) of `{"text": ..., "at": POSITION}`, "at" optional
         /// (`rank --prompts`' files read as they are).
-        #[arg(long)]
-        prompts: std::path::PathBuf,
+        #[arg(long, required_unless_present = "top_examples")]
+        prompts: Option<std::path::PathBuf>,
+        /// Over the feature's top examples in the run's dashboard file (each at its top
+        /// token, in its window), instead of a prompt set: what `dashboard --upstream` puts
+        /// in the file, for a file built without it.
+        #[arg(long, conflicts_with = "prompts")]
+        top_examples: bool,
         /// Which source to take apart on each prompt: the one giving the DFA's largest part
-        /// (either sign), the largest positive part, or the first position of the line's
-        /// "answer" token (an IOI prompt's indirect object: `rank --prompts`' files).
-        #[arg(long, value_enum, default_value_t = FromSource::Strongest)]
-        from: FromSource,
+        /// (either sign; the default for --prompts), the largest positive part (the one the
+        /// dashboards mark; the default for --top-examples), or the first position of the
+        /// line's "answer" token (an IOI prompt's indirect object: `rank --prompts`' files).
+        #[arg(long, value_enum)]
+        from: Option<FromSource>,
         /// Writers printed (with --follow, paths).
         #[arg(long, default_value_t = 12)]
         top: usize,
@@ -622,7 +629,7 @@ impl Command {
                 run, sae, prompts, ..
             } => run.iter().chain(sae).chain(prompts).collect(),
             Command::Match { a, b, .. } => vec![a, b],
-            Command::Upstream { run, prompts, .. } => vec![run, prompts],
+            Command::Upstream { run, prompts, .. } => once(run).chain(prompts).collect(),
             Command::Compare { runs, .. } => runs.iter().collect(),
             Command::Label { run, from, .. } => once(run).chain(from).collect(),
             Command::Train { args, .. } | Command::Harvest { args, .. } => train(args),
@@ -1180,6 +1187,7 @@ fn main() -> anyhow::Result<()> {
             run,
             feature,
             prompts,
+            top_examples: _,
             from,
             top,
             follow,
@@ -1187,7 +1195,7 @@ fn main() -> anyhow::Result<()> {
         } => upstream_command(
             &run,
             feature,
-            &prompts,
+            prompts.as_deref(),
             (from, top, follow, json.as_deref()),
             cli.device,
         )?,
@@ -2715,18 +2723,32 @@ impl From<FromSource> for attn_saes::live::SourceRule {
     }
 }
 
-/// `upstream`: a feature's DFA from its strongest source taken apart on every prompt of
-/// `path`, and each writer's part over them.
+/// `upstream`: a feature's DFA from a source taken apart on every prompt of `path`, or
+/// (without one) on each of its top examples in `run`'s dashboard file, and each writer's
+/// part over them.
 fn upstream_command(
     run: &std::path::Path,
     feature: (usize, usize),
-    path: &std::path::Path,
-    (from, top, follow, json): (FromSource, usize, bool, Option<&std::path::Path>),
+    path: Option<&std::path::Path>,
+    (from, top, follow, json): (Option<FromSource>, usize, bool, Option<&std::path::Path>),
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
     use attn_saes::live::{SpreadAsk, UpstreamLine};
-    let lines: Vec<(String, UpstreamLine)> =
-        read_prompt_lines(path, "{\"text\": ..., \"at\": POSITION (optional)}")?;
+    if path.is_none() && from == Some(FromSource::Answer) {
+        anyhow::bail!("--from answer needs --prompts: a top example has no answer token");
+    }
+    // A prompt set's lines, or the feature's top examples from the dashboard file.
+    let over = match path {
+        Some(path) => Ok(read_prompt_lines::<UpstreamLine>(
+            path,
+            "{\"text\": ..., \"at\": POSITION (optional)}",
+        )?),
+        None => Err(top_examples_of(run, feature)?),
+    };
+    let from = from.unwrap_or(match over {
+        Ok(_) => FromSource::Strongest,
+        Err(_) => FromSource::Largest,
+    });
     let live = load_live_saying(&live_source_of(run)?, choice)?;
     let hook = (live.layer, live.z_convention);
     let mut bar = ProgressLine::new();
@@ -2735,14 +2757,24 @@ fn upstream_command(
         from: from.into(),
         follow,
     };
-    let spread = attn_saes::live::upstream_on_prompts(
-        &live.loaded,
-        &live.sae,
-        hook,
-        &lines,
-        &ask,
-        &mut |done, of| bar.update("taking the DFA apart on each prompt", done, of),
-    )?;
+    let spread = match &over {
+        Ok(lines) => attn_saes::live::upstream_on_prompts(
+            &live.loaded,
+            &live.sae,
+            hook,
+            lines,
+            &ask,
+            &mut |done, of| bar.update("taking the DFA apart on each prompt", done, of),
+        )?,
+        Err(examples) => attn_saes::live::upstream_on_examples(
+            &live.loaded,
+            &live.sae,
+            hook,
+            examples,
+            &ask,
+            &mut |done, of| bar.update("taking the DFA apart on each top example", done, of),
+        )?,
+    };
     bar.finish();
     if let Some(out) = json {
         std::fs::write(out, serde_json::to_string_pretty(&spread)?)
@@ -2750,11 +2782,17 @@ fn upstream_command(
     }
     let mc = &live.loaded.transformer.config;
     let dense = live.sae.config.is_dense_over(mc.n_heads, mc.d_head);
+    let on = match over {
+        Ok(_) => format!("{} prompts, each at its position", spread.prompts.len()),
+        Err(_) => format!(
+            "its {} top examples, each at its top token",
+            spread.prompts.len()
+        ),
+    };
     println!(
-        "{}: {} on {} prompts, each at its position: activation mean {:.4} (fires on {})",
+        "{}: {} on {on}: activation mean {:.4} (fires on {})",
         live.description,
         feature_name(dense, feature.0, feature.1),
-        spread.prompts.len(),
         spread.mean(|s| s.activation),
         spread.fires()
     );
@@ -2795,9 +2833,14 @@ fn upstream_command(
         return Ok(());
     }
     println!(
-        "by what wrote the residual stream entering layer {} there, mean over the prompts (sd) \
+        "by what wrote the residual stream entering layer {} there, mean over the {} (sd) \
          [least, most]:",
-        live.layer
+        live.layer,
+        if path.is_some() {
+            "prompts"
+        } else {
+            "examples"
+        }
     );
     let (listed, (rest, rest_sum)) = spread.strongest_writers(top);
     for w in &listed {
@@ -2821,6 +2864,39 @@ fn upstream_command(
         println!("  {rest_sum:+.4}  the other {rest} together");
     }
     Ok(())
+}
+
+/// `(window, target)` of each of `feature`'s top examples in the dashboard file of `run` (a
+/// run or SAE directory, or the file).
+fn top_examples_of(
+    run: &std::path::Path,
+    (head, feature): (usize, usize),
+) -> anyhow::Result<Vec<(Vec<u32>, usize)>> {
+    use attn_saes::dashboard::format::OwnedDashboardFile;
+    let path = match run.is_file() {
+        true => run.to_path_buf(),
+        false => dashboard::run_dashboard_path(run),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "{}: no dashboard file (`attn-saes dashboard --run {}` builds one)",
+        path.display(),
+        run.display()
+    );
+    let file = OwnedDashboardFile::read(&path)?;
+    let (heads, m) = (file.n_heads(), file.meta.sae.features_per_head);
+    let name = feature_name(file.meta.dense_heads().is_some(), head, feature);
+    anyhow::ensure!(
+        head < heads && feature < m,
+        "{name}: the dashboard has {heads} heads x {m} features"
+    );
+    let data = file.head(head)?;
+    let examples = attn_saes::app::features::top_example_windows(&file, &data.features[feature]);
+    anyhow::ensure!(
+        !examples.is_empty(),
+        "{name} has no top examples (it never fired on the dashboard tokens)"
+    );
+    Ok(examples)
 }
 
 /// `rank --prompts`: the features of the SAE of `dir` (a run or an SAE directory) ranked

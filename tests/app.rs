@@ -1839,6 +1839,96 @@ fn a_features_effect_on_its_top_examples_matches_one_window_at_a_time() {
     assert_eq!(continue_the_text(&mut h).steering, every);
 }
 
+/// Features, on a dashboard file built without `--upstream`: "Take its top examples apart"
+/// asks the live worker to split each top example's DFA from its largest source; what it
+/// shows is the split the same run's `--upstream` file holds for the feature (computed
+/// there by the build's own path), and the hint to rebuild stays below it only until then.
+#[test]
+fn a_features_top_examples_taken_apart_on_demand_match_the_dashboard_files_split() {
+    if !renderer_available() {
+        return;
+    }
+    use attn_saes::dashboard::build;
+    use attn_saes::live::Answer;
+    let dir = TempDir::new("attn-saes-app", "examples-split");
+    let run = run_with_dashboard(&dir, 30);
+    freeze_speeds(&run);
+    // The file as `dashboard` writes it by default: without the split.
+    let path = attn_saes::dashboard::run_dashboard_path(&run);
+    let built = build::read(&path).unwrap();
+    let mut d = built.clone();
+    d.meta.upstream = None;
+    for fd in d.heads.iter_mut().flat_map(|h| h.features.iter_mut()) {
+        fd.upstream = None;
+    }
+    build::write(&d, &path).unwrap();
+    let mut app = AttnSaesApp::with_state(UiState::default());
+    app.push(Command::OpenPath(run.clone()));
+    let mut h = harness(app);
+    h.run_steps(3);
+    h.state_mut().ui.view = View::Features;
+    h.run_steps(3);
+    let (head, feature) = (
+        h.state().ui.features.head,
+        h.state().ui.features.feature.unwrap(),
+    );
+    let want = built.heads[head].features[feature]
+        .upstream
+        .clone()
+        .unwrap();
+    assert!(want.examples > 2 && want.writers.len() > 2, "{want:?}");
+    assert!(has_label(&h, "Build the dashboards with it"));
+    click_in_view(&mut h, "Take its top examples apart");
+    h.run_steps(1);
+    assert!(h.state().native.split.is_some(), "the request was not sent");
+    step_until(&mut h, Duration::from_secs(120), |a| {
+        settled(a.native.split.as_ref().map(|e| &e.state))
+    });
+    h.run_steps(2);
+    let Some(Answer::Ready(got)) = h.state().native.split.as_ref().map(|e| &e.state) else {
+        panic!("{:?}", h.state().native.split)
+    };
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 + 1e-4 * b.abs();
+    assert_eq!(got.examples, want.examples);
+    assert!(close(got.dfa, want.dfa), "{} {}", got.dfa, want.dfa);
+    assert_eq!(got.rest.0, want.rest.0);
+    assert!(close(got.rest.1, want.rest.1));
+    assert_eq!(got.writers.len(), want.writers.len());
+    for (g, w) in got.writers.iter().zip(&want.writers) {
+        assert_eq!(g.writer, w.writer);
+        for (a, b) in [
+            (g.mean, w.mean),
+            (g.sd, w.sd),
+            (g.min, w.min),
+            (g.max, w.max),
+        ] {
+            assert!(close(a, b), "{g:?} against the file's {w:?}");
+        }
+    }
+    let got = (**got).clone();
+    // Drawn as the file's would be; the hint to rebuild gone.
+    assert!(has_label(
+        &h,
+        &format!(
+            "Over its {} top examples: the DFA from the source, mean {:+.4}; by writer, the \
+             mean (sd) [least, most]; an earlier head's, by where it read from:",
+            got.examples, got.dfa
+        )
+    ));
+    for w in &got.writers {
+        assert!(has_label(&h, &w.writer.name()), "{}", w.writer.name());
+    }
+    assert!(!has_label(&h, "Build the dashboards with it"));
+    assert!(!has_label(&h, "Take its top examples apart"));
+    // Another feature: asked again.
+    let other = (0..d.heads[head].features.len())
+        .find(|&f| f != feature && built.heads[head].features[f].upstream.is_some())
+        .expect("another feature with top examples");
+    h.state_mut().ui.features.feature = Some(other);
+    h.run_steps(3);
+    assert!(has_label(&h, "Take its top examples apart"));
+}
+
 #[test]
 fn closing_while_training_asks_then_stops_with_a_checkpoint_or_hands_the_job_over() {
     if !renderer_available() {

@@ -62,7 +62,7 @@ fn harness_asking(
         .build_ui_state(
             move |ui, state: &mut State| {
                 let ask = match live {
-                    true => ExamplesAsk::Ask(None),
+                    true => ExamplesAsk::Ask(None, None),
                     false => ExamplesAsk::Unavailable,
                 };
                 features_ui(ui, &mut state.0, &mut state.1, ask, &compared);

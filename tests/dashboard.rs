@@ -2502,6 +2502,126 @@ fn upstream_command_spreads_the_splits_of_a_prompt_set() {
     );
 }
 
+/// `upstream RUN H,F --top-examples`: each of the feature's top examples in the run's
+/// dashboard file taken apart at its top token from the source the dashboard marks (its
+/// largest DFA, within the file's f16), and over them the split the file built with
+/// `--upstream` holds (computed there by another path: one forward pass a window and the
+/// products through `W_O` for every feature at once); with `--from strongest` a source of
+/// either sign; `--from answer` and a feature that never fired are refused.
+#[test]
+fn upstream_command_takes_the_top_examples_apart_as_the_dashboard_file_holds() {
+    use attn_saes::dashboard::format::{FeatureUpstream, OwnedDashboardFile};
+    use attn_saes::live::{PromptsSpread, WriterSpread};
+    let (dir, run, _, _) = text_run("attn-saes-upstream-top");
+    let file = OwnedDashboardFile::read(&run.join("dashboard.safetensors")).unwrap();
+    let upstream = |feature: &str, more: &[&str]| {
+        let out_json = dir.join(format!("top-{feature}.json"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+            .args(["--device", "cpu", "upstream"])
+            .arg(&run)
+            .args([feature, "--top-examples", "--json"])
+            .arg(&out_json)
+            .args(more)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let spread = out.status.success().then(|| {
+            let json = std::fs::read(&out_json).unwrap();
+            serde_json::from_slice::<PromptsSpread>(&json).unwrap()
+        });
+        (out, spread)
+    };
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 + 1e-4 * b.abs();
+    let (mut checked, mut worst, mut dead) = (0, 0f32, None);
+    for head in 0..file.n_heads() {
+        let data = file.head(head).unwrap();
+        for (f, fd) in data.features.iter().enumerate() {
+            let top: Vec<_> = (fd.examples.iter())
+                .filter(|e| e.group == ExampleGroup::Top)
+                .collect();
+            if top.is_empty() {
+                dead.get_or_insert(format!("{head},{f}"));
+            }
+            let Some(want) = &fd.upstream else { continue };
+            if checked >= 3 || top.len() < 3 {
+                continue;
+            }
+            checked += 1;
+            let (out, spread) = upstream(&format!("{head},{f}"), &[]);
+            assert_succeeded(&out);
+            let spread = spread.unwrap();
+            assert_eq!(spread.prompts.len(), top.len(), "h{head} #{f}");
+            let bos = file.meta.model.bos_token_id;
+            for (e, got) in top.iter().zip(&spread.prompts) {
+                let u = &got.upstream;
+                assert_eq!((u.head, u.feature, u.target), (head, f, e.target as usize));
+                // The file's DFA is f16: the source is its largest within that rounding.
+                let most = e.dfa.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                assert!(
+                    e.dfa[u.source] >= most - 2e-3 * most.abs() - 1e-3,
+                    "{e:?} {u:?}"
+                );
+                assert!((u.dfa - e.dfa[u.source]).abs() <= 1e-2 * most.abs() + 1e-3);
+                // Its text: the window up to the target, BOS left out.
+                let window = &file.windows[e.window as usize];
+                let text: String = (window.iter().enumerate().take(e.target as usize + 1))
+                    .filter(|&(q, &id)| !(q == 0 && Some(id) == bos))
+                    .map(|(_, &id)| file.token(id))
+                    .collect();
+                assert_eq!(got.text, text);
+            }
+            let got = FeatureUpstream::of_spread(&spread);
+            assert_eq!(got.examples, want.examples);
+            assert!(close(got.dfa, want.dfa), "{} {}", got.dfa, want.dfa);
+            assert_eq!(got.rest.0, want.rest.0);
+            assert!(
+                close(got.rest.1, want.rest.1),
+                "{:?} {:?}",
+                got.rest,
+                want.rest
+            );
+            assert_eq!(got.writers.len(), want.writers.len());
+            for (g, w) in got.writers.iter().zip(&want.writers) {
+                assert_eq!(g.writer, w.writer, "h{head} #{f}: the order listed");
+                let pairs = |x: &WriterSpread| {
+                    let r = x.reading.unwrap_or_default();
+                    [x.mean, x.sd, x.min, x.max, r[0], r[1], r[2]]
+                };
+                for (a, b) in pairs(g).into_iter().zip(pairs(w)) {
+                    assert!(close(a, b), "h{head} #{f}: {g:?} against the file's {w:?}");
+                    worst = worst.max((a - b).abs());
+                }
+            }
+            // The text prints the file's strongest writer's mean.
+            let said = String::from_utf8_lossy(&out.stdout);
+            let first = &want.writers[0];
+            assert!(said.contains(&first.writer.name()), "{said}");
+            assert!(
+                said.contains("top examples, each at its top token"),
+                "{said}"
+            );
+            // Either sign: the source giving the most in size.
+            let (out, spread) = upstream(&format!("{head},{f}"), &["--from", "strongest"]);
+            assert_succeeded(&out);
+            for (e, got) in top.iter().zip(&spread.unwrap().prompts) {
+                let most = e.dfa.iter().map(|x| x.abs()).fold(0f32, f32::max);
+                assert!(e.dfa[got.upstream.source].abs() >= most - 2e-3 * most - 1e-3);
+            }
+        }
+    }
+    assert_eq!(checked, 3, "features with three top examples and a split");
+    eprintln!("the file's split against the examples' own: at most {worst:.2e} apart");
+    let (out, _) = upstream("0,0", &["--from", "answer"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("--from answer needs --prompts"), "{said}");
+    let dead = dead.expect("a feature that never fired");
+    let (out, _) = upstream(&dead, &[]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("has no top examples"), "{said}");
+}
+
 /// `text --rank --answer --against` (and `--effect` with them): the JSON ranking and
 /// effect equal the library's for the same objective, and the text says what was ranked
 /// by, its value, and the removal's exact change; what is refused says why.

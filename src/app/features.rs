@@ -22,7 +22,7 @@ use crate::dashboard::format::{
 };
 use crate::dashboard::labels::Labels;
 use crate::dashboard::sources::{self, FeatureSources, HeadSources, SourceKind};
-use crate::live::{Answer, AskedExamples, ExamplesEffect};
+use crate::live::{Answer, AskedExamples, AskedSplit, ExamplesEffect};
 
 /// Activations (token backgrounds, histogram bars).
 const ACT_COLOR: Color32 = Color32::from_rgb(255, 140, 0);
@@ -385,14 +385,22 @@ pub enum FeaturesAction {
     /// Rebuild the open run's dashboards with what wrote what each feature reads
     /// (`dashboard --upstream`).
     BuildWithUpstream,
+    /// Take each of a feature's top examples (`(window, target)`) apart upstream from its
+    /// largest source, as `dashboard --upstream` does (`upstream --top-examples`).
+    ExamplesSplit {
+        head: usize,
+        feature: usize,
+        examples: Vec<(Vec<u32>, usize)>,
+    },
 }
 
-/// Whether the view can ask for a feature's effect on its top examples (the desktop, with
-/// the model and SAE the dashboard was built from), and what it was last given.
+/// Whether the view can ask the model about a feature's top examples (the desktop, with
+/// the model and SAE the dashboard was built from, and the page with them loaded), and
+/// what it was last given: their effect, and what wrote what the feature reads there.
 #[derive(Clone, Copy)]
 pub enum ExamplesAsk<'a> {
     Unavailable,
-    Ask(Option<&'a AskedExamples>),
+    Ask(Option<&'a AskedExamples>, Option<&'a AskedSplit>),
 }
 
 pub fn features_ui(
@@ -1224,7 +1232,7 @@ fn feature_dashboard(
     logit_tables(ui, file, fd);
     let action = match ask {
         ExamplesAsk::Unavailable => None,
-        ExamplesAsk::Ask(asked) => {
+        ExamplesAsk::Ask(asked, _) => {
             ui.separator();
             let asked = asked.filter(|a| (a.head, a.feature) == (s.head, f));
             examples_effect_panel(ui, file, fd, (s.head, f), asked)
@@ -1237,7 +1245,7 @@ fn feature_dashboard(
     let mut build = None;
     if file.meta.dense_heads().is_none() {
         ui.separator();
-        build = upstream_panel(ui, file, fd, s);
+        build = upstream_panel(ui, file, (f, fd), s, ask);
     }
     ui.separator();
     interval_groups(ui, file, fd, s);
@@ -1958,18 +1966,50 @@ pub(crate) fn writers_grid(
 
 /// What wrote what the feature reads, over its top examples, when the file has it
 /// ([`FeatureData::upstream`]); for a block-diagonal SAE's file without it, how to add it,
-/// and where the app can rebuild the run's dashboards, a button that does.
+/// where the model is at hand a button that takes this feature's examples apart, and where
+/// the app can rebuild the run's dashboards, a button that does.
 fn upstream_panel(
     ui: &mut Ui,
     file: &OwnedDashboardFile,
-    fd: &FeatureData,
+    (f, fd): (usize, &FeatureData),
     s: &FeaturesState,
+    ask: ExamplesAsk,
 ) -> Option<FeaturesAction> {
     ui.heading("What wrote what it reads");
     let Some(u) = &fd.upstream else {
-        if file.meta.upstream.is_some() {
+        let top = (fd.examples.iter())
+            .filter(|e| e.group == ExampleGroup::Top)
+            .count();
+        if file.meta.upstream.is_some() || top == 0 {
             ui.label(RichText::new("no top example to take apart").weak());
             return None;
+        }
+        let mut action = None;
+        if let ExamplesAsk::Ask(_, asked) = ask {
+            let asked = asked.filter(|a| (a.head, a.feature) == (s.head, f));
+            let labels = (
+                "Take its top examples apart",
+                &*format!(
+                    "runs the model on the {top} top examples' windows and splits each one's \
+                     DFA from its largest source (`attn-saes upstream H,F --top-examples`; \
+                     `dashboard --upstream` puts it in the file for every feature)"
+                ),
+                "taking its top examples apart…",
+            );
+            let (clicked, _) = answer_panel(ui, asked.map(|a| &a.state), labels, |ui, u| {
+                upstream_lines(ui, file, (s.head, f), u);
+                None::<()>
+            });
+            if clicked {
+                action = Some(FeaturesAction::ExamplesSplit {
+                    head: s.head,
+                    feature: f,
+                    examples: top_example_windows(file, fd),
+                });
+            }
+            if asked.is_some_and(|a| matches!(a.state, Answer::Ready(_))) {
+                return action;
+            }
         }
         ui.label(
             RichText::new(
@@ -1987,8 +2027,20 @@ fn upstream_panel(
                      Build dashboards now",
                 )
                 .clicked();
-        return build.then_some(FeaturesAction::BuildWithUpstream);
+        return action.or(build.then_some(FeaturesAction::BuildWithUpstream));
     };
+    upstream_lines(ui, file, (s.head, f), u);
+    None
+}
+
+/// A feature's split over its top examples: what it is, the count and the DFA's mean, and
+/// the writers' grid.
+fn upstream_lines(
+    ui: &mut Ui,
+    file: &OwnedDashboardFile,
+    (head, f): (usize, usize),
+    u: &crate::dashboard::format::FeatureUpstream,
+) {
     ui.label(
         RichText::new(format!(
             "Each top example's DFA from its largest source (the one marked above) split by \
@@ -2005,8 +2057,7 @@ fn upstream_panel(
         u.examples, u.dfa
     ));
     let listed: Vec<&crate::live::WriterSpread> = u.writers.iter().collect();
-    writers_grid(ui, ("upstream", s.head, s.feature), &listed, u.rest);
-    None
+    writers_grid(ui, ("upstream", head, f), &listed, u.rest);
 }
 
 /// Where the feature's top examples read from, in words, with the kinds explained on hover.

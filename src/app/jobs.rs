@@ -299,6 +299,12 @@ pub enum LiveEvent {
         feature: usize,
         result: Result<crate::live::ExamplesEffect, String>,
     },
+    /// The answer to [`LiveRequest::Split`].
+    Split {
+        head: usize,
+        feature: usize,
+        result: Result<crate::dashboard::format::FeatureUpstream, String>,
+    },
     /// The answer to [`LiveRequest::Steer`].
     Steered {
         ids: Vec<u32>,
@@ -399,6 +405,13 @@ pub enum LiveRequest {
     },
     /// What removing a feature does on its top examples, `(window, target)` each.
     Examples {
+        head: usize,
+        feature: usize,
+        examples: Vec<(Vec<u32>, usize)>,
+    },
+    /// What wrote what a feature reads over its top examples, `(window, target)` each
+    /// ([`LiveModel::examples_split`]).
+    Split {
         head: usize,
         feature: usize,
         examples: Vec<(Vec<u32>, usize)>,
@@ -530,6 +543,34 @@ impl LiveModel {
         )?;
         let targets: Vec<usize> = examples.iter().map(|e| e.1).collect();
         Ok(crate::live::ExamplesEffect::of(&effects, &targets))
+    }
+
+    /// What wrote what `feature` of `head` reads over `examples`, `(window, target)` each:
+    /// each one's DFA from its largest source split upstream, as `dashboard --upstream`
+    /// puts it in the file (`upstream --top-examples`).
+    pub fn examples_split(
+        &self,
+        examples: &[(Vec<u32>, usize)],
+        head: usize,
+        feature: usize,
+    ) -> anyhow::Result<crate::dashboard::format::FeatureUpstream> {
+        let ask = crate::live::SpreadAsk {
+            feature: (head, feature),
+            from: crate::live::SourceRule::Largest,
+            follow: false,
+        };
+        let hook = (self.layer, self.z_convention);
+        let spread = crate::live::upstream_on_examples(
+            &self.loaded,
+            &self.sae,
+            hook,
+            examples,
+            &ask,
+            &mut |_, _| {},
+        )?;
+        Ok(crate::dashboard::format::FeatureUpstream::of_spread(
+            &spread,
+        ))
     }
 
     /// Every feature firing in `ids`, ranked by a first-order estimate of its effect on the
@@ -754,6 +795,17 @@ fn live_loop(
                     feature: *feature,
                     result: live
                         .examples_effect(examples, *head, *feature)
+                        .map_err(|e| format!("{e:#}")),
+                },
+                LiveRequest::Split {
+                    head,
+                    feature,
+                    examples,
+                } => LiveEvent::Split {
+                    head: *head,
+                    feature: *feature,
+                    result: live
+                        .examples_split(examples, *head, *feature)
                         .map_err(|e| format!("{e:#}")),
                 },
                 LiveRequest::Steer { ids, steering } => LiveEvent::Steered {

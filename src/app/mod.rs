@@ -320,6 +320,8 @@ pub struct Native {
     pub steer: Option<crate::live::AskedSteer>,
     /// A feature's effect on its top examples, asked of the worker.
     pub examples: Option<crate::live::AskedExamples>,
+    /// What wrote what a feature reads over its top examples, asked of the worker.
+    pub split: Option<crate::live::AskedSplit>,
     /// A source's DFA taken upstream, asked of the worker.
     pub upstream: Option<crate::live::AskedUpstream>,
     /// The features ranked over a prompt set, asked of the worker.
@@ -678,10 +680,13 @@ impl AttnSaesApp {
         match &mut self.dashboard {
             Some(d) => {
                 #[cfg(not(target_arch = "wasm32"))]
-                let ask = features::ExamplesAsk::Ask(self.native.examples.as_ref());
+                let ask = features::ExamplesAsk::Ask(
+                    self.native.examples.as_ref(),
+                    self.native.split.as_ref(),
+                );
                 #[cfg(target_arch = "wasm32")]
                 let ask = match self.web.live_ready && !self.web.live_other {
-                    true => features::ExamplesAsk::Ask(self.web.examples.as_ref()),
+                    true => features::ExamplesAsk::Ask(self.web.examples.as_ref(), None),
                     false => features::ExamplesAsk::Unavailable,
                 };
                 let action =
@@ -715,6 +720,16 @@ impl AttnSaesApp {
                     Some(features::FeaturesAction::BuildWithUpstream) => {
                         #[cfg(not(target_arch = "wasm32"))]
                         self.push(Command::BuildDashboards(true));
+                    }
+                    Some(features::FeaturesAction::ExamplesSplit {
+                        head,
+                        feature,
+                        examples,
+                    }) => {
+                        #[cfg(not(target_arch = "wasm32"))]
+                        self.ask_examples_split(head, feature, examples);
+                        #[cfg(target_arch = "wasm32")]
+                        let _ = (head, feature, examples);
                     }
                     None => {}
                 }
@@ -1084,6 +1099,7 @@ impl AttnSaesApp {
             .is_some_and(|e| matches!(e.state, Computing))
             || (self.native.ranking.as_ref()).is_some_and(|r| matches!(r.state, Computing))
             || (self.native.examples.as_ref()).is_some_and(|r| matches!(r.state, Computing))
+            || (self.native.split.as_ref()).is_some_and(|r| matches!(r.state, Computing))
             || (self.native.upstream.as_ref()).is_some_and(|u| matches!(u.state, Computing))
             || (self.native.prompts.as_ref()).is_some_and(|u| matches!(u.state, Computing))
             || (self.native.spread.as_ref()).is_some_and(|u| matches!(u.state, Computing))
@@ -1140,6 +1156,17 @@ impl AttnSaesApp {
                     result,
                 } => {
                     if let Some(asked) = (self.native.examples.as_mut())
+                        .filter(|a| (a.head, a.feature) == (head, feature))
+                    {
+                        asked.state = crate::live::Answer::of(result);
+                    }
+                }
+                jobs::LiveEvent::Split {
+                    head,
+                    feature,
+                    result,
+                } => {
+                    if let Some(asked) = (self.native.split.as_mut())
                         .filter(|a| (a.head, a.feature) == (head, feature))
                     {
                         asked.state = crate::live::Answer::of(result);
@@ -1222,6 +1249,7 @@ impl AttnSaesApp {
         self.native.ranking = None;
         self.native.steer = None;
         self.native.examples = None;
+        self.native.split = None;
         self.native.upstream = None;
         self.native.prompts = None;
         self.native.spread = None;
@@ -1269,6 +1297,29 @@ impl AttnSaesApp {
         };
         let _ = self.live_worker(source).requests.send(request);
         self.native.examples = Some(crate::live::AskedExamples {
+            head,
+            feature,
+            state: crate::live::Answer::Computing,
+        });
+    }
+
+    /// Asks the live worker what wrote what a feature reads over its top examples.
+    fn ask_examples_split(
+        &mut self,
+        head: usize,
+        feature: usize,
+        examples: Vec<(Vec<u32>, usize)>,
+    ) {
+        let Some(source) = self.live_source() else {
+            return;
+        };
+        let request = jobs::LiveRequest::Split {
+            head,
+            feature,
+            examples,
+        };
+        let _ = self.live_worker(source).requests.send(request);
+        self.native.split = Some(crate::live::AskedSplit {
             head,
             feature,
             state: crate::live::Answer::Computing,

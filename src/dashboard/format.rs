@@ -350,6 +350,27 @@ pub struct FeatureUpstream {
     pub rest: (usize, f32),
 }
 
+impl FeatureUpstream {
+    /// The split a file holds, from a spread over the feature's top examples taken apart
+    /// from their largest sources (`live::upstream_on_examples`; not followed): what the
+    /// viewers show for a file built without it.
+    pub fn of_spread(spread: &crate::live::PromptsSpread) -> Self {
+        let n = spread.prompts.len();
+        let dfa = spread
+            .prompts
+            .iter()
+            .map(|p| p.upstream.dfa as f64)
+            .sum::<f64>();
+        let (listed, rest) = crate::live::strongest_of(&spread.writers, UPSTREAM_LISTED);
+        Self {
+            examples: n as u32,
+            dfa: (dfa / n.max(1) as f64) as f32,
+            writers: listed.into_iter().cloned().collect(),
+            rest,
+        }
+    }
+}
+
 /// The windows each feature's [`FeatureData::effect`] is summed over: the dashboard's first
 /// `windows`, `tokens` tokens in all (as `attn-saes rank` counts them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,8 +24,9 @@ mod upstream;
 pub(crate) use upstream::{back_through_norm, constant_kept, norm_scale, value_constant, w_v_of};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use upstream::{
-    upstream_of, upstream_on_prompt_lines, upstream_on_prompt_lines_async, upstream_on_prompts,
-    upstream_on_prompts_async, upstream_through, upstream_through_async,
+    upstream_of, upstream_on_examples, upstream_on_examples_async, upstream_on_prompt_lines,
+    upstream_on_prompt_lines_async, upstream_on_prompts, upstream_on_prompts_async,
+    upstream_through, upstream_through_async,
 };
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod steer;
@@ -1199,13 +1200,20 @@ impl ExamplesEffect {
     }
 }
 
-/// The examples effect a viewer asked for, of which feature.
+/// Something a viewer asked of one feature's top examples, of which feature.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AskedExamples {
+pub struct AskedOfExamples<T> {
     pub head: usize,
     pub feature: usize,
-    pub state: Answer<ExamplesEffect>,
+    pub state: Answer<T>,
 }
+
+/// The examples effect a viewer asked for.
+pub type AskedExamples = AskedOfExamples<ExamplesEffect>;
+
+/// What wrote what a feature reads over its top examples, asked for where the dashboard
+/// file has none (`upstream --top-examples`).
+pub type AskedSplit = AskedOfExamples<crate::dashboard::format::FeatureUpstream>;
 
 /// Which features matter for a text's predictions: for every feature that fires in it, a
 /// first-order estimate of how much its [`Objective`] (by default the text's total

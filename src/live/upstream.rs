@@ -355,65 +355,155 @@ pub async fn upstream_on_prompt_lines_async(
 pub async fn upstream_on_prompts_async(
     loaded: &LoadedModel,
     sae: &BlockDiagSae,
-    (layer, z_convention): (usize, ZConvention),
+    hook: (usize, ZConvention),
     lines: &[(String, UpstreamLine)],
     ask: &SpreadAsk,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<PromptsSpread> {
     anyhow::ensure!(!lines.is_empty(), "no prompts to take apart on");
-    let (head, feature) = ask.feature;
     let mut prompts = Vec::with_capacity(lines.len());
     for (i, (name, line)) in lines.iter().enumerate() {
         // One forward pass a prompt: the analysis that chooses the source reads the split's.
         let ids = super::text_ids(loaded, &line.text)?;
-        let cache = run_for_upstream(loaded, layer, &ids)?;
-        let hook = (layer, z_convention);
-        let a = LiveAnalysis::of_raw_async(loaded, sae, hook, ids, &cache).await?;
-        let t = a.tokens();
-        let p = line.at.unwrap_or(t.len().saturating_sub(1));
-        anyhow::ensure!(
-            p < t.len() && head < t.n_heads && feature < t.features_per_head,
-            "{name}: position {p}, head {head}, feature {feature}: out of range ({} tokens, {} \
-             heads, {} features)",
-            t.len(),
-            t.n_heads,
-            t.features_per_head
-        );
-        anyhow::ensure!(
-            !t.skipped(p),
-            "{name}: position {p} is {}",
-            super::BOS_SKIPPED
-        );
-        let dfa = a.attribution(head, feature, p).dfa;
-        let s = match ask.from {
-            SourceRule::Strongest => super::strongest_source(&dfa),
-            SourceRule::Largest => super::dfa_argmax(&dfa).map_or(0, |x| x.0),
-            SourceRule::Answer => {
-                let answer = (line.answer.as_deref()).with_context(|| {
-                    format!("{name}: no \"answer\", and the source asked is the answer's token")
-                })?;
-                (t.strings.iter().take(p + 1))
-                    .position(|x| x == answer)
-                    .with_context(|| {
-                        format!("{name}: no token {answer:?} at or before position {p}")
-                    })?
-            }
-        };
-        let split = UpstreamAsk {
-            follow: ask.follow,
-            ..UpstreamAsk::new(ask.feature, (p, s))
-        };
-        let upstream = upstream_from_async(loaded, sae, hook, (&t.ids, &cache), &split).await?;
-        prompts.push(PromptSplit {
-            text: line.text.clone(),
-            activation: t.activation(head, feature, p),
-            source_token: t.strings[s].clone(),
-            upstream,
-        });
+        let (a, cache) = analysed_for_upstream(loaded, sae, hook, &ids).await?;
+        let at = (line.at, line.answer.as_deref());
+        let mut split = split_on_async(loaded, sae, hook, (&a, &cache), name, at, ask).await?;
+        split.text = line.text.clone();
+        prompts.push(split);
         progress(i + 1, lines.len());
     }
+    spread_over(prompts, ask.follow)
+}
+
+/// [`upstream_on_examples_async`], blocking on its read-backs (the desktop and the CLI).
+pub fn upstream_on_examples(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    hook: (usize, ZConvention),
+    examples: &[(Vec<u32>, usize)],
+    ask: &SpreadAsk,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PromptsSpread> {
+    super::blocking(upstream_on_examples_async(
+        loaded, sae, hook, examples, ask, progress,
+    ))
+}
+
+/// `ask.feature`'s DFA taken apart upstream on each of its top examples, `(window,
+/// target)` with the window's token ids as a dashboard holds them (BOS first), as
+/// [`upstream_on_prompts`] takes it apart on a prompt set: what a dashboard file built
+/// with `--upstream` holds for the feature, for a file built without it. The examples of
+/// one window share its forward pass. Each is named "top example N" in the order given,
+/// its text the window up to its target (BOS left out).
+pub async fn upstream_on_examples_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    hook: (usize, ZConvention),
+    examples: &[(Vec<u32>, usize)],
+    ask: &SpreadAsk,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PromptsSpread> {
+    anyhow::ensure!(!examples.is_empty(), "no top examples to take apart");
+    anyhow::ensure!(
+        ask.from != SourceRule::Answer,
+        "a top example has no answer token: take apart its largest or strongest source"
+    );
+    let bos = loaded.transformer.config.bos_token_id;
+    let mut splits: Vec<Option<PromptSplit>> = vec![None; examples.len()];
+    let mut done = 0;
+    for (i, (ids, _)) in examples.iter().enumerate() {
+        if splits[i].is_some() {
+            continue;
+        }
+        let (a, cache) = analysed_for_upstream(loaded, sae, hook, ids).await?;
+        for (j, (_, target)) in (examples.iter().enumerate().skip(i)).filter(|x| &x.1.0 == ids) {
+            let name = format!("top example {}", j + 1);
+            let at = (Some(*target), None);
+            let mut split = split_on_async(loaded, sae, hook, (&a, &cache), &name, at, ask).await?;
+            let strings = &a.tokens().strings;
+            split.text = (strings.iter().enumerate().take(target + 1))
+                .filter(|&(q, _)| !(q == 0 && bos == Some(ids[0])))
+                .map(|(_, x)| x.as_str())
+                .collect();
+            splits[j] = Some(split);
+            done += 1;
+            progress(done, examples.len());
+        }
+    }
+    spread_over(splits.into_iter().flatten().collect(), ask.follow)
+}
+
+/// The forward pass a split takes on `ids` ([`run_for_upstream`]) and the analysis of the
+/// text from it, which chooses the source.
+async fn analysed_for_upstream(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    hook: (usize, ZConvention),
+    ids: &[u32],
+) -> anyhow::Result<(LiveAnalysis, crate::lm::HookCache)> {
+    let cache = run_for_upstream(loaded, hook.0, ids)?;
+    let a = LiveAnalysis::of_raw_async(loaded, sae, hook, ids.to_vec(), &cache).await?;
+    Ok((a, cache))
+}
+
+/// One prompt's split (its text left empty) on its analysis `a` and forward pass `cache`:
+/// read at `at` (the last position when `None`), from the source `ask.from` chooses
+/// (`answer`: the answer's token, for [`SourceRule::Answer`]); `name` is for the errors.
+async fn split_on_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    hook: (usize, ZConvention),
+    (a, cache): (&LiveAnalysis, &crate::lm::HookCache),
+    name: &str,
+    (at, answer): (Option<usize>, Option<&str>),
+    ask: &SpreadAsk,
+) -> anyhow::Result<PromptSplit> {
+    let (head, feature) = ask.feature;
+    let t = a.tokens();
+    let p = at.unwrap_or(t.len().saturating_sub(1));
+    anyhow::ensure!(
+        p < t.len() && head < t.n_heads && feature < t.features_per_head,
+        "{name}: position {p}, head {head}, feature {feature}: out of range ({} tokens, {} \
+         heads, {} features)",
+        t.len(),
+        t.n_heads,
+        t.features_per_head
+    );
+    anyhow::ensure!(
+        !t.skipped(p),
+        "{name}: position {p} is {}",
+        super::BOS_SKIPPED
+    );
+    let dfa = a.attribution(head, feature, p).dfa;
+    let s = match ask.from {
+        SourceRule::Strongest => super::strongest_source(&dfa),
+        SourceRule::Largest => super::dfa_argmax(&dfa).map_or(0, |x| x.0),
+        SourceRule::Answer => {
+            let answer = answer.with_context(|| {
+                format!("{name}: no \"answer\", and the source asked is the answer's token")
+            })?;
+            (t.strings.iter().take(p + 1))
+                .position(|x| x == answer)
+                .with_context(|| format!("{name}: no token {answer:?} at or before position {p}"))?
+        }
+    };
+    let split = UpstreamAsk {
+        follow: ask.follow,
+        ..UpstreamAsk::new(ask.feature, (p, s))
+    };
+    let upstream = upstream_from_async(loaded, sae, hook, (&t.ids, cache), &split).await?;
+    Ok(PromptSplit {
+        text: String::new(),
+        activation: t.activation(head, feature, p),
+        source_token: t.strings[s].clone(),
+        upstream,
+    })
+}
+
+/// Each writer's parts over the prompts' splits, or the paths followed.
+fn spread_over(prompts: Vec<PromptSplit>, follow: bool) -> anyhow::Result<PromptsSpread> {
     let of_each: Vec<&Upstream> = prompts.iter().map(|s| &s.upstream).collect();
-    let (writers, paths) = match ask.follow {
+    let (writers, paths) = match follow {
         true => (Vec::new(), super::paths_of(&of_each)),
         false => (super::spread_of(&of_each)?, Vec::new()),
     };
