@@ -18,8 +18,9 @@ use wasm_bindgen::prelude::*;
 use crate::app::features::LoadedDashboard;
 use crate::app::text_view::RANKED_SHOWN;
 use crate::app::{AttnSaesApp, View};
+use crate::dashboard::format::FeatureUpstream;
 use crate::live::{
-    Analysed, Answer, AnswerAsk, AskedEffect, AskedExamples, AskedRanking, AskedSteer,
+    Analysed, Answer, AnswerAsk, AskedEffect, AskedOfExamples, AskedRanking, AskedSteer,
     AskedUpstream, Attribution, AttributionState, ExamplesEffect, FeatureEffect, FeatureRanking,
     LiveTokens, Objective, PromptLine, PromptsRanking, PromptsSpread, SpreadAsk, Steered, Steering,
     Through, Upstream, UpstreamAsk, UpstreamKey,
@@ -64,12 +65,11 @@ struct Shared {
     live_steer: Option<Steering>,
     /// The bundle's answer to a steering request, with the request's tokens and feature.
     steer_arrived: Option<(EffectKey, Result<Steered, String>)>,
-    /// Set by [`live_examples_effect`]: a feature whose effect on its top examples to ask for.
-    live_examples: Option<(usize, usize)>,
-    /// The bundle's answer to an examples request, with the feature.
-    examples_arrived: Option<((usize, usize), Result<ExamplesEffect, String>)>,
-    /// What Features shows of it, for [`examples_shown`].
-    examples_view: Option<AskedExamples>,
+    /// A feature's effect on its top examples ([`live_examples_effect`], [`examples_shown`]).
+    examples: OnExamples<ExamplesEffect>,
+    /// What wrote what a feature reads over its top examples ([`live_examples_split`],
+    /// [`examples_split_shown`]).
+    split: OnExamples<FeatureUpstream>,
     /// Set by [`live_upstream`]: a split to ask for.
     live_upstream: Option<UpstreamAsk>,
     /// The bundle's answer to an upstream request, with the request.
@@ -331,9 +331,32 @@ fn request_exact((lines, features): crate::app::ExactRequest) {
     });
 }
 
-/// Asks the inference bundle what removing `feature` of `head` does on `examples`; the
-/// answer arrives in `shared.examples_arrived`.
-fn request_examples((head, feature, examples): (usize, usize, crate::live::Examples)) {
+/// One kind of question about a feature's top examples that the page asks the inference
+/// bundle (their effect, their split): the feature a JavaScript call asked about, the
+/// bundle's answer with its feature, and what Features shows of it.
+struct OnExamples<T> {
+    asked: Option<(usize, usize)>,
+    arrived: Option<((usize, usize), Result<T, String>)>,
+    view: Option<AskedOfExamples<T>>,
+}
+
+impl<T> Default for OnExamples<T> {
+    fn default() -> Self {
+        Self {
+            asked: None,
+            arrived: None,
+            view: None,
+        }
+    }
+}
+
+/// Asks the inference bundle's `op` (`examplesEffect`, `examplesSplit`) about `feature` of
+/// `head` on `examples`; the answer arrives in the `OnExamples` that `of` picks.
+fn request_on_examples<T: serde::de::DeserializeOwned + 'static>(
+    op: &'static str,
+    (head, feature, examples): (usize, usize, crate::live::Examples),
+    of: fn(&mut Shared) -> &mut OnExamples<T>,
+) {
     wasm_bindgen_futures::spawn_local(async move {
         let json = serde_json::to_string(&examples).unwrap_or_default();
         let args = [
@@ -341,15 +364,63 @@ fn request_examples((head, feature, examples): (usize, usize, crate::live::Examp
             JsValue::from_f64(feature as f64),
             JsValue::from_str(&json),
         ];
-        let result = awaited_string(call_bridge("examplesEffect", &args))
+        let result = awaited_string(call_bridge(op, &args))
             .await
             .and_then(|json| {
-                serde_json::from_str::<ExamplesEffect>(&json)
+                serde_json::from_str::<T>(&json)
                     .map_err(|e| format!("the inference bundle's answer: {e}"))
             });
-        post(|s| s.examples_arrived = Some(((head, feature), result)));
+        post(move |s| of(s).arrived = Some(((head, feature), result)));
     });
 }
+
+/// One question about a feature's top examples ([`OnExamples`], picked by `of`), a frame of
+/// it: what a JavaScript call asked (the feature's top examples from the open dashboard)
+/// and what the Features view asked (`shown` and `request`, the app's) go to the bundle's
+/// `op`, its answer to what is shown.
+fn examples_question<T: Clone + serde::de::DeserializeOwned + 'static>(
+    shared: &RefCell<Shared>,
+    dashboard: Option<&LoadedDashboard>,
+    (shown, request): (&mut Option<AskedOfExamples<T>>, &mut Option<AskedOf>),
+    op: &'static str,
+    of: fn(&mut Shared) -> &mut OnExamples<T>,
+) {
+    let (asked, arrived) = {
+        let mut s = shared.borrow_mut();
+        let q = of(&mut s);
+        (q.asked.take(), q.arrived.take())
+    };
+    if let (Some((head, feature)), Some(d)) = (asked, dashboard) {
+        let examples = d.file.head(head).ok().and_then(|data| {
+            let fd = data.features.get(feature)?;
+            Some(crate::app::features::top_example_windows(&d.file, fd))
+        });
+        let state = match examples {
+            Some(examples) => {
+                *request = Some((head, feature, examples));
+                Answer::Computing
+            }
+            None => Answer::Failed(format!("no head {head} feature {feature}")),
+        };
+        *shown = Some(AskedOfExamples {
+            head,
+            feature,
+            state,
+        });
+    }
+    if let Some(request) = request.take() {
+        request_on_examples(op, request, of);
+    }
+    if let (Some(asked), Some(((head, feature), result))) = (shown.as_mut(), arrived)
+        && (asked.head, asked.feature) == (head, feature)
+    {
+        asked.state = Answer::of(result);
+    }
+    of(&mut shared.borrow_mut()).view = shown.clone();
+}
+
+/// A question about `(head, feature)`'s top examples, `(window, target)` each.
+type AskedOf = (usize, usize, crate::live::Examples);
 
 /// Sends `text` to the inference bundle; the result arrives in `shared.live_arrived`.
 fn request_analysis(text: String) {
@@ -513,10 +584,6 @@ impl WebApp {
     /// A feature's effect on its top examples: asked for by the Features view or
     /// [`live_examples_effect`], sent to the bundle, its answer taken.
     fn examples_logic(&mut self) {
-        let (ask, arrived) = {
-            let mut s = self.shared.borrow_mut();
-            (s.live_examples.take(), s.examples_arrived.take())
-        };
         let web = &mut self.app.web;
         web.live_ready = call_bridge("ready", &[])
             .ok()
@@ -544,31 +611,11 @@ impl WebApp {
             }
         }
         self.shared.borrow_mut().live_other = web.live_other;
-        if let (Some((head, feature)), Some(d)) = (ask, &self.app.dashboard) {
-            let examples = d.file.head(head).ok().and_then(|data| {
-                let fd = data.features.get(feature)?;
-                Some(crate::app::features::top_example_windows(&d.file, fd))
-            });
-            match examples {
-                Some(examples) => web.ask_examples(head, feature, examples),
-                None => {
-                    web.examples = Some(AskedExamples {
-                        head,
-                        feature,
-                        state: Answer::Failed(format!("no head {head} feature {feature}")),
-                    })
-                }
-            }
-        }
-        if let Some(request) = web.examples_request.take() {
-            request_examples(request);
-        }
-        if let (Some(asked), Some(((head, feature), result))) = (&mut web.examples, arrived)
-            && (asked.head, asked.feature) == (head, feature)
-        {
-            asked.state = Answer::of(result);
-        }
-        self.shared.borrow_mut().examples_view = web.examples.clone();
+        let (shared, d) = (&self.shared, self.app.dashboard.as_ref());
+        let effect = (&mut web.examples, &mut web.examples_request);
+        examples_question(shared, d, effect, "examplesEffect", |s| &mut s.examples);
+        let split = (&mut web.split, &mut web.split_request);
+        examples_question(shared, d, split, "examplesSplit", |s| &mut s.split);
     }
 
     /// Your text: sends requested texts to the page's inference bundle, takes its results,
@@ -1028,23 +1075,46 @@ fn answer_json<T: serde::Serialize>(state: Option<&Answer<T>>) -> (String, serde
 /// [`examples_shown`] has it once it arrives.
 #[wasm_bindgen]
 pub fn live_examples_effect(head: usize, feature: usize) {
-    post(|s| s.live_examples = Some((head, feature)));
+    post(|s| s.examples.asked = Some((head, feature)));
 }
 
 /// `{status, head, feature, effect}` of the effect on top examples last asked for
 /// (`status`: none, computing, ready or `failed: ...`; `effect` null unless ready).
 #[wasm_bindgen]
 pub fn examples_shown() -> String {
-    let shared = shared();
-    let shared = shared.borrow();
-    let Some(asked) = &shared.examples_view else {
+    examples_answer_json(&shared().borrow().examples.view, "effect")
+}
+
+/// Asks what wrote what `feature` of `head` reads over its top examples in the open
+/// dashboard (Features' "Take its top examples apart", for a file without the split; needs
+/// a model loaded for Your text); [`examples_split_shown`] has it once it arrives.
+#[wasm_bindgen]
+pub fn live_examples_split(head: usize, feature: usize) {
+    post(|s| s.split.asked = Some((head, feature)));
+}
+
+/// `{status, head, feature, split}` of the split over top examples last asked for, as
+/// [`examples_shown`] (`split`: the dashboard file's JSON of it, `features --feature`'s
+/// `upstream`).
+#[wasm_bindgen]
+pub fn examples_split_shown() -> String {
+    examples_answer_json(&shared().borrow().split.view, "split")
+}
+
+/// `{status, head, feature, NAME}` of a question about a feature's top examples.
+fn examples_answer_json<T: serde::Serialize>(
+    view: &Option<AskedOfExamples<T>>,
+    name: &str,
+) -> String {
+    let Some(asked) = view else {
         return serde_json::json!({"status": "none"}).to_string();
     };
-    let (status, effect) = answer_json(Some(&asked.state));
-    serde_json::json!({
-        "status": status, "head": asked.head, "feature": asked.feature, "effect": effect,
-    })
-    .to_string()
+    let (status, answer) = answer_json(Some(&asked.state));
+    let mut shown = serde_json::json!({
+        "status": status, "head": asked.head, "feature": asked.feature,
+    });
+    shown[name] = answer;
+    shown.to_string()
 }
 
 /// Ranks the features of the analysed text (Your text's "Rank the features"): by the loss,

@@ -462,3 +462,34 @@ pub async fn examples_effect(
     let summary = crate::live::ExamplesEffect::of(&effects, &targets);
     serde_json::to_string(&summary).map_err(js_error)
 }
+
+/// What wrote what `feature` of `head` reads over its top examples (`examples`: JSON of
+/// `[[window token ids, target], ...]`): each one's DFA from its largest source split
+/// upstream, as `dashboard --upstream` puts it in the file; JSON of
+/// [`crate::dashboard::format::FeatureUpstream`].
+#[wasm_bindgen]
+pub async fn examples_split(
+    head: usize,
+    feature: usize,
+    examples: String,
+) -> Result<String, JsValue> {
+    let session = session()?;
+    let examples: Vec<(Vec<u32>, usize)> = serde_json::from_str(&examples).map_err(js_error)?;
+    let ask = crate::live::SpreadAsk {
+        feature: (head, feature),
+        from: crate::live::SourceRule::Largest,
+        follow: false,
+    };
+    let spread = crate::live::upstream_on_examples_async(
+        &session.loaded,
+        &session.sae,
+        (session.layer, session.z_convention),
+        &examples,
+        &ask,
+        &mut |_, _| {},
+    )
+    .await
+    .map_err(|e| js_error(format!("{e:#}")))?;
+    let split = crate::dashboard::format::FeatureUpstream::of_spread(&spread);
+    serde_json::to_string(&split).map_err(js_error)
+}

@@ -215,6 +215,12 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
     assert_succeeded(&out);
     let native_examples: Value =
         serde_json::from_slice(&std::fs::read(&examples_json).unwrap()).unwrap();
+    // The dashboard file's split of the feature over its top examples (`--upstream`).
+    let file_split = {
+        let d = attn_saes::dashboard::build::read(&run.join("dashboard.safetensors")).unwrap();
+        let split = d.heads[head].features[feature].upstream.clone();
+        serde_json::to_value(split.expect("the file's split")).unwrap()
+    };
     // `steer` with the same feature, strength (held: clamped), length, temperature and seed
     // as the page is asked for.
     let hf = format!("{head},{feature}");
@@ -549,6 +555,26 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
                     close(x, y) || (x.is_nan() && y.is_nan()),
                     "{name}: {key} {x} vs {y}"
                 );
+            }
+        }
+        // What wrote what it reads over its top examples, asked of the model: the split the
+        // dashboard file (built with it) holds for the feature.
+        assert_eq!(r["splitStatus"], "ready", "{name}");
+        let split = &r["split"];
+        let number = |v: &Value| v.as_f64().unwrap();
+        assert_eq!(split["examples"], file_split["examples"], "{name}");
+        assert!(close(number(&split["dfa"]), number(&file_split["dfa"])));
+        assert_eq!(split["rest"][0], file_split["rest"][0], "{name}");
+        assert!(close(number(&split["rest"][1]), number(&file_split["rest"][1])));
+        let (a, b) = (
+            split["writers"].as_array().unwrap(),
+            file_split["writers"].as_array().unwrap(),
+        );
+        assert!(a.len() > 2 && a.len() == b.len(), "{name}: {split}");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x["writer"], y["writer"], "{name}: the writers' order");
+            for key in ["mean", "sd", "min", "max"] {
+                assert!(close(number(&x[key]), number(&y[key])), "{name}: {x} vs {y}");
             }
         }
         // The pick's DFA from its strongest source taken upstream: the same writers, in the

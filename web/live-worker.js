@@ -247,6 +247,11 @@ const ops = {
   async examples({ head, feature, examples }) {
     return lm.examples_effect(head, feature, examples);
   },
+  // What wrote what a feature reads over its top examples (the same JSON), each one's DFA
+  // from its largest source split upstream.
+  async examples_split({ head, feature, examples }) {
+    return lm.examples_split(head, feature, examples);
+  },
 };
 
 let queue = Promise.resolve();

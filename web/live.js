@@ -22,6 +22,8 @@
 //   feature>;
 //   examplesEffect(head, feature, examplesJson) -> Promise<JSON of what removing the
 //   feature does on its top examples>;
+//   examplesSplit(head, feature, examplesJson) -> Promise<JSON of what wrote what the
+//   feature reads over its top examples (a dashboard file's split, for one without it)>;
 //   loadManifest(url), loadManifests(urls), loadUrls(model, sae), loadFiles(files) ->
 //   Promise; follow(builtFrom) -> whether it loads the model and SAE of the dashboard
 //   now open, from a manifest given (the viewer asks when another dashboard opens); backend,
@@ -265,6 +267,10 @@ const api = {
   examplesEffect: (head, feature, examples) => {
     if (!ready) return Promise.reject(new Error(status));
     return ask('examples', { head, feature, examples });
+  },
+  examplesSplit: (head, feature, examples) => {
+    if (!ready) return Promise.reject(new Error(status));
+    return ask('examples_split', { head, feature, examples });
   },
   loadManifest,
   loadManifests,

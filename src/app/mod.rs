@@ -156,6 +156,9 @@ pub struct WebText {
     /// The same for a feature's effect on its top examples.
     pub examples: Option<crate::live::AskedExamples>,
     pub examples_request: Option<(usize, usize, crate::live::Examples)>,
+    /// The same for what wrote what a feature reads over its top examples.
+    pub split: Option<crate::live::AskedSplit>,
+    pub split_request: Option<(usize, usize, crate::live::Examples)>,
     /// The same for a source's DFA taken upstream.
     pub upstream: Option<crate::live::AskedUpstream>,
     pub upstream_request: Option<crate::live::UpstreamKey>,
@@ -273,12 +276,14 @@ impl WebText {
 
     /// Asks (through `src/web.rs`) what removing a feature does on its top examples.
     pub fn ask_examples(&mut self, head: usize, feature: usize, examples: Vec<(Vec<u32>, usize)>) {
-        self.examples = Some(crate::live::AskedExamples {
-            head,
-            feature,
-            state: crate::live::Answer::Computing,
-        });
+        self.examples = Some(crate::live::AskedExamples::computing(head, feature));
         self.examples_request = Some((head, feature, examples));
+    }
+
+    /// Asks (through `src/web.rs`) what wrote what a feature reads over its top examples.
+    pub fn ask_split(&mut self, head: usize, feature: usize, examples: Vec<(Vec<u32>, usize)>) {
+        self.split = Some(crate::live::AskedSplit::computing(head, feature));
+        self.split_request = Some((head, feature, examples));
     }
 }
 
@@ -686,7 +691,10 @@ impl AttnSaesApp {
                 );
                 #[cfg(target_arch = "wasm32")]
                 let ask = match self.web.live_ready && !self.web.live_other {
-                    true => features::ExamplesAsk::Ask(self.web.examples.as_ref(), None),
+                    true => features::ExamplesAsk::Ask(
+                        self.web.examples.as_ref(),
+                        self.web.split.as_ref(),
+                    ),
                     false => features::ExamplesAsk::Unavailable,
                 };
                 let action =
@@ -729,7 +737,7 @@ impl AttnSaesApp {
                         #[cfg(not(target_arch = "wasm32"))]
                         self.ask_examples_split(head, feature, examples);
                         #[cfg(target_arch = "wasm32")]
-                        let _ = (head, feature, examples);
+                        self.web.ask_split(head, feature, examples);
                     }
                     None => {}
                 }
@@ -1296,11 +1304,7 @@ impl AttnSaesApp {
             examples,
         };
         let _ = self.live_worker(source).requests.send(request);
-        self.native.examples = Some(crate::live::AskedExamples {
-            head,
-            feature,
-            state: crate::live::Answer::Computing,
-        });
+        self.native.examples = Some(crate::live::AskedExamples::computing(head, feature));
     }
 
     /// Asks the live worker what wrote what a feature reads over its top examples.
@@ -1319,11 +1323,7 @@ impl AttnSaesApp {
             examples,
         };
         let _ = self.live_worker(source).requests.send(request);
-        self.native.split = Some(crate::live::AskedSplit {
-            head,
-            feature,
-            state: crate::live::Answer::Computing,
-        });
+        self.native.split = Some(crate::live::AskedSplit::computing(head, feature));
     }
 
     /// The "Your text" view: the open run's model and SAE, else those the open dashboard

@@ -336,7 +336,7 @@ pub struct UpstreamInfo {
 }
 
 /// One feature's [`UpstreamInfo`] split, over its top examples.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureUpstream {
     /// The top examples taken apart.
     pub examples: u32,

@@ -1208,6 +1208,17 @@ pub struct AskedOfExamples<T> {
     pub state: Answer<T>,
 }
 
+impl<T> AskedOfExamples<T> {
+    /// Asked about `feature` of `head`, not answered yet.
+    pub fn computing(head: usize, feature: usize) -> Self {
+        Self {
+            head,
+            feature,
+            state: Answer::Computing,
+        }
+    }
+}
+
 /// The examples effect a viewer asked for.
 pub type AskedExamples = AskedOfExamples<ExamplesEffect>;
 

@@ -361,6 +361,15 @@ async function session(context, name, query) {
   });
   run.examplesStatus = examples.status;
   run.examples = examples.effect;
+  // What wrote what it reads over those examples, asked of the model (Features' "Take its
+  // top examples apart", for a file built without the split).
+  await page.evaluate(([, h, f]) => window.attnSaes.live_examples_split(h, f), pick);
+  const split = await waitFor(page, `${name}: the split over top examples`, async () => {
+    const s = JSON.parse(await page.evaluate(() => window.attnSaes.examples_split_shown()));
+    return s.status !== 'computing' && s.status !== 'none' ? s : null;
+  });
+  run.splitStatus = split.status;
+  run.split = split.split;
   // An attribution asked for while a newer text is being analysed is refused (it would be
   // the new text's), and one asked after that analysis is answered from it.
   run.attributionOrder = await page.evaluate(async () => {
