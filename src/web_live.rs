@@ -475,21 +475,10 @@ pub async fn examples_split(
 ) -> Result<String, JsValue> {
     let session = session()?;
     let examples: Vec<(Vec<u32>, usize)> = serde_json::from_str(&examples).map_err(js_error)?;
-    let ask = crate::live::SpreadAsk {
-        feature: (head, feature),
-        from: crate::live::SourceRule::Largest,
-        follow: false,
-    };
-    let spread = crate::live::upstream_on_examples_async(
-        &session.loaded,
-        &session.sae,
-        (session.layer, session.z_convention),
-        &examples,
-        &ask,
-        &mut |_, _| {},
-    )
-    .await
-    .map_err(|e| js_error(format!("{e:#}")))?;
-    let split = crate::dashboard::format::FeatureUpstream::of_spread(&spread);
+    let hook = (session.layer, session.z_convention);
+    let (loaded, sae) = (&session.loaded, &session.sae);
+    let split = crate::live::examples_split_async(loaded, sae, hook, &examples, (head, feature))
+        .await
+        .map_err(|e| js_error(format!("{e:#}")))?;
     serde_json::to_string(&split).map_err(js_error)
 }

@@ -565,7 +565,10 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         assert_eq!(split["examples"], file_split["examples"], "{name}");
         assert!(close(number(&split["dfa"]), number(&file_split["dfa"])));
         assert_eq!(split["rest"][0], file_split["rest"][0], "{name}");
-        assert!(close(number(&split["rest"][1]), number(&file_split["rest"][1])));
+        assert!(close(
+            number(&split["rest"][1]),
+            number(&file_split["rest"][1])
+        ));
         let (a, b) = (
             split["writers"].as_array().unwrap(),
             file_split["writers"].as_array().unwrap(),
@@ -574,7 +577,10 @@ fn your_text_in_the_browser_matches_the_cli_on_webgpu_and_the_cpu_fallback() {
         for (x, y) in a.iter().zip(b) {
             assert_eq!(x["writer"], y["writer"], "{name}: the writers' order");
             for key in ["mean", "sd", "min", "max"] {
-                assert!(close(number(&x[key]), number(&y[key])), "{name}: {x} vs {y}");
+                assert!(
+                    close(number(&x[key]), number(&y[key])),
+                    "{name}: {x} vs {y}"
+                );
             }
         }
         // The pick's DFA from its strongest source taken upstream: the same writers, in the

@@ -554,23 +554,9 @@ impl LiveModel {
         head: usize,
         feature: usize,
     ) -> anyhow::Result<crate::dashboard::format::FeatureUpstream> {
-        let ask = crate::live::SpreadAsk {
-            feature: (head, feature),
-            from: crate::live::SourceRule::Largest,
-            follow: false,
-        };
         let hook = (self.layer, self.z_convention);
-        let spread = crate::live::upstream_on_examples(
-            &self.loaded,
-            &self.sae,
-            hook,
-            examples,
-            &ask,
-            &mut |_, _| {},
-        )?;
-        Ok(crate::dashboard::format::FeatureUpstream::of_spread(
-            &spread,
-        ))
+        let (loaded, sae) = (&self.loaded, &self.sae);
+        crate::live::examples_split(loaded, sae, hook, examples, (head, feature))
     }
 
     /// Every feature firing in `ids`, ranked by a first-order estimate of its effect on the

@@ -706,7 +706,7 @@ impl AttnSaesApp {
                         examples,
                     }) => {
                         #[cfg(not(target_arch = "wasm32"))]
-                        self.ask_examples_effect(head, feature, examples);
+                        self.ask_about_examples((head, feature), examples, false);
                         #[cfg(target_arch = "wasm32")]
                         self.web.ask_examples(head, feature, examples);
                     }
@@ -735,7 +735,7 @@ impl AttnSaesApp {
                         examples,
                     }) => {
                         #[cfg(not(target_arch = "wasm32"))]
-                        self.ask_examples_split(head, feature, examples);
+                        self.ask_about_examples((head, feature), examples, true);
                         #[cfg(target_arch = "wasm32")]
                         self.web.ask_split(head, feature, examples);
                     }
@@ -1288,42 +1288,38 @@ impl AttnSaesApp {
         &self.native.live.as_ref().expect("just started").1
     }
 
-    /// Asks the live worker what removing a feature does on its top examples.
-    fn ask_examples_effect(
+    /// Asks the live worker about a feature's top examples, `(window, target)` each: what
+    /// removing it does there, or (`split`) what wrote what it reads there.
+    fn ask_about_examples(
         &mut self,
-        head: usize,
-        feature: usize,
+        (head, feature): (usize, usize),
         examples: Vec<(Vec<u32>, usize)>,
+        split: bool,
     ) {
         let Some(source) = self.live_source() else {
             return;
         };
-        let request = jobs::LiveRequest::Examples {
-            head,
-            feature,
-            examples,
+        let request = match split {
+            false => jobs::LiveRequest::Examples {
+                head,
+                feature,
+                examples,
+            },
+            true => jobs::LiveRequest::Split {
+                head,
+                feature,
+                examples,
+            },
         };
         let _ = self.live_worker(source).requests.send(request);
-        self.native.examples = Some(crate::live::AskedExamples::computing(head, feature));
-    }
-
-    /// Asks the live worker what wrote what a feature reads over its top examples.
-    fn ask_examples_split(
-        &mut self,
-        head: usize,
-        feature: usize,
-        examples: Vec<(Vec<u32>, usize)>,
-    ) {
-        let Some(source) = self.live_source() else {
-            return;
-        };
-        let request = jobs::LiveRequest::Split {
-            head,
-            feature,
-            examples,
-        };
-        let _ = self.live_worker(source).requests.send(request);
-        self.native.split = Some(crate::live::AskedSplit::computing(head, feature));
+        match split {
+            false => {
+                self.native.examples = Some(crate::live::AskedOfExamples::computing(head, feature))
+            }
+            true => {
+                self.native.split = Some(crate::live::AskedOfExamples::computing(head, feature))
+            }
+        }
     }
 
     /// The "Your text" view: the open run's model and SAE, else those the open dashboard

@@ -24,9 +24,9 @@ mod upstream;
 pub(crate) use upstream::{back_through_norm, constant_kept, norm_scale, value_constant, w_v_of};
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 pub use upstream::{
-    upstream_of, upstream_on_examples, upstream_on_examples_async, upstream_on_prompt_lines,
-    upstream_on_prompt_lines_async, upstream_on_prompts, upstream_on_prompts_async,
-    upstream_through, upstream_through_async,
+    examples_split, examples_split_async, upstream_of, upstream_on_examples,
+    upstream_on_examples_async, upstream_on_prompt_lines, upstream_on_prompt_lines_async,
+    upstream_on_prompts, upstream_on_prompts_async, upstream_through, upstream_through_async,
 };
 #[cfg(any(not(target_arch = "wasm32"), feature = "web-live"))]
 mod steer;

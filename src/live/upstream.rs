@@ -16,6 +16,7 @@ use super::{
     Upstream, UpstreamAsk, UpstreamLine, Writer, WrittenBy,
 };
 use crate::dashboard::dfa::dfa_by_source;
+use crate::dashboard::format::FeatureUpstream;
 use crate::lm::transformer::{Norm, Positions};
 use crate::lm::{HookRequest, LoadedModel, ZConvention};
 use crate::sae::BlockDiagSae;
@@ -431,6 +432,38 @@ pub async fn upstream_on_examples_async(
         }
     }
     spread_over(splits.into_iter().flatten().collect(), ask.follow)
+}
+
+/// [`examples_split_async`], blocking on its read-backs (the desktop).
+pub fn examples_split(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    hook: (usize, ZConvention),
+    examples: &[(Vec<u32>, usize)],
+    feature: (usize, usize),
+) -> anyhow::Result<FeatureUpstream> {
+    super::blocking(examples_split_async(loaded, sae, hook, examples, feature))
+}
+
+/// What wrote what `feature` reads over its top examples, `(window, target)` each: each
+/// one's DFA from its largest source split upstream ([`upstream_on_examples_async`]) and
+/// the writers listed as a dashboard file built with `--upstream` lists them (the viewers'
+/// "Take its top examples apart").
+pub async fn examples_split_async(
+    loaded: &LoadedModel,
+    sae: &BlockDiagSae,
+    hook: (usize, ZConvention),
+    examples: &[(Vec<u32>, usize)],
+    feature: (usize, usize),
+) -> anyhow::Result<FeatureUpstream> {
+    let ask = SpreadAsk {
+        feature,
+        from: SourceRule::Largest,
+        follow: false,
+    };
+    let spread =
+        upstream_on_examples_async(loaded, sae, hook, examples, &ask, &mut |_, _| {}).await?;
+    Ok(FeatureUpstream::of_spread(&spread))
 }
 
 /// The forward pass a split takes on `ids` ([`run_for_upstream`]) and the analysis of the

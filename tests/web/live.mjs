@@ -363,11 +363,13 @@ async function session(context, name, query) {
   run.examples = examples.effect;
   // What wrote what it reads over those examples, asked of the model (Features' "Take its
   // top examples apart", for a file built without the split).
+  const splitStart = Date.now();
   await page.evaluate(([, h, f]) => window.attnSaes.live_examples_split(h, f), pick);
   const split = await waitFor(page, `${name}: the split over top examples`, async () => {
     const s = JSON.parse(await page.evaluate(() => window.attnSaes.examples_split_shown()));
     return s.status !== 'computing' && s.status !== 'none' ? s : null;
   });
+  run.splitMs = Date.now() - splitStart;
   run.splitStatus = split.status;
   run.split = split.split;
   // An attribution asked for while a newer text is being analysed is refused (it would be
