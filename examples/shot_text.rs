@@ -18,6 +18,8 @@
 //! the listed features' exact changes too, `docs/app-prompts.png`); with
 //! SPREAD=strongest, largest or answer too, the feature's DFA taken apart upstream over it
 //! from that source of each prompt instead (FOLLOW: followed up), `docs/app-spread.png`.
+//! With SPLIT, the Features view on the feature instead, its top examples taken apart
+//! upstream ("Take its top examples apart"), `docs/app-split.png`.
 use std::time::{Duration, Instant};
 
 use attn_saes::app::{AttnSaesApp, Command, UiState, View};
@@ -77,6 +79,33 @@ fn main() {
         .wgpu()
         .build_eframe(move |_| app);
     h.run_steps(3);
+    // SPLIT: the Features view on the feature instead, its top examples taken apart
+    // ("Take its top examples apart", for a dashboard file without the split), the prompt
+    // unused (what `docs/app-split.png` is).
+    if std::env::var("SPLIT").is_ok() {
+        h.state_mut().ui.view = View::Features;
+        (h.state_mut().ui.features).head = head;
+        h.run_steps(3);
+        h.state_mut().ui.features.feature = Some(feature);
+        h.run_steps(3);
+        let button = "Take its top examples apart";
+        h.get_by_label(button).scroll_to_me();
+        h.run_steps(20);
+        h.get_by_label(button).click_accesskit();
+        let asked = Instant::now();
+        h.run_steps(1);
+        wait(&mut h, "the split over the top examples", |a| {
+            settled(a.native.split.as_ref().map(|s| &s.state))
+        });
+        eprintln!(
+            "the split over the top examples arrived {:.2} s after the click",
+            asked.elapsed().as_secs_f64()
+        );
+        h.run_steps(2);
+        h.get_by_label("What wrote what it reads").scroll_to_me();
+        h.run_steps(20);
+        return save(&mut h, out);
+    }
     h.state_mut().ui.view = View::Text;
     h.state_mut().ui.text.prompt = prompt.clone();
     h.run_steps(2);

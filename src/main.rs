@@ -1321,6 +1321,16 @@ fn main() -> anyhow::Result<()> {
                 if let (false, Some(_)) = (r.fires_with.is_empty(), &d.meta.cofiring_limit) {
                     println!("  (fires with: over {})", d.meta.cofiring_tokens_text());
                 }
+                // What wrote what it reads, where the file could hold it and does not.
+                let block_diagonal = d.meta.dense_heads().is_none();
+                if block_diagonal && d.meta.upstream.is_none() && !r.examples.is_empty() {
+                    println!(
+                        "  (written by: not in this file; `attn-saes upstream {} {h},{f} \
+                         --top-examples` takes its top examples apart, `dashboard --upstream` \
+                         adds it for every feature)",
+                        run.display()
+                    );
+                }
                 if let Some(path) = json {
                     attn_saes::files::write_json(&path, &r)?;
                 }
@@ -2782,6 +2792,11 @@ fn upstream_command(
     }
     let mc = &live.loaded.transformer.config;
     let dense = live.sae.config.is_dense_over(mc.n_heads, mc.d_head);
+    // What the spread is over: prompts, or the feature's top examples.
+    let (one, many) = match over {
+        Ok(_) => ("prompt", "prompts"),
+        Err(_) => ("example", "examples"),
+    };
     let on = match over {
         Ok(_) => format!("{} prompts, each at its position", spread.prompts.len()),
         Err(_) => format!(
@@ -2800,7 +2815,7 @@ fn upstream_command(
         .map(|(t, k)| format!("{t:?} {k}"))
         .collect();
     println!(
-        "the source {}, taken apart: {} (each prompt's in --json); its DFA mean {:.4}",
+        "the source {}, taken apart: {} (each {one}'s in --json); its DFA mean {:.4}",
         ask.from.said(),
         tokens.join(", "),
         spread.mean(|s| s.upstream.terms[0])
@@ -2810,7 +2825,7 @@ fn upstream_command(
         println!(
             "followed up through the strongest head of each split while its term is at least \
              1% of the DFA from the source: each path (the \
-             position each head read from: the one before, BOS or elsewhere), its prompts, \
+             position each head read from: the one before, BOS or elsewhere), its {many}, \
              the means of the DFA from the source and of each step's term:"
         );
         for path in paths.iter().take(top) {
@@ -2833,14 +2848,9 @@ fn upstream_command(
         return Ok(());
     }
     println!(
-        "by what wrote the residual stream entering layer {} there, mean over the {} (sd) \
-         [least, most]:",
+        "by what wrote the residual stream entering layer {} there, mean over the {many} \
+         (sd) [least, most]:",
         live.layer,
-        if path.is_some() {
-            "prompts"
-        } else {
-            "examples"
-        }
     );
     let (listed, (rest, rest_sum)) = spread.strongest_writers(top);
     for w in &listed {

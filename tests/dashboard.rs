@@ -2532,7 +2532,7 @@ fn upstream_command_takes_the_top_examples_apart_as_the_dashboard_file_holds() {
         (out, spread)
     };
     let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 + 1e-4 * b.abs();
-    let (mut checked, mut worst, mut dead) = (0, 0f32, None);
+    let (mut checked, mut worst, mut dead, mut first) = (0, 0f32, None, None);
     for head in 0..file.n_heads() {
         let data = file.head(head).unwrap();
         for (f, fd) in data.features.iter().enumerate() {
@@ -2547,6 +2547,7 @@ fn upstream_command_takes_the_top_examples_apart_as_the_dashboard_file_holds() {
                 continue;
             }
             checked += 1;
+            first.get_or_insert((head, f, want.clone()));
             let (out, spread) = upstream(&format!("{head},{f}"), &[]);
             assert_succeeded(&out);
             let spread = spread.unwrap();
@@ -2607,10 +2608,65 @@ fn upstream_command_takes_the_top_examples_apart_as_the_dashboard_file_holds() {
                 let most = e.dfa.iter().map(|x| x.abs()).fold(0f32, f32::max);
                 assert!(e.dfa[got.upstream.source].abs() >= most - 2e-3 * most - 1e-3);
             }
+            // Followed up through the strongest heads: each example's path, counted over them.
+            let (out, spread) = upstream(&format!("{head},{f}"), &["--follow"]);
+            assert_succeeded(&out);
+            let spread = spread.unwrap();
+            assert_eq!(
+                spread.paths.iter().map(|p| p.prompts).sum::<usize>(),
+                top.len()
+            );
+            for p in &spread.prompts {
+                assert_eq!(p.upstream.followed, p.upstream.through.len());
+            }
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(said.contains("its examples, the means"), "{said}");
         }
     }
     assert_eq!(checked, 3, "features with three top examples and a split");
     eprintln!("the file's split against the examples' own: at most {worst:.2e} apart");
+    // A file without it (a copy, stripped): `features --feature` says how to get it, and
+    // that command, on the file itself, gives what was stripped.
+    let (head, f, want) = first.expect("a feature checked");
+    let mut d = attn_saes::dashboard::build::read(&run.join("dashboard.safetensors")).unwrap();
+    d.meta.upstream = None;
+    for fd in d.heads.iter_mut().flat_map(|h| h.features.iter_mut()) {
+        fd.upstream = None;
+    }
+    let stripped = dir.join("stripped.safetensors");
+    attn_saes::dashboard::build::write(&d, &stripped).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["features", "--run"])
+        .arg(&stripped)
+        .args(["--feature", &format!("{head},{f}")])
+        .output()
+        .unwrap();
+    assert_succeeded(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let asked = format!(
+        "attn-saes upstream {} {head},{f} --top-examples",
+        stripped.display()
+    );
+    assert!(
+        said.contains(&asked) && !said.contains("written by "),
+        "{said}"
+    );
+    let out_json = dir.join("from-the-file.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attn-saes"))
+        .args(["--device", "cpu", "upstream"])
+        .arg(&stripped)
+        .args([&format!("{head},{f}"), "--top-examples", "--json"])
+        .arg(&out_json)
+        .output()
+        .unwrap();
+    assert_succeeded(&out);
+    let spread: PromptsSpread = serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    let got = FeatureUpstream::of_spread(&spread);
+    assert_eq!(got.writers.len(), want.writers.len());
+    for (g, w) in got.writers.iter().zip(&want.writers) {
+        assert_eq!(g.writer, w.writer);
+        assert!(close(g.mean, w.mean), "{g:?} against the file's {w:?}");
+    }
     let (out, _) = upstream("0,0", &["--from", "answer"]);
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
