@@ -1920,6 +1920,14 @@ fn a_features_top_examples_taken_apart_on_demand_match_the_dashboard_files_split
     }
     assert!(!has_label(&h, "Build the dashboards with it"));
     assert!(!has_label(&h, "Take its top examples apart"));
+    // The file opened again (as a rebuild does): the answer, of the file before, goes.
+    h.state_mut().push(Command::OpenPath(run.clone()));
+    h.run_steps(3);
+    h.state_mut().ui.view = View::Features;
+    h.state_mut().ui.features.feature = Some(feature);
+    h.run_steps(3);
+    assert!(h.state().native.split.is_none());
+    assert!(has_label(&h, "Take its top examples apart"));
     // Another feature: asked again.
     let other = (0..d.heads[head].features.len())
         .find(|&f| f != feature && built.heads[head].features[f].upstream.is_some())

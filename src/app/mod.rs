@@ -524,6 +524,16 @@ impl AttnSaesApp {
         }
         let text = format!("opened {}: {}", d.name, d.file.meta.shape_text());
         self.message(Level::Info, text);
+        // What was asked about a feature's top examples was of the file before (a rebuilt
+        // one may hold other examples).
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            (self.native.examples, self.native.split) = (None, None);
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            (self.web.examples, self.web.split) = (None, None);
+        }
         self.dashboard = Some(d);
         self.ui.view = View::Features;
     }
