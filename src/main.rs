@@ -2901,7 +2901,8 @@ fn top_examples_of(
         "{name}: the dashboard has {heads} heads x {m} features"
     );
     let data = file.head(head)?;
-    let examples = attn_saes::app::features::top_example_windows(&file, &data.features[feature]);
+    let fd = &data.features[feature];
+    let examples = attn_saes::app::features::top_example_windows(&file.windows, fd);
     anyhow::ensure!(
         !examples.is_empty(),
         "{name} has no top examples (it never fired on the dashboard tokens)"
@@ -3165,18 +3166,13 @@ fn examples_effect_command(
     choice: DeviceChoice,
 ) -> anyhow::Result<()> {
     use attn_saes::app::jobs::LiveSource;
-    use attn_saes::dashboard::format::ExampleGroup;
     let (heads, m) = (d.heads.len(), d.meta.sae.features_per_head);
     anyhow::ensure!(
         head < heads && feature < m,
         "--effect {head},{feature}: the dashboard has {heads} heads x {m} features"
     );
-    let examples: Vec<(Vec<u32>, usize)> = d.heads[head].features[feature]
-        .examples
-        .iter()
-        .filter(|e| e.group == ExampleGroup::Top)
-        .filter_map(|e| Some((d.windows.get(e.window as usize)?.clone(), e.target as usize)))
-        .collect();
+    let fd = &d.heads[head].features[feature];
+    let examples = attn_saes::app::features::top_example_windows(&d.windows, fd);
     let name = feature_name(d.meta.dense_heads().is_some(), head, feature);
     anyhow::ensure!(
         !examples.is_empty(),

@@ -354,7 +354,7 @@ impl<T> Default for OnExamples<T> {
 /// `head` on `examples`; the answer arrives in the `OnExamples` that `of` picks.
 fn request_on_examples<T: serde::de::DeserializeOwned + 'static>(
     op: &'static str,
-    (head, feature, examples): (usize, usize, crate::live::Examples),
+    (head, feature, examples): crate::app::ExamplesRequest,
     of: fn(&mut Shared) -> &mut OnExamples<T>,
 ) {
     wasm_bindgen_futures::spawn_local(async move {
@@ -381,7 +381,10 @@ fn request_on_examples<T: serde::de::DeserializeOwned + 'static>(
 fn examples_question<T: Clone + serde::de::DeserializeOwned + 'static>(
     shared: &RefCell<Shared>,
     dashboard: Option<&LoadedDashboard>,
-    (shown, request): (&mut Option<AskedOfExamples<T>>, &mut Option<AskedOf>),
+    (shown, request): (
+        &mut Option<AskedOfExamples<T>>,
+        &mut Option<crate::app::ExamplesRequest>,
+    ),
     op: &'static str,
     of: fn(&mut Shared) -> &mut OnExamples<T>,
 ) {
@@ -393,34 +396,32 @@ fn examples_question<T: Clone + serde::de::DeserializeOwned + 'static>(
     if let (Some((head, feature)), Some(d)) = (asked, dashboard) {
         let examples = d.file.head(head).ok().and_then(|data| {
             let fd = data.features.get(feature)?;
-            Some(crate::app::features::top_example_windows(&d.file, fd))
+            Some(crate::app::features::top_example_windows(
+                &d.file.windows,
+                fd,
+            ))
         });
-        let state = match examples {
+        match examples {
             Some(examples) => {
-                *request = Some((head, feature, examples));
-                Answer::Computing
+                crate::app::ask_about_examples((shown, request), (head, feature, examples))
             }
-            None => Answer::Failed(format!("no head {head} feature {feature}")),
-        };
-        *shown = Some(AskedOfExamples {
-            head,
-            feature,
-            state,
-        });
+            None => {
+                *shown = Some(AskedOfExamples {
+                    head,
+                    feature,
+                    state: Answer::Failed(format!("no head {head} feature {feature}")),
+                })
+            }
+        }
     }
     if let Some(request) = request.take() {
         request_on_examples(op, request, of);
     }
-    if let (Some(asked), Some(((head, feature), result))) = (shown.as_mut(), arrived)
-        && (asked.head, asked.feature) == (head, feature)
-    {
-        asked.state = Answer::of(result);
+    if let (Some(asked), Some((of_feature, result))) = (shown.as_mut(), arrived) {
+        asked.answer(of_feature, result);
     }
     of(&mut shared.borrow_mut()).view = shown.clone();
 }
-
-/// A question about `(head, feature)`'s top examples, `(window, target)` each.
-type AskedOf = (usize, usize, crate::live::Examples);
 
 /// Sends `text` to the inference bundle; the result arrives in `shared.live_arrived`.
 fn request_analysis(text: String) {

@@ -1298,7 +1298,7 @@ fn examples_effect_panel(
     });
     // The windows are copied only when asked for.
     let examples = if clicked {
-        top_example_windows(file, fd)
+        top_example_windows(&file.windows, fd)
     } else {
         Vec::new()
     };
@@ -1326,17 +1326,13 @@ pub fn example_prompt(file: &OwnedDashboardFile, fd: &FeatureData) -> String {
         .collect()
 }
 
-/// A feature's top examples as `(window, target)` pairs, the windows from the file.
-pub fn top_example_windows(file: &OwnedDashboardFile, fd: &FeatureData) -> Vec<(Vec<u32>, usize)> {
+/// A feature's top examples as `(window, target)` pairs, the windows from the dashboard's
+/// `windows`.
+pub fn top_example_windows(windows: &[Vec<u32>], fd: &FeatureData) -> Vec<(Vec<u32>, usize)> {
     fd.examples
         .iter()
         .filter(|e| e.group == ExampleGroup::Top)
-        .filter_map(|e| {
-            Some((
-                file.windows.get(e.window as usize)?.clone(),
-                e.target as usize,
-            ))
-        })
+        .filter_map(|e| Some((windows.get(e.window as usize)?.clone(), e.target as usize)))
         .collect()
 }
 
@@ -2004,7 +2000,7 @@ fn upstream_panel(
                 action = Some(FeaturesAction::ExamplesSplit {
                     head: s.head,
                     feature: f,
-                    examples: top_example_windows(file, fd),
+                    examples: top_example_windows(&file.windows, fd),
                 });
             }
             if asked.is_some_and(|a| matches!(a.state, Answer::Ready(_))) {

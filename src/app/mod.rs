@@ -155,10 +155,10 @@ pub struct WebText {
     pub steer_request: Option<(Vec<u32>, crate::live::Steering)>,
     /// The same for a feature's effect on its top examples.
     pub examples: Option<crate::live::AskedExamples>,
-    pub examples_request: Option<(usize, usize, crate::live::Examples)>,
+    pub examples_request: Option<ExamplesRequest>,
     /// The same for what wrote what a feature reads over its top examples.
     pub split: Option<crate::live::AskedSplit>,
-    pub split_request: Option<(usize, usize, crate::live::Examples)>,
+    pub split_request: Option<ExamplesRequest>,
     /// The same for a source's DFA taken upstream.
     pub upstream: Option<crate::live::AskedUpstream>,
     pub upstream_request: Option<crate::live::UpstreamKey>,
@@ -276,15 +276,33 @@ impl WebText {
 
     /// Asks (through `src/web.rs`) what removing a feature does on its top examples.
     pub fn ask_examples(&mut self, head: usize, feature: usize, examples: Vec<(Vec<u32>, usize)>) {
-        self.examples = Some(crate::live::AskedExamples::computing(head, feature));
-        self.examples_request = Some((head, feature, examples));
+        let asked = (&mut self.examples, &mut self.examples_request);
+        ask_about_examples(asked, (head, feature, examples));
     }
 
     /// Asks (through `src/web.rs`) what wrote what a feature reads over its top examples.
     pub fn ask_split(&mut self, head: usize, feature: usize, examples: Vec<(Vec<u32>, usize)>) {
-        self.split = Some(crate::live::AskedSplit::computing(head, feature));
-        self.split_request = Some((head, feature, examples));
+        ask_about_examples(
+            (&mut self.split, &mut self.split_request),
+            (head, feature, examples),
+        );
     }
+}
+
+/// A question about `(head, feature)`'s top examples, `(window, target)` each.
+pub type ExamplesRequest = (usize, usize, crate::live::Examples);
+
+/// Asks (through `src/web.rs`) something about `feature` of `head`'s top examples,
+/// `(window, target)` each: shown as computing, the request kept for the page to send.
+pub fn ask_about_examples<T>(
+    (shown, request): (
+        &mut Option<crate::live::AskedOfExamples<T>>,
+        &mut Option<ExamplesRequest>,
+    ),
+    (head, feature, examples): ExamplesRequest,
+) {
+    *shown = Some(crate::live::AskedOfExamples::computing(head, feature));
+    *request = Some((head, feature, examples));
 }
 
 /// The desktop-only data: the open run and its background job.
@@ -1173,10 +1191,8 @@ impl AttnSaesApp {
                     feature,
                     result,
                 } => {
-                    if let Some(asked) = (self.native.examples.as_mut())
-                        .filter(|a| (a.head, a.feature) == (head, feature))
-                    {
-                        asked.state = crate::live::Answer::of(result);
+                    if let Some(asked) = &mut self.native.examples {
+                        asked.answer((head, feature), result);
                     }
                 }
                 jobs::LiveEvent::Split {
@@ -1184,10 +1200,8 @@ impl AttnSaesApp {
                     feature,
                     result,
                 } => {
-                    if let Some(asked) = (self.native.split.as_mut())
-                        .filter(|a| (a.head, a.feature) == (head, feature))
-                    {
-                        asked.state = crate::live::Answer::of(result);
+                    if let Some(asked) = &mut self.native.split {
+                        asked.answer((head, feature), result);
                     }
                 }
                 jobs::LiveEvent::Upstream { ids, ask, result } => {

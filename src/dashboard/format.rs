@@ -355,16 +355,10 @@ impl FeatureUpstream {
     /// from their largest sources (`live::upstream_on_examples`; not followed): what the
     /// viewers show for a file built without it.
     pub fn of_spread(spread: &crate::live::PromptsSpread) -> Self {
-        let n = spread.prompts.len();
-        let dfa = spread
-            .prompts
-            .iter()
-            .map(|p| p.upstream.dfa as f64)
-            .sum::<f64>();
         let (listed, rest) = crate::live::strongest_of(&spread.writers, UPSTREAM_LISTED);
         Self {
-            examples: n as u32,
-            dfa: (dfa / n.max(1) as f64) as f32,
+            examples: spread.prompts.len() as u32,
+            dfa: spread.mean(|p| p.upstream.dfa),
             writers: listed.into_iter().cloned().collect(),
             rest,
         }

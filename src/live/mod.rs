@@ -1217,6 +1217,14 @@ impl<T> AskedOfExamples<T> {
             state: Answer::Computing,
         }
     }
+
+    /// Takes `result`, the answer about `(head, feature)`, if that is what this asked (a
+    /// stale answer is dropped).
+    pub fn answer(&mut self, (head, feature): (usize, usize), result: Result<T, String>) {
+        if (self.head, self.feature) == (head, feature) {
+            self.state = Answer::of(result);
+        }
+    }
 }
 
 /// The examples effect a viewer asked for.
