@@ -1,12 +1,15 @@
 //! Llama-family Hugging Face loader (`config.json` + `model.safetensors`, `model_type:
 //! llama`) against `transformers` (tests/fixtures/make_llama_fixture.py): a tiny random
 //! Llama with grouped-query attention (4 query heads, 2 key/value heads), an untied
-//! `lm_head` and bfloat16 weights, on the CPU backend and on wgpu when available.
+//! `lm_head` and bfloat16 weights, on the CPU backend and on wgpu when available; and the
+//! same weights with Llama 3.1's rotary scaling (`llama3_tiny`), from `config.json` and from
+//! a GGUF laid out as llama.cpp's converter writes it (`rope_freqs.weight`).
 
 mod common;
 
 use std::path::PathBuf;
 
+use attn_saes::lm::transformer::RopeScaling;
 use attn_saes::lm::{self, Family, HookRequest};
 use burn::prelude::*;
 use common::*;
@@ -22,10 +25,48 @@ fn n_seqs(r: &Reference) -> usize {
 
 #[test]
 fn llama_hf_safetensors_matches_transformers() {
-    let reference = Reference::load(&format!("{DIR}/reference.safetensors"));
+    check_against_reference(&fixture(DIR), DIR, None);
+}
+
+/// Llama 3.1's rotary scaling (factor 8, low/high frequency factors 1 and 4, original
+/// context 32: the fixture's frequencies are kept, blended and divided), from
+/// `rope_parameters` in `config.json` and from a GGUF's `rope_freqs.weight`. Plain rotary on
+/// these weights gives logits 5.9 away (the fixture's `no_rope_scaling` mutation).
+#[test]
+fn llama3_rope_scaling_matches_transformers_from_config_and_gguf() {
+    let llama3 = fixture("llama3_tiny");
+    let dir = assembled_copy("llama3", &llama3.join("config.json"), |_| {});
+    let scaling = Some(RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_context: 32.0,
+    });
+    check_against_reference(&dir, "llama3_tiny", Some(&scaling));
+    // transformers 4's spelling: top-level rope_theta and rope_scaling.
+    let legacy = assembled_copy("llama3-legacy", &llama3.join("config.json"), |cfg| {
+        let mut params = cfg.remove("rope_parameters").unwrap();
+        cfg.insert("rope_theta".into(), params["rope_theta"].take());
+        cfg.insert("rope_scaling".into(), params);
+    });
+    check_against_reference(&legacy, "llama3_tiny", Some(&scaling));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(&legacy).ok();
+    check_against_reference(&llama3.join("model.gguf"), "llama3_tiny", None);
+}
+
+/// The model at `path` (a directory or a GGUF) gives `reference`'s logits, losses and
+/// hook_z on every test device; its rotary scaling is `scaling` where one is given.
+fn check_against_reference(
+    path: &std::path::Path,
+    reference: &str,
+    scaling: Option<&Option<RopeScaling>>,
+) {
+    let name = path.display().to_string();
+    let reference = Reference::load(&format!("{reference}/reference.safetensors"));
     assert_eq!(n_seqs(&reference), 2);
     for (device_name, device) in test_devices() {
-        let loaded = lm::load_from_path(&fixture(DIR), "llama-tiny", &device).unwrap();
+        let loaded = lm::load_from_path(path, "llama-tiny", &device).unwrap();
         let model = &loaded.transformer;
         let cfg = &model.config;
         assert_eq!(cfg.family, Family::Llama);
@@ -40,11 +81,15 @@ fn llama_hf_safetensors_matches_transformers() {
             (2, 64, 4, 2, 16)
         );
         assert_eq!((cfg.d_mlp, cfg.d_vocab, cfg.n_ctx), (96, 400, 64));
-        assert_eq!(cfg.norm_eps, 1e-5);
+        // A GGUF holds them as f32.
+        assert_eq!(cfg.norm_eps as f32, 1e-5);
         assert_eq!(cfg.rope_theta, Some(10000.0));
+        if let Some(scaling) = scaling {
+            assert_eq!(&cfg.rope_scaling, scaling, "{name}");
+        }
         assert_eq!(cfg.bos_token_id, Some(399));
         assert_eq!(loaded.tokenizer.get_vocab_size(true), 400);
-        let tag = |what: &str| format!("{DIR} [{device_name}] {what}");
+        let tag = |what: &str| format!("{name} [{device_name}] {what}");
         for s in 0..n_seqs(&reference) {
             let ids = reference.tokens(&format!("seq{s}.tokens"));
             let tokens = model.tokens(&[ids]).unwrap();
@@ -71,9 +116,10 @@ fn llama_hf_safetensors_matches_transformers() {
     }
 }
 
-/// A copy of the fixture whose `config.json` is edited by `edit`.
-fn edited_copy(
+/// llama_tiny's weights and tokenizer with the `config.json` at `config`, edited by `edit`.
+fn assembled_copy(
     tag: &str,
+    config: &std::path::Path,
     edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
 ) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("attn-saes-llama-hf-{tag}-{}", std::process::id()));
@@ -81,7 +127,7 @@ fn edited_copy(
     for f in ["model.safetensors", "tokenizer.json"] {
         std::fs::copy(fixture(DIR).join(f), dir.join(f)).unwrap();
     }
-    let text = std::fs::read_to_string(fixture(DIR).join("config.json")).unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
     let mut cfg: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
     edit(&mut cfg);
     std::fs::write(
@@ -90,6 +136,14 @@ fn edited_copy(
     )
     .unwrap();
     dir
+}
+
+/// A copy of the fixture whose `config.json` is edited by `edit`.
+fn edited_copy(
+    tag: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> PathBuf {
+    assembled_copy(tag, &fixture(DIR).join("config.json"), edit)
 }
 
 /// transformers 5 writes the rotary base only as `rope_parameters.rope_theta` (the fixture's
@@ -122,23 +176,41 @@ fn legacy_top_level_rope_theta_is_read() {
     );
 }
 
-/// A rotary scaling the loader does not implement (here transformers 5's spelling of Llama
-/// 3.1's) must be refused rather than silently ignored.
+/// A rotary scaling the loader does not implement (here transformers 5's spelling of
+/// YaRN's) must be refused rather than silently ignored, and so must Llama 3.1's with a
+/// parameter missing.
 #[test]
 fn unsupported_rope_type_is_refused() {
     let dir = edited_copy("rope-type", |cfg| {
         cfg["rope_parameters"] = serde_json::json!({
-            "rope_type": "llama3",
+            "rope_type": "yarn",
             "rope_theta": 500000.0,
             "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192
         });
     });
     let loaded = lm::load_from_path(&dir, "t", &Device::flex());
     std::fs::remove_dir_all(&dir).ok();
-    assert!(loaded.is_err(), "rope_type llama3 was accepted");
+    let err = loaded.err().expect("rope_type yarn was accepted");
+    assert!(err.to_string().contains("'yarn'"), "{err}");
+    let dir = edited_copy("rope-llama3-partial", |cfg| {
+        cfg["rope_parameters"] = serde_json::json!({
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0
+        });
+    });
+    let loaded = lm::load_from_path(&dir, "t", &Device::flex());
+    std::fs::remove_dir_all(&dir).ok();
+    let err = loaded
+        .err()
+        .expect("llama3 without its original context was accepted");
+    assert!(
+        err.to_string().contains("original_max_position_embeddings"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //! [`GgufFile::open`] parses and validates the header, the metadata key/value
 //! pairs and the tensor table of a GGUF (version 2 or 3, little-endian) file.
 //! Tensor data is not kept in memory: [`GgufFile::tensor`] reads one tensor's
-//! bytes with a seek and dequantises them to `f32` (F32, F16, BF16, Q8_0,
-//! Q4_0 and Q4_1 are supported). [`GgufFile::tokenizer`] rebuilds a Hugging
+//! bytes with a seek and dequantises them to `f32` ([`SUPPORTED_TYPES`]: the float
+//! types, Q4_0 to Q8_0, the K-quants Q2_K to Q6_K, IQ4_NL and IQ4_XS). [`GgufFile::tokenizer`] rebuilds a Hugging
 //! Face `tokenizers` tokenizer from the `tokenizer.ggml.*` metadata
 //! (byte-level BPE, `tokenizer.ggml.model = "gpt2"`).
 //!
@@ -20,18 +20,30 @@ use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
 
+use super::dequant::{self, BLOCK_TYPES};
+
 /// Default alignment of the tensor data section (`general.alignment`).
 pub const GGUF_DEFAULT_ALIGNMENT: u64 = 32;
 
-/// Tensor types [`GgufFile::tensor`] can dequantise.
-pub const SUPPORTED_TYPES: [GgmlType; 6] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-];
+/// Tensor types [`GgufFile::tensor`] can dequantise: the float types, then the block types
+/// of `dequant` (the K-quants of `Q4_K_M`-style files among them).
+pub const SUPPORTED_TYPES: [GgmlType; 15] = {
+    let mut all = [GgmlType::F32; 15];
+    all[1] = GgmlType::F16;
+    all[2] = GgmlType::BF16;
+    let mut i = 0;
+    while i < BLOCK_TYPES.len() {
+        all[3 + i] = BLOCK_TYPES[i];
+        i += 1;
+    }
+    all
+};
+
+/// Llama 3's pre-tokenizer split (its tokenizer.json's, llama.cpp's `LLAMA3`): English
+/// contractions in either case, letters with at most one other character before them,
+/// digits in groups of up to three, other symbols with a space before them, line breaks,
+/// and spaces (all but the last of a run, which goes with what follows).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 const MAGIC: &[u8; 4] = b"GGUF";
 /// ggml's `GGML_MAX_DIMS`.
@@ -91,7 +103,7 @@ pub enum GgufError {
         expected: &'static str,
         found: String,
     },
-    #[error("{}: unsupported tokenizer (tokenizer.ggml.model = '{model}', tokenizer.ggml.pre = '{pre}'); supported: model 'gpt2' (byte-level BPE) with pre 'smollm', 'gpt2' or 'default'", .path.display())]
+    #[error("{}: unsupported tokenizer (tokenizer.ggml.model = '{model}', tokenizer.ggml.pre = '{pre}'); supported: model 'gpt2' (byte-level BPE) with pre 'smollm', 'llama-bpe', 'gpt2' or 'default'", .path.display())]
     UnsupportedTokenizer {
         path: PathBuf,
         model: String,
@@ -882,10 +894,7 @@ impl GgufFile {
                 .chunks_exact(2)
                 .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            GgmlType::Q8_0 => dequant_q8_0(&bytes, n),
-            GgmlType::Q4_0 => dequant_q4_0(&bytes, n),
-            GgmlType::Q4_1 => dequant_q4_1(&bytes, n),
-            _ => return Err(unsupported()),
+            ty => dequant::dequantize(ty, &bytes, n).ok_or_else(unsupported)?,
         };
         Ok((info.shape(), data))
     }
@@ -1028,11 +1037,13 @@ impl GgufFile {
     /// type 4 (user-defined) plain added tokens. No BOS/EOS post-processing
     /// is attached: see [`GgufFile::add_bos`] and [`GgufFile::bos_token_id`].
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer, GgufError> {
+        use tokenizers::SplitDelimiterBehavior;
         use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
         use tokenizers::models::bpe::{BPE, Vocab};
         use tokenizers::pre_tokenizers::byte_level::ByteLevel;
         use tokenizers::pre_tokenizers::digits::Digits;
         use tokenizers::pre_tokenizers::sequence::Sequence;
+        use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
         use tokenizers::{AddedToken, PreTokenizerWrapper};
 
         let model = self.get_str("tokenizer.ggml.model")?;
@@ -1048,15 +1059,25 @@ impl GgufFile {
         if model != "gpt2" {
             return Err(unsupported());
         }
+        let tok_err = |msg: String| GgufError::Tokenizer {
+            path: self.path.clone(),
+            msg,
+        };
         let byte_level = ByteLevel::new(false, true, true);
         let pre_tokenizer: PreTokenizerWrapper = match pre {
             "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
             "gpt2" | "default" => byte_level.into(),
+            "llama-bpe" => {
+                let split = Split::new(
+                    SplitPattern::Regex(LLAMA3_SPLIT.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| tok_err(format!("Llama 3's split: {e}")))?;
+                let bytes = ByteLevel::new(false, true, false);
+                Sequence::new(vec![split.into(), bytes.into()]).into()
+            }
             _ => return Err(unsupported()),
-        };
-        let tok_err = |msg: String| GgufError::Tokenizer {
-            path: self.path.clone(),
-            msg,
         };
 
         let tokens = self.get_array("tokenizer.ggml.tokens")?;
@@ -1082,8 +1103,11 @@ impl GgufFile {
             merges.push((a.to_string(), b.to_string()));
         }
 
+        // Llama 3 takes a piece that is a whole token as it is, before any merge (its
+        // tokenizer.json's `ignore_merges`, llama.cpp's for this pre-tokenizer).
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
+            .ignore_merges(pre == "llama-bpe")
             .build()
             .map_err(|e| tok_err(format!("BPE model: {e}")))?;
         let mut tokenizer = tokenizers::Tokenizer::new(bpe);
@@ -1128,38 +1152,6 @@ impl GgufFile {
         }
         Ok(tokenizer)
     }
-}
-
-fn dequant_q8_0(bytes: &[u8], n: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    for block in bytes.chunks_exact(34) {
-        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-        out.extend(block[2..].iter().map(|&q| f32::from(q as i8) * d));
-    }
-    out
-}
-
-fn dequant_q4_0(bytes: &[u8], n: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    for block in bytes.chunks_exact(18) {
-        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-        let qs = &block[2..];
-        out.extend(qs.iter().map(|&q| f32::from((q & 15) as i8 - 8) * d));
-        out.extend(qs.iter().map(|&q| f32::from((q >> 4) as i8 - 8) * d));
-    }
-    out
-}
-
-fn dequant_q4_1(bytes: &[u8], n: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    for block in bytes.chunks_exact(20) {
-        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-        let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
-        let qs = &block[4..];
-        out.extend(qs.iter().map(|&q| f32::from(q & 15) * d + m));
-        out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1350,8 +1342,13 @@ mod tests {
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
             assert_eq!(data.len(), expected.len(), "{name}");
+            // Bit for bit: the same f32 operations in the same order as gguf-py's.
             for (i, (a, e)) in data.iter().zip(&expected).enumerate() {
-                assert!((a - e).abs() <= 1e-6, "{name}[{i}]: got {a}, expected {e}");
+                assert_eq!(
+                    a.to_bits(),
+                    e.to_bits(),
+                    "{name}[{i}]: got {a}, expected {e}"
+                );
             }
         }
         for t in SUPPORTED_TYPES {
@@ -1469,11 +1466,14 @@ mod tests {
             panic!("{msg}")
         };
         assert_eq!(*type_name, t.ggml_type.name());
-        assert!(type_name.contains("_K"), "expected a K-quant: {msg}");
+        assert_eq!(type_name, "IQ2_XXS", "{msg}");
         assert!(msg.contains("unsupported.gguf"), "{msg}");
         assert!(msg.contains(&t.name), "{msg}");
         assert!(
-            msg.contains("(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"),
+            msg.contains(
+                "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, \
+                 Q5_K, Q6_K, IQ4_NL, IQ4_XS)"
+            ),
             "{msg}"
         );
         // The raw bytes are still readable, and so are the other tensors.
@@ -1783,6 +1783,48 @@ mod tests {
 
     fn ids_of(tok: &tokenizers::Tokenizer, text: &str) -> Vec<u32> {
         tok.encode(text, false).unwrap().get_ids().to_vec()
+    }
+
+    /// Llama 3's pre-tokenizer (`llama-bpe`): contractions in either case, digits in groups
+    /// of three, a run of spaces split before its last, line breaks apart from the spaces
+    /// after them; GPT-2's regex splits the same text otherwise.
+    #[test]
+    fn llama3_pre_tokenizer_splits_as_llama3_does() {
+        use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+        let pieces = |pre: &str| {
+            let f = parse_bytes(&tiny_tokenizer_file(Some(pre), "gpt2").bytes()).unwrap();
+            let tok = f.tokenizer().unwrap();
+            let mut s = PreTokenizedString::from("I'M 12345 don't\n\n  x");
+            tok.get_pre_tokenizer()
+                .unwrap()
+                .pre_tokenize(&mut s)
+                .unwrap();
+            (s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+                .into_iter())
+            .map(|(piece, _, _)| piece.to_string())
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pieces("llama-bpe"),
+            ["I", "'M", "Ġ", "123", "45", "Ġdon", "'t", "ĊĊ", "Ġ", "Ġx"]
+        );
+        assert_eq!(
+            pieces("gpt2"),
+            ["I", "'", "M", "Ġ12345", "Ġdon", "'t", "ĊĊĠ", "Ġx"]
+        );
+        let f = parse_bytes(&tiny_tokenizer_file(Some("llama-bpe"), "gpt2").bytes()).unwrap();
+        let tok = f.tokenizer().unwrap();
+        let id = |b: u8| {
+            byte_chars()
+                .iter()
+                .position(|&c| c == byte_chars()[b as usize])
+                .unwrap() as u32
+        };
+        // "hello", " hello", " ", "123" (the "12" merge, then "3").
+        assert_eq!(
+            ids_of(&tok, "hello hello 123"),
+            [259, 260, id(b' '), 261, id(b'3')]
+        );
     }
 
     #[test]

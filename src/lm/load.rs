@@ -249,6 +249,7 @@ pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transform
         norm_eps: cfg_f64(&cfg, "layer_norm_epsilon", 1e-5),
         activation,
         rope_theta: None,
+        rope_scaling: None,
         bos_token_id: Some(
             cfg.get("bos_token_id")
                 .and_then(|v| v.as_u64())
@@ -443,6 +444,7 @@ pub fn tl_from_pth(
             .unwrap_or(1e-5),
         activation,
         rope_theta: None,
+        rope_scaling: None,
         bos_token_id: None,
         // Set from the tokenizer, as BOS is (`lm::load_from_path`).
         eos_token_ids: Vec::new(),
@@ -648,12 +650,7 @@ fn build_llama(
     } else {
         mat("lm_head.weight", v, d)?
     };
-    let positions = super::transformer::rotary_tables(
-        config.n_ctx,
-        dh,
-        config.rope_theta.unwrap_or(10000.0),
-        device,
-    );
+    let positions = super::transformer::rotary_tables(&config, device);
     Ok(Transformer {
         w_e,
         positions,
@@ -778,7 +775,7 @@ pub fn llama_from_gguf(
             });
         }
     };
-    let config = TransformerConfig {
+    let mut config = TransformerConfig {
         name: name.to_string(),
         family: Family::Llama,
         n_layers: size("block_count")?,
@@ -794,6 +791,7 @@ pub fn llama_from_gguf(
             .unwrap_or(1e-5),
         activation: Activation::Silu,
         rope_theta: Some(gguf.get_f64(&key("rope.freq_base")).unwrap_or(10000.0)),
+        rope_scaling: None,
         bos_token_id: gguf.bos_token_id(),
         eos_token_ids: gguf.eos_token_id().into_iter().collect(),
         attn_only: false,
@@ -823,6 +821,21 @@ pub fn llama_from_gguf(
             n_ctx: key("context_length"),
         },
     )?;
+    // Llama 3.1's scaled rotary frequencies, as llama.cpp's converter writes them: one
+    // factor per frequency, each dividing it.
+    if file.contains("rope_freqs.weight") {
+        let factors = file.read_shaped("rope_freqs.weight", &[d_head / 2])?.data;
+        if let Some(bad) = factors.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+            return Err(LoadError::Format {
+                path: path.to_path_buf(),
+                format: "GGUF",
+                message: format!("tensor 'rope_freqs.weight' holds {bad}, not a positive factor"),
+            });
+        }
+        config.rope_scaling = Some(super::transformer::RopeScaling::Factors(
+            factors.iter().map(|&x| f64::from(x)).collect(),
+        ));
+    }
     let tokenizer = gguf.tokenizer()?;
     let tied = !file.contains("output.weight");
     let src = LlamaSource {
@@ -843,6 +856,54 @@ pub fn llama_from_gguf(
         tokenizer,
         source: path.to_path_buf(),
     })
+}
+
+/// The rotary scaling a Llama `config.json` asks for: `None` for plain rotary, Llama 3.1's
+/// (`rope_type: "llama3"`, in transformers 5's `rope_parameters` or the older
+/// `rope_scaling`), or an error naming any other kind, which the forward does not implement.
+fn rope_scaling_of(
+    cfg: &std::collections::BTreeMap<String, serde_json::Value>,
+    cfg_path: &Path,
+) -> Result<Option<super::transformer::RopeScaling>, LoadError> {
+    let kind_of = |v: &serde_json::Value| {
+        (v.get("rope_type").or_else(|| v.get("type")))
+            .and_then(|t| t.as_str())
+            .unwrap_or("default")
+            .to_string()
+    };
+    let (what, params) = match (cfg.get("rope_scaling"), cfg.get("rope_parameters")) {
+        (Some(v), _) if !v.is_null() => ("rope_scaling", v),
+        (_, Some(v)) if kind_of(v) != "default" => ("rope_parameters", v),
+        _ => return Ok(None),
+    };
+    let error = |message: String| LoadError::Config {
+        path: cfg_path.to_path_buf(),
+        message,
+    };
+    let kind = kind_of(params);
+    if kind != "llama3" {
+        return Err(error(format!(
+            "rope scaling '{kind}' ({what}) is not supported; only plain rotary and Llama 3.1's \
+             ('llama3')"
+        )));
+    }
+    let number = |key: &str| {
+        (params.get(key).and_then(|v| v.as_f64()))
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .ok_or_else(|| error(format!("{what}.{key} must be a positive number")))
+    };
+    let (low, high) = (number("low_freq_factor")?, number("high_freq_factor")?);
+    if high <= low {
+        return Err(error(format!(
+            "{what}.high_freq_factor ({high}) must be above low_freq_factor ({low})"
+        )));
+    }
+    Ok(Some(super::transformer::RopeScaling::Llama3 {
+        factor: number("factor")?,
+        low_freq_factor: low,
+        high_freq_factor: high,
+        original_context: number("original_max_position_embeddings")?,
+    }))
 }
 
 /// A Llama-family Hugging Face directory: `config.json` + `model.safetensors`.
@@ -866,19 +927,7 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
     // transformers < 5 writes `rope_theta` / `rope_scaling` at the top level; 5.x nests them
     // in `rope_parameters` (`rope_type: "default"` for plain rotary).
     let rope = cfg.get("rope_parameters");
-    let rope_type = rope
-        .and_then(|r| r.get("rope_type"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("default");
-    if cfg.get("rope_scaling").is_some_and(|v| !v.is_null()) || rope_type != "default" {
-        return Err(LoadError::Config {
-            path: cfg_path,
-            message: format!(
-                "rope scaling is not supported (rope_scaling set, or rope_parameters.rope_type \
-                 '{rope_type}'); only plain rotary"
-            ),
-        });
-    }
+    let rope_scaling = rope_scaling_of(&cfg, &cfg_path)?;
     for key in ["attention_bias", "mlp_bias"] {
         if cfg.get(key).and_then(|v| v.as_bool()) == Some(true) {
             return Err(LoadError::Config {
@@ -906,6 +955,7 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
         norm_eps: cfg_f64(&cfg, "rms_norm_eps", 1e-5),
         activation: Activation::Silu,
         rope_theta: Some(rope_theta),
+        rope_scaling,
         bos_token_id: cfg
             .get("bos_token_id")
             .and_then(|v| v.as_u64())
@@ -1020,12 +1070,7 @@ pub fn random(config: TransformerConfig, seed: u64, device: &Device) -> Transfor
         .collect();
     let w_e: Tensor<2> = normal(&[v, d]).into_tensor(device);
     let positions = if llama {
-        super::transformer::rotary_tables(
-            config.n_ctx,
-            dh,
-            config.rope_theta.unwrap_or(1e4),
-            device,
-        )
+        super::transformer::rotary_tables(&config, device)
     } else {
         Positions::Learned(normal(&[config.n_ctx, d]).into_tensor(device))
     };
@@ -1057,6 +1102,7 @@ pub fn gpt2_small_config() -> TransformerConfig {
         norm_eps: 1e-5,
         activation: Activation::GeluNew,
         rope_theta: None,
+        rope_scaling: None,
         bos_token_id: Some(50256),
         eos_token_ids: vec![50256],
         attn_only: false,

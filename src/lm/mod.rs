@@ -1,5 +1,6 @@
 //! LM stage: transformer language models in burn with hook points, and their loaders.
 
+mod dequant;
 pub mod gguf;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod head_scores;

@@ -34,6 +34,9 @@ pub struct TransformerConfig {
     pub activation: Activation,
     /// Rotary base (Llama family only).
     pub rope_theta: Option<f64>,
+    /// How the rotary frequencies are scaled, if they are (Llama 3.1 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
     /// Token prepended to every context window, if any.
     pub bos_token_id: Option<u32>,
     /// Tokens that end a text: generation stops at them (`live::steer`).
@@ -49,6 +52,49 @@ pub struct TransformerConfig {
     /// nothing).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_norms: bool,
+}
+
+/// A Llama checkpoint's scaling of its rotary frequencies `theta^(-2i / d_head)`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum RopeScaling {
+    /// Llama 3.1's (`rope_type: "llama3"` in `config.json`): a frequency whose wavelength
+    /// `2 pi / f` is over `original_context / low_freq_factor` is divided by `factor`, one
+    /// under `original_context / high_freq_factor` kept, and one between blended linearly in
+    /// `original_context / wavelength`.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_context: f64,
+    },
+    /// Each frequency divided by its own factor (a GGUF's `rope_freqs.weight`, which
+    /// llama.cpp's converter writes for Llama 3.1 from the rule above).
+    Factors(Vec<f64>),
+}
+
+impl RopeScaling {
+    /// Frequency `f` (of index `i`) as scaled.
+    pub fn scale(&self, i: usize, f: f64) -> f64 {
+        match self {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_context: ctx,
+            } => {
+                let wavelength = 2.0 * std::f64::consts::PI / f;
+                if wavelength < ctx / high {
+                    f
+                } else if wavelength > ctx / low {
+                    f / factor
+                } else {
+                    let smooth = (ctx / wavelength - low) / (high - low);
+                    (1.0 - smooth) * f / factor + smooth * f
+                }
+            }
+            RopeScaling::Factors(factors) => f / factors[i],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -1011,18 +1057,25 @@ fn head_mask(n_heads: usize, head: usize, device: &Device) -> Tensor<1, Bool> {
     Tensor::from_data(TensorData::new(mask, [n_heads]), device)
 }
 
-/// Rotary tables `[n_ctx, d_head]` (half-split layout) for base `theta`, built for the
-/// whole context at once: the loaders cap `n_ctx` at [`super::load::MAX_CONTEXT`] and
-/// require an even `d_head >= 2` before calling this.
-pub(crate) fn rotary_tables(n_ctx: usize, d_head: usize, theta: f64, device: &Device) -> Positions {
+/// Rotary tables `[n_ctx, d_head]` (half-split layout) for the config's base and scaling,
+/// built for the whole context at once: the loaders cap `n_ctx` at
+/// [`super::load::MAX_CONTEXT`], require an even `d_head >= 2` and give
+/// [`RopeScaling::Factors`] `d_head / 2` factors before calling this.
+pub(crate) fn rotary_tables(config: &TransformerConfig, device: &Device) -> Positions {
+    let (n_ctx, d_head) = (config.n_ctx, config.d_head);
+    let theta = config.rope_theta.unwrap_or(1e4);
     let half = d_head / 2;
+    let freqs: Vec<f64> = (0..half)
+        .map(|i| {
+            let f = theta.powf(-2.0 * i as f64 / d_head as f64);
+            config.rope_scaling.as_ref().map_or(f, |s| s.scale(i, f))
+        })
+        .collect();
     let mut cos = Vec::with_capacity(n_ctx * d_head);
     let mut sin = Vec::with_capacity(n_ctx * d_head);
     for p in 0..n_ctx {
         for j in 0..d_head {
-            let i = j % half;
-            let freq = theta.powf(-2.0 * i as f64 / d_head as f64);
-            let angle = p as f64 * freq;
+            let angle = p as f64 * freqs[j % half];
             cos.push(angle.cos() as f32);
             sin.push(angle.sin() as f32);
         }
@@ -1165,6 +1218,7 @@ mod tests {
             norm_eps: 1e-5,
             activation: Activation::GeluNew,
             rope_theta: None,
+            rope_scaling: None,
             bos_token_id: Some(0),
             eos_token_ids: Vec::new(),
             attn_only: false,
@@ -1219,6 +1273,7 @@ mod tests {
                 norm_eps: 1e-5,
                 activation,
                 rope_theta,
+                rope_scaling: None,
                 bos_token_id: Some(0),
                 eos_token_ids: Vec::new(),
                 attn_only: false,
@@ -1557,6 +1612,7 @@ mod tests {
             norm_eps: 1e-5,
             activation,
             rope_theta: (family == Family::Llama).then_some(1e4),
+            rope_scaling: None,
             bos_token_id: Some(0),
             eos_token_ids: Vec::new(),
             attn_only: false,
