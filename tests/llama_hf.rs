@@ -55,6 +55,64 @@ fn llama3_rope_scaling_matches_transformers_from_config_and_gguf() {
     check_against_reference(&llama3.join("model.gguf"), "llama3_tiny", None);
 }
 
+/// A checkpoint in shards (`model.safetensors.index.json` and the files its `weight_map`
+/// names, as larger models come) loads as the single file does; a shard missing, or named
+/// by a path out of the directory, is refused before anything is read.
+#[test]
+fn sharded_safetensors_load_as_the_single_file() {
+    let dir = assembled_copy("sharded", &fixture(DIR).join("config.json"), |_| {});
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let shard_of = |name: &str| match name.contains("layers.1.") || name.starts_with("lm_head") {
+        true => "model-00002-of-00002.safetensors",
+        false => "model-00001-of-00002.safetensors",
+    };
+    let mut map = serde_json::Map::new();
+    for file in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        let part: Vec<_> = (st.tensors().into_iter())
+            .filter(|(name, _)| shard_of(name) == file)
+            .collect();
+        assert!(!part.is_empty());
+        for (name, _) in &part {
+            map.insert(name.clone(), serde_json::json!(file));
+        }
+        std::fs::write(dir.join(file), safetensors::serialize(part, None).unwrap()).unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    check_against_reference(&dir, DIR, None);
+
+    // A shard missing is named.
+    let second = dir.join("model-00002-of-00002.safetensors");
+    std::fs::rename(&second, dir.join("elsewhere")).unwrap();
+    let err = lm::load_from_path(&dir, "t", &Device::flex())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("model-00002-of-00002.safetensors"),
+        "{err}"
+    );
+    std::fs::rename(dir.join("elsewhere"), &second).unwrap();
+    // A shard named by a path out of the directory is refused.
+    let (tensor, _) = map.iter().next().unwrap();
+    let mut escaping = map.clone();
+    escaping.insert(tensor.clone(), serde_json::json!("../model.safetensors"));
+    let index = serde_json::json!({"weight_map": escaping});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let err = lm::load_from_path(&dir, "t", &Device::flex())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("not a .safetensors file name"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The model at `path` (a directory or a GGUF) gives `reference`'s logits, losses and
 /// hook_z on every test device; its rotary scaling is `scaling` where one is given.
 fn check_against_reference(

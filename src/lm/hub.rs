@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::weights::LoadError;
+use super::weights::{HF_WEIGHTS_INDEX, LoadError};
 
 pub use super::expand_alias;
 
@@ -35,6 +35,16 @@ fn needed_files(config: Option<&serde_json::Value>, siblings: &[String]) -> Vec<
         }
     } else if siblings.iter().any(|f| f == "model.safetensors") {
         files.push("model.safetensors".into());
+    } else if siblings.iter().any(|f| f == HF_WEIGHTS_INDEX) {
+        // A sharded checkpoint: the index and its shards (`model-00001-of-00002.safetensors`).
+        files.push(HF_WEIGHTS_INDEX.into());
+        files.extend(
+            (siblings.iter())
+                .filter(|f| {
+                    !f.contains('/') && f.starts_with("model-") && f.ends_with(".safetensors")
+                })
+                .cloned(),
+        );
     }
     for extra in ["tokenizer.json", "tokenizer_config.json"] {
         if siblings.iter().any(|f| f == extra) {
@@ -454,6 +464,31 @@ mod tests {
         assert_eq!(
             needed_files(Some(&cfg), &siblings),
             vec!["config.json", "model.safetensors", "tokenizer.json"]
+        );
+    }
+
+    #[test]
+    fn sharded_hf_repos_fetch_the_index_and_every_shard() {
+        let cfg = serde_json::json!({"model_type": "llama"});
+        let siblings: Vec<String> = [
+            "config.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "original/consolidated.00.pth",
+            "tokenizer.json",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            needed_files(Some(&cfg), &siblings),
+            vec![
+                "config.json",
+                "model.safetensors.index.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors",
+                "tokenizer.json"
+            ]
         );
     }
 

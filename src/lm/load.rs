@@ -192,7 +192,8 @@ fn z_fold(
     fold.reshape([n_heads, d_head])
 }
 
-/// GPT-2 family from a Hugging Face directory: `config.json` + `model.safetensors`.
+/// GPT-2 family from a Hugging Face directory: `config.json` + `model.safetensors` (or its
+/// shards, [`super::weights::HfWeights`]).
 /// Accepts the hub layout (no prefix, `attn.bias` buffers) and `save_pretrained`'s
 /// (`transformer.` prefix, no buffers).
 pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transformer, LoadError> {
@@ -261,14 +262,7 @@ pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transform
         no_norms: false,
     };
 
-    let weights_path = dir.join("model.safetensors");
-    if !crate::vfs::exists(&weights_path) {
-        return Err(LoadError::NoWeights {
-            dir: dir.to_path_buf(),
-            looked_for: "model.safetensors".into(),
-        });
-    }
-    let file = WeightFile::open(&weights_path)?;
+    let file = super::weights::HfWeights::open(dir)?;
     let prefix = if file.contains("transformer.wte.weight") {
         "transformer."
     } else {
@@ -906,7 +900,8 @@ fn rope_scaling_of(
     }))
 }
 
-/// A Llama-family Hugging Face directory: `config.json` + `model.safetensors`.
+/// A Llama-family Hugging Face directory: `config.json` + `model.safetensors` (or its
+/// shards, [`super::weights::HfWeights`]).
 pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transformer, LoadError> {
     let cfg_path = dir.join("config.json");
     let cfg = read_json_config(&cfg_path)?;
@@ -991,14 +986,7 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
         .get("tie_word_embeddings")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
-    let weights_path = dir.join("model.safetensors");
-    if !crate::vfs::exists(&weights_path) {
-        return Err(LoadError::NoWeights {
-            dir: dir.to_path_buf(),
-            looked_for: "model.safetensors".into(),
-        });
-    }
-    let file = WeightFile::open(&weights_path)?;
+    let file = super::weights::HfWeights::open(dir)?;
     let src = LlamaSource {
         get: Box::new(|n: &str, shape: &[usize]| file.read_shaped(n, shape)),
     };

@@ -149,7 +149,9 @@ pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<Loaded
     if !crate::vfs::exists(&cfg_path) {
         return Err(LoadError::NoWeights {
             dir: path.to_path_buf(),
-            looked_for: "config.json with model.safetensors or *.pth, or a .gguf file".into(),
+            looked_for: "config.json with model.safetensors (or its shards) or *.pth, or a .gguf \
+                         file"
+                .into(),
         });
     }
     let cfg = weights::read_json_config(&cfg_path)?;
@@ -209,7 +211,11 @@ pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<Loaded
     Ok(LoadedModel {
         transformer,
         tokenizer,
-        source: path.join("model.safetensors"),
+        source: [weights::HF_WEIGHTS, weights::HF_WEIGHTS_INDEX]
+            .map(|f| path.join(f))
+            .into_iter()
+            .find(|p| crate::vfs::exists(p))
+            .unwrap_or_else(|| path.join(weights::HF_WEIGHTS)),
     })
 }
 

@@ -73,6 +73,124 @@ impl HostArray {
     }
 }
 
+/// A Hugging Face directory's weights: `model.safetensors`, or the shards its
+/// `model.safetensors.index.json` names (`weight_map`: tensor -> file), which checkpoints
+/// over about 5 GB come in (Llama 3.2 3B and up). Each shard is opened when a tensor of it
+/// is first read, and only the last one opened stays open.
+pub struct HfWeights {
+    dir: PathBuf,
+    single: Option<WeightFile>,
+    shard_of: BTreeMap<String, String>,
+    open: std::cell::RefCell<Option<(String, WeightFile)>>,
+}
+
+/// The single-file weights of a Hugging Face directory.
+pub const HF_WEIGHTS: &str = "model.safetensors";
+/// The index of a sharded one.
+pub const HF_WEIGHTS_INDEX: &str = "model.safetensors.index.json";
+
+impl HfWeights {
+    /// `dir`'s weights; an error names what is missing (the file, the index, or a shard
+    /// the index names) or wrong in the index, before any shard is read.
+    pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        let single = dir.join(HF_WEIGHTS);
+        let index = dir.join(HF_WEIGHTS_INDEX);
+        let missing = |what: String| LoadError::NoWeights {
+            dir: dir.to_path_buf(),
+            looked_for: what,
+        };
+        let mut weights = Self {
+            dir: dir.to_path_buf(),
+            single: None,
+            shard_of: BTreeMap::new(),
+            open: Default::default(),
+        };
+        if crate::vfs::exists(&single) {
+            weights.single = Some(WeightFile::open(&single)?);
+            return Ok(weights);
+        }
+        if !crate::vfs::exists(&index) {
+            return Err(missing(format!(
+                "{HF_WEIGHTS} (or {HF_WEIGHTS_INDEX} and the shards it names)"
+            )));
+        }
+        let bad = |message: String| LoadError::Format {
+            path: index.clone(),
+            format: "safetensors index",
+            message,
+        };
+        let bytes = crate::vfs::read(&index).map_err(|source| LoadError::Io {
+            path: index.clone(),
+            source,
+        })?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let map = (json.get("weight_map").and_then(|m| m.as_object()))
+            .ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+        for (tensor, file) in map {
+            let file = file
+                .as_str()
+                .ok_or_else(|| bad(format!("the file of '{tensor}' is not a string")))?;
+            // A shard is a file beside the index, never a path elsewhere.
+            if Path::new(file).file_name().and_then(|n| n.to_str()) != Some(file)
+                || !file.ends_with(".safetensors")
+            {
+                return Err(bad(format!(
+                    "'{file}' (for '{tensor}') is not a .safetensors file name"
+                )));
+            }
+            weights.shard_of.insert(tensor.clone(), file.to_string());
+        }
+        let shards: std::collections::BTreeSet<&String> = weights.shard_of.values().collect();
+        if shards.is_empty() {
+            return Err(bad("\"weight_map\" is empty".into()));
+        }
+        if let Some(absent) = shards.iter().find(|f| !crate::vfs::exists(&dir.join(f))) {
+            return Err(missing(format!("{absent} (named by {HF_WEIGHTS_INDEX})")));
+        }
+        Ok(weights)
+    }
+
+    /// Whether the weights hold tensor `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.single {
+            Some(file) => file.contains(name),
+            None => self.shard_of.contains_key(name),
+        }
+    }
+
+    /// Reads a tensor and checks its shape, from its shard where the weights are sharded.
+    pub fn read_shaped(&self, name: &str, expected: &[usize]) -> Result<HostArray, LoadError> {
+        if let Some(file) = &self.single {
+            return file.read_shaped(name, expected);
+        }
+        let shard = self
+            .shard_of
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                path: self.dir.join(HF_WEIGHTS_INDEX),
+                tensor: name.to_string(),
+            })?;
+        let mut open = self.open.borrow_mut();
+        if open.as_ref().is_none_or(|(f, _)| f != shard) {
+            *open = None; // the shard before is dropped before the next is read
+            *open = Some((shard.clone(), WeightFile::open(&self.dir.join(shard))?));
+        }
+        let (_, file) = open.as_ref().expect("opened above");
+        file.read_shaped(name, expected)
+    }
+
+    /// Reads a tensor, checks its shape and puts it on `device`.
+    pub fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        expected: [usize; D],
+        device: &Device,
+    ) -> Result<Tensor<D>, LoadError> {
+        Ok(self.read_shaped(name, &expected)?.into_tensor(device))
+    }
+}
+
 enum Backing {
     Safetensors(Vec<u8>),
     #[cfg(not(target_arch = "wasm32"))]
