@@ -3,7 +3,8 @@
 //! Llama with grouped-query attention (4 query heads, 2 key/value heads), an untied
 //! `lm_head` and bfloat16 weights, on the CPU backend and on wgpu when available; and the
 //! same weights with Llama 3.1's rotary scaling (`llama3_tiny`), from `config.json` and from
-//! a GGUF laid out as llama.cpp's converter writes it (`rope_freqs.weight`).
+//! a GGUF laid out as llama.cpp's converter writes it (`rope_freqs.weight`); and a tiny
+//! Qwen2 (q/k/v biases, tied embedding, Qwen2's pre-tokenizer) from its directory and GGUF.
 
 mod common;
 
@@ -53,6 +54,100 @@ fn llama3_rope_scaling_matches_transformers_from_config_and_gguf() {
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&legacy).ok();
     check_against_reference(&llama3.join("model.gguf"), "llama3_tiny", None);
+}
+
+/// Qwen2 (Qwen2.5's architecture: Llama with biases on q, k and v, here with the lm_head
+/// tied): the Hugging Face directory and the GGUF as llama.cpp's converter writes it (`qwen2`
+/// architecture, q/k not permuted) give transformers' logits and hook_z; without the biases
+/// the logits are 2.0 away (the fixture's `no_qkv_bias` mutation). Both tokenizers give
+/// transformers' ids for texts where Qwen2's split (digits one by one) and NFC matter.
+#[test]
+fn qwen2_matches_transformers_from_hf_and_gguf() {
+    let qwen2 = fixture("qwen2_tiny");
+    // The directory without its GGUF, which a directory holding one would load instead.
+    let hf = qwen2_hf_copy("hf", |_| {});
+    check_against_reference(&hf, "qwen2_tiny", None);
+    check_against_reference(&qwen2.join("model.gguf"), "qwen2_tiny", None);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(qwen2.join("reference.json")).unwrap()).unwrap();
+    let checks = meta["tokenizer_checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 3);
+    for path in [hf.clone(), qwen2.join("model.gguf")] {
+        let loaded = lm::load_from_path(&path, "qwen2-tiny", &Device::flex()).unwrap();
+        for check in checks {
+            let text = check["text"].as_str().unwrap();
+            let ids: Vec<u32> = serde_json::from_value(check["ids"].clone()).unwrap();
+            let got = loaded.tokenizer.encode(text, false).unwrap();
+            assert_eq!(got.get_ids(), ids, "{} {text:?}", path.display());
+        }
+    }
+    std::fs::remove_dir_all(&hf).ok();
+}
+
+/// qwen2_tiny's weights and tokenizer with its `config.json` edited by `edit`.
+fn qwen2_hf_copy(
+    tag: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> PathBuf {
+    let qwen2 = fixture("qwen2_tiny");
+    assembled_copy_from(
+        &qwen2,
+        &format!("qwen2-{tag}"),
+        &qwen2.join("config.json"),
+        edit,
+    )
+}
+
+/// A Qwen2 whose layers attend to a sliding window (`use_sliding_window`, or `layer_types`
+/// naming one) is cut to that window as its context: sequences within it give transformers'
+/// values (full causal attention there), longer ones are refused rather than run wrongly.
+#[test]
+fn sliding_window_configs_cut_the_context_to_the_window() {
+    type Config = serde_json::Map<String, serde_json::Value>;
+    type Edit = fn(&mut Config);
+    let edits: [(&str, Edit); 2] = [
+        ("use-sliding", |cfg| {
+            cfg.remove("layer_types");
+            cfg.insert("use_sliding_window".into(), serde_json::json!(true));
+            cfg.insert("sliding_window".into(), serde_json::json!(12));
+        }),
+        ("layer-types", |cfg| {
+            cfg.insert(
+                "layer_types".into(),
+                serde_json::json!(["full_attention", "sliding_attention"]),
+            );
+            cfg.insert("sliding_window".into(), serde_json::json!(12));
+        }),
+    ];
+    let reference = Reference::load("qwen2_tiny/reference.safetensors");
+    for (tag, edit) in edits {
+        let dir = qwen2_hf_copy(tag, edit);
+        let loaded = lm::load_from_path(&dir, "t", &Device::flex());
+        std::fs::remove_dir_all(&dir).ok();
+        let model = loaded.unwrap().transformer;
+        assert_eq!(model.config.n_ctx, 12, "{tag}");
+        // The 9-token sequence is inside the window: transformers' logits.
+        let ids = reference.tokens("seq0.tokens");
+        let tokens = model.tokens(&[ids]).unwrap();
+        let hooks = HookRequest {
+            logits: true,
+            ..Default::default()
+        };
+        let logits = model
+            .run(tokens.clone(), &hooks, None)
+            .unwrap()
+            .logits
+            .unwrap();
+        let tag_of = |what: &str| format!("{tag} {what}");
+        check_logits_and_ce(&tag_of, 0, logits, tokens, &reference, TOL);
+        // The 20-token one is not.
+        let long = model.tokens(&[reference.tokens("seq1.tokens")]).unwrap();
+        let err = model
+            .run(long, &hooks, None)
+            .err()
+            .expect("20 tokens ran in a window of 12");
+        assert!(err.to_string().contains("context of 12"), "{tag}: {err}");
+    }
 }
 
 /// A checkpoint in shards (`model.safetensors.index.json` and the files its `weight_map`
@@ -180,10 +275,21 @@ fn assembled_copy(
     config: &std::path::Path,
     edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
 ) -> PathBuf {
+    assembled_copy_from(&fixture(DIR), tag, config, edit)
+}
+
+/// The weights and tokenizer in `weights` with the `config.json` at `config`, edited by
+/// `edit`, in a fresh directory.
+fn assembled_copy_from(
+    weights: &std::path::Path,
+    tag: &str,
+    config: &std::path::Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("attn-saes-llama-hf-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fixture(DIR).join(f), dir.join(f)).unwrap();
+        std::fs::copy(weights.join(f), dir.join(f)).unwrap();
     }
     let text = std::fs::read_to_string(config).unwrap();
     let mut cfg: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();

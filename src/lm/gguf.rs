@@ -45,6 +45,9 @@ pub const SUPPORTED_TYPES: [GgmlType; 15] = {
 /// and spaces (all but the last of a run, which goes with what follows).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen2's (its tokenizer.json's, llama.cpp's `QWEN2`): Llama 3's with digits one at a time.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 const MAGIC: &[u8; 4] = b"GGUF";
 /// ggml's `GGML_MAX_DIMS`.
 const MAX_DIMS: u32 = 4;
@@ -103,7 +106,7 @@ pub enum GgufError {
         expected: &'static str,
         found: String,
     },
-    #[error("{}: unsupported tokenizer (tokenizer.ggml.model = '{model}', tokenizer.ggml.pre = '{pre}'); supported: model 'gpt2' (byte-level BPE) with pre 'smollm', 'llama-bpe', 'gpt2' or 'default'", .path.display())]
+    #[error("{}: unsupported tokenizer (tokenizer.ggml.model = '{model}', tokenizer.ggml.pre = '{pre}'); supported: model 'gpt2' (byte-level BPE) with pre 'smollm', 'llama-bpe', 'qwen2', 'gpt2' or 'default'", .path.display())]
     UnsupportedTokenizer {
         path: PathBuf,
         model: String,
@@ -1032,8 +1035,9 @@ impl GgufFile {
     ///
     /// Supported: `tokenizer.ggml.model = "gpt2"` (byte-level BPE) with
     /// `tokenizer.ggml.pre` "smollm" (digits split individually, then GPT-2
-    /// byte-level splitting), or "gpt2" / "default" / absent (plain GPT-2
-    /// byte-level). Tokens of type 3 (control) become special added tokens,
+    /// byte-level splitting), "llama-bpe" (Llama 3's split), "qwen2" (Qwen2's split after
+    /// Unicode NFC, as its tokenizer.json has it), or "gpt2" / "default" / absent (plain
+    /// GPT-2 byte-level). Tokens of type 3 (control) become special added tokens,
     /// type 4 (user-defined) plain added tokens. No BOS/EOS post-processing
     /// is attached: see [`GgufFile::add_bos`] and [`GgufFile::bos_token_id`].
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer, GgufError> {
@@ -1067,13 +1071,18 @@ impl GgufFile {
         let pre_tokenizer: PreTokenizerWrapper = match pre {
             "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
             "gpt2" | "default" => byte_level.into(),
-            "llama-bpe" => {
+            "llama-bpe" | "qwen2" => {
+                let pattern = if pre == "qwen2" {
+                    QWEN2_SPLIT
+                } else {
+                    LLAMA3_SPLIT
+                };
                 let split = Split::new(
-                    SplitPattern::Regex(LLAMA3_SPLIT.into()),
+                    SplitPattern::Regex(pattern.into()),
                     SplitDelimiterBehavior::Isolated,
                     false,
                 )
-                .map_err(|e| tok_err(format!("Llama 3's split: {e}")))?;
+                .map_err(|e| tok_err(format!("the '{pre}' split: {e}")))?;
                 let bytes = ByteLevel::new(false, true, false);
                 Sequence::new(vec![split.into(), bytes.into()]).into()
             }
@@ -1112,6 +1121,10 @@ impl GgufFile {
             .map_err(|e| tok_err(format!("BPE model: {e}")))?;
         let mut tokenizer = tokenizers::Tokenizer::new(bpe);
         tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+        if pre == "qwen2" {
+            (tokenizer.with_normalizer(Some(tokenizers::normalizers::unicode::NFC)))
+                .map_err(|e| tok_err(format!("NFC normalizer: {e}")))?;
+        }
         tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
 
         if self.get("tokenizer.ggml.token_type").is_some() {
@@ -1869,7 +1882,7 @@ mod tests {
         assert!(matches!(e, GgufError::UnsupportedTokenizer { .. }), "{e}");
         assert!(e.to_string().contains("'llama'"), "{e}");
         assert!(f.add_bos());
-        let f = parse_bytes(&tiny_tokenizer_file(Some("qwen2"), "gpt2").bytes()).unwrap();
+        let f = parse_bytes(&tiny_tokenizer_file(Some("deepseek-llm"), "gpt2").bytes()).unwrap();
         assert!(matches!(
             f.tokenizer(),
             Err(GgufError::UnsupportedTokenizer { .. })

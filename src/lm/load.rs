@@ -573,10 +573,19 @@ struct LlamaSource<'a> {
     get: ReadWeight<'a>,
 }
 
+/// Which attention projections carry biases: Qwen2's q, k and v; a Llama with
+/// `attention_bias` also its output.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct AttnBiases {
+    qkv: bool,
+    o: bool,
+}
+
 fn build_llama(
     config: TransformerConfig,
     src: &LlamaSource,
     tied: bool,
+    biases: AttnBiases,
     device: &Device,
 ) -> Result<Transformer, LoadError> {
     let (d, h, hkv, dh, d_mlp, v) = (
@@ -607,6 +616,21 @@ fn build_llama(
             ],
             1,
         );
+        let b_qkv = match biases.qkv {
+            true => Some(Tensor::cat(
+                vec![
+                    vec1(&format!("{p}self_attn.q_proj.bias"), h * dh)?,
+                    vec1(&format!("{p}self_attn.k_proj.bias"), hkv * dh)?,
+                    vec1(&format!("{p}self_attn.v_proj.bias"), hkv * dh)?,
+                ],
+                0,
+            )),
+            false => None,
+        };
+        let b_o = match biases.o {
+            true => Some(vec1(&format!("{p}self_attn.o_proj.bias"), d)?),
+            false => None,
+        };
         let w_gate_up = Tensor::cat(
             vec![
                 mat(&format!("{p}mlp.gate_proj.weight"), d_mlp, d)?,
@@ -621,9 +645,9 @@ fn build_llama(
             },
             attn: Attention {
                 w_qkv,
-                b_qkv: None,
+                b_qkv,
                 w_o: mat(&format!("{p}self_attn.o_proj.weight"), d, h * dh)?,
-                b_o: None,
+                b_o,
                 z_fold: None,
             },
             mlp: Some((
@@ -661,9 +685,10 @@ fn build_llama(
 }
 
 /// Undoes llama.cpp's q/k row permutation (`convert_hf_to_gguf.py`'s `permute`), turning
-/// GGUF's adjacent-pair rotary layout into the half-split (HF) one. `a`: `[heads d_head, in]`.
+/// GGUF's adjacent-pair rotary layout into the half-split (HF) one. `a`: `[heads d_head, in]`,
+/// or a bias `[heads d_head]`.
 fn unpermute_rotary(a: &HostArray, heads: usize) -> HostArray {
-    let (rows, cols) = (a.shape[0], a.shape[1]);
+    let (rows, cols) = (a.shape[0], a.shape.get(1).copied().unwrap_or(1));
     let dh = rows / heads;
     let half = dh / 2;
     let mut out = vec![0.0; rows * cols];
@@ -690,6 +715,10 @@ fn gguf_name(hf: &str) -> String {
             "self_attn.k_proj.weight" => "attn_k.weight",
             "self_attn.v_proj.weight" => "attn_v.weight",
             "self_attn.o_proj.weight" => "attn_output.weight",
+            "self_attn.q_proj.bias" => "attn_q.bias",
+            "self_attn.k_proj.bias" => "attn_k.bias",
+            "self_attn.v_proj.bias" => "attn_v.bias",
+            "self_attn.o_proj.bias" => "attn_output.bias",
             "post_attention_layernorm.weight" => "ffn_norm.weight",
             "mlp.gate_proj.weight" => "ffn_gate.weight",
             "mlp.up_proj.weight" => "ffn_up.weight",
@@ -707,7 +736,8 @@ fn gguf_name(hf: &str) -> String {
     .to_string()
 }
 
-/// A Llama-architecture GGUF file (e.g. SmolLM2), with the tokenizer stored in it.
+/// A Llama-architecture GGUF file (e.g. SmolLM2), or a Qwen2 one (Qwen2.5), with the
+/// tokenizer stored in it.
 pub fn llama_from_gguf(
     path: &Path,
     name: &str,
@@ -720,12 +750,15 @@ pub fn llama_from_gguf(
         message: "not a GGUF file".into(),
     })?;
     let arch = gguf.get_str("general.architecture")?.to_string();
-    if arch != "llama" {
+    if arch != "llama" && arch != "qwen2" {
         return Err(LoadError::Config {
             path: path.to_path_buf(),
-            message: format!("architecture '{arch}' is not supported (llama)"),
+            message: format!("architecture '{arch}' is not supported (llama, qwen2)"),
         });
     }
+    // llama.cpp runs Qwen2 with half-split rotary (NEOX), so its converter leaves q and k
+    // as Hugging Face has them; a Llama's are permuted to adjacent pairs.
+    let permuted = arch == "llama";
     let key = |k: &str| format!("{arch}.{k}");
     let size = |k: &str| -> Result<usize, LoadError> {
         let v = gguf.get_u64(&key(k))?;
@@ -832,19 +865,22 @@ pub fn llama_from_gguf(
     }
     let tokenizer = gguf.tokenizer()?;
     let tied = !file.contains("output.weight");
+    let biases = AttnBiases {
+        qkv: file.contains("blk.0.attn_q.bias"),
+        o: file.contains("blk.0.attn_output.bias"),
+    };
     let src = LlamaSource {
         get: Box::new(|hf_name: &str, shape: &[usize]| {
             let array = file.read_shaped(&gguf_name(hf_name), shape)?;
-            Ok(if hf_name.ends_with("q_proj.weight") {
-                unpermute_rotary(&array, n_heads)
-            } else if hf_name.ends_with("k_proj.weight") {
-                unpermute_rotary(&array, n_kv_heads)
+            let q = hf_name.contains("q_proj.");
+            Ok(if permuted && (q || hf_name.contains("k_proj.")) {
+                unpermute_rotary(&array, if q { n_heads } else { n_kv_heads })
             } else {
                 array
             })
         }),
     };
-    let transformer = build_llama(config, &src, tied, device)?;
+    let transformer = build_llama(config, &src, tied, biases, device)?;
     Ok(super::LoadedModel {
         transformer,
         tokenizer,
@@ -900,11 +936,15 @@ fn rope_scaling_of(
     }))
 }
 
-/// A Llama-family Hugging Face directory: `config.json` + `model.safetensors` (or its
-/// shards, [`super::weights::HfWeights`]).
+/// A Llama-family Hugging Face directory (`model_type` llama, mistral or qwen2):
+/// `config.json` + `model.safetensors` (or its shards, [`super::weights::HfWeights`]).
 pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transformer, LoadError> {
     let cfg_path = dir.join("config.json");
     let cfg = read_json_config(&cfg_path)?;
+    let model_type = cfg
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("llama");
     let d_model = cfg_usize(&cfg, &cfg_path, &["hidden_size"])?;
     let n_heads = cfg_usize(&cfg, &cfg_path, &["num_attention_heads"])?;
     let n_kv_heads = cfg_usize(
@@ -923,14 +963,18 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
     // in `rope_parameters` (`rope_type: "default"` for plain rotary).
     let rope = cfg.get("rope_parameters");
     let rope_scaling = rope_scaling_of(&cfg, &cfg_path)?;
-    for key in ["attention_bias", "mlp_bias"] {
-        if cfg.get(key).and_then(|v| v.as_bool()) == Some(true) {
-            return Err(LoadError::Config {
-                path: cfg_path,
-                message: format!("{key} = true is not supported (Llama without biases only)"),
-            });
-        }
+    if cfg.get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(LoadError::Config {
+            path: cfg_path,
+            message: "mlp_bias = true is not supported (MLPs without biases only)".into(),
+        });
     }
+    // Qwen2 always has q/k/v biases; a Llama with `attention_bias` has o's too.
+    let attention_bias = cfg.get("attention_bias").and_then(|v| v.as_bool()) == Some(true);
+    let biases = AttnBiases {
+        qkv: model_type == "qwen2" || attention_bias,
+        o: model_type != "qwen2" && attention_bias,
+    };
     let rope_theta = cfg
         .get("rope_theta")
         .or_else(|| rope.and_then(|r| r.get("rope_theta")))
@@ -946,7 +990,9 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
         d_head,
         d_mlp: cfg_usize(&cfg, &cfg_path, &["intermediate_size"])?,
         d_vocab: cfg_usize(&cfg, &cfg_path, &["vocab_size"])?,
-        n_ctx: cfg_usize(&cfg, &cfg_path, &["max_position_embeddings"])?,
+        n_ctx: sliding_window_of(&cfg, model_type, &cfg_path)?
+            .unwrap_or(usize::MAX)
+            .min(cfg_usize(&cfg, &cfg_path, &["max_position_embeddings"])?),
         norm_eps: cfg_f64(&cfg, "rms_norm_eps", 1e-5),
         activation: Activation::Silu,
         rope_theta: Some(rope_theta),
@@ -990,7 +1036,34 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
     let src = LlamaSource {
         get: Box::new(|n: &str, shape: &[usize]| file.read_shaped(n, shape)),
     };
-    build_llama(config, &src, tied, device)
+    build_llama(config, &src, tied, biases, device)
+}
+
+/// The attention window of a config some of whose layers attend to the last
+/// `sliding_window` positions only (as `layer_types` says where given; else Mistral whenever
+/// it is set, Qwen2 with `use_sliding_window`). Within the window that is ordinary causal
+/// attention, so the model's context is cut to it and longer sequences are refused, not run
+/// wrongly.
+fn sliding_window_of(
+    cfg: &Json,
+    model_type: &str,
+    cfg_path: &Path,
+) -> Result<Option<usize>, LoadError> {
+    let slides = match (
+        cfg.get("layer_types").and_then(|v| v.as_array()),
+        model_type,
+    ) {
+        (Some(types), _) => types
+            .iter()
+            .any(|t| t.as_str() == Some("sliding_attention")),
+        (None, "mistral") => true,
+        (None, "qwen2") => cfg.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true),
+        (None, _) => false,
+    };
+    match slides && cfg.get("sliding_window").is_some_and(|v| !v.is_null()) {
+        true => cfg_usize(cfg, cfg_path, &["sliding_window"]).map(Some),
+        false => Ok(None),
+    }
 }
 
 /// A model with random weights (normal, std 0.02; norms at 1) of the given sizes, for
