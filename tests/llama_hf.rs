@@ -84,6 +84,41 @@ fn qwen2_matches_transformers_from_hf_and_gguf() {
     std::fs::remove_dir_all(&hf).ok();
 }
 
+/// A Llama with `attention_bias` (q, k, v and o biases) reads all four: qwen2_tiny's weights
+/// as such a Llama, with a zero o bias added, give qwen2_tiny's references; without the o
+/// bias in the file the loader names it.
+#[test]
+fn llama_attention_bias_reads_the_four_biases() {
+    let dir = qwen2_hf_copy("llama-bias", |cfg| {
+        cfg.insert("model_type".into(), serde_json::json!("llama"));
+        cfg.insert("attention_bias".into(), serde_json::json!(true));
+    });
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let zeros = vec![0u8; 64 * 2]; // bf16 zeros, d_model of them
+    let mut tensors = st.tensors();
+    let without = safetensors::serialize(tensors.clone(), None).unwrap();
+    for l in 0..2 {
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, vec![64], &zeros);
+        tensors.push((
+            format!("model.layers.{l}.self_attn.o_proj.bias"),
+            view.unwrap(),
+        ));
+    }
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(tensors, None).unwrap(),
+    )
+    .unwrap();
+    check_against_reference(&dir, "qwen2_tiny", None);
+    std::fs::write(dir.join("model.safetensors"), without).unwrap();
+    let err = lm::load_from_path(&dir, "t", &Device::flex())
+        .err()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(err.to_string().contains("self_attn.o_proj.bias"), "{err}");
+}
+
 /// qwen2_tiny's weights and tokenizer with its `config.json` edited by `edit`.
 fn qwen2_hf_copy(
     tag: &str,
