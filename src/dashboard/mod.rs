@@ -66,6 +66,14 @@ pub fn browser_files(model: &Path, sae_dir: &Path) -> anyhow::Result<(Vec<PathBu
         };
         vec![model.join("config.json"), pth, tokenizer]
     } else {
+        let index = model.join(crate::lm::weights::HF_WEIGHTS_INDEX);
+        anyhow::ensure!(
+            !index.is_file() || model.join(crate::lm::weights::HF_WEIGHTS).is_file(),
+            "{}: a checkpoint in shards ({}) is not read by the browser, whose WebAssembly \
+             memory ends at 4 GB; use a .gguf of the model, or a single model.safetensors",
+            model.display(),
+            crate::lm::weights::HF_WEIGHTS_INDEX
+        );
         ["config.json", "model.safetensors", "tokenizer.json"]
             .iter()
             .map(|n| model.join(n))
@@ -138,4 +146,35 @@ pub fn recorded_path(dir: &Path) -> String {
 /// The dashboard file of a run directory.
 pub fn run_dashboard_path(run_dir: &Path) -> PathBuf {
     run_dir.join(DASHBOARD_FILE)
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    /// A sharded checkpoint is refused for the browser with the reason, not as a missing
+    /// model.safetensors; a single file beside an index is taken.
+    #[test]
+    fn browser_files_refuse_a_sharded_checkpoint_by_name() {
+        let root = std::env::temp_dir().join(format!("attn-saes-shards-{}", std::process::id()));
+        let (model, sae) = (root.join("model"), root.join("sae"));
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::create_dir_all(&sae).unwrap();
+        for f in [
+            "config.json",
+            "tokenizer.json",
+            crate::lm::weights::HF_WEIGHTS_INDEX,
+        ] {
+            std::fs::write(model.join(f), "{}").unwrap();
+        }
+        for f in [crate::sae::io::CONFIG_FILE, crate::sae::io::WEIGHTS_FILE] {
+            std::fs::write(sae.join(f), "{}").unwrap();
+        }
+        let err = browser_files(&model, &sae).unwrap_err().to_string();
+        assert!(err.contains("in shards"), "{err}");
+        std::fs::write(model.join("model.safetensors"), "").unwrap();
+        let (model_files, _) = browser_files(&model, &sae).unwrap();
+        assert_eq!(model_files[1], model.join("model.safetensors"));
+        std::fs::remove_dir_all(&root).ok();
+    }
 }

@@ -268,8 +268,13 @@ pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transform
     } else {
         ""
     };
-    let t1 = |n: &str, s: usize| file.tensor::<1>(&format!("{prefix}{n}"), [s], device);
-    let t2 = |n: &str, s: [usize; 2]| file.tensor::<2>(&format!("{prefix}{n}"), s, device);
+    let read = |n: &str, s: &[usize]| file.read_shaped(n, s);
+    let t1 = |n: &str, s: usize| -> Result<Tensor<1>, LoadError> {
+        Ok(read(&format!("{prefix}{n}"), &[s])?.into_tensor(device))
+    };
+    let t2 = |n: &str, s: [usize; 2]| -> Result<Tensor<2>, LoadError> {
+        Ok(read(&format!("{prefix}{n}"), &s)?.into_tensor(device))
+    };
     let eps = config.norm_eps;
     let approximate = activation == Activation::GeluNew;
 
@@ -323,7 +328,8 @@ pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transform
         .and_then(|v| v.as_bool())
         .unwrap_or(true);
     let w_u = if !tied && file.contains("lm_head.weight") {
-        file.tensor::<2>("lm_head.weight", [d_vocab, d_model], device)?
+        read("lm_head.weight", &[d_vocab, d_model])?
+            .into_tensor::<2>(device)
             .transpose()
     } else {
         w_e.clone().transpose()

@@ -179,16 +179,6 @@ impl HfWeights {
         let (_, file) = open.as_ref().expect("opened above");
         file.read_shaped(name, expected)
     }
-
-    /// Reads a tensor, checks its shape and puts it on `device`.
-    pub fn tensor<const D: usize>(
-        &self,
-        name: &str,
-        expected: [usize; D],
-        device: &Device,
-    ) -> Result<Tensor<D>, LoadError> {
-        Ok(self.read_shaped(name, &expected)?.into_tensor(device))
-    }
 }
 
 enum Backing {
