@@ -74,10 +74,14 @@ pub fn browser_files(model: &Path, sae_dir: &Path) -> anyhow::Result<(Vec<PathBu
             model.display(),
             crate::lm::weights::HF_WEIGHTS_INDEX
         );
-        ["config.json", "model.safetensors", "tokenizer.json"]
-            .iter()
-            .map(|n| model.join(n))
-            .collect()
+        [
+            "config.json",
+            crate::lm::weights::HF_WEIGHTS,
+            "tokenizer.json",
+        ]
+        .iter()
+        .map(|n| model.join(n))
+        .collect()
     };
     let sae_files: Vec<PathBuf> = [crate::sae::io::CONFIG_FILE, crate::sae::io::WEIGHTS_FILE]
         .iter()

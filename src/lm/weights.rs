@@ -77,11 +77,15 @@ impl HostArray {
 /// `model.safetensors.index.json` names (`weight_map`: tensor -> file), which checkpoints
 /// over about 5 GB come in (Llama 3.2 3B and up). Each shard is opened when a tensor of it
 /// is first read, and only the last one opened stays open.
-pub struct HfWeights {
-    dir: PathBuf,
-    single: Option<WeightFile>,
-    shard_of: BTreeMap<String, String>,
-    open: std::cell::RefCell<Option<(String, WeightFile)>>,
+pub struct HfWeights(HfFiles);
+
+enum HfFiles {
+    Single(WeightFile),
+    Sharded {
+        dir: PathBuf,
+        shard_of: BTreeMap<String, String>,
+        open: std::cell::RefCell<Option<(String, WeightFile)>>,
+    },
 }
 
 /// The single-file weights of a Hugging Face directory.
@@ -99,15 +103,8 @@ impl HfWeights {
             dir: dir.to_path_buf(),
             looked_for: what,
         };
-        let mut weights = Self {
-            dir: dir.to_path_buf(),
-            single: None,
-            shard_of: BTreeMap::new(),
-            open: Default::default(),
-        };
         if crate::vfs::exists(&single) {
-            weights.single = Some(WeightFile::open(&single)?);
-            return Ok(weights);
+            return Ok(Self(HfFiles::Single(WeightFile::open(&single)?)));
         }
         if !crate::vfs::exists(&index) {
             return Err(missing(format!(
@@ -127,6 +124,10 @@ impl HfWeights {
             serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
         let map = (json.get("weight_map").and_then(|m| m.as_object()))
             .ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+        if map.is_empty() {
+            return Err(bad("\"weight_map\" is empty".into()));
+        }
+        let mut shard_of = BTreeMap::new();
         for (tensor, file) in map {
             let file = file
                 .as_str()
@@ -139,42 +140,45 @@ impl HfWeights {
                     "'{file}' (for '{tensor}') is not a .safetensors file name"
                 )));
             }
-            weights.shard_of.insert(tensor.clone(), file.to_string());
+            shard_of.insert(tensor.clone(), file.to_string());
         }
-        let shards: std::collections::BTreeSet<&String> = weights.shard_of.values().collect();
-        if shards.is_empty() {
-            return Err(bad("\"weight_map\" is empty".into()));
-        }
+        let shards: std::collections::BTreeSet<&String> = shard_of.values().collect();
         if let Some(absent) = shards.iter().find(|f| !crate::vfs::exists(&dir.join(f))) {
             return Err(missing(format!("{absent} (named by {HF_WEIGHTS_INDEX})")));
         }
-        Ok(weights)
+        Ok(Self(HfFiles::Sharded {
+            dir: dir.to_path_buf(),
+            shard_of,
+            open: Default::default(),
+        }))
     }
 
     /// Whether the weights hold tensor `name`.
     pub fn contains(&self, name: &str) -> bool {
-        match &self.single {
-            Some(file) => file.contains(name),
-            None => self.shard_of.contains_key(name),
+        match &self.0 {
+            HfFiles::Single(file) => file.contains(name),
+            HfFiles::Sharded { shard_of, .. } => shard_of.contains_key(name),
         }
     }
 
     /// Reads a tensor and checks its shape, from its shard where the weights are sharded.
     pub fn read_shaped(&self, name: &str, expected: &[usize]) -> Result<HostArray, LoadError> {
-        if let Some(file) = &self.single {
-            return file.read_shaped(name, expected);
-        }
-        let shard = self
-            .shard_of
-            .get(name)
-            .ok_or_else(|| LoadError::MissingTensor {
-                path: self.dir.join(HF_WEIGHTS_INDEX),
-                tensor: name.to_string(),
-            })?;
-        let mut open = self.open.borrow_mut();
+        let (dir, shard_of, open) = match &self.0 {
+            HfFiles::Single(file) => return file.read_shaped(name, expected),
+            HfFiles::Sharded {
+                dir,
+                shard_of,
+                open,
+            } => (dir, shard_of, open),
+        };
+        let shard = shard_of.get(name).ok_or_else(|| LoadError::MissingTensor {
+            path: dir.join(HF_WEIGHTS_INDEX),
+            tensor: name.to_string(),
+        })?;
+        let mut open = open.borrow_mut();
         if open.as_ref().is_none_or(|(f, _)| f != shard) {
             *open = None; // the shard before is dropped before the next is read
-            *open = Some((shard.clone(), WeightFile::open(&self.dir.join(shard))?));
+            *open = Some((shard.clone(), WeightFile::open(&dir.join(shard))?));
         }
         let (_, file) = open.as_ref().expect("opened above");
         file.read_shaped(name, expected)
