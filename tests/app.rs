@@ -19,6 +19,24 @@ use eframe::egui;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 
+/// `t` with every fractional number in it rounded to 3 decimals.
+fn rounded<T: serde::Serialize + serde::de::DeserializeOwned>(t: &T) -> T {
+    fn round(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let x = (n.as_f64().unwrap() * 1000.0).round() / 1000.0;
+                *v = serde_json::json!(x);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(round),
+            serde_json::Value::Object(o) => o.values_mut().for_each(round),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(t).unwrap();
+    round(&mut v);
+    serde_json::from_value(v).unwrap()
+}
+
 fn harness(app: AttnSaesApp) -> Harness<'static, AttnSaesApp> {
     Harness::builder()
         .with_size(egui::Vec2::new(1400.0, 900.0))
@@ -27,12 +45,17 @@ fn harness(app: AttnSaesApp) -> Harness<'static, AttnSaesApp> {
 }
 
 /// Rewrites a run's measured speeds (steps/s) to zero in `metrics.jsonl` and in its
-/// dashboard file, and the model's name (a path) to its last component, so that snapshots
-/// depend neither on the machine nor on where the checkout is.
+/// dashboard file, its other figures to 3 decimals, and the model's name (a path) to its
+/// last component, so that snapshots depend neither on the machine nor on where the
+/// checkout is. (On another machine the same run's figures put the CE-score plot's grid line
+/// a pixel lower; the figures' last bits differ between CPUs, the cause not pinned down.)
 fn freeze_speeds(run: &Path) {
     let metrics = run.join("metrics.jsonl");
     let (mut history, _) = History::read(&metrics).unwrap();
-    let zero = |h: &mut History| h.steps.iter_mut().for_each(|s| s.steps_per_s = 0.0);
+    let zero = |h: &mut History| {
+        h.steps.iter_mut().for_each(|s| s.steps_per_s = 0.0);
+        *h = rounded(h);
+    };
     zero(&mut history);
     let lines: String = history
         .steps
