@@ -3,13 +3,16 @@
 //! Llama with grouped-query attention (4 query heads, 2 key/value heads), an untied
 //! `lm_head` and bfloat16 weights, on the CPU backend and on wgpu when available; and the
 //! same weights with Llama 3.1's rotary scaling (`llama3_tiny`), from `config.json` and from
-//! a GGUF laid out as llama.cpp's converter writes it (`rope_freqs.weight`); and a tiny
-//! Qwen2 (q/k/v biases, tied embedding, Qwen2's pre-tokenizer) from its directory and GGUF.
+//! a GGUF laid out as llama.cpp's converter writes it (`rope_freqs.weight`); a tiny Qwen2
+//! (q/k/v biases, tied embedding, Qwen2's pre-tokenizer) and a tiny Qwen3 (per-head q/k
+//! RMSNorms, n_heads * d_head != hidden_size) and a tiny SmolLM3 (a layer without rotary
+//! positions) from their directories and GGUFs.
 
 mod common;
 
 use std::path::PathBuf;
 
+use attn_saes::lm::transformer::KvCache;
 use attn_saes::lm::transformer::RopeScaling;
 use attn_saes::lm::{self, Family, HookRequest};
 use burn::prelude::*;
@@ -68,12 +71,104 @@ fn qwen2_matches_transformers_from_hf_and_gguf() {
     let hf = qwen2_hf_copy("hf", |_| {});
     check_against_reference(&hf, "qwen2_tiny", None);
     check_against_reference(&qwen2.join("model.gguf"), "qwen2_tiny", None);
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(qwen2.join("reference.json")).unwrap()).unwrap();
+    check_tokenizer_ids(&[&hf, &qwen2.join("model.gguf")], "qwen2_tiny");
+    std::fs::remove_dir_all(&hf).ok();
+}
+
+/// Qwen3 (Llama with an RMSNorm of each query and key head over d_head before the
+/// rotation, no biases; here d_head 24, so n_heads * d_head is 96 against hidden_size 64,
+/// and the lm_head tied): the Hugging Face directory and the GGUF as llama.cpp's converter
+/// writes it (`qwen3` architecture, `attn_q_norm` / `attn_k_norm`, q/k not permuted) give
+/// transformers' logits and hook_z, and so does decoding with the key/value cache one token
+/// at a time. Without the q/k norms the logits are 0.91 away, with them after the rotation
+/// 0.24 (the fixture's `no_qk_norm` and `qk_norm_after_rope` mutations).
+#[test]
+fn qwen3_matches_transformers_from_hf_and_gguf() {
+    let qwen3 = fixture("qwen3_tiny");
+    let hf = assembled_copy_from(&qwen3, "qwen3", &qwen3.join("config.json"), |_| {});
+    let gguf = qwen3.join("model.gguf");
+    check_against_reference(&hf, "qwen3_tiny", None);
+    check_against_reference(&gguf, "qwen3_tiny", None);
+    check_tokenizer_ids(&[&hf, &gguf], "qwen3_tiny");
+    check_decoding(&[&hf, &gguf], "qwen3_tiny");
+    std::fs::remove_dir_all(&hf).ok();
+}
+
+/// SmolLM3 (Llama whose every fourth layer has no rotary positions; here 4 layers, the
+/// last such a "NoPE" layer): the Hugging Face directory (`no_rope_layers` in config.json,
+/// or only `no_rope_layer_interval`, or neither: transformers' default of 4) and the GGUF as
+/// llama.cpp's converter writes it (`smollm3` architecture, q/k permuted, the interval fixed
+/// at 4) give transformers' logits and hook_z, and so does decoding with the key/value cache.
+/// Rotating the last layer too puts the logits 0.38 away (the fixture's
+/// `rope_on_every_layer` mutation). A `no_rope_layers` of the wrong length is refused.
+#[test]
+fn smollm3_matches_transformers_from_hf_and_gguf() {
+    let smollm3 = fixture("smollm3_tiny");
+    let config = smollm3.join("config.json");
+    let hf = assembled_copy_from(&smollm3, "smollm3", &config, |_| {});
+    let gguf = smollm3.join("model.gguf");
+    check_against_reference(&hf, "smollm3_tiny", None);
+    check_against_reference(&gguf, "smollm3_tiny", None);
+    check_decoding(&[&hf, &gguf], "smollm3_tiny");
+    std::fs::remove_dir_all(&hf).ok();
+    let interval = assembled_copy_from(&smollm3, "smollm3-interval", &config, |cfg| {
+        cfg.remove("no_rope_layers");
+    });
+    let default = assembled_copy_from(&smollm3, "smollm3-default", &config, |cfg| {
+        cfg.remove("no_rope_layers");
+        cfg.remove("no_rope_layer_interval");
+    });
+    for dir in [interval, default] {
+        check_against_reference(&dir, "smollm3_tiny", None);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    let short = assembled_copy_from(&smollm3, "smollm3-short", &config, |cfg| {
+        cfg.insert("no_rope_layers".into(), serde_json::json!([1, 1, 0]));
+    });
+    let err = load_error(&short);
+    std::fs::remove_dir_all(&short).ok();
+    assert!(
+        err.contains("no_rope_layers has 3 entries for 4 layers"),
+        "{err}"
+    );
+}
+
+/// The models at `paths` decode `fixture_dir`'s second sequence through the key/value
+/// cache (5 tokens, then one at a time) to transformers' logits at every position, on
+/// every test device.
+fn check_decoding(paths: &[&std::path::Path], fixture_dir: &str) {
+    let reference = Reference::load(&format!("{fixture_dir}/reference.safetensors"));
+    let ids = reference.tokens("seq1.tokens");
+    let want = reference.get("seq1.logits");
+    let v = want.shape[1];
+    for path in paths {
+        for (device_name, device) in test_devices() {
+            let model = lm::load_from_path(path, "tiny", &device)
+                .unwrap()
+                .transformer;
+            let mut cache = KvCache::new();
+            let prefill = 5;
+            let mut steps = vec![(prefill, model.tokens(&[ids[..prefill].to_vec()]))];
+            steps.extend((prefill..ids.len()).map(|p| (p + 1, model.tokens(&[vec![ids[p]]]))));
+            for (upto, tokens) in steps {
+                let got = model.decode(tokens.unwrap(), &mut cache, None).unwrap();
+                let tag = format!("{} [{device_name}] decoded to {upto}", path.display());
+                let row = &want.data[(upto - 1) * v..upto * v];
+                assert_close(&tag, &values(got.reshape([v])), row, TOL);
+            }
+        }
+    }
+}
+
+/// The tokenizers of the models at `paths` give the ids transformers' tokenizer gave
+/// (`tokenizer_checks` in `fixture`'s reference.json).
+fn check_tokenizer_ids(paths: &[&std::path::Path], fixture_dir: &str) {
+    let meta = std::fs::read(fixture(fixture_dir).join("reference.json")).unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
     let checks = meta["tokenizer_checks"].as_array().unwrap();
     assert_eq!(checks.len(), 3);
-    for path in [hf.clone(), qwen2.join("model.gguf")] {
-        let loaded = lm::load_from_path(&path, "qwen2-tiny", &Device::flex()).unwrap();
+    for path in paths {
+        let loaded = lm::load_from_path(path, "tiny", &Device::flex()).unwrap();
         for check in checks {
             let text = check["text"].as_str().unwrap();
             let ids: Vec<u32> = serde_json::from_value(check["ids"].clone()).unwrap();
@@ -81,7 +176,6 @@ fn qwen2_matches_transformers_from_hf_and_gguf() {
             assert_eq!(got.get_ids(), ids, "{} {text:?}", path.display());
         }
     }
-    std::fs::remove_dir_all(&hf).ok();
 }
 
 /// A Llama with `attention_bias` (q, k, v and o biases) reads all four: qwen2_tiny's weights
@@ -247,8 +341,18 @@ fn check_against_reference(
     scaling: Option<&Option<RopeScaling>>,
 ) {
     let name = path.display().to_string();
+    let reference_dir = reference;
     let reference = Reference::load(&format!("{reference}/reference.safetensors"));
     assert_eq!(n_seqs(&reference), 2);
+    // transformers' hook_z is [pos, n_heads, d_head], one per layer.
+    let d_head = reference.get("seq0.hook_z.L0").shape[2];
+    let n_layers = (0..)
+        .take_while(|l| reference.has(&format!("seq0.hook_z.L{l}")))
+        .count();
+    let layers: Vec<usize> = (0..n_layers).collect();
+    let config = std::fs::read(fixture(reference_dir).join("config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    let d_mlp = config["intermediate_size"].as_u64().unwrap() as usize;
     for (device_name, device) in test_devices() {
         let loaded = lm::load_from_path(path, "llama-tiny", &device).unwrap();
         let model = &loaded.transformer;
@@ -262,9 +366,9 @@ fn check_against_reference(
                 cfg.n_kv_heads,
                 cfg.d_head
             ),
-            (2, 64, 4, 2, 16)
+            (n_layers, 64, 4, 2, d_head)
         );
-        assert_eq!((cfg.d_mlp, cfg.d_vocab, cfg.n_ctx), (96, 400, 64));
+        assert_eq!((cfg.d_mlp, cfg.d_vocab, cfg.n_ctx), (d_mlp, 400, 64));
         // A GGUF holds them as f32.
         assert_eq!(cfg.norm_eps as f32, 1e-5);
         assert_eq!(cfg.rope_theta, Some(10000.0));
@@ -278,7 +382,7 @@ fn check_against_reference(
             let ids = reference.tokens(&format!("seq{s}.tokens"));
             let tokens = model.tokens(&[ids]).unwrap();
             let hooks = HookRequest {
-                hook_z: vec![0, 1],
+                hook_z: layers.clone(),
                 logits: true,
                 ..Default::default()
             };
@@ -286,7 +390,7 @@ fn check_against_reference(
             let logits = cache.logits.take().unwrap();
             // hook_z alone (the harvest's request, which skips the last layer's MLP).
             let alone = model
-                .run(tokens.clone(), &HookRequest::hook_z(&[0, 1]), None)
+                .run(tokens.clone(), &HookRequest::hook_z(&layers), None)
                 .unwrap();
             check_logits_and_ce(&tag, s, logits, tokens, &reference, TOL);
             for l in 0..cfg.n_layers {

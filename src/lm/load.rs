@@ -6,7 +6,8 @@ use std::path::Path;
 use burn::prelude::*;
 
 use super::transformer::{
-    Activation, Attention, Block, Family, Mlp, Norm, Positions, Transformer, TransformerConfig,
+    Activation, Attention, Block, Family, Mlp, Norm, Positions, QkNorm, Transformer,
+    TransformerConfig,
 };
 use super::weights::{HostArray, LoadError, WeightFile, read_json_config};
 
@@ -305,6 +306,8 @@ pub fn gpt2_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transform
                 w_o: t2(&format!("{p}attn.c_proj.weight"), [d_model, d_model])?,
                 b_o: Some(t1(&format!("{p}attn.c_proj.bias"), d_model)?),
                 z_fold: Some(fold),
+                qk_norm: None,
+                no_rope: false,
             },
             mlp: Some((
                 Norm::Layer {
@@ -528,6 +531,8 @@ pub fn tl_from_pth(
                     .reshape([hd, d_model]),
                 b_o: Some(t1(&format!("{p}attn.b_O"), d_model)?),
                 z_fold: Some(fold),
+                qk_norm: None,
+                no_rope: false,
             },
             mlp: match attn_only {
                 true => None,
@@ -579,19 +584,23 @@ struct LlamaSource<'a> {
     get: ReadWeight<'a>,
 }
 
-/// Which attention projections carry biases: Qwen2's q, k and v; a Llama with
-/// `attention_bias` also its output.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct AttnBiases {
-    qkv: bool,
-    o: bool,
+/// What a Llama-family attention has beyond Llama's: biases on the q, k and v projections
+/// (Qwen2's; a Llama's or Qwen3's with `attention_bias`), on the output projection (a
+/// Llama's or Qwen3's with `attention_bias`), RMSNorms of each query and key head (Qwen3's
+/// `q_norm` / `k_norm`), and layers without rotary positions (SmolLM3's NoPE layers).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct AttnParts {
+    qkv_bias: bool,
+    o_bias: bool,
+    qk_norm: bool,
+    no_rope_layers: Vec<usize>,
 }
 
 fn build_llama(
     config: TransformerConfig,
     src: &LlamaSource,
     tied: bool,
-    biases: AttnBiases,
+    parts: AttnParts,
     device: &Device,
 ) -> Result<Transformer, LoadError> {
     let (d, h, hkv, dh, d_mlp, v) = (
@@ -622,7 +631,7 @@ fn build_llama(
             ],
             1,
         );
-        let b_qkv = match biases.qkv {
+        let b_qkv = match parts.qkv_bias {
             true => Some(Tensor::cat(
                 vec![
                     vec1(&format!("{p}self_attn.q_proj.bias"), h * dh)?,
@@ -633,7 +642,7 @@ fn build_llama(
             )),
             false => None,
         };
-        let b_o = match biases.o {
+        let b_o = match parts.o_bias {
             true => Some(vec1(&format!("{p}self_attn.o_proj.bias"), d)?),
             false => None,
         };
@@ -655,6 +664,15 @@ fn build_llama(
                 w_o: mat(&format!("{p}self_attn.o_proj.weight"), d, h * dh)?,
                 b_o,
                 z_fold: None,
+                qk_norm: match parts.qk_norm {
+                    true => Some(QkNorm {
+                        q: vec1(&format!("{p}self_attn.q_norm.weight"), dh)?,
+                        k: vec1(&format!("{p}self_attn.k_norm.weight"), dh)?,
+                        eps,
+                    }),
+                    false => None,
+                },
+                no_rope: parts.no_rope_layers.contains(&i),
             },
             mlp: Some((
                 Norm::Rms {
@@ -725,6 +743,8 @@ fn gguf_name(hf: &str) -> String {
             "self_attn.k_proj.bias" => "attn_k.bias",
             "self_attn.v_proj.bias" => "attn_v.bias",
             "self_attn.o_proj.bias" => "attn_output.bias",
+            "self_attn.q_norm.weight" => "attn_q_norm.weight",
+            "self_attn.k_norm.weight" => "attn_k_norm.weight",
             "post_attention_layernorm.weight" => "ffn_norm.weight",
             "mlp.gate_proj.weight" => "ffn_gate.weight",
             "mlp.up_proj.weight" => "ffn_up.weight",
@@ -742,8 +762,8 @@ fn gguf_name(hf: &str) -> String {
     .to_string()
 }
 
-/// A Llama-architecture GGUF file (e.g. SmolLM2), or a Qwen2 one (Qwen2.5), with the
-/// tokenizer stored in it.
+/// A Llama-architecture GGUF file (e.g. SmolLM2), or a Qwen2 (Qwen2.5), Qwen3 or SmolLM3
+/// one, with the tokenizer stored in it.
 pub fn llama_from_gguf(
     path: &Path,
     name: &str,
@@ -756,15 +776,18 @@ pub fn llama_from_gguf(
         message: "not a GGUF file".into(),
     })?;
     let arch = gguf.get_str("general.architecture")?.to_string();
-    if arch != "llama" && arch != "qwen2" {
+    if !["llama", "qwen2", "qwen3", "smollm3"].contains(&arch.as_str()) {
         return Err(LoadError::Config {
             path: path.to_path_buf(),
-            message: format!("architecture '{arch}' is not supported (llama, qwen2)"),
+            message: format!(
+                "architecture '{arch}' is not supported (llama, qwen2, qwen3, smollm3)"
+            ),
         });
     }
-    // llama.cpp runs Qwen2 with half-split rotary (NEOX), so its converter leaves q and k
-    // as Hugging Face has them; a Llama's are permuted to adjacent pairs.
-    let permuted = arch == "llama";
+    // llama.cpp runs Qwen2 and Qwen3 with half-split rotary (NEOX), so its converter leaves
+    // q and k as Hugging Face has them; a Llama's and a SmolLM3's are permuted to adjacent
+    // pairs.
+    let permuted = arch == "llama" || arch == "smollm3";
     let key = |k: &str| format!("{arch}.{k}");
     let size = |k: &str| -> Result<usize, LoadError> {
         let v = gguf.get_u64(&key(k))?;
@@ -871,9 +894,15 @@ pub fn llama_from_gguf(
     }
     let tokenizer = gguf.tokenizer()?;
     let tied = !file.contains("output.weight");
-    let biases = AttnBiases {
-        qkv: file.contains("blk.0.attn_q.bias"),
-        o: file.contains("blk.0.attn_output.bias"),
+    let parts = AttnParts {
+        qkv_bias: file.contains("blk.0.attn_q.bias"),
+        o_bias: file.contains("blk.0.attn_output.bias"),
+        qk_norm: arch == "qwen3",
+        // llama.cpp fixes SmolLM3's NoPE layers at every fourth (`n_no_rope_layer_step`).
+        no_rope_layers: match arch.as_str() {
+            "smollm3" => (0..config.n_layers).filter(|l| (l + 1) % 4 == 0).collect(),
+            _ => Vec::new(),
+        },
     };
     let src = LlamaSource {
         get: Box::new(|hf_name: &str, shape: &[usize]| {
@@ -886,7 +915,7 @@ pub fn llama_from_gguf(
             })
         }),
     };
-    let transformer = build_llama(config, &src, tied, biases, device)?;
+    let transformer = build_llama(config, &src, tied, parts, device)?;
     Ok(super::LoadedModel {
         transformer,
         tokenizer,
@@ -942,7 +971,8 @@ fn rope_scaling_of(
     }))
 }
 
-/// A Llama-family Hugging Face directory (`model_type` llama, mistral or qwen2):
+/// A Llama-family Hugging Face directory (`model_type` llama, mistral, qwen2, qwen3 or
+/// smollm3):
 /// `config.json` + `model.safetensors` (or its shards, [`super::weights::HfWeights`]).
 pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transformer, LoadError> {
     let cfg_path = dir.join("config.json");
@@ -975,11 +1005,16 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
             message: "mlp_bias = true is not supported (MLPs without biases only)".into(),
         });
     }
-    // Qwen2 always has q/k/v biases; a Llama with `attention_bias` has o's too.
+    // Qwen2 always has q/k/v biases; a Llama or Qwen3 with `attention_bias` has o's too.
     let attention_bias = cfg.get("attention_bias").and_then(|v| v.as_bool()) == Some(true);
-    let biases = AttnBiases {
-        qkv: model_type == "qwen2" || attention_bias,
-        o: model_type != "qwen2" && attention_bias,
+    let parts = AttnParts {
+        qkv_bias: model_type == "qwen2" || attention_bias,
+        o_bias: model_type != "qwen2" && attention_bias,
+        qk_norm: model_type == "qwen3",
+        no_rope_layers: match model_type {
+            "smollm3" => no_rope_layers_of(&cfg, &cfg_path)?,
+            _ => Vec::new(),
+        },
     };
     let rope_theta = cfg
         .get("rope_theta")
@@ -1042,12 +1077,51 @@ pub fn llama_from_hf(dir: &Path, name: &str, device: &Device) -> Result<Transfor
     let src = LlamaSource {
         get: Box::new(|n: &str, shape: &[usize]| file.read_shaped(n, shape)),
     };
-    build_llama(config, &src, tied, biases, device)
+    build_llama(config, &src, tied, parts, device)
+}
+
+/// SmolLM3's layers without rotary positions: those `no_rope_layers` marks 0 (one 0 or 1
+/// per layer), else every `no_rope_layer_interval`-th (default 4), as transformers reads it.
+fn no_rope_layers_of(cfg: &Json, cfg_path: &Path) -> Result<Vec<usize>, LoadError> {
+    let n_layers = cfg_usize(cfg, cfg_path, &["num_hidden_layers"])?;
+    let bad = |message: String| LoadError::Config {
+        path: cfg_path.to_path_buf(),
+        message,
+    };
+    match cfg.get("no_rope_layers").filter(|v| !v.is_null()) {
+        Some(v) => {
+            let flags = (v.as_array())
+                .and_then(|a| a.iter().map(|f| f.as_u64().filter(|f| *f <= 1)).collect())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "no_rope_layers should be a list of 0s and 1s, found {v}"
+                    ))
+                })?;
+            let flags: Vec<u64> = flags;
+            if flags.len() != n_layers {
+                return Err(bad(format!(
+                    "no_rope_layers has {} entries for {n_layers} layers (num_hidden_layers)",
+                    flags.len()
+                )));
+            }
+            Ok((0..n_layers).filter(|&l| flags[l] == 0).collect())
+        }
+        None => {
+            let every = match cfg.get("no_rope_layer_interval") {
+                Some(v) if !v.is_null() => cfg_usize(cfg, cfg_path, &["no_rope_layer_interval"])?,
+                _ => 4,
+            };
+            if every == 0 {
+                return Err(bad("no_rope_layer_interval must be positive".into()));
+            }
+            Ok((0..n_layers).filter(|l| (l + 1) % every == 0).collect())
+        }
+    }
 }
 
 /// The attention window of a config some of whose layers attend to the last
 /// `sliding_window` positions only (as `layer_types` says where given; else Mistral whenever
-/// it is set, Qwen2 with `use_sliding_window`). Within the window that is ordinary causal
+/// it is set, Qwen2, Qwen3 and SmolLM3 with `use_sliding_window`). Within the window that is ordinary causal
 /// attention, so the model's context is cut to it and longer sequences are refused, not run
 /// wrongly.
 fn sliding_window_of(
@@ -1063,7 +1137,9 @@ fn sliding_window_of(
             .iter()
             .any(|t| t.as_str() == Some("sliding_attention")),
         (None, "mistral") => true,
-        (None, "qwen2") => cfg.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true),
+        (None, "qwen2" | "qwen3" | "smollm3") => {
+            cfg.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true)
+        }
         (None, _) => false,
     };
     match slides && cfg.get("sliding_window").is_some_and(|v| !v.is_null()) {
@@ -1115,6 +1191,8 @@ pub fn random(config: TransformerConfig, seed: u64, device: &Device) -> Transfor
                 w_o: normal(&[h * dh, d]).into_tensor(device),
                 b_o: (!llama).then(|| zeros(d)),
                 z_fold: None,
+                qk_norm: None,
+                no_rope: false,
             },
             mlp: Some((
                 norm(d),

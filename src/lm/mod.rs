@@ -199,12 +199,15 @@ pub fn load_from_path(path: &Path, name: &str, device: &Device) -> Result<Loaded
     let model_type = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
     let transformer = match model_type {
         "gpt2" | "" => load::gpt2_from_hf(path, name, device)?,
-        "llama" | "mistral" | "qwen2" => load::llama_from_hf(path, name, device)?,
+        "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3" => {
+            load::llama_from_hf(path, name, device)?
+        }
         other => {
             return Err(LoadError::Config {
                 path: cfg_path,
                 message: format!(
-                    "model_type '{other}' is not supported (gpt2, llama, mistral, qwen2)"
+                    "model_type '{other}' is not supported (gpt2, llama, mistral, qwen2, qwen3, \
+                     smollm3)"
                 ),
             });
         }

@@ -171,6 +171,28 @@ pub(crate) struct Attention {
     pub b_o: Option<Tensor<1>>,
     /// [n_heads, d_head]: `ln1.b W_V + b_V`, subtracted to give TransformerLens' hook_z.
     pub z_fold: Option<Tensor<2>>,
+    /// Qwen3's RMSNorms of each query and key head, taken before the rotation.
+    pub qk_norm: Option<QkNorm>,
+    /// A layer without positions in a rotary model (SmolLM3's every fourth, "NoPE"): its
+    /// queries and keys are not rotated.
+    pub no_rope: bool,
+}
+
+/// RMSNorms over `d_head` of every query head (weight `q`) and key head (weight `k`), one
+/// weight `[d_head]` shared by the heads (Qwen3's `q_norm` / `k_norm`).
+pub(crate) struct QkNorm {
+    pub q: Tensor<1>,
+    pub k: Tensor<1>,
+    pub eps: f64,
+}
+
+impl QkNorm {
+    /// `x` `[batch, heads, pos, d_head]` normed by weight `w`.
+    fn apply(&self, w: &Tensor<1>, x: Tensor<4>) -> Tensor<4> {
+        let dh = w.dims()[0];
+        let ms = x.clone().square().mean_dim(3);
+        x / ms.add_scalar(self.eps).sqrt() * w.clone().reshape([1, 1, 1, dh])
+    }
 }
 
 #[allow(clippy::large_enum_variant)] // held once per layer
@@ -757,11 +779,16 @@ impl Transformer {
             .slice([0..batch, 0..pos, h * dh..(h + hkv) * dh])
             .reshape([batch, pos, hkv, dh])
             .swap_dims(1, 2); // [batch, hkv, pos, dh]
+        let (q, k) = match &attn.qk_norm {
+            Some(n) => (n.apply(&n.q, q), n.apply(&n.k, k)),
+            None => (q, k),
+        };
         let v = qkv
             .slice([0..batch, 0..pos, (h + hkv) * dh..(h + 2 * hkv) * dh])
             .reshape([batch, pos, hkv, dh])
             .swap_dims(1, 2); // [batch, hkv, pos, dh]
         match &self.positions {
+            Positions::Rotary { .. } if attn.no_rope => (q, k, v),
             Positions::Rotary { cos, sin } => {
                 let at = offset..offset + pos;
                 let cos = cos.clone().slice([at.clone(), 0..dh]).unsqueeze::<4>();
@@ -888,6 +915,12 @@ impl Transformer {
                     w_o: ad(&b.attn.w_o),
                     b_o: b.attn.b_o.as_ref().map(ad),
                     z_fold: b.attn.z_fold.as_ref().map(ad),
+                    qk_norm: b.attn.qk_norm.as_ref().map(|n| QkNorm {
+                        q: ad(&n.q),
+                        k: ad(&n.k),
+                        eps: n.eps,
+                    }),
+                    no_rope: b.attn.no_rope,
                 },
                 mlp: b.mlp.as_ref().map(|(n, mlp)| {
                     let mlp = match mlp {

@@ -233,8 +233,22 @@ pub(super) fn run_from(
         let attn = &block.attn;
         let product_qkv = product(norm(&block.norm1, &x, d)?, n, &attn.w_qkv)?;
         let b_qkv = attn.b_qkv.clone().map(host).transpose()?;
-        let rot = rotary.as_ref().map(|(c, s)| (c.as_slice(), s.as_slice()));
-        let qkv = prepared_qkv(floats(&product_qkv)?, &shape, b_qkv.as_deref(), rot);
+        let qk_norm = match &attn.qk_norm {
+            Some(n) => Some((host(n.q.clone())?, host(n.k.clone())?, n.eps as f32)),
+            None => None,
+        };
+        let qk_norm = qk_norm
+            .as_ref()
+            .map(|(q, k, eps)| (q.as_slice(), k.as_slice(), *eps));
+        let rot =
+            (rotary.as_ref().filter(|_| !attn.no_rope)).map(|(c, s)| (c.as_slice(), s.as_slice()));
+        let qkv = prepared_qkv(
+            floats(&product_qkv)?,
+            &shape,
+            b_qkv.as_deref(),
+            qk_norm,
+            rot,
+        );
         drop(product_qkv);
         let (mut z, pattern) = attention(&qkv, &shape, hooks.pattern.contains(&layer));
         if let Some(p) = pattern {
@@ -473,12 +487,14 @@ fn norm(norm: &Norm, x: &[f32], d: usize) -> Result<Vec<f32>, ForwardError> {
 }
 
 /// The queries, keys and values `[batch pos, (h + 2 hkv) dh]` of their product `qkv`: the
-/// bias added and the queries and keys rotated (half-split layout, as `rotate`), each row
+/// bias added, each query and key head RMS-normed where `qk_norm` gives weights (query's,
+/// key's, eps), and the queries and keys rotated (half-split layout, as `rotate`), each row
 /// at its position.
 fn prepared_qkv(
     qkv: &[f32],
     s: &Shape,
     bias: Option<&[f32]>,
+    qk_norm: Option<(&[f32], &[f32], f32)>,
     rotary: Option<(&[f32], &[f32])>,
 ) -> Vec<f32> {
     let (width, dh) = (s.width(), s.dh);
@@ -492,6 +508,14 @@ fn prepared_qkv(
             r.copy_from_slice(src);
             if let Some(b) = bias {
                 r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+            if let Some((w_q, w_k, eps)) = qk_norm {
+                for (i, x) in r[..(s.h + s.hkv) * dh].chunks_exact_mut(dh).enumerate() {
+                    let w = if i < s.h { w_q } else { w_k };
+                    let ms = lane_sum(x.iter().map(|v| v * v)) / dh as f32;
+                    let scale = (ms + eps).sqrt();
+                    x.iter_mut().zip(w).for_each(|(x, w)| *x = *x / scale * w);
+                }
             }
             if let Some((cos, sin)) = rotary {
                 let t = row % s.pos;
