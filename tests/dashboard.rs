@@ -222,6 +222,9 @@ fn dfa_sums_to_the_pre_activation_on_gpt2_gelu2l_llama_and_attention_only() {
         "gpt2_tiny",
         "gelu2l_tiny",
         "llama_tiny",
+        "qwen2_tiny",
+        "qwen3_tiny",
+        "smollm3_tiny",
         "attn2l_tiny",
         "attn2l_noln_tiny",
     ] {
@@ -742,6 +745,9 @@ fn dfa_upstream_sums_to_the_dfa_for_dense_saes_and_attention_only_models() {
     let cases = [
         ("gpt2_tiny", true),
         ("llama_tiny", true),
+        ("qwen2_tiny", false),
+        ("qwen3_tiny", false),
+        ("smollm3_tiny", false),
         ("gelu2l_tiny", false),
         ("attn2l_tiny", false),
         ("attn2l_noln_tiny", false),
@@ -778,10 +784,13 @@ fn dfa_upstream_sums_to_the_dfa_for_dense_saes_and_attention_only_models() {
                     .any(|w| matches!(w.writer, Writer::Mlp { .. } | Writer::Positions));
                 assert_eq!(mlp_or_positions, !attn_only, "{model}: {names:?}");
                 // The value's constant, which nothing upstream writes: in the raw convention
-                // where the model has one (Llama has none); in TransformerLens' only where
-                // it leaves the norm's bias in hook_z (shortformer with LayerNorm).
+                // where the model has one (Llama, Qwen3 and SmolLM3 have none; Qwen2 its
+                // value bias); in TransformerLens' only where it leaves the norm's bias in
+                // hook_z (shortformer with LayerNorm).
                 let constant = match conv {
-                    ZConvention::Raw => model != "llama_tiny",
+                    ZConvention::Raw => {
+                        !["llama_tiny", "qwen3_tiny", "smollm3_tiny"].contains(&model)
+                    }
                     ZConvention::TransformerLens => model == "attn2l_tiny",
                 };
                 let last = u.parts.last().map(|w| w.writer);

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use attn_saes::lm::transformer::KvCache;
 use attn_saes::lm::transformer::RopeScaling;
-use attn_saes::lm::{self, Family, HookRequest};
+use attn_saes::lm::{self, Family, HookRequest, ZConvention};
 use burn::prelude::*;
 use common::*;
 
@@ -343,6 +343,12 @@ fn check_against_reference(
     let name = path.display().to_string();
     let reference_dir = reference;
     let reference = Reference::load(&format!("{reference}/reference.safetensors"));
+    // TransformerLens' hook_z (value biases folded), for models with value biases
+    // (tests/fixtures/make_tl_qwen2_reference.py).
+    let tl_file = format!("{reference_dir}/tl_reference.safetensors");
+    let tl_reference = fixture(&tl_file)
+        .exists()
+        .then(|| Reference::load(&tl_file));
     assert_eq!(n_seqs(&reference), 2);
     // transformers' hook_z is [pos, n_heads, d_head], one per layer.
     let d_head = reference.get("seq0.hook_z.L0").shape[2];
@@ -381,23 +387,31 @@ fn check_against_reference(
         for s in 0..n_seqs(&reference) {
             let ids = reference.tokens(&format!("seq{s}.tokens"));
             let tokens = model.tokens(&[ids]).unwrap();
+            // hook_z as the checkpoint computes it, transformers' o_proj input.
             let hooks = HookRequest {
                 hook_z: layers.clone(),
                 logits: true,
+                z_convention: ZConvention::Raw,
                 ..Default::default()
             };
             let mut cache = model.run(tokens.clone(), &hooks, None).unwrap();
             let logits = cache.logits.take().unwrap();
-            // hook_z alone (the harvest's request, which skips the last layer's MLP).
+            // hook_z alone (the harvest's request, which skips the last layer's MLP) in the
+            // default convention, TransformerLens': its reference where the model has value
+            // biases to fold, else the raw one.
             let alone = model
                 .run(tokens.clone(), &HookRequest::hook_z(&layers), None)
                 .unwrap();
             check_logits_and_ce(&tag, s, logits, tokens, &reference, TOL);
             for l in 0..cfg.n_layers {
                 let name = format!("seq{s}.hook_z.L{l}");
-                for z in [cache.hook_z[&l].clone(), alone.hook_z[&l].clone()] {
-                    assert_eq!(z.dims()[1..], reference.get(&name).shape[..]);
-                    assert_close(&tag(&name), &values(z), &reference.get(&name).data, TOL);
+                let tl_want = tl_reference.as_ref().unwrap_or(&reference).get(&name);
+                for (z, want) in [
+                    (cache.hook_z[&l].clone(), reference.get(&name)),
+                    (alone.hook_z[&l].clone(), tl_want),
+                ] {
+                    assert_eq!(z.dims()[1..], want.shape[..]);
+                    assert_close(&tag(&name), &values(z), &want.data, TOL);
                 }
             }
         }

@@ -642,6 +642,12 @@ fn build_llama(
             )),
             false => None,
         };
+        // TransformerLens folds the value biases into b_O (`fold_value_biases`), so its hook_z
+        // is the raw one less each query head's value bias (its key/value head's).
+        let z_fold = b_qkv.as_ref().map(|b| {
+            let b_v = b.clone().narrow(0, (h + hkv) * dh, hkv * dh);
+            (b_v.reshape([hkv, 1, dh]).expand([hkv, h / hkv, dh])).reshape([h, dh])
+        });
         let b_o = match parts.o_bias {
             true => Some(vec1(&format!("{p}self_attn.o_proj.bias"), d)?),
             false => None,
@@ -663,7 +669,7 @@ fn build_llama(
                 b_qkv,
                 w_o: mat(&format!("{p}self_attn.o_proj.weight"), d, h * dh)?,
                 b_o,
-                z_fold: None,
+                z_fold,
                 qk_norm: match parts.qk_norm {
                     true => Some(QkNorm {
                         q: vec1(&format!("{p}self_attn.q_norm.weight"), dh)?,
