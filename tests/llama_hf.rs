@@ -100,7 +100,8 @@ fn qwen3_matches_transformers_from_hf_and_gguf() {
 /// llama.cpp's converter writes it (`smollm3` architecture, q/k permuted, the interval fixed
 /// at 4) give transformers' logits and hook_z, and so does decoding with the key/value cache.
 /// Rotating the last layer too puts the logits 0.38 away (the fixture's
-/// `rope_on_every_layer` mutation). A `no_rope_layers` of the wrong length is refused.
+/// `rope_on_every_layer` mutation). A `no_rope_layers` of the wrong length, or holding other
+/// than 0 and 1, is refused.
 #[test]
 fn smollm3_matches_transformers_from_hf_and_gguf() {
     let smollm3 = fixture("smollm3_tiny");
@@ -131,6 +132,12 @@ fn smollm3_matches_transformers_from_hf_and_gguf() {
         err.contains("no_rope_layers has 3 entries for 4 layers"),
         "{err}"
     );
+    let two = assembled_copy_from(&smollm3, "smollm3-two", &config, |cfg| {
+        cfg.insert("no_rope_layers".into(), serde_json::json!([1, 1, 2, 0]));
+    });
+    let err = load_error(&two);
+    std::fs::remove_dir_all(&two).ok();
+    assert!(err.contains("should be a list of 0s and 1s"), "{err}");
 }
 
 /// The models at `paths` decode `fixture_dir`'s second sequence through the key/value

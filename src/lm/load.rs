@@ -1096,14 +1096,13 @@ fn no_rope_layers_of(cfg: &Json, cfg_path: &Path) -> Result<Vec<usize>, LoadErro
     };
     match cfg.get("no_rope_layers").filter(|v| !v.is_null()) {
         Some(v) => {
-            let flags = (v.as_array())
+            let flags: Vec<u64> = (v.as_array())
                 .and_then(|a| a.iter().map(|f| f.as_u64().filter(|f| *f <= 1)).collect())
                 .ok_or_else(|| {
                     bad(format!(
                         "no_rope_layers should be a list of 0s and 1s, found {v}"
                     ))
                 })?;
-            let flags: Vec<u64> = flags;
             if flags.len() != n_layers {
                 return Err(bad(format!(
                     "no_rope_layers has {} entries for {n_layers} layers (num_hidden_layers)",
@@ -1127,9 +1126,9 @@ fn no_rope_layers_of(cfg: &Json, cfg_path: &Path) -> Result<Vec<usize>, LoadErro
 
 /// The attention window of a config some of whose layers attend to the last
 /// `sliding_window` positions only (as `layer_types` says where given; else Mistral whenever
-/// it is set, Qwen2, Qwen3 and SmolLM3 with `use_sliding_window`). Within the window that is ordinary causal
-/// attention, so the model's context is cut to it and longer sequences are refused, not run
-/// wrongly.
+/// it is set, Qwen2, Qwen3 and SmolLM3 with `use_sliding_window`). Within the window that is
+/// ordinary causal attention, so the model's context is cut to it and longer sequences are
+/// refused, not run wrongly.
 fn sliding_window_of(
     cfg: &Json,
     model_type: &str,
