@@ -351,7 +351,7 @@ fn check_against_reference(
     let reference_dir = reference;
     let reference = Reference::load(&format!("{reference}/reference.safetensors"));
     // TransformerLens' hook_z (value biases folded), for models with value biases
-    // (tests/fixtures/make_tl_qwen2_reference.py).
+    // (tests/fixtures/make_tl_reference.py).
     let tl_file = format!("{reference_dir}/tl_reference.safetensors");
     let tl_reference = fixture(&tl_file)
         .exists()
