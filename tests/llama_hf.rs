@@ -123,21 +123,23 @@ fn smollm3_matches_transformers_from_hf_and_gguf() {
         check_against_reference(&dir, "smollm3_tiny", None);
         std::fs::remove_dir_all(&dir).ok();
     }
-    let short = assembled_copy_from(&smollm3, "smollm3-short", &config, |cfg| {
-        cfg.insert("no_rope_layers".into(), serde_json::json!([1, 1, 0]));
-    });
-    let err = load_error(&short);
-    std::fs::remove_dir_all(&short).ok();
-    assert!(
-        err.contains("no_rope_layers has 3 entries for 4 layers"),
-        "{err}"
-    );
-    let two = assembled_copy_from(&smollm3, "smollm3-two", &config, |cfg| {
-        cfg.insert("no_rope_layers".into(), serde_json::json!([1, 1, 2, 0]));
-    });
-    let err = load_error(&two);
-    std::fs::remove_dir_all(&two).ok();
-    assert!(err.contains("should be a list of 0s and 1s"), "{err}");
+    for (flags, says) in [
+        (
+            serde_json::json!([1, 1, 0]),
+            "no_rope_layers has 3 entries for 4 layers",
+        ),
+        (
+            serde_json::json!([1, 1, 2, 0]),
+            "should be a list of 0s and 1s",
+        ),
+    ] {
+        let dir = assembled_copy_from(&smollm3, "smollm3-bad", &config, |cfg| {
+            cfg.insert("no_rope_layers".into(), flags);
+        });
+        let err = load_error(&dir);
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(err.contains(says), "{err}");
+    }
 }
 
 /// The models at `paths` decode `fixture_dir`'s second sequence through the key/value

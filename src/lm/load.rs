@@ -906,7 +906,7 @@ pub fn llama_from_gguf(
         qk_norm: arch == "qwen3",
         // llama.cpp fixes SmolLM3's NoPE layers at every fourth (`n_no_rope_layer_step`).
         no_rope_layers: match arch.as_str() {
-            "smollm3" => (0..config.n_layers).filter(|l| (l + 1) % 4 == 0).collect(),
+            "smollm3" => every_nth_layer(config.n_layers, 4),
             _ => Vec::new(),
         },
     };
@@ -1119,9 +1119,15 @@ fn no_rope_layers_of(cfg: &Json, cfg_path: &Path) -> Result<Vec<usize>, LoadErro
             if every == 0 {
                 return Err(bad("no_rope_layer_interval must be positive".into()));
             }
-            Ok((0..n_layers).filter(|l| (l + 1) % every == 0).collect())
+            Ok(every_nth_layer(n_layers, every))
         }
     }
+}
+
+/// Layers `every - 1`, `2 every - 1`, ... of `n_layers` (SmolLM3's NoPE layers, by
+/// transformers' and llama.cpp's rule).
+fn every_nth_layer(n_layers: usize, every: usize) -> Vec<usize> {
+    (0..n_layers).filter(|l| (l + 1) % every == 0).collect()
 }
 
 /// The attention window of a config some of whose layers attend to the last

@@ -153,10 +153,7 @@ impl Norm {
                 let normed = centered / var.add_scalar(*eps).sqrt();
                 normed * w.clone().unsqueeze::<3>() + b.clone().unsqueeze::<3>()
             }
-            Norm::Rms { w, eps } => {
-                let ms = x.clone().square().mean_dim(2);
-                x / ms.add_scalar(*eps).sqrt() * w.clone().unsqueeze::<3>()
-            }
+            Norm::Rms { w, eps } => rms_norm(x, w, *eps),
             Norm::Identity => x,
         }
     }
@@ -186,13 +183,10 @@ pub(crate) struct QkNorm {
     pub eps: f64,
 }
 
-impl QkNorm {
-    /// `x` `[batch, heads, pos, d_head]` normed by weight `w`.
-    fn apply(&self, w: &Tensor<1>, x: Tensor<4>) -> Tensor<4> {
-        let dh = w.dims()[0];
-        let ms = x.clone().square().mean_dim(3);
-        x / ms.add_scalar(self.eps).sqrt() * w.clone().reshape([1, 1, 1, dh])
-    }
+/// RMSNorm of `x` over its last dimension, with weight `w` (of that size).
+fn rms_norm<const D: usize>(x: Tensor<D>, w: &Tensor<1>, eps: f64) -> Tensor<D> {
+    let ms = x.clone().square().mean_dim(D - 1);
+    x / ms.add_scalar(eps).sqrt() * w.clone().unsqueeze::<D>()
 }
 
 #[allow(clippy::large_enum_variant)] // held once per layer
@@ -780,7 +774,7 @@ impl Transformer {
             .reshape([batch, pos, hkv, dh])
             .swap_dims(1, 2); // [batch, hkv, pos, dh]
         let (q, k) = match &attn.qk_norm {
-            Some(n) => (n.apply(&n.q, q), n.apply(&n.k, k)),
+            Some(n) => (rms_norm(q, &n.q, n.eps), rms_norm(k, &n.k, n.eps)),
             None => (q, k),
         };
         let v = qkv

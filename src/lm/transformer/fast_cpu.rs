@@ -443,6 +443,12 @@ fn add_residual(x: &mut [f32], out: &[f32], bias: Option<&[f32]>, d: usize) {
 
 /// Sum of a row in eight lanes (the order vectorises; the error stays that of f32 sums of
 /// an eighth of the terms).
+/// The root mean square of `x` with `eps` added to the mean square: what an RMSNorm divides
+/// by.
+fn rms(x: &[f32], eps: f32) -> f32 {
+    (lane_sum(x.iter().map(|v| v * v)) / x.len() as f32 + eps).sqrt()
+}
+
 fn lane_sum(values: impl Iterator<Item = f32>) -> f32 {
     let mut lanes = [0.0f32; 8];
     for (i, v) in values.enumerate() {
@@ -474,8 +480,7 @@ fn norm(norm: &Norm, x: &[f32], d: usize) -> Result<Vec<f32>, ForwardError> {
             out.par_chunks_mut(d)
                 .zip(x.par_chunks(d))
                 .for_each(|(o, x)| {
-                    let ms = lane_sum(x.iter().map(|v| v * v)) / d as f32;
-                    let s = (ms + eps).sqrt();
+                    let s = rms(x, eps);
                     for ((o, x), w) in o.iter_mut().zip(x).zip(&w) {
                         *o = x / s * w;
                     }
@@ -512,8 +517,7 @@ fn prepared_qkv(
             if let Some((w_q, w_k, eps)) = qk_norm {
                 for (i, x) in r[..(s.h + s.hkv) * dh].chunks_exact_mut(dh).enumerate() {
                     let w = if i < s.h { w_q } else { w_k };
-                    let ms = lane_sum(x.iter().map(|v| v * v)) / dh as f32;
-                    let scale = (ms + eps).sqrt();
+                    let scale = rms(x, eps);
                     x.iter_mut().zip(w).for_each(|(x, w)| *x = *x / scale * w);
                 }
             }
