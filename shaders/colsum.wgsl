@@ -1,7 +1,8 @@
-// Column sums over the batch: out[h, c] = sum_b v[h, b, c] for v [H, B, N], one invocation
-// per (head, column), rows summed in chunks of 64.
-@group(0) @binding(0) var<storage, read_write> v: array<f32>;          // [H, B, N]
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;  // [H, N]
+// Column sums over the batch, first half: each chunk of CHUNK_ROWS rows summed in row order,
+// part[chunk, h, c] = sum of v[h, b, c] over the chunk. One invocation per (column, head,
+// chunk), so the whole batch is read at once; ksum.wgsl adds the chunks in order.
+@group(0) @binding(0) var<storage, read_write> v: array<f32>;     // [H, B, N]
+@group(0) @binding(1) var<storage, read_write> part: array<f32>;  // [NCH, H, N]
 
 @compute @workgroup_size(256, 1, 1)
 fn main(
@@ -13,16 +14,14 @@ fn main(
     }
     let c = id.x;
     let h = id.y;
+    let ch = id.z;
     if (c >= N) {
         return;
     }
-    var total = 0.0;
-    for (var b0 = 0u; b0 < B; b0 += 64u) {
-        var s = 0.0;
-        for (var b = b0; b < min(b0 + 64u, B); b++) {
-            s += v[(h * B + b) * N + c];
-        }
-        total += s;
+    let b0 = ch * CHUNK_ROWS;
+    var s = 0.0;
+    for (var b = b0; b < min(b0 + CHUNK_ROWS, B); b++) {
+        s += v[(h * B + b) * N + c];
     }
-    out[h * N + c] = total;
+    part[(ch * H + h) * N + c] = s;
 }

@@ -16,6 +16,10 @@
 // places several tensors in one wgpu buffer, and wgpu refuses a dispatch that binds one
 // buffer both read-only and read-write.
 
+// A product over the batch (mm_gdec, mm_genc) may be split into KSPLIT partial products
+// over ranges of KS rows, one range per workgroup along z with the head (`split`, which the
+// mode's store writes by); every other product has KSPLIT 1 and KS >= KD.
+var<private> split: u32;
 var<workgroup> sa: array<f32, SA_LEN>; // [TK][SA]
 var<workgroup> sb: array<f32, SB_LEN>; // [TK][SB]
 
@@ -28,11 +32,14 @@ fn main(
     if (skip_dense(li)) {
         return;
     }
-    let h = wg.z;
+    let h = wg.z / KSPLIT;
+    split = wg.z % KSPLIT;
+    let k_lo = split * KS;
+    let k_hi = min(k_lo + KS, KD);
     let r0 = wg.y * TM;
     let c0 = wg.x * TN;
     // {acc}
-    for (var k0 = 0u; k0 < KD; k0 += TK) {
+    for (var k0 = k_lo; k0 < k_hi; k0 += TK) {
         for (var e = 0u; e < TM * TK / 256u; e++) {
             let idx = li + e * 256u;
             var rr = idx % TM;
@@ -42,7 +49,7 @@ fn main(
                 rr = idx / TK;
             }
             var v = 0.0;
-            if (r0 + rr < RD && k0 + ka < KD) {
+            if (r0 + rr < RD && k0 + ka < k_hi) {
                 v = load_a(h, r0 + rr, k0 + ka);
             }
             sa[ka * SA + rr] = v;
@@ -56,7 +63,7 @@ fn main(
                 cc = idx / TK;
             }
             var w = 0.0;
-            if (c0 + cc < CD && k0 + kb < KD) {
+            if (c0 + cc < CD && k0 + kb < k_hi) {
                 w = load_b(h, k0 + kb, c0 + cc);
             }
             sb[kb * SB + cc] = w;

@@ -65,10 +65,11 @@ fn every_kernel_validates_with_naga() {
             }
         }
     }
-    // For each of 12 (activation, shape) pairs, dense, sparse and in 64 x 64 tiles: 13
-    // kernels (both column sums among them), and the 4 sparse ones where the path is
-    // available; select in each of the 18 TopK / BatchTopK cases, and BatchTopK's
-    // select_count and select_pick in each of its 9; AuxK's 10 in each of the 18 TopK /
+    // For each of 12 (activation, shape) pairs, dense, sparse and in 64 x 64 tiles: 18
+    // kernels (both column sums and their totals, the feature statistics and theirs, the
+    // two split products and their sums among them), and the 4 sparse ones where the path
+    // is available; select in each of the 18 TopK / BatchTopK cases, and BatchTopK's
+    // select_count and select_pick in each of its 9; AuxK's 13 in each of the 18 TopK /
     // BatchTopK cases.
-    assert_eq!(checked, 13 * 36 + 4 * 12 + 18 + 2 * 9 + 10 * 18);
+    assert_eq!(checked, 18 * 36 + 4 * 12 + 18 + 2 * 9 + 13 * 18);
 }

@@ -10,20 +10,24 @@
 //! [select]    TopK: each row's threshold, exact radix selection (one workgroup a row)
 //! [select_count, select_pick] x 4   BatchTopK: each head's threshold, the same selection,
 //!             its digit counts over many workgroups per head, then the digit
-//! fstats      firings, sum_b f_i and list sizes per feature  (F = act(P) formed when read)
+//! fstats      firings, sum f_i and list sizes per feature over each chunk of CHUNK rows
+//!             (F = act(P) formed when read)
+//! fstats_total the same over the batch (the chunks in order); each chunk's list offset
 //! [scan]      sparse: list offsets, and the path flag
-//! [fill]      sparse: each feature's list of (token, f), in token order
+//! [fill]      sparse: each feature's list of (token, f), in token order (per chunk of rows)
 //! [dec_sparse] sparse: R = F W_dec + b_dec from each token's firing features
 //! mm_dec      dense: R = F W_dec + b_dec
 //! rows        dR = 2 (R - X) / B in place; squared error and |R|^2 per token
-//! colsum      db_dec = sum_b dR
-//! mm_gdec     dense: dW_dec = F^T dR (+ the L1 term through the norms)
+//! colsum, colsum_total   db_dec = sum_b dR (each chunk's sums, then the chunks')
+//! mm_gdec     dense: dW_dec = F^T dR, as partial products over ranges of the batch
+//! sum_gdec    dense: their total (+ the L1 term through the norms)
 //! mm_dp       dense: dP = (dR W_dec^T + l1 n / B) * (F > 0), [H, B, M]; JumpReLU's shares
-//! colsum      dense: db_enc = sum_b dP   [colsum: JumpReLU, d log theta]
-//! mm_genc     dense: dW_enc = X^T dP
+//! colsum, colsum_total   dense: db_enc = sum_b dP   [the same two: JumpReLU, d log theta]
+//! mm_genc, sum_genc      dense: dW_enc = X^T dP, partial products and their total
 //! [feat_grad] sparse: per feature, dW_dec, dP, dW_enc, db_enc, d log theta
 //! loss        per-head squared error, [mse, sparsity, total, path]
-//! [aux_mask, select, mm_dec, aux_rows, mm_gdec, mm_dp, colsum, mm_genc, add x 3, aux_loss]
+//! [aux_mask, select, mm_dec, aux_rows, mm_gdec, sum_gdec, mm_dp, colsum, colsum_total,
+//!  mm_genc, sum_genc, add x 3, aux_loss]
 //!             AuxK (TopK, BatchTopK): live features' P sunk in place, each row's k largest
 //!             dead ones reconstruct the error (no bias), the difference's gradients through
 //!             the same matmuls (into dP's buffer), added to the loss's; the term to the loss
@@ -35,10 +39,16 @@
 //! backward matmuls; scan.wgsl decides from the batch, so the choice is made on the device
 //! with no read-back.
 //!
-//! A ReLU step is 19 launches on the dense path alone (20 for TopK, 27 for BatchTopK, 22
-//! for JumpReLU), 23 where the sparse path is available. Every sum is computed by one
+//! A ReLU step is 24 launches on the dense path alone (25 for TopK, 32 for BatchTopK, 28
+//! for JumpReLU), 28 where the sparse path is available. Every sum is computed by one
 //! invocation or one workgroup tree in a fixed order, so a batch gives the same result
-//! every time. The step is a burn backend extension ([`WgslStep`]) so that it
+//! every time.
+//!
+//! Sums over the batch are spread over many workgroups: the column sums and feature
+//! statistics by chunks of [`CHUNK`] rows (the same additions in the same order as one
+//! invocation's walk), the products over the batch (dW_dec, dW_enc, whose `m x d_head` outputs a
+//! head are few) by ranges of rows ([`Dims::k_split`]). On an H200 that took a fresh ReLU
+//! step at the seed's shape from 13.1 to 8.4 ms (scripts/gpu-check.sh; README). The step is a burn backend extension ([`WgslStep`]) so that it
 //! runs in order with burn's own (fused, lazy) work on the same device.
 
 use burn::backend::fusion::custom::TensorSpec;
@@ -65,6 +75,10 @@ pub mod sources {
     pub const FSTATS: &str = include_str!("../../shaders/fstats.wgsl");
     pub const ROWS: &str = include_str!("../../shaders/rows.wgsl");
     pub const COLSUM: &str = include_str!("../../shaders/colsum.wgsl");
+    pub const FSTATS_TOTAL: &str = include_str!("../../shaders/fstats_total.wgsl");
+    pub const KSUM: &str = include_str!("../../shaders/ksum.wgsl");
+    pub const SUM_GDEC: &str = include_str!("../../shaders/sum_gdec.wgsl");
+    pub const SUM_PLAIN: &str = include_str!("../../shaders/sum_plain.wgsl");
     pub const SELECT: &str = include_str!("../../shaders/select.wgsl");
     pub const SELECT_COUNT: &str = include_str!("../../shaders/select_count.wgsl");
     pub const SELECT_PICK: &str = include_str!("../../shaders/select_pick.wgsl");
@@ -277,6 +291,11 @@ pub struct Dims {
     pub wide_tiles: bool,
 }
 
+/// Rows of the batch per chunk of the column sums and feature statistics: each chunk is
+/// summed by one invocation in row order, then the chunks in order, so that every column is
+/// one sum in a fixed order and the batch is read by many workgroups at once.
+pub const CHUNK: usize = 64;
+
 /// Storage buffers the sparse path binds at once (feat_grad.wgsl); adapters with fewer
 /// per shader stage take the dense path only (WebGPU's default is 8, native APIs more).
 pub const SPARSE_BINDINGS: u32 = 13;
@@ -295,21 +314,35 @@ pub enum Kernel {
     SelectCount,
     /// BatchTopK: one round's digit per head; after the fourth, the thresholds.
     SelectPick,
+    /// Per-feature statistics of each chunk of [`CHUNK`] rows.
     Fstats,
+    /// Their totals over the batch.
+    FstatsTotal,
     Scan,
     Fill,
     DecSparse,
     MmDec,
     Rows,
-    /// Column sums over the batch of an `[H, B, n]` buffer; `dense`: a dense-path sum,
-    /// skipped on sparse steps.
+    /// Column sums of each chunk of [`CHUNK`] rows of an `[H, B, n]` buffer; `dense`: a
+    /// dense-path sum, skipped on sparse steps.
     Colsum {
         n: usize,
         dense: bool,
     },
+    /// The chunks' column sums added: the column sums over the batch.
+    ColsumTotal {
+        n: usize,
+        dense: bool,
+    },
+    /// dW_dec's partial products over ranges of the batch ([`Dims::k_split`]).
     MmGdec,
     MmDp,
+    /// dW_enc's partial products over ranges of the batch.
     MmGenc,
+    /// dW_dec's total over its partial products, and the L1 term.
+    SumGdec,
+    /// dW_enc's total over its partial products.
+    SumGenc,
     FeatGrad,
     Loss,
     /// Partial sums of squares of an array of `n` values, written from partial `off` on.
@@ -370,10 +403,28 @@ impl Dims {
         }
     }
 
-    /// A matmul kernel's workgroups for a `rows x cols` product per head.
+    /// A matmul kernel's workgroups for a `rows x cols` product per head (and per range
+    /// of the batch, for a split product).
     fn matmul_groups(&self, kernel: Kernel, rows: usize, cols: usize) -> (u32, u32, u32) {
         let (rm, rn) = self.tile(kernel);
-        (groups(cols, 16 * rn), groups(rows, 16 * rm), self.h as u32)
+        let splits = match kernel {
+            Kernel::MmGdec | Kernel::MmGenc => self.k_split().0,
+            _ => 1,
+        };
+        (
+            groups(cols, 16 * rn),
+            groups(rows, 16 * rm),
+            (self.h * splits) as u32,
+        )
+    }
+
+    /// The products over the batch (dW_dec, dW_enc) have few outputs (`m x d_head` a head)
+    /// and a long sum, so they are split into partial products over ranges of the batch
+    /// (each its own workgroups), added after in range order: (ranges, rows per range),
+    /// up to 16 ranges of at least 64 rows, a multiple of 16.
+    pub fn k_split(&self) -> (usize, usize) {
+        let rows = self.b.div_ceil(16).max(64).next_multiple_of(16);
+        (self.b.div_ceil(rows), rows)
     }
 
     /// Workgroups per head that count BatchTopK's digits: one per 1024 pre-activations
@@ -403,11 +454,28 @@ impl Dims {
             tile: None,
             flag,
         };
+        // A matmul's split of K (KSPLIT ranges of KS): the products over the batch are
+        // split (Dims::k_split), the others not.
+        let (b, d, m) = (self.b, self.d, self.m);
+        let k_extent = match kernel {
+            Kernel::MmPre | Kernel::MmDp => d,
+            Kernel::MmDec => m,
+            _ => b,
+        };
+        let (ksplit, ks) = match kernel {
+            Kernel::MmGdec | Kernel::MmGenc | Kernel::SumGdec | Kernel::SumGenc => self.k_split(),
+            _ => (1, k_extent),
+        };
         let matmul = |parts, flag| Recipe {
             tile: Some(self.tile(kernel)),
+            extra: vec![("KSPLIT", ksplit), ("KS", ks)],
             ..plain(parts, (16, 16), flag)
         };
-        let (b, m) = (self.b, self.m);
+        // Totals over `n` partials of `per_head` outputs a head (ksum.wgsl).
+        let ksum = |parts, n, per_head, flag| Recipe {
+            extra: vec![("PARTS", n), ("PER_HEAD", per_head)],
+            ..plain(parts, (256, 1), flag)
+        };
         match kernel {
             Kernel::Norms => plain(&[NORMS], (256, 1), None),
             Kernel::MmPre => matmul(&[MM_PRE, MATMUL], None),
@@ -427,6 +495,7 @@ impl Dims {
                 ..plain(&[SELECT_PICK, KEYS, THRESHOLD], (256, 1), None)
             },
             Kernel::Fstats => plain(&[FSTATS, ACT, NEAR], (256, 1), None),
+            Kernel::FstatsTotal => plain(&[FSTATS_TOTAL], (256, 1), None),
             Kernel::Scan => Recipe {
                 extra: vec![("CAP", self.cap)],
                 ..plain(&[SCAN], (256, 1), None)
@@ -439,9 +508,14 @@ impl Dims {
                 extra: vec![("N", n)],
                 ..plain(&[COLSUM], (256, 1), dense.then_some(2))
             },
-            Kernel::MmGdec => matmul(&[MM_GDEC, ACT, MATMUL], Some(8)),
+            Kernel::ColsumTotal { n, dense } => {
+                ksum(&[SUM_PLAIN, KSUM], b.div_ceil(CHUNK), n, dense.then_some(2))
+            }
+            Kernel::MmGdec => matmul(&[MM_GDEC, ACT, MATMUL], Some(4)),
             Kernel::MmDp => matmul(&[MM_DP, ACT, MATMUL], Some(8)),
             Kernel::MmGenc => matmul(&[MM_GENC, MATMUL], Some(3)),
+            Kernel::SumGdec => ksum(&[SUM_GDEC, KSUM], ksplit, d * m, Some(6)),
+            Kernel::SumGenc => ksum(&[SUM_PLAIN, KSUM], ksplit, d * m, Some(2)),
             Kernel::FeatGrad => plain(&[FEAT_GRAD], (256, 1), None),
             Kernel::Loss => plain(&[LOSS, REDUCE], (256, 1), Some(7)),
             Kernel::Sumsq { n, off } => Recipe {
@@ -480,6 +554,8 @@ impl Dims {
             ("D", self.d),
             ("M", self.m),
             ("FLAG_AT", self.h * self.m + 1),
+            ("CHUNK_ROWS", CHUNK),
+            ("NCH", self.b.div_ceil(CHUNK)),
         ];
         for (name, v) in consts.into_iter().chain(recipe.extra.iter().copied()) {
             let _ = writeln!(s, "const {name}: u32 = {v}u;");
@@ -532,13 +608,18 @@ impl Dims {
             Kernel::Norms,
             Kernel::MmPre,
             Kernel::Fstats,
+            Kernel::FstatsTotal,
             Kernel::MmDec,
             Kernel::Rows,
             Kernel::Colsum { n: d, dense: false },
+            Kernel::ColsumTotal { n: d, dense: false },
             Kernel::Colsum { n: m, dense: true },
+            Kernel::ColsumTotal { n: m, dense: true },
             Kernel::MmGdec,
+            Kernel::SumGdec,
             Kernel::MmDp,
             Kernel::MmGenc,
+            Kernel::SumGenc,
             Kernel::Loss,
             Kernel::Sumsq { n: d * m, off: 0 },
             Kernel::Adam {
@@ -586,9 +667,12 @@ impl Dims {
             Kernel::MmDec,
             Kernel::AuxRows,
             Kernel::MmGdec,
+            Kernel::SumGdec,
             Kernel::MmDp,
             Kernel::Colsum { n: m, dense: false },
+            Kernel::ColsumTotal { n: m, dense: false },
             Kernel::MmGenc,
+            Kernel::SumGenc,
             Kernel::Add { n: d * m },
             Kernel::AuxLoss,
         ]
@@ -737,6 +821,50 @@ impl Launcher<'_> {
     }
 }
 
+impl Launcher<'_> {
+    /// Column sums over the batch of `v` (`[H, B, n]`) into `out` (`[H, n]`): each chunk's
+    /// sums, then their totals.
+    fn colsum(&self, v: &CubeTensor, out: &CubeTensor, n: usize, dense: bool) {
+        let (hu, nch) = (self.dims.h as u32, self.dims.b.div_ceil(CHUNK));
+        let part = self.empty(&[nch, self.dims.h, n]);
+        self.launch(
+            Kernel::Colsum { n, dense },
+            (groups(n, 256), hu, nch as u32),
+            &[&v.handle, &part.handle],
+        );
+        self.launch(
+            Kernel::ColsumTotal { n, dense },
+            (groups(n, 256), hu, 1),
+            &[&part.handle, &out.handle],
+        );
+    }
+
+    /// A product over the batch (`MmGdec`, `MmGenc`, `[H, rows, cols]`) into `out`: its
+    /// partial products over ranges of the batch from `inputs`, then their totals (the
+    /// `total` kernel, which also binds `more`).
+    fn split_product(
+        &self,
+        (kernel, total): (Kernel, Kernel),
+        (rows, cols): (usize, usize),
+        inputs: &[&Handle],
+        out: &CubeTensor,
+        more: &[&Handle],
+    ) {
+        let part = self.empty(&[self.dims.k_split().0, self.dims.h, rows, cols]);
+        let mut buffers = inputs.to_vec();
+        buffers.push(&part.handle);
+        self.launch(
+            kernel,
+            self.dims.matmul_groups(kernel, rows, cols),
+            &buffers,
+        );
+        let mut buffers = vec![&part.handle, &out.handle];
+        buffers.extend(more);
+        let count = (groups(rows * cols, 256), self.dims.h as u32, 1);
+        self.launch(total, count, &buffers);
+    }
+}
+
 fn contiguous(t: CubeTensor) -> CubeTensor {
     burn::backend::wgpu::into_contiguous(t)
 }
@@ -874,25 +1002,32 @@ fn step(
         _ => l.empty(&[h, b]),
     };
     let (fired, fsum, lcount) = (l.empty(&[h, m]), l.empty(&[h, m]), l.empty(&[h, m]));
+    let nch = b.div_ceil(CHUNK);
+    let fparts = l.empty(&[3, h, nch, m]);
     l.launch(
         Kernel::Fstats,
+        (groups(m, 256), hu, nch as u32),
+        &[&pre.handle, &gate, &fparts.handle, &sc],
+    );
+    l.launch(
+        Kernel::FstatsTotal,
         (groups(m, 256), hu, 1),
-        &[
-            &pre.handle,
-            &gate,
-            &fired.handle,
-            &fsum.handle,
-            &lcount.handle,
-            &sc,
-        ],
+        &[&fparts.handle, &fired.handle, &fsum.handle, &lcount.handle],
     );
     let rec = l.empty(&[h, b, d]);
     if let Some((lists, ent)) = &sparse_buffers {
         l.launch(Kernel::Scan, (1, 1, 1), &[&lcount.handle, &lists.handle]);
         l.launch(
             Kernel::Fill,
-            (groups(m, 256), hu, 1),
-            &[&pre.handle, &gate, &lists.handle, &ent.handle, &sc],
+            (groups(m, 256), hu, nch as u32),
+            &[
+                &pre.handle,
+                &gate,
+                &lists.handle,
+                &ent.handle,
+                &sc,
+                &fparts.handle,
+            ],
         );
         l.launch(
             Kernel::DecSparse,
@@ -925,29 +1060,15 @@ fn step(
         &[&x.handle, &rec.handle, &err_sq.handle, &recon_sq.handle],
     );
     let dr = rec;
-    let colsum = |v: &CubeTensor, out: &CubeTensor, n: usize, dense: bool| {
-        l.launch(
-            Kernel::Colsum { n, dense },
-            (groups(n, 256), hu, 1),
-            &[&v.handle, &out.handle],
-        );
-    };
     let g_bd = l.empty(&[h, d]);
-    colsum(&dr, &g_bd, d, false);
+    l.colsum(&dr, &g_bd, d, false);
     let g_wd = l.empty(&[h, m, d]);
-    l.launch(
-        Kernel::MmGdec,
-        mm(Kernel::MmGdec, m, d),
-        &[
-            &pre.handle,
-            &gate,
-            &dr.handle,
-            &w_dec.handle,
-            &norms.handle,
-            &fsum.handle,
-            &g_wd.handle,
-            &sc,
-        ],
+    l.split_product(
+        (Kernel::MmGdec, Kernel::SumGdec),
+        (m, d),
+        &[&pre.handle, &gate, &dr.handle],
+        &g_wd,
+        &[&w_dec.handle, &norms.handle, &fsum.handle, &sc],
     );
     let dp = l.empty(&[h, b, m]);
     let jc = if jump {
@@ -970,20 +1091,22 @@ fn step(
         ],
     );
     let g_be = l.empty(&[h, m]);
-    colsum(&dp, &g_be, m, true);
+    l.colsum(&dp, &g_be, m, true);
     let g_lt = if jump {
         l.empty(&[h, m])
     } else {
         l.empty(&[1])
     };
     if jump {
-        colsum(&jc, &g_lt, m, true);
+        l.colsum(&jc, &g_lt, m, true);
     }
     let g_we = l.empty(&[h, d, m]);
-    l.launch(
-        Kernel::MmGenc,
-        mm(Kernel::MmGenc, d, m),
-        &[&x.handle, &dp.handle, &g_we.handle],
+    l.split_product(
+        (Kernel::MmGenc, Kernel::SumGenc),
+        (d, m),
+        &[&x.handle, &dp.handle],
+        &g_we,
+        &[],
     );
     if let Some((lists, ent)) = &sparse_buffers {
         l.launch(
@@ -1072,19 +1195,12 @@ fn step(
         );
         let g = ehat;
         let gw_dec = la.empty(&[h, m, d]);
-        la.launch(
-            Kernel::MmGdec,
-            mm(Kernel::MmGdec, m, d),
-            &[
-                &masked.handle,
-                &thr.handle,
-                &g.handle,
-                &w_dec.handle,
-                &norms.handle,
-                &fsum.handle,
-                &gw_dec.handle,
-                &sc,
-            ],
+        la.split_product(
+            (Kernel::MmGdec, Kernel::SumGdec),
+            (m, d),
+            &[&masked.handle, &thr.handle, &g.handle],
+            &gw_dec,
+            &[&w_dec.handle, &norms.handle, &fsum.handle, &sc],
         );
         let dp_aux = dp;
         let unused = la.empty(&[1]);
@@ -1103,16 +1219,14 @@ fn step(
             ],
         );
         let gb_enc = la.empty(&[h, m]);
-        la.launch(
-            Kernel::Colsum { n: m, dense: false },
-            (groups(m, 256), hu, 1),
-            &[&dp_aux.handle, &gb_enc.handle],
-        );
+        la.colsum(&dp_aux, &gb_enc, m, false);
         let gw_enc = la.empty(&[h, d, m]);
-        la.launch(
-            Kernel::MmGenc,
-            mm(Kernel::MmGenc, d, m),
-            &[&x.handle, &dp_aux.handle, &gw_enc.handle],
+        la.split_product(
+            (Kernel::MmGenc, Kernel::SumGenc),
+            (d, m),
+            &[&x.handle, &dp_aux.handle],
+            &gw_enc,
+            &[],
         );
         for (v, acc) in [(&gw_enc, &g_we), (&gb_enc, &g_be), (&gw_dec, &g_wd)] {
             let n = v.meta.shape().num_elements();
