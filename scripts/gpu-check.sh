@@ -7,15 +7,16 @@
 # included) on a gpt2-small-shaped model with random weights (scripts/make_random_gpt2.py),
 # the seed's SAE shape, with the WGSL step and with autodiff, and a dashboard build. Output
 # goes to stdout and $OUT/log-STAGE. Each part has a time limit, so one that hangs does not take
-# the whole call. Never run on a GPU yet, and all of it may not fit one call (600 s), so it
-# runs in two stages, the issue's targets first:
-#   bash scripts/gpu-check.sh 1   parity, the SAE step at both shapes beside PyTorch CUDA
-#                                 (and in the earlier tiles), end to end with the WGSL step,
-#                                 with autodiff and with f16 LM matrices, the LM forward's
-#                                 launches timed by kernel, and PyTorch's LM forward
-#   bash scripts/gpu-check.sh 2   the rest: densities, paths, tilings, TopK, AuxK,
-#                                 BatchTopK, per-launch times, harvest variants, dashboards
-# and with no argument both, in that order.
+# the whole call. All of it does not fit one call (600 s), so it runs in two stages, the
+# issue's targets first:
+#   bash scripts/gpu-check.sh 1   parity, the SAE step at both shapes beside PyTorch CUDA,
+#                                 fresh and trained-like; end to end with the WGSL step and
+#                                 with autodiff; the LM forward at the harvest's batch; the
+#                                 step's launches timed one by one
+#   bash scripts/gpu-check.sh 2   the rest: paths, tilings, TopK, AuxK, BatchTopK, harvest
+#                                 variants, f16 LM matrices, PyTorch's forward, dashboards
+# and with no argument both, in that order. E2E_STEPS sets the end-to-end runs' length
+# (default 300: long enough that start-up, pipeline compilation among it, is a small part).
 set -uo pipefail
 stage="${1:-all}"
 out="${OUT:-/tmp}"
@@ -30,42 +31,44 @@ xz -dc .gpu/bin.tar.xz | tar xf - -C /tmp/bin
 chmod +x /tmp/bin/*
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 export ATTN_SAES_REQUIRE_WGPU=1 XDG_RUNTIME_DIR=/tmp
-# End-to-end training on the gpt2-small-shaped model: the WGSL step, autodiff, and the WGSL
-# step with the LM's matrices in f16 (stage 1); then with larger harvest batches and with
-# more launches per wgpu submission (cubecl's default is 32) (stage 2).
+# End-to-end training on the gpt2-small-shaped model: the WGSL step and autodiff (stage 1);
+# then with f16 LM matrices, larger harvest batches and more launches per wgpu submission
+# (cubecl's default is 32) (stage 2).
 run() {
     local tag="$1"
     shift
     echo "-- $tag"
     timeout 150 /tmp/bin/attn-saes --device wgpu train --headless --no-dashboard \
         --model /tmp/g2 --dataset /tmp/g2/corpus.txt --hook-layer 6 --expansion-factor 32 \
-        --batch-size 4096 --context-size 1024 --total-training-steps 150 \
+        --batch-size 4096 --context-size 1024 --total-training-steps "${E2E_STEPS:-300}" \
         --eval-every 100000 --checkpoint-every 100000 --out-dir "/tmp/run-$tag" "$@" 2>&1 |
         grep -E "device|tokens/s|explained|L0 total" || echo "the $tag run failed"
+    # The training rate over the last logging window (harvest included, start-up not).
+    grep '"type":"step"' "/tmp/run-$tag/metrics.jsonl" 2>/dev/null | tail -1 |
+        grep -o '"steps_per_s":[0-9.]*' || true
 }
 if [ "$stage" != 2 ]; then
 echo "== parity: the WGSL step against the fused CPU step, on the GPU"
 timeout 120 /tmp/bin/wgsl_step --nocapture
 echo "== SAE step: seed shape and small shape, fresh SAE"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --torch
-echo "== SAE step: fresh, the matmuls in the earlier 64 x 64 tiles (ATTN_SAES_WGSL_TILES=small)"
-ATTN_SAES_WGSL_TILES=small timeout 100 /tmp/bin/sae_step --device wgpu --seconds 4 --no-autodiff
 echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token batches"
 python3 scripts/make_random_gpt2.py /tmp/g2
 run wgsl --step auto
 run autodiff --step autodiff
-# The harvest bounds end-to-end speed, and its matmuls most of the harvest.
-ATTN_SAES_LM_F16=1 run wgsl-f16-matmuls --step auto
-echo "== burn's LM forward on wgpu (gpt2-small, random weights), its launches timed by kernel"
-ATTN_SAES_PROFILE_LAUNCHES=1 timeout 120 /tmp/bin/forward --device wgpu --iters 5
-echo "== PyTorch's LM forward, for the harvest's share"
-timeout 60 python3 benches/torch_forward.py --device cuda
+echo "== LM forward on wgpu (gpt2-small, random weights) at the harvest's 8 x 1024 tokens"
+timeout 90 /tmp/bin/forward --device wgpu --iters 5 --batch 8 --pos 1024
+echo "== SAE step: trained-like density (b_enc -0.2)"
+timeout 150 /tmp/bin/sae_step --device wgpu --seconds 3 --b-enc -0.2 --torch
+echo "== SAE step: launches timed one by one (in the order src/train/wgsl.rs lists), seed shape, fresh then trained-like"
+ATTN_SAES_PROFILE_LAUNCHES=1 timeout 60 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,2048 \
+    --seconds 1 --no-autodiff
+ATTN_SAES_PROFILE_LAUNCHES=1 timeout 60 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,2048 \
+    --seconds 1 --b-enc -0.2 --no-autodiff
 fi
 if [ "$stage" != 1 ]; then
 [ -d /tmp/g2 ] || python3 scripts/make_random_gpt2.py /tmp/g2
 [ -d /tmp/run-wgsl ] || run wgsl --step auto
-echo "== SAE step: trained-like density (b_enc -0.2)"
-timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2 --torch
 echo "== SAE step: trained-like density on the dense path (sparse path off)"
 ATTN_SAES_SPARSE_BELOW=0 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --b-enc -0.2 \
     --no-autodiff
@@ -83,12 +86,16 @@ echo "== SAE step: BatchTopK k=32, seed shape: selection over many workgroups a 
 timeout 100 /tmp/bin/sae_step --device wgpu --seconds 3 --batchtopk 32 --shape 4096,12,64,2048
 ATTN_SAES_BATCHTOPK_SELECT=one timeout 100 /tmp/bin/sae_step --device wgpu --seconds 3 \
     --batchtopk 32 --shape 4096,12,64,2048 --no-autodiff
-echo "== SAE step: launches timed one by one (in the order src/train/wgsl.rs lists), seed shape, trained-like"
-ATTN_SAES_PROFILE_LAUNCHES=1 timeout 150 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,2048 \
-    --seconds 1 --b-enc -0.2 --no-autodiff
+echo "== SAE step: fresh, the matmuls in the earlier 64 x 64 tiles"
+ATTN_SAES_WGSL_TILES=small timeout 100 /tmp/bin/sae_step --device wgpu --seconds 4 --no-autodiff
 echo "== end to end, harvest variants"
+ATTN_SAES_LM_F16=1 run wgsl-f16-matmuls --step auto
 run wgsl-windows32 --step auto --windows-per-forward 32
 CUBECL_WGPU_MAX_TASKS=128 run wgsl-tasks128 --step auto
+echo "== LM forward on wgpu, its launches timed by kernel"
+ATTN_SAES_PROFILE_LAUNCHES=1 timeout 120 /tmp/bin/forward --device wgpu --iters 5
+echo "== PyTorch's LM forward, for the harvest's share"
+timeout 60 python3 benches/torch_forward.py --device cuda
 echo "== dashboards of the WGSL run (seed shape, 65,536 tokens; the encoder runs on the host)"
 started=$SECONDS
 timeout 120 /tmp/bin/attn-saes --device wgpu dashboard --run /tmp/run-wgsl --tokens 65536 2>&1 |
