@@ -214,8 +214,9 @@ impl WgslStep for CubeBackend {
     }
 }
 
-/// Whether the WGSL step can run a batch of this shape: indices are 32-bit and a TopK
-/// launch has one workgroup per token along one grid axis.
+/// Whether the WGSL step can run a batch of this shape: indices are 32-bit, a TopK launch
+/// has one workgroup per token along one grid axis, and a gradient's total (ksum.wgsl) one
+/// invocation per `d_head x m` output of a head along one.
 pub fn check_shape(n_heads: usize, batch: usize, d_head: usize, m: usize) -> Result<(), String> {
     let largest = n_heads * batch * m.max(d_head);
     if largest >= 1 << 29 {
@@ -228,6 +229,12 @@ pub fn check_shape(n_heads: usize, batch: usize, d_head: usize, m: usize) -> Res
     if batch > 65_535 {
         return Err(format!(
             "the WGSL step takes batches of at most 65535 tokens, not {batch}"
+        ));
+    }
+    if d_head * m > 65_535 * 256 {
+        return Err(format!(
+            "the WGSL step takes at most {} features per head at d_head {d_head}, not {m}",
+            65_535 * 256 / d_head.max(1)
         ));
     }
     Ok(())
@@ -1491,5 +1498,8 @@ mod tests {
         assert!(err.contains("use a batch under 21845"), "{err}");
         let err = check_shape(1, 70_000, 16, 32).unwrap_err();
         assert!(err.contains("at most 65535 tokens"), "{err}");
+        check_shape(1, 1024, 128, 131_070).unwrap();
+        let err = check_shape(1, 1024, 128, 131_072).unwrap_err();
+        assert!(err.contains("at most 131070 features per head"), "{err}");
     }
 }
