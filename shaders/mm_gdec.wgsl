@@ -1,5 +1,5 @@
 // dW_dec = F^T dR, per head: [M, B] x [B, D], as KSPLIT partial products over ranges of KS
-// rows of the batch (sum_gdec.wgsl adds them and the L1 term).
+// rows of the batch (ksum.wgsl adds them, sum_gdec.wgsl the L1 term).
 @group(0) @binding(0) var<storage, read_write> pre: array<f32>;     // [H, B, M]
 @group(0) @binding(1) var<storage, read_write> gate: array<f32>;    // see act.wgsl
 @group(0) @binding(2) var<storage, read_write> dr: array<f32>;      // [H, B, D]

@@ -1,5 +1,5 @@
 // dW_enc = X^T dP, per head: [D, B] x [B, M], as KSPLIT partial products over ranges of KS
-// rows of the batch (sum_genc.wgsl adds them).
+// rows of the batch (ksum.wgsl adds them).
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;           // [H, B, D]
 @group(0) @binding(1) var<storage, read_write> dp: array<f32>;          // [H, B, M]
 @group(0) @binding(2) var<storage, read_write> g_part: array<f32>; // [KSPLIT, H, D, M]

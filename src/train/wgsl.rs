@@ -18,16 +18,16 @@
 //! [dec_sparse] sparse: R = F W_dec + b_dec from each token's firing features
 //! mm_dec      dense: R = F W_dec + b_dec
 //! rows        dR = 2 (R - X) / B in place; squared error and |R|^2 per token
-//! colsum, colsum_total   db_dec = sum_b dR (each chunk's sums, then the chunks')
+//! colsum, ksum  db_dec = sum_b dR (each chunk's sums, then the chunks' total)
 //! mm_gdec     dense: dW_dec = F^T dR, as partial products over ranges of the batch
-//! sum_gdec    dense: their total (+ the L1 term through the norms)
+//! ksum        dense: their total (+ the L1 term through the norms; sum_gdec.wgsl)
 //! mm_dp       dense: dP = (dR W_dec^T + l1 n / B) * (F > 0), [H, B, M]; JumpReLU's shares
-//! colsum, colsum_total   dense: db_enc = sum_b dP   [the same two: JumpReLU, d log theta]
-//! mm_genc, sum_genc      dense: dW_enc = X^T dP, partial products and their total
+//! colsum, ksum  dense: db_enc = sum_b dP   [the same two: JumpReLU, d log theta]
+//! mm_genc, ksum dense: dW_enc = X^T dP, partial products and their total
 //! [feat_grad] sparse: per feature, dW_dec, dP, dW_enc, db_enc, d log theta
 //! loss        per-head squared error, [mse, sparsity, total, path]
-//! [aux_mask, select, mm_dec, aux_rows, mm_gdec, sum_gdec, mm_dp, colsum, colsum_total,
-//!  mm_genc, sum_genc, add x 3, aux_loss]
+//! [aux_mask, select, mm_dec, aux_rows, mm_gdec, ksum, mm_dp, colsum, ksum, mm_genc, ksum,
+//!  add x 3, aux_loss]
 //!             AuxK (TopK, BatchTopK): live features' P sunk in place, each row's k largest
 //!             dead ones reconstruct the error (no bias), the difference's gradients through
 //!             the same matmuls (into dP's buffer), added to the loss's; the term to the loss
@@ -46,10 +46,12 @@
 //!
 //! Sums over the batch are spread over many workgroups: the column sums and feature
 //! statistics by chunks of [`CHUNK`] rows (the same additions in the same order as one
-//! invocation's walk), the products over the batch (dW_dec, dW_enc, whose `m x d_head` outputs a
-//! head are few) by ranges of rows ([`Dims::k_split`]). On an H200 that took a fresh ReLU
-//! step at the seed's shape from 13.1 to 8.4 ms (scripts/gpu-check.sh; README). The step is a burn backend extension ([`WgslStep`]) so that it
-//! runs in order with burn's own (fused, lazy) work on the same device.
+//! invocation's walk), the products over the batch (dW_dec, dW_enc, whose `m x d_head`
+//! outputs a head are few) by ranges of rows ([`Dims::k_split`]). On an H200 that took a
+//! fresh ReLU step at the seed's shape from 13.1 to 8.4 ms (scripts/gpu-check.sh; README).
+//!
+//! The step is a burn backend extension ([`WgslStep`]) so that it runs in order with burn's
+//! own (fused, lazy) work on the same device.
 
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
@@ -826,9 +828,7 @@ impl Launcher<'_> {
             args,
         );
     }
-}
 
-impl Launcher<'_> {
     /// Column sums over the batch of `v` (`[H, B, n]`) into `out` (`[H, n]`): each chunk's
     /// sums, then their totals.
     fn colsum(&self, v: &CubeTensor, out: &CubeTensor, n: usize, dense: bool) {
