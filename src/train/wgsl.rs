@@ -416,10 +416,7 @@ impl Dims {
     /// of the batch, for a split product).
     fn matmul_groups(&self, kernel: Kernel, rows: usize, cols: usize) -> (u32, u32, u32) {
         let (rm, rn) = self.tile(kernel);
-        let splits = match kernel {
-            Kernel::MmGdec | Kernel::MmGenc => self.k_split().0,
-            _ => 1,
-        };
+        let splits = self.k_split(kernel).0;
         (
             groups(cols, 16 * rn),
             groups(rows, 16 * rm),
@@ -427,13 +424,26 @@ impl Dims {
         )
     }
 
-    /// The products over the batch (dW_dec, dW_enc) have few outputs (`m x d_head` a head)
+    /// A product's sum (K) in ranges: (ranges, K per range). The products over the batch
+    /// (dW_dec, dW_enc, and their totals' kernels) have few outputs (`m x d_head` a head)
     /// and a long sum, so they are split into partial products over ranges of the batch
-    /// (each its own workgroups), added after in range order: (ranges, rows per range),
-    /// up to 16 ranges of at least 64 rows, a multiple of 16.
-    pub fn k_split(&self) -> (usize, usize) {
-        let rows = self.b.div_ceil(16).max(64).next_multiple_of(16);
-        (self.b.div_ceil(rows), rows)
+    /// (each its own workgroups), added after in range order: up to 16 ranges of at least
+    /// 64 rows, a multiple of 16. The others are one range of their whole K.
+    pub fn k_split(&self, kernel: Kernel) -> (usize, usize) {
+        match kernel {
+            Kernel::MmGdec | Kernel::MmGenc | Kernel::SumGdec | Kernel::SumGenc => {
+                let rows = self.b.div_ceil(16).max(64).next_multiple_of(16);
+                (self.b.div_ceil(rows), rows)
+            }
+            Kernel::MmPre | Kernel::MmDp => (1, self.d),
+            Kernel::MmDec => (1, self.m),
+            other => unreachable!("{other:?} is not a product"),
+        }
+    }
+
+    /// Chunks of [`CHUNK`] rows in the batch (the column sums' and statistics' partials).
+    fn chunks(&self) -> usize {
+        self.b.div_ceil(CHUNK)
     }
 
     /// Workgroups per head that count BatchTopK's digits: one per 1024 pre-activations
@@ -463,22 +473,15 @@ impl Dims {
             tile: None,
             flag,
         };
-        // A matmul's split of K (KSPLIT ranges of KS): the products over the batch are
-        // split (Dims::k_split), the others not.
         let (b, d, m) = (self.b, self.d, self.m);
-        let k_extent = match kernel {
-            Kernel::MmPre | Kernel::MmDp => d,
-            Kernel::MmDec => m,
-            _ => b,
-        };
-        let (ksplit, ks) = match kernel {
-            Kernel::MmGdec | Kernel::MmGenc | Kernel::SumGdec | Kernel::SumGenc => self.k_split(),
-            _ => (1, k_extent),
-        };
-        let matmul = |parts, flag| Recipe {
-            tile: Some(self.tile(kernel)),
-            extra: vec![("KSPLIT", ksplit), ("KS", ks)],
-            ..plain(parts, (16, 16), flag)
+        // A product's K in KSPLIT ranges of KS (Dims::k_split).
+        let matmul = |parts, flag| {
+            let (ksplit, ks) = self.k_split(kernel);
+            Recipe {
+                tile: Some(self.tile(kernel)),
+                extra: vec![("KSPLIT", ksplit), ("KS", ks)],
+                ..plain(parts, (16, 16), flag)
+            }
         };
         // Totals over `n` partials of `per_head` outputs a head (ksum.wgsl).
         let ksum = |parts, n, per_head, flag| Recipe {
@@ -518,13 +521,13 @@ impl Dims {
                 ..plain(&[COLSUM], (256, 1), dense.then_some(2))
             },
             Kernel::ColsumTotal { n, dense } => {
-                ksum(&[SUM_PLAIN, KSUM], b.div_ceil(CHUNK), n, dense.then_some(2))
+                ksum(&[SUM_PLAIN, KSUM], self.chunks(), n, dense.then_some(2))
             }
             Kernel::MmGdec => matmul(&[MM_GDEC, ACT, MATMUL], Some(4)),
             Kernel::MmDp => matmul(&[MM_DP, ACT, MATMUL], Some(8)),
             Kernel::MmGenc => matmul(&[MM_GENC, MATMUL], Some(3)),
-            Kernel::SumGdec => ksum(&[SUM_GDEC, KSUM], ksplit, d * m, Some(6)),
-            Kernel::SumGenc => ksum(&[SUM_PLAIN, KSUM], ksplit, d * m, Some(2)),
+            Kernel::SumGdec => ksum(&[SUM_GDEC, KSUM], self.k_split(kernel).0, d * m, Some(6)),
+            Kernel::SumGenc => ksum(&[SUM_PLAIN, KSUM], self.k_split(kernel).0, d * m, Some(2)),
             Kernel::FeatGrad => plain(&[FEAT_GRAD], (256, 1), None),
             Kernel::Loss => plain(&[LOSS, REDUCE], (256, 1), Some(7)),
             Kernel::Sumsq { n, off } => Recipe {
@@ -564,7 +567,7 @@ impl Dims {
             ("M", self.m),
             ("FLAG_AT", self.h * self.m + 1),
             ("CHUNK_ROWS", CHUNK),
-            ("NCH", self.b.div_ceil(CHUNK)),
+            ("NCH", self.chunks()),
         ];
         for (name, v) in consts.into_iter().chain(recipe.extra.iter().copied()) {
             let _ = writeln!(s, "const {name}: u32 = {v}u;");
@@ -832,7 +835,7 @@ impl Launcher<'_> {
     /// Column sums over the batch of `v` (`[H, B, n]`) into `out` (`[H, n]`): each chunk's
     /// sums, then their totals.
     fn colsum(&self, v: &CubeTensor, out: &CubeTensor, n: usize, dense: bool) {
-        let (hu, nch) = (self.dims.h as u32, self.dims.b.div_ceil(CHUNK));
+        let (hu, nch) = (self.dims.h as u32, self.dims.chunks());
         let part = self.empty(&[nch, self.dims.h, n]);
         self.launch(
             Kernel::Colsum { n, dense },
@@ -857,7 +860,7 @@ impl Launcher<'_> {
         out: &CubeTensor,
         more: &[&Handle],
     ) {
-        let part = self.empty(&[self.dims.k_split().0, self.dims.h, rows, cols]);
+        let part = self.empty(&[self.dims.k_split(kernel).0, self.dims.h, rows, cols]);
         let mut buffers = inputs.to_vec();
         buffers.push(&part.handle);
         self.launch(
@@ -1009,7 +1012,7 @@ fn step(
         _ => l.empty(&[h, b]),
     };
     let (fired, fsum, lcount) = (l.empty(&[h, m]), l.empty(&[h, m]), l.empty(&[h, m]));
-    let nch = b.div_ceil(CHUNK);
+    let nch = dims.chunks();
     let fparts = l.empty(&[3, h, nch, m]);
     l.launch(
         Kernel::Fstats,

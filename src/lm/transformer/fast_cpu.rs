@@ -441,14 +441,14 @@ fn add_residual(x: &mut [f32], out: &[f32], bias: Option<&[f32]>, d: usize) {
         });
 }
 
-/// Sum of a row in eight lanes (the order vectorises; the error stays that of f32 sums of
-/// an eighth of the terms).
 /// The root mean square of `x` with `eps` added to the mean square: what an RMSNorm divides
 /// by.
 fn rms(x: &[f32], eps: f32) -> f32 {
     (lane_sum(x.iter().map(|v| v * v)) / x.len() as f32 + eps).sqrt()
 }
 
+/// Sum of a row in eight lanes (the order vectorises; the error stays that of f32 sums of
+/// an eighth of the terms).
 fn lane_sum(values: impl Iterator<Item = f32>) -> f32 {
     let mut lanes = [0.0f32; 8];
     for (i, v) in values.enumerate() {
