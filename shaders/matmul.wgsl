@@ -6,10 +6,16 @@
 // index of an operand is contiguous in memory, so that neighbouring invocations load
 // neighbouring floats.
 //
-// The step's Rust side emits TM, TN, TK, SA, SB (row strides of the tiles in workgroup
-// memory, padded by one so that a column written by neighbouring invocations falls in
-// different banks) and writes out the lines marked `// {...}` for the invocation's
-// RM x RN block: the accumulators (`acc_i_j`, vec4s of columns 4j..4j+3), one step of
+// The tiles sit in workgroup memory as vec4s, so that a step of K reads each invocation's
+// operands with RM / 4 + RN / 4 vector loads rather than RM + RN scalar ones: at step k, the
+// four rows (or columns) r, r + 16, r + 32, r + 48 of a block of 64 share the vec4 at
+// `slot(k, r)`, component (r / 16) % 4, which is what one invocation reads together. The
+// slot is XORed with k so that the stores of a column of A or B (the same row, successive
+// k, by neighbouring invocations) fall in different banks without padding.
+//
+// The step's Rust side emits TM, TN, TK, TM4 and TN4 (TM / 4, TN / 4) and writes out the
+// lines marked `// {...}` for the invocation's RM x RN block: the accumulators (`acc_i_j`:
+// row lid.y + 16 i, the vec4 of columns lid.x + 16 (4 j + q) for q in 0..3), one step of
 // K, and the stores. Unrolled, they stay in registers on every compiler.
 //
 // Every storage buffer in shaders/ is declared read_write, inputs too: burn's memory pool
@@ -20,8 +26,14 @@
 // over ranges of KS rows, one range per workgroup along z with the head (`split`, which the
 // mode's store writes by); every other product has KSPLIT 1 and KS >= KD.
 var<private> split: u32;
-var<workgroup> sa: array<f32, SA_LEN>; // [TK][SA]
-var<workgroup> sb: array<f32, SB_LEN>; // [TK][SB]
+var<workgroup> sa: array<vec4<f32>, SA_LEN>; // [TK][TM4]
+var<workgroup> sb: array<vec4<f32>, SB_LEN>; // [TK][TN4]
+
+// Row (or column) r's vec4 in a tile's row of workgroup memory at step k of K (k < 16, so
+// the XOR stays within the block of 16 slots).
+fn slot(k: u32, r: u32) -> u32 {
+    return ((r / 64u) * 16u + r % 16u) ^ k;
+}
 
 @compute @workgroup_size(16, 16, 1)
 fn main(
@@ -52,7 +64,7 @@ fn main(
             if (r0 + rr < RD && k0 + ka < k_hi) {
                 v = load_a(h, r0 + rr, k0 + ka);
             }
-            sa[ka * SA + rr] = v;
+            sa[ka * TM4 + slot(ka, rr)][(rr / 16u) % 4u] = v;
         }
         for (var e = 0u; e < TN * TK / 256u; e++) {
             let idx = li + e * 256u;
@@ -66,12 +78,13 @@ fn main(
             if (c0 + cc < CD && k0 + kb < k_hi) {
                 w = load_b(h, k0 + kb, c0 + cc);
             }
-            sb[kb * SB + cc] = w;
+            sb[kb * TN4 + slot(kb, cc)][(cc / 16u) % 4u] = w;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            let ra = kk * SA + lid.y;
-            let rb = kk * SB + lid.x;
+            // slot(kk, lid.y + 64 i) = 16 i + (lid.y ^ kk), and so for the columns.
+            let ra = kk * TM4 + (lid.y ^ kk);
+            let rb = kk * TN4 + (lid.x ^ kk);
             // {step}
         }
         workgroupBarrier();

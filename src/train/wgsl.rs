@@ -698,21 +698,21 @@ impl Dims {
 const WORKGROUP_BYTES: usize = 16_384;
 
 /// matmul.wgsl's tile constants for `rm x rn` outputs per invocation of its 16 x 16: a
-/// `TM x TN` tile, over `TK` steps of K at a time (16, or 8 where two `TK x (T + 1)` tiles
-/// of 16 would pass [`WORKGROUP_BYTES`]).
+/// `TM x TN` tile, over `TK` steps of K at a time (16, or 8 where two `TK x T` tiles of 16
+/// and the path flag would pass [`WORKGROUP_BYTES`]).
 fn matmul_constants((rm, rn): (usize, usize)) -> String {
     let (tm, tn) = (16 * rm, 16 * rn);
-    let fits = |tk: usize| tk * (tm + 1 + tn + 1) * 4 <= WORKGROUP_BYTES;
+    // 16 bytes for the kernel's other workgroup variables (the path flag).
+    let fits = |tk: usize| tk * (tm + tn) * 4 + 16 <= WORKGROUP_BYTES;
     let tk = if fits(16) { 16 } else { 8 };
-    let (sa, sb) = (tm + 1, tn + 1);
     [
         ("TM", tm),
         ("TN", tn),
         ("TK", tk),
-        ("SA", sa),
-        ("SB", sb),
-        ("SA_LEN", tk * sa),
-        ("SB_LEN", tk * sb),
+        ("TM4", tm / 4),
+        ("TN4", tn / 4),
+        ("SA_LEN", tk * tm / 4),
+        ("SB_LEN", tk * tn / 4),
     ]
     .iter()
     .map(|(name, v)| format!("const {name}: u32 = {v}u;\n"))
@@ -720,31 +720,27 @@ fn matmul_constants((rm, rn): (usize, usize)) -> String {
 }
 
 /// matmul.wgsl with its marked lines written out for `rm x rn` outputs per invocation
-/// (`rn` a multiple of 4): `rm x rn / 4` vec4 accumulators, one step of K (each row's
-/// operand times each column quad's), and the stores.
+/// (both multiples of 4): `rm x rn / 4` vec4 accumulators, one step of K (the rows'
+/// operands in `rm / 4` vec4 loads, the columns' in `rn / 4`, then each row's operand times
+/// each column quad's), and the stores.
 fn matmul_body((rm, rn): (usize, usize)) -> String {
     use std::fmt::Write;
     let (mut acc, mut step, mut store) = (String::new(), String::new(), String::new());
     let quads = rn / 4;
-    for i in 0..rm {
-        let _ = writeln!(
-            step,
-            "            let a{i} = vec4<f32>(sa[ra + {}u]);",
-            16 * i
-        );
+    for i in 0..rm / 4 {
+        let _ = writeln!(step, "            let a{i} = sa[ra + {}u];", 16 * i);
     }
     for j in 0..quads {
-        let at: Vec<String> = (0..4)
-            .map(|q| format!("sb[rb + {}u]", 16 * (4 * j + q)))
-            .collect();
-        let _ = writeln!(step, "            let b{j} = vec4<f32>({});", at.join(", "));
+        let _ = writeln!(step, "            let b{j} = sb[rb + {}u];", 16 * j);
     }
     for i in 0..rm {
         for j in 0..quads {
             let _ = writeln!(acc, "    var acc_{i}_{j} = vec4<f32>(0.0);");
             let _ = writeln!(
                 step,
-                "            acc_{i}_{j} = fma(a{i}, b{j}, acc_{i}_{j});"
+                "            acc_{i}_{j} = fma(vec4<f32>(a{}[{}]), b{j}, acc_{i}_{j});",
+                i / 4,
+                i % 4
             );
             for q in 0..4 {
                 let _ = writeln!(
