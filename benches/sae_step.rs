@@ -6,7 +6,10 @@
 //! On the CPU the fused step (`src/train/fused_cpu.rs`, the trainer's default there) and
 //! burn's autodiff are both timed; on wgpu the WGSL step (`src/train/wgsl.rs`, the default
 //! there) and autodiff, with the kernel launches per step each path makes (counted by
-//! cubecl's launch observer). `--torch` runs `benches/torch_sae_step.py` with the same
+//! cubecl's launch observer). Each step's loss is read back before the clock stops, as
+//! PyTorch's benchmark does (`steps_per_s`); `steps_per_s_read_every_10` reads it every tenth
+//! step only, as training does with its metrics, so that the device never waits for the host
+//! between steps. `--torch` runs `benches/torch_sae_step.py` with the same
 //! settings afterwards (`--device cuda` there when wgpu is timed), so the figures come out
 //! side by side from one command. `ATTN_SAES_SPARSE_BELOW=0` keeps the WGSL step on its
 //! dense path (1: on the sparse one whenever its lists fit); `ATTN_SAES_WGSL_ENCODER=burn`
@@ -111,7 +114,9 @@ fn main() -> anyhow::Result<()> {
                     k: d / 2,
                     coef: 1.0 / 32.0,
                 });
-                let mut step = || {
+                let mut fired = None;
+                // One step, and with `read` its loss read back, which finishes it.
+                let mut step = |read: bool| {
                     // The seed's loss and settings, as in benches/torch_sae_step.py.
                     let out = opt.step_with_aux(
                         &mut sae,
@@ -122,37 +127,56 @@ fn main() -> anyhow::Result<()> {
                         1.0,
                         aux.as_ref(),
                     );
-                    density = out.fired.sum().into_scalar::<f32>() as f64 / (b * h * m) as f64;
-                    // Reading the loss back finishes the step before the clock stops.
-                    out.total.into_scalar::<f32>()
+                    fired = Some(out.fired);
+                    if read {
+                        out.total.into_scalar::<f32>();
+                    }
                 };
-                step();
-                step();
+                step(true);
+                step(true);
                 if std::env::var("ATTN_SAES_PROFILE_LAUNCHES").as_deref() == Ok("1") {
                     // One step with each launch timed on its own, in issue order.
-                    let times = Launches::timed_in(|| _ = step());
+                    let times = Launches::timed_in(|| step(true));
                     for (i, (kernel, ms)) in times.iter().enumerate() {
                         println!("  launch {i:>3} {kernel} {ms:.3} ms");
                     }
                 }
+                // Each step's loss read back before the clock stops, as PyTorch's `.item()`
+                // in benches/torch_sae_step.py.
                 let start = Instant::now();
                 let mut n = 0;
                 let launched = Launches::count_in(|| {
                     while n < 3 || start.elapsed().as_secs_f64() < seconds {
-                        step();
+                        step(true);
                         n += 1;
                     }
                 });
                 let secs = start.elapsed().as_secs_f64();
+                // Then every tenth step's only, as training reads its metrics (`log_every`
+                // 10): the device is kept fed while the host issues the next steps.
+                let start = Instant::now();
+                let mut n10 = 0;
+                while n10 == 0 || start.elapsed().as_secs_f64() < seconds {
+                    for i in 1..=10 {
+                        step(i == 10);
+                    }
+                    n10 += 10;
+                }
+                let secs10 = start.elapsed().as_secs_f64();
+                // The last step's firing features.
+                if let Some(fired) = fired.take() {
+                    density = fired.sum().into_scalar::<f32>() as f64 / (b * h * m) as f64;
+                }
                 // Kernel launches per step (the CPU backend launches none).
                 let per_step = launched as f64 / n as f64;
                 println!(
                     "burn_sae_step device={name} path={path} arch={} B={b} H={h} d={d} m={m} b_enc={b_enc} lr={lr} \
                      aux_dead={aux_dead:?} density={density:.3} steps_per_s={:.3} ms_per_step={:.1} \
-                     launches_per_step={per_step:.1}",
+                     launches_per_step={per_step:.1} steps_per_s_read_every_10={:.3}",
                     architecture.name(),
                     n as f64 / secs,
-                    secs * 1e3 / n as f64
+                    secs * 1e3 / n as f64,
+                    n10 as f64 / secs10
                 );
             }
         }
