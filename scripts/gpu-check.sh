@@ -42,7 +42,7 @@ run() {
         --model /tmp/g2 --dataset /tmp/g2/corpus.txt --hook-layer 6 --expansion-factor 32 \
         --batch-size 4096 --context-size 1024 --total-training-steps "${E2E_STEPS:-300}" \
         --eval-every 100000 --checkpoint-every 100000 --out-dir "/tmp/run-$tag" "$@" 2>&1 |
-        grep -E "device|tokens/s|explained|L0 total" || echo "the $tag run failed"
+        grep -E "device|tokens/s|explained|L0 total|^time:" || echo "the $tag run failed"
     # The training rate over the last logging window (harvest included, start-up not).
     grep '"type":"step"' "/tmp/run-$tag/metrics.jsonl" 2>/dev/null | tail -1 |
         grep -o '"steps_per_s":[0-9.]*' || true

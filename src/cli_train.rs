@@ -633,6 +633,7 @@ pub fn render_headless(rx: std::sync::mpsc::Receiver<TrainEvent>) {
                         ""
                     }
                 );
+                println!("time: {}", s.time.describe(s.seconds));
                 println!("SAE: {}", s.sae_dir.display());
                 if let Some(c) = &s.checkpoint {
                     println!("checkpoint: {}", c.display());

@@ -531,6 +531,11 @@ fn a_harvest_from_the_form_feeds_runs_that_share_its_evaluation_baseline() {
             said.iter().any(|m| m.starts_with("SAE saved to")),
             "{said:?}"
         );
+        // Where the run's time went.
+        assert!(
+            said.iter().any(|m| m.starts_with("time: steps ")),
+            "{said:?}"
+        );
         let (history, _) = History::read(&dir.join(run).join("metrics.jsonl")).unwrap();
         assert!(!history.evals.is_empty());
         evals.push(history.evals);

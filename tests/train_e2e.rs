@@ -252,6 +252,25 @@ fn short_run_lowers_mse_and_l0_and_its_metrics_recompute_by_hand() {
     assert!(last.l0 < first.l0, "L0 fell");
     assert_eq!(last.l0_per_head.len(), 4);
     assert_eq!(steps.len(), 200, "log_every = 1");
+    // The account of the run's time: every part this run had took some, and none is
+    // counted twice (they are the training thread's, one after another).
+    let t = &summary.time;
+    println!("time: {}", t.describe(summary.seconds));
+    for (part, s) in [
+        ("steps", t.steps),
+        ("metrics", t.metrics),
+        ("activations", t.activations),
+        ("evaluation", t.evaluation),
+        ("checkpoints", t.checkpoints),
+    ] {
+        assert!(s > 0.0, "{part} took no time: {t:?}");
+    }
+    let parts = t.steps + t.metrics + t.activations + t.batches + t.evaluation + t.checkpoints;
+    assert!(
+        parts <= summary.seconds,
+        "{parts} s of parts in {} s",
+        summary.seconds
+    );
     let run_dir = dir.join("run");
     let device = Device::flex();
     let loaded = lm::load_model(&cfg.model, &device).unwrap();

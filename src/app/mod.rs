@@ -1743,6 +1743,8 @@ impl AttnSaesApp {
                 };
                 let text = format!("SAE saved to {}", summary.sae_dir.display());
                 self.message(Level::Info, text);
+                let text = format!("time: {}", summary.time.describe(summary.seconds));
+                self.message(Level::Info, text);
             }
             // The job reports the same error as it ends (JobEvent::Failed).
             TrainEvent::Failed(_) => s.phase = "failed".into(),

@@ -68,6 +68,26 @@ pub enum StreamPosition {
     },
 }
 
+/// Where a background harvest's thread spends its time (nanoseconds, shared with it).
+#[derive(Default)]
+struct HarvestClock {
+    /// Forward passes, with hook_z read back to the host.
+    forward: std::sync::atomic::AtomicU64,
+    /// Waiting for the trainer to take a chunk (`ahead` chunks already waiting).
+    blocked: std::sync::atomic::AtomicU64,
+}
+
+/// Seconds a store spent getting rows, for a run's account of its time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SourceTime {
+    /// The trainer's thread getting rows from the source: waiting for the background
+    /// harvest's next chunk, harvesting inline, or reading the cache.
+    pub waiting: f64,
+    /// The background harvest's thread: its forward passes (hook_z read back included), and
+    /// its waits for the trainer to take a chunk.
+    pub harvest: Option<(f64, f64)>,
+}
+
 pub struct ActivationStore<'a> {
     config: StoreConfig,
     source: Source<'a>,
@@ -79,6 +99,10 @@ pub struct ActivationStore<'a> {
     position: StreamPosition,
     tokens_harvested: u64,
     device: Device,
+    /// Seconds spent in [`ActivationStore::harvest_chunk`].
+    source_seconds: f64,
+    /// The background harvest's clock, once there is one.
+    harvest_clock: Option<std::sync::Arc<HarvestClock>>,
 }
 
 impl<'a> ActivationStore<'a> {
@@ -127,6 +151,8 @@ impl<'a> ActivationStore<'a> {
             rng: Rng::new(seed),
             position: StreamPosition::Windows(start),
             tokens_harvested: 0,
+            source_seconds: 0.0,
+            harvest_clock: None,
             device: device.clone(),
             config,
         })
@@ -151,14 +177,24 @@ impl<'a> ActivationStore<'a> {
             return self;
         };
         let config = self.config.clone();
+        let clock = std::sync::Arc::new(HarvestClock::default());
+        self.harvest_clock = Some(clock.clone());
+        let add = |to: &std::sync::atomic::AtomicU64, since: std::time::Instant| {
+            let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            to.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        };
         scope.spawn(move || {
             loop {
+                let started = std::time::Instant::now();
                 let chunk = harvest_windows(model, &mut windows, &config);
+                add(&clock.forward, started);
                 let failed = chunk.is_err();
                 // The store going away closes the channel: stop.
+                let started = std::time::Instant::now();
                 if tx.send(chunk).is_err() || failed {
                     break;
                 }
+                add(&clock.blocked, started);
             }
         });
         self
@@ -240,6 +276,8 @@ impl<'a> ActivationStore<'a> {
                 epoch: 0,
             },
             tokens_harvested: 0,
+            source_seconds: 0.0,
+            harvest_clock: None,
             device: device.clone(),
             config,
         })
@@ -261,8 +299,29 @@ impl<'a> ActivationStore<'a> {
         self.tokens_harvested
     }
 
-    /// Harvests one chunk of rows from the source, appended to `out`.
+    /// The seconds spent getting rows so far.
+    pub fn source_time(&self) -> SourceTime {
+        let secs = |ns: &std::sync::atomic::AtomicU64| {
+            ns.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
+        };
+        SourceTime {
+            waiting: self.source_seconds,
+            harvest: self
+                .harvest_clock
+                .as_ref()
+                .map(|c| (secs(&c.forward), secs(&c.blocked))),
+        }
+    }
+
+    /// Harvests one chunk of rows from the source, appended to `out`, timed.
     fn harvest_chunk(&mut self, out: &mut Vec<f32>) -> anyhow::Result<usize> {
+        let started = std::time::Instant::now();
+        let rows = self.harvest_chunk_untimed(out);
+        self.source_seconds += started.elapsed().as_secs_f64();
+        rows
+    }
+
+    fn harvest_chunk_untimed(&mut self, out: &mut Vec<f32>) -> anyhow::Result<usize> {
         let row_len = self.row_len();
         match &mut self.source {
             Source::Lm { model, windows, .. } => {

@@ -74,6 +74,72 @@ pub struct TrainSummary {
     pub checkpoint: Option<PathBuf>,
     /// True when stopped early (stop flag or `stop_after`).
     pub stopped_early: bool,
+    /// Where the time went.
+    #[serde(default)]
+    pub time: TimeSplit,
+}
+
+/// Where a run's time went, in seconds: the training thread's part in each kind of work
+/// (the rest of `seconds` is the start: loading, the first buffer), and the background
+/// harvest's thread. On a GPU the steps are issued, not run: the device's work shows where
+/// the thread waits for it, in `metrics` (read back every `log_every` steps) or in
+/// `activations` (the harvest's forward passes share the device).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TimeSplit {
+    /// Getting rows: waiting for the background harvest, harvesting inline, or reading
+    /// the activation cache.
+    pub activations: f64,
+    /// Shuffling the buffer, taking each batch and sending it to the device.
+    pub batches: f64,
+    /// The SAE steps (on wgpu, issuing them).
+    pub steps: f64,
+    /// Reading the metrics and feature counts back.
+    pub metrics: f64,
+    pub evaluation: f64,
+    pub checkpoints: f64,
+    /// The background harvest's thread: its forward passes (hook_z read back included).
+    pub harvest_forward: Option<f64>,
+    /// The background harvest's thread: waiting for the trainer to take a chunk (chunks
+    /// ahead already waiting: harvesting keeps up).
+    pub harvest_blocked: Option<f64>,
+}
+
+impl TimeSplit {
+    /// One line for a run of `seconds`: each part of 1% or more (the steps always) and its
+    /// share.
+    pub fn describe(&self, seconds: f64) -> String {
+        let secs = |s: f64| {
+            if s < 10.0 {
+                format!("{s:.2} s")
+            } else {
+                format!("{s:.1} s")
+            }
+        };
+        let total = seconds.max(1e-9);
+        let parts = [
+            ("steps", self.steps),
+            ("metrics read-back", self.metrics),
+            ("waiting for activations", self.activations),
+            ("batches", self.batches),
+            ("evaluation", self.evaluation),
+            ("checkpoints", self.checkpoints),
+        ];
+        let busy: f64 = parts.iter().map(|p| p.1).sum();
+        let mut out: Vec<String> = parts
+            .iter()
+            .chain([("start", (seconds - busy).max(0.0))].iter())
+            .filter(|p| p.1 >= 0.01 * total || p.0 == "steps")
+            .map(|(name, s)| format!("{name} {} ({:.0}%)", secs(*s), 100.0 * s / total))
+            .collect();
+        if let (Some(f), Some(b)) = (self.harvest_forward, self.harvest_blocked) {
+            out.push(format!(
+                "harvest thread: forward passes {}, waiting for the trainer {}",
+                secs(f),
+                secs(b)
+            ));
+        }
+        out.join(", ")
+    }
 }
 
 /// Run-time controls that are not part of the configuration.
@@ -706,6 +772,40 @@ mod tests {
     use super::*;
     use crate::files::write_safetensors;
     use crate::rng::Rng;
+
+    /// The run's account: each part and its share of the run, the start as what is left,
+    /// parts under 1% left out (the steps always shown), the harvest thread's after.
+    #[test]
+    fn a_runs_time_is_described_part_by_part() {
+        let t = TimeSplit {
+            activations: 6.0,
+            batches: 0.5,
+            steps: 2.0,
+            metrics: 1.0,
+            evaluation: 0.0,
+            checkpoints: 0.09,
+            harvest_forward: None,
+            harvest_blocked: None,
+        };
+        assert_eq!(
+            t.describe(10.0),
+            "steps 2.00 s (20%), metrics read-back 1.00 s (10%), waiting for activations 6.00 \
+             s (60%), batches 0.50 s (5%), start 0.41 s (4%)"
+        );
+        let t = TimeSplit {
+            steps: 0.0,
+            activations: 60.0,
+            harvest_forward: Some(70.5),
+            harvest_blocked: Some(0.25),
+            ..t
+        };
+        assert_eq!(
+            t.describe(70.0),
+            "steps 0.00 s (0%), metrics read-back 1.00 s (1%), waiting for activations 60.0 s \
+             (86%), start 8.41 s (12%), harvest thread: forward passes 70.5 s, waiting for the \
+             trainer 0.25 s"
+        );
+    }
 
     /// Optimizer files are the same whichever path wrote them: Adam state saved by the
     /// autodiff path and loaded into the fused one continues the same trajectory.

@@ -20,8 +20,8 @@ use burn::tensor::TensorData;
 use super::config::{ArchitectureKind, BDecInit};
 use super::metrics::{self, DeadFeatureTracker};
 use super::{
-    EvalMetrics, RunControl, SaeOptimizer, StepMetrics, TrainConfig, TrainEvent, TrainSummary,
-    checkpoint, eval, geometric_median, scalar, send, truncate_metrics,
+    EvalMetrics, RunControl, SaeOptimizer, StepMetrics, TimeSplit, TrainConfig, TrainEvent,
+    TrainSummary, checkpoint, eval, geometric_median, scalar, send, truncate_metrics,
 };
 use crate::data::corpus::Corpus;
 use crate::data::store::{ActivationStore, StoreConfig, StreamPosition};
@@ -207,6 +207,9 @@ pub struct Trainer<'a> {
     started: Instant,
     /// Start of the current steps/s window: `(time, step)`.
     window_start: (Instant, usize),
+    /// Where the steps' time went, and the harvest thread's clock when they began.
+    time: TimeSplit,
+    harvest_at_start: Option<(f64, f64)>,
     last_metrics: Option<StepMetrics>,
     last_eval: Option<EvalMetrics>,
     last_checkpoint: Option<PathBuf>,
@@ -326,14 +329,17 @@ impl<'a> Trainer<'a> {
         if let Some(window) = state.dead_window.take() {
             dead.restore(window, device)?;
         }
+        let harvest_at_start = store.source_time().harvest;
         Ok(Self {
             plan,
             loaded,
             events,
+            harvest_at_start,
             store,
             sae,
             opt,
             window_start: (Instant::now(), state.step),
+            time: TimeSplit::default(),
             state,
             dead,
             eval_tokens,
@@ -369,7 +375,13 @@ impl<'a> Trainer<'a> {
         let s = &plan.sae_config;
         let (h, d) = (s.n_heads, s.d_head);
         let step = self.state.step;
+        let started = Instant::now();
+        let waited = self.store.source_time().waiting;
         let z = self.store.next_batch()?; // [B, n_heads, d_head]
+        let waited = self.store.source_time().waiting - waited;
+        self.time.activations += waited;
+        self.time.batches += started.elapsed().as_secs_f64() - waited;
+        let started = Instant::now();
         let [b, _, _] = z.dims();
         let x = self.sae.scale_input(z.reshape([b, h, d]));
         let (lr, l1) = (config.lr_at(step), config.l1_at(step));
@@ -404,6 +416,8 @@ impl<'a> Trainer<'a> {
                 None => now,
             });
         }
+        self.time.steps += started.elapsed().as_secs_f64();
+        let started = Instant::now();
         self.dead.observe(out.fired.clone(), b);
         self.state.step += 1;
         self.state.tokens += b as u64;
@@ -425,10 +439,13 @@ impl<'a> Trainer<'a> {
                 },
             );
         }
+        self.time.metrics += started.elapsed().as_secs_f64();
         if self.eval_tokens.is_some()
             && ((config.eval_every > 0 && done.is_multiple_of(config.eval_every)) || is_last)
         {
+            let started = Instant::now();
             self.evaluate()?;
+            self.time.evaluation += started.elapsed().as_secs_f64();
         }
         Ok(StepOutcome {
             step: done,
@@ -542,6 +559,13 @@ impl<'a> Trainer<'a> {
     /// Writes a checkpoint of this step (SAE, Adam state, trainer and stream state) and
     /// prunes old ones.
     pub fn checkpoint(&mut self) -> anyhow::Result<PathBuf> {
+        let started = Instant::now();
+        let path = self.write_checkpoint();
+        self.time.checkpoints += started.elapsed().as_secs_f64();
+        path
+    }
+
+    fn write_checkpoint(&mut self) -> anyhow::Result<PathBuf> {
         let plan = self.plan;
         let config = &plan.config;
         let state = TrainerState {
@@ -592,7 +616,15 @@ impl<'a> Trainer<'a> {
             &hook,
             log_density.as_deref(),
         )?;
+        let mut time = self.time;
+        if let (Some((f, b)), Some((f0, b0))) =
+            (self.store.source_time().harvest, self.harvest_at_start)
+        {
+            time.harvest_forward = Some(f - f0);
+            time.harvest_blocked = Some(b - b0);
+        }
         let summary = TrainSummary {
+            time,
             steps: self.state.step,
             tokens: self.state.tokens,
             seconds: self.started.elapsed().as_secs_f64(),
