@@ -717,6 +717,12 @@ impl Transformer {
                 }
                 _ => z,
             };
+            // Nothing reads the last layer's output projection and MLP unless logits or its
+            // residual stream are asked for (as in fast_cpu): a harvest to layer L stops at
+            // its z.
+            if layer == last_layer && !hooks.logits && !hooks.resid_post.contains(&layer) {
+                break;
+            }
             let attn_out = matmul_bias(
                 z.reshape([batch, pos, cfg.n_heads * cfg.d_head]),
                 &block.attn.w_o,
