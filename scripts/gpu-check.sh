@@ -11,8 +11,9 @@
 # issue's targets first:
 #   bash scripts/gpu-check.sh 1   parity, the SAE step at both shapes beside PyTorch CUDA,
 #                                 fresh and trained-like; end to end with the WGSL step and
-#                                 with autodiff; the LM forward at the harvest's batch; the
-#                                 step's launches timed one by one
+#                                 with autodiff (each run's account of its time); the LM
+#                                 forward at the harvest's batch, and its launches timed by
+#                                 kernel; the step's launches timed one by one
 #   bash scripts/gpu-check.sh 2   the rest: paths, tilings, TopK, AuxK, BatchTopK, harvest
 #                                 variants, f16 LM matrices, PyTorch's forward, dashboards
 # and with no argument both, in that order. E2E_STEPS sets the end-to-end runs' length
@@ -51,13 +52,16 @@ if [ "$stage" != 2 ]; then
 echo "== parity: the WGSL step against the fused CPU step, on the GPU"
 timeout 120 /tmp/bin/wgsl_step --nocapture
 echo "== SAE step: seed shape and small shape, fresh SAE"
-timeout 150 /tmp/bin/sae_step --device wgpu --seconds 4 --torch
+timeout 150 /tmp/bin/sae_step --device wgpu --seconds 3 --torch
 echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token batches"
 python3 scripts/make_random_gpt2.py /tmp/g2
 run wgsl --step auto
 run autodiff --step autodiff
 echo "== LM forward on wgpu (gpt2-small, random weights) at the harvest's 8 x 1024 tokens"
 timeout 90 /tmp/bin/forward --device wgpu --iters 5 --batch 8 --pos 1024
+echo "== the same forward's launches timed by kernel (where the harvest's time goes)"
+ATTN_SAES_PROFILE_LAUNCHES=1 timeout 90 /tmp/bin/forward --device wgpu --iters 1 --batch 8 \
+    --pos 1024 | cut -c1-160
 echo "== SAE step: trained-like density (b_enc -0.2)"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 3 --b-enc -0.2 --torch
 echo "== SAE step: launches timed one by one (in the order src/train/wgsl.rs lists), seed shape, fresh then trained-like"
@@ -92,8 +96,8 @@ echo "== end to end, harvest variants"
 ATTN_SAES_LM_F16=1 run wgsl-f16-matmuls --step auto
 run wgsl-windows32 --step auto --windows-per-forward 32
 CUBECL_WGPU_MAX_TASKS=128 run wgsl-tasks128 --step auto
-echo "== LM forward on wgpu, its launches timed by kernel"
-ATTN_SAES_PROFILE_LAUNCHES=1 timeout 120 /tmp/bin/forward --device wgpu --iters 5
+echo "== LM forward on wgpu at 8 x 128 tokens, its launches timed by kernel"
+ATTN_SAES_PROFILE_LAUNCHES=1 timeout 120 /tmp/bin/forward --device wgpu --iters 5 | cut -c1-160
 echo "== PyTorch's LM forward, for the harvest's share"
 timeout 60 python3 benches/torch_forward.py --device cuda
 echo "== dashboards of the WGSL run (seed shape, 65,536 tokens; the encoder runs on the host)"
