@@ -10,12 +10,13 @@
 # the whole call. All of it does not fit one call (600 s), so it runs in two stages, the
 # issue's targets first:
 #   bash scripts/gpu-check.sh 1   parity, the SAE step at both shapes beside PyTorch CUDA,
-#                                 fresh and trained-like; end to end with the WGSL step and
-#                                 with autodiff (each run's account of its time); the LM
+#                                 fresh and trained-like; end to end with the WGSL step,
+#                                 with autodiff, and with the LM's matrices in f16 (each
+#                                 run's account of its time); the LM
 #                                 forward at the harvest's batch, and its launches timed by
 #                                 kernel; the step's launches timed one by one
 #   bash scripts/gpu-check.sh 2   the rest: paths, tilings, TopK, AuxK, BatchTopK, harvest
-#                                 variants, f16 LM matrices, PyTorch's forward, dashboards
+#                                 variants, PyTorch's forward, dashboards
 # and with no argument both, in that order. E2E_STEPS sets the end-to-end runs' length
 # (default 300: long enough that start-up, pipeline compilation among it, is a small part).
 set -uo pipefail
@@ -32,8 +33,8 @@ xz -dc .gpu/bin.tar.xz | tar xf - -C /tmp/bin
 chmod +x /tmp/bin/*
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 export ATTN_SAES_REQUIRE_WGPU=1 XDG_RUNTIME_DIR=/tmp
-# End-to-end training on the gpt2-small-shaped model: the WGSL step and autodiff (stage 1);
-# then with f16 LM matrices, larger harvest batches and more launches per wgpu submission
+# End-to-end training on the gpt2-small-shaped model: the WGSL step, autodiff and f16 LM
+# matrices (stage 1); then larger harvest batches and more launches per wgpu submission
 # (cubecl's default is 32) (stage 2).
 run() {
     local tag="$1"
@@ -57,6 +58,7 @@ echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token 
 python3 scripts/make_random_gpt2.py /tmp/g2
 run wgsl --step auto
 run autodiff --step autodiff
+ATTN_SAES_LM_F16=1 run wgsl-f16-matmuls --step auto
 echo "== LM forward on wgpu (gpt2-small, random weights) at the harvest's 8 x 1024 tokens"
 timeout 90 /tmp/bin/forward --device wgpu --iters 5 --batch 8 --pos 1024
 echo "== the same forward's launches timed by kernel (where the harvest's time goes)"
@@ -93,7 +95,6 @@ ATTN_SAES_BATCHTOPK_SELECT=one timeout 100 /tmp/bin/sae_step --device wgpu --sec
 echo "== SAE step: fresh, the matmuls in the earlier 64 x 64 tiles"
 ATTN_SAES_WGSL_TILES=small timeout 100 /tmp/bin/sae_step --device wgpu --seconds 4 --no-autodiff
 echo "== end to end, harvest variants"
-ATTN_SAES_LM_F16=1 run wgsl-f16-matmuls --step auto
 run wgsl-windows32 --step auto --windows-per-forward 32
 CUBECL_WGPU_MAX_TASKS=128 run wgsl-tasks128 --step auto
 echo "== LM forward on wgpu at 8 x 128 tokens, its launches timed by kernel"
