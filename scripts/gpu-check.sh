@@ -13,8 +13,10 @@
 #                                 fresh and trained-like; end to end with the WGSL step,
 #                                 with autodiff, and with the LM's matrices in f16 (each
 #                                 run's account of its time); the LM
-#                                 forward at the harvest's batch, and its launches timed by
-#                                 kernel; the step's launches timed one by one
+#                                 forward at the harvest's batch, with burn's matmul and
+#                                 with the step's (ATTN_SAES_LM_MATMUL=wgsl), and its
+#                                 launches timed by kernel; the step's launches timed one
+#                                 by one
 #   bash scripts/gpu-check.sh 2   the rest: paths, tilings, TopK, AuxK, BatchTopK, harvest
 #                                 variants, PyTorch's forward, dashboards
 # and with no argument both, in that order. E2E_STEPS sets the end-to-end runs' length
@@ -34,8 +36,8 @@ chmod +x /tmp/bin/*
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 export ATTN_SAES_REQUIRE_WGPU=1 XDG_RUNTIME_DIR=/tmp
 # End-to-end training on the gpt2-small-shaped model: the WGSL step, autodiff and f16 LM
-# matrices (stage 1); then larger harvest batches and more launches per wgpu submission
-# (cubecl's default is 32) (stage 2).
+# matrices (stage 1); then the LM's products through the step's matmul, larger harvest
+# batches and more launches per wgpu submission (cubecl's default is 32) (stage 2).
 run() {
     local tag="$1"
     shift
@@ -61,6 +63,8 @@ run autodiff --step autodiff
 ATTN_SAES_LM_F16=1 run wgsl-f16-matmuls --step auto
 echo "== LM forward on wgpu (gpt2-small, random weights) at the harvest's 8 x 1024 tokens"
 timeout 90 /tmp/bin/forward --device wgpu --iters 5 --batch 8 --pos 1024
+echo "== the same forward with the LM's products through the step's tiled matmul"
+ATTN_SAES_LM_MATMUL=wgsl timeout 90 /tmp/bin/forward --device wgpu --iters 5 --batch 8 --pos 1024
 echo "== the same forward's launches timed by kernel (where the harvest's time goes)"
 ATTN_SAES_PROFILE_LAUNCHES=1 timeout 90 /tmp/bin/forward --device wgpu --iters 1 --batch 8 \
     --pos 1024 | cut -c1-160
@@ -95,6 +99,7 @@ ATTN_SAES_BATCHTOPK_SELECT=one timeout 100 /tmp/bin/sae_step --device wgpu --sec
 echo "== SAE step: fresh, the matmuls in the earlier 64 x 64 tiles"
 ATTN_SAES_WGSL_TILES=small timeout 100 /tmp/bin/sae_step --device wgpu --seconds 4 --no-autodiff
 echo "== end to end, harvest variants"
+ATTN_SAES_LM_MATMUL=wgsl run wgsl-lm-matmul --step auto
 run wgsl-windows32 --step auto --windows-per-forward 32
 CUBECL_WGPU_MAX_TASKS=128 run wgsl-tasks128 --step auto
 echo "== LM forward on wgpu at 8 x 128 tokens, its launches timed by kernel"

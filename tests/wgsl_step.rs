@@ -451,3 +451,45 @@ fn wgsl_aux_k_matches_the_fused_cpu_step() {
         (true, true),
     );
 }
+
+/// The LM's products through the step's tiled matmul (`ATTN_SAES_LM_MATMUL=wgsl`) against
+/// a float64 product on the host: sizes that are not multiples of the 128 x 128 tiles, with
+/// and without a bias, the weight row-major and as the transpose of a row-major matrix
+/// (an output matrix tied to the embedding).
+#[test]
+fn wgsl_linear_matches_a_float64_product() {
+    let Some(device) = common::wgpu_device("the WGSL linear") else {
+        return;
+    };
+    let mut rng = Rng::new(11);
+    for (n, k, c, with_bias, transposed) in [
+        (150, 70, 200, true, false),
+        (37, 96, 130, false, true),
+        (300, 33, 64, true, true),
+    ] {
+        let mut draw = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.normal() as f32).collect() };
+        let (x, w, b) = (draw(n * k), draw(k * c), draw(c));
+        let x_t = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, k]), &device);
+        // The same [K, C] matrix, stored row-major or as the transpose of its [C, K].
+        let w_t = if transposed {
+            let wt: Vec<f32> = (0..c * k).map(|i| w[(i % k) * c + i / k]).collect();
+            Tensor::<2>::from_data(TensorData::new(wt, [c, k]), &device).transpose()
+        } else {
+            Tensor::<2>::from_data(TensorData::new(w.clone(), [k, c]), &device)
+        };
+        let b_t = Tensor::<1>::from_data(TensorData::new(b.clone(), [c]), &device);
+        let got = attn_saes::lm::wgsl_linear::linear(x_t, &w_t, with_bias.then_some(&b_t));
+        assert_eq!(got.dims(), [n, c]);
+        let got = attn_saes::files::host_vec(got).unwrap();
+        let want: Vec<f32> = (0..n * c)
+            .map(|i| {
+                let (r, col) = (i / c, i % c);
+                let dot: f64 = (0..k)
+                    .map(|j| x[r * k + j] as f64 * w[j * c + col] as f64)
+                    .sum();
+                (dot + if with_bias { b[col] as f64 } else { 0.0 }) as f32
+            })
+            .collect();
+        close(&format!("linear {n}x{k}x{c}"), &got, &want, 1e-5);
+    }
+}

@@ -9,6 +9,8 @@ pub mod hub;
 pub mod load;
 pub mod transformer;
 pub mod weights;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod wgsl_linear;
 
 use std::path::{Path, PathBuf};
 

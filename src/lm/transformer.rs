@@ -1031,6 +1031,13 @@ fn matmul_bias(x: Tensor<3>, w: &Tensor<2>, b: Option<&Tensor<1>>) -> Tensor<3> 
     let [batch, pos, d_in] = x.dims();
     let d_out = w.dims()[1];
     let x = x.reshape([batch * pos, d_in]);
+    // The step's tiled matmul instead of burn's, for comparison on a GPU (wgsl_linear).
+    #[cfg(not(target_arch = "wasm32"))]
+    if w.dtype() == DType::F32
+        && super::wgsl_linear::wanted(&x.device(), (batch * pos, d_in, d_out))
+    {
+        return super::wgsl_linear::linear(x, w, b).reshape([batch, pos, d_out]);
+    }
     // Half-precision weights (`Transformer::with_f16_matmuls`): the product in f16, the
     // residual stream, norms, attention and biases in f32.
     let y = if w.dtype() == DType::F16 {

@@ -99,6 +99,8 @@ pub mod sources {
     pub const AUX_ROWS: &str = include_str!("../../shaders/aux_rows.wgsl");
     pub const AUX_LOSS: &str = include_str!("../../shaders/aux_loss.wgsl");
     pub const ADD: &str = include_str!("../../shaders/add.wgsl");
+    /// The LM's products (src/lm/wgsl_linear.rs).
+    pub const MM_LINEAR: &str = include_str!("../../shaders/mm_linear.wgsl");
 }
 
 /// What a step needs besides tensors: the activation and the optimizer's settings.
@@ -261,6 +263,11 @@ pub struct Wgsl {
 }
 
 impl Wgsl {
+    /// A kernel of this complete WGSL text.
+    pub(crate) fn new(source: String) -> Self {
+        Self { source }
+    }
+
     /// The complete WGSL text.
     pub fn text(&self) -> &str {
         &self.source
@@ -700,7 +707,7 @@ const WORKGROUP_BYTES: usize = 16_384;
 /// matmul.wgsl's tile constants for `rm x rn` outputs per invocation of its 16 x 16: a
 /// `TM x TN` tile, over `TK` steps of K at a time (16, or 8 where two `TK x T` tiles of 16
 /// and the path flag would pass [`WORKGROUP_BYTES`]).
-fn matmul_constants((rm, rn): (usize, usize)) -> String {
+pub(crate) fn matmul_constants((rm, rn): (usize, usize)) -> String {
     let (tm, tn) = (16 * rm, 16 * rn);
     // 16 bytes for the kernel's other workgroup variables (the path flag).
     let fits = |tk: usize| tk * (tm + tn) * 4 + 16 <= WORKGROUP_BYTES;
@@ -723,7 +730,7 @@ fn matmul_constants((rm, rn): (usize, usize)) -> String {
 /// (both multiples of 4): `rm x rn / 4` vec4 accumulators, one step of K (the rows'
 /// operands in `rm / 4` vec4 loads, the columns' in `rn / 4`, then each row's operand times
 /// each column quad's), and the stores.
-fn matmul_body((rm, rn): (usize, usize)) -> String {
+pub(crate) fn matmul_body((rm, rn): (usize, usize)) -> String {
     use std::fmt::Write;
     let (mut acc, mut step, mut store) = (String::new(), String::new(), String::new());
     let quads = rn / 4;
