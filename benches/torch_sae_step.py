@@ -95,29 +95,31 @@ class BlockDiagSAE:
         return mse + LAMBDA * l1
 
 
-def bench(impl, B, H, d, m, seconds, warmup=2, min_steps=3, dev="cpu", b_enc=0.0, lr=LR):
+def bench(impl, B, H, d, m, seconds, warmup=2, min_steps=3, dev="cpu", b_enc=0.0, lr=LR, every=1):
+    """Steps/s, steps, seconds; the loss read back every `every` steps (1: each step)."""
     g = torch.Generator().manual_seed(0)
     sae = {"bmm": BmmSAE, "block_diag": BlockDiagSAE}[impl](H, d, m, g, dev, b_enc)
     opt = torch.optim.Adam(sae.params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
     x = torch.randn(B, H, d, generator=g).to(dev)
 
-    def step():
+    def step(read=True):
         opt.zero_grad(set_to_none=True)
         loss = sae.loss(x)
         loss.backward()
         opt.step()
         # Read the loss back, as the Rust bench does, so each step has finished (GPU sync).
-        return loss.item()
+        if read:
+            loss.item()
 
     for _ in range(warmup):
         step()
     n = 0
     t0 = time.perf_counter()
     while True:
-        step()
         n += 1
+        step(read=n % every == 0)
         dt = time.perf_counter() - t0
-        if n >= min_steps and dt >= seconds:
+        if n >= min_steps and n % every == 0 and dt >= seconds:
             break
     return n / dt, n, dt
 
@@ -142,10 +144,17 @@ def main():
         configs.append((4096, 12, 64, 2048))
     for B, H, d, m in configs:
         for impl in ("bmm", "block_diag"):
-            sps, n, dt = bench(impl, B, H, d, m, args.seconds, dev=args.device, b_enc=args.b_enc, lr=args.lr)
+            kw = dict(dev=args.device, b_enc=args.b_enc, lr=args.lr)
+            sps, n, dt = bench(impl, B, H, d, m, args.seconds, **kw)
+            # bmm also with the loss read every tenth step only, as the Rust bench's
+            # steps_per_s_read_every_10 (training reads its metrics so).
+            every10 = ""
+            if impl == "bmm":
+                sps10, _, _ = bench(impl, B, H, d, m, args.seconds, every=10, **kw)
+                every10 = f" steps_per_s_read_every_10={sps10:.3f}"
             print(
                 f"torch_sae_step device={args.device} impl={impl} B={B} H={H} d={d} m={m} b_enc={args.b_enc} lr={args.lr}"
-                f" steps_per_s={sps:.3f}"
+                f" steps_per_s={sps:.3f}{every10}"
                 f"  ({n} steps in {dt:.1f}s)",
                 flush=True,
             )
