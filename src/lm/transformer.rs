@@ -305,6 +305,13 @@ impl HookRequest {
             ..Self::default()
         }
     }
+
+    /// Whether a forward whose last layer is `last` reads the output projection and MLP of
+    /// `layer`: of every layer before the last, and of the last only for the logits or its
+    /// residual stream. A forward stops at the last layer's z otherwise.
+    pub(crate) fn reads_block_output(&self, layer: usize, last: usize) -> bool {
+        layer < last || self.logits || self.resid_post.contains(&layer)
+    }
 }
 
 /// Which heads a splice replaces.
@@ -717,10 +724,8 @@ impl Transformer {
                 }
                 _ => z,
             };
-            // Nothing reads the last layer's output projection and MLP unless logits or its
-            // residual stream are asked for (as in fast_cpu): a harvest to layer L stops at
-            // its z.
-            if layer == last_layer && !hooks.logits && !hooks.resid_post.contains(&layer) {
+            // A harvest to layer L stops at its z.
+            if !hooks.reads_block_output(layer, last_layer) {
                 break;
             }
             let attn_out = matmul_bias(

@@ -12,7 +12,7 @@ use burn::cubecl::{CubeCount, CubeDim};
 use burn::prelude::*;
 use burn::tensor::{DType, Shape};
 
-use crate::train::wgsl::{Wgsl, matmul_body, matmul_constants, sources};
+use crate::train::wgsl::{NO_PATH_FLAG, Wgsl, groups, matmul_body, matmul_constants, sources};
 
 /// Outputs per invocation of the 16 x 16 workgroup (the step's wide tiles: 128 x 128).
 const TILE: (usize, usize) = (8, 8);
@@ -61,7 +61,7 @@ impl WgslLinear for CubeBackend {
             "const N: u32 = {n}u;\nconst K: u32 = {k}u;\nconst C: u32 = {c}u;\n\
              const KSPLIT: u32 = 1u;\nconst KS: u32 = {k}u;\n\
              const B_K_FAST: bool = {k_fast};\nconst HAS_BIAS: bool = {with_bias};\n\
-             fn skip_dense(li: u32) -> bool {{\n    return false;\n}}\n{}{}\n{}",
+             {NO_PATH_FLAG}{}{}\n{}",
             matmul_constants(TILE),
             sources::MM_LINEAR,
             matmul_body(TILE)
@@ -70,7 +70,6 @@ impl WgslLinear for CubeBackend {
             .iter()
             .map(|t| t.handle.clone().binding())
             .collect();
-        let groups = |len: usize, per: usize| len.div_ceil(per) as u32;
         client.launch(
             Box::new(SourceKernel::new(
                 Wgsl::new(source),

@@ -312,6 +312,11 @@ pub struct Dims {
 /// one sum in a fixed order and the batch is read by many workgroups at once.
 pub const CHUNK: usize = 64;
 
+/// The path flag's functions in a kernel that has no sparse path to follow: the dense path,
+/// never skipped.
+pub(crate) const NO_PATH_FLAG: &str = "fn path_taken() -> u32 {\n    return 0u;\n}\n\
+     fn skip_dense(li: u32) -> bool {\n    return false;\n}\n";
+
 /// Storage buffers the sparse path binds at once (feat_grad.wgsl); adapters with fewer
 /// per shader stage take the dense path only (WebGPU's default is 8, native APIs more).
 pub const SPARSE_BINDINGS: u32 = 13;
@@ -602,10 +607,7 @@ impl Dims {
                      return workgroupUniformLoad(&path_wg) == 1u;\n}}\n"
                 );
             }
-            None => s.push_str(
-                "fn path_taken() -> u32 {\n    return 0u;\n}\n\
-                 fn skip_dense(li: u32) -> bool {\n    return false;\n}\n",
-            ),
+            None => s.push_str(NO_PATH_FLAG),
         }
         if let Some(tile) = recipe.tile {
             s.push_str(&matmul_constants(tile));
@@ -775,7 +777,7 @@ pub(crate) fn matmul_body((rm, rn): (usize, usize)) -> String {
 }
 
 /// Workgroups to cover `n` with groups of `per`.
-fn groups(n: usize, per: usize) -> u32 {
+pub(crate) fn groups(n: usize, per: usize) -> u32 {
     n.div_ceil(per) as u32
 }
 

@@ -284,9 +284,7 @@ pub(super) fn run_from(
                 .insert(layer, tensor(unfolded(values), [batch, pos, h, dh]));
         }
         let spliced_here = splice.filter(|s| s.layer == layer);
-        // Nothing reads the last layer's output projection and MLP unless logits or its
-        // residual stream are asked for.
-        let whole = layer < last || hooks.logits || hooks.resid_post.contains(&layer);
+        let whole = hooks.reads_block_output(layer, last);
         if hooks.hook_z.contains(&layer) || spliced_here.is_some() {
             let moved = !whole && spliced_here.is_none();
             let hooked = unfolded(if moved {
