@@ -85,7 +85,9 @@ impl WgslLinear for CubeBackend {
 /// Whether an `[n, k] x [k, c]` product on `device` goes through [`WgslLinear`]: asked for
 /// (`ATTN_SAES_LM_MATMUL=wgsl`), on wgpu, not under autodiff, and indexed within 32 bits.
 pub fn wanted(device: &Device, (n, k, c): (usize, usize, usize)) -> bool {
-    std::env::var("ATTN_SAES_LM_MATMUL").as_deref() == Ok("wgsl")
+    // Read once: every product of every forward asks.
+    static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKED.get_or_init(|| std::env::var("ATTN_SAES_LM_MATMUL").as_deref() == Ok("wgsl"))
         && *device != Device::flex()
         && !device.is_autodiff()
         && [n * k, k * c, n * c].iter().all(|&len| len < 1 << 32)
