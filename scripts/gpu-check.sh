@@ -9,7 +9,8 @@
 # goes to stdout and $OUT/log-STAGE. Each part has a time limit, so one that hangs does not take
 # the whole call. All of it does not fit one call (600 s), so it runs in two stages, the
 # issue's targets first:
-#   bash scripts/gpu-check.sh 1   parity, the SAE step at both shapes beside PyTorch CUDA,
+#   bash scripts/gpu-check.sh 1   parity, the cooperative-matrix probe (benches/coop_probe.rs)
+#                                 beside PyTorch's bmm, the SAE step at both shapes beside PyTorch CUDA,
 #                                 fresh and trained-like; end to end with the WGSL step,
 #                                 with autodiff, and with the LM's matrices in f16 (each
 #                                 run's account of its time); the LM
@@ -52,8 +53,11 @@ run() {
         grep -o '"steps_per_s":[0-9.]*' || true
 }
 if [ "$stage" != 2 ]; then
-echo "== parity: the WGSL step against the fused CPU step, on the GPU"
+echo "== parity: the WGSL step against the fused CPU step, the WGSL product against float64, the cooperative-matrix probe's products against the host, on the GPU"
 timeout 120 /tmp/bin/wgsl_step --nocapture
+echo "== tensor cores through wgpu? cooperative matrices (f16 operands, f32 sums) at the step's product shapes, then PyTorch's bmm at the same"
+timeout 60 /tmp/bin/coop_probe
+timeout 60 python3 benches/torch_bmm.py --device cuda
 echo "== SAE step: seed shape and small shape, fresh SAE"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 3 --torch
 echo "== end to end: gpt2-small shape, random weights, layer 6, 32x, 4096-token batches"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a GPU check for the `device` tool (a lent machine with no Rust toolchain): builds
 # the release binaries here (the WGSL parity test, the SAE-step and forward benchmarks,
-# attn-saes; about 39 MB compressed together, under the 64 MiB a call carries), strips and
+# the cooperative-matrix probe, attn-saes; about 39 MB compressed together, under the 64 MiB a call carries), strips and
 # xz-compresses them into .gpu/bin.tar.xz, and
 # downloads the Vulkan loader packages into .gl/. Both folders are git-excluded; pass
 # `carry: [".gpu", ".gl"]` and run `bash scripts/gpu-check.sh 1` there (then `2`, time
@@ -13,12 +13,12 @@ grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >>.git/info/exclu
 grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo /.gl/ >>.git/info/exclude
 rm -rf .gpu && mkdir -p .gpu
 # The test binaries' paths, from cargo's JSON messages.
-built=$(cargo test --release --no-run --test wgsl_step --bench sae_step --bench forward \
+built=$(cargo test --release --no-run --test wgsl_step --bench sae_step --bench forward --bench coop_probe \
     --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("wgsl_step", "sae_step", "forward"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("wgsl_step", "sae_step", "forward", "coop_probe"):
         print(m["target"]["name"], m["executable"])')
 cargo build --release --bin attn-saes
 built+=$'\n'"attn-saes $target/release/attn-saes"

@@ -493,3 +493,47 @@ fn wgsl_linear_matches_a_float64_product() {
         close(&format!("linear {n}x{k}x{c}"), &got, &want, 1e-5);
     }
 }
+
+#[path = "../benches/coop/kernel.rs"]
+mod coop_kernel;
+
+/// The cooperative-matrix probe (benches/coop_probe.rs) on this adapter, at small shapes:
+/// each kernel's sampled outputs against sums in f64 of the same f16 operands, with A
+/// stored either way. Without cooperative matrices (lavapipe, so CI) that is the scalar
+/// kernel alone, which checks the probe's harness (buffers, read-back, the host's sums);
+/// on an adapter with them (a lent GPU: scripts/gpu-check.sh runs this file) every
+/// blocking, so that the probe's timings there are of products that are right.
+#[test]
+fn coop_probe_products_match_the_host() {
+    use coop_kernel::{CoopShape, Kernel, Operands};
+    let gpu = match coop_kernel::open() {
+        Ok(gpu) => gpu,
+        Err(e) => {
+            assert!(
+                std::env::var("ATTN_SAES_REQUIRE_WGPU").as_deref() != Ok("1"),
+                "ATTN_SAES_REQUIRE_WGPU=1 but no adapter for the probe: {e}"
+            );
+            println!("SKIPPED the cooperative-matrix probe: {e}");
+            return;
+        }
+    };
+    println!("{}", gpu.description);
+    let (heads, m, n, k) = (2, 128, 192, 96);
+    let mut ran = 0;
+    for a_col_major in [false, true] {
+        let operands = Operands::new(&gpu.device, heads, m, n, k, a_col_major);
+        for shape in CoopShape::blockings(heads, (m, n, k), a_col_major, gpu.subgroup) {
+            if shape.kernel != Kernel::Scalar && !gpu.coop {
+                continue;
+            }
+            let timed = operands
+                .run(&gpu.device, &gpu.queue, shape, 1)
+                .unwrap_or_else(|e| panic!("{shape:?} refused: {e}"));
+            // f16 products are exact in f32; the sums of 96 in f32 (in the tensor cores'
+            // order on a GPU) err by a few ulps of the largest.
+            assert!(timed.max_rel_err < 1e-5, "{shape:?}: {}", timed.max_rel_err);
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, if gpu.coop { 12 } else { 2 });
+}

@@ -73,3 +73,76 @@ fn every_kernel_validates_with_naga() {
     // BatchTopK cases.
     assert_eq!(checked, 18 * 36 + 4 * 12 + 18 + 2 * 9 + 13 * 18);
 }
+
+#[path = "../benches/coop/kernel.rs"]
+mod coop_kernel;
+
+/// The cooperative-matrix product `benches/coop_probe.rs` times on a GPU (no adapter here
+/// has cooperative matrices: lavapipe 22.3 lacks VK_KHR_cooperative_matrix) parses,
+/// validates with naga under the capabilities it asks for, and translates to SPIR-V, as
+/// wgpu does on Vulkan, in each of the probe's layouts and blockings; and without the
+/// capability naga refuses it, so the validation is not vacuous. (The kernels run, and are
+/// checked against the host, in tests/wgsl_step.rs: on lavapipe only the scalar one.)
+#[test]
+fn the_cooperative_matrix_probe_validates_and_translates_to_spirv() {
+    use coop_kernel::{CoopShape, Kernel};
+    let caps =
+        naga::valid::Capabilities::COOPERATIVE_MATRIX | naga::valid::Capabilities::SHADER_FLOAT16;
+    let mut checked = 0;
+    for (m, n, k, a_col_major) in [
+        (4096, 2048, 64, false),
+        (4096, 64, 2048, false),
+        (64, 2048, 4096, true),
+    ] {
+        for shape in CoopShape::blockings(12, (m, n, k), a_col_major, 32) {
+            let (tm, tn, kernel) = (shape.tm, shape.tn, shape.kernel);
+            let source = shape.wgsl();
+            let module = naga::front::wgsl::parse_str(&source)
+                .unwrap_or_else(|e| panic!("{shape:?}: {}", e.emit_to_string(&source)));
+            let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{shape:?}: {}", e.emit_to_string(&source)));
+            // Only the scalar kernel, which has none, is valid without cooperative matrices.
+            let without = naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::SHADER_FLOAT16,
+            )
+            .validate(&module);
+            assert_eq!(without.is_ok(), kernel == Kernel::Scalar, "{shape:?}");
+            let options = naga::back::spv::Options {
+                lang_version: (1, 3),
+                ..Default::default()
+            };
+            let words = naga::back::spv::write_vec(&module, &info, &options, None)
+                .unwrap_or_else(|e| panic!("{shape:?}: SPIR-V: {e}"));
+            // The cooperative-matrix instructions are there: OpCooperativeMatrixMulAddKHR
+            // (opcode 4459) once per fragment pair in the loop's body (the staged kernel's
+            // subgroups sum 2 x 2 fragments, two steps of 16 an iteration).
+            let mul_adds = spirv_ops(&words).filter(|&op| op == 4459).count();
+            let expected = match kernel {
+                Kernel::Direct => tm * tn,
+                Kernel::Staged => 8,
+                Kernel::Scalar => 0,
+            };
+            assert_eq!(mul_adds, expected, "{shape:?}");
+            let shared: u32 = (module.global_variables.iter())
+                .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+                .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+                .sum();
+            let staged = kernel == Kernel::Staged;
+            assert_eq!(shared, if staged { 8192 } else { 0 }, "{shape:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 18);
+}
+
+/// The opcodes of a SPIR-V module's instructions, after its 5-word header.
+fn spirv_ops(words: &[u32]) -> impl Iterator<Item = u32> + '_ {
+    let mut at = 5;
+    std::iter::from_fn(move || {
+        let word = *words.get(at)?;
+        at += (word >> 16).max(1) as usize;
+        Some(word & 0xffff)
+    })
+}
