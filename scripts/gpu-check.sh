@@ -74,6 +74,9 @@ ATTN_SAES_PROFILE_LAUNCHES=1 timeout 90 /tmp/bin/forward --device wgpu --iters 1
     --pos 1024 | cut -c1-160
 echo "== SAE step: trained-like density (b_enc -0.2)"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 3 --b-enc -0.2 --torch
+echo "== SAE step: the same held at its starting density (--lr 0: about 2% fire, the sparse path; training ends near 0.6%)"
+timeout 60 /tmp/bin/sae_step --device wgpu --seconds 3 --b-enc -0.2 --lr 0 --no-autodiff \
+    --shape 4096,12,64,2048
 echo "== SAE step: launches timed one by one (in the order src/train/wgsl.rs lists), seed shape, fresh then trained-like"
 ATTN_SAES_PROFILE_LAUNCHES=1 timeout 60 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,2048 \
     --seconds 1 --no-autodiff
