@@ -35,6 +35,7 @@ mkdir -p /tmp/bin
 xz -dc .gpu/bin.tar.xz | tar xf - -C /tmp/bin
 chmod +x /tmp/bin/*
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+echo "binaries built from: $(cat .gpu/commit 2>/dev/null || echo unknown)"
 export ATTN_SAES_REQUIRE_WGPU=1 XDG_RUNTIME_DIR=/tmp
 # End-to-end training on the gpt2-small-shaped model: the WGSL step, autodiff and f16 LM
 # matrices (stage 1); then the LM's products through the step's matmul, larger harvest
@@ -76,6 +77,9 @@ echo "== SAE step: trained-like density (b_enc -0.2)"
 timeout 150 /tmp/bin/sae_step --device wgpu --seconds 3 --b-enc -0.2 --torch
 echo "== SAE step: the same held at its starting density (--lr 0: about 2% fire, the sparse path; training ends near 0.6%)"
 timeout 60 /tmp/bin/sae_step --device wgpu --seconds 3 --b-enc -0.2 --lr 0 --no-autodiff \
+    --shape 4096,12,64,2048
+echo "== SAE step: seed shape, fresh, submitted every 4 launches (cubecl submits every 32 by default: a step's first kernel waits for most of the step to be encoded)"
+CUBECL_WGPU_MAX_TASKS=4 timeout 60 /tmp/bin/sae_step --device wgpu --seconds 3 --no-autodiff \
     --shape 4096,12,64,2048
 echo "== SAE step: launches timed one by one (in the order src/train/wgsl.rs lists), seed shape, fresh then trained-like"
 ATTN_SAES_PROFILE_LAUNCHES=1 timeout 60 /tmp/bin/sae_step --device wgpu --shape 4096,12,64,2048 \

@@ -32,6 +32,9 @@ done <<<"$built"
 # against 72; about 4 minutes here, 3 s to unpack).
 tar cf - -C "$stripped" . | xz -T1 --lzma2=preset=6,dict=256MiB >.gpu/bin.tar.xz
 rm -rf "$stripped"
+# What the binaries were built from, so that a later session can tell whether the pack is
+# current (gpu-check.sh prints it).
+{ git rev-parse HEAD; git status --porcelain --untracked-files=no | sed 's/^/changed: /'; } >.gpu/commit
 ls -la .gpu
 if [ ! -d .gl ]; then
     mkdir -p .gl /tmp/amd64/partial
