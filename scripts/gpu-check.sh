@@ -55,7 +55,9 @@ run() {
 }
 if [ "$stage" != 2 ]; then
 echo "== parity: the WGSL step against the fused CPU step, the WGSL product against float64, the cooperative-matrix probe's products against the host, on the GPU"
-timeout 120 /tmp/bin/wgsl_step --nocapture
+timeout 120 /tmp/bin/wgsl_step --nocapture --skip coop_probe
+# The cooperative-matrix kernels on their own, so that one that hangs costs its own minute.
+timeout 60 /tmp/bin/wgsl_step --nocapture coop_probe
 echo "== tensor cores through wgpu? cooperative matrices (f16 operands, f32 sums) at the step's product shapes, then PyTorch's bmm at the same"
 timeout 60 /tmp/bin/coop_probe
 timeout 60 python3 benches/torch_bmm.py --device cuda
