@@ -529,9 +529,17 @@ fn coop_probe_products_match_the_host() {
             let timed = operands
                 .run(&gpu.device, &gpu.queue, shape, 1)
                 .unwrap_or_else(|e| panic!("{shape:?} refused: {e}"));
-            // f16 products are exact in f32; the sums of 96 in f32 (in the tensor cores'
-            // order on a GPU) err by a few ulps of the largest.
-            assert!(timed.max_rel_err < 1e-5, "{shape:?}: {}", timed.max_rel_err);
+            // f16 products are exact in f32, so the scalar kernel's sums of 96 in f32 err by
+            // a few ulps of the largest. Tensor cores may sum with less than f32's rounding
+            // (Hopper's f8 products keep about 14 bits), so theirs get 1e-3: far below what
+            // a fragment misplaced (errors of the outputs' own size) would give.
+            let tol = if shape.kernel == Kernel::Scalar {
+                1e-5
+            } else {
+                1e-3
+            };
+            println!("{shape:?}: max relative error {:.2e}", timed.max_rel_err);
+            assert!(timed.max_rel_err < tol, "{shape:?}: {}", timed.max_rel_err);
             ran += 1;
         }
     }
