@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Prepares a GPU check for the `device` tool (a lent machine with no Rust toolchain): builds
 # the release binaries here (the WGSL parity test, the SAE-step and forward benchmarks,
-# the cooperative-matrix probe, attn-saes; about 39 MB compressed together, under the 64 MiB a call carries), strips and
-# xz-compresses them into .gpu/bin.tar.xz, and
-# downloads the Vulkan loader packages into .gl/. Both folders are git-excluded; pass
+# the cooperative-matrix probe, attn-saes; about 41 MB compressed together, under the 64 MiB
+# a call carries), strips and xz-compresses them into .gpu/bin.tar.xz, and downloads the
+# Vulkan loader packages into .gl/. Both folders are git-excluded; pass
 # `carry: [".gpu", ".gl"]` and run `bash scripts/gpu-check.sh 1` there (then `2`, time
 # allowing; see that script).
 set -euo pipefail

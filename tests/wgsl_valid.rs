@@ -56,10 +56,7 @@ fn every_kernel_validates_with_naga() {
                     .unwrap_or_else(|| panic!("{name:?}: no entry point main"));
                 assert_eq!(entry.stage, naga::ShaderStage::Compute, "{name:?}");
                 // Within WebGPU's default workgroup memory.
-                let shared: u32 = (module.global_variables.iter())
-                    .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
-                    .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
-                    .sum();
+                let shared = workgroup_bytes(&module);
                 assert!(shared <= 16_384, "{name:?} ({arch:?}): {shared} bytes");
                 checked += 1;
             }
@@ -125,16 +122,21 @@ fn the_cooperative_matrix_probe_validates_and_translates_to_spirv() {
                 Kernel::Scalar => 0,
             };
             assert_eq!(mul_adds, expected, "{shape:?}");
-            let shared: u32 = (module.global_variables.iter())
-                .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
-                .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
-                .sum();
+            let shared = workgroup_bytes(&module);
             let staged = kernel == Kernel::Staged;
             assert_eq!(shared, if staged { 8192 } else { 0 }, "{shape:?}");
             checked += 1;
         }
     }
     assert_eq!(checked, 18);
+}
+
+/// Bytes of workgroup memory a kernel declares.
+fn workgroup_bytes(module: &naga::Module) -> u32 {
+    (module.global_variables.iter())
+        .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+        .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+        .sum()
 }
 
 /// The opcodes of a SPIR-V module's instructions, after its 5-word header.

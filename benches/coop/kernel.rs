@@ -191,10 +191,15 @@ impl CoopShape {
     pub fn wgsl(&self) -> String {
         assert!(self.fits(), "{self:?}: blocks must tile the output");
         match self.kernel {
-            Kernel::Staged => return self.wgsl_staged(),
-            Kernel::Scalar => return self.wgsl_scalar(),
-            Kernel::Direct => {}
+            Kernel::Direct => self.wgsl_direct(),
+            Kernel::Staged => self.wgsl_staged(),
+            Kernel::Scalar => self.wgsl_scalar(),
         }
+    }
+
+    /// The `direct` kernel: one subgroup a workgroup, `tm x tn` fragments, each step of K's
+    /// fragments loaded from the storage buffers.
+    fn wgsl_direct(&self) -> String {
         let (m, n, k) = (self.m, self.n, self.k);
         let mut s = String::new();
         s.push_str(&header(true, "f16"));
@@ -419,15 +424,10 @@ impl Operands {
         k: usize,
         a_col_major: bool,
     ) -> Self {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = attn_saes::rng::Rng::new(7);
         let mut halves = |len: usize| -> Vec<half::f16> {
             (0..len)
-                .map(|_| {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    half::f16::from_f32((rng >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-                })
+                .map(|_| half::f16::from_f64(2.0 * rng.uniform() - 1.0))
                 .collect()
         };
         let a = halves(heads * m * k);

@@ -221,14 +221,20 @@ pub fn wgpu_device(what: &str) -> Option<Device> {
     match attn_saes::device::select(attn_saes::device::DeviceChoice::Wgpu) {
         Ok(sel) => Some(sel.device),
         Err(e) => {
-            assert!(
-                std::env::var("ATTN_SAES_REQUIRE_WGPU").as_deref() != Ok("1"),
-                "ATTN_SAES_REQUIRE_WGPU=1 but no wgpu adapter for {what}: {e}"
-            );
-            println!("SKIPPED {what}: {e}");
+            no_wgpu(what, e);
             None
         }
     }
+}
+
+/// Says that `what` is skipped for want of a wgpu adapter (`why`); with
+/// `ATTN_SAES_REQUIRE_WGPU=1` (set in CI) fails instead.
+pub fn no_wgpu(what: &str, why: impl std::fmt::Display) {
+    assert!(
+        std::env::var("ATTN_SAES_REQUIRE_WGPU").as_deref() != Ok("1"),
+        "ATTN_SAES_REQUIRE_WGPU=1 but no wgpu adapter for {what}: {why}"
+    );
+    println!("SKIPPED {what}: {why}");
 }
 
 /// Compares one sequence's logits `[1, pos, vocab]` and per-token CE with the reference
