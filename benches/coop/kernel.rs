@@ -222,32 +222,16 @@ impl CoopShape {
         s.push_str(&format!("    for (var kk = 0u; kk < {k}u; kk += 16u) {{\n"));
         for i in 0..self.tm {
             // Fragment (row0 + 16 i, kk) of A.
-            if self.a_col_major {
-                s.push_str(&format!(
-                    "        let ia{i} = abase + kk * {m}u + row0 + {}u;\n",
-                    16 * i
-                ));
-                s.push_str(&format!(
-                    "        let a{i} = coopLoad<coop_mat16x16<f16, A>>(&a[ia{i}], sa);\n"
-                ));
+            let at = if self.a_col_major {
+                format!("abase + kk * {m}u + row0 + {}u", 16 * i)
             } else {
-                s.push_str(&format!(
-                    "        let ia{i} = abase + (row0 + {}u) * {k}u + kk;\n",
-                    16 * i
-                ));
-                s.push_str(&format!(
-                    "        let a{i} = coopLoadT<coop_mat16x16<f16, A>>(&a[ia{i}], sa);\n"
-                ));
-            }
+                format!("abase + (row0 + {}u) * {k}u + kk", 16 * i)
+            };
+            s += &load(&format!("a{i}"), 'A', ("a", &at), "sa", !self.a_col_major);
         }
         for j in 0..self.tn {
-            s.push_str(&format!(
-                "        let ib{j} = bbase + kk * {n}u + col0 + {}u;\n",
-                16 * j
-            ));
-            s.push_str(&format!(
-                "        let b{j} = coopLoadT<coop_mat16x16<f16, B>>(&b[ib{j}], sb);\n"
-            ));
+            let at = format!("bbase + kk * {n}u + col0 + {}u", 16 * j);
+            s += &load(&format!("b{j}"), 'B', ("b", &at), "sb", true);
         }
         for i in 0..self.tm {
             for j in 0..self.tn {
@@ -319,32 +303,22 @@ impl CoopShape {
         s.push_str("        }\n        workgroupBarrier();\n");
         for ks in [0, 16] {
             for i in 0..2 {
-                if self.a_col_major {
-                    s.push_str(&format!(
-                        "        let ia{ks}_{i} = {ks}u * 64u + r0 + {}u;\n",
-                        16 * i
-                    ));
-                    s.push_str(&format!(
-                        "        let a{ks}_{i} = coopLoad<coop_mat16x16<f16, A>>(&sa[ia{ks}_{i}], s64);\n"
-                    ));
+                let (at, stride) = if self.a_col_major {
+                    (format!("{ks}u * 64u + r0 + {}u", 16 * i), "s64")
                 } else {
-                    s.push_str(&format!(
-                        "        let ia{ks}_{i} = (r0 + {}u) * 32u + {ks}u;\n",
-                        16 * i
-                    ));
-                    s.push_str(&format!(
-                        "        let a{ks}_{i} = coopLoadT<coop_mat16x16<f16, A>>(&sa[ia{ks}_{i}], s32);\n"
-                    ));
-                }
+                    (format!("(r0 + {}u) * 32u + {ks}u", 16 * i), "s32")
+                };
+                s += &load(
+                    &format!("a{ks}_{i}"),
+                    'A',
+                    ("sa", &at),
+                    stride,
+                    !self.a_col_major,
+                );
             }
             for j in 0..2 {
-                s.push_str(&format!(
-                    "        let ib{ks}_{j} = {ks}u * 64u + c0 + {}u;\n",
-                    16 * j
-                ));
-                s.push_str(&format!(
-                    "        let b{ks}_{j} = coopLoadT<coop_mat16x16<f16, B>>(&sb[ib{ks}_{j}], s64);\n"
-                ));
+                let at = format!("{ks}u * 64u + c0 + {}u", 16 * j);
+                s += &load(&format!("b{ks}_{j}"), 'B', ("sb", &at), "s64", true);
             }
             for i in 0..2 {
                 for j in 0..2 {
@@ -580,6 +554,23 @@ impl Operands {
         }
         worst / largest
     }
+}
+
+/// The lines loading fragment `name` (role `A` or `B`) of f16 from `array[index]`, rows
+/// `stride` apart (`row_major`) or columns: the index a `let` of its own first, as naga's
+/// SPIR-V wants.
+fn load(
+    name: &str,
+    role: char,
+    (array, index): (&str, &str),
+    stride: &str,
+    row_major: bool,
+) -> String {
+    let t = if row_major { "T" } else { "" };
+    format!(
+        "        let i{name} = {index};\n\
+         \x20       let {name} = coopLoad{t}<coop_mat16x16<f16, {role}>>(&{array}[i{name}], {stride});\n"
+    )
 }
 
 /// A kernel's first lines: the extensions, and the three buffers (A and B of `operand`s,
